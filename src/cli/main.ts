@@ -1,0 +1,42 @@
+// edge-relay's command line: dispatches to one module per command.
+import { serve } from './serve.ts';
+import { token } from './token.ts';
+
+export const MAIN_HELP = `Usage: edge-relay COMMAND [options]
+
+Commands:
+  serve        run an edge node            (edge-relay serve --help)
+  token sas    print a SAS token            (edge-relay token --help)
+
+Example:
+  edge-relay serve --config config/dev.json --port 0
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'serve':
+      return serve(rest);
+    case 'token':
+      return token(rest);
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(MAIN_HELP);
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`edge-relay: unknown command "${command}"\n\n${MAIN_HELP}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`edge-relay: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

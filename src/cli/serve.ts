@@ -1,0 +1,83 @@
+// `edge-relay serve`: runs one edge node until SIGTERM/SIGINT.
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
+import { createLogger } from '../ops/logger.ts';
+import { startRelay } from '../server/relay-server.ts';
+
+export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
+
+Runs one edge node. Prints "listening on http://HOST:PORT" on stdout once it
+accepts connections; logs go to stderr as JSON lines.
+
+Options:
+  --config FILE      JSON config (schemas/config.schema.json); env EDGE_RELAY_CONFIG
+  --host HOST        listen.host        (env EDGE_RELAY_HOST)
+  --port N           listen.port, 0 = any free port (env EDGE_RELAY_PORT)
+  --public-url URL   publicUrl          (env EDGE_RELAY_PUBLIC_URL)
+  --log-level LEVEL  log.level          (env EDGE_RELAY_LOG_LEVEL)
+  --node-id ID       nodeId             (env EDGE_RELAY_NODE_ID)
+  -h, --help         this text
+
+Flags override environment variables, which override the file.
+
+Example:
+  edge-relay serve --config config/dev.json --port 0
+`;
+
+export async function serve(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      config: { type: 'string' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'public-url': { type: 'string' },
+      'log-level': { type: 'string' },
+      'node-id': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  const file = values.config ?? process.env.EDGE_RELAY_CONFIG;
+  if (!file) {
+    process.stderr.write('edge-relay serve: --config FILE is required\n\n' + SERVE_HELP);
+    return 2;
+  }
+  const flags: ConfigOverrides = {};
+  if (values.host !== undefined) flags['listen.host'] = values.host;
+  if (values.port !== undefined) flags['listen.port'] = values.port;
+  if (values['public-url'] !== undefined) flags.publicUrl = values['public-url'];
+  if (values['log-level'] !== undefined) flags['log.level'] = values['log-level'];
+  if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
+  let config;
+  try {
+    config = loadConfig(file, process.env, flags);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`edge-relay: ${err.message}\n`);
+      return 78; // EX_CONFIG
+    }
+    throw err;
+  }
+  const log = createLogger(config.log.level, config.nodeId);
+  const relay = await startRelay(config, log);
+  process.stdout.write(`listening on ${relay.url}\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ event: 'relay.signal', signal });
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      relay.close().then(resolve, resolve);
+    };
+    const onTerm = () => stop('SIGTERM');
+    const onInt = () => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
+  log.flush();
+  return 0;
+}

@@ -1,0 +1,68 @@
+// `edge-relay token sas`: prints a Shared Access Signature token.
+import { parseArgs } from 'node:util';
+import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
+
+export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME --key KEY [--ttl SECONDS]
+
+Prints a Shared Access Signature token for a hybrid connection, as Azure
+Relay clients build it: the resource is the URI with scheme http and no port,
+query or "$hc/" (so a token for ws://127.0.0.1:9400/$hc/echo signs
+http://127.0.0.1/echo). A URI with no entity path covers every entity.
+
+Options:
+  --uri URI          the relay URL the token is for
+  --key-name NAME    the rule's keyName (skn)
+  --key KEY          the rule's key
+  --ttl SECONDS      lifetime, default 3600
+  -h, --help         this text
+
+Example:
+  edge-relay token sas --uri ws://127.0.0.1:9400/\\$hc/echo --key-name RootManageSharedAccessKey \\
+    --key dev-only-key-0123456789
+`;
+
+export function token(argv: string[]): number {
+  const [kind, ...rest] = argv;
+  if (kind === '-h' || kind === '--help' || kind === undefined) {
+    process.stdout.write(TOKEN_HELP);
+    return kind === undefined ? 2 : 0;
+  }
+  if (kind !== 'sas') {
+    process.stderr.write(`edge-relay token: unknown kind "${kind}"\n\n${TOKEN_HELP}`);
+    return 2;
+  }
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      uri: { type: 'string' },
+      'key-name': { type: 'string' },
+      key: { type: 'string' },
+      ttl: { type: 'string', default: '3600' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(TOKEN_HELP);
+    return 0;
+  }
+  if (!values.uri || !values['key-name'] || !values.key) {
+    process.stderr.write(`edge-relay token sas: --uri, --key-name and --key are required\n\n${TOKEN_HELP}`);
+    return 2;
+  }
+  const ttl = Number(values.ttl);
+  if (!Number.isInteger(ttl) || ttl <= 0) {
+    process.stderr.write('edge-relay token sas: --ttl must be a positive whole number of seconds\n');
+    return 2;
+  }
+  let resource: string;
+  try {
+    resource = resourceForUrl(values.uri);
+  } catch {
+    process.stderr.write(`edge-relay token sas: --uri "${values.uri}" is not a URL\n`);
+    return 2;
+  }
+  const expiresAt = Math.floor(Date.now() / 1000) + ttl;
+  process.stdout.write(createSasToken(resource, values['key-name'], values.key, expiresAt) + '\n');
+  return 0;
+}

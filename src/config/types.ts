@@ -1,0 +1,43 @@
+// The typed shape of a validated configuration (schemas/config.schema.json,
+// with ajv's defaults applied). Keep the two in step: test/config checks that
+// the shipped configs validate and that each default lands where this says.
+
+export type Right = 'Listen' | 'Send' | 'Manage';
+
+export interface SasRule {
+  keyName: string;
+  key: string;
+  rights: Right[];
+  entity?: string;
+}
+
+export interface HybridConnectionConfig {
+  name: string;
+  requiresClientAuthorization: boolean;
+}
+
+export interface RelayConfig {
+  nodeId: string;
+  listen: { host: string; port: number };
+  publicUrl?: string;
+  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  namespaceHosts: string[];
+  sas: SasRule[];
+  autoCreate: boolean;
+  hybridConnections: HybridConnectionConfig[];
+  bus: { kind: 'memory' };
+  limits: {
+    listenersPerEntity: number;
+    controlMessageBytes: number;
+    spliceBufferBytes: number;
+    pendingPerEntity: number;
+  };
+  timeouts: {
+    acceptMs: number;
+    httpResponseMs: number;
+    keepAliveIntervalMs: number;
+    idleMs: number;
+    closeHandshakeMs: number;
+    shutdownMs: number;
+  };
+}

@@ -1,0 +1,129 @@
+// One listener's control channel (sb-hc-action=listen): the relay pushes
+// `accept` and `request` notices down it; the listener sends `renewToken` and
+// `response` messages up it, a `response` with a body being followed by that
+// body as one binary message. Every text message is checked against
+// schemas/hc-listener-message.schema.json; anything else closes the channel
+// with 1008, an oversized one with 1009 (ws enforces maxPayload).
+import { randomUUID } from 'node:crypto';
+import type { WebSocket } from 'ws';
+import type { Logger } from '../ops/logger.ts';
+import { validateListenerMessage } from '../validation/schemas.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+
+export interface ListenerResponse {
+  requestId: string;
+  statusCode: number;
+  statusDescription?: string | null;
+  responseHeaders?: Record<string, string | number | string[]> | null;
+  body?: boolean;
+}
+
+export interface ControlChannelHooks {
+  /** Checks a renewed token; returns its expiry (unix s) or an error code. */
+  renewToken(channel: ControlChannel, token: string): number | HybridErrorCode;
+  /** A response arrived; returns where its body goes when one follows. */
+  response(channel: ControlChannel, response: ListenerResponse): ((body: Buffer) => void) | undefined;
+  closed(channel: ControlChannel, code: number): void;
+}
+
+/** What a channel's outstanding HTTP requests must be able to do when it closes. */
+export interface ChannelExchange {
+  listenerLost(): void;
+}
+
+export class ControlChannel {
+  readonly id = randomUUID();
+  lastSeen = Date.now();
+  /** Requests sent to this listener and not yet answered, by request id. */
+  readonly exchanges = new Map<string, ChannelExchange>();
+  private bodyConsumer: ((body: Buffer) => void) | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly ws: WebSocket,
+    readonly entity: HybridEntity,
+    /** Expiry of the token the channel holds, unix seconds. */
+    public tokenExpiresAt: number,
+    /** Host names a renewed token's resource may name (as at connect). */
+    readonly hosts: string[],
+    readonly log: Logger,
+    private readonly hooks: ControlChannelHooks,
+  ) {
+    ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
+    ws.on('pong', () => (this.lastSeen = Date.now()));
+    ws.on('ping', () => (this.lastSeen = Date.now()));
+    ws.on('error', (err) => this.log.debug({ event: 'listener.error', err: err.message }));
+    ws.on('close', (code: number) => {
+      this.closed = true;
+      this.hooks.closed(this, code);
+    });
+  }
+
+  get isOpen(): boolean {
+    return !this.closed && this.ws.readyState === this.ws.OPEN;
+  }
+
+  /** Sends one notice; `body`, when given, follows as one binary message. */
+  send(message: object, body?: Buffer): void {
+    if (!this.isOpen) return;
+    this.ws.send(JSON.stringify(message));
+    if (body) this.ws.send(body, { binary: true });
+  }
+
+  ping(): void {
+    if (this.isOpen) this.ws.ping();
+  }
+
+  closeWith(code: HybridErrorCode, reason?: string): void {
+    const spec = HYBRID_ERRORS[code] as { closeCode?: number; message: string };
+    this.close(spec.closeCode ?? 1011, reason ?? spec.message);
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.log.info({ event: 'listener.closing', code, reason });
+    this.ws.close(code, reason.slice(0, 120));
+  }
+
+  terminate(): void {
+    this.ws.terminate();
+  }
+
+  private onMessage(data: Buffer, isBinary: boolean): void {
+    this.lastSeen = Date.now();
+    const consumer = this.bodyConsumer;
+    this.bodyConsumer = undefined;
+    if (isBinary) {
+      if (!consumer) return this.closeWith('ControlMessageInvalid', 'binary message without a response');
+      consumer(data);
+      return;
+    }
+    // A response promised a body and a text message came instead: the body is empty.
+    if (consumer) consumer(Buffer.alloc(0));
+    let message: unknown;
+    try {
+      message = JSON.parse(data.toString('utf8'));
+    } catch {
+      return this.closeWith('ControlMessageInvalid', 'not JSON');
+    }
+    if (!validateListenerMessage(message)) return this.closeWith('ControlMessageInvalid');
+    const msg = message as { renewToken?: { token: string }; response?: ListenerResponse };
+    if (msg.renewToken) {
+      const result = this.hooks.renewToken(this, msg.renewToken.token);
+      if (typeof result === 'number') {
+        this.tokenExpiresAt = result;
+        this.log.info({ event: 'listener.token_renewed', expiresAt: result });
+      } else {
+        this.log.warn({ event: 'listener.token_rejected', code: result });
+        this.closeWith('RenewTokenInvalid');
+      }
+      return;
+    }
+    const response = msg.response!;
+    const bodyTarget = this.hooks.response(this, response);
+    if (response.body) this.bodyConsumer = bodyTarget ?? discardBody;
+  }
+}
+
+function discardBody(): void {}

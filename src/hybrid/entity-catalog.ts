@@ -1,0 +1,62 @@
+// The hybrid connections this relay knows: those in the config and, when
+// `autoCreate` is on, those a listener created by attaching. Names compare
+// case-insensitively, as in Azure Relay.
+import type { HybridConnectionConfig } from '../config/types.ts';
+
+export interface HybridEntity {
+  /** The name as first configured or created. */
+  name: string;
+  /** Lower-case lookup key. */
+  key: string;
+  requiresClientAuthorization: boolean;
+  /** Created by a listener rather than listed in the config. */
+  dynamic: boolean;
+}
+
+const ENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$/;
+const RESERVED = new Set(['client', 'api']);
+
+/** A name a hybrid connection may have: one path segment, not reserved. */
+export function isValidEntityName(name: string): boolean {
+  return ENTITY_NAME.test(name) && !RESERVED.has(name.toLowerCase());
+}
+
+export class EntityCatalog {
+  private readonly entities = new Map<string, HybridEntity>();
+
+  constructor(
+    configured: HybridConnectionConfig[],
+    private readonly autoCreate: boolean,
+  ) {
+    for (const hc of configured) {
+      this.entities.set(hc.name.toLowerCase(), {
+        name: hc.name,
+        key: hc.name.toLowerCase(),
+        requiresClientAuthorization: hc.requiresClientAuthorization,
+        dynamic: false,
+      });
+    }
+  }
+
+  get(name: string): HybridEntity | undefined {
+    return this.entities.get(name.toLowerCase());
+  }
+
+  /** The entity, created on the fly when auto-create is on. */
+  getForListener(name: string): HybridEntity | undefined {
+    const found = this.get(name);
+    if (found || !this.autoCreate || !isValidEntityName(name)) return found;
+    const created: HybridEntity = { name, key: name.toLowerCase(), requiresClientAuthorization: true, dynamic: true };
+    this.entities.set(created.key, created);
+    return created;
+  }
+
+  /** Forgets an auto-created entity once its last listener has gone. */
+  releaseDynamic(entity: HybridEntity): void {
+    if (entity.dynamic) this.entities.delete(entity.key);
+  }
+
+  list(): HybridEntity[] {
+    return [...this.entities.values()];
+  }
+}

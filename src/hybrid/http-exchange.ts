@@ -1,0 +1,322 @@
+// HTTP mode (protocols/hybrid-connections.md, "HTTP mode"): one sender request
+// relayed to one listener. A request whose body is known and small goes on the
+// control channel as `request` + one binary message; a large or chunked one
+// goes as `{request:{address,id}}` and, once the listener dials that address,
+// as the full `request` followed by the body streamed as fragments of one
+// binary message. The answer may come either way: `response` (+ body) on the
+// control channel, or on the rendezvous socket, where a fragmented body is
+// streamed to the sender as it arrives. Both directions respect backpressure.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../ops/logger.ts';
+import { validateHttpResponseMessage } from '../validation/schemas.ts';
+import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
+import {
+  OP_BINARY,
+  OP_CLOSE,
+  OP_CONTINUATION,
+  OP_PING,
+  OP_PONG,
+  OP_TEXT,
+  encodeClosePayload,
+  encodeFrame,
+  encodeFrameHeader,
+} from '../websocket/frames.ts';
+import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
+import { rendezvousAddress, type HybridContext } from './context.ts';
+import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { failUpgrade } from './websocket-rendezvous.ts';
+
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
+]);
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** The request's headers as a listener sees them: no credential, no hop-by-hop. */
+export function forwardedRequestHeaders(req: IncomingMessage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined || name === 'servicebusauthorization' || HOP_BY_HOP.has(name)) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+/** A listener's response headers made safe for the sender, or undefined when unusable. */
+export function responseHeadersForSender(
+  headers: ListenerResponse['responseHeaders'],
+): Record<string, string | string[]> | undefined {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (!HEADER_NAME.test(name)) return undefined;
+    if (HOP_BY_HOP.has(name.toLowerCase())) continue;
+    const values = Array.isArray(value) ? value : [String(value)];
+    if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
+    out[name] = Array.isArray(value) ? values : values[0];
+  }
+  return out;
+}
+
+type ReadState = 'head' | 'body' | 'done';
+
+export class HttpExchange implements ChannelExchange, FrameHandler {
+  readonly kind = 'http' as const;
+  readonly id = randomUUID();
+  private headSent = false;
+  private finished = false;
+  private requestDelivered = false;
+  private rendezvous: Duplex | undefined;
+  private parser: FrameParser | undefined;
+  private readState: ReadState = 'head';
+  private headChunks: Buffer[] = [];
+  private headBytes = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly ctx: HybridContext,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+    readonly entity: HybridEntity,
+    private readonly channel: ControlChannel,
+    private readonly requestTarget: string,
+    private readonly log: Logger,
+  ) {
+    this.timer = setTimeout(() => this.fail('ResponseTimeout'), ctx.config.timeouts.httpResponseMs);
+    res.on('close', () => {
+      if (!this.finished) {
+        this.log.info({ event: 'http.sender_gone' });
+        this.finish();
+      }
+    });
+    res.on('drain', () => this.rendezvous?.resume());
+  }
+
+  start(): void {
+    if (this.ctx.rendezvous.pendingFor(this.entity.key) >= this.ctx.config.limits.pendingPerEntity) {
+      return this.fail('TooManyPending');
+    }
+    this.ctx.rendezvous.add(this);
+    this.channel.exchanges.set(this.id, this);
+    const lengthHeader = this.req.headers['content-length'];
+    const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
+    const chunked = this.req.headers['transfer-encoding'] !== undefined;
+    if (!chunked && (length === undefined || length === 0)) {
+      this.dispatchOnControlChannel(undefined);
+    } else if (!chunked && length !== undefined && length <= this.ctx.config.limits.controlMessageBytes) {
+      this.readSmallBody(length);
+    } else {
+      // Large or of unknown length: the listener fetches it over a rendezvous.
+      this.channel.send({ request: { address: this.address(), id: this.id } });
+      this.log.debug({ event: 'http.rendezvous_requested' });
+    }
+  }
+
+  private address(): string {
+    return rendezvousAddress(this.ctx, 'request', this.entity, this.id);
+  }
+
+  private requestMessage(body: boolean): object {
+    const remote = this.req.socket;
+    return {
+      request: {
+        address: this.address(),
+        id: this.id,
+        requestTarget: this.requestTarget,
+        method: this.req.method,
+        requestHeaders: forwardedRequestHeaders(this.req),
+        remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
+        body,
+      },
+    };
+  }
+
+  private readSmallBody(length: number): void {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    this.req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= length) chunks.push(chunk);
+    });
+    this.req.on('end', () => {
+      if (!this.finished) this.dispatchOnControlChannel(Buffer.concat(chunks, Math.min(size, length)));
+    });
+  }
+
+  private dispatchOnControlChannel(body: Buffer | undefined): void {
+    const hasBody = body !== undefined && body.length > 0;
+    this.channel.send(this.requestMessage(hasBody), hasBody ? body : undefined);
+    this.requestDelivered = true;
+    if (!hasBody) this.req.resume();
+    this.log.debug({ event: 'http.request_sent', bytes: body?.length ?? 0 });
+  }
+
+  // --- the answer on the control channel -----------------------------------
+
+  onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined {
+    if (this.finished || this.headSent) return undefined;
+    if (!this.writeHead(response)) return undefined;
+    if (!response.body) {
+      this.res.end();
+      this.finish();
+      return undefined;
+    }
+    return (body) => {
+      if (this.finished) return;
+      this.res.end(body);
+      this.finish();
+    };
+  }
+
+  listenerLost(): void {
+    if (!this.rendezvous) this.fail('ListenerGone');
+  }
+
+  // --- the rendezvous socket ---------------------------------------------------
+
+  /** The listener dialled this exchange's address. */
+  attachRendezvous(upgradeReq: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const upgrade = parseUpgradeRequest(upgradeReq);
+    if (this.rendezvous || this.finished) return failUpgrade(socket, 'RendezvousNotFound');
+    if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
+    this.rendezvous = socket;
+    writeSwitchingProtocols(socket, upgrade.key, undefined);
+    this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
+    socket.on('data', (chunk: Buffer) => this.parser!.push(chunk));
+    socket.on('drain', () => this.req.resume());
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      if (!this.finished) {
+        this.log.info({ event: 'http.rendezvous_lost' });
+        this.fail('ListenerGone');
+      }
+    });
+    if (head.length > 0) this.parser.push(head);
+    if (!this.requestDelivered) this.streamRequest(socket);
+  }
+
+  /** Sends the full request and streams its body as one fragmented binary message. */
+  private streamRequest(socket: Duplex): void {
+    this.requestDelivered = true;
+    socket.write(encodeFrame(true, OP_TEXT, Buffer.from(JSON.stringify(this.requestMessage(true)))));
+    let first = true;
+    const hwm = this.ctx.config.limits.spliceBufferBytes;
+    this.req.on('data', (chunk: Buffer) => {
+      if (this.finished) return;
+      socket.write(encodeFrameHeader(false, first ? OP_BINARY : OP_CONTINUATION, chunk.length));
+      socket.write(chunk);
+      first = false;
+      if (socket.writableLength >= hwm) this.req.pause();
+    });
+    this.req.on('end', () => {
+      if (!this.finished) socket.write(encodeFrameHeader(true, first ? OP_BINARY : OP_CONTINUATION, 0));
+    });
+    this.req.resume();
+  }
+
+  onDataFrame(_fin: boolean, opcode: number): void {
+    if (this.readState === 'head' && opcode === OP_BINARY) this.fail('BadListenerResponse');
+    if (this.readState === 'body' && opcode === OP_TEXT) this.fail('BadListenerResponse');
+  }
+
+  onDataPayload(chunk: Buffer): void {
+    if (this.readState === 'head') {
+      this.headBytes += chunk.length;
+      if (this.headBytes > this.ctx.config.limits.controlMessageBytes) return this.fail('BadListenerResponse');
+      this.headChunks.push(Buffer.from(chunk));
+    } else if (this.readState === 'body' && !this.finished) {
+      if (!this.res.write(chunk)) this.rendezvous?.pause();
+    }
+  }
+
+  onDataFrameEnd(fin: boolean): void {
+    if (!fin || this.finished) return;
+    if (this.readState === 'head') {
+      const text = Buffer.concat(this.headChunks).toString('utf8');
+      this.headChunks = [];
+      let message: unknown;
+      try {
+        message = JSON.parse(text);
+      } catch {
+        return this.fail('BadListenerResponse');
+      }
+      if (!validateHttpResponseMessage(message)) return this.fail('BadListenerResponse');
+      const response = (message as { response: ListenerResponse }).response;
+      if (response.requestId !== this.id || this.headSent) return this.fail('BadListenerResponse');
+      if (!this.writeHead(response)) return;
+      if (response.body) {
+        this.readState = 'body';
+        return;
+      }
+    }
+    this.readState = 'done';
+    this.res.end();
+    this.finish();
+  }
+
+  onControlFrame(opcode: number, payload: Buffer): void {
+    const socket = this.rendezvous!;
+    if (opcode === OP_PING) socket.write(encodeFrame(true, OP_PONG, payload));
+    else if (opcode === OP_CLOSE) {
+      if (!this.finished) this.fail('ListenerGone');
+      socket.end();
+    }
+  }
+
+  onFrameError(): void {
+    this.fail('BadListenerResponse');
+  }
+
+  // --- ending -----------------------------------------------------------------
+
+  private writeHead(response: ListenerResponse): boolean {
+    const status = response.statusCode;
+    const headers = responseHeadersForSender(response.responseHeaders);
+    if (status < 200 || status > 599 || !headers) {
+      this.fail('BadListenerResponse');
+      return false;
+    }
+    try {
+      this.res.writeHead(status, safeReason(response.statusDescription ?? undefined, status), headers);
+    } catch {
+      this.fail('BadListenerResponse');
+      return false;
+    }
+    this.headSent = true;
+    clearTimeout(this.timer);
+    this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
+    return true;
+  }
+
+  fail(code: HybridErrorCode): void {
+    if (this.finished) return;
+    this.log.info({ event: 'http.failed', code });
+    if (!this.headSent && !this.res.headersSent) {
+      const spec = HYBRID_ERRORS[code];
+      const body = JSON.stringify({ code, message: spec.message }) + '\n';
+      this.res.writeHead(spec.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      this.res.end(body);
+    } else {
+      this.res.destroy();
+    }
+    this.finish();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.readState = 'done';
+    clearTimeout(this.timer);
+    this.ctx.rendezvous.delete(this);
+    this.channel.exchanges.delete(this.id);
+    const socket = this.rendezvous;
+    if (socket && !socket.destroyed) {
+      socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
+      socket.end();
+      // Do not wait forever for the listener to finish the closing handshake.
+      setTimeout(() => socket.destroy(), this.ctx.config.timeouts.closeHandshakeMs).unref();
+    }
+  }
+}

@@ -1,0 +1,227 @@
+// Hybrid connections on this node: authorizes and dispatches the four
+// WebSocket actions on /$hc/{entity} (listen, connect, accept, request) and
+// relayed HTTP requests on /{entity}/..., keeping the listener registry and
+// the table of pending rendezvous.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer } from 'ws';
+import { SasAuthorizer } from '../auth/sas-authorizer.ts';
+import type { RelayConfig, Right } from '../config/types.ts';
+import type { Logger } from '../ops/logger.ts';
+import type { HybridContext } from './context.ts';
+import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
+import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
+import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { HttpExchange } from './http-exchange.ts';
+import { startKeepAlive } from './keepalive.ts';
+import { ListenerRegistry } from './listener-registry.ts';
+import { RendezvousTable } from './rendezvous-table.ts';
+import { completeConnect, failUpgrade, startConnect } from './websocket-rendezvous.ts';
+
+const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+export interface HybridHttpTarget {
+  entity: string;
+  /** Decoded path segments after the entity. */
+  subPath: string[];
+  /** Path and query as the listener sees it (sb-hc-* removed). */
+  requestTarget: string;
+  params: URLSearchParams;
+}
+
+export class HybridService {
+  readonly catalog: EntityCatalog;
+  readonly listeners = new ListenerRegistry();
+  private readonly ctx: HybridContext;
+  private readonly authorizer: SasAuthorizer;
+  private readonly wss: WebSocketServer;
+  private readonly stopKeepAlive: () => void;
+  private shuttingDown = false;
+
+  constructor(
+    private readonly config: RelayConfig,
+    private readonly log: Logger,
+    rendezvousBase: string,
+  ) {
+    this.catalog = new EntityCatalog(config.hybridConnections, config.autoCreate);
+    this.authorizer = new SasAuthorizer(config.sas);
+    this.ctx = { config, log, listeners: this.listeners, rendezvous: new RendezvousTable(), rendezvousBase };
+    this.wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      perMessageDeflate: false,
+      maxPayload: config.limits.controlMessageBytes,
+    });
+    this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
+  }
+
+  // --- WebSocket actions on /$hc/{entity} ---------------------------------------
+
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entityName: string, params: URLSearchParams): void {
+    socket.on('error', () => socket.destroy());
+    if (!isValidEntityName(entityName)) return failUpgrade(socket, 'InvalidEntityName');
+    if (this.shuttingDown) return failUpgrade(socket, 'ShuttingDown');
+    const action = params.get('sb-hc-action');
+    const log = this.log.child({ entity: entityName, trackingId: trackingIdOf(params), action });
+    switch (action) {
+      case 'listen':
+        return this.listen(req, socket, head, entityName, params, log);
+      case 'connect':
+        return this.connect(req, socket, head, entityName, params, log);
+      case 'accept':
+      case 'request':
+        return this.rendezvousArrived(action, req, socket, head, entityName, params);
+      default:
+        return failUpgrade(socket, 'BadRequest', 'sb-hc-action must be listen, connect, accept or request');
+    }
+  }
+
+  private listen(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
+    const known = this.catalog.get(name);
+    if (!known && !this.config.autoCreate) return failUpgrade(socket, 'EntityNotFound');
+    const check = this.authorize(req, params, known?.name ?? name, 'Listen');
+    if (typeof check === 'string') {
+      log.info({ event: 'listener.refused', code: check });
+      return failUpgrade(socket, check);
+    }
+    const target = known ?? this.catalog.getForListener(name);
+    if (!target) return failUpgrade(socket, 'EntityNotFound');
+    if (this.listeners.count(target.key) >= this.config.limits.listenersPerEntity) {
+      log.info({ event: 'listener.refused', code: 'ListenerLimitReached' });
+      return failUpgrade(socket, 'ListenerLimitReached');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const channel = new ControlChannel(ws, target, check, this.hostsFor(req), log, this.channelHooks);
+      this.listeners.add(channel);
+      log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
+    });
+  }
+
+  private readonly channelHooks: ControlChannelHooks = {
+    renewToken: (channel, token) => {
+      const d = this.authorizer.check({ token, entity: channel.entity.name, right: 'Listen', hosts: channel.hosts });
+      return d.ok ? d.expiresAt : d.code;
+    },
+    response: (channel, response) => {
+      const exchange = channel.exchanges.get(response.requestId);
+      if (!(exchange instanceof HttpExchange)) {
+        channel.log.warn({ event: 'listener.unknown_response' });
+        return undefined;
+      }
+      return exchange.onControlResponse(response);
+    },
+    closed: (channel, code) => {
+      const left = this.listeners.remove(channel);
+      channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
+      for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
+      if (left === 0) this.catalog.releaseDynamic(channel.entity);
+    },
+  };
+
+  private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
+    const entity = this.catalog.get(name);
+    if (!entity) return failUpgrade(socket, 'EntityNotFound');
+    const refused = this.authorizeSender(req, params, entity, []);
+    if (refused) {
+      log.info({ event: 'connect.refused', code: refused });
+      return failUpgrade(socket, refused);
+    }
+    const channel = this.listeners.pick(entity.key);
+    if (!channel) {
+      log.info({ event: 'connect.refused', code: 'NoListener' });
+      return failUpgrade(socket, 'NoListener');
+    }
+    startConnect(this.ctx, req, socket, head, entity, channel, log);
+  }
+
+  private rendezvousArrived(
+    action: 'accept' | 'request',
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    name: string,
+    params: URLSearchParams,
+  ): void {
+    const pending = this.ctx.rendezvous.get(params.get('sb-hc-id') ?? '');
+    const expected = action === 'accept' ? 'connect' : 'http';
+    if (!pending || pending.kind !== expected || pending.entity.key !== name.toLowerCase()) {
+      this.log.info({ event: 'rendezvous.unknown', entity: name, action });
+      return failUpgrade(socket, 'RendezvousNotFound');
+    }
+    if (pending.kind === 'connect') completeConnect(this.ctx, req, socket, head, pending, params);
+    else pending.attachRendezvous(req, socket, head);
+  }
+
+  // --- relayed HTTP requests on /{entity}/... ------------------------------------
+
+  handleHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget): void {
+    const log = this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) });
+    const refuse = (code: HybridErrorCode) => {
+      log.info({ event: 'http.refused', code });
+      const spec = HYBRID_ERRORS[code];
+      const body = JSON.stringify({ code, message: spec.message }) + '\n';
+      res.writeHead(spec.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+      req.resume();
+    };
+    if (this.shuttingDown) return refuse('ShuttingDown');
+    const entity = this.catalog.get(target.entity);
+    if (!entity) return refuse('EntityNotFound');
+    const refused = this.authorizeSender(req, target.params, entity, target.subPath);
+    if (refused) return refuse(refused);
+    const channel = this.listeners.pick(entity.key);
+    if (!channel) return refuse('NoListener');
+    new HttpExchange(this.ctx, req, res, entity, channel, target.requestTarget, log).start();
+  }
+
+  // --- authorization --------------------------------------------------------------
+
+  /** Returns the token's expiry (unix s) or the error code to refuse with. */
+  private authorize(
+    req: IncomingMessage,
+    params: URLSearchParams,
+    entity: string,
+    right: Right,
+    subPath: string[] = [],
+  ): number | HybridErrorCode {
+    const header = req.headers['servicebusauthorization'];
+    const token = (Array.isArray(header) ? header[0] : header) ?? params.get('sb-hc-token') ?? undefined;
+    const d = this.authorizer.check({ token, entity, subPath, right, hosts: this.hostsFor(req) });
+    return d.ok ? d.expiresAt : d.code;
+  }
+
+  private authorizeSender(req: IncomingMessage, params: URLSearchParams, entity: HybridEntity, subPath: string[]): HybridErrorCode | undefined {
+    if (!entity.requiresClientAuthorization) return undefined;
+    const result = this.authorize(req, params, entity.name, 'Send', subPath);
+    return typeof result === 'string' ? result : undefined;
+  }
+
+  /** Hosts a token's resource may name for this request. */
+  private hostsFor(req: IncomingMessage): string[] {
+    if (this.config.namespaceHosts.length > 0) return this.config.namespaceHosts;
+    const hosts = [new URL(this.ctx.rendezvousBase).hostname];
+    const host = req.headers.host;
+    if (host) {
+      try {
+        hosts.push(new URL(`http://${host}`).hostname);
+      } catch {
+        // A malformed Host header names nothing.
+      }
+    }
+    return hosts;
+  }
+
+  // --- shutdown -------------------------------------------------------------------
+
+  /** Stops taking work and closes every listener with 1001 (going away). */
+  shutdown(): void {
+    this.shuttingDown = true;
+    this.stopKeepAlive();
+    for (const channel of [...this.listeners.all()]) channel.closeWith('ShuttingDown');
+  }
+}
+
+function trackingIdOf(params: URLSearchParams): string | undefined {
+  const id = params.get('sb-hc-id');
+  return id && TRACKING_ID.test(id) ? id : undefined;
+}

@@ -1,0 +1,23 @@
+// One shared timer for every control channel: pings each, drops those silent
+// past the idle timeout, and closes (1008) those whose token expired without
+// a renewal. Granularity is timeouts.keepAliveIntervalMs.
+import type { RelayConfig } from '../config/types.ts';
+import type { ListenerRegistry } from './listener-registry.ts';
+
+export function startKeepAlive(listeners: ListenerRegistry, timeouts: RelayConfig['timeouts']): () => void {
+  const timer = setInterval(() => {
+    const now = Date.now();
+    for (const channel of listeners.all()) {
+      if (now - channel.lastSeen > timeouts.idleMs) {
+        channel.log.info({ event: 'listener.idle_timeout', idleMs: now - channel.lastSeen });
+        channel.terminate();
+      } else if (channel.tokenExpiresAt * 1000 <= now) {
+        channel.closeWith('TokenExpired');
+      } else {
+        channel.ping();
+      }
+    }
+  }, timeouts.keepAliveIntervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}

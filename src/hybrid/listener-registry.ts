@@ -1,0 +1,40 @@
+// Which control channels are attached to which entity, and which one gets the
+// next connection or request (round robin, so every listener gets a share).
+import type { ControlChannel } from './control-channel.ts';
+
+export class ListenerRegistry {
+  private readonly byEntity = new Map<string, { channels: ControlChannel[]; next: number }>();
+
+  add(channel: ControlChannel): void {
+    const slot = this.byEntity.get(channel.entity.key) ?? { channels: [], next: 0 };
+    slot.channels.push(channel);
+    this.byEntity.set(channel.entity.key, slot);
+  }
+
+  /** Removes the channel; returns how many listeners the entity still has. */
+  remove(channel: ControlChannel): number {
+    const slot = this.byEntity.get(channel.entity.key);
+    if (!slot) return 0;
+    const i = slot.channels.indexOf(channel);
+    if (i >= 0) slot.channels.splice(i, 1);
+    if (slot.channels.length === 0) this.byEntity.delete(channel.entity.key);
+    return slot.channels.length;
+  }
+
+  count(entityKey: string): number {
+    return this.byEntity.get(entityKey)?.channels.length ?? 0;
+  }
+
+  /** The next listener for the entity, or undefined when none is attached. */
+  pick(entityKey: string): ControlChannel | undefined {
+    const slot = this.byEntity.get(entityKey);
+    if (!slot || slot.channels.length === 0) return undefined;
+    const channel = slot.channels[slot.next % slot.channels.length];
+    slot.next = (slot.next + 1) % slot.channels.length;
+    return channel;
+  }
+
+  *all(): IterableIterator<ControlChannel> {
+    for (const slot of this.byEntity.values()) yield* slot.channels;
+  }
+}

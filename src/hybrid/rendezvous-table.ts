@@ -1,0 +1,45 @@
+// Rendezvous waiting for a listener to dial in, by their unguessable id (the
+// sb-hc-id in the address the listener was given). Counts per entity so one
+// busy entity cannot fill the relay's memory.
+import type { HybridEntity } from './entity-catalog.ts';
+
+export interface Pending {
+  readonly id: string;
+  readonly entity: HybridEntity;
+}
+
+export class RendezvousTable<T extends Pending> {
+  private readonly entries = new Map<string, T>();
+  private readonly perEntity = new Map<string, number>();
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  pendingFor(entityKey: string): number {
+    return this.perEntity.get(entityKey) ?? 0;
+  }
+
+  add(entry: T): void {
+    this.entries.set(entry.id, entry);
+    this.perEntity.set(entry.entity.key, this.pendingFor(entry.entity.key) + 1);
+  }
+
+  get(id: string): T | undefined {
+    return this.entries.get(id);
+  }
+
+  /** Removes the entry; returns whether it was there. */
+  delete(entry: T): boolean {
+    if (this.entries.get(entry.id) !== entry) return false;
+    this.entries.delete(entry.id);
+    const left = this.pendingFor(entry.entity.key) - 1;
+    if (left > 0) this.perEntity.set(entry.entity.key, left);
+    else this.perEntity.delete(entry.entity.key);
+    return true;
+  }
+
+  values(): IterableIterator<T> {
+    return this.entries.values();
+  }
+}

@@ -1,0 +1,152 @@
+// WebSocket mode (protocols/hybrid-connections.md, "WebSocket mode"): a
+// sender's upgrade is held while an `accept` notice goes to a listener; the
+// listener dials the rendezvous address to accept (the relay then completes
+// both handshakes and splices the sockets) or to reject with a status code
+// (the sender's upgrade fails with it). No answer in time: 504.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../ops/logger.ts';
+import { FrameSplice } from '../websocket/frame-splice.ts';
+import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
+import { rendezvousAddress, type HybridContext } from './context.ts';
+import type { ControlChannel } from './control-channel.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+
+export interface PendingConnect {
+  kind: 'connect';
+  id: string;
+  entity: HybridEntity;
+  socket: Duplex;
+  head: Buffer;
+  key: string;
+  log: Logger;
+  timer: NodeJS.Timeout;
+  onSenderGone: () => void;
+}
+
+/** Headers a listener sees in `connectHeaders`: the sender's, less its credential. */
+function connectHeaders(req: IncomingMessage): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined || name === 'servicebusauthorization') continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+export function failUpgrade(socket: Duplex, code: HybridErrorCode, detail?: string): void {
+  const spec = HYBRID_ERRORS[code];
+  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
+}
+
+/** Holds the sender's upgrade and pushes `accept` to `channel`. */
+export function startConnect(
+  ctx: HybridContext,
+  req: IncomingMessage,
+  socket: Duplex,
+  head: Buffer,
+  entity: HybridEntity,
+  channel: ControlChannel,
+  log: Logger,
+): void {
+  const upgrade = parseUpgradeRequest(req);
+  if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
+  if (ctx.rendezvous.pendingFor(entity.key) >= ctx.config.limits.pendingPerEntity) {
+    return failUpgrade(socket, 'TooManyPending');
+  }
+  const id = randomUUID();
+  const pending: PendingConnect = {
+    kind: 'connect',
+    id,
+    entity,
+    socket,
+    head,
+    key: upgrade.key,
+    log,
+    timer: setTimeout(() => {
+      if (!ctx.rendezvous.delete(pending)) return;
+      socket.off('close', pending.onSenderGone);
+      log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
+      failUpgrade(socket, channel.isOpen ? 'AcceptTimeout' : 'ListenerGone');
+    }, ctx.config.timeouts.acceptMs),
+    onSenderGone: () => {
+      if (ctx.rendezvous.delete(pending)) {
+        clearTimeout(pending.timer);
+        log.info({ event: 'connect.sender_gone' });
+      }
+    },
+  };
+  socket.on('close', pending.onSenderGone);
+  socket.on('error', () => socket.destroy());
+  ctx.rendezvous.add(pending);
+  const remote = req.socket;
+  channel.send({
+    accept: {
+      address: rendezvousAddress(ctx, 'accept', entity, id),
+      id,
+      connectHeaders: connectHeaders(req),
+      remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
+    },
+  });
+  log.info({ event: 'connect.accept_sent', listener: channel.id });
+}
+
+/** The listener's rendezvous leg arrived for `pending`: accept or reject. */
+export function completeConnect(
+  ctx: HybridContext,
+  req: IncomingMessage,
+  listenerSocket: Duplex,
+  listenerHead: Buffer,
+  pending: PendingConnect,
+  params: URLSearchParams,
+): void {
+  ctx.rendezvous.delete(pending);
+  clearTimeout(pending.timer);
+  const sender = pending.socket;
+  sender.off('close', pending.onSenderGone);
+  const log = pending.log;
+  if (sender.destroyed) return failUpgrade(listenerSocket, 'SenderGone');
+
+  const rejectCode = params.get('sb-hc-statusCode') ?? params.get('statusCode');
+  if (rejectCode !== null) {
+    const status = Number(rejectCode);
+    const code = Number.isInteger(status) && status >= 400 && status <= 599 ? status : 400;
+    const description = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
+    log.info({ event: 'connect.rejected', status: code });
+    writeUpgradeError(sender, code, description, 'RejectedByListener');
+    return failUpgrade(listenerSocket, 'RendezvousRejected');
+  }
+
+  const upgrade = parseUpgradeRequest(req);
+  if (!upgrade) {
+    failUpgrade(sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
+    return failUpgrade(listenerSocket, 'BadRequest', 'Invalid WebSocket handshake');
+  }
+  const protocol = upgrade.protocols[0];
+  writeSwitchingProtocols(listenerSocket, upgrade.key, protocol);
+  writeSwitchingProtocols(sender, pending.key, protocol);
+  for (const s of [sender, listenerSocket]) {
+    if ('setNoDelay' in s) (s as import('node:net').Socket).setNoDelay(true);
+  }
+  log.info({ event: 'connect.spliced', protocol });
+  const splice = new FrameSplice(
+    sender,
+    listenerSocket,
+    {
+      highWaterMark: ctx.config.limits.spliceBufferBytes,
+      closeHandshakeMs: ctx.config.timeouts.closeHandshakeMs,
+      maxFrameBytes: 0,
+    },
+    (result) =>
+      log.info({
+        event: 'connect.closed',
+        code: result.code,
+        closedBy: result.closedBy === 'a' ? 'sender' : 'listener',
+        bytesToListener: result.bytesAtoB,
+        bytesToSender: result.bytesBtoA,
+      }),
+  );
+  splice.start(pending.head, listenerHead);
+}

@@ -1,0 +1,117 @@
+// The one HTTP server of an edge node: routes plain requests and WebSocket
+// upgrades to the domains (hybrid connections, ops), and shuts down cleanly.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { RelayConfig } from '../config/types.ts';
+import { HybridService } from '../hybrid/hybrid-service.ts';
+import { handleOps } from '../ops/health.ts';
+import type { Logger } from '../ops/logger.ts';
+import { writeUpgradeError } from '../websocket/handshake.ts';
+import { route } from './router.ts';
+
+export interface RunningRelay {
+  /** http://host:port as bound. */
+  url: string;
+  port: number;
+  /** Base URL listeners are told to dial. */
+  publicUrl: string;
+  hybrid: HybridService;
+  /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
+  close(): Promise<void>;
+}
+
+function sendJson(res: ServerResponse, status: number, code: string, message: string): void {
+  const body = JSON.stringify({ code, message }) + '\n';
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function hostForUrl(host: string): string {
+  if (host === '0.0.0.0' || host === '::') return '127.0.0.1';
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** publicUrl with its scheme turned into the WebSocket one, no trailing slash. */
+export function rendezvousBaseFor(publicUrl: string): string {
+  return publicUrl.replace(/\/+$/, '').replace(/^http(s?):/i, 'ws$1:');
+}
+
+export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
+  const server = createServer({ requestTimeout: 0, maxHeaderSize: 16384 });
+  const sockets = new Set<Duplex>();
+  server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const { port } = server.address() as AddressInfo;
+  const url = `http://${hostForUrl(config.listen.host)}:${port}`;
+  const publicUrl = (config.publicUrl ?? url).replace(/\/+$/, '');
+  if (!config.publicUrl && (config.listen.host === '0.0.0.0' || config.listen.host === '::')) {
+    log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
+  }
+  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl));
+  let closing = false;
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const r = route(req.url);
+    switch (r.kind) {
+      case 'hybrid-http':
+        return hybrid.handleHttp(req, res, r);
+      case 'ops':
+        if (handleOps(r.name, res, { ready: () => !closing })) return;
+        return sendJson(res, 404, 'NotFound', 'No such endpoint');
+      case 'hybrid-ws':
+        return sendJson(res, 400, 'NotWebSocket', 'A WebSocket upgrade is required for this address');
+      case 'bad-request':
+        return sendJson(res, 400, 'BadRequest', 'Malformed request target');
+      default:
+        return sendJson(res, 404, 'NotFound', 'No such endpoint');
+    }
+  });
+
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    const r = route(req.url);
+    if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params);
+    socket.on('error', () => socket.destroy());
+    if (r.kind === 'bad-request') return writeUpgradeError(socket, 400, 'Malformed request target', 'BadRequest');
+    writeUpgradeError(socket, 404, 'No such endpoint', 'NotFound');
+  });
+
+  server.on('clientError', (_err, socket: Duplex) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    else socket.destroy();
+  });
+
+  log.info({ event: 'relay.listening', url, publicUrl });
+
+  return {
+    url,
+    port,
+    publicUrl,
+    hybrid,
+    close: async () => {
+      if (closing) return;
+      closing = true;
+      log.info({ event: 'relay.stopping' });
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      hybrid.shutdown();
+      server.closeIdleConnections();
+      const deadline = new Promise<void>((resolve) => setTimeout(resolve, config.timeouts.shutdownMs).unref());
+      const drained = (async () => {
+        while (sockets.size > 0) await new Promise((r) => setTimeout(r, 25));
+      })();
+      await Promise.race([drained, deadline]);
+      for (const s of sockets) s.destroy();
+      await stopped;
+      log.info({ event: 'relay.stopped' });
+    },
+  };
+}

@@ -1,0 +1,60 @@
+// Where a request goes, from its path alone (DESIGN.md, "Surfaces on the one
+// port"). The raw request-target is split by hand: it is hostile input, and
+// WHATWG URL parsing would read "//host/x" as a host.
+export type Route =
+  | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
+  | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
+  | { kind: 'ops'; name: string }
+  | { kind: 'not-found' }
+  | { kind: 'bad-request' };
+
+/** Removes sb-hc-* parameters from a raw query string, keeping the others as sent. */
+export function stripProtocolParams(rawQuery: string): string {
+  if (rawQuery === '') return '';
+  return rawQuery
+    .split('&')
+    .filter((pair) => {
+      const name = pair.split('=', 1)[0];
+      let decoded = name;
+      try {
+        decoded = decodeURIComponent(name.replace(/\+/g, ' '));
+      } catch {
+        // keep the raw name
+      }
+      return !decoded.toLowerCase().startsWith('sb-hc-');
+    })
+    .join('&');
+}
+
+export function route(rawUrl: string | undefined): Route {
+  let url = rawUrl ?? '';
+  // absolute-form (RFC 7230 5.3.2): drop scheme and authority.
+  const absolute = /^https?:\/\/[^/?#]*/i.exec(url);
+  if (absolute) url = url.slice(absolute[0].length) || '/';
+  if (!url.startsWith('/') || url.length > 8192) return { kind: 'bad-request' };
+  const q = url.indexOf('?');
+  const rawPath = q < 0 ? url : url.slice(0, q);
+  const rawQuery = q < 0 ? '' : url.slice(q + 1);
+  let segments: string[];
+  try {
+    segments = rawPath.split('/').slice(1).map((s) => decodeURIComponent(s));
+  } catch {
+    return { kind: 'bad-request' };
+  }
+  const params = new URLSearchParams(rawQuery);
+  const [first = '', ...rest] = segments;
+  if (first === '$hc') {
+    if (rest.length !== 1 && !(rest.length === 2 && rest[1] === '')) return { kind: 'not-found' };
+    return { kind: 'hybrid-ws', entity: rest[0], params };
+  }
+  if (first === '$relay') return { kind: 'ops', name: rest.join('/') };
+  if (first === '' || first.startsWith('$') || first === 'client' || first === 'api') return { kind: 'not-found' };
+  const kept = stripProtocolParams(rawQuery);
+  return {
+    kind: 'hybrid-http',
+    entity: first,
+    subPath: rest.filter((s) => s !== ''),
+    requestTarget: kept ? `${rawPath}?${kept}` : rawPath,
+    params,
+  };
+}

@@ -1,0 +1,37 @@
+// Loads the JSON Schemas in schemas/ and compiles each exactly once, with one
+// ajv instance, when this module is first imported (that is, at start-up).
+// Every wire message and the config are validated through these functions.
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+
+const schemaDir = fileURLToPath(new URL('../../schemas/', import.meta.url));
+
+const ajv = new Ajv({ allErrors: false, useDefaults: true, strict: true, allowUnionTypes: true });
+
+function load(file: string): ValidateFunction {
+  const schema = JSON.parse(readFileSync(schemaDir + file, 'utf8')) as object;
+  return ajv.compile(schema);
+}
+
+export const validateConfig = load('config.schema.json');
+// hc-response is referenced by hc-listener-message, so it is compiled first.
+export const validateHttpResponseMessage = load('hc-response.schema.json');
+export const validateListenerMessage = load('hc-listener-message.schema.json');
+
+/** One readable line per ajv error: `/listen/port: must be <= 65535`. */
+export function describeErrors(errors: ErrorObject[] | null | undefined): string {
+  if (!errors || errors.length === 0) return 'invalid';
+  return errors
+    .map((e) => {
+      const where = e.instancePath === '' ? '(root)' : e.instancePath;
+      if (e.keyword === 'additionalProperties') {
+        return `${where}: unknown key "${String((e.params as { additionalProperty: string }).additionalProperty)}"`;
+      }
+      if (e.keyword === 'enum') {
+        return `${where}: must be one of ${JSON.stringify((e.params as { allowedValues: unknown[] }).allowedValues)}`;
+      }
+      return `${where}: ${e.message ?? 'invalid'}`;
+    })
+    .join('; ');
+}

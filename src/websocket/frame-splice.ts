@@ -1,0 +1,246 @@
+// Joins two WebSocket connections whose handshakes the relay answered itself
+// (a sender and a listener's rendezvous leg) so that every data frame, text or
+// binary, whole or fragmented, passes through in order, both ways, without
+// reassembling messages. Each leg's ping/pong is answered by the relay; a close
+// on one leg closes the other with the same code. Backpressure is TCP-like: a
+// direction stops reading when its destination has `highWaterMark` bytes queued
+// and resumes on 'drain', so memory per splice stays bounded.
+import type { Duplex } from 'node:stream';
+import { FrameParser, type FrameHandler } from './frame-parser.ts';
+import {
+  CLOSE_NO_STATUS,
+  OP_CLOSE,
+  OP_PING,
+  OP_PONG,
+  decodeClosePayload,
+  encodeClosePayload,
+  encodeFrame,
+  encodeFrameHeader,
+  isSendableCloseCode,
+} from './frames.ts';
+
+export interface SpliceOptions {
+  highWaterMark: number;
+  closeHandshakeMs: number;
+  maxFrameBytes: number;
+}
+
+export interface SpliceResult {
+  /** Close code that ended the splice (1006 when a leg dropped without one). */
+  code: number;
+  reason: string;
+  /** Which leg ended it: 'a', 'b'. */
+  closedBy: 'a' | 'b';
+  bytesAtoB: number;
+  bytesBtoA: number;
+}
+
+const CLOSE_ABNORMAL = 1006;
+
+class Direction implements FrameHandler {
+  readonly parser: FrameParser;
+  /** Payload bytes forwarded. */
+  bytes = 0;
+  /** A frame header went out and part of its payload has not. */
+  private midFrameRemaining = 0;
+  /** A control frame waiting for the current frame to finish. */
+  pendingControl: Buffer | undefined;
+  paused = false;
+
+  constructor(
+    readonly name: 'a' | 'b',
+    readonly from: Duplex,
+    readonly to: Duplex,
+    private readonly splice: FrameSplice,
+    maxFrameBytes: number,
+  ) {
+    this.parser = new FrameParser(this, { masked: true, maxFrameBytes });
+  }
+
+  get midFrame(): boolean {
+    return this.midFrameRemaining > 0;
+  }
+
+  onDataFrame(fin: boolean, opcode: number, length: number): void {
+    if (this.splice.closing) return;
+    this.midFrameRemaining = length;
+    this.write(encodeFrameHeader(fin, opcode, length));
+  }
+
+  onDataPayload(chunk: Buffer): void {
+    if (this.splice.closing) return;
+    this.midFrameRemaining -= chunk.length;
+    this.bytes += chunk.length;
+    this.write(chunk);
+  }
+
+  onDataFrameEnd(): void {
+    this.midFrameRemaining = 0;
+    if (this.pendingControl) {
+      const frame = this.pendingControl;
+      this.pendingControl = undefined;
+      this.to.write(frame);
+    }
+  }
+
+  onControlFrame(opcode: number, payload: Buffer): void {
+    if (opcode === OP_PING) {
+      if (!this.splice.closing) this.splice.writeControl(this.from, encodeFrame(true, OP_PONG, payload));
+    } else if (opcode === OP_CLOSE) {
+      this.splice.onCloseFrame(this, payload);
+    }
+    // OP_PONG: liveness only.
+  }
+
+  onFrameError(code: number, reason: string): void {
+    this.splice.onProtocolError(this, code, reason);
+  }
+
+  private write(buf: Buffer): void {
+    this.to.write(buf);
+    if (!this.paused && this.to.writableLength >= this.splice.highWaterMark) {
+      this.paused = true;
+      this.from.pause();
+    }
+  }
+
+  /** The destination drained: read again. */
+  onDrain(): void {
+    if (this.paused) {
+      this.paused = false;
+      this.from.resume();
+    }
+  }
+}
+
+export class FrameSplice {
+  readonly highWaterMark: number;
+  closing = false;
+  private finished = false;
+  private readonly aToB: Direction;
+  private readonly bToA: Direction;
+  private closeTimer: NodeJS.Timeout | undefined;
+  private result: Omit<SpliceResult, 'bytesAtoB' | 'bytesBtoA'> | undefined;
+  private openSockets = 2;
+
+  constructor(
+    private readonly a: Duplex,
+    private readonly b: Duplex,
+    private readonly options: SpliceOptions,
+    private readonly onEnd: (result: SpliceResult) => void,
+  ) {
+    this.highWaterMark = options.highWaterMark;
+    this.aToB = new Direction('a', a, b, this, options.maxFrameBytes);
+    this.bToA = new Direction('b', b, a, this, options.maxFrameBytes);
+  }
+
+  /** Starts relaying; `headA`/`headB` are bytes that arrived with each upgrade. */
+  start(headA: Buffer, headB: Buffer): void {
+    for (const [socket, dir, drainDir] of [
+      [this.a, this.aToB, this.bToA],
+      [this.b, this.bToA, this.aToB],
+    ] as const) {
+      socket.on('data', (chunk: Buffer) => dir.parser.push(chunk));
+      socket.on('drain', () => drainDir.onDrain());
+      socket.on('end', () => this.onSocketGone(dir.name));
+      socket.on('close', () => this.onSocketClosed(dir.name));
+      socket.on('error', () => socket.destroy());
+    }
+    if (headA.length > 0) this.aToB.parser.push(headA);
+    if (headB.length > 0) this.bToA.parser.push(headB);
+  }
+
+  /** Writes a control frame to `socket`, after the frame in flight to it, if any. */
+  writeControl(socket: Duplex, frame: Buffer): void {
+    const writer = socket === this.a ? this.bToA : this.aToB;
+    if (writer.midFrame) writer.pendingControl = frame;
+    else socket.write(frame);
+  }
+
+  /** Sends a close frame, or drops the socket when a frame is half-written to it. */
+  private sendClose(socket: Duplex, payload: Buffer): void {
+    const writer = socket === this.a ? this.bToA : this.aToB;
+    if (writer.midFrame) socket.destroy();
+    else socket.write(encodeFrame(true, OP_CLOSE, payload));
+  }
+
+  onCloseFrame(dir: Direction, payload: Buffer): void {
+    if (this.closing) {
+      // The other leg's answer to the close we forwarded: done with it.
+      dir.from.end();
+      return;
+    }
+    let { code, reason } = decodeClosePayload(payload);
+    if (code !== CLOSE_NO_STATUS && !isSendableCloseCode(code)) {
+      code = 1002;
+      reason = 'invalid close code';
+    }
+    const forwarded = encodeClosePayload(code, reason);
+    this.beginClose(dir.name, code, reason);
+    this.sendClose(dir.to, forwarded);
+    this.sendClose(dir.from, encodeClosePayload(code));
+    dir.from.end();
+    this.armCloseTimer();
+  }
+
+  onProtocolError(dir: Direction, code: number, reason: string): void {
+    if (this.closing) {
+      dir.from.destroy();
+      return;
+    }
+    this.beginClose(dir.name, code, reason);
+    this.sendClose(dir.from, encodeClosePayload(code, reason));
+    dir.from.end();
+    this.sendClose(dir.to, encodeClosePayload(code, 'peer protocol error'));
+    this.armCloseTimer();
+  }
+
+  /** Closes both legs from the relay's side (shutdown, entity removed). */
+  close(code: number, reason: string): void {
+    if (this.closing) return;
+    this.beginClose('a', code, reason);
+    for (const s of [this.a, this.b]) {
+      this.sendClose(s, encodeClosePayload(code, reason));
+      this.armCloseTimer();
+    }
+  }
+
+  private beginClose(by: 'a' | 'b', code: number, reason: string): void {
+    this.closing = true;
+    this.result = { code, reason, closedBy: by };
+    // Nothing more is forwarded; let both legs drain into their close frames.
+    this.aToB.onDrain();
+    this.bToA.onDrain();
+  }
+
+  /** Bounds the closing handshake: legs that do not finish it are dropped. */
+  private armCloseTimer(): void {
+    if (this.closeTimer) return;
+    this.closeTimer = setTimeout(() => {
+      this.a.destroy();
+      this.b.destroy();
+    }, this.options.closeHandshakeMs);
+    this.closeTimer.unref();
+  }
+
+  /** A leg's TCP stream ended (FIN) or closed without a close frame. */
+  private onSocketGone(name: 'a' | 'b'): void {
+    if (!this.closing) {
+      this.closing = true;
+      this.result = { code: CLOSE_ABNORMAL, reason: 'connection lost', closedBy: name };
+      // Mirror the abrupt loss: the other leg sees an abnormal closure too.
+      (name === 'a' ? this.b : this.a).destroy();
+    }
+    (name === 'a' ? this.a : this.b).end();
+  }
+
+  private onSocketClosed(name: 'a' | 'b'): void {
+    this.onSocketGone(name);
+    this.openSockets--;
+    if (this.openSockets === 0 && !this.finished) {
+      this.finished = true;
+      if (this.closeTimer) clearTimeout(this.closeTimer);
+      this.onEnd({ ...this.result!, bytesAtoB: this.aToB.bytes, bytesBtoA: this.bToA.bytes });
+    }
+  }
+}

@@ -1,0 +1,67 @@
+// RFC 6455 frame constants and encoders for frames the relay writes as a
+// server (never masked).
+
+export const OP_CONTINUATION = 0x0;
+export const OP_TEXT = 0x1;
+export const OP_BINARY = 0x2;
+export const OP_CLOSE = 0x8;
+export const OP_PING = 0x9;
+export const OP_PONG = 0xa;
+
+export const CLOSE_NORMAL = 1000;
+export const CLOSE_GOING_AWAY = 1001;
+export const CLOSE_PROTOCOL_ERROR = 1002;
+export const CLOSE_NO_STATUS = 1005;
+export const CLOSE_POLICY = 1008;
+export const CLOSE_TOO_BIG = 1009;
+export const CLOSE_INTERNAL = 1011;
+
+/** Header of an unmasked frame carrying `length` payload bytes. */
+export function encodeFrameHeader(fin: boolean, opcode: number, length: number): Buffer {
+  const first = (fin ? 0x80 : 0) | opcode;
+  if (length < 126) {
+    const h = Buffer.allocUnsafe(2);
+    h[0] = first;
+    h[1] = length;
+    return h;
+  }
+  if (length < 65536) {
+    const h = Buffer.allocUnsafe(4);
+    h[0] = first;
+    h[1] = 126;
+    h.writeUInt16BE(length, 2);
+    return h;
+  }
+  const h = Buffer.allocUnsafe(10);
+  h[0] = first;
+  h[1] = 127;
+  h.writeUInt32BE(Math.floor(length / 0x100000000), 2);
+  h.writeUInt32BE(length >>> 0, 6);
+  return h;
+}
+
+/** A whole unmasked frame. */
+export function encodeFrame(fin: boolean, opcode: number, payload: Buffer): Buffer {
+  return Buffer.concat([encodeFrameHeader(fin, opcode, payload.length), payload]);
+}
+
+/** Close frame payload: code and reason (reason cut to fit 123 bytes). */
+export function encodeClosePayload(code: number, reason = ''): Buffer {
+  if (code === CLOSE_NO_STATUS) return Buffer.alloc(0);
+  let text = Buffer.from(reason, 'utf8');
+  if (text.length > 123) text = text.subarray(0, 123);
+  const out = Buffer.allocUnsafe(2 + text.length);
+  out.writeUInt16BE(code, 0);
+  text.copy(out, 2);
+  return out;
+}
+
+export function decodeClosePayload(payload: Buffer): { code: number; reason: string } {
+  if (payload.length < 2) return { code: CLOSE_NO_STATUS, reason: '' };
+  return { code: payload.readUInt16BE(0), reason: payload.subarray(2).toString('utf8') };
+}
+
+/** Close codes an endpoint may send on the wire (RFC 6455 7.4). */
+export function isSendableCloseCode(code: number): boolean {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
+}

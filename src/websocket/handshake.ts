@@ -1,0 +1,60 @@
+// The server side of the RFC 6455 opening handshake on a raw socket, for the
+// legs the relay splices itself (sender connect, listener rendezvous). Also
+// writes plain HTTP error answers on an upgrade socket that will not upgrade.
+import { createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { STATUS_CODES } from 'node:http';
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+const KEY_PATTERN = /^[A-Za-z0-9+/]{22}==$/;
+
+export function acceptKeyFor(key: string): string {
+  return createHash('sha1').update(key + WS_GUID).digest('base64');
+}
+
+export interface UpgradeRequest {
+  key: string;
+  /** Subprotocols offered, in order of preference. */
+  protocols: string[];
+}
+
+/** Checks a request is a well-formed WebSocket version 13 upgrade. */
+export function parseUpgradeRequest(req: IncomingMessage): UpgradeRequest | undefined {
+  if (req.method !== 'GET') return undefined;
+  if ((req.headers.upgrade ?? '').toLowerCase() !== 'websocket') return undefined;
+  const key = req.headers['sec-websocket-key'];
+  if (typeof key !== 'string' || !KEY_PATTERN.test(key.trim())) return undefined;
+  if (req.headers['sec-websocket-version'] !== '13') return undefined;
+  const offered = req.headers['sec-websocket-protocol'];
+  const protocols = typeof offered === 'string' ? offered.split(',').map((p) => p.trim()).filter(Boolean) : [];
+  return { key: key.trim(), protocols };
+}
+
+const TOKEN_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/** Writes the 101 answer. `protocol` must be a token (it is checked). */
+export function writeSwitchingProtocols(socket: Duplex, key: string, protocol: string | undefined): void {
+  let head =
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+    `Sec-WebSocket-Accept: ${acceptKeyFor(key)}\r\n`;
+  if (protocol !== undefined && TOKEN_CHARS.test(protocol)) head += `Sec-WebSocket-Protocol: ${protocol}\r\n`;
+  socket.write(head + '\r\n');
+}
+
+/** A reason phrase safe to put on a status line: printable ASCII, bounded. */
+export function safeReason(text: string | undefined, status: number): string {
+  const cleaned = (text ?? '').replace(/[^\x20-\x7e]/g, ' ').trim().slice(0, 256);
+  return cleaned || STATUS_CODES[status] || 'Error';
+}
+
+/** Answers an upgrade request with an HTTP error and closes the socket. */
+export function writeUpgradeError(socket: Duplex, status: number, reason?: string, code?: string): void {
+  if (socket.destroyed) return;
+  const phrase = safeReason(reason, status);
+  const body = JSON.stringify({ code: code ?? phrase, message: phrase }) + '\n';
+  socket.end(
+    `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
