@@ -30,12 +30,14 @@ export function createSasToken(resource: string, keyName: string, key: string, e
 
 /**
  * The resource a client signs for a relay URL, the way hyco-ws/hyco-https do:
- * scheme http, no port, query or fragment, and no "$hc/" in the path.
+ * scheme http, no query or fragment, no "$hc/" in the path. Their
+ * createRelayToken means to drop the port but keeps it (url.format prefers
+ * `host`), so this keeps it too; the relay ignores ports when it matches.
  */
 export function resourceForUrl(url: string): string {
   const u = new URL(url);
   const path = u.pathname.replace(/^\/\$hc(\/|$)/, '/');
-  return `http://${u.hostname}${path}`;
+  return `http://${u.host}${path}`;
 }
 
 /** Parses a token; returns undefined when it is not a well-formed SAS token. */

@@ -5,9 +5,10 @@ import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
 export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME --key KEY [--ttl SECONDS]
 
 Prints a Shared Access Signature token for a hybrid connection, as Azure
-Relay clients build it: the resource is the URI with scheme http and no port,
-query or "$hc/" (so a token for ws://127.0.0.1:9400/$hc/echo signs
-http://127.0.0.1/echo). A URI with no entity path covers every entity.
+Relay clients build it: the resource is the URI with scheme http and no
+query or "$hc/" (a token for ws://127.0.0.1:9400/$hc/echo signs
+http://127.0.0.1:9400/echo). The relay matches the resource's host name and
+path, not its port or scheme. A URI with no entity path covers every entity.
 
 Options:
   --uri URI          the relay URL the token is for

@@ -25,13 +25,20 @@ export class ListenerRegistry {
     return this.byEntity.get(entityKey)?.channels.length ?? 0;
   }
 
-  /** The next listener for the entity, or undefined when none is attached. */
+  /**
+   * The next open listener for the entity, or undefined when none is. A channel
+   * whose closing handshake has begun stays registered until its socket closes
+   * but is skipped here.
+   */
   pick(entityKey: string): ControlChannel | undefined {
     const slot = this.byEntity.get(entityKey);
-    if (!slot || slot.channels.length === 0) return undefined;
-    const channel = slot.channels[slot.next % slot.channels.length];
-    slot.next = (slot.next + 1) % slot.channels.length;
-    return channel;
+    if (!slot) return undefined;
+    for (let tried = 0; tried < slot.channels.length; tried++) {
+      const channel = slot.channels[slot.next % slot.channels.length];
+      slot.next = (slot.next + 1) % slot.channels.length;
+      if (channel.isOpen) return channel;
+    }
+    return undefined;
   }
 
   *all(): IterableIterator<ControlChannel> {

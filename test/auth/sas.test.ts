@@ -1,0 +1,75 @@
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { describe, it } from 'node:test';
+import { SasAuthorizer, resourceCovers } from '../../src/auth/sas-authorizer.ts';
+import { createSasToken, parseSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
+
+const require = createRequire(import.meta.url);
+const hycoWs = require('hyco-ws') as { createRelayToken(uri: string, keyName: string, key: string, ttl?: number): string };
+const hycoHttps = require('hyco-https') as { createRelayToken(uri: string, keyName: string, key: string, ttl?: number): string };
+
+describe('SAS token format (worked example of the spec)', () => {
+  it('signs the URL-encoded resource, a newline and the expiry with HMAC-SHA256', () => {
+    const expected = createHmac('sha256', 'secret').update('http%3A%2F%2F127.0.0.1%2Fecho\n1700000000').digest('base64');
+    const token = createSasToken('http://127.0.0.1/echo', 'root', 'secret', 1700000000);
+    assert.equal(
+      token,
+      `SharedAccessSignature sr=http%3A%2F%2F127.0.0.1%2Fecho&sig=${encodeURIComponent(expected)}&se=1700000000&skn=root`,
+    );
+  });
+
+  for (const [name, client] of [['hyco-ws', hycoWs], ['hyco-https', hycoHttps]] as const) {
+    it(`matches ${name}'s createRelayToken byte for byte, for the expiry it chose`, () => {
+      const theirs = client.createRelayToken('ws://127.0.0.1:9000/$hc/echo?sb-hc-action=listen', 'root', 'secret');
+      const se = Number(parseSasToken(theirs)!.expiresAt);
+      assert.equal(createSasToken(resourceForUrl('ws://127.0.0.1:9000/$hc/echo?sb-hc-action=listen'), 'root', 'secret', se), theirs);
+    });
+  }
+});
+
+describe('SAS scope', () => {
+  it('matches by host without port, any scheme, path as segment prefix', () => {
+    assert.ok(resourceCovers('http://127.0.0.1/echo', ['echo'], ['127.0.0.1']));
+    assert.ok(resourceCovers('sb://127.0.0.1/', ['echo'], ['127.0.0.1']));
+    assert.ok(resourceCovers('https://RELAY.example/ECHO', ['echo', 'a'], ['relay.example']));
+    assert.ok(resourceCovers('http://h/$hc/echo', ['echo'], ['h']));
+    assert.ok(!resourceCovers('http://127.0.0.1/echo2', ['echo'], ['127.0.0.1']));
+    assert.ok(!resourceCovers('http://127.0.0.1/echo/a', ['echo'], ['127.0.0.1']));
+    assert.ok(!resourceCovers('http://other/echo', ['echo'], ['127.0.0.1']));
+    assert.ok(!resourceCovers('not a url', ['echo'], ['127.0.0.1']));
+  });
+
+  const auth = new SasAuthorizer([
+    { keyName: 'root', key: 'root-key-0123456789', rights: ['Manage'] },
+    { keyName: 'sender', key: 'send-key-0123456789', rights: ['Send'] },
+    { keyName: 'scoped', key: 'scoped-key-0123456789', rights: ['Listen'], entity: 'echo' },
+  ]);
+  const now = 1_800_000_000;
+  const tok = (keyName: string, key: string, resource = 'http://h/echo', se = now + 60) => createSasToken(resource, keyName, key, se);
+  const check = (token: string | undefined, right: 'Listen' | 'Send', entity = 'echo') =>
+    auth.check({ token, entity, right, hosts: ['h'], nowSeconds: now });
+
+  it('grants Manage everything, and each right only itself', () => {
+    assert.equal(check(tok('root', 'root-key-0123456789'), 'Listen').ok, true);
+    assert.equal(check(tok('sender', 'send-key-0123456789'), 'Send').ok, true);
+    assert.deepEqual(check(tok('sender', 'send-key-0123456789'), 'Listen'), { ok: false, code: 'RightMissing' });
+  });
+  it('scopes an entity rule to its entity', () => {
+    assert.equal(check(tok('scoped', 'scoped-key-0123456789', 'http://h/'), 'Listen').ok, true);
+    assert.deepEqual(check(tok('scoped', 'scoped-key-0123456789', 'http://h/'), 'Listen', 'other'), { ok: false, code: 'RightMissing' });
+  });
+  it('names each refusal', () => {
+    assert.deepEqual(check(undefined, 'Send'), { ok: false, code: 'TokenMissing' });
+    assert.deepEqual(check('Bearer abc', 'Send'), { ok: false, code: 'TokenMalformed' });
+    assert.deepEqual(check(tok('root', 'wrong-key-0123456789'), 'Send'), { ok: false, code: 'SignatureInvalid' });
+    assert.deepEqual(check(tok('nobody', 'root-key-0123456789'), 'Send'), { ok: false, code: 'SignatureInvalid' });
+    assert.deepEqual(check(tok('root', 'root-key-0123456789', 'http://h/echo', now - 1), 'Send'), { ok: false, code: 'TokenExpired' });
+    assert.deepEqual(check(tok('root', 'root-key-0123456789', 'http://h/other'), 'Send'), { ok: false, code: 'TokenScopeInvalid' });
+  });
+  it('rejects malformed tokens without throwing', () => {
+    for (const bad of ['SharedAccessSignature ', 'SharedAccessSignature sr=%&sig=a&se=1&skn=k', 'SharedAccessSignature sr=a&sr=b&sig=a&se=1&skn=k', 'SharedAccessSignature sr=a&sig=a&se=abc&skn=k', 'x'.repeat(10000)]) {
+      assert.equal(check(bad, 'Send').ok, false, bad.slice(0, 40));
+    }
+  });
+});

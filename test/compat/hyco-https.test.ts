@@ -1,0 +1,137 @@
+// Microsoft's hyco-https 1.4.5, unmodified, as the listener; node:http as the sender.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { Cleanup } from '../helpers/cleanup.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startRelayProcess, tokenFor, type RelayProcess } from '../helpers/relay.ts';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/**
+ * The listener app: GET /echo/blob?size=N answers N deterministic bytes;
+ * any other request echoes its body back with what the listener saw.
+ */
+function app(name: string) {
+  return (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(Buffer.from(c)));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const url = new URL(req.url!, 'http://x');
+      res.setHeader('x-listener', name);
+      res.setHeader('x-seen-method', req.method!);
+      res.setHeader('x-seen-url', req.url!);
+      res.setHeader('x-seen-auth', String(req.headers['servicebusauthorization'] ?? 'none'));
+      res.setHeader('x-seen-custom', String(req.headers['x-custom'] ?? ''));
+      res.setHeader('x-seen-sha', sha(body));
+      if (url.pathname === '/echo/blob') {
+        const size = Number(url.searchParams.get('size'));
+        const out = Buffer.alloc(size);
+        for (let i = 0; i < size; i++) out[i] = (i * 7 + 3) & 0xff;
+        res.setHeader('content-type', 'application/octet-stream');
+        res.statusCode = 200;
+        endWith(res, out);
+        return;
+      }
+      res.statusCode = req.method === 'POST' ? 201 : 200;
+      res.statusMessage = 'Echoed Here';
+      res.setHeader('content-type', 'application/octet-stream');
+      endWith(res, body);
+    });
+  };
+}
+
+/**
+ * hyco-https 1.4.5 sends nothing at all for res.end(<empty Buffer>) (its
+ * write_ returns early on a zero-length chunk before the response head goes
+ * out), so an app must call res.end() for an empty body.
+ */
+function endWith(res: ServerResponse, body: Buffer): void {
+  if (body.length === 0) res.end();
+  else res.end(body);
+}
+
+describe('hyco-https listener, HTTP mode', () => {
+  const cleanup = new Cleanup();
+  let relay: RelayProcess;
+  before(async () => {
+    relay = await startRelayProcess(cleanup);
+    await startHycoHttpsListener(cleanup, relay.url, app('one'));
+  });
+  after(() => cleanup.run());
+
+  const auth = (url: string) => ({ ServiceBusAuthorization: tokenFor(url) });
+
+  for (const size of [0, 1024, 1 << 20]) {
+    it(`GET answers a ${size} B body intact (${size > 65536 ? 'via rendezvous' : 'on the control channel'})`, async () => {
+      const url = `${relay.url}/echo/blob?size=${size}`;
+      const r = await httpRequest(url, { headers: auth(url) });
+      assert.equal(r.status, 200);
+      assert.equal(r.body.length, size);
+      const expected = Buffer.alloc(size);
+      for (let i = 0; i < size; i++) expected[i] = (i * 7 + 3) & 0xff;
+      assert.ok(r.body.equals(expected));
+      assert.equal(r.headers['content-type'], 'application/octet-stream');
+    });
+  }
+
+  for (const method of ['POST', 'PUT']) {
+    for (const size of [0, 1024, 1 << 20]) {
+      it(`${method} with a ${size} B body is echoed with status, reason and headers intact`, async () => {
+        const url = `${relay.url}/echo/things/1?x=1&sb-hc-id=trace-${method}-${size}&y=two`;
+        const body = randomBytes(size);
+        const r = await httpRequest(url, { method, body, headers: { ...auth(url), 'x-custom': 'kept', 'content-length': String(size) } });
+        assert.equal(r.status, method === 'POST' ? 201 : 200);
+        assert.equal(r.statusMessage, 'Echoed Here');
+        assert.equal(r.headers['x-seen-method'], method);
+        assert.equal(r.headers['x-seen-url'], '/echo/things/1?x=1&y=two', 'sb-hc-* removed, the rest kept');
+        assert.equal(r.headers['x-seen-auth'], 'none', 'the relay never forwards the credential');
+        assert.equal(r.headers['x-seen-custom'], 'kept');
+        assert.equal(r.headers['x-seen-sha'], sha(body));
+        assert.ok(r.body.equals(body));
+      });
+    }
+  }
+
+  it('relays a chunked request of unknown length through a rendezvous', async () => {
+    const url = `${relay.url}/echo/chunked`;
+    const parts = [randomBytes(10), randomBytes(100000), randomBytes(5)];
+    const r = await httpRequest(url, { method: 'POST', body: parts, headers: { ...auth(url), 'transfer-encoding': 'chunked' } });
+    assert.equal(r.status, 201);
+    assert.ok(r.body.equals(Buffer.concat(parts)));
+  });
+
+  it('takes the token in the sb-hc-token query parameter too', async () => {
+    const base = `${relay.url}/echo/q`;
+    const r = await httpRequest(`${base}?sb-hc-token=${encodeURIComponent(tokenFor(base))}`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['x-seen-url'], '/echo/q');
+  });
+});
+
+describe('hyco-https listeners sharing one entity', () => {
+  const cleanup = new Cleanup();
+  let relay: RelayProcess;
+  before(async () => {
+    relay = await startRelayProcess(cleanup);
+    await startHycoHttpsListener(cleanup, relay.url, app('one'));
+    await startHycoHttpsListener(cleanup, relay.url, app('two'));
+  });
+  after(() => cleanup.run());
+
+  it('each receives part of 100 requests', async () => {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 100; i++) {
+      const url = `${relay.url}/echo/n/${i}`;
+      const r = await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+      assert.equal(r.status, 200);
+      const who = String(r.headers['x-listener']);
+      seen.set(who, (seen.get(who) ?? 0) + 1);
+    }
+    assert.equal((seen.get('one') ?? 0) + (seen.get('two') ?? 0), 100);
+    assert.ok((seen.get('one') ?? 0) >= 25 && (seen.get('two') ?? 0) >= 25, JSON.stringify([...seen]));
+  });
+});

@@ -1,0 +1,53 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError, buildConfig, loadConfig, overridesFromEnv } from '../../src/config/load.ts';
+
+describe('configuration', () => {
+  it('accepts the shipped development config and fills defaults', () => {
+    const config = loadConfig('config/dev.json', {}, {});
+    assert.equal(config.listen.port, 9400);
+    assert.equal(config.limits.listenersPerEntity, 25);
+    assert.equal(config.limits.controlMessageBytes, 65536);
+    assert.equal(config.timeouts.acceptMs, 30000);
+    assert.equal(config.bus.kind, 'memory');
+    assert.equal(config.hybridConnections[0].requiresClientAuthorization, false);
+  });
+
+  it('names the key and the problem', () => {
+    const cases: [unknown, RegExp][] = [
+      [{ listen: { port: 70000 } }, /\/listen\/port: must be <= 65535/],
+      [{ listen: { prot: 1 } }, /\/listen: unknown key "prot"/],
+      [{ sas: [{ keyName: 'k', key: 'short', rights: ['Listen'] }] }, /\/sas\/0\/key/],
+      [{ sas: [{ keyName: 'k', key: 'long-enough-key-123', rights: ['Read'] }] }, /\/sas\/0\/rights\/0: must be one of/],
+      [{ bus: { kind: 'kafka' } }, /\/bus\/kind: must be one of/],
+      [{ hybridConnections: [{ name: 'a' }, { name: 'A' }] }, /listed twice/],
+      [{ hybridConnections: [{ name: 'client' }] }, /reserved/],
+      [{ hybridConnections: [{ name: '$x' }] }, /\/hybridConnections\/0\/name/],
+      [[], /must be a JSON object/],
+    ];
+    for (const [raw, pattern] of cases) {
+      assert.throws(() => buildConfig(raw), (err: Error) => err instanceof ConfigError && pattern.test(err.message), JSON.stringify(raw));
+    }
+  });
+
+  it('lets environment override the file and flags override both', () => {
+    const env = overridesFromEnv({ EDGE_RELAY_PORT: '1234', EDGE_RELAY_HOST: '0.0.0.0' });
+    const config = buildConfig({ listen: { port: 1 } }, env, { 'listen.port': '5678' });
+    assert.equal(config.listen.port, 5678);
+    assert.equal(config.listen.host, '0.0.0.0');
+    assert.throws(() => buildConfig({}, { 'listen.port': 'abc' }), /listen.port/);
+  });
+
+  it('stops `serve` with exit code 78 and the key named', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-config-'));
+    const file = join(dir, 'bad.json');
+    writeFileSync(file, JSON.stringify({ listen: { port: -1 } }));
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(r.status, 78);
+    assert.match(r.stderr, /\/listen\/port: must be >= 0/);
+  });
+});

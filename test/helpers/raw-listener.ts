@@ -1,0 +1,79 @@
+// A listener speaking the control-channel protocol with ws 8 directly, for
+// tests that need a listener to misbehave (reject, accept twice, read slowly,
+// never answer) in ways the Microsoft clients cannot be told to.
+import WebSocket from 'ws';
+import { withTimeout } from './wait.ts';
+
+export class RawListener {
+  private readonly queue: unknown[] = [];
+  private waiters: ((m: unknown) => void)[] = [];
+  closed: Promise<{ code: number; reason: string }>;
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (data, isBinary) => {
+      const message = isBinary ? data : JSON.parse(String(data));
+      const waiter = this.waiters.shift();
+      if (waiter) waiter(message);
+      else this.queue.push(message);
+    });
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason) })));
+  }
+
+  static async connect(url: string, token: string | undefined, options: WebSocket.ClientOptions = {}): Promise<RawListener> {
+    const ws = new WebSocket(url, { ...options, headers: token ? { ServiceBusAuthorization: token } : {} });
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        ws.once('open', () => resolve());
+        ws.once('error', reject);
+        ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+      }),
+      5000,
+      'control channel to open',
+    );
+    return new RawListener(ws);
+  }
+
+  next<T = any>(ms = 5000): Promise<T> {
+    const queued = this.queue.shift();
+    if (queued !== undefined) return Promise.resolve(queued as T);
+    return withTimeout(new Promise<T>((resolve) => this.waiters.push(resolve as (m: unknown) => void)), ms, 'control message');
+  }
+
+  close(): void {
+    this.ws.terminate();
+  }
+}
+
+/** Opens a client WebSocket and resolves when open; rejects with the HTTP status otherwise. */
+export function openWebSocket(url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<WebSocket> {
+  const ws = new WebSocket(url, options.protocols ?? [], options);
+  return withTimeout(
+    new Promise<WebSocket>((resolve, reject) => {
+      ws.once('open', () => resolve(ws));
+      ws.once('unexpected-response', (_req, res) => {
+        const err = new Error(`HTTP ${res.statusCode} ${res.statusMessage}`) as Error & { status?: number; statusMessage?: string };
+        err.status = res.statusCode;
+        err.statusMessage = res.statusMessage;
+        res.resume();
+        ws.terminate();
+        reject(err);
+      });
+      ws.once('error', reject);
+    }),
+    10000,
+    `WebSocket ${url.split('?')[0]}`,
+  );
+}
+
+/** The HTTP status a WebSocket upgrade fails with. */
+export async function upgradeStatus(url: string, options: WebSocket.ClientOptions = {}): Promise<number> {
+  try {
+    const ws = await openWebSocket(url, options);
+    ws.terminate();
+    return 101;
+  } catch (err) {
+    const status = (err as { status?: number }).status;
+    if (status === undefined) throw err;
+    return status;
+  }
+}

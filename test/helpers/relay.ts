@@ -1,0 +1,106 @@
+// Starts relays for tests: in this process (fast) or as a real child process
+// running the CLI (for memory figures, signals, or when the test process
+// fakes timers). Both bind 127.0.0.1 port 0 and are stopped in t.after.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
+import { buildConfig } from '../../src/config/load.ts';
+import { createLogger } from '../../src/ops/logger.ts';
+import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
+import { withTimeout } from './wait.ts';
+
+export const ROOT_KEY_NAME = 'root';
+export const ROOT_KEY = 'root-key-0123456789abcdef';
+
+/** A config for tests: root rule with Manage, entity "echo" needing sender tokens. */
+export function testConfig(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    listen: { host: '127.0.0.1', port: 0 },
+    log: { level: process.env.TEST_LOG_LEVEL ?? 'silent' },
+    sas: [{ keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] }],
+    hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }],
+    ...overrides,
+  };
+}
+
+export async function startTestRelay(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): Promise<RunningRelay> {
+  const config = buildConfig(testConfig(overrides));
+  const relay = await startRelay(config, createLogger(config.log.level, 'test'));
+  t.after(() => relay.close());
+  return relay;
+}
+
+/** A token for `url` signed with the root key (or the given one). */
+export function tokenFor(url: string, opts: { keyName?: string; key?: string; ttl?: number } = {}): string {
+  const expiresAt = Math.floor(Date.now() / 1000) + (opts.ttl ?? 3600);
+  return createSasToken(resourceForUrl(url), opts.keyName ?? ROOT_KEY_NAME, opts.key ?? ROOT_KEY, expiresAt);
+}
+
+export interface RelayProcess {
+  url: string;
+  port: number;
+  child: ChildProcess;
+  /** Resident set size of the relay process, bytes (Linux /proc). */
+  rss(): number;
+  stderr(): string;
+  stop(): Promise<void>;
+}
+
+export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): Promise<RelayProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-test-'));
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(testConfig(overrides)));
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, '--port', '0'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: new URL('../..', import.meta.url).pathname,
+  });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    err = (err + d.toString()).slice(-65536);
+  });
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const exited = new Promise((r) => child.once('exit', r));
+      try {
+        await withTimeout(exited, 5000, 'relay exit');
+      } catch {
+        child.kill('SIGKILL');
+        await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  t.after(stop);
+  const url = await withTimeout(
+    new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /listening on (http:\/\/\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${err}`)));
+    }),
+    15000,
+    'relay process to listen',
+  );
+  return {
+    url,
+    port: Number(new URL(url).port),
+    child,
+    rss: () => {
+      const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+      return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
+    },
+    stderr: () => err,
+    stop,
+  };
+}
+
+export function wsUrl(httpUrl: string, path: string): string {
+  return httpUrl.replace(/^http/, 'ws') + path;
+}

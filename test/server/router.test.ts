@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { route, stripProtocolParams } from '../../src/server/router.ts';
+
+describe('routing by path', () => {
+  it('sends /$hc/{entity} to hybrid WebSocket actions', () => {
+    const r = route('/$hc/echo?sb-hc-action=listen&sb-hc-id=abc');
+    assert.equal(r.kind, 'hybrid-ws');
+    assert.equal(r.kind === 'hybrid-ws' && r.entity, 'echo');
+  });
+  it('sends /{entity}/... to the HTTP relay with sb-hc-* removed from the target', () => {
+    const r = route('/echo/a/b?x=1&sb-hc-token=t&SB-HC-ID=2&y=%20');
+    assert.deepEqual(r.kind === 'hybrid-http' && [r.entity, r.subPath, r.requestTarget], ['echo', ['a', 'b'], '/echo/a/b?x=1&y=%20']);
+    assert.equal(stripProtocolParams('sb-hc-action=x'), '');
+  });
+  it('keeps reserved names and odd targets away from entities', () => {
+    assert.equal(route('/').kind, 'not-found');
+    assert.equal(route('/client/hubs/x').kind, 'not-found');
+    assert.equal(route('/api/hubs/x').kind, 'not-found');
+    assert.equal(route('/$other/x').kind, 'not-found');
+    assert.equal(route('/$relay/health').kind, 'ops');
+    assert.equal(route('/%E0%A4%A').kind, 'bad-request');
+    assert.equal(route('*').kind, 'bad-request');
+    const abs = route('http://relay.example/echo/x');
+    assert.equal(abs.kind === 'hybrid-http' && abs.entity, 'echo');
+    // "//host/x" is a path with an empty first segment, never a host.
+    assert.equal(route('//echo/x').kind, 'not-found');
+  });
+});
