@@ -24,7 +24,12 @@ export interface PendingConnect {
   log: Logger;
   timer: NodeJS.Timeout;
   onSenderGone: () => void;
+  /** Reads the held socket so a hang-up is seen; keeps any early bytes. */
+  onEarlyData: (chunk: Buffer) => void;
 }
+
+/** Bytes a sender may send before its upgrade is answered (it should send none). */
+const MAX_EARLY_BYTES = 65536;
 
 /** Headers a listener sees in `connectHeaders`: the sender's, less its credential. */
 function connectHeaders(req: IncomingMessage): Record<string, string> {
@@ -68,6 +73,7 @@ export function startConnect(
     timer: setTimeout(() => {
       if (!ctx.rendezvous.delete(pending)) return;
       socket.off('close', pending.onSenderGone);
+      socket.off('data', pending.onEarlyData);
       log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
       failUpgrade(socket, channel.isOpen ? 'AcceptTimeout' : 'ListenerGone');
     }, ctx.config.timeouts.acceptMs),
@@ -77,7 +83,15 @@ export function startConnect(
         log.info({ event: 'connect.sender_gone' });
       }
     },
+    onEarlyData: (chunk) => {
+      pending.head = Buffer.concat([pending.head, chunk]);
+      if (pending.head.length > MAX_EARLY_BYTES) socket.destroy();
+    },
   };
+  // After 'upgrade' Node leaves the socket paused: without reading it, a
+  // sender that hangs up while held would go unnoticed.
+  socket.on('data', pending.onEarlyData);
+  socket.on('end', () => socket.destroy());
   socket.on('close', pending.onSenderGone);
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
@@ -106,6 +120,8 @@ export function completeConnect(
   clearTimeout(pending.timer);
   const sender = pending.socket;
   sender.off('close', pending.onSenderGone);
+  sender.off('data', pending.onEarlyData);
+  sender.removeAllListeners('end');
   const log = pending.log;
   if (sender.destroyed) return failUpgrade(listenerSocket, 'SenderGone');
 

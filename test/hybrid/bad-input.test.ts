@@ -1,0 +1,256 @@
+// Hostile and broken input on every hybrid connections surface: each is
+// answered with the status or close code the spec names, and the relay keeps
+// serving afterwards.
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { afterEach, describe, it, type TestContext } from 'node:test';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
+import { ROOT_KEY, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+const FAST = {
+  timeouts: { acceptMs: 400, httpResponseMs: 400, keepAliveIntervalMs: 100, idleMs: 400, closeHandshakeMs: 200 },
+  sas: [
+    { keyName: 'root', key: ROOT_KEY, rights: ['Manage'] },
+    { keyName: 'sendonly', key: 'send-only-key-0123456789', rights: ['Send'] },
+    { keyName: 'listenonly', key: 'listen-only-key-0123456789', rights: ['Listen'] },
+  ],
+  hybridConnections: [
+    { name: 'echo', requiresClientAuthorization: true },
+    { name: 'open', requiresClientAuthorization: false },
+    { name: 'other', requiresClientAuthorization: true },
+  ],
+  limits: { listenersPerEntity: 2 },
+};
+
+let current: RunningRelay | undefined;
+async function relayFor(t: TestContext, overrides: Record<string, unknown> = {}): Promise<RunningRelay> {
+  current = await startTestRelay(t, { ...FAST, ...overrides });
+  return current;
+}
+afterEach(async () => {
+  // Whatever the test threw at it, the relay still answers.
+  if (current) assert.equal((await httpRequest(`${current.url}/$relay/health`)).status, 200);
+  current = undefined;
+});
+
+const listen = (r: RunningRelay, entity = 'echo') => wsUrl(r.url, `/$hc/${entity}?sb-hc-action=listen`);
+const send = (r: RunningRelay, entity = 'echo') => wsUrl(r.url, `/$hc/${entity}?sb-hc-action=connect`);
+const auth = (token: string) => ({ headers: { ServiceBusAuthorization: token } });
+
+describe('tokens on the listener control channel', () => {
+  it('answers 401, 403 and 404 as the spec lists', async (t) => {
+    const r = await relayFor(t);
+    const url = listen(r);
+    assert.equal(await upgradeStatus(url), 401, 'no token');
+    assert.equal(await upgradeStatus(url, auth('SharedAccessSignature garbage')), 401, 'malformed');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { ttl: -10 }))), 401, 'expired');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { key: 'wrong-key-0123456789' }))), 401, 'wrong key');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(listen(r, 'other')))), 403, 'token for another entity');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { keyName: 'sendonly', key: 'send-only-key-0123456789' }))), 403, 'no Listen right');
+    assert.equal(await upgradeStatus(listen(r, 'nosuch'), auth(tokenFor(listen(r, 'nosuch')))), 404, 'unknown entity');
+    assert.equal(await upgradeStatus(`${url}&sb-hc-token=${encodeURIComponent(tokenFor(url))}`), 101, 'token in the query');
+  });
+
+  it('lets a listener create an unlisted entity only with autoCreate', async (t) => {
+    const r = await relayFor(t, { autoCreate: true });
+    const url = listen(r, 'fresh');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url))), 101);
+    assert.equal(await upgradeStatus(listen(r, 'client'), auth(tokenFor(listen(r, 'client')))), 400, 'reserved name');
+  });
+
+  it('refuses a listener past listenersPerEntity with 403', async (t) => {
+    const r = await relayFor(t);
+    const url = listen(r);
+    const a = await RawListener.connect(url, tokenFor(url));
+    const b = await RawListener.connect(url, tokenFor(url));
+    t.after(() => { a.close(); b.close(); });
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url))), 403);
+  });
+});
+
+describe('senders', () => {
+  it('answers 401, 403 and 404 before bothering a listener', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    const url = send(r);
+    assert.equal(await upgradeStatus(url), 401, 'no token');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { ttl: -1 }))), 401, 'expired');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { key: 'wrong-key-0123456789' }))), 401, 'wrong key');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(send(r, 'other')))), 403, 'other entity');
+    assert.equal(await upgradeStatus(url, auth(tokenFor(url, { keyName: 'listenonly', key: 'listen-only-key-0123456789' }))), 403, 'no Send right');
+    assert.equal(await upgradeStatus(send(r, 'nosuch'), auth(tokenFor(send(r, 'nosuch')))), 404, 'unknown entity');
+    assert.equal(await upgradeStatus(send(r, 'other'), auth(tokenFor(send(r, 'other')))), 404, 'no listener');
+    assert.equal(await upgradeStatus(`${r.url.replace('http', 'ws')}/$hc/echo?sb-hc-action=dance`), 400, 'unknown action');
+    const http = await httpRequest(`${r.url}/echo/x`);
+    assert.equal(http.status, 401, 'HTTP without a token');
+    assert.equal((await httpRequest(`${r.url}/nosuch/x`)).status, 404, 'HTTP to an unknown entity');
+    assert.equal((await httpRequest(`${r.url}/open/x`)).status, 404, 'HTTP with no listener');
+  });
+
+  it('lets senders in without a token where requiresClientAuthorization is false', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    const opening = openWebSocket(send(r, 'open'));
+    const { accept } = await l.next();
+    assert.match(accept.connectHeaders['sec-websocket-key'], /==$/);
+    assert.equal(accept.connectHeaders['servicebusauthorization'], undefined);
+    const leg = await openWebSocket(accept.address);
+    const sender = await opening;
+    sender.close();
+    leg.terminate();
+  });
+});
+
+describe('rendezvous', () => {
+  /** A listener, and a sender offering subprotocol p1 whose upgrade is held. */
+  async function listenerAndSender(t: TestContext, r: RunningRelay) {
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    const next = async () => {
+      const senderUrl = send(r);
+      const sender = openWebSocket(senderUrl, { ...auth(tokenFor(senderUrl)), protocols: ['p1'] });
+      sender.catch(() => {});
+      const { accept } = await l.next();
+      return { sender, accept };
+    };
+    return { l, next };
+  }
+
+  it("fails the sender with the listener's status code on reject (both parameter spellings)", async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    for (const style of ['sb-hc-', '']) {
+      const { sender, accept } = await next();
+      const status = await upgradeStatus(`${accept.address}&${style}statusCode=403&${style}statusDescription=${encodeURIComponent('Go away')}`);
+      assert.equal(status, 410, 'the reject handshake itself fails, as the listener expects');
+      await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 403 && err.statusMessage === 'Go away');
+    }
+  });
+
+  it('answers 404 to an address used twice or never issued', async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    const { sender, accept } = await next();
+    const leg = await openWebSocket(accept.address, { protocols: ['p1'] });
+    t.after(() => leg.terminate());
+    const s = await sender;
+    assert.equal(s.protocol, 'p1');
+    s.terminate();
+    assert.equal(await upgradeStatus(accept.address), 404, 'accept twice');
+    const forged = accept.address.replace(/sb-hc-id=[^&]+/, 'sb-hc-id=00000000-0000-0000-0000-000000000000');
+    assert.equal(await upgradeStatus(forged), 404, 'never issued');
+  });
+
+  it('answers 404 or 410 to an accept whose sender disconnected first', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    const raw = connect(Number(new URL(r.url).port), '127.0.0.1');
+    t.after(() => raw.destroy());
+    raw.write(
+      'GET /$hc/echo?sb-hc-action=connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nServiceBusAuthorization: ${tokenFor(send(r))}\r\n\r\n`,
+    );
+    const { accept } = await l.next();
+    raw.destroy();
+    const status = await upgradeStatus(accept.address);
+    assert.ok(status === 404 || status === 410, `status ${status}`);
+  });
+
+  it('fails the sender with 504 when no listener answers in time', async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    const { sender } = await next();
+    await assert.rejects(sender, (err: { status?: number }) => err.status === 504);
+  });
+
+  it('closes both legs with 1002 when a sender breaks the framing', async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    const { sender, accept } = await next();
+    const leg = await openWebSocket(accept.address, { protocols: ['p1'] });
+    const s = await sender;
+    t.after(() => { leg.terminate(); s.terminate(); });
+    const legClosed = new Promise<number>((res) => leg.on('close', (code) => res(code)));
+    // An unmasked frame from a client is a protocol error (RFC 6455 5.1).
+    (s as unknown as { _socket: import('node:net').Socket })._socket.write(Buffer.from([0x81, 0x02, 0x68, 0x69]));
+    assert.equal(await withTimeout(legClosed, 3000, 'listener leg close'), 1002);
+  });
+});
+
+describe('control channel messages', () => {
+  for (const [what, payload, code] of [
+    ['not JSON', '{nope', 1008],
+    ['an unknown message', JSON.stringify({ hello: {} }), 1008],
+    ['a response missing fields', JSON.stringify({ response: { statusCode: 200 } }), 1008],
+    ['a binary message with no response before it', Buffer.from([1, 2, 3]), 1008],
+    ['an oversized message', 'x'.repeat(70000), 1009],
+    ['a renewToken with a bad token', JSON.stringify({ renewToken: { token: 'SharedAccessSignature sr=a&sig=b&se=1&skn=c' } }), 1008],
+  ] as const) {
+    it(`closes the channel on ${what} with ${code}`, async (t) => {
+      const r = await relayFor(t);
+      const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+      t.after(() => l.close());
+      l.ws.send(payload);
+      const closed = await withTimeout(l.closed, 3000, 'close');
+      assert.equal(closed.code, code);
+    });
+  }
+
+  it('drops a listener that stops answering pings', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)), { autoPong: false });
+    t.after(() => l.close());
+    const closed = await withTimeout(l.closed, 3000, 'idle drop');
+    assert.equal(closed.code, 1006);
+  });
+});
+
+describe('HTTP mode failures', () => {
+  it('gives 504 when the listener never answers and 502 when it leaves mid-request', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    const silent = await httpRequest(`${r.url}/open/slow`);
+    assert.equal(silent.status, 504);
+    assert.equal(JSON.parse(String(silent.body)).code, 'ResponseTimeout');
+    await l.next(); // the request notice for the silent request
+
+    const pending = httpRequest(`${r.url}/open/leaving`);
+    const { request } = await l.next();
+    assert.equal(request.requestTarget, '/open/leaving');
+    l.close();
+    const gone = await pending;
+    assert.equal(gone.status, 502);
+  });
+
+  it('gives 502 for a response the listener garbles, without crashing', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    const pending = httpRequest(`${r.url}/open/bad`);
+    const { request } = await l.next();
+    l.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: { 'bad header': 'x' } } }));
+    assert.equal((await pending).status, 502);
+    const second = httpRequest(`${r.url}/open/bad2`);
+    const next = await l.next();
+    l.ws.send(JSON.stringify({ response: { requestId: next.request.id, statusCode: 200, responseHeaders: { 'x-v': 'a\r\nInjected: 1' } } }));
+    const res = await second;
+    assert.equal(res.status, 502);
+    assert.equal(res.headers['injected'], undefined);
+  });
+
+  it('survives raw garbage on the HTTP port', async (t) => {
+    const r = await relayFor(t);
+    const socket = connect(Number(new URL(r.url).port), '127.0.0.1');
+    t.after(() => socket.destroy());
+    socket.write('GARBAGE \x00\x01\x02 HTTP/9.9\r\n\r\n');
+    const reply = await withTimeout(new Promise<string>((res) => socket.once('data', (d) => res(String(d)))), 3000, 'reply');
+    assert.match(reply, /^HTTP\/1.1 400/);
+  });
+});
