@@ -1,0 +1,32 @@
+// The command line, run as a user runs it (bin/edge-relay.js).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
+
+function run(...args: string[]) {
+  return spawnSync(process.execPath, ['bin/edge-relay.js', ...args], { encoding: 'utf8', timeout: 20000 });
+}
+
+describe('edge-relay command line', () => {
+  it('lists its commands and explains each with --help', () => {
+    const main = run('--help');
+    assert.equal(main.status, 0);
+    assert.match(main.stdout, /serve/);
+    assert.match(main.stdout, /token sas/);
+    assert.match(run('serve', '--help').stdout, /--config FILE/);
+    assert.match(run('token', '--help').stdout, /--key-name NAME/);
+    assert.equal(run('nonsense').status, 2);
+  });
+
+  it('token sas prints a token the relay accepts for that entity and right', () => {
+    const r = run('token', 'sas', '--uri', 'ws://127.0.0.1:9400/$hc/echo', '--key-name', 'RootManageSharedAccessKey', '--key', 'dev-only-key-0123456789', '--ttl', '60');
+    assert.equal(r.status, 0, r.stderr);
+    const token = r.stdout.trim();
+    assert.match(token, /^SharedAccessSignature sr=http%3A%2F%2F127\.0\.0\.1%3A9400%2Fecho&sig=.+&se=\d+&skn=RootManageSharedAccessKey$/);
+    const auth = new SasAuthorizer([{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }]);
+    assert.equal(auth.check({ token, entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
+    assert.equal(auth.check({ token, entity: 'other', right: 'Listen', hosts: ['127.0.0.1'] }).ok, false);
+    assert.equal(run('token', 'sas', '--uri', 'x').status, 2);
+  });
+});
