@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../ops/logger.ts';
+import { sendError } from '../server/respond.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import {
@@ -294,10 +295,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
     if (!this.headSent && !this.res.headersSent) {
-      const spec = HYBRID_ERRORS[code];
-      const body = JSON.stringify({ code, message: spec.message }) + '\n';
-      this.res.writeHead(spec.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-      this.res.end(body);
+      sendError(this.res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
     } else {
       this.res.destroy();
     }

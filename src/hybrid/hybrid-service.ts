@@ -8,6 +8,7 @@ import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
+import { sendError } from '../server/respond.ts';
 import type { HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
@@ -37,6 +38,8 @@ export class HybridService {
   private readonly wss: WebSocketServer;
   private readonly stopKeepAlive: () => void;
   private shuttingDown = false;
+  /** publicUrl's host: a token's resource may always name it. */
+  private readonly publicHost: string;
 
   constructor(
     private readonly config: RelayConfig,
@@ -53,6 +56,7 @@ export class HybridService {
       maxPayload: config.limits.controlMessageBytes,
     });
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
+    this.publicHost = new URL(rendezvousBase).hostname;
   }
 
   // --- WebSocket actions on /$hc/{entity} ---------------------------------------
@@ -158,10 +162,7 @@ export class HybridService {
     const log = this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) });
     const refuse = (code: HybridErrorCode) => {
       log.info({ event: 'http.refused', code });
-      const spec = HYBRID_ERRORS[code];
-      const body = JSON.stringify({ code, message: spec.message }) + '\n';
-      res.writeHead(spec.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-      res.end(body);
+      sendError(res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
       req.resume();
     };
     if (this.shuttingDown) return refuse('ShuttingDown');
@@ -199,7 +200,7 @@ export class HybridService {
   /** Hosts a token's resource may name for this request. */
   private hostsFor(req: IncomingMessage): string[] {
     if (this.config.namespaceHosts.length > 0) return this.config.namespaceHosts;
-    const hosts = [new URL(this.ctx.rendezvousBase).hostname];
+    const hosts = [this.publicHost];
     const host = req.headers.host;
     if (host) {
       try {

@@ -8,6 +8,7 @@ import { HybridService } from '../hybrid/hybrid-service.ts';
 import { handleOps } from '../ops/health.ts';
 import type { Logger } from '../ops/logger.ts';
 import { writeUpgradeError } from '../websocket/handshake.ts';
+import { sendError } from './respond.ts';
 import { route } from './router.ts';
 
 export interface RunningRelay {
@@ -19,12 +20,6 @@ export interface RunningRelay {
   hybrid: HybridService;
   /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
   close(): Promise<void>;
-}
-
-function sendJson(res: ServerResponse, status: number, code: string, message: string): void {
-  const body = JSON.stringify({ code, message }) + '\n';
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
-  res.end(body);
 }
 
 function hostForUrl(host: string): string {
@@ -67,13 +62,13 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
         return hybrid.handleHttp(req, res, r);
       case 'ops':
         if (handleOps(r.name, res, { ready: () => !closing })) return;
-        return sendJson(res, 404, 'NotFound', 'No such endpoint');
+        return sendError(res, 404, 'NotFound', 'No such endpoint');
       case 'hybrid-ws':
-        return sendJson(res, 400, 'NotWebSocket', 'A WebSocket upgrade is required for this address');
+        return sendError(res, 400, 'NotWebSocket', 'A WebSocket upgrade is required for this address');
       case 'bad-request':
-        return sendJson(res, 400, 'BadRequest', 'Malformed request target');
+        return sendError(res, 400, 'BadRequest', 'Malformed request target');
       default:
-        return sendJson(res, 404, 'NotFound', 'No such endpoint');
+        return sendError(res, 404, 'NotFound', 'No such endpoint');
     }
   });
 
