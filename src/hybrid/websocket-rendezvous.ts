@@ -5,6 +5,7 @@
 // (the sender's upgrade fails with it). No answer in time: 504.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../ops/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
@@ -27,6 +28,9 @@ export interface PendingConnect {
   /** Reads the held socket so a hang-up is seen; keeps any early bytes. */
   onEarlyData: (chunk: Buffer) => void;
 }
+
+/** First TCP keep-alive probe on an idle spliced leg. */
+const SPLICE_TCP_KEEPALIVE_MS = 30_000;
 
 /** Bytes a sender may send before its upgrade is answered (it should send none). */
 const MAX_EARLY_BYTES = 65536;
@@ -144,7 +148,11 @@ export function completeConnect(
   writeSwitchingProtocols(listenerSocket, upgrade.key, protocol);
   writeSwitchingProtocols(sender, pending.key, protocol);
   for (const s of [sender, listenerSocket]) {
-    if ('setNoDelay' in s) (s as import('node:net').Socket).setNoDelay(true);
+    if (!(s instanceof Socket)) continue;
+    s.setNoDelay(true);
+    // The relay does not ping spliced legs (each end pings the other through
+    // it); TCP keep-alive finds a peer that vanished without a FIN.
+    s.setKeepAlive(true, SPLICE_TCP_KEEPALIVE_MS);
   }
   log.info({ event: 'connect.spliced', protocol });
   const splice = new FrameSplice(
