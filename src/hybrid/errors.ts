@@ -1,7 +1,12 @@
 // Hybrid connections errors: one table, each code with the HTTP status a
 // sender or listener handshake fails with, or the WebSocket close code an open
-// control channel is closed with (protocols/hybrid-connections.md). Tests
-// assert codes and statuses, not message text.
+// control channel is closed with (protocols/hybrid-connections.md), and the
+// two ways a code is answered: on an upgrade socket, or on an HTTP response.
+// Tests assert codes and statuses, not message text.
+import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { sendError } from '../server/respond.ts';
+import { writeUpgradeError } from '../websocket/handshake.ts';
 
 export interface HybridErrorSpec {
   status: number;
@@ -37,3 +42,14 @@ export const HYBRID_ERRORS = {
 } as const satisfies Record<string, HybridErrorSpec>;
 
 export type HybridErrorCode = keyof typeof HYBRID_ERRORS;
+
+/** Fails a WebSocket upgrade with the code's status; `detail` replaces the message. */
+export function failUpgrade(socket: Duplex, code: HybridErrorCode, detail?: string): void {
+  const spec = HYBRID_ERRORS[code];
+  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
+}
+
+/** Answers an HTTP request with the code's status and a JSON body. */
+export function failRequest(res: ServerResponse, code: HybridErrorCode): void {
+  sendError(res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
+}

@@ -10,7 +10,6 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../ops/logger.ts';
-import { sendError } from '../server/respond.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import {
@@ -28,8 +27,7 @@ import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../web
 import { rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
-import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
-import { failUpgrade } from './websocket-rendezvous.ts';
+import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -295,7 +293,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
     if (!this.headSent && !this.res.headersSent) {
-      sendError(this.res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
+      failRequest(this.res, code);
     } else {
       this.res.destroy();
     }

@@ -8,16 +8,15 @@ import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
-import { sendError } from '../server/respond.ts';
 import type { HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
-import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HttpExchange } from './http-exchange.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RendezvousTable } from './rendezvous-table.ts';
-import { completeConnect, failUpgrade, startConnect } from './websocket-rendezvous.ts';
+import { completeConnect, startConnect } from './websocket-rendezvous.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -162,7 +161,7 @@ export class HybridService {
     const log = this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) });
     const refuse = (code: HybridErrorCode) => {
       log.info({ event: 'http.refused', code });
-      sendError(res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
+      failRequest(res, code);
       req.resume();
     };
     if (this.shuttingDown) return refuse('ShuttingDown');

@@ -13,7 +13,7 @@ import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from 
 import { rendezvousAddress, type HybridContext } from './context.ts';
 import type { ControlChannel } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
-import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { failUpgrade } from './errors.ts';
 
 export interface PendingConnect {
   kind: 'connect';
@@ -27,6 +27,15 @@ export interface PendingConnect {
   onSenderGone: () => void;
   /** Reads the held socket so a hang-up is seen; keeps any early bytes. */
   onEarlyData: (chunk: Buffer) => void;
+  onSenderEnd: () => void;
+}
+
+/** Takes the held-socket handlers off the sender: it is answered or spliced now. */
+function detachSender(pending: PendingConnect): void {
+  const s = pending.socket;
+  s.off('close', pending.onSenderGone);
+  s.off('data', pending.onEarlyData);
+  s.off('end', pending.onSenderEnd);
 }
 
 /** First TCP keep-alive probe on an idle spliced leg. */
@@ -43,11 +52,6 @@ function connectHeaders(req: IncomingMessage): Record<string, string> {
     out[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   return out;
-}
-
-export function failUpgrade(socket: Duplex, code: HybridErrorCode, detail?: string): void {
-  const spec = HYBRID_ERRORS[code];
-  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
 }
 
 /** Holds the sender's upgrade and pushes `accept` to `channel`. */
@@ -76,8 +80,7 @@ export function startConnect(
     log,
     timer: setTimeout(() => {
       if (!ctx.rendezvous.delete(pending)) return;
-      socket.off('close', pending.onSenderGone);
-      socket.off('data', pending.onEarlyData);
+      detachSender(pending);
       log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
       failUpgrade(socket, channel.isOpen ? 'AcceptTimeout' : 'ListenerGone');
     }, ctx.config.timeouts.acceptMs),
@@ -91,11 +94,12 @@ export function startConnect(
       pending.head = Buffer.concat([pending.head, chunk]);
       if (pending.head.length > MAX_EARLY_BYTES) socket.destroy();
     },
+    onSenderEnd: () => socket.destroy(),
   };
   // After 'upgrade' Node leaves the socket paused: without reading it, a
   // sender that hangs up while held would go unnoticed.
   socket.on('data', pending.onEarlyData);
-  socket.on('end', () => socket.destroy());
+  socket.on('end', pending.onSenderEnd);
   socket.on('close', pending.onSenderGone);
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
@@ -123,9 +127,7 @@ export function completeConnect(
   ctx.rendezvous.delete(pending);
   clearTimeout(pending.timer);
   const sender = pending.socket;
-  sender.off('close', pending.onSenderGone);
-  sender.off('data', pending.onEarlyData);
-  sender.removeAllListeners('end');
+  detachSender(pending);
   const log = pending.log;
   if (sender.destroyed) return failUpgrade(listenerSocket, 'SenderGone');
 
