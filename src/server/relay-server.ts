@@ -35,9 +35,14 @@ export function rendezvousBaseFor(publicUrl: string): string {
 export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
   const server = createServer({ requestTimeout: 0, maxHeaderSize: 16384 });
   const sockets = new Set<Duplex>();
+  /** Set while shutting down: called when the last open socket closes. */
+  let onAllClosed: (() => void) | undefined;
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
+    socket.on('close', () => {
+      sockets.delete(socket);
+      if (sockets.size === 0) onAllClosed?.();
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -99,11 +104,13 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       hybrid.shutdown();
       server.closeIdleConnections();
-      const deadline = new Promise<void>((resolve) => setTimeout(resolve, config.timeouts.shutdownMs).unref());
-      const drained = (async () => {
-        while (sockets.size > 0) await new Promise((r) => setTimeout(r, 25));
-      })();
+      let deadlineTimer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<void>((resolve) => {
+        deadlineTimer = setTimeout(resolve, config.timeouts.shutdownMs);
+      });
+      const drained = sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (onAllClosed = resolve));
       await Promise.race([drained, deadline]);
+      clearTimeout(deadlineTimer);
       for (const s of sockets) s.destroy();
       await stopped;
       log.info({ event: 'relay.stopped' });
