@@ -4,6 +4,7 @@
 // namespace root or the entity (segment prefix, case-insensitive); a rule with
 // `entity` covers only that entity. Manage implies Listen and Send.
 import type { Right, SasRule } from '../config/types.ts';
+import { hostListed } from '../server/token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
 
 export type SasDecision =
@@ -61,8 +62,7 @@ export function resourceCovers(resource: string, requested: string[], hosts: str
   } catch {
     return false;
   }
-  const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '');
-  if (!hosts.some((h) => h.toLowerCase().replace(/^\[|\]$/g, '') === host)) return false;
+  if (!hostListed(url.hostname, hosts)) return false;
   let segments: string[];
   try {
     segments = url.pathname.split('/').filter((s) => s !== '').map((s) => decodeURIComponent(s).toLowerCase());

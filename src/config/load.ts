@@ -106,6 +106,12 @@ function checkCrossFieldRules(config: RelayConfig): void {
       throw new ConfigError(`config: /hybridConnections/${i}/name: "${hc.name}" is reserved`);
     }
   }
+  const hubs = new Set<string>();
+  for (const [i, hub] of config.pubsub.hubs.entries()) {
+    const key = hub.name.toLowerCase();
+    if (hubs.has(key)) throw new ConfigError(`config: /pubsub/hubs/${i}/name: "${hub.name}" is listed twice`);
+    hubs.add(key);
+  }
   if (config.timeouts.idleMs <= config.timeouts.keepAliveIntervalMs) {
     throw new ConfigError('config: /timeouts/idleMs: must be greater than timeouts.keepAliveIntervalMs');
   }

@@ -16,6 +16,17 @@ export interface HybridConnectionConfig {
   requiresClientAuthorization: boolean;
 }
 
+export interface HubUpstreamConfig {
+  url: string;
+  timeoutMs: number;
+}
+
+export interface HubConfig {
+  name: string;
+  accessKey: string;
+  upstream?: HubUpstreamConfig;
+}
+
 export interface RelayConfig {
   nodeId: string;
   listen: { host: string; port: number };
@@ -25,12 +36,19 @@ export interface RelayConfig {
   sas: SasRule[];
   autoCreate: boolean;
   hybridConnections: HybridConnectionConfig[];
+  pubsub: { hubs: HubConfig[] };
   bus: { kind: 'memory' };
   limits: {
     listenersPerEntity: number;
     controlMessageBytes: number;
     spliceBufferBytes: number;
     pendingPerEntity: number;
+    pubsubMessageBytes: number;
+    outboundBufferBytes: number;
+    sessionBufferMessages: number;
+    sessionBufferBytes: number;
+    ackIdsPerConnection: number;
+    groupsPerConnection: number;
   };
   timeouts: {
     acceptMs: number;
@@ -39,5 +57,6 @@ export interface RelayConfig {
     idleMs: number;
     closeHandshakeMs: number;
     shutdownMs: number;
+    sessionRetainMs: number;
   };
 }

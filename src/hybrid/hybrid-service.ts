@@ -7,6 +7,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
+import { tokenHostsFor } from '../server/token-hosts.ts';
 import type { Logger } from '../ops/logger.ts';
 import type { HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
@@ -198,17 +199,7 @@ export class HybridService {
 
   /** Hosts a token's resource may name for this request. */
   private hostsFor(req: IncomingMessage): string[] {
-    if (this.config.namespaceHosts.length > 0) return this.config.namespaceHosts;
-    const hosts = [this.publicHost];
-    const host = req.headers.host;
-    if (host) {
-      try {
-        hosts.push(new URL(`http://${host}`).hostname);
-      } catch {
-        // A malformed Host header names nothing.
-      }
-    }
-    return hosts;
+    return tokenHostsFor(req, this.config.namespaceHosts, this.publicHost);
   }
 
   // --- shutdown -------------------------------------------------------------------

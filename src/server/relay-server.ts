@@ -1,10 +1,11 @@
 // The one HTTP server of an edge node: routes plain requests and WebSocket
-// upgrades to the domains (hybrid connections, ops), and shuts down cleanly.
+// upgrades to the domains (hybrid connections, pub/sub, ops), and shuts down cleanly.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
+import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
 import type { Logger } from '../ops/logger.ts';
 import { writeUpgradeError } from '../websocket/handshake.ts';
@@ -18,6 +19,7 @@ export interface RunningRelay {
   /** Base URL listeners are told to dial. */
   publicUrl: string;
   hybrid: HybridService;
+  pubsub: PubSubService;
   /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
   close(): Promise<void>;
 }
@@ -58,6 +60,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
   }
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl));
+  const pubsub = new PubSubService(config, log, publicUrl);
   let closing = false;
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
@@ -68,7 +71,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       case 'ops':
         if (handleOps(r.name, res, { ready: () => !closing })) return;
         return sendError(res, 404, 'NotFound', 'No such endpoint');
+      case 'pubsub-rest':
+        return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
       case 'hybrid-ws':
+      case 'pubsub-client':
         return sendError(res, 400, 'NotWebSocket', 'A WebSocket upgrade is required for this address');
       case 'bad-request':
         return sendError(res, 400, 'BadRequest', 'Malformed request target');
@@ -80,6 +86,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const r = route(req.url);
     if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params);
+    if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());
     if (r.kind === 'bad-request') return writeUpgradeError(socket, 400, 'Malformed request target', 'BadRequest');
     writeUpgradeError(socket, 404, 'No such endpoint', 'NotFound');
@@ -97,12 +104,14 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     port,
     publicUrl,
     hybrid,
+    pubsub,
     close: async () => {
       if (closing) return;
       closing = true;
       log.info({ event: 'relay.stopping' });
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       hybrid.shutdown();
+      pubsub.shutdown();
       server.closeIdleConnections();
       let deadlineTimer: NodeJS.Timeout | undefined;
       const deadline = new Promise<void>((resolve) => {

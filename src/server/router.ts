@@ -4,6 +4,8 @@
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
+  | { kind: 'pubsub-client'; hub: string; params: URLSearchParams; path: string }
+  | { kind: 'pubsub-rest'; hub: string; segments: string[]; params: URLSearchParams; path: string }
   | { kind: 'ops'; name: string }
   | { kind: 'not-found' }
   | { kind: 'bad-request' };
@@ -48,7 +50,25 @@ export function route(rawUrl: string | undefined): Route {
     return { kind: 'hybrid-ws', entity: rest[0], params };
   }
   if (first === '$relay') return { kind: 'ops', name: rest.join('/') };
-  if (first === '' || first.startsWith('$') || first === 'client' || first === 'api') return { kind: 'not-found' };
+  if (first === 'client') {
+    // /client/hubs/{hub}, or /client/?hub={hub} (protocols/web-pubsub.md 1.1)
+    if (rest[0] === 'hubs' && rest.length === 2 && rest[1] !== '') {
+      return { kind: 'pubsub-client', hub: rest[1], params, path: rawPath };
+    }
+    const hub = params.get('hub');
+    if ((rest.length === 0 || (rest.length === 1 && rest[0] === '')) && hub) {
+      return { kind: 'pubsub-client', hub, params, path: rawPath };
+    }
+    return { kind: 'not-found' };
+  }
+  if (first === 'api') {
+    if (rest.length === 1 && rest[0] === 'health') return { kind: 'ops', name: 'health' };
+    if (rest[0] === 'hubs' && rest.length >= 2 && rest[1] !== '') {
+      return { kind: 'pubsub-rest', hub: rest[1], segments: rest.slice(2), params, path: rawPath };
+    }
+    return { kind: 'not-found' };
+  }
+  if (first === '' || first.startsWith('$')) return { kind: 'not-found' };
   const kept = stripProtocolParams(rawQuery);
   return {
     kind: 'hybrid-http',

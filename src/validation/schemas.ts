@@ -19,6 +19,28 @@ export const validateConfig = load('config.schema.json');
 export const validateHttpResponseMessage = load('hc-response.schema.json');
 export const validateListenerMessage = load('hc-listener-message.schema.json');
 
+/** Any pub/sub client frame: a JSON object with a string `type`. */
+export const validatePubSubEnvelope = load('pubsub-client-message.schema.json');
+const PUBSUB_MESSAGE_ID = 'https://edge-relay.dev/schemas/pubsub-client-message.schema.json';
+
+function pubsubDefinition(name: string): ValidateFunction {
+  const validate = ajv.getSchema(`${PUBSUB_MESSAGE_ID}#/definitions/${name}`);
+  if (!validate) throw new Error(`schema definition ${name} is missing`);
+  return validate;
+}
+
+/** One validator per upstream message type the relay understands. */
+export const pubsubMessageValidators: ReadonlyMap<string, ValidateFunction> = new Map(
+  ['joinGroup', 'leaveGroup', 'sendToGroup', 'event', 'sequenceAck', 'ping', 'invoke', 'cancelInvocation'].map((t) => [
+    t,
+    pubsubDefinition(t),
+  ]),
+);
+export const validateGroupName = pubsubDefinition('groupName');
+export const validateUserId = pubsubDefinition('userId');
+export const validateConnectionId = pubsubDefinition('connectionId');
+export const validateRestGroupsBody = load('pubsub-rest-groups.schema.json');
+
 /** One readable line per ajv error: `/listen/port: must be <= 65535`. */
 export function describeErrors(errors: ErrorObject[] | null | undefined): string {
   if (!errors || errors.length === 0) return 'invalid';

@@ -13,10 +13,21 @@ describe('routing by path', () => {
     assert.deepEqual(r.kind === 'hybrid-http' && [r.entity, r.subPath, r.requestTarget], ['echo', ['a', 'b'], '/echo/a/b?x=1&y=%20']);
     assert.equal(stripProtocolParams('sb-hc-action=x'), '');
   });
+  it('sends /client and /api to pub/sub, with names decoded per segment', () => {
+    const client = route('/client/?hub=chat&access_token=t');
+    assert.deepEqual(client.kind === 'pubsub-client' && [client.hub, client.path], ['chat', '/client/']);
+    const rest = route('/api/hubs/chat/groups/a%2Fb.%2A%3E%20c/:send?api-version=2024-12-01');
+    assert.deepEqual(rest.kind === 'pubsub-rest' && [rest.hub, rest.segments], ['chat', ['groups', 'a/b.*> c', ':send']]);
+    assert.equal(route('/api/health').kind, 'ops');
+  });
+
   it('keeps reserved names and odd targets away from entities', () => {
     assert.equal(route('/').kind, 'not-found');
-    assert.equal(route('/client/hubs/x').kind, 'not-found');
-    assert.equal(route('/api/hubs/x').kind, 'not-found');
+    assert.equal(route('/client/hubs/x').kind, 'pubsub-client');
+    assert.equal(route('/client/hubs/x/y').kind, 'not-found');
+    assert.equal(route('/client/anything').kind, 'not-found');
+    assert.equal(route('/api/hubs/x').kind, 'pubsub-rest');
+    assert.equal(route('/api/other').kind, 'not-found');
     assert.equal(route('/$other/x').kind, 'not-found');
     assert.equal(route('/$relay/health').kind, 'ops');
     assert.equal(route('/%E0%A4%A').kind, 'bad-request');

@@ -1,0 +1,80 @@
+// Pub/sub access tokens (Azure Web PubSub): HS256 JWTs signed with a hub's
+// access key. Client tokens carry `sub` (user id), `role` and
+// `webpubsub.group`; REST tokens are bare. Either way `aud` must name this
+// endpoint: one of the token hosts (port and scheme ignored, as for SAS) and
+// the request's path (or the hub's canonical client path), compared decoded
+// and case-insensitively, without the query and trailing slashes.
+import { hostListed } from '../server/token-hosts.ts';
+import { JwtError, verifyJwt, type JwtClaims } from './jwt.ts';
+
+export type AccessTokenError = 'TokenMissing' | 'TokenInvalid' | 'TokenExpired' | 'AudienceInvalid';
+
+export type AccessTokenResult = { ok: true; claims: JwtClaims } | { ok: false; code: AccessTokenError };
+
+export interface ClientIdentity {
+  userId: string | null;
+  roles: string[];
+  groups: string[];
+}
+
+function normalizePath(path: string): string | undefined {
+  try {
+    return decodeURIComponent(path).replace(/\/+$/, '').toLowerCase();
+  } catch {
+    return undefined;
+  }
+}
+
+/** True when `aud` (a string or list) names one of `hosts` and one of `paths`. */
+export function audienceMatches(aud: unknown, paths: string[], hosts: string[]): boolean {
+  const audiences = Array.isArray(aud) ? aud : [aud];
+  const wanted = paths.map(normalizePath);
+  return audiences.some((a) => {
+    if (typeof a !== 'string') return false;
+    let url: URL;
+    try {
+      url = new URL(a);
+    } catch {
+      return false;
+    }
+    const path = normalizePath(url.pathname);
+    return path !== undefined && hostListed(url.hostname, hosts) && wanted.includes(path);
+  });
+}
+
+export function verifyAccessToken(token: string | undefined, key: string, paths: string[], hosts: string[]): AccessTokenResult {
+  if (!token) return { ok: false, code: 'TokenMissing' };
+  let claims: JwtClaims;
+  try {
+    claims = verifyJwt(token, key);
+  } catch (err) {
+    if (err instanceof JwtError && (err.code === 'TokenExpired' || err.code === 'TokenNotYetValid')) {
+      return { ok: false, code: 'TokenExpired' };
+    }
+    return { ok: false, code: 'TokenInvalid' };
+  }
+  if (!audienceMatches(claims.aud, paths, hosts)) return { ok: false, code: 'AudienceInvalid' };
+  return { ok: true, claims };
+}
+
+function stringList(value: unknown): string[] {
+  if (typeof value === 'string') return [value];
+  if (Array.isArray(value)) return value.filter((v): v is string => typeof v === 'string');
+  return [];
+}
+
+/** The identity a verified client token grants. Bad claim types grant nothing. */
+export function clientIdentityOf(claims: JwtClaims): ClientIdentity {
+  const sub = claims.sub;
+  return {
+    userId: typeof sub === 'string' && sub.length > 0 && sub.length <= 1024 ? sub : null,
+    roles: stringList(claims.role),
+    groups: stringList(claims['webpubsub.group']).filter((g) => g.length > 0 && g.length <= 1024),
+  };
+}
+
+/** Reads a bearer token from an Authorization header. */
+export function bearerToken(header: string | undefined): string | undefined {
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  return match?.[1];
+}

@@ -1,0 +1,120 @@
+// What the relay does with each frame a pub/sub client sends
+// (protocols/web-pubsub.md 1.3, 1.10). Frames are checked against
+// schemas/pubsub-client-message.schema.json: a frame that is not a JSON object
+// with a string `type` (or is binary) ends the connection; a known type with
+// bad fields, or an unknown type, is answered with a failed ack when it
+// carries an ackId. Every ackId gets exactly one ack; a repeated ackId that
+// was processed is answered `Duplicate` and not processed again.
+import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
+import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
+import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
+import type { Hub } from './hub.ts';
+import type { PubSubConnection } from './pubsub-connection.ts';
+import type { UpstreamResult, UserEvent } from './upstream.ts';
+
+/** What the protocol needs from the service around it. */
+export interface ClientProtocolContext {
+  hub(connection: PubSubConnection): Hub | undefined;
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
+  sendEvent(event: Omit<UserEvent, 'hub'>, hub: Hub): Promise<UpstreamResult>;
+  groupsPerConnection: number;
+  count(counter: 'messagesIn' | 'acksOk' | 'acksFailed'): void;
+}
+
+interface Upstream {
+  type: string;
+  ackId?: number;
+  group?: string;
+  noEcho?: boolean;
+  dataType?: DataType;
+  data?: unknown;
+  event?: string;
+  sequenceId?: number;
+  invocationId?: string;
+}
+
+function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, error?: AckErrorName, detail?: string): void {
+  if (ackId === undefined) return;
+  ctx.count(error ? 'acksFailed' : 'acksOk');
+  connection.sendControl(ackFrame(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
+}
+
+export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
+  if (isBinary) return ctx.endConnection(connection, 'BinaryFrame');
+  let message: unknown;
+  try {
+    message = JSON.parse(data.toString('utf8'));
+  } catch {
+    return ctx.endConnection(connection, 'InvalidMessage');
+  }
+  if (!validatePubSubEnvelope(message)) return ctx.endConnection(connection, 'InvalidMessage');
+  ctx.count('messagesIn');
+  const m = message as Upstream;
+  const ackId = Number.isSafeInteger(m.ackId) && (m.ackId as number) >= 0 ? m.ackId : undefined;
+  const validate = pubsubMessageValidators.get(m.type);
+  if (!validate) return ack(ctx, connection, ackId, 'Unsupported', `unknown message type '${m.type.slice(0, 64)}'`);
+  if (!validate(m)) return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));
+  const hub = ctx.hub(connection);
+  if (!hub) return;
+  switch (m.type) {
+    case 'ping':
+      return connection.sendControl(PONG_FRAME);
+    case 'sequenceAck':
+      return connection.session?.acknowledge(m.sequenceId as number);
+    case 'cancelInvocation':
+      return;
+    case 'invoke':
+      return connection.sendControl(
+        invokeFailedFrame(m.invocationId as string, 'Unsupported', 'This relay does not implement invoke'),
+      );
+  }
+  if (ackId !== undefined && connection.hasAckId(ackId)) return ack(ctx, connection, ackId, 'Duplicate');
+  const group = m.group as string;
+  switch (m.type) {
+    case 'joinGroup':
+      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
+      if (!connection.groups.has(group) && connection.groups.size >= ctx.groupsPerConnection) {
+        return ack(ctx, connection, ackId, 'Forbidden', `a connection may be in at most ${ctx.groupsPerConnection} groups`);
+      }
+      hub.join(connection, group);
+      break;
+    case 'leaveGroup':
+      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
+      hub.leave(connection, group);
+      break;
+    case 'sendToGroup':
+      if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
+      hub.sendToGroup(
+        group,
+        { from: 'group', group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) },
+        m.noEcho ? new Set([connection.id]) : undefined,
+      );
+      break;
+    case 'event':
+      return forwardEvent(ctx, connection, hub, m, ackId);
+  }
+  if (ackId !== undefined) connection.rememberAckId(ackId);
+  ack(ctx, connection, ackId);
+}
+
+function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: Hub, m: Upstream, ackId: number | undefined): void {
+  // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
+  if (ackId !== undefined) connection.rememberAckId(ackId);
+  const event = {
+    connectionId: connection.id,
+    userId: connection.userId,
+    subprotocol: connection.protocol,
+    event: m.event as string,
+    dataType: m.dataType ?? 'json',
+    data: m.data,
+  };
+  void ctx.sendEvent(event, hub).then((result) => {
+    if (connection.ended) return;
+    if (!result.ok) {
+      if (ackId !== undefined) connection.forgetAckId(ackId);
+      return ack(ctx, connection, ackId, result.code, result.detail);
+    }
+    if (result.reply) hub.sendToConnection(connection.id, result.reply);
+    ack(ctx, connection, ackId);
+  });
+}

@@ -1,0 +1,84 @@
+// Messages the relay sends to pub/sub clients (protocols/web-pubsub.md 1.4),
+// encoded once per event for every recipient on this node. A data message is
+// kept as its JSON body without the opening brace; a plain client gets
+// `{` + body in one shared frame, a reliable client gets a small per-recipient
+// head `{"sequenceId":N,` written before the same shared body, so the only
+// per-recipient work is the sequence number the protocol forces.
+import { OP_TEXT, encodeFrameHeader } from '../websocket/frames.ts';
+import { encodeTextFrame } from '../websocket/message-socket.ts';
+
+export type DataType = 'json' | 'text' | 'binary';
+
+export interface DataMessage {
+  from: 'group' | 'server';
+  group?: string;
+  /** Set for messages a client sent to a group; null when the sender had no user id. */
+  fromUserId?: string | null;
+  dataType: DataType;
+  /** The `data` value already as JSON text (a JSON value, a JSON string, or base64 in a JSON string). */
+  dataJson: string;
+}
+
+const OPEN_BRACE = Buffer.from('{');
+
+/** One event, encoded once for every local recipient. */
+export class SharedMessage {
+  /** The message's JSON without its opening `{`. */
+  readonly body: Buffer;
+  private frame: Buffer | undefined;
+
+  constructor(message: DataMessage) {
+    let text = `"type":"message","from":"${message.from}"`;
+    if (message.group !== undefined) text += `,"group":${JSON.stringify(message.group)}`;
+    if (message.fromUserId !== undefined) text += `,"fromUserId":${JSON.stringify(message.fromUserId)}`;
+    text += `,"dataType":"${message.dataType}","data":${message.dataJson}}`;
+    this.body = Buffer.from(text, 'utf8');
+  }
+
+  /** Wire size of the message without a sequence id. */
+  get byteLength(): number {
+    return this.body.length + 1;
+  }
+
+  /** The whole frame for clients without sequence ids, built on first use. */
+  plainFrame(): Buffer {
+    if (!this.frame) {
+      const header = encodeFrameHeader(true, OP_TEXT, this.body.length + 1);
+      this.frame = Buffer.concat([header, OPEN_BRACE, this.body]);
+    }
+    return this.frame;
+  }
+}
+
+/** Frame head for a reliable recipient: frame header plus `{"sequenceId":N,`; the shared body follows. */
+export function sequencedHead(sequenceId: number, body: Buffer): Buffer {
+  const prefix = `{"sequenceId":${sequenceId},`;
+  const header = encodeFrameHeader(true, OP_TEXT, prefix.length + body.length);
+  const head = Buffer.allocUnsafe(header.length + prefix.length);
+  header.copy(head, 0);
+  head.write(prefix, header.length, 'latin1');
+  return head;
+}
+
+export function ackFrame(ackId: number, error?: { name: string; message: string }): Buffer {
+  if (!error) return encodeTextFrame(`{"type":"ack","ackId":${ackId},"success":true}`);
+  return encodeTextFrame(JSON.stringify({ type: 'ack', ackId, success: false, error }));
+}
+
+export const PONG_FRAME = encodeTextFrame('{"type":"pong"}');
+
+export function connectedFrame(connectionId: string, userId: string | null, reconnectionToken?: string): Buffer {
+  return encodeTextFrame(
+    JSON.stringify({ type: 'system', event: 'connected', userId, connectionId, reconnectionToken }),
+  );
+}
+
+export function disconnectedFrame(message: string): Buffer {
+  return encodeTextFrame(JSON.stringify({ type: 'system', event: 'disconnected', message }));
+}
+
+export function invokeFailedFrame(invocationId: string, name: string, message: string): Buffer {
+  return encodeTextFrame(
+    JSON.stringify({ type: 'invokeResponse', invocationId, success: false, error: { name, message } }),
+  );
+}

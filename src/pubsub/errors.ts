@@ -1,0 +1,66 @@
+// Pub/sub errors: one table. Each code says how it is answered: an HTTP status
+// (refused upgrades and REST calls), a WebSocket close code (an open client
+// connection is ended), or an ack error name (a client request fails but the
+// connection stays). Names of ack errors are the ones Azure Web PubSub uses
+// (protocols/web-pubsub.md 1.4); tests assert codes, not message text.
+import type { ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { sendError } from '../server/respond.ts';
+import { writeUpgradeError } from '../websocket/handshake.ts';
+
+export interface PubSubErrorSpec {
+  status: number;
+  closeCode?: number;
+  message: string;
+}
+
+export const PUBSUB_ERRORS = {
+  BadRequest: { status: 400, message: 'Malformed request' },
+  SubprotocolUnsupported: {
+    status: 400,
+    message: 'Offer json.webpubsub.azure.v1 or json.reliable.webpubsub.azure.v1 in Sec-WebSocket-Protocol',
+  },
+  TokenMissing: { status: 401, message: 'An access token is required (access_token query parameter or Bearer header)' },
+  TokenInvalid: { status: 401, message: 'The access token is not valid for this hub' },
+  TokenExpired: { status: 401, message: 'The access token has expired' },
+  AudienceInvalid: { status: 401, message: 'The access token audience does not name this endpoint' },
+  HubNotFound: { status: 404, message: 'No such hub' },
+  NotFound: { status: 404, message: 'Not found' },
+  MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
+  PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
+  UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
+  FilterUnsupported: { status: 400, message: 'Only connectionId/userId eq filters joined with or are supported' },
+  // An open connection is ended with these close codes.
+  SessionNotFound: { status: 404, closeCode: 1008, message: 'The session cannot be recovered' },
+  InvalidMessage: { status: 400, closeCode: 1008, message: 'The frame is not a JSON object with a type' },
+  BinaryFrame: { status: 400, closeCode: 1003, message: 'Binary frames are not part of the JSON subprotocols' },
+  SlowConsumer: { status: 503, closeCode: 1008, message: 'The client did not read fast enough; its outbound buffer is full' },
+  SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
+  ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
+  ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
+} as const satisfies Record<string, PubSubErrorSpec>;
+
+export type PubSubErrorCode = keyof typeof PUBSUB_ERRORS;
+
+/** Ack error names (the `error.name` of a failed ack). */
+export const ACK_ERRORS = {
+  Forbidden: 'The connection lacks the role this needs',
+  Duplicate: 'This ackId was already processed',
+  BadRequest: 'The message does not match the protocol',
+  InternalServerError: 'The relay could not process the message; retry with the same ackId',
+  NoUpstream: 'The hub has no upstream configured; the event was not delivered',
+  UpstreamFailed: 'The upstream did not accept the event',
+  Unsupported: 'The relay does not implement this message type',
+} as const;
+
+export type AckErrorName = keyof typeof ACK_ERRORS;
+
+export function failUpgrade(socket: Duplex, code: PubSubErrorCode, detail?: string): void {
+  const spec = PUBSUB_ERRORS[code];
+  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
+}
+
+export function failRequest(res: ServerResponse, code: PubSubErrorCode, detail?: string): void {
+  const spec = PUBSUB_ERRORS[code];
+  sendError(res, spec.status, code, detail ?? spec.message);
+}

@@ -1,0 +1,127 @@
+// One pub/sub client connection: who it is (user, permissions, groups), the
+// socket it is currently attached to, and, for the reliable subprotocol, the
+// session that outlives a dropped socket. Delivery enforces the outbound cap:
+// a plain connection whose socket queue passes limits.outboundBufferBytes is a
+// slow consumer and is closed; a reliable one stops being written and catches
+// up from its session buffer on drain, and is closed when that buffer is full.
+import type { ConnectionPermissions } from './permissions.ts';
+import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
+import { disconnectedFrame, sequencedHead, type SharedMessage } from './downstream.ts';
+import { ReliableSession } from './reliable-session.ts';
+import type { MessageSocket } from '../websocket/message-socket.ts';
+
+export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
+export const RELIABLE_PROTOCOL = 'json.reliable.webpubsub.azure.v1';
+export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;
+
+export interface ConnectionLimits {
+  outboundBufferBytes: number;
+  sessionBufferMessages: number;
+  sessionBufferBytes: number;
+  ackIdsPerConnection: number;
+}
+
+export class PubSubConnection {
+  readonly groups = new Set<string>();
+  readonly session: ReliableSession | undefined;
+  socket: MessageSocket | undefined;
+  private readonly recentAckIds = new Set<number>();
+  ended = false;
+
+  constructor(
+    readonly id: string,
+    readonly hub: string,
+    readonly userId: string | null,
+    readonly permissions: ConnectionPermissions,
+    readonly protocol: string,
+    private readonly limits: ConnectionLimits,
+  ) {
+    if (protocol === RELIABLE_PROTOCOL) {
+      this.session = new ReliableSession({ maxMessages: limits.sessionBufferMessages, maxBytes: limits.sessionBufferBytes });
+    }
+  }
+
+  get reliable(): boolean {
+    return this.session !== undefined;
+  }
+
+  /** True when a request with this ackId was already processed (answer Duplicate). */
+  hasAckId(ackId: number): boolean {
+    return this.recentAckIds.has(ackId);
+  }
+
+  /** Records a processed ackId; the oldest is forgotten past limits.ackIdsPerConnection. */
+  rememberAckId(ackId: number): void {
+    this.recentAckIds.add(ackId);
+    if (this.recentAckIds.size > this.limits.ackIdsPerConnection) {
+      const oldest = this.recentAckIds.values().next().value as number;
+      this.recentAckIds.delete(oldest);
+    }
+  }
+
+  /** Forgets an ackId whose request failed, so a retry is processed again. */
+  forgetAckId(ackId: number): void {
+    this.recentAckIds.delete(ackId);
+  }
+
+  /** Sends a control frame (ack, pong, system): never sequenced, never buffered past the socket. */
+  sendControl(frame: Buffer): void {
+    this.socket?.writeFrame(frame);
+  }
+
+  /** Delivers a data message; returns why the connection must end, if it must. */
+  deliver(message: SharedMessage): 'SlowConsumer' | 'SessionBufferFull' | undefined {
+    if (this.ended) return undefined;
+    const session = this.session;
+    if (!session) {
+      const socket = this.socket;
+      if (!socket) return undefined;
+      if (socket.bufferedBytes + message.byteLength > this.limits.outboundBufferBytes) return 'SlowConsumer';
+      socket.writeFrame(message.plainFrame());
+      return undefined;
+    }
+    const sequenceId = session.push(message.body);
+    if (sequenceId === undefined) return 'SessionBufferFull';
+    const socket = this.socket;
+    if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {
+      socket.writeFrameParts(sequencedHead(sequenceId, message.body), message.body);
+      session.writtenUpTo = sequenceId;
+    }
+    return undefined;
+  }
+
+  /** Writes buffered messages the socket has not had yet, while it takes them. */
+  flush(): void {
+    const session = this.session;
+    const socket = this.socket;
+    if (!session || !socket || this.ended) return;
+    for (const entry of session.after(session.writtenUpTo)) {
+      if (socket.bufferedBytes >= this.limits.outboundBufferBytes) return;
+      socket.writeFrameParts(sequencedHead(entry.sequenceId, entry.body), entry.body);
+      session.writtenUpTo = entry.sequenceId;
+    }
+  }
+
+  /** Attaches a (new) socket; a reliable session re-sends everything unacknowledged. */
+  attach(socket: MessageSocket): void {
+    this.socket = socket;
+    if (this.session) {
+      this.session.detachedAt = undefined;
+      this.session.writtenUpTo = 0;
+    }
+  }
+
+  detach(now: number): void {
+    this.socket = undefined;
+    if (this.session) this.session.detachedAt = now;
+  }
+
+  /** Ends the socket with the code's close code, after a `disconnected` system message. */
+  closeSocket(code: PubSubErrorCode, reason?: string): void {
+    const socket = this.socket;
+    if (!socket) return;
+    const spec = PUBSUB_ERRORS[code];
+    socket.writeFrame(disconnectedFrame(reason ?? spec.message));
+    socket.close('closeCode' in spec ? spec.closeCode : 1000, code);
+  }
+}

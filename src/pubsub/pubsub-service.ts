@@ -1,0 +1,243 @@
+// Publish/subscribe on this node: the client endpoint (/client/hubs/{hub}),
+// connection lifecycle, reliable-session retention and recovery
+// (protocols/web-pubsub.md 1.5, 1.10), one shared keep-alive timer, and the
+// counters the ops surface reads. REST lives in rest-api.ts, frame handling in
+// client-protocol.ts, fan-out in hub.ts.
+import { randomBytes } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
+import type { RelayConfig } from '../config/types.ts';
+import type { Logger } from '../ops/logger.ts';
+import { tokenHostsFor } from '../server/token-hosts.ts';
+import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
+import { MessageSocket, type MessageSocketEvents } from '../websocket/message-socket.ts';
+import { handleClientFrame, type ClientProtocolContext } from './client-protocol.ts';
+import { PUBSUB_ERRORS, failUpgrade, type PubSubErrorCode } from './errors.ts';
+import { connectedFrame, disconnectedFrame } from './downstream.ts';
+import { Hub } from './hub.ts';
+import { ConnectionPermissions } from './permissions.ts';
+import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
+import { handleRestRequest } from './rest-api.ts';
+import { postUserEvent, type UserEvent } from './upstream.ts';
+
+export interface PubSubStats {
+  connectionsOpened: number;
+  messagesIn: number;
+  acksOk: number;
+  acksFailed: number;
+  slowConsumerCloses: number;
+  sessionsRecovered: number;
+  sessionsRefused: number;
+  sessionsExpired: number;
+  restRequests: number;
+}
+
+type ClientSocket = MessageSocket<PubSubConnection>;
+
+/** For a socket that is only being closed. */
+const IGNORE_EVENTS: MessageSocketEvents<null> = { onMessage() {}, onClosed() {}, onDrain() {} };
+
+export class PubSubService implements MessageSocketEvents<PubSubConnection> {
+  readonly hubs = new Map<string, Hub>();
+  readonly stats: PubSubStats = {
+    connectionsOpened: 0,
+    messagesIn: 0,
+    acksOk: 0,
+    acksFailed: 0,
+    slowConsumerCloses: 0,
+    sessionsRecovered: 0,
+    sessionsRefused: 0,
+    sessionsExpired: 0,
+    restRequests: 0,
+  };
+  private readonly publicHost: string;
+  private readonly keepAliveTimer: NodeJS.Timeout;
+  private shuttingDown = false;
+  private readonly protocolContext: ClientProtocolContext;
+
+  constructor(
+    readonly config: RelayConfig,
+    private readonly log: Logger,
+    publicUrl: string,
+  ) {
+    this.publicHost = new URL(publicUrl).hostname;
+    for (const hubConfig of config.pubsub.hubs) {
+      this.hubs.set(hubConfig.name.toLowerCase(), new Hub(hubConfig, (c, code) => this.endConnection(c, code)));
+    }
+    this.protocolContext = {
+      hub: (connection) => this.hubs.get(connection.hub.toLowerCase()),
+      endConnection: (connection, code) => this.endConnection(connection, code),
+      sendEvent: (event, hub) => this.sendEvent(event, hub),
+      groupsPerConnection: config.limits.groupsPerConnection,
+      count: (counter) => this.stats[counter]++,
+    };
+    this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
+    this.keepAliveTimer.unref();
+  }
+
+  hub(name: string): Hub | undefined {
+    return this.hubs.get(name.toLowerCase());
+  }
+
+  hostsFor(req: IncomingMessage): string[] {
+    return tokenHostsFor(req, this.config.namespaceHosts, this.publicHost);
+  }
+
+  // --- client endpoint --------------------------------------------------------
+
+  handleUpgrade(req: IncomingMessage, duplex: Duplex, head: Buffer, hubName: string, params: URLSearchParams, path: string): void {
+    duplex.on('error', () => duplex.destroy());
+    if (this.shuttingDown) return failUpgrade(duplex, 'ShuttingDown');
+    const upgrade = parseUpgradeRequest(req);
+    if (!upgrade) return failUpgrade(duplex, 'BadRequest', 'Not a WebSocket version 13 upgrade');
+    const hub = this.hub(hubName);
+    if (!hub) return failUpgrade(duplex, 'HubNotFound');
+    const protocol = upgrade.protocols.find((p) => (SUPPORTED_PROTOCOLS as readonly string[]).includes(p));
+    if (!protocol) return failUpgrade(duplex, 'SubprotocolUnsupported');
+    const socket = duplex as Socket;
+    const recoverId = params.get('awps_connection_id');
+    if (recoverId !== null) {
+      writeSwitchingProtocols(socket, upgrade.key, protocol);
+      return this.recover(hub, recoverId, params.get('awps_reconnection_token') ?? '', protocol, socket, head);
+    }
+    const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
+    const verdict = verifyAccessToken(token, hub.config.accessKey, [path, `/client/hubs/${hub.name}`], this.hostsFor(req));
+    if (!verdict.ok) {
+      this.log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
+      return failUpgrade(duplex, verdict.code);
+    }
+    const identity = clientIdentityOf(verdict.claims);
+    const connection = new PubSubConnection(
+      randomBytes(16).toString('base64url'),
+      hub.name,
+      identity.userId,
+      new ConnectionPermissions(identity.roles),
+      protocol,
+      this.config.limits,
+    );
+    writeSwitchingProtocols(socket, upgrade.key, protocol);
+    const client = this.openSocket(socket, connection, head);
+    connection.attach(client);
+    hub.add(connection);
+    this.stats.connectionsOpened++;
+    connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+    for (const group of identity.groups.slice(0, this.config.limits.groupsPerConnection)) hub.join(connection, group);
+    this.log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
+    client.start();
+  }
+
+  private openSocket(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket {
+    return new MessageSocket(socket, connection, this, this.socketOptions(), head);
+  }
+
+  private socketOptions() {
+    return { maxMessageBytes: this.config.limits.pubsubMessageBytes, closeHandshakeMs: this.config.timeouts.closeHandshakeMs };
+  }
+
+  /** Re-attaches a retained reliable session, or completes the upgrade and closes 1008. */
+  private recover(hub: Hub, connectionId: string, token: string, protocol: string, socket: Socket, head: Buffer): void {
+    const connection = hub.connections.get(connectionId);
+    const session = connection?.session;
+    if (!connection || !session || connection.ended || connection.protocol !== protocol || !session.tokenMatches(token)) {
+      this.stats.sessionsRefused++;
+      this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
+      // Completed, then closed 1008: an HTTP error would make the client keep retrying.
+      const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
+      refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS.SessionNotFound.message));
+      return refused.close(PUBSUB_ERRORS.SessionNotFound.closeCode, 'SessionNotFound');
+    }
+    const previous = connection.socket;
+    const client = this.openSocket(socket, connection, head);
+    connection.attach(client);
+    previous?.destroy();
+    this.stats.sessionsRecovered++;
+    connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
+    connection.flush();
+    this.log.info({ event: 'pubsub.recovered', hub: hub.name, connectionId: connection.id, replay: session.unacknowledged });
+    client.start();
+  }
+
+  // MessageSocketEvents
+
+  onMessage(socket: ClientSocket, isBinary: boolean, data: Buffer): void {
+    const connection = socket.owner;
+    if (connection.socket !== socket || connection.ended) return;
+    handleClientFrame(this.protocolContext, connection, isBinary, data);
+  }
+
+  onDrain(socket: ClientSocket): void {
+    const connection = socket.owner;
+    if (connection.socket === socket) connection.flush();
+  }
+
+  onClosed(socket: ClientSocket, code: number): void {
+    const connection = socket.owner;
+    if (connection.socket !== socket) return;
+    connection.detach(Date.now());
+    if (connection.ended) return;
+    if (connection.session && !this.shuttingDown) {
+      this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
+      return;
+    }
+    this.forget(connection);
+    this.log.info({ event: 'pubsub.disconnected', hub: connection.hub, connectionId: connection.id, code });
+  }
+
+  // --- lifecycle ---------------------------------------------------------------
+
+  /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void {
+    if (connection.ended) return;
+    if (code === 'SlowConsumer' || code === 'SessionBufferFull') this.stats.slowConsumerCloses++;
+    connection.closeSocket(code, reason);
+    this.forget(connection);
+    this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });
+  }
+
+  private forget(connection: PubSubConnection): void {
+    connection.ended = true;
+    this.hub(connection.hub)?.remove(connection);
+    connection.session?.clear();
+  }
+
+  private keepAlive(): void {
+    const now = Date.now();
+    const { keepAliveIntervalMs, idleMs, sessionRetainMs } = this.config.timeouts;
+    for (const hub of this.hubs.values()) {
+      for (const connection of hub.connections.values()) {
+        const socket = connection.socket;
+        if (socket) {
+          const silent = now - socket.lastReceivedAt;
+          if (silent > idleMs) socket.destroy();
+          else if (silent >= keepAliveIntervalMs) socket.ping();
+        } else if (connection.session?.detachedAt !== undefined && now - connection.session.detachedAt > sessionRetainMs) {
+          this.stats.sessionsExpired++;
+          this.forget(connection);
+          this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
+        }
+      }
+    }
+  }
+
+  private sendEvent(event: Omit<UserEvent, 'hub'>, hub: Hub) {
+    return postUserEvent({ ...event, hub: hub.config }, this.publicHost, this.config.limits.pubsubMessageBytes);
+  }
+
+  // --- REST --------------------------------------------------------------------
+
+  handleRest(req: IncomingMessage, res: ServerResponse, hubName: string, segments: string[], params: URLSearchParams, path: string): void {
+    this.stats.restRequests++;
+    handleRestRequest(this, req, res, hubName, segments, params, path);
+  }
+
+  /** Stops accepting and closes every client with the shutdown code; sessions are not kept. */
+  shutdown(): void {
+    this.shuttingDown = true;
+    clearInterval(this.keepAliveTimer);
+    for (const hub of this.hubs.values()) {
+      for (const connection of [...hub.connections.values()]) this.endConnection(connection, 'ShuttingDown');
+    }
+  }
+}

@@ -1,0 +1,26 @@
+// Which host names a token (SAS resource, JWT audience) may name for a
+// request: the configured namespace hosts when set, else this relay's public
+// host and the request's own Host header. Ports and schemes are ignored by
+// the callers, as clients rewrite them.
+import type { IncomingMessage } from 'node:http';
+
+export function tokenHostsFor(req: IncomingMessage, namespaceHosts: string[], publicHost: string): string[] {
+  if (namespaceHosts.length > 0) return namespaceHosts;
+  const hosts = [publicHost];
+  const host = req.headers.host;
+  if (host) {
+    try {
+      hosts.push(new URL(`http://${host}`).hostname);
+    } catch {
+      // A malformed Host header names nothing.
+    }
+  }
+  return hosts;
+}
+
+/** Host names compare case-insensitively, IPv6 with or without brackets. */
+export function hostListed(host: string, hosts: string[]): boolean {
+  const bare = (h: string) => h.toLowerCase().replace(/^\[|\]$/g, '');
+  const wanted = bare(host);
+  return hosts.some((h) => bare(h) === wanted);
+}

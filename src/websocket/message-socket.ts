@@ -1,0 +1,208 @@
+// A lean server-side WebSocket endpoint on a raw socket, for connections the
+// relay terminates itself (pub/sub clients). Compared with `ws` it keeps flat
+// state and lets callers write frames they encoded once for many sockets
+// (fan-out), and it exposes the socket's queued bytes so callers can enforce
+// an outbound cap. Messages are reassembled up to `maxMessageBytes`; text is
+// checked to be UTF-8 (RFC 6455 8.1). The close handshake is RFC 6455 7.
+import { isUtf8 } from 'node:buffer';
+import type { Socket } from 'node:net';
+import { FrameParser, type FrameHandler } from './frame-parser.ts';
+import {
+  CLOSE_NO_STATUS,
+  CLOSE_PROTOCOL_ERROR,
+  CLOSE_TOO_BIG,
+  OP_BINARY,
+  OP_CLOSE,
+  OP_PING,
+  OP_PONG,
+  OP_TEXT,
+  decodeClosePayload,
+  encodeClosePayload,
+  encodeFrame,
+  encodeFrameHeader,
+  isSendableCloseCode,
+} from './frames.ts';
+
+export const CLOSE_ABNORMAL = 1006;
+export const CLOSE_INVALID_DATA = 1007;
+
+export interface MessageSocketEvents<Owner> {
+  /** A whole data message. `data` is owned by the receiver. */
+  onMessage(socket: MessageSocket<Owner>, isBinary: boolean, data: Buffer): void;
+  /** Fires once, when the underlying socket is gone. */
+  onClosed(socket: MessageSocket<Owner>, code: number, reason: string): void;
+  /** The socket's write queue drained. */
+  onDrain(socket: MessageSocket<Owner>): void;
+}
+
+export interface MessageSocketOptions {
+  maxMessageBytes: number;
+  /** How long to wait for the peer's close frame before dropping the socket. */
+  closeHandshakeMs: number;
+}
+
+const PING_FRAME = encodeFrame(true, OP_PING, Buffer.alloc(0));
+
+/** A whole text frame carrying `text`. */
+export function encodeTextFrame(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  const header = encodeFrameHeader(true, OP_TEXT, length);
+  const frame = Buffer.allocUnsafe(header.length + length);
+  header.copy(frame, 0);
+  frame.write(text, header.length, 'utf8');
+  return frame;
+}
+
+export class MessageSocket<Owner = unknown> implements FrameHandler {
+  /** Time (ms since epoch) the last frame of any kind arrived. */
+  lastReceivedAt = Date.now();
+  private readonly parser: FrameParser;
+  private chunks: Buffer[] = [];
+  private messageBytes = 0;
+  private messageIsBinary = false;
+  private closeSent = false;
+  private closeCode = CLOSE_ABNORMAL;
+  private closeReason = '';
+  private closeTimer: NodeJS.Timeout | undefined;
+  private reported = false;
+
+  /**
+   * `owner` is whatever the caller keeps per connection (events get it back
+   * through the socket); `head` is any bytes read past the upgrade request.
+   */
+  constructor(
+    readonly socket: Socket,
+    readonly owner: Owner,
+    private readonly events: MessageSocketEvents<Owner>,
+    private readonly options: MessageSocketOptions,
+    private head?: Buffer,
+  ) {
+    this.parser = new FrameParser(this, { masked: true, maxFrameBytes: options.maxMessageBytes });
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    socket.on('drain', () => this.events.onDrain(this));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => this.reportClosed());
+  }
+
+  /** Handles bytes that came with the upgrade request; call once the owner is ready for messages. */
+  start(): void {
+    const head = this.head;
+    this.head = undefined;
+    if (head && head.length > 0) this.receive(head);
+  }
+
+  get isOpen(): boolean {
+    return !this.closeSent && !this.socket.destroyed;
+  }
+
+  /** Bytes written but not yet handed to the kernel. */
+  get bufferedBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /** Writes a frame encoded by the caller (possibly shared with other sockets). */
+  writeFrame(frame: Buffer): void {
+    if (this.isOpen) this.socket.write(frame);
+  }
+
+  /** Writes a frame given as a per-socket head and a shared tail, in one go. */
+  writeFrameParts(head: Buffer, tail: Buffer): void {
+    if (!this.isOpen) return;
+    this.socket.cork();
+    this.socket.write(head);
+    this.socket.write(tail);
+    this.socket.uncork();
+  }
+
+  sendText(text: string): void {
+    this.writeFrame(encodeTextFrame(text));
+  }
+
+  ping(): void {
+    this.writeFrame(PING_FRAME);
+  }
+
+  /** Starts the close handshake; the socket ends when the peer answers or after closeHandshakeMs. */
+  close(code: number, reason = ''): void {
+    if (this.closeSent || this.socket.destroyed) return;
+    this.closeSent = true;
+    this.closeCode = code;
+    this.closeReason = reason;
+    const sendable = isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
+    this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
+    this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeHandshakeMs);
+    this.closeTimer.unref();
+  }
+
+  /** Drops the socket without a close frame. */
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  private receive(chunk: Buffer): void {
+    this.lastReceivedAt = Date.now();
+    this.parser.push(chunk);
+  }
+
+  // FrameHandler
+
+  onDataFrame(_fin: boolean, opcode: number, length: number): void {
+    if (opcode !== 0) {
+      this.messageIsBinary = opcode === OP_BINARY;
+      this.chunks = [];
+      this.messageBytes = 0;
+    }
+    this.messageBytes += length;
+    if (this.messageBytes > this.options.maxMessageBytes) {
+      this.fail(CLOSE_TOO_BIG, 'message too big');
+    }
+  }
+
+  onDataPayload(chunk: Buffer): void {
+    if (!this.closeSent) this.chunks.push(chunk);
+  }
+
+  onDataFrameEnd(fin: boolean): void {
+    if (!fin || this.closeSent) return;
+    const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.messageBytes);
+    this.chunks = [];
+    this.messageBytes = 0;
+    if (!this.messageIsBinary && !isUtf8(data)) return this.fail(CLOSE_INVALID_DATA, 'text is not UTF-8');
+    this.events.onMessage(this, this.messageIsBinary, data);
+  }
+
+  onControlFrame(opcode: number, payload: Buffer): void {
+    if (opcode === OP_PING) {
+      if (this.isOpen) this.socket.write(encodeFrame(true, OP_PONG, payload));
+      return;
+    }
+    if (opcode !== OP_CLOSE) return;
+    const { code, reason } = decodeClosePayload(payload);
+    if (!this.closeSent) {
+      this.closeCode = code;
+      this.closeReason = reason;
+      this.closeSent = true;
+      const echo = code === CLOSE_NO_STATUS || !isSendableCloseCode(code) ? CLOSE_NO_STATUS : code;
+      this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
+    }
+    this.socket.end();
+  }
+
+  onFrameError(closeCode: number, reason: string): void {
+    this.fail(closeCode, reason);
+  }
+
+  private fail(code: number, reason: string): void {
+    this.chunks = [];
+    this.close(code, reason);
+  }
+
+  private reportClosed(): void {
+    if (this.reported) return;
+    this.reported = true;
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.chunks = [];
+    this.events.onClosed(this, this.closeCode, this.closeReason);
+  }
+}
