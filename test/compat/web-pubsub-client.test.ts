@@ -1,0 +1,172 @@
+// The published @azure/web-pubsub-client, unmodified, against the relay on
+// 127.0.0.1: the behaviours protocols/web-pubsub.md 1.10 lists as MUST.
+import assert from 'node:assert/strict';
+import { describe, it, type TestContext } from 'node:test';
+import { WebPubSubClient, WebPubSubJsonProtocol, type WebPubSubClientOptions } from '@azure/web-pubsub-client';
+import { WebPubSubServiceClient } from '@azure/web-pubsub';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+const FAST_RETRY = { maxRetries: 0 };
+
+async function startClient(
+  t: TestContext,
+  url: string | (() => string),
+  options: WebPubSubClientOptions = {},
+): Promise<{ client: WebPubSubClient; connectionIds: string[]; groupData: any[]; serverData: any[] }> {
+  const client =
+    typeof url === 'string'
+      ? new WebPubSubClient(url, options)
+      : new WebPubSubClient({ getClientAccessUrl: async () => url() }, options);
+  const connectionIds: string[] = [];
+  const groupData: any[] = [];
+  const serverData: any[] = [];
+  client.on('connected', (e) => connectionIds.push(e.connectionId));
+  client.on('group-message', (e) => groupData.push(e.message));
+  client.on('server-message', (e) => serverData.push(e.message));
+  t.after(() => client.stop());
+  await withTimeout(client.start(), 5000, 'client start');
+  await until(() => connectionIds.length > 0, 5000, 'connected event');
+  return { client, connectionIds, groupData, serverData };
+}
+
+function serviceClient(relay: RunningRelay | { url: string }): WebPubSubServiceClient {
+  return new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, {
+    allowInsecureConnection: true,
+  });
+}
+
+describe('@azure/web-pubsub-client against the relay', () => {
+  it('connects with either subprotocol and exchanges json, text and binary through a group', async (t) => {
+    const relay = await startPubSubRelay(t);
+    for (const protocol of [undefined, WebPubSubJsonProtocol()]) {
+      const a = await startClient(t, accessUrl(relay.url, { userId: 'alice' }), { protocol });
+      const b = await startClient(t, accessUrl(relay.url, { userId: 'bob' }), { protocol });
+      await a.client.joinGroup('room');
+      await b.client.joinGroup('room');
+      await a.client.sendToGroup('room', { n: 1, nested: [true, null] }, 'json');
+      await a.client.sendToGroup('room', 'plain text ü', 'text');
+      await a.client.sendToGroup('room', new Uint8Array([0, 1, 254, 255]).buffer, 'binary');
+      await until(() => b.groupData.length === 3, 5000, 'three group messages');
+      assert.deepEqual(b.groupData[0].data, { n: 1, nested: [true, null] });
+      assert.equal(b.groupData[0].fromUserId, 'alice');
+      assert.equal(b.groupData[0].group, 'room');
+      assert.equal(b.groupData[1].dataType, 'text');
+      assert.equal(b.groupData[1].data, 'plain text ü');
+      assert.equal(b.groupData[2].dataType, 'binary');
+      assert.deepEqual([...new Uint8Array(b.groupData[2].data as ArrayBuffer)], [0, 1, 254, 255]);
+      // Without noEcho the sender gets its own messages too.
+      await until(() => a.groupData.length === 3, 5000, 'echo to sender');
+    }
+  });
+
+  it('honours noEcho', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const a = await startClient(t, accessUrl(relay.url, { userId: 'a' }));
+    const b = await startClient(t, accessUrl(relay.url, { userId: 'b' }));
+    await a.client.joinGroup('g');
+    await b.client.joinGroup('g');
+    await a.client.sendToGroup('g', 'quiet', 'text', { noEcho: true });
+    await a.client.sendToGroup('g', 'loud', 'text');
+    await until(() => b.groupData.length === 2 && a.groupData.length === 1, 5000, 'deliveries');
+    assert.deepEqual(a.groupData.map((m) => m.data), ['loud']);
+  });
+
+  it('answers a repeated ackId with Duplicate and does not deliver twice', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const a = await startClient(t, accessUrl(relay.url));
+    const b = await startClient(t, accessUrl(relay.url));
+    await b.client.joinGroup('g');
+    const first = await a.client.sendToGroup('g', 'once', 'text', { ackId: 77 });
+    const second = await a.client.sendToGroup('g', 'once', 'text', { ackId: 77 });
+    assert.equal(first.isDuplicated, false);
+    assert.equal(second.isDuplicated, true);
+    await a.client.sendToGroup('g', 'after', 'text');
+    await until(() => b.groupData.length === 2, 5000, 'messages');
+    assert.deepEqual(b.groupData.map((m) => m.data), ['once', 'after']);
+  });
+
+  it('refuses group operations with Forbidden without the role, and honours per-group roles and webpubsub.group', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const none = await startClient(t, accessUrl(relay.url, { roles: [] }), { messageRetryOptions: FAST_RETRY });
+    await assert.rejects(none.client.joinGroup('g'), (err: any) => err.errorDetail?.name === 'Forbidden');
+    await assert.rejects(none.client.sendToGroup('g', 'x', 'text'), (err: any) => err.errorDetail?.name === 'Forbidden');
+
+    const scoped = await startClient(
+      t,
+      accessUrl(relay.url, { roles: ['webpubsub.joinLeaveGroup.a.b', 'webpubsub.sendToGroup.a.b'], groups: ['preset'] }),
+      { messageRetryOptions: FAST_RETRY },
+    );
+    await scoped.client.joinGroup('a.b');
+    await assert.rejects(scoped.client.joinGroup('a.c'), (err: any) => err.errorDetail?.name === 'Forbidden');
+    await assert.rejects(scoped.client.sendToGroup('a', 'x', 'text'), (err: any) => err.errorDetail?.name === 'Forbidden');
+    // The token's webpubsub.group claim joined "preset" at connect.
+    await serviceClient(relay).group('preset').sendToAll('welcome', { contentType: 'text/plain' });
+    await until(() => scoped.serverData.length === 1, 5000, 'message to preset group');
+    assert.equal(scoped.serverData[0].data, 'welcome');
+  });
+
+  it('rejoins its groups on a fresh connection after the relay ends the old one', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const sub = await startClient(t, accessUrl(relay.url), {
+      protocol: WebPubSubJsonProtocol(),
+      reconnectRetryOptions: { retryDelayInMs: 100 },
+    });
+    await sub.client.joinGroup('g');
+    const svc = serviceClient(relay);
+    await svc.closeConnection(sub.connectionIds[0], { reason: 'test' });
+    await until(() => sub.connectionIds.length === 2, 10000, 'second connected event');
+    assert.notEqual(sub.connectionIds[1], sub.connectionIds[0]);
+    await svc.group('g').sendToAll({ after: 'rejoin' });
+    await until(() => sub.serverData.length === 1, 5000, 'message after rejoin');
+    assert.deepEqual(sub.serverData[0].data, { after: 'rejoin' });
+  });
+
+  it('recovers a reliable session after the socket is cut: nothing lost, nothing twice', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const sub = await startClient(t, accessUrl(proxy.url));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(relay.url));
+    const total = 300;
+    for (let i = 1; i <= total; i++) {
+      await publisher.client.sendToGroup('feed', i, 'json', { fireAndForget: true });
+      if (i === 100 || i === 200) proxy.cut();
+      if (i % 50 === 0) await new Promise((r) => setTimeout(r, 20));
+    }
+    await until(() => sub.groupData.length >= total, 15000, `${total} messages`);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(
+      sub.groupData.map((m) => m.data),
+      Array.from({ length: total }, (_, i) => i + 1),
+    );
+    assert.deepEqual(sub.connectionIds.length, 1, 'the session was recovered, not replaced');
+    assert.ok(relay.pubsub.stats.sessionsRecovered >= 2, `recovered ${relay.pubsub.stats.sessionsRecovered}`);
+  });
+
+  it('is refused with 1008 when its session expired, then starts afresh and rejoins', async (t) => {
+    const relay = await startPubSubRelay(t, { timeouts: { sessionRetainMs: 1000, keepAliveIntervalMs: 200, idleMs: 60000 } });
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const disconnects: any[] = [];
+    const sub = await startClient(t, () => accessUrl(proxy.url), { reconnectRetryOptions: { retryDelayInMs: 100 } });
+    sub.client.on('disconnected', (e) => disconnects.push(e));
+    await sub.client.joinGroup('g');
+    proxy.cut(2500);
+    await until(() => sub.connectionIds.length === 2, 20000, 'fresh connection');
+    assert.ok(relay.pubsub.stats.sessionsExpired >= 1);
+    assert.ok(relay.pubsub.stats.sessionsRefused >= 1);
+    assert.ok(disconnects.length >= 1);
+    await serviceClient(relay).group('g').sendToAll('back', { contentType: 'text/plain' });
+    await until(() => sub.serverData.length === 1, 5000, 'message after rejoin');
+  });
+
+  it('gets a client access URL from the server SDK that the relay accepts', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = serviceClient(relay);
+    const { url } = await svc.getClientAccessToken({ userId: 'sdk-user', roles: ALL_ROLES });
+    const c = await startClient(t, url);
+    await c.client.joinGroup('g');
+    assert.equal(relay.pubsub.hub(HUB)?.hasUser('sdk-user'), true);
+  });
+});

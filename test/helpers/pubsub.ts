@@ -1,0 +1,152 @@
+// Pub/sub test helpers: a relay with hubs, client access URLs, a raw JSON
+// subprotocol client (ws 8) for tests that must misbehave or need many
+// subscribers cheaply, and a TCP proxy that can cut every connection through
+// it and refuse new ones for a while (a network outage between a client and
+// the relay, with real sockets).
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import type { TestContext } from 'node:test';
+import WebSocket from 'ws';
+import { clientAccessUrl, type ClientAccessOptions } from '../../src/pubsub/client-access-url.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { openWebSocket } from './raw-listener.ts';
+import { startTestRelay } from './relay.ts';
+import { withTimeout } from './wait.ts';
+
+export const HUB = 'chat';
+export const HUB_KEY = 'chat-access-key-0123456789';
+export const OTHER_HUB = 'other';
+export const OTHER_HUB_KEY = 'other-access-key-0123456789';
+export const PLAIN = 'json.webpubsub.azure.v1';
+export const RELIABLE = 'json.reliable.webpubsub.azure.v1';
+export const ALL_ROLES = ['webpubsub.joinLeaveGroup', 'webpubsub.sendToGroup'];
+
+export function pubsubOverrides(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    pubsub: {
+      hubs: [
+        { name: HUB, accessKey: HUB_KEY },
+        { name: OTHER_HUB, accessKey: OTHER_HUB_KEY },
+      ],
+    },
+    ...extra,
+  };
+}
+
+export function startPubSubRelay(t: Pick<TestContext, 'after'>, extra: Record<string, unknown> = {}): Promise<RunningRelay> {
+  return startTestRelay(t, pubsubOverrides(extra));
+}
+
+export function accessUrl(baseUrl: string, options: ClientAccessOptions & { hub?: string; key?: string } = {}): string {
+  return clientAccessUrl(baseUrl, options.hub ?? HUB, options.key ?? (options.hub === OTHER_HUB ? OTHER_HUB_KEY : HUB_KEY), {
+    roles: ALL_ROLES,
+    ...options,
+  });
+}
+
+/** A client speaking the JSON subprotocols with ws directly; every message is kept in order. */
+export class RawPubSubClient {
+  readonly messages: any[] = [];
+  private waiters: (() => void)[] = [];
+  readonly closed: Promise<{ code: number; reason: string }>;
+  private nextAckId = 1;
+
+  private constructor(readonly ws: WebSocket) {
+    ws.on('message', (data, isBinary) => {
+      this.messages.push(isBinary ? { binary: data } : JSON.parse(String(data)));
+      for (const w of this.waiters.splice(0)) w();
+    });
+    this.closed = new Promise((resolve) =>
+      ws.on('close', (code, reason) => {
+        resolve({ code, reason: String(reason) });
+        for (const w of this.waiters.splice(0)) w();
+      }),
+    );
+  }
+
+  static async connect(url: string, protocol = PLAIN, t?: Pick<TestContext, 'after'>): Promise<RawPubSubClient> {
+    const client = new RawPubSubClient(await openWebSocket(url, { protocols: [protocol] }));
+    t?.after(() => client.ws.terminate());
+    return client;
+  }
+
+  send(message: object | string): void {
+    this.ws.send(typeof message === 'string' ? message : JSON.stringify(message));
+  }
+
+  /** Sends a request with a fresh ackId and waits for its ack. */
+  async request(message: Record<string, unknown>, ms = 5000): Promise<any> {
+    const ackId = (message.ackId as number | undefined) ?? this.nextAckId++;
+    this.send({ ...message, ackId });
+    return this.waitFor((m) => m.type === 'ack' && m.ackId === ackId, ms, `ack ${ackId}`);
+  }
+
+  /** Resolves with the first kept message matching `match` (past or future). */
+  async waitFor(match: (m: any) => boolean, ms = 5000, what = 'message'): Promise<any> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const found = this.messages.find(match);
+      if (found) return found;
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`socket closed waiting for ${what}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${what}`);
+      await withTimeout(new Promise<void>((r) => this.waiters.push(r)), left, what).catch(() => undefined);
+    }
+  }
+
+  dataMessages(): any[] {
+    return this.messages.filter((m) => m.type === 'message');
+  }
+}
+
+/** A TCP proxy to `target` on 127.0.0.1 that can cut all its connections and refuse new ones. */
+export class CuttableProxy {
+  private readonly pairs = new Set<Socket>();
+  private refusing = false;
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(targetPort: number, t: Pick<TestContext, 'after'>): Promise<CuttableProxy> {
+    let proxy: CuttableProxy | undefined;
+    const server = createServer((inbound) => {
+      if (!proxy || proxy.refusing) return inbound.destroy();
+      const outbound = connect(targetPort, '127.0.0.1');
+      for (const s of [inbound, outbound]) {
+        proxy.pairs.add(s);
+        s.on('close', () => proxy!.pairs.delete(s));
+        s.on('error', () => {
+          inbound.destroy();
+          outbound.destroy();
+        });
+      }
+      inbound.pipe(outbound);
+      outbound.pipe(inbound);
+      inbound.on('close', () => outbound.destroy());
+      outbound.on('close', () => inbound.destroy());
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    proxy = new CuttableProxy(server, (server.address() as { port: number }).port);
+    t.after(() => proxy!.stop());
+    return proxy;
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Destroys every proxied connection (both sides); with `refuseMs`, drops new ones for that long. */
+  cut(refuseMs = 0): void {
+    for (const s of this.pairs) s.destroy();
+    if (refuseMs > 0) {
+      this.refusing = true;
+      setTimeout(() => (this.refusing = false), refuseMs).unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
