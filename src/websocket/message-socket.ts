@@ -193,9 +193,11 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.fail(closeCode, reason);
   }
 
+  /** The peer broke the protocol: nothing more it sends can be read, so end after the close frame. */
   private fail(code: number, reason: string): void {
     this.chunks = [];
     this.close(code, reason);
+    this.socket.end();
   }
 
   private reportClosed(): void {

@@ -8,7 +8,6 @@ import type { TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { clientAccessUrl, type ClientAccessOptions } from '../../src/pubsub/client-access-url.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
-import { openWebSocket } from './raw-listener.ts';
 import { startTestRelay } from './relay.ts';
 import { withTimeout } from './wait.ts';
 
@@ -64,8 +63,21 @@ export class RawPubSubClient {
   }
 
   static async connect(url: string, protocol = PLAIN, t?: Pick<TestContext, 'after'>): Promise<RawPubSubClient> {
-    const client = new RawPubSubClient(await openWebSocket(url, { protocols: [protocol] }));
+    // Listeners go on before the socket opens: the connected message can come in the 101's packet.
+    const client = new RawPubSubClient(new WebSocket(url, [protocol]));
     t?.after(() => client.ws.terminate());
+    await withTimeout(
+      new Promise<void>((resolve, reject) => {
+        client.ws.once('open', () => resolve());
+        client.ws.once('error', reject);
+        client.ws.once('unexpected-response', (_req, res) => {
+          res.resume();
+          reject(new Error(`HTTP ${res.statusCode}`));
+        });
+      }),
+      10000,
+      'pub/sub client to open',
+    );
     return client;
   }
 

@@ -1,0 +1,127 @@
+// Hostile and malformed input on the pub/sub client endpoint: each is answered
+// as the README documents, the relay keeps serving, and nothing leaks into
+// another hub or group.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
+import {
+  HUB,
+  HUB_KEY,
+  OTHER_HUB,
+  PLAIN,
+  RELIABLE,
+  RawPubSubClient,
+  accessUrl,
+  startPubSubRelay,
+} from '../helpers/pubsub.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+describe('pub/sub bad input', () => {
+  it('refuses upgrades without a valid token for this hub', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const base = relay.url.replace('http', 'ws');
+    const opts = { protocols: [PLAIN] } as never;
+    assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}`, opts), 401, 'no token');
+    assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}?access_token=not.a.jwt`, opts), 401, 'garbage');
+    assert.equal(await upgradeStatus(accessUrl(relay.url, { key: 'wrong-key-0123456789abcdef' }), opts), 401, 'wrong key');
+    assert.equal(await upgradeStatus(accessUrl(relay.url, { ttlSeconds: -120 }), opts), 401, 'expired');
+    // A token for the other hub, signed with the other hub's key, presented to this hub.
+    const other = accessUrl(relay.url, { hub: OTHER_HUB });
+    assert.equal(await upgradeStatus(other.replace(`/hubs/${OTHER_HUB}`, `/hubs/${HUB}`), opts), 401, 'other hub');
+    // A token signed with this hub's key but whose audience names another path.
+    const token = signJwt({ aud: `${relay.url}/client/hubs/${OTHER_HUB}` }, HUB_KEY, 60);
+    assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}?access_token=${token}`, opts), 401, 'audience');
+    const none = signJwt({ aud: `${relay.url}/client/hubs/${HUB}` }, HUB_KEY, 60).split('.');
+    const unsigned = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${none[1]}.`;
+    assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}?access_token=${unsigned}`, opts), 401, 'alg none');
+    assert.equal(await upgradeStatus(accessUrl(relay.url).replace(`/hubs/${HUB}`, '/hubs/nohub'), opts), 404, 'no such hub');
+    assert.equal(await upgradeStatus(accessUrl(relay.url)), 400, 'no subprotocol');
+    assert.equal(await upgradeStatus(accessUrl(relay.url), { protocols: ['mqtt'] } as never), 400, 'other subprotocol');
+    // Still serving.
+    const ok = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    assert.equal((await ok.waitFor((m) => m.event === 'connected')).type, 'system');
+  });
+
+  it('closes on frames that are not protocol messages', async (t) => {
+    const relay = await startPubSubRelay(t, { limits: { pubsubMessageBytes: 4096 } });
+    const cases: [string, (c: RawPubSubClient) => void, number][] = [
+      ['not JSON', (c) => c.send('{nope'), 1008],
+      ['a JSON array', (c) => c.send('[1,2]'), 1008],
+      ['no type', (c) => c.send({ group: 'g' }), 1008],
+      ['binary frame', (c) => c.ws.send(Buffer.from([1, 2, 3])), 1003],
+      ['frame over the limit', (c) => c.send({ type: 'event', event: 'e', data: 'x'.repeat(5000) }), 1009],
+    ];
+    for (const [what, act, code] of cases) {
+      const c = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+      await c.waitFor((m) => m.event === 'connected');
+      act(c);
+      const closed = await withTimeout(c.closed, 5000, `close after ${what}`);
+      assert.equal(closed.code, code, what);
+    }
+    const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    await c.waitFor((m) => m.event === 'connected');
+  });
+
+  it('answers bad fields and unknown types with failed acks and keeps the connection', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const failures: [Record<string, unknown>, string][] = [
+      [{ type: 'joinGroup' }, 'BadRequest'],
+      [{ type: 'joinGroup', group: '' }, 'BadRequest'],
+      [{ type: 'joinGroup', group: 'x'.repeat(1025) }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g', dataType: 'text', data: 5 }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: '***' }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g', dataType: 'protobuf', data: 'x' }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g' }, 'BadRequest'],
+      [{ type: 'teleport', group: 'g' }, 'Unsupported'],
+    ];
+    for (const [message, name] of failures) {
+      const ack = await c.request(message);
+      assert.equal(ack.success, false, JSON.stringify(message));
+      assert.equal(ack.error.name, name, JSON.stringify(message));
+    }
+    c.send({ type: 'invoke', invocationId: 'i1', target: 'event', event: 'e', dataType: 'text', data: 'x' });
+    const invoke = await c.waitFor((m) => m.type === 'invokeResponse');
+    assert.deepEqual([invoke.invocationId, invoke.success], ['i1', false]);
+    c.send({ type: 'ping' });
+    await c.waitFor((m) => m.type === 'pong');
+    assert.equal((await c.request({ type: 'joinGroup', group: 'fine' })).success, true);
+  });
+
+  it('keeps odd group names apart, and hubs apart', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const names = ['a', 'a.b', 'a.*', 'a.>', '*', '>', 'a b', 'ü.☃', 'a/b', 'A'];
+    const members = new Map<string, RawPubSubClient>();
+    for (const name of names) {
+      const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+      assert.equal((await c.request({ type: 'joinGroup', group: name })).success, true, name);
+      members.set(name, c);
+    }
+    const elsewhere = await RawPubSubClient.connect(accessUrl(relay.url, { hub: OTHER_HUB }), PLAIN, t);
+    for (const name of names) assert.equal((await elsewhere.request({ type: 'joinGroup', group: name })).success, true);
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    for (const name of names) {
+      assert.equal((await publisher.request({ type: 'sendToGroup', group: name, dataType: 'text', data: name })).success, true);
+    }
+    await until(() => [...members.values()].every((c) => c.dataMessages().length >= 1), 5000, 'deliveries');
+    await new Promise((r) => setTimeout(r, 100));
+    for (const [name, c] of members) {
+      assert.deepEqual(c.dataMessages().map((m) => [m.group, m.data]), [[name, name]], `members of ${name}`);
+    }
+    assert.deepEqual(elsewhere.dataMessages(), [], 'nothing crossed into the other hub');
+  });
+
+  it('keeps serving after a burst of garbage connections', async (t) => {
+    const relay = await startPubSubRelay(t);
+    for (let i = 0; i < 20; i++) {
+      const ws = await openWebSocket(accessUrl(relay.url), { protocols: [PLAIN] });
+      ws.send(Buffer.from([0xff, 0xfe, 0x00]));
+      ws.send('{"type":');
+      ws.terminate();
+    }
+    await until(() => relay.pubsub.hub(HUB)!.connections.size === 0, 5000, 'connections forgotten');
+    const c = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    assert.equal((await c.request({ type: 'joinGroup', group: 'g' })).success, true);
+  });
+});
