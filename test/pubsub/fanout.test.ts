@@ -1,0 +1,125 @@
+// Fan-out: many subscribers in one group each get every event of a burst, in
+// order; a subscriber that stops reading is closed as a slow consumer without
+// slowing the others, and the relay's memory stays bounded.
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { HUB, PLAIN, RELIABLE, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay } from '../helpers/pubsub.ts';
+import { startRelayProcess } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+import { WebPubSubServiceClient } from '@azure/web-pubsub';
+
+/** A subscriber that only counts and checks order, to keep 1,000 of them cheap. */
+class CountingSubscriber {
+  received = 0;
+  outOfOrder = 0;
+  closedWith: number | undefined;
+  constructor(readonly ws: WebSocket, reliable: boolean) {
+    ws.on('message', (data) => {
+      const m = JSON.parse(String(data));
+      if (m.type !== 'message') return;
+      const n = typeof m.data === 'object' ? m.data.n : m.data;
+      if (n !== this.received + 1) this.outOfOrder++;
+      this.received++;
+      if (reliable && this.received % 100 === 0) ws.send(`{"type":"sequenceAck","sequenceId":${m.sequenceId}}`);
+    });
+    ws.on('close', (code) => (this.closedWith = code));
+  }
+}
+
+async function subscribe(url: string, protocol: string, group: string): Promise<CountingSubscriber> {
+  const ws = new WebSocket(url, [protocol]);
+  const sub = new CountingSubscriber(ws, protocol === RELIABLE);
+  await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 10000, 'subscriber open');
+  const joined = new Promise<void>((resolve) =>
+    ws.on('message', (data) => {
+      if (String(data).includes('"ackId":1,')) resolve();
+    }),
+  );
+  ws.send(JSON.stringify({ type: 'joinGroup', group, ackId: 1 }));
+  await withTimeout(joined, 10000, 'join ack');
+  return sub;
+}
+
+describe('pub/sub fan-out', () => {
+  it('delivers every event of a burst, in order, to 1,000 subscribers of one group', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const subs: CountingSubscriber[] = [];
+    t.after(() => subs.forEach((s) => s.ws.terminate()));
+    for (let i = 0; i < 1000; i++) {
+      // Half plain, half reliable: both framing paths.
+      const protocol = i % 2 === 0 ? PLAIN : RELIABLE;
+      subs.push(await subscribe(accessUrl(relay.url, { userId: `u${i}` }), protocol, 'burst'));
+    }
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const events = 200;
+    for (let n = 1; n <= events; n++) publisher.send({ type: 'sendToGroup', group: 'burst', dataType: 'json', data: n });
+    await until(() => subs.every((s) => s.received === events), 60000, 'every subscriber to get every event');
+    assert.equal(subs.reduce((sum, s) => sum + s.outOfOrder, 0), 0, 'out-of-order deliveries');
+    assert.equal(relay.pubsub.stats.slowConsumerCloses, 0);
+  });
+
+  it('closes a stalled subscriber as a slow consumer while 100 others get every event', async (t) => {
+    const relay = await startRelayProcess(t, pubsubOverrides({ limits: { outboundBufferBytes: 1048576 }, log: { level: 'info' } }));
+    const fast: CountingSubscriber[] = [];
+    t.after(() => fast.forEach((s) => s.ws.terminate()));
+    for (let i = 0; i < 100; i++) fast.push(await subscribe(accessUrl(relay.url), PLAIN, 'feed'));
+
+    // The stalled subscriber: a raw socket that upgrades, joins, then never reads again.
+    const stalled = connect(relay.port, '127.0.0.1');
+    t.after(() => stalled.destroy());
+    await withTimeout(new Promise((r) => stalled.once('connect', r)), 5000, 'stalled connect');
+    const url = new URL(accessUrl(relay.url));
+    const join = Buffer.from(JSON.stringify({ type: 'joinGroup', group: 'feed', ackId: 1 }));
+    const mask = Buffer.alloc(4);
+    const frame = Buffer.concat([Buffer.from([0x81, 0x80 | join.length]), mask, join]);
+    stalled.write(
+      `GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ${PLAIN}\r\n\r\n`,
+    );
+    stalled.write(frame);
+    let stalledBytes = 0;
+    let stalledClosed = false;
+    const stalledData: Buffer[] = [];
+    stalled.on('data', (d: Buffer) => {
+      stalledBytes += d.length;
+      stalledData.push(d);
+    });
+    stalled.on('close', () => (stalledClosed = true));
+    await until(() => stalledBytes > 0, 5000, 'stalled upgrade answer');
+    await new Promise((r) => setTimeout(r, 100));
+    stalled.pause();
+    const baseline = relay.rss();
+
+    const svc = new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=chat-access-key-0123456789;Version=1.0;`, HUB, {
+      allowInsecureConnection: true,
+    });
+    // 16 MB in all: more than loopback's kernel buffers (about 10 MB) can hide.
+    const events = 1000;
+    const payload = 'x'.repeat(16 * 1024);
+    let peak = baseline;
+    const batch = 20;
+    for (let n = 1; n <= events; n += batch) {
+      // The fast subscribers keep up batch by batch; the stalled one never reads.
+      for (let k = 0; k < batch; k++) await svc.group('feed').sendToAll({ n: n + k, payload });
+      await until(() => fast.every((s) => s.received >= n + batch - 1 || s.closedWith !== undefined), 20000, 'batch');
+      peak = Math.max(peak, relay.rss());
+    }
+    await until(() => fast.every((s) => s.received === events), 60000, 'fast subscribers to get every event');
+    peak = Math.max(peak, relay.rss());
+    const status = await fetch(`${relay.url}/$relay/health`);
+    assert.equal(status.status, 200);
+    // The relay closed the stalled one (its socket is still unread, so we look at the relay's side).
+    await until(() => /"code":"SlowConsumer"/.test(relay.stderr()), 10000, 'slow consumer log line');
+    assert.match(relay.stderr(), /"event":"pubsub.ended".*"code":"SlowConsumer"/);
+    stalled.resume();
+    await until(() => stalledClosed, 10000, 'stalled socket closed');
+    const closePayload = Buffer.concat([Buffer.from([0x03, 0xf0]), Buffer.from('SlowConsumer')]);
+    assert.ok(Buffer.concat(stalledData).includes(closePayload), 'close frame 1008 SlowConsumer');
+    assert.ok(fast.every((s) => s.outOfOrder === 0 && s.closedWith === undefined));
+    const growthMiB = (peak - baseline) / 1048576;
+    t.diagnostic(`relay RSS growth ${growthMiB.toFixed(1)} MiB while 16 MB went to the stalled subscriber`);
+    assert.ok(growthMiB < 48, `relay RSS grew ${growthMiB.toFixed(1)} MiB`);
+  });
+});
