@@ -7,6 +7,7 @@ export const MAIN_HELP = `Usage: edge-relay COMMAND [options]
 Commands:
   serve        run an edge node            (edge-relay serve --help)
   token sas    print a SAS token            (edge-relay token --help)
+  token client print a pub/sub client access URL (edge-relay token client --help)
 
 Example:
   edge-relay serve --config config/dev.json --port 0

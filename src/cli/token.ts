@@ -1,8 +1,11 @@
-// `edge-relay token sas`: prints a Shared Access Signature token.
+// `edge-relay token sas|client`: prints a Shared Access Signature token, or
+// (token-client.ts) a pub/sub client access URL.
 import { parseArgs } from 'node:util';
 import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
+import { tokenClient } from './token-client.ts';
 
 export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME --key KEY [--ttl SECONDS]
+       edge-relay token client --hub HUB (--key KEY | --config FILE) [...]   (token client --help)
 
 Prints a Shared Access Signature token for a hybrid connection, as Azure
 Relay clients build it: the resource is the URI with scheme http and no
@@ -11,6 +14,7 @@ http://127.0.0.1:9400/echo). The relay matches the resource's host name and
 path, not its port or scheme. A URI with no entity path covers every entity.
 
 Options:
+sas options:
   --uri URI          the relay URL the token is for
   --key-name NAME    the rule's keyName (skn)
   --key KEY          the rule's key
@@ -28,6 +32,7 @@ export function token(argv: string[]): number {
     process.stdout.write(TOKEN_HELP);
     return kind === undefined ? 2 : 0;
   }
+  if (kind === 'client') return tokenClient(rest);
   if (kind !== 'sas') {
     process.stderr.write(`edge-relay token: unknown kind "${kind}"\n\n${TOKEN_HELP}`);
     return 2;

@@ -2,7 +2,10 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
+import { WebPubSubClient } from '@azure/web-pubsub-client';
 import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { withTimeout } from '../helpers/wait.ts';
 
 function run(...args: string[]) {
   return spawnSync(process.execPath, ['bin/edge-relay.js', ...args], { encoding: 'utf8', timeout: 20000 });
@@ -16,6 +19,8 @@ describe('edge-relay command line', () => {
     assert.match(main.stdout, /token sas/);
     assert.match(run('serve', '--help').stdout, /--config FILE/);
     assert.match(run('token', '--help').stdout, /--key-name NAME/);
+    assert.match(main.stdout, /token client/);
+    assert.match(run('token', 'client', '--help').stdout, /--role ROLE/);
     assert.equal(run('nonsense').status, 2);
   });
 
@@ -28,5 +33,22 @@ describe('edge-relay command line', () => {
     assert.equal(auth.check({ token, entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
     assert.equal(auth.check({ token, entity: 'other', right: 'Listen', hosts: ['127.0.0.1'] }).ok, false);
     assert.equal(run('token', 'sas', '--uri', 'x').status, 2);
+  });
+
+  it('token client prints an access URL the relay and the Web PubSub client accept', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789' }] } });
+    const r = run('token', 'client', '--config', 'config/dev.json', '--hub', 'chat', '--url', relay.url, '--user', 'alice',
+      '--role', 'webpubsub.joinLeaveGroup.room', '--ttl', '60');
+    assert.equal(r.status, 0, r.stderr);
+    const url = r.stdout.trim();
+    assert.match(url, /^ws:\/\/127\.0\.0\.1:\d+\/client\/hubs\/chat\?access_token=[\w-]+\.[\w-]+\.[\w-]+$/);
+    const client = new WebPubSubClient(url, { messageRetryOptions: { maxRetries: 0 } });
+    t.after(() => client.stop());
+    await withTimeout(client.start(), 5000, 'client start');
+    await withTimeout(client.joinGroup('room'), 5000, 'join');
+    await assert.rejects(client.joinGroup('elsewhere'));
+    assert.equal(relay.pubsub.hub('chat')?.hasUser('alice'), true);
+    assert.equal(run('token', 'client', '--hub', 'nohub', '--config', 'config/dev.json').status, 2);
+    assert.equal(run('token', 'client', '--hub', 'chat').status, 2);
   });
 });

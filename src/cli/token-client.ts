@@ -1,0 +1,83 @@
+// `edge-relay token client`: prints a pub/sub client access URL with a fresh
+// access token for a hub, user and roles (what Azure's getClientAccessToken
+// returns), signed with the hub's access key from --key or from a config file.
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config/load.ts';
+import { clientAccessUrl } from '../pubsub/client-access-url.ts';
+
+export const TOKEN_CLIENT_HELP = `Usage: edge-relay token client --hub HUB (--key KEY | --config FILE) [options]
+
+Prints a client access URL for a pub/sub hub: the hub's client endpoint with
+an access_token (HS256 JWT) signed with the hub's access key. Pass the URL
+unchanged to @azure/web-pubsub-client.
+
+Options:
+  --hub HUB          the hub (must be in the relay's pubsub.hubs)
+  --key KEY          the hub's accessKey
+  --config FILE      read the hub's accessKey from this config instead
+  --url URL          the relay's base URL, default http://127.0.0.1:9400
+  --user ID          user id (sub claim)
+  --role ROLE        a role, repeatable: webpubsub.joinLeaveGroup[.<group>],
+                     webpubsub.sendToGroup[.<group>], webpubsub.joinLeaveGroups.<pattern>, ...
+  --group GROUP      a group to join at connect, repeatable
+  --ttl SECONDS      token lifetime, default 3600
+  -h, --help         this text
+
+Example:
+  edge-relay token client --config config/dev.json --hub chat --user alice \\
+    --role webpubsub.joinLeaveGroup --role webpubsub.sendToGroup
+`;
+
+function fail(message: string): number {
+  process.stderr.write(`edge-relay token client: ${message}\n`);
+  return 2;
+}
+
+export function tokenClient(argv: string[]): number {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      hub: { type: 'string' },
+      key: { type: 'string' },
+      config: { type: 'string' },
+      url: { type: 'string', default: 'http://127.0.0.1:9400' },
+      user: { type: 'string' },
+      role: { type: 'string', multiple: true, default: [] },
+      group: { type: 'string', multiple: true, default: [] },
+      ttl: { type: 'string', default: '3600' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(TOKEN_CLIENT_HELP);
+    return 0;
+  }
+  if (!values.hub) return fail(`--hub is required\n\n${TOKEN_CLIENT_HELP}`);
+  const ttl = Number(values.ttl);
+  if (!Number.isInteger(ttl) || ttl <= 0) return fail('--ttl must be a positive whole number of seconds');
+  if (!/^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(values.url)) return fail(`--url "${values.url}" is not a base URL`);
+  let key = values.key;
+  let hub = values.hub;
+  if (key === undefined) {
+    if (!values.config) return fail('--key or --config is required');
+    try {
+      const config = loadConfig(values.config, {}, {});
+      const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
+      if (!found) return fail(`hub "${hub}" is not in ${values.config}`);
+      key = found.accessKey;
+      hub = found.name;
+    } catch (err) {
+      if (err instanceof ConfigError) return fail(err.message);
+      throw err;
+    }
+  }
+  const url = clientAccessUrl(values.url, hub, key, {
+    userId: values.user,
+    roles: values.role,
+    groups: values.group,
+    ttlSeconds: ttl,
+  });
+  process.stdout.write(url + '\n');
+  return 0;
+}
