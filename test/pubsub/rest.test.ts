@@ -1,0 +1,146 @@
+// The pub/sub REST API through the published @azure/web-pubsub server SDK
+// (which accepts our endpoint with allowInsecureConnection), plus plain HTTP
+// for what the SDK cannot be made to send (bad tokens, odd bodies).
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { describe, it } from 'node:test';
+import { WebPubSubServiceClient } from '@azure/web-pubsub';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { until } from '../helpers/wait.ts';
+
+function sdk(url: string, hub = HUB, key = HUB_KEY): WebPubSubServiceClient {
+  return new WebPubSubServiceClient(`Endpoint=${url};AccessKey=${key};Version=1.0;`, hub, { allowInsecureConnection: true });
+}
+
+describe('pub/sub REST API', () => {
+  it('sends to the hub, a group, a user and a connection, as messages from the server', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
+    const bob = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob' }), PLAIN, t);
+    const aliceId = (await alice.waitFor((m) => m.event === 'connected')).connectionId;
+    await bob.request({ type: 'joinGroup', group: 'g' });
+    const svc = sdk(relay.url);
+    await svc.sendToAll({ to: 'all' });
+    await svc.sendToAll('all but alice', { contentType: 'text/plain', filter: undefined, excludedConnections: [aliceId] } as never);
+    await svc.group('g').sendToAll(new Uint8Array([1, 2, 3]));
+    await svc.sendToUser('alice', 'for alice', { contentType: 'text/plain' });
+    await svc.sendToConnection(aliceId, { only: 'alice' });
+    await until(() => alice.dataMessages().length === 3 && bob.dataMessages().length === 3, 5000, 'deliveries');
+    assert.deepEqual(
+      alice.dataMessages().map((m) => [m.from, m.dataType, m.data]),
+      [['server', 'json', { to: 'all' }], ['server', 'text', 'for alice'], ['server', 'json', { only: 'alice' }]],
+    );
+    assert.deepEqual(
+      bob.dataMessages().map((m) => [m.from, m.dataType, m.data]),
+      [['server', 'json', { to: 'all' }], ['server', 'text', 'all but alice'], ['server', 'binary', 'AQID']],
+    );
+  });
+
+  it('manages membership and connections, and answers exists checks', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', roles: [] }), PLAIN, t);
+    const aliceId = (await alice.waitFor((m) => m.event === 'connected')).connectionId;
+    const svc = sdk(relay.url);
+    const group = svc.group('odd group.*>');
+    assert.equal(await svc.groupExists('odd group.*>'), false);
+    await group.addConnection(aliceId);
+    assert.equal(await svc.groupExists('odd group.*>'), true);
+    await group.sendToAll('in', { contentType: 'text/plain' });
+    await group.removeConnection(aliceId);
+    assert.equal(await svc.groupExists('odd group.*>'), false);
+    await group.sendToAll('out', { contentType: 'text/plain' });
+    await group.addUser('alice');
+    await group.sendToAll('user in', { contentType: 'text/plain' });
+    await group.removeUser('alice');
+    await svc.group('second').addUser('alice');
+    await svc.removeUserFromAllGroups('alice');
+    await svc.group('second').sendToAll('gone', { contentType: 'text/plain' });
+    assert.equal(await svc.userExists('alice'), true);
+    assert.equal(await svc.userExists('nobody'), false);
+    assert.equal(await svc.connectionExists(aliceId), true);
+    assert.equal(await svc.connectionExists('no-such-connection'), false);
+    await svc.grantPermission(aliceId, 'joinLeaveGroup', { targetName: 'granted' });
+    assert.equal(await svc.hasPermission(aliceId, 'joinLeaveGroup', { targetName: 'granted' }), true);
+    assert.equal((await alice.request({ type: 'joinGroup', group: 'granted' })).success, true);
+    await svc.revokePermission(aliceId, 'joinLeaveGroup', { targetName: 'granted' });
+    assert.equal((await alice.request({ type: 'leaveGroup', group: 'granted' })).error.name, 'Forbidden');
+    await until(() => alice.dataMessages().length === 2, 5000, 'messages');
+    assert.deepEqual(alice.dataMessages().map((m) => m.data), ['in', 'user in']);
+    await svc.closeConnection(aliceId, { reason: 'done' });
+    const closed = await alice.closed;
+    assert.equal(closed.code, 1008);
+    assert.equal((await alice.waitFor((m) => m.event === 'disconnected')).message, 'done');
+    assert.equal(await svc.connectionExists(aliceId), false);
+  });
+
+  it('refuses bad credentials and requests, per hub', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const path = `/api/hubs/${HUB}/:send?api-version=2024-12-01`;
+    const url = `${relay.url}${path}`;
+    const post = (token: string | undefined, body = '{}', type = 'application/json') =>
+      httpRequest(url, {
+        method: 'POST',
+        headers: { 'content-type': type, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        body: Buffer.from(body),
+      });
+    assert.equal((await post(undefined)).status, 401);
+    assert.equal((await post(signJwt({ aud: url }, 'wrong-key-0123456789abc', 60))).status, 401);
+    assert.equal((await post(signJwt({ aud: url }, HUB_KEY, -120))).status, 401);
+    assert.equal((await post(signJwt({ aud: `${relay.url}/api/hubs/${OTHER_HUB}/:send` }, HUB_KEY, 60))).status, 401);
+    assert.equal((await post(signJwt({ aud: url }, OTHER_HUB_KEY, 60))).status, 401, 'other hub key');
+    const good = signJwt({ aud: url }, HUB_KEY, 60);
+    assert.equal((await post(good)).status, 202);
+    assert.equal((await post(good, '{broken')).status, 400);
+    assert.equal((await post(good, 'x', 'image/png')).status, 415);
+    assert.equal((await post(good, 'x'.repeat(2 * 1048576))).status, 413);
+    const missing = `${relay.url}/api/hubs/nohub/:send`;
+    assert.equal((await httpRequest(missing, { method: 'POST' })).status, 404);
+    const unknown = `${relay.url}/api/hubs/${HUB}/teleport`;
+    assert.equal((await httpRequest(unknown, { headers: { authorization: `Bearer ${signJwt({ aud: unknown }, HUB_KEY, 60)}` } })).status, 404);
+    // The other hub's own key works there.
+    assert.equal((await sdk(relay.url, OTHER_HUB, OTHER_HUB_KEY).groupExists('g')), false);
+  });
+
+  it('posts client events to the upstream as CloudEvents and acks by its answer', async (t) => {
+    const seen: { headers: Record<string, unknown>; body: string }[] = [];
+    let answer = { status: 200, body: '', type: 'text/plain' };
+    const upstream = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        seen.push({ headers: req.headers, body: Buffer.concat(chunks).toString() });
+        res.writeHead(answer.status, { 'content-type': answer.type }).end(answer.body);
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    t.after(() => new Promise((r) => upstream.close(r)));
+    const port = (upstream.address() as { port: number }).port;
+    const relay = await startPubSubRelay(t, {
+      pubsub: {
+        hubs: [
+          { name: HUB, accessKey: HUB_KEY, upstream: { url: `http://127.0.0.1:${port}/events` } },
+          { name: OTHER_HUB, accessKey: OTHER_HUB_KEY },
+        ],
+      },
+    });
+    const c = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
+    const id = (await c.waitFor((m) => m.event === 'connected')).connectionId;
+    assert.equal((await c.request({ type: 'event', event: 'chat', dataType: 'json', data: { hi: 1 } })).success, true);
+    assert.equal(seen[0].headers['ce-type'], 'azure.webpubsub.user.chat');
+    assert.equal(seen[0].headers['ce-connectionid'], id);
+    assert.equal(seen[0].headers['ce-userid'], 'alice');
+    assert.equal(seen[0].headers['ce-hub'], HUB);
+    assert.match(String(seen[0].headers['ce-signature']), /^sha256=[0-9a-f]{64}$/);
+    assert.equal(seen[0].body, '{"hi":1}');
+    answer = { status: 200, body: 'reply', type: 'text/plain' };
+    assert.equal((await c.request({ type: 'event', event: 'ask', dataType: 'text', data: 'q' })).success, true);
+    const reply = await c.waitFor((m) => m.type === 'message');
+    assert.deepEqual([reply.from, reply.dataType, reply.data], ['server', 'text', 'reply']);
+    answer = { status: 500, body: '', type: 'text/plain' };
+    assert.equal((await c.request({ type: 'event', event: 'x', data: 1 })).error.name, 'UpstreamFailed');
+    const other = await RawPubSubClient.connect(accessUrl(relay.url, { hub: OTHER_HUB }), PLAIN, t);
+    assert.equal((await other.request({ type: 'event', event: 'x', data: 1 })).error.name, 'NoUpstream');
+  });
+});
