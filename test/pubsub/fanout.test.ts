@@ -122,4 +122,23 @@ describe('pub/sub fan-out', () => {
     t.diagnostic(`relay RSS growth ${growthMiB.toFixed(1)} MiB while 16 MB went to the stalled subscriber`);
     assert.ok(growthMiB < 48, `relay RSS grew ${growthMiB.toFixed(1)} MiB`);
   });
+
+  it('closes a reliable subscriber that never acknowledges once its session buffer is full (1008)', async (t) => {
+    const relay = await startPubSubRelay(t, { limits: { sessionBufferMessages: 5 } });
+    const silent = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const acking = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    await silent.request({ type: 'joinGroup', group: 'g' });
+    await acking.request({ type: 'joinGroup', group: 'g' });
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    for (let n = 1; n <= 8; n++) {
+      await publisher.request({ type: 'sendToGroup', group: 'g', data: n });
+      const m = await acking.waitFor((x) => x.type === 'message' && x.data === n);
+      acking.send({ type: 'sequenceAck', sequenceId: m.sequenceId });
+    }
+    const closed = await withTimeout(silent.closed, 5000, 'silent subscriber closed');
+    assert.deepEqual([closed.code, closed.reason], [1008, 'SessionBufferFull']);
+    assert.deepEqual(silent.dataMessages().map((m) => m.sequenceId), [1, 2, 3, 4, 5]);
+    assert.equal(relay.pubsub.stats.slowConsumerCloses, 1);
+    assert.equal(acking.ws.readyState, WebSocket.OPEN);
+  });
 });

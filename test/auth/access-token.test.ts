@@ -1,0 +1,75 @@
+// Pub/sub access tokens: HS256 only, signature, expiry, audience; and roles.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { audienceMatches, clientIdentityOf, verifyAccessToken } from '../../src/auth/access-token.ts';
+import { signJwt, verifyJwt } from '../../src/auth/jwt.ts';
+import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
+import { ReliableSession } from '../../src/pubsub/reliable-session.ts';
+
+const KEY = 'key-0123456789abcdef';
+
+describe('JWT access tokens', () => {
+  it('verifies what it signs and refuses tampering, other algorithms and expiry', () => {
+    const token = signJwt({ sub: 'u' }, KEY, 60);
+    assert.equal(verifyJwt(token, KEY).sub, 'u');
+    const [h, p, s] = token.split('.');
+    const forged = Buffer.from(JSON.stringify({ sub: 'admin', exp: 9999999999 })).toString('base64url');
+    assert.throws(() => verifyJwt(`${h}.${forged}.${s}`, KEY), { code: 'SignatureInvalid' });
+    const hs512 = Buffer.from('{"alg":"HS512"}').toString('base64url');
+    assert.throws(() => verifyJwt(`${hs512}.${p}.${s}`, KEY), { code: 'AlgorithmUnsupported' });
+    assert.throws(() => verifyJwt(signJwt({}, KEY, -120), KEY), { code: 'TokenExpired' });
+    assert.throws(() => verifyJwt(signJwt({}, KEY), KEY), { code: 'TokenMalformed' }, 'no exp');
+    assert.throws(() => verifyJwt('a.b', KEY), { code: 'TokenMalformed' });
+  });
+
+  it('matches the audience by host and path, ignoring scheme, port, query and case', () => {
+    const hosts = ['relay.example'];
+    assert.ok(audienceMatches('https://Relay.Example:443/client/hubs/Chat/', ['/client/hubs/chat'], hosts));
+    assert.ok(audienceMatches(['x', 'http://relay.example/api/hubs/chat/:send?api-version=1'], ['/api/hubs/chat/:send'], hosts));
+    assert.ok(!audienceMatches('http://evil.example/client/hubs/chat', ['/client/hubs/chat'], hosts));
+    assert.ok(!audienceMatches('http://relay.example/client/hubs/chat2', ['/client/hubs/chat'], hosts));
+    assert.ok(!audienceMatches(undefined, ['/client/hubs/chat'], hosts));
+    const token = signJwt({ aud: 'http://relay.example/client/hubs/chat', role: 'webpubsub.sendToGroup', 'webpubsub.group': ['a', 7] }, KEY, 60);
+    const ok = verifyAccessToken(token, KEY, ['/client/hubs/chat'], hosts);
+    assert.ok(ok.ok);
+    assert.deepEqual(clientIdentityOf(ok.claims), { userId: null, roles: ['webpubsub.sendToGroup'], groups: ['a'] });
+    assert.deepEqual(verifyAccessToken(undefined, KEY, [], hosts), { ok: false, code: 'TokenMissing' });
+  });
+});
+
+describe('roles', () => {
+  it('grants exact groups, every group, and patterns', () => {
+    const p = new ConnectionPermissions([
+      'webpubsub.joinLeaveGroup.a.b',
+      'webpubsub.sendToGroups.news.*',
+      'webpubsub.joinLeaveGroups.logs.**',
+      'webpubsub.sendToGroups.x?',
+      'other.role',
+    ]);
+    assert.ok(p.allows('joinLeaveGroup', 'a.b'));
+    assert.ok(!p.allows('joinLeaveGroup', 'a'));
+    assert.ok(!p.allows('sendToGroup', 'a.b'));
+    assert.ok(p.allows('sendToGroup', 'news.today'));
+    assert.ok(!p.allows('sendToGroup', 'news.today.late'));
+    assert.ok(p.allows('joinLeaveGroup', 'logs.a.b.c'));
+    assert.ok(p.allows('sendToGroup', 'x1'));
+    assert.ok(!p.allows('sendToGroup', 'x12'));
+    assert.ok(!new ConnectionPermissions(['webpubsub.sendToGroups.a+']).allows('sendToGroup', 'aa'), 'regex characters are literal');
+    assert.ok(new ConnectionPermissions(['webpubsub.sendToGroup']).allows('sendToGroup', 'anything at all'));
+  });
+});
+
+describe('reliable session buffer', () => {
+  it('numbers messages densely, drops what a cumulative ack covers, and refuses past its caps', () => {
+    const s = new ReliableSession({ maxMessages: 3, maxBytes: 10 });
+    assert.deepEqual([s.push(Buffer.from('ab')), s.push(Buffer.from('cd')), s.push(Buffer.from('ef'))], [1, 2, 3]);
+    assert.equal(s.push(Buffer.from('g')), undefined, 'message cap');
+    s.acknowledge(2);
+    assert.deepEqual([...s.after(0)].map((e) => e.sequenceId), [3]);
+    assert.equal(s.push(Buffer.from('0123456789')), undefined, 'byte cap');
+    assert.equal(s.push(Buffer.from('gh')), 4);
+    assert.deepEqual([...s.after(3)].map((e) => e.sequenceId), [4]);
+    assert.ok(s.tokenMatches(s.reconnectionToken));
+    assert.ok(!s.tokenMatches('x'));
+  });
+});
