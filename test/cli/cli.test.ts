@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import { WebPubSubClient } from '@azure/web-pubsub-client';
 import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
 import { startTestRelay } from '../helpers/relay.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 function run(...args: string[]) {
@@ -42,8 +43,13 @@ describe('edge-relay command line', () => {
     assert.equal(r.status, 0, r.stderr);
     const url = r.stdout.trim();
     assert.match(url, /^ws:\/\/127\.0\.0\.1:\d+\/client\/hubs\/chat\?access_token=[\w-]+\.[\w-]+\.[\w-]+$/);
-    const client = new WebPubSubClient(url, { messageRetryOptions: { maxRetries: 0 } });
-    t.after(() => client.stop());
+    const client = new WebPubSubClient(url, {
+      messageRetryOptions: { maxRetries: 0 },
+      // Bounds how long the SDK's keep-alive timers outlive stop() (see test/compat/web-pubsub-client.test.ts).
+      keepAliveIntervalInMs: 1000,
+      keepAliveTimeoutInMs: 6000,
+    });
+    cleanupFor(t).after(() => client.stop());
     await withTimeout(client.start(), 5000, 'client start');
     await withTimeout(client.joinGroup('room'), 5000, 'join');
     await assert.rejects(client.joinGroup('elsewhere'));

@@ -16,3 +16,21 @@ export class Cleanup {
     }
   }
 }
+
+const perTest = new WeakMap<object, Cleanup>();
+
+/**
+ * One Cleanup per test context, run (last added first) in that test's after
+ * hook. node:test runs after hooks first-registered first, so clients that
+ * must stop before the relay closes register here, after the relay.
+ */
+export function cleanupFor(t: { after(fn: () => unknown): void }): Cleanup {
+  let cleanup = perTest.get(t);
+  if (!cleanup) {
+    cleanup = new Cleanup();
+    perTest.set(t, cleanup);
+    const run = cleanup;
+    t.after(() => run.run());
+  }
+  return cleanup;
+}

@@ -10,6 +10,7 @@ import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { buildConfig } from '../../src/config/load.ts';
 import { createLogger } from '../../src/ops/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
+import { cleanupFor } from './cleanup.ts';
 import { withTimeout } from './wait.ts';
 
 export const ROOT_KEY_NAME = 'root';
@@ -29,7 +30,7 @@ export function testConfig(overrides: Record<string, unknown> = {}): Record<stri
 export async function startTestRelay(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): Promise<RunningRelay> {
   const config = buildConfig(testConfig(overrides));
   const relay = await startRelay(config, createLogger(config.log.level, 'test'));
-  t.after(() => relay.close());
+  cleanupFor(t).after(() => relay.close());
   return relay;
 }
 
