@@ -3,16 +3,7 @@
 // control channel is closed with (protocols/hybrid-connections.md), and the
 // two ways a code is answered: on an upgrade socket, or on an HTTP response.
 // Tests assert codes and statuses, not message text.
-import type { ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { sendError } from '../server/respond.ts';
-import { writeUpgradeError } from '../websocket/handshake.ts';
-
-export interface HybridErrorSpec {
-  status: number;
-  closeCode?: number;
-  message: string;
-}
+import { errorAnswers, type ErrorSpec } from '../server/error-answers.ts';
 
 export const HYBRID_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
@@ -39,17 +30,8 @@ export const HYBRID_ERRORS = {
   Internal: { status: 500, closeCode: 1011, message: 'Internal error' },
   ControlMessageInvalid: { status: 400, closeCode: 1008, message: 'Malformed control channel message' },
   RenewTokenInvalid: { status: 401, closeCode: 1008, message: 'The renewed token is not valid' },
-} as const satisfies Record<string, HybridErrorSpec>;
+} as const satisfies Record<string, ErrorSpec>;
 
 export type HybridErrorCode = keyof typeof HYBRID_ERRORS;
 
-/** Fails a WebSocket upgrade with the code's status; `detail` replaces the message. */
-export function failUpgrade(socket: Duplex, code: HybridErrorCode, detail?: string): void {
-  const spec = HYBRID_ERRORS[code];
-  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
-}
-
-/** Answers an HTTP request with the code's status and a JSON body. */
-export function failRequest(res: ServerResponse, code: HybridErrorCode): void {
-  sendError(res, HYBRID_ERRORS[code].status, code, HYBRID_ERRORS[code].message);
-}
+export const { failUpgrade, failRequest } = errorAnswers<HybridErrorCode>(HYBRID_ERRORS);

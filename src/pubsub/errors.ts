@@ -3,16 +3,7 @@
 // connection is ended), or an ack error name (a client request fails but the
 // connection stays). Names of ack errors are the ones Azure Web PubSub uses
 // (protocols/web-pubsub.md 1.4); tests assert codes, not message text.
-import type { ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { sendError } from '../server/respond.ts';
-import { writeUpgradeError } from '../websocket/handshake.ts';
-
-export interface PubSubErrorSpec {
-  status: number;
-  closeCode?: number;
-  message: string;
-}
+import { errorAnswers, type ErrorSpec } from '../server/error-answers.ts';
 
 export const PUBSUB_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
@@ -38,7 +29,7 @@ export const PUBSUB_ERRORS = {
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
   ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
-} as const satisfies Record<string, PubSubErrorSpec>;
+} as const satisfies Record<string, ErrorSpec>;
 
 export type PubSubErrorCode = keyof typeof PUBSUB_ERRORS;
 
@@ -55,12 +46,4 @@ export const ACK_ERRORS = {
 
 export type AckErrorName = keyof typeof ACK_ERRORS;
 
-export function failUpgrade(socket: Duplex, code: PubSubErrorCode, detail?: string): void {
-  const spec = PUBSUB_ERRORS[code];
-  writeUpgradeError(socket, spec.status, detail ?? spec.message, code);
-}
-
-export function failRequest(res: ServerResponse, code: PubSubErrorCode, detail?: string): void {
-  const spec = PUBSUB_ERRORS[code];
-  sendError(res, spec.status, code, detail ?? spec.message);
-}
+export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB_ERRORS);

@@ -24,10 +24,6 @@ export class Hub {
     return this.config.name;
   }
 
-  get groupCount(): number {
-    return this.groups.size;
-  }
-
   add(connection: PubSubConnection): void {
     this.connections.set(connection.id, connection);
     if (connection.userId !== null) addTo(this.users, connection.userId, connection);

@@ -41,10 +41,6 @@ export class PubSubConnection {
     }
   }
 
-  get reliable(): boolean {
-    return this.session !== undefined;
-  }
-
   /** True when a request with this ackId was already processed (answer Duplicate). */
   hasAckId(ackId: number): boolean {
     return this.recentAckIds.has(ackId);

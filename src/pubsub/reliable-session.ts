@@ -32,10 +32,6 @@ export class ReliableSession {
     return this.entries.length - this.head;
   }
 
-  get unacknowledgedBytes(): number {
-    return this.bytes;
-  }
-
   /** Buffers a message and returns its sequence id, or undefined when the buffer is full. */
   push(body: Buffer): number | undefined {
     if (this.unacknowledged >= this.limits.maxMessages || this.bytes + body.length > this.limits.maxBytes) {

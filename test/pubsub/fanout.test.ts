@@ -79,16 +79,11 @@ describe('pub/sub fan-out', () => {
         `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ${PLAIN}\r\n\r\n`,
     );
     stalled.write(frame);
-    let stalledBytes = 0;
     let stalledClosed = false;
     const stalledData: Buffer[] = [];
-    stalled.on('data', (d: Buffer) => {
-      stalledBytes += d.length;
-      stalledData.push(d);
-    });
+    stalled.on('data', (d: Buffer) => stalledData.push(d));
     stalled.on('close', () => (stalledClosed = true));
-    await until(() => stalledBytes > 0, 5000, 'stalled upgrade answer');
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => Buffer.concat(stalledData).includes('"ackId":1,'), 5000, 'stalled join ack');
     stalled.pause();
     const baseline = relay.rss();
 
