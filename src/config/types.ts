@@ -27,6 +27,19 @@ export interface HubConfig {
   upstream?: HubUpstreamConfig;
 }
 
+export interface BusConfig {
+  kind: 'memory' | 'nats';
+  subjectPrefix: string;
+  servers?: string[];
+  user?: string;
+  pass?: string;
+  token?: string;
+  reconnectTimeWaitMs: number;
+  pingIntervalMs: number;
+  requestTimeoutMs: number;
+  gatherStallMs: number;
+}
+
 export interface RelayConfig {
   nodeId: string;
   listen: { host: string; port: number };
@@ -37,7 +50,7 @@ export interface RelayConfig {
   autoCreate: boolean;
   hybridConnections: HybridConnectionConfig[];
   pubsub: { hubs: HubConfig[] };
-  bus: { kind: 'memory' };
+  bus: BusConfig;
   limits: {
     listenersPerEntity: number;
     controlMessageBytes: number;

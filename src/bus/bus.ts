@@ -1,0 +1,58 @@
+// The internal bus between edge nodes (../../README.md "Scaling out"): subjects
+// with NATS semantics (tokens split by `.`, `*` one token, `>` the rest), queue
+// groups, request/reply and scatter/gather. Two implementations: memory.ts (one
+// process) and nats.ts (a NATS cluster). The contract tests in test/bus run the
+// same suite against both. Payloads are opaque bytes; see envelope.ts.
+
+export interface BusMessage {
+  readonly subject: string;
+  readonly data: Uint8Array;
+  /** Where an answer goes, when the sender asked for one. */
+  readonly reply?: string;
+}
+
+export type BusHandler = (message: BusMessage) => void;
+
+export interface BusSubscription {
+  unsubscribe(): void;
+}
+
+export type BusErrorCode = 'NoResponders' | 'Timeout' | 'Unavailable' | 'TooLarge';
+
+export class BusError extends Error {
+  constructor(readonly code: BusErrorCode, message: string = code) {
+    super(message);
+  }
+}
+
+export interface GatherOptions {
+  /** Stop waiting this long after the request, whatever came. */
+  maxWaitMs: number;
+  /** Stop this long after the last answer (NATS cannot say how many will come). */
+  stallMs: number;
+}
+
+export interface Bus {
+  readonly kind: 'memory' | 'nats';
+  /** False while the bus cannot reach other nodes. */
+  readonly connected: boolean;
+  /** Largest payload one message may carry. */
+  readonly maxPayload: number;
+  subscribe(subject: string, handler: BusHandler, options?: { queue?: string }): BusSubscription;
+  /** Sends and forgets; throws BusError('TooLarge') for an oversized payload. */
+  publish(subject: string, data: Uint8Array, reply?: string): void;
+  /** One answer from one subscriber (a queue group picks one). */
+  request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array>;
+  /** Every answer that comes within the bounds; [] when nobody listens. */
+  gather(subject: string, data: Uint8Array, options: GatherOptions): Promise<Uint8Array[]>;
+  /** Resolves once everything sent so far (subscriptions included) reached the bus. */
+  flush(): Promise<void>;
+  /** Called with `connected` each time it changes. */
+  onConnectionChange(listener: (connected: boolean) => void): void;
+  close(): Promise<void>;
+}
+
+/** Answers a request; does nothing for a message that asked for no answer. */
+export function respond(bus: Bus, message: BusMessage, data: Uint8Array): void {
+  if (message.reply) bus.publish(message.reply, data);
+}

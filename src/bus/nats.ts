@@ -1,0 +1,222 @@
+// The NATS bus: the way to scale out. Uses the `nats` client; connects in the
+// background and keeps reconnecting forever, so the relay starts and serves
+// local traffic while NATS is away (it reports not-ready meanwhile: ops/health).
+// Subscriptions made before the first connection are kept here and made once
+// it is up; after that the client itself re-subscribes on every reconnect.
+import { connect, createInbox, ErrorCode, Events, type NatsConnection, type NatsError, type Subscription } from 'nats';
+import type { Logger } from '../ops/logger.ts';
+import { BusError, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
+
+export interface NatsBusOptions {
+  servers: string[];
+  name: string;
+  user?: string;
+  pass?: string;
+  token?: string;
+  reconnectTimeWaitMs: number;
+  pingIntervalMs: number;
+  /** Bound on flush() while connected; while disconnected it resolves at once. */
+  flushTimeoutMs: number;
+}
+
+interface Entry {
+  subject: string;
+  queue?: string;
+  handler: BusHandler;
+  sub?: Subscription;
+  active: boolean;
+}
+
+export class NatsBus implements Bus {
+  readonly kind = 'nats' as const;
+  private nc: NatsConnection | undefined;
+  private isConnected = false;
+  private closing = false;
+  private readonly entries = new Set<Entry>();
+  private readonly listeners: ((connected: boolean) => void)[] = [];
+  private readonly started: Promise<void>;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly options: NatsBusOptions,
+    private readonly log: Logger,
+  ) {
+    this.started = this.start();
+  }
+
+  get connected(): boolean {
+    return this.isConnected;
+  }
+
+  get maxPayload(): number {
+    return this.nc?.info?.max_payload ?? 1024 * 1024;
+  }
+
+  /** Tries the servers until one answers (or close() is called); then the client reconnects by itself. */
+  private async start(): Promise<void> {
+    const o = this.options;
+    for (let attempt = 0; !this.closing; attempt++) {
+      try {
+        this.nc = await connect({
+          servers: o.servers,
+          name: o.name,
+          user: o.user,
+          pass: o.pass,
+          token: o.token,
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: o.reconnectTimeWaitMs,
+          reconnectJitter: Math.min(100, o.reconnectTimeWaitMs),
+          pingInterval: o.pingIntervalMs,
+          maxPingOut: 2,
+        });
+        break;
+      } catch (err) {
+        if (attempt === 0) this.log.warn({ event: 'bus.unreachable', err: (err as Error).message });
+        await new Promise<void>((resolve) => {
+          this.wake = resolve;
+          this.retryTimer = setTimeout(resolve, o.reconnectTimeWaitMs);
+        });
+      }
+    }
+    const nc = this.nc;
+    if (!nc) return;
+    if (this.closing) {
+      await nc.close();
+      return;
+    }
+    for (const entry of this.entries) this.attach(entry);
+    this.setConnected(true, nc.getServer());
+    void this.watch(nc);
+  }
+
+  private async watch(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      if (status.type === Events.Disconnect) this.setConnected(false, String(status.data));
+      else if (status.type === Events.Reconnect) this.setConnected(true, String(status.data));
+      else if (status.type === Events.Error) this.log.warn({ event: 'bus.error', err: String(status.data) });
+    }
+  }
+
+  private setConnected(connected: boolean, server: string): void {
+    if (this.isConnected === connected) return;
+    this.isConnected = connected;
+    this.log[connected ? 'info' : 'warn']({ event: connected ? 'bus.connected' : 'bus.disconnected', server });
+    for (const listener of this.listeners) listener(connected);
+  }
+
+  private attach(entry: Entry): void {
+    entry.sub = this.nc!.subscribe(entry.subject, {
+      queue: entry.queue,
+      callback: (err, msg) => {
+        if (err || !entry.active) return;
+        try {
+          entry.handler({ subject: msg.subject, data: msg.data, reply: msg.reply || undefined });
+        } catch (error) {
+          this.log.error({ event: 'bus.handler_failed', subject: msg.subject, err: String(error) });
+        }
+      },
+    });
+  }
+
+  subscribe(subject: string, handler: BusHandler, options: { queue?: string } = {}): BusSubscription {
+    const entry: Entry = { subject, queue: options.queue, handler, active: true };
+    this.entries.add(entry);
+    if (this.nc && !this.nc.isClosed()) this.attach(entry);
+    return {
+      unsubscribe: () => {
+        if (!entry.active) return;
+        entry.active = false;
+        this.entries.delete(entry);
+        if (entry.sub && !this.nc?.isClosed()) entry.sub.unsubscribe();
+      },
+    };
+  }
+
+  publish(subject: string, data: Uint8Array, reply?: string): void {
+    // Before the first connection there is nobody to tell; while reconnecting
+    // the client buffers what is published and sends it on reconnect.
+    if (!this.nc || this.nc.isClosed()) return;
+    if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    this.nc.publish(subject, data, reply ? { reply } : undefined);
+  }
+
+  async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
+    const nc = this.nc;
+    if (!nc || !this.isConnected) throw new BusError('Unavailable');
+    if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    try {
+      return (await nc.request(subject, data, { timeout: timeoutMs })).data;
+    } catch (err) {
+      throw toBusError(err);
+    }
+  }
+
+  gather(subject: string, data: Uint8Array, options: GatherOptions): Promise<Uint8Array[]> {
+    const nc = this.nc;
+    if (!nc || !this.isConnected) return Promise.reject(new BusError('Unavailable'));
+    if (data.length > this.maxPayload) return Promise.reject(new BusError('TooLarge'));
+    return new Promise((resolve) => {
+      const answers: Uint8Array[] = [];
+      let stall: NodeJS.Timeout | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        clearTimeout(stall);
+        if (!nc.isClosed()) sub.unsubscribe();
+        resolve(answers);
+      };
+      const timer = setTimeout(done, options.maxWaitMs);
+      const inbox = createInbox();
+      const sub = nc.subscribe(inbox, {
+        callback: (err, msg) => {
+          // Nobody subscribed: the server answers 503 at once.
+          if (err || msg.headers?.code === 503) return done();
+          answers.push(msg.data);
+          clearTimeout(stall);
+          stall = setTimeout(done, options.stallMs);
+        },
+      });
+      nc.publish(subject, data, { reply: inbox });
+    });
+  }
+
+  async flush(): Promise<void> {
+    const nc = this.nc;
+    if (!nc || !this.isConnected) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      nc.flush().catch(() => undefined),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, this.options.flushTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+  }
+
+  onConnectionChange(listener: (connected: boolean) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Sends what is buffered and leaves the cluster. */
+  async close(): Promise<void> {
+    this.closing = true;
+    clearTimeout(this.retryTimer);
+    this.wake?.();
+    const nc = this.nc;
+    if (nc && !nc.isClosed()) {
+      try {
+        await nc.drain();
+      } catch {
+        await nc.close().catch(() => undefined);
+      }
+    }
+    this.isConnected = false;
+    await this.started;
+  }
+}
+
+function toBusError(err: unknown): BusError {
+  const code = (err as NatsError).code;
+  if (code === ErrorCode.NoResponders) return new BusError('NoResponders');
+  if (code === ErrorCode.Timeout) return new BusError('Timeout');
+  if (code === ErrorCode.MaxPayloadExceeded) return new BusError('TooLarge');
+  return new BusError('Unavailable', (err as Error).message);
+}

@@ -1,0 +1,181 @@
+// The bus contract: one suite, run against the in-process bus and against the
+// NATS bus on a real nats-server. Each case uses two handles (two nodes): for
+// memory the same instance, for NATS two client connections.
+import assert from 'node:assert/strict';
+import { describe, test, type TestContext } from 'node:test';
+import { BusError, type Bus, type BusMessage } from '../../src/bus/bus.ts';
+import { encodeEnvelope, decodeEnvelope } from '../../src/bus/envelope.ts';
+import { MemoryBus } from '../../src/bus/memory.ts';
+import { NatsBus } from '../../src/bus/nats.ts';
+import { Subjects } from '../../src/bus/subjects.ts';
+import { createLogger } from '../../src/ops/logger.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+type Pair = [Bus, Bus];
+
+const log = createLogger('silent', 'test');
+
+async function memoryPair(t: TestContext): Promise<Pair> {
+  const bus = new MemoryBus();
+  cleanupFor(t).after(() => bus.close());
+  return [bus, bus];
+}
+
+async function natsPair(t: TestContext): Promise<Pair> {
+  const server = await startNatsServer(t);
+  const make = async (name: string) => {
+    const bus = new NatsBus(
+      { servers: [server.url], name, reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 2000 },
+      log,
+    );
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, `${name} to connect`);
+    return bus;
+  };
+  return [await make('a'), await make('b')];
+}
+
+function collect(bus: Bus, subject: string, options?: { queue?: string }): BusMessage[] {
+  const got: BusMessage[] = [];
+  bus.subscribe(subject, (m) => got.push(m), options);
+  return got;
+}
+
+const text = (m: BusMessage) => Buffer.from(m.data).toString();
+
+for (const [kind, pair] of [['memory', memoryPair], ['nats', natsPair]] as const) {
+  describe(`bus contract: ${kind}`, () => {
+    test('a published message reaches every plain subscriber, in order, bytes intact', async (t) => {
+      const [a, b] = await pair(t);
+      const first = collect(a, 'x.y');
+      const second = collect(a, 'x.y');
+      await a.flush();
+      const payloads = Array.from({ length: 50 }, (_, i) => Buffer.from([0, 255, i, 10, 13]));
+      for (const p of payloads) b.publish('x.y', p);
+      await b.flush();
+      await until(() => first.length === 50 && second.length === 50, 5000, 'deliveries');
+      assert.deepEqual(first.map((m) => Buffer.from(m.data)), payloads);
+      assert.deepEqual(second.map((m) => Buffer.from(m.data)), payloads);
+      assert.equal(first[0].subject, 'x.y');
+    });
+
+    test('`*` matches one token and `>` the rest; nothing else matches', async (t) => {
+      const [a, b] = await pair(t);
+      const star = collect(a, 'p.*.z');
+      const rest = collect(a, 'p.>');
+      const exact = collect(a, 'p.q');
+      await a.flush();
+      for (const s of ['p.q', 'p.q.z', 'p.q.r.z', 'p', 'pp.q.z', 'p.qz']) b.publish(s, Buffer.from(s));
+      b.publish('end', Buffer.from('end'));
+      const end = collect(a, 'end2');
+      await a.flush();
+      b.publish('end2', Buffer.from('x'));
+      await until(() => end.length === 1 && rest.length === 4, 5000, 'deliveries');
+      assert.deepEqual(star.map(text), ['p.q.z']);
+      assert.deepEqual(rest.map(text).sort(), ['p.q', 'p.q.r.z', 'p.q.z', 'p.qz']);
+      assert.deepEqual(exact.map(text), ['p.q']);
+    });
+
+    test('a queue group gets each message once, shared between its members', async (t) => {
+      const [a, b] = await pair(t);
+      const one = collect(a, 'work', { queue: 'q' });
+      const two = collect(b, 'work', { queue: 'q' });
+      const plain = collect(b, 'work');
+      await a.flush();
+      await b.flush();
+      for (let i = 0; i < 200; i++) a.publish('work', Buffer.from(String(i)));
+      await until(() => one.length + two.length === 200 && plain.length === 200, 5000, 'deliveries');
+      assert.ok(one.length > 0 && two.length > 0, `both members served: ${one.length}/${two.length}`);
+      const seen = new Set([...one, ...two].map(text));
+      assert.equal(seen.size, 200);
+    });
+
+    test('request gets one answer; nobody listening is NoResponders; silence is Timeout', async (t) => {
+      const [a, b] = await pair(t);
+      a.subscribe('svc', (m) => a.publish(m.reply!, Buffer.from(`re:${text(m)}`)));
+      a.subscribe('silent', () => {});
+      await a.flush();
+      assert.equal(Buffer.from(await b.request('svc', Buffer.from('hi'), 2000)).toString(), 're:hi');
+      await assert.rejects(b.request('nobody', Buffer.from('x'), 5000), (e: BusError) => e.code === 'NoResponders');
+      await assert.rejects(b.request('silent', Buffer.from('x'), 200), (e: BusError) => e.code === 'Timeout');
+    });
+
+    test('gather collects every answer, and [] when nobody listens', async (t) => {
+      const [a, b] = await pair(t);
+      for (const name of ['one', 'two', 'three']) a.subscribe('census', (m) => a.publish(m.reply!, Buffer.from(name)));
+      await a.flush();
+      const answers = await b.gather('census', Buffer.from('?'), { maxWaitMs: 3000, stallMs: 100 });
+      assert.deepEqual(answers.map((d) => Buffer.from(d).toString()).sort(), ['one', 'three', 'two']);
+      assert.deepEqual(await b.gather('empty', Buffer.from('?'), { maxWaitMs: 3000, stallMs: 100 }), []);
+    });
+
+    test('after unsubscribe nothing more arrives', async (t) => {
+      const [a, b] = await pair(t);
+      const got: BusMessage[] = [];
+      const sub = a.subscribe('u', (m) => got.push(m));
+      const marker = collect(a, 'marker');
+      await a.flush();
+      b.publish('u', Buffer.from('1'));
+      await until(() => got.length === 1, 5000, 'first');
+      sub.unsubscribe();
+      await a.flush();
+      b.publish('u', Buffer.from('2'));
+      b.publish('marker', Buffer.from('m'));
+      await until(() => marker.length === 1, 5000, 'marker');
+      assert.equal(got.length, 1);
+    });
+
+    test('encoded names never widen a subscription: `.`, `*`, `>` and other bytes stay inside one token', async (t) => {
+      const [a, b] = await pair(t);
+      const subjects = new Subjects('relay');
+      const names = ['a', 'a.b', 'a.*', 'a.>', '*', '>', 'a b', 'a\tb', '_41', 'A', 'ä', '💥', 'x'.repeat(1000), '.', '..'];
+      const received = new Map<string, string[]>();
+      for (const name of names) {
+        const got: string[] = [];
+        received.set(name, got);
+        a.subscribe(subjects.group('hub', name), (m) => got.push(text(m)));
+      }
+      const oneToken = collect(a, 'relay.ps.hub.g.*');
+      const otherHub = collect(a, subjects.group('hub2', 'a'));
+      await a.flush();
+      for (const name of names) b.publish(subjects.group('hub', name), Buffer.from(name));
+      await until(() => oneToken.length === names.length, 5000, 'all publishes');
+      for (const name of names) assert.deepEqual(received.get(name), [name], `only its own message for ${JSON.stringify(name).slice(0, 20)}`);
+      assert.equal(otherHub.length, 0);
+    });
+
+    test('a payload over maxPayload is refused with TooLarge', async (t) => {
+      const [a] = await pair(t);
+      assert.throws(() => a.publish('big', Buffer.alloc(a.maxPayload + 1)), (e: BusError) => e.code === 'TooLarge');
+    });
+  });
+}
+
+describe('bus envelope', () => {
+  test('header and raw body survive; garbage is refused', () => {
+    const body = Buffer.from([0, 1, 2, 255]);
+    const decoded = decodeEnvelope(encodeEnvelope({ op: 'x', n: 1 }, body))!;
+    assert.deepEqual(decoded.header, { op: 'x', n: 1 });
+    assert.deepEqual(Buffer.from(decoded.body), body);
+    assert.equal(decodeEnvelope(Buffer.from([0, 0, 0, 9, 1])), undefined);
+    assert.equal(decodeEnvelope(Buffer.from([0, 0, 0, 1, 0x7b])), undefined);
+    assert.equal(decodeEnvelope(Buffer.alloc(2)), undefined);
+  });
+});
+
+describe('memory bus delivery', () => {
+  test('a handler that throws does not stop delivery to the others', async (t) => {
+    const errors: unknown[] = [];
+    const bus = new MemoryBus({ onHandlerError: (e) => errors.push(e) });
+    cleanupFor(t).after(() => bus.close());
+    bus.subscribe('s', () => {
+      throw new Error('boom');
+    });
+    const got = collect(bus, 's');
+    bus.publish('s', Buffer.from('1'));
+    await withTimeout(until(() => got.length === 1, 1000, 'delivery'), 2000, 'delivery');
+    assert.equal(errors.length, 1);
+  });
+});
