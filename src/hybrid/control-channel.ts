@@ -29,6 +29,8 @@ export interface ControlChannelHooks {
 
 /** What a channel's outstanding HTTP requests must be able to do when it closes. */
 export interface ChannelExchange {
+  /** The listener answered on the control channel; returns where the body goes when one follows. */
+  onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined;
   listenerLost(): void;
 }
 

@@ -25,9 +25,10 @@ import {
 } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { rendezvousAddress, type HybridContext } from './context.ts';
-import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
+import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
+import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -79,7 +80,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     readonly entity: HybridEntity,
-    private readonly channel: ControlChannel,
+    private readonly route: ListenerRoute,
     private readonly requestTarget: string,
     private readonly log: Logger,
   ) {
@@ -98,7 +99,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
       return this.fail('TooManyPending');
     }
     this.ctx.rendezvous.add(this);
-    this.channel.exchanges.set(this.id, this);
+    this.route.track(this.id, this);
     const lengthHeader = this.req.headers['content-length'];
     const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
     const chunked = this.req.headers['transfer-encoding'] !== undefined;
@@ -108,8 +109,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
       this.readSmallBody(length);
     } else {
       // Large or of unknown length: the listener fetches it over a rendezvous.
-      this.channel.send({ request: { address: this.address(), id: this.id } });
-      this.log.debug({ event: 'http.rendezvous_requested' });
+      this.deliver({ request: { address: this.address(), id: this.id } });
+      this.log.debug({ event: 'http.rendezvous_requested', via: this.route.via });
     }
   }
 
@@ -117,7 +118,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     return rendezvousAddress(this.ctx, 'request', this.entity, this.id);
   }
 
-  private requestMessage(body: boolean): object {
+  private requestMessage(body: boolean): ListenerNotice {
     const remote = this.req.socket;
     return {
       request: {
@@ -144,9 +145,16 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     });
   }
 
+  /** Sends a notice to the listener; if it cannot arrive, the sender gets the reason. */
+  private deliver(notice: ListenerNotice, body?: Buffer): void {
+    void this.route.deliver(notice, body).then((code) => {
+      if (code) this.fail(code);
+    });
+  }
+
   private dispatchOnControlChannel(body: Buffer | undefined): void {
     const hasBody = body !== undefined && body.length > 0;
-    this.channel.send(this.requestMessage(hasBody), hasBody ? body : undefined);
+    this.deliver(this.requestMessage(hasBody), hasBody ? body : undefined);
     this.requestDelivered = true;
     if (!hasBody) this.req.resume();
     this.log.debug({ event: 'http.request_sent', bytes: body?.length ?? 0 });
@@ -292,6 +300,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
   fail(code: HybridErrorCode): void {
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
+    // A body nobody will read is drained, so the sender's connection stays usable.
+    if (!this.requestDelivered) this.req.resume();
     if (!this.headSent && !this.res.headersSent) {
       failRequest(this.res, code);
     } else {
@@ -306,7 +316,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     this.readState = 'done';
     clearTimeout(this.timer);
     this.ctx.rendezvous.delete(this);
-    this.channel.exchanges.delete(this.id);
+    this.route.untrack(this.id);
     const socket = this.rendezvous;
     if (socket && !socket.destroyed) {
       socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));

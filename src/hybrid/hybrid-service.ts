@@ -6,6 +6,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
+import type { Bus } from '../bus/bus.ts';
+import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
 import type { Logger } from '../ops/logger.ts';
@@ -13,7 +15,9 @@ import type { HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
+import { HybridClusterLink } from './cluster-link.ts';
 import { HttpExchange } from './http-exchange.ts';
+import { LocalRoute, type ListenerRoute } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RendezvousTable } from './rendezvous-table.ts';
@@ -37,6 +41,7 @@ export class HybridService {
   private readonly authorizer: SasAuthorizer;
   private readonly wss: WebSocketServer;
   private readonly stopKeepAlive: () => void;
+  private readonly cluster: HybridClusterLink;
   private shuttingDown = false;
   /** publicUrl's host: a token's resource may always name it. */
   private readonly publicHost: string;
@@ -45,6 +50,8 @@ export class HybridService {
     private readonly config: RelayConfig,
     private readonly log: Logger,
     rendezvousBase: string,
+    bus: Bus,
+    subjects: Subjects,
   ) {
     this.catalog = new EntityCatalog(config.hybridConnections, config.autoCreate);
     this.authorizer = new SasAuthorizer(config.sas);
@@ -57,6 +64,7 @@ export class HybridService {
     });
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
     this.publicHost = new URL(rendezvousBase).hostname;
+    this.cluster = new HybridClusterLink(bus, subjects, config.nodeId, this.ctx, log, config.bus.requestTimeoutMs);
   }
 
   // --- WebSocket actions on /$hc/{entity} ---------------------------------------
@@ -97,6 +105,7 @@ export class HybridService {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
       const channel = new ControlChannel(ws, target, check, this.hostsFor(req), log, this.channelHooks);
       this.listeners.add(channel);
+      this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
     });
   }
@@ -108,7 +117,7 @@ export class HybridService {
     },
     response: (channel, response) => {
       const exchange = channel.exchanges.get(response.requestId);
-      if (!(exchange instanceof HttpExchange)) {
+      if (!exchange) {
         channel.log.warn({ event: 'listener.unknown_response' });
         return undefined;
       }
@@ -116,6 +125,7 @@ export class HybridService {
     },
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
+      this.cluster.listenersChanged(channel.entity, left);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
       if (left === 0) this.catalog.releaseDynamic(channel.entity);
@@ -123,19 +133,31 @@ export class HybridService {
   };
 
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
-    const entity = this.catalog.get(name);
+    const entity = this.entityForSender(name);
     if (!entity) return failUpgrade(socket, 'EntityNotFound');
     const refused = this.authorizeSender(req, params, entity, []);
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
       return failUpgrade(socket, refused);
     }
+    startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), log);
+  }
+
+  /**
+   * The entity a sender names. With auto-create on, an entity this node does
+   * not know may have been created by a listener on another node: it is
+   * treated as one (needing sender tokens), and the bus says whether it exists.
+   */
+  private entityForSender(name: string): HybridEntity | undefined {
+    const known = this.catalog.get(name);
+    if (known || !this.config.autoCreate || !isValidEntityName(name)) return known;
+    return { name, key: name.toLowerCase(), requiresClientAuthorization: true, dynamic: true };
+  }
+
+  /** A listener on this node when one is open (round robin), else whichever node the bus finds. */
+  private routeTo(entity: HybridEntity): ListenerRoute {
     const channel = this.listeners.pick(entity.key);
-    if (!channel) {
-      log.info({ event: 'connect.refused', code: 'NoListener' });
-      return failUpgrade(socket, 'NoListener');
-    }
-    startConnect(this.ctx, req, socket, head, entity, channel, log);
+    return channel ? new LocalRoute(channel) : this.cluster.remoteRoute(entity);
   }
 
   private rendezvousArrived(
@@ -166,13 +188,11 @@ export class HybridService {
       req.resume();
     };
     if (this.shuttingDown) return refuse('ShuttingDown');
-    const entity = this.catalog.get(target.entity);
+    const entity = this.entityForSender(target.entity);
     if (!entity) return refuse('EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return refuse(refused);
-    const channel = this.listeners.pick(entity.key);
-    if (!channel) return refuse('NoListener');
-    new HttpExchange(this.ctx, req, res, entity, channel, target.requestTarget, log).start();
+    new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, log).start();
   }
 
   // --- authorization --------------------------------------------------------------
@@ -208,6 +228,7 @@ export class HybridService {
   shutdown(): void {
     this.shuttingDown = true;
     this.stopKeepAlive();
+    this.cluster.close();
     for (const channel of [...this.listeners.all()]) channel.closeWith('ShuttingDown');
   }
 }

@@ -11,9 +11,9 @@ import type { Logger } from '../ops/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
 import { rendezvousAddress, type HybridContext } from './context.ts';
-import type { ControlChannel } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
+import type { ListenerRoute } from './listener-route.ts';
 
 export interface PendingConnect {
   kind: 'connect';
@@ -54,14 +54,14 @@ function connectHeaders(req: IncomingMessage): Record<string, string> {
   return out;
 }
 
-/** Holds the sender's upgrade and pushes `accept` to `channel`. */
+/** Holds the sender's upgrade and pushes `accept` along `route`. */
 export function startConnect(
   ctx: HybridContext,
   req: IncomingMessage,
   socket: Duplex,
   head: Buffer,
   entity: HybridEntity,
-  channel: ControlChannel,
+  route: ListenerRoute,
   log: Logger,
 ): void {
   const upgrade = parseUpgradeRequest(req);
@@ -82,7 +82,7 @@ export function startConnect(
       if (!ctx.rendezvous.delete(pending)) return;
       detachSender(pending);
       log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
-      failUpgrade(socket, channel.isOpen ? 'AcceptTimeout' : 'ListenerGone');
+      failUpgrade(socket, route.isOpen ? 'AcceptTimeout' : 'ListenerGone');
     }, ctx.config.timeouts.acceptMs),
     onSenderGone: () => {
       if (ctx.rendezvous.delete(pending)) {
@@ -104,15 +104,21 @@ export function startConnect(
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
   const remote = req.socket;
-  channel.send({
-    accept: {
-      address: rendezvousAddress(ctx, 'accept', entity, id),
-      id,
-      connectHeaders: connectHeaders(req),
-      remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
-    },
+  const accept = {
+    address: rendezvousAddress(ctx, 'accept', entity, id),
+    id,
+    connectHeaders: connectHeaders(req),
+    remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
+  };
+  void route.deliver({ accept }).then((code) => {
+    if (!code) return log.info({ event: 'connect.accept_sent', via: route.via });
+    // Not delivered: the sender hears why now rather than at the accept timeout.
+    if (!ctx.rendezvous.delete(pending)) return;
+    clearTimeout(pending.timer);
+    detachSender(pending);
+    log.info({ event: 'connect.refused', code });
+    failUpgrade(socket, code);
   });
-  log.info({ event: 'connect.accept_sent', listener: channel.id });
 }
 
 /** The listener's rendezvous leg arrived for `pending`: accept or reject. */

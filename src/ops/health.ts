@@ -1,9 +1,12 @@
-// /$relay/health (the process is up) and /$relay/ready (it takes new work).
+// /$relay/health (the process is up) and /$relay/ready (it takes new work:
+// not shutting down and, with the NATS bus, connected to it). Not-ready says
+// why, so an operator reading the probe knows what to fix.
 import type { ServerResponse } from 'node:http';
 import { sendJson } from '../server/respond.ts';
 
 export interface Readiness {
-  ready(): boolean;
+  shuttingDown(): boolean;
+  bus(): { kind: string; connected: boolean };
 }
 
 const NO_STORE = { 'cache-control': 'no-store' };
@@ -15,8 +18,12 @@ export function handleOps(name: string, res: ServerResponse, readiness: Readines
     return true;
   }
   if (name === 'ready') {
-    const ready = readiness.ready();
-    sendJson(res, ready ? 200 : 503, { ready }, NO_STORE);
+    const bus = readiness.bus();
+    const reasons: string[] = [];
+    if (readiness.shuttingDown()) reasons.push('shutting down');
+    if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
+    const ready = reasons.length === 0;
+    sendJson(res, ready ? 200 : 503, { ready, bus: { kind: bus.kind, connected: bus.connected }, reasons }, NO_STORE);
     return true;
   }
   return false;

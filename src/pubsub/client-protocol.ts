@@ -8,15 +8,15 @@
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
 import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
-import type { Hub } from './hub.ts';
+import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import type { UpstreamResult, UserEvent } from './upstream.ts';
 
 /** What the protocol needs from the service around it. */
 export interface ClientProtocolContext {
-  hub(connection: PubSubConnection): Hub | undefined;
+  hub(connection: PubSubConnection): ClusterHub | undefined;
   endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
-  sendEvent(event: Omit<UserEvent, 'hub'>, hub: Hub): Promise<UpstreamResult>;
+  sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub): Promise<UpstreamResult>;
   groupsPerConnection: number;
   count(counter: 'messagesIn' | 'acksOk' | 'acksFailed'): void;
 }
@@ -76,16 +76,20 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       if (!connection.groups.has(group) && connection.groups.size >= ctx.groupsPerConnection) {
         return ack(ctx, connection, ackId, 'Forbidden', `a connection may be in at most ${ctx.groupsPerConnection} groups`);
       }
-      hub.join(connection, group);
-      break;
+      // Acknowledged once the bus has this node's interest in the group.
+      if (ackId !== undefined) connection.rememberAckId(ackId);
+      void hub.join(connection, group).then(() => {
+        if (!connection.ended) ack(ctx, connection, ackId);
+      });
+      return;
     case 'leaveGroup':
       if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
       hub.leave(connection, group);
       break;
     case 'sendToGroup':
       if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
-      hub.sendToGroup(
-        group,
+      hub.send(
+        { kind: 'group', name: group },
         { from: 'group', group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) },
         m.noEcho ? new Set([connection.id]) : undefined,
       );
@@ -97,7 +101,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   ack(ctx, connection, ackId);
 }
 
-function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: Hub, m: Upstream, ackId: number | undefined): void {
+function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId);
   const event = {
@@ -114,7 +118,7 @@ function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, 
       if (ackId !== undefined) connection.forgetAckId(ackId);
       return ack(ctx, connection, ackId, result.code, result.detail);
     }
-    if (result.reply) hub.sendToConnection(connection.id, result.reply);
+    if (result.reply) hub.send({ kind: 'connection', name: connection.id }, result.reply);
     ack(ctx, connection, ackId);
   });
 }

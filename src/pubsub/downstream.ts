@@ -27,7 +27,11 @@ export class SharedMessage {
   readonly body: Buffer;
   private frame: Buffer | undefined;
 
-  constructor(message: DataMessage) {
+  /** `mid` names the event cluster-wide (origin node and counter), so a session handed between nodes is not given it twice. */
+  constructor(
+    message: DataMessage,
+    readonly mid: string,
+  ) {
     let text = `"type":"message","from":"${message.from}"`;
     if (message.group !== undefined) text += `,"group":${JSON.stringify(message.group)}`;
     if (message.fromUserId !== undefined) text += `,"fromUserId":${JSON.stringify(message.fromUserId)}`;

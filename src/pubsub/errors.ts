@@ -29,6 +29,7 @@ export const PUBSUB_ERRORS = {
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
   ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
+  BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type PubSubErrorCode = keyof typeof PUBSUB_ERRORS;

@@ -1,14 +1,24 @@
 // One hub's membership on this node: its connections, groups and users, and
-// fan-out to them. A group exists while it has members. Group and user names
-// are map keys only (never parsed), so no character in them can reach another
-// group or hub. Retained reliable sessions stay members while detached, so
-// messages for them are buffered until they recover or expire.
+// delivery to them. A group exists here while it has local members. Group and
+// user names are map keys only (never parsed), so no character in them can
+// reach another group or hub. Retained reliable sessions stay members while
+// detached, so messages for them are buffered until they recover or expire.
+// The watcher hears when a group, user or connection appears or goes, which
+// is when hub-cluster.ts subscribes to or leaves its bus subject.
 import type { HubConfig } from '../config/types.ts';
-import { SharedMessage, type DataMessage } from './downstream.ts';
+import type { SharedMessage } from './downstream.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 
-/** Called after a fan-out for each connection that could not keep up. */
+/** Called after a delivery for each connection that could not keep up. */
 export type EndConnection = (connection: PubSubConnection, code: 'SlowConsumer' | 'SessionBufferFull') => void;
+
+export interface MembershipWatcher {
+  opened(kind: 'group' | 'user' | 'connection', name: string): void;
+  closed(kind: 'group' | 'user' | 'connection', name: string): void;
+}
+
+/** Who a message or an operation is for. */
+export type Target = { kind: 'all' } | { kind: 'group' | 'user' | 'connection'; name: string };
 
 export class Hub {
   readonly connections = new Map<string, PubSubConnection>();
@@ -18,76 +28,66 @@ export class Hub {
   constructor(
     readonly config: HubConfig,
     private readonly endConnection: EndConnection,
+    private readonly watcher: MembershipWatcher,
   ) {}
 
   get name(): string {
     return this.config.name;
   }
 
+  /** Lower-case name: hubs are found case-insensitively. */
+  get key(): string {
+    return this.config.name.toLowerCase();
+  }
+
   add(connection: PubSubConnection): void {
     this.connections.set(connection.id, connection);
-    if (connection.userId !== null) addTo(this.users, connection.userId, connection);
+    this.watcher.opened('connection', connection.id);
+    if (connection.userId !== null) this.addTo(this.users, 'user', connection.userId, connection);
   }
 
   remove(connection: PubSubConnection): void {
     if (this.connections.get(connection.id) !== connection) return;
     this.connections.delete(connection.id);
-    for (const group of connection.groups) removeFrom(this.groups, group, connection);
+    this.watcher.closed('connection', connection.id);
+    for (const group of connection.groups) this.removeFrom(this.groups, 'group', group, connection);
     connection.groups.clear();
-    if (connection.userId !== null) removeFrom(this.users, connection.userId, connection);
+    if (connection.userId !== null) this.removeFrom(this.users, 'user', connection.userId, connection);
   }
 
-  join(connection: PubSubConnection, group: string): void {
-    if (connection.groups.has(group)) return;
+  /** Adds to a group; returns true when the group is new on this node. */
+  join(connection: PubSubConnection, group: string): boolean {
+    if (connection.groups.has(group)) return false;
     connection.groups.add(group);
-    addTo(this.groups, group, connection);
+    return this.addTo(this.groups, 'group', group, connection);
   }
 
   leave(connection: PubSubConnection, group: string): void {
     if (!connection.groups.delete(group)) return;
-    removeFrom(this.groups, group, connection);
+    this.removeFrom(this.groups, 'group', group, connection);
   }
 
-  hasGroup(group: string): boolean {
-    return this.groups.has(group);
+  /** The local connections a target names. */
+  targets(target: Target): Iterable<PubSubConnection> {
+    switch (target.kind) {
+      case 'all':
+        return this.connections.values();
+      case 'group':
+        return this.groups.get(target.name) ?? [];
+      case 'user':
+        return this.users.get(target.name) ?? [];
+      case 'connection': {
+        const connection = this.connections.get(target.name);
+        return connection && !connection.ended ? [connection] : [];
+      }
+    }
   }
 
-  hasUser(userId: string): boolean {
-    return this.users.has(userId);
-  }
-
-  userConnections(userId: string): Iterable<PubSubConnection> {
-    return this.users.get(userId) ?? [];
-  }
-
-  groupMembers(group: string): Iterable<PubSubConnection> {
-    return this.groups.get(group) ?? [];
-  }
-
-  /** Sends to every member of `group`, except `excluded` connection ids. Returns recipients. */
-  sendToGroup(group: string, message: DataMessage, excluded?: ReadonlySet<string>): number {
-    const members = this.groups.get(group);
-    return members ? this.deliverAll(members, new SharedMessage(message), excluded) : 0;
-  }
-
-  sendToAll(message: DataMessage, excluded?: ReadonlySet<string>): number {
-    return this.deliverAll(this.connections.values(), new SharedMessage(message), excluded);
-  }
-
-  sendToUser(userId: string, message: DataMessage): number {
-    const connections = this.users.get(userId);
-    return connections ? this.deliverAll(connections, new SharedMessage(message)) : 0;
-  }
-
-  sendToConnection(connectionId: string, message: DataMessage): number {
-    const connection = this.connections.get(connectionId);
-    return connection ? this.deliverAll([connection], new SharedMessage(message)) : 0;
-  }
-
-  private deliverAll(targets: Iterable<PubSubConnection>, message: SharedMessage, excluded?: ReadonlySet<string>): number {
+  /** Delivers one event to every local connection the target names, except `excluded` ids. */
+  deliver(target: Target, message: SharedMessage, excluded?: ReadonlySet<string>): number {
     let count = 0;
     let failed: [PubSubConnection, 'SlowConsumer' | 'SessionBufferFull'][] | undefined;
-    for (const connection of targets) {
+    for (const connection of this.targets(target)) {
       if (excluded?.has(connection.id)) continue;
       const failure = connection.deliver(message);
       if (failure) (failed ??= []).push([connection, failure]);
@@ -97,17 +97,23 @@ export class Hub {
     if (failed) for (const [connection, code] of failed) this.endConnection(connection, code);
     return count;
   }
-}
 
-function addTo(index: Map<string, Set<PubSubConnection>>, key: string, connection: PubSubConnection): void {
-  let set = index.get(key);
-  if (!set) index.set(key, (set = new Set()));
-  set.add(connection);
-}
+  private addTo(index: Map<string, Set<PubSubConnection>>, kind: 'group' | 'user', key: string, connection: PubSubConnection): boolean {
+    let set = index.get(key);
+    const opened = !set;
+    if (!set) index.set(key, (set = new Set()));
+    set.add(connection);
+    if (opened) this.watcher.opened(kind, key);
+    return opened;
+  }
 
-function removeFrom(index: Map<string, Set<PubSubConnection>>, key: string, connection: PubSubConnection): void {
-  const set = index.get(key);
-  if (!set) return;
-  set.delete(connection);
-  if (set.size === 0) index.delete(key);
+  private removeFrom(index: Map<string, Set<PubSubConnection>>, kind: 'group' | 'user', key: string, connection: PubSubConnection): void {
+    const set = index.get(key);
+    if (!set) return;
+    set.delete(connection);
+    if (set.size === 0) {
+      index.delete(key);
+      this.watcher.closed(kind, key);
+    }
+  }
 }

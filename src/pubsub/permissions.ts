@@ -30,13 +30,35 @@ export function compileGroupPattern(pattern: string): RegExp {
   return new RegExp(`^${source}$`, 's');
 }
 
+/** A connection's permissions as plain data, to hand a session to another node. */
+export interface PermissionSnapshot {
+  any: boolean;
+  exact: string[];
+  /** Group patterns as written in the role. */
+  patterns: string[];
+}
+
 class PermissionSet {
   any = false;
   readonly exact = new Set<string>();
-  readonly patterns: RegExp[] = [];
+  readonly patterns: { source: string; re: RegExp }[] = [];
 
   allows(group: string): boolean {
-    return this.any || this.exact.has(group) || this.patterns.some((p) => p.test(group));
+    return this.any || this.exact.has(group) || this.patterns.some((p) => p.re.test(group));
+  }
+
+  addPattern(source: string): void {
+    this.patterns.push({ source, re: compileGroupPattern(source) });
+  }
+
+  snapshot(): PermissionSnapshot {
+    return { any: this.any, exact: [...this.exact], patterns: this.patterns.map((p) => p.source) };
+  }
+
+  restore(snapshot: PermissionSnapshot): void {
+    this.any = snapshot.any;
+    for (const group of snapshot.exact) this.exact.add(group);
+    for (const source of snapshot.patterns) this.addPattern(source);
   }
 }
 
@@ -48,6 +70,17 @@ export class ConnectionPermissions {
 
   constructor(roles: readonly string[]) {
     for (const role of roles) this.addRole(role);
+  }
+
+  static fromSnapshot(snapshot: Record<Permission, PermissionSnapshot>): ConnectionPermissions {
+    const permissions = new ConnectionPermissions([]);
+    permissions.sets.joinLeaveGroup.restore(snapshot.joinLeaveGroup);
+    permissions.sets.sendToGroup.restore(snapshot.sendToGroup);
+    return permissions;
+  }
+
+  snapshot(): Record<Permission, PermissionSnapshot> {
+    return { joinLeaveGroup: this.sets.joinLeaveGroup.snapshot(), sendToGroup: this.sets.sendToGroup.snapshot() };
   }
 
   allows(permission: Permission, group: string): boolean {
@@ -79,7 +112,7 @@ export class ConnectionPermissions {
       const set = this.sets[permission];
       if (rest === permission) set.any = true;
       else if (rest.startsWith(`${permission}.`)) set.exact.add(rest.slice(permission.length + 1));
-      else if (rest.startsWith(`${permission}s.`)) set.patterns.push(compileGroupPattern(rest.slice(permission.length + 2)));
+      else if (rest.startsWith(`${permission}s.`)) set.addPattern(rest.slice(permission.length + 2));
     }
   }
 }

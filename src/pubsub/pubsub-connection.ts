@@ -27,6 +27,12 @@ export class PubSubConnection {
   socket: MessageSocket | undefined;
   private readonly recentAckIds = new Set<number>();
   ended = false;
+  /**
+   * Set while this session is being handed between nodes: on the node giving
+   * it up, while it is held there (deliveries still buffer); on the node
+   * taking it, the events that arrive before the hand-over completes.
+   */
+  handover: { taking?: { body: Buffer; mid: string }[]; givingTimer?: NodeJS.Timeout } | undefined;
 
   constructor(
     readonly id: string,
@@ -35,10 +41,17 @@ export class PubSubConnection {
     readonly permissions: ConnectionPermissions,
     readonly protocol: string,
     private readonly limits: ConnectionLimits,
+    reconnectionToken?: string,
   ) {
     if (protocol === RELIABLE_PROTOCOL) {
-      this.session = new ReliableSession({ maxMessages: limits.sessionBufferMessages, maxBytes: limits.sessionBufferBytes });
+      const sessionLimits = { maxMessages: limits.sessionBufferMessages, maxBytes: limits.sessionBufferBytes };
+      this.session = new ReliableSession(sessionLimits, reconnectionToken);
     }
+  }
+
+  /** The ackIds remembered, oldest first (for a hand-over). */
+  ackIds(): number[] {
+    return [...this.recentAckIds];
   }
 
   /** True when a request with this ackId was already processed (answer Duplicate). */
@@ -68,6 +81,12 @@ export class PubSubConnection {
   /** Delivers a data message; returns why the connection must end, if it must. */
   deliver(message: SharedMessage): 'SlowConsumer' | 'SessionBufferFull' | undefined {
     if (this.ended) return undefined;
+    const taking = this.handover?.taking;
+    if (taking) {
+      if (taking.length >= this.limits.sessionBufferMessages) return 'SessionBufferFull';
+      taking.push({ body: message.body, mid: message.mid });
+      return undefined;
+    }
     const session = this.session;
     if (!session) {
       const socket = this.socket;
@@ -76,7 +95,7 @@ export class PubSubConnection {
       socket.writeFrame(message.plainFrame());
       return undefined;
     }
-    const sequenceId = session.push(message.body);
+    const sequenceId = session.push(message.body, message.mid);
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {

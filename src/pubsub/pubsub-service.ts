@@ -8,6 +8,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
+import type { Bus } from '../bus/bus.ts';
+import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
@@ -16,7 +18,7 @@ import { MessageSocket, type MessageSocketEvents } from '../websocket/message-so
 import { handleClientFrame, type ClientProtocolContext } from './client-protocol.ts';
 import { PUBSUB_ERRORS, failUpgrade, type PubSubErrorCode } from './errors.ts';
 import { connectedFrame, disconnectedFrame } from './downstream.ts';
-import { Hub } from './hub.ts';
+import { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
 import { handleRestRequest } from './rest-api.ts';
@@ -40,7 +42,7 @@ type ClientSocket = MessageSocket<PubSubConnection>;
 const IGNORE_EVENTS: MessageSocketEvents<null> = { onMessage() {}, onClosed() {}, onDrain() {} };
 
 export class PubSubService implements MessageSocketEvents<PubSubConnection> {
-  readonly hubs = new Map<string, Hub>();
+  readonly hubs = new Map<string, ClusterHub>();
   readonly stats: PubSubStats = {
     connectionsOpened: 0,
     messagesIn: 0,
@@ -56,15 +58,35 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   private readonly keepAliveTimer: NodeJS.Timeout;
   private shuttingDown = false;
   private readonly protocolContext: ClientProtocolContext;
+  private midCounter = 0;
 
   constructor(
     readonly config: RelayConfig,
     private readonly log: Logger,
     publicUrl: string,
+    private readonly bus: Bus,
+    subjects: Subjects,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
+    const deps = {
+      bus,
+      subjects,
+      nodeId: config.nodeId,
+      log,
+      requestTimeoutMs: config.bus.requestTimeoutMs,
+      gatherStallMs: config.bus.gatherStallMs,
+      endConnection: (c: PubSubConnection, code: PubSubErrorCode, reason?: string) => this.endConnection(c, code, reason),
+      nextMid: () => `${config.nodeId}:${++this.midCounter}`,
+    };
+    const handoverDeps = {
+      log,
+      limits: config.limits,
+      requestTimeoutMs: config.bus.requestTimeoutMs,
+      release: (c: PubSubConnection) => this.release(c),
+    };
     for (const hubConfig of config.pubsub.hubs) {
-      this.hubs.set(hubConfig.name.toLowerCase(), new Hub(hubConfig, (c, code) => this.endConnection(c, code)));
+      const hub = new ClusterHub(hubConfig, deps, (c, code) => this.endConnection(c, code), handoverDeps);
+      this.hubs.set(hub.key, hub);
     }
     this.protocolContext = {
       hub: (connection) => this.hubs.get(connection.hub.toLowerCase()),
@@ -77,7 +99,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     this.keepAliveTimer.unref();
   }
 
-  hub(name: string): Hub | undefined {
+  hub(name: string): ClusterHub | undefined {
     return this.hubs.get(name.toLowerCase());
   }
 
@@ -100,7 +122,8 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     const recoverId = params.get('awps_connection_id');
     if (recoverId !== null) {
       writeSwitchingProtocols(socket, upgrade.key, protocol);
-      return this.recover(hub, recoverId, params.get('awps_reconnection_token') ?? '', protocol, socket, head);
+      void this.recover(hub, recoverId, params.get('awps_reconnection_token') ?? '', protocol, socket, head);
+      return;
     }
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
     const verdict = verifyAccessToken(token, hub.config.accessKey, [path, `/client/hubs/${hub.name}`], this.hostsFor(req));
@@ -120,12 +143,17 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     writeSwitchingProtocols(socket, upgrade.key, protocol);
     const client = this.openSocket(socket, connection, head);
     connection.attach(client);
-    hub.add(connection);
+    hub.local.add(connection);
     this.stats.connectionsOpened++;
-    connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
-    for (const group of identity.groups.slice(0, this.config.limits.groupsPerConnection)) hub.join(connection, group);
-    this.log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
-    client.start();
+    for (const group of identity.groups.slice(0, this.config.limits.groupsPerConnection)) hub.local.join(connection, group);
+    // `connected` once the bus has this node's interest: from then on the
+    // connection is reachable from every node.
+    void this.bus.flush().then(() => {
+      if (connection.ended || connection.socket !== client) return;
+      connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+      this.log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
+      client.start();
+    });
   }
 
   private openSocket(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket {
@@ -136,18 +164,25 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     return { maxMessageBytes: this.config.limits.pubsubMessageBytes, closeHandshakeMs: this.config.timeouts.closeHandshakeMs };
   }
 
-  /** Re-attaches a retained reliable session, or completes the upgrade and closes 1008. */
-  private recover(hub: Hub, connectionId: string, token: string, protocol: string, socket: Socket, head: Buffer): void {
-    const connection = hub.connections.get(connectionId);
-    const session = connection?.session;
-    if (!connection || !session || connection.ended || connection.protocol !== protocol || !session.tokenMatches(token)) {
+  /**
+   * Re-attaches a retained reliable session: held here, or taken from the node
+   * that holds it (session-handover.ts). Otherwise the upgrade completes and
+   * closes with 1008, since an HTTP error would make the client keep retrying.
+   */
+  private async recover(hub: ClusterHub, connectionId: string, token: string, protocol: string, socket: Socket, head: Buffer): Promise<void> {
+    let connection = hub.local.connections.get(connectionId);
+    const heldHere = connection !== undefined;
+    const usable = (c: PubSubConnection | undefined) =>
+      c !== undefined && c.session !== undefined && !c.ended && !c.handover && c.protocol === protocol && c.session.tokenMatches(token);
+    if (!heldHere) connection = await hub.handover.take(connectionId, token, protocol);
+    if (!connection || !usable(connection) || this.shuttingDown) {
       this.stats.sessionsRefused++;
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
-      // Completed, then closed 1008: an HTTP error would make the client keep retrying.
       const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
       refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS.SessionNotFound.message));
       return refused.close(PUBSUB_ERRORS.SessionNotFound.closeCode, 'SessionNotFound');
     }
+    const session = connection.session!;
     const previous = connection.socket;
     const client = this.openSocket(socket, connection, head);
     connection.attach(client);
@@ -155,7 +190,13 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     this.stats.sessionsRecovered++;
     connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
     connection.flush();
-    this.log.info({ event: 'pubsub.recovered', hub: hub.name, connectionId: connection.id, replay: session.unacknowledged });
+    this.log.info({
+      event: 'pubsub.recovered',
+      hub: hub.name,
+      connectionId: connection.id,
+      from: heldHere ? 'this node' : 'another node',
+      replay: session.unacknowledged,
+    });
     client.start();
   }
 
@@ -197,22 +238,31 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   }
 
   private forget(connection: PubSubConnection): void {
-    connection.ended = true;
-    this.hub(connection.hub)?.remove(connection);
+    this.release(connection);
     connection.session?.clear();
+  }
+
+  /** Takes a connection out of its hub; its session, if any, is someone else's now. */
+  private release(connection: PubSubConnection): void {
+    connection.ended = true;
+    this.hub(connection.hub)?.local.remove(connection);
   }
 
   private keepAlive(): void {
     const now = Date.now();
     const { keepAliveIntervalMs, idleMs, sessionRetainMs } = this.config.timeouts;
     for (const hub of this.hubs.values()) {
-      for (const connection of hub.connections.values()) {
+      for (const connection of hub.local.connections.values()) {
         const socket = connection.socket;
         if (socket) {
           const silent = now - socket.lastReceivedAt;
           if (silent > idleMs) socket.destroy();
           else if (silent >= keepAliveIntervalMs) socket.ping();
-        } else if (connection.session?.detachedAt !== undefined && now - connection.session.detachedAt > sessionRetainMs) {
+        } else if (
+          !connection.handover &&
+          connection.session?.detachedAt !== undefined &&
+          now - connection.session.detachedAt > sessionRetainMs
+        ) {
           this.stats.sessionsExpired++;
           this.forget(connection);
           this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
@@ -221,7 +271,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     }
   }
 
-  private sendEvent(event: Omit<UserEvent, 'hub'>, hub: Hub) {
+  private sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub) {
     return postUserEvent({ ...event, hub: hub.config }, this.publicHost, this.config.limits.pubsubMessageBytes);
   }
 
@@ -237,7 +287,9 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     this.shuttingDown = true;
     clearInterval(this.keepAliveTimer);
     for (const hub of this.hubs.values()) {
-      for (const connection of [...hub.connections.values()]) this.endConnection(connection, 'ShuttingDown');
+      for (const connection of [...hub.local.connections.values()]) this.endConnection(connection, 'ShuttingDown');
+      hub.handover.close();
+      hub.leaveBus();
     }
   }
 }

@@ -10,15 +10,17 @@ export interface SessionLimits {
   maxBytes: number;
 }
 
-interface Entry {
+export interface SessionEntry {
   sequenceId: number;
   body: Buffer;
+  /** The event's cluster-wide id (see SharedMessage). */
+  mid: string;
 }
 
 export class ReliableSession {
-  readonly reconnectionToken = randomBytes(24).toString('base64url');
+  readonly reconnectionToken: string;
   private nextSequenceId = 1;
-  private entries: Entry[] = [];
+  private entries: SessionEntry[] = [];
   private head = 0;
   private bytes = 0;
   /** Highest sequence id written to the current socket. */
@@ -26,19 +28,45 @@ export class ReliableSession {
   /** When the socket went away (ms since epoch); undefined while attached. */
   detachedAt: number | undefined;
 
-  constructor(private readonly limits: SessionLimits) {}
+  constructor(
+    private readonly limits: SessionLimits,
+    reconnectionToken?: string,
+  ) {
+    this.reconnectionToken = reconnectionToken ?? randomBytes(24).toString('base64url');
+  }
+
+  /** Sequence id of the oldest unacknowledged message, or of the next one when none is. */
+  get firstSequenceId(): number {
+    return this.head < this.entries.length ? this.entries[this.head].sequenceId : this.nextSequenceId;
+  }
+
+  get lastSequenceId(): number {
+    return this.nextSequenceId - 1;
+  }
+
+  /**
+   * Takes over messages from the node that held this session, keeping their
+   * sequence ids; the next push continues after the last. Call on an empty session.
+   */
+  restore(entries: SessionEntry[], lastSequenceId: number): void {
+    for (const entry of entries) {
+      this.entries.push(entry);
+      this.bytes += entry.body.length;
+    }
+    this.nextSequenceId = lastSequenceId + 1;
+  }
 
   get unacknowledged(): number {
     return this.entries.length - this.head;
   }
 
   /** Buffers a message and returns its sequence id, or undefined when the buffer is full. */
-  push(body: Buffer): number | undefined {
+  push(body: Buffer, mid: string): number | undefined {
     if (this.unacknowledged >= this.limits.maxMessages || this.bytes + body.length > this.limits.maxBytes) {
       return undefined;
     }
     const sequenceId = this.nextSequenceId++;
-    this.entries.push({ sequenceId, body });
+    this.entries.push({ sequenceId, body, mid });
     this.bytes += body.length;
     return sequenceId;
   }
@@ -56,7 +84,7 @@ export class ReliableSession {
   }
 
   /** Messages after `sequenceId`, oldest first. */
-  *after(sequenceId: number): Generator<Entry> {
+  *after(sequenceId: number): Generator<SessionEntry> {
     if (this.head >= this.entries.length) return;
     // Sequence ids are dense, so the first entry to send is found by arithmetic.
     const skip = Math.max(0, sequenceId - this.entries[this.head].sequenceId + 1);

@@ -5,6 +5,7 @@
 // at limits.pubsubMessageBytes; messages arrive at clients as from "server".
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
+import { BusError } from '../bus/bus.ts';
 import { signJwt } from '../auth/jwt.ts';
 import { sendJson } from '../server/respond.ts';
 import {
@@ -15,16 +16,16 @@ import {
 } from '../validation/schemas.ts';
 import type { DataMessage } from './downstream.ts';
 import { failRequest, type PubSubErrorCode } from './errors.ts';
-import type { Hub } from './hub.ts';
+import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
+import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
-import type { PubSubConnection } from './pubsub-connection.ts';
 import type { PubSubService } from './pubsub-service.ts';
 
 type Answer = { status: number; body?: object } | PubSubErrorCode;
 
 interface RestCall {
   service: PubSubService;
-  hub: Hub;
+  hub: ClusterHub;
   method: string;
   segments: string[];
   params: URLSearchParams;
@@ -79,66 +80,49 @@ function drainThen(req: IncomingMessage, answer: () => void): void {
 }
 
 async function dispatch(call: RestCall): Promise<Answer> {
-  const { method, segments } = call;
+  const { method, segments, hub } = call;
   const [first, second, third, fourth] = segments;
   const route = `${method} ${segments.length}`;
-  if (first === ':send' && route === 'POST 1') return sendToAll(call);
-  if (first === ':closeConnections' && route === 'POST 1') return closeAll(call);
+  if (first === ':send' && route === 'POST 1') return send(call, { kind: 'all' }, excludedOf(call.params));
+  if (first === ':closeConnections' && route === 'POST 1') return closeConnections(call, { kind: 'all' });
   if ((first === ':addToGroups' || first === ':removeFromGroups') && route === 'POST 1') return changeGroups(call, first);
   if (first === ':generateToken' && route === 'POST 1') return generateToken(call);
   if (first === 'connections' && segments.length >= 2) {
     if (!validateConnectionId(second)) return 'BadRequest';
-    const connection = call.hub.connections.get(second);
-    if (route === 'HEAD 2') return connection && !connection.ended ? OK : 'NotFound';
-    if (route === 'DELETE 2') return closeConnections(call, connection ? [connection] : []);
-    if (third === ':send' && route === 'POST 3') return send(call, (m) => call.hub.sendToConnection(second, m));
-    if (third === 'groups' && route === 'DELETE 3') {
-      if (connection) for (const g of [...connection.groups]) call.hub.leave(connection, g);
-      return NO_CONTENT;
-    }
+    const connection: Target = { kind: 'connection', name: second };
+    if (route === 'HEAD 2') return (await hub.exists(connection)) ? OK : 'NotFound';
+    if (route === 'DELETE 2') return closeConnections(call, connection);
+    if (third === ':send' && route === 'POST 3') return send(call, connection);
+    if (third === 'groups' && route === 'DELETE 3') return membership(call, connection, 'removeAll', []);
   }
   if (first === 'groups' && segments.length >= 2) {
     if (!validateGroupName(second)) return 'BadRequest';
-    if (route === 'HEAD 2') return call.hub.hasGroup(second) ? OK : 'NotFound';
-    if (third === ':send' && route === 'POST 3') {
-      return send(call, (m) => call.hub.sendToGroup(second, m, excludedOf(call.params)));
-    }
-    if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, call.hub.groupMembers(second));
+    const group: Target = { kind: 'group', name: second };
+    if (route === 'HEAD 2') return (await hub.exists(group)) ? OK : 'NotFound';
+    if (third === ':send' && route === 'POST 3') return send(call, group, excludedOf(call.params));
+    if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, group);
     if (third === 'connections' && route === 'GET 3') return listGroup(call, second);
     if (third === 'connections' && segments.length === 4) {
       if (!validateConnectionId(fourth)) return 'BadRequest';
-      const connection = call.hub.connections.get(fourth);
+      const connection: Target = { kind: 'connection', name: fourth };
       if (method === 'PUT') {
-        if (!connection || connection.ended) return 'NotFound';
-        call.hub.join(connection, second);
-        return OK;
+        if (!(await hub.exists(connection))) return 'NotFound';
+        return membership(call, connection, 'add', [second]);
       }
-      if (method === 'DELETE') {
-        if (connection) call.hub.leave(connection, second);
-        return NO_CONTENT;
-      }
+      if (method === 'DELETE') return membership(call, connection, 'remove', [second], NO_CONTENT);
     }
   }
   if (first === 'users' && segments.length >= 2) {
     if (!validateUserId(second)) return 'BadRequest';
-    if (route === 'HEAD 2') return call.hub.hasUser(second) ? OK : 'NotFound';
-    if (third === ':send' && route === 'POST 3') return send(call, (m) => call.hub.sendToUser(second, m));
-    if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, call.hub.userConnections(second));
-    if (third === 'groups' && route === 'DELETE 3') {
-      for (const c of [...call.hub.userConnections(second)]) for (const g of [...c.groups]) call.hub.leave(c, g);
-      return NO_CONTENT;
-    }
+    const user: Target = { kind: 'user', name: second };
+    if (route === 'HEAD 2') return (await hub.exists(user)) ? OK : 'NotFound';
+    if (third === ':send' && route === 'POST 3') return send(call, user);
+    if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, user);
+    if (third === 'groups' && route === 'DELETE 3') return membership(call, user, 'removeAll', []);
     if (third === 'groups' && segments.length === 4) {
       if (!validateGroupName(fourth)) return 'BadRequest';
-      const connections = [...call.hub.userConnections(second)];
-      if (method === 'PUT') {
-        for (const c of connections) call.hub.join(c, fourth);
-        return OK;
-      }
-      if (method === 'DELETE') {
-        for (const c of connections) call.hub.leave(c, fourth);
-        return NO_CONTENT;
-      }
+      if (method === 'PUT') return membership(call, user, 'add', [fourth]);
+      if (method === 'DELETE') return membership(call, user, 'remove', [fourth], NO_CONTENT);
     }
   }
   if (first === 'permissions' && third === 'connections' && segments.length === 4) return permission(call, second, fourth);
@@ -186,11 +170,11 @@ async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCod
   return 'UnsupportedMediaType';
 }
 
-async function send(call: RestCall, deliver: (m: DataMessage) => number): Promise<Answer> {
+async function send(call: RestCall, target: Target, excluded?: ReadonlySet<string>): Promise<Answer> {
   if (call.params.has('filter')) return 'FilterUnsupported';
   const message = await readMessage(call);
   if (typeof message === 'string') return message;
-  deliver(message);
+  call.hub.send(target, message, excluded);
   return ACCEPTED;
 }
 
@@ -199,33 +183,36 @@ function excludedOf(params: URLSearchParams): Set<string> | undefined {
   return ids.length > 0 ? new Set(ids) : undefined;
 }
 
-function sendToAll(call: RestCall): Promise<Answer> {
-  return send(call, (m) => call.hub.sendToAll(m, excludedOf(call.params)));
-}
-
 // --- connections and groups ----------------------------------------------------
 
-function closeConnections(call: RestCall, targets: Iterable<PubSubConnection>): Answer {
-  const excluded = excludedOf(call.params);
+/** Runs a cluster-wide operation; this node has acted even when the bus could not reach the others. */
+async function onCluster(work: Promise<void>, answer: Answer): Promise<Answer> {
+  try {
+    await work;
+  } catch (err) {
+    if (err instanceof BusError) return 'BusUnavailable';
+    throw err;
+  }
+  return answer;
+}
+
+function closeConnections(call: RestCall, target: Target): Promise<Answer> {
   const reason = call.params.get('reason')?.slice(0, 120) || undefined;
-  for (const connection of [...targets]) {
-    if (!excluded?.has(connection.id)) call.service.endConnection(connection, 'ClosedByServer', reason);
-  }
-  return NO_CONTENT;
+  return onCluster(call.hub.close(target, excludedOf(call.params), reason), NO_CONTENT);
 }
 
-function closeAll(call: RestCall): Answer {
-  return closeConnections(call, call.hub.connections.values());
+function membership(call: RestCall, target: Target, action: GroupAction, groups: string[], answer: Answer = OK): Promise<Answer> {
+  return onCluster(call.hub.changeGroups(target, action, groups), action === 'removeAll' ? NO_CONTENT : answer);
 }
 
-function listGroup(call: RestCall, group: string): Answer {
+async function listGroup(call: RestCall, group: string): Promise<Answer> {
   const top = Math.max(1, Math.min(Number(call.params.get('top') ?? call.params.get('maxpagesize') ?? 1000) || 1000, 1000));
-  const value = [];
-  for (const c of call.hub.groupMembers(group)) {
-    if (value.length >= top) break;
-    value.push({ connectionId: c.id, userId: c.userId ?? undefined });
+  try {
+    return { status: 200, body: { value: await call.hub.listGroup(group, top) } };
+  } catch (err) {
+    if (err instanceof BusError) return 'BusUnavailable';
+    throw err;
   }
-  return { status: 200, body: { value } };
 }
 
 /**
@@ -233,18 +220,17 @@ function listGroup(call: RestCall, group: string): Answer {
  * `connectionId eq '...'` / `userId eq '...'` joined with `or` (OData string
  * literals, '' for a quote). Anything else is refused rather than guessed at.
  */
-export function parseConnectionFilter(filter: string): ((c: PubSubConnection) => boolean) | undefined {
+export function parseConnectionFilter(filter: string): FilterTerm[] | undefined {
   const term = /^\s*(connectionId|userId)\s+eq\s+'((?:[^']|'')*)'\s*(?:or\b|$)/;
-  const tests: ((c: PubSubConnection) => boolean)[] = [];
+  const terms: FilterTerm[] = [];
   let rest = filter;
   while (rest.trim() !== '') {
     const match = term.exec(rest);
     if (!match) return undefined;
-    const value = match[2].replace(/''/g, "'");
-    tests.push(match[1] === 'connectionId' ? (c) => c.id === value : (c) => c.userId === value);
+    terms.push({ field: match[1] as FilterTerm['field'], value: match[2].replace(/''/g, "'") });
     rest = rest.slice(match[0].length);
   }
-  return tests.length > 0 ? (c) => tests.some((t) => t(c)) : undefined;
+  return terms.length > 0 ? terms : undefined;
 }
 
 async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFromGroups'): Promise<Answer> {
@@ -258,37 +244,27 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   }
   if (!validateRestGroupsBody(parsed)) return 'BadRequest';
   const { groups, filter } = parsed as { groups: string[]; filter: string };
-  const matches = parseConnectionFilter(filter);
-  if (!matches) return 'FilterUnsupported';
-  for (const connection of [...call.hub.connections.values()]) {
-    if (connection.ended || !matches(connection)) continue;
-    for (const g of groups) {
-      if (action === ':addToGroups') call.hub.join(connection, g);
-      else call.hub.leave(connection, g);
-    }
-  }
-  return OK;
+  const terms = parseConnectionFilter(filter);
+  if (!terms) return 'FilterUnsupported';
+  return onCluster(call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, terms), OK);
 }
 
-function permission(call: RestCall, name: string, connectionId: string): Answer {
+async function permission(call: RestCall, name: string, connectionId: string): Promise<Answer> {
   if (name !== 'joinLeaveGroup' && name !== 'sendToGroup') return 'BadRequest';
+  if (!validateConnectionId(connectionId)) return 'BadRequest';
   const target = call.params.get('targetName') ?? undefined;
   if (target !== undefined && !validateGroupName(target)) return 'BadRequest';
-  const connection = call.hub.connections.get(connectionId);
-  if (!connection || connection.ended) return 'NotFound';
-  const perm = name as Permission;
-  switch (call.method) {
-    case 'PUT':
-      connection.permissions.grant(perm, target);
-      return OK;
-    case 'DELETE':
-      connection.permissions.revoke(perm, target);
-      return NO_CONTENT;
-    case 'HEAD':
-      return target === undefined || connection.permissions.allows(perm, target) ? OK : 'NotFound';
-    default:
-      return 'MethodNotAllowed';
+  const method = call.method;
+  if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
+  let found: boolean;
+  try {
+    found = await call.hub.permission(connectionId, method, name as Permission, target);
+  } catch (err) {
+    if (err instanceof BusError) return 'BusUnavailable';
+    throw err;
   }
+  if (!found) return 'NotFound';
+  return method === 'DELETE' ? NO_CONTENT : OK;
 }
 
 function generateToken(call: RestCall): Answer {

@@ -3,6 +3,9 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { Bus } from '../bus/bus.ts';
+import { createBus } from '../bus/create.ts';
+import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
@@ -20,6 +23,7 @@ export interface RunningRelay {
   publicUrl: string;
   hybrid: HybridService;
   pubsub: PubSubService;
+  bus: Bus;
   /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
   close(): Promise<void>;
 }
@@ -59,8 +63,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   if (!config.publicUrl && (config.listen.host === '0.0.0.0' || config.listen.host === '::')) {
     log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
   }
-  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl));
-  const pubsub = new PubSubService(config, log, publicUrl);
+  const bus = createBus(config, log);
+  const subjects = new Subjects(config.bus.subjectPrefix);
+  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects);
+  const pubsub = new PubSubService(config, log, publicUrl, bus, subjects);
   let closing = false;
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
@@ -69,7 +75,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { ready: () => !closing })) return;
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus })) return;
         return sendError(res, 404, 'NotFound', 'No such endpoint');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -105,6 +111,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     publicUrl,
     hybrid,
     pubsub,
+    bus,
     close: async () => {
       if (closing) return;
       closing = true;
@@ -122,6 +129,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       clearTimeout(deadlineTimer);
       for (const s of sockets) s.destroy();
       await stopped;
+      await bus.close();
       log.info({ event: 'relay.stopped' });
     },
   };

@@ -62,12 +62,12 @@ describe('roles', () => {
 describe('reliable session buffer', () => {
   it('numbers messages densely, drops what a cumulative ack covers, and refuses past its caps', () => {
     const s = new ReliableSession({ maxMessages: 3, maxBytes: 10 });
-    assert.deepEqual([s.push(Buffer.from('ab')), s.push(Buffer.from('cd')), s.push(Buffer.from('ef'))], [1, 2, 3]);
-    assert.equal(s.push(Buffer.from('g')), undefined, 'message cap');
+    assert.deepEqual([s.push(Buffer.from('ab'), 'm'), s.push(Buffer.from('cd'), 'm'), s.push(Buffer.from('ef'), 'm')], [1, 2, 3]);
+    assert.equal(s.push(Buffer.from('g'), 'm'), undefined, 'message cap');
     s.acknowledge(2);
     assert.deepEqual([...s.after(0)].map((e) => e.sequenceId), [3]);
-    assert.equal(s.push(Buffer.from('0123456789')), undefined, 'byte cap');
-    assert.equal(s.push(Buffer.from('gh')), 4);
+    assert.equal(s.push(Buffer.from('0123456789'), 'm'), undefined, 'byte cap');
+    assert.equal(s.push(Buffer.from('gh'), 'm'), 4);
     assert.deepEqual([...s.after(3)].map((e) => e.sequenceId), [4]);
     assert.ok(s.tokenMatches(s.reconnectionToken));
     assert.ok(!s.tokenMatches('x'));

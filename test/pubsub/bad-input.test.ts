@@ -120,7 +120,7 @@ describe('pub/sub bad input', () => {
       ws.send('{"type":');
       ws.terminate();
     }
-    await until(() => relay.pubsub.hub(HUB)!.connections.size === 0, 5000, 'connections forgotten');
+    await until(() => relay.pubsub.hub(HUB)!.local.connections.size === 0, 5000, 'connections forgotten');
     const c = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
     assert.equal((await c.request({ type: 'joinGroup', group: 'g' })).success, true);
   });

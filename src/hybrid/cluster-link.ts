@@ -1,0 +1,157 @@
+// Hybrid connections across edge nodes (../shared/DESIGN.md, "Rendezvous never
+// crosses the bus with bulk data"). A node holding listeners for an entity
+// subscribes to the entity's subject in the queue group `listeners`, so a
+// connect or request routed by another node reaches exactly one holder, which
+// pushes the notice (its address names the sender's node) down one of its
+// control channels. A listener's answer on the control channel goes back to
+// the sender's node on that node's subject, addressed by rendezvous id.
+import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { Logger } from '../ops/logger.ts';
+import { busOpOf } from '../validation/schemas.ts';
+import type { HybridContext } from './context.ts';
+import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import { HttpExchange } from './http-exchange.ts';
+import { RemoteRoute, type ListenerRoute } from './listener-route.ts';
+
+const LISTENER_QUEUE = 'listeners';
+
+export class HybridClusterLink {
+  private readonly entitySubscriptions = new Map<string, BusSubscription>();
+  private readonly nodeSubscription: BusSubscription;
+
+  constructor(
+    private readonly bus: Bus,
+    private readonly subjects: Subjects,
+    private readonly nodeId: string,
+    private readonly ctx: HybridContext,
+    private readonly log: Logger,
+    private readonly requestTimeoutMs: number,
+  ) {
+    this.nodeSubscription = bus.subscribe(subjects.node(nodeId) + '.hc', (m) => this.onAnswer(m));
+  }
+
+  /** A route over the bus for an entity with no open listener on this node. */
+  remoteRoute(entity: HybridEntity): ListenerRoute {
+    return new RemoteRoute(entity, {
+      bus: this.bus,
+      subject: this.subjects.hybridEntity(entity.key),
+      nodeId: this.nodeId,
+      timeoutMs: this.requestTimeoutMs,
+    });
+  }
+
+  /** Subscribes while this node has at least one listener for the entity. */
+  listenersChanged(entity: HybridEntity, count: number): void {
+    const current = this.entitySubscriptions.get(entity.key);
+    if (count > 0 && !current) {
+      const subject = this.subjects.hybridEntity(entity.key);
+      this.entitySubscriptions.set(entity.key, this.bus.subscribe(subject, (m) => this.onRouted(entity, m), { queue: LISTENER_QUEUE }));
+    } else if (count === 0 && current) {
+      current.unsubscribe();
+      this.entitySubscriptions.delete(entity.key);
+    }
+  }
+
+  // --- on the node holding the listener ----------------------------------------
+
+  private onRouted(entity: HybridEntity, message: BusMessage): void {
+    const envelope = decodeEnvelope(message.data);
+    const op = busOpOf(envelope?.header);
+    if (op !== 'hc.accept' && op !== 'hc.request') {
+      this.log.warn({ event: 'bus.invalid_message', subject: message.subject });
+      return;
+    }
+    const header = envelope!.header as { entity: string; node?: string; accept?: object; request?: { id: string; requestTarget?: string } };
+    const channel = header.entity.toLowerCase() === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
+    if (!channel) {
+      respond(this.bus, message, encodeEnvelope({ op: 'hc.routed', ok: false, code: 'NoListener' }));
+      return;
+    }
+    if (header.accept) {
+      channel.send({ accept: header.accept });
+    } else {
+      const request = header.request!;
+      new RemoteHttpRelay(request.id, header.node!, this, channel, this.ctx.config.timeouts.httpResponseMs);
+      const body = envelope!.body;
+      channel.send({ request }, body.length > 0 ? body : undefined);
+    }
+    channel.log.info({ event: 'bus.routed', op, listener: channel.id, from: header.node });
+    respond(this.bus, message, encodeEnvelope({ op: 'hc.routed', ok: true }));
+  }
+
+  /** Sends a listener's answer back to the node holding the sender. */
+  answer(node: string, header: object, body?: Buffer): void {
+    try {
+      this.bus.publish(this.subjects.node(node) + '.hc', encodeEnvelope(header, body));
+    } catch (err) {
+      this.log.warn({ event: 'bus.answer_failed', node, err: (err as Error).message });
+      const id = (header as { id: string }).id;
+      this.bus.publish(this.subjects.node(node) + '.hc', encodeEnvelope({ op: 'hc.failed', id, code: 'BadListenerResponse' }));
+    }
+  }
+
+  // --- on the node holding the sender ---------------------------------------------
+
+  private onAnswer(message: BusMessage): void {
+    const envelope = decodeEnvelope(message.data);
+    const op = busOpOf(envelope?.header);
+    const header = envelope?.header as { id: string; response?: ListenerResponse; code?: 'ListenerGone' | 'BadListenerResponse' };
+    const exchange = header ? this.ctx.rendezvous.get(header.id) : undefined;
+    if ((op !== 'hc.response' && op !== 'hc.failed') || !(exchange instanceof HttpExchange)) {
+      this.log.info({ event: 'bus.answer_unmatched', op });
+      return;
+    }
+    if (op === 'hc.failed') return header.code === 'ListenerGone' ? exchange.listenerLost() : exchange.fail(header.code!);
+    const consume = exchange.onControlResponse(header.response!);
+    if (header.response!.body) consume?.(envelope!.body);
+  }
+
+  close(): void {
+    this.nodeSubscription.unsubscribe();
+    for (const sub of this.entitySubscriptions.values()) sub.unsubscribe();
+    this.entitySubscriptions.clear();
+  }
+}
+
+/** On the listener's node: waits for the answer to a request routed from another node. */
+class RemoteHttpRelay implements ChannelExchange {
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly id: string,
+    private readonly node: string,
+    private readonly link: HybridClusterLink,
+    private readonly channel: ControlChannel,
+    timeoutMs: number,
+  ) {
+    channel.exchanges.set(id, this);
+    // The sender's node times the request out itself; this only forgets it.
+    this.timer = setTimeout(() => this.done(), timeoutMs);
+    this.timer.unref();
+  }
+
+  onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined {
+    if (!response.body) {
+      this.link.answer(this.node, { op: 'hc.response', id: this.id, response });
+      this.done();
+      return undefined;
+    }
+    return (body) => {
+      this.link.answer(this.node, { op: 'hc.response', id: this.id, response }, body);
+      this.done();
+    };
+  }
+
+  listenerLost(): void {
+    this.link.answer(this.node, { op: 'hc.failed', id: this.id, code: 'ListenerGone' });
+    this.done();
+  }
+
+  private done(): void {
+    clearTimeout(this.timer);
+    this.channel.exchanges.delete(this.id);
+  }
+}

@@ -1,0 +1,96 @@
+// How a sender's connect or request reaches a listener: directly down a control
+// channel on this node (LocalRoute), or over the bus to whichever node holds
+// a listener for the entity (RemoteRoute, see cluster-link.ts). Either way the
+// rendezvous address in the notice points at this node, so bulk bytes never
+// cross the bus (../shared/DESIGN.md).
+import { BusError, type Bus } from '../bus/bus.ts';
+import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { validBusHeader } from '../validation/schemas.ts';
+import type { ChannelExchange, ControlChannel } from './control-channel.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import type { HybridErrorCode } from './errors.ts';
+
+export type ListenerNotice = { accept: { address: string; id: string } & Record<string, unknown> } | { request: { address: string; id: string } & Record<string, unknown> };
+
+export interface ListenerRoute {
+  /** Sends a notice (a body, when given, follows it); resolves to the code to fail with when it could not. */
+  deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined>;
+  /** False once this node knows the listener has gone. */
+  readonly isOpen: boolean;
+  /** Lets answers on a local control channel find the exchange. */
+  track(id: string, exchange: ChannelExchange): void;
+  untrack(id: string): void;
+  /** For logs: the control channel's id, or `bus`. */
+  readonly via: string;
+}
+
+export class LocalRoute implements ListenerRoute {
+  constructor(private readonly channel: ControlChannel) {}
+
+  get isOpen(): boolean {
+    return this.channel.isOpen;
+  }
+
+  get via(): string {
+    return this.channel.id;
+  }
+
+  deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
+    if (!this.channel.isOpen) return Promise.resolve('ListenerGone');
+    this.channel.send(notice, body);
+    return Promise.resolve(undefined);
+  }
+
+  track(id: string, exchange: ChannelExchange): void {
+    this.channel.exchanges.set(id, exchange);
+  }
+
+  untrack(id: string): void {
+    this.channel.exchanges.delete(id);
+  }
+}
+
+export interface RemoteRouteOptions {
+  bus: Bus;
+  subject: string;
+  /** This node, where answers on the listener's control channel are sent back. */
+  nodeId: string;
+  timeoutMs: number;
+}
+
+export class RemoteRoute implements ListenerRoute {
+  readonly isOpen = true;
+  readonly via = 'bus';
+
+  constructor(
+    private readonly entity: HybridEntity,
+    private readonly options: RemoteRouteOptions,
+  ) {}
+
+  async deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
+    const { bus, subject, nodeId, timeoutMs } = this.options;
+    const header =
+      'accept' in notice
+        ? { op: 'hc.accept', entity: this.entity.name, accept: notice.accept }
+        : { op: 'hc.request', entity: this.entity.name, node: nodeId, request: notice.request };
+    let answer: Uint8Array;
+    try {
+      answer = await bus.request(subject, encodeEnvelope(header, body), timeoutMs);
+    } catch (err) {
+      const code = err instanceof BusError ? err.code : 'Unavailable';
+      if (code === 'NoResponders') return this.entity.dynamic ? 'EntityNotFound' : 'NoListener';
+      if (code === 'Timeout') return 'RouteTimeout';
+      if (code === 'TooLarge') return 'BadRequest';
+      return 'BusUnavailable';
+    }
+    const reply = decodeEnvelope(answer)?.header as { ok: boolean; code?: HybridErrorCode } | undefined;
+    if (!validBusHeader(reply, 'hc.routed')) return 'RouteTimeout';
+    return reply!.ok ? undefined : (reply!.code ?? 'NoListener');
+  }
+
+  track(): void {
+    // Answers come back on this node's bus subject and find the exchange by id.
+  }
+
+  untrack(): void {}
+}

@@ -1,0 +1,222 @@
+// Moving a reliable session to the node a client reconnected to
+// (protocols/web-pubsub.md 1.5, across nodes). The taking node asks the
+// holding node on the connection's subject, in four stages:
+//   begin   the holder checks the reconnection token, drops the old socket and
+//           sends the session's identity (user, permissions, groups, ackIds);
+//           it keeps buffering events meanwhile;
+//           the taker joins the same groups and subscribes (events now reach
+//           both nodes; the taker keeps its own aside);
+//   commit  the holder forgets the connection (and its subscriptions) and says
+//           which sequence id was last;
+//   page    the taker fetches the unacknowledged events, sequence ids kept, in
+//           pages that fit the bus;
+//   abort   (before commit) the holder keeps the session as it was.
+// The taker then appends the events it kept aside that the holder did not
+// have (events carry cluster-wide ids), so nothing is lost or doubled.
+import { BusError, respond, type BusMessage } from '../bus/bus.ts';
+import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import type { Logger } from '../ops/logger.ts';
+import { busOpOf, validBusHeader } from '../validation/schemas.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import { ConnectionPermissions, type Permission, type PermissionSnapshot } from './permissions.ts';
+import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
+import type { ReliableSession, SessionEntry } from './reliable-session.ts';
+
+export interface HandoverDeps {
+  log: Logger;
+  limits: ConnectionLimits;
+  requestTimeoutMs: number;
+  /** Forgets a connection handed to another node (no close, no session clear). */
+  release(connection: PubSubConnection): void;
+}
+
+type Stage = 'begin' | 'commit' | 'page' | 'abort';
+
+interface HandoverRequest {
+  connectionId: string;
+  stage: Stage;
+  token?: string;
+  protocol?: string;
+  after?: number;
+}
+
+interface SessionAnswer {
+  ok: boolean;
+  userId?: string | null;
+  permissions?: Record<Permission, PermissionSnapshot>;
+  groups?: string[];
+  ackIds?: number[];
+  reconnectionToken?: string;
+  firstSeq?: number;
+  lastSeq?: number;
+}
+
+/** Largest page of events, whatever the bus allows. */
+const MAX_PAGE_BYTES = 4 * 1024 * 1024;
+
+export class SessionHandover {
+  /** Sessions given away at commit, kept until the taker has paged them out. */
+  private readonly given = new Map<string, { session: ReliableSession; token: string; lastSeq: number; timer: NodeJS.Timeout }>();
+
+  constructor(
+    private readonly hub: ClusterHub,
+    private readonly deps: HandoverDeps,
+  ) {}
+
+  private get holdMs(): number {
+    return this.deps.requestTimeoutMs * 4;
+  }
+
+  // --- on the node holding the session -------------------------------------------
+
+  onRequest(message: BusMessage, header: unknown): void {
+    const h = header as HandoverRequest;
+    const answer = (fields: object, body?: Buffer) => respond(this.hub.bus, message, encodeEnvelope(fields, body));
+    const refuse = () => answer({ op: 'ps.session', ok: false });
+    if (h.stage === 'page') return this.page(h, answer, refuse);
+    const connection = this.hub.local.connections.get(h.connectionId);
+    const session = connection?.session;
+    if (!connection || !session || connection.ended || !session.tokenMatches(h.token ?? '')) return refuse();
+    switch (h.stage) {
+      case 'begin': {
+        if (connection.handover || connection.protocol !== h.protocol) return refuse();
+        const socket = connection.socket;
+        connection.detach(Date.now());
+        socket?.destroy();
+        connection.handover = {
+          givingTimer: setTimeout(() => {
+            connection.handover = undefined;
+            this.deps.log.warn({ event: 'pubsub.handover_abandoned', hub: this.hub.name, connectionId: connection.id });
+          }, this.holdMs),
+        };
+        return answer({
+          op: 'ps.session',
+          ok: true,
+          userId: connection.userId,
+          permissions: connection.permissions.snapshot(),
+          groups: [...connection.groups],
+          ackIds: connection.ackIds(),
+          reconnectionToken: session.reconnectionToken,
+          firstSeq: session.firstSequenceId,
+        });
+      }
+      case 'commit': {
+        if (!connection.handover?.givingTimer) return refuse();
+        clearTimeout(connection.handover.givingTimer);
+        connection.handover = undefined;
+        const lastSeq = session.lastSequenceId;
+        const timer = setTimeout(() => this.given.delete(connection.id), this.holdMs);
+        this.given.set(connection.id, { session, token: session.reconnectionToken, lastSeq, timer });
+        this.deps.release(connection);
+        this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
+        return answer({ op: 'ps.session', ok: true, lastSeq });
+      }
+      case 'abort':
+        if (connection.handover?.givingTimer) clearTimeout(connection.handover.givingTimer);
+        connection.handover = undefined;
+        return answer({ op: 'ps.session', ok: true });
+    }
+  }
+
+  private page(h: HandoverRequest, answer: (fields: object, body?: Buffer) => void, refuse: () => void): void {
+    const given = this.given.get(h.connectionId);
+    if (!given || !given.session.tokenMatches(h.token ?? '')) return refuse();
+    const budget = Math.min(MAX_PAGE_BYTES, Math.floor(this.hub.bus.maxPayload / 2));
+    const entries: { seq: number; mid: string; length: number }[] = [];
+    const bodies: Buffer[] = [];
+    let bytes = 0;
+    for (const entry of given.session.after(h.after ?? 0)) {
+      if (entries.length > 0 && bytes + entry.body.length > budget) break;
+      entries.push({ seq: entry.sequenceId, mid: entry.mid, length: entry.body.length });
+      bodies.push(entry.body);
+      bytes += entry.body.length;
+    }
+    const last = entries.length > 0 ? entries[entries.length - 1].seq : (h.after ?? 0);
+    if (last >= given.lastSeq) {
+      clearTimeout(given.timer);
+      this.given.delete(h.connectionId);
+      given.session.clear();
+    }
+    answer({ op: 'ps.entries', entries }, Buffer.concat(bodies, bytes));
+  }
+
+  // --- on the node the client reconnected to --------------------------------------
+
+  /**
+   * Takes the session from whichever node holds it. Resolves to the restored
+   * connection (in the hub, subscribed, not yet attached to a socket), or
+   * undefined when no node has a session matching the token.
+   */
+  async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    const ask = (stage: Stage, after?: number) => this.ask({ connectionId, stage, token, protocol, after });
+    const begin = (await ask('begin').catch(() => undefined)) as { header: SessionAnswer } | undefined;
+    if (!begin?.header.ok || !validBusHeader(begin.header, 'ps.session')) return undefined;
+    const s = begin.header;
+    if (!s.permissions || !s.groups || s.firstSeq === undefined || !s.reconnectionToken) return undefined;
+    const connection = new PubSubConnection(
+      connectionId,
+      this.hub.name,
+      s.userId ?? null,
+      ConnectionPermissions.fromSnapshot(s.permissions),
+      protocol,
+      this.deps.limits,
+      s.reconnectionToken,
+    );
+    for (const id of s.ackIds ?? []) connection.rememberAckId(id);
+    const taking: { body: Buffer; mid: string }[] = [];
+    connection.handover = { taking };
+    this.hub.local.add(connection);
+    for (const group of s.groups) this.hub.local.join(connection, group);
+    await this.hub.bus.flush();
+    let committed = false;
+    try {
+      const commit = await ask('commit');
+      const lastSeq = (commit.header as SessionAnswer).lastSeq;
+      if (!(commit.header as SessionAnswer).ok || lastSeq === undefined) throw new Error('commit refused');
+      committed = true;
+      const entries: SessionEntry[] = [];
+      for (let after = s.firstSeq - 1; after < lastSeq; ) {
+        const page = await ask('page', after);
+        if (busOpOf(page.header) !== 'ps.entries') throw new Error('page refused');
+        const listed = (page.header as { entries: { seq: number; mid?: string; length: number }[] }).entries;
+        if (listed.length === 0) throw new Error('empty page');
+        let offset = 0;
+        for (const e of listed) {
+          if (e.seq <= after || offset + e.length > page.body.length) throw new Error('bad page');
+          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body: Buffer.from(page.body.subarray(offset, offset + e.length)) });
+          offset += e.length;
+          after = e.seq;
+        }
+      }
+      connection.handover = undefined;
+      const session = connection.session!;
+      session.restore(entries, lastSeq);
+      const had = new Set(entries.map((e) => e.mid));
+      for (const event of taking) {
+        if (!had.has(event.mid) && session.push(event.body, event.mid) === undefined) throw new Error('session buffer full');
+      }
+      this.deps.log.info({ event: 'pubsub.session_taken', hub: this.hub.name, connectionId, events: session.unacknowledged });
+      return connection;
+    } catch (err) {
+      this.deps.log.warn({ event: 'pubsub.handover_failed', hub: this.hub.name, connectionId, committed, err: (err as Error).message });
+      if (!committed) void ask('abort').catch(() => undefined);
+      connection.handover = undefined;
+      this.deps.release(connection);
+      return undefined;
+    }
+  }
+
+  private async ask(request: HandoverRequest): Promise<{ header: unknown; body: Buffer }> {
+    const target = { kind: 'connection' as const, name: request.connectionId };
+    const data = encodeEnvelope(this.hub.header('ps.handover', request));
+    const raw = await this.hub.bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs);
+    const envelope = decodeEnvelope(raw);
+    if (!envelope) throw new BusError('Unavailable', 'unreadable answer');
+    return envelope;
+  }
+
+  close(): void {
+    for (const given of this.given.values()) clearTimeout(given.timer);
+    this.given.clear();
+  }
+}
