@@ -14,6 +14,7 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
   return new NatsBus(
     {
       servers: bus.servers ?? [],
+      randomizeServers: bus.randomizeServers,
       name: `edge-relay ${config.nodeId}`,
       user: bus.user,
       pass: bus.pass,

@@ -9,6 +9,7 @@ import { BusError, type Bus, type BusHandler, type BusSubscription, type GatherO
 
 export interface NatsBusOptions {
   servers: string[];
+  randomizeServers: boolean;
   name: string;
   user?: string;
   pass?: string;
@@ -60,6 +61,7 @@ export class NatsBus implements Bus {
       try {
         this.nc = await connect({
           servers: o.servers,
+          noRandomize: !o.randomizeServers,
           name: o.name,
           user: o.user,
           pass: o.pass,

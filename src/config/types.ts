@@ -31,6 +31,7 @@ export interface BusConfig {
   kind: 'memory' | 'nats';
   subjectPrefix: string;
   servers?: string[];
+  randomizeServers: boolean;
   user?: string;
   pass?: string;
   token?: string;

@@ -118,13 +118,14 @@ export class CuttableProxy {
   private constructor(
     private readonly server: Server,
     readonly port: number,
+    private targetPort: number,
   ) {}
 
   static async start(targetPort: number, t: Pick<TestContext, 'after'>): Promise<CuttableProxy> {
     let proxy: CuttableProxy | undefined;
     const server = createServer((inbound) => {
       if (!proxy || proxy.refusing) return inbound.destroy();
-      const outbound = connect(targetPort, '127.0.0.1');
+      const outbound = connect(proxy.targetPort, '127.0.0.1');
       for (const s of [inbound, outbound]) {
         proxy.pairs.add(s);
         s.on('close', () => proxy!.pairs.delete(s));
@@ -139,13 +140,18 @@ export class CuttableProxy {
       outbound.on('close', () => inbound.destroy());
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    proxy = new CuttableProxy(server, (server.address() as { port: number }).port);
+    proxy = new CuttableProxy(server, (server.address() as { port: number }).port, targetPort);
     t.after(() => proxy!.stop());
     return proxy;
   }
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Sends new connections to another port (a load balancer moving traffic to another node). */
+  retarget(port: number): void {
+    this.targetPort = port;
   }
 
   /** Destroys every proxied connection (both sides); with `refuseMs`, drops new ones for that long. */

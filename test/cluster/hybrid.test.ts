@@ -1,0 +1,162 @@
+// Hybrid connections across edge nodes (issue 4, item 2): three nats-server
+// processes clustered, three edge processes, Microsoft's hyco-ws and
+// hyco-https as listeners, ws 8 and plain HTTP as senders.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { Cleanup } from '../helpers/cleanup.ts';
+import { startCluster, type Edge } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { tokenFor, wsUrl } from '../helpers/relay.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+const ACCEPT_MS = 20000;
+
+function senderUrl(edge: Edge, entity = 'echo'): string {
+  return wsUrl(edge.url, `/$hc/${entity}?sb-hc-action=connect`);
+}
+
+/** Opens a sender WebSocket: the socket, or the status and error code the upgrade failed with. */
+function dial(url: string, token?: string): Promise<{ ws?: WebSocket; status: number; code?: string }> {
+  const ws = new WebSocket(url, { headers: token ? { ServiceBusAuthorization: token } : {} });
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      ws.once('open', () => resolve({ ws, status: 101 }));
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, code: JSON.parse(body || '{}').code }));
+      });
+      ws.once('error', reject);
+    }),
+    ACCEPT_MS + 5000,
+    'sender upgrade',
+  );
+}
+
+/** Dials until the listener's node is known to the sender's NATS server (interest travels between servers). */
+async function dialRoutable(url: string, token?: string): Promise<WebSocket> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const got = await dial(url, token);
+    if (got.ws) return got.ws;
+    if (got.code !== 'NoListener' || Date.now() > deadline) throw new Error(`sender refused: ${got.status} ${got.code}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function echo(ws: any): void {
+  ws.on('message', (data: unknown, flags: { binary?: boolean }) => ws.send(data, { binary: !!flags?.binary }));
+}
+
+function nextMessage(ws: WebSocket): Promise<Buffer> {
+  return withTimeout(new Promise((resolve) => ws.once('message', (d: Buffer) => resolve(d))), 5000, 'message');
+}
+
+describe('hybrid connections across nodes', () => {
+  const cleanup = new Cleanup();
+  let a: Edge, b: Edge, c: Edge;
+  before(async () => {
+    const cluster = await startCluster(cleanup, 3, { timeouts: { acceptMs: ACCEPT_MS, keepAliveIntervalMs: 500, idleMs: 10000 } });
+    [a, b, c] = cluster.edges;
+  });
+  after(() => cleanup.run());
+
+  it('a sender on B reaches a listener on A, which is told to dial B; B splices', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = senderUrl(b);
+    const pendingSender = dialRoutable(url, tokenFor(url));
+    const { accept } = await listener.next<{ accept: { address: string; id: string; connectHeaders: Record<string, string> } }>();
+    assert.equal(new URL(accept.address).port, String(b.port), 'the rendezvous address names the sender\'s node');
+    assert.equal(accept.connectHeaders.servicebusauthorization, undefined);
+    const leg = new WebSocket(accept.address);
+    t.after(() => leg.terminate());
+    await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'rendezvous leg');
+    const sender = await pendingSender;
+    t.after(() => sender.terminate());
+    sender.send('ping from the cloud');
+    assert.equal(String(await nextMessage(leg)), 'ping from the cloud');
+    leg.send(Buffer.from([1, 2, 3]));
+    assert.deepEqual([...(await nextMessage(sender))], [1, 2, 3]);
+  });
+
+  it('hyco-ws on A echoes a sender on C, bulk frames included', async (t) => {
+    await startHycoWsListener(t, a.url, echo, 'wsonly');
+    const url = senderUrl(c, 'wsonly');
+    const sender = await dialRoutable(url, tokenFor(url));
+    t.after(() => sender.terminate());
+    const payloads = [randomBytes(10), randomBytes(1 << 20), randomBytes(70000)];
+    const got: Buffer[] = [];
+    const done = new Promise<void>((resolve) =>
+      sender.on('message', (d: Buffer) => {
+        got.push(d);
+        if (got.length === payloads.length) resolve();
+      }),
+    );
+    for (const p of payloads) sender.send(p);
+    await withTimeout(done, 10000, 'echoes');
+    assert.deepEqual(got, payloads);
+  });
+
+  it('hyco-https on A answers HTTP requests sent to B: small bodies on the bus, large ones by rendezvous at B', async (t) => {
+    await startHycoHttpsListener(t, a.url, (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks);
+        res.setHeader('x-echo-length', String(body.length));
+        res.end(Buffer.concat([Buffer.from(`${req.method} ${req.url} `), body]));
+      });
+    }, 'web');
+    const url = `${b.url}/web/path?q=1`;
+    const token = tokenFor(url);
+    let first = await httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: token }, body: Buffer.from('hello') });
+    for (const deadline = Date.now() + 5000; first.status === 404 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 20));
+      first = await httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: token }, body: Buffer.from('hello') });
+    }
+    assert.equal(first.status, 200);
+    assert.equal(first.body.toString(), 'POST /web/path?q=1 hello');
+    const big = randomBytes(300 * 1024);
+    const large = await httpRequest(url, { method: 'PUT', headers: { ServiceBusAuthorization: token }, body: big });
+    assert.equal(large.status, 200);
+    assert.equal(large.headers['x-echo-length'], String(big.length));
+    assert.deepEqual(large.body.subarray(-big.length), big);
+  });
+
+  it('listeners on A and C for one entity both get a share of senders arriving at B', async (t) => {
+    const counts = { a: 0, c: 0 };
+    await startHycoWsListener(t, a.url, (ws) => { counts.a++; echo(ws); }, 'shared');
+    await startHycoWsListener(t, c.url, (ws) => { counts.c++; echo(ws); }, 'shared');
+    const url = senderUrl(b, 'shared');
+    for (let i = 0; i < 30; i++) {
+      const ws = await dialRoutable(url, tokenFor(url));
+      ws.send(`n${i}`);
+      assert.equal(String(await nextMessage(ws)), `n${i}`);
+      ws.terminate();
+    }
+    assert.equal(counts.a + counts.c, 30);
+    assert.ok(counts.a > 0 && counts.c > 0, `both nodes' listeners served: A ${counts.a}, C ${counts.c}`);
+  });
+
+  it('with no listener anywhere the sender gets the one-node answer at once, not the accept timeout', async () => {
+    const url = senderUrl(b, 'echo');
+    const started = Date.now();
+    const refused = await dial(url, tokenFor(url));
+    assert.equal(refused.status, 404);
+    assert.equal(refused.code, 'NoListener');
+    assert.ok(Date.now() - started < ACCEPT_MS, 'answered before the accept timeout');
+    const unknown = senderUrl(b, 'never-created');
+    const missing = await dial(unknown, tokenFor(unknown));
+    assert.equal(missing.status, 404);
+    assert.equal(missing.code, 'EntityNotFound');
+    const http = await httpRequest(`${c.url}/echo/x`, { headers: { ServiceBusAuthorization: tokenFor(`${c.url}/echo/x`) } });
+    assert.equal(http.status, 404);
+    assert.equal(JSON.parse(http.body.toString()).code, 'NoListener');
+  });
+});

@@ -1,0 +1,78 @@
+// The scale-out topology as real processes: nats-server nodes (helpers/nats.ts)
+// and edge relays (the CLI, as in production) each pinned to one NATS node
+// first, with the others as fail-over. Each edge is waited on until
+// /$relay/ready says it has its bus. Everything is stopped in the test's after hooks.
+import type { TestContext } from 'node:test';
+import { startNatsCluster, type NatsNode } from './nats.ts';
+import { pubsubOverrides } from './pubsub.ts';
+import { startRelayProcess, type RelayProcess } from './relay.ts';
+
+export interface Edge extends RelayProcess {
+  name: string;
+  kill(): Promise<void>;
+}
+
+/** GET /$relay/ready: the status and body. */
+export async function readiness(edge: { url: string }): Promise<{ status: number; body: any }> {
+  const res = await fetch(`${edge.url}/$relay/ready`, { signal: AbortSignal.timeout(2000) });
+  return { status: res.status, body: await res.json() };
+}
+
+/** Polls /$relay/ready until it answers `status`, for at most `ms`. */
+export async function waitReady(edge: { url: string }, status = 200, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const got = await readiness(edge).catch(() => ({ status: 0 }));
+    if (got.status === status) return;
+    if (Date.now() > deadline) throw new Error(`${edge.url} readiness stayed ${got.status}, wanted ${status}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Config overrides for an edge named `name` on the given NATS servers (first one preferred). */
+export function edgeOverrides(name: string, servers: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return pubsubOverrides({
+    nodeId: name,
+    autoCreate: true,
+    bus: { kind: 'nats', servers, randomizeServers: false, reconnectTimeWaitMs: 100, pingIntervalMs: 1000, requestTimeoutMs: 2000, gatherStallMs: 50 },
+    timeouts: { keepAliveIntervalMs: 500, idleMs: 10000 },
+    ...extra,
+  });
+}
+
+export async function startEdge(
+  t: Pick<TestContext, 'after'>,
+  name: string,
+  servers: string[],
+  extra: Record<string, unknown> = {},
+): Promise<Edge> {
+  const relay = await startRelayProcess(t, edgeOverrides(name, servers, extra));
+  await waitReady(relay);
+  return {
+    ...relay,
+    name,
+    kill: async () => {
+      if (relay.child.exitCode !== null || relay.child.signalCode !== null) return;
+      const exited = new Promise((r) => relay.child.once('exit', r));
+      relay.child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** `servers` with the one at `first` moved to the front. */
+export function preferring(nats: NatsNode[], first: number): string[] {
+  return [nats[first], ...nats.filter((_, i) => i !== first)].map((n) => n.url);
+}
+
+/** Three NATS nodes and `edges` edges; edge i prefers NATS node i mod 3. */
+export async function startCluster(
+  t: Pick<TestContext, 'after'>,
+  edges = 2,
+  extra: Record<string, unknown> = {},
+): Promise<{ nats: NatsNode[]; edges: Edge[] }> {
+  const nats = await startNatsCluster(t);
+  const names = ['edge-a', 'edge-b', 'edge-c'];
+  const started = await Promise.all(Array.from({ length: edges }, (_, i) => startEdge(t, names[i], preferring(nats, i % 3), extra)));
+  return { nats, edges: started };
+}
