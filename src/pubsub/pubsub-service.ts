@@ -22,6 +22,7 @@ import { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
 import { handleRestRequest } from './rest-api.ts';
+import { BUSY_RETRY_MS } from './session-handover.ts';
 import { postUserEvent, type UserEvent } from './upstream.ts';
 
 export interface PubSubStats {
@@ -170,6 +171,11 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
    * closes with 1008, since an HTTP error would make the client keep retrying.
    */
   private async recover(hub: ClusterHub, connectionId: string, token: string, protocol: string, socket: Socket, head: Buffer): Promise<void> {
+    // A session still moving (an earlier reconnect is being handed over) is waited for, briefly.
+    const deadline = Date.now() + this.config.bus.requestTimeoutMs;
+    while (hub.local.connections.get(connectionId)?.handover && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+    }
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
     const usable = (c: PubSubConnection | undefined) =>

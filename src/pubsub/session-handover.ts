@@ -13,7 +13,7 @@
 //   abort   (before commit) the holder keeps the session as it was.
 // The taker then appends the events it kept aside that the holder did not
 // have (events carry cluster-wide ids), so nothing is lost or doubled.
-import { BusError, respond, type BusMessage } from '../bus/bus.ts';
+import { BusError, respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Logger } from '../ops/logger.ts';
 import { busOpOf, validBusHeader } from '../validation/schemas.ts';
@@ -42,6 +42,7 @@ interface HandoverRequest {
 
 interface SessionAnswer {
   ok: boolean;
+  busy?: boolean;
   userId?: string | null;
   permissions?: Record<Permission, PermissionSnapshot>;
   groups?: string[];
@@ -51,12 +52,15 @@ interface SessionAnswer {
   lastSeq?: number;
 }
 
+/** Pause before asking again for a session that is still moving. */
+export const BUSY_RETRY_MS = 25;
+
 /** Largest page of events, whatever the bus allows. */
 const MAX_PAGE_BYTES = 4 * 1024 * 1024;
 
 export class SessionHandover {
   /** Sessions given away at commit, kept until the taker has paged them out. */
-  private readonly given = new Map<string, { session: ReliableSession; token: string; lastSeq: number; timer: NodeJS.Timeout }>();
+  private readonly given = new Map<string, { session: ReliableSession; lastSeq: number; timer: NodeJS.Timeout; pages: BusSubscription }>();
 
   constructor(
     private readonly hub: ClusterHub,
@@ -73,13 +77,15 @@ export class SessionHandover {
     const h = header as HandoverRequest;
     const answer = (fields: object, body?: Buffer) => respond(this.hub.bus, message, encodeEnvelope(fields, body));
     const refuse = () => answer({ op: 'ps.session', ok: false });
-    if (h.stage === 'page') return this.page(h, answer, refuse);
+    if (h.stage === 'page') return; // answered by the subscription made at commit
     const connection = this.hub.local.connections.get(h.connectionId);
     const session = connection?.session;
     if (!connection || !session || connection.ended || !session.tokenMatches(h.token ?? '')) return refuse();
     switch (h.stage) {
       case 'begin': {
-        if (connection.handover || connection.protocol !== h.protocol) return refuse();
+        if (connection.protocol !== h.protocol) return refuse();
+        // Still moving from an earlier reconnect: the asker tries again shortly.
+        if (connection.handover) return answer({ op: 'ps.session', ok: false, busy: true });
         const socket = connection.socket;
         connection.detach(Date.now());
         socket?.destroy();
@@ -105,8 +111,12 @@ export class SessionHandover {
         clearTimeout(connection.handover.givingTimer);
         connection.handover = undefined;
         const lastSeq = session.lastSequenceId;
-        const timer = setTimeout(() => this.given.delete(connection.id), this.holdMs);
-        this.given.set(connection.id, { session, token: session.reconnectionToken, lastSeq, timer });
+        // Releasing the connection leaves its subject; the pages are asked for
+        // there, so a subscription of its own stays until they are fetched.
+        const id = connection.id;
+        const pages = this.hub.bus.subscribe(this.hub.subjectOf({ kind: 'connection', name: id }), (m) => this.onPageRequest(m));
+        const timer = setTimeout(() => this.forgetGiven(id), this.holdMs);
+        this.given.set(id, { session, lastSeq, timer, pages });
         this.deps.release(connection);
         this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
         return answer({ op: 'ps.session', ok: true, lastSeq });
@@ -116,6 +126,23 @@ export class SessionHandover {
         connection.handover = undefined;
         return answer({ op: 'ps.session', ok: true });
     }
+  }
+
+  private onPageRequest(message: BusMessage): void {
+    const envelope = decodeEnvelope(message.data);
+    const h = envelope?.header as HandoverRequest & { hub: string };
+    if (busOpOf(h) !== 'ps.handover' || h.stage !== 'page' || h.hub.toLowerCase() !== this.hub.key) return;
+    const answer = (fields: object, body?: Buffer) => respond(this.hub.bus, message, encodeEnvelope(fields, body));
+    this.page(h, answer, () => answer({ op: 'ps.session', ok: false }));
+  }
+
+  private forgetGiven(id: string): void {
+    const given = this.given.get(id);
+    if (!given) return;
+    clearTimeout(given.timer);
+    given.pages.unsubscribe();
+    given.session.clear();
+    this.given.delete(id);
   }
 
   private page(h: HandoverRequest, answer: (fields: object, body?: Buffer) => void, refuse: () => void): void {
@@ -132,12 +159,8 @@ export class SessionHandover {
       bytes += entry.body.length;
     }
     const last = entries.length > 0 ? entries[entries.length - 1].seq : (h.after ?? 0);
-    if (last >= given.lastSeq) {
-      clearTimeout(given.timer);
-      this.given.delete(h.connectionId);
-      given.session.clear();
-    }
     answer({ op: 'ps.entries', entries }, Buffer.concat(bodies, bytes));
+    if (last >= given.lastSeq) this.forgetGiven(h.connectionId);
   }
 
   // --- on the node the client reconnected to --------------------------------------
@@ -149,7 +172,12 @@ export class SessionHandover {
    */
   async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     const ask = (stage: Stage, after?: number) => this.ask({ connectionId, stage, token, protocol, after });
-    const begin = (await ask('begin').catch(() => undefined)) as { header: SessionAnswer } | undefined;
+    let begin: { header: SessionAnswer } | undefined;
+    for (const deadline = Date.now() + this.deps.requestTimeoutMs; ; ) {
+      begin = (await ask('begin').catch(() => undefined)) as { header: SessionAnswer } | undefined;
+      if (!begin?.header.busy || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
+    }
     if (!begin?.header.ok || !validBusHeader(begin.header, 'ps.session')) return undefined;
     const s = begin.header;
     if (!s.permissions || !s.groups || s.firstSeq === undefined || !s.reconnectionToken) return undefined;
@@ -216,7 +244,6 @@ export class SessionHandover {
   }
 
   close(): void {
-    for (const given of this.given.values()) clearTimeout(given.timer);
-    this.given.clear();
+    for (const id of [...this.given.keys()]) this.forgetGiven(id);
   }
 }

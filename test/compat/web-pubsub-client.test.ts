@@ -2,49 +2,10 @@
 // 127.0.0.1: the behaviours protocols/web-pubsub.md 1.10 lists as MUST.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { WebPubSubClient, WebPubSubJsonProtocol, type WebPubSubClientOptions } from '@azure/web-pubsub-client';
-import { WebPubSubServiceClient } from '@azure/web-pubsub';
-import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
+import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
-
-const FAST_RETRY = { maxRetries: 0 };
-/**
- * The SDK's keep-alive tasks sleep their whole interval even after stop()
- * (AbortableTask ignores its abort signal while in delay()), which keeps a
- * stopped client's process alive up to 40 s. Short intervals bound that; the
- * client's pings every second also exercise the relay's pong.
- */
-const SHORT_KEEPALIVE = { keepAliveIntervalInMs: 1000, keepAliveTimeoutInMs: 6000 };
-
-async function startClient(
-  t: TestContext,
-  url: string | (() => string),
-  options: WebPubSubClientOptions = {},
-): Promise<{ client: WebPubSubClient; connectionIds: string[]; groupData: any[]; serverData: any[] }> {
-  const merged = { ...SHORT_KEEPALIVE, ...options };
-  const client =
-    typeof url === 'string'
-      ? new WebPubSubClient(url, merged)
-      : new WebPubSubClient({ getClientAccessUrl: async () => url() }, merged);
-  const connectionIds: string[] = [];
-  const groupData: any[] = [];
-  const serverData: any[] = [];
-  client.on('connected', (e) => connectionIds.push(e.connectionId));
-  client.on('group-message', (e) => groupData.push(e.message));
-  client.on('server-message', (e) => serverData.push(e.message));
-  cleanupFor(t).after(() => client.stop());
-  await withTimeout(client.start(), 5000, 'client start');
-  await until(() => connectionIds.length > 0, 5000, 'connected event');
-  return { client, connectionIds, groupData, serverData };
-}
-
-function serviceClient(relay: RunningRelay | { url: string }): WebPubSubServiceClient {
-  return new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, {
-    allowInsecureConnection: true,
-  });
-}
 
 describe('@azure/web-pubsub-client against the relay', () => {
   it('connects with either subprotocol and exchanges json, text and binary through a group', async (t) => {

@@ -2,7 +2,7 @@
 // running the CLI (for memory figures, signals, or when the test process
 // fakes timers). Both bind 127.0.0.1 port 0 and are stopped in t.after.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -59,6 +59,12 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
     cwd: new URL('../..', import.meta.url).pathname,
   });
   let err = '';
+  // TEST_RELAY_OUTPUT=dir keeps each relay process's output there, for debugging.
+  if (process.env.TEST_RELAY_OUTPUT) {
+    const out = createWriteStream(join(process.env.TEST_RELAY_OUTPUT, `relay-${child.pid}.log`));
+    child.stdout!.pipe(out);
+    child.stderr!.pipe(out);
+  }
   child.stderr!.on('data', (d: Buffer) => {
     err = (err + d.toString()).slice(-65536);
   });

@@ -1,0 +1,164 @@
+// Publish/subscribe across edge nodes (issue 4, items 3 and 4): three
+// nats-server processes clustered, three edges, the published Web PubSub SDKs.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { encodeSubjectToken } from '../../src/bus/subjects.ts';
+import { Cleanup } from '../helpers/cleanup.ts';
+import { startCluster, type Edge } from '../helpers/cluster.ts';
+import type { NatsNode } from '../helpers/nats.ts';
+import { CuttableProxy, HUB, accessUrl } from '../helpers/pubsub.ts';
+import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until } from '../helpers/wait.ts';
+
+/** Subjects an edge's NATS connection is subscribed to, from the monitoring endpoint of every server. */
+async function subjectsOf(nats: NatsNode[], edge: Edge): Promise<string[]> {
+  const out: string[] = [];
+  for (const node of nats.filter((n) => n.running())) {
+    const res = await fetch(`http://127.0.0.1:${node.monitorPort}/connz?subs=1`, { signal: AbortSignal.timeout(2000) });
+    const body = (await res.json()) as { connections?: { name?: string; subscriptions_list?: string[] }[] };
+    for (const c of body.connections ?? []) if (c.name === `edge-relay ${edge.name}`) out.push(...(c.subscriptions_list ?? []));
+  }
+  return out;
+}
+
+/**
+ * Sends probes to a group until `received` shows one: a join is acknowledged
+ * once the member's own NATS server has the interest, and the other servers
+ * learn of it a moment later.
+ */
+async function waitRoutable(send: (probe: string) => Promise<unknown>, received: () => any[]): Promise<void> {
+  for (let i = 0; i < 250; i++) {
+    await send(`probe-${i}`);
+    const seen = received().some((m) => String(m.data).startsWith('probe-'));
+    if (seen) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('group never became routable');
+}
+
+const dataOf = (messages: any[]) => messages.map((m) => m.data).filter((d) => !String(d).startsWith('probe-'));
+
+describe('publish/subscribe across nodes', () => {
+  const cleanup = new Cleanup();
+  let nats: NatsNode[];
+  let a: Edge, b: Edge, c: Edge;
+  before(async () => {
+    const cluster = await startCluster(cleanup, 3);
+    nats = cluster.nats;
+    [a, b, c] = cluster.edges;
+  });
+  after(() => cleanup.run());
+
+  it('a publisher on B reaches subscribers on A and C, in order, with the unmodified client SDK', async (t) => {
+    const onA = await startClient(t, accessUrl(a.url, { userId: 'sub-a' }));
+    const onC = await startClient(t, accessUrl(c.url, { userId: 'sub-c' }));
+    const publisher = await startClient(t, accessUrl(b.url, { userId: 'pub-b' }));
+    await onA.client.joinGroup('news');
+    await onC.client.joinGroup('news');
+    const probe = (p: string) => publisher.client.sendToGroup('news', p, 'text', { fireAndForget: true });
+    await waitRoutable(probe, () => onA.groupData);
+    await waitRoutable(probe, () => onC.groupData);
+    for (let i = 1; i <= 200; i++) await publisher.client.sendToGroup('news', i, 'json', { fireAndForget: true });
+    await until(() => dataOf(onA.groupData).length === 200 && dataOf(onC.groupData).length === 200, 10000, 'fan-out');
+    const expected = Array.from({ length: 200 }, (_, i) => i + 1);
+    assert.deepEqual(dataOf(onA.groupData), expected);
+    assert.deepEqual(dataOf(onC.groupData), expected);
+    assert.equal(onA.groupData.at(-1).fromUserId, 'pub-b');
+  });
+
+  it('a node is subscribed to a group subject only while it has local members', async (t) => {
+    const member = await startClient(t, accessUrl(a.url));
+    const subject = `relay.ps.${encodeSubjectToken(HUB)}.g.${encodeSubjectToken('only.while.members *')}`;
+    assert.ok(!(await subjectsOf(nats, a)).includes(subject));
+    await member.client.joinGroup('only.while.members *');
+    assert.ok((await subjectsOf(nats, a)).includes(subject), 'subscribed after the join');
+    assert.ok(!(await subjectsOf(nats, b)).includes(subject), 'B has no member, so no subscription');
+    await member.client.leaveGroup('only.while.members *');
+    let still = true;
+    for (let i = 0; i < 100 && still; i++) {
+      still = (await subjectsOf(nats, a)).includes(subject);
+      if (still) await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(still, false, 'unsubscribed after the last member left');
+  });
+
+  it('REST on any node acts on the whole cluster: send to all, user, connection; exists; membership; close', async (t) => {
+    const x1 = await startClient(t, accessUrl(a.url, { userId: 'xavier' }));
+    const x2 = await startClient(t, accessUrl(b.url, { userId: 'xavier' }));
+    const y = await startClient(t, accessUrl(a.url, { userId: 'yolanda' }));
+    const svc = serviceClient(c);
+    const everyone = [x1, x2, y];
+    await waitRoutableToAll(svc, everyone);
+    await svc.sendToUser('xavier', 'for xavier', { contentType: 'text/plain' });
+    await svc.sendToConnection(y.connectionIds[0], 'for yolanda', { contentType: 'text/plain' });
+    await until(() => dataOf(x1.serverData).includes('for xavier') && dataOf(x2.serverData).includes('for xavier'), 5000, 'user send');
+    await until(() => dataOf(y.serverData).includes('for yolanda'), 5000, 'connection send');
+    assert.ok(!dataOf(y.serverData).includes('for xavier'));
+
+    assert.equal(await svc.userExists('xavier'), true);
+    assert.equal(await svc.userExists('nobody'), false);
+    assert.equal(await svc.connectionExists(y.connectionIds[0]), true);
+    await svc.group('team').addUser('xavier');
+    assert.equal(await svc.groupExists('team'), true);
+    await svc.group('team').addConnection(y.connectionIds[0]);
+    const members: string[] = [];
+    for await (const m of await svc.group('team').listConnections()) members.push(m.connectionId);
+    assert.deepEqual(members.sort(), [x1.connectionIds[0], x2.connectionIds[0], y.connectionIds[0]].sort());
+    await svc.group('team').sendToAll('team news', { contentType: 'text/plain' });
+    await until(() => everyone.every((s) => dataOf(s.serverData).includes('team news')), 5000, 'group send');
+
+    await svc.grantPermission(y.connectionIds[0], 'sendToGroup', { targetName: 'team' });
+    assert.equal(await svc.hasPermission(y.connectionIds[0], 'sendToGroup', { targetName: 'team' }), true);
+    await svc.removeUserFromAllGroups('xavier');
+    await svc.group('team').removeConnection(y.connectionIds[0]);
+    assert.equal(await svc.groupExists('team'), false);
+
+    // Closed on both nodes; the SDK then reconnects each with a new connection id.
+    await svc.closeUserConnections('xavier');
+    await until(() => x1.connectionIds.length === 2 && x2.connectionIds.length === 2, 10000, 'both xavier connections closed');
+    await svc.closeConnection(y.connectionIds[0]);
+    assert.equal(await svc.connectionExists(y.connectionIds[0]), false);
+    await until(() => y.connectionIds.length === 2, 10000, 'yolanda reconnected afresh');
+  });
+
+  it('a reliable client whose reconnect lands on another node recovers its session there: nothing lost or doubled', async (t) => {
+    const proxy = await CuttableProxy.start(a.port, t);
+    const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer' }));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(b.url));
+    const probe = (p: string) => publisher.client.sendToGroup('feed', p, 'text', { fireAndForget: true });
+    await waitRoutable(probe, () => sub.groupData);
+    const total = 300;
+    for (let i = 1; i <= total; i++) {
+      await publisher.client.sendToGroup('feed', i, 'json', { fireAndForget: true });
+      // The load balancer sends the reconnect to C, then back to A.
+      if (i === 100) {
+        proxy.retarget(c.port);
+        proxy.cut();
+      }
+      if (i === 200) {
+        proxy.retarget(a.port);
+        proxy.cut();
+      }
+      if (i % 25 === 0) await new Promise((r) => setTimeout(r, 10));
+    }
+    await until(() => dataOf(sub.groupData).length >= total, 20000, `${total} messages`);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(dataOf(sub.groupData), Array.from({ length: total }, (_, i) => i + 1));
+    assert.equal(sub.connectionIds.length, 1, 'the session moved; it was not replaced');
+    // The session lives where the client is now: A can reach it, C forgot it.
+    const svc = serviceClient(c);
+    await svc.sendToConnection(sub.connectionIds[0], 'still here', { contentType: 'text/plain' });
+    await until(() => dataOf(sub.serverData).includes('still here'), 5000, 'send to the moved connection');
+  });
+});
+
+/** Broadcasts probes until every client has one. */
+async function waitRoutableToAll(svc: ReturnType<typeof serviceClient>, clients: { serverData: any[] }[]): Promise<void> {
+  for (let i = 0; i < 250; i++) {
+    await svc.sendToAll(`probe-${i}`, { contentType: 'text/plain' });
+    if (clients.every((cl) => cl.serverData.some((m) => String(m.data).startsWith('probe-')))) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error('not every client became reachable');
+}
