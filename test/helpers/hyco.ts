@@ -6,6 +6,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TestContext } from 'node:test';
 import { tokenFor, wsUrl } from './relay.ts';
 import { waitEvent } from './wait.ts';
+import { cleanupFor } from './cleanup.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -45,7 +46,7 @@ export async function startHycoWsListener(
   const url = listenUrl(relayUrl, entity);
   const server = hycoWs.createRelayedServer({ server: url, token: token ?? (() => tokenFor(url)) }, onConnection);
   server.on('error', () => {});
-  t.after(() => server.close());
+  cleanupFor(t).after(() => server.close());
   await waitEvent(server, 'listening', 5000);
   return server;
 }
@@ -61,7 +62,7 @@ export async function startHycoHttpsListener(
   server.on('error', () => {});
   const listening = waitEvent(server, 'listening', 5000);
   server.listen();
-  t.after(() => server.close());
+  cleanupFor(t).after(() => server.close());
   await listening;
   return server;
 }

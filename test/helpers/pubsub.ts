@@ -10,6 +10,7 @@ import { clientAccessUrl, type ClientAccessOptions } from '../../src/pubsub/clie
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startTestRelay } from './relay.ts';
 import { withTimeout } from './wait.ts';
+import { cleanupFor } from './cleanup.ts';
 
 export const HUB = 'chat';
 export const HUB_KEY = 'chat-access-key-0123456789';
@@ -141,7 +142,7 @@ export class CuttableProxy {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     proxy = new CuttableProxy(server, (server.address() as { port: number }).port, targetPort);
-    t.after(() => proxy!.stop());
+    cleanupFor(t).after(() => proxy!.stop());
     return proxy;
   }
 

@@ -1,6 +1,6 @@
 // Starts relays for tests: in this process (fast) or as a real child process
 // running the CLI (for memory figures, signals, or when the test process
-// fakes timers). Both bind 127.0.0.1 port 0 and are stopped in t.after.
+// fakes timers). Both bind 127.0.0.1 port 0 and are stopped in the test's clean-up, last started first.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -81,7 +81,7 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
     }
     rmSync(dir, { recursive: true, force: true });
   };
-  t.after(stop);
+  cleanupFor(t).after(stop);
   const url = await withTimeout(
     new Promise<string>((resolve, reject) => {
       let out = '';

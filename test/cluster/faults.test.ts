@@ -1,0 +1,188 @@
+// Faults (issue 4, item 5), each on its own cluster of real processes. Each
+// test states what is lost and asserts exactly that.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type WebSocket from 'ws';
+import { startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoWsListener } from '../helpers/hyco.ts';
+import { startNatsCluster, startNatsServer } from '../helpers/nats.ts';
+import { CuttableProxy, accessUrl } from '../helpers/pubsub.ts';
+import { openWebSocket } from '../helpers/raw-listener.ts';
+import { tokenFor, wsUrl } from '../helpers/relay.ts';
+import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+function echo(ws: any): void {
+  ws.on('message', (data: unknown, flags: { binary?: boolean }) => ws.send(data, { binary: !!flags?.binary }));
+}
+
+/** Opens a sender to `entity` on `edgeUrl`, sends `text`, returns the echo (or the refusal's code). */
+async function echoThrough(edgeUrl: string, text: string, entity = 'echo'): Promise<string> {
+  const url = wsUrl(edgeUrl, `/$hc/${entity}?sb-hc-action=connect`);
+  let ws: WebSocket;
+  try {
+    ws = await openWebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+  } catch (err) {
+    return `refused: ${(err as Error).message}`;
+  }
+  try {
+    const reply = withTimeout(new Promise<string>((r) => ws.once('message', (d) => r(String(d)))), 5000, 'echo');
+    ws.send(text);
+    return await reply;
+  } finally {
+    ws.terminate();
+  }
+}
+
+/** Retries `attempt` until it returns `want`, for at most `ms`. */
+async function eventually(attempt: () => Promise<string>, want: string, ms = 10000): Promise<void> {
+  const deadline = Date.now() + ms;
+  let last = '';
+  while (Date.now() < deadline) {
+    last = await attempt();
+    if (last === want) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(last, want);
+}
+
+const numbers = (messages: any[]) => messages.map((m) => m.data).filter((d) => typeof d === 'number');
+
+/** Every number seen once, in increasing order. */
+function assertOnceInOrder(seen: number[]): void {
+  for (let i = 1; i < seen.length; i++) assert.ok(seen[i] > seen[i - 1], `out of order or twice at ${i}: ${seen[i - 1]} then ${seen[i]}`);
+}
+
+describe('faults', () => {
+  it('NATS goes away: local traffic goes on, nodes report not-ready, and all resumes when it returns', async (t) => {
+    // Lost: cross-node traffic while there is no bus (it is refused with 503 BusUnavailable,
+    // not left hanging). Local hybrid connections and local pub/sub lose nothing.
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url]);
+    const b = await startEdge(t, 'edge-b', [nats.url]);
+    await startHycoWsListener(t, a.url, echo);
+    const local = await startClient(t, accessUrl(a.url));
+    await local.client.joinGroup('g');
+    await eventually(() => echoThrough(b.url, 'cross'), 'cross');
+
+    await nats.kill();
+    await waitReady(a, 503);
+    await waitReady(b, 503);
+    const why = await readiness(a);
+    assert.deepEqual(why.body.reasons, ['no connection to the nats bus']);
+    assert.equal(why.body.bus.connected, false);
+
+    assert.equal(await echoThrough(a.url, 'local'), 'local', 'a listener on this node is still reachable');
+    const refused = await echoThrough(b.url, 'cross');
+    assert.match(refused, /503/);
+    const svcA = serviceClient(a);
+    for (let i = 1; i <= 20; i++) await svcA.group('g').sendToAll(i);
+    await until(() => numbers(local.serverData).length === 20, 5000, 'local pub/sub during the outage');
+    assert.deepEqual(numbers(local.serverData), Array.from({ length: 20 }, (_, i) => i + 1));
+    const remoteRest = await httpRequest(`${b.url}/api/hubs/chat/groups/g/connections/x`, { method: 'PUT' });
+    assert.equal(remoteRest.status, 401, 'REST still authenticates while the bus is away');
+
+    await nats.restart();
+    await waitReady(a, 200);
+    await waitReady(b, 200);
+    // Re-subscribed: the listener's entity and the group are reachable from B again.
+    await eventually(() => echoThrough(b.url, 'back'), 'back');
+    const svcB = serviceClient(b);
+    for (let i = 0; i < 200 && !local.serverData.some((m) => m.data === 'from-b'); i++) {
+      await svcB.group('g').sendToAll('from-b', { contentType: 'text/plain' });
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.ok(local.serverData.some((m) => m.data === 'from-b'), 'a group send on B reaches the member on A');
+  });
+
+  it('one NATS node of three is killed under steady traffic: the edge on it fails over and traffic resumes', async (t) => {
+    // Lost: events published on B while A reconnects to another NATS node (core NATS
+    // delivers at most once; A's interest is absent meanwhile). Everything sent
+    // before the kill and after A is back arrives, once and in order.
+    const { nats, edges } = await startCluster(t, 2);
+    const [a, b] = edges;
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('feed');
+    const publisher = serviceClient(b);
+    let n = 0;
+    const publish = async (count: number) => {
+      for (let i = 0; i < count; i++) await publisher.group('feed').sendToAll(++n);
+    };
+    for (let i = 0; i < 200 && numbers(sub.serverData).length === 0; i++) {
+      await publisher.group('feed').sendToAll(0);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    sub.serverData.length = 0;
+    await publish(100);
+    await until(() => numbers(sub.serverData).includes(100), 5000, 'steady traffic before the kill');
+    const beforeKill = n;
+
+    await nats[0].kill();
+    let stopped = false;
+    const steady = (async () => {
+      while (!stopped) {
+        await publish(5);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    })();
+    // A's NATS server vanished: it reconnects to n2 or n3, re-subscribes, and events flow again.
+    await until(() => numbers(sub.serverData).some((x) => x > beforeKill + 5), 15000, 'traffic resumed after fail-over');
+    const resumedAt = n;
+    await until(() => n >= resumedAt + 100, 10000, 'steady traffic after fail-over');
+    stopped = true;
+    await steady;
+    const last = n;
+    await publish(50);
+    await until(() => numbers(sub.serverData).includes(last + 50), 10000, 'the last event');
+    const seen = numbers(sub.serverData);
+    assertOnceInOrder(seen);
+    for (let i = 1; i <= beforeKill; i++) assert.ok(seen.includes(i), `event ${i}, sent before the kill, arrived`);
+    for (let i = resumedAt + 1; i <= n; i++) assert.ok(seen.includes(i), `event ${i}, sent after fail-over, arrived`);
+    const lost = n - seen.filter((x) => x >= 1).length;
+    t.diagnostic(`events lost during fail-over: ${lost} of ${resumedAt - beforeKill} published between the kill and resumption`);
+    assert.ok(lost <= resumedAt - beforeKill, 'only events from the fail-over window are missing');
+    assert.equal((await readiness(a)).status, 200);
+  });
+
+  it('one edge is killed: its listeners reconnect through the load balancer to another edge and traffic resumes', async (t) => {
+    // Lost: what lived only in the killed process: its control channels (the
+    // listener reconnects), and reliable sessions it held (the client is refused
+    // recovery, starts afresh with a new connection id and rejoins its groups;
+    // events sent before it rejoined are not delivered to it). Relayed
+    // connections spliced on other edges are not touched.
+    const nats = await startNatsCluster(t);
+    const a = await startEdge(t, 'edge-a', preferring(nats, 0));
+    const b = await startEdge(t, 'edge-b', preferring(nats, 1));
+    const balancer = await CuttableProxy.start(a.port, t);
+    await startHycoWsListener(t, balancer.url, echo);
+    await eventually(() => echoThrough(b.url, 'before'), 'before');
+    // A relayed connection from a sender on B: spliced at B, though the listener's control channel is on A.
+    const url = wsUrl(b.url, '/$hc/echo?sb-hc-action=connect');
+    const open = await openWebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+    t.after(() => open.terminate());
+
+    const sub = await startClient(t, () => accessUrl(balancer.url), { reconnectRetryOptions: { retryDelayInMs: 100 } });
+    await sub.client.joinGroup('news');
+    const firstId = sub.connectionIds[0];
+
+    await a.kill();
+    balancer.retarget(b.port);
+
+    // The spliced connection lives on B: it still echoes.
+    const reply = withTimeout(new Promise<string>((r) => open.once('message', (d) => r(String(d)))), 5000, 'echo on the old connection');
+    open.send('still open');
+    assert.equal(await reply, 'still open');
+    // hyco-ws reconnects its control channel through the balancer, now to B.
+    await eventually(() => echoThrough(b.url, 'after'), 'after', 15000);
+    // The session held on A is gone: a fresh connection, rejoined to its group.
+    await until(() => sub.connectionIds.length >= 2, 15000, 'a fresh pub/sub connection');
+    assert.notEqual(sub.connectionIds.at(-1), firstId);
+    const svc = serviceClient(b);
+    for (let i = 0; i < 200 && !sub.serverData.some((m) => m.data === 'after'); i++) {
+      await svc.group('news').sendToAll('after', { contentType: 'text/plain' });
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.ok(sub.serverData.some((m) => m.data === 'after'), 'the rejoined client gets group events again');
+  });
+});
