@@ -22,6 +22,7 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
       reconnectTimeWaitMs: bus.reconnectTimeWaitMs,
       pingIntervalMs: bus.pingIntervalMs,
       flushTimeoutMs: bus.requestTimeoutMs,
+      reconnectBufferBytes: bus.reconnectBufferBytes,
     },
     busLog,
   );

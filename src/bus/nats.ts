@@ -18,6 +18,8 @@ export interface NatsBusOptions {
   pingIntervalMs: number;
   /** Bound on flush() while connected; while disconnected it resolves at once. */
   flushTimeoutMs: number;
+  /** Bytes published while disconnected that the client may hold for the reconnect. */
+  reconnectBufferBytes: number;
 }
 
 interface Entry {
@@ -35,6 +37,11 @@ export class NatsBus implements Bus {
   private closing = false;
   private readonly entries = new Set<Entry>();
   private readonly listeners: ((connected: boolean) => void)[] = [];
+  /** Published while disconnected: held by the client (bounded), or dropped. */
+  private heldBytes = 0;
+  private dropped = 0;
+  /** Messages dropped because NATS was unreachable and the reconnect buffer full, since start. */
+  droppedTotal = 0;
   private readonly started: Promise<void>;
   private retryTimer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
@@ -48,6 +55,11 @@ export class NatsBus implements Bus {
 
   get connected(): boolean {
     return this.isConnected;
+  }
+
+  /** Bytes published since the connection was lost, held for the reconnect. */
+  get heldWhileDisconnected(): number {
+    return this.heldBytes;
   }
 
   get maxPayload(): number {
@@ -104,6 +116,11 @@ export class NatsBus implements Bus {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
     this.log[connected ? 'info' : 'warn']({ event: connected ? 'bus.connected' : 'bus.disconnected', server });
+    if (connected) {
+      if (this.dropped > 0) this.log.warn({ event: 'bus.dropped_while_disconnected', messages: this.dropped, kept: this.heldBytes });
+      this.heldBytes = 0;
+      this.dropped = 0;
+    }
     for (const listener of this.listeners) listener(connected);
   }
 
@@ -140,6 +157,15 @@ export class NatsBus implements Bus {
     // the client buffers what is published and sends it on reconnect.
     if (!this.nc || this.nc.isClosed()) return;
     if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    if (!this.isConnected) {
+      // The client would hold everything until it reconnects: bound it.
+      if (this.heldBytes + data.length > this.options.reconnectBufferBytes) {
+        this.dropped++;
+        this.droppedTotal++;
+        return;
+      }
+      this.heldBytes += data.length;
+    }
     this.nc.publish(subject, data, reply ? { reply } : undefined);
   }
 

@@ -39,6 +39,7 @@ export interface BusConfig {
   pingIntervalMs: number;
   requestTimeoutMs: number;
   gatherStallMs: number;
+  reconnectBufferBytes: number;
 }
 
 export interface RelayConfig {

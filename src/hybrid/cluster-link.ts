@@ -74,7 +74,11 @@ export class HybridClusterLink {
       channel.send({ accept: header.accept });
     } else {
       const request = header.request!;
-      new RemoteHttpRelay(request.id, header.node!, this, channel, this.ctx.config.timeouts.httpResponseMs);
+      // A full request may be answered on the control channel, here; a notice
+      // to fetch a large one is answered on the rendezvous at the sender's node.
+      if (request.requestTarget !== undefined) {
+        new RemoteHttpRelay(request.id, header.node!, this, channel, this.ctx.config.timeouts.httpResponseMs);
+      }
       const body = envelope!.body;
       channel.send({ request }, body.length > 0 ? body : undefined);
     }

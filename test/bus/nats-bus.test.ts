@@ -1,0 +1,55 @@
+// What only the NATS bus does: connect in the background, report its state,
+// fail fast while NATS is away, and bound what it holds for the reconnect.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { BusError } from '../../src/bus/bus.ts';
+import { NatsBus } from '../../src/bus/nats.ts';
+import { createLogger } from '../../src/ops/logger.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { until } from '../helpers/wait.ts';
+
+const options = { randomizeServers: false, name: 't', reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 1000 };
+
+describe('NATS bus', () => {
+  it('reports its connection, refuses requests at once while NATS is away, and bounds what it holds', async (t) => {
+    const server = await startNatsServer(t);
+    const bus = new NatsBus({ ...options, servers: [server.url], reconnectBufferBytes: 1000 }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => bus.close());
+    const changes: boolean[] = [];
+    bus.onConnectionChange((c) => changes.push(c));
+    await until(() => bus.connected, 5000, 'connected');
+
+    await server.kill();
+    await until(() => !bus.connected, 5000, 'disconnected');
+    await assert.rejects(bus.request('x', Buffer.from('?'), 5000), (e: BusError) => e.code === 'Unavailable');
+    await bus.flush(); // does not wait for NATS
+    for (let i = 0; i < 100; i++) bus.publish('x', Buffer.alloc(100));
+    assert.equal(bus.heldWhileDisconnected, 1000, 'held up to reconnectBufferBytes');
+    assert.equal(bus.droppedTotal, 90, 'the rest dropped and counted');
+
+    await server.restart();
+    await until(() => bus.connected, 10000, 'reconnected');
+    assert.deepEqual(changes, [true, false, true]);
+    assert.equal(bus.heldWhileDisconnected, 0);
+  });
+
+  it('starts without NATS and connects when it appears; close() while waiting returns', async (t) => {
+    const server = await startNatsServer(t);
+    await server.kill();
+    const bus = new NatsBus({ ...options, servers: [server.url], reconnectBufferBytes: 1000 }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => bus.close());
+    assert.equal(bus.connected, false);
+    const got: string[] = [];
+    bus.subscribe('early', (m) => got.push(Buffer.from(m.data).toString()));
+    await server.restart();
+    await until(() => bus.connected, 10000, 'connected once NATS is up');
+    await bus.flush();
+    bus.publish('early', Buffer.from('made before the first connection'));
+    await until(() => got.length === 1, 5000, 'delivery to a subscription made before connecting');
+
+    const orphan = new NatsBus({ ...options, servers: ['nats://127.0.0.1:1'], reconnectBufferBytes: 0 }, createLogger('silent', 't'));
+    await orphan.close();
+    assert.equal(orphan.connected, false);
+  });
+});
