@@ -65,7 +65,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     readonly config: RelayConfig,
     private readonly log: Logger,
     publicUrl: string,
-    private readonly bus: Bus,
+    bus: Bus,
     subjects: Subjects,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
@@ -146,15 +146,12 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     connection.attach(client);
     hub.local.add(connection);
     this.stats.connectionsOpened++;
+    // `connected` goes first, before any message; the connection's bus
+    // subscriptions (made by the hub) reach other NATS servers a moment later.
+    connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
     for (const group of identity.groups.slice(0, this.config.limits.groupsPerConnection)) hub.local.join(connection, group);
-    // `connected` once the bus has this node's interest: from then on the
-    // connection is reachable from every node.
-    void this.bus.flush().then(() => {
-      if (connection.ended || connection.socket !== client) return;
-      connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
-      this.log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
-      client.start();
-    });
+    this.log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
+    client.start();
   }
 
   private openSocket(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket {

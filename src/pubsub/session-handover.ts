@@ -200,7 +200,9 @@ export class SessionHandover {
     try {
       const commit = await ask('commit');
       const lastSeq = (commit.header as SessionAnswer).lastSeq;
-      if (!(commit.header as SessionAnswer).ok || lastSeq === undefined) throw new Error('commit refused');
+      if (!validBusHeader(commit.header, 'ps.session') || !(commit.header as SessionAnswer).ok || lastSeq === undefined) {
+        throw new Error('commit refused');
+      }
       committed = true;
       const entries: SessionEntry[] = [];
       for (let after = s.firstSeq - 1; after < lastSeq; ) {
