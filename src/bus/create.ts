@@ -22,7 +22,6 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
       reconnectTimeWaitMs: bus.reconnectTimeWaitMs,
       pingIntervalMs: bus.pingIntervalMs,
       flushTimeoutMs: bus.requestTimeoutMs,
-      reconnectBufferBytes: bus.reconnectBufferBytes,
     },
     busLog,
   );

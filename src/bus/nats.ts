@@ -18,8 +18,6 @@ export interface NatsBusOptions {
   pingIntervalMs: number;
   /** Bound on flush() while connected; while disconnected it resolves at once. */
   flushTimeoutMs: number;
-  /** Bytes published while disconnected that the client may hold for the reconnect. */
-  reconnectBufferBytes: number;
 }
 
 interface Entry {
@@ -37,10 +35,8 @@ export class NatsBus implements Bus {
   private closing = false;
   private readonly entries = new Set<Entry>();
   private readonly listeners: ((connected: boolean) => void)[] = [];
-  /** Published while disconnected: held by the client (bounded), or dropped. */
-  private heldBytes = 0;
+  /** Messages not sent because NATS was unreachable: this outage, and since start. */
   private dropped = 0;
-  /** Messages dropped because NATS was unreachable and the reconnect buffer full, since start. */
   droppedTotal = 0;
   private readonly started: Promise<void>;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -55,11 +51,6 @@ export class NatsBus implements Bus {
 
   get connected(): boolean {
     return this.isConnected;
-  }
-
-  /** Bytes published since the connection was lost, held for the reconnect. */
-  get heldWhileDisconnected(): number {
-    return this.heldBytes;
   }
 
   get maxPayload(): number {
@@ -116,9 +107,8 @@ export class NatsBus implements Bus {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
     this.log[connected ? 'info' : 'warn']({ event: connected ? 'bus.connected' : 'bus.disconnected', server });
-    if (connected) {
-      if (this.dropped > 0) this.log.warn({ event: 'bus.dropped_while_disconnected', messages: this.dropped, kept: this.heldBytes });
-      this.heldBytes = 0;
+    if (connected && this.dropped > 0) {
+      this.log.warn({ event: 'bus.dropped_while_disconnected', messages: this.dropped });
       this.dropped = 0;
     }
     for (const listener of this.listeners) listener(connected);
@@ -153,18 +143,14 @@ export class NatsBus implements Bus {
   }
 
   publish(subject: string, data: Uint8Array, reply?: string): void {
-    // Before the first connection there is nobody to tell; while reconnecting
-    // the client buffers what is published and sends it on reconnect.
-    if (!this.nc || this.nc.isClosed()) return;
     if (data.length > this.maxPayload) throw new BusError('TooLarge');
-    if (!this.isConnected) {
-      // The client would hold everything until it reconnects: bound it.
-      if (this.heldBytes + data.length > this.options.reconnectBufferBytes) {
-        this.dropped++;
-        this.droppedTotal++;
-        return;
-      }
-      this.heldBytes += data.length;
+    // Without a connection there is nobody to tell: the client would discard
+    // it at the reconnect anyway. Pub/sub events are re-sent from
+    // pubsub/bus-replay.ts once the bus is back.
+    if (!this.nc || this.nc.isClosed() || !this.isConnected) {
+      this.dropped++;
+      this.droppedTotal++;
+      return;
     }
     this.nc.publish(subject, data, reply ? { reply } : undefined);
   }

@@ -68,6 +68,11 @@ export class Subjects {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.all`;
   }
 
+  /** Every node: an edge back on NATS asks here for events it may have missed (pubsub/bus-replay.ts). */
+  replay(): string {
+    return `${this.prefix}.replay`;
+  }
+
   group(hubKey: string, group: string): string {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.g.${encodeSubjectToken(group)}`;
   }

@@ -39,7 +39,8 @@ export interface BusConfig {
   pingIntervalMs: number;
   requestTimeoutMs: number;
   gatherStallMs: number;
-  reconnectBufferBytes: number;
+  replayWindowMs: number;
+  replayBufferBytes: number;
 }
 
 export interface RelayConfig {

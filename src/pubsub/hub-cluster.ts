@@ -28,8 +28,12 @@ export interface ClusterHubDeps {
   gatherStallMs: number;
   /** Ends a connection for good (REST close, slow consumer). */
   endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
-  /** A new cluster-wide event id. */
+  /** A new cluster-wide event id, `origin:counter`. */
   nextMid(): string;
+  /** Logs an event this edge published on the bus (for replay to edges that missed it). */
+  recordSend(mid: string, subject: string, data: Uint8Array): void;
+  /** Delivers an event from another edge once, in order (see bus-replay.ts). */
+  admit(mid: string, deliver: () => void): void;
 }
 
 export interface GroupMember {
@@ -45,7 +49,7 @@ export interface FilterTerm {
 
 export type GroupAction = 'add' | 'remove' | 'removeAll';
 
-interface Header {
+export interface SendHeader {
   op: string;
   origin: string;
   hub: string;
@@ -136,7 +140,10 @@ export class ClusterHub {
     const { dataJson, ...rest } = message;
     const header = this.header('ps.send', { mid, target, excluded: excluded && [...excluded], message: rest });
     try {
-      this.deps.bus.publish(this.subjectOf(target), encodeEnvelope(header, Buffer.from(dataJson, 'utf8')));
+      const subject = this.subjectOf(target);
+      const data = encodeEnvelope(header, Buffer.from(dataJson, 'utf8'));
+      this.deps.bus.publish(subject, data);
+      this.deps.recordSend(mid, subject, data);
     } catch (err) {
       this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, err: (err as Error).message });
     }
@@ -269,7 +276,7 @@ export class ClusterHub {
   private onBus(message: BusMessage): void {
     const envelope = decodeEnvelope(message.data);
     const op = busOpOf(envelope?.header);
-    const h = envelope?.header as Header;
+    const h = envelope?.header as SendHeader;
     if (!op || h.hub.toLowerCase() !== this.key) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, subject: message.subject });
       return;
@@ -280,7 +287,7 @@ export class ClusterHub {
       respond(this.deps.bus, message, encodeEnvelope(members ? { op: 'ps.done', count, members } : { op: 'ps.done', count }));
     switch (op) {
       case 'ps.send':
-        if (!own) this.receive(h, envelope!.body);
+        if (!own) this.deps.admit(h.mid, () => this.receive(h, envelope!.body));
         return;
       case 'ps.close':
         return done(own ? 0 : this.applyClose(h.target, h.excluded && new Set(h.excluded), h.reason));
@@ -302,7 +309,7 @@ export class ClusterHub {
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
-  private receive(h: Header, body: Buffer): void {
+  receive(h: SendHeader, body: Buffer): void {
     const dataJson = body.toString('utf8');
     try {
       const data: unknown = JSON.parse(dataJson);

@@ -9,7 +9,9 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
 import type { Bus } from '../bus/bus.ts';
+import { decodeEnvelope } from '../bus/envelope.ts';
 import type { Subjects } from '../bus/subjects.ts';
+import { validBusHeader } from '../validation/schemas.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
@@ -18,7 +20,8 @@ import { MessageSocket, type MessageSocketEvents } from '../websocket/message-so
 import { handleClientFrame, type ClientProtocolContext } from './client-protocol.ts';
 import { PUBSUB_ERRORS, failUpgrade, type PubSubErrorCode } from './errors.ts';
 import { connectedFrame, disconnectedFrame } from './downstream.ts';
-import { ClusterHub } from './hub-cluster.ts';
+import { BusReplay } from './bus-replay.ts';
+import { ClusterHub, type SendHeader } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
 import { handleRestRequest } from './rest-api.ts';
@@ -38,6 +41,9 @@ export interface PubSubStats {
 }
 
 type ClientSocket = MessageSocket<PubSubConnection>;
+
+/** When asking an edge never heard from, start this long before the disconnect (clocks differ). */
+const REPLAY_CLOCK_MARGIN_MS = 1000;
 
 /** For a socket that is only being closed. */
 const IGNORE_EVENTS: MessageSocketEvents<null> = { onMessage() {}, onClosed() {}, onDrain() {} };
@@ -60,6 +66,8 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   private shuttingDown = false;
   private readonly protocolContext: ClientProtocolContext;
   private midCounter = 0;
+  /** Set with the NATS bus: replays events an edge missed while reconnecting. */
+  private readonly replay: BusReplay | undefined;
 
   constructor(
     readonly config: RelayConfig,
@@ -69,6 +77,24 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     subjects: Subjects,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
+    // This process as an event origin: a restarted edge is a new origin.
+    const origin = `${config.nodeId}.${randomBytes(4).toString('hex')}`;
+    if (bus.kind === 'nats') {
+      this.replay = new BusReplay(
+        bus,
+        {
+          origin,
+          subject: subjects.replay(),
+          windowMs: config.bus.replayWindowMs,
+          maxBytes: config.bus.replayBufferBytes,
+          requestTimeoutMs: config.bus.requestTimeoutMs,
+          gatherStallMs: config.bus.gatherStallMs,
+          marginMs: REPLAY_CLOCK_MARGIN_MS,
+        },
+        log,
+        (data, admit) => this.redeliver(data, admit),
+      );
+    }
     const deps = {
       bus,
       subjects,
@@ -77,7 +103,9 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       requestTimeoutMs: config.bus.requestTimeoutMs,
       gatherStallMs: config.bus.gatherStallMs,
       endConnection: (c: PubSubConnection, code: PubSubErrorCode, reason?: string) => this.endConnection(c, code, reason),
-      nextMid: () => `${config.nodeId}:${++this.midCounter}`,
+      nextMid: () => `${origin}:${++this.midCounter}`,
+      recordSend: (mid: string, subject: string, data: Uint8Array) => this.replay?.record(mid, subject, data),
+      admit: (mid: string, deliver: () => void) => (this.replay ? this.replay.admit(mid, deliver) : deliver()),
     };
     const handoverDeps = {
       log,
@@ -274,6 +302,15 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     }
   }
 
+  /** A ps.send envelope replayed by another edge: delivered like a live one. */
+  private redeliver(data: Uint8Array, admit: (mid: string, deliver: () => void) => void): void {
+    const envelope = decodeEnvelope(data);
+    if (!envelope || !validBusHeader(envelope.header, 'ps.send')) return;
+    const h = envelope.header as SendHeader;
+    const hub = this.hub(h.hub);
+    if (hub && h.origin !== this.config.nodeId) admit(h.mid, () => hub.receive(h, envelope.body));
+  }
+
   private sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub) {
     return postUserEvent({ ...event, hub: hub.config }, this.publicHost, this.config.limits.pubsubMessageBytes);
   }
@@ -294,5 +331,6 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       hub.handover.close();
       hub.leaveBus();
     }
+    this.replay?.close();
   }
 }

@@ -47,7 +47,7 @@ const BUS_MESSAGE_ID = 'https://edge-relay.dev/schemas/bus-message.schema.json';
 const BUS_OPS = [
   'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
   'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
-  'ps.handover', 'ps.session', 'ps.entries',
+  'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
 ] as const;
 export type BusOp = (typeof BUS_OPS)[number];
 const busValidators = new Map<string, ValidateFunction>(

@@ -27,7 +27,7 @@ async function natsPair(t: TestContext): Promise<Pair> {
   const server = await startNatsServer(t);
   const make = async (name: string) => {
     const bus = new NatsBus(
-      { servers: [server.url], randomizeServers: false, name, reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 2000, reconnectBufferBytes: 1 << 20 },
+      { servers: [server.url], randomizeServers: false, name, reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 2000 },
       log,
     );
     cleanupFor(t).after(() => bus.close());

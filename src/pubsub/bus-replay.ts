@@ -1,0 +1,205 @@
+// Closes the gaps NATS leaves when an edge loses its NATS server: core NATS
+// delivers at most once, so events other edges publish while this edge is
+// reconnecting (its subscriptions are gone meanwhile) would be lost, and so
+// would what this edge publishes meanwhile. Each edge keeps a short log of what
+// it published (bus.replayWindowMs, capped at bus.replayBufferBytes). After a
+// reconnect, an edge re-sends what it published since shortly before the
+// disconnect; and it holds new events, asks every edge for what it published
+// since the last event it had from it (or, for an edge it never heard from,
+// since shortly before the disconnect), delivers those in order and releases
+// what it held. Events from one edge
+// process carry increasing counters (mid `origin:counter`, where the origin is
+// the node id and a random boot id, so a restarted edge starts afresh) and
+// arrive in that order, so one number per origin says what was already
+// delivered: nothing twice.
+import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import type { Logger } from '../ops/logger.ts';
+import { busOpOf, validBusHeader } from '../validation/schemas.ts';
+
+export interface BusReplayOptions {
+  /** This edge process as origin: `nodeId.bootId`. */
+  origin: string;
+  subject: string;
+  windowMs: number;
+  maxBytes: number;
+  requestTimeoutMs: number;
+  gatherStallMs: number;
+  /** Clock margin when asking an edge this one never heard from. */
+  marginMs: number;
+}
+
+interface Logged {
+  counter: number;
+  at: number;
+  subject: string;
+  data: Uint8Array;
+}
+
+/** A mid `origin:counter` split, or undefined when it is not one. */
+export function parseMid(mid: string): { origin: string; counter: number } | undefined {
+  const i = mid.lastIndexOf(':');
+  const counter = Number(mid.slice(i + 1));
+  return i > 0 && Number.isSafeInteger(counter) && counter > 0 ? { origin: mid.slice(0, i), counter } : undefined;
+}
+
+export class BusReplay {
+  private entries: Logged[] = [];
+  private head = 0;
+  private bytes = 0;
+  /** Highest counter delivered from each origin. */
+  private readonly delivered = new Map<string, number>();
+  private held: [string, () => void][] | undefined;
+  private disconnectedAt: number | undefined;
+  private wasConnected = false;
+  private readonly subscription: BusSubscription;
+
+  constructor(
+    private readonly bus: Bus,
+    private readonly options: BusReplayOptions,
+    private readonly log: Logger,
+    /** Hands one replayed ps.send envelope back, with the way to deliver it past the hold. */
+    private readonly redeliver: (data: Uint8Array, admit: (mid: string, deliver: () => void) => void) => void,
+  ) {
+    this.subscription = bus.subscribe(options.subject, (m) => this.onRequest(m));
+    bus.onConnectionChange((connected) => this.onConnectionChange(connected));
+    this.wasConnected = bus.connected;
+  }
+
+  /** Logs an event this edge published. */
+  record(mid: string, subject: string, data: Uint8Array): void {
+    const counter = parseMid(mid)?.counter;
+    if (counter === undefined) return;
+    const now = Date.now();
+    this.entries.push({ counter, at: now, subject, data });
+    this.bytes += data.length;
+    const oldest = now - this.options.windowMs;
+    while (this.head < this.entries.length && (this.entries[this.head].at < oldest || this.bytes > this.options.maxBytes)) {
+      this.bytes -= this.entries[this.head].data.length;
+      this.head++;
+    }
+    if (this.head > 1024 && this.head * 2 > this.entries.length) {
+      this.entries = this.entries.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** Delivers an event from another edge unless it was delivered already; holds it while a replay runs. */
+  admit(mid: string, deliver: () => void): void {
+    if (this.held) this.held.push([mid, deliver]);
+    else this.admitNow(mid, deliver);
+  }
+
+  private admitNow(mid: string, deliver: () => void): void {
+    const parsed = parseMid(mid);
+    if (!parsed) return;
+    const { origin, counter } = parsed;
+    const last = this.delivered.get(origin);
+    if (last !== undefined && counter <= last) return;
+    this.delivered.set(origin, counter);
+    deliver();
+  }
+
+  private onConnectionChange(connected: boolean): void {
+    if (!connected) {
+      this.disconnectedAt ??= Date.now();
+      return;
+    }
+    const since = this.disconnectedAt;
+    this.disconnectedAt = undefined;
+    if (this.wasConnected && since !== undefined) {
+      this.republish(since - this.options.marginMs);
+      void this.replay(since);
+    }
+    this.wasConnected = true;
+  }
+
+  /**
+   * Sends again what this edge published from shortly before the connection
+   * was lost (what was in flight then is gone too): receivers drop what they
+   * already have by its counter.
+   */
+  private republish(after: number): void {
+    let count = 0;
+    for (let i = this.head; i < this.entries.length; i++) {
+      const e = this.entries[i];
+      if (e.at < after) continue;
+      try {
+        this.bus.publish(e.subject, e.data);
+        count++;
+      } catch {
+        // too large for this cluster now: it was refused when first sent too
+      }
+    }
+    if (count > 0) this.log.info({ event: 'bus.republished', events: count });
+  }
+
+  private async replay(disconnectedAt: number): Promise<void> {
+    this.held ??= [];
+    let replayed = 0;
+    try {
+      const request = encodeEnvelope({
+        op: 'ps.replay',
+        origin: this.options.origin,
+        since: Object.fromEntries(this.delivered),
+        after: disconnectedAt - this.options.marginMs,
+      });
+      const answers = await this.bus.gather(this.options.subject, request, {
+        maxWaitMs: this.options.requestTimeoutMs,
+        stallMs: this.options.gatherStallMs,
+      });
+      for (const answer of answers) {
+        const envelope = decodeEnvelope(answer);
+        if (!envelope || !validBusHeader(envelope.header, 'ps.replayed')) continue;
+        const h = envelope.header as { entries: { length: number }[]; truncated?: boolean };
+        if (h.truncated) this.log.warn({ event: 'bus.replay_truncated' });
+        let offset = 0;
+        for (const entry of h.entries) {
+          if (offset + entry.length > envelope.body.length) break;
+          this.redeliver(envelope.body.subarray(offset, offset + entry.length), (mid, deliver) => {
+            replayed++;
+            this.admitNow(mid, deliver);
+          });
+          offset += entry.length;
+        }
+      }
+    } catch (err) {
+      this.log.warn({ event: 'bus.replay_failed', err: (err as Error).message });
+    } finally {
+      const held = this.held ?? [];
+      this.held = undefined;
+      for (const [mid, deliver] of held) this.admitNow(mid, deliver);
+      this.log.info({ event: 'bus.replayed', events: replayed, held: held.length });
+    }
+  }
+
+  /** Another edge reconnected: send it what this edge published that it may have missed. */
+  private onRequest(message: BusMessage): void {
+    const envelope = decodeEnvelope(message.data);
+    if (busOpOf(envelope?.header) !== 'ps.replay') return;
+    const h = envelope!.header as { origin: string; since: Record<string, number>; after: number };
+    if (h.origin === this.options.origin) return respond(this.bus, message, encodeEnvelope({ op: 'ps.replayed', entries: [] }));
+    const since = h.since[this.options.origin];
+    const budget = Math.floor(this.bus.maxPayload / 2);
+    const entries: { length: number }[] = [];
+    const bodies: Uint8Array[] = [];
+    let bytes = 0;
+    let truncated = false;
+    for (let i = this.head; i < this.entries.length; i++) {
+      const e = this.entries[i];
+      if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
+      if (bytes + e.data.length > budget) {
+        truncated = true;
+        break;
+      }
+      entries.push({ length: e.data.length });
+      bodies.push(e.data);
+      bytes += e.data.length;
+    }
+    respond(this.bus, message, encodeEnvelope({ op: 'ps.replayed', entries, truncated }, Buffer.concat(bodies, bytes)));
+  }
+
+  close(): void {
+    this.subscription.unsubscribe();
+  }
+}
