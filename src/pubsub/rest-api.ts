@@ -15,7 +15,7 @@ import {
   validateUserId,
 } from '../validation/schemas.ts';
 import type { DataMessage } from './downstream.ts';
-import { failRequest, type PubSubErrorCode } from './errors.ts';
+import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
@@ -53,9 +53,11 @@ export function handleRestRequest(
   const verdict = verifyAccessToken(token, hub.config.accessKey, [path], service.hostsFor(req));
   if (!verdict.ok) return drainThen(req, () => failRequest(res, verdict.code));
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
+  // A cluster-wide operation whose other nodes the bus cannot reach has
+  // acted on this node's connections only: 503 says so.
   dispatch(call).then(
     (answer) => respond(res, answer, call.method),
-    () => respond(res, 'BadRequest', call.method),
+    (err) => respond(res, err instanceof BusError ? 'BusUnavailable' : 'BadRequest', call.method),
   );
 }
 
@@ -63,7 +65,7 @@ function respond(res: ServerResponse, answer: Answer, method: string): void {
   if (res.headersSent || res.destroyed) return;
   if (typeof answer === 'string') {
     if (method === 'HEAD') {
-      res.writeHead(answer === 'NotFound' ? 404 : 400).end();
+      res.writeHead(PUBSUB_ERRORS[answer].status).end();
       return;
     }
     return failRequest(res, answer);
@@ -185,34 +187,20 @@ function excludedOf(params: URLSearchParams): Set<string> | undefined {
 
 // --- connections and groups ----------------------------------------------------
 
-/** Runs a cluster-wide operation; this node has acted even when the bus could not reach the others. */
-async function onCluster(work: Promise<void>, answer: Answer): Promise<Answer> {
-  try {
-    await work;
-  } catch (err) {
-    if (err instanceof BusError) return 'BusUnavailable';
-    throw err;
-  }
-  return answer;
-}
-
-function closeConnections(call: RestCall, target: Target): Promise<Answer> {
+async function closeConnections(call: RestCall, target: Target): Promise<Answer> {
   const reason = call.params.get('reason')?.slice(0, 120) || undefined;
-  return onCluster(call.hub.close(target, excludedOf(call.params), reason), NO_CONTENT);
+  await call.hub.close(target, excludedOf(call.params), reason);
+  return NO_CONTENT;
 }
 
-function membership(call: RestCall, target: Target, action: GroupAction, groups: string[], answer: Answer = OK): Promise<Answer> {
-  return onCluster(call.hub.changeGroups(target, action, groups), action === 'removeAll' ? NO_CONTENT : answer);
+async function membership(call: RestCall, target: Target, action: GroupAction, groups: string[], answer: Answer = OK): Promise<Answer> {
+  await call.hub.changeGroups(target, action, groups);
+  return action === 'removeAll' ? NO_CONTENT : answer;
 }
 
 async function listGroup(call: RestCall, group: string): Promise<Answer> {
   const top = Math.max(1, Math.min(Number(call.params.get('top') ?? call.params.get('maxpagesize') ?? 1000) || 1000, 1000));
-  try {
-    return { status: 200, body: { value: await call.hub.listGroup(group, top) } };
-  } catch (err) {
-    if (err instanceof BusError) return 'BusUnavailable';
-    throw err;
-  }
+  return { status: 200, body: { value: await call.hub.listGroup(group, top) } };
 }
 
 /**
@@ -246,7 +234,8 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   const { groups, filter } = parsed as { groups: string[]; filter: string };
   const terms = parseConnectionFilter(filter);
   if (!terms) return 'FilterUnsupported';
-  return onCluster(call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, terms), OK);
+  await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, terms);
+  return OK;
 }
 
 async function permission(call: RestCall, name: string, connectionId: string): Promise<Answer> {
@@ -256,14 +245,7 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   if (target !== undefined && !validateGroupName(target)) return 'BadRequest';
   const method = call.method;
   if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
-  let found: boolean;
-  try {
-    found = await call.hub.permission(connectionId, method, name as Permission, target);
-  } catch (err) {
-    if (err instanceof BusError) return 'BusUnavailable';
-    throw err;
-  }
-  if (!found) return 'NotFound';
+  if (!(await call.hub.permission(connectionId, method, name as Permission, target))) return 'NotFound';
   return method === 'DELETE' ? NO_CONTENT : OK;
 }
 

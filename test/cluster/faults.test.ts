@@ -85,6 +85,9 @@ describe('faults', () => {
     const remoteRest = await httpRequest(`${b.url}/api/hubs/chat/groups/g/connections/x`, { method: 'PUT' });
     assert.equal(remoteRest.status, 401, 'REST still authenticates while the bus is away');
     const svcB = serviceClient(b);
+    // A cluster-wide question B cannot answer alone is refused, not guessed.
+    const refusedExists = await svcB.groupExists('g').then(() => 'answered', (e: { statusCode?: number; message?: string }) => `${e.statusCode} ${e.message}`);
+    assert.match(refusedExists, /^503/);
     for (let i = 101; i <= 120; i++) await svcB.group('g').sendToAll(i);
 
     await nats.restart();
