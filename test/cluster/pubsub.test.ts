@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { startCluster, type Edge } from '../helpers/cluster.ts';
+import { edgeEvents, startCluster, type Edge } from '../helpers/cluster.ts';
 import type { NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy, HUB, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -142,10 +142,15 @@ describe('publish/subscribe across nodes', () => {
       }
       if (i % 25 === 0) await new Promise((r) => setTimeout(r, 10));
     }
-    await until(() => dataOf(sub.groupData).length >= total, 20000, `${total} messages`);
+    const story = () => edgeEvents([a, b, c], /pubsub\.(session|handover|recover|detached|ended)|bus\.(replay|disconnected)/);
+    await until(() => dataOf(sub.groupData).length >= total, 20000, `${total} messages`).catch((err) => {
+      const got = new Set(dataOf(sub.groupData));
+      const missing = Array.from({ length: total }, (_, i) => i + 1).filter((n) => !got.has(n));
+      throw new Error(`${err.message}; missing ${missing.join(',')}; connections ${sub.connectionIds.length}\n${story()}`);
+    });
     await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(dataOf(sub.groupData), Array.from({ length: total }, (_, i) => i + 1));
-    assert.equal(sub.connectionIds.length, 1, 'the session moved; it was not replaced');
+    assert.deepEqual(dataOf(sub.groupData), Array.from({ length: total }, (_, i) => i + 1), story());
+    assert.equal(sub.connectionIds.length, 1, `the session moved; it was not replaced\n${story()}`);
     // The session lives where the client is now: A can reach it, C forgot it.
     const svc = serviceClient(c);
     await svc.sendToConnection(sub.connectionIds[0], 'still here', { contentType: 'text/plain' });

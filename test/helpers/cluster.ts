@@ -33,6 +33,8 @@ export async function waitReady(edge: { url: string }, status = 200, ms = 10000)
 export function edgeOverrides(name: string, servers: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
   return pubsubOverrides({
     nodeId: name,
+    // Kept in memory by the harness (last 64 KiB of stderr) to explain a failure.
+    log: { level: process.env.TEST_LOG_LEVEL ?? 'info' },
     autoCreate: true,
     bus: { kind: 'nats', servers, randomizeServers: false, reconnectTimeWaitMs: 100, pingIntervalMs: 1000, requestTimeoutMs: 2000, gatherStallMs: 50 },
     timeouts: { keepAliveIntervalMs: 500, idleMs: 10000 },
@@ -58,6 +60,13 @@ export async function startEdge(
       await exited;
     },
   };
+}
+
+/** The log lines of `edges` whose event matches `pattern`, for a failure message. */
+export function edgeEvents(edges: Edge[], pattern: RegExp): string {
+  return edges
+    .flatMap((e) => e.stderr().split('\n').filter((line) => pattern.test(line)))
+    .join('\n');
 }
 
 /** `servers` with the one at `first` moved to the front. */
