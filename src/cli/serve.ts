@@ -16,12 +16,14 @@ Options:
   --public-url URL   publicUrl          (env EDGE_RELAY_PUBLIC_URL)
   --log-level LEVEL  log.level          (env EDGE_RELAY_LOG_LEVEL)
   --node-id ID       nodeId             (env EDGE_RELAY_NODE_ID)
+  --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
   -h, --help         this text
 
 Flags override environment variables, which override the file.
 
-Example:
+Examples:
   edge-relay serve --config config/dev.json --port 0
+  edge-relay serve --config config/dev.json --port 9401 --node-id edge-1 --nats nats://127.0.0.1:4222
 `;
 
 export async function serve(argv: string[]): Promise<number> {
@@ -34,6 +36,7 @@ export async function serve(argv: string[]): Promise<number> {
       'public-url': { type: 'string' },
       'log-level': { type: 'string' },
       'node-id': { type: 'string' },
+      nats: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -53,6 +56,7 @@ export async function serve(argv: string[]): Promise<number> {
   if (values['public-url'] !== undefined) flags.publicUrl = values['public-url'];
   if (values['log-level'] !== undefined) flags['log.level'] = values['log-level'];
   if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
+  if (values.nats !== undefined) flags['bus.servers'] = values.nats;
   let config;
   try {
     config = loadConfig(file, process.env, flags);

@@ -18,6 +18,8 @@ export interface ConfigOverrides {
   publicUrl?: string;
   'log.level'?: string;
   nodeId?: string;
+  /** Comma-separated NATS URLs: switches the bus to NATS. */
+  'bus.servers'?: string;
 }
 
 /** Environment variable for each overridable key. */
@@ -27,6 +29,7 @@ export const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   publicUrl: 'EDGE_RELAY_PUBLIC_URL',
   'log.level': 'EDGE_RELAY_LOG_LEVEL',
   nodeId: 'EDGE_RELAY_NODE_ID',
+  'bus.servers': 'EDGE_RELAY_NATS',
 };
 
 export function readConfigFile(path: string): unknown {
@@ -68,6 +71,7 @@ function coerce(key: keyof ConfigOverrides, value: string | number): unknown {
     if (!/^\d+$/.test(value)) throw new ConfigError(`config: listen.port: "${value}" is not a port number`);
     return Number(value);
   }
+  if (key === 'bus.servers') return String(value).split(',').map((s) => s.trim()).filter((s) => s !== '');
   return value;
 }
 
@@ -82,7 +86,9 @@ export function buildConfig(raw: unknown, ...layers: ConfigOverrides[]): RelayCo
   const merged = structuredClone(raw) as Record<string, unknown>;
   for (const layer of layers) {
     for (const [key, value] of Object.entries(layer) as [keyof ConfigOverrides, string | number][]) {
-      if (value !== undefined) setPath(merged, key, coerce(key, value));
+      if (value === undefined) continue;
+      setPath(merged, key, coerce(key, value));
+      if (key === 'bus.servers') setPath(merged, 'bus.kind', 'nats');
     }
   }
   if (!validateConfig(merged)) {

@@ -42,6 +42,16 @@ describe('configuration', () => {
     assert.throws(() => buildConfig({}, { 'listen.port': 'abc' }), /listen.port/);
   });
 
+  it('switches the bus to NATS from the environment or a flag, keeping the file\'s other bus keys', () => {
+    const env = overridesFromEnv({ EDGE_RELAY_NATS: 'nats://127.0.0.1:4222, nats://127.0.0.1:4223' });
+    const config = buildConfig({ bus: { kind: 'memory', subjectPrefix: 'edge' } }, env);
+    assert.equal(config.bus.kind, 'nats');
+    assert.deepEqual(config.bus.servers, ['nats://127.0.0.1:4222', 'nats://127.0.0.1:4223']);
+    assert.equal(config.bus.subjectPrefix, 'edge');
+    assert.throws(() => buildConfig({}, { 'bus.servers': 'http://not-nats' }), /\/bus\/servers\/0/);
+    assert.throws(() => buildConfig({ bus: { kind: 'nats' } }), /\/bus: must have required property 'servers'/);
+  });
+
   it('stops `serve` with exit code 78 and the key named', () => {
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-config-'));
     const file = join(dir, 'bad.json');
