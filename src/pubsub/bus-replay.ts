@@ -53,6 +53,7 @@ export class BusReplay {
   private disconnectedAt: number | undefined;
   private wasConnected = false;
   private readonly subscription: BusSubscription;
+  private lastOwnCounter = 0;
 
   constructor(
     private readonly bus: Bus,
@@ -70,6 +71,7 @@ export class BusReplay {
   record(mid: string, subject: string, data: Uint8Array): void {
     const counter = parseMid(mid)?.counter;
     if (counter === undefined) return;
+    this.lastOwnCounter = counter;
     const now = Date.now();
     this.entries.push({ counter, at: now, subject, data });
     this.bytes += data.length;
@@ -82,6 +84,11 @@ export class BusReplay {
       this.entries = this.entries.slice(this.head);
       this.head = 0;
     }
+  }
+
+  /** Per origin (this edge included), the highest event counter this edge has delivered. */
+  seen(): Record<string, number> {
+    return { ...Object.fromEntries(this.delivered), [this.options.origin]: this.lastOwnCounter };
   }
 
   /** Delivers an event from another edge unless it was delivered already; holds it while a replay runs. */
@@ -171,6 +178,30 @@ export class BusReplay {
       for (const [mid, deliver] of held) this.admitNow(mid, deliver);
       this.log.info({ event: 'bus.replayed', events: replayed, held: held.length });
     }
+  }
+
+  /**
+   * Every event the other edges published since `after` (their clocks), as
+   * ps.send envelopes: what a session moving between edges may have missed.
+   */
+  async publishedSince(after: number): Promise<Uint8Array[]> {
+    const request = encodeEnvelope({ op: 'ps.replay', origin: this.options.origin, since: {}, after });
+    const answers = await this.bus.gather(this.options.subject, request, {
+      maxWaitMs: this.options.requestTimeoutMs,
+      stallMs: this.options.gatherStallMs,
+    });
+    const out: Uint8Array[] = [];
+    for (const answer of answers) {
+      const envelope = decodeEnvelope(answer);
+      if (!envelope || !validBusHeader(envelope.header, 'ps.replayed')) continue;
+      let offset = 0;
+      for (const entry of (envelope.header as { entries: { length: number }[] }).entries) {
+        if (offset + entry.length > envelope.body.length) break;
+        out.push(envelope.body.subarray(offset, offset + entry.length));
+        offset += entry.length;
+      }
+    }
+    return out;
   }
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */

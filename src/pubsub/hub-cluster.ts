@@ -68,6 +68,18 @@ export interface SendHeader {
   permission: Permission;
 }
 
+/** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
+export function sharedMessageOf(h: SendHeader, body: Buffer): SharedMessage | undefined {
+  const dataJson = body.toString('utf8');
+  try {
+    const data: unknown = JSON.parse(dataJson);
+    if (h.message.dataType !== 'json' && typeof data !== 'string') return undefined;
+  } catch {
+    return undefined;
+  }
+  return new SharedMessage({ ...h.message, dataJson }, h.mid);
+}
+
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
@@ -310,15 +322,12 @@ export class ClusterHub {
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
   receive(h: SendHeader, body: Buffer): void {
-    const dataJson = body.toString('utf8');
-    try {
-      const data: unknown = JSON.parse(dataJson);
-      if (h.message.dataType !== 'json' && typeof data !== 'string') throw new Error('data must be a string');
-    } catch {
+    const message = sharedMessageOf(h, body);
+    if (!message) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });
       return;
     }
-    this.local.deliver(h.target, new SharedMessage({ ...h.message, dataJson }, h.mid), h.excluded && new Set(h.excluded));
+    this.local.deliver(h.target, message, h.excluded && new Set(h.excluded));
   }
 
   /** Leaves every bus subject (shutdown). */

@@ -112,6 +112,8 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       limits: config.limits,
       requestTimeoutMs: config.bus.requestTimeoutMs,
       release: (c: PubSubConnection) => this.release(c),
+      publishedSince: this.replay && ((after: number) => this.replay!.publishedSince(after)),
+      seen: this.replay && (() => this.replay!.seen()),
     };
     for (const hubConfig of config.pubsub.hubs) {
       const hub = new ClusterHub(hubConfig, deps, (c, code) => this.endConnection(c, code), handoverDeps);

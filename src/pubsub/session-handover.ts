@@ -17,7 +17,8 @@ import { BusError, respond, type BusMessage, type BusSubscription } from '../bus
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Logger } from '../ops/logger.ts';
 import { busOpOf, validBusHeader } from '../validation/schemas.ts';
-import type { ClusterHub } from './hub-cluster.ts';
+import { parseMid } from './bus-replay.ts';
+import { sharedMessageOf, type ClusterHub, type SendHeader } from './hub-cluster.ts';
 import { ConnectionPermissions, type Permission, type PermissionSnapshot } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
@@ -28,6 +29,10 @@ export interface HandoverDeps {
   requestTimeoutMs: number;
   /** Forgets a connection handed to another node (no close, no session clear). */
   release(connection: PubSubConnection): void;
+  /** With the NATS bus: every event other edges published since a time (bus-replay.ts). */
+  publishedSince?: (after: number) => Promise<Uint8Array[]>;
+  /** With the NATS bus: per origin, the highest event counter this edge has delivered. */
+  seen?: () => Record<string, number>;
 }
 
 type Stage = 'begin' | 'commit' | 'page' | 'abort';
@@ -50,6 +55,28 @@ interface SessionAnswer {
   reconnectionToken?: string;
   firstSeq?: number;
   lastSeq?: number;
+  seen?: Record<string, number>;
+}
+
+/** How far before the hand-over began to look for missed events (edges' clocks differ). */
+const CLOCK_MARGIN_MS = 1000;
+
+/**
+ * Puts `event` before the first event in `list` from the same origin with a
+ * higher counter (so each origin's events stay in order), or at the end.
+ */
+export function insertInOriginOrder(list: { mid: string }[], event: { mid: string }): void {
+  const parsed = parseMid(event.mid);
+  if (parsed) {
+    for (let i = 0; i < list.length; i++) {
+      const other = parseMid(list[i].mid);
+      if (other && other.origin === parsed.origin && other.counter > parsed.counter) {
+        list.splice(i, 0, event);
+        return;
+      }
+    }
+  }
+  list.push(event);
 }
 
 /** Pause before asking again for a session that is still moving. */
@@ -119,7 +146,9 @@ export class SessionHandover {
         this.given.set(id, { session, lastSeq, timer, pages });
         this.deps.release(connection);
         this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
-        return answer({ op: 'ps.session', ok: true, lastSeq });
+        // Whatever this edge delivered is in the session (or acknowledged);
+        // the taker looks for missed events only past these counters.
+        return answer({ op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {} });
       }
       case 'abort':
         if (connection.handover?.givingTimer) clearTimeout(connection.handover.givingTimer);
@@ -172,6 +201,7 @@ export class SessionHandover {
    */
   async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     const ask = (stage: Stage, after?: number) => this.ask({ connectionId, stage, token, protocol, after });
+    const startedAt = Date.now();
     let begin: { header: SessionAnswer } | undefined;
     for (const deadline = Date.now() + this.deps.requestTimeoutMs; ; ) {
       begin = (await ask('begin').catch(() => undefined)) as { header: SessionAnswer } | undefined;
@@ -218,14 +248,39 @@ export class SessionHandover {
           after = e.seq;
         }
       }
+      const had = new Set(entries.map((e) => e.mid));
+      let recovered = 0;
+      // Between the holder leaving the group subjects (commit) and this node's
+      // subscriptions reaching every NATS server, an event can reach neither.
+      // The publishing edges' logs have it: fetch, keep what is for this
+      // connection and missing, and slot it in before later events from the same origin.
+      if (this.deps.publishedSince) {
+        const seen = (commit.header as SessionAnswer).seen ?? {};
+        const missed = await this.deps.publishedSince(startedAt - CLOCK_MARGIN_MS).catch(() => []);
+        // Deliveries went on into `taking` while waiting: look at it only now.
+        const present = new Set(had);
+        for (const m of taking) present.add(m.mid);
+        for (const event of this.missedBy(connection, missed, present, seen)) {
+          insertInOriginOrder(taking, event);
+          recovered++;
+        }
+      }
       connection.handover = undefined;
       const session = connection.session!;
       session.restore(entries, lastSeq);
-      const had = new Set(entries.map((e) => e.mid));
       for (const event of taking) {
-        if (!had.has(event.mid) && session.push(event.body, event.mid) === undefined) throw new Error('session buffer full');
+        if (had.has(event.mid)) continue;
+        had.add(event.mid);
+        if (session.push(event.body, event.mid) === undefined) throw new Error('session buffer full');
       }
-      this.deps.log.info({ event: 'pubsub.session_taken', hub: this.hub.name, connectionId, events: session.unacknowledged });
+      this.deps.log.info({
+        event: 'pubsub.session_taken',
+        hub: this.hub.name,
+        connectionId,
+        events: session.unacknowledged,
+        fromHolder: entries.length,
+        missedInTransit: recovered,
+      });
       return connection;
     } catch (err) {
       this.deps.log.warn({ event: 'pubsub.handover_failed', hub: this.hub.name, connectionId, committed, err: (err as Error).message });
@@ -234,6 +289,36 @@ export class SessionHandover {
       this.deps.release(connection);
       return undefined;
     }
+  }
+
+  /** Of the events in `published`, those addressed to `connection` that it does not have. */
+  private missedBy(
+    connection: PubSubConnection,
+    published: Uint8Array[],
+    had: Set<string>,
+    seen: Record<string, number>,
+  ): { body: Buffer; mid: string }[] {
+    const out: { body: Buffer; mid: string }[] = [];
+    for (const data of published) {
+      const envelope = decodeEnvelope(data);
+      if (!envelope || !validBusHeader(envelope.header, 'ps.send')) continue;
+      const h = envelope.header as SendHeader;
+      if (h.hub.toLowerCase() !== this.hub.key || had.has(h.mid) || h.excluded?.includes(connection.id)) continue;
+      // The holder delivered everything up to seen[origin]: those are in the session or acknowledged.
+      const id = parseMid(h.mid);
+      if (!id || id.counter <= (seen[id.origin] ?? 0)) continue;
+      const t = h.target;
+      const addressed =
+        t.kind === 'all' ||
+        (t.kind === 'group' && connection.groups.has(t.name)) ||
+        (t.kind === 'user' && connection.userId === t.name) ||
+        (t.kind === 'connection' && connection.id === t.name);
+      const message = addressed ? sharedMessageOf(h, envelope.body) : undefined;
+      if (!message) continue;
+      had.add(h.mid);
+      out.push({ body: message.body, mid: h.mid });
+    }
+    return out;
   }
 
   private async ask(request: HandoverRequest): Promise<{ header: unknown; body: Buffer }> {

@@ -146,7 +146,8 @@ describe('publish/subscribe across nodes', () => {
     await until(() => dataOf(sub.groupData).length >= total, 20000, `${total} messages`).catch((err) => {
       const got = new Set(dataOf(sub.groupData));
       const missing = Array.from({ length: total }, (_, i) => i + 1).filter((n) => !got.has(n));
-      throw new Error(`${err.message}; missing ${missing.join(',')}; connections ${sub.connectionIds.length}\n${story()}`);
+      const around = sub.groupData.map((m) => `${m.sequenceId}:${m.data}`).join(' ');
+      throw new Error(`${err.message}; missing ${missing.join(',')}; connections ${sub.connectionIds.length}\n${story()}\nreceived ${around}`);
     });
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(dataOf(sub.groupData), Array.from({ length: total }, (_, i) => i + 1), story());
