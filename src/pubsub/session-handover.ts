@@ -12,7 +12,9 @@
 //           pages that fit the bus;
 //   abort   (before commit) the holder keeps the session as it was.
 // The taker then appends the events it kept aside that the holder did not
-// have (events carry cluster-wide ids), so nothing is lost or doubled.
+// have (events carry cluster-wide ids), and, with the NATS bus, the events
+// that reached neither node while the group interest moved, fetched from the
+// publishing edges' logs (bus-replay.ts): nothing is lost or doubled.
 import { BusError, respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Logger } from '../ops/logger.ts';
