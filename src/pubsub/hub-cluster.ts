@@ -289,7 +289,7 @@ export class ClusterHub {
     const envelope = decodeEnvelope(message.data);
     const op = busOpOf(envelope?.header);
     const h = envelope?.header as SendHeader;
-    if (!op || h.hub.toLowerCase() !== this.key) {
+    if (!op || !op.startsWith('ps.') || typeof h.hub !== 'string' || h.hub.toLowerCase() !== this.key) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, subject: message.subject });
       return;
     }

@@ -85,6 +85,8 @@ async function dispatch(call: RestCall): Promise<Answer> {
   const { method, segments, hub } = call;
   const [first, second, third, fourth] = segments;
   const route = `${method} ${segments.length}`;
+  // Checked here so every node of the cluster can act on them (they travel on the bus).
+  if (!call.params.getAll('excluded').every((id) => validateConnectionId(id))) return 'BadRequest';
   if (first === ':send' && route === 'POST 1') return send(call, { kind: 'all' }, excludedOf(call.params));
   if (first === ':closeConnections' && route === 'POST 1') return closeConnections(call, { kind: 'all' });
   if ((first === ':addToGroups' || first === ':removeFromGroups') && route === 'POST 1') return changeGroups(call, first);

@@ -37,6 +37,8 @@ describe('hostile messages on the bus', () => {
       send({ op: 'ps.close', origin: 'x', hub: HUB, target: { kind: 'everything' } }),
       send({ op: 'hc.response', id: 'nope', response: { requestId: 'a', statusCode: 200 } }),
       send({ op: 'hc.accept', entity: 'echo', accept: { address: 'ws://evil', id: 'x' } }),
+      send({ op: 'hc.routed', ok: true }),
+      send({ op: 'ps.done', count: 1 }),
       send({ op: 'ps.handover', origin: 'x', hub: HUB, connectionId: member.connectionIds[0], stage: 'begin', token: 'guess', protocol: 'json.reliable.webpubsub.azure.v1' }),
     ];
     for (const subject of [...subjects, s.connection(HUB.toLowerCase(), member.connectionIds[0])]) {

@@ -95,6 +95,15 @@ describe('pub/sub REST API', () => {
     assert.equal((await post(good, '{broken')).status, 400);
     assert.equal((await post(good, 'x', 'image/png')).status, 415);
     assert.equal((await post(good, 'x'.repeat(2 * 1048576))).status, 413);
+    // An excluded id no connection can have is refused, so every node gets a message it can act on.
+    const badExcluded = `${url}&excluded=${'x'.repeat(200)}`;
+    const excludedToken = signJwt({ aud: badExcluded }, HUB_KEY, 60);
+    const refused = await httpRequest(badExcluded, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${excludedToken}` },
+      body: Buffer.from('{}'),
+    });
+    assert.equal(refused.status, 400);
     const missing = `${relay.url}/api/hubs/nohub/:send`;
     assert.equal((await httpRequest(missing, { method: 'POST' })).status, 404);
     const unknown = `${relay.url}/api/hubs/${HUB}/teleport`;
