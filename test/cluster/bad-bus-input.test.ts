@@ -8,7 +8,7 @@ import { connect } from 'nats';
 import { encodeEnvelope } from '../../src/bus/envelope.ts';
 import { Subjects } from '../../src/bus/subjects.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { startEdge } from '../helpers/cluster.ts';
+import { readiness, startEdge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, OTHER_HUB, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -57,6 +57,6 @@ describe('hostile messages on the bus', () => {
     await until(() => member.serverData.length + member.groupData.length >= 1, 5000, 'a real message');
     assert.deepEqual([...member.serverData, ...member.groupData].map((m) => m.data), ['real']);
     assert.equal(edge.child.exitCode, null);
-    assert.equal((await fetch(`${edge.url}/$relay/ready`)).status, 200);
+    assert.equal((await readiness(edge)).status, 200);
   });
 });

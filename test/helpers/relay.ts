@@ -54,7 +54,13 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-test-'));
   const file = join(dir, 'config.json');
   writeFileSync(file, JSON.stringify(testConfig(overrides)));
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, '--port', '0'], {
+  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
+  return startServeProcess(t, ['--config', file, '--port', '0']);
+}
+
+/** `edge-relay serve ARGS` as a child process; resolves once it prints its address. */
+export async function startServeProcess(t: Pick<TestContext, 'after'>, args: string[]): Promise<RelayProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: new URL('../..', import.meta.url).pathname,
   });
@@ -69,17 +75,15 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
     err = (err + d.toString()).slice(-65536);
   });
   const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const exited = new Promise((r) => child.once('exit', r));
-      try {
-        await withTimeout(exited, 5000, 'relay exit');
-      } catch {
-        child.kill('SIGKILL');
-        await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
-      }
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const exited = new Promise((r) => child.once('exit', r));
+    try {
+      await withTimeout(exited, 5000, 'relay exit');
+    } catch {
+      child.kill('SIGKILL');
+      await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
     }
-    rmSync(dir, { recursive: true, force: true });
   };
   cleanupFor(t).after(stop);
   const url = await withTimeout(
