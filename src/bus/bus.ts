@@ -36,6 +36,11 @@ export interface Bus {
   readonly kind: 'memory' | 'nats';
   /** False while the bus cannot reach other nodes. */
   readonly connected: boolean;
+  /**
+   * False when no other edge can be on this bus (the memory bus lives in one
+   * process): cluster-wide fan-out and queries then have nobody to reach.
+   */
+  readonly reachesOtherNodes: boolean;
   /** Largest payload one message may carry. */
   readonly maxPayload: number;
   subscribe(subject: string, handler: BusHandler, options?: { queue?: string }): BusSubscription;

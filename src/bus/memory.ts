@@ -18,6 +18,7 @@ export type HandlerErrorSink = (err: unknown, subject: string) => void;
 export class MemoryBus implements Bus {
   readonly kind = 'memory' as const;
   readonly connected = true;
+  readonly reachesOtherNodes = false;
   readonly maxPayload: number;
   private readonly exact = new Map<string, Entry[]>();
   private readonly wildcards: Entry[] = [];

@@ -30,6 +30,7 @@ interface Entry {
 
 export class NatsBus implements Bus {
   readonly kind = 'nats' as const;
+  readonly reachesOtherNodes = true;
   private nc: NatsConnection | undefined;
   private isConnected = false;
   private closing = false;

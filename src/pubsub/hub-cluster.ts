@@ -148,6 +148,7 @@ export class ClusterHub {
   send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>): void {
     const mid = this.deps.nextMid();
     this.local.deliver(target, new SharedMessage(message, mid), excluded);
+    if (!this.deps.bus.reachesOtherNodes) return;
     if (target.kind === 'connection' && this.local.connections.has(target.name)) return;
     const { dataJson, ...rest } = message;
     const header = this.header('ps.send', { mid, target, excluded: excluded && [...excluded], message: rest });
@@ -214,6 +215,7 @@ export class ClusterHub {
    */
   private async clusterCall(target: Target, localCount: number, header: object): Promise<{ count: number; members?: GroupMember[] }[]> {
     const bus = this.deps.bus;
+    if (!bus.reachesOtherNodes) return [];
     const data = encodeEnvelope(header);
     let raw: Uint8Array[];
     if (target.kind === 'connection') {

@@ -202,6 +202,7 @@ export class SessionHandover {
    * undefined when no node has a session matching the token.
    */
   async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    if (!this.hub.bus.reachesOtherNodes) return undefined;
     const ask = (stage: Stage, after?: number) => this.ask({ connectionId, stage, token, protocol, after });
     const startedAt = Date.now();
     let begin: { header: SessionAnswer } | undefined;

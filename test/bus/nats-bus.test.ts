@@ -19,6 +19,7 @@ describe('NATS bus', () => {
     const changes: boolean[] = [];
     bus.onConnectionChange((c) => changes.push(c));
     await until(() => bus.connected, 5000, 'connected');
+    assert.equal(bus.reachesOtherNodes, true);
 
     await server.kill();
     await until(() => !bus.connected, 5000, 'disconnected');
