@@ -289,8 +289,11 @@ export class ClusterHub {
 
   private onBus(message: BusMessage): void {
     const envelope = decodeEnvelope(message.data);
-    const op = busOpOf(envelope?.header);
     const h = envelope?.header as SendHeader;
+    // NATS echoes this node's own sends back to its group subscriptions: they
+    // were delivered here already, so they are dropped before any checking.
+    if (h?.op === 'ps.send' && h.origin === this.deps.nodeId && !message.reply) return;
+    const op = busOpOf(h);
     if (!op || !op.startsWith('ps.') || typeof h.hub !== 'string' || h.hub.toLowerCase() !== this.key) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, subject: message.subject });
       return;
