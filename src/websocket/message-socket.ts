@@ -2,7 +2,9 @@
 // relay terminates itself (pub/sub clients). Compared with `ws` it keeps flat
 // state and lets callers write frames they encoded once for many sockets
 // (fan-out), and it exposes the socket's queued bytes so callers can enforce
-// an outbound cap. Messages are reassembled up to `maxMessageBytes`; text is
+// an outbound cap. Frames written during one turn of the event loop are
+// queued and handed to the kernel together in one write when the turn ends
+// (a fan-out burst costs one syscall per socket, not one per event). Messages are reassembled up to `maxMessageBytes`; text is
 // checked to be UTF-8 (RFC 6455 8.1). The close handshake is RFC 6455 7.
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
@@ -53,6 +55,15 @@ export function encodeTextFrame(text: string): Buffer {
   return frame;
 }
 
+/** Sockets with queued frames, written out together once the current I/O is handled. */
+let dirty: MessageSocket<unknown>[] = [];
+
+function flushDirty(): void {
+  const sockets = dirty;
+  dirty = [];
+  for (const socket of sockets) socket.flushOutbox();
+}
+
 export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Time (ms since epoch) the last frame of any kind arrived. */
   lastReceivedAt = Date.now();
@@ -65,6 +76,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private closeReason = '';
   private closeTimer: NodeJS.Timeout | undefined;
   private reported = false;
+  /** Frames written this turn, not yet handed to the socket. */
+  private outbox: Buffer[] | undefined;
+  private outboxBytes = 0;
 
   /**
    * `owner` is whatever the caller keeps per connection (events get it back
@@ -98,21 +112,42 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
 
   /** Bytes written but not yet handed to the kernel. */
   get bufferedBytes(): number {
-    return this.socket.writableLength;
+    return this.socket.writableLength + this.outboxBytes;
   }
 
   /** Writes a frame encoded by the caller (possibly shared with other sockets). */
   writeFrame(frame: Buffer): void {
-    if (this.isOpen) this.socket.write(frame);
+    if (!this.isOpen) return;
+    this.queue(frame);
   }
 
-  /** Writes a frame given as a per-socket head and a shared tail, in one go. */
+  /** Writes a frame given as a per-socket head and a shared tail. */
   writeFrameParts(head: Buffer, tail: Buffer): void {
     if (!this.isOpen) return;
-    this.socket.cork();
-    this.socket.write(head);
-    this.socket.write(tail);
-    this.socket.uncork();
+    this.queue(head);
+    this.outbox!.push(tail);
+    this.outboxBytes += tail.length;
+  }
+
+  private queue(frame: Buffer): void {
+    if (this.outbox) this.outbox.push(frame);
+    else {
+      this.outbox = [frame];
+      if (dirty.length === 0) setImmediate(flushDirty);
+      dirty.push(this);
+    }
+    this.outboxBytes += frame.length;
+  }
+
+  /** Hands the queued frames to the socket in one write. */
+  flushOutbox(): void {
+    const frames = this.outbox;
+    if (!frames) return;
+    this.outbox = undefined;
+    const bytes = this.outboxBytes;
+    this.outboxBytes = 0;
+    if (this.socket.destroyed) return;
+    this.socket.write(frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes));
   }
 
   sendText(text: string): void {
@@ -130,6 +165,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.closeCode = code;
     this.closeReason = reason;
     const sendable = isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
+    this.flushOutbox();
     this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
     this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeHandshakeMs);
     this.closeTimer.unref();
@@ -174,7 +210,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
 
   onControlFrame(opcode: number, payload: Buffer): void {
     if (opcode === OP_PING) {
-      if (this.isOpen) this.socket.write(encodeFrame(true, OP_PONG, payload));
+      if (this.isOpen) this.queue(encodeFrame(true, OP_PONG, payload));
       return;
     }
     if (opcode !== OP_CLOSE) return;
@@ -184,6 +220,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
       this.closeReason = reason;
       this.closeSent = true;
       const echo = code === CLOSE_NO_STATUS || !isSendableCloseCode(code) ? CLOSE_NO_STATUS : code;
+      this.flushOutbox();
       this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
     }
     this.socket.end();
@@ -205,6 +242,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.reported = true;
     if (this.closeTimer) clearTimeout(this.closeTimer);
     this.chunks = [];
+    this.outbox = undefined;
+    this.outboxBytes = 0;
     this.events.onClosed(this, this.closeCode, this.closeReason);
   }
 }
