@@ -171,24 +171,25 @@ export class FrameParser {
   }
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 /** XORs `data` with the 4-byte mask, starting `offset` bytes into the mask. */
 export function unmaskInPlace(data: Buffer, mask: Buffer, offset: number): void {
   const n = data.length;
   let i = 0;
-  // Byte-wise until the mask lines up, then four bytes a step.
-  while (i < n && ((offset + i) & 3) !== 0) {
+  // Byte-wise until the memory is 4-byte aligned, then a 32-bit word a step.
+  while (i < n && ((data.byteOffset + i) & 3) !== 0) {
     data[i] ^= mask[(offset + i) & 3];
     i++;
   }
-  const m0 = mask[0];
-  const m1 = mask[1];
-  const m2 = mask[2];
-  const m3 = mask[3];
-  for (; i + 3 < n; i += 4) {
-    data[i] ^= m0;
-    data[i + 1] ^= m1;
-    data[i + 2] ^= m2;
-    data[i + 3] ^= m3;
+  const words = LITTLE_ENDIAN ? (n - i) >>> 2 : 0;
+  if (words > 0) {
+    const p = (offset + i) & 3;
+    // The mask as it lines up from here, read as a little-endian word.
+    const word = (mask[p] | (mask[(p + 1) & 3] << 8) | (mask[(p + 2) & 3] << 16) | (mask[(p + 3) & 3] << 24)) >>> 0;
+    const view = new Uint32Array(data.buffer, data.byteOffset + i, words);
+    for (let w = 0; w < words; w++) view[w] ^= word;
+    i += words * 4;
   }
   for (; i < n; i++) data[i] ^= mask[(offset + i) & 3];
 }

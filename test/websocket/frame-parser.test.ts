@@ -70,6 +70,22 @@ describe('frame parser', () => {
     unmaskInPlace(data, mask, 3);
     assert.deepEqual([...data], [4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2]);
   });
+
+  it('unmasks word-wise at every alignment and mask offset as byte-wise would', () => {
+    const mask = Buffer.from([0x12, 0x34, 0x56, 0x78]);
+    const backing = Buffer.alloc(300);
+    for (let i = 0; i < backing.length; i++) backing[i] = (i * 7) & 0xff;
+    for (let start = 0; start < 4; start++) {
+      for (const length of [0, 1, 3, 4, 5, 17, 64, 257]) {
+        for (let offset = 0; offset < 4; offset++) {
+          const data = Buffer.from(backing).subarray(start, start + length);
+          const expected = Buffer.from(data).map((b, i) => b ^ mask[(offset + i) & 3]);
+          unmaskInPlace(data, mask, offset);
+          assert.deepEqual(data, Buffer.from(expected), `start ${start} length ${length} offset ${offset}`);
+        }
+      }
+    }
+  });
 });
 
 type FrameParserOptionsLike = { maxFrameBytes: number };
