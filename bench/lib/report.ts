@@ -1,0 +1,57 @@
+// The bench's results: one row per (scenario, system) with its figures, and
+// the ratios of ours to each peer, printed as a table.
+
+export interface Result {
+  scenario: string;
+  system: string;
+  /** True for edge-relay rows, false for peers. */
+  ours: boolean;
+  /** The headline figure and its unit (e.g. deliveries/s). */
+  value: number;
+  unit: string;
+  /** Every other figure: latencies in ms, CPU in percent of one core, sizes in bytes. */
+  figures: Record<string, number>;
+}
+
+export interface Ratio {
+  scenario: string;
+  ours: string;
+  peer: string;
+  /** ours / peer on the headline figure (for memory: peer / ours, so above 1 is better for us too). */
+  ratio: number;
+  /** What the ratio must reach (the issue's target), when there is one. */
+  target?: number;
+}
+
+function fmt(n: number | undefined, digits = 0): string {
+  if (n === undefined || Number.isNaN(n)) return '-';
+  if (Math.abs(n) >= 1e6) return (n / 1e6).toFixed(2) + 'M';
+  if (Math.abs(n) >= 1e4) return (n / 1e3).toFixed(1) + 'k';
+  return n.toFixed(digits);
+}
+
+export function printTable(results: Result[], ratios: Ratio[]): void {
+  const rows = [['scenario', 'system', 'figure', 'unit', 'p50 ms', 'p99 ms', 'p99.9 ms', 'gen CPU%', 'srv CPU%']];
+  for (const r of results) {
+    const f = r.figures;
+    rows.push([
+      r.scenario,
+      r.system,
+      fmt(r.value, r.value < 100 ? 2 : 0),
+      r.unit,
+      fmt(f.p50Ms, 2),
+      fmt(f.p99Ms, 2),
+      fmt(f.p999Ms, 2),
+      fmt(f.generatorCpu),
+      fmt(f.serverCpu),
+    ]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  const line = (row: string[]) => '| ' + row.map((cell, c) => cell.padEnd(widths[c])).join(' | ') + ' |';
+  const out = [line(rows[0]), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.slice(1).map(line)];
+  out.push('', '| scenario | ours | peer | ratio | target |', '|---|---|---|---|---|');
+  for (const r of ratios) {
+    out.push(`| ${r.scenario} | ${r.ours} | ${r.peer} | ${r.ratio.toFixed(2)} | ${r.target === undefined ? '-' : '≥ ' + r.target} |`);
+  }
+  process.stdout.write(out.join('\n') + '\n');
+}

@@ -1,0 +1,153 @@
+// Fan-out: one publisher, one group of N subscribers, 100-byte events.
+// Saturation: the publisher keeps a window of events in flight (sent but not
+// yet delivered to every subscriber) and the generator counts deliveries.
+// Latency: the publisher sends at half the saturated rate, open loop, and
+// every delivery's publish-to-deliver time goes into an HDR histogram.
+import { Histogram } from '../lib/histogram.ts';
+import { CpuMeter } from '../lib/processes.ts';
+import { eventPayload, seqAt, type FanoutClients, type Publisher } from '../lib/fanout-clients.ts';
+import type { LeanWs } from '../lib/lean-ws.ts';
+
+export interface FanoutFigures {
+  subscribers: number;
+  /** Events delivered to subscribers per second at saturation (one event to N subscribers counts N). */
+  deliveriesPerSec: number;
+  eventsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  /** CPU of the load generator and of the system's processes, percent of one core, during saturation. */
+  generatorCpu: number;
+  serverCpu: number;
+}
+
+export interface FanoutPlan {
+  subscribers: number;
+  seconds: number;
+  /** Events in flight at saturation. */
+  window: number;
+}
+
+const RING = 1 << 20;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function inBatches<T>(count: number, batch: number, open: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < count; i += batch) {
+    out.push(...(await Promise.all(Array.from({ length: Math.min(batch, count - i) }, (_, k) => open(i + k)))));
+  }
+  return out;
+}
+
+export async function runFanout(clients: FanoutClients, serverPids: number[], plan: FanoutPlan): Promise<FanoutFigures> {
+  const n = plan.subscribers;
+  const sentAt = new Float64Array(RING);
+  const perSubscriber = new Uint32Array(n);
+  let delivered = 0;
+  let measuring: Histogram | undefined;
+  let onDelivered: () => void = () => {};
+  const sockets: LeanWs[] = await inBatches(n, 200, (i) =>
+    clients.subscribe((buf, at) => {
+      delivered++;
+      perSubscriber[i]++;
+      if (measuring) measuring.record((performance.now() - sentAt[seqAt(buf, at) & (RING - 1)]) * 1000);
+      onDelivered();
+    }),
+  );
+  const publisher: Publisher = await clients.publisher();
+  let seq = 0;
+  const publish = (count: number) => {
+    const payloads: string[] = [];
+    const now = performance.now();
+    for (let i = 0; i < count; i++) {
+      seq++;
+      sentAt[seq & (RING - 1)] = now;
+      payloads.push(eventPayload(seq));
+    }
+    publisher.publish(payloads);
+  };
+  try {
+    // Prime: until every subscriber has had an event (subscriptions can take a moment to take effect).
+    const primeDeadline = Date.now() + 30000;
+    while (perSubscriber.some((c) => c === 0)) {
+      if (Date.now() > primeDeadline) throw new Error(`fan-out: ${perSubscriber.filter((c) => c === 0).length} of ${n} subscribers never got an event`);
+      publish(1);
+      await sleep(20);
+    }
+    await sleep(200);
+
+    // Saturation, closed loop on the in-flight window.
+    // Prime events that reached only some subscribers stay out of the books.
+    const baseSeq = seq;
+    const baseDelivered = delivered;
+    const caughtUp = () => delivered - baseDelivered >= (seq - baseSeq) * n;
+    let pumpQueued = false;
+    const pump = () => {
+      pumpQueued = false;
+      const inFlight = seq - baseSeq - (delivered - baseDelivered) / n;
+      if (inFlight < plan.window) publish(Math.min(32, Math.ceil(plan.window - inFlight)));
+    };
+    onDelivered = () => {
+      if (!pumpQueued) {
+        pumpQueued = true;
+        setImmediate(pump);
+      }
+    };
+    pump();
+    await sleep(500);
+    const startDelivered = delivered;
+    const meter = new CpuMeter(serverPids);
+    const t0 = performance.now();
+    await sleep(plan.seconds * 1000);
+    const elapsed = (performance.now() - t0) / 1000;
+    const deliveriesPerSec = (delivered - startDelivered) / elapsed;
+    const cpu = meter.read();
+    onDelivered = () => {};
+    await drain(caughtUp, 10000);
+
+    // Latency at half the saturated event rate, open loop.
+    const eventsPerSec = deliveriesPerSec / n;
+    const rate = eventsPerSec / 2;
+    const histogram = new Histogram();
+    let owed = 0;
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      owed += ((now - last) / 1000) * rate;
+      last = now;
+      const whole = Math.floor(owed);
+      if (whole > 0) {
+        owed -= whole;
+        publish(whole);
+      }
+    }, 1);
+    await sleep(300);
+    measuring = histogram;
+    await sleep(plan.seconds * 1000);
+    clearInterval(timer);
+    await drain(caughtUp, 5000);
+    measuring = undefined;
+    return {
+      subscribers: n,
+      deliveriesPerSec,
+      eventsPerSec,
+      p50Ms: histogram.quantile(0.5) / 1000,
+      p99Ms: histogram.quantile(0.99) / 1000,
+      p999Ms: histogram.quantile(0.999) / 1000,
+      generatorCpu: cpu.generator,
+      serverCpu: cpu.servers,
+    };
+  } finally {
+    publisher.close();
+    for (const ws of sockets) ws.destroy();
+  }
+}
+
+async function drain(done: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error('fan-out: deliveries did not catch up in time');
+    await sleep(10);
+  }
+}

@@ -1,0 +1,22 @@
+// The bench's scenarios by name (`npm run bench -- NAME`).
+import type { Ratio, Result } from '../lib/report.ts';
+import { fanoutScenario } from './fanout-systems.ts';
+import { httpScenario } from './http.ts';
+import { memoryScenario } from './memory.ts';
+import { rendezvousScenario } from './rendezvous.ts';
+import { tunnelScenario } from './tunnel.ts';
+
+export type Mode = 'quick' | 'full';
+
+export interface Outcome {
+  results: Result[];
+  ratios: Ratio[];
+}
+
+export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
+  fanout: fanoutScenario,
+  tunnel: tunnelScenario,
+  http: httpScenario,
+  rendezvous: rendezvousScenario,
+  memory: memoryScenario,
+};

@@ -1,0 +1,104 @@
+// Memory per idle connection: the relay's resident set growth per idle pub/sub
+// connection (reliable subprotocol, in one group) and per idle listener
+// (a control channel on an entity of its own), against nats-server's growth
+// per idle NATS-over-WebSocket connection holding one subscription.
+import { natsClients } from '../lib/fanout-clients.ts';
+import { LeanWs } from '../lib/lean-ws.ts';
+import { openLeanListener } from '../lib/lean-listener.ts';
+import { rssBytes } from '../lib/processes.ts';
+import type { Result } from '../lib/report.ts';
+import { clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
+import type { Mode, Outcome } from './index.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function inBatches(count: number, open: (i: number) => Promise<LeanWs>): Promise<LeanWs[]> {
+  const out: LeanWs[] = [];
+  for (let i = 0; i < count; i += 200) {
+    out.push(...(await Promise.all(Array.from({ length: Math.min(200, count - i) }, (_, k) => open(i + k)))));
+  }
+  return out;
+}
+
+/** RSS growth of `pid` per connection that `open` makes, after a warm-up round that is closed again. */
+async function growthPer(pid: number, count: number, open: (i: number) => Promise<LeanWs>): Promise<number> {
+  const warm = await inBatches(Math.min(500, count), (i) => open(count + i));
+  for (const ws of warm) ws.destroy();
+  await sleep(1000);
+  const before = rssBytes(pid);
+  const sockets = await inBatches(count, open);
+  await sleep(1500);
+  const after = rssBytes(pid);
+  for (const ws of sockets) ws.destroy();
+  return (after - before) / count;
+}
+
+function reliableSubscriber(port: number): Promise<LeanWs> {
+  return new Promise((resolve, reject) => {
+    let ws: LeanWs | undefined;
+    let connected = false;
+    LeanWs.open({
+      port,
+      path: clientPath(port, { groups: ['g'] }),
+      protocols: ['json.reliable.webpubsub.azure.v1'],
+      onFrame(_op, payload) {
+        if (!connected && payload.includes('"connected"')) {
+          connected = true;
+          if (ws) resolve(ws);
+        }
+      },
+    }).then((opened) => {
+      ws = opened;
+      if (connected) resolve(opened);
+    }, reject);
+  });
+}
+
+export async function memoryScenario(mode: Mode): Promise<Outcome> {
+  const connections = mode === 'quick' ? 1000 : 10000;
+  const listeners = mode === 'quick' ? 200 : 1000;
+  const results: Result[] = [];
+  const row = (scenario: string, system: string, ours: boolean, bytes: number, count: number) =>
+    results.push({ scenario, system, ours, value: bytes / 1024, unit: 'KiB each', figures: { bytesPerConnection: bytes, connections: count } });
+
+  const pubsubScenario = `idle pub/sub connections x${connections}`;
+  // Each figure on a fresh relay, so memory freed from one cannot hide another's growth.
+  const onFreshRelay = async (natsUrl: string | undefined, measure: (port: number, pid: number) => Promise<number>) => {
+    const relay = await startRelay({ natsUrl });
+    try {
+      return await measure(relay.port, relay.pid);
+    } finally {
+      await relay.stop();
+    }
+  };
+  row(pubsubScenario, 'edge-relay, memory bus, reliable, 1 group', true, await onFreshRelay(undefined, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port))), connections);
+  const busNats = await startNatsServer();
+  try {
+    const url = `nats://127.0.0.1:${busNats.port}`;
+    row(pubsubScenario, 'edge-relay, NATS bus, reliable, 1 group', true, await onFreshRelay(url, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port))), connections);
+  } finally {
+    await busNats.stop();
+  }
+  row(
+    `idle listeners x${listeners}`,
+    'edge-relay, 1 listener per entity',
+    true,
+    await onFreshRelay(undefined, (port, pid) => growthPer(pid, listeners, (i) => openLeanListener({ port, entity: `idle-${i}` }))),
+    listeners,
+  );
+  const nats = await startNatsServer();
+  try {
+    const clients = natsClients(nats.wsPort);
+    row(pubsubScenario, 'nats-server websocket, 1 subscription', false, await growthPer(nats.pid, connections, () => clients.subscribe(() => {})), connections);
+  } finally {
+    await nats.stop();
+  }
+  return {
+    results,
+    ratios: [
+      // Below 1 means we use more memory per connection than the peer.
+      { scenario: pubsubScenario, ours: results[0].system, peer: results[3].system, ratio: results[3].value / results[0].value },
+      { scenario: pubsubScenario, ours: results[1].system, peer: results[3].system, ratio: results[3].value / results[1].value },
+    ],
+  };
+}
