@@ -140,7 +140,12 @@ export class FrameSplice {
       [this.a, this.aToB, this.bToA],
       [this.b, this.bToA, this.aToB],
     ] as const) {
-      socket.on('data', (chunk: Buffer) => dir.parser.push(chunk));
+      socket.on('data', (chunk: Buffer) => {
+        // Headers and payload pieces forwarded from one chunk leave in one writev.
+        dir.to.cork();
+        dir.parser.push(chunk);
+        dir.to.uncork();
+      });
       socket.on('drain', () => drainDir.onDrain());
       socket.on('end', () => this.onSocketGone(dir.name));
       socket.on('close', () => this.onSocketClosed(dir.name));
