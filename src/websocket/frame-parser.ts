@@ -2,6 +2,7 @@
 // It never reassembles messages: data-frame payload is handed on in the chunks
 // it arrived in, unmasked in place, so a frame of any size costs no buffering.
 // Control frames (at most 125 bytes) are handed on whole.
+import { createRequire } from 'node:module';
 import {
   CLOSE_PROTOCOL_ERROR,
   CLOSE_TOO_BIG,
@@ -173,8 +174,29 @@ export class FrameParser {
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
+/** bufferutil's native unmask (the optional dependency `ws` also uses), when it is installed. */
+const nativeUnmask = ((): ((data: Buffer, mask: Buffer) => void) | undefined => {
+  try {
+    return (createRequire(import.meta.url)('bufferutil') as { unmask(data: Buffer, mask: Buffer): void }).unmask;
+  } catch {
+    return undefined;
+  }
+})();
+
+/** Below this many bytes the call into native code costs more than it saves. */
+const NATIVE_MIN_BYTES = 64;
+
 /** XORs `data` with the 4-byte mask, starting `offset` bytes into the mask. */
 export function unmaskInPlace(data: Buffer, mask: Buffer, offset: number): void {
+  if (nativeUnmask && data.length >= NATIVE_MIN_BYTES) {
+    nativeUnmask(data, offset === 0 ? mask : Buffer.from([mask[offset], mask[(offset + 1) & 3], mask[(offset + 2) & 3], mask[(offset + 3) & 3]]));
+  } else {
+    unmaskInJs(data, mask, offset);
+  }
+}
+
+/** unmaskInPlace in plain JavaScript. */
+export function unmaskInJs(data: Buffer, mask: Buffer, offset: number): void {
   const n = data.length;
   let i = 0;
   // Byte-wise until the memory is 4-byte aligned, then a 32-bit word a step.

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { FrameParser, type FrameHandler, unmaskInPlace } from '../../src/websocket/frame-parser.ts';
+import { FrameParser, type FrameHandler, unmaskInJs, unmaskInPlace } from '../../src/websocket/frame-parser.ts';
 import { OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT } from '../../src/websocket/frames.ts';
 
 function maskedFrame(fin: boolean, opcode: number, payload: Buffer, rsv = 0): Buffer {
@@ -71,17 +71,19 @@ describe('frame parser', () => {
     assert.deepEqual([...data], [4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2]);
   });
 
-  it('unmasks word-wise at every alignment and mask offset as byte-wise would', () => {
+  it('unmasks (native and JavaScript) at every alignment, length and mask offset as byte-wise would', () => {
     const mask = Buffer.from([0x12, 0x34, 0x56, 0x78]);
     const backing = Buffer.alloc(300);
     for (let i = 0; i < backing.length; i++) backing[i] = (i * 7) & 0xff;
     for (let start = 0; start < 4; start++) {
-      for (const length of [0, 1, 3, 4, 5, 17, 64, 257]) {
+      for (const length of [0, 1, 3, 4, 5, 17, 63, 64, 65, 257]) {
         for (let offset = 0; offset < 4; offset++) {
-          const data = Buffer.from(backing).subarray(start, start + length);
-          const expected = Buffer.from(data).map((b, i) => b ^ mask[(offset + i) & 3]);
-          unmaskInPlace(data, mask, offset);
-          assert.deepEqual(data, Buffer.from(expected), `start ${start} length ${length} offset ${offset}`);
+          for (const unmask of [unmaskInPlace, unmaskInJs]) {
+            const data = Buffer.from(backing).subarray(start, start + length);
+            const expected = Buffer.from(data).map((b, i) => b ^ mask[(offset + i) & 3]);
+            unmask(data, mask, offset);
+            assert.deepEqual(data, Buffer.from(expected), `${unmask.name}: start ${start} length ${length} offset ${offset}`);
+          }
         }
       }
     }
