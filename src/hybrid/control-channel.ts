@@ -3,8 +3,11 @@
 // `response` messages up it, a `response` with a body being followed by that
 // body as one binary message. Every text message is checked against
 // schemas/hc-listener-message.schema.json; anything else closes the channel
-// with 1008, an oversized one with 1009 (ws enforces maxPayload).
+// with 1008, an oversized one with 1009 (ws enforces maxPayload). Notices
+// sent during one turn of the event loop leave in one write: the channel's
+// socket is corked from the first until the turn ends.
 import { randomUUID } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import type { Logger } from '../ops/logger.ts';
 import { validateListenerMessage } from '../validation/schemas.ts';
@@ -41,9 +44,12 @@ export class ControlChannel {
   readonly exchanges = new Map<string, ChannelExchange>();
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
+  private corked = false;
 
   constructor(
     private readonly ws: WebSocket,
+    /** The socket under `ws`, corked while notices of one turn gather. */
+    private readonly socket: Duplex,
     readonly entity: HybridEntity,
     /** Expiry of the token the channel holds, unix seconds. */
     public tokenExpiresAt: number,
@@ -69,6 +75,14 @@ export class ControlChannel {
   /** Sends one notice; `body`, when given, follows as one binary message. */
   send(message: object, body?: Buffer): void {
     if (!this.isOpen) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     this.ws.send(JSON.stringify(message));
     if (body) this.ws.send(body, { binary: true });
   }

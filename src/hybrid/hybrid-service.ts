@@ -103,7 +103,7 @@ export class HybridService {
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const channel = new ControlChannel(ws, target, check, this.hostsFor(req), log, this.channelHooks);
+      const channel = new ControlChannel(ws, socket, target, check, this.hostsFor(req), log, this.channelHooks);
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
