@@ -1,7 +1,8 @@
 // A lean hybrid-connection listener on the lean WebSocket client: it holds a
 // control channel, dials the rendezvous address of each `accept` (handing the
 // new socket's options to the caller), and answers each HTTP `request` on the
-// control channel with a fixed small body.
+// control channel with a fixed small body; the answers of one event-loop
+// turn leave in one write.
 import { LeanWs, OP_BINARY, OP_TEXT, maskedFrame, type LeanWsOptions } from './lean-ws.ts';
 import { ENTITY, sasToken } from './systems.ts';
 
@@ -21,6 +22,7 @@ export async function openLeanListener(options: LeanListenerOptions): Promise<Le
   const bodyFrame = body ? maskedFrame(OP_BINARY, body) : undefined;
   const headers = body ? { 'Content-Type': 'text/plain', 'Content-Length': String(body.length) } : {};
   let control: LeanWs;
+  let corked = false;
   control = await LeanWs.open({
     port: options.port,
     path: `${path}?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(sasToken(options.port, path))}`,
@@ -39,6 +41,14 @@ export async function openLeanListener(options: LeanListenerOptions): Promise<Le
         );
       } else if (message.request && bodyFrame) {
         const response = JSON.stringify({ response: { requestId: message.request.id, statusCode: 200, responseHeaders: headers, body: true } });
+        if (!corked) {
+          corked = true;
+          control.socket.cork();
+          setImmediate(() => {
+            corked = false;
+            control.socket.uncork();
+          });
+        }
         control.sendRaw(Buffer.concat([maskedFrame(OP_TEXT, Buffer.from(response)), bodyFrame]));
       }
     },

@@ -1,7 +1,8 @@
-// A lean WebSocket client for the load generator: a raw TCP socket, the
-// opening handshake written by hand, and a frame parser that hands over each
-// frame's payload as a view of the received chunk where it can (no copy, no
-// per-message objects). Outgoing frames are masked as RFC 6455 requires; bulk
+// A lean WebSocket client for the load generator: a raw TCP socket read
+// through one buffer shared by every socket (`onread`: no allocation and no
+// stream machinery per read), the opening handshake written by hand, and a
+// frame parser that hands over each frame's payload as a view of that buffer
+// (valid only during the call; partial frames are copied aside). Outgoing frames are masked as RFC 6455 requires; bulk
 // senders pre-mask a buffer once and send it many times (`sendRaw`), so the
 // generator spends no CPU on masking while the server still unmasks for real.
 import { randomBytes } from 'node:crypto';
@@ -47,15 +48,31 @@ function maskedHeader(opcode: number, length: number, mask: Buffer): Buffer {
   return header;
 }
 
+/** Mask keys are cut from a block of random bytes, refilled when used up (one syscall per 16k frames). */
+let maskPool = randomBytes(65536);
+let maskAt = 0;
+
+function nextMask(): Buffer {
+  if (maskAt + 4 > maskPool.length) {
+    maskPool = randomBytes(65536);
+    maskAt = 0;
+  }
+  maskAt += 4;
+  return maskPool.subarray(maskAt - 4, maskAt);
+}
+
 /** One whole masked frame (header and masked payload). */
 export function maskedFrame(opcode: number, payload: Buffer): Buffer {
-  const mask = randomBytes(4);
+  const mask = nextMask();
   const header = maskedHeader(opcode, payload.length, mask);
   const frame = Buffer.allocUnsafe(header.length + payload.length);
   header.copy(frame, 0);
   for (let i = 0; i < payload.length; i++) frame[header.length + i] = payload[i] ^ mask[i & 3];
   return frame;
 }
+
+/** Every socket reads into this; what is read is handled before the next read. */
+const READ_BUFFER = Buffer.allocUnsafe(256 * 1024);
 
 export class LeanWs {
   private pending: Buffer | undefined;
@@ -71,7 +88,18 @@ export class LeanWs {
   /** Opens the connection; resolves after the 101 answer, rejects on any other. */
   static open(options: LeanWsOptions): Promise<LeanWs> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ host: '127.0.0.1', port: options.port });
+      let onRead: (chunk: Buffer) => void = () => {};
+      const socket = connect({
+        host: '127.0.0.1',
+        port: options.port,
+        onread: {
+          buffer: READ_BUFFER,
+          callback: (n: number, buf: Uint8Array) => {
+            onRead((buf as Buffer).subarray(0, n));
+            return true;
+          },
+        },
+      });
       socket.setNoDelay(true);
       const ws = new LeanWs(socket, options);
       let head = Buffer.alloc(0);
@@ -91,9 +119,8 @@ export class LeanWs {
         const status = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
         if (!/^HTTP\/1\.1 101/.test(status)) return fail(new Error(`websocket refused: ${status}`));
         clearTimeout(timer);
-        socket.off('data', onHandshake);
+        onRead = (c) => ws.receive(c);
         socket.off('error', fail);
-        socket.on('data', (c: Buffer) => ws.receive(c));
         socket.on('error', () => socket.destroy());
         socket.on('close', () => {
           ws.closed = true;
@@ -103,7 +130,7 @@ export class LeanWs {
         const rest = head.subarray(end + 4);
         if (rest.length > 0) ws.receive(rest);
       };
-      socket.on('data', onHandshake);
+      onRead = onHandshake;
       socket.on('error', fail);
       socket.on('close', () => fail(new Error('closed during handshake')));
       const lines = [

@@ -97,11 +97,11 @@ export async function startProcess(command: string, args: string[], ready: RegEx
 
 const CLOCK_TICKS = 100;
 
-/** CPU time (user + system) a process has used, in seconds. */
-export function cpuSeconds(pid: number): number {
+/** CPU time a process has used, in seconds: in user space and in the kernel. */
+export function cpuTimes(pid: number): { user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  return { user: Number(fields[11]) / CLOCK_TICKS, system: Number(fields[12]) / CLOCK_TICKS };
 }
 
 /** Resident set size, bytes. */
@@ -110,23 +110,34 @@ export function rssBytes(pid: number): number {
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024;
 }
 
-/** Measures the CPU share (percent of one core) of this process and of `pids` over a span. */
+/**
+ * Measures the CPU share (percent of one core) of this process and of `pids`
+ * over a span, and how much of the servers' share was spent in the kernel
+ * (on loopback, a write runs the receiver's TCP path too).
+ */
 export class CpuMeter {
   private readonly startSelf = process.cpuUsage();
-  private readonly startOthers: number[];
+  private readonly startOthers: { user: number; system: number }[];
   private readonly startedAt = performance.now();
 
   constructor(private readonly pids: number[]) {
-    this.startOthers = pids.map(cpuSeconds);
+    this.startOthers = pids.map(cpuTimes);
   }
 
-  read(): { generator: number; servers: number } {
+  read(): { generator: number; servers: number; serversKernel: number } {
     const seconds = (performance.now() - this.startedAt) / 1000;
     const self = process.cpuUsage(this.startSelf);
-    const others = this.pids.reduce((sum, pid, i) => sum + cpuSeconds(pid) - this.startOthers[i], 0);
+    let user = 0;
+    let system = 0;
+    this.pids.forEach((pid, i) => {
+      const now = cpuTimes(pid);
+      user += now.user - this.startOthers[i].user;
+      system += now.system - this.startOthers[i].system;
+    });
     return {
       generator: (100 * (self.user + self.system)) / 1e6 / seconds,
-      servers: (100 * others) / seconds,
+      servers: (100 * (user + system)) / seconds,
+      serversKernel: (100 * system) / seconds,
     };
   }
 }

@@ -31,7 +31,7 @@ function fmt(n: number | undefined, digits = 0): string {
 }
 
 export function printTable(results: Result[], ratios: Ratio[]): void {
-  const rows = [['scenario', 'system', 'figure', 'unit', 'p50 ms', 'p99 ms', 'p99.9 ms', 'gen CPU%', 'srv CPU%']];
+  const rows = [['scenario', 'system', 'figure', 'unit', 'p50 ms', 'p99 ms', 'p99.9 ms', 'gen CPU%', 'srv CPU%', 'of it kernel%']];
   for (const r of results) {
     const f = r.figures;
     rows.push([
@@ -44,6 +44,7 @@ export function printTable(results: Result[], ratios: Ratio[]): void {
       fmt(f.p999Ms, 2),
       fmt(f.generatorCpu),
       fmt(f.serverCpu),
+      fmt(f.serverKernelCpu),
     ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));

@@ -62,7 +62,13 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
   const ratios: Ratio[] = [];
   for (const subscribers of sizes) {
     const scenario = `fan-out ${subscribers}`;
-    const plan: FanoutPlan = { subscribers, seconds: mode === 'quick' ? 1 : 4, window: subscribers >= 10000 ? 20 : 100 };
+    const plan: FanoutPlan = {
+      subscribers,
+      seconds: mode === 'quick' ? 1 : 4,
+      window: subscribers >= 10000 ? 20 : 100,
+      latencySeconds: mode === 'quick' ? 1 : 3,
+      latencyShares: mode === 'quick' ? [0.5] : [0.1, 0.25, 0.5],
+    };
     const byName = new Map<string, FanoutFigures>();
     for (const system of [OURS_MEMORY, OURS_NATS, NATS, MOSQUITTO]) {
       process.stderr.write(`  ${scenario}: ${system}\n`);

@@ -19,6 +19,13 @@ export interface FanoutFigures {
   /** CPU of the load generator and of the system's processes, percent of one core, during saturation. */
   generatorCpu: number;
   serverCpu: number;
+  /** The part of serverCpu spent in the kernel. */
+  serverKernelCpu: number;
+  /** The same during the latency run at half the saturated rate. */
+  generatorCpuAtHalf: number;
+  serverCpuAtHalf: number;
+  /** p99 at lower shares of the saturated rate (p99At10PctMs, ...). */
+  [sweep: string]: number;
 }
 
 export interface FanoutPlan {
@@ -26,6 +33,9 @@ export interface FanoutPlan {
   seconds: number;
   /** Events in flight at saturation. */
   window: number;
+  latencySeconds: number;
+  /** Shares of the saturated rate to measure latency at; 0.5 is always measured (the p50/p99/p99.9 figures). */
+  latencyShares: number[];
 }
 
 const RING = 1 << 20;
@@ -68,12 +78,15 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     publisher.publish(payloads);
   };
   try {
-    // Prime: until every subscriber has had an event (subscriptions can take a moment to take effect).
-    const primeDeadline = Date.now() + 30000;
+    // Prime: an event at a time until every subscriber has had one (subscriptions
+    // can take a moment to take effect); each waits for the slowest so no backlog builds.
+    const primeDeadline = Date.now() + 60000;
     while (perSubscriber.some((c) => c === 0)) {
       if (Date.now() > primeDeadline) throw new Error(`fan-out: ${perSubscriber.filter((c) => c === 0).length} of ${n} subscribers never got an event`);
+      const before = delivered;
       publish(1);
-      await sleep(20);
+      const waitUntil = Date.now() + 1000;
+      while (delivered - before < n && Date.now() < waitUntil) await sleep(5);
     }
     await sleep(200);
 
@@ -106,28 +119,44 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     onDelivered = () => {};
     await drain(caughtUp, 10000);
 
-    // Latency at half the saturated event rate, open loop.
+    if (deliveriesPerSec === 0) throw new Error('fan-out: nothing was delivered at saturation');
+
+    // Latency at a share of the saturated event rate, open loop.
     const eventsPerSec = deliveriesPerSec / n;
-    const rate = eventsPerSec / 2;
-    const histogram = new Histogram();
-    let owed = 0;
-    let last = performance.now();
-    const timer = setInterval(() => {
-      const now = performance.now();
-      owed += ((now - last) / 1000) * rate;
-      last = now;
-      const whole = Math.floor(owed);
-      if (whole > 0) {
-        owed -= whole;
-        publish(whole);
-      }
-    }, 1);
-    await sleep(300);
-    measuring = histogram;
-    await sleep(plan.seconds * 1000);
-    clearInterval(timer);
-    await drain(caughtUp, 5000);
-    measuring = undefined;
+    const latencyAt = async (share: number) => {
+      const rate = eventsPerSec * share;
+      const histogram = new Histogram();
+      let owed = 0;
+      let last = performance.now();
+      const timer = setInterval(() => {
+        const now = performance.now();
+        owed += ((now - last) / 1000) * rate;
+        last = now;
+        const whole = Math.floor(owed);
+        if (whole > 0) {
+          owed -= whole;
+          publish(whole);
+        }
+      }, 1);
+      await sleep(300);
+      const meter = new CpuMeter(serverPids);
+      measuring = histogram;
+      await sleep(plan.latencySeconds * 1000);
+      const cpu = meter.read();
+      clearInterval(timer);
+      await drain(caughtUp, 30000);
+      measuring = undefined;
+      return { histogram, cpu };
+    };
+    const sweep: Record<string, number> = {};
+    for (const share of plan.latencyShares) {
+      if (share === 0.5) continue;
+      const { histogram } = await latencyAt(share);
+      sweep[`p99At${share * 100}PctMs`] = histogram.quantile(0.99) / 1000;
+      if (process.env.BENCH_VERBOSE) process.stderr.write(`  at ${share * 100}%: p50 ${histogram.quantile(0.5) / 1000} ms, p99 ${histogram.quantile(0.99) / 1000} ms\n`);
+    }
+    const half = await latencyAt(0.5);
+    const histogram = half.histogram;
     return {
       subscribers: n,
       deliveriesPerSec,
@@ -137,6 +166,10 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
       p999Ms: histogram.quantile(0.999) / 1000,
       generatorCpu: cpu.generator,
       serverCpu: cpu.servers,
+      serverKernelCpu: cpu.serversKernel,
+      generatorCpuAtHalf: half.cpu.generator,
+      serverCpuAtHalf: half.cpu.servers,
+      ...sweep,
     };
   } finally {
     publisher.close();

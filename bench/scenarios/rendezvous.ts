@@ -18,6 +18,7 @@ interface Rate {
   histogram: Histogram;
   generatorCpu: number;
   serverCpu: number;
+  serverKernelCpu: number;
 }
 
 const ONE_BYTE = maskedFrame(OP_BINARY, Buffer.from([1]));
@@ -70,7 +71,7 @@ async function rate(port: number, path: string, pids: number[], concurrency: num
   const count = await run(t0 + seconds * 1000, histogram);
   const elapsed = (performance.now() - t0) / 1000;
   const cpu = meter.read();
-  return { perSec: count / elapsed, histogram, generatorCpu: cpu.generator, serverCpu: cpu.servers };
+  return { perSec: count / elapsed, histogram, generatorCpu: cpu.generator, serverCpu: cpu.servers, serverKernelCpu: cpu.serversKernel };
 }
 
 /** A WebSocket server that writes one byte on upgrade and ends on the client's close frame. */
@@ -131,6 +132,7 @@ export async function rendezvousScenario(mode: Mode): Promise<Outcome> {
       p999Ms: r.histogram.quantile(0.999) / 1000,
       generatorCpu: r.generatorCpu,
       serverCpu: r.serverCpu,
+      serverKernelCpu: r.serverKernelCpu,
     },
   }));
   return { results, ratios: [{ scenario, ours: results[0].system, peer: results[1].system, ratio: results[0].value / results[1].value }] };

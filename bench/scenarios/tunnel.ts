@@ -30,6 +30,7 @@ interface Transfer {
   bytesPerSec: number;
   generatorCpu: number;
   serverCpu: number;
+  serverKernelCpu: number;
 }
 
 /** Writes `total` bytes (as `unit` buffers) to `socket` with backpressure; resolves when `received()` reaches `expected`. */
@@ -55,7 +56,7 @@ function timed(expected: number, received: () => number, pids: number[], start: 
       clearTimeout(deadline);
       const seconds = (performance.now() - t0) / 1000;
       const cpu = meter.read();
-      resolve({ bytesPerSec: expected / seconds, generatorCpu: cpu.generator, serverCpu: cpu.servers });
+      resolve({ bytesPerSec: expected / seconds, generatorCpu: cpu.generator, serverCpu: cpu.servers, serverKernelCpu: cpu.serversKernel });
     }, 2);
     start();
   });
@@ -149,7 +150,7 @@ export async function tunnelScenario(mode: Mode): Promise<Outcome> {
     ours,
     value: t.bytesPerSec / 1024 / 1024,
     unit: 'MiB/s',
-    figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu },
+    figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu },
   }));
   const ours = results[0];
   return {
