@@ -58,10 +58,35 @@ export function encodeTextFrame(text: string): Buffer {
 /** Sockets with queued frames, written out together once the current I/O is handled. */
 let dirty: MessageSocket<unknown>[] = [];
 
+function sameFrames(a: Buffer[], b: Buffer[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * Writes every dirty socket's queue. Members of a group get the same shared
+ * frames in the same order, so a queue equal to the one before it (frame by
+ * frame, by identity) reuses its joined buffer instead of copying again.
+ */
 function flushDirty(): void {
   const sockets = dirty;
   dirty = [];
-  for (const socket of sockets) socket.flushOutbox();
+  let lastFrames: Buffer[] | undefined;
+  let lastJoined: Buffer | undefined;
+  for (const socket of sockets) {
+    const frames = socket.takeOutbox();
+    if (!frames) continue;
+    if (frames.length === 1) {
+      socket.writeQueued(frames[0]);
+      continue;
+    }
+    if (!lastFrames || !sameFrames(lastFrames, frames)) {
+      lastFrames = frames;
+      lastJoined = Buffer.concat(frames);
+    }
+    socket.writeQueued(lastJoined!);
+  }
 }
 
 export class MessageSocket<Owner = unknown> implements FrameHandler {
@@ -139,15 +164,22 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.outboxBytes += frame.length;
   }
 
-  /** Hands the queued frames to the socket in one write. */
-  flushOutbox(): void {
+  /** Takes the queued frames (for flushDirty, which writes them with writeQueued). */
+  takeOutbox(): Buffer[] | undefined {
     const frames = this.outbox;
-    if (!frames) return;
     this.outbox = undefined;
-    const bytes = this.outboxBytes;
     this.outboxBytes = 0;
-    if (this.socket.destroyed) return;
-    this.socket.write(frames.length === 1 ? frames[0] : Buffer.concat(frames, bytes));
+    return frames;
+  }
+
+  writeQueued(joined: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(joined);
+  }
+
+  /** Hands the queued frames to the socket now, in one write. */
+  flushOutbox(): void {
+    const frames = this.takeOutbox();
+    if (frames) this.writeQueued(frames.length === 1 ? frames[0] : Buffer.concat(frames));
   }
 
   sendText(text: string): void {
