@@ -46,7 +46,7 @@ async function main(): Promise<number> {
     process.stderr.write(`bench: ${name} (${mode})...\n`);
     const t0 = Date.now();
     const outcome = await SCENARIOS[name](mode);
-    results.push(...outcome.results);
+    results.push(...outcome.results.map((r) => ({ ...r, group: name })));
     ratios.push(...outcome.ratios);
     process.stderr.write(`bench: ${name} done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }

@@ -2,6 +2,8 @@
 // the ratios of ours to each peer, printed as a table.
 
 export interface Result {
+  /** The bench scenario that produced it (its name on the command line). */
+  group: string;
   scenario: string;
   system: string;
   /** True for edge-relay rows, false for peers. */
@@ -12,6 +14,9 @@ export interface Result {
   /** Every other figure: latencies in ms, CPU in percent of one core, sizes in bytes. */
   figures: Record<string, number>;
 }
+
+/** A result as a scenario makes it (run.ts adds the group). */
+export type ScenarioResult = Omit<Result, 'group'>;
 
 export interface Ratio {
   scenario: string;

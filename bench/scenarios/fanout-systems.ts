@@ -3,7 +3,7 @@
 // every event crosses the bus), nats-server's WebSocket listener, and
 // Mosquitto's WebSocket listener.
 import { mqttClients, natsClients, relayClients } from '../lib/fanout-clients.ts';
-import type { Result, Ratio } from '../lib/report.ts';
+import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { startMosquitto, startNatsServer, startRelay } from '../lib/systems.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
 import type { Mode, Outcome } from './index.ts';
@@ -58,7 +58,7 @@ async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures>
 
 export async function fanoutScenario(mode: Mode): Promise<Outcome> {
   const sizes = mode === 'quick' ? [200] : [1000, 10000];
-  const results: Result[] = [];
+  const results: ScenarioResult[] = [];
   const ratios: Ratio[] = [];
   for (const subscribers of sizes) {
     const scenario = `fan-out ${subscribers}`;

@@ -4,7 +4,7 @@
 import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
 import { CpuMeter, startProcess } from '../lib/processes.ts';
-import type { Result } from '../lib/report.ts';
+import type { ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -64,7 +64,7 @@ async function atConcurrency(mode: Mode, connections: number): Promise<Outcome> 
   } finally {
     await direct.stop();
   }
-  const results: Result[] = rows.map(([system, ours, l]) => ({
+  const results: ScenarioResult[] = rows.map(([system, ours, l]) => ({
     scenario,
     system,
     ours,

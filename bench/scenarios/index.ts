@@ -1,5 +1,5 @@
 // The bench's scenarios by name (`npm run bench -- NAME`).
-import type { Ratio, Result } from '../lib/report.ts';
+import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { fanoutScenario } from './fanout-systems.ts';
 import { httpScenario } from './http.ts';
 import { memoryScenario } from './memory.ts';
@@ -9,7 +9,8 @@ import { tunnelScenario } from './tunnel.ts';
 export type Mode = 'quick' | 'full';
 
 export interface Outcome {
-  results: Result[];
+  /** Each result's group is filled in by run.ts. */
+  results: ScenarioResult[];
   ratios: Ratio[];
 }
 

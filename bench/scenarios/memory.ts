@@ -6,7 +6,7 @@ import { natsClients } from '../lib/fanout-clients.ts';
 import { LeanWs } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { rssBytes } from '../lib/processes.ts';
-import type { Result } from '../lib/report.ts';
+import type { ScenarioResult } from '../lib/report.ts';
 import { clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -57,7 +57,7 @@ function reliableSubscriber(port: number): Promise<LeanWs> {
 export async function memoryScenario(mode: Mode): Promise<Outcome> {
   const connections = mode === 'quick' ? 1000 : 10000;
   const listeners = mode === 'quick' ? 200 : 1000;
-  const results: Result[] = [];
+  const results: ScenarioResult[] = [];
   const row = (scenario: string, system: string, ours: boolean, bytes: number, count: number) =>
     results.push({ scenario, system, ours, value: bytes / 1024, unit: 'KiB each', figures: { bytesPerConnection: bytes, connections: count } });
 

@@ -9,7 +9,7 @@ import { Histogram } from '../lib/histogram.ts';
 import { LeanWs, OP_BINARY, maskedFrame } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { CpuMeter } from '../lib/processes.ts';
-import type { Result } from '../lib/report.ts';
+import type { ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -120,7 +120,7 @@ export async function rendezvousScenario(mode: Mode): Promise<Outcome> {
     direct.server.closeAllConnections();
     direct.server.close();
   }
-  const results: Result[] = rows.map(([system, ours, r]) => ({
+  const results: ScenarioResult[] = rows.map(([system, ours, r]) => ({
     scenario,
     system,
     ours,

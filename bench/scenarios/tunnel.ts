@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { LeanWs, OP_BINARY } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { CpuMeter } from '../lib/processes.ts';
-import type { Result } from '../lib/report.ts';
+import type { ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startRelay, startSocat } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -144,7 +144,7 @@ export async function tunnelScenario(mode: Mode): Promise<Outcome> {
     for (const s of sink.sockets) s.destroy();
     sink.server.close();
   }
-  const results: Result[] = rows.map(([system, ours, t]) => ({
+  const results: ScenarioResult[] = rows.map(([system, ours, t]) => ({
     scenario,
     system,
     ours,
