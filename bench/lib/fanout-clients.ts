@@ -33,30 +33,35 @@ export function seqAt(buf: Buffer, at: number): number {
   return n;
 }
 
+/** A client of our relay's bench hub in `groups` (through its token); resolves once `connected` arrived. */
+export function openPubSubClient(port: number, protocol: string, groups: string[], onEvent?: OnEvent): Promise<LeanWs> {
+  return new Promise((resolve, reject) => {
+    let ready: LeanWs | undefined;
+    let connected = false;
+    LeanWs.open({
+      port,
+      path: clientPath(port, { groups }),
+      protocols: [protocol],
+      onFrame(_op, payload) {
+        const at = onEvent ? payload.indexOf(64) : -1;
+        if (at >= 0) return onEvent!(payload, at);
+        if (!connected && payload.includes('"connected"')) {
+          connected = true;
+          if (ready) resolve(ready);
+        }
+      },
+    }).then((ws) => {
+      ready = ws;
+      if (connected) resolve(ws);
+    }, reject);
+  });
+}
+
 /** Our relay's pub/sub hub, json.webpubsub.azure.v1: subscribers join through their token's group claim. */
 export function relayClients(subscriberPort: number, publisherPort: number): FanoutClients {
   return {
     subscribe(onEvent) {
-      return new Promise((resolve, reject) => {
-        let ready: LeanWs | undefined;
-        let connected = false;
-        LeanWs.open({
-          port: subscriberPort,
-          path: clientPath(subscriberPort, { groups: [GROUP] }),
-          protocols: ['json.webpubsub.azure.v1'],
-          onFrame(_op, payload) {
-            const at = payload.indexOf(64);
-            if (at >= 0) return onEvent(payload, at);
-            if (!connected && payload.includes('"connected"')) {
-              connected = true;
-              if (ready) resolve(ready);
-            }
-          },
-        }).then((ws) => {
-          ready = ws;
-          if (connected) resolve(ws);
-        }, reject);
-      });
+      return openPubSubClient(subscriberPort, 'json.webpubsub.azure.v1', [GROUP], onEvent);
     },
     async publisher() {
       const ws = await LeanWs.open({

@@ -17,6 +17,11 @@ export class Histogram {
     if (v > this.max) this.max = v;
   }
 
+  /** p50, p99 and p99.9 in milliseconds, as the report names them. */
+  figuresMs(): { p50Ms: number; p99Ms: number; p999Ms: number } {
+    return { p50Ms: this.quantile(0.5) / 1000, p99Ms: this.quantile(0.99) / 1000, p999Ms: this.quantile(0.999) / 1000 };
+  }
+
   /** The value at quantile q (0..1), in microseconds: the upper edge of its bucket. */
   quantile(q: number): number {
     if (this.count === 0) return NaN;

@@ -71,9 +71,7 @@ async function atConcurrency(mode: Mode, connections: number): Promise<Outcome> 
     value: l.requestsPerSec,
     unit: 'requests/s',
     figures: {
-      p50Ms: l.histogram.quantile(0.5) / 1000,
-      p99Ms: l.histogram.quantile(0.99) / 1000,
-      p999Ms: l.histogram.quantile(0.999) / 1000,
+      ...l.histogram.figuresMs(),
       generatorCpu: l.generatorCpu,
       serverCpu: l.serverCpu,
       serverKernelCpu: l.serverKernelCpu,

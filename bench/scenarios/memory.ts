@@ -2,12 +2,12 @@
 // connection (reliable subprotocol, in one group) and per idle listener
 // (a control channel on an entity of its own), against nats-server's growth
 // per idle NATS-over-WebSocket connection holding one subscription.
-import { natsClients } from '../lib/fanout-clients.ts';
+import { natsClients, openPubSubClient } from '../lib/fanout-clients.ts';
 import { LeanWs } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { rssBytes } from '../lib/processes.ts';
 import type { ScenarioResult } from '../lib/report.ts';
-import { clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
+import { startNatsServer, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -34,24 +34,7 @@ async function growthPer(pid: number, count: number, open: (i: number) => Promis
 }
 
 function reliableSubscriber(port: number): Promise<LeanWs> {
-  return new Promise((resolve, reject) => {
-    let ws: LeanWs | undefined;
-    let connected = false;
-    LeanWs.open({
-      port,
-      path: clientPath(port, { groups: ['g'] }),
-      protocols: ['json.reliable.webpubsub.azure.v1'],
-      onFrame(_op, payload) {
-        if (!connected && payload.includes('"connected"')) {
-          connected = true;
-          if (ws) resolve(ws);
-        }
-      },
-    }).then((opened) => {
-      ws = opened;
-      if (connected) resolve(opened);
-    }, reject);
-  });
+  return openPubSubClient(port, 'json.reliable.webpubsub.azure.v1', ['g']);
 }
 
 export async function memoryScenario(mode: Mode): Promise<Outcome> {

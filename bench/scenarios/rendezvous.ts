@@ -127,9 +127,7 @@ export async function rendezvousScenario(mode: Mode): Promise<Outcome> {
     value: r.perSec,
     unit: 'connections/s',
     figures: {
-      p50Ms: r.histogram.quantile(0.5) / 1000,
-      p99Ms: r.histogram.quantile(0.99) / 1000,
-      p999Ms: r.histogram.quantile(0.999) / 1000,
+      ...r.histogram.figuresMs(),
       generatorCpu: r.generatorCpu,
       serverCpu: r.serverCpu,
       serverKernelCpu: r.serverKernelCpu,

@@ -4,8 +4,9 @@
 // (fan-out), and it exposes the socket's queued bytes so callers can enforce
 // an outbound cap. Frames written during one turn of the event loop are
 // queued and handed to the kernel together in one write when the turn ends
-// (a fan-out burst costs one syscall per socket, not one per event). Messages are reassembled up to `maxMessageBytes`; text is
-// checked to be UTF-8 (RFC 6455 8.1). The close handshake is RFC 6455 7.
+// (a fan-out burst costs one syscall per socket, not one per event).
+// Messages are reassembled up to `maxMessageBytes`; text is checked to be
+// UTF-8 (RFC 6455 8.1). The close handshake is RFC 6455 7.
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
