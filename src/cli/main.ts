@@ -1,4 +1,5 @@
 // edge-relay's command line: dispatches to one module per command.
+import { bridge } from './bridge.ts';
 import { serve } from './serve.ts';
 import { token } from './token.ts';
 
@@ -8,6 +9,7 @@ Commands:
   serve        run an edge node            (edge-relay serve --help)
   token sas    print a SAS token            (edge-relay token --help)
   token client print a pub/sub client access URL (edge-relay token client --help)
+  bridge       forward TCP ports through hybrid connections (edge-relay bridge --help)
 
 Example:
   edge-relay serve --config config/dev.json --port 0
@@ -20,6 +22,8 @@ export async function main(argv: string[]): Promise<number> {
       return serve(rest);
     case 'token':
       return token(rest);
+    case 'bridge':
+      return bridge(rest);
     case undefined:
     case '-h':
     case '--help':

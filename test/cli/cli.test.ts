@@ -22,6 +22,12 @@ describe('edge-relay command line', () => {
     assert.match(run('token', '--help').stdout, /--key-name NAME/);
     assert.match(main.stdout, /token client/);
     assert.match(run('token', 'client', '--help').stdout, /--role ROLE/);
+    assert.match(main.stdout, /bridge/);
+    const bridgeHelp = run('bridge', '--help');
+    assert.equal(bridgeHelp.status, 0);
+    assert.match(bridgeHelp.stdout, /-L \[bind:\]port:entity/);
+    assert.match(bridgeHelp.stdout, /Example/);
+    assert.equal(run('bridge', '--relay', 'http://127.0.0.1:1').status, 2);
     assert.equal(run('nonsense').status, 2);
   });
 

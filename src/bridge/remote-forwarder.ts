@@ -1,0 +1,147 @@
+// `bridge -R entity:host:port`: holds a listener control channel on the
+// entity and turns every relayed connection into a TCP connection to
+// host:port (the side that listens, like azbridge -R). The target is dialed
+// first; if it cannot be reached the relayed connection is rejected with 502,
+// so the sender sees why. A lost control channel is re-opened after a
+// jittered, growing delay, and the log says why it was lost. Tokens minted
+// from a key are renewed on the channel at half their lifetime.
+import { connect } from 'node:net';
+import WebSocket from 'ws';
+import type { Logger } from '../ops/logger.ts';
+import { Backoff } from './backoff.ts';
+import { pipeSocketToWebSocket } from './pipe.ts';
+import type { RelayAccess } from './relay-access.ts';
+
+export interface RemoteForward {
+  entity: string;
+  host: string;
+  port: number;
+}
+
+/** Parses `entity:host:port`. */
+export function parseRemoteForward(spec: string): RemoteForward {
+  const m = /^([^:]+):(.+):(\d+)$/.exec(spec);
+  if (!m) throw new Error(`-R ${spec}: expected entity:host:port`);
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) throw new Error(`-R ${spec}: bad port "${m[3]}"`);
+  return { entity: m[1], host: m[2].replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+interface AcceptNotice {
+  address: string;
+  id: string;
+}
+
+export class RemoteForwarder {
+  private control: WebSocket | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private readonly backoff = new Backoff();
+  private readonly open = new Set<WebSocket>();
+  /** Resolves the first time the control channel is open. */
+  readonly ready: Promise<void>;
+  private markReady!: () => void;
+  accepted = 0;
+
+  constructor(
+    readonly forward: RemoteForward,
+    private readonly access: RelayAccess,
+    private readonly log: Logger,
+    private readonly highWaterMark: number,
+  ) {
+    this.ready = new Promise((r) => (this.markReady = r));
+  }
+
+  start(): void {
+    this.connectControl();
+  }
+
+  private connectControl(): void {
+    const log = this.log.child({ entity: this.forward.entity });
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'));
+    this.control = ws;
+    let why = 'connection closed';
+    ws.on('unexpected-response', (_req, res) => {
+      why = `relay refused the listener: ${res.statusCode} ${res.statusMessage ?? ''}`.trim();
+      res.resume();
+      ws.terminate();
+    });
+    ws.on('error', (err) => (why = err.message));
+    ws.on('open', () => {
+      this.backoff.connected();
+      log.info({ event: 'bridge.listening', target: `${this.forward.host}:${this.forward.port}` });
+      this.markReady();
+      this.scheduleRenew(ws);
+    });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (isBinary) return;
+      let message: { accept?: AcceptNotice };
+      try {
+        message = JSON.parse(data.toString('utf8')) as { accept?: AcceptNotice };
+      } catch {
+        return;
+      }
+      if (message.accept && typeof message.accept.address === 'string') this.accept(message.accept, log);
+    });
+    ws.on('close', (code: number, reason: Buffer) => {
+      if (this.renewTimer) clearTimeout(this.renewTimer);
+      if (this.stopped) return;
+      const text = reason.length > 0 ? `closed by the relay: ${code} ${reason.toString()}` : code === 1006 ? why : `closed by the relay: ${code}`;
+      const delay = this.backoff.next();
+      log.warn({ event: 'bridge.control_lost', why: text, retryInMs: delay });
+      this.retryTimer = setTimeout(() => this.connectControl(), delay);
+    });
+  }
+
+  private scheduleRenew(ws: WebSocket): void {
+    if (!this.access.mintsTokens) return;
+    this.renewTimer = setTimeout(() => {
+      if (ws.readyState !== ws.OPEN) return;
+      ws.send(JSON.stringify({ renewToken: { token: this.access.token(this.forward.entity) } }));
+      this.scheduleRenew(ws);
+    }, (this.access.tokenTtlSeconds * 1000) / 2);
+    this.renewTimer.unref();
+  }
+
+  private accept(notice: AcceptNotice, parentLog: Logger): void {
+    const id = ++this.accepted;
+    const log = parentLog.child({ connection: id });
+    const tcp = connect({ host: this.forward.host, port: this.forward.port });
+    tcp.pause();
+    tcp.once('connect', () => {
+      tcp.setNoDelay(true);
+      const ws = new WebSocket(notice.address);
+      this.open.add(ws);
+      ws.on('close', () => this.open.delete(ws));
+      ws.once('error', (err) => {
+        log.warn({ event: 'bridge.accept_failed', err: err.message });
+        tcp.destroy();
+      });
+      ws.once('open', () => {
+        if (tcp.destroyed) return ws.close(1011, 'target connection lost');
+        log.info({ event: 'bridge.accepted' });
+        tcp.resume();
+        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }));
+      });
+    });
+    tcp.once('error', (err) => {
+      if (tcp.connecting || !tcp.remoteAddress) {
+        log.warn({ event: 'bridge.target_unreachable', err: err.message });
+        // Reject through the rendezvous address: the sender gets 502 and this text.
+        const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
+        const ws = new WebSocket(reject);
+        ws.on('error', () => {});
+        ws.on('unexpected-response', (_req, res) => res.resume());
+      }
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    this.control?.terminate();
+    for (const ws of this.open) ws.terminate();
+  }
+}

@@ -1,0 +1,126 @@
+// `edge-relay bridge`: forwards TCP ports through hybrid connections, both
+// ways (bridge/local-forwarder.ts, bridge/remote-forwarder.ts). Prints one
+// line per forward on stdout once it is up; logs are JSON lines on stderr.
+import { parseArgs } from 'node:util';
+import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
+import { RelayAccess } from '../bridge/relay-access.ts';
+import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
+import { createLogger } from '../ops/logger.ts';
+
+export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
+
+Forwards TCP through the relay's hybrid connections, like Azure's azbridge.
+  -L [bind:]port:entity   listen on bind:port (default bind 127.0.0.1; port 0
+                          picks one); each accepted TCP connection becomes a
+                          relayed WebSocket to the entity's listener
+  -R entity:host:port     be a listener on the entity; each relayed connection
+                          becomes a TCP connection to host:port (refused with
+                          502 when host:port cannot be reached)
+Both may be given, each several times. A lost listener connection is re-opened
+after a jittered, growing delay (up to 30 s), and the log says why it was lost.
+Closing either end of a forwarded connection closes the other (there is no
+half-close through a WebSocket).
+
+Options:
+  --relay URL          the relay, e.g. http://127.0.0.1:9400
+  --key-name NAME      SAS rule to mint tokens with (Listen for -R, Send for -L)
+  --key KEY            that rule's key
+  --token TOKEN        a ready SAS token instead of --key-name/--key
+  --ttl SECONDS        lifetime of minted tokens, default 3600 (renewed at half)
+  --buffer BYTES       bytes queued per direction before reading pauses, default 1048576
+  --log-level LEVEL    default info
+  -h, --help           this text
+
+Prints "forwarding 127.0.0.1:PORT -> ENTITY" or "listening on ENTITY -> HOST:PORT"
+on stdout for each forward once it is up.
+
+Example (config/dev.json's relay, entity "echo"):
+  edge-relay bridge --relay http://127.0.0.1:9400 --key-name RootManageSharedAccessKey \\
+    --key dev-only-key-0123456789 -R echo:127.0.0.1:8080
+  edge-relay bridge --relay http://127.0.0.1:9400 --key-name RootManageSharedAccessKey \\
+    --key dev-only-key-0123456789 -L 127.0.0.1:18080:echo
+  curl http://127.0.0.1:18080/      # answered by whatever serves 127.0.0.1:8080
+`;
+
+function fail(message: string): number {
+  process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
+  return 2;
+}
+
+export async function bridge(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        relay: { type: 'string' },
+        'key-name': { type: 'string' },
+        key: { type: 'string' },
+        token: { type: 'string' },
+        ttl: { type: 'string', default: '3600' },
+        buffer: { type: 'string', default: '1048576' },
+        'log-level': { type: 'string', default: 'info' },
+        L: { type: 'string', short: 'L', multiple: true, default: [] },
+        R: { type: 'string', short: 'R', multiple: true, default: [] },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  if (values.help) {
+    process.stdout.write(BRIDGE_HELP);
+    return 0;
+  }
+  if (!values.relay) return fail('--relay URL is required');
+  if (!/^(http|ws)s?:\/\//i.test(values.relay)) return fail(`--relay ${values.relay}: expected an http(s):// or ws(s):// URL`);
+  if ((values['key-name'] === undefined) !== (values.key === undefined)) return fail('--key-name and --key go together');
+  const ttl = Number(values.ttl);
+  const buffer = Number(values.buffer);
+  if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');
+  if (!Number.isInteger(buffer) || buffer < 16384) return fail('--buffer must be at least 16384');
+  if (values.L.length + values.R.length === 0) return fail('give at least one -L or -R');
+  let locals;
+  let remotes;
+  try {
+    locals = values.L.map(parseLocalForward);
+    remotes = values.R.map(parseRemoteForward);
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl });
+  const log = createLogger(values['log-level'], 'bridge');
+  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
+  const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer));
+  for (const forwarder of remoteForwarders) {
+    forwarder.start();
+    void forwarder.ready.then(() => {
+      const f = forwarder.forward;
+      process.stdout.write(`listening on ${f.entity} -> ${f.host}:${f.port}\n`);
+    });
+  }
+  for (const forwarder of localForwarders) {
+    let port: number;
+    try {
+      port = await forwarder.start();
+    } catch (err) {
+      process.stderr.write(`edge-relay bridge: cannot listen on ${forwarder.forward.bindHost}:${forwarder.forward.port}: ${(err as Error).message}\n`);
+      for (const r of remoteForwarders) r.stop();
+      for (const l of localForwarders) await l.stop();
+      return 1;
+    }
+    process.stdout.write(`forwarding ${forwarder.forward.bindHost}:${port} -> ${forwarder.forward.entity}\n`);
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ event: 'bridge.signal', signal });
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  for (const r of remoteForwarders) r.stop();
+  for (const l of localForwarders) await l.stop();
+  log.flush();
+  return 0;
+}
