@@ -1,6 +1,8 @@
 // edge-relay's command line: dispatches to one module per command.
 import { bridge } from './bridge.ts';
+import { pub } from './pub.ts';
 import { serve } from './serve.ts';
+import { sub } from './sub.ts';
 import { token } from './token.ts';
 
 export const MAIN_HELP = `Usage: edge-relay COMMAND [options]
@@ -10,6 +12,8 @@ Commands:
   token sas    print a SAS token            (edge-relay token --help)
   token client print a pub/sub client access URL (edge-relay token client --help)
   bridge       forward TCP ports through hybrid connections (edge-relay bridge --help)
+  pub          publish to a pub/sub group  (edge-relay pub --help)
+  sub          watch a pub/sub group       (edge-relay sub --help)
 
 Example:
   edge-relay serve --config config/dev.json --port 0
@@ -24,6 +28,10 @@ export async function main(argv: string[]): Promise<number> {
       return token(rest);
     case 'bridge':
       return bridge(rest);
+    case 'pub':
+      return pub(rest);
+    case 'sub':
+      return sub(rest);
     case undefined:
     case '-h':
     case '--help':

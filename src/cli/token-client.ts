@@ -2,8 +2,8 @@
 // access token for a hub, user and roles (what Azure's getClientAccessToken
 // returns), signed with the hub's access key from --key or from a config file.
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig } from '../config/load.ts';
 import { clientAccessUrl } from '../pubsub/client-access-url.ts';
+import { isBaseUrl, resolveHubAccess } from './hub-access.ts';
 
 export const TOKEN_CLIENT_HELP = `Usage: edge-relay token client --hub HUB (--key KEY | --config FILE) [options]
 
@@ -56,23 +56,10 @@ export function tokenClient(argv: string[]): number {
   if (!values.hub) return fail(`--hub is required\n\n${TOKEN_CLIENT_HELP}`);
   const ttl = Number(values.ttl);
   if (!Number.isInteger(ttl) || ttl <= 0) return fail('--ttl must be a positive whole number of seconds');
-  if (!/^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(values.url)) return fail(`--url "${values.url}" is not a base URL`);
-  let key = values.key;
-  let hub = values.hub;
-  if (key === undefined) {
-    if (!values.config) return fail('--key or --config is required');
-    try {
-      const config = loadConfig(values.config, {}, {});
-      const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
-      if (!found) return fail(`hub "${hub}" is not in ${values.config}`);
-      key = found.accessKey;
-      hub = found.name;
-    } catch (err) {
-      if (err instanceof ConfigError) return fail(err.message);
-      throw err;
-    }
-  }
-  const url = clientAccessUrl(values.url, hub, key, {
+  if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
+  const access = resolveHubAccess(values.hub, values.key, values.config);
+  if (typeof access === 'string') return fail(access);
+  const url = clientAccessUrl(values.url, access.hub, access.key, {
     userId: values.user,
     roles: values.role,
     groups: values.group,

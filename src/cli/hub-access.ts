@@ -1,0 +1,29 @@
+// What `token client`, `pub` and `sub` share: finding a hub's access key
+// (given with --key, or read from the relay's config with --config) and
+// checking the relay's base URL.
+import { ConfigError, loadConfig } from '../config/load.ts';
+
+export interface HubAccess {
+  /** The hub's name as configured (hubs are found case-insensitively). */
+  hub: string;
+  key: string;
+}
+
+/** The hub's key, or an error message for the user. */
+export function resolveHubAccess(hub: string, key: string | undefined, configFile: string | undefined): HubAccess | string {
+  if (key !== undefined) return { hub, key };
+  if (!configFile) return '--key or --config is required';
+  try {
+    const config = loadConfig(configFile, {}, {});
+    const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
+    if (!found) return `hub "${hub}" is not in ${configFile}`;
+    return { hub: found.name, key: found.accessKey };
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message;
+    throw err;
+  }
+}
+
+export function isBaseUrl(url: string): boolean {
+  return /^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(url);
+}

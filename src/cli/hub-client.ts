@@ -1,0 +1,94 @@
+// A small Web PubSub client (json.webpubsub.azure.v1 over `ws`) for the `pub`
+// and `sub` commands: connects with a client access token, sends requests
+// with ackIds and resolves each when its ack arrives.
+import WebSocket from 'ws';
+import { clientAccessUrl } from '../pubsub/client-access-url.ts';
+import type { HubAccess } from './hub-access.ts';
+
+export interface HubMessage {
+  type: string;
+  from?: string;
+  group?: string;
+  dataType?: string;
+  data?: unknown;
+  ackId?: number;
+  success?: boolean;
+  error?: { name: string; message: string };
+  event?: string;
+}
+
+export class HubClient {
+  private nextAckId = 1;
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+
+  private constructor(
+    private readonly ws: WebSocket,
+    private readonly onMessage: (m: HubMessage) => void,
+  ) {
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      if (isBinary) return;
+      let message: HubMessage;
+      try {
+        message = JSON.parse(data.toString('utf8')) as HubMessage;
+      } catch {
+        return;
+      }
+      if (message.type === 'ack' && typeof message.ackId === 'number') {
+        const waiter = this.waiting.get(message.ackId);
+        this.waiting.delete(message.ackId);
+        if (!waiter) return;
+        // Duplicate means the relay already has it: that is success too.
+        if (message.success || message.error?.name === 'Duplicate') waiter.resolve();
+        else waiter.reject(new Error(`${message.error?.name ?? 'Error'}: ${message.error?.message ?? 'request failed'}`));
+        return;
+      }
+      this.onMessage(message);
+    });
+    ws.on('close', () => {
+      for (const waiter of this.waiting.values()) waiter.reject(new Error('connection closed before the ack'));
+      this.waiting.clear();
+    });
+  }
+
+  /** Connects; resolves once the relay said `connected`. */
+  static connect(baseUrl: string, access: HubAccess, options: { userId?: string; roles: string[] }, onMessage: (m: HubMessage) => void = () => {}): Promise<HubClient> {
+    const url = clientAccessUrl(baseUrl, access.hub, access.key, { userId: options.userId, roles: options.roles, ttlSeconds: 24 * 3600 });
+    const ws = new WebSocket(url, 'json.webpubsub.azure.v1');
+    return new Promise((resolve, reject) => {
+      let client: HubClient | undefined;
+      ws.on('unexpected-response', (_req, res) => {
+        res.resume();
+        reject(Object.assign(new Error(`the relay refused the connection: ${res.statusCode} ${res.statusMessage ?? ''}`.trim()), { status: res.statusCode }));
+      });
+      ws.once('error', reject);
+      ws.once('open', () => {
+        client = new HubClient(ws, (m) => {
+          if (m.type === 'system' && m.event === 'connected') resolve(client!);
+          else onMessage(m);
+        });
+      });
+      ws.once('close', (code, reason) => reject(new Error(`closed before connected: ${code} ${reason.toString()}`.trim())));
+    });
+  }
+
+  /** Sends a request and resolves when the relay acknowledges it. */
+  request(body: Record<string, unknown>): Promise<void> {
+    const ackId = this.nextAckId++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(ackId, { resolve, reject });
+      this.ws.send(JSON.stringify({ ...body, ackId }), (err) => {
+        if (!err) return;
+        this.waiting.delete(ackId);
+        reject(err);
+      });
+    });
+  }
+
+  onClose(handler: (code: number, reason: string) => void): void {
+    this.ws.on('close', (code, reason) => handler(code, reason.toString()));
+  }
+
+  close(): void {
+    this.ws.close(1000);
+  }
+}

@@ -1,0 +1,107 @@
+// `edge-relay pub`: publishes to a pub/sub group from a terminal or a script.
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+import { isBaseUrl, resolveHubAccess } from './hub-access.ts';
+import { HubClient } from './hub-client.ts';
+
+export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key KEY | --config FILE) [options] [MESSAGE...]
+
+Publishes each MESSAGE to the group, or, with no MESSAGE, each line read from
+standard input, and waits for the relay to acknowledge each one. Exits 0 when
+every message was acknowledged, 1 when one was refused (the reason is printed),
+2 on bad arguments.
+
+Options:
+  --hub HUB            the hub (must be in the relay's pubsub.hubs)
+  --group GROUP        the group to publish to
+  --key KEY            the hub's accessKey
+  --config FILE        read the hub's accessKey from this relay config instead
+  --url URL            the relay's base URL, default http://127.0.0.1:9400
+  --user ID            publish as this user id
+  --data-type TYPE     text (default) or json (each message must be JSON)
+  -h, --help           this text
+
+Example (with npm start running):
+  edge-relay pub --config config/dev.json --hub chat --group room "hello, room"
+  printf 'one\\ntwo\\n' | edge-relay pub --config config/dev.json --hub chat --group room
+`;
+
+function fail(message: string): number {
+  process.stderr.write(`edge-relay pub: ${message}\n`);
+  return 2;
+}
+
+export async function pub(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        hub: { type: 'string' },
+        group: { type: 'string' },
+        key: { type: 'string' },
+        config: { type: 'string' },
+        url: { type: 'string', default: 'http://127.0.0.1:9400' },
+        user: { type: 'string' },
+        'data-type': { type: 'string', default: 'text' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    return fail(`${(err as Error).message}\n\n${PUB_HELP}`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(PUB_HELP);
+    return 0;
+  }
+  if (!values.hub || !values.group) return fail(`--hub and --group are required\n\n${PUB_HELP}`);
+  if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
+  const dataType = values['data-type'];
+  if (dataType !== 'text' && dataType !== 'json') return fail('--data-type must be text or json');
+  const access = resolveHubAccess(values.hub, values.key, values.config);
+  if (typeof access === 'string') return fail(access);
+  const group = values.group;
+  const dataOf = (line: string): unknown => (dataType === 'json' ? JSON.parse(line) : line);
+  if (dataType === 'json') {
+    for (const m of positionals) {
+      try {
+        JSON.parse(m);
+      } catch {
+        return fail(`not JSON: ${m}`);
+      }
+    }
+  }
+
+  let client: HubClient;
+  try {
+    client = await HubClient.connect(values.url, access, { userId: values.user, roles: [`webpubsub.sendToGroup.${group}`] });
+  } catch (err) {
+    process.stderr.write(`edge-relay pub: ${(err as Error).message}\n`);
+    return 1;
+  }
+  const sends: Promise<void>[] = [];
+  let failed = 0;
+  const publish = (line: string) => {
+    let data: unknown;
+    try {
+      data = dataOf(line);
+    } catch {
+      process.stderr.write(`edge-relay pub: skipped, not JSON: ${line}\n`);
+      failed++;
+      return;
+    }
+    sends.push(
+      client.request({ type: 'sendToGroup', group, dataType, data, noEcho: true }).catch((err: Error) => {
+        failed++;
+        process.stderr.write(`edge-relay pub: refused: ${err.message}\n`);
+      }),
+    );
+  };
+  if (positionals.length > 0) positionals.forEach(publish);
+  else for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) if (line !== '') publish(line);
+  await Promise.all(sends);
+  client.close();
+  return failed === 0 ? 0 : 1;
+}

@@ -1,0 +1,76 @@
+// edge-relay pub and sub as users run them, against a real relay.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { describe, it, type TestContext } from 'node:test';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+const HUB = { name: 'chat', accessKey: 'chat-hub-key-0123456789abcdef' };
+
+function startSub(t: TestContext, args: string[]) {
+  const child = spawn(process.execPath, ['bin/edge-relay.js', 'sub', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanupFor(t).after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d));
+  child.stderr!.on('data', (d: Buffer) => (err += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return { child, out: () => out, err: () => err, exited };
+}
+
+/** Runs `edge-relay pub` (asynchronously: the relay under test lives in this process). */
+async function runPub(t: TestContext, args: string[], input?: string): Promise<{ status: number | null; stderr: string }> {
+  const child = spawn(process.execPath, ['bin/edge-relay.js', 'pub', ...args], { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'] });
+  cleanupFor(t).after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d));
+  child.stdin!.end(input ?? '');
+  const status = await withTimeout(new Promise<number | null>((r) => child.once('exit', (code) => r(code))), 20000, `pub ${args.join(' ')}`);
+  return { status, stderr };
+}
+
+describe('edge-relay pub and sub', () => {
+  it('sub prints what pub publishes to the group, from arguments and from stdin', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
+    const common = ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'];
+    const watcher = startSub(t, [...common, '--count', '4']);
+    await until(() => /watching group room in hub chat/.test(watcher.err()), 10000, 'sub watching');
+
+    const fromArgs = await runPub(t, [...common, 'hello, room', 'second']);
+    assert.equal(fromArgs.status, 0, fromArgs.stderr);
+    const fromStdin = await runPub(t, [...common, '--data-type', 'json'], '{"n":1}\n[true]\n');
+    assert.equal(fromStdin.status, 0, fromStdin.stderr);
+
+    assert.equal(await withTimeout(watcher.exited, 10000, 'sub to exit after 4 messages'), 0);
+    assert.deepEqual(watcher.out().trim().split('\n'), ['hello, room', 'second', '{"n":1}', '[true]']);
+  });
+
+  it('refuses bad input and bad credentials with a reason', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
+    const bad = await runPub(t, ['--url', relay.url, '--hub', 'chat', '--key', 'wrong-key', '--group', 'room', 'x']);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /refused the connection: 401/);
+    const notJson = await runPub(t, ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room', '--data-type', 'json', '{oops']);
+    assert.equal(notJson.status, 2);
+    assert.match(notJson.stderr, /not JSON/);
+    assert.equal((await runPub(t, ['--hub', 'chat'])).status, 2);
+    const watcher = startSub(t, ['--url', relay.url, '--hub', 'chat', '--key', 'wrong-key', '--group', 'room']);
+    assert.equal(await withTimeout(watcher.exited, 10000, 'sub to give up'), 1);
+    assert.match(watcher.err(), /401/);
+  });
+
+  it('explain themselves with --help', () => {
+    for (const command of ['pub', 'sub']) {
+      const help = spawnSync(process.execPath, ['bin/edge-relay.js', command, '--help'], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
+      assert.equal(help.status, 0);
+      assert.match(help.stdout, /--group GROUP/);
+      assert.match(help.stdout, /Example/);
+    }
+  });
+});
