@@ -52,6 +52,8 @@ export interface Bus {
   gather(subject: string, data: Uint8Array, options: GatherOptions): Promise<Uint8Array[]>;
   /** Resolves once everything sent so far (subscriptions included) reached the bus. */
   flush(): Promise<void>;
+  /** Round trip to the bus server in seconds; undefined in-process or while disconnected. */
+  roundTrip(): Promise<number | undefined>;
   /** Called with `connected` each time it changes. */
   onConnectionChange(listener: (connected: boolean) => void): void;
   close(): Promise<void>;

@@ -166,6 +166,11 @@ export class MemoryBus implements Bus {
     });
   }
 
+  /** Nothing to measure: there is no server. */
+  roundTrip(): Promise<number | undefined> {
+    return Promise.resolve(undefined);
+  }
+
   flush(): Promise<void> {
     return Promise.resolve();
   }

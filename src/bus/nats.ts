@@ -195,6 +195,18 @@ export class NatsBus implements Bus {
     });
   }
 
+  async roundTrip(): Promise<number | undefined> {
+    const nc = this.nc;
+    if (!nc || !this.isConnected) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const ms = await Promise.race([
+      nc.rtt().catch(() => undefined),
+      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.options.flushTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    return ms === undefined ? undefined : ms / 1000;
+  }
+
   async flush(): Promise<void> {
     const nc = this.nc;
     if (!nc || !this.isConnected) return;

@@ -66,6 +66,7 @@ export interface RelayConfig {
     ackIdsPerConnection: number;
     groupsPerConnection: number;
   };
+  metrics: { requireManage: boolean };
   timeouts: {
     acceptMs: number;
     httpResponseMs: number;

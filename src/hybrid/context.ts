@@ -1,7 +1,10 @@
 // What the hybrid connection flows share: config, log, listeners, pending
 // rendezvous, and how rendezvous addresses are spelled.
+import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
+import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { Logger } from '../ops/logger.ts';
+import type { RelayMetrics } from '../ops/metrics.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';
@@ -15,6 +18,22 @@ export interface HybridContext {
   rendezvous: RendezvousTable<PendingConnect | HttpExchange>;
   /** ws(s)://public-host[:port]: the base listeners dial. */
   rendezvousBase: string;
+  metrics: RelayMetrics;
+  /** What is open right now, for the connections gauge. */
+  open: { splices: number; httpRequests: number };
+}
+
+/** Counts a relayed WebSocket that did not open, and answers the sender's upgrade with why. */
+export function connectFailed(ctx: HybridContext, socket: Duplex, code: HybridErrorCode, message?: string): void {
+  ctx.metrics.rendezvousFailed.inc({ reason: code });
+  if (code === 'TooManyPending') ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
+  failUpgrade(socket, code, message);
+}
+
+/** Counts a relayed HTTP request by the status its sender got. */
+export function countHttpStatus(ctx: HybridContext, status: number | HybridErrorCode): void {
+  if (status === 'TooManyPending') ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
+  ctx.metrics.httpRequests.inc({ status: String(typeof status === 'number' ? status : HYBRID_ERRORS[status].status) });
 }
 
 /** The address a listener dials to complete rendezvous `id`. */

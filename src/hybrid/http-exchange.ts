@@ -24,7 +24,7 @@ import {
   encodeFrameHeader,
 } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
-import { rendezvousAddress, type HybridContext } from './context.ts';
+import { countHttpStatus, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -95,6 +95,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
   }
 
   start(): void {
+    this.ctx.open.httpRequests++;
     if (this.ctx.rendezvous.pendingFor(this.entity.key) >= this.ctx.config.limits.pendingPerEntity) {
       return this.fail('TooManyPending');
     }
@@ -294,6 +295,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     this.headSent = true;
     clearTimeout(this.timer);
     this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
+    countHttpStatus(this.ctx, status);
     return true;
   }
 
@@ -303,6 +305,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     // A body nobody will read is drained, so the sender's connection stays usable.
     if (!this.requestDelivered) this.req.resume();
     if (!this.headSent && !this.res.headersSent) {
+      countHttpStatus(this.ctx, code);
       failRequest(this.res, code);
     } else {
       this.res.destroy();
@@ -313,6 +316,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
+    this.ctx.open.httpRequests--;
     this.readState = 'done';
     clearTimeout(this.timer);
     this.ctx.rendezvous.delete(this);

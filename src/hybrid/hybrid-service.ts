@@ -11,7 +11,8 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
 import type { Logger } from '../ops/logger.ts';
-import type { HybridContext } from './context.ts';
+import type { RelayMetrics } from '../ops/metrics.ts';
+import { connectFailed, countHttpStatus, type HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -52,10 +53,11 @@ export class HybridService {
     rendezvousBase: string,
     bus: Bus,
     subjects: Subjects,
+    metrics: RelayMetrics,
   ) {
     this.catalog = new EntityCatalog(config.hybridConnections, config.autoCreate);
     this.authorizer = new SasAuthorizer(config.sas);
-    this.ctx = { config, log, listeners: this.listeners, rendezvous: new RendezvousTable(), rendezvousBase };
+    this.ctx = { config, log, listeners: this.listeners, rendezvous: new RendezvousTable(), rendezvousBase, metrics, open: { splices: 0, httpRequests: 0 } };
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -65,6 +67,13 @@ export class HybridService {
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
     this.publicHost = new URL(rendezvousBase).hostname;
     this.cluster = new HybridClusterLink(bus, subjects, config.nodeId, this.ctx, log, config.bus.requestTimeoutMs);
+  }
+
+  /** Open connections by kind, for the connections gauge. */
+  openConnections(): { listener: number; relayed_websocket: number; http_request: number } {
+    let listener = 0;
+    for (const _ of this.listeners.all()) listener++;
+    return { listener, relayed_websocket: this.ctx.open.splices, http_request: this.ctx.open.httpRequests };
   }
 
   // --- WebSocket actions on /$hc/{entity} ---------------------------------------
@@ -100,6 +109,7 @@ export class HybridService {
     if (!target) return failUpgrade(socket, 'EntityNotFound');
     if (this.listeners.count(target.key) >= this.config.limits.listenersPerEntity) {
       log.info({ event: 'listener.refused', code: 'ListenerLimitReached' });
+      this.ctx.metrics.limitRefusals.inc({ limit: 'listenersPerEntity' });
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
@@ -134,11 +144,11 @@ export class HybridService {
 
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
     const entity = this.entityForSender(name);
-    if (!entity) return failUpgrade(socket, 'EntityNotFound');
+    if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound');
     const refused = this.authorizeSender(req, params, entity, []);
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
-      return failUpgrade(socket, refused);
+      return connectFailed(this.ctx, socket, refused);
     }
     startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), log);
   }
@@ -184,6 +194,7 @@ export class HybridService {
     const log = this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) });
     const refuse = (code: HybridErrorCode) => {
       log.info({ event: 'http.refused', code });
+      countHttpStatus(this.ctx, code);
       failRequest(res, code);
       req.resume();
     };

@@ -41,6 +41,13 @@ export class ListenerRegistry {
     return undefined;
   }
 
+  /** Listeners per entity (by the entity's name as configured or first used). */
+  counts(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const slot of this.byEntity.values()) if (slot.channels.length > 0) out.set(slot.channels[0].entity.name, slot.channels.length);
+    return out;
+  }
+
   *all(): IterableIterator<ControlChannel> {
     for (const slot of this.byEntity.values()) yield* slot.channels;
   }

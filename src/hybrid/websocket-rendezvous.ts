@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from '../ops/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
-import { rendezvousAddress, type HybridContext } from './context.ts';
+import { connectFailed, rendezvousAddress, type HybridContext } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
@@ -67,7 +67,7 @@ export function startConnect(
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
   if (ctx.rendezvous.pendingFor(entity.key) >= ctx.config.limits.pendingPerEntity) {
-    return failUpgrade(socket, 'TooManyPending');
+    return connectFailed(ctx, socket, 'TooManyPending');
   }
   const id = randomUUID();
   const pending: PendingConnect = {
@@ -82,11 +82,12 @@ export function startConnect(
       if (!ctx.rendezvous.delete(pending)) return;
       detachSender(pending);
       log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
-      failUpgrade(socket, route.isOpen ? 'AcceptTimeout' : 'ListenerGone');
+      connectFailed(ctx, socket, route.isOpen ? 'AcceptTimeout' : 'ListenerGone');
     }, ctx.config.timeouts.acceptMs),
     onSenderGone: () => {
       if (ctx.rendezvous.delete(pending)) {
         clearTimeout(pending.timer);
+        ctx.metrics.rendezvousFailed.inc({ reason: 'SenderGone' });
         log.info({ event: 'connect.sender_gone' });
       }
     },
@@ -117,7 +118,7 @@ export function startConnect(
     clearTimeout(pending.timer);
     detachSender(pending);
     log.info({ event: 'connect.refused', code });
-    failUpgrade(socket, code);
+    connectFailed(ctx, socket, code);
   });
 }
 
@@ -135,7 +136,10 @@ export function completeConnect(
   const sender = pending.socket;
   detachSender(pending);
   const log = pending.log;
-  if (sender.destroyed) return failUpgrade(listenerSocket, 'SenderGone');
+  if (sender.destroyed) {
+    ctx.metrics.rendezvousFailed.inc({ reason: 'SenderGone' });
+    return failUpgrade(listenerSocket, 'SenderGone');
+  }
 
   const rejectCode = params.get('sb-hc-statusCode') ?? params.get('statusCode');
   if (rejectCode !== null) {
@@ -143,13 +147,14 @@ export function completeConnect(
     const code = Number.isInteger(status) && status >= 400 && status <= 599 ? status : 400;
     const description = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
     log.info({ event: 'connect.rejected', status: code });
+    ctx.metrics.rendezvousFailed.inc({ reason: 'RejectedByListener' });
     writeUpgradeError(sender, code, description, 'RejectedByListener');
     return failUpgrade(listenerSocket, 'RendezvousRejected');
   }
 
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) {
-    failUpgrade(sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
+    connectFailed(ctx, sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
     return failUpgrade(listenerSocket, 'BadRequest', 'Invalid WebSocket handshake');
   }
   const protocol = upgrade.protocols[0];
@@ -163,6 +168,8 @@ export function completeConnect(
     s.setKeepAlive(true, SPLICE_TCP_KEEPALIVE_MS);
   }
   log.info({ event: 'connect.spliced', protocol });
+  ctx.metrics.rendezvousOpened.inc();
+  ctx.open.splices++;
   const splice = new FrameSplice(
     sender,
     listenerSocket,
@@ -171,14 +178,18 @@ export function completeConnect(
       closeHandshakeMs: ctx.config.timeouts.closeHandshakeMs,
       maxFrameBytes: 0,
     },
-    (result) =>
+    (result) => {
+      ctx.open.splices--;
+      ctx.metrics.bytesRelayed.inc({ direction: 'to_listener' }, result.bytesAtoB);
+      ctx.metrics.bytesRelayed.inc({ direction: 'to_sender' }, result.bytesBtoA);
       log.info({
         event: 'connect.closed',
         code: result.code,
         closedBy: result.closedBy === 'a' ? 'sender' : 'listener',
         bytesToListener: result.bytesAtoB,
         bytesToSender: result.bytesBtoA,
-      }),
+      });
+    },
   );
   splice.start(pending.head, listenerHead);
 }

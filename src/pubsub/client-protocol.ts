@@ -19,6 +19,8 @@ export interface ClientProtocolContext {
   sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub): Promise<UpstreamResult>;
   groupsPerConnection: number;
   count(counter: 'messagesIn' | 'acksOk' | 'acksFailed'): void;
+  /** Counts an ack sent, by result: success or the error name. */
+  countAck(result: string): void;
 }
 
 interface Upstream {
@@ -36,6 +38,7 @@ interface Upstream {
 function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, error?: AckErrorName, detail?: string): void {
   if (ackId === undefined) return;
   ctx.count(error ? 'acksFailed' : 'acksOk');
+  ctx.countAck(error ?? 'success');
   connection.sendControl(ackFrame(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
 }
 

@@ -11,6 +11,7 @@ import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
+import type { RelayMetrics } from '../ops/metrics.ts';
 import { busOpOf } from '../validation/schemas.ts';
 import { SharedMessage, type DataMessage } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';
@@ -24,6 +25,7 @@ export interface ClusterHubDeps {
   subjects: Subjects;
   nodeId: string;
   log: Logger;
+  metrics: RelayMetrics;
   requestTimeoutMs: number;
   gatherStallMs: number;
   /** Ends a connection for good (REST close, slow consumer). */
@@ -54,6 +56,8 @@ export interface SendHeader {
   origin: string;
   hub: string;
   mid: string;
+  /** When the publishing node accepted the event (ms since epoch). */
+  at?: number;
   target: Target;
   excluded?: string[];
   message: Omit<DataMessage, 'dataJson'>;
@@ -147,11 +151,12 @@ export class ClusterHub {
   /** Delivers to local members now and tells the other nodes. */
   send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>): void {
     const mid = this.deps.nextMid();
-    this.local.deliver(target, new SharedMessage(message, mid), excluded);
+    const at = Date.now();
+    this.delivered(this.local.deliver(target, new SharedMessage(message, mid), excluded), at, 'local');
     if (!this.deps.bus.reachesOtherNodes) return;
     if (target.kind === 'connection' && this.local.connections.has(target.name)) return;
     const { dataJson, ...rest } = message;
-    const header = this.header('ps.send', { mid, target, excluded: excluded && [...excluded], message: rest });
+    const header = this.header('ps.send', { mid, at, target, excluded: excluded && [...excluded], message: rest });
     try {
       const subject = this.subjectOf(target);
       const data = encodeEnvelope(header, Buffer.from(dataJson, 'utf8'));
@@ -332,7 +337,15 @@ export class ClusterHub {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });
       return;
     }
-    this.local.deliver(h.target, message, h.excluded && new Set(h.excluded));
+    this.delivered(this.local.deliver(h.target, message, h.excluded && new Set(h.excluded)), h.at, 'bus');
+  }
+
+  /** Counts an event handed to `recipients` local connections, published at `at`. */
+  private delivered(recipients: number, at: number | undefined, source: 'local' | 'bus'): void {
+    const metrics = this.deps.metrics;
+    metrics.pubsubEventsIn.inc({ source });
+    metrics.pubsubEventsOut.inc(recipients);
+    if (at !== undefined) metrics.publishToDeliver.observe(Math.max(0, Date.now() - at) / 1000);
   }
 
   /** Leaves every bus subject (shutdown). */

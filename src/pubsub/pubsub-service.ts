@@ -14,6 +14,7 @@ import type { Subjects } from '../bus/subjects.ts';
 import { validBusHeader } from '../validation/schemas.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../ops/logger.ts';
+import type { RelayMetrics } from '../ops/metrics.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { MessageSocket, type MessageSocketEvents } from '../websocket/message-socket.ts';
@@ -75,6 +76,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     publicUrl: string,
     bus: Bus,
     subjects: Subjects,
+    private readonly metrics: RelayMetrics,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
     // This process as an event origin: a restarted edge is a new origin.
@@ -100,6 +102,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       subjects,
       nodeId: config.nodeId,
       log,
+      metrics,
       requestTimeoutMs: config.bus.requestTimeoutMs,
       gatherStallMs: config.bus.gatherStallMs,
       endConnection: (c: PubSubConnection, code: PubSubErrorCode, reason?: string) => this.endConnection(c, code, reason),
@@ -125,9 +128,24 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       sendEvent: (event, hub) => this.sendEvent(event, hub),
       groupsPerConnection: config.limits.groupsPerConnection,
       count: (counter) => this.stats[counter]++,
+      countAck: (result) => metrics.acks.inc({ result }),
     };
     this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
     this.keepAliveTimer.unref();
+  }
+
+  /** Attached client connections, and reliable sessions held for a dropped socket. */
+  openCounts(): { attached: number; retained: number } {
+    let attached = 0;
+    let retained = 0;
+    for (const hub of this.hubs.values()) {
+      for (const c of hub.local.connections.values()) {
+        if (c.ended) continue;
+        if (c.socket) attached++;
+        else if (c.session) retained++;
+      }
+    }
+    return { attached, retained };
   }
 
   hub(name: string): ClusterHub | undefined {
@@ -221,6 +239,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     connection.attach(client);
     previous?.destroy();
     this.stats.sessionsRecovered++;
+    this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
     connection.flush();
     this.log.info({
@@ -264,7 +283,10 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
   endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void {
     if (connection.ended) return;
-    if (code === 'SlowConsumer' || code === 'SessionBufferFull') this.stats.slowConsumerCloses++;
+    if (code === 'SlowConsumer' || code === 'SessionBufferFull') {
+      this.stats.slowConsumerCloses++;
+      this.metrics.slowConsumerCloses.inc({ code });
+    }
     connection.closeSocket(code, reason);
     this.forget(connection);
     this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });

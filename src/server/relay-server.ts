@@ -10,9 +10,12 @@ import type { RelayConfig } from '../config/types.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
+import { ManageAuth } from '../ops/manage-auth.ts';
+import { RelayMetrics } from '../ops/metrics.ts';
 import type { Logger } from '../ops/logger.ts';
 import { writeUpgradeError } from '../websocket/handshake.ts';
 import { sendError } from './respond.ts';
+import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
 
 export interface RunningRelay {
@@ -24,6 +27,7 @@ export interface RunningRelay {
   hybrid: HybridService;
   pubsub: PubSubService;
   bus: Bus;
+  metrics: RelayMetrics;
   /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
   close(): Promise<void>;
 }
@@ -65,8 +69,17 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   }
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
-  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects);
-  const pubsub = new PubSubService(config, log, publicUrl, bus, subjects);
+  const metrics = new RelayMetrics(config.nodeId);
+  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics);
+  const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics);
+  metrics.watch({
+    connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
+    listenersPerEntity: () => hybrid.listeners.counts(),
+    sessionsRetained: () => pubsub.openCounts().retained,
+    bus: () => bus,
+    busRoundTrip: () => bus.roundTrip(),
+  });
+  const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname);
   let closing = false;
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
@@ -76,6 +89,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
         return hybrid.handleHttp(req, res, r);
       case 'ops':
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus })) return;
+        if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
         return sendError(res, 404, 'NotFound', 'No such endpoint');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -112,6 +126,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     hybrid,
     pubsub,
     bus,
+    metrics,
     close: async () => {
       if (closing) return;
       closing = true;

@@ -1,0 +1,36 @@
+// Who may read the relay's operator endpoints (/$relay/metrics when the
+// config asks, /$relay/status): a SAS token whose rule has the Manage right
+// and whose resource is the namespace root or /$relay, given in the
+// Authorization or ServiceBusAuthorization header or as sb-hc-token.
+import type { IncomingMessage } from 'node:http';
+import { SasAuthorizer } from '../auth/sas-authorizer.ts';
+import type { RelayConfig } from '../config/types.ts';
+import { tokenHostsFor } from '../server/token-hosts.ts';
+
+export interface Refusal {
+  status: 401 | 403;
+  code: string;
+  message: string;
+}
+
+export class ManageAuth {
+  private readonly authorizer: SasAuthorizer;
+
+  constructor(
+    private readonly config: RelayConfig,
+    private readonly publicHost: string,
+  ) {
+    this.authorizer = new SasAuthorizer(config.sas);
+  }
+
+  /** Undefined when the request carries a Manage token for this relay; else why not. */
+  check(req: IncomingMessage): Refusal | undefined {
+    const header = req.headers.authorization ?? req.headers['servicebusauthorization'];
+    const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
+    const token = (Array.isArray(header) ? header[0] : header) ?? query.get('sb-hc-token') ?? undefined;
+    const d = this.authorizer.check({ token, entity: '$relay', right: 'Manage', hosts: tokenHostsFor(req, this.config.namespaceHosts, this.publicHost) });
+    if (d.ok) return undefined;
+    if (d.code === 'TokenScopeInvalid' || d.code === 'RightMissing') return { status: 403, code: d.code, message: 'A token with the Manage right for this relay is required' };
+    return { status: 401, code: d.code, message: 'A Shared Access Signature token with the Manage right is required' };
+  }
+}

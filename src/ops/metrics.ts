@@ -1,0 +1,141 @@
+// The relay's Prometheus metrics (prom-client), one registry per relay so
+// several relays in one process (tests) keep their own. Counters are bumped
+// where things happen; gauges of current state (connections, listeners per
+// entity, retained sessions, bus round trip) are read when scraped. Names
+// follow Prometheus conventions: edge_relay_*, _total for counters, base units.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Current state the gauges read at scrape time. */
+export interface MetricsSources {
+  connections(): Record<string, number>;
+  listenersPerEntity(): Map<string, number>;
+  sessionsRetained(): number;
+  bus(): { kind: string; connected: boolean };
+  /** Bus round trip in seconds; undefined when it cannot be measured now. */
+  busRoundTrip(): Promise<number | undefined>;
+}
+
+export class RelayMetrics {
+  readonly registry = new Registry();
+  readonly rendezvousOpened: Counter;
+  readonly rendezvousFailed: Counter<'reason'>;
+  readonly httpRequests: Counter<'status'>;
+  readonly bytesRelayed: Counter<'direction'>;
+  readonly pubsubEventsIn: Counter<'source'>;
+  readonly pubsubEventsOut: Counter;
+  readonly acks: Counter<'result'>;
+  readonly slowConsumerCloses: Counter<'code'>;
+  readonly sessionsRecovered: Counter<'from'>;
+  readonly publishToDeliver: Histogram;
+  readonly limitRefusals: Counter<'limit'>;
+  private sources: MetricsSources | undefined;
+
+  constructor(nodeId: string) {
+    this.registry.setDefaultLabels({ node: nodeId });
+    collectDefaultMetrics({ register: this.registry, prefix: 'edge_relay_' });
+    const registers = [this.registry];
+    const self = this;
+    new Gauge({
+      name: 'edge_relay_connections',
+      help: 'Open connections by kind: listener (control channels), relayed_websocket (spliced pairs), http_request (relayed requests in flight), pubsub (attached pub/sub clients)',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [kind, n] of Object.entries(self.sources?.connections() ?? {})) this.set({ kind }, n);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_listeners',
+      help: 'Listener control channels on this node per hybrid connection',
+      labelNames: ['entity'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [entity, n] of self.sources?.listenersPerEntity() ?? []) this.set({ entity }, n);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_pubsub_sessions_retained',
+      help: 'Reliable pub/sub sessions kept for a client that dropped its socket',
+      registers,
+      collect() {
+        this.set(self.sources?.sessionsRetained() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_bus_connected',
+      help: 'Whether this node is connected to its bus (the in-process bus always is)',
+      labelNames: ['bus'],
+      registers,
+      collect() {
+        this.reset();
+        const bus = self.sources?.bus();
+        if (bus) this.set({ bus: bus.kind }, bus.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_bus_round_trip_seconds',
+      help: 'Round trip to the NATS bus, measured at scrape time (absent on the in-process bus or while disconnected)',
+      labelNames: ['bus'],
+      registers,
+      async collect() {
+        this.reset();
+        const bus = self.sources?.bus();
+        const rtt = await self.sources?.busRoundTrip();
+        if (bus && rtt !== undefined) this.set({ bus: bus.kind }, rtt);
+      },
+    });
+    this.rendezvousOpened = new Counter({ name: 'edge_relay_rendezvous_opened_total', help: 'Relayed WebSocket connections spliced', registers });
+    this.rendezvousFailed = new Counter({
+      name: 'edge_relay_rendezvous_failed_total',
+      help: 'Relayed WebSocket connections that did not open, by reason (the relay error code)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.httpRequests = new Counter({ name: 'edge_relay_http_requests_total', help: 'Relayed HTTP requests by the status the sender got', labelNames: ['status'], registers });
+    this.bytesRelayed = new Counter({
+      name: 'edge_relay_bytes_relayed_total',
+      help: 'Payload bytes through relayed WebSockets (counted when each closes), by direction',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.pubsubEventsIn = new Counter({
+      name: 'edge_relay_pubsub_events_in_total',
+      help: 'Pub/sub events this node delivered to its members, by where they were published: local (a client or REST call on this node) or bus (another node)',
+      labelNames: ['source'],
+      registers,
+    });
+    this.pubsubEventsOut = new Counter({ name: 'edge_relay_pubsub_events_out_total', help: 'Pub/sub events delivered to clients on this node (one per recipient)', registers });
+    this.acks = new Counter({ name: 'edge_relay_pubsub_acks_total', help: 'Acks sent to pub/sub clients, by result (success or the error name)', labelNames: ['result'], registers });
+    this.slowConsumerCloses = new Counter({
+      name: 'edge_relay_pubsub_slow_consumer_closes_total',
+      help: 'Pub/sub connections closed for not keeping up, by code',
+      labelNames: ['code'],
+      registers,
+    });
+    this.sessionsRecovered = new Counter({
+      name: 'edge_relay_pubsub_sessions_recovered_total',
+      help: 'Reliable sessions a reconnecting client recovered, by where the session was held',
+      labelNames: ['from'],
+      registers,
+    });
+    this.publishToDeliver = new Histogram({
+      name: 'edge_relay_pubsub_publish_to_deliver_seconds',
+      help: 'From the publishing node accepting an event to this node handing it to its recipients (once per event per node)',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    });
+    this.limitRefusals = new Counter({ name: 'edge_relay_limit_refusals_total', help: 'Work refused because a configured limit was reached, by limit', labelNames: ['limit'], registers });
+  }
+
+  /** Where the gauges read current state (set once the services exist). */
+  watch(sources: MetricsSources): void {
+    this.sources = sources;
+  }
+
+  /** The text exposition and its content type. */
+  async expose(): Promise<{ body: string; contentType: string }> {
+    return { body: await this.registry.metrics(), contentType: this.registry.contentType };
+  }
+}
