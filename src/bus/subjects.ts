@@ -73,6 +73,11 @@ export class Subjects {
     return `${this.prefix}.replay`;
   }
 
+  /** Every node: the status API gathers each edge's status here. */
+  status(): string {
+    return `${this.prefix}.ops.status`;
+  }
+
   group(hubKey: string, group: string): string {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.g.${encodeSubjectToken(group)}`;
   }

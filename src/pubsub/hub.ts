@@ -67,6 +67,11 @@ export class Hub {
     this.removeFrom(this.groups, 'group', group, connection);
   }
 
+  /** Groups with members on this node. */
+  get groupCount(): number {
+    return this.groups.size;
+  }
+
   /** The local connections a target names. */
   targets(target: Target): Iterable<PubSubConnection> {
     switch (target.kind) {

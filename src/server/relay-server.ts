@@ -10,6 +10,7 @@ import type { RelayConfig } from '../config/types.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
+import { ClusterStatus } from '../ops/cluster-status.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../ops/metrics.ts';
 import type { Logger } from '../ops/logger.ts';
@@ -81,6 +82,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   });
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname);
   let closing = false;
+  const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const r = route(req.url);
@@ -90,6 +92,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       case 'ops':
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
+        if (r.name === 'status') return void status.serve(req, res, manageAuth);
         return sendError(res, 404, 'NotFound', 'No such endpoint');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -144,6 +147,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       clearTimeout(deadlineTimer);
       for (const s of sockets) s.destroy();
       await stopped;
+      status.close();
       await bus.close();
       log.info({ event: 'relay.stopped' });
     },

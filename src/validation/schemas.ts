@@ -48,6 +48,7 @@ const BUS_OPS = [
   'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
   'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
+  'ops.status', 'ops.node',
 ] as const;
 export type BusOp = (typeof BUS_OPS)[number];
 const busValidators = new Map<string, ValidateFunction>(

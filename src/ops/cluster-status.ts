@@ -1,0 +1,149 @@
+// GET /$relay/status (Manage): this node's status and, through the bus, every
+// other edge's: nodes, hybrid connections with their listener counts, hubs
+// with their connection and group counts. Each edge answers ops.status on a
+// subject all edges subscribe to; answers are schema-checked like any bus
+// message. When the bus is away the answer says so and lists this node only.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { RelayConfig } from '../config/types.ts';
+import type { HybridService } from '../hybrid/hybrid-service.ts';
+import type { PubSubService } from '../pubsub/pubsub-service.ts';
+import { sendError, sendJson } from '../server/respond.ts';
+import { busOpOf } from '../validation/schemas.ts';
+import type { Logger } from './logger.ts';
+import type { ManageAuth } from './manage-auth.ts';
+
+export interface NodeStatus {
+  nodeId: string;
+  startedAt: string;
+  shuttingDown: boolean;
+  bus: { kind: 'memory' | 'nats'; connected: boolean };
+  entities: { name: string; listeners: number }[];
+  hubs: { name: string; connections: number; groups: number; sessionsRetained: number }[];
+}
+
+export interface StatusSources {
+  config: RelayConfig;
+  bus: Bus;
+  subjects: Subjects;
+  hybrid: HybridService;
+  pubsub: PubSubService;
+  shuttingDown(): boolean;
+  log: Logger;
+}
+
+export class ClusterStatus {
+  private readonly startedAt = new Date().toISOString();
+  private readonly subscription: BusSubscription;
+
+  constructor(private readonly s: StatusSources) {
+    this.subscription = s.bus.subscribe(s.subjects.status(), (m) => this.onBus(m));
+  }
+
+  /** This node, as it would answer another. */
+  local(): NodeStatus {
+    const { config, bus, hybrid, pubsub } = this.s;
+    const entities = [...hybrid.listeners.counts()].map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
+    const hubs = [...pubsub.hubs.values()].map((hub) => {
+      let connections = 0;
+      let sessionsRetained = 0;
+      for (const c of hub.local.connections.values()) {
+        if (c.ended) continue;
+        if (c.socket) connections++;
+        else if (c.session) sessionsRetained++;
+      }
+      return { name: hub.name, connections, groups: hub.local.groupCount, sessionsRetained };
+    });
+    return {
+      nodeId: config.nodeId,
+      startedAt: this.startedAt,
+      shuttingDown: this.s.shuttingDown(),
+      bus: { kind: bus.kind as 'memory' | 'nats', connected: bus.connected },
+      entities,
+      hubs,
+    };
+  }
+
+  private onBus(message: BusMessage): void {
+    const header = decodeEnvelope(message.data)?.header;
+    if (busOpOf(header) !== 'ops.status') return;
+    if ((header as { origin: string }).origin === this.s.config.nodeId) return;
+    respond(this.s.bus, message, encodeEnvelope({ op: 'ops.node', ...this.local() }));
+  }
+
+  /** Every node that answered, this one first; `complete` is false when the bus could not be asked. */
+  async cluster(): Promise<{ nodes: NodeStatus[]; complete: boolean; problem?: string }> {
+    const here = this.local();
+    const { bus, config, subjects } = this.s;
+    if (!bus.reachesOtherNodes) return { nodes: [here], complete: true };
+    let raw: Uint8Array[];
+    try {
+      raw = await bus.gather(subjects.status(), encodeEnvelope({ op: 'ops.status', origin: config.nodeId }), {
+        maxWaitMs: config.bus.requestTimeoutMs,
+        stallMs: config.bus.gatherStallMs,
+      });
+    } catch (err) {
+      const problem = err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err);
+      return { nodes: [here], complete: false, problem };
+    }
+    const others: NodeStatus[] = [];
+    for (const data of raw) {
+      const header = decodeEnvelope(data)?.header;
+      if (busOpOf(header) !== 'ops.node') {
+        this.s.log.warn({ event: 'bus.invalid_message', op: 'ops.node' });
+        continue;
+      }
+      const { op: _op, ...status } = header as NodeStatus & { op: string };
+      if (status.nodeId !== here.nodeId) others.push(status);
+    }
+    others.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+    return { nodes: [here, ...others], complete: true };
+  }
+
+  async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      return sendError(res, 405, 'MethodNotAllowed', 'Use GET');
+    }
+    const refused = auth.check(req);
+    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    const { nodes, complete, problem } = await this.cluster();
+    // Totals across nodes: listeners and connections add up; a group with
+    // members on two nodes counts on each, so groups stay per node.
+    const entities = new Map<string, { name: string; listeners: number; nodes: string[] }>();
+    const hubs = new Map<string, { name: string; connections: number; sessionsRetained: number }>();
+    for (const node of nodes) {
+      for (const e of node.entities) {
+        const key = e.name.toLowerCase();
+        const total = entities.get(key) ?? { name: e.name, listeners: 0, nodes: [] };
+        total.listeners += e.listeners;
+        total.nodes.push(node.nodeId);
+        entities.set(key, total);
+      }
+      for (const h of node.hubs) {
+        const total = hubs.get(h.name) ?? { name: h.name, connections: 0, sessionsRetained: 0 };
+        total.connections += h.connections;
+        total.sessionsRetained += h.sessionsRetained;
+        hubs.set(h.name, total);
+      }
+    }
+    sendJson(
+      res,
+      200,
+      {
+        node: nodes[0].nodeId,
+        complete,
+        ...(problem ? { problem } : {}),
+        cluster: { entities: [...entities.values()], hubs: [...hubs.values()] },
+        nodes,
+      },
+      { 'cache-control': 'no-store' },
+    );
+  }
+
+  close(): void {
+    this.subscription.unsubscribe();
+  }
+}

@@ -1,0 +1,62 @@
+// /$relay/status: this node and, through the bus, the whole cluster.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { startEdge } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoWsListener } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+
+async function status(relayUrl: string, token?: string): Promise<{ status: number; body: any }> {
+  const r = await httpRequest(`${relayUrl}/$relay/status`, { headers: token ? { authorization: token } : {} });
+  return { status: r.status, body: JSON.parse(r.body.toString()) };
+}
+
+describe('/$relay/status', () => {
+  it('needs the Manage right and describes this node', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }] }));
+    assert.equal((await status(relay.url)).status, 401);
+    await startHycoWsListener(t, relay.url, () => {});
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ['webpubsub.joinLeaveGroup'] }), undefined, t);
+    assert.equal((await client.request({ type: 'joinGroup', group: 'room' })).success, true);
+    const r = await status(relay.url, tokenFor(`${relay.url}/`));
+    assert.equal(r.status, 200);
+    assert.equal(r.body.complete, true);
+    assert.equal(r.body.nodes.length, 1);
+    const [node] = r.body.nodes;
+    assert.equal(node.bus.kind, 'memory');
+    assert.deepEqual(node.entities, [{ name: 'echo', listeners: 1 }]);
+    assert.deepEqual(node.hubs.find((h: any) => h.name === 'chat'), { name: 'chat', connections: 1, groups: 1, sessionsRetained: 0 });
+    assert.deepEqual(r.body.cluster.entities, [{ name: 'echo', listeners: 1, nodes: [node.nodeId] }]);
+  });
+
+  it('lists every edge through the bus, and says when it cannot', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url]);
+    const b = await startEdge(t, 'edge-b', [nats.url]);
+    await startHycoWsListener(t, a.url, () => {});
+    const client = await RawPubSubClient.connect(accessUrl(b.url, { roles: ['webpubsub.joinLeaveGroup'] }), undefined, t);
+    assert.equal((await client.request({ type: 'joinGroup', group: 'room' })).success, true);
+
+    const r = await status(a.url, tokenFor(`${a.url}/`));
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal(r.body.node, 'edge-a');
+    assert.equal(r.body.complete, true);
+    assert.deepEqual(r.body.nodes.map((n: any) => n.nodeId), ['edge-a', 'edge-b']);
+    assert.deepEqual(r.body.cluster.entities, [{ name: 'echo', listeners: 1, nodes: ['edge-a'] }]);
+    assert.equal(r.body.cluster.hubs.find((h: any) => h.name === 'chat').connections, 1);
+    assert.equal(r.body.nodes[1].hubs.find((h: any) => h.name === 'chat').groups, 1);
+
+    await nats.kill();
+    let seen: any;
+    for (let i = 0; i < 100; i++) {
+      seen = (await status(a.url, tokenFor(`${a.url}/`))).body;
+      if (!seen.complete) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(seen.complete, false);
+    assert.match(seen.problem, /nats bus is unreachable/);
+    assert.deepEqual(seen.nodes.map((n: any) => n.nodeId), ['edge-a']);
+  });
+});
