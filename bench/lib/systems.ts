@@ -24,6 +24,8 @@ export async function startRelay(options: { nodeId?: string; natsUrl?: string; e
     hybridConnections: [{ name: ENTITY, requiresClientAuthorization: false }],
     pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] },
     bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl] } : { kind: 'memory' },
+    // The load generator opens thousands of connections from one address.
+    limits: { connectRatePerAddress: 0 },
     ...options.extra,
   };
   const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));

@@ -65,6 +65,10 @@ export interface RelayConfig {
     sessionBufferBytes: number;
     ackIdsPerConnection: number;
     groupsPerConnection: number;
+    connectionsPerNode: number;
+    connectionsPerHub: number;
+    connectRatePerAddress: number;
+    connectBurstPerAddress: number;
   };
   metrics: { requireManage: boolean };
   timeouts: {

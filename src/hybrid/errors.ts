@@ -24,6 +24,8 @@ export const HYBRID_ERRORS = {
   ListenerGone: { status: 502, message: 'The listener disconnected before answering' },
   BadListenerResponse: { status: 502, message: 'The listener sent an invalid response' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: only listeners on this node can be reached' },
+  ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
+  TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   TooManyPending: { status: 503, message: 'Too many requests are waiting for this hybrid connection' },
   ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
   AcceptTimeout: { status: 504, message: 'The listener did not accept in time' },

@@ -137,6 +137,11 @@ export class HybridService {
       const left = this.listeners.remove(channel);
       this.cluster.listenersChanged(channel.entity, left);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
+      if (code === 1009) {
+        // ws closed it for a message over maxPayload.
+        this.ctx.metrics.limitRefusals.inc({ limit: 'controlMessageBytes' });
+        channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
+      }
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
       if (left === 0) this.catalog.releaseDynamic(channel.entity);
     },

@@ -17,6 +17,7 @@ import type { Logger } from '../ops/logger.ts';
 import type { RelayMetrics } from '../ops/metrics.ts';
 import { tokenHostsFor } from '../server/token-hosts.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
+import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents } from '../websocket/message-socket.ts';
 import { handleClientFrame, type ClientProtocolContext } from './client-protocol.ts';
 import { PUBSUB_ERRORS, failUpgrade, type PubSubErrorCode } from './errors.ts';
@@ -174,6 +175,11 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       void this.recover(hub, recoverId, params.get('awps_reconnection_token') ?? '', protocol, socket, head);
       return;
     }
+    if (hub.local.connections.size >= this.config.limits.connectionsPerHub) {
+      this.metrics.limitRefusals.inc({ limit: 'connectionsPerHub' });
+      this.log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size });
+      return failUpgrade(duplex, 'HubConnectionLimitReached');
+    }
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
     const verdict = verifyAccessToken(token, hub.config.accessKey, [path, `/client/hubs/${hub.name}`], this.hostsFor(req));
     if (!verdict.ok) {
@@ -267,6 +273,10 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
 
   onClosed(socket: ClientSocket, code: number): void {
     const connection = socket.owner;
+    if (code === CLOSE_TOO_BIG) {
+      this.metrics.limitRefusals.inc({ limit: 'pubsubMessageBytes' });
+      this.log.warn({ event: 'limit.reached', limit: 'pubsubMessageBytes', hub: connection.hub, connectionId: connection.id });
+    }
     if (connection.socket !== socket) return;
     connection.detach(Date.now());
     if (connection.ended) return;

@@ -16,6 +16,9 @@ import { RelayMetrics } from '../ops/metrics.ts';
 import type { Logger } from '../ops/logger.ts';
 import { writeUpgradeError } from '../websocket/handshake.ts';
 import { sendError } from './respond.ts';
+import { ConnectionRateLimiter } from './connection-rate.ts';
+import { failUpgrade as failHybridUpgrade } from '../hybrid/errors.ts';
+import { failUpgrade as failPubSubUpgrade } from '../pubsub/errors.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
 
@@ -106,8 +109,40 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     }
   });
 
+  // WebSocket connections held by this node (limits.connectionsPerNode), and
+  // new ones per client address (limits.connectRatePerAddress). A listener's
+  // rendezvous leg completes a connection already admitted: it is counted,
+  // never refused.
+  const upgraded = new Set<Duplex>();
+  const connectRate = new ConnectionRateLimiter(config.limits.connectRatePerAddress, config.limits.connectBurstPerAddress);
+  const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): 'ConnectionLimitReached' | 'TooManyConnectionAttempts' | undefined => {
+    if (!rendezvousLeg) {
+      const address = req.socket.remoteAddress ?? '';
+      let refused: 'ConnectionLimitReached' | 'TooManyConnectionAttempts' | undefined;
+      let limit = '';
+      if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
+      else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
+      if (refused) {
+        metrics.limitRefusals.inc({ limit });
+        log.warn({ event: 'limit.reached', limit, address, open: upgraded.size });
+        return refused;
+      }
+    }
+    upgraded.add(socket);
+    socket.once('close', () => upgraded.delete(socket));
+    return undefined;
+  };
+
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     const r = route(req.url);
+    if (r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') {
+      const action = r.kind === 'hybrid-ws' ? r.params.get('sb-hc-action') : null;
+      const refused = admit(req, socket, action === 'accept' || action === 'request');
+      if (refused) {
+        socket.on('error', () => socket.destroy());
+        return r.kind === 'hybrid-ws' ? failHybridUpgrade(socket, refused) : failPubSubUpgrade(socket, refused);
+      }
+    }
     if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params);
     if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());

@@ -1,0 +1,93 @@
+// Limits from the config, enforced: each refusal is the protocol's own error,
+// a log line and a counter (edge_relay_limit_refusals_total{limit}).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { ConnectionRateLimiter } from '../../src/server/connection-rate.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
+import { startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+/** Opens a WebSocket; resolves with the handshake's HTTP status (101 when it opened). */
+function handshake(t: Parameters<typeof cleanupFor>[0], url: string, protocol?: string): Promise<{ status: number; ws: WebSocket; body: string }> {
+  const ws = new WebSocket(url, protocol);
+  cleanupFor(t).after(() => ws.terminate());
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      ws.once('open', () => resolve({ status: 101, ws, body: '' }));
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, ws, body }));
+      });
+      ws.once('error', reject);
+    }),
+    5000,
+    'handshake',
+  );
+}
+
+async function refusals(relayUrl: string, limit: string): Promise<number> {
+  const text = (await httpRequest(`${relayUrl}/$relay/metrics`)).body.toString();
+  const line = text.split('\n').find((l) => l.startsWith(`edge_relay_limit_refusals_total{limit="${limit}"`));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+describe('limits', () => {
+  it('connections per node: past it a listener or client gets 503 ConnectionLimitReached', async (t) => {
+    const relay = await startRelayProcess(t, pubsubOverrides({ log: { level: 'warn' }, metrics: { requireManage: false }, limits: { connectionsPerNode: 2 }, hybridConnections: [{ name: 'echo', requiresClientAuthorization: false }] }));
+    const listen = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen&sb-hc-token=' + encodeURIComponent(tokenFor(`${relay.url}/echo`)));
+    assert.equal((await handshake(t, listen)).status, 101);
+    assert.equal((await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1')).status, 101);
+    const third = await handshake(t, listen);
+    assert.equal(third.status, 503);
+    assert.match(third.body, /ConnectionLimitReached/);
+    const fourth = await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1');
+    assert.equal(fourth.status, 503);
+    assert.equal(await refusals(relay.url, 'connectionsPerNode'), 2);
+    await until(() => /"event":"limit.reached","limit":"connectionsPerNode"/.test(relay.stderr()), 5000, 'the limit logged');
+  });
+
+  it('connections per hub: past it a client gets 429 HubConnectionLimitReached', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectionsPerHub: 1 } }));
+    await RawPubSubClient.connect(accessUrl(relay.url, {}), undefined, t);
+    const second = await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1');
+    assert.equal(second.status, 429);
+    assert.match(second.body, /HubConnectionLimitReached/);
+    assert.equal(await refusals(relay.url, 'connectionsPerHub'), 1);
+  });
+
+  it('new connections per address: a burst past it gets 429 until the bucket refills', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectRatePerAddress: 5, connectBurstPerAddress: 3 } }));
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) statuses.push((await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1')).status);
+    assert.deepEqual(statuses, [101, 101, 101, 429, 429]);
+    assert.equal(await refusals(relay.url, 'connectRatePerAddress'), 2);
+    // One token back after 200 ms at 5/s.
+    await new Promise((r) => setTimeout(r, 250));
+    assert.equal((await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1')).status, 101);
+  });
+
+  it('frame size: an oversized pub/sub frame closes with 1009 and is counted', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { pubsubMessageBytes: 1024 } }));
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, {}), undefined, t);
+    const closed = withTimeout(new Promise<number>((r) => client.ws.once('close', (code) => r(code))), 5000, 'close');
+    client.send(JSON.stringify({ type: 'event', event: 'x', dataType: 'text', data: 'y'.repeat(4096) }));
+    assert.equal(await closed, 1009);
+    assert.equal(await refusals(relay.url, 'pubsubMessageBytes'), 1);
+  });
+
+  it('the rate limiter refills, caps at the burst and forgets the least recent address when full', () => {
+    const limiter = new ConnectionRateLimiter(2, 2, 2);
+    assert.deepEqual([limiter.take('a', 0), limiter.take('a', 0), limiter.take('a', 0)], [true, true, false]);
+    assert.equal(limiter.take('a', 500), true);
+    assert.equal(limiter.take('a', 500), false);
+    assert.equal(limiter.take('a', 10000), true);
+    limiter.take('b', 10000);
+    limiter.take('c', 10000);
+    assert.equal(limiter.size, 2);
+    assert.equal(new ConnectionRateLimiter(0, 1).take('x'), true);
+  });
+});
