@@ -21,6 +21,7 @@ const LISTENER_QUEUE = 'listeners';
 export class HybridClusterLink {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
   private readonly nodeSubscription: BusSubscription;
+  private routing = true;
 
   constructor(
     private readonly bus: Bus,
@@ -46,7 +47,7 @@ export class HybridClusterLink {
   /** Subscribes while this node has at least one listener for the entity. */
   listenersChanged(entity: HybridEntity, count: number): void {
     const current = this.entitySubscriptions.get(entity.key);
-    if (count > 0 && !current) {
+    if (count > 0 && !current && this.routing) {
       const subject = this.subjects.hybridEntity(entity.key);
       this.entitySubscriptions.set(entity.key, this.bus.subscribe(subject, (m) => this.onRouted(entity, m), { queue: LISTENER_QUEUE }));
     } else if (count === 0 && current) {
@@ -113,10 +114,16 @@ export class HybridClusterLink {
     if (header.response!.body) consume?.(envelope!.body);
   }
 
-  close(): void {
-    this.nodeSubscription.unsubscribe();
+  /** Other nodes stop routing connects and requests here (shutdown); answers to this node's own requests still arrive. */
+  stopRouting(): void {
+    this.routing = false;
     for (const sub of this.entitySubscriptions.values()) sub.unsubscribe();
     this.entitySubscriptions.clear();
+  }
+
+  close(): void {
+    this.stopRouting();
+    this.nodeSubscription.unsubscribe();
   }
 }
 

@@ -27,7 +27,7 @@ export const HYBRID_ERRORS = {
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   TooManyPending: { status: 503, message: 'Too many requests are waiting for this hybrid connection' },
-  ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
+  ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   AcceptTimeout: { status: 504, message: 'The listener did not accept in time' },
   RouteTimeout: { status: 504, message: 'The node holding the listener did not answer in time' },
   ResponseTimeout: { status: 504, message: 'The listener did not respond in time' },

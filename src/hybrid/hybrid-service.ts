@@ -240,10 +240,30 @@ export class HybridService {
 
   // --- shutdown -------------------------------------------------------------------
 
-  /** Stops taking work and closes every listener with 1001 (going away). */
-  shutdown(): void {
+  /**
+   * Stops taking work: new connects, requests and listeners are refused (503)
+   * and other nodes stop routing here. Listeners are told to reconnect
+   * elsewhere (close 1012) as soon as no request of theirs is in flight.
+   */
+  beginShutdown(): void {
     this.shuttingDown = true;
     this.stopKeepAlive();
+    this.cluster.stopRouting();
+    this.closeIdleListeners();
+  }
+
+  /** Closes (1012) listeners with no request in flight; returns how many are still open. */
+  closeIdleListeners(): number {
+    let busy = 0;
+    for (const channel of [...this.listeners.all()]) {
+      if (channel.exchanges.size === 0) channel.closeWith('ShuttingDown');
+      else busy++;
+    }
+    return busy;
+  }
+
+  /** At the shutdown deadline: closes every listener, busy or not. */
+  finishShutdown(): void {
     this.cluster.close();
     for (const channel of [...this.listeners.all()]) channel.closeWith('ShuttingDown');
   }

@@ -31,7 +31,7 @@ export const PUBSUB_ERRORS = {
   SlowConsumer: { status: 503, closeCode: 1008, message: 'The client did not read fast enough; its outbound buffer is full' },
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
-  ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is shutting down' },
+  ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -66,8 +66,11 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   private readonly publicHost: string;
   private readonly keepAliveTimer: NodeJS.Timeout;
   private shuttingDown = false;
+  /** During shutdown with other nodes on the bus: dropped reliable sessions wait to be taken. */
+  private keepSessionsForHandover = false;
   private readonly protocolContext: ClientProtocolContext;
   private midCounter = 0;
+  private readonly busReachesOthers: boolean;
   /** Set with the NATS bus: replays events an edge missed while reconnecting. */
   private readonly replay: BusReplay | undefined;
 
@@ -79,6 +82,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     subjects: Subjects,
     private readonly metrics: RelayMetrics,
   ) {
+    this.busReachesOthers = bus.reachesOtherNodes;
     this.publicHost = new URL(publicUrl).hostname;
     // This process as an event origin: a restarted edge is a new origin.
     const origin = `${config.nodeId}.${randomBytes(4).toString('hex')}`;
@@ -227,12 +231,19 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     while (hub.local.connections.get(connectionId)?.handover && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
     }
+    if (this.shuttingDown) {
+      // Not "not found" (1008 ends the client's recovery): 1012 makes it try again, elsewhere.
+      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
+      const deferred = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
+      deferred.writeFrame(disconnectedFrame(PUBSUB_ERRORS.ShuttingDown.message));
+      return deferred.close(PUBSUB_ERRORS.ShuttingDown.closeCode, 'ShuttingDown');
+    }
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
     const usable = (c: PubSubConnection | undefined) =>
       c !== undefined && c.session !== undefined && !c.ended && !c.handover && c.protocol === protocol && c.session.tokenMatches(token);
     if (!heldHere) connection = await hub.handover.take(connectionId, token, protocol);
-    if (!connection || !usable(connection) || this.shuttingDown) {
+    if (!connection || !usable(connection)) {
       this.stats.sessionsRefused++;
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
       const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
@@ -280,7 +291,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     if (connection.socket !== socket) return;
     connection.detach(Date.now());
     if (connection.ended) return;
-    if (connection.session && !this.shuttingDown) {
+    if (connection.session && (!this.shuttingDown || this.keepSessionsForHandover)) {
       this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
       return;
     }
@@ -357,8 +368,35 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   }
 
   /** Stops accepting and closes every client with the shutdown code; sessions are not kept. */
-  shutdown(): void {
+  /**
+   * Tells every client to reconnect elsewhere (close 1012). With other nodes
+   * on the bus, reliable sessions stay here, still buffering events, until
+   * the node the client reconnects to takes them over (session-handover.ts);
+   * alone, there is nobody to hand them to and they end.
+   */
+  beginShutdown(): void {
     this.shuttingDown = true;
+    this.keepSessionsForHandover = this.busReachesOthers;
+    for (const hub of this.hubs.values()) {
+      for (const connection of [...hub.local.connections.values()]) {
+        if (connection.session && this.keepSessionsForHandover) connection.closeSocket('ShuttingDown');
+        else this.endConnection(connection, 'ShuttingDown');
+      }
+    }
+  }
+
+  /** Reliable sessions still held here for a client to take elsewhere, or given and not yet paged out by the taker. */
+  sessionsAwaitingHandover(): number {
+    let held = 0;
+    for (const hub of this.hubs.values()) {
+      held += hub.handover.givingCount;
+      for (const c of hub.local.connections.values()) if (!c.ended && c.session) held++;
+    }
+    return held;
+  }
+
+  /** At the end of shutdown: ends what is left and leaves the bus. */
+  finishShutdown(): void {
     clearInterval(this.keepAliveTimer);
     for (const hub of this.hubs.values()) {
       for (const connection of [...hub.local.connections.values()]) this.endConnection(connection, 'ShuttingDown');

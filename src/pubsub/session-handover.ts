@@ -333,6 +333,11 @@ export class SessionHandover {
     return envelope;
   }
 
+  /** Sessions given away whose events the taker has not paged out yet. */
+  get givingCount(): number {
+    return this.given.size;
+  }
+
   close(): void {
     for (const id of [...this.given.keys()]) this.forgetGiven(id);
   }

@@ -22,6 +22,9 @@ import { failUpgrade as failPubSubUpgrade } from '../pubsub/errors.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
 
+/** How often shutdown checks whether draining is done. */
+const SHUTDOWN_POLL_MS = 25;
+
 export interface RunningRelay {
   /** http://host:port as bound. */
   url: string;
@@ -49,13 +52,10 @@ export function rendezvousBaseFor(publicUrl: string): string {
 export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
   const server = createServer({ requestTimeout: 0, maxHeaderSize: 16384 });
   const sockets = new Set<Duplex>();
-  /** Set while shutting down: called when the last open socket closes. */
-  let onAllClosed: (() => void) | undefined;
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.on('close', () => {
       sockets.delete(socket);
-      if (sockets.size === 0) onAllClosed?.();
     });
   });
   await new Promise<void>((resolve, reject) => {
@@ -170,19 +170,28 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       closing = true;
       log.info({ event: 'relay.stopping' });
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      hybrid.shutdown();
-      pubsub.shutdown();
+      // Stop taking work; tell listeners and clients (1012) to reconnect elsewhere.
+      hybrid.beginShutdown();
+      pubsub.beginShutdown();
       server.closeIdleConnections();
-      let deadlineTimer: NodeJS.Timeout | undefined;
-      const deadline = new Promise<void>((resolve) => {
-        deadlineTimer = setTimeout(resolve, config.timeouts.shutdownMs);
-      });
-      const drained = sockets.size === 0 ? Promise.resolve() : new Promise<void>((resolve) => (onAllClosed = resolve));
-      await Promise.race([drained, deadline]);
-      clearTimeout(deadlineTimer);
+      // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners
+      // close once idle, reliable sessions wait for another node to take them.
+      const deadline = Date.now() + config.timeouts.shutdownMs;
+      while (Date.now() < deadline) {
+        const busyListeners = hybrid.closeIdleListeners();
+        const held = pubsub.sessionsAwaitingHandover();
+        server.closeIdleConnections();
+        if (sockets.size === 0 && held === 0 && busyListeners === 0) break;
+        await new Promise((r) => setTimeout(r, SHUTDOWN_POLL_MS));
+      }
+      const left = { sockets: sockets.size, sessions: pubsub.sessionsAwaitingHandover() };
+      if (left.sockets > 0 || left.sessions > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
+      hybrid.finishShutdown();
+      pubsub.finishShutdown();
       for (const s of sockets) s.destroy();
       await stopped;
       status.close();
+      // Drain the bus: what this node published (answers, hand-overs) reaches the others.
       await bus.close();
       log.info({ event: 'relay.stopped' });
     },
