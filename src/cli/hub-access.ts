@@ -24,6 +24,17 @@ export function resolveHubAccess(hub: string, key: string | undefined, configFil
   }
 }
 
+/** The parseArgs options `pub` and `sub` share: which relay, hub, group and key, and as whom. */
+export const HUB_GROUP_OPTIONS = {
+  hub: { type: 'string' },
+  group: { type: 'string' },
+  key: { type: 'string' },
+  config: { type: 'string' },
+  url: { type: 'string', default: 'http://127.0.0.1:9400' },
+  user: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
 export function isBaseUrl(url: string): boolean {
   return /^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(url);
 }

@@ -1,7 +1,7 @@
 // `edge-relay pub`: publishes to a pub/sub group from a terminal or a script.
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { isBaseUrl, resolveHubAccess } from './hub-access.ts';
+import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess } from './hub-access.ts';
 import { HubClient } from './hub-client.ts';
 
 export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key KEY | --config FILE) [options] [MESSAGE...]
@@ -37,16 +37,7 @@ export async function pub(argv: string[]): Promise<number> {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: {
-        hub: { type: 'string' },
-        group: { type: 'string' },
-        key: { type: 'string' },
-        config: { type: 'string' },
-        url: { type: 'string', default: 'http://127.0.0.1:9400' },
-        user: { type: 'string' },
-        'data-type': { type: 'string', default: 'text' },
-        help: { type: 'boolean', short: 'h' },
-      },
+      options: { ...HUB_GROUP_OPTIONS, 'data-type': { type: 'string', default: 'text' } },
     });
   } catch (err) {
     return fail(`${(err as Error).message}\n\n${PUB_HELP}`);

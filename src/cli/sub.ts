@@ -4,7 +4,7 @@
 // subprotocol).
 import { parseArgs } from 'node:util';
 import { Backoff } from '../bridge/backoff.ts';
-import { isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
+import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
 import { HubClient, type HubMessage } from './hub-client.ts';
 
 export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key KEY | --config FILE) [options]
@@ -46,17 +46,7 @@ export async function sub(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: {
-        hub: { type: 'string' },
-        group: { type: 'string' },
-        key: { type: 'string' },
-        config: { type: 'string' },
-        url: { type: 'string', default: 'http://127.0.0.1:9400' },
-        user: { type: 'string' },
-        format: { type: 'string', default: 'data' },
-        count: { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
+      options: { ...HUB_GROUP_OPTIONS, format: { type: 'string', default: 'data' }, count: { type: 'string' } },
     }));
   } catch (err) {
     return fail(`${(err as Error).message}\n\n${SUB_HELP}`);
