@@ -196,26 +196,25 @@ export class NatsBus implements Bus {
   }
 
   async roundTrip(): Promise<number | undefined> {
-    const nc = this.nc;
-    if (!nc || !this.isConnected) return undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const ms = await Promise.race([
-      nc.rtt().catch(() => undefined),
-      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.options.flushTimeoutMs))),
-    ]);
-    clearTimeout(timer);
+    const ms = await this.askServer((nc) => nc.rtt());
     return ms === undefined ? undefined : ms / 1000;
   }
 
   async flush(): Promise<void> {
+    await this.askServer((nc) => nc.flush());
+  }
+
+  /** A round trip to the server, bounded by flushTimeoutMs; undefined while disconnected, on error or past the bound. */
+  private async askServer<T>(ask: (nc: NatsConnection) => Promise<T>): Promise<T | undefined> {
     const nc = this.nc;
-    if (!nc || !this.isConnected) return;
+    if (!nc || !this.isConnected) return undefined;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      nc.flush().catch(() => undefined),
-      new Promise<void>((resolve) => (timer = setTimeout(resolve, this.options.flushTimeoutMs))),
+    const answer = await Promise.race([
+      ask(nc).catch(() => undefined),
+      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.options.flushTimeoutMs))),
     ]);
     clearTimeout(timer);
+    return answer;
   }
 
   onConnectionChange(listener: (connected: boolean) => void): void {
