@@ -23,16 +23,21 @@ export interface HybridContext {
   open: { splices: number; httpRequests: number };
 }
 
+/** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */
+export function pendingLimitReached(ctx: HybridContext, entity: HybridEntity): boolean {
+  if (ctx.rendezvous.pendingFor(entity.key) < ctx.config.limits.pendingPerEntity) return false;
+  ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
+  return true;
+}
+
 /** Counts a relayed WebSocket that did not open, and answers the sender's upgrade with why. */
 export function connectFailed(ctx: HybridContext, socket: Duplex, code: HybridErrorCode, message?: string): void {
   ctx.metrics.rendezvousFailed.inc({ reason: code });
-  if (code === 'TooManyPending') ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
   failUpgrade(socket, code, message);
 }
 
 /** Counts a relayed HTTP request by the status its sender got. */
 export function countHttpStatus(ctx: HybridContext, status: number | HybridErrorCode): void {
-  if (status === 'TooManyPending') ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
   ctx.metrics.httpRequests.inc({ status: String(typeof status === 'number' ? status : HYBRID_ERRORS[status].status) });
 }
 

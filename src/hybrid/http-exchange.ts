@@ -24,7 +24,7 @@ import {
   encodeFrameHeader,
 } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
-import { countHttpStatus, rendezvousAddress, type HybridContext } from './context.ts';
+import { countHttpStatus, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -96,9 +96,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
 
   start(): void {
     this.ctx.open.httpRequests++;
-    if (this.ctx.rendezvous.pendingFor(this.entity.key) >= this.ctx.config.limits.pendingPerEntity) {
-      return this.fail('TooManyPending');
-    }
+    if (pendingLimitReached(this.ctx, this.entity)) return this.fail('TooManyPending');
     this.ctx.rendezvous.add(this);
     this.route.track(this.id, this);
     const lengthHeader = this.req.headers['content-length'];

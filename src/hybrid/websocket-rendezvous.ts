@@ -10,7 +10,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from '../ops/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
-import { connectFailed, rendezvousAddress, type HybridContext } from './context.ts';
+import { connectFailed, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
@@ -66,9 +66,7 @@ export function startConnect(
 ): void {
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
-  if (ctx.rendezvous.pendingFor(entity.key) >= ctx.config.limits.pendingPerEntity) {
-    return connectFailed(ctx, socket, 'TooManyPending');
-  }
+  if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending');
   const id = randomUUID();
   const pending: PendingConnect = {
     kind: 'connect',
