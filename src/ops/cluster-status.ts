@@ -47,14 +47,8 @@ export class ClusterStatus {
     const { config, bus, hybrid, pubsub } = this.s;
     const entities = [...hybrid.listeners.counts()].map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
     const hubs = [...pubsub.hubs.values()].map((hub) => {
-      let connections = 0;
-      let sessionsRetained = 0;
-      for (const c of hub.local.connections.values()) {
-        if (c.ended) continue;
-        if (c.socket) connections++;
-        else if (c.session) sessionsRetained++;
-      }
-      return { name: hub.name, connections, groups: hub.local.groupCount, sessionsRetained };
+      const { attached, retained } = pubsub.openCounts(hub);
+      return { name: hub.name, connections: attached, groups: hub.local.groupCount, sessionsRetained: retained };
     });
     return {
       nodeId: config.nodeId,

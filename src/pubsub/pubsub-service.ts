@@ -66,8 +66,6 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
   private readonly publicHost: string;
   private readonly keepAliveTimer: NodeJS.Timeout;
   private shuttingDown = false;
-  /** During shutdown with other nodes on the bus: dropped reliable sessions wait to be taken. */
-  private keepSessionsForHandover = false;
   private readonly protocolContext: ClientProtocolContext;
   private midCounter = 0;
   private readonly busReachesOthers: boolean;
@@ -139,11 +137,11 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     this.keepAliveTimer.unref();
   }
 
-  /** Attached client connections, and reliable sessions held for a dropped socket. */
-  openCounts(): { attached: number; retained: number } {
+  /** Attached client connections, and reliable sessions held for a dropped socket: of one hub, or of all. */
+  openCounts(only?: ClusterHub): { attached: number; retained: number } {
     let attached = 0;
     let retained = 0;
-    for (const hub of this.hubs.values()) {
+    for (const hub of only ? [only] : this.hubs.values()) {
       for (const c of hub.local.connections.values()) {
         if (c.ended) continue;
         if (c.socket) attached++;
@@ -234,9 +232,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     if (this.shuttingDown) {
       // Not "not found" (1008 ends the client's recovery): 1012 makes it try again, elsewhere.
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
-      const deferred = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
-      deferred.writeFrame(disconnectedFrame(PUBSUB_ERRORS.ShuttingDown.message));
-      return deferred.close(PUBSUB_ERRORS.ShuttingDown.closeCode, 'ShuttingDown');
+      return this.refuseRecovery(socket, 'ShuttingDown');
     }
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
@@ -246,9 +242,7 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     if (!connection || !usable(connection)) {
       this.stats.sessionsRefused++;
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
-      const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
-      refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS.SessionNotFound.message));
-      return refused.close(PUBSUB_ERRORS.SessionNotFound.closeCode, 'SessionNotFound');
+      return this.refuseRecovery(socket, 'SessionNotFound');
     }
     const session = connection.session!;
     const previous = connection.socket;
@@ -267,6 +261,13 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
       replay: session.unacknowledged,
     });
     client.start();
+  }
+
+  /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
+  private refuseRecovery(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown'): void {
+    const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions());
+    refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS[code].message));
+    refused.close(PUBSUB_ERRORS[code].closeCode, code);
   }
 
   // MessageSocketEvents
@@ -291,7 +292,8 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
     if (connection.socket !== socket) return;
     connection.detach(Date.now());
     if (connection.ended) return;
-    if (connection.session && (!this.shuttingDown || this.keepSessionsForHandover)) {
+    // During shutdown with other nodes on the bus, a dropped reliable session waits to be taken.
+    if (connection.session && (!this.shuttingDown || this.busReachesOthers)) {
       this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
       return;
     }
@@ -376,10 +378,9 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
    */
   beginShutdown(): void {
     this.shuttingDown = true;
-    this.keepSessionsForHandover = this.busReachesOthers;
     for (const hub of this.hubs.values()) {
       for (const connection of [...hub.local.connections.values()]) {
-        if (connection.session && this.keepSessionsForHandover) connection.closeSocket('ShuttingDown');
+        if (connection.session && this.busReachesOthers) connection.closeSocket('ShuttingDown');
         else this.endConnection(connection, 'ShuttingDown');
       }
     }
