@@ -92,6 +92,7 @@ describe('graceful shutdown', () => {
 
     // Restart edge A: traffic moves to B, then A is told to stop.
     lb.retarget(b.port);
+    // As a load balancer's health check would: a moment for requests already sent to A to arrive.
     await new Promise((r) => setTimeout(r, 100));
     await withTimeout(a.stop(), 20000, 'edge A to drain and exit');
     a = await startEdge(t, 'edge-a', [nats.url], EDGE_OPTIONS);
@@ -104,6 +105,7 @@ describe('graceful shutdown', () => {
     // Then edge B.
     lb.retarget(a.port);
     publishVia = a;
+    // Likewise for requests already sent to B.
     await new Promise((r) => setTimeout(r, 100));
     await withTimeout(b.stop(), 20000, 'edge B to drain and exit');
     const afterB = published;
