@@ -4,7 +4,7 @@
 // endpoint: one of the token hosts (port and scheme ignored, as for SAS) and
 // the request's path (or the hub's canonical client path), compared decoded
 // and case-insensitively, without the query and trailing slashes.
-import { hostListed } from '../server/token-hosts.ts';
+import { hostListed } from './token-hosts.ts';
 import { JwtError, verifyJwt, type JwtClaims } from './jwt.ts';
 
 export type AccessTokenError = 'TokenMissing' | 'TokenInvalid' | 'TokenExpired' | 'AudienceInvalid';

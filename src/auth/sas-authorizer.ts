@@ -4,7 +4,7 @@
 // namespace root or the entity (segment prefix, case-insensitive); a rule with
 // `entity` covers only that entity. Manage implies Listen and Send.
 import type { Right, SasRule } from '../config/types.ts';
-import { hostListed } from '../server/token-hosts.ts';
+import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
 
 export type SasDecision =

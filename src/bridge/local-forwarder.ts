@@ -4,7 +4,7 @@
 // listener, bad token) is closed and the reason logged.
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 

@@ -7,7 +7,7 @@
 // from a key are renewed on the channel at half their lifetime.
 import { connect } from 'node:net';
 import WebSocket from 'ws';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
 import { pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';

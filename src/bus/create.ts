@@ -1,6 +1,6 @@
 // Builds the bus the config names.
 import type { RelayConfig } from '../config/types.ts';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import type { Bus } from './bus.ts';
 import { MemoryBus } from './memory.ts';
 import { NatsBus } from './nats.ts';

@@ -4,7 +4,7 @@
 // Subscriptions made before the first connection are kept here and made once
 // it is up; after that the client itself re-subscribes on every reconnect.
 import { connect, createInbox, ErrorCode, Events, type NatsConnection, type NatsError, type Subscription } from 'nats';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { BusError, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
 
 export interface NatsBusOptions {

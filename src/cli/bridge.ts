@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
-import { createLogger } from '../ops/logger.ts';
+import { createLogger } from '../telemetry/logger.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
 

@@ -1,7 +1,7 @@
 // `edge-relay serve`: runs one edge node until SIGTERM/SIGINT.
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
-import { createLogger } from '../ops/logger.ts';
+import { createLogger } from '../telemetry/logger.ts';
 import { startRelay } from '../server/relay-server.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]

@@ -8,7 +8,7 @@
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Subjects } from '../bus/subjects.ts';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { busOpOf } from '../validation/schemas.ts';
 import type { HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';

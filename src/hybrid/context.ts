@@ -3,8 +3,8 @@
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
 import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
-import type { Logger } from '../ops/logger.ts';
-import type { RelayMetrics } from '../ops/metrics.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';

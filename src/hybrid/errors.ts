@@ -3,7 +3,7 @@
 // control channel is closed with (protocols/hybrid-connections.md), and the
 // two ways a code is answered: on an upgrade socket, or on an HTTP response.
 // Tests assert codes and statuses, not message text.
-import { errorAnswers, type ErrorSpec } from '../server/error-answers.ts';
+import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const HYBRID_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },

@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import {

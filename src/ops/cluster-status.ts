@@ -10,9 +10,9 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
-import { sendError, sendJson } from '../server/respond.ts';
+import { sendError, sendJson } from '../http/respond.ts';
 import { busOpOf } from '../validation/schemas.ts';
-import type { Logger } from './logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
 
 export interface NodeStatus {

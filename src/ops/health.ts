@@ -2,7 +2,7 @@
 // not shutting down and, with the NATS bus, connected to it). Not-ready says
 // why, so an operator reading the probe knows what to fix.
 import type { ServerResponse } from 'node:http';
-import { sendJson } from '../server/respond.ts';
+import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
   shuttingDown(): boolean;

@@ -5,7 +5,7 @@
 import type { IncomingMessage } from 'node:http';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig } from '../config/types.ts';
-import { tokenHostsFor } from '../server/token-hosts.ts';
+import { tokenHostsFor } from '../auth/token-hosts.ts';
 
 export interface Refusal {
   status: 401 | 403;

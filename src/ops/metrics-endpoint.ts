@@ -1,9 +1,9 @@
 // GET /$relay/metrics: the Prometheus text exposition, behind a Manage token
 // when the config says so (metrics.requireManage).
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { sendError } from '../server/respond.ts';
+import { sendError } from '../http/respond.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import type { RelayMetrics } from './metrics.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
 
 export async function serveMetrics(req: IncomingMessage, res: ServerResponse, metrics: RelayMetrics, auth: ManageAuth | undefined): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') {

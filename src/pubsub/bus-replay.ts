@@ -14,7 +14,7 @@
 // delivered: nothing twice.
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { busOpOf, validBusHeader } from '../validation/schemas.ts';
 
 export interface BusReplayOptions {

@@ -3,7 +3,7 @@
 // connection is ended), or an ack error name (a client request fails but the
 // connection stays). Names of ack errors are the ones Azure Web PubSub uses
 // (protocols/web-pubsub.md 1.4); tests assert codes, not message text.
-import { errorAnswers, type ErrorSpec } from '../server/error-answers.ts';
+import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const PUBSUB_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },

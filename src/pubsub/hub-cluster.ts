@@ -10,8 +10,8 @@ import { BusError, respond, type Bus, type BusMessage, type BusSubscription } fr
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
-import type { Logger } from '../ops/logger.ts';
-import type { RelayMetrics } from '../ops/metrics.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { busOpOf } from '../validation/schemas.ts';
 import { SharedMessage, type DataMessage } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';

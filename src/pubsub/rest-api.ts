@@ -7,7 +7,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
 import { signJwt } from '../auth/jwt.ts';
-import { sendJson } from '../server/respond.ts';
+import { sendJson } from '../http/respond.ts';
 import {
   validateConnectionId,
   validateGroupName,

@@ -17,7 +17,7 @@
 // publishing edges' logs (bus-replay.ts): nothing is lost or doubled.
 import { BusError, respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
-import type { Logger } from '../ops/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import { busOpOf, validBusHeader } from '../validation/schemas.ts';
 import { parseMid } from './bus-replay.ts';
 import { sharedMessageOf, type ClusterHub, type SendHeader } from './hub-cluster.ts';

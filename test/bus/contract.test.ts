@@ -8,7 +8,7 @@ import { encodeEnvelope, decodeEnvelope } from '../../src/bus/envelope.ts';
 import { MemoryBus } from '../../src/bus/memory.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { Subjects } from '../../src/bus/subjects.ts';
-import { createLogger } from '../../src/ops/logger.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { until, withTimeout } from '../helpers/wait.ts';

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { BusError } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
-import { createLogger } from '../../src/ops/logger.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { until } from '../helpers/wait.ts';

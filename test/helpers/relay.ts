@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { buildConfig } from '../../src/config/load.ts';
-import { createLogger } from '../../src/ops/logger.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
 import { cleanupFor } from './cleanup.ts';
 import { withTimeout } from './wait.ts';
