@@ -7,7 +7,6 @@ import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const HYBRID_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
-  NotWebSocket: { status: 400, message: 'A WebSocket upgrade is required for this address' },
   InvalidEntityName: { status: 400, message: 'Invalid hybrid connection name' },
   TokenMissing: { status: 401, message: 'A Shared Access Signature token is required' },
   TokenMalformed: { status: 401, message: 'The token is not a valid Shared Access Signature' },
@@ -24,14 +23,11 @@ export const HYBRID_ERRORS = {
   ListenerGone: { status: 502, message: 'The listener disconnected before answering' },
   BadListenerResponse: { status: 502, message: 'The listener sent an invalid response' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: only listeners on this node can be reached' },
-  ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
-  TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   TooManyPending: { status: 503, message: 'Too many requests are waiting for this hybrid connection' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   AcceptTimeout: { status: 504, message: 'The listener did not accept in time' },
   RouteTimeout: { status: 504, message: 'The node holding the listener did not answer in time' },
   ResponseTimeout: { status: 504, message: 'The listener did not respond in time' },
-  Internal: { status: 500, closeCode: 1011, message: 'Internal error' },
   ControlMessageInvalid: { status: 400, closeCode: 1008, message: 'Malformed control channel message' },
   RenewTokenInvalid: { status: 401, closeCode: 1008, message: 'The renewed token is not valid' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -10,6 +10,7 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
+import { failEdgeRequest } from '../http/edge-errors.ts';
 import { sendError, sendJson } from '../http/respond.ts';
 import { busOpOf } from '../validation/schemas.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -99,7 +100,7 @@ export class ClusterStatus {
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
     if (req.method !== 'GET') {
       res.setHeader('allow', 'GET');
-      return sendError(res, 405, 'MethodNotAllowed', 'Use GET');
+      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
     }
     const refused = auth.check(req);
     if (refused) return sendError(res, refused.status, refused.code, refused.message);

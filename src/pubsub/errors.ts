@@ -19,9 +19,7 @@ export const PUBSUB_ERRORS = {
   NotFound: { status: 404, message: 'Not found' },
   MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
-  ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
-  TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
   FilterUnsupported: { status: 400, message: 'Only connectionId/userId eq filters joined with or are supported' },
   // An open connection is ended with these close codes.

@@ -14,11 +14,8 @@ import { ClusterStatus } from '../ops/cluster-status.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { writeUpgradeError } from '../websocket/handshake.ts';
-import { sendError } from '../http/respond.ts';
+import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
-import { failUpgrade as failHybridUpgrade } from '../hybrid/errors.ts';
-import { failUpgrade as failPubSubUpgrade } from '../pubsub/errors.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
 
@@ -96,16 +93,16 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
-        return sendError(res, 404, 'NotFound', 'No such endpoint');
+        return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
       case 'hybrid-ws':
       case 'pubsub-client':
-        return sendError(res, 400, 'NotWebSocket', 'A WebSocket upgrade is required for this address');
+        return failEdgeRequest(res, 'NotWebSocket');
       case 'bad-request':
-        return sendError(res, 400, 'BadRequest', 'Malformed request target');
+        return failEdgeRequest(res, 'BadRequest');
       default:
-        return sendError(res, 404, 'NotFound', 'No such endpoint');
+        return failEdgeRequest(res, 'NotFound');
     }
   });
 
@@ -115,10 +112,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   // never refused.
   const upgraded = new Set<Duplex>();
   const connectRate = new ConnectionRateLimiter(config.limits.connectRatePerAddress, config.limits.connectBurstPerAddress);
-  const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): 'ConnectionLimitReached' | 'TooManyConnectionAttempts' | undefined => {
+  const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): AdmissionRefusal | undefined => {
     if (!rendezvousLeg) {
       const address = req.socket.remoteAddress ?? '';
-      let refused: 'ConnectionLimitReached' | 'TooManyConnectionAttempts' | undefined;
+      let refused: AdmissionRefusal | undefined;
       let limit = '';
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
       else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
@@ -140,14 +137,13 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       const refused = admit(req, socket, action === 'accept' || action === 'request');
       if (refused) {
         socket.on('error', () => socket.destroy());
-        return r.kind === 'hybrid-ws' ? failHybridUpgrade(socket, refused) : failPubSubUpgrade(socket, refused);
+        return failEdgeUpgrade(socket, refused);
       }
     }
     if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params);
     if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());
-    if (r.kind === 'bad-request') return writeUpgradeError(socket, 400, 'Malformed request target', 'BadRequest');
-    writeUpgradeError(socket, 404, 'No such endpoint', 'NotFound');
+    failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
   });
 
   server.on('clientError', (_err, socket: Duplex) => {

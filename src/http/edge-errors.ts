@@ -1,0 +1,23 @@
+// Errors of the edge itself, before or beside any domain: requests that match
+// no surface, admission of new connections (limits.connectionsPerNode,
+// limits.connectRatePerAddress), operator endpoints, and the unexpected. The
+// domains keep their own tables (hybrid/errors.ts, pubsub/errors.ts); the
+// README's error tables list every code of all of them (a test checks).
+import { errorAnswers, type ErrorSpec } from './error-answers.ts';
+
+export const EDGE_ERRORS = {
+  BadRequest: { status: 400, message: 'Malformed request target' },
+  NotWebSocket: { status: 400, message: 'A WebSocket upgrade is required for this address' },
+  NotFound: { status: 404, message: 'No such endpoint' },
+  MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
+  TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
+  Internal: { status: 500, message: 'Internal error' },
+  ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type EdgeErrorCode = keyof typeof EDGE_ERRORS;
+
+/** Why admission refused a new WebSocket connection. */
+export type AdmissionRefusal = 'ConnectionLimitReached' | 'TooManyConnectionAttempts';
+
+export const { failUpgrade: failEdgeUpgrade, failRequest: failEdgeRequest } = errorAnswers<EdgeErrorCode>(EDGE_ERRORS);
