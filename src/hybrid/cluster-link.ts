@@ -6,10 +6,9 @@
 // control channels. A listener's answer on the control channel goes back to
 // the sender's node on that node's subject, addressed by rendezvous id.
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type HcFailed, type HcResponse } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { busOpOf } from '../validation/schemas.ts';
 import type { HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
@@ -59,59 +58,54 @@ export class HybridClusterLink {
   // --- on the node holding the listener ----------------------------------------
 
   private onRouted(entity: HybridEntity, message: BusMessage): void {
-    const envelope = decodeEnvelope(message.data);
-    const op = busOpOf(envelope?.header);
-    if (op !== 'hc.accept' && op !== 'hc.request') {
+    const routed = decodeEdgeMessage(message.data, 'hc.accept', 'hc.request');
+    if (!routed) {
       this.log.warn({ event: 'bus.invalid_message', subject: message.subject });
       return;
     }
-    const header = envelope!.header as { entity: string; node?: string; accept?: object; request?: { id: string; requestTarget?: string } };
-    const channel = header.entity.toLowerCase() === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
+    const m = routed.message;
+    const channel = m.entity.toLowerCase() === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
     if (!channel) {
-      respond(this.bus, message, encodeEnvelope({ op: 'hc.routed', ok: false, code: 'NoListener' }));
+      respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
       return;
     }
-    if (header.accept) {
-      channel.send({ accept: header.accept });
+    if (m.op === 'hc.accept') {
+      channel.send({ accept: m.accept });
     } else {
-      const request = header.request!;
       // A full request may be answered on the control channel, here; a notice
       // to fetch a large one is answered on the rendezvous at the sender's node.
-      if (request.requestTarget !== undefined) {
-        new RemoteHttpRelay(request.id, header.node!, this, channel, this.ctx.config.timeouts.httpResponseMs);
+      if (m.request.requestTarget !== undefined) {
+        new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       }
-      const body = envelope!.body;
-      channel.send({ request }, body.length > 0 ? body : undefined);
+      channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
     }
-    channel.log.info({ event: 'bus.routed', op, listener: channel.id, from: header.node });
-    respond(this.bus, message, encodeEnvelope({ op: 'hc.routed', ok: true }));
+    channel.log.info({ event: 'bus.routed', op: m.op, listener: channel.id, from: m.op === 'hc.request' ? m.node : undefined });
+    respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true }));
   }
 
   /** Sends a listener's answer back to the node holding the sender. */
-  answer(node: string, header: object, body?: Buffer): void {
+  answer(node: string, answer: HcResponse | HcFailed, body?: Buffer): void {
     try {
-      this.bus.publish(this.subjects.node(node) + '.hc', encodeEnvelope(header, body));
+      this.bus.publish(this.subjects.node(node) + '.hc', encodeEdgeMessage(answer, body));
     } catch (err) {
       this.log.warn({ event: 'bus.answer_failed', node, err: (err as Error).message });
-      const id = (header as { id: string }).id;
-      this.bus.publish(this.subjects.node(node) + '.hc', encodeEnvelope({ op: 'hc.failed', id, code: 'BadListenerResponse' }));
+      this.bus.publish(this.subjects.node(node) + '.hc', encodeEdgeMessage({ op: 'hc.failed', id: answer.id, code: 'BadListenerResponse' }));
     }
   }
 
   // --- on the node holding the sender ---------------------------------------------
 
   private onAnswer(message: BusMessage): void {
-    const envelope = decodeEnvelope(message.data);
-    const op = busOpOf(envelope?.header);
-    const header = envelope?.header as { id: string; response?: ListenerResponse; code?: 'ListenerGone' | 'BadListenerResponse' };
-    const exchange = header ? this.ctx.rendezvous.get(header.id) : undefined;
-    if ((op !== 'hc.response' && op !== 'hc.failed') || !(exchange instanceof HttpExchange)) {
-      this.log.info({ event: 'bus.answer_unmatched', op });
+    const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed');
+    const exchange = decoded ? this.ctx.rendezvous.get(decoded.message.id) : undefined;
+    if (!decoded || !(exchange instanceof HttpExchange)) {
+      this.log.info({ event: 'bus.answer_unmatched', op: decoded?.message.op });
       return;
     }
-    if (op === 'hc.failed') return header.code === 'ListenerGone' ? exchange.listenerLost() : exchange.fail(header.code!);
-    const consume = exchange.onControlResponse(header.response!);
-    if (header.response!.body) consume?.(envelope!.body);
+    const m = decoded.message;
+    if (m.op === 'hc.failed') return m.code === 'ListenerGone' ? exchange.listenerLost() : exchange.fail(m.code);
+    const consume = exchange.onControlResponse(m.response);
+    if (m.response.body) consume?.(decoded.body);
   }
 
   /** Other nodes stop routing connects and requests here (shutdown); answers to this node's own requests still arrive. */

@@ -9,18 +9,14 @@
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
+import type { HttpResponseHead } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 
-export interface ListenerResponse {
-  requestId: string;
-  statusCode: number;
-  statusDescription?: string | null;
-  responseHeaders?: Record<string, string | number | string[]> | null;
-  body?: boolean;
-}
+/** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
+export type ListenerResponse = HttpResponseHead;
 
 export interface ControlChannelHooks {
   /** Checks a renewed token; returns its expiry (unix s) or an error code. */

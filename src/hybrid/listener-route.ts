@@ -4,13 +4,13 @@
 // rendezvous address in the notice points at this node, so bulk bytes never
 // cross the bus (../shared/DESIGN.md).
 import { BusError, type Bus } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
-import { validBusHeader } from '../validation/schemas.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type HcAccept, type HcRequest } from '../bus/messages.ts';
 import type { ChannelExchange, ControlChannel } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { HybridErrorCode } from './errors.ts';
 
-export type ListenerNotice = { accept: { address: string; id: string } & Record<string, unknown> } | { request: { address: string; id: string } & Record<string, unknown> };
+/** What a listener is told on its control channel: accept a WebSocket, or take (or fetch) an HTTP request. */
+export type ListenerNotice = { accept: HcAccept['accept'] } | { request: HcRequest['request'] };
 
 export interface ListenerRoute {
   /** Sends a notice (a body, when given, follows it); resolves to the code to fail with when it could not. */
@@ -69,13 +69,13 @@ export class RemoteRoute implements ListenerRoute {
 
   async deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
     const { bus, subject, nodeId, timeoutMs } = this.options;
-    const header =
+    const message: HcAccept | HcRequest =
       'accept' in notice
         ? { op: 'hc.accept', entity: this.entity.name, accept: notice.accept }
         : { op: 'hc.request', entity: this.entity.name, node: nodeId, request: notice.request };
     let answer: Uint8Array;
     try {
-      answer = await bus.request(subject, encodeEnvelope(header, body), timeoutMs);
+      answer = await bus.request(subject, encodeEdgeMessage(message, body), timeoutMs);
     } catch (err) {
       const code = err instanceof BusError ? err.code : 'Unavailable';
       if (code === 'NoResponders') return this.entity.dynamic ? 'EntityNotFound' : 'NoListener';
@@ -83,9 +83,9 @@ export class RemoteRoute implements ListenerRoute {
       if (code === 'TooLarge') return 'BadRequest';
       return 'BusUnavailable';
     }
-    const reply = decodeEnvelope(answer)?.header as { ok: boolean; code?: HybridErrorCode } | undefined;
-    if (!validBusHeader(reply, 'hc.routed')) return 'RouteTimeout';
-    return reply!.ok ? undefined : (reply!.code ?? 'NoListener');
+    const reply = decodeEdgeMessage(answer, 'hc.routed')?.message;
+    if (!reply) return 'RouteTimeout';
+    return reply.ok ? undefined : (reply.code ?? 'NoListener');
   }
 
   track(): void {

@@ -5,25 +5,17 @@
 // message. When the bus is away the answer says so and lists this node only.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type NodeStatus } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import { failEdgeRequest } from '../http/edge-errors.ts';
 import { sendError, sendJson } from '../http/respond.ts';
-import { busOpOf } from '../validation/schemas.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
 
-export interface NodeStatus {
-  nodeId: string;
-  startedAt: string;
-  shuttingDown: boolean;
-  bus: { kind: 'memory' | 'nats'; connected: boolean };
-  entities: { name: string; listeners: number }[];
-  hubs: { name: string; connections: number; groups: number; sessionsRetained: number }[];
-}
+export type { NodeStatus };
 
 export interface StatusSources {
   config: RelayConfig;
@@ -62,10 +54,9 @@ export class ClusterStatus {
   }
 
   private onBus(message: BusMessage): void {
-    const header = decodeEnvelope(message.data)?.header;
-    if (busOpOf(header) !== 'ops.status') return;
-    if ((header as { origin: string }).origin === this.s.config.nodeId) return;
-    respond(this.s.bus, message, encodeEnvelope({ op: 'ops.node', ...this.local() }));
+    const asked = decodeEdgeMessage(message.data, 'ops.status')?.message;
+    if (!asked || asked.origin === this.s.config.nodeId) return;
+    respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.local() }));
   }
 
   /** Every node that answered, this one first; `complete` is false when the bus could not be asked. */
@@ -75,7 +66,7 @@ export class ClusterStatus {
     if (!bus.reachesOtherNodes) return { nodes: [here], complete: true };
     let raw: Uint8Array[];
     try {
-      raw = await bus.gather(subjects.status(), encodeEnvelope({ op: 'ops.status', origin: config.nodeId }), {
+      raw = await bus.gather(subjects.status(), encodeEdgeMessage({ op: 'ops.status', origin: config.nodeId }), {
         maxWaitMs: config.bus.requestTimeoutMs,
         stallMs: config.bus.gatherStallMs,
       });
@@ -85,12 +76,12 @@ export class ClusterStatus {
     }
     const others: NodeStatus[] = [];
     for (const data of raw) {
-      const header = decodeEnvelope(data)?.header;
-      if (busOpOf(header) !== 'ops.node') {
+      const answer = decodeEdgeMessage(data, 'ops.node')?.message;
+      if (!answer) {
         this.s.log.warn({ event: 'bus.invalid_message', op: 'ops.node' });
         continue;
       }
-      const { op: _op, ...status } = header as NodeStatus & { op: string };
+      const { op: _op, ...status } = answer;
       if (status.nodeId !== here.nodeId) others.push(status);
     }
     others.sort((a, b) => a.nodeId.localeCompare(b.nodeId));

@@ -13,9 +13,8 @@
 // arrive in that order, so one number per origin says what was already
 // delivered: nothing twice.
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { busOpOf, validBusHeader } from '../validation/schemas.ts';
 
 export interface BusReplayOptions {
   /** This edge process as origin: `nodeId.bootId`. */
@@ -145,7 +144,7 @@ export class BusReplay {
     this.held ??= [];
     let replayed = 0;
     try {
-      const request = encodeEnvelope({
+      const request = encodeEdgeMessage({
         op: 'ps.replay',
         origin: this.options.origin,
         since: Object.fromEntries(this.delivered),
@@ -156,9 +155,9 @@ export class BusReplay {
         stallMs: this.options.gatherStallMs,
       });
       for (const answer of answers) {
-        const envelope = decodeEnvelope(answer);
-        if (!envelope || !validBusHeader(envelope.header, 'ps.replayed')) continue;
-        const h = envelope.header as { entries: { length: number }[]; truncated?: boolean };
+        const envelope = decodeEdgeMessage(answer, 'ps.replayed');
+        if (!envelope) continue;
+        const h = envelope.message;
         if (h.truncated) this.log.warn({ event: 'bus.replay_truncated' });
         let offset = 0;
         for (const entry of h.entries) {
@@ -185,17 +184,17 @@ export class BusReplay {
    * ps.send envelopes: what a session moving between edges may have missed.
    */
   async publishedSince(after: number): Promise<Uint8Array[]> {
-    const request = encodeEnvelope({ op: 'ps.replay', origin: this.options.origin, since: {}, after });
+    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.options.origin, since: {}, after });
     const answers = await this.bus.gather(this.options.subject, request, {
       maxWaitMs: this.options.requestTimeoutMs,
       stallMs: this.options.gatherStallMs,
     });
     const out: Uint8Array[] = [];
     for (const answer of answers) {
-      const envelope = decodeEnvelope(answer);
-      if (!envelope || !validBusHeader(envelope.header, 'ps.replayed')) continue;
+      const envelope = decodeEdgeMessage(answer, 'ps.replayed');
+      if (!envelope) continue;
       let offset = 0;
-      for (const entry of (envelope.header as { entries: { length: number }[] }).entries) {
+      for (const entry of envelope.message.entries) {
         if (offset + entry.length > envelope.body.length) break;
         out.push(envelope.body.subarray(offset, offset + entry.length));
         offset += entry.length;
@@ -206,10 +205,9 @@ export class BusReplay {
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */
   private onRequest(message: BusMessage): void {
-    const envelope = decodeEnvelope(message.data);
-    if (busOpOf(envelope?.header) !== 'ps.replay') return;
-    const h = envelope!.header as { origin: string; since: Record<string, number>; after: number };
-    if (h.origin === this.options.origin) return respond(this.bus, message, encodeEnvelope({ op: 'ps.replayed', entries: [] }));
+    const h = decodeEdgeMessage(message.data, 'ps.replay')?.message;
+    if (!h) return;
+    if (h.origin === this.options.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries: [] }));
     const since = h.since[this.options.origin];
     const budget = Math.floor(this.bus.maxPayload / 2);
     const entries: { length: number }[] = [];
@@ -227,7 +225,7 @@ export class BusReplay {
       bodies.push(e.data);
       bytes += e.data.length;
     }
-    respond(this.bus, message, encodeEnvelope({ op: 'ps.replayed', entries, truncated }, Buffer.concat(bodies, bytes)));
+    respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries, truncated }, Buffer.concat(bodies, bytes)));
   }
 
   close(): void {

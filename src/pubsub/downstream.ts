@@ -4,17 +4,14 @@
 // `{` + body in one shared frame, a reliable client gets a small per-recipient
 // head `{"sequenceId":N,` written before the same shared body, so the only
 // per-recipient work is the sequence number the protocol forces.
+import type { DataMessageHead, DataType } from '../bus/messages.ts';
 import { OP_TEXT, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
 
-export type DataType = 'json' | 'text' | 'binary';
+export type { DataType };
 
-export interface DataMessage {
-  from: 'group' | 'server';
-  group?: string;
-  /** Set for messages a client sent to a group; null when the sender had no user id. */
-  fromUserId?: string | null;
-  dataType: DataType;
+/** A data message to clients: the head that crosses the bus, and its data already as JSON text. */
+export interface DataMessage extends DataMessageHead {
   /** The `data` value already as JSON text (a JSON value, a JSON string, or base64 in a JSON string). */
   dataJson: string;
 }

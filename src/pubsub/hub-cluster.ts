@@ -7,16 +7,27 @@
 // to the hub's `all` subject always. Operations whose answer matters (exists,
 // list, close, membership, permissions) gather the other nodes' answers.
 import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { decodeEnvelope } from '../bus/envelope.ts';
+import {
+  decodeEdgeMessage,
+  encodeEdgeMessage,
+  isEdgeMessage,
+  type EdgeMessage,
+  type FilterTerm,
+  type GroupAction,
+  type GroupMember,
+  type Permission,
+  type PsDone,
+  type PsSend,
+  type Target,
+} from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { busOpOf } from '../validation/schemas.ts';
 import { SharedMessage, type DataMessage } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';
-import { Hub, type EndConnection, type Target } from './hub.ts';
-import type { Permission } from './permissions.ts';
+import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { SessionHandover } from './session-handover.ts';
 
@@ -38,42 +49,10 @@ export interface ClusterHubDeps {
   admit(mid: string, deliver: () => void): void;
 }
 
-export interface GroupMember {
-  connectionId: string;
-  userId?: string;
-}
-
-/** Membership filter terms of :addToGroups / :removeFromGroups, already parsed. */
-export interface FilterTerm {
-  field: 'connectionId' | 'userId';
-  value: string;
-}
-
-export type GroupAction = 'add' | 'remove' | 'removeAll';
-
-export interface SendHeader {
-  op: string;
-  origin: string;
-  hub: string;
-  mid: string;
-  /** When the publishing node accepted the event (ms since epoch). */
-  at?: number;
-  target: Target;
-  excluded?: string[];
-  message: Omit<DataMessage, 'dataJson'>;
-  reason?: string;
-  action: GroupAction;
-  groups: string[];
-  terms?: FilterTerm[];
-  group?: string;
-  top: number;
-  connectionId: string;
-  method: 'PUT' | 'DELETE' | 'HEAD';
-  permission: Permission;
-}
+export type { FilterTerm, GroupAction, GroupMember };
 
 /** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
-export function sharedMessageOf(h: SendHeader, body: Buffer): SharedMessage | undefined {
+export function sharedMessageOf(h: PsSend, body: Buffer): SharedMessage | undefined {
   const dataJson = body.toString('utf8');
   try {
     const data: unknown = JSON.parse(dataJson);
@@ -141,9 +120,9 @@ export class ClusterHub {
     this.subscriptions.delete(key);
   }
 
-  /** Builds a header for this hub from this node. */
-  header(op: string, fields: object): object {
-    return { op, origin: this.deps.nodeId, hub: this.name, ...fields };
+  /** The fields every hub message from this node carries. */
+  get from(): { origin: string; hub: string } {
+    return { origin: this.deps.nodeId, hub: this.name };
   }
 
   // --- sending ------------------------------------------------------------------
@@ -156,10 +135,10 @@ export class ClusterHub {
     if (!this.deps.bus.reachesOtherNodes) return;
     if (target.kind === 'connection' && this.local.connections.has(target.name)) return;
     const { dataJson, ...rest } = message;
-    const header = this.header('ps.send', { mid, at, target, excluded: excluded && [...excluded], message: rest });
+    const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], message: rest };
     try {
       const subject = this.subjectOf(target);
-      const data = encodeEnvelope(header, Buffer.from(dataJson, 'utf8'));
+      const data = encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8'));
       this.deps.bus.publish(subject, data);
       this.deps.recordSend(mid, subject, data);
     } catch (err) {
@@ -180,18 +159,18 @@ export class ClusterHub {
 
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
     const local = this.applyClose(target, excluded, reason);
-    await this.clusterCall(target, local, this.header('ps.close', { target, excluded: excluded && [...excluded], reason }));
+    await this.clusterCall(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason });
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], terms?: FilterTerm[]): Promise<void> {
     const local = this.applyGroups(target, action, groups, terms);
-    await this.clusterCall(target, local, this.header('ps.groups', { target, action, groups, terms }));
+    await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, terms });
   }
 
   async exists(target: Target): Promise<boolean> {
     const local = this.countTargets(target);
     if (local > 0) return true;
-    const answers = await this.clusterCall(target, local, this.header('ps.exists', { target }));
+    const answers = await this.clusterCall(target, local, { op: 'ps.exists', ...this.from, target });
     return answers.some((a) => a.count > 0);
   }
 
@@ -199,7 +178,7 @@ export class ClusterHub {
     const members = this.members(group, top);
     if (members.length >= top) return members;
     const target: Target = { kind: 'group', name: group };
-    const answers = await this.clusterCall(target, 0, this.header('ps.list', { group, top }));
+    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top });
     for (const answer of answers) members.push(...(answer.members ?? []));
     return members.slice(0, top);
   }
@@ -209,7 +188,7 @@ export class ClusterHub {
     const target: Target = { kind: 'connection', name: connectionId };
     const local = this.applyPermission(connectionId, method, permission, group);
     if (local > 0 || this.local.connections.has(connectionId)) return local > 0;
-    const answers = await this.clusterCall(target, 0, this.header('ps.permission', { connectionId, method, permission, group }));
+    const answers = await this.clusterCall(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
     return answers.some((a) => a.count > 0);
   }
 
@@ -218,10 +197,10 @@ export class ClusterHub {
    * holding it answers [] at once), every node with interest otherwise.
    * Throws BusError('Unavailable') when the bus is away.
    */
-  private async clusterCall(target: Target, localCount: number, header: object): Promise<{ count: number; members?: GroupMember[] }[]> {
+  private async clusterCall(target: Target, localCount: number, request: EdgeMessage): Promise<PsDone[]> {
     const bus = this.deps.bus;
     if (!bus.reachesOtherNodes) return [];
-    const data = encodeEnvelope(header);
+    const data = encodeEdgeMessage(request);
     let raw: Uint8Array[];
     if (target.kind === 'connection') {
       if (localCount > 0 || this.local.connections.has(target.name)) return [];
@@ -234,10 +213,10 @@ export class ClusterHub {
     } else {
       raw = await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
     }
-    const answers: { count: number; members?: GroupMember[] }[] = [];
+    const answers: PsDone[] = [];
     for (const r of raw) {
-      const header = decodeEnvelope(r)?.header;
-      if (busOpOf(header) === 'ps.done') answers.push(header as { count: number; members?: GroupMember[] });
+      const done = decodeEdgeMessage(r, 'ps.done')?.message;
+      if (done) answers.push(done);
     }
     return answers;
   }
@@ -294,44 +273,44 @@ export class ClusterHub {
 
   private onBus(message: BusMessage): void {
     const envelope = decodeEnvelope(message.data);
-    const h = envelope?.header as SendHeader;
+    const h = envelope?.header as { op?: unknown; origin?: unknown } | undefined;
     // NATS echoes this node's own sends back to its group subscriptions: they
     // were delivered here already, so they are dropped before any checking.
     if (h?.op === 'ps.send' && h.origin === this.deps.nodeId && !message.reply) return;
-    const op = busOpOf(h);
-    if (!op || !op.startsWith('ps.') || typeof h.hub !== 'string' || h.hub.toLowerCase() !== this.key) {
+    const m = isEdgeMessage(h) ? h : undefined;
+    if (!m || !m.op.startsWith('ps.') || !('hub' in m) || m.hub.toLowerCase() !== this.key) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, subject: message.subject });
       return;
     }
     // This node already acted on what it sent; it only answers so a gather need not wait for it.
-    const own = h.origin === this.deps.nodeId;
+    const own = m.origin === this.deps.nodeId;
     const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEnvelope(members ? { op: 'ps.done', count, members } : { op: 'ps.done', count }));
-    switch (op) {
+      respond(this.deps.bus, message, encodeEdgeMessage(members ? { op: 'ps.done', count, members } : { op: 'ps.done', count }));
+    switch (m.op) {
       case 'ps.send':
-        if (!own) this.deps.admit(h.mid, () => this.receive(h, envelope!.body));
+        if (!own) this.deps.admit(m.mid, () => this.receive(m, envelope!.body));
         return;
       case 'ps.close':
-        return done(own ? 0 : this.applyClose(h.target, h.excluded && new Set(h.excluded), h.reason));
+        return done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason));
       case 'ps.groups':
-        return done(own ? 0 : this.applyGroups(h.target, h.action, h.groups, h.terms));
+        return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, m.terms));
       case 'ps.exists':
-        return done(own ? 0 : this.countTargets(h.target));
+        return done(own ? 0 : this.countTargets(m.target));
       case 'ps.list':
-        return own ? done(0, []) : done(0, this.members(h.group!, h.top));
+        return own ? done(0, []) : done(0, this.members(m.group, m.top));
       case 'ps.permission':
-        return done(own ? 0 : this.applyPermission(h.connectionId, h.method, h.permission, h.group));
+        return done(own ? 0 : this.applyPermission(m.connectionId, m.method, m.permission, m.group));
       case 'ps.handover':
         // The taking node subscribes to the connection too: only the holder answers.
-        if (!own) this.handover.onRequest(message, envelope!.header);
+        if (!own) this.handover.onRequest(message, m);
         return;
       default:
-        this.deps.log.warn({ event: 'bus.unexpected_op', hub: this.name, op });
+        this.deps.log.warn({ event: 'bus.unexpected_op', hub: this.name, op: (m as EdgeMessage).op });
     }
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
-  receive(h: SendHeader, body: Buffer): void {
+  receive(h: PsSend, body: Buffer): void {
     const message = sharedMessageOf(h, body);
     if (!message) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });

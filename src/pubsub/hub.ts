@@ -5,6 +5,7 @@
 // detached, so messages for them are buffered until they recover or expire.
 // The watcher hears when a group, user or connection appears or goes, which
 // is when hub-cluster.ts subscribes to or leaves its bus subject.
+import type { Target } from '../bus/messages.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { SharedMessage } from './downstream.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -17,8 +18,8 @@ export interface MembershipWatcher {
   closed(kind: 'group' | 'user' | 'connection', name: string): void;
 }
 
-/** Who a message or an operation is for. */
-export type Target = { kind: 'all' } | { kind: 'group' | 'user' | 'connection'; name: string };
+/** Who a message or an operation is for (the same shape crosses the bus). */
+export type { Target };
 
 export class Hub {
   readonly connections = new Map<string, PubSubConnection>();

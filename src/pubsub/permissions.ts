@@ -7,7 +7,9 @@
 // and the same three forms for sendToGroup. Without a role a client may only
 // send events. Grants made over REST add to the token's roles.
 
-export type Permission = 'joinLeaveGroup' | 'sendToGroup';
+import type { Permission, PermissionSnapshot } from '../bus/messages.ts';
+
+export type { Permission, PermissionSnapshot };
 
 const PREFIX = 'webpubsub.';
 
@@ -28,14 +30,6 @@ export function compileGroupPattern(pattern: string): RegExp {
     }
   }
   return new RegExp(`^${source}$`, 's');
-}
-
-/** A connection's permissions as plain data, to hand a session to another node. */
-export interface PermissionSnapshot {
-  any: boolean;
-  exact: string[];
-  /** Group patterns as written in the role. */
-  patterns: string[];
 }
 
 class PermissionSet {

@@ -9,9 +9,8 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
 import type { Bus } from '../bus/bus.ts';
-import { decodeEnvelope } from '../bus/envelope.ts';
+import { decodeEdgeMessage } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
-import { validBusHeader } from '../validation/schemas.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
@@ -23,7 +22,7 @@ import { handleClientFrame, type ClientProtocolContext } from './client-protocol
 import { PUBSUB_ERRORS, failUpgrade, type PubSubErrorCode } from './errors.ts';
 import { connectedFrame, disconnectedFrame } from './downstream.ts';
 import { BusReplay } from './bus-replay.ts';
-import { ClusterHub, type SendHeader } from './hub-cluster.ts';
+import { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
 import { handleRestRequest } from './rest-api.ts';
@@ -351,9 +350,9 @@ export class PubSubService implements MessageSocketEvents<PubSubConnection> {
 
   /** A ps.send envelope replayed by another edge: delivered like a live one. */
   private redeliver(data: Uint8Array, admit: (mid: string, deliver: () => void) => void): void {
-    const envelope = decodeEnvelope(data);
-    if (!envelope || !validBusHeader(envelope.header, 'ps.send')) return;
-    const h = envelope.header as SendHeader;
+    const envelope = decodeEdgeMessage(data, 'ps.send');
+    if (!envelope) return;
+    const h = envelope.message;
     const hub = this.hub(h.hub);
     if (hub && h.origin !== this.config.nodeId) admit(h.mid, () => hub.receive(h, envelope.body));
   }

@@ -15,13 +15,12 @@
 // have (events carry cluster-wide ids), and, with the NATS bus, the events
 // that reached neither node while the group interest moved, fetched from the
 // publishing edges' logs (bus-replay.ts): nothing is lost or doubled.
-import { BusError, respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEnvelope, encodeEnvelope } from '../bus/envelope.ts';
+import { respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsEntries, type PsHandover, type PsSend, type PsSession } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { busOpOf, validBusHeader } from '../validation/schemas.ts';
 import { parseMid } from './bus-replay.ts';
-import { sharedMessageOf, type ClusterHub, type SendHeader } from './hub-cluster.ts';
-import { ConnectionPermissions, type Permission, type PermissionSnapshot } from './permissions.ts';
+import { sharedMessageOf, type ClusterHub } from './hub-cluster.ts';
+import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
 
@@ -37,28 +36,7 @@ export interface HandoverDeps {
   seen?: () => Record<string, number>;
 }
 
-type Stage = 'begin' | 'commit' | 'page' | 'abort';
-
-interface HandoverRequest {
-  connectionId: string;
-  stage: Stage;
-  token?: string;
-  protocol?: string;
-  after?: number;
-}
-
-interface SessionAnswer {
-  ok: boolean;
-  busy?: boolean;
-  userId?: string | null;
-  permissions?: Record<Permission, PermissionSnapshot>;
-  groups?: string[];
-  ackIds?: number[];
-  reconnectionToken?: string;
-  firstSeq?: number;
-  lastSeq?: number;
-  seen?: Record<string, number>;
-}
+type Stage = PsHandover['stage'];
 
 /** How far before the hand-over began to look for missed events (edges' clocks differ). */
 const CLOCK_MARGIN_MS = 1000;
@@ -102,9 +80,8 @@ export class SessionHandover {
 
   // --- on the node holding the session -------------------------------------------
 
-  onRequest(message: BusMessage, header: unknown): void {
-    const h = header as HandoverRequest;
-    const answer = (fields: object, body?: Buffer) => respond(this.hub.bus, message, encodeEnvelope(fields, body));
+  onRequest(message: BusMessage, h: PsHandover): void {
+    const answer = (fields: PsSession | PsEntries, body?: Buffer) => respond(this.hub.bus, message, encodeEdgeMessage(fields, body));
     const refuse = () => answer({ op: 'ps.session', ok: false });
     if (h.stage === 'page') return; // answered by the subscription made at commit
     const connection = this.hub.local.connections.get(h.connectionId);
@@ -160,10 +137,9 @@ export class SessionHandover {
   }
 
   private onPageRequest(message: BusMessage): void {
-    const envelope = decodeEnvelope(message.data);
-    const h = envelope?.header as HandoverRequest & { hub: string };
-    if (busOpOf(h) !== 'ps.handover' || h.stage !== 'page' || h.hub.toLowerCase() !== this.hub.key) return;
-    const answer = (fields: object, body?: Buffer) => respond(this.hub.bus, message, encodeEnvelope(fields, body));
+    const h = decodeEdgeMessage(message.data, 'ps.handover')?.message;
+    if (!h || h.stage !== 'page' || h.hub.toLowerCase() !== this.hub.key) return;
+    const answer = (fields: PsSession | PsEntries, body?: Buffer) => respond(this.hub.bus, message, encodeEdgeMessage(fields, body));
     this.page(h, answer, () => answer({ op: 'ps.session', ok: false }));
   }
 
@@ -176,7 +152,7 @@ export class SessionHandover {
     this.given.delete(id);
   }
 
-  private page(h: HandoverRequest, answer: (fields: object, body?: Buffer) => void, refuse: () => void): void {
+  private page(h: PsHandover, answer: (fields: PsEntries, body?: Buffer) => void, refuse: () => void): void {
     const given = this.given.get(h.connectionId);
     if (!given || !given.session.tokenMatches(h.token ?? '')) return refuse();
     const budget = Math.min(MAX_PAGE_BYTES, Math.floor(this.hub.bus.maxPayload / 2));
@@ -205,14 +181,13 @@ export class SessionHandover {
     if (!this.hub.bus.reachesOtherNodes) return undefined;
     const ask = (stage: Stage, after?: number) => this.ask({ connectionId, stage, token, protocol, after });
     const startedAt = Date.now();
-    let begin: { header: SessionAnswer } | undefined;
+    let s: PsSession | undefined;
     for (const deadline = Date.now() + this.deps.requestTimeoutMs; ; ) {
-      begin = (await ask('begin').catch(() => undefined)) as { header: SessionAnswer } | undefined;
-      if (!begin?.header.busy || Date.now() > deadline) break;
+      s = await ask('begin').then((a) => decodeEdgeMessage(a, 'ps.session')?.message, () => undefined);
+      if (!s?.busy || Date.now() > deadline) break;
       await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
     }
-    if (!begin?.header.ok || !validBusHeader(begin.header, 'ps.session')) return undefined;
-    const s = begin.header;
+    if (!s?.ok) return undefined;
     if (!s.permissions || !s.groups || s.firstSeq === undefined || !s.reconnectionToken) return undefined;
     const connection = new PubSubConnection(
       connectionId,
@@ -231,17 +206,15 @@ export class SessionHandover {
     await this.hub.bus.flush();
     let committed = false;
     try {
-      const commit = await ask('commit');
-      const lastSeq = (commit.header as SessionAnswer).lastSeq;
-      if (!validBusHeader(commit.header, 'ps.session') || !(commit.header as SessionAnswer).ok || lastSeq === undefined) {
-        throw new Error('commit refused');
-      }
+      const commit = decodeEdgeMessage(await ask('commit'), 'ps.session')?.message;
+      const lastSeq = commit?.lastSeq;
+      if (!commit?.ok || lastSeq === undefined) throw new Error('commit refused');
       committed = true;
       const entries: SessionEntry[] = [];
       for (let after = s.firstSeq - 1; after < lastSeq; ) {
-        const page = await ask('page', after);
-        if (busOpOf(page.header) !== 'ps.entries') throw new Error('page refused');
-        const listed = (page.header as { entries: { seq: number; mid?: string; length: number }[] }).entries;
+        const page = decodeEdgeMessage(await ask('page', after), 'ps.entries');
+        if (!page) throw new Error('page refused');
+        const listed = page.message.entries;
         if (listed.length === 0) throw new Error('empty page');
         let offset = 0;
         for (const e of listed) {
@@ -258,7 +231,7 @@ export class SessionHandover {
       // The publishing edges' logs have it: fetch, keep what is for this
       // connection and missing, and slot it in before later events from the same origin.
       if (this.deps.publishedSince) {
-        const seen = (commit.header as SessionAnswer).seen ?? {};
+        const seen = commit.seen ?? {};
         const missed = await this.deps.publishedSince(startedAt - CLOCK_MARGIN_MS).catch(() => []);
         // Deliveries went on into `taking` while waiting: look at it only now.
         const present = new Set(had);
@@ -303,9 +276,9 @@ export class SessionHandover {
   ): { body: Buffer; mid: string }[] {
     const out: { body: Buffer; mid: string }[] = [];
     for (const data of published) {
-      const envelope = decodeEnvelope(data);
-      if (!envelope || !validBusHeader(envelope.header, 'ps.send')) continue;
-      const h = envelope.header as SendHeader;
+      const decoded = decodeEdgeMessage(data, 'ps.send');
+      if (!decoded) continue;
+      const h = decoded.message;
       if (h.hub.toLowerCase() !== this.hub.key || had.has(h.mid) || h.excluded?.includes(connection.id)) continue;
       // The holder delivered everything up to seen[origin]: those are in the session or acknowledged.
       const id = parseMid(h.mid);
@@ -316,7 +289,7 @@ export class SessionHandover {
         (t.kind === 'group' && connection.groups.has(t.name)) ||
         (t.kind === 'user' && connection.userId === t.name) ||
         (t.kind === 'connection' && connection.id === t.name);
-      const message = addressed ? sharedMessageOf(h, envelope.body) : undefined;
+      const message = addressed ? sharedMessageOf(h, decoded.body) : undefined;
       if (!message) continue;
       had.add(h.mid);
       out.push({ body: message.body, mid: h.mid });
@@ -324,13 +297,11 @@ export class SessionHandover {
     return out;
   }
 
-  private async ask(request: HandoverRequest): Promise<{ header: unknown; body: Buffer }> {
+  /** One hand-over stage, asked of the node holding the connection; the raw answer. */
+  private ask(request: Omit<PsHandover, 'op' | 'origin' | 'hub'>): Promise<Uint8Array> {
     const target = { kind: 'connection' as const, name: request.connectionId };
-    const data = encodeEnvelope(this.hub.header('ps.handover', request));
-    const raw = await this.hub.bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs);
-    const envelope = decodeEnvelope(raw);
-    if (!envelope) throw new BusError('Unavailable', 'unreadable answer');
-    return envelope;
+    const data = encodeEdgeMessage({ op: 'ps.handover', ...this.hub.from, ...request });
+    return this.hub.bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs);
   }
 
   /** Sessions given away whose events the taker has not paged out yet. */

@@ -1,0 +1,321 @@
+// Every message one edge node sends another, in one place: a discriminated
+// union with one member per `op`, the list of ops, and how a message is
+// encoded, decoded and checked against its definition in
+// schemas/bus-message.schema.json (docs/architecture.md, "Messages between
+// edges"). A message travels as an envelope (envelope.ts): this header as
+// JSON, then raw body bytes where the op carries a body. The bus is a network
+// too: decodeEdgeMessage returns only messages that match their schema.
+import { busMessageValidator } from '../validation/schemas.ts';
+import { decodeEnvelope, encodeEnvelope } from './envelope.ts';
+
+// --- shapes shared by several messages ----------------------------------------------
+
+/** Who a pub/sub message or operation is for. */
+export type Target = { kind: 'all' } | { kind: 'group' | 'user' | 'connection'; name: string };
+
+export type DataType = 'json' | 'text' | 'binary';
+
+/** A pub/sub data message without its data (which travels as the body, already JSON). */
+export interface DataMessageHead {
+  from: 'group' | 'server';
+  group?: string;
+  /** Set for messages a client sent to a group; null when the sender had no user id. */
+  fromUserId?: string | null;
+  dataType: DataType;
+}
+
+/** Membership filter terms of :addToGroups / :removeFromGroups, already parsed. */
+export interface FilterTerm {
+  field: 'connectionId' | 'userId';
+  value: string;
+}
+
+export type GroupAction = 'add' | 'remove' | 'removeAll';
+
+export type Permission = 'joinLeaveGroup' | 'sendToGroup';
+
+/** A connection's permissions for one right, as plain data. */
+export interface PermissionSnapshot {
+  any: boolean;
+  exact: string[];
+  /** Group patterns as written in the role. */
+  patterns: string[];
+}
+
+export interface GroupMember {
+  connectionId: string;
+  userId?: string;
+}
+
+/** A listener's answer to a relayed HTTP request (hc-response.schema.json). */
+export interface HttpResponseHead {
+  requestId: string;
+  statusCode: number;
+  statusDescription?: string | null;
+  responseHeaders?: Record<string, string | number | string[]> | null;
+  body?: boolean;
+}
+
+export interface Endpoint {
+  address: string;
+  port: number;
+}
+
+/** One edge's state, as GET /$relay/status lists it. */
+export interface NodeStatus {
+  nodeId: string;
+  startedAt: string;
+  shuttingDown: boolean;
+  bus: { kind: 'memory' | 'nats'; connected: boolean };
+  entities: { name: string; listeners: number }[];
+  hubs: { name: string; connections: number; groups: number; sessionsRetained: number }[];
+}
+
+// --- hybrid connections: a sender's edge and the edge holding a listener ------------
+
+/** Sender's edge -> a listener's edge (queue group): push this accept down a control channel. */
+export interface HcAccept {
+  op: 'hc.accept';
+  entity: string;
+  accept: { address: string; id: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
+}
+
+/** Sender's edge -> a listener's edge: push this request (its small body follows) or a notice to fetch it. */
+export interface HcRequest {
+  op: 'hc.request';
+  entity: string;
+  /** The sender's edge, where answers go. */
+  node: string;
+  request: {
+    address: string;
+    id: string;
+    requestTarget?: string;
+    method?: string;
+    requestHeaders?: Record<string, string>;
+    remoteEndpoint?: Endpoint;
+    body?: boolean;
+  };
+}
+
+/** Answer to hc.accept / hc.request: whether a listener took it. */
+export interface HcRouted {
+  op: 'hc.routed';
+  ok: boolean;
+  code?: 'NoListener' | 'TooManyPending';
+}
+
+/** Listener's edge -> sender's edge: the listener answered on its control channel (body follows). */
+export interface HcResponse {
+  op: 'hc.response';
+  id: string;
+  response: HttpResponseHead;
+}
+
+/** Listener's edge -> sender's edge: the request will not be answered. */
+export interface HcFailed {
+  op: 'hc.failed';
+  id: string;
+  code: 'ListenerGone' | 'BadListenerResponse';
+}
+
+// --- publish/subscribe: every edge of a hub ----------------------------------------
+
+/** A pub/sub event for the target's members on other edges; its data (JSON text) is the body. */
+export interface PsSend {
+  op: 'ps.send';
+  origin: string;
+  hub: string;
+  /** Cluster-wide event id `origin:counter`. */
+  mid: string;
+  /** When the publishing edge accepted it (ms since epoch). */
+  at?: number;
+  target: Target;
+  excluded?: string[];
+  message: DataMessageHead;
+}
+
+/** REST close: end the target's connections. Answered with ps.done. */
+export interface PsClose {
+  op: 'ps.close';
+  origin: string;
+  hub: string;
+  target: Target;
+  excluded?: string[];
+  reason?: string;
+}
+
+/** REST membership change. Answered with ps.done. */
+export interface PsGroups {
+  op: 'ps.groups';
+  origin: string;
+  hub: string;
+  target: Target;
+  action: GroupAction;
+  groups: string[];
+  terms?: FilterTerm[];
+}
+
+/** REST HEAD: does the target have connections? Answered with ps.done. */
+export interface PsExists {
+  op: 'ps.exists';
+  origin: string;
+  hub: string;
+  target: Target;
+}
+
+/** REST list of a group's members. Answered with ps.done carrying members. */
+export interface PsList {
+  op: 'ps.list';
+  origin: string;
+  hub: string;
+  group: string;
+  top: number;
+}
+
+/** REST permission grant, revoke or check. Answered with ps.done. */
+export interface PsPermission {
+  op: 'ps.permission';
+  origin: string;
+  hub: string;
+  connectionId: string;
+  method: 'PUT' | 'DELETE' | 'HEAD';
+  permission: Permission;
+  group?: string;
+}
+
+/** One edge's answer to a cluster-wide REST operation: how many of its connections it touched. */
+export interface PsDone {
+  op: 'ps.done';
+  count: number;
+  members?: GroupMember[];
+}
+
+/** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */
+export interface PsHandover {
+  op: 'ps.handover';
+  origin: string;
+  hub: string;
+  connectionId: string;
+  stage: 'begin' | 'commit' | 'page' | 'abort';
+  token?: string;
+  protocol?: string;
+  after?: number;
+}
+
+/** Holding edge's answer to ps.handover begin, commit or abort. */
+export interface PsSession {
+  op: 'ps.session';
+  ok: boolean;
+  busy?: boolean;
+  userId?: string | null;
+  permissions?: Record<Permission, PermissionSnapshot>;
+  groups?: string[];
+  ackIds?: number[];
+  reconnectionToken?: string;
+  firstSeq?: number;
+  lastSeq?: number;
+  /** Per event origin, the highest counter the holder delivered. */
+  seen?: Record<string, number>;
+}
+
+/** Holding edge's answer to ps.handover page: unacknowledged events, their bodies concatenated after the header. */
+export interface PsEntries {
+  op: 'ps.entries';
+  entries: { seq: number; mid?: string; length: number }[];
+}
+
+/** An edge back on NATS (or taking a session) asks every edge for the events it published. */
+export interface PsReplay {
+  op: 'ps.replay';
+  origin: string;
+  /** Per origin, the counter already delivered: send what comes after. */
+  since: Record<string, number>;
+  /** For origins not in `since`: send what was published after this time (ms since epoch). */
+  after: number;
+}
+
+/** Answer to ps.replay: ps.send envelopes, concatenated after the header. */
+export interface PsReplayed {
+  op: 'ps.replayed';
+  truncated?: boolean;
+  entries: { length: number }[];
+}
+
+// --- operations --------------------------------------------------------------------
+
+/** Asks every edge for its status (GET /$relay/status). */
+export interface OpsStatus {
+  op: 'ops.status';
+  origin: string;
+}
+
+/** One edge's status, answering ops.status. */
+export interface OpsNode extends NodeStatus {
+  op: 'ops.node';
+}
+
+/** Every message between edges. */
+export type EdgeMessage =
+  | HcAccept
+  | HcRequest
+  | HcRouted
+  | HcResponse
+  | HcFailed
+  | PsSend
+  | PsClose
+  | PsGroups
+  | PsExists
+  | PsList
+  | PsPermission
+  | PsDone
+  | PsHandover
+  | PsSession
+  | PsEntries
+  | PsReplay
+  | PsReplayed
+  | OpsStatus
+  | OpsNode;
+
+export type EdgeOp = EdgeMessage['op'];
+export type EdgeMessageOf<Op extends EdgeOp> = Extract<EdgeMessage, { op: Op }>;
+
+/** Every op, each with its schema definition of the same name. */
+export const EDGE_OPS = [
+  'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
+  'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
+  'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
+  'ops.status', 'ops.node',
+] as const satisfies readonly EdgeOp[];
+
+// A compile-time check that the list names every member of the union.
+type Missing = Exclude<EdgeOp, (typeof EDGE_OPS)[number]>;
+const everyOpListed: Missing extends never ? true : Missing = true;
+void everyOpListed;
+
+const validators = new Map(EDGE_OPS.map((op) => [op as string, busMessageValidator(op)]));
+
+/** True when `header` is a valid message (any op). */
+export function isEdgeMessage(header: unknown): header is EdgeMessage {
+  const op = (header as { op?: unknown } | null)?.op;
+  if (typeof op !== 'string') return false;
+  const validate = validators.get(op);
+  return validate !== undefined && validate(header);
+}
+
+export function encodeEdgeMessage(message: EdgeMessage, body?: Uint8Array): Uint8Array {
+  return encodeEnvelope(message, body);
+}
+
+export interface DecodedEdgeMessage<M extends EdgeMessage = EdgeMessage> {
+  message: M;
+  /** Raw bytes after the header. */
+  body: Buffer;
+}
+
+/** The message in `data` when it is a valid one of `ops` (any op when none is named); undefined otherwise. */
+export function decodeEdgeMessage<Op extends EdgeOp = EdgeOp>(data: Uint8Array, ...ops: Op[]): DecodedEdgeMessage<EdgeMessageOf<Op>> | undefined {
+  const envelope = decodeEnvelope(data);
+  if (!envelope || !isEdgeMessage(envelope.header)) return undefined;
+  if (ops.length > 0 && !(ops as string[]).includes(envelope.header.op)) return undefined;
+  return { message: envelope.header as EdgeMessageOf<Op>, body: envelope.body };
+}

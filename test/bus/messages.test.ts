@@ -1,0 +1,66 @@
+// The catalog of messages between edges: every op has a schema definition, a
+// well-formed example of each decodes to itself, and what does not match its
+// definition is dropped.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { EDGE_OPS, decodeEdgeMessage, encodeEdgeMessage, type EdgeMessage, type EdgeOp } from '../../src/bus/messages.ts';
+
+const ID = '0c9f5a38-6a35-4b8e-9b0e-5f4c1b7d2a10';
+const PERMS = { any: false, exact: ['g'], patterns: ['a.*'] };
+
+/** One valid example per op, typed by the union: the compiler checks the shapes, the schema the wire. */
+const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
+  'hc.accept': { op: 'hc.accept', entity: 'e', accept: { address: 'ws://x/$hc/e', id: ID, connectHeaders: { a: 'b' }, remoteEndpoint: { address: '127.0.0.1', port: 1 } } },
+  'hc.request': { op: 'hc.request', entity: 'e', node: 'n1', request: { address: 'ws://x', id: ID, requestTarget: '/e/x', method: 'GET', body: false } },
+  'hc.routed': { op: 'hc.routed', ok: false, code: 'NoListener' },
+  'hc.response': { op: 'hc.response', id: ID, response: { requestId: ID, statusCode: 200, body: true } },
+  'hc.failed': { op: 'hc.failed', id: ID, code: 'ListenerGone' },
+  'ps.send': { op: 'ps.send', origin: 'n1', hub: 'chat', mid: 'n1.ab:1', at: 1, target: { kind: 'group', name: 'g' }, message: { from: 'group', group: 'g', fromUserId: null, dataType: 'json' } },
+  'ps.close': { op: 'ps.close', origin: 'n1', hub: 'chat', target: { kind: 'all' }, excluded: ['c1'], reason: 'bye' },
+  'ps.groups': { op: 'ps.groups', origin: 'n1', hub: 'chat', target: { kind: 'all' }, action: 'add', groups: ['g'], terms: [{ field: 'userId', value: 'u' }] },
+  'ps.exists': { op: 'ps.exists', origin: 'n1', hub: 'chat', target: { kind: 'user', name: 'u' } },
+  'ps.list': { op: 'ps.list', origin: 'n1', hub: 'chat', group: 'g', top: 10 },
+  'ps.permission': { op: 'ps.permission', origin: 'n1', hub: 'chat', connectionId: 'c1', method: 'PUT', permission: 'sendToGroup', group: 'g' },
+  'ps.done': { op: 'ps.done', count: 1, members: [{ connectionId: 'c1', userId: 'u' }] },
+  'ps.handover': { op: 'ps.handover', origin: 'n1', hub: 'chat', connectionId: 'c1', stage: 'page', token: 't', after: 3 },
+  'ps.session': { op: 'ps.session', ok: true, userId: null, permissions: { joinLeaveGroup: PERMS, sendToGroup: PERMS }, groups: ['g'], ackIds: [1], firstSeq: 1, lastSeq: 2, seen: { 'n1.ab': 3 } },
+  'ps.entries': { op: 'ps.entries', entries: [{ seq: 1, mid: 'n1.ab:1', length: 3 }] },
+  'ps.replay': { op: 'ps.replay', origin: 'n1.ab', since: { 'n2.cd': 4 }, after: 0 },
+  'ps.replayed': { op: 'ps.replayed', entries: [{ length: 3 }], truncated: false },
+  'ops.status': { op: 'ops.status', origin: 'n1' },
+  'ops.node': { op: 'ops.node', nodeId: 'n1', startedAt: new Date(0).toISOString(), shuttingDown: false, bus: { kind: 'nats', connected: true }, entities: [{ name: 'e', listeners: 1 }], hubs: [{ name: 'chat', connections: 1, groups: 1, sessionsRetained: 0 }] },
+};
+
+describe('messages between edges', () => {
+  it('lists every op once', () => {
+    assert.equal(new Set(EDGE_OPS).size, EDGE_OPS.length);
+    assert.deepEqual([...EDGE_OPS].sort(), Object.keys(EXAMPLES).sort());
+  });
+
+  for (const op of EDGE_OPS) {
+    it(`${op}: a valid message decodes to itself, body intact`, () => {
+      const body = Buffer.from('body');
+      const decoded = decodeEdgeMessage(encodeEdgeMessage(EXAMPLES[op], body));
+      assert.ok(decoded, `${op} example does not match its schema`);
+      assert.deepEqual(decoded.message, EXAMPLES[op]);
+      assert.deepEqual(decoded.body, body);
+    });
+  }
+
+  it('drops unknown ops, unknown fields and wrong types', () => {
+    const bad = [
+      { op: 'ps.nope' },
+      { ...EXAMPLES['ps.done'], extra: 1 },
+      { ...EXAMPLES['ps.list'], top: 0 },
+      { ...EXAMPLES['hc.failed'], code: 'Whatever' },
+      { ...EXAMPLES['ps.send'], hub: 'not a hub!' },
+    ];
+    for (const m of bad) assert.equal(decodeEdgeMessage(encodeEdgeMessage(m as EdgeMessage)), undefined, JSON.stringify(m));
+  });
+
+  it('returns a message only when its op is one asked for', () => {
+    const data = encodeEdgeMessage(EXAMPLES['ps.done']);
+    assert.equal(decodeEdgeMessage(data, 'ps.session'), undefined);
+    assert.equal(decodeEdgeMessage(data, 'ps.session', 'ps.done')?.message.op, 'ps.done');
+  });
+});
