@@ -12,17 +12,8 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from '../telemetry/logger.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
-import {
-  OP_BINARY,
-  OP_CLOSE,
-  OP_CONTINUATION,
-  OP_PING,
-  OP_PONG,
-  OP_TEXT,
-  encodeClosePayload,
-  encodeFrame,
-  encodeFrameHeader,
-} from '../websocket/frames.ts';
+import { CloseHandshake } from '../websocket/close-handshake.ts';
+import { OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { countHttpStatus, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
@@ -69,6 +60,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
   private finished = false;
   private requestDelivered = false;
   private rendezvous: Duplex | undefined;
+  private rendezvousClose: CloseHandshake | undefined;
   private parser: FrameParser | undefined;
   private readState: ReadState = 'head';
   private headChunks: Buffer[] = [];
@@ -188,6 +180,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     if (this.rendezvous || this.finished) return failUpgrade(socket, 'RendezvousNotFound');
     if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
     this.rendezvous = socket;
+    this.rendezvousClose = new CloseHandshake(socket, this.ctx.config.timeouts.closeHandshakeMs);
     writeSwitchingProtocols(socket, upgrade.key, undefined);
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
     socket.on('data', (chunk: Buffer) => this.parser!.push(chunk));
@@ -267,7 +260,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     if (opcode === OP_PING) socket.write(encodeFrame(true, OP_PONG, payload));
     else if (opcode === OP_CLOSE) {
       if (!this.finished) this.fail('ListenerGone');
-      socket.end();
+      this.rendezvousClose!.receive(payload);
     }
   }
 
@@ -319,12 +312,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
     clearTimeout(this.timer);
     this.ctx.rendezvous.delete(this);
     this.route.untrack(this.id);
-    const socket = this.rendezvous;
-    if (socket && !socket.destroyed) {
-      socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
-      socket.end();
-      // Do not wait forever for the listener to finish the closing handshake.
-      setTimeout(() => socket.destroy(), this.ctx.config.timeouts.closeHandshakeMs).unref();
+    if (this.rendezvousClose && !this.rendezvous!.destroyed) {
+      this.rendezvousClose.send(1000);
+      this.rendezvousClose.end();
     }
   }
 }

@@ -6,18 +6,9 @@
 // direction stops reading when its destination has `highWaterMark` bytes queued
 // and resumes on 'drain', so memory per splice stays bounded.
 import type { Duplex } from 'node:stream';
+import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import {
-  CLOSE_NO_STATUS,
-  OP_CLOSE,
-  OP_PING,
-  OP_PONG,
-  decodeClosePayload,
-  encodeClosePayload,
-  encodeFrame,
-  encodeFrameHeader,
-  isSendableCloseCode,
-} from './frames.ts';
+import { CLOSE_NO_STATUS, OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader, isSendableCloseCode } from './frames.ts';
 
 export interface SpliceOptions {
   highWaterMark: number;
@@ -119,7 +110,8 @@ export class FrameSplice {
   private finished = false;
   private readonly aToB: Direction;
   private readonly bToA: Direction;
-  private closeTimer: NodeJS.Timeout | undefined;
+  /** The closing handshake of each leg, by socket. */
+  private readonly handshakes: Map<Duplex, CloseHandshake>;
   private result: Omit<SpliceResult, 'bytesAtoB' | 'bytesBtoA'> | undefined;
   private openSockets = 2;
 
@@ -132,6 +124,7 @@ export class FrameSplice {
     this.highWaterMark = options.highWaterMark;
     this.aToB = new Direction('a', a, b, this, options.maxFrameBytes);
     this.bToA = new Direction('b', b, a, this, options.maxFrameBytes);
+    this.handshakes = new Map([a, b].map((s) => [s, new CloseHandshake(s, options.closeHandshakeMs)]));
   }
 
   /** Starts relaying; `headA`/`headB` are bytes that arrived with each upgrade. */
@@ -162,17 +155,24 @@ export class FrameSplice {
     else socket.write(frame);
   }
 
-  /** Sends a close frame, or drops the socket when a frame is half-written to it. */
-  private sendClose(socket: Duplex, payload: Buffer): void {
-    const writer = socket === this.a ? this.bToA : this.aToB;
-    if (writer.midFrame) socket.destroy();
-    else socket.write(encodeFrame(true, OP_CLOSE, payload));
+
+  /** True while a data frame is half-written to `socket`: a close frame cannot go out now. */
+  private midFrameTo(socket: Duplex): boolean {
+    return (socket === this.a ? this.bToA : this.aToB).midFrame;
+  }
+
+  /** Sends a close frame to a leg, or drops the leg when a frame is half-written to it. */
+  private sendClose(socket: Duplex, code: number, reason = ''): void {
+    const handshake = this.handshakes.get(socket)!;
+    if (this.midFrameTo(socket)) handshake.abort();
+    else handshake.send(code, reason);
   }
 
   onCloseFrame(dir: Direction, payload: Buffer): void {
+    const handshake = this.handshakes.get(dir.from)!;
     if (this.closing) {
       // The other leg's answer to the close we forwarded: done with it.
-      dir.from.end();
+      handshake.receive(payload);
       return;
     }
     let { code, reason } = decodeClosePayload(payload);
@@ -180,12 +180,10 @@ export class FrameSplice {
       code = 1002;
       reason = 'invalid close code';
     }
-    const forwarded = encodeClosePayload(code, reason);
     this.beginClose(dir.name, code, reason);
-    this.sendClose(dir.to, forwarded);
-    this.sendClose(dir.from, encodeClosePayload(code));
-    dir.from.end();
-    this.armCloseTimer();
+    this.sendClose(dir.to, code, reason);
+    if (this.midFrameTo(dir.from)) handshake.abort();
+    else handshake.receive(payload, code);
   }
 
   onProtocolError(dir: Direction, code: number, reason: string): void {
@@ -194,20 +192,16 @@ export class FrameSplice {
       return;
     }
     this.beginClose(dir.name, code, reason);
-    this.sendClose(dir.from, encodeClosePayload(code, reason));
-    dir.from.end();
-    this.sendClose(dir.to, encodeClosePayload(code, 'peer protocol error'));
-    this.armCloseTimer();
+    this.sendClose(dir.from, code, reason);
+    this.handshakes.get(dir.from)!.end();
+    this.sendClose(dir.to, code, 'peer protocol error');
   }
 
   /** Closes both legs from the relay's side (shutdown, entity removed). */
   close(code: number, reason: string): void {
     if (this.closing) return;
     this.beginClose('a', code, reason);
-    for (const s of [this.a, this.b]) {
-      this.sendClose(s, encodeClosePayload(code, reason));
-      this.armCloseTimer();
-    }
+    for (const s of [this.a, this.b]) this.sendClose(s, code, reason);
   }
 
   private beginClose(by: 'a' | 'b', code: number, reason: string): void {
@@ -216,16 +210,6 @@ export class FrameSplice {
     // Nothing more is forwarded; let both legs drain into their close frames.
     this.aToB.onDrain();
     this.bToA.onDrain();
-  }
-
-  /** Bounds the closing handshake: legs that do not finish it are dropped. */
-  private armCloseTimer(): void {
-    if (this.closeTimer) return;
-    this.closeTimer = setTimeout(() => {
-      this.a.destroy();
-      this.b.destroy();
-    }, this.options.closeHandshakeMs);
-    this.closeTimer.unref();
   }
 
   /** A leg's TCP stream ended (FIN) or closed without a close frame. */
@@ -244,7 +228,6 @@ export class FrameSplice {
     this.openSockets--;
     if (this.openSockets === 0 && !this.finished) {
       this.finished = true;
-      if (this.closeTimer) clearTimeout(this.closeTimer);
       this.onEnd({ ...this.result!, bytesAtoB: this.aToB.bytes, bytesBtoA: this.bToA.bytes });
     }
   }

@@ -6,25 +6,12 @@
 // queued and handed to the kernel together in one write when the turn ends
 // (a fan-out burst costs one syscall per socket, not one per event).
 // Messages are reassembled up to `maxMessageBytes`; text is checked to be
-// UTF-8 (RFC 6455 8.1). The close handshake is RFC 6455 7.
+// UTF-8 (RFC 6455 8.1). The close handshake is close-handshake.ts.
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
+import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import {
-  CLOSE_NO_STATUS,
-  CLOSE_PROTOCOL_ERROR,
-  CLOSE_TOO_BIG,
-  OP_BINARY,
-  OP_CLOSE,
-  OP_PING,
-  OP_PONG,
-  OP_TEXT,
-  decodeClosePayload,
-  encodeClosePayload,
-  encodeFrame,
-  encodeFrameHeader,
-  isSendableCloseCode,
-} from './frames.ts';
+import { CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from './frames.ts';
 
 export const CLOSE_ABNORMAL = 1006;
 export const CLOSE_INVALID_DATA = 1007;
@@ -97,10 +84,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private chunks: Buffer[] = [];
   private messageBytes = 0;
   private messageIsBinary = false;
-  private closeSent = false;
+  private readonly closing: CloseHandshake;
   private closeCode = CLOSE_ABNORMAL;
   private closeReason = '';
-  private closeTimer: NodeJS.Timeout | undefined;
   private reported = false;
   /** Frames written this turn, not yet handed to the socket. */
   private outbox: Buffer[] | undefined;
@@ -118,6 +104,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     private head?: Buffer,
   ) {
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: options.maxMessageBytes });
+    this.closing = new CloseHandshake(socket, options.closeHandshakeMs);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
     socket.on('drain', () => this.events.onDrain(this));
@@ -133,7 +120,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   get isOpen(): boolean {
-    return !this.closeSent && !this.socket.destroyed;
+    return !this.closing.sent && !this.socket.destroyed;
   }
 
   /** Bytes written but not yet handed to the kernel. */
@@ -193,15 +180,11 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
 
   /** Starts the close handshake; the socket ends when the peer answers or after closeHandshakeMs. */
   close(code: number, reason = ''): void {
-    if (this.closeSent || this.socket.destroyed) return;
-    this.closeSent = true;
+    if (this.closing.sent || this.socket.destroyed) return;
     this.closeCode = code;
     this.closeReason = reason;
-    const sendable = isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
     this.flushOutbox();
-    this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
-    this.closeTimer = setTimeout(() => this.socket.destroy(), this.options.closeHandshakeMs);
-    this.closeTimer.unref();
+    this.closing.send(code, reason);
   }
 
   /** Drops the socket without a close frame. */
@@ -229,11 +212,11 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   onDataPayload(chunk: Buffer): void {
-    if (!this.closeSent) this.chunks.push(chunk);
+    if (!this.closing.sent) this.chunks.push(chunk);
   }
 
   onDataFrameEnd(fin: boolean): void {
-    if (!fin || this.closeSent) return;
+    if (!fin || this.closing.sent) return;
     const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.messageBytes);
     this.chunks = [];
     this.messageBytes = 0;
@@ -247,16 +230,13 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
       return;
     }
     if (opcode !== OP_CLOSE) return;
-    const { code, reason } = decodeClosePayload(payload);
-    if (!this.closeSent) {
+    const first = !this.closing.sent;
+    if (first) this.flushOutbox();
+    const { code, reason } = this.closing.receive(payload);
+    if (first) {
       this.closeCode = code;
       this.closeReason = reason;
-      this.closeSent = true;
-      const echo = code === CLOSE_NO_STATUS || !isSendableCloseCode(code) ? CLOSE_NO_STATUS : code;
-      this.flushOutbox();
-      this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
     }
-    this.socket.end();
   }
 
   onFrameError(closeCode: number, reason: string): void {
@@ -267,13 +247,12 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private fail(code: number, reason: string): void {
     this.chunks = [];
     this.close(code, reason);
-    this.socket.end();
+    this.closing.end();
   }
 
   private reportClosed(): void {
     if (this.reported) return;
     this.reported = true;
-    if (this.closeTimer) clearTimeout(this.closeTimer);
     this.chunks = [];
     this.outbox = undefined;
     this.outboxBytes = 0;

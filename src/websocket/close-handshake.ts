@@ -1,0 +1,77 @@
+// The closing handshake of one server-side WebSocket leg (RFC 6455 5.5.1,
+// 7.1.2): the relay sends its close frame once, then waits at most
+// `closeHandshakeMs` for the peer's before dropping the socket; a close frame
+// from the peer is answered (unless the relay's went first) and the relay's
+// side of the TCP stream is ended. Every endpoint the relay terminates uses
+// this: pub/sub sockets (message-socket.ts), spliced legs (frame-splice.ts)
+// and HTTP-mode rendezvous legs (hybrid/http-exchange.ts).
+import type { Duplex } from 'node:stream';
+import { CLOSE_NO_STATUS, CLOSE_PROTOCOL_ERROR, OP_CLOSE, decodeClosePayload, encodeClosePayload, encodeFrame, isSendableCloseCode } from './frames.ts';
+
+export class CloseHandshake {
+  /** The relay's close frame went out (or the socket was dropped instead). */
+  sent = false;
+  /** The peer's close frame arrived. */
+  received = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly closeHandshakeMs: number,
+  ) {
+    socket.once('close', () => this.dispose());
+  }
+
+  /**
+   * Sends the relay's close frame (once) and bounds the wait for the peer's
+   * answer. A code that may not appear on the wire goes out as 1002.
+   */
+  send(code: number, reason = ''): void {
+    if (this.sent || this.socket.destroyed) return;
+    this.sent = true;
+    const sendable = code === CLOSE_NO_STATUS || isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
+    this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
+    this.armTimer();
+  }
+
+  /** Gives up on the handshake: the socket is dropped without a close frame (half a frame is on the wire). */
+  abort(): void {
+    this.sent = true;
+    this.socket.destroy();
+  }
+
+  /**
+   * The peer's close frame: answered (with `answer`, by default the peer's own
+   * code, or none for a code that may not be echoed) unless the relay's close
+   * went first, then the relay ends its side. Returns what the peer said.
+   */
+  receive(payload: Buffer, answer?: number): { code: number; reason: string } {
+    const said = decodeClosePayload(payload);
+    this.received = true;
+    if (!this.sent) {
+      this.sent = true;
+      const echo = answer ?? (isSendableCloseCode(said.code) ? said.code : CLOSE_NO_STATUS);
+      this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
+    }
+    this.socket.end();
+    this.armTimer();
+    return said;
+  }
+
+  /** Ends the relay's side once its close frame is out (the peer broke the protocol: nothing more it sends is read). */
+  end(): void {
+    this.socket.end();
+    this.armTimer();
+  }
+
+  private armTimer(): void {
+    if (this.timer || this.socket.destroyed) return;
+    this.timer = setTimeout(() => this.socket.destroy(), this.closeHandshakeMs);
+    this.timer.unref();
+  }
+
+  dispose(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}

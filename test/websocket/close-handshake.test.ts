@@ -1,0 +1,77 @@
+// The closing handshake every relay-terminated leg shares (RFC 6455 7.1.2).
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { CloseHandshake } from '../../src/websocket/close-handshake.ts';
+import { OP_CLOSE, encodeClosePayload, encodeFrame } from '../../src/websocket/frames.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+let server: Server;
+let port: number;
+const accepted: Socket[] = [];
+
+before(async () => {
+  server = createServer((s) => accepted.push(s));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  port = (server.address() as { port: number }).port;
+});
+
+after(() => {
+  for (const s of accepted) s.destroy();
+  server.close();
+});
+
+/** A connected pair: the relay's side and the peer's. */
+async function pair(): Promise<{ relay: Socket; peer: Socket; received: () => Buffer }> {
+  const peer = connect(port, '127.0.0.1');
+  await once(peer, 'connect');
+  await until(() => accepted.length > 0, 2000, 'the relay side to be accepted');
+  const relay = accepted.shift()!;
+  const chunks: Buffer[] = [];
+  peer.on('data', (c: Buffer) => chunks.push(c));
+  peer.on('error', () => {});
+  return { relay, peer, received: () => Buffer.concat(chunks) };
+}
+
+describe('closing handshake', () => {
+  it('sends the close frame once and drops a peer that never answers', async () => {
+    const { relay, received } = await pair();
+    const handshake = new CloseHandshake(relay, 100);
+    handshake.send(1008, 'policy');
+    handshake.send(1000, 'again');
+    await withTimeout(once(relay, 'close'), 2000, 'relay side dropped');
+    assert.deepEqual(received(), encodeFrame(true, OP_CLOSE, encodeClosePayload(1008, 'policy')));
+  });
+
+  it('answers the peer close with its code and ends the relay side', async () => {
+    const { relay, peer, received } = await pair();
+    const handshake = new CloseHandshake(relay, 2000);
+    const said = handshake.receive(encodeClosePayload(4001, 'bye'));
+    assert.deepEqual(said, { code: 4001, reason: 'bye' });
+    await withTimeout(once(peer, 'end'), 2000, 'relay ended its side');
+    assert.deepEqual(received(), encodeFrame(true, OP_CLOSE, encodeClosePayload(4001)));
+    peer.end();
+  });
+
+  it('answers a close without status with none, and a code that may not be echoed with none', async () => {
+    for (const payload of [Buffer.alloc(0), encodeClosePayload(1006)]) {
+      const { relay, peer, received } = await pair();
+      new CloseHandshake(relay, 2000).receive(payload);
+      await withTimeout(once(peer, 'end'), 2000, 'relay ended its side');
+      assert.deepEqual(received(), encodeFrame(true, OP_CLOSE, Buffer.alloc(0)));
+      peer.end();
+    }
+  });
+
+  it('does not answer the peer close that answers its own', async () => {
+    const { relay, peer, received } = await pair();
+    const handshake = new CloseHandshake(relay, 2000);
+    handshake.send(1000);
+    handshake.receive(encodeClosePayload(1000));
+    await withTimeout(once(peer, 'end'), 2000, 'relay ended its side');
+    assert.deepEqual(received(), encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
+    peer.end();
+  });
+});
