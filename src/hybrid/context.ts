@@ -8,14 +8,12 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';
-import type { HttpExchange } from './http-exchange.ts';
-import type { PendingConnect } from './websocket-rendezvous.ts';
 
 export interface HybridContext {
   config: RelayConfig;
   log: Logger;
   listeners: ListenerRegistry;
-  rendezvous: RendezvousTable<PendingConnect | HttpExchange>;
+  rendezvous: RendezvousTable;
   /** ws(s)://public-host[:port]: the base listeners dial. */
   rendezvousBase: string;
   metrics: RelayMetrics;

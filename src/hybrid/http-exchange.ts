@@ -20,6 +20,7 @@ import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
+import type { PendingRendezvous } from './rendezvous-table.ts';
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -53,8 +54,8 @@ export function responseHeadersForSender(
 
 type ReadState = 'head' | 'body' | 'done';
 
-export class HttpExchange implements ChannelExchange, FrameHandler {
-  readonly kind = 'http' as const;
+export class HttpExchange implements ChannelExchange, FrameHandler, PendingRendezvous {
+  readonly action = 'request' as const;
   readonly id = randomUUID();
   private headSent = false;
   private finished = false;
@@ -175,7 +176,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler {
   // --- the rendezvous socket ---------------------------------------------------
 
   /** The listener dialled this exchange's address. */
-  attachRendezvous(upgradeReq: IncomingMessage, socket: Duplex, head: Buffer): void {
+  arrive(upgradeReq: IncomingMessage, socket: Duplex, head: Buffer): void {
     const upgrade = parseUpgradeRequest(upgradeReq);
     if (this.rendezvous || this.finished) return failUpgrade(socket, 'RendezvousNotFound');
     if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');

@@ -22,7 +22,7 @@ import { LocalRoute, type ListenerRoute } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RendezvousTable } from './rendezvous-table.ts';
-import { completeConnect, startConnect } from './websocket-rendezvous.ts';
+import { startConnect } from './websocket-rendezvous.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -184,13 +184,11 @@ export class HybridService {
     params: URLSearchParams,
   ): void {
     const pending = this.ctx.rendezvous.get(params.get('sb-hc-id') ?? '');
-    const expected = action === 'accept' ? 'connect' : 'http';
-    if (!pending || pending.kind !== expected || pending.entity.key !== name.toLowerCase()) {
+    if (!pending || pending.action !== action || pending.entity.key !== name.toLowerCase()) {
       this.log.info({ event: 'rendezvous.unknown', entity: name, action });
       return failUpgrade(socket, 'RendezvousNotFound');
     }
-    if (pending.kind === 'connect') completeConnect(this.ctx, req, socket, head, pending, params);
-    else pending.attachRendezvous(req, socket, head);
+    pending.arrive(req, socket, head, params);
   }
 
   // --- relayed HTTP requests on /{entity}/... ------------------------------------

@@ -1,14 +1,21 @@
 // Rendezvous waiting for a listener to dial in, by their unguessable id (the
 // sb-hc-id in the address the listener was given). Counts per entity so one
 // busy entity cannot fill the relay's memory.
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { HybridEntity } from './entity-catalog.ts';
 
-export interface Pending {
+/** A sender's connect or HTTP request waiting for its listener to dial the rendezvous address. */
+export interface PendingRendezvous {
   readonly id: string;
   readonly entity: HybridEntity;
+  /** The sb-hc-action a listener's leg for it names: accept (a WebSocket) or request (HTTP). */
+  readonly action: 'accept' | 'request';
+  /** The listener's leg arrived at the address. */
+  arrive(req: IncomingMessage, socket: Duplex, head: Buffer, params: URLSearchParams): void;
 }
 
-export class RendezvousTable<T extends Pending> {
+export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {
   private readonly entries = new Map<string, T>();
   private readonly perEntity = new Map<string, number>();
 

@@ -14,9 +14,10 @@ import { connectFailed, pendingLimitReached, rendezvousAddress, type HybridConte
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
+import type { PendingRendezvous } from './rendezvous-table.ts';
 
-export interface PendingConnect {
-  kind: 'connect';
+export interface PendingConnect extends PendingRendezvous {
+  action: 'accept';
   id: string;
   entity: HybridEntity;
   socket: Duplex;
@@ -69,7 +70,7 @@ export function startConnect(
   if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending');
   const id = randomUUID();
   const pending: PendingConnect = {
-    kind: 'connect',
+    action: 'accept',
     id,
     entity,
     socket,
@@ -94,6 +95,7 @@ export function startConnect(
       if (pending.head.length > MAX_EARLY_BYTES) socket.destroy();
     },
     onSenderEnd: () => socket.destroy(),
+    arrive: (listenerReq, listenerSocket, listenerHead, params) => completeConnect(ctx, listenerReq, listenerSocket, listenerHead, pending, params),
   };
   // After 'upgrade' Node leaves the socket paused: without reading it, a
   // sender that hangs up while held would go unnoticed.
@@ -121,7 +123,7 @@ export function startConnect(
 }
 
 /** The listener's rendezvous leg arrived for `pending`: accept or reject. */
-export function completeConnect(
+function completeConnect(
   ctx: HybridContext,
   req: IncomingMessage,
   listenerSocket: Duplex,
