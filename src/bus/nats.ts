@@ -147,7 +147,7 @@ export class NatsBus implements Bus {
     if (data.length > this.maxPayload) throw new BusError('TooLarge');
     // Without a connection there is nobody to tell: the client would discard
     // it at the reconnect anyway. Pub/sub events are re-sent from
-    // pubsub/bus-replay.ts once the bus is back.
+    // pubsub/replaying-feed.ts once the bus is back.
     if (!this.nc || this.nc.isClosed() || !this.isConnected) {
       this.dropped++;
       this.droppedTotal++;

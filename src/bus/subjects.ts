@@ -68,7 +68,7 @@ export class Subjects {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.all`;
   }
 
-  /** Every node: an edge back on NATS asks here for events it may have missed (pubsub/bus-replay.ts). */
+  /** Every node: an edge back on NATS asks here for events it may have missed (pubsub/replaying-feed.ts). */
   replay(): string {
     return `${this.prefix}.replay`;
   }

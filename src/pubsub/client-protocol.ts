@@ -18,7 +18,6 @@ export interface ClientProtocolContext {
   endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
   sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub): Promise<UpstreamResult>;
   groupsPerConnection: number;
-  count(counter: 'messagesIn' | 'acksOk' | 'acksFailed'): void;
   /** Counts an ack sent, by result: success or the error name. */
   countAck(result: string): void;
 }
@@ -37,7 +36,6 @@ interface Upstream {
 
 function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, error?: AckErrorName, detail?: string): void {
   if (ackId === undefined) return;
-  ctx.count(error ? 'acksFailed' : 'acksOk');
   ctx.countAck(error ?? 'success');
   connection.sendControl(ackFrame(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
 }
@@ -51,7 +49,6 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
     return ctx.endConnection(connection, 'InvalidMessage');
   }
   if (!validatePubSubEnvelope(message)) return ctx.endConnection(connection, 'InvalidMessage');
-  ctx.count('messagesIn');
   const m = message as Upstream;
   const ackId = Number.isSafeInteger(m.ackId) && (m.ackId as number) >= 0 ? m.ackId : undefined;
   const validate = pubsubMessageValidators.get(m.type);

@@ -4,7 +4,7 @@
 // `{` + body in one shared frame, a reliable client gets a small per-recipient
 // head `{"sequenceId":N,` written before the same shared body, so the only
 // per-recipient work is the sequence number the protocol forces.
-import type { DataMessageHead, DataType } from '../bus/messages.ts';
+import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
 import { OP_TEXT, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
 
@@ -49,6 +49,18 @@ export class SharedMessage {
     }
     return this.frame;
   }
+}
+
+/** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
+export function sharedMessageOf(h: PsSend, body: Buffer): SharedMessage | undefined {
+  const dataJson = body.toString('utf8');
+  try {
+    const data: unknown = JSON.parse(dataJson);
+    if (h.message.dataType !== 'json' && typeof data !== 'string') return undefined;
+  } catch {
+    return undefined;
+  }
+  return new SharedMessage({ ...h.message, dataJson }, h.mid);
 }
 
 /** Frame head for a reliable recipient: frame header plus `{"sequenceId":N,`; the shared body follows. */

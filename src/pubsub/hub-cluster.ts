@@ -25,7 +25,8 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { SharedMessage, type DataMessage } from './downstream.ts';
+import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
+import type { EventFeed } from './event-feed.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -41,27 +42,11 @@ export interface ClusterHubDeps {
   gatherStallMs: number;
   /** Ends a connection for good (REST close, slow consumer). */
   endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
-  /** A new cluster-wide event id, `origin:counter`. */
-  nextMid(): string;
-  /** Logs an event this edge published on the bus (for replay to edges that missed it). */
-  recordSend(mid: string, subject: string, data: Uint8Array): void;
-  /** Delivers an event from another edge once, in order (see bus-replay.ts). */
-  admit(mid: string, deliver: () => void): void;
+  /** How events reach the other edges and come from them (event-feed.ts). */
+  feed: EventFeed;
 }
 
 export type { FilterTerm, GroupAction, GroupMember };
-
-/** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
-export function sharedMessageOf(h: PsSend, body: Buffer): SharedMessage | undefined {
-  const dataJson = body.toString('utf8');
-  try {
-    const data: unknown = JSON.parse(dataJson);
-    if (h.message.dataType !== 'json' && typeof data !== 'string') return undefined;
-  } catch {
-    return undefined;
-  }
-  return new SharedMessage({ ...h.message, dataJson }, h.mid);
-}
 
 export class ClusterHub {
   readonly local: Hub;
@@ -79,6 +64,7 @@ export class ClusterHub {
       closed: (kind, name) => this.unsubscribe(kind, name),
     });
     this.handover = new SessionHandover(this, handoverDeps);
+    deps.feed.register(this.key, (event, body) => this.receive(event, body));
     this.subscriptions.set('all', deps.bus.subscribe(deps.subjects.hubAll(this.key), (m) => this.onBus(m)));
   }
 
@@ -129,7 +115,7 @@ export class ClusterHub {
 
   /** Delivers to local members now and tells the other nodes. */
   send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>): void {
-    const mid = this.deps.nextMid();
+    const mid = this.deps.feed.nextMid();
     const at = Date.now();
     this.delivered(this.local.deliver(target, new SharedMessage(message, mid), excluded), at, 'local');
     if (!this.deps.bus.reachesOtherNodes) return;
@@ -137,10 +123,7 @@ export class ClusterHub {
     const { dataJson, ...rest } = message;
     const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], message: rest };
     try {
-      const subject = this.subjectOf(target);
-      const data = encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8'));
-      this.deps.bus.publish(subject, data);
-      this.deps.recordSend(mid, subject, data);
+      this.deps.feed.publish(this.subjectOf(target), event, Buffer.from(dataJson, 'utf8'));
     } catch (err) {
       this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, err: (err as Error).message });
     }
@@ -288,7 +271,7 @@ export class ClusterHub {
       respond(this.deps.bus, message, encodeEdgeMessage(members ? { op: 'ps.done', count, members } : { op: 'ps.done', count }));
     switch (m.op) {
       case 'ps.send':
-        if (!own) this.deps.admit(m.mid, () => this.receive(m, envelope!.body));
+        if (!own) this.deps.feed.receive(m, envelope!.body);
         return;
       case 'ps.close':
         return done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason));
@@ -310,7 +293,7 @@ export class ClusterHub {
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
-  receive(h: PsSend, body: Buffer): void {
+  private receive(h: PsSend, body: Buffer): void {
     const message = sharedMessageOf(h, body);
     if (!message) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });

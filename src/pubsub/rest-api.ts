@@ -19,12 +19,19 @@ import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
-import type { PubSubService } from './pubsub-service.ts';
 
 type Answer = { status: number; body?: object } | PubSubErrorCode;
 
+/** What the REST surface needs of the pub/sub service. */
+export interface RestContext {
+  hub(name: string): ClusterHub | undefined;
+  hostsFor(req: IncomingMessage): string[];
+  /** Largest body (limits.pubsubMessageBytes). */
+  maxBodyBytes: number;
+}
+
 interface RestCall {
-  service: PubSubService;
+  service: RestContext;
   hub: ClusterHub;
   method: string;
   segments: string[];
@@ -38,7 +45,7 @@ const NO_CONTENT: Answer = { status: 204 };
 const MAX_TOKEN_MINUTES = 60 * 24 * 365;
 
 export function handleRestRequest(
-  service: PubSubService,
+  service: RestContext,
   req: IncomingMessage,
   res: ServerResponse,
   hubName: string,
@@ -136,7 +143,7 @@ async function dispatch(call: RestCall): Promise<Answer> {
 // --- bodies -------------------------------------------------------------------
 
 async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge'> {
-  const limit = call.service.config.limits.pubsubMessageBytes;
+  const limit = call.service.maxBodyBytes;
   const declared = Number(call.req.headers['content-length'] ?? 0);
   if (declared > limit) {
     call.req.resume();

@@ -14,15 +14,29 @@
 // The taker then appends the events it kept aside that the holder did not
 // have (events carry cluster-wide ids), and, with the NATS bus, the events
 // that reached neither node while the group interest moved, fetched from the
-// publishing edges' logs (bus-replay.ts): nothing is lost or doubled.
+// publishing edges' logs (replaying-feed.ts): nothing is lost or doubled.
 import { respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsEntries, type PsHandover, type PsSend, type PsSession } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { parseMid } from './bus-replay.ts';
-import { sharedMessageOf, type ClusterHub } from './hub-cluster.ts';
+import { parseMid } from './replaying-feed.ts';
+import type { Bus } from '../bus/bus.ts';
+import type { Target } from '../bus/messages.ts';
+import { sharedMessageOf } from './downstream.ts';
+import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
+
+/** What a hand-over needs of the hub it moves sessions in (hub-cluster.ts). */
+export interface HandoverHub {
+  readonly name: string;
+  readonly key: string;
+  readonly bus: Bus;
+  readonly local: Hub;
+  /** The fields every hub message from this node carries. */
+  readonly from: { origin: string; hub: string };
+  subjectOf(target: Target): string;
+}
 
 export interface HandoverDeps {
   log: Logger;
@@ -30,7 +44,7 @@ export interface HandoverDeps {
   requestTimeoutMs: number;
   /** Forgets a connection handed to another node (no close, no session clear). */
   release(connection: PubSubConnection): void;
-  /** With the NATS bus: every event other edges published since a time (bus-replay.ts). */
+  /** With the NATS bus: every event other edges published since a time (replaying-feed.ts). */
   publishedSince?: (after: number) => Promise<Uint8Array[]>;
   /** With the NATS bus: per origin, the highest event counter this edge has delivered. */
   seen?: () => Record<string, number>;
@@ -70,7 +84,7 @@ export class SessionHandover {
   private readonly given = new Map<string, { session: ReliableSession; lastSeq: number; timer: NodeJS.Timeout; pages: BusSubscription }>();
 
   constructor(
-    private readonly hub: ClusterHub,
+    private readonly hub: HandoverHub,
     private readonly deps: HandoverDeps,
   ) {}
 

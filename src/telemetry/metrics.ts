@@ -26,6 +26,8 @@ export class RelayMetrics {
   readonly acks: Counter<'result'>;
   readonly slowConsumerCloses: Counter<'code'>;
   readonly sessionsRecovered: Counter<'from'>;
+  readonly sessionsExpired: Counter;
+  readonly recoveriesRefused: Counter<'reason'>;
   readonly publishToDeliver: Histogram;
   readonly limitRefusals: Counter<'limit'>;
   private sources: MetricsSources | undefined;
@@ -118,6 +120,17 @@ export class RelayMetrics {
       name: 'edge_relay_pubsub_sessions_recovered_total',
       help: 'Reliable sessions a reconnecting client recovered, by where the session was held',
       labelNames: ['from'],
+      registers,
+    });
+    this.sessionsExpired = new Counter({
+      name: 'edge_relay_pubsub_sessions_expired_total',
+      help: 'Reliable sessions dropped because their client did not come back within timeouts.sessionRetainMs',
+      registers,
+    });
+    this.recoveriesRefused = new Counter({
+      name: 'edge_relay_pubsub_recoveries_refused_total',
+      help: 'Reconnects with a connection id that were refused, by reason: SessionNotFound (gone, or a wrong token) or ShuttingDown (try another edge)',
+      labelNames: ['reason'],
       registers,
     });
     this.publishToDeliver = new Histogram({

@@ -5,6 +5,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { metricValue } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 describe('@azure/web-pubsub-client against the relay', () => {
@@ -112,7 +113,8 @@ describe('@azure/web-pubsub-client against the relay', () => {
       Array.from({ length: total }, (_, i) => i + 1),
     );
     assert.deepEqual(sub.connectionIds.length, 1, 'the session was recovered, not replaced');
-    assert.ok(relay.pubsub.stats.sessionsRecovered >= 2, `recovered ${relay.pubsub.stats.sessionsRecovered}`);
+    const recovered = await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total');
+    assert.ok(recovered >= 2, `recovered ${recovered}`);
   });
 
   it('is refused with 1008 when its session expired, then starts afresh and rejoins', async (t) => {
@@ -124,8 +126,8 @@ describe('@azure/web-pubsub-client against the relay', () => {
     await sub.client.joinGroup('g');
     proxy.cut(2500);
     await until(() => sub.connectionIds.length === 2, 20000, 'fresh connection');
-    assert.ok(relay.pubsub.stats.sessionsExpired >= 1);
-    assert.ok(relay.pubsub.stats.sessionsRefused >= 1);
+    assert.ok((await metricValue(relay, 'edge_relay_pubsub_sessions_expired_total')) >= 1);
+    assert.ok((await metricValue(relay, 'edge_relay_pubsub_recoveries_refused_total', { reason: 'SessionNotFound' })) >= 1);
     assert.ok(disconnects.length >= 1);
     await serviceClient(relay).group('g').sendToAll('back', { contentType: 'text/plain' });
     await until(() => sub.serverData.length === 1, 5000, 'message after rejoin');

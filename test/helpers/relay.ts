@@ -115,3 +115,13 @@ export async function startServeProcess(t: Pick<TestContext, 'after'>, args: str
 export function wsUrl(httpUrl: string, path: string): string {
   return httpUrl.replace(/^http/, 'ws') + path;
 }
+
+/** A metric of an in-process relay, summed over the series whose labels include `labels` (0 when none). */
+export async function metricValue(relay: RunningRelay, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const metric = relay.metrics.registry.getSingleMetric(name);
+  if (!metric) throw new Error(`no metric ${name}`);
+  const { values } = await metric.get();
+  return values
+    .filter((v) => Object.entries(labels).every(([k, l]) => (v.labels as Record<string, unknown>)[k] === l))
+    .reduce((sum, v) => sum + v.value, 0);
+}

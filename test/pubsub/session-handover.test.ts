@@ -3,7 +3,7 @@
 // their order; events of different origins keep their arrival order.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseMid } from '../../src/pubsub/bus-replay.ts';
+import { parseMid } from '../../src/pubsub/replaying-feed.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
 
 describe('session hand-over: missed events', () => {

@@ -1,4 +1,5 @@
-// Closes the gaps NATS leaves when an edge loses its NATS server: core NATS
+// The event feed on core NATS (event-feed.ts). It closes the gaps NATS leaves
+// when an edge loses its NATS server: core NATS
 // delivers at most once, so events other edges publish while this edge is
 // reconnecting (its subscriptions are gone meanwhile) would be lost, and so
 // would what this edge publishes meanwhile. Each edge keeps a short log of what
@@ -13,20 +14,22 @@
 // arrive in that order, so one number per origin says what was already
 // delivered: nothing twice.
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { newOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
 
-export interface BusReplayOptions {
-  /** This edge process as origin: `nodeId.bootId`. */
-  origin: string;
+export interface ReplayingFeedOptions {
+  nodeId: string;
+  /** The subject every edge answers replay requests on. */
   subject: string;
   windowMs: number;
   maxBytes: number;
   requestTimeoutMs: number;
   gatherStallMs: number;
-  /** Clock margin when asking an edge this one never heard from. */
-  marginMs: number;
 }
+
+/** When asking an edge never heard from, start this long before the disconnect (clocks differ). */
+const CLOCK_MARGIN_MS = 1000;
 
 interface Logged {
   counter: number;
@@ -42,7 +45,12 @@ export function parseMid(mid: string): { origin: string; counter: number } | und
   return i > 0 && Number.isSafeInteger(counter) && counter > 0 ? { origin: mid.slice(0, i), counter } : undefined;
 }
 
-export class BusReplay {
+/** The event feed on core NATS: events are logged by their publisher and re-sent or asked for after an outage. */
+export class ReplayingFeed implements EventFeed {
+  /** This edge process as an event origin. */
+  private readonly origin: string;
+  private counter = 0;
+  private readonly hubs = new Map<string, DeliverEvent>();
   private entries: Logged[] = [];
   private head = 0;
   private bytes = 0;
@@ -56,18 +64,41 @@ export class BusReplay {
 
   constructor(
     private readonly bus: Bus,
-    private readonly options: BusReplayOptions,
+    private readonly options: ReplayingFeedOptions,
     private readonly log: Logger,
-    /** Hands one replayed ps.send envelope back, with the way to deliver it past the hold. */
-    private readonly redeliver: (data: Uint8Array, admit: (mid: string, deliver: () => void) => void) => void,
   ) {
+    this.origin = newOrigin(options.nodeId);
     this.subscription = bus.subscribe(options.subject, (m) => this.onRequest(m));
     bus.onConnectionChange((connected) => this.onConnectionChange(connected));
     this.wasConnected = bus.connected;
   }
 
+  nextMid(): string {
+    return `${this.origin}:${++this.counter}`;
+  }
+
+  register(hubKey: string, deliver: DeliverEvent): void {
+    this.hubs.set(hubKey, deliver);
+  }
+
+  /** Publishes an event this edge accepted, and logs it for edges that miss it. */
+  publish(subject: string, event: PsSend, body: Buffer): void {
+    const data = encodeEdgeMessage(event, body);
+    this.bus.publish(subject, data);
+    this.record(event.mid, subject, data);
+  }
+
+  /** An event from another edge: delivered once, in order per origin; held while a replay runs. */
+  receive(event: PsSend, body: Buffer): void {
+    this.admit(event.mid, () => this.deliver(event, body));
+  }
+
+  private deliver(event: PsSend, body: Buffer): void {
+    if (event.origin !== this.options.nodeId) this.hubs.get(event.hub.toLowerCase())?.(event, body);
+  }
+
   /** Logs an event this edge published. */
-  record(mid: string, subject: string, data: Uint8Array): void {
+  private record(mid: string, subject: string, data: Uint8Array): void {
     const counter = parseMid(mid)?.counter;
     if (counter === undefined) return;
     this.lastOwnCounter = counter;
@@ -87,11 +118,10 @@ export class BusReplay {
 
   /** Per origin (this edge included), the highest event counter this edge has delivered. */
   seen(): Record<string, number> {
-    return { ...Object.fromEntries(this.delivered), [this.options.origin]: this.lastOwnCounter };
+    return { ...Object.fromEntries(this.delivered), [this.origin]: this.lastOwnCounter };
   }
 
-  /** Delivers an event from another edge unless it was delivered already; holds it while a replay runs. */
-  admit(mid: string, deliver: () => void): void {
+  private admit(mid: string, deliver: () => void): void {
     if (this.held) this.held.push([mid, deliver]);
     else this.admitNow(mid, deliver);
   }
@@ -114,7 +144,7 @@ export class BusReplay {
     const since = this.disconnectedAt;
     this.disconnectedAt = undefined;
     if (this.wasConnected && since !== undefined) {
-      this.republish(since - this.options.marginMs);
+      this.republish(since - CLOCK_MARGIN_MS);
       void this.replay(since);
     }
     this.wasConnected = true;
@@ -146,9 +176,9 @@ export class BusReplay {
     try {
       const request = encodeEdgeMessage({
         op: 'ps.replay',
-        origin: this.options.origin,
+        origin: this.origin,
         since: Object.fromEntries(this.delivered),
-        after: disconnectedAt - this.options.marginMs,
+        after: disconnectedAt - CLOCK_MARGIN_MS,
       });
       const answers = await this.bus.gather(this.options.subject, request, {
         maxWaitMs: this.options.requestTimeoutMs,
@@ -162,10 +192,11 @@ export class BusReplay {
         let offset = 0;
         for (const entry of h.entries) {
           if (offset + entry.length > envelope.body.length) break;
-          this.redeliver(envelope.body.subarray(offset, offset + entry.length), (mid, deliver) => {
+          const event = decodeEdgeMessage(envelope.body.subarray(offset, offset + entry.length), 'ps.send');
+          if (event) {
             replayed++;
-            this.admitNow(mid, deliver);
-          });
+            this.admitNow(event.message.mid, () => this.deliver(event.message, event.body));
+          }
           offset += entry.length;
         }
       }
@@ -184,7 +215,7 @@ export class BusReplay {
    * ps.send envelopes: what a session moving between edges may have missed.
    */
   async publishedSince(after: number): Promise<Uint8Array[]> {
-    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.options.origin, since: {}, after });
+    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since: {}, after });
     const answers = await this.bus.gather(this.options.subject, request, {
       maxWaitMs: this.options.requestTimeoutMs,
       stallMs: this.options.gatherStallMs,
@@ -207,8 +238,8 @@ export class BusReplay {
   private onRequest(message: BusMessage): void {
     const h = decodeEdgeMessage(message.data, 'ps.replay')?.message;
     if (!h) return;
-    if (h.origin === this.options.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries: [] }));
-    const since = h.since[this.options.origin];
+    if (h.origin === this.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries: [] }));
+    const since = h.since[this.origin];
     const budget = Math.floor(this.bus.maxPayload / 2);
     const entries: { length: number }[] = [];
     const bodies: Uint8Array[] = [];

@@ -1,0 +1,87 @@
+// How pub/sub connections end on this node, and the one shared keep-alive
+// timer (docs/protocols/web-pubsub.md, "Keep-alive" and "Reliable sessions"):
+// a connection ended for good closes its socket with its code's close code and
+// leaves its hub; a dropped reliable session is kept (detached) until it is
+// recovered, taken by another edge or past timeouts.sessionRetainMs; silent
+// sockets are pinged and dropped past timeouts.idleMs.
+import type { RelayConfig } from '../config/types.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
+import type { PubSubErrorCode } from './errors.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import type { PubSubConnection } from './pubsub-connection.ts';
+
+export class ConnectionLifecycle {
+  private readonly keepAliveTimer: NodeJS.Timeout;
+  /** Set at shutdown: dropped sessions are kept only for another edge to take. */
+  shuttingDown = false;
+
+  constructor(
+    /** Every hub on this node by lower-case name (filled by the service). */
+    private readonly hubs: ReadonlyMap<string, ClusterHub>,
+    private readonly config: RelayConfig,
+    private readonly log: Logger,
+    private readonly metrics: RelayMetrics,
+    /** Another edge can take a dropped session (the NATS bus). */
+    private readonly othersCanTake: boolean,
+  ) {
+    this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
+    this.keepAliveTimer.unref();
+  }
+
+  /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
+  end(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void {
+    if (connection.ended) return;
+    if (code === 'SlowConsumer' || code === 'SessionBufferFull') this.metrics.slowConsumerCloses.inc({ code });
+    connection.closeSocket(code, reason);
+    this.forget(connection);
+    this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });
+  }
+
+  /** The connection's socket went away: a reliable session is kept for its client, anything else ends. */
+  socketClosed(connection: PubSubConnection, code: number): void {
+    connection.detach(Date.now());
+    if (connection.ended) return;
+    // During shutdown, a dropped reliable session waits only for another edge to take it.
+    if (connection.session && (!this.shuttingDown || this.othersCanTake)) {
+      this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
+      return;
+    }
+    this.forget(connection);
+    this.log.info({ event: 'pubsub.disconnected', hub: connection.hub, connectionId: connection.id, code });
+  }
+
+  /** Takes a connection out of its hub; its session, if any, is someone else's now. */
+  release(connection: PubSubConnection): void {
+    connection.ended = true;
+    this.hubs.get(connection.hub.toLowerCase())?.local.remove(connection);
+  }
+
+  private forget(connection: PubSubConnection): void {
+    this.release(connection);
+    connection.session?.clear();
+  }
+
+  private keepAlive(): void {
+    const now = Date.now();
+    const { keepAliveIntervalMs, idleMs, sessionRetainMs } = this.config.timeouts;
+    for (const hub of this.hubs.values()) {
+      for (const connection of hub.local.connections.values()) {
+        const socket = connection.socket;
+        if (socket) {
+          const silent = now - socket.lastReceivedAt;
+          if (silent > idleMs) socket.destroy();
+          else if (silent >= keepAliveIntervalMs) socket.ping();
+        } else if (!connection.handover && connection.session?.detachedAt !== undefined && now - connection.session.detachedAt > sessionRetainMs) {
+          this.metrics.sessionsExpired.inc();
+          this.forget(connection);
+          this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
+        }
+      }
+    }
+  }
+
+  stop(): void {
+    clearInterval(this.keepAliveTimer);
+  }
+}

@@ -1,0 +1,88 @@
+// A reliable client reconnecting with awps_connection_id and
+// awps_reconnection_token (docs/protocols/web-pubsub.md, "Recovery"): the
+// session is re-attached to the new socket, whether this edge holds it or
+// another edge does (session-handover.ts takes it over). A session that cannot
+// be recovered is refused after the upgrade completes, with a `disconnected`
+// message and close 1008, since an HTTP error would make the client keep
+// retrying; during shutdown the refusal is 1012, so the client tries again elsewhere.
+import type { Socket } from 'node:net';
+import type { Logger } from '../telemetry/logger.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
+import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
+import { connectedFrame, disconnectedFrame } from './downstream.ts';
+import { PUBSUB_ERRORS } from './errors.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import type { PubSubConnection } from './pubsub-connection.ts';
+import { BUSY_RETRY_MS } from './session-handover.ts';
+
+export type ClientSocket = MessageSocket<PubSubConnection>;
+
+/** For a socket that is only being closed. */
+const IGNORE_EVENTS: MessageSocketEvents<null> = { onMessage() {}, onClosed() {}, onDrain() {} };
+
+export interface RecoveryRequest {
+  hub: ClusterHub;
+  connectionId: string;
+  token: string;
+  protocol: string;
+  socket: Socket;
+  head: Buffer;
+  /** Wraps the socket for the recovered connection (client-endpoint.ts). */
+  open(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket;
+}
+
+export class SessionRecovery {
+  constructor(
+    private readonly log: Logger,
+    private readonly metrics: RelayMetrics,
+    private readonly socketOptions: MessageSocketOptions,
+    /** How long to wait for a session still moving between edges. */
+    private readonly moveWaitMs: number,
+    private readonly shuttingDown: () => boolean,
+  ) {}
+
+  /** Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered already. */
+  async recover(r: RecoveryRequest): Promise<void> {
+    const { hub, connectionId, token, protocol } = r;
+    // A session still moving (an earlier reconnect is being handed over) is waited for, briefly.
+    const deadline = Date.now() + this.moveWaitMs;
+    while (hub.local.connections.get(connectionId)?.handover && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
+    }
+    if (this.shuttingDown()) {
+      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
+      return this.refuse(r.socket, 'ShuttingDown');
+    }
+    let connection = hub.local.connections.get(connectionId);
+    const heldHere = connection !== undefined;
+    if (!heldHere) connection = await hub.handover.take(connectionId, token, protocol);
+    const session = connection?.session;
+    if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
+      this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
+      return this.refuse(r.socket, 'SessionNotFound');
+    }
+    const previous = connection.socket;
+    const client = r.open(r.socket, connection, r.head);
+    connection.attach(client);
+    previous?.destroy();
+    this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
+    connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
+    connection.flush();
+    this.log.info({
+      event: 'pubsub.recovered',
+      hub: hub.name,
+      connectionId: connection.id,
+      from: heldHere ? 'this node' : 'another node',
+      replay: session.unacknowledged,
+    });
+    client.start();
+  }
+
+  /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
+  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown'): void {
+    this.metrics.recoveriesRefused.inc({ reason: code });
+    const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions);
+    refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS[code].message));
+    refused.close(PUBSUB_ERRORS[code].closeCode, code);
+  }
+}
