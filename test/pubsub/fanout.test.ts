@@ -62,7 +62,13 @@ describe('pub/sub fan-out', () => {
   });
 
   it('closes a stalled subscriber as a slow consumer while 100 others get every event', async (t) => {
-    const relay = await startRelayProcess(t, pubsubOverrides({ limits: { outboundBufferBytes: 1048576 }, log: { level: 'info' } }));
+    // The stalled socket is read again only after every event went out; the
+    // close handshake waits that long, so the close frame is still queued then
+    // (on a loaded machine that can take longer than the 5 s default).
+    const relay = await startRelayProcess(
+      t,
+      pubsubOverrides({ limits: { outboundBufferBytes: 1048576 }, log: { level: 'info' }, timeouts: { closeHandshakeMs: 60000 } }),
+    );
     const fast: CountingSubscriber[] = [];
     t.after(() => fast.forEach((s) => s.ws.terminate()));
     for (let i = 0; i < 100; i++) fast.push(await subscribe(accessUrl(relay.url), PLAIN, 'feed'));
@@ -110,9 +116,11 @@ describe('pub/sub fan-out', () => {
     await until(() => /"code":"SlowConsumer"/.test(relay.stderr()), 10000, 'slow consumer log line');
     assert.match(relay.stderr(), /"event":"pubsub.ended".*"code":"SlowConsumer"/);
     stalled.resume();
-    await until(() => stalledClosed, 10000, 'stalled socket closed');
     const closePayload = Buffer.concat([Buffer.from([0x03, 0xf0]), Buffer.from('SlowConsumer')]);
-    assert.ok(Buffer.concat(stalledData).includes(closePayload), 'close frame 1008 SlowConsumer');
+    await until(() => Buffer.concat(stalledData).includes(closePayload), 20000, 'close frame 1008 SlowConsumer');
+    // Answer the close as a client does (masked, echoing the code): the relay then ends the socket.
+    stalled.write(Buffer.concat([Buffer.from([0x88, 0x82]), mask, Buffer.from([0x03, 0xf0])]));
+    await until(() => stalledClosed, 10000, 'stalled socket closed');
     assert.ok(fast.every((s) => s.outOfOrder === 0 && s.closedWith === undefined));
     const growthMiB = (peak - baseline) / 1048576;
     t.diagnostic(`relay RSS growth ${growthMiB.toFixed(1)} MiB while 16 MB went to the stalled subscriber`);
