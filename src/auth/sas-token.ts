@@ -1,5 +1,5 @@
 // Shared Access Signature tokens, byte-compatible with Azure Relay
-// (protocols/hybrid-connections.md, "Authorization"):
+// (docs/protocols/hybrid-connections.md, "Tokens"):
 //   SharedAccessSignature sr={enc resource}&sig={enc base64 HMAC}&se={unix s}&skn={key name}
 // The signed string is the URL-encoded resource exactly as it appears in the
 // token, "\n", and the expiry; HMAC-SHA256 keyed with the key's UTF-8 bytes.

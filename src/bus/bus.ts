@@ -1,4 +1,4 @@
-// The internal bus between edge nodes (../../README.md "Scaling out"): subjects
+// The internal bus between edge nodes (docs/scaling-out.md, docs/architecture.md): subjects
 // with NATS semantics (tokens split by `.`, `*` one token, `>` the rest), queue
 // groups, request/reply and scatter/gather. Two implementations: memory.ts (one
 // process) and nats.ts (a NATS cluster). The contract tests in test/bus run the

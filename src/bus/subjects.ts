@@ -1,5 +1,5 @@
-// Every bus subject the relay uses, built in one place (../shared/DESIGN.md,
-// "Naming on the bus"). A user-chosen name becomes one subject token by
+// Every bus subject the relay uses, built in one place (docs/architecture.md,
+// "Names on the bus"). A user-chosen name becomes one subject token by
 // encodeSubjectToken: letters, digits and `-` stay, every other byte of its
 // UTF-8 form becomes `_XX` (upper-case hex), so `.`, `*`, `>`, spaces and
 // control bytes can never split a token or act as a wildcard, and decoding is

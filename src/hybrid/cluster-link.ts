@@ -1,5 +1,5 @@
-// Hybrid connections across edge nodes (../shared/DESIGN.md, "Rendezvous never
-// crosses the bus with bulk data"). A node holding listeners for an entity
+// Hybrid connections across edge nodes (docs/architecture.md, "A connect across
+// edges"). A node holding listeners for an entity
 // subscribes to the entity's subject in the queue group `listeners`, so a
 // connect or request routed by another node reaches exactly one holder, which
 // pushes the notice (its address names the sender's node) down one of its

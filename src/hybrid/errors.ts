@@ -1,6 +1,6 @@
 // Hybrid connections errors: one table, each code with the HTTP status a
 // sender or listener handshake fails with, or the WebSocket close code an open
-// control channel is closed with (protocols/hybrid-connections.md), and the
+// control channel is closed with (docs/protocols/hybrid-connections.md), and the
 // two ways a code is answered: on an upgrade socket, or on an HTTP response.
 // Tests assert codes and statuses, not message text.
 import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';

@@ -1,4 +1,4 @@
-// HTTP mode (protocols/hybrid-connections.md, "HTTP mode"): one sender request
+// HTTP mode (docs/protocols/hybrid-connections.md, "HTTP mode"): one sender request
 // relayed to one listener. A request whose body is known and small goes on the
 // control channel as `request` + one binary message; a large or chunked one
 // goes as `{request:{address,id}}` and, once the listener dials that address,

@@ -2,7 +2,7 @@
 // channel on this node (LocalRoute), or over the bus to whichever node holds
 // a listener for the entity (RemoteRoute, see cluster-link.ts). Either way the
 // rendezvous address in the notice points at this node, so bulk bytes never
-// cross the bus (../shared/DESIGN.md).
+// cross the bus (docs/architecture.md).
 import { BusError, type Bus } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type HcAccept, type HcRequest } from '../bus/messages.ts';
 import type { ChannelExchange, ControlChannel } from './control-channel.ts';

@@ -1,4 +1,4 @@
-// WebSocket mode (protocols/hybrid-connections.md, "WebSocket mode"): a
+// WebSocket mode (docs/protocols/hybrid-connections.md, "WebSocket mode: rendezvous"): a
 // sender's upgrade is held while an `accept` notice goes to a listener; the
 // listener dials the rendezvous address to accept (the relay then completes
 // both handshakes and splices the sockets) or to reject with a status code

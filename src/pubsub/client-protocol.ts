@@ -1,5 +1,5 @@
 // What the relay does with each frame a pub/sub client sends
-// (protocols/web-pubsub.md 1.3, 1.10). Frames are checked against
+// (docs/protocols/web-pubsub.md, "Client to relay", "Acks"). Frames are checked against
 // schemas/pubsub-client-message.schema.json: a frame that is not a JSON object
 // with a string `type` (or is binary) ends the connection; a known type with
 // bad fields, or an unknown type, is answered with a failed ack when it

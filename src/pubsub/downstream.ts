@@ -1,4 +1,4 @@
-// Messages the relay sends to pub/sub clients (protocols/web-pubsub.md 1.4),
+// Messages the relay sends to pub/sub clients (docs/protocols/web-pubsub.md, "Relay to client"),
 // encoded once per event for every recipient on this node. A data message is
 // kept as its JSON body without the opening brace; a plain client gets
 // `{` + body in one shared frame, a reliable client gets a small per-recipient

@@ -2,7 +2,7 @@
 // (refused upgrades and REST calls), a WebSocket close code (an open client
 // connection is ended), or an ack error name (a client request fails but the
 // connection stays). Names of ack errors are the ones Azure Web PubSub uses
-// (protocols/web-pubsub.md 1.4); tests assert codes, not message text.
+// (docs/protocols/web-pubsub.md, "Acks"); tests assert codes, not message text.
 import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const PUBSUB_ERRORS = {

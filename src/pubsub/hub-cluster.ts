@@ -1,5 +1,5 @@
 // One hub across the cluster: every send and every REST operation acts on the
-// connections of all edge nodes (../shared/DESIGN.md, "Pub/sub fan-out").
+// connections of all edge nodes (docs/architecture.md, "A pub/sub event").
 // Delivery is local first (so local traffic flows while the bus is away), then
 // one bus message that the other nodes deliver to their own members, framed
 // once per node. A node subscribes to a group's or user's subject only while

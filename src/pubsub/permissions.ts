@@ -1,5 +1,5 @@
 // Which groups a pub/sub connection may join/leave or send to, from the
-// `role` claims of its access token (protocols/web-pubsub.md 1.1):
+// `role` claims of its access token (docs/protocols/web-pubsub.md, "Access tokens"):
 //   webpubsub.joinLeaveGroup            any group
 //   webpubsub.joinLeaveGroup.<group>    exactly <group> (which may contain dots)
 //   webpubsub.joinLeaveGroups.<pattern> groups matching a pattern: `*` within

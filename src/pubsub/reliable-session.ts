@@ -1,4 +1,4 @@
-// The reliable part of a pub/sub connection (protocols/web-pubsub.md 1.5):
+// The reliable part of a pub/sub connection (docs/protocols/web-pubsub.md, "Reliable sessions"):
 // sequence ids 1, 2, 3... over every data message, the buffer of messages not
 // yet covered by a cumulative sequenceAck (capped in messages and bytes), and
 // how far the current socket has been written, so that a socket that cannot

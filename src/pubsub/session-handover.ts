@@ -1,5 +1,5 @@
 // Moving a reliable session to the node a client reconnected to
-// (protocols/web-pubsub.md 1.5, across nodes). The taking node asks the
+// (docs/protocols/web-pubsub.md, "Reliable sessions", across edges). The taking node asks the
 // holding node on the connection's subject, in four stages:
 //   begin   the holder checks the reconnection token, drops the old socket and
 //           sends the session's identity (user, permissions, groups, ackIds);

@@ -32,7 +32,7 @@ export interface RunningRelay {
   pubsub: PubSubService;
   bus: Bus;
   metrics: RelayMetrics;
-  /** Stops accepting, closes listeners (1001), waits for connections up to the shutdown deadline. */
+  /** Stops accepting, tells listeners and clients to reconnect elsewhere (1012), drains up to timeouts.shutdownMs. */
   close(): Promise<void>;
 }
 

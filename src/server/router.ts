@@ -1,5 +1,5 @@
-// Where a request goes, from its path alone (DESIGN.md, "Surfaces on the one
-// port"). The raw request-target is split by hand: it is hostile input, and
+// Where a request goes, from its path alone (docs/architecture.md, "Surfaces on
+// the one port"). The raw request-target is split by hand: it is hostile input, and
 // WHATWG URL parsing would read "//host/x" as a host.
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
@@ -51,7 +51,7 @@ export function route(rawUrl: string | undefined): Route {
   }
   if (first === '$relay') return { kind: 'ops', name: rest.join('/') };
   if (first === 'client') {
-    // /client/hubs/{hub}, or /client/?hub={hub} (protocols/web-pubsub.md 1.1)
+    // /client/hubs/{hub}, or /client/?hub={hub} (docs/protocols/web-pubsub.md, "Endpoints")
     if (rest[0] === 'hubs' && rest.length === 2 && rest[1] !== '') {
       return { kind: 'pubsub-client', hub: rest[1], params, path: rawPath };
     }
