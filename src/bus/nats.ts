@@ -54,6 +54,17 @@ export class NatsBus implements Bus {
     return this.isConnected;
   }
 
+  /** The NATS connection while there is one (JetStream uses it: jetstream.ts). */
+  get connection(): NatsConnection | undefined {
+    return this.nc && !this.nc.isClosed() ? this.nc : undefined;
+  }
+
+  /** Servers of the cluster this edge knows of: those it was given and those the server advertises. */
+  get clusterSize(): number {
+    const urls = new Set([...this.options.servers, ...(this.nc?.info?.connect_urls ?? []).map((u) => `nats://${u}`)]);
+    return urls.size;
+  }
+
   get maxPayload(): number {
     return this.nc?.info?.max_payload ?? 1024 * 1024;
   }
@@ -228,11 +239,10 @@ export class NatsBus implements Bus {
     this.wake?.();
     const nc = this.nc;
     if (nc && !nc.isClosed()) {
-      try {
-        await nc.drain();
-      } catch {
-        await nc.close().catch(() => undefined);
-      }
+      // Draining needs the server; without it (and sometimes even after a
+      // drain that resolved) the client would go on reconnecting: close it.
+      if (this.isConnected) await nc.drain().catch(() => undefined);
+      if (!nc.isClosed()) await nc.close().catch(() => undefined);
     }
     this.isConnected = false;
     await this.started;

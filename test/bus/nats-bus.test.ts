@@ -51,4 +51,16 @@ describe('NATS bus', () => {
     await orphan.close();
     assert.equal(orphan.connected, false);
   });
+
+  it('closes for good while NATS is away: the client stops reconnecting', async (t) => {
+    const server = await startNatsServer(t);
+    const bus = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, 'connected');
+    const nc = bus.connection!;
+    await server.kill();
+    await until(() => !bus.connected, 5000, 'disconnected');
+    await bus.close();
+    assert.equal(nc.isClosed(), true, 'a client left reconnecting keeps the process alive');
+  });
 });
