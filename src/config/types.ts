@@ -21,10 +21,30 @@ export interface HubUpstreamConfig {
   timeoutMs: number;
 }
 
+export interface HubHistoryConfig {
+  maxAgeSeconds?: number;
+  maxMessages?: number;
+  maxBytes?: number;
+}
+
 export interface HubConfig {
   name: string;
   accessKey: string;
   upstream?: HubUpstreamConfig;
+  /** On the NATS bus with JetStream: keep events in JetStream (default) or send them on core NATS. */
+  durable: boolean;
+  history?: HubHistoryConfig;
+}
+
+export interface JetStreamConfig {
+  enabled: boolean;
+  /** Undefined: 3 when the cluster has 3 or more servers, else 1. */
+  replicas?: number;
+  storage: 'file' | 'memory';
+  streamPrefix: string;
+  publishTimeoutMs: number;
+  checkpointIntervalMs: number;
+  readyTimeoutMs: number;
 }
 
 export interface BusConfig {
@@ -41,6 +61,7 @@ export interface BusConfig {
   gatherStallMs: number;
   replayWindowMs: number;
   replayBufferBytes: number;
+  jetstream: JetStreamConfig;
 }
 
 export interface RelayConfig {

@@ -4,6 +4,7 @@
 // is killed in the test's after hook, even when the test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -28,6 +29,7 @@ export interface NatsNode {
 
 interface Ports {
   port: number;
+  /** 0 for a node that is not part of a cluster. */
   routePort: number;
   monitorPort: number;
 }
@@ -37,12 +39,25 @@ function waitExit(child: ChildProcess): Promise<void> {
   return withTimeout(new Promise<void>((r) => child.once('exit', () => r())), 5000, 'nats-server exit');
 }
 
+/** A port free right now on 127.0.0.1 (a cluster's route ports must be known before its nodes start). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * Starts nats-server with JetStream (its store in the node's own temp dir,
+ * kept across restart()). A cluster node lists every node's route, itself
+ * included, as clustered JetStream requires configured routes.
+ */
 async function spawnNats(name: string, ports: Ports, routes: string[], dir: string): Promise<{ child: ChildProcess; ports: Ports }> {
-  const args = [
-    '-a', '127.0.0.1', '-p', String(ports.port), '-m', String(ports.monitorPort), '-n', name,
-    '--cluster', `nats://127.0.0.1:${ports.routePort}`, '--cluster_name', 'edge-relay-test',
-  ];
-  if (routes.length > 0) args.push('--routes', routes.join(','));
+  const args = ['-a', '127.0.0.1', '-p', String(ports.port), '-m', String(ports.monitorPort), '-n', name, '-js', '-sd', join(dir, 'jetstream')];
+  if (routes.length > 0) {
+    args.push('--cluster', `nats://127.0.0.1:${ports.routePort}`, '--cluster_name', 'edge-relay-test', '--routes', routes.join(','));
+  }
   const child = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir });
   let log = '';
   const found = await withTimeout(
@@ -52,8 +67,8 @@ async function spawnNats(name: string, ports: Ports, routes: string[], dir: stri
         const client = /Listening for client connections on [\d.]+:(\d+)/.exec(log);
         const route = /Listening for route connections on [\d.]+:(\d+)/.exec(log);
         const monitor = /Starting http monitor on [\d.]+:(\d+)/.exec(log);
-        if (client && route && monitor) {
-          resolve({ port: Number(client[1]), routePort: Number(route[1]), monitorPort: Number(monitor[1]) });
+        if (client && monitor && (route || routes.length === 0)) {
+          resolve({ port: Number(client[1]), routePort: route ? Number(route[1]) : 0, monitorPort: Number(monitor[1]) });
         }
       });
       child.once('error', reject);
@@ -69,9 +84,14 @@ async function spawnNats(name: string, ports: Ports, routes: string[], dir: stri
   return { child, ports: found };
 }
 
-export async function startNatsServer(t: Pick<TestContext, 'after'>, name = 'n1', routes: string[] = []): Promise<NatsNode> {
+/** One nats-server with JetStream; with `cluster`, a node of that cluster (see startNatsCluster). */
+export async function startNatsServer(
+  t: Pick<TestContext, 'after'>,
+  name = 'n1',
+  cluster?: { routePort: number; routes: string[] },
+): Promise<NatsNode> {
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-nats-'));
-  let { child, ports } = await spawnNats(name, { port: -1, routePort: -1, monitorPort: -1 }, routes, dir);
+  let { child, ports } = await spawnNats(name, { port: -1, routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir);
   cleanupFor(t).after(async () => {
     child.kill('SIGKILL');
     await waitExit(child).catch(() => undefined);
@@ -89,7 +109,7 @@ export async function startNatsServer(t: Pick<TestContext, 'after'>, name = 'n1'
       await waitExit(child);
     },
     restart: async () => {
-      ({ child } = await spawnNats(name, ports, routes, dir));
+      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir));
     },
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });
@@ -99,14 +119,30 @@ export async function startNatsServer(t: Pick<TestContext, 'after'>, name = 'n1'
   return node;
 }
 
-/** Three nodes routed to each other; resolves once every node sees the other two. */
+/** `size` nodes routed to each other with JetStream; resolves once every node sees the others and JetStream answers. */
 export async function startNatsCluster(t: Pick<TestContext, 'after'>, size = 3): Promise<NatsNode[]> {
-  const first = await startNatsServer(t, 'n1');
-  const seed = `nats://127.0.0.1:${first.routePort}`;
-  const nodes = [first];
-  for (let i = 2; i <= size; i++) nodes.push(await startNatsServer(t, `n${i}`, [seed]));
+  const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
+  const nodes = await Promise.all(routePorts.map((routePort, i) => startNatsServer(t, `n${i + 1}`, { routePort, routes })));
   await waitForMesh(nodes);
+  await waitForJetStream(nodes);
   return nodes;
+}
+
+/** Waits until JetStream answers on every running node (a new cluster elects its meta leader first). */
+export async function waitForJetStream(nodes: NatsNode[], ms = 30000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (const node of nodes.filter((n) => n.running())) {
+    for (;;) {
+      const res = await fetch(`http://127.0.0.1:${node.monitorPort}/healthz?js-enabled-only=true`, { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+      const jsz = await fetch(`http://127.0.0.1:${node.monitorPort}/jsz`, { signal: AbortSignal.timeout(2000) })
+        .then((r) => r.json() as Promise<{ meta_cluster?: { leader?: string } }>)
+        .catch(() => undefined);
+      if (res?.ok && (jsz?.meta_cluster === undefined || jsz.meta_cluster.leader)) break;
+      if (Date.now() > deadline) throw new Error(`JetStream did not come up on ${node.name}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
 }
 
 /** Waits until every running node has a route to every other running node. */

@@ -1,0 +1,414 @@
+// NATS JetStream, as the relay uses it (docs/durability.md): streams created
+// or updated idempotently by every edge at start, publishes that resolve only
+// once stored (retried with the same message id until a deadline, since a
+// stream elects a new leader in seconds), a follower that reads a stream in
+// order from a sequence and survives the loss of the NATS node holding its
+// consumer, range and subject reads, and a key-value bucket. It knows nothing
+// of hubs or sessions: the pub/sub domain names the streams and subjects.
+//
+// Written for nats-server 2.9 (Debian's): ephemeral consumers are created by
+// name with a start sequence (never "deliver new", which a reset turns into a
+// replay from 1 or a gap), checked for contiguous delivery sequences, and
+// recreated from the last stream sequence + 1 when their heartbeats stop
+// (2.9 may place a new consumer on an offline node: the create times out and
+// is retried). Key-value compare-and-set is not relied on (it is not atomic in
+// 2.9 clusters before 2.9.21).
+import {
+  AckPolicy,
+  DeliverPolicy,
+  DiscardPolicy,
+  RetentionPolicy,
+  StorageType,
+  nanos,
+  nuid,
+  type ConsumerMessages,
+  type JetStreamClient,
+  type JetStreamManager,
+  type KV,
+  type NatsConnection,
+  type NatsError,
+} from 'nats';
+import type { Logger } from '../telemetry/logger.ts';
+import type { NatsBus } from './nats.ts';
+
+/** Why an event was not stored, in words a client can be given. */
+export class StoreError extends Error {}
+
+export interface JetStreamOptions {
+  /** Undefined: 3 when the cluster has 3 or more servers, else 1. */
+  replicas?: number;
+  storage: 'file' | 'memory';
+  publishTimeoutMs: number;
+  /** Bound on one JetStream API call. */
+  requestTimeoutMs: number;
+}
+
+export interface StreamSpec {
+  name: string;
+  subjects: string[];
+  /** 0: no limit. */
+  maxAgeMs: number;
+  /** -1: no limit. */
+  maxMessages: number;
+  /** -1: no limit. */
+  maxBytes: number;
+}
+
+export interface BucketSpec {
+  name: string;
+  /** Entries not written again for this long are dropped. */
+  ttlMs: number;
+}
+
+export interface StoredMessage {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+}
+
+export interface Follower {
+  /** The last stream sequence handed on (0 before the first). */
+  readonly position: number;
+  stop(): void;
+}
+
+export type JetStreamState = 'waiting' | 'ready' | 'unavailable';
+
+/** Pause between attempts at something JetStream refused for now (no leader, consumer on an offline node). */
+const RETRY_MS = 250;
+/** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
+const CONSUME_EXPIRES_MS = 5000;
+/** Messages a consumer asks for at once. */
+const CONSUME_BATCH = 1000;
+/** The server drops a consumer nobody pulls from for this long. */
+const CONSUMER_INACTIVE_MS = 60_000;
+
+const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
+const STREAM_CONFIG_DIFFERS = 10058;
+const NOT_CLUSTERED = 10074;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function errorCode(err: unknown): { code?: string; apiCode?: number } {
+  const e = err as NatsError & { api_error?: { err_code?: number } };
+  return { code: e?.code, apiCode: e?.api_error?.err_code };
+}
+
+export class JetStreamAccess {
+  state: JetStreamState = 'waiting';
+  /** Why JetStream cannot be used now, for readiness and failed acks. */
+  problem: string | undefined = 'JetStream has not answered yet';
+  private jsm: JetStreamManager | undefined;
+  private js: JetStreamClient | undefined;
+  private kv: KV | undefined;
+  private closed = false;
+  private readonly readyWaiters: (() => void)[] = [];
+  private readonly followers = new Set<{ stop(): void }>();
+  private replicas = 1;
+
+  constructor(
+    private readonly bus: NatsBus,
+    private readonly options: JetStreamOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Waits for the bus and for JetStream, then creates or updates the streams
+   * and the bucket; keeps trying (JetStream may still be electing its leaders)
+   * until it works or the server says JetStream is not enabled.
+   */
+  async start(streams: StreamSpec[], bucket: BucketSpec): Promise<void> {
+    for (let attempt = 0; !this.closed; attempt++) {
+      const nc = await this.connection();
+      if (!nc) return;
+      try {
+        const jsm = await nc.jetstreamManager({ timeout: this.options.requestTimeoutMs });
+        await jsm.getAccountInfo();
+        this.replicas = this.options.replicas ?? (this.bus.clusterSize >= 3 ? 3 : 1);
+        for (const spec of streams) await this.ensureStream(jsm, spec);
+        const js = nc.jetstream({ timeout: this.options.requestTimeoutMs });
+        this.kv = await this.ensureBucket(jsm, js, bucket);
+        this.jsm = jsm;
+        this.js = js;
+        this.state = 'ready';
+        this.problem = undefined;
+        this.log.info({ event: 'jetstream.ready', streams: streams.length, replicas: this.replicas, storage: this.options.storage });
+        for (const wake of this.readyWaiters.splice(0)) wake();
+        return;
+      } catch (err) {
+        const { code, apiCode } = errorCode(err);
+        const notEnabled = apiCode === JS_NOT_ENABLED_FOR_ACCOUNT || (code === '503' && apiCode === undefined && !nc.info?.jetstream);
+        if (notEnabled) {
+          this.state = 'unavailable';
+          this.problem =
+            'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
+          this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
+          for (const wake of this.readyWaiters.splice(0)) wake();
+          return;
+        }
+        this.problem = `JetStream is not ready: ${(err as Error).message}`;
+        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
+        await sleep(RETRY_MS);
+      }
+    }
+  }
+
+  /** Resolves when start() finished (ready or unavailable) or `ms` passed. */
+  whenSettled(ms: number): Promise<void> {
+    if (this.state !== 'waiting') return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.readyWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private async connection(): Promise<NatsConnection | undefined> {
+    while (!this.closed) {
+      const nc = this.bus.connection;
+      if (nc && this.bus.connected) return nc;
+      await sleep(RETRY_MS);
+    }
+    return undefined;
+  }
+
+  private streamConfig(spec: StreamSpec) {
+    const duplicateWindowMs = spec.maxAgeMs > 0 ? Math.min(120_000, spec.maxAgeMs) : 120_000;
+    return {
+      name: spec.name,
+      subjects: spec.subjects,
+      retention: RetentionPolicy.Limits,
+      storage: this.options.storage === 'memory' ? StorageType.Memory : StorageType.File,
+      max_age: nanos(spec.maxAgeMs),
+      max_msgs: spec.maxMessages,
+      max_bytes: spec.maxBytes,
+      discard: DiscardPolicy.Old,
+      duplicate_window: nanos(duplicateWindowMs),
+      num_replicas: this.replicas,
+      allow_direct: true,
+    };
+  }
+
+  private async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
+    const config = this.streamConfig(spec);
+    try {
+      await jsm.streams.add(config);
+    } catch (err) {
+      const { apiCode } = errorCode(err);
+      if (apiCode === NOT_CLUSTERED && this.replicas > 1) {
+        this.replicas = 1;
+        return this.ensureStream(jsm, spec);
+      }
+      if (apiCode !== STREAM_CONFIG_DIFFERS) throw err;
+      // Created by an edge (or a version) with other limits: take ours. Storage cannot change.
+      const { storage: _storage, ...update } = config;
+      await jsm.streams.update(spec.name, update);
+    }
+  }
+
+  private async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
+    const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
+    const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
+    // An existing bucket keeps its options: make its TTL ours.
+    const stream = `KV_${bucket.name}`;
+    const info = await jsm.streams.info(stream);
+    if (info.config.max_age !== nanos(bucket.ttlMs)) await jsm.streams.update(stream, { max_age: nanos(bucket.ttlMs) });
+    return kv;
+  }
+
+  private get ready(): { jsm: JetStreamManager; js: JetStreamClient; kv: KV } {
+    if (this.state !== 'ready' || !this.jsm || !this.js || !this.kv) throw new StoreError(this.problem ?? 'JetStream is not ready');
+    return { jsm: this.jsm, js: this.js, kv: this.kv };
+  }
+
+  // --- publishing -------------------------------------------------------------------
+
+  /**
+   * Stores one message; resolves with its stream sequence once JetStream
+   * acknowledged it. Retries with the same message id (the stream drops a
+   * repeat within its duplicate window) until publishTimeoutMs; throws
+   * StoreError with the reason when it could not be stored.
+   */
+  async publish(subject: string, data: Uint8Array, msgId: string): Promise<{ seq: number; duplicate: boolean }> {
+    const deadline = Date.now() + this.options.publishTimeoutMs;
+    let last = 'JetStream is not ready';
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new StoreError(`not stored: ${last}`);
+      if (this.state !== 'ready' || !this.bus.connected) {
+        // Publishing while disconnected would be dropped by the client at the reconnect.
+        last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
+        if (this.state === 'unavailable') throw new StoreError(`not stored: ${last}`);
+        await sleep(Math.min(RETRY_MS, left));
+        continue;
+      }
+      try {
+        const ack = await this.ready.js.publish(subject, data, { msgID: msgId, timeout: Math.max(100, Math.min(left, this.options.requestTimeoutMs)) });
+        return { seq: ack.seq, duplicate: ack.duplicate };
+      } catch (err) {
+        const { code, apiCode } = errorCode(err);
+        if (code === '503' || code === 'TIMEOUT' || code === 'DISCONNECT' || code === 'CONNECTION_CLOSED') {
+          last = code === '503' ? 'JetStream has no leader for the stream (electing)' : 'JetStream did not answer in time';
+          await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
+          continue;
+        }
+        throw new StoreError(`not stored: ${apiCode ? `JetStream error ${apiCode}: ` : ''}${(err as Error).message}`);
+      }
+    }
+  }
+
+  // --- reading ----------------------------------------------------------------------
+
+  /** The first and last sequence a stream holds now. */
+  async bounds(stream: string): Promise<{ first: number; last: number }> {
+    const info = await this.ready.jsm.streams.info(stream);
+    return { first: info.state.first_seq, last: info.state.last_seq };
+  }
+
+  /**
+   * Hands every message of `stream` from `fromSeq` on to `onMessage`, in
+   * order, each once, until stop(). A consumer that stops answering (its NATS
+   * node died, the server restarted) is replaced by one that starts after
+   * the last message handed on.
+   */
+  follow(stream: string, fromSeq: number, onMessage: (m: StoredMessage) => void, onGap?: (expected: number, got: number) => void): Follower {
+    let next = fromSeq;
+    let stopped = false;
+    let current: ConsumerMessages | undefined;
+    const follower = {
+      get position() {
+        return next - 1;
+      },
+      stop: () => {
+        stopped = true;
+        this.followers.delete(follower);
+        current?.stop();
+      },
+    };
+    this.followers.add(follower);
+    void (async () => {
+      for (let attempt = 0; !stopped && !this.closed; attempt++) {
+        const name = `edge_${nuid.next()}`;
+        let msgs: ConsumerMessages;
+        try {
+          const { jsm, js } = this.ready;
+          const ci = await jsm.consumers.add(stream, {
+            name,
+            deliver_policy: DeliverPolicy.StartSequence,
+            opt_start_seq: next,
+            ack_policy: AckPolicy.None,
+            mem_storage: true,
+            num_replicas: 1,
+            inactive_threshold: nanos(CONSUMER_INACTIVE_MS),
+          });
+          msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
+        } catch (err) {
+          if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
+          this.jsm?.consumers.delete(stream, name).catch(() => undefined);
+          await sleep(RETRY_MS);
+          continue;
+        }
+        current = msgs;
+        if (stopped) msgs.stop();
+        void (async () => {
+          for await (const status of await msgs.status()) {
+            if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
+              this.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next });
+              msgs.stop();
+            }
+          }
+        })().catch(() => undefined);
+        let delivered = 0;
+        try {
+          for await (const m of msgs) {
+            // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next`.
+            if (m.info.deliverySequence !== delivered + 1) {
+              msgs.stop();
+              break;
+            }
+            delivered = m.info.deliverySequence;
+            if (m.seq < next) continue;
+            if (m.seq > next) onGap?.(next, m.seq);
+            next = m.seq + 1;
+            onMessage({ seq: m.seq, subject: m.subject, data: m.data });
+          }
+        } catch (err) {
+          this.log.warn({ event: 'jetstream.follow_error', stream, err: (err as Error).message });
+        }
+        this.jsm?.consumers.delete(stream, name).catch(() => undefined);
+        if (!stopped) await sleep(RETRY_MS);
+      }
+    })();
+    return follower;
+  }
+
+  /**
+   * Messages of `stream` with sequences from `fromSeq` to `toSeq`, optionally
+   * only those on `subject`, at most `limit`. Each page is an ephemeral
+   * consumer that the server forgets if this edge vanishes.
+   */
+  async read(stream: string, options: { fromSeq: number; toSeq?: number; subject?: string; limit: number; timeoutMs: number }): Promise<StoredMessage[]> {
+    const { jsm, js } = this.ready;
+    const out: StoredMessage[] = [];
+    const deadline = Date.now() + options.timeoutMs;
+    const ci = await jsm.consumers.add(stream, {
+      name: `read_${nuid.next()}`,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: Math.max(1, options.fromSeq),
+      ack_policy: AckPolicy.None,
+      mem_storage: true,
+      num_replicas: 1,
+      inactive_threshold: nanos(10_000),
+      ...(options.subject ? { filter_subject: options.subject } : {}),
+    });
+    try {
+      let pending = ci.num_pending;
+      while (pending > 0 && out.length < options.limit) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new StoreError('the stream did not answer in time');
+        const batch = Math.min(CONSUME_BATCH, options.limit - out.length, pending);
+        const msgs = await js.consumers.getPullConsumerFor(ci).fetch({ max_messages: batch, expires: Math.max(1000, Math.min(left, 5000)) });
+        let got = 0;
+        for await (const m of msgs) {
+          got++;
+          pending = m.info.pending;
+          if (options.toSeq !== undefined && m.seq > options.toSeq) {
+            pending = 0;
+            break;
+          }
+          out.push({ seq: m.seq, subject: m.subject, data: m.data });
+          if (out.length >= options.limit || pending === 0) break;
+        }
+        msgs.stop();
+        if (got === 0) break;
+      }
+    } finally {
+      jsm.consumers.delete(stream, ci.name).catch(() => undefined);
+    }
+    return out;
+  }
+
+  // --- key-value -------------------------------------------------------------------
+
+  /** The value stored under `key`, or undefined (never written, deleted or expired). */
+  async get(key: string): Promise<Uint8Array | undefined> {
+    const entry = await this.ready.kv.get(key);
+    return entry && entry.operation === 'PUT' ? entry.value : undefined;
+  }
+
+  async put(key: string, value: Uint8Array): Promise<void> {
+    await this.ready.kv.put(key, value);
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.ready.kv.delete(key);
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const follower of [...this.followers]) follower.stop();
+    for (const wake of this.readyWaiters.splice(0)) wake();
+  }
+}

@@ -1,0 +1,111 @@
+// JetStream as the relay uses it, against a real nats-server -js: idempotent
+// streams, publish acks with de-duplication, an in-order follower, range and
+// subject reads, the key-value bucket, and a clear answer when JetStream is off.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { JetStreamAccess, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
+import { NatsBus } from '../../src/bus/nats.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+const log = createLogger('silent', 'test');
+
+function busOn(t: Parameters<typeof cleanupFor>[0], url: string): NatsBus {
+  const bus = new NatsBus(
+    { servers: [url], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 1000, flushTimeoutMs: 2000 },
+    log,
+  );
+  cleanupFor(t).after(() => bus.close());
+  return bus;
+}
+
+function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, publishTimeoutMs = 3000): JetStreamAccess {
+  const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs, requestTimeoutMs: 2000 }, log);
+  cleanupFor(t).after(() => js.close());
+  return js;
+}
+
+const STREAM = { name: 'T_hub', subjects: ['t.ev.hub.>'], maxAgeMs: 60_000, maxMessages: -1, maxBytes: -1 };
+const BUCKET = { name: 'T_sessions', ttlMs: 60_000 };
+
+describe('JetStream access', () => {
+  it('creates streams idempotently from several edges, stores, de-duplicates by id and follows in order', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = access(t, busOn(t, nats.url));
+    const b = access(t, busOn(t, nats.url));
+    await Promise.all([a.start([STREAM], BUCKET), b.start([STREAM], BUCKET)]);
+    assert.equal(a.state, 'ready');
+    assert.equal(b.state, 'ready');
+    // Another edge with other limits: the stream takes them, nothing is lost.
+    const c = access(t, busOn(t, nats.url));
+    await c.start([{ ...STREAM, maxMessages: 1000 }], BUCKET);
+    assert.equal(c.state, 'ready');
+
+    const first = await a.publish('t.ev.hub.g.one', Buffer.from('1'), 'id-1');
+    const again = await b.publish('t.ev.hub.g.one', Buffer.from('1'), 'id-1');
+    assert.deepEqual(again, { seq: first.seq, duplicate: true });
+    const got: StoredMessage[] = [];
+    const follower = b.follow(STREAM.name, first.seq, (m) => got.push(m));
+    t.after(() => follower.stop());
+    for (let i = 2; i <= 50; i++) await a.publish(`t.ev.hub.g.${i % 2 ? 'one' : 'two'}`, Buffer.from(String(i)), `id-${i}`);
+    await until(() => got.length === 50, 10000, 'the follower to read 50 messages');
+    assert.deepEqual(got.map((m) => Number(Buffer.from(m.data).toString())), Array.from({ length: 50 }, (_, i) => i + 1));
+    assert.equal(follower.position, got[49].seq);
+
+    const range = await a.read(STREAM.name, { fromSeq: got[9].seq, toSeq: got[19].seq, limit: 100, timeoutMs: 5000 });
+    assert.deepEqual(range.map((m) => m.seq), got.slice(9, 20).map((m) => m.seq));
+    const odd = await a.read(STREAM.name, { fromSeq: 1, subject: 't.ev.hub.g.one', limit: 5, timeoutMs: 5000 });
+    assert.deepEqual(odd.map((m) => Buffer.from(m.data).toString()), ['1', '3', '5', '7', '9']);
+    const none = await a.read(STREAM.name, { fromSeq: got[49].seq + 1, limit: 5, timeoutMs: 5000 });
+    assert.deepEqual(none, []);
+    assert.deepEqual(await a.bounds(STREAM.name), { first: got[0].seq, last: got[49].seq });
+  });
+
+  it('keeps values in the bucket: put, get, delete', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = access(t, busOn(t, nats.url));
+    await a.start([STREAM], BUCKET);
+    assert.equal(await a.get('hub.c1'), undefined);
+    await a.put('hub.c1', Buffer.from('{"x":1}'));
+    assert.equal(Buffer.from((await a.get('hub.c1'))!).toString(), '{"x":1}');
+    await a.delete('hub.c1');
+    assert.equal(await a.get('hub.c1'), undefined);
+  });
+
+  it('refuses to store while NATS is away, with the reason, after its deadline', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    const a = access(t, bus, 500);
+    await a.start([STREAM], BUCKET);
+    await nats.kill();
+    await until(() => !bus.connected, 5000, 'the bus to see NATS gone');
+    const started = Date.now();
+    await assert.rejects(a.publish('t.ev.hub.all', Buffer.from('x'), 'id-x'), (err) => err instanceof StoreError && /unreachable/.test(err.message));
+    assert.ok(Date.now() - started < 5000);
+  });
+
+  it('says JetStream is not enabled when the server runs without it', async (t) => {
+    const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', '-1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    t.after(() => child.kill('SIGKILL'));
+    let stderr = '';
+    const port = await withTimeout(
+      new Promise<number>((resolve) =>
+        child.stderr!.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          const m = /Listening for client connections on [\d.]+:(\d+)/.exec(stderr);
+          if (m) resolve(Number(m[1]));
+        }),
+      ),
+      10000,
+      'nats-server without JetStream',
+    );
+    const a = access(t, busOn(t, `nats://127.0.0.1:${port}`));
+    await withTimeout(a.start([STREAM], BUCKET), 10000, 'start to give up');
+    assert.equal(a.state, 'unavailable');
+    assert.match(a.problem!, /JetStream is not enabled.*bus\.jetstream\.enabled/);
+    await assert.rejects(a.publish('t.ev.hub.all', Buffer.from('x'), 'id'), /not enabled/);
+  });
+});
