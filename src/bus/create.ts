@@ -2,6 +2,7 @@
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { Bus } from './bus.ts';
+import { JetStreamAccess } from './jetstream.ts';
 import { MemoryBus } from './memory.ts';
 import { NatsBus } from './nats.ts';
 
@@ -24,5 +25,16 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
       flushTimeoutMs: bus.requestTimeoutMs,
     },
     busLog,
+  );
+}
+
+/** JetStream access when the NATS bus has it on and some hub is durable; undefined otherwise. */
+export function createJetStream(bus: Bus, config: RelayConfig, log: Logger): JetStreamAccess | undefined {
+  const js = config.bus.jetstream;
+  if (!(bus instanceof NatsBus) || !js.enabled || !config.pubsub.hubs.some((h) => h.durable)) return undefined;
+  return new JetStreamAccess(
+    bus,
+    { replicas: js.replicas, storage: js.storage, publishTimeoutMs: js.publishTimeoutMs, requestTimeoutMs: config.bus.requestTimeoutMs },
+    log.child({ component: 'jetstream' }),
   );
 }

@@ -241,6 +241,62 @@ export interface PsReplayed {
   entries: { length: number }[];
 }
 
+// --- publish/subscribe: what a hub's JetStream stream and session bucket hold ------------
+
+/**
+ * A membership change, stored in the hub's stream so that every edge applies
+ * it at the same place in the order of events (docs/durability.md): a client's
+ * joinGroup/leaveGroup, or a REST membership call.
+ */
+export interface PsMember {
+  op: 'ps.member';
+  origin: string;
+  hub: string;
+  target: Target;
+  action: GroupAction;
+  groups: string[];
+  terms?: FilterTerm[];
+}
+
+/**
+ * An edge takes a reliable session over: stored in the hub's stream, so the
+ * latest claim in stream order owns the session and every other edge lets go
+ * when it reads it.
+ */
+export interface PsClaim {
+  op: 'ps.claim';
+  /** The edge taking the session. */
+  origin: string;
+  hub: string;
+  connectionId: string;
+}
+
+/**
+ * A reliable session's state in the session bucket: enough for any edge to
+ * rebuild it and re-derive its sequence ids from the hub's stream: the last
+ * sequence id its client acknowledged, the stream position that id maps to,
+ * and the groups the connection was in at that position.
+ */
+export interface PsCheckpoint {
+  op: 'ps.checkpoint';
+  hub: string;
+  connectionId: string;
+  userId: string | null;
+  protocol: string;
+  /** SHA-256 of the reconnection token, base64url: the token itself is never stored. */
+  tokenHash: string;
+  permissions: Record<Permission, PermissionSnapshot>;
+  /** The edge that wrote it. */
+  owner: string;
+  /** Every sequence id up to this one is acknowledged. */
+  sequenceId: number;
+  /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */
+  position: number;
+  groups: string[];
+  /** When it was written (ms since epoch). */
+  at: number;
+}
+
 // --- operations --------------------------------------------------------------------
 
 /** Asks every edge for its status (GET /$relay/status). */
@@ -273,6 +329,9 @@ export type EdgeMessage =
   | PsEntries
   | PsReplay
   | PsReplayed
+  | PsMember
+  | PsClaim
+  | PsCheckpoint
   | OpsStatus
   | OpsNode;
 
@@ -284,6 +343,7 @@ export const EDGE_OPS = [
   'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
   'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
+  'ps.member', 'ps.claim', 'ps.checkpoint',
   'ops.status', 'ops.node',
 ] as const satisfies readonly EdgeOp[];
 

@@ -78,6 +78,23 @@ export class Subjects {
     return `${this.prefix}.ops.status`;
   }
 
+  /** Every subject of a hub's durable events: its JetStream stream holds these (docs/durability.md). */
+  hubEvents(hubKey: string): string {
+    return `${this.prefix}.ev.${encodeSubjectToken(hubKey)}.>`;
+  }
+
+  /** Where a durable event for a target is stored: `.g.{group}`, `.u.{user}`, `.c.{connection}` or `.all`. */
+  hubEvent(hubKey: string, kind: 'all' | 'group' | 'user' | 'connection', name = ''): string {
+    const base = `${this.prefix}.ev.${encodeSubjectToken(hubKey)}`;
+    if (kind === 'all') return `${base}.all`;
+    return `${base}.${kind[0]}.${encodeSubjectToken(name)}`;
+  }
+
+  /** Where membership changes and session claims of a durable hub are stored. */
+  hubControl(hubKey: string): string {
+    return `${this.prefix}.ev.${encodeSubjectToken(hubKey)}.ctl`;
+  }
+
   group(hubKey: string, group: string): string {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.g.${encodeSubjectToken(group)}`;
   }

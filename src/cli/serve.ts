@@ -69,6 +69,22 @@ export async function serve(argv: string[]): Promise<number> {
   }
   const log = createLogger(config.log.level, config.nodeId);
   const relay = await startRelay(config, log);
+  if (relay.jetstream) {
+    // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
+    // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
+    const busDeadline = Date.now() + config.bus.requestTimeoutMs;
+    while (!relay.bus.connected && Date.now() < busDeadline) await new Promise((r) => setTimeout(r, 25));
+    if (relay.bus.connected) await relay.jetstream.whenSettled(config.bus.jetstream.readyTimeoutMs);
+    if (relay.jetstream.state === 'unavailable') {
+      process.stderr.write(`edge-relay: bus.jetstream: ${relay.jetstream.problem}\n`);
+      await relay.close();
+      log.flush();
+      return 78; // EX_CONFIG
+    }
+    if (relay.jetstream.state !== 'ready' && relay.bus.connected) {
+      process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
+    }
+  }
   process.stdout.write(`listening on ${relay.url}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

@@ -118,6 +118,14 @@ function checkCrossFieldRules(config: RelayConfig): void {
     if (hubs.has(key)) throw new ConfigError(`config: /pubsub/hubs/${i}/name: "${hub.name}" is listed twice`);
     hubs.add(key);
   }
+  for (const [i, hub] of config.pubsub.hubs.entries()) {
+    if (!hub.history || config.bus.kind === 'memory') continue;
+    if (!config.bus.jetstream.enabled || !hub.durable) {
+      throw new ConfigError(
+        `config: /pubsub/hubs/${i}/history: on the NATS bus a hub keeps history in JetStream: needs bus.jetstream.enabled and the hub durable`,
+      );
+    }
+  }
   if (config.timeouts.idleMs <= config.timeouts.keepAliveIntervalMs) {
     throw new ConfigError('config: /timeouts/idleMs: must be greater than timeouts.keepAliveIntervalMs');
   }

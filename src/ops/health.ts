@@ -1,12 +1,15 @@
 // /$relay/health (the process is up) and /$relay/ready (it takes new work:
-// not shutting down and, with the NATS bus, connected to it). Not-ready says
-// why, so an operator reading the probe knows what to fix.
+// not shutting down and, with the NATS bus, connected to it and, with
+// durable hubs, JetStream ready). Not-ready says why, so an operator reading
+// the probe knows what to fix.
 import type { ServerResponse } from 'node:http';
 import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
   shuttingDown(): boolean;
   bus(): { kind: string; connected: boolean };
+  /** With durable hubs: JetStream's state and, when not ready, why. */
+  jetstream?(): { state: string; problem?: string };
 }
 
 const NO_STORE = { 'cache-control': 'no-store' };
@@ -22,8 +25,11 @@ export function handleOps(name: string, res: ServerResponse, readiness: Readines
     const reasons: string[] = [];
     if (readiness.shuttingDown()) reasons.push('shutting down');
     if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
+    const jetstream = readiness.jetstream?.();
+    if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
     const ready = reasons.length === 0;
-    sendJson(res, ready ? 200 : 503, { ready, bus: { kind: bus.kind, connected: bus.connected }, reasons }, NO_STORE);
+    const body = { ready, bus: { kind: bus.kind, connected: bus.connected }, ...(jetstream ? { jetstream: { state: jetstream.state } } : {}), reasons };
+    sendJson(res, ready ? 200 : 503, body, NO_STORE);
     return true;
   }
   return false;

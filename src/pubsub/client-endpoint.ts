@@ -98,6 +98,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     // subscriptions (made by the hub) reach other NATS servers a moment later.
     connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
     for (const group of identity.groups.slice(0, config.limits.groupsPerConnection)) hub.local.join(connection, group);
+    // A durable hub keeps the new session's first checkpoint (where it starts in the stream, its groups).
+    if (connection.session) hub.durable?.sessionChanged(connection);
     log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
     client.start();
   }

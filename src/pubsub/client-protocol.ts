@@ -18,6 +18,8 @@ export interface ClientProtocolContext {
   endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
   sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub): Promise<UpstreamResult>;
   groupsPerConnection: number;
+  /** The upstream's reply to an event could not be delivered (a durable hub could not store it). */
+  replyLost(connection: PubSubConnection, reason: string): void;
   /** Counts an ack sent, by result: success or the error name. */
   countAck(result: string): void;
 }
@@ -60,7 +62,9 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
     case 'ping':
       return connection.sendControl(PONG_FRAME);
     case 'sequenceAck':
-      return connection.session?.acknowledge(m.sequenceId as number);
+      connection.session?.acknowledge(m.sequenceId as number);
+      // A durable hub writes the session's checkpoint as acknowledgements arrive.
+      return hub.durable?.sessionChanged(connection);
     case 'cancelInvocation':
       return;
     case 'invoke':
@@ -76,29 +80,47 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       if (!connection.groups.has(group) && connection.groups.size >= ctx.groupsPerConnection) {
         return ack(ctx, connection, ackId, 'Forbidden', `a connection may be in at most ${ctx.groupsPerConnection} groups`);
       }
-      // Acknowledged once the bus has this node's interest in the group.
-      if (ackId !== undefined) connection.rememberAckId(ackId);
-      void hub.join(connection, group).then(() => {
-        if (!connection.ended) ack(ctx, connection, ackId);
-      });
-      return;
+      // Acknowledged once the bus has this node's interest in the group (stored, on a durable hub).
+      return ackWhenDone(ctx, connection, ackId, hub.join(connection, group, storeId(connection, ackId)));
     case 'leaveGroup':
       if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
-      hub.leave(connection, group);
-      break;
-    case 'sendToGroup':
+      return ackWhenDone(ctx, connection, ackId, hub.leave(connection, group, storeId(connection, ackId)));
+    case 'sendToGroup': {
       if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
-      hub.send(
-        { kind: 'group', name: group },
-        { from: 'group', group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) },
-        m.noEcho ? new Set([connection.id]) : undefined,
-      );
-      break;
+      const message = { from: 'group' as const, group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) };
+      const sent = hub.send({ kind: 'group', name: group }, message, m.noEcho ? new Set([connection.id]) : undefined, storeId(connection, ackId));
+      return ackWhenDone(ctx, connection, ackId, sent);
+    }
     case 'event':
       return forwardEvent(ctx, connection, hub, m, ackId);
   }
+}
+
+/**
+ * The id under which a durable hub stores what a request changes: a retry of
+ * the same ackId (after a lost ack, or on another edge) is then stored once.
+ */
+function storeId(connection: PubSubConnection, ackId: number | undefined): string | undefined {
+  return ackId === undefined ? undefined : `${connection.id}:${ackId}`;
+}
+
+/**
+ * Acks a request once it is done: success (`Duplicate` when a durable hub had
+ * stored it already), or `InternalServerError` with the reason when it could
+ * not be stored, and the ackId forgotten so that a retry is processed again.
+ */
+function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, done: Promise<unknown>): void {
+  // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId);
-  ack(ctx, connection, ackId);
+  done.then(
+    (result) => {
+      if (!connection.ended) ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
+    },
+    (err: Error) => {
+      if (ackId !== undefined) connection.forgetAckId(ackId);
+      if (!connection.ended) ack(ctx, connection, ackId, 'InternalServerError', err.message);
+    },
+  );
 }
 
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
@@ -118,7 +140,9 @@ function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, 
       if (ackId !== undefined) connection.forgetAckId(ackId);
       return ack(ctx, connection, ackId, result.code, result.detail);
     }
-    if (result.reply) hub.send({ kind: 'connection', name: connection.id }, result.reply);
+    if (result.reply) {
+      hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
+    }
     ack(ctx, connection, ackId);
   });
 }

@@ -58,6 +58,8 @@ export class ConnectionLifecycle {
   }
 
   private forget(connection: PubSubConnection): void {
+    // A durable hub forgets the session's checkpoint too: it cannot be recovered anywhere.
+    if (connection.session) this.hubs.get(connection.hub.toLowerCase())?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
   }

@@ -24,13 +24,22 @@ export class SharedMessage {
   readonly body: Buffer;
   private frame: Buffer | undefined;
 
-  /** `mid` names the event cluster-wide (origin node and counter), so a session handed between nodes is not given it twice. */
+  /**
+   * `mid` names the event cluster-wide (origin node and counter), so a
+   * session handed between nodes is not given it twice; `position` is its
+   * place in the hub's JetStream stream (0 elsewhere); `sequence`, when the
+   * hub keeps history, is the history sequence the message carries (clients
+   * that do not know the field ignore it: the SDK passes it through).
+   */
   constructor(
     message: DataMessage,
     readonly mid: string,
+    readonly position = 0,
+    sequence?: number,
   ) {
     let text = `"type":"message","from":"${message.from}"`;
     if (message.group !== undefined) text += `,"group":${JSON.stringify(message.group)}`;
+    if (sequence !== undefined) text += `,"sequence":${sequence}`;
     if (message.fromUserId !== undefined) text += `,"fromUserId":${JSON.stringify(message.fromUserId)}`;
     text += `,"dataType":"${message.dataType}","data":${message.dataJson}}`;
     this.body = Buffer.from(text, 'utf8');
@@ -51,16 +60,21 @@ export class SharedMessage {
   }
 }
 
-/** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
-export function sharedMessageOf(h: PsSend, body: Buffer): SharedMessage | undefined {
-  const dataJson = body.toString('utf8');
+/** True when `dataJson` is JSON text, and a JSON string for text and binary data (data from the bus is checked). */
+export function isDataOfType(dataType: DataType, dataJson: string): boolean {
   try {
     const data: unknown = JSON.parse(dataJson);
-    if (h.message.dataType !== 'json' && typeof data !== 'string') return undefined;
+    return dataType === 'json' || typeof data === 'string';
   } catch {
-    return undefined;
+    return false;
   }
-  return new SharedMessage({ ...h.message, dataJson }, h.mid);
+}
+
+/** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
+export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?: number): SharedMessage | undefined {
+  const dataJson = body.toString('utf8');
+  if (!isDataOfType(h.message.dataType, dataJson)) return undefined;
+  return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
 /** Frame head for a reliable recipient: frame header plus `{"sequenceId":N,`; the shared body follows. */

@@ -31,6 +31,9 @@ export const PUBSUB_ERRORS = {
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
+  StoreUnavailable: { status: 503, message: 'The event log (JetStream) could not store this: nothing was sent; try again' },
+  HistoryUnavailable: { status: 404, message: 'This hub keeps no history (pubsub.hubs[].history)' },
+  SessionUnavailable: { status: 503, closeCode: 1013, message: 'The session cannot be recovered right now; try again' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type PubSubErrorCode = keyof typeof PUBSUB_ERRORS;

@@ -1,8 +1,10 @@
 // One hub across the cluster: every send and every REST operation acts on the
 // connections of all edge nodes (docs/architecture.md, "A pub/sub event").
-// Delivery is local first (so local traffic flows while the bus is away), then
-// one bus message that the other nodes deliver to their own members, framed
-// once per node. A node subscribes to a group's or user's subject only while
+// A durable hub (JetStream) hands sends and membership changes to its stream
+// and delivers what the stream gives back, in stream order (stream-events.ts,
+// docs/durability.md). Otherwise delivery is local first (so local traffic
+// flows while the bus is away), then one bus message that the other nodes
+// deliver to their own members, framed once per node. A node subscribes to a group's or user's subject only while
 // it has local members, to a connection's while it holds the connection, and
 // to the hub's `all` subject always. Operations whose answer matters (exists,
 // list, close, membership, permissions) gather the other nodes' answers.
@@ -27,6 +29,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
 import type { EventFeed } from './event-feed.ts';
+import type { HubHistory, MemoryHistory } from './history.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -48,9 +51,39 @@ export interface ClusterHubDeps {
 
 export type { FilterTerm, GroupAction, GroupMember };
 
+/** What a publish came to: delivered (stored, on a durable hub), or a repeat of one already stored. */
+export type SendResult = 'sent' | 'duplicate';
+
+const SENT: Promise<SendResult> = Promise.resolve('sent');
+
+/**
+ * A durable hub's event path (stream-events.ts): sends and membership
+ * changes resolve once stored, and sessions move through the stream.
+ */
+export interface DurableEvents {
+  send(target: Target, message: DataMessage, excluded: ReadonlySet<string> | undefined, msgId: string | undefined): Promise<SendResult>;
+  changeGroups(target: Target, action: GroupAction, groups: string[], terms: FilterTerm[] | undefined, msgId?: string): Promise<void>;
+  /** The session, rebuilt on this edge from its checkpoint and the stream; undefined when it cannot be. */
+  takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined>;
+  /** A reliable connection opened, acknowledged, changed permissions, or ended for good. */
+  sessionChanged(connection: PubSubConnection): void;
+  sessionEnded(connection: PubSubConnection): void;
+  /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
+  releaseAll(): Promise<void>;
+  /** Sessions whose last checkpoint is not written yet. */
+  readonly pendingWrites: number;
+  close(): void;
+}
+
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
+  /** Set on a durable hub (the NATS bus with JetStream). */
+  durable: DurableEvents | undefined;
+  /** Set on a hub that keeps history on the memory bus (a durable hub reads its stream instead). */
+  memoryHistory: MemoryHistory | undefined;
+  /** Where REST and the CLI read this hub's history; undefined when it keeps none. */
+  history: HubHistory | undefined;
   private readonly subscriptions = new Map<string, BusSubscription>();
 
   constructor(
@@ -113,13 +146,20 @@ export class ClusterHub {
 
   // --- sending ------------------------------------------------------------------
 
-  /** Delivers to local members now and tells the other nodes. */
-  send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>): void {
+  /**
+   * Sends an event to its target's members on every edge. A durable hub
+   * resolves once the event is stored (rejects with StoreError when it could
+   * not be; `msgId` makes a retry a duplicate, not a second event); otherwise
+   * local members get it now and the other edges are told.
+   */
+  send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>, msgId?: string): Promise<SendResult> {
+    if (this.durable) return this.durable.send(target, message, excluded, msgId);
     const mid = this.deps.feed.nextMid();
     const at = Date.now();
-    this.delivered(this.local.deliver(target, new SharedMessage(message, mid), excluded), at, 'local');
-    if (!this.deps.bus.reachesOtherNodes) return;
-    if (target.kind === 'connection' && this.local.connections.has(target.name)) return;
+    const sequence = this.memoryHistory && target.kind === 'group' ? this.memoryHistory.append(target.name, message, at) : undefined;
+    this.delivered(this.local.deliver(target, new SharedMessage(message, mid, 0, sequence), excluded), at, 'local');
+    if (!this.deps.bus.reachesOtherNodes) return SENT;
+    if (target.kind === 'connection' && this.local.connections.has(target.name)) return SENT;
     const { dataJson, ...rest } = message;
     const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], message: rest };
     try {
@@ -127,15 +167,27 @@ export class ClusterHub {
     } catch (err) {
       this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, err: (err as Error).message });
     }
+    return SENT;
   }
 
-  /** Joins a group; resolves once the bus has this node's interest in it. */
-  async join(connection: PubSubConnection, group: string): Promise<void> {
+  /**
+   * Joins a group. On a durable hub, resolves once the change is stored (it
+   * takes effect where the stream orders it); otherwise at once here, once
+   * the bus has this node's interest in it.
+   */
+  async join(connection: PubSubConnection, group: string, msgId?: string): Promise<void> {
+    if (this.durable) return this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'add', [group], undefined, msgId);
     if (this.local.join(connection, group)) await this.deps.bus.flush();
   }
 
-  leave(connection: PubSubConnection, group: string): void {
+  async leave(connection: PubSubConnection, group: string, msgId?: string): Promise<void> {
+    if (this.durable) return this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'remove', [group], undefined, msgId);
     this.local.leave(connection, group);
+  }
+
+  /** A reliable session from another edge: moved through the stream on a durable hub, else handed over on the bus. */
+  takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    return this.durable ? this.durable.takeSession(connectionId, token, protocol) : this.handover.take(connectionId, token, protocol);
   }
 
   // --- operations on the whole cluster (REST) -----------------------------------
@@ -146,6 +198,7 @@ export class ClusterHub {
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], terms?: FilterTerm[]): Promise<void> {
+    if (this.durable) return this.durable.changeGroups(target, action, groups, terms);
     const local = this.applyGroups(target, action, groups, terms);
     await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, terms });
   }
@@ -216,14 +269,36 @@ export class ClusterHub {
     return count;
   }
 
-  private applyGroups(target: Target, action: GroupAction, groups: string[], terms?: FilterTerm[]): number {
+  /**
+   * Applies a membership change to this node's connections; `changed` hears
+   * each group a connection actually joined or left (a durable hub notes it
+   * in the session). Returns how many connections the change matched.
+   */
+  applyGroups(
+    target: Target,
+    action: GroupAction,
+    groups: string[],
+    terms?: FilterTerm[],
+    changed?: (connection: PubSubConnection, group: string, joined: boolean) => void,
+  ): number {
     let count = 0;
     for (const connection of [...this.local.targets(target)]) {
       if (connection.ended) continue;
       if (terms && !terms.some((t) => (t.field === 'connectionId' ? connection.id : connection.userId) === t.value)) continue;
       count++;
-      if (action === 'add') for (const g of groups) this.local.join(connection, g);
-      else for (const g of action === 'removeAll' ? [...connection.groups] : groups) this.local.leave(connection, g);
+      if (action === 'add') {
+        for (const g of groups) {
+          if (connection.groups.has(g)) continue;
+          this.local.join(connection, g);
+          changed?.(connection, g, true);
+        }
+      } else {
+        for (const g of action === 'removeAll' ? [...connection.groups] : groups) {
+          if (!connection.groups.has(g)) continue;
+          this.local.leave(connection, g);
+          changed?.(connection, g, false);
+        }
+      }
     }
     return count;
   }
@@ -303,7 +378,7 @@ export class ClusterHub {
   }
 
   /** Counts an event handed to `recipients` local connections, published at `at`. */
-  private delivered(recipients: number, at: number | undefined, source: 'local' | 'bus'): void {
+  delivered(recipients: number, at: number | undefined, source: 'local' | 'bus'): void {
     const metrics = this.deps.metrics;
     metrics.pubsubEventsIn.inc({ source });
     metrics.pubsubEventsOut.inc(recipients);

@@ -47,6 +47,12 @@ export class Hub {
     if (connection.userId !== null) this.addTo(this.users, 'user', connection.userId, connection);
   }
 
+  /** Adds a connection that arrives with its groups already set (a session rebuilt from a durable hub's stream). */
+  adopt(connection: PubSubConnection): void {
+    this.add(connection);
+    for (const group of connection.groups) this.addTo(this.groups, 'group', group, connection);
+  }
+
   remove(connection: PubSubConnection): void {
     if (this.connections.get(connection.id) !== connection) return;
     this.connections.delete(connection.id);

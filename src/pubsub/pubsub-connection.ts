@@ -95,7 +95,7 @@ export class PubSubConnection {
       socket.writeFrame(message.plainFrame());
       return undefined;
     }
-    const sequenceId = session.push(message.body, message.mid);
+    const sequenceId = session.push(message.body, message.mid, message.position);
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {

@@ -5,11 +5,13 @@
 // REST rest-api.ts, one hub across the cluster hub-cluster.ts, and how its
 // events cross the cluster event-feed.ts. Events flow one way: a hub sends
 // through its feed; the feed hands events from other edges to the hub that
-// registered for them.
+// registered for them. A durable hub (the NATS bus with JetStream) sends
+// through its stream instead (stream-events.ts, docs/durability.md).
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
 import type { Bus } from '../bus/bus.ts';
+import type { JetStreamAccess, StreamSpec } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -18,10 +20,12 @@ import { ClientEndpoint } from './client-endpoint.ts';
 import type { ClientProtocolContext } from './client-protocol.ts';
 import { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { DirectFeed, type EventFeed } from './event-feed.ts';
+import { MemoryHistory } from './history.ts';
 import { ClusterHub } from './hub-cluster.ts';
 import { handleRestRequest, type RestContext } from './rest-api.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
 import { SessionRecovery } from './session-recovery.ts';
+import { StreamEvents } from './stream-events.ts';
 import { postUserEvent } from './upstream.ts';
 
 export class PubSubService implements RestContext {
@@ -32,14 +36,18 @@ export class PubSubService implements RestContext {
   private readonly lifecycle: ConnectionLifecycle;
   private readonly endpoint: ClientEndpoint;
   private readonly othersCanTake: boolean;
+  /** The durable hubs' event paths, started once JetStream is ready. */
+  private readonly streams: StreamEvents[] = [];
 
   constructor(
     readonly config: RelayConfig,
-    log: Logger,
+    private readonly log: Logger,
     publicUrl: string,
     bus: Bus,
     subjects: Subjects,
     metrics: RelayMetrics,
+    /** Set when durable hubs keep their events in JetStream. */
+    private readonly jetstream?: JetStreamAccess,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
     this.maxBodyBytes = config.limits.pubsubMessageBytes;
@@ -83,12 +91,36 @@ export class PubSubService implements RestContext {
     for (const hubConfig of config.pubsub.hubs) {
       const hub = new ClusterHub(hubConfig, hubDeps, hubDeps.endConnection, handoverDeps);
       this.hubs.set(hub.key, hub);
+      if (jetstream && hubConfig.durable) {
+        const events = new StreamEvents(hub, {
+          js: jetstream,
+          subjects,
+          stream: PubSubService.streamName(config, hub.key),
+          nodeId: config.nodeId,
+          log,
+          history: hubConfig.history !== undefined,
+          limits: config.limits,
+          requestTimeoutMs: b.requestTimeoutMs,
+          publishTimeoutMs: b.jetstream.publishTimeoutMs,
+          checkpointIntervalMs: b.jetstream.checkpointIntervalMs,
+          sessionRetainMs: config.timeouts.sessionRetainMs,
+          release: this.lifecycle.release.bind(this.lifecycle),
+          endConnection: hubDeps.endConnection,
+        });
+        hub.durable = events;
+        if (hubConfig.history) hub.history = events;
+        this.streams.push(events);
+      } else if (hubConfig.history) {
+        hub.memoryHistory = new MemoryHistory(hubConfig.history);
+        hub.history = hub.memoryHistory;
+      }
     }
     const protocol: ClientProtocolContext = {
       hub: (connection) => this.hub(connection.hub),
       endConnection: hubDeps.endConnection,
       sendEvent: (event, hub) => postUserEvent({ ...event, hub: hub.config }, this.publicHost, config.limits.pubsubMessageBytes),
       groupsPerConnection: config.limits.groupsPerConnection,
+      replyLost: (connection, reason) => log.warn({ event: 'pubsub.reply_lost', hub: connection.hub, connectionId: connection.id, reason }),
       countAck: (result) => metrics.acks.inc({ result }),
     };
     const socketOptions = { maxMessageBytes: config.limits.pubsubMessageBytes, closeHandshakeMs: config.timeouts.closeHandshakeMs };
@@ -106,6 +138,46 @@ export class PubSubService implements RestContext {
       shuttingDown,
     });
   }
+
+  /** The JetStream stream a durable hub keeps its events in. */
+  static streamName(config: RelayConfig, hubKey: string): string {
+    return `${config.bus.jetstream.streamPrefix}_${hubKey}`;
+  }
+
+  /** The streams of the durable hubs, with the limits their history (or session retention) needs. */
+  static streamSpecs(config: RelayConfig, subjects: Subjects): StreamSpec[] {
+    // Without history a stream still keeps what a session moving between edges may replay.
+    const sessionAgeMs = Math.max(120_000, 2 * config.timeouts.sessionRetainMs);
+    return config.pubsub.hubs
+      .filter((h) => h.durable)
+      .map((h) => {
+        const key = h.name.toLowerCase();
+        return {
+          name: PubSubService.streamName(config, key),
+          subjects: [subjects.hubEvents(key)],
+          maxAgeMs: h.history?.maxAgeSeconds !== undefined ? Math.max(h.history.maxAgeSeconds * 1000, sessionAgeMs) : h.history ? 0 : sessionAgeMs,
+          maxMessages: h.history?.maxMessages ?? -1,
+          maxBytes: h.history?.maxBytes ?? -1,
+        };
+      });
+  }
+
+  /** Durable hubs start reading their streams once JetStream is ready (keeps trying until it works or the service stops). */
+  async startStreams(): Promise<void> {
+    for (const events of this.streams) {
+      for (let attempt = 0; !this.stopped; attempt++) {
+        try {
+          await events.start();
+          break;
+        } catch (err) {
+          if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.start_failed', err: (err as Error).message });
+          await new Promise((r) => setTimeout(r, 250));
+        }
+      }
+    }
+  }
+
+  private stopped = false;
 
   hub(name: string): ClusterHub | undefined {
     return this.hubs.get(name.toLowerCase());
@@ -152,6 +224,8 @@ export class PubSubService implements RestContext {
         if (connection.session && this.othersCanTake) connection.closeSocket('ShuttingDown');
         else this.lifecycle.end(connection, 'ShuttingDown');
       }
+      // A durable hub's sessions need no taker here: their checkpoints are written, any edge takes them from there.
+      void hub.durable?.releaseAll();
     }
   }
 
@@ -159,7 +233,7 @@ export class PubSubService implements RestContext {
   sessionsAwaitingHandover(): number {
     let held = 0;
     for (const hub of this.hubs.values()) {
-      held += hub.handover.givingCount;
+      held += hub.handover.givingCount + (hub.durable?.pendingWrites ?? 0);
       for (const c of hub.local.connections.values()) if (!c.ended && c.session) held++;
     }
     return held;
@@ -167,10 +241,12 @@ export class PubSubService implements RestContext {
 
   /** At the end of shutdown: ends what is left and leaves the bus. */
   finishShutdown(): void {
+    this.stopped = true;
     this.lifecycle.stop();
     for (const hub of this.hubs.values()) {
       for (const connection of [...hub.local.connections.values()]) this.lifecycle.end(connection, 'ShuttingDown');
       hub.handover.close();
+      hub.durable?.close();
       hub.leaveBus();
     }
     this.feed.close();

@@ -15,6 +15,18 @@ export interface SessionEntry {
   body: Buffer;
   /** The event's cluster-wide id (see SharedMessage). */
   mid: string;
+  /** On a JetStream hub: the event's position in the hub's stream (0 elsewhere). */
+  position: number;
+}
+
+/** What a session's client has acknowledged, as a place in the hub's stream (docs/durability.md). */
+export interface SessionCheckpoint {
+  /** Every sequence id up to this one is acknowledged. */
+  sequenceId: number;
+  /** The stream position of the event that had `sequenceId` (or the last one read, with nothing unacknowledged). */
+  position: number;
+  /** The connection's groups at `position`. */
+  groups: string[];
 }
 
 export class ReliableSession {
@@ -27,6 +39,12 @@ export class ReliableSession {
   writtenUpTo = 0;
   /** When the socket went away (ms since epoch); undefined while attached. */
   detachedAt: number | undefined;
+  /** On a JetStream hub: group changes read from the stream since the last checkpoint, oldest first. */
+  private membershipLog: { position: number; group: string; joined: boolean }[] = [];
+  /** On a JetStream hub: the checkpoint last computed (what the session bucket should hold). */
+  checkpoint: SessionCheckpoint | undefined;
+  /** The acknowledged sequence id the last checkpoint stands for; the checkpoint is stale when acknowledgements passed it. */
+  private acknowledgedUpTo = 0;
 
   constructor(
     private readonly limits: SessionLimits,
@@ -56,25 +74,85 @@ export class ReliableSession {
     this.nextSequenceId = lastSequenceId + 1;
   }
 
+  /** Continues a session from its checkpoint (JetStream hubs): the next event gets the id after the acknowledged one. */
+  resumeFrom(checkpoint: SessionCheckpoint): void {
+    this.nextSequenceId = checkpoint.sequenceId + 1;
+    this.acknowledgedUpTo = checkpoint.sequenceId;
+    this.checkpoint = checkpoint;
+  }
+
+  /**
+   * A group change read from the hub's stream at `position` (JetStream hubs
+   * keep them until a checkpoint passes them). False when as many changes as
+   * messages the session may buffer wait for an acknowledgement: the session must end.
+   */
+  noteMembership(position: number, group: string, joined: boolean): boolean {
+    if (this.membershipLog.length >= this.limits.maxMessages) return false;
+    this.membershipLog.push({ position, group, joined });
+    return true;
+  }
+
+  /**
+   * The checkpoint for what the client has acknowledged now: at the stream
+   * position of the last acknowledged event with the groups of that moment,
+   * or, when nothing is unacknowledged, at `readUpTo` (the last stream
+   * position this edge read) with the current groups. Undefined when nothing
+   * changed since the last one.
+   */
+  nextCheckpoint(currentGroups: ReadonlySet<string>, readUpTo: number): SessionCheckpoint | undefined {
+    let next: SessionCheckpoint;
+    if (this.unacknowledged === 0) {
+      next = { sequenceId: this.lastSequenceId, position: readUpTo, groups: [...currentGroups] };
+    } else {
+      if (this.acknowledgedUpTo === this.checkpoint?.sequenceId) return undefined;
+      const position = this.acknowledgedPosition;
+      if (position === undefined) return undefined;
+      next = { sequenceId: this.acknowledgedUpTo, position, groups: this.groupsAt(currentGroups, position) };
+    }
+    const last = this.checkpoint;
+    if (last && last.sequenceId === next.sequenceId && last.position === next.position && sameGroups(last.groups, next.groups)) return undefined;
+    this.checkpoint = next;
+    this.membershipLog = this.membershipLog.filter((c) => c.position > next.position);
+    return next;
+  }
+
+  /** The groups a connection was in at `position`: the current ones with later changes undone. */
+  private groupsAt(current: ReadonlySet<string>, position: number): string[] {
+    const groups = new Set(current);
+    for (let i = this.membershipLog.length - 1; i >= 0; i--) {
+      const change = this.membershipLog[i];
+      if (change.position <= position) break;
+      if (change.joined) groups.delete(change.group);
+      else groups.add(change.group);
+    }
+    return [...groups];
+  }
+
   get unacknowledged(): number {
     return this.entries.length - this.head;
   }
 
   /** Buffers a message and returns its sequence id, or undefined when the buffer is full. */
-  push(body: Buffer, mid: string): number | undefined {
+  push(body: Buffer, mid: string, position = 0): number | undefined {
     if (this.unacknowledged >= this.limits.maxMessages || this.bytes + body.length > this.limits.maxBytes) {
       return undefined;
     }
     const sequenceId = this.nextSequenceId++;
-    this.entries.push({ sequenceId, body, mid });
+    this.entries.push({ sequenceId, body, mid, position });
     this.bytes += body.length;
     return sequenceId;
   }
 
+  /** Stream position of the last acknowledged event, when this edge saw it. */
+  private acknowledgedPosition: number | undefined;
+
   /** Drops every message with a sequence id up to `sequenceId` (cumulative). */
   acknowledge(sequenceId: number): void {
     while (this.head < this.entries.length && this.entries[this.head].sequenceId <= sequenceId) {
-      this.bytes -= this.entries[this.head].body.length;
+      const entry = this.entries[this.head];
+      this.bytes -= entry.body.length;
+      this.acknowledgedUpTo = entry.sequenceId;
+      this.acknowledgedPosition = entry.position;
       this.head++;
     }
     if (this.head > 1024 && this.head * 2 > this.entries.length) {
@@ -102,4 +180,10 @@ export class ReliableSession {
     this.head = 0;
     this.bytes = 0;
   }
+}
+
+function sameGroups(a: string[], b: string[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((g) => set.has(g));
 }

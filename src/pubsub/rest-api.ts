@@ -6,6 +6,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
+import { StoreError } from '../bus/jetstream.ts';
 import { signJwt } from '../auth/jwt.ts';
 import { sendJson } from '../http/respond.ts';
 import {
@@ -16,6 +17,7 @@ import {
 } from '../validation/schemas.ts';
 import type { DataMessage } from './downstream.ts';
 import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
+import { historyPageJson } from './history.ts';
 import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
@@ -63,19 +65,27 @@ export function handleRestRequest(
   // A cluster-wide operation whose other nodes the bus cannot reach has
   // acted on this node's connections only: 503 says so.
   dispatch(call).then(
-    (answer) => respond(res, answer, call.method),
-    (err) => respond(res, err instanceof BusError ? 'BusUnavailable' : 'BadRequest', call.method),
+    (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
+    (err) => respond(res, err instanceof BusError ? 'BusUnavailable' : err instanceof StoreError ? 'StoreUnavailable' : 'BadRequest', call.method, err),
   );
 }
 
-function respond(res: ServerResponse, answer: Answer, method: string): void {
+/** A JSON body built as text (history pages carry each message's JSON as stored). */
+function sendRaw(res: ServerResponse, text: string): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
   if (typeof answer === 'string') {
     if (method === 'HEAD') {
       res.writeHead(PUBSUB_ERRORS[answer].status).end();
       return;
     }
-    return failRequest(res, answer);
+    // A store refusal says why (the reason JetStream gave).
+    return failRequest(res, answer, answer === 'StoreUnavailable' && err ? `${PUBSUB_ERRORS.StoreUnavailable.message} (${err.message})` : undefined);
   }
   if (answer.body) return sendJson(res, answer.status, answer.body);
   res.writeHead(answer.status, { 'content-length': '0' }).end();
@@ -88,7 +98,7 @@ function drainThen(req: IncomingMessage, answer: () => void): void {
   else req.once('end', answer);
 }
 
-async function dispatch(call: RestCall): Promise<Answer> {
+async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
   const { method, segments, hub } = call;
   const [first, second, third, fourth] = segments;
   const route = `${method} ${segments.length}`;
@@ -113,6 +123,7 @@ async function dispatch(call: RestCall): Promise<Answer> {
     if (third === ':send' && route === 'POST 3') return send(call, group, excludedOf(call.params));
     if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, group);
     if (third === 'connections' && route === 'GET 3') return listGroup(call, second);
+    if (third === 'messages' && route === 'GET 3') return readHistory(call, second);
     if (third === 'connections' && segments.length === 4) {
       if (!validateConnectionId(fourth)) return 'BadRequest';
       const connection: Target = { kind: 'connection', name: fourth };
@@ -185,8 +196,23 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
   if (call.params.has('filter')) return 'FilterUnsupported';
   const message = await readMessage(call);
   if (typeof message === 'string') return message;
-  call.hub.send(target, message, excluded);
+  // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
+  await call.hub.send(target, message, excluded);
   return ACCEPTED;
+}
+
+/** Largest page of history one call returns. */
+const MAX_HISTORY_PAGE = 1000;
+const DEFAULT_HISTORY_PAGE = 100;
+
+/** GET groups/{group}/messages?after=&limit=: the group's kept messages after a sequence, oldest first. */
+async function readHistory(call: RestCall, group: string): Promise<Answer | { raw: string }> {
+  const history = call.hub.history;
+  if (!history) return 'HistoryUnavailable';
+  const after = Number(call.params.get('after') ?? 0);
+  const limit = Number(call.params.get('limit') ?? DEFAULT_HISTORY_PAGE);
+  if (!Number.isSafeInteger(after) || after < 0 || !Number.isInteger(limit) || limit < 1 || limit > MAX_HISTORY_PAGE) return 'BadRequest';
+  return { raw: historyPageJson(await history.read(group, after, limit)) };
 }
 
 function excludedOf(params: URLSearchParams): Set<string> | undefined {

@@ -233,7 +233,7 @@ export class SessionHandover {
         let offset = 0;
         for (const e of listed) {
           if (e.seq <= after || offset + e.length > page.body.length) throw new Error('bad page');
-          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body: Buffer.from(page.body.subarray(offset, offset + e.length)) });
+          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body: Buffer.from(page.body.subarray(offset, offset + e.length)), position: 0 });
           offset += e.length;
           after = e.seq;
         }

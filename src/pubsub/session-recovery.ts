@@ -14,6 +14,7 @@ import { PUBSUB_ERRORS } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
+import { SessionUnavailable } from './stream-sessions.ts';
 
 export type ClientSocket = MessageSocket<PubSubConnection>;
 
@@ -55,7 +56,16 @@ export class SessionRecovery {
     }
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
-    if (!heldHere) connection = await hub.handover.take(connectionId, token, protocol);
+    if (!heldHere) {
+      try {
+        connection = await hub.takeSession(connectionId, token, protocol);
+      } catch (err) {
+        if (!(err instanceof SessionUnavailable)) throw err;
+        // JetStream cannot answer now: a close other than 1008 makes the client try again.
+        this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: err.message });
+        return this.refuse(r.socket, 'SessionUnavailable');
+      }
+    }
     const session = connection?.session;
     if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
@@ -79,7 +89,7 @@ export class SessionRecovery {
   }
 
   /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
-  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown'): void {
+  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable'): void {
     this.metrics.recoveriesRefused.inc({ reason: code });
     const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions);
     refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS[code].message));

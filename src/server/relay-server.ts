@@ -4,7 +4,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Bus } from '../bus/bus.ts';
-import { createBus } from '../bus/create.ts';
+import { createBus, createJetStream } from '../bus/create.ts';
+import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
@@ -31,6 +32,8 @@ export interface RunningRelay {
   hybrid: HybridService;
   pubsub: PubSubService;
   bus: Bus;
+  /** Set when durable hubs keep their events in JetStream. */
+  jetstream: JetStreamAccess | undefined;
   metrics: RelayMetrics;
   /** Stops accepting, tells listeners and clients to reconnect elsewhere (1012), drains up to timeouts.shutdownMs. */
   close(): Promise<void>;
@@ -71,8 +74,16 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
   const metrics = new RelayMetrics(config.nodeId);
+  const jetstream = createJetStream(bus, config, log);
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics);
-  const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics);
+  const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
+  if (jetstream) {
+    const streams = PubSubService.streamSpecs(config, subjects);
+    const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
+    void jetstream.start(streams, bucket).then(() => {
+      if (jetstream.state === 'ready') return pubsub.startStreams();
+    });
+  }
   metrics.watch({
     connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
     listenersPerEntity: () => hybrid.listeners.counts(),
@@ -90,7 +101,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus })) return;
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream) })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
         return failEdgeRequest(res, 'NotFound');
@@ -160,6 +171,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     hybrid,
     pubsub,
     bus,
+    jetstream,
     metrics,
     close: async () => {
       if (closing) return;
@@ -187,6 +199,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       for (const s of sockets) s.destroy();
       await stopped;
       status.close();
+      jetstream?.close();
       // Drain the bus: what this node published (answers, hand-overs) reaches the others.
       await bus.close();
       log.info({ event: 'relay.stopped' });

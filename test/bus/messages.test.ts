@@ -27,6 +27,13 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   'ps.entries': { op: 'ps.entries', entries: [{ seq: 1, mid: 'n1.ab:1', length: 3 }] },
   'ps.replay': { op: 'ps.replay', origin: 'n1.ab', since: { 'n2.cd': 4 }, after: 0 },
   'ps.replayed': { op: 'ps.replayed', entries: [{ length: 3 }], truncated: false },
+  'ps.member': { op: 'ps.member', origin: 'n1', hub: 'chat', target: { kind: 'connection', name: 'c1' }, action: 'add', groups: ['g'] },
+  'ps.claim': { op: 'ps.claim', origin: 'n2', hub: 'chat', connectionId: 'c1' },
+  'ps.checkpoint': {
+    op: 'ps.checkpoint', hub: 'chat', connectionId: 'c1', userId: 'u', protocol: 'json.reliable.webpubsub.azure.v1',
+    tokenHash: 'n4bQgYhMfWWaL-qgxVrQFaO_TxsrC4Is0V1sFbDwCgg', permissions: { joinLeaveGroup: PERMS, sendToGroup: PERMS },
+    owner: 'n1', sequenceId: 7, position: 42, groups: ['g'], at: 1,
+  },
   'ops.status': { op: 'ops.status', origin: 'n1' },
   'ops.node': { op: 'ops.node', nodeId: 'n1', startedAt: new Date(0).toISOString(), shuttingDown: false, bus: { kind: 'nats', connected: true }, entities: [{ name: 'e', listeners: 1 }], hubs: [{ name: 'chat', connections: 1, groups: 1, sessionsRetained: 0 }] },
 };

@@ -1,9 +1,10 @@
-// Faults (issue 4, item 5), each on its own cluster of real processes. Each
+// Faults of the core NATS path (hubs with bus.jetstream off; JetStream's own
+// are in jetstream-faults.test.ts), each on its own cluster of real processes. Each
 // test states what is lost and asserts exactly that.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type WebSocket from 'ws';
-import { startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
+import { CORE_NATS, startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsCluster, startNatsServer } from '../helpers/nats.ts';
@@ -61,8 +62,8 @@ describe('faults', () => {
     // nothing, and events published on B for members on A during the outage
     // arrive once NATS is back (B kept them; A asks for what it missed).
     const nats = await startNatsServer(t);
-    const a = await startEdge(t, 'edge-a', [nats.url]);
-    const b = await startEdge(t, 'edge-b', [nats.url]);
+    const a = await startEdge(t, 'edge-a', [nats.url], CORE_NATS);
+    const b = await startEdge(t, 'edge-b', [nats.url], CORE_NATS);
     await startHycoWsListener(t, a.url, echo);
     const local = await startClient(t, accessUrl(a.url));
     await local.client.joinGroup('g');
@@ -110,7 +111,7 @@ describe('faults', () => {
     // another NATS node (A's interest is absent meanwhile); A then asks B for
     // what it missed and delivers it before anything newer: every event
     // arrives, once, in order.
-    const { nats, edges } = await startCluster(t, 2);
+    const { nats, edges } = await startCluster(t, 2, CORE_NATS);
     const [a, b] = edges;
     const sub = await startClient(t, accessUrl(a.url));
     await sub.client.joinGroup('feed');
@@ -161,8 +162,8 @@ describe('faults', () => {
     // events sent before it rejoined are not delivered to it). Relayed
     // connections spliced on other edges are not touched.
     const nats = await startNatsCluster(t);
-    const a = await startEdge(t, 'edge-a', preferring(nats, 0));
-    const b = await startEdge(t, 'edge-b', preferring(nats, 1));
+    const a = await startEdge(t, 'edge-a', preferring(nats, 0), CORE_NATS);
+    const b = await startEdge(t, 'edge-b', preferring(nats, 1), CORE_NATS);
     const balancer = await CuttableProxy.start(a.port, t);
     await startHycoWsListener(t, balancer.url, echo);
     await eventually(() => echoThrough(b.url, 'before'), 'before');

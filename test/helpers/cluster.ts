@@ -31,16 +31,20 @@ export async function waitReady(edge: { url: string }, status = 200, ms = 10000)
 
 /** Config overrides for an edge named `name` on the given NATS servers (first one preferred). */
 export function edgeOverrides(name: string, servers: string[], extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const { bus, ...rest } = extra as { bus?: Record<string, unknown> };
   return pubsubOverrides({
     nodeId: name,
     // Kept in memory by the harness (last 64 KiB of stderr) to explain a failure.
     log: { level: process.env.TEST_LOG_LEVEL ?? 'info' },
     autoCreate: true,
-    bus: { kind: 'nats', servers, randomizeServers: false, reconnectTimeWaitMs: 100, pingIntervalMs: 1000, requestTimeoutMs: 2000, gatherStallMs: 50 },
+    bus: { kind: 'nats', servers, randomizeServers: false, reconnectTimeWaitMs: 100, pingIntervalMs: 1000, requestTimeoutMs: 2000, gatherStallMs: 50, ...bus },
     timeouts: { keepAliveIntervalMs: 500, idleMs: 10000 },
-    ...extra,
+    ...rest,
   });
 }
+
+/** Edges whose hubs send on core NATS (at most once, with the replay window) instead of JetStream. */
+export const CORE_NATS = { bus: { jetstream: { enabled: false } } };
 
 export async function startEdge(
   t: Pick<TestContext, 'after'>,

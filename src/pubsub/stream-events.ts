@@ -1,0 +1,179 @@
+// A durable hub's event path on NATS JetStream (docs/durability.md): the
+// hub's stream is the truth, edges are views. A send or a membership change
+// is stored in the hub's stream first (the publisher is acknowledged only
+// then), and every edge, the publishing one included, applies what it reads
+// from the stream, in stream order: so every edge sees the same order, and a
+// reliable session's sequence ids are a function of the stream that any edge
+// can compute again (stream-sessions.ts). Session claims travel the same way.
+import { randomUUID } from 'node:crypto';
+import { decodeEdgeMessage, encodeEdgeMessage, type FilterTerm, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
+import type { Follower, JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import { isDataOfType, sharedMessageOf, type DataMessage } from './downstream.ts';
+import type { HistoryEntry, HistoryPage, HubHistory } from './history.ts';
+import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
+import type { PubSubConnection } from './pubsub-connection.ts';
+import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
+
+export interface StreamEventsOptions extends StreamSessionsOptions {
+  js: JetStreamAccess;
+  subjects: Subjects;
+  /** The hub's stream. */
+  stream: string;
+  nodeId: string;
+  log: Logger;
+  /** The hub keeps history: group messages carry their sequence. */
+  history: boolean;
+}
+
+export class StreamEvents implements DurableEvents, HubHistory {
+  private follower: Follower | undefined;
+  /** The last stream sequence applied here; 0 until the follower starts. */
+  private applied = 0;
+  private readonly sessions: StreamSessions;
+
+  constructor(
+    private readonly hub: ClusterHub,
+    private readonly options: StreamEventsOptions,
+  ) {
+    this.sessions = new StreamSessions(hub, this, options);
+  }
+
+  /** Where this edge is in the hub's stream: the last sequence applied. */
+  get position(): number {
+    return this.applied;
+  }
+
+  get started(): boolean {
+    return this.follower !== undefined;
+  }
+
+  /** Starts reading the stream after what it holds now (called once JetStream is ready). */
+  async start(): Promise<void> {
+    const { last } = await this.options.js.bounds(this.options.stream);
+    this.applied = last;
+    this.follower = this.options.js.follow(
+      this.options.stream,
+      last + 1,
+      (m) => this.apply(m),
+      (expected, got) => this.options.log.warn({ event: 'jetstream.gap', hub: this.hub.name, expected, got }),
+    );
+    this.sessions.started();
+    this.options.log.info({ event: 'pubsub.stream_following', hub: this.hub.name, from: last + 1 });
+  }
+
+  // --- writing ------------------------------------------------------------------------
+
+  private subjectFor(target: Target): string {
+    return this.options.subjects.hubEvent(this.hub.key, target.kind, target.kind === 'all' ? '' : target.name);
+  }
+
+  async send(target: Target, message: DataMessage, excluded: ReadonlySet<string> | undefined, msgId: string | undefined): Promise<SendResult> {
+    const { dataJson, ...head } = message;
+    const id = msgId ?? randomUUID();
+    const event: PsSend = { op: 'ps.send', ...this.hub.from, mid: id, at: Date.now(), target, excluded: excluded && [...excluded], message: head };
+    const stored = await this.options.js.publish(this.subjectFor(target), encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8')), id);
+    return stored.duplicate ? 'duplicate' : 'sent';
+  }
+
+  async changeGroups(target: Target, action: GroupAction, groups: string[], terms: FilterTerm[] | undefined, msgId?: string): Promise<void> {
+    const change: PsMember = { op: 'ps.member', ...this.hub.from, target, action, groups, terms };
+    await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(change), msgId ?? randomUUID());
+  }
+
+  // --- reading ------------------------------------------------------------------------
+
+  /** One message of the hub's stream, in order: delivered, applied or handed to the sessions. */
+  private apply(m: StoredMessage): void {
+    this.applied = m.seq;
+    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
+    const event = decoded?.message;
+    if (!event || event.hub.toLowerCase() !== this.hub.key) {
+      this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
+      return;
+    }
+    switch (event.op) {
+      case 'ps.send': {
+        const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
+        const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
+        const recipients = this.hub.local.deliver(event.target, message, event.excluded && new Set(event.excluded));
+        this.hub.delivered(recipients, event.at, event.origin === this.options.nodeId ? 'local' : 'bus');
+        return;
+      }
+      case 'ps.member':
+        this.hub.applyGroups(event.target, event.action, event.groups, event.terms, (connection, group, joined) =>
+          this.sessions.membershipChanged(connection, m.seq, group, joined),
+        );
+        return;
+      case 'ps.claim':
+        return this.sessions.claimed(event, m.seq);
+    }
+  }
+
+  /** Reads `(from, to]` of the stream for one session being rebuilt (stream-sessions.ts). */
+  readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]> {
+    return this.options.js.read(this.options.stream, { fromSeq: fromExclusive + 1, toSeq: toInclusive, limit: toInclusive - fromExclusive, timeoutMs });
+  }
+
+  /** The oldest sequence the stream still holds. */
+  async firstSequence(): Promise<number> {
+    return (await this.options.js.bounds(this.options.stream)).first;
+  }
+
+  // --- history ------------------------------------------------------------------------
+
+  async read(group: string, after: number, limit: number): Promise<HistoryPage> {
+    const stored = await this.options.js.read(this.options.stream, {
+      fromSeq: after + 1,
+      subject: this.options.subjects.hubEvent(this.hub.key, 'group', group),
+      limit,
+      timeoutMs: this.options.requestTimeoutMs,
+    });
+    const messages: HistoryEntry[] = [];
+    for (const m of stored) {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      const event = decoded?.message;
+      // Long names share a hashed subject token: only the exact group counts.
+      if (!event || event.target.kind !== 'group' || event.target.name !== group || event.hub.toLowerCase() !== this.hub.key) continue;
+      const dataJson = decoded!.body.toString('utf8');
+      if (!isDataOfType(event.message.dataType, dataJson)) continue;
+      messages.push({
+        sequence: m.seq,
+        dataType: event.message.dataType,
+        dataJson,
+        fromUserId: event.message.fromUserId ?? null,
+        at: event.at ?? 0,
+      });
+    }
+    return { messages, next: stored.length > 0 ? stored[stored.length - 1].seq : after };
+  }
+
+  // --- sessions -----------------------------------------------------------------------
+
+  takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    return this.sessions.take(connectionId, token, protocol);
+  }
+
+  sessionChanged(connection: PubSubConnection): void {
+    this.sessions.changed(connection);
+  }
+
+  sessionEnded(connection: PubSubConnection): void {
+    this.sessions.ended(connection);
+  }
+
+  releaseAll(): Promise<void> {
+    return this.sessions.releaseAll();
+  }
+
+  get pendingWrites(): number {
+    return this.sessions.pendingWrites;
+  }
+
+  close(): void {
+    this.follower?.stop();
+    this.sessions.close();
+  }
+}

@@ -1,0 +1,430 @@
+// Reliable sessions of a durable hub (docs/durability.md, "Reliable
+// sessions"). A session's sequence ids are a function of the hub's stream: the
+// events addressed to the connection, in stream order, numbered after the
+// last id its client acknowledged. So the session's state is small: a
+// checkpoint (the acknowledged id, the stream position of that event, the
+// groups at that position) plus who it is (user, permissions, a hash of its
+// reconnection token), kept in the session bucket and written as
+// acknowledgements arrive (at most once per bus.jetstream.checkpointIntervalMs)
+// and again before half of timeouts.sessionRetainMs passes.
+//
+// Any edge can then take a session over, whether its edge is alive or was
+// killed: it stores a claim in the hub's stream (the latest claim in stream
+// order owns the session, and an edge holding it lets go when it reads a
+// newer claim), reads the checkpoint, replays the stream from the checkpoint
+// to where this edge's follower is, numbering events as the old edge did, and
+// joins the live flow there. No compare-and-set is needed (JetStream 2.9's is
+// not atomic in a cluster): every checkpoint ever written is a valid place to
+// start, since ids re-derive the same; an older one only resends what the
+// client already has, which it drops by sequence id.
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
+import type { JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import { sharedMessageOf } from './downstream.ts';
+import type { PubSubErrorCode } from './errors.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import { ConnectionPermissions } from './permissions.ts';
+import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
+import type { SessionCheckpoint } from './reliable-session.ts';
+
+export interface StreamSessionsOptions {
+  js: JetStreamAccess;
+  subjects: Subjects;
+  nodeId: string;
+  log: Logger;
+  limits: ConnectionLimits;
+  requestTimeoutMs: number;
+  publishTimeoutMs: number;
+  checkpointIntervalMs: number;
+  sessionRetainMs: number;
+  /** The hub keeps history: group messages carry their sequence. */
+  history: boolean;
+  /** Takes a connection out of its hub without ending its session (it lives on elsewhere). */
+  release(connection: PubSubConnection): void;
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
+}
+
+/** What the sessions need of the hub's event path (stream-events.ts). */
+export interface SessionStream {
+  /** The last stream sequence this edge applied. */
+  readonly position: number;
+  readonly started: boolean;
+  readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
+  firstSequence(): Promise<number>;
+}
+
+/** A session cannot be taken over right now (JetStream away or slow): the client should try again. */
+export class SessionUnavailable extends Error {}
+
+/** Connection ids the relay issues (and a reconnecting client must give back). */
+const CONNECTION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Checkpoint writes in flight at once, per hub. */
+const MAX_WRITES_IN_FLIGHT = 64;
+
+function tokenHash(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
+}
+
+function hashMatches(stored: string, token: string): boolean {
+  const a = Buffer.from(stored);
+  const b = Buffer.from(tokenHash(token));
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** True when an event for `target` (minus `excluded`) reaches `connection`. */
+function addresses(target: Target, connection: PubSubConnection, excluded?: string[]): boolean {
+  if (excluded?.includes(connection.id)) return false;
+  switch (target.kind) {
+    case 'all':
+      return true;
+    case 'group':
+      return connection.groups.has(target.name);
+    case 'user':
+      return connection.userId === target.name;
+    case 'connection':
+      return connection.id === target.name;
+  }
+}
+
+export class StreamSessions {
+  /** Sessions whose checkpoint should be written, and those to write whatever the interval. */
+  private readonly dirty = new Set<PubSubConnection>();
+  private readonly urgent = new Set<PubSubConnection>();
+  private readonly lastWritten = new WeakMap<PubSubConnection, number>();
+  /** Sessions opened before this edge knew its place in the stream. */
+  private readonly awaitingStart = new Set<PubSubConnection>();
+  /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
+  private readonly ownClaims = new Map<string, (seq: number) => void>();
+  /** The newest claim read per connection id while a take is in progress here. */
+  private readonly claimsSeen = new Map<string, { origin: string; seq: number }>();
+  private writing = 0;
+  private readonly timer: NodeJS.Timeout;
+  private lastRefreshAt = Date.now();
+
+  constructor(
+    private readonly hub: ClusterHub,
+    private readonly stream: SessionStream,
+    private readonly options: StreamSessionsOptions,
+  ) {
+    this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(options.checkpointIntervalMs / 4)));
+    this.timer.unref();
+  }
+
+  private key(connectionId: string): string {
+    return `${this.hub.key}.${connectionId}`;
+  }
+
+  get pendingWrites(): number {
+    return this.dirty.size + this.writing + this.awaitingStart.size;
+  }
+
+  // --- this edge's sessions -------------------------------------------------------------
+
+  /** The follower started: sessions opened before now start at its position. */
+  started(): void {
+    for (const connection of this.awaitingStart) this.begin(connection);
+    this.awaitingStart.clear();
+  }
+
+  private begin(connection: PubSubConnection): void {
+    const session = connection.session!;
+    session.resumeFrom({ sequenceId: session.lastSequenceId, position: this.stream.position, groups: [...connection.groups] });
+    this.urgent.add(connection);
+    this.dirty.add(connection);
+  }
+
+  /** A reliable connection opened, acknowledged, or changed what the checkpoint records. */
+  changed(connection: PubSubConnection): void {
+    if (!connection.session || connection.ended) return;
+    if (!connection.session.checkpoint) {
+      if (this.stream.started) this.begin(connection);
+      else this.awaitingStart.add(connection);
+      return;
+    }
+    this.dirty.add(connection);
+  }
+
+  membershipChanged(connection: PubSubConnection, position: number, group: string, joined: boolean): void {
+    const session = connection.session;
+    if (!session?.checkpoint) return;
+    if (!session.noteMembership(position, group, joined)) return this.options.endConnection(connection, 'SessionBufferFull');
+    this.dirty.add(connection);
+  }
+
+  /** The session ended for good (expired, closed): its checkpoint goes. */
+  ended(connection: PubSubConnection): void {
+    this.dirty.delete(connection);
+    this.urgent.delete(connection);
+    this.awaitingStart.delete(connection);
+    if (!connection.session?.checkpoint) return;
+    this.options.js.delete(this.key(connection.id)).catch((err: Error) =>
+      this.options.log.warn({ event: 'pubsub.checkpoint_delete_failed', hub: this.hub.name, connectionId: connection.id, err: err.message }),
+    );
+  }
+
+  /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
+  claimed(claim: PsClaim, seq: number): void {
+    if (claim.origin === this.options.nodeId) {
+      this.ownClaims.get(claim.connectionId)?.(seq);
+      return;
+    }
+    if (this.claimsSeen.has(claim.connectionId)) this.claimsSeen.set(claim.connectionId, { origin: claim.origin, seq });
+    const connection = this.hub.local.connections.get(claim.connectionId);
+    if (!connection?.session || connection.ended) return;
+    this.options.log.info({ event: 'pubsub.session_released', hub: this.hub.name, connectionId: connection.id, to: claim.origin });
+    void this.letGo(connection);
+  }
+
+  /** Writes the session's last checkpoint, then takes it out of this edge. */
+  private async letGo(connection: PubSubConnection): Promise<void> {
+    const socket = connection.socket;
+    const checkpoint = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+    this.options.release(connection);
+    this.dirty.delete(connection);
+    this.urgent.delete(connection);
+    socket?.destroy();
+    if (checkpoint) await this.write(connection, checkpoint);
+    connection.session!.clear();
+  }
+
+  /** At shutdown: every session's checkpoint is written and the session let go; any edge takes it from there. */
+  async releaseAll(): Promise<void> {
+    const held = [...this.hub.local.connections.values()].filter((c) => c.session?.checkpoint && !c.ended);
+    await Promise.allSettled(held.map((c) => this.letGo(c)));
+  }
+
+  // --- checkpoints -------------------------------------------------------------------------
+
+  private tick(): void {
+    const now = Date.now();
+    if (now - this.lastRefreshAt >= this.options.sessionRetainMs / 4) {
+      // Checkpoints expire from the bucket; those not written for a while are written again.
+      this.lastRefreshAt = now;
+      for (const connection of this.hub.local.connections.values()) {
+        if (connection.session?.checkpoint && now - (this.lastWritten.get(connection) ?? 0) >= this.options.sessionRetainMs / 2) {
+          this.urgent.add(connection);
+          this.dirty.add(connection);
+        }
+      }
+    }
+    for (const connection of this.dirty) {
+      if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
+      const urgent = this.urgent.has(connection);
+      if (!urgent && now - (this.lastWritten.get(connection) ?? 0) < this.options.checkpointIntervalMs) continue;
+      this.dirty.delete(connection);
+      this.urgent.delete(connection);
+      const session = connection.session;
+      if (!session || connection.ended) continue;
+      const checkpoint = session.nextCheckpoint(connection.groups, this.stream.position) ?? (urgent ? session.checkpoint : undefined);
+      if (checkpoint) void this.write(connection, checkpoint);
+    }
+  }
+
+  private record(connection: PubSubConnection, checkpoint: SessionCheckpoint): PsCheckpoint {
+    return {
+      op: 'ps.checkpoint',
+      hub: this.hub.name,
+      connectionId: connection.id,
+      userId: connection.userId,
+      protocol: connection.protocol,
+      tokenHash: tokenHash(connection.session!.reconnectionToken),
+      permissions: connection.permissions.snapshot(),
+      owner: this.options.nodeId,
+      sequenceId: checkpoint.sequenceId,
+      position: checkpoint.position,
+      groups: checkpoint.groups,
+      at: Date.now(),
+    };
+  }
+
+  private async write(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
+    this.writing++;
+    try {
+      await this.options.js.put(this.key(connection.id), Buffer.from(JSON.stringify(this.record(connection, checkpoint))));
+      this.lastWritten.set(connection, Date.now());
+    } catch (err) {
+      // Written again at the next tick (JetStream may be electing a leader).
+      if (!connection.ended) {
+        this.dirty.add(connection);
+        this.urgent.add(connection);
+      }
+      this.options.log.warn({ event: 'pubsub.checkpoint_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
+    } finally {
+      this.writing--;
+    }
+  }
+
+  private async readCheckpoint(connectionId: string): Promise<PsCheckpoint | undefined> {
+    let raw: Uint8Array | undefined;
+    try {
+      raw = await this.options.js.get(this.key(connectionId));
+    } catch (err) {
+      throw new SessionUnavailable(`the session store did not answer: ${(err as Error).message}`);
+    }
+    if (!raw) return undefined;
+    let value: unknown;
+    try {
+      value = JSON.parse(Buffer.from(raw).toString('utf8'));
+    } catch {
+      return undefined;
+    }
+    if (!isEdgeMessage(value) || value.op !== 'ps.checkpoint' || value.connectionId !== connectionId || value.hub.toLowerCase() !== this.hub.key) {
+      this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, op: 'ps.checkpoint' });
+      return undefined;
+    }
+    return value;
+  }
+
+  // --- taking a session over ----------------------------------------------------------------
+
+  /**
+   * Rebuilds a session here from its checkpoint and the hub's stream; the
+   * connection is in the hub, not yet attached to a socket. Undefined when no
+   * such session is kept (or the token does not match); throws
+   * SessionUnavailable when JetStream cannot answer now.
+   */
+  async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    if (!CONNECTION_ID.test(connectionId)) return undefined;
+    if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
+    const found = await this.readCheckpoint(connectionId);
+    if (!found || found.protocol !== protocol || !hashMatches(found.tokenHash, token)) return undefined;
+    const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
+    this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
+    try {
+      const claimSeq = await this.claim(connectionId, deadline);
+      // The edge that held it writes its last checkpoint when it reads the claim; it may already have.
+      const checkpoint = (await this.readCheckpoint(connectionId)) ?? found;
+      if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
+      const connection = new PubSubConnection(
+        connectionId,
+        this.hub.name,
+        checkpoint.userId,
+        ConnectionPermissions.fromSnapshot(checkpoint.permissions),
+        protocol,
+        this.options.limits,
+        token,
+      );
+      for (const group of checkpoint.groups) connection.groups.add(group);
+      connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
+      const replayed = await this.replay(connection, checkpoint.position, claimSeq, deadline);
+      if (replayed !== 'caught up') {
+        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });
+        connection.session!.clear();
+        return undefined;
+      }
+      this.options.log.info({
+        event: 'pubsub.session_taken',
+        hub: this.hub.name,
+        connectionId,
+        from: checkpoint.owner,
+        checkpoint: checkpoint.sequenceId,
+        replay: connection.session!.unacknowledged,
+      });
+      this.urgent.add(connection);
+      this.dirty.add(connection);
+      return connection;
+    } finally {
+      this.claimsSeen.delete(connectionId);
+    }
+  }
+
+  /** Stores this edge's claim and waits until this edge read it back: every event before it is applied here. */
+  private async claim(connectionId: string, deadline: number): Promise<number> {
+    let readBack!: (seq: number) => void;
+    const read = new Promise<number>((resolve) => (readBack = resolve));
+    this.ownClaims.set(connectionId, readBack);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const claim: PsClaim = { op: 'ps.claim', origin: this.options.nodeId, hub: this.hub.name, connectionId };
+      try {
+        await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(claim), randomUUID());
+      } catch (err) {
+        throw new SessionUnavailable((err as Error).message);
+      }
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new SessionUnavailable('the hub stream did not come back in time')), Math.max(0, deadline - Date.now()));
+      });
+      return await Promise.race([read, timeout]);
+    } finally {
+      clearTimeout(timer);
+      this.ownClaims.delete(connectionId);
+    }
+  }
+
+  /**
+   * Applies the stream after `from` to the connection alone (its membership
+   * changes, and its events numbered in order) until it reaches where this
+   * edge's follower is; then, in the same turn, puts the connection into the
+   * hub, so the follower's next event reaches it too.
+   */
+  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string> {
+    if (from < this.stream.position) {
+      const first = await this.stream.firstSequence().catch(() => Infinity);
+      if (first > from + 1) return 'the stream no longer holds the events after the checkpoint';
+    }
+    for (let at = from; ; ) {
+      const to = this.stream.position;
+      if (at >= to) {
+        this.hub.local.adopt(connection);
+        return 'caught up';
+      }
+      if (Date.now() > deadline) throw new SessionUnavailable('the replay did not catch up in time');
+      let messages: StoredMessage[];
+      try {
+        messages = await this.stream.readRange(at, to, Math.max(100, deadline - Date.now()));
+      } catch (err) {
+        throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
+      }
+      if (messages.length === 0) return 'the stream no longer holds the events after the checkpoint';
+      for (const m of messages) {
+        const outcome = this.replayOne(connection, m, claimSeq);
+        if (outcome) return outcome;
+        at = m.seq;
+      }
+      const newer = this.claimsSeen.get(connection.id);
+      if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
+    }
+  }
+
+  /** One stream message for the connection being rebuilt; a reason to stop, or undefined. */
+  private replayOne(connection: PubSubConnection, m: StoredMessage, claimSeq: number): string | undefined {
+    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
+    const event = decoded?.message;
+    if (!event || event.hub.toLowerCase() !== this.hub.key) return undefined;
+    const session = connection.session!;
+    switch (event.op) {
+      case 'ps.send': {
+        if (!addresses(event.target, connection, event.excluded)) return undefined;
+        const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
+        const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        if (message && session.push(message.body, message.mid, m.seq) === undefined) return 'the session buffer is full';
+        return undefined;
+      }
+      case 'ps.member': {
+        const t = event.target;
+        const matched =
+          (t.kind === 'all' || addresses(t, connection)) &&
+          (!event.terms || event.terms.some((term) => (term.field === 'connectionId' ? connection.id : connection.userId) === term.value));
+        if (!matched) return undefined;
+        const groups = event.action === 'removeAll' ? [...connection.groups] : event.groups;
+        for (const group of groups) {
+          const joined = event.action === 'add';
+          if (connection.groups.has(group) === joined) continue;
+          if (joined) connection.groups.add(group);
+          else connection.groups.delete(group);
+          if (!session.noteMembership(m.seq, group, joined)) return 'the session buffer is full';
+        }
+        return undefined;
+      }
+      case 'ps.claim':
+        if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return 'another edge claimed it since';
+        return undefined;
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}

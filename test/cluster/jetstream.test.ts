@@ -1,0 +1,154 @@
+// Durable hubs on NATS JetStream (docs/durability.md), with real nats-server
+// -js clusters, edge processes, the unmodified @azure/web-pubsub-client and a
+// TCP load balancer the test points at another edge: acknowledged means
+// stored; a reliable session survives the death of its edge; history reads
+// the hub's stream.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { SendMessageError } from '@azure/web-pubsub-client';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { edgeEvents, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, accessUrl } from '../helpers/pubsub.ts';
+import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until } from '../helpers/wait.ts';
+
+/** Hubs for these tests: `chat` keeps history, `other` does not. */
+const HUBS = {
+  pubsub: {
+    hubs: [
+      { name: HUB, accessKey: HUB_KEY, history: { maxMessages: 10000 } },
+      { name: OTHER_HUB, accessKey: OTHER_HUB_KEY },
+    ],
+  },
+};
+
+const numbers = (messages: any[]) => messages.map((m) => m.data).filter((d) => typeof d === 'number');
+
+/** A REST bearer token for `path` on `edge`, as @azure/web-pubsub makes them. */
+function bearer(edge: { url: string }, path: string): string {
+  return `Bearer ${signJwt({ aud: `${edge.url}${path}` }, HUB_KEY, 600)}`;
+}
+
+/** GET groups/{group}/messages: the status and body. */
+async function history(edge: { url: string }, group: string, after = 0, limit = 100): Promise<{ status: number; body: any }> {
+  const path = `/api/hubs/${HUB}/groups/${group}/messages`;
+  const res = await fetch(`${edge.url}${path}?after=${after}&limit=${limit}`, { headers: { authorization: bearer(edge, path) }, signal: AbortSignal.timeout(10000) });
+  return { status: res.status, body: await res.json() };
+}
+
+describe('durable hubs on JetStream', () => {
+  it('acknowledges a publish only once stored, and refuses it (with the reason) while NATS is away', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1500 } } });
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('g');
+    await sub.client.sendToGroup('g', 1, 'json');
+    const stored = await history(a, 'g');
+    assert.equal(stored.status, 200);
+    assert.deepEqual(
+      stored.body.messages.map((m: any) => m.data),
+      [1],
+      'the acknowledged event is in the stream',
+    );
+    await until(() => numbers(sub.groupData).includes(1), 5000, 'the event delivered from the stream');
+
+    await nats.kill();
+    await waitReady(a, 503);
+    const refused = await sub.client.sendToGroup('g', 2, 'json').then(
+      () => 'acknowledged',
+      (err: SendMessageError) => `${err.errorDetail?.name}: ${err.errorDetail?.message}`,
+    );
+    assert.match(refused, /^InternalServerError: .*not stored.*unreachable/);
+    const rest = await fetch(`${a.url}/api/hubs/${HUB}/groups/g/:send`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: bearer(a, `/api/hubs/${HUB}/groups/g/:send`) },
+      body: '3',
+      signal: AbortSignal.timeout(10000),
+    });
+    assert.equal(rest.status, 503);
+    assert.equal(((await rest.json()) as { code: string }).code, 'StoreUnavailable');
+  });
+
+  it('keeps group messages as history: pages in order, after is exclusive, data as sent', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], HUBS);
+    const pub = await startClient(t, accessUrl(a.url, { userId: 'writer' }));
+    await pub.client.sendToGroup('room', { n: 1 }, 'json');
+    await pub.client.sendToGroup('room', 'two', 'text');
+    await pub.client.sendToGroup('elsewhere', 'x', 'text');
+    await pub.client.sendToGroup('room', new Uint8Array([1, 2, 3]).buffer, 'binary');
+    await serviceClient(a).group('room').sendToAll('from the server', { contentType: 'text/plain' });
+    const first = await history(a, 'room', 0, 2);
+    assert.equal(first.status, 200);
+    assert.deepEqual(
+      first.body.messages.map((m: any) => [m.dataType, m.data, m.fromUserId]),
+      [
+        ['json', { n: 1 }, 'writer'],
+        ['text', 'two', 'writer'],
+      ],
+    );
+    assert.ok(first.body.messages.every((m: any) => !Number.isNaN(Date.parse(m.time))));
+    assert.equal(first.body.next, first.body.messages[1].sequence);
+    const rest = await history(a, 'room', first.body.next, 100);
+    assert.deepEqual(
+      rest.body.messages.map((m: any) => [m.dataType, m.data]),
+      [
+        ['binary', 'AQID'],
+        ['text', 'from the server'],
+      ],
+    );
+    const empty = await history(a, 'room', rest.body.next, 100);
+    assert.deepEqual(empty.body, { messages: [], next: rest.body.next });
+    // Live group messages carry the same sequence; the SDK passes the field through.
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('room');
+    await pub.client.sendToGroup('room', 'live', 'text');
+    await until(() => sub.groupData.some((m) => m.data === 'live'), 5000, 'live message');
+    const live = sub.groupData.find((m) => m.data === 'live');
+    const kept = await history(a, 'room', empty.body.next, 10);
+    assert.equal(live.sequence, kept.body.messages[0].sequence);
+    assert.equal((await history(a, 'room', 0, 0)).status, 400);
+  });
+
+  it('a reliable client whose edge is killed recovers on another edge: same connection, every event once and in order, sequence ids continuing', async (t) => {
+    const { edges } = await startCluster(t, 3, HUBS);
+    const [a, b, c] = edges;
+    const proxy = await CuttableProxy.start(a.port, t);
+    const disconnects: unknown[] = [];
+    const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer', roles: ['webpubsub.joinLeaveGroup.feed', 'webpubsub.sendToGroup.back'] }));
+    sub.client.on('disconnected', (e) => disconnects.push(e));
+    const sequenceIds: number[] = [];
+    sub.client.on('group-message', (e) => sequenceIds.push((e.message as { sequenceId?: number }).sequenceId ?? -1));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
+    const total = 300;
+    const acked: number[] = [];
+    for (let i = 1; i <= total; i++) {
+      await publisher.client.sendToGroup('feed', i, 'json');
+      acked.push(i);
+      if (i === 120) {
+        // The edge dies without a word; the load balancer sends the reconnect elsewhere.
+        proxy.retarget(c.port);
+        await a.kill();
+        proxy.cut();
+      }
+    }
+    const story = () => edgeEvents([b, c], /pubsub\.(session|recover|ended)|jetstream/);
+    await until(() => numbers(sub.groupData).length >= total, 30000, `${total} events`).catch((err) => {
+      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(numbers(sub.groupData), acked, `every acknowledged event once, in order\n${story()}`);
+    assert.equal(sub.connectionIds.length, 1, `the session was recovered, not replaced\n${story()}`);
+    assert.match(story(), /"event":"pubsub.session_taken".*"from":"edge-a"/, 'C rebuilt the session A held');
+    assert.ok(disconnects.length === 0, 'the client never saw its session end');
+    // Sequence ids continue across the move: strictly increasing, no gap the client saw.
+    for (let i = 1; i < sequenceIds.length; i++) assert.equal(sequenceIds[i], sequenceIds[i - 1] + 1, `sequence ids ${sequenceIds.slice(i - 2, i + 2)}`);
+    // Group and permissions came along: still in `feed`, may send to `back` but not elsewhere.
+    await publisher.client.joinGroup('back');
+    await sub.client.sendToGroup('back', 'ok', 'text');
+    await until(() => publisher.groupData.some((m) => m.data === 'ok'), 5000, 'a send with the kept permission');
+    await assert.rejects(sub.client.sendToGroup('other', 'no', 'text'), (e: SendMessageError) => e.errorDetail?.name === 'Forbidden');
+  });
+});
