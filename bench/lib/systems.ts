@@ -14,7 +14,7 @@ export interface RelayNode extends Started {
   port: number;
 }
 
-export async function startRelay(options: { nodeId?: string; natsUrl?: string; extra?: Record<string, unknown> } = {}): Promise<RelayNode> {
+export async function startRelay(options: { nodeId?: string; natsUrl?: string; jetstream?: boolean; extra?: Record<string, unknown> } = {}): Promise<RelayNode> {
   const config = {
     nodeId: options.nodeId ?? 'bench',
     listen: { host: '127.0.0.1', port: 0 },
@@ -23,7 +23,8 @@ export async function startRelay(options: { nodeId?: string; natsUrl?: string; e
     autoCreate: true,
     hybridConnections: [{ name: ENTITY, requiresClientAuthorization: false }],
     pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] },
-    bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl] } : { kind: 'memory' },
+    // The NATS rows measure the core NATS path unless a scenario asks for durable hubs (JetStream).
+    bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl], jetstream: { enabled: options.jetstream ?? false } } : { kind: 'memory' },
     // The load generator opens thousands of connections from one address.
     limits: { connectRatePerAddress: 0 },
     ...options.extra,

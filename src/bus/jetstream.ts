@@ -104,13 +104,21 @@ export class JetStreamAccess {
   private closed = false;
   private readonly readyWaiters: (() => void)[] = [];
   private readonly followers = new Set<{ stop(): void }>();
+  /** The consumers followers read now: dropped (and made again) when the connection to NATS is made again. */
+  private readonly consuming = new Set<ConsumerMessages>();
   private replicas = 1;
 
   constructor(
     private readonly bus: NatsBus,
     private readonly options: JetStreamOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // After a reconnect a consumer may have lived on the server that went away,
+    // and nats.js then waits on it silently: start again from the last sequence.
+    bus.onConnectionChange((connected) => {
+      if (connected) for (const msgs of this.consuming) msgs.stop();
+    });
+  }
 
   /**
    * Waits for the bus and for JetStream, then creates or updates the streams
@@ -311,9 +319,20 @@ export class JetStreamAccess {
           continue;
         }
         current = msgs;
+        this.consuming.add(msgs);
         if (stopped) msgs.stop();
+        // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
+        // that means nobody serves it (heartbeats are not always reported).
+        let lastSign = Date.now();
+        const watchdog = setInterval(() => {
+          if (Date.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
+          this.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next });
+          msgs.stop();
+        }, 1000);
+        watchdog.unref();
         void (async () => {
           for await (const status of await msgs.status()) {
+            lastSign = Date.now();
             if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
               this.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next });
               msgs.stop();
@@ -323,6 +342,7 @@ export class JetStreamAccess {
         let delivered = 0;
         try {
           for await (const m of msgs) {
+            lastSign = Date.now();
             // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next`.
             if (m.info.deliverySequence !== delivered + 1) {
               msgs.stop();
@@ -337,6 +357,8 @@ export class JetStreamAccess {
         } catch (err) {
           this.log.warn({ event: 'jetstream.follow_error', stream, err: (err as Error).message });
         }
+        clearInterval(watchdog);
+        this.consuming.delete(msgs);
         this.jsm?.consumers.delete(stream, name).catch(() => undefined);
         if (!stopped) await sleep(RETRY_MS);
       }

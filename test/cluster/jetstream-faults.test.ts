@@ -1,0 +1,113 @@
+// NATS faults under steady publishing with durable hubs (JetStream, three
+// nats-server nodes, streams with three replicas). Each test publishes with
+// acks through @azure/web-pubsub-client and asserts exactly what a reliable
+// subscriber on another edge gets: every acknowledged event once and in
+// order, nothing twice. (An event whose ack failed may still have been stored,
+// a timeout can hide a success: it may arrive, once, in its place.)
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { edgeEvents, startCluster, waitReady } from '../helpers/cluster.ts';
+import { waitForJetStream, waitForMesh } from '../helpers/nats.ts';
+import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
+import { FAST_RETRY, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until } from '../helpers/wait.ts';
+
+const numbers = (messages: any[]) => messages.map((m) => m.data).filter((d) => typeof d === 'number');
+
+/** Publishes n, n+1, ... one at a time with acks until stopped; records what was acknowledged and what was refused. */
+function steadyPublisher(send: (n: number) => Promise<unknown>, intervalMs: number) {
+  const acked: number[] = [];
+  const refused: { n: number; at: number }[] = [];
+  let stopped = false;
+  let n = 0;
+  const done = (async () => {
+    while (!stopped) {
+      const i = ++n;
+      await send(i).then(
+        () => acked.push(i),
+        () => refused.push({ n: i, at: Date.now() }),
+      );
+      await new Promise((r) => setTimeout(r, intervalMs));
+    }
+  })();
+  return {
+    acked,
+    refused,
+    get sent() {
+      return n;
+    },
+    stop: async () => {
+      stopped = true;
+      await done;
+    },
+  };
+}
+
+/** Every acknowledged event arrived once, in order; nothing arrived twice or out of order. */
+function assertExactlyAcknowledged(received: number[], acked: number[], story: () => string): void {
+  const seen = new Set<number>();
+  for (const n of received) {
+    assert.ok(!seen.has(n), `event ${n} arrived twice\n${story()}`);
+    seen.add(n);
+  }
+  for (let i = 1; i < received.length; i++) assert.ok(received[i] > received[i - 1], `out of order at ${received[i - 1]}, ${received[i]}`);
+  const lost = acked.filter((n) => !seen.has(n));
+  assert.deepEqual(lost, [], `acknowledged events lost\n${story()}`);
+}
+
+describe('JetStream faults', () => {
+  it('one NATS node of three is killed under steady publishing: nothing acknowledged is lost or doubled', async (t) => {
+    const { nats, edges } = await startCluster(t, 2);
+    const [a, b] = edges;
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
+    const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 10);
+    await until(() => steady.acked.length >= 50, 20000, 'publishing before the fault');
+    // The node edge A is connected to, and with it any stream leader or consumer it held.
+    await nats[0].kill();
+    const killedAt = steady.sent;
+    await until(() => steady.sent > killedAt + 100 && steady.acked.length > 150, 60000, 'publishing to go on after the kill');
+    await steady.stop();
+    const story = () => `acked ${steady.acked.length}, refused ${steady.refused.length}\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
+    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), 60000, 'the last acknowledged event').catch((err) => {
+      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
+    });
+    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+    t.diagnostic(`published ${steady.sent}, acknowledged ${steady.acked.length}, refused ${steady.refused.length} (while the stream elected a leader)`);
+  });
+
+  it('every NATS node down for 30 s: publishes meanwhile are refused, everything acknowledged before and after arrives', async (t) => {
+    const { nats, edges } = await startCluster(t, 2, { bus: { jetstream: { publishTimeoutMs: 2000 } } });
+    const [a, b] = edges;
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('feed');
+    // No retries in the SDK: each refusal is the relay's, after bus.jetstream.publishTimeoutMs.
+    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }), { messageRetryOptions: FAST_RETRY });
+    const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 20);
+    await until(() => steady.acked.length >= 30, 20000, 'publishing before the outage');
+    const ackedBefore = steady.acked.length;
+    for (const node of nats) await node.kill();
+    const downAt = Date.now();
+    await waitReady(b, 503, 10000);
+    await new Promise((r) => setTimeout(r, 30000 - (Date.now() - downAt)));
+    // Everything acknowledged was acknowledged before the outage or after NATS came back.
+    const ackedDuringOutage = steady.acked.length - ackedBefore;
+    const refusedDuringOutage = steady.refused.filter((r) => r.at > downAt + 100).length;
+    for (const node of nats) await node.restart();
+    const upAt = Date.now();
+    await waitForMesh(nats);
+    await waitForJetStream(nats);
+    await until(() => steady.acked.length >= ackedBefore + ackedDuringOutage + 30, 60000, 'publishing to be acknowledged again');
+    await steady.stop();
+    const story = () =>
+      `acked ${steady.acked.length}, refused ${steady.refused.length}, back ${Math.round((Date.now() - upAt) / 1000)} s\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
+    assert.equal(ackedDuringOutage, 0, 'nothing was acknowledged while no NATS node was up');
+    assert.ok(refusedDuringOutage >= 5, `publishes during the outage were refused (${refusedDuringOutage})`);
+    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), 60000, 'the last acknowledged event').catch((err) => {
+      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
+    });
+    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+    t.diagnostic(`acknowledged ${steady.acked.length}, refused ${steady.refused.length}; JetStream took ${Math.round((Date.now() - upAt) / 1000)} s to be back`);
+  });
+});
