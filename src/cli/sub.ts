@@ -1,10 +1,13 @@
 // `edge-relay sub`: watches a pub/sub group from a terminal: one line per
 // message on stdout. A dropped connection is re-opened after a jittered,
-// growing delay (messages sent meanwhile are not seen: this is the plain
-// subprotocol).
+// growing delay. With --after or --from-start (a hub that keeps history) it
+// prints the group's history first and then live messages, joined by their
+// sequence: nothing missed, nothing twice, also across reconnects. Without,
+// messages sent while it reconnects are not seen (the plain subprotocol).
 import { parseArgs } from 'node:util';
 import { Backoff } from '../bridge/backoff.ts';
 import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
+import { readGroupHistory } from './group-history.ts';
 import { HubClient, type HubMessage } from './hub-client.ts';
 
 export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key KEY | --config FILE) [options]
@@ -24,10 +27,14 @@ Options:
   --user ID            connect as this user id
   --format FORMAT      data (default) or json
   --count N            exit 0 after N messages
+  --after SEQUENCE     first print the kept messages after this history sequence,
+                       then live ones (the hub must keep history)
+  --from-start         the same from the oldest kept message (--after 0)
   -h, --help           this text
 
 Example (with npm start running):
   edge-relay sub --config config/dev.json --hub chat --group room
+  edge-relay sub --config config/dev.json --hub chat --group room --from-start
 `;
 
 function fail(message: string): number {
@@ -46,7 +53,13 @@ export async function sub(argv: string[]): Promise<number> {
   try {
     ({ values } = parseArgs({
       args: argv,
-      options: { ...HUB_GROUP_OPTIONS, format: { type: 'string', default: 'data' }, count: { type: 'string' } },
+      options: {
+        ...HUB_GROUP_OPTIONS,
+        format: { type: 'string', default: 'data' },
+        count: { type: 'string' },
+        after: { type: 'string' },
+        'from-start': { type: 'boolean' },
+      },
     }));
   } catch (err) {
     return fail(`${(err as Error).message}\n\n${SUB_HELP}`);
@@ -60,17 +73,31 @@ export async function sub(argv: string[]): Promise<number> {
   if (values.format !== 'data' && values.format !== 'json') return fail('--format must be data or json');
   const limit = values.count === undefined ? Infinity : Number(values.count);
   if (!(limit > 0) || (limit !== Infinity && !Number.isInteger(limit))) return fail('--count must be a positive whole number');
+  if (values.after !== undefined && values['from-start']) return fail('give --after or --from-start, not both');
+  const after = values['from-start'] ? 0 : values.after === undefined ? undefined : Number(values.after);
+  if (after !== undefined && !(Number.isSafeInteger(after) && after >= 0)) return fail('--after must be a history sequence (a whole number, 0 or more)');
   const access = resolveHubAccess(values.hub, values.key, values.config);
   if (typeof access === 'string') return fail(access);
-  return watch(values.url, access, values.group, values.user, values.format, limit);
+  return watch(values.url, access, values.group, values.user, values.format, limit, after);
 }
 
-function watch(url: string, access: HubAccess, group: string, userId: string | undefined, format: string, limit: number): Promise<number> {
+function watch(
+  url: string,
+  access: HubAccess,
+  group: string,
+  userId: string | undefined,
+  format: string,
+  limit: number,
+  after: number | undefined,
+): Promise<number> {
   const backoff = new Backoff();
   let printed = 0;
   let current: HubClient | undefined;
   let stopping = false;
   let retry: NodeJS.Timeout | undefined;
+  // With history: the last sequence printed, and live messages held while history is read.
+  let cursor = after;
+  let held: HubMessage[] | undefined;
   return new Promise<number>((resolve) => {
     const finish = (code: number) => {
       stopping = true;
@@ -86,21 +113,53 @@ function watch(url: string, access: HubAccess, group: string, userId: string | u
       process.stderr.write(`edge-relay sub: ${why}; reconnecting in ${delay} ms\n`);
       retry = setTimeout(open, delay);
     };
+    /** Prints a group message unless history mode printed it already; false once the count is reached. */
+    const print = (m: HubMessage): boolean => {
+      if (stopping) return false;
+      const sequence = (m as { sequence?: unknown }).sequence;
+      if (cursor !== undefined && typeof sequence === 'number') {
+        if (sequence <= cursor) return true;
+        cursor = sequence;
+      }
+      process.stdout.write(lineOf(m, format) + '\n');
+      if (++printed >= limit) {
+        finish(0);
+        return false;
+      }
+      return true;
+    };
     const onMessage = (m: HubMessage) => {
       if (m.type !== 'message' || m.group !== group || stopping) return;
-      process.stdout.write(lineOf(m, format) + '\n');
-      if (++printed >= limit) finish(0);
+      if (held) held.push(m);
+      else print(m);
+    };
+    /** After a join: history from the cursor, then what arrived live meanwhile, in sequence order. */
+    const catchUp = async () => {
+      cursor = await readGroupHistory(url, access, group, cursor!, print);
+      const live = held ?? [];
+      held = undefined;
+      for (const m of live) if (!print(m)) break;
     };
     const open = () => {
       HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`] }, onMessage).then(
         async (client) => {
           current = client;
           client.onClose((code, reason) => reconnect(`connection closed (${code}${reason ? ` ${reason}` : ''})`));
+          // Live messages are held from the join on until the history before them is printed.
+          if (cursor !== undefined) held = [];
           try {
             await client.request({ type: 'joinGroup', group });
           } catch (err) {
             process.stderr.write(`edge-relay sub: cannot join ${group}: ${(err as Error).message}\n`);
             return finish(1);
+          }
+          if (cursor !== undefined) {
+            try {
+              await catchUp();
+            } catch (err) {
+              process.stderr.write(`edge-relay sub: ${(err as Error).message}\n`);
+              return finish(1);
+            }
           }
           backoff.connected();
           process.stderr.write(`edge-relay sub: watching group ${group} in hub ${access.hub}\n`);

@@ -51,6 +51,32 @@ describe('edge-relay pub and sub', () => {
     assert.deepEqual(watcher.out().trim().split('\n'), ['hello, room', 'second', '{"n":1}', '[true]']);
   });
 
+  it('sub --from-start and --after print the history, then live messages: no gap and nothing twice at the seam', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [{ ...HUB, history: { maxMessages: 10000 } }] } });
+    const hub = relay.pubsub.hub('chat')!;
+    const send = (n: number) => hub.send({ kind: 'group', name: 'room' }, { from: 'group', group: 'room', fromUserId: null, dataType: 'json', dataJson: String(n) });
+    for (let n = 1; n <= 200; n++) await send(n);
+    const common = ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'];
+    const all = startSub(t, [...common, '--from-start', '--count', '400']);
+    const tail = startSub(t, [...common, '--after', '150', '--count', '250']);
+    // Live messages keep coming while both read the history: the seam falls somewhere in here.
+    for (let n = 201; n <= 400; n++) {
+      await send(n);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.equal(await withTimeout(all.exited, 20000, 'sub --from-start to print 400'), 0, all.err());
+    assert.deepEqual(all.out().trim().split('\n').map(Number), Array.from({ length: 400 }, (_, i) => i + 1));
+    assert.equal(await withTimeout(tail.exited, 20000, 'sub --after to print 250'), 0, tail.err());
+    assert.deepEqual(tail.out().trim().split('\n').map(Number), Array.from({ length: 250 }, (_, i) => i + 151));
+  });
+
+  it('sub --after on a hub without history says so and stops', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
+    const watcher = startSub(t, ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room', '--from-start']);
+    assert.equal(await withTimeout(watcher.exited, 10000, 'sub to give up'), 1);
+    assert.match(watcher.err(), /404 HistoryUnavailable/);
+  });
+
   it('refuses bad input and bad credentials with a reason', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
     const bad = await runPub(t, ['--url', relay.url, '--hub', 'chat', '--key', 'wrong-key', '--group', 'room', 'x']);

@@ -1,0 +1,59 @@
+// A hub's history on the memory bus (a bounded ring) and its REST page.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
+import type { DataMessage } from '../../src/pubsub/downstream.ts';
+import { startPubSubRelay, HUB, HUB_KEY } from '../helpers/pubsub.ts';
+import { signJwt } from '../../src/auth/jwt.ts';
+
+const text = (s: string): DataMessage => ({ from: 'group', group: 'g', fromUserId: 'u', dataType: 'text', dataJson: JSON.stringify(s) });
+
+describe('history on the memory bus', () => {
+  it('reads a group after a sequence, exclusive, oldest first, within the limit', async () => {
+    const history = new MemoryHistory({ maxMessages: 100 });
+    for (let i = 1; i <= 10; i++) history.append(i % 2 ? 'odd' : 'even', text(String(i)), 1000 + i);
+    const first = await history.read('odd', 0, 3);
+    assert.deepEqual(first.messages.map((m) => [m.sequence, JSON.parse(m.dataJson)]), [[1, '1'], [3, '3'], [5, '5']]);
+    assert.equal(first.next, 5);
+    const rest = await history.read('odd', first.next, 3);
+    assert.deepEqual(rest.messages.map((m) => m.sequence), [7, 9]);
+    assert.deepEqual(await history.read('odd', 9, 3), { messages: [], next: 9 });
+    assert.deepEqual((await history.read('none', 0, 3)).messages, []);
+  });
+
+  it('drops the oldest past its message, byte and age bounds, and caps what it may hold', async () => {
+    const counted = new MemoryHistory({ maxMessages: 3 });
+    for (let i = 1; i <= 5; i++) counted.append('g', text(String(i)), Date.now());
+    assert.deepEqual((await counted.read('g', 0, 10)).messages.map((m) => m.sequence), [3, 4, 5]);
+    const aged = new MemoryHistory({ maxAgeSeconds: 1 });
+    aged.append('g', text('old'), Date.now() - 5000);
+    aged.append('g', text('new'), Date.now());
+    assert.deepEqual((await aged.read('g', 0, 10)).messages.map((m) => JSON.parse(m.dataJson)), ['new']);
+    const sized = new MemoryHistory({ maxBytes: 2048 });
+    for (let i = 0; i < 10; i++) sized.append('g', text('x'.repeat(500)), Date.now());
+    assert.ok((await sized.read('g', 0, 10)).messages.length <= 4);
+    const huge = new MemoryHistory({ maxMessages: 10 * MEMORY_HISTORY_MAX_MESSAGES });
+    for (let i = 0; i < MEMORY_HISTORY_MAX_MESSAGES + 10; i++) huge.append('g', text(''), Date.now());
+    assert.equal((await huge.read('g', 0, 1)).messages[0].sequence, 11);
+  });
+
+  it('writes a page around the stored JSON text', () => {
+    const json = historyPageJson({ messages: [{ sequence: 4, dataType: 'json', dataJson: '{"a":[1]}', fromUserId: null, at: 0 }], next: 4 });
+    assert.deepEqual(JSON.parse(json), { messages: [{ sequence: 4, dataType: 'json', data: { a: [1] }, fromUserId: null, time: '1970-01-01T00:00:00.000Z' }], next: 4 });
+  });
+
+  it('is served by REST for a hub that keeps it, and refused with 404 HistoryUnavailable for one that does not', async (t) => {
+    const relay = await startPubSubRelay(t, { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 10 } }, { name: 'other', accessKey: HUB_KEY }] } });
+    await relay.pubsub.hub(HUB)!.send({ kind: 'group', name: 'g' }, text('kept'));
+    const get = async (hub: string, query: string) => {
+      const path = `/api/hubs/${hub}/groups/g/messages`;
+      const res = await fetch(`${relay.url}${path}${query}`, { headers: { authorization: `Bearer ${signJwt({ aud: `${relay.url}${path}` }, HUB_KEY, 60)}` } });
+      return { status: res.status, body: (await res.json()) as any };
+    };
+    const page = await get(HUB, '');
+    assert.equal(page.status, 200);
+    assert.deepEqual(page.body.messages.map((m: any) => [m.sequence, m.dataType, m.data, m.fromUserId]), [[1, 'text', 'kept', 'u']]);
+    assert.equal((await get('other', '')).body.code, 'HistoryUnavailable');
+    for (const bad of ['?after=-1', '?after=x', '?limit=0', '?limit=1001']) assert.equal((await get(HUB, bad)).status, 400, bad);
+  });
+});
