@@ -11,6 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import type { HttpResponseHead } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
@@ -115,7 +116,7 @@ export class ControlChannel {
     if (consumer) consumer(Buffer.alloc(0));
     let message: unknown;
     try {
-      message = JSON.parse(data.toString('utf8'));
+      message = parseJson(data.toString('utf8'));
     } catch {
       return this.closeWith('ControlMessageInvalid', 'not JSON');
     }

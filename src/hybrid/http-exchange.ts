@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
@@ -238,7 +239,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.headChunks = [];
       let message: unknown;
       try {
-        message = JSON.parse(text);
+        message = parseJson(text);
       } catch {
         return this.fail('BadListenerResponse');
       }

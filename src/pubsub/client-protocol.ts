@@ -5,6 +5,7 @@
 // bad fields, or an unknown type, is answered with a failed ack when it
 // carries an ackId. Every ackId gets exactly one ack; a repeated ackId that
 // was processed is answered `Duplicate` and not processed again.
+import { parseJson } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
 import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
@@ -44,7 +45,8 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   if (isBinary) return ctx.endConnection(connection, 'BinaryFrame');
   let message: unknown;
   try {
-    message = JSON.parse(data.toString('utf8'));
+    // Bounded nesting: `data` is re-serialized for delivery and upstream (bounded-json.ts).
+    message = parseJson(data.toString('utf8'));
   } catch {
     return ctx.endConnection(connection, 'InvalidMessage');
   }

@@ -14,6 +14,7 @@ import {
   validateRestGroupsBody,
   validateUserId,
 } from '../validation/schemas.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import type { DataMessage } from './downstream.ts';
 import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
@@ -169,7 +170,7 @@ async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCod
   if (typeof body === 'string') return body;
   if (type === 'application/json') {
     try {
-      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(JSON.parse(body.toString('utf8'))) };
+      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
     } catch {
       return 'BadRequest';
     }
@@ -235,7 +236,7 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   if (typeof body === 'string') return body;
   let parsed: unknown;
   try {
-    parsed = JSON.parse(body.toString('utf8'));
+    parsed = parseJson(body.toString('utf8'));
   } catch {
     return 'BadRequest';
   }

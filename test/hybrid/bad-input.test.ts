@@ -186,6 +186,7 @@ describe('rendezvous', () => {
 describe('control channel messages', () => {
   for (const [what, payload, code] of [
     ['not JSON', '{nope', 1008],
+    ['JSON nested 10,000 deep', `{"response":${'['.repeat(10000)}${']'.repeat(10000)}}`, 1008],
     ['an unknown message', JSON.stringify({ hello: {} }), 1008],
     ['a response missing fields', JSON.stringify({ response: { statusCode: 200 } }), 1008],
     ['a binary message with no response before it', Buffer.from([1, 2, 3]), 1008],
