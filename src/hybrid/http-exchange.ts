@@ -22,6 +22,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
+import { ResponseBody, contentLengthOf } from './response-body.ts';
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -38,17 +39,29 @@ export function forwardedRequestHeaders(req: IncomingMessage): Record<string, st
   return out;
 }
 
-/** A listener's response headers made safe for the sender, or undefined when unusable. */
+/**
+ * A listener's response headers made safe for the sender, or undefined when
+ * unusable. The relay frames the body itself (response-body.ts): at most one
+ * Content-Length passes, whatever its spelling, and only as one number.
+ */
 export function responseHeadersForSender(
   headers: ListenerResponse['responseHeaders'],
 ): Record<string, string | string[]> | undefined {
   const out: Record<string, string | string[]> = {};
+  const lengths: string[] = [];
   for (const [name, value] of Object.entries(headers ?? {})) {
     if (!HEADER_NAME.test(name)) return undefined;
-    if (HOP_BY_HOP.has(name.toLowerCase())) continue;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) continue;
     const values = Array.isArray(value) ? value : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
-    out[name] = Array.isArray(value) ? values : values[0];
+    if (lower === 'content-length') lengths.push(...values);
+    else out[name] = Array.isArray(value) ? values : values[0];
+  }
+  if (lengths.length > 0) {
+    const length = contentLengthOf(lengths);
+    if (length === undefined) return undefined;
+    out['content-length'] = String(length);
   }
   return out;
 }
@@ -67,6 +80,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private readState: ReadState = 'head';
   private headChunks: Buffer[] = [];
   private headBytes = 0;
+  /** The response body as written to the sender, once the head is out. */
+  private body: ResponseBody | undefined;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -159,14 +174,14 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.finished || this.headSent) return undefined;
     if (!this.writeHead(response)) return undefined;
     if (!response.body) {
-      this.res.end();
-      this.finish();
+      this.endBody();
       return undefined;
     }
     return (body) => {
       if (this.finished) return;
-      this.res.end(body);
-      this.finish();
+      if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
+      this.body!.write(body);
+      this.endBody();
     };
   }
 
@@ -228,7 +243,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (this.headBytes > this.ctx.config.limits.controlMessageBytes) return this.fail('BadListenerResponse');
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
-      if (!this.res.write(chunk)) this.rendezvous?.pause();
+      if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');
+      if (!this.body!.write(chunk)) this.rendezvous?.pause();
     }
   }
 
@@ -253,8 +269,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       }
     }
     this.readState = 'done';
-    this.res.end();
-    this.finish();
+    this.endBody();
   }
 
   onControlFrame(opcode: number, payload: Buffer): void {
@@ -286,10 +301,20 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       return false;
     }
     this.headSent = true;
+    const declared = headers['content-length'];
+    const hasBody = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
+    this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), hasBody);
     clearTimeout(this.timer);
     this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
     countHttpStatus(this.ctx, status);
     return true;
+  }
+
+  /** The listener's body ended: the response ends, or, short of its declared length, is cut. */
+  private endBody(): void {
+    if (!this.body!.complete) return this.fail('BadListenerResponse');
+    this.res.end();
+    this.finish();
   }
 
   fail(code: HybridErrorCode): void {
