@@ -82,6 +82,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private headBytes = 0;
   /** The response body as written to the sender, once the head is out. */
   private body: ResponseBody | undefined;
+  /**
+   * Why the rendezvous is not read: the sender has spliceBufferBytes of body
+   * queued, or the listener has that many bytes of pongs queued that it does
+   * not read (a listener flooding pings grew the relay by 150 MB, issue 18).
+   */
+  private readonly readBlocks = new Set<'sender' | 'listener'>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -100,7 +106,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         this.finish();
       }
     });
-    res.on('drain', () => this.rendezvous?.resume());
+    res.on('drain', () => this.unblockRendezvous('sender'));
   }
 
   start(): void {
@@ -201,7 +207,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     writeSwitchingProtocols(socket, upgrade.key, undefined);
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
     socket.on('data', (chunk: Buffer) => this.parser!.push(chunk));
-    socket.on('drain', () => this.req.resume());
+    socket.on('drain', () => {
+      this.req.resume();
+      this.unblockRendezvous('listener');
+    });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       if (!this.finished) {
@@ -244,7 +253,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
       if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');
-      if (!this.body!.write(chunk)) this.rendezvous?.pause();
+      if (!this.body!.write(chunk)) this.blockRendezvous('sender');
     }
   }
 
@@ -274,8 +283,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
 
   onControlFrame(opcode: number, payload: Buffer): void {
     const socket = this.rendezvous!;
-    if (opcode === OP_PING) socket.write(encodeFrame(true, OP_PONG, payload));
-    else if (opcode === OP_CLOSE) {
+    if (opcode === OP_PING) {
+      socket.write(encodeFrame(true, OP_PONG, payload));
+      if (socket.writableLength >= this.ctx.config.limits.spliceBufferBytes) this.blockRendezvous('listener');
+    } else if (opcode === OP_CLOSE) {
       if (!this.finished) this.fail('ListenerGone');
       this.rendezvousClose!.receive(payload);
     }
@@ -283,6 +294,15 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
 
   onFrameError(): void {
     this.fail('BadListenerResponse');
+  }
+
+  private blockRendezvous(reason: 'sender' | 'listener'): void {
+    this.readBlocks.add(reason);
+    this.rendezvous?.pause();
+  }
+
+  private unblockRendezvous(reason: 'sender' | 'listener'): void {
+    if (this.readBlocks.delete(reason) && this.readBlocks.size === 0) this.rendezvous?.resume();
   }
 
   // --- ending -----------------------------------------------------------------

@@ -91,7 +91,11 @@ export class PubSubService implements RestContext {
       groupsPerConnection: config.limits.groupsPerConnection,
       countAck: (result) => metrics.acks.inc({ result }),
     };
-    const socketOptions = { maxMessageBytes: config.limits.pubsubMessageBytes, closeHandshakeMs: config.timeouts.closeHandshakeMs };
+    const socketOptions = {
+      maxMessageBytes: config.limits.pubsubMessageBytes,
+      outboundHighWaterMark: config.limits.outboundBufferBytes,
+      closeHandshakeMs: config.timeouts.closeHandshakeMs,
+    };
     const shuttingDown = () => this.lifecycle.shuttingDown;
     const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown);
     this.endpoint = new ClientEndpoint({
