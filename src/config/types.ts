@@ -66,6 +66,7 @@ export interface RelayConfig {
     ackIdsPerConnection: number;
     groupsPerConnection: number;
     connectionsPerNode: number;
+    httpConnectionsPerNode: number;
     connectionsPerHub: number;
     connectRatePerAddress: number;
     connectBurstPerAddress: number;
@@ -76,6 +77,8 @@ export interface RelayConfig {
     httpResponseMs: number;
     keepAliveIntervalMs: number;
     idleMs: number;
+    headersMs: number;
+    firstByteMs: number;
     closeHandshakeMs: number;
     shutdownMs: number;
     sessionRetainMs: number;
