@@ -88,6 +88,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
    * not read (a listener flooding pings grew the relay by 150 MB, issue 18).
    */
   private readonly readBlocks = new Set<'sender' | 'listener'>();
+  /** How the rendezvous is closed when the exchange ends: 1000, or the listener's protocol error. */
+  private rendezvousCloseCode = 1000;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -212,6 +214,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.unblockRendezvous('listener');
     });
     socket.on('error', () => socket.destroy());
+    // The listener ended its side without a close frame: it will send nothing more.
+    socket.on('end', () => {
+      if (!this.rendezvousClose!.received) socket.destroy();
+    });
     socket.on('close', () => {
       if (!this.finished) {
         this.log.info({ event: 'http.rendezvous_lost' });
@@ -292,7 +298,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
   }
 
-  onFrameError(): void {
+  onFrameError(closeCode: number): void {
+    this.rendezvousCloseCode = closeCode;
     this.fail('BadListenerResponse');
   }
 
@@ -360,7 +367,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.ctx.rendezvous.delete(this);
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
-      this.rendezvousClose.send(1000);
+      this.rendezvousClose.send(this.rendezvousCloseCode);
       this.rendezvousClose.end();
     }
   }

@@ -11,7 +11,7 @@
 import type { Duplex } from 'node:stream';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import { CLOSE_NO_STATUS, OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader, isSendableCloseCode } from './frames.ts';
+import { OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader } from './frames.ts';
 
 export interface SpliceOptions {
   highWaterMark: number;
@@ -207,11 +207,8 @@ export class FrameSplice {
       handshake.receive(payload);
       return;
     }
-    let { code, reason } = decodeClosePayload(payload);
-    if (code !== CLOSE_NO_STATUS && !isSendableCloseCode(code)) {
-      code = 1002;
-      reason = 'invalid close code';
-    }
+    // The parser passes only valid close frames (close-handshake.ts, closePayloadProblem).
+    const { code, reason } = decodeClosePayload(payload);
     this.beginClose(dir.name, code, reason);
     this.sendClose(dir.to, code, reason);
     if (this.midFrameTo(dir.from)) handshake.abort();

@@ -124,6 +124,10 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
       this.events.onDrain(this);
     });
     socket.on('error', () => socket.destroy());
+    // The peer ended its side without a close frame: nothing more will come, so the connection ends at once (abnormal closure).
+    socket.on('end', () => {
+      if (!this.closing.received) socket.destroy();
+    });
     socket.on('close', () => this.reportClosed());
   }
 

@@ -202,7 +202,7 @@ export function parseServerFrames(bytes: Buffer): { frames: ServerFrame[]; rest:
 }
 
 /** Reads server frames until `done(frames)`; resolves with every frame read. */
-export async function readFrames(socket: Socket, done: (frames: ServerFrame[]) => boolean, ms: number, what: string, initial = Buffer.alloc(0)): Promise<ServerFrame[]> {
+export async function readFrames(socket: Socket, done: (frames: ServerFrame[]) => boolean, ms: number, what: string, initial: Buffer = Buffer.alloc(0)): Promise<ServerFrame[]> {
   let frames = parseServerFrames(initial).frames;
   if (done(frames)) return frames;
   await readUntil(
