@@ -80,6 +80,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private readState: ReadState = 'head';
   private headChunks: Buffer[] = [];
   private headBytes = 0;
+  /** The listener's response head, checked, from when it arrives. */
+  private head: { status: number; reason: string; headers: Record<string, string | string[]> } | undefined;
   /** The response body as written to the sender, once the head is out. */
   private body: ResponseBody | undefined;
   /**
@@ -179,14 +181,14 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   // --- the answer on the control channel -----------------------------------
 
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined {
-    if (this.finished || this.headSent) return undefined;
-    if (!this.writeHead(response)) return undefined;
+    if (this.finished || this.head) return undefined;
+    if (!this.acceptHead(response)) return undefined;
     if (!response.body) {
-      this.endBody();
+      if (this.writeHead()) this.endBody();
       return undefined;
     }
     return (body) => {
-      if (this.finished) return;
+      if (this.finished || !this.writeHead()) return;
       if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
       this.body!.write(body);
       this.endBody();
@@ -248,8 +250,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   }
 
   onDataFrame(_fin: boolean, opcode: number): void {
-    if (this.readState === 'head' && opcode === OP_BINARY) this.fail('BadListenerResponse');
-    if (this.readState === 'body' && opcode === OP_TEXT) this.fail('BadListenerResponse');
+    if (this.readState === 'head' && opcode === OP_BINARY) return this.fail('BadListenerResponse');
+    if (this.readState === 'body' && opcode === OP_TEXT) return this.fail('BadListenerResponse');
+    // The body begins: its head goes out now.
+    if (this.readState === 'body' && !this.headSent && !this.finished) this.writeHead();
   }
 
   onDataPayload(chunk: Buffer): void {
@@ -276,12 +280,13 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       }
       if (!validateHttpResponseMessage(message)) return this.fail('BadListenerResponse');
       const response = (message as { response: ListenerResponse }).response;
-      if (response.requestId !== this.id || this.headSent) return this.fail('BadListenerResponse');
-      if (!this.writeHead(response)) return;
+      if (response.requestId !== this.id || this.head) return this.fail('BadListenerResponse');
+      if (!this.acceptHead(response)) return;
       if (response.body) {
         this.readState = 'body';
         return;
       }
+      if (!this.writeHead()) return;
     }
     this.readState = 'done';
     this.endBody();
@@ -314,15 +319,28 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
 
   // --- ending -----------------------------------------------------------------
 
-  private writeHead(response: ListenerResponse): boolean {
+  /** Checks the listener's response head and keeps it for writeHead. */
+  private acceptHead(response: ListenerResponse): boolean {
     const status = response.statusCode;
     const headers = responseHeadersForSender(response.responseHeaders);
     if (status < 200 || status > 599 || !headers) {
       this.fail('BadListenerResponse');
       return false;
     }
+    this.head = { status, reason: safeReason(response.statusDescription ?? undefined, status), headers };
+    return true;
+  }
+
+  /**
+   * Writes the accepted head, when the body begins (or at once when none
+   * follows): until then timeouts.httpResponseMs still runs, so a listener
+   * that promises a body and never sends it gets the sender a 504, not a
+   * response that never ends.
+   */
+  private writeHead(): boolean {
+    const { status, reason, headers } = this.head!;
     try {
-      this.res.writeHead(status, safeReason(response.statusDescription ?? undefined, status), headers);
+      this.res.writeHead(status, reason, headers);
     } catch {
       this.fail('BadListenerResponse');
       return false;

@@ -10,6 +10,7 @@ import { describe, it, type TestContext } from 'node:test';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, readToClose, readUntil, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 
 const INJECTED = 'okHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: yes\r\n\r\ninjected';
@@ -102,5 +103,49 @@ describe('HTTP mode: the relay frames response bodies', () => {
     const seen = await readUntilCloseOr(sender, (b) => statusLines(b).length > 1, 5000, 'the cut connection');
     assert.ok(statusLines(seen.bytes).length <= 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
     assert.ok(seen.closed);
+  });
+});
+
+describe('HTTP mode: the response head waits for its body', () => {
+  async function quickRelay(t: TestContext) {
+    const relay = await startTestRelay(t, {
+      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+      timeouts: { httpResponseMs: 500 },
+    });
+    const url = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(url, tokenFor(url));
+    t.after(() => listener.close());
+    return { relay, listener };
+  }
+
+  it('gives 504 ResponseTimeout when a head promising a body on the control channel is never followed by it', async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const pending = httpRequest(`${relay.url}/open/promise`, { timeoutMs: 5000 });
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: true } }));
+    const res = await pending;
+    assert.equal(res.status, 504);
+    assert.equal(JSON.parse(String(res.body)).code, 'ResponseTimeout');
+  });
+
+  it('gives 504 ResponseTimeout when a head promising a body on the rendezvous is never followed by it', async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const pending = httpRequest(`${relay.url}/open/promise`, { timeoutMs: 5000 });
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: true } })));
+    const res = await pending;
+    assert.equal(res.status, 504);
+  });
+
+  it("says Bad Gateway in the status line of a 502 for a head Node refuses, whatever the listener's reason phrase", async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/euro');
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, statusDescription: 'Fine', responseHeaders: { 'x-price': '5 €' } } }));
+    const seen = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
+    assert.match(seen.toString('latin1'), /^HTTP\/1\.1 502 Bad Gateway\r\n/);
   });
 });
