@@ -12,6 +12,7 @@ export const EDGE_ERRORS = {
   NotFound: { status: 404, message: 'No such endpoint' },
   MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
   RequestTimeout: { status: 408, message: 'The request head did not arrive in time' },
+  WebSocketVersionUnsupported: { status: 426, message: 'Only WebSocket version 13 is supported' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },

@@ -23,6 +23,8 @@ export interface PendingConnect extends PendingRendezvous {
   socket: Duplex;
   head: Buffer;
   key: string;
+  /** Subprotocols the sender offered: the listener may accept one of them, or none. */
+  protocols: string[];
   log: Logger;
   timer: NodeJS.Timeout;
   onSenderGone: () => void;
@@ -76,6 +78,7 @@ export function startConnect(
     socket,
     head,
     key: upgrade.key,
+    protocols: upgrade.protocols,
     log,
     timer: setTimeout(() => {
       if (!ctx.rendezvous.delete(pending)) return;
@@ -157,7 +160,15 @@ function completeConnect(
     connectFailed(ctx, sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
     return failUpgrade(listenerSocket, 'BadRequest', 'Invalid WebSocket handshake');
   }
-  const protocol = upgrade.protocols[0];
+  // The listener's leg names the subprotocol it accepts: it must be one the
+  // sender offered (RFC 6455 4.2.2), or the sender would get a subprotocol it
+  // never asked for.
+  const protocol = upgrade.protocols.find((p) => pending.protocols.includes(p));
+  if (upgrade.protocols.length > 0 && protocol === undefined) {
+    log.info({ event: 'connect.subprotocol_not_offered' });
+    connectFailed(ctx, sender, 'BadListenerResponse', 'The listener accepted with a subprotocol the sender did not offer');
+    return failUpgrade(listenerSocket, 'BadRequest', 'Accept with a subprotocol the sender offered, or none');
+  }
   writeSwitchingProtocols(listenerSocket, upgrade.key, protocol);
   writeSwitchingProtocols(sender, pending.key, protocol);
   for (const s of [sender, listenerSocket]) {

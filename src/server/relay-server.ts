@@ -19,6 +19,7 @@ import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
+import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
 const SHUTDOWN_POLL_MS = 25;
@@ -173,6 +174,10 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     httpConnections.upgraded(socket as Socket);
     const r = route(req.url);
+    if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
+      socket.on('error', () => socket.destroy());
+      return failEdgeUpgrade(socket, 'WebSocketVersionUnsupported', undefined, { 'Sec-WebSocket-Version': '13' });
+    }
     if (r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') {
       const action = r.kind === 'hybrid-ws' ? r.params.get('sb-hc-action') : null;
       const refused = admit(req, socket, action === 'accept' || action === 'request');

@@ -8,6 +8,7 @@ import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const FAST = {
@@ -253,5 +254,40 @@ describe('HTTP mode failures', () => {
     socket.write('GARBAGE \x00\x01\x02 HTTP/9.9\r\n\r\n');
     const reply = await withTimeout(new Promise<string>((res) => socket.once('data', (d) => res(String(d)))), 3000, 'reply');
     assert.match(reply, /^HTTP\/1.1 400/);
+  });
+});
+
+describe('WebSocket handshakes the relay will not complete', () => {
+  it('answers a Sec-WebSocket-Version other than 13 with 426 and the version it speaks, on every WebSocket address', async (t) => {
+    const r = await relayFor(t);
+    const paths = ['/$hc/open?sb-hc-action=connect', '/$hc/echo?sb-hc-action=listen', '/client/hubs/chat'];
+    for (const path of paths) {
+      for (const version of ['8', '14', '13, 8']) {
+        const up = await rawUpgrade(t, Number(new URL(r.url).port), path, { 'Sec-WebSocket-Version': version });
+        assert.equal(up.status, 426, `${path} with version ${version}`);
+        assert.match(up.head, /\r\nSec-WebSocket-Version: 13\r\n/i);
+      }
+    }
+  });
+
+  it('keeps a subprotocol the sender did not offer from reaching it', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    for (const senderOffers of [['p1'], []]) {
+      const sender = openWebSocket(send(r, 'open'), { protocols: senderOffers });
+      sender.catch(() => {});
+      const { accept } = await l.next();
+      assert.equal(await upgradeStatus(accept.address, { protocols: ['evil'] } as never), 400, 'the listener leg is refused');
+      await assert.rejects(sender, (err: { status?: number }) => err.status === 502, `sender offering ${senderOffers.join(',') || 'nothing'}`);
+    }
+    // A listener leg offering one the sender offered among others gets that one.
+    const sender = openWebSocket(send(r, 'open'), { protocols: ['p1', 'p2'] });
+    const { accept } = await l.next();
+    const leg = await openWebSocket(accept.address, { protocols: ['x', 'p2'] });
+    t.after(() => leg.terminate());
+    const s = await sender;
+    t.after(() => s.terminate());
+    assert.deepEqual([s.protocol, leg.protocol], ['p2', 'p2']);
   });
 });
