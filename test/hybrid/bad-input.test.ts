@@ -4,11 +4,12 @@
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { afterEach, describe, it, type TestContext } from 'node:test';
+import { createSasToken } from '../../src/auth/sas-token.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { rawUpgrade } from '../helpers/raw-socket.ts';
+import { rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const FAST = {
@@ -289,5 +290,26 @@ describe('WebSocket handshakes the relay will not complete', () => {
     const s = await sender;
     t.after(() => s.terminate());
     assert.deepEqual([s.protocol, leg.protocol], ['p2', 'p2']);
+  });
+});
+
+describe('dot segments in HTTP mode', () => {
+  it('refuses a request path that would resolve outside its token scope with 400, before the listener sees it', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    // A token scoped to /echo/a, for paths that a resolving listener would read as /other/x.
+    const scoped = tokenFor(`${r.url}/echo/a`);
+    for (const path of ['/echo/a/../../other/x', '/echo/a/%2e%2e/%2E%2E/other/x', '/echo/a/..%5C..%5Cother']) {
+      // Written by hand: a URL-parsing client would resolve the dots itself.
+      const socket = await tcp(t, Number(new URL(r.url).port));
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${scoped}\r\n\r\n`);
+      const answer = await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, path);
+      assert.match(answer.toString('latin1'), /^HTTP\/1\.1 400 /, path);
+    }
+    // A token whose own resource has dot segments covers nothing.
+    const widened = createSasToken(`${r.url}/echo/a/..`, 'root', ROOT_KEY, Math.floor(Date.now() / 1000) + 60);
+    assert.equal((await httpRequest(`${r.url}/echo/b`, { headers: { ServiceBusAuthorization: widened } })).status, 403);
+    await assert.rejects(l.next(300), /timed out/, 'no request reached the listener');
   });
 });
