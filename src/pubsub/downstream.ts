@@ -73,9 +73,10 @@ export function sequencedHead(sequenceId: number, body: Buffer): Buffer {
   return head;
 }
 
-export function ackFrame(ackId: number, error?: { name: string; message: string }): Buffer {
+/** An ack; `ackId` is a number, or a JSON number's text as the client wrote it. */
+export function ackFrame(ackId: number | string, error?: { name: string; message: string }): Buffer {
   if (!error) return encodeTextFrame(`{"type":"ack","ackId":${ackId},"success":true}`);
-  return encodeTextFrame(JSON.stringify({ type: 'ack', ackId, success: false, error }));
+  return encodeTextFrame(`{"type":"ack","ackId":${ackId},"success":false,"error":${JSON.stringify(error)}}`);
 }
 
 export const PONG_FRAME = encodeTextFrame('{"type":"pong"}');

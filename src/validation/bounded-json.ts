@@ -52,3 +52,64 @@ export function parseJson(text: string, maxDepth = MAX_JSON_DEPTH): unknown {
   if (jsonDepthExceeds(text, maxDepth)) throw new JsonTooDeepError(maxDepth);
   return JSON.parse(text);
 }
+
+const WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]);
+
+function skipWhitespace(text: string, i: number): number {
+  while (i < text.length && WHITESPACE.has(text.charCodeAt(i))) i++;
+  return i;
+}
+
+/** Index after the string token starting at `i` (a quote). */
+function stringEnd(text: string, i: number): number {
+  let j = i + 1;
+  while (j < text.length && text.charCodeAt(j) !== QUOTE) j += text.charCodeAt(j) === BACKSLASH ? 2 : 1;
+  return j + 1;
+}
+
+/** Index after the value token starting at `i`. */
+function valueEnd(text: string, i: number): number {
+  const c = text.charCodeAt(i);
+  if (c === QUOTE) return stringEnd(text, i);
+  if (c === OPEN_BRACKET || c === OPEN_BRACE) {
+    let depth = 0;
+    for (let j = i; j < text.length; j++) {
+      const d = text.charCodeAt(j);
+      if (d === QUOTE) j = stringEnd(text, j) - 1;
+      else if (d === OPEN_BRACKET || d === OPEN_BRACE) depth++;
+      else if ((d === CLOSE_BRACKET || d === CLOSE_BRACE) && --depth === 0) return j + 1;
+    }
+    return text.length;
+  }
+  let j = i;
+  while (j < text.length && !',}] \t\r\n'.includes(text[j])) j++;
+  return j;
+}
+
+/**
+ * The value of the top-level member `name` of a JSON object, as written (the
+ * last one, as JSON.parse keeps): what parsing loses, such as the digits of a
+ * number past 2^53, can be echoed exactly. `text` must be JSON that parsed;
+ * undefined when it is not an object or has no such member.
+ */
+export function rawMemberText(text: string, name: string): string | undefined {
+  let i = skipWhitespace(text, 0);
+  if (text.charCodeAt(i) !== OPEN_BRACE) return undefined;
+  let found: string | undefined;
+  i = skipWhitespace(text, i + 1);
+  while (i < text.length && text.charCodeAt(i) === QUOTE) {
+    const keyEnd = stringEnd(text, i);
+    let key: unknown;
+    try {
+      key = JSON.parse(text.slice(i, keyEnd));
+    } catch {
+      return undefined;
+    }
+    i = skipWhitespace(text, skipWhitespace(text, keyEnd) + 1);
+    const end = valueEnd(text, i);
+    if (key === name) found = text.slice(i, end);
+    i = skipWhitespace(text, end);
+    if (text[i] === ',') i = skipWhitespace(text, i + 1);
+  }
+  return found;
+}

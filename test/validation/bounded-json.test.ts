@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { verifyAccessToken } from '../../src/auth/access-token.ts';
 import { decodeEdgeMessage } from '../../src/bus/messages.ts';
 import { encodeEnvelope } from '../../src/bus/envelope.ts';
-import { JsonTooDeepError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJson } from '../../src/validation/bounded-json.ts';
+import { JsonTooDeepError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJson, rawMemberText } from '../../src/validation/bounded-json.ts';
 
 const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
 
@@ -27,6 +27,15 @@ describe('bounded JSON', () => {
     assert.throws(() => parseJson(nested(MAX_JSON_DEPTH + 1)), JsonTooDeepError);
     assert.throws(() => parseJson(nested(100000)), SyntaxError);
     assert.throws(() => parseJson('{nope'), SyntaxError);
+  });
+
+  it('reads a top-level member as written, past nested values, strings that look like members and escaped names', () => {
+    assert.equal(rawMemberText('{"type":"x","ackId":9007199254740993}', 'ackId'), '9007199254740993');
+    assert.equal(rawMemberText(' { "a" : [1,"]",{"ackId":2}] , "ackId" : -1.5e3 } ', 'ackId'), '-1.5e3');
+    assert.equal(rawMemberText('{"x":"\\"ackId\\":5","ackId":18446744073709551615}', 'ackId'), '18446744073709551615');
+    assert.equal(rawMemberText('{"ack\\u0049d":1,"ackId":2}', 'ackId'), '2', 'the last one, as JSON.parse keeps');
+    assert.equal(rawMemberText('{"a":{"ackId":1}}', 'ackId'), undefined, 'nested members are not top-level');
+    assert.equal(rawMemberText('[1]', 'ackId'), undefined);
   });
 
   it('makes a deep bus envelope an invalid message', () => {
