@@ -32,6 +32,8 @@ export interface ChannelExchange {
   /** The listener answered on the control channel; returns where the body goes when one follows. */
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined;
   listenerLost(): void;
+  /** Only reports a lost listener to another edge, which cannot say when it is done: it does not keep the listener open at shutdown. */
+  readonly watchOnly?: boolean;
 }
 
 export class ControlChannel {

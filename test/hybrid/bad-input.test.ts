@@ -164,6 +164,23 @@ describe('rendezvous', () => {
     assert.ok(status === 404 || status === 410, `status ${status}`);
   });
 
+  it('fails the sender with 502 at once when the listener drops its control channel after the accept', async (t) => {
+    const r = await relayFor(t, { timeouts: { ...FAST.timeouts, acceptMs: 20000 } });
+    for (const drop of ['terminate', 'close'] as const) {
+      const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+      t.after(() => l.close());
+      const senderUrl = send(r);
+      const started = Date.now();
+      const sender = openWebSocket(senderUrl, auth(tokenFor(senderUrl)));
+      sender.catch(() => {});
+      await l.next();
+      if (drop === 'terminate') l.close();
+      else l.ws.close(1000);
+      await assert.rejects(sender, (err: { status?: number }) => err.status === 502, drop);
+      assert.ok(Date.now() - started < 5000, `${drop}: answered long before the 20 s accept timeout`);
+    }
+  });
+
   it('fails the sender with 504 when no listener answers in time', async (t) => {
     const r = await relayFor(t);
     const { next } = await listenerAndSender(t, r);
