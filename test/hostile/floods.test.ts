@@ -4,56 +4,36 @@
 // its answers makes the relay stop reading it, and the relay's memory stays
 // within its configured buffers. Each case drives a real relay process with
 // raw sockets, measures its resident memory from /proc, and checks that the
-// relay still answers and that another client is unaffected.
+// relay still answers and that other clients are unaffected.
+// (Unbounded, 64 MiB of pings grew the relay by 159 MiB.)
 import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
+import { MAX_RSS_GROWTH, assertStillServing, measuringRss, mib, startHostileRelay } from '../helpers/hostile.ts';
 import { httpRequest } from '../helpers/http.ts';
+import { accessUrl } from '../helpers/pubsub.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
-import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { floodWithoutReading, maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
-import { startRelayProcess, tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
+import { tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
 
-/** What each flood writes: twice the growth the unbounded relay showed for it. */
 const FLOOD_BYTES = 64 << 20;
-/** The relay's buffers in these tests (64 KiB each), and the bound on its growth. */
-const BUFFER_BYTES = 65536;
-const MAX_GROWTH = 40 << 20;
 /** The flood counts as refused once the relay has taken nothing for this long. */
 const STALL_MS = 1500;
 
 const OP_TEXT = 0x1;
 const OP_PING = 0x9;
+const PING = maskedFrame(OP_PING, Buffer.alloc(125, 0x61));
 
-async function hostileRelay(t: TestContext): Promise<RelayProcess> {
-  return startRelayProcess(
-    t,
-    pubsubOverrides({
-      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
-      limits: { spliceBufferBytes: BUFFER_BYTES, outboundBufferBytes: BUFFER_BYTES },
-    }),
-  );
+/** Floods `frame` down `socket` without reading; checks the relay's memory, and that it still serves others. */
+async function floodAndCheck(t: TestContext, relay: RelayProcess, socket: Socket, frame: Buffer): Promise<void> {
+  const { result, growth } = await measuringRss(relay, () => floodWithoutReading(socket, frame, FLOOD_BYTES, STALL_MS));
+  t.diagnostic(`wrote ${mib(result.written)} (${result.stalled ? 'relay stopped reading' : result.closed ? 'closed' : 'all taken'}), RSS +${mib(growth)}`);
+  assert.ok(result.stalled || result.closed, `the relay took all ${mib(FLOOD_BYTES)} from a peer that does not read`);
+  assert.ok(growth < MAX_RSS_GROWTH, `RSS grew ${mib(growth)}`);
+  await assertStillServing(t, relay);
 }
 
-/** Floods `frame` down `socket` without reading; checks the relay's memory, that it still answers, and that another pub/sub client works. */
-async function floodAndCheck(t: TestContext, relay: RelayProcess, socket: import('node:net').Socket, frame: Buffer): Promise<void> {
-  const before = relay.rss();
-  let peak = before;
-  const sampler = setInterval(() => (peak = Math.max(peak, relay.rss())), 25);
-  t.after(() => clearInterval(sampler));
-  const result = await floodWithoutReading(socket, frame, FLOOD_BYTES, STALL_MS);
-  peak = Math.max(peak, relay.rss());
-  clearInterval(sampler);
-  const growth = peak - before;
-  t.diagnostic(`wrote ${(result.written / 2 ** 20).toFixed(1)} MiB (${result.stalled ? 'relay stopped reading' : result.closed ? 'closed' : 'all taken'}), RSS +${(growth / 2 ** 20).toFixed(1)} MiB`);
-  assert.ok(result.stalled || result.closed, `the relay took all ${FLOOD_BYTES >> 20} MiB from a peer that does not read`);
-  assert.ok(growth < MAX_GROWTH, `RSS grew ${(growth / 2 ** 20).toFixed(1)} MiB`);
-  assert.equal(relay.child.exitCode, null, 'the relay is still running');
-  assert.equal((await httpRequest(`${relay.url}/$relay/health`)).status, 200);
-  const other = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
-  assert.equal((await other.request({ type: 'joinGroup', group: 'bystanders' })).success, true, 'another client is served');
-}
-
-async function pubsubSocket(t: TestContext, relay: RelayProcess) {
+async function pubsubSocket(t: TestContext, relay: RelayProcess): Promise<Socket> {
   const url = new URL(accessUrl(relay.url));
   const up = await rawUpgrade(t, relay.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': 'json.webpubsub.azure.v1' });
   assert.equal(up.status, 101);
@@ -62,7 +42,7 @@ async function pubsubSocket(t: TestContext, relay: RelayProcess) {
 
 describe('a peer that writes and never reads', () => {
   it('sending pings on a relayed WebSocket is stopped at spliceBufferBytes', async (t) => {
-    const relay = await hostileRelay(t);
+    const relay = await startHostileRelay(t);
     const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => listener.close());
@@ -72,28 +52,28 @@ describe('a peer that writes and never reads', () => {
     t.after(() => leg.terminate());
     const sender = await upgrading;
     assert.equal(sender.status, 101);
-    await floodAndCheck(t, relay, sender.socket, maskedFrame(OP_PING, Buffer.alloc(125, 0x61)));
+    await floodAndCheck(t, relay, sender.socket, PING);
   });
 
   it('sending pings on a pub/sub socket is stopped at outboundBufferBytes', async (t) => {
-    const relay = await hostileRelay(t);
-    await floodAndCheck(t, relay, await pubsubSocket(t, relay), maskedFrame(OP_PING, Buffer.alloc(125, 0x61)));
+    const relay = await startHostileRelay(t);
+    await floodAndCheck(t, relay, await pubsubSocket(t, relay), PING);
   });
 
   it('sending {"type":"ping"} messages is stopped at outboundBufferBytes', async (t) => {
-    const relay = await hostileRelay(t);
+    const relay = await startHostileRelay(t);
     await floodAndCheck(t, relay, await pubsubSocket(t, relay), maskedFrame(OP_TEXT, '{"type":"ping"}'));
   });
 
   it('sending acked sendToGroup requests is stopped at outboundBufferBytes', async (t) => {
-    const relay = await hostileRelay(t);
+    const relay = await startHostileRelay(t);
     // One frame repeated: the same ackId is answered Duplicate every time after the first.
     const frame = maskedFrame(OP_TEXT, JSON.stringify({ type: 'sendToGroup', group: 'nobody', ackId: 1, data: 'x' }));
     await floodAndCheck(t, relay, await pubsubSocket(t, relay), frame);
   });
 
   it('a listener pinging its HTTP-mode rendezvous leg without reading is stopped at spliceBufferBytes', async (t) => {
-    const relay = await hostileRelay(t);
+    const relay = await startHostileRelay(t);
     const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => listener.close());
@@ -102,8 +82,16 @@ describe('a peer that writes and never reads', () => {
     const path = new URL(request.address);
     const leg = await rawUpgrade(t, relay.port, `${path.pathname}${path.search}`);
     assert.equal(leg.status, 101);
-    await floodAndCheck(t, relay, leg.socket, maskedFrame(OP_PING, Buffer.alloc(125, 0x61)));
+    await floodAndCheck(t, relay, leg.socket, PING);
     leg.socket.destroy();
     await pending;
+  });
+
+  it('a listener pinging its control channel without reading is dropped (ws bounds its pongs)', async (t) => {
+    const relay = await startHostileRelay(t);
+    const path = '/$hc/open?sb-hc-action=listen';
+    const channel = await rawUpgrade(t, relay.port, path, { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, path)) });
+    assert.equal(channel.status, 101);
+    await floodAndCheck(t, relay, channel.socket, PING);
   });
 });
