@@ -4,6 +4,7 @@
 // endpoint: one of the token hosts (port and scheme ignored, as for SAS) and
 // the request's path (or the hub's canonical client path), compared decoded
 // and case-insensitively, without the query and trailing slashes.
+import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
 import { hostListed } from './token-hosts.ts';
 import { JwtError, verifyJwt, type JwtClaims } from './jwt.ts';
 
@@ -30,7 +31,7 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[]):
   const audiences = Array.isArray(aud) ? aud : [aud];
   const wanted = paths.map(normalizePath);
   return audiences.some((a) => {
-    if (typeof a !== 'string') return false;
+    if (typeof a !== 'string' || hasDotSegment(rawUrlPath(a))) return false;
     let url: URL;
     try {
       url = new URL(a);

@@ -2,6 +2,7 @@
 // Web PubSub access keys use). Verification checks the header's `alg` before
 // anything else, compares signatures in constant time, and checks `exp`/`nbf`.
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { parseJson } from '../validation/bounded-json.ts';
 
 export type JwtClaims = Record<string, unknown>;
 
@@ -43,7 +44,7 @@ const SEGMENT = /^[A-Za-z0-9_-]*$/;
 function decodeJson(segment: string): Record<string, unknown> {
   let value: unknown;
   try {
-    value = JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+    value = parseJson(Buffer.from(segment, 'base64url').toString('utf8'));
   } catch {
     throw new JwtError('TokenMalformed', 'token segment is not JSON');
   }

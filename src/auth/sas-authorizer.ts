@@ -4,6 +4,7 @@
 // namespace root or the entity (segment prefix, case-insensitive); a rule with
 // `entity` covers only that entity. Manage implies Listen and Send.
 import type { Right, SasRule } from '../config/types.ts';
+import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
 import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
 
@@ -54,8 +55,10 @@ export class SasAuthorizer {
 /**
  * True when `resource` (a decoded URI) names one of `hosts` and its path is a
  * segment prefix of `requested` (entity first), compared case-insensitively.
+ * A path with dot segments covers nothing (dot-segments.ts).
  */
 export function resourceCovers(resource: string, requested: string[], hosts: string[]): boolean {
+  if (hasDotSegment(rawUrlPath(resource))) return false;
   let url: URL;
   try {
     url = new URL(resource);

@@ -2,6 +2,8 @@
 // bytes of JSON (the header: what to do), then raw bytes (a body, if any), so
 // bodies cross the bus without base64. Headers are checked against
 // schemas/bus-message.schema.json by the receiver: the bus is a network too.
+import { parseJson } from '../validation/bounded-json.ts';
+
 export interface Envelope {
   header: unknown;
   body: Buffer;
@@ -23,7 +25,7 @@ export function decodeEnvelope(data: Uint8Array): Envelope | undefined {
   const length = buf.readUInt32BE(0);
   if (length > buf.length - 4) return undefined;
   try {
-    return { header: JSON.parse(buf.toString('utf8', 4, 4 + length)), body: buf.subarray(4 + length) };
+    return { header: parseJson(buf.toString('utf8', 4, 4 + length)), body: buf.subarray(4 + length) };
   } catch {
     return undefined;
   }

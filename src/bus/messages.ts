@@ -77,6 +77,8 @@ export interface NodeStatus {
 export interface HcAccept {
   op: 'hc.accept';
   entity: string;
+  /** The sender's edge, told (hc.failed) when the listener drops its control channel before dialing; older edges leave it out. */
+  node?: string;
   accept: { address: string; id: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
 }
 
@@ -111,7 +113,7 @@ export interface HcResponse {
   response: HttpResponseHead;
 }
 
-/** Listener's edge -> sender's edge: the request will not be answered. */
+/** Listener's edge -> sender's edge: the request will not be answered, or the connect not accepted. */
 export interface HcFailed {
   op: 'hc.failed';
   id: string;

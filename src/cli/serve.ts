@@ -26,6 +26,11 @@ Examples:
   edge-relay serve --config config/dev.json --port 9401 --node-id edge-1 --nats nats://127.0.0.1:4222
 `;
 
+/** Exit code after an uncaught exception (sysexits EX_SOFTWARE). */
+const EX_SOFTWARE = 70;
+/** How long a crash waits for its log line to be written before exiting anyway. */
+const CRASH_FLUSH_MS = 1000;
+
 export async function serve(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -68,6 +73,14 @@ export async function serve(argv: string[]): Promise<number> {
     throw err;
   }
   const log = createLogger(config.log.level, config.nodeId);
+  // A last resort, not a fix: an exception nothing caught ends the process
+  // (its state can no longer be trusted), logged as relay.crash. No input may
+  // reach it; test/hostile/ checks that none of theirs does.
+  process.on('uncaughtException', (err) => {
+    log.fatal({ event: 'relay.crash', err: { name: err.name, message: err.message, stack: err.stack } });
+    setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
+    log.flush(() => process.exit(EX_SOFTWARE));
+  });
   const relay = await startRelay(config, log);
   if (relay.jetstream) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without

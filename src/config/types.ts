@@ -87,6 +87,7 @@ export interface RelayConfig {
     ackIdsPerConnection: number;
     groupsPerConnection: number;
     connectionsPerNode: number;
+    httpConnectionsPerNode: number;
     connectionsPerHub: number;
     connectRatePerAddress: number;
     connectBurstPerAddress: number;
@@ -97,6 +98,8 @@ export interface RelayConfig {
     httpResponseMs: number;
     keepAliveIntervalMs: number;
     idleMs: number;
+    headersMs: number;
+    firstByteMs: number;
     closeHandshakeMs: number;
     shutdownMs: number;
     sessionRetainMs: number;

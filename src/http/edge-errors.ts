@@ -1,6 +1,7 @@
 // Errors of the edge itself, before or beside any domain: requests that match
-// no surface, admission of new connections (limits.connectionsPerNode,
-// limits.connectRatePerAddress), operator endpoints, and the unexpected. The
+// no surface or that Node could not take (too slow, too large), admission of
+// new connections (limits.connectionsPerNode, limits.connectRatePerAddress,
+// limits.httpConnectionsPerNode), operator endpoints, and the unexpected. The
 // domains keep their own tables (hybrid/errors.ts, pubsub/errors.ts); the
 // README's error tables list every code of all of them (a test checks).
 import { errorAnswers, type ErrorSpec } from './error-answers.ts';
@@ -10,9 +11,13 @@ export const EDGE_ERRORS = {
   NotWebSocket: { status: 400, message: 'A WebSocket upgrade is required for this address' },
   NotFound: { status: 404, message: 'No such endpoint' },
   MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
+  RequestTimeout: { status: 408, message: 'The request head did not arrive in time' },
+  WebSocketVersionUnsupported: { status: 426, message: 'Only WebSocket version 13 is supported' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
+  HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
+  HttpConnectionLimitReached: { status: 503, message: 'This relay node holds as many HTTP connections as limits.httpConnectionsPerNode allows' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type EdgeErrorCode = keyof typeof EDGE_ERRORS;

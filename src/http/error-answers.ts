@@ -15,9 +15,9 @@ export interface ErrorSpec {
 
 export function errorAnswers<Code extends string>(table: Record<Code, ErrorSpec>) {
   return {
-    /** Fails a WebSocket upgrade with the code's status; `detail` replaces the message. */
-    failUpgrade(socket: Duplex, code: Code, detail?: string): void {
-      writeUpgradeError(socket, table[code].status, detail ?? table[code].message, code);
+    /** Fails a WebSocket upgrade with the code's status; `detail` replaces the message; `headers` are added. */
+    failUpgrade(socket: Duplex, code: Code, detail?: string, headers?: Record<string, string>): void {
+      writeUpgradeError(socket, table[code].status, detail ?? table[code].message, code, headers);
     },
     /** Answers an HTTP request with the code's status and a JSON body; `detail` replaces the message. */
     failRequest(res: ServerResponse, code: Code, detail?: string): void {

@@ -70,6 +70,7 @@ export class HybridClusterLink {
       return;
     }
     if (m.op === 'hc.accept') {
+      if (m.node !== undefined) new RemoteAcceptWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
       channel.send({ accept: m.accept });
     } else {
       // A full request may be answered on the control channel, here; a notice
@@ -98,6 +99,8 @@ export class HybridClusterLink {
   private onAnswer(message: BusMessage): void {
     const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed');
     const exchange = decoded ? this.ctx.rendezvous.get(decoded.message.id) : undefined;
+    // A connect whose listener dropped its control channel before dialing.
+    if (decoded?.message.op === 'hc.failed' && exchange?.action === 'accept') return exchange.listenerLost();
     if (!decoded || !(exchange instanceof HttpExchange)) {
       this.log.info({ event: 'bus.answer_unmatched', op: decoded?.message.op });
       return;
@@ -118,6 +121,42 @@ export class HybridClusterLink {
   close(): void {
     this.stopRouting();
     this.nodeSubscription.unsubscribe();
+  }
+}
+
+/**
+ * On the listener's node: until the sender's node can no longer be waiting
+ * (timeouts.acceptMs), tells it when the listener told to dial drops its
+ * control channel, so the sender hears it at once.
+ */
+class RemoteAcceptWatch implements ChannelExchange {
+  readonly watchOnly = true;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly id: string,
+    private readonly node: string,
+    private readonly link: HybridClusterLink,
+    private readonly channel: ControlChannel,
+    acceptMs: number,
+  ) {
+    channel.exchanges.set(id, this);
+    this.timer = setTimeout(() => this.done(), acceptMs);
+    this.timer.unref();
+  }
+
+  onControlResponse(): undefined {
+    return undefined;
+  }
+
+  listenerLost(): void {
+    this.link.answer(this.node, { op: 'hc.failed', id: this.id, code: 'ListenerGone' });
+    this.done();
+  }
+
+  private done(): void {
+    clearTimeout(this.timer);
+    this.channel.exchanges.delete(this.id);
   }
 }
 

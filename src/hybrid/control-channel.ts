@@ -11,6 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import type { HttpResponseHead } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
@@ -31,6 +32,8 @@ export interface ChannelExchange {
   /** The listener answered on the control channel; returns where the body goes when one follows. */
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined;
   listenerLost(): void;
+  /** Only reports a lost listener to another edge, which cannot say when it is done: it does not keep the listener open at shutdown. */
+  readonly watchOnly?: boolean;
 }
 
 export class ControlChannel {
@@ -115,7 +118,7 @@ export class ControlChannel {
     if (consumer) consumer(Buffer.alloc(0));
     let message: unknown;
     try {
-      message = JSON.parse(data.toString('utf8'));
+      message = parseJson(data.toString('utf8'));
     } catch {
       return this.closeWith('ControlMessageInvalid', 'not JSON');
     }

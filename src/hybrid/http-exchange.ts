@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
@@ -21,6 +22,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
+import { ResponseBody, contentLengthOf } from './response-body.ts';
 
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -37,17 +39,29 @@ export function forwardedRequestHeaders(req: IncomingMessage): Record<string, st
   return out;
 }
 
-/** A listener's response headers made safe for the sender, or undefined when unusable. */
+/**
+ * A listener's response headers made safe for the sender, or undefined when
+ * unusable. The relay frames the body itself (response-body.ts): at most one
+ * Content-Length passes, whatever its spelling, and only as one number.
+ */
 export function responseHeadersForSender(
   headers: ListenerResponse['responseHeaders'],
 ): Record<string, string | string[]> | undefined {
   const out: Record<string, string | string[]> = {};
+  const lengths: string[] = [];
   for (const [name, value] of Object.entries(headers ?? {})) {
     if (!HEADER_NAME.test(name)) return undefined;
-    if (HOP_BY_HOP.has(name.toLowerCase())) continue;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) continue;
     const values = Array.isArray(value) ? value : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
-    out[name] = Array.isArray(value) ? values : values[0];
+    if (lower === 'content-length') lengths.push(...values);
+    else out[name] = Array.isArray(value) ? values : values[0];
+  }
+  if (lengths.length > 0) {
+    const length = contentLengthOf(lengths);
+    if (length === undefined) return undefined;
+    out['content-length'] = String(length);
   }
   return out;
 }
@@ -66,6 +80,18 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private readState: ReadState = 'head';
   private headChunks: Buffer[] = [];
   private headBytes = 0;
+  /** The listener's response head, checked, from when it arrives. */
+  private head: { status: number; reason: string; headers: Record<string, string | string[]> } | undefined;
+  /** The response body as written to the sender, once the head is out. */
+  private body: ResponseBody | undefined;
+  /**
+   * Why the rendezvous is not read: the sender has spliceBufferBytes of body
+   * queued, or the listener has that many bytes of pongs queued that it does
+   * not read (a listener flooding pings grew the relay by 150 MB, issue 18).
+   */
+  private readonly readBlocks = new Set<'sender' | 'listener'>();
+  /** How the rendezvous is closed when the exchange ends: 1000, or the listener's protocol error. */
+  private rendezvousCloseCode = 1000;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -84,7 +110,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         this.finish();
       }
     });
-    res.on('drain', () => this.rendezvous?.resume());
+    res.on('drain', () => this.unblockRendezvous('sender'));
   }
 
   start(): void {
@@ -155,17 +181,17 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   // --- the answer on the control channel -----------------------------------
 
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined {
-    if (this.finished || this.headSent) return undefined;
-    if (!this.writeHead(response)) return undefined;
+    if (this.finished || this.head) return undefined;
+    if (!this.acceptHead(response)) return undefined;
     if (!response.body) {
-      this.res.end();
-      this.finish();
+      if (this.writeHead()) this.endBody();
       return undefined;
     }
     return (body) => {
-      if (this.finished) return;
-      this.res.end(body);
-      this.finish();
+      if (this.finished || !this.writeHead()) return;
+      if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
+      this.body!.write(body);
+      this.endBody();
     };
   }
 
@@ -185,8 +211,15 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     writeSwitchingProtocols(socket, upgrade.key, undefined);
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
     socket.on('data', (chunk: Buffer) => this.parser!.push(chunk));
-    socket.on('drain', () => this.req.resume());
+    socket.on('drain', () => {
+      this.req.resume();
+      this.unblockRendezvous('listener');
+    });
     socket.on('error', () => socket.destroy());
+    // The listener ended its side without a close frame: it will send nothing more.
+    socket.on('end', () => {
+      if (!this.rendezvousClose!.received) socket.destroy();
+    });
     socket.on('close', () => {
       if (!this.finished) {
         this.log.info({ event: 'http.rendezvous_lost' });
@@ -217,8 +250,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   }
 
   onDataFrame(_fin: boolean, opcode: number): void {
-    if (this.readState === 'head' && opcode === OP_BINARY) this.fail('BadListenerResponse');
-    if (this.readState === 'body' && opcode === OP_TEXT) this.fail('BadListenerResponse');
+    if (this.readState === 'head' && opcode === OP_BINARY) return this.fail('BadListenerResponse');
+    if (this.readState === 'body' && opcode === OP_TEXT) return this.fail('BadListenerResponse');
+    // The body begins: its head goes out now.
+    if (this.readState === 'body' && !this.headSent && !this.finished) this.writeHead();
   }
 
   onDataPayload(chunk: Buffer): void {
@@ -227,7 +262,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (this.headBytes > this.ctx.config.limits.controlMessageBytes) return this.fail('BadListenerResponse');
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
-      if (!this.res.write(chunk)) this.rendezvous?.pause();
+      if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');
+      if (!this.body!.write(chunk)) this.blockRendezvous('sender');
     }
   }
 
@@ -238,57 +274,92 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.headChunks = [];
       let message: unknown;
       try {
-        message = JSON.parse(text);
+        message = parseJson(text);
       } catch {
         return this.fail('BadListenerResponse');
       }
       if (!validateHttpResponseMessage(message)) return this.fail('BadListenerResponse');
       const response = (message as { response: ListenerResponse }).response;
-      if (response.requestId !== this.id || this.headSent) return this.fail('BadListenerResponse');
-      if (!this.writeHead(response)) return;
+      if (response.requestId !== this.id || this.head) return this.fail('BadListenerResponse');
+      if (!this.acceptHead(response)) return;
       if (response.body) {
         this.readState = 'body';
         return;
       }
+      if (!this.writeHead()) return;
     }
     this.readState = 'done';
-    this.res.end();
-    this.finish();
+    this.endBody();
   }
 
   onControlFrame(opcode: number, payload: Buffer): void {
     const socket = this.rendezvous!;
-    if (opcode === OP_PING) socket.write(encodeFrame(true, OP_PONG, payload));
-    else if (opcode === OP_CLOSE) {
+    if (opcode === OP_PING) {
+      socket.write(encodeFrame(true, OP_PONG, payload));
+      if (socket.writableLength >= this.ctx.config.limits.spliceBufferBytes) this.blockRendezvous('listener');
+    } else if (opcode === OP_CLOSE) {
       if (!this.finished) this.fail('ListenerGone');
       this.rendezvousClose!.receive(payload);
     }
   }
 
-  onFrameError(): void {
+  onFrameError(closeCode: number): void {
+    this.rendezvousCloseCode = closeCode;
     this.fail('BadListenerResponse');
+  }
+
+  private blockRendezvous(reason: 'sender' | 'listener'): void {
+    this.readBlocks.add(reason);
+    this.rendezvous?.pause();
+  }
+
+  private unblockRendezvous(reason: 'sender' | 'listener'): void {
+    if (this.readBlocks.delete(reason) && this.readBlocks.size === 0) this.rendezvous?.resume();
   }
 
   // --- ending -----------------------------------------------------------------
 
-  private writeHead(response: ListenerResponse): boolean {
+  /** Checks the listener's response head and keeps it for writeHead. */
+  private acceptHead(response: ListenerResponse): boolean {
     const status = response.statusCode;
     const headers = responseHeadersForSender(response.responseHeaders);
     if (status < 200 || status > 599 || !headers) {
       this.fail('BadListenerResponse');
       return false;
     }
+    this.head = { status, reason: safeReason(response.statusDescription ?? undefined, status), headers };
+    return true;
+  }
+
+  /**
+   * Writes the accepted head, when the body begins (or at once when none
+   * follows): until then timeouts.httpResponseMs still runs, so a listener
+   * that promises a body and never sends it gets the sender a 504, not a
+   * response that never ends.
+   */
+  private writeHead(): boolean {
+    const { status, reason, headers } = this.head!;
     try {
-      this.res.writeHead(status, safeReason(response.statusDescription ?? undefined, status), headers);
+      this.res.writeHead(status, reason, headers);
     } catch {
       this.fail('BadListenerResponse');
       return false;
     }
     this.headSent = true;
+    const declared = headers['content-length'];
+    const hasBody = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
+    this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), hasBody);
     clearTimeout(this.timer);
     this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
     countHttpStatus(this.ctx, status);
     return true;
+  }
+
+  /** The listener's body ended: the response ends, or, short of its declared length, is cut. */
+  private endBody(): void {
+    if (!this.body!.complete) return this.fail('BadListenerResponse');
+    this.res.end();
+    this.finish();
   }
 
   fail(code: HybridErrorCode): void {
@@ -314,7 +385,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.ctx.rendezvous.delete(this);
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
-      this.rendezvousClose.send(1000);
+      this.rendezvousClose.send(this.rendezvousCloseCode);
       this.rendezvousClose.end();
     }
   }

@@ -254,7 +254,7 @@ export class HybridService {
   closeIdleListeners(): number {
     let busy = 0;
     for (const channel of [...this.listeners.all()]) {
-      if (channel.exchanges.size === 0) channel.closeWith('ShuttingDown');
+      if ([...channel.exchanges.values()].every((e) => e.watchOnly)) channel.closeWith('ShuttingDown');
       else busy++;
     }
     return busy;

@@ -71,7 +71,7 @@ export class RemoteRoute implements ListenerRoute {
     const { bus, subject, nodeId, timeoutMs } = this.options;
     const message: HcAccept | HcRequest =
       'accept' in notice
-        ? { op: 'hc.accept', entity: this.entity.name, accept: notice.accept }
+        ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, accept: notice.accept }
         : { op: 'hc.request', entity: this.entity.name, node: nodeId, request: notice.request };
     let answer: Uint8Array;
     try {

@@ -13,6 +13,8 @@ export interface PendingRendezvous {
   readonly action: 'accept' | 'request';
   /** The listener's leg arrived at the address. */
   arrive(req: IncomingMessage, socket: Duplex, head: Buffer, params: URLSearchParams): void;
+  /** The listener that was told to dial lost its control channel first: the sender hears it at once (502). */
+  listenerLost(): void;
 }
 
 export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {

@@ -2,7 +2,10 @@
 // sender's upgrade is held while an `accept` notice goes to a listener; the
 // listener dials the rendezvous address to accept (the relay then completes
 // both handshakes and splices the sockets) or to reject with a status code
-// (the sender's upgrade fails with it). No answer in time: 504.
+// (the sender's upgrade fails with it). No answer in time: 504. A listener
+// that drops its control channel before dialing fails the sender at once
+// with 502 ListenerGone (the pending connect is tracked on the route like an
+// HTTP exchange; across edges the listener's edge reports it, hc.failed).
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
@@ -23,16 +26,21 @@ export interface PendingConnect extends PendingRendezvous {
   socket: Duplex;
   head: Buffer;
   key: string;
+  /** Subprotocols the sender offered: the listener may accept one of them, or none. */
+  protocols: string[];
   log: Logger;
   timer: NodeJS.Timeout;
   onSenderGone: () => void;
   /** Reads the held socket so a hang-up is seen; keeps any early bytes. */
   onEarlyData: (chunk: Buffer) => void;
   onSenderEnd: () => void;
+  /** Stops the route from reporting this connect's listener (it is settled). */
+  untrack: () => void;
 }
 
 /** Takes the held-socket handlers off the sender: it is answered or spliced now. */
 function detachSender(pending: PendingConnect): void {
+  pending.untrack();
   const s = pending.socket;
   s.off('close', pending.onSenderGone);
   s.off('data', pending.onEarlyData);
@@ -76,6 +84,7 @@ export function startConnect(
     socket,
     head,
     key: upgrade.key,
+    protocols: upgrade.protocols,
     log,
     timer: setTimeout(() => {
       if (!ctx.rendezvous.delete(pending)) return;
@@ -86,6 +95,7 @@ export function startConnect(
     onSenderGone: () => {
       if (ctx.rendezvous.delete(pending)) {
         clearTimeout(pending.timer);
+        pending.untrack();
         ctx.metrics.rendezvousFailed.inc({ reason: 'SenderGone' });
         log.info({ event: 'connect.sender_gone' });
       }
@@ -95,6 +105,14 @@ export function startConnect(
       if (pending.head.length > MAX_EARLY_BYTES) socket.destroy();
     },
     onSenderEnd: () => socket.destroy(),
+    untrack: () => route.untrack(id),
+    listenerLost: () => {
+      if (!ctx.rendezvous.delete(pending)) return;
+      clearTimeout(pending.timer);
+      detachSender(pending);
+      log.info({ event: 'connect.listener_gone' });
+      connectFailed(ctx, socket, 'ListenerGone');
+    },
     arrive: (listenerReq, listenerSocket, listenerHead, params) => completeConnect(ctx, listenerReq, listenerSocket, listenerHead, pending, params),
   };
   // After 'upgrade' Node leaves the socket paused: without reading it, a
@@ -104,6 +122,7 @@ export function startConnect(
   socket.on('close', pending.onSenderGone);
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
+  route.track(id, { onControlResponse: () => undefined, listenerLost: () => pending.listenerLost() });
   const remote = req.socket;
   const accept = {
     address: rendezvousAddress(ctx, 'accept', entity, id),
@@ -157,7 +176,15 @@ function completeConnect(
     connectFailed(ctx, sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
     return failUpgrade(listenerSocket, 'BadRequest', 'Invalid WebSocket handshake');
   }
-  const protocol = upgrade.protocols[0];
+  // The listener's leg names the subprotocol it accepts: it must be one the
+  // sender offered (RFC 6455 4.2.2), or the sender would get a subprotocol it
+  // never asked for.
+  const protocol = upgrade.protocols.find((p) => pending.protocols.includes(p));
+  if (upgrade.protocols.length > 0 && protocol === undefined) {
+    log.info({ event: 'connect.subprotocol_not_offered' });
+    connectFailed(ctx, sender, 'BadListenerResponse', 'The listener accepted with a subprotocol the sender did not offer');
+    return failUpgrade(listenerSocket, 'BadRequest', 'Accept with a subprotocol the sender offered, or none');
+  }
   writeSwitchingProtocols(listenerSocket, upgrade.key, protocol);
   writeSwitchingProtocols(sender, pending.key, protocol);
   for (const s of [sender, listenerSocket]) {

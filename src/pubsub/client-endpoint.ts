@@ -49,7 +49,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   private readonly socketOptions: MessageSocketOptions;
 
   constructor(private readonly deps: ClientEndpointDeps) {
-    this.socketOptions = { maxMessageBytes: deps.config.limits.pubsubMessageBytes, closeHandshakeMs: deps.config.timeouts.closeHandshakeMs };
+    const { limits, timeouts } = deps.config;
+    this.socketOptions = { maxMessageBytes: limits.pubsubMessageBytes, outboundHighWaterMark: limits.outboundBufferBytes, closeHandshakeMs: timeouts.closeHandshakeMs };
   }
 
   handleUpgrade({ req, socket: duplex, head, hubName, params, path }: ClientUpgrade): void {

@@ -5,6 +5,7 @@
 // bad fields, or an unknown type, is answered with a failed ack when it
 // carries an ackId. Every ackId gets exactly one ack; a repeated ackId that
 // was processed is answered `Duplicate` and not processed again.
+import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
 import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
@@ -45,14 +46,23 @@ function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: nu
 export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
   if (isBinary) return ctx.endConnection(connection, 'BinaryFrame');
   let message: unknown;
+  const text = data.toString('utf8');
   try {
-    message = JSON.parse(data.toString('utf8'));
+    // Bounded nesting: `data` is re-serialized for delivery and upstream (bounded-json.ts).
+    message = parseJson(text);
   } catch {
     return ctx.endConnection(connection, 'InvalidMessage');
   }
   if (!validatePubSubEnvelope(message)) return ctx.endConnection(connection, 'InvalidMessage');
   const m = message as Upstream;
   const ackId = Number.isSafeInteger(m.ackId) && (m.ackId as number) >= 0 ? m.ackId : undefined;
+  if (ackId === undefined && typeof m.ackId === 'number') {
+    // Past 2^53 - 1 (or negative, or not whole) an ackId cannot be remembered
+    // exactly: the request is refused, and answered with the ackId as written.
+    ctx.countAck('BadRequest');
+    const detail = 'ackId must be an integer from 0 to 2^53 - 1';
+    return connection.sendControl(ackFrame(rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId), { name: 'BadRequest', message: detail }));
+  }
   const validate = pubsubMessageValidators.get(m.type);
   if (!validate) return ack(ctx, connection, ackId, 'Unsupported', `unknown message type '${m.type.slice(0, 64)}'`);
   if (!validate(m)) return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));

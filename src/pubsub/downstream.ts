@@ -5,6 +5,7 @@
 // head `{"sequenceId":N,` written before the same shared body, so the only
 // per-recipient work is the sequence number the protocol forces.
 import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { OP_TEXT, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
 
@@ -63,7 +64,7 @@ export class SharedMessage {
 /** True when `dataJson` is JSON text, and a JSON string for text and binary data (data from the bus is checked). */
 export function isDataOfType(dataType: DataType, dataJson: string): boolean {
   try {
-    const data: unknown = JSON.parse(dataJson);
+    const data: unknown = parseJson(dataJson);
     return dataType === 'json' || typeof data === 'string';
   } catch {
     return false;
@@ -87,9 +88,10 @@ export function sequencedHead(sequenceId: number, body: Buffer): Buffer {
   return head;
 }
 
-export function ackFrame(ackId: number, error?: { name: string; message: string }): Buffer {
+/** An ack; `ackId` is a number, or a JSON number's text as the client wrote it. */
+export function ackFrame(ackId: number | string, error?: { name: string; message: string }): Buffer {
   if (!error) return encodeTextFrame(`{"type":"ack","ackId":${ackId},"success":true}`);
-  return encodeTextFrame(JSON.stringify({ type: 'ack', ackId, success: false, error }));
+  return encodeTextFrame(`{"type":"ack","ackId":${ackId},"success":false,"error":${JSON.stringify(error)}}`);
 }
 
 export const PONG_FRAME = encodeTextFrame('{"type":"pong"}');

@@ -13,36 +13,98 @@ export type { Permission, PermissionSnapshot };
 
 const PREFIX = 'webpubsub.';
 
-/** Compiles a group pattern to an anchored RegExp; every other character is literal. */
-export function compileGroupPattern(pattern: string): RegExp {
-  let source = '';
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i];
-    if (c === '*' && pattern[i + 1] === '*') {
-      source += '.*';
-      i++;
-    } else if (c === '*') {
-      source += '[^.]*';
-    } else if (c === '?') {
-      source += '[^.]';
-    } else {
-      source += c.replace(/[\\^$.|+()[\]{}\-/]/g, '\\$&');
+/** What one step of a group pattern matches. */
+const LITERAL = 0;
+/** `?`: one character other than `.`. */
+const ONE = 1;
+/** `*`: any run of characters within one dot-segment. */
+const STAR = 2;
+/** `**` (or a longer run of stars): any run of characters, dots included. */
+const ANY = 3;
+
+/**
+ * A group pattern, compiled once, matched without backtracking: the name is
+ * read once, left to right, keeping the set of pattern positions reachable so
+ * far (a Thompson NFA, as RE2 does). A check costs at most name length times
+ * pattern length steps, whatever the name, where the RegExp this replaces
+ * backtracked through every way of splitting a name among the stars (n^4 for
+ * `*-*-*-*`: seconds for a 360-character name, minutes for 1024).
+ * Characters are code points; every character but the three wildcards is literal.
+ */
+export class GroupPattern {
+  private readonly kinds: number[] = [];
+  private readonly chars: string[] = [];
+
+  constructor(readonly source: string) {
+    const cs = [...source];
+    for (let i = 0; i < cs.length; i++) {
+      if (cs[i] === '*') {
+        let run = 1;
+        while (cs[i + 1] === '*') {
+          run++;
+          i++;
+        }
+        this.push(run > 1 ? ANY : STAR, '*');
+      } else {
+        this.push(cs[i] === '?' ? ONE : LITERAL, cs[i]);
+      }
     }
   }
-  return new RegExp(`^${source}$`, 's');
+
+  private push(kind: number, char: string): void {
+    this.kinds.push(kind);
+    this.chars.push(char);
+  }
+
+  matches(name: string): boolean {
+    const m = this.kinds.length;
+    let current = new Uint8Array(m + 1);
+    let next = new Uint8Array(m + 1);
+    this.reach(current, 0);
+    for (const c of name) {
+      next.fill(0);
+      let live = false;
+      for (let i = 0; i < m; i++) {
+        if (current[i] === 0) continue;
+        const kind = this.kinds[i];
+        let to = -1;
+        if (kind === LITERAL) to = this.chars[i] === c ? i + 1 : -1;
+        else if (kind === ONE) to = c !== '.' ? i + 1 : -1;
+        // A star takes the character and stays where it is.
+        else to = kind === ANY || c !== '.' ? i : -1;
+        if (to >= 0) {
+          this.reach(next, to);
+          live = true;
+        }
+      }
+      if (!live) return false;
+      [current, next] = [next, current];
+    }
+    return current[m] === 1;
+  }
+
+  /** Marks position `i`, and the positions after it that stars let it skip to (a star may match nothing). */
+  private reach(set: Uint8Array, i: number): void {
+    while (set[i] === 0) {
+      set[i] = 1;
+      const kind = this.kinds[i];
+      if (kind !== STAR && kind !== ANY) return;
+      i++;
+    }
+  }
 }
 
 class PermissionSet {
   any = false;
   readonly exact = new Set<string>();
-  readonly patterns: { source: string; re: RegExp }[] = [];
+  readonly patterns: GroupPattern[] = [];
 
   allows(group: string): boolean {
-    return this.any || this.exact.has(group) || this.patterns.some((p) => p.re.test(group));
+    return this.any || this.exact.has(group) || this.patterns.some((p) => p.matches(group));
   }
 
   addPattern(source: string): void {
-    this.patterns.push({ source, re: compileGroupPattern(source) });
+    this.patterns.push(new GroupPattern(source));
   }
 
   snapshot(): PermissionSnapshot {

@@ -123,7 +123,11 @@ export class PubSubService implements RestContext {
       replyLost: (connection, reason) => log.warn({ event: 'pubsub.reply_lost', hub: connection.hub, connectionId: connection.id, reason }),
       countAck: (result) => metrics.acks.inc({ result }),
     };
-    const socketOptions = { maxMessageBytes: config.limits.pubsubMessageBytes, closeHandshakeMs: config.timeouts.closeHandshakeMs };
+    const socketOptions = {
+      maxMessageBytes: config.limits.pubsubMessageBytes,
+      outboundHighWaterMark: config.limits.outboundBufferBytes,
+      closeHandshakeMs: config.timeouts.closeHandshakeMs,
+    };
     const shuttingDown = () => this.lifecycle.shuttingDown;
     const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown);
     this.endpoint = new ClientEndpoint({

@@ -15,6 +15,7 @@ import {
   validateRestGroupsBody,
   validateUserId,
 } from '../validation/schemas.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import type { DataMessage } from './downstream.ts';
 import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import { historyPageJson } from './history.ts';
@@ -180,7 +181,7 @@ async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCod
   if (typeof body === 'string') return body;
   if (type === 'application/json') {
     try {
-      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(JSON.parse(body.toString('utf8'))) };
+      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
     } catch {
       return 'BadRequest';
     }
@@ -261,7 +262,7 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   if (typeof body === 'string') return body;
   let parsed: unknown;
   try {
-    parsed = JSON.parse(body.toString('utf8'));
+    parsed = parseJson(body.toString('utf8'));
   } catch {
     return 'BadRequest';
   }

@@ -22,6 +22,7 @@ import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint,
 import type { JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import { sharedMessageOf } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
@@ -266,7 +267,7 @@ export class StreamSessions {
     if (!raw) return undefined;
     let value: unknown;
     try {
-      value = JSON.parse(Buffer.from(raw).toString('utf8'));
+      value = parseJson(Buffer.from(raw).toString('utf8'));
     } catch {
       return undefined;
     }

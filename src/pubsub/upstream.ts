@@ -5,6 +5,7 @@
 // goes back to the client as a message from the server.
 import { createHmac, randomUUID } from 'node:crypto';
 import type { HubConfig } from '../config/types.ts';
+import { parseJson } from '../validation/bounded-json.ts';
 import type { DataMessage, DataType } from './downstream.ts';
 
 export interface UserEvent {
@@ -42,9 +43,9 @@ function replyOf(contentType: string, body: Buffer): DataMessage {
   const type = contentType.split(';')[0].trim().toLowerCase();
   if (type === 'application/json') {
     try {
-      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(JSON.parse(body.toString('utf8'))) };
+      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
     } catch {
-      // Not JSON after all: hand it on as text.
+      // Not JSON after all (or nested too deep to re-serialize): hand it on as text.
     }
   }
   if (type === 'application/json' || type.startsWith('text/')) {

@@ -17,11 +17,30 @@ import { RelayMetrics } from '../telemetry/metrics.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
+import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
+import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
 const SHUTDOWN_POLL_MS = 25;
+
+/** Largest request head (request line and headers); past it, 431. */
+const MAX_HEADER_BYTES = 16384;
+
+/** The edge's answer to a request Node could not parse, by Node's error code. */
+function clientErrorCode(code: string | undefined): 'RequestTimeout' | 'HeaderFieldsTooLarge' | 'BadRequest' {
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return 'RequestTimeout';
+  if (code === 'HPE_HEADER_OVERFLOW') return 'HeaderFieldsTooLarge';
+  return 'BadRequest';
+}
+
+/** Answers on a connection that will not be read any further, and drops it once the answer is out. */
+function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>[1]): void {
+  socket.on('error', () => socket.destroy());
+  failEdgeUpgrade(socket, code);
+  (socket as Socket).destroySoon?.();
+}
 
 export interface RunningRelay {
   /** http://host:port as bound. */
@@ -50,9 +69,32 @@ export function rendezvousBaseFor(publicUrl: string): string {
 }
 
 export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
-  const server = createServer({ requestTimeout: 0, maxHeaderSize: 16384 });
+  const metrics = new RelayMetrics(config.nodeId);
+  // No bound on a whole request (requestTimeout 0): relayed bodies stream for
+  // as long as they take. Its head is bounded by timeouts.headersMs (Node
+  // answers 408 through clientError below), checked four times per bound.
+  const { headersMs, firstByteMs } = config.timeouts;
+  const server = createServer({
+    requestTimeout: 0,
+    headersTimeout: headersMs,
+    connectionsCheckingInterval: Math.max(25, Math.min(1000, Math.floor(headersMs / 4))),
+    maxHeaderSize: MAX_HEADER_BYTES,
+  });
   const sockets = new Set<Duplex>();
+  const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
+    refused: (socket, open) => {
+      metrics.limitRefusals.inc({ limit: 'httpConnectionsPerNode' });
+      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: socket.remoteAddress, open });
+      answerAndClose(socket, 'HttpConnectionLimitReached');
+    },
+    silent: (socket) => {
+      metrics.limitRefusals.inc({ limit: 'firstByteMs' });
+      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: socket.remoteAddress });
+      answerAndClose(socket, 'RequestTimeout');
+    },
+  });
   server.on('connection', (socket: Socket) => {
+    httpConnections.accepted(socket);
     sockets.add(socket);
     socket.on('close', () => {
       sockets.delete(socket);
@@ -73,7 +115,6 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   }
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
-  const metrics = new RelayMetrics(config.nodeId);
   const jetstream = createJetStream(bus, config, log);
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics);
   const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
@@ -142,7 +183,12 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   };
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    httpConnections.upgraded(socket as Socket);
     const r = route(req.url);
+    if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
+      socket.on('error', () => socket.destroy());
+      return failEdgeUpgrade(socket, 'WebSocketVersionUnsupported', undefined, { 'Sec-WebSocket-Version': '13' });
+    }
     if (r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') {
       const action = r.kind === 'hybrid-ws' ? r.params.get('sb-hc-action') : null;
       const refused = admit(req, socket, action === 'accept' || action === 'request');
@@ -157,8 +203,18 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
   });
 
-  server.on('clientError', (_err, socket: Duplex) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+  // A request Node could not take: a head over MAX_HEADER_BYTES (431), not
+  // complete within timeouts.headersMs (408), or malformed (400). Answered
+  // only while no response of the connection has begun: bytes written into a
+  // response would corrupt it.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const code = clientErrorCode(err.code);
+    if (code === 'RequestTimeout') {
+      metrics.limitRefusals.inc({ limit: 'headersMs' });
+      log.warn({ event: 'limit.reached', limit: 'headersMs', address: (socket as Socket).remoteAddress });
+    }
+    const inFlight = (socket as { _httpMessage?: { headersSent: boolean } })._httpMessage;
+    if (socket.writable && !inFlight?.headersSent) answerAndClose(socket, code);
     else socket.destroy();
   });
 
@@ -196,6 +252,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
       if (left.sockets > 0 || left.sessions > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
       hybrid.finishShutdown();
       pubsub.finishShutdown();
+      httpConnections.close();
       for (const s of sockets) s.destroy();
       await stopped;
       status.close();

@@ -1,6 +1,9 @@
 // Where a request goes, from its path alone (docs/architecture.md, "Surfaces on
 // the one port"). The raw request-target is split by hand: it is hostile input, and
-// WHATWG URL parsing would read "//host/x" as a host.
+// WHATWG URL parsing would read "//host/x" as a host. A path with dot segments
+// is refused: tokens are checked against the path as sent, and a listener that
+// resolved `/echo/a/../../b` would serve a path no token covered.
+import { hasDotSegment } from '../auth/dot-segments.ts';
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
@@ -37,6 +40,7 @@ export function route(rawUrl: string | undefined): Route {
   const q = url.indexOf('?');
   const rawPath = q < 0 ? url : url.slice(0, q);
   const rawQuery = q < 0 ? '' : url.slice(q + 1);
+  if (hasDotSegment(rawPath)) return { kind: 'bad-request' };
   let segments: string[];
   try {
     segments = rawPath.split('/').slice(1).map((s) => decodeURIComponent(s));

@@ -4,9 +4,27 @@
 // from the peer is answered (unless the relay's went first) and the relay's
 // side of the TCP stream is ended. Every endpoint the relay terminates uses
 // this: pub/sub sockets (message-socket.ts), spliced legs (frame-splice.ts)
-// and HTTP-mode rendezvous legs (hybrid/http-exchange.ts).
+// and HTTP-mode rendezvous legs (hybrid/http-exchange.ts). What a peer's close
+// frame may carry (RFC 6455 5.5.1, 7.4) is checked here too, by the frame
+// parser all of them share: a broken one is a protocol error, never passed on.
+import { isUtf8 } from 'node:buffer';
 import type { Duplex } from 'node:stream';
 import { CLOSE_NO_STATUS, CLOSE_PROTOCOL_ERROR, OP_CLOSE, decodeClosePayload, encodeClosePayload, encodeFrame, isSendableCloseCode } from './frames.ts';
+
+const CLOSE_INVALID_PAYLOAD = 1007;
+
+/**
+ * Why a peer's close frame payload breaks RFC 6455, as the close code to fail
+ * with: a 1-byte payload or a code no endpoint may send (1005, 1006, 1015,
+ * unassigned ones) is 1002; a reason that is not UTF-8 is 1007.
+ */
+export function closePayloadProblem(payload: Buffer): { code: number; reason: string } | undefined {
+  if (payload.length === 0) return undefined;
+  if (payload.length === 1) return { code: CLOSE_PROTOCOL_ERROR, reason: 'close frame with a 1-byte payload' };
+  if (!isSendableCloseCode(payload.readUInt16BE(0))) return { code: CLOSE_PROTOCOL_ERROR, reason: 'invalid close code' };
+  if (!isUtf8(payload.subarray(2))) return { code: CLOSE_INVALID_PAYLOAD, reason: 'close reason is not UTF-8' };
+  return undefined;
+}
 
 export class CloseHandshake {
   /** The relay's close frame went out (or the socket was dropped instead). */

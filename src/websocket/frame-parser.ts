@@ -1,8 +1,10 @@
 // A streaming RFC 6455 frame parser for the legs the relay splices itself.
 // It never reassembles messages: data-frame payload is handed on in the chunks
 // it arrived in, unmasked in place, so a frame of any size costs no buffering.
-// Control frames (at most 125 bytes) are handed on whole.
+// Control frames (at most 125 bytes) are handed on whole; a close frame only
+// when its payload is valid (close-handshake.ts, closePayloadProblem).
 import { createRequire } from 'node:module';
+import { closePayloadProblem } from './close-handshake.ts';
 import {
   CLOSE_PROTOCOL_ERROR,
   CLOSE_TOO_BIG,
@@ -158,6 +160,8 @@ export class FrameParser {
     this.state = READ_HEADER;
     const payload = this.controlChunks.length === 1 ? this.controlChunks[0] : Buffer.concat(this.controlChunks);
     this.controlChunks = [];
+    const problem = this.opcode === OP_CLOSE ? closePayloadProblem(payload) : undefined;
+    if (problem) return this.fail(problem.code, problem.reason);
     this.handler.onControlFrame(this.opcode, payload);
   }
 

@@ -4,11 +4,14 @@
 // reassembling messages. Each leg's ping/pong is answered by the relay; a close
 // on one leg closes the other with the same code. Backpressure is TCP-like: a
 // direction stops reading when its destination has `highWaterMark` bytes queued
-// and resumes on 'drain', so memory per splice stays bounded.
+// and resumes on 'drain', so memory per splice stays bounded. The relay's own
+// answers are bounded the same way: a leg that pings and does not read its
+// pongs is not read while `highWaterMark` bytes are queued back to it (a
+// sender flooding pings without reading grew the relay by 155 MB, issue 18).
 import type { Duplex } from 'node:stream';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import { CLOSE_NO_STATUS, OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader, isSendableCloseCode } from './frames.ts';
+import { OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader } from './frames.ts';
 
 export interface SpliceOptions {
   highWaterMark: number;
@@ -36,7 +39,10 @@ class Direction implements FrameHandler {
   private midFrameRemaining = 0;
   /** A control frame waiting for the current frame to finish. */
   pendingControl: Buffer | undefined;
-  paused = false;
+  /** Not reading `from`: `to` has highWaterMark bytes queued. */
+  private waitingForDestination = false;
+  /** Not reading `from`: it has highWaterMark bytes queued back to it (pongs it does not read). */
+  private waitingForSource = false;
 
   constructor(
     readonly name: 'a' | 'b',
@@ -76,7 +82,12 @@ class Direction implements FrameHandler {
 
   onControlFrame(opcode: number, payload: Buffer): void {
     if (opcode === OP_PING) {
-      if (!this.splice.closing) this.splice.writeControl(this.from, encodeFrame(true, OP_PONG, payload));
+      if (this.splice.closing) return;
+      this.splice.writeControl(this.from, encodeFrame(true, OP_PONG, payload));
+      if (!this.waitingForSource && this.from.writableLength >= this.splice.highWaterMark) {
+        this.waitingForSource = true;
+        this.updateReading();
+      }
     } else if (opcode === OP_CLOSE) {
       this.splice.onCloseFrame(this, payload);
     }
@@ -89,18 +100,36 @@ class Direction implements FrameHandler {
 
   private write(buf: Buffer): void {
     this.to.write(buf);
-    if (!this.paused && this.to.writableLength >= this.splice.highWaterMark) {
-      this.paused = true;
-      this.from.pause();
+    if (!this.waitingForDestination && this.to.writableLength >= this.splice.highWaterMark) {
+      this.waitingForDestination = true;
+      this.updateReading();
     }
   }
 
-  /** The destination drained: read again. */
+  /** The destination drained: read again (unless the source's own queue is full). */
   onDrain(): void {
-    if (this.paused) {
-      this.paused = false;
-      this.from.resume();
-    }
+    if (!this.waitingForDestination) return;
+    this.waitingForDestination = false;
+    this.updateReading();
+  }
+
+  /** The source drained its queue of answers. */
+  onSourceDrain(): void {
+    if (!this.waitingForSource) return;
+    this.waitingForSource = false;
+    this.updateReading();
+  }
+
+  /** Closing: read both legs again so their close frames are seen. */
+  resumeForClose(): void {
+    this.waitingForDestination = false;
+    this.waitingForSource = false;
+    this.updateReading();
+  }
+
+  private updateReading(): void {
+    if (this.waitingForDestination || this.waitingForSource) this.from.pause();
+    else this.from.resume();
   }
 }
 
@@ -139,7 +168,10 @@ export class FrameSplice {
         dir.parser.push(chunk);
         dir.to.uncork();
       });
-      socket.on('drain', () => drainDir.onDrain());
+      socket.on('drain', () => {
+        drainDir.onDrain();
+        dir.onSourceDrain();
+      });
       socket.on('end', () => this.onSocketGone(dir.name));
       socket.on('close', () => this.onSocketClosed(dir.name));
       socket.on('error', () => socket.destroy());
@@ -175,11 +207,8 @@ export class FrameSplice {
       handshake.receive(payload);
       return;
     }
-    let { code, reason } = decodeClosePayload(payload);
-    if (code !== CLOSE_NO_STATUS && !isSendableCloseCode(code)) {
-      code = 1002;
-      reason = 'invalid close code';
-    }
+    // The parser passes only valid close frames (close-handshake.ts, closePayloadProblem).
+    const { code, reason } = decodeClosePayload(payload);
     this.beginClose(dir.name, code, reason);
     this.sendClose(dir.to, code, reason);
     if (this.midFrameTo(dir.from)) handshake.abort();
@@ -208,8 +237,8 @@ export class FrameSplice {
     this.closing = true;
     this.result = { code, reason, closedBy: by };
     // Nothing more is forwarded; let both legs drain into their close frames.
-    this.aToB.onDrain();
-    this.bToA.onDrain();
+    this.aToB.resumeForClose();
+    this.bToA.resumeForClose();
   }
 
   /** A leg's TCP stream ended (FIN) or closed without a close frame. */

@@ -19,6 +19,15 @@ export interface UpgradeRequest {
   protocols: string[];
 }
 
+/**
+ * True when the request asks for a WebSocket version other than 13: it is
+ * answered 426 with `Sec-WebSocket-Version: 13` (RFC 6455 4.2.2), not 400.
+ */
+export function asksOtherVersion(req: IncomingMessage): boolean {
+  const version = req.headers['sec-websocket-version'];
+  return version !== undefined && version !== '13';
+}
+
 /** Checks a request is a well-formed WebSocket version 13 upgrade. */
 export function parseUpgradeRequest(req: IncomingMessage): UpgradeRequest | undefined {
   if (req.method !== 'GET') return undefined;
@@ -48,13 +57,14 @@ export function safeReason(text: string | undefined, status: number): string {
   return cleaned || STATUS_CODES[status] || 'Error';
 }
 
-/** Answers an upgrade request with an HTTP error and closes the socket. */
-export function writeUpgradeError(socket: Duplex, status: number, reason?: string, code?: string): void {
+/** Answers an upgrade request with an HTTP error (and `headers`, names and values the caller's own) and closes the socket. */
+export function writeUpgradeError(socket: Duplex, status: number, reason?: string, code?: string, headers: Record<string, string> = {}): void {
   if (socket.destroyed) return;
   const phrase = safeReason(reason, status);
   const body = JSON.stringify({ code: code ?? phrase, message: phrase }) + '\n';
+  const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
   socket.end(
-    `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\nContent-Type: application/json\r\n` +
+    `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\n${extra}Content-Type: application/json\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
 }

@@ -7,6 +7,11 @@
 // (a fan-out burst costs one syscall per socket, not one per event).
 // Messages are reassembled up to `maxMessageBytes`; text is checked to be
 // UTF-8 (RFC 6455 8.1). The close handshake is close-handshake.ts.
+// What the peer sends is not read while `outboundHighWaterMark` bytes are
+// queued to it: every answer the relay writes (pongs, acks, `pong` messages)
+// is bounded like data, since a peer that does not read cannot make the
+// relay queue answers for it (a flood of pings or acked requests grew the
+// relay by 60 to 150 MB, issue 18).
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
 import { CloseHandshake } from './close-handshake.ts';
@@ -27,6 +32,8 @@ export interface MessageSocketEvents<Owner> {
 
 export interface MessageSocketOptions {
   maxMessageBytes: number;
+  /** Bytes queued to the peer past which the peer is not read until the queue drains. */
+  outboundHighWaterMark: number;
   /** How long to wait for the peer's close frame before dropping the socket. */
   closeHandshakeMs: number;
 }
@@ -91,6 +98,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Frames written this turn, not yet handed to the socket. */
   private outbox: Buffer[] | undefined;
   private outboxBytes = 0;
+  /** Not reading the peer: outboundHighWaterMark bytes are queued to it. */
+  private readingPaused = false;
 
   /**
    * `owner` is whatever the caller keeps per connection (events get it back
@@ -107,8 +116,18 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.closing = new CloseHandshake(socket, options.closeHandshakeMs);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
-    socket.on('drain', () => this.events.onDrain(this));
+    socket.on('drain', () => {
+      if (this.readingPaused) {
+        this.readingPaused = false;
+        socket.resume();
+      }
+      this.events.onDrain(this);
+    });
     socket.on('error', () => socket.destroy());
+    // The peer ended its side without a close frame: nothing more will come, so the connection ends at once (abnormal closure).
+    socket.on('end', () => {
+      if (!this.closing.received) socket.destroy();
+    });
     socket.on('close', () => this.reportClosed());
   }
 
@@ -195,6 +214,12 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private receive(chunk: Buffer): void {
     this.lastReceivedAt = Date.now();
     this.parser.push(chunk);
+    // A queue this long is written as one buffer of at least the socket's own
+    // high-water mark (16 KiB), so 'drain' follows once the peer reads it.
+    if (!this.readingPaused && this.bufferedBytes >= this.options.outboundHighWaterMark && !this.socket.destroyed) {
+      this.readingPaused = true;
+      this.socket.pause();
+    }
   }
 
   // FrameHandler

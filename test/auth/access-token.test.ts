@@ -73,3 +73,12 @@ describe('reliable session buffer', () => {
     assert.ok(!s.tokenMatches('x'));
   });
 });
+
+describe('audiences with dot segments', () => {
+  it('match nothing, however they resolve', () => {
+    assert.equal(audienceMatches('http://h/client/hubs/chat', ['/client/hubs/chat'], ['h']), true);
+    for (const aud of ['http://h/client/hubs/chat/x/..', 'http://h/client/hubs/x/../chat', 'http://h/client/hubs/%2e/chat', 'http://h/client\\hubs\\x\\..\\chat']) {
+      assert.equal(audienceMatches(aud, ['/client/hubs/chat'], ['h']), false, aud);
+    }
+  });
+});

@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
 import { SasAuthorizer, resourceCovers } from '../../src/auth/sas-authorizer.ts';
 import { createSasToken, parseSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
+import { route } from '../../src/server/router.ts';
 
 const require = createRequire(import.meta.url);
 const hycoWs = require('hyco-ws') as { createRelayToken(uri: string, keyName: string, key: string, ttl?: number): string };
@@ -71,5 +72,22 @@ describe('SAS scope', () => {
     for (const bad of ['SharedAccessSignature ', 'SharedAccessSignature sr=%&sig=a&se=1&skn=k', 'SharedAccessSignature sr=a&sr=b&sig=a&se=1&skn=k', 'SharedAccessSignature sr=a&sig=a&se=abc&skn=k', 'x'.repeat(10000)]) {
       assert.equal(check(bad, 'Send').ok, false, bad.slice(0, 40));
     }
+  });
+});
+
+describe('dot segments never widen a scope', () => {
+  it('a resource with a . or .. segment, encoded or not, covers nothing', () => {
+    for (const resource of ['http://h/echo/a/..', 'http://h/echo/a/%2e%2e', 'http://h/echo/a/.%2E/', 'http://h/echo/./a', 'http://h/echo\\a\\..', 'http://h/echo/a%2F..', 'http://h/..']) {
+      assert.equal(resourceCovers(resource, ['echo', 'b'], ['h']), false, resource);
+      assert.equal(resourceCovers(resource, ['echo'], ['h']), false, resource);
+    }
+    assert.equal(resourceCovers('http://h/echo/a..b/.c', ['echo', 'a..b', '.c'], ['h']), true, 'dots inside a segment are names');
+  });
+
+  it('a request path with a . or .. segment is refused before routing', () => {
+    for (const target of ['/echo/a/../../other/x', '/echo/%2e%2e/x', '/echo/.%2e', '/echo/./x', '/echo/a\\..\\..\\x', '/echo/a%5c..', '/api/hubs/chat/groups/%2E%2E/:send']) {
+      assert.equal(route(target).kind, 'bad-request', target);
+    }
+    assert.equal(route('/echo/a..b/.x').kind, 'hybrid-http');
   });
 });

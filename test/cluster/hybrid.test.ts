@@ -144,6 +144,27 @@ describe('hybrid connections across nodes', () => {
     assert.ok(counts.a > 0 && counts.c > 0, `both nodes' listeners served: A ${counts.a}, C ${counts.c}`);
   });
 
+  it('a listener on A that drops its control channel after the accept fails the sender on B at once (502 ListenerGone)', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/dropper?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = senderUrl(b, 'dropper');
+    const started = Date.now();
+    const outcome = (async () => {
+      for (const deadline = Date.now() + 5000; ; ) {
+        const got = await dial(url, tokenFor(url));
+        if (got.code !== 'NoListener' || Date.now() > deadline) return got;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    await listener.next();
+    listener.close();
+    const got = await outcome;
+    got.ws?.terminate();
+    assert.deepEqual([got.status, got.code], [502, 'ListenerGone']);
+    assert.ok(Date.now() - started < ACCEPT_MS / 2, 'answered long before the accept timeout');
+  });
+
   it('with no listener anywhere the sender gets the one-node answer at once, not the accept timeout', async () => {
     const url = senderUrl(b, 'echo');
     const started = Date.now();

@@ -4,10 +4,12 @@
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { afterEach, describe, it, type TestContext } from 'node:test';
+import { createSasToken } from '../../src/auth/sas-token.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const FAST = {
@@ -162,6 +164,23 @@ describe('rendezvous', () => {
     assert.ok(status === 404 || status === 410, `status ${status}`);
   });
 
+  it('fails the sender with 502 at once when the listener drops its control channel after the accept', async (t) => {
+    const r = await relayFor(t, { timeouts: { ...FAST.timeouts, acceptMs: 20000 } });
+    for (const drop of ['terminate', 'close'] as const) {
+      const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+      t.after(() => l.close());
+      const senderUrl = send(r);
+      const started = Date.now();
+      const sender = openWebSocket(senderUrl, auth(tokenFor(senderUrl)));
+      sender.catch(() => {});
+      await l.next();
+      if (drop === 'terminate') l.close();
+      else l.ws.close(1000);
+      await assert.rejects(sender, (err: { status?: number }) => err.status === 502, drop);
+      assert.ok(Date.now() - started < 5000, `${drop}: answered long before the 20 s accept timeout`);
+    }
+  });
+
   it('fails the sender with 504 when no listener answers in time', async (t) => {
     const r = await relayFor(t);
     const { next } = await listenerAndSender(t, r);
@@ -186,6 +205,7 @@ describe('rendezvous', () => {
 describe('control channel messages', () => {
   for (const [what, payload, code] of [
     ['not JSON', '{nope', 1008],
+    ['JSON nested 10,000 deep', `{"response":${'['.repeat(10000)}${']'.repeat(10000)}}`, 1008],
     ['an unknown message', JSON.stringify({ hello: {} }), 1008],
     ['a response missing fields', JSON.stringify({ response: { statusCode: 200 } }), 1008],
     ['a binary message with no response before it', Buffer.from([1, 2, 3]), 1008],
@@ -252,5 +272,61 @@ describe('HTTP mode failures', () => {
     socket.write('GARBAGE \x00\x01\x02 HTTP/9.9\r\n\r\n');
     const reply = await withTimeout(new Promise<string>((res) => socket.once('data', (d) => res(String(d)))), 3000, 'reply');
     assert.match(reply, /^HTTP\/1.1 400/);
+  });
+});
+
+describe('WebSocket handshakes the relay will not complete', () => {
+  it('answers a Sec-WebSocket-Version other than 13 with 426 and the version it speaks, on every WebSocket address', async (t) => {
+    const r = await relayFor(t);
+    const paths = ['/$hc/open?sb-hc-action=connect', '/$hc/echo?sb-hc-action=listen', '/client/hubs/chat'];
+    for (const path of paths) {
+      for (const version of ['8', '14', '13, 8']) {
+        const up = await rawUpgrade(t, Number(new URL(r.url).port), path, { 'Sec-WebSocket-Version': version });
+        assert.equal(up.status, 426, `${path} with version ${version}`);
+        assert.match(up.head, /\r\nSec-WebSocket-Version: 13\r\n/i);
+      }
+    }
+  });
+
+  it('keeps a subprotocol the sender did not offer from reaching it', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    for (const senderOffers of [['p1'], []]) {
+      const sender = openWebSocket(send(r, 'open'), { protocols: senderOffers });
+      sender.catch(() => {});
+      const { accept } = await l.next();
+      assert.equal(await upgradeStatus(accept.address, { protocols: ['evil'] } as never), 400, 'the listener leg is refused');
+      await assert.rejects(sender, (err: { status?: number }) => err.status === 502, `sender offering ${senderOffers.join(',') || 'nothing'}`);
+    }
+    // A listener leg offering one the sender offered among others gets that one.
+    const sender = openWebSocket(send(r, 'open'), { protocols: ['p1', 'p2'] });
+    const { accept } = await l.next();
+    const leg = await openWebSocket(accept.address, { protocols: ['x', 'p2'] });
+    t.after(() => leg.terminate());
+    const s = await sender;
+    t.after(() => s.terminate());
+    assert.deepEqual([s.protocol, leg.protocol], ['p2', 'p2']);
+  });
+});
+
+describe('dot segments in HTTP mode', () => {
+  it('refuses a request path that would resolve outside its token scope with 400, before the listener sees it', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    // A token scoped to /echo/a, for paths that a resolving listener would read as /other/x.
+    const scoped = tokenFor(`${r.url}/echo/a`);
+    for (const path of ['/echo/a/../../other/x', '/echo/a/%2e%2e/%2E%2E/other/x', '/echo/a/..%5C..%5Cother']) {
+      // Written by hand: a URL-parsing client would resolve the dots itself.
+      const socket = await tcp(t, Number(new URL(r.url).port));
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${scoped}\r\n\r\n`);
+      const answer = await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, path);
+      assert.match(answer.toString('latin1'), /^HTTP\/1\.1 400 /, path);
+    }
+    // A token whose own resource has dot segments covers nothing.
+    const widened = createSasToken(`${r.url}/echo/a/..`, 'root', ROOT_KEY, Math.floor(Date.now() / 1000) + 60);
+    assert.equal((await httpRequest(`${r.url}/echo/b`, { headers: { ServiceBusAuthorization: widened } })).status, 403);
+    await assert.rejects(l.next(300), /timed out/, 'no request reached the listener');
   });
 });

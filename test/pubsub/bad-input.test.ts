@@ -89,6 +89,22 @@ describe('pub/sub bad input', () => {
     assert.equal((await c.request({ type: 'joinGroup', group: 'fine' })).success, true);
   });
 
+  it('answers ackIds it cannot remember exactly (past 2^53 - 1, negative, fractional) with BadRequest, echoing them as written', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const raw: string[] = [];
+    c.ws.on('message', (data) => raw.push(String(data)));
+    for (const ackId of ['9007199254740992', '9007199254740993', '18446744073709551615', '-1', '1.5', '1e400']) {
+      c.send(`{"type":"joinGroup","group":"g","ackId":${ackId}}`);
+      await until(() => raw.some((m) => m.includes(`"ackId":${ackId},`)), 5000, `the ack for ${ackId}`);
+      const ack = JSON.parse(raw.find((m) => m.includes(`"ackId":${ackId},`))!);
+      assert.deepEqual([ack.type, ack.success, ack.error.name], ['ack', false, 'BadRequest'], ackId);
+    }
+    assert.deepEqual([...relay.pubsub.hub(HUB)!.local.connections.values()][0].groups.size, 0, 'none was processed');
+    const largest = await c.request({ type: 'joinGroup', group: 'g', ackId: Number.MAX_SAFE_INTEGER });
+    assert.equal(largest.success, true, '2^53 - 1 is a valid ackId');
+  });
+
   it('keeps odd group names apart, and hubs apart', async (t) => {
     const relay = await startPubSubRelay(t);
     const names = ['a', 'a.b', 'a.*', 'a.>', '*', '>', 'a b', 'ü.☃', 'a/b', 'A'];

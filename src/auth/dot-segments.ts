@@ -1,0 +1,28 @@
+// Dot segments (`.`, `..`) in a token's resource or audience, or in a request
+// path, never widen what a token covers: a URL parser resolves them (so
+// `http://h/echo/a/..` read as the whole of `echo`), and a listener that
+// resolves `/echo/a/../../b` sees a path no token named. Such paths are
+// refused before any scope check (issue 18). Percent-encoded dots count, and
+// `\` counts as a separator, as WHATWG URL parsers (and so many listeners)
+// read it for http(s).
+
+const SEPARATOR = /[/\\]/;
+
+/** True when `rawPath` (as sent, still percent-encoded) has a `.` or `..` segment. */
+export function hasDotSegment(rawPath: string): boolean {
+  for (const piece of rawPath.split(SEPARATOR)) {
+    let decoded = piece;
+    try {
+      decoded = decodeURIComponent(piece);
+    } catch {
+      // Not percent-encoding: compared as sent.
+    }
+    for (const part of decoded.split(SEPARATOR)) if (part === '.' || part === '..') return true;
+  }
+  return false;
+}
+
+/** The path of an absolute URL as written, before any parser resolves it ('' when there is none). */
+export function rawUrlPath(url: string): string {
+  return /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/\\?#]*([^?#]*)/.exec(url)?.[1] ?? '';
+}

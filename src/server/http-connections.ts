@@ -1,0 +1,71 @@
+// Plain HTTP connections of an edge node, before any WebSocket upgrade: how
+// many are open (limits.httpConnectionsPerNode: past it a new one is answered
+// 503 and closed before its request is read) and which have sent nothing yet
+// (timeouts.firstByteMs: one shared timer closes them with 408). Node's own
+// headers timeout (timeouts.headersMs, set on the server) bounds the rest of
+// a request head. Slowloris held sockets forever: 1,000 connections that
+// never sent a byte, or 100 sending a header line every 5 s, all stayed and
+// counted against nothing (issue 18, defect 5). A connection that upgrades
+// leaves this count for the WebSocket one (limits.connectionsPerNode); a
+// request whose head is complete may stream its body for as long as it likes.
+import type { Socket } from 'node:net';
+
+export interface HttpConnectionEvents {
+  /** A new connection past the limit: answer and close it. */
+  refused(socket: Socket, open: number): void;
+  /** A connection that sent no byte within firstByteMs: answer and close it. */
+  silent(socket: Socket): void;
+}
+
+export class HttpConnections {
+  /** Every plain connection, and when it was accepted (ms since epoch) while it has sent nothing. */
+  private readonly plain = new Set<Socket>();
+  private readonly silentSince = new Map<Socket, number>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly limit: number,
+    private readonly firstByteMs: number,
+    private readonly events: HttpConnectionEvents,
+  ) {
+    // A quarter of the bound: a silent connection is closed within 1.25 times it.
+    this.timer = setInterval(() => this.closeSilent(), Math.max(25, Math.floor(firstByteMs / 4)));
+    this.timer.unref();
+  }
+
+  get size(): number {
+    return this.plain.size;
+  }
+
+  /** A new TCP connection: counted, or refused when the node holds `limit` already. */
+  accepted(socket: Socket, now = Date.now()): void {
+    if (this.plain.size >= this.limit) return this.events.refused(socket, this.plain.size);
+    this.plain.add(socket);
+    this.silentSince.set(socket, now);
+    socket.once('close', () => this.forget(socket));
+  }
+
+  /** The connection became a WebSocket: it counts as one from now on. */
+  upgraded(socket: Socket): void {
+    this.forget(socket);
+  }
+
+  private forget(socket: Socket): void {
+    this.plain.delete(socket);
+    this.silentSince.delete(socket);
+  }
+
+  private closeSilent(now = Date.now()): void {
+    for (const [socket, since] of this.silentSince) {
+      if (socket.bytesRead > 0) this.silentSince.delete(socket);
+      else if (now - since >= this.firstByteMs) {
+        this.silentSince.delete(socket);
+        this.events.silent(socket);
+      }
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+  }
+}

@@ -1,0 +1,151 @@
+// HTTP mode: the relay frames the body of a listener's response itself
+// (issue 18, defect 1). A listener's Content-Length passes only as one number
+// and the relay holds the body to it: a body that runs past it or stops short
+// cuts the sender's connection, so no listener can make a sender on a
+// keep-alive connection read a forged response, or wait for bytes that never
+// come. Read off the wire with a raw keep-alive client.
+import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { maskedFrame, rawUpgrade, readToClose, readUntil, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+
+const INJECTED = 'okHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: yes\r\n\r\ninjected';
+
+async function relayWithListener(t: TestContext): Promise<{ relay: RunningRelay; listener: RawListener }> {
+  const relay = await startTestRelay(t, {
+    hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+    timeouts: { httpResponseMs: 5000 },
+  });
+  const url = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+  const listener = await RawListener.connect(url, tokenFor(url));
+  t.after(() => listener.close());
+  return { relay, listener };
+}
+
+/** Writes one request on a kept-alive raw connection. */
+function ask(socket: Socket, path: string, method = 'GET'): void {
+  socket.write(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+}
+
+/** Answers the next request on the control channel with `headers` and, when given, `body`. */
+async function answer(listener: RawListener, headers: Record<string, unknown>, body?: string): Promise<void> {
+  const { request } = await listener.next();
+  listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: headers, body: body !== undefined } }));
+  if (body !== undefined) listener.ws.send(Buffer.from(body));
+}
+
+const statusLines = (bytes: Buffer) => bytes.toString('latin1').match(/HTTP\/1\.1 \d{3}/g) ?? [];
+
+describe('HTTP mode: the relay frames response bodies', () => {
+  it('cuts a body longer than its Content-Length instead of letting the rest read as a second response', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/a');
+    await answer(listener, { 'content-length': '2' }, INJECTED);
+    const seen = await readUntilCloseOr(sender, (b) => statusLines(b).length > 1, 5000, 'the cut connection');
+    assert.ok(statusLines(seen.bytes).length <= 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
+    assert.ok(seen.closed);
+  });
+
+  it('refuses two different Content-Length values (in any spelling) with 502', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    for (const headers of [{ 'content-length': ['2', '50'] }, { 'Content-Length': '2', 'content-length': '50' }, { 'content-length': '-1' }, { 'content-length': '1e3' }]) {
+      const sender = await tcp(t, relay.port);
+      ask(sender, '/open/b');
+      await answer(listener, headers, 'ok');
+      const seen = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, '502');
+      assert.match(seen.toString('latin1'), /^HTTP\/1\.1 502 /, JSON.stringify(headers));
+      assert.equal(seen.toString('latin1').match(/content-length/gi)?.length, 1, 'one Content-Length, the relay\'s own');
+    }
+  });
+
+  it('cuts at once a body that ends short of its Content-Length, rather than leaving the sender waiting', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/c');
+    await answer(listener, { 'content-length': '1000' }, 'short');
+    // The keep-alive timeout (5 s) would end it too: the cut must come well before.
+    await readToClose(sender, 2000, 'the cut connection');
+  });
+
+  it('relays a body of its declared length and keeps the connection for the next request', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/d');
+    await answer(listener, { 'Content-Length': 5, 'content-type': 'text/plain' }, 'hello');
+    const first = await readUntil(sender, (b) => b.toString('latin1').endsWith('hello'), 5000, 'first response');
+    assert.match(first.toString('latin1'), /^HTTP\/1\.1 200 OK\r\n[\s\S]*content-length: 5\r\n/i);
+    ask(sender, '/open/e', 'HEAD');
+    await answer(listener, { 'content-length': '100' });
+    const second = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'HEAD response');
+    assert.match(second.toString('latin1'), /^HTTP\/1\.1 200 OK\r\n[\s\S]*content-length: 100\r\n/i);
+    ask(sender, '/open/f');
+    await answer(listener, {}, 'chunked by the relay');
+    const third = await readUntil(sender, (b) => b.toString('latin1').endsWith('0\r\n\r\n'), 5000, 'chunked response');
+    assert.match(third.toString('latin1'), /transfer-encoding: chunked[\s\S]*chunked by the relay/i);
+  });
+
+  it('holds a response sent on the rendezvous to its Content-Length too', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/g');
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    assert.equal(leg.status, 101);
+    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: { 'content-length': '2' }, body: true } })));
+    leg.socket.write(maskedFrame(0x2, 'ok', false));
+    leg.socket.write(maskedFrame(0x0, INJECTED.slice(2), true));
+    const seen = await readUntilCloseOr(sender, (b) => statusLines(b).length > 1, 5000, 'the cut connection');
+    assert.ok(statusLines(seen.bytes).length <= 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
+    assert.ok(seen.closed);
+  });
+});
+
+describe('HTTP mode: the response head waits for its body', () => {
+  async function quickRelay(t: TestContext) {
+    const relay = await startTestRelay(t, {
+      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+      timeouts: { httpResponseMs: 500 },
+    });
+    const url = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(url, tokenFor(url));
+    t.after(() => listener.close());
+    return { relay, listener };
+  }
+
+  it('gives 504 ResponseTimeout when a head promising a body on the control channel is never followed by it', async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const pending = httpRequest(`${relay.url}/open/promise`, { timeoutMs: 5000 });
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: true } }));
+    const res = await pending;
+    assert.equal(res.status, 504);
+    assert.equal(JSON.parse(String(res.body)).code, 'ResponseTimeout');
+  });
+
+  it('gives 504 ResponseTimeout when a head promising a body on the rendezvous is never followed by it', async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const pending = httpRequest(`${relay.url}/open/promise`, { timeoutMs: 5000 });
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: true } })));
+    const res = await pending;
+    assert.equal(res.status, 504);
+  });
+
+  it("says Bad Gateway in the status line of a 502 for a head Node refuses, whatever the listener's reason phrase", async (t) => {
+    const { relay, listener } = await quickRelay(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/euro');
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, statusDescription: 'Fine', responseHeaders: { 'x-price': '5 €' } } }));
+    const seen = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
+    assert.match(seen.toString('latin1'), /^HTTP\/1\.1 502 Bad Gateway\r\n/);
+  });
+});

@@ -1,0 +1,77 @@
+// Group patterns in roles (docs/protocols/web-pubsub.md, "Access tokens"):
+// `*` any run within one dot-segment, `**` any run across segments, `?` one
+// character other than `.`, everything else literal. Matching reads the name
+// once without backtracking, so a hostile group name against any pattern
+// answers in milliseconds (issue 18, defect 4: the RegExp it replaced took
+// 1.9 s for a 360-character name and grew as n^4).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConnectionPermissions, GroupPattern } from '../../src/pubsub/permissions.ts';
+
+/** A wide correctness bound, not a benchmark: the machine may be loaded. */
+const WORST_CASE_MS = 200;
+
+describe('group patterns', () => {
+  for (const [pattern, name, expected] of [
+    ['a.*', 'a.b', true],
+    ['a.*', 'a.', true],
+    ['a.*', 'a.b.c', false],
+    ['a.**', 'a.b.c', true],
+    ['a.**', 'a.', true],
+    ['a.**', 'a', false],
+    ['**', '', true],
+    ['*', '', true],
+    ['*', '.', false],
+    ['?', 'x', true],
+    ['?', '.', false],
+    ['?', '', false],
+    ['?', 'é', true],
+    ['?', '😀', true],
+    ['a?c', 'abc', true],
+    ['a?c', 'abbc', false],
+    ['x*y*z', 'xAyBz', true],
+    ['x*y*z', 'xA.yBz', false],
+    ['x**z', 'xA.yB.z', true],
+    ['***', 'a.b', true],
+    ['a**b', 'a.x.b', true],
+    ['a**b', 'a.x.c', false],
+    ['*.*', 'a.b', true],
+    ['*.*', 'ab', false],
+    ['a+', 'aa', false],
+    ['a+', 'a+', true],
+    ['[a]', 'a', false],
+    ['logs.**.err', 'logs.a.b.err', true],
+    ['logs.**.err', 'logs.err', false],
+    ['logs.**err', 'logs.err', true],
+  ] as const) {
+    it(`'${pattern}' ${expected ? 'matches' : 'does not match'} '${name}'`, () => {
+      assert.equal(new GroupPattern(pattern).matches(name), expected);
+    });
+  }
+
+  it('answers the worst patterns against 1024-character names in milliseconds', () => {
+    const cases: [string, string][] = [
+      ['*-*-*-*', '-'.repeat(1023) + '.'],
+      ['*-*-*-*-*-*-*-*', '-'.repeat(1023) + '.'],
+      ['**-**-**-**x', '-'.repeat(1023) + '.'],
+      ['*?*?*?*?*?*?b', 'a'.repeat(1024)],
+      ['**a'.repeat(300) + 'b', 'a'.repeat(1024)],
+      ['*.'.repeat(500) + 'x', 'a.'.repeat(512)],
+    ];
+    for (const [pattern, name] of cases) {
+      const compiled = new GroupPattern(pattern);
+      const started = process.hrtime.bigint();
+      assert.equal(compiled.matches(name), false);
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      assert.ok(ms < WORST_CASE_MS, `'${pattern.slice(0, 20)}…' against a ${name.length}-character name took ${ms.toFixed(1)} ms`);
+    }
+  });
+
+  it('answers a role check with a hostile name in milliseconds', () => {
+    const permissions = new ConnectionPermissions(['webpubsub.joinLeaveGroups.*-*-*-*']);
+    const started = process.hrtime.bigint();
+    assert.equal(permissions.allows('joinLeaveGroup', '-'.repeat(1023) + '.'), false);
+    assert.ok(Number(process.hrtime.bigint() - started) / 1e6 < WORST_CASE_MS);
+    assert.equal(permissions.allows('joinLeaveGroup', 'a-b-c-d'), true);
+  });
+});

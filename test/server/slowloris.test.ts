@@ -1,0 +1,125 @@
+// Connections that hold the port without completing a request (issue 18,
+// defect 5: with requestTimeout 0 Node also turned off its headers timeout,
+// so a connection that never sent a byte, or sent one header line every few
+// seconds, stayed forever and counted against no limit). A request head must
+// arrive within timeouts.headersMs and a first byte within
+// timeouts.firstByteMs (both answered 408 and closed); plain HTTP connections
+// count against limits.httpConnectionsPerNode (503 past it); a head over
+// 16 KiB is 431. A request whose head arrived streams its body as long as it
+// likes, and WebSockets are not bound by either timeout.
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { describe, it } from 'node:test';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { readToClose, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
+import { metricValue, startTestRelay } from '../helpers/relay.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+const HEADERS_MS = 600;
+const FIRST_BYTE_MS = 400;
+/** Each bound plus its check interval, widened for a loaded machine. */
+const CLOSED_WITHIN_MS = 4000;
+
+function slowRelay(t: Parameters<typeof startTestRelay>[0], limits: Record<string, unknown> = {}) {
+  return startTestRelay(
+    t,
+    pubsubOverrides({
+      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+      timeouts: { headersMs: HEADERS_MS, firstByteMs: FIRST_BYTE_MS },
+      limits,
+    }),
+  );
+}
+
+describe('slow and silent connections', () => {
+  it('answers 408 and closes a connection whose head trickles in past headersMs', async (t) => {
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    socket.write('GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+    const trickle = setInterval(() => socket.writable && socket.write('X-Slow: 1\r\n'), 150);
+    t.after(() => clearInterval(trickle));
+    const answer = await readToClose(socket, CLOSED_WITHIN_MS, 'the slow connection closed');
+    assert.match(answer.toString('latin1'), /^HTTP\/1\.1 408 /);
+    assert.match(answer.toString('latin1'), /"code":"RequestTimeout"/);
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'headersMs' }), 1);
+  });
+
+  it('answers 408 and closes a connection that never sends a byte within firstByteMs', async (t) => {
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    const started = Date.now();
+    const answer = await readToClose(socket, CLOSED_WITHIN_MS, 'the silent connection closed');
+    assert.match(answer.toString('latin1'), /^HTTP\/1\.1 408 /);
+    assert.ok(Date.now() - started >= FIRST_BYTE_MS - 50, 'not before its bound');
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'firstByteMs' }), 1);
+  });
+
+  it('refuses plain HTTP connections past httpConnectionsPerNode with 503, and serves again once they close', async (t) => {
+    const relay = await slowRelay(t, { httpConnectionsPerNode: 5 });
+    const held = await Promise.all(Array.from({ length: 5 }, () => tcp(t, relay.port)));
+    const extra = await tcp(t, relay.port);
+    const refused = await readToClose(extra, CLOSED_WITHIN_MS, 'the refused connection closed');
+    assert.match(refused.toString('latin1'), /^HTTP\/1\.1 503 [\s\S]*"code":"HttpConnectionLimitReached"/);
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerNode' }), 1);
+    for (const s of held) s.destroy();
+    await withTimeout(
+      (async () => {
+        for (;;) {
+          const res = await httpRequest(`${relay.url}/$relay/health`).catch(() => undefined);
+          if (res?.status === 200) return;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      CLOSED_WITHIN_MS,
+      'a request served again',
+    );
+  });
+
+  it('answers 431 to a request head over 16 KiB', async (t) => {
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    socket.write(`GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${'a'.repeat(20000)}\r\n\r\n`);
+    const answer = await readUntilCloseOr(socket, (b) => b.includes('\r\n\r\n'), CLOSED_WITHIN_MS, 'the answer');
+    assert.match(answer.bytes.toString('latin1'), /^HTTP\/1\.1 431 /);
+  });
+
+  it('lets a relayed request stream its body for longer than headersMs, and leaves WebSockets alone', async (t) => {
+    const relay = await slowRelay(t);
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        let bytes = 0;
+        req.on('data', (c: Buffer) => (bytes += c.length));
+        req.on('end', () => res.end(`got ${bytes}`));
+      },
+      'open',
+    );
+    const client = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
+    const reply = await withTimeout(
+      new Promise<string>((resolve, reject) => {
+        const req = request(`${relay.url}/open/upload`, { method: 'POST', headers: { 'transfer-encoding': 'chunked' }, agent: false }, (res) => {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c));
+          res.on('end', () => resolve(`${res.statusCode} ${body}`));
+        });
+        req.on('error', reject);
+        let sent = 0;
+        const tick = setInterval(() => {
+          req.write(Buffer.alloc(100, 0x61));
+          if (++sent === 12) {
+            clearInterval(tick);
+            req.end();
+          }
+        }, 150);
+      }),
+      15000,
+      'the slow upload',
+    );
+    assert.equal(reply, '200 got 1200');
+    // The WebSocket opened before the upload, idle meanwhile, is still served.
+    assert.equal((await client.request({ type: 'joinGroup', group: 'g' })).success, true);
+  });
+});

@@ -1,0 +1,65 @@
+// Answers are bounded like data (issue 18, defect 2): the pongs, acks and
+// `pong` messages the relay writes in answer to a peer queue towards that
+// peer, so a peer that keeps asking without reading would grow the relay
+// without bound. The relay stops reading such a peer once its configured
+// buffer (spliceBufferBytes for relayed legs, outboundBufferBytes for pub/sub
+// sockets) is queued to it; TCP then stops the peer. Here the peer is a raw
+// socket that never reads: the relay must stop taking its bytes long before
+// the flood ends. (test/hostile/floods.test.ts measures the memory of a relay
+// process under the same floods.)
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
+import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { floodWithoutReading, maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+
+const FLOOD_BYTES = 24 << 20;
+const STALL_MS = 1000;
+const PING = maskedFrame(0x9, Buffer.alloc(125, 0x61));
+
+async function relay(t: Parameters<typeof startTestRelay>[0]) {
+  return startTestRelay(
+    t,
+    pubsubOverrides({
+      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+      limits: { spliceBufferBytes: 65536, outboundBufferBytes: 65536 },
+    }),
+  );
+}
+
+describe('answers to a peer that does not read', () => {
+  it('a relayed leg flooding pings is not read once spliceBufferBytes of pongs wait for it', async (t) => {
+    const r = await relay(t);
+    const listenUrl = wsUrl(r.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const upgrading = rawUpgrade(t, r.port, '/$hc/open?sb-hc-action=connect');
+    const { accept } = await listener.next();
+    const leg = await openWebSocket(accept.address);
+    t.after(() => leg.terminate());
+    const sender = await upgrading;
+    const flood = await floodWithoutReading(sender.socket, PING, FLOOD_BYTES, STALL_MS);
+    assert.ok(flood.stalled, `the relay took all ${FLOOD_BYTES >> 20} MiB of pings from a sender that reads no pongs`);
+    assert.ok(flood.written < FLOOD_BYTES / 2);
+  });
+
+  for (const [what, frame] of [
+    ['WebSocket pings', PING],
+    ['{"type":"ping"} messages', maskedFrame(0x1, '{"type":"ping"}')],
+    ['acked requests', maskedFrame(0x1, '{"type":"joinGroup","group":"g","ackId":7}')],
+  ] as const) {
+    it(`a pub/sub socket flooding ${what} is not read once outboundBufferBytes of answers wait for it`, async (t) => {
+      const r = await relay(t);
+      const url = new URL(accessUrl(r.url));
+      const client = await rawUpgrade(t, r.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': 'json.webpubsub.azure.v1' });
+      assert.equal(client.status, 101);
+      const flood = await floodWithoutReading(client.socket, frame, FLOOD_BYTES, STALL_MS);
+      assert.ok(flood.stalled, `the relay took all ${FLOOD_BYTES >> 20} MiB from a client that reads no answers`);
+      assert.ok(flood.written < FLOOD_BYTES / 2);
+      // Others are served meanwhile.
+      const other = await RawPubSubClient.connect(accessUrl(r.url), undefined, t);
+      assert.equal((await other.request({ type: 'joinGroup', group: 'g' })).success, true);
+    });
+  }
+});
