@@ -3,6 +3,8 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay } from '../server/relay-server.ts';
+import { announceReady, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import type { RelayConfig } from '../config/types.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -17,6 +19,8 @@ Options:
   --log-level LEVEL  log.level          (env EDGE_RELAY_LOG_LEVEL)
   --node-id ID       nodeId             (env EDGE_RELAY_NODE_ID)
   --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
+  --workers N        N edge processes sharing the port, each an edge on the NATS bus
+                     named NODEID-wN (default 1; env EDGE_RELAY_WORKERS)
   -h, --help         this text
 
 Flags override environment variables, which override the file.
@@ -42,6 +46,7 @@ export async function serve(argv: string[]): Promise<number> {
       'log-level': { type: 'string' },
       'node-id': { type: 'string' },
       nats: { type: 'string' },
+      workers: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -72,6 +77,15 @@ export async function serve(argv: string[]): Promise<number> {
     }
     throw err;
   }
+  const workers = Number(values.workers ?? process.env.EDGE_RELAY_WORKERS ?? 1);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+    process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
+    return 2;
+  }
+  const worker = workerIndex();
+  if (workers > 1 && worker === undefined) return runWorkers(config, workers);
+  // A worker is an edge of its own on the bus.
+  if (worker !== undefined) config.nodeId = `${config.nodeId}-w${worker}`;
   const log = createLogger(config.log.level, config.nodeId);
   // A last resort, not a fix: an exception nothing caught ends the process
   // (its state can no longer be trusted), logged as relay.crash. No input may
@@ -81,7 +95,7 @@ export async function serve(argv: string[]): Promise<number> {
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
   });
-  const relay = await startRelay(config, log);
+  const relay = await startRelay(config, log, { worker });
   if (relay.jetstream) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
     // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
@@ -98,7 +112,8 @@ export async function serve(argv: string[]): Promise<number> {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }
-  process.stdout.write(`listening on ${relay.url}\n`);
+  if (worker !== undefined) announceReady(relay.url);
+  else process.stdout.write(`listening on ${relay.url}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
@@ -112,5 +127,43 @@ export async function serve(argv: string[]): Promise<number> {
     process.on('SIGINT', onInt);
   });
   log.flush();
+  // A worker's channel to the primary would keep it alive.
+  if (worker !== undefined) process.disconnect?.();
+  return 0;
+}
+
+/**
+ * The primary of `serve --workers N`: starts the workers (each runs this
+ * command as an edge), prints one `listening on` line once all listen, and
+ * passes SIGTERM/SIGINT on to them. Workers are edges of a NATS cluster: on
+ * the memory bus they could not reach each other.
+ */
+async function runWorkers(config: RelayConfig, count: number): Promise<number> {
+  if (config.bus.kind !== 'nats') {
+    process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
+    return 2;
+  }
+  const cluster = startWorkers(count);
+  let url: string;
+  try {
+    url = await cluster.ready;
+  } catch (err) {
+    process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
+    await cluster.stop('SIGKILL', 0);
+    return 1;
+  }
+  process.stdout.write(`listening on ${url} (${count} workers)\n`);
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      // Each worker drains for up to timeouts.shutdownMs; past a little more, what is left is cut.
+      cluster.stop(signal, config.timeouts.shutdownMs + 5000).then(resolve, resolve);
+    };
+    const onTerm = () => stop('SIGTERM');
+    const onInt = () => stop('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
   return 0;
 }

@@ -19,6 +19,8 @@ export interface HybridContext {
   metrics: RelayMetrics;
   /** What is open right now, for the connections gauge. */
   open: { splices: number; httpRequests: number };
+  /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */
+  newRendezvousId(): string;
 }
 
 /** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */

@@ -6,7 +6,6 @@
 // binary message. The answer may come either way: `response` (+ body) on the
 // control channel, or on the rendezvous socket, where a fragmented body is
 // streamed to the sender as it arrives. Both directions respect backpressure.
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../telemetry/logger.ts';
@@ -70,7 +69,7 @@ type ReadState = 'head' | 'body' | 'done';
 
 export class HttpExchange implements ChannelExchange, FrameHandler, PendingRendezvous {
   readonly action = 'request' as const;
-  readonly id = randomUUID();
+  readonly id: string;
   private headSent = false;
   private finished = false;
   private requestDelivered = false;
@@ -103,6 +102,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     private readonly requestTarget: string,
     private readonly log: Logger,
   ) {
+    this.id = ctx.newRendezvousId();
     this.timer = setTimeout(() => this.fail('ResponseTimeout'), ctx.config.timeouts.httpResponseMs);
     res.on('close', () => {
       if (!this.finished) {

@@ -21,7 +21,7 @@ import { HttpExchange } from './http-exchange.ts';
 import { LocalRoute, type ListenerRoute } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
-import { RendezvousTable } from './rendezvous-table.ts';
+import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendezvous-table.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -33,6 +33,14 @@ export interface HybridHttpTarget {
   /** Path and query as the listener sees it (sb-hc-* removed). */
   requestTarget: string;
   params: URLSearchParams;
+}
+
+/** This edge as one worker of several sharing a port (serve --workers). */
+export interface WorkerPeers {
+  /** This worker's number, named in the rendezvous ids it makes. */
+  index: number;
+  /** Hands a listener's leg for another worker's rendezvous to that worker; false when it cannot. */
+  handOff(worker: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
 }
 
 export class HybridService {
@@ -54,10 +62,21 @@ export class HybridService {
     bus: Bus,
     subjects: Subjects,
     metrics: RelayMetrics,
+    private readonly workers?: WorkerPeers,
   ) {
     this.catalog = new EntityCatalog(config.hybridConnections, config.autoCreate);
     this.authorizer = new SasAuthorizer(config.sas);
-    this.ctx = { config, log, listeners: this.listeners, rendezvous: new RendezvousTable(), rendezvousBase, metrics, open: { splices: 0, httpRequests: 0 } };
+    const worker = workers?.index ?? 0;
+    this.ctx = {
+      config,
+      log,
+      listeners: this.listeners,
+      rendezvous: new RendezvousTable(),
+      rendezvousBase,
+      metrics,
+      open: { splices: 0, httpRequests: 0 },
+      newRendezvousId: () => newRendezvousId(worker),
+    };
     this.wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -183,7 +202,13 @@ export class HybridService {
     name: string,
     params: URLSearchParams,
   ): void {
-    const pending = this.ctx.rendezvous.get(params.get('sb-hc-id') ?? '');
+    const id = params.get('sb-hc-id') ?? '';
+    const pending = this.ctx.rendezvous.get(id);
+    if (!pending && this.workers) {
+      // The load balancer in front of the workers sent the leg to this one: it belongs to another.
+      const owner = workerOfRendezvousId(id);
+      if (owner !== undefined && owner !== this.workers.index && this.workers.handOff(owner, req, socket, head)) return;
+    }
     if (!pending || pending.action !== action || pending.entity.key !== name.toLowerCase()) {
       this.log.info({ event: 'rendezvous.unknown', entity: name, action });
       return failUpgrade(socket, 'RendezvousNotFound');

@@ -1,9 +1,24 @@
 // Rendezvous waiting for a listener to dial in, by their unguessable id (the
 // sb-hc-id in the address the listener was given). Counts per entity so one
 // busy entity cannot fill the relay's memory.
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { HybridEntity } from './entity-catalog.ts';
+
+/**
+ * A new rendezvous id: a random UUID whose last four hex digits name the
+ * worker process holding the rendezvous (serve --workers), so a listener's leg
+ * that lands on another worker of the same port can be handed to this one.
+ */
+export function newRendezvousId(worker: number): string {
+  return randomUUID().slice(0, 32) + (worker & 0xffff).toString(16).padStart(4, '0');
+}
+
+/** The worker a rendezvous id names, or undefined for an id that is not one of ours. */
+export function workerOfRendezvousId(id: string): number | undefined {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id) ? parseInt(id.slice(32), 16) : undefined;
+}
 
 /** A sender's connect or HTTP request waiting for its listener to dial the rendezvous address. */
 export interface PendingRendezvous {

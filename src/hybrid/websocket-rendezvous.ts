@@ -6,7 +6,6 @@
 // that drops its control channel before dialing fails the sender at once
 // with 502 ListenerGone (the pending connect is tracked on the route like an
 // HTTP exchange; across edges the listener's edge reports it, hc.failed).
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -76,7 +75,7 @@ export function startConnect(
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
   if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending');
-  const id = randomUUID();
+  const id = ctx.newRendezvousId();
   const pending: PendingConnect = {
     action: 'accept',
     id,

@@ -20,6 +20,7 @@ import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { route } from './router.ts';
+import { handOff, onHandOff } from './worker-cluster.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
@@ -68,7 +69,12 @@ export function rendezvousBaseFor(publicUrl: string): string {
   return publicUrl.replace(/\/+$/, '').replace(/^http(s?):/i, 'ws$1:');
 }
 
-export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
+export interface RelayOptions {
+  /** This relay is worker N of `serve --workers` (worker-cluster.ts): it takes connections handed over by the others. */
+  worker?: number;
+}
+
+export async function startRelay(config: RelayConfig, log: Logger, options: RelayOptions = {}): Promise<RunningRelay> {
   const metrics = new RelayMetrics(config.nodeId);
   // No bound on a whole request (requestTimeout 0): relayed bodies stream for
   // as long as they take. Its head is bounded by timeouts.headersMs (Node
@@ -116,7 +122,16 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
   const jetstream = createJetStream(bus, config, log);
-  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics);
+  const worker = options.worker;
+  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, worker === undefined ? undefined : { index: worker, handOff });
+  if (worker !== undefined) {
+    // A rendezvous leg another worker accepted: read here as if accepted here.
+    onHandOff((socket, bytes) => {
+      server.emit('connection', socket);
+      socket.emit('data', bytes);
+      socket.resume();
+    });
+  }
   const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
   if (jetstream) {
     const streams = PubSubService.streamSpecs(config, subjects);

@@ -1,0 +1,116 @@
+// `edge-relay serve --workers N`: N edge processes (node:cluster) sharing the
+// listening port, each a separate edge on the NATS bus (docs/scaling-out.md,
+// "Several workers on one machine"). The primary only starts them, relays
+// signals, and passes connections between them: a listener's rendezvous leg
+// that the kernel handed to one worker while the rendezvous waits in another
+// (rendezvous ids name their worker) is sent, socket and all, to the worker
+// that owns it, which reads it as if it had accepted it itself.
+import cluster, { type Worker } from 'node:cluster';
+import type { IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+
+/** The message that carries a connection from one worker to another, through the primary. */
+interface HandOff {
+  kind: 'edge-relay.handoff';
+  to: number;
+  /** The request head and any bytes read after it, base64: the new worker parses them again. */
+  bytes: string;
+}
+
+interface Ready {
+  kind: 'edge-relay.ready';
+  url: string;
+}
+
+const WORKER_ENV = 'EDGE_RELAY_WORKER';
+
+/** This process's worker number (1..N) when it runs as a worker of `serve --workers`, else undefined. */
+export function workerIndex(): number | undefined {
+  if (cluster.isPrimary) return undefined;
+  const index = Number(process.env[WORKER_ENV]);
+  return Number.isInteger(index) && index > 0 ? index : undefined;
+}
+
+/** The request as it came, head and all, for another process to parse again. */
+function requestBytes(req: IncomingMessage, head: Buffer): Buffer {
+  let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) text += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+  return Buffer.concat([Buffer.from(text + '\r\n', 'latin1'), head]);
+}
+
+/** In a worker: sends a connection to worker `to`; false when it cannot go (a TLS socket, no channel). */
+export function handOff(to: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+  if (!process.send || (socket as Socket & { encrypted?: boolean }).encrypted) return false;
+  const message: HandOff = { kind: 'edge-relay.handoff', to, bytes: requestBytes(req, head).toString('base64') };
+  // Stop reading here first: until the descriptor is closed in this process,
+  // bytes the peer sends as soon as the other worker answers would be read
+  // (and dropped) here instead of there.
+  (socket as Socket & { _handle?: { readStop?(): number } })._handle?.readStop?.();
+  process.send(message, socket as Socket);
+  return true;
+}
+
+/** In a worker: connections other workers send here go to `adopt` with the bytes already read from them. */
+export function onHandOff(adopt: (socket: Socket, bytes: Buffer) => void): void {
+  process.on('message', (message: HandOff, socket?: Socket) => {
+    if (message?.kind !== 'edge-relay.handoff' || !socket) return;
+    adopt(socket, Buffer.from(message.bytes, 'base64'));
+  });
+}
+
+/** In a worker: tells the primary this edge listens. */
+export function announceReady(url: string): void {
+  const message: Ready = { kind: 'edge-relay.ready', url };
+  process.send?.(message);
+}
+
+/**
+ * In the primary: forks `count` workers and passes connections between them;
+ * resolves with the listening URL once every worker is up, or rejects when
+ * one exits first. Each worker runs this same command.
+ */
+export function startWorkers(count: number): { ready: Promise<string>; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
+  const workers = new Map<number, Worker>();
+  let up = 0;
+  let url = '';
+  let failed: ((err: Error) => void) | undefined;
+  let stopping = false;
+  const ready = new Promise<string>((resolve, reject) => {
+    failed = reject;
+    for (let index = 1; index <= count; index++) {
+      const worker = cluster.fork({ [WORKER_ENV]: String(index) });
+      workers.set(index, worker);
+      worker.on('message', (message: HandOff | Ready, socket?: Socket) => {
+        if (message?.kind === 'edge-relay.ready') {
+          url = message.url;
+          if (++up === count) resolve(url);
+        } else if (message?.kind === 'edge-relay.handoff' && socket) {
+          const target = workers.get(message.to);
+          if (target?.isConnected()) target.send(message, socket);
+          else socket.destroy();
+        }
+      });
+      worker.on('exit', (code, signal) => {
+        workers.delete(index);
+        if (up < count) failed?.(new Error(`worker ${index} exited (${signal ?? code}) before it was ready`));
+        else if (!stopping) process.stderr.write(`edge-relay: worker ${index} exited (${signal ?? code})\n`);
+      });
+    }
+  });
+  return {
+    ready,
+    async stop(signal, graceMs) {
+      stopping = true;
+      const exits = [...workers.values()].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
+      for (const worker of workers.values()) worker.process.kill(signal);
+      const timer = setTimeout(() => {
+        for (const worker of workers.values()) worker.process.kill('SIGKILL');
+      }, graceMs);
+      await Promise.all(exits);
+      clearTimeout(timer);
+    },
+  };
+}
+
+export const isPrimaryProcess = (): boolean => cluster.isPrimary;

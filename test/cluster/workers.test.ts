@@ -1,0 +1,89 @@
+// `edge-relay serve --workers N`: N edges in one command sharing the port, on
+// the NATS bus. A listener's rendezvous leg that lands on the wrong worker is
+// handed to the worker holding the rendezvous; pub/sub spans the workers.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoWsListener, hycoHttps, listenUrl } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { accessUrl } from '../helpers/pubsub.ts';
+import { startServeProcess, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+function configFile(t: Parameters<typeof cleanupFor>[0], config: Record<string, unknown>): string {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-workers-'));
+  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(testConfig(config)));
+  return file;
+}
+
+async function echoOnce(url: string, text: string): Promise<string> {
+  const ws = new WebSocket(wsUrl(url, '/$hc/echo?sb-hc-action=connect'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(url, '/$hc/echo')) } });
+  try {
+    await withTimeout(new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject))), 10000, 'sender open');
+    const reply = withTimeout(new Promise<string>((resolve) => ws.once('message', (m) => resolve(String(m)))), 10000, 'echo');
+    ws.send(text);
+    return await reply;
+  } finally {
+    ws.terminate();
+  }
+}
+
+describe('serve --workers', () => {
+  it('runs N edges on one port: rendezvous legs find their worker, pub/sub spans the workers', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = edgeOverrides('host', [nats.url]);
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    // One listener, attached to one of the workers; senders land on either.
+    await startHycoWsListener(t, relay.url, (ws) => ws.on('message', (m: Buffer) => ws.send(String(m))));
+    for (let i = 0; i < 12; i++) assert.equal(await echoOnce(relay.url, `hello ${i}`), `hello ${i}`);
+    assert.match(relay.stderr(), /"node":"host-w1"/);
+    assert.match(relay.stderr(), /"node":"host-w2"/);
+
+    // HTTP mode with a body too large for the control channel: the listener fetches it over a rendezvous leg.
+    const url = listenUrl(relay.url, 'web');
+    const server = hycoHttps.createRelayedServer({ server: url, token: () => tokenFor(url) }, (req, res) => {
+      let size = 0;
+      req.on('data', (c: Buffer) => (size += c.length));
+      req.on('end', () => res.end(`got ${size}`));
+    });
+    server.on('error', () => {});
+    cleanupFor(t).after(() => server.close());
+    server.listen();
+    await new Promise((r) => server.once('listening', r));
+    const body = Buffer.alloc(200 * 1024, 1);
+    for (let i = 0; i < 6; i++) {
+      const res = await httpRequest(`${relay.url}/web/upload`, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(`${relay.url}/web`) }, body });
+      assert.equal(res.status, 200);
+      assert.equal(res.body.toString(), `got ${body.length}`);
+    }
+
+    // Pub/sub: a subscriber and REST calls on whichever workers the connections land.
+    const subs = await Promise.all([1, 2, 3, 4].map(() => startClient(t, accessUrl(relay.url))));
+    for (const sub of subs) await sub.client.joinGroup('g');
+    const publisher = await startClient(t, accessUrl(relay.url));
+    await publisher.client.sendToGroup('g', 'across', 'text');
+    await until(() => subs.every((s) => s.groupData.some((m) => m.data === 'across')), 10000, 'every subscriber, on either worker');
+    await serviceClient(relay).sendToAll('from REST', { contentType: 'text/plain' });
+    await until(() => subs.every((s) => s.serverData.some((m) => m.data === 'from REST')), 10000, 'a REST send to every worker');
+
+    // SIGTERM to the command stops every worker. (The SDK clients go first: a
+    // client that is reconnecting to a stopped relay does not stop.)
+    for (const client of [...subs, publisher]) await client.client.stop();
+    await relay.stop();
+    assert.notEqual(relay.child.exitCode ?? relay.child.signalCode, null);
+  });
+
+  it('refuses several workers on the memory bus, with the reason', async (t) => {
+    const file = configFile(t, {});
+    await assert.rejects(startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2']), /--workers needs the NATS bus/);
+  });
+});
