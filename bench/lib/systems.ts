@@ -1,6 +1,8 @@
 // The systems under test, started on 127.0.0.1 for one scenario run: our relay
 // (memory or NATS bus), nats-server with its WebSocket listener, Mosquitto
-// with its WebSocket listener, socat.
+// with its WebSocket listener, socat, and nginx as a reverse proxy. Peers'
+// configs are written at run time into a temp dir; every port is on 127.0.0.1.
+import { userInfo } from 'node:os';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
 import { freePort, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
@@ -14,7 +16,17 @@ export interface RelayNode extends Started {
   port: number;
 }
 
-export async function startRelay(options: { nodeId?: string; natsUrl?: string; extra?: Record<string, unknown> } = {}): Promise<RelayNode> {
+/** `node --cpu-prof` flags when BENCH_PROFILE_DIR is set: each relay writes a CPU profile there on exit (see bench/profile-summary.ts). */
+function profileFlags(): string[] {
+  return process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
+}
+
+/**
+ * Our relay, one `edge-relay serve` process. `serveArgs` go after `serve`
+ * (the hook for a `--workers N` row: the CPU meter already counts a process's
+ * descendants, so workers forked by node:cluster are measured with it).
+ */
+export async function startRelay(options: { nodeId?: string; natsUrl?: string; extra?: Record<string, unknown>; serveArgs?: string[] } = {}): Promise<RelayNode> {
   const config = {
     nodeId: options.nodeId ?? 'bench',
     listen: { host: '127.0.0.1', port: 0 },
@@ -29,9 +41,11 @@ export async function startRelay(options: { nodeId?: string; natsUrl?: string; e
     ...options.extra,
   };
   const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));
-  // BENCH_PROFILE_DIR=dir: each relay writes a CPU profile there when it exits (see bench/profile-summary.ts).
-  const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
-  const started = await startProcess(process.execPath, [...profile, '--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], /listening on http:\/\/127\.0\.0\.1:(\d+)/);
+  const started = await startProcess(
+    process.execPath,
+    [...profileFlags(), '--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, ...(options.serveArgs ?? [])],
+    /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+  );
   return { ...started, port: Number(started.match[1]) };
 }
 
@@ -86,5 +100,55 @@ export interface Socat extends Started {
 export async function startSocat(targetPort: number): Promise<Socat> {
   const port = await freePort();
   const started = await startProcess('socat', ['-d', '-d', `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr`, `TCP:127.0.0.1:${targetPort}`], /listening on/);
+  return { ...started, port };
+}
+
+export interface Proxy extends Started {
+  port: number;
+}
+
+/**
+ * nginx as a reverse proxy to the HTTP server on `upstreamPort`, with a
+ * keep-alive pool to it, `workers` worker processes (a number or `auto`, one
+ * per core). Runs in the foreground (`daemon off`) as the current user, with
+ * its pid file, error log and temp paths in a temp dir; no access log.
+ */
+export async function startNginx(upstreamPort: number, workers: number | 'auto'): Promise<Proxy> {
+  const dir = tempDir();
+  const port = await freePort();
+  // As root the master would hand its workers to `nobody`; keep them ours.
+  const user = process.getuid?.() === 0 ? `user ${userInfo().username};\n` : '';
+  const conf = `${user}daemon off;
+master_process on;
+worker_processes ${workers};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  upstream answerer {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 256;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://answerer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`;
+  const file = writeTemp(dir, 'nginx.conf', conf);
+  const started = await startProcess('nginx', ['-p', dir, '-e', `${dir}/error.log`, '-c', file], { port }, { cwd: dir });
   return { ...started, port };
 }

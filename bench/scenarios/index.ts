@@ -14,6 +14,15 @@ export interface Outcome {
   ratios: Ratio[];
 }
 
+/** Commands each scenario starts besides node (Debian packages of the same names). */
+export const NEEDS: Record<string, string[]> = {
+  fanout: ['nats-server', 'mosquitto'],
+  tunnel: ['socat', 'haproxy'],
+  http: ['nginx', 'wrk'],
+  rendezvous: [],
+  memory: ['nats-server'],
+};
+
 export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
   fanout: fanoutScenario,
   tunnel: tunnelScenario,
