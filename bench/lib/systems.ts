@@ -1,7 +1,9 @@
 // The systems under test, started on 127.0.0.1 for one scenario run: our relay
-// (memory or NATS bus), nats-server with its WebSocket listener, Mosquitto
-// with its WebSocket listener, socat, and nginx as a reverse proxy. Peers'
-// configs are written at run time into a temp dir; every port is on 127.0.0.1.
+// (memory or NATS bus), our bridge (`edge-relay bridge -L` and `-R`),
+// nats-server with its WebSocket listener, Mosquitto with its WebSocket
+// listener, socat, nginx as a reverse proxy, haproxy in tcp mode, and an
+// iperf3 server. Peers' configs are written at run time into a temp dir;
+// every port is on 127.0.0.1.
 import { userInfo } from 'node:os';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
@@ -16,7 +18,7 @@ export interface RelayNode extends Started {
   port: number;
 }
 
-/** `node --cpu-prof` flags when BENCH_PROFILE_DIR is set: each relay writes a CPU profile there on exit (see bench/profile-summary.ts). */
+/** `node --cpu-prof` flags when BENCH_PROFILE_DIR is set: each node process the bench starts writes a CPU profile there on exit (see bench/profile-summary.ts). */
 function profileFlags(): string[] {
   return process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
 }
@@ -96,10 +98,15 @@ export interface Socat extends Started {
   port: number;
 }
 
-/** socat relaying one TCP connection from a fresh port to `targetPort`. */
-export async function startSocat(targetPort: number): Promise<Socat> {
+/**
+ * socat relaying TCP from a fresh port to `targetPort` (default options): one
+ * connection and out, or with `fork` a child per connection (iperf3 opens a
+ * control and a data connection).
+ */
+export async function startSocat(targetPort: number, options: { fork?: boolean } = {}): Promise<Socat> {
   const port = await freePort();
-  const started = await startProcess('socat', ['-d', '-d', `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr`, `TCP:127.0.0.1:${targetPort}`], /listening on/);
+  const listen = `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr${options.fork ? ',fork' : ''}`;
+  const started = await startProcess('socat', ['-d', '-d', listen, `TCP:127.0.0.1:${targetPort}`], /listening on/);
   return { ...started, port };
 }
 
@@ -151,4 +158,81 @@ http {
   const file = writeTemp(dir, 'nginx.conf', conf);
   const started = await startProcess('nginx', ['-p', dir, '-e', `${dir}/error.log`, '-c', file], { port }, { cwd: dir });
   return { ...started, port };
+}
+
+/**
+ * haproxy in tcp mode relaying a fresh port to `targetPort` (default thread
+ * count: one per core), in the foreground (-db). It is ready when its
+ * monitor port answers, so probing it opens no connection to the target.
+ */
+export async function startHaproxy(targetPort: number): Promise<Proxy> {
+  const dir = tempDir();
+  const port = await freePort();
+  const monitorPort = await freePort();
+  const conf = `global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+listen relay
+  bind 127.0.0.1:${port}
+  server target 127.0.0.1:${targetPort}
+frontend ready
+  mode http
+  bind 127.0.0.1:${monitorPort}
+  monitor-uri /ready
+`;
+  const file = writeTemp(dir, 'haproxy.cfg', conf);
+  const started = await startProcess('haproxy', ['-db', '-f', file], { port: monitorPort }, { cwd: dir });
+  return { ...started, port };
+}
+
+export interface Iperf3Server extends Started {
+  port: number;
+}
+
+/** An iperf3 server on 127.0.0.1 (one test at a time, as iperf3 serves them). */
+export async function startIperf3Server(): Promise<Iperf3Server> {
+  const port = await freePort();
+  const started = await startProcess('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(port), '--forceflush'], /Server listening on/);
+  return { ...started, port };
+}
+
+export interface BridgeChain {
+  /** Where a TCP client connects: `bridge -L`'s port. */
+  port: number;
+  /** The `bridge -L` and `bridge -R` processes (the relay is the caller's). */
+  pids: number[];
+  stop(): Promise<void>;
+}
+
+/**
+ * What a user of the tunnel runs: `edge-relay bridge -R entity:127.0.0.1:target`
+ * as the listener on the relay at `relayPort`, and `edge-relay bridge -L
+ * 127.0.0.1:0:entity` taking TCP connections, each a process of its own
+ * started through bin/edge-relay.js, with default options.
+ */
+export async function startBridgeChain(relayPort: number, targetPort: number, entity: string): Promise<BridgeChain> {
+  const common = ['--relay', `http://127.0.0.1:${relayPort}`, '--key-name', 'root', '--key', ROOT_KEY, '--log-level', 'warn'];
+  const remote = await startProcess(
+    process.execPath,
+    [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-R', `${entity}:127.0.0.1:${targetPort}`],
+    /listening on \S+ -> /,
+  );
+  try {
+    const local = await startProcess(process.execPath, [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-L', `127.0.0.1:0:${entity}`], /forwarding 127\.0\.0\.1:(\d+) -> /);
+    return {
+      port: Number(local.match[1]),
+      pids: [local.pid, remote.pid],
+      async stop() {
+        await local.stop();
+        await remote.stop();
+      },
+    };
+  } catch (err) {
+    await remote.stop();
+    throw err;
+  }
 }

@@ -1,5 +1,6 @@
 // The bench's scenarios by name (`npm run bench -- NAME`).
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { bridgeScenario } from './bridge.ts';
 import { fanoutScenario } from './fanout-systems.ts';
 import { httpScenario } from './http.ts';
 import { memoryScenario } from './memory.ts';
@@ -19,6 +20,7 @@ export const NEEDS: Record<string, string[]> = {
   fanout: ['nats-server', 'mosquitto'],
   tunnel: ['socat', 'haproxy'],
   http: ['nginx', 'wrk'],
+  bridge: ['socat', 'haproxy', 'iperf3'],
   rendezvous: [],
   memory: ['nats-server'],
 };
@@ -26,6 +28,7 @@ export const NEEDS: Record<string, string[]> = {
 export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
   fanout: fanoutScenario,
   tunnel: tunnelScenario,
+  bridge: bridgeScenario,
   http: httpScenario,
   rendezvous: rendezvousScenario,
   memory: memoryScenario,

@@ -1,6 +1,6 @@
 // CI runs the bench in quick mode so it cannot rot: every scenario must
-// produce figures for ours and its peers (nginx, socat, nats-server,
-// Mosquitto), from our generator and, for HTTP, from wrk. What the figures are
+// produce figures for ours and its peers (nginx, haproxy, socat, nats-server,
+// Mosquitto), from our generator and from wrk and iperf3. What the figures are
 // is not checked here (performance is read from `npm run bench`, never
 // asserted in tests), nor whether targets are met.
 import assert from 'node:assert/strict';
@@ -70,6 +70,13 @@ describe('npm run bench', () => {
         figure(scenario, /^node http server, direct$/, false);
       }
     }
+    figure(/^tunnel /, /^haproxy/, false);
+    for (const scenario of [/^bridge \d+ MiB$/, /^bridge, iperf3 /]) {
+      figure(scenario, /^edge-relay bridge -L -> relay -> bridge -R$/, true);
+      figure(scenario, /^socat$/, false);
+      figure(scenario, /^haproxy/, false);
+      figure(scenario, /^plain TCP/, false);
+    }
     // The table went to stdout.
     assert.match(run.stdout, /\| scenario .*\| system .*\|/);
   });
@@ -78,6 +85,6 @@ describe('npm run bench', () => {
     const run = await runBench(t, ['no-such-scenario'], 20000);
     assert.equal(run.code, 2);
     assert.match(run.stderr, /unknown scenario: no-such-scenario/);
-    assert.match(run.stderr, /Scenarios: fanout, tunnel, http, rendezvous, memory/);
+    assert.match(run.stderr, /Scenarios: fanout, tunnel, bridge, http, rendezvous, memory/);
   });
 });
