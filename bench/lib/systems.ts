@@ -28,7 +28,9 @@ function profileFlags(): string[] {
  * (the hook for a `--workers N` row: the CPU meter already counts a process's
  * descendants, so workers forked by node:cluster are measured with it).
  */
-export async function startRelay(options: { nodeId?: string; natsUrl?: string; extra?: Record<string, unknown>; serveArgs?: string[] } = {}): Promise<RelayNode> {
+export async function startRelay(
+  options: { nodeId?: string; natsUrl?: string; limits?: Record<string, number>; extra?: Record<string, unknown>; serveArgs?: string[] } = {},
+): Promise<RelayNode> {
   const config = {
     nodeId: options.nodeId ?? 'bench',
     listen: { host: '127.0.0.1', port: 0 },
@@ -39,7 +41,7 @@ export async function startRelay(options: { nodeId?: string; natsUrl?: string; e
     pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] },
     bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl] } : { kind: 'memory' },
     // The load generator opens thousands of connections from one address.
-    limits: { connectRatePerAddress: 0 },
+    limits: { connectRatePerAddress: 0, ...options.limits },
     ...options.extra,
   };
   const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));

@@ -77,6 +77,11 @@ describe('npm run bench', () => {
       figure(scenario, /^haproxy/, false);
       figure(scenario, /^plain TCP/, false);
     }
+    figure(/^fan-out /, /memory bus, reliable/, true);
+    figure(/^fan-out /, /NATS bus \(2 edges\), reliable/, true);
+    figure(/^fan-out /, /^nats-server websocket$/, false);
+    // Latency is a ratio to nats-server's p99, lower is better.
+    assert.ok(report.ratios.some((r) => /^fan-out /.test(r.scenario) && r.peer === 'nats-server websocket' && r.figure?.startsWith('p99')));
     // The table went to stdout.
     assert.match(run.stdout, /\| scenario .*\| system .*\|/);
   });
