@@ -154,6 +154,21 @@ export async function startProcess(
 }
 
 /**
+ * Starts things side by side; whatever started is added to `started` (to be
+ * stopped), even when another one failed, and the first failure is thrown.
+ */
+export async function startAll<T extends readonly Promise<{ stop(): Promise<void> }>[]>(
+  started: { stop(): Promise<void> }[],
+  starting: T,
+): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(starting);
+  for (const s of settled) if (s.status === 'fulfilled') started.push(s.value);
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
+}
+
+/**
  * Runs a command to completion (a load generator: wrk, iperf3 -c), bounded by
  * `timeoutMs`, and resolves with its stdout; rejects on a non-zero exit.
  * Its CPU time is read from this process's reaped-children times (see

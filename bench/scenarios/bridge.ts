@@ -11,6 +11,7 @@ import { runIperf3, type Iperf3Figures } from '../lib/iperf3.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { startBridgeChain, startHaproxy, startIperf3Server, startRelay, startSocat } from '../lib/systems.ts';
 import { median, overTcp, tcpSink, type Transfer } from '../lib/transfer.ts';
+import { startAll } from '../lib/processes.ts';
 import type { Mode, Outcome } from './index.ts';
 
 const BRIDGE = 'edge-relay bridge -L -> relay -> bridge -R';
@@ -37,7 +38,7 @@ function ratiosFor(scenario: string, rate: Map<string, number>): Ratio[] {
 }
 
 export async function bridgeScenario(mode: Mode): Promise<Outcome> {
-  const total = (mode === 'quick' ? 64 : 1024) * 1024 * 1024;
+  const total = (mode === 'quick' ? 16 : 1024) * 1024 * 1024;
   const runs = mode === 'quick' ? 1 : 3;
   const iperfSeconds = mode === 'quick' ? 1 : 5;
   const started: { stop(): Promise<void> }[] = [];
@@ -45,18 +46,10 @@ export async function bridgeScenario(mode: Mode): Promise<Outcome> {
   const results: ScenarioResult[] = [];
   const ratios: Ratio[] = [];
   try {
-    const iperf = await startIperf3Server();
-    started.push(iperf);
-    const relay = await startRelay();
-    started.push(relay);
-    // One chain, socat and haproxy per receiver: our sink, and iperf3's.
+    const [iperf, relay] = await startAll(started, [startIperf3Server(), startRelay()] as const);
+    // One chain, socat and haproxy per receiver: our sink, and iperf3's (started side by side).
     const paths = async (target: number, entity: string): Promise<Path[]> => {
-      const chain = await startBridgeChain(relay.port, target, entity);
-      started.push(chain);
-      const socat = await startSocat(target, { fork: true });
-      started.push(socat);
-      const haproxy = await startHaproxy(target);
-      started.push(haproxy);
+      const [chain, socat, haproxy] = await startAll(started, [startBridgeChain(relay.port, target, entity), startSocat(target, { fork: true }), startHaproxy(target)] as const);
       return [
         { system: BRIDGE, ours: true, port: chain.port, pids: [relay.pid, ...chain.pids] },
         { system: SOCAT, ours: false, port: socat.port, pids: [socat.pid] },
@@ -64,8 +57,7 @@ export async function bridgeScenario(mode: Mode): Promise<Outcome> {
         { system: DIRECT, ours: false, port: target, pids: [] },
       ];
     };
-    const toSink = await paths(sink.port, 'bench-bridge');
-    const toIperf = await paths(iperf.port, 'bench-bridge-iperf3');
+    const [toSink, toIperf] = await Promise.all([paths(sink.port, 'bench-bridge'), paths(iperf.port, 'bench-bridge-iperf3')]);
 
     const scenario = `bridge ${total / 1024 / 1024} MiB`;
     const rate = new Map<string, number>();

@@ -6,6 +6,7 @@
 // compared at saturation, latency as p99 publish-to-deliver at half of each
 // system's own saturated rate, both as ratios to nats-server in the same run.
 import { mqttClients, natsClients, relayClients, reliableRelayClients, type FanoutClients } from '../lib/fanout-clients.ts';
+import { startAll } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { startMosquitto, startNatsServer, startRelay } from '../lib/systems.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
@@ -48,20 +49,16 @@ async function ourRelay(clients: Clients, plan: FanoutPlan): Promise<FanoutFigur
 
 async function ourCluster(clients: Clients, plan: FanoutPlan): Promise<FanoutFigures> {
   const nats = await startNatsServer();
+  const edges: { stop(): Promise<void> }[] = [];
   try {
     const url = `nats://127.0.0.1:${nats.port}`;
-    const publisherEdge = await startRelay({ nodeId: 'bench-pub', natsUrl: url, limits: limitsFor(clients) });
-    try {
-      const subscriberEdge = await startRelay({ nodeId: 'bench-sub', natsUrl: url, limits: limitsFor(clients) });
-      try {
-        return await runFanout(clients(subscriberEdge.port, publisherEdge.port), [nats.pid, publisherEdge.pid, subscriberEdge.pid], plan);
-      } finally {
-        await subscriberEdge.stop();
-      }
-    } finally {
-      await publisherEdge.stop();
-    }
+    const [publisherEdge, subscriberEdge] = await startAll(edges, [
+      startRelay({ nodeId: 'bench-pub', natsUrl: url, limits: limitsFor(clients) }),
+      startRelay({ nodeId: 'bench-sub', natsUrl: url, limits: limitsFor(clients) }),
+    ] as const);
+    return await runFanout(clients(subscriberEdge.port, publisherEdge.port), [nats.pid, publisherEdge.pid, subscriberEdge.pid], plan);
   } finally {
+    for (const edge of edges.reverse()) await edge.stop();
     await nats.stop();
   }
 }
@@ -100,15 +97,15 @@ function planFor(mode: Mode, subscribers: number): FanoutPlan {
   const small = subscribers < 1000;
   return {
     subscribers,
-    seconds: mode === 'quick' ? 1 : small ? 2 : 4,
+    seconds: mode === 'quick' ? 0.5 : small ? 2 : 4,
     window: subscribers >= 10000 ? 20 : 100,
-    latencySeconds: mode === 'quick' ? 1 : small ? 2 : 3,
+    latencySeconds: mode === 'quick' ? 0.5 : small ? 2 : 3,
     latencyShares: mode === 'quick' || small ? [0.5] : [0.1, 0.25, 0.5],
   };
 }
 
 export async function fanoutScenario(mode: Mode): Promise<Outcome> {
-  const sizes = mode === 'quick' ? [200] : [10, 100, 1000, 10000];
+  const sizes = mode === 'quick' ? [100] : [10, 100, 1000, 10000];
   const results: ScenarioResult[] = [];
   const ratios: Ratio[] = [];
   for (const subscribers of sizes) {
@@ -116,7 +113,8 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
     // Targets hold for large groups; small ones report the absolute p99 (and the ratios for reference).
     const large = subscribers >= 1000;
     const plan = planFor(mode, subscribers);
-    const systems = subscribers <= 100 ? SMALL_GROUP_SYSTEMS : ALL_SYSTEMS;
+    // Quick mode runs every system on its one small group.
+    const systems = mode === 'full' && subscribers <= 100 ? SMALL_GROUP_SYSTEMS : ALL_SYSTEMS;
     const byName = new Map<string, FanoutFigures>();
     for (const system of systems) {
       process.stderr.write(`  ${scenario}: ${system}\n`);

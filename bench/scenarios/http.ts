@@ -7,7 +7,7 @@
 import { cpus } from 'node:os';
 import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
-import { CpuMeter, startProcess, type Started } from '../lib/processes.ts';
+import { CpuMeter, startAll, startProcess } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startNginx, startRelay } from '../lib/systems.ts';
 import { runWrk } from '../lib/wrk.ts';
@@ -80,23 +80,23 @@ function ratiosFor(scenario: string, rows: Map<string, Load>): Ratio[] {
  * Every system runs for the whole scenario; each row loads one at a time.
  */
 export async function httpScenario(mode: Mode): Promise<Outcome> {
-  const seconds = mode === 'quick' ? 1 : 5;
-  const warmMs = mode === 'quick' ? 300 : 500;
+  const seconds = mode === 'quick' ? 0.5 : 5;
+  const warmMs = mode === 'quick' ? 200 : 500;
   const started: { stop(): Promise<void> }[] = [];
   const results: ScenarioResult[] = [];
   const ratios: Ratio[] = [];
   try {
-    const relay = await startRelay();
-    started.push(relay);
-    const listener: Started = await startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(relay.port)], /ready (\d+)/);
-    started.push(listener);
-    const direct = await startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'direct'], /ready (\d+)/);
-    started.push(direct);
+    // Started side by side where they do not depend on each other.
+    const [relay, direct] = await startAll(started, [
+      startRelay(),
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'direct'], /ready (\d+)/),
+    ] as const);
     const directPort = Number(direct.match[1]);
-    const nginx1 = await startNginx(directPort, 1);
-    started.push(nginx1);
-    const nginxAuto = await startNginx(directPort, 'auto');
-    started.push(nginxAuto);
+    const [listener, nginx1, nginxAuto] = await startAll(started, [
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(relay.port)], /ready (\d+)/),
+      startNginx(directPort, 1),
+      startNginx(directPort, 'auto'),
+    ] as const);
     const targets: Target[] = [
       { system: RELAY, ours: true, port: relay.port, path: `/${ENTITY}/hello`, pids: [relay.pid, listener.pid] },
       { system: NGINX_1, ours: false, port: nginx1.port, path: '/hello', pids: [nginx1.pid, direct.pid] },
@@ -112,7 +112,7 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
           const l =
             generator === 'ours'
               ? await load(t.port, t.path, t.pids, connections, seconds, warmMs)
-              : await runWrk(t.port, t.path, connections, seconds, t.pids);
+              : await runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids);
           rows.set(t.system, l);
           const { requestsPerSec, ...figures } = l;
           results.push({ scenario, system: t.system, ours: t.ours, value: requestsPerSec, unit: 'requests/s', figures });

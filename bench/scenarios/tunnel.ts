@@ -43,7 +43,7 @@ async function overRelay(relayPort: number, relayPid: number, total: number): Pr
 }
 
 export async function tunnelScenario(mode: Mode): Promise<Outcome> {
-  const total = (mode === 'quick' ? 64 : 1024) * 1024 * 1024;
+  const total = (mode === 'quick' ? 32 : 1024) * 1024 * 1024;
   const runs = mode === 'quick' ? 1 : 3;
   const scenario = `tunnel ${total / 1024 / 1024} MiB`;
   const sink = await tcpSink();
