@@ -1,21 +1,22 @@
 // `npm run bench [-- SCENARIO...] [--quick]`: runs each scenario against our
 // relay and its peers on 127.0.0.1, prints a table and writes
-// bench/results/latest.json (every figure, the ratios to each peer, the
-// machine's CPU count and Node version).
+// bench/results/latest.json (every figure, the ratios to each peer with their
+// targets and whether each is met, the machine's CPU count and Node version).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ROOT, hasCommand } from './lib/processes.ts';
-import { printTable, type Result, type Ratio } from './lib/report.ts';
-import { SCENARIOS, type Mode } from './scenarios/index.ts';
+import { printTable, withVerdict, type Result, type Ratio } from './lib/report.ts';
+import { NEEDS, SCENARIOS, type Mode } from './scenarios/index.ts';
 
 const HELP = `Usage: npm run bench [-- SCENARIO...] [--quick] [--out FILE]
 
 Scenarios: ${Object.keys(SCENARIOS).join(', ')} (default: all)
   --quick      small sizes and short runs (under a minute), for CI
   --out FILE   where to write the JSON, default bench/results/latest.json
-Needs nats-server, mosquitto and socat on the PATH (Debian packages of those names).
+Needs on the PATH (Debian packages of the same names): ${[...new Set(Object.values(NEEDS).flat())].join(', ')}
+(each scenario only what it starts).
 `;
 
 async function main(): Promise<number> {
@@ -33,7 +34,7 @@ async function main(): Promise<number> {
     process.stderr.write(`unknown scenario: ${unknown.join(', ')}\n\n${HELP}`);
     return 2;
   }
-  const missing = ['nats-server', 'mosquitto', 'socat'].filter((c) => !hasCommand(c));
+  const missing = [...new Set(names.flatMap((n) => NEEDS[n]))].filter((c) => !hasCommand(c));
   if (missing.length > 0) {
     process.stderr.write(`missing on the PATH: ${missing.join(', ')} (apt-get install -y ${missing.join(' ')})\n`);
     return 2;
@@ -47,7 +48,7 @@ async function main(): Promise<number> {
     const t0 = Date.now();
     const outcome = await SCENARIOS[name](mode);
     results.push(...outcome.results.map((r) => ({ ...r, group: name })));
-    ratios.push(...outcome.ratios);
+    ratios.push(...outcome.ratios.map(withVerdict));
     process.stderr.write(`bench: ${name} done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }
   printTable(results, ratios);

@@ -2,6 +2,9 @@
 // all on the lean WebSocket client. Every event's payload is 100 bytes that
 // start with `@` and a 9-digit sequence number, which is all a subscriber
 // reads: it finds the `@`, and the generator looks up when that event was sent.
+// Reliable subscribers (json.reliable.webpubsub.azure.v1) also read each
+// delivery's sequence id and acknowledge as @azure/web-pubsub-client 1.0 does
+// (see reliableRelayClients).
 import { LeanWs, OP_BINARY, OP_TEXT, maskedFrame } from './lean-ws.ts';
 import { clientPath } from './systems.ts';
 
@@ -11,6 +14,9 @@ export const GROUP = 'g';
 /** Called once per event a subscriber receives: `buf[at]` is the event's `@`. */
 export type OnEvent = (buf: Buffer, at: number) => void;
 
+/** Called when the server closes a subscriber: its close code and reason, when it sent a close frame. */
+export type OnClosed = (why: string) => void;
+
 export interface Publisher {
   /** Publishes these payloads in one write. */
   publish(payloads: string[]): void;
@@ -19,8 +25,10 @@ export interface Publisher {
 
 export interface FanoutClients {
   /** Resolves once the subscriber is in the group. */
-  subscribe(onEvent: OnEvent): Promise<LeanWs>;
+  subscribe(onEvent: OnEvent, onClosed?: OnClosed): Promise<LeanWs>;
   publisher(): Promise<Publisher>;
+  /** Stops whatever the clients run besides their sockets (the acknowledgement timer). */
+  close?(): void;
 }
 
 export function eventPayload(seq: number): string {
@@ -33,16 +41,50 @@ export function seqAt(buf: Buffer, at: number): number {
   return n;
 }
 
+const SEQUENCE_HEAD = Buffer.from('{"sequenceId":');
+
+/** The sequence id a reliable delivery starts with (`{"sequenceId":N,`, as the relay frames it), or -1. */
+function leadingSequenceId(payload: Buffer): number {
+  if (payload.length < SEQUENCE_HEAD.length || payload.compare(SEQUENCE_HEAD, 0, SEQUENCE_HEAD.length, 0, SEQUENCE_HEAD.length) !== 0) return -1;
+  let n = 0;
+  for (let i = SEQUENCE_HEAD.length; i < payload.length; i++) {
+    const c = payload[i];
+    if (c < 48 || c > 57) break;
+    n = n * 10 + (c - 48);
+  }
+  return n;
+}
+
+/** Why a socket was closed, from its close frame's payload. */
+function closeReason(payload: Buffer): string {
+  return payload.length >= 2 ? `${payload.readUInt16BE(0)} ${payload.subarray(2).toString()}` : 'close frame without a code';
+}
+
+export interface PubSubClientOptions {
+  onEvent?: OnEvent;
+  /** Each delivery's sequence id (reliable subprotocol). */
+  onSequenceId?(id: number): void;
+  onClosed?: OnClosed;
+}
+
 /** A client of our relay's bench hub in `groups` (through its token); resolves once `connected` arrived. */
-export function openPubSubClient(port: number, protocol: string, groups: string[], onEvent?: OnEvent): Promise<LeanWs> {
+export function openPubSubClient(port: number, protocol: string, groups: string[], options: PubSubClientOptions = {}): Promise<LeanWs> {
+  const { onEvent, onSequenceId, onClosed } = options;
   return new Promise((resolve, reject) => {
     let ready: LeanWs | undefined;
     let connected = false;
+    let why: string | undefined;
     LeanWs.open({
       port,
       path: clientPath(port, { groups }),
       protocols: [protocol],
+      onCloseFrame: (payload) => (why = closeReason(payload)),
+      onClose: () => onClosed?.(why ?? 'connection closed without a close frame'),
       onFrame(_op, payload) {
+        if (onSequenceId) {
+          const id = leadingSequenceId(payload);
+          if (id >= 0) onSequenceId(id);
+        }
         const at = onEvent ? payload.indexOf(64) : -1;
         if (at >= 0) return onEvent!(payload, at);
         if (!connected && payload.includes('"connected"')) {
@@ -60,25 +102,82 @@ export function openPubSubClient(port: number, protocol: string, groups: string[
 /** Our relay's pub/sub hub, json.webpubsub.azure.v1: subscribers join through their token's group claim. */
 export function relayClients(subscriberPort: number, publisherPort: number): FanoutClients {
   return {
-    subscribe(onEvent) {
-      return openPubSubClient(subscriberPort, 'json.webpubsub.azure.v1', [GROUP], onEvent);
+    subscribe(onEvent, onClosed) {
+      return openPubSubClient(subscriberPort, 'json.webpubsub.azure.v1', [GROUP], { onEvent, onClosed });
     },
-    async publisher() {
-      const ws = await LeanWs.open({
-        port: publisherPort,
-        path: clientPath(publisherPort, { roles: ['webpubsub.sendToGroup'] }),
-        protocols: ['json.webpubsub.azure.v1'],
-      });
-      return {
-        publish(payloads) {
-          const frames = payloads.map((p) =>
-            maskedFrame(OP_TEXT, Buffer.from(`{"type":"sendToGroup","group":"${GROUP}","dataType":"text","data":"${p}","noEcho":true}`)),
-          );
-          ws.sendRaw(frames.length === 1 ? frames[0] : Buffer.concat(frames));
+    publisher: () => relayPublisher(publisherPort),
+  };
+}
+
+/** A publisher on our relay (plain subprotocol, sendToGroup with noEcho). */
+async function relayPublisher(publisherPort: number): Promise<Publisher> {
+  const ws = await LeanWs.open({
+    port: publisherPort,
+    path: clientPath(publisherPort, { roles: ['webpubsub.sendToGroup'] }),
+    protocols: ['json.webpubsub.azure.v1'],
+  });
+  return {
+    publish(payloads) {
+      const frames = payloads.map((p) =>
+        maskedFrame(OP_TEXT, Buffer.from(`{"type":"sendToGroup","group":"${GROUP}","dataType":"text","data":"${p}","noEcho":true}`)),
+      );
+      ws.sendRaw(frames.length === 1 ? frames[0] : Buffer.concat(frames));
+    },
+    close: () => ws.close(),
+  };
+}
+
+/** @azure/web-pubsub-client's SequenceId: the highest id seen, and whether it moved since the last acknowledgement. */
+interface AckState {
+  ws?: LeanWs;
+  highest: number;
+  updated: boolean;
+}
+
+/** The SDK acknowledges at once when a delivery's id jumps past the last by more than this (`_quickSequenceAckDiff`). */
+const QUICK_ACK_DIFF = 300;
+/** The SDK's acknowledgement loop runs every second per client (an AbortableTask of 1000 ms). */
+const ACK_INTERVAL_MS = 1000;
+const ACK_SLOTS = 10;
+
+/**
+ * Our relay with reliable subscribers (json.reliable.webpubsub.azure.v1)
+ * acknowledging as @azure/web-pubsub-client 1.0 does: a cumulative
+ * `sequenceAck` of the highest id seen, once a second per client when it
+ * moved, and at once when an id jumps by more than 300. One shared timer
+ * spreads the clients over ten slots of a second (each client in its slot
+ * once a second, as the SDK's per-client loops fall at different phases).
+ */
+export function reliableRelayClients(subscriberPort: number, publisherPort: number): FanoutClients {
+  const states: AckState[] = [];
+  const ack = (s: AckState) => {
+    s.updated = false;
+    s.ws?.send(OP_TEXT, `{"type":"sequenceAck","sequenceId":${s.highest}}`);
+  };
+  let slot = 0;
+  const timer = setInterval(() => {
+    for (let i = slot; i < states.length; i += ACK_SLOTS) if (states[i].updated && !states[i].ws?.closed) ack(states[i]);
+    slot = (slot + 1) % ACK_SLOTS;
+  }, ACK_INTERVAL_MS / ACK_SLOTS);
+  return {
+    async subscribe(onEvent, onClosed) {
+      const state: AckState = { highest: 0, updated: false };
+      states.push(state);
+      state.ws = await openPubSubClient(subscriberPort, 'json.reliable.webpubsub.azure.v1', [GROUP], {
+        onEvent,
+        onClosed,
+        onSequenceId(id) {
+          if (id <= state.highest) return;
+          const diff = id - state.highest;
+          state.highest = id;
+          state.updated = true;
+          if (diff > QUICK_ACK_DIFF && state.ws) ack(state);
         },
-        close: () => ws.close(),
-      };
+      });
+      return state.ws;
     },
+    publisher: () => relayPublisher(publisherPort),
+    close: () => clearInterval(timer),
   };
 }
 

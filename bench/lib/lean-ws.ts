@@ -24,6 +24,8 @@ export interface LeanWsOptions {
   /** Byte-counting mode for bulk receivers: payload bytes as they arrive, never assembled. */
   onPayloadBytes?(bytes: number): void;
   onClose?(): void;
+  /** The payload of a close frame from the server (its code and reason), before the socket is ended. */
+  onCloseFrame?(payload: Buffer): void;
   timeoutMs?: number;
 }
 
@@ -202,7 +204,10 @@ export class LeanWs {
       const payload = buf.subarray(at + headerLength, at + headerLength + length);
       at += headerLength + length;
       if (opcode === OP_PING) this.send(OP_PONG, Buffer.from(payload));
-      else if (opcode === OP_CLOSE) this.socket.end();
+      else if (opcode === OP_CLOSE) {
+        this.options.onCloseFrame?.(payload);
+        this.socket.end();
+      }
       else this.options.onFrame?.(opcode, payload);
     }
     if (at < buf.length) this.pending = Buffer.from(buf.subarray(at));

@@ -1,17 +1,28 @@
-// Processes the bench starts (our relay, nats-server, mosquitto, socat, peer
-// servers), all on 127.0.0.1, all killed when the bench exits however it
-// exits; and the per-process readings the tables report (CPU time, RSS).
+// Processes the bench starts (our relay, nats-server, mosquitto, socat,
+// nginx, haproxy, iperf3, wrk, peer servers), all on 127.0.0.1, all killed
+// when the bench exits however it exits (each in a process group of its own,
+// so forking servers go with their workers); and the per-process readings the
+// tables report (CPU time, RSS).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const children = new Set<ChildProcess>();
 const dirs = new Set<string>();
 
+/** Signals the child's whole process group (it leads one: spawned detached). */
+function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-child.pid!, signal);
+  } catch {
+    // already gone
+  }
+}
+
 function killEverything(): void {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  for (const child of children) signalGroup(child, 'SIGKILL');
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 }
 process.on('exit', killEverything);
@@ -54,31 +65,76 @@ export interface Started {
   stop(): Promise<void>;
 }
 
-/** Spawns a process and waits (bounded) until its stdout or stderr matches `ready`. */
-export async function startProcess(command: string, args: string[], ready: RegExp, options: { timeoutMs?: number; cwd?: string } = {}): Promise<Started> {
-  const child = spawn(command, args, { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Resolves once something accepts a TCP connection on 127.0.0.1:port (tried every 50 ms). */
+function whenAccepting(port: number, isCancelled: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const attempt = () => {
+      if (isCancelled()) return;
+      const socket = connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve();
+      });
+      socket.once('error', () => {
+        socket.destroy();
+        setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+/**
+ * Spawns a process in a process group of its own and waits (bounded) until
+ * its stdout or stderr matches `ready`, or, for servers that print nothing
+ * when up (nginx, haproxy), until it accepts connections on `ready.port`.
+ */
+export async function startProcess(
+  command: string,
+  args: string[],
+  ready: RegExp | { port: number },
+  options: { timeoutMs?: number; cwd?: string } = {},
+): Promise<Started> {
+  const child = spawn(command, args, { cwd: options.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   children.add(child);
   let output = '';
+  let settled = false;
   const match = await new Promise<RegExpExecArray>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${command} did not start in time:\n${output.slice(-2000)}`)), options.timeoutMs ?? 15000);
+    const timer = setTimeout(() => {
+      settled = true;
+      reject(new Error(`${command} did not start in time:\n${output.slice(-2000)}`));
+    }, options.timeoutMs ?? 15000);
     const onData = (d: Buffer) => {
       output = (output + d.toString()).slice(-65536);
-      const m = ready.exec(output);
+      const m = ready instanceof RegExp ? ready.exec(output) : null;
       if (m) {
+        settled = true;
         clearTimeout(timer);
         resolve(m);
       }
     };
+    if (!(ready instanceof RegExp)) {
+      void whenAccepting(ready.port, () => settled).then(() => {
+        settled = true;
+        clearTimeout(timer);
+        resolve(Object.assign([String(ready.port)], { index: 0, input: '' }) as RegExpExecArray);
+      });
+    }
     child.stdout!.on('data', onData);
     child.stderr!.on('data', onData);
     child.once('error', (e) => {
+      settled = true;
       clearTimeout(timer);
       reject(e);
     });
     child.once('exit', (code) => {
+      settled = true;
       clearTimeout(timer);
       reject(new Error(`${command} exited with ${code}:\n${output.slice(-2000)}`));
     });
+  }).catch((err: unknown) => {
+    signalGroup(child, 'SIGKILL');
+    throw err;
   });
   // Keep draining output so a chatty process never blocks on a full pipe.
   child.stdout!.resume();
@@ -87,21 +143,121 @@ export async function startProcess(command: string, args: string[], ready: RegEx
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
     child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 3000);
+    const timer = setTimeout(() => signalGroup(child, 'SIGKILL'), 3000);
     await exited;
     clearTimeout(timer);
+    // Workers of a forking server (nginx, socat fork) that outlive their parent.
+    signalGroup(child, 'SIGKILL');
     children.delete(child);
   };
   return { child, pid: child.pid!, match, stop };
 }
 
+/**
+ * Starts things side by side; whatever started is added to `started` (to be
+ * stopped), even when another one failed, and the first failure is thrown.
+ */
+export async function startAll<T extends readonly Promise<{ stop(): Promise<void> }>[]>(
+  started: { stop(): Promise<void> }[],
+  starting: T,
+): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(starting);
+  for (const s of settled) if (s.status === 'fulfilled') started.push(s.value);
+  const failed = settled.find((s) => s.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+  return settled.map((s) => (s as PromiseFulfilledResult<unknown>).value) as { -readonly [K in keyof T]: Awaited<T[K]> };
+}
+
+/**
+ * Runs a command to completion (a load generator: wrk, iperf3 -c), bounded by
+ * `timeoutMs`, and resolves with its stdout; rejects on a non-zero exit.
+ * Its CPU time is read from this process's reaped-children times (see
+ * reapedChildrenCpu), so the caller can report it as the generator's.
+ */
+export async function runCommand(command: string, args: string[], timeoutMs: number): Promise<string> {
+  const child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  children.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        signalGroup(child, 'SIGKILL');
+        reject(new Error(`${command} ${args.join(' ')} did not finish in ${timeoutMs} ms`));
+      }, timeoutMs);
+      child.once('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        if (code === 0) resolve(stdout);
+        else reject(new Error(`${command} ${args.join(' ')} exited with ${code}:\n${stderr}${stdout.slice(-2000)}`));
+      });
+    });
+  } finally {
+    children.delete(child);
+  }
+}
+
 const CLOCK_TICKS = 100;
 
-/** CPU time a process has used, in seconds: in user space and in the kernel. */
-export function cpuTimes(pid: number): { user: number; system: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { user: Number(fields[11]) / CLOCK_TICKS, system: Number(fields[12]) / CLOCK_TICKS };
+/** Fields of /proc/PID/stat from the state on (fields[0] is field 3 of proc(5)), or undefined when it is gone. */
+function statFields(pid: number | 'self'): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pids of the live descendants of `pid` (nginx workers, socat's forked children, cluster workers). */
+function descendants(pid: number): number[] {
+  const byParent = new Map<number, number[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const fields = statFields(Number(name));
+    if (!fields) continue;
+    const parent = Number(fields[1]);
+    const list = byParent.get(parent) ?? [];
+    list.push(Number(name));
+    byParent.set(parent, list);
+  }
+  const out: number[] = [];
+  const queue = [pid];
+  for (let i = 0; i < queue.length && i < 10000; i++) {
+    for (const child of byParent.get(queue[i]) ?? []) {
+      out.push(child);
+      queue.push(child);
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU time of a process tree, seconds: the process, its live descendants, and
+ * the descendants it has already reaped (cutime/cstime), so a forking server
+ * is counted whole however its workers come and go.
+ */
+export function treeCpuTimes(pid: number): { user: number; system: number } {
+  let user = 0;
+  let system = 0;
+  for (const p of [pid, ...descendants(pid)]) {
+    const fields = statFields(p);
+    if (!fields) continue;
+    user += Number(fields[11]) + Number(fields[13]);
+    system += Number(fields[12]) + Number(fields[14]);
+  }
+  return { user: user / CLOCK_TICKS, system: system / CLOCK_TICKS };
+}
+
+/** CPU seconds of this process's children that have exited and been reaped (runCommand's generators). */
+export function reapedChildrenCpu(): number {
+  const fields = statFields('self')!;
+  return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS;
 }
 
 /** Resident set size, bytes. */
@@ -112,7 +268,7 @@ export function rssBytes(pid: number): number {
 
 /**
  * Measures the CPU share (percent of one core) of this process and of `pids`
- * over a span, and how much of the servers' share was spent in the kernel
+ * (each with its descendants) over a span, and how much of the servers' share was spent in the kernel
  * (on loopback, a write runs the receiver's TCP path too).
  */
 export class CpuMeter {
@@ -121,7 +277,7 @@ export class CpuMeter {
   private readonly startedAt = performance.now();
 
   constructor(private readonly pids: number[]) {
-    this.startOthers = pids.map(cpuTimes);
+    this.startOthers = pids.map(treeCpuTimes);
   }
 
   read(): { generator: number; servers: number; serversKernel: number } {
@@ -130,7 +286,7 @@ export class CpuMeter {
     let user = 0;
     let system = 0;
     this.pids.forEach((pid, i) => {
-      const now = cpuTimes(pid);
+      const now = treeCpuTimes(pid);
       user += now.user - this.startOthers[i].user;
       system += now.system - this.startOthers[i].system;
     });

@@ -22,10 +22,22 @@ export interface Ratio {
   scenario: string;
   ours: string;
   peer: string;
-  /** ours / peer on the headline figure (for memory: peer / ours, so above 1 is better for us too). */
+  /** ours / peer on the headline figure (for memory: peer / ours, so above 1 is better for us too), or on `figure`. */
   ratio: number;
-  /** What the ratio must reach (the issue's target), when there is one. */
+  /** The figure compared when it is not the headline one, e.g. `p99 ms`. */
+  figure?: string;
+  /** Whether a higher ratio is better (throughput) or a lower one (latency); default higher. */
+  better?: 'higher' | 'lower';
+  /** What the ratio must reach (the issue's target), when there is one: at least it when higher is better, at most it when lower is. */
   target?: number;
+  /** Whether the target is met (filled in by `withVerdict`). */
+  met?: boolean;
+}
+
+/** Fills in `met` from the target and which way is better. */
+export function withVerdict(r: Ratio): Ratio {
+  if (r.target === undefined) return r;
+  return { ...r, met: r.better === 'lower' ? r.ratio <= r.target : r.ratio >= r.target };
 }
 
 function fmt(n: number | undefined, digits = 0): string {
@@ -55,9 +67,11 @@ export function printTable(results: Result[], ratios: Ratio[]): void {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const line = (row: string[]) => '| ' + row.map((cell, c) => cell.padEnd(widths[c])).join(' | ') + ' |';
   const out = [line(rows[0]), '|' + widths.map((w) => '-'.repeat(w + 2)).join('|') + '|', ...rows.slice(1).map(line)];
-  out.push('', '| scenario | ours | peer | ratio | target |', '|---|---|---|---|---|');
+  out.push('', '| scenario | ours | peer | figure | ratio | better | target | met |', '|---|---|---|---|---|---|---|---|');
   for (const r of ratios) {
-    out.push(`| ${r.scenario} | ${r.ours} | ${r.peer} | ${r.ratio.toFixed(2)} | ${r.target === undefined ? '-' : '≥ ' + r.target} |`);
+    const target = r.target === undefined ? '-' : (r.better === 'lower' ? '≤ ' : '≥ ') + r.target;
+    const met = r.met === undefined ? '-' : r.met ? 'yes' : '**no**';
+    out.push(`| ${r.scenario} | ${r.ours} | ${r.peer} | ${r.figure ?? 'figure'} | ${r.ratio.toFixed(2)} | ${r.better ?? 'higher'} | ${target} | ${met} |`);
   }
   process.stdout.write(out.join('\n') + '\n');
 }

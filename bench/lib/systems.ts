@@ -1,6 +1,10 @@
 // The systems under test, started on 127.0.0.1 for one scenario run: our relay
-// (memory or NATS bus), nats-server with its WebSocket listener, Mosquitto
-// with its WebSocket listener, socat.
+// (memory or NATS bus), our bridge (`edge-relay bridge -L` and `-R`),
+// nats-server with its WebSocket listener, Mosquitto with its WebSocket
+// listener, socat, nginx as a reverse proxy, haproxy in tcp mode, and an
+// iperf3 server. Peers' configs are written at run time into a temp dir;
+// every port is on 127.0.0.1.
+import { userInfo } from 'node:os';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
 import { freePort, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
@@ -14,7 +18,19 @@ export interface RelayNode extends Started {
   port: number;
 }
 
-export async function startRelay(options: { nodeId?: string; natsUrl?: string; jetstream?: boolean; extra?: Record<string, unknown> } = {}): Promise<RelayNode> {
+/** `node --cpu-prof` flags when BENCH_PROFILE_DIR is set: each node process the bench starts writes a CPU profile there on exit (see bench/profile-summary.ts). */
+function profileFlags(): string[] {
+  return process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
+}
+
+/**
+ * Our relay, one `edge-relay serve` process. `serveArgs` go after `serve`
+ * (the hook for a `--workers N` row: the CPU meter already counts a process's
+ * descendants, so workers forked by node:cluster are measured with it).
+ */
+export async function startRelay(
+  options: { nodeId?: string; natsUrl?: string; jetstream?: boolean; limits?: Record<string, number>; extra?: Record<string, unknown>; serveArgs?: string[] } = {},
+): Promise<RelayNode> {
   const config = {
     nodeId: options.nodeId ?? 'bench',
     listen: { host: '127.0.0.1', port: 0 },
@@ -26,13 +42,15 @@ export async function startRelay(options: { nodeId?: string; natsUrl?: string; j
     // The NATS rows measure the core NATS path unless a scenario asks for durable hubs (JetStream).
     bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl], jetstream: { enabled: options.jetstream ?? false } } : { kind: 'memory' },
     // The load generator opens thousands of connections from one address.
-    limits: { connectRatePerAddress: 0 },
+    limits: { connectRatePerAddress: 0, ...options.limits },
     ...options.extra,
   };
   const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));
-  // BENCH_PROFILE_DIR=dir: each relay writes a CPU profile there when it exits (see bench/profile-summary.ts).
-  const profile = process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
-  const started = await startProcess(process.execPath, [...profile, '--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], /listening on http:\/\/127\.0\.0\.1:(\d+)/);
+  const started = await startProcess(
+    process.execPath,
+    [...profileFlags(), '--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, ...(options.serveArgs ?? [])],
+    /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+  );
   return { ...started, port: Number(started.match[1]) };
 }
 
@@ -83,9 +101,141 @@ export interface Socat extends Started {
   port: number;
 }
 
-/** socat relaying one TCP connection from a fresh port to `targetPort`. */
-export async function startSocat(targetPort: number): Promise<Socat> {
+/**
+ * socat relaying TCP from a fresh port to `targetPort` (default options): one
+ * connection and out, or with `fork` a child per connection (iperf3 opens a
+ * control and a data connection).
+ */
+export async function startSocat(targetPort: number, options: { fork?: boolean } = {}): Promise<Socat> {
   const port = await freePort();
-  const started = await startProcess('socat', ['-d', '-d', `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr`, `TCP:127.0.0.1:${targetPort}`], /listening on/);
+  const listen = `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr${options.fork ? ',fork' : ''}`;
+  const started = await startProcess('socat', ['-d', '-d', listen, `TCP:127.0.0.1:${targetPort}`], /listening on/);
   return { ...started, port };
+}
+
+export interface Proxy extends Started {
+  port: number;
+}
+
+/**
+ * nginx as a reverse proxy to the HTTP server on `upstreamPort`, with a
+ * keep-alive pool to it, `workers` worker processes (a number or `auto`, one
+ * per core). Runs in the foreground (`daemon off`) as the current user, with
+ * its pid file, error log and temp paths in a temp dir; no access log.
+ */
+export async function startNginx(upstreamPort: number, workers: number | 'auto'): Promise<Proxy> {
+  const dir = tempDir();
+  const port = await freePort();
+  // As root the master would hand its workers to `nobody`; keep them ours.
+  const user = process.getuid?.() === 0 ? `user ${userInfo().username};\n` : '';
+  const conf = `${user}daemon off;
+master_process on;
+worker_processes ${workers};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 60s;
+  upstream answerer {
+    server 127.0.0.1:${upstreamPort};
+    keepalive 256;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://answerer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`;
+  const file = writeTemp(dir, 'nginx.conf', conf);
+  const started = await startProcess('nginx', ['-p', dir, '-e', `${dir}/error.log`, '-c', file], { port }, { cwd: dir });
+  return { ...started, port };
+}
+
+/**
+ * haproxy in tcp mode relaying a fresh port to `targetPort` (default thread
+ * count: one per core), in the foreground (-db). It is ready when its
+ * monitor port answers, so probing it opens no connection to the target.
+ */
+export async function startHaproxy(targetPort: number): Promise<Proxy> {
+  const dir = tempDir();
+  const port = await freePort();
+  const monitorPort = await freePort();
+  const conf = `global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+listen relay
+  bind 127.0.0.1:${port}
+  server target 127.0.0.1:${targetPort}
+frontend ready
+  mode http
+  bind 127.0.0.1:${monitorPort}
+  monitor-uri /ready
+`;
+  const file = writeTemp(dir, 'haproxy.cfg', conf);
+  const started = await startProcess('haproxy', ['-db', '-f', file], { port: monitorPort }, { cwd: dir });
+  return { ...started, port };
+}
+
+export interface Iperf3Server extends Started {
+  port: number;
+}
+
+/** An iperf3 server on 127.0.0.1 (one test at a time, as iperf3 serves them). */
+export async function startIperf3Server(): Promise<Iperf3Server> {
+  const port = await freePort();
+  const started = await startProcess('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(port), '--forceflush'], /Server listening on/);
+  return { ...started, port };
+}
+
+export interface BridgeChain {
+  /** Where a TCP client connects: `bridge -L`'s port. */
+  port: number;
+  /** The `bridge -L` and `bridge -R` processes (the relay is the caller's). */
+  pids: number[];
+  stop(): Promise<void>;
+}
+
+/**
+ * What a user of the tunnel runs: `edge-relay bridge -R entity:127.0.0.1:target`
+ * as the listener on the relay at `relayPort`, and `edge-relay bridge -L
+ * 127.0.0.1:0:entity` taking TCP connections, each a process of its own
+ * started through bin/edge-relay.js, with default options.
+ */
+export async function startBridgeChain(relayPort: number, targetPort: number, entity: string): Promise<BridgeChain> {
+  const common = ['--relay', `http://127.0.0.1:${relayPort}`, '--key-name', 'root', '--key', ROOT_KEY, '--log-level', 'warn'];
+  const remote = await startProcess(
+    process.execPath,
+    [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-R', `${entity}:127.0.0.1:${targetPort}`],
+    /listening on \S+ -> /,
+  );
+  try {
+    const local = await startProcess(process.execPath, [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-L', `127.0.0.1:0:${entity}`], /forwarding 127\.0\.0\.1:(\d+) -> /);
+    return {
+      port: Number(local.match[1]),
+      pids: [local.pid, remote.pid],
+      async stop() {
+        await local.stop();
+        await remote.stop();
+      },
+    };
+  } catch (err) {
+    await remote.stop();
+    throw err;
+  }
 }

@@ -1,26 +1,38 @@
 // HTTP relay: small GET requests through the relay to a listener that answers
-// them itself, against the same requests to an HTTP server reached directly.
-// A fixed number of keep-alive connections each keep one request in flight.
+// them itself, against the same answer from a Node HTTP server reached
+// directly and through nginx as a reverse proxy (1 worker, and `auto`: one
+// per core) holding a keep-alive pool to that same server. A fixed number of
+// keep-alive connections each keep one request in flight, from our generator
+// (lean-http.ts) and, as a cross-check, from wrk -t1 in the same run.
+import { cpus } from 'node:os';
 import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
-import { CpuMeter, startProcess } from '../lib/processes.ts';
-import type { ScenarioResult } from '../lib/report.ts';
-import { ENTITY, startRelay } from '../lib/systems.ts';
+import { CpuMeter, startAll, startProcess } from '../lib/processes.ts';
+import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { ENTITY, startNginx, startRelay } from '../lib/systems.ts';
+import { runWrk } from '../lib/wrk.ts';
 import type { Mode, Outcome } from './index.ts';
+
+const RELAY = 'edge-relay -> listener';
+const NGINX_1 = 'nginx, 1 worker -> node http server';
+const NGINX_AUTO = `nginx, auto (${cpus().length} workers) -> node http server`;
+const DIRECT = 'node http server, direct';
 
 interface Load {
   requestsPerSec: number;
-  histogram: Histogram;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
   generatorCpu: number;
   serverCpu: number;
   serverKernelCpu: number;
 }
 
-async function load(port: number, path: string, pids: number[], connections: number, seconds: number): Promise<Load> {
+async function load(port: number, path: string, pids: number[], connections: number, seconds: number, warmMs: number): Promise<Load> {
   const clients = await Promise.all(Array.from({ length: connections }, () => LeanHttpConnection.open(port, path)));
   try {
     // Warm-up, not counted.
-    const warmUntil = performance.now() + 500;
+    const warmUntil = performance.now() + warmMs;
     await Promise.all(clients.map(async (c) => { while (performance.now() < warmUntil) await c.get(); }));
     const histogram = new Histogram();
     let done = 0;
@@ -37,54 +49,79 @@ async function load(port: number, path: string, pids: number[], connections: num
     );
     const elapsed = (performance.now() - t0) / 1000;
     const cpu = meter.read();
-    return { requestsPerSec: done / elapsed, histogram, generatorCpu: cpu.generator, serverCpu: cpu.servers, serverKernelCpu: cpu.serversKernel };
+    return { requestsPerSec: done / elapsed, ...histogram.figuresMs(), generatorCpu: cpu.generator, serverCpu: cpu.servers, serverKernelCpu: cpu.serversKernel };
   } finally {
     for (const c of clients) c.close();
   }
 }
 
-async function atConcurrency(mode: Mode, connections: number): Promise<Outcome> {
-  const seconds = mode === 'quick' ? 1.5 : 5;
-  const scenario = `HTTP GET, ${connections} connections`;
-  const rows: [string, boolean, Load][] = [];
-  const relay = await startRelay();
-  try {
-    const listener = await startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(relay.port)], /ready (\d+)/);
-    try {
-      rows.push(['edge-relay -> listener', true, await load(relay.port, `/${ENTITY}/hello`, [relay.pid, listener.pid], connections, seconds)]);
-    } finally {
-      await listener.stop();
-    }
-  } finally {
-    await relay.stop();
-  }
-  const direct = await startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'direct'], /ready (\d+)/);
-  try {
-    rows.push(['node http server, direct', false, await load(Number(direct.match[1]), '/hello', [direct.pid], connections, seconds)]);
-  } finally {
-    await direct.stop();
-  }
-  const results: ScenarioResult[] = rows.map(([system, ours, l]) => ({
-    scenario,
-    system,
-    ours,
-    value: l.requestsPerSec,
-    unit: 'requests/s',
-    figures: {
-      ...l.histogram.figuresMs(),
-      generatorCpu: l.generatorCpu,
-      serverCpu: l.serverCpu,
-      serverKernelCpu: l.serverKernelCpu,
-    },
-  }));
-  return { results, ratios: [{ scenario, ours: results[0].system, peer: results[1].system, ratio: results[0].value / results[1].value, target: 0.5 }] };
+interface Target {
+  system: string;
+  ours: boolean;
+  port: number;
+  path: string;
+  pids: number[];
+}
+
+function ratiosFor(scenario: string, rows: Map<string, Load>): Ratio[] {
+  const ours = rows.get(RELAY)!;
+  const nginx = rows.get(NGINX_1)!;
+  return [
+    { scenario, ours: RELAY, peer: NGINX_1, ratio: ours.requestsPerSec / nginx.requestsPerSec, target: 0.8 },
+    { scenario, ours: RELAY, peer: NGINX_1, figure: 'p99 ms', better: 'lower', ratio: ours.p99Ms / nginx.p99Ms, target: 2 },
+    { scenario, ours: RELAY, peer: NGINX_AUTO, ratio: ours.requestsPerSec / rows.get(NGINX_AUTO)!.requestsPerSec },
+    { scenario, ours: RELAY, peer: DIRECT, ratio: ours.requestsPerSec / rows.get(DIRECT)!.requestsPerSec, target: 0.5 },
+  ];
 }
 
 /**
  * At 32 connections a relayed request's two extra hops (to the listener and
  * back) bound the rate more than CPU does; at 128 both sides are CPU-bound.
+ * Every system runs for the whole scenario; each row loads one at a time.
  */
 export async function httpScenario(mode: Mode): Promise<Outcome> {
-  const outcomes = [await atConcurrency(mode, 32), await atConcurrency(mode, 128)];
-  return { results: outcomes.flatMap((o) => o.results), ratios: outcomes.flatMap((o) => o.ratios) };
+  const seconds = mode === 'quick' ? 0.5 : 5;
+  const warmMs = mode === 'quick' ? 200 : 500;
+  const started: { stop(): Promise<void> }[] = [];
+  const results: ScenarioResult[] = [];
+  const ratios: Ratio[] = [];
+  try {
+    // Started side by side where they do not depend on each other.
+    const [relay, direct] = await startAll(started, [
+      startRelay(),
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'direct'], /ready (\d+)/),
+    ] as const);
+    const directPort = Number(direct.match[1]);
+    const [listener, nginx1, nginxAuto] = await startAll(started, [
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(relay.port)], /ready (\d+)/),
+      startNginx(directPort, 1),
+      startNginx(directPort, 'auto'),
+    ] as const);
+    const targets: Target[] = [
+      { system: RELAY, ours: true, port: relay.port, path: `/${ENTITY}/hello`, pids: [relay.pid, listener.pid] },
+      { system: NGINX_1, ours: false, port: nginx1.port, path: '/hello', pids: [nginx1.pid, direct.pid] },
+      { system: NGINX_AUTO, ours: false, port: nginxAuto.port, path: '/hello', pids: [nginxAuto.pid, direct.pid] },
+      { system: DIRECT, ours: false, port: directPort, path: '/hello', pids: [direct.pid] },
+    ];
+    for (const connections of [32, 128]) {
+      for (const generator of ['ours', 'wrk'] as const) {
+        const scenario = `HTTP GET, ${connections} connections${generator === 'wrk' ? ', wrk -t1' : ''}`;
+        const rows = new Map<string, Load>();
+        for (const t of targets) {
+          process.stderr.write(`  ${scenario}: ${t.system}\n`);
+          const l =
+            generator === 'ours'
+              ? await load(t.port, t.path, t.pids, connections, seconds, warmMs)
+              : await runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids);
+          rows.set(t.system, l);
+          const { requestsPerSec, ...figures } = l;
+          results.push({ scenario, system: t.system, ours: t.ours, value: requestsPerSec, unit: 'requests/s', figures });
+        }
+        ratios.push(...ratiosFor(scenario, rows));
+      }
+    }
+  } finally {
+    for (const s of started.reverse()) await s.stop();
+  }
+  return { results, ratios };
 }

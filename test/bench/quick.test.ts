@@ -1,62 +1,44 @@
 // CI runs the bench in quick mode so it cannot rot: every scenario must
-// produce figures for ours and its peers. What the figures are is not checked
-// here (performance is read from `npm run bench`, never asserted in tests).
+// produce figures for ours and its peers (nginx, haproxy, socat, nats-server,
+// Mosquitto), from our generator and from wrk and iperf3. What the figures are
+// is not checked here (performance is read from `npm run bench`, never
+// asserted in tests), nor whether targets are met. This file runs the relay
+// scenarios; quick-pubsub.test.ts the pub/sub ones.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { SCENARIOS } from '../../bench/scenarios/index.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
-import { withTimeout } from '../helpers/wait.ts';
-
-const ROOT = new URL('../..', import.meta.url).pathname;
-
-function runBench(t: Parameters<typeof cleanupFor>[0], args: string[], ms: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  cleanupFor(t).after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d));
-  child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d).slice(-20000)));
-  return withTimeout(new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr }))), ms, `bench ${args.join(' ')}`);
-}
+import { PUBSUB_SCENARIOS, RELAY_SCENARIOS, assertFigure, runBench, runQuick } from './quick-run.ts';
 
 describe('npm run bench', () => {
-  it('quick mode runs every scenario and reports figures for ours and each peer', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-bench-test-'));
-    cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
-    const out = join(dir, 'latest.json');
-    const run = await runBench(t, ['--quick', '--out', out], 110000);
-    assert.equal(run.code, 0, run.stderr);
-    const report = JSON.parse(readFileSync(out, 'utf8')) as {
-      mode: string;
-      machine: { cpus: number; node: string };
-      results: { group: string; ours: boolean; value: number; figures: Record<string, number> }[];
-      ratios: { ratio: number }[];
-    };
-    assert.equal(report.mode, 'quick');
-    assert.ok(report.machine.cpus > 0);
-    assert.equal(report.machine.node, process.version);
-    for (const name of Object.keys(SCENARIOS)) {
-      const rows = report.results.filter((r) => r.group === name);
-      assert.ok(rows.some((r) => r.ours), `${name}: no figure for edge-relay`);
-      assert.ok(rows.some((r) => !r.ours), `${name}: no figure for a peer`);
-      for (const r of rows) assert.ok(Number.isFinite(r.value), `${name}: ${JSON.stringify(r)}`);
+  it('the quick tests between them run every scenario', () => {
+    assert.deepEqual([...RELAY_SCENARIOS, ...PUBSUB_SCENARIOS].sort(), Object.keys(SCENARIOS).sort());
+  });
+
+  it('quick mode runs the relay scenarios with figures for ours and each peer, from our generator, wrk and iperf3', async (t) => {
+    const report = await runQuick(t, RELAY_SCENARIOS, 110000);
+    for (const connections of [32, 128]) {
+      for (const generator of ['', ', wrk -t1']) {
+        const scenario = new RegExp(`^HTTP GET, ${connections} connections${generator}$`);
+        assertFigure(report, scenario, /^edge-relay -> listener$/, true);
+        assertFigure(report, scenario, /^nginx, 1 worker/, false);
+        assertFigure(report, scenario, /^nginx, auto/, false);
+        assertFigure(report, scenario, /^node http server, direct$/, false);
+      }
     }
-    assert.ok(report.ratios.length > 0);
-    for (const r of report.ratios) assert.ok(Number.isFinite(r.ratio), JSON.stringify(r));
-    // The table went to stdout.
-    assert.match(run.stdout, /\| scenario .*\| system .*\|/);
+    assertFigure(report, /^tunnel /, /^edge-relay \(relayed websocket\)$/, true);
+    assertFigure(report, /^tunnel /, /^haproxy/, false);
+    for (const scenario of [/^bridge \d+ MiB$/, /^bridge, iperf3 /]) {
+      assertFigure(report, scenario, /^edge-relay bridge -L -> relay -> bridge -R$/, true);
+      assertFigure(report, scenario, /^socat$/, false);
+      assertFigure(report, scenario, /^haproxy/, false);
+      assertFigure(report, scenario, /^plain TCP/, false);
+    }
   });
 
   it('refuses an unknown scenario with usage', async (t) => {
     const run = await runBench(t, ['no-such-scenario'], 20000);
     assert.equal(run.code, 2);
     assert.match(run.stderr, /unknown scenario: no-such-scenario/);
-    assert.match(run.stderr, /Scenarios: fanout, tunnel, http, rendezvous, memory/);
+    assert.match(run.stderr, /Scenarios: fanout, tunnel, bridge, http, rendezvous, memory/);
   });
 });

@@ -1,0 +1,20 @@
+// The bench's pub/sub scenarios in quick mode (see quick.test.ts): fan-out
+// with plain and reliable subscribers on both buses against nats-server and
+// Mosquitto, p99 as a ratio to nats-server's, and idle memory.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { PUBSUB_SCENARIOS, assertFigure, runQuick } from './quick-run.ts';
+
+describe('npm run bench, pub/sub', () => {
+  it('quick mode runs the pub/sub scenarios with figures for ours and each peer', async (t) => {
+    const report = await runQuick(t, PUBSUB_SCENARIOS, 110000);
+    assertFigure(report, /^fan-out /, /^edge-relay, memory bus$/, true);
+    assertFigure(report, /^fan-out /, /^edge-relay, NATS bus \(2 edges\)$/, true);
+    assertFigure(report, /^fan-out /, /memory bus, reliable/, true);
+    assertFigure(report, /^fan-out /, /NATS bus \(2 edges\), reliable/, true);
+    assertFigure(report, /^fan-out /, /^nats-server websocket$/, false);
+    assertFigure(report, /^fan-out /, /^mosquitto websocket$/, false);
+    // Latency is a ratio to nats-server's p99, lower is better.
+    assert.ok(report.ratios.some((r) => /^fan-out /.test(r.scenario) && r.peer === 'nats-server websocket' && r.figure?.startsWith('p99')));
+  });
+});
