@@ -2,7 +2,8 @@
 // methods and status codes of Azure Web PubSub's data-plane API (the ones
 // `@azure/web-pubsub` calls) under /api/hubs/{hub}/. Auth: a bearer JWT signed
 // with the hub's access key whose `aud` is the request URL. Bodies are capped
-// at limits.pubsubMessageBytes; messages arrive at clients as from "server".
+// at limits.pubsubMessageBytes; messages arrive at clients as from "server",
+// or, sent to a group, as from "group" with that group and `fromUserId: null`.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
@@ -195,8 +196,11 @@ async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCod
 
 async function send(call: RestCall, target: Target, excluded?: ReadonlySet<string>): Promise<Answer> {
   if (call.params.has('filter')) return 'FilterUnsupported';
-  const message = await readMessage(call);
-  if (typeof message === 'string') return message;
+  const read = await readMessage(call);
+  if (typeof read === 'string') return read;
+  // A send to a group arrives as a group message from nobody, as Azure delivers it
+  // (the SDK raises it as `group-message`); sends to all, a user or a connection come from the server.
+  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : read;
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
   await call.hub.send(target, message, excluded);
   return ACCEPTED;
