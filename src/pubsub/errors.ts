@@ -21,7 +21,7 @@ export const PUBSUB_ERRORS = {
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
-  FilterUnsupported: { status: 400, message: 'Only connectionId/userId eq filters joined with or are supported' },
+  FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData: userId, connectionId, groups; eq, ne, in, any, not, and, or)' },
   // An open connection is ended with these close codes.
   SessionNotFound: { status: 404, closeCode: 1008, message: 'The session cannot be recovered' },
   InvalidMessage: { status: 400, closeCode: 1008, message: 'The frame is not a JSON object with a type' },
