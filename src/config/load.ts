@@ -119,6 +119,16 @@ function checkCrossFieldRules(config: RelayConfig): void {
     hubs.add(key);
   }
   for (const [i, hub] of config.pubsub.hubs.entries()) {
+    if (hub.upstream && hub.eventHandlers) {
+      throw new ConfigError(`config: /pubsub/hubs/${i}/upstream: give eventHandlers or the older upstream, not both`);
+    }
+    for (const [j, handler] of (hub.eventHandlers ?? []).entries()) {
+      if (handler.auth?.type === 'bearer' && !handler.auth.token) {
+        throw new ConfigError(`config: /pubsub/hubs/${i}/eventHandlers/${j}/auth: type bearer needs a token`);
+      }
+    }
+  }
+  for (const [i, hub] of config.pubsub.hubs.entries()) {
     if (!hub.history || config.bus.kind === 'memory') continue;
     if (!config.bus.jetstream.enabled || !hub.durable) {
       throw new ConfigError(

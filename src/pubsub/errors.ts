@@ -7,10 +7,12 @@ import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const PUBSUB_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
-  SubprotocolUnsupported: {
-    status: 400,
-    message: 'Offer json.webpubsub.azure.v1 or json.reliable.webpubsub.azure.v1 in Sec-WebSocket-Protocol',
-  },
+  // The connect event handler refused the connection with this status; the message is its answer.
+  ConnectBadRequest: { status: 400, message: 'The event handler refused the connection (400)' },
+  ConnectUnauthorized: { status: 401, message: 'The event handler refused the connection (401)' },
+  ConnectForbidden: { status: 403, message: 'The event handler refused the connection (403)' },
+  EventHandlerFailed: { status: 500, message: 'The connect event handler failed: unreachable, refused by abuse protection, or answered something else' },
+  EventHandlerTimeout: { status: 504, message: 'The connect event handler did not answer in time (eventHandlers[].timeoutMs)' },
   TokenMissing: { status: 401, message: 'An access token is required (access_token query parameter or Bearer header)' },
   TokenInvalid: { status: 401, message: 'The access token is not valid for this hub' },
   TokenExpired: { status: 401, message: 'The access token has expired' },
@@ -44,8 +46,8 @@ export const ACK_ERRORS = {
   Duplicate: 'This ackId was already processed',
   BadRequest: 'The message does not match the protocol',
   InternalServerError: 'The relay could not process the message; retry with the same ackId',
-  NoUpstream: 'The hub has no upstream configured; the event was not delivered',
-  UpstreamFailed: 'The upstream did not accept the event',
+  NoUpstream: 'No event handler of the hub takes this event; it was not delivered',
+  UpstreamFailed: 'The event handler did not accept the event',
   Unsupported: 'The relay does not implement this message type',
 } as const;
 

@@ -193,6 +193,18 @@ export class ClusterHub {
     this.local.leave(connection, group);
   }
 
+  /**
+   * Puts a new connection into the hub with the groups it starts in (its
+   * token's and the connect event's): joined here at once, as the connection
+   * opens; a durable hub records them in the session's first checkpoint, so
+   * an edge that takes the session over starts with them.
+   */
+  admit(connection: PubSubConnection, groups: string[]): void {
+    this.local.add(connection);
+    for (const group of groups) this.local.join(connection, group);
+    if (connection.session) this.durable?.sessionChanged(connection);
+  }
+
   /** A reliable session from another edge: moved through the stream on a durable hub, else handed over on the bus. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     return this.durable ? this.durable.takeSession(connectionId, token, protocol) : this.handover.take(connectionId, token, protocol);
