@@ -106,7 +106,14 @@ export class HandlerTransport {
     if (parsed.protocol === 'hc:') {
       if (!this.relayed) throw new HandlerError('unreachable', 'hc:// handlers need hybrid connections on this edge');
       const entity = decodeURIComponent(parsed.host);
-      return this.relayed.request(entity, `/${encodeURIComponent(entity)}${parsed.pathname === '/' ? '' : parsed.pathname}${parsed.search}`, request);
+      const target = `/${encodeURIComponent(entity)}${parsed.pathname === '/' ? '' : parsed.pathname}${parsed.search}`;
+      try {
+        return await this.relayed.request(entity, target, request);
+      } catch (err) {
+        if (err instanceof HandlerError) throw err;
+        const kind = (err as { kind?: unknown }).kind;
+        throw new HandlerError(kind === 'timeout' || kind === 'failed' ? kind : 'unreachable', (err as Error).message);
+      }
     }
     return fetchHandler(url, request);
   }

@@ -163,6 +163,14 @@ export class PubSubService implements RestContext {
     });
   }
 
+  /** Sends a JSON value to a hub group as a REST send does (listener presence); false when there is no such hub. */
+  async sendToGroup(hubName: string, group: string, data: unknown): Promise<boolean> {
+    const hub = this.hub(hubName);
+    if (!hub) return false;
+    await hub.send({ kind: 'group', name: group }, { from: 'group', group, fromUserId: null, dataType: 'json', dataJson: JSON.stringify(data) });
+    return true;
+  }
+
   /** hc:// event handlers reach hybrid connections' listeners through these (wired by the composition root). */
   useRelayedRequests(relayed: RelayedRequests): void {
     this.handlerTransport.relayed = relayed;
