@@ -60,6 +60,13 @@ for (const [label, busExtra] of [
       const roamer = await startClient(t, accessUrl(proxy.url, { userId: 'roamer', roles: [] }), { messageRetryOptions: FAST_RETRY });
       const id = roamer.connectionIds[0];
       await until(() => record.connect.length === 3, 5000, 'connect');
+      // The decided group works on A; and, on JetStream, the session's first checkpoint (written within
+      // bus.jetstream.checkpointIntervalMs) is stored before it moves: a session without one cannot.
+      for (let i = 0; i < 200 && !roamer.groupData.some((m) => m.data === 'before the move'); i++) {
+        await serviceClient(a).group('decided').sendToAll('before the move', { contentType: 'text/plain' });
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      await new Promise((r) => setTimeout(r, 1500));
       proxy.retarget(b.port);
       proxy.cut();
       const svc = serviceClient(b);
