@@ -223,6 +223,8 @@ export interface PsSession {
   groups?: string[];
   ackIds?: number[];
   reconnectionToken?: string;
+  /** The connection state an event handler set (ce-connectionState). */
+  states?: string;
   firstSeq?: number;
   lastSeq?: number;
   /** Per event origin, the highest counter the holder delivered. */
@@ -307,6 +309,8 @@ export interface PsCheckpoint {
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */
   position: number;
   groups: string[];
+  /** The connection state an event handler set (ce-connectionState). */
+  states?: string;
   /** When it was written (ms since epoch). */
   at: number;
 }

@@ -114,6 +114,8 @@ export interface EventDispatcherDeps {
   log: Logger;
   /** Largest handler answer (limits.pubsubMessageBytes). */
   maxAnswerBytes: number;
+  /** A connection's state changed (a durable hub writes it into the session's checkpoint). */
+  statesChanged(source: EventSource): void;
 }
 
 export class EventDispatcher {
@@ -164,8 +166,13 @@ export class EventDispatcher {
     });
     const state = answer.header('ce-connectionstate');
     if (state !== undefined && answer.status >= 200 && answer.status < 300) {
-      if (Buffer.byteLength(state) <= MAX_STATE_BYTES) source.states = state === '' ? undefined : state;
-      else this.deps.log.warn({ event: 'pubsub.event_state_too_large', hub: hub.name, connectionId: source.id });
+      if (Buffer.byteLength(state) <= MAX_STATE_BYTES) {
+        const next = state === '' ? undefined : state;
+        if (next !== source.states) {
+          source.states = next;
+          this.deps.statesChanged(source);
+        }
+      } else this.deps.log.warn({ event: 'pubsub.event_state_too_large', hub: hub.name, connectionId: source.id });
     }
     return answer;
   }

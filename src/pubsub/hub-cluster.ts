@@ -73,7 +73,7 @@ export interface DurableEvents {
   /** The session, rebuilt on this edge from its checkpoint and the stream; undefined when it cannot be. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined>;
   /** A reliable connection opened, acknowledged, changed permissions, or ended for good. */
-  sessionChanged(connection: PubSubConnection): void;
+  sessionChanged(connection: PubSubConnection, identity?: boolean): void;
   sessionEnded(connection: PubSubConnection): void;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;

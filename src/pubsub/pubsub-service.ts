@@ -23,6 +23,7 @@ import { DirectFeed, type EventFeed } from './event-feed.ts';
 import { MemoryHistory } from './history.ts';
 import { ClusterHub } from './hub-cluster.ts';
 import { handleRestRequest, type RestContext } from './rest-api.ts';
+import { PubSubConnection } from './pubsub-connection.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
 import { SessionRecovery } from './session-recovery.ts';
 import { StreamEvents } from './stream-events.ts';
@@ -78,7 +79,17 @@ export class PubSubService implements RestContext {
     this.abuseProtection = new AbuseProtection(new URL(publicUrl).host, this.handlerTransport, (url, allowed, detail) =>
       log[allowed ? 'info' : 'warn']({ event: 'pubsub.event_handler_validated', url: url.replace(/[?#].*$/, ''), allowed, detail }),
     );
-    this.events = new EventDispatcher({ transport: this.handlerTransport, protection: this.abuseProtection, log, maxAnswerBytes: config.limits.pubsubMessageBytes });
+    this.events = new EventDispatcher({
+      transport: this.handlerTransport,
+      protection: this.abuseProtection,
+      log,
+      maxAnswerBytes: config.limits.pubsubMessageBytes,
+      // A reliable session's checkpoint keeps the state, so an edge that takes the session over has it.
+      statesChanged: (source) => {
+        if (!(source instanceof PubSubConnection) || !source.session) return;
+        this.hub(source.hub)?.durable?.sessionChanged(source, true);
+      },
+    });
     for (const hub of config.pubsub.hubs) {
       if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${hub.upstream.url}", "userEventPattern": "*" }]; write it so`);
     }

@@ -124,6 +124,7 @@ export class SessionHandover {
           groups: [...connection.groups],
           ackIds: connection.ackIds(),
           reconnectionToken: session.reconnectionToken,
+          states: connection.states,
           firstSeq: session.firstSequenceId,
         });
       }
@@ -214,6 +215,7 @@ export class SessionHandover {
       s.reconnectionToken,
     );
     for (const id of s.ackIds ?? []) connection.rememberAckId(id);
+    connection.states = s.states;
     const taking: { body: Buffer; mid: string }[] = [];
     connection.handover = { taking };
     this.hub.local.add(connection);

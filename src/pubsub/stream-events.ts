@@ -174,8 +174,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.sessions.take(connectionId, token, protocol);
   }
 
-  sessionChanged(connection: PubSubConnection): void {
-    this.sessions.changed(connection);
+  sessionChanged(connection: PubSubConnection, identity?: boolean): void {
+    this.sessions.changed(connection, identity);
   }
 
   sessionEnded(connection: PubSubConnection): void {

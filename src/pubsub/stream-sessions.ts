@@ -137,14 +137,19 @@ export class StreamSessions {
     this.dirty.add(connection);
   }
 
-  /** A reliable connection opened, acknowledged, or changed what the checkpoint records. */
-  changed(connection: PubSubConnection): void {
+  /**
+   * A reliable connection opened, acknowledged, or changed what the
+   * checkpoint records; `identity` when what changed is not in the stream
+   * (the connection state an event handler set): written at the next tick.
+   */
+  changed(connection: PubSubConnection, identity = false): void {
     if (!connection.session || connection.ended) return;
     if (!connection.session.checkpoint) {
       if (this.stream.started) this.begin(connection);
       else this.awaitingStart.add(connection);
       return;
     }
+    if (identity) this.urgent.add(connection);
     this.dirty.add(connection);
   }
 
@@ -237,6 +242,7 @@ export class StreamSessions {
       sequenceId: checkpoint.sequenceId,
       position: checkpoint.position,
       groups: checkpoint.groups,
+      states: connection.states,
       at: Date.now(),
     };
   }
@@ -309,6 +315,7 @@ export class StreamSessions {
         token,
       );
       for (const group of checkpoint.groups) connection.groups.add(group);
+      connection.states = checkpoint.states;
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
       const replayed = await this.replay(connection, checkpoint.position, claimSeq, deadline);
       if (replayed !== 'caught up') {

@@ -20,12 +20,14 @@ for (const [label, busExtra] of [
   describe(`event handlers across edges (${label})`, () => {
     it('delivers events from clients on either edge once; a connect decision holds when the session moves; filters apply on both', async (t) => {
       const { app, record } = eventHandlerApp(HUB, HUB_KEY, {
-        connect: (req, res) =>
+        connect: (req, res) => {
+          res.setState('decidedFor', req.context.userId ?? 'nobody');
           res.success({
             userId: `decided-${req.context.userId}`,
             groups: ['decided'],
             roles: ['webpubsub.sendToGroup.decided'],
-          }),
+          });
+        },
       });
       const served = await serveApp(t, app);
       const hubs = {
@@ -80,6 +82,10 @@ for (const [label, busExtra] of [
       await roamer.client.sendToGroup('decided', 'from the roamer', 'text');
       await assert.rejects(roamer.client.sendToGroup('other', 'no', 'text', { ackId: 999 }), (e: any) => e.errorDetail?.name === 'Forbidden');
       assert.equal(record.connect.length, 3, 'no connect for the moved session');
+      // The connection state handleConnect set (ce-connectionState) moved with the session.
+      await roamer.client.sendEvent('whoami', 'x', 'text');
+      assert.deepEqual(record.user.at(-1).context.states, { decidedFor: 'roamer' });
+      assert.deepEqual(record.user[0].context.states.decidedFor, record.user[0].context.userId.replace('decided-', ''));
       // The filter on a REST send applies on both edges: only x (on A) and y (on B) match.
       await svc.sendToAll('x and y', { contentType: 'text/plain', filter: "userId in ('decided-x', 'decided-y')" });
       await until(() => onA.serverData.some((m) => m.data === 'x and y') && onB.serverData.some((m) => m.data === 'x and y'), 5000, 'filtered send on both edges');
