@@ -116,6 +116,13 @@ export interface EventDispatcherDeps {
   maxAnswerBytes: number;
   /** A connection's state changed (a durable hub writes it into the session's checkpoint). */
   statesChanged(source: EventSource): void;
+  /** Counts an event delivered (or not) to a handler. */
+  count(event: 'connect' | 'connected' | 'disconnected' | 'user', result: 'ok' | 'refused' | 'failed' | 'timeout'): void;
+}
+
+/** How a delivery that threw counts. */
+function failureOf(err: unknown): 'failed' | 'timeout' {
+  return err instanceof HandlerError && err.kind === 'timeout' ? 'timeout' : 'failed';
 }
 
 export class EventDispatcher {
@@ -186,9 +193,11 @@ export class EventDispatcher {
     try {
       answer = await this.post(handler, hub, source, event, this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType), body);
     } catch (err) {
+      this.deps.count('user', failureOf(err));
       this.logFailure(hub, source, event, handler, (err as Error).message);
       return { ok: false, code: 'UpstreamFailed', detail: `event handler ${(err as Error).message}` };
     }
+    this.deps.count('user', answer.status >= 200 && answer.status < 300 ? 'ok' : 'failed');
     if (answer.status < 200 || answer.status > 299) {
       const detail = `event handler answered ${answer.status}${answer.body.length > 0 ? `: ${snippet(answer.body)}` : ''}`;
       return { ok: false, code: 'UpstreamFailed', detail };
@@ -219,6 +228,7 @@ export class EventDispatcher {
     try {
       answer = await this.post(handler, hub, source, 'connect', headers, Buffer.from(JSON.stringify(body)));
     } catch (err) {
+      this.deps.count('connect', failureOf(err));
       this.logFailure(hub, source, 'connect', handler, (err as Error).message);
       const timeout = err instanceof HandlerError && err.kind === 'timeout';
       return { ok: false, code: timeout ? 'EventHandlerTimeout' : 'EventHandlerFailed', detail: `connect: event handler ${(err as Error).message}` };
@@ -226,14 +236,19 @@ export class EventDispatcher {
     const refusals: Record<number, PubSubErrorCode> = { 400: 'ConnectBadRequest', 401: 'ConnectUnauthorized', 403: 'ConnectForbidden' };
     const refusal = refusals[answer.status];
     if (refusal) {
+      this.deps.count('connect', 'refused');
       this.deps.log.info({ event: 'pubsub.connect_refused', hub: hub.name, connectionId: source.id, status: answer.status });
       return { ok: false, code: refusal, detail: snippet(answer.body) || `the event handler refused the connection (${answer.status})` };
     }
     if (answer.status < 200 || answer.status > 299) {
+      this.deps.count('connect', 'failed');
       this.logFailure(hub, source, 'connect', handler, `answered ${answer.status}`);
       return { ok: false, code: 'EventHandlerFailed', detail: `connect: event handler answered ${answer.status}` };
     }
-    if (answer.status === 204 || answer.body.length === 0) return { ok: true, groups: [], roles: [] };
+    if (answer.status === 204 || answer.body.length === 0) {
+      this.deps.count('connect', 'ok');
+      return { ok: true, groups: [], roles: [] };
+    }
     let decided: unknown;
     try {
       decided = parseJson(answer.body.toString('utf8'));
@@ -241,9 +256,11 @@ export class EventDispatcher {
       decided = undefined;
     }
     if (!validateConnectResponse(decided)) {
+      this.deps.count('connect', 'failed');
       this.logFailure(hub, source, 'connect', handler, 'answered a body that is not a connect response');
       return { ok: false, code: 'EventHandlerFailed', detail: 'connect: the event handler answered a body that is not a connect response' };
     }
+    this.deps.count('connect', 'ok');
     const d = decided as { userId?: string | null; groups?: string[]; roles?: string[]; subprotocol?: string | null };
     return {
       ok: true,
@@ -273,15 +290,20 @@ export class EventDispatcher {
     const payload = Buffer.from(JSON.stringify(body));
     for (let attempt = 0; ; attempt++) {
       let problem: string;
+      let result: 'failed' | 'timeout' = 'failed';
       try {
         const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
         const answer = await this.post(handler, hub, source, event, headers, payload);
-        if (answer.status >= 200 && answer.status < 300) return;
+        if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
         problem = `answered ${answer.status}`;
       } catch (err) {
         problem = (err as Error).message;
+        result = failureOf(err);
       }
-      if (attempt >= retries) return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts)`);
+      if (attempt >= retries) {
+        this.deps.count(event, result);
+        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts)`);
+      }
       await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
     }
   }

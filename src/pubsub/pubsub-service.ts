@@ -89,6 +89,7 @@ export class PubSubService implements RestContext {
         if (!(source instanceof PubSubConnection) || !source.session) return;
         this.hub(source.hub)?.durable?.sessionChanged(source, true);
       },
+      count: (event, result) => metrics.handlerEvents.inc({ event, result }),
     });
     for (const hub of config.pubsub.hubs) {
       if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${hub.upstream.url}", "userEventPattern": "*" }]; write it so`);

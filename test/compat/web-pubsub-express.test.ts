@@ -11,6 +11,7 @@ import { HUB, HUB_KEY, CuttableProxy, accessUrl, startPubSubRelay } from '../hel
 import { eventHandlerApp, serveApp, type HandlerRecord } from '../helpers/event-handler-app.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { upgradeStatus } from '../helpers/raw-listener.ts';
+import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -186,6 +187,8 @@ describe('event handler failures', () => {
     const slow = await rawHandler(t, (_req, res) => setTimeout(() => res.writeHead(204).end(), 3000));
     const slowRelay = await startPubSubRelay(t, hubWith(`${slow.url}/{event}`, { timeoutMs: 300 }));
     assert.equal(await upgradeStatus(accessUrl(slowRelay.url)), 504, 'handler slow');
+    assert.equal(await metricValue(slowRelay, 'edge_relay_pubsub_handler_events_total', { event: 'connect', result: 'timeout' }), 1);
+    assert.equal(await metricValue(down, 'edge_relay_pubsub_handler_events_total', { event: 'connect', result: 'failed' }), 1);
     let connectedFailures = 2;
     const flaky = await rawHandler(t, (req, res) => {
       if (req.headers['ce-type'] === 'azure.webpubsub.sys.connected' && connectedFailures-- > 0) return void res.writeHead(503).end();
@@ -194,6 +197,11 @@ describe('event handler failures', () => {
     const relay = await startPubSubRelay(t, hubWith(`${flaky.url}/{event}`));
     await startClient(t, accessUrl(relay.url));
     await until(() => flaky.seen.filter((s) => s === 'azure.webpubsub.sys.connected').length === 3, 5000, 'connected retried twice');
+    let counted = 0;
+    for (let i = 0; i < 100 && counted === 0; i++, await new Promise((r) => setTimeout(r, 20))) {
+      counted = await metricValue(relay, 'edge_relay_pubsub_handler_events_total', { event: 'connected', result: 'ok' });
+    }
+    assert.equal(counted, 1, 'a retried connected counts once');
   });
 
   it('acks a user event UpstreamFailed when the handler fails it, and NoUpstream when no handler takes it', async (t) => {
