@@ -24,7 +24,11 @@ export interface DataMessageHead {
   dataType: DataType;
 }
 
-/** Membership filter terms of :addToGroups / :removeFromGroups, already parsed. */
+/**
+ * Membership filter terms of :addToGroups / :removeFromGroups as edges before
+ * OData filters wrote them (still read from stored streams); edges now send
+ * the filter's text (`filter`), which each edge parses (pubsub/connection-filter.ts).
+ */
 export interface FilterTerm {
   field: 'connectionId' | 'userId';
   value: string;
@@ -133,6 +137,8 @@ export interface PsSend {
   at?: number;
   target: Target;
   excluded?: string[];
+  /** A REST send's OData filter, as text: every edge applies it to its own connections. */
+  filter?: string;
   message: DataMessageHead;
 }
 
@@ -154,6 +160,9 @@ export interface PsGroups {
   target: Target;
   action: GroupAction;
   groups: string[];
+  /** The OData filter over connections, as text. */
+  filter?: string;
+  /** The filter as older edges sent it. */
   terms?: FilterTerm[];
 }
 
@@ -214,6 +223,8 @@ export interface PsSession {
   groups?: string[];
   ackIds?: number[];
   reconnectionToken?: string;
+  /** The connection state an event handler set (ce-connectionState). */
+  states?: string;
   firstSeq?: number;
   lastSeq?: number;
   /** Per event origin, the highest counter the holder delivered. */
@@ -257,6 +268,9 @@ export interface PsMember {
   target: Target;
   action: GroupAction;
   groups: string[];
+  /** The OData filter over connections, as text: applied by every edge in stream order. */
+  filter?: string;
+  /** The filter as older edges stored it. */
   terms?: FilterTerm[];
 }
 
@@ -295,6 +309,8 @@ export interface PsCheckpoint {
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */
   position: number;
   groups: string[];
+  /** The connection state an event handler set (ce-connectionState). */
+  states?: string;
   /** When it was written (ms since epoch). */
   at: number;
 }

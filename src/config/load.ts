@@ -118,6 +118,21 @@ function checkCrossFieldRules(config: RelayConfig): void {
     if (hubs.has(key)) throw new ConfigError(`config: /pubsub/hubs/${i}/name: "${hub.name}" is listed twice`);
     hubs.add(key);
   }
+  for (const [i, hc] of config.hybridConnections.entries()) {
+    if (hc.presence && !hubs.has(hc.presence.hub.toLowerCase())) {
+      throw new ConfigError(`config: /hybridConnections/${i}/presence/hub: "${hc.presence.hub}" is not in pubsub.hubs`);
+    }
+  }
+  for (const [i, hub] of config.pubsub.hubs.entries()) {
+    if (hub.upstream && hub.eventHandlers) {
+      throw new ConfigError(`config: /pubsub/hubs/${i}/upstream: give eventHandlers or the older upstream, not both`);
+    }
+    for (const [j, handler] of (hub.eventHandlers ?? []).entries()) {
+      if (handler.auth?.type === 'bearer' && !handler.auth.token) {
+        throw new ConfigError(`config: /pubsub/hubs/${i}/eventHandlers/${j}/auth: type bearer needs a token`);
+      }
+    }
+  }
   for (const [i, hub] of config.pubsub.hubs.entries()) {
     if (!hub.history || config.bus.kind === 'memory') continue;
     if (!config.bus.jetstream.enabled || !hub.durable) {

@@ -14,11 +14,27 @@ export interface SasRule {
 export interface HybridConnectionConfig {
   name: string;
   requiresClientAuthorization: boolean;
+  /** Listener presence events published to a hub group. */
+  presence?: { hub: string; group: string };
 }
 
 export interface HubUpstreamConfig {
   url: string;
   timeoutMs: number;
+}
+
+export type SystemEventName = 'connect' | 'connected' | 'disconnected';
+
+export interface EventHandlerConfig {
+  /** http(s)://... or hc://{entity}/...; {hub} and {event} are replaced. */
+  urlTemplate: string;
+  /** `*`, a comma-separated list of event names, or '' (none). */
+  userEventPattern: string;
+  systemEvents: SystemEventName[];
+  auth?: { type: 'none' | 'bearer'; token?: string };
+  timeoutMs: number;
+  retries: number;
+  retryDelayMs: number;
 }
 
 export interface HubHistoryConfig {
@@ -30,6 +46,8 @@ export interface HubHistoryConfig {
 export interface HubConfig {
   name: string;
   accessKey: string;
+  eventHandlers?: EventHandlerConfig[];
+  /** Deprecated: read as one event handler taking every user event. */
   upstream?: HubUpstreamConfig;
   /** On the NATS bus with JetStream: keep events in JetStream (default) or send them on core NATS. */
   durable: boolean;

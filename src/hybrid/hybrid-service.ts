@@ -21,6 +21,7 @@ import { HttpExchange } from './http-exchange.ts';
 import { LocalRoute, type ListenerRoute } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
+import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
 import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendezvous-table.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 
@@ -43,7 +44,24 @@ export interface WorkerPeers {
   handOff(worker: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
 }
 
+/**
+ * A listener of a hybrid connection with `presence` came or went
+ * (docs/event-handlers.md, "Listener presence"): the composition root
+ * publishes it to the configured pub/sub hub group.
+ */
+export interface ListenerPresenceNotice {
+  type: 'listener.online' | 'listener.offline';
+  entity: string;
+  /** Listeners of the entity on this edge now. */
+  listeners: number;
+  edge: string;
+  hub: string;
+  group: string;
+}
+
 export class HybridService {
+  /** Hears listener presence changes of entities configured with `presence` (set by the composition root). */
+  presence: ((notice: ListenerPresenceNotice) => void) | undefined;
   readonly catalog: EntityCatalog;
   readonly listeners = new ListenerRegistry();
   private readonly ctx: HybridContext;
@@ -136,6 +154,7 @@ export class HybridService {
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
+      this.announce('listener.online', target, this.listeners.count(target.key));
     });
   }
 
@@ -156,6 +175,7 @@ export class HybridService {
       const left = this.listeners.remove(channel);
       this.cluster.listenersChanged(channel.entity, left);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
+      this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {
         // ws closed it for a message over maxPayload.
         this.ctx.metrics.limitRefusals.inc({ limit: 'controlMessageBytes' });
@@ -165,6 +185,12 @@ export class HybridService {
       if (left === 0) this.catalog.releaseDynamic(channel.entity);
     },
   };
+
+  private announce(type: ListenerPresenceNotice['type'], entity: HybridEntity, listeners: number): void {
+    const where = this.config.hybridConnections.find((hc) => hc.name.toLowerCase() === entity.key)?.presence;
+    if (!where || !this.presence) return;
+    this.presence({ type, entity: entity.name, listeners, edge: this.config.nodeId, hub: where.hub, group: where.group });
+  }
 
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
     const entity = this.entityForSender(name);
@@ -232,6 +258,19 @@ export class HybridService {
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return refuse(refused);
     new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, log).start();
+  }
+
+  /**
+   * A request the relay itself sends to a listener of `entityName` (pub/sub's
+   * hc:// event handlers), routed like any sender's; the relay authorizes
+   * itself. `requestTarget` is the path and query the listener sees.
+   */
+  relayRequest(entityName: string, requestTarget: string, init: RelayedRequestInit): Promise<RelayedAnswer> {
+    if (this.shuttingDown) return Promise.reject(new RelayedRequestError('unreachable', 'ShuttingDown'));
+    const entity = isValidEntityName(entityName) ? this.entityForSender(entityName) : undefined;
+    if (!entity) return Promise.reject(new RelayedRequestError('unreachable', 'EntityNotFound'));
+    const log = this.log.child({ entity: entity.name, relayed: true });
+    return relayRequest(this.ctx, entity, this.routeTo(entity), requestTarget, init, log);
   }
 
   // --- authorization --------------------------------------------------------------

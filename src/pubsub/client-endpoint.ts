@@ -1,26 +1,32 @@
 // The pub/sub client endpoint, /client/hubs/{hub} (docs/protocols/web-pubsub.md,
-// "Endpoints"): checks the upgrade (subprotocol, hub, per-hub limit, access
-// token), opens a connection with the identity the token grants and sends
-// `connected` before anything else; a reconnect with awps_connection_id goes
-// to session-recovery.ts. Frames from the socket go to client-protocol.ts.
+// "Endpoints"): checks the upgrade (hub, per-hub limit, access token), asks
+// the hub's connect event handler when there is one (cloud-events.ts: it may
+// refuse, or set the user, groups, roles and a simple client's subprotocol),
+// opens a connection with that identity and sends `connected` before
+// anything else; a reconnect with awps_connection_id goes to
+// session-recovery.ts and sends no connect event. A client offering no Web
+// PubSub subprotocol is a simple WebSocket client (docs/event-handlers.md).
+// Frames from the socket go to client-protocol.ts.
 import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
+import type { JwtClaims } from '../auth/jwt.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
-import { handleClientFrame, type ClientProtocolContext } from './client-protocol.ts';
+import { handleClientFrame, handleSimpleFrame, type ClientProtocolContext } from './client-protocol.ts';
+import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { connectedFrame } from './downstream.ts';
 import { failUpgrade } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
-import { PubSubConnection, SUPPORTED_PROTOCOLS } from './pubsub-connection.ts';
+import { PubSubConnection, isWebPubSubProtocol } from './pubsub-connection.ts';
 import type { ClientSocket, SessionRecovery } from './session-recovery.ts';
 
 export interface ClientUpgrade {
@@ -42,8 +48,32 @@ export interface ClientEndpointDeps {
   lifecycle: ConnectionLifecycle;
   recovery: SessionRecovery;
   protocol: ClientProtocolContext;
+  events: EventDispatcher;
   shuttingDown(): boolean;
 }
+
+/** Values of a multi-valued map as Azure's connect event writes them: name -> [values]. */
+function valuesOf(entries: Iterable<[string, string | string[] | undefined]>, skip: (name: string) => boolean): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const [name, value] of entries) {
+    if (value === undefined || skip(name)) continue;
+    (out[name] ??= []).push(...(Array.isArray(value) ? value : [value]));
+  }
+  return out;
+}
+
+/** A token's claims as the connect event carries them: each a list of strings. */
+function claimsOf(claims: JwtClaims): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const [name, value] of Object.entries(claims)) {
+    const values = Array.isArray(value) ? value : [value];
+    out[name] = values.map((v) => (typeof v === 'string' ? v : JSON.stringify(v)));
+  }
+  return out;
+}
+
+/** Request headers that are credentials or belong to the WebSocket handshake are not passed on. */
+const UNFORWARDED_HEADERS = new Set(['authorization', 'cookie', 'sec-websocket-key', 'sec-websocket-extensions', 'connection', 'upgrade']);
 
 export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   private readonly socketOptions: MessageSocketOptions;
@@ -61,11 +91,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (!upgrade) return failUpgrade(duplex, 'BadRequest', 'Not a WebSocket version 13 upgrade');
     const hub = this.deps.hub(hubName);
     if (!hub) return failUpgrade(duplex, 'HubNotFound');
-    const protocol = upgrade.protocols.find((p) => (SUPPORTED_PROTOCOLS as readonly string[]).includes(p));
-    if (!protocol) return failUpgrade(duplex, 'SubprotocolUnsupported');
+    // No Web PubSub subprotocol offered: a simple WebSocket client.
+    const protocol = upgrade.protocols.find(isWebPubSubProtocol);
     const socket = duplex as Socket;
     const recoverId = params.get('awps_connection_id');
-    if (recoverId !== null) {
+    if (recoverId !== null && protocol) {
       writeSwitchingProtocols(socket, upgrade.key, protocol);
       const token = params.get('awps_reconnection_token') ?? '';
       void this.deps.recovery.recover({ hub, connectionId: recoverId, token, protocol, socket, head, open: (s, c, h) => this.open(s, c, h) });
@@ -82,26 +112,73 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
       return failUpgrade(duplex, verdict.code);
     }
+    const id = randomBytes(16).toString('base64url');
+    if (!this.deps.events.hasSystemEvent(hub.config, 'connect')) {
+      return this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, { ok: true, groups: [], roles: [] });
+    }
+    // The connect event decides; the upgrade waits for it (bounded by the handler's timeoutMs).
     const identity = clientIdentityOf(verdict.claims);
+    const body: ConnectBody = {
+      claims: claimsOf(verdict.claims),
+      query: valuesOf(params.entries(), (name) => name === 'access_token'),
+      headers: valuesOf(Object.entries(req.headers), (name) => UNFORWARDED_HEADERS.has(name)),
+      subprotocols: upgrade.protocols,
+      clientCertificates: [],
+    };
+    const source = { id, userId: identity.userId, subprotocol: undefined, states: undefined };
+    this.deps.events.connect(hub.config, source, body).then(
+      (outcome) => {
+        if (duplex.destroyed) return;
+        if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
+        if (!outcome.ok) {
+          log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code });
+          return failUpgrade(duplex, outcome.code, outcome.detail);
+        }
+        this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, outcome, source.states);
+      },
+      (err: Error) => {
+        log.warn({ event: 'pubsub.event_handler_failed', hub: hub.name, connectionId: id, eventName: 'connect', reason: err.message });
+        if (!duplex.destroyed) failUpgrade(duplex, 'EventHandlerFailed');
+      },
+    );
+  }
+
+  /** Opens an admitted connection: the token's identity, with what the connect event decided added. */
+  private admit(
+    key: string,
+    offered: string[],
+    socket: Socket,
+    head: Buffer,
+    hub: ClusterHub,
+    id: string,
+    protocol: string | undefined,
+    claims: JwtClaims,
+    decided: Extract<ConnectOutcome, { ok: true }>,
+    states?: string,
+  ): void {
+    const { config, log } = this.deps;
+    const identity = clientIdentityOf(claims);
+    // A simple client's subprotocol is the one the connect handler chose among those it offered.
+    const chosen = protocol ?? (decided.subprotocol !== undefined && offered.includes(decided.subprotocol) ? decided.subprotocol : undefined);
     const connection = new PubSubConnection(
-      randomBytes(16).toString('base64url'),
+      id,
       hub.name,
-      identity.userId,
-      new ConnectionPermissions(identity.roles),
-      protocol,
+      decided.userId === undefined ? identity.userId : decided.userId,
+      new ConnectionPermissions([...identity.roles, ...decided.roles]),
+      chosen ?? '',
       config.limits,
     );
-    writeSwitchingProtocols(socket, upgrade.key, protocol);
+    connection.states = states;
+    writeSwitchingProtocols(socket, key, chosen);
     const client = this.open(socket, connection, head);
     connection.attach(client);
-    hub.local.add(connection);
     // `connected` goes first, before any message; the connection's bus
     // subscriptions (made by the hub) reach other NATS servers a moment later.
-    connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
-    for (const group of identity.groups.slice(0, config.limits.groupsPerConnection)) hub.local.join(connection, group);
-    // A durable hub keeps the new session's first checkpoint (where it starts in the stream, its groups).
-    if (connection.session) hub.durable?.sessionChanged(connection);
-    log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol });
+    if (!connection.simple) connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+    const groups = [...new Set([...identity.groups, ...decided.groups])].slice(0, config.limits.groupsPerConnection);
+    hub.admit(connection, groups);
+    log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
+    this.deps.events.systemEvent(hub.config, connection, 'connected', {});
     client.start();
   }
 
@@ -114,7 +191,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   onMessage(socket: ClientSocket, isBinary: boolean, data: Buffer): void {
     const connection = socket.owner;
     if (connection.socket !== socket || connection.ended) return;
-    handleClientFrame(this.deps.protocol, connection, isBinary, data);
+    if (connection.simple) handleSimpleFrame(this.deps.protocol, connection, isBinary, data);
+    else handleClientFrame(this.deps.protocol, connection, isBinary, data);
   }
 
   onDrain(socket: ClientSocket): void {

@@ -4,25 +4,33 @@
 // with a string `type` (or is binary) ends the connection; a known type with
 // bad fields, or an unknown type, is answered with a failed ack when it
 // carries an ackId. Every ackId gets exactly one ack; a repeated ackId that
-// was processed is answered `Duplicate` and not processed again.
+// was processed is answered `Duplicate` and not processed again. A simple
+// WebSocket client (no Web PubSub subprotocol) speaks no protocol: each frame
+// it sends is a `message` user event, one at a time, and a non-empty answer
+// goes back to it (handleSimpleFrame).
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
 import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
-import type { UpstreamResult, UserEvent } from './upstream.ts';
+import type { UserEventResult } from './cloud-events.ts';
 
 /** What the protocol needs from the service around it. */
 export interface ClientProtocolContext {
   hub(connection: PubSubConnection): ClusterHub | undefined;
   endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
-  sendEvent(event: Omit<UserEvent, 'hub'>, hub: ClusterHub): Promise<UpstreamResult>;
+  /** A JSON client's `event` to the hub's event handler. */
+  sendEvent(connection: PubSubConnection, hub: ClusterHub, event: string, dataType: DataType, data: unknown): Promise<UserEventResult>;
+  /** A simple client's frame, as a `message` event with this content type. */
+  sendMessageEvent(connection: PubSubConnection, hub: ClusterHub, contentType: string, body: Buffer): Promise<UserEventResult>;
   groupsPerConnection: number;
   /** The upstream's reply to an event could not be delivered (a durable hub could not store it). */
   replyLost(connection: PubSubConnection, reason: string): void;
   /** Counts an ack sent, by result: success or the error name. */
   countAck(result: string): void;
+  /** A simple client's message event was not accepted (it cannot be told). */
+  eventFailed(connection: PubSubConnection, reason: string): void;
 }
 
 interface Upstream {
@@ -136,15 +144,7 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId);
-  const event = {
-    connectionId: connection.id,
-    userId: connection.userId,
-    subprotocol: connection.protocol,
-    event: m.event as string,
-    dataType: m.dataType ?? 'json',
-    data: m.data,
-  };
-  void ctx.sendEvent(event, hub).then((result) => {
+  void ctx.sendEvent(connection, hub, m.event as string, m.dataType ?? 'json', m.data).then((result) => {
     if (connection.ended) return;
     if (!result.ok) {
       if (ackId !== undefined) connection.forgetAckId(ackId);
@@ -155,4 +155,36 @@ function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, 
     }
     ack(ctx, connection, ackId);
   });
+}
+
+/**
+ * A frame from a simple WebSocket client: a `message` user event (text or
+ * binary content), sent one at a time in the order the frames came; the
+ * socket is not read while any wait. A non-empty answer goes back to the
+ * client as a raw frame; a failed one is logged and the client is not told
+ * (the protocol has no way to).
+ */
+export function handleSimpleFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
+  const pending = (connection.pendingFrames ??= []);
+  pending.push({ isBinary, data });
+  if (pending.length > 1) return;
+  connection.socket?.hold();
+  void sendSimpleFrames(ctx, connection, pending);
+}
+
+async function sendSimpleFrames(ctx: ClientProtocolContext, connection: PubSubConnection, pending: { isBinary: boolean; data: Buffer }[]): Promise<void> {
+  while (pending.length > 0 && !connection.ended) {
+    const hub = ctx.hub(connection);
+    if (!hub) break;
+    const { isBinary, data } = pending[0];
+    const result = await ctx.sendMessageEvent(connection, hub, isBinary ? 'application/octet-stream' : 'text/plain; charset=utf-8', data);
+    if (result.ok && result.reply && !connection.ended) {
+      await hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
+    } else if (!result.ok) {
+      ctx.eventFailed(connection, result.detail);
+    }
+    pending.shift();
+  }
+  pending.length = 0;
+  connection.socket?.release();
 }

@@ -24,6 +24,8 @@ export class ConnectionLifecycle {
     private readonly metrics: RelayMetrics,
     /** Another edge can take a dropped session (the NATS bus). */
     private readonly othersCanTake: boolean,
+    /** A connection ended for good here (its `disconnected` event). */
+    private readonly ended: (connection: PubSubConnection, reason: string) => void = () => {},
   ) {
     this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
     this.keepAliveTimer.unref();
@@ -34,7 +36,7 @@ export class ConnectionLifecycle {
     if (connection.ended) return;
     if (code === 'SlowConsumer' || code === 'SessionBufferFull') this.metrics.slowConsumerCloses.inc({ code });
     connection.closeSocket(code, reason);
-    this.forget(connection);
+    this.forget(connection, reason ?? code);
     this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });
   }
 
@@ -47,7 +49,7 @@ export class ConnectionLifecycle {
       this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
       return;
     }
-    this.forget(connection);
+    this.forget(connection, code === 1000 || code === 1001 ? 'Connection closed by the client' : `Connection closed (${code})`);
     this.log.info({ event: 'pubsub.disconnected', hub: connection.hub, connectionId: connection.id, code });
   }
 
@@ -57,11 +59,14 @@ export class ConnectionLifecycle {
     this.hubs.get(connection.hub.toLowerCase())?.local.remove(connection);
   }
 
-  private forget(connection: PubSubConnection): void {
+  /** The connection ends for good here: out of its hub, its session (and checkpoint) gone, its `disconnected` event sent. */
+  private forget(connection: PubSubConnection, reason: string): void {
+    if (connection.ended) return;
     // A durable hub forgets the session's checkpoint too: it cannot be recovered anywhere.
     if (connection.session) this.hubs.get(connection.hub.toLowerCase())?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
+    this.ended(connection, reason);
   }
 
   private keepAlive(): void {
@@ -76,7 +81,7 @@ export class ConnectionLifecycle {
           else if (silent >= keepAliveIntervalMs) socket.ping();
         } else if (!connection.handover && connection.session?.detachedAt !== undefined && now - connection.session.detachedAt > sessionRetainMs) {
           this.metrics.sessionsExpired.inc();
-          this.forget(connection);
+          this.forget(connection, 'The session expired: the client did not reconnect in time');
           this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
         }
       }

@@ -6,7 +6,7 @@
 // per-recipient work is the sequence number the protocol forces.
 import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
 import { parseJson } from '../validation/bounded-json.ts';
-import { OP_TEXT, encodeFrameHeader } from '../websocket/frames.ts';
+import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
 
 export type { DataType };
@@ -24,6 +24,9 @@ export class SharedMessage {
   /** The message's JSON without its opening `{`. */
   readonly body: Buffer;
   private frame: Buffer | undefined;
+  private raw: Buffer | undefined;
+  private readonly dataType: DataType;
+  private readonly dataJson: string;
 
   /**
    * `mid` names the event cluster-wide (origin node and counter), so a
@@ -44,6 +47,24 @@ export class SharedMessage {
     if (message.fromUserId !== undefined) text += `,"fromUserId":${JSON.stringify(message.fromUserId)}`;
     text += `,"dataType":"${message.dataType}","data":${message.dataJson}}`;
     this.body = Buffer.from(text, 'utf8');
+    this.dataType = message.dataType;
+    this.dataJson = message.dataJson;
+  }
+
+  /**
+   * The frame for simple WebSocket clients: the data alone, without the JSON
+   * envelope, as sent: JSON as its text, text as text, binary as a binary
+   * frame. Built on first use.
+   */
+  rawFrame(): Buffer {
+    if (!this.raw) {
+      if (this.dataType === 'json') this.raw = encodeFrame(true, OP_TEXT, Buffer.from(this.dataJson, 'utf8'));
+      else {
+        const value = String(JSON.parse(this.dataJson));
+        this.raw = this.dataType === 'text' ? encodeFrame(true, OP_TEXT, Buffer.from(value, 'utf8')) : encodeFrame(true, OP_BINARY, Buffer.from(value, 'base64'));
+      }
+    }
+    return this.raw;
   }
 
   /** Wire size of the message without a sequence id. */

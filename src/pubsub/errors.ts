@@ -7,10 +7,12 @@ import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
 export const PUBSUB_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
-  SubprotocolUnsupported: {
-    status: 400,
-    message: 'Offer json.webpubsub.azure.v1 or json.reliable.webpubsub.azure.v1 in Sec-WebSocket-Protocol',
-  },
+  // The connect event handler refused the connection with this status; the message is its answer.
+  ConnectBadRequest: { status: 400, message: 'The event handler refused the connection (400)' },
+  ConnectUnauthorized: { status: 401, message: 'The event handler refused the connection (401)' },
+  ConnectForbidden: { status: 403, message: 'The event handler refused the connection (403)' },
+  EventHandlerFailed: { status: 500, message: 'The connect event handler failed: unreachable, refused by abuse protection, or answered something else' },
+  EventHandlerTimeout: { status: 504, message: 'The connect event handler did not answer in time (eventHandlers[].timeoutMs)' },
   TokenMissing: { status: 401, message: 'An access token is required (access_token query parameter or Bearer header)' },
   TokenInvalid: { status: 401, message: 'The access token is not valid for this hub' },
   TokenExpired: { status: 401, message: 'The access token has expired' },
@@ -21,7 +23,7 @@ export const PUBSUB_ERRORS = {
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
-  FilterUnsupported: { status: 400, message: 'Only connectionId/userId eq filters joined with or are supported' },
+  FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData: userId, connectionId, groups; eq, ne, in, any, not, and, or)' },
   // An open connection is ended with these close codes.
   SessionNotFound: { status: 404, closeCode: 1008, message: 'The session cannot be recovered' },
   InvalidMessage: { status: 400, closeCode: 1008, message: 'The frame is not a JSON object with a type' },
@@ -44,8 +46,8 @@ export const ACK_ERRORS = {
   Duplicate: 'This ackId was already processed',
   BadRequest: 'The message does not match the protocol',
   InternalServerError: 'The relay could not process the message; retry with the same ackId',
-  NoUpstream: 'The hub has no upstream configured; the event was not delivered',
-  UpstreamFailed: 'The upstream did not accept the event',
+  NoUpstream: 'No event handler of the hub takes this event; it was not delivered',
+  UpstreamFailed: 'The event handler did not accept the event',
   Unsupported: 'The relay does not implement this message type',
 } as const;
 

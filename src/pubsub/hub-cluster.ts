@@ -28,6 +28,7 @@ import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
+import { filterFromBus, selects, type ConnectionFilter } from './connection-filter.ts';
 import type { EventFeed } from './event-feed.ts';
 import type { HubHistory, MemoryHistory } from './history.ts';
 import type { PubSubErrorCode } from './errors.ts';
@@ -61,12 +62,18 @@ const SENT: Promise<SendResult> = Promise.resolve('sent');
  * changes resolve once stored, and sessions move through the stream.
  */
 export interface DurableEvents {
-  send(target: Target, message: DataMessage, excluded: ReadonlySet<string> | undefined, msgId: string | undefined): Promise<SendResult>;
-  changeGroups(target: Target, action: GroupAction, groups: string[], terms: FilterTerm[] | undefined, msgId?: string): Promise<void>;
+  send(
+    target: Target,
+    message: DataMessage,
+    excluded: ReadonlySet<string> | undefined,
+    msgId: string | undefined,
+    filter?: ConnectionFilter,
+  ): Promise<SendResult>;
+  changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<void>;
   /** The session, rebuilt on this edge from its checkpoint and the stream; undefined when it cannot be. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined>;
   /** A reliable connection opened, acknowledged, changed permissions, or ended for good. */
-  sessionChanged(connection: PubSubConnection): void;
+  sessionChanged(connection: PubSubConnection, identity?: boolean): void;
   sessionEnded(connection: PubSubConnection): void;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
@@ -150,18 +157,19 @@ export class ClusterHub {
    * Sends an event to its target's members on every edge. A durable hub
    * resolves once the event is stored (rejects with StoreError when it could
    * not be; `msgId` makes a retry a duplicate, not a second event); otherwise
-   * local members get it now and the other edges are told.
+   * local members get it now and the other edges are told. A `filter` (REST)
+   * travels with the event, and each edge applies it to its own connections.
    */
-  send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>, msgId?: string): Promise<SendResult> {
-    if (this.durable) return this.durable.send(target, message, excluded, msgId);
+  send(target: Target, message: DataMessage, excluded?: ReadonlySet<string>, msgId?: string, filter?: ConnectionFilter): Promise<SendResult> {
+    if (this.durable) return this.durable.send(target, message, excluded, msgId, filter);
     const mid = this.deps.feed.nextMid();
     const at = Date.now();
     const sequence = this.memoryHistory && target.kind === 'group' ? this.memoryHistory.append(target.name, message, at) : undefined;
-    this.delivered(this.local.deliver(target, new SharedMessage(message, mid, 0, sequence), excluded), at, 'local');
+    this.delivered(this.local.deliver(target, new SharedMessage(message, mid, 0, sequence), excluded, filter), at, 'local');
     if (!this.deps.bus.reachesOtherNodes) return SENT;
     if (target.kind === 'connection' && this.local.connections.has(target.name)) return SENT;
     const { dataJson, ...rest } = message;
-    const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], message: rest };
+    const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], filter: filter?.text, message: rest };
     try {
       this.deps.feed.publish(this.subjectOf(target), event, Buffer.from(dataJson, 'utf8'));
     } catch (err) {
@@ -185,6 +193,18 @@ export class ClusterHub {
     this.local.leave(connection, group);
   }
 
+  /**
+   * Puts a new connection into the hub with the groups it starts in (its
+   * token's and the connect event's): joined here at once, as the connection
+   * opens; a durable hub records them in the session's first checkpoint, so
+   * an edge that takes the session over starts with them.
+   */
+  admit(connection: PubSubConnection, groups: string[]): void {
+    this.local.add(connection);
+    for (const group of groups) this.local.join(connection, group);
+    if (connection.session) this.durable?.sessionChanged(connection);
+  }
+
   /** A reliable session from another edge: moved through the stream on a durable hub, else handed over on the bus. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     return this.durable ? this.durable.takeSession(connectionId, token, protocol) : this.handover.take(connectionId, token, protocol);
@@ -197,10 +217,10 @@ export class ClusterHub {
     await this.clusterCall(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason });
   }
 
-  async changeGroups(target: Target, action: GroupAction, groups: string[], terms?: FilterTerm[]): Promise<void> {
-    if (this.durable) return this.durable.changeGroups(target, action, groups, terms);
-    const local = this.applyGroups(target, action, groups, terms);
-    await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, terms });
+  async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {
+    if (this.durable) return this.durable.changeGroups(target, action, groups, filter);
+    const local = this.applyGroups(target, action, groups, filter);
+    await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, filter: filter?.text });
   }
 
   async exists(target: Target): Promise<boolean> {
@@ -270,21 +290,22 @@ export class ClusterHub {
   }
 
   /**
-   * Applies a membership change to this node's connections; `changed` hears
-   * each group a connection actually joined or left (a durable hub notes it
-   * in the session). Returns how many connections the change matched.
+   * Applies a membership change to this node's connections that `filter`
+   * selects; `changed` hears each group a connection actually joined or left
+   * (a durable hub notes it in the session). Returns how many connections the
+   * change matched.
    */
   applyGroups(
     target: Target,
     action: GroupAction,
     groups: string[],
-    terms?: FilterTerm[],
+    filter?: ConnectionFilter | FilterTerm[],
     changed?: (connection: PubSubConnection, group: string, joined: boolean) => void,
   ): number {
     let count = 0;
     for (const connection of [...this.local.targets(target)]) {
       if (connection.ended) continue;
-      if (terms && !terms.some((t) => (t.field === 'connectionId' ? connection.id : connection.userId) === t.value)) continue;
+      if (filter && !selects(filter, connection)) continue;
       count++;
       if (action === 'add') {
         for (const g of groups) {
@@ -350,8 +371,11 @@ export class ClusterHub {
         return;
       case 'ps.close':
         return done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason));
-      case 'ps.groups':
-        return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, m.terms));
+      case 'ps.groups': {
+        const filter = filterFromBus(m.filter);
+        if (filter === null) return void this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: m.op, reason: 'filter' });
+        return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
+      }
       case 'ps.exists':
         return done(own ? 0 : this.countTargets(m.target));
       case 'ps.list':
@@ -370,11 +394,12 @@ export class ClusterHub {
   /** An event sent on another node: checked, framed once, delivered to local members. */
   private receive(h: PsSend, body: Buffer): void {
     const message = sharedMessageOf(h, body);
-    if (!message) {
+    const filter = filterFromBus(h.filter);
+    if (!message || filter === null) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });
       return;
     }
-    this.delivered(this.local.deliver(h.target, message, h.excluded && new Set(h.excluded)), h.at, 'bus');
+    this.delivered(this.local.deliver(h.target, message, h.excluded && new Set(h.excluded), filter), h.at, 'bus');
   }
 
   /** Counts an event handed to `recipients` local connections, published at `at`. */
@@ -391,3 +416,4 @@ export class ClusterHub {
     this.subscriptions.clear();
   }
 }
+

@@ -7,6 +7,7 @@
 // is when hub-cluster.ts subscribes to or leaves its bus subject.
 import type { Target } from '../bus/messages.ts';
 import type { HubConfig } from '../config/types.ts';
+import type { ConnectionFilter } from './connection-filter.ts';
 import type { SharedMessage } from './downstream.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 
@@ -95,12 +96,13 @@ export class Hub {
     }
   }
 
-  /** Delivers one event to every local connection the target names, except `excluded` ids. */
-  deliver(target: Target, message: SharedMessage, excluded?: ReadonlySet<string>): number {
+  /** Delivers one event to every local connection the target names, except `excluded` ids and those `filter` does not select. */
+  deliver(target: Target, message: SharedMessage, excluded?: ReadonlySet<string>, filter?: ConnectionFilter): number {
     let count = 0;
     let failed: [PubSubConnection, 'SlowConsumer' | 'SessionBufferFull'][] | undefined;
     for (const connection of this.targets(target)) {
       if (excluded?.has(connection.id)) continue;
+      if (filter && !filter.matches(connection)) continue;
       const failure = connection.deliver(message);
       if (failure) (failed ??= []).push([connection, failure]);
       else count++;

@@ -14,6 +14,11 @@ export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
 export const RELIABLE_PROTOCOL = 'json.reliable.webpubsub.azure.v1';
 export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;
 
+/** True for a Web PubSub JSON subprotocol; anything else (none included) makes a simple WebSocket client. */
+export function isWebPubSubProtocol(protocol: string): boolean {
+  return (SUPPORTED_PROTOCOLS as readonly string[]).includes(protocol);
+}
+
 export interface ConnectionLimits {
   outboundBufferBytes: number;
   sessionBufferMessages: number;
@@ -33,6 +38,14 @@ export class PubSubConnection {
    * taking it, the events that arrive before the hand-over completes.
    */
   handover: { taking?: { body: Buffer; mid: string }[]; givingTimer?: NodeJS.Timeout } | undefined;
+  /** A simple WebSocket client (no Web PubSub subprotocol): raw frames both ways, each frame a `message` event. */
+  readonly simple: boolean;
+  /** ce-connectionState as an event handler last set it (cloud-events.ts). */
+  states: string | undefined;
+  /** connected/disconnected events still to deliver to the event handler, in order. */
+  systemEvents: Promise<void> | undefined;
+  /** A simple client's frames waiting for the event handler, oldest first; reading waits while any do. */
+  pendingFrames: { isBinary: boolean; data: Buffer }[] | undefined;
 
   constructor(
     readonly id: string,
@@ -43,10 +56,16 @@ export class PubSubConnection {
     private readonly limits: ConnectionLimits,
     reconnectionToken?: string,
   ) {
+    this.simple = !isWebPubSubProtocol(protocol);
     if (protocol === RELIABLE_PROTOCOL) {
       const sessionLimits = { maxMessages: limits.sessionBufferMessages, maxBytes: limits.sessionBufferBytes };
       this.session = new ReliableSession(sessionLimits, reconnectionToken);
     }
+  }
+
+  /** The subprotocol the client uses, if any (a simple client may have none). */
+  get subprotocol(): string | undefined {
+    return this.protocol === '' ? undefined : this.protocol;
   }
 
   /** The ackIds remembered, oldest first (for a hand-over). */
@@ -92,7 +111,7 @@ export class PubSubConnection {
       const socket = this.socket;
       if (!socket) return undefined;
       if (socket.bufferedBytes + message.byteLength > this.limits.outboundBufferBytes) return 'SlowConsumer';
-      socket.writeFrame(message.plainFrame());
+      socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
       return undefined;
     }
     const sequenceId = session.push(message.body, message.mid, message.position);
@@ -131,12 +150,12 @@ export class PubSubConnection {
     if (this.session) this.session.detachedAt = now;
   }
 
-  /** Ends the socket with the code's close code, after a `disconnected` system message. */
+  /** Ends the socket with the code's close code, after a `disconnected` system message (not to simple clients: they get raw data only). */
   closeSocket(code: PubSubErrorCode, reason?: string): void {
     const socket = this.socket;
     if (!socket) return;
     const spec = PUBSUB_ERRORS[code];
-    socket.writeFrame(disconnectedFrame(reason ?? spec.message));
+    if (!this.simple) socket.writeFrame(disconnectedFrame(reason ?? spec.message));
     socket.close('closeCode' in spec ? spec.closeCode : 1000, code);
   }
 }

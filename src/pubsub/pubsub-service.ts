@@ -23,10 +23,13 @@ import { DirectFeed, type EventFeed } from './event-feed.ts';
 import { MemoryHistory } from './history.ts';
 import { ClusterHub } from './hub-cluster.ts';
 import { handleRestRequest, type RestContext } from './rest-api.ts';
+import { PubSubConnection } from './pubsub-connection.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
 import { SessionRecovery } from './session-recovery.ts';
 import { StreamEvents } from './stream-events.ts';
-import { postUserEvent } from './upstream.ts';
+import { AbuseProtection } from './abuse-protection.ts';
+import { EventDispatcher } from './cloud-events.ts';
+import { HandlerTransport, type RelayedRequests } from './event-handlers.ts';
 
 export class PubSubService implements RestContext {
   readonly hubs = new Map<string, ClusterHub>();
@@ -38,6 +41,10 @@ export class PubSubService implements RestContext {
   private readonly othersCanTake: boolean;
   /** The durable hubs' event paths, started once JetStream is ready. */
   private readonly streams: StreamEvents[] = [];
+  /** How events reach event handlers (docs/event-handlers.md). */
+  private readonly handlerTransport = new HandlerTransport();
+  private readonly abuseProtection: AbuseProtection;
+  readonly events: EventDispatcher;
 
   constructor(
     readonly config: RelayConfig,
@@ -68,7 +75,29 @@ export class PubSubService implements RestContext {
             log,
           )
         : new DirectFeed(bus, config.nodeId);
-    this.lifecycle = new ConnectionLifecycle(this.hubs, config, log, metrics, this.othersCanTake);
+    // Abuse protection names this relay by publicUrl's host (and port), as Azure names itself.
+    this.abuseProtection = new AbuseProtection(new URL(publicUrl).host, this.handlerTransport, (url, allowed, detail) =>
+      log[allowed ? 'info' : 'warn']({ event: 'pubsub.event_handler_validated', url: url.replace(/[?#].*$/, ''), allowed, detail }),
+    );
+    this.events = new EventDispatcher({
+      transport: this.handlerTransport,
+      protection: this.abuseProtection,
+      log,
+      maxAnswerBytes: config.limits.pubsubMessageBytes,
+      // A reliable session's checkpoint keeps the state, so an edge that takes the session over has it.
+      statesChanged: (source) => {
+        if (!(source instanceof PubSubConnection) || !source.session) return;
+        this.hub(source.hub)?.durable?.sessionChanged(source, true);
+      },
+      count: (event, result) => metrics.handlerEvents.inc({ event, result }),
+    });
+    for (const hub of config.pubsub.hubs) {
+      if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${hub.upstream.url}", "userEventPattern": "*" }]; write it so`);
+    }
+    this.lifecycle = new ConnectionLifecycle(this.hubs, config, log, metrics, this.othersCanTake, (connection, reason) => {
+      const hub = this.hub(connection.hub);
+      if (hub) this.events.systemEvent(hub.config, connection, 'disconnected', { reason });
+    });
     const hubDeps = {
       bus,
       subjects,
@@ -118,7 +147,9 @@ export class PubSubService implements RestContext {
     const protocol: ClientProtocolContext = {
       hub: (connection) => this.hub(connection.hub),
       endConnection: hubDeps.endConnection,
-      sendEvent: (event, hub) => postUserEvent({ ...event, hub: hub.config }, this.publicHost, config.limits.pubsubMessageBytes),
+      sendEvent: (connection, hub, event, dataType, data) => this.events.dataEvent(hub.config, connection, event, dataType, data),
+      sendMessageEvent: (connection, hub, contentType, body) => this.events.userEvent(hub.config, connection, 'message', contentType, body),
+      eventFailed: (connection, reason) => log.warn({ event: 'pubsub.message_event_failed', hub: connection.hub, connectionId: connection.id, reason }),
       groupsPerConnection: config.limits.groupsPerConnection,
       replyLost: (connection, reason) => log.warn({ event: 'pubsub.reply_lost', hub: connection.hub, connectionId: connection.id, reason }),
       countAck: (result) => metrics.acks.inc({ result }),
@@ -139,8 +170,27 @@ export class PubSubService implements RestContext {
       lifecycle: this.lifecycle,
       recovery,
       protocol,
+      events: this.events,
       shuttingDown,
     });
+  }
+
+  /** Sends a JSON value to a hub group as a REST send does (listener presence); false when there is no such hub. */
+  async sendToGroup(hubName: string, group: string, data: unknown): Promise<boolean> {
+    const hub = this.hub(hubName);
+    if (!hub) return false;
+    await hub.send({ kind: 'group', name: group }, { from: 'group', group, fromUserId: null, dataType: 'json', dataJson: JSON.stringify(data) });
+    return true;
+  }
+
+  /** hc:// event handlers reach hybrid connections' listeners through these (wired by the composition root). */
+  useRelayedRequests(relayed: RelayedRequests): void {
+    this.handlerTransport.relayed = relayed;
+  }
+
+  /** Event handler URLs are validated again (abuse protection) before their next event: call after a configuration reload. */
+  revalidateEventHandlers(): void {
+    this.abuseProtection.revalidate();
   }
 
   /** The JetStream stream a durable hub keeps its events in. */

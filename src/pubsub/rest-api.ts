@@ -2,7 +2,8 @@
 // methods and status codes of Azure Web PubSub's data-plane API (the ones
 // `@azure/web-pubsub` calls) under /api/hubs/{hub}/. Auth: a bearer JWT signed
 // with the hub's access key whose `aud` is the request URL. Bodies are capped
-// at limits.pubsubMessageBytes; messages arrive at clients as from "server".
+// at limits.pubsubMessageBytes; messages arrive at clients as from "server",
+// or, sent to a group, as from "group" with that group and `fromUserId: null`.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
@@ -16,14 +17,16 @@ import {
   validateUserId,
 } from '../validation/schemas.ts';
 import { parseJson } from '../validation/bounded-json.ts';
+import { ConnectionFilter, FilterSyntaxError } from './connection-filter.ts';
 import type { DataMessage } from './downstream.ts';
 import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import { historyPageJson } from './history.ts';
-import type { FilterTerm, ClusterHub, GroupAction } from './hub-cluster.ts';
+import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
 
-type Answer = { status: number; body?: object } | PubSubErrorCode;
+/** A status (and body), an error code, or an error code with a message of its own. */
+type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubSubErrorCode; detail: string };
 
 /** What the REST surface needs of the pub/sub service. */
 export interface RestContext {
@@ -80,6 +83,10 @@ function sendRaw(res: ServerResponse, text: string): void {
 
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
+  if (typeof answer === 'object' && 'code' in answer) {
+    if (method === 'HEAD') return void res.writeHead(PUBSUB_ERRORS[answer.code].status).end();
+    return failRequest(res, answer.code, answer.detail);
+  }
   if (typeof answer === 'string') {
     if (method === 'HEAD') {
       res.writeHead(PUBSUB_ERRORS[answer].status).end();
@@ -193,12 +200,30 @@ async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCod
   return 'UnsupportedMediaType';
 }
 
+/** A parsed `filter`, or the 400 that names where it went wrong. */
+function parseFilter(text: string): ConnectionFilter | Answer {
+  try {
+    return ConnectionFilter.parse(text);
+  } catch (err) {
+    if (!(err instanceof FilterSyntaxError)) throw err;
+    return { code: 'FilterInvalid', detail: `filter: ${err.message}` };
+  }
+}
+
 async function send(call: RestCall, target: Target, excluded?: ReadonlySet<string>): Promise<Answer> {
-  if (call.params.has('filter')) return 'FilterUnsupported';
-  const message = await readMessage(call);
-  if (typeof message === 'string') return message;
+  const filterText = call.params.get('filter');
+  const filter = filterText === null ? undefined : parseFilter(filterText);
+  if (filter !== undefined && !(filter instanceof ConnectionFilter)) {
+    call.req.resume();
+    return filter;
+  }
+  const read = await readMessage(call);
+  if (typeof read === 'string') return read;
+  // A send to a group arrives as a group message from nobody, as Azure delivers it
+  // (the SDK raises it as `group-message`); sends to all, a user or a connection come from the server.
+  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : read;
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
-  await call.hub.send(target, message, excluded);
+  await call.hub.send(target, message, excluded, undefined, filter);
   return ACCEPTED;
 }
 
@@ -239,24 +264,6 @@ async function listGroup(call: RestCall, group: string): Promise<Answer> {
   return { status: 200, body: { value: await call.hub.listGroup(group, top) } };
 }
 
-/**
- * The filters :addToGroups and :removeFromGroups accept: comparisons
- * `connectionId eq '...'` / `userId eq '...'` joined with `or` (OData string
- * literals, '' for a quote). Anything else is refused rather than guessed at.
- */
-export function parseConnectionFilter(filter: string): FilterTerm[] | undefined {
-  const term = /^\s*(connectionId|userId)\s+eq\s+'((?:[^']|'')*)'\s*(?:or\b|$)/;
-  const terms: FilterTerm[] = [];
-  let rest = filter;
-  while (rest.trim() !== '') {
-    const match = term.exec(rest);
-    if (!match) return undefined;
-    terms.push({ field: match[1] as FilterTerm['field'], value: match[2].replace(/''/g, "'") });
-    rest = rest.slice(match[0].length);
-  }
-  return terms.length > 0 ? terms : undefined;
-}
-
 async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFromGroups'): Promise<Answer> {
   const body = await readBody(call);
   if (typeof body === 'string') return body;
@@ -267,10 +274,10 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
     return 'BadRequest';
   }
   if (!validateRestGroupsBody(parsed)) return 'BadRequest';
-  const { groups, filter } = parsed as { groups: string[]; filter: string };
-  const terms = parseConnectionFilter(filter);
-  if (!terms) return 'FilterUnsupported';
-  await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, terms);
+  const { groups, filter: text } = parsed as { groups: string[]; filter: string };
+  const filter = parseFilter(text);
+  if (!(filter instanceof ConnectionFilter)) return filter;
+  await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter);
   return OK;
 }
 

@@ -21,6 +21,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { parseMid } from './replaying-feed.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Target } from '../bus/messages.ts';
+import { filterFromBus } from './connection-filter.ts';
 import { sharedMessageOf } from './downstream.ts';
 import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
@@ -123,6 +124,7 @@ export class SessionHandover {
           groups: [...connection.groups],
           ackIds: connection.ackIds(),
           reconnectionToken: session.reconnectionToken,
+          states: connection.states,
           firstSeq: session.firstSequenceId,
         });
       }
@@ -213,6 +215,7 @@ export class SessionHandover {
       s.reconnectionToken,
     );
     for (const id of s.ackIds ?? []) connection.rememberAckId(id);
+    connection.states = s.states;
     const taking: { body: Buffer; mid: string }[] = [];
     connection.handover = { taking };
     this.hub.local.add(connection);
@@ -298,6 +301,8 @@ export class SessionHandover {
       const id = parseMid(h.mid);
       if (!id || id.counter <= (seen[id.origin] ?? 0)) continue;
       const t = h.target;
+      const filter = filterFromBus(h.filter);
+      if (filter === null || (filter && !filter.matches(connection))) continue;
       const addressed =
         t.kind === 'all' ||
         (t.kind === 'group' && connection.groups.has(t.name)) ||

@@ -6,10 +6,11 @@
 // reliable session's sequence ids are a function of the stream that any edge
 // can compute again (stream-sessions.ts). Session claims travel the same way.
 import { randomUUID } from 'node:crypto';
-import { decodeEdgeMessage, encodeEdgeMessage, type FilterTerm, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
 import type { Follower, JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
 import { isDataOfType, sharedMessageOf, type DataMessage } from './downstream.ts';
 import type { HistoryEntry, HistoryPage, HubHistory } from './history.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
@@ -69,16 +70,32 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.options.subjects.hubEvent(this.hub.key, target.kind, target.kind === 'all' ? '' : target.name);
   }
 
-  async send(target: Target, message: DataMessage, excluded: ReadonlySet<string> | undefined, msgId: string | undefined): Promise<SendResult> {
+  async send(
+    target: Target,
+    message: DataMessage,
+    excluded: ReadonlySet<string> | undefined,
+    msgId: string | undefined,
+    filter?: ConnectionFilter,
+  ): Promise<SendResult> {
     const { dataJson, ...head } = message;
     const id = msgId ?? randomUUID();
-    const event: PsSend = { op: 'ps.send', ...this.hub.from, mid: id, at: Date.now(), target, excluded: excluded && [...excluded], message: head };
+    // The filter is stored with the event: every edge applies it where the stream orders it.
+    const event: PsSend = {
+      op: 'ps.send',
+      ...this.hub.from,
+      mid: id,
+      at: Date.now(),
+      target,
+      excluded: excluded && [...excluded],
+      filter: filter?.text,
+      message: head,
+    };
     const stored = await this.options.js.publish(this.subjectFor(target), encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8')), id);
     return stored.duplicate ? 'duplicate' : 'sent';
   }
 
-  async changeGroups(target: Target, action: GroupAction, groups: string[], terms: FilterTerm[] | undefined, msgId?: string): Promise<void> {
-    const change: PsMember = { op: 'ps.member', ...this.hub.from, target, action, groups, terms };
+  async changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<void> {
+    const change: PsMember = { op: 'ps.member', ...this.hub.from, target, action, groups, filter: filter?.text };
     await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(change), msgId ?? randomUUID());
   }
 
@@ -89,7 +106,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.applied = m.seq;
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
     const event = decoded?.message;
-    if (!event || event.hub.toLowerCase() !== this.hub.key) {
+    const filter = event && event.op !== 'ps.claim' ? filterFromBus(event.filter) : undefined;
+    if (!event || event.hub.toLowerCase() !== this.hub.key || filter === null) {
       this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
       return;
     }
@@ -98,12 +116,12 @@ export class StreamEvents implements DurableEvents, HubHistory {
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
         if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
-        const recipients = this.hub.local.deliver(event.target, message, event.excluded && new Set(event.excluded));
+        const recipients = this.hub.local.deliver(event.target, message, event.excluded && new Set(event.excluded), filter);
         this.hub.delivered(recipients, event.at, event.origin === this.options.nodeId ? 'local' : 'bus');
         return;
       }
       case 'ps.member':
-        this.hub.applyGroups(event.target, event.action, event.groups, event.terms, (connection, group, joined) =>
+        this.hub.applyGroups(event.target, event.action, event.groups, filter ?? event.terms, (connection, group, joined) =>
           this.sessions.membershipChanged(connection, m.seq, group, joined),
         );
         return;
@@ -156,8 +174,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.sessions.take(connectionId, token, protocol);
   }
 
-  sessionChanged(connection: PubSubConnection): void {
-    this.sessions.changed(connection);
+  sessionChanged(connection: PubSubConnection, identity?: boolean): void {
+    this.sessions.changed(connection, identity);
   }
 
   sessionEnded(connection: PubSubConnection): void {

@@ -23,6 +23,7 @@ import type { JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
+import { filterFromBus, selects } from './connection-filter.ts';
 import { sharedMessageOf } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
@@ -136,14 +137,19 @@ export class StreamSessions {
     this.dirty.add(connection);
   }
 
-  /** A reliable connection opened, acknowledged, or changed what the checkpoint records. */
-  changed(connection: PubSubConnection): void {
+  /**
+   * A reliable connection opened, acknowledged, or changed what the
+   * checkpoint records; `identity` when what changed is not in the stream
+   * (the connection state an event handler set): written at the next tick.
+   */
+  changed(connection: PubSubConnection, identity = false): void {
     if (!connection.session || connection.ended) return;
     if (!connection.session.checkpoint) {
       if (this.stream.started) this.begin(connection);
       else this.awaitingStart.add(connection);
       return;
     }
+    if (identity) this.urgent.add(connection);
     this.dirty.add(connection);
   }
 
@@ -236,6 +242,7 @@ export class StreamSessions {
       sequenceId: checkpoint.sequenceId,
       position: checkpoint.position,
       groups: checkpoint.groups,
+      states: connection.states,
       at: Date.now(),
     };
   }
@@ -308,6 +315,7 @@ export class StreamSessions {
         token,
       );
       for (const group of checkpoint.groups) connection.groups.add(group);
+      connection.states = checkpoint.states;
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
       const replayed = await this.replay(connection, checkpoint.position, claimSeq, deadline);
       if (replayed !== 'caught up') {
@@ -395,9 +403,12 @@ export class StreamSessions {
     const event = decoded?.message;
     if (!event || event.hub.toLowerCase() !== this.hub.key) return undefined;
     const session = connection.session!;
+    const filter = event.op === 'ps.claim' ? undefined : filterFromBus(event.filter);
+    // Skipped here as the follower skipped it on every edge.
+    if (filter === null) return undefined;
     switch (event.op) {
       case 'ps.send': {
-        if (!addresses(event.target, connection, event.excluded)) return undefined;
+        if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
         if (message && session.push(message.body, message.mid, m.seq) === undefined) return 'the session buffer is full';
@@ -405,9 +416,8 @@ export class StreamSessions {
       }
       case 'ps.member': {
         const t = event.target;
-        const matched =
-          (t.kind === 'all' || addresses(t, connection)) &&
-          (!event.terms || event.terms.some((term) => (term.field === 'connectionId' ? connection.id : connection.userId) === term.value));
+        const membership = filter ?? event.terms;
+        const matched = (t.kind === 'all' || addresses(t, connection)) && (!membership || selects(membership, connection));
         if (!matched) return undefined;
         const groups = event.action === 'removeAll' ? [...connection.groups] : event.groups;
         for (const group of groups) {

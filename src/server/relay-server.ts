@@ -133,6 +133,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     });
   }
   const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
+  // Event handlers at hc://{entity}/... are relayed HTTP requests to that hybrid connection's listener.
+  pubsub.useRelayedRequests({ request: (entity, target, request) => hybrid.relayRequest(entity, target, request) });
+  // Listener presence (hybridConnections[].presence) as JSON messages to a hub group.
+  hybrid.presence = ({ hub, group, ...notice }) => {
+    pubsub.sendToGroup(hub, group, notice).catch((err: Error) => log.warn({ event: 'presence.lost', entity: notice.entity, hub, err: err.message }));
+  };
   if (jetstream) {
     const streams = PubSubService.streamSpecs(config, subjects);
     const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };

@@ -24,6 +24,7 @@ export class RelayMetrics {
   readonly pubsubEventsIn: Counter<'source'>;
   readonly pubsubEventsOut: Counter;
   readonly acks: Counter<'result'>;
+  readonly handlerEvents: Counter<'event' | 'result'>;
   readonly slowConsumerCloses: Counter<'code'>;
   readonly sessionsRecovered: Counter<'from'>;
   readonly sessionsExpired: Counter;
@@ -110,6 +111,12 @@ export class RelayMetrics {
     });
     this.pubsubEventsOut = new Counter({ name: 'edge_relay_pubsub_events_out_total', help: 'Pub/sub events delivered to clients on this node (one per recipient)', registers });
     this.acks = new Counter({ name: 'edge_relay_pubsub_acks_total', help: 'Acks sent to pub/sub clients, by result (success or the error name)', labelNames: ['result'], registers });
+    this.handlerEvents = new Counter({
+      name: 'edge_relay_pubsub_handler_events_total',
+      help: 'Events sent to pub/sub event handlers, by event (connect, connected, disconnected, user) and result (ok, refused, failed, timeout)',
+      labelNames: ['event', 'result'],
+      registers,
+    });
     this.slowConsumerCloses = new Counter({
       name: 'edge_relay_pubsub_slow_consumer_closes_total',
       help: 'Pub/sub connections closed for not keeping up, by code',

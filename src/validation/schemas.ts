@@ -40,6 +40,8 @@ export const validateGroupName = pubsubDefinition('groupName');
 export const validateUserId = pubsubDefinition('userId');
 export const validateConnectionId = pubsubDefinition('connectionId');
 export const validateRestGroupsBody = load('pubsub-rest-groups.schema.json');
+/** An event handler's answer to the connect system event. */
+export const validateConnectResponse = load('pubsub-connect-response.schema.json');
 
 /** Messages between edge nodes (schemas/bus-message.schema.json); the ops are listed in src/bus/messages.ts. */
 load('bus-message.schema.json');

@@ -100,6 +100,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private outboxBytes = 0;
   /** Not reading the peer: outboundHighWaterMark bytes are queued to it. */
   private readingPaused = false;
+  /** Not reading the peer: the owner is still busy with what it sent (hold()). */
+  private held = false;
 
   /**
    * `owner` is whatever the caller keeps per connection (events get it back
@@ -119,7 +121,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     socket.on('drain', () => {
       if (this.readingPaused) {
         this.readingPaused = false;
-        socket.resume();
+        if (!this.held) socket.resume();
       }
       this.events.onDrain(this);
     });
@@ -209,6 +211,19 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Drops the socket without a close frame. */
   destroy(): void {
     this.socket.destroy();
+  }
+
+  /** Stops reading the peer until release(): the owner is still busy with messages it had (frames already read still arrive). */
+  hold(): void {
+    if (this.held) return;
+    this.held = true;
+    this.socket.pause();
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    if (!this.readingPaused && !this.socket.destroyed) this.socket.resume();
   }
 
   private receive(chunk: Buffer): void {

@@ -81,8 +81,8 @@ describe('faults', () => {
     assert.match(refused, /503/);
     const svcA = serviceClient(a);
     for (let i = 1; i <= 20; i++) await svcA.group('g').sendToAll(i);
-    await until(() => numbers(local.serverData).length === 20, 5000, 'local pub/sub during the outage');
-    assert.deepEqual(numbers(local.serverData), Array.from({ length: 20 }, (_, i) => i + 1));
+    await until(() => numbers(local.groupData).length === 20, 5000, 'local pub/sub during the outage');
+    assert.deepEqual(numbers(local.groupData), Array.from({ length: 20 }, (_, i) => i + 1));
     const remoteRest = await httpRequest(`${b.url}/api/hubs/chat/groups/g/connections/x`, { method: 'PUT' });
     assert.equal(remoteRest.status, 401, 'REST still authenticates while the bus is away');
     const svcB = serviceClient(b);
@@ -95,15 +95,15 @@ describe('faults', () => {
     await waitReady(a, 200);
     await waitReady(b, 200);
     // What B published during the outage arrives, once, in order.
-    await until(() => numbers(local.serverData).includes(120), 10000, 'events published on B during the outage');
-    assert.deepEqual(numbers(local.serverData).slice(20), Array.from({ length: 20 }, (_, i) => 101 + i));
+    await until(() => numbers(local.groupData).includes(120), 10000, 'events published on B during the outage');
+    assert.deepEqual(numbers(local.groupData).slice(20), Array.from({ length: 20 }, (_, i) => 101 + i));
     // Re-subscribed: the listener's entity and the group are reachable from B again.
     await eventually(() => echoThrough(b.url, 'back'), 'back');
-    for (let i = 0; i < 200 && !local.serverData.some((m) => m.data === 'from-b'); i++) {
+    for (let i = 0; i < 200 && !local.groupData.some((m) => m.data === 'from-b'); i++) {
       await svcB.group('g').sendToAll('from-b', { contentType: 'text/plain' });
       await new Promise((r) => setTimeout(r, 25));
     }
-    assert.ok(local.serverData.some((m) => m.data === 'from-b'), 'a group send on B reaches the member on A');
+    assert.ok(local.groupData.some((m) => m.data === 'from-b'), 'a group send on B reaches the member on A');
   });
 
   it('one NATS node of three is killed under steady traffic: the edge on it fails over and traffic resumes', async (t) => {
@@ -120,13 +120,13 @@ describe('faults', () => {
     const publish = async (count: number) => {
       for (let i = 0; i < count; i++) await publisher.group('feed').sendToAll(++n);
     };
-    for (let i = 0; i < 200 && numbers(sub.serverData).length === 0; i++) {
+    for (let i = 0; i < 200 && numbers(sub.groupData).length === 0; i++) {
       await publisher.group('feed').sendToAll(0);
       await new Promise((r) => setTimeout(r, 20));
     }
-    sub.serverData.length = 0;
+    sub.groupData.length = 0;
     await publish(100);
-    await until(() => numbers(sub.serverData).includes(100), 5000, 'steady traffic before the kill');
+    await until(() => numbers(sub.groupData).includes(100), 5000, 'steady traffic before the kill');
     const beforeKill = n;
 
     await nats[0].kill();
@@ -138,15 +138,15 @@ describe('faults', () => {
       }
     })();
     // A's NATS server vanished: it reconnects to n2 or n3, re-subscribes, and events flow again.
-    await until(() => numbers(sub.serverData).some((x) => x > beforeKill + 5), 15000, 'traffic resumed after fail-over');
+    await until(() => numbers(sub.groupData).some((x) => x > beforeKill + 5), 15000, 'traffic resumed after fail-over');
     const resumedAt = n;
     await until(() => n >= resumedAt + 100, 10000, 'steady traffic after fail-over');
     stopped = true;
     await steady;
     const last = n;
     await publish(50);
-    await until(() => numbers(sub.serverData).includes(last + 50), 10000, 'the last event');
-    const seen = numbers(sub.serverData);
+    await until(() => numbers(sub.groupData).includes(last + 50), 10000, 'the last event');
+    const seen = numbers(sub.groupData);
     assertOnceInOrder(seen);
     for (let i = 1; i <= beforeKill; i++) assert.ok(seen.includes(i), `event ${i}, sent before the kill, arrived`);
     for (let i = resumedAt + 1; i <= n; i++) assert.ok(seen.includes(i), `event ${i}, sent after fail-over, arrived`);
@@ -189,10 +189,10 @@ describe('faults', () => {
     await until(() => sub.connectionIds.length >= 2, 15000, 'a fresh pub/sub connection');
     assert.notEqual(sub.connectionIds.at(-1), firstId);
     const svc = serviceClient(b);
-    for (let i = 0; i < 200 && !sub.serverData.some((m) => m.data === 'after'); i++) {
+    for (let i = 0; i < 200 && !sub.groupData.some((m) => m.data === 'after'); i++) {
       await svc.group('news').sendToAll('after', { contentType: 'text/plain' });
       await new Promise((r) => setTimeout(r, 25));
     }
-    assert.ok(sub.serverData.some((m) => m.data === 'after'), 'the rejoined client gets group events again');
+    assert.ok(sub.groupData.some((m) => m.data === 'after'), 'the rejoined client gets group events again');
   });
 });

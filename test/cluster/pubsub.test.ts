@@ -111,7 +111,7 @@ describe('publish/subscribe across nodes', () => {
     for await (const m of await svc.group('team').listConnections()) members.push(m.connectionId);
     assert.deepEqual(members.sort(), [x1.connectionIds[0], x2.connectionIds[0], y.connectionIds[0]].sort());
     await svc.group('team').sendToAll('team news', { contentType: 'text/plain' });
-    await until(() => everyone.every((s) => dataOf(s.serverData).includes('team news')), 5000, 'group send');
+    await until(() => everyone.every((s) => dataOf(s.groupData).includes('team news')), 5000, 'group send');
 
     await svc.grantPermission(y.connectionIds[0], 'sendToGroup', { targetName: 'team' });
     assert.equal(await svc.hasPermission(y.connectionIds[0], 'sendToGroup', { targetName: 'team' }), true);

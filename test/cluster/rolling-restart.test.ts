@@ -116,8 +116,8 @@ describe('graceful shutdown', () => {
     await withTimeout(Promise.all(senders), 15000, 'HTTP senders to stop');
     const total = published;
     for (const [i, c] of clients.entries()) {
-      await until(() => c.serverData.length >= total, 20000, `client ${i + 1} to catch up (${c.serverData.length} of ${total})`);
-      assert.deepEqual(c.serverData.map((m) => Number(m.data)), Array.from({ length: total }, (_, k) => k + 1), `client ${i + 1} got every event once, in order`);
+      await until(() => c.groupData.length >= total, 20000, `client ${i + 1} to catch up (${c.groupData.length} of ${total})`);
+      assert.deepEqual(c.groupData.map((m) => Number(m.data)), Array.from({ length: total }, (_, k) => k + 1), `client ${i + 1} got every event once, in order`);
     }
     const failed = httpResults.filter((r) => r !== 200);
     assert.deepEqual(failed, [], `every HTTP request answered 200 (${httpResults.length} sent)`);

@@ -1,5 +1,6 @@
-// Property-based fuzzing of the pub/sub REST surface: the :addToGroups filter
-// parser never throws and round-trips the filters it accepts; any method,
+// Property-based fuzzing of the pub/sub REST surface: the OData filter parser
+// throws nothing but a positioned syntax error, and a generated expression
+// selects what it says; any method,
 // path, query, content type and body a caller with a valid token sends is
 // answered with a status and an error code from the pub/sub table, and the
 // relay keeps serving.
@@ -8,7 +9,7 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { PUBSUB_ERRORS } from '../../src/pubsub/errors.ts';
-import { parseConnectionFilter } from '../../src/pubsub/rest-api.ts';
+import { ConnectionFilter, FilterSyntaxError } from '../../src/pubsub/connection-filter.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { HUB, HUB_KEY, startPubSubRelay } from '../helpers/pubsub.ts';
 import { fuzzOptions } from './fuzz.ts';
@@ -16,22 +17,50 @@ import { fuzzOptions } from './fuzz.ts';
 const MAX_BODY = 4096;
 
 describe('REST filters (fuzzed)', () => {
-  it('never throw on any string', () => {
+  it('parse any string or throw FilterSyntaxError with a position inside it', () => {
+    const pieces = fc.constantFrom('userId', 'connectionId', 'groups', '/any(', 'g:', 'g', ' eq ', ' ne ', ' in ', ' and ', ' or ', 'not ', '(', ')', ',', "'a'", "''''", "'", 'null', ' gt ');
     fc.assert(
-      fc.property(fc.oneof(fc.string({ maxLength: 80 }), fc.constantFrom("userId eq 'a' or", "connectionId eq ''''", "userId eq 'a' or connectionId eq 'b'", "userId  eq  'x'or")), (filter) => {
-        const terms = parseConnectionFilter(filter);
-        if (terms) assert.ok(terms.length > 0 && terms.every((t) => t.field === 'userId' || t.field === 'connectionId'));
+      fc.property(fc.oneof(fc.string({ maxLength: 80 }), fc.array(pieces, { maxLength: 20 }).map((p) => p.join(''))), (text) => {
+        try {
+          ConnectionFilter.parse(text).matches({ id: 'c', userId: 'a', groups: new Set(['a', "'"]) });
+        } catch (err) {
+          assert.ok(err instanceof FilterSyntaxError, String(err));
+          assert.ok(err.position >= 0 && err.position <= text.length, `${err.position} in ${JSON.stringify(text)}`);
+        }
       }),
       fuzzOptions(3000),
     );
   });
 
-  it('round-trip: any terms written as OData string comparisons parse back to themselves', () => {
-    const term = fc.record({ field: fc.constantFrom('userId' as const, 'connectionId' as const), value: fc.string({ maxLength: 12 }) }, { noNullPrototype: true });
+  it('round-trip: a generated expression, written out, selects what it says', () => {
+    type Subject = { id: string; userId: string | null; groups: Set<string> };
+    type Gen = { text: string; eval: (c: Subject) => boolean };
+    const quote = (v: string) => `'${v.replace(/'/g, "''")}'`;
+    const value: fc.Arbitrary<string> = fc.constantFrom('a', 'b', "o'k", '');
+    const leaf: fc.Arbitrary<Gen> = fc.oneof(
+      fc.tuple(fc.constantFrom('userId' as const, 'connectionId' as const), fc.constantFrom('eq', 'ne'), value).map(([f, op, v]) => ({
+        text: `${f} ${op} ${quote(v)}`,
+        eval: (c: Subject) => ((f === 'userId' ? c.userId : c.id) === v) === (op === 'eq'),
+      })),
+      fc.array(value, { minLength: 1, maxLength: 3 }).map((vs) => ({ text: `userId in (${vs.map(quote).join(', ')})`, eval: (c: Subject) => vs.includes(c.userId as string) })),
+      value.map((v) => ({ text: `${quote(v)} in groups`, eval: (c: Subject) => c.groups.has(v) })),
+      value.map((v) => ({ text: `groups/any(x: x eq ${quote(v)})`, eval: (c: Subject) => c.groups.has(v) })),
+    );
+    const expr = fc.letrec<{ e: Gen }>((tie) => ({
+      e: fc.oneof(
+        { depthSize: 'small', withCrossShrink: true },
+        leaf,
+        fc.tuple(tie('e'), fc.constantFrom('and', 'or'), tie('e')).map(([l, op, r]) => ({
+          text: `(${l.text}) ${op} (${r.text})`,
+          eval: (c: Subject) => (op === 'and' ? l.eval(c) && r.eval(c) : l.eval(c) || r.eval(c)),
+        })),
+        tie('e').map((x) => ({ text: `not (${x.text})`, eval: (c: Subject) => !x.eval(c) })),
+      ),
+    })).e;
+    const subject = fc.record({ id: value, userId: fc.option(value), groups: fc.array(value, { maxLength: 3 }).map((g) => new Set(g)) }, { noNullPrototype: true });
     fc.assert(
-      fc.property(fc.array(term, { minLength: 1, maxLength: 4 }), fc.constantFrom(' ', '  ', '\t'), (terms, space) => {
-        const filter = terms.map((t) => `${t.field}${space}eq${space}'${t.value.replace(/'/g, "''")}'`).join(`${space}or${space}`);
-        assert.deepEqual(parseConnectionFilter(filter), terms);
+      fc.property(expr, subject, (e, c) => {
+        assert.equal(ConnectionFilter.parse(e.text).matches(c), e.eval(c), e.text);
       }),
       fuzzOptions(2000),
     );

@@ -36,8 +36,9 @@ describe('pub/sub bad input', () => {
     const unsigned = `${Buffer.from('{"alg":"none"}').toString('base64url')}.${none[1]}.`;
     assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}?access_token=${unsigned}`, opts), 401, 'alg none');
     assert.equal(await upgradeStatus(accessUrl(relay.url).replace(`/hubs/${HUB}`, '/hubs/nohub'), opts), 404, 'no such hub');
-    assert.equal(await upgradeStatus(accessUrl(relay.url)), 400, 'no subprotocol');
-    assert.equal(await upgradeStatus(accessUrl(relay.url), { protocols: ['mqtt'] } as never), 400, 'other subprotocol');
+    // Without a Web PubSub subprotocol it is a simple WebSocket client, accepted with its token (test/pubsub/simple-clients.test.ts).
+    assert.equal(await upgradeStatus(accessUrl(relay.url)), 101, 'no subprotocol');
+    assert.equal(await upgradeStatus(`${base}/client/hubs/${HUB}`), 401, 'simple client without a token');
     // Still serving.
     const ok = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
     assert.equal((await ok.waitFor((m) => m.event === 'connected')).type, 'system');

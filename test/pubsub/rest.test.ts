@@ -15,7 +15,7 @@ function sdk(url: string, hub = HUB, key = HUB_KEY): WebPubSubServiceClient {
 }
 
 describe('pub/sub REST API', () => {
-  it('sends to the hub, a group, a user and a connection, as messages from the server', async (t) => {
+  it('sends to the hub, a user and a connection as messages from the server, to a group as a group message from nobody', async (t) => {
     const relay = await startPubSubRelay(t);
     const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
     const bob = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob' }), PLAIN, t);
@@ -33,8 +33,12 @@ describe('pub/sub REST API', () => {
       [['server', 'json', { to: 'all' }], ['server', 'text', 'for alice'], ['server', 'json', { only: 'alice' }]],
     );
     assert.deepEqual(
-      bob.dataMessages().map((m) => [m.from, m.dataType, m.data]),
-      [['server', 'json', { to: 'all' }], ['server', 'text', 'all but alice'], ['server', 'binary', 'AQID']],
+      bob.dataMessages().map((m) => [m.from, m.group, m.fromUserId, m.dataType, m.data]),
+      [
+        ['server', undefined, undefined, 'json', { to: 'all' }],
+        ['server', undefined, undefined, 'text', 'all but alice'],
+        ['group', 'g', null, 'binary', 'AQID'],
+      ],
     );
   });
 

@@ -1,0 +1,161 @@
+// A relayed HTTP request the relay itself makes to a hybrid connection's
+// listener, as any sender's would go (docs/event-handlers.md, hc:// handlers):
+// the same HttpExchange, routed to a listener on this edge or over the bus to
+// whichever edge holds one, small bodies on the control channel, large ones
+// through a rendezvous. Only the two ends are in process: the request is a
+// readable stream with a head, and the response is collected, capped, from
+// what the exchange writes. The relay needs no token for itself; the answer
+// the listener gives is returned as is, and what the relay would have
+// answered a sender in its place (no listener, listener gone, timeouts) is a
+// rejection naming why.
+import { EventEmitter } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
+import type { Logger } from '../telemetry/logger.ts';
+import type { HybridContext } from './context.ts';
+import type { HybridEntity } from './entity-catalog.ts';
+import type { HybridErrorCode } from './errors.ts';
+import { HttpExchange } from './http-exchange.ts';
+import type { ListenerRoute } from './listener-route.ts';
+
+export interface RelayedRequestInit {
+  method: string;
+  /** Lower-case names. */
+  headers: Record<string, string>;
+  body?: Buffer;
+  timeoutMs: number;
+  maxResponseBytes: number;
+}
+
+export interface RelayedAnswer {
+  status: number;
+  header(name: string): string | undefined;
+  body: Buffer;
+}
+
+/** The request got no answer from a listener. `kind` says how, as pub/sub's event handlers classify it. */
+export class RelayedRequestError extends Error {
+  constructor(
+    readonly kind: 'unreachable' | 'timeout' | 'failed',
+    readonly code: HybridErrorCode | 'Timeout' | 'TooLarge',
+  ) {
+    super(kind === 'timeout' ? `relayed request: no answer in time (${code})` : `relayed request failed: ${code}`);
+  }
+}
+
+const TIMEOUT_CODES = new Set<HybridErrorCode>(['AcceptTimeout', 'RouteTimeout', 'ResponseTimeout']);
+
+/** What the exchange writes its answer to: a response kept in memory, capped. */
+class CollectedResponse extends EventEmitter {
+  headersSent = false;
+  destroyed = false;
+  status = 0;
+  private readonly headers = new Map<string, string>();
+  private readonly chunks: Buffer[] = [];
+  private size = 0;
+  /** Set when the relay, not the listener, answered (HttpExchange.fail). */
+  relayCode: HybridErrorCode | undefined;
+
+  constructor(
+    private readonly maxBytes: number,
+    private readonly done: (outcome: RelayedAnswer | RelayedRequestError) => void,
+  ) {
+    super();
+  }
+
+  writeHead(status: number, reasonOrHeaders?: string | Record<string, string | string[]>, maybeHeaders?: Record<string, string | string[]>): this {
+    const headers = typeof reasonOrHeaders === 'object' ? reasonOrHeaders : maybeHeaders;
+    this.status = status;
+    for (const [name, value] of Object.entries(headers ?? {})) this.headers.set(name.toLowerCase(), Array.isArray(value) ? value.join(', ') : String(value));
+    this.headersSent = true;
+    return this;
+  }
+
+  write(chunk: Buffer | string): boolean {
+    const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    this.size += data.length;
+    if (this.size > this.maxBytes) {
+      this.destroy();
+      this.done(new RelayedRequestError('failed', 'TooLarge'));
+      return false;
+    }
+    this.chunks.push(data);
+    return true;
+  }
+
+  end(chunk?: Buffer | string): this {
+    if (this.destroyed) return this;
+    if (chunk !== undefined && !this.write(chunk)) return this;
+    this.destroyed = true;
+    if (this.relayCode) this.done(new RelayedRequestError(TIMEOUT_CODES.has(this.relayCode) ? 'timeout' : 'unreachable', this.relayCode));
+    else this.done({ status: this.status, header: (name) => this.headers.get(name), body: Buffer.concat(this.chunks, this.size) });
+    this.closeSoon();
+    return this;
+  }
+
+  destroy(): this {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    this.closeSoon();
+    return this;
+  }
+
+  /** As a ServerResponse does: 'close' after the call that ended it has returned (the exchange finishes first). */
+  private closeSoon(): void {
+    queueMicrotask(() => this.emit('close'));
+  }
+}
+
+/** An exchange that notes when the relay, rather than the listener, answers. */
+class RelayedExchange extends HttpExchange {
+  constructor(
+    ctx: HybridContext,
+    req: IncomingMessage,
+    private readonly collected: CollectedResponse,
+    entity: HybridEntity,
+    route: ListenerRoute,
+    requestTarget: string,
+    log: Logger,
+  ) {
+    super(ctx, req, collected as unknown as ServerResponse, entity, route, requestTarget, log);
+  }
+
+  override fail(code: HybridErrorCode): void {
+    this.collected.relayCode ??= code;
+    super.fail(code);
+  }
+}
+
+/** Sends one request through the relay's own HTTP mode to a listener of `entity`; resolves to its answer. */
+export function relayRequest(
+  ctx: HybridContext,
+  entity: HybridEntity,
+  route: ListenerRoute,
+  requestTarget: string,
+  init: RelayedRequestInit,
+  log: Logger,
+): Promise<RelayedAnswer> {
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const timer = setTimeout(() => settle(new RelayedRequestError('timeout', 'Timeout')), init.timeoutMs);
+    const settle = (outcome: RelayedAnswer | RelayedRequestError) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      // The exchange finishes when its response closes (a timeout here ends it).
+      collected.destroy();
+      if (outcome instanceof RelayedRequestError) reject(outcome);
+      else resolve(outcome);
+    };
+    const collected = new CollectedResponse(init.maxResponseBytes, settle);
+    const body = init.body ?? Buffer.alloc(0);
+    const req = Readable.from(body.length > 0 ? [body] : []) as Readable & Partial<IncomingMessage>;
+    Object.assign(req, {
+      method: init.method,
+      url: requestTarget,
+      headers: { ...init.headers, 'content-length': String(body.length) },
+      socket: { remoteAddress: '127.0.0.1', remotePort: 0 },
+    });
+    new RelayedExchange(ctx, req as IncomingMessage, collected, entity, route, requestTarget, log).start();
+  });
+}

@@ -1,0 +1,64 @@
+// Abuse protection, the CloudEvents webhook validation handshake Azure Web
+// PubSub performs (docs/event-handlers.md, "Abuse protection"): before the
+// first delivery to a handler URL the relay sends
+//   OPTIONS {url}
+//   WebHook-Request-Origin: {publicUrl host}
+// and delivers only when the answer carries WebHook-Allowed-Origin naming
+// that origin, or `*` (several values, in one header or many, are read one by
+// one; @azure/web-pubsub-express answers with its allowedEndpoints' hosts).
+// A URL that passed is remembered until revalidate() (a configuration
+// reload); one that did not is asked again at its next event, and concurrent
+// events wait for one check.
+import { HandlerError, type HandlerTransport, type UrlValidation } from './event-handlers.ts';
+
+/** Largest answer read from a validation request. */
+const MAX_ANSWER_BYTES = 4096;
+
+export class AbuseProtection implements UrlValidation {
+  private readonly allowed = new Set<string>();
+  private readonly checking = new Map<string, Promise<void>>();
+
+  constructor(
+    /** What the relay says it is: the host (and port) of publicUrl. */
+    readonly origin: string,
+    private readonly transport: HandlerTransport,
+    private readonly onResult: (url: string, allowed: boolean, detail: string) => void,
+  ) {}
+
+  /** Resolves once `url` may receive events; rejects with HandlerError('not allowed' or why the check failed). */
+  check(url: string, timeoutMs: number, authorization?: string): Promise<void> {
+    if (this.allowed.has(url)) return Promise.resolve();
+    let pending = this.checking.get(url);
+    if (!pending) {
+      pending = this.validate(url, timeoutMs, authorization).finally(() => this.checking.delete(url));
+      this.checking.set(url, pending);
+    }
+    return pending;
+  }
+
+  /** Forgets every result: each URL is validated again before its next event. */
+  revalidate(): void {
+    this.allowed.clear();
+  }
+
+  private async validate(url: string, timeoutMs: number, authorization: string | undefined): Promise<void> {
+    const headers: Record<string, string> = { 'webhook-request-origin': this.origin, 'ce-awpsversion': '1.0' };
+    if (authorization) headers.authorization = authorization;
+    let answer;
+    try {
+      answer = await this.transport.send(url, { method: 'OPTIONS', headers, timeoutMs, maxResponseBytes: MAX_ANSWER_BYTES });
+    } catch (err) {
+      this.onResult(url, false, (err as Error).message);
+      throw err;
+    }
+    const values = (answer.header('webhook-allowed-origin') ?? '').split(',').map((v) => v.trim().toLowerCase());
+    if (answer.status >= 200 && answer.status < 300 && values.some((v) => v === '*' || v === this.origin.toLowerCase())) {
+      this.allowed.add(url);
+      this.onResult(url, true, 'allowed');
+      return;
+    }
+    const detail = `abuse protection: the handler answered ${answer.status} without WebHook-Allowed-Origin naming ${this.origin}`;
+    this.onResult(url, false, detail);
+    throw new HandlerError('not allowed', detail);
+  }
+}

@@ -1,0 +1,314 @@
+// Client events as Azure Web PubSub delivers them to event handlers: one
+// CloudEvents HTTP request in binary mode per event (docs/event-handlers.md).
+// Headers: ce-specversion 1.0, ce-type azure.webpubsub.sys.{connect,
+// connected, disconnected} or azure.webpubsub.user.{event}, ce-source
+// /hubs/{hub}/client/{connectionId}, ce-id, ce-time, ce-awpsversion 1.0,
+// ce-hub, ce-eventname, ce-connectionid, ce-userid, ce-subprotocol,
+// ce-connectionstate, ce-signature (sha256={hex HMAC-SHA256 of the connection
+// id} for each access key, comma-separated), webhook-request-origin.
+//
+// - connect is blocking: its answer decides the connection (connectOutcome).
+// - connected and disconnected are fire-and-forget: queued per connection so
+//   they arrive in order, each retried up to the handler's `retries` times.
+// - a user event's 2xx answer acks it; a non-empty body is the reply.
+// A handler that answers `ce-connectionState` sets the state later events of
+// the connection carry.
+import { createHmac, randomUUID } from 'node:crypto';
+import type { HubConfig, SystemEventName } from '../config/types.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import { parseJson } from '../validation/bounded-json.ts';
+import { validateConnectResponse } from '../validation/schemas.ts';
+import type { AbuseProtection } from './abuse-protection.ts';
+import type { DataMessage, DataType } from './downstream.ts';
+import {
+  HandlerError,
+  deliverToHandler,
+  handlerForSystemEvent,
+  handlerForUserEvent,
+  handlersOf,
+  type EventHandler,
+  type HandlerResponse,
+  type HandlerTransport,
+} from './event-handlers.ts';
+import type { PubSubErrorCode } from './errors.ts';
+
+/** The connection an event is about. */
+export interface EventSource {
+  readonly id: string;
+  readonly userId: string | null;
+  /** The subprotocol the client uses, if any. */
+  readonly subprotocol: string | undefined;
+  /** ce-connectionState as a handler last set it. */
+  states: string | undefined;
+  /** connected/disconnected events still to deliver, in order. */
+  systemEvents?: Promise<void>;
+}
+
+export type UserEventResult =
+  | { ok: true; reply?: DataMessage }
+  | { ok: false; code: 'NoUpstream' | 'UpstreamFailed'; detail: string };
+
+/** What a connect event decided. */
+export type ConnectOutcome =
+  | { ok: true; userId?: string | null; groups: string[]; roles: string[]; subprotocol?: string }
+  | { ok: false; code: PubSubErrorCode; detail: string };
+
+/** What the connect event tells the handler about the client (Azure's ConnectEventRequest body). */
+export interface ConnectBody {
+  claims: Record<string, string[]>;
+  query: Record<string, string[]>;
+  headers: Record<string, string[]>;
+  subprotocols: string[];
+  clientCertificates: { thumbprint: string; content: string }[];
+}
+
+const CONTENT_TYPES: Record<DataType, string> = {
+  json: 'application/json',
+  text: 'text/plain; charset=utf-8',
+  binary: 'application/octet-stream',
+};
+
+/** Largest ce-connectionState kept for a connection. */
+const MAX_STATE_BYTES = 4096;
+
+/** Header values must be visible ASCII; anything else is percent-encoded. */
+function headerSafe(value: string): string {
+  return /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value);
+}
+
+export function signature(accessKeys: string[], connectionId: string): string {
+  return accessKeys.map((key) => `sha256=${createHmac('sha256', key).update(connectionId).digest('hex')}`).join(',');
+}
+
+/** The body of a user event: JSON text, UTF-8 text, or the decoded bytes. */
+export function userEventBody(dataType: DataType, data: unknown): Buffer {
+  if (dataType === 'binary') return Buffer.from(String(data), 'base64');
+  if (dataType === 'text') return Buffer.from(String(data), 'utf8');
+  return Buffer.from(JSON.stringify(data ?? null), 'utf8');
+}
+
+/** A handler's reply to a user event, as a message from the server, typed by its Content-Type. */
+export function replyOf(contentType: string, body: Buffer): DataMessage {
+  const type = contentType.split(';')[0].trim().toLowerCase();
+  if (type === 'application/json') {
+    try {
+      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
+    } catch {
+      // Not JSON after all (or nested too deep to re-serialize): hand it on as text.
+    }
+  }
+  if (type === 'application/json' || type.startsWith('text/')) {
+    return { from: 'server', dataType: 'text', dataJson: JSON.stringify(body.toString('utf8')) };
+  }
+  return { from: 'server', dataType: 'binary', dataJson: JSON.stringify(body.toString('base64')) };
+}
+
+/** A handler's text, short and on one line, for a refusal's message or a log. */
+function snippet(body: Buffer): string {
+  return body.subarray(0, 200).toString('utf8').replace(/[\x00-\x1f\x7f]+/g, ' ').trim();
+}
+
+export interface EventDispatcherDeps {
+  transport: HandlerTransport;
+  protection: AbuseProtection;
+  log: Logger;
+  /** Largest handler answer (limits.pubsubMessageBytes). */
+  maxAnswerBytes: number;
+  /** A connection's state changed (a durable hub writes it into the session's checkpoint). */
+  statesChanged(source: EventSource): void;
+  /** Counts an event delivered (or not) to a handler. */
+  count(event: 'connect' | 'connected' | 'disconnected' | 'user', result: 'ok' | 'refused' | 'failed' | 'timeout'): void;
+}
+
+/** How a delivery that threw counts. */
+function failureOf(err: unknown): 'failed' | 'timeout' {
+  return err instanceof HandlerError && err.kind === 'timeout' ? 'timeout' : 'failed';
+}
+
+export class EventDispatcher {
+  /** Per hub config: a reloaded config brings its own. */
+  private readonly handlers = new WeakMap<HubConfig, EventHandler[]>();
+
+  constructor(private readonly deps: EventDispatcherDeps) {}
+
+  /** The handlers of a hub, built once per hub config. */
+  handlersFor(hub: HubConfig): EventHandler[] {
+    let list = this.handlers.get(hub);
+    if (!list) this.handlers.set(hub, (list = handlersOf(hub)));
+    return list;
+  }
+
+  hasSystemEvent(hub: HubConfig, event: SystemEventName): boolean {
+    return handlerForSystemEvent(this.handlersFor(hub), event) !== undefined;
+  }
+
+  private headers(hub: HubConfig, source: EventSource, type: string, event: string, contentType: string): Record<string, string> {
+    const headers: Record<string, string> = {
+      'content-type': contentType,
+      'webhook-request-origin': this.deps.protection.origin,
+      'ce-specversion': '1.0',
+      'ce-type': type,
+      'ce-source': `/hubs/${hub.name}/client/${source.id}`,
+      'ce-id': randomUUID(),
+      'ce-time': new Date().toISOString(),
+      'ce-awpsversion': '1.0',
+      'ce-hub': hub.name,
+      'ce-eventname': event,
+      'ce-connectionid': source.id,
+      'ce-signature': signature([hub.accessKey], source.id),
+    };
+    if (source.userId !== null) headers['ce-userid'] = headerSafe(source.userId);
+    if (source.subprotocol) headers['ce-subprotocol'] = source.subprotocol;
+    if (source.states) headers['ce-connectionstate'] = source.states;
+    return headers;
+  }
+
+  /** Sends one event; the answer, with the connection's state updated from it. */
+  private async post(handler: EventHandler, hub: HubConfig, source: EventSource, event: string, headers: Record<string, string>, body: Buffer): Promise<HandlerResponse> {
+    const url = handler.urlFor(hub.name, event);
+    const answer = await deliverToHandler(this.deps.transport, this.deps.protection, handler, url, {
+      headers,
+      body,
+      maxResponseBytes: this.deps.maxAnswerBytes,
+    });
+    const state = answer.header('ce-connectionstate');
+    if (state !== undefined && answer.status >= 200 && answer.status < 300) {
+      if (Buffer.byteLength(state) <= MAX_STATE_BYTES) {
+        const next = state === '' ? undefined : state;
+        if (next !== source.states) {
+          source.states = next;
+          this.deps.statesChanged(source);
+        }
+      } else this.deps.log.warn({ event: 'pubsub.event_state_too_large', hub: hub.name, connectionId: source.id });
+    }
+    return answer;
+  }
+
+  // --- user events ------------------------------------------------------------------
+
+  async userEvent(hub: HubConfig, source: EventSource, event: string, contentType: string, body: Buffer): Promise<UserEventResult> {
+    const handler = handlerForUserEvent(this.handlersFor(hub), event);
+    if (!handler) return { ok: false, code: 'NoUpstream', detail: `no event handler of hub '${hub.name}' takes '${event}'` };
+    let answer: HandlerResponse;
+    try {
+      answer = await this.post(handler, hub, source, event, this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType), body);
+    } catch (err) {
+      this.deps.count('user', failureOf(err));
+      this.logFailure(hub, source, event, handler, (err as Error).message);
+      return { ok: false, code: 'UpstreamFailed', detail: `event handler ${(err as Error).message}` };
+    }
+    this.deps.count('user', answer.status >= 200 && answer.status < 300 ? 'ok' : 'failed');
+    if (answer.status < 200 || answer.status > 299) {
+      const detail = `event handler answered ${answer.status}${answer.body.length > 0 ? `: ${snippet(answer.body)}` : ''}`;
+      return { ok: false, code: 'UpstreamFailed', detail };
+    }
+    if (answer.body.length === 0) return { ok: true };
+    return { ok: true, reply: replyOf(answer.header('content-type') ?? 'application/octet-stream', answer.body) };
+  }
+
+  /** A user event with the content type of a JSON client's dataType. */
+  dataEvent(hub: HubConfig, source: EventSource, event: string, dataType: DataType, data: unknown): Promise<UserEventResult> {
+    return this.userEvent(hub, source, event, CONTENT_TYPES[dataType], userEventBody(dataType, data));
+  }
+
+  // --- connect ------------------------------------------------------------------------
+
+  /**
+   * The blocking connect event: a 2xx answer (204 or a JSON object, empty
+   * allowed) admits the connection with what it names; 400, 401 and 403
+   * refuse it with that status; anything else (another status, no answer in
+   * time, a body that is not such an object, abuse protection refusing)
+   * refuses it with a 500-class status and a log line.
+   */
+  async connect(hub: HubConfig, source: EventSource, body: ConnectBody): Promise<ConnectOutcome> {
+    const handler = handlerForSystemEvent(this.handlersFor(hub), 'connect');
+    if (!handler) return { ok: true, groups: [], roles: [] };
+    const headers = this.headers(hub, source, 'azure.webpubsub.sys.connect', 'connect', 'application/json; charset=utf-8');
+    let answer: HandlerResponse;
+    try {
+      answer = await this.post(handler, hub, source, 'connect', headers, Buffer.from(JSON.stringify(body)));
+    } catch (err) {
+      this.deps.count('connect', failureOf(err));
+      this.logFailure(hub, source, 'connect', handler, (err as Error).message);
+      const timeout = err instanceof HandlerError && err.kind === 'timeout';
+      return { ok: false, code: timeout ? 'EventHandlerTimeout' : 'EventHandlerFailed', detail: `connect: event handler ${(err as Error).message}` };
+    }
+    const refusals: Record<number, PubSubErrorCode> = { 400: 'ConnectBadRequest', 401: 'ConnectUnauthorized', 403: 'ConnectForbidden' };
+    const refusal = refusals[answer.status];
+    if (refusal) {
+      this.deps.count('connect', 'refused');
+      this.deps.log.info({ event: 'pubsub.connect_refused', hub: hub.name, connectionId: source.id, status: answer.status });
+      return { ok: false, code: refusal, detail: snippet(answer.body) || `the event handler refused the connection (${answer.status})` };
+    }
+    if (answer.status < 200 || answer.status > 299) {
+      this.deps.count('connect', 'failed');
+      this.logFailure(hub, source, 'connect', handler, `answered ${answer.status}`);
+      return { ok: false, code: 'EventHandlerFailed', detail: `connect: event handler answered ${answer.status}` };
+    }
+    if (answer.status === 204 || answer.body.length === 0) {
+      this.deps.count('connect', 'ok');
+      return { ok: true, groups: [], roles: [] };
+    }
+    let decided: unknown;
+    try {
+      decided = parseJson(answer.body.toString('utf8'));
+    } catch {
+      decided = undefined;
+    }
+    if (!validateConnectResponse(decided)) {
+      this.deps.count('connect', 'failed');
+      this.logFailure(hub, source, 'connect', handler, 'answered a body that is not a connect response');
+      return { ok: false, code: 'EventHandlerFailed', detail: 'connect: the event handler answered a body that is not a connect response' };
+    }
+    this.deps.count('connect', 'ok');
+    const d = decided as { userId?: string | null; groups?: string[]; roles?: string[]; subprotocol?: string | null };
+    return {
+      ok: true,
+      userId: d.userId === undefined ? undefined : d.userId === '' ? null : d.userId,
+      groups: d.groups ?? [],
+      roles: d.roles ?? [],
+      subprotocol: d.subprotocol ?? undefined,
+    };
+  }
+
+  // --- connected, disconnected -----------------------------------------------------------
+
+  /** Queues a connected or disconnected event behind the connection's earlier ones; never rejects. */
+  systemEvent(hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): void {
+    const handler = handlerForSystemEvent(this.handlersFor(hub), event);
+    if (!handler) return;
+    const previous = source.systemEvents ?? Promise.resolve();
+    const next = previous.then(() => this.deliverWithRetries(handler, hub, source, event, body));
+    source.systemEvents = next;
+    void next.finally(() => {
+      if (source.systemEvents === next) source.systemEvents = undefined;
+    });
+  }
+
+  private async deliverWithRetries(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
+    const { retries, retryDelayMs } = handler.config;
+    const payload = Buffer.from(JSON.stringify(body));
+    for (let attempt = 0; ; attempt++) {
+      let problem: string;
+      let result: 'failed' | 'timeout' = 'failed';
+      try {
+        const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
+        const answer = await this.post(handler, hub, source, event, headers, payload);
+        if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
+        problem = `answered ${answer.status}`;
+      } catch (err) {
+        problem = (err as Error).message;
+        result = failureOf(err);
+      }
+      if (attempt >= retries) {
+        this.deps.count(event, result);
+        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts)`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
+    }
+  }
+
+  private logFailure(hub: HubConfig, source: EventSource, event: string, handler: EventHandler, reason: string): void {
+    this.deps.log.warn({ event: 'pubsub.event_handler_failed', hub: hub.name, connectionId: source.id, eventName: event, handler: handler.label, reason });
+  }
+}

@@ -1,0 +1,181 @@
+// A hub's event handlers as Azure Web PubSub has them (docs/event-handlers.md):
+// `pubsub.hubs[].eventHandlers`, in order; a user event goes to the first
+// handler whose userEventPattern names it, a system event to the first that
+// lists it. The older `upstream` key is read as one handler taking every user
+// event. A handler's urlTemplate is http(s)://... (a POST with fetch) or
+// hc://{entity}/... (a relayed HTTP request to that hybrid connection's
+// listener, on any edge: RelayedRequests, implemented by hybrid/ and wired in
+// server/relay-server.ts). Before the first delivery to a URL, the abuse
+// protection handshake (abuse-protection.ts) must have let it through.
+import type { EventHandlerConfig, HubConfig, SystemEventName } from '../config/types.ts';
+
+/** An HTTP request to a handler. Header names are lower-case. */
+export interface HandlerRequest {
+  method: 'POST' | 'OPTIONS';
+  headers: Record<string, string>;
+  body?: Buffer;
+  timeoutMs: number;
+  /** Larger answers fail (HandlerError 'failed'). */
+  maxResponseBytes: number;
+}
+
+/** A handler's answer; `header` reads a header by lower-case name, several values joined with ', '. */
+export interface HandlerResponse {
+  status: number;
+  header(name: string): string | undefined;
+  body: Buffer;
+}
+
+/**
+ * Relayed HTTP requests to the listener of a hybrid connection, as a sender
+ * would make them (server/relay-server.ts wires hybrid/'s implementation).
+ * Rejects with HandlerError when there is no answer.
+ */
+export interface RelayedRequests {
+  request(entity: string, requestTarget: string, request: HandlerRequest): Promise<HandlerResponse>;
+}
+
+/** A delivery that got no usable answer: the handler was unreachable, timed out, or refused by abuse protection. */
+export class HandlerError extends Error {
+  constructor(
+    readonly kind: 'unreachable' | 'timeout' | 'failed' | 'not allowed',
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class EventHandler {
+  private readonly userEvents: Set<string> | 'all';
+
+  constructor(
+    readonly config: EventHandlerConfig,
+    /** Where it came from, for logs: `eventHandlers[0]` or `upstream`. */
+    readonly label: string,
+    /** Abuse protection applies (not to the older `upstream`, which never had it and keeps working as it did). */
+    readonly validated = true,
+  ) {
+    const pattern = config.userEventPattern.trim();
+    this.userEvents = pattern === '*' ? 'all' : new Set(pattern.split(',').map((e) => e.trim()).filter((e) => e !== ''));
+  }
+
+  takesUserEvent(event: string): boolean {
+    return this.userEvents === 'all' || this.userEvents.has(event);
+  }
+
+  takesSystemEvent(event: SystemEventName): boolean {
+    return this.config.systemEvents.includes(event);
+  }
+
+  /** The URL for one event of one hub: {hub} and {event} replaced, percent-encoded. */
+  urlFor(hub: string, event: string): string {
+    return this.config.urlTemplate.replace(/\{hub\}/g, encodeURIComponent(hub)).replace(/\{event\}/g, encodeURIComponent(event));
+  }
+}
+
+/** The handlers of a hub in order, from `eventHandlers` or, read as one handler, the older `upstream`. */
+export function handlersOf(hub: HubConfig): EventHandler[] {
+  if (hub.eventHandlers) return hub.eventHandlers.map((h, i) => new EventHandler(h, `eventHandlers[${i}]`));
+  if (!hub.upstream) return [];
+  const migrated: EventHandlerConfig = {
+    urlTemplate: hub.upstream.url,
+    userEventPattern: '*',
+    systemEvents: [],
+    timeoutMs: hub.upstream.timeoutMs,
+    retries: 0,
+    retryDelayMs: 1000,
+  };
+  return [new EventHandler(migrated, 'upstream', false)];
+}
+
+export function handlerForUserEvent(handlers: readonly EventHandler[], event: string): EventHandler | undefined {
+  return handlers.find((h) => h.takesUserEvent(event));
+}
+
+export function handlerForSystemEvent(handlers: readonly EventHandler[], event: SystemEventName): EventHandler | undefined {
+  return handlers.find((h) => h.takesSystemEvent(event));
+}
+
+/** Sends requests to handlers: over HTTP, or relayed to a hybrid connection's listener. */
+export class HandlerTransport {
+  /** Set once the composition root has wired hybrid connections in. */
+  relayed: RelayedRequests | undefined;
+
+  async send(url: string, request: HandlerRequest): Promise<HandlerResponse> {
+    const parsed = new URL(url);
+    if (parsed.protocol === 'hc:') {
+      if (!this.relayed) throw new HandlerError('unreachable', 'hc:// handlers need hybrid connections on this edge');
+      const entity = decodeURIComponent(parsed.host);
+      const target = `/${encodeURIComponent(entity)}${parsed.pathname === '/' ? '' : parsed.pathname}${parsed.search}`;
+      try {
+        return await this.relayed.request(entity, target, request);
+      } catch (err) {
+        if (err instanceof HandlerError) throw err;
+        const kind = (err as { kind?: unknown }).kind;
+        throw new HandlerError(kind === 'timeout' || kind === 'failed' ? kind : 'unreachable', (err as Error).message);
+      }
+    }
+    return fetchHandler(url, request);
+  }
+}
+
+async function fetchHandler(url: string, request: HandlerRequest): Promise<HandlerResponse> {
+  let response: Response;
+  let body: Buffer;
+  try {
+    response = await fetch(url, {
+      method: request.method,
+      headers: request.headers,
+      body: request.body ? new Uint8Array(request.body) : undefined,
+      signal: AbortSignal.timeout(request.timeoutMs),
+      redirect: 'manual',
+    });
+    if (Number(response.headers.get('content-length') ?? 0) > request.maxResponseBytes) {
+      await response.body?.cancel();
+      throw new HandlerError('failed', 'answer too large');
+    }
+    body = await readCapped(response, request.maxResponseBytes);
+  } catch (err) {
+    if (err instanceof HandlerError) throw err;
+    const name = (err as Error).name;
+    if (name === 'TimeoutError' || name === 'AbortError') throw new HandlerError('timeout', `no answer within ${request.timeoutMs} ms`);
+    throw new HandlerError('unreachable', `unreachable: ${(err as Error).message}`);
+  }
+  const headers = response.headers;
+  return { status: response.status, header: (name) => headers.get(name) ?? undefined, body };
+}
+
+/** Reads a body, giving up past `max` bytes. */
+async function readCapped(response: Response, max: number): Promise<Buffer> {
+  if (!response.body) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    size += chunk.length;
+    if (size > max) {
+      await response.body.cancel().catch(() => undefined);
+      throw new HandlerError('failed', 'answer too large');
+    }
+    chunks.push(Buffer.from(chunk));
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/** Abuse protection as delivery needs it (abuse-protection.ts): resolves once a URL may receive events. */
+export interface UrlValidation {
+  check(url: string, timeoutMs: number, authorization?: string): Promise<void>;
+}
+
+/** Delivers one request to a handler's URL, once abuse protection has let the URL through. */
+export async function deliverToHandler(
+  transport: HandlerTransport,
+  protection: UrlValidation,
+  handler: EventHandler,
+  url: string,
+  request: Omit<HandlerRequest, 'timeoutMs' | 'method'>,
+): Promise<HandlerResponse> {
+  const headers = { ...request.headers };
+  if (handler.config.auth?.type === 'bearer') headers.authorization = `Bearer ${handler.config.auth.token}`;
+  if (handler.validated) await protection.check(url, handler.config.timeoutMs, headers.authorization);
+  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs: handler.config.timeoutMs });
+}

@@ -1,0 +1,82 @@
+// An event handler as users write one: an Express app with Microsoft's
+// @azure/web-pubsub-express WebPubSubEventHandler (unmodified), recording
+// every event it gets and whether its ce-signature verifies.
+import { createHmac } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { TestContext } from 'node:test';
+import express from 'express';
+import { WebPubSubEventHandler, type WebPubSubEventHandlerOptions } from '@azure/web-pubsub-express';
+import { cleanupFor } from './cleanup.ts';
+
+export interface HandlerRecord {
+  connect: any[];
+  connected: any[];
+  disconnected: any[];
+  user: any[];
+  /** One entry per event: did ce-signature carry HMAC-SHA256(key, connectionId)? */
+  signatures: boolean[];
+}
+
+/** True when `signature` (sha256=hex,sha256=hex...) names the HMAC of the connection id with `key`. */
+export function signatureValid(signature: string | undefined, key: string, connectionId: string): boolean {
+  const expected = `sha256=${createHmac('sha256', key).update(connectionId).digest('hex')}`;
+  return (signature ?? '').split(',').some((s) => s.trim() === expected);
+}
+
+/**
+ * The Express app: handleConnect gives the user a userId (`handler-` + the
+ * token's) and the group `lobby` (or does what `connect` says), and
+ * handleUserEvent answers `echo: <data>` in the data's own type.
+ */
+export function eventHandlerApp(
+  hub: string,
+  key: string,
+  options: Partial<WebPubSubEventHandlerOptions> & { connect?: WebPubSubEventHandlerOptions['handleConnect']; path?: string } = {},
+): { app: express.Express; record: HandlerRecord; handler: WebPubSubEventHandler } {
+  const record: HandlerRecord = { connect: [], connected: [], disconnected: [], user: [], signatures: [] };
+  const check = (ctx: { signature?: string; connectionId: string }) => record.signatures.push(signatureValid(ctx.signature, key, ctx.connectionId));
+  const handler = new WebPubSubEventHandler(hub, {
+    path: options.path,
+    allowedEndpoints: options.allowedEndpoints,
+    handleConnect: (req, res) => {
+      record.connect.push(req);
+      check(req.context);
+      if (options.connect) return options.connect(req, res);
+      res.success({ userId: `handler-${req.context.userId ?? 'anonymous'}`, groups: ['lobby'], roles: ['webpubsub.joinLeaveGroup'] });
+    },
+    onConnected: (req) => {
+      record.connected.push(req);
+      check(req.context);
+    },
+    onDisconnected: (req) => {
+      record.disconnected.push(req);
+      check(req.context);
+    },
+    handleUserEvent: (req, res) => {
+      record.user.push(req);
+      check(req.context);
+      if (req.dataType === 'binary') return res.success(req.data as ArrayBuffer, 'binary');
+      if (req.dataType === 'json') return res.success(JSON.stringify({ echo: req.data }), 'json');
+      res.success(`echo: ${String(req.data)}`, 'text');
+    },
+  });
+  const app = express();
+  app.use(handler.getMiddleware());
+  return { app, record, handler };
+}
+
+/** Serves an app on 127.0.0.1, port 0; closed in clean-up. */
+export async function serveApp(t: Pick<TestContext, 'after'>, app: express.Express): Promise<{ url: string; port: number; server: Server }> {
+  const server = await new Promise<Server>((resolve) => {
+    const s = app.listen(0, '127.0.0.1', () => resolve(s));
+  });
+  cleanupFor(t).after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
+  const port = (server.address() as { port: number }).port;
+  return { url: `http://127.0.0.1:${port}`, port, server };
+}

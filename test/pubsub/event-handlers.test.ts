@@ -1,0 +1,86 @@
+// Event handler settings (event-handlers.ts) and abuse protection
+// (abuse-protection.ts) as plain values: which handler takes which event, how
+// a URL template expands, how `upstream` is read, which WebHook-Allowed-Origin
+// answers let a URL through.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { HubConfig } from '../../src/config/types.ts';
+import { AbuseProtection } from '../../src/pubsub/abuse-protection.ts';
+import { HandlerError, HandlerTransport, handlerForSystemEvent, handlerForUserEvent, handlersOf, type HandlerRequest } from '../../src/pubsub/event-handlers.ts';
+
+const base = { timeoutMs: 1000, retries: 0, retryDelayMs: 10 };
+const hub: HubConfig = {
+  name: 'chat',
+  accessKey: 'k'.repeat(20),
+  durable: true,
+  eventHandlers: [
+    { urlTemplate: 'http://a/{hub}/{event}', userEventPattern: 'one, two', systemEvents: ['connected'], ...base },
+    { urlTemplate: 'hc://onprem/api/{event}', userEventPattern: '*', systemEvents: ['connect', 'connected'], ...base },
+    { urlTemplate: 'http://never/{event}', userEventPattern: '*', systemEvents: ['disconnected'], ...base },
+  ],
+};
+
+describe('event handler settings', () => {
+  it('gives a user event or a system event to the first handler that takes it', () => {
+    const handlers = handlersOf(hub);
+    assert.equal(handlerForUserEvent(handlers, 'two')?.label, 'eventHandlers[0]');
+    assert.equal(handlerForUserEvent(handlers, 'three')?.label, 'eventHandlers[1]');
+    assert.equal(handlerForSystemEvent(handlers, 'connect')?.label, 'eventHandlers[1]');
+    assert.equal(handlerForSystemEvent(handlers, 'connected')?.label, 'eventHandlers[0]');
+    assert.equal(handlerForSystemEvent(handlers, 'disconnected')?.label, 'eventHandlers[2]');
+    assert.equal(handlerForUserEvent(handlersOf({ ...hub, eventHandlers: [{ urlTemplate: 'http://x', userEventPattern: '', systemEvents: [], ...base }] }), 'one'), undefined);
+  });
+
+  it('expands {hub} and {event}, percent-encoded', () => {
+    const [first] = handlersOf({ ...hub, name: 'a b' });
+    assert.equal(first.urlFor('a b', 'ev:1'), 'http://a/a%20b/ev%3A1');
+  });
+
+  it('reads the older upstream as one handler taking every user event, without abuse protection', () => {
+    const [migrated, ...rest] = handlersOf({ name: 'h', accessKey: 'k'.repeat(20), durable: true, upstream: { url: 'http://u/events', timeoutMs: 500 } });
+    assert.equal(rest.length, 0);
+    assert.equal(migrated.label, 'upstream');
+    assert.equal(migrated.takesUserEvent('anything'), true);
+    assert.equal(migrated.takesSystemEvent('connect'), false);
+    assert.equal(migrated.validated, false);
+    assert.equal(migrated.urlFor('h', 'x'), 'http://u/events');
+  });
+});
+
+/** A transport that answers OPTIONS with the given WebHook-Allowed-Origin and counts the checks. */
+function answering(allowed: string | undefined, status = 200): { transport: HandlerTransport; asked: HandlerRequest[] } {
+  const asked: HandlerRequest[] = [];
+  const transport = new HandlerTransport();
+  transport.send = async (_url, request) => {
+    asked.push(request);
+    return { status, header: (name) => (name === 'webhook-allowed-origin' ? allowed : undefined), body: Buffer.alloc(0) };
+  };
+  return { transport, asked };
+}
+
+describe('abuse protection', () => {
+  it('lets a URL through when the answer names the origin (any of several) or *, and asks once until revalidated', async () => {
+    for (const allowed of ['*', 'relay.example:9400', 'other.example, RELAY.example:9400']) {
+      const { transport, asked } = answering(allowed);
+      const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+      await Promise.all([protection.check('http://h/x', 1000), protection.check('http://h/x', 1000)]);
+      await protection.check('http://h/x', 1000);
+      assert.equal(asked.length, 1, allowed);
+      assert.equal(asked[0].method, 'OPTIONS');
+      assert.equal(asked[0].headers['webhook-request-origin'], 'relay.example:9400');
+      protection.revalidate();
+      await protection.check('http://h/x', 1000);
+      assert.equal(asked.length, 2);
+    }
+  });
+
+  it('refuses without a matching origin or with an error status, and asks again next time', async () => {
+    for (const [allowed, status] of [[undefined, 200], ['relay.example', 200], ['*', 404]] as const) {
+      const { transport, asked } = answering(allowed, status);
+      const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+      await assert.rejects(protection.check('http://h/x', 1000), (e: HandlerError) => e.kind === 'not allowed');
+      await assert.rejects(protection.check('http://h/x', 1000));
+      assert.equal(asked.length, 2);
+    }
+  });
+});
