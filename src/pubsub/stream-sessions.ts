@@ -62,6 +62,9 @@ export class SessionUnavailable extends Error {}
 
 /** Connection ids the relay issues (and a reconnecting client must give back). */
 const CONNECTION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** How often, and how far apart, a take looks again for a checkpoint not there yet. */
+const MISSING_CHECKPOINT_RETRIES = 4;
+const MISSING_CHECKPOINT_WAIT_MS = 250;
 /** Checkpoint writes in flight at once, per hub. */
 const MAX_WRITES_IN_FLIGHT = 64;
 
@@ -132,9 +135,10 @@ export class StreamSessions {
 
   private begin(connection: PubSubConnection): void {
     const session = connection.session!;
-    session.resumeFrom({ sequenceId: session.lastSequenceId, position: this.stream.position, groups: [...connection.groups] });
-    this.urgent.add(connection);
-    this.dirty.add(connection);
+    const first = { sequenceId: session.lastSequenceId, position: this.stream.position, groups: [...connection.groups] };
+    session.resumeFrom(first);
+    // Written at once, not at the next tick: a client may move to another edge right after connecting.
+    void this.write(connection, first);
   }
 
   /**
@@ -296,7 +300,12 @@ export class StreamSessions {
   async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     if (!CONNECTION_ID.test(connectionId)) return undefined;
     if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
-    const found = await this.readCheckpoint(connectionId);
+    // A session that has just opened elsewhere may not have its first checkpoint written yet.
+    let found = await this.readCheckpoint(connectionId);
+    for (let tries = 0; !found && tries < MISSING_CHECKPOINT_RETRIES; tries++) {
+      await new Promise((r) => setTimeout(r, MISSING_CHECKPOINT_WAIT_MS));
+      found = await this.readCheckpoint(connectionId);
+    }
     if (!found || found.protocol !== protocol || !hashMatches(found.tokenHash, token)) return undefined;
     const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
