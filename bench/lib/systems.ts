@@ -70,10 +70,12 @@ export interface NatsServer extends Started {
   wsPort: number;
 }
 
-export async function startNatsServer(): Promise<NatsServer> {
+/** nats-server with its WebSocket listener; with `jetstream`, JetStream on (its store in a temp dir). */
+export async function startNatsServer(options: { jetstream?: boolean } = {}): Promise<NatsServer> {
   const dir = tempDir();
   const wsPort = await freePort();
-  const file = writeTemp(dir, 'nats.conf', `websocket {\n  host: "127.0.0.1"\n  port: ${wsPort}\n  no_tls: true\n}\n`);
+  const jetstream = options.jetstream ? `jetstream {\n  store_dir: "${dir}/js"\n}\n` : '';
+  const file = writeTemp(dir, 'nats.conf', `websocket {\n  host: "127.0.0.1"\n  port: ${wsPort}\n  no_tls: true\n}\n${jetstream}`);
   const started = await startProcess('nats-server', ['-c', file, '-a', '127.0.0.1', '-p', '-1'], /Listening for client connections on 127\.0\.0\.1:(\d+)/, { cwd: dir });
   return { ...started, port: Number(started.match[1]), wsPort };
 }

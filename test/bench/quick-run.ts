@@ -14,9 +14,10 @@ import { withTimeout } from '../helpers/wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
-/** The scenarios each quick test file runs: quick.test.ts and quick-pubsub.test.ts. */
+/** The scenarios each quick test file runs: quick.test.ts, quick-pubsub.test.ts and quick-durable.test.ts. */
 export const RELAY_SCENARIOS = ['tunnel', 'bridge', 'http', 'rendezvous'];
 export const PUBSUB_SCENARIOS = ['fanout', 'memory'];
+export const DURABLE_SCENARIOS = ['durable'];
 
 type TestContext = Parameters<typeof cleanupFor>[0];
 

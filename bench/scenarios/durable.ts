@@ -1,0 +1,194 @@
+// Durable hubs (NATS JetStream) against the core NATS path and nats-server,
+// in one run (docs/durability.md): fan-out with the publisher on one edge and
+// the subscribers on another, so every event is stored and read back from
+// the hub's stream before anyone gets it; the time from a publish to its ack
+// (stored, on a durable hub); and how fast a hub's history reads over REST.
+// Targets: the JetStream hub delivers at least 0.8x the core path's rate, and
+// its p99 publish-to-deliver at half load is at most 2 ms above the core path's.
+import { signJwt } from '../../src/auth/jwt.ts';
+import { Histogram } from '../lib/histogram.ts';
+import { LeanWs } from '../lib/lean-ws.ts';
+import { natsClients, relayClients, type FanoutClients } from '../lib/fanout-clients.ts';
+import { startAll } from '../lib/processes.ts';
+import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { HUB, HUB_KEY, clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
+import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
+import type { Mode, Outcome } from './index.ts';
+
+const OURS_JETSTREAM = 'edge-relay, NATS bus (2 edges), JetStream hub';
+const OURS_CORE = 'edge-relay, NATS bus (2 edges), core NATS';
+const NATS = 'nats-server websocket';
+const OP_TEXT = 1;
+
+const HISTORY = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 1_000_000 } }] } };
+
+/** Two edges on one nats-server (JetStream on), publisher on the first, subscribers on the second. */
+async function withEdges<T>(jetstream: boolean, run: (publisher: { port: number; pid: number }, subscriber: { port: number; pid: number }, natsPid: number) => Promise<T>): Promise<T> {
+  const nats = await startNatsServer({ jetstream: true });
+  const edges: { stop(): Promise<void> }[] = [];
+  try {
+    const url = `nats://127.0.0.1:${nats.port}`;
+    const extra = jetstream ? HISTORY : undefined;
+    const [publisher, subscriber] = await startAll(edges, [
+      startRelay({ nodeId: 'bench-pub', natsUrl: url, jetstream, extra }),
+      startRelay({ nodeId: 'bench-sub', natsUrl: url, jetstream, extra }),
+    ] as const);
+    return await run(publisher, subscriber, nats.pid);
+  } finally {
+    for (const edge of edges.reverse()) await edge.stop();
+    await nats.stop();
+  }
+}
+
+async function fanout(system: string, plan: FanoutPlan): Promise<FanoutFigures> {
+  if (system === NATS) {
+    const nats = await startNatsServer();
+    try {
+      return await runFanout(natsClients(nats.wsPort), [nats.pid], plan);
+    } finally {
+      await nats.stop();
+    }
+  }
+  return withEdges(system === OURS_JETSTREAM, (pub, sub, natsPid) => {
+    const clients: FanoutClients = relayClients(sub.port, pub.port);
+    return runFanout(clients, [natsPid, pub.pid, sub.pid], plan);
+  });
+}
+
+/** One publisher sending with ackIds, one at a time: the time from each send to its ack. */
+async function publishAcks(port: number, seconds: number): Promise<{ histogram: Histogram; count: number }> {
+  const histogram = new Histogram();
+  let waiting: { ackId: number; at: number; done: () => void } | undefined;
+  const ws = await LeanWs.open({
+    port,
+    path: clientPath(port, { roles: ['webpubsub.sendToGroup'] }),
+    protocols: ['json.webpubsub.azure.v1'],
+    onFrame(opcode, payload) {
+      if (opcode !== OP_TEXT || !waiting) return;
+      const text = payload.toString();
+      if (text.includes('"type":"ack"') && text.includes(`"ackId":${waiting.ackId},`)) waiting.done();
+    },
+  });
+  let count = 0;
+  const deadline = performance.now() + seconds * 1000;
+  try {
+    while (performance.now() < deadline) {
+      const ackId = ++count;
+      const at = performance.now();
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no ack for ${ackId} in 10 s`)), 10_000);
+        waiting = {
+          ackId,
+          at,
+          done: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        };
+        ws.send(OP_TEXT, `{"type":"sendToGroup","group":"acks","ackId":${ackId},"dataType":"text","data":"${'x'.repeat(90)}"}`);
+      });
+      histogram.record((performance.now() - at) * 1000);
+    }
+  } finally {
+    ws.close();
+  }
+  return { histogram, count };
+}
+
+/** Fills a group's history with `count` messages (acked, so stored), then reads it all back over REST in pages of 1,000. */
+async function historyReads(port: number, count: number): Promise<{ perSec: number; read: number }> {
+  let acked = 0;
+  let wake: (() => void) | undefined;
+  const ws = await LeanWs.open({
+    port,
+    path: clientPath(port, { roles: ['webpubsub.sendToGroup'] }),
+    protocols: ['json.webpubsub.azure.v1'],
+    onFrame(opcode, payload) {
+      if (opcode === OP_TEXT && payload.includes('"type":"ack"')) {
+        acked++;
+        wake?.();
+      }
+    },
+  });
+  // In windows of 200 acks, so that the stream holds every message before the reading starts.
+  for (let sent = 0; sent < count; ) {
+    const batch = Math.min(200, count - sent);
+    for (let i = 0; i < batch; i++) ws.send(OP_TEXT, `{"type":"sendToGroup","group":"history","ackId":${sent + i + 1},"dataType":"text","data":"event ${sent + i}"}`);
+    sent += batch;
+    const deadline = Date.now() + 30_000;
+    while (acked < sent) {
+      if (Date.now() > deadline) throw new Error(`history fill: ${acked} of ${sent} acked`);
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 100);
+      });
+    }
+  }
+  ws.close();
+  const base = `http://127.0.0.1:${port}`;
+  const path = `/api/hubs/${HUB}/groups/history/messages`;
+  const token = signJwt({ aud: `${base}${path}` }, HUB_KEY, 600);
+  let after = 0;
+  let read = 0;
+  const started = performance.now();
+  for (;;) {
+    const res = await fetch(`${base}${path}?after=${after}&limit=1000`, { headers: { authorization: `Bearer ${token}` } });
+    const page = (await res.json()) as { messages: unknown[]; next: number };
+    read += page.messages.length;
+    if (page.next === after) break;
+    after = page.next;
+  }
+  const seconds = (performance.now() - started) / 1000;
+  if (read < acked) throw new Error(`history read ${read} of ${acked} stored messages`);
+  return { perSec: read / seconds, read };
+}
+
+export async function durableScenario(mode: Mode): Promise<Outcome> {
+  const subscribers = mode === 'quick' ? 100 : 1000;
+  const plan: FanoutPlan = {
+    subscribers,
+    seconds: mode === 'quick' ? 0.5 : 4,
+    window: 100,
+    latencySeconds: mode === 'quick' ? 0.5 : 3,
+    latencyShares: [0.5],
+  };
+  const scenario = `durable fan-out ${subscribers}`;
+  const results: ScenarioResult[] = [];
+  const byName = new Map<string, FanoutFigures>();
+  for (const system of [OURS_JETSTREAM, OURS_CORE, NATS]) {
+    process.stderr.write(`  ${scenario}: ${system}\n`);
+    const f = await fanout(system, plan);
+    byName.set(system, f);
+    results.push({ scenario, system, ours: system !== NATS, value: f.deliveriesPerSec, unit: 'deliveries/s', figures: { ...f } });
+  }
+  const js = byName.get(OURS_JETSTREAM)!;
+  const core = byName.get(OURS_CORE)!;
+  const ratios: Ratio[] = [
+    { scenario, ours: OURS_JETSTREAM, peer: OURS_CORE, ratio: js.deliveriesPerSec / core.deliveriesPerSec, target: 0.8 },
+    { scenario, ours: OURS_JETSTREAM, peer: OURS_CORE, figure: 'p99 ms at 50% load, difference (ms)', better: 'lower', ratio: js.p99Ms - core.p99Ms, target: 2 },
+    { scenario, ours: OURS_JETSTREAM, peer: NATS, ratio: js.deliveriesPerSec / byName.get(NATS)!.deliveriesPerSec },
+  ];
+
+  // Publish to ack: stored in JetStream (R1 on one nats-server) on the durable hub; at once on the core path.
+  const ackSeconds = mode === 'quick' ? 0.5 : 3;
+  for (const [system, jetstream] of [
+    [OURS_JETSTREAM, true],
+    [OURS_CORE, false],
+  ] as const) {
+    const { histogram, count } = await withEdges(jetstream, (pub) => publishAcks(pub.port, ackSeconds));
+    results.push({
+      scenario: 'publish to ack, one at a time',
+      system,
+      ours: true,
+      value: count / ackSeconds,
+      unit: 'acks/s',
+      figures: { p50Ms: histogram.quantile(0.5) / 1000, p99Ms: histogram.quantile(0.99) / 1000, p999Ms: histogram.quantile(0.999) / 1000 },
+    });
+  }
+
+  // History: REST pages of 1,000 from the hub's stream.
+  const stored = mode === 'quick' ? 2000 : 20000;
+  const history = await withEdges(true, (pub) => historyReads(pub.port, stored));
+  results.push({ scenario: `history read, ${stored} messages`, system: OURS_JETSTREAM, ours: true, value: history.perSec, unit: 'messages/s', figures: {} });
+  return { results, ratios };
+}
