@@ -23,7 +23,7 @@ import {
   type PsSend,
   type Target,
 } from '../bus/messages.ts';
-import type { Subjects } from '../bus/subjects.ts';
+import { encodeSubjectToken, type Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
@@ -134,14 +134,19 @@ export class ClusterHub {
     }
   }
 
+  /** Subject tokens of the groups with members here: a durable hub skips other groups' events unread. */
+  readonly localGroupTokens = new Set<string>();
+
   private subscribe(kind: 'group' | 'user' | 'connection', name: string): void {
     const key = `${kind}:${name}`;
     if (this.subscriptions.has(key)) return;
+    if (kind === 'group') this.localGroupTokens.add(encodeSubjectToken(name));
     this.subscriptions.set(key, this.deps.bus.subscribe(this.subjectOf({ kind, name }), (m) => this.onBus(m)));
   }
 
   private unsubscribe(kind: 'group' | 'user' | 'connection', name: string): void {
     const key = `${kind}:${name}`;
+    if (kind === 'group') this.localGroupTokens.delete(encodeSubjectToken(name));
     this.subscriptions.get(key)?.unsubscribe();
     this.subscriptions.delete(key);
   }

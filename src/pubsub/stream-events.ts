@@ -34,10 +34,14 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private applied = 0;
   private readonly sessions: StreamSessions;
 
+  /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
+  private readonly groupSubjectPrefix: string;
+
   constructor(
     private readonly hub: ClusterHub,
     private readonly options: StreamEventsOptions,
   ) {
+    this.groupSubjectPrefix = options.subjects.hubEvent(hub.key, 'group', '').slice(0, -'_e'.length);
     this.sessions = new StreamSessions(hub, this, options);
   }
 
@@ -104,6 +108,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   /** One message of the hub's stream, in order: delivered, applied or handed to the sessions. */
   private apply(m: StoredMessage): void {
     this.applied = m.seq;
+    // A group event for a group with no member here changes nothing here: not even decoded.
+    if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) return;
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
     const event = decoded?.message;
     const filter = event && event.op !== 'ps.claim' ? filterFromBus(event.filter) : undefined;
