@@ -132,6 +132,9 @@ export class JetStreamAccess {
       try {
         const jsm = await nc.jetstreamManager({ timeout: this.options.requestTimeoutMs });
         await jsm.getAccountInfo();
+        // JetStream answers: whoever waits only to know whether it is there need not wait for the streams.
+        this.answered = true;
+        for (const wake of this.readyWaiters.splice(0)) wake();
         this.replicas = this.options.replicas ?? (this.bus.clusterSize >= 3 ? 3 : 1);
         for (const spec of streams) await this.ensureStream(jsm, spec);
         const js = nc.jetstream({ timeout: this.options.requestTimeoutMs });
@@ -161,9 +164,12 @@ export class JetStreamAccess {
     }
   }
 
-  /** Resolves when start() finished (ready or unavailable) or `ms` passed. */
+  /** JetStream answered once (it is there; its streams may still be in the making). */
+  answered = false;
+
+  /** Resolves once JetStream answered (or said it is not enabled), or `ms` passed. */
   whenSettled(ms: number): Promise<void> {
-    if (this.state !== 'waiting') return Promise.resolve();
+    if (this.state !== 'waiting' || this.answered) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(resolve, ms);
       this.readyWaiters.push(() => {

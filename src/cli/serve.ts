@@ -108,7 +108,7 @@ export async function serve(argv: string[]): Promise<number> {
       log.flush();
       return 78; // EX_CONFIG
     }
-    if (relay.jetstream.state !== 'ready' && relay.bus.connected) {
+    if (!relay.jetstream.answered && relay.bus.connected) {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }

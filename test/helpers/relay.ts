@@ -96,7 +96,8 @@ export async function startServeProcess(t: Pick<TestContext, 'after'>, args: str
       });
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${err}`)));
     }),
-    15000,
+    // Bounded, for a hang; a loaded 2-core machine starting several edges with tsx needs a while.
+    30000,
     'relay process to listen',
   );
   return {
