@@ -99,14 +99,9 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
-/** Frame head for a reliable recipient: frame header plus `{"sequenceId":N,`; the shared body follows. */
-export function sequencedHead(sequenceId: number, body: Buffer): Buffer {
-  const prefix = `{"sequenceId":${sequenceId},`;
-  const header = encodeFrameHeader(true, OP_TEXT, prefix.length + body.length);
-  const head = Buffer.allocUnsafe(header.length + prefix.length);
-  header.copy(head, 0);
-  head.write(prefix, header.length, 'latin1');
-  return head;
+/** What a reliable recipient's copy of a message starts with, before the shared body: the only per-recipient bytes. */
+export function sequencePrefix(sequenceId: number): string {
+  return `{"sequenceId":${sequenceId},`;
 }
 
 /** An ack; `ackId` is a number, or a JSON number's text as the client wrote it. */

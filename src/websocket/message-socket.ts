@@ -53,10 +53,60 @@ export function encodeTextFrame(text: string): Buffer {
 /** Sockets with queued frames, written out together once the current I/O is handled. */
 let dirty: MessageSocket<unknown>[] = [];
 
-function sameFrames(a: Buffer[], b: Buffer[]): boolean {
+/**
+ * A socket's queued frames: whole frames as buffers, and text frames given as
+ * a per-socket prefix (a latin1 string) followed by the shared rest of their
+ * payload (the next buffer), so nothing is allocated per recipient but one
+ * joined buffer when the queue is written.
+ */
+type Outbox = (Buffer | string)[];
+
+function sameFrames(a: Outbox, b: Outbox): boolean {
   if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] || typeof a[i] === 'string') return false;
   return true;
+}
+
+function headerLength(payload: number): number {
+  return payload < 126 ? 2 : payload < 65536 ? 4 : 10;
+}
+
+/** The queued frames in one buffer: prefixed frames get their header and prefix written in place. */
+function joinOutbox(items: Outbox): Buffer {
+  let size = 0;
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    if (typeof item === 'string') {
+      const payload = item.length + (items[++i] as Buffer).length;
+      size += headerLength(payload) + payload;
+    } else size += item.length;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    if (typeof item !== 'string') {
+      at += item.copy(out, at);
+      continue;
+    }
+    const rest = items[++i] as Buffer;
+    const payload = item.length + rest.length;
+    out[at++] = 0x80 | OP_TEXT;
+    if (payload < 126) out[at++] = payload;
+    else if (payload < 65536) {
+      out[at++] = 126;
+      out.writeUInt16BE(payload, at);
+      at += 2;
+    } else {
+      out[at++] = 127;
+      out.writeUInt32BE(Math.floor(payload / 0x100000000), at);
+      out.writeUInt32BE(payload >>> 0, at + 4);
+      at += 8;
+    }
+    at += out.write(item, at, 'latin1');
+    at += rest.copy(out, at);
+  }
+  return out;
 }
 
 /**
@@ -67,18 +117,18 @@ function sameFrames(a: Buffer[], b: Buffer[]): boolean {
 function flushDirty(): void {
   const sockets = dirty;
   dirty = [];
-  let lastFrames: Buffer[] | undefined;
+  let lastFrames: Outbox | undefined;
   let lastJoined: Buffer | undefined;
   for (const socket of sockets) {
     const frames = socket.takeOutbox();
     if (!frames) continue;
     if (frames.length === 1) {
-      socket.writeQueued(frames[0]);
+      socket.writeQueued(frames[0] as Buffer);
       continue;
     }
     if (!lastFrames || !sameFrames(lastFrames, frames)) {
       lastFrames = frames;
-      lastJoined = Buffer.concat(frames);
+      lastJoined = joinOutbox(frames);
     }
     socket.writeQueued(lastJoined!);
   }
@@ -96,7 +146,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private closeReason = '';
   private reported = false;
   /** Frames written this turn, not yet handed to the socket. */
-  private outbox: Buffer[] | undefined;
+  private outbox: Outbox | undefined;
   private outboxBytes = 0;
   /** Not reading the peer: outboundHighWaterMark bytes are queued to it. */
   private readingPaused = false;
@@ -155,26 +205,29 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.queue(frame);
   }
 
-  /** Writes a frame given as a per-socket head and a shared tail. */
-  writeFrameParts(head: Buffer, tail: Buffer): void {
+  /**
+   * Writes a text frame whose payload is a per-socket `prefix` (latin1) and a
+   * `tail` shared with other sockets; the frame is built when the queue is written.
+   */
+  writeTextWithPrefix(prefix: string, tail: Buffer): void {
     if (!this.isOpen) return;
-    this.queue(head);
+    this.queue(prefix, headerLength(prefix.length + tail.length) + prefix.length);
     this.outbox!.push(tail);
     this.outboxBytes += tail.length;
   }
 
-  private queue(frame: Buffer): void {
+  private queue(frame: Buffer | string, bytes = frame.length): void {
     if (this.outbox) this.outbox.push(frame);
     else {
       this.outbox = [frame];
       if (dirty.length === 0) setImmediate(flushDirty);
       dirty.push(this);
     }
-    this.outboxBytes += frame.length;
+    this.outboxBytes += bytes;
   }
 
   /** Takes the queued frames (for flushDirty, which writes them with writeQueued). */
-  takeOutbox(): Buffer[] | undefined {
+  takeOutbox(): Outbox | undefined {
     const frames = this.outbox;
     this.outbox = undefined;
     this.outboxBytes = 0;
@@ -188,7 +241,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Hands the queued frames to the socket now, in one write. */
   flushOutbox(): void {
     const frames = this.takeOutbox();
-    if (frames) this.writeQueued(frames.length === 1 ? frames[0] : Buffer.concat(frames));
+    if (frames) this.writeQueued(frames.length === 1 ? (frames[0] as Buffer) : joinOutbox(frames));
   }
 
   sendText(text: string): void {

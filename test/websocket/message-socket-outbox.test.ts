@@ -1,0 +1,41 @@
+// A message socket's queue: frames of one turn leave in one write, and text
+// frames given as a per-socket prefix and a shared tail come out as whole
+// frames, whatever their size.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, connect, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { MessageSocket, encodeTextFrame } from '../../src/websocket/message-socket.ts';
+import { OP_TEXT, encodeFrame } from '../../src/websocket/frames.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { until } from '../helpers/wait.ts';
+
+describe('message socket queue', () => {
+  it('writes plain frames and prefixed frames of every length class as whole frames, in order', async (t) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+    const accepted = once(server, 'connection') as Promise<[Socket]>;
+    const peer = connect((server.address() as { port: number }).port, '127.0.0.1');
+    cleanupFor(t).after(() => peer.destroy());
+    const [relaySide] = await accepted;
+    cleanupFor(t).after(() => relaySide.destroy());
+    const received: Buffer[] = [];
+    peer.on('data', (d: Buffer) => received.push(d));
+    const socket = new MessageSocket(relaySide, null, { onMessage() {}, onClosed() {}, onDrain() {} }, { maxMessageBytes: 1024, closeHandshakeMs: 1000, outboundHighWaterMark: 1 << 20 });
+    const tails = [Buffer.from('"a":1}'), Buffer.alloc(200, 0x61), Buffer.alloc(70000, 0x62)];
+    const expected: Buffer[] = [];
+    socket.writeFrame(encodeTextFrame('plain'));
+    expected.push(encodeTextFrame('plain'));
+    for (const [i, tail] of tails.entries()) {
+      const prefix = `{"sequenceId":${i + 1},`;
+      socket.writeTextWithPrefix(prefix, tail);
+      expected.push(encodeFrame(true, OP_TEXT, Buffer.concat([Buffer.from(prefix, 'latin1'), tail])));
+    }
+    const want = Buffer.concat(expected);
+    assert.ok(socket.bufferedBytes >= want.length - 4);
+    await until(() => Buffer.concat(received).length >= want.length, 5000, 'the queued frames');
+    assert.deepEqual(Buffer.concat(received), want);
+  });
+});
