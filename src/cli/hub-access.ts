@@ -14,7 +14,7 @@ export function resolveHubAccess(hub: string, key: string | undefined, configFil
   if (key !== undefined) return { hub, key };
   if (!configFile) return '--key or --config is required';
   try {
-    const config = loadConfig(configFile, {}, {});
+    const config = loadConfig(configFile, process.env, {});
     const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
     if (!found) return `hub "${hub}" is not in ${configFile}`;
     return { hub: found.name, key: found.accessKey };
