@@ -1,13 +1,19 @@
-// `edge-relay serve`: runs one edge node until SIGTERM/SIGINT.
+// `edge-relay serve`: runs one edge node until SIGTERM/SIGINT; SIGHUP reloads
+// its config and certificates (server/reload.ts). Keys too weak for a network
+// are refused off loopback unless --dev (config/secrets.ts).
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
+import { weakKeysRefusal } from '../config/secrets.ts';
+import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay } from '../server/relay-server.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
-Runs one edge node. Prints "listening on http://HOST:PORT" on stdout once it
-accepts connections; logs go to stderr as JSON lines.
+Runs one edge node. Prints "listening on http://HOST:PORT" (https:// with
+listen.tls) on stdout once it accepts connections; logs go to stderr as JSON
+lines. SIGHUP reads the config file and the TLS certificates again; a config
+that does not load changes nothing (the log says which key failed).
 
 Options:
   --config FILE      JSON config (schemas/config.schema.json); env EDGE_RELAY_CONFIG
@@ -17,6 +23,8 @@ Options:
   --log-level LEVEL  log.level          (env EDGE_RELAY_LOG_LEVEL)
   --node-id ID       nodeId             (env EDGE_RELAY_NODE_ID)
   --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
+  --dev              allow keys shorter than 32 bytes, or the published development
+                     keys, on a non-loopback listen.host (never in production)
   -h, --help         this text
 
 Flags override environment variables, which override the file.
@@ -42,6 +50,7 @@ export async function serve(argv: string[]): Promise<number> {
       'log-level': { type: 'string' },
       'node-id': { type: 'string' },
       nats: { type: 'string' },
+      dev: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -62,9 +71,16 @@ export async function serve(argv: string[]): Promise<number> {
   if (values['log-level'] !== undefined) flags['log.level'] = values['log-level'];
   if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
   if (values.nats !== undefined) flags['bus.servers'] = values.nats;
+  // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
+  const load = (): RelayConfig => {
+    const loaded = loadConfig(file, process.env, flags);
+    const refusal = weakKeysRefusal(loaded, values.dev === true);
+    if (refusal) throw new ConfigError(refusal);
+    return loaded;
+  };
   let config;
   try {
-    config = loadConfig(file, process.env, flags);
+    config = load();
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`edge-relay: ${err.message}\n`);
@@ -81,7 +97,15 @@ export async function serve(argv: string[]): Promise<number> {
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
   });
-  const relay = await startRelay(config, log);
+  let relay;
+  try {
+    relay = await startRelay(config, log, { loadConfig: load });
+  } catch (err) {
+    // A certificate that cannot be used, a port that cannot be bound.
+    process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
+    log.flush();
+    return err instanceof ConfigError ? 78 : 1;
+  }
   if (relay.jetstream) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
     // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
@@ -99,12 +123,19 @@ export async function serve(argv: string[]): Promise<number> {
     }
   }
   process.stdout.write(`listening on ${relay.url}\n`);
+  const running = relay;
+  const onHup = () => {
+    log.info({ event: 'relay.signal', signal: 'SIGHUP' });
+    running.reload('signal');
+  };
+  process.on('SIGHUP', onHup);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
-      relay.close().then(resolve, resolve);
+      process.off('SIGHUP', onHup);
+      running.close().then(resolve, resolve);
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');

@@ -1,13 +1,17 @@
-// The one HTTP server of an edge node: routes plain requests and WebSocket
-// upgrades to the domains (hybrid connections, pub/sub, ops), and shuts down cleanly.
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+// The one HTTP server of an edge node (HTTPS with listen.tls): routes plain
+// requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
+// ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
+import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
 import { createBus, createJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
+import { clientAddress } from '../http/client-address.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
@@ -15,11 +19,15 @@ import { ClusterStatus } from '../ops/cluster-status.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
+import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
+import { CertificateKeeper, readCertificates } from './tls.ts';
+import { ProxyTrust } from './trust-proxy.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
@@ -43,7 +51,7 @@ function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>
 }
 
 export interface RunningRelay {
-  /** http://host:port as bound. */
+  /** http://host:port (https:// with listen.tls) as bound. */
   url: string;
   port: number;
   /** Base URL listeners are told to dial. */
@@ -52,8 +60,13 @@ export interface RunningRelay {
   pubsub: PubSubService;
   bus: Bus;
   /** Set when durable hubs keep their events in JetStream. */
-  jetstream: JetStreamAccess | undefined;
+  readonly jetstream: JetStreamAccess | undefined;
   metrics: RelayMetrics;
+  /**
+   * Reads the config again (SIGHUP, POST /$relay/reload) and applies it, and
+   * the TLS certificates; a config that does not load changes nothing.
+   */
+  reload(reason: 'signal' | 'api'): ReloadOutcome;
   /** Stops accepting, tells listeners and clients to reconnect elsewhere (1012), drains up to timeouts.shutdownMs. */
   close(): Promise<void>;
 }
@@ -68,18 +81,52 @@ export function rendezvousBaseFor(publicUrl: string): string {
   return publicUrl.replace(/\/+$/, '').replace(/^http(s?):/i, 'ws$1:');
 }
 
-export async function startRelay(config: RelayConfig, log: Logger): Promise<RunningRelay> {
+export interface StartOptions {
+  /**
+   * Loads the config again, as at start (file, environment, flags, secrets,
+   * the serve-time checks); throws ConfigError naming the key that failed.
+   * Without it the relay cannot reload.
+   */
+  loadConfig?: () => RelayConfig;
+}
+
+export async function startRelay(config: RelayConfig, log: Logger, options: StartOptions = {}): Promise<RunningRelay> {
   const metrics = new RelayMetrics(config.nodeId);
   // No bound on a whole request (requestTimeout 0): relayed bodies stream for
   // as long as they take. Its head is bounded by timeouts.headersMs (Node
   // answers 408 through clientError below), checked four times per bound.
   const { headersMs, firstByteMs } = config.timeouts;
-  const server = createServer({
+  const httpOptions: ServerOptions = {
     requestTimeout: 0,
     headersTimeout: headersMs,
     connectionsCheckingInterval: Math.max(25, Math.min(1000, Math.floor(headersMs / 4))),
     maxHeaderSize: MAX_HEADER_BYTES,
-  });
+  };
+  const tls = config.listen.tls;
+  // Read before anything starts: a bad certificate stops start-up (ConfigError naming the key).
+  const firstCertificates = tls && readCertificates(tls);
+  const server: Server = tls
+    ? createHttpsServer({
+        ...httpOptions,
+        ...firstCertificates!.context,
+        requestCert: tls.requestCert,
+        rejectUnauthorized: tls.requireClientCert === 'all',
+        // A connection must finish its handshake as fast as a plain one must send its first byte.
+        handshakeTimeout: firstByteMs,
+      })
+    : createServer(httpOptions);
+  const certificates =
+    tls &&
+    new CertificateKeeper(
+      tls,
+      firstCertificates!,
+      (set) => {
+        (server as import('node:https').Server).setSecureContext(set.context);
+        metrics.certificateExpiry.set({ certificate: 'server' }, set.notAfter);
+      },
+      log,
+    );
+  if (firstCertificates) metrics.certificateExpiry.set({ certificate: 'server' }, firstCertificates.notAfter);
   const sockets = new Set<Duplex>();
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
@@ -94,12 +141,20 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     },
   });
   server.on('connection', (socket: Socket) => {
-    httpConnections.accepted(socket);
+    // With TLS this is the TCP socket under the TLS one; it counts once its handshake is done.
+    if (!tls) httpConnections.accepted(socket);
     sockets.add(socket);
     socket.on('close', () => {
       sockets.delete(socket);
     });
   });
+  if (tls) {
+    server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
+    // Failed handshakes (an untrusted client certificate, a scanner, a handshake past timeouts.firstByteMs) are the client's business.
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+      log.debug({ event: 'tls.handshake_failed', address: socket.remoteAddress, err: err.code ?? err.message });
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => {
@@ -108,23 +163,24 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     });
   });
   const { port } = server.address() as AddressInfo;
-  const url = `http://${hostForUrl(config.listen.host)}:${port}`;
+  const url = `${tls ? 'https' : 'http'}://${hostForUrl(config.listen.host)}:${port}`;
   const publicUrl = (config.publicUrl ?? url).replace(/\/+$/, '');
   if (!config.publicUrl && (config.listen.host === '0.0.0.0' || config.listen.host === '::')) {
     log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
   }
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
-  const jetstream = createJetStream(bus, config, log);
+  let jetstream = createJetStream(bus, config, log);
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics);
   const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
-  if (jetstream) {
+  const startJetStream = (js: JetStreamAccess) => {
     const streams = PubSubService.streamSpecs(config, subjects);
     const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
-    void jetstream.start(streams, bucket).then(() => {
-      if (jetstream.state === 'ready') return pubsub.startStreams();
+    void js.start(streams, bucket).then(() => {
+      if (js.state === 'ready') return pubsub.startStreams();
     });
-  }
+  };
+  if (jetstream) startJetStream(jetstream);
   metrics.watch({
     connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
     listenersPerEntity: () => hybrid.listeners.counts(),
@@ -132,19 +188,23 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
   });
-  const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname);
+  const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   let closing = false;
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
 
+  const proxyTrust = new ProxyTrust(config.listen.trustProxy);
+
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    proxyTrust.apply(req);
     const r = route(req.url);
     switch (r.kind) {
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream) })) return;
-        if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!) })) return;
+        if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
+        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reload('api')));
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -166,7 +226,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
   const connectRate = new ConnectionRateLimiter(config.limits.connectRatePerAddress, config.limits.connectBurstPerAddress);
   const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): AdmissionRefusal | undefined => {
     if (!rendezvousLeg) {
-      const address = req.socket.remoteAddress ?? '';
+      const address = clientAddress(req);
       let refused: AdmissionRefusal | undefined;
       let limit = '';
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
@@ -184,6 +244,7 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
 
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     httpConnections.upgraded(socket as Socket);
+    proxyTrust.apply(req);
     const r = route(req.url);
     if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
       socket.on('error', () => socket.destroy());
@@ -218,6 +279,41 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     else socket.destroy();
   });
 
+  const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
+    // The certificates first: on SIGHUP they are re-read even when the config did not change.
+    certificates?.reload(reason === 'api' ? 'config' : reason);
+    if (!options.loadConfig) return { ok: false, problem: 'this relay was not started from a config file' };
+    let next: RelayConfig;
+    try {
+      next = options.loadConfig();
+    } catch (err) {
+      log.error({ event: 'config.reload_refused', reason, err: (err as Error).message });
+      return { ok: false, problem: (err as Error).message };
+    }
+    const changes = applyConfig(
+      {
+        live: config,
+        log,
+        hybrid,
+        pubsub,
+        proxyTrust,
+        connectRate,
+        httpConnections,
+        certificates,
+        jetstreamFor: (c) => {
+          if (!jetstream && !closing) {
+            jetstream = createJetStream(bus, c, log);
+            if (jetstream) startJetStream(jetstream);
+          }
+          return jetstream;
+        },
+      },
+      next,
+    );
+    log.info({ event: 'config.reloaded', reason, ...changes });
+    return { ok: true, changes };
+  };
+
   log.info({ event: 'relay.listening', url, publicUrl });
 
   return {
@@ -227,11 +323,15 @@ export async function startRelay(config: RelayConfig, log: Logger): Promise<Runn
     hybrid,
     pubsub,
     bus,
-    jetstream,
+    get jetstream() {
+      return jetstream;
+    },
     metrics,
+    reload,
     close: async () => {
       if (closing) return;
       closing = true;
+      certificates?.close();
       log.info({ event: 'relay.stopping' });
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       // Stop taking work; tell listeners and clients (1012) to reconnect elsewhere.
