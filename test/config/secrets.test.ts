@@ -2,12 +2,14 @@
 // config file"): keys from files and environment variables, read whenever
 // the config is loaded; and `serve` refusing weak keys off loopback.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config/load.ts';
 import { isLoopbackHost, weakKeys, weakKeysRefusal } from '../../src/config/secrets.ts';
+import { startServeProcess } from '../helpers/relay.ts';
 
 const LONG = 'k'.repeat(40);
 
@@ -109,6 +111,16 @@ describe('serve refuses weak keys off loopback', () => {
     for (const host of ['127.0.0.1', '127.0.1.1', 'localhost', '::1', '[::1]']) assert.ok(isLoopbackHost(host), host);
     for (const host of ['0.0.0.0', '::', '10.1.2.3', 'relay.example.com']) assert.ok(!isLoopbackHost(host), host);
     assert.equal(weakKeysRefusal(config('127.0.0.1', 'short-key-0123456789'), false), undefined);
+  });
+
+  it('stops `serve` with exit code 78 and says why; config/dev.json (npm start) still starts', async (t) => {
+    const dir = folder(t);
+    const file = write(dir, 'c.json', { listen: { host: '0.0.0.0', port: 0 }, sas: [{ keyName: 'root', key: 'short-key-0123456789', rights: ['Manage'] }] });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(r.status, 78);
+    assert.match(r.stderr, /refusing to serve on 0\.0\.0\.0 with weak keys: \/sas\/0\/key \(root\) is 20 bytes, fewer than 32/);
+    const dev = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
+    assert.match(dev.url, /^http:\/\/127\.0\.0\.1:\d+$/);
   });
 });
 
