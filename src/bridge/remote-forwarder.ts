@@ -59,7 +59,7 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'));
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions);
     this.control = ws;
     let why = 'connection closed';
     ws.on('unexpected-response', (_req, res) => {
@@ -111,7 +111,7 @@ export class RemoteForwarder {
     tcp.pause();
     tcp.once('connect', () => {
       tcp.setNoDelay(true);
-      const ws = new WebSocket(notice.address);
+      const ws = new WebSocket(notice.address, this.access.socketOptions);
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
@@ -130,7 +130,7 @@ export class RemoteForwarder {
         log.warn({ event: 'bridge.target_unreachable', err: err.message });
         // Reject through the rendezvous address: the sender gets 502 and this text.
         const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-        const ws = new WebSocket(reject);
+        const ws = new WebSocket(reject, this.access.socketOptions);
         ws.on('error', () => {});
         ws.on('unexpected-response', (_req, res) => res.resume());
       }

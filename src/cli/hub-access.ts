@@ -2,6 +2,7 @@
 // (given with --key, or read from the relay's config with --config) and
 // checking the relay's base URL.
 import { ConfigError, loadConfig } from '../config/load.ts';
+import { TLS_OPTIONS } from './tls-options.ts';
 
 export interface HubAccess {
   /** The hub's name as configured (hubs are found case-insensitively). */
@@ -32,6 +33,7 @@ export const HUB_GROUP_OPTIONS = {
   config: { type: 'string' },
   url: { type: 'string', default: 'http://127.0.0.1:9400' },
   user: { type: 'string' },
+  ...TLS_OPTIONS,
   help: { type: 'boolean', short: 'h' },
 } as const;
 
