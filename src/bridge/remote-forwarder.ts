@@ -62,12 +62,17 @@ export class RemoteForwarder {
     const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions);
     this.control = ws;
     let why = 'connection closed';
+    let refused = false;
     ws.on('unexpected-response', (_req, res) => {
+      refused = true;
       why = `relay refused the listener: ${res.statusCode} ${res.statusMessage ?? ''}`.trim();
       res.resume();
       ws.terminate();
     });
-    ws.on('error', (err) => (why = err.message));
+    // terminate() above also raises an error ("closed before the connection was established"): the refusal is the reason.
+    ws.on('error', (err) => {
+      if (!refused) why = err.message;
+    });
     ws.on('open', () => {
       this.backoff.connected();
       log.info({ event: 'bridge.listening', target: `${this.forward.host}:${this.forward.port}` });

@@ -79,6 +79,27 @@ describe('the command line over TLS', () => {
     assert.equal(echoed, 'through TLS');
   });
 
+  it('bridge -R presents --tls-cert/--tls-key to a relay that requires listener certificates', async (t) => {
+    const pki = makePki(t);
+    const cert = pki.issueClient('bridge');
+    const relay = await startTestRelay(t, {
+      listen: { host: '127.0.0.1', port: 0, tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.caFile, requestCert: true, requireClientCert: 'listeners' } },
+    });
+    const target = await echoServer(t);
+    const creds = ['--relay', relay.url, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY, '--ca', pki.caFile];
+    const without = runCli(t, ['bridge', ...creds, '-R', `echo:127.0.0.1:${target}`]);
+    await until(() => /relay refused the listener: 403/.test(without.stderr()), 15000, 'the listener without a certificate refused, and why');
+    const remote = runCli(t, ['bridge', ...creds, '--tls-cert', cert.certFile, '--tls-key', cert.keyFile, '-R', `echo:127.0.0.1:${target}`]);
+    await until(() => remote.lines.some((l) => l.startsWith('listening on echo')), 15000, 'bridge -R up with its certificate');
+    const local = runCli(t, ['bridge', ...creds, '-L', '0:echo']);
+    await until(() => local.lines.some((l) => l.startsWith('forwarding ')), 15000, 'bridge -L up (senders need no certificate)');
+    const port = Number(/:(\d+) -> /.exec(local.lines.find((l) => l.startsWith('forwarding '))!)![1]);
+    const socket = connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    socket.write('mutual TLS');
+    assert.equal(await withTimeout(new Promise<string>((r) => socket.once('data', (d) => r(String(d)))), 10000, 'echo'), 'mutual TLS');
+  });
+
   it('bridge without --ca says the certificate is not trusted', async (t) => {
     const pki = makePki(t);
     const relay = await tlsRelay(t, pki);
