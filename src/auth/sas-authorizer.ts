@@ -58,13 +58,15 @@ export class SasAuthorizer {
     return rotated;
   }
 
-  check({ token, entity, subPath = [], right, hosts, nowSeconds = Math.floor(Date.now() / 1000) }: SasCheck): SasDecision {
+  check({ token, entity, subPath = [], right, hosts, nowSeconds: given }: SasCheck): SasDecision {
+    const nowMs = given === undefined ? Date.now() : given * 1000;
+    const nowSeconds = Math.floor(nowMs / 1000);
     if (!token) return { ok: false, code: 'TokenMissing' };
     const parsed = parseSasToken(token);
     if (!parsed) return { ok: false, code: 'TokenMalformed' };
     const named = this.rulesByName.get(parsed.keyName) ?? [];
     let rules = named.filter((r) => signatureMatches(parsed, r.key));
-    if (rules.length === 0 && this.retired.keys(parsed.keyName, nowSeconds * 1000).some((key) => signatureMatches(parsed, key))) rules = named;
+    if (rules.length === 0 && this.retired.keys(parsed.keyName, nowMs).some((key) => signatureMatches(parsed, key))) rules = named;
     if (rules.length === 0) return { ok: false, code: 'SignatureInvalid' };
     if (parsed.expiresAt <= nowSeconds) return { ok: false, code: 'TokenExpired' };
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };

@@ -18,7 +18,7 @@ import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
-import type { Logger } from '../telemetry/logger.ts';
+import { setLogLevel, type Logger } from '../telemetry/logger.ts';
 import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
@@ -310,7 +310,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       },
       next,
     );
+    // Logged at the more verbose of the old and new levels, so that the reload shows either way.
+    const values = log.levels.values;
+    const quieter = (values[config.log.level] ?? Infinity) > (values[log.level] ?? Infinity);
+    if (!quieter) setLogLevel(log, config.log.level);
     log.info({ event: 'config.reloaded', reason, ...changes });
+    if (quieter) setLogLevel(log, config.log.level);
     return { ok: true, changes };
   };
 

@@ -6,14 +6,15 @@
 // live config object, which every part of the relay holds, takes the new
 // values in place, and each part whose state derives from them is told
 // (HybridService.reconfigure, PubSubService.reconfigure, the admission
-// limits, the log level, trusted proxies, the certificates). Keys that only
+// limits, trusted proxies, the certificates; the log level once the reload
+// is logged). Keys that only
 // a restart can change (where it listens, the bus, timeouts) are left as
 // they were and reported.
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
-import { setLogLevel, type Logger } from '../telemetry/logger.ts';
+import type { Logger } from '../telemetry/logger.ts';
 import type { ConnectionRateLimiter } from './connection-rate.ts';
 import type { HttpConnections } from './http-connections.ts';
 import type { CertificateKeeper } from './tls.ts';
@@ -74,10 +75,8 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   Object.assign(live.limits, next.limits);
   live.metrics = next.metrics;
   live.listen.trustProxy = next.listen.trustProxy;
-  if (live.log.level !== next.log.level) {
-    live.log.level = next.log.level;
-    setLogLevel(t.log, next.log.level);
-  }
+  // The loggers take the level around the config.reloaded line (relay-server.ts).
+  live.log.level = next.log.level;
 
   const hybrid = t.hybrid.reconfigure(live);
   const pubsub = t.pubsub.reconfigure(live, t.jetstreamFor(live));
@@ -90,5 +89,14 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
     Object.assign(live.listen.tls, { certFile, keyFile, caFile, minVersion });
     t.certificates.retarget(live.listen.tls);
   }
-  return { changed, ...hybrid, ...pubsub, restartNeeded: [...restartNeeded, ...pubsub.restartNeeded] };
+  return {
+    changed,
+    entitiesRemoved: hybrid.entitiesRemoved,
+    listenersClosed: hybrid.listenersClosed,
+    sasKeysRotated: hybrid.keysRotated,
+    hubsAdded: pubsub.hubsAdded,
+    hubsRemoved: pubsub.hubsRemoved,
+    hubKeysRotated: pubsub.keysRotated,
+    restartNeeded: [...restartNeeded, ...pubsub.restartNeeded],
+  };
 }

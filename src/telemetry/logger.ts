@@ -5,7 +5,7 @@
 // A pino child copies its parent's level when it is made, so a new level
 // (log.level on reload) must reach every child alive: the root keeps weak
 // references to its descendants, dropped as they are collected.
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
@@ -16,7 +16,8 @@ interface Family {
 
 const families = new WeakMap<Logger, Family>();
 
-export function createLogger(level: string, nodeId: string): Logger {
+/** `destination`: stderr unless given (tests read the lines). */
+export function createLogger(level: string, nodeId: string, destination?: DestinationStream): Logger {
   const children = new Set<WeakRef<Logger>>();
   const family: Family = { children, collected: new FinalizationRegistry((ref) => children.delete(ref)) };
   const root = pino(
@@ -30,7 +31,7 @@ export function createLogger(level: string, nodeId: string): Logger {
         family.collected.register(child, ref);
       },
     },
-    pino.destination({ fd: 2, sync: false }),
+    destination ?? pino.destination({ fd: 2, sync: false }),
   );
   families.set(root, family);
   return root;

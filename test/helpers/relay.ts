@@ -9,7 +9,6 @@ import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { buildConfig } from '../../src/config/load.ts';
 import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import type { RelayConfig } from '../../src/config/types.ts';
 import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
@@ -50,7 +49,7 @@ export function captureLogger(level = 'info'): { log: Logger; lines(): Record<st
       done();
     },
   });
-  const log = pino({ level, base: { node: 'test' } }, sink);
+  const log = createLogger(level, 'test', sink);
   const lines = () => out.map((l) => JSON.parse(l) as Record<string, unknown>);
   return { log, lines, events: () => lines().map((l) => String(l.event)) };
 }
