@@ -24,6 +24,7 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
       nkeyFile: bus.nkeyFile,
       tls: bus.tls,
       reconnectTimeWaitMs: bus.reconnectTimeWaitMs,
+      connectTimeoutMs: bus.connectTimeoutMs,
       pingIntervalMs: bus.pingIntervalMs,
       flushTimeoutMs: bus.requestTimeoutMs,
     },

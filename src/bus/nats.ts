@@ -35,6 +35,8 @@ export interface NatsBusOptions {
   /** TLS to the servers: CA, and a client certificate when they verify clients. */
   tls?: { caFile?: string; certFile?: string; keyFile?: string };
   reconnectTimeWaitMs: number;
+  /** Bound on one connection attempt (TCP, TLS, authentication); nats.js's 20 s when not given. */
+  connectTimeoutMs?: number;
   pingIntervalMs: number;
   /** Bound on flush() while connected; while disconnected it resolves at once. */
   flushTimeoutMs: number;
@@ -105,6 +107,7 @@ export class NatsBus implements Bus {
           tls: o.tls ? { ...o.tls } : undefined,
           maxReconnectAttempts: -1,
           reconnectTimeWait: o.reconnectTimeWaitMs,
+          timeout: o.connectTimeoutMs,
           reconnectJitter: Math.min(100, o.reconnectTimeWaitMs),
           pingInterval: o.pingIntervalMs,
           maxPingOut: 2,

@@ -63,6 +63,7 @@ export interface BusConfig {
   nkeyFile?: string;
   tls?: { caFile?: string; certFile?: string; keyFile?: string };
   reconnectTimeWaitMs: number;
+  connectTimeoutMs: number;
   pingIntervalMs: number;
   requestTimeoutMs: number;
   gatherStallMs: number;
