@@ -2,7 +2,6 @@
 // requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
 // ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
 import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -26,7 +25,7 @@ import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
-import { CertificateKeeper, readCertificates } from './tls.ts';
+import { createTlsServer } from './tls.ts';
 import { ProxyTrust } from './trust-proxy.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
@@ -103,30 +102,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     maxHeaderSize: MAX_HEADER_BYTES,
   };
   const tls = config.listen.tls;
-  // Read before anything starts: a bad certificate stops start-up (ConfigError naming the key).
-  const firstCertificates = tls && readCertificates(tls);
-  const server: Server = tls
-    ? createHttpsServer({
-        ...httpOptions,
-        ...firstCertificates!.context,
-        requestCert: tls.requestCert,
-        rejectUnauthorized: tls.requireClientCert === 'all',
-        // A connection must finish its handshake as fast as a plain one must send its first byte.
-        handshakeTimeout: firstByteMs,
-      })
-    : createServer(httpOptions);
-  const certificates =
-    tls &&
-    new CertificateKeeper(
-      tls,
-      firstCertificates!,
-      (set) => {
-        (server as import('node:https').Server).setSecureContext(set.context);
-        metrics.certificateExpiry.set({ certificate: 'server' }, set.notAfter);
-      },
-      log,
-    );
-  if (firstCertificates) metrics.certificateExpiry.set({ certificate: 'server' }, firstCertificates.notAfter);
+  const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (notAfter) => metrics.certificateExpiry.set({ certificate: 'server' }, notAfter));
+  const server: Server = secure ? secure.server : createServer(httpOptions);
+  const certificates = secure?.certificates;
   const sockets = new Set<Duplex>();
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
@@ -148,13 +126,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       sockets.delete(socket);
     });
   });
-  if (tls) {
-    server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
-    // Failed handshakes (an untrusted client certificate, a scanner, a handshake past timeouts.firstByteMs) are the client's business.
-    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-      log.debug({ event: 'tls.handshake_failed', address: socket.remoteAddress, err: err.code ?? err.message });
-    });
-  }
+  if (tls) server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => {

@@ -10,8 +10,10 @@
 // key that does not match) is refused with a log line and the old one stays.
 import { X509Certificate, createHash } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import type { ServerOptions } from 'node:http';
+import { createServer, type Server } from 'node:https';
 import { dirname } from 'node:path';
-import { createSecureContext, type SecureContextOptions } from 'node:tls';
+import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
 import { ConfigError } from '../config/errors.ts';
 import type { ListenTlsConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -142,4 +144,43 @@ export class CertificateKeeper {
     for (const w of this.watchers) w.close();
     this.watchers = [];
   }
+}
+
+/**
+ * The relay's HTTPS server: the first certificates read (a bad one throws
+ * ConfigError naming the key, so start-up stops), client certificates asked
+ * for and required as listen.tls says, and a keeper that swaps certificates
+ * in as they change. `served` hears each certificate's expiry (unix s).
+ */
+export function createTlsServer(
+  tls: ListenTlsConfig,
+  httpOptions: ServerOptions,
+  handshakeMs: number,
+  log: Logger,
+  served: (notAfter: number) => void,
+): { server: Server; certificates: CertificateKeeper } {
+  const first = readCertificates(tls);
+  const server = createServer({
+    ...httpOptions,
+    ...first.context,
+    requestCert: tls.requestCert,
+    rejectUnauthorized: tls.requireClientCert === 'all',
+    // A connection must finish its handshake as fast as a plain one must send its first byte (timeouts.firstByteMs).
+    handshakeTimeout: handshakeMs,
+  });
+  // Failed handshakes (an untrusted client certificate, a scanner, one past the bound) are the client's business.
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+    log.debug({ event: 'tls.handshake_failed', address: socket.remoteAddress, err: err.code ?? err.message });
+  });
+  served(first.notAfter);
+  const certificates = new CertificateKeeper(
+    tls,
+    first,
+    (set) => {
+      server.setSecureContext(set.context);
+      served(set.notAfter);
+    },
+    log,
+  );
+  return { server, certificates };
 }
