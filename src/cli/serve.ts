@@ -6,7 +6,7 @@ import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts
 import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
-import { startRelay } from '../server/relay-server.ts';
+import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -97,6 +97,14 @@ export async function serve(argv: string[]): Promise<number> {
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
   });
+  // SIGHUP reloads; one that comes while the relay is starting would otherwise end the process.
+  let running: RunningRelay | undefined;
+  const onHup = () => {
+    log.info({ event: 'relay.signal', signal: 'SIGHUP' });
+    if (running) running.reload('signal');
+    else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
+  };
+  process.on('SIGHUP', onHup);
   let relay;
   try {
     relay = await startRelay(config, log, { loadConfig: load });
@@ -123,19 +131,15 @@ export async function serve(argv: string[]): Promise<number> {
     }
   }
   process.stdout.write(`listening on ${relay.url}\n`);
-  const running = relay;
-  const onHup = () => {
-    log.info({ event: 'relay.signal', signal: 'SIGHUP' });
-    running.reload('signal');
-  };
-  process.on('SIGHUP', onHup);
+  running = relay;
+  const started = relay;
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
       process.off('SIGHUP', onHup);
-      running.close().then(resolve, resolve);
+      started.close().then(resolve, resolve);
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');

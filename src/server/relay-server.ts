@@ -253,6 +253,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
 
   const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
     // The certificates first: on SIGHUP they are re-read even when the config did not change.
+    if (closing) return { ok: false, problem: 'the relay is shutting down' };
     certificates?.reload(reason === 'api' ? 'config' : reason);
     if (!options.loadConfig) return { ok: false, problem: 'this relay was not started from a config file' };
     let next: RelayConfig;
