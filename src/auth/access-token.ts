@@ -43,17 +43,31 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[]):
   });
 }
 
-export function verifyAccessToken(token: string | undefined, key: string, paths: string[], hosts: string[]): AccessTokenResult {
+/**
+ * Verifies a token signed with `keys` (the hub's key first; during a rotation
+ * also the key it replaced) whose audience names this endpoint.
+ */
+export function verifyAccessToken(token: string | undefined, keys: string | readonly string[], paths: string[], hosts: string[]): AccessTokenResult {
   if (!token) return { ok: false, code: 'TokenMissing' };
-  let claims: JwtClaims;
+  let claims: JwtClaims | undefined;
+  const list = typeof keys === 'string' ? [keys] : keys;
   try {
-    claims = verifyJwt(token, key);
+    for (const [i, key] of list.entries()) {
+      try {
+        claims = verifyJwt(token, key);
+        break;
+      } catch (err) {
+        // Another key may have signed it.
+        if (!(err instanceof JwtError && err.code === 'SignatureInvalid' && i < list.length - 1)) throw err;
+      }
+    }
   } catch (err) {
     if (err instanceof JwtError && (err.code === 'TokenExpired' || err.code === 'TokenNotYetValid')) {
       return { ok: false, code: 'TokenExpired' };
     }
     return { ok: false, code: 'TokenInvalid' };
   }
+  if (!claims) return { ok: false, code: 'TokenInvalid' };
   if (!audienceMatches(claims.aud, paths, hosts)) return { ok: false, code: 'AudienceInvalid' };
   return { ok: true, claims };
 }

@@ -2,9 +2,13 @@
 // configured rules. Scope: the token's resource must name this relay's host
 // (port and scheme ignored, as clients drop them) and a path that is the
 // namespace root or the entity (segment prefix, case-insensitive); a rule with
-// `entity` covers only that entity. Manage implies Listen and Send.
+// `entity` covers only that entity. Manage implies Listen and Send. On a
+// reload the rules change in place (update); a key that a rule of the same
+// name had before still signs, for the rules that name has now, until its
+// grace ends (retired-keys.ts).
 import type { Right, SasRule } from '../config/types.ts';
 import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
+import { RetiredKeys } from './retired-keys.ts';
 import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
 
@@ -24,21 +28,45 @@ export interface SasCheck {
 }
 
 export class SasAuthorizer {
-  private readonly rulesByName = new Map<string, SasRule[]>();
+  private rulesByName = new Map<string, SasRule[]>();
+  readonly retired = new RetiredKeys();
 
   constructor(rules: SasRule[]) {
-    for (const rule of rules) {
-      const list = this.rulesByName.get(rule.keyName) ?? [];
-      list.push(rule);
-      this.rulesByName.set(rule.keyName, list);
-    }
+    this.rulesByName = byName(rules);
   }
 
-  check({ token, entity, subPath = [], right, hosts, nowSeconds = Math.floor(Date.now() / 1000) }: SasCheck): SasDecision {
+  /**
+   * Takes the rules of a reloaded config. A key name whose key changed keeps
+   * accepting the old key for `graceMs`; a key name that is gone signs nothing
+   * from now on. Returns the key names whose key was retired.
+   */
+  update(rules: SasRule[], graceMs: number, now = Date.now()): string[] {
+    const next = byName(rules);
+    const rotated: string[] = [];
+    for (const [name, old] of this.rulesByName) {
+      const kept = next.get(name);
+      if (!kept) {
+        this.retired.forget(name);
+        continue;
+      }
+      const keys = new Set(kept.map((r) => r.key));
+      const gone = [...new Set(old.map((r) => r.key))].filter((k) => !keys.has(k));
+      for (const key of gone) this.retired.retire(name, key, now + graceMs);
+      if (gone.length > 0 && graceMs > 0) rotated.push(name);
+    }
+    this.rulesByName = next;
+    return rotated;
+  }
+
+  check({ token, entity, subPath = [], right, hosts, nowSeconds: given }: SasCheck): SasDecision {
+    const nowMs = given === undefined ? Date.now() : given * 1000;
+    const nowSeconds = Math.floor(nowMs / 1000);
     if (!token) return { ok: false, code: 'TokenMissing' };
     const parsed = parseSasToken(token);
     if (!parsed) return { ok: false, code: 'TokenMalformed' };
-    const rules = (this.rulesByName.get(parsed.keyName) ?? []).filter((r) => signatureMatches(parsed, r.key));
+    const named = this.rulesByName.get(parsed.keyName) ?? [];
+    let rules = named.filter((r) => signatureMatches(parsed, r.key));
+    if (rules.length === 0 && this.retired.keys(parsed.keyName, nowMs).some((key) => signatureMatches(parsed, key))) rules = named;
     if (rules.length === 0) return { ok: false, code: 'SignatureInvalid' };
     if (parsed.expiresAt <= nowSeconds) return { ok: false, code: 'TokenExpired' };
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };
@@ -50,6 +78,16 @@ export class SasAuthorizer {
     if (!granted) return { ok: false, code: 'RightMissing' };
     return { ok: true, expiresAt: parsed.expiresAt, keyName: parsed.keyName };
   }
+}
+
+function byName(rules: SasRule[]): Map<string, SasRule[]> {
+  const map = new Map<string, SasRule[]>();
+  for (const rule of rules) {
+    const list = map.get(rule.keyName) ?? [];
+    list.push(rule);
+    map.set(rule.keyName, list);
+  }
+  return map;
 }
 
 /**

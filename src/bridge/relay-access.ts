@@ -1,5 +1,7 @@
-// How a bridge reaches the relay: its base URL and either a SAS rule (key
-// name and key, from which a token is minted per entity) or a fixed token.
+// How a bridge reaches the relay: its base URL, either a SAS rule (key name
+// and key, from which a token is minted per entity) or a fixed token, and for
+// an https:// or wss:// relay the CA to trust and a client certificate.
+import type { ClientOptions } from 'ws';
 import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
 
 export interface RelayAccessOptions {
@@ -10,6 +12,8 @@ export interface RelayAccessOptions {
   /** A ready SAS token (used as is for every entity). */
   token?: string;
   tokenTtlSeconds: number;
+  /** CA certificates to trust and a client certificate (listen.tls.requireClientCert on the relay). */
+  tls?: { ca?: Buffer[]; cert?: Buffer; key?: Buffer };
 }
 
 export class RelayAccess {
@@ -25,6 +29,11 @@ export class RelayAccess {
     if (this.options.keyName === undefined || this.options.key === undefined) return undefined;
     const expiresAt = Math.floor(Date.now() / 1000) + this.options.tokenTtlSeconds;
     return createSasToken(resourceForUrl(this.entityUrl(entity)), this.options.keyName, this.options.key, expiresAt);
+  }
+
+  /** Options for every WebSocket the bridge opens to the relay (control channel, legs, connects). */
+  get socketOptions(): ClientOptions {
+    return { ...this.options.tls };
   }
 
   get tokenTtlSeconds(): number {

@@ -59,15 +59,20 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'));
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions);
     this.control = ws;
     let why = 'connection closed';
+    let refused = false;
     ws.on('unexpected-response', (_req, res) => {
+      refused = true;
       why = `relay refused the listener: ${res.statusCode} ${res.statusMessage ?? ''}`.trim();
       res.resume();
       ws.terminate();
     });
-    ws.on('error', (err) => (why = err.message));
+    // terminate() above also raises an error ("closed before the connection was established"): the refusal is the reason.
+    ws.on('error', (err) => {
+      if (!refused) why = err.message;
+    });
     ws.on('open', () => {
       this.backoff.connected();
       log.info({ event: 'bridge.listening', target: `${this.forward.host}:${this.forward.port}` });
@@ -111,7 +116,7 @@ export class RemoteForwarder {
     tcp.pause();
     tcp.once('connect', () => {
       tcp.setNoDelay(true);
-      const ws = new WebSocket(notice.address);
+      const ws = new WebSocket(notice.address, this.access.socketOptions);
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
@@ -130,7 +135,7 @@ export class RemoteForwarder {
         log.warn({ event: 'bridge.target_unreachable', err: err.message });
         // Reject through the rendezvous address: the sender gets 502 and this text.
         const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-        const ws = new WebSocket(reject);
+        const ws = new WebSocket(reject, this.access.socketOptions);
         ws.on('error', () => {});
         ws.on('unexpected-response', (_req, res) => res.resume());
       }

@@ -107,6 +107,8 @@ export class JetStreamAccess {
   /** The consumers followers read now: dropped (and made again) when the connection to NATS is made again. */
   private readonly consuming = new Set<ConsumerMessages>();
   private replicas = 1;
+  /** Every stream the relay needs: those given to start() and those added since (a hub added on reload). */
+  private readonly streams: StreamSpec[] = [];
 
   constructor(
     private readonly bus: NatsBus,
@@ -126,6 +128,7 @@ export class JetStreamAccess {
    * until it works or the server says JetStream is not enabled.
    */
   async start(streams: StreamSpec[], bucket: BucketSpec): Promise<void> {
+    this.streams.push(...streams);
     for (let attempt = 0; !this.closed; attempt++) {
       const nc = await this.connection();
       if (!nc) return;
@@ -136,14 +139,15 @@ export class JetStreamAccess {
         this.answered = true;
         for (const wake of this.readyWaiters.splice(0)) wake();
         this.replicas = this.options.replicas ?? (this.bus.clusterSize >= 3 ? 3 : 1);
-        for (const spec of streams) await this.ensureStream(jsm, spec);
+        // By index: a stream added while this runs is created too.
+        for (let i = 0; i < this.streams.length; i++) await this.ensureStream(jsm, this.streams[i]);
         const js = nc.jetstream({ timeout: this.options.requestTimeoutMs });
         this.kv = await this.ensureBucket(jsm, js, bucket);
         this.jsm = jsm;
         this.js = js;
         this.state = 'ready';
         this.problem = undefined;
-        this.log.info({ event: 'jetstream.ready', streams: streams.length, replicas: this.replicas, storage: this.options.storage });
+        this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
         for (const wake of this.readyWaiters.splice(0)) wake();
         return;
       } catch (err) {
@@ -159,6 +163,30 @@ export class JetStreamAccess {
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
         if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
+        await sleep(RETRY_MS);
+      }
+    }
+  }
+
+  /**
+   * A stream needed since start (a durable hub added on reload): created now
+   * when JetStream is ready, else with the others when it gets ready. Keeps
+   * trying until it is created or JetStream is closed.
+   */
+  async addStream(spec: StreamSpec): Promise<void> {
+    if (this.streams.some((s) => s.name === spec.name)) return;
+    this.streams.push(spec);
+    for (let attempt = 0; !this.closed && this.state !== 'unavailable'; attempt++) {
+      if (this.state !== 'ready' || !this.jsm) {
+        await this.whenSettled(this.options.publishTimeoutMs);
+        continue;
+      }
+      try {
+        await this.ensureStream(this.jsm, spec);
+        this.log.info({ event: 'jetstream.stream_added', stream: spec.name });
+        return;
+      } catch (err) {
+        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }

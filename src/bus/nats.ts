@@ -3,7 +3,21 @@
 // local traffic while NATS is away (it reports not-ready meanwhile: ops/health).
 // Subscriptions made before the first connection are kept here and made once
 // it is up; after that the client itself re-subscribes on every reconnect.
-import { connect, createInbox, ErrorCode, Events, type NatsConnection, type NatsError, type Subscription } from 'nats';
+// Credentials from files (a .creds file, an NKey seed) are read at every
+// connect and reconnect, so a rotated file is used without a restart.
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  createInbox,
+  credsAuthenticator,
+  ErrorCode,
+  Events,
+  nkeyAuthenticator,
+  type Authenticator,
+  type NatsConnection,
+  type NatsError,
+  type Subscription,
+} from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
 
@@ -14,7 +28,15 @@ export interface NatsBusOptions {
   user?: string;
   pass?: string;
   token?: string;
+  /** A NATS credentials file (user JWT and NKey seed). */
+  credsFile?: string;
+  /** A file holding an NKey seed. */
+  nkeyFile?: string;
+  /** TLS to the servers: CA, and a client certificate when they verify clients. */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
   reconnectTimeWaitMs: number;
+  /** Bound on one connection attempt (TCP, TLS, authentication); nats.js's 20 s when not given. */
+  connectTimeoutMs?: number;
   pingIntervalMs: number;
   /** Bound on flush() while connected; while disconnected it resolves at once. */
   flushTimeoutMs: number;
@@ -81,8 +103,11 @@ export class NatsBus implements Bus {
           user: o.user,
           pass: o.pass,
           token: o.token,
+          authenticator: authenticatorFor(o),
+          tls: o.tls ? { ...o.tls } : undefined,
           maxReconnectAttempts: -1,
           reconnectTimeWait: o.reconnectTimeWaitMs,
+          timeout: o.connectTimeoutMs,
           reconnectJitter: Math.min(100, o.reconnectTimeWaitMs),
           pingInterval: o.pingIntervalMs,
           maxPingOut: 2,
@@ -255,4 +280,17 @@ function toBusError(err: unknown): BusError {
   if (code === ErrorCode.Timeout) return new BusError('Timeout');
   if (code === ErrorCode.MaxPayloadExceeded) return new BusError('TooLarge');
   return new BusError('Unavailable', (err as Error).message);
+}
+
+/** Reads the credentials file at each (re)connect; undefined for user/pass, token or no authentication. */
+function authenticatorFor(o: NatsBusOptions): Authenticator | undefined {
+  if (o.credsFile) {
+    const file = o.credsFile;
+    return credsAuthenticator(() => readFileSync(file));
+  }
+  if (o.nkeyFile) {
+    const file = o.nkeyFile;
+    return nkeyAuthenticator(() => new TextEncoder().encode(readFileSync(file, 'utf8').trim()));
+  }
+  return undefined;
 }

@@ -6,6 +6,7 @@ import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts'
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { createLogger } from '../telemetry/logger.ts';
+import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
 
@@ -22,13 +23,14 @@ Closing either end of a forwarded connection closes the other (there is no
 half-close through a WebSocket).
 
 Options:
-  --relay URL          the relay, e.g. http://127.0.0.1:9400
+  --relay URL          the relay, e.g. http://127.0.0.1:9400 or https://relay.example.com
   --key-name NAME      SAS rule to mint tokens with (Listen for -R, Send for -L)
   --key KEY            that rule's key
   --token TOKEN        a ready SAS token instead of --key-name/--key
   --ttl SECONDS        lifetime of minted tokens, default 3600 (renewed at half)
   --buffer BYTES       bytes queued per direction before reading pauses, default 1048576
   --log-level LEVEL    default info
+${TLS_HELP}
   -h, --help           this text
 
 Prints "forwarding 127.0.0.1:PORT -> ENTITY" or "listening on ENTITY -> HOST:PORT"
@@ -62,6 +64,7 @@ export async function bridge(argv: string[]): Promise<number> {
         'log-level': { type: 'string', default: 'info' },
         L: { type: 'string', short: 'L', multiple: true, default: [] },
         R: { type: 'string', short: 'R', multiple: true, default: [] },
+        ...TLS_OPTIONS,
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -88,7 +91,9 @@ export async function bridge(argv: string[]): Promise<number> {
   } catch (err) {
     return fail((err as Error).message);
   }
-  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl });
+  const tls = readClientTls(values);
+  if (typeof tls === 'string') return fail(tls);
+  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl, tls });
   const log = createLogger(values['log-level'], 'bridge');
   const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
   const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer));

@@ -5,6 +5,8 @@
 import { signJwt } from '../auth/jwt.ts';
 import type { HubAccess } from './hub-access.ts';
 import type { HubMessage } from './hub-client.ts';
+import { getJson } from './http-get.ts';
+import type { ClientTls } from './tls-options.ts';
 
 /** A group message as the relay keeps it; `sequence` orders history and live messages alike. */
 export interface SequencedMessage extends HubMessage {
@@ -15,23 +17,27 @@ const PAGE = 1000;
 const REQUEST_TIMEOUT_MS = 10_000;
 
 /** Messages of `group` after `after`, oldest first, as live messages look; calls `each` for every one, page by page. */
-export async function readGroupHistory(baseUrl: string, access: HubAccess, group: string, after: number, each: (m: SequencedMessage) => boolean): Promise<number> {
+export async function readGroupHistory(
+  baseUrl: string,
+  access: HubAccess,
+  group: string,
+  after: number,
+  each: (m: SequencedMessage) => boolean,
+  tls?: ClientTls,
+): Promise<number> {
   const base = baseUrl.replace(/\/+$/, '').replace(/^ws(s?):/i, 'http$1:');
   const path = `/api/hubs/${encodeURIComponent(access.hub)}/groups/${encodeURIComponent(group)}/messages`;
   let cursor = after;
   for (;;) {
     const token = signJwt({ aud: `${base}${path}` }, access.key, 300);
-    const res = await fetch(`${base}${path}?after=${cursor}&limit=${PAGE}`, {
-      headers: { authorization: `Bearer ${token}` },
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-    });
-    const body = (await res.json().catch(() => ({}))) as {
+    const res = await getJson(`${base}${path}?after=${cursor}&limit=${PAGE}`, { authorization: `Bearer ${token}` }, tls, REQUEST_TIMEOUT_MS);
+    const body = (typeof res.body === 'object' && res.body !== null ? res.body : {}) as {
       code?: string;
       message?: string;
       messages?: { sequence: number; dataType: string; data: unknown; fromUserId: string | null; time: string }[];
       next?: number;
     };
-    if (!res.ok || !Array.isArray(body.messages) || typeof body.next !== 'number') {
+    if (res.status !== 200 || !Array.isArray(body.messages) || typeof body.next !== 'number') {
       throw new Error(`history of ${group}: ${res.status} ${body.code ?? ''} ${body.message ?? ''}`.trim());
     }
     for (const m of body.messages) {

@@ -2,6 +2,7 @@
 // (given with --key, or read from the relay's config with --config) and
 // checking the relay's base URL.
 import { ConfigError, loadConfig } from '../config/load.ts';
+import { TLS_OPTIONS } from './tls-options.ts';
 
 export interface HubAccess {
   /** The hub's name as configured (hubs are found case-insensitively). */
@@ -14,7 +15,7 @@ export function resolveHubAccess(hub: string, key: string | undefined, configFil
   if (key !== undefined) return { hub, key };
   if (!configFile) return '--key or --config is required';
   try {
-    const config = loadConfig(configFile, {}, {});
+    const config = loadConfig(configFile, process.env, {});
     const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
     if (!found) return `hub "${hub}" is not in ${configFile}`;
     return { hub: found.name, key: found.accessKey };
@@ -32,6 +33,7 @@ export const HUB_GROUP_OPTIONS = {
   config: { type: 'string' },
   url: { type: 'string', default: 'http://127.0.0.1:9400' },
   user: { type: 'string' },
+  ...TLS_OPTIONS,
   help: { type: 'boolean', short: 'h' },
 } as const;
 

@@ -4,6 +4,7 @@
 import WebSocket from 'ws';
 import { clientAccessUrl } from '../pubsub/client-access-url.ts';
 import type { HubAccess } from './hub-access.ts';
+import type { ClientTls } from './tls-options.ts';
 
 export interface HubMessage {
   type: string;
@@ -51,9 +52,14 @@ export class HubClient {
   }
 
   /** Connects; resolves once the relay said `connected`. */
-  static connect(baseUrl: string, access: HubAccess, options: { userId?: string; roles: string[] }, onMessage: (m: HubMessage) => void = () => {}): Promise<HubClient> {
+  static connect(
+    baseUrl: string,
+    access: HubAccess,
+    options: { userId?: string; roles: string[]; tls?: ClientTls },
+    onMessage: (m: HubMessage) => void = () => {},
+  ): Promise<HubClient> {
     const url = clientAccessUrl(baseUrl, access.hub, access.key, { userId: options.userId, roles: options.roles, ttlSeconds: 24 * 3600 });
-    const ws = new WebSocket(url, 'json.webpubsub.azure.v1');
+    const ws = new WebSocket(url, 'json.webpubsub.azure.v1', { ...options.tls });
     return new Promise((resolve, reject) => {
       let client: HubClient | undefined;
       ws.on('unexpected-response', (_req, res) => {

@@ -3,6 +3,7 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess } from './hub-access.ts';
 import { HubClient } from './hub-client.ts';
+import { TLS_HELP, readClientTls } from './tls-options.ts';
 
 export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key KEY | --config FILE) [options] [MESSAGE...]
 
@@ -16,9 +17,10 @@ Options:
   --group GROUP        the group to publish to
   --key KEY            the hub's accessKey
   --config FILE        read the hub's accessKey from this relay config instead
-  --url URL            the relay's base URL, default http://127.0.0.1:9400
+  --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
   --user ID            publish as this user id
   --data-type TYPE     text (default) or json (each message must be JSON)
+${TLS_HELP}
   -h, --help           this text
 
 Example (with npm start running):
@@ -53,6 +55,8 @@ export async function pub(argv: string[]): Promise<number> {
   if (dataType !== 'text' && dataType !== 'json') return fail('--data-type must be text or json');
   const access = resolveHubAccess(values.hub, values.key, values.config);
   if (typeof access === 'string') return fail(access);
+  const tls = readClientTls(values);
+  if (typeof tls === 'string') return fail(tls);
   const group = values.group;
   const dataOf = (line: string): unknown => (dataType === 'json' ? JSON.parse(line) : line);
   if (dataType === 'json') {
@@ -67,7 +71,7 @@ export async function pub(argv: string[]): Promise<number> {
 
   let client: HubClient;
   try {
-    client = await HubClient.connect(values.url, access, { userId: values.user, roles: [`webpubsub.sendToGroup.${group}`] });
+    client = await HubClient.connect(values.url, access, { userId: values.user, roles: [`webpubsub.sendToGroup.${group}`], tls });
   } catch (err) {
     process.stderr.write(`edge-relay pub: ${(err as Error).message}\n`);
     return 1;

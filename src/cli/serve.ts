@@ -1,15 +1,20 @@
-// `edge-relay serve`: runs one edge node until SIGTERM/SIGINT.
+// `edge-relay serve`: runs one edge node until SIGTERM/SIGINT; SIGHUP reloads
+// its config and certificates (server/reload.ts). Keys too weak for a network
+// are refused off loopback unless --dev (config/secrets.ts).
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
-import { createLogger } from '../telemetry/logger.ts';
-import { startRelay } from '../server/relay-server.ts';
-import { announceReady, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
+import { createLogger } from '../telemetry/logger.ts';
+import { startRelay, type RunningRelay } from '../server/relay-server.ts';
+import { announceReady, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
-Runs one edge node. Prints "listening on http://HOST:PORT" on stdout once it
-accepts connections; logs go to stderr as JSON lines.
+Runs one edge node. Prints "listening on http://HOST:PORT" (https:// with
+listen.tls) on stdout once it accepts connections; logs go to stderr as JSON
+lines. SIGHUP reads the config file and the TLS certificates again; a config
+that does not load changes nothing (the log says which key failed).
 
 Options:
   --config FILE      JSON config (schemas/config.schema.json); env EDGE_RELAY_CONFIG
@@ -21,6 +26,8 @@ Options:
   --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
   --workers N        N edge processes sharing the port, each an edge on the NATS bus
                      named NODEID-wN (default 1; env EDGE_RELAY_WORKERS)
+  --dev              allow keys shorter than 32 bytes, or the published development
+                     keys, on a non-loopback listen.host (never in production)
   -h, --help         this text
 
 Flags override environment variables, which override the file.
@@ -47,6 +54,7 @@ export async function serve(argv: string[]): Promise<number> {
       'node-id': { type: 'string' },
       nats: { type: 'string' },
       workers: { type: 'string' },
+      dev: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -67,9 +75,16 @@ export async function serve(argv: string[]): Promise<number> {
   if (values['log-level'] !== undefined) flags['log.level'] = values['log-level'];
   if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
   if (values.nats !== undefined) flags['bus.servers'] = values.nats;
+  // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
+  const load = (): RelayConfig => {
+    const loaded = loadConfig(file, process.env, flags);
+    const refusal = weakKeysRefusal(loaded, values.dev === true);
+    if (refusal) throw new ConfigError(refusal);
+    return loaded;
+  };
   let config;
   try {
-    config = loadConfig(file, process.env, flags);
+    config = load();
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`edge-relay: ${err.message}\n`);
@@ -95,7 +110,23 @@ export async function serve(argv: string[]): Promise<number> {
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
   });
-  const relay = await startRelay(config, log, { worker });
+  // SIGHUP reloads; one that comes while the relay is starting would otherwise end the process.
+  let running: RunningRelay | undefined;
+  const onHup = () => {
+    log.info({ event: 'relay.signal', signal: 'SIGHUP' });
+    if (running) running.reload('signal');
+    else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
+  };
+  process.on('SIGHUP', onHup);
+  let relay;
+  try {
+    relay = await startRelay(config, log, { loadConfig: load, worker });
+  } catch (err) {
+    // A certificate that cannot be used, a port that cannot be bound.
+    process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
+    log.flush();
+    return err instanceof ConfigError ? 78 : 1;
+  }
   if (relay.jetstream) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
     // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
@@ -112,14 +143,17 @@ export async function serve(argv: string[]): Promise<number> {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }
-  if (worker !== undefined) announceReady(relay.url);
+  if (worker !== undefined) announceReady(relay.url, relay.privatePort);
   else process.stdout.write(`listening on ${relay.url}\n`);
+  running = relay;
+  const started = relay;
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
-      relay.close().then(resolve, resolve);
+      process.off('SIGHUP', onHup);
+      started.close().then(resolve, resolve);
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');
@@ -164,6 +198,8 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     const onInt = () => stop('SIGINT');
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
+    // Each worker reloads its config and certificates.
+    process.on('SIGHUP', () => cluster.signal('SIGHUP'));
   });
   return 0;
 }

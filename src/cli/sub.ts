@@ -9,6 +9,7 @@ import { Backoff } from '../bridge/backoff.ts';
 import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
 import { readGroupHistory } from './group-history.ts';
 import { HubClient, type HubMessage } from './hub-client.ts';
+import { TLS_HELP, readClientTls, type ClientTls } from './tls-options.ts';
 
 export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key KEY | --config FILE) [options]
 
@@ -23,13 +24,14 @@ Options:
   --group GROUP        the group to watch
   --key KEY            the hub's accessKey
   --config FILE        read the hub's accessKey from this relay config instead
-  --url URL            the relay's base URL, default http://127.0.0.1:9400
+  --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
   --user ID            connect as this user id
   --format FORMAT      data (default) or json
   --count N            exit 0 after N messages
   --after SEQUENCE     first print the kept messages after this history sequence,
                        then live ones (the hub must keep history)
   --from-start         the same from the oldest kept message (--after 0)
+${TLS_HELP}
   -h, --help           this text
 
 Example (with npm start running):
@@ -78,7 +80,9 @@ export async function sub(argv: string[]): Promise<number> {
   if (after !== undefined && !(Number.isSafeInteger(after) && after >= 0)) return fail('--after must be a history sequence (a whole number, 0 or more)');
   const access = resolveHubAccess(values.hub, values.key, values.config);
   if (typeof access === 'string') return fail(access);
-  return watch(values.url, access, values.group, values.user, values.format, limit, after);
+  const tls = readClientTls(values);
+  if (typeof tls === 'string') return fail(tls);
+  return watch(values.url, access, values.group, values.user, values.format, limit, after, tls);
 }
 
 function watch(
@@ -89,6 +93,7 @@ function watch(
   format: string,
   limit: number,
   after: number | undefined,
+  tls: ClientTls,
 ): Promise<number> {
   const backoff = new Backoff();
   let printed = 0;
@@ -135,13 +140,13 @@ function watch(
     };
     /** After a join: history from the cursor, then what arrived live meanwhile, in sequence order. */
     const catchUp = async () => {
-      cursor = await readGroupHistory(url, access, group, cursor!, print);
+      cursor = await readGroupHistory(url, access, group, cursor!, print, tls);
       const live = held ?? [];
       held = undefined;
       for (const m of live) if (!print(m)) break;
     };
     const open = () => {
-      HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`] }, onMessage).then(
+      HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`], tls }, onMessage).then(
         async (client) => {
           current = client;
           client.onClose((code, reason) => reconnect(`connection closed (${code}${reason ? ` ${reason}` : ''})`));

@@ -1,15 +1,18 @@
 // Builds the relay's configuration: the JSON file, then environment variables,
-// then command-line flags (each overrides the one before), validated against
-// schemas/config.schema.json. A bad value stops start-up with a ConfigError
-// naming the key and the problem.
+// then command-line flags (each overrides the one before), with secrets taken
+// from the environment or files (secrets.ts), validated against
+// schemas/config.schema.json. A bad value stops start-up (or a reload) with a
+// ConfigError naming the key and the problem.
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { describeErrors, validateConfig } from '../validation/schemas.ts';
+import { ConfigError } from './errors.ts';
+import { resolveFiles, resolveSecrets, type SecretSources } from './secrets.ts';
 import type { RelayConfig } from './types.ts';
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
-}
+export { ConfigError };
 
 /** Overrides that flags or the environment may set, by config key path. */
 export interface ConfigOverrides {
@@ -77,9 +80,15 @@ function coerce(key: keyof ConfigOverrides, value: string | number): unknown {
 
 /**
  * Validates a raw config object (from the file) with overrides applied on top.
- * Later overrides win: pass env overrides first, then flags.
+ * Later overrides win: pass env overrides first, then flags. Secret
+ * references are resolved from this process's environment, files relative to
+ * the working directory (loadConfig uses the config file's).
  */
 export function buildConfig(raw: unknown, ...layers: ConfigOverrides[]): RelayConfig {
+  return buildConfigWith(raw, { env: process.env, baseDir: process.cwd() }, layers);
+}
+
+function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOverrides[]): RelayConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError('config: (root): must be a JSON object');
   }
@@ -91,12 +100,14 @@ export function buildConfig(raw: unknown, ...layers: ConfigOverrides[]): RelayCo
       if (key === 'bus.servers') setPath(merged, 'bus.kind', 'nats');
     }
   }
+  resolveSecrets(merged, sources);
   if (!validateConfig(merged)) {
     throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}`);
   }
   const config = merged as unknown as RelayConfig;
   config.nodeId ??= `${hostname().replace(/[^A-Za-z0-9._-]/g, '-')}-${process.pid}`;
   checkCrossFieldRules(config);
+  resolveFiles(config, sources.baseDir);
   return config;
 }
 
@@ -141,11 +152,33 @@ function checkCrossFieldRules(config: RelayConfig): void {
       );
     }
   }
+  const tls = config.listen.tls;
+  if (tls && tls.requestCert && !tls.caFile) {
+    throw new ConfigError('config: /listen/tls/requestCert: needs listen.tls.caFile, the CA that signs client certificates');
+  }
+  if (tls && tls.requireClientCert !== 'none' && !tls.requestCert) {
+    throw new ConfigError('config: /listen/tls/requireClientCert: needs listen.tls.requestCert (and caFile)');
+  }
+  for (const [i, entry] of config.listen.trustProxy.entries()) {
+    if (!isAddressOrCidr(entry)) throw new ConfigError(`config: /listen/trustProxy/${i}: "${entry}" is not an IP address or CIDR (10.0.0.0/8, fd00::/8)`);
+  }
+  const busAuth = (['user', 'token', 'credsFile', 'nkeyFile'] as const).filter((k) => config.bus[k] !== undefined);
+  if (busAuth.length > 1) throw new ConfigError(`config: /bus: give one way to authenticate to NATS, not ${busAuth.join(' and ')}`);
+  if ((config.bus.user === undefined) !== (config.bus.pass === undefined)) throw new ConfigError('config: /bus: user and pass go together');
   if (config.timeouts.idleMs <= config.timeouts.keepAliveIntervalMs) {
     throw new ConfigError('config: /timeouts/idleMs: must be greater than timeouts.keepAliveIntervalMs');
   }
 }
 
+/** `10.1.2.3`, `10.0.0.0/8`, `::1`, `fd00::/8`. */
+export function isAddressOrCidr(text: string): boolean {
+  const [address, bits, ...rest] = text.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
 export function loadConfig(path: string, env: NodeJS.ProcessEnv, flags: ConfigOverrides): RelayConfig {
-  return buildConfig(readConfigFile(path), overridesFromEnv(env), flags);
+  return buildConfigWith(readConfigFile(path), { env, baseDir: dirname(path) }, [overridesFromEnv(env), flags]);
 }

@@ -6,7 +6,9 @@ export type Right = 'Listen' | 'Send' | 'Manage';
 
 export interface SasRule {
   keyName: string;
+  /** Always set once loaded: from the file, an environment variable or keyFile (config/secrets.ts). */
   key: string;
+  keyFile?: string;
   rights: Right[];
   entity?: string;
 }
@@ -45,7 +47,9 @@ export interface HubHistoryConfig {
 
 export interface HubConfig {
   name: string;
+  /** Always set once loaded: from the file, an environment variable or accessKeyFile (config/secrets.ts). */
   accessKey: string;
+  accessKeyFile?: string;
   eventHandlers?: EventHandlerConfig[];
   /** Deprecated: read as one event handler taking every user event. */
   upstream?: HubUpstreamConfig;
@@ -73,7 +77,11 @@ export interface BusConfig {
   user?: string;
   pass?: string;
   token?: string;
+  credsFile?: string;
+  nkeyFile?: string;
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
   reconnectTimeWaitMs: number;
+  connectTimeoutMs: number;
   pingIntervalMs: number;
   requestTimeoutMs: number;
   gatherStallMs: number;
@@ -82,13 +90,23 @@ export interface BusConfig {
   jetstream: JetStreamConfig;
 }
 
+export interface ListenTlsConfig {
+  certFile: string;
+  keyFile: string;
+  caFile?: string;
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+  requestCert: boolean;
+  requireClientCert: 'none' | 'listeners' | 'all';
+}
+
 export interface RelayConfig {
   nodeId: string;
-  listen: { host: string; port: number };
+  listen: { host: string; port: number; tls?: ListenTlsConfig; trustProxy: string[] };
   publicUrl?: string;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   namespaceHosts: string[];
   sas: SasRule[];
+  rotationGraceSeconds: number;
   autoCreate: boolean;
   hybridConnections: HybridConnectionConfig[];
   pubsub: { hubs: HubConfig[] };
@@ -110,7 +128,12 @@ export interface RelayConfig {
     connectRatePerAddress: number;
     connectBurstPerAddress: number;
   };
-  metrics: { requireManage: boolean };
+  metrics: {
+    requireManage: boolean;
+    bearerTokenFile?: string;
+    /** Not a config key: read from bearerTokenFile when the config is loaded. */
+    bearerToken?: string;
+  };
   timeouts: {
     acceptMs: number;
     httpResponseMs: number;

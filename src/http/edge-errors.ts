@@ -14,6 +14,7 @@ export const EDGE_ERRORS = {
   RequestTimeout: { status: 408, message: 'The request head did not arrive in time' },
   WebSocketVersionUnsupported: { status: 426, message: 'Only WebSocket version 13 is supported' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
+  ConfigInvalid: { status: 422, message: 'The configuration on disk does not load; nothing was changed' },
   HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },

@@ -50,7 +50,9 @@ export class ControlChannel {
     /** The socket under `ws`, corked while notices of one turn gather. */
     private readonly socket: Duplex,
     readonly entity: HybridEntity,
-    /** Expiry of the token the channel holds, unix seconds. */
+    /** The token the channel holds (checked again when the rules change on reload). */
+    public token: string,
+    /** Its expiry, unix seconds. */
     public tokenExpiresAt: number,
     /** Host names a renewed token's resource may name (as at connect). */
     readonly hosts: string[],
@@ -127,6 +129,7 @@ export class ControlChannel {
     if (msg.renewToken) {
       const result = this.hooks.renewToken(this, msg.renewToken.token);
       if (typeof result === 'number') {
+        this.token = msg.renewToken.token;
         this.tokenExpiresAt = result;
         this.log.info({ event: 'listener.token_renewed', expiresAt: result });
       } else {

@@ -1,6 +1,7 @@
 // The hybrid connections this relay knows: those in the config and, when
 // `autoCreate` is on, those a listener created by attaching. Names compare
-// case-insensitively, as in Azure Relay.
+// case-insensitively, as in Azure Relay. A reload changes the list in place:
+// the entity objects open listeners hold are the ones updated.
 import type { HybridConnectionConfig } from '../config/types.ts';
 
 export interface HybridEntity {
@@ -26,16 +27,38 @@ export class EntityCatalog {
 
   constructor(
     configured: HybridConnectionConfig[],
-    private readonly autoCreate: boolean,
+    private autoCreate: boolean,
   ) {
+    this.reconfigure(configured, autoCreate);
+  }
+
+  /**
+   * Takes the list of a reloaded config: new entities are added, kept ones
+   * take the new settings, and listed ones no longer listed are removed and
+   * returned (their listeners must go). Auto-created entities stay while
+   * their listeners do.
+   */
+  reconfigure(configured: HybridConnectionConfig[], autoCreate: boolean): HybridEntity[] {
+    this.autoCreate = autoCreate;
+    const listed = new Set<string>();
     for (const hc of configured) {
-      this.entities.set(hc.name.toLowerCase(), {
-        name: hc.name,
-        key: hc.name.toLowerCase(),
-        requiresClientAuthorization: hc.requiresClientAuthorization,
-        dynamic: false,
-      });
+      const key = hc.name.toLowerCase();
+      listed.add(key);
+      const existing = this.entities.get(key);
+      if (existing) {
+        existing.requiresClientAuthorization = hc.requiresClientAuthorization;
+        existing.dynamic = false;
+      } else {
+        this.entities.set(key, { name: hc.name, key, requiresClientAuthorization: hc.requiresClientAuthorization, dynamic: false });
+      }
     }
+    const removed: HybridEntity[] = [];
+    for (const [key, entity] of this.entities) {
+      if (entity.dynamic || listed.has(key)) continue;
+      this.entities.delete(key);
+      removed.push(entity);
+    }
+    return removed;
   }
 
   get(name: string): HybridEntity | undefined {

@@ -14,6 +14,7 @@ export const HYBRID_ERRORS = {
   TokenExpired: { status: 401, closeCode: 1008, message: 'The token has expired' },
   TokenScopeInvalid: { status: 403, message: 'The token does not cover this hybrid connection' },
   RightMissing: { status: 403, message: 'The token does not grant the needed right' },
+  ClientCertificateRequired: { status: 403, message: 'Listeners must present a client certificate signed by the CA of listen.tls.caFile' },
   ListenerLimitReached: { status: 403, message: 'The hybrid connection has the most listeners allowed' },
   EntityNotFound: { status: 404, message: 'No such hybrid connection' },
   NoListener: { status: 404, message: 'No listener is connected to this hybrid connection' },
@@ -30,6 +31,8 @@ export const HYBRID_ERRORS = {
   ResponseTimeout: { status: 504, message: 'The listener did not respond in time' },
   ControlMessageInvalid: { status: 400, closeCode: 1008, message: 'Malformed control channel message' },
   RenewTokenInvalid: { status: 401, closeCode: 1008, message: 'The renewed token is not valid' },
+  AccessRevoked: { status: 401, closeCode: 1008, message: 'The SAS rule that authorized this listener was removed or changed' },
+  EntityRemoved: { status: 404, closeCode: 1008, message: 'The hybrid connection was removed from the configuration' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type HybridErrorCode = keyof typeof HYBRID_ERRORS;

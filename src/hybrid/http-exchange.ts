@@ -8,6 +8,7 @@
 // streamed to the sender as it arrives. Both directions respect backpressure.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
@@ -137,7 +138,6 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   }
 
   private requestMessage(body: boolean): ListenerNotice {
-    const remote = this.req.socket;
     return {
       request: {
         address: this.address(),
@@ -145,7 +145,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         requestTarget: this.requestTarget,
         method: this.req.method,
         requestHeaders: forwardedRequestHeaders(this.req),
-        remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
+        remoteEndpoint: clientEndpoint(this.req),
         body,
       },
     };

@@ -1,8 +1,11 @@
 // Hybrid connections on this node: authorizes and dispatches the four
 // WebSocket actions on /$hc/{entity} (listen, connect, accept, request) and
 // relayed HTTP requests on /{entity}/..., keeping the listener registry and
-// the table of pending rendezvous.
+// the table of pending rendezvous. A reload reconfigures it in place
+// (reconfigure): entities, SAS rules and limits, with the listeners that no
+// longer pass closed.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
@@ -42,6 +45,8 @@ export interface WorkerPeers {
   index: number;
   /** Hands a listener's leg for another worker's rendezvous to that worker; false when it cannot. */
   handOff(worker: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** True for a leg another worker relayed here after checking its TLS client certificate. */
+  vouchedFor(req: IncomingMessage): boolean;
 }
 
 /**
@@ -65,11 +70,14 @@ export class HybridService {
   readonly catalog: EntityCatalog;
   readonly listeners = new ListenerRegistry();
   private readonly ctx: HybridContext;
-  private readonly authorizer: SasAuthorizer;
+  /** Shared with the operator endpoints (ops/manage-auth.ts). */
+  readonly authorizer: SasAuthorizer;
   private readonly wss: WebSocketServer;
   private readonly stopKeepAlive: () => void;
   private readonly cluster: HybridClusterLink;
   private shuttingDown = false;
+  /** Checks listeners again when the grace of a key retired by a reload ends. */
+  private graceTimer: NodeJS.Timeout | undefined;
   /** publicUrl's host: a token's resource may always name it. */
   private readonly publicHost: string;
 
@@ -121,6 +129,10 @@ export class HybridService {
     if (this.shuttingDown) return failUpgrade(socket, 'ShuttingDown');
     const action = params.get('sb-hc-action');
     const log = this.log.child({ entity: entityName, trackingId: trackingIdOf(params), action });
+    if ((action === 'listen' || action === 'accept' || action === 'request') && !this.listenerCertificateOk(req)) {
+      log.info({ event: 'listener.refused', code: 'ClientCertificateRequired', tls: (req.socket as TLSSocket).authorizationError?.toString() });
+      return failUpgrade(socket, 'ClientCertificateRequired');
+    }
     switch (action) {
       case 'listen':
         return this.listen(req, socket, head, entityName, params, log);
@@ -150,7 +162,7 @@ export class HybridService {
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const channel = new ControlChannel(ws, socket, target, check, this.hostsFor(req), log, this.channelHooks);
+      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, this.hostsFor(req), log, this.channelHooks);
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
@@ -283,10 +295,23 @@ export class HybridService {
     right: Right,
     subPath: string[] = [],
   ): number | HybridErrorCode {
-    const header = req.headers['servicebusauthorization'];
-    const token = (Array.isArray(header) ? header[0] : header) ?? params.get('sb-hc-token') ?? undefined;
-    const d = this.authorizer.check({ token, entity, subPath, right, hosts: this.hostsFor(req) });
+    const d = this.authorizer.check({ token: this.tokenOf(req, params), entity, subPath, right, hosts: this.hostsFor(req) });
     return d.ok ? d.expiresAt : d.code;
+  }
+
+  private tokenOf(req: IncomingMessage, params: URLSearchParams): string | undefined {
+    const header = req.headers['servicebusauthorization'];
+    return (Array.isArray(header) ? header[0] : header) ?? params.get('sb-hc-token') ?? undefined;
+  }
+
+  /**
+   * With listen.tls.requireClientCert "listeners", a listener's control
+   * channel and rendezvous legs need a client certificate the TLS handshake
+   * verified against listen.tls.caFile (mutual TLS on top of SAS).
+   */
+  private listenerCertificateOk(req: IncomingMessage): boolean {
+    if (this.config.listen.tls?.requireClientCert !== 'listeners') return true;
+    return (req.socket as Partial<TLSSocket>).authorized === true || this.workers?.vouchedFor(req) === true;
   }
 
   private authorizeSender(req: IncomingMessage, params: URLSearchParams, entity: HybridEntity, subPath: string[]): HybridErrorCode | undefined {
@@ -300,6 +325,59 @@ export class HybridService {
     return tokenHostsFor(req, this.config.namespaceHosts, this.publicHost);
   }
 
+  // --- reload ---------------------------------------------------------------------
+
+  /**
+   * Takes a reloaded config, which server/reload.ts has put in place of the
+   * old one: entities added and removed, SAS rules (a rotated key keeps
+   * signing for rotationGraceSeconds), limits read at connect. Listeners of a
+   * removed entity are closed (1008 EntityRemoved); every other listener's
+   * token is checked against the new rules, and one that no longer passes is
+   * closed (1008 AccessRevoked, with why); a token that still passes stays.
+   */
+  reconfigure(config: RelayConfig): { entitiesRemoved: string[]; keysRotated: string[]; listenersClosed: number } {
+    const removed = this.catalog.reconfigure(config.hybridConnections, config.autoCreate);
+    const keysRotated = this.authorizer.update(config.sas, config.rotationGraceSeconds * 1000);
+    this.wss.options.maxPayload = config.limits.controlMessageBytes;
+    let listenersClosed = 0;
+    const gone = new Set(removed.map((e) => e.key));
+    for (const channel of [...this.listeners.all()]) {
+      if (!gone.has(channel.entity.key)) continue;
+      channel.closeWith('EntityRemoved');
+      listenersClosed++;
+    }
+    listenersClosed += this.recheckListeners();
+    this.scheduleGraceEnd();
+    return { entitiesRemoved: removed.map((e) => e.name), keysRotated, listenersClosed };
+  }
+
+  /** Closes (1008 AccessRevoked) each listener whose token the rules no longer accept; returns how many. */
+  private recheckListeners(): number {
+    let closed = 0;
+    for (const channel of [...this.listeners.all()]) {
+      if (!channel.isOpen) continue;
+      const d = this.authorizer.check({ token: channel.token, entity: channel.entity.name, right: 'Listen', hosts: channel.hosts });
+      // An expired token is the keep-alive's to close (TokenExpired), as it always was.
+      if (d.ok || d.code === 'TokenExpired') continue;
+      channel.closeWith('AccessRevoked', `AccessRevoked: ${d.code}`);
+      closed++;
+    }
+    return closed;
+  }
+
+  private scheduleGraceEnd(): void {
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    const end = this.authorizer.retired.nextExpiry();
+    if (end === undefined) return;
+    this.graceTimer = setTimeout(() => {
+      this.graceTimer = undefined;
+      const closed = this.recheckListeners();
+      this.log.info({ event: 'sas.rotation_grace_ended', listenersClosed: closed });
+      this.scheduleGraceEnd();
+    }, Math.max(0, end - Date.now()) + 1);
+    this.graceTimer.unref();
+  }
+
   // --- shutdown -------------------------------------------------------------------
 
   /**
@@ -310,6 +388,7 @@ export class HybridService {
   beginShutdown(): void {
     this.shuttingDown = true;
     this.stopKeepAlive();
+    if (this.graceTimer) clearTimeout(this.graceTimer);
     this.cluster.stopRouting();
     this.closeIdleListeners();
   }

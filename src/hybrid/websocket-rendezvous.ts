@@ -9,6 +9,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
@@ -122,12 +123,11 @@ export function startConnect(
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
   route.track(id, { onControlResponse: () => undefined, listenerLost: () => pending.listenerLost() });
-  const remote = req.socket;
   const accept = {
     address: rendezvousAddress(ctx, 'accept', entity, id),
     id,
     connectHeaders: connectHeaders(req),
-    remoteEndpoint: { address: remote.remoteAddress ?? '', port: remote.remotePort ?? 0 },
+    remoteEndpoint: clientEndpoint(req),
   };
   void route.deliver({ accept }).then((code) => {
     if (!code) return log.info({ event: 'connect.accept_sent', via: route.via });

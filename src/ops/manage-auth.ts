@@ -1,9 +1,11 @@
 // Who may read the relay's operator endpoints (/$relay/metrics when the
 // config asks, /$relay/status): a SAS token whose rule has the Manage right
 // and whose resource is the namespace root or /$relay, given in the
-// Authorization or ServiceBusAuthorization header or as sb-hc-token.
+// Authorization or ServiceBusAuthorization header or as sb-hc-token. The SAS
+// rules are the hybrid connections' (one authorizer, so a reload and a key's
+// rotation grace apply to both).
 import type { IncomingMessage } from 'node:http';
-import { SasAuthorizer } from '../auth/sas-authorizer.ts';
+import type { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
 
@@ -14,14 +16,11 @@ export interface Refusal {
 }
 
 export class ManageAuth {
-  private readonly authorizer: SasAuthorizer;
-
   constructor(
     private readonly config: RelayConfig,
     private readonly publicHost: string,
-  ) {
-    this.authorizer = new SasAuthorizer(config.sas);
-  }
+    private readonly authorizer: SasAuthorizer,
+  ) {}
 
   /** Undefined when the request carries a Manage token for this relay; else why not. */
   check(req: IncomingMessage): Refusal | undefined {

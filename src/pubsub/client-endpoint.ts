@@ -45,6 +45,8 @@ export interface ClientEndpointDeps {
   metrics: RelayMetrics;
   hub(name: string): ClusterHub | undefined;
   hostsFor(req: IncomingMessage): string[];
+  /** The keys the hub's tokens may be signed with (two during a key rotation). */
+  accessKeys(hub: ClusterHub): string[];
   lifecycle: ConnectionLifecycle;
   recovery: SessionRecovery;
   protocol: ClientProtocolContext;
@@ -80,7 +82,16 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
 
   constructor(private readonly deps: ClientEndpointDeps) {
     const { limits, timeouts } = deps.config;
-    this.socketOptions = { maxMessageBytes: limits.pubsubMessageBytes, outboundHighWaterMark: limits.outboundBufferBytes, closeHandshakeMs: timeouts.closeHandshakeMs };
+    // Limits are read when used: a reload changes them in place.
+    this.socketOptions = {
+      get maxMessageBytes() {
+        return limits.pubsubMessageBytes;
+      },
+      get outboundHighWaterMark() {
+        return limits.outboundBufferBytes;
+      },
+      closeHandshakeMs: timeouts.closeHandshakeMs,
+    };
   }
 
   handleUpgrade({ req, socket: duplex, head, hubName, params, path }: ClientUpgrade): void {
@@ -107,7 +118,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       return failUpgrade(duplex, 'HubConnectionLimitReached');
     }
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
-    const verdict = verifyAccessToken(token, hub.config.accessKey, [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req));
+    const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req));
     if (!verdict.ok) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
       return failUpgrade(duplex, verdict.code);

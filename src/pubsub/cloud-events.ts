@@ -138,6 +138,11 @@ export class EventDispatcher {
     return list;
   }
 
+  /** The hub's handler settings changed in place (a reload): built again at their next use. */
+  forgetHandlers(hub: HubConfig): void {
+    this.handlers.delete(hub);
+  }
+
   hasSystemEvent(hub: HubConfig, event: SystemEventName): boolean {
     return handlerForSystemEvent(this.handlersFor(hub), event) !== undefined;
   }

@@ -6,14 +6,17 @@
 // events cross the cluster event-feed.ts. Events flow one way: a hub sends
 // through its feed; the feed hands events from other edges to the hub that
 // registered for them. A durable hub (the NATS bus with JetStream) sends
-// through its stream instead (stream-events.ts, docs/durability.md).
+// through its stream instead (stream-events.ts, docs/durability.md). A
+// reload reconfigures it in place (reconfigure): hubs added and removed,
+// access keys rotated.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { RetiredKeys } from '../auth/retired-keys.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { JetStreamAccess, StreamSpec } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
-import type { RelayConfig } from '../config/types.ts';
+import type { HubConfig, RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { ClientEndpoint } from './client-endpoint.ts';
@@ -33,7 +36,6 @@ import { HandlerTransport, type RelayedRequests } from './event-handlers.ts';
 
 export class PubSubService implements RestContext {
   readonly hubs = new Map<string, ClusterHub>();
-  readonly maxBodyBytes: number;
   private readonly publicHost: string;
   private readonly feed: EventFeed;
   private readonly lifecycle: ConnectionLifecycle;
@@ -45,6 +47,13 @@ export class PubSubService implements RestContext {
   private readonly handlerTransport = new HandlerTransport();
   private readonly abuseProtection: AbuseProtection;
   readonly events: EventDispatcher;
+  private readonly subjects: Subjects;
+  private readonly hubDeps: ConstructorParameters<typeof ClusterHub>[1];
+  private readonly handoverDeps: ConstructorParameters<typeof ClusterHub>[3];
+  /** Access keys a reload replaced, accepted until rotationGraceSeconds after it, by hub key. */
+  private readonly retiredKeys = new RetiredKeys();
+  /** startStreams ran: a durable hub added later starts its own stream. */
+  private streamsStarted = false;
 
   constructor(
     readonly config: RelayConfig,
@@ -54,10 +63,9 @@ export class PubSubService implements RestContext {
     subjects: Subjects,
     metrics: RelayMetrics,
     /** Set when durable hubs keep their events in JetStream. */
-    private readonly jetstream?: JetStreamAccess,
+    private jetstream?: JetStreamAccess,
   ) {
     this.publicHost = new URL(publicUrl).hostname;
-    this.maxBodyBytes = config.limits.pubsubMessageBytes;
     this.othersCanTake = bus.reachesOtherNodes;
     const b = config.bus;
     this.feed =
@@ -98,7 +106,7 @@ export class PubSubService implements RestContext {
       const hub = this.hub(connection.hub);
       if (hub) this.events.systemEvent(hub.config, connection, 'disconnected', { reason });
     });
-    const hubDeps = {
+    const hubDeps = (this.hubDeps = {
       bus,
       subjects,
       nodeId: config.nodeId,
@@ -108,8 +116,8 @@ export class PubSubService implements RestContext {
       gatherStallMs: b.gatherStallMs,
       feed: this.feed,
       endConnection: this.lifecycle.end.bind(this.lifecycle),
-    };
-    const handoverDeps = {
+    });
+    this.handoverDeps = {
       log,
       limits: config.limits,
       requestTimeoutMs: b.requestTimeoutMs,
@@ -117,46 +125,28 @@ export class PubSubService implements RestContext {
       publishedSince: this.feed.publishedSince?.bind(this.feed),
       seen: this.feed.seen?.bind(this.feed),
     };
-    for (const hubConfig of config.pubsub.hubs) {
-      const hub = new ClusterHub(hubConfig, hubDeps, hubDeps.endConnection, handoverDeps);
-      this.hubs.set(hub.key, hub);
-      if (jetstream && hubConfig.durable) {
-        const events = new StreamEvents(hub, {
-          js: jetstream,
-          subjects,
-          stream: PubSubService.streamName(config, hub.key),
-          nodeId: config.nodeId,
-          log,
-          history: hubConfig.history !== undefined,
-          limits: config.limits,
-          requestTimeoutMs: b.requestTimeoutMs,
-          publishTimeoutMs: b.jetstream.publishTimeoutMs,
-          checkpointIntervalMs: b.jetstream.checkpointIntervalMs,
-          sessionRetainMs: config.timeouts.sessionRetainMs,
-          release: this.lifecycle.release.bind(this.lifecycle),
-          endConnection: hubDeps.endConnection,
-        });
-        hub.durable = events;
-        if (hubConfig.history) hub.history = events;
-        this.streams.push(events);
-      } else if (hubConfig.history) {
-        hub.memoryHistory = new MemoryHistory(hubConfig.history);
-        hub.history = hub.memoryHistory;
-      }
-    }
+    this.subjects = subjects;
+    for (const hubConfig of config.pubsub.hubs) this.addHub(hubConfig);
     const protocol: ClientProtocolContext = {
       hub: (connection) => this.hub(connection.hub),
       endConnection: hubDeps.endConnection,
       sendEvent: (connection, hub, event, dataType, data) => this.events.dataEvent(hub.config, connection, event, dataType, data),
       sendMessageEvent: (connection, hub, contentType, body) => this.events.userEvent(hub.config, connection, 'message', contentType, body),
       eventFailed: (connection, reason) => log.warn({ event: 'pubsub.message_event_failed', hub: connection.hub, connectionId: connection.id, reason }),
-      groupsPerConnection: config.limits.groupsPerConnection,
+      // Read when used: limits change on reload.
+      get groupsPerConnection() {
+        return config.limits.groupsPerConnection;
+      },
       replyLost: (connection, reason) => log.warn({ event: 'pubsub.reply_lost', hub: connection.hub, connectionId: connection.id, reason }),
       countAck: (result) => metrics.acks.inc({ result }),
     };
     const socketOptions = {
-      maxMessageBytes: config.limits.pubsubMessageBytes,
-      outboundHighWaterMark: config.limits.outboundBufferBytes,
+      get maxMessageBytes() {
+        return config.limits.pubsubMessageBytes;
+      },
+      get outboundHighWaterMark() {
+        return config.limits.outboundBufferBytes;
+      },
       closeHandshakeMs: config.timeouts.closeHandshakeMs,
     };
     const shuttingDown = () => this.lifecycle.shuttingDown;
@@ -167,6 +157,7 @@ export class PubSubService implements RestContext {
       metrics,
       hub: (name) => this.hub(name),
       hostsFor: (req) => this.hostsFor(req),
+      accessKeys: (hub) => this.accessKeys(hub),
       lifecycle: this.lifecycle,
       recovery,
       protocol,
@@ -193,6 +184,39 @@ export class PubSubService implements RestContext {
     this.abuseProtection.revalidate();
   }
 
+  /** Builds a hub (at start, or added on reload); a durable one gets its stream path, started once JetStream is ready. */
+  private addHub(hubConfig: HubConfig): ClusterHub {
+    const { config, log, subjects, jetstream } = this;
+    const hubDeps = this.hubDeps;
+    const b = config.bus;
+    const hub = new ClusterHub(hubConfig, hubDeps, hubDeps.endConnection, this.handoverDeps);
+    this.hubs.set(hub.key, hub);
+    if (jetstream && hubConfig.durable) {
+      const events = new StreamEvents(hub, {
+        js: jetstream,
+        subjects,
+        stream: PubSubService.streamName(config, hub.key),
+        nodeId: config.nodeId,
+        log,
+        history: hubConfig.history !== undefined,
+        limits: config.limits,
+        requestTimeoutMs: b.requestTimeoutMs,
+        publishTimeoutMs: b.jetstream.publishTimeoutMs,
+        checkpointIntervalMs: b.jetstream.checkpointIntervalMs,
+        sessionRetainMs: config.timeouts.sessionRetainMs,
+        release: this.lifecycle.release.bind(this.lifecycle),
+        endConnection: hubDeps.endConnection,
+      });
+      hub.durable = events;
+      if (hubConfig.history) hub.history = events;
+      this.streams.push(events);
+    } else if (hubConfig.history) {
+      hub.memoryHistory = new MemoryHistory(hubConfig.history);
+      hub.history = hub.memoryHistory;
+    }
+    return hub;
+  }
+
   /** The JetStream stream a durable hub keeps its events in. */
   static streamName(config: RelayConfig, hubKey: string): string {
     return `${config.bus.jetstream.streamPrefix}_${hubKey}`;
@@ -200,35 +224,106 @@ export class PubSubService implements RestContext {
 
   /** The streams of the durable hubs, with the limits their history (or session retention) needs. */
   static streamSpecs(config: RelayConfig, subjects: Subjects): StreamSpec[] {
+    return config.pubsub.hubs.filter((h) => h.durable).map((h) => PubSubService.streamSpec(config, subjects, h));
+  }
+
+  static streamSpec(config: RelayConfig, subjects: Subjects, h: HubConfig): StreamSpec {
     // Without history a stream still keeps what a session moving between edges may replay.
     const sessionAgeMs = Math.max(120_000, 2 * config.timeouts.sessionRetainMs);
-    return config.pubsub.hubs
-      .filter((h) => h.durable)
-      .map((h) => {
-        const key = h.name.toLowerCase();
-        return {
-          name: PubSubService.streamName(config, key),
-          subjects: [subjects.hubEvents(key)],
-          maxAgeMs: h.history?.maxAgeSeconds !== undefined ? Math.max(h.history.maxAgeSeconds * 1000, sessionAgeMs) : h.history ? 0 : sessionAgeMs,
-          maxMessages: h.history?.maxMessages ?? -1,
-          maxBytes: h.history?.maxBytes ?? -1,
-        };
-      });
+    const key = h.name.toLowerCase();
+    return {
+      name: PubSubService.streamName(config, key),
+      subjects: [subjects.hubEvents(key)],
+      maxAgeMs: h.history?.maxAgeSeconds !== undefined ? Math.max(h.history.maxAgeSeconds * 1000, sessionAgeMs) : h.history ? 0 : sessionAgeMs,
+      maxMessages: h.history?.maxMessages ?? -1,
+      maxBytes: h.history?.maxBytes ?? -1,
+    };
   }
 
   /** Durable hubs start reading their streams once JetStream is ready (keeps trying until it works or the service stops). */
   async startStreams(): Promise<void> {
-    for (const events of this.streams) {
-      for (let attempt = 0; !this.stopped; attempt++) {
-        try {
-          await events.start();
-          break;
-        } catch (err) {
-          if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.start_failed', err: (err as Error).message });
-          await new Promise((r) => setTimeout(r, 250));
-        }
+    this.streamsStarted = true;
+    for (const events of [...this.streams]) await this.startStream(events);
+  }
+
+  private async startStream(events: StreamEvents): Promise<void> {
+    for (let attempt = 0; !this.stopped && !events.started && this.streams.includes(events); attempt++) {
+      try {
+        await events.start();
+        break;
+      } catch (err) {
+        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.start_failed', err: (err as Error).message });
+        await new Promise((r) => setTimeout(r, 250));
       }
     }
+  }
+
+  /** The keys a hub's tokens may be signed with: its access key, and during a rotation the one it replaced. */
+  accessKeys(hub: ClusterHub): string[] {
+    return [hub.config.accessKey, ...this.retiredKeys.keys(hub.key)];
+  }
+
+  // --- reload ---------------------------------------------------------------------
+
+  /**
+   * Takes a reloaded config, which server/reload.ts has put in place of the
+   * old one. New hubs open (a durable one gets its JetStream stream, created
+   * now); a removed hub ends its connections (1008 ClosedByServer, saying
+   * why) and leaves the bus. A kept hub takes its new access key (the old one
+   * signs for rotationGraceSeconds more) and upstream; connections made with
+   * the old key stay, as a client's token is only checked when it connects.
+   * Durability and history need a restart: returned as such.
+   */
+  reconfigure(config: RelayConfig, jetstream?: JetStreamAccess): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[]; restartNeeded: string[] } {
+    this.jetstream ??= jetstream;
+    const out = { hubsAdded: [] as string[], hubsRemoved: [] as string[], keysRotated: [] as string[], restartNeeded: [] as string[] };
+    const listed = new Set(config.pubsub.hubs.map((h) => h.name.toLowerCase()));
+    for (const [key, hub] of [...this.hubs]) {
+      if (listed.has(key)) continue;
+      for (const connection of [...hub.local.connections.values()]) this.lifecycle.end(connection, 'ClosedByServer', 'the hub was removed from the configuration');
+      hub.handover.close();
+      hub.durable?.close();
+      hub.leaveBus();
+      this.hubs.delete(key);
+      this.retiredKeys.forget(key);
+      const i = this.streams.findIndex((e) => e === hub.durable);
+      if (i >= 0) this.streams.splice(i, 1);
+      out.hubsRemoved.push(hub.name);
+    }
+    for (const next of config.pubsub.hubs) {
+      const hub = this.hub(next.name);
+      if (!hub) {
+        const added = this.addHub(next);
+        out.hubsAdded.push(added.name);
+        const events = this.streams.find((e) => e === added.durable);
+        if (events && this.jetstream) {
+          const spec = PubSubService.streamSpec(config, this.subjects, next);
+          void this.jetstream.addStream(spec).then(() => (this.streamsStarted ? this.startStream(events) : undefined));
+        }
+        continue;
+      }
+      if (hub.config.accessKey !== next.accessKey) {
+        if (config.rotationGraceSeconds > 0) {
+          this.retiredKeys.retire(hub.key, hub.config.accessKey, Date.now() + config.rotationGraceSeconds * 1000);
+          out.keysRotated.push(hub.name);
+        }
+        hub.config.accessKey = next.accessKey;
+      }
+      hub.config.accessKeyFile = next.accessKeyFile;
+      hub.config.upstream = next.upstream;
+      hub.config.eventHandlers = next.eventHandlers;
+      this.events.forgetHandlers(hub.config);
+      if (next.durable !== hub.config.durable) out.restartNeeded.push(`pubsub.hubs[${hub.name}].durable`);
+      if (JSON.stringify(next.history) !== JSON.stringify(hub.config.history)) out.restartNeeded.push(`pubsub.hubs[${hub.name}].history`);
+    }
+    // Handler URLs may have changed: abuse protection asks them again before their next event.
+    this.revalidateEventHandlers();
+    return out;
+  }
+
+  /** Largest REST body (limits.pubsubMessageBytes, which a reload may change). */
+  get maxBodyBytes(): number {
+    return this.config.limits.pubsubMessageBytes;
   }
 
   private stopped = false;

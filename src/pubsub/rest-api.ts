@@ -32,6 +32,8 @@ type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubS
 export interface RestContext {
   hub(name: string): ClusterHub | undefined;
   hostsFor(req: IncomingMessage): string[];
+  /** The keys the hub's tokens may be signed with (two during a key rotation). */
+  accessKeys(hub: ClusterHub): string[];
   /** Largest body (limits.pubsubMessageBytes). */
   maxBodyBytes: number;
 }
@@ -63,7 +65,7 @@ export function handleRestRequest(
   const hub = service.hub(hubName);
   if (!hub) return drainThen(req, () => failRequest(res, 'HubNotFound'));
   const token = bearerToken(req.headers.authorization);
-  const verdict = verifyAccessToken(token, hub.config.accessKey, [path], service.hostsFor(req));
+  const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req));
   if (!verdict.ok) return drainThen(req, () => failRequest(res, verdict.code));
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
   // A cluster-wide operation whose other nodes the bus cannot reach has

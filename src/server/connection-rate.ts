@@ -6,10 +6,17 @@ export class ConnectionRateLimiter {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
   constructor(
-    private readonly perSecond: number,
-    private readonly burst: number,
+    private perSecond: number,
+    private burst: number,
     private readonly maxAddresses = 100000,
   ) {}
+
+  /** New limits (reload): buckets refill at the new rate from now on, and never hold more than the new burst. */
+  configure(perSecond: number, burst: number): void {
+    this.perSecond = perSecond;
+    this.burst = burst;
+    for (const bucket of this.buckets.values()) bucket.tokens = Math.min(bucket.tokens, burst);
+  }
 
   /** True when `address` may open a connection now (and takes a token); false when over its rate. */
   take(address: string, now = Date.now()): boolean {

@@ -24,7 +24,8 @@ export class HttpConnections {
   private readonly timer: NodeJS.Timeout;
 
   constructor(
-    private readonly limit: number,
+    /** limits.httpConnectionsPerNode; a reload may change it (connections already open stay). */
+    public limit: number,
     private readonly firstByteMs: number,
     private readonly events: HttpConnectionEvents,
   ) {

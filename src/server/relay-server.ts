@@ -1,26 +1,33 @@
-// The one HTTP server of an edge node: routes plain requests and WebSocket
-// upgrades to the domains (hybrid connections, pub/sub, ops), and shuts down cleanly.
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+// The one HTTP server of an edge node (HTTPS with listen.tls): routes plain
+// requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
+// ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
+import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
 import { createBus, createJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
+import { clientAddress } from '../http/client-address.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
-import type { Logger } from '../telemetry/logger.ts';
+import { setLogLevel, type Logger } from '../telemetry/logger.ts';
+import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
+import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
-import { handOff, onHandOff } from './worker-cluster.ts';
+import { handOff, onHandOff, relayedByWorker } from './worker-cluster.ts';
+import { createTlsServer } from './tls.ts';
+import { ProxyTrust } from './trust-proxy.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
@@ -44,7 +51,7 @@ function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>
 }
 
 export interface RunningRelay {
-  /** http://host:port as bound. */
+  /** http://host:port (https:// with listen.tls) as bound. */
   url: string;
   port: number;
   /** Base URL listeners are told to dial. */
@@ -53,8 +60,15 @@ export interface RunningRelay {
   pubsub: PubSubService;
   bus: Bus;
   /** Set when durable hubs keep their events in JetStream. */
-  jetstream: JetStreamAccess | undefined;
+  readonly jetstream: JetStreamAccess | undefined;
+  /** A worker's private port on 127.0.0.1 for legs the other workers relay (0 when not a worker). */
+  privatePort: number;
   metrics: RelayMetrics;
+  /**
+   * Reads the config again (SIGHUP, POST /$relay/reload) and applies it, and
+   * the TLS certificates; a config that does not load changes nothing.
+   */
+  reload(reason: 'signal' | 'api'): ReloadOutcome;
   /** Stops accepting, tells listeners and clients to reconnect elsewhere (1012), drains up to timeouts.shutdownMs. */
   close(): Promise<void>;
 }
@@ -69,23 +83,33 @@ export function rendezvousBaseFor(publicUrl: string): string {
   return publicUrl.replace(/\/+$/, '').replace(/^http(s?):/i, 'ws$1:');
 }
 
-export interface RelayOptions {
+export interface StartOptions {
+  /**
+   * Loads the config again, as at start (file, environment, flags, secrets,
+   * the serve-time checks); throws ConfigError naming the key that failed.
+   * Without it the relay cannot reload.
+   */
+  loadConfig?: () => RelayConfig;
   /** This relay is worker N of `serve --workers` (worker-cluster.ts): it takes connections handed over by the others. */
   worker?: number;
 }
 
-export async function startRelay(config: RelayConfig, log: Logger, options: RelayOptions = {}): Promise<RunningRelay> {
+export async function startRelay(config: RelayConfig, log: Logger, options: StartOptions = {}): Promise<RunningRelay> {
   const metrics = new RelayMetrics(config.nodeId);
   // No bound on a whole request (requestTimeout 0): relayed bodies stream for
   // as long as they take. Its head is bounded by timeouts.headersMs (Node
   // answers 408 through clientError below), checked four times per bound.
   const { headersMs, firstByteMs } = config.timeouts;
-  const server = createServer({
+  const httpOptions: ServerOptions = {
     requestTimeout: 0,
     headersTimeout: headersMs,
     connectionsCheckingInterval: Math.max(25, Math.min(1000, Math.floor(headersMs / 4))),
     maxHeaderSize: MAX_HEADER_BYTES,
-  });
+  };
+  const tls = config.listen.tls;
+  const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (notAfter) => metrics.certificateExpiry.set({ certificate: 'server' }, notAfter));
+  const server: Server = secure ? secure.server : createServer(httpOptions);
+  const certificates = secure?.certificates;
   const sockets = new Set<Duplex>();
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
@@ -100,12 +124,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     },
   });
   server.on('connection', (socket: Socket) => {
-    httpConnections.accepted(socket);
+    // With TLS this is the TCP socket under the TLS one; it counts once its handshake is done.
+    if (!tls) httpConnections.accepted(socket);
     sockets.add(socket);
     socket.on('close', () => {
       sockets.delete(socket);
     });
   });
+  if (tls) server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => {
@@ -114,16 +140,19 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     });
   });
   const { port } = server.address() as AddressInfo;
-  const url = `http://${hostForUrl(config.listen.host)}:${port}`;
+  const url = `${tls ? 'https' : 'http'}://${hostForUrl(config.listen.host)}:${port}`;
   const publicUrl = (config.publicUrl ?? url).replace(/\/+$/, '');
   if (!config.publicUrl && (config.listen.host === '0.0.0.0' || config.listen.host === '::')) {
     log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
   }
   const bus = createBus(config, log);
   const subjects = new Subjects(config.bus.subjectPrefix);
-  const jetstream = createJetStream(bus, config, log);
+  let jetstream = createJetStream(bus, config, log);
   const worker = options.worker;
-  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, worker === undefined ? undefined : { index: worker, handOff });
+  // Legs other workers relayed here (TLS ones cannot change process) after checking them.
+  const vouched = new WeakSet<IncomingMessage>();
+  const peers = worker === undefined ? undefined : { index: worker, handOff, vouchedFor: (req: IncomingMessage) => vouched.has(req) };
+  const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, peers);
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.
     onHandOff((socket, bytes) => {
@@ -139,13 +168,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
   hybrid.presence = ({ hub, group, ...notice }) => {
     pubsub.sendToGroup(hub, group, notice).catch((err: Error) => log.warn({ event: 'presence.lost', entity: notice.entity, hub, err: err.message }));
   };
-  if (jetstream) {
+  const startJetStream = (js: JetStreamAccess) => {
     const streams = PubSubService.streamSpecs(config, subjects);
     const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
-    void jetstream.start(streams, bucket).then(() => {
-      if (jetstream.state === 'ready') return pubsub.startStreams();
+    void js.start(streams, bucket).then(() => {
+      if (js.state === 'ready') return pubsub.startStreams();
     });
-  }
+  };
+  if (jetstream) startJetStream(jetstream);
   metrics.watch({
     connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
     listenersPerEntity: () => hybrid.listeners.counts(),
@@ -153,19 +183,23 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
   });
-  const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname);
+  const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   let closing = false;
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
 
+  const proxyTrust = new ProxyTrust(config.listen.trustProxy);
+
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    proxyTrust.apply(req);
     const r = route(req.url);
     switch (r.kind) {
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream) })) return;
-        if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!) })) return;
+        if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
+        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reload('api')));
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -187,7 +221,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
   const connectRate = new ConnectionRateLimiter(config.limits.connectRatePerAddress, config.limits.connectBurstPerAddress);
   const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): AdmissionRefusal | undefined => {
     if (!rendezvousLeg) {
-      const address = req.socket.remoteAddress ?? '';
+      const address = clientAddress(req);
       let refused: AdmissionRefusal | undefined;
       let limit = '';
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
@@ -203,8 +237,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     return undefined;
   };
 
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     httpConnections.upgraded(socket as Socket);
+    proxyTrust.apply(req);
     const r = route(req.url);
     if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
       socket.on('error', () => socket.destroy());
@@ -222,7 +257,24 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
-  });
+  };
+  server.on('upgrade', onUpgrade);
+
+  // A worker of `serve --workers` also listens on a private port on 127.0.0.1
+  // for TLS legs the other workers relay to it; only they know its secret.
+  let privatePort = 0;
+  const privateServer = worker === undefined ? undefined : createServer(httpOptions);
+  if (privateServer) {
+    privateServer.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (!relayedByWorker(req)) return void socket.destroy();
+      vouched.add(req);
+      onUpgrade(req, socket, head);
+    });
+    privateServer.on('request', (_req: IncomingMessage, res: ServerResponse) => res.writeHead(404).end());
+    // Exclusive: in a cluster worker a plain listen(0) would share one port among all the workers.
+    await new Promise<void>((resolve) => privateServer.listen({ port: 0, host: '127.0.0.1', exclusive: true }, resolve));
+    privatePort = (privateServer.address() as AddressInfo).port;
+  }
 
   // A request Node could not take: a head over MAX_HEADER_BYTES (431), not
   // complete within timeouts.headersMs (408), or malformed (400). Answered
@@ -239,6 +291,47 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     else socket.destroy();
   });
 
+  const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
+    // The certificates first: on SIGHUP they are re-read even when the config did not change.
+    if (closing) return { ok: false, problem: 'the relay is shutting down' };
+    certificates?.reload(reason === 'api' ? 'config' : reason);
+    if (!options.loadConfig) return { ok: false, problem: 'this relay was not started from a config file' };
+    let next: RelayConfig;
+    try {
+      next = options.loadConfig();
+    } catch (err) {
+      log.error({ event: 'config.reload_refused', reason, err: (err as Error).message });
+      return { ok: false, problem: (err as Error).message };
+    }
+    const changes = applyConfig(
+      {
+        live: config,
+        log,
+        hybrid,
+        pubsub,
+        proxyTrust,
+        connectRate,
+        httpConnections,
+        certificates,
+        jetstreamFor: (c) => {
+          if (!jetstream && !closing) {
+            jetstream = createJetStream(bus, c, log);
+            if (jetstream) startJetStream(jetstream);
+          }
+          return jetstream;
+        },
+      },
+      next,
+    );
+    // Logged at the more verbose of the old and new levels, so that the reload shows either way.
+    const values = log.levels.values;
+    const quieter = (values[config.log.level] ?? Infinity) > (values[log.level] ?? Infinity);
+    if (!quieter) setLogLevel(log, config.log.level);
+    log.info({ event: 'config.reloaded', reason, ...changes });
+    if (quieter) setLogLevel(log, config.log.level);
+    return { ok: true, changes };
+  };
+
   log.info({ event: 'relay.listening', url, publicUrl });
 
   return {
@@ -248,11 +341,16 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
     hybrid,
     pubsub,
     bus,
-    jetstream,
+    get jetstream() {
+      return jetstream;
+    },
+    privatePort,
     metrics,
+    reload,
     close: async () => {
       if (closing) return;
       closing = true;
+      certificates?.close();
       log.info({ event: 'relay.stopping' });
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       // Stop taking work; tell listeners and clients (1012) to reconnect elsewhere.
@@ -277,6 +375,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
       for (const s of sockets) s.destroy();
       await stopped;
       status.close();
+      privateServer?.close();
       jetstream?.close();
       // Drain the bus: what this node published (answers, hand-overs) reaches the others.
       await bus.close();

@@ -4,8 +4,13 @@
 // signals, and passes connections between them: a listener's rendezvous leg
 // that the kernel handed to one worker while the rendezvous waits in another
 // (rendezvous ids name their worker) is sent, socket and all, to the worker
-// that owns it, which reads it as if it had accepted it itself.
+// that owns it, which reads it as if it had accepted it itself. A TLS
+// connection cannot change process (its keys live in this one): it is relayed
+// instead, through the other worker's private port on 127.0.0.1, marked with
+// a secret the primary gave its workers.
 import cluster, { type Worker } from 'node:cluster';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { connect } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -21,9 +26,21 @@ interface HandOff {
 interface Ready {
   kind: 'edge-relay.ready';
   url: string;
+  /** The worker's private port on 127.0.0.1, for connections relayed by the others. */
+  privatePort: number;
+}
+
+/** Every worker's private port, sent to each once all are up. */
+interface Peers {
+  kind: 'edge-relay.peers';
+  ports: Record<number, number>;
 }
 
 const WORKER_ENV = 'EDGE_RELAY_WORKER';
+const SECRET_ENV = 'EDGE_RELAY_HANDOFF_SECRET';
+/** The header a relayed connection's request carries on a private port. */
+const HANDOFF_HEADER = 'x-edge-relay-handoff';
+const peers = new Map<number, number>();
 
 /** This process's worker number (1..N) when it runs as a worker of `serve --workers`, else undefined. */
 export function workerIndex(): number | undefined {
@@ -33,15 +50,17 @@ export function workerIndex(): number | undefined {
 }
 
 /** The request as it came, head and all, for another process to parse again. */
-function requestBytes(req: IncomingMessage, head: Buffer): Buffer {
+function requestBytes(req: IncomingMessage, head: Buffer, extraHeaders: string[] = []): Buffer {
   let text = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
-  for (let i = 0; i < req.rawHeaders.length; i += 2) text += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+  const headers = [...req.rawHeaders, ...extraHeaders];
+  for (let i = 0; i < headers.length; i += 2) text += `${headers[i]}: ${headers[i + 1]}\r\n`;
   return Buffer.concat([Buffer.from(text + '\r\n', 'latin1'), head]);
 }
 
-/** In a worker: sends a connection to worker `to`; false when it cannot go (a TLS socket, no channel). */
+/** In a worker: sends a connection to worker `to`; false when it cannot go. */
 export function handOff(to: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-  if (!process.send || (socket as Socket & { encrypted?: boolean }).encrypted) return false;
+  if ((socket as Socket & { encrypted?: boolean }).encrypted) return relayTo(to, req, socket, head);
+  if (!process.send) return false;
   const message: HandOff = { kind: 'edge-relay.handoff', to, bytes: requestBytes(req, head).toString('base64') };
   // Stop reading here first: until the descriptor is closed in this process,
   // bytes the peer sends as soon as the other worker answers would be read
@@ -49,6 +68,38 @@ export function handOff(to: number, req: IncomingMessage, socket: Duplex, head: 
   (socket as Socket & { _handle?: { readStop?(): number } })._handle?.readStop?.();
   process.send(message, socket as Socket);
   return true;
+}
+
+/** A TLS connection: its bytes go on, decrypted, to the other worker's private port, marked as relayed by a worker. */
+function relayTo(to: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+  const port = peers.get(to);
+  const secret = process.env[SECRET_ENV];
+  if (!port || !secret) return false;
+  const peer = connect(port, '127.0.0.1');
+  peer.setNoDelay(true);
+  peer.write(requestBytes(req, head, [HANDOFF_HEADER, secret]));
+  socket.pipe(peer);
+  peer.pipe(socket);
+  const close = () => {
+    socket.destroy();
+    peer.destroy();
+  };
+  socket.on('close', close);
+  peer.on('close', close);
+  peer.on('error', close);
+  socket.on('error', close);
+  return true;
+}
+
+/** On a private port: true when the request was relayed by a worker of this command (the header is then removed). */
+export function relayedByWorker(req: IncomingMessage): boolean {
+  const given = req.headers[HANDOFF_HEADER];
+  const secret = process.env[SECRET_ENV];
+  delete req.headers[HANDOFF_HEADER];
+  if (typeof given !== 'string' || !secret) return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(secret);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** In a worker: connections other workers send here go to `adopt` with the bytes already read from them. */
@@ -59,9 +110,13 @@ export function onHandOff(adopt: (socket: Socket, bytes: Buffer) => void): void 
   });
 }
 
-/** In a worker: tells the primary this edge listens. */
-export function announceReady(url: string): void {
-  const message: Ready = { kind: 'edge-relay.ready', url };
+/** In a worker: tells the primary this edge listens (and where others relay TLS connections to it), and learns the others' private ports. */
+export function announceReady(url: string, privatePort: number): void {
+  process.on('message', (message: Peers) => {
+    if (message?.kind !== 'edge-relay.peers') return;
+    for (const [index, port] of Object.entries(message.ports)) peers.set(Number(index), port);
+  });
+  const message: Ready = { kind: 'edge-relay.ready', url, privatePort };
   process.send?.(message);
 }
 
@@ -70,8 +125,10 @@ export function announceReady(url: string): void {
  * resolves with the listening URL once every worker is up, or rejects when
  * one exits first. Each worker runs this same command.
  */
-export function startWorkers(count: number): { ready: Promise<string>; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
+export function startWorkers(count: number): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
   const workers = new Map<number, Worker>();
+  const ports: Record<number, number> = {};
+  const secret = randomBytes(24).toString('base64url');
   let up = 0;
   let url = '';
   let failed: ((err: Error) => void) | undefined;
@@ -79,12 +136,17 @@ export function startWorkers(count: number): { ready: Promise<string>; stop(sign
   const ready = new Promise<string>((resolve, reject) => {
     failed = reject;
     for (let index = 1; index <= count; index++) {
-      const worker = cluster.fork({ [WORKER_ENV]: String(index) });
+      const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret });
       workers.set(index, worker);
       worker.on('message', (message: HandOff | Ready, socket?: Socket) => {
         if (message?.kind === 'edge-relay.ready') {
           url = message.url;
-          if (++up === count) resolve(url);
+          ports[index] = message.privatePort;
+          if (++up === count) {
+            const peersMessage: Peers = { kind: 'edge-relay.peers', ports };
+            for (const w of workers.values()) w.send(peersMessage);
+            resolve(url);
+          }
         } else if (message?.kind === 'edge-relay.handoff' && socket) {
           const target = workers.get(message.to);
           if (target?.isConnected()) target.send(message, socket);
@@ -100,6 +162,9 @@ export function startWorkers(count: number): { ready: Promise<string>; stop(sign
   });
   return {
     ready,
+    signal(signal) {
+      for (const worker of workers.values()) worker.process.kill(signal);
+    },
     async stop(signal, graceMs) {
       stopping = true;
       const exits = [...workers.values()].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));

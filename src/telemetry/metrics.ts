@@ -31,6 +31,8 @@ export class RelayMetrics {
   readonly recoveriesRefused: Counter<'reason'>;
   readonly publishToDeliver: Histogram;
   readonly limitRefusals: Counter<'limit'>;
+  /** With listen.tls: when the certificate served now expires. */
+  readonly certificateExpiry: Gauge<'certificate'>;
   private sources: MetricsSources | undefined;
 
   constructor(nodeId: string) {
@@ -147,6 +149,12 @@ export class RelayMetrics {
       registers,
     });
     this.limitRefusals = new Counter({ name: 'edge_relay_limit_refusals_total', help: 'Work refused because a configured limit was reached, by limit', labelNames: ['limit'], registers });
+    this.certificateExpiry = new Gauge({
+      name: 'edge_relay_tls_certificate_expiry_timestamp_seconds',
+      help: 'When the TLS certificate the relay serves now expires (unix seconds); absent without listen.tls',
+      labelNames: ['certificate'],
+      registers,
+    });
   }
 
   /** Where the gauges read current state (set once the services exist). */

@@ -37,13 +37,17 @@ function dial(url: string, token?: string): Promise<{ ws?: WebSocket; status: nu
   );
 }
 
-/** Dials until the listener's node is known to the sender's NATS server (interest travels between servers). */
+/**
+ * Dials until the listener's node is known to the sender's NATS server (interest travels between servers).
+ * Until then the sender's edge hears nobody: NoListener, or EntityNotFound for an auto-created entity.
+ */
 async function dialRoutable(url: string, token?: string): Promise<WebSocket> {
   const deadline = Date.now() + 5000;
   for (;;) {
     const got = await dial(url, token);
     if (got.ws) return got.ws;
-    if (got.code !== 'NoListener' || Date.now() > deadline) throw new Error(`sender refused: ${got.status} ${got.code}`);
+    const notYet = got.code === 'NoListener' || got.code === 'EntityNotFound';
+    if (!notYet || Date.now() > deadline) throw new Error(`sender refused: ${got.status} ${got.code}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -7,7 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
+import { makePki } from '../helpers/certs.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener, hycoHttps, listenUrl } from '../helpers/hyco.ts';
@@ -80,6 +82,40 @@ describe('serve --workers', () => {
     for (const client of [...subs, publisher]) await client.client.stop();
     await relay.stop();
     assert.notEqual(relay.child.exitCode ?? relay.child.signalCode, null);
+  });
+
+  it('over TLS: a leg that lands on the wrong worker is relayed to the right one (a TLS connection cannot change process)', async (t) => {
+    const nats = await startNatsServer(t);
+    const pki = makePki(t);
+    const overrides = { ...edgeOverrides('tls', [nats.url]), listen: { host: '127.0.0.1', port: 0, tls: pki.server } };
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    assert.match(relay.url, /^https:/);
+    const wss = (path: string) => relay.url.replace(/^https/, 'wss') + path;
+    const listenUri = wss('/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUri, tokenFor(wss('/$hc/echo')), { ca: pki.ca });
+    t.after(() => listener.ws.terminate());
+    // The listener accepts each connect by dialling the rendezvous address it is given, and echoes.
+    listener.ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const accept = (JSON.parse(String(data)) as { accept?: { address: string } }).accept;
+      if (!accept) return;
+      const leg = new WebSocket(accept.address, { ca: pki.ca });
+      leg.on('message', (m) => leg.send(String(m)));
+      leg.on('error', () => leg.terminate());
+      t.after(() => leg.terminate());
+    });
+    for (let i = 0; i < 10; i++) {
+      const sender = new WebSocket(wss('/$hc/echo?sb-hc-action=connect'), { ca: pki.ca, headers: { ServiceBusAuthorization: tokenFor(wss('/$hc/echo')) } });
+      t.after(() => sender.terminate());
+      await withTimeout(new Promise((resolve, reject) => (sender.once('open', resolve), sender.once('error', reject))), 10000, `sender ${i} open`).catch((err) => {
+        throw new Error(`${err.message}\n${relay.stderr().split('\n').filter((l) => /connect|rendezvous|handoff|listener/.test(l)).slice(-15).join('\n')}`);
+      });
+      const reply = withTimeout(new Promise<string>((resolve) => sender.once('message', (m) => resolve(String(m)))), 10000, `echo ${i}`);
+      sender.send(`over tls ${i}`);
+      assert.equal(await reply, `over tls ${i}`);
+      sender.close();
+    }
+    await relay.stop();
   });
 
   it('refuses several workers on the memory bus, with the reason', async (t) => {

@@ -1,13 +1,16 @@
 // docker-compose.yml's structure (there is no Docker engine here; the same
 // topology runs as plain processes in test/cluster): three NATS nodes
-// clustered with JetStream, two edges built from the Dockerfile, each with a
-// config that the relay accepts and that points at the three NATS nodes.
+// clustered with JetStream that require the edges to authenticate, two edges
+// built from the Dockerfile, each with a config that the relay accepts and
+// that points at the three NATS nodes. No secret is in the files: the keys and
+// the NATS password come from the environment.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { parse } from 'yaml';
-import { buildConfig, readConfigFile } from '../../src/config/load.ts';
+import { loadConfig } from '../../src/config/load.ts';
+import { weakKeysRefusal } from '../../src/config/secrets.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const compose = parse(readFileSync(root + 'docker-compose.yml', 'utf8'), { merge: true }) as {
@@ -16,6 +19,13 @@ const compose = parse(readFileSync(root + 'docker-compose.yml', 'utf8'), { merge
 const services = Object.entries(compose.services);
 const natsServices = services.filter(([, s]) => s.image?.startsWith('nats:'));
 const edges = services.filter(([, s]) => s.build !== undefined);
+
+/** What a .env would give compose (values as `openssl rand -hex 32` makes them). */
+const SECRETS = {
+  EDGE_RELAY_ROOT_KEY: 'a'.repeat(64),
+  EDGE_RELAY_CHAT_KEY: 'b'.repeat(64),
+  NATS_EDGE_PASSWORD: 'c'.repeat(64),
+};
 
 /** host path -> container path of a bind mount */
 function mount(volumes: string[] | undefined, target: string): string | undefined {
@@ -37,8 +47,9 @@ describe('docker-compose.yml', () => {
       assert.ok(mount(s.volumes, '/data'), `${name} keeps JetStream data in a volume`);
       serverNames.add(s.environment!.NATS_NAME);
       // The real nats-server parses the config as this node would.
+      assert.match(String(s.environment!.NATS_EDGE_PASSWORD), /^\$\{NATS_EDGE_PASSWORD:\?/, `${name} takes the edges' password from the environment`);
       const check = spawnSync('nats-server', ['-c', root + 'deploy/nats.conf', '-t'], {
-        env: { ...process.env, NATS_NAME: s.environment!.NATS_NAME },
+        env: { ...process.env, NATS_NAME: s.environment!.NATS_NAME, NATS_EDGE_PASSWORD: SECRETS.NATS_EDGE_PASSWORD },
         encoding: 'utf8',
         timeout: 10000,
       });
@@ -46,6 +57,7 @@ describe('docker-compose.yml', () => {
       assert.match(check.stdout + check.stderr, /is valid/);
     }
     assert.equal(serverNames.size, 3, 'each node has its own server name');
+    assert.match(conf, /^authorization\s*\{[\s\S]*\{ user: edge, password: \$NATS_EDGE_PASSWORD \}/m, 'clients must authenticate');
   });
 
   it('runs two edges built from the Dockerfile, each with a config the relay accepts, on the three NATS nodes', () => {
@@ -59,9 +71,17 @@ describe('docker-compose.yml', () => {
       assert.equal(s.build, '.', name);
       const file = mount(s.volumes, '/etc/edge-relay/config.json');
       assert.ok(file && existsSync(root + file), `${name} mounts its config`);
-      const config = buildConfig(readConfigFile(root + file));
+      const text = readFileSync(root + file, 'utf8');
+      for (const [name, value] of Object.entries(SECRETS)) {
+        assert.ok(text.includes(`\${${name}}`), `${file} takes ${name} from the environment`);
+        assert.ok(!text.includes(value));
+        assert.match(String(s.environment![name]), new RegExp(`^\\$\\{${name}:\\?`), `compose requires ${name}`);
+      }
+      const config = loadConfig(root + file, SECRETS, {});
       nodeIds.add(config.nodeId);
+      assert.equal(weakKeysRefusal(config, false), undefined, 'serve starts on 0.0.0.0 with such keys');
       assert.equal(config.bus.kind, 'nats');
+      assert.deepEqual([config.bus.user, config.bus.pass], ['edge', SECRETS.NATS_EDGE_PASSWORD]);
       assert.deepEqual(config.bus.servers!.map((u) => new URL(u).hostname).sort(), natsServices.map(([n]) => n).sort());
       assert.equal(config.listen.host, '0.0.0.0');
       const [published, inside] = s.ports![0].split(':');

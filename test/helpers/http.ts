@@ -1,5 +1,7 @@
-// A plain HTTP client for tests (node:http), with a bounded wait.
+// An HTTP client for tests (node:http, node:https for https:// URLs with the
+// given TLS options), with a bounded wait.
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { withTimeout } from './wait.ts';
 
 export interface HttpResult {
@@ -11,11 +13,19 @@ export interface HttpResult {
 
 export function httpRequest(
   url: string,
-  opts: { method?: string; headers?: Record<string, string>; body?: Buffer | Buffer[]; timeoutMs?: number } = {},
+  opts: {
+    method?: string;
+    headers?: Record<string, string>;
+    body?: Buffer | Buffer[];
+    timeoutMs?: number;
+    /** For https:// URLs: the CA to trust, and a client certificate. */
+    tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  } = {},
 ): Promise<HttpResult> {
   return withTimeout(
     new Promise<HttpResult>((resolve, reject) => {
-      const req = request(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: false }, (res) => {
+      const send = url.startsWith('https:') ? httpsRequest : request;
+      const req = send(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: false, ...opts.tls }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () =>

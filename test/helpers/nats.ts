@@ -1,9 +1,12 @@
 // Real nats-server processes for tests: one alone, or a cluster of three on
 // 127.0.0.1 (full mesh through routes). Ports are picked by the server (-1) on
-// first start and kept, so a killed node restarts where it was. Every process
-// is killed in the test's after hook, even when the test fails.
+// first start and kept, so a killed node restarts where it was. A node may be
+// given a config file (TLS, an authorization block, operator mode: see
+// nats-auth.ts); the command line's address, ports and JetStream settings
+// still apply. Every process is killed in the test's after hook, even when
+// the test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -53,8 +56,9 @@ async function freePort(): Promise<number> {
  * kept across restart()). A cluster node lists every node's route, itself
  * included, as clustered JetStream requires configured routes.
  */
-async function spawnNats(name: string, ports: Ports, routes: string[], dir: string): Promise<{ child: ChildProcess; ports: Ports }> {
+async function spawnNats(name: string, ports: Ports, routes: string[], dir: string, configFile?: string): Promise<{ child: ChildProcess; ports: Ports }> {
   const args = ['-a', '127.0.0.1', '-p', String(ports.port), '-m', String(ports.monitorPort), '-n', name, '-js', '-sd', join(dir, 'jetstream')];
+  if (configFile) args.unshift('-c', configFile);
   if (routes.length > 0) {
     args.push('--cluster', `nats://127.0.0.1:${ports.routePort}`, '--cluster_name', 'edge-relay-test', '--routes', routes.join(','));
   }
@@ -84,14 +88,20 @@ async function spawnNats(name: string, ports: Ports, routes: string[], dir: stri
   return { child, ports: found };
 }
 
-/** One nats-server with JetStream; with `cluster`, a node of that cluster (see startNatsCluster). */
+/**
+ * One nats-server with JetStream; with `cluster`, a node of that cluster (see
+ * startNatsCluster); with `config`, that text as its config file (-c).
+ */
 export async function startNatsServer(
   t: Pick<TestContext, 'after'>,
   name = 'n1',
   cluster?: { routePort: number; routes: string[] },
+  options: { config?: string } = {},
 ): Promise<NatsNode> {
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-nats-'));
-  let { child, ports } = await spawnNats(name, { port: -1, routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir);
+  const configFile = options.config === undefined ? undefined : join(dir, 'nats-server.conf');
+  if (configFile) writeFileSync(configFile, options.config!);
+  let { child, ports } = await spawnNats(name, { port: -1, routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile);
   cleanupFor(t).after(async () => {
     child.kill('SIGKILL');
     await waitExit(child).catch(() => undefined);
@@ -109,7 +119,7 @@ export async function startNatsServer(
       await waitExit(child);
     },
     restart: async () => {
-      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir));
+      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir, configFile));
     },
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });

@@ -63,9 +63,9 @@ export class RawPubSubClient {
     );
   }
 
-  static async connect(url: string, protocol = PLAIN, t?: Pick<TestContext, 'after'>): Promise<RawPubSubClient> {
+  static async connect(url: string, protocol = PLAIN, t?: Pick<TestContext, 'after'>, options: WebSocket.ClientOptions = {}): Promise<RawPubSubClient> {
     // Listeners go on before the socket opens: the connected message can come in the 101's packet.
-    const client = new RawPubSubClient(new WebSocket(url, [protocol]));
+    const client = new RawPubSubClient(new WebSocket(url, [protocol], options));
     t?.after(() => client.ws.terminate());
     await withTimeout(
       new Promise<void>((resolve, reject) => {

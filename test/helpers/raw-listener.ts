@@ -77,3 +77,33 @@ export async function upgradeStatus(url: string, options: WebSocket.ClientOption
     return status;
   }
 }
+
+/** The status and error code a WebSocket upgrade is refused with (101 and no code when it opens). */
+export function upgradeRefusal(url: string, options: WebSocket.ClientOptions = {}): Promise<{ status: number; code?: string }> {
+  const ws = new WebSocket(url, [], options);
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      ws.once('open', () => {
+        ws.terminate();
+        resolve({ status: 101 });
+      });
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c));
+        res.on('end', () => {
+          ws.terminate();
+          let code: string | undefined;
+          try {
+            code = (JSON.parse(body) as { code?: string }).code;
+          } catch {
+            // no JSON body
+          }
+          resolve({ status: res.statusCode!, code });
+        });
+      });
+      ws.once('error', reject);
+    }),
+    10000,
+    'upgrade answer',
+  );
+}

@@ -8,7 +8,9 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { buildConfig } from '../../src/config/load.ts';
-import { createLogger } from '../../src/telemetry/logger.ts';
+import { Writable } from 'node:stream';
+import type { RelayConfig } from '../../src/config/types.ts';
+import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
 import { cleanupFor } from './cleanup.ts';
 import { withTimeout } from './wait.ts';
@@ -27,11 +29,29 @@ export function testConfig(overrides: Record<string, unknown> = {}): Record<stri
   };
 }
 
-export async function startTestRelay(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): Promise<RunningRelay> {
+export async function startTestRelay(
+  t: Pick<TestContext, 'after'>,
+  overrides: Record<string, unknown> = {},
+  options: { log?: Logger; loadConfig?: () => RelayConfig } = {},
+): Promise<RunningRelay> {
   const config = buildConfig(testConfig(overrides));
-  const relay = await startRelay(config, createLogger(config.log.level, 'test'));
+  const relay = await startRelay(config, options.log ?? createLogger(config.log.level, 'test'), { loadConfig: options.loadConfig });
   cleanupFor(t).after(() => relay.close());
   return relay;
+}
+
+/** A logger whose JSON lines a test can read (level info unless told). */
+export function captureLogger(level = 'info'): { log: Logger; lines(): Record<string, unknown>[]; events(): string[] } {
+  const out: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      out.push(...String(chunk).split('\n').filter((l) => l !== ''));
+      done();
+    },
+  });
+  const log = createLogger(level, 'test', sink);
+  const lines = () => out.map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { log, lines, events: () => lines().map((l) => String(l.event)) };
 }
 
 /** A token for `url` signed with the root key (or the given one). */
@@ -91,7 +111,7 @@ export async function startServeProcess(t: Pick<TestContext, 'after'>, args: str
       let out = '';
       child.stdout!.on('data', (d: Buffer) => {
         out += d.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(out);
+        const m = /listening on (https?:\/\/\S+)/.exec(out);
         if (m) resolve(m[1]);
       });
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${err}`)));

@@ -1,0 +1,36 @@
+// Keys a reload replaced (a SAS rule's or a hub's), still accepted until
+// their grace ends (rotationGraceSeconds), so that clients holding tokens
+// signed with the old key keep working while they move to the new one.
+export class RetiredKeys {
+  private readonly byName = new Map<string, { key: string; until: number }[]>();
+
+  /** Accepts `key` for `name` until `until` (ms since epoch); a grace of 0 retires nothing. */
+  retire(name: string, key: string, until: number): void {
+    if (until <= Date.now()) return;
+    const list = (this.byName.get(name) ?? []).filter((k) => k.key !== key);
+    list.push({ key, until });
+    this.byName.set(name, list);
+  }
+
+  /** The retired keys of `name` still in their grace. */
+  keys(name: string, now = Date.now()): string[] {
+    const list = this.byName.get(name);
+    if (!list) return [];
+    const live = list.filter((k) => k.until > now);
+    if (live.length === 0) this.byName.delete(name);
+    else if (live.length !== list.length) this.byName.set(name, live);
+    return live.map((k) => k.key);
+  }
+
+  /** The name is gone: its retired keys go with it. */
+  forget(name: string): void {
+    this.byName.delete(name);
+  }
+
+  /** When the next grace running now ends (ms since epoch), or undefined. */
+  nextExpiry(now = Date.now()): number | undefined {
+    let next: number | undefined;
+    for (const list of this.byName.values()) for (const k of list) if (k.until > now) next = Math.min(next ?? Infinity, k.until);
+    return next;
+  }
+}

@@ -1,0 +1,57 @@
+// The TLS options `bridge`, `pub` and `sub` share, for a relay on https://
+// or wss:// whose certificate the system does not trust (a private CA), and
+// for a relay that asks listeners for a client certificate
+// (listen.tls.requireClientCert). Without them Node's own CA list applies
+// (NODE_EXTRA_CA_CERTS adds to it); certificate checks are never turned off.
+import { readFileSync } from 'node:fs';
+import { rootCertificates as tlsRootCertificates } from 'node:tls';
+
+export const TLS_OPTIONS = {
+  ca: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+} as const;
+
+export const TLS_HELP = `  --ca FILE            PEM CA certificates to trust for an https:// or wss:// relay
+                       (added to Node's own list)
+  --tls-cert FILE      PEM client certificate, for a relay that asks for one
+  --tls-key FILE       its private key`;
+
+/** What ws and https take to trust the CA and present the certificate. */
+export interface ClientTls {
+  ca?: Buffer[];
+  cert?: Buffer;
+  key?: Buffer;
+}
+
+/** Reads the files named by the options; a string is what is wrong with them. */
+export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-key'?: string }): ClientTls | string {
+  if ((values['tls-cert'] === undefined) !== (values['tls-key'] === undefined)) return '--tls-cert and --tls-key go together';
+  const read = (flag: string, file: string): Buffer | string => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      return `${flag} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    }
+  };
+  const out: ClientTls = {};
+  if (values.ca !== undefined) {
+    const ca = read('--ca', values.ca);
+    if (typeof ca === 'string') return ca;
+    // Node's own CAs stay trusted: `ca` replaces the list, so it gets them back.
+    out.ca = [ca, ...rootCertificates()];
+  }
+  if (values['tls-cert'] !== undefined) {
+    const cert = read('--tls-cert', values['tls-cert']);
+    if (typeof cert === 'string') return cert;
+    const key = read('--tls-key', values['tls-key']!);
+    if (typeof key === 'string') return key;
+    out.cert = cert;
+    out.key = key;
+  }
+  return out;
+}
+
+function rootCertificates(): Buffer[] {
+  return tlsRootCertificates.map((pem) => Buffer.from(pem));
+}

@@ -1,0 +1,102 @@
+// Reload without a restart (docs/security.md, "Reload"): SIGHUP and POST
+// /$relay/reload read the config again. A config that does not load (a bad
+// value, a key file that cannot be read, a weak key off loopback) changes
+// nothing: it never gets here, and the caller logs the key that failed.
+// Here a config that loaded is applied, in one turn of the event loop: the
+// live config object, which every part of the relay holds, takes the new
+// values in place, and each part whose state derives from them is told
+// (HybridService.reconfigure, PubSubService.reconfigure, the admission
+// limits, trusted proxies, the certificates; the log level once the reload
+// is logged). Keys that only
+// a restart can change (where it listens, the bus, timeouts) are left as
+// they were and reported.
+import type { JetStreamAccess } from '../bus/jetstream.ts';
+import type { RelayConfig } from '../config/types.ts';
+import type { HybridService } from '../hybrid/hybrid-service.ts';
+import type { PubSubService } from '../pubsub/pubsub-service.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { ConnectionRateLimiter } from './connection-rate.ts';
+import type { HttpConnections } from './http-connections.ts';
+import type { CertificateKeeper } from './tls.ts';
+import type { ProxyTrust } from './trust-proxy.ts';
+
+export interface ReloadTargets {
+  /** The config every part holds: changed in place. */
+  live: RelayConfig;
+  /** The root logger (its children follow its level). */
+  log: Logger;
+  hybrid: HybridService;
+  pubsub: PubSubService;
+  proxyTrust: ProxyTrust;
+  connectRate: ConnectionRateLimiter;
+  httpConnections: HttpConnections;
+  certificates: CertificateKeeper | undefined;
+  /** JetStream access for durable hubs added now (made on first need when none was needed at start). */
+  jetstreamFor(next: RelayConfig): JetStreamAccess | undefined;
+}
+
+/** Where a running relay took these from at start; a new value waits for a restart. */
+function restartOnly(c: RelayConfig): Record<string, unknown> {
+  return {
+    nodeId: c.nodeId,
+    'listen.host': c.listen.host,
+    'listen.port': c.listen.port,
+    'listen.tls': c.listen.tls !== undefined,
+    'listen.tls.requestCert': c.listen.tls?.requestCert,
+    'listen.tls.requireClientCert': c.listen.tls?.requireClientCert,
+    publicUrl: c.publicUrl,
+    bus: c.bus,
+    timeouts: c.timeouts,
+  };
+}
+
+function same(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Applies a config that loaded; returns what changed, for the log and the reload endpoint's answer. */
+export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string, unknown> {
+  const live = t.live;
+  const before = restartOnly(live);
+  const after = restartOnly(next);
+  const restartNeeded = Object.keys(before).filter((k) => !same(before[k], after[k]));
+  const changed = (['sas', 'rotationGraceSeconds', 'namespaceHosts', 'autoCreate', 'hybridConnections', 'limits', 'log', 'metrics'] as const).filter(
+    (k) => !same(live[k], next[k]),
+  );
+  if (!same(live.pubsub.hubs, next.pubsub.hubs)) changed.push('pubsub' as never);
+  if (!same(live.listen.trustProxy, next.listen.trustProxy)) changed.push('listen.trustProxy' as never);
+
+  live.sas = next.sas;
+  live.rotationGraceSeconds = next.rotationGraceSeconds;
+  live.namespaceHosts = next.namespaceHosts;
+  live.autoCreate = next.autoCreate;
+  live.hybridConnections = next.hybridConnections;
+  live.pubsub.hubs = next.pubsub.hubs;
+  Object.assign(live.limits, next.limits);
+  live.metrics = next.metrics;
+  live.listen.trustProxy = next.listen.trustProxy;
+  // The loggers take the level around the config.reloaded line (relay-server.ts).
+  live.log.level = next.log.level;
+
+  const hybrid = t.hybrid.reconfigure(live);
+  const pubsub = t.pubsub.reconfigure(live, t.jetstreamFor(live));
+  t.connectRate.configure(live.limits.connectRatePerAddress, live.limits.connectBurstPerAddress);
+  t.httpConnections.limit = live.limits.httpConnectionsPerNode;
+  t.proxyTrust.configure(live.listen.trustProxy);
+  // Other certificate files, or another minimum version: the server serves them from now on.
+  if (t.certificates && next.listen.tls && live.listen.tls) {
+    const { certFile, keyFile, caFile, minVersion } = next.listen.tls;
+    Object.assign(live.listen.tls, { certFile, keyFile, caFile, minVersion });
+    t.certificates.retarget(live.listen.tls);
+  }
+  return {
+    changed,
+    entitiesRemoved: hybrid.entitiesRemoved,
+    listenersClosed: hybrid.listenersClosed,
+    sasKeysRotated: hybrid.keysRotated,
+    hubsAdded: pubsub.hubsAdded,
+    hubsRemoved: pubsub.hubsRemoved,
+    hubKeysRotated: pubsub.keysRotated,
+    restartNeeded: [...restartNeeded, ...pubsub.restartNeeded],
+  };
+}

@@ -1,0 +1,186 @@
+// TLS on the relay's one port (listen.tls, docs/security.md): the PEM files
+// read and checked, and kept current without a restart. A certificate is
+// re-read on SIGHUP and when a file in the folder of any of the files
+// changes: the folder is watched, not the file, since tools replace
+// certificates by renaming a new file over the old one (certbot, Kubernetes'
+// symlink swap of a mounted secret) and a watch on the old inode would never
+// fire again. Events are debounced, and a set whose bytes did not change is
+// not applied again. A new set is applied with server.setSecureContext, which
+// open connections do not notice; a bad one (unreadable, not PEM, expired, a
+// key that does not match) is refused with a log line and the old one stays.
+import { X509Certificate, createHash } from 'node:crypto';
+import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import type { ServerOptions } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import { dirname } from 'node:path';
+import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
+import { ConfigError } from '../config/errors.ts';
+import type { ListenTlsConfig } from '../config/types.ts';
+import type { Logger } from '../telemetry/logger.ts';
+
+/**
+ * Quiet time after the last change in a watched folder before the files are
+ * read: a renewal writes the certificate and the key one after the other.
+ */
+const CHANGE_DEBOUNCE_MS = 500;
+
+export interface CertificateSet {
+  context: SecureContextOptions;
+  /** The server certificate's expiry, unix seconds. */
+  notAfter: number;
+  subject: string;
+  /** SHA-256 of the certificate, as `openssl x509 -fingerprint -sha256` prints it. */
+  fingerprint: string;
+  /** The files' bytes, to tell a real change from a touched file. */
+  digest: string;
+}
+
+function readPem(file: string, key: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+/** Reads and checks the files of listen.tls; throws ConfigError naming the key that is wrong. */
+export function readCertificates(tls: ListenTlsConfig, now = Date.now()): CertificateSet {
+  const cert = readPem(tls.certFile, 'listen.tls.certFile');
+  const key = readPem(tls.keyFile, 'listen.tls.keyFile');
+  const ca = tls.caFile ? readPem(tls.caFile, 'listen.tls.caFile') : undefined;
+  let x509: X509Certificate;
+  try {
+    x509 = new X509Certificate(cert);
+  } catch (err) {
+    throw new ConfigError(`listen.tls.certFile: ${tls.certFile} is not a PEM certificate: ${(err as Error).message}`);
+  }
+  const notAfter = Math.floor(Date.parse(x509.validTo) / 1000);
+  if (notAfter * 1000 <= now) throw new ConfigError(`listen.tls.certFile: the certificate in ${tls.certFile} expired on ${x509.validTo}`);
+  const context: SecureContextOptions = { cert, key, minVersion: tls.minVersion, ...(ca ? { ca } : {}) };
+  try {
+    // Throws on a key that does not match the certificate, or a CA file that is not PEM.
+    createSecureContext(context);
+  } catch (err) {
+    const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
+    throw new ConfigError(`${what}: ${(err as Error).message}`);
+  }
+  const digest = createHash('sha256').update(cert).update(key).update(ca ?? '').digest('hex');
+  return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest };
+}
+
+export type CertificateReason = 'start' | 'signal' | 'file' | 'config';
+
+/** Keeps the server's certificates current: on demand (SIGHUP, reload) and when their files change. */
+export class CertificateKeeper {
+  private watchers: FSWatcher[] = [];
+  private debounce: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(
+    private tls: ListenTlsConfig,
+    /** What is served now. */
+    public current: CertificateSet,
+    private readonly apply: (set: CertificateSet) => void,
+    private readonly log: Logger,
+  ) {
+    this.watchFolders();
+  }
+
+  /** Reads the files again; applies them when they changed and are good. Returns false when they were refused. */
+  reload(reason: CertificateReason): boolean {
+    let next: CertificateSet;
+    try {
+      next = readCertificates(this.tls);
+    } catch (err) {
+      this.log.error({ event: 'tls.certificate_refused', reason, err: (err as Error).message, kept: this.current.fingerprint });
+      return false;
+    }
+    if (next.digest === this.current.digest) return true;
+    this.apply(next);
+    this.current = next;
+    this.log.info({ event: 'tls.certificate_loaded', reason, subject: next.subject, fingerprint: next.fingerprint, notAfter: new Date(next.notAfter * 1000).toISOString() });
+    return true;
+  }
+
+  /** listen.tls changed on reload (other files, another minimum version): watch the new folders and read them. */
+  retarget(tls: ListenTlsConfig): boolean {
+    const moved = tls.certFile !== this.tls.certFile || tls.keyFile !== this.tls.keyFile || tls.caFile !== this.tls.caFile;
+    const versionChanged = tls.minVersion !== this.tls.minVersion;
+    this.tls = tls;
+    if (moved) this.watchFolders();
+    if (versionChanged) this.current = { ...this.current, digest: '' };
+    return this.reload('config');
+  }
+
+  private watchFolders(): void {
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+    const folders = new Set([this.tls.certFile, this.tls.keyFile, ...(this.tls.caFile ? [this.tls.caFile] : [])].map((f) => dirname(f)));
+    for (const folder of folders) {
+      try {
+        const watcher = watch(folder, { persistent: false }, () => this.changed());
+        watcher.on('error', (err) => this.log.warn({ event: 'tls.watch_failed', folder, err: err.message }));
+        this.watchers.push(watcher);
+      } catch (err) {
+        // Still reloaded on SIGHUP.
+        this.log.warn({ event: 'tls.watch_failed', folder, err: (err as Error).message });
+      }
+    }
+  }
+
+  private changed(): void {
+    if (this.closed) return;
+    if (this.debounce) clearTimeout(this.debounce);
+    this.debounce = setTimeout(() => {
+      this.debounce = undefined;
+      if (!this.closed) this.reload('file');
+    }, CHANGE_DEBOUNCE_MS);
+    this.debounce.unref();
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.debounce) clearTimeout(this.debounce);
+    for (const w of this.watchers) w.close();
+    this.watchers = [];
+  }
+}
+
+/**
+ * The relay's HTTPS server: the first certificates read (a bad one throws
+ * ConfigError naming the key, so start-up stops), client certificates asked
+ * for and required as listen.tls says, and a keeper that swaps certificates
+ * in as they change. `served` hears each certificate's expiry (unix s).
+ */
+export function createTlsServer(
+  tls: ListenTlsConfig,
+  httpOptions: ServerOptions,
+  handshakeMs: number,
+  log: Logger,
+  served: (notAfter: number) => void,
+): { server: Server; certificates: CertificateKeeper } {
+  const first = readCertificates(tls);
+  const server = createServer({
+    ...httpOptions,
+    ...first.context,
+    requestCert: tls.requestCert,
+    rejectUnauthorized: tls.requireClientCert === 'all',
+    // A connection must finish its handshake as fast as a plain one must send its first byte (timeouts.firstByteMs).
+    handshakeTimeout: handshakeMs,
+  });
+  // Failed handshakes (an untrusted client certificate, a scanner, one past the bound) are the client's business.
+  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+    log.debug({ event: 'tls.handshake_failed', address: socket.remoteAddress, err: err.code ?? err.message });
+  });
+  served(first.notAfter);
+  const certificates = new CertificateKeeper(
+    tls,
+    first,
+    (set) => {
+      server.setSecureContext(set.context);
+      served(set.notAfter);
+    },
+    log,
+  );
+  return { server, certificates };
+}

@@ -1,0 +1,84 @@
+// listen.trustProxy (docs/security.md, "Behind a load balancer"): a request
+// whose TCP peer is one of these proxies is taken to come from the client
+// that X-Forwarded-For names, and to be addressed to the host that
+// X-Forwarded-Host names. From any other peer, or without the setting, the
+// headers are ignored: anyone can write them. The client is the right-most
+// address of X-Forwarded-For that is not itself a trusted proxy (each proxy
+// appends the peer it saw; only the part written by trusted proxies can be
+// believed). X-Forwarded-Proto is not needed: token checks ignore the scheme,
+// as Azure's clients sign http:// resources for wss:// connections.
+import type { IncomingMessage } from 'node:http';
+import { BlockList, isIP } from 'node:net';
+import { setForwardedClient } from '../http/client-address.ts';
+
+/** A host as X-Forwarded-Host may carry it: a name or an address, with an optional port. */
+const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/;
+/** Addresses read from one X-Forwarded-For (a longer chain is cut from the left: the right end is what trusted proxies wrote). */
+const MAX_HOPS = 32;
+
+/** An IPv4 address as Node reports it on a dual-stack socket (::ffff:10.0.0.1) compared as IPv4. */
+function plain(address: string): string {
+  return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
+}
+
+function firstValue(header: string | string[] | undefined): string | undefined {
+  const text = Array.isArray(header) ? header[0] : header;
+  const first = text?.split(',')[0]?.trim();
+  return first === '' ? undefined : first;
+}
+
+export class ProxyTrust {
+  private proxies: BlockList | undefined;
+
+  constructor(entries: string[]) {
+    this.configure(entries);
+  }
+
+  /** Addresses and CIDRs (checked by config/load.ts), as on start or reload. */
+  configure(entries: string[]): void {
+    if (entries.length === 0) {
+      this.proxies = undefined;
+      return;
+    }
+    const list = new BlockList();
+    for (const entry of entries) {
+      const [address, bits] = entry.split('/');
+      const family = isIP(address) === 6 ? 'ipv6' : 'ipv4';
+      if (bits === undefined) list.addAddress(address, family);
+      else list.addSubnet(address, Number(bits), family);
+    }
+    this.proxies = list;
+  }
+
+  trusts(address: string | undefined): boolean {
+    if (!this.proxies || !address) return false;
+    const a = plain(address);
+    const family = isIP(a);
+    return family !== 0 && this.proxies.check(a, family === 6 ? 'ipv6' : 'ipv4');
+  }
+
+  /** Takes the client and host from a trusted proxy's headers, before anything reads them. */
+  apply(req: IncomingMessage): void {
+    if (!this.trusts(req.socket.remoteAddress)) return;
+    const client = this.clientOf(req.headers['x-forwarded-for']);
+    if (client) setForwardedClient(req, client);
+    const host = firstValue(req.headers['x-forwarded-host']);
+    if (host && HOST.test(host)) req.headers.host = host;
+  }
+
+  private clientOf(header: string | string[] | undefined): string | undefined {
+    if (header === undefined) return undefined;
+    const hops = (Array.isArray(header) ? header.join(',') : header)
+      .split(',')
+      .map((h) => plain(h.trim()))
+      .slice(-MAX_HOPS);
+    let client: string | undefined;
+    for (let i = hops.length - 1; i >= 0; i--) {
+      // Past something that is not an address, nothing further left can be believed.
+      if (isIP(hops[i]) === 0) break;
+      client = hops[i];
+      if (!this.trusts(hops[i])) break;
+    }
+    return client;
+  }
+}

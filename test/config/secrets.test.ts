@@ -1,0 +1,134 @@
+// Secrets out of the config file (docs/security.md, "Secrets out of the
+// config file"): keys from files and environment variables, read whenever
+// the config is loaded; and `serve` refusing weak keys off loopback.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig } from '../../src/config/load.ts';
+import { isLoopbackHost, weakKeys, weakKeysRefusal } from '../../src/config/secrets.ts';
+import { startServeProcess } from '../helpers/relay.ts';
+
+const LONG = 'k'.repeat(40);
+
+function folder(t: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-secrets-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function write(dir: string, name: string, value: unknown): string {
+  const file = join(dir, name);
+  writeFileSync(file, typeof value === 'string' ? value : JSON.stringify(value));
+  return file;
+}
+
+const rejectsWith = (fn: () => unknown, pattern: RegExp) => assert.throws(fn, (err: Error) => err instanceof ConfigError && pattern.test(err.message));
+
+describe('secrets out of the config file', () => {
+  it('reads sas[].keyFile and pubsub.hubs[].accessKeyFile relative to the config file, without their trailing newline', (t) => {
+    const dir = folder(t);
+    write(dir, 'root.key', `${LONG}\n`);
+    write(dir, 'hub.key', `${LONG}-hub\r\n`);
+    const file = write(dir, 'config.json', {
+      sas: [{ keyName: 'root', keyFile: 'root.key', rights: ['Manage'] }],
+      pubsub: { hubs: [{ name: 'chat', accessKeyFile: 'hub.key' }] },
+    });
+    const config = loadConfig(file, {}, {});
+    assert.equal(config.sas[0].key, LONG);
+    assert.equal(config.sas[0].keyFile, join(dir, 'root.key'));
+    assert.equal(config.pubsub.hubs[0].accessKey, `${LONG}-hub`);
+    // Read again on every load: a rotated file is what the next reload sees.
+    write(dir, 'root.key', `${LONG}-rotated\n`);
+    assert.equal(loadConfig(file, {}, {}).sas[0].key, `${LONG}-rotated`);
+  });
+
+  it('takes ${ENV_NAME} from the environment for keys, access keys and the NATS password and token', (t) => {
+    const dir = folder(t);
+    const file = write(dir, 'config.json', {
+      sas: [{ keyName: 'root', key: '${ROOT_KEY}', rights: ['Manage'] }],
+      pubsub: { hubs: [{ name: 'chat', accessKey: '${HUB_KEY}' }] },
+      bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], user: 'edge', pass: '${NATS_PASS}' },
+    });
+    const config = loadConfig(file, { ROOT_KEY: LONG, HUB_KEY: `${LONG}-hub`, NATS_PASS: 'secret' }, {});
+    assert.equal(config.sas[0].key, LONG);
+    assert.equal(config.pubsub.hubs[0].accessKey, `${LONG}-hub`);
+    assert.equal(config.bus.pass, 'secret');
+  });
+
+  it('names the key that failed: an unset variable, an unreadable or empty file, both ways at once', (t) => {
+    const dir = folder(t);
+    write(dir, 'empty.key', '\n');
+    const cases: [unknown, RegExp][] = [
+      [{ sas: [{ keyName: 'r', key: '${NOPE}', rights: ['Send'] }] }, /\/sas\/0\/key: environment variable NOPE is not set/],
+      [{ sas: [{ keyName: 'r', keyFile: 'missing.key', rights: ['Send'] }] }, /\/sas\/0\/keyFile: cannot read missing\.key: ENOENT/],
+      [{ pubsub: { hubs: [{ name: 'h', accessKeyFile: 'empty.key' }] } }, /\/pubsub\/hubs\/0\/accessKeyFile: empty\.key is empty/],
+      [{ sas: [{ keyName: 'r', key: LONG, keyFile: 'x', rights: ['Send'] }] }, /\/sas\/0: give key or keyFile, not both/],
+      [{ sas: [{ keyName: 'r', rights: ['Send'] }] }, /\/sas\/0/],
+      [{ metrics: { bearerTokenFile: 'missing.token' } }, /\/metrics\/bearerTokenFile: cannot read/],
+    ];
+    for (const [raw, pattern] of cases) rejectsWith(() => loadConfig(write(dir, 'c.json', raw), {}, {}), pattern);
+  });
+
+  it('checks trustProxy entries, TLS client-certificate settings and NATS credentials together', () => {
+    const load = (raw: object) => () => {
+      const dir = mkdtempSync(join(tmpdir(), 'edge-relay-secrets-'));
+      try {
+        return loadConfig(write(dir, 'c.json', raw), {}, {});
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    rejectsWith(load({ listen: { trustProxy: ['10.0.0.0/33'] } }), /\/listen\/trustProxy\/0/);
+    rejectsWith(load({ listen: { trustProxy: ['proxy.example.com'] } }), /\/listen\/trustProxy\/0/);
+    assert.deepEqual(load({ listen: { trustProxy: ['10.0.0.0/8', '::1', 'fd00::/8'] } })().listen.trustProxy, ['10.0.0.0/8', '::1', 'fd00::/8']);
+    rejectsWith(load({ listen: { tls: { certFile: 'c', keyFile: 'k', requestCert: true } } }), /requestCert: needs listen\.tls\.caFile/);
+    rejectsWith(load({ listen: { tls: { certFile: 'c', keyFile: 'k', caFile: 'ca', requireClientCert: 'listeners' } } }), /requireClientCert: needs listen\.tls\.requestCert/);
+    rejectsWith(load({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:1'], token: 't', credsFile: 'c' } }), /one way to authenticate/);
+    rejectsWith(load({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:1'], tls: { certFile: 'c' } } }), /\/bus\/tls/);
+  });
+});
+
+describe('serve refuses weak keys off loopback', () => {
+  const config = (host: string, key: string, hubKey = LONG) =>
+    loadConfigFrom({ listen: { host }, sas: [{ keyName: 'root', key, rights: ['Manage'] }], pubsub: { hubs: [{ name: 'chat', accessKey: hubKey }] } });
+
+  it('names each key shorter than 32 bytes or published with edge-relay, never the key itself', () => {
+    const c = config('0.0.0.0', 'short-key-0123456789', 'dev-only-hub-key-0123456789');
+    assert.deepEqual(weakKeys(c), ['/sas/0/key (root) is 20 bytes, fewer than 32', '/pubsub/hubs/0/accessKey (chat) is a development key published with edge-relay']);
+    const refusal = weakKeysRefusal(c, false)!;
+    assert.match(refusal, /refusing to serve on 0\.0\.0\.0/);
+    assert.match(refusal, /--dev/);
+    assert.ok(!refusal.includes('short-key-0123456789'));
+    assert.equal(weakKeysRefusal(c, true), undefined, '--dev allows them');
+    assert.equal(weakKeysRefusal(config('0.0.0.0', LONG), false), undefined);
+    assert.equal(weakKeysRefusal(config('compose-demo', 'compose-demo-key-change-me-0123456789'), false)?.includes('development key'), true);
+  });
+
+  it('allows them on loopback, where nobody else can reach the port', () => {
+    for (const host of ['127.0.0.1', '127.0.1.1', 'localhost', '::1', '[::1]']) assert.ok(isLoopbackHost(host), host);
+    for (const host of ['0.0.0.0', '::', '10.1.2.3', 'relay.example.com']) assert.ok(!isLoopbackHost(host), host);
+    assert.equal(weakKeysRefusal(config('127.0.0.1', 'short-key-0123456789'), false), undefined);
+  });
+
+  it('stops `serve` with exit code 78 and says why; config/dev.json (npm start) still starts', async (t) => {
+    const dir = folder(t);
+    const file = write(dir, 'c.json', { listen: { host: '0.0.0.0', port: 0 }, sas: [{ keyName: 'root', key: 'short-key-0123456789', rights: ['Manage'] }] });
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
+    assert.equal(r.status, 78);
+    assert.match(r.stderr, /refusing to serve on 0\.0\.0\.0 with weak keys: \/sas\/0\/key \(root\) is 20 bytes, fewer than 32/);
+    const dev = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
+    assert.match(dev.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+  });
+});
+
+function loadConfigFrom(raw: object) {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-secrets-'));
+  try {
+    return loadConfig(write(dir, 'c.json', raw), {}, {});
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

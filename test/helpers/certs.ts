@@ -1,0 +1,91 @@
+// Certificates for the TLS tests, made at run time with `openssl` (Debian's
+// package): a test CA, server certificates for 127.0.0.1 and localhost, and
+// client certificates, from that CA or from another one the relay does not
+// trust. Everything lives in a temp folder removed in clean-up. Clients trust
+// the test CA explicitly (`ca` option, or NODE_EXTRA_CA_CERTS in a child
+// process): nothing here turns certificate checks off.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import { cleanupFor } from './cleanup.ts';
+
+export interface CertFiles {
+  certFile: string;
+  keyFile: string;
+}
+
+export interface TestPki {
+  dir: string;
+  /** The test CA's certificate (PEM file): what clients trust, and what signs client certificates. */
+  caFile: string;
+  ca: Buffer;
+  /** A server certificate for 127.0.0.1 and localhost. */
+  server: CertFiles;
+  /** Another server certificate (`name`) from the same CA, for 127.0.0.1 and localhost. */
+  issueServer(name: string, hosts?: string[]): CertFiles;
+  /** A client certificate with CN `name`, from the test CA, or from a CA nobody trusts with `untrusted`. */
+  issueClient(name: string, options?: { untrusted?: boolean }): CertFiles;
+}
+
+const OPENSSL = process.env.OPENSSL ?? 'openssl';
+
+function openssl(args: string[], cwd: string): void {
+  execFileSync(OPENSSL, args, { cwd, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20000 });
+}
+
+function newCa(dir: string, name: string): void {
+  openssl(
+    [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=edge-relay ${name}`,
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    ],
+    dir,
+  );
+}
+
+function issue(dir: string, ca: string, name: string, extensions: string): CertFiles {
+  writeFileSync(join(dir, `${name}.ext`), extensions);
+  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], dir);
+  openssl(
+    ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '1', '-extfile', `${name}.ext`],
+    dir,
+  );
+  return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
+}
+
+function serverExtensions(hosts: string[]): string {
+  const san = hosts.map((h) => (/^[\d.]+$|:/.test(h) ? `IP:${h}` : `DNS:${h}`)).join(',');
+  return `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`;
+}
+
+/** A fresh CA and server certificate in a temp folder, removed in the test's clean-up. */
+export function makePki(t: Pick<TestContext, 'after'>): TestPki {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-pki-'));
+  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
+  newCa(dir, 'ca');
+  let otherCa = false;
+  const issueServer = (name: string, hosts = ['127.0.0.1', 'localhost']) => issue(dir, 'ca', name, serverExtensions(hosts));
+  return {
+    dir,
+    caFile: join(dir, 'ca.pem'),
+    ca: readFileSync(join(dir, 'ca.pem')),
+    server: issueServer('server'),
+    issueServer,
+    issueClient: (name, options = {}) => {
+      if (options.untrusted && !otherCa) {
+        newCa(dir, 'other-ca');
+        otherCa = true;
+      }
+      const ext = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n';
+      return issue(dir, options.untrusted ? 'other-ca' : 'ca', name, ext);
+    },
+  };
+}
+
+/** TLS options a client in this process passes to trust the test CA (and present a certificate). */
+export function clientTls(pki: TestPki, cert?: CertFiles): { ca: Buffer; cert?: Buffer; key?: Buffer } {
+  return cert ? { ca: pki.ca, cert: readFileSync(cert.certFile), key: readFileSync(cert.keyFile) } : { ca: pki.ca };
+}

@@ -1,0 +1,301 @@
+// Reload without a restart (docs/security.md, "Reload without a restart"):
+// the config file is read again and applied to a relay with live listeners
+// and pub/sub clients. Connections whose token still passes stay; a listener
+// whose rule was removed is closed 1008 AccessRevoked with the reason; a
+// rotated key keeps signing for rotationGraceSeconds; entities and hubs come
+// and go; limits and the log level change; a config that does not load
+// changes nothing and says which key failed. In process (relay.reload), over
+// POST /$relay/reload, and with SIGHUP on a `serve` process.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { loadConfig } from '../../src/config/load.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { RawListener, upgradeRefusal } from '../helpers/raw-listener.ts';
+import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { ROOT_KEY, ROOT_KEY_NAME, captureLogger, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+const FACTORY_KEY = 'factory-key-0123456789abcdef-first';
+const FACTORY_KEY_NEW = 'factory-key-0123456789abcdef-second';
+const OPS_KEY = 'ops-key-0123456789abcdef0123';
+const CHAT_KEY = 'chat-key-0123456789abcdef-first';
+const CHAT_KEY_NEW = 'chat-key-0123456789abcdef-second';
+const OTHER_KEY = 'other-key-0123456789abcdef0123';
+const FRESH_KEY = 'fresh-key-0123456789abcdef0123';
+
+/** The config before the reload. */
+function before(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return testConfig({
+    rotationGraceSeconds: 2,
+    sas: [
+      { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+      { keyName: 'factory', key: FACTORY_KEY, rights: ['Listen', 'Send'], entity: 'echo' },
+      { keyName: 'ops', key: OPS_KEY, rights: ['Listen'] },
+    ],
+    hybridConnections: [
+      { name: 'echo', requiresClientAuthorization: true },
+      { name: 'legacy', requiresClientAuthorization: true },
+    ],
+    pubsub: {
+      hubs: [
+        { name: 'chat', accessKey: CHAT_KEY },
+        { name: 'other', accessKey: OTHER_KEY },
+      ],
+    },
+    ...extra,
+  });
+}
+
+/** The config after: ops removed, factory's key rotated, legacy removed and newbie added, other hub removed, fresh added, chat's key rotated. */
+function after(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return testConfig({
+    rotationGraceSeconds: 2,
+    sas: [
+      { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+      { keyName: 'factory', key: FACTORY_KEY_NEW, rights: ['Listen', 'Send'], entity: 'echo' },
+    ],
+    hybridConnections: [
+      { name: 'echo', requiresClientAuthorization: true },
+      { name: 'newbie', requiresClientAuthorization: true },
+    ],
+    pubsub: {
+      hubs: [
+        { name: 'chat', accessKey: CHAT_KEY_NEW },
+        { name: 'fresh', accessKey: FRESH_KEY },
+      ],
+    },
+    limits: { listenersPerEntity: 4 },
+    log: { level: 'warn' },
+    ...extra,
+  });
+}
+
+function configFile(t: Pick<TestContext, 'after'>, content: Record<string, unknown>): { file: string; write(c: Record<string, unknown> | string): void } {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-reload-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'relay.json');
+  const write = (c: Record<string, unknown> | string) => writeFileSync(file, typeof c === 'string' ? c : JSON.stringify(c));
+  write(content);
+  return { file, write };
+}
+
+async function listen(base: string, entity: string, key: { keyName: string; key: string }): Promise<RawListener> {
+  const url = wsUrl(base, `/$hc/${entity}?sb-hc-action=listen`);
+  return RawListener.connect(url, tokenFor(url, key));
+}
+
+describe('reload without a restart', () => {
+  it('keeps what still passes, closes what does not, rotates keys with a grace, adds and removes entities and hubs', async (t) => {
+    const { file, write } = configFile(t, before());
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, before(), { log, loadConfig: () => loadConfig(file, {}, {}) });
+    const base = relay.url;
+    const factory = { keyName: 'factory', key: FACTORY_KEY };
+    const factoryNew = { keyName: 'factory', key: FACTORY_KEY_NEW };
+    const ops = { keyName: 'ops', key: OPS_KEY };
+    const root = { keyName: ROOT_KEY_NAME, key: ROOT_KEY };
+
+    const byFactory = await listen(base, 'echo', factory);
+    const byOps = await listen(base, 'echo', ops);
+    const byRoot = await listen(base, 'echo', root);
+    const onLegacy = await listen(base, 'legacy', root);
+    const chatClient = await RawPubSubClient.connect(accessUrl(base, { hub: 'chat', key: CHAT_KEY }), undefined, t);
+    // A logger made before the reload (as every service's is) takes the new level too.
+    const early = log.child({ component: 'early' }).child({ part: 'nested' });
+    const otherClient = await RawPubSubClient.connect(accessUrl(base, { hub: 'other', key: OTHER_KEY }), undefined, t);
+    for (const l of [byFactory, byOps, byRoot, onLegacy]) t.after(() => l.close());
+    assert.equal((await chatClient.request({ type: 'joinGroup', group: 'g' })).success, true);
+    assert.equal((await upgradeRefusal(wsUrl(base, '/$hc/newbie?sb-hc-action=listen'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(base, '/$hc/newbie'), root) } })).status, 404);
+
+    write(after());
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok);
+    assert.deepEqual(
+      { ...outcome.changes, changed: undefined },
+      {
+        changed: undefined,
+        entitiesRemoved: ['legacy'],
+        listenersClosed: 2,
+        sasKeysRotated: ['factory'],
+        hubsAdded: ['fresh'],
+        hubsRemoved: ['other'],
+        hubKeysRotated: ['chat'],
+        restartNeeded: [],
+      },
+    );
+
+    // The listener whose rule is gone is closed with the reason; the one on the removed entity too.
+    assert.deepEqual(await withTimeout(byOps.closed, 5000, 'ops listener closed'), { code: 1008, reason: 'AccessRevoked: SignatureInvalid' });
+    assert.equal((await withTimeout(onLegacy.closed, 5000, 'legacy listener closed')).code, 1008);
+    // Still valid: the root token, and the factory token during its key's grace.
+    assert.equal(byRoot.ws.readyState, byRoot.ws.OPEN);
+    assert.equal(byFactory.ws.readyState, byFactory.ws.OPEN);
+    // During the grace both of factory's keys sign; the removed rule signs nothing.
+    const echoListen = wsUrl(base, '/$hc/echo?sb-hc-action=listen');
+    assert.equal((await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, factory) } })).status, 101);
+    assert.deepEqual(await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, ops) } }), { status: 401, code: 'SignatureInvalid' });
+    const moved = await listen(base, 'newbie', root);
+    const renewed = await listen(base, 'echo', factoryNew);
+    t.after(() => moved.close());
+    t.after(() => renewed.close());
+
+    // Pub/sub: the chat client stays and still gets messages; the removed hub's client is closed; tokens with either chat key connect.
+    assert.deepEqual(await withTimeout(otherClient.closed, 5000, 'other hub client closed'), { code: 1008, reason: 'ClosedByServer' });
+    assert.equal(otherClient.messages.find((m) => m.event === 'disconnected').message, 'the hub was removed from the configuration');
+    const lateOld = await RawPubSubClient.connect(accessUrl(base, { hub: 'chat', key: CHAT_KEY }), undefined, t);
+    const lateNew = await RawPubSubClient.connect(accessUrl(base, { hub: 'chat', key: CHAT_KEY_NEW }), undefined, t);
+    assert.equal((await lateNew.request({ type: 'sendToGroup', group: 'g', dataType: 'text', data: 'after the reload' })).success, true);
+    assert.equal((await chatClient.waitFor((m) => m.type === 'message')).data, 'after the reload');
+    lateOld.ws.terminate();
+    const fresh = await RawPubSubClient.connect(accessUrl(base, { hub: 'fresh', key: FRESH_KEY }), undefined, t);
+    await fresh.waitFor((m) => m.event === 'connected');
+    const rest = await httpRequest(`${base}/api/hubs/other/:send`, { method: 'POST', body: Buffer.from('x') });
+    assert.equal(JSON.parse(String(rest.body)).code, 'HubNotFound');
+
+    // The new limit: four listeners on echo (byFactory, byRoot, renewed, and one more).
+    const fourth = await listen(base, 'echo', root);
+    t.after(() => fourth.close());
+    assert.deepEqual(await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, root) } }), { status: 403, code: 'ListenerLimitReached' });
+
+    // When the grace ends, the listener still on the old key goes; the one on the new key stays.
+    assert.deepEqual(await withTimeout(byFactory.closed, 10000, 'old-key listener closed at the end of the grace'), { code: 1008, reason: 'AccessRevoked: SignatureInvalid' });
+    assert.equal(renewed.ws.readyState, renewed.ws.OPEN);
+    assert.deepEqual(await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, factory) } }), { status: 401, code: 'SignatureInvalid' });
+    await assert.rejects(RawPubSubClient.connect(accessUrl(base, { hub: 'chat', key: CHAT_KEY }), undefined, t), /HTTP 401/);
+    assert.equal(chatClient.ws.readyState, chatClient.ws.OPEN, 'a pub/sub client stays: its token was checked when it connected');
+
+    // log.level warn: the info lines stopped at the reload.
+    early.info({ event: 'early.info' });
+    early.warn({ event: 'early.warn' });
+    const reloaded = lines().findIndex((l) => l.event === 'config.reloaded');
+    assert.ok(reloaded >= 0);
+    assert.ok(lines().some((l) => l.event === 'early.warn'));
+    assert.deepEqual(lines().slice(reloaded + 1).filter((l) => (l.level as number) < 40).map((l) => l.event), []);
+  });
+
+  it('changes nothing for a config that does not load, and says which key failed', async (t) => {
+    const { file, write } = configFile(t, before());
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, before(), { log, loadConfig: () => loadConfig(file, {}, {}) });
+    const byOps = await listen(relay.url, 'echo', { keyName: 'ops', key: OPS_KEY });
+    t.after(() => byOps.close());
+    for (const [bad, key] of [
+      [{ ...after(), limits: { listenersPerEntity: 0 } }, /\/limits\/listenersPerEntity/],
+      [{ ...after(), sas: [{ keyName: 'x', keyFile: 'missing.key', rights: ['Listen'] }] }, /\/sas\/0\/keyFile: cannot read missing\.key/],
+      ['{ not json', /is not valid JSON/],
+    ] as const) {
+      write(bad as Record<string, unknown> | string);
+      const outcome = relay.reload('signal');
+      assert.equal(outcome.ok, false);
+      assert.match((outcome as { problem: string }).problem, key);
+      assert.match(String(lines().at(-1)!.err), key);
+      assert.equal(lines().at(-1)!.event, 'config.reload_refused');
+    }
+    // Nothing changed: the ops rule still signs, the removed-in-vain hub still serves.
+    assert.equal(byOps.ws.readyState, byOps.ws.OPEN);
+    const url = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    assert.equal((await upgradeRefusal(url, { headers: { ServiceBusAuthorization: tokenFor(url, { keyName: 'ops', key: OPS_KEY }) } })).status, 101);
+    (await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'other', key: OTHER_KEY }), undefined, t)).ws.terminate();
+  });
+
+  it('POST /$relay/reload needs a Manage token, answers what changed or 422 ConfigInvalid, and lists what needs a restart', async (t) => {
+    const { file, write } = configFile(t, before());
+    const relay = await startTestRelay(t, before(), { loadConfig: () => loadConfig(file, {}, {}) });
+    const endpoint = `${relay.url}/$relay/reload`;
+    const manage = { authorization: tokenFor(`${relay.url}/`) };
+    assert.equal((await httpRequest(endpoint, { method: 'POST' })).status, 401);
+    const ops = { authorization: tokenFor(`${relay.url}/`, { keyName: 'ops', key: OPS_KEY }) };
+    assert.equal((await httpRequest(endpoint, { method: 'POST', headers: ops })).status, 403);
+    const get = await httpRequest(endpoint, { headers: manage });
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.allow, 'POST');
+
+    write(after({ listen: { host: '127.0.0.1', port: 1 }, timeouts: { acceptMs: 1000 } }));
+    const ok = await httpRequest(endpoint, { method: 'POST', headers: manage });
+    assert.equal(ok.status, 200);
+    const body = JSON.parse(String(ok.body));
+    assert.equal(body.reloaded, true);
+    assert.deepEqual(body.restartNeeded, ['listen.port', 'timeouts']);
+    assert.deepEqual(body.hubsAdded, ['fresh']);
+    assert.ok(body.changed.includes('sas') && body.changed.includes('limits') && body.changed.includes('pubsub'));
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`)).status, 200, 'still on its port');
+
+    write({ ...after(), bus: { kind: 'kafka' } });
+    const refused = await httpRequest(endpoint, { method: 'POST', headers: manage });
+    assert.equal(refused.status, 422);
+    const why = JSON.parse(String(refused.body));
+    assert.equal(why.code, 'ConfigInvalid');
+    assert.match(why.message, /\/bus\/kind/);
+  });
+
+  it('reloads on SIGHUP: a rotated key file, and a new log level for every logger', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-reload-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, 'factory.key'), `${FACTORY_KEY}\n`);
+    const content = (level: string) =>
+      testConfig({
+        log: { level },
+        rotationGraceSeconds: 0,
+        sas: [
+          { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+          { keyName: 'factory', keyFile: join(dir, 'factory.key'), rights: ['Listen'] },
+        ],
+      });
+    const relay = await startRelayProcess(t, content('warn'));
+    const configPath = /--config (\S+)/.exec(relay.child.spawnargs.join(' '))![1];
+    const url = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const first = await RawListener.connect(url, tokenFor(url, { keyName: 'factory', key: FACTORY_KEY }));
+    t.after(() => first.close());
+    assert.doesNotMatch(relay.stderr(), /listener\.connected/, 'info lines are off at warn');
+
+    writeFileSync(join(dir, 'factory.key'), `${FACTORY_KEY_NEW}\n`);
+    writeFileSync(configPath, JSON.stringify(content('info')));
+    relay.child.kill('SIGHUP');
+    // No grace: the listener on the old key goes at once.
+    assert.deepEqual(await withTimeout(first.closed, 10000, 'old-key listener closed'), { code: 1008, reason: 'AccessRevoked: SignatureInvalid' });
+    const second = await RawListener.connect(url, tokenFor(url, { keyName: 'factory', key: FACTORY_KEY_NEW }));
+    t.after(() => second.close());
+    await until(() => /"event":"listener\.connected"/.test(relay.stderr()), 10000, 'info lines after the reload');
+    assert.match(relay.stderr(), /"event":"config\.reloaded","reason":"signal"/);
+  });
+
+  it('creates the JetStream streams of durable hubs added on reload, starting JetStream for the first one', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
+    const hubs = [{ name: 'chat', accessKey: CHAT_KEY, durable: false }];
+    const { file, write } = configFile(t, testConfig({ bus, pubsub: { hubs } }));
+    const relay = await startTestRelay(t, testConfig({ bus, pubsub: { hubs } }), { loadConfig: () => loadConfig(file, {}, {}) });
+    assert.equal(relay.jetstream, undefined, 'no durable hub, no JetStream');
+
+    /** Sends to the hub until a send is acked (stored in its stream), then checks the hub read it back. */
+    const storedIn = async (hub: string, key: string) => {
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub, key }), undefined, t);
+      const deadline = Date.now() + 20000;
+      for (;;) {
+        const ack = await client.request({ type: 'sendToGroup', group: 'g', dataType: 'text', data: 'stored' }, 10000);
+        if (ack.success) break;
+        assert.ok(Date.now() < deadline, `never stored in ${hub}: ${JSON.stringify(ack)}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const durable = relay.pubsub.hub(hub)!.durable as unknown as { position: number };
+      await until(() => durable.position > 0, 10000, `${hub}'s stream read back`);
+      client.ws.terminate();
+    };
+
+    hubs.push({ name: 'fresh', accessKey: FRESH_KEY, durable: true, history: { maxMessages: 100 } } as never);
+    write(testConfig({ bus, pubsub: { hubs } }));
+    assert.ok(relay.reload('api').ok);
+    assert.ok(relay.jetstream, 'JetStream started for the first durable hub');
+    await storedIn('fresh', FRESH_KEY);
+    assert.ok(relay.pubsub.hub('fresh')!.history, 'it keeps history in its stream');
+
+    hubs.push({ name: 'third', accessKey: OTHER_KEY, durable: true } as never);
+    write(testConfig({ bus, pubsub: { hubs } }));
+    assert.ok(relay.reload('api').ok);
+    await storedIn('third', OTHER_KEY);
+  });
+});

@@ -1,0 +1,193 @@
+// listen.tls (docs/security.md, "TLS on the one port"): with certificates
+// the port serves https:// and wss:// for every surface; a client that does
+// not trust the certificate is refused; the certificate is replaced on
+// SIGHUP and when its files change (an atomic rename included) without
+// dropping open connections, and a bad new one is refused while the old one
+// stays. Certificates are made at run time by test/helpers/certs.ts.
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import { describe, it } from 'node:test';
+import { clientTls, makePki, type CertFiles, type TestPki } from '../helpers/certs.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { ALL_ROLES, HUB, HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { captureLogger, startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+import { signJwt } from '../../src/auth/jwt.ts';
+
+function tlsListen(pki: TestPki, files: CertFiles = pki.server): Record<string, unknown> {
+  return { host: '127.0.0.1', port: 0, tls: { certFile: files.certFile, keyFile: files.keyFile } };
+}
+
+/** The SHA-256 fingerprint of the certificate a new TLS connection to `port` is served. */
+function servedFingerprint(port: number, pki: TestPki): Promise<string> {
+  return withTimeout(
+    new Promise<string>((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port, ca: pki.ca, servername: 'localhost' }, () => {
+        const fingerprint = socket.getPeerCertificate().fingerprint256;
+        socket.end();
+        resolve(fingerprint);
+      });
+      socket.once('error', reject);
+    }),
+    5000,
+    'TLS handshake',
+  );
+}
+
+const fingerprintOf = (files: CertFiles) => new X509Certificate(readFileSync(files.certFile)).fingerprint256;
+
+/** Copies `files` over the relay's certificate files (as an operator renewing them by hand would). */
+function installAt(target: CertFiles, files: CertFiles): void {
+  copyFileSync(files.certFile, target.certFile);
+  copyFileSync(files.keyFile, target.keyFile);
+}
+
+describe('TLS on the one port', () => {
+  it('serves https:// and wss:// for hybrid connections (both modes), pub/sub, REST and ops', async (t) => {
+    const pki = makePki(t);
+    const tls = clientTls(pki);
+    const relay = await startTestRelay(t, pubsubOverrides({ listen: tlsListen(pki) }));
+    assert.match(relay.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    assert.equal(relay.publicUrl, relay.url);
+
+    const health = await httpRequest(`${relay.url}/$relay/health`, { tls });
+    assert.equal(health.status, 200);
+
+    // WebSocket mode: the accept a listener is given names a wss:// rendezvous address.
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    assert.match(listenUrl, /^wss:/);
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), tls);
+    t.after(() => listener.close());
+    const sendUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const senderOpen = openWebSocket(sendUrl, { ...tls, headers: { ServiceBusAuthorization: tokenFor(sendUrl) } });
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    assert.match(accept.address, /^wss:\/\/127\.0\.0\.1:\d+\/\$hc\/echo\?sb-hc-action=accept/);
+    const leg = await openWebSocket(accept.address, tls);
+    const sender = await senderOpen;
+    t.after(() => sender.terminate());
+    leg.on('message', (m: Buffer) => leg.send(`echo ${m}`));
+    sender.send('over TLS');
+    const reply = await withTimeout(new Promise<string>((r) => sender.once('message', (m) => r(String(m)))), 5000, 'echo');
+    assert.equal(reply, 'echo over TLS');
+    leg.terminate();
+
+    // HTTP mode: the request reaches the listener on its control channel, the answer comes back over https.
+    const answered = httpRequest(`${relay.url}/echo/hello`, { tls, headers: { ServiceBusAuthorization: tokenFor(`${relay.url}/echo`) } });
+    const { request } = await listener.next<{ request: { id: string } }>();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, statusDescription: 'OK', responseHeaders: { 'content-type': 'text/plain' }, body: true } }));
+    listener.ws.send(Buffer.from('hello over https'));
+    const res = await answered;
+    assert.equal(res.status, 200);
+    assert.equal(String(res.body), 'hello over https');
+
+    // Pub/sub over wss://, and REST over https://.
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ALL_ROLES }), undefined, t, tls);
+    assert.match(accessUrl(relay.url), /^wss:/);
+    await client.waitFor((m) => m.event === 'connected');
+    assert.equal((await client.request({ type: 'joinGroup', group: 'g' })).success, true);
+    const restPath = `/api/hubs/${HUB}/groups/g/:send`;
+    const rest = await httpRequest(`${relay.url}${restPath}?api-version=2024-01-01`, {
+      method: 'POST',
+      tls,
+      headers: { authorization: `Bearer ${signJwt({ aud: `${relay.url}${restPath}` }, HUB_KEY, 300)}`, 'content-type': 'text/plain' },
+      body: Buffer.from('from REST over https'),
+    });
+    assert.equal(rest.status, 202);
+    const message = await client.waitFor((m) => m.type === 'message');
+    assert.equal(message.data, 'from REST over https');
+  });
+
+  it('is refused by a client that does not trust the certificate, and speaks no plain HTTP on the port', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: tlsListen(pki) });
+    const untrusted = (err: NodeJS.ErrnoException) => err.code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE';
+    await assert.rejects(httpRequest(`${relay.url}/$relay/health`), untrusted);
+    await assert.rejects(openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect')), untrusted);
+    await assert.rejects(httpRequest(`${relay.url.replace('https:', 'http:')}/$relay/health`, { timeoutMs: 5000 }));
+  });
+
+  it('refuses a TLS version below listen.tls.minVersion', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: { ...tlsListen(pki), tls: { ...(tlsListen(pki).tls as object), minVersion: 'TLSv1.3' } } });
+    await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: { ...clientTls(pki), maxVersion: 'TLSv1.2' } as never }));
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls: clientTls(pki) })).status, 200);
+  });
+
+  it('takes a new certificate on SIGHUP without dropping an open connection, and says https:// when it starts', async (t) => {
+    const pki = makePki(t);
+    const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
+    installAt(live, pki.server);
+    const relay = await startRelayProcess(t, { listen: tlsListen(pki, live), log: { level: 'info' } });
+    assert.match(relay.url, /^https:\/\//);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(pki.server));
+
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki));
+    t.after(() => listener.close());
+
+    // The files change in place (no rename: the folder watch fires too, but SIGHUP is what is tested here).
+    const renewed = pki.issueServer('renewed');
+    installAt(live, renewed);
+    relay.child.kill('SIGHUP');
+    await until(() => relay.stderr().includes('tls.certificate_loaded'), 10000, 'certificate reloaded');
+    // Read on the signal, before the folder watch's debounce would have.
+    assert.match(relay.stderr(), /"event":"tls.certificate_loaded","reason":"signal"/);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+
+    // A bad certificate on the next SIGHUP is refused, and said so; the renewed one stays.
+    writeFileSync(live.certFile, 'not a certificate\n');
+    relay.child.kill('SIGHUP');
+    await until(() => relay.stderr().includes('tls.certificate_refused'), 10000, 'certificate refused');
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+
+    // The listener opened before is still there and still works.
+    const sendUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const senderOpen = openWebSocket(sendUrl, { ...clientTls(pki), headers: { ServiceBusAuthorization: tokenFor(sendUrl) } });
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    const leg = await openWebSocket(accept.address, clientTls(pki));
+    const sender = await senderOpen;
+    leg.terminate();
+    sender.terminate();
+  });
+
+  it('takes a certificate renamed over the old file (as certbot and Kubernetes do), and keeps the old one when the new one is bad', async (t) => {
+    const pki = makePki(t);
+    const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
+    installAt(live, pki.server);
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const open = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki));
+    t.after(() => open.close());
+    const logged = (event: string) => lines().filter((l) => l.event === event).length;
+
+    // Atomic replacement: new files written beside, then renamed over the live ones. No signal.
+    const renewed = pki.issueServer('renewed');
+    copyFileSync(renewed.keyFile, `${live.keyFile}.tmp`);
+    copyFileSync(renewed.certFile, `${live.certFile}.tmp`);
+    renameSync(`${live.keyFile}.tmp`, live.keyFile);
+    renameSync(`${live.certFile}.tmp`, live.certFile);
+    await until(() => logged('tls.certificate_loaded') === 1, 10000, 'the renamed certificate to be loaded');
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+
+    // A certificate whose key is not the one beside it: refused with a log line, the renewed one stays.
+    const other = pki.issueServer('other');
+    copyFileSync(other.certFile, `${live.certFile}.tmp`);
+    renameSync(`${live.certFile}.tmp`, live.certFile);
+    await until(() => logged('tls.certificate_refused') === 1, 10000, 'the mismatched certificate to be refused');
+    assert.match(String(lines().find((l) => l.event === 'tls.certificate_refused')!.err), /listen\.tls\.keyFile/);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+    // Not PEM at all, read on a reload: the same.
+    writeFileSync(live.certFile, 'not a certificate\n');
+    relay.reload('signal');
+    await until(() => logged('tls.certificate_refused') >= 2, 10000, 'the garbage certificate to be refused');
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+    // The listener opened at the start was never dropped.
+    assert.equal(open.ws.readyState, open.ws.OPEN);
+    assert.equal(logged('tls.certificate_loaded'), 1);
+  });
+});
