@@ -25,7 +25,9 @@ export const HYBRID_ERRORS = {
   BadListenerResponse: { status: 502, message: 'The listener sent an invalid response' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: only listeners on this node can be reached' },
   TooManyPending: { status: 503, message: 'Too many requests are waiting for this hybrid connection' },
-  ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
+  // 1001 (going away), not 1012: Microsoft's hyco-ws bundles ws 1.1, which takes
+  // any code above 1011 for a protocol error and then reconnects twice at once.
+  ShuttingDown: { status: 503, closeCode: 1001, message: 'The relay is restarting: reconnect, another node will serve you' },
   AcceptTimeout: { status: 504, message: 'The listener did not accept in time' },
   RouteTimeout: { status: 504, message: 'The node holding the listener did not answer in time' },
   ResponseTimeout: { status: 504, message: 'The listener did not respond in time' },

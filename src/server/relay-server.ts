@@ -69,7 +69,7 @@ export interface RunningRelay {
    * the TLS certificates; a config that does not load changes nothing.
    */
   reload(reason: 'signal' | 'api'): ReloadOutcome;
-  /** Stops accepting, tells listeners and clients to reconnect elsewhere (1012), drains up to timeouts.shutdownMs. */
+  /** Stops accepting, tells listeners (1001) and clients (1012) to reconnect elsewhere, drains up to timeouts.shutdownMs. */
   close(): Promise<void>;
 }
 
@@ -353,7 +353,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       certificates?.close();
       log.info({ event: 'relay.stopping' });
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Stop taking work; tell listeners and clients (1012) to reconnect elsewhere.
+      // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere.
       hybrid.beginShutdown();
       pubsub.beginShutdown();
       server.closeIdleConnections();

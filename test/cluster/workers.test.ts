@@ -45,7 +45,7 @@ describe('serve --workers', () => {
     const overrides = edgeOverrides('host', [nats.url]);
     const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
     // One listener, attached to one of the workers; senders land on either.
-    await startHycoWsListener(t, relay.url, (ws) => ws.on('message', (m: Buffer) => ws.send(String(m))));
+    const echoListener = await startHycoWsListener(t, relay.url, (ws) => ws.on('message', (m: Buffer) => ws.send(String(m))));
     for (let i = 0; i < 12; i++) assert.equal(await echoOnce(relay.url, `hello ${i}`), `hello ${i}`);
     assert.match(relay.stderr(), /"node":"host-w1"/);
     assert.match(relay.stderr(), /"node":"host-w2"/);
@@ -77,9 +77,12 @@ describe('serve --workers', () => {
     await serviceClient(relay).sendToAll('from REST', { contentType: 'text/plain' });
     await until(() => subs.every((s) => s.serverData.some((m) => m.data === 'from REST')), 10000, 'a REST send to every worker');
 
-    // SIGTERM to the command stops every worker. (The SDK clients go first: a
-    // client that is reconnecting to a stopped relay does not stop.)
+    // SIGTERM to the command stops every worker. (The clients go first: an SDK
+    // client that is reconnecting to a stopped relay does not stop, and hyco-ws
+    // answers each refused reconnect with two more, at once.)
     for (const client of [...subs, publisher]) await client.client.stop();
+    echoListener.close();
+    server.close();
     await relay.stop();
     assert.notEqual(relay.child.exitCode ?? relay.child.signalCode, null);
   });

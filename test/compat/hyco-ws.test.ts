@@ -125,3 +125,27 @@ describe('hyco-ws listener, token renewal', () => {
     assert.equal(state.calls, 2, 'reconnected with a fresh token');
   });
 });
+
+describe('hyco-ws listener, a draining relay', () => {
+  it('is closed with a code hyco-ws accepts (1001), not one its ws 1.1 takes for a protocol error', async (t) => {
+    // With 1012, hyco-ws's bundled ws 1.1 failed with 1002 "invalid error code",
+    // emitted error and close, and reconnected twice, at once, for each: a storm.
+    const cleanup = new Cleanup();
+    t.after(() => cleanup.run());
+    const relay = await startRelayProcess(cleanup);
+    const server = await startHycoWsListener(cleanup, relay.url, echo);
+    const errors: unknown[] = [];
+    server.on('error', (err: unknown) => errors.push(err));
+    const closed = new Promise<number>((resolve) =>
+      server.controlChannel.once('close', (code: number) => {
+        // Stop hyco-ws here: with the relay gone, each refused reconnect would start two more.
+        server.close();
+        resolve(code);
+      }),
+    );
+    const stopping = relay.stop();
+    assert.equal(await withTimeout(closed, 10000, 'the control channel closed by the draining relay'), 1001);
+    assert.deepEqual(errors, [], 'hyco-ws saw no protocol error');
+    await stopping;
+  });
+});
