@@ -54,7 +54,7 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), this.access.socketOptions);
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), this.access.socketOptions(this.access.wsBase));
     let opened = false;
     ws.on('unexpected-response', (_req, res) => {
       log.warn({ event: 'bridge.connect_refused', status: res.statusCode, reason: res.statusMessage });

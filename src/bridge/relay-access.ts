@@ -16,6 +16,32 @@ export interface RelayAccessOptions {
   tls?: { ca?: Buffer[]; cert?: Buffer; key?: Buffer };
 }
 
+/**
+ * True when no intermediary can read the frames sent to `url`: over TLS
+ * (wss://), or to a loopback address. RFC 6455 masks a client's frames with an
+ * unpredictable key so that a script in a browser cannot make its bytes look
+ * like a request to a caching proxy that reads the plain stream; neither holds
+ * here (the bridge sends what its local TCP peer sends, and no proxy reads TLS
+ * or loopback). There, a zero key is sent: `ws` then skips the copy that masks
+ * every byte and the relay skips unmasking (frame-parser.ts), the largest
+ * per-byte cost of the bridge chain. Anywhere else the key is random.
+ */
+export function masksHidden(url: string): boolean {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return false;
+  }
+  if (parsed.protocol === 'wss:' || parsed.protocol === 'https:') return true;
+  const host = parsed.hostname.replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
+}
+
 export class RelayAccess {
   readonly wsBase: string;
 
@@ -31,9 +57,14 @@ export class RelayAccess {
     return createSasToken(resourceForUrl(this.entityUrl(entity)), this.options.keyName, this.options.key, expiresAt);
   }
 
-  /** Options for every WebSocket the bridge opens to the relay (control channel, legs, connects). */
-  get socketOptions(): ClientOptions {
-    return { ...this.options.tls };
+  /**
+   * Options for a WebSocket the bridge opens to `url` on the relay (control
+   * channel, legs, connects). No permessage-deflate (the relay offers none and
+   * forwarded TCP is opaque), and where nothing between the bridge and the
+   * relay can read the frames the masking key is zero (masksHidden).
+   */
+  socketOptions(url: string): ClientOptions {
+    return { ...this.options.tls, perMessageDeflate: false, ...(masksHidden(url) ? { generateMask: zeroMask } : {}) };
   }
 
   get tokenTtlSeconds(): number {

@@ -59,7 +59,7 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions);
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions(this.access.wsBase));
     this.control = ws;
     let why = 'connection closed';
     let refused = false;
@@ -116,7 +116,7 @@ export class RemoteForwarder {
     tcp.pause();
     tcp.once('connect', () => {
       tcp.setNoDelay(true);
-      const ws = new WebSocket(notice.address, this.access.socketOptions);
+      const ws = new WebSocket(notice.address, this.access.socketOptions(notice.address));
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
@@ -135,7 +135,7 @@ export class RemoteForwarder {
         log.warn({ event: 'bridge.target_unreachable', err: err.message });
         // Reject through the rendezvous address: the sender gets 502 and this text.
         const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-        const ws = new WebSocket(reject, this.access.socketOptions);
+        const ws = new WebSocket(reject, this.access.socketOptions(reject));
         ws.on('error', () => {});
         ws.on('unexpected-response', (_req, res) => res.resume());
       }

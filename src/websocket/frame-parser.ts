@@ -50,6 +50,7 @@ export class FrameParser {
   private readonly mask = Buffer.alloc(4);
   private isMasked = false;
   private maskOffset = 0;
+  private zeroMask = false;
   private inFragmentedMessage = false;
   private controlChunks: Buffer[] = [];
 
@@ -115,6 +116,8 @@ export class FrameParser {
     if (this.isMasked) {
       this.header.copy(this.mask, 0, pos, pos + 4);
       this.maskOffset = 0;
+      // A zero key (our bridge, over TLS or loopback) leaves the payload as it is.
+      this.zeroMask = this.header.readUInt32BE(pos) === 0;
     }
     this.remaining = length;
     const op = this.opcode;
@@ -142,7 +145,7 @@ export class FrameParser {
   }
 
   private payload(piece: Buffer): void {
-    if (this.isMasked) {
+    if (this.isMasked && !this.zeroMask) {
       unmaskInPlace(piece, this.mask, this.maskOffset);
       this.maskOffset = (this.maskOffset + piece.length) & 3;
     }

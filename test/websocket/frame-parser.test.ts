@@ -4,8 +4,7 @@ import { describe, it } from 'node:test';
 import { FrameParser, type FrameHandler, unmaskInJs, unmaskInPlace } from '../../src/websocket/frame-parser.ts';
 import { OP_BINARY, OP_CONTINUATION, OP_PING, OP_TEXT } from '../../src/websocket/frames.ts';
 
-function maskedFrame(fin: boolean, opcode: number, payload: Buffer, rsv = 0): Buffer {
-  const mask = randomBytes(4);
+function maskedFrame(fin: boolean, opcode: number, payload: Buffer, rsv = 0, mask = randomBytes(4)): Buffer {
   const len = payload.length;
   const head = len < 126 ? Buffer.from([0, 0x80 | len]) : len < 65536 ? Buffer.alloc(4) : Buffer.alloc(10);
   if (len >= 126 && len < 65536) { head[1] = 0x80 | 126; head.writeUInt16BE(len, 2); }
@@ -44,6 +43,18 @@ describe('frame parser', () => {
       for (let i = 0; i < wire.length; i += step) parser.push(Buffer.from(wire.subarray(i, i + step)));
       assert.deepEqual(r.events, ['frame 0 2 100', 'end 0', 'control 9 hi', 'frame 1 0 69900', 'end 1', 'frame 1 1 0', 'end 1'], `step ${step}`);
       assert.ok(Buffer.concat(r.data).equals(payload), `step ${step}`);
+    }
+  });
+
+  it('passes a zero-keyed payload as it is, and unmasks the next frame with its own key', () => {
+    const a = randomBytes(3000);
+    const b = randomBytes(3000);
+    const wire = Buffer.concat([maskedFrame(true, OP_BINARY, a, 0, Buffer.alloc(4)), maskedFrame(true, OP_BINARY, b, 0, Buffer.from([1, 2, 3, 4]))]);
+    for (const step of [5, 1000, wire.length]) {
+      const r = recorder();
+      const parser = new FrameParser(r.handler, { masked: true, maxFrameBytes: 0 });
+      for (let i = 0; i < wire.length; i += step) parser.push(Buffer.from(wire.subarray(i, i + step)));
+      assert.ok(Buffer.concat(r.data).equals(Buffer.concat([a, b])), `step ${step}`);
     }
   });
 
