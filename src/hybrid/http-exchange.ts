@@ -190,8 +190,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     return (body) => {
       if (this.finished || !this.writeHead()) return;
       if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
-      this.body!.write(body);
-      this.endBody();
+      this.endBody(body);
     };
   }
 
@@ -355,10 +354,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     return true;
   }
 
-  /** The listener's body ended: the response ends, or, short of its declared length, is cut. */
-  private endBody(): void {
-    if (!this.body!.complete) return this.fail('BadListenerResponse');
-    this.res.end();
+  /** The listener's body ended (with `last`, its final piece): the response ends, or, short of its declared length, is cut. */
+  private endBody(last?: Buffer): void {
+    if (!this.body!.end(last)) return this.fail('BadListenerResponse');
     this.finish();
   }
 

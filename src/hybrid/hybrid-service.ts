@@ -257,7 +257,8 @@ export class HybridService {
   // --- relayed HTTP requests on /{entity}/... ------------------------------------
 
   handleHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget): void {
-    const log = this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) });
+    // A request logs at info and debug only: below those levels a child logger per request would be made for nothing.
+    const log = this.log.isLevelEnabled('info') ? this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) }) : this.log;
     const refuse = (code: HybridErrorCode) => {
       log.info({ event: 'http.refused', code });
       countHttpStatus(this.ctx, code);
@@ -383,7 +384,7 @@ export class HybridService {
   /**
    * Stops taking work: new connects, requests and listeners are refused (503)
    * and other nodes stop routing here. Listeners are told to reconnect
-   * elsewhere (close 1012) as soon as no request of theirs is in flight.
+   * elsewhere (close 1001) as soon as no request of theirs is in flight.
    */
   beginShutdown(): void {
     this.shuttingDown = true;
@@ -393,7 +394,7 @@ export class HybridService {
     this.closeIdleListeners();
   }
 
-  /** Closes (1012) listeners with no request in flight; returns how many are still open. */
+  /** Closes (1001) listeners with no request in flight; returns how many are still open. */
   closeIdleListeners(): number {
     let busy = 0;
     for (const channel of [...this.listeners.all()]) {

@@ -46,6 +46,19 @@ export class ResponseBody {
     return this.res.write(chunk);
   }
 
+  /**
+   * Ends the response with `last` as its final piece (the whole body, when it
+   * came in one message: head, body and end leave in one write). Returns
+   * false, writing nothing, when the body would fall short of its declared
+   * length. Call fits() first.
+   */
+  end(last?: Buffer): boolean {
+    if (last) this.written += last.length;
+    if (!this.complete) return false;
+    this.res.end(last);
+    return true;
+  }
+
   /** True when the body written so far is all the declared length promised. */
   get complete(): boolean {
     return !this.counted || this.written === this.declared;
