@@ -109,11 +109,15 @@ export async function startServeProcess(t: Pick<TestContext, 'after'>, args: str
   const url = await withTimeout(
     new Promise<string>((resolve, reject) => {
       let out = '';
-      child.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
+      const onData = (d: Buffer) => {
+        out = (out + d.toString()).slice(-65536);
         const m = /listening on (https?:\/\/\S+)/.exec(out);
-        if (m) resolve(m[1]);
-      });
+        if (!m) return;
+        child.stdout!.off('data', onData);
+        child.stdout!.resume(); // keep draining what the relay prints later
+        resolve(m[1]);
+      };
+      child.stdout!.on('data', onData);
       child.once('exit', (code) => reject(new Error(`relay exited with ${code}: ${err}`)));
     }),
     // Bounded, for a hang; a loaded 2-core machine starting several edges with tsx needs a while.
