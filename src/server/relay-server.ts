@@ -12,6 +12,7 @@ import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
+import { OpsDashboard } from '../ops/dashboard.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -156,6 +157,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname);
   let closing = false;
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
+  const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const r = route(req.url);
@@ -166,6 +168,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream) })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, config.metrics.requireManage ? manageAuth : undefined);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
+        if (dashboard.handle(r.name, req, res, manageAuth)) return;
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -258,6 +261,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Rela
       // Stop taking work; tell listeners and clients (1012) to reconnect elsewhere.
       hybrid.beginShutdown();
       pubsub.beginShutdown();
+      dashboard.close();
       server.closeIdleConnections();
       // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners
       // close once idle, reliable sessions wait for another node to take them.

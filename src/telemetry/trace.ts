@@ -80,6 +80,8 @@ export class TraceSource {
   on = false;
   /** Trace viewers connected to this edge (the edge_relay_trace_viewers gauge). */
   viewers = 0;
+  /** Events dropped over the rate cap so far (viewers are told how many they missed). */
+  rateDropped = 0;
   private readonly sinks = new Set<TraceSink>();
   private tokens = TRACE_EVENTS_PER_SECOND;
   private refilledAt = 0;
@@ -108,7 +110,10 @@ export class TraceSource {
       this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
       this.refilledAt = now;
     }
-    if (this.tokens < 1) return this.dropped('rate');
+    if (this.tokens < 1) {
+      this.rateDropped++;
+      return this.dropped('rate');
+    }
     this.tokens--;
     const event: TraceEvent = { at: now, node: this.node, kind };
     for (const name of TEXT_FIELDS) {
