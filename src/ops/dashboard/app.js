@@ -310,9 +310,8 @@ function renderOverview() {
     return h(
       'tr',
       { 'data-node': n.nodeId },
-      h('th', { scope: 'row' }, n.nodeId, n.nodeId === latest.node ? h('span', { class: 'tag' }, 'this page') : null),
+      h('th', { scope: 'row' }, n.nodeId, n.nodeId === latest.node ? h('span', { class: 'tag' }, 'this page') : null, h('div', { class: 'url' }, n.publicUrl)),
       h('td', {}, h('span', { class: `badge ${state[1]}` }, state[0])),
-      h('td', { class: 'url' }, n.publicUrl),
       h('td', { title: `since ${new Date(n.startedAt).toLocaleString()}` }, duration(uptime)),
       h('td', {}, `${n.bus.kind}${n.bus.kind === 'nats' ? (n.bus.connected ? ' · connected' : ' · disconnected') : ''}`),
       num(count(n.connections.listener), { class: 'num listeners' }),
@@ -329,14 +328,13 @@ function renderOverview() {
       h(
         'tr',
         { 'data-node': s.nodeId, class: 'silent' },
-        h('th', { scope: 'row' }, s.nodeId),
+        h('th', { scope: 'row' }, s.nodeId, h('div', { class: 'url' }, s.publicUrl)),
         h('td', {}, h('span', { class: 'badge bad' }, 'not answering')),
-        h('td', { class: 'url' }, s.publicUrl),
         h('td', { colspan: 9, class: 'muted' }, `last answered at ${clock(s.lastSeen)} (${duration((now - s.lastSeen) / 1000)} ago)`),
       ),
     );
   }
-  fill($('edges').tBodies[0], rows, 'No edge answered.', 12);
+  fill($('edges').tBodies[0], rows, 'No edge answered.', 11);
 }
 
 function renderHybrid() {

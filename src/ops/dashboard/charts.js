@@ -1,8 +1,11 @@
 // Small time-series line charts drawn on a canvas: the last WINDOW_MS of
-// samples the page collected itself, a y axis in the chart's unit, a time
+// samples the page collected itself (from when it opened, at least a minute
+// wide, until 15 minutes are there), a y axis in the chart's unit, a time
 // axis in the viewer's time zone, and an HTML legend (name, colour, latest
 // value) beside each. No library: a few dozen lines of canvas drawing.
-import { shortClock } from './format.js';
+import { clock, shortClock } from './format.js';
+
+const MIN_SPAN_MS = 60 * 1000;
 
 export const WINDOW_MS = 15 * 60 * 1000;
 
@@ -30,15 +33,22 @@ export class Samples {
   }
 }
 
-/** A "nice" axis top at or above `max`: 1, 2 or 5 times a power of ten (or of 1024 for bytes). */
-function niceCeiling(max, binary) {
-  if (binary && !(max > 1024)) return 1024;
-  if (!(max > 0)) return 1;
-  const base = binary && max >= 1024 ? 1024 ** Math.floor(Math.log(max) / Math.log(1024)) : 10 ** Math.floor(Math.log10(max));
-  for (const step of binary && max >= 1024 ? [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] : [1, 2, 5, 10]) {
-    if (base * step >= max) return base * step;
+/**
+ * The axis top: four equal steps of a round size (1, 2 or 5 times a power of
+ * ten; for bytes, a power of two times a power of 1,024), so that every
+ * grid line falls on a round number.
+ */
+function niceTop(max, binary) {
+  const quarter = Math.max(max, 0) / 4;
+  if (binary) {
+    if (quarter <= 256) return 1024;
+    const unit = 1024 ** Math.floor(Math.log(quarter) / Math.log(1024));
+    return 4 * unit * 2 ** Math.ceil(Math.log2(quarter / unit));
   }
-  return base * 10;
+  if (quarter <= 0.25) return 1;
+  const power = 10 ** Math.floor(Math.log10(quarter));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((v) => v >= quarter);
+  return 4 * step;
 }
 
 export class LineChart {
@@ -88,7 +98,7 @@ export class LineChart {
 
     let max = 0;
     for (const list of samples.values) for (const v of list) if (v !== null && v > max) max = v;
-    const top = niceCeiling(max, options.binary);
+    const top = niceTop(max, options.binary);
     const labels = [0, 0.25, 0.5, 0.75, 1].map((f) => format(top * f));
     const left = Math.ceil(Math.max(...labels.map((l) => ctx.measureText(l).width))) + 10;
     const right = 8;
@@ -96,8 +106,9 @@ export class LineChart {
     const bottom = 20;
     const plotWidth = Math.max(10, width - left - right);
     const plotHeight = Math.max(10, height - plotTop - bottom);
-    const start = now - WINDOW_MS;
-    const x = (t) => left + ((t - start) / WINDOW_MS) * plotWidth;
+    const span = Math.min(WINDOW_MS, Math.max(MIN_SPAN_MS, samples.times.length > 0 ? now - samples.times[0] : 0));
+    const start = now - span;
+    const x = (t) => left + ((t - start) / span) * plotWidth;
     const y = (v) => plotTop + plotHeight - (v / top) * plotHeight;
 
     // Grid and y labels.
@@ -114,17 +125,18 @@ export class LineChart {
       ctx.stroke();
       ctx.fillText(labels[i], left - 6, yy);
     });
-    // Time labels every 5 minutes, on round minutes.
+    // Time labels on round times, about four of them.
     ctx.textAlign = 'center';
     ctx.textBaseline = 'top';
-    const step = 5 * 60 * 1000;
+    const step = [15, 30, 60, 120, 300].map((s) => s * 1000).find((s) => span / s <= 5) ?? 300000;
+    const label = step < 60000 ? (t) => clock(t) : shortClock;
     for (let t = Math.ceil(start / step) * step; t <= now; t += step) {
       const xx = Math.round(x(t)) + 0.5;
       ctx.beginPath();
       ctx.moveTo(xx, plotTop);
       ctx.lineTo(xx, plotTop + plotHeight);
       ctx.stroke();
-      ctx.fillText(shortClock(t), Math.min(Math.max(xx, left + 16), left + plotWidth - 16), plotTop + plotHeight + 5);
+      ctx.fillText(label(t), Math.min(Math.max(xx, left + 24), left + plotWidth - 24), plotTop + plotHeight + 5);
     }
 
     // The lines; a null value breaks a line.

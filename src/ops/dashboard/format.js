@@ -16,7 +16,8 @@ export function compact(n) {
   }
   if (abs === 0) return '0';
   if (abs < 0.01) return '<0.01';
-  return abs < 10 && !Number.isInteger(n) ? trim(n, 2) : String(Math.round(n));
+  if (Number.isInteger(n) || abs >= 10) return String(Math.round(n));
+  return trim(n, abs < 1 ? 2 : 1);
 }
 
 function trim(x, digits = 1) {
