@@ -1,6 +1,7 @@
 // The bench's scenarios by name (`npm run bench -- NAME`).
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { bridgeScenario } from './bridge.ts';
+import { dashboardScenario } from './dashboard.ts';
 import { fanoutScenario } from './fanout-systems.ts';
 import { httpScenario } from './http.ts';
 import { memoryScenario } from './memory.ts';
@@ -23,6 +24,7 @@ export const NEEDS: Record<string, string[]> = {
   bridge: ['socat', 'haproxy', 'iperf3'],
   rendezvous: [],
   memory: ['nats-server'],
+  dashboard: ['nats-server'],
 };
 
 export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
@@ -32,4 +34,5 @@ export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
   http: httpScenario,
   rendezvous: rendezvousScenario,
   memory: memoryScenario,
+  dashboard: dashboardScenario,
 };

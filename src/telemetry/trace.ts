@@ -104,7 +104,25 @@ export class TraceSource {
   }
 
   emit(kind: TraceKind, fields: TraceFields): void {
-    if (!this.on) return;
+    if (this.on && this.admit()) this.deliver(kind, fields);
+  }
+
+  /**
+   * Emits once `outcome` settles: `code` is its result ('success',
+   * 'Duplicate') or the error's name. The event's place under the rate cap is
+   * taken now, so that past the cap nothing waits on the outcome.
+   */
+  settled(kind: TraceKind, fields: TraceFields, outcome: Promise<unknown>, startedAt = performance.now()): void {
+    if (!this.on || !this.admit()) return;
+    outcome.then(
+      (result) => this.on && this.deliver(kind, { ...fields, code: result === 'duplicate' ? 'Duplicate' : 'success', ms: performance.now() - startedAt }),
+      (err: Error) =>
+        this.on && this.deliver(kind, { ...fields, code: err?.name && err.name !== 'Error' ? err.name : 'InternalServerError', ms: performance.now() - startedAt }),
+    );
+  }
+
+  /** Takes one event's place under the cap (a token bucket refilled by the clock); false, counted, when there is none. */
+  private admit(): boolean {
     const now = Date.now();
     if (now !== this.refilledAt) {
       this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
@@ -112,10 +130,15 @@ export class TraceSource {
     }
     if (this.tokens < 1) {
       this.rateDropped++;
-      return this.dropped('rate');
+      this.dropped('rate');
+      return false;
     }
     this.tokens--;
-    const event: TraceEvent = { at: now, node: this.node, kind };
+    return true;
+  }
+
+  private deliver(kind: TraceKind, fields: TraceFields): void {
+    const event: TraceEvent = { at: Date.now(), node: this.node, kind };
     for (const name of TEXT_FIELDS) {
       const value = fields[name];
       if (typeof value === 'string') event[name] = value.length > TRACE_TEXT_MAX ? value.slice(0, TRACE_TEXT_MAX - 1) + '…' : value;
@@ -124,14 +147,6 @@ export class TraceSource {
     if (fields.ms !== undefined) event.ms = Math.max(0, Math.round(fields.ms * 10) / 10);
     if (fields.bytes !== undefined) event.bytes = fields.bytes;
     for (const sink of this.sinks) sink(event);
-  }
-
-  /** Emits once `outcome` settles: `code` is its result ('success', 'Duplicate') or the error's name. */
-  settled(kind: TraceKind, fields: TraceFields, outcome: Promise<unknown>, startedAt = performance.now()): void {
-    outcome.then(
-      (result) => this.emit(kind, { ...fields, code: result === 'duplicate' ? 'Duplicate' : 'success', ms: performance.now() - startedAt }),
-      (err: Error) => this.emit(kind, { ...fields, code: err?.name && err.name !== 'Error' ? err.name : 'InternalServerError', ms: performance.now() - startedAt }),
-    );
   }
 }
 
