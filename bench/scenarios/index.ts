@@ -2,6 +2,7 @@
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { bridgeScenario } from './bridge.ts';
 import { durableScenario } from './durable.ts';
+import { dashboardScenario } from './dashboard.ts';
 import { fanoutScenario } from './fanout-systems.ts';
 import { httpScenario } from './http.ts';
 import { memoryScenario } from './memory.ts';
@@ -25,6 +26,7 @@ export const NEEDS: Record<string, string[]> = {
   rendezvous: [],
   memory: ['nats-server'],
   durable: ['nats-server'],
+  dashboard: ['nats-server'],
 };
 
 export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
@@ -35,4 +37,5 @@ export const SCENARIOS: Record<string, (mode: Mode) => Promise<Outcome>> = {
   rendezvous: rendezvousScenario,
   memory: memoryScenario,
   durable: durableScenario,
+  dashboard: dashboardScenario,
 };

@@ -5,6 +5,7 @@
 // edges"). A message travels as an envelope (envelope.ts): this header as
 // JSON, then raw body bytes where the op carries a body. The bus is a network
 // too: decodeEdgeMessage returns only messages that match their schema.
+import type { TraceEvent } from '../telemetry/trace.ts';
 import { busMessageValidator } from '../validation/schemas.ts';
 import { decodeEnvelope, encodeEnvelope } from './envelope.ts';
 
@@ -73,6 +74,75 @@ export interface NodeStatus {
   bus: { kind: 'memory' | 'nats'; connected: boolean };
   entities: { name: string; listeners: number }[];
   hubs: { name: string; connections: number; groups: number; sessionsRetained: number }[];
+}
+
+/** Open connections on one edge, by kind (as the edge_relay_connections gauge). */
+export interface ConnectionCounts {
+  listener: number;
+  relayed_websocket: number;
+  http_request: number;
+  pubsub: number;
+}
+
+/** One hybrid connection's traffic on one edge (counters since the edge started). */
+export interface EntityStats {
+  name: string;
+  listeners: number;
+  /** Relayed WebSockets open now (each a sender spliced to a listener). */
+  senders: number;
+  requests: number;
+  connects: number;
+  failures: number;
+  bytes: number;
+}
+
+/** One hub on one edge: connections now, and counters since the edge started. */
+export interface HubStats {
+  name: string;
+  /** Attached connections without a reliable session. */
+  plain: number;
+  /** Attached connections with a reliable session. */
+  reliable: number;
+  /** Reliable sessions held for a client that dropped its socket. */
+  retained: number;
+  groups: number;
+  /** The largest groups on this edge (members here), largest first. */
+  topGroups: { name: string; members: number }[];
+  /** Events accepted on this edge (clients and REST). */
+  published: number;
+  /** Events that came from other edges for members here. */
+  received: number;
+  /** Events handed to clients here (one per recipient). */
+  deliveries: number;
+  slowConsumerCloses: number;
+}
+
+/** One edge's state and counters, as GET /$relay/stats lists it (the dashboard reads it). */
+export interface EdgeStats {
+  nodeId: string;
+  publicUrl: string;
+  startedAt: string;
+  /** When the edge took this snapshot (ms since the epoch, its own clock). */
+  at: number;
+  shuttingDown: boolean;
+  bus: { kind: 'memory' | 'nats'; connected: boolean };
+  /** Resident set size of the edge's process, bytes. */
+  rss: number;
+  connections: ConnectionCounts;
+  hybrid: {
+    requests: number;
+    connects: number;
+    bytes: number;
+    /** Failed connects and requests by error code. */
+    failures: Record<string, number>;
+    /** Entities with listeners or traffic on this edge. */
+    entityCount: number;
+    /** The busiest `top` of them. */
+    entities: EntityStats[];
+  };
+  hubs: HubStats[];
+  limitRefusals: number;
+  traceDropped: number;
 }
 
 // --- hybrid connections: a sender's edge and the edge holding a listener ------------
@@ -328,6 +398,39 @@ export interface OpsNode extends NodeStatus {
   op: 'ops.node';
 }
 
+/** Asks every edge for its counters (GET /$relay/stats, the dashboard). */
+export interface OpsStats {
+  op: 'ops.stats';
+  origin: string;
+  /** How many entities and groups per hub each edge lists at most. */
+  top: number;
+}
+
+/** One edge's counters, answering ops.stats. */
+export interface OpsEdge extends EdgeStats {
+  op: 'ops.edge';
+}
+
+/**
+ * An edge with live trace viewers wants every edge's trace events for
+ * `ttlMs` (announced again before it ends); 0 withdraws. Edges that heard
+ * no unexpired interest publish nothing (docs/dashboard.md, "Live trace").
+ */
+export interface OpsTraceWatch {
+  op: 'ops.trace.watch';
+  origin: string;
+  ttlMs: number;
+}
+
+/** A batch of one edge's trace events, for the edges with viewers. */
+export interface OpsTrace {
+  op: 'ops.trace';
+  origin: string;
+  events: TraceEvent[];
+  /** Events this edge dropped since its last batch (over its rate cap, or a full batch). */
+  dropped?: number;
+}
+
 /** Every message between edges. */
 export type EdgeMessage =
   | HcAccept
@@ -351,7 +454,11 @@ export type EdgeMessage =
   | PsClaim
   | PsCheckpoint
   | OpsStatus
-  | OpsNode;
+  | OpsNode
+  | OpsStats
+  | OpsEdge
+  | OpsTraceWatch
+  | OpsTrace;
 
 export type EdgeOp = EdgeMessage['op'];
 export type EdgeMessageOf<Op extends EdgeOp> = Extract<EdgeMessage, { op: Op }>;
@@ -362,7 +469,7 @@ export const EDGE_OPS = [
   'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
   'ps.member', 'ps.claim', 'ps.checkpoint',
-  'ops.status', 'ops.node',
+  'ops.status', 'ops.node', 'ops.stats', 'ops.edge', 'ops.trace.watch', 'ops.trace',
 ] as const satisfies readonly EdgeOp[];
 
 // A compile-time check that the list names every member of the union.

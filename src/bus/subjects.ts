@@ -78,6 +78,21 @@ export class Subjects {
     return `${this.prefix}.ops.status`;
   }
 
+  /** Every node: the dashboard's counters are gathered here (ops.stats). */
+  stats(): string {
+    return `${this.prefix}.ops.stats`;
+  }
+
+  /** Every node: edges with live trace viewers announce their interest here (ops.trace.watch). */
+  traceWatch(): string {
+    return `${this.prefix}.ops.trace.watch`;
+  }
+
+  /** Edges with live trace viewers, while they have some: the other edges' trace events (ops.trace). */
+  traceEvents(): string {
+    return `${this.prefix}.ops.trace.events`;
+  }
+
   /** Every subject of a hub's durable events: its JetStream stream holds these (docs/durability.md). */
   hubEvents(hubKey: string): string {
     return `${this.prefix}.ev.${encodeSubjectToken(hubKey)}.>`;

@@ -18,6 +18,7 @@ export const EDGE_ERRORS = {
   HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
+  TooManyTraceViewers: { status: 503, message: 'This relay node serves as many live trace viewers as it allows (10); close one or use another node' },
   HttpConnectionLimitReached: { status: 503, message: 'This relay node holds as many HTTP connections as limits.httpConnectionsPerNode allows' },
 } as const satisfies Record<string, ErrorSpec>;
 

@@ -6,6 +6,7 @@ import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { HybridEntity } from './entity-catalog.ts';
+import type { EntityTraffic } from './entity-traffic.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';
 
@@ -19,6 +20,8 @@ export interface HybridContext {
   metrics: RelayMetrics;
   /** What is open right now, for the connections gauge. */
   open: { splices: number; httpRequests: number };
+  /** Traffic per entity, for the dashboard. */
+  traffic: EntityTraffic;
   /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */
   newRendezvousId(): string;
 }
@@ -31,17 +34,34 @@ export function pendingLimitReached(ctx: HybridContext, entity: HybridEntity): b
 }
 
 /** Counts a relayed WebSocket that did not open, and answers the sender's upgrade with why. */
-export function connectFailed(ctx: HybridContext, socket: Duplex, code: HybridErrorCode, message?: string): void {
-  ctx.metrics.rendezvousFailed.inc({ reason: code });
+export function connectFailed(ctx: HybridContext, socket: Duplex, code: HybridErrorCode, entity: HybridEntity | string, message?: string): void {
+  countConnectFailure(ctx, code, entity);
   failUpgrade(socket, code, message);
 }
 
-/** Counts a relayed HTTP request by the status its sender got. */
-export function countHttpStatus(ctx: HybridContext, status: number | HybridErrorCode): void {
+/** Counts (and traces) a relayed WebSocket that did not open; `entity` is a name when no such hybrid connection exists. */
+export function countConnectFailure(ctx: HybridContext, code: HybridErrorCode | 'RejectedByListener', entity: HybridEntity | string, status?: number): void {
+  ctx.metrics.rendezvousFailed.inc({ reason: code });
+  ctx.traffic.failed(code, entity);
+  const trace = ctx.metrics.trace;
+  if (!trace.on) return;
+  const kind = code === 'AcceptTimeout' ? 'connect.timeout' : code === 'RejectedByListener' ? 'connect.rejected' : 'connect.failed';
+  trace.emit(kind, { entity: typeof entity === 'string' ? entity : entity.name, code, status: status ?? (code === 'RejectedByListener' ? undefined : HYBRID_ERRORS[code].status) });
+}
+
+/** Counts a relayed HTTP request by the status its sender got (and a failure by its code). */
+export function countHttpStatus(ctx: HybridContext, status: number | HybridErrorCode, entity?: HybridEntity | string): void {
   ctx.metrics.httpRequests.inc({ status: String(typeof status === 'number' ? status : HYBRID_ERRORS[status].status) });
+  if (typeof status === 'string') ctx.traffic.failed(status, entity);
 }
 
 /** The address a listener dials to complete rendezvous `id`. */
 export function rendezvousAddress(ctx: HybridContext, action: 'accept' | 'request', entity: HybridEntity, id: string): string {
   return `${ctx.rendezvousBase}/$hc/${encodeURIComponent(entity.name)}?sb-hc-action=${action}&sb-hc-id=${id}`;
+}
+
+/** A request target without its query, where tokens and secrets travel: what a trace may show. */
+export function pathOf(requestTarget: string): string {
+  const q = requestTarget.indexOf('?');
+  return q < 0 ? requestTarget : requestTarget.slice(0, q);
 }

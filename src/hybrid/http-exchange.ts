@@ -16,7 +16,7 @@ import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
 import { OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
-import { countHttpStatus, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
+import { countHttpStatus, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -93,6 +93,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   /** How the rendezvous is closed when the exchange ends: 1000, or the listener's protocol error. */
   private rendezvousCloseCode = 1000;
   private readonly timer: NodeJS.Timeout;
+  private readonly startedAt = performance.now();
+  /** Request body bytes sent on to the listener. */
+  private requestBytes = 0;
+  /** Why the exchange failed, when it did. */
+  private failure: HybridErrorCode | 'SenderGone' | undefined;
 
   constructor(
     private readonly ctx: HybridContext,
@@ -108,6 +113,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     res.on('close', () => {
       if (!this.finished) {
         this.log.info({ event: 'http.sender_gone' });
+        this.failure = 'SenderGone';
         this.finish();
       }
     });
@@ -159,6 +165,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (size <= length) chunks.push(chunk);
     });
     this.req.on('end', () => {
+      this.requestBytes = Math.min(size, length);
       if (!this.finished) this.dispatchOnControlChannel(Buffer.concat(chunks, Math.min(size, length)));
     });
   }
@@ -237,6 +244,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     const hwm = this.ctx.config.limits.spliceBufferBytes;
     this.req.on('data', (chunk: Buffer) => {
       if (this.finished) return;
+      this.requestBytes += chunk.length;
       socket.write(encodeFrameHeader(false, first ? OP_BINARY : OP_CONTINUATION, chunk.length));
       socket.write(chunk);
       first = false;
@@ -350,7 +358,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), hasBody);
     clearTimeout(this.timer);
     this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
-    countHttpStatus(this.ctx, status);
+    countHttpStatus(this.ctx, status, this.entity);
     return true;
   }
 
@@ -363,10 +371,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   fail(code: HybridErrorCode): void {
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
+    this.failure = code;
     // A body nobody will read is drained, so the sender's connection stays usable.
     if (!this.requestDelivered) this.req.resume();
     if (!this.headSent && !this.res.headersSent) {
-      countHttpStatus(this.ctx, code);
+      countHttpStatus(this.ctx, code, this.entity);
       failRequest(this.res, code);
     } else {
       this.res.destroy();
@@ -378,6 +387,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.finished) return;
     this.finished = true;
     this.ctx.open.httpRequests--;
+    this.ctx.traffic.requested(this.entity, this.requestBytes + (this.body?.bytes ?? 0));
+    const trace = this.ctx.metrics.trace;
+    if (trace.on) {
+      const { method } = this.req;
+      trace.emit('http.request', { entity: this.entity.name, method, path: pathOf(this.requestTarget), status: this.res.headersSent ? this.res.statusCode : undefined, ms: performance.now() - this.startedAt, bytes: this.requestBytes + (this.body?.bytes ?? 0), code: this.failure });
+    }
     this.readState = 'done';
     clearTimeout(this.timer);
     this.ctx.rendezvous.delete(this);

@@ -15,10 +15,11 @@ import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { connectFailed, countHttpStatus, type HybridContext } from './context.ts';
+import { connectFailed, countHttpStatus, pathOf, type HybridContext } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
-import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
+import { EntityTraffic } from './entity-traffic.ts';
+import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink } from './cluster-link.ts';
 import { HttpExchange } from './http-exchange.ts';
 import { LocalRoute, type ListenerRoute } from './listener-route.ts';
@@ -69,6 +70,8 @@ export class HybridService {
   presence: ((notice: ListenerPresenceNotice) => void) | undefined;
   readonly catalog: EntityCatalog;
   readonly listeners = new ListenerRegistry();
+  /** Traffic per entity on this edge (the dashboard's counters). */
+  readonly traffic = new EntityTraffic();
   private readonly ctx: HybridContext;
   /** Shared with the operator endpoints (ops/manage-auth.ts). */
   readonly authorizer: SasAuthorizer;
@@ -101,6 +104,7 @@ export class HybridService {
       rendezvousBase,
       metrics,
       open: { splices: 0, httpRequests: 0 },
+      traffic: this.traffic,
       newRendezvousId: () => newRendezvousId(worker),
     };
     this.wss = new WebSocketServer({
@@ -152,6 +156,7 @@ export class HybridService {
     const check = this.authorize(req, params, known?.name ?? name, 'Listen');
     if (typeof check === 'string') {
       log.info({ event: 'listener.refused', code: check });
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.refused', { entity: name, code: check });
       return failUpgrade(socket, check);
     }
     const target = known ?? this.catalog.getForListener(name);
@@ -166,6 +171,7 @@ export class HybridService {
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
       this.announce('listener.online', target, this.listeners.count(target.key));
     });
   }
@@ -187,6 +193,7 @@ export class HybridService {
       const left = this.listeners.remove(channel);
       this.cluster.listenersChanged(channel.entity, left);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {
         // ws closed it for a message over maxPayload.
@@ -206,11 +213,11 @@ export class HybridService {
 
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
     const entity = this.entityForSender(name);
-    if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound');
+    if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound', name);
     const refused = this.authorizeSender(req, params, entity, []);
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
-      return connectFailed(this.ctx, socket, refused);
+      return connectFailed(this.ctx, socket, refused, entity);
     }
     startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), log);
   }
@@ -261,7 +268,8 @@ export class HybridService {
     const log = this.log.isLevelEnabled('info') ? this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) }) : this.log;
     const refuse = (code: HybridErrorCode) => {
       log.info({ event: 'http.refused', code });
-      countHttpStatus(this.ctx, code);
+      countHttpStatus(this.ctx, code, this.catalog.get(target.entity) ?? target.entity);
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { entity: target.entity, method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
       failRequest(res, code);
       req.resume();
     };

@@ -59,6 +59,11 @@ export class ResponseBody {
     return true;
   }
 
+  /** Body bytes written so far. */
+  get bytes(): number {
+    return this.written;
+  }
+
   /** True when the body written so far is all the declared length promised. */
   get complete(): boolean {
     return !this.counted || this.written === this.declared;

@@ -13,7 +13,7 @@ import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
-import { connectFailed, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
+import { connectFailed, countConnectFailure, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
@@ -75,7 +75,7 @@ export function startConnect(
 ): void {
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
-  if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending');
+  if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending', entity);
   const id = ctx.newRendezvousId();
   const pending: PendingConnect = {
     action: 'accept',
@@ -90,13 +90,13 @@ export function startConnect(
       if (!ctx.rendezvous.delete(pending)) return;
       detachSender(pending);
       log.info({ event: 'connect.timeout', ms: ctx.config.timeouts.acceptMs });
-      connectFailed(ctx, socket, route.isOpen ? 'AcceptTimeout' : 'ListenerGone');
+      connectFailed(ctx, socket, route.isOpen ? 'AcceptTimeout' : 'ListenerGone', entity);
     }, ctx.config.timeouts.acceptMs),
     onSenderGone: () => {
       if (ctx.rendezvous.delete(pending)) {
         clearTimeout(pending.timer);
         pending.untrack();
-        ctx.metrics.rendezvousFailed.inc({ reason: 'SenderGone' });
+        countConnectFailure(ctx, 'SenderGone', entity);
         log.info({ event: 'connect.sender_gone' });
       }
     },
@@ -111,7 +111,7 @@ export function startConnect(
       clearTimeout(pending.timer);
       detachSender(pending);
       log.info({ event: 'connect.listener_gone' });
-      connectFailed(ctx, socket, 'ListenerGone');
+      connectFailed(ctx, socket, 'ListenerGone', entity);
     },
     arrive: (listenerReq, listenerSocket, listenerHead, params) => completeConnect(ctx, listenerReq, listenerSocket, listenerHead, pending, params),
   };
@@ -136,7 +136,7 @@ export function startConnect(
     clearTimeout(pending.timer);
     detachSender(pending);
     log.info({ event: 'connect.refused', code });
-    connectFailed(ctx, socket, code);
+    connectFailed(ctx, socket, code, entity);
   });
 }
 
@@ -155,7 +155,7 @@ function completeConnect(
   detachSender(pending);
   const log = pending.log;
   if (sender.destroyed) {
-    ctx.metrics.rendezvousFailed.inc({ reason: 'SenderGone' });
+    countConnectFailure(ctx, 'SenderGone', pending.entity);
     return failUpgrade(listenerSocket, 'SenderGone');
   }
 
@@ -165,14 +165,14 @@ function completeConnect(
     const code = Number.isInteger(status) && status >= 400 && status <= 599 ? status : 400;
     const description = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
     log.info({ event: 'connect.rejected', status: code });
-    ctx.metrics.rendezvousFailed.inc({ reason: 'RejectedByListener' });
+    countConnectFailure(ctx, 'RejectedByListener', pending.entity, code);
     writeUpgradeError(sender, code, description, 'RejectedByListener');
     return failUpgrade(listenerSocket, 'RendezvousRejected');
   }
 
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) {
-    connectFailed(ctx, sender, 'ListenerGone', 'The listener sent an invalid rendezvous handshake');
+    connectFailed(ctx, sender, 'ListenerGone', pending.entity, 'The listener sent an invalid rendezvous handshake');
     return failUpgrade(listenerSocket, 'BadRequest', 'Invalid WebSocket handshake');
   }
   // The listener's leg names the subprotocol it accepts: it must be one the
@@ -181,7 +181,7 @@ function completeConnect(
   const protocol = upgrade.protocols.find((p) => pending.protocols.includes(p));
   if (upgrade.protocols.length > 0 && protocol === undefined) {
     log.info({ event: 'connect.subprotocol_not_offered' });
-    connectFailed(ctx, sender, 'BadListenerResponse', 'The listener accepted with a subprotocol the sender did not offer');
+    connectFailed(ctx, sender, 'BadListenerResponse', pending.entity, 'The listener accepted with a subprotocol the sender did not offer');
     return failUpgrade(listenerSocket, 'BadRequest', 'Accept with a subprotocol the sender offered, or none');
   }
   writeSwitchingProtocols(listenerSocket, upgrade.key, protocol);
@@ -196,6 +196,7 @@ function completeConnect(
   log.info({ event: 'connect.spliced', protocol });
   ctx.metrics.rendezvousOpened.inc();
   ctx.open.splices++;
+  const openedAt = performance.now();
   const splice = new FrameSplice(
     sender,
     listenerSocket,
@@ -206,6 +207,8 @@ function completeConnect(
     },
     (result) => {
       ctx.open.splices--;
+      ctx.traffic.spliceClosed(pending.entity, splice, result.bytesAtoB + result.bytesBtoA);
+      if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.closed', { entity: pending.entity.name, code: String(result.code), bytes: result.bytesAtoB + result.bytesBtoA, ms: performance.now() - openedAt, detail: `closed by ${result.closedBy === 'a' ? 'sender' : 'listener'}` });
       ctx.metrics.bytesRelayed.inc({ direction: 'to_listener' }, result.bytesAtoB);
       ctx.metrics.bytesRelayed.inc({ direction: 'to_sender' }, result.bytesBtoA);
       log.info({
@@ -217,5 +220,7 @@ function completeConnect(
       });
     },
   );
+  ctx.traffic.spliceOpened(pending.entity, splice);
+  if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol && `subprotocol ${protocol}` });
   splice.start(pending.head, listenerHead);
 }

@@ -121,6 +121,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req));
     if (!verdict.ok) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
+      if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: verdict.code });
       return failUpgrade(duplex, verdict.code);
     }
     const id = randomBytes(16).toString('base64url');
@@ -189,6 +190,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const groups = [...new Set([...identity.groups, ...decided.groups])].slice(0, config.limits.groupsPerConnection);
     hub.admit(connection, groups);
     log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
+    if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
     this.deps.events.systemEvent(hub.config, connection, 'connected', {});
     client.start();
   }

@@ -94,24 +94,45 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   const group = m.group as string;
   switch (m.type) {
     case 'joinGroup':
-      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
+      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'));
       if (!connection.groups.has(group) && connection.groups.size >= ctx.groupsPerConnection) {
-        return ack(ctx, connection, ackId, 'Forbidden', `a connection may be in at most ${ctx.groupsPerConnection} groups`);
+        return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'), `a connection may be in at most ${ctx.groupsPerConnection} groups`);
       }
       // Acknowledged once the bus has this node's interest in the group (stored, on a durable hub).
-      return ackWhenDone(ctx, connection, ackId, hub.join(connection, group, storeId(connection, ackId)));
+      return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, hub.join(connection, group, storeId(connection, ackId))));
     case 'leaveGroup':
-      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
-      return ackWhenDone(ctx, connection, ackId, hub.leave(connection, group, storeId(connection, ackId)));
+      if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.leave', connection, group, 'Forbidden'));
+      return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.leave', connection, group, hub.leave(connection, group, storeId(connection, ackId))));
     case 'sendToGroup': {
-      if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, 'Forbidden');
+      if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, 'Forbidden'));
       const message = { from: 'group' as const, group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) };
       const sent = hub.send({ kind: 'group', name: group }, message, m.noEcho ? new Set([connection.id]) : undefined, storeId(connection, ackId));
-      return ackWhenDone(ctx, connection, ackId, sent);
+      return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, sent, message.dataJson.length));
     }
     case 'event':
       return forwardEvent(ctx, connection, hub, m, ackId);
   }
+}
+
+/**
+ * Traces a client's join, leave or publish with its outcome (the ack's result)
+ * when someone watches the live trace; returns the outcome unchanged. The
+ * message's data is never traced, only its size.
+ */
+function traced<T extends Promise<unknown> | AckErrorName>(
+  hub: ClusterHub,
+  kind: 'pubsub.join' | 'pubsub.leave' | 'pubsub.publish',
+  connection: PubSubConnection,
+  group: string,
+  outcome: T,
+  bytes?: number,
+): T {
+  const trace = hub.trace;
+  if (!trace.on) return outcome;
+  const fields = { hub: hub.name, connectionId: connection.id, userId: connection.userId, group, bytes };
+  if (typeof outcome === 'string') trace.emit(kind, { ...fields, code: outcome });
+  else trace.settled(kind, fields, outcome);
+  return outcome;
 }
 
 /**

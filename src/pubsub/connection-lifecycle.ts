@@ -34,7 +34,11 @@ export class ConnectionLifecycle {
   /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
   end(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void {
     if (connection.ended) return;
-    if (code === 'SlowConsumer' || code === 'SessionBufferFull') this.metrics.slowConsumerCloses.inc({ code });
+    if (code === 'SlowConsumer' || code === 'SessionBufferFull') {
+      this.metrics.slowConsumerCloses.inc({ code });
+      const hub = this.hubs.get(connection.hub.toLowerCase());
+      if (hub) hub.traffic.slowConsumerCloses++;
+    }
     connection.closeSocket(code, reason);
     this.forget(connection, reason ?? code);
     this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });
@@ -47,6 +51,7 @@ export class ConnectionLifecycle {
     // During shutdown, a dropped reliable session waits only for another edge to take it.
     if (connection.session && (!this.shuttingDown || this.othersCanTake)) {
       this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
+      if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.detached', { hub: connection.hub, connectionId: connection.id, userId: connection.userId, code: String(code) });
       return;
     }
     this.forget(connection, code === 1000 || code === 1001 ? 'Connection closed by the client' : `Connection closed (${code})`);
@@ -66,6 +71,7 @@ export class ConnectionLifecycle {
     if (connection.session) this.hubs.get(connection.hub.toLowerCase())?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
+    if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.disconnected', { hub: connection.hub, connectionId: connection.id, userId: connection.userId, code: reason });
     this.ended(connection, reason);
   }
 

@@ -27,6 +27,7 @@ import { encodeSubjectToken, type Subjects } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
+import type { TraceSource } from '../telemetry/trace.ts';
 import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
 import { filterFromBus, selects, type ConnectionFilter } from './connection-filter.ts';
 import type { EventFeed } from './event-feed.ts';
@@ -91,6 +92,8 @@ export class ClusterHub {
   memoryHistory: MemoryHistory | undefined;
   /** Where REST and the CLI read this hub's history; undefined when it keeps none. */
   history: HubHistory | undefined;
+  /** This hub's counters on this edge since it started (the dashboard's, GET /$relay/stats). */
+  readonly traffic = { published: 0, received: 0, deliveries: 0, slowConsumerCloses: 0 };
   private readonly subscriptions = new Map<string, BusSubscription>();
 
   constructor(
@@ -118,6 +121,11 @@ export class ClusterHub {
 
   get bus(): Bus {
     return this.deps.bus;
+  }
+
+  /** The live trace (telemetry/trace.ts): `if (hub.trace.on) hub.trace.emit(...)`. */
+  get trace(): TraceSource {
+    return this.deps.metrics.trace;
   }
 
   subjectOf(target: Target): string {
@@ -412,6 +420,9 @@ export class ClusterHub {
   /** Counts an event handed to `recipients` local connections, published at `at`. */
   delivered(recipients: number, at: number | undefined, source: 'local' | 'bus'): void {
     const metrics = this.deps.metrics;
+    if (source === 'local') this.traffic.published++;
+    else this.traffic.received++;
+    this.traffic.deliveries += recipients;
     metrics.pubsubEventsIn.inc({ source });
     metrics.pubsubEventsOut.inc(recipients);
     if (at !== undefined) metrics.publishToDeliver.observe(Math.max(0, Date.now() - at) / 1000);

@@ -80,6 +80,19 @@ export class Hub {
     return this.groups.size;
   }
 
+  /** The `top` largest groups on this node, largest first (one pass, whatever the number of groups). */
+  largestGroups(top: number): { name: string; members: number }[] {
+    const best: { name: string; members: number }[] = [];
+    for (const [name, members] of this.groups) {
+      if (best.length === top && members.size <= best[top - 1].members) continue;
+      let i = best.length < top ? best.length : top - 1;
+      while (i > 0 && best[i - 1].members < members.size) i--;
+      best.splice(i, 0, { name, members: members.size });
+      if (best.length > top) best.pop();
+    }
+    return best;
+  }
+
   /** The local connections a target names. */
   targets(target: Target): Iterable<PubSubConnection> {
     switch (target.kind) {

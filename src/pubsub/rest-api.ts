@@ -68,11 +68,30 @@ export function handleRestRequest(
   const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req));
   if (!verdict.ok) return drainThen(req, () => failRequest(res, verdict.code));
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
+  if (hub.trace.on) traceRest(call, res);
   // A cluster-wide operation whose other nodes the bus cannot reach has
   // acted on this node's connections only: 503 says so.
   dispatch(call).then(
     (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
     (err) => respond(res, err instanceof BusError ? 'BusUnavailable' : err instanceof StoreError ? 'StoreUnavailable' : 'BadRequest', call.method, err),
+  );
+}
+
+/** Traces a REST call once answered: method, path, status, duration and request size (never its body or token). */
+function traceRest(call: RestCall, res: ServerResponse): void {
+  const started = performance.now();
+  const length = Number(call.req.headers['content-length'] ?? 0);
+  const group = call.segments[0] === 'groups' ? call.segments[1] : undefined;
+  res.once('finish', () =>
+    call.hub.trace.emit('pubsub.rest', {
+      hub: call.hub.name,
+      group,
+      method: call.method,
+      path: `/api/hubs/${call.hub.name}/${call.segments.join('/')}`,
+      status: res.statusCode,
+      ms: performance.now() - started,
+      bytes: Number.isSafeInteger(length) && length > 0 ? length : undefined,
+    }),
   );
 }
 

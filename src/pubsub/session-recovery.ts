@@ -76,6 +76,7 @@ export class SessionRecovery {
     connection.attach(client);
     previous?.destroy();
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
+    if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });
     connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
     connection.flush();
     this.log.info({

@@ -15,6 +15,7 @@ import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
+import { OpsDashboard } from '../ops/dashboard.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
 import { setLogLevel, type Logger } from '../telemetry/logger.ts';
@@ -186,6 +187,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   let closing = false;
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
+  const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
 
   const proxyTrust = new ProxyTrust(config.listen.trustProxy);
 
@@ -200,6 +202,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
         if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reload('api')));
+        if (dashboard.handle(r.name, req, res, manageAuth)) return;
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
         return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
@@ -356,6 +359,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere.
       hybrid.beginShutdown();
       pubsub.beginShutdown();
+      dashboard.close();
       server.closeIdleConnections();
       // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners
       // close once idle, reliable sessions wait for another node to take them.

@@ -4,6 +4,7 @@
 // entity, retained sessions, bus round trip) are read when scraped. Names
 // follow Prometheus conventions: edge_relay_*, _total for counters, base units.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { TraceSource, traceIncrements } from './trace.ts';
 
 /** Current state the gauges read at scrape time. */
 export interface MetricsSources {
@@ -16,6 +17,9 @@ export interface MetricsSources {
 }
 
 export class RelayMetrics {
+  /** The live trace's source on this edge (trace.ts): the domains reach it with the metrics. */
+  readonly trace: TraceSource;
+  readonly traceDropped: Counter<'reason'>;
   readonly registry = new Registry();
   readonly rendezvousOpened: Counter;
   readonly rendezvousFailed: Counter<'reason'>;
@@ -40,6 +44,21 @@ export class RelayMetrics {
     collectDefaultMetrics({ register: this.registry, prefix: 'edge_relay_' });
     const registers = [this.registry];
     const self = this;
+    this.traceDropped = new Counter({
+      name: 'edge_relay_trace_events_dropped_total',
+      help: 'Live trace events dropped, by reason: rate (over the per-edge cap), bus (could not be sent to a viewer on another edge), viewer (the viewer did not keep up)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.trace = new TraceSource(nodeId, (reason, count = 1) => this.traceDropped.inc({ reason }, count));
+    new Gauge({
+      name: 'edge_relay_trace_viewers',
+      help: 'Live trace viewers connected to this node',
+      registers,
+      collect() {
+        this.set(self.trace.viewers);
+      },
+    });
     new Gauge({
       name: 'edge_relay_connections',
       help: 'Open connections by kind: listener (control channels), relayed_websocket (spliced pairs), http_request (relayed requests in flight), pubsub (attached pub/sub clients)',
@@ -155,6 +174,9 @@ export class RelayMetrics {
       labelNames: ['certificate'],
       registers,
     });
+    // Traced where they are counted, so that no call site needs a second line.
+    traceIncrements(this.limitRefusals, this.trace, (l) => ['limit.refused', { code: String(l.limit) }]);
+    traceIncrements(this.handlerEvents, this.trace, (l) => (l.result === 'ok' ? undefined : ['handler.failed', { detail: String(l.event), code: String(l.result) }]));
   }
 
   /** Where the gauges read current state (set once the services exist). */

@@ -156,6 +156,11 @@ export class FrameSplice {
     this.handshakes = new Map([a, b].map((s) => [s, new CloseHandshake(s, options.closeHandshakeMs)]));
   }
 
+  /** Payload bytes forwarded so far, both ways. */
+  get bytes(): number {
+    return this.aToB.bytes + this.bToA.bytes;
+  }
+
   /** Starts relaying; `headA`/`headB` are bytes that arrived with each upgrade. */
   start(headA: Buffer, headB: Buffer): void {
     for (const [socket, dir, drainDir] of [

@@ -36,6 +36,19 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   },
   'ops.status': { op: 'ops.status', origin: 'n1' },
   'ops.node': { op: 'ops.node', nodeId: 'n1', startedAt: new Date(0).toISOString(), shuttingDown: false, bus: { kind: 'nats', connected: true }, entities: [{ name: 'e', listeners: 1 }], hubs: [{ name: 'chat', connections: 1, groups: 1, sessionsRetained: 0 }] },
+  'ops.stats': { op: 'ops.stats', origin: 'n1', top: 10 },
+  'ops.edge': {
+    op: 'ops.edge', nodeId: 'n1', publicUrl: 'http://127.0.0.1:1', startedAt: new Date(0).toISOString(), at: 1, shuttingDown: false,
+    bus: { kind: 'nats', connected: true }, rss: 1000, connections: { listener: 1, relayed_websocket: 0, http_request: 0, pubsub: 2 },
+    hybrid: { requests: 3, connects: 1, bytes: 10, failures: { NoListener: 1 }, entityCount: 1, entities: [{ name: 'e', listeners: 1, senders: 0, requests: 3, connects: 1, failures: 1, bytes: 10 }] },
+    hubs: [{ name: 'chat', plain: 1, reliable: 1, retained: 0, groups: 1, topGroups: [{ name: 'g', members: 2 }], published: 4, received: 1, deliveries: 8, slowConsumerCloses: 0 }],
+    limitRefusals: 0, traceDropped: 0,
+  },
+  'ops.trace.watch': { op: 'ops.trace.watch', origin: 'n1', ttlMs: 6000 },
+  'ops.trace': {
+    op: 'ops.trace', origin: 'n2', dropped: 0,
+    events: [{ at: 1, node: 'n2', kind: 'http.request', entity: 'e', method: 'GET', path: '/e/x', status: 200, ms: 1.5, bytes: 3 }],
+  },
 };
 
 describe('messages between edges', () => {
@@ -61,6 +74,8 @@ describe('messages between edges', () => {
       { ...EXAMPLES['ps.list'], top: 0 },
       { ...EXAMPLES['hc.failed'], code: 'Whatever' },
       { ...EXAMPLES['ps.send'], hub: 'not a hub!' },
+      { ...EXAMPLES['ops.stats'], top: 51 },
+      { ...EXAMPLES['ops.trace'], events: [{ at: 1, node: 'n2', kind: 'http.request', body: 'a payload' }] },
     ];
     for (const m of bad) assert.equal(decodeEdgeMessage(encodeEdgeMessage(m as EdgeMessage)), undefined, JSON.stringify(m));
   });

@@ -1,0 +1,193 @@
+// GET /$relay/stats (Manage): every edge's counters and state, what the
+// dashboard draws (docs/dashboard.md). Gathered over the bus like
+// /$relay/status (ops.stats, answered by each edge with ops.edge), but with
+// the traffic: requests, connects, bytes and failures of hybrid connections,
+// events published, received and delivered per hub, its largest groups.
+// Counters run from each edge's start; the viewer turns two snapshots into
+// rates with the edge's own clock (`at`). Answers stay bounded: the busiest
+// `top` entities (at most MAX_TOP), at most MAX_HUBS hubs, each with its
+// GROUPS_PER_HUB largest groups. This edge remembers the edges that answered
+// (up to MAX_REMEMBERED, for FORGET_SILENT_MS), so one that stops answering is
+// listed under `silent` rather than silently gone.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type EdgeStats, type HubStats } from '../bus/messages.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { RelayConfig } from '../config/types.ts';
+import { failEdgeRequest } from '../http/edge-errors.ts';
+import { sendError, sendJson } from '../http/respond.ts';
+import type { HybridService } from '../hybrid/hybrid-service.ts';
+import type { PubSubService } from '../pubsub/pubsub-service.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { RelayMetrics } from '../telemetry/metrics.ts';
+import type { ManageAuth } from './manage-auth.ts';
+
+export const DEFAULT_TOP = 20;
+export const MAX_TOP = 50;
+export const MAX_HUBS = 100;
+export const GROUPS_PER_HUB = 10;
+/** How long an edge that stopped answering stays listed under `silent`. */
+export const FORGET_SILENT_MS = 10 * 60_000;
+const MAX_REMEMBERED = 1000;
+
+export interface StatsSources {
+  config: RelayConfig;
+  bus: Bus;
+  subjects: Subjects;
+  hybrid: HybridService;
+  pubsub: PubSubService;
+  metrics: RelayMetrics;
+  publicUrl: string;
+  shuttingDown(): boolean;
+  log: Logger;
+}
+
+/** An edge that answered before and not this time. */
+export interface SilentEdge {
+  nodeId: string;
+  publicUrl: string;
+  /** When it last answered, ms since the epoch (this edge's clock). */
+  lastSeen: number;
+}
+
+export interface ClusterSnapshot {
+  nodes: EdgeStats[];
+  silent: SilentEdge[];
+  complete: boolean;
+  problem?: string;
+}
+
+async function total(counter: { get(): Promise<{ values: { value: number }[] }> }): Promise<number> {
+  return (await counter.get()).values.reduce((n, v) => n + v.value, 0);
+}
+
+export class ClusterStats {
+  private readonly startedAt = new Date().toISOString();
+  private readonly subscription: BusSubscription;
+  private readonly seen = new Map<string, { publicUrl: string; lastSeen: number }>();
+
+  constructor(private readonly s: StatsSources) {
+    this.subscription = s.bus.subscribe(s.subjects.stats(), (m) => this.onBus(m));
+  }
+
+  /** This edge's counters, as it would answer another. */
+  async local(top = DEFAULT_TOP): Promise<EdgeStats> {
+    const { config, bus, hybrid, pubsub, metrics } = this.s;
+    const { entityCount, entities } = hybrid.traffic.snapshot(hybrid.listeners.counts(), top);
+    const hubs: HubStats[] = [];
+    for (const hub of pubsub.hubs.values()) {
+      let plain = 0;
+      let reliable = 0;
+      let retained = 0;
+      for (const c of hub.local.connections.values()) {
+        if (c.ended) continue;
+        if (c.socket) {
+          if (c.session) reliable++;
+          else plain++;
+        } else if (c.session) retained++;
+      }
+      const topGroups = hub.local.largestGroups(Math.min(top, GROUPS_PER_HUB)).map((g) => ({ name: g.name.slice(0, 300), members: g.members }));
+      hubs.push({ name: hub.name, plain, reliable, retained, groups: hub.local.groupCount, topGroups, ...hub.traffic });
+    }
+    hubs.sort((a, b) => b.plain + b.reliable + b.retained - (a.plain + a.reliable + a.retained) || a.name.localeCompare(b.name));
+    return {
+      nodeId: config.nodeId,
+      publicUrl: this.s.publicUrl,
+      startedAt: this.startedAt,
+      at: Date.now(),
+      shuttingDown: this.s.shuttingDown(),
+      bus: { kind: bus.kind, connected: bus.connected },
+      rss: process.memoryUsage.rss(),
+      connections: { ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached },
+      hybrid: {
+        requests: hybrid.traffic.requests,
+        connects: hybrid.traffic.connects,
+        bytes: hybrid.traffic.bytes,
+        failures: Object.fromEntries(hybrid.traffic.failures),
+        entityCount,
+        entities,
+      },
+      hubs: hubs.slice(0, MAX_HUBS),
+      limitRefusals: await total(metrics.limitRefusals),
+      traceDropped: await total(metrics.traceDropped),
+    };
+  }
+
+  private onBus(message: BusMessage): void {
+    const asked = decodeEdgeMessage(message.data, 'ops.stats')?.message;
+    if (!asked || asked.origin === this.s.config.nodeId) return;
+    void this.local(asked.top).then(
+      (stats) => respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.edge', ...stats })),
+      (err: Error) => this.s.log.warn({ event: 'stats.failed', err: err.message }),
+    );
+  }
+
+  /** Every edge that answered, this one first; edges that answered before and not now under `silent`. */
+  async cluster(top = DEFAULT_TOP): Promise<ClusterSnapshot> {
+    const here = await this.local(top);
+    const { bus, config, subjects } = this.s;
+    const nodes = [here];
+    let complete = true;
+    let problem: string | undefined;
+    if (bus.reachesOtherNodes) {
+      try {
+        const raw = await bus.gather(subjects.stats(), encodeEdgeMessage({ op: 'ops.stats', origin: config.nodeId, top }), {
+          maxWaitMs: config.bus.requestTimeoutMs,
+          stallMs: config.bus.gatherStallMs,
+        });
+        const others: EdgeStats[] = [];
+        for (const data of raw) {
+          const answer = decodeEdgeMessage(data, 'ops.edge')?.message;
+          if (!answer) {
+            this.s.log.warn({ event: 'bus.invalid_message', op: 'ops.edge' });
+            continue;
+          }
+          const { op: _op, ...stats } = answer;
+          if (stats.nodeId !== here.nodeId) others.push(stats);
+        }
+        others.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+        nodes.push(...others);
+      } catch (err) {
+        complete = false;
+        problem = err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err);
+      }
+    }
+    return { nodes, silent: this.remember(nodes), complete, ...(problem ? { problem } : {}) };
+  }
+
+  /** Notes who answered; returns those that answered within FORGET_SILENT_MS and not now. */
+  private remember(nodes: EdgeStats[]): SilentEdge[] {
+    const now = Date.now();
+    for (const node of nodes) {
+      this.seen.delete(node.nodeId);
+      this.seen.set(node.nodeId, { publicUrl: node.publicUrl, lastSeen: now });
+    }
+    while (this.seen.size > MAX_REMEMBERED) this.seen.delete(this.seen.keys().next().value!);
+    const answered = new Set(nodes.map((n) => n.nodeId));
+    const silent: SilentEdge[] = [];
+    for (const [nodeId, { publicUrl, lastSeen }] of this.seen) {
+      if (answered.has(nodeId)) continue;
+      if (now - lastSeen > FORGET_SILENT_MS) this.seen.delete(nodeId);
+      else silent.push({ nodeId, publicUrl, lastSeen });
+    }
+    return silent.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+  }
+
+  async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
+    }
+    const refused = auth.check(req);
+    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    const asked = Number(new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') ?? DEFAULT_TOP);
+    const top = Number.isInteger(asked) ? Math.min(MAX_TOP, Math.max(1, asked)) : DEFAULT_TOP;
+    const snapshot = await this.cluster(top);
+    if (res.destroyed) return;
+    sendJson(res, 200, { node: this.s.config.nodeId, at: Date.now(), top, ...snapshot }, { 'cache-control': 'no-store' });
+  }
+
+  close(): void {
+    this.subscription.unsubscribe();
+  }
+}

@@ -1,0 +1,295 @@
+// GET /$relay/trace (Manage): the live trace as Server-Sent Events, every
+// edge's events as they happen (docs/dashboard.md, "Live trace"). The events
+// come from the edge's TraceSource (telemetry/trace.ts); this part attaches
+// to it only while someone watches, and carries events between edges:
+//
+// - an edge with viewers announces its interest on the bus
+//   (ops.trace.watch, every ANNOUNCE_EVERY_MS, valid for INTEREST_TTL_MS) and
+//   reads the other edges' batches (ops.trace) while it has viewers; its last
+//   viewer leaving withdraws the interest (ttlMs 0);
+// - an edge that heard unexpired interest attaches to its TraceSource and
+//   publishes its events in batches of at most BATCH_MAX every TICK_MS. One
+//   that heard none has nothing attached: its emitters see `trace.on` false.
+//
+// Nothing waits for a viewer: a batch that is full drops (reason `bus`), a
+// viewer with VIEWER_BUFFER_BYTES unread drops (reason `viewer`), each counted
+// in edge_relay_trace_events_dropped_total and told to the viewer in a
+// `dropped` event. A viewer's filter (entity, hub, connection id, user id) is
+// applied on its own edge.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Bus, BusMessage, BusSubscription } from '../bus/bus.ts';
+import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import { failEdgeRequest } from '../http/edge-errors.ts';
+import { sendError } from '../http/respond.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import type { TraceEvent, TraceSource } from '../telemetry/trace.ts';
+import type { ManageAuth } from './manage-auth.ts';
+
+/** Trace viewers one edge serves at once; more are refused (503 TooManyTraceViewers). */
+export const TRACE_VIEWERS_PER_NODE = 10;
+export const ANNOUNCE_EVERY_MS = 2000;
+export const INTEREST_TTL_MS = 6000;
+/** How often batches go out and viewers' writes are made. */
+export const TICK_MS = 100;
+export const BATCH_MAX = 100;
+/** Unread bytes past which a viewer misses events. */
+export const VIEWER_BUFFER_BYTES = 256 * 1024;
+const KEEP_ALIVE_MS = 15_000;
+
+export interface TraceFilter {
+  entity?: string;
+  hub?: string;
+  connectionId?: string;
+  userId?: string;
+}
+
+/** The filter a viewer asked for in its query string (empty values ignored). */
+export function traceFilterOf(query: URLSearchParams): TraceFilter {
+  const filter: TraceFilter = {};
+  for (const name of ['entity', 'hub', 'connectionId', 'userId'] as const) {
+    const value = query.get(name)?.trim();
+    if (value) filter[name] = value.slice(0, 1024);
+  }
+  return filter;
+}
+
+/** Entity and hub names compare case-insensitively (as the relay finds them); ids exactly. */
+export function traceMatches(filter: TraceFilter, event: TraceEvent): boolean {
+  if (filter.entity !== undefined && event.entity?.toLowerCase() !== filter.entity.toLowerCase()) return false;
+  if (filter.hub !== undefined && event.hub?.toLowerCase() !== filter.hub.toLowerCase()) return false;
+  if (filter.connectionId !== undefined && event.connectionId !== filter.connectionId) return false;
+  if (filter.userId !== undefined && event.userId !== filter.userId) return false;
+  return true;
+}
+
+class TraceViewer {
+  private pending: string[] = [];
+  private pendingBytes = 0;
+  /** Events this viewer missed: not keeping up here, or dropped by an edge. */
+  missed = 0;
+  private toldMissed = 0;
+  lastWrite = Date.now();
+
+  constructor(
+    readonly res: ServerResponse,
+    readonly filter: TraceFilter,
+    private readonly dropped: () => void,
+  ) {}
+
+  offer(event: TraceEvent): void {
+    if (!traceMatches(this.filter, event)) return;
+    if (this.res.writableLength + this.pendingBytes > VIEWER_BUFFER_BYTES) {
+      this.missed++;
+      this.dropped();
+      return;
+    }
+    const line = `data: ${JSON.stringify(event)}\n\n`;
+    this.pending.push(line);
+    this.pendingBytes += line.length;
+  }
+
+  flush(now: number): void {
+    if (this.missed !== this.toldMissed) {
+      this.toldMissed = this.missed;
+      this.pending.push(`event: dropped\ndata: ${JSON.stringify({ missed: this.missed })}\n\n`);
+    }
+    if (this.pending.length === 0 && now - this.lastWrite < KEEP_ALIVE_MS) return;
+    this.res.write(this.pending.length > 0 ? this.pending.join('') : ': keep-alive\n\n');
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.lastWrite = now;
+  }
+}
+
+export interface TraceRelayDeps {
+  bus: Bus;
+  subjects: Subjects;
+  nodeId: string;
+  trace: TraceSource;
+  log: Logger;
+}
+
+export class TraceRelay {
+  private readonly viewers = new Set<TraceViewer>();
+  /** Other edges with viewers: when their interest ends (ms since the epoch). */
+  private readonly interest = new Map<string, number>();
+  private readonly watchSubscription: BusSubscription | undefined;
+  private eventsSubscription: BusSubscription | undefined;
+  private detach: (() => void) | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private announcer: NodeJS.Timeout | undefined;
+  private batch: TraceEvent[] = [];
+  /** Events this edge dropped (rate, full batch) not yet reported in a batch. */
+  private batchDropped = 0;
+  private rateDroppedSeen = 0;
+  private closed = false;
+
+  constructor(private readonly d: TraceRelayDeps) {
+    // Alone on the in-process bus, nobody else can watch: no subscription at all.
+    if (d.bus.reachesOtherNodes) this.watchSubscription = d.bus.subscribe(d.subjects.traceWatch(), (m) => this.onWatch(m));
+  }
+
+  /** Whether events are wanted now (a viewer here, or interest from another edge): for tests. */
+  get attached(): boolean {
+    return this.detach !== undefined;
+  }
+
+  serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): void {
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
+    }
+    const refused = auth.check(req);
+    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    if (this.closed) return failEdgeRequest(res, 'NotFound');
+    if (this.viewers.size >= TRACE_VIEWERS_PER_NODE) return failEdgeRequest(res, 'TooManyTraceViewers');
+    const filter = traceFilterOf(new URLSearchParams((req.url ?? '').split('?')[1] ?? ''));
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      'x-accel-buffering': 'no',
+    });
+    res.write('retry: 3000\n\n');
+    const viewer = new TraceViewer(res, filter, () => this.d.trace.dropped('viewer'));
+    req.socket.setNoDelay(true);
+    res.on('close', () => this.removeViewer(viewer));
+    res.on('error', () => res.destroy());
+    const cluster = this.addViewer(viewer);
+    const hello = () => {
+      if (res.destroyed) return;
+      res.write(`event: hello\ndata: ${JSON.stringify({ node: this.d.nodeId, at: Date.now(), cluster, filter })}\n\n`);
+    };
+    // `hello` once the interest reached the bus: from then on every edge hears it within its round trip.
+    void this.d.bus.flush().then(hello, hello);
+  }
+
+  private addViewer(viewer: TraceViewer): boolean {
+    this.viewers.add(viewer);
+    this.d.trace.viewers = this.viewers.size;
+    const cluster = this.d.bus.reachesOtherNodes;
+    if (this.viewers.size === 1 && cluster) {
+      this.eventsSubscription = this.d.bus.subscribe(this.d.subjects.traceEvents(), (m) => this.onEvents(m));
+      this.announce(INTEREST_TTL_MS);
+      this.announcer = setInterval(() => this.announce(INTEREST_TTL_MS), ANNOUNCE_EVERY_MS);
+      this.announcer.unref();
+    }
+    this.update();
+    return cluster;
+  }
+
+  private removeViewer(viewer: TraceViewer): void {
+    if (!this.viewers.delete(viewer)) return;
+    this.d.trace.viewers = this.viewers.size;
+    if (this.viewers.size === 0) this.stopWatching();
+    this.update();
+  }
+
+  private stopWatching(): void {
+    this.eventsSubscription?.unsubscribe();
+    this.eventsSubscription = undefined;
+    if (this.announcer) {
+      clearInterval(this.announcer);
+      this.announcer = undefined;
+      this.announce(0);
+    }
+  }
+
+  private announce(ttlMs: number): void {
+    try {
+      this.d.bus.publish(this.d.subjects.traceWatch(), encodeEdgeMessage({ op: 'ops.trace.watch', origin: this.d.nodeId, ttlMs }));
+    } catch (err) {
+      this.d.log.debug({ event: 'trace.announce_failed', err: (err as Error).message });
+    }
+  }
+
+  private onWatch(message: BusMessage): void {
+    const m = decodeEdgeMessage(message.data, 'ops.trace.watch')?.message;
+    if (!m || m.origin === this.d.nodeId) return;
+    if (m.ttlMs === 0) this.interest.delete(m.origin);
+    else this.interest.set(m.origin, Date.now() + m.ttlMs);
+    this.update();
+  }
+
+  private onEvents(message: BusMessage): void {
+    const m = decodeEdgeMessage(message.data, 'ops.trace')?.message;
+    if (!m || m.origin === this.d.nodeId) return;
+    for (const viewer of this.viewers) {
+      if (m.dropped) viewer.missed += m.dropped;
+      for (const event of m.events) viewer.offer(event);
+    }
+  }
+
+  /** Attaches to the trace source while anyone wants events, and detaches when nobody does. */
+  private update(): void {
+    const wanted = !this.closed && (this.viewers.size > 0 || this.interest.size > 0);
+    if (wanted && !this.detach) {
+      this.rateDroppedSeen = this.d.trace.rateDropped;
+      this.detach = this.d.trace.attach((event) => this.onLocal(event));
+      this.ticker = setInterval(() => this.tick(), TICK_MS);
+      this.ticker.unref();
+    } else if (!wanted && this.detach) {
+      this.detach();
+      this.detach = undefined;
+      clearInterval(this.ticker);
+      this.ticker = undefined;
+      this.batch = [];
+      this.batchDropped = 0;
+    }
+  }
+
+  private onLocal(event: TraceEvent): void {
+    for (const viewer of this.viewers) viewer.offer(event);
+    if (this.interest.size === 0) return;
+    if (this.batch.length >= BATCH_MAX) {
+      this.batchDropped++;
+      this.d.trace.dropped('bus');
+      return;
+    }
+    this.batch.push(event);
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const [origin, until] of this.interest) if (until <= now) this.interest.delete(origin);
+    const rateDropped = this.d.trace.rateDropped - this.rateDroppedSeen;
+    this.rateDroppedSeen = this.d.trace.rateDropped;
+    if (rateDropped > 0) for (const viewer of this.viewers) viewer.missed += rateDropped;
+    if (this.interest.size > 0) {
+      this.batchDropped += rateDropped;
+      if (this.batch.length > 0 || this.batchDropped > 0) this.publishBatch();
+    } else {
+      this.batch = [];
+      this.batchDropped = 0;
+    }
+    for (const viewer of this.viewers) viewer.flush(now);
+    this.update();
+  }
+
+  private publishBatch(): void {
+    const events = this.batch;
+    const dropped = this.batchDropped;
+    this.batch = [];
+    this.batchDropped = 0;
+    try {
+      this.d.bus.publish(this.d.subjects.traceEvents(), encodeEdgeMessage({ op: 'ops.trace', origin: this.d.nodeId, events, ...(dropped ? { dropped } : {}) }));
+    } catch (err) {
+      this.d.trace.dropped('bus', events.length);
+      this.d.log.debug({ event: 'trace.publish_failed', err: (err as Error).message });
+    }
+  }
+
+  /** Ends every viewer's stream and stops watching (shutdown). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const viewer of [...this.viewers]) {
+      viewer.flush(Date.now());
+      viewer.res.end();
+      this.removeViewer(viewer);
+    }
+    this.watchSubscription?.unsubscribe();
+    this.interest.clear();
+    this.update();
+  }
+}

@@ -1,0 +1,171 @@
+// The live trace's source on one edge (docs/dashboard.md, "Live trace"): the
+// domains report what happens as it happens (a listener connects, a request
+// is relayed, a client publishes) with one line guarded by `trace.on`, a plain
+// field read, so that tracing costs a flag check while nobody watches. Someone
+// watches when ops/trace-relay.ts attaches a sink: for a viewer on this edge,
+// or for viewers on other edges that announced their interest on the bus.
+// While on, events are capped at TRACE_EVENTS_PER_SECOND per edge (a token
+// bucket); past it they are dropped and counted, never queued. An event names
+// things (entity, hub, group, user, connection id, path without its query)
+// and measures them (status, duration, size); it never carries a token, a key
+// or a payload. Strings are cut to TRACE_TEXT_MAX characters.
+import type { Counter } from 'prom-client';
+
+/** Most events one edge emits per second while traced; the rest are dropped (counted). */
+export const TRACE_EVENTS_PER_SECOND = 1000;
+/** Longest text field of an event, in characters. */
+export const TRACE_TEXT_MAX = 256;
+
+export type TraceKind =
+  | 'listener.connected'
+  | 'listener.disconnected'
+  | 'listener.refused'
+  | 'connect.accepted'
+  | 'connect.rejected'
+  | 'connect.timeout'
+  | 'connect.failed'
+  | 'connect.closed'
+  | 'http.request'
+  | 'pubsub.connected'
+  | 'pubsub.refused'
+  | 'pubsub.detached'
+  | 'pubsub.recovered'
+  | 'pubsub.disconnected'
+  | 'pubsub.join'
+  | 'pubsub.leave'
+  | 'pubsub.publish'
+  | 'pubsub.rest'
+  | 'handler.failed'
+  | 'limit.refused';
+
+/** What an event says besides its kind; every field is optional. */
+export interface TraceFields {
+  entity?: string;
+  hub?: string;
+  connectionId?: string;
+  userId?: string | null;
+  group?: string;
+  method?: string;
+  /** A request path, never its query (where tokens travel). */
+  path?: string;
+  status?: number;
+  /** Duration in milliseconds. */
+  ms?: number;
+  /** Payload size in bytes (the payload itself is never traced). */
+  bytes?: number;
+  /** An error code, a close code, an ack result or a limit's name. */
+  code?: string;
+  detail?: string;
+}
+
+/** One traced event, as viewers get it (and as it crosses the bus in ops.trace). */
+export interface TraceEvent extends TraceFields {
+  /** When it happened, ms since the epoch (the emitting edge's clock). */
+  at: number;
+  node: string;
+  kind: TraceKind;
+}
+
+export type TraceSink = (event: TraceEvent) => void;
+
+export type TraceDropReason = 'rate' | 'bus' | 'viewer';
+
+const TEXT_FIELDS = ['entity', 'hub', 'connectionId', 'userId', 'group', 'method', 'path', 'code', 'detail'] as const;
+
+export class TraceSource {
+  /**
+   * True while a sink is attached (someone watches, here or on another edge).
+   * Emitters check it before building an event: `if (trace.on) trace.emit(...)`.
+   */
+  on = false;
+  /** Trace viewers connected to this edge (the edge_relay_trace_viewers gauge). */
+  viewers = 0;
+  /** Events dropped over the rate cap so far (viewers are told how many they missed). */
+  rateDropped = 0;
+  private readonly sinks = new Set<TraceSink>();
+  private tokens = TRACE_EVENTS_PER_SECOND;
+  private refilledAt = 0;
+
+  constructor(
+    readonly node: string,
+    /** Counts events dropped (edge_relay_trace_events_dropped_total). */
+    readonly dropped: (reason: TraceDropReason, count?: number) => void = () => {},
+    private readonly perSecond = TRACE_EVENTS_PER_SECOND,
+  ) {}
+
+  /** Starts handing events to `sink`; the returned function stops it. */
+  attach(sink: TraceSink): () => void {
+    this.sinks.add(sink);
+    this.on = true;
+    return () => {
+      this.sinks.delete(sink);
+      this.on = this.sinks.size > 0;
+    };
+  }
+
+  emit(kind: TraceKind, fields: TraceFields): void {
+    if (this.on && this.admit()) this.deliver(kind, fields);
+  }
+
+  /**
+   * Emits once `outcome` settles: `code` is its result ('success',
+   * 'Duplicate') or the error's name. The event's place under the rate cap is
+   * taken now, so that past the cap nothing waits on the outcome.
+   */
+  settled(kind: TraceKind, fields: TraceFields, outcome: Promise<unknown>, startedAt = performance.now()): void {
+    if (!this.on || !this.admit()) return;
+    outcome.then(
+      (result) => this.on && this.deliver(kind, { ...fields, code: result === 'duplicate' ? 'Duplicate' : 'success', ms: performance.now() - startedAt }),
+      (err: Error) =>
+        this.on && this.deliver(kind, { ...fields, code: err?.name && err.name !== 'Error' ? err.name : 'InternalServerError', ms: performance.now() - startedAt }),
+    );
+  }
+
+  /** Takes one event's place under the cap (a token bucket refilled by the clock); false, counted, when there is none. */
+  private admit(): boolean {
+    const now = Date.now();
+    if (now !== this.refilledAt) {
+      this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
+      this.refilledAt = now;
+    }
+    if (this.tokens < 1) {
+      this.rateDropped++;
+      this.dropped('rate');
+      return false;
+    }
+    this.tokens--;
+    return true;
+  }
+
+  private deliver(kind: TraceKind, fields: TraceFields): void {
+    const event: TraceEvent = { at: Date.now(), node: this.node, kind };
+    for (const name of TEXT_FIELDS) {
+      const value = fields[name];
+      if (typeof value === 'string') event[name] = value.length > TRACE_TEXT_MAX ? value.slice(0, TRACE_TEXT_MAX - 1) + '…' : value;
+    }
+    if (fields.status !== undefined) event.status = fields.status;
+    if (fields.ms !== undefined) event.ms = Math.max(0, Math.round(fields.ms * 10) / 10);
+    if (fields.bytes !== undefined) event.bytes = fields.bytes;
+    for (const sink of this.sinks) sink(event);
+  }
+}
+
+/**
+ * Also traces each increment of a labelled counter (limit refusals, failed
+ * event handler calls): one hook here rather than a line beside each of the
+ * counter's call sites. `describe` returns undefined for increments that are
+ * not worth a line.
+ */
+export function traceIncrements<L extends string>(
+  counter: Counter<L>,
+  trace: TraceSource,
+  describe: (labels: Partial<Record<L, string | number>>) => [TraceKind, TraceFields] | undefined,
+): void {
+  const inc = counter.inc.bind(counter) as (labels?: unknown, value?: number) => void;
+  (counter as { inc: unknown }).inc = (labels?: Partial<Record<L, string | number>> | number, value?: number) => {
+    inc(labels, value);
+    if (!trace.on || typeof labels !== 'object') return;
+    const line = describe(labels);
+    if (line) trace.emit(line[0], line[1]);
+  };
+}

@@ -1,0 +1,231 @@
+// The dashboard's endpoints without a browser: the page and its files,
+// /$relay/stats (every edge's counters) and /$relay/trace (the live trace
+// as Server-Sent Events): who may read them, what they say, that tracing
+// costs nothing until someone watches and stops when the viewer goes, and
+// that edges without interest publish nothing.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+import { TRACE_VIEWERS_PER_NODE } from '../../src/ops/trace-relay.ts';
+import { TraceSource } from '../../src/telemetry/trace.ts';
+
+/** An open /$relay/trace stream: its events by name, as they come. */
+class TraceStream {
+  readonly events: { event: string; data: any }[] = [];
+  private buffer = '';
+  private constructor(
+    readonly status: number,
+    private readonly controller: AbortController,
+  ) {}
+
+  static async open(url: string, token: string | undefined, t: { after(fn: () => unknown): void }): Promise<TraceStream> {
+    const controller = new AbortController();
+    const res = await fetch(url, { headers: token ? { authorization: token } : {}, signal: controller.signal });
+    const stream = new TraceStream(res.status, controller);
+    t.after(() => stream.close());
+    if (res.ok && res.body) {
+      void (async () => {
+        const decoder = new TextDecoder();
+        try {
+          for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) stream.push(decoder.decode(chunk, { stream: true }));
+        } catch {
+          // aborted
+        }
+      })();
+    } else {
+      await res.body?.cancel();
+    }
+    return stream;
+  }
+
+  private push(text: string): void {
+    this.buffer += text;
+    let end;
+    while ((end = this.buffer.indexOf('\n\n')) >= 0) {
+      const block = this.buffer.slice(0, end);
+      this.buffer = this.buffer.slice(end + 2);
+      let event = 'message';
+      let data = '';
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event:')) event = line.slice(6).trim();
+        if (line.startsWith('data:')) data += line.slice(5).trim();
+      }
+      if (data) this.events.push({ event, data: JSON.parse(data) });
+    }
+  }
+
+  lines(): any[] {
+    return this.events.filter((e) => e.event === 'message').map((e) => e.data);
+  }
+
+  async waitFor(match: (e: any) => boolean, what: string, ms = 10000): Promise<any> {
+    await until(() => this.lines().some(match), ms, what);
+    return this.lines().find(match);
+  }
+
+  close(): void {
+    this.controller.abort();
+  }
+}
+
+describe('/$relay/dashboard', () => {
+  it('serves the page and its files to anyone, with a policy that keeps it on this origin', async (t) => {
+    const relay = await startTestRelay(t);
+    const page = await httpRequest(`${relay.url}/$relay/dashboard`);
+    assert.equal(page.status, 200);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    assert.match(String(page.headers['content-security-policy']), /default-src 'none'; script-src 'self'/);
+    assert.match(page.body.toString(), /<script type="module" src="\/\$relay\/dashboard\/app.js">/);
+    // Nothing from another origin: every script, style and image is the relay's own.
+    assert.doesNotMatch(page.body.toString(), /(src|href)="(https?:)?\/\//);
+    for (const file of ['app.js', 'charts.js', 'format.js', 'sas.js', 'style.css', 'icon.svg']) {
+      const res = await httpRequest(`${relay.url}/$relay/dashboard/${file}`);
+      assert.equal(res.status, 200, file);
+      assert.doesNotMatch(res.body.toString().replace('http://www.w3.org/2000/svg', ''), /https?:\/\/[a-z0-9]/i, `${file} names no other origin`);
+      const again = await httpRequest(`${relay.url}/$relay/dashboard/${file}`, { headers: { 'if-none-match': String(res.headers.etag) } });
+      assert.equal(again.status, 304);
+    }
+    assert.equal((await httpRequest(`${relay.url}/$relay/dashboard/nope.js`)).status, 404);
+    assert.equal((await httpRequest(`${relay.url}/$relay/dashboard`, { method: 'POST' })).status, 405);
+  });
+});
+
+describe('/$relay/stats', () => {
+  it('needs a Manage token and counts listeners, senders, requests, bytes and failures per hybrid connection', async (t) => {
+    const relay = await startTestRelay(
+      t,
+      pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }, { name: 'lonely', requiresClientAuthorization: false }] }),
+    );
+    assert.equal((await httpRequest(`${relay.url}/$relay/stats`)).status, 401);
+    const token = tokenFor(`${relay.url}/`);
+    await startHycoHttpsListener(t, relay.url, (_req, res) => res.end('hello'), 'web');
+    for (let i = 0; i < 3; i++) assert.equal((await httpRequest(`${relay.url}/web/x?secret=1`)).status, 200);
+    assert.equal((await httpRequest(`${relay.url}/lonely/x`)).status, 404);
+    const client = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
+    assert.equal((await client.request({ type: 'joinGroup', group: 'room' })).success, true);
+    assert.equal((await client.request({ type: 'sendToGroup', group: 'room', data: 'hi' })).success, true);
+
+    const r = await httpRequest(`${relay.url}/$relay/stats?top=5`, { headers: { authorization: token } });
+    assert.equal(r.status, 200);
+    const body = JSON.parse(r.body.toString());
+    assert.equal(body.complete, true);
+    assert.equal(body.top, 5);
+    assert.deepEqual(body.silent, []);
+    const [node] = body.nodes;
+    assert.equal(node.connections.listener, 1);
+    assert.equal(node.hybrid.requests, 4, 'every request that reached a hybrid connection, answered or not');
+    assert.ok(node.hybrid.bytes >= 15, `bytes ${node.hybrid.bytes}`);
+    assert.deepEqual(node.hybrid.failures, { NoListener: 1 });
+    assert.equal(node.hybrid.entities.find((e: any) => e.name === 'lonely').failures, 1);
+    const web = node.hybrid.entities.find((e: any) => e.name === 'web');
+    assert.deepEqual({ listeners: web.listeners, requests: web.requests, failures: web.failures }, { listeners: 1, requests: 3, failures: 0 });
+    const chat = node.hubs.find((h: any) => h.name === 'chat');
+    assert.deepEqual(
+      { plain: chat.plain, reliable: chat.reliable, groups: chat.groups, topGroups: chat.topGroups, published: chat.published, deliveries: chat.deliveries },
+      { plain: 1, reliable: 0, groups: 1, topGroups: [{ name: 'room', members: 1 }], published: 1, deliveries: 1 },
+    );
+  });
+});
+
+describe('/$relay/trace', () => {
+  it('needs a Manage token; costs nothing until someone watches; streams events without their query or payload; stops when the viewer goes', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] }));
+    const url = `${relay.url}/$relay/trace`;
+    assert.equal((await TraceStream.open(url, undefined, t)).status, 401);
+    assert.equal(relay.metrics.trace.on, false, 'nothing attached without a viewer');
+
+    const stream = await TraceStream.open(url, tokenFor(`${relay.url}/`), t);
+    assert.equal(stream.status, 200);
+    await until(() => stream.events.some((e) => e.event === 'hello'), 5000, 'hello');
+    assert.equal(relay.metrics.trace.on, true);
+    await startHycoHttpsListener(t, relay.url, (_req, res) => res.end('hello'), 'web');
+    await httpRequest(`${relay.url}/web/a/b?sb-hc-token=SharedAccessSignature+secret&password=hunter2`);
+    const request = await stream.waitFor((e) => e.kind === 'http.request', 'a traced request');
+    assert.deepEqual(
+      { entity: request.entity, method: request.method, path: request.path, status: request.status, node: request.node },
+      { entity: 'web', method: 'GET', path: '/web/a/b', status: 200, node: relay.metrics.trace.node },
+    );
+    assert.equal(typeof request.ms, 'number');
+    await stream.waitFor((e) => e.kind === 'listener.connected' && e.entity === 'web', 'the listener connecting');
+
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), undefined, t);
+    await client.request({ type: 'joinGroup', group: 'room' });
+    await client.request({ type: 'sendToGroup', group: 'room', data: { secret: 'payload-text' } });
+    const publish = await stream.waitFor((e) => e.kind === 'pubsub.publish', 'a traced publish');
+    assert.deepEqual(
+      { hub: publish.hub, group: publish.group, userId: publish.userId, code: publish.code, connectionId: publish.connectionId },
+      { hub: 'chat', group: 'room', userId: 'alice', code: 'success', connectionId: client.messages[0].connectionId },
+    );
+    assert.ok(publish.bytes > 0);
+    await stream.waitFor((e) => e.kind === 'pubsub.join' && e.group === 'room', 'a traced join');
+    const everything = JSON.stringify(stream.events);
+    for (const secret of ['hunter2', 'secret', 'payload-text', 'SharedAccessSignature', 'access_token']) assert.ok(!everything.includes(secret), secret);
+
+    stream.close();
+    await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop once its viewer went');
+  });
+
+  it('filters by entity, hub, connection id or user on the viewer side', async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] }));
+    const stream = await TraceStream.open(`${relay.url}/$relay/trace?userId=bob`, tokenFor(`${relay.url}/`), t);
+    await until(() => stream.events.some((e) => e.event === 'hello'), 5000, 'hello');
+    await httpRequest(`${relay.url}/web/x`);
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), undefined, t);
+    await alice.request({ type: 'joinGroup', group: 'a' });
+    const bob = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob' }), undefined, t);
+    await bob.request({ type: 'joinGroup', group: 'b' });
+    await stream.waitFor((e) => e.kind === 'pubsub.join', "bob's join");
+    assert.deepEqual([...new Set(stream.lines().map((e) => e.userId))], ['bob']);
+  });
+
+  it(`refuses a viewer past ${TRACE_VIEWERS_PER_NODE} on one edge`, async (t) => {
+    const relay = await startTestRelay(t);
+    const token = tokenFor(`${relay.url}/`);
+    for (let i = 0; i < TRACE_VIEWERS_PER_NODE; i++) assert.equal((await TraceStream.open(`${relay.url}/$relay/trace`, token, t)).status, 200);
+    const refused = await fetch(`${relay.url}/$relay/trace`, { headers: { authorization: token } });
+    assert.equal(refused.status, 503);
+    assert.equal((await refused.json()).code, 'TooManyTraceViewers');
+  });
+
+  it("across edges: an edge traces only while another edge's viewer is interested, and its events reach that viewer", async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { log: { level: 'silent' } }));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { log: { level: 'silent' } }));
+    assert.equal(b.metrics.trace.on, false);
+    const stream = await TraceStream.open(`${a.url}/$relay/trace`, tokenFor(`${a.url}/`), t);
+    await until(() => stream.events.some((e) => e.event === 'hello'), 5000, 'hello');
+    assert.equal(stream.events.find((e) => e.event === 'hello')!.data.cluster, true);
+    await until(() => b.metrics.trace.on, 5000, "edge-b hearing edge-a's interest");
+    await startHycoWsListener(t, b.url, () => {});
+    const line = await stream.waitFor((e) => e.kind === 'listener.connected', "edge-b's listener on edge-a's trace");
+    assert.equal(line.node, 'edge-b');
+    stream.close();
+    await until(() => !b.metrics.trace.on && !a.metrics.trace.on, 5000, 'both edges to stop tracing once the viewer went');
+  });
+});
+
+describe('TraceSource', () => {
+  it('hands events to sinks only while one is attached, caps them per second and counts what it drops', async () => {
+    const dropped: string[] = [];
+    const trace = new TraceSource('n1', (reason) => dropped.push(reason), 100);
+    const seen: unknown[] = [];
+    trace.emit('http.request', { entity: 'e' });
+    assert.equal(trace.on, false);
+    const detach = trace.attach((e) => seen.push(e));
+    for (let i = 0; i < 300; i++) trace.emit('http.request', { entity: 'e', path: 'x'.repeat(1000) });
+    assert.ok(seen.length >= 100 && seen.length <= 101, `${seen.length} delivered`);
+    assert.equal(dropped.length, 300 - seen.length);
+    assert.ok(((seen[0] as { path: string }).path.length) <= 256);
+    await withTimeout(new Promise((r) => setTimeout(r, 50)), 1000, 'a moment');
+    trace.emit('http.request', { entity: 'e' });
+    assert.ok(seen.length > 100, 'the bucket refills');
+    detach();
+    assert.equal(trace.on, false);
+  });
+});
