@@ -16,13 +16,22 @@ const OURS_MEMORY = 'edge-relay, memory bus';
 const OURS_NATS = 'edge-relay, NATS bus (2 edges)';
 const OURS_RELIABLE_MEMORY = 'edge-relay, memory bus, reliable (SDK acks)';
 const OURS_RELIABLE_NATS = 'edge-relay, NATS bus (2 edges), reliable (SDK acks)';
+const ONE_WORKER = 'edge-relay, NATS bus, serve (1 worker)';
+const TWO_WORKERS = 'edge-relay, NATS bus, serve --workers 2';
 const NATS = 'nats-server websocket';
 const MOSQUITTO = 'mosquitto websocket';
 
 const OURS = [OURS_MEMORY, OURS_NATS, OURS_RELIABLE_MEMORY, OURS_RELIABLE_NATS];
-/** Small groups measure latency; Mosquitto is left out there (it is compared at 1,000 and 10,000). */
+/**
+ * One command on the NATS bus with one worker and with two (node:cluster
+ * sharing the port, publisher and subscribers spread over the workers by the
+ * kernel): does a second worker at least hold the figure of one, with the
+ * generator on the same 2 cores? Large groups only (and quick mode).
+ */
+const WORKER_ROWS = [ONE_WORKER, TWO_WORKERS];
+/** Small groups measure latency; Mosquitto and the worker rows are left out there (they are compared at 1,000 and 10,000). */
 const SMALL_GROUP_SYSTEMS = [...OURS, NATS];
-const ALL_SYSTEMS = [...OURS, NATS, MOSQUITTO];
+const ALL_SYSTEMS = [...OURS, ...WORKER_ROWS, NATS, MOSQUITTO];
 
 type Clients = (subscriberPort: number, publisherPort: number) => FanoutClients;
 
@@ -63,6 +72,21 @@ async function ourCluster(clients: Clients, plan: FanoutPlan): Promise<FanoutFig
   }
 }
 
+/** One `serve` command on the NATS bus with `workers` worker processes; every client connects to its one port. */
+async function ourWorkers(workers: number, plan: FanoutPlan): Promise<FanoutFigures> {
+  const nats = await startNatsServer();
+  try {
+    const relay = await startRelay({ nodeId: 'bench', natsUrl: `nats://127.0.0.1:${nats.port}`, serveArgs: ['--workers', String(workers)] });
+    try {
+      return await runFanout(relayClients(relay.port, relay.port), [nats.pid, relay.pid], plan);
+    } finally {
+      await relay.stop();
+    }
+  } finally {
+    await nats.stop();
+  }
+}
+
 async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures> {
   switch (system) {
     case OURS_MEMORY:
@@ -73,6 +97,10 @@ async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures>
       return ourRelay(reliableRelayClients, plan);
     case OURS_RELIABLE_NATS:
       return ourCluster(reliableRelayClients, plan);
+    case ONE_WORKER:
+      return ourWorkers(1, plan);
+    case TWO_WORKERS:
+      return ourWorkers(2, plan);
     case NATS: {
       const nats = await startNatsServer();
       try {
@@ -120,7 +148,7 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
       process.stderr.write(`  ${scenario}: ${system}\n`);
       const f = await measure(system, plan);
       byName.set(system, f);
-      results.push({ scenario, system, ours: OURS.includes(system), value: f.deliveriesPerSec, unit: 'deliveries/s', figures: { ...f } });
+      results.push({ scenario, system, ours: OURS.includes(system) || WORKER_ROWS.includes(system), value: f.deliveriesPerSec, unit: 'deliveries/s', figures: { ...f } });
     }
     const throughput = (ours: string, peer: string, target?: number) =>
       ratios.push({ scenario, ours, peer, ratio: byName.get(ours)!.deliveriesPerSec / byName.get(peer)!.deliveriesPerSec, target });
@@ -143,6 +171,7 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
       throughput(OURS_MEMORY, MOSQUITTO);
     }
     for (const ours of OURS) p99(ours);
+    if (byName.has(TWO_WORKERS)) throughput(TWO_WORKERS, ONE_WORKER, large ? 1 : undefined);
   }
   return { results, ratios };
 }

@@ -5,11 +5,11 @@
 // (docs/performance.md, "What watching costs").
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { assertFigure, runQuick } from './quick-run.ts';
+import { DASHBOARD_SCENARIOS, assertFigure, runQuick } from './quick-run.ts';
 
 describe('npm run bench, dashboard', () => {
   it('quick mode measures fan-out unwatched and watched, and what the watcher saw', async (t) => {
-    const report = await runQuick(t, ['dashboard'], 90000);
+    const report = await runQuick(t, DASHBOARD_SCENARIOS, 90000);
     assertFigure(report, /watched$/, /nobody watching$/, false);
     assertFigure(report, /watched$/, /dashboard \+ live trace open$/, true);
     const watched = report.results.find((r) => /live trace open$/.test(r.system))!;

@@ -1,6 +1,7 @@
 // The bench's pub/sub scenarios in quick mode (see quick.test.ts): fan-out
 // with plain and reliable subscribers on both buses against nats-server and
-// Mosquitto, p99 as a ratio to nats-server's, and idle memory.
+// Mosquitto, one serve command with 1 and 2 workers, p99 as a ratio to
+// nats-server's, and idle memory.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { PUBSUB_SCENARIOS, assertFigure, runQuick } from './quick-run.ts';
@@ -12,6 +13,9 @@ describe('npm run bench, pub/sub', () => {
     assertFigure(report, /^fan-out /, /^edge-relay, NATS bus \(2 edges\)$/, true);
     assertFigure(report, /^fan-out /, /memory bus, reliable/, true);
     assertFigure(report, /^fan-out /, /NATS bus \(2 edges\), reliable/, true);
+    assertFigure(report, /^fan-out /, /^edge-relay, NATS bus, serve \(1 worker\)$/, true);
+    assertFigure(report, /^fan-out /, /^edge-relay, NATS bus, serve --workers 2$/, true);
+    assert.ok(report.ratios.some((r) => r.ours.endsWith('--workers 2') && r.peer.endsWith('(1 worker)')), 'two workers compared with one');
     assertFigure(report, /^fan-out /, /^nats-server websocket$/, false);
     assertFigure(report, /^fan-out /, /^mosquitto websocket$/, false);
     // Latency is a ratio to nats-server's p99, lower is better.

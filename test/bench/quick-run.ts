@@ -18,6 +18,7 @@ const ROOT = new URL('../..', import.meta.url).pathname;
 export const RELAY_SCENARIOS = ['tunnel', 'bridge', 'http', 'rendezvous'];
 export const PUBSUB_SCENARIOS = ['fanout', 'memory'];
 export const DURABLE_SCENARIOS = ['durable'];
+export const DASHBOARD_SCENARIOS = ['dashboard'];
 
 type TestContext = Parameters<typeof cleanupFor>[0];
 

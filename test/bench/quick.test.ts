@@ -7,11 +7,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SCENARIOS } from '../../bench/scenarios/index.ts';
-import { DURABLE_SCENARIOS, PUBSUB_SCENARIOS, RELAY_SCENARIOS, assertFigure, runBench, runQuick } from './quick-run.ts';
+import { DASHBOARD_SCENARIOS, DURABLE_SCENARIOS, PUBSUB_SCENARIOS, RELAY_SCENARIOS, assertFigure, runBench, runQuick } from './quick-run.ts';
 
 describe('npm run bench', () => {
   it('the quick tests between them run every scenario', () => {
-    assert.deepEqual([...RELAY_SCENARIOS, ...PUBSUB_SCENARIOS, ...DURABLE_SCENARIOS].sort(), Object.keys(SCENARIOS).sort());
+    assert.deepEqual([...RELAY_SCENARIOS, ...PUBSUB_SCENARIOS, ...DURABLE_SCENARIOS, ...DASHBOARD_SCENARIOS].sort(), Object.keys(SCENARIOS).sort());
   });
 
   it('quick mode runs the relay scenarios with figures for ours and each peer, from our generator, wrk and iperf3', async (t) => {
