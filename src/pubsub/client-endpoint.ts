@@ -20,6 +20,7 @@ import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/hands
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
 import { handleClientFrame, handleSimpleFrame, type ClientProtocolContext } from './client-protocol.ts';
+import { clientCertificatesOf } from './client-certificates.ts';
 import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { connectedFrame } from './downstream.ts';
@@ -135,7 +136,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       query: valuesOf(params.entries(), (name) => name === 'access_token'),
       headers: valuesOf(Object.entries(req.headers), (name) => UNFORWARDED_HEADERS.has(name)),
       subprotocols: upgrade.protocols,
-      clientCertificates: [],
+      clientCertificates: clientCertificatesOf(req.socket),
     };
     const source = { id, userId: identity.userId, subprotocol: undefined, states: undefined };
     this.deps.events.connect(hub.config, source, body).then(

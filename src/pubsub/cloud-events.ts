@@ -116,6 +116,8 @@ export interface EventDispatcherDeps {
   maxAnswerBytes: number;
   /** A connection's state changed (a durable hub writes it into the session's checkpoint). */
   statesChanged(source: EventSource): void;
+  /** The keys the hub's tokens are signed with now (two during a key rotation): ce-signature carries one HMAC per key. */
+  accessKeys(hub: HubConfig): string[];
   /** Counts an event delivered (or not) to a handler. */
   count(event: 'connect' | 'connected' | 'disconnected' | 'user', result: 'ok' | 'refused' | 'failed' | 'timeout'): void;
 }
@@ -160,7 +162,7 @@ export class EventDispatcher {
       'ce-hub': hub.name,
       'ce-eventname': event,
       'ce-connectionid': source.id,
-      'ce-signature': signature([hub.accessKey], source.id),
+      'ce-signature': signature(this.deps.accessKeys(hub), source.id),
     };
     if (source.userId !== null) headers['ce-userid'] = headerSafe(source.userId);
     if (source.subprotocol) headers['ce-subprotocol'] = source.subprotocol;

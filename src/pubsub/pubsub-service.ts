@@ -92,6 +92,10 @@ export class PubSubService implements RestContext {
       protection: this.abuseProtection,
       log,
       maxAnswerBytes: config.limits.pubsubMessageBytes,
+      accessKeys: (hub) => {
+        const cluster = this.hub(hub.name);
+        return cluster ? this.accessKeys(cluster) : [hub.accessKey];
+      },
       // A reliable session's checkpoint keeps the state, so an edge that takes the session over has it.
       statesChanged: (source) => {
         if (!(source instanceof PubSubConnection) || !source.session) return;

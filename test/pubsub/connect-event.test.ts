@@ -1,0 +1,101 @@
+// The connect event as a handler reads it, raw (no SDK in between): the
+// certificate a client presented over TLS (clientCertificates), and a
+// ce-signature with one HMAC per access key the hub accepts, two while a
+// rotated key is still in its grace (docs/event-handlers.md).
+import assert from 'node:assert/strict';
+import { X509Certificate, createHmac } from 'node:crypto';
+import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { loadConfig } from '../../src/config/load.ts';
+import { clientTls, makePki } from '../helpers/certs.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { startTestRelay, testConfig } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+const KEY = 'connect-key-0123456789abcdef-first';
+const KEY_NEW = 'connect-key-0123456789abcdef-second';
+
+interface Received {
+  headers: IncomingHttpHeaders;
+  body: any;
+}
+
+/** A handler that allows every origin, takes every connect and keeps what it got. */
+async function connectHandler(t: TestContext): Promise<{ url: string; connects: Received[] }> {
+  const connects: Received[] = [];
+  const server = createServer((req, res) => {
+    if (req.method === 'OPTIONS') {
+      res.writeHead(200, { 'webhook-allowed-origin': '*' });
+      return res.end();
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (req.headers['ce-eventname'] === 'connect') connects.push({ headers: req.headers, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) });
+      res.writeHead(req.headers['ce-eventname'] === 'connect' ? 200 : 204, { 'content-type': 'application/json' });
+      res.end(req.headers['ce-eventname'] === 'connect' ? '{}' : undefined);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+  const { port } = server.address() as { port: number };
+  return { url: `http://127.0.0.1:${port}/events/{event}`, connects };
+}
+
+function hub(accessKey: string, urlTemplate: string) {
+  return { name: 'chat', accessKey, eventHandlers: [{ urlTemplate, userEventPattern: '', systemEvents: ['connect'] }] };
+}
+
+function hmac(key: string, connectionId: string): string {
+  return `sha256=${createHmac('sha256', key).update(connectionId).digest('hex')}`;
+}
+
+describe('the connect event', () => {
+  it('carries the certificate a client presented over TLS (thumbprint and PEM), and none when it presented none', async (t) => {
+    const pki = makePki(t);
+    const handler = await connectHandler(t);
+    const relay = await startTestRelay(t, {
+      listen: { host: '127.0.0.1', port: 0, tls: { ...pki.server, caFile: pki.caFile, requestCert: true, requireClientCert: 'listeners' } },
+      pubsub: { hubs: [hub(KEY, handler.url)] },
+    });
+    const device = pki.issueClient('device-7');
+    const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'dev' });
+    await RawPubSubClient.connect(url, undefined, t, clientTls(pki, device));
+    await RawPubSubClient.connect(url, undefined, t, clientTls(pki));
+    await until(() => handler.connects.length === 2, 5000, 'two connect events');
+
+    const [withCert, without] = handler.connects;
+    const expected = new X509Certificate(readFileSync(device.certFile));
+    assert.equal(withCert.body.clientCertificates.length, 1);
+    assert.equal(withCert.body.clientCertificates[0].thumbprint, expected.fingerprint.replace(/:/g, ''));
+    assert.equal(new X509Certificate(withCert.body.clientCertificates[0].content).fingerprint256, expected.fingerprint256);
+    assert.deepEqual(without.body.clientCertificates, []);
+  });
+
+  it('is signed with every key the hub accepts: the new key and, during its grace, the one it replaced', async (t) => {
+    const handler = await connectHandler(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-connect-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'relay.json');
+    const config = (key: string) => testConfig({ rotationGraceSeconds: 60, pubsub: { hubs: [hub(key, handler.url)] } });
+    writeFileSync(file, JSON.stringify(config(KEY)));
+    const relay = await startTestRelay(t, config(KEY), { loadConfig: () => loadConfig(file, {}, {}) });
+
+    await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await until(() => handler.connects.length === 1, 5000, 'connect before the rotation');
+    const first = handler.connects[0].headers;
+    assert.equal(first['ce-signature'], hmac(KEY, String(first['ce-connectionid'])));
+
+    writeFileSync(file, JSON.stringify(config(KEY_NEW)));
+    assert.ok(relay.reload('api').ok);
+    await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY_NEW }), undefined, t);
+    await until(() => handler.connects.length === 2, 5000, 'connect after the rotation');
+    const second = handler.connects[1].headers;
+    const id = String(second['ce-connectionid']);
+    assert.equal(second['ce-signature'], `${hmac(KEY_NEW, id)},${hmac(KEY, id)}`);
+  });
+});
