@@ -10,17 +10,17 @@
 // (up to MAX_REMEMBERED, for FORGET_SILENT_MS), so one that stops answering is
 // listed under `silent` rather than silently gone.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeStats, type HubStats } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
-import { failEdgeRequest } from '../http/edge-errors.ts';
-import { sendError, sendJson } from '../http/respond.ts';
+import { sendJson } from '../http/respond.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { ManageAuth } from './manage-auth.ts';
+import { askOtherEdges } from './other-edges.ts';
 
 export const DEFAULT_TOP = 20;
 export const MAX_TOP = 50;
@@ -130,27 +130,10 @@ export class ClusterStats {
     let complete = true;
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
-      try {
-        const raw = await bus.gather(subjects.stats(), encodeEdgeMessage({ op: 'ops.stats', origin: config.nodeId, top }), {
-          maxWaitMs: config.bus.requestTimeoutMs,
-          stallMs: config.bus.gatherStallMs,
-        });
-        const others: EdgeStats[] = [];
-        for (const data of raw) {
-          const answer = decodeEdgeMessage(data, 'ops.edge')?.message;
-          if (!answer) {
-            this.s.log.warn({ event: 'bus.invalid_message', op: 'ops.edge' });
-            continue;
-          }
-          const { op: _op, ...stats } = answer;
-          if (stats.nodeId !== here.nodeId) others.push(stats);
-        }
-        others.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
-        nodes.push(...others);
-      } catch (err) {
-        complete = false;
-        problem = err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err);
-      }
+      const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId);
+      nodes.push(...asked.answers);
+      complete = !asked.problem;
+      problem = asked.problem;
     }
     return { nodes, silent: this.remember(nodes), complete, ...(problem ? { problem } : {}) };
   }
@@ -174,12 +157,7 @@ export class ClusterStats {
   }
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
-    if (req.method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
-    }
-    const refused = auth.check(req);
-    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    if (auth.refuseUnlessManageGet(req, res)) return;
     const asked = Number(new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') ?? DEFAULT_TOP);
     const top = Number.isInteger(asked) ? Math.min(MAX_TOP, Math.max(1, asked)) : DEFAULT_TOP;
     const snapshot = await this.cluster(top);

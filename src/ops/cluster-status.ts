@@ -4,16 +4,16 @@
 // subject all edges subscribe to; answers are schema-checked like any bus
 // message. When the bus is away the answer says so and lists this node only.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type NodeStatus } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
-import { failEdgeRequest } from '../http/edge-errors.ts';
-import { sendError, sendJson } from '../http/respond.ts';
+import { sendJson } from '../http/respond.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
+import { askOtherEdges } from './other-edges.ts';
 
 export type { NodeStatus };
 
@@ -64,37 +64,13 @@ export class ClusterStatus {
     const here = this.local();
     const { bus, config, subjects } = this.s;
     if (!bus.reachesOtherNodes) return { nodes: [here], complete: true };
-    let raw: Uint8Array[];
-    try {
-      raw = await bus.gather(subjects.status(), encodeEdgeMessage({ op: 'ops.status', origin: config.nodeId }), {
-        maxWaitMs: config.bus.requestTimeoutMs,
-        stallMs: config.bus.gatherStallMs,
-      });
-    } catch (err) {
-      const problem = err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err);
-      return { nodes: [here], complete: false, problem };
-    }
-    const others: NodeStatus[] = [];
-    for (const data of raw) {
-      const answer = decodeEdgeMessage(data, 'ops.node')?.message;
-      if (!answer) {
-        this.s.log.warn({ event: 'bus.invalid_message', op: 'ops.node' });
-        continue;
-      }
-      const { op: _op, ...status } = answer;
-      if (status.nodeId !== here.nodeId) others.push(status);
-    }
-    others.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
-    return { nodes: [here, ...others], complete: true };
+    const { answers, problem } = await askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', here.nodeId);
+    if (problem) return { nodes: [here], complete: false, problem };
+    return { nodes: [here, ...answers], complete: true };
   }
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
-    if (req.method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
-    }
-    const refused = auth.check(req);
-    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    if (auth.refuseUnlessManageGet(req, res)) return;
     const { nodes, complete, problem } = await this.cluster();
     // Totals across nodes: listeners and connections add up; a group with
     // members on two nodes counts on each, so groups stay per node.

@@ -4,10 +4,12 @@
 // Authorization or ServiceBusAuthorization header or as sb-hc-token. The SAS
 // rules are the hybrid connections' (one authorizer, so a reload and a key's
 // rotation grace apply to both).
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
+import { failEdgeRequest } from '../http/edge-errors.ts';
+import { sendError } from '../http/respond.ts';
 
 export interface Refusal {
   status: 401 | 403;
@@ -31,5 +33,22 @@ export class ManageAuth {
     if (d.ok) return undefined;
     if (d.code === 'TokenScopeInvalid' || d.code === 'RightMissing') return { status: 403, code: d.code, message: 'A token with the Manage right for this relay is required' };
     return { status: 401, code: d.code, message: 'A Shared Access Signature token with the Manage right is required' };
+  }
+
+  /**
+   * For a GET-only operator endpoint: answers 405 to another method and the
+   * refusal to a request without a Manage token, and returns true when it has
+   * answered; false when the request may go on.
+   */
+  refuseUnlessManageGet(req: IncomingMessage, res: ServerResponse): boolean {
+    if (req.method !== 'GET') {
+      res.setHeader('allow', 'GET');
+      failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
+      return true;
+    }
+    const refused = this.check(req);
+    if (!refused) return false;
+    sendError(res, refused.status, refused.code, refused.message);
+    return true;
   }
 }

@@ -21,7 +21,6 @@ import type { Bus, BusMessage, BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import { failEdgeRequest } from '../http/edge-errors.ts';
-import { sendError } from '../http/respond.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { TraceEvent, TraceSource } from '../telemetry/trace.ts';
 import type { ManageAuth } from './manage-auth.ts';
@@ -136,12 +135,7 @@ export class TraceRelay {
   }
 
   serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): void {
-    if (req.method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
-    }
-    const refused = auth.check(req);
-    if (refused) return sendError(res, refused.status, refused.code, refused.message);
+    if (auth.refuseUnlessManageGet(req, res)) return;
     if (this.closed) return failEdgeRequest(res, 'NotFound');
     if (this.viewers.size >= TRACE_VIEWERS_PER_NODE) return failEdgeRequest(res, 'TooManyTraceViewers');
     const filter = traceFilterOf(new URLSearchParams((req.url ?? '').split('?')[1] ?? ''));
