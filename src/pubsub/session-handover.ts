@@ -16,7 +16,7 @@
 // that reached neither node while the group interest moved, fetched from the
 // publishing edges' logs (replaying-feed.ts): nothing is lost or doubled.
 import { respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEdgeMessage, encodeEdgeMessage, type PsEntries, type PsHandover, type PsSend, type PsSession } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsEntries, type PsHandover, type PsSession } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseMid } from './replaying-feed.ts';
 import type { Bus } from '../bus/bus.ts';

@@ -147,7 +147,7 @@ export class FrameSplice {
   constructor(
     private readonly a: Duplex,
     private readonly b: Duplex,
-    private readonly options: SpliceOptions,
+    options: SpliceOptions,
     private readonly onEnd: (result: SpliceResult) => void,
   ) {
     this.highWaterMark = options.highWaterMark;
