@@ -29,7 +29,16 @@ function profileFlags(): string[] {
  * descendants, so workers forked by node:cluster are measured with it).
  */
 export async function startRelay(
-  options: { nodeId?: string; natsUrl?: string; jetstream?: boolean; limits?: Record<string, number>; extra?: Record<string, unknown>; serveArgs?: string[] } = {},
+  options: {
+    nodeId?: string;
+    natsUrl?: string;
+    jetstream?: boolean;
+    /** bus.jetstream.storage (the relay's default, file, unless given). */
+    storage?: 'file' | 'memory';
+    limits?: Record<string, number>;
+    extra?: Record<string, unknown>;
+    serveArgs?: string[];
+  } = {},
 ): Promise<RelayNode> {
   const config = {
     nodeId: options.nodeId ?? 'bench',
@@ -40,7 +49,7 @@ export async function startRelay(
     hybridConnections: [{ name: ENTITY, requiresClientAuthorization: false }],
     pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] },
     // The NATS rows measure the core NATS path unless a scenario asks for durable hubs (JetStream).
-    bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl], jetstream: { enabled: options.jetstream ?? false } } : { kind: 'memory' },
+    bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl], jetstream: { enabled: options.jetstream ?? false, ...(options.storage ? { storage: options.storage } : {}) } } : { kind: 'memory' },
     // The load generator opens thousands of connections from one address.
     limits: { connectRatePerAddress: 0, ...options.limits },
     ...options.extra,

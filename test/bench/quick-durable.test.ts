@@ -1,5 +1,5 @@
 // The bench's durable-hub scenario in quick mode (see quick.test.ts): fan-out
-// through a JetStream hub, the core NATS path and nats-server; publish-to-ack
+// through a JetStream hub (file and memory storage), the core NATS path and nats-server; publish-to-ack
 // times; history read over REST.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -9,6 +9,7 @@ describe('npm run bench (durable hubs)', () => {
   it('quick mode runs the durable scenario with figures for the JetStream hub, the core path and nats-server', async (t) => {
     const report = await runQuick(t, DURABLE_SCENARIOS, 110000);
     assertFigure(report, /^durable fan-out /, /JetStream hub$/, true);
+    assertFigure(report, /^durable fan-out /, /JetStream hub, memory storage$/, true);
     assertFigure(report, /^durable fan-out /, /core NATS$/, true);
     assertFigure(report, /^durable fan-out /, /^nats-server websocket$/, false);
     assertFigure(report, /^publish to ack/, /JetStream hub$/, true);
