@@ -45,6 +45,8 @@ export interface PermissionSnapshot {
   exact: string[];
   /** Group patterns as written in the role. */
   patterns: string[];
+  /** Groups revoked one by one out of `any` or a pattern. */
+  denied?: string[];
 }
 
 export interface GroupMember {

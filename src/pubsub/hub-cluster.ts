@@ -357,7 +357,7 @@ export class ClusterHub {
     if (!connection || connection.ended) return 0;
     if (method === 'PUT') connection.permissions.grant(permission, group);
     else if (method === 'DELETE') connection.permissions.revoke(permission, group);
-    else return group === undefined || connection.permissions.allows(permission, group) ? 1 : 0;
+    else return (group === undefined ? connection.permissions.allowsEvery(permission) : connection.permissions.allows(permission, group)) ? 1 : 0;
     // A durable hub's session checkpoint carries the permissions (not in the stream: written at the next tick).
     if (connection.session) this.durable?.sessionChanged(connection, true);
     return 1;

@@ -98,8 +98,11 @@ class PermissionSet {
   any = false;
   readonly exact = new Set<string>();
   readonly patterns: GroupPattern[] = [];
+  /** Groups revoked one by one out of `any` or a pattern (a REST revoke with targetName). */
+  readonly denied = new Set<string>();
 
   allows(group: string): boolean {
+    if (this.denied.has(group)) return false;
     return this.any || this.exact.has(group) || this.patterns.some((p) => p.matches(group));
   }
 
@@ -108,13 +111,16 @@ class PermissionSet {
   }
 
   snapshot(): PermissionSnapshot {
-    return { any: this.any, exact: [...this.exact], patterns: this.patterns.map((p) => p.source) };
+    const snapshot: PermissionSnapshot = { any: this.any, exact: [...this.exact], patterns: this.patterns.map((p) => p.source) };
+    if (this.denied.size > 0) snapshot.denied = [...this.denied];
+    return snapshot;
   }
 
   restore(snapshot: PermissionSnapshot): void {
     this.any = snapshot.any;
     for (const group of snapshot.exact) this.exact.add(group);
     for (const source of snapshot.patterns) this.addPattern(source);
+    for (const group of snapshot.denied ?? []) this.denied.add(group);
   }
 }
 
@@ -143,21 +149,39 @@ export class ConnectionPermissions {
     return this.sets[permission].allows(group);
   }
 
-  /** Grants `permission` for one group, or for every group when `group` is undefined. */
-  grant(permission: Permission, group: string | undefined): void {
-    if (group === undefined) this.sets[permission].any = true;
-    else this.sets[permission].exact.add(group);
+  /** True when `permission` holds for every group (a REST check without targetName). */
+  allowsEvery(permission: Permission): boolean {
+    const set = this.sets[permission];
+    return set.any && set.denied.size === 0;
   }
 
-  /** Revokes a grant made for one group, or every grant when `group` is undefined. */
+  /** Grants `permission` for one group, or for every group when `group` is undefined. */
+  grant(permission: Permission, group: string | undefined): void {
+    const set = this.sets[permission];
+    if (group === undefined) {
+      set.any = true;
+      set.denied.clear();
+    } else {
+      set.denied.delete(group);
+      set.exact.add(group);
+    }
+  }
+
+  /**
+   * Revokes `permission` for one group, or every grant when `group` is
+   * undefined. A group the connection may still reach through its role (every
+   * group, or a pattern) is denied on its own, so that the revoke holds.
+   */
   revoke(permission: Permission, group: string | undefined): void {
     const set = this.sets[permission];
     if (group === undefined) {
       set.any = false;
       set.exact.clear();
       set.patterns.length = 0;
+      set.denied.clear();
     } else {
       set.exact.delete(group);
+      if (set.allows(group)) set.denied.add(group);
     }
   }
 

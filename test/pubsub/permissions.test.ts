@@ -75,3 +75,29 @@ describe('group patterns', () => {
     assert.equal(permissions.allows('joinLeaveGroup', 'a-b-c-d'), true);
   });
 });
+
+describe('grants and revokes (REST permissions)', () => {
+  it('a revoke with a group holds against a role that allows every group or a pattern, and a grant lifts it', () => {
+    const p = new ConnectionPermissions(['webpubsub.joinLeaveGroup', 'webpubsub.sendToGroups.team-*']);
+    assert.equal(p.allowsEvery('joinLeaveGroup'), true);
+    p.revoke('joinLeaveGroup', 'secret');
+    assert.equal(p.allows('joinLeaveGroup', 'secret'), false);
+    assert.equal(p.allows('joinLeaveGroup', 'other'), true);
+    assert.equal(p.allowsEvery('joinLeaveGroup'), false, 'not every group any more');
+    p.revoke('sendToGroup', 'team-a');
+    assert.equal(p.allows('sendToGroup', 'team-a'), false);
+    assert.equal(p.allows('sendToGroup', 'team-b'), true);
+    // The denials travel with the session (hand-over and JetStream checkpoints).
+    const moved = ConnectionPermissions.fromSnapshot(JSON.parse(JSON.stringify(p.snapshot())));
+    assert.equal(moved.allows('joinLeaveGroup', 'secret'), false);
+    assert.equal(moved.allows('sendToGroup', 'team-a'), false);
+    p.grant('joinLeaveGroup', 'secret');
+    assert.equal(p.allows('joinLeaveGroup', 'secret'), true);
+    assert.equal(p.allowsEvery('joinLeaveGroup'), true);
+    p.revoke('sendToGroup', undefined);
+    assert.equal(p.allows('sendToGroup', 'team-b'), false);
+    assert.equal(p.allowsEvery('sendToGroup'), false);
+    p.grant('sendToGroup', undefined);
+    assert.equal(p.allowsEvery('sendToGroup'), true);
+  });
+});

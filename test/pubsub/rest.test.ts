@@ -70,6 +70,9 @@ describe('pub/sub REST API', () => {
     assert.equal((await alice.request({ type: 'joinGroup', group: 'granted' })).success, true);
     await svc.revokePermission(aliceId, 'joinLeaveGroup', { targetName: 'granted' });
     assert.equal((await alice.request({ type: 'leaveGroup', group: 'granted' })).error.name, 'Forbidden');
+    // Without targetName a check asks about every group: alice has it for one only.
+    assert.equal(await svc.hasPermission(aliceId, 'joinLeaveGroup'), false);
+
     await until(() => alice.dataMessages().length === 2, 5000, 'messages');
     assert.deepEqual(alice.dataMessages().map((m) => m.data), ['in', 'user in']);
     await svc.closeConnection(aliceId, { reason: 'done' });
@@ -77,6 +80,22 @@ describe('pub/sub REST API', () => {
     assert.equal(closed.code, 1008);
     assert.equal((await alice.waitFor((m) => m.event === 'disconnected')).message, 'done');
     assert.equal(await svc.connectionExists(aliceId), false);
+  });
+
+  it('revokes one group out of a role that allows every group, and checks without targetName against every group', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const bob = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob', roles: ['webpubsub.joinLeaveGroup'] }), PLAIN, t);
+    const bobId = (await bob.waitFor((m) => m.event === 'connected')).connectionId;
+    const svc = sdk(relay.url);
+    assert.equal(await svc.hasPermission(bobId, 'joinLeaveGroup'), true);
+    await svc.revokePermission(bobId, 'joinLeaveGroup', { targetName: 'secret' });
+    assert.equal(await svc.hasPermission(bobId, 'joinLeaveGroup', { targetName: 'secret' }), false);
+    assert.equal(await svc.hasPermission(bobId, 'joinLeaveGroup', { targetName: 'open' }), true);
+    assert.equal(await svc.hasPermission(bobId, 'joinLeaveGroup'), false);
+    assert.equal((await bob.request({ type: 'joinGroup', group: 'secret' })).error.name, 'Forbidden');
+    assert.equal((await bob.request({ type: 'joinGroup', group: 'open' })).success, true);
+    await svc.grantPermission(bobId, 'joinLeaveGroup', { targetName: 'secret' });
+    assert.equal((await bob.request({ type: 'joinGroup', group: 'secret' })).success, true);
   });
 
   it('refuses bad credentials and requests, per hub', async (t) => {
