@@ -10,7 +10,7 @@ import { LeanHttpConnection } from '../lib/lean-http.ts';
 import { CpuMeter, startAll, startProcess } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startNginx, startRelay } from '../lib/systems.ts';
-import { runWrk } from '../lib/wrk.ts';
+import { runWrk, type WrkFigures } from '../lib/wrk.ts';
 import type { Mode, Outcome } from './index.ts';
 
 const RELAY = 'edge-relay -> listener';
@@ -18,15 +18,8 @@ const NGINX_1 = 'nginx, 1 worker -> node http server';
 const NGINX_AUTO = `nginx, auto (${cpus().length} workers) -> node http server`;
 const DIRECT = 'node http server, direct';
 
-interface Load {
-  requestsPerSec: number;
-  p50Ms: number;
-  p99Ms: number;
-  p999Ms: number;
-  generatorCpu: number;
-  serverCpu: number;
-  serverKernelCpu: number;
-}
+/** One row's figures, from our generator or from wrk: the same shape. */
+type Load = WrkFigures;
 
 async function load(port: number, path: string, pids: number[], connections: number, seconds: number, warmMs: number): Promise<Load> {
   const clients = await Promise.all(Array.from({ length: connections }, () => LeanHttpConnection.open(port, path)));

@@ -98,7 +98,7 @@ export class ControlChannel {
   }
 
   close(code: number, reason: string): void {
-    if (this.closed || this.ws.readyState !== this.ws.OPEN) return;
+    if (!this.isOpen) return;
     this.log.info({ event: 'listener.closing', code, reason });
     this.ws.close(code, reason.slice(0, 120));
   }

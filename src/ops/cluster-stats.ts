@@ -127,15 +127,13 @@ export class ClusterStats {
     const here = await this.local(top);
     const { bus, config, subjects } = this.s;
     const nodes = [here];
-    let complete = true;
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
       const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId);
       nodes.push(...asked.answers);
-      complete = !asked.problem;
       problem = asked.problem;
     }
-    return { nodes, silent: this.remember(nodes), complete, ...(problem ? { problem } : {}) };
+    return { nodes, silent: this.remember(nodes), complete: problem === undefined, ...(problem ? { problem } : {}) };
   }
 
   /** Notes who answered; returns those that answered within FORGET_SILENT_MS and not now. */

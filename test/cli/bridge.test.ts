@@ -2,45 +2,27 @@
 // listening side, -L on the dialing side) around a real relay, moving bytes
 // and an ordinary TCP protocol (HTTP) through a hybrid connection.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get as httpGet, Agent } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { runCli, type CliProcess } from '../helpers/cli-process.ts';
+import { startTcpEcho } from '../helpers/tcp-echo.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startServeProcess, startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
-const ROOT = new URL('../..', import.meta.url).pathname;
 
-interface BridgeProcess {
-  child: ChildProcess;
-  /** Lines printed on stdout so far. */
-  lines: string[];
-  stderr(): string;
-}
+type BridgeProcess = CliProcess;
 
 /** Starts `edge-relay bridge ARGS`; resolves once it printed `ready` lines matching each pattern. */
 async function startBridge(t: TestContext, relayUrl: string, args: string[], ready: RegExp[]): Promise<BridgeProcess> {
-  const child = spawn(process.execPath, ['bin/edge-relay.js', 'bridge', '--relay', relayUrl, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY, ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  cleanupFor(t).after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await withTimeout(exited, 5000, 'bridge exit').catch(() => child.kill('SIGKILL'));
-  });
-  const lines: string[] = [];
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  child.stdout!.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
-  await until(() => ready.every((r) => lines.some((l) => r.test(l))), 10000, `bridge ready: ${ready.join(', ')}`);
-  return { child, lines, stderr: () => err };
+  const bridge = runCli(t, ['bridge', '--relay', relayUrl, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY, ...args]);
+  await until(() => ready.every((r) => bridge.lines.some((l) => r.test(l))), 10000, `bridge ready: ${ready.join(', ')}`);
+  return bridge;
 }
 
 function localPort(bridge: BridgeProcess): number {
@@ -48,29 +30,10 @@ function localPort(bridge: BridgeProcess): number {
   return Number(/:(\d+) -> /.exec(line)![1]);
 }
 
-/** A TCP echo server that also hashes what it received. */
-async function echoServer(t: TestContext): Promise<{ port: number; connections: () => number }> {
-  let connections = 0;
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    connections++;
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanupFor(t).after(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise<void>((r) => server.close(() => r()));
-  });
-  return { port: (server.address() as { port: number }).port, connections: () => connections };
-}
-
 describe('edge-relay bridge', () => {
   it('moves 100 MB through a hybrid connection byte-exact, both ways', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'tunnel', requiresClientAuthorization: true }] });
-    const echo = await echoServer(t);
+    const echo = await startTcpEcho(t);
     await startBridge(t, relay.url, ['-R', `tunnel:127.0.0.1:${echo.port}`], [/^listening on tunnel -> /]);
     const dialer = await startBridge(t, relay.url, ['-L', '0:tunnel'], [/^forwarding 127\.0\.0\.1:\d+ -> tunnel$/]);
 
@@ -156,7 +119,7 @@ describe('edge-relay bridge', () => {
     const file = join(dir, 'config.json');
     writeFileSync(file, JSON.stringify(testConfig({ hybridConnections: [{ name: 'again', requiresClientAuthorization: true }] })));
     const relay = await startServeProcess(t, ['--config', file, '--port', '0']);
-    const echo = await echoServer(t);
+    const echo = await startTcpEcho(t);
     const listener = await startBridge(t, relay.url, ['-R', `again:127.0.0.1:${echo.port}`], [/^listening on again/]);
     await relay.stop();
     await until(() => /bridge\.control_lost/.test(listener.stderr()), 10000, 'control_lost logged');

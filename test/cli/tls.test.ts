@@ -3,56 +3,19 @@
 // relay without it); token builds tokens and access URLs for https:// and
 // wss:// relays.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { connect, createServer, type Socket } from 'node:net';
+import { spawnSync } from 'node:child_process';
+import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
+import { runCli } from '../helpers/cli-process.ts';
+import { startTcpEcho } from '../helpers/tcp-echo.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const HUB = { name: 'chat', accessKey: 'chat-hub-key-0123456789abcdef', history: { maxMessages: 1000 } };
-
-interface Child {
-  lines: string[];
-  stderr(): string;
-  exited: Promise<number | null>;
-}
-
-/** `edge-relay ARGS` in a child process, killed in clean-up. */
-export function runCli(t: TestContext, args: string[]): Child {
-  const child = spawn(process.execPath, ['bin/edge-relay.js', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  cleanupFor(t).after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await withTimeout(exited, 5000, 'cli exit').catch(() => child.kill('SIGKILL'));
-  });
-  const lines: string[] = [];
-  let err = '';
-  child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
-  child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  return { lines, stderr: () => err, exited: new Promise((r) => child.once('exit', (code) => r(code))) };
-}
-
-async function echoServer(t: TestContext): Promise<number> {
-  const sockets = new Set<Socket>();
-  const server = createServer((s) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanupFor(t).after(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise<void>((r) => server.close(() => r()));
-  });
-  return (server.address() as { port: number }).port;
-}
 
 function tlsRelay(t: TestContext, pki: TestPki) {
   return startTestRelay(t, {
@@ -65,7 +28,7 @@ describe('the command line over TLS', () => {
   it('bridge forwards TCP through an https:// relay it trusts with --ca', async (t) => {
     const pki = makePki(t);
     const relay = await tlsRelay(t, pki);
-    const target = await echoServer(t);
+    const target = (await startTcpEcho(t)).port;
     const creds = ['--relay', relay.url, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY, '--ca', pki.caFile];
     const remote = runCli(t, ['bridge', ...creds, '-R', `echo:127.0.0.1:${target}`]);
     await until(() => remote.lines.some((l) => l.startsWith('listening on echo')), 15000, 'bridge -R up');
@@ -85,7 +48,7 @@ describe('the command line over TLS', () => {
     const relay = await startTestRelay(t, {
       listen: { host: '127.0.0.1', port: 0, tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.caFile, requestCert: true, requireClientCert: 'listeners' } },
     });
-    const target = await echoServer(t);
+    const target = (await startTcpEcho(t)).port;
     const creds = ['--relay', relay.url, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY, '--ca', pki.caFile];
     const without = runCli(t, ['bridge', ...creds, '-R', `echo:127.0.0.1:${target}`]);
     await until(() => /relay refused the listener: 403/.test(without.stderr()), 15000, 'the listener without a certificate refused, and why');

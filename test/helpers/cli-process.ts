@@ -1,0 +1,31 @@
+// `edge-relay ARGS` (bin/edge-relay.js) as a child process for the command
+// line tests: its stdout lines and the tail of its stderr kept, SIGTERM in
+// the test's clean-up (SIGKILL when it does not exit within 5 s).
+import { spawn } from 'node:child_process';
+import type { TestContext } from 'node:test';
+import { cleanupFor } from './cleanup.ts';
+import { withTimeout } from './wait.ts';
+
+const ROOT = new URL('../..', import.meta.url).pathname;
+
+export interface CliProcess {
+  /** Lines printed on stdout so far. */
+  lines: string[];
+  stderr(): string;
+  exited: Promise<number | null>;
+}
+
+export function runCli(t: Pick<TestContext, 'after'>, args: string[]): CliProcess {
+  const child = spawn(process.execPath, ['bin/edge-relay.js', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanupFor(t).after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await withTimeout(exited, 5000, 'cli exit').catch(() => child.kill('SIGKILL'));
+  });
+  const lines: string[] = [];
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
+  child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
+  return { lines, stderr: () => err, exited: new Promise((r) => child.once('exit', (code) => r(code))) };
+}
