@@ -96,8 +96,10 @@ describe('the dashboard in a browser', () => {
     await page.click('#tab-trace');
     await waitText(page, '#trace-status', /Streaming from every edge/);
     await startHycoHttpsListener(t, a.url, (_req, res) => res.end('ok'), 'web');
-    await untilShown(page, '#trace tr[data-kind="http.request"]:has-text("/web/traced")', () => httpRequest(`${b.url}/web/traced?q=1`), 'a relayed request in the trace');
-    const requestLine = (await page.textContent('#trace tr[data-kind="http.request"]:has-text("/web/traced")')) ?? '';
+    // Until edge-b hears of the listener on edge-a, its requests are traced as 404 NoListener: wait for the relayed one.
+    const relayedLine = '#trace tr[data-kind="http.request"]:has-text("/web/traced"):has-text("· 200 ·")';
+    await untilShown(page, relayedLine, () => httpRequest(`${b.url}/web/traced?q=1`), 'a relayed request in the trace');
+    const requestLine = (await page.textContent(relayedLine)) ?? '';
     assert.match(requestLine, /edge-b/);
     assert.match(requestLine, /GET \/web\/traced/);
     assert.match(requestLine, /200/);
