@@ -280,20 +280,25 @@ export class CpuMeter {
     this.startOthers = pids.map(treeCpuTimes);
   }
 
-  read(): { generator: number; servers: number; serversKernel: number } {
+  read(): { generator: number; servers: number; serversKernel: number; perServer: number[] } {
     const seconds = (performance.now() - this.startedAt) / 1000;
     const self = process.cpuUsage(this.startSelf);
     let user = 0;
     let system = 0;
+    const perServer: number[] = [];
     this.pids.forEach((pid, i) => {
       const now = treeCpuTimes(pid);
-      user += now.user - this.startOthers[i].user;
-      system += now.system - this.startOthers[i].system;
+      const u = now.user - this.startOthers[i].user;
+      const s = now.system - this.startOthers[i].system;
+      user += u;
+      system += s;
+      perServer.push((100 * (u + s)) / seconds);
     });
     return {
       generator: (100 * (self.user + self.system)) / 1e6 / seconds,
       servers: (100 * (user + system)) / seconds,
       serversKernel: (100 * system) / seconds,
+      perServer,
     };
   }
 }

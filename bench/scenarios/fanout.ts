@@ -145,6 +145,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     const elapsed = (performance.now() - t0) / 1000;
     const deliveriesPerSec = (delivered - startDelivered) / elapsed;
     const cpu = meter.read();
+    if (process.env.BENCH_VERBOSE) process.stderr.write(`  saturated: ${Math.round(deliveriesPerSec)} deliveries/s; CPU % generator ${cpu.generator.toFixed(0)}, each server process ${cpu.perServer.map((c) => c.toFixed(0)).join(' / ')}\n`);
     onDelivered = () => {};
     check();
     await drain(10000);

@@ -30,6 +30,7 @@ import {
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import type { NatsBus } from './nats.ts';
+import { StorePublisher } from './stream-publisher.ts';
 
 /** Why an event was not stored, in words a client can be given. */
 export class StoreError extends Error {}
@@ -101,6 +102,7 @@ export class JetStreamAccess {
   private jsm: JetStreamManager | undefined;
   private js: JetStreamClient | undefined;
   private kv: KV | undefined;
+  private publisher: StorePublisher | undefined;
   private closed = false;
   private readonly readyWaiters: (() => void)[] = [];
   private readonly followers = new Set<{ stop(): void }>();
@@ -145,6 +147,7 @@ export class JetStreamAccess {
         this.kv = await this.ensureBucket(jsm, js, bucket);
         this.jsm = jsm;
         this.js = js;
+        this.publisher = new StorePublisher(nc);
         this.state = 'ready';
         this.problem = undefined;
         this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
@@ -286,18 +289,11 @@ export class JetStreamAccess {
         await sleep(Math.min(RETRY_MS, left));
         continue;
       }
-      try {
-        const ack = await this.ready.js.publish(subject, data, { msgID: msgId, timeout: Math.max(100, Math.min(left, this.options.requestTimeoutMs)) });
-        return { seq: ack.seq, duplicate: ack.duplicate };
-      } catch (err) {
-        const { code, apiCode } = errorCode(err);
-        if (code === '503' || code === 'TIMEOUT' || code === 'DISCONNECT' || code === 'CONNECTION_CLOSED') {
-          last = code === '503' ? 'JetStream has no leader for the stream (electing)' : 'JetStream did not answer in time';
-          await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
-          continue;
-        }
-        throw new StoreError(`not stored: ${apiCode ? `JetStream error ${apiCode}: ` : ''}${(err as Error).message}`);
-      }
+      const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
+      if (outcome.kind === 'stored') return { seq: outcome.seq, duplicate: outcome.duplicate };
+      if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
+      last = outcome.reason;
+      await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
     }
   }
 
@@ -464,6 +460,7 @@ export class JetStreamAccess {
 
   close(): void {
     this.closed = true;
+    this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
     for (const wake of this.readyWaiters.splice(0)) wake();
   }

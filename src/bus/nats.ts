@@ -111,6 +111,8 @@ export class NatsBus implements Bus {
           reconnectJitter: Math.min(100, o.reconnectTimeWaitMs),
           pingInterval: o.pingIntervalMs,
           maxPingOut: 2,
+          // nats.js otherwise captures a stack for every request it makes (consumer pulls, key-value reads).
+          noAsyncTraces: true,
         });
         break;
       } catch (err) {

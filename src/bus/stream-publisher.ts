@@ -1,0 +1,117 @@
+// Publishes to JetStream streams and waits for each publish acknowledgement
+// (PubAck) on one wildcard reply subscription. nats.js's js.publish is a
+// request per message: a request object, a timer and three captured stacks
+// (async traces, and a "cancelled" error made even when the reply arrived),
+// which on a busy publishing edge cost more than the publish itself. Here a
+// message is a publish with a reply token, a map entry and, for the waits
+// still open, one sweep timer. The retry policy (what is retried, until when)
+// stays with the caller (jetstream.ts).
+import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from 'nats';
+
+/** What JetStream said of one publish. */
+export type PublishOutcome =
+  | { kind: 'stored'; seq: number; duplicate: boolean }
+  /** Worth another try with the same message id: no responders, no leader, or no answer in time. */
+  | { kind: 'retry'; reason: string }
+  /** Refused for good (a stream limit, a wrong subject...): `code` is JetStream's err_code when it gave one. */
+  | { kind: 'refused'; reason: string; code?: number };
+
+interface Waiting {
+  resolve(outcome: PublishOutcome): void;
+  deadline: number;
+}
+
+const MSG_ID_HEADER = 'Nats-Msg-Id';
+/** How often open waits are checked against their deadlines. */
+const SWEEP_MS = 20;
+/** The status a server answers with when no stream listens on the subject (no responders). */
+const NO_RESPONDERS = 503;
+
+interface PubAckJson {
+  stream?: string;
+  seq?: number;
+  duplicate?: boolean;
+  error?: { code?: number; err_code?: number; description?: string };
+}
+
+export class StorePublisher {
+  /** `_INBOX.<unique>.`: a reply token follows. */
+  private readonly prefix: string;
+  private readonly subscription: Subscription;
+  private readonly waiting = new Map<string, Waiting>();
+  private nextToken = 0;
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly nc: NatsConnection) {
+    this.prefix = `${createInbox()}.`;
+    this.subscription = nc.subscribe(`${this.prefix}*`, { callback: (err, msg) => err || this.answered(msg) });
+  }
+
+  /** Resolves with what JetStream said, or with a retry once `timeoutMs` passed without an answer. Never rejects. */
+  publish(subject: string, data: Uint8Array, msgId: string, timeoutMs: number): Promise<PublishOutcome> {
+    const token = (++this.nextToken).toString(36);
+    const h = headers();
+    h.set(MSG_ID_HEADER, msgId);
+    return new Promise((resolve) => {
+      this.waiting.set(token, { resolve, deadline: Date.now() + timeoutMs });
+      this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref();
+      try {
+        this.nc.publish(subject, data, { reply: this.prefix + token, headers: h });
+      } catch (err) {
+        // The connection is closed or closing: the caller decides whether to wait for another.
+        this.settle(token, { kind: 'retry', reason: `the NATS connection refused the publish: ${(err as Error).message}` });
+      }
+    });
+  }
+
+  private answered(msg: Msg): void {
+    const token = msg.subject.slice(this.prefix.length);
+    if (!this.waiting.has(token)) return; // answered after its deadline: the caller has moved on
+    if (msg.headers?.code === NO_RESPONDERS || msg.data.length === 0) {
+      return this.settle(token, { kind: 'retry', reason: 'no stream answered (no leader for the stream, or no stream for the subject)' });
+    }
+    let ack: PubAckJson;
+    try {
+      ack = JSON.parse(msg.string()) as PubAckJson;
+    } catch {
+      return this.settle(token, { kind: 'refused', reason: 'JetStream answered with something that is not a publish acknowledgement' });
+    }
+    if (ack.error) {
+      const reason = ack.error.description ?? `error ${ack.error.code}`;
+      // 503: JetStream is there but cannot store now (no leader, electing).
+      if (ack.error.code === NO_RESPONDERS) return this.settle(token, { kind: 'retry', reason: `JetStream has no leader for the stream (electing): ${reason}` });
+      return this.settle(token, { kind: 'refused', reason, code: ack.error.err_code });
+    }
+    if (typeof ack.seq !== 'number' || !ack.stream) {
+      return this.settle(token, { kind: 'refused', reason: 'JetStream answered with something that is not a publish acknowledgement' });
+    }
+    this.settle(token, { kind: 'stored', seq: ack.seq, duplicate: ack.duplicate === true });
+  }
+
+  private settle(token: string, outcome: PublishOutcome): void {
+    const waiting = this.waiting.get(token);
+    if (!waiting) return;
+    this.waiting.delete(token);
+    if (this.waiting.size === 0) this.stopSweeping();
+    waiting.resolve(outcome);
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const [token, waiting] of this.waiting) {
+      if (waiting.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time' });
+    }
+  }
+
+  private stopSweeping(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+  }
+
+  /** Ends every open wait with a retry (the connection is gone) and stops listening. */
+  close(): void {
+    for (const token of [...this.waiting.keys()]) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed' });
+    this.stopSweeping();
+    this.subscription.unsubscribe();
+  }
+}

@@ -1,0 +1,76 @@
+// The publish-and-wait-for-PubAck path of durable hubs (src/bus/stream-publisher.ts),
+// against a real nats-server -js: each answer JetStream can give maps to
+// stored, retry or refused, and a publish nobody answers ends at its deadline.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, StorageType, type NatsConnection } from 'nats';
+import { StorePublisher } from '../../src/bus/stream-publisher.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+async function connected(t: Parameters<typeof cleanupFor>[0], url: string): Promise<NatsConnection> {
+  const nc = await connect({ servers: url, timeout: 5000 });
+  cleanupFor(t).after(() => nc.close());
+  return nc;
+}
+
+describe('StorePublisher', () => {
+  it('resolves stored with the sequence, duplicate for a repeated id, and many at once in one connection', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    await (await nc.jetstreamManager()).streams.add({ name: 'P', subjects: ['p.>'], storage: StorageType.Memory });
+    const publisher = new StorePublisher(nc);
+    t.after(() => publisher.close());
+    assert.deepEqual(await publisher.publish('p.a', Buffer.from('one'), 'id-1', 2000), { kind: 'stored', seq: 1, duplicate: false });
+    assert.deepEqual(await publisher.publish('p.a', Buffer.from('one'), 'id-1', 2000), { kind: 'stored', seq: 1, duplicate: true });
+    const many = await Promise.all(Array.from({ length: 500 }, (_, i) => publisher.publish('p.b', Buffer.from(String(i)), `m-${i}`, 5000)));
+    assert.deepEqual(
+      many.map((o) => (o.kind === 'stored' ? o.seq : o.kind)),
+      Array.from({ length: 500 }, (_, i) => i + 2),
+    );
+  });
+
+  it('says refused with JetStream’s code when the stream will not take the message', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    await (await nc.jetstreamManager()).streams.add({ name: 'F', subjects: ['f.>'], storage: StorageType.Memory, max_msg_size: 256 });
+    const publisher = new StorePublisher(nc);
+    t.after(() => publisher.close());
+    assert.equal((await publisher.publish('f.a', Buffer.from('small'), 'a', 2000)).kind, 'stored');
+    const large = await publisher.publish('f.a', Buffer.alloc(1024, 'x'), 'b', 2000);
+    assert.equal(large.kind, 'refused');
+    assert.ok(large.kind === 'refused' && typeof large.code === 'number' && /maximum/i.test(large.reason), JSON.stringify(large));
+  });
+
+  it('says retry when no stream listens on the subject, and when nobody answers before the deadline', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    const publisher = new StorePublisher(nc);
+    t.after(() => publisher.close());
+    const none = await publisher.publish('nobody.here', Buffer.from('x'), 'n', 2000);
+    assert.equal(none.kind, 'retry');
+    assert.match(none.kind === 'retry' ? none.reason : '', /no stream answered/);
+    // A plain subscriber takes the message and never answers: the wait ends at its deadline.
+    const silent = nc.subscribe('silent.>');
+    t.after(() => silent.unsubscribe());
+    await nc.flush();
+    const started = Date.now();
+    const late = await withTimeout(publisher.publish('silent.x', Buffer.from('x'), 's', 300), 5000, 'the deadline to end the wait');
+    const waited = Date.now() - started;
+    assert.deepEqual(late, { kind: 'retry', reason: 'JetStream did not answer in time' });
+    assert.ok(waited >= 290 && waited < 3000, `waited ${waited} ms`);
+  });
+
+  it('ends open waits with a retry when closed', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    const silent = nc.subscribe('silent.>');
+    t.after(() => silent.unsubscribe());
+    await nc.flush();
+    const publisher = new StorePublisher(nc);
+    const open = publisher.publish('silent.x', Buffer.from('x'), 's', 60_000);
+    publisher.close();
+    assert.deepEqual(await withTimeout(open, 5000, 'close to end the wait'), { kind: 'retry', reason: 'the NATS connection closed' });
+  });
+});
