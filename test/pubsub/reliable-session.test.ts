@@ -1,0 +1,91 @@
+// A reliable session's buffer (src/pubsub/reliable-session.ts): dense
+// sequence ids, cumulative acknowledgements, limits in messages and bytes,
+// re-sending from any point, taking over another edge's messages, and
+// continuing from a checkpoint, across many acknowledgement cycles.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ReliableSession, type SessionEntry } from '../../src/pubsub/reliable-session.ts';
+
+const body = (n: number) => Buffer.from(`m${n}`);
+const ids = (entries: Iterable<SessionEntry>) => [...entries].map((e) => e.sequenceId);
+
+describe('ReliableSession', () => {
+  it('numbers messages densely, drops what is acknowledged and re-sends the rest from any point', () => {
+    const s = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    for (let i = 1; i <= 5; i++) assert.equal(s.push(body(i), `mid${i}`, 10 + i), i);
+    assert.deepEqual(ids(s.after(0)), [1, 2, 3, 4, 5]);
+    assert.deepEqual(ids(s.after(3)), [4, 5]);
+    s.acknowledge(2);
+    assert.equal(s.unacknowledged, 3);
+    assert.equal(s.firstSequenceId, 3);
+    assert.deepEqual(ids(s.after(0)), [3, 4, 5]);
+    const [third] = s.after(2);
+    assert.deepEqual({ ...third, body: third.body.toString() }, { sequenceId: 3, body: 'm3', mid: 'mid3', position: 13 });
+    // An old or repeated acknowledgement changes nothing; one past the end drops everything.
+    s.acknowledge(1);
+    assert.equal(s.unacknowledged, 3);
+    s.acknowledge(99);
+    assert.equal(s.unacknowledged, 0);
+    assert.equal(s.firstSequenceId, 6);
+    assert.deepEqual(ids(s.after(0)), []);
+    assert.equal(s.push(body(6), 'mid6'), 6);
+    assert.deepEqual(ids(s.after(5)), [6]);
+  });
+
+  it('refuses past its limits in messages and in bytes, and takes more once acknowledged', () => {
+    const byCount = new ReliableSession({ maxMessages: 3, maxBytes: 1 << 20 });
+    for (let i = 1; i <= 3; i++) assert.equal(byCount.push(body(i), 'm'), i);
+    assert.equal(byCount.push(body(4), 'm'), undefined);
+    byCount.acknowledge(1);
+    assert.equal(byCount.push(body(4), 'm'), 4);
+    const byBytes = new ReliableSession({ maxMessages: 100, maxBytes: 10 });
+    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), 1);
+    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), undefined);
+    byBytes.acknowledge(1);
+    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), 2);
+  });
+
+  it('keeps ids and contents right over many cycles of pushes and partial acknowledgements', () => {
+    const s = new ReliableSession({ maxMessages: 10_000, maxBytes: 1 << 30 });
+    let acked = 0;
+    for (let n = 1; n <= 50_000; n++) {
+      assert.equal(s.push(body(n), `mid${n}`, n), n);
+      // Acknowledge in uneven steps, sometimes everything, so the buffer empties, refills and is cut down.
+      if (n % 1500 === 0) acked = n - (n % 4500 === 0 ? 0 : 700);
+      if (n % 1500 === 0) s.acknowledge(acked);
+    }
+    assert.equal(s.firstSequenceId, acked + 1);
+    const rest = [...s.after(acked)];
+    assert.equal(rest.length, 50_000 - acked);
+    rest.forEach((e, i) => {
+      assert.equal(e.sequenceId, acked + 1 + i);
+      assert.equal(e.body.toString(), `m${e.sequenceId}`);
+      assert.equal(e.position, e.sequenceId);
+    });
+  });
+
+  it('takes over another edge’s messages with their ids, and continues from a checkpoint', () => {
+    const taken = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    taken.restore([{ sequenceId: 41, body: body(41), mid: 'a', position: 0 }, { sequenceId: 42, body: body(42), mid: 'b', position: 0 }], 42);
+    assert.equal(taken.firstSequenceId, 41);
+    assert.equal(taken.push(body(43), 'c'), 43);
+    assert.deepEqual(ids(taken.after(41)), [42, 43]);
+    taken.acknowledge(42);
+    assert.deepEqual(ids(taken.after(0)), [43]);
+
+    const empty = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    empty.restore([], 7);
+    assert.equal(empty.push(body(8), 'x'), 8);
+
+    const resumed = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    resumed.resumeFrom({ sequenceId: 100, position: 5000, groups: ['g'] });
+    assert.equal(resumed.firstSequenceId, 101);
+    assert.equal(resumed.push(body(101), 'x', 5001), 101);
+    assert.equal(resumed.push(body(102), 'y', 5002), 102);
+    resumed.acknowledge(101);
+    assert.deepEqual(ids(resumed.after(0)), [102]);
+    // With everything acknowledged, the checkpoint is at the last position read.
+    resumed.acknowledge(102);
+    assert.deepEqual(resumed.nextCheckpoint(new Set(['g']), 5010), { sequenceId: 102, position: 5010, groups: ['g'] });
+  });
+});
