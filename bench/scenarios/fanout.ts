@@ -114,7 +114,9 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
       const waitUntil = Date.now() + 1000;
       while (delivered - before < n && Date.now() < waitUntil) await sleep(5);
     }
-    await sleep(200);
+    // Settling pauses are a quarter of the measuring time, capped (quick mode measures for 0.5 s and only checks that a row runs).
+    const settle = (capMs: number, measuringSeconds: number) => sleep(Math.min(capMs, (measuringSeconds * 1000) / 4));
+    await settle(200, plan.seconds);
 
     // Saturation, closed loop on the in-flight window.
     // Prime events that reached only some subscribers stay out of the books.
@@ -134,7 +136,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
       }
     };
     pump();
-    await sleep(500);
+    await settle(500, plan.seconds);
     const startDelivered = delivered;
     const meter = new CpuMeter(serverPids);
     const t0 = performance.now();
@@ -169,7 +171,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
           publish(whole);
         }
       }, 1);
-      await sleep(300);
+      await settle(300, plan.latencySeconds);
       const meter = new CpuMeter(serverPids);
       measuring = histogram;
       await sleep(plan.latencySeconds * 1000);
