@@ -1,9 +1,6 @@
-// edge-relay's command line: dispatches to one module per command.
-import { bridge } from './bridge.ts';
-import { pub } from './pub.ts';
-import { serve } from './serve.ts';
-import { sub } from './sub.ts';
-import { token } from './token.ts';
+// edge-relay's command line: dispatches to one module per command, loaded
+// only when that command runs: \`serve\` loads the whole relay (and compiles
+// every schema), which \`token\`, \`pub\`, \`sub\` and \`bridge\` need not wait for.
 
 export const MAIN_HELP = `Usage: edge-relay COMMAND [options]
 
@@ -23,15 +20,15 @@ export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'serve':
-      return serve(rest);
+      return (await import('./serve.ts')).serve(rest);
     case 'token':
-      return token(rest);
+      return (await import('./token.ts')).token(rest);
     case 'bridge':
-      return bridge(rest);
+      return (await import('./bridge.ts')).bridge(rest);
     case 'pub':
-      return pub(rest);
+      return (await import('./pub.ts')).pub(rest);
     case 'sub':
-      return sub(rest);
+      return (await import('./sub.ts')).sub(rest);
     case undefined:
     case '-h':
     case '--help':
