@@ -20,14 +20,18 @@ async function inBatches(count: number, open: (i: number) => Promise<LeanWs>): P
   return out;
 }
 
-/** RSS growth of `pid` per connection that `open` makes, after a warm-up round that is closed again. */
-async function growthPer(pid: number, count: number, open: (i: number) => Promise<LeanWs>): Promise<number> {
+/**
+ * RSS growth of `pid` per connection that `open` makes, after a warm-up round
+ * that is closed again. `settle` scales the pauses that let the resident set
+ * settle (quick mode only checks that each row runs).
+ */
+async function growthPer(pid: number, count: number, open: (i: number) => Promise<LeanWs>, settle: number): Promise<number> {
   const warm = await inBatches(Math.min(500, count), (i) => open(count + i));
   for (const ws of warm) ws.destroy();
-  await sleep(1000);
+  await sleep(1000 * settle);
   const before = rssBytes(pid);
   const sockets = await inBatches(count, open);
-  await sleep(1500);
+  await sleep(1500 * settle);
   const after = rssBytes(pid);
   for (const ws of sockets) ws.destroy();
   return (after - before) / count;
@@ -40,6 +44,7 @@ function reliableSubscriber(port: number): Promise<LeanWs> {
 export async function memoryScenario(mode: Mode): Promise<Outcome> {
   const connections = mode === 'quick' ? 1000 : 10000;
   const listeners = mode === 'quick' ? 200 : 1000;
+  const settle = mode === 'quick' ? 0.2 : 1;
   const results: ScenarioResult[] = [];
   const row = (scenario: string, system: string, ours: boolean, bytes: number, count: number) =>
     results.push({ scenario, system, ours, value: bytes / 1024, unit: 'KiB each', figures: { bytesPerConnection: bytes, connections: count } });
@@ -54,11 +59,11 @@ export async function memoryScenario(mode: Mode): Promise<Outcome> {
       await relay.stop();
     }
   };
-  row(pubsubScenario, 'edge-relay, memory bus, reliable, 1 group', true, await onFreshRelay(undefined, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port))), connections);
+  row(pubsubScenario, 'edge-relay, memory bus, reliable, 1 group', true, await onFreshRelay(undefined, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
   const busNats = await startNatsServer();
   try {
     const url = `nats://127.0.0.1:${busNats.port}`;
-    row(pubsubScenario, 'edge-relay, NATS bus, reliable, 1 group', true, await onFreshRelay(url, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port))), connections);
+    row(pubsubScenario, 'edge-relay, NATS bus, reliable, 1 group', true, await onFreshRelay(url, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
   } finally {
     await busNats.stop();
   }
@@ -66,13 +71,13 @@ export async function memoryScenario(mode: Mode): Promise<Outcome> {
     `idle listeners x${listeners}`,
     'edge-relay, 1 listener per entity',
     true,
-    await onFreshRelay(undefined, (port, pid) => growthPer(pid, listeners, (i) => openLeanListener({ port, entity: `idle-${i}` }))),
+    await onFreshRelay(undefined, (port, pid) => growthPer(pid, listeners, (i) => openLeanListener({ port, entity: `idle-${i}` }), settle)),
     listeners,
   );
   const nats = await startNatsServer();
   try {
     const clients = natsClients(nats.wsPort);
-    row(pubsubScenario, 'nats-server websocket, 1 subscription', false, await growthPer(nats.pid, connections, () => clients.subscribe(() => {})), connections);
+    row(pubsubScenario, 'nats-server websocket, 1 subscription', false, await growthPer(nats.pid, connections, () => clients.subscribe(() => {}), settle), connections);
   } finally {
     await nats.stop();
   }
