@@ -16,27 +16,33 @@ export const CLOSE_POLICY = 1008;
 export const CLOSE_TOO_BIG = 1009;
 export const CLOSE_INTERNAL = 1011;
 
-/** Header of an unmasked frame carrying `length` payload bytes. */
-export function encodeFrameHeader(fin: boolean, opcode: number, length: number): Buffer {
-  const first = (fin ? 0x80 : 0) | opcode;
+/** Bytes in the header of an unmasked frame carrying `length` payload bytes. */
+export function frameHeaderLength(length: number): number {
+  return length < 126 ? 2 : length < 65536 ? 4 : 10;
+}
+
+/** Writes the header of an unmasked frame into `out` at `at`; returns the bytes written (frameHeaderLength). */
+export function writeFrameHeader(out: Buffer, at: number, fin: boolean, opcode: number, length: number): number {
+  out[at] = (fin ? 0x80 : 0) | opcode;
   if (length < 126) {
-    const h = Buffer.allocUnsafe(2);
-    h[0] = first;
-    h[1] = length;
-    return h;
+    out[at + 1] = length;
+    return 2;
   }
   if (length < 65536) {
-    const h = Buffer.allocUnsafe(4);
-    h[0] = first;
-    h[1] = 126;
-    h.writeUInt16BE(length, 2);
-    return h;
+    out[at + 1] = 126;
+    out.writeUInt16BE(length, at + 2);
+    return 4;
   }
-  const h = Buffer.allocUnsafe(10);
-  h[0] = first;
-  h[1] = 127;
-  h.writeUInt32BE(Math.floor(length / 0x100000000), 2);
-  h.writeUInt32BE(length >>> 0, 6);
+  out[at + 1] = 127;
+  out.writeUInt32BE(Math.floor(length / 0x100000000), at + 2);
+  out.writeUInt32BE(length >>> 0, at + 6);
+  return 10;
+}
+
+/** Header of an unmasked frame carrying `length` payload bytes. */
+export function encodeFrameHeader(fin: boolean, opcode: number, length: number): Buffer {
+  const h = Buffer.allocUnsafe(frameHeaderLength(length));
+  writeFrameHeader(h, 0, fin, opcode, length);
   return h;
 }
 

@@ -16,7 +16,7 @@ import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import { CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from './frames.ts';
+import { CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader, frameHeaderLength, writeFrameHeader } from './frames.ts';
 
 export const CLOSE_ABNORMAL = 1006;
 export const CLOSE_INVALID_DATA = 1007;
@@ -67,10 +67,6 @@ function sameFrames(a: Outbox, b: Outbox): boolean {
   return true;
 }
 
-function headerLength(payload: number): number {
-  return payload < 126 ? 2 : payload < 65536 ? 4 : 10;
-}
-
 /** The queued frames in one buffer: prefixed frames get their header and prefix written in place. */
 function joinOutbox(items: Outbox): Buffer {
   let size = 0;
@@ -78,7 +74,7 @@ function joinOutbox(items: Outbox): Buffer {
     const item = items[i];
     if (typeof item === 'string') {
       const payload = item.length + (items[++i] as Buffer).length;
-      size += headerLength(payload) + payload;
+      size += frameHeaderLength(payload) + payload;
     } else size += item.length;
   }
   const out = Buffer.allocUnsafe(size);
@@ -91,18 +87,7 @@ function joinOutbox(items: Outbox): Buffer {
     }
     const rest = items[++i] as Buffer;
     const payload = item.length + rest.length;
-    out[at++] = 0x80 | OP_TEXT;
-    if (payload < 126) out[at++] = payload;
-    else if (payload < 65536) {
-      out[at++] = 126;
-      out.writeUInt16BE(payload, at);
-      at += 2;
-    } else {
-      out[at++] = 127;
-      out.writeUInt32BE(Math.floor(payload / 0x100000000), at);
-      out.writeUInt32BE(payload >>> 0, at + 4);
-      at += 8;
-    }
+    at += writeFrameHeader(out, at, true, OP_TEXT, payload);
     at += out.write(item, at, 'latin1');
     at += rest.copy(out, at);
   }
@@ -211,7 +196,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
    */
   writeTextWithPrefix(prefix: string, tail: Buffer): void {
     if (!this.isOpen) return;
-    this.queue(prefix, headerLength(prefix.length + tail.length) + prefix.length);
+    this.queue(prefix, frameHeaderLength(prefix.length + tail.length) + prefix.length);
     this.outbox!.push(tail);
     this.outboxBytes += tail.length;
   }
