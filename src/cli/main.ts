@@ -1,6 +1,6 @@
 // edge-relay's command line: dispatches to one module per command, loaded
-// only when that command runs: \`serve\` loads the whole relay (and compiles
-// every schema), which \`token\`, \`pub\`, \`sub\` and \`bridge\` need not wait for.
+// only when that command runs: `serve` loads the whole relay (and compiles
+// every schema), which `token`, `pub`, `sub` and `bridge` need not wait for.
 
 export const MAIN_HELP = `Usage: edge-relay COMMAND [options]
 
