@@ -7,7 +7,7 @@
 import { userInfo } from 'node:os';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
-import { freePort, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
+import { freePort, ROOT, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
 
 export const HUB = 'bench';
 export const HUB_KEY = 'bench-hub-key-0123456789abcdef';
@@ -18,9 +18,17 @@ export interface RelayNode extends Started {
   port: number;
 }
 
-/** `node --cpu-prof` flags when BENCH_PROFILE_DIR is set: each node process the bench starts writes a CPU profile there on exit (see bench/profile-summary.ts). */
-function profileFlags(): string[] {
-  return process.env.BENCH_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`] : [];
+/**
+ * Our processes run as users run them: through bin/edge-relay, the launcher
+ * that sets the allocator's environment (GLIBC_TUNABLES) and execs node in its
+ * place, so the pid the bench measures is node's.
+ */
+const EDGE_RELAY_BIN = `${ROOT}bin/edge-relay`;
+
+/** With BENCH_PROFILE_DIR set, node's `--cpu-prof` flags (through the launcher): each of our processes writes a CPU profile there on exit (see bench/profile-summary.ts). */
+function edgeRelayEnv(): NodeJS.ProcessEnv {
+  const dir = process.env.BENCH_PROFILE_DIR;
+  return dir ? { ...process.env, EDGE_RELAY_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${dir}` } : process.env;
 }
 
 /**
@@ -55,11 +63,7 @@ export async function startRelay(
     ...options.extra,
   };
   const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));
-  const started = await startProcess(
-    process.execPath,
-    [...profileFlags(), '--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, ...(options.serveArgs ?? [])],
-    /listening on http:\/\/127\.0\.0\.1:(\d+)/,
-  );
+  const started = await startProcess(EDGE_RELAY_BIN, ['serve', '--config', file, ...(options.serveArgs ?? [])], /listening on http:\/\/127\.0\.0\.1:(\d+)/, { env: edgeRelayEnv() });
   return { ...started, port: Number(started.match[1]) };
 }
 
@@ -226,17 +230,13 @@ export interface BridgeChain {
  * What a user of the tunnel runs: `edge-relay bridge -R entity:127.0.0.1:target`
  * as the listener on the relay at `relayPort`, and `edge-relay bridge -L
  * 127.0.0.1:0:entity` taking TCP connections, each a process of its own
- * started through bin/edge-relay.js, with default options.
+ * started through bin/edge-relay, with default options.
  */
 export async function startBridgeChain(relayPort: number, targetPort: number, entity: string): Promise<BridgeChain> {
   const common = ['--relay', `http://127.0.0.1:${relayPort}`, '--key-name', 'root', '--key', ROOT_KEY, '--log-level', 'warn'];
-  const remote = await startProcess(
-    process.execPath,
-    [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-R', `${entity}:127.0.0.1:${targetPort}`],
-    /listening on \S+ -> /,
-  );
+  const remote = await startProcess(EDGE_RELAY_BIN, ['bridge', ...common, '-R', `${entity}:127.0.0.1:${targetPort}`], /listening on \S+ -> /, { env: edgeRelayEnv() });
   try {
-    const local = await startProcess(process.execPath, [...profileFlags(), 'bin/edge-relay.js', 'bridge', ...common, '-L', `127.0.0.1:0:${entity}`], /forwarding 127\.0\.0\.1:(\d+) -> /);
+    const local = await startProcess(EDGE_RELAY_BIN, ['bridge', ...common, '-L', `127.0.0.1:0:${entity}`], /forwarding 127\.0\.0\.1:(\d+) -> /, { env: edgeRelayEnv() });
     return {
       port: Number(local.match[1]),
       pids: [local.pid, remote.pid],

@@ -1,15 +1,17 @@
-// The command line, run as a user runs it (bin/edge-relay.js).
+// The command line, run as a user runs it (bin/edge-relay).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { WebPubSubClient } from '@azure/web-pubsub-client';
 import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { startServeProcess, startTestRelay } from '../helpers/relay.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 function run(...args: string[]) {
-  return spawnSync(process.execPath, ['bin/edge-relay.js', ...args], { encoding: 'utf8', timeout: 20000 });
+  return spawnSync(EDGE_RELAY_BIN, args, { encoding: 'utf8', timeout: 20000 });
 }
 
 describe('edge-relay command line', () => {
@@ -62,5 +64,27 @@ describe('edge-relay command line', () => {
     assert.equal([...(relay.pubsub.hub('chat')?.local.targets({ kind: 'user', name: 'alice' }) ?? [])].length > 0, true);
     assert.equal(run('token', 'client', '--hub', 'nohub', '--config', 'config/dev.json').status, 2);
     assert.equal(run('token', 'client', '--hub', 'chat').status, 2);
+  });
+
+  it('runs node in place of its launcher, with glibc told to keep freed memory, unless GLIBC_TUNABLES already sets that', async (t) => {
+    const tunables = (env: Record<string, string>) => {
+      // EDGE_RELAY_NODE_FLAGS reach node: here they make it print what the launcher exported and stop.
+      const r = spawnSync(EDGE_RELAY_BIN, ['--help'], { encoding: 'utf8', timeout: 20000, env: { ...process.env, EDGE_RELAY_NODE_FLAGS: '-p process.env.GLIBC_TUNABLES', ...env } });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout.trim();
+    };
+    const ours = 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216';
+    const { GLIBC_TUNABLES: _unset, ...clean } = process.env;
+    assert.equal(spawnSync(EDGE_RELAY_BIN, ['--help'], { encoding: 'utf8', timeout: 20000, env: { ...clean, EDGE_RELAY_NODE_FLAGS: '-p process.env.GLIBC_TUNABLES' } }).stdout.trim(), ours);
+    assert.equal(tunables({ GLIBC_TUNABLES: 'glibc.malloc.arena_max=2' }), `glibc.malloc.arena_max=2:${ours}`);
+    assert.equal(tunables({ GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=1048576' }), 'glibc.malloc.trim_threshold=1048576');
+    // The bench's own process (load generator, plain-TCP reference) runs with the same setting, so ours are not compared with a handicapped peer.
+    const scripts = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { scripts: Record<string, string> }).scripts;
+    assert.ok(scripts.bench.startsWith(`GLIBC_TUNABLES=${ours} node `), scripts.bench);
+
+    // `serve` through the launcher: the process the caller started is node itself, so signals reach it.
+    const relay = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
+    const pid = relay.child.pid!;
+    assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0], /node$/);
   });
 });

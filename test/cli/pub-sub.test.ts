@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -10,7 +11,7 @@ const ROOT = new URL('../..', import.meta.url).pathname;
 const HUB = { name: 'chat', accessKey: 'chat-hub-key-0123456789abcdef' };
 
 function startSub(t: TestContext, args: string[]) {
-  const child = spawn(process.execPath, ['bin/edge-relay.js', 'sub', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(EDGE_RELAY_BIN, ['sub', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   cleanupFor(t).after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
@@ -24,7 +25,7 @@ function startSub(t: TestContext, args: string[]) {
 
 /** Runs `edge-relay pub` (asynchronously: the relay under test lives in this process). */
 async function runPub(t: TestContext, args: string[], input?: string): Promise<{ status: number | null; stderr: string }> {
-  const child = spawn(process.execPath, ['bin/edge-relay.js', 'pub', ...args], { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'] });
+  const child = spawn(EDGE_RELAY_BIN, ['pub', ...args], { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'] });
   cleanupFor(t).after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
@@ -93,7 +94,7 @@ describe('edge-relay pub and sub', () => {
 
   it('explain themselves with --help', () => {
     for (const command of ['pub', 'sub']) {
-      const help = spawnSync(process.execPath, ['bin/edge-relay.js', command, '--help'], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
+      const help = spawnSync(EDGE_RELAY_BIN, [command, '--help'], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
       assert.equal(help.status, 0);
       assert.match(help.stdout, /--group GROUP/);
       assert.match(help.stdout, /Example/);

@@ -8,7 +8,7 @@ import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
-import { runCli } from '../helpers/cli-process.ts';
+import { EDGE_RELAY_BIN, runCli } from '../helpers/cli-process.ts';
 import { startTcpEcho } from '../helpers/tcp-echo.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay, wsUrl } from '../helpers/relay.ts';
@@ -95,13 +95,13 @@ describe('the command line over TLS', () => {
     const pki = makePki(t);
     const relay = await tlsRelay(t, pki);
     const listen = wsUrl(relay.url, '/$hc/echo');
-    const sas = spawnSync(process.execPath, ['bin/edge-relay.js', 'token', 'sas', '--uri', listen, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
+    const sas = spawnSync(EDGE_RELAY_BIN, ['token', 'sas', '--uri', listen, '--key-name', ROOT_KEY_NAME, '--key', ROOT_KEY], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
     assert.equal(sas.status, 0, sas.stderr);
     const control = await openWebSocket(`${listen}?sb-hc-action=listen`, { ...clientTls(pki), headers: { ServiceBusAuthorization: sas.stdout.trim() } });
     control.terminate();
     const client = spawnSync(
-      process.execPath,
-      ['bin/edge-relay.js', 'token', 'client', '--hub', 'chat', '--key', HUB.accessKey, '--url', relay.url, '--role', 'webpubsub.joinLeaveGroup'],
+      EDGE_RELAY_BIN,
+      ['token', 'client', '--hub', 'chat', '--key', HUB.accessKey, '--url', relay.url, '--role', 'webpubsub.joinLeaveGroup'],
       { cwd: ROOT, encoding: 'utf8', timeout: 20000 },
     );
     assert.equal(client.status, 0, client.stderr);

@@ -63,9 +63,9 @@ describe('docker-compose.yml', () => {
   it('runs two edges built from the Dockerfile, each with a config the relay accepts, on the three NATS nodes', () => {
     assert.equal(edges.length, 2);
     const dockerfile = readFileSync(root + 'Dockerfile', 'utf8');
-    assert.match(dockerfile, /^ENTRYPOINT \["node", "--import", "tsx", "src\/cli\/main.ts"\]$/m);
+    assert.match(dockerfile, /^ENTRYPOINT \["bin\/edge-relay"\]$/m, 'the image runs the launcher users run');
     assert.match(dockerfile, /^CMD \["serve", "--config", "\/etc\/edge-relay\/config.json"\]$/m);
-    for (const dir of ['schemas', 'src']) assert.match(dockerfile, new RegExp(`^COPY ${dir} `, 'm'));
+    for (const dir of ['schemas', 'src', 'bin']) assert.match(dockerfile, new RegExp(`^COPY ${dir} `, 'm'));
     const nodeIds = new Set<string>();
     for (const [name, s] of edges) {
       assert.equal(s.build, '.', name);

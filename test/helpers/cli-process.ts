@@ -1,4 +1,4 @@
-// `edge-relay ARGS` (bin/edge-relay.js) as a child process for the command
+// `edge-relay ARGS` (bin/edge-relay, the launcher users run) as a child process for the command
 // line tests: its stdout lines and the tail of its stderr kept, SIGTERM in
 // the test's clean-up (SIGKILL when it does not exit within 5 s).
 import { spawn } from 'node:child_process';
@@ -8,6 +8,9 @@ import { withTimeout } from './wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
+/** The command users run: a shell launcher that sets the allocator's environment and execs node (same pid). */
+export const EDGE_RELAY_BIN = `${ROOT}bin/edge-relay`;
+
 export interface CliProcess {
   /** Lines printed on stdout so far. */
   lines: string[];
@@ -16,7 +19,7 @@ export interface CliProcess {
 }
 
 export function runCli(t: Pick<TestContext, 'after'>, args: string[]): CliProcess {
-  const child = spawn(process.execPath, ['bin/edge-relay.js', ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(EDGE_RELAY_BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   cleanupFor(t).after(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((r) => child.once('exit', r));

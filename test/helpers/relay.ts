@@ -13,6 +13,7 @@ import type { RelayConfig } from '../../src/config/types.ts';
 import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
 import { cleanupFor } from './cleanup.ts';
+import { EDGE_RELAY_BIN } from './cli-process.ts';
 import { withTimeout } from './wait.ts';
 
 export const ROOT_KEY_NAME = 'root';
@@ -80,7 +81,7 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
 
 /** `edge-relay serve ARGS` as a child process; resolves once it prints its address. */
 export async function startServeProcess(t: Pick<TestContext, 'after'>, args: string[]): Promise<RelayProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', ...args], {
+  const child = spawn(EDGE_RELAY_BIN, ['serve', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: new URL('../..', import.meta.url).pathname,
   });
