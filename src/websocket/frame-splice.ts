@@ -35,6 +35,8 @@ class Direction implements FrameHandler {
   readonly parser: FrameParser;
   /** Payload bytes forwarded. */
   bytes = 0;
+  /** `to` is corked until the end of this turn of the event loop. */
+  corked = false;
   /** A frame header went out and part of its payload has not. */
   private midFrameRemaining = 0;
   /** A control frame waiting for the current frame to finish. */
@@ -168,10 +170,16 @@ export class FrameSplice {
       [this.b, this.bToA, this.aToB],
     ] as const) {
       socket.on('data', (chunk: Buffer) => {
-        // Headers and payload pieces forwarded from one chunk leave in one writev.
-        dir.to.cork();
+        // Everything forwarded from the chunks read in this turn of the event loop leaves in one writev.
+        if (!dir.corked) {
+          dir.corked = true;
+          dir.to.cork();
+          setImmediate(() => {
+            dir.corked = false;
+            dir.to.uncork();
+          });
+        }
         dir.parser.push(chunk);
-        dir.to.uncork();
       });
       socket.on('drain', () => {
         drainDir.onDrain();
