@@ -27,6 +27,8 @@ export class SharedMessage {
   private raw: Buffer | undefined;
   private readonly dataType: DataType;
   private readonly dataJson: string;
+  /** Where the edge's message log holds it for reliable sessions (message-log.ts). */
+  logIndex: number | undefined = undefined;
 
   /**
    * `mid` names the event cluster-wide (origin node and counter), so a

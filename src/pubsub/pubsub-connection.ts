@@ -114,7 +114,7 @@ export class PubSubConnection {
       socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
       return undefined;
     }
-    const sequenceId = session.push(message.body, message.mid, message.position);
+    const sequenceId = session.push(message);
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {

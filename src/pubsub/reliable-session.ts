@@ -3,7 +3,10 @@
 // yet covered by a cumulative sequenceAck (capped in messages and bytes), and
 // how far the current socket has been written, so that a socket that cannot
 // take more simply stops being written and catches up from the buffer.
+// The buffered messages themselves are in the edge's message log, once for
+// all sessions; a session keeps their indices (message-log.ts).
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { MessageLog, type LoggedMessage } from './message-log.ts';
 
 export interface SessionLimits {
   maxMessages: number;
@@ -29,11 +32,53 @@ export interface SessionCheckpoint {
   groups: string[];
 }
 
+/** Every session's messages, once per edge. */
+const messageLog = new MessageLog();
+
+const NO_INDICES = new Float64Array(0);
+
+/** The log indices of a session's unacknowledged messages, oldest first, at [head, tail). */
+class HeldIndices {
+  /** Allocated at the first message (an idle session costs no buffer). */
+  indices = NO_INDICES;
+  head = 0;
+  tail = 0;
+
+  get length(): number {
+    return this.tail - this.head;
+  }
+
+  push(index: number): void {
+    if (this.tail === this.indices.length) {
+      const count = this.length;
+      // Reuse the space of acknowledged entries when they are at least half; otherwise grow.
+      const into = this.head * 2 >= this.indices.length && this.head > 0 ? this.indices : new Float64Array(Math.max(16, this.indices.length * 2));
+      into.set(this.indices.subarray(this.head, this.tail));
+      this.indices = into;
+      this.head = 0;
+      this.tail = count;
+    }
+    this.indices[this.tail++] = index;
+  }
+
+  /** Lets go of every index still held. */
+  releaseAll(): void {
+    for (let i = this.head; i < this.tail; i++) messageLog.release(this.indices[i]);
+    this.head = 0;
+    this.tail = 0;
+    if (this.indices.length > 16) this.indices = NO_INDICES;
+  }
+}
+
+/** A session dropped without clear() still lets go of its messages once collected. */
+const unreleased = new FinalizationRegistry<HeldIndices>((held) => held.releaseAll());
+
 export class ReliableSession {
   readonly reconnectionToken: string;
   private nextSequenceId = 1;
-  private entries: SessionEntry[] = [];
-  private head = 0;
+  private readonly held = new HeldIndices();
+  /** Sequence id of the message at held.head. */
+  private firstHeldSequenceId = 1;
   private bytes = 0;
   /** Highest sequence id written to the current socket. */
   writtenUpTo = 0;
@@ -51,11 +96,12 @@ export class ReliableSession {
     reconnectionToken?: string,
   ) {
     this.reconnectionToken = reconnectionToken ?? randomBytes(24).toString('base64url');
+    unreleased.register(this, this.held);
   }
 
   /** Sequence id of the oldest unacknowledged message, or of the next one when none is. */
   get firstSequenceId(): number {
-    return this.head < this.entries.length ? this.entries[this.head].sequenceId : this.nextSequenceId;
+    return this.held.length > 0 ? this.firstHeldSequenceId : this.nextSequenceId;
   }
 
   get lastSequenceId(): number {
@@ -67,8 +113,9 @@ export class ReliableSession {
    * sequence ids; the next push continues after the last. Call on an empty session.
    */
   restore(entries: SessionEntry[], lastSequenceId: number): void {
+    if (entries.length > 0 && this.held.length === 0) this.firstHeldSequenceId = entries[0].sequenceId;
     for (const entry of entries) {
-      this.entries.push(entry);
+      this.held.push(messageLog.hold({ body: entry.body, mid: entry.mid, position: entry.position }));
       this.bytes += entry.body.length;
     }
     this.nextSequenceId = lastSequenceId + 1;
@@ -129,17 +176,19 @@ export class ReliableSession {
   }
 
   get unacknowledged(): number {
-    return this.entries.length - this.head;
+    return this.held.length;
   }
 
   /** Buffers a message and returns its sequence id, or undefined when the buffer is full. */
-  push(body: Buffer, mid: string, position = 0): number | undefined {
-    if (this.unacknowledged >= this.limits.maxMessages || this.bytes + body.length > this.limits.maxBytes) {
+  push(message: LoggedMessage): number | undefined {
+    const length = message.body.length;
+    if (this.held.length >= this.limits.maxMessages || this.bytes + length > this.limits.maxBytes) {
       return undefined;
     }
     const sequenceId = this.nextSequenceId++;
-    this.entries.push({ sequenceId, body, mid, position });
-    this.bytes += body.length;
+    if (this.held.length === 0) this.firstHeldSequenceId = sequenceId;
+    this.held.push(messageLog.hold(message));
+    this.bytes += length;
     return sequenceId;
   }
 
@@ -148,25 +197,28 @@ export class ReliableSession {
 
   /** Drops every message with a sequence id up to `sequenceId` (cumulative). */
   acknowledge(sequenceId: number): void {
-    while (this.head < this.entries.length && this.entries[this.head].sequenceId <= sequenceId) {
-      const entry = this.entries[this.head];
-      this.bytes -= entry.body.length;
-      this.acknowledgedUpTo = entry.sequenceId;
-      this.acknowledgedPosition = entry.position;
-      this.head++;
+    const held = this.held;
+    while (held.head < held.tail && this.firstHeldSequenceId <= sequenceId) {
+      const index = held.indices[held.head];
+      const message = messageLog.at(index)!;
+      this.bytes -= message.body.length;
+      this.acknowledgedUpTo = this.firstHeldSequenceId;
+      this.acknowledgedPosition = message.position;
+      messageLog.release(index);
+      held.head++;
+      this.firstHeldSequenceId++;
     }
-    if (this.head > 1024 && this.head * 2 > this.entries.length) {
-      this.entries = this.entries.slice(this.head);
-      this.head = 0;
-    }
+    if (held.head === held.tail) held.head = held.tail = 0;
   }
 
   /** Messages after `sequenceId`, oldest first. */
   *after(sequenceId: number): Generator<SessionEntry> {
-    if (this.head >= this.entries.length) return;
     // Sequence ids are dense, so the first entry to send is found by arithmetic.
-    const skip = Math.max(0, sequenceId - this.entries[this.head].sequenceId + 1);
-    for (let i = this.head + skip; i < this.entries.length; i++) yield this.entries[i];
+    const held = this.held;
+    for (let i = held.head + Math.max(0, sequenceId - this.firstHeldSequenceId + 1); i < held.tail; i++) {
+      const message = messageLog.at(held.indices[i])!;
+      yield { sequenceId: this.firstHeldSequenceId + (i - held.head), body: message.body, mid: message.mid, position: message.position };
+    }
   }
 
   tokenMatches(token: string): boolean {
@@ -176,8 +228,7 @@ export class ReliableSession {
   }
 
   clear(): void {
-    this.entries = [];
-    this.head = 0;
+    this.held.releaseAll();
     this.bytes = 0;
   }
 }

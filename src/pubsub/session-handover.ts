@@ -264,7 +264,7 @@ export class SessionHandover {
       for (const event of taking) {
         if (had.has(event.mid)) continue;
         had.add(event.mid);
-        if (session.push(event.body, event.mid) === undefined) throw new Error('session buffer full');
+        if (session.push({ body: event.body, mid: event.mid, position: 0 }) === undefined) throw new Error('session buffer full');
       }
       this.deps.log.info({
         event: 'pubsub.session_taken',

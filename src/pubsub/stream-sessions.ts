@@ -420,7 +420,7 @@ export class StreamSessions {
         if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
-        if (message && session.push(message.body, message.mid, m.seq) === undefined) return 'the session buffer is full';
+        if (message && session.push(message) === undefined) return 'the session buffer is full';
         return undefined;
       }
       case 'ps.member': {

@@ -62,12 +62,12 @@ describe('roles', () => {
 describe('reliable session buffer', () => {
   it('numbers messages densely, drops what a cumulative ack covers, and refuses past its caps', () => {
     const s = new ReliableSession({ maxMessages: 3, maxBytes: 10 });
-    assert.deepEqual([s.push(Buffer.from('ab'), 'm'), s.push(Buffer.from('cd'), 'm'), s.push(Buffer.from('ef'), 'm')], [1, 2, 3]);
-    assert.equal(s.push(Buffer.from('g'), 'm'), undefined, 'message cap');
+    assert.deepEqual([s.push({ body: Buffer.from('ab'), mid: 'm', position: 0 }), s.push({ body: Buffer.from('cd'), mid: 'm', position: 0 }), s.push({ body: Buffer.from('ef'), mid: 'm', position: 0 })], [1, 2, 3]);
+    assert.equal(s.push({ body: Buffer.from('g'), mid: 'm', position: 0 }), undefined, 'message cap');
     s.acknowledge(2);
     assert.deepEqual([...s.after(0)].map((e) => e.sequenceId), [3]);
-    assert.equal(s.push(Buffer.from('0123456789'), 'm'), undefined, 'byte cap');
-    assert.equal(s.push(Buffer.from('gh'), 'm'), 4);
+    assert.equal(s.push({ body: Buffer.from('0123456789'), mid: 'm', position: 0 }), undefined, 'byte cap');
+    assert.equal(s.push({ body: Buffer.from('gh'), mid: 'm', position: 0 }), 4);
     assert.deepEqual([...s.after(3)].map((e) => e.sequenceId), [4]);
     assert.ok(s.tokenMatches(s.reconnectionToken));
     assert.ok(!s.tokenMatches('x'));

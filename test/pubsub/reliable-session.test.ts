@@ -12,7 +12,7 @@ const ids = (entries: Iterable<SessionEntry>) => [...entries].map((e) => e.seque
 describe('ReliableSession', () => {
   it('numbers messages densely, drops what is acknowledged and re-sends the rest from any point', () => {
     const s = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
-    for (let i = 1; i <= 5; i++) assert.equal(s.push(body(i), `mid${i}`, 10 + i), i);
+    for (let i = 1; i <= 5; i++) assert.equal(s.push({ body: body(i), mid: `mid${i}`, position: 10 + i }), i);
     assert.deepEqual(ids(s.after(0)), [1, 2, 3, 4, 5]);
     assert.deepEqual(ids(s.after(3)), [4, 5]);
     s.acknowledge(2);
@@ -28,28 +28,28 @@ describe('ReliableSession', () => {
     assert.equal(s.unacknowledged, 0);
     assert.equal(s.firstSequenceId, 6);
     assert.deepEqual(ids(s.after(0)), []);
-    assert.equal(s.push(body(6), 'mid6'), 6);
+    assert.equal(s.push({ body: body(6), mid: 'mid6', position: 0 }), 6);
     assert.deepEqual(ids(s.after(5)), [6]);
   });
 
   it('refuses past its limits in messages and in bytes, and takes more once acknowledged', () => {
     const byCount = new ReliableSession({ maxMessages: 3, maxBytes: 1 << 20 });
-    for (let i = 1; i <= 3; i++) assert.equal(byCount.push(body(i), 'm'), i);
-    assert.equal(byCount.push(body(4), 'm'), undefined);
+    for (let i = 1; i <= 3; i++) assert.equal(byCount.push({ body: body(i), mid: 'm', position: 0 }), i);
+    assert.equal(byCount.push({ body: body(4), mid: 'm', position: 0 }), undefined);
     byCount.acknowledge(1);
-    assert.equal(byCount.push(body(4), 'm'), 4);
+    assert.equal(byCount.push({ body: body(4), mid: 'm', position: 0 }), 4);
     const byBytes = new ReliableSession({ maxMessages: 100, maxBytes: 10 });
-    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), 1);
-    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), undefined);
+    assert.equal(byBytes.push({ body: Buffer.alloc(6), mid: 'm', position: 0 }), 1);
+    assert.equal(byBytes.push({ body: Buffer.alloc(6), mid: 'm', position: 0 }), undefined);
     byBytes.acknowledge(1);
-    assert.equal(byBytes.push(Buffer.alloc(6), 'm'), 2);
+    assert.equal(byBytes.push({ body: Buffer.alloc(6), mid: 'm', position: 0 }), 2);
   });
 
   it('keeps ids and contents right over many cycles of pushes and partial acknowledgements', () => {
     const s = new ReliableSession({ maxMessages: 10_000, maxBytes: 1 << 30 });
     let acked = 0;
     for (let n = 1; n <= 50_000; n++) {
-      assert.equal(s.push(body(n), `mid${n}`, n), n);
+      assert.equal(s.push({ body: body(n), mid: `mid${n}`, position: n }), n);
       // Acknowledge in uneven steps, sometimes everything, so the buffer empties, refills and is cut down.
       if (n % 1500 === 0) acked = n - (n % 4500 === 0 ? 0 : 700);
       if (n % 1500 === 0) s.acknowledge(acked);
@@ -68,20 +68,20 @@ describe('ReliableSession', () => {
     const taken = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
     taken.restore([{ sequenceId: 41, body: body(41), mid: 'a', position: 0 }, { sequenceId: 42, body: body(42), mid: 'b', position: 0 }], 42);
     assert.equal(taken.firstSequenceId, 41);
-    assert.equal(taken.push(body(43), 'c'), 43);
+    assert.equal(taken.push({ body: body(43), mid: 'c', position: 0 }), 43);
     assert.deepEqual(ids(taken.after(41)), [42, 43]);
     taken.acknowledge(42);
     assert.deepEqual(ids(taken.after(0)), [43]);
 
     const empty = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
     empty.restore([], 7);
-    assert.equal(empty.push(body(8), 'x'), 8);
+    assert.equal(empty.push({ body: body(8), mid: 'x', position: 0 }), 8);
 
     const resumed = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
     resumed.resumeFrom({ sequenceId: 100, position: 5000, groups: ['g'] });
     assert.equal(resumed.firstSequenceId, 101);
-    assert.equal(resumed.push(body(101), 'x', 5001), 101);
-    assert.equal(resumed.push(body(102), 'y', 5002), 102);
+    assert.equal(resumed.push({ body: body(101), mid: 'x', position: 5001 }), 101);
+    assert.equal(resumed.push({ body: body(102), mid: 'y', position: 5002 }), 102);
     resumed.acknowledge(101);
     assert.deepEqual(ids(resumed.after(0)), [102]);
     // With everything acknowledged, the checkpoint is at the last position read.

@@ -1,0 +1,65 @@
+// The edge's log of messages held by reliable sessions (src/pubsub/message-log.ts):
+// a message delivered to many sessions is kept once, let go when the last
+// session releases it, and chunks of the log go once nothing in them is held.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { MessageLog, type LoggedMessage } from '../../src/pubsub/message-log.ts';
+import { ReliableSession } from '../../src/pubsub/reliable-session.ts';
+
+const message = (n: number): LoggedMessage => ({ body: Buffer.from(`m${n}`), mid: `mid${n}`, position: n });
+
+describe('MessageLog', () => {
+  it('keeps a message held by several sessions once, until the last lets go', () => {
+    const log = new MessageLog();
+    const m = message(1);
+    const a = log.hold(m);
+    const b = log.hold(m);
+    assert.equal(a, b, 'one index for every holder');
+    assert.equal(log.at(a), m);
+    log.release(a);
+    assert.equal(log.at(a), m, 'still held by one');
+    log.release(b);
+    assert.equal(log.at(a), undefined);
+    // Released more often than held: nothing happens.
+    log.release(a);
+    const again = log.hold(m);
+    assert.notEqual(again, a, 'held again after it was let go: a new place in the log');
+    assert.equal(log.at(again), m);
+  });
+
+  it('drops chunks once nothing in them is held, whether released before or after they fill', () => {
+    const log = new MessageLog();
+    // Released at once: each chunk is empty when the next one starts.
+    for (let n = 0; n < 20_000; n++) log.release(log.hold(message(n)));
+    assert.equal(log.chunkCount, 1, 'only the chunk being filled');
+    // Held across chunks, released later, oldest first and newest first.
+    const held = Array.from({ length: 20_000 }, (_, n) => log.hold(message(n)));
+    assert.ok(log.chunkCount >= 5);
+    for (const index of held.slice(0, 10_000)) log.release(index);
+    for (const index of held.slice(10_000).reverse()) log.release(index);
+    assert.equal(log.chunkCount, 1);
+    // One message held keeps its own chunk (and the current one) only.
+    const kept = log.hold(message(-1));
+    for (let n = 0; n < 10_000; n++) log.release(log.hold(message(n)));
+    assert.equal(log.chunkCount, 2);
+    assert.equal(log.at(kept)?.mid, 'mid-1');
+    log.release(kept);
+    assert.equal(log.chunkCount, 1);
+  });
+
+  it('gives sessions the same message by index: each reads its own sequence ids and the shared body', () => {
+    const limits = { maxMessages: 100, maxBytes: 1 << 20 };
+    const [a, b] = [new ReliableSession(limits), new ReliableSession(limits)];
+    a.push(message(0));
+    const shared = message(1);
+    a.push(shared);
+    b.push(shared);
+    assert.equal(shared.logIndex !== undefined, true);
+    assert.deepEqual([...a.after(0)].map((e) => [e.sequenceId, e.mid]), [[1, 'mid0'], [2, 'mid1']]);
+    assert.deepEqual([...b.after(0)].map((e) => [e.sequenceId, e.mid]), [[1, 'mid1']]);
+    a.acknowledge(2);
+    assert.equal([...b.after(0)][0].body, shared.body, 'b still holds it after a acknowledged it');
+    b.clear();
+    assert.equal(b.unacknowledged, 0);
+  });
+});
