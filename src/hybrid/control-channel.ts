@@ -15,6 +15,7 @@ import { parseJson } from '../validation/bounded-json.ts';
 import { validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { TurnCork } from '../websocket/turn-cork.ts';
 
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
 export type ListenerResponse = HttpResponseHead;
@@ -43,12 +44,13 @@ export class ControlChannel {
   readonly exchanges = new Map<string, ChannelExchange>();
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
-  private corked = false;
+  /** Corks the channel's socket while notices of one turn gather. */
+  private readonly socketCork: TurnCork;
 
   constructor(
     private readonly ws: WebSocket,
     /** The socket under `ws`, corked while notices of one turn gather. */
-    private readonly socket: Duplex,
+    socket: Duplex,
     readonly entity: HybridEntity,
     /** The token the channel holds (checked again when the rules change on reload). */
     public token: string,
@@ -59,6 +61,7 @@ export class ControlChannel {
     readonly log: Logger,
     private readonly hooks: ControlChannelHooks,
   ) {
+    this.socketCork = new TurnCork(socket);
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('pong', () => (this.lastSeen = Date.now()));
     ws.on('ping', () => (this.lastSeen = Date.now()));
@@ -76,14 +79,7 @@ export class ControlChannel {
   /** Sends one notice; `body`, when given, follows as one binary message. */
   send(message: object, body?: Buffer): void {
     if (!this.isOpen) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
+    this.socketCork.hold();
     this.ws.send(JSON.stringify(message));
     if (body) this.ws.send(body, { binary: true });
   }

@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
 import { OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader } from './frames.ts';
+import { TurnCork } from './turn-cork.ts';
 
 export interface SpliceOptions {
   highWaterMark: number;
@@ -35,8 +36,8 @@ class Direction implements FrameHandler {
   readonly parser: FrameParser;
   /** Payload bytes forwarded. */
   bytes = 0;
-  /** `to` is corked until the end of this turn of the event loop. */
-  corked = false;
+  /** Corks `to` for the rest of the turn. */
+  readonly toCork: TurnCork;
   /** A frame header went out and part of its payload has not. */
   private midFrameRemaining = 0;
   /** A control frame waiting for the current frame to finish. */
@@ -54,6 +55,7 @@ class Direction implements FrameHandler {
     maxFrameBytes: number,
   ) {
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes });
+    this.toCork = new TurnCork(to);
   }
 
   get midFrame(): boolean {
@@ -171,14 +173,7 @@ export class FrameSplice {
     ] as const) {
       socket.on('data', (chunk: Buffer) => {
         // Everything forwarded from the chunks read in this turn of the event loop leaves in one writev.
-        if (!dir.corked) {
-          dir.corked = true;
-          dir.to.cork();
-          setImmediate(() => {
-            dir.corked = false;
-            dir.to.uncork();
-          });
-        }
+        dir.toCork.hold();
         dir.parser.push(chunk);
       });
       socket.on('drain', () => {
