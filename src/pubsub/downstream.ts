@@ -101,10 +101,9 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
-/** What a reliable recipient's copy of a message starts with, before the shared body: the only per-recipient bytes. */
-export function sequencePrefix(sequenceId: number): string {
-  return `{"sequenceId":${sequenceId},`;
-}
+/** A reliable recipient's copy of a message is `{"sequenceId":` N `,` body: N is the only per-recipient part (MessageSocket.writeNumberedText). */
+export const SEQUENCED_BEFORE = Buffer.from('{"sequenceId":', 'latin1');
+export const SEQUENCED_AFTER = Buffer.from(',', 'latin1');
 
 /** An ack; `ackId` is a number, or a JSON number's text as the client wrote it. */
 export function ackFrame(ackId: number | string, error?: { name: string; message: string }): Buffer {

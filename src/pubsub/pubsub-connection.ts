@@ -6,7 +6,7 @@
 // up from its session buffer on drain, and is closed when that buffer is full.
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
-import { disconnectedFrame, sequencePrefix, type SharedMessage } from './downstream.ts';
+import { SEQUENCED_AFTER, SEQUENCED_BEFORE, disconnectedFrame, type SharedMessage } from './downstream.ts';
 import { ReliableSession } from './reliable-session.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
@@ -118,7 +118,7 @@ export class PubSubConnection {
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {
-      socket.writeTextWithPrefix(sequencePrefix(sequenceId), message.body);
+      socket.writeNumberedText(SEQUENCED_BEFORE, sequenceId, SEQUENCED_AFTER, message.body);
       session.writtenUpTo = sequenceId;
     }
     return undefined;
@@ -131,7 +131,7 @@ export class PubSubConnection {
     if (!session || !socket || this.ended) return;
     for (const entry of session.after(session.writtenUpTo)) {
       if (socket.bufferedBytes >= this.limits.outboundBufferBytes) return;
-      socket.writeTextWithPrefix(sequencePrefix(entry.sequenceId), entry.body);
+      socket.writeNumberedText(SEQUENCED_BEFORE, entry.sequenceId, SEQUENCED_AFTER, entry.body);
       session.writtenUpTo = entry.sequenceId;
     }
   }

@@ -54,41 +54,64 @@ export function encodeTextFrame(text: string): Buffer {
 let dirty: MessageSocket<unknown>[] = [];
 
 /**
- * A socket's queued frames: whole frames as buffers, and text frames given as
- * a per-socket prefix (a latin1 string) followed by the shared rest of their
- * payload (the next buffer), so nothing is allocated per recipient but one
- * joined buffer when the queue is written.
+ * A socket's queued frames: whole frames as buffers, and numbered text frames
+ * as a number followed by three buffers (before, after, rest: the payload is
+ * before + the number in decimal + after + rest), where only the number is the
+ * socket's own and the buffers are shared, so nothing is allocated per
+ * recipient but one joined buffer when the queue is written.
  */
-type Outbox = (Buffer | string)[];
+type Outbox = (Buffer | number)[];
 
 function sameFrames(a: Outbox, b: Outbox): boolean {
   if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] || typeof a[i] === 'string') return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] || typeof a[i] === 'number') return false;
   return true;
 }
 
-/** The queued frames in one buffer: prefixed frames get their header and prefix written in place. */
+/** Digits of a non-negative integer in decimal. */
+function decimalLength(n: number): number {
+  let digits = 1;
+  while (n >= 10) {
+    n = Math.floor(n / 10);
+    digits++;
+  }
+  return digits;
+}
+
+/** Payload length of a numbered text frame. */
+function numberedLength(n: number, before: Buffer, after: Buffer, rest: Buffer): number {
+  return before.length + decimalLength(n) + after.length + rest.length;
+}
+
+/** The queued frames in one buffer: numbered frames get their header and number written in place. */
 function joinOutbox(items: Outbox): Buffer {
   let size = 0;
   for (let i = 0; i < items.length; i++) {
     const item = items[i];
-    if (typeof item === 'string') {
-      const payload = item.length + (items[++i] as Buffer).length;
+    if (typeof item === 'number') {
+      const payload = numberedLength(item, items[i + 1] as Buffer, items[i + 2] as Buffer, items[i + 3] as Buffer);
       size += frameHeaderLength(payload) + payload;
+      i += 3;
     } else size += item.length;
   }
   const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (let i = 0; i < items.length; i++) {
     const item = items[i];
-    if (typeof item !== 'string') {
+    if (typeof item !== 'number') {
       at += item.copy(out, at);
       continue;
     }
-    const rest = items[++i] as Buffer;
-    const payload = item.length + rest.length;
-    at += writeFrameHeader(out, at, true, OP_TEXT, payload);
-    at += out.write(item, at, 'latin1');
+    const before = items[i + 1] as Buffer;
+    const after = items[i + 2] as Buffer;
+    const rest = items[i + 3] as Buffer;
+    i += 3;
+    const digits = decimalLength(item);
+    at += writeFrameHeader(out, at, true, OP_TEXT, before.length + digits + after.length + rest.length);
+    at += before.copy(out, at);
+    for (let d = at + digits - 1, n = item; d >= at; d--, n = Math.floor(n / 10)) out[d] = 0x30 + (n % 10);
+    at += digits;
+    at += after.copy(out, at);
     at += rest.copy(out, at);
   }
   return out;
@@ -191,17 +214,18 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   /**
-   * Writes a text frame whose payload is a per-socket `prefix` (latin1) and a
-   * `tail` shared with other sockets; the frame is built when the queue is written.
+   * Writes a text frame whose payload is `before`, the non-negative integer `n`
+   * in decimal, `after` and `rest`: the buffers may be shared with other
+   * sockets, and the frame is built when the queue is written.
    */
-  writeTextWithPrefix(prefix: string, tail: Buffer): void {
+  writeNumberedText(before: Buffer, n: number, after: Buffer, rest: Buffer): void {
     if (!this.isOpen) return;
-    this.queue(prefix, frameHeaderLength(prefix.length + tail.length) + prefix.length);
-    this.outbox!.push(tail);
-    this.outboxBytes += tail.length;
+    const payload = numberedLength(n, before, after, rest);
+    this.queue(n, frameHeaderLength(payload) + payload);
+    this.outbox!.push(before, after, rest);
   }
 
-  private queue(frame: Buffer | string, bytes = frame.length): void {
+  private queue(frame: Buffer | number, bytes = (frame as Buffer).length): void {
     if (this.outbox) this.outbox.push(frame);
     else {
       this.outbox = [frame];

@@ -1,6 +1,6 @@
 // A message socket's queue: frames of one turn leave in one write, and text
-// frames given as a per-socket prefix and a shared tail come out as whole
-// frames, whatever their size.
+// frames given as a per-socket number between shared buffers come out as
+// whole frames, whatever their size.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect, type Socket } from 'node:net';
@@ -11,7 +11,7 @@ import { cleanupFor } from '../helpers/cleanup.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('message socket queue', () => {
-  it('writes plain frames and prefixed frames of every length class as whole frames, in order', async (t) => {
+  it('writes plain frames and numbered frames of every length class as whole frames, in order', async (t) => {
     const server = createServer();
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
@@ -28,10 +28,14 @@ describe('message socket queue', () => {
     const expected: Buffer[] = [];
     socket.writeFrame(encodeTextFrame('plain'));
     expected.push(encodeTextFrame('plain'));
+    const [before, after] = [Buffer.from('{"sequenceId":'), Buffer.from(',')];
+    // Numbers of one digit and of many, up to the largest exact integer.
+    const numbers = [1, 0, 90210, Number.MAX_SAFE_INTEGER];
     for (const [i, tail] of tails.entries()) {
-      const prefix = `{"sequenceId":${i + 1},`;
-      socket.writeTextWithPrefix(prefix, tail);
-      expected.push(encodeFrame(true, OP_TEXT, Buffer.concat([Buffer.from(prefix, 'latin1'), tail])));
+      for (const n of i === 0 ? numbers : [i + 1]) {
+        socket.writeNumberedText(before, n, after, tail);
+        expected.push(encodeFrame(true, OP_TEXT, Buffer.concat([before, Buffer.from(String(n)), after, tail])));
+      }
     }
     const want = Buffer.concat(expected);
     assert.ok(socket.bufferedBytes >= want.length - 4);
