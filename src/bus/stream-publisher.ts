@@ -26,6 +26,7 @@ const MSG_ID_HEADER = 'Nats-Msg-Id';
 const SWEEP_MS = 20;
 /** The status a server answers with when no stream listens on the subject (no responders). */
 const NO_RESPONDERS = 503;
+const NOT_A_PUBACK = 'JetStream answered with something that is not a publish acknowledgement';
 
 interface PubAckJson {
   stream?: string;
@@ -74,7 +75,7 @@ export class StorePublisher {
     try {
       ack = JSON.parse(msg.string()) as PubAckJson;
     } catch {
-      return this.settle(token, { kind: 'refused', reason: 'JetStream answered with something that is not a publish acknowledgement' });
+      return this.settle(token, { kind: 'refused', reason: NOT_A_PUBACK });
     }
     if (ack.error) {
       const reason = ack.error.description ?? `error ${ack.error.code}`;
@@ -83,7 +84,7 @@ export class StorePublisher {
       return this.settle(token, { kind: 'refused', reason, code: ack.error.err_code });
     }
     if (typeof ack.seq !== 'number' || !ack.stream) {
-      return this.settle(token, { kind: 'refused', reason: 'JetStream answered with something that is not a publish acknowledgement' });
+      return this.settle(token, { kind: 'refused', reason: NOT_A_PUBACK });
     }
     this.settle(token, { kind: 'stored', seq: ack.seq, duplicate: ack.duplicate === true });
   }

@@ -47,13 +47,14 @@ export class MessageLog {
   /** Holds `message` for one more session and returns its index. */
   hold(message: LoggedMessage): number {
     let index = message.logIndex;
-    if (index === undefined || this.at(index) !== message) {
+    let chunk = index === undefined ? undefined : this.chunkOf(index);
+    if (index === undefined || chunk?.messages[index % CHUNK_SLOTS] !== message) {
       index = this.append(message);
       message.logIndex = index;
+      chunk = this.current;
     }
-    const chunk = this.chunkOf(index)!;
     const slot = index % CHUNK_SLOTS;
-    if (chunk.holders[slot]++ === 0) chunk.held++;
+    if (chunk!.holders[slot]++ === 0) chunk!.held++;
     return index;
   }
 
@@ -65,7 +66,7 @@ export class MessageLog {
   /** One session lets go of the message at `index`. */
   release(index: number): void {
     const number = Math.floor(index / CHUNK_SLOTS);
-    const chunk = this.chunkOf(index);
+    const chunk = this.chunkNumbered(number);
     if (!chunk) return;
     const slot = index % CHUNK_SLOTS;
     if (chunk.holders[slot] === 0) return;
@@ -75,7 +76,10 @@ export class MessageLog {
   }
 
   private chunkOf(index: number): Chunk | undefined {
-    const number = Math.floor(index / CHUNK_SLOTS);
+    return this.chunkNumbered(Math.floor(index / CHUNK_SLOTS));
+  }
+
+  private chunkNumbered(number: number): Chunk | undefined {
     return number === this.currentNumber ? this.current : this.chunks.get(number);
   }
 
