@@ -6,7 +6,7 @@
 // still apply. Every process is killed in the test's after hook, even when
 // the test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,12 +42,49 @@ function waitExit(child: ChildProcess): Promise<void> {
   return withTimeout(new Promise<void>((r) => child.once('exit', () => r())), 5000, 'nats-server exit');
 }
 
-/** A port free right now on 127.0.0.1 (a cluster's route ports must be known before its nodes start). */
-async function freePort(): Promise<number> {
+/** Listens on 127.0.0.1:`port` (0: any) and closes again; the port, or undefined when it is taken. */
+async function tryListen(port: number): Promise<number | undefined> {
   const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
+  const bound = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => resolve(true));
+  });
+  if (!bound) return undefined;
+  const { port: got } = server.address() as AddressInfo;
   await new Promise((resolve) => server.close(resolve));
+  return got;
+}
+
+/** The kernel's range of ephemeral ports: what listen(0), nats-server's `-1` and outgoing connections draw from. */
+function ephemeralPorts(): { low: number; high: number } {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low > 0 && high >= low) return { low, high };
+  } catch {
+    // Not Linux: assume the usual range.
+  }
+  return { low: 32768, high: 60999 };
+}
+
+/**
+ * A port free right now on 127.0.0.1 for a node to bind later (a cluster's
+ * route ports must be known before its nodes start). Taken from below the
+ * ephemeral range, so that no process asking for any port (the other nodes'
+ * client and monitor ports, relays, outgoing connections) is given it in the
+ * meantime: a route port drawn from the ephemeral range was once taken that way
+ * before its node started ("bind: address already in use").
+ */
+async function freePort(): Promise<number> {
+  const FIRST = 10000;
+  const { low } = ephemeralPorts();
+  if (low - FIRST >= 1000) {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const port = await tryListen(FIRST + Math.floor(Math.random() * (low - FIRST)));
+      if (port !== undefined) return port;
+    }
+  }
+  const port = await tryListen(0);
+  if (port === undefined) throw new Error('no free port on 127.0.0.1');
   return port;
 }
 
