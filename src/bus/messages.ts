@@ -222,6 +222,8 @@ export interface PsClose {
   target: Target;
   excluded?: string[];
   reason?: string;
+  /** Durable hub, group target: answer once the stream is applied up to this sequence. */
+  at?: number;
 }
 
 /** REST membership change. Answered with ps.done. */
@@ -244,6 +246,8 @@ export interface PsExists {
   origin: string;
   hub: string;
   target: Target;
+  /** Durable hub, group target: answer once the stream is applied up to this sequence. */
+  at?: number;
 }
 
 /** REST list of a group's members. Answered with ps.done carrying members. */
@@ -253,6 +257,8 @@ export interface PsList {
   hub: string;
   group: string;
   top: number;
+  /** Durable hub: answer once the stream is applied up to this sequence. */
+  at?: number;
 }
 
 /** REST permission grant, revoke or check. Answered with ps.done. */

@@ -78,6 +78,10 @@ export interface DurableEvents {
   sessionEnded(connection: PubSubConnection): void;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
+  /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say). */
+  catchUp(): Promise<number>;
+  /** Resolves once this edge has applied the stream up to `at` (true), or after `timeoutMs` (false). */
+  reached(at: number, timeoutMs: number): Promise<boolean>;
   /** Sessions whose last checkpoint is not written yet. */
   readonly pendingWrites: number;
   close(): void;
@@ -226,8 +230,9 @@ export class ClusterHub {
   // --- operations on the whole cluster (REST) -----------------------------------
 
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
+    const at = await this.membershipPosition(target);
     const local = this.applyClose(target, excluded, reason);
-    await this.clusterCall(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason });
+    await this.clusterCall(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {
@@ -237,17 +242,19 @@ export class ClusterHub {
   }
 
   async exists(target: Target): Promise<boolean> {
+    const at = await this.membershipPosition(target);
     const local = this.countTargets(target);
     if (local > 0) return true;
-    const answers = await this.clusterCall(target, local, { op: 'ps.exists', ...this.from, target });
+    const answers = await this.clusterCall(target, local, { op: 'ps.exists', ...this.from, target, at });
     return answers.some((a) => a.count > 0);
   }
 
   async listGroup(group: string, top: number): Promise<GroupMember[]> {
+    const target: Target = { kind: 'group', name: group };
+    const at = await this.membershipPosition(target);
     const members = this.members(group, top);
     if (members.length >= top) return members;
-    const target: Target = { kind: 'group', name: group };
-    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top });
+    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, at });
     for (const answer of answers) members.push(...(answer.members ?? []));
     return members.slice(0, top);
   }
@@ -262,11 +269,27 @@ export class ClusterHub {
   }
 
   /**
+   * On a durable hub, who is in a group is what the stream says, and each
+   * edge applies a change when it reads it (a moment after the ack). A
+   * question about a group's members is therefore asked at a stream
+   * position: the stream's end when asked, which this edge reaches first and
+   * every answering edge before it answers. So a change acknowledged before
+   * the question, through any edge, is in its answer. Undefined otherwise
+   * (there a change is applied everywhere before it is acknowledged).
+   */
+  private async membershipPosition(target: Target): Promise<number | undefined> {
+    if (!this.durable || target.kind !== 'group' || !this.deps.bus.reachesOtherNodes) return undefined;
+    return this.durable.catchUp();
+  }
+
+  /**
    * Asks the other nodes: one node for a connection held elsewhere (nobody
    * holding it answers [] at once), every node with interest otherwise.
+   * A question asked at a stream position (`at`) goes to every edge of the
+   * hub: an edge behind it has not joined the group's subject yet.
    * Throws BusError('Unavailable') when the bus is away.
    */
-  private async clusterCall(target: Target, localCount: number, request: EdgeMessage): Promise<PsDone[]> {
+  private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
     const bus = this.deps.bus;
     if (!bus.reachesOtherNodes) return [];
     const data = encodeEdgeMessage(request);
@@ -280,7 +303,8 @@ export class ClusterHub {
         throw err;
       }
     } else {
-      raw = await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
+      const subject = request.at === undefined ? this.subjectOf(target) : this.deps.subjects.hubAll(this.key);
+      raw = await bus.gather(subject, data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
     }
     const answers: PsDone[] = [];
     for (const r of raw) {
@@ -385,16 +409,16 @@ export class ClusterHub {
         if (!own) this.deps.feed.receive(m, envelope!.body);
         return;
       case 'ps.close':
-        return done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason));
+        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason)));
       case 'ps.groups': {
         const filter = filterFromBus(m.filter);
         if (filter === null) return void this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: m.op, reason: 'filter' });
         return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
       }
       case 'ps.exists':
-        return done(own ? 0 : this.countTargets(m.target));
+        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
-        return own ? done(0, []) : done(0, this.members(m.group, m.top));
+        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top))));
       case 'ps.permission':
         return done(own ? 0 : this.applyPermission(m.connectionId, m.method, m.permission, m.group));
       case 'ps.handover':
@@ -404,6 +428,12 @@ export class ClusterHub {
       default:
         this.deps.log.warn({ event: 'bus.unexpected_op', hub: this.name, op: (m as EdgeMessage).op });
     }
+  }
+
+  /** Answers a question asked at a stream position once this edge has applied that far (or given up waiting). */
+  private atPosition(at: number | undefined, answer: () => void): void {
+    if (at === undefined || !this.durable) return answer();
+    void this.durable.reached(at, this.deps.requestTimeoutMs).then(answer);
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */

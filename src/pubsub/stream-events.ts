@@ -32,6 +32,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private follower: Follower | undefined;
   /** The last stream sequence applied here; 0 until the follower starts. */
   private applied = 0;
+  /** Questions waiting for this edge to apply the stream up to `at` (reached()). */
+  private waiters: { at: number; done: (reached: boolean) => void }[] = [];
   private readonly sessions: StreamSessions;
 
   /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
@@ -108,6 +110,11 @@ export class StreamEvents implements DurableEvents, HubHistory {
   /** One message of the hub's stream, in order: delivered, applied or handed to the sessions. */
   private apply(m: StoredMessage): void {
     this.applied = m.seq;
+    this.applyEvent(m);
+    if (this.waiters.length > 0) this.wakeWaiters();
+  }
+
+  private applyEvent(m: StoredMessage): void {
     // A group event for a group with no member here changes nothing here: not even decoded.
     if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) return;
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
@@ -134,6 +141,55 @@ export class StreamEvents implements DurableEvents, HubHistory {
       case 'ps.claim':
         return this.sessions.claimed(event, m.seq);
     }
+  }
+
+  // --- reading your writes -----------------------------------------------------------
+
+  /**
+   * Resolves once this edge has applied the stream up to `at`, or after
+   * `timeoutMs` (then false: the answer that follows may miss the latest changes).
+   */
+  reached(at: number, timeoutMs: number): Promise<boolean> {
+    if (this.applied >= at) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const waiter = {
+        at,
+        done: (reached: boolean) => {
+          clearTimeout(timer);
+          resolve(reached);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        this.options.log.warn({ event: 'pubsub.stream_behind', hub: this.hub.name, at, applied: this.applied });
+        resolve(false);
+      }, timeoutMs);
+      this.waiters.push(waiter);
+    });
+  }
+
+  private wakeWaiters(): void {
+    const ready = this.waiters.filter((w) => w.at <= this.applied);
+    if (ready.length === 0) return;
+    this.waiters = this.waiters.filter((w) => w.at > this.applied);
+    for (const w of ready) w.done(true);
+  }
+
+  /**
+   * The stream's last sequence now, once this edge has applied it: a question
+   * asked at it sees every change stored before it, on any edge. When the
+   * stream cannot say (JetStream away), this edge's own position.
+   */
+  async catchUp(): Promise<number> {
+    let last: number;
+    try {
+      last = (await this.options.js.bounds(this.options.stream)).last;
+    } catch (err) {
+      this.options.log.warn({ event: 'pubsub.stream_position_unknown', hub: this.hub.name, err: (err as Error).message });
+      return this.applied;
+    }
+    await this.reached(last, this.options.requestTimeoutMs);
+    return last;
   }
 
   /** Reads `(from, to]` of the stream for one session being rebuilt (stream-sessions.ts). */
@@ -199,5 +255,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
   close(): void {
     this.follower?.stop();
     this.sessions.close();
+    for (const w of this.waiters) w.done(false);
+    this.waiters = [];
   }
 }

@@ -127,6 +127,38 @@ describe('publish/subscribe across nodes', () => {
     await until(() => y.connectionIds.length === 2, 10000, 'yolanda reconnected afresh');
   });
 
+  it('a membership change acknowledged on one node is what the next question to any node sees (durable hub)', async (t) => {
+    // Members on A and B; each change is made through C and asked about at once through A or B.
+    const onA = await startClient(t, accessUrl(a.url, { userId: 'ann' }));
+    const onB = await startClient(t, accessUrl(b.url, { userId: 'ann' }));
+    await waitRoutableToAll(serviceClient(c), [onA, onB]);
+    const [viaA, viaB, viaC] = [serviceClient(a), serviceClient(b), serviceClient(c)];
+    const both = [onA.connectionIds[0], onB.connectionIds[0]].sort();
+    const listed = async (svc: typeof viaA, group: string) => {
+      const ids: string[] = [];
+      for await (const m of await svc.group(group).listConnections()) ids.push(m.connectionId);
+      return ids.sort();
+    };
+    // A burst to members on A and B keeps their stream readers busy while the change is stored after it.
+    const busy = [await startClient(t, accessUrl(a.url, { userId: 'bob' })), await startClient(t, accessUrl(b.url, { userId: 'bob' }))];
+    await waitRoutableToAll(viaC, busy);
+    await viaC.group('busy').addUser('bob');
+    const publisher = await startClient(t, accessUrl(c.url));
+    for (let round = 0; round < 8; round++) {
+      const group = `ryw-${round}`;
+      const asked = round % 2 === 0 ? viaA : viaB;
+      for (let i = 0; i < 300; i++) void publisher.client.sendToGroup('busy', 'x'.repeat(2000), 'text', { fireAndForget: true });
+      await viaC.group(group).addUser('ann');
+      assert.equal(await asked.groupExists(group), true, `round ${round}: exists after the add`);
+      assert.deepEqual(await listed(asked, group), both, `round ${round}: both connections listed`);
+      await viaC.group(group).removeUser('ann');
+      assert.equal(await asked.groupExists(group), false, `round ${round}: gone after the remove`);
+    }
+    await viaC.group('ryw-close').addUser('ann');
+    await viaA.group('ryw-close').closeAllConnections({ reason: 'done' });
+    await until(() => onA.connectionIds.length === 2 && onB.connectionIds.length === 2, 10000, 'both members closed');
+  });
+
   it('a reliable client whose reconnect lands on another node recovers its session there: nothing lost or doubled', async (t) => {
     const proxy = await CuttableProxy.start(a.port, t);
     const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer' }));
