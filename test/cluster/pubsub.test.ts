@@ -2,6 +2,7 @@
 // nats-server processes clustered, three edges, the published Web PubSub SDKs.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { edgeEvents, startCluster, type Edge } from '../helpers/cluster.ts';
@@ -139,15 +140,21 @@ describe('publish/subscribe across nodes', () => {
       for await (const m of await svc.group(group).listConnections()) ids.push(m.connectionId);
       return ids.sort();
     };
-    // A burst to members on A and B keeps their stream readers busy while the change is stored after it.
-    const busy = [await startClient(t, accessUrl(a.url, { userId: 'bob' })), await startClient(t, accessUrl(b.url, { userId: 'bob' }))];
-    await waitRoutableToAll(viaC, busy);
-    await viaC.group('busy').addUser('bob');
-    const publisher = await startClient(t, accessUrl(c.url));
+    // A burst to a member on the edge not asked keeps its stream reader busy
+    // while the change is stored after the burst: the asked edge skips those
+    // events unread (no member there), so the other one answers late.
+    const plain = { protocol: WebPubSubJsonProtocol() };
+    const busyA = await startClient(t, accessUrl(a.url, { userId: 'bob-a' }), plain);
+    const busyB = await startClient(t, accessUrl(b.url, { userId: 'bob-b' }), plain);
+    await waitRoutableToAll(viaC, [busyA, busyB]);
+    await viaC.group('busy-a').addUser('bob-a');
+    await viaC.group('busy-b').addUser('bob-b');
+    const publisher = await startClient(t, accessUrl(c.url), plain);
     for (let round = 0; round < 8; round++) {
       const group = `ryw-${round}`;
       const asked = round % 2 === 0 ? viaA : viaB;
-      for (let i = 0; i < 300; i++) void publisher.client.sendToGroup('busy', 'x'.repeat(2000), 'text', { fireAndForget: true });
+      const busy = round % 2 === 0 ? 'busy-b' : 'busy-a';
+      for (let i = 0; i < 500; i++) void publisher.client.sendToGroup(busy, 'x'.repeat(2000), 'text', { fireAndForget: true });
       await viaC.group(group).addUser('ann');
       assert.equal(await asked.groupExists(group), true, `round ${round}: exists after the add`);
       assert.deepEqual(await listed(asked, group), both, `round ${round}: both connections listed`);
