@@ -9,7 +9,7 @@ import { describe, it } from 'node:test';
 import { edgeEvents, startCluster, waitReady } from '../helpers/cluster.ts';
 import { waitForJetStream, waitForMesh } from '../helpers/nats.ts';
 import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
-import { FAST_RETRY, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until } from '../helpers/wait.ts';
 
 const numbers = (messages: any[]) => messages.map((m) => m.data).filter((d) => typeof d === 'number');
@@ -77,7 +77,7 @@ describe('JetStream faults', () => {
     t.diagnostic(`published ${steady.sent}, acknowledged ${steady.acked.length}, refused ${steady.refused.length} (while the stream elected a leader)`);
   });
 
-  it('every NATS node down for 30 s: publishes meanwhile are refused, everything acknowledged before and after arrives', async (t) => {
+  it('every NATS node down for 30 s: publishes meanwhile are refused, everything acknowledged before and after arrives, a question about a group is answered or refused at once', async (t) => {
     const { nats, edges } = await startCluster(t, 2, { bus: { jetstream: { publishTimeoutMs: 2000 } } });
     const [a, b] = edges;
     const sub = await startClient(t, accessUrl(a.url));
@@ -90,6 +90,13 @@ describe('JetStream faults', () => {
     for (const node of nats) await node.kill();
     const downAt = Date.now();
     await waitReady(b, 503, 10000);
+    // A REST question about a group meanwhile (asked at the stream's end when
+    // JetStream is there): answered from what the edge knows when it has a
+    // member, else refused 503 at once, since only the other edges could say.
+    const askedAt = Date.now();
+    assert.equal(await serviceClient(a).groupExists('feed'), true, 'the edge with the member answers');
+    await assert.rejects(serviceClient(b, { maxRetries: 0 }).groupExists('feed'), (err: { statusCode?: number }) => err.statusCode === 503);
+    assert.ok(Date.now() - askedAt < 10000, `the questions were answered in ${Date.now() - askedAt} ms`);
     await new Promise((r) => setTimeout(r, 30000 - (Date.now() - downAt)));
     // Everything acknowledged was acknowledged before the outage or after NATS came back.
     const ackedDuringOutage = steady.acked.length - ackedBefore;

@@ -39,8 +39,10 @@ export async function startClient(
   return { client, connectionIds, groupData, serverData };
 }
 
-export function serviceClient(relay: { url: string }): WebPubSubServiceClient {
+/** The service SDK pointed at a relay; `retryOptions` as the SDK takes them (its default retries 503 three times). */
+export function serviceClient(relay: { url: string }, retryOptions?: { maxRetries: number }): WebPubSubServiceClient {
   return new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, {
     allowInsecureConnection: true,
+    ...(retryOptions ? { retryOptions } : {}),
   });
 }
