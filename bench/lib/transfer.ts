@@ -5,6 +5,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { CpuMeter } from './processes.ts';
+import { medianBy } from './rounds.ts';
 
 export const CHUNK = 64 * 1024;
 
@@ -84,5 +85,5 @@ export async function median(runs: number, transfer: () => Promise<Transfer>): P
   const all: Transfer[] = [];
   for (let i = 0; i < runs; i++) all.push(await transfer());
   if (process.env.BENCH_VERBOSE) process.stderr.write(`  runs: ${all.map((t) => (t.bytesPerSec / 1048576).toFixed(0)).join(", ")} MiB/s\n`);
-  return all.sort((a, b) => a.bytesPerSec - b.bytesPerSec)[Math.floor(runs / 2)];
+  return medianBy(all, (t) => t.bytesPerSec);
 }

@@ -11,6 +11,7 @@ import { LeanWs } from '../lib/lean-ws.ts';
 import { natsClients, relayClients, type FanoutClients } from '../lib/fanout-clients.ts';
 import { startAll } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { median, medianBy } from '../lib/rounds.ts';
 import { HUB, HUB_KEY, clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
 import type { Mode, Outcome } from './index.ts';
@@ -180,11 +181,10 @@ export async function durableScenario(mode: Mode): Promise<Outcome> {
   for (const system of paths) {
     // The row shows the round with the median throughput; latest.json keeps every round.
     const all = measured.get(system)!;
-    const row = [...all].sort((a, b) => a.deliveriesPerSec - b.deliveriesPerSec)[Math.floor(all.length / 2)];
+    const row = medianBy(all, (f) => f.deliveriesPerSec);
     results.push({ scenario, system, ours: true, value: row.deliveriesPerSec, unit: 'deliveries/s', figures: { ...row, rounds: all.length } });
   }
   results.push({ scenario, system: NATS, ours: false, value: nats.deliveriesPerSec, unit: 'deliveries/s', figures: { ...nats } });
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
   const core = measured.get(OURS_CORE)!;
   const paired = (system: string, f: (ours: FanoutFigures, core: FanoutFigures) => number) => median(measured.get(system)!.map((ours, i) => f(ours, core[i])));
   const of = rounds > 1 ? `, median of ${rounds} rounds` : '';

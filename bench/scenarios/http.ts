@@ -9,6 +9,7 @@ import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
 import { CpuMeter, startAll, startProcess } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { median, medianBy } from '../lib/rounds.ts';
 import { ENTITY, startNginx, startRelay } from '../lib/systems.ts';
 import { runWrk, type WrkFigures } from '../lib/wrk.ts';
 import type { Mode, Outcome } from './index.ts';
@@ -55,8 +56,6 @@ interface Target {
   path: string;
   pids: number[];
 }
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 /** Ratios of one scenario's rows, each the median over the rounds of the ratio within a round (paired in time). */
 function ratiosFor(scenario: string, rounds: Map<string, Load>[]): Ratio[] {
@@ -124,7 +123,7 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
         for (const t of targets) {
           // The row shows the round with the median rate; the ratios pair the rounds.
           const all = rounds.map((r) => r.get(t.system)!);
-          const { requestsPerSec, ...figures } = [...all].sort((a, b) => a.requestsPerSec - b.requestsPerSec)[Math.floor(all.length / 2)];
+          const { requestsPerSec, ...figures } = medianBy(all, (l) => l.requestsPerSec);
           results.push({ scenario, system: t.system, ours: t.ours, value: requestsPerSec, unit: 'requests/s', figures: { ...figures, rounds: all.length } });
         }
         ratios.push(...ratiosFor(scenario, rounds));
