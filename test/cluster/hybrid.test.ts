@@ -38,16 +38,19 @@ function dial(url: string, token?: string): Promise<{ ws?: WebSocket; status: nu
 }
 
 /**
- * Dials until the listener's node is known to the sender's NATS server (interest travels between servers).
- * Until then the sender's edge hears nobody: NoListener, or EntityNotFound for an auto-created entity.
+ * Until the listener's node is known to the sender's NATS server (interest
+ * travels between servers), the sender's edge hears nobody: NoListener, or
+ * EntityNotFound for an entity the listener auto-created on its own edge.
  */
+const notYetRoutable = (code: string | undefined) => code === 'NoListener' || code === 'EntityNotFound';
+
+/** Dials until the listener's node is known to the sender's edge. */
 async function dialRoutable(url: string, token?: string): Promise<WebSocket> {
   const deadline = Date.now() + 5000;
   for (;;) {
     const got = await dial(url, token);
     if (got.ws) return got.ws;
-    const notYet = got.code === 'NoListener' || got.code === 'EntityNotFound';
-    if (!notYet || Date.now() > deadline) throw new Error(`sender refused: ${got.status} ${got.code}`);
+    if (!notYetRoutable(got.code) || Date.now() > deadline) throw new Error(`sender refused: ${got.status} ${got.code}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -157,7 +160,7 @@ describe('hybrid connections across nodes', () => {
     const outcome = (async () => {
       for (const deadline = Date.now() + 5000; ; ) {
         const got = await dial(url, tokenFor(url));
-        if (got.code !== 'NoListener' || Date.now() > deadline) return got;
+        if (!notYetRoutable(got.code) || Date.now() > deadline) return got;
         await new Promise((r) => setTimeout(r, 20));
       }
     })();
