@@ -30,6 +30,12 @@ export interface GatherOptions {
   maxWaitMs: number;
   /** Stop this long after the last answer (NATS cannot say how many will come). */
   stallMs: number;
+  /**
+   * True while an answer the caller knows is coming has not come yet: the
+   * gather then does not stall out (maxWaitMs still bounds it). Once false,
+   * stallMs more are given to answers nobody expected.
+   */
+  awaiting?: (answers: readonly Uint8Array[]) => boolean;
 }
 
 export interface Bus {

@@ -153,7 +153,7 @@ export class MemoryBus implements Bus {
         // In one process we know how many answers can come.
         if (answers.length >= expected) return done();
         clearTimeout(stall);
-        stall = setTimeout(done, options.stallMs);
+        if (!options.awaiting?.(answers)) stall = setTimeout(done, options.stallMs);
       });
       try {
         expected = this.deliver(subject, data, inbox);

@@ -226,7 +226,7 @@ export class NatsBus implements Bus {
           if (err || msg.headers?.code === 503) return done();
           answers.push(msg.data);
           clearTimeout(stall);
-          stall = setTimeout(done, options.stallMs);
+          if (!options.awaiting?.(answers)) stall = setTimeout(done, options.stallMs);
         },
       });
       nc.publish(subject, data, { reply: inbox });

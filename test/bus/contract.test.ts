@@ -111,6 +111,22 @@ for (const [kind, pair] of [['memory', memoryPair], ['nats', natsPair]] as const
       assert.deepEqual(await b.gather('empty', Buffer.from('?'), { maxWaitMs: 3000, stallMs: 100 }), []);
     });
 
+    test('gather waits past its stall for an answer the caller expects (awaiting), and no longer than maxWaitMs', async (t) => {
+      const [a, b] = await pair(t);
+      a.subscribe('slow', (m) => a.publish(m.reply!, Buffer.from('quick')));
+      a.subscribe('slow', (m) => void setTimeout(() => a.publish(m.reply!, Buffer.from('late')), 500));
+      await a.flush();
+      const names = (answers: Uint8Array[]) => answers.map((d) => Buffer.from(d).toString()).sort();
+      const options = { maxWaitMs: 3000, stallMs: 50 };
+      assert.deepEqual(names(await b.gather('slow', Buffer.from('?'), options)), ['quick'], 'the late one misses the stall');
+      const expectingLate = (answers: readonly Uint8Array[]) => !answers.some((d) => Buffer.from(d).toString() === 'late');
+      assert.deepEqual(names(await b.gather('slow', Buffer.from('?'), { ...options, awaiting: expectingLate })), ['late', 'quick']);
+      const started = Date.now();
+      const never = await b.gather('slow', Buffer.from('?'), { maxWaitMs: 1000, stallMs: 50, awaiting: () => true });
+      assert.deepEqual(names(never), ['late', 'quick'], 'what came, once maxWaitMs is up');
+      assert.ok(Date.now() - started < 5000, 'bounded by maxWaitMs');
+    });
+
     test('after unsubscribe nothing more arrives', async (t) => {
       const [a, b] = await pair(t);
       const got: BusMessage[] = [];
