@@ -240,6 +240,14 @@ export interface PsGroups {
   terms?: FilterTerm[];
 }
 
+/** An edge reading a durable hub's stream says so (pubsub/hub-roster.ts). */
+export interface PsHere {
+  op: 'ps.here';
+  origin: string;
+  hub: string;
+  state: 'hello' | 'here' | 'leaving';
+}
+
 /** REST HEAD: does the target have connections? Answered with ps.done. */
 export interface PsExists {
   op: 'ps.exists';
@@ -277,6 +285,8 @@ export interface PsDone {
   op: 'ps.done';
   count: number;
   members?: GroupMember[];
+  /** The answering edge (set on answers to a question asked at a stream position). */
+  edge?: string;
 }
 
 /** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */
@@ -449,6 +459,7 @@ export type EdgeMessage =
   | PsSend
   | PsClose
   | PsGroups
+  | PsHere
   | PsExists
   | PsList
   | PsPermission
@@ -474,7 +485,7 @@ export type EdgeMessageOf<Op extends EdgeOp> = Extract<EdgeMessage, { op: Op }>;
 /** Every op, each with its schema definition of the same name. */
 export const EDGE_OPS = [
   'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
-  'ps.send', 'ps.close', 'ps.groups', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
+  'ps.send', 'ps.close', 'ps.groups', 'ps.here', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
   'ps.member', 'ps.claim', 'ps.checkpoint',
   'ops.status', 'ops.node', 'ops.stats', 'ops.edge', 'ops.trace.watch', 'ops.trace',

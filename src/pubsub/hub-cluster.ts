@@ -35,6 +35,7 @@ import type { HubHistory, MemoryHistory } from './history.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { HubRoster, type HereState } from './hub-roster.ts';
 import { SessionHandover } from './session-handover.ts';
 
 export interface ClusterHubDeps {
@@ -82,6 +83,8 @@ export interface DurableEvents {
   catchUp(): Promise<number>;
   /** Resolves once this edge has applied the stream up to `at` (true), or after `timeoutMs` (false). */
   reached(at: number, timeoutMs: number): Promise<boolean>;
+  /** True once this edge reads the stream (it can answer a question at a position). */
+  readonly started: boolean;
   /** Sessions whose last checkpoint is not written yet. */
   readonly pendingWrites: number;
   close(): void;
@@ -90,7 +93,7 @@ export interface DurableEvents {
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
-  /** Set on a durable hub (the NATS bus with JetStream). */
+  /** Set on a durable hub (the NATS bus with JetStream): followStream(). */
   durable: DurableEvents | undefined;
   /** Set on a hub that keeps history on the memory bus (a durable hub reads its stream instead). */
   memoryHistory: MemoryHistory | undefined;
@@ -99,6 +102,8 @@ export class ClusterHub {
   /** This hub's counters on this edge since it started (the dashboard's, GET /$relay/stats). */
   readonly traffic = { published: 0, received: 0, deliveries: 0, slowConsumerCloses: 0 };
   private readonly subscriptions = new Map<string, BusSubscription>();
+  /** The other edges reading this durable hub's stream (only with other edges to reach). */
+  private roster: HubRoster | undefined;
 
   constructor(
     readonly config: HubConfig,
@@ -113,6 +118,18 @@ export class ClusterHub {
     this.handover = new SessionHandover(this, handoverDeps);
     deps.feed.register(this.key, (event, body) => this.receive(event, body));
     this.subscriptions.set('all', deps.bus.subscribe(deps.subjects.hubAll(this.key), (m) => this.onBus(m)));
+  }
+
+  /** Makes this a durable hub: its events go through its stream, read by `events`. */
+  followStream(events: DurableEvents): void {
+    this.durable = events;
+    if (!this.deps.bus.reachesOtherNodes) return;
+    this.roster = new HubRoster(
+      this.deps.nodeId,
+      (state) => this.publishHere(state),
+      () => events.started,
+      (edge, how) => this.deps.log.info({ event: `pubsub.roster_${how}`, hub: this.name, edge }),
+    );
   }
 
   get name(): string {
@@ -302,9 +319,10 @@ export class ClusterHub {
         if (err instanceof BusError && err.code === 'NoResponders') return [];
         throw err;
       }
+    } else if (request.at === undefined) {
+      raw = await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
     } else {
-      const subject = request.at === undefined ? this.subjectOf(target) : this.deps.subjects.hubAll(this.key);
-      raw = await bus.gather(subject, data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
+      raw = await this.askEveryEdge(request.op, data);
     }
     const answers: PsDone[] = [];
     for (const r of raw) {
@@ -312,6 +330,35 @@ export class ClusterHub {
       if (done) answers.push(done);
     }
     return answers;
+  }
+
+  /**
+   * A question at a stream position, to every edge of the hub: waits for an
+   * answer from each edge on the roster (bounded by requestTimeoutMs; one that
+   * stays silent is logged), then gatherStallMs for edges it does not know yet.
+   */
+  private async askEveryEdge(op: string, data: Uint8Array): Promise<Uint8Array[]> {
+    const expected = new Set(this.roster?.others());
+    const awaiting = (answers: readonly Uint8Array[]) => {
+      const edge = decodeEdgeMessage(answers[answers.length - 1], 'ps.done')?.message.edge;
+      if (edge !== undefined) expected.delete(edge);
+      return expected.size > 0;
+    };
+    const raw = await this.deps.bus.gather(this.deps.subjects.hubAll(this.key), data, {
+      maxWaitMs: this.deps.requestTimeoutMs,
+      stallMs: this.deps.gatherStallMs,
+      awaiting,
+    });
+    if (expected.size > 0) this.deps.log.warn({ event: 'pubsub.edges_silent', hub: this.name, op, edges: [...expected] });
+    return raw;
+  }
+
+  private publishHere(state: HereState): void {
+    try {
+      this.deps.bus.publish(this.deps.subjects.hubAll(this.key), encodeEdgeMessage({ op: 'ps.here', ...this.from, state }));
+    } catch (err) {
+      this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, op: 'ps.here', err: (err as Error).message });
+    }
   }
 
   // --- what each node does locally ----------------------------------------------
@@ -402,8 +449,10 @@ export class ClusterHub {
     }
     // This node already acted on what it sent; it only answers so a gather need not wait for it.
     const own = m.origin === this.deps.nodeId;
+    // An answer to a question at a stream position names its edge (the asker counts them off its roster).
+    const edge = 'at' in m && m.at !== undefined ? this.deps.nodeId : undefined;
     const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEdgeMessage(members ? { op: 'ps.done', count, members } : { op: 'ps.done', count }));
+      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, ...(members && { members }), ...(edge && { edge }) }));
     switch (m.op) {
       case 'ps.send':
         if (!own) this.deps.feed.receive(m, envelope!.body);
@@ -415,6 +464,8 @@ export class ClusterHub {
         if (filter === null) return void this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: m.op, reason: 'filter' });
         return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
       }
+      case 'ps.here':
+        return this.roster?.heard(m.origin, m.state);
       case 'ps.exists':
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
@@ -460,6 +511,7 @@ export class ClusterHub {
 
   /** Leaves every bus subject (shutdown). */
   leaveBus(): void {
+    this.roster?.leave();
     for (const sub of this.subscriptions.values()) sub.unsubscribe();
     this.subscriptions.clear();
   }

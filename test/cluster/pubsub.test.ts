@@ -166,6 +166,27 @@ describe('publish/subscribe across nodes', () => {
     await until(() => onA.connectionIds.length === 2 && onB.connectionIds.length === 2, 10000, 'both members closed');
   });
 
+  it('a question about a group waits for an edge that answers late (paused), not only for the quick ones (durable hub)', async (t) => {
+    const onB = await startClient(t, accessUrl(b.url, { userId: 'pat' }));
+    await waitRoutableToAll(serviceClient(c), [onB]);
+    await serviceClient(c).group('paused').addUser('pat');
+    // A knows B reads the hub's stream once B has announced itself (hub-roster.ts, each second).
+    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A has B on its roster');
+    // B stops for longer than bus.gatherStallMs: A and C answer at once, B only when it runs again.
+    b.child.kill('SIGSTOP');
+    const resume = () => b.child.kill('SIGCONT');
+    t.after(resume);
+    const timer = setTimeout(resume, 400);
+    const ids: string[] = [];
+    try {
+      for await (const m of await serviceClient(a).group('paused').listConnections()) ids.push(m.connectionId);
+    } finally {
+      clearTimeout(timer);
+      resume();
+    }
+    assert.deepEqual(ids, onB.connectionIds.slice(0, 1), 'the paused edge\'s member is listed');
+  });
+
   it('a reliable client whose reconnect lands on another node recovers its session there: nothing lost or doubled', async (t) => {
     const proxy = await CuttableProxy.start(a.port, t);
     const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer' }));

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { describe, it } from 'node:test';
-import { startEdge, type Edge } from '../helpers/cluster.ts';
+import { edgeEvents, startEdge, type Edge } from '../helpers/cluster.ts';
 import WebSocket from 'ws';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { tokenFor, wsUrl } from '../helpers/relay.ts';
@@ -102,6 +102,9 @@ describe('graceful shutdown', () => {
     const afterA = published;
     await until(() => published > afterA + 20, 10000, 'publishing through the restart of A');
 
+    // A has heard B announce itself on the durable hub (hub-roster.ts; checked at the end).
+    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A to know B reads the stream');
+
     // Then edge B.
     lb.retarget(a.port);
     publishVia = a;
@@ -121,5 +124,11 @@ describe('graceful shutdown', () => {
     }
     const failed = httpResults.filter((r) => r !== 200);
     assert.deepEqual(failed, [], `every HTTP request answered 200 (${httpResults.length} sent)`);
+    // B said it was leaving (hub-roster.ts): A's next question about the group does not wait for it.
+    const members: string[] = [];
+    for await (const m of await serviceClient(a).group('room').listConnections()) members.push(m.connectionId);
+    assert.equal(members.length, clients.length);
+    assert.match(edgeEvents([a], /pubsub\.roster_left/), /"edge":"edge-b"/);
+    assert.equal(edgeEvents([a], /pubsub\.edges_silent/), '', 'no question waited for the stopped edge');
   });
 });

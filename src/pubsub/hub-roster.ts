@@ -1,0 +1,86 @@
+// Which other edges read a durable hub's stream (docs/durability.md, "Reading
+// your writes"). A question about a group on a durable hub is asked at a stream
+// position (hub-cluster.ts): every edge answers once it has applied that far,
+// and the asking edge waits for an answer from each edge on this roster, not
+// only for those that answer within bus.gatherStallMs of each other (an edge
+// busy reading a burst, or paused, answers later, and its members count).
+//
+// Each edge says it is here on the hub's `all` subject (ps.here): `hello` once
+// its stream reader runs (the others answer with `here` at once, so it knows
+// them too), `here` every ANNOUNCE_EVERY_MS, `leaving` when it leaves the bus.
+// An edge not heard from for HERE_TTL_MS is taken for gone.
+
+/** How often an edge says it is here. */
+export const ANNOUNCE_EVERY_MS = 1000;
+/** An edge not heard from this long is off the roster (three announcements missed, and some slack). */
+export const HERE_TTL_MS = 3500;
+
+export type HereState = 'hello' | 'here' | 'leaving';
+
+export interface RosterTiming {
+  announceEveryMs: number;
+  ttlMs: number;
+}
+
+export class HubRoster {
+  /** Node id -> when it stops counting. */
+  private readonly edges = new Map<string, number>();
+  private readonly timer: NodeJS.Timeout;
+  private greeted = false;
+
+  /**
+   * `announce` publishes this edge's ps.here; `reading` says whether this
+   * edge reads the stream now (it announces only then: before that it could
+   * not answer at a position); `changed` hears an edge join or leave the roster.
+   */
+  constructor(
+    private readonly nodeId: string,
+    private readonly announce: (state: HereState) => void,
+    private readonly reading: () => boolean,
+    private readonly changed: (edge: string, how: 'joined' | 'left' | 'silent') => void,
+    private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS },
+  ) {
+    this.timer = setInterval(() => this.tick(), timing.announceEveryMs);
+    this.timer.unref();
+  }
+
+  /** Another edge's ps.here. */
+  heard(origin: string, state: HereState): void {
+    if (origin === this.nodeId) return;
+    if (state === 'leaving') {
+      if (this.edges.delete(origin)) this.changed(origin, 'left');
+      return;
+    }
+    if (!this.edges.has(origin)) this.changed(origin, 'joined');
+    this.edges.set(origin, Date.now() + this.timing.ttlMs);
+    if (state === 'hello' && this.greeted) this.announce('here');
+  }
+
+  /** The other edges heard from lately. */
+  others(): string[] {
+    const now = Date.now();
+    const alive: string[] = [];
+    for (const [edge, until] of this.edges) {
+      if (until > now) alive.push(edge);
+      else {
+        this.edges.delete(edge);
+        this.changed(edge, 'silent');
+      }
+    }
+    return alive;
+  }
+
+  /** Stops announcing, and tells the others when this edge had announced itself. */
+  leave(): void {
+    clearInterval(this.timer);
+    if (this.greeted) this.announce('leaving');
+    this.greeted = false;
+  }
+
+  private tick(): void {
+    this.others(); // drops (and reports) the edges fallen silent
+    if (!this.reading()) return;
+    this.announce(this.greeted ? 'here' : 'hello');
+    this.greeted = true;
+  }
+}

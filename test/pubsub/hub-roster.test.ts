@@ -1,0 +1,84 @@
+// The roster of edges reading a durable hub's stream (src/pubsub/hub-roster.ts):
+// an edge announces itself only once it reads the stream, greets with hello and
+// is answered at once, and others drop it when it leaves or falls silent.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { HubRoster, type HereState } from '../../src/pubsub/hub-roster.ts';
+import { until } from '../helpers/wait.ts';
+
+const TIMING = { announceEveryMs: 20, ttlMs: 300 };
+
+/** A roster for `nodeId` whose announcements are recorded; `reading` switches it on. */
+function roster(nodeId: string, reading = { on: true }) {
+  const said: HereState[] = [];
+  const changes: string[] = [];
+  const r = new HubRoster(nodeId, (state) => said.push(state), () => reading.on, (edge, how) => changes.push(`${edge} ${how}`), TIMING);
+  return { r, said, reading, changes };
+}
+
+describe('HubRoster', () => {
+  it('says hello once the edge reads the stream, then here; leaving only after it announced', async () => {
+    const { r, said, reading } = roster('a', { on: false });
+    try {
+      await new Promise((res) => setTimeout(res, 3 * TIMING.announceEveryMs));
+      assert.deepEqual(said, [], 'nothing before the stream is read');
+      reading.on = true;
+      await until(() => said.length >= 3, 2000, 'announcements');
+      assert.equal(said[0], 'hello');
+      assert.ok(said.slice(1).every((s) => s === 'here'), said.join(','));
+    } finally {
+      r.leave();
+    }
+    assert.equal(said.at(-1), 'leaving');
+    const count = said.length;
+    await new Promise((res) => setTimeout(res, 3 * TIMING.announceEveryMs));
+    assert.equal(said.length, count, 'silent after leaving');
+
+    const { r: quiet, said: quietSaid } = roster('q', { on: false });
+    quiet.leave();
+    assert.deepEqual(quietSaid, [], 'an edge that never announced does not say it leaves');
+  });
+
+  it('knows the others it heard, answers a hello at once, and ignores its own', async () => {
+    const { r, said, changes } = roster('a');
+    try {
+      await until(() => said.length >= 1, 2000, 'greeted');
+      const before = said.length;
+      r.heard('a', 'here');
+      assert.deepEqual(r.others(), [], 'its own announcement');
+      r.heard('b', 'hello');
+      assert.equal(said.length, before + 1, 'a hello is answered');
+      assert.equal(said.at(-1), 'here');
+      r.heard('c', 'here');
+      assert.equal(said.length, before + 1, 'a here is not');
+      assert.deepEqual(r.others().sort(), ['b', 'c']);
+      r.heard('b', 'leaving');
+      assert.deepEqual(r.others(), ['c'], 'gone once it says so');
+      r.heard('b', 'leaving');
+      assert.deepEqual(changes, ['b joined', 'c joined', 'b left'], 'each change heard once');
+    } finally {
+      r.leave();
+    }
+  });
+
+  it('drops an edge not heard from for its time to live, and takes it back when it speaks again', async () => {
+    const { r, changes } = roster('a');
+    try {
+      r.heard('b', 'here');
+      r.heard('c', 'here');
+      // c keeps speaking; b falls silent.
+      const keep = setInterval(() => r.heard('c', 'here'), TIMING.announceEveryMs);
+      try {
+        await until(() => !r.others().includes('b'), 2000, 'b dropped');
+        assert.deepEqual(r.others(), ['c']);
+      } finally {
+        clearInterval(keep);
+      }
+      r.heard('b', 'here');
+      assert.deepEqual(r.others().sort(), ['b', 'c']);
+      assert.deepEqual(changes, ['b joined', 'c joined', 'b silent', 'b joined']);
+    } finally {
+      r.leave();
+    }
+  });
+});
