@@ -240,7 +240,7 @@ export interface PsGroups {
   terms?: FilterTerm[];
 }
 
-/** An edge reading a durable hub's stream says so (pubsub/hub-roster.ts). */
+/** An edge serving a hub (on a durable hub, reading its stream) says so (pubsub/hub-roster.ts). */
 export interface PsHere {
   op: 'ps.here';
   origin: string;
@@ -285,7 +285,7 @@ export interface PsDone {
   op: 'ps.done';
   count: number;
   members?: GroupMember[];
-  /** The answering edge (set on answers to a question asked at a stream position). */
+  /** The answering edge (the asker counts answers off its roster). */
   edge?: string;
 }
 

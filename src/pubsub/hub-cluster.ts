@@ -7,7 +7,9 @@
 // deliver to their own members, framed once per node. A node subscribes to a group's or user's subject only while
 // it has local members, to a connection's while it holds the connection, and
 // to the hub's `all` subject always. Operations whose answer matters (exists,
-// list, close, membership, permissions) gather the other nodes' answers.
+// list, close, membership, permissions) gather the other nodes' answers: one
+// about a connection from the edge holding it, the others from every edge of
+// the hub's roster (hub-roster.ts), however late each answers.
 import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope } from '../bus/envelope.ts';
 import {
@@ -102,8 +104,8 @@ export class ClusterHub {
   /** This hub's counters on this edge since it started (the dashboard's, GET /$relay/stats). */
   readonly traffic = { published: 0, received: 0, deliveries: 0, slowConsumerCloses: 0 };
   private readonly subscriptions = new Map<string, BusSubscription>();
-  /** The other edges reading this durable hub's stream (only with other edges to reach). */
-  private roster: HubRoster | undefined;
+  /** The other edges serving this hub (only with other edges to reach): who a cluster-wide question waits for. */
+  private readonly roster: HubRoster | undefined;
 
   constructor(
     readonly config: HubConfig,
@@ -118,18 +120,20 @@ export class ClusterHub {
     this.handover = new SessionHandover(this, handoverDeps);
     deps.feed.register(this.key, (event, body) => this.receive(event, body));
     this.subscriptions.set('all', deps.bus.subscribe(deps.subjects.hubAll(this.key), (m) => this.onBus(m)));
+    // An edge is on the others' rosters while it can answer: on the bus, and on a durable hub once it reads the stream.
+    if (deps.bus.reachesOtherNodes) {
+      this.roster = new HubRoster(
+        deps.nodeId,
+        (state) => this.publishHere(state),
+        () => (this.durable ? this.durable.started : deps.bus.connected),
+        (edge, how) => deps.log.info({ event: `pubsub.roster_${how}`, hub: this.name, edge }),
+      );
+    }
   }
 
   /** Makes this a durable hub: its events go through its stream, read by `events`. */
   followStream(events: DurableEvents): void {
     this.durable = events;
-    if (!this.deps.bus.reachesOtherNodes) return;
-    this.roster = new HubRoster(
-      this.deps.nodeId,
-      (state) => this.publishHere(state),
-      () => events.started,
-      (edge, how) => this.deps.log.info({ event: `pubsub.roster_${how}`, hub: this.name, edge }),
-    );
   }
 
   get name(): string {
@@ -301,9 +305,9 @@ export class ClusterHub {
 
   /**
    * Asks the other nodes: one node for a connection held elsewhere (nobody
-   * holding it answers [] at once), every node with interest otherwise.
-   * A question asked at a stream position (`at`) goes to every edge of the
-   * hub: an edge behind it has not joined the group's subject yet.
+   * holding it answers [] at once), every edge of the hub otherwise (on a
+   * durable hub an edge behind the question's stream position `at` has not
+   * joined the group's subject yet, so the hub's `all` subject is used).
    * Throws BusError('Unavailable') when the bus is away.
    */
   private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
@@ -319,8 +323,6 @@ export class ClusterHub {
         if (err instanceof BusError && err.code === 'NoResponders') return [];
         throw err;
       }
-    } else if (request.at === undefined) {
-      raw = await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs });
     } else {
       raw = await this.askEveryEdge(request.op, data);
     }
@@ -333,9 +335,11 @@ export class ClusterHub {
   }
 
   /**
-   * A question at a stream position, to every edge of the hub: waits for an
-   * answer from each edge on the roster (bounded by requestTimeoutMs; one that
-   * stays silent is logged), then gatherStallMs for edges it does not know yet.
+   * A question or change for every edge of the hub: waits for an answer from
+   * each edge on the roster (bounded by requestTimeoutMs; one that stays
+   * silent is logged), then gatherStallMs for edges it does not know yet.
+   * So a change is applied on every edge before it is acknowledged, and an
+   * edge that answers late (busy, paused) still counts.
    */
   private async askEveryEdge(op: string, data: Uint8Array): Promise<Uint8Array[]> {
     const expected = new Set(this.roster?.others());
@@ -449,10 +453,10 @@ export class ClusterHub {
     }
     // This node already acted on what it sent; it only answers so a gather need not wait for it.
     const own = m.origin === this.deps.nodeId;
-    // An answer to a question at a stream position names its edge (the asker counts them off its roster).
-    const edge = 'at' in m && m.at !== undefined ? this.deps.nodeId : undefined;
+    // An answer names its edge: the asker counts them off its roster.
+    const edge = this.deps.nodeId;
     const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, ...(members && { members }), ...(edge && { edge }) }));
+      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge, ...(members && { members }) }));
     switch (m.op) {
       case 'ps.send':
         if (!own) this.deps.feed.receive(m, envelope!.body);

@@ -1,14 +1,15 @@
-// Which other edges read a durable hub's stream (docs/durability.md, "Reading
-// your writes"). A question about a group on a durable hub is asked at a stream
-// position (hub-cluster.ts): every edge answers once it has applied that far,
-// and the asking edge waits for an answer from each edge on this roster, not
-// only for those that answer within bus.gatherStallMs of each other (an edge
-// busy reading a burst, or paused, answers later, and its members count).
+// Which other edges serve a hub (docs/scaling-out.md, "The roster"). A
+// cluster-wide REST call (exists, list, close, membership; hub-cluster.ts)
+// waits for an answer from each edge on this roster, not only for those that
+// answer within bus.gatherStallMs of each other: an edge busy reading a burst,
+// or paused, answers later, and its connections count. On a durable hub an
+// edge joins once it reads the hub's stream (before that it could not answer
+// a question asked at a stream position).
 //
 // Each edge says it is here on the hub's `all` subject (ps.here): `hello` once
-// its stream reader runs (the others answer with `here` at once, so it knows
-// them too), `here` every ANNOUNCE_EVERY_MS, `leaving` when it leaves the bus.
-// An edge not heard from for HERE_TTL_MS is taken for gone.
+// it can answer (the others answer with `here` at once, so it knows them too),
+// `here` every ANNOUNCE_EVERY_MS, `leaving` when it leaves the bus. An edge not
+// heard from for HERE_TTL_MS is taken for gone.
 
 /** How often an edge says it is here. */
 export const ANNOUNCE_EVERY_MS = 1000;
@@ -29,14 +30,14 @@ export class HubRoster {
   private greeted = false;
 
   /**
-   * `announce` publishes this edge's ps.here; `reading` says whether this
-   * edge reads the stream now (it announces only then: before that it could
-   * not answer at a position); `changed` hears an edge join or leave the roster.
+   * `announce` publishes this edge's ps.here; `canAnswer` says whether this
+   * edge can answer now (on the bus; on a durable hub, reading its stream):
+   * it announces only then; `changed` hears an edge join or leave the roster.
    */
   constructor(
     private readonly nodeId: string,
     private readonly announce: (state: HereState) => void,
-    private readonly reading: () => boolean,
+    private readonly canAnswer: () => boolean,
     private readonly changed: (edge: string, how: 'joined' | 'left' | 'silent') => void,
     private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS },
   ) {
@@ -79,7 +80,7 @@ export class HubRoster {
 
   private tick(): void {
     this.others(); // drops (and reports) the edges fallen silent
-    if (!this.reading()) return;
+    if (!this.canAnswer()) return;
     this.announce(this.greeted ? 'here' : 'hello');
     this.greeted = true;
   }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type WebSocket from 'ws';
-import { CORE_NATS, startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
+import { CORE_NATS, edgeEvents, startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsCluster, startNatsServer } from '../helpers/nats.ts';
@@ -153,6 +153,36 @@ describe('faults', () => {
     t.diagnostic(`events published between the kill and resumption: ${resumedAt - beforeKill}`);
     assert.deepEqual(seen, Array.from({ length: n }, (_, i) => i + 1), 'every event, once, in order');
     assert.equal((await readiness(a)).status, 200);
+  });
+
+  it('an edge paused during a REST membership change through another: the call waits for it, so the next question sees the change', async (t) => {
+    // Lost: nothing. An edge that answers late (a long GC pause, an overloaded
+    // host; here SIGSTOP for 400 ms) still counts: the edge taking the call waits
+    // for every edge on the hub's roster (bus.requestTimeoutMs at most), not
+    // only for those answering within bus.gatherStallMs of each other.
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], CORE_NATS);
+    const b = await startEdge(t, 'edge-b', [nats.url], CORE_NATS);
+    const member = await startClient(t, accessUrl(b.url, { userId: 'paula' }));
+    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A to have B on its roster');
+    const viaA = serviceClient(a);
+    b.child.kill('SIGSTOP');
+    const resume = () => b.child.kill('SIGCONT');
+    t.after(resume);
+    const timer = setTimeout(resume, 400);
+    let existed: boolean;
+    try {
+      await viaA.group('late').addUser('paula');
+      // Asked at once: B resumes on its own timer, never because the call returned.
+      existed = await viaA.groupExists('late');
+    } finally {
+      clearTimeout(timer);
+      resume();
+    }
+    assert.equal(existed, true, 'the change was applied on B before the call returned');
+    const ids: string[] = [];
+    for await (const m of await viaA.group('late').listConnections()) ids.push(m.connectionId);
+    assert.deepEqual(ids, member.connectionIds.slice(0, 1));
   });
 
   it('one edge is killed: its listeners reconnect through the load balancer to another edge and traffic resumes', async (t) => {

@@ -1,5 +1,5 @@
-// The roster of edges reading a durable hub's stream (src/pubsub/hub-roster.ts):
-// an edge announces itself only once it reads the stream, greets with hello and
+// The roster of edges serving a hub (src/pubsub/hub-roster.ts):
+// an edge announces itself only once it can answer, greets with hello and
 // is answered at once, and others drop it when it leaves or falls silent.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,21 +8,21 @@ import { until } from '../helpers/wait.ts';
 
 const TIMING = { announceEveryMs: 20, ttlMs: 300 };
 
-/** A roster for `nodeId` whose announcements are recorded; `reading` switches it on. */
-function roster(nodeId: string, reading = { on: true }) {
+/** A roster for `nodeId` whose announcements are recorded; `able` switches it on. */
+function roster(nodeId: string, able = { on: true }) {
   const said: HereState[] = [];
   const changes: string[] = [];
-  const r = new HubRoster(nodeId, (state) => said.push(state), () => reading.on, (edge, how) => changes.push(`${edge} ${how}`), TIMING);
-  return { r, said, reading, changes };
+  const r = new HubRoster(nodeId, (state) => said.push(state), () => able.on, (edge, how) => changes.push(`${edge} ${how}`), TIMING);
+  return { r, said, able, changes };
 }
 
 describe('HubRoster', () => {
-  it('says hello once the edge reads the stream, then here; leaving only after it announced', async () => {
-    const { r, said, reading } = roster('a', { on: false });
+  it('says hello once the edge can answer, then here; leaving only after it announced', async () => {
+    const { r, said, able } = roster('a', { on: false });
     try {
       await new Promise((res) => setTimeout(res, 3 * TIMING.announceEveryMs));
-      assert.deepEqual(said, [], 'nothing before the stream is read');
-      reading.on = true;
+      assert.deepEqual(said, [], 'nothing before it can answer');
+      able.on = true;
       await until(() => said.length >= 3, 2000, 'announcements');
       assert.equal(said[0], 'hello');
       assert.ok(said.slice(1).every((s) => s === 'here'), said.join(','));
