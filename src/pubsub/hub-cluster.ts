@@ -125,7 +125,7 @@ export class ClusterHub {
       this.roster = new HubRoster(
         deps.nodeId,
         (state) => this.publishHere(state),
-        () => (this.durable ? this.durable.started : deps.bus.connected),
+        () => deps.bus.connected && (!this.durable || this.durable.started),
         (edge, how) => deps.log.info({ event: `pubsub.roster_${how}`, hub: this.name, edge }),
       );
     }
@@ -305,56 +305,61 @@ export class ClusterHub {
 
   /**
    * Asks the other nodes: one node for a connection held elsewhere (nobody
-   * holding it answers [] at once), every edge of the hub otherwise (on a
-   * durable hub an edge behind the question's stream position `at` has not
-   * joined the group's subject yet, so the hub's `all` subject is used).
+   * holding it answers [] at once); otherwise every edge on the roster
+   * (askEveryEdge), or, while the roster is empty, the edges with interest
+   * in the target (nobody answers at once when none has it). A question at a
+   * stream position (`at`) always goes to every edge: one behind it has not
+   * joined the group's subject yet.
    * Throws BusError('Unavailable') when the bus is away.
    */
   private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
     const bus = this.deps.bus;
     if (!bus.reachesOtherNodes) return [];
     const data = encodeEdgeMessage(request);
-    let raw: Uint8Array[];
     if (target.kind === 'connection') {
       if (localCount > 0 || this.local.connections.has(target.name)) return [];
       try {
-        raw = [await bus.request(this.subjectOf(target), data, this.deps.requestTimeoutMs)];
+        return doneOf([await bus.request(this.subjectOf(target), data, this.deps.requestTimeoutMs)]);
       } catch (err) {
         if (err instanceof BusError && err.code === 'NoResponders') return [];
         throw err;
       }
-    } else {
-      raw = await this.askEveryEdge(request.op, data);
     }
-    const answers: PsDone[] = [];
-    for (const r of raw) {
-      const done = decodeEdgeMessage(r, 'ps.done')?.message;
-      if (done) answers.push(done);
-    }
-    return answers;
+    const expected = this.roster?.others() ?? [];
+    if (expected.length > 0 || request.at !== undefined) return this.askEveryEdge(request.op, data, expected);
+    return doneOf(await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs }));
   }
 
   /**
    * A question or change for every edge of the hub: waits for an answer from
-   * each edge on the roster (bounded by requestTimeoutMs; one that stays
-   * silent is logged), then gatherStallMs for edges it does not know yet.
-   * So a change is applied on every edge before it is acknowledged, and an
-   * edge that answers late (busy, paused) still counts.
+   * each edge in `expected` (the roster; bounded by requestTimeoutMs, one that
+   * stays silent is logged), then gatherStallMs for edges it does not know
+   * yet. So an edge that answers late (busy, paused) still counts, and a
+   * change is applied on every edge on the roster before it is acknowledged.
    */
-  private async askEveryEdge(op: string, data: Uint8Array): Promise<Uint8Array[]> {
-    const expected = new Set(this.roster?.others());
-    const awaiting = (answers: readonly Uint8Array[]) => {
-      const edge = decodeEdgeMessage(answers[answers.length - 1], 'ps.done')?.message.edge;
-      if (edge !== undefined) expected.delete(edge);
-      return expected.size > 0;
+  private async askEveryEdge(op: string, data: Uint8Array, expected: string[]): Promise<PsDone[]> {
+    const waitingFor = new Set(expected);
+    const answers: PsDone[] = [];
+    const awaiting = (raw: readonly Uint8Array[]) => {
+      const done = decodeEdgeMessage(raw[raw.length - 1], 'ps.done')?.message;
+      if (done) {
+        answers.push(done);
+        if (done.edge !== undefined) waitingFor.delete(done.edge);
+      }
+      return waitingFor.size > 0;
     };
-    const raw = await this.deps.bus.gather(this.deps.subjects.hubAll(this.key), data, {
+    await this.deps.bus.gather(this.deps.subjects.hubAll(this.key), data, {
       maxWaitMs: this.deps.requestTimeoutMs,
       stallMs: this.deps.gatherStallMs,
       awaiting,
     });
-    if (expected.size > 0) this.deps.log.warn({ event: 'pubsub.edges_silent', hub: this.name, op, edges: [...expected] });
-    return raw;
+    if (waitingFor.size > 0) this.deps.log.warn({ event: 'pubsub.edges_silent', hub: this.name, op, edges: [...waitingFor] });
+    return answers;
+  }
+
+  /** Shutdown has begun: the other edges stop waiting for this one (it still answers until it leaves the bus). */
+  leaveRoster(): void {
+    this.roster?.leave();
   }
 
   private publishHere(state: HereState): void {
@@ -485,10 +490,15 @@ export class ClusterHub {
     }
   }
 
-  /** Answers a question asked at a stream position once this edge has applied that far (or given up waiting). */
+  /**
+   * Answers a question asked at a stream position once this edge has applied
+   * that far, or after three quarters of requestTimeoutMs (then with what it
+   * has: the asker, counting from before this edge heard the question, must
+   * still be listening).
+   */
   private atPosition(at: number | undefined, answer: () => void): void {
     if (at === undefined || !this.durable) return answer();
-    void this.durable.reached(at, this.deps.requestTimeoutMs).then(answer);
+    void this.durable.reached(at, Math.floor((this.deps.requestTimeoutMs * 3) / 4)).then(answer);
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
@@ -521,3 +531,12 @@ export class ClusterHub {
   }
 }
 
+/** The valid ps.done answers among `raw` (others are dropped). */
+function doneOf(raw: Uint8Array[]): PsDone[] {
+  const answers: PsDone[] = [];
+  for (const r of raw) {
+    const done = decodeEdgeMessage(r, 'ps.done')?.message;
+    if (done) answers.push(done);
+  }
+  return answers;
+}

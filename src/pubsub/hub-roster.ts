@@ -21,6 +21,8 @@ export type HereState = 'hello' | 'here' | 'leaving';
 export interface RosterTiming {
   announceEveryMs: number;
   ttlMs: number;
+  /** The clock entries expire by (ms). */
+  now: () => number;
 }
 
 export class HubRoster {
@@ -39,7 +41,7 @@ export class HubRoster {
     private readonly announce: (state: HereState) => void,
     private readonly canAnswer: () => boolean,
     private readonly changed: (edge: string, how: 'joined' | 'left' | 'silent') => void,
-    private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS },
+    private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS, now: Date.now },
   ) {
     this.timer = setInterval(() => this.tick(), timing.announceEveryMs);
     this.timer.unref();
@@ -53,13 +55,13 @@ export class HubRoster {
       return;
     }
     if (!this.edges.has(origin)) this.changed(origin, 'joined');
-    this.edges.set(origin, Date.now() + this.timing.ttlMs);
+    this.edges.set(origin, this.timing.now() + this.timing.ttlMs);
     if (state === 'hello' && this.greeted) this.announce('here');
   }
 
   /** The other edges heard from lately. */
   others(): string[] {
-    const now = Date.now();
+    const now = this.timing.now();
     const alive: string[] = [];
     for (const [edge, until] of this.edges) {
       if (until > now) alive.push(edge);
@@ -80,7 +82,11 @@ export class HubRoster {
 
   private tick(): void {
     this.others(); // drops (and reports) the edges fallen silent
-    if (!this.canAnswer()) return;
+    if (!this.canAnswer()) {
+      // Back on its feet (the bus again, say), it greets anew: the others may have dropped it meanwhile.
+      this.greeted = false;
+      return;
+    }
     this.announce(this.greeted ? 'here' : 'hello');
     this.greeted = true;
   }

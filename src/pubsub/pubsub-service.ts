@@ -379,6 +379,7 @@ export class PubSubService implements RestContext {
       }
       // A durable hub's sessions need no taker here: their checkpoints are written, any edge takes them from there.
       void hub.durable?.releaseAll();
+      hub.leaveRoster();
     }
   }
 
