@@ -95,7 +95,7 @@ export interface DurableEvents {
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
-  /** Set on a durable hub (the NATS bus with JetStream): followStream(). */
+  /** Set on a durable hub (the NATS bus with JetStream). */
   durable: DurableEvents | undefined;
   /** Set on a hub that keeps history on the memory bus (a durable hub reads its stream instead). */
   memoryHistory: MemoryHistory | undefined;
@@ -129,11 +129,6 @@ export class ClusterHub {
         (edge, how) => deps.log.info({ event: `pubsub.roster_${how}`, hub: this.name, edge }),
       );
     }
-  }
-
-  /** Makes this a durable hub: its events go through its stream, read by `events`. */
-  followStream(events: DurableEvents): void {
-    this.durable = events;
   }
 
   get name(): string {
@@ -459,9 +454,8 @@ export class ClusterHub {
     // This node already acted on what it sent; it only answers so a gather need not wait for it.
     const own = m.origin === this.deps.nodeId;
     // An answer names its edge: the asker counts them off its roster.
-    const edge = this.deps.nodeId;
     const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge, ...(members && { members }) }));
+      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge: this.deps.nodeId, ...(members && { members }) }));
     switch (m.op) {
       case 'ps.send':
         if (!own) this.deps.feed.receive(m, envelope!.body);

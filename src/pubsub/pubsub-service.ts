@@ -211,7 +211,7 @@ export class PubSubService implements RestContext {
         release: this.lifecycle.release.bind(this.lifecycle),
         endConnection: hubDeps.endConnection,
       });
-      hub.followStream(events);
+      hub.durable = events;
       if (hubConfig.history) hub.history = events;
       this.streams.push(events);
     } else if (hubConfig.history) {
