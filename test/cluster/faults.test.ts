@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type WebSocket from 'ws';
-import { CORE_NATS, edgeEvents, startCluster, startEdge, readiness, waitReady, preferring } from '../helpers/cluster.ts';
+import { CORE_NATS, startCluster, startEdge, readiness, waitReady, waitOnRoster, whilePaused, preferring } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsCluster, startNatsServer } from '../helpers/nats.ts';
@@ -164,21 +164,13 @@ describe('faults', () => {
     const a = await startEdge(t, 'edge-a', [nats.url], CORE_NATS);
     const b = await startEdge(t, 'edge-b', [nats.url], CORE_NATS);
     const member = await startClient(t, accessUrl(b.url, { userId: 'paula' }));
-    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A to have B on its roster');
+    await waitOnRoster(a, b);
     const viaA = serviceClient(a);
-    b.child.kill('SIGSTOP');
-    const resume = () => b.child.kill('SIGCONT');
-    t.after(resume);
-    const timer = setTimeout(resume, 400);
-    let existed: boolean;
-    try {
+    const existed = await whilePaused(t, b, 400, async () => {
       await viaA.group('late').addUser('paula');
       // Asked at once: B resumes on its own timer, never because the call returned.
-      existed = await viaA.groupExists('late');
-    } finally {
-      clearTimeout(timer);
-      resume();
-    }
+      return viaA.groupExists('late');
+    });
     assert.equal(existed, true, 'the change was applied on B before the call returned');
     const ids: string[] = [];
     for await (const m of await viaA.group('late').listConnections()) ids.push(m.connectionId);

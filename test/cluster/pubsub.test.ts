@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { edgeEvents, startCluster, type Edge } from '../helpers/cluster.ts';
+import { edgeEvents, startCluster, waitOnRoster, whilePaused, type Edge } from '../helpers/cluster.ts';
 import type { NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy, HUB, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -171,19 +171,12 @@ describe('publish/subscribe across nodes', () => {
     await waitRoutableToAll(serviceClient(c), [onB]);
     await serviceClient(c).group('paused').addUser('pat');
     // A knows B reads the hub's stream once B has announced itself (hub-roster.ts, each second).
-    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A has B on its roster');
+    await waitOnRoster(a, b);
     // B stops for longer than bus.gatherStallMs: A and C answer at once, B only when it runs again.
-    b.child.kill('SIGSTOP');
-    const resume = () => b.child.kill('SIGCONT');
-    t.after(resume);
-    const timer = setTimeout(resume, 400);
     const ids: string[] = [];
-    try {
+    await whilePaused(t, b, 400, async () => {
       for await (const m of await serviceClient(a).group('paused').listConnections()) ids.push(m.connectionId);
-    } finally {
-      clearTimeout(timer);
-      resume();
-    }
+    });
     assert.deepEqual(ids, onB.connectionIds.slice(0, 1), 'the paused edge\'s member is listed');
   });
 

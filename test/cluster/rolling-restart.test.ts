@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { describe, it } from 'node:test';
-import { edgeEvents, startEdge, type Edge } from '../helpers/cluster.ts';
+import { edgeEvents, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import WebSocket from 'ws';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { tokenFor, wsUrl } from '../helpers/relay.ts';
@@ -103,7 +103,7 @@ describe('graceful shutdown', () => {
     await until(() => published > afterA + 20, 10000, 'publishing through the restart of A');
 
     // A has heard B announce itself on the durable hub (hub-roster.ts; checked at the end).
-    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-b"'), 5000, 'A to know B reads the stream');
+    await waitOnRoster(a, b);
 
     // Then edge B.
     lb.retarget(a.port);

@@ -6,6 +6,7 @@ import type { TestContext } from 'node:test';
 import { startNatsCluster, type NatsNode } from './nats.ts';
 import { pubsubOverrides } from './pubsub.ts';
 import { startRelayProcess, type RelayProcess } from './relay.ts';
+import { until } from './wait.ts';
 
 export interface Edge extends RelayProcess {
   name: string;
@@ -71,6 +72,29 @@ export function edgeEvents(edges: Edge[], pattern: RegExp): string {
   return edges
     .flatMap((e) => e.stderr().split('\n').filter((line) => pattern.test(line)))
     .join('\n');
+}
+
+/** Waits (at most 5 s) until `observer` has `other` on its hubs' rosters (src/pubsub/hub-roster.ts logs each edge it adds). */
+export async function waitOnRoster(observer: Edge, other: Edge): Promise<void> {
+  await until(() => edgeEvents([observer], /pubsub\.roster_joined/).includes(`"edge":"${other.name}"`), 5000, `${observer.name} to have ${other.name} on its roster`);
+}
+
+/**
+ * Runs `during` with `edge` stopped (SIGSTOP) for `ms`: the edge runs again
+ * after `ms` on its own timer, never because `during` ended, and at the
+ * latest when `during` settles or the test ends.
+ */
+export async function whilePaused<T>(t: Pick<TestContext, 'after'>, edge: Edge, ms: number, during: () => Promise<T>): Promise<T> {
+  const resume = () => edge.child.kill('SIGCONT');
+  edge.child.kill('SIGSTOP');
+  t.after(resume);
+  const timer = setTimeout(resume, ms);
+  try {
+    return await during();
+  } finally {
+    clearTimeout(timer);
+    resume();
+  }
 }
 
 /** `servers` with the one at `first` moved to the front. */
