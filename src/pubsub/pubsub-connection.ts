@@ -117,7 +117,7 @@ export class PubSubConnection {
     const sequenceId = session.push(message);
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
-    if (socket && session.writtenUpTo === sequenceId - 1 && socket.bufferedBytes < this.limits.outboundBufferBytes) {
+    if (socket && session.writtenUpTo === sequenceId - 1 && !socket.isFull(this.limits.outboundBufferBytes)) {
       socket.writeNumberedText(SEQUENCED_BEFORE, sequenceId, SEQUENCED_AFTER, message.body);
       session.writtenUpTo = sequenceId;
     }
@@ -130,7 +130,7 @@ export class PubSubConnection {
     const socket = this.socket;
     if (!session || !socket || this.ended) return;
     for (const entry of session.after(session.writtenUpTo)) {
-      if (socket.bufferedBytes >= this.limits.outboundBufferBytes) return;
+      if (socket.isFull(this.limits.outboundBufferBytes)) return;
       socket.writeNumberedText(SEQUENCED_BEFORE, entry.sequenceId, SEQUENCED_AFTER, entry.body);
       session.writtenUpTo = entry.sequenceId;
     }

@@ -160,6 +160,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private readingPaused = false;
   /** Not reading the peer: the owner is still busy with what it sent (hold()). */
   private held = false;
+  /** The owner held back at isFull() and waits for onDrain. */
+  private drainOwed = false;
 
   /**
    * `owner` is whatever the caller keeps per connection (events get it back
@@ -177,6 +179,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
     socket.on('drain', () => {
+      this.drainOwed = false;
       if (this.readingPaused) {
         this.readingPaused = false;
         if (!this.held) socket.resume();
@@ -205,6 +208,20 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Bytes written but not yet handed to the kernel. */
   get bufferedBytes(): number {
     return this.socket.writableLength + this.outboxBytes;
+  }
+
+  /**
+   * True when `limit` or more bytes are queued (bufferedBytes); an owner that
+   * then holds back hears onDrain once the queue is handed to the kernel.
+   * That is not the same as the socket's 'drain': Node emits none for a
+   * write the kernel takes at once, even one past the high-water mark, and a
+   * reliable session waiting for it stalled for good (found by the fan-out
+   * test of a subscriber that stops reading).
+   */
+  isFull(limit: number): boolean {
+    if (this.bufferedBytes < limit) return false;
+    this.drainOwed = true;
+    return true;
   }
 
   /** Writes a frame encoded by the caller (possibly shared with other sockets). */
@@ -244,7 +261,15 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   writeQueued(joined: Buffer): void {
-    if (!this.socket.destroyed) this.socket.write(joined);
+    if (this.socket.destroyed) return;
+    this.socket.write(joined);
+    // No 'drain' will follow when Node needs none (the kernel took everything): tell the owner now.
+    if (this.drainOwed && !this.socket.writableNeedDrain) {
+      this.drainOwed = false;
+      process.nextTick(() => {
+        if (!this.socket.destroyed) this.events.onDrain(this);
+      });
+    }
   }
 
   /** Hands the queued frames to the socket now, in one write. */

@@ -127,6 +127,28 @@ describe('pub/sub fan-out', () => {
     assert.ok(growthMiB < 48, `relay RSS grew ${growthMiB.toFixed(1)} MiB`);
   });
 
+  it('stops writing a reliable subscriber that does not read, and gives it every event in order once it reads again', async (t) => {
+    // The relay queues at most outboundBufferBytes (16 KiB) to the socket; 24 MB is
+    // more than loopback's kernel buffers hold, so most events wait in the
+    // session and go out from it (PubSubConnection.flush) as the socket drains.
+    const relay = await startPubSubRelay(t, { limits: { outboundBufferBytes: 16384, sessionBufferMessages: 5000, sessionBufferBytes: 64 * 1048576 } });
+    const reader = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    await reader.request({ type: 'joinGroup', group: 'g' });
+    reader.ws.pause();
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const events = 1500;
+    const payload = 'x'.repeat(16 * 1024);
+    for (let n = 1; n < events; n++) publisher.send({ type: 'sendToGroup', group: 'g', data: { n, payload }, noEcho: true });
+    // The relay handles one client's messages in order: the last one's ack means every event reached the session.
+    await publisher.request({ type: 'sendToGroup', group: 'g', data: { n: events, payload }, noEcho: true }, 30000);
+    reader.ws.resume();
+    await until(() => reader.dataMessages().length >= events, 60000, `all ${events} events (${reader.dataMessages().length} so far)`);
+    const got = reader.dataMessages();
+    assert.equal(got.length, events);
+    assert.deepEqual(got.map((m) => m.sequenceId), Array.from({ length: events }, (_, i) => i + 1));
+    assert.ok(got.every((m, i) => m.data.n === i + 1 && m.data.payload === payload));
+  });
+
   it('closes a reliable subscriber that never acknowledges once its session buffer is full (1008)', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { sessionBufferMessages: 5 } });
     const silent = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
