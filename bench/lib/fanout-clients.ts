@@ -41,17 +41,22 @@ export function seqAt(buf: Buffer, at: number): number {
   return n;
 }
 
-const SEQUENCE_HEAD = Buffer.from('{"sequenceId":');
+const SEQUENCE_ID_KEY = Buffer.from('"sequenceId":');
 
-/** The sequence id a reliable delivery starts with (`{"sequenceId":N,`, as the relay frames it), or -1. */
-function leadingSequenceId(payload: Buffer): number {
-  if (payload.length < SEQUENCE_HEAD.length || payload.compare(SEQUENCE_HEAD, 0, SEQUENCE_HEAD.length, 0, SEQUENCE_HEAD.length) !== 0) return -1;
+/**
+ * The sequence id of a reliable delivery, or -1. The relay writes it as the
+ * last member (`..."sequenceId":N}`), so it is read backwards from the end:
+ * a few bytes per delivery, as cheap as the id-first layout was to read.
+ */
+function sequenceIdOf(payload: Buffer): number {
+  let i = payload.length - 1;
+  if (i < 0 || payload[i] !== 0x7d) return -1;
   let n = 0;
-  for (let i = SEQUENCE_HEAD.length; i < payload.length; i++) {
-    const c = payload[i];
-    if (c < 48 || c > 57) break;
-    n = n * 10 + (c - 48);
-  }
+  let scale = 1;
+  for (i--; i >= 0 && payload[i] >= 48 && payload[i] <= 57; i--, scale *= 10) n += (payload[i] - 48) * scale;
+  const key = i + 1 - SEQUENCE_ID_KEY.length;
+  if (scale === 1 || key < 0) return -1;
+  for (let k = 0; k < SEQUENCE_ID_KEY.length; k++) if (payload[key + k] !== SEQUENCE_ID_KEY[k]) return -1;
   return n;
 }
 
@@ -82,7 +87,7 @@ export function openPubSubClient(port: number, protocol: string, groups: string[
       onClose: () => onClosed?.(why ?? 'connection closed without a close frame'),
       onFrame(_op, payload) {
         if (onSequenceId) {
-          const id = leadingSequenceId(payload);
+          const id = sequenceIdOf(payload);
           if (id >= 0) onSequenceId(id);
         }
         const at = onEvent ? payload.indexOf(64) : -1;

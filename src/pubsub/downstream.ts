@@ -1,13 +1,14 @@
 // Messages the relay sends to pub/sub clients (docs/protocols/web-pubsub.md, "Relay to client"),
 // encoded once per event for every recipient on this node. A data message is
 // kept as its JSON body without the opening brace; a plain client gets
-// `{` + body in one shared frame, a reliable client gets a small per-recipient
-// head `{"sequenceId":N,` written before the same shared body, so the only
-// per-recipient work is the sequence number the protocol forces.
+// `{` + body in one shared frame, a reliable client gets `{` + body with a
+// `"sequenceId":N` member last (sequencedParts), so the only per-recipient
+// work is the sequence number the protocol forces.
 import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
+import type { LoggedMessage } from './message-log.ts';
 
 export type { DataType };
 
@@ -29,6 +30,8 @@ export class SharedMessage {
   private readonly dataJson: string;
   /** Where the edge's message log holds it for reliable sessions (message-log.ts). */
   logIndex: number | undefined = undefined;
+  /** Its sequenced copies' shared parts, once a reliable recipient got it (sequencedParts). */
+  sequenced: SequencedParts | undefined = undefined;
 
   /**
    * `mid` names the event cluster-wide (origin node and counter), so a
@@ -101,9 +104,38 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
-/** A reliable recipient's copy of a message is `{"sequenceId":` N `,` body: N is the only per-recipient part (MessageSocket.writeNumberedText). */
-export const SEQUENCED_BEFORE = Buffer.from('{"sequenceId":', 'latin1');
-export const SEQUENCED_AFTER = Buffer.from(',', 'latin1');
+/**
+ * A reliable recipient's copy of a message: `head` + its sequence id + `tail`
+ * (MessageSocket.writeNumberedText), the two buffers shared by every
+ * recipient. The id goes last, `{` + body up to its closing brace +
+ * `,"sequenceId":` N `}`, so a delivery copies one shared buffer (with the
+ * id first it was three: `{"sequenceId":`, `,` and the body); JSON members
+ * have no order, and Microsoft's client reads the object whole.
+ */
+export interface SequencedParts {
+  readonly head: Buffer;
+  readonly tail: Buffer;
+}
+
+const SEQUENCE_ID_MEMBER = Buffer.from(',"sequenceId":', 'latin1');
+const SEQUENCE_ID_FIRST = Buffer.from('{"sequenceId":', 'latin1');
+const CLOSE_BRACE = Buffer.from('}', 'latin1');
+const COMMA = Buffer.from(',', 'latin1');
+
+/** The shared parts of a message's sequenced copies, built on first use and kept with the message. */
+export function sequencedParts(message: LoggedMessage): SequencedParts {
+  let parts = message.sequenced;
+  if (!parts) {
+    const body = message.body;
+    // A body is the message's members and its closing brace (SharedMessage); anything else keeps the id first.
+    parts =
+      body.length > 1 && body[body.length - 1] === 0x7d
+        ? { head: Buffer.concat([OPEN_BRACE, body.subarray(0, body.length - 1), SEQUENCE_ID_MEMBER]), tail: CLOSE_BRACE }
+        : { head: SEQUENCE_ID_FIRST, tail: Buffer.concat([COMMA, body]) };
+    message.sequenced = parts;
+  }
+  return parts;
+}
 
 /** An ack; `ackId` is a number, or a JSON number's text as the client wrote it. */
 export function ackFrame(ackId: number | string, error?: { name: string; message: string }): Buffer {

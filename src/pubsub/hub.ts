@@ -113,8 +113,11 @@ export class Hub {
   deliver(target: Target, message: SharedMessage, excluded?: ReadonlySet<string>, filter?: ConnectionFilter): number {
     let count = 0;
     let failed: [PubSubConnection, 'SlowConsumer' | 'SessionBufferFull'][] | undefined;
+    // One excluded id (a client's noEcho: itself) is compared, not looked up, for each recipient.
+    const onlyExcluded = excluded?.size === 1 ? (excluded.values().next().value as string) : undefined;
+    const manyExcluded = excluded && excluded.size > 1 ? excluded : undefined;
     for (const connection of this.targets(target)) {
-      if (excluded?.has(connection.id)) continue;
+      if (onlyExcluded !== undefined ? connection.id === onlyExcluded : manyExcluded?.has(connection.id)) continue;
       if (filter && !filter.matches(connection)) continue;
       const failure = connection.deliver(message);
       if (failure) (failed ??= []).push([connection, failure]);

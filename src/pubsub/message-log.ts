@@ -12,6 +12,8 @@
 // messages); the log is cut into chunks that are dropped when nothing in them
 // is held.
 
+import type { SequencedParts } from './downstream.ts';
+
 /** A message as sessions buffer it. `logIndex` is where the log last put it (so a message delivered to many sessions is added once). */
 export interface LoggedMessage {
   readonly body: Buffer;
@@ -20,9 +22,21 @@ export interface LoggedMessage {
   /** On a JetStream hub: the event's position in the hub's stream (0 elsewhere). */
   readonly position: number;
   logIndex?: number;
+  /** What its sequenced copies share, once a reliable recipient got it (downstream.ts, sequencedParts). */
+  sequenced?: SequencedParts;
 }
 
 const CHUNK_SLOTS = 4096;
+
+/** The chunk an index is in. Indices are float64 (typed arrays of them), so `%` would be a floating-point remainder, several times dearer than this. */
+function chunkNumber(index: number): number {
+  return Math.floor(index / CHUNK_SLOTS);
+}
+
+/** An index's slot in its chunk. */
+function slotOf(index: number, chunk: number): number {
+  return index - chunk * CHUNK_SLOTS;
+}
 
 class Chunk {
   readonly messages: (LoggedMessage | undefined)[] = new Array<LoggedMessage | undefined>(CHUNK_SLOTS).fill(undefined);
@@ -47,36 +61,39 @@ export class MessageLog {
   /** Holds `message` for one more session and returns its index. */
   hold(message: LoggedMessage): number {
     let index = message.logIndex;
-    let chunk = index === undefined ? undefined : this.chunkOf(index);
-    if (index === undefined || chunk?.messages[index % CHUNK_SLOTS] !== message) {
+    let chunk: Chunk | undefined;
+    let slot = 0;
+    if (index !== undefined) {
+      const number = chunkNumber(index);
+      chunk = this.chunkNumbered(number);
+      slot = slotOf(index, number);
+    }
+    if (index === undefined || chunk?.messages[slot] !== message) {
       index = this.append(message);
       message.logIndex = index;
       chunk = this.current;
+      slot = slotOf(index, this.currentNumber);
     }
-    const slot = index % CHUNK_SLOTS;
     if (chunk!.holders[slot]++ === 0) chunk!.held++;
     return index;
   }
 
   /** The message at `index` (undefined once no session holds it). */
   at(index: number): LoggedMessage | undefined {
-    return this.chunkOf(index)?.messages[index % CHUNK_SLOTS];
+    const number = chunkNumber(index);
+    return this.chunkNumbered(number)?.messages[slotOf(index, number)];
   }
 
   /** One session lets go of the message at `index`. */
   release(index: number): void {
-    const number = Math.floor(index / CHUNK_SLOTS);
+    const number = chunkNumber(index);
     const chunk = this.chunkNumbered(number);
     if (!chunk) return;
-    const slot = index % CHUNK_SLOTS;
+    const slot = slotOf(index, number);
     if (chunk.holders[slot] === 0) return;
     if (--chunk.holders[slot] > 0) return;
     chunk.messages[slot] = undefined;
     if (--chunk.held === 0 && chunk !== this.current) this.chunks.delete(number);
-  }
-
-  private chunkOf(index: number): Chunk | undefined {
-    return this.chunkNumbered(Math.floor(index / CHUNK_SLOTS));
   }
 
   private chunkNumbered(number: number): Chunk | undefined {
@@ -85,7 +102,7 @@ export class MessageLog {
 
   private append(message: LoggedMessage): number {
     const index = this.nextIndex++;
-    const number = Math.floor(index / CHUNK_SLOTS);
+    const number = chunkNumber(index);
     if (number !== this.currentNumber) {
       // The chunk just filled goes when nothing in it is held (now, or at its last release).
       const filled = this.current;
@@ -94,7 +111,7 @@ export class MessageLog {
       this.currentNumber = number;
       this.chunks.set(number, this.current);
     }
-    this.current!.messages[index % CHUNK_SLOTS] = message;
+    this.current!.messages[slotOf(index, number)] = message;
     return index;
   }
 }

@@ -6,7 +6,7 @@
 // up from its session buffer on drain, and is closed when that buffer is full.
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
-import { SEQUENCED_AFTER, SEQUENCED_BEFORE, disconnectedFrame, type SharedMessage } from './downstream.ts';
+import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
 import { ReliableSession } from './reliable-session.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
@@ -118,7 +118,8 @@ export class PubSubConnection {
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && !socket.isFull(this.limits.outboundBufferBytes)) {
-      socket.writeNumberedText(SEQUENCED_BEFORE, sequenceId, SEQUENCED_AFTER, message.body);
+      const { head, tail } = sequencedParts(message);
+      socket.writeNumberedText(head, sequenceId, tail);
       session.writtenUpTo = sequenceId;
     }
     return undefined;
@@ -129,10 +130,15 @@ export class PubSubConnection {
     const session = this.session;
     const socket = this.socket;
     if (!session || !socket || this.ended) return;
-    for (const entry of session.after(session.writtenUpTo)) {
+    // A client may acknowledge ids it was never sent: those are gone from the buffer.
+    const last = session.lastSequenceId;
+    for (let id = Math.max(session.writtenUpTo + 1, session.firstSequenceId); id <= last; id++) {
       if (socket.isFull(this.limits.outboundBufferBytes)) return;
-      socket.writeNumberedText(SEQUENCED_BEFORE, entry.sequenceId, SEQUENCED_AFTER, entry.body);
-      session.writtenUpTo = entry.sequenceId;
+      const message = session.messageAt(id);
+      if (!message) return;
+      const { head, tail } = sequencedParts(message);
+      socket.writeNumberedText(head, id, tail);
+      session.writtenUpTo = id;
     }
   }
 

@@ -211,6 +211,13 @@ export class ReliableSession {
     if (held.head === held.tail) held.head = held.tail = 0;
   }
 
+  /** The unacknowledged message with `sequenceId`, if it is held (ids are dense, so found by arithmetic). */
+  messageAt(sequenceId: number): LoggedMessage | undefined {
+    const held = this.held;
+    const i = held.head + (sequenceId - this.firstHeldSequenceId);
+    return i >= held.head && i < held.tail ? messageLog.at(held.indices[i]) : undefined;
+  }
+
   /** Messages after `sequenceId`, oldest first. */
   *after(sequenceId: number): Generator<SessionEntry> {
     // Sequence ids are dense, so the first entry to send is found by arithmetic.

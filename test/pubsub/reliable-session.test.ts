@@ -32,6 +32,17 @@ describe('ReliableSession', () => {
     assert.deepEqual(ids(s.after(5)), [6]);
   });
 
+  it('finds a held message by its sequence id, and none that is acknowledged or not yet pushed', () => {
+    const s = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    for (let i = 1; i <= 5; i++) s.push({ body: body(i), mid: `mid${i}`, position: 0 });
+    s.acknowledge(2);
+    assert.deepEqual([1, 2, 3, 4, 5, 6].map((id) => s.messageAt(id)?.body.toString()), [undefined, undefined, 'm3', 'm4', 'm5', undefined]);
+    s.acknowledge(5);
+    assert.equal(s.messageAt(5), undefined);
+    s.push({ body: body(6), mid: 'mid6', position: 0 });
+    assert.equal(s.messageAt(6)?.mid, 'mid6');
+  });
+
   it('refuses past its limits in messages and in bytes, and takes more once acknowledged', () => {
     const byCount = new ReliableSession({ maxMessages: 3, maxBytes: 1 << 20 });
     for (let i = 1; i <= 3; i++) assert.equal(byCount.push({ body: body(i), mid: 'm', position: 0 }), i);

@@ -24,17 +24,23 @@ describe('message socket queue', () => {
     const received: Buffer[] = [];
     peer.on('data', (d: Buffer) => received.push(d));
     const socket = new MessageSocket(relaySide, null, { onMessage() {}, onClosed() {}, onDrain() {} }, { maxMessageBytes: 1024, closeHandshakeMs: 1000, outboundHighWaterMark: 1 << 20 });
-    const tails = [Buffer.from('"a":1}'), Buffer.alloc(200, 0x61), Buffer.alloc(70000, 0x62)];
+    // Heads of every frame length class, short and long tails (a buffer of up to 8 bytes is copied byte by byte).
+    const member = (bytes: number) => Buffer.concat([Buffer.from('{"a":"'), Buffer.alloc(bytes, 0x61), Buffer.from('","sequenceId":')]);
+    const parts: [Buffer, Buffer][] = [
+      [member(1), Buffer.from('}')],
+      [member(200), Buffer.from('}')],
+      [member(70000), Buffer.from('}')],
+      [Buffer.from('{"sequenceId":'), Buffer.from(',"type":"message","data":"long tail"}')],
+    ];
     const expected: Buffer[] = [];
     socket.writeFrame(encodeTextFrame('plain'));
     expected.push(encodeTextFrame('plain'));
-    const [before, after] = [Buffer.from('{"sequenceId":'), Buffer.from(',')];
-    // Numbers of one digit and of many, up to the largest exact integer.
-    const numbers = [1, 0, 90210, Number.MAX_SAFE_INTEGER];
-    for (const [i, tail] of tails.entries()) {
+    // Numbers of one digit and of many, past 31 bits, up to the largest exact integer.
+    const numbers = [1, 0, 90210, 2 ** 31 - 1, 2 ** 31, Number.MAX_SAFE_INTEGER];
+    for (const [i, [head, tail]] of parts.entries()) {
       for (const n of i === 0 ? numbers : [i + 1]) {
-        socket.writeNumberedText(before, n, after, tail);
-        expected.push(encodeFrame(true, OP_TEXT, Buffer.concat([before, Buffer.from(String(n)), after, tail])));
+        socket.writeNumberedText(head, n, tail);
+        expected.push(encodeFrame(true, OP_TEXT, Buffer.concat([head, Buffer.from(String(n)), tail])));
       }
     }
     const want = Buffer.concat(expected);
