@@ -200,14 +200,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.closing = new CloseHandshake(socket, options.closeHandshakeMs);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
-    socket.on('drain', () => {
-      this.drainOwed = false;
-      if (this.readingPaused) {
-        this.readingPaused = false;
-        if (!this.held) socket.resume();
-      }
-      this.events.onDrain(this);
-    });
+    socket.on('drain', () => this.drained());
     socket.on('error', () => socket.destroy());
     // The peer ended its side without a close frame: nothing more will come, so the connection ends at once (abnormal closure).
     socket.on('end', () => {
@@ -237,8 +230,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
    * then holds back hears onDrain once the queue is handed to the kernel.
    * That is not the same as the socket's 'drain': Node emits none for a
    * write the kernel takes at once, even one past the high-water mark, and a
-   * reliable session waiting for it stalled for good (found by the fan-out
-   * test of a subscriber that stops reading).
+   * reliable session waiting for it stalled for good, as did reading a peer
+   * paused for its queued answers (found by a fan-out test of a subscriber
+   * that stops reading, and test/websocket/answer-backpressure.test.ts).
    */
   isFull(limit: number): boolean {
     if (this.bufferedBytes < limit) return false;
@@ -285,13 +279,22 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   writeQueued(joined: Buffer): void {
     if (this.socket.destroyed) return;
     this.socket.write(joined);
-    // No 'drain' will follow when Node needs none (the kernel took everything): tell the owner now.
-    if (this.drainOwed && !this.socket.writableNeedDrain) {
-      this.drainOwed = false;
+    // No 'drain' will follow when Node needs none (the kernel took everything): act on it now.
+    if ((this.drainOwed || this.readingPaused) && !this.socket.writableNeedDrain) {
       process.nextTick(() => {
-        if (!this.socket.destroyed) this.events.onDrain(this);
+        if (!this.socket.destroyed) this.drained();
       });
     }
+  }
+
+  /** The queue went to the kernel: read the peer again (unless held) and tell the owner. */
+  private drained(): void {
+    this.drainOwed = false;
+    if (this.readingPaused) {
+      this.readingPaused = false;
+      if (!this.held) this.socket.resume();
+    }
+    this.events.onDrain(this);
   }
 
   /** Hands the queued frames to the socket now, in one write. */
@@ -338,8 +341,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private receive(chunk: Buffer): void {
     this.lastReceivedAt = Date.now();
     this.parser.push(chunk);
-    // A queue this long is written as one buffer of at least the socket's own
-    // high-water mark (16 KiB), so 'drain' follows once the peer reads it.
+    // Read again once the queue is out: at 'drain', or when it is handed to
+    // the kernel without one (writeQueued).
     if (!this.readingPaused && this.bufferedBytes >= this.options.outboundHighWaterMark && !this.socket.destroyed) {
       this.readingPaused = true;
       this.socket.pause();
