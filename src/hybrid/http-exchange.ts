@@ -12,6 +12,7 @@ import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
+import { queuedPast } from '../websocket/backpressure.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
 import { OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
@@ -248,7 +249,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       socket.write(encodeFrameHeader(false, first ? OP_BINARY : OP_CONTINUATION, chunk.length));
       socket.write(chunk);
       first = false;
-      if (socket.writableLength >= hwm) this.req.pause();
+      if (queuedPast(socket, hwm)) this.req.pause();
     });
     this.req.on('end', () => {
       if (!this.finished) socket.write(encodeFrameHeader(true, first ? OP_BINARY : OP_CONTINUATION, 0));
@@ -303,7 +304,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     const socket = this.rendezvous!;
     if (opcode === OP_PING) {
       socket.write(encodeFrame(true, OP_PONG, payload));
-      if (socket.writableLength >= this.ctx.config.limits.spliceBufferBytes) this.blockRendezvous('listener');
+      if (queuedPast(socket, this.ctx.config.limits.spliceBufferBytes)) this.blockRendezvous('listener');
     } else if (opcode === OP_CLOSE) {
       if (!this.finished) this.fail('ListenerGone');
       this.rendezvousClose!.receive(payload);

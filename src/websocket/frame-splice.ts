@@ -9,6 +9,7 @@
 // pongs is not read while `highWaterMark` bytes are queued back to it (a
 // sender flooding pings without reading grew the relay by 155 MB, issue 18).
 import type { Duplex } from 'node:stream';
+import { queuedPast } from './backpressure.ts';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
 import { OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader } from './frames.ts';
@@ -88,7 +89,7 @@ class Direction implements FrameHandler {
     if (opcode === OP_PING) {
       if (this.splice.closing) return;
       this.splice.writeControl(this.from, encodeFrame(true, OP_PONG, payload));
-      if (!this.waitingForSource && this.from.writableLength >= this.splice.highWaterMark) {
+      if (!this.waitingForSource && queuedPast(this.from, this.splice.highWaterMark)) {
         this.waitingForSource = true;
         this.updateReading();
       }
@@ -104,7 +105,7 @@ class Direction implements FrameHandler {
 
   private write(buf: Buffer): void {
     this.to.write(buf);
-    if (!this.waitingForDestination && this.to.writableLength >= this.splice.highWaterMark) {
+    if (!this.waitingForDestination && queuedPast(this.to, this.splice.highWaterMark)) {
       this.waitingForDestination = true;
       this.updateReading();
     }

@@ -235,9 +235,19 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
    * that stops reading, and test/websocket/answer-backpressure.test.ts).
    */
   isFull(limit: number): boolean {
-    if (this.bufferedBytes < limit) return false;
+    if (!this.queuedPast(limit)) return false;
     this.drainOwed = true;
     return true;
+  }
+
+  /**
+   * `limit` or more bytes queued, and something will say when they are out:
+   * this turn's queue is yet to be written (writeQueued), or the socket owes
+   * a 'drain'. A socket queue below its own high-water mark owes none
+   * (backpressure.ts), so up to that mark counts as not past any limit.
+   */
+  private queuedPast(limit: number): boolean {
+    return this.bufferedBytes >= limit && (this.outboxBytes > 0 || this.socket.writableNeedDrain);
   }
 
   /** Writes a frame encoded by the caller (possibly shared with other sockets). */
@@ -343,7 +353,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.parser.push(chunk);
     // Read again once the queue is out: at 'drain', or when it is handed to
     // the kernel without one (writeQueued).
-    if (!this.readingPaused && this.bufferedBytes >= this.options.outboundHighWaterMark && !this.socket.destroyed) {
+    if (!this.readingPaused && this.queuedPast(this.options.outboundHighWaterMark) && !this.socket.destroyed) {
       this.readingPaused = true;
       this.socket.pause();
     }

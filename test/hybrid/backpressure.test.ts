@@ -4,11 +4,12 @@
 // 64 MiB the bound could not tell: with backpressure disabled the relay grew
 // about 60 MiB, part of the excess sitting in kernel socket buffers.)
 import assert from 'node:assert/strict';
+import { getDefaultHighWaterMark, setDefaultHighWaterMark } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type WebSocket from 'ws';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
-import { startRelayProcess, tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
+import { startRelayProcess, startTestRelay, tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const MESSAGES = 128;
@@ -70,5 +71,45 @@ describe('backpressure on a relayed WebSocket', () => {
     assert.equal(received, MESSAGES);
     assert.ok(inOrder, 'every byte arrived, in order');
     assert.ok(growth < 64 * 2 ** 20, `relay grew ${growth} bytes while 128 MiB passed`);
+  });
+
+  it('keeps a relayed WebSocket flowing when spliceBufferBytes is below the sockets\' high-water mark', async (t) => {
+    // Node 22 gives sockets a 64 KiB high-water mark (Node 20: 16 KiB); a
+    // queue between spliceBufferBytes and that mark draws no 'drain', so a
+    // relay that paused the source there never read it again. Set here for
+    // this relay's sockets (it runs in this process).
+    const before = getDefaultHighWaterMark(false);
+    setDefaultHighWaterMark(false, 65536);
+    t.after(() => setDefaultHighWaterMark(false, before));
+    const relay = await startTestRelay(t, { limits: { spliceBufferBytes: 16384 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const senderUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(senderUrl) } });
+    const { accept } = await listener.next();
+    const leg: WebSocket = await openWebSocket(accept.address);
+    const sender = await opening;
+    t.after(() => {
+      leg.terminate();
+      sender.terminate();
+    });
+    const count = 3000;
+    let received = 0;
+    let inOrder = true;
+    const done = new Promise<void>((resolve) => {
+      leg.on('message', (data: Buffer) => {
+        if (data.readUInt32BE(0) !== received) inOrder = false;
+        if (++received === count) resolve();
+      });
+    });
+    // Small messages: the relay's queue to the listener grows past 16 KiB in small steps.
+    for (let i = 0; i < count; i++) {
+      const m = Buffer.alloc(1024, 0x61);
+      m.writeUInt32BE(i, 0);
+      sender.send(m, { binary: true });
+    }
+    await withTimeout(done, 15000, `all ${count} messages (${received} so far)`);
+    assert.ok(inOrder);
   });
 });
