@@ -8,7 +8,7 @@ import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
-import type { LoggedMessage } from './message-log.ts';
+import type { LoggedMessage, SequencedParts } from './message-log.ts';
 
 export type { DataType };
 
@@ -104,7 +104,7 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
-/**
+/*
  * A reliable recipient's copy of a message: `head` + its sequence id + `tail`
  * (MessageSocket.writeNumberedText), the two buffers shared by every
  * recipient. The id goes last, `{` + body up to its closing brace +
@@ -112,10 +112,6 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
  * id first it was three: `{"sequenceId":`, `,` and the body); JSON members
  * have no order, and Microsoft's client reads the object whole.
  */
-export interface SequencedParts {
-  readonly head: Buffer;
-  readonly tail: Buffer;
-}
 
 const SEQUENCE_ID_MEMBER = Buffer.from(',"sequenceId":', 'latin1');
 const SEQUENCE_ID_FIRST = Buffer.from('{"sequenceId":', 'latin1');

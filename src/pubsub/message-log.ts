@@ -12,7 +12,11 @@
 // messages); the log is cut into chunks that are dropped when nothing in them
 // is held.
 
-import type { SequencedParts } from './downstream.ts';
+/** What every reliable copy of a message shares: its payload is head + the recipient's sequence id + tail (downstream.ts, sequencedParts). */
+export interface SequencedParts {
+  readonly head: Buffer;
+  readonly tail: Buffer;
+}
 
 /** A message as sessions buffer it. `logIndex` is where the log last put it (so a message delivered to many sessions is added once). */
 export interface LoggedMessage {
