@@ -1,9 +1,10 @@
 // One pub/sub client connection: who it is (user, permissions, groups), the
 // socket it is currently attached to, and, for the reliable subprotocol, the
 // session that outlives a dropped socket. Delivery enforces the outbound cap:
-// a plain connection whose socket queue passes limits.outboundBufferBytes is a
-// slow consumer and is closed; a reliable one stops being written and catches
-// up from its session buffer on drain, and is closed when that buffer is full.
+// a plain connection that has limits.outboundBufferBytes queued when another
+// message comes is a slow consumer and is closed; a reliable one stops being
+// written and catches up from its session buffer on drain, and is closed when
+// that buffer is full.
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
 import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
@@ -110,7 +111,12 @@ export class PubSubConnection {
     if (!session) {
       const socket = this.socket;
       if (!socket) return undefined;
-      if (socket.bufferedBytes + message.byteLength > this.limits.outboundBufferBytes) return 'SlowConsumer';
+      // Slow: it has not read what it already has. A message is taken whatever
+      // its size (one may pass the cap: pubsubMessageBytes can be larger, and
+      // the relay's envelope adds to what a client sent); counting it in made
+      // one message of the largest size a client may send close every plain
+      // member of its group. A queue holds at most the cap plus one message.
+      if (socket.bufferedBytes >= this.limits.outboundBufferBytes) return 'SlowConsumer';
       socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
       return undefined;
     }

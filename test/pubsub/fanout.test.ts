@@ -127,6 +127,24 @@ describe('pub/sub fan-out', () => {
     assert.ok(growthMiB < 48, `relay RSS grew ${growthMiB.toFixed(1)} MiB`);
   });
 
+  it('gives a message of the largest size a client may send to idle members instead of closing them as slow consumers', async (t) => {
+    // The relay's envelope is longer than the client's, so the delivered
+    // message passes outboundBufferBytes (both 1 MiB by default); every plain
+    // member used to be closed 1008 SlowConsumer by it.
+    const relay = await startPubSubRelay(t);
+    const members = [await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t), await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t)];
+    for (const m of members) await m.request({ type: 'joinGroup', group: 'big' });
+    const sender = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const envelope = JSON.stringify({ type: 'sendToGroup', group: 'big', dataType: 'text', data: '', ackId: 1 }).length;
+    const data = 'x'.repeat(1048576 - envelope);
+    assert.equal((await sender.request({ type: 'sendToGroup', group: 'big', dataType: 'text', data, ackId: 1 })).success, true);
+    for (const m of members) {
+      const got = await m.waitFor((x) => x.type === 'message', 10000, 'the large message');
+      assert.equal(got.data.length, data.length);
+      assert.equal(m.ws.readyState, WebSocket.OPEN);
+    }
+  });
+
   it('stops writing a reliable subscriber that does not read, and gives it every event in order once it reads again', async (t) => {
     // The relay queues at most outboundBufferBytes (16 KiB) to the socket; 24 MB is
     // more than loopback's kernel buffers hold, so most events wait in the
