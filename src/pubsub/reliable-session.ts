@@ -179,10 +179,17 @@ export class ReliableSession {
     return this.held.length;
   }
 
-  /** Buffers a message and returns its sequence id, or undefined when the buffer is full. */
+  /**
+   * Buffers a message and returns its sequence id, or undefined when the
+   * buffer is full. An empty buffer takes a message of any size (base64 and
+   * the envelope can make one delivery larger than maxBytes when
+   * pubsubMessageBytes is near it): a full buffer means a client that does
+   * not acknowledge, not a large message.
+   */
   push(message: LoggedMessage): number | undefined {
     const length = message.body.length;
-    if (this.held.length >= this.limits.maxMessages || this.bytes + length > this.limits.maxBytes) {
+    const held = this.held.length;
+    if (held >= this.limits.maxMessages || (held > 0 && this.bytes + length > this.limits.maxBytes)) {
       return undefined;
     }
     const sequenceId = this.nextSequenceId++;

@@ -54,6 +54,12 @@ describe('ReliableSession', () => {
     assert.equal(byBytes.push({ body: Buffer.alloc(6), mid: 'm', position: 0 }), undefined);
     byBytes.acknowledge(1);
     assert.equal(byBytes.push({ body: Buffer.alloc(6), mid: 'm', position: 0 }), 2);
+    // An empty buffer takes a message larger than the limit; nothing more until it is acknowledged.
+    byBytes.acknowledge(2);
+    assert.equal(byBytes.push({ body: Buffer.alloc(25), mid: 'm', position: 0 }), 3);
+    assert.equal(byBytes.push({ body: Buffer.alloc(1), mid: 'm', position: 0 }), undefined);
+    byBytes.acknowledge(3);
+    assert.equal(byBytes.push({ body: Buffer.alloc(1), mid: 'm', position: 0 }), 4);
   });
 
   it('keeps ids and contents right over many cycles of pushes and partial acknowledgements', () => {
