@@ -5,7 +5,7 @@
 // about 60 MiB, part of the excess sitting in kernel socket buffers.)
 import assert from 'node:assert/strict';
 import { getDefaultHighWaterMark, setDefaultHighWaterMark } from 'node:stream';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import type WebSocket from 'ws';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
@@ -21,6 +21,23 @@ function message(i: number): Buffer {
   return b;
 }
 
+/** A sender's WebSocket relayed to a listener's accepted leg on entity "echo"; both end with the test. */
+async function relayedPair(t: TestContext, relayUrl: string): Promise<{ leg: WebSocket; sender: WebSocket }> {
+  const listenUrl = wsUrl(relayUrl, '/$hc/echo?sb-hc-action=listen');
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  const senderUrl = wsUrl(relayUrl, '/$hc/echo?sb-hc-action=connect');
+  const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(senderUrl) } });
+  const { accept } = await listener.next();
+  const leg: WebSocket = await openWebSocket(accept.address);
+  const sender = await opening;
+  t.after(() => {
+    leg.terminate();
+    sender.terminate();
+  });
+  return { leg, sender };
+}
+
 describe('backpressure on a relayed WebSocket', () => {
   const cleanup = new Cleanup();
   let relay: RelayProcess;
@@ -30,18 +47,7 @@ describe('backpressure on a relayed WebSocket', () => {
   after(() => cleanup.run());
 
   it('keeps relay memory growth under 64 MiB while 128 MiB go to a slow reader, in order', async (t) => {
-    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    const senderUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
-    const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(senderUrl) } });
-    const { accept } = await listener.next();
-    const leg: WebSocket = await openWebSocket(accept.address);
-    const sender = await opening;
-    t.after(() => {
-      leg.terminate();
-      sender.terminate();
-    });
+    const { leg, sender } = await relayedPair(t, relay.url);
     leg.pause();
     const baseline = relay.rss();
     let peak = baseline;
@@ -82,18 +88,7 @@ describe('backpressure on a relayed WebSocket', () => {
     setDefaultHighWaterMark(false, 65536);
     t.after(() => setDefaultHighWaterMark(false, before));
     const relay = await startTestRelay(t, { limits: { spliceBufferBytes: 16384 } });
-    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    const senderUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
-    const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(senderUrl) } });
-    const { accept } = await listener.next();
-    const leg: WebSocket = await openWebSocket(accept.address);
-    const sender = await opening;
-    t.after(() => {
-      leg.terminate();
-      sender.terminate();
-    });
+    const { leg, sender } = await relayedPair(t, relay.url);
     const count = 3000;
     let received = 0;
     let inOrder = true;
