@@ -104,21 +104,20 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
-/*
- * A reliable recipient's copy of a message: `head` + its sequence id + `tail`
- * (MessageSocket.writeNumberedText), the two buffers shared by every
- * recipient. The id goes last, `{` + body up to its closing brace +
- * `,"sequenceId":` N `}`, so a delivery copies one shared buffer (with the
- * id first it was three: `{"sequenceId":`, `,` and the body); JSON members
- * have no order, and Microsoft's client reads the object whole.
- */
-
 const SEQUENCE_ID_MEMBER = Buffer.from(',"sequenceId":', 'latin1');
 const SEQUENCE_ID_FIRST = Buffer.from('{"sequenceId":', 'latin1');
 const CLOSE_BRACE = Buffer.from('}', 'latin1');
 const COMMA = Buffer.from(',', 'latin1');
 
-/** The shared parts of a message's sequenced copies, built on first use and kept with the message. */
+/**
+ * What every reliable recipient's copy of a message shares, built on first
+ * use and kept with the message: the copy is `head` + its sequence id +
+ * `tail` (MessageSocket.writeNumberedText). The id goes last, `{` + body up
+ * to its closing brace + `,"sequenceId":` N `}`, so a delivery copies one
+ * shared buffer (with the id first it was three: `{"sequenceId":`, `,` and
+ * the body); JSON members have no order, and Microsoft's client reads the
+ * object whole.
+ */
 export function sequencedParts(message: LoggedMessage): SequencedParts {
   let parts = message.sequenced;
   if (!parts) {
