@@ -167,6 +167,28 @@ describe('pub/sub fan-out', () => {
     assert.ok(got.every((m, i) => m.data.n === i + 1 && m.data.payload === payload));
   });
 
+  it('gives a recovered reliable session its whole backlog in order, however much more than outboundBufferBytes it is', async (t) => {
+    // The SDK reconnecting after a dropped socket: everything unacknowledged
+    // is sent again from the session (before the drain fix: the first event, then nothing).
+    const relay = await startPubSubRelay(t, { limits: { outboundBufferBytes: 16384, sessionBufferMessages: 5000, sessionBufferBytes: 64 * 1048576 } });
+    const first = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const connected = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await first.request({ type: 'joinGroup', group: 'g' });
+    first.ws.terminate();
+    await withTimeout(first.closed, 5000, 'the first socket to close');
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const events = 1500;
+    const payload = 'x'.repeat(16 * 1024);
+    for (let n = 1; n < events; n++) publisher.send({ type: 'sendToGroup', group: 'g', data: { n, payload }, noEcho: true });
+    await publisher.request({ type: 'sendToGroup', group: 'g', data: { n: events, payload }, noEcho: true }, 30000);
+    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
+    await until(() => again.dataMessages().length >= events, 60000, `all ${events} events (${again.dataMessages().length} so far)`);
+    const got = again.dataMessages();
+    assert.deepEqual(got.map((m) => m.sequenceId), Array.from({ length: events }, (_, i) => i + 1));
+    assert.ok(got.every((m, i) => m.data.n === i + 1));
+  });
+
   it('closes a reliable subscriber that never acknowledges once its session buffer is full (1008)', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { sessionBufferMessages: 5 } });
     const silent = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
