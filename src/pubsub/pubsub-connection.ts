@@ -136,9 +136,13 @@ export class PubSubConnection {
     const session = this.session;
     const socket = this.socket;
     if (!session || !socket || this.ended) return;
-    // A client may acknowledge ids it was never sent: those are gone from the buffer.
+    // Ids before the first held one are acknowledged, written or not (a
+    // client may acknowledge ids it was never sent): nothing is owed for
+    // them, and deliver() writes a new event only right after the last written.
+    const acknowledged = session.firstSequenceId - 1;
+    if (session.writtenUpTo < acknowledged) session.writtenUpTo = acknowledged;
     const last = session.lastSequenceId;
-    for (let id = Math.max(session.writtenUpTo + 1, session.firstSequenceId); id <= last; id++) {
+    for (let id = session.writtenUpTo + 1; id <= last; id++) {
       if (socket.isFull(this.limits.outboundBufferBytes)) return;
       const message = session.messageAt(id);
       if (!message) return;
@@ -148,12 +152,17 @@ export class PubSubConnection {
     }
   }
 
-  /** Attaches a (new) socket; a reliable session re-sends everything unacknowledged. */
+  /**
+   * Attaches a (new) socket; a reliable session re-sends everything
+   * unacknowledged (from its first held id: with nothing held, the next event
+   * is the first the socket gets; before, a session whose client had
+   * acknowledged everything was never written again).
+   */
   attach(socket: MessageSocket): void {
     this.socket = socket;
     if (this.session) {
       this.session.detachedAt = undefined;
-      this.session.writtenUpTo = 0;
+      this.session.writtenUpTo = this.session.firstSequenceId - 1;
     }
   }
 

@@ -235,7 +235,8 @@ export class SessionHandover {
         if (listed.length === 0) throw new Error('empty page');
         let offset = 0;
         for (const e of listed) {
-          if (e.seq <= after || offset + e.length > page.body.length) throw new Error('bad page');
+          // Ids are dense after the first (ids the client acknowledged meanwhile may be gone before it): the session numbers them by position.
+          if (e.seq <= after || (entries.length > 0 && e.seq !== after + 1) || offset + e.length > page.body.length) throw new Error('bad page');
           entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body: Buffer.from(page.body.subarray(offset, offset + e.length)), position: 0 });
           offset += e.length;
           after = e.seq;

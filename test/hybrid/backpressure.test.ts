@@ -28,9 +28,9 @@ async function relayedPair(t: TestContext, relayUrl: string): Promise<{ leg: Web
   t.after(() => listener.close());
   const senderUrl = wsUrl(relayUrl, '/$hc/echo?sb-hc-action=connect');
   const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(senderUrl) } });
-  const { accept } = await listener.next();
-  const leg: WebSocket = await openWebSocket(accept.address);
-  const sender = await opening;
+  const { accept } = await withTimeout(listener.next(), 10000, 'the accept notice');
+  const leg: WebSocket = await withTimeout(openWebSocket(accept.address), 10000, 'the listener leg');
+  const sender = await withTimeout(opening, 10000, 'the sender');
   t.after(() => {
     leg.terminate();
     sender.terminate();

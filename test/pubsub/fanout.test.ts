@@ -189,6 +189,31 @@ describe('pub/sub fan-out', () => {
     assert.ok(got.every((m, i) => m.data.n === i + 1));
   });
 
+  it('keeps writing to a recovered reliable session whose client had acknowledged everything', async (t) => {
+    // The SDK acknowledges about once a second, so an idle client that loses
+    // its connection usually has nothing unacknowledged. Before: the
+    // recovered session was never written again (its next events waited in
+    // the buffer until 1008 SessionBufferFull dropped them).
+    const relay = await startPubSubRelay(t);
+    const first = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const connected = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await first.request({ type: 'joinGroup', group: 'g' });
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    for (let n = 1; n <= 3; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+    const third = await first.waitFor((m) => m.type === 'message' && m.data === 3);
+    first.send({ type: 'sequenceAck', sequenceId: third.sequenceId });
+    // The acknowledgement is read before a later request of the same client is answered.
+    await first.request({ type: 'joinGroup', group: 'g' });
+    first.ws.terminate();
+    await withTimeout(first.closed, 5000, 'the first socket to close');
+    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
+    await again.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    for (let n = 4; n <= 5; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+    await until(() => again.dataMessages().length >= 2, 10000, `events 4 and 5 (${again.dataMessages().length} so far)`);
+    assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[4, 4], [5, 5]]);
+  });
+
   it('closes a reliable subscriber that never acknowledges once its session buffer is full (1008)', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { sessionBufferMessages: 5 } });
     const silent = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
