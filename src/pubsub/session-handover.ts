@@ -133,12 +133,19 @@ export class SessionHandover {
         clearTimeout(connection.handover.givingTimer);
         connection.handover = undefined;
         const lastSeq = session.lastSequenceId;
+        const id = connection.id;
+        // An earlier hand-over of this id from here is over: its pages answer no more.
+        this.forgetGiven(id);
         // Releasing the connection leaves its subject; the pages are asked for
         // there, so a subscription of its own stays until they are fetched.
-        const id = connection.id;
-        const pages = this.hub.bus.subscribe(this.hub.subjectOf({ kind: 'connection', name: id }), (m) => this.onPageRequest(m));
-        const timer = setTimeout(() => this.forgetGiven(id), this.holdMs);
-        this.given.set(id, { session, lastSeq, timer, pages });
+        // With nothing unacknowledged no page is asked for, and a subscription
+        // kept for holdMs would answer a later hand-over of the same session
+        // (from another edge) with this one's empty pages: none is made.
+        if (session.unacknowledged > 0) {
+          const pages = this.hub.bus.subscribe(this.hub.subjectOf({ kind: 'connection', name: id }), (m) => this.onPageRequest(m));
+          const timer = setTimeout(() => this.forgetGiven(id), this.holdMs);
+          this.given.set(id, { session, lastSeq, timer, pages });
+        }
         this.deps.release(connection);
         this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
         // Whatever this edge delivered is in the session (or acknowledged);
@@ -170,7 +177,9 @@ export class SessionHandover {
 
   private page(h: PsHandover, answer: (fields: PsEntries, body?: Buffer) => void, refuse: () => void): void {
     const given = this.given.get(h.connectionId);
-    if (!given || !given.session.tokenMatches(h.token ?? '')) return refuse();
+    // Not the edge that gave this session: silent, so the one that did answers.
+    if (!given) return;
+    if (!given.session.tokenMatches(h.token ?? '')) return refuse();
     const budget = Math.min(MAX_PAGE_BYTES, Math.floor(this.hub.bus.maxPayload / 2));
     const entries: { seq: number; mid: string; length: number }[] = [];
     const bodies: Buffer[] = [];
@@ -223,6 +232,8 @@ export class SessionHandover {
     await this.hub.bus.flush();
     let committed = false;
     try {
+      // Ended while taking (its buffer filled with events that came meanwhile): the holder keeps the session.
+      if (connection.ended) throw new Error('ended while taking');
       const commit = decodeEdgeMessage(await ask('commit'), 'ps.session')?.message;
       const lastSeq = commit?.lastSeq;
       if (!commit?.ok || lastSeq === undefined) throw new Error('commit refused');
@@ -281,6 +292,8 @@ export class SessionHandover {
       if (!committed) void ask('abort').catch(() => undefined);
       connection.handover = undefined;
       this.deps.release(connection);
+      // What was restored is let go now, not when the collector finds the session.
+      connection.session?.clear();
       return undefined;
     }
   }

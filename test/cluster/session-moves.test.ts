@@ -1,0 +1,61 @@
+// A reliable session moved between edges on core NATS (src/pubsub/session-handover.ts)
+// again and again, sometimes with nothing unacknowledged: three edges in this
+// process on one nats-server, a raw client that recovers on another edge each
+// time. Before: an edge that gave a session with nothing to page kept its page
+// subscription for 8 s (and for good when it gave the same session twice), so a
+// later move could get its empty page or its refusal first and lose the session.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { encodeSubjectToken } from '../../src/bus/subjects.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { CORE_NATS, edgeOverrides } from '../helpers/cluster.ts';
+import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
+import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+/** Subjects the edge named `name` listens on, from nats-server's monitoring endpoint. */
+async function subjectsOf(nats: NatsNode, name: string): Promise<string[]> {
+  const res = await fetch(`http://127.0.0.1:${nats.monitorPort}/connz?subs=1`, { signal: AbortSignal.timeout(2000) });
+  const body = (await res.json()) as { connections?: { name?: string; subscriptions_list?: string[] }[] };
+  return (body.connections ?? []).filter((c) => c.name === `edge-relay ${name}`).flatMap((c) => c.subscriptions_list ?? []);
+}
+
+describe('a reliable session moved between edges on core NATS', () => {
+  it('keeps every event and its id, and an edge that gave it with nothing to page stops listening for its pages', async (t) => {
+    const nats = await startNatsServer(t);
+    const edges: { name: string; relay: RunningRelay; events: () => string[] }[] = [];
+    for (const name of ['edge-a', 'edge-b', 'edge-c']) {
+      const log = captureLogger('info');
+      // A short drain: at the end an edge holds the session and would wait for another to take it.
+      const overrides = edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } });
+      edges.push({ name, relay: await startTestRelay(t, overrides, { log: log.log }), events: log.events });
+    }
+    const [a, b, c] = edges;
+    const story = () => edges.flatMap((e) => e.events().filter((l) => /session_|handover|recover/.test(l)).map((l) => `${e.name} ${l}`)).join('\n');
+    let client = await RawPubSubClient.connect(accessUrl(a.relay.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await client.request({ type: 'joinGroup', group: 'hop' });
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const token = encodeSubjectToken(connectionId);
+    let sent = 0;
+    for (const [to, send] of [[b, 0], [a, 0], [c, 0], [b, 3], [c, 3], [b, 3]] as const) {
+      client.ws.terminate();
+      client = await RawPubSubClient.connect(accessUrl(to.relay.url) + recovery, RELIABLE, t);
+      const system = await client.waitFor((m) => m.type === 'system', 10000, `the session on ${to.name}`);
+      assert.equal(system.event, 'connected', `moving to ${to.name}: ${JSON.stringify(system)}\n${story()}`);
+      // ackIds go on from the session's (a new client object would start again at 1: Duplicate).
+      for (let i = 0; i < send; i++) await client.request({ type: 'sendToGroup', group: 'hop', data: ++sent, ackId: 100 + sent });
+      // Nothing is acknowledged: each edge has every event so far to hand on.
+      await until(() => client.dataMessages().length >= sent, 10000, `${sent} events on ${to.name} (${client.dataMessages().length})`);
+      assert.deepEqual(client.dataMessages().map((m) => [m.sequenceId, m.data]), Array.from({ length: sent }, (_, i) => [i + 1, i + 1]), story());
+      if (to === c && send === 0) {
+        // A gave the session twice and B once, never with anything to page: neither listens on its subject now.
+        const stale = async () => (await Promise.all([a, b].map((e) => subjectsOf(nats, e.name)))).flat().filter((s) => s.includes(token));
+        let left = await stale();
+        for (const deadline = Date.now() + 5000; left.length > 0 && Date.now() < deadline; left = await stale()) await new Promise((r) => setTimeout(r, 100));
+        assert.deepEqual(left, [], `A and B still listen on the connection's subject\n${story()}`);
+      }
+    }
+  });
+});
