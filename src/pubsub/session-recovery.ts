@@ -71,6 +71,15 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
       return this.refuse(r.socket, 'SessionNotFound');
     }
+    // The client went away while the session was being taken: its socket's
+    // 'close' has passed, and a socket wrapped now would never report one, so
+    // the session would stay attached to it and never expire. A session
+    // taken from elsewhere starts its retention instead; one held here keeps its socket.
+    if (r.socket.destroyed) {
+      if (!connection.socket) connection.detach(Date.now());
+      this.log.info({ event: 'pubsub.recovery_abandoned', hub: hub.name, connectionId, reason: 'client gone' });
+      return;
+    }
     const previous = connection.socket;
     const client = r.open(r.socket, connection, r.head);
     connection.attach(client);

@@ -11,6 +11,7 @@ import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -57,5 +58,25 @@ describe('a reliable session moved between edges on core NATS', () => {
         assert.deepEqual(left, [], `A and B still listen on the connection's subject\n${story()}`);
       }
     }
+  });
+
+  it('a client gone while its session is taken leaves the session to expire on the taking edge, not attached to a dead socket', async (t) => {
+    const nats = await startNatsServer(t);
+    const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts }))));
+    const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await client.request({ type: 'joinGroup', group: 'g' });
+    client.ws.terminate();
+    // B answers the upgrade at once and then takes the session from A; the client resets as soon as it has the answer.
+    const url = new URL(accessUrl(b.url) + `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`);
+    const raw = await rawUpgrade(t, b.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': RELIABLE });
+    assert.equal(raw.status, 101);
+    raw.socket.resetAndDestroy();
+    const heldBy = (edge: RunningRelay) => edge.pubsub.hub('chat')!.local.connections.has(connectionId);
+    await until(() => heldBy(b), 5000, 'B to take the session');
+    // Retained for sessionRetainMs (1 s) from when the client went, then gone (before: held for good).
+    await until(() => !heldBy(b), 5000, 'the session to expire on B');
+    assert.equal(heldBy(a), false);
   });
 });
