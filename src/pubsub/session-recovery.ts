@@ -71,6 +71,16 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
       return this.refuse(r.socket, 'SessionNotFound');
     }
+    // Shutdown began while the session was being taken: it is let go again
+    // (a durable hub writes its checkpoint; on core NATS this edge still hands
+    // it over while it drains) and the client reconnects elsewhere. Attached,
+    // it would be ended with the edge, and a durable hub's checkpoint with it.
+    if (!heldHere && this.shuttingDown()) {
+      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
+      if (!connection.socket) connection.detach(Date.now());
+      void hub.durable?.releaseAll();
+      return this.refuse(r.socket, 'ShuttingDown');
+    }
     // The client went away while the session was being taken: its socket's
     // 'close' has passed, and a socket wrapped now would never report one, so
     // the session would stay attached to it and never expire. A session

@@ -11,7 +11,7 @@ import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { rawUpgrade } from '../helpers/raw-socket.ts';
+import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -78,5 +78,32 @@ describe('a reliable session moved between edges on core NATS', () => {
     // Retained for sessionRetainMs (1 s) from when the client went, then gone (before: held for good).
     await until(() => !heldBy(b), 5000, 'the session to expire on B');
     assert.equal(heldBy(a), false);
+  });
+
+  it('a session taken while the taking edge begins to shut down is let go again, not ended with the edge (durable hub)', async (t) => {
+    const nats = await startNatsServer(t);
+    const timeouts = { shutdownMs: 500 };
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { timeouts }))));
+    const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await client.request({ type: 'joinGroup', group: 'g' });
+    for (let n = 1; n <= 2; n++) await client.request({ type: 'sendToGroup', group: 'g', data: n });
+    await until(() => client.dataMessages().length === 2, 5000, 'the two events');
+    client.ws.terminate();
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const url = new URL(accessUrl(b.url) + recovery);
+    const raw = await rawUpgrade(t, b.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': RELIABLE });
+    assert.equal(raw.status, 101);
+    // B is taking the session from the stream; its shutdown begins meanwhile.
+    const closing = b.close();
+    const answer = await readUntil(raw.socket, (bytes) => bytes.includes('"disconnected"') || bytes.includes('"connected"'), 10000, 'B\'s answer');
+    await closing;
+    assert.ok(answer.includes('"disconnected"'), `B attached the session while shutting down: ${answer.toString('latin1').slice(0, 200)}`);
+    // The client tries again on A and finds its session there, unacknowledged events and all (before: 1008 SessionNotFound).
+    const again = await RawPubSubClient.connect(accessUrl(a.url) + recovery, RELIABLE, t);
+    const system = await again.waitFor((m) => m.type === 'system', 10000, 'the session on A');
+    assert.equal(system.event, 'connected', JSON.stringify(system));
+    await until(() => again.dataMessages().length >= 2, 10000, 'the two events again');
+    assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2]]);
   });
 });
