@@ -379,7 +379,13 @@ export class StreamSessions {
    */
   private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string> {
     if (from < this.stream.position) {
-      const first = await this.stream.firstSequence().catch(() => Infinity);
+      // A stream that cannot say where it starts now is a failure to retry (1013), not events gone (1008, the session dropped).
+      let first: number;
+      try {
+        first = await this.stream.firstSequence();
+      } catch (err) {
+        throw new SessionUnavailable(`the hub stream could not say where it starts: ${(err as Error).message}`);
+      }
       if (first > from + 1) return 'the stream no longer holds the events after the checkpoint';
     }
     for (let at = from; ; ) {
