@@ -33,6 +33,9 @@ export interface RecoveryRequest {
 }
 
 export class SessionRecovery {
+  /** Sessions this edge is taking from elsewhere now, by hub and connection id. */
+  private readonly taking = new Map<string, Promise<unknown>>();
+
   constructor(
     private readonly log: Logger,
     private readonly metrics: RelayMetrics,
@@ -54,11 +57,27 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
       return this.refuse(r.socket, 'ShuttingDown');
     }
+    // Another recovery of the same connection is taking it here already (a
+    // client that reconnected twice quickly): wait for it, then recover from
+    // what it left. Both taking it made two copies, both attached, one
+    // orphaned in the groups.
+    const key = `${hub.key}\n${connectionId}`;
+    const earlier = this.taking.get(key);
+    if (earlier) await earlier;
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
     if (!heldHere) {
+      const take = hub.takeSession(connectionId, token, protocol);
+      const settled = take.then(
+        () => undefined,
+        () => undefined,
+      );
+      this.taking.set(key, settled);
+      void settled.then(() => {
+        if (this.taking.get(key) === settled) this.taking.delete(key);
+      });
       try {
-        connection = await hub.takeSession(connectionId, token, protocol);
+        connection = await take;
       } catch (err) {
         if (!(err instanceof SessionUnavailable)) throw err;
         // JetStream cannot answer now: a close other than 1008 makes the client try again.

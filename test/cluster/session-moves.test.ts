@@ -5,7 +5,7 @@
 // subscription for 8 s (and for good when it gave the same session twice), so a
 // later move could get its empty page or its refusal first and lose the session.
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides } from '../helpers/cluster.ts';
@@ -22,6 +22,15 @@ async function subjectsOf(nats: NatsNode, name: string): Promise<string[]> {
   return (body.connections ?? []).filter((c) => c.name === `edge-relay ${name}`).flatMap((c) => c.subscriptions_list ?? []);
 }
 
+/** A reliable client on `url` in group `group`; `recovery` is what a reconnect adds to the client URL to recover its session. */
+async function reliableMember(t: TestContext, url: string, group: string) {
+  const client = await RawPubSubClient.connect(accessUrl(url), RELIABLE, t);
+  const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+  await client.request({ type: 'joinGroup', group });
+  const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+  return { client, connectionId: connectionId as string, recovery };
+}
+
 describe('a reliable session moved between edges on core NATS', () => {
   it('keeps every event and its id, and an edge that gave it with nothing to page stops listening for its pages', async (t) => {
     const nats = await startNatsServer(t);
@@ -34,10 +43,9 @@ describe('a reliable session moved between edges on core NATS', () => {
     }
     const [a, b, c] = edges;
     const story = () => edges.flatMap((e) => e.events().filter((l) => /session_|handover|recover/.test(l)).map((l) => `${e.name} ${l}`)).join('\n');
-    let client = await RawPubSubClient.connect(accessUrl(a.relay.url), RELIABLE, t);
-    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
-    await client.request({ type: 'joinGroup', group: 'hop' });
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const first = await reliableMember(t, a.relay.url, 'hop');
+    const { connectionId, recovery } = first;
+    let client = first.client;
     const token = encodeSubjectToken(connectionId);
     let sent = 0;
     for (const [to, send] of [[b, 0], [a, 0], [c, 0], [b, 3], [c, 3], [b, 3]] as const) {
@@ -64,12 +72,10 @@ describe('a reliable session moved between edges on core NATS', () => {
     const nats = await startNatsServer(t);
     const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts }))));
-    const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
-    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
-    await client.request({ type: 'joinGroup', group: 'g' });
+    const { client, connectionId, recovery } = await reliableMember(t, a.url, 'g');
     client.ws.terminate();
     // B answers the upgrade at once and then takes the session from A; the client resets as soon as it has the answer.
-    const url = new URL(accessUrl(b.url) + `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`);
+    const url = new URL(accessUrl(b.url) + recovery);
     const raw = await rawUpgrade(t, b.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': RELIABLE });
     assert.equal(raw.status, 101);
     raw.socket.resetAndDestroy();
@@ -84,13 +90,10 @@ describe('a reliable session moved between edges on core NATS', () => {
     const nats = await startNatsServer(t);
     const timeouts = { shutdownMs: 500 };
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { timeouts }))));
-    const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
-    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
-    await client.request({ type: 'joinGroup', group: 'g' });
+    const { client, recovery } = await reliableMember(t, a.url, 'g');
     for (let n = 1; n <= 2; n++) await client.request({ type: 'sendToGroup', group: 'g', data: n });
     await until(() => client.dataMessages().length === 2, 5000, 'the two events');
     client.ws.terminate();
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
     const url = new URL(accessUrl(b.url) + recovery);
     const raw = await rawUpgrade(t, b.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': RELIABLE });
     assert.equal(raw.status, 101);
@@ -105,5 +108,20 @@ describe('a reliable session moved between edges on core NATS', () => {
     assert.equal(system.event, 'connected', JSON.stringify(system));
     await until(() => again.dataMessages().length >= 2, 10000, 'the two events again');
     assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2]]);
+  });
+
+  it('two recoveries of one session at once on one edge leave one copy, on the later socket (durable hub)', async (t) => {
+    const nats = await startNatsServer(t);
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { timeouts: { shutdownMs: 500 } }))));
+    const { client, recovery } = await reliableMember(t, a.url, 'g');
+    client.ws.terminate();
+    const both = await Promise.all([0, 1].map(() => RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t)));
+    // The first to take it attaches, the second then takes it over here and drops the first socket.
+    const outcomes = await Promise.all(both.map((c) => c.waitFor((m) => m.type === 'system', 10000).then((m) => m.event as string, () => 'closed')));
+    assert.deepEqual([...outcomes].sort(), ['closed', 'connected'], outcomes.join(', '));
+    // Before: both took it from the stream, both attached, and one copy stayed in the group (2 of 3 runs).
+    const hub = b.pubsub.hub('chat')!.local;
+    assert.deepEqual(hub.largestGroups(5), [{ name: 'g', members: 1 }]);
+    assert.equal(hub.connections.size, 1);
   });
 });
