@@ -136,11 +136,6 @@ export class PubSubConnection {
     const session = this.session;
     const socket = this.socket;
     if (!session || !socket || this.ended) return;
-    // Ids before the first held one are acknowledged, written or not (a
-    // client may acknowledge ids it was never sent): nothing is owed for
-    // them, and deliver() writes a new event only right after the last written.
-    const acknowledged = session.firstSequenceId - 1;
-    if (session.writtenUpTo < acknowledged) session.writtenUpTo = acknowledged;
     const last = session.lastSequenceId;
     for (let id = session.writtenUpTo + 1; id <= last; id++) {
       if (socket.isFull(this.limits.outboundBufferBytes)) return;

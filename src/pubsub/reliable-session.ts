@@ -80,7 +80,7 @@ export class ReliableSession {
   /** Sequence id of the message at held.head. */
   private firstHeldSequenceId = 1;
   private bytes = 0;
-  /** Highest sequence id written to the current socket. */
+  /** Highest sequence id written to the current socket; never below the last acknowledged one (acknowledge, PubSubConnection.attach). */
   writtenUpTo = 0;
   /** When the socket went away (ms since epoch); undefined while attached. */
   detachedAt: number | undefined;
@@ -216,6 +216,9 @@ export class ReliableSession {
       this.firstHeldSequenceId++;
     }
     if (held.head === held.tail) held.head = held.tail = 0;
+    // Ids acknowledged without being written (a client may acknowledge ahead) are owed to no socket.
+    const acknowledged = this.firstSequenceId - 1;
+    if (this.writtenUpTo < acknowledged) this.writtenUpTo = acknowledged;
   }
 
   /** The unacknowledged message with `sequenceId`, if it is held (ids are dense, so found by arithmetic). */

@@ -39,6 +39,8 @@ describe('ReliableSession', () => {
     assert.deepEqual([1, 2, 3, 4, 5, 6].map((id) => s.messageAt(id)?.body.toString()), [undefined, undefined, 'm3', 'm4', 'm5', undefined]);
     s.acknowledge(5);
     assert.equal(s.messageAt(5), undefined);
+    // Acknowledged ahead of what was written: nothing before them is owed to the socket.
+    assert.equal(s.writtenUpTo, 5);
     s.push({ body: body(6), mid: 'mid6', position: 0 });
     assert.equal(s.messageAt(6)?.mid, 'mid6');
   });
