@@ -12,7 +12,7 @@
 // recreated from the last stream sequence + 1 when their heartbeats stop
 // (2.9 may place a new consumer on an offline node: the create times out and
 // is retried). Key-value compare-and-set is not relied on (it is not atomic in
-// 2.9 clusters before 2.9.21).
+// 2.9 clusters before 2.9.21); a delete may name a revision as a guard.
 import {
   AckPolicy,
   DeliverPolicy,
@@ -34,6 +34,9 @@ import { StorePublisher } from './stream-publisher.ts';
 
 /** Why an event was not stored, in words a client can be given. */
 export class StoreError extends Error {}
+
+/** A conditional key-value write or delete found another revision than the one it was made against. */
+export class StoreConflict extends Error {}
 
 export interface JetStreamOptions {
   /** Undefined: 3 when the cluster has 3 or more servers, else 1. */
@@ -87,12 +90,18 @@ const CONSUMER_INACTIVE_MS = 60_000;
 const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 const STREAM_CONFIG_DIFFERS = 10058;
 const NOT_CLUSTERED = 10074;
+/** "wrong last sequence": a write expecting a key's revision found another. */
+const WRONG_LAST_SEQUENCE = 10071;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function errorCode(err: unknown): { code?: string; apiCode?: number } {
   const e = err as NatsError & { api_error?: { err_code?: number } };
   return { code: e?.code, apiCode: e?.api_error?.err_code };
+}
+
+function conflictOr(err: unknown, key: string): unknown {
+  return errorCode(err).apiCode === WRONG_LAST_SEQUENCE ? new StoreConflict(`${key} was written by another since`) : err;
 }
 
 export class JetStreamAccess {
@@ -444,18 +453,32 @@ export class JetStreamAccess {
 
   // --- key-value -------------------------------------------------------------------
 
-  /** The value stored under `key`, or undefined (never written, deleted or expired). */
-  async get(key: string): Promise<Uint8Array | undefined> {
+  /** The value under `key` with its revision (the stream sequence that wrote it), or undefined (never written, deleted or expired). */
+  async entry(key: string): Promise<{ value: Uint8Array; revision: number } | undefined> {
     const entry = await this.ready.kv.get(key);
-    return entry && entry.operation === 'PUT' ? entry.value : undefined;
+    return entry && entry.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined;
   }
 
-  async put(key: string, value: Uint8Array): Promise<void> {
-    await this.ready.kv.put(key, value);
+  /**
+   * Stores `value` under `key` and returns its revision. With `previous`,
+   * only if that is still the key's revision (StoreConflict otherwise): a
+   * writer that lost the key to another does not overwrite it.
+   */
+  async put(key: string, value: Uint8Array, previous?: number): Promise<number> {
+    try {
+      return await this.ready.kv.put(key, value, previous === undefined ? {} : { previousSeq: previous });
+    } catch (err) {
+      throw conflictOr(err, key);
+    }
   }
 
-  async delete(key: string): Promise<void> {
-    await this.ready.kv.delete(key);
+  /** Deletes `key`; with `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */
+  async delete(key: string, previous?: number): Promise<void> {
+    try {
+      await this.ready.kv.delete(key, previous ? { previousSeq: previous } : undefined);
+    } catch (err) {
+      throw conflictOr(err, key);
+    }
   }
 
   close(): void {

@@ -16,10 +16,12 @@
 // joins the live flow there. No compare-and-set is needed (JetStream 2.9's is
 // not atomic in a cluster): every checkpoint ever written is a valid place to
 // start, since ids re-derive the same; an older one only resends what the
-// client already has, which it drops by sequence id.
+// client already has, which it drops by sequence id. Only the delete when a
+// session ends names a revision (the one this edge wrote last), so that it
+// never removes the checkpoint of an edge that took the session since.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
-import type { JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
+import { StoreConflict, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
@@ -98,6 +100,10 @@ export class StreamSessions {
   private readonly dirty = new Set<PubSubConnection>();
   private readonly urgent = new Set<PubSubConnection>();
   private readonly lastWritten = new WeakMap<PubSubConnection, number>();
+  /** The checkpoint revision this edge last stored per session: deleting it expects that one. */
+  private readonly revisions = new WeakMap<PubSubConnection, number>();
+  /** Each session's checkpoint writes and delete, one after another: a delete never lands before a write sent earlier. */
+  private readonly queued = new WeakMap<PubSubConnection, Promise<void>>();
   /** Sessions opened before this edge knew its place in the stream. */
   private readonly awaitingStart = new Set<PubSubConnection>();
   /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
@@ -164,15 +170,13 @@ export class StreamSessions {
     this.dirty.add(connection);
   }
 
-  /** The session ended for good (expired, closed): its checkpoint goes. */
+  /** The session ended for good (expired, closed): its checkpoint goes, unless another edge has written it since. */
   ended(connection: PubSubConnection): void {
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     this.awaitingStart.delete(connection);
     if (!connection.session?.checkpoint) return;
-    this.options.js.delete(this.key(connection.id)).catch((err: Error) =>
-      this.options.log.warn({ event: 'pubsub.checkpoint_delete_failed', hub: this.hub.name, connectionId: connection.id, err: err.message }),
-    );
+    void this.inTurn(connection, () => this.deleteCheckpoint(connection));
   }
 
   /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
@@ -222,6 +226,8 @@ export class StreamSessions {
     }
     for (const connection of this.dirty) {
       if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
+      // One write at a time per session: a slow store does not queue one per tick; it stays dirty for a later tick.
+      if (this.queued.has(connection)) continue;
       const urgent = this.urgent.has(connection);
       if (!urgent && now - (this.lastWritten.get(connection) ?? 0) < this.options.checkpointIntervalMs) continue;
       this.dirty.delete(connection);
@@ -251,10 +257,24 @@ export class StreamSessions {
     };
   }
 
-  private async write(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
+  private write(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
+    return this.inTurn(connection, () => this.store(connection, checkpoint));
+  }
+
+  private inTurn(connection: PubSubConnection, step: () => Promise<void>): Promise<void> {
     this.writing++;
+    const next = (this.queued.get(connection) ?? Promise.resolve()).then(step).finally(() => {
+      this.writing--;
+      if (this.queued.get(connection) === next) this.queued.delete(connection);
+    });
+    this.queued.set(connection, next);
+    return next;
+  }
+
+  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
     try {
-      await this.options.js.put(this.key(connection.id), Buffer.from(JSON.stringify(this.record(connection, checkpoint))));
+      const revision = await this.options.js.put(this.key(connection.id), Buffer.from(JSON.stringify(this.record(connection, checkpoint))));
+      this.revisions.set(connection, revision);
       this.lastWritten.set(connection, Date.now());
     } catch (err) {
       // Written again at the next tick (JetStream may be electing a leader).
@@ -263,30 +283,59 @@ export class StreamSessions {
         this.urgent.add(connection);
       }
       this.options.log.warn({ event: 'pubsub.checkpoint_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
-    } finally {
-      this.writing--;
+    }
+  }
+
+  /**
+   * Deletes the session's checkpoint if it is still the one this edge
+   * wrote: another edge that took the session before this one read its
+   * claim (this edge's copy then expires or is closed here) keeps its own.
+   */
+  private async deleteCheckpoint(connection: PubSubConnection): Promise<void> {
+    const key = this.key(connection.id);
+    try {
+      try {
+        await this.options.js.delete(key, this.revisions.get(connection));
+      } catch (err) {
+        if (!(err instanceof StoreConflict)) throw err;
+        // Written since: by this edge when a write's answer was lost, else by the edge that took the session.
+        const found = await this.readCheckpointEntry(connection.id);
+        if (!found || found.checkpoint?.owner !== this.options.nodeId) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found?.checkpoint?.owner });
+          return;
+        }
+        await this.options.js.delete(key, found.revision);
+      }
+    } catch (err) {
+      this.options.log.warn({ event: 'pubsub.checkpoint_delete_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
     }
   }
 
   private async readCheckpoint(connectionId: string): Promise<PsCheckpoint | undefined> {
-    let raw: Uint8Array | undefined;
+    let found: { checkpoint?: PsCheckpoint } | undefined;
     try {
-      raw = await this.options.js.get(this.key(connectionId));
+      found = await this.readCheckpointEntry(connectionId);
     } catch (err) {
       throw new SessionUnavailable(`the session store did not answer: ${(err as Error).message}`);
     }
-    if (!raw) return undefined;
+    return found?.checkpoint;
+  }
+
+  /** The stored entry for a connection id: its revision, and the checkpoint when it is a valid one for this hub. */
+  private async readCheckpointEntry(connectionId: string): Promise<{ revision: number; checkpoint?: PsCheckpoint } | undefined> {
+    const entry = await this.options.js.entry(this.key(connectionId));
+    if (!entry) return undefined;
     let value: unknown;
     try {
-      value = parseJson(Buffer.from(raw).toString('utf8'));
+      value = parseJson(Buffer.from(entry.value).toString('utf8'));
     } catch {
-      return undefined;
+      return { revision: entry.revision };
     }
     if (!isEdgeMessage(value) || value.op !== 'ps.checkpoint' || value.connectionId !== connectionId || value.hub.toLowerCase() !== this.hub.key) {
       this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, op: 'ps.checkpoint' });
-      return undefined;
+      return { revision: entry.revision };
     }
-    return value;
+    return { revision: entry.revision, checkpoint: value };
   }
 
   // --- taking a session over ----------------------------------------------------------------

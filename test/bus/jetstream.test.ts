@@ -4,7 +4,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { JetStreamAccess, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
+import { JetStreamAccess, StoreConflict, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -64,15 +64,25 @@ describe('JetStream access', () => {
     assert.deepEqual(await a.bounds(STREAM.name), { first: got[0].seq, last: got[49].seq });
   });
 
-  it('keeps values in the bucket: put, get, delete', async (t) => {
+  it('keeps values in the bucket: put, entry, delete, and a delete only of the revision it names', async (t) => {
     const nats = await startNatsServer(t);
     const a = access(t, busOn(t, nats.url));
     await a.start([STREAM], BUCKET);
-    assert.equal(await a.get('hub.c1'), undefined);
-    await a.put('hub.c1', Buffer.from('{"x":1}'));
-    assert.equal(Buffer.from((await a.get('hub.c1'))!).toString(), '{"x":1}');
-    await a.delete('hub.c1');
-    assert.equal(await a.get('hub.c1'), undefined);
+    assert.equal(await a.entry('hub.c1'), undefined);
+    const first = await a.put('hub.c1', Buffer.from('{"x":1}'));
+    const stored = (await a.entry('hub.c1'))!;
+    assert.equal(Buffer.from(stored.value).toString(), '{"x":1}');
+    assert.equal(stored.revision, first);
+    const second = await a.put('hub.c1', Buffer.from('{"x":2}'));
+    assert.ok(second > first);
+    // Written since the revision it names: refused, the value stays.
+    await assert.rejects(a.delete('hub.c1', first), StoreConflict);
+    assert.equal(Buffer.from((await a.entry('hub.c1'))!.value).toString(), '{"x":2}');
+    await a.delete('hub.c1', second);
+    assert.equal(await a.entry('hub.c1'), undefined);
+    await a.put('hub.c2', Buffer.from('{}'));
+    await a.delete('hub.c2');
+    assert.equal(await a.entry('hub.c2'), undefined);
   });
 
   it('refuses to store while NATS is away, with the reason, after its deadline', async (t) => {

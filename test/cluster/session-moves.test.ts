@@ -13,7 +13,7 @@ import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 
 /** Subjects the edge named `name` listens on, from nats-server's monitoring endpoint. */
 async function subjectsOf(nats: NatsNode, name: string): Promise<string[]> {
@@ -123,5 +123,55 @@ describe('a reliable session moved between edges on core NATS', () => {
     const hub = b.pubsub.hub('chat')!.local;
     assert.deepEqual(hub.largestGroups(5), [{ name: 'g', members: 1 }]);
     assert.equal(hub.connections.size, 1);
+  });
+});
+
+// The checkpoint of a durable hub's session (src/pubsub/stream-sessions.ts): deleted when the session ends for
+// good, but only if it is still the one this edge wrote, and never before a write this edge sent earlier.
+describe("a durable session's checkpoint when its session ends", () => {
+  const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
+  const checkpointOf = async (relay: RunningRelay, connectionId: string) => {
+    const entry = await relay.jetstream!.entry(`chat.${connectionId}`);
+    return entry && (JSON.parse(Buffer.from(entry.value).toString()) as { owner: string; connectionId: string });
+  };
+  const settled = (relay: RunningRelay) => relay.pubsub.hub('chat')!.durable!.pendingWrites === 0;
+
+  it('is kept when another edge wrote it since (it took the session before this edge read the claim)', async (t) => {
+    const nats = await startNatsServer(t);
+    const log = captureLogger('info');
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts }), { log: log.log });
+    const { client, connectionId } = await reliableMember(t, a.url, 'g');
+    await untilAnswered(async () => (await checkpointOf(a, connectionId))?.owner === 'edge-a', 5000, "A's first checkpoint");
+    client.ws.terminate();
+    await until(() => settled(a), 5000, "A's checkpoint writes");
+    // What B stores after taking the session: the same record, B the owner.
+    const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b' };
+    await a.jetstream!.put(`chat.${connectionId}`, Buffer.from(JSON.stringify(taken)));
+    await until(() => log.events().some((l) => l.includes('pubsub.session_expired')), 5000, 'the session to expire on A');
+    await until(() => settled(a), 5000, "A's checkpoint writes and delete");
+    // Before: A deleted B's checkpoint, and the client could no longer recover its session anywhere.
+    assert.equal((await checkpointOf(a, connectionId))?.owner, 'edge-b');
+    assert.ok(log.events().some((l) => l.includes('pubsub.checkpoint_kept')), log.events().join('\n'));
+  });
+
+  it('is deleted after a write still in flight, not before it (which would leave the write behind)', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts }));
+    const js = a.jetstream!;
+    // Fault injection on the edge's own store access: every checkpoint write reaches JetStream 1.5 s late.
+    const put = js.put.bind(js);
+    let late = 0;
+    js.put = (...args) => {
+      late++;
+      return new Promise((r) => setTimeout(r, 1500)).then(() => put(...args));
+    };
+    const { client, connectionId } = await reliableMember(t, a.url, 'g');
+    client.ws.terminate();
+    // The session expires after 1 s, while its first checkpoint write is still on its way.
+    await until(() => !a.pubsub.hub('chat')!.local.connections.has(connectionId), 5000, 'the session to expire on A');
+    assert.ok(late >= 1);
+    await until(() => settled(a), 10000, "A's writes and delete");
+    // Before: the delete went first and the late write stayed, a checkpoint of an ended session.
+    assert.equal(await checkpointOf(a, connectionId), undefined);
   });
 });

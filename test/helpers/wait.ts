@@ -26,3 +26,12 @@ export async function until(check: () => boolean, ms: number, what: string): Pro
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** Like `until`, for a check that has to ask something (a store, a server): polled every 50 ms for at most `ms`. */
+export async function untilAnswered(check: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await withTimeout(check(), Math.max(1, deadline - Date.now()), what))) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
