@@ -443,7 +443,9 @@ export class JetStreamAccess {
           if (out.length >= options.limit || pending === 0) break;
         }
         msgs.stop();
-        if (got === 0) break;
+        // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),
+        // else ask again until the deadline. A short answer here would read as "the stream holds no more".
+        if (got === 0) pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
       }
     } finally {
       jsm.consumers.delete(stream, ci.name).catch(() => undefined);
