@@ -97,6 +97,26 @@ export function isDataOfType(dataType: DataType, dataJson: string): boolean {
   }
 }
 
+const DATA_TYPES: readonly unknown[] = ['json', 'text', 'binary'];
+
+/**
+ * True when `body` is what a SharedMessage holds: `{` + body is a data
+ * message for a client (from a group or the server, a dataType and data,
+ * no sequence id of its own). Checks events that another edge hands over
+ * with a session, which reach clients as they are.
+ */
+export function isMessageBody(body: Buffer): boolean {
+  let value: unknown;
+  try {
+    value = parseJson(`{${body.toString('utf8')}`);
+  } catch {
+    return false;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const m = value as Record<string, unknown>;
+  return m.type === 'message' && (m.from === 'group' || m.from === 'server') && DATA_TYPES.includes(m.dataType) && 'data' in m && !('sequenceId' in m);
+}
+
 /** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
 export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?: number): SharedMessage | undefined {
   const dataJson = body.toString('utf8');

@@ -22,7 +22,7 @@ import { parseMid } from './replaying-feed.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Target } from '../bus/messages.ts';
 import { filterFromBus } from './connection-filter.ts';
-import { sharedMessageOf } from './downstream.ts';
+import { isMessageBody, sharedMessageOf } from './downstream.ts';
 import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
@@ -248,7 +248,10 @@ export class SessionHandover {
         for (const e of listed) {
           // Ids are dense after the first (ids the client acknowledged meanwhile may be gone before it): the session numbers them by position.
           if (e.seq <= after || (entries.length > 0 && e.seq !== after + 1) || offset + e.length > page.body.length) throw new Error('bad page');
-          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body: Buffer.from(page.body.subarray(offset, offset + e.length)), position: 0 });
+          const body = Buffer.from(page.body.subarray(offset, offset + e.length));
+          // Sent to the client as it is: it must be a data message.
+          if (!isMessageBody(body)) throw new Error('bad page: an event that is not a data message');
+          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body, position: 0 });
           offset += e.length;
           after = e.seq;
         }
