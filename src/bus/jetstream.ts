@@ -35,7 +35,7 @@ import { StorePublisher } from './stream-publisher.ts';
 /** Why an event was not stored, in words a client can be given. */
 export class StoreError extends Error {}
 
-/** A conditional key-value write or delete found another revision than the one it was made against. */
+/** A conditional key-value delete found another revision than the one it was made against. */
 export class StoreConflict extends Error {}
 
 export interface JetStreamOptions {
@@ -90,7 +90,7 @@ const CONSUMER_INACTIVE_MS = 60_000;
 const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 const STREAM_CONFIG_DIFFERS = 10058;
 const NOT_CLUSTERED = 10074;
-/** "wrong last sequence": a write expecting a key's revision found another. */
+/** "wrong last sequence": a delete expecting a key's revision found another. */
 const WRONG_LAST_SEQUENCE = 10071;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -461,17 +461,9 @@ export class JetStreamAccess {
     return entry && entry.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined;
   }
 
-  /**
-   * Stores `value` under `key` and returns its revision. With `previous`,
-   * only if that is still the key's revision (StoreConflict otherwise): a
-   * writer that lost the key to another does not overwrite it.
-   */
-  async put(key: string, value: Uint8Array, previous?: number): Promise<number> {
-    try {
-      return await this.ready.kv.put(key, value, previous === undefined ? {} : { previousSeq: previous });
-    } catch (err) {
-      throw conflictOr(err, key);
-    }
+  /** Stores `value` under `key`; its revision. */
+  async put(key: string, value: Uint8Array): Promise<number> {
+    return this.ready.kv.put(key, value);
   }
 
   /** Deletes `key`; with `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */
