@@ -25,6 +25,27 @@ import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import { ResponseBody, contentLengthOf } from './response-body.ts';
 
+/**
+ * The exchanges in progress per sender connection. A response queued behind
+ * an earlier one on a keep-alive connection (pipelining) gets no 'close' of
+ * its own when the sender hangs up; the socket's 'close' tells them all (one
+ * listener per socket, however many requests it pipelines).
+ */
+const exchangesOn = new WeakMap<Duplex, Set<HttpExchange>>();
+
+function watchSenderSocket(socket: Duplex, exchange: HttpExchange): void {
+  let exchanges = exchangesOn.get(socket);
+  if (!exchanges) {
+    const watched = new Set<HttpExchange>();
+    exchangesOn.set(socket, watched);
+    socket.once('close', () => {
+      for (const e of [...watched]) e.senderGone();
+    });
+    exchanges = watched;
+  }
+  exchanges.add(exchange);
+}
+
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
 ]);
@@ -111,15 +132,17 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   ) {
     this.id = ctx.newRendezvousId();
     this.timer = setTimeout(() => this.fail('ResponseTimeout'), ctx.config.timeouts.httpResponseMs);
-    res.on('close', () => {
-      if (!this.finished) {
-        this.log.info({ event: 'http.sender_gone' });
-        this.failure = 'SenderGone';
-        this.finish();
-      }
-    });
+    res.on('close', this.senderGone);
+    watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
   }
+
+  readonly senderGone = (): void => {
+    if (this.finished) return;
+    this.log.info({ event: 'http.sender_gone' });
+    this.failure = 'SenderGone';
+    this.finish();
+  };
 
   start(): void {
     this.ctx.open.httpRequests++;
@@ -396,6 +419,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     this.readState = 'done';
     clearTimeout(this.timer);
+    exchangesOn.get(this.req.socket)?.delete(this);
     this.ctx.rendezvous.delete(this);
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {

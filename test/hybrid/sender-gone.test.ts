@@ -1,0 +1,38 @@
+// A sender that hangs up while its requests wait for the listener: every
+// exchange it started ends at once (its pending slot, its rendezvous address
+// and the open-request count freed), not when a timer fires or never.
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { describe, it } from 'node:test';
+import { RawListener, upgradeStatus } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+describe('a sender gone while its HTTP requests wait', () => {
+  it('ends every request it pipelined on one connection, not only the one being answered', async (t) => {
+    // A long response timeout: nothing here may rest on it.
+    const relay = await startTestRelay(t, { timeouts: { httpResponseMs: 30000 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = connect(relay.port, '127.0.0.1');
+    t.after(() => sender.destroy());
+    sender.on('error', () => undefined);
+    await withTimeout(new Promise((r) => sender.once('connect', r)), 5000, 'the sender connection');
+    const token = tokenFor(`${relay.url}/echo`);
+    const get = (path: string) => `GET /echo/${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${token}\r\n\r\n`;
+    // Large bodies go by rendezvous: each request then has an address the listener would dial.
+    const post = (path: string) => `POST /echo/${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${token}\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n`;
+    sender.write(get('a') + post('b') + get('c'));
+    const notices = [await listener.next(), await listener.next(), await listener.next()];
+    assert.equal(relay.hybrid.openConnections().http_request, 3);
+    sender.destroy();
+    // Before: only the first (the one whose response owned the socket) ended; the two queued behind it
+    // waited for httpResponseMs, and for good once the listener began to answer one of them.
+    await until(() => relay.hybrid.openConnections().http_request === 0, 5000, `the requests to end (${relay.hybrid.openConnections().http_request} open)`);
+    const address = notices.find((n) => n.request.address && n.request.requestTarget === undefined)?.request.address as string;
+    assert.ok(address, JSON.stringify(notices));
+    const status = await upgradeStatus(address);
+    assert.ok(status === 404 || status === 410, `the listener's dial for a request whose sender left: ${status}`);
+  });
+});
