@@ -179,7 +179,7 @@ export interface HcRequest {
 export interface HcRouted {
   op: 'hc.routed';
   ok: boolean;
-  code?: 'NoListener' | 'TooManyPending';
+  code?: 'NoListener' | 'TooManyPending' | 'ListenerGone';
 }
 
 /** Listener's edge -> sender's edge: the listener answered on its control channel (body follows). */

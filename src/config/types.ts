@@ -115,6 +115,7 @@ export interface RelayConfig {
     listenersPerEntity: number;
     controlMessageBytes: number;
     spliceBufferBytes: number;
+    listenerBufferBytes: number;
     pendingPerEntity: number;
     pubsubMessageBytes: number;
     outboundBufferBytes: number;

@@ -69,16 +69,21 @@ export class HybridClusterLink {
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
       return;
     }
+    let sent: boolean;
     if (m.op === 'hc.accept') {
       if (m.node !== undefined) new RemoteAcceptWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
-      channel.send({ accept: m.accept });
+      sent = channel.send({ accept: m.accept });
     } else {
       // A full request may be answered on the control channel, here; a notice
       // to fetch a large one is answered on the rendezvous at the sender's node.
       if (m.request.requestTarget !== undefined) {
         new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       }
-      channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
+      sent = channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
+    }
+    if (!sent) {
+      respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'ListenerGone' }));
+      return;
     }
     channel.log.info({ event: 'bus.routed', op: m.op, listener: channel.id, from: m.op === 'hc.request' ? m.node : undefined });
     respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true }));

@@ -26,6 +26,8 @@ export interface ControlChannelHooks {
   /** A response arrived; returns where its body goes when one follows. */
   response(channel: ControlChannel, response: ListenerResponse): ((body: Buffer) => void) | undefined;
   closed(channel: ControlChannel, code: number): void;
+  /** The channel is being dropped: the listener does not read what is queued for it. */
+  notReading(channel: ControlChannel): void;
 }
 
 /** What a channel's outstanding HTTP requests must be able to do when it closes. */
@@ -60,6 +62,8 @@ export class ControlChannel {
     readonly hosts: string[],
     readonly log: Logger,
     private readonly hooks: ControlChannelHooks,
+    /** Bytes queued to the listener that it has not read, past which it is dropped (limits.listenerBufferBytes). */
+    private readonly bufferLimitBytes: number,
   ) {
     this.socketCork = new TurnCork(socket);
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
@@ -76,12 +80,25 @@ export class ControlChannel {
     return !this.closed && this.ws.readyState === this.ws.OPEN;
   }
 
-  /** Sends one notice; `body`, when given, follows as one binary message. */
-  send(message: object, body?: Buffer): void {
-    if (!this.isOpen) return;
+  /**
+   * Sends one notice; `body`, when given, follows as one binary message.
+   * False when the channel is closed, or is dropped now because the listener
+   * has limits.listenerBufferBytes queued that it has not read (it reconnects;
+   * its other requests fail with ListenerGone when the channel closes).
+   */
+  send(message: object, body?: Buffer): boolean {
+    if (!this.isOpen) return false;
+    const queued = this.ws.bufferedAmount;
+    if (queued >= this.bufferLimitBytes) {
+      this.log.warn({ event: 'limit.reached', limit: 'listenerBufferBytes', listener: this.id, queued });
+      this.hooks.notReading(this);
+      this.ws.terminate();
+      return false;
+    }
     this.socketCork.hold();
     this.ws.send(JSON.stringify(message));
     if (body) this.ws.send(body, { binary: true });
+    return true;
   }
 
   ping(): void {

@@ -167,7 +167,7 @@ export class HybridService {
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, this.hostsFor(req), log, this.channelHooks);
+      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, this.hostsFor(req), log, this.channelHooks, this.config.limits.listenerBufferBytes);
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
@@ -188,6 +188,9 @@ export class HybridService {
         return undefined;
       }
       return exchange.onControlResponse(response);
+    },
+    notReading: () => {
+      this.ctx.metrics.limitRefusals.inc({ limit: 'listenerBufferBytes' });
     },
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);

@@ -36,9 +36,7 @@ export class LocalRoute implements ListenerRoute {
   }
 
   deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
-    if (!this.channel.isOpen) return Promise.resolve('ListenerGone');
-    this.channel.send(notice, body);
-    return Promise.resolve(undefined);
+    return Promise.resolve(this.channel.send(notice, body) ? undefined : 'ListenerGone');
   }
 
   track(id: string, exchange: ChannelExchange): void {

@@ -249,6 +249,27 @@ describe('HTTP mode failures', () => {
     assert.equal(gone.status, 502);
   });
 
+  it('drops a listener that does not read its control channel once listenerBufferBytes are queued for it', async (t) => {
+    // Not for idleness: the channel stays quiet well within idleMs.
+    const r = await relayFor(t, { limits: { ...FAST.limits, listenerBufferBytes: 1048576 }, timeouts: { ...FAST.timeouts, idleMs: 30000, httpResponseMs: 100 } });
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    (l.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    // Each request's notice and 60 KB body go down the channel; each times out (504) and leaves its bytes queued.
+    const statuses: number[] = [];
+    const body = Buffer.alloc(60_000, 0x61);
+    for (let round = 0; round < 40 && r.hybrid.openConnections().listener > 0; round++) {
+      const answers = await Promise.all(
+        Array.from({ length: 4 }, () => httpRequest(`${r.url}/open/x`, { method: 'POST', headers: { 'content-length': String(body.length) }, body })),
+      );
+      statuses.push(...answers.map((a) => a.status));
+    }
+    // Before: the listener stayed (every request 504) and the relay's queue to it grew without bound (9.5 MiB in 12 s).
+    // (Here it goes after some 90 requests: the kernel's socket buffers hold a few MB beyond the relay's 1 MiB.)
+    assert.equal(r.hybrid.openConnections().listener, 0, `statuses ${statuses.join(' ')}`);
+    assert.ok(statuses.includes(502), `statuses ${statuses.join(' ')}`);
+  });
+
   it('gives 502 for a response the listener garbles, without crashing', async (t) => {
     const r = await relayFor(t);
     const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
