@@ -6,6 +6,7 @@
 // binary message. The answer may come either way: `response` (+ body) on the
 // control channel, or on the rendezvous socket, where a fragmented body is
 // streamed to the sender as it arrives. Both directions respect backpressure.
+import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { clientEndpoint } from '../http/client-address.ts';
@@ -31,9 +32,9 @@ import { ResponseBody, contentLengthOf } from './response-body.ts';
  * its own when the sender hangs up; the socket's 'close' tells them all (one
  * listener per socket, however many requests it pipelines).
  */
-const exchangesOn = new WeakMap<Duplex, Set<HttpExchange>>();
+const exchangesOn = new WeakMap<EventEmitter, Set<HttpExchange>>();
 
-function watchSenderSocket(socket: Duplex, exchange: HttpExchange): void {
+function watchSenderSocket(socket: EventEmitter, exchange: HttpExchange): void {
   let exchanges = exchangesOn.get(socket);
   if (!exchanges) {
     const watched = new Set<HttpExchange>();

@@ -93,9 +93,12 @@ class CollectedResponse extends EventEmitter {
     return this;
   }
 
+  /** Cut short (the listener's answer broke after its head, or the caller gave up): the caller hears it now, not at its timeout. */
   destroy(): this {
     if (this.destroyed) return this;
     this.destroyed = true;
+    if (this.relayCode) this.done(new RelayedRequestError(TIMEOUT_CODES.has(this.relayCode) ? 'timeout' : 'unreachable', this.relayCode));
+    else this.done(new RelayedRequestError('failed', 'BadListenerResponse'));
     this.closeSoon();
     return this;
   }
@@ -154,7 +157,8 @@ export function relayRequest(
       method: init.method,
       url: requestTarget,
       headers: { ...init.headers, 'content-length': String(body.length) },
-      socket: { remoteAddress: '127.0.0.1', remotePort: 0 },
+      // Never closes: the request ends with its exchange.
+      socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });
     new RelayedExchange(ctx, req as IncomingMessage, collected, entity, route, requestTarget, log).start();
   });

@@ -72,6 +72,17 @@ describe('HTTP mode: the relay frames response bodies', () => {
     await readToClose(sender, 2000, 'the cut connection');
   });
 
+  it("fails the relay's own request (hc:// event handlers) at once when the answer ends short, not at its timeout", async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const started = Date.now();
+    const asked = relay.hybrid.relayRequest('open', '/open/event', { method: 'POST', headers: {}, body: Buffer.from('{}'), timeoutMs: 8000, maxResponseBytes: 65536 });
+    const failed = assert.rejects(asked, (err: { kind?: string; code?: string }) => err.kind !== 'timeout' && err.code === 'BadListenerResponse');
+    await answer(listener, { 'content-length': '10' }, 'abc');
+    await failed;
+    // Before: rejected as kind 'timeout' after the whole 8 s.
+    assert.ok(Date.now() - started < 4000, `${Date.now() - started} ms`);
+  });
+
   it('relays a body of its declared length and keeps the connection for the next request', async (t) => {
     const { relay, listener } = await relayWithListener(t);
     const sender = await tcp(t, relay.port);
