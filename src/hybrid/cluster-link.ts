@@ -71,13 +71,15 @@ export class HybridClusterLink {
     }
     let sent: boolean;
     if (m.op === 'hc.accept') {
-      if (m.node !== undefined) new RemoteAcceptWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
+      if (m.node !== undefined) new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
       sent = channel.send({ accept: m.accept });
     } else {
       // A full request may be answered on the control channel, here; a notice
       // to fetch a large one is answered on the rendezvous at the sender's node.
       if (m.request.requestTarget !== undefined) {
         new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
+      } else {
+        new RemoteDialWatch(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       }
       sent = channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
     }
@@ -131,10 +133,12 @@ export class HybridClusterLink {
 
 /**
  * On the listener's node: until the sender's node can no longer be waiting
- * (timeouts.acceptMs), tells it when the listener told to dial drops its
- * control channel, so the sender hears it at once.
+ * (timeouts.acceptMs for a connect, httpResponseMs for a request fetched by
+ * rendezvous), tells it when the listener told to dial drops its control
+ * channel, so the sender hears it at once (502 ListenerGone). The sender's
+ * node ignores it once the listener has dialed.
  */
-class RemoteAcceptWatch implements ChannelExchange {
+class RemoteDialWatch implements ChannelExchange {
   readonly watchOnly = true;
   private readonly timer: NodeJS.Timeout;
 

@@ -172,6 +172,30 @@ describe('hybrid connections across nodes', () => {
     assert.ok(Date.now() - started < ACCEPT_MS / 2, 'answered long before the accept timeout');
   });
 
+  it('a listener on A that drops its control channel before fetching a large request from B fails the sender at once (502 ListenerGone)', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/fetcher?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = `${b.url}/fetcher/upload`;
+    const started = Date.now();
+    // Of unknown length (chunked): the listener is told to fetch it over a rendezvous at B.
+    const post = () => httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url), 'transfer-encoding': 'chunked' }, body: [Buffer.from('part')], timeoutMs: 20000 });
+    const outcome = (async () => {
+      for (const deadline = Date.now() + 5000; ; ) {
+        const got = await post();
+        const code = JSON.parse(got.body.toString() || '{}').code as string | undefined;
+        if (!notYetRoutable(code) || Date.now() > deadline) return { status: got.status, code };
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const { request } = await listener.next();
+    assert.equal(request.requestTarget, undefined, 'a notice to fetch the request');
+    listener.close();
+    // Before: 504 ResponseTimeout after httpResponseMs (60 s; the wait above gives up at 20 s).
+    assert.deepEqual(await outcome, { status: 502, code: 'ListenerGone' });
+    assert.ok(Date.now() - started < 10000, 'answered long before the response timeout');
+  });
+
   it('with no listener anywhere the sender gets the one-node answer at once, not the accept timeout', async () => {
     const url = senderUrl(b, 'echo');
     const started = Date.now();
