@@ -198,7 +198,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   /** Sends a notice to the listener; if it cannot arrive, the sender gets the reason. */
   private deliver(notice: ListenerNotice, body?: Buffer): void {
     void this.route.deliver(notice, body).then((code) => {
-      if (code) this.fail(code);
+      // A late or lost routing reply says nothing once the listener is answering (as for connects).
+      if (code && !this.head && !this.rendezvous) this.fail(code);
     });
   }
 
