@@ -328,6 +328,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   onControlFrame(opcode: number, payload: Buffer): void {
     const socket = this.rendezvous!;
     if (opcode === OP_PING) {
+      // Nothing may follow our close frame (RFC 6455 5.5.1).
+      if (this.rendezvousClose!.sent) return;
       socket.write(encodeFrame(true, OP_PONG, payload));
       if (queuedPast(socket, this.ctx.config.limits.spliceBufferBytes)) this.blockRendezvous('listener');
     } else if (opcode === OP_CLOSE) {
