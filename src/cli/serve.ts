@@ -153,6 +153,16 @@ export async function serve(argv: string[]): Promise<number> {
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
       process.off('SIGHUP', onHup);
+      // While it drains a reload means nothing. A worker also waits out further
+      // stop signals: a terminal's Ctrl-C reaches the whole process group and the
+      // primary passes it on again (the primary ends a worker that outstays its
+      // drain). A lone edge ends at once on a second one, as a second Ctrl-C asks.
+      const ignored = (s: string) => () => log.info({ event: 'relay.signal_ignored', signal: s, reason: 'draining' });
+      process.on('SIGHUP', ignored('SIGHUP'));
+      if (worker !== undefined) {
+        process.on('SIGTERM', ignored('SIGTERM'));
+        process.on('SIGINT', ignored('SIGINT'));
+      }
       started.close().then(resolve, resolve);
     };
     const onTerm = () => stop('SIGTERM');
@@ -188,7 +198,9 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
   }
   process.stdout.write(`listening on ${url} (${count} workers)\n`);
   await new Promise<void>((resolve) => {
+    let stopping = false;
     const stop = (signal: NodeJS.Signals) => {
+      stopping = true;
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
       // Each worker drains for up to timeouts.shutdownMs; past a little more, what is left is cut.
@@ -198,8 +210,10 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     const onInt = () => stop('SIGINT');
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
-    // Each worker reloads its config and certificates.
-    process.on('SIGHUP', () => cluster.signal('SIGHUP'));
+    // Each worker reloads its config and certificates (not once they drain).
+    process.on('SIGHUP', () => {
+      if (!stopping) cluster.signal('SIGHUP');
+    });
   });
   return 0;
 }

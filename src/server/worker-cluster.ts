@@ -66,8 +66,18 @@ export function handOff(to: number, req: IncomingMessage, socket: Duplex, head: 
   // bytes the peer sends as soon as the other worker answers would be read
   // (and dropped) here instead of there.
   (socket as Socket & { _handle?: { readStop?(): number } })._handle?.readStop?.();
-  process.send(message, socket as Socket);
+  // Node takes the descriptor away from the socket object here (and counts it
+  // out of its server) but never closes that object: destroyed once sent,
+  // without counting it out twice, it says 'close' to whatever counts it
+  // (open sockets, connectionsPerNode, the shutdown drain).
+  process.send(message, socket as Socket, undefined, () => letGoOfSent(socket as Socket));
   return true;
+}
+
+/** Closes the object a socket sent to another process leaves behind. */
+function letGoOfSent(socket: Socket): void {
+  (socket as Socket & { _server: unknown })._server = null;
+  socket.destroy();
 }
 
 /** A TLS connection: its bytes go on, decrypted, to the other worker's private port, marked as relayed by a worker. */
@@ -120,46 +130,78 @@ export function announceReady(url: string, privatePort: number): void {
   process.send?.(message);
 }
 
+/** Pause before starting a worker again that exited on its own: doubling from this, up to RESTART_MAX_MS, while it keeps exiting within RESTART_STABLE_MS. */
+const RESTART_FIRST_MS = 500;
+const RESTART_MAX_MS = 30_000;
+const RESTART_STABLE_MS = 60_000;
+
 /**
  * In the primary: forks `count` workers and passes connections between them;
  * resolves with the listening URL once every worker is up, or rejects when
- * one exits first. Each worker runs this same command.
+ * one exits first. Each worker runs this same command. A worker that exits
+ * later (a crash, the OOM killer) is started again under the same number,
+ * sooner the longer it had run, and the others learn its new private port.
  */
 export function startWorkers(count: number): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
   const workers = new Map<number, Worker>();
   const ports: Record<number, number> = {};
+  const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
   let up = 0;
   let url = '';
-  let failed: ((err: Error) => void) | undefined;
   let stopping = false;
+  let resolveReady!: (url: string) => void;
+  let failReady!: (err: Error) => void;
   const ready = new Promise<string>((resolve, reject) => {
-    failed = reject;
-    for (let index = 1; index <= count; index++) {
-      const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret });
-      workers.set(index, worker);
-      worker.on('message', (message: HandOff | Ready, socket?: Socket) => {
-        if (message?.kind === 'edge-relay.ready') {
-          url = message.url;
-          ports[index] = message.privatePort;
-          if (++up === count) {
-            const peersMessage: Peers = { kind: 'edge-relay.peers', ports };
-            for (const w of workers.values()) w.send(peersMessage);
-            resolve(url);
-          }
-        } else if (message?.kind === 'edge-relay.handoff' && socket) {
-          const target = workers.get(message.to);
-          if (target?.isConnected()) target.send(message, socket);
-          else socket.destroy();
-        }
-      });
-      worker.on('exit', (code, signal) => {
-        workers.delete(index);
-        if (up < count) failed?.(new Error(`worker ${index} exited (${signal ?? code}) before it was ready`));
-        else if (!stopping) process.stderr.write(`edge-relay: worker ${index} exited (${signal ?? code})\n`);
-      });
-    }
+    resolveReady = resolve;
+    failReady = reject;
   });
+  const tellPeers = () => {
+    const peersMessage: Peers = { kind: 'edge-relay.peers', ports };
+    for (const w of workers.values()) if (w.isConnected()) w.send(peersMessage);
+  };
+  const fork = (index: number) => {
+    const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret });
+    const startedAt = Date.now();
+    workers.set(index, worker);
+    worker.on('message', (message: HandOff | Ready, socket?: Socket) => {
+      if (message?.kind === 'edge-relay.ready') {
+        url = message.url;
+        ports[index] = message.privatePort;
+        if (up < count) {
+          if (++up === count) {
+            tellPeers();
+            resolveReady(url);
+          }
+        } else {
+          process.stderr.write(`edge-relay: worker ${index} is back\n`);
+          tellPeers();
+        }
+      } else if (message?.kind === 'edge-relay.handoff' && socket) {
+        const target = workers.get(message.to);
+        // The copy here closes once sent: the sending worker's server waits
+        // for this process to report every socket it received closed before
+        // its close() completes.
+        if (target?.isConnected()) target.send(message, socket, undefined, () => letGoOfSent(socket));
+        else socket.destroy();
+      }
+    });
+    worker.on('exit', (code, signal) => {
+      if (workers.get(index) === worker) workers.delete(index);
+      if (up < count) return failReady(new Error(`worker ${index} exited (${signal ?? code}) before it was ready`));
+      if (stopping) return;
+      const restart = restarts.get(index) ?? { delayMs: RESTART_FIRST_MS };
+      if (Date.now() - startedAt >= RESTART_STABLE_MS) restart.delayMs = RESTART_FIRST_MS;
+      process.stderr.write(`edge-relay: worker ${index} exited (${signal ?? code}); starting it again in ${restart.delayMs} ms\n`);
+      restart.timer = setTimeout(() => {
+        restart.timer = undefined;
+        if (!stopping) fork(index);
+      }, restart.delayMs);
+      restart.delayMs = Math.min(RESTART_MAX_MS, restart.delayMs * 2);
+      restarts.set(index, restart);
+    });
+  };
+  for (let index = 1; index <= count; index++) fork(index);
   return {
     ready,
     signal(signal) {
@@ -167,6 +209,7 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
     },
     async stop(signal, graceMs) {
       stopping = true;
+      for (const restart of restarts.values()) clearTimeout(restart.timer);
       const exits = [...workers.values()].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
       for (const worker of workers.values()) worker.process.kill(signal);
       const timer = setTimeout(() => {

@@ -2,7 +2,7 @@
 // the NATS bus. A listener's rendezvous leg that lands on the wrong worker is
 // handed to the worker holding the rendezvous; pub/sub spans the workers.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -37,6 +37,37 @@ async function echoOnce(url: string, text: string): Promise<string> {
   } finally {
     ws.terminate();
   }
+}
+
+/** The worker processes of the primary `pid` (its children), from /proc. */
+function workerPids(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return children;
+}
+
+/** A raw listener on entity echo whose legs echo; closed with the test. */
+async function echoListener(t: Parameters<typeof cleanupFor>[0], url: string): Promise<RawListener> {
+  const listener = await RawListener.connect(wsUrl(url, '/$hc/echo?sb-hc-action=listen'), tokenFor(wsUrl(url, '/$hc/echo')));
+  cleanupFor(t).after(() => listener.ws.terminate());
+  listener.ws.on('message', (data, isBinary) => {
+    if (isBinary) return;
+    const accept = (JSON.parse(String(data)) as { accept?: { address: string } }).accept;
+    if (!accept) return;
+    const leg = new WebSocket(accept.address);
+    leg.on('message', (m) => leg.send(String(m)));
+    leg.on('error', () => leg.terminate());
+    cleanupFor(t).after(() => leg.terminate());
+  });
+  return listener;
 }
 
 describe('serve --workers', () => {
@@ -119,6 +150,47 @@ describe('serve --workers', () => {
       sender.close();
     }
     await relay.stop();
+  });
+
+  it('keeps its workers: one that dies is started again, legs handed between them do not hold up the stop, Ctrl-C to every process drains them', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = edgeOverrides('keep', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 4000 } });
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    let listener = await echoListener(t, relay.url);
+    for (let i = 0; i < 4; i++) assert.equal(await echoOnce(relay.url, `before ${i}`), `before ${i}`);
+
+    // A worker killed (a crash, the OOM killer) is started again; before, the primary only logged it and exited 0 with the last.
+    const [killed] = workerPids(primary);
+    process.kill(killed, 'SIGKILL');
+    await until(() => /worker \d is back/.test(relay.stderr()), 15000, `the worker started again\n${relay.stderr().slice(-2000)}`);
+    const now = workerPids(primary);
+    assert.equal(now.length, 2);
+    assert.ok(!now.includes(killed));
+    listener.ws.terminate();
+    listener = await echoListener(t, relay.url);
+    // Legs that land on the wrong worker are handed to the right one: some of these are.
+    for (let i = 0; i < 8; i++) assert.equal(await echoOnce(relay.url, `after ${i}`), `after ${i}`);
+
+    // A relayed connection open while every process gets SIGINT at once (a terminal's Ctrl-C, systemd's
+    // control-group kill): the workers drain (before: the primary's second SIGINT killed them mid-drain, 1006).
+    const sender = new WebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, '/$hc/echo')) } });
+    t.after(() => sender.terminate());
+    await withTimeout(new Promise((resolve, reject) => (sender.once('open', resolve), sender.once('error', reject))), 10000, 'sender open');
+    const closed = new Promise<number>((resolve) => sender.once('close', (code) => resolve(code)));
+    const exited = new Promise((resolve) => relay.child.once('exit', resolve));
+    for (const pid of [primary, ...workerPids(primary)]) process.kill(pid, 'SIGINT');
+    await new Promise((r) => setTimeout(r, 1000));
+    const reply = withTimeout(new Promise<string>((resolve) => sender.once('message', (m) => resolve(String(m)))), 5000, 'an echo while draining');
+    sender.send('still here');
+    assert.equal(await reply, 'still here');
+    sender.close(1000);
+    assert.equal(await withTimeout(closed, 5000, 'the sender to close'), 1000);
+    await withTimeout(exited, 10000, 'the command to exit');
+    // Both workers finished their drain, and none waited for its deadline on sockets it had handed away
+    // (before: each hand-off left a socket counted open in the worker that sent it).
+    assert.equal(relay.stderr().match(/"event":"relay.stopped"/g)?.length, 2, relay.stderr().split('\n').filter((l) => !/"level":20/.test(l)).slice(-40).join('\n'));
+    assert.doesNotMatch(relay.stderr(), /relay\.shutdown_deadline/);
   });
 
   it('refuses several workers on the memory bus, with the reason', async (t) => {
