@@ -28,6 +28,8 @@ export function parseLocalForward(spec: string): LocalForward {
 export class LocalForwarder {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  /** Relay WebSockets not open yet: stop() ends them too. */
+  private readonly connecting = new Set<WebSocket>();
   opened = 0;
 
   constructor(
@@ -35,6 +37,8 @@ export class LocalForwarder {
     private readonly access: RelayAccess,
     private readonly log: Logger,
     private readonly highWaterMark: number,
+    /** How long the relay may take to answer a connect (it waits for the listener to accept). */
+    private readonly connectTimeoutMs: number,
   ) {}
 
   /** Listens; resolves with the bound port. */
@@ -43,7 +47,12 @@ export class LocalForwarder {
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.forward.port, this.forward.bindHost, () => resolve((server.address() as { port: number }).port));
+      server.listen(this.forward.port, this.forward.bindHost, () => {
+        server.off('error', reject);
+        // Accept errors (EMFILE and the like) are logged; the port stays open.
+        server.on('error', (err) => this.log.warn({ event: 'bridge.accept_error', entity: this.forward.entity, err: err.message }));
+        resolve((server.address() as { port: number }).port);
+      });
     });
   }
 
@@ -54,21 +63,34 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), this.access.socketOptions(this.access.wsBase));
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), {
+      ...this.access.socketOptions(this.access.wsBase),
+      handshakeTimeout: this.connectTimeoutMs,
+    });
+    this.connecting.add(ws);
     let opened = false;
+    // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).
+    tcp.on('error', (err) => {
+      if (opened) return;
+      log.info({ event: 'bridge.local_gone', err: err.message });
+      ws.terminate();
+    });
     ws.on('unexpected-response', (_req, res) => {
       log.warn({ event: 'bridge.connect_refused', status: res.statusCode, reason: res.statusMessage });
       res.resume();
       tcp.destroy();
     });
     ws.once('error', (err) => {
+      this.connecting.delete(ws);
       if (!opened) {
         log.warn({ event: 'bridge.connect_failed', err: err.message });
         tcp.destroy();
       }
     });
     ws.once('open', () => {
+      this.connecting.delete(ws);
       opened = true;
+      if (tcp.destroyed) return ws.close(1000, 'local connection gone');
       log.info({ event: 'bridge.connected' });
       tcp.resume();
       pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }));
@@ -76,6 +98,7 @@ export class LocalForwarder {
   }
 
   async stop(): Promise<void> {
+    for (const ws of this.connecting) ws.terminate();
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }

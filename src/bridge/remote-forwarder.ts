@@ -5,7 +5,7 @@
 // so the sender sees why. A lost control channel is re-opened after a
 // jittered, growing delay, and the log says why it was lost. Tokens minted
 // from a key are renewed on the channel at half their lifetime.
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
@@ -39,6 +39,8 @@ export class RemoteForwarder {
   private stopped = false;
   private readonly backoff = new Backoff();
   private readonly open = new Set<WebSocket>();
+  /** Connections to the target not yet carried by a relayed leg: stop() ends them too. */
+  private readonly dialing = new Set<Socket>();
   /** Resolves the first time the control channel is open. */
   readonly ready: Promise<void>;
   private markReady!: () => void;
@@ -49,6 +51,12 @@ export class RemoteForwarder {
     private readonly access: RelayAccess,
     private readonly log: Logger,
     private readonly highWaterMark: number,
+    private readonly timing: {
+      /** The control channel is pinged this often; one silent for two periods is re-opened (a path that died without a word). */
+      keepAliveMs: number;
+      /** How long the relay may take to answer a handshake, and the target a connect. */
+      connectTimeoutMs: number;
+    },
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
   }
@@ -59,9 +67,15 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions(this.access.wsBase));
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), {
+      ...this.access.socketOptions(this.access.wsBase),
+      handshakeTimeout: this.timing.connectTimeoutMs,
+    });
     this.control = ws;
     let why = 'connection closed';
+    let heard = true;
+    let heartbeat: NodeJS.Timeout | undefined;
+    const alive = () => (heard = true);
     let refused = false;
     ws.on('unexpected-response', (_req, res) => {
       refused = true;
@@ -78,8 +92,22 @@ export class RemoteForwarder {
       log.info({ event: 'bridge.listening', target: `${this.forward.host}:${this.forward.port}` });
       this.markReady();
       this.scheduleRenew(ws);
+      // A NAT or firewall that drops the path says nothing: without this the
+      // bridge would go on believing it listens while the relay has dropped it.
+      heartbeat = setInterval(() => {
+        if (!heard) {
+          why = `no answer from the relay for ${(2 * this.timing.keepAliveMs) / 1000} s`;
+          ws.terminate();
+          return;
+        }
+        heard = false;
+        ws.ping();
+      }, this.timing.keepAliveMs);
     });
+    ws.on('pong', alive);
+    ws.on('ping', alive);
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      alive();
       if (isBinary) return;
       let message: { accept?: AcceptNotice };
       try {
@@ -90,6 +118,7 @@ export class RemoteForwarder {
       if (message.accept && typeof message.accept.address === 'string') this.accept(message.accept, log);
     });
     ws.on('close', (code: number, reason: Buffer) => {
+      clearInterval(heartbeat);
       if (this.renewTimer) clearTimeout(this.renewTimer);
       if (this.stopped) return;
       const text = reason.length > 0 ? `closed by the relay: ${code} ${reason.toString()}` : code === 1006 ? why : `closed by the relay: ${code}`;
@@ -112,11 +141,31 @@ export class RemoteForwarder {
   private accept(notice: AcceptNotice, parentLog: Logger): void {
     const id = ++this.accepted;
     const log = parentLog.child({ connection: id });
-    const tcp = connect({ host: this.forward.host, port: this.forward.port });
+    if (!/^wss?:\/\//i.test(notice.address)) {
+      log.warn({ event: 'bridge.accept_failed', err: 'the accept address is not a ws:// or wss:// URL' });
+      return;
+    }
+    const tcp = connect({ host: this.forward.host, port: this.forward.port, timeout: this.timing.connectTimeoutMs });
+    this.dialing.add(tcp);
+    tcp.on('close', () => this.dialing.delete(tcp));
     tcp.pause();
+    let connected = false;
+    tcp.once('timeout', () => {
+      if (!connected) tcp.destroy(new Error(`no answer in ${this.timing.connectTimeoutMs / 1000} s`));
+    });
     tcp.once('connect', () => {
+      connected = true;
+      tcp.setTimeout(0);
+      if (this.stopped) return tcp.destroy();
       tcp.setNoDelay(true);
-      const ws = new WebSocket(notice.address, this.access.socketOptions(notice.address));
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(notice.address, { ...this.access.socketOptions(notice.address), handshakeTimeout: this.timing.connectTimeoutMs });
+      } catch (err) {
+        log.warn({ event: 'bridge.accept_failed', err: (err as Error).message });
+        tcp.destroy();
+        return;
+      }
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
@@ -124,6 +173,7 @@ export class RemoteForwarder {
         tcp.destroy();
       });
       ws.once('open', () => {
+        this.dialing.delete(tcp);
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
         log.info({ event: 'bridge.accepted' });
         tcp.resume();
@@ -131,14 +181,18 @@ export class RemoteForwarder {
       });
     });
     tcp.once('error', (err) => {
-      if (tcp.connecting || !tcp.remoteAddress) {
-        log.warn({ event: 'bridge.target_unreachable', err: err.message });
-        // Reject through the rendezvous address: the sender gets 502 and this text.
-        const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-        const ws = new WebSocket(reject, this.access.socketOptions(reject));
-        ws.on('error', () => {});
-        ws.on('unexpected-response', (_req, res) => res.resume());
+      if (connected) {
+        // Reset after connecting, before the relayed leg opened: the leg closes when it opens (above).
+        log.info({ event: 'bridge.target_lost', err: err.message });
+        return;
       }
+      if (this.stopped) return;
+      log.warn({ event: 'bridge.target_unreachable', err: err.message });
+      // Reject through the rendezvous address: the sender gets 502 and this text.
+      const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
+      const ws = new WebSocket(reject, { ...this.access.socketOptions(reject), handshakeTimeout: this.timing.connectTimeoutMs });
+      ws.on('error', () => {});
+      ws.on('unexpected-response', (_req, res) => res.resume());
     });
   }
 
@@ -148,5 +202,6 @@ export class RemoteForwarder {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.control?.terminate();
     for (const ws of this.open) ws.terminate();
+    for (const tcp of this.dialing) tcp.destroy();
   }
 }

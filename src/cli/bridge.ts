@@ -29,6 +29,13 @@ Options:
   --token TOKEN        a ready SAS token instead of --key-name/--key
   --ttl SECONDS        lifetime of minted tokens, default 3600 (renewed at half)
   --buffer BYTES       bytes queued per direction before reading pauses, default 1048576
+  --keepalive SECONDS  -R pings its listener connection this often and re-opens
+                       it when the relay stays silent for two periods (a NAT or
+                       firewall that dropped the path), default 30
+  --connect-timeout SECONDS
+                       how long the relay may take to answer (a -L connect waits
+                       for the listener to accept) and a -R target to accept a
+                       TCP connection, default 60
   --log-level LEVEL    default info
 ${TLS_HELP}
   -h, --help           this text
@@ -61,6 +68,8 @@ export async function bridge(argv: string[]): Promise<number> {
         token: { type: 'string' },
         ttl: { type: 'string', default: '3600' },
         buffer: { type: 'string', default: '1048576' },
+        keepalive: { type: 'string', default: '30' },
+        'connect-timeout': { type: 'string', default: '60' },
         'log-level': { type: 'string', default: 'info' },
         L: { type: 'string', short: 'L', multiple: true, default: [] },
         R: { type: 'string', short: 'R', multiple: true, default: [] },
@@ -82,6 +91,11 @@ export async function bridge(argv: string[]): Promise<number> {
   const buffer = Number(values.buffer);
   if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');
   if (!Number.isInteger(buffer) || buffer < 16384) return fail('--buffer must be at least 16384');
+  const keepAliveSeconds = Number(values.keepalive);
+  const connectTimeoutSeconds = Number(values['connect-timeout']);
+  if (!Number.isInteger(keepAliveSeconds) || keepAliveSeconds < 1 || keepAliveSeconds > 3600) return fail('--keepalive must be a whole number of seconds from 1 to 3600');
+  if (!Number.isInteger(connectTimeoutSeconds) || connectTimeoutSeconds < 1 || connectTimeoutSeconds > 3600) return fail('--connect-timeout must be a whole number of seconds from 1 to 3600');
+  const timing = { keepAliveMs: keepAliveSeconds * 1000, connectTimeoutMs: connectTimeoutSeconds * 1000 };
   if (values.L.length + values.R.length === 0) return fail('give at least one -L or -R');
   let locals;
   let remotes;
@@ -95,8 +109,8 @@ export async function bridge(argv: string[]): Promise<number> {
   if (typeof tls === 'string') return fail(tls);
   const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl, tls });
   const log = createLogger(values['log-level'], 'bridge');
-  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
-  const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer));
+  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer, timing.connectTimeoutMs));
+  const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer, timing));
   for (const forwarder of remoteForwarders) {
     forwarder.start();
     void forwarder.ready.then(() => {

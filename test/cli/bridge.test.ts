@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get as httpGet, Agent } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
+import { WebSocketServer } from 'ws';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -133,5 +134,101 @@ describe('edge-relay bridge', () => {
     socket.write('ping through the relay');
     const echoed = await withTimeout(new Promise<string>((r) => socket.once('data', (d: Buffer) => r(d.toString()))), 10000, 'echo');
     assert.equal(echoed, 'ping through the relay');
+  });
+});
+
+/** A TCP server on 127.0.0.1 that takes connections and never answers; closed with the test. */
+async function silentServer(t: TestContext): Promise<{ port: number; open: () => number }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    // Reads (and drops) what comes, so it sees the other side close.
+    socket.resume();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanupFor(t).after(() => {
+    for (const socket of sockets) socket.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { port: (server.address() as { port: number }).port, open: () => sockets.size };
+}
+
+/** A TCP proxy to `port` whose connections so far can be frozen (nothing passes, nothing closes), as a NAT that dropped them would. */
+async function freezableProxy(t: TestContext, port: number): Promise<{ port: number; freeze: () => void }> {
+  const pairs: [Socket, Socket][] = [];
+  const all = new Set<Socket>();
+  const server = createServer((inbound) => {
+    const outbound = connect(port, '127.0.0.1');
+    for (const s of [inbound, outbound]) s.on('error', () => {});
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    inbound.on('close', () => outbound.destroy());
+    outbound.on('close', () => inbound.destroy());
+    pairs.push([inbound, outbound]);
+    for (const s of [inbound, outbound]) {
+      all.add(s);
+      s.on('close', () => all.delete(s));
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanupFor(t).after(() => {
+    for (const s of all) s.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return {
+    port: (server.address() as { port: number }).port,
+    freeze: () => {
+      for (const [inbound, outbound] of pairs.splice(0)) {
+        inbound.unpipe(outbound);
+        outbound.unpipe(inbound);
+        inbound.pause();
+        outbound.pause();
+      }
+    },
+  };
+}
+
+describe('edge-relay bridge when the other side misbehaves', () => {
+  it('-L outlives a local client that resets before the relay answers, and drops one the relay never answers', async (t) => {
+    const relay = await silentServer(t);
+    const dialer = runCli(t, ['bridge', '--relay', `http://127.0.0.1:${relay.port}`, '--token', 'SharedAccessSignature sr=x&sig=y&se=9999999999&skn=k', '--connect-timeout', '1', '-L', '0:entity']);
+    await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, 'the bridge to listen');
+    // Resets while the relay has not answered (before: an unhandled 'error' ended the bridge, every forward with it).
+    const resetting = connect(localPort(dialer), '127.0.0.1');
+    await withTimeout(new Promise((r) => resetting.once('connect', r)), 5000, 'connect');
+    await until(() => relay.open() >= 1, 5000, 'the bridge to dial the relay');
+    resetting.resetAndDestroy();
+    // Writes, closes its side, and is not answered: dropped after --connect-timeout (before: held for good).
+    const waiting = connect(localPort(dialer), '127.0.0.1');
+    cleanupFor(t).after(() => waiting.destroy());
+    waiting.on('error', () => {});
+    waiting.end('hello?');
+    await withTimeout(new Promise((r) => waiting.once('close', r)), 5000, 'the bridge to drop the unanswered connection');
+    await until(() => relay.open() === 0, 5000, 'the bridge to close its relay connections');
+    const stillThere = await Promise.race([dialer.exited.then((code) => `exited ${code}`), new Promise((r) => setTimeout(() => r('running'), 200))]);
+    assert.equal(stillThere, 'running', dialer.stderr());
+    assert.match(dialer.stderr(), /bridge\.connect_failed/);
+  });
+
+  it('-R re-opens a listener connection whose path went silent, and ignores an accept address it cannot dial', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'quiet', requiresClientAuthorization: true }] });
+    const proxy = await freezableProxy(t, relay.port);
+    const echo = await startTcpEcho(t);
+    const listener = await startBridge(t, `http://127.0.0.1:${proxy.port}`, ['--keepalive', '1', '-R', `quiet:127.0.0.1:${echo.port}`], [/^listening on quiet/]);
+    proxy.freeze();
+    // Before: no keep-alive of its own; the bridge went on believing it listened while the relay had dropped it.
+    await until(() => /bridge\.control_lost.*no answer from the relay/.test(listener.stderr()), 10000, 'the silent path noticed');
+    await until(() => (listener.stderr().match(/bridge\.listening/g) ?? []).length >= 2, 15000, 'listening again');
+    // An accept notice whose address is no WebSocket URL (a relay gone wrong): logged, the bridge lives on.
+    const fake = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    cleanupFor(t).after(() => new Promise<void>((r) => fake.close(() => r())));
+    fake.on('connection', (ws) => ws.send(JSON.stringify({ accept: { address: 'ftp://127.0.0.1/x', id: 'x' } })));
+    await withTimeout(new Promise((r) => fake.once('listening', r)), 5000, 'the fake relay');
+    const odd = runCli(t, ['bridge', '--relay', `http://127.0.0.1:${(fake.address() as { port: number }).port}`, '--token', 'SharedAccessSignature sr=x&sig=y&se=9999999999&skn=k', '-R', `odd:127.0.0.1:${echo.port}`]);
+    await until(() => /bridge\.accept_failed/.test(odd.stderr()), 10000, 'the odd accept logged');
+    const stillThere = await Promise.race([odd.exited.then((code) => `exited ${code}`), new Promise((r) => setTimeout(() => r('running'), 200))]);
+    assert.equal(stillThere, 'running', odd.stderr());
   });
 });
