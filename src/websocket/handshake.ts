@@ -67,4 +67,8 @@ export function writeUpgradeError(socket: Duplex, status: number, reason?: strin
     `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\n${extra}Content-Type: application/json\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
   );
+  // end() closes only our side (the HTTP server allows half-open sockets): a
+  // client that never closes its own would keep the socket, and its place in
+  // the connection counts, for good.
+  (socket as Duplex & { destroySoon?(): void }).destroySoon?.();
 }

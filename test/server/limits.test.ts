@@ -8,6 +8,7 @@ import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
 import { startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { connect } from 'node:net';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 /** Opens a WebSocket; resolves with the handshake's HTTP status (101 when it opened). */
@@ -48,6 +49,35 @@ describe('limits', () => {
     assert.equal(fourth.status, 503);
     assert.equal(await refusals(relay.url, 'connectionsPerNode'), 2);
     await until(() => /"event":"limit.reached","limit":"connectionsPerNode"/.test(relay.stderr()), 5000, 'the limit logged');
+  });
+
+  it('a refused upgrade is closed by the relay, whatever the client does: it holds no place in the connection counts', async (t) => {
+    const relay = await startTestRelay(t, { limits: { connectionsPerNode: 2 } });
+    // Refused after admission (a listener with no token: 401), read, and our side never ended.
+    const refusedAndClosed = (path: string) =>
+      withTimeout(
+        new Promise<string>((resolve) => {
+          const socket = connect({ port: relay.port, host: '127.0.0.1', allowHalfOpen: true });
+          cleanupFor(t).after(() => socket.destroy());
+          let answer = '';
+          socket.on('error', () => undefined);
+          socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+          // Once the relay has ended its side, a write tells whether it also let go of the socket (then it resets).
+          socket.on('end', () => {
+            const probe = setInterval(() => socket.write('still here?'), 50);
+            socket.once('close', () => clearInterval(probe));
+          });
+          socket.on('close', () => resolve(answer.split('\r\n')[0]));
+          socket.write(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+        }),
+        5000,
+        `the relay to let go of the refused upgrade of ${path}`,
+      );
+    const answers = await Promise.all(['/$hc/echo?sb-hc-action=listen', '/$hc/echo?sb-hc-action=listen', '/$hc/echo?sb-hc-action=listen', '/nothing/here'].map(refusedAndClosed));
+    assert.deepEqual(answers.map((a) => a.split(' ')[1]), ['401', '401', '401', '404']);
+    // Before: each kept its place, and with 2 the next listener got 503 ConnectionLimitReached.
+    const listen = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen&sb-hc-token=' + encodeURIComponent(tokenFor(`${relay.url}/echo`)));
+    assert.equal((await handshake(t, listen)).status, 101);
   });
 
   it('connections per hub: past it a client gets 429 HubConnectionLimitReached', async (t) => {
