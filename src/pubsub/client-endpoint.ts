@@ -113,11 +113,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       void this.deps.recovery.recover({ hub, connectionId: recoverId, token, protocol, socket, head, open: (s, c, h) => this.open(s, c, h) });
       return;
     }
-    if (hub.local.connections.size >= config.limits.connectionsPerHub) {
-      metrics.limitRefusals.inc({ limit: 'connectionsPerHub' });
-      log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size });
-      return failUpgrade(duplex, 'HubConnectionLimitReached');
-    }
+    if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
     const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req));
     if (!verdict.ok) {
@@ -139,21 +135,40 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       clientCertificates: clientCertificatesOf(req.socket),
     };
     const source = { id, userId: identity.userId, subprotocol: undefined, states: undefined };
+    // A client that closes its side while the event is answered is gone: not admitted (it would be held until idleMs).
+    let clientEnded = false;
+    const onEnd = () => (clientEnded = true);
+    duplex.once('end', onEnd);
     this.deps.events.connect(hub.config, source, body).then(
       (outcome) => {
+        duplex.off('end', onEnd);
         if (duplex.destroyed) return;
+        if (clientEnded) return duplex.destroy();
         if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
         if (!outcome.ok) {
           log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code });
           return failUpgrade(duplex, outcome.code, outcome.detail);
         }
+        // What may have changed while the handler answered: a reload removed the hub, other clients filled it.
+        if (this.deps.hub(hubName) !== hub) return failUpgrade(duplex, 'HubNotFound');
+        if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
         this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, outcome, source.states);
       },
       (err: Error) => {
+        duplex.off('end', onEnd);
         log.warn({ event: 'pubsub.event_handler_failed', hub: hub.name, connectionId: id, eventName: 'connect', reason: err.message });
         if (!duplex.destroyed) failUpgrade(duplex, 'EventHandlerFailed');
       },
     );
+  }
+
+  /** True (counted and logged) when the hub holds limits.connectionsPerHub connections. */
+  private hubFull(hub: ClusterHub): boolean {
+    const { config, log, metrics } = this.deps;
+    if (hub.local.connections.size < config.limits.connectionsPerHub) return false;
+    metrics.limitRefusals.inc({ limit: 'connectionsPerHub' });
+    log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size });
+    return true;
   }
 
   /** Opens an admitted connection: the token's identity, with what the connect event decided added. */

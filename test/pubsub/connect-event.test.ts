@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -14,7 +15,7 @@ import { clientTls, makePki } from '../helpers/certs.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay, testConfig } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const KEY = 'connect-key-0123456789abcdef-first';
 const KEY_NEW = 'connect-key-0123456789abcdef-second';
@@ -97,5 +98,40 @@ describe('the connect event', () => {
     const second = handler.connects[1].headers;
     const id = String(second['ce-connectionid']);
     assert.equal(second['ce-signature'], `${hmac(KEY_NEW, id)},${hmac(KEY, id)}`);
+  });
+
+  it('is answered before the hub admits, so what changed meanwhile counts: the hub filled up, the client left', async (t) => {
+    // A handler that takes 300 ms to say yes.
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{}'), 300));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, { limits: { connectionsPerHub: 2 }, pubsub: { hubs: [hub(KEY, `http://127.0.0.1:${port}/events/{event}`)] } });
+    const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
+    const held = () => relay.pubsub.hub('chat')!.local.connections.size;
+
+    // Closes its side while the handler answers (before: admitted, 101 and all, and held until idleMs).
+    const leaving = connect({ port: relay.port, host: '127.0.0.1', allowHalfOpen: true });
+    cleanupFor(t).after(() => leaving.destroy());
+    leaving.on('error', () => undefined);
+    const target = new URL(url);
+    leaving.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    setTimeout(() => leaving.end(), 50);
+    await withTimeout(new Promise((r) => leaving.once('close', r)), 5000, 'the relay to close the connection that left');
+    assert.equal(held(), 0);
+
+    // Five at once while the handler answers (before: all five admitted past connectionsPerHub 2).
+    const outcomes = await Promise.all(
+      Array.from({ length: 5 }, () => RawPubSubClient.connect(url, undefined, t).then(() => 'open', (err: Error) => err.message)),
+    );
+    assert.deepEqual([...outcomes].sort(), ['HTTP 429', 'HTTP 429', 'HTTP 429', 'open', 'open']);
+    assert.equal(held(), 2);
   });
 });
