@@ -75,6 +75,9 @@ describe('pub/sub bad input', () => {
       [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: '***' }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g', dataType: 'protobuf', data: 'x' }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g' }, 'BadRequest'],
+      // A path segment of the handler URL ({event}): . and .. would move the request up its path.
+      [{ type: 'event', event: '..', dataType: 'text', data: 'x' }, 'BadRequest'],
+      [{ type: 'event', event: '.', dataType: 'text', data: 'x' }, 'BadRequest'],
       [{ type: 'teleport', group: 'g' }, 'Unsupported'],
     ];
     for (const [message, name] of failures) {
