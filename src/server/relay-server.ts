@@ -44,6 +44,25 @@ function clientErrorCode(code: string | undefined): 'RequestTimeout' | 'HeaderFi
   return 'BadRequest';
 }
 
+/**
+ * Once the relay has answered a request whose body is still arriving, Node
+ * reads and drops the rest to keep the connection; a client that trickles it
+ * would hold its place in httpConnectionsPerNode for good. The rest gets
+ * `ms` (timeouts.headersMs, the bound on a request head), then the
+ * connection is closed.
+ */
+function boundUnreadBody(req: IncomingMessage, res: ServerResponse, ms: number): void {
+  res.once('finish', () => {
+    if (req.complete) return;
+    const socket = req.socket;
+    const timer = setTimeout(() => socket.destroy(), ms);
+    timer.unref();
+    const done = () => clearTimeout(timer);
+    req.once('end', done);
+    socket.once('close', done);
+  });
+}
+
 /** Answers on a connection that will not be read any further, and drops it once the answer is out. */
 function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>[1]): void {
   socket.on('error', () => socket.destroy());
@@ -193,6 +212,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     proxyTrust.apply(req);
+    if (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0') boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
     switch (r.kind) {
       case 'hybrid-http':

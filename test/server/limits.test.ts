@@ -80,6 +80,25 @@ describe('limits', () => {
     assert.equal((await handshake(t, listen)).status, 101);
   });
 
+  it('a body trickled after the relay answered its request gets timeouts.headersMs, then the connection goes', async (t) => {
+    const relay = await startTestRelay(t, { limits: { httpConnectionsPerNode: 2 }, timeouts: { headersMs: 500, firstByteMs: 500 } });
+    const trickling = Array.from({ length: 2 }, () => {
+      const socket = connect(relay.port, '127.0.0.1');
+      cleanupFor(t).after(() => socket.destroy());
+      socket.on('error', () => undefined);
+      let answer = '';
+      socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+      socket.write('POST /$relay/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
+      const drip = setInterval(() => socket.write('1\r\na\r\n'), 100);
+      socket.once('close', () => clearInterval(drip));
+      return { answer: () => answer, closed: withTimeout(new Promise((r) => socket.once('close', r)), 5000, 'the relay to close a trickling body it answered') };
+    });
+    // Before: both stayed open as long as they trickled, and the relay answered everyone else 503.
+    await Promise.all(trickling.map((c) => c.closed));
+    for (const c of trickling) assert.match(c.answer(), /^HTTP\/1\.1 200 /);
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`)).status, 200);
+  });
+
   it('connections per hub: past it a client gets 429 HubConnectionLimitReached', async (t) => {
     const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectionsPerHub: 1 } }));
     await RawPubSubClient.connect(accessUrl(relay.url, {}), undefined, t);
