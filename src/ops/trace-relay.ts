@@ -62,6 +62,9 @@ export function traceMatches(filter: TraceFilter, event: TraceEvent): boolean {
   return true;
 }
 
+/** How often a viewer's token is checked again: a revoked or expired one ends the stream. */
+const RECHECK_MS = 1000;
+
 class TraceViewer {
   private pending: string[] = [];
   private pendingBytes = 0;
@@ -69,11 +72,14 @@ class TraceViewer {
   missed = 0;
   private toldMissed = 0;
   lastWrite = Date.now();
+  private lastCheck = Date.now();
 
   constructor(
     readonly res: ServerResponse,
     readonly filter: TraceFilter,
     private readonly dropped: () => void,
+    /** Whether the token the stream was opened with still passes (expiry, a reload, a key's rotation). */
+    private readonly stillAllowed: () => boolean,
   ) {}
 
   offer(event: TraceEvent): void {
@@ -89,6 +95,16 @@ class TraceViewer {
   }
 
   flush(now: number): void {
+    if (this.res.writableEnded) return;
+    if (now - this.lastCheck >= RECHECK_MS) {
+      this.lastCheck = now;
+      if (!this.stillAllowed()) {
+        this.res.end('event: revoked\ndata: {"message":"the token no longer has the Manage right here"}\n\n');
+        return;
+      }
+    }
+    // A viewer that does not read gets nothing more, notices included, until it does.
+    if (this.res.writableLength > VIEWER_BUFFER_BYTES) return;
     if (this.missed !== this.toldMissed) {
       this.toldMissed = this.missed;
       this.pending.push(`event: dropped\ndata: ${JSON.stringify({ missed: this.missed })}\n\n`);
@@ -145,7 +161,7 @@ export class TraceRelay {
       'x-accel-buffering': 'no',
     });
     res.write('retry: 3000\n\n');
-    const viewer = new TraceViewer(res, filter, () => this.d.trace.dropped('viewer'));
+    const viewer = new TraceViewer(res, filter, () => this.d.trace.dropped('viewer'), () => auth.check(req) === undefined);
     req.socket.setNoDelay(true);
     res.on('close', () => this.removeViewer(viewer));
     res.on('error', () => res.destroy());

@@ -171,6 +171,16 @@ describe('/$relay/trace', () => {
     await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop once its viewer went');
   });
 
+  it('ends a stream whose token stops passing (here: it expires), instead of streaming on', async (t) => {
+    const relay = await startTestRelay(t);
+    const stream = await TraceStream.open(`${relay.url}/$relay/trace`, tokenFor(`${relay.url}/`, { ttl: 2 }), t);
+    assert.equal(stream.status, 200);
+    await until(() => stream.events.some((e) => e.event === 'hello'), 5000, 'hello');
+    // Before: checked once when the stream opened; a revoked or expired token kept every edge's events coming.
+    await until(() => stream.events.some((e) => e.event === 'revoked'), 8000, 'the stream to end once its token expired');
+    await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop with its only viewer');
+  });
+
   it('filters by entity, hub, connection id or user on the viewer side', async (t) => {
     const relay = await startTestRelay(t, pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] }));
     const stream = await TraceStream.open(`${relay.url}/$relay/trace?userId=bob`, tokenFor(`${relay.url}/`), t);
