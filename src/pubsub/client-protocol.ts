@@ -162,10 +162,32 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
   );
 }
 
+/**
+ * `event` messages of one connection at the event handler at once. At this
+ * many the socket is not read until one is answered, and those already read
+ * wait their turn in order (as a simple client's socket is not read while its
+ * one message waits).
+ */
+export const EVENTS_IN_FLIGHT = 16;
+
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId);
+  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) {
+    connection.socket?.hold();
+    (connection.eventsWaiting ??= []).push(() => sendEventNow(ctx, connection, hub, m, ackId));
+    return;
+  }
+  sendEventNow(ctx, connection, hub, m, ackId);
+}
+
+function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
+  connection.eventsInFlight++;
   void ctx.sendEvent(connection, hub, m.event as string, m.dataType ?? 'json', m.data).then((result) => {
+    connection.eventsInFlight--;
+    const next = connection.ended ? undefined : connection.eventsWaiting?.shift();
+    if (next) next();
+    else connection.socket?.release();
     if (connection.ended) return;
     if (!result.ok) {
       if (ackId !== undefined) connection.forgetAckId(ackId);

@@ -1,0 +1,54 @@
+// A JSON client's `event` messages go to the hub's event handler
+// (docs/event-handlers.md): at most EVENTS_IN_FLIGHT of one connection at a
+// time, the rest sent in the order read as answers come, every one acknowledged.
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { describe, it } from 'node:test';
+import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+const KEY = 'user-events-key-0123456789abcdef';
+
+describe("a client's user events", () => {
+  it(`reach the handler at most ${EVENTS_IN_FLIGHT} at a time per connection, each acknowledged`, async (t) => {
+    let now = 0;
+    let most = 0;
+    const seen: string[] = [];
+    // A handler that takes 100 ms per event.
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      now++;
+      most = Math.max(most, now);
+      seen.push(String(req.headers['ce-eventname']));
+      req.resume();
+      req.on('end', () =>
+        setTimeout(() => {
+          now--;
+          res.writeHead(204).end();
+        }, 100),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, {
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [] }] }] },
+    });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    // 80 events in one go (most of them in one read of the relay's).
+    for (let i = 1; i <= 80; i++) client.send({ type: 'event', event: `e${i}`, dataType: 'text', data: 'x', ackId: i });
+    await until(() => client.messages.filter((m) => m.type === 'ack').length === 80, 15000, 'every ack');
+    assert.ok(client.messages.filter((m) => m.type === 'ack').every((a) => a.success), JSON.stringify(client.messages.filter((m) => m.type === 'ack' && !m.success)));
+    // Before: all 80 at the handler at once.
+    assert.ok(most <= EVENTS_IN_FLIGHT, `${most} at once`);
+    // Sent in the order read; several at once may reach the handler in any order.
+    assert.deepEqual([...seen].sort(), Array.from({ length: 80 }, (_, i) => `e${i + 1}`).sort());
+  });
+});
