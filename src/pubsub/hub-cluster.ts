@@ -398,6 +398,12 @@ export class ClusterHub {
       if (action === 'add') {
         for (const g of groups) {
           if (connection.groups.has(g)) continue;
+          // Every edge (and a session's replay) skips the same joins: the limit holds whoever asks.
+          if (!connection.mayJoin(g)) {
+            this.deps.metrics.limitRefusals.inc({ limit: 'groupsPerConnection' });
+            this.deps.log.warn({ event: 'limit.reached', limit: 'groupsPerConnection', hub: this.name, connectionId: connection.id });
+            break;
+          }
           this.local.join(connection, g);
           changed?.(connection, g, true);
         }

@@ -25,6 +25,7 @@ export interface ConnectionLimits {
   sessionBufferMessages: number;
   sessionBufferBytes: number;
   ackIdsPerConnection: number;
+  groupsPerConnection: number;
 }
 
 export class PubSubConnection {
@@ -81,6 +82,11 @@ export class PubSubConnection {
   /** True when a request with this ackId was already processed (answer Duplicate). */
   hasAckId(ackId: number): boolean {
     return this.recentAckIds.has(ackId);
+  }
+
+  /** Whether the connection may join `group` under limits.groupsPerConnection (one it is in always may). */
+  mayJoin(group: string): boolean {
+    return this.groups.has(group) || this.groups.size < this.limits.groupsPerConnection;
   }
 
   /** Records a processed ackId; the oldest is forgotten past limits.ackIdsPerConnection. */

@@ -487,6 +487,8 @@ export class StreamSessions {
         for (const group of groups) {
           const joined = event.action === 'add';
           if (connection.groups.has(group) === joined) continue;
+          // As the live edges apply it (hub-cluster.ts, applyGroups).
+          if (joined && !connection.mayJoin(group)) break;
           if (joined) connection.groups.add(group);
           else connection.groups.delete(group);
           if (!session.noteMembership(m.seq, group, joined)) return 'the session buffer is full';

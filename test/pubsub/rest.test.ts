@@ -98,6 +98,20 @@ describe('pub/sub REST API', () => {
     assert.equal((await bob.request({ type: 'joinGroup', group: 'secret' })).success, true);
   });
 
+  it('holds REST membership calls to limits.groupsPerConnection, as a client\'s own joins are', async (t) => {
+    const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 2 } });
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
+    const aliceId = (await alice.waitFor((m) => m.event === 'connected')).connectionId;
+    for (const group of ['a', 'b']) assert.equal((await alice.request({ type: 'joinGroup', group })).success, true);
+    assert.equal((await alice.request({ type: 'joinGroup', group: 'c' })).error.name, 'Forbidden');
+    const svc = sdk(relay.url);
+    await svc.group('c').addConnection(aliceId);
+    await svc.addConnectionsToGroups(Array.from({ length: 50 }, (_, i) => `many-${i}`), `connectionId eq '${aliceId}'`);
+    // Before: 53 groups (each a cost of every later filter and every delivery).
+    assert.deepEqual([...relay.pubsub.hub(HUB)!.local.connections.get(aliceId)!.groups].sort(), ['a', 'b']);
+    assert.equal(await svc.groupExists('c'), false);
+  });
+
   it('refuses bad credentials and requests, per hub', async (t) => {
     const relay = await startPubSubRelay(t);
     const path = `/api/hubs/${HUB}/:send?api-version=2024-12-01`;
