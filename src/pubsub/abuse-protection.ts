@@ -6,10 +6,22 @@
 // and delivers only when the answer carries WebHook-Allowed-Origin naming
 // that origin, or `*` (several values, in one header or many, are read one by
 // one; @azure/web-pubsub-express answers with its allowedEndpoints' hosts).
-// A URL that passed is remembered until revalidate() (a configuration
-// reload); one that did not is asked again at its next event, and concurrent
-// events wait for one check.
+// The consent is the receiving service's, so it is kept per origin (scheme,
+// host and port): URLs that differ by {event}, which a client chooses, cost
+// neither another OPTIONS nor another entry. An origin that passed is
+// remembered until revalidate() (a configuration reload); one that did not is
+// asked again at its next event, and concurrent events wait for one check.
 import { HandlerError, type HandlerTransport, type UrlValidation } from './event-handlers.ts';
+
+/** The origin a handler URL is validated for; the URL itself when it has none (not http or https). */
+function originOf(url: string): string {
+  try {
+    const origin = new URL(url).origin;
+    return origin === 'null' ? url : origin;
+  } catch {
+    return url;
+  }
+}
 
 /** Largest answer read from a validation request. */
 const MAX_ANSWER_BYTES = 4096;
@@ -27,11 +39,12 @@ export class AbuseProtection implements UrlValidation {
 
   /** Resolves once `url` may receive events; rejects with HandlerError('not allowed' or why the check failed). */
   check(url: string, timeoutMs: number, authorization?: string): Promise<void> {
-    if (this.allowed.has(url)) return Promise.resolve();
-    let pending = this.checking.get(url);
+    const origin = originOf(url);
+    if (this.allowed.has(origin)) return Promise.resolve();
+    let pending = this.checking.get(origin);
     if (!pending) {
-      pending = this.validate(url, timeoutMs, authorization).finally(() => this.checking.delete(url));
-      this.checking.set(url, pending);
+      pending = this.validate(url, origin, timeoutMs, authorization).finally(() => this.checking.delete(origin));
+      this.checking.set(origin, pending);
     }
     return pending;
   }
@@ -41,7 +54,7 @@ export class AbuseProtection implements UrlValidation {
     this.allowed.clear();
   }
 
-  private async validate(url: string, timeoutMs: number, authorization: string | undefined): Promise<void> {
+  private async validate(url: string, origin: string, timeoutMs: number, authorization: string | undefined): Promise<void> {
     const headers: Record<string, string> = { 'webhook-request-origin': this.origin, 'ce-awpsversion': '1.0' };
     if (authorization) headers.authorization = authorization;
     let answer;
@@ -53,7 +66,7 @@ export class AbuseProtection implements UrlValidation {
     }
     const values = (answer.header('webhook-allowed-origin') ?? '').split(',').map((v) => v.trim().toLowerCase());
     if (answer.status >= 200 && answer.status < 300 && values.some((v) => v === '*' || v === this.origin.toLowerCase())) {
-      this.allowed.add(url);
+      this.allowed.add(origin);
       this.onResult(url, true, 'allowed');
       return;
     }

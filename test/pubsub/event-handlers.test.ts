@@ -74,6 +74,17 @@ describe('abuse protection', () => {
     }
   });
 
+  it('keeps the consent per origin: event names (which clients choose) cost no further check, another origin does', async () => {
+    const { transport, asked } = answering('*');
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+    // Before: one OPTIONS, and one remembered entry, per distinct URL (393 for 393 event names).
+    for (let i = 0; i < 50; i++) await protection.check(`http://h:8080/hooks/chat/e${i}`, 1000);
+    assert.equal(asked.length, 1);
+    await protection.check('http://other:8080/hooks/chat/e1', 1000);
+    await protection.check('https://h:8080/hooks/chat/e1', 1000);
+    assert.equal(asked.length, 3);
+  });
+
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
     for (const [allowed, status] of [[undefined, 200], ['relay.example', 200], ['*', 404]] as const) {
       const { transport, asked } = answering(allowed, status);
