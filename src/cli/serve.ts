@@ -76,9 +76,12 @@ export async function serve(argv: string[]): Promise<number> {
   if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
   if (values.nats !== undefined) flags['bus.servers'] = values.nats;
   // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
+  // A reload checks the keys against the address the relay is bound to (a new listen.host waits for a restart).
+  let boundHost: string | undefined;
   const load = (): RelayConfig => {
     const loaded = loadConfig(file, process.env, flags);
-    const refusal = weakKeysRefusal(loaded, values.dev === true);
+    boundHost ??= loaded.listen.host;
+    const refusal = weakKeysRefusal({ ...loaded, listen: { ...loaded.listen, host: boundHost } }, values.dev === true);
     if (refusal) throw new ConfigError(refusal);
     return loaded;
   };

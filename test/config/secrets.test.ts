@@ -10,6 +10,7 @@ import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config/load.ts';
 import { isLoopbackHost, weakKeys, weakKeysRefusal } from '../../src/config/secrets.ts';
 import { startServeProcess } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const LONG = 'k'.repeat(40);
 
@@ -121,6 +122,21 @@ describe('serve refuses weak keys off loopback', () => {
     assert.match(r.stderr, /refusing to serve on 0\.0\.0\.0 with weak keys: \/sas\/0\/key \(root\) is 20 bytes, fewer than 32/);
     const dev = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
     assert.match(dev.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+  });
+});
+
+describe('weak keys on reload', () => {
+  it('are checked against the address the relay is bound to, not a listen.host the reload cannot apply', async (t) => {
+    const dir = folder(t);
+    const strong = 'strong-key-0123456789abcdef0123456789abcdef';
+    const file = write(dir, 'c.json', { listen: { host: '0.0.0.0', port: 0 }, log: { level: 'info' }, sas: [{ keyName: 'root', key: strong, rights: ['Manage'] }] });
+    const relay = await startServeProcess(t, ['--config', file, '--port', '0']);
+    // A file that says loopback (which needs a restart to take effect) with a weak key: the relay still listens on 0.0.0.0.
+    write(dir, 'c.json', { listen: { host: '127.0.0.1', port: 0 }, log: { level: 'info' }, sas: [{ keyName: 'root', key: 'short-key-0123456789', rights: ['Manage'] }] });
+    relay.child.kill('SIGHUP');
+    // Before: the check saw 127.0.0.1 and the weak key went live on a network-facing port.
+    await until(() => /config\.reload_refused/.test(relay.stderr()), 10000, 'the reload refused');
+    assert.match(relay.stderr(), /refusing to serve on 0\.0\.0\.0 with weak keys/);
   });
 });
 
