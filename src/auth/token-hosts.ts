@@ -5,9 +5,13 @@
 import type { IncomingMessage } from 'node:http';
 
 export function tokenHostsFor(req: IncomingMessage, namespaceHosts: string[], publicHost: string): string[] {
+  return tokenHostsForHost(req.headers.host, namespaceHosts, publicHost);
+}
+
+/** The same for a connection that outlives its request (a listener's control channel): from the Host header it came with. */
+export function tokenHostsForHost(host: string | undefined, namespaceHosts: string[], publicHost: string): string[] {
   if (namespaceHosts.length > 0) return namespaceHosts;
   const hosts = [publicHost];
-  const host = req.headers.host;
   if (host) {
     try {
       hosts.push(new URL(`http://${host}`).hostname);

@@ -58,8 +58,8 @@ export class ControlChannel {
     public token: string,
     /** Its expiry, unix seconds. */
     public tokenExpiresAt: number,
-    /** Host names a renewed token's resource may name (as at connect). */
-    readonly hosts: string[],
+    /** The Host header it connected with: with the live config, which host names its tokens may name. */
+    readonly requestHost: string | undefined,
     readonly log: Logger,
     private readonly hooks: ControlChannelHooks,
     /** Bytes queued to the listener that it has not read, past which it is dropped (limits.listenerBufferBytes). */

@@ -12,7 +12,7 @@ import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
-import { tokenHostsFor } from '../auth/token-hosts.ts';
+import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, pathOf, type HybridContext } from './context.ts';
@@ -167,7 +167,7 @@ export class HybridService {
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, this.hostsFor(req), log, this.channelHooks, this.config.limits.listenerBufferBytes);
+      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
       this.listeners.add(channel);
       this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
@@ -178,7 +178,7 @@ export class HybridService {
 
   private readonly channelHooks: ControlChannelHooks = {
     renewToken: (channel, token) => {
-      const d = this.authorizer.check({ token, entity: channel.entity.name, right: 'Listen', hosts: channel.hosts });
+      const d = this.authorizer.check({ token, entity: channel.entity.name, right: 'Listen', hosts: this.channelHosts(channel) });
       return d.ok ? d.expiresAt : d.code;
     },
     response: (channel, response) => {
@@ -337,6 +337,11 @@ export class HybridService {
     return tokenHostsFor(req, this.config.namespaceHosts, this.publicHost);
   }
 
+  /** The same for a listener's control channel, from the live config: a reload that drops a host revokes it. */
+  private channelHosts(channel: ControlChannel): string[] {
+    return tokenHostsForHost(channel.requestHost, this.config.namespaceHosts, this.publicHost);
+  }
+
   // --- reload ---------------------------------------------------------------------
 
   /**
@@ -368,7 +373,7 @@ export class HybridService {
     let closed = 0;
     for (const channel of [...this.listeners.all()]) {
       if (!channel.isOpen) continue;
-      const d = this.authorizer.check({ token: channel.token, entity: channel.entity.name, right: 'Listen', hosts: channel.hosts });
+      const d = this.authorizer.check({ token: channel.token, entity: channel.entity.name, right: 'Listen', hosts: this.channelHosts(channel) });
       // An expired token is the keep-alive's to close (TokenExpired), as it always was.
       if (d.ok || d.code === 'TokenExpired') continue;
       channel.closeWith('AccessRevoked', `AccessRevoked: ${d.code}`);

@@ -232,6 +232,20 @@ describe('reload without a restart', () => {
     assert.match(why.message, /\/bus\/kind/);
   });
 
+  it('closes a listener whose token names a host a reload dropped from namespaceHosts', async (t) => {
+    const config = (namespaceHosts: string[]) => testConfig({ namespaceHosts });
+    const { file, write } = configFile(t, config(['relay.example', 'other.example']));
+    const relay = await startTestRelay(t, config(['relay.example', 'other.example']), { loadConfig: () => loadConfig(file, {}, {}) });
+    const url = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(url, tokenFor('http://relay.example/echo'));
+    t.after(() => listener.close());
+    write(config(['other.example']));
+    const reloaded = await httpRequest(`${relay.url}/$relay/reload`, { method: 'POST', headers: { authorization: tokenFor('http://other.example/') } });
+    assert.equal(reloaded.status, 200, String(reloaded.body));
+    // Before: the hosts were taken when the listener connected, and the dropped host stayed good for it.
+    assert.deepEqual(await withTimeout(listener.closed, 5000, 'the listener closed'), { code: 1008, reason: 'AccessRevoked: TokenScopeInvalid' });
+  });
+
   it('reloads on SIGHUP: a rotated key file, and a new log level for every logger', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-reload-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
