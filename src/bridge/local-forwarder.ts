@@ -37,8 +37,6 @@ export class LocalForwarder {
     private readonly access: RelayAccess,
     private readonly log: Logger,
     private readonly highWaterMark: number,
-    /** How long the relay may take to answer a connect (it waits for the listener to accept). */
-    private readonly connectTimeoutMs: number,
   ) {}
 
   /** Listens; resolves with the bound port. */
@@ -63,10 +61,7 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), {
-      ...this.access.socketOptions(this.access.wsBase),
-      handshakeTimeout: this.connectTimeoutMs,
-    });
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), this.access.socketOptions(this.access.wsBase));
     this.connecting.add(ws);
     let opened = false;
     // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).

@@ -14,6 +14,8 @@ export interface RelayAccessOptions {
   tokenTtlSeconds: number;
   /** CA certificates to trust and a client certificate (listen.tls.requireClientCert on the relay). */
   tls?: { ca?: Buffer[]; cert?: Buffer; key?: Buffer };
+  /** How long the relay may take to answer any handshake (a -L connect waits for the listener to accept). */
+  handshakeTimeoutMs?: number;
 }
 
 /**
@@ -64,7 +66,12 @@ export class RelayAccess {
    * relay can read the frames the masking key is zero (masksHidden).
    */
   socketOptions(url: string): ClientOptions {
-    return { ...this.options.tls, perMessageDeflate: false, ...(masksHidden(url) ? { generateMask: zeroMask } : {}) };
+    return {
+      ...this.options.tls,
+      perMessageDeflate: false,
+      ...(this.options.handshakeTimeoutMs !== undefined ? { handshakeTimeout: this.options.handshakeTimeoutMs } : {}),
+      ...(masksHidden(url) ? { generateMask: zeroMask } : {}),
+    };
   }
 
   get tokenTtlSeconds(): number {

@@ -54,7 +54,7 @@ export class RemoteForwarder {
     private readonly timing: {
       /** The control channel is pinged this often; one silent for two periods is re-opened (a path that died without a word). */
       keepAliveMs: number;
-      /** How long the relay may take to answer a handshake, and the target a connect. */
+      /** How long the target may take to accept a TCP connection (the relay's handshakes: RelayAccess). */
       connectTimeoutMs: number;
     },
   ) {
@@ -67,10 +67,7 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), {
-      ...this.access.socketOptions(this.access.wsBase),
-      handshakeTimeout: this.timing.connectTimeoutMs,
-    });
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions(this.access.wsBase));
     this.control = ws;
     let why = 'connection closed';
     let heard = true;
@@ -160,7 +157,7 @@ export class RemoteForwarder {
       tcp.setNoDelay(true);
       let ws: WebSocket;
       try {
-        ws = new WebSocket(notice.address, { ...this.access.socketOptions(notice.address), handshakeTimeout: this.timing.connectTimeoutMs });
+        ws = new WebSocket(notice.address, this.access.socketOptions(notice.address));
       } catch (err) {
         log.warn({ event: 'bridge.accept_failed', err: (err as Error).message });
         tcp.destroy();
@@ -190,7 +187,7 @@ export class RemoteForwarder {
       log.warn({ event: 'bridge.target_unreachable', err: err.message });
       // Reject through the rendezvous address: the sender gets 502 and this text.
       const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-      const ws = new WebSocket(reject, { ...this.access.socketOptions(reject), handshakeTimeout: this.timing.connectTimeoutMs });
+      const ws = new WebSocket(reject, this.access.socketOptions(reject));
       ws.on('error', () => {});
       ws.on('unexpected-response', (_req, res) => res.resume());
     });

@@ -107,9 +107,9 @@ export async function bridge(argv: string[]): Promise<number> {
   }
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);
-  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl, tls });
+  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl, tls, handshakeTimeoutMs: timing.connectTimeoutMs });
   const log = createLogger(values['log-level'], 'bridge');
-  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer, timing.connectTimeoutMs));
+  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
   const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer, timing));
   for (const forwarder of remoteForwarders) {
     forwarder.start();
