@@ -95,7 +95,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   switch (m.type) {
     case 'joinGroup':
       if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'));
-      if (!connection.groups.has(group) && connection.groups.size >= ctx.groupsPerConnection) {
+      if (!connection.mayJoin(group)) {
         return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'), `a connection may be in at most ${ctx.groupsPerConnection} groups`);
       }
       // Acknowledged once the bus has this node's interest in the group (stored, on a durable hub).

@@ -66,8 +66,8 @@ function boundUnreadBody(req: IncomingMessage, res: ServerResponse, ms: number):
 /** Answers on a connection that will not be read any further, and drops it once the answer is out. */
 function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>[1]): void {
   socket.on('error', () => socket.destroy());
+  // Written, then destroyed (writeUpgradeError).
   failEdgeUpgrade(socket, code);
-  (socket as Socket).destroySoon?.();
 }
 
 export interface RunningRelay {
