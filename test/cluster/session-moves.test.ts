@@ -62,8 +62,8 @@ describe('a reliable session moved between edges on core NATS', () => {
       if (to === c && send === 0) {
         // A gave the session twice and B once, never with anything to page: neither listens on its subject now.
         const stale = async () => (await Promise.all([a, b].map((e) => subjectsOf(nats, e.name)))).flat().filter((s) => s.includes(token));
-        let left = await stale();
-        for (const deadline = Date.now() + 5000; left.length > 0 && Date.now() < deadline; left = await stale()) await new Promise((r) => setTimeout(r, 100));
+        let left: string[] = [];
+        await untilAnswered(async () => (left = await stale()).length === 0, 5000, 'A and B to stop listening').catch(() => undefined);
         assert.deepEqual(left, [], `A and B still listen on the connection's subject\n${story()}`);
       }
     }
