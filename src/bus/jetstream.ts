@@ -461,9 +461,13 @@ export class JetStreamAccess {
     return entry && entry.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined;
   }
 
-  /** Stores `value` under `key`; its revision. */
-  async put(key: string, value: Uint8Array): Promise<number> {
-    return this.ready.kv.put(key, value);
+  /** Stores `value` under `key`; its revision. With `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */
+  async put(key: string, value: Uint8Array, previous?: number): Promise<number> {
+    try {
+      return await this.ready.kv.put(key, value, previous ? { previousSeq: previous } : undefined);
+    } catch (err) {
+      throw conflictOr(err, key);
+    }
   }
 
   /** Deletes `key`; with `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */

@@ -392,6 +392,12 @@ export interface PsCheckpoint {
   permissions: Record<Permission, PermissionSnapshot>;
   /** The edge that wrote it. */
   owner: string;
+  /**
+   * The stream sequence of the claim by which `owner` holds the session (0 or
+   * absent: it opened there). A later claim wins: an edge that finds a higher
+   * one stored no longer writes (stream-sessions.ts).
+   */
+  claim?: number;
   /** Every sequence id up to this one is acknowledged. */
   sequenceId: number;
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */

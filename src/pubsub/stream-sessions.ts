@@ -16,9 +16,11 @@
 // joins the live flow there. No compare-and-set is needed (JetStream 2.9's is
 // not atomic in a cluster): every checkpoint ever written is a valid place to
 // start, since ids re-derive the same; an older one only resends what the
-// client already has, which it drops by sequence id. Only the delete when a
-// session ends names a revision (the one this edge wrote last), so that it
-// never removes the checkpoint of an edge that took the session since.
+// client already has, which it drops by sequence id. Writes and the delete
+// when a session ends name a revision (the one this edge wrote last), so that
+// an edge that has not read the newer claim yet neither overwrites nor
+// removes the checkpoint of the edge that took the session: a checkpoint
+// records the claim its owner holds the session by, and a later claim wins.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
 import { StoreConflict, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
@@ -100,8 +102,10 @@ export class StreamSessions {
   private readonly dirty = new Set<PubSubConnection>();
   private readonly urgent = new Set<PubSubConnection>();
   private readonly lastWritten = new WeakMap<PubSubConnection, number>();
-  /** The checkpoint revision this edge last stored per session: deleting it expects that one. */
+  /** The checkpoint revision this edge last stored per session: writing or deleting it expects that one. */
   private readonly revisions = new WeakMap<PubSubConnection, number>();
+  /** The stream sequence of the claim by which this edge took a session (absent: it opened here). */
+  private readonly claims = new WeakMap<PubSubConnection, number>();
   /** Each session's checkpoint writes and delete, one after another: a delete never lands before a write sent earlier. */
   private readonly queued = new WeakMap<PubSubConnection, Promise<void>>();
   /** Sessions opened before this edge knew its place in the stream. */
@@ -249,6 +253,7 @@ export class StreamSessions {
       tokenHash: tokenHash(connection.session!.reconnectionToken),
       permissions: connection.permissions.snapshot(),
       owner: this.options.nodeId,
+      claim: this.claims.get(connection) ?? 0,
       sequenceId: checkpoint.sequenceId,
       position: checkpoint.position,
       groups: checkpoint.groups,
@@ -272,10 +277,29 @@ export class StreamSessions {
   }
 
   private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
+    const key = this.key(connection.id);
+    const value = Buffer.from(JSON.stringify(this.record(connection, checkpoint)));
     try {
-      const revision = await this.options.js.put(this.key(connection.id), Buffer.from(JSON.stringify(this.record(connection, checkpoint))));
-      this.revisions.set(connection, revision);
-      this.lastWritten.set(connection, Date.now());
+      let previous = this.revisions.get(connection);
+      for (let attempt = 0; ; attempt++) {
+        try {
+          this.revisions.set(connection, await this.options.js.put(key, value, previous));
+          this.lastWritten.set(connection, Date.now());
+          return;
+        } catch (err) {
+          if (!(err instanceof StoreConflict) || attempt > 0) throw err;
+        }
+        // Written since: by this edge when a write's answer was lost, by the edge this one took the
+        // session from (its last write), or by an edge that took it from this one (whose claim this
+        // edge has not read yet): that one's checkpoint stays.
+        const found = await this.readCheckpointEntry(connection.id);
+        const held = this.claims.get(connection) ?? 0;
+        if (found?.checkpoint && (found.checkpoint.claim ?? 0) > held) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner, claim: found.checkpoint.claim });
+          return;
+        }
+        previous = found?.revision;
+      }
     } catch (err) {
       // Written again at the next tick (JetStream may be electing a leader).
       if (!connection.ended) {
@@ -375,6 +399,7 @@ export class StreamSessions {
       for (const group of checkpoint.groups) connection.groups.add(group);
       connection.states = checkpoint.states;
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
+      this.claims.set(connection, claimSeq);
       const replayed = await this.replay(connection, checkpoint.position, claimSeq, deadline);
       if (replayed !== 'caught up') {
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });

@@ -158,6 +158,50 @@ describe("a durable session's checkpoint when its session ends", () => {
     assert.ok(log.events().some((l) => l.includes('pubsub.checkpoint_kept')), log.events().join('\n'));
   });
 
+  it('is not written over by an edge that has not read the newer claim yet', async (t) => {
+    const nats = await startNatsServer(t);
+    const log = captureLogger('info');
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }), { log: log.log });
+    const { client, connectionId } = await reliableMember(t, a.url, 'g');
+    await untilAnswered(async () => (await checkpointOf(a, connectionId))?.groups?.includes('g') === true, 5000, "A's checkpoint with the group");
+    await until(() => settled(a), 5000, "A's checkpoint writes");
+    // What B stores once it took the session by a claim at stream sequence 1000 (A has not read that claim).
+    const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b', claim: 1000 };
+    await a.jetstream!.put(`chat.${connectionId}`, Buffer.from(JSON.stringify(taken)));
+    // A's session moves on (an event, acknowledged), so A writes its checkpoint again.
+    const js = a.jetstream!;
+    const put = js.put.bind(js);
+    let writes = 0;
+    js.put = (...args) => put(...args).finally(() => writes++);
+    await client.request({ type: 'sendToGroup', group: 'g', data: 'moved on' });
+    const delivered = await client.waitFor((m) => m.type === 'message', 5000, 'the event');
+    client.send({ type: 'sequenceAck', sequenceId: delivered.sequenceId });
+    await until(() => writes >= 1 && settled(a), 10000, "A's checkpoint write");
+    // Before: A wrote its own over B's (owner edge-a), and its delete at the session's end was then allowed.
+    assert.equal((await checkpointOf(a, connectionId))?.owner, 'edge-b');
+    assert.ok(log.events().some((l) => l.includes('pubsub.checkpoint_kept')), log.events().join('\n'));
+  });
+
+  it("is written over by the edge that holds it when a write's answer was lost", async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }));
+    const { client, connectionId } = await reliableMember(t, a.url, 'g');
+    await untilAnswered(async () => (await checkpointOf(a, connectionId))?.groups?.includes('g') === true, 5000, "A's checkpoint with the group");
+    await until(() => settled(a), 5000, "A's checkpoint writes");
+    // Fault injection on the edge's own store access: the next write lands, but its answer is lost.
+    const js = a.jetstream!;
+    const put = js.put.bind(js);
+    let lost = 0;
+    js.put = (...args) => put(...args).then((revision) => (lost++ === 0 ? Promise.reject(new Error('TIMEOUT')) : revision));
+    for (const data of ['one', 'two']) {
+      await client.request({ type: 'sendToGroup', group: 'g', data });
+      const delivered = await client.waitFor((m) => m.type === 'message' && m.data === data, 5000, `the event ${data}`);
+      client.send({ type: 'sequenceAck', sequenceId: delivered.sequenceId });
+      await untilAnswered(async () => (await checkpointOf(a, connectionId) as { sequenceId?: number })?.sequenceId === delivered.sequenceId, 10000, `the checkpoint at ${data}`);
+    }
+    assert.ok(lost >= 2);
+  });
+
   it('is deleted after a write still in flight, not before it (which would leave the write behind)', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts }));
