@@ -180,6 +180,8 @@ export interface HcRouted {
   op: 'hc.routed';
   ok: boolean;
   code?: 'NoListener' | 'TooManyPending' | 'ListenerGone';
+  /** The listener's edge, when it watches the listener for the sender (a connect, a request fetched by rendezvous). */
+  node?: string;
 }
 
 /** Listener's edge -> sender's edge: the listener answered on its control channel (body follows). */
@@ -194,6 +196,12 @@ export interface HcFailed {
   op: 'hc.failed';
   id: string;
   code: 'ListenerGone' | 'BadListenerResponse';
+}
+
+/** Sender's edge -> listener's edge: a connect or a request fetched by rendezvous no longer waits for its listener (it dialed, or the sender left). */
+export interface HcDone {
+  op: 'hc.done';
+  id: string;
 }
 
 // --- publish/subscribe: every edge of a hub ----------------------------------------
@@ -462,6 +470,7 @@ export type EdgeMessage =
   | HcRouted
   | HcResponse
   | HcFailed
+  | HcDone
   | PsSend
   | PsClose
   | PsGroups
@@ -490,7 +499,7 @@ export type EdgeMessageOf<Op extends EdgeOp> = Extract<EdgeMessage, { op: Op }>;
 
 /** Every op, each with its schema definition of the same name. */
 export const EDGE_OPS = [
-  'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed',
+  'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed', 'hc.done',
   'ps.send', 'ps.close', 'ps.groups', 'ps.here', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
   'ps.member', 'ps.claim', 'ps.checkpoint',

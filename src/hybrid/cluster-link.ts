@@ -19,6 +19,8 @@ const LISTENER_QUEUE = 'listeners';
 
 export class HybridClusterLink {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
+  /** Listeners told to dial another node, watched for that node until it says `hc.done`. */
+  readonly dialWatches = new Map<string, RemoteDialWatch>();
   private readonly nodeSubscription: BusSubscription;
   private routing = true;
 
@@ -40,6 +42,7 @@ export class HybridClusterLink {
       subject: this.subjects.hybridEntity(entity.key),
       nodeId: this.nodeId,
       timeoutMs: this.requestTimeoutMs,
+      nodeSubject: (node) => this.subjects.node(node) + '.hc',
     });
   }
 
@@ -70,8 +73,9 @@ export class HybridClusterLink {
       return;
     }
     let sent: boolean;
+    let watch: RemoteDialWatch | undefined;
     if (m.op === 'hc.accept') {
-      if (m.node !== undefined) new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
+      if (m.node !== undefined) watch = new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
       sent = channel.send({ accept: m.accept });
     } else {
       // A full request may be answered on the control channel, here; a notice
@@ -79,7 +83,7 @@ export class HybridClusterLink {
       if (m.request.requestTarget !== undefined) {
         new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       } else {
-        new RemoteDialWatch(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
+        watch = new RemoteDialWatch(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       }
       sent = channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
     }
@@ -88,7 +92,8 @@ export class HybridClusterLink {
       return;
     }
     channel.log.info({ event: 'bus.routed', op: m.op, listener: channel.id, from: m.op === 'hc.request' ? m.node : undefined });
-    respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true }));
+    // Naming this node asks the sender's node for `hc.done` once the listener dialed (or the sender left).
+    respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true, node: watch ? this.nodeId : undefined }));
   }
 
   /** Sends a listener's answer back to the node holding the sender. */
@@ -104,7 +109,9 @@ export class HybridClusterLink {
   // --- on the node holding the sender ---------------------------------------------
 
   private onAnswer(message: BusMessage): void {
-    const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed');
+    const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed', 'hc.done');
+    // On the listener's node: the sender's node no longer waits for this listener.
+    if (decoded?.message.op === 'hc.done') return this.dialWatches.get(decoded.message.id)?.done();
     const exchange = decoded ? this.ctx.rendezvous.get(decoded.message.id) : undefined;
     // A connect whose listener dropped its control channel before dialing.
     if (decoded?.message.op === 'hc.failed' && exchange?.action === 'accept') return exchange.listenerLost();
@@ -136,7 +143,8 @@ export class HybridClusterLink {
  * (timeouts.acceptMs for a connect, httpResponseMs for a request fetched by
  * rendezvous), tells it when the listener told to dial drops its control
  * channel, so the sender hears it at once (502 ListenerGone). The sender's
- * node ignores it once the listener has dialed.
+ * node says `hc.done` once the listener has dialed or the sender left, and the
+ * watch ends then.
  */
 class RemoteDialWatch implements ChannelExchange {
   readonly watchOnly = true;
@@ -150,6 +158,7 @@ class RemoteDialWatch implements ChannelExchange {
     acceptMs: number,
   ) {
     channel.exchanges.set(id, this);
+    link.dialWatches.set(id, this);
     this.timer = setTimeout(() => this.done(), acceptMs);
     this.timer.unref();
   }
@@ -163,9 +172,10 @@ class RemoteDialWatch implements ChannelExchange {
     this.done();
   }
 
-  private done(): void {
+  done(): void {
     clearTimeout(this.timer);
-    this.channel.exchanges.delete(this.id);
+    if (this.channel.exchanges.get(this.id) === this) this.channel.exchanges.delete(this.id);
+    if (this.link.dialWatches.get(this.id) === this) this.link.dialWatches.delete(this.id);
   }
 }
 

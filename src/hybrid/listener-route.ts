@@ -54,11 +54,17 @@ export interface RemoteRouteOptions {
   /** This node, where answers on the listener's control channel are sent back. */
   nodeId: string;
   timeoutMs: number;
+  /** Where a listener's node hears `hc.done`. */
+  nodeSubject(node: string): string;
 }
 
 export class RemoteRoute implements ListenerRoute {
   readonly isOpen = true;
   readonly via = 'bus';
+  /** Ids still waiting for their listener here. */
+  private readonly tracked = new Set<string>();
+  /** Id -> the listener's node, which watches the listener for this node until told `hc.done`. */
+  private readonly watchedBy = new Map<string, string>();
 
   constructor(
     private readonly entity: HybridEntity,
@@ -83,12 +89,35 @@ export class RemoteRoute implements ListenerRoute {
     }
     const reply = decodeEdgeMessage(answer, 'hc.routed')?.message;
     if (!reply) return 'RouteTimeout';
-    return reply.ok ? undefined : (reply.code ?? 'NoListener');
+    if (!reply.ok) return reply.code ?? 'NoListener';
+    if (reply.node !== undefined) {
+      const id = 'accept' in notice ? notice.accept.id : notice.request.id;
+      // The listener may have dialed before the answer came.
+      if (this.tracked.has(id)) this.watchedBy.set(id, reply.node);
+      else this.tellDone(reply.node, id);
+    }
+    return undefined;
   }
 
-  track(): void {
-    // Answers come back on this node's bus subject and find the exchange by id.
+  // Answers come back on this node's bus subject and find the exchange by id.
+  track(id: string): void {
+    this.tracked.add(id);
   }
 
-  untrack(): void {}
+  untrack(id: string): void {
+    this.tracked.delete(id);
+    const node = this.watchedBy.get(id);
+    if (node === undefined) return;
+    this.watchedBy.delete(id);
+    this.tellDone(node, id);
+  }
+
+  /** The listener's node stops watching for this id (it would otherwise hold a timer, and report a listener drop, for timeouts.acceptMs). */
+  private tellDone(node: string, id: string): void {
+    try {
+      this.options.bus.publish(this.options.nodeSubject(node), encodeEdgeMessage({ op: 'hc.done', id }));
+    } catch {
+      // The bus is away: the watch ends at its own timeout.
+    }
+  }
 }

@@ -1,0 +1,100 @@
+// A listener's edge watches a listener it told to dial another edge (a connect,
+// a request fetched by rendezvous), so that edge hears at once when the
+// listener drops (src/hybrid/cluster-link.ts, RemoteDialWatch). The sender's
+// edge says `hc.done` once the listener dialed or the sender left, and the
+// watch ends then. Before: each watch held a timer and an entry on the
+// listener's control channel for timeouts.acceptMs (httpResponseMs for a
+// fetch), and a listener that dropped sent one `hc.failed` per watch, for
+// connects long since spliced. Two edges in this process on one nats-server.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+/** Long enough that a watch left to its timeout outlives every wait below. */
+const timeouts = { acceptMs: 30000, httpResponseMs: 30000, shutdownMs: 500 };
+
+async function twoEdges(t: Parameters<typeof startNatsServer>[0]): Promise<[RunningRelay, RunningRelay]> {
+  const nats = await startNatsServer(t);
+  const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts }));
+  const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { timeouts }));
+  return [a, b];
+}
+
+/** Entries on the control channels of `relay`'s listeners: watches and exchanges still waiting. */
+function waiting(relay: RunningRelay): number {
+  let n = 0;
+  for (const channel of relay.hybrid.listeners.all()) n += channel.exchanges.size;
+  return n;
+}
+
+/** Tries `attempt` until B routes to A's listener (interest travels to B's connection first). */
+async function routed<T>(attempt: () => Promise<T>, notYet: (r: T) => boolean): Promise<T> {
+  for (const deadline = Date.now() + 5000; ; ) {
+    const r = await attempt();
+    if (!notYet(r) || Date.now() > deadline) return r;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe("a listener's edge watching a listener told to dial another edge", () => {
+  it('stops once the listener dialed the connect', async (t) => {
+    const [a, b] = await twoEdges(t);
+    const listenUrl = wsUrl(a.url, '/$hc/watched?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = wsUrl(b.url, '/$hc/watched?sb-hc-action=connect');
+    const sender = routed(
+      () => openWebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } }).catch((err: Error & { status?: number }) => err),
+      (r) => r instanceof Error && r.status === 404,
+    );
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    const leg = new WebSocket(accept.address);
+    t.after(() => leg.terminate());
+    await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'rendezvous leg');
+    const ws = await sender;
+    assert.ok(ws instanceof WebSocket, String(ws));
+    t.after(() => ws.terminate());
+    // Before: the watch stayed on A's control channel for acceptMs (30 s).
+    await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
+  });
+
+  it('stops once the sender left before the listener dialed', async (t) => {
+    const [a, b] = await twoEdges(t);
+    const listenUrl = wsUrl(a.url, '/$hc/left?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = wsUrl(b.url, '/$hc/left?sb-hc-action=connect');
+    const sender = new WebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+    sender.on('error', () => {});
+    t.after(() => sender.terminate());
+    await listener.next();
+    await until(() => waiting(a) === 1, 5000, "A's watch");
+    sender.terminate();
+    await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
+  });
+
+  it('stops once the listener fetched and answered a large request', async (t) => {
+    const [a, b] = await twoEdges(t);
+    await startHycoHttpsListener(t, a.url, (req, res) => {
+      req.resume();
+      req.on('end', () => res.end('taken'));
+    }, 'fetched');
+    const url = `${b.url}/fetched/upload`;
+    // Of unknown length (chunked): the listener fetches it over a rendezvous at B.
+    const got = await routed(
+      () => httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url), 'transfer-encoding': 'chunked' }, body: [Buffer.from('part')], timeoutMs: 10000 }),
+      (r) => r.status === 404,
+    );
+    assert.equal(got.status, 200);
+    assert.equal(got.body.toString(), 'taken');
+    await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
+  });
+});
