@@ -256,8 +256,15 @@ export class JetStreamAccess {
         return this.ensureStream(jsm, spec);
       }
       if (apiCode !== STREAM_CONFIG_DIFFERS) throw err;
-      // Created by an edge (or a version) with other limits: take ours. Storage cannot change.
+      // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
+      // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
+      // not advertised) must not take copies away from events already acknowledged.
       const { storage: _storage, ...update } = config;
+      const existing = (await jsm.streams.info(spec.name)).config.num_replicas;
+      if (existing > update.num_replicas) {
+        this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
+        update.num_replicas = existing;
+      }
       await jsm.streams.update(spec.name, update);
     }
   }
@@ -265,10 +272,13 @@ export class JetStreamAccess {
   private async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
     const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
     const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
-    // An existing bucket keeps its options: make its TTL ours.
+    // An existing bucket keeps its options: make its TTL ours, and its replicas ours if it has fewer (never fewer than it has).
     const stream = `KV_${bucket.name}`;
     const info = await jsm.streams.info(stream);
-    if (info.config.max_age !== nanos(bucket.ttlMs)) await jsm.streams.update(stream, { max_age: nanos(bucket.ttlMs) });
+    const replicas = Math.max(info.config.num_replicas, this.replicas);
+    if (info.config.max_age !== nanos(bucket.ttlMs) || info.config.num_replicas !== replicas) {
+      await jsm.streams.update(stream, { max_age: nanos(bucket.ttlMs), num_replicas: replicas });
+    }
     return kv;
   }
 

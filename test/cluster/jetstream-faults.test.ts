@@ -6,9 +6,11 @@
 // a timeout can hide a success: it may arrive, once, in its place.)
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { edgeEvents, startCluster, waitReady } from '../helpers/cluster.ts';
+import { connect } from 'nats';
+import { edgeEvents, edgeOverrides, startCluster, waitReady } from '../helpers/cluster.ts';
 import { waitForJetStream, waitForMesh } from '../helpers/nats.ts';
 import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
+import { startTestRelay } from '../helpers/relay.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -75,6 +77,17 @@ describe('JetStream faults', () => {
     });
     assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
     t.diagnostic(`published ${steady.sent}, acknowledged ${steady.acked.length}, refused ${steady.refused.length} (while the stream elected a leader)`);
+    // An edge that starts now counts two NATS servers (one URL, one other advertised), so 1 replica for what it creates;
+    // it must not take the existing stream and bucket down to that (before: RELAY_chat went from 3 replicas to 1).
+    const c = await startTestRelay(t, edgeOverrides('edge-c', [nats[1].url], { timeouts: { shutdownMs: 500 } }));
+    await until(() => c.jetstream?.state === 'ready', 20000, "edge C's JetStream");
+    const nc = await connect({ servers: nats[1].url });
+    try {
+      const jsm = await nc.jetstreamManager();
+      for (const stream of ['RELAY_chat', 'KV_RELAY_sessions']) assert.equal((await jsm.streams.info(stream)).config.num_replicas, 3, stream);
+    } finally {
+      await nc.close();
+    }
   });
 
   it('every NATS node down for 30 s: publishes meanwhile are refused, everything acknowledged before and after arrives, a question about a group is answered or refused at once', async (t) => {
