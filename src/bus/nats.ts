@@ -106,6 +106,9 @@ export class NatsBus implements Bus {
           authenticator: authenticatorFor(o),
           tls: o.tls ? { ...o.tls } : undefined,
           maxReconnectAttempts: -1,
+          // nats.js otherwise closes for good after two refusals of the credentials in a row (a password
+          // or creds file rotated on the server before the edge's): the edge keeps trying, and says so.
+          ignoreAuthErrorAbort: true,
           reconnectTimeWait: o.reconnectTimeWaitMs,
           timeout: o.connectTimeoutMs,
           reconnectJitter: Math.min(100, o.reconnectTimeWaitMs),
@@ -140,6 +143,11 @@ export class NatsBus implements Bus {
       else if (status.type === Events.Reconnect) this.setConnected(true, String(status.data));
       else if (status.type === Events.Error) this.log.warn({ event: 'bus.error', err: String(status.data) });
     }
+    // The status stream ends when the connection closes: by close(), or by nats.js giving up, which it should not.
+    if (this.closing) return;
+    const err = await nc.closed();
+    this.setConnected(false, 'closed');
+    this.log.error({ event: 'bus.closed', err: err?.message, hint: 'the NATS client closed its connection and will not reconnect: restart this edge' });
   }
 
   private setConnected(connected: boolean, server: string): void {

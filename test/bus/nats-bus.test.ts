@@ -7,6 +7,7 @@ import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
+import { captureLogger } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 const options = { randomizeServers: false, name: 't', reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 1000 };
@@ -31,6 +32,23 @@ describe('NATS bus', () => {
     await server.restart();
     await until(() => bus.connected, 10000, 'reconnected');
     assert.deepEqual(changes, [true, false, true]);
+  });
+
+  it('connects again once NATS takes its credentials again, after refusing them on reconnects', async (t) => {
+    const users = (password: string) => `authorization {\n  user: edge\n  password: "${password}"\n}\n`;
+    const server = await startNatsServer(t, 'n1', undefined, { config: users('the-edges-password') });
+    const log = captureLogger('info');
+    const bus = new NatsBus({ ...options, servers: [server.url], user: 'edge', pass: 'the-edges-password' }, log.log);
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, 'connected');
+    // The server's password is rotated before the edge's: it drops the edge, and refuses each reconnect.
+    server.reconfigure(users('rotated-on-the-server-first'));
+    await until(() => !bus.connected, 5000, 'disconnected');
+    const refusals = () => log.lines().filter((l) => /authorization/i.test(String(l.err))).length;
+    await until(() => refusals() >= 2, 10000, 'reconnects refused');
+    server.reconfigure(users('the-edges-password'));
+    // Before: nats.js gave up after two refusals in a row and closed the connection for good.
+    await until(() => bus.connected, 10000, 'connected again');
   });
 
   it('starts without NATS and connects when it appears; close() while waiting returns', async (t) => {

@@ -28,6 +28,12 @@ export interface NatsNode {
   restart(): Promise<void>;
   /** Routes this node has to other nodes (from /routez). */
   routes(): Promise<number>;
+  /**
+   * Writes `config` as its config file and has it read again (SIGHUP); only for a node started with a config.
+   * A reload does not apply the command line again: the node's name is written in for it (nats-server refuses
+   * a reload that changes it), and JetStream goes off unless `config` has a jetstream block.
+   */
+  reconfigure(config: string): void;
 }
 
 interface Ports {
@@ -161,6 +167,11 @@ export async function startNatsServer(
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });
       return ((await res.json()) as { num_routes: number }).num_routes;
+    },
+    reconfigure: (config) => {
+      if (!configFile) throw new Error('reconfigure: the node was started without a config');
+      writeFileSync(configFile, `server_name: "${name}"\n${config}`);
+      child.kill('SIGHUP');
     },
   };
   return node;
