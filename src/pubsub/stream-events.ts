@@ -7,7 +7,7 @@
 // can compute again (stream-sessions.ts). Session claims travel the same way.
 import { randomUUID } from 'node:crypto';
 import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
-import type { Follower, JetStreamAccess, StoredMessage } from '../bus/jetstream.ts';
+import { StoreError, type Follower, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
@@ -34,6 +34,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private applied = 0;
   /** Questions waiting for this edge to apply the stream up to `at` (reached()). */
   private waiters: { at: number; done: (reached: boolean) => void }[] = [];
+  /** Writes waiting for the follower to start (whenFollowing()). */
+  private startWaiters: (() => void)[] = [];
   private readonly sessions: StreamSessions;
 
   /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
@@ -68,6 +70,25 @@ export class StreamEvents implements DurableEvents, HubHistory {
     );
     this.sessions.started();
     this.options.log.info({ event: 'pubsub.stream_following', hub: this.hub.name, from: last + 1 });
+    for (const wake of this.startWaiters.splice(0)) wake();
+  }
+
+  /**
+   * Waits (up to publishTimeoutMs) until this edge reads the stream. A write
+   * stored before the follower asked where the stream ends would be acknowledged
+   * and never applied here: a client's join lost, its sends missing here.
+   */
+  private async whenFollowing(): Promise<void> {
+    if (this.follower) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(wake, this.options.publishTimeoutMs);
+      function wake(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.startWaiters.push(wake);
+    });
+    if (!this.follower) throw new StoreError('not stored: this edge is not reading the hub stream yet');
   }
 
   // --- writing ------------------------------------------------------------------------
@@ -83,6 +104,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     msgId: string | undefined,
     filter?: ConnectionFilter,
   ): Promise<SendResult> {
+    await this.whenFollowing();
     const { dataJson, ...head } = message;
     const id = msgId ?? randomUUID();
     // The filter is stored with the event: every edge applies it where the stream orders it.
@@ -101,6 +123,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<void> {
+    await this.whenFollowing();
     const change: PsMember = { op: 'ps.member', ...this.hub.from, target, action, groups, filter: filter?.text };
     await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(change), msgId ?? randomUUID());
   }
@@ -257,5 +280,6 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.close();
     for (const w of this.waiters) w.done(false);
     this.waiters = [];
+    for (const wake of this.startWaiters.splice(0)) wake();
   }
 }

@@ -312,4 +312,27 @@ describe('reload without a restart', () => {
     assert.ok(relay.reload('api').ok);
     await storedIn('third', OTHER_KEY);
   });
+
+  it('acknowledges a join on a durable hub added on reload only once the edge reads its stream, so the join takes effect', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
+    const hubs = [{ name: 'chat', accessKey: CHAT_KEY }];
+    const { file, write } = configFile(t, testConfig({ bus, pubsub: { hubs } }));
+    const relay = await startTestRelay(t, testConfig({ bus, pubsub: { hubs } }), { loadConfig: () => loadConfig(file, {}, {}) });
+    await until(() => relay.pubsub.hub('chat')!.durable!.started, 10000, "chat's stream read");
+    // Fault injection on the edge's own JetStream access: asking where a stream ends takes a second.
+    const js = relay.jetstream!;
+    const bounds = js.bounds.bind(js);
+    js.bounds = (stream) => new Promise((r) => setTimeout(r, 1000)).then(() => bounds(stream));
+    hubs.push({ name: 'fresh', accessKey: FRESH_KEY } as never);
+    write(testConfig({ bus, pubsub: { hubs } }));
+    assert.ok(relay.reload('api').ok);
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'fresh', key: FRESH_KEY }), undefined, t);
+    const joined = await client.request({ type: 'joinGroup', group: 'g' }, 10000);
+    assert.equal(joined.success, true, JSON.stringify(joined));
+    const sent = await client.request({ type: 'sendToGroup', group: 'g', dataType: 'text', data: 'to the group', noEcho: false }, 10000);
+    assert.equal(sent.success, true, JSON.stringify(sent));
+    // Before: the join was stored (and acknowledged) before the edge asked where the stream ends, so it never applied it.
+    await client.waitFor((m) => m.type === 'message' && m.data === 'to the group', 5000, 'the event to the group it joined');
+  });
 });
