@@ -3,7 +3,9 @@
 // encodeSubjectToken: letters, digits and `-` stay, every other byte of its
 // UTF-8 form becomes `_XX` (upper-case hex), so `.`, `*`, `>`, spaces and
 // control bytes can never split a token or act as a wildcard, and decoding is
-// exact. A name whose encoding would pass MAX_TOKEN_LENGTH (NATS caps a
+// exact. A lone surrogate (JSON can carry one; UTF-8 cannot, and would write
+// U+FFFD's bytes for it, so `"\ud800"` and `"\ufffd"` would share a token)
+// becomes `_U` and its four hex digits. A name whose encoding would pass MAX_TOKEN_LENGTH (NATS caps a
 // protocol line at 4 KiB) becomes `_h` + its SHA-256 instead: receivers always
 // compare the exact name carried in the payload, so even a collision reaches
 // nobody it should not.
@@ -21,6 +23,11 @@ export function encodeSubjectToken(name: string): string {
       out += ch;
       continue;
     }
+    const unit = ch.charCodeAt(0);
+    if (ch.length === 1 && unit >= 0xd800 && unit <= 0xdfff) {
+      out += `_U${unit.toString(16).toUpperCase()}`;
+      continue;
+    }
     for (const byte of Buffer.from(ch, 'utf8')) out += `_${HEX[byte >> 4]}${HEX[byte & 15]}`;
     if (out.length > MAX_TOKEN_LENGTH) break;
   }
@@ -32,7 +39,8 @@ export function encodeSubjectToken(name: string): string {
 export function decodeSubjectToken(token: string): string | undefined {
   if (token === '_e') return '';
   if (token.startsWith('_h')) return undefined;
-  const bytes: number[] = [];
+  let text = '';
+  let bytes: number[] = [];
   for (let i = 0; i < token.length; i++) {
     const c = token[i];
     if (c !== '_') {
@@ -40,12 +48,20 @@ export function decodeSubjectToken(token: string): string | undefined {
       bytes.push(c.charCodeAt(0));
       continue;
     }
+    if (token[i + 1] === 'U') {
+      const unit = token.slice(i + 2, i + 6);
+      if (!/^D[89A-F][0-9A-F]{2}$/.test(unit)) return undefined;
+      text += Buffer.from(bytes).toString('utf8') + String.fromCharCode(parseInt(unit, 16));
+      bytes = [];
+      i += 5;
+      continue;
+    }
     const hex = token.slice(i + 1, i + 3);
     if (!/^[0-9A-F]{2}$/.test(hex)) return undefined;
     bytes.push(parseInt(hex, 16));
     i += 2;
   }
-  const text = Buffer.from(bytes).toString('utf8');
+  text += Buffer.from(bytes).toString('utf8');
   return encodeSubjectToken(text) === token ? text : undefined;
 }
 

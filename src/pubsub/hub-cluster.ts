@@ -162,20 +162,34 @@ export class ClusterHub {
     }
   }
 
-  /** Subject tokens of the groups with members here: a durable hub skips other groups' events unread. */
-  readonly localGroupTokens = new Set<string>();
+  /**
+   * Subject tokens of the groups with members here, with how many such groups
+   * share each (names too long for a token share hashed ones): a durable hub
+   * skips other groups' events unread.
+   */
+  readonly localGroupTokens = new Map<string, number>();
 
   private subscribe(kind: 'group' | 'user' | 'connection', name: string): void {
     const key = `${kind}:${name}`;
     if (this.subscriptions.has(key)) return;
-    if (kind === 'group') this.localGroupTokens.add(encodeSubjectToken(name));
+    if (kind === 'group') {
+      const token = encodeSubjectToken(name);
+      this.localGroupTokens.set(token, (this.localGroupTokens.get(token) ?? 0) + 1);
+    }
     this.subscriptions.set(key, this.deps.bus.subscribe(this.subjectOf({ kind, name }), (m) => this.onBus(m)));
   }
 
   private unsubscribe(kind: 'group' | 'user' | 'connection', name: string): void {
     const key = `${kind}:${name}`;
-    if (kind === 'group') this.localGroupTokens.delete(encodeSubjectToken(name));
-    this.subscriptions.get(key)?.unsubscribe();
+    const subscription = this.subscriptions.get(key);
+    if (!subscription) return;
+    if (kind === 'group') {
+      const token = encodeSubjectToken(name);
+      const left = (this.localGroupTokens.get(token) ?? 1) - 1;
+      if (left > 0) this.localGroupTokens.set(token, left);
+      else this.localGroupTokens.delete(token);
+    }
+    subscription.unsubscribe();
     this.subscriptions.delete(key);
   }
 
@@ -528,6 +542,7 @@ export class ClusterHub {
     this.roster?.leave();
     for (const sub of this.subscriptions.values()) sub.unsubscribe();
     this.subscriptions.clear();
+    this.localGroupTokens.clear();
   }
 }
 

@@ -4,7 +4,8 @@ import { describe, test } from 'node:test';
 import { MAX_TOKEN_LENGTH, Subjects, decodeSubjectToken, encodeSubjectToken } from '../../src/bus/subjects.ts';
 
 describe('subject token encoding', () => {
-  const names = ['chat', 'a.b', '*', '>', 'a b', '_', '_41', 'Ä-ö', '💥', '\u0000', '', 'x'.repeat(60)];
+  // Lone surrogates (JSON can carry them; UTF-8 cannot): before, each encoded as U+FFFD's bytes, one token for three names.
+  const names = ['chat', 'a.b', '*', '>', 'a b', '_', '_41', 'Ä-ö', '💥', '\u0000', '', 'x'.repeat(60), '\uD800', '\uDC00', '\uFFFD', 'a\uD83Db', '\uDCA5\uD83D', '_UD800'];
 
   test('tokens use only letters, digits, `-` and `_`, and decode exactly', () => {
     for (const name of names) {
@@ -27,7 +28,8 @@ describe('subject token encoding', () => {
   });
 
   test('malformed tokens do not decode', () => {
-    for (const bad of ['_4', '_zz', 'a.b', 'a*', '_61']) assert.equal(decodeSubjectToken(bad), undefined, bad);
+    // `_U` names a lone surrogate only: not another code unit, nor the halves of a pair (written as UTF-8).
+    for (const bad of ['_4', '_zz', 'a.b', 'a*', '_61', '_UD7FF', '_U0041', '_UD83D_UDCA5', '_Ud800', '_UD8']) assert.equal(decodeSubjectToken(bad), undefined, bad);
   });
 
   test('subjects put each user-chosen name in exactly one token under the prefix', () => {
