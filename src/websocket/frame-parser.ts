@@ -109,7 +109,9 @@ export class FrameParser {
       pos = 4;
     } else if (length === 127) {
       const high = this.header.readUInt32BE(2);
-      if (high > 0x1fffff) return this.fail(CLOSE_TOO_BIG, 'frame too large');
+      // RFC 6455 5.2: the most significant bit MUST be 0, and a control frame's length fits in 7 bits.
+      if (high & 0x80000000) return this.fail(CLOSE_PROTOCOL_ERROR, 'length with its top bit set');
+      if (high > 0x1fffff) return this.fail((b0 & 0x08) !== 0 ? CLOSE_PROTOCOL_ERROR : CLOSE_TOO_BIG, 'frame too large');
       length = high * 0x100000000 + this.header.readUInt32BE(6);
       pos = 10;
     }

@@ -67,6 +67,9 @@ describe('frame parser', () => {
       [Buffer.concat([maskedFrame(false, OP_TEXT, Buffer.from('x')), maskedFrame(true, OP_TEXT, Buffer.from('y'))]), /1002 expected continuation/],
       [maskedFrame(false, OP_PING, Buffer.from('x')), /1002 bad control frame/],
       [maskedFrame(true, OP_BINARY, Buffer.alloc(2000)), /1009 frame too large/, { maxFrameBytes: 1000 }],
+      // A 64-bit length must have its top bit clear (before: 1009, as if only too large), and a control frame's fits in 7 bits.
+      [Buffer.from([0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4]), /1002 length with its top bit set/],
+      [Buffer.from([0x89, 0xff, 0, 0x40, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]), /1002 frame too large/],
     ];
     for (const [wire, pattern, opts] of cases) {
       const r = recorder();
