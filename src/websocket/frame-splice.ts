@@ -13,7 +13,7 @@ import { queuedPast } from './backpressure.ts';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
 import { OP_CLOSE, OP_PING, OP_PONG, decodeClosePayload, encodeFrame, encodeFrameHeader } from './frames.ts';
-import { TurnCork } from './turn-cork.ts';
+import { TurnWriter } from './turn-writer.ts';
 
 export interface SpliceOptions {
   highWaterMark: number;
@@ -37,8 +37,8 @@ class Direction implements FrameHandler {
   readonly parser: FrameParser;
   /** Payload bytes forwarded. */
   bytes = 0;
-  /** Corks `to` for the rest of the turn. */
-  readonly toCork: TurnCork;
+  /** Every write to `to`: corked for the rest of the turn, small ones copied together. */
+  readonly toWriter: TurnWriter;
   /** A frame header went out and part of its payload has not. */
   private midFrameRemaining = 0;
   /** A control frame waiting for the current frame to finish. */
@@ -56,7 +56,7 @@ class Direction implements FrameHandler {
     maxFrameBytes: number,
   ) {
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes });
-    this.toCork = new TurnCork(to);
+    this.toWriter = new TurnWriter(to);
   }
 
   get midFrame(): boolean {
@@ -81,7 +81,7 @@ class Direction implements FrameHandler {
     if (this.pendingControl) {
       const frame = this.pendingControl;
       this.pendingControl = undefined;
-      this.to.write(frame);
+      this.toWriter.write(frame);
     }
   }
 
@@ -104,7 +104,7 @@ class Direction implements FrameHandler {
   }
 
   private write(buf: Buffer): void {
-    this.to.write(buf);
+    this.toWriter.write(buf);
     if (!this.waitingForDestination && queuedPast(this.to, this.splice.highWaterMark)) {
       this.waitingForDestination = true;
       this.updateReading();
@@ -174,7 +174,7 @@ export class FrameSplice {
     ] as const) {
       socket.on('data', (chunk: Buffer) => {
         // Everything forwarded from the chunks read in this turn of the event loop leaves in one writev.
-        dir.toCork.hold();
+        dir.toWriter.hold();
         dir.parser.push(chunk);
       });
       socket.on('drain', () => {
@@ -191,26 +191,37 @@ export class FrameSplice {
 
   /** Writes a control frame to `socket`, after the frame in flight to it, if any. */
   writeControl(socket: Duplex, frame: Buffer): void {
-    const writer = socket === this.a ? this.bToA : this.aToB;
+    const writer = this.directionTo(socket);
     if (writer.midFrame) writer.pendingControl = frame;
-    else socket.write(frame);
+    else writer.toWriter.write(frame);
+  }
+
+  /** The direction that writes to `socket`. */
+  private directionTo(socket: Duplex): Direction {
+    return socket === this.a ? this.bToA : this.aToB;
+  }
+
+  /** The close handshake of `socket`, after everything staged for it went out (it writes or ends the socket itself). */
+  private handshakeOf(socket: Duplex): CloseHandshake {
+    this.directionTo(socket).toWriter.flush();
+    return this.handshakes.get(socket)!;
   }
 
 
   /** True while a data frame is half-written to `socket`: a close frame cannot go out now. */
   private midFrameTo(socket: Duplex): boolean {
-    return (socket === this.a ? this.bToA : this.aToB).midFrame;
+    return this.directionTo(socket).midFrame;
   }
 
   /** Sends a close frame to a leg, or drops the leg when a frame is half-written to it. */
   private sendClose(socket: Duplex, code: number, reason = ''): void {
-    const handshake = this.handshakes.get(socket)!;
+    const handshake = this.handshakeOf(socket);
     if (this.midFrameTo(socket)) handshake.abort();
     else handshake.send(code, reason);
   }
 
   onCloseFrame(dir: Direction, payload: Buffer): void {
-    const handshake = this.handshakes.get(dir.from)!;
+    const handshake = this.handshakeOf(dir.from);
     if (this.closing) {
       // The other leg's answer to the close we forwarded: done with it.
       handshake.receive(payload);
@@ -231,7 +242,7 @@ export class FrameSplice {
     }
     this.beginClose(dir.name, code, reason);
     this.sendClose(dir.from, code, reason);
-    this.handshakes.get(dir.from)!.end();
+    this.handshakeOf(dir.from).end();
     this.sendClose(dir.to, code, 'peer protocol error');
   }
 
@@ -258,7 +269,9 @@ export class FrameSplice {
       // Mirror the abrupt loss: the other leg sees an abnormal closure too.
       (name === 'a' ? this.b : this.a).destroy();
     }
-    (name === 'a' ? this.a : this.b).end();
+    const socket = name === 'a' ? this.a : this.b;
+    this.directionTo(socket).toWriter.flush();
+    socket.end();
   }
 
   private onSocketClosed(name: 'a' | 'b'): void {

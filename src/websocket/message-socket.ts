@@ -164,12 +164,24 @@ function flushDirty(): void {
   }
 }
 
+/**
+ * What each frame of a message, and each piece of one that arrived in its own
+ * read, is charged beyond its bytes: each is kept as its own Buffer until the
+ * message ends. A message of 1-byte fragments held ~100 bytes per byte
+ * (106 MB for one under the 1 MiB cap).
+ */
+const PIECE_COST = 64;
+/** Charges allowed per message: its byte cap, and at least 1,024 pieces. */
+const MIN_PIECE_BUDGET = 1024 * PIECE_COST;
+
 export class MessageSocket<Owner = unknown> implements FrameHandler {
   /** Time (ms since epoch) the last frame of any kind arrived. */
   lastReceivedAt = Date.now();
   private readonly parser: FrameParser;
   private chunks: Buffer[] = [];
   private messageBytes = 0;
+  /** PIECE_COST per frame and piece of the message being read. */
+  private messageOverhead = 0;
   private messageIsBinary = false;
   private readonly closing: CloseHandshake;
   private closeCode = CLOSE_ABNORMAL;
@@ -366,15 +378,25 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
       this.messageIsBinary = opcode === OP_BINARY;
       this.chunks = [];
       this.messageBytes = 0;
+      this.messageOverhead = 0;
     }
     this.messageBytes += length;
     if (this.messageBytes > this.options.maxMessageBytes) {
       this.fail(CLOSE_TOO_BIG, 'message too big');
+    } else {
+      this.chargePiece();
     }
   }
 
   onDataPayload(chunk: Buffer): void {
-    if (!this.closing.sent) this.chunks.push(chunk);
+    if (this.closing.sent) return;
+    this.chunks.push(chunk);
+    this.chargePiece();
+  }
+
+  private chargePiece(): void {
+    this.messageOverhead += PIECE_COST;
+    if (this.messageOverhead > Math.max(this.options.maxMessageBytes, MIN_PIECE_BUDGET)) this.fail(CLOSE_TOO_BIG, 'message in too many pieces');
   }
 
   onDataFrameEnd(fin: boolean): void {
@@ -382,6 +404,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.messageBytes);
     this.chunks = [];
     this.messageBytes = 0;
+    this.messageOverhead = 0;
     if (!this.messageIsBinary && !isUtf8(data)) return this.fail(CLOSE_INVALID_DATA, 'text is not UTF-8');
     this.events.onMessage(this, this.messageIsBinary, data);
   }

@@ -13,8 +13,9 @@ import { MAX_RSS_GROWTH, assertStillServing, measuringRss, mib, startHostileRela
 import { httpRequest } from '../helpers/http.ts';
 import { accessUrl } from '../helpers/pubsub.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
-import { floodWithoutReading, maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
+import { floodWithoutReading, maskedFrame, parseServerFrames, rawUpgrade } from '../helpers/raw-socket.ts';
 import { tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const FLOOD_BYTES = 64 << 20;
 /** The flood counts as refused once the relay has taken nothing for this long. */
@@ -25,12 +26,31 @@ const OP_PING = 0x9;
 const PING = maskedFrame(OP_PING, Buffer.alloc(125, 0x61));
 
 /** Floods `frame` down `socket` without reading; checks the relay's memory, and that it still serves others. */
-async function floodAndCheck(t: TestContext, relay: RelayProcess, socket: Socket, frame: Buffer): Promise<void> {
-  const { result, growth } = await measuringRss(relay, () => floodWithoutReading(socket, frame, FLOOD_BYTES, STALL_MS));
+async function floodAndCheck(t: TestContext, relay: RelayProcess, socket: Socket, frame: Buffer, bytes = FLOOD_BYTES): Promise<void> {
+  const { result, growth } = await measuringRss(relay, () => floodWithoutReading(socket, frame, bytes, STALL_MS));
   t.diagnostic(`wrote ${mib(result.written)} (${result.stalled ? 'relay stopped reading' : result.closed ? 'closed' : 'all taken'}), RSS +${mib(growth)}`);
-  assert.ok(result.stalled || result.closed, `the relay took all ${mib(FLOOD_BYTES)} from a peer that does not read`);
+  assert.ok(result.stalled || result.closed, `the relay took all ${mib(bytes)} from a peer that does not read`);
   assert.ok(growth < MAX_RSS_GROWTH, `RSS grew ${mib(growth)}`);
   await assertStillServing(t, relay);
+}
+
+/** A relayed WebSocket on `relay`: the sender's raw socket; the listener's leg reads or not. */
+async function relayedSender(t: TestContext, relay: RelayProcess, legReads: boolean): Promise<Socket> {
+  const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  const upgrading = rawUpgrade(t, relay.port, '/$hc/open?sb-hc-action=connect');
+  const { accept } = await listener.next();
+  const address = new URL(accept.address);
+  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+  assert.equal(leg.status, 101);
+  if (legReads) leg.socket.resume();
+  else leg.socket.pause();
+  const sender = await upgrading;
+  assert.equal(sender.status, 101);
+  // The splice lives on without it; the entity's next connect goes to the next listener.
+  listener.close();
+  return sender.socket;
 }
 
 async function pubsubSocket(t: TestContext, relay: RelayProcess): Promise<Socket> {
@@ -93,5 +113,38 @@ describe('a peer that writes and never reads', () => {
     const channel = await rawUpgrade(t, relay.port, path, { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, path)) });
     assert.equal(channel.status, 101);
     await floodAndCheck(t, relay, channel.socket, PING);
+  });
+});
+
+// Tiny frames (issue 18's byte caps, found again by a review): every frame the relay kept or queued
+// cost a Buffer and a write entry, ~100-250 bytes, while the caps counted 2 to 7 bytes for it.
+describe('a peer sending tiny frames', () => {
+  const OP_CONTINUATION = 0x0;
+  const OP_BINARY = 0x2;
+
+  it('empty data frames to a listener that does not read, and empty pings whose pongs are not read, are held to spliceBufferBytes (before: +124 and +105 MB)', async (t) => {
+    // 1 MiB: half a million frames of 2 bytes each, which cost ~250 bytes of the relay's memory each before.
+    const relay = await startHostileRelay(t, { limits: { spliceBufferBytes: 1 << 20 } });
+    await floodAndCheck(t, relay, await relayedSender(t, relay, false), maskedFrame(OP_BINARY, Buffer.alloc(0)));
+    await floodAndCheck(t, relay, await relayedSender(t, relay, true), maskedFrame(OP_PING, Buffer.alloc(0)));
+  });
+
+  it('a pub/sub message under pubsubMessageBytes sent as 1-byte fragments is refused (before: +134 MB)', async (t) => {
+    const relay = await startHostileRelay(t);
+    const socket = await pubsubSocket(t, relay);
+    socket.write(maskedFrame(OP_TEXT, ' ', false));
+    // (1 MiB - 1 KiB) payload bytes, 7 wire bytes each: under the default 1 MiB cap by bytes.
+    const fragment = maskedFrame(OP_CONTINUATION, ' ', false);
+    const { growth } = await measuringRss(relay, () => floodWithoutReading(socket, fragment, ((1 << 20) - 1024) * fragment.length, STALL_MS));
+    t.diagnostic(`RSS +${mib(growth)}`);
+    assert.ok(growth < MAX_RSS_GROWTH, `RSS grew ${mib(growth)}`);
+    // The relay's answer, after the connected message: close 1009.
+    let read = Buffer.alloc(0);
+    socket.on('data', (d: Buffer) => (read = Buffer.concat([read, d])));
+    socket.resume();
+    const closeFrame = () => parseServerFrames(read).frames.find((f) => f.opcode === 0x8);
+    await until(() => closeFrame() !== undefined, 5000, 'a close frame');
+    assert.equal(closeFrame()!.payload.readUInt16BE(0), 1009, closeFrame()!.payload.toString('latin1'));
+    await assertStillServing(t, relay);
   });
 });
