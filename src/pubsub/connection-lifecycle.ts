@@ -82,6 +82,8 @@ export class ConnectionLifecycle {
       for (const connection of hub.local.connections.values()) {
         const socket = connection.socket;
         if (socket) {
+          // Not read while held (its frames wait for the event handler, which is bounded by its timeout).
+          if (socket.isHeld) continue;
           const silent = now - socket.lastReceivedAt;
           if (silent > idleMs) socket.destroy();
           else if (silent >= keepAliveIntervalMs) socket.ping();

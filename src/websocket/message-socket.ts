@@ -354,9 +354,16 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.socket.pause();
   }
 
+  /** The owner holds it (hold()): its silence is the relay's doing, not the peer's. */
+  get isHeld(): boolean {
+    return this.held;
+  }
+
   release(): void {
     if (!this.held) return;
     this.held = false;
+    // Nothing was read while held, pongs included: the peer's silence starts now.
+    this.lastReceivedAt = Date.now();
     if (!this.readingPaused && !this.socket.destroyed) this.socket.resume();
   }
 

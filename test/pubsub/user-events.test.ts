@@ -4,11 +4,12 @@
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { describe, it } from 'node:test';
+import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const KEY = 'user-events-key-0123456789abcdef';
 
@@ -50,5 +51,40 @@ describe("a client's user events", () => {
     assert.ok(most <= EVENTS_IN_FLIGHT, `${most} at once`);
     // Sent in the order read; several at once may reach the handler in any order.
     assert.deepEqual([...seen].sort(), Array.from({ length: 80 }, (_, i) => `e${i + 1}`).sort());
+  });
+
+  it('a simple client is not dropped as idle while the relay holds it (its frames waiting for the handler)', async (t) => {
+    const seen: string[] = [];
+    // A handler that takes 600 ms per message: four messages hold the client for 2.4 s, past idleMs.
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => {
+        seen.push(Buffer.concat(chunks).toString());
+        setTimeout(() => res.writeHead(204).end(), 600);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, {
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [] }] }] },
+      timeouts: { keepAliveIntervalMs: 200, idleMs: 1000 },
+    });
+    // No subprotocol: a simple client, whose every frame is a message event, one at a time.
+    const ws = new WebSocket(accessUrl(relay.url, { hub: 'chat', key: KEY }));
+    t.after(() => ws.terminate());
+    await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 5000, 'the client to open');
+    let closed = '';
+    ws.on('close', (code) => (closed = `closed ${code}`));
+    for (let i = 1; i <= 4; i++) ws.send(`m${i}`);
+    // Before: the relay stopped reading it (pongs included) and dropped it as idle after 1 s, with two messages unsent.
+    await until(() => seen.length === 4 || closed !== '', 10000, 'the four messages at the handler');
+    assert.deepEqual(seen, ['m1', 'm2', 'm3', 'm4'], closed);
+    assert.equal(ws.readyState, WebSocket.OPEN);
   });
 });
