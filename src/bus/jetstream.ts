@@ -89,11 +89,13 @@ const CONSUMER_INACTIVE_MS = 60_000;
 
 const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 const STREAM_CONFIG_DIFFERS = 10058;
+const STREAM_NOT_FOUND = 10059;
 const NOT_CLUSTERED = 10074;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 const WRONG_LAST_SEQUENCE = 10071;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const RESTORE_INTERVAL_MS = 1000;
 
 function errorCode(err: unknown): { code?: string; apiCode?: number } {
   const e = err as NatsError & { api_error?: { err_code?: number } };
@@ -120,6 +122,10 @@ export class JetStreamAccess {
   private replicas = 1;
   /** Every stream the relay needs: those given to start() and those added since (a hub added on reload). */
   private readonly streams: StreamSpec[] = [];
+  private bucket: BucketSpec | undefined;
+  /** A look for streams that are gone (restoreStreams), at most one at a time and one per RESTORE_INTERVAL_MS. */
+  private restoring = false;
+  private lastRestoreAt = 0;
 
   constructor(
     private readonly bus: NatsBus,
@@ -129,7 +135,10 @@ export class JetStreamAccess {
     // After a reconnect a consumer may have lived on the server that went away,
     // and nats.js then waits on it silently: start again from the last sequence.
     bus.onConnectionChange((connected) => {
-      if (connected) for (const msgs of this.consuming) msgs.stop();
+      if (!connected) return;
+      for (const msgs of this.consuming) msgs.stop();
+      // A server restarted with memory storage (or a cluster that lost every copy) comes back without the streams.
+      this.restoreStreams('reconnected');
     });
   }
 
@@ -140,6 +149,7 @@ export class JetStreamAccess {
    */
   async start(streams: StreamSpec[], bucket: BucketSpec): Promise<void> {
     this.streams.push(...streams);
+    this.bucket = bucket;
     for (let attempt = 0; !this.closed; attempt++) {
       const nc = await this.connection();
       if (!nc) return;
@@ -282,6 +292,42 @@ export class JetStreamAccess {
     return kv;
   }
 
+  /**
+   * Makes the streams and the bucket that are gone again: a NATS server
+   * restarted with memory storage, a cluster that lost every copy, an
+   * operator's delete. What they held is lost; without this, every publish to
+   * the hub was refused until the edge restarted. Runs at most once per
+   * RESTORE_INTERVAL_MS (it is asked for at each follower retry and refused publish).
+   */
+  private restoreStreams(reason: string): void {
+    if (this.restoring || this.closed || this.state !== 'ready' || Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS) return;
+    this.restoring = true;
+    this.lastRestoreAt = Date.now();
+    void (async () => {
+      const { jsm, js } = this.ready;
+      const gone = async (name: string) => {
+        try {
+          await jsm.streams.info(name);
+          return false;
+        } catch (err) {
+          if (errorCode(err).apiCode === STREAM_NOT_FOUND) return true;
+          throw err;
+        }
+      };
+      for (const spec of [...this.streams]) {
+        if (!(await gone(spec.name))) continue;
+        await this.ensureStream(jsm, spec);
+        this.log.warn({ event: 'jetstream.stream_recreated', stream: spec.name, reason, hint: 'the stream was gone with what it held' });
+      }
+      if (this.bucket && (await gone(`KV_${this.bucket.name}`))) {
+        this.kv = await this.ensureBucket(jsm, js, this.bucket);
+        this.log.warn({ event: 'jetstream.stream_recreated', stream: `KV_${this.bucket.name}`, reason, hint: 'the session bucket was gone with what it held' });
+      }
+    })()
+      .catch((err) => this.log.warn({ event: 'jetstream.restore_failed', reason, err: (err as Error).message }))
+      .finally(() => (this.restoring = false));
+  }
+
   private get ready(): { jsm: JetStreamManager; js: JetStreamClient; kv: KV } {
     if (this.state !== 'ready' || !this.jsm || !this.js || !this.kv) throw new StoreError(this.problem ?? 'JetStream is not ready');
     return { jsm: this.jsm, js: this.js, kv: this.kv };
@@ -312,6 +358,7 @@ export class JetStreamAccess {
       if (outcome.kind === 'stored') return { seq: outcome.seq, duplicate: outcome.duplicate };
       if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
       last = outcome.reason;
+      if (outcome.noStream) this.restoreStreams('no stream answered a publish');
       await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
     }
   }
@@ -334,6 +381,8 @@ export class JetStreamAccess {
     let next = fromSeq;
     let stopped = false;
     let current: ConsumerMessages | undefined;
+    /** When the stream followed was made: another time means it was made again, and sequences start over. */
+    let created: string | undefined;
     const follower = {
       get position() {
         return next - 1;
@@ -351,6 +400,13 @@ export class JetStreamAccess {
         let msgs: ConsumerMessages;
         try {
           const { jsm, js } = this.ready;
+          const info = await jsm.streams.info(stream);
+          if (created !== undefined && info.created !== created) {
+            const first = Math.max(1, info.state.first_seq);
+            this.log.warn({ event: 'jetstream.stream_reset', stream, next, from: first, hint: 'the stream was made again: following it from its start' });
+            next = first;
+          }
+          created = info.created;
           const ci = await jsm.consumers.add(stream, {
             name,
             deliver_policy: DeliverPolicy.StartSequence,
@@ -363,6 +419,7 @@ export class JetStreamAccess {
           msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
         } catch (err) {
           if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
+          if (errorCode(err).apiCode === STREAM_NOT_FOUND) this.restoreStreams('a follower found no stream');
           this.jsm?.consumers.delete(stream, name).catch(() => undefined);
           await sleep(RETRY_MS);
           continue;

@@ -11,8 +11,8 @@ import { createInbox, headers, type Msg, type NatsConnection, type Subscription 
 /** What JetStream said of one publish. */
 export type PublishOutcome =
   | { kind: 'stored'; seq: number; duplicate: boolean }
-  /** Worth another try with the same message id: no responders, no leader, or no answer in time. */
-  | { kind: 'retry'; reason: string }
+  /** Worth another try with the same message id: no responders, no leader, or no answer in time; `noStream` when nothing answered at all. */
+  | { kind: 'retry'; reason: string; noStream?: boolean }
   /** Refused for good (a stream limit, a wrong subject...): `code` is JetStream's err_code when it gave one. */
   | { kind: 'refused'; reason: string; code?: number };
 
@@ -69,7 +69,7 @@ export class StorePublisher {
     const token = msg.subject.slice(this.prefix.length);
     if (!this.waiting.has(token)) return; // answered after its deadline: the caller has moved on
     if (msg.headers?.code === NO_RESPONDERS || msg.data.length === 0) {
-      return this.settle(token, { kind: 'retry', reason: 'no stream answered (no leader for the stream, or no stream for the subject)' });
+      return this.settle(token, { kind: 'retry', reason: 'no stream answered (no leader for the stream, or no stream for the subject)', noStream: true });
     }
     let ack: PubAckJson;
     try {

@@ -7,9 +7,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { edgeEvents, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
+import { edgeEvents, edgeOverrides, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, accessUrl } from '../helpers/pubsub.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -150,5 +151,30 @@ describe('durable hubs on JetStream', () => {
     await sub.client.sendToGroup('back', 'ok', 'text');
     await until(() => publisher.groupData.some((m) => m.data === 'ok'), 5000, 'a send with the kept permission');
     await assert.rejects(sub.client.sendToGroup('other', 'no', 'text'), (e: SendMessageError) => e.errorDetail?.name === 'Forbidden');
+  });
+
+  it('a NATS server restarted with memory storage lost the streams: the edges make them again and follow the new ones from their start', async (t) => {
+    const nats = await startNatsServer(t);
+    const extra = { bus: { jetstream: { storage: 'memory', publishTimeoutMs: 2000 } }, timeouts: { shutdownMs: 500 } };
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], extra));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], extra));
+    const sub = await RawPubSubClient.connect(accessUrl(a.url), undefined, t);
+    await sub.request({ type: 'joinGroup', group: 'g' }, 10000);
+    const pub = await RawPubSubClient.connect(accessUrl(b.url, { roles: ALL_ROLES }), undefined, t);
+    const send = (n: number) => pub.request({ type: 'sendToGroup', group: 'g', dataType: 'json', data: n, noEcho: true }, 10000);
+    for (let n = 1; n <= 30; n++) assert.equal((await send(n)).success, true);
+    await until(() => numbers(sub.dataMessages()).includes(30), 10000, 'the first 30 events');
+    await nats.kill();
+    await nats.restart();
+    // Before: every publish refused for good ("no stream answered"), the streams never made again.
+    const acked: number[] = [];
+    for (const deadline = Date.now() + 20000; acked.length === 0; ) {
+      if ((await send(100)).success) acked.push(100);
+      else assert.ok(Date.now() < deadline, 'publishes to the hub work again');
+    }
+    for (let n = 101; n <= 110; n++) if ((await send(n)).success) acked.push(n);
+    // Before (once another edge had made the stream again): A followed the new stream from its old position and got nothing.
+    await until(() => numbers(sub.dataMessages()).includes(acked[acked.length - 1]), 10000, `the events of the new stream on A (${numbers(sub.dataMessages()).filter((n) => n >= 100)})`);
+    assert.deepEqual(numbers(sub.dataMessages()).filter((n) => n >= 100), acked);
   });
 });
