@@ -13,6 +13,7 @@ import type { PubSubConnection } from './pubsub-connection.ts';
 
 export class ConnectionLifecycle {
   private readonly keepAliveTimer: NodeJS.Timeout;
+  private readonly expiryTimer: NodeJS.Timeout;
   /** Set at shutdown: dropped sessions are kept only for another edge to take. */
   shuttingDown = false;
 
@@ -29,6 +30,10 @@ export class ConnectionLifecycle {
   ) {
     this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
     this.keepAliveTimer.unref();
+    // Dropped sessions expire within a quarter of their retention (the keep-alive's 30 s would let one live 90 s instead of 60).
+    const { keepAliveIntervalMs, sessionRetainMs } = config.timeouts;
+    this.expiryTimer = setInterval(() => this.expireSessions(), Math.min(keepAliveIntervalMs, Math.max(250, Math.floor(sessionRetainMs / 4))));
+    this.expiryTimer.unref();
   }
 
   /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
@@ -77,26 +82,34 @@ export class ConnectionLifecycle {
 
   private keepAlive(): void {
     const now = Date.now();
-    const { keepAliveIntervalMs, idleMs, sessionRetainMs } = this.config.timeouts;
+    const { keepAliveIntervalMs, idleMs } = this.config.timeouts;
     for (const hub of this.hubs.values()) {
       for (const connection of hub.local.connections.values()) {
         const socket = connection.socket;
-        if (socket) {
-          // Not read while held (its frames wait for the event handler, which is bounded by its timeout).
-          if (socket.isHeld) continue;
-          const silent = now - socket.lastReceivedAt;
-          if (silent > idleMs) socket.destroy();
-          else if (silent >= keepAliveIntervalMs) socket.ping();
-        } else if (!connection.handover && connection.session?.detachedAt !== undefined && now - connection.session.detachedAt > sessionRetainMs) {
-          this.metrics.sessionsExpired.inc();
-          this.forget(connection, 'The session expired: the client did not reconnect in time');
-          this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
-        }
+        // Not read while held (its frames wait for the event handler, which is bounded by its timeout).
+        if (!socket || socket.isHeld) continue;
+        const silent = now - socket.lastReceivedAt;
+        if (silent > idleMs) socket.destroy();
+        else if (silent >= keepAliveIntervalMs) socket.ping();
+      }
+    }
+  }
+
+  private expireSessions(): void {
+    const now = Date.now();
+    const { sessionRetainMs } = this.config.timeouts;
+    for (const hub of this.hubs.values()) {
+      for (const connection of hub.local.connections.values()) {
+        if (connection.socket || connection.handover || connection.session?.detachedAt === undefined || now - connection.session.detachedAt <= sessionRetainMs) continue;
+        this.metrics.sessionsExpired.inc();
+        this.forget(connection, 'The session expired: the client did not reconnect in time');
+        this.log.info({ event: 'pubsub.session_expired', hub: hub.name, connectionId: connection.id });
       }
     }
   }
 
   stop(): void {
     clearInterval(this.keepAliveTimer);
+    clearInterval(this.expiryTimer);
   }
 }

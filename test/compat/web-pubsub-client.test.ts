@@ -133,7 +133,8 @@ describe('@azure/web-pubsub-client against the relay', () => {
   });
 
   it('is refused with 1008 when its session expired, then starts afresh and rejoins', async (t) => {
-    const relay = await startPubSubRelay(t, { timeouts: { sessionRetainMs: 1000, keepAliveIntervalMs: 200, idleMs: 60000 } });
+    // The default keep-alive interval (30 s): a dropped session expires within a quarter of its retention all the same (before: at the next keep-alive).
+    const relay = await startPubSubRelay(t, { timeouts: { sessionRetainMs: 1000, keepAliveIntervalMs: 30000, idleMs: 60000 } });
     const proxy = await CuttableProxy.start(relay.port, t);
     const disconnects: any[] = [];
     const sub = await startClient(t, () => accessUrl(proxy.url), { reconnectRetryOptions: { retryDelayInMs: 100 } });
