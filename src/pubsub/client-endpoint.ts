@@ -110,7 +110,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (recoverId !== null && protocol) {
       writeSwitchingProtocols(socket, upgrade.key, protocol);
       const token = params.get('awps_reconnection_token') ?? '';
-      void this.deps.recovery.recover({ hub, connectionId: recoverId, token, protocol, socket, head, open: (s, c, h) => this.open(s, c, h) });
+      this.deps.recovery.recover({ hub, connectionId: recoverId, token, protocol, socket, head, open: (s, c, h) => this.open(s, c, h) }).catch((err: Error) => {
+        // Nothing known throws here; if something does, this client goes (it reconnects), not the process.
+        this.deps.log.error({ event: 'pubsub.recovery_failed', hub: hub.name, err: { message: err.message, stack: err.stack } });
+        socket.destroy();
+      });
       return;
     }
     if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
