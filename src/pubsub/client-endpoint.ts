@@ -105,6 +105,10 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (!hub) return failUpgrade(duplex, 'HubNotFound');
     // No Web PubSub subprotocol offered: a simple WebSocket client.
     const protocol = upgrade.protocols.find(isWebPubSubProtocol);
+    // Only Azure's protobuf subprotocols offered: taken as a simple client, its SDK would fail on the missing subprotocol, saying nothing useful.
+    if (!protocol && upgrade.protocols.length > 0 && upgrade.protocols.every((p) => /^protobuf\.(reliable\.)?webpubsub\.azure\.v1$/.test(p))) {
+      return failUpgrade(duplex, 'BadRequest', `Subprotocol ${upgrade.protocols.join(', ')} is not supported: use json.reliable.webpubsub.azure.v1 or json.webpubsub.azure.v1`);
+    }
     const socket = duplex as Socket;
     const recoverId = params.get('awps_connection_id');
     if (recoverId !== null && protocol) {
