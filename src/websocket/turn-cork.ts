@@ -7,7 +7,11 @@ import type { Writable } from 'node:stream';
 export class TurnCork {
   private corked = false;
 
-  constructor(private readonly socket: Writable) {}
+  /** `beforeUncork`: what to write last in the turn (a TurnWriter's staged bytes). */
+  constructor(
+    private readonly socket: Writable,
+    private readonly beforeUncork?: () => void,
+  ) {}
 
   /** Corks the socket unless it already is for this turn. */
   hold(): void {
@@ -16,6 +20,7 @@ export class TurnCork {
     this.socket.cork();
     setImmediate(() => {
       this.corked = false;
+      this.beforeUncork?.();
       this.socket.uncork();
     });
   }

@@ -6,19 +6,22 @@
 // 64 MiB of empty frames to a listener that did not read grew the relay by
 // 124 MB. Staged, the queue costs what it holds.
 import type { Writable } from 'node:stream';
+import { TurnCork } from './turn-cork.ts';
 
 /** Writes up to this size are copied into the stage. */
 const SMALL_WRITE = 512;
 const STAGE_BYTES = 16384;
 
 export class TurnWriter {
-  private corked = false;
+  private readonly cork: TurnCork;
   private stage: Buffer | undefined;
   /** The stage holds bytes from `start` to `used` not yet handed to the socket. */
   private start = 0;
   private used = 0;
 
-  constructor(private readonly socket: Writable) {}
+  constructor(private readonly socket: Writable) {
+    this.cork = new TurnCork(socket, () => this.flush());
+  }
 
   /** Bytes written and not yet taken by the kernel: the socket's queue and the stage. */
   get queuedBytes(): number {
@@ -52,13 +55,6 @@ export class TurnWriter {
 
   /** Corks the socket unless it already is for this turn; the stage goes out before the uncork. */
   hold(): void {
-    if (this.corked) return;
-    this.corked = true;
-    this.socket.cork();
-    setImmediate(() => {
-      this.corked = false;
-      this.flush();
-      this.socket.uncork();
-    });
+    this.cork.hold();
   }
 }

@@ -137,15 +137,23 @@ describe("a durable session's checkpoint when its session ends", () => {
   };
   const settled = (relay: RunningRelay) => relay.pubsub.hub('chat')!.durable!.pendingWrites === 0;
 
-  it('is kept when another edge wrote it since (it took the session before this edge read the claim)', async (t) => {
+  /**
+   * Edge A with a reliable member of `g` whose checkpoint (the group in it) is written, nothing left to write.
+   * The default retention (60 s): A writes its checkpoint again only after 30 s, not during a test.
+   */
+  async function heldOnA(t: TestContext, log?: ReturnType<typeof captureLogger>) {
     const nats = await startNatsServer(t);
-    const log = captureLogger('info');
-    // The default retention (60 s): A writes its checkpoint again only after 30 s, not during the test.
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }), { log: log.log });
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }), { log: log?.log });
     const { client, connectionId } = await reliableMember(t, a.url, 'g');
-    // A has written the checkpoint with the group in it (the join is applied from the stream) and has nothing left to write.
+    // The join is applied from the stream, then written.
     await untilAnswered(async () => (await checkpointOf(a, connectionId))?.groups?.includes('g') === true, 5000, "A's checkpoint with the group");
     await until(() => settled(a), 5000, "A's checkpoint writes");
+    return { a, client, connectionId };
+  }
+
+  it('is kept when another edge wrote it since (it took the session before this edge read the claim)', async (t) => {
+    const log = captureLogger('info');
+    const { a, client, connectionId } = await heldOnA(t, log);
     // What B stores after taking the session: the same record, B the owner.
     const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b' };
     await a.jetstream!.put(`chat.${connectionId}`, Buffer.from(JSON.stringify(taken)));
@@ -159,12 +167,8 @@ describe("a durable session's checkpoint when its session ends", () => {
   });
 
   it('is not written over by an edge that has not read the newer claim yet', async (t) => {
-    const nats = await startNatsServer(t);
     const log = captureLogger('info');
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }), { log: log.log });
-    const { client, connectionId } = await reliableMember(t, a.url, 'g');
-    await untilAnswered(async () => (await checkpointOf(a, connectionId))?.groups?.includes('g') === true, 5000, "A's checkpoint with the group");
-    await until(() => settled(a), 5000, "A's checkpoint writes");
+    const { a, client, connectionId } = await heldOnA(t, log);
     // What B stores once it took the session by a claim at stream sequence 1000 (A has not read that claim).
     const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b', claim: 1000 };
     await a.jetstream!.put(`chat.${connectionId}`, Buffer.from(JSON.stringify(taken)));
@@ -183,11 +187,7 @@ describe("a durable session's checkpoint when its session ends", () => {
   });
 
   it("is written over by the edge that holds it when a write's answer was lost", async (t) => {
-    const nats = await startNatsServer(t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts: { shutdownMs: 500, keepAliveIntervalMs: 100 } }));
-    const { client, connectionId } = await reliableMember(t, a.url, 'g');
-    await untilAnswered(async () => (await checkpointOf(a, connectionId))?.groups?.includes('g') === true, 5000, "A's checkpoint with the group");
-    await until(() => settled(a), 5000, "A's checkpoint writes");
+    const { a, client, connectionId } = await heldOnA(t);
     // Fault injection on the edge's own store access: the next write lands, but its answer is lost.
     const js = a.jetstream!;
     const put = js.put.bind(js);
