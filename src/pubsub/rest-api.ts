@@ -189,17 +189,39 @@ async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge'> {
     call.req.resume();
     return 'PayloadTooLarge';
   }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of call.req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      call.req.resume();
-      return 'PayloadTooLarge';
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size);
+  // Read by events, not `for await`: leaving that loop early destroys the request (and its socket) before the 413 is out.
+  const req = call.req;
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const settle = () => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('error', onError);
+      req.off('close', onClose);
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) return void chunks.push(chunk);
+      settle();
+      // The rest is read and dropped (bounded once the answer is out: boundUnreadBody in relay-server.ts).
+      req.resume();
+      resolve('PayloadTooLarge');
+    };
+    const onEnd = () => {
+      settle();
+      resolve(Buffer.concat(chunks, size));
+    };
+    const onError = (err: Error) => {
+      settle();
+      reject(err);
+    };
+    const onClose = () => onError(new Error('the request ended before its body'));
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('error', onError);
+    req.on('close', onClose);
+  });
 }
 
 /** The message a REST send carries, typed by its Content-Type. */

@@ -53,8 +53,9 @@ function clientErrorCode(code: string | undefined): 'RequestTimeout' | 'HeaderFi
  */
 function boundUnreadBody(req: IncomingMessage, res: ServerResponse, ms: number): void {
   res.once('finish', () => {
-    if (req.complete) return;
+    // A request destroyed already (its socket with it) has nothing left to bound.
     const socket = req.socket;
+    if (req.complete || !socket) return;
     const timer = setTimeout(() => socket.destroy(), ms);
     timer.unref();
     const done = () => clearTimeout(timer);
