@@ -125,6 +125,8 @@ export class ControlChannel {
     const consumer = this.bodyConsumer;
     this.bodyConsumer = undefined;
     if (isBinary) {
+      // hyco-https ends every response with a binary frame, an empty one after a response without a body (a 204).
+      if (!consumer && data.length === 0) return;
       if (!consumer) return this.closeWith('ControlMessageInvalid', 'binary message without a response');
       consumer(data);
       return;

@@ -242,4 +242,32 @@ describe('event handlers on-prem: hc:// through a hybrid connection', () => {
     await until(() => record.disconnected.length === 1, 5000, 'disconnected through the listener');
     assert.ok(record.signatures.every(Boolean));
   });
+
+  it('keeps the listener when a handler answers 204 (no body: hyco-https still sends an empty binary frame)', async (t) => {
+    // res.success() without a body: the SDK answers 204.
+    const { handler, record } = eventHandlerApp(HUB, HUB_KEY, { path: '/handlers/hubs/chat', connect: (_req, res) => res.success() });
+    const relay = await startPubSubRelay(t, {
+      hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
+      ...hubWith('hc://handlers/hubs/{hub}/{event}'),
+    });
+    const middleware = handler.getMiddleware();
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        Object.assign(req, { baseUrl: '', path: new URL(req.url ?? '/', 'http://x').pathname });
+        void middleware(req as never, res as never, () => res.writeHead(404).end());
+      },
+      'handlers',
+    );
+    const channels = () => [...relay.hybrid.listeners.all()].map((channel) => channel.id);
+    const [listener] = channels();
+    const c = await startClient(t, accessUrl(relay.url, { userId: 'onprem' }), { protocol: WebPubSubJsonProtocol() });
+    await until(() => record.connected.length === 1, 5000, 'connected through the listener');
+    await c.client.sendEvent('ask', { q: 2 }, 'json');
+    await until(() => c.serverData.length === 1, 5000, 'reply through the listener');
+    assert.deepEqual(c.serverData[0].data, { echo: { q: 2 } });
+    // Before: the relay closed the listener 1008 at the empty frame after each 204 (hyco-https then connected again).
+    assert.deepEqual(channels(), [listener]);
+  });
 });
