@@ -13,11 +13,16 @@
 // asked again at its next event, and concurrent events wait for one check.
 import { HandlerError, type HandlerTransport, type UrlValidation } from './event-handlers.ts';
 
-/** The origin a handler URL is validated for; the URL itself when it has none (not http or https). */
+/**
+ * The origin a handler URL is validated for: scheme, host and port; for
+ * `hc://{entity}/...` (which WHATWG URLs give the origin "null") the scheme
+ * and the entity, whose name is case-insensitive; the URL itself when it has no host.
+ */
 function originOf(url: string): string {
   try {
-    const origin = new URL(url).origin;
-    return origin === 'null' ? url : origin;
+    const parsed = new URL(url);
+    if (parsed.origin !== 'null') return parsed.origin;
+    return parsed.host ? `${parsed.protocol}//${parsed.host.toLowerCase()}` : url;
   } catch {
     return url;
   }

@@ -83,6 +83,12 @@ describe('abuse protection', () => {
     await protection.check('http://other:8080/hooks/chat/e1', 1000);
     await protection.check('https://h:8080/hooks/chat/e1', 1000);
     assert.equal(asked.length, 3);
+    // hc://{entity}: the entity is the origin (WHATWG URLs give non-http schemes the origin "null"; before: one check per event name).
+    for (let i = 0; i < 20; i++) await protection.check(`hc://handlers/hubs/chat/e${i}`, 1000);
+    await protection.check('hc://HANDLERS/hubs/chat/other', 1000);
+    assert.equal(asked.length, 4);
+    await protection.check('hc://elsewhere/hubs/chat/e1', 1000);
+    assert.equal(asked.length, 5);
   });
 
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
