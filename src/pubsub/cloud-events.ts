@@ -71,10 +71,17 @@ const CONTENT_TYPES: Record<DataType, string> = {
 /** Largest ce-connectionState kept for a connection. */
 const MAX_STATE_BYTES = 4096;
 
-/** Header values must be visible ASCII; anything else is percent-encoded. */
+/**
+ * Header values must be visible ASCII: a value that is not, or that has a `%`
+ * in it, is percent-encoded whole, so that the encoding can be undone and two
+ * values never look alike (user `é` and user `%C3%A9` did). A lone surrogate
+ * (JSON can carry one) is encoded as U+FFFD.
+ */
 function headerSafe(value: string): string {
-  return /^[\x20-\x7e]*$/.test(value) ? value : encodeURIComponent(value);
+  return /^[\x20-\x24\x26-\x7e]*$/.test(value) ? value : encodeURIComponent(value.replace(LONE_SURROGATE, '\uFFFD'));
 }
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
 export function signature(accessKeys: string[], connectionId: string): string {
   return accessKeys.map((key) => `sha256=${createHmac('sha256', key).update(connectionId).digest('hex')}`).join(',');

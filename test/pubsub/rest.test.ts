@@ -197,5 +197,17 @@ describe('pub/sub REST API', () => {
     assert.equal((await c.request({ type: 'event', event: 'x', data: 1 })).error.name, 'UpstreamFailed');
     const other = await RawPubSubClient.connect(accessUrl(relay.url, { hub: OTHER_HUB }), PLAIN, t);
     assert.equal((await other.request({ type: 'event', event: 'x', data: 1 })).error.name, 'NoUpstream');
+    // A user id that is not visible ASCII, or has a `%`, is percent-encoded whole: reversible, and two users never
+    // look alike (before: `é` and `%C3%A9` both arrived as %C3%A9). A lone surrogate goes as U+FFFD.
+    answer = { status: 200, body: '', type: 'text/plain' };
+    const userIdSeen = async (userId: string) => {
+      const u = await RawPubSubClient.connect(accessUrl(relay.url, { userId }), PLAIN, t);
+      assert.equal((await u.request({ type: 'event', event: 'who', data: 1 })).success, true, userId);
+      return seen[seen.length - 1].headers['ce-userid'];
+    };
+    assert.equal(await userIdSeen('é'), '%C3%A9');
+    assert.equal(await userIdSeen('%C3%A9'), '%25C3%25A9');
+    assert.equal(await userIdSeen('100% sure'), '100%25%20sure');
+    assert.equal(await userIdSeen('a\ud800'), 'a%EF%BF%BD');
   });
 });
