@@ -272,7 +272,9 @@ export interface PsList {
   origin: string;
   hub: string;
   group: string;
+  /** The members with the lowest connection ids (after `after`, when given), at most this many. */
   top: number;
+  after?: string;
   /** Durable hub: answer once the stream is applied up to this sequence. */
   at?: number;
 }

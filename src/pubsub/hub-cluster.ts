@@ -92,6 +92,11 @@ export interface DurableEvents {
   close(): void;
 }
 
+/** Connection ids in code-unit order, the order pages of a group's members follow. */
+function byConnectionId(a: GroupMember, b: GroupMember): number {
+  return a.connectionId < b.connectionId ? -1 : a.connectionId > b.connectionId ? 1 : 0;
+}
+
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
@@ -279,14 +284,14 @@ export class ClusterHub {
     return answers.some((a) => a.count > 0);
   }
 
-  async listGroup(group: string, top: number): Promise<GroupMember[]> {
+  /** The group's members with the lowest connection ids after `after` (a page), in that order, on every edge. */
+  async listGroup(group: string, top: number, after?: string): Promise<GroupMember[]> {
     const target: Target = { kind: 'group', name: group };
     const at = await this.membershipPosition(target);
-    const members = this.members(group, top);
-    if (members.length >= top) return members;
-    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, at });
-    for (const answer of answers) members.push(...(answer.members ?? []));
-    return members.slice(0, top);
+    const members = this.members(group, top, after);
+    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
+    for (const answer of answers) members.push(...(answer.members ?? []).filter((m) => after === undefined || m.connectionId > after));
+    return members.sort(byConnectionId).slice(0, top);
   }
 
   /** Grants, revokes or checks a permission; false when the connection (or, for HEAD, the grant) is not there. */
@@ -438,13 +443,13 @@ export class ClusterHub {
     return count;
   }
 
-  private members(group: string, top: number): GroupMember[] {
+  private members(group: string, top: number, after?: string): GroupMember[] {
     const out: GroupMember[] = [];
     for (const c of this.local.targets({ kind: 'group', name: group })) {
-      if (out.length >= top) break;
+      if (after !== undefined && c.id <= after) continue;
       out.push(c.userId === null ? { connectionId: c.id } : { connectionId: c.id, userId: c.userId });
     }
-    return out;
+    return out.sort(byConnectionId).slice(0, top);
   }
 
   private applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): number {
@@ -492,7 +497,7 @@ export class ClusterHub {
       case 'ps.exists':
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
-        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top))));
+        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top, m.after))));
       case 'ps.permission':
         return done(own ? 0 : this.applyPermission(m.connectionId, m.method, m.permission, m.group));
       case 'ps.handover':

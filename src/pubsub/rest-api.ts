@@ -302,9 +302,41 @@ async function membership(call: RestCall, target: Target, action: GroupAction, g
   return action === 'removeAll' ? NO_CONTENT : answer;
 }
 
+/** Largest page of a group's members. */
+const MAX_MEMBER_PAGE = 1000;
+/** What a continuation token names: the last connection id of the page before. */
+const CONTINUATION = /^[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * GET groups/{group}/connections: pages of the group's members in connection
+ * id order, `maxpagesize` each (at most 1000), `top` in all (default: all),
+ * each page but the last with a `nextLink` whose `continuationToken` is the
+ * page's last id, as @azure/web-pubsub follows them.
+ */
 async function listGroup(call: RestCall, group: string): Promise<Answer> {
-  const top = Math.max(1, Math.min(Number(call.params.get('top') ?? call.params.get('maxpagesize') ?? 1000) || 1000, 1000));
-  return { status: 200, body: { value: await call.hub.listGroup(group, top) } };
+  const count = (name: string): number | undefined | null => {
+    const text = call.params.get(name);
+    if (text === null) return undefined;
+    const n = Number(text);
+    return Number.isSafeInteger(n) && n >= 1 ? n : null;
+  };
+  const top = count('top');
+  const pageSize = count('maxpagesize');
+  const after = call.params.get('continuationToken') ?? undefined;
+  if (top === null || pageSize === null || (after !== undefined && !CONTINUATION.test(after))) return 'BadRequest';
+  const page = Math.min(pageSize ?? MAX_MEMBER_PAGE, MAX_MEMBER_PAGE, top ?? Infinity);
+  // One more than the page: whether there is a next one.
+  const members = await call.hub.listGroup(group, page + 1, after);
+  if (members.length <= page || (top !== undefined && top <= page)) return { status: 200, body: { value: members.slice(0, page) } };
+  const value = members.slice(0, page);
+  const next = new URLSearchParams();
+  const apiVersion = call.params.get('api-version');
+  if (apiVersion !== null) next.set('api-version', apiVersion);
+  if (pageSize !== undefined) next.set('maxpagesize', String(pageSize));
+  if (top !== undefined) next.set('top', String(top - page));
+  next.set('continuationToken', value[value.length - 1].connectionId);
+  const path = `/api/hubs/${encodeURIComponent(call.hub.name)}/groups/${encodeURIComponent(group)}/connections`;
+  return { status: 200, body: { value, nextLink: `${path}?${next}` } };
 }
 
 async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFromGroups'): Promise<Answer> {

@@ -21,7 +21,7 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   'ps.groups': { op: 'ps.groups', origin: 'n1', hub: 'chat', target: { kind: 'all' }, action: 'add', groups: ['g'], terms: [{ field: 'userId', value: 'u' }] },
   'ps.here': { op: 'ps.here', origin: 'n1', hub: 'chat', state: 'hello' },
   'ps.exists': { op: 'ps.exists', origin: 'n1', hub: 'chat', target: { kind: 'user', name: 'u' } },
-  'ps.list': { op: 'ps.list', origin: 'n1', hub: 'chat', group: 'g', top: 10 },
+  'ps.list': { op: 'ps.list', origin: 'n1', hub: 'chat', group: 'g', top: 10, after: 'c1' },
   'ps.permission': { op: 'ps.permission', origin: 'n1', hub: 'chat', connectionId: 'c1', method: 'PUT', permission: 'sendToGroup', group: 'g' },
   'ps.done': { op: 'ps.done', count: 1, members: [{ connectionId: 'c1', userId: 'u' }], edge: 'n2' },
   'ps.handover': { op: 'ps.handover', origin: 'n1', hub: 'chat', connectionId: 'c1', stage: 'page', token: 't', after: 3 },

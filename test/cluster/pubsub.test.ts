@@ -111,6 +111,13 @@ describe('publish/subscribe across nodes', () => {
     const members: string[] = [];
     for await (const m of await svc.group('team').listConnections()) members.push(m.connectionId);
     assert.deepEqual(members.sort(), [x1.connectionIds[0], x2.connectionIds[0], y.connectionIds[0]].sort());
+    // Pages across the edges in connection id order, as the SDK follows their nextLink (before: maxPageSize cut the list after its first page).
+    const paged: string[] = [];
+    for await (const m of await svc.group('team').listConnections({ maxPageSize: 2 })) paged.push(m.connectionId);
+    assert.deepEqual(paged, members);
+    const topped: string[] = [];
+    for await (const m of await svc.group('team').listConnections({ maxPageSize: 1, top: 2 })) topped.push(m.connectionId);
+    assert.deepEqual(topped, members.slice(0, 2));
     await svc.group('team').sendToAll('team news', { contentType: 'text/plain' });
     await until(() => everyone.every((s) => dataOf(s.groupData).includes('team news')), 5000, 'group send');
 

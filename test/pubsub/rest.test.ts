@@ -141,6 +141,11 @@ describe('pub/sub REST API', () => {
     }).catch((err: Error) => ({ status: 0, err }));
     assert.equal(chunked.status, 413, `chunked: ${(chunked as { err?: Error }).err?.message}`);
     assert.equal((await post(good)).status, 202, 'still serving');
+    // A group's members come in pages; a continuation token is a connection id, a page size a positive count.
+    for (const query of ['continuationToken=a%20b', 'maxpagesize=0', 'top=-1', 'maxpagesize=x']) {
+      const list = `${relay.url}/api/hubs/${HUB}/groups/g/connections?api-version=2024-12-01&${query}`;
+      assert.equal((await httpRequest(list, { headers: { authorization: `Bearer ${signJwt({ aud: list }, HUB_KEY, 60)}` } })).status, 400, query);
+    }
     // An excluded id no connection can have is refused, so every node gets a message it can act on.
     const badExcluded = `${url}&excluded=${'x'.repeat(200)}`;
     const excludedToken = signJwt({ aud: badExcluded }, HUB_KEY, 60);
