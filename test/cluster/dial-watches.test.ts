@@ -7,9 +7,10 @@
 // fetch), and a listener that dropped sent one `hc.failed` per watch, for
 // connects long since spliced. Two edges in this process on one nats-server.
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import WebSocket from 'ws';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { Cleanup } from '../helpers/cleanup.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
@@ -21,12 +22,6 @@ import { until, withTimeout } from '../helpers/wait.ts';
 /** Long enough that a watch left to its timeout outlives every wait below. */
 const timeouts = { acceptMs: 30000, httpResponseMs: 30000, shutdownMs: 500 };
 
-async function twoEdges(t: Parameters<typeof startNatsServer>[0]): Promise<[RunningRelay, RunningRelay]> {
-  const nats = await startNatsServer(t);
-  const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { timeouts }));
-  const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { timeouts }));
-  return [a, b];
-}
 
 /** Entries on the control channels of `relay`'s listeners: watches and exchanges still waiting. */
 function waiting(relay: RunningRelay): number {
@@ -45,8 +40,17 @@ async function routed<T>(attempt: () => Promise<T>, notYet: (r: T) => boolean): 
 }
 
 describe("a listener's edge watching a listener told to dial another edge", () => {
+  // One nats-server and two edges for every test; each test has an entity of its own.
+  const cleanup = new Cleanup();
+  let a: RunningRelay, b: RunningRelay;
+  before(async () => {
+    const nats = await startNatsServer(cleanup);
+    a = await startTestRelay(cleanup, edgeOverrides('edge-a', [nats.url], { timeouts }));
+    b = await startTestRelay(cleanup, edgeOverrides('edge-b', [nats.url], { timeouts }));
+  });
+  after(() => cleanup.run());
+
   it('stops once the listener dialed the connect', async (t) => {
-    const [a, b] = await twoEdges(t);
     const listenUrl = wsUrl(a.url, '/$hc/watched?sb-hc-action=listen');
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => listener.close());
@@ -67,7 +71,6 @@ describe("a listener's edge watching a listener told to dial another edge", () =
   });
 
   it('stops once the sender left before the listener dialed', async (t) => {
-    const [a, b] = await twoEdges(t);
     const listenUrl = wsUrl(a.url, '/$hc/left?sb-hc-action=listen');
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => listener.close());
@@ -82,7 +85,6 @@ describe("a listener's edge watching a listener told to dial another edge", () =
   });
 
   it('stops once the listener fetched and answered a large request', async (t) => {
-    const [a, b] = await twoEdges(t);
     await startHycoHttpsListener(t, a.url, (req, res) => {
       req.resume();
       req.on('end', () => res.end('taken'));
