@@ -45,6 +45,9 @@ export function parseMid(mid: string): { origin: string; counter: number } | und
   return i > 0 && Number.isSafeInteger(counter) && counter > 0 ? { origin: mid.slice(0, i), counter } : undefined;
 }
 
+/** What a slot of the log holds once its entry left the window. */
+const EXPIRED: Logged = { counter: 0, at: 0, subject: '', data: new Uint8Array(0) };
+
 /** The event feed on core NATS: events are logged by their publisher and re-sent or asked for after an outage. */
 export class ReplayingFeed implements EventFeed {
   /** This edge process as an event origin. */
@@ -108,9 +111,11 @@ export class ReplayingFeed implements EventFeed {
     const oldest = now - this.options.windowMs;
     while (this.head < this.entries.length && (this.entries[this.head].at < oldest || this.bytes > this.options.maxBytes)) {
       this.bytes -= this.entries[this.head].data.length;
+      // Let go of its bytes now: the slot goes at the next compaction (before, up to 1,024 expired messages of any size stayed).
+      this.entries[this.head] = EXPIRED;
       this.head++;
     }
-    if (this.head > 1024 && this.head * 2 > this.entries.length) {
+    if (this.head * 2 > this.entries.length) {
       this.entries = this.entries.slice(this.head);
       this.head = 0;
     }

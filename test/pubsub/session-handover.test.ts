@@ -3,7 +3,12 @@
 // their order; events of different origins keep their arrival order.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseMid } from '../../src/pubsub/replaying-feed.ts';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { MemoryBus } from '../../src/bus/memory.ts';
+import type { PsSend } from '../../src/bus/messages.ts';
+import { ReplayingFeed, parseMid } from '../../src/pubsub/replaying-feed.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
 
 describe('session hand-over: missed events', () => {
@@ -19,5 +24,34 @@ describe('session hand-over: missed events', () => {
   it('read the origin and counter from a mid, and refuse anything else', () => {
     assert.deepEqual(parseMid('edge-a.1f2e:42'), { origin: 'edge-a.1f2e', counter: 42 });
     for (const bad of ['', ':1', 'a', 'a:', 'a:0', 'a:-1', 'a:1.5', 'a:x']) assert.equal(parseMid(bad), undefined, bad);
+  });
+});
+
+// The log of its own events an edge keeps on core NATS to replay after an outage (src/pubsub/replaying-feed.ts):
+// what leaves its window, or passes its byte cap, is let go. Before: up to 1,024 expired entries kept their bytes
+// (1 MiB messages: ~1 GiB against a 16 MiB cap).
+describe('the replay log of a core NATS hub', () => {
+  it('lets go of the events that left its window', async (t) => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const bus = new MemoryBus();
+    t.after(() => bus.close());
+    const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 50, maxBytes: 16 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
+    const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
+    const publish = (bytes: number) => {
+      const event: PsSend = { op: 'ps.send', origin: 'n1', mid: feed.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      feed.publish('relay.ps.chat.all', event, Buffer.alloc(bytes, 0x61));
+    };
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    for (let i = 0; i < 60; i++) publish(100_000);
+    await new Promise((r) => setTimeout(r, 100));
+    publish(10);
+    // Buffers are freed by a sweep that may finish after gc() returns: twice, a moment apart.
+    gc();
+    await new Promise((r) => setTimeout(r, 50));
+    gc();
+    const kept = process.memoryUsage().arrayBuffers - before;
+    assert.ok(kept < 1_000_000, `${(kept / 1e6).toFixed(1)} MB kept for 6 MB of expired events`);
   });
 });
