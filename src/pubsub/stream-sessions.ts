@@ -13,8 +13,8 @@
 // order owns the session, and an edge holding it lets go when it reads a
 // newer claim), reads the checkpoint, replays the stream from the checkpoint
 // to where this edge's follower is, numbering events as the old edge did, and
-// joins the live flow there. No compare-and-set is needed (JetStream 2.9's is
-// not atomic in a cluster): every checkpoint ever written is a valid place to
+// joins the live flow there. No lock is needed (JetStream 2.9's compare-and-set
+// is not atomic in a cluster): every checkpoint ever written is a valid place to
 // start, since ids re-derive the same; an older one only resends what the
 // client already has, which it drops by sequence id. Writes and the delete
 // when a session ends name a revision (the one this edge wrote last), so that
