@@ -155,6 +155,8 @@ export interface HcAccept {
   entity: string;
   /** The sender's edge, told (hc.failed) when the listener drops its control channel before dialing; older edges leave it out. */
   node?: string;
+  /** When the sender's edge stops waiting for `hc.routed` (ms since epoch, its clock): a notice arriving later is dropped. */
+  expiresAt?: number;
   accept: { address: string; id: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
 }
 
@@ -164,6 +166,8 @@ export interface HcRequest {
   entity: string;
   /** The sender's edge, where answers go. */
   node: string;
+  /** As in HcAccept. */
+  expiresAt?: number;
   request: {
     address: string;
     id: string;

@@ -16,6 +16,8 @@ import { HttpExchange } from './http-exchange.ts';
 import { RemoteRoute, type ListenerRoute } from './listener-route.ts';
 
 const LISTENER_QUEUE = 'listeners';
+/** How far edges' clocks may differ before a routed notice counts as expired on arrival. */
+const CLOCK_SKEW_MS = 1000;
 
 export class HybridClusterLink {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
@@ -67,6 +69,11 @@ export class HybridClusterLink {
       return;
     }
     const m = routed.message;
+    // The sender's edge has answered its sender already (504 RouteTimeout): a listener told now would run the request anyway.
+    if (m.expiresAt !== undefined && Date.now() > m.expiresAt + CLOCK_SKEW_MS) {
+      this.log.warn({ event: 'bus.routed_expired', op: m.op, from: m.node, lateMs: Date.now() - m.expiresAt });
+      return;
+    }
     const channel = m.entity.toLowerCase() === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
     if (!channel) {
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));

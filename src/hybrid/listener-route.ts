@@ -73,10 +73,12 @@ export class RemoteRoute implements ListenerRoute {
 
   async deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
     const { bus, subject, nodeId, timeoutMs } = this.options;
+    // A notice still in NATS's buffers when this edge gave up (RouteTimeout) must not reach a listener later: a request run twice.
+    const expiresAt = Date.now() + timeoutMs;
     const message: HcAccept | HcRequest =
       'accept' in notice
-        ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, accept: notice.accept }
-        : { op: 'hc.request', entity: this.entity.name, node: nodeId, request: notice.request };
+        ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, expiresAt, accept: notice.accept }
+        : { op: 'hc.request', entity: this.entity.name, node: nodeId, expiresAt, request: notice.request };
     let answer: Uint8Array;
     try {
       answer = await bus.request(subject, encodeEdgeMessage(message, body), timeoutMs);

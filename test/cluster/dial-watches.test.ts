@@ -8,6 +8,10 @@
 // connects long since spliced. Two edges in this process on one nats-server.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { randomUUID } from 'node:crypto';
+import { connect } from 'nats';
+import { encodeEdgeMessage } from '../../src/bus/messages.ts';
+import { Subjects } from '../../src/bus/subjects.ts';
 import WebSocket from 'ws';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
@@ -17,7 +21,7 @@ import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 /** Long enough that a watch left to its timeout outlives every wait below. */
 const timeouts = { acceptMs: 30000, httpResponseMs: 30000, shutdownMs: 500 };
@@ -43,8 +47,10 @@ describe("a listener's edge watching a listener told to dial another edge", () =
   // One nats-server and two edges for every test; each test has an entity of its own.
   const cleanup = new Cleanup();
   let a: RunningRelay, b: RunningRelay;
+  let natsUrl: string;
   before(async () => {
     const nats = await startNatsServer(cleanup);
+    natsUrl = nats.url;
     a = await startTestRelay(cleanup, edgeOverrides('edge-a', [nats.url], { timeouts }));
     b = await startTestRelay(cleanup, edgeOverrides('edge-b', [nats.url], { timeouts }));
   });
@@ -98,5 +104,25 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     assert.equal(got.status, 200);
     assert.equal(got.body.toString(), 'taken');
     await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
+  });
+
+  it('drops a routed request that arrives after the sender\'s edge gave up on it (it answered 504 RouteTimeout)', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/late?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    // Another edge's notices, as they would come out of NATS's buffers after a stall: one expired 5 s ago, then one in time.
+    const nc = await connect({ servers: natsUrl });
+    t.after(() => nc.close());
+    const notice = (id: string, expiresAt: number) =>
+      encodeEdgeMessage({ op: 'hc.request', entity: 'late', node: 'edge-b', expiresAt, request: { address: `ws://127.0.0.1:1/$hc/late?sb-hc-action=request&sb-hc-id=${id}`, id, requestTarget: '/late/x', method: 'POST', body: false } });
+    const subject = new Subjects('relay').hybridEntity('late');
+    await untilAnswered(() => nc.request(subject, notice(randomUUID(), Date.now() + 5000), { timeout: 1000 }).then(() => true, () => false), 5000, "A's interest in the entity");
+    await listener.next();
+    const [stale, fresh] = [randomUUID(), randomUUID()];
+    nc.publish(subject, notice(stale, Date.now() - 5000));
+    nc.publish(subject, notice(fresh, Date.now() + 5000));
+    // Before: the listener got the stale one too, and ran a request whose sender had its 504 already.
+    const { request } = await listener.next<{ request: { id: string } }>();
+    assert.equal(request.id, fresh);
   });
 });
