@@ -155,7 +155,7 @@ export interface HcAccept {
   entity: string;
   /** The sender's edge, told (hc.failed) when the listener drops its control channel before dialing; older edges leave it out. */
   node?: string;
-  /** When the sender's edge stops waiting for `hc.routed` (ms since epoch, its clock): a notice arriving later is dropped. */
+  /** The last moment (ms since epoch, the sender's edge's clock) a listener may be told: its edge drops a notice arriving later, as the sender's edge gives up on `hc.routed` soon after. */
   expiresAt?: number;
   accept: { address: string; id: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
 }

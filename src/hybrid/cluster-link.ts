@@ -16,8 +16,6 @@ import { HttpExchange } from './http-exchange.ts';
 import { RemoteRoute, type ListenerRoute } from './listener-route.ts';
 
 const LISTENER_QUEUE = 'listeners';
-/** How far edges' clocks may differ before a routed notice counts as expired on arrival. */
-const CLOCK_SKEW_MS = 1000;
 
 export class HybridClusterLink {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
@@ -69,8 +67,9 @@ export class HybridClusterLink {
       return;
     }
     const m = routed.message;
-    // The sender's edge has answered its sender already (504 RouteTimeout): a listener told now would run the request anyway.
-    if (m.expiresAt !== undefined && Date.now() > m.expiresAt + CLOCK_SKEW_MS) {
+    // The sender's edge has answered its sender already (504 RouteTimeout), or will before this answer reaches it: a
+    // listener told now would run the request anyway. (Edges' clocks must agree to well within bus.requestTimeoutMs.)
+    if (m.expiresAt !== undefined && Date.now() > m.expiresAt) {
       this.log.warn({ event: 'bus.routed_expired', op: m.op, from: m.node, lateMs: Date.now() - m.expiresAt });
       return;
     }

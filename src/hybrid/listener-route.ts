@@ -58,6 +58,9 @@ export interface RemoteRouteOptions {
   nodeSubject(node: string): string;
 }
 
+/** Time left for a listener's edge's answer (hc.routed) to come back, when judging a routed notice expired. */
+const ROUTED_ANSWER_MS = 100;
+
 export class RemoteRoute implements ListenerRoute {
   readonly isOpen = true;
   readonly via = 'bus';
@@ -74,7 +77,8 @@ export class RemoteRoute implements ListenerRoute {
   async deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
     const { bus, subject, nodeId, timeoutMs } = this.options;
     // A notice still in NATS's buffers when this edge gave up (RouteTimeout) must not reach a listener later: a request run twice.
-    const expiresAt = Date.now() + timeoutMs;
+    // The last moment to tell a listener leaves the answer (hc.routed) time to come back before then.
+    const expiresAt = Date.now() + timeoutMs - Math.min(ROUTED_ANSWER_MS, timeoutMs / 4);
     const message: HcAccept | HcRequest =
       'accept' in notice
         ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, expiresAt, accept: notice.accept }
