@@ -60,6 +60,8 @@ export interface RemoteRouteOptions {
 
 /** Time left for a listener's edge's answer (hc.routed) to come back, when judging a routed notice expired. */
 const ROUTED_ANSWER_MS = 100;
+/** Edges asked in turn when one answers that it has no listener (any more) for the entity. */
+const ROUTE_ATTEMPTS = 3;
 
 export class RemoteRoute implements ListenerRoute {
   readonly isOpen = true;
@@ -76,33 +78,43 @@ export class RemoteRoute implements ListenerRoute {
 
   async deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
     const { bus, subject, nodeId, timeoutMs } = this.options;
+    const deadline = Date.now() + timeoutMs;
     // A notice still in NATS's buffers when this edge gave up (RouteTimeout) must not reach a listener later: a request run twice.
     // The last moment to tell a listener leaves the answer (hc.routed) time to come back before then.
-    const expiresAt = Date.now() + timeoutMs - Math.min(ROUTED_ANSWER_MS, timeoutMs / 4);
+    const expiresAt = deadline - Math.min(ROUTED_ANSWER_MS, timeoutMs / 4);
     const message: HcAccept | HcRequest =
       'accept' in notice
         ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, expiresAt, accept: notice.accept }
         : { op: 'hc.request', entity: this.entity.name, node: nodeId, expiresAt, request: notice.request };
-    let answer: Uint8Array;
-    try {
-      answer = await bus.request(subject, encodeEdgeMessage(message, body), timeoutMs);
-    } catch (err) {
-      const code = err instanceof BusError ? err.code : 'Unavailable';
-      if (code === 'NoResponders') return this.entity.dynamic ? 'EntityNotFound' : 'NoListener';
-      if (code === 'Timeout') return 'RouteTimeout';
-      if (code === 'TooLarge') return 'BadRequest';
-      return 'BusUnavailable';
+    const data = encodeEdgeMessage(message, body);
+    for (let attempt = 1; ; attempt++) {
+      let answer: Uint8Array;
+      try {
+        answer = await bus.request(subject, data, Math.max(1, deadline - Date.now()));
+      } catch (err) {
+        const code = err instanceof BusError ? err.code : 'Unavailable';
+        if (code === 'NoResponders') return this.entity.dynamic ? 'EntityNotFound' : 'NoListener';
+        if (code === 'Timeout') return 'RouteTimeout';
+        if (code === 'TooLarge') return 'BadRequest';
+        return 'BusUnavailable';
+      }
+      const reply = decodeEdgeMessage(answer, 'hc.routed')?.message;
+      if (!reply) return 'RouteTimeout';
+      if (!reply.ok) {
+        // An edge whose last listener has just gone still had the entity's subscription when NATS picked it; another
+        // edge may have one (NoListener means none on any edge): asked again, NATS picks among those still there.
+        const notDelivered = reply.code === 'NoListener' || reply.code === 'ListenerGone';
+        if (notDelivered && attempt < ROUTE_ATTEMPTS && Date.now() < expiresAt) continue;
+        return reply.code ?? 'NoListener';
+      }
+      if (reply.node !== undefined) {
+        const id = 'accept' in notice ? notice.accept.id : notice.request.id;
+        // The listener may have dialed before the answer came.
+        if (this.tracked.has(id)) this.watchedBy.set(id, reply.node);
+        else this.tellDone(reply.node, id);
+      }
+      return undefined;
     }
-    const reply = decodeEdgeMessage(answer, 'hc.routed')?.message;
-    if (!reply) return 'RouteTimeout';
-    if (!reply.ok) return reply.code ?? 'NoListener';
-    if (reply.node !== undefined) {
-      const id = 'accept' in notice ? notice.accept.id : notice.request.id;
-      // The listener may have dialed before the answer came.
-      if (this.tracked.has(id)) this.watchedBy.set(id, reply.node);
-      else this.tellDone(reply.node, id);
-    }
-    return undefined;
   }
 
   // Answers come back on this node's bus subject and find the exchange by id.

@@ -81,9 +81,25 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => listener.close());
     const url = wsUrl(b.url, '/$hc/left?sb-hc-action=connect');
-    const sender = new WebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
-    sender.on('error', () => {});
-    t.after(() => sender.terminate());
+    // Until B has A's interest in the entity a connect is refused at once (404); one that is not is waiting for the listener.
+    let sender: WebSocket;
+    for (const deadline = Date.now() + 5000; ; ) {
+      const attempt = new WebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+      attempt.on('error', () => {});
+      t.after(() => attempt.terminate());
+      const refused = await new Promise<boolean>((resolve) => {
+        attempt.once('unexpected-response', (_req, res) => {
+          res.resume();
+          resolve(true);
+        });
+        setTimeout(() => resolve(false), 300);
+      });
+      if (!refused) {
+        sender = attempt;
+        break;
+      }
+      assert.ok(Date.now() < deadline, 'B routing to A');
+    }
     await listener.next();
     await until(() => waiting(a) === 1, 5000, "A's watch");
     sender.terminate();
@@ -124,5 +140,36 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     // Before: the listener got the stale one too, and ran a request whose sender had its 504 already.
     const { request } = await listener.next<{ request: { id: string } }>();
     assert.equal(request.id, fresh);
+  });
+
+  it('routes again when the edge NATS picked has just lost its last listener (its NoListener is not the last word)', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/again?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    listener.ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const { request } = JSON.parse(String(data)) as { request?: { id: string } };
+      if (request) listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: false } }));
+    });
+    const url = `${b.url}/again/x`;
+    await untilAnswered(async () => (await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) } })).status === 200, 5000, 'B routing to A');
+    // Another edge in the queue group whose last listener has just gone: it answers NoListener to the first notice it gets, then leaves.
+    const nc = await connect({ servers: natsUrl });
+    t.after(() => nc.close());
+    let refused = 0;
+    const edgeWithoutListener = nc.subscribe(new Subjects('relay').hybridEntity('again'), {
+      queue: 'listeners',
+      callback: (_err, m) => {
+        refused++;
+        m.respond(encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
+        edgeWithoutListener.unsubscribe();
+      },
+    });
+    await nc.flush();
+    // Before: the sender NATS sent to that edge got 404 NoListener, though A had a listener all along.
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) statuses.push((await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) } })).status);
+    assert.equal(refused, 1, 'the leaving edge was asked');
+    assert.deepEqual(statuses, Array(12).fill(200));
   });
 });
