@@ -2,13 +2,16 @@
 // past the idle timeout, and closes (1008) those whose token expired without
 // a renewal. Granularity is timeouts.keepAliveIntervalMs.
 import type { RelayConfig } from '../config/types.ts';
+import { SweepClock } from '../websocket/sweep-clock.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 
 export function startKeepAlive(listeners: ListenerRegistry, timeouts: RelayConfig['timeouts']): () => void {
+  const clock = new SweepClock(timeouts.keepAliveIntervalMs);
   const timer = setInterval(() => {
     const now = Date.now();
+    const judging = clock.onTime(now);
     for (const channel of listeners.all()) {
-      if (now - channel.lastSeen > timeouts.idleMs) {
+      if (judging && now - channel.lastSeen > timeouts.idleMs) {
         channel.log.info({ event: 'listener.idle_timeout', idleMs: now - channel.lastSeen });
         channel.terminate();
       } else if (channel.tokenExpiresAt * 1000 <= now) {

@@ -10,10 +10,12 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { SweepClock } from '../websocket/sweep-clock.ts';
 
 export class ConnectionLifecycle {
   private readonly keepAliveTimer: NodeJS.Timeout;
   private readonly expiryTimer: NodeJS.Timeout;
+  private readonly sweepClock: SweepClock;
   /** Set at shutdown: dropped sessions are kept only for another edge to take. */
   shuttingDown = false;
 
@@ -28,6 +30,7 @@ export class ConnectionLifecycle {
     /** A connection ended for good here (its `disconnected` event). */
     private readonly ended: (connection: PubSubConnection, reason: string) => void = () => {},
   ) {
+    this.sweepClock = new SweepClock(config.timeouts.keepAliveIntervalMs);
     this.keepAliveTimer = setInterval(() => this.keepAlive(), config.timeouts.keepAliveIntervalMs);
     this.keepAliveTimer.unref();
     // Dropped sessions expire within a quarter of their retention (the keep-alive's 30 s would let one live 90 s instead of 60).
@@ -83,13 +86,14 @@ export class ConnectionLifecycle {
   private keepAlive(): void {
     const now = Date.now();
     const { keepAliveIntervalMs, idleMs } = this.config.timeouts;
+    const judging = this.sweepClock.onTime(now);
     for (const hub of this.hubs.values()) {
       for (const connection of hub.local.connections.values()) {
         const socket = connection.socket;
         // Not read while held (its frames wait for the event handler, which is bounded by its timeout).
         if (!socket || socket.isHeld) continue;
         const silent = now - socket.lastReceivedAt;
-        if (silent > idleMs) socket.destroy();
+        if (judging && silent > idleMs) socket.destroy();
         else if (silent >= keepAliveIntervalMs) socket.ping();
       }
     }

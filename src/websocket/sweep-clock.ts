@@ -1,0 +1,20 @@
+// The clock a keep-alive sweep judges silence by. After the process was
+// paused (SIGSTOP, a VM stall, a blocked event loop), its timer fires before
+// the pongs and messages that arrived meanwhile are read (timers run before
+// I/O in a turn of the event loop): every peer would look silent for the
+// length of the pause, and live listeners and clients were dropped as idle.
+// A sweep that runs much later than its interval only pings; the next one,
+// an interval later, judges with what has been read since.
+
+export class SweepClock {
+  private last = Date.now();
+
+  constructor(private readonly intervalMs: number) {}
+
+  /** Called at each sweep: false when it ran late (a pause), so silence is not judged this time. */
+  onTime(now: number): boolean {
+    const late = now - this.last > 2 * this.intervalMs;
+    this.last = now;
+    return !late;
+  }
+}

@@ -1,0 +1,40 @@
+// A relay whose process was paused (SIGSTOP, a VM stall, a blocked event
+// loop) for longer than timeouts.idleMs keeps its live listeners and pub/sub
+// clients (src/websocket/sweep-clock.ts). Its keep-alive timer fires first
+// after the pause, before the pongs that arrived meanwhile are read; before,
+// that sweep dropped every listener and client as idle. Here the relay and
+// its peers share this process, and the pause is a busy loop.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { tokenFor, wsUrl } from '../helpers/relay.ts';
+
+const timeouts = { keepAliveIntervalMs: 100, idleMs: 500 };
+
+function pause(ms: number): void {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    // The process does nothing else meanwhile: no timer, no read.
+  }
+}
+
+describe('a relay paused for longer than idleMs', () => {
+  it('keeps the listeners and clients that answered all along', async (t) => {
+    const relay = await startPubSubRelay(t, { timeouts, hybridConnections: [{ name: 'paused', requiresClientAuthorization: false }] });
+    const listenUrl = wsUrl(relay.url, '/$hc/paused?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const client = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    // Both answer the relay's pings (ws does): a few sweeps without a pause drop neither.
+    await new Promise((r) => setTimeout(r, 300));
+    pause(1200);
+    // Several sweeps after the pause: the first runs late, the next ones judge with the pongs read since.
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(listener.ws.readyState, WebSocket.OPEN, 'the listener');
+    assert.equal(client.ws.readyState, WebSocket.OPEN, 'the pub/sub client');
+    assert.equal([...relay.hybrid.listeners.all()].length, 1);
+  });
+});
