@@ -184,8 +184,10 @@ export interface HcRouted {
   op: 'hc.routed';
   ok: boolean;
   code?: 'NoListener' | 'TooManyPending' | 'ListenerGone';
-  /** The listener's edge, when it watches the listener for the sender (a connect, a request fetched by rendezvous). */
+  /** The listener's edge (the sender's edge checks it is still there while it waits: hc.alive). */
   node?: string;
+  /** It watches the listener for the sender (a connect, a request fetched by rendezvous) until told `hc.done`. */
+  watching?: boolean;
 }
 
 /** Listener's edge -> sender's edge: the listener answered on its control channel (body follows). */
@@ -206,6 +208,11 @@ export interface HcFailed {
 export interface HcDone {
   op: 'hc.done';
   id: string;
+}
+
+/** Sender's edge -> a listener's edge it waits on, every second: are you there? Answered in kind; no responders means the edge is gone. */
+export interface HcAlive {
+  op: 'hc.alive';
 }
 
 // --- publish/subscribe: every edge of a hub ----------------------------------------
@@ -477,6 +484,7 @@ export type EdgeMessage =
   | HcResponse
   | HcFailed
   | HcDone
+  | HcAlive
   | PsSend
   | PsClose
   | PsGroups
@@ -505,7 +513,7 @@ export type EdgeMessageOf<Op extends EdgeOp> = Extract<EdgeMessage, { op: Op }>;
 
 /** Every op, each with its schema definition of the same name. */
 export const EDGE_OPS = [
-  'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed', 'hc.done',
+  'hc.accept', 'hc.request', 'hc.routed', 'hc.response', 'hc.failed', 'hc.done', 'hc.alive',
   'ps.send', 'ps.close', 'ps.groups', 'ps.here', 'ps.exists', 'ps.list', 'ps.permission', 'ps.done',
   'ps.handover', 'ps.session', 'ps.entries', 'ps.replay', 'ps.replayed',
   'ps.member', 'ps.claim', 'ps.checkpoint',

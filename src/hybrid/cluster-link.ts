@@ -5,7 +5,7 @@
 // pushes the notice (its address names the sender's node) down one of its
 // control channels. A listener's answer on the control channel goes back to
 // the sender's node on that node's subject, addressed by rendezvous id.
-import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type HcFailed, type HcResponse } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -13,12 +13,17 @@ import type { HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HttpExchange } from './http-exchange.ts';
-import { RemoteRoute, type ListenerRoute } from './listener-route.ts';
+import { RemoteRoute, type EdgeWatch, type ListenerRoute } from './listener-route.ts';
 
 const LISTENER_QUEUE = 'listeners';
+/** How often a sender's edge checks that the listeners' edges it waits on are still there. */
+const ALIVE_CHECK_MS = 1000;
 
-export class HybridClusterLink {
+export class HybridClusterLink implements EdgeWatch {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
+  /** On a sender's edge: exchanges waiting on another edge's listener, by that edge. */
+  private readonly waitingOn = new Map<string, Map<string, ChannelExchange>>();
+  private aliveTimer: NodeJS.Timeout | undefined;
   /** Listeners told to dial another node, watched for that node until it says `hc.done`. */
   readonly dialWatches = new Map<string, RemoteDialWatch>();
   private readonly nodeSubscription: BusSubscription;
@@ -43,7 +48,50 @@ export class HybridClusterLink {
       nodeId: this.nodeId,
       timeoutMs: this.requestTimeoutMs,
       nodeSubject: (node) => this.subjects.node(node) + '.hc',
+      edges: this,
     });
+  }
+
+  // --- on the node holding the sender: are the listeners' edges still there? ------------------
+
+  watch(node: string, id: string, exchange: ChannelExchange): void {
+    let waiting = this.waitingOn.get(node);
+    if (!waiting) this.waitingOn.set(node, (waiting = new Map()));
+    waiting.set(id, exchange);
+    if (!this.aliveTimer) {
+      this.aliveTimer = setInterval(() => this.checkEdges(), ALIVE_CHECK_MS);
+      this.aliveTimer.unref();
+    }
+  }
+
+  unwatch(node: string, id: string): void {
+    const waiting = this.waitingOn.get(node);
+    if (!waiting?.delete(id) || waiting.size > 0) return;
+    this.waitingOn.delete(node);
+    if (this.waitingOn.size === 0) {
+      clearInterval(this.aliveTimer);
+      this.aliveTimer = undefined;
+    }
+  }
+
+  /**
+   * An edge that died (killed, its NATS connection gone) leaves no subscription behind: NATS answers a question to
+   * it "no responders" at once, and what waited on its listeners fails now (502 ListenerGone) instead of at its own
+   * timeout (acceptMs, httpResponseMs). An edge that does not answer in time may only be slow: its exchanges wait on.
+   */
+  private checkEdges(): void {
+    for (const node of this.waitingOn.keys()) {
+      this.bus.request(this.subjects.node(node) + '.hc', encodeEdgeMessage({ op: 'hc.alive' }), this.requestTimeoutMs).then(
+        () => undefined,
+        (err) => {
+          if (!(err instanceof BusError) || err.code !== 'NoResponders') return;
+          const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
+          if (waiting.length === 0) return;
+          this.log.warn({ event: 'hybrid.edge_gone', node, waiting: waiting.length });
+          for (const exchange of waiting) exchange.listenerLost();
+        },
+      );
+    }
   }
 
   /** Subscribes while this node has at least one listener for the entity. */
@@ -98,8 +146,8 @@ export class HybridClusterLink {
       return;
     }
     channel.log.info({ event: 'bus.routed', op: m.op, listener: channel.id, from: m.op === 'hc.request' ? m.node : undefined });
-    // Naming this node asks the sender's node for `hc.done` once the listener dialed (or the sender left).
-    respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true, node: watch ? this.nodeId : undefined }));
+    // Naming this node lets the sender's node check it is still there; `watching` asks for `hc.done` once the listener dialed (or the sender left).
+    respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true, node: this.nodeId, watching: watch ? true : undefined }));
   }
 
   /** Sends a listener's answer back to the node holding the sender. */
@@ -115,9 +163,10 @@ export class HybridClusterLink {
   // --- on the node holding the sender ---------------------------------------------
 
   private onAnswer(message: BusMessage): void {
-    const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed', 'hc.done');
-    // On the listener's node: the sender's node no longer waits for this listener.
+    const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed', 'hc.done', 'hc.alive');
+    // On the listener's node: the sender's node no longer waits for this listener; or asks whether this node is there.
     if (decoded?.message.op === 'hc.done') return this.dialWatches.get(decoded.message.id)?.done();
+    if (decoded?.message.op === 'hc.alive') return respond(this.bus, message, encodeEdgeMessage({ op: 'hc.alive' }));
     const exchange = decoded ? this.ctx.rendezvous.get(decoded.message.id) : undefined;
     // A connect whose listener dropped its control channel before dialing.
     if (decoded?.message.op === 'hc.failed' && exchange?.action === 'accept') return exchange.listenerLost();
@@ -141,6 +190,7 @@ export class HybridClusterLink {
   close(): void {
     this.stopRouting();
     this.nodeSubscription.unsubscribe();
+    clearInterval(this.aliveTimer);
   }
 }
 

@@ -56,6 +56,14 @@ export interface RemoteRouteOptions {
   timeoutMs: number;
   /** Where a listener's node hears `hc.done`. */
   nodeSubject(node: string): string;
+  /** Whom to tell which exchanges wait on which listener's edge (it fails them when that edge is gone). */
+  edges: EdgeWatch;
+}
+
+/** Exchanges waiting on other edges' listeners, by edge (cluster-link.ts checks those edges are still there). */
+export interface EdgeWatch {
+  watch(node: string, id: string, exchange: ChannelExchange): void;
+  unwatch(node: string, id: string): void;
 }
 
 /** Time left for a listener's edge's answer (hc.routed) to come back, when judging a routed notice expired. */
@@ -66,10 +74,12 @@ const ROUTE_ATTEMPTS = 3;
 export class RemoteRoute implements ListenerRoute {
   readonly isOpen = true;
   readonly via = 'bus';
-  /** Ids still waiting for their listener here. */
-  private readonly tracked = new Set<string>();
-  /** Id -> the listener's node, which watches the listener for this node until told `hc.done`. */
-  private readonly watchedBy = new Map<string, string>();
+  /** Exchanges still waiting for their listener, by id. */
+  private readonly tracked = new Map<string, ChannelExchange>();
+  /** Id -> the listener's edge it was routed to. */
+  private readonly routedTo = new Map<string, string>();
+  /** Ids whose listener's edge watches the listener for this one until told `hc.done`. */
+  private readonly watched = new Set<string>();
 
   constructor(
     private readonly entity: HybridEntity,
@@ -109,25 +119,32 @@ export class RemoteRoute implements ListenerRoute {
       }
       if (reply.node !== undefined) {
         const id = 'accept' in notice ? notice.accept.id : notice.request.id;
-        // The listener may have dialed before the answer came.
-        if (this.tracked.has(id)) this.watchedBy.set(id, reply.node);
-        else this.tellDone(reply.node, id);
+        const exchange = this.tracked.get(id);
+        // The listener may have dialed (or answered) before the answer came.
+        if (!exchange) {
+          if (reply.watching) this.tellDone(reply.node, id);
+          return undefined;
+        }
+        this.routedTo.set(id, reply.node);
+        if (reply.watching) this.watched.add(id);
+        this.options.edges.watch(reply.node, id, exchange);
       }
       return undefined;
     }
   }
 
   // Answers come back on this node's bus subject and find the exchange by id.
-  track(id: string): void {
-    this.tracked.add(id);
+  track(id: string, exchange: ChannelExchange): void {
+    this.tracked.set(id, exchange);
   }
 
   untrack(id: string): void {
     this.tracked.delete(id);
-    const node = this.watchedBy.get(id);
+    const node = this.routedTo.get(id);
     if (node === undefined) return;
-    this.watchedBy.delete(id);
-    this.tellDone(node, id);
+    this.routedTo.delete(id);
+    this.options.edges.unwatch(node, id);
+    if (this.watched.delete(id)) this.tellDone(node, id);
   }
 
   /** The listener's node stops watching for this id (it would otherwise hold a timer, and report a listener drop, for timeouts.acceptMs). */

@@ -211,4 +211,32 @@ describe('hybrid connections across nodes', () => {
     assert.equal(http.status, 404);
     assert.equal(JSON.parse(http.body.toString()).code, 'NoListener');
   });
+
+  // Last: it kills edge A.
+  it('a connect and a request waiting on a listener whose edge dies fail at once (502 ListenerGone), not at their timeouts', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/doomed?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    // The listener hears of both and answers neither.
+    const connectUrl = senderUrl(b, 'doomed');
+    const connect = (async () => {
+      for (const deadline = Date.now() + 5000; ; ) {
+        const got = await dial(connectUrl, tokenFor(connectUrl));
+        if (!notYetRoutable(got.code) || Date.now() > deadline) return got;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    await listener.next();
+    const requestUrl = `${b.url}/doomed/x`;
+    const request = httpRequest(requestUrl, { headers: { ServiceBusAuthorization: tokenFor(requestUrl) }, timeoutMs: 30000 });
+    await listener.next();
+    const killedAt = Date.now();
+    await a.kill();
+    const [connected, answered] = await Promise.all([connect, request]);
+    connected.ws?.terminate();
+    // Before: 504 AcceptTimeout after acceptMs (20 s here) and 504 ResponseTimeout after httpResponseMs (60 s).
+    assert.deepEqual([connected.status, connected.code], [502, 'ListenerGone']);
+    assert.deepEqual([answered.status, JSON.parse(answered.body.toString()).code], [502, 'ListenerGone']);
+    assert.ok(Date.now() - killedAt < 5000, `answered ${Date.now() - killedAt} ms after the kill`);
+  });
 });
