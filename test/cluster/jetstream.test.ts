@@ -42,7 +42,8 @@ describe('durable hubs on JetStream', () => {
   it('acknowledges a publish only once stored, and refuses it (with the reason) while NATS is away', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startEdge(t, 'edge-a', [nats.url], { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1500 } } });
-    const sub = await startClient(t, accessUrl(a.url));
+    // No retries in the SDK: the refusal below is the relay's, once (each retry would wait publishTimeoutMs again).
+    const sub = await startClient(t, accessUrl(a.url), { messageRetryOptions: { maxRetries: 0 } });
     await sub.client.joinGroup('g');
     await sub.client.sendToGroup('g', 1, 'json');
     const stored = await history(a, 'g');

@@ -26,7 +26,7 @@ export function hostileOverrides(extra: Record<string, unknown> = {}): Record<st
   });
 }
 
-export function startHostileRelay(t: TestContext, extra: Record<string, unknown> = {}): Promise<RelayProcess> {
+export function startHostileRelay(t: Pick<TestContext, 'after'>, extra: Record<string, unknown> = {}): Promise<RelayProcess> {
   return startRelayProcess(t, hostileOverrides(extra));
 }
 

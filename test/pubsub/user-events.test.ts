@@ -69,7 +69,11 @@ describe("a client's user events", () => {
       });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+    cleanupFor(t).after(() => new Promise((r) => {
+      server.close(r);
+      // The relay's keep-alive connections to it would hold close() for the server's keep-alive timeout.
+      server.closeAllConnections();
+    }));
     const { port } = server.address() as { port: number };
     const relay = await startTestRelay(t, {
       pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [] }] }] },

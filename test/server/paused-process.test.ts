@@ -11,7 +11,7 @@ import { RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.
 import { RawListener } from '../helpers/raw-listener.ts';
 import { tokenFor, wsUrl } from '../helpers/relay.ts';
 
-const timeouts = { keepAliveIntervalMs: 100, idleMs: 500 };
+const timeouts = { keepAliveIntervalMs: 100, idleMs: 300 };
 
 function pause(ms: number): void {
   const end = Date.now() + ms;
@@ -29,10 +29,10 @@ describe('a relay paused for longer than idleMs', () => {
     const client = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
     await client.waitFor((m) => m.event === 'connected');
     // Both answer the relay's pings (ws does): a few sweeps without a pause drop neither.
-    await new Promise((r) => setTimeout(r, 300));
-    pause(1200);
+    await new Promise((r) => setTimeout(r, 200));
+    pause(800);
     // Several sweeps after the pause: the first runs late, the next ones judge with the pongs read since.
-    await new Promise((r) => setTimeout(r, 600));
+    await new Promise((r) => setTimeout(r, 300));
     assert.equal(listener.ws.readyState, WebSocket.OPEN, 'the listener');
     assert.equal(client.ws.readyState, WebSocket.OPEN, 'the pub/sub client');
     assert.equal([...relay.hybrid.listeners.all()].length, 1);
