@@ -214,8 +214,9 @@ describe('event handler failures', () => {
 });
 
 describe('event handlers on-prem: hc:// through a hybrid connection', () => {
-  it('delivers every event as a relayed HTTP request to a hyco-https listener running @azure/web-pubsub-express', async (t) => {
-    const { handler, record } = eventHandlerApp(HUB, HUB_KEY, { path: '/handlers/hubs/chat' });
+  /** A relay whose hub's handler is `hc://handlers/...`, and a hyco-https listener running @azure/web-pubsub-express there. */
+  async function onPremHandler(t: TestContext, options: Parameters<typeof eventHandlerApp>[2] = {}) {
+    const { handler, record } = eventHandlerApp(HUB, HUB_KEY, { path: '/handlers/hubs/chat', ...options });
     const relay = await startPubSubRelay(t, {
       hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
       ...hubWith('hc://handlers/hubs/{hub}/{event}'),
@@ -232,6 +233,11 @@ describe('event handlers on-prem: hc:// through a hybrid connection', () => {
       },
       'handlers',
     );
+    return { relay, record };
+  }
+
+  it('delivers every event as a relayed HTTP request to a hyco-https listener running @azure/web-pubsub-express', async (t) => {
+    const { relay, record } = await onPremHandler(t);
     const c = await startClient(t, accessUrl(relay.url, { userId: 'onprem' }), { protocol: WebPubSubJsonProtocol() });
     await c.client.sendEvent('ask', { q: 1 }, 'json');
     await until(() => c.serverData.length === 1, 5000, 'reply through the listener');
@@ -245,21 +251,7 @@ describe('event handlers on-prem: hc:// through a hybrid connection', () => {
 
   it('keeps the listener when a handler answers 204 (no body: hyco-https still sends an empty binary frame)', async (t) => {
     // res.success() without a body: the SDK answers 204.
-    const { handler, record } = eventHandlerApp(HUB, HUB_KEY, { path: '/handlers/hubs/chat', connect: (_req, res) => res.success() });
-    const relay = await startPubSubRelay(t, {
-      hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
-      ...hubWith('hc://handlers/hubs/{hub}/{event}'),
-    });
-    const middleware = handler.getMiddleware();
-    await startHycoHttpsListener(
-      t,
-      relay.url,
-      (req, res) => {
-        Object.assign(req, { baseUrl: '', path: new URL(req.url ?? '/', 'http://x').pathname });
-        void middleware(req as never, res as never, () => res.writeHead(404).end());
-      },
-      'handlers',
-    );
+    const { relay, record } = await onPremHandler(t, { connect: (_req, res) => res.success() });
     const channels = () => [...relay.hybrid.listeners.all()].map((channel) => channel.id);
     const [listener] = channels();
     const c = await startClient(t, accessUrl(relay.url, { userId: 'onprem' }), { protocol: WebPubSubJsonProtocol() });
