@@ -79,6 +79,11 @@ export class Subjects {
     return `${this.prefix}.node.${encodeSubjectToken(nodeId)}`;
   }
 
+  /** One edge node's hybrid-connection messages (hc.response, hc.failed, hc.done, hc.alive). */
+  nodeHybrid(nodeId: string): string {
+    return `${this.node(nodeId)}.hc`;
+  }
+
   /** Every node, for one hub (send to all, close all, membership by filter). */
   hubAll(hubKey: string): string {
     return `${this.prefix}.ps.${encodeSubjectToken(hubKey)}.all`;

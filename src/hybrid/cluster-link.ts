@@ -22,7 +22,7 @@ const ALIVE_CHECK_MS = 1000;
 export class HybridClusterLink implements EdgeWatch {
   private readonly entitySubscriptions = new Map<string, BusSubscription>();
   /** On a sender's edge: exchanges waiting on another edge's listener, by that edge. */
-  private readonly waitingOn = new Map<string, Map<string, ChannelExchange>>();
+  private readonly waitingOn = new Map<string, Map<string, { exchange: ChannelExchange; watching: boolean }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
   /** Listeners told to dial another node, watched for that node until it says `hc.done`. */
   readonly dialWatches = new Map<string, RemoteDialWatch>();
@@ -37,7 +37,7 @@ export class HybridClusterLink implements EdgeWatch {
     private readonly log: Logger,
     private readonly requestTimeoutMs: number,
   ) {
-    this.nodeSubscription = bus.subscribe(subjects.node(nodeId) + '.hc', (m) => this.onAnswer(m));
+    this.nodeSubscription = bus.subscribe(subjects.nodeHybrid(nodeId), (m) => this.onAnswer(m));
   }
 
   /** A route over the bus for an entity with no open listener on this node. */
@@ -47,17 +47,16 @@ export class HybridClusterLink implements EdgeWatch {
       subject: this.subjects.hybridEntity(entity.key),
       nodeId: this.nodeId,
       timeoutMs: this.requestTimeoutMs,
-      nodeSubject: (node) => this.subjects.node(node) + '.hc',
       edges: this,
     });
   }
 
   // --- on the node holding the sender: are the listeners' edges still there? ------------------
 
-  watch(node: string, id: string, exchange: ChannelExchange): void {
+  watch(node: string, id: string, exchange: ChannelExchange, watching: boolean): void {
     let waiting = this.waitingOn.get(node);
     if (!waiting) this.waitingOn.set(node, (waiting = new Map()));
-    waiting.set(id, exchange);
+    waiting.set(id, { exchange, watching });
     if (!this.aliveTimer) {
       this.aliveTimer = setInterval(() => this.checkEdges(), ALIVE_CHECK_MS);
       this.aliveTimer.unref();
@@ -66,11 +65,24 @@ export class HybridClusterLink implements EdgeWatch {
 
   unwatch(node: string, id: string): void {
     const waiting = this.waitingOn.get(node);
-    if (!waiting?.delete(id) || waiting.size > 0) return;
+    const entry = waiting?.get(id);
+    if (!waiting || !entry) return;
+    waiting.delete(id);
+    if (entry.watching) this.done(node, id);
+    if (waiting.size > 0) return;
     this.waitingOn.delete(node);
     if (this.waitingOn.size === 0) {
       clearInterval(this.aliveTimer);
       this.aliveTimer = undefined;
+    }
+  }
+
+  /** The listener's node stops watching for this id (it would otherwise hold a timer, and report a listener drop, for timeouts.acceptMs). */
+  done(node: string, id: string): void {
+    try {
+      this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.done', id }));
+    } catch {
+      // The bus is away: the watch ends at its own timeout.
     }
   }
 
@@ -81,14 +93,14 @@ export class HybridClusterLink implements EdgeWatch {
    */
   private checkEdges(): void {
     for (const node of this.waitingOn.keys()) {
-      this.bus.request(this.subjects.node(node) + '.hc', encodeEdgeMessage({ op: 'hc.alive' }), this.requestTimeoutMs).then(
+      this.bus.request(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.alive' }), this.requestTimeoutMs).then(
         () => undefined,
         (err) => {
           if (!(err instanceof BusError) || err.code !== 'NoResponders') return;
           const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
           if (waiting.length === 0) return;
           this.log.warn({ event: 'hybrid.edge_gone', node, waiting: waiting.length });
-          for (const exchange of waiting) exchange.listenerLost();
+          for (const { exchange } of waiting) exchange.listenerLost();
         },
       );
     }
@@ -153,10 +165,10 @@ export class HybridClusterLink implements EdgeWatch {
   /** Sends a listener's answer back to the node holding the sender. */
   answer(node: string, answer: HcResponse | HcFailed, body?: Buffer): void {
     try {
-      this.bus.publish(this.subjects.node(node) + '.hc', encodeEdgeMessage(answer, body));
+      this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage(answer, body));
     } catch (err) {
       this.log.warn({ event: 'bus.answer_failed', node, err: (err as Error).message });
-      this.bus.publish(this.subjects.node(node) + '.hc', encodeEdgeMessage({ op: 'hc.failed', id: answer.id, code: 'BadListenerResponse' }));
+      this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.failed', id: answer.id, code: 'BadListenerResponse' }));
     }
   }
 

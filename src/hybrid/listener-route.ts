@@ -54,16 +54,18 @@ export interface RemoteRouteOptions {
   /** This node, where answers on the listener's control channel are sent back. */
   nodeId: string;
   timeoutMs: number;
-  /** Where a listener's node hears `hc.done`. */
-  nodeSubject(node: string): string;
   /** Whom to tell which exchanges wait on which listener's edge (it fails them when that edge is gone). */
   edges: EdgeWatch;
 }
 
 /** Exchanges waiting on other edges' listeners, by edge (cluster-link.ts checks those edges are still there). */
 export interface EdgeWatch {
-  watch(node: string, id: string, exchange: ChannelExchange): void;
+  /** `exchange` waits on a listener of `node`; `watching`: that edge watches the listener for this one until told `hc.done`. */
+  watch(node: string, id: string, exchange: ChannelExchange, watching: boolean): void;
+  /** It waits no longer (its listener dialed or answered, or its sender left): `node` is told `hc.done` if it watches. */
   unwatch(node: string, id: string): void;
+  /** Tells `node` to stop watching the listener for `id` (hc.done). */
+  done(node: string, id: string): void;
 }
 
 /** Time left for a listener's edge's answer (hc.routed) to come back, when judging a routed notice expired. */
@@ -78,8 +80,6 @@ export class RemoteRoute implements ListenerRoute {
   private readonly tracked = new Map<string, ChannelExchange>();
   /** Id -> the listener's edge it was routed to. */
   private readonly routedTo = new Map<string, string>();
-  /** Ids whose listener's edge watches the listener for this one until told `hc.done`. */
-  private readonly watched = new Set<string>();
 
   constructor(
     private readonly entity: HybridEntity,
@@ -122,12 +122,11 @@ export class RemoteRoute implements ListenerRoute {
         const exchange = this.tracked.get(id);
         // The listener may have dialed (or answered) before the answer came.
         if (!exchange) {
-          if (reply.watching) this.tellDone(reply.node, id);
+          if (reply.watching) this.options.edges.done(reply.node, id);
           return undefined;
         }
         this.routedTo.set(id, reply.node);
-        if (reply.watching) this.watched.add(id);
-        this.options.edges.watch(reply.node, id, exchange);
+        this.options.edges.watch(reply.node, id, exchange, reply.watching === true);
       }
       return undefined;
     }
@@ -144,15 +143,5 @@ export class RemoteRoute implements ListenerRoute {
     if (node === undefined) return;
     this.routedTo.delete(id);
     this.options.edges.unwatch(node, id);
-    if (this.watched.delete(id)) this.tellDone(node, id);
-  }
-
-  /** The listener's node stops watching for this id (it would otherwise hold a timer, and report a listener drop, for timeouts.acceptMs). */
-  private tellDone(node: string, id: string): void {
-    try {
-      this.options.bus.publish(this.options.nodeSubject(node), encodeEdgeMessage({ op: 'hc.done', id }));
-    } catch {
-      // The bus is away: the watch ends at its own timeout.
-    }
   }
 }
