@@ -23,11 +23,6 @@ export class TurnWriter {
     this.cork = new TurnCork(socket, () => this.flush());
   }
 
-  /** Bytes written and not yet taken by the kernel: the socket's queue and the stage. */
-  get queuedBytes(): number {
-    return this.socket.writableLength + this.used - this.start;
-  }
-
   /** Writes `buf` after everything written before it. */
   write(buf: Buffer): void {
     if (buf.length > SMALL_WRITE) {
