@@ -1,8 +1,9 @@
 // The closing handshake of one server-side WebSocket leg (RFC 6455 5.5.1,
 // 7.1.2): the relay sends its close frame once, then waits at most
-// `closeHandshakeMs` for the peer's before dropping the socket; a close frame
-// from the peer is answered (unless the relay's went first) and the relay's
-// side of the TCP stream is ended. Every endpoint the relay terminates uses
+// `closeHandshakeMs` for the peer's (reading the socket again if its owner had
+// paused it) before dropping the socket; a close frame from the peer is
+// answered (unless the relay's went first) and the relay's side of the TCP
+// stream is ended. Every endpoint the relay terminates uses
 // this: pub/sub sockets (message-socket.ts), spliced legs (frame-splice.ts)
 // and HTTP-mode rendezvous legs (hybrid/http-exchange.ts). What a peer's close
 // frame may carry (RFC 6455 5.5.1, 7.4) is checked here too, by the frame
@@ -84,6 +85,9 @@ export class CloseHandshake {
 
   private armTimer(): void {
     if (this.timer || this.socket.destroyed) return;
+    // The peer's answer (its close frame, then the end of its stream) is seen only if read:
+    // whatever had paused reading (backpressure, a held client) is over now.
+    this.socket.resume();
     this.timer = setTimeout(() => this.socket.destroy(), this.closeHandshakeMs);
     this.timer.unref();
   }

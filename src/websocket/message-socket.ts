@@ -351,7 +351,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   hold(): void {
     if (this.held) return;
     this.held = true;
-    this.socket.pause();
+    // A closing socket is read for the peer's answer (close-handshake.ts).
+    if (!this.closing.sent) this.socket.pause();
   }
 
   /** The owner holds it (hold()): its silence is the relay's doing, not the peer's. */

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { startRelayProcess, tokenFor, type RelayProcess } from '../helpers/relay.ts';
+import { startRelayProcess, startTestRelay, tokenFor, type RelayProcess } from '../helpers/relay.ts';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -133,5 +133,24 @@ describe('hyco-https listeners sharing one entity', () => {
     }
     assert.equal((seen.get('one') ?? 0) + (seen.get('two') ?? 0), 100);
     assert.ok((seen.get('one') ?? 0) >= 25 && (seen.get('two') ?? 0) >= 25, JSON.stringify([...seen]));
+  });
+});
+
+describe('hyco-https rendezvous legs after the response', () => {
+  it('are closed once the listener answers the close, not at timeouts.closeHandshakeMs: a drain right after ends at once', async (t) => {
+    // Bounds far past the checks below: only a leg whose close was answered lets the drain end in time.
+    const relay = await startTestRelay(t, { timeouts: { closeHandshakeMs: 30000, shutdownMs: 20000 } });
+    const listener = await startHycoHttpsListener(t, relay.url, app('one'));
+    // A chunked request and its echo go through a rendezvous; the echo is larger than the
+    // sender's socket takes at once, so the relay had stopped reading the leg when the exchange ended.
+    const url = `${relay.url}/echo/chunked`;
+    const body = randomBytes(100000);
+    const r = await httpRequest(url, { method: 'POST', body: [body], headers: { ServiceBusAuthorization: tokenFor(url), 'transfer-encoding': 'chunked' } });
+    assert.equal(r.status, 201);
+    assert.ok(r.body.equals(body));
+    listener.close();
+    const startedAt = Date.now();
+    await relay.close();
+    assert.ok(Date.now() - startedAt < 5000, `the drain took ${Date.now() - startedAt} ms`);
   });
 });

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { CloseHandshake } from '../../src/websocket/close-handshake.ts';
+import { MessageSocket } from '../../src/websocket/message-socket.ts';
 import { OP_CLOSE, encodeClosePayload, encodeFrame } from '../../src/websocket/frames.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -65,6 +66,19 @@ describe('closing handshake', () => {
     }
   });
 
+  it('reads the peer\'s answer although its owner had stopped reading (backpressure, a held client)', async () => {
+    const { relay, peer } = await pair();
+    const seen: Buffer[] = [];
+    relay.on('data', (c: Buffer) => seen.push(c));
+    relay.pause();
+    // Far longer than the bound below: only reading the answer ends the socket in time.
+    new CloseHandshake(relay, 30000).send(1000);
+    peer.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
+    peer.end();
+    await withTimeout(once(relay, 'close'), 3000, 'the relay side to see the peer end');
+    assert.deepEqual(Buffer.concat(seen), encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
+  });
+
   it('does not answer the peer close that answers its own', async () => {
     const { relay, peer, received } = await pair();
     const handshake = new CloseHandshake(relay, 2000);
@@ -73,5 +87,20 @@ describe('closing handshake', () => {
     await withTimeout(once(peer, 'end'), 2000, 'relay ended its side');
     assert.deepEqual(received(), encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
     peer.end();
+  });
+});
+
+describe('a pub/sub socket closing', () => {
+  it('reads the client\'s answer when held after its close frame went out', async () => {
+    const { relay, peer } = await pair();
+    const closed = once(relay, 'close');
+    const socket = new MessageSocket(relay, null, { onMessage() {}, onClosed() {}, onDrain() {} }, { maxMessageBytes: 1024, closeHandshakeMs: 30000, outboundHighWaterMark: 1 << 20 });
+    socket.close(1000);
+    // The owner got busy with the messages it had (a slow event handler) just after.
+    socket.hold();
+    // The client's close frame (1000, masked with a zero key), then its end.
+    peer.write(Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]));
+    peer.end();
+    await withTimeout(closed, 3000, 'the relay side to see the client end');
   });
 });
