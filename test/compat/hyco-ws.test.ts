@@ -20,7 +20,7 @@ describe('hyco-ws listener, WebSocket mode', () => {
   const cleanup = new Cleanup();
   let relay: RelayProcess;
   before(async () => {
-    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000 } });
+    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 1500 } });
   });
   after(() => cleanup.run());
 
@@ -85,7 +85,7 @@ describe('hyco-ws listener, token renewal', () => {
   const cleanup = new Cleanup();
   let relay: RelayProcess;
   before(async () => {
-    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000 } });
+    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 1500 } });
   });
   after(() => cleanup.run());
 
@@ -117,7 +117,29 @@ describe('hyco-ws listener, token renewal', () => {
     sender.close();
   });
 
-  it('closes the control channel when the token expires unrenewed (hyco-ws then reconnects)', async (t) => {
+  it('keeps the control channel when renewToken comes just after the token expired, as hyco-ws\'s hourly renewal always does', async (t) => {
+    const url = listenUrl(relay.url);
+    let listening = 0;
+    // A token that expires 1 to 2 s from now, as hyco-ws's (its `se` rounded down to the second).
+    const expiresAt = (Math.floor(Date.now() / 1000) + 2) * 1000;
+    const server = await startHycoWsListener(t, relay.url, echo, 'echo', () => tokenFor(url, { ttl: 2 }));
+    server.on('listening', () => listening++);
+    // hyco-ws sends its renewal on an hourly interval, after the hour-long token expired: here
+    // 0.5 s after (several of the relay's 200 ms sweeps), within its 1.5 s grace, on its control channel.
+    await new Promise((r) => setTimeout(r, expiresAt + 500 - Date.now()));
+    server.controlChannel.send(JSON.stringify({ renewToken: { token: tokenFor(url) } }));
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
+    const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
+      headers: { ServiceBusAuthorization: tokenFor(url) },
+    });
+    sender.send('still here');
+    const [reply] = await waitEvent<[Buffer]>(sender, 'message', 5000);
+    assert.equal(String(reply), 'still here');
+    sender.close();
+  });
+
+  it('closes the control channel when the token expires unrenewed past its grace (hyco-ws then reconnects)', async (t) => {
     const url = listenUrl(relay.url);
     const state = shortThenLong(url);
     const server = await startHycoWsListener(t, relay.url, echo, 'echo', state.token);

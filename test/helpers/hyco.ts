@@ -13,7 +13,7 @@ const require = createRequire(import.meta.url);
 export interface HycoWsServer extends EventEmitter {
   close(cb?: (err?: Error) => void): void;
   /** The control channel: a WebSocket of the ws 1.1 that hyco-ws bundles. */
-  controlChannel: EventEmitter;
+  controlChannel: EventEmitter & { send(data: string): void };
 }
 export interface HycoWsModule {
   createRelayedServer(options: { server: string; token: string | (() => string) }, onConnection?: (ws: any) => void): HycoWsServer;
