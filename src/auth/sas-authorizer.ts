@@ -19,7 +19,7 @@ export type SasDecision =
 export interface SasCheck {
   token: string | undefined;
   entity: string;
-  /** Path segments below the entity (HTTP mode), decoded; a token may be scoped to them. */
+  /** Path segments below the entity (HTTP mode), as scopeSegment gives them; a token may be scoped to them. */
   subPath?: string[];
   right: Right;
   /** Host names a token's resource may name for this request. */
@@ -90,6 +90,23 @@ function byName(rules: SasRule[]): Map<string, SasRule[]> {
   return map;
 }
 
+/** Marks a segment kept as sent: a lone surrogate, which no decoded segment can hold. */
+const UNDECODED = '\ud800';
+
+/**
+ * A path segment as a token's scope compares it: decoded, or, when its escapes
+ * are not UTF-8 (`caf%E9.txt`, a Latin-1 name: a valid URI, which the
+ * listener gets as sent), as sent behind a mark, so it equals only that same
+ * segment and never a decoded one (`caf%25E9.txt`).
+ */
+export function scopeSegment(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return UNDECODED + raw;
+  }
+}
+
 /**
  * True when `resource` (a decoded URI) names one of `hosts` and its path is a
  * segment prefix of `requested` (entity first), compared case-insensitively.
@@ -104,12 +121,7 @@ export function resourceCovers(resource: string, requested: string[], hosts: str
     return false;
   }
   if (!hostListed(url.hostname, hosts)) return false;
-  let segments: string[];
-  try {
-    segments = url.pathname.split('/').filter((s) => s !== '').map((s) => decodeURIComponent(s).toLowerCase());
-  } catch {
-    return false;
-  }
+  const segments = url.pathname.split('/').filter((s) => s !== '').map((s) => scopeSegment(s).toLowerCase());
   if (segments[0] === '$hc') segments.shift();
   if (segments.length > requested.length) return false;
   return segments.every((s, i) => s === requested[i].toLowerCase());

@@ -4,6 +4,7 @@
 // is refused: tokens are checked against the path as sent, and a listener that
 // resolved `/echo/a/../../b` would serve a path no token covered.
 import { hasDotSegment } from '../auth/dot-segments.ts';
+import { scopeSegment } from '../auth/sas-authorizer.ts';
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
@@ -12,6 +13,9 @@ export type Route =
   | { kind: 'ops'; name: string }
   | { kind: 'not-found' }
   | { kind: 'bad-request' };
+
+/** A `%` not followed by two hex digits: not a URI at all (RFC 3986 2.1). */
+const MALFORMED_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
 
 /** Removes sb-hc-* parameters from a raw query string, keeping the others as sent. */
 export function stripProtocolParams(rawQuery: string): string {
@@ -41,13 +45,18 @@ export function route(rawUrl: string | undefined): Route {
   const rawPath = q < 0 ? url : url.slice(0, q);
   const rawQuery = q < 0 ? '' : url.slice(q + 1);
   if (hasDotSegment(rawPath)) return { kind: 'bad-request' };
+  const rawSegments = rawPath.split('/').slice(1);
+  const params = new URLSearchParams(rawQuery);
   let segments: string[];
   try {
-    segments = rawPath.split('/').slice(1).map((s) => decodeURIComponent(s));
+    segments = rawSegments.map((s) => decodeURIComponent(s));
   } catch {
-    return { kind: 'bad-request' };
+    // Names (entities, hubs, groups, users) are text. Below an entity, a relayed request's
+    // path is the listener's business: escapes that are not UTF-8 go through as sent.
+    const entity = relayedEntity(rawSegments[0]);
+    if (entity === undefined || MALFORMED_ESCAPE.test(rawPath)) return { kind: 'bad-request' };
+    return hybridHttp(entity, rawSegments.slice(1), rawPath, rawQuery, params);
   }
-  const params = new URLSearchParams(rawQuery);
   const [first = '', ...rest] = segments;
   if (first === '$hc') {
     if (rest.length !== 1 && !(rest.length === 2 && rest[1] === '')) return { kind: 'not-found' };
@@ -73,11 +82,26 @@ export function route(rawUrl: string | undefined): Route {
     return { kind: 'not-found' };
   }
   if (first === '' || first.startsWith('$')) return { kind: 'not-found' };
+  return hybridHttp(first, rawSegments.slice(1), rawPath, rawQuery, params);
+}
+
+/** The entity a path's first segment names for a relayed HTTP request, or undefined (not text, or another surface's). */
+function relayedEntity(rawFirst = ''): string | undefined {
+  let first: string;
+  try {
+    first = decodeURIComponent(rawFirst);
+  } catch {
+    return undefined;
+  }
+  return first === '' || first.startsWith('$') || first === 'client' || first === 'api' ? undefined : first;
+}
+
+function hybridHttp(entity: string, rawBelow: string[], rawPath: string, rawQuery: string, params: URLSearchParams): Route {
   const kept = stripProtocolParams(rawQuery);
   return {
     kind: 'hybrid-http',
-    entity: first,
-    subPath: rest.filter((s) => s !== ''),
+    entity,
+    subPath: rawBelow.filter((s) => s !== '').map(scopeSegment),
     requestTarget: kept ? `${rawPath}?${kept}` : rawPath,
     params,
   };

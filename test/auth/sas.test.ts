@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
-import { SasAuthorizer, resourceCovers } from '../../src/auth/sas-authorizer.ts';
+import { SasAuthorizer, resourceCovers, scopeSegment } from '../../src/auth/sas-authorizer.ts';
 import { createSasToken, parseSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { route } from '../../src/server/router.ts';
 
@@ -39,6 +39,14 @@ describe('SAS scope', () => {
     assert.ok(!resourceCovers('http://127.0.0.1/echo/a', ['echo'], ['127.0.0.1']));
     assert.ok(!resourceCovers('http://other/echo', ['echo'], ['127.0.0.1']));
     assert.ok(!resourceCovers('not a url', ['echo'], ['127.0.0.1']));
+  });
+
+  it('compares a segment whose escapes are not UTF-8 as sent: equal only to itself', () => {
+    const latin1 = ['echo', scopeSegment('caf%E9.txt')];
+    assert.ok(resourceCovers('http://h/echo', latin1, ['h']), 'a token for the entity covers it');
+    assert.ok(resourceCovers('http://h/echo/CAF%e9.TXT', latin1, ['h']), 'a token for that path covers it');
+    assert.ok(!resourceCovers('http://h/echo/caf%25E9.txt', latin1, ['h']), 'the decoded text "caf%E9.txt" is another path');
+    assert.ok(!resourceCovers('http://h/echo/caf%E9.txt', ['echo', 'caf%E9.txt'], ['h']));
   });
 
   const auth = new SasAuthorizer([

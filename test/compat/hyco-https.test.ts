@@ -104,6 +104,13 @@ describe('hyco-https listener, HTTP mode', () => {
     assert.ok(r.body.equals(Buffer.concat(parts)));
   });
 
+  it('passes a path whose escapes are not UTF-8 (Latin-1) as sent, with a token scoped to it', async () => {
+    const url = `${relay.url}/echo/caf%E9.txt`;
+    const r = await httpRequest(`${url}?q=%E9`, { headers: auth(url) });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['x-seen-url'], '/echo/caf%E9.txt?q=%E9');
+  });
+
   it('takes the token in the sb-hc-token query parameter too', async () => {
     const base = `${relay.url}/echo/q`;
     const r = await httpRequest(`${base}?sb-hc-token=${encodeURIComponent(tokenFor(base))}`);

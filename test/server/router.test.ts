@@ -13,6 +13,15 @@ describe('routing by path', () => {
     assert.deepEqual(r.kind === 'hybrid-http' && [r.entity, r.subPath, r.requestTarget], ['echo', ['a', 'b'], '/echo/a/b?x=1&y=%20']);
     assert.equal(stripProtocolParams('sb-hc-action=x'), '');
   });
+  it('passes a relayed request\'s path whose escapes are not UTF-8 as sent; names must be text', () => {
+    // `caf%E9.txt`: Latin-1, a valid URI.
+    const r = route('/echo/dir/caf%E9.txt?q=%E9');
+    assert.deepEqual(r.kind === 'hybrid-http' && [r.entity, r.subPath.length, r.subPath[0], r.requestTarget], ['echo', 2, 'dir', '/echo/dir/caf%E9.txt?q=%E9']);
+    for (const path of ['/echo/%ZZ', '/echo/caf%E9/%4', '/caf%E9/x', '/$hc/caf%E9', '/api/hubs/chat/groups/caf%E9', '/client/hubs/caf%E9', '/$relay/%E9', '/client/%E9', '/api/%E9']) {
+      assert.equal(route(path).kind, 'bad-request', path);
+    }
+  });
+
   it('sends /client and /api to pub/sub, with names decoded per segment', () => {
     const client = route('/client/?hub=chat&access_token=t');
     assert.deepEqual(client.kind === 'pubsub-client' && [client.hub, client.path], ['chat', '/client/']);
