@@ -1,5 +1,6 @@
 // What the hybrid connection flows share: config, log, listeners, pending
 // rendezvous, and how rendezvous addresses are spelled.
+import type { FrameSplice } from '../websocket/frame-splice.ts';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
 import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -18,8 +19,8 @@ export interface HybridContext {
   /** ws(s)://public-host[:port]: the base listeners dial. */
   rendezvousBase: string;
   metrics: RelayMetrics;
-  /** What is open right now, for the connections gauge. */
-  open: { splices: number; httpRequests: number };
+  /** What is open right now: for the connections gauge, and relayed WebSockets for the drain to close. */
+  open: { splices: Set<FrameSplice>; httpRequests: number };
   /** Traffic per entity, for the dashboard. */
   traffic: EntityTraffic;
   /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */

@@ -28,6 +28,7 @@ import { ListenerRegistry } from './listener-registry.ts';
 import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
 import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendezvous-table.ts';
 import { startConnect } from './websocket-rendezvous.ts';
+import { CLOSE_GOING_AWAY } from '../websocket/frames.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -103,7 +104,7 @@ export class HybridService {
       rendezvous: new RendezvousTable(),
       rendezvousBase,
       metrics,
-      open: { splices: 0, httpRequests: 0 },
+      open: { splices: new Set(), httpRequests: 0 },
       traffic: this.traffic,
       newRendezvousId: () => newRendezvousId(worker),
     };
@@ -112,7 +113,9 @@ export class HybridService {
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: config.limits.controlMessageBytes,
-    });
+      // A control channel closed by the relay waits this long for the listener's answer (ws's default: 30 s).
+      closeTimeout: config.timeouts.closeHandshakeMs,
+    } as ConstructorParameters<typeof WebSocketServer>[0]);
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
     this.publicHost = new URL(rendezvousBase).hostname;
     this.cluster = new HybridClusterLink(bus, subjects, config.nodeId, this.ctx, log, config.bus.requestTimeoutMs);
@@ -122,7 +125,7 @@ export class HybridService {
   openConnections(): { listener: number; relayed_websocket: number; http_request: number } {
     let listener = 0;
     for (const _ of this.listeners.all()) listener++;
-    return { listener, relayed_websocket: this.ctx.open.splices, http_request: this.ctx.open.httpRequests };
+    return { listener, relayed_websocket: this.ctx.open.splices.size, http_request: this.ctx.open.httpRequests };
   }
 
   // --- WebSocket actions on /$hc/{entity} ---------------------------------------
@@ -130,8 +133,10 @@ export class HybridService {
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entityName: string, params: URLSearchParams): void {
     socket.on('error', () => socket.destroy());
     if (!isValidEntityName(entityName)) return failUpgrade(socket, 'InvalidEntityName');
-    if (this.shuttingDown) return failUpgrade(socket, 'ShuttingDown');
     const action = params.get('sb-hc-action');
+    // While draining, listeners still dial the rendezvous legs of work in flight (a sender
+    // waiting for its accept, a response over 64 KB): the rendezvous table knows them.
+    if (this.shuttingDown && action !== 'accept' && action !== 'request') return failUpgrade(socket, 'ShuttingDown');
     const log = this.log.child({ entity: entityName, trackingId: trackingIdOf(params), action });
     if ((action === 'listen' || action === 'accept' || action === 'request') && !this.listenerCertificateOk(req)) {
       log.info({ event: 'listener.refused', code: 'ClientCertificateRequired', tls: (req.socket as TLSSocket).authorizationError?.toString() });
@@ -418,6 +423,11 @@ export class HybridService {
       else busy++;
     }
     return busy;
+  }
+
+  /** Near the shutdown deadline: closes (1001) every relayed WebSocket still open, so both ends see why. */
+  closeRelayedWebSockets(): void {
+    for (const splice of this.ctx.open.splices) splice.close(CLOSE_GOING_AWAY, 'relay shutting down');
   }
 
   /** At the shutdown deadline: closes every listener, busy or not. */

@@ -195,7 +195,6 @@ function completeConnect(
   }
   log.info({ event: 'connect.spliced', protocol });
   ctx.metrics.rendezvousOpened.inc();
-  ctx.open.splices++;
   const openedAt = performance.now();
   const splice = new FrameSplice(
     sender,
@@ -206,7 +205,7 @@ function completeConnect(
       maxFrameBytes: 0,
     },
     (result) => {
-      ctx.open.splices--;
+      ctx.open.splices.delete(splice);
       ctx.traffic.spliceClosed(pending.entity, splice, result.bytesAtoB + result.bytesBtoA);
       if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.closed', { entity: pending.entity.name, code: String(result.code), bytes: result.bytesAtoB + result.bytesBtoA, ms: performance.now() - openedAt, detail: `closed by ${result.closedBy === 'a' ? 'sender' : 'listener'}` });
       ctx.metrics.bytesRelayed.inc({ direction: 'to_listener' }, result.bytesAtoB);
@@ -220,6 +219,7 @@ function completeConnect(
       });
     },
   );
+  ctx.open.splices.add(splice);
   ctx.traffic.spliceOpened(pending.entity, splice);
   if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol && `subprotocol ${protocol}` });
   splice.start(pending.head, listenerHead);

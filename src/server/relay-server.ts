@@ -131,7 +131,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (notAfter) => metrics.certificateExpiry.set({ certificate: 'server' }, notAfter));
   const server: Server = secure ? secure.server : createServer(httpOptions);
   const certificates = secure?.certificates;
+  // Every open connection: those of before a shutdown began are waited on by the drain;
+  // those accepted during it (answered 503 ShuttingDown, or a listener's rendezvous leg for
+  // work whose sender's connection is waited on) are only cut at its end.
   const sockets = new Set<Duplex>();
+  const lateSockets = new Set<Duplex>();
+  /** Set once close() begins: the drain. */
+  let closing = false;
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
       metrics.limitRefusals.inc({ limit: 'httpConnectionsPerNode' });
@@ -147,9 +153,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   server.on('connection', (socket: Socket) => {
     // With TLS this is the TCP socket under the TLS one; it counts once its handshake is done.
     if (!tls) httpConnections.accepted(socket);
-    sockets.add(socket);
+    const set = closing ? lateSockets : sockets;
+    set.add(socket);
     socket.on('close', () => {
-      sockets.delete(socket);
+      set.delete(socket);
     });
   });
   if (tls) server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
@@ -205,13 +212,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     busRoundTrip: () => bus.roundTrip(),
   });
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
-  let closing = false;
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
   const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
 
   const proxyTrust = new ProxyTrust(config.listen.trustProxy);
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    // While draining, a connection is not kept for another request.
+    if (closing) res.shouldKeepAlive = false;
     proxyTrust.apply(req);
     if (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0') boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
@@ -376,28 +384,35 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       closing = true;
       certificates?.close();
       log.info({ event: 'relay.stopping' });
-      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere.
+      // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere. The
+      // port stays open until the end: new requests are answered 503 ShuttingDown (and
+      // /$relay/ready 503), and listeners can still dial the rendezvous legs of work in flight.
       hybrid.beginShutdown();
       pubsub.beginShutdown();
       dashboard.close();
       server.closeIdleConnections();
       // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners
       // close once idle, reliable sessions wait for another node to take them.
+      // A connection that never sent a byte carries no work: it is not waited on.
       const deadline = Date.now() + config.timeouts.shutdownMs;
+      const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
+      const working = () => [...sockets].filter((s) => (s as Socket).bytesRead !== 0).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();
         server.closeIdleConnections();
-        if (sockets.size === 0 && held === 0 && busyListeners === 0) break;
+        if (working() === 0 && held === 0 && busyListeners === 0) break;
+        // Relayed WebSockets still open near the end are closed (1001) with time for the close handshake.
+        if (Date.now() >= closeSplicesAt) hybrid.closeRelayedWebSockets();
         await new Promise((r) => setTimeout(r, SHUTDOWN_POLL_MS));
       }
-      const left = { sockets: sockets.size, sessions: pubsub.sessionsAwaitingHandover() };
+      const left = { sockets: working(), sessions: pubsub.sessionsAwaitingHandover() };
       if (left.sockets > 0 || left.sessions > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
       hybrid.finishShutdown();
       pubsub.finishShutdown();
       httpConnections.close();
-      for (const s of sockets) s.destroy();
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of [...sockets, ...lateSockets]) s.destroy();
       await stopped;
       status.close();
       privateServer?.close();
