@@ -423,6 +423,15 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     this.readState = 'done';
     clearTimeout(this.timer);
+    if (this.requestDelivered && !this.req.complete && !this.req.destroyed) {
+      // Part of the body went to the listener and the rest never will (it may be paused, for a
+      // listener that read slowly): the connection cannot carry another request, so it is
+      // closed once the answer is out rather than left unread.
+      if (!this.res.headersSent) this.res.shouldKeepAlive = false;
+      const socket = this.req.socket;
+      if (this.res.writableFinished) socket.destroy();
+      else this.res.once('finish', () => socket.destroy());
+    }
     exchangesOn.get(this.req.socket)?.delete(this);
     this.ctx.rendezvous.delete(this);
     this.route.untrack(this.id);

@@ -1,0 +1,73 @@
+// A listener that answers before it has read the whole upload (413, say): the
+// sender gets the answer, and its connection, whose body the relay will never
+// read again, is closed with it rather than left open and unread.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { Agent, request, type ClientRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { describe, it } from 'node:test';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { maskedFrame } from '../helpers/raw-socket.ts';
+import { openWebSocket } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+describe('a listener answering before the upload ends', () => {
+  it('closes the sender\'s connection with the answer once part of the body was relayed', async (t) => {
+    // Bounds far past the check: before, the connection stayed until Node's keep-alive timeout.
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'up', requiresClientAuthorization: false }], timeouts: { headersMs: 30000 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/up?sb-hc-action=listen');
+    const control = await openWebSocket(listenUrl, { headers: { ServiceBusAuthorization: tokenFor(listenUrl) } });
+    cleanupFor(t).after(() => control.terminate());
+    let rendezvous: Socket | undefined;
+    let requestId = '';
+    control.on('message', (data, isBinary) => {
+      const notice = !isBinary && (JSON.parse(String(data)) as { request?: { id: string; address: string } }).request;
+      if (!notice) return;
+      requestId = notice.id;
+      // The listener dials the rendezvous for the chunked body, then reads none of it.
+      const address = new URL(notice.address);
+      const socket = connect(relay.port, '127.0.0.1');
+      cleanupFor(t).after(() => socket.destroy());
+      socket.on('error', () => {});
+      socket.write(`GET ${address.pathname}${address.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+      socket.pause();
+      rendezvous = socket;
+    });
+    let sent = 0;
+    let closedAt = 0;
+    let status = 0;
+    const chunk = Buffer.alloc(65536, 1);
+    // A keep-alive client, which leaves closing to the server.
+    const agent = new Agent({ keepAlive: true });
+    cleanupFor(t).after(() => agent.destroy());
+    const upload: ClientRequest = request(`${relay.url}/up/file`, { method: 'POST', agent, headers: { 'transfer-encoding': 'chunked' } });
+    cleanupFor(t).after(() => upload.destroy());
+    upload.on('error', () => {});
+    upload.on('socket', (s) => s.on('close', () => (closedAt = Date.now())));
+    upload.on('response', (res) => {
+      status = res.statusCode!;
+      res.resume();
+    });
+    const pump = () => {
+      while (sent < 256e6) {
+        sent += chunk.length;
+        if (!upload.write(chunk)) return;
+      }
+    };
+    upload.on('drain', pump);
+    pump();
+    // The upload stalls: the relay stopped reading it for the listener that does not read.
+    for (let last = -1, polls = 0; rendezvous === undefined || sent !== last; polls++) {
+      if (polls > 40) throw new Error(`the upload never stalled (${sent} bytes sent)`);
+      last = sent;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    const answer = JSON.stringify({ response: { requestId, statusCode: 413, statusDescription: 'Too Large' } });
+    rendezvous!.write(maskedFrame(0x1, answer));
+    const answeredAt = Date.now();
+    await until(() => status === 413, 3000, 'the answer');
+    await until(() => closedAt !== 0, 10000, 'the sender connection to close');
+    assert.ok(closedAt - answeredAt < 2000, `the connection closed ${closedAt - answeredAt} ms after the answer`);
+  });
+});
