@@ -20,6 +20,8 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
   const finish = (reason: string) => {
     if (ended) return;
     ended = true;
+    // The relay's answer to the close (and its end) is read even if the local side had stopped reading.
+    ws.resume();
     if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(1000, reason.slice(0, 100));
     tcp.end();
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
@@ -41,6 +43,8 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
   ws.on('message', (data: Buffer, isBinary: boolean) => {
     const chunk = isBinary ? data : Buffer.from(data);
     fromRelay += chunk.length;
+    // After the local end, what still arrives has nowhere to go (and must not pause the leg again).
+    if (ended) return;
     if (!tcp.write(chunk)) ws.pause();
   });
   tcp.on('drain', () => ws.resume());
