@@ -143,6 +143,8 @@ export interface RelayConfig {
     headersMs: number;
     firstByteMs: number;
     closeHandshakeMs: number;
+    /** How long a relayed response may wait for a sender that takes none of it. */
+    senderStallMs: number;
     /** How long past its token's expiry an open control channel may still send renewToken. */
     tokenGraceMs: number;
     shutdownMs: number;

@@ -120,7 +120,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   /** Request body bytes sent on to the listener. */
   private requestBytes = 0;
   /** Why the exchange failed, when it did. */
-  private failure: HybridErrorCode | 'SenderGone' | undefined;
+  private failure: HybridErrorCode | 'SenderGone' | 'SenderStalled' | undefined;
+  /** Runs while the sender takes none of the response (its queue is full): timeouts.senderStallMs. */
+  private senderStall: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly ctx: HybridContext,
@@ -136,12 +138,32 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     res.on('close', this.senderGone);
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
+    const stopWatching = () => this.watchSender(false);
+    res.on('finish', stopWatching);
+    res.on('close', stopWatching);
+  }
+
+  /**
+   * A sender that reads none of the response for timeouts.senderStallMs (it
+   * may never read at all) has its connection cut, so it holds neither the
+   * connection nor, while the body streams, the listener's rendezvous.
+   */
+  private watchSender(on: boolean): void {
+    clearTimeout(this.senderStall);
+    this.senderStall = undefined;
+    if (!on || this.res.destroyed || this.res.writableFinished) return;
+    const ms = this.ctx.config.timeouts.senderStallMs;
+    this.senderStall = setTimeout(() => {
+      this.log.info({ event: 'http.sender_stalled', ms });
+      if (!this.finished) this.failure = 'SenderStalled';
+      this.req.socket.destroy();
+    }, ms);
   }
 
   readonly senderGone = (): void => {
     if (this.finished) return;
     this.log.info({ event: 'http.sender_gone' });
-    this.failure = 'SenderGone';
+    this.failure ??= 'SenderGone';
     this.finish();
   };
 
@@ -346,9 +368,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private blockRendezvous(reason: 'sender' | 'listener'): void {
     this.readBlocks.add(reason);
     this.rendezvous?.pause();
+    if (reason === 'sender') this.watchSender(true);
   }
 
   private unblockRendezvous(reason: 'sender' | 'listener'): void {
+    if (reason === 'sender' && !this.finished) this.watchSender(false);
     if (this.readBlocks.delete(reason) && this.readBlocks.size === 0) this.rendezvous?.resume();
   }
 
@@ -423,6 +447,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     this.readState = 'done';
     clearTimeout(this.timer);
+    // What is left of the response still has to reach the sender: watched until it has.
+    if (this.senderStall === undefined && this.res.writableNeedDrain) this.watchSender(true);
     if (this.requestDelivered && !this.req.complete && !this.req.destroyed) {
       // Part of the body went to the listener and the rest never will (it may be paused, for a
       // listener that read slowly): the connection cannot carry another request, so it is

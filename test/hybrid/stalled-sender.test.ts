@@ -1,0 +1,40 @@
+// A sender that asks for a streamed response and never reads it: once its
+// connection takes nothing for timeouts.senderStallMs, the relay cuts it, so
+// it holds neither the connection nor the listener's rendezvous (as nginx's
+// send_timeout does).
+import { connect } from 'node:net';
+import { describe, it } from 'node:test';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+describe('a sender that never reads its response', () => {
+  it('is cut after senderStallMs, with the exchange that streamed to it', async (t) => {
+    const relay = await startTestRelay(t, { timeouts: { senderStallMs: 1000 } });
+    await startHycoHttpsListener(t, relay.url, (req, res) => {
+      req.resume();
+      res.setHeader('content-type', 'application/octet-stream');
+      // An endless stream (over 64 KB, so through a rendezvous).
+      const piece = Buffer.alloc(65536, 3);
+      const timer = setInterval(() => res.write(piece), 5);
+      res.on('error', () => clearInterval(timer));
+      cleanupFor(t).after(() => clearInterval(timer));
+    });
+    const url = `${relay.url}/echo/stream`;
+    const sender = connect(relay.port, '127.0.0.1');
+    cleanupFor(t).after(() => sender.destroy());
+    sender.on('error', () => {});
+    sender.write(`GET /echo/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${tokenFor(url)}\r\n\r\n`);
+    // It never reads.
+    sender.pause();
+    await until(() => relay.hybrid.openConnections().http_request === 1, 5000, 'the request to be relayed');
+    // Bounds far past senderStallMs: before, the exchange stayed open for as long as the sender did.
+    await until(() => relay.hybrid.openConnections().http_request === 0, 10000, 'the stalled exchange to be cut');
+    // Its connection is closed too: reading now finds the end after what was queued.
+    let closed = false;
+    sender.on('close', () => (closed = true));
+    sender.resume();
+    await until(() => closed, 5000, 'the sender connection to close');
+  });
+});
