@@ -371,6 +371,11 @@ export class ClusterHub {
     return answers;
   }
 
+  /** Whether another edge has been heard on this hub lately (one that could take a session from here). */
+  hasOtherEdges(): boolean {
+    return (this.roster?.others().length ?? 0) > 0;
+  }
+
   /** Shutdown has begun: the other edges stop waiting for this one (it still answers until it leaves the bus). */
   leaveRoster(): void {
     this.roster?.leave();

@@ -383,11 +383,16 @@ export class PubSubService implements RestContext {
     }
   }
 
-  /** Reliable sessions still held here for a client to take elsewhere, or given and not yet paged out by the taker. */
+  /**
+   * Reliable sessions still held here for a client to take elsewhere (while
+   * another edge is on the hub's roster: alone, nobody could take them), or
+   * given and not yet paged out by the taker.
+   */
   sessionsAwaitingHandover(): number {
     let held = 0;
     for (const hub of this.hubs.values()) {
       held += hub.handover.givingCount + (hub.durable?.pendingWrites ?? 0);
+      if (!hub.hasOtherEdges()) continue;
       for (const c of hub.local.connections.values()) if (!c.ended && c.session) held++;
     }
     return held;

@@ -69,6 +69,17 @@ describe('a reliable session moved between edges on core NATS', () => {
     }
   });
 
+  it('an edge alone on its hub drains without waiting for a taker of its sessions (nobody could take them)', async (t) => {
+    const nats = await startNatsServer(t);
+    // Far past the bound below: before, the drain waited this long for a taker that could not come.
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 20000 } }));
+    const { client } = await reliableMember(t, a.url, 'g');
+    client.ws.terminate();
+    const startedAt = Date.now();
+    await withTimeout(a.close(), 8000, 'the drain');
+    assert.ok(Date.now() - startedAt < 3000, `the drain took ${Date.now() - startedAt} ms`);
+  });
+
   it('a client gone while its session is taken leaves the session to expire on the taking edge, not attached to a dead socket', async (t) => {
     const nats = await startNatsServer(t);
     const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
