@@ -159,7 +159,17 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       set.delete(socket);
     });
   });
-  if (tls) server.on('secureConnection', (socket: TLSSocket) => httpConnections.accepted(socket));
+  // With TLS, what a connection has sent is read off its TLS socket (the TCP one under it counts
+  // handshake bytes): the drain waits on those of before it began that sent a request's byte.
+  const secureSockets = new Set<TLSSocket>();
+  if (tls) {
+    server.on('secureConnection', (socket: TLSSocket) => {
+      httpConnections.accepted(socket);
+      if (closing) return;
+      secureSockets.add(socket);
+      socket.on('close', () => secureSockets.delete(socket));
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => {
@@ -313,6 +323,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // only while no response of the connection has begun: bytes written into a
   // response would corrupt it.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // A TLS handshake that did not finish (timeouts.firstByteMs: tls.ts): an HTTP answer could
+    // never be written through it, and a socket left to write one stayed open for good.
+    if (tls && (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || !(socket as TLSSocket & { _secureEstablished?: boolean })._secureEstablished)) {
+      metrics.limitRefusals.inc({ limit: 'firstByteMs' });
+      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: (socket as Socket).remoteAddress, tls: 'handshake' });
+      socket.destroy();
+      return;
+    }
     const code = clientErrorCode(err.code);
     if (code === 'RequestTimeout') {
       metrics.limitRefusals.inc({ limit: 'headersMs' });
@@ -396,7 +414,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // A connection that never sent a byte carries no work: it is not waited on.
       const deadline = Date.now() + config.timeouts.shutdownMs;
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
-      const working = () => [...sockets].filter((s) => (s as Socket).bytesRead !== 0).length;
+      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead !== 0).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();

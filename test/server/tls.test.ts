@@ -9,6 +9,8 @@ import { X509Certificate } from 'node:crypto';
 import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
+import { connect as netConnect } from 'node:net';
+import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { clientTls, makePki, type CertFiles, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
@@ -108,6 +110,38 @@ describe('TLS on the one port', () => {
     await assert.rejects(httpRequest(`${relay.url}/$relay/health`), untrusted);
     await assert.rejects(openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect')), untrusted);
     await assert.rejects(httpRequest(`${relay.url.replace('https:', 'http:')}/$relay/health`, { timeoutMs: 5000 }));
+  });
+
+  it('closes a connection whose handshake does not finish within firstByteMs, silent or trickling', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), timeouts: { firstByteMs: 500 } });
+    const opened = await Promise.all([0, 1].map(async (trickle) => {
+      const socket = netConnect(relay.port, '127.0.0.1');
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'connect');
+      let closed = false;
+      socket.on('close', () => (closed = true));
+      socket.resume();
+      // The first bytes of a ClientHello, and no more.
+      if (trickle) socket.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00]));
+      return () => closed;
+    }));
+    // Bounds far past firstByteMs: before, both stayed open for good.
+    await until(() => opened.every((closed) => closed()), 5000, 'both connections to be closed');
+  });
+
+  it('does not hold a drain for a connection that finished its handshake and sent nothing (a browser\'s preconnect)', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), timeouts: { shutdownMs: 20000 } });
+    const socket = connect({ port: relay.port, host: '127.0.0.1', ...clientTls(pki) });
+    socket.on('error', () => {});
+    t.after(() => socket.destroy());
+    await once(socket, 'secureConnect');
+    const startedAt = Date.now();
+    // Before, it held the drain until firstByteMs (5 s) answered it 408.
+    await withTimeout(relay.close(), 8000, 'the drain');
+    assert.ok(Date.now() - startedAt < 3000, `the drain took ${Date.now() - startedAt} ms`);
   });
 
   it('refuses a TLS version below listen.tls.minVersion', async (t) => {
