@@ -7,7 +7,7 @@ import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
-import { announceReady, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { announceReady, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -78,8 +78,11 @@ export async function serve(argv: string[]): Promise<number> {
   // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
   // A reload checks the keys against the address the relay is bound to (a new listen.host waits for a restart).
   let boundHost: string | undefined;
+  const worker = workerIndex();
   const load = (): RelayConfig => {
     const loaded = loadConfig(file, process.env, flags);
+    // A worker is an edge of its own on the bus (at start and on every reload alike).
+    if (worker !== undefined) loaded.nodeId = `${loaded.nodeId}-w${worker}`;
     boundHost ??= loaded.listen.host;
     const refusal = weakKeysRefusal({ ...loaded, listen: { ...loaded.listen, host: boundHost } }, values.dev === true);
     if (refusal) throw new ConfigError(refusal);
@@ -100,10 +103,7 @@ export async function serve(argv: string[]): Promise<number> {
     process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
     return 2;
   }
-  const worker = workerIndex();
   if (workers > 1 && worker === undefined) return runWorkers(config, workers);
-  // A worker is an edge of its own on the bus.
-  if (worker !== undefined) config.nodeId = `${config.nodeId}-w${worker}`;
   const log = createLogger(config.log.level, config.nodeId);
   // A last resort, not a fix: an exception nothing caught ends the process
   // (its state can no longer be trusted), logged as relay.crash. No input may
@@ -123,7 +123,7 @@ export async function serve(argv: string[]): Promise<number> {
   process.on('SIGHUP', onHup);
   let relay;
   try {
-    relay = await startRelay(config, log, { loadConfig: load, worker });
+    relay = await startRelay(config, log, { loadConfig: load, worker, onApiReload: worker === undefined ? undefined : reloadOtherWorkers });
   } catch (err) {
     // A certificate that cannot be used, a port that cannot be bound.
     process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
@@ -191,6 +191,12 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     return 2;
   }
   const cluster = startWorkers(count);
+  let stopping = false;
+  // Each worker reloads its config and certificates (not once they drain). In place before the
+  // workers listen: a SIGHUP meanwhile would end this process (a worker still starting is not sent it).
+  process.on('SIGHUP', () => {
+    if (!stopping) cluster.signal('SIGHUP');
+  });
   let url: string;
   try {
     url = await cluster.ready;
@@ -201,7 +207,6 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
   }
   process.stdout.write(`listening on ${url} (${count} workers)\n`);
   await new Promise<void>((resolve) => {
-    let stopping = false;
     const stop = (signal: NodeJS.Signals) => {
       stopping = true;
       process.off('SIGTERM', onTerm);
@@ -213,10 +218,6 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     const onInt = () => stop('SIGINT');
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
-    // Each worker reloads its config and certificates (not once they drain).
-    process.on('SIGHUP', () => {
-      if (!stopping) cluster.signal('SIGHUP');
-    });
   });
   return 0;
 }

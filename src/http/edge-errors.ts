@@ -20,6 +20,7 @@ export const EDGE_ERRORS = {
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
   TooManyTraceViewers: { status: 503, message: 'This relay node serves as many live trace viewers as it allows (10); close one or use another node' },
   HttpConnectionLimitReached: { status: 503, message: 'This relay node holds as many HTTP connections as limits.httpConnectionsPerNode allows' },
+  ShuttingDown: { status: 503, message: 'The relay is shutting down' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type EdgeErrorCode = keyof typeof EDGE_ERRORS;

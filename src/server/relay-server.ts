@@ -113,6 +113,8 @@ export interface StartOptions {
   loadConfig?: () => RelayConfig;
   /** This relay is worker N of `serve --workers` (worker-cluster.ts): it takes connections handed over by the others. */
   worker?: number;
+  /** After a reload through POST /$relay/reload succeeded (a worker passes it on to the others). */
+  onApiReload?: () => void;
 }
 
 export async function startRelay(config: RelayConfig, log: Logger, options: StartOptions = {}): Promise<RunningRelay> {
@@ -240,7 +242,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!) })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
-        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reload('api')));
+        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && reloadByApi);
         if (dashboard.handle(r.name, req, res, manageAuth)) return;
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
@@ -341,6 +343,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     else socket.destroy();
   });
 
+  // POST /$relay/reload: this edge reloads, and (a worker of serve --workers) asks the others to.
+  const reloadByApi = (): ReloadOutcome => {
+    if (closing) return { ok: false, problem: 'the relay is shutting down', shuttingDown: true };
+    const outcome = reload('api');
+    if (outcome.ok) options.onApiReload?.();
+    return outcome;
+  };
   const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
     // The certificates first: on SIGHUP they are re-read even when the config did not change.
     if (closing) return { ok: false, problem: 'the relay is shutting down' };

@@ -30,6 +30,11 @@ interface Ready {
   privatePort: number;
 }
 
+/** A worker reloaded through POST /$relay/reload: the primary has the others reload too. */
+interface ReloadOthers {
+  kind: 'edge-relay.reload-others';
+}
+
 /** Every worker's private port, sent to each once all are up. */
 interface Peers {
   kind: 'edge-relay.peers';
@@ -130,6 +135,12 @@ export function announceReady(url: string, privatePort: number): void {
   process.send?.(message);
 }
 
+/** In a worker: asks the primary to have every other worker reload (as SIGHUP does), after this one did. */
+export function reloadOtherWorkers(): void {
+  const message: ReloadOthers = { kind: 'edge-relay.reload-others' };
+  process.send?.(message);
+}
+
 /** Pause before starting a worker again that exited on its own: doubling from this, up to RESTART_MAX_MS, while it keeps exiting within RESTART_STABLE_MS. */
 const RESTART_FIRST_MS = 500;
 const RESTART_MAX_MS = 30_000;
@@ -144,6 +155,12 @@ const RESTART_STABLE_MS = 60_000;
  */
 export function startWorkers(count: number): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
   const workers = new Map<number, Worker>();
+  /**
+   * Workers that said they listen: only these are sent SIGHUP. One still
+   * starting reads the config as it is anyway, and before its handler is in
+   * place a SIGHUP would end it.
+   */
+  const listening = new Set<Worker>();
   const ports: Record<number, number> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
@@ -164,8 +181,11 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret });
     const startedAt = Date.now();
     workers.set(index, worker);
-    worker.on('message', (message: HandOff | Ready, socket?: Socket) => {
-      if (message?.kind === 'edge-relay.ready') {
+    worker.on('message', (message: HandOff | Ready | ReloadOthers, socket?: Socket) => {
+      if (message?.kind === 'edge-relay.reload-others') {
+        for (const other of listening) if (other !== worker) other.process.kill('SIGHUP');
+      } else if (message?.kind === 'edge-relay.ready') {
+        listening.add(worker);
         url = message.url;
         ports[index] = message.privatePort;
         if (up < count) {
@@ -187,6 +207,7 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
       }
     });
     worker.on('exit', (code, signal) => {
+      listening.delete(worker);
       if (workers.get(index) === worker) workers.delete(index);
       if (up < count) return failReady(new Error(`worker ${index} exited (${signal ?? code}) before it was ready`));
       if (stopping) return;
@@ -205,7 +226,7 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
   return {
     ready,
     signal(signal) {
-      for (const worker of workers.values()) worker.process.kill(signal);
+      for (const worker of listening) worker.process.kill(signal);
     },
     async stop(signal, graceMs) {
       stopping = true;

@@ -71,10 +71,11 @@ async function echoListener(t: Parameters<typeof cleanupFor>[0], url: string): P
 }
 
 describe('serve --workers', () => {
-  it('runs N edges on one port: rendezvous legs find their worker, pub/sub spans the workers', async (t) => {
+  it('runs N edges on one port: rendezvous legs find their worker, pub/sub spans the workers, POST /$relay/reload reaches them all', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = edgeOverrides('host', [nats.url]);
-    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const file = configFile(t, overrides);
+    const relay = await startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2']);
     // One listener, attached to one of the workers; senders land on either.
     const echoListener = await startHycoWsListener(t, relay.url, (ws) => ws.on('message', (m: Buffer) => ws.send(String(m))));
     for (let i = 0; i < 12; i++) assert.equal(await echoOnce(relay.url, `hello ${i}`), `hello ${i}`);
@@ -107,6 +108,16 @@ describe('serve --workers', () => {
     await until(() => subs.every((s) => s.groupData.some((m) => m.data === 'across')), 10000, 'every subscriber, on either worker');
     await serviceClient(relay).sendToAll('from REST', { contentType: 'text/plain' });
     await until(() => subs.every((s) => s.serverData.some((m) => m.data === 'from REST')), 10000, 'a REST send to every worker');
+
+    // A reload through the API lands on one worker, which passes it on: both reload, and a
+    // worker's node id (host-wN) is not taken for a change that needs a restart.
+    writeFileSync(file, JSON.stringify(testConfig({ ...overrides, limits: { pendingPerEntity: 77 } })));
+    const reloaded = await httpRequest(`${relay.url}/$relay/reload`, { method: 'POST', headers: { authorization: tokenFor(`${relay.url}/`) } });
+    assert.equal(reloaded.status, 200, String(reloaded.body));
+    const answer = JSON.parse(String(reloaded.body)) as { changed?: string[]; restartNeeded?: string[] };
+    assert.ok(answer.changed?.includes('limits'), String(reloaded.body));
+    assert.deepEqual(answer.restartNeeded ?? [], []);
+    await until(() => ['host-w1', 'host-w2'].every((node) => new RegExp(`"node":"${node}"[^\n]*"event":"config.reloaded"`).test(relay.stderr())), 10000, 'both workers to reload');
 
     // SIGTERM to the command stops every worker. (The clients go first: an SDK
     // client that is reconnecting to a stopped relay does not stop, and hyco-ws

@@ -7,6 +7,8 @@
 // changes nothing and says which key failed. In process (relay.reload), over
 // POST /$relay/reload, and with SIGHUP on a `serve` process.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { connect as netConnect } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -230,6 +232,20 @@ describe('reload without a restart', () => {
     const why = JSON.parse(String(refused.body));
     assert.equal(why.code, 'ConfigInvalid');
     assert.match(why.message, /\/bus\/kind/);
+
+    // While the relay drains (held here by a request whose head is still coming), a reload means nothing: 503 ShuttingDown.
+    const holding = netConnect(relay.port, '127.0.0.1');
+    holding.on('error', () => {});
+    t.after(() => holding.destroy());
+    await once(holding, 'connect');
+    holding.write('GET /$relay/health HTTP/1.1\r\n');
+    await new Promise((r) => setTimeout(r, 100));
+    const closed = relay.close();
+    const draining = await httpRequest(endpoint, { method: 'POST', headers: manage });
+    assert.equal(draining.status, 503);
+    assert.equal(JSON.parse(String(draining.body)).code, 'ShuttingDown');
+    holding.destroy();
+    await closed;
   });
 
   it('closes a listener whose token names a host a reload dropped from namespaceHosts', async (t) => {
