@@ -19,8 +19,8 @@ export interface HybridContext {
   /** ws(s)://public-host[:port]: the base listeners dial. */
   rendezvousBase: string;
   metrics: RelayMetrics;
-  /** What is open right now: for the connections gauge, and relayed WebSockets for the drain to close. */
-  open: { splices: Set<FrameSplice>; httpRequests: number };
+  /** What is open right now: for the connections gauge, and relayed WebSockets (by entity) for the drain or a reload to close. */
+  open: { splices: Map<FrameSplice, HybridEntity>; httpRequests: number };
   /** Traffic per entity, for the dashboard. */
   traffic: EntityTraffic;
   /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */

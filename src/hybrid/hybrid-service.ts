@@ -104,7 +104,7 @@ export class HybridService {
       rendezvous: new RendezvousTable(),
       rendezvousBase,
       metrics,
-      open: { splices: new Set(), httpRequests: 0 },
+      open: { splices: new Map(), httpRequests: 0 },
       traffic: this.traffic,
       newRendezvousId: () => newRendezvousId(worker),
     };
@@ -353,7 +353,7 @@ export class HybridService {
    * Takes a reloaded config, which server/reload.ts has put in place of the
    * old one: entities added and removed, SAS rules (a rotated key keeps
    * signing for rotationGraceSeconds), limits read at connect. Listeners of a
-   * removed entity are closed (1008 EntityRemoved); every other listener's
+   * removed entity, and its relayed WebSockets, are closed (1008 EntityRemoved); every other listener's
    * token is checked against the new rules, and one that no longer passes is
    * closed (1008 AccessRevoked, with why); a token that still passes stays.
    */
@@ -368,6 +368,9 @@ export class HybridService {
       channel.closeWith('EntityRemoved');
       listenersClosed++;
     }
+    // Its relayed WebSockets end with it, both ends told why (as its listeners are).
+    const { closeCode, message } = HYBRID_ERRORS.EntityRemoved;
+    for (const [splice, entity] of this.ctx.open.splices) if (gone.has(entity.key)) splice.close(closeCode, message);
     listenersClosed += this.recheckListeners();
     this.scheduleGraceEnd();
     return { entitiesRemoved: removed.map((e) => e.name), keysRotated, listenersClosed };
@@ -427,7 +430,7 @@ export class HybridService {
 
   /** Near the shutdown deadline: closes (1001) every relayed WebSocket still open, so both ends see why. */
   closeRelayedWebSockets(): void {
-    for (const splice of this.ctx.open.splices) splice.close(CLOSE_GOING_AWAY, 'relay shutting down');
+    for (const splice of this.ctx.open.splices.keys()) splice.close(CLOSE_GOING_AWAY, 'relay shutting down');
   }
 
   /** At the shutdown deadline: closes every listener, busy or not. */

@@ -219,7 +219,7 @@ function completeConnect(
       });
     },
   );
-  ctx.open.splices.add(splice);
+  ctx.open.splices.set(splice, pending.entity);
   ctx.traffic.spliceOpened(pending.entity, splice);
   if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol && `subprotocol ${protocol}` });
   splice.start(pending.head, listenerHead);

@@ -16,10 +16,10 @@ import { describe, it, type TestContext } from 'node:test';
 import { loadConfig } from '../../src/config/load.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { RawListener, upgradeRefusal } from '../helpers/raw-listener.ts';
+import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, captureLogger, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, waitEvent, withTimeout } from '../helpers/wait.ts';
 
 const FACTORY_KEY = 'factory-key-0123456789abcdef-first';
 const FACTORY_KEY_NEW = 'factory-key-0123456789abcdef-second';
@@ -112,6 +112,15 @@ describe('reload without a restart', () => {
     for (const l of [byFactory, byOps, byRoot, onLegacy]) t.after(() => l.close());
     assert.equal((await chatClient.request({ type: 'joinGroup', group: 'g' })).success, true);
     assert.equal((await upgradeRefusal(wsUrl(base, '/$hc/newbie?sb-hc-action=listen'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(base, '/$hc/newbie'), root) } })).status, 404);
+    // A relayed WebSocket on the entity the reload removes.
+    const legacyConnect = wsUrl(base, '/$hc/legacy?sb-hc-action=connect');
+    const relayedSender = openWebSocket(legacyConnect, { headers: { ServiceBusAuthorization: tokenFor(legacyConnect, root) } });
+    const { accept } = await onLegacy.next<{ accept: { address: string } }>();
+    const relayedLeg = await openWebSocket(accept.address);
+    const sender = await relayedSender;
+    t.after(() => sender.terminate());
+    t.after(() => relayedLeg.terminate());
+    const senderClosed = waitEvent<[number, Buffer]>(sender, 'close', 5000);
 
     write(after());
     const outcome = relay.reload('api');
@@ -133,6 +142,9 @@ describe('reload without a restart', () => {
     // The listener whose rule is gone is closed with the reason; the one on the removed entity too.
     assert.deepEqual(await withTimeout(byOps.closed, 5000, 'ops listener closed'), { code: 1008, reason: 'AccessRevoked: SignatureInvalid' });
     assert.equal((await withTimeout(onLegacy.closed, 5000, 'legacy listener closed')).code, 1008);
+    // Its relayed WebSocket ends with it, the sender told why.
+    const [code, reason] = await senderClosed;
+    assert.deepEqual([code, String(reason)], [1008, 'The hybrid connection was removed from the configuration']);
     // Still valid: the root token, and the factory token during its key's grace.
     assert.equal(byRoot.ws.readyState, byRoot.ws.OPEN);
     assert.equal(byFactory.ws.readyState, byFactory.ws.OPEN);
