@@ -174,7 +174,14 @@ describe('serve --workers', () => {
     // A worker killed (a crash, the OOM killer) is started again; before, the primary only logged it and exited 0 with the last.
     const [killed] = workerPids(primary);
     process.kill(killed, 'SIGKILL');
+    // A SIGHUP while the new worker starts is for the workers that listen (before, it ended the starting one).
+    await until(() => {
+      const pids = workerPids(primary);
+      return pids.length === 2 && !pids.includes(killed);
+    }, 10000, 'the new worker to be forked');
+    process.kill(primary, 'SIGHUP');
     await until(() => /worker \d is back/.test(relay.stderr()), 15000, `the worker started again\n${relay.stderr().slice(-2000)}`);
+    assert.doesNotMatch(relay.stderr(), /exited \(SIGHUP\)/);
     const now = workerPids(primary);
     assert.equal(now.length, 2);
     assert.ok(!now.includes(killed));
