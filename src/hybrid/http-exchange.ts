@@ -447,8 +447,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     this.readState = 'done';
     clearTimeout(this.timer);
-    // What is left of the response still has to reach the sender: watched until it has.
-    if (this.senderStall === undefined && this.res.writableNeedDrain) this.watchSender(true);
+    // What is left of the response (still queued in this process) has to reach the sender: watched until it has.
+    if (this.senderStall === undefined && !this.res.destroyed && this.req.socket.writableLength > 0) this.watchSender(true);
     if (this.requestDelivered && !this.req.complete && !this.req.destroyed) {
       // Part of the body went to the listener and the rest never will (it may be paused, for a
       // listener that read slowly): the connection cannot carry another request, so it is
