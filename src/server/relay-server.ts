@@ -242,7 +242,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!) })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
-        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && reloadByApi);
+        if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reloadByApi()));
         if (dashboard.handle(r.name, req, res, manageAuth)) return;
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
