@@ -20,7 +20,7 @@ describe('hyco-ws listener, WebSocket mode', () => {
   const cleanup = new Cleanup();
   let relay: RelayProcess;
   before(async () => {
-    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 1500 } });
+    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000 } });
   });
   after(() => cleanup.run());
 
@@ -85,7 +85,7 @@ describe('hyco-ws listener, token renewal', () => {
   const cleanup = new Cleanup();
   let relay: RelayProcess;
   before(async () => {
-    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 1500 } });
+    relay = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 1000 } });
   });
   after(() => cleanup.run());
 
@@ -125,10 +125,11 @@ describe('hyco-ws listener, token renewal', () => {
     const server = await startHycoWsListener(t, relay.url, echo, 'echo', () => tokenFor(url, { ttl: 2 }));
     server.on('listening', () => listening++);
     // hyco-ws sends its renewal on an hourly interval, after the hour-long token expired: here
-    // 0.5 s after (several of the relay's 200 ms sweeps), within its 1.5 s grace, on its control channel.
+    // 0.5 s after (several of the relay's 200 ms sweeps), within its 1 s grace, on its control channel.
     await new Promise((r) => setTimeout(r, expiresAt + 500 - Date.now()));
     server.controlChannel.send(JSON.stringify({ renewToken: { token: tokenFor(url) } }));
-    await new Promise((r) => setTimeout(r, 2000));
+    // Past the grace: a channel dropped would have been re-opened by now (hyco-ws reconnects at once).
+    await new Promise((r) => setTimeout(r, 1200));
     assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
     const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
       headers: { ServiceBusAuthorization: tokenFor(url) },

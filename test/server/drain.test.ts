@@ -12,7 +12,7 @@ import { openWebSocket } from '../helpers/raw-listener.ts';
 import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { waitEvent, withTimeout } from '../helpers/wait.ts';
+import { until, waitEvent, withTimeout } from '../helpers/wait.ts';
 
 describe('a draining relay', () => {
   it('keeps its port: a response over 64 KB in flight comes through a rendezvous, new requests get 503 ShuttingDown, ready says 503', async (t) => {
@@ -26,7 +26,7 @@ describe('a draining relay', () => {
     });
     const url = `${relay.url}/echo/slow`;
     const inFlight = httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 8000 });
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => relay.hybrid.openConnections().http_request === 1, 5000, 'the request to reach the listener');
     const startedAt = Date.now();
     const closed = relay.close();
     const fresh = await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 3000 });
@@ -47,9 +47,11 @@ describe('a draining relay', () => {
     const control = await openWebSocket(listenUrl, { headers: { ServiceBusAuthorization: tokenFor(listenUrl) } });
     cleanupFor(t).after(() => control.terminate());
     const legs: WebSocket[] = [];
+    let asked = false;
     control.on('message', (data, isBinary) => {
       const accept = !isBinary && (JSON.parse(String(data)) as { accept?: { address: string } }).accept;
       if (!accept) return;
+      asked = true;
       // The listener takes a moment (opening its backend, say): the drain begins meanwhile.
       setTimeout(() => {
         const leg = new WebSocket(accept.address);
@@ -62,7 +64,7 @@ describe('a draining relay', () => {
     const sender = new WebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'));
     cleanupFor(t).after(() => sender.terminate());
     sender.on('error', () => {});
-    await new Promise((r) => setTimeout(r, 100));
+    await until(() => asked, 5000, 'the listener to be asked to accept');
     const closed = relay.close();
     await waitEvent(sender, 'open', 3000);
     sender.send('through the drain');
