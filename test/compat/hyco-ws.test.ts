@@ -89,6 +89,17 @@ describe('hyco-ws listener, token renewal', () => {
   });
   after(() => cleanup.run());
 
+  /** A sender through the listener on `url` still gets its echo. */
+  async function assertStillRelays(url: string): Promise<void> {
+    const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
+      headers: { ServiceBusAuthorization: tokenFor(url) },
+    });
+    sender.send('still here');
+    const [reply] = await waitEvent<[Buffer]>(sender, 'message', 5000);
+    assert.equal(String(reply), 'still here');
+    sender.close();
+  }
+
   /** A token function whose first token lives 2 s and later ones an hour. */
   function shortThenLong(url: string) {
     const state = { calls: 0, token: () => tokenFor(url, { ttl: ++state.calls === 1 ? 2 : 3600 }) };
@@ -108,13 +119,7 @@ describe('hyco-ws listener, token renewal', () => {
     assert.equal(state.calls, 2, 'hyco-ws asked for a fresh token and sent renewToken');
     await new Promise((r) => setTimeout(r, 3500));
     assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
-    const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
-      headers: { ServiceBusAuthorization: tokenFor(url) },
-    });
-    sender.send('still here');
-    const [reply] = await waitEvent<[Buffer]>(sender, 'message', 5000);
-    assert.equal(String(reply), 'still here');
-    sender.close();
+    await assertStillRelays(url);
   });
 
   it('keeps the control channel when renewToken comes just after the token expired, as hyco-ws\'s hourly renewal always does', async (t) => {
@@ -131,13 +136,7 @@ describe('hyco-ws listener, token renewal', () => {
     // Past the grace: a channel dropped would have been re-opened by now (hyco-ws reconnects at once).
     await new Promise((r) => setTimeout(r, 1200));
     assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
-    const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
-      headers: { ServiceBusAuthorization: tokenFor(url) },
-    });
-    sender.send('still here');
-    const [reply] = await waitEvent<[Buffer]>(sender, 'message', 5000);
-    assert.equal(String(reply), 'still here');
-    sender.close();
+    await assertStillRelays(url);
   });
 
   it('closes the control channel when the token expires unrenewed past its grace (hyco-ws then reconnects)', async (t) => {
