@@ -138,9 +138,6 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     res.on('close', this.senderGone);
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
-    const stopWatching = () => this.watchSender(false);
-    res.on('finish', stopWatching);
-    res.on('close', stopWatching);
   }
 
   /**
@@ -153,11 +150,14 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.senderStall = undefined;
     if (!on || this.res.destroyed || this.res.writableFinished) return;
     const ms = this.ctx.config.timeouts.senderStallMs;
+    // Checked when it fires rather than cleared at the response's end: no listeners per request.
     this.senderStall = setTimeout(() => {
+      if (this.res.destroyed || this.res.writableFinished) return;
       this.log.info({ event: 'http.sender_stalled', ms });
       if (!this.finished) this.failure = 'SenderStalled';
       this.req.socket.destroy();
     }, ms);
+    this.senderStall.unref();
   }
 
   readonly senderGone = (): void => {
