@@ -345,14 +345,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
 
   // POST /$relay/reload: this edge reloads, and (a worker of serve --workers) asks the others to.
   const reloadByApi = (): ReloadOutcome => {
-    if (closing) return { ok: false, problem: 'the relay is shutting down', shuttingDown: true };
     const outcome = reload('api');
     if (outcome.ok) options.onApiReload?.();
     return outcome;
   };
   const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
     // The certificates first: on SIGHUP they are re-read even when the config did not change.
-    if (closing) return { ok: false, problem: 'the relay is shutting down' };
+    if (closing) return { ok: false, problem: 'the relay is shutting down', shuttingDown: true };
     certificates?.reload(reason === 'api' ? 'config' : reason);
     if (!options.loadConfig) return { ok: false, problem: 'this relay was not started from a config file' };
     let next: RelayConfig;
