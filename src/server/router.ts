@@ -81,8 +81,13 @@ export function route(rawUrl: string | undefined): Route {
     }
     return { kind: 'not-found' };
   }
-  if (first === '' || first.startsWith('$')) return { kind: 'not-found' };
+  if (isOtherSurface(first)) return { kind: 'not-found' };
   return hybridHttp(first, rawSegments.slice(1), rawPath, rawQuery, params);
+}
+
+/** A first path segment that names no entity: the root, `$...` (relay and hybrid WebSocket addresses), pub/sub. */
+function isOtherSurface(first: string): boolean {
+  return first === '' || first.startsWith('$') || first === 'client' || first === 'api';
 }
 
 /** The entity a path's first segment names for a relayed HTTP request, or undefined (not text, or another surface's). */
@@ -93,7 +98,7 @@ function relayedEntity(rawFirst = ''): string | undefined {
   } catch {
     return undefined;
   }
-  return first === '' || first.startsWith('$') || first === 'client' || first === 'api' ? undefined : first;
+  return isOtherSurface(first) ? undefined : first;
 }
 
 function hybridHttp(entity: string, rawBelow: string[], rawPath: string, rawQuery: string, params: URLSearchParams): Route {
