@@ -91,6 +91,8 @@ export class TraceSource {
     /** Counts events dropped (edge_relay_trace_events_dropped_total). */
     readonly dropped: (reason: TraceDropReason, count?: number) => void = () => {},
     private readonly perSecond = TRACE_EVENTS_PER_SECOND,
+    /** Milliseconds for the rate cap's bucket (a test gives its own, so that a slow turn refills nothing). */
+    private readonly clock: () => number = Date.now,
   ) {}
 
   /** Starts handing events to `sink`; the returned function stops it. */
@@ -123,7 +125,7 @@ export class TraceSource {
 
   /** Takes one event's place under the cap (a token bucket refilled by the clock); false, counted, when there is none. */
   private admit(): boolean {
-    const now = Date.now();
+    const now = this.clock();
     if (now !== this.refilledAt) {
       this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
       this.refilledAt = now;

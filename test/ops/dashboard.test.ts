@@ -11,7 +11,7 @@ import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts'
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { startTestRelay, tokenFor } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until } from '../helpers/wait.ts';
 import { TRACE_VIEWERS_PER_NODE } from '../../src/ops/trace-relay.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
 
@@ -221,20 +221,31 @@ describe('/$relay/trace', () => {
 });
 
 describe('TraceSource', () => {
-  it('hands events to sinks only while one is attached, caps them per second and counts what it drops', async () => {
+  it('hands events to sinks only while one is attached, caps them per second and counts what it drops', () => {
     const dropped: string[] = [];
-    const trace = new TraceSource('n1', (reason) => dropped.push(reason), 100);
+    // The bucket's clock is the test's: however slow this turn, time moves only when the test says.
+    let now = 1_000_000;
+    const trace = new TraceSource('n1', (reason) => dropped.push(reason), 100, () => now);
     const seen: unknown[] = [];
     trace.emit('http.request', { entity: 'e' });
     assert.equal(trace.on, false);
     const detach = trace.attach((e) => seen.push(e));
     for (let i = 0; i < 300; i++) trace.emit('http.request', { entity: 'e', path: 'x'.repeat(1000) });
-    assert.ok(seen.length >= 100 && seen.length <= 101, `${seen.length} delivered`);
-    assert.equal(dropped.length, 300 - seen.length);
+    assert.equal(seen.length, 100);
+    assert.deepEqual(new Set(dropped), new Set(['rate']));
+    assert.equal(dropped.length, 200);
+    assert.equal(trace.rateDropped, 200);
     assert.ok(((seen[0] as { path: string }).path.length) <= 256);
-    await withTimeout(new Promise((r) => setTimeout(r, 50)), 1000, 'a moment');
+    now += 9;
     trace.emit('http.request', { entity: 'e' });
-    assert.ok(seen.length > 100, 'the bucket refills');
+    assert.equal(seen.length, 100, 'under one event in 9 ms at 100 a second');
+    now += 1;
+    trace.emit('http.request', { entity: 'e' });
+    trace.emit('http.request', { entity: 'e' });
+    assert.equal(seen.length, 101, 'the bucket refills at its rate: one event by 10 ms');
+    now += 60_000;
+    for (let i = 0; i < 300; i++) trace.emit('http.request', { entity: 'e' });
+    assert.equal(seen.length, 201, 'a long quiet fills it to its size, no further');
     detach();
     assert.equal(trace.on, false);
   });
