@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { exitedWithOutput } from '../helpers/exit.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -38,7 +39,7 @@ export function runBench(t: TestContext, args: string[], ms: number): Promise<{ 
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d));
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d).slice(-20000)));
-  return withTimeout(new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout, stderr }))), ms, `bench ${args.join(' ')}`);
+  return withTimeout(exitedWithOutput(child).then((code) => ({ code, stdout, stderr })), ms, `bench ${args.join(' ')}`);
 }
 
 /** Runs the quick bench for `scenarios` (bounded by `ms`) and returns its report, checked as above. */

@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
+import { exitedWithOutput } from '../helpers/exit.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -19,7 +20,7 @@ function startSub(t: TestContext, args: string[]) {
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d));
   child.stderr!.on('data', (d: Buffer) => (err += d));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const exited = exitedWithOutput(child);
   return { child, out: () => out, err: () => err, exited };
 }
 
@@ -32,7 +33,7 @@ async function runPub(t: TestContext, args: string[], input?: string): Promise<{
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d));
   child.stdin!.end(input ?? '');
-  const status = await withTimeout(new Promise<number | null>((r) => child.once('exit', (code) => r(code))), 20000, `pub ${args.join(' ')}`);
+  const status = await withTimeout(exitedWithOutput(child), 20000, `pub ${args.join(' ')}`);
   return { status, stderr };
 }
 

@@ -9,6 +9,7 @@ import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { makePki } from '../helpers/certs.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { exitedWithOutput } from '../helpers/exit.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
@@ -196,7 +197,8 @@ describe('serve --workers', () => {
     t.after(() => sender.terminate());
     await withTimeout(new Promise((resolve, reject) => (sender.once('open', resolve), sender.once('error', reject))), 10000, 'sender open');
     const closed = new Promise<number>((resolve) => sender.once('close', (code) => resolve(code)));
-    const exited = new Promise((resolve) => relay.child.once('exit', resolve));
+    // Its end with all it printed read: the last worker's relay.stopped comes just before the primary exits.
+    const exited = exitedWithOutput(relay.child);
     for (const pid of [primary, ...workerPids(primary)]) process.kill(pid, 'SIGINT');
     // A window, not a wait for an event: what is checked is that nothing kills the draining worker in it (the
     // primary's repeat of the signal may even merge with the worker's own, so no log line marks its arrival).

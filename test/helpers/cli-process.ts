@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
+import { exitedWithOutput } from './exit.ts';
 import { withTimeout } from './wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
@@ -30,5 +31,5 @@ export function runCli(t: Pick<TestContext, 'after'>, args: string[]): CliProces
   let err = '';
   child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
   child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  return { lines, stderr: () => err, exited: new Promise((r) => child.once('exit', (code) => r(code))) };
+  return { lines, stderr: () => err, exited: exitedWithOutput(child) };
 }

@@ -44,7 +44,8 @@ export function runClientScript(t: Pick<TestContext, 'after'>, source: string, e
       clearTimeout(timer);
       reject(err);
     });
-    child.once('exit', (code) => {
+    // 'close', not 'exit': the last lines it printed may not have been read at its exit.
+    child.once('close', (code) => {
       clearTimeout(timer);
       const lines = stdout
         .split('\n')
