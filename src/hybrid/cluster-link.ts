@@ -5,6 +5,8 @@
 // pushes the notice (its address names the sender's node) down one of its
 // control channels. A listener's answer on the control channel goes back to
 // the sender's node on that node's subject, addressed by rendezvous id.
+// A listener is told it is online once that subscription is on the NATS
+// server (a flush), so that a sender on any edge of that server finds it.
 import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type HcFailed, type HcResponse } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
@@ -20,7 +22,8 @@ const LISTENER_QUEUE = 'listeners';
 const ALIVE_CHECK_MS = 1000;
 
 export class HybridClusterLink implements EdgeWatch {
-  private readonly entitySubscriptions = new Map<string, BusSubscription>();
+  /** The entity's subscription while this node has listeners for it, and when the NATS server had it (a flush). */
+  private readonly entitySubscriptions = new Map<string, { subscription: BusSubscription; routable: Promise<void> }>();
   /** On a sender's edge: exchanges waiting on another edge's listener, by that edge. */
   private readonly waitingOn = new Map<string, Map<string, { exchange: ChannelExchange; watching: boolean }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
@@ -106,16 +109,25 @@ export class HybridClusterLink implements EdgeWatch {
     }
   }
 
-  /** Subscribes while this node has at least one listener for the entity. */
-  listenersChanged(entity: HybridEntity, count: number): void {
+  /**
+   * Subscribes while this node has (or is about to have) at least one listener for the entity.
+   * Resolves once other edges can route to it: the subscription has reached the NATS server
+   * (bounded by the bus's flush; at once on the memory bus or while NATS is away).
+   */
+  listenersChanged(entity: HybridEntity, count: number): Promise<void> {
     const current = this.entitySubscriptions.get(entity.key);
     if (count > 0 && !current && this.routing) {
       const subject = this.subjects.hybridEntity(entity.key);
-      this.entitySubscriptions.set(entity.key, this.bus.subscribe(subject, (m) => this.onRouted(entity, m), { queue: LISTENER_QUEUE }));
-    } else if (count === 0 && current) {
-      current.unsubscribe();
+      const subscription = this.bus.subscribe(subject, (m) => this.onRouted(entity, m), { queue: LISTENER_QUEUE });
+      const routable = this.bus.flush().catch(() => undefined);
+      this.entitySubscriptions.set(entity.key, { subscription, routable });
+      return routable;
+    }
+    if (count === 0 && current) {
+      current.subscription.unsubscribe();
       this.entitySubscriptions.delete(entity.key);
     }
+    return current?.routable ?? Promise.resolve();
   }
 
   // --- on the node holding the listener ----------------------------------------
@@ -195,7 +207,7 @@ export class HybridClusterLink implements EdgeWatch {
   /** Other nodes stop routing connects and requests here (shutdown); answers to this node's own requests still arrive. */
   stopRouting(): void {
     this.routing = false;
-    for (const sub of this.entitySubscriptions.values()) sub.unsubscribe();
+    for (const { subscription } of this.entitySubscriptions.values()) subscription.unsubscribe();
     this.entitySubscriptions.clear();
   }
 

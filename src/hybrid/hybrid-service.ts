@@ -80,6 +80,8 @@ export class HybridService {
   private readonly stopKeepAlive: () => void;
   private readonly cluster: HybridClusterLink;
   private shuttingDown = false;
+  /** Listeners waiting for their 101 (see listen()), by entity key. */
+  private readonly arriving = new Map<string, number>();
   /** Checks listeners again when the grace of a key retired by a reload ends. */
   private graceTimer: NodeJS.Timeout | undefined;
   /** publicUrl's host: a token's resource may always name it. */
@@ -166,15 +168,44 @@ export class HybridService {
     }
     const target = known ?? this.catalog.getForListener(name);
     if (!target) return failUpgrade(socket, 'EntityNotFound');
-    if (this.listeners.count(target.key) >= this.config.limits.listenersPerEntity) {
+    if (this.listenersFor(target) >= this.config.limits.listenersPerEntity) {
       log.info({ event: 'listener.refused', code: 'ListenerLimitReached' });
       this.ctx.metrics.limitRefusals.inc({ limit: 'listenersPerEntity' });
       return failUpgrade(socket, 'ListenerLimitReached');
     }
+    // The listener is online when it is told so, for senders on every edge: the 101 waits until
+    // this edge's subscription for the entity is on the NATS server (a round trip, for an
+    // entity's first listener on this edge; before, a sender through another edge right after
+    // could be told NoListener).
+    this.arriving.set(target.key, (this.arriving.get(target.key) ?? 0) + 1);
+    void this.cluster.listenersChanged(target, this.listenersFor(target)).then(() => {
+      const left = (this.arriving.get(target.key) ?? 1) - 1;
+      if (left > 0) this.arriving.set(target.key, left);
+      else this.arriving.delete(target.key);
+      // What may have changed meanwhile: the listener left, the edge began to drain, a reload removed the entity.
+      const refusal = socket.destroyed ? undefined : this.shuttingDown ? 'ShuttingDown' : this.catalog.get(target.name) !== target ? 'EntityNotFound' : undefined;
+      if (socket.destroyed || refusal) {
+        if (this.listenersFor(target) === 0) {
+          void this.cluster.listenersChanged(target, 0);
+          this.catalog.releaseDynamic(target);
+        }
+        if (refusal) failUpgrade(socket, refusal);
+        return;
+      }
+      this.online(req, socket, head, target, params, check, log);
+    });
+  }
+
+  /** Listeners open on this edge for `entity`, and those about to be (waiting for the bus before their 101). */
+  private listenersFor(entity: HybridEntity): number {
+    return this.listeners.count(entity.key) + (this.arriving.get(entity.key) ?? 0);
+  }
+
+  /** Completes a listener's upgrade: its control channel is open. `expiresAt`: its token's. */
+  private online(req: IncomingMessage, socket: Duplex, head: Buffer, target: HybridEntity, params: URLSearchParams, expiresAt: number, log: Logger): void {
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', check, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
+      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', expiresAt, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
       this.listeners.add(channel);
-      this.cluster.listenersChanged(target, this.listeners.count(target.key));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
       this.announce('listener.online', target, this.listeners.count(target.key));
@@ -199,7 +230,7 @@ export class HybridService {
     },
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
-      this.cluster.listenersChanged(channel.entity, left);
+      void this.cluster.listenersChanged(channel.entity, this.listenersFor(channel.entity));
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
@@ -209,7 +240,7 @@ export class HybridService {
         channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
       }
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
-      if (left === 0) this.catalog.releaseDynamic(channel.entity);
+      if (this.listenersFor(channel.entity) === 0) this.catalog.releaseDynamic(channel.entity);
     },
   };
 

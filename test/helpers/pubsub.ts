@@ -111,10 +111,12 @@ export class RawPubSubClient {
   }
 }
 
-/** A TCP proxy to `target` on 127.0.0.1 that can cut all its connections and refuse new ones. */
+/** A TCP proxy to `target` on 127.0.0.1 that can cut all its connections, refuse new ones, or hold what clients send. */
 export class CuttableProxy {
   private readonly pairs = new Set<Socket>();
   private refusing = false;
+  /** Milliseconds each chunk a client sends waits before it goes on to the target (see hold()). */
+  private holdMs = 0;
 
   private constructor(
     private readonly server: Server,
@@ -135,9 +137,36 @@ export class CuttableProxy {
           outbound.destroy();
         });
       }
-      inbound.pipe(outbound);
+      // Chunks towards the target go on in order; while held, each waits holdMs (a slow link one way).
+      const held: { at: number; chunk: Buffer }[] = [];
+      let timer: NodeJS.Timeout | undefined;
+      let ended = false;
+      const release = () => {
+        timer = undefined;
+        while (held.length > 0 && held[0].at <= Date.now()) outbound.write(held.shift()!.chunk);
+        if (held.length > 0) timer = setTimeout(release, held[0].at - Date.now());
+        else if (ended) outbound.end();
+      };
+      inbound.on('data', (chunk: Buffer) => {
+        if (proxy!.holdMs === 0 && held.length === 0) {
+          if (!outbound.write(chunk)) {
+            inbound.pause();
+            outbound.once('drain', () => inbound.resume());
+          }
+          return;
+        }
+        held.push({ at: Date.now() + proxy!.holdMs, chunk });
+        timer ??= setTimeout(release, proxy!.holdMs);
+      });
+      inbound.on('end', () => {
+        ended = true;
+        if (held.length === 0) outbound.end();
+      });
       outbound.pipe(inbound);
-      inbound.on('close', () => outbound.destroy());
+      inbound.on('close', () => {
+        clearTimeout(timer);
+        outbound.destroy();
+      });
       outbound.on('close', () => inbound.destroy());
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -153,6 +182,11 @@ export class CuttableProxy {
   /** Sends new connections to another port (a load balancer moving traffic to another node). */
   retarget(port: number): void {
     this.targetPort = port;
+  }
+
+  /** Holds each chunk clients send for `ms` before it goes on to the target (0: at once again); order is kept. */
+  hold(ms: number): void {
+    this.holdMs = ms;
   }
 
   /** Destroys every proxied connection (both sides); with `refuseMs`, drops new ones for that long. */
