@@ -150,6 +150,7 @@ export async function serve(argv: string[]): Promise<number> {
   else process.stdout.write(`listening on ${relay.url}\n`);
   running = relay;
   const started = relay;
+  let stopFailed = false;
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
@@ -166,7 +167,12 @@ export async function serve(argv: string[]): Promise<number> {
         process.on('SIGTERM', ignored('SIGTERM'));
         process.on('SIGINT', ignored('SIGINT'));
       }
-      started.close().then(resolve, resolve);
+      // A stop that throws is said, and ends the command with EX_SOFTWARE: not a quiet 0 without relay.stopped.
+      started.close().then(resolve, (err: Error) => {
+        stopFailed = true;
+        log.error({ event: 'relay.stop_failed', err: { name: err?.name, message: err?.message, stack: err?.stack } });
+        resolve();
+      });
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');
@@ -176,7 +182,7 @@ export async function serve(argv: string[]): Promise<number> {
   log.flush();
   // A worker's channel to the primary would keep it alive.
   if (worker !== undefined) process.disconnect?.();
-  return 0;
+  return stopFailed ? EX_SOFTWARE : 0;
 }
 
 /**
