@@ -156,7 +156,7 @@ export class ClusterStats {
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
     if (auth.refuseUnlessManageGet(req, res)) return;
-    const asked = Number(new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') ?? DEFAULT_TOP);
+    const asked = Number(new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') || DEFAULT_TOP);
     const top = Number.isInteger(asked) ? Math.min(MAX_TOP, Math.max(1, asked)) : DEFAULT_TOP;
     const snapshot = await this.cluster(top);
     if (res.destroyed) return;

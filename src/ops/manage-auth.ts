@@ -26,9 +26,12 @@ export class ManageAuth {
 
   /** Undefined when the request carries a Manage token for this relay; else why not. */
   check(req: IncomingMessage): Refusal | undefined {
-    const header = req.headers.authorization ?? req.headers['servicebusauthorization'];
     const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
-    const token = (Array.isArray(header) ? header[0] : header) ?? query.get('sb-hc-token') ?? undefined;
+    // Any of the three places; a SAS token wins over what else is there (an empty header, a proxy's Basic credentials).
+    const given = [req.headers.authorization, req.headers['servicebusauthorization'], query.get('sb-hc-token') ?? undefined]
+      .map((v) => (Array.isArray(v) ? v[0] : v))
+      .filter((v): v is string => typeof v === 'string' && v !== '');
+    const token = given.find((v) => /^SharedAccessSignature\s/i.test(v)) ?? given[0];
     const d = this.authorizer.check({ token, entity: '$relay', right: 'Manage', hosts: tokenHostsFor(req, this.config.namespaceHosts, this.publicHost) });
     if (d.ok) return undefined;
     if (d.code === 'TokenScopeInvalid' || d.code === 'RightMissing') return { status: 403, code: d.code, message: 'A token with the Manage right for this relay is required' };

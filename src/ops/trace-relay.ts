@@ -64,6 +64,8 @@ export function traceMatches(filter: TraceFilter, event: TraceEvent): boolean {
 
 /** How often a viewer's token is checked again: a revoked or expired one ends the stream. */
 const RECHECK_MS = 1000;
+/** How long an ended stream may take to reach a viewer that has stopped reading before its connection is cut. */
+const END_GRACE_MS = 2000;
 
 class TraceViewer {
   private pending: string[] = [];
@@ -94,13 +96,14 @@ class TraceViewer {
     this.pendingBytes += line.length;
   }
 
-  flush(now: number): void {
-    if (this.res.writableEnded) return;
+  /** Writes what is pending; 'revoked' when the token no longer passes (the stream is then ended). */
+  flush(now: number): 'revoked' | undefined {
+    if (this.res.writableEnded) return undefined;
     if (now - this.lastCheck >= RECHECK_MS) {
       this.lastCheck = now;
       if (!this.stillAllowed()) {
-        this.res.end('event: revoked\ndata: {"message":"the token no longer has the Manage right here"}\n\n');
-        return;
+        this.end('event: revoked\ndata: {"message":"the token no longer has the Manage right here"}\n\n');
+        return 'revoked';
       }
     }
     // A viewer that does not read gets nothing more, notices included, until it does.
@@ -114,6 +117,18 @@ class TraceViewer {
     this.pending = [];
     this.pendingBytes = 0;
     this.lastWrite = now;
+  }
+
+  /**
+   * Ends the stream. A viewer that has stopped reading would never take the
+   * end (nor say 'close'): its connection is cut after END_GRACE_MS.
+   */
+  end(last?: string): void {
+    this.res.end(last);
+    if (this.res.destroyed) return;
+    const cut = setTimeout(() => this.res.destroy(), END_GRACE_MS);
+    cut.unref();
+    this.res.once('close', () => clearTimeout(cut));
   }
 }
 
@@ -152,13 +167,15 @@ export class TraceRelay {
 
   serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): void {
     if (auth.refuseUnlessManageGet(req, res)) return;
-    if (this.closed) return failEdgeRequest(res, 'NotFound');
+    if (this.closed) return failEdgeRequest(res, 'ShuttingDown');
     if (this.viewers.size >= TRACE_VIEWERS_PER_NODE) return failEdgeRequest(res, 'TooManyTraceViewers');
     const filter = traceFilterOf(new URLSearchParams((req.url ?? '').split('?')[1] ?? ''));
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-store',
       'x-accel-buffering': 'no',
+      // A stream is never followed by another request: its connection closes with it.
+      connection: 'close',
     });
     res.write('retry: 3000\n\n');
     const viewer = new TraceViewer(res, filter, () => this.d.trace.dropped('viewer'), () => auth.check(req) === undefined);
@@ -272,7 +289,10 @@ export class TraceRelay {
       this.batch = [];
       this.batchDropped = 0;
     }
-    for (const viewer of this.viewers) viewer.flush(now);
+    for (const viewer of [...this.viewers]) {
+      // Its place, its count and its share of tracing go at once, whether or not the end reaches it.
+      if (viewer.flush(now) === 'revoked') this.removeViewer(viewer);
+    }
     this.update();
   }
 
@@ -295,7 +315,7 @@ export class TraceRelay {
     this.closed = true;
     for (const viewer of [...this.viewers]) {
       viewer.flush(Date.now());
-      viewer.res.end();
+      viewer.end();
       this.removeViewer(viewer);
     }
     this.watchSubscription?.unsubscribe();

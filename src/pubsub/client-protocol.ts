@@ -107,11 +107,18 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, 'Forbidden'));
       const message = { from: 'group' as const, group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) };
       const sent = hub.send({ kind: 'group', name: group }, message, m.noEcho ? new Set([connection.id]) : undefined, storeId(connection, ackId));
-      return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, sent, message.dataJson.length));
+      return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, sent, () => payloadBytes(message.dataType, m.data, message.dataJson)));
     }
     case 'event':
       return forwardEvent(ctx, connection, hub, m, ackId);
   }
+}
+
+/** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
+function payloadBytes(dataType: string, data: unknown, dataJson: string): number {
+  if (dataType === 'text' && typeof data === 'string') return Buffer.byteLength(data, 'utf8');
+  if (dataType === 'binary' && typeof data === 'string') return Buffer.byteLength(data, 'base64');
+  return Buffer.byteLength(dataJson, 'utf8');
 }
 
 /**
@@ -125,11 +132,11 @@ function traced<T extends Promise<unknown> | AckErrorName>(
   connection: PubSubConnection,
   group: string,
   outcome: T,
-  bytes?: number,
+  bytes?: () => number,
 ): T {
   const trace = hub.trace;
   if (!trace.on) return outcome;
-  const fields = { hub: hub.name, connectionId: connection.id, userId: connection.userId, group, bytes };
+  const fields = { hub: hub.name, connectionId: connection.id, userId: connection.userId, group, bytes: bytes?.() };
   if (typeof outcome === 'string') trace.emit(kind, { ...fields, code: outcome });
   else trace.settled(kind, fields, outcome);
   return outcome;

@@ -10,8 +10,9 @@ import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 import { TRACE_VIEWERS_PER_NODE } from '../../src/ops/trace-relay.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
 
@@ -130,6 +131,13 @@ describe('/$relay/stats', () => {
       { plain: chat.plain, reliable: chat.reliable, groups: chat.groups, topGroups: chat.topGroups, published: chat.published, deliveries: chat.deliveries },
       { plain: 1, reliable: 0, groups: 1, topGroups: [{ name: 'room', members: 1 }], published: 1, deliveries: 1 },
     );
+    // The token in any of its places; a SAS token wins over an empty header or a proxy's Basic credentials (before: 401).
+    for (const headers of [{ authorization: '', servicebusauthorization: token }, { authorization: 'Basic dXNlcjpwYXNz', servicebusauthorization: token }]) {
+      assert.equal((await httpRequest(`${relay.url}/$relay/stats`, { headers })).status, 200, JSON.stringify(Object.keys(headers)));
+    }
+    assert.equal((await httpRequest(`${relay.url}/$relay/stats?sb-hc-token=${encodeURIComponent(token)}`, { headers: { authorization: 'Basic dXNlcjpwYXNz' } })).status, 200);
+    // An empty `top` is the default (before: 1).
+    assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=`, { headers: { authorization: token } })).body.toString()).top, 20);
   });
 });
 
@@ -162,7 +170,10 @@ describe('/$relay/trace', () => {
       { hub: publish.hub, group: publish.group, userId: publish.userId, code: publish.code, connectionId: publish.connectionId },
       { hub: 'chat', group: 'room', userId: 'alice', code: 'success', connectionId: client.messages[0].connectionId },
     );
-    assert.ok(publish.bytes > 0);
+    // The payload's size, never the payload: its JSON text here; text counts as UTF-8 (before: the JSON text's length in UTF-16 units).
+    assert.equal(publish.bytes, Buffer.byteLength(JSON.stringify({ secret: 'payload-text' })));
+    await client.request({ type: 'sendToGroup', group: 'room', dataType: 'text', data: '€'.repeat(10) });
+    await stream.waitFor((e) => e.kind === 'pubsub.publish' && e.bytes === 30, 'a text publish counted in bytes (10 x 3)');
     await stream.waitFor((e) => e.kind === 'pubsub.join' && e.group === 'room', 'a traced join');
     const everything = JSON.stringify(stream.events);
     for (const secret of ['hunter2', 'secret', 'payload-text', 'SharedAccessSignature', 'access_token']) assert.ok(!everything.includes(secret), secret);
@@ -179,6 +190,34 @@ describe('/$relay/trace', () => {
     // Before: checked once when the stream opened; a revoked or expired token kept every edge's events coming.
     await until(() => stream.events.some((e) => e.event === 'revoked'), 8000, 'the stream to end once its token expired');
     await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop with its only viewer');
+  });
+
+  it('frees the place of a viewer that stopped reading once its token stops passing, and cuts its connection', async (t) => {
+    const relay = await startTestRelay(t);
+    const socket = await tcp(t, relay.port);
+    socket.pause();
+    const closed = new Promise((r) => socket.once('close', r));
+    socket.write(`GET /$relay/trace HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\nAuthorization: ${tokenFor(`${relay.url}/`, { ttl: 2 })}\r\n\r\n`);
+    await until(() => relay.metrics.trace.viewers === 1, 5000, 'the viewer');
+    // Events as large as the trace makes them, at its rate cap, until what this viewer has not read fills
+    // the kernel's buffers and the relay's (it then drops events for it).
+    const long = (c: string) => c.repeat(300);
+    const fill = setInterval(() => {
+      for (let i = 0; i < 20; i++) relay.metrics.trace.emit('http.request', { entity: long('e'), hub: long('h'), group: long('g'), userId: long('u'), connectionId: long('c'), method: long('m'), path: long('p'), code: long('x'), detail: long('d') });
+    }, 10);
+    t.after(() => clearInterval(fill));
+    const droppedForViewers = async () => (await relay.metrics.traceDropped.get()).values.find((v) => v.labels.reason === 'viewer')?.value ?? 0;
+    for (const deadline = Date.now() + 1000; (await droppedForViewers()) === 0; ) {
+      assert.ok(Date.now() < deadline, 'the viewer to be full before its token expires');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    // Before: the end of the stream could not reach it, so it kept its place, the gauge and the trace on, for as long as it stayed connected.
+    await until(() => relay.metrics.trace.viewers === 0, 10000, 'its place to be freed once its token expired');
+    await until(() => !relay.metrics.trace.on, 2000, 'the trace to stop with its only viewer');
+    // Its connection is closed: what the kernel held reaches it, then the end (or the cut, END_GRACE_MS after it).
+    socket.on('data', () => {});
+    socket.resume();
+    await withTimeout(closed, 8000, 'its connection to be cut');
   });
 
   it('filters by entity, hub, connection id or user on the viewer side', async (t) => {
