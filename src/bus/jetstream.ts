@@ -106,6 +106,9 @@ function conflictOr(err: unknown, key: string): unknown {
   return errorCode(err).apiCode === WRONG_LAST_SEQUENCE ? new StoreConflict(`${key} was written by another since`) : err;
 }
 
+const NOT_ENABLED =
+  'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
+
 export class JetStreamAccess {
   state: JetStreamState = 'waiting';
   /** Why JetStream cannot be used now, for readiness and failed acks. */
@@ -126,6 +129,7 @@ export class JetStreamAccess {
   /** A look for streams that are gone (restoreStreams), at most one at a time and one per RESTORE_INTERVAL_MS. */
   private restoring = false;
   private lastRestoreAt = 0;
+  private establishing = false;
 
   constructor(
     private readonly bus: NatsBus,
@@ -137,9 +141,31 @@ export class JetStreamAccess {
     bus.onConnectionChange((connected) => {
       if (!connected) return;
       for (const msgs of this.consuming) msgs.stop();
+      this.checkServer();
       // A server restarted with memory storage (or a cluster that lost every copy) comes back without the streams.
       this.restoreStreams('reconnected');
     });
+  }
+
+  /**
+   * After a reconnect: the server reached may have no JetStream (one
+   * restarted without it). Durable hubs are then unavailable, as /$relay/ready
+   * and each refused publish say, until a server with JetStream is reached
+   * again, when the streams are made sure of once more.
+   */
+  private checkServer(): void {
+    if (this.closed || !this.bucket) return;
+    const serverHasJetStream = this.bus.connection?.info?.jetstream === true;
+    if (!serverHasJetStream && this.state !== 'unavailable') {
+      this.state = 'unavailable';
+      this.problem = NOT_ENABLED;
+      this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
+      for (const wake of this.readyWaiters.splice(0)) wake();
+    } else if (serverHasJetStream && this.state === 'unavailable') {
+      this.state = 'waiting';
+      this.problem = 'JetStream has not answered yet';
+      void this.establish();
+    }
   }
 
   /**
@@ -150,6 +176,22 @@ export class JetStreamAccess {
   async start(streams: StreamSpec[], bucket: BucketSpec): Promise<void> {
     this.streams.push(...streams);
     this.bucket = bucket;
+    await this.establish();
+  }
+
+  /** start()'s work, again after a server without JetStream gave way to one with it; one at a time. */
+  private async establish(): Promise<void> {
+    if (this.establishing) return;
+    this.establishing = true;
+    try {
+      await this.establishOnce();
+    } finally {
+      this.establishing = false;
+    }
+  }
+
+  private async establishOnce(): Promise<void> {
+    const bucket = this.bucket!;
     for (let attempt = 0; !this.closed; attempt++) {
       const nc = await this.connection();
       if (!nc) return;
@@ -177,8 +219,7 @@ export class JetStreamAccess {
         const notEnabled = apiCode === JS_NOT_ENABLED_FOR_ACCOUNT || (code === '503' && apiCode === undefined && !nc.info?.jetstream);
         if (notEnabled) {
           this.state = 'unavailable';
-          this.problem =
-            'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
+          this.problem = NOT_ENABLED;
           this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
           for (const wake of this.readyWaiters.splice(0)) wake();
           return;

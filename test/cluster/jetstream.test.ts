@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { edgeEvents, edgeOverrides, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
+import { edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 
 /** Hubs for these tests: `chat` keeps history, `other` does not. */
 const HUBS = {
@@ -70,6 +70,26 @@ describe('durable hubs on JetStream', () => {
     });
     assert.equal(rest.status, 503);
     assert.equal(((await rest.json()) as { code: string }).code, 'StoreUnavailable');
+
+    // NATS back without JetStream (a server restarted without -js): the edge says so, in /$relay/ready and in each
+    // refusal (before: it reported ready, with JetStream "ready", and refused every durable publish after 5 s).
+    await nats.restart({ jetstream: false });
+    await untilAnswered(async () => (await readiness(a)).body.bus.connected, 10000, 'the edge back on NATS');
+    const ready = await readiness(a);
+    assert.equal(ready.status, 503);
+    assert.equal(ready.body.jetstream.state, 'unavailable');
+    assert.match(ready.body.reasons.join(), /JetStream is not enabled/);
+    const without = await sub.client.sendToGroup('g', 4, 'json').then(
+      () => 'acknowledged',
+      (err: SendMessageError) => `${err.errorDetail?.name}: ${err.errorDetail?.message}`,
+    );
+    assert.match(without, /^InternalServerError: .*not stored.*JetStream is not enabled/);
+    // And with JetStream again, ready, and what is acknowledged is stored.
+    await nats.kill();
+    await nats.restart();
+    await waitReady(a, 200);
+    await sub.client.sendToGroup('g', 5, 'json');
+    assert.deepEqual((await history(a, 'g')).body.messages.map((m: any) => m.data), [1, 5]);
   });
 
   it('keeps group messages as history: pages in order, after is exclusive, data as sent', async (t) => {

@@ -24,8 +24,8 @@ export interface NatsNode {
   running(): boolean;
   /** SIGKILL: the node vanishes without a goodbye. */
   kill(): Promise<void>;
-  /** Starts it again on the same ports. */
-  restart(): Promise<void>;
+  /** Starts it again on the same ports (with `jetstream: false`, without JetStream: a server restarted without -js). */
+  restart(options?: { jetstream?: boolean }): Promise<void>;
   /** Routes this node has to other nodes (from /routez). */
   routes(): Promise<number>;
   /**
@@ -99,8 +99,8 @@ async function freePort(): Promise<number> {
  * kept across restart()). A cluster node lists every node's route, itself
  * included, as clustered JetStream requires configured routes.
  */
-async function spawnNats(name: string, ports: Ports, routes: string[], dir: string, configFile?: string): Promise<{ child: ChildProcess; ports: Ports }> {
-  const args = ['-a', '127.0.0.1', '-p', String(ports.port), '-m', String(ports.monitorPort), '-n', name, '-js', '-sd', join(dir, 'jetstream')];
+async function spawnNats(name: string, ports: Ports, routes: string[], dir: string, configFile?: string, jetstream = true): Promise<{ child: ChildProcess; ports: Ports }> {
+  const args = ['-a', '127.0.0.1', '-p', String(ports.port), '-m', String(ports.monitorPort), '-n', name, ...(jetstream ? ['-js', '-sd', join(dir, 'jetstream')] : [])];
   if (configFile) args.unshift('-c', configFile);
   if (routes.length > 0) {
     args.push('--cluster', `nats://127.0.0.1:${ports.routePort}`, '--cluster_name', 'edge-relay-test', '--routes', routes.join(','));
@@ -161,8 +161,8 @@ export async function startNatsServer(
       child.kill('SIGKILL');
       await waitExit(child);
     },
-    restart: async () => {
-      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir, configFile));
+    restart: async (options = {}) => {
+      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir, configFile, options.jetstream ?? true));
     },
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });
