@@ -17,6 +17,17 @@ Example:
 `;
 
 export async function main(argv: string[]): Promise<number> {
+  try {
+    return await run(argv);
+  } catch (err) {
+    // A flag the command does not know, or one that wants a value it did not get: said in a line, exit 2.
+    if (!String((err as { code?: unknown })?.code).startsWith('ERR_PARSE_ARGS')) throw err;
+    process.stderr.write(`edge-relay ${argv[0]}: ${(err as Error).message}\n(edge-relay ${argv[0]} --help lists its options)\n`);
+    return 2;
+  }
+}
+
+async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
     case 'serve':

@@ -42,6 +42,13 @@ describe('edge-relay command line', () => {
     assert.equal(auth.check({ token, entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
     assert.equal(auth.check({ token, entity: 'other', right: 'Listen', hosts: ['127.0.0.1'] }).ok, false);
     assert.equal(run('token', 'sas', '--uri', 'x').status, 2);
+    // An unknown flag, or a value that looks like one: a line naming it and exit 2 (before: a stack trace, and exit 1 or 0).
+    for (const args of [['--bogus'], ['--uri', 'ws://127.0.0.1/x', '--key-name', 'k', '--key', 'v', '--ttl', '-10']]) {
+      const refused = run('token', 'sas', ...args);
+      assert.equal(refused.status, 2, refused.stderr);
+      assert.match(refused.stderr, /^edge-relay token: /);
+      assert.doesNotMatch(refused.stderr, /\n\s+at /);
+    }
   });
 
   it('token client prints an access URL the relay and the Web PubSub client accept', async (t) => {
