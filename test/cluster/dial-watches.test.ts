@@ -61,36 +61,31 @@ describe("a listener's edge watching a listener told to dial another edge", () =
   });
   after(() => cleanup.run());
 
+  /** A listener on A for `entity` (told it is online), at once a sender through B, and the listener's leg dialed: spliced at B. */
+  async function connectAcross(t: { after(fn: () => unknown): void }, entity: string): Promise<void> {
+    const listenUrl = wsUrl(a.url, `/$hc/${entity}?sb-hc-action=listen`);
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = dialSender(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    const leg = new WebSocket(accept.address);
+    t.after(() => leg.terminate());
+    await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'rendezvous leg');
+    const ws = await sender;
+    assert.ok(ws instanceof WebSocket, String(ws));
+    t.after(() => ws.terminate());
+  }
+
   it("tells a listener it is online only once a sender through another edge reaches it (A's link to NATS slow)", async (t) => {
     // What A sends NATS waits 300 ms: its subscription for the entity reaches the server that much later.
     aLink.hold(300);
     t.after(() => aLink.hold(0));
-    const listenUrl = wsUrl(a.url, '/$hc/online?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    // Before: the 101 came at once and this sender, at once too, was refused 404 NoListener.
-    const sender = dialSender(wsUrl(b.url, '/$hc/online?sb-hc-action=connect'));
-    const { accept } = await listener.next<{ accept: { address: string } }>();
-    const leg = new WebSocket(accept.address);
-    t.after(() => leg.terminate());
-    await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'rendezvous leg');
-    const ws = await sender;
-    assert.ok(ws instanceof WebSocket, String(ws));
-    t.after(() => ws.terminate());
+    // Before: the 101 came at once and a sender through B, at once too, was refused 404 NoListener.
+    await connectAcross(t, 'online');
   });
 
   it('stops once the listener dialed the connect', async (t) => {
-    const listenUrl = wsUrl(a.url, '/$hc/watched?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    const sender = dialSender(wsUrl(b.url, '/$hc/watched?sb-hc-action=connect'));
-    const { accept } = await listener.next<{ accept: { address: string } }>();
-    const leg = new WebSocket(accept.address);
-    t.after(() => leg.terminate());
-    await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'rendezvous leg');
-    const ws = await sender;
-    assert.ok(ws instanceof WebSocket, String(ws));
-    t.after(() => ws.terminate());
+    await connectAcross(t, 'watched');
     // Before: the watch stayed on A's control channel for acceptMs (30 s).
     await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
   });
