@@ -185,10 +185,7 @@ export class HybridService {
       // What may have changed meanwhile: the listener left, the edge began to drain, a reload removed the entity.
       const refusal = socket.destroyed ? undefined : this.shuttingDown ? 'ShuttingDown' : this.catalog.get(target.name) !== target ? 'EntityNotFound' : undefined;
       if (socket.destroyed || refusal) {
-        if (this.listenersFor(target) === 0) {
-          void this.cluster.listenersChanged(target, 0);
-          this.catalog.releaseDynamic(target);
-        }
+        this.letGoIfUnused(target);
         if (refusal) failUpgrade(socket, refusal);
         return;
       }
@@ -203,13 +200,27 @@ export class HybridService {
 
   /** Completes a listener's upgrade: its control channel is open. `expiresAt`: its token's. */
   private online(req: IncomingMessage, socket: Duplex, head: Buffer, target: HybridEntity, params: URLSearchParams, expiresAt: number, log: Logger): void {
+    let opened = false;
     this.wss.handleUpgrade(req, socket, head, (ws) => {
+      opened = true;
       const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', expiresAt, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
       this.listeners.add(channel);
+      // Subscribed already, unless a failed upgrade of the same entity let go meanwhile.
+      void this.cluster.listenersChanged(target, this.listenersFor(target));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
       this.announce('listener.online', target, this.listeners.count(target.key));
     });
+    // `ws` answered the upgrade itself without opening (a malformed handshake: 400), or dropped a
+    // socket the client had closed meanwhile: what was held for this listener goes unless others hold it.
+    if (!opened) this.letGoIfUnused(target);
+  }
+
+  /** Unsubscribes from an entity and forgets it (if auto-created) when no listener is open or arriving. */
+  private letGoIfUnused(target: HybridEntity): void {
+    if (this.listenersFor(target) > 0) return;
+    void this.cluster.listenersChanged(target, 0);
+    this.catalog.releaseDynamic(target);
   }
 
   private readonly channelHooks: ControlChannelHooks = {

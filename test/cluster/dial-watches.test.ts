@@ -24,6 +24,7 @@ import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
@@ -48,11 +49,13 @@ describe("a listener's edge watching a listener told to dial another edge", () =
   const cleanup = new Cleanup();
   let a: RunningRelay, b: RunningRelay;
   let natsUrl: string;
+  let natsMonitorPort: number;
   /** A's link to NATS, which a test can make slow one way (A to the server). */
   let aLink: CuttableProxy;
   before(async () => {
     const nats = await startNatsServer(cleanup);
     natsUrl = nats.url;
+    natsMonitorPort = nats.monitorPort;
     aLink = await CuttableProxy.start(nats.port, cleanup);
     a = await startTestRelay(cleanup, edgeOverrides('edge-a', [`nats://127.0.0.1:${aLink.port}`], { timeouts }));
     b = await startTestRelay(cleanup, edgeOverrides('edge-b', [nats.url], { timeouts }));
@@ -82,6 +85,22 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     t.after(() => aLink.hold(0));
     // Before: the 101 came at once and a sender through B, at once too, was refused 404 NoListener.
     await connectAcross(t, 'online');
+  });
+
+  it('leaves nothing behind for a listener whose upgrade fails after the wait (a malformed handshake)', async (t) => {
+    const path = '/$hc/malformed?sb-hc-action=listen';
+    const answer = await rawUpgrade(t, a.port, path, { 'Sec-WebSocket-Key': '', ServiceBusAuthorization: tokenFor(wsUrl(a.url, path)) });
+    assert.equal(answer.status, 400);
+    // Before: A stayed subscribed to the entity (NATS could pick it for a sender, who then got NoListener) and kept it auto-created.
+    const subject = new Subjects('relay').hybridEntity('malformed');
+    const subscribed = async () => {
+      const subsz = await (await fetch(`http://127.0.0.1:${natsMonitorPort}/subsz?subs=1`, { signal: AbortSignal.timeout(2000) })).json();
+      return (subsz as { subscriptions_list?: { subject: string }[] }).subscriptions_list?.some((s) => s.subject === subject) ?? false;
+    };
+    await untilAnswered(async () => !(await subscribed()), 5000, "A's subscription for the entity to go");
+    const status = await httpRequest(`${a.url}/$relay/status`, { headers: { authorization: tokenFor(`${a.url}/`) } });
+    const nodes = JSON.parse(status.body.toString()).nodes as { entities: { name: string }[] }[];
+    assert.ok(nodes.length > 0 && nodes.every((n) => !n.entities.some((e) => e.name === 'malformed')), status.body.toString());
   });
 
   it('stops once the listener dialed the connect', async (t) => {
