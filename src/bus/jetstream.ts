@@ -106,6 +106,12 @@ function conflictOr(err: unknown, key: string): unknown {
   return errorCode(err).apiCode === WRONG_LAST_SEQUENCE ? new StoreConflict(`${key} was written by another since`) : err;
 }
 
+/** JetStream's answer that it is not there: for the account, or (no responders) on a server that says it has none. */
+function notEnabled(err: unknown, nc: NatsConnection): boolean {
+  const { code, apiCode } = errorCode(err);
+  return apiCode === JS_NOT_ENABLED_FOR_ACCOUNT || (code === '503' && apiCode === undefined && !nc.info?.jetstream);
+}
+
 const NOT_ENABLED =
   'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
 
@@ -130,6 +136,8 @@ export class JetStreamAccess {
   private restoring = false;
   private lastRestoreAt = 0;
   private establishing = false;
+  /** Set while unavailable because the server reached had no JetStream (checkServer): a server with it makes sure again. */
+  private serverLackedIt = false;
 
   constructor(
     private readonly bus: NatsBus,
@@ -154,18 +162,31 @@ export class JetStreamAccess {
    * again, when the streams are made sure of once more.
    */
   private checkServer(): void {
-    if (this.closed || !this.bucket) return;
-    const serverHasJetStream = this.bus.connection?.info?.jetstream === true;
-    if (!serverHasJetStream && this.state !== 'unavailable') {
-      this.state = 'unavailable';
-      this.problem = NOT_ENABLED;
-      this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
-      for (const wake of this.readyWaiters.splice(0)) wake();
-    } else if (serverHasJetStream && this.state === 'unavailable') {
+    const nc = this.bus.connection;
+    if (this.closed || !this.bucket || !nc) return;
+    if (nc.info?.jetstream === true) {
+      // Back on a server with JetStream after one without (an account without it stays as it was).
+      if (this.state !== 'unavailable' || !this.serverLackedIt) return;
+      this.serverLackedIt = false;
       this.state = 'waiting';
+      this.answered = false;
       this.problem = 'JetStream has not answered yet';
       void this.establish();
+      return;
     }
+    if (this.state !== 'ready' || !this.jsm) return;
+    // The server says it has none: asked, to be sure (JetStream might still answer through it).
+    const jsm = this.jsm;
+    jsm.getAccountInfo().then(
+      () => undefined,
+      (err) => {
+        if (this.closed || this.state !== 'ready' || this.bus.connection !== nc || !notEnabled(err, nc)) return;
+        this.serverLackedIt = true;
+        this.state = 'unavailable';
+        this.problem = NOT_ENABLED;
+        this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
+      },
+    );
   }
 
   /**
@@ -215,9 +236,8 @@ export class JetStreamAccess {
         for (const wake of this.readyWaiters.splice(0)) wake();
         return;
       } catch (err) {
-        const { code, apiCode } = errorCode(err);
-        const notEnabled = apiCode === JS_NOT_ENABLED_FOR_ACCOUNT || (code === '503' && apiCode === undefined && !nc.info?.jetstream);
-        if (notEnabled) {
+        if (notEnabled(err, nc)) {
+          this.serverLackedIt = nc.info?.jetstream !== true;
           this.state = 'unavailable';
           this.problem = NOT_ENABLED;
           this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
@@ -241,7 +261,9 @@ export class JetStreamAccess {
     this.streams.push(spec);
     for (let attempt = 0; !this.closed && this.state !== 'unavailable'; attempt++) {
       if (this.state !== 'ready' || !this.jsm) {
-        await this.whenSettled(this.options.publishTimeoutMs);
+        // Made with the others once JetStream is ready. whenSettled returns at once once JetStream has
+        // answered (its streams may still be in the making): a pause then, never a loop without one.
+        await (this.answered ? sleep(RETRY_MS) : this.whenSettled(this.options.publishTimeoutMs));
         continue;
       }
       try {
