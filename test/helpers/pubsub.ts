@@ -126,7 +126,8 @@ export class CuttableProxy {
 
   static async start(targetPort: number, t: Pick<TestContext, 'after'>): Promise<CuttableProxy> {
     let proxy: CuttableProxy | undefined;
-    const server = createServer((inbound) => {
+    // Half-open: a client's end waits for what is held before it reaches the target.
+    const server = createServer({ allowHalfOpen: true }, (inbound) => {
       if (!proxy || proxy.refusing) return inbound.destroy();
       const outbound = connect(proxy.targetPort, '127.0.0.1');
       for (const s of [inbound, outbound]) {
@@ -164,6 +165,8 @@ export class CuttableProxy {
       });
       outbound.pipe(inbound);
       inbound.on('close', () => {
+        // Ended cleanly with chunks still held: release() writes them, then ends.
+        if (ended && held.length > 0 && !inbound.errored) return;
         clearTimeout(timer);
         outbound.destroy();
       });
