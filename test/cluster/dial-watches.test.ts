@@ -156,6 +156,38 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     assert.equal(request.id, fresh);
   });
 
+  it('asks once more, a moment later, when no edge answered: an edge whose interest arrives just after is reached', async (t) => {
+    const nc = await connect({ servers: natsUrl });
+    t.after(() => nc.close());
+    let asked = 0;
+    const lateEdge = async () => {
+      nc.subscribe(new Subjects('relay').hybridEntity('late-edge'), {
+        queue: 'listeners',
+        callback: (_err, m) => {
+          asked++;
+          m.respond(encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
+        },
+      });
+      await nc.flush();
+    };
+    // An edge whose subscription reaches B's NATS server just after B first asked (B's own bus is watched for
+    // that moment), as one on another server of a cluster does when its listener has just come online.
+    const request = b.bus.request.bind(b.bus);
+    b.bus.request = async (...args: Parameters<typeof request>) => {
+      try {
+        return await request(...args);
+      } catch (err) {
+        if (asked === 0 && (err as { code?: string }).code === 'NoResponders') await lateEdge();
+        throw err;
+      }
+    };
+    t.after(() => (b.bus.request = request));
+    const url = `${b.url}/late-edge/x`;
+    assert.equal((await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) } })).status, 404);
+    // Before: B answered 404 on the first "no responders" and never asked it.
+    assert.ok(asked > 0, 'B asked again and reached the late edge');
+  });
+
   it('routes again when the edge NATS picked has just lost its last listener (its NoListener is not the last word)', async (t) => {
     const listenUrl = wsUrl(a.url, '/$hc/again?sb-hc-action=listen');
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
