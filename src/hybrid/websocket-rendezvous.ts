@@ -221,6 +221,7 @@ function completeConnect(
   );
   ctx.open.splices.set(splice, pending.entity);
   ctx.traffic.spliceOpened(pending.entity, splice);
-  if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol && `subprotocol ${protocol}` });
+  // Whether a subprotocol was agreed, never which: some clients carry a credential in it.
+  if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol ? 'with a subprotocol' : undefined });
   splice.start(pending.head, listenerHead);
 }

@@ -10,8 +10,9 @@ import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { tcp } from '../helpers/raw-socket.ts';
-import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { TRACE_VIEWERS_PER_NODE } from '../../src/ops/trace-relay.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
@@ -143,7 +144,10 @@ describe('/$relay/stats', () => {
 
 describe('/$relay/trace', () => {
   it('needs a Manage token; costs nothing until someone watches; streams events without their query or payload; stops when the viewer goes', async (t) => {
-    const relay = await startTestRelay(t, pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] }));
+    const relay = await startTestRelay(
+      t,
+      pubsubOverrides({ hybridConnections: [{ name: 'web', requiresClientAuthorization: false }, { name: 'sock', requiresClientAuthorization: false }] }),
+    );
     const url = `${relay.url}/$relay/trace`;
     assert.equal((await TraceStream.open(url, undefined, t)).status, 401);
     assert.equal(relay.metrics.trace.on, false, 'nothing attached without a viewer');
@@ -175,8 +179,18 @@ describe('/$relay/trace', () => {
     await client.request({ type: 'sendToGroup', group: 'room', dataType: 'text', data: '€'.repeat(10) });
     await stream.waitFor((e) => e.kind === 'pubsub.publish' && e.bytes === 30, 'a text publish counted in bytes (10 x 3)');
     await stream.waitFor((e) => e.kind === 'pubsub.join' && e.group === 'room', 'a traced join');
+    // A relayed WebSocket whose subprotocol carries a credential (as some clients' do): the subprotocol is not traced.
+    const listenUrl = wsUrl(relay.url, '/$hc/sock?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = openWebSocket(wsUrl(relay.url, '/$hc/sock?sb-hc-action=connect'), { protocols: ['bearer.credential-in-protocol'] });
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    const leg = await openWebSocket(accept.address, { protocols: ['bearer.credential-in-protocol'] });
+    t.after(() => leg.terminate());
+    (await sender).terminate();
+    await stream.waitFor((e) => e.kind === 'connect.accepted' && e.entity === 'sock', 'a traced accept');
     const everything = JSON.stringify(stream.events);
-    for (const secret of ['hunter2', 'secret', 'payload-text', 'SharedAccessSignature', 'access_token']) assert.ok(!everything.includes(secret), secret);
+    for (const secret of ['hunter2', 'secret', 'payload-text', 'SharedAccessSignature', 'access_token', 'credential-in-protocol']) assert.ok(!everything.includes(secret), secret);
 
     stream.close();
     await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop once its viewer went');
