@@ -241,7 +241,7 @@ export class HybridService {
     },
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
-      void this.cluster.listenersChanged(channel.entity, this.listenersFor(channel.entity));
+      this.letGoIfUnused(channel.entity);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
@@ -251,7 +251,6 @@ export class HybridService {
         channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
       }
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
-      if (this.listenersFor(channel.entity) === 0) this.catalog.releaseDynamic(channel.entity);
     },
   };
 
