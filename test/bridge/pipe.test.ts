@@ -4,11 +4,11 @@
 // close is still read, so the leg ends at once and not after ws's 30 s.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { createServer, connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 import { pipeSocketToWebSocket, type PipeResult } from '../../src/bridge/pipe.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { tcpPair } from '../helpers/raw-socket.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('bridge pipe', () => {
@@ -28,16 +28,8 @@ describe('bridge pipe', () => {
       send();
     });
     // The local side: a TCP pair whose client end never reads.
-    const local = createServer();
-    local.listen(0, '127.0.0.1');
-    await once(local, 'listening');
-    cleanupFor(t).after(() => new Promise((r) => local.close(r)));
-    const accepted = once(local, 'connection') as Promise<[Socket]>;
-    const client = connect((local.address() as { port: number }).port, '127.0.0.1');
-    cleanupFor(t).after(() => client.destroy());
+    const { client, accepted: tcp } = await tcpPair(t);
     client.pause();
-    const [tcp] = await accepted;
-    cleanupFor(t).after(() => tcp.destroy());
     const ws = new WebSocket(`ws://127.0.0.1:${(wss.address() as { port: number }).port}`);
     cleanupFor(t).after(() => ws.terminate());
     await once(ws, 'open');

@@ -4,7 +4,8 @@
 // off the wire as sent (so a forged or out-of-step response shows). Every
 // wait is bounded; every socket is destroyed in the test's clean-up.
 import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { once } from 'node:events';
+import { connect, createServer, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
 import { withTimeout } from './wait.ts';
@@ -44,6 +45,20 @@ export function tcp(t: Pick<TestContext, 'after'>, port: number): Promise<Socket
     5000,
     'TCP connect',
   );
+}
+
+/** Both ends of one TCP connection on 127.0.0.1 (`client` dialed, `accepted` the server's side), closed in clean-up. */
+export async function tcpPair(t: Pick<TestContext, 'after'>): Promise<{ client: Socket; accepted: Socket }> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await withTimeout(once(server, 'listening'), 5000, 'TCP listen');
+  cleanupFor(t).after(() => new Promise((r) => server.close(r)));
+  const accepting = once(server, 'connection') as Promise<[Socket]>;
+  const client = connect((server.address() as { port: number }).port, '127.0.0.1');
+  cleanupFor(t).after(() => client.destroy());
+  const [accepted] = await withTimeout(accepting, 5000, 'TCP accept');
+  cleanupFor(t).after(() => accepted.destroy());
+  return { client, accepted };
 }
 
 export interface RawUpgrade {

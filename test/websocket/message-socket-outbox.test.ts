@@ -3,24 +3,14 @@
 // whole frames, whatever their size.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, connect, type Socket } from 'node:net';
-import { once } from 'node:events';
 import { MessageSocket, encodeTextFrame } from '../../src/websocket/message-socket.ts';
 import { OP_TEXT, encodeFrame } from '../../src/websocket/frames.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
+import { tcpPair } from '../helpers/raw-socket.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('message socket queue', () => {
   it('writes plain frames and numbered frames of every length class as whole frames, in order', async (t) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    cleanupFor(t).after(() => new Promise((r) => server.close(r)));
-    const accepted = once(server, 'connection') as Promise<[Socket]>;
-    const peer = connect((server.address() as { port: number }).port, '127.0.0.1');
-    cleanupFor(t).after(() => peer.destroy());
-    const [relaySide] = await accepted;
-    cleanupFor(t).after(() => relaySide.destroy());
+    const { client: peer, accepted: relaySide } = await tcpPair(t);
     const received: Buffer[] = [];
     peer.on('data', (d: Buffer) => received.push(d));
     const socket = new MessageSocket(relaySide, null, { onMessage() {}, onClosed() {}, onDrain() {} }, { maxMessageBytes: 1024, closeHandshakeMs: 1000, outboundHighWaterMark: 1 << 20 });
