@@ -166,7 +166,7 @@ describe('serve --workers', () => {
 
   it('keeps its workers: one that dies is started again, legs handed between them do not hold up the stop, Ctrl-C to every process drains them', async (t) => {
     const nats = await startNatsServer(t);
-    const overrides = edgeOverrides('keep', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 4000 } });
+    const overrides = edgeOverrides('keep', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 10000 } });
     const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
     const primary = relay.child.pid!;
     let listener = await echoListener(t, relay.url);
@@ -202,6 +202,9 @@ describe('serve --workers', () => {
     for (const pid of [primary, ...workerPids(primary)]) process.kill(pid, 'SIGINT');
     // A window, not a wait for an event: what is checked is that nothing kills the draining worker in it (the
     // primary's repeat of the signal may even merge with the worker's own, so no log line marks its arrival).
+    // The drain closes relayed WebSockets (1001) min(closeHandshakeMs, shutdownMs / 2) before its deadline:
+    // with shutdownMs 10 s that is 5 s in, well after this window and the echo (with 4 s it was 2 s in, and
+    // a loaded machine's late timer once sent the message after it).
     await new Promise((r) => setTimeout(r, 1000));
     const reply = withTimeout(new Promise<string>((resolve) => sender.once('message', (m) => resolve(String(m)))), 5000, 'an echo while draining');
     sender.send('still here');
