@@ -184,7 +184,11 @@ describe('event handler failures', () => {
   it('refuses with 500 when the handler is down and 504 when it is too slow; connected is retried until it arrives', async (t) => {
     const down = await startPubSubRelay(t, hubWith('http://127.0.0.1:1/{event}'));
     assert.equal(await upgradeStatus(accessUrl(down.url)), 500, 'handler down');
-    const slow = await rawHandler(t, (_req, res) => setTimeout(() => res.writeHead(204).end(), 3000));
+    // Answers after 3 s unless the relay gives up first (its timer cleared then, so it does not hold the test process).
+    const slow = await rawHandler(t, (_req, res) => {
+      const late = setTimeout(() => res.writeHead(204).end(), 3000);
+      res.on('close', () => clearTimeout(late));
+    });
     const slowRelay = await startPubSubRelay(t, hubWith(`${slow.url}/{event}`, { timeoutMs: 300 }));
     assert.equal(await upgradeStatus(accessUrl(slowRelay.url)), 504, 'handler slow');
     assert.equal(await metricValue(slowRelay, 'edge_relay_pubsub_handler_events_total', { event: 'connect', result: 'timeout' }), 1);
