@@ -90,8 +90,8 @@ describe('hyco-ws listener, token renewal', () => {
   after(() => cleanup.run());
 
   /** A sender through the listener on `url` still gets its echo. */
-  async function assertStillRelays(url: string): Promise<void> {
-    const sender = await openWebSocket(wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect'), {
+  async function assertStillRelays(url: string, through: RelayProcess = relay): Promise<void> {
+    const sender = await openWebSocket(wsUrl(through.url, '/$hc/echo?sb-hc-action=connect'), {
       headers: { ServiceBusAuthorization: tokenFor(url) },
     });
     sender.send('still here');
@@ -123,20 +123,25 @@ describe('hyco-ws listener, token renewal', () => {
   });
 
   it('keeps the control channel when renewToken comes just after the token expired, as hyco-ws\'s hourly renewal always does', async (t) => {
-    const url = listenUrl(relay.url);
+    // Its own relay, with a grace of 2.5 s: the renewal below is sent 0.5 s after the expiry by the
+    // test's clock, so a loaded machine has 2 s to deliver it (with the 1 s grace above, 0.5 s).
+    const cleanup = new Cleanup();
+    t.after(() => cleanup.run());
+    const graced = await startRelayProcess(cleanup, { timeouts: { keepAliveIntervalMs: 200, idleMs: 5000, tokenGraceMs: 2500 } });
+    const url = listenUrl(graced.url);
     let listening = 0;
     // A token that expires 1 to 2 s from now, as hyco-ws's (its `se` rounded down to the second).
     const expiresAt = (Math.floor(Date.now() / 1000) + 2) * 1000;
-    const server = await startHycoWsListener(t, relay.url, echo, 'echo', () => tokenFor(url, { ttl: 2 }));
+    const server = await startHycoWsListener(t, graced.url, echo, 'echo', () => tokenFor(url, { ttl: 2 }));
     server.on('listening', () => listening++);
     // hyco-ws sends its renewal on an hourly interval, after the hour-long token expired: here
-    // 0.5 s after (several of the relay's 200 ms sweeps), within its 1 s grace, on its control channel.
+    // 0.5 s after (several of the relay's 200 ms sweeps), within its grace, on its control channel.
     await new Promise((r) => setTimeout(r, expiresAt + 500 - Date.now()));
     server.controlChannel.send(JSON.stringify({ renewToken: { token: tokenFor(url) } }));
-    // Past the grace: a channel dropped would have been re-opened by now (hyco-ws reconnects at once).
-    await new Promise((r) => setTimeout(r, 1200));
+    // Past the grace and a sweep: a channel dropped would have been re-opened by now (hyco-ws reconnects at once).
+    await new Promise((r) => setTimeout(r, expiresAt + 2500 + 400 - Date.now()));
     assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
-    await assertStillRelays(url);
+    await assertStillRelays(url, graced);
   });
 
   it('closes the control channel when the token expires unrenewed past its grace (hyco-ws then reconnects)', async (t) => {
