@@ -125,6 +125,8 @@ export class JetStreamAccess {
   private publisher: StorePublisher | undefined;
   private closed = false;
   private readonly readyWaiters: (() => void)[] = [];
+  /** Told each time JetStream becomes ready: at start, and after a server without it gave way to one with it. */
+  private readonly readyListeners: (() => void)[] = [];
   private readonly followers = new Set<{ stop(): void }>();
   /** The consumers followers read now: dropped (and made again) when the connection to NATS is made again. */
   private readonly consuming = new Set<ConsumerMessages>();
@@ -189,6 +191,11 @@ export class JetStreamAccess {
     );
   }
 
+  /** Calls `listener` each time JetStream becomes ready (the streams and the bucket made sure of). */
+  onReady(listener: () => void): void {
+    this.readyListeners.push(listener);
+  }
+
   /**
    * Waits for the bus and for JetStream, then creates or updates the streams
    * and the bucket; keeps trying (JetStream may still be electing its leaders)
@@ -234,6 +241,7 @@ export class JetStreamAccess {
         this.problem = undefined;
         this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
         for (const wake of this.readyWaiters.splice(0)) wake();
+        for (const listener of this.readyListeners) listener();
         return;
       } catch (err) {
         if (notEnabled(err, nc)) {

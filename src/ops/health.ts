@@ -1,7 +1,7 @@
 // /$relay/health (the process is up) and /$relay/ready (it takes new work:
 // not shutting down and, with the NATS bus, connected to it and, with
-// durable hubs, JetStream ready). Not-ready says why, so an operator reading
-// the probe knows what to fix.
+// durable hubs, JetStream ready and the hubs reading their streams).
+// Not-ready says why, so an operator reading the probe knows what to fix.
 import type { ServerResponse } from 'node:http';
 import { sendJson } from '../http/respond.ts';
 
@@ -10,6 +10,8 @@ export interface Readiness {
   bus(): { kind: string; connected: boolean };
   /** With durable hubs: JetStream's state and, when not ready, why. */
   jetstream?(): { state: string; problem?: string };
+  /** With durable hubs: whether those it started with read their streams yet. */
+  followsStreams?(): boolean;
 }
 
 const NO_STORE = { 'cache-control': 'no-store' };
@@ -27,6 +29,7 @@ export function handleOps(name: string, res: ServerResponse, readiness: Readines
     if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
     const jetstream = readiness.jetstream?.();
     if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
+    else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
     const ready = reasons.length === 0;
     const body = { ready, bus: { kind: bus.kind, connected: bus.connected }, ...(jetstream ? { jetstream: { state: jetstream.state } } : {}), reasons };
     sendJson(res, ready ? 200 : 503, body, NO_STORE);

@@ -54,6 +54,10 @@ export class PubSubService implements RestContext {
   private readonly retiredKeys = new RetiredKeys();
   /** startStreams ran: a durable hub added later starts its own stream. */
   private streamsStarted = false;
+  /** Every durable hub this edge started with reads its stream (false until then: /$relay/ready says so). */
+  private streamsFollowed = false;
+  /** The streams being started now, each once. */
+  private readonly startingStreams = new Map<StreamEvents, Promise<void>>();
 
   constructor(
     readonly config: RelayConfig,
@@ -248,17 +252,39 @@ export class PubSubService implements RestContext {
   async startStreams(): Promise<void> {
     this.streamsStarted = true;
     for (const events of [...this.streams]) await this.startStream(events);
+    // Each stream is started by now unless the service stopped (or a reload removed its hub).
+    if (!this.stopped) this.streamsFollowed = true;
+  }
+
+  /**
+   * Whether the durable hubs this edge started with read their streams: until
+   * they do, a session cannot be recovered or moved here ("try again"), so the
+   * edge is not ready. A hub added later by a reload does not take the edge out.
+   */
+  followsStreams(): boolean {
+    return this.streams.length === 0 || this.streamsFollowed;
   }
 
   private async startStream(events: StreamEvents): Promise<void> {
-    for (let attempt = 0; !this.stopped && !events.started && this.streams.includes(events); attempt++) {
-      try {
-        await events.start();
-        break;
-      } catch (err) {
-        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.start_failed', err: (err as Error).message });
-        await new Promise((r) => setTimeout(r, 250));
+    // One start at a time per stream (JetStream may become ready again while one is under way).
+    const running = this.startingStreams.get(events);
+    if (running) return running;
+    const starting = (async () => {
+      for (let attempt = 0; !this.stopped && !events.started && this.streams.includes(events); attempt++) {
+        try {
+          await events.start();
+          break;
+        } catch (err) {
+          if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.start_failed', err: (err as Error).message });
+          await new Promise((r) => setTimeout(r, 250));
+        }
       }
+    })();
+    this.startingStreams.set(events, starting);
+    try {
+      await starting;
+    } finally {
+      this.startingStreams.delete(events);
     }
   }
 

@@ -211,9 +211,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const startJetStream = (js: JetStreamAccess) => {
     const streams = PubSubService.streamSpecs(config, subjects);
     const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
-    void js.start(streams, bucket).then(() => {
-      if (js.state === 'ready') return pubsub.startStreams();
-    });
+    // Each time JetStream becomes ready, not only the first: an edge that started while its server had
+    // no JetStream reads its durable hubs' streams once a server with it is reached.
+    js.onReady(() => void pubsub.startStreams());
+    void js.start(streams, bucket);
   };
   if (jetstream) startJetStream(jetstream);
   metrics.watch({
@@ -239,7 +240,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!) })) return;
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!), followsStreams: () => pubsub.followsStreams() })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
         if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reloadByApi()));

@@ -92,6 +92,24 @@ describe('durable hubs on JetStream', () => {
     assert.deepEqual((await history(a, 'g')).body.messages.map((m: any) => m.data), [1, 5]);
   });
 
+  it('an edge started while its NATS server has no JetStream reads its durable hubs\' streams once JetStream is there', async (t) => {
+    const nats = await startNatsServer(t);
+    await nats.kill();
+    await nats.restart({ jetstream: false });
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
+    await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'unavailable', 10000, 'JetStream found missing');
+    await nats.kill();
+    await nats.restart();
+    // Ready once the hubs read their streams (before: ready, and no durable hub ever read its stream: every
+    // event was stored and acknowledged, and none delivered).
+    await waitReady(a, 200, 15000);
+    assert.equal(a.pubsub.hub(HUB)!.durable!.started, true);
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('g');
+    await serviceClient(a).group('g').sendToAll(7);
+    await until(() => numbers(sub.groupData).includes(7), 5000, 'the event delivered from the stream');
+  });
+
   it('keeps group messages as history: pages in order, after is exclusive, data as sent', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startEdge(t, 'edge-a', [nats.url], HUBS);

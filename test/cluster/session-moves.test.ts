@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
-import { CORE_NATS, edgeOverrides } from '../helpers/cluster.ts';
+import { CORE_NATS, edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
@@ -102,6 +102,8 @@ describe('a reliable session moved between edges on core NATS', () => {
     const nats = await startNatsServer(t);
     const timeouts = { shutdownMs: 500 };
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { timeouts }))));
+    // Ready: B reads the hub's stream, so what it answers below comes from its shutdown, not from a start not yet done.
+    await Promise.all([a, b].map((e) => waitReady(e)));
     const { client, recovery } = await reliableMember(t, a.url, 'g');
     for (let n = 1; n <= 2; n++) await client.request({ type: 'sendToGroup', group: 'g', data: n });
     await until(() => client.dataMessages().length === 2, 5000, 'the two events');
@@ -125,6 +127,10 @@ describe('a reliable session moved between edges on core NATS', () => {
   it('two recoveries of one session at once on one edge leave one copy, on the later socket (durable hub)', async (t) => {
     const nats = await startNatsServer(t);
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { timeouts: { shutdownMs: 500 } }))));
+    // An edge answers ready once its durable hubs read their streams (before, ready came 10-300 ms earlier, and a
+    // recovery sent to B in that window was told to try again: 'disconnected', 1 run in 10 under load).
+    await Promise.all([a, b].map((e) => waitReady(e)));
+    assert.equal(b.pubsub.hub('chat')!.durable!.started, true, 'B, ready, reads the hub stream');
     const { client, recovery } = await reliableMember(t, a.url, 'g');
     client.ws.terminate();
     const both = await Promise.all([0, 1].map(() => RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t)));
