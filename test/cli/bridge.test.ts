@@ -127,7 +127,8 @@ describe('edge-relay bridge', () => {
     assert.match(listener.stderr(), /"retryInMs":\d+/);
     // The relay comes back on the same port: the bridge listens again and traffic flows.
     const again = await startServeProcess(t, ['--config', file, '--port', String(relay.port)]);
-    await until(() => (listener.stderr().match(/bridge\.listening/g) ?? []).length >= 2, 20000, 'bridge listening again');
+    // Its backoff doubles up to 30 s with full jitter: after several refused tries the next can be up to 30 s away.
+    await until(() => (listener.stderr().match(/bridge\.listening/g) ?? []).length >= 2, 35000, 'bridge listening again');
     const dialer = await startBridge(t, again.url, ['-L', '0:again'], [/^forwarding /]);
     const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
     cleanupFor(t).after(() => socket.destroy());

@@ -99,8 +99,9 @@ describe('JetStream faults', () => {
     const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }), { messageRetryOptions: FAST_RETRY });
     const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 20);
     await until(() => steady.acked.length >= 30, 20000, 'publishing before the outage');
-    const ackedBefore = steady.acked.length;
     for (const node of nats) await node.kill();
+    // Counted once every node is down: a publish acknowledged while the last ones went down was before the outage.
+    const ackedBefore = steady.acked.length;
     const downAt = Date.now();
     await waitReady(b, 503, 10000);
     // A REST question about a group meanwhile (asked at the stream's end when

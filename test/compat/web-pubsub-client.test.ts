@@ -6,7 +6,7 @@ import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { metricValue } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 describe('@azure/web-pubsub-client against the relay', () => {
   it('connects with either subprotocol and exchanges json, text and binary through a group', async (t) => {
@@ -118,7 +118,12 @@ describe('@azure/web-pubsub-client against the relay', () => {
     const total = 300;
     for (let i = 1; i <= total; i++) {
       await publisher.client.sendToGroup('feed', i, 'json', { fireAndForget: true });
-      if (i === 100 || i === 200) proxy.cut();
+      if (i === 100) proxy.cut();
+      // The second cut once the first recovery is done (cut before it, it finds no socket: one recovery counted).
+      if (i === 200) {
+        await untilAnswered(async () => (await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total')) >= 1, 10000, 'the first recovery');
+        proxy.cut();
+      }
       if (i % 50 === 0) await new Promise((r) => setTimeout(r, 20));
     }
     await until(() => sub.groupData.length >= total, 15000, `${total} messages`);
