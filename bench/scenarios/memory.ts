@@ -42,8 +42,8 @@ function reliableSubscriber(port: number): Promise<LeanWs> {
 }
 
 export async function memoryScenario(mode: Mode): Promise<Outcome> {
-  const connections = mode === 'quick' ? 1000 : 10000;
-  const listeners = mode === 'quick' ? 200 : 1000;
+  const connections = mode === 'quick' ? 400 : 10000;
+  const listeners = mode === 'quick' ? 100 : 1000;
   const settle = mode === 'quick' ? 0.2 : 1;
   const results: ScenarioResult[] = [];
   const row = (scenario: string, system: string, ours: boolean, bytes: number, count: number) =>

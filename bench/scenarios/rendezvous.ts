@@ -90,7 +90,7 @@ async function directServer(): Promise<{ server: Server; port: number }> {
 }
 
 export async function rendezvousScenario(mode: Mode): Promise<Outcome> {
-  const seconds = mode === 'quick' ? 1.5 : 5;
+  const seconds = mode === 'quick' ? 0.75 : 5;
   const concurrency = 16;
   const scenario = `rendezvous, ${concurrency} at a time`;
   const rows: [string, boolean, Rate][] = [];

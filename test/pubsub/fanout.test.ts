@@ -98,10 +98,10 @@ describe('pub/sub fan-out', () => {
       allowInsecureConnection: true,
     });
     // 16 MB in all: more than loopback's kernel buffers (about 10 MB) can hide.
-    const events = 1000;
-    const payload = 'x'.repeat(16 * 1024);
+    const events = 256;
+    const payload = 'x'.repeat(64 * 1024);
     let peak = baseline;
-    const batch = 20;
+    const batch = 8;
     for (let n = 1; n <= events; n += batch) {
       // The fast subscribers keep up batch by batch; the stalled one never reads.
       for (let k = 0; k < batch; k++) await svc.group('feed').sendToAll({ n: n + k, payload });
