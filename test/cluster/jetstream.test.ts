@@ -98,8 +98,16 @@ describe('durable hubs on JetStream', () => {
     await nats.restart({ jetstream: false });
     const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
     await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'unavailable', 10000, 'JetStream found missing');
+    // Fault injection on the edge's own JetStream access: asking where a stream ends takes a second, so the
+    // moment between JetStream ready and the hubs reading their streams is long enough to be seen.
+    const js = a.jetstream!;
+    const bounds = js.bounds.bind(js);
+    js.bounds = (stream) => new Promise((r) => setTimeout(r, 1000)).then(() => bounds(stream));
     await nats.kill();
     await nats.restart();
+    await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'ready', 15000, 'JetStream ready');
+    const between = await readiness(a);
+    assert.deepEqual([between.status, between.body.reasons], [503, ['the durable hubs do not read their streams yet']]);
     // Ready once the hubs read their streams (before: ready, and no durable hub ever read its stream: every
     // event was stored and acknowledged, and none delivered).
     await waitReady(a, 200, 15000);

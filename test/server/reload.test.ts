@@ -355,6 +355,9 @@ describe('reload without a restart', () => {
     hubs.push({ name: 'fresh', accessKey: FRESH_KEY } as never);
     write(testConfig({ bus, pubsub: { hubs } }));
     assert.ok(relay.reload('api').ok);
+    // A hub added by a reload does not take the edge out of its load balancer while it starts reading.
+    const ready = await httpRequest(`${relay.url}/$relay/ready`);
+    assert.equal(ready.status, 200, String(ready.body));
     const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'fresh', key: FRESH_KEY }), undefined, t);
     const joined = await client.request({ type: 'joinGroup', group: 'g' }, 10000);
     assert.equal(joined.success, true, JSON.stringify(joined));
