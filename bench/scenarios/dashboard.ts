@@ -74,7 +74,7 @@ const median = (xs: number[]) => {
 export async function dashboardScenario(mode: Mode): Promise<Outcome> {
   const subscribers = mode === 'quick' ? 100 : 1000;
   const rounds = Number(process.env.BENCH_DASHBOARD_ROUNDS ?? (mode === 'quick' ? 1 : 5));
-  const plan: FanoutPlan = { subscribers, seconds: mode === 'quick' ? 1 : 4, window: 100, latencySeconds: mode === 'quick' ? 0.5 : 1, latencyShares: [0.5] };
+  const plan: FanoutPlan = { subscribers, seconds: mode === 'quick' ? 0.5 : 4, window: 100, latencySeconds: mode === 'quick' ? 0.25 : 1, latencyShares: [0.5] };
   const scenario = `fan-out ${subscribers}, watched`;
   const nats = await startNatsServer();
   const edges: { stop(): Promise<void> }[] = [];

@@ -155,9 +155,9 @@ export async function durableScenario(mode: Mode): Promise<Outcome> {
   const subscribers = mode === 'quick' ? 100 : 1000;
   const plan: FanoutPlan = {
     subscribers,
-    seconds: mode === 'quick' ? 0.5 : 4,
+    seconds: mode === 'quick' ? 0.25 : 4,
     window: 100,
-    latencySeconds: mode === 'quick' ? 0.5 : 3,
+    latencySeconds: mode === 'quick' ? 0.25 : 3,
     // Full mode also measures at 10% load: how much of the gap is JetStream's own hop and how much queueing on a busy machine.
     latencyShares: mode === 'quick' ? [0.5] : [0.1, 0.5],
   };
@@ -203,7 +203,7 @@ export async function durableScenario(mode: Mode): Promise<Outcome> {
 
   // Publish to ack: stored in JetStream (R1 on one nats-server) on the durable hub; at once on the core path.
   // History: REST pages of 1,000 from the hub's stream, read on the durable hub's edges after their acks (another group).
-  const ackSeconds = mode === 'quick' ? 0.5 : 3;
+  const ackSeconds = mode === 'quick' ? 0.25 : 3;
   const stored = mode === 'quick' ? 2000 : 20000;
   let history: { perSec: number } | undefined;
   for (const [system, path] of [

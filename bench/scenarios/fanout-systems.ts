@@ -125,9 +125,9 @@ function planFor(mode: Mode, subscribers: number): FanoutPlan {
   const small = subscribers < 1000;
   return {
     subscribers,
-    seconds: mode === 'quick' ? 0.5 : small ? 2 : 4,
+    seconds: mode === 'quick' ? 0.25 : small ? 2 : 4,
     window: subscribers >= 10000 ? 20 : 100,
-    latencySeconds: mode === 'quick' ? 0.5 : small ? 2 : 3,
+    latencySeconds: mode === 'quick' ? 0.25 : small ? 2 : 3,
     latencyShares: mode === 'quick' || small ? [0.5] : [0.1, 0.25, 0.5],
   };
 }
