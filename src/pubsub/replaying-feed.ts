@@ -60,8 +60,8 @@ export class ReplayingFeed implements EventFeed {
   /** Highest counter delivered from each origin. */
   private readonly delivered = new Map<string, number>();
   private held: [string, () => void][] | undefined;
+  /** Since when the bus is away (also from the start, when the edge began without it): what was published since is sent again. */
   private disconnectedAt: number | undefined;
-  private wasConnected = false;
   private readonly subscription: BusSubscription;
   private lastOwnCounter = 0;
 
@@ -73,7 +73,9 @@ export class ReplayingFeed implements EventFeed {
     this.origin = newOrigin(options.nodeId);
     this.subscription = bus.subscribe(options.subject, (m) => this.onRequest(m));
     bus.onConnectionChange((connected) => this.onConnectionChange(connected));
-    this.wasConnected = bus.connected;
+    // An edge that starts without its NATS servers serves its own clients meanwhile: what it accepted
+    // goes to the other edges at its first connection, as after any outage (before: never).
+    if (!bus.connected) this.disconnectedAt = Date.now();
   }
 
   nextMid(): string {
@@ -148,11 +150,10 @@ export class ReplayingFeed implements EventFeed {
     }
     const since = this.disconnectedAt;
     this.disconnectedAt = undefined;
-    if (this.wasConnected && since !== undefined) {
+    if (since !== undefined) {
       this.republish(since - CLOCK_MARGIN_MS);
       void this.replay(since);
     }
-    this.wasConnected = true;
   }
 
   /**

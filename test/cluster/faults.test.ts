@@ -4,13 +4,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type WebSocket from 'ws';
-import { CORE_NATS, startCluster, startEdge, readiness, waitReady, waitOnRoster, whilePaused, preferring } from '../helpers/cluster.ts';
+import { CORE_NATS, edgeOverrides, startCluster, startEdge, readiness, waitReady, waitOnRoster, whilePaused, preferring } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsCluster, startNatsServer } from '../helpers/nats.ts';
 import { CuttableProxy, accessUrl } from '../helpers/pubsub.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
-import { tokenFor, wsUrl } from '../helpers/relay.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -104,6 +104,22 @@ describe('faults', () => {
       await new Promise((r) => setTimeout(r, 25));
     }
     assert.ok(local.groupData.some((m) => m.data === 'from-b'), 'a group send on B reaches the member on A');
+  });
+
+  it('an edge started without its NATS server: what it accepted meanwhile reaches the other edges once it connects', async (t) => {
+    const nats = await startNatsServer(t);
+    // A's only way to NATS refuses every connection at first: it starts unconnected.
+    const link = await CuttableProxy.start(nats.port, t);
+    link.refuse();
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [`nats://127.0.0.1:${link.port}`], CORE_NATS));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], CORE_NATS));
+    const member = await startClient(t, accessUrl(b.url));
+    await member.client.joinGroup('g');
+    assert.equal((await readiness(a)).body.bus.connected, false);
+    await serviceClient(a, { maxRetries: 0 }).group('g').sendToAll(1);
+    link.open();
+    // Before: the event stayed on A (its feed sent again only what an outage after a first connection held).
+    await until(() => numbers(member.groupData).includes(1), 10000, 'the event A accepted before it first connected');
   });
 
   it('one NATS node of three is killed under steady traffic: the edge on it fails over and traffic resumes', async (t) => {

@@ -201,6 +201,16 @@ export class CuttableProxy {
     }
   }
 
+  /** Drops every new connection until open(): the target looks unreachable. */
+  refuse(): void {
+    this.refusing = true;
+  }
+
+  /** Takes new connections again after refuse(). */
+  open(): void {
+    this.refusing = false;
+  }
+
   async stop(): Promise<void> {
     this.cut();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
