@@ -595,8 +595,12 @@ export class JetStreamAccess {
 
   /** The value under `key` with its revision (the stream sequence that wrote it), or undefined (never written, deleted or expired). */
   async entry(key: string): Promise<{ value: Uint8Array; revision: number } | undefined> {
-    const entry = await this.ready.kv.get(key);
-    return entry && entry.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined;
+    try {
+      const entry = await this.ready.kv.get(key);
+      return entry && entry.operation === 'PUT' ? { value: entry.value, revision: entry.revision } : undefined;
+    } catch (err) {
+      throw this.keyValueFailed(err, key);
+    }
   }
 
   /** Stores `value` under `key`; its revision. With `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */
@@ -604,7 +608,7 @@ export class JetStreamAccess {
     try {
       return await this.ready.kv.put(key, value, previous ? { previousSeq: previous } : undefined);
     } catch (err) {
-      throw conflictOr(err, key);
+      throw this.keyValueFailed(err, key);
     }
   }
 
@@ -613,8 +617,19 @@ export class JetStreamAccess {
     try {
       await this.ready.kv.delete(key, previous ? { previousSeq: previous } : undefined);
     } catch (err) {
-      throw conflictOr(err, key);
+      throw this.keyValueFailed(err, key);
     }
+  }
+
+  /**
+   * A key-value call failed: a conflict is the caller's to handle; anything else may mean the bucket
+   * is gone (deleted, or kept by a server restarted with memory storage while this edge stayed
+   * connected elsewhere), so look for missing streams (at most once a second) and make them again.
+   */
+  private keyValueFailed(err: unknown, key: string): unknown {
+    const failure = conflictOr(err, key);
+    if (!(failure instanceof StoreConflict)) this.restoreStreams('the session bucket did not answer');
+    return failure;
   }
 
   close(): void {

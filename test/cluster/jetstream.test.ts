@@ -5,6 +5,7 @@
 // the hub's stream.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { connect } from 'nats';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
@@ -198,6 +199,27 @@ describe('durable hubs on JetStream', () => {
     await sub.client.sendToGroup('back', 'ok', 'text');
     await until(() => publisher.groupData.some((m) => m.data === 'ok'), 5000, 'a send with the kept permission');
     await assert.rejects(sub.client.sendToGroup('other', 'no', 'text'), (e: SendMessageError) => e.errorDetail?.name === 'Forbidden');
+  });
+
+  it('makes the session bucket again when it goes away under a running edge, and stores checkpoints in it again', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
+    await waitReady(a);
+    const sub = await startClient(t, accessUrl(a.url, { userId: 'u', roles: ['webpubsub.joinLeaveGroup'] }));
+    await sub.client.joinGroup('g1');
+    const key = `${HUB.toLowerCase()}.${sub.connectionIds[0]}`;
+    const stored = async () => (await a.jetstream!.entry(key).catch(() => undefined)) !== undefined;
+    await untilAnswered(stored, 5000, 'the session checkpoint');
+    // The bucket alone goes (an operator's delete; a memory-storage server that held only it restarted).
+    const nc = await connect({ servers: nats.url });
+    t.after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    await jsm.streams.delete('KV_RELAY_sessions');
+    // The session changes, so its checkpoint is written (before: every write failed from then on, logged every
+    // 250 ms, and nothing made the bucket again: no session could move or be recovered).
+    await sub.client.joinGroup('g2');
+    await untilAnswered(() => jsm.streams.info('KV_RELAY_sessions').then(() => true, () => false), 10000, 'the session bucket made again');
+    await untilAnswered(stored, 10000, 'the checkpoint stored again');
   });
 
   it('a NATS server restarted with memory storage lost the streams: the edges make them again and follow the new ones from their start', async (t) => {
