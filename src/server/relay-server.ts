@@ -23,6 +23,7 @@ import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
+import { ListenerPresence } from './listener-presence.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
@@ -204,10 +205,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const pubsub = new PubSubService(config, log, publicUrl, bus, subjects, metrics, jetstream);
   // Event handlers at hc://{entity}/... are relayed HTTP requests to that hybrid connection's listener.
   pubsub.useRelayedRequests({ request: (entity, target, request) => hybrid.relayRequest(entity, target, request) });
-  // Listener presence (hybridConnections[].presence) as JSON messages to a hub group.
-  hybrid.presence = ({ hub, group, ...notice }) => {
-    pubsub.sendToGroup(hub, group, notice).catch((err: Error) => log.warn({ event: 'presence.lost', entity: notice.entity, hub, err: err.message }));
-  };
+  // Listener presence (hybridConnections[].presence) as JSON messages to a hub group, sent again until they go through.
+  const presence = new ListenerPresence((hub, group, data) => pubsub.sendToGroup(hub, group, data), bus, log);
+  hybrid.presence = (notice) => presence.announce(notice);
   const startJetStream = (js: JetStreamAccess) => {
     const streams = PubSubService.streamSpecs(config, subjects);
     const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
@@ -435,6 +435,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       }
       const left = { sockets: working(), sessions: pubsub.sessionsAwaitingHandover() };
       if (left.sockets > 0 || left.sessions > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
+      presence.close();
       hybrid.finishShutdown();
       pubsub.finishShutdown();
       httpConnections.close();

@@ -10,8 +10,9 @@ import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, untilAnswered } from '../helpers/wait.ts';
 
@@ -199,6 +200,35 @@ describe('durable hubs on JetStream', () => {
     await sub.client.sendToGroup('back', 'ok', 'text');
     await until(() => publisher.groupData.some((m) => m.data === 'ok'), 5000, 'a send with the kept permission');
     await assert.rejects(sub.client.sendToGroup('other', 'no', 'text'), (e: SendMessageError) => e.errorDetail?.name === 'Forbidden');
+  });
+
+  it('sends a listener\'s presence notice that NATS refused once it is back', async (t) => {
+    const nats = await startNatsServer(t);
+    const logged = captureLogger();
+    const a = await startTestRelay(
+      t,
+      edgeOverrides('edge-a', [nats.url], {
+        ...HUBS,
+        bus: { jetstream: { publishTimeoutMs: 1000 } },
+        hybridConnections: [{ name: 'echo', requiresClientAuthorization: true, presence: { hub: HUB, group: 'listeners' } }],
+      }),
+      { log: logged.log },
+    );
+    await waitReady(a);
+    const watcher = await RawPubSubClient.connect(accessUrl(a.url), PLAIN, t);
+    await watcher.request({ type: 'joinGroup', group: 'listeners' });
+    await nats.kill();
+    await untilAnswered(async () => !(await readiness(a)).body.bus.connected, 10000, 'A off NATS');
+    // A listener comes while the hub's stream cannot be written: its listener.online is refused.
+    await startHycoHttpsListener(t, a.url, (_req, res) => res.end());
+    await until(() => logged.events().includes('presence.unsent'), 5000, 'the notice refused');
+    await nats.restart();
+    // Before: the notice was dropped, and the group never learnt of the listener.
+    await until(() => watcher.dataMessages().some((m: any) => m.data?.type === 'listener.online'), 15000, 'the notice, sent again');
+    assert.deepEqual(
+      watcher.dataMessages().map((m: any) => [m.data.type, m.data.entity, m.data.listeners]),
+      [['listener.online', 'echo', 1]],
+    );
   });
 
   it('makes the session bucket again when it goes away under a running edge, and stores checkpoints in it again', async (t) => {
