@@ -236,6 +236,8 @@ export class JetStreamAccess {
         this.kv = await this.ensureBucket(jsm, js, bucket);
         this.jsm = jsm;
         this.js = js;
+        // Made again after a server without JetStream gave way to one with it: the old one stops listening (its waits retry).
+        this.publisher?.close();
         this.publisher = new StorePublisher(nc);
         this.state = 'ready';
         this.problem = undefined;
@@ -267,7 +269,7 @@ export class JetStreamAccess {
   async addStream(spec: StreamSpec): Promise<void> {
     if (this.streams.some((s) => s.name === spec.name)) return;
     this.streams.push(spec);
-    for (let attempt = 0; !this.closed && this.state !== 'unavailable'; attempt++) {
+    for (let attempt = 0; !this.closed && this.state !== 'unavailable' && this.streams.includes(spec); attempt++) {
       if (this.state !== 'ready' || !this.jsm) {
         // Made with the others once JetStream is ready. whenSettled returns at once once JetStream has
         // answered (its streams may still be in the making): a pause then, never a loop without one.
@@ -283,6 +285,16 @@ export class JetStreamAccess {
         await sleep(RETRY_MS);
       }
     }
+  }
+
+  /**
+   * A stream no longer needed (its hub removed by a reload): not made again when
+   * JetStream is made sure of again or a stream is found missing. What it holds
+   * stays on the servers until an operator deletes it.
+   */
+  forgetStream(name: string): void {
+    const i = this.streams.findIndex((s) => s.name === name);
+    if (i >= 0) this.streams.splice(i, 1);
   }
 
   /** JetStream answered once (it is there; its streams may still be in the making). */

@@ -318,6 +318,8 @@ export class PubSubService implements RestContext {
       this.retiredKeys.forget(key);
       const i = this.streams.findIndex((e) => e === hub.durable);
       if (i >= 0) this.streams.splice(i, 1);
+      // Its stream is not made again on a reconnect (an operator may delete it).
+      if (hub.durable) this.jetstream?.forgetStream(PubSubService.streamName(config, key));
       out.hubsRemoved.push(hub.name);
     }
     for (const next of config.pubsub.hubs) {

@@ -13,13 +13,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
+import { connect as natsConnect } from 'nats';
 import { loadConfig } from '../../src/config/load.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, captureLogger, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { until, waitEvent, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, waitEvent, withTimeout } from '../helpers/wait.ts';
 
 const FACTORY_KEY = 'factory-key-0123456789abcdef-first';
 const FACTORY_KEY_NEW = 'factory-key-0123456789abcdef-second';
@@ -339,6 +340,21 @@ describe('reload without a restart', () => {
     write(testConfig({ bus, pubsub: { hubs } }));
     assert.ok(relay.reload('api').ok);
     await storedIn('third', OTHER_KEY);
+
+    // Removed again: its stream is not made again when the edge makes sure of its streams (here a NATS
+    // server with memory storage restarted, losing them all; before: 'third' came back with the others).
+    hubs.pop();
+    write(testConfig({ bus, pubsub: { hubs } }));
+    const removed = relay.reload('api');
+    assert.ok(removed.ok && (removed.changes as { hubsRemoved: string[] }).hubsRemoved.includes('third'), JSON.stringify(removed));
+    await nats.kill();
+    await nats.restart();
+    const nc = await natsConnect({ servers: nats.url });
+    t.after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    const exists = (name: string) => jsm.streams.info(name).then(() => true, () => false);
+    await untilAnswered(async () => (await exists('RELAY_fresh')) && (await exists('KV_RELAY_sessions')), 15000, 'the streams made again');
+    assert.equal(await exists('RELAY_third'), false, "the removed hub's stream was made again");
   });
 
   it('acknowledges a join on a durable hub added on reload only once the edge reads its stream, so the join takes effect', async (t) => {
