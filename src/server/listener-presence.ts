@@ -13,24 +13,25 @@ export const PRESENCE_RETRY_MS = 2000;
 
 type SendToGroup = (hub: string, group: string, data: unknown) => Promise<unknown>;
 
+/** One entity's notices to one group: the newest, and whether a send is under way. */
 interface Slot {
-  notice: ListenerPresenceNotice;
-  /** A send is under way (the retry does not start another). */
+  latest: ListenerPresenceNotice;
+  /** One send at a time per slot, so an older notice never lands after a newer one. */
   sending: boolean;
   failures: number;
 }
 
 export class ListenerPresence {
-  /** The newest notice per entity, hub and group, until it is sent. */
-  private readonly latest = new Map<string, Slot>();
+  /** Per entity, hub and group: until its newest notice is sent. */
+  private readonly slots = new Map<string, Slot>();
   private readonly retry: NodeJS.Timeout;
   private closed = false;
 
   constructor(
     private readonly send: SendToGroup,
-    bus: Bus,
+    bus: Pick<Bus, 'onConnectionChange'>,
     private readonly log: Logger,
-    retryMs = PRESENCE_RETRY_MS,
+    private readonly retryMs = PRESENCE_RETRY_MS,
   ) {
     bus.onConnectionChange((connected) => {
       if (connected) this.sendUnsent();
@@ -39,13 +40,16 @@ export class ListenerPresence {
     this.retry.unref();
   }
 
-  /** A listener came or went: its notice goes out now (and again later if it cannot). */
+  /** A listener came or went: its notice goes out now, after one under way for the same entity (and again later if it cannot). */
   announce(notice: ListenerPresenceNotice): void {
     if (this.closed) return;
     const key = `${notice.hub}\u0000${notice.group}\u0000${notice.entity.toLowerCase()}`;
-    const slot: Slot = { notice, sending: false, failures: 0 };
-    this.latest.set(key, slot);
-    this.deliver(key, slot);
+    const slot = this.slots.get(key);
+    if (slot) {
+      slot.latest = notice;
+      slot.failures = 0;
+    } else this.slots.set(key, { latest: notice, sending: false, failures: 0 });
+    this.deliver(key);
   }
 
   close(): void {
@@ -55,22 +59,27 @@ export class ListenerPresence {
 
   private sendUnsent(): void {
     if (this.closed) return;
-    for (const [key, slot] of this.latest) this.deliver(key, slot);
+    for (const key of this.slots.keys()) this.deliver(key);
   }
 
-  private deliver(key: string, slot: Slot): void {
-    if (slot.sending) return;
+  private deliver(key: string): void {
+    const slot = this.slots.get(key);
+    if (!slot || slot.sending || this.closed) return;
     slot.sending = true;
-    const { hub, group, ...data } = slot.notice;
+    const notice = slot.latest;
+    const { hub, group, ...data } = notice;
     this.send(hub, group, data).then(
       () => {
-        // Sent: forgotten, unless a newer notice of its entity took its place meanwhile.
-        if (this.latest.get(key) === slot) this.latest.delete(key);
+        slot.sending = false;
+        // Sent: forgotten, unless a newer notice came meanwhile, which goes now.
+        if (slot.latest === notice) this.slots.delete(key);
+        else this.deliver(key);
       },
       (err: Error) => {
         slot.sending = false;
-        if (this.latest.get(key) !== slot || slot.failures++ > 0) return;
-        this.log.warn({ event: 'presence.unsent', entity: data.entity, hub, err: err.message, hint: `tried again every ${PRESENCE_RETRY_MS} ms` });
+        if (slot.latest !== notice) return this.deliver(key);
+        if (slot.failures++ > 0) return;
+        this.log.warn({ event: 'presence.unsent', entity: data.entity, hub, err: err.message, hint: `tried again every ${this.retryMs} ms` });
       },
     );
   }
