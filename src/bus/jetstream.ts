@@ -450,8 +450,14 @@ export class JetStreamAccess {
 
   /** The first and last sequence a stream holds now. */
   async bounds(stream: string): Promise<{ first: number; last: number }> {
-    const info = await this.ready.jsm.streams.info(stream);
-    return { first: info.state.first_seq, last: info.state.last_seq };
+    try {
+      const info = await this.ready.jsm.streams.info(stream);
+      return { first: info.state.first_seq, last: info.state.last_seq };
+    } catch (err) {
+      // A hub about to read a stream that is not there (deleted, or skipped while a reload changed the list): made again.
+      if (errorCode(err).apiCode === STREAM_NOT_FOUND) this.restoreStreams('a stream asked where it ends was not there');
+      throw err;
+    }
   }
 
   /**

@@ -73,8 +73,9 @@ export class ReplayingFeed implements EventFeed {
     this.origin = newOrigin(options.nodeId);
     this.subscription = bus.subscribe(options.subject, (m) => this.onRequest(m));
     bus.onConnectionChange((connected) => this.onConnectionChange(connected));
-    // An edge that starts without its NATS servers serves its own clients meanwhile: what it accepted
-    // goes to the other edges at its first connection, as after any outage (before: never).
+    // The bus connects after the feed is made (at once, or later when the NATS servers are away): what
+    // the edge accepted before goes to the other edges at its first connection, as after any outage
+    // (before: never). An edge that connects at once replays the moment as well, finding nothing.
     if (!bus.connected) this.disconnectedAt = Date.now();
   }
 

@@ -54,6 +54,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.applied;
   }
 
+  private closed = false;
+
   get started(): boolean {
     return this.follower !== undefined;
   }
@@ -61,6 +63,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   /** Starts reading the stream after what it holds now (called once JetStream is ready). */
   async start(): Promise<void> {
     const { last } = await this.options.js.bounds(this.options.stream);
+    // Closed meanwhile (its hub removed by a reload): no reader that nothing would stop.
+    if (this.closed) return;
     this.applied = last;
     this.follower = this.options.js.follow(
       this.options.stream,
@@ -276,6 +280,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   close(): void {
+    this.closed = true;
     this.follower?.stop();
     this.sessions.close();
     for (const w of this.waiters) w.done(false);
