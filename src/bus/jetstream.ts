@@ -382,6 +382,11 @@ export class JetStreamAccess {
    * the hub was refused until the edge restarted. Runs at most once per
    * RESTORE_INTERVAL_MS (it is asked for at each follower retry and refused publish).
    */
+  /** `err` says the stream asked for is not there: look for every missing stream and make it again. */
+  private restoreIfNoStream(err: unknown, reason: string): void {
+    if (errorCode(err).apiCode === STREAM_NOT_FOUND) this.restoreStreams(reason);
+  }
+
   private restoreStreams(reason: string): void {
     if (this.restoring || this.closed || this.state !== 'ready' || Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS) return;
     this.restoring = true;
@@ -455,7 +460,7 @@ export class JetStreamAccess {
       return { first: info.state.first_seq, last: info.state.last_seq };
     } catch (err) {
       // A hub about to read a stream that is not there (deleted, or skipped while a reload changed the list): made again.
-      if (errorCode(err).apiCode === STREAM_NOT_FOUND) this.restoreStreams('a stream asked where it ends was not there');
+      this.restoreIfNoStream(err, 'a stream asked where it ends was not there');
       throw err;
     }
   }
@@ -508,7 +513,7 @@ export class JetStreamAccess {
           msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
         } catch (err) {
           if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
-          if (errorCode(err).apiCode === STREAM_NOT_FOUND) this.restoreStreams('a follower found no stream');
+          this.restoreIfNoStream(err, 'a follower found no stream');
           this.jsm?.consumers.delete(stream, name).catch(() => undefined);
           await sleep(RETRY_MS);
           continue;

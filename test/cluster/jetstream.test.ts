@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { connect } from 'nats';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
+import { delayStreamBounds, edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
@@ -100,11 +100,7 @@ describe('durable hubs on JetStream', () => {
     await nats.restart({ jetstream: false });
     const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
     await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'unavailable', 10000, 'JetStream found missing');
-    // Fault injection on the edge's own JetStream access: asking where a stream ends takes a second, so the
-    // moment between JetStream ready and the hubs reading their streams is long enough to be seen.
-    const js = a.jetstream!;
-    const bounds = js.bounds.bind(js);
-    js.bounds = (stream) => new Promise((r) => setTimeout(r, 1000)).then(() => bounds(stream));
+    delayStreamBounds(a.jetstream!, 1000);
     await nats.kill();
     await nats.restart();
     await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'ready', 15000, 'JetStream ready');

@@ -3,6 +3,7 @@
 // first, with the others as fail-over. Each edge is waited on until
 // /$relay/ready says it has its bus. Everything is stopped in the test's after hooks.
 import type { TestContext } from 'node:test';
+import type { JetStreamAccess } from '../../src/bus/jetstream.ts';
 import { startNatsCluster, type NatsNode } from './nats.ts';
 import { pubsubOverrides } from './pubsub.ts';
 import { startRelayProcess, type RelayProcess } from './relay.ts';
@@ -28,6 +29,16 @@ export async function waitReady(edge: { url: string }, status = 200, ms = 10000)
     if (Date.now() > deadline) throw new Error(`${edge.url} readiness stayed ${got.status}, wanted ${status}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/**
+ * Fault injection on an edge's own JetStream access: each question of where a
+ * stream ends takes `ms` more, so the moment between JetStream ready and a hub
+ * reading its stream is long enough to be seen.
+ */
+export function delayStreamBounds(js: JetStreamAccess, ms: number): void {
+  const bounds = js.bounds.bind(js);
+  js.bounds = (stream) => new Promise((r) => setTimeout(r, ms)).then(() => bounds(stream));
 }
 
 /** Config overrides for an edge named `name` on the given NATS servers (first one preferred). */

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { connect as natsConnect } from 'nats';
 import { loadConfig } from '../../src/config/load.ts';
+import { delayStreamBounds } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
@@ -364,10 +365,7 @@ describe('reload without a restart', () => {
     const { file, write } = configFile(t, testConfig({ bus, pubsub: { hubs } }));
     const relay = await startTestRelay(t, testConfig({ bus, pubsub: { hubs } }), { loadConfig: () => loadConfig(file, {}, {}) });
     await until(() => relay.pubsub.hub('chat')!.durable!.started, 10000, "chat's stream read");
-    // Fault injection on the edge's own JetStream access: asking where a stream ends takes a second.
-    const js = relay.jetstream!;
-    const bounds = js.bounds.bind(js);
-    js.bounds = (stream) => new Promise((r) => setTimeout(r, 1000)).then(() => bounds(stream));
+    delayStreamBounds(relay.jetstream!, 1000);
     hubs.push({ name: 'fresh', accessKey: FRESH_KEY } as never);
     write(testConfig({ bus, pubsub: { hubs } }));
     assert.ok(relay.reload('api').ok);
