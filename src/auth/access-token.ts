@@ -31,7 +31,8 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[]):
   const audiences = Array.isArray(aud) ? aud : [aud];
   const wanted = paths.map(normalizePath);
   return audiences.some((a) => {
-    if (typeof a !== 'string' || hasDotSegment(rawUrlPath(a))) return false;
+    // A fragment is never part of an endpoint's address: URL parsing would drop it and read what came before.
+    if (typeof a !== 'string' || a.includes('#') || hasDotSegment(rawUrlPath(a))) return false;
     let url: URL;
     try {
       url = new URL(a);

@@ -24,6 +24,7 @@ import { historyPageJson } from './history.ts';
 import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
+import { isHostAuthority } from '../http/host-header.ts';
 
 /** A status (and body), an error code, or an error code with a message of its own. */
 type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubSubErrorCode; detail: string };
@@ -374,7 +375,11 @@ function generateToken(call: RestCall): Answer {
   if (userId !== null && !validateUserId(userId)) return 'BadRequest';
   const groups = call.params.getAll('group');
   if (!groups.every((g) => validateGroupName(g))) return 'BadRequest';
-  const origin = `http://${call.req.headers.host ?? 'localhost'}`;
+  // The audience names the host the call was addressed to, and only a host: a Host header
+  // carrying a path or fragment would make a client token a REST token for another endpoint.
+  const host = call.req.headers.host ?? 'localhost';
+  if (!isHostAuthority(host)) return 'BadRequest';
+  const origin = `http://${host}`;
   const claims: Record<string, unknown> = {
     aud: `${origin}/client/hubs/${call.hub.name}`,
     role: call.params.getAll('role'),

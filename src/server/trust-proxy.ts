@@ -10,9 +10,8 @@
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
 import { setForwardedClient } from '../http/client-address.ts';
+import { isHostAuthority } from '../http/host-header.ts';
 
-/** A host as X-Forwarded-Host may carry it: a name or an address, with an optional port. */
-const HOST = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/;
 /** Addresses read from one X-Forwarded-For (a longer chain is cut from the left: the right end is what trusted proxies wrote). */
 const MAX_HOPS = 32;
 
@@ -63,7 +62,7 @@ export class ProxyTrust {
     const client = this.clientOf(req.headers['x-forwarded-for']);
     if (client) setForwardedClient(req, client);
     const host = firstValue(req.headers['x-forwarded-host']);
-    if (host && HOST.test(host)) req.headers.host = host;
+    if (host && isHostAuthority(host)) req.headers.host = host;
   }
 
   private clientOf(header: string | string[] | undefined): string | undefined {

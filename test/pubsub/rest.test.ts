@@ -163,6 +163,25 @@ describe('pub/sub REST API', () => {
     assert.equal((await sdk(relay.url, OTHER_HUB, OTHER_HUB_KEY).groupExists('g')), false);
   });
 
+  it(':generateToken names only a host in the audience: a Host header carrying a path cannot mint a REST token', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const { host } = new URL(relay.url);
+    const mint = (hostHeader: string) => {
+      const url = `${relay.url}/api/hubs/${HUB}/:generateToken?api-version=2024-12-01`;
+      return httpRequest(url, { method: 'POST', headers: { host: hostHeader, authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` } });
+    };
+    const minted = await mint(host);
+    assert.equal(minted.status, 200);
+    const token = JSON.parse(String(minted.body)).token as string;
+    assert.equal(JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).aud, `http://${host}/client/hubs/${HUB}`);
+    // Before: aud became http://{host}/api/hubs/{hub}/:closeConnections#/client/hubs/{hub}, which that endpoint took for its own (204).
+    const forged = await mint(`${host}/api/hubs/${HUB}/:closeConnections#`);
+    assert.equal(forged.status, 400);
+    const close = `${relay.url}/api/hubs/${HUB}/:closeConnections?api-version=2024-12-01`;
+    const withFragment = signJwt({ aud: `${close}#/client/hubs/${HUB}` }, HUB_KEY, 60);
+    assert.equal((await httpRequest(close, { method: 'POST', headers: { authorization: `Bearer ${withFragment}` } })).status, 401);
+  });
+
   it('posts client events to the upstream as CloudEvents and acks by its answer', async (t) => {
     const seen: { headers: Record<string, unknown>; body: string }[] = [];
     let answer = { status: 200, body: '', type: 'text/plain' };
