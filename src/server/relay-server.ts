@@ -59,7 +59,13 @@ function boundUnreadBody(req: IncomingMessage, res: ServerResponse, ms: number):
     if (req.complete || !socket) return;
     const timer = setTimeout(() => socket.destroy(), ms);
     timer.unref();
-    const done = () => clearTimeout(timer);
+    // Both listeners go with the first of the two: a keep-alive connection carries many
+    // requests, and a 'close' listener left per request held each one until it closed.
+    const done = () => {
+      clearTimeout(timer);
+      req.off('end', done);
+      socket.off('close', done);
+    };
     req.once('end', done);
     socket.once('close', done);
   });
