@@ -3,9 +3,10 @@
 // (port and scheme ignored, as clients drop them) and a path that is the
 // namespace root or the entity (segment prefix, case-insensitive); a rule with
 // `entity` covers only that entity. Manage implies Listen and Send. On a
-// reload the rules change in place (update); a key that a rule of the same
-// name had before still signs, for the rules that name has now, until its
-// grace ends (retired-keys.ts).
+// reload the rules change in place (update); a key a rule had before still
+// signs for that rule (same `keyName` and `entity`), with the rights it has
+// now, until its grace ends (retired-keys.ts). Never for another rule sharing
+// the key name, nor for a rule that was removed.
 import type { Right, SasRule } from '../config/types.ts';
 import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
 import { RetiredKeys } from './retired-keys.ts';
@@ -36,26 +37,27 @@ export class SasAuthorizer {
   }
 
   /**
-   * Takes the rules of a reloaded config. A key name whose key changed keeps
-   * accepting the old key for `graceMs`; a key name that is gone signs nothing
-   * from now on. Returns the key names whose key was retired.
+   * Takes the rules of a reloaded config. A rule (key name and entity) whose
+   * key changed keeps accepting the old key for `graceMs`; a rule that is gone
+   * signs nothing from now on. Returns the key names whose key was retired.
    */
   update(rules: SasRule[], graceMs: number, now = Date.now()): string[] {
-    const next = byName(rules);
-    const rotated: string[] = [];
-    for (const [name, old] of this.rulesByName) {
-      const kept = next.get(name);
+    const before = byRule([...this.rulesByName.values()].flat());
+    const next = byRule(rules);
+    const rotated = new Set<string>();
+    for (const [rule, old] of before) {
+      const kept = next.get(rule);
       if (!kept) {
-        this.retired.forget(name);
+        this.retired.forget(rule);
         continue;
       }
       const keys = new Set(kept.map((r) => r.key));
       const gone = [...new Set(old.map((r) => r.key))].filter((k) => !keys.has(k));
-      for (const key of gone) this.retired.retire(name, key, now + graceMs);
-      if (gone.length > 0 && graceMs > 0) rotated.push(name);
+      for (const key of gone) this.retired.retire(rule, key, now + graceMs);
+      if (gone.length > 0 && graceMs > 0) rotated.add(kept[0].keyName);
     }
-    this.rulesByName = next;
-    return rotated;
+    this.rulesByName = byName(rules);
+    return [...rotated];
   }
 
   check({ token, entity, subPath = [], right, hosts, nowSeconds: given }: SasCheck): SasDecision {
@@ -66,7 +68,8 @@ export class SasAuthorizer {
     if (!parsed) return { ok: false, code: 'TokenMalformed' };
     const named = this.rulesByName.get(parsed.keyName) ?? [];
     let rules = named.filter((r) => signatureMatches(parsed, r.key));
-    if (rules.length === 0 && this.retired.keys(parsed.keyName, nowMs).some((key) => signatureMatches(parsed, key))) rules = named;
+    // Signed with a key a rule had before a reload: that rule, and only it, while the grace runs.
+    if (rules.length === 0) rules = named.filter((r) => this.retired.keys(ruleOf(r), nowMs).some((key) => signatureMatches(parsed, key)));
     if (rules.length === 0) return { ok: false, code: 'SignatureInvalid' };
     if (parsed.expiresAt <= nowSeconds) return { ok: false, code: 'TokenExpired' };
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };
@@ -78,6 +81,21 @@ export class SasAuthorizer {
     if (!granted) return { ok: false, code: 'RightMissing' };
     return { ok: true, expiresAt: parsed.expiresAt, keyName: parsed.keyName };
   }
+}
+
+/** A rule's identity across reloads: its key name and the entity it covers (none: the namespace). */
+function ruleOf(rule: SasRule): string {
+  return `${rule.keyName}\n${rule.entity?.toLowerCase() ?? ''}`;
+}
+
+function byRule(rules: SasRule[]): Map<string, SasRule[]> {
+  const map = new Map<string, SasRule[]>();
+  for (const rule of rules) {
+    const list = map.get(ruleOf(rule)) ?? [];
+    list.push(rule);
+    map.set(ruleOf(rule), list);
+  }
+  return map;
 }
 
 function byName(rules: SasRule[]): Map<string, SasRule[]> {

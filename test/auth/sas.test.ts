@@ -83,6 +83,36 @@ describe('SAS scope', () => {
   });
 });
 
+describe('SAS keys rotated by a reload', () => {
+  // Two rules share a key name (one per entity); before, a key retired from one signed for
+  // every rule of that name during the grace, and a removed rule's key too (found by review).
+  const rules = (aKey: string | undefined) => [
+    ...(aKey ? [{ keyName: 'device', key: aKey, rights: ['Listen' as const], entity: 'a' }] : []),
+    { keyName: 'device', key: 'b-key-0123456789', rights: ['Listen' as const, 'Send' as const], entity: 'b' },
+  ];
+  const se = () => Math.floor(Date.now() / 1000) + 60;
+  const check = (auth: SasAuthorizer, key: string, entity: string, right: 'Listen' | 'Send' = 'Listen') =>
+    auth.check({ token: createSasToken(`http://h/${entity}`, 'device', key, se()), entity, right, hosts: ['h'] });
+
+  it("a rule's old key still signs for that rule during the grace, and for no other rule of its name", () => {
+    const auth = new SasAuthorizer(rules('a-key-0123456789'));
+    assert.deepEqual(auth.update(rules('a-key-new-0123456789'), 60_000), ['device']);
+    assert.equal(check(auth, 'a-key-0123456789', 'a').ok, true, 'old key, its own rule');
+    assert.equal(check(auth, 'a-key-new-0123456789', 'a').ok, true, 'new key');
+    // It signs for rule a, which does not cover b (before: accepted, as rule b).
+    assert.deepEqual(check(auth, 'a-key-0123456789', 'b'), { ok: false, code: 'RightMissing' });
+    assert.deepEqual(check(auth, 'a-key-0123456789', 'b', 'Send'), { ok: false, code: 'RightMissing' });
+    assert.equal(check(auth, 'b-key-0123456789', 'b', 'Send').ok, true, 'the other rule keeps its own key');
+  });
+
+  it("a removed rule's key signs nothing, though its name lives on in another rule", () => {
+    const auth = new SasAuthorizer(rules('a-key-0123456789'));
+    assert.deepEqual(auth.update(rules(undefined), 60_000), []);
+    assert.deepEqual(check(auth, 'a-key-0123456789', 'a'), { ok: false, code: 'SignatureInvalid' });
+    assert.deepEqual(check(auth, 'a-key-0123456789', 'b'), { ok: false, code: 'SignatureInvalid' });
+  });
+});
+
 describe('dot segments never widen a scope', () => {
   it('a resource with a . or .. segment, encoded or not, covers nothing', () => {
     for (const resource of ['http://h/echo/a/..', 'http://h/echo/a/%2e%2e', 'http://h/echo/a/.%2E/', 'http://h/echo/./a', 'http://h/echo\\a\\..', 'http://h/echo/a%2F..', 'http://h/..']) {
