@@ -59,7 +59,7 @@ export interface HttpResponseHead {
   requestId: string;
   statusCode: number;
   statusDescription?: string | null;
-  responseHeaders?: Record<string, string | number | string[]> | null;
+  responseHeaders?: Record<string, string | number | boolean | (string | number | boolean)[]> | null;
   body?: boolean;
 }
 

@@ -247,6 +247,8 @@ class RemoteDialWatch implements ChannelExchange {
     return undefined;
   }
 
+  badResponse(): void {}
+
   listenerLost(): void {
     this.link.answer(this.node, { op: 'hc.failed', id: this.id, code: 'ListenerGone' });
     this.done();
@@ -286,6 +288,11 @@ class RemoteHttpRelay implements ChannelExchange {
       this.link.answer(this.node, { op: 'hc.response', id: this.id, response }, body);
       this.done();
     };
+  }
+
+  badResponse(): void {
+    this.link.answer(this.node, { op: 'hc.failed', id: this.id, code: 'BadListenerResponse' });
+    this.done();
   }
 
   listenerLost(): void {

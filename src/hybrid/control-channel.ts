@@ -3,7 +3,9 @@
 // `response` messages up it, a `response` with a body being followed by that
 // body as one binary message. Every text message is checked against
 // schemas/hc-listener-message.schema.json; anything else closes the channel
-// with 1008, an oversized one with 1009 (ws enforces maxPayload). Notices
+// with 1008, an oversized one with 1009 (ws enforces maxPayload), except a
+// `response` that names its request: only that request fails (502
+// BadListenerResponse), as one bad answer over a rendezvous socket does. Notices
 // sent during one turn of the event loop leave in one write: the channel's
 // socket is corked from the first until the turn ends.
 import { randomUUID } from 'node:crypto';
@@ -12,7 +14,7 @@ import type { WebSocket } from 'ws';
 import type { HttpResponseHead } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
-import { validateListenerMessage } from '../validation/schemas.ts';
+import { describeErrors, validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
@@ -25,6 +27,8 @@ export interface ControlChannelHooks {
   renewToken(channel: ControlChannel, token: string): number | HybridErrorCode;
   /** A response arrived; returns where its body goes when one follows. */
   response(channel: ControlChannel, response: ListenerResponse): ((body: Buffer) => void) | undefined;
+  /** A response naming request `requestId` failed its schema: that request fails, the channel stays. */
+  badResponse(channel: ControlChannel, requestId: string, why: string): void;
   closed(channel: ControlChannel, code: number): void;
   /** The channel is being dropped: the listener does not read what is queued for it. */
   notReading(channel: ControlChannel): void;
@@ -34,6 +38,8 @@ export interface ControlChannelHooks {
 export interface ChannelExchange {
   /** The listener answered on the control channel; returns where the body goes when one follows. */
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined;
+  /** The listener answered with a response the relay cannot use (502 BadListenerResponse). */
+  badResponse(): void;
   listenerLost(): void;
   /** Only reports a lost listener to another edge, which cannot say when it is done: it does not keep the listener open at shutdown. */
   readonly watchOnly?: boolean;
@@ -139,7 +145,13 @@ export class ControlChannel {
     } catch {
       return this.closeWith('ControlMessageInvalid', 'not JSON');
     }
-    if (!validateListenerMessage(message)) return this.closeWith('ControlMessageInvalid');
+    if (!validateListenerMessage(message)) {
+      const answered = requestAnswered(message);
+      if (!answered) return this.closeWith('ControlMessageInvalid');
+      this.hooks.badResponse(this, answered.requestId, describeErrors(validateListenerMessage.errors));
+      if (answered.body) this.bodyConsumer = discardBody;
+      return;
+    }
     const msg = message as { renewToken?: { token: string }; response?: ListenerResponse };
     if (msg.renewToken) {
       const result = this.hooks.renewToken(this, msg.renewToken.token);
@@ -160,3 +172,17 @@ export class ControlChannel {
 }
 
 function discardBody(): void {}
+
+/**
+ * The request an invalid listener message answers, when it is a `response`
+ * with a usable `requestId` (and whether it said a body follows), else
+ * undefined: nothing in it can be trusted beyond that.
+ */
+function requestAnswered(message: unknown): { requestId: string; body: boolean } | undefined {
+  if (typeof message !== 'object' || message === null || Object.keys(message).length !== 1) return undefined;
+  const response = (message as { response?: unknown }).response;
+  if (typeof response !== 'object' || response === null) return undefined;
+  const { requestId, body } = response as { requestId?: unknown; body?: unknown };
+  if (typeof requestId !== 'string' || requestId.length === 0 || requestId.length > 128) return undefined;
+  return { requestId, body: body === true };
+}

@@ -76,7 +76,8 @@ export function responseHeadersForSender(
     if (!HEADER_NAME.test(name)) return undefined;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower)) continue;
-    const values = Array.isArray(value) ? value : [String(value)];
+    // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
+    const values = Array.isArray(value) ? value.map(String) : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
     if (lower === 'content-length') lengths.push(...values);
     else out[name] = Array.isArray(value) ? values : values[0];
@@ -247,6 +248,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
       this.endBody(body);
     };
+  }
+
+  badResponse(): void {
+    if (!this.head) this.fail('BadListenerResponse');
   }
 
   listenerLost(): void {

@@ -236,6 +236,11 @@ export class HybridService {
       }
       return exchange.onControlResponse(response);
     },
+    badResponse: (channel, requestId, why) => {
+      const exchange = channel.exchanges.get(requestId);
+      channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why });
+      exchange?.badResponse();
+    },
     notReading: () => {
       this.ctx.metrics.limitRefusals.inc({ limit: 'listenerBufferBytes' });
     },

@@ -122,7 +122,7 @@ export function startConnect(
   socket.on('close', pending.onSenderGone);
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
-  route.track(id, { onControlResponse: () => undefined, listenerLost: () => pending.listenerLost() });
+  route.track(id, { onControlResponse: () => undefined, badResponse: () => {}, listenerLost: () => pending.listenerLost() });
   const accept = {
     address: rendezvousAddress(ctx, 'accept', entity, id),
     id,

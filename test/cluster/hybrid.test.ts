@@ -196,6 +196,29 @@ describe('hybrid connections across nodes', () => {
     assert.ok(Date.now() - started < 10000, 'answered long before the response timeout');
   });
 
+  it("a listener on A answering a request from B with a response that fails its schema fails that request (502 BadListenerResponse), and keeps its channel", async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/garbler?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = `${b.url}/garbler/x`;
+    const outcome = (async () => {
+      for (const deadline = Date.now() + 5000; ; ) {
+        const got = await httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 20000 });
+        const code = JSON.parse(got.body.toString() || '{}').code as string | undefined;
+        if (!notYetRoutable(code) || Date.now() > deadline) return { status: got.status, code };
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 'OK' } }));
+    // Before: the channel closed 1008 and B's sender got 502 ListenerGone.
+    assert.deepEqual(await outcome, { status: 502, code: 'BadListenerResponse' });
+    const next = httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+    const again = (await listener.next()).request;
+    listener.ws.send(JSON.stringify({ response: { requestId: again.id, statusCode: 200 } }));
+    assert.equal((await next).status, 200, 'the same control channel answers the next request');
+  });
+
   it('with no listener anywhere the sender gets the one-node answer at once, not the accept timeout', async () => {
     const url = senderUrl(b, 'echo');
     const started = Date.now();

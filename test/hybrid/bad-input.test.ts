@@ -286,6 +286,31 @@ describe('HTTP mode failures', () => {
     assert.equal(res.headers['injected'], undefined);
   });
 
+  it('fails only the request a schema-invalid response names: the channel and its other requests stay (before: closed 1008, every request 502)', async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    const first = httpRequest(`${r.url}/open/first`);
+    const one = (await l.next()).request;
+    const second = httpRequest(`${r.url}/open/second`);
+    const two = (await l.next()).request;
+    // A status as text, and a body said to follow: the body is read and dropped, not taken for the next answer.
+    l.ws.send(JSON.stringify({ response: { requestId: one.id, statusCode: '200', body: true } }));
+    l.ws.send(Buffer.from('dropped'));
+    // node:http's setHeader takes numbers and booleans (hyco-https passes them on as set): written as text.
+    l.ws.send(JSON.stringify({ response: { requestId: two.id, statusCode: 200, responseHeaders: { 'x-cache-hit': true, 'x-n': [1, 'b'] }, body: true } }));
+    l.ws.send(Buffer.from('second body'));
+    const bad = await first;
+    assert.equal(bad.status, 502);
+    assert.equal(JSON.parse(String(bad.body)).code, 'BadListenerResponse');
+    const good = await second;
+    assert.equal(good.status, 200);
+    assert.equal(String(good.body), 'second body');
+    assert.equal(good.headers['x-cache-hit'], 'true');
+    assert.equal(good.headers['x-n'], '1, b');
+    assert.equal(r.hybrid.openConnections().listener, 1, 'the control channel stays open');
+  });
+
   it('survives raw garbage on the HTTP port', async (t) => {
     const r = await relayFor(t);
     const socket = connect(Number(new URL(r.url).port), '127.0.0.1');
