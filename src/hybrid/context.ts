@@ -11,6 +11,20 @@ import type { EntityTraffic } from './entity-traffic.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';
 
+/**
+ * What a sender's WebSocket address carries past `/$hc/{entity}`: a path
+ * suffix and a query, which Azure passes through to the listener in the
+ * accept's address (sb-hc-* parameters removed).
+ */
+export interface HybridPathBelow {
+  /** The suffix's segments as a token's scope compares them (scopeSegment). */
+  subPath: string[];
+  /** The suffix as sent: '' or '/a/b'. */
+  rawPath: string;
+  /** The query as sent, sb-hc-* parameters removed ('' when none). */
+  rawQuery: string;
+}
+
 export interface HybridContext {
   config: RelayConfig;
   log: Logger;
@@ -25,6 +39,8 @@ export interface HybridContext {
   traffic: EntityTraffic;
   /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */
   newRendezvousId(): string;
+  /** What this relay adds to `Via` on relayed HTTP requests and listeners' responses: `1.1 {publicUrl's host name}`. */
+  via: string;
 }
 
 /** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */
@@ -56,9 +72,28 @@ export function countHttpStatus(ctx: HybridContext, status: number | HybridError
   if (typeof status === 'string') ctx.traffic.failed(status, entity);
 }
 
-/** The address a listener dials to complete rendezvous `id`. */
-export function rendezvousAddress(ctx: HybridContext, action: 'accept' | 'request', entity: HybridEntity, id: string): string {
-  return `${ctx.rendezvousBase}/$hc/${encodeURIComponent(entity.name)}?sb-hc-action=${action}&sb-hc-id=${id}`;
+/**
+ * The address a listener dials to complete rendezvous `id`. An accept's
+ * carries the sender's path suffix and query, as Azure's does (the listener's
+ * client reads the sender's request URI from it), less `statusCode` and
+ * `statusDescription`: the relay reads those on the listener's leg as its
+ * reject (hyco-ws appends them to this address).
+ */
+export function rendezvousAddress(ctx: HybridContext, action: 'accept' | 'request', entity: HybridEntity, id: string, below?: HybridPathBelow): string {
+  const base = `${ctx.rendezvousBase}/$hc/${encodeURIComponent(entity.name)}${below?.rawPath ?? ''}?sb-hc-action=${action}&sb-hc-id=${id}`;
+  const query = below ? withoutRejectParams(below.rawQuery) : '';
+  return query ? `${base}&${query}` : base;
+}
+
+function withoutRejectParams(rawQuery: string): string {
+  if (rawQuery === '') return '';
+  return rawQuery
+    .split('&')
+    .filter((pair) => {
+      const name = pair.split('=', 1)[0];
+      return name !== 'statusCode' && name !== 'statusDescription';
+    })
+    .join('&');
 }
 
 /** A request target without its query, where tokens and secrets travel: what a trace may show. */

@@ -24,6 +24,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
+import type { CredentialHeaders } from './sender-credential.ts';
 import { ResponseBody, contentLengthOf } from './response-body.ts';
 
 /**
@@ -52,13 +53,17 @@ const HOP_BY_HOP = new Set([
 ]);
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-/** The request's headers as a listener sees them: no credential, no hop-by-hop. */
-export function forwardedRequestHeaders(req: IncomingMessage): Record<string, string> {
+/**
+ * The request's headers as a listener sees them: no credential, no
+ * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
+ */
+export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined || name === 'servicebusauthorization' || HOP_BY_HOP.has(name)) continue;
+    if (value === undefined || credential.includes(name) || HOP_BY_HOP.has(name)) continue;
     out[name] = Array.isArray(value) ? value.join(', ') : value;
   }
+  out.via = out.via ? `${out.via}, ${via}` : via;
   return out;
 }
 
@@ -66,16 +71,26 @@ export function forwardedRequestHeaders(req: IncomingMessage): Record<string, st
  * A listener's response headers made safe for the sender, or undefined when
  * unusable. The relay frames the body itself (response-body.ts): at most one
  * Content-Length passes, whatever its spelling, and only as one number.
+ * With `via`, this relay is added to the `Via` header: Azure's sign that the
+ * answer came from the listener, not from the relay.
  */
 export function responseHeadersForSender(
   headers: ListenerResponse['responseHeaders'],
+  via?: string,
 ): Record<string, string | string[]> | undefined {
   const out: Record<string, string | string[]> = {};
   const lengths: string[] = [];
+  const vias: string[] = [];
   for (const [name, value] of Object.entries(headers ?? {})) {
     if (!HEADER_NAME.test(name)) return undefined;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower)) continue;
+    if (via !== undefined && lower === 'via') {
+      const values = Array.isArray(value) ? value.map(String) : [String(value)];
+      if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
+      vias.push(...values);
+      continue;
+    }
     // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
     const values = Array.isArray(value) ? value.map(String) : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
@@ -87,6 +102,7 @@ export function responseHeadersForSender(
     if (length === undefined) return undefined;
     out['content-length'] = String(length);
   }
+  if (via !== undefined) out.via = [...vias, via].join(', ');
   return out;
 }
 
@@ -132,6 +148,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     readonly entity: HybridEntity,
     private readonly route: ListenerRoute,
     private readonly requestTarget: string,
+    /** The sender's headers that were its credential (sender-credential.ts). */
+    private readonly credential: CredentialHeaders,
     private readonly log: Logger,
   ) {
     this.id = ctx.newRendezvousId();
@@ -198,7 +216,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         id: this.id,
         requestTarget: this.requestTarget,
         method: this.req.method,
-        requestHeaders: forwardedRequestHeaders(this.req),
+        requestHeaders: forwardedRequestHeaders(this.req, this.credential, this.ctx.via),
         remoteEndpoint: clientEndpoint(this.req),
         body,
       },
@@ -386,7 +404,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   /** Checks the listener's response head and keeps it for writeHead. */
   private acceptHead(response: ListenerResponse): boolean {
     const status = response.statusCode;
-    const headers = responseHeadersForSender(response.responseHeaders);
+    const headers = responseHeadersForSender(response.responseHeaders, this.ctx.via);
     if (status < 200 || status > 599 || !headers) {
       this.fail('BadListenerResponse');
       return false;

@@ -15,7 +15,7 @@ import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { connectFailed, countHttpStatus, pathOf, type HybridContext } from './context.ts';
+import { connectFailed, countHttpStatus, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
@@ -27,6 +27,7 @@ import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
 import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendezvous-table.ts';
+import { sasTokenOf, senderCredentialIn } from './sender-credential.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 import { CLOSE_GOING_AWAY } from '../websocket/frames.ts';
 
@@ -109,6 +110,7 @@ export class HybridService {
       open: { splices: new Map(), httpRequests: 0 },
       traffic: this.traffic,
       newRendezvousId: () => newRendezvousId(worker),
+      via: `1.1 ${new URL(rendezvousBase).hostname}`,
     };
     this.wss = new WebSocketServer({
       noServer: true,
@@ -132,7 +134,8 @@ export class HybridService {
 
   // --- WebSocket actions on /$hc/{entity} ---------------------------------------
 
-  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entityName: string, params: URLSearchParams): void {
+  /** `below`: what the address carries past the entity (a sender's path suffix and query; a listener's must have no suffix). */
+  handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entityName: string, params: URLSearchParams, below: HybridPathBelow = NOTHING_BELOW): void {
     socket.on('error', () => socket.destroy());
     if (!isValidEntityName(entityName)) return failUpgrade(socket, 'InvalidEntityName');
     const action = params.get('sb-hc-action');
@@ -146,9 +149,11 @@ export class HybridService {
     }
     switch (action) {
       case 'listen':
+        // A listener's path names its hybrid connection, and `echo/x` is none.
+        if (below.subPath.length > 0) return failUpgrade(socket, 'EntityNotFound');
         return this.listen(req, socket, head, entityName, params, log);
       case 'connect':
-        return this.connect(req, socket, head, entityName, params, log);
+        return this.connect(req, socket, head, entityName, params, below, log);
       case 'accept':
       case 'request':
         return this.rendezvousArrived(action, req, socket, head, entityName, params);
@@ -265,15 +270,15 @@ export class HybridService {
     this.presence({ type, entity: entity.name, listeners, edge: this.config.nodeId, hub: where.hub, group: where.group });
   }
 
-  private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, log: Logger): void {
+  private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, below: HybridPathBelow, log: Logger): void {
     const entity = this.entityForSender(name);
     if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound', name);
-    const refused = this.authorizeSender(req, params, entity, []);
+    const refused = this.authorizeSender(req, params, entity, below.subPath);
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
       return connectFailed(this.ctx, socket, refused, entity);
     }
-    startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), log);
+    startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), below, senderCredentialIn(req, params, entity), log);
   }
 
   /**
@@ -332,7 +337,7 @@ export class HybridService {
     if (!entity) return refuse('EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return refuse(refused);
-    new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, log).start();
+    new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
   }
 
   /**
@@ -363,8 +368,7 @@ export class HybridService {
   }
 
   private tokenOf(req: IncomingMessage, params: URLSearchParams): string | undefined {
-    const header = req.headers['servicebusauthorization'];
-    return (Array.isArray(header) ? header[0] : header) ?? params.get('sb-hc-token') ?? undefined;
+    return sasTokenOf(req, params);
   }
 
   /**
@@ -399,7 +403,7 @@ export class HybridService {
    * Takes a reloaded config, which server/reload.ts has put in place of the
    * old one: entities added and removed, SAS rules (a rotated key keeps
    * signing for rotationGraceSeconds), limits read at connect. Listeners of a
-   * removed entity, and its relayed WebSockets, are closed (1008 EntityRemoved); every other listener's
+   * removed entity, and its relayed WebSockets, are closed (1001 EntityRemoved); every other listener's
    * token is checked against the new rules, and one that no longer passes is
    * closed (1008 AccessRevoked, with why); a token that still passes stays.
    */
@@ -485,6 +489,9 @@ export class HybridService {
     for (const channel of [...this.listeners.all()]) channel.closeWith('ShuttingDown');
   }
 }
+
+/** A listener's address, or a sender's with nothing past the entity. */
+const NOTHING_BELOW: HybridPathBelow = { subPath: [], rawPath: '', rawQuery: '' };
 
 function trackingIdOf(params: URLSearchParams): string | undefined {
   const id = params.get('sb-hc-id');

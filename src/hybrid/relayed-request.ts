@@ -17,6 +17,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import type { HybridErrorCode } from './errors.ts';
 import { HttpExchange } from './http-exchange.ts';
 import type { ListenerRoute } from './listener-route.ts';
+import { SERVICE_BUS_HEADER_ONLY } from './sender-credential.ts';
 
 export interface RelayedRequestInit {
   method: string;
@@ -120,7 +121,7 @@ class RelayedExchange extends HttpExchange {
     requestTarget: string,
     log: Logger,
   ) {
-    super(ctx, req, collected as unknown as ServerResponse, entity, route, requestTarget, log);
+    super(ctx, req, collected as unknown as ServerResponse, entity, route, requestTarget, SERVICE_BUS_HEADER_ONLY, log);
   }
 
   override fail(code: HybridErrorCode): void {

@@ -13,11 +13,12 @@ import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
-import { connectFailed, countConnectFailure, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
+import { connectFailed, countConnectFailure, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
+import type { CredentialHeaders } from './sender-credential.ts';
 
 export interface PendingConnect extends PendingRendezvous {
   action: 'accept';
@@ -54,16 +55,20 @@ const SPLICE_TCP_KEEPALIVE_MS = 30_000;
 const MAX_EARLY_BYTES = 65536;
 
 /** Headers a listener sees in `connectHeaders`: the sender's, less its credential. */
-function connectHeaders(req: IncomingMessage): Record<string, string> {
+function connectHeaders(req: IncomingMessage, credential: CredentialHeaders): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined || name === 'servicebusauthorization') continue;
+    if (value === undefined || credential.includes(name)) continue;
     out[name] = Array.isArray(value) ? value.join(', ') : value;
   }
   return out;
 }
 
-/** Holds the sender's upgrade and pushes `accept` along `route`. */
+/**
+ * Holds the sender's upgrade and pushes `accept` along `route`; its address
+ * carries the sender's path suffix and query (`below`), its headers all but
+ * the sender's credential.
+ */
 export function startConnect(
   ctx: HybridContext,
   req: IncomingMessage,
@@ -71,6 +76,8 @@ export function startConnect(
   head: Buffer,
   entity: HybridEntity,
   route: ListenerRoute,
+  below: HybridPathBelow,
+  credential: CredentialHeaders,
   log: Logger,
 ): void {
   const upgrade = parseUpgradeRequest(req);
@@ -124,9 +131,9 @@ export function startConnect(
   ctx.rendezvous.add(pending);
   route.track(id, { onControlResponse: () => undefined, badResponse: () => {}, listenerLost: () => pending.listenerLost() });
   const accept = {
-    address: rendezvousAddress(ctx, 'accept', entity, id),
+    address: rendezvousAddress(ctx, 'accept', entity, id, below),
     id,
-    connectHeaders: connectHeaders(req),
+    connectHeaders: connectHeaders(req, credential),
     remoteEndpoint: clientEndpoint(req),
   };
   void route.deliver({ accept }).then((code) => {

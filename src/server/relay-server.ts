@@ -304,7 +304,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         return failEdgeUpgrade(socket, refused);
       }
     }
-    if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params);
+    if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params, r.below);
     if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');

@@ -5,8 +5,9 @@
 // resolved `/echo/a/../../b` would serve a path no token covered.
 import { hasDotSegment } from '../auth/dot-segments.ts';
 import { scopeSegment } from '../auth/sas-authorizer.ts';
+import type { HybridPathBelow } from '../hybrid/context.ts';
 export type Route =
-  | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams }
+  | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams; below: HybridPathBelow }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
   | { kind: 'pubsub-client'; hub: string; params: URLSearchParams; path: string }
   | { kind: 'pubsub-rest'; hub: string; segments: string[]; params: URLSearchParams; path: string }
@@ -17,12 +18,17 @@ export type Route =
 /** A `%` not followed by two hex digits: not a URI at all (RFC 3986 2.1). */
 const MALFORMED_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
 
-/** Removes sb-hc-* parameters from a raw query string, keeping the others as sent. */
+/**
+ * Removes sb-hc-* parameters (name=value pairs) from a raw query string,
+ * keeping the others as sent; a bare `sb-hc-x` with no `=` is no parameter of
+ * the protocol and stays, as Azure keeps it.
+ */
 export function stripProtocolParams(rawQuery: string): string {
   if (rawQuery === '') return '';
   return rawQuery
     .split('&')
     .filter((pair) => {
+      if (!pair.includes('=')) return true;
       const name = pair.split('=', 1)[0];
       let decoded = name;
       try {
@@ -59,8 +65,14 @@ export function route(rawUrl: string | undefined): Route {
   }
   const [first = '', ...rest] = segments;
   if (first === '$hc') {
-    if (rest.length !== 1 && !(rest.length === 2 && rest[1] === '')) return { kind: 'not-found' };
-    return { kind: 'hybrid-ws', entity: rest[0], params };
+    if (rest.length === 0 || rest[0] === '') return { kind: 'not-found' };
+    const rawBelow = rawSegments.slice(2);
+    const below: HybridPathBelow = {
+      subPath: rawBelow.filter((s) => s !== '').map(scopeSegment),
+      rawPath: rawBelow.length > 0 ? `/${rawBelow.join('/')}` : '',
+      rawQuery: stripProtocolParams(rawQuery),
+    };
+    return { kind: 'hybrid-ws', entity: rest[0], params, below };
   }
   if (first === '$relay') return { kind: 'ops', name: rest.join('/') };
   if (first === 'client') {

@@ -143,10 +143,10 @@ describe('reload without a restart', () => {
 
     // The listener whose rule is gone is closed with the reason; the one on the removed entity too.
     assert.deepEqual(await withTimeout(byOps.closed, 5000, 'ops listener closed'), { code: 1008, reason: 'AccessRevoked: SignatureInvalid' });
-    assert.equal((await withTimeout(onLegacy.closed, 5000, 'legacy listener closed')).code, 1008);
+    assert.equal((await withTimeout(onLegacy.closed, 5000, 'legacy listener closed')).code, 1001);
     // Its relayed WebSocket ends with it, the sender told why.
     const [code, reason] = await senderClosed;
-    assert.deepEqual([code, String(reason)], [1008, 'The hybrid connection was removed from the configuration']);
+    assert.deepEqual([code, String(reason)], [1001, 'The hybrid connection was removed from the configuration']);
     // Still valid: the root token, and the factory token during its key's grace.
     assert.equal(byRoot.ws.readyState, byRoot.ws.OPEN);
     assert.equal(byFactory.ws.readyState, byFactory.ws.OPEN);

@@ -7,6 +7,10 @@ describe('routing by path', () => {
     const r = route('/$hc/echo?sb-hc-action=listen&sb-hc-id=abc');
     assert.equal(r.kind, 'hybrid-ws');
     assert.equal(r.kind === 'hybrid-ws' && r.entity, 'echo');
+    // A sender's suffix and query ride along to the listener (sb-hc-* pairs removed).
+    const deeper = route('/$hc/echo/room/a%20b?tenant=42&sb-hc-action=connect&sb-hc-undefined');
+    assert.deepEqual(deeper.kind === 'hybrid-ws' && [deeper.entity, deeper.below], ['echo', { subPath: ['room', 'a b'], rawPath: '/room/a%20b', rawQuery: 'tenant=42&sb-hc-undefined' }]);
+    assert.equal(stripProtocolParams('sb-hc-undefined&sb-hc-id=1&x'), 'sb-hc-undefined&x');
   });
   it('sends /{entity}/... to the HTTP relay with sb-hc-* removed from the target', () => {
     const r = route('/echo/a/b?x=1&sb-hc-token=t&SB-HC-ID=2&y=%20');
