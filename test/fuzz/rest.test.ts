@@ -18,7 +18,11 @@ const MAX_BODY = 4096;
 
 describe('REST filters (fuzzed)', () => {
   it('parse any string or throw FilterSyntaxError with a position inside it', () => {
-    const pieces = fc.constantFrom('userId', 'connectionId', 'groups', '/any(', 'g:', 'g', ' eq ', ' ne ', ' in ', ' and ', ' or ', 'not ', '(', ')', ',', "'a'", "''''", "'", 'null', ' gt ');
+    const pieces = fc.constantFrom(
+      'userId', 'connectionId', 'groups', 'UserID', '/any(', 'g:', 'g', ' eq ', ' ne ', ' in ', ' and ', ' or ', 'not ', '(', ')', ',', "'a'", "''''", "'", 'null',
+      ' gt ', ' ge ', ' lt ', ' le ', 'true', 'false', '0', '-1', '+2', '99999999999999999999', 'length(', 'startswith(', 'endswith(', 'contains(', 'indexof(',
+      'tolower(', 'toupper(', 'trim(', 'substring(', 'concat(',
+    );
     fc.assert(
       fc.property(fc.oneof(fc.string({ maxLength: 80 }), fc.array(pieces, { maxLength: 20 }).map((p) => p.join(''))), (text) => {
         try {
@@ -36,7 +40,7 @@ describe('REST filters (fuzzed)', () => {
     type Subject = { id: string; userId: string | null; groups: Set<string> };
     type Gen = { text: string; eval: (c: Subject) => boolean };
     const quote = (v: string) => `'${v.replace(/'/g, "''")}'`;
-    const value: fc.Arbitrary<string> = fc.constantFrom('a', 'b', "o'k", '');
+    const value: fc.Arbitrary<string> = fc.constantFrom('a', 'b', "o'k", '', 'A');
     const leaf: fc.Arbitrary<Gen> = fc.oneof(
       fc.tuple(fc.constantFrom('userId' as const, 'connectionId' as const), fc.constantFrom('eq', 'ne'), value).map(([f, op, v]) => ({
         text: `${f} ${op} ${quote(v)}`,
@@ -45,6 +49,24 @@ describe('REST filters (fuzzed)', () => {
       fc.array(value, { minLength: 1, maxLength: 3 }).map((vs) => ({ text: `userId in (${vs.map(quote).join(', ')})`, eval: (c: Subject) => vs.includes(c.userId as string) })),
       value.map((v) => ({ text: `${quote(v)} in groups`, eval: (c: Subject) => c.groups.has(v) })),
       value.map((v) => ({ text: `groups/any(x: x eq ${quote(v)})`, eval: (c: Subject) => c.groups.has(v) })),
+      fc.tuple(fc.constantFrom('startswith', 'endswith', 'contains'), value).map(([fn, v]) => ({
+        text: `${fn}(userId, ${quote(v)})`,
+        eval: (c: Subject) => c.userId !== null && (fn === 'startswith' ? c.userId.startsWith(v) : fn === 'endswith' ? c.userId.endsWith(v) : c.userId.includes(v)),
+      })),
+      fc.tuple(fc.constantFrom('gt', 'ge', 'lt', 'le'), fc.integer({ min: -1, max: 4 })).map(([op, n]) => ({
+        text: `length(userId) ${op} ${n}`,
+        eval: (c: Subject) => {
+          if (c.userId === null) return false;
+          const l = c.userId.length;
+          return op === 'gt' ? l > n : op === 'ge' ? l >= n : op === 'lt' ? l < n : l <= n;
+        },
+      })),
+      fc.integer({ min: 0, max: 3 }).map((n) => ({ text: `length(groups) eq ${n}`, eval: (c: Subject) => c.groups.size === n })),
+      fc.tuple(value, fc.integer({ min: 0, max: 2 })).map(([v, n]) => ({
+        text: `substring(tolower(connectionId), ${n}) eq ${quote(v)}`,
+        eval: (c: Subject) => c.id.toLowerCase().slice(n) === v,
+      })),
+      fc.boolean().map((b) => ({ text: String(b), eval: () => b })),
     );
     const expr = fc.letrec<{ e: Gen }>((tie) => ({
       e: fc.oneof(

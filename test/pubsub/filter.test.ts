@@ -1,6 +1,9 @@
-// REST `filter`: the OData subset Azure Web PubSub documents, parsed by
-// connection-filter.ts, on sends and on :addToGroups / :removeFromGroups,
-// through the published @azure/web-pubsub server SDK.
+// REST `filter`: the OData syntax Azure Web PubSub documents ("OData filter
+// syntax in Azure Web PubSub service": identifiers, boolean expressions,
+// supported operations, operator precedence, examples, formal grammar),
+// parsed by filter-parser.ts and evaluated by connection-filter.ts, on sends
+// and on :addToGroups / :removeFromGroups, through the published
+// @azure/web-pubsub server SDK.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
@@ -55,10 +58,221 @@ describe('OData filter: what it selects', () => {
 
   it('combines with not, and, or and parentheses; and binds tighter than or', () => {
     assert.equal(selects("not('g1' in groups)"), false);
-    assert.equal(selects("not 'g2' in groups"), true);
+    assert.equal(selects("not ('g2' in groups)"), true);
     assert.equal(selects("userId eq 'bob' or userId eq 'alice' and 'g1' in groups"), true);
     assert.equal(selects("(userId eq 'bob' or userId eq 'alice') and 'g2' in groups"), false);
     assert.equal(selects("userId ne 'user1' and userId ne 'user2'"), true);
+  });
+});
+
+// The connections of Azure's examples: `user-ab-de` in two groups, and users
+// whose ids its string-function rows name.
+const userAbDe = { id: 'conn-1', userId: 'user-ab-de', groups: new Set(['group1', 'group2']) };
+const withUser = (userId: string | null, groups: string[] = []): FilterSubject => ({ id: `c-${userId}`, userId, groups: new Set(groups) });
+
+/** Which of `subjects` (by user id) a filter selects. */
+function selected(text: string, subjects: FilterSubject[]): (string | null)[] {
+  const filter = ConnectionFilter.parse(text);
+  return subjects.filter((s) => filter.matches(s)).map((s) => s.userId);
+}
+
+describe('OData filter: identifiers', () => {
+  it('userId, connectionId and groups are case-insensitive', () => {
+    assert.equal(selects("UserId eq 'user-ab-de'", userAbDe), true);
+    assert.equal(selects("USERID eq 'user-ab-de'", userAbDe), true);
+    assert.equal(selects("ConnectionID eq 'conn-1'", userAbDe), true);
+    assert.equal(selects("'group1' in Groups", userAbDe), true);
+    assert.equal(selects("GROUPS/any(g: g eq 'group2')", userAbDe), true);
+    assert.equal(selects('length(groupS) eq 2', userAbDe), true);
+  });
+
+  it('values compare case-sensitively: tolower and toupper are how to ignore case', () => {
+    assert.equal(selects("userId eq 'USER-AB-DE'", userAbDe), false);
+    assert.equal(selects("'GROUP1' in groups", userAbDe), false);
+  });
+});
+
+describe('OData filter: boolean literals', () => {
+  it('true selects every connection, false none, and they combine like conditions', () => {
+    assert.equal(selects('true', userAbDe), true);
+    assert.equal(selects('true', anonymous), true);
+    assert.equal(selects('false', userAbDe), false);
+    assert.equal(selects("false or userId eq 'user-ab-de'", userAbDe), true);
+    assert.equal(selects('not false and (true)', userAbDe), true);
+    assert.equal(selects("startswith(userId, 'user') eq true", userAbDe), true);
+  });
+});
+
+describe('OData filter: supported operations', () => {
+  const lengths = ['ab', 'abcd', 'abcdefghij', 'abcdefghijk'].map((u) => withUser(u));
+
+  it('logical operators: and, or, not', () => {
+    assert.deepEqual(selected('length(userId) le 10 and length(userId) gt 3', lengths), ['abcd', 'abcdefghij']);
+    assert.deepEqual(selected('length(userId) gt 10 or length(userId) le 3', lengths), ['ab', 'abcdefghijk']);
+    assert.deepEqual(selected("not endswith(userId, 'milk')", [withUser('oatmilk'), withUser('water')]), ['water']);
+  });
+
+  it('comparison operators: eq, ne, gt, ge, lt, le', () => {
+    assert.deepEqual(selected('length(userId) gt 10', lengths), ['abcdefghijk']);
+    assert.deepEqual(selected('length(userId) ge 10', lengths), ['abcdefghij', 'abcdefghijk']);
+    assert.deepEqual(selected('length(userId) lt 3', lengths), ['ab']);
+    assert.deepEqual(selected('length(userId) le 4', lengths), ['ab', 'abcd']);
+    assert.deepEqual(selected("userId ne 'ab'", lengths), ['abcd', 'abcdefghij', 'abcdefghijk']);
+    assert.equal(selects("userId eq 'user1'", withUser('user1')), true);
+    assert.equal(selects('userId eq null', withUser(null)), true);
+    assert.equal(selects('userId ne null', withUser(null)), false);
+  });
+
+  it('orders strings by code unit and integers by value, literal on either side, with signs', () => {
+    assert.deepEqual(selected("userId gt 'b'", [withUser('a'), withUser('b'), withUser('ba'), withUser('B')]), ['ba']);
+    assert.deepEqual(selected("userId le 'B'", [withUser('a'), withUser('B'), withUser('A')]), ['B', 'A']);
+    assert.equal(selects("indexof(userId, 'x') eq -1", userAbDe), true);
+    assert.equal(selects('10 gt length(userId)', userAbDe), false);
+    assert.equal(selects('-1 lt +1', userAbDe), true);
+    assert.equal(selects('007 eq 7', userAbDe), true);
+  });
+
+  it("in: a parenthesized list of values, or an expression that is the connection's groups", () => {
+    assert.equal(selects("'group1' in groups", userAbDe), true);
+    assert.equal(selects("userId in ('user1', 'user2')", withUser('user2')), true);
+    assert.equal(selects("userId in ('user1', 'user2')", withUser('user3')), false);
+    assert.equal(selects("'group2' in (groups)", userAbDe), true);
+    assert.equal(selects("userId in (connectionId, 'x')", { id: 'same', userId: 'same', groups: new Set() }), true);
+    assert.equal(selects("tolower(userId) in ('user-ab-de')", { ...userAbDe, userId: 'User-AB-de' }), true);
+    assert.equal(selects('userId in groups', withUser('g', ['g'])), true);
+    assert.equal(selects('length(userId) in (1, 2, 10)', userAbDe), true);
+    assert.equal(selects("userId in ('a', null)", anonymous), true);
+  });
+
+  it('grouping: parentheses around conditions and around values', () => {
+    assert.equal(selects("userId eq 'user1' or (not (startswith(userId,'user2')))", withUser('user1')), true);
+    assert.equal(selects("userId eq 'user1' or (not (startswith(userId,'user2')))", withUser('user2x')), false);
+    assert.equal(selects("userId eq 'user1' or (not (startswith(userId,'user2')))", withUser('other')), true);
+    assert.equal(selects("(userId) eq ('user-ab-de')", userAbDe), true);
+    assert.equal(selects('((length(userId))) eq 10', userAbDe), true);
+  });
+});
+
+describe('OData filter: string functions', () => {
+  it("each row of Azure's table selects the user it names", () => {
+    assert.equal(selects("tolower(userId) eq 'user1'", withUser('USER1')), true);
+    assert.equal(selects("toupper(userId) eq 'USER1'", withUser('user1')), true);
+    assert.equal(selects("trim(userId) eq 'user1'", withUser(' user1 ')), true);
+    assert.equal(selects("substring(userId,5,2) eq 'ab'", userAbDe), true);
+    assert.equal(selects("endswith(userId,'de')", userAbDe), true);
+    assert.equal(selects("startswith(userId,'user')", userAbDe), true);
+    assert.equal(selects("indexof(userId,'-ab-') ge 0", userAbDe), true);
+    assert.equal(selects('length(userId) gt 1', userAbDe), true);
+  });
+
+  it('and the opposite answers', () => {
+    assert.equal(selects("tolower(userId) eq 'user1'", withUser('USER2')), false);
+    assert.equal(selects("trim(userId) eq 'user1'", withUser(' user1x ')), false);
+    assert.equal(selects("substring(userId,5,2) eq 'ab'", withUser('user-cd-ab')), false);
+    assert.equal(selects("endswith(userId,'ab')", userAbDe), false);
+    assert.equal(selects("startswith(userId,'ab')", userAbDe), false);
+    assert.equal(selects("indexof(userId,'-cd-') ge 0", userAbDe), false);
+    assert.equal(selects("indexof(userId,'-ab-') eq 4", userAbDe), true);
+    assert.equal(selects('length(userId) gt 10', userAbDe), false);
+  });
+
+  it("the grammar's others: substring from an index, contains, concat; on connectionId too", () => {
+    assert.equal(selects("substring(userId, 5) eq 'ab-de'", userAbDe), true);
+    assert.equal(selects("substring(userId, 8, 10) eq 'de'", userAbDe), true, 'a length past the end stops at the end');
+    assert.equal(selects("substring(userId, 99) eq ''", userAbDe), true, 'a start past the end is empty');
+    assert.equal(selects("contains(userId, '-ab-')", userAbDe), true);
+    assert.equal(selects("contains(userId, 'xyz')", userAbDe), false);
+    assert.equal(selects("concat(userId, '!') eq 'user-ab-de!'", userAbDe), true);
+    assert.equal(selects("concat('conn', '-1') eq connectionId", userAbDe), true);
+    assert.equal(selects("startswith(connectionId, 'conn-')", userAbDe), true);
+    assert.equal(selects("tolower(toupper(trim(substring(userId, 0, 4)))) eq 'user'", userAbDe), true);
+    assert.equal(selects("startswith(userId, '')", userAbDe), true);
+  });
+
+  it('a connection without a user: string and integer functions give null, boolean ones false', () => {
+    assert.equal(selects("startswith(userId,'user')", anonymous), false);
+    assert.equal(selects("not endswith(userId, 'milk')", anonymous), true);
+    assert.equal(selects("contains(userId, '')", anonymous), false);
+    assert.equal(selects('length(userId) gt 1', anonymous), false);
+    assert.equal(selects('length(userId) lt 1', anonymous), false);
+    assert.equal(selects('length(userId) eq null', anonymous), true);
+    assert.equal(selects('length(userId) ge null', anonymous), true);
+    assert.equal(selects('length(userId) ne null', anonymous), false);
+    assert.equal(selects('tolower(userId) eq null', anonymous), true);
+    assert.equal(selects("concat(userId, 'x') eq null", anonymous), true);
+    assert.equal(selects("indexof(userId, 'a') eq null", anonymous), true);
+    assert.equal(selects('not (length(userId) gt 5)', anonymous), true);
+    assert.equal(selects("userId in ('a', 'b')", anonymous), false);
+    assert.equal(selects('userId in groups', anonymous), false);
+  });
+});
+
+describe('OData filter: collection functions and lambdas', () => {
+  it('length(groups) counts the groups the connection is in', () => {
+    assert.equal(selects('length(groups) gt 1', userAbDe), true);
+    assert.equal(selects('length(groups) gt 1', withUser('x', ['only'])), false);
+    assert.equal(selects('length(groups) eq 0', anonymous), true);
+    assert.equal(selects('length((groups)) eq 2', userAbDe), true);
+  });
+
+  it('groups/any takes string functions on its variable', () => {
+    assert.equal(selects("groups/any(g: startswith(g, 'group'))", userAbDe), true);
+    assert.equal(selects("groups/any(g: endswith(g, '3'))", userAbDe), false);
+    assert.equal(selects("groups/any(g: length(g) gt 5 and g ne 'group1')", userAbDe), true);
+    assert.equal(selects("groups/any(G: G eq 'group1') and length(groups) eq 2", userAbDe), true);
+  });
+});
+
+describe('OData filter: operator precedence', () => {
+  it('comparisons bind tighter than and, and tighter than or', () => {
+    const users = ['', 'a', 'ab', 'abcd', 'abcdefgh', 'abcdefghij'].map((u) => withUser(u)).concat(withUser(null));
+    const bare = 'length(userId) gt 0 and length(userId) lt 3 or length(userId) gt 7 and length(userId) lt 10';
+    const grouped = '((length(userId) gt 0) and (length(userId) lt 3)) or ((length(userId) gt 7) and (length(userId) lt 10))';
+    assert.deepEqual(selected(bare, users), ['a', 'ab', 'abcdefgh']);
+    assert.deepEqual(selected(grouped, users), selected(bare, users));
+    assert.deepEqual(selected("userId eq 'a' or userId eq 'ab' and false", users), ['a']);
+  });
+
+  it('not binds tightest: not length(userId) gt 5 is refused, not (…) is the fix', () => {
+    assert.equal(syntaxError('not length(userId) gt 5').position, 0);
+    assert.equal(syntaxError("not 'g1' in groups").position, 0);
+    assert.deepEqual(selected('not (length(userId) gt 5)', [withUser('abc'), withUser('abcdefg')]), ['abc']);
+    assert.equal(selects("not startswith(userId, 'user') or true", userAbDe), true);
+  });
+});
+
+describe("OData filter: Azure's examples", () => {
+  const members = [
+    withUser('user1', ['group1']),
+    withUser('user2', ['group2']),
+    withUser('user3', ['group3', 'group1']),
+    withUser('user4', ['group4']),
+    withUser("user'1", []),
+  ];
+
+  it('send to multiple groups', () => {
+    assert.deepEqual(selected("'group1' in groups or 'group2' in groups or 'group3' in groups", members), ['user1', 'user2', 'user3']);
+  });
+
+  it('send to multiple users in some specific group', () => {
+    assert.deepEqual(selected("userId in ('user1', 'user2', 'user3') and 'group1' in groups", members), ['user1', 'user3']);
+  });
+
+  it('send to some user but not some specific connectionId', () => {
+    const twice = [{ id: '123', userId: 'user1', groups: new Set<string>() }, { id: '456', userId: 'user1', groups: new Set<string>() }];
+    assert.deepEqual(
+      twice.filter((c) => ConnectionFilter.parse("userId eq 'user1' and connectionId ne '123'").matches(c)).map((c) => c.id),
+      ['456'],
+    );
+  });
+
+  it('send to some user not in some specific group', () => {
+    assert.deepEqual(selected("userId eq 'user1' and (not ('group1' in groups))", members), []);
+    assert.deepEqual(selected("userId eq 'user2' and (not ('group1' in groups))", members), ['user2']);
+  });
+
+  it("escape ' when userId contains '", () => {
+    assert.deepEqual(selected("userId eq 'user''1'", members), ["user'1"]);
   });
 });
 
@@ -66,7 +280,7 @@ describe('OData filter: malformed filters name the position', () => {
   it('reports where the parser stopped', () => {
     assert.equal(syntaxError("userId eq 'a").position, 10);
     assert.equal(syntaxError("userId eq 'a' oops").position, 14);
-    assert.equal(syntaxError("userId gt 'a'").position, 7);
+    assert.equal(syntaxError('userId gt 1').position, 7);
     assert.equal(syntaxError("name eq 'a'").position, 0);
     assert.equal(syntaxError("(userId eq 'a'").position, 14);
     assert.equal(syntaxError("groups eq 'a'").position, 7);
@@ -74,10 +288,58 @@ describe('OData filter: malformed filters name the position', () => {
     assert.match(syntaxError("userId eq 'a' and").message, /at position 17$/);
   });
 
+  it('refuses types the grammar does not put together, at the operator or the operand', () => {
+    assert.equal(syntaxError("length(userId) eq 'a'").position, 15);
+    assert.equal(syntaxError('userId').position, 0);
+    assert.equal(syntaxError('groups').position, 0);
+    assert.equal(syntaxError("userId eq 'a' and connectionId").position, 18);
+    assert.equal(syntaxError('length(userId)').position, 0);
+    assert.equal(syntaxError('true gt false').position, 5);
+    assert.equal(syntaxError('1 in groups').position, 2);
+    assert.equal(syntaxError("startswith(length(userId), 'a')").position, 11);
+    assert.equal(syntaxError("tolower(groups) eq 'a'").position, 8);
+    assert.equal(syntaxError("groups/any(g: g)").position, 14);
+    assert.equal(syntaxError("userId in ('a', 1)").position, 16);
+    assert.equal(syntaxError("userId eq 'a' eq 'b'").position, 14);
+  });
+
+  it('refuses unknown functions, wrong arity, non-literal or negative substring counts, and huge integers', () => {
+    assert.equal(syntaxError("lower(userId) eq 'a'").position, 0);
+    assert.equal(syntaxError("startsWith(userId, 'a')").position, 0, 'function names are the lowercase ones of the grammar');
+    assert.equal(syntaxError("startswith(userId)").position, 0);
+    assert.equal(syntaxError("substring(userId, 1, 2, 3) eq 'a'").position, 0);
+    assert.equal(syntaxError("substring(userId, -1) eq 'a'").position, 18);
+    assert.equal(syntaxError("substring(userId, length(userId)) eq 'a'").position, 18);
+    assert.equal(syntaxError("substring(userId, 'a') eq 'a'").position, 18);
+    assert.equal(syntaxError('length(userId) gt 99999999999999999999').position, 18);
+    assert.equal(syntaxError('length(userId) gt 1.5').position, 19);
+    assert.equal(syntaxError('length(userId) gt - 1').position, 18);
+    assert.equal(syntaxError('userId eq and').position, 10);
+    assert.equal(syntaxError("userId in 'a'").position, 10);
+    assert.equal(syntaxError("groups/any(g: groups/any(h: h eq g))").position, 14);
+    assert.equal(syntaxError("groups/any(userid: true)").position, 11);
+    assert.equal(syntaxError("groups/any(startswith: true)").position, 11);
+  });
+
   it('bounds length and nesting', () => {
     assert.match(syntaxError("userId eq '" + 'x'.repeat(5000) + "'").message, /longer than/);
     assert.match(syntaxError('not '.repeat(40) + "userId eq 'a'").message, /nested deeper/);
     assert.match(syntaxError('('.repeat(40) + "userId eq 'a'" + ')'.repeat(40)).message, /nested deeper/);
+    assert.match(syntaxError('tolower('.repeat(40) + 'userId' + ')'.repeat(40) + " eq 'a'").message, /nested deeper/);
+    assert.match(syntaxError("userId in (" + '('.repeat(40) + "'a'" + ')'.repeat(41)).message, /nested deeper/);
+    assert.equal(selects('tolower('.repeat(30) + 'userId' + ')'.repeat(30) + " eq 'alice'"), true, 'under the bound');
+    assert.equal(selects('true' + ' or true'.repeat(500)), true, 'a long chain is not deep');
+  });
+
+  it('costs at most its length times the groups: the largest filter over many groups stays cheap', () => {
+    const many = { id: 'c', userId: 'u', groups: new Set(Array.from({ length: 2000 }, (_, i) => `group-${i}`)) };
+    const clauses = Array.from({ length: 150 }, (_, i) => `g eq 'x${i}'`).join(' or ');
+    const text = `groups/any(g: ${clauses}) or ${'not '.repeat(30)}startswith(userId, 'v')`;
+    assert.ok(text.length <= 4096, String(text.length));
+    const filter = ConnectionFilter.parse(text);
+    const started = performance.now();
+    for (let i = 0; i < 10; i++) assert.equal(filter.matches(many), false);
+    assert.ok(performance.now() - started < 5000, 'ten evaluations of 150 clauses over 2000 groups');
   });
 });
 
@@ -104,6 +366,32 @@ describe('REST filter', () => {
     assert.deepEqual(a.dataMessages().map((m) => m.data), []);
     assert.deepEqual(b.dataMessages().map((m) => m.data), ['not alice', 'vip bob', 'bob not b2', 'late', 'vip after']);
     assert.deepEqual(b2.dataMessages().map((m) => m.data), ['not alice', 'not vip']);
+  });
+
+  it("takes Azure's string and collection functions: startswith(userId,'a') reaches only the users it names", async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, { allowInsecureConnection: true });
+    const clients = {
+      alice: await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', groups: ['g1', 'g2'] }), PLAIN, t),
+      anna: await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'anna' }), PLAIN, t),
+      bob: await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob', groups: ['g1'] }), PLAIN, t),
+      nobody: await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t),
+    };
+    await svc.sendToAll('starts with a', { contentType: 'text/plain', filter: "startswith(userId,'a')" });
+    await svc.sendToAll('two groups', { contentType: 'text/plain', filter: 'length(groups) gt 1' });
+    await svc.sendToAll('no user', { contentType: 'text/plain', filter: "UserId eq null or endswith(userId, 'ob') and indexof(userId, 'x') ge 0" });
+    await svc.sendToAll('substring', { contentType: 'text/plain', filter: "substring(userId, 1, 2) eq 'nn' or toupper(userId) eq 'BOB'" });
+    await svc.group('g1').sendToAll('g1, not five letters', { contentType: 'text/plain', filter: 'not (length(userId) eq 5) and true' });
+    await assert.rejects(svc.sendToAll('refused', { contentType: 'text/plain', filter: 'not length(userId) gt 5' }), (err: { statusCode?: number; code?: string }) => err.statusCode === 400 && err.code === 'FilterInvalid');
+    await until(() => clients.nobody.dataMessages().length === 1 && clients.bob.dataMessages().length === 2, 5000, 'nobody and bob');
+    await new Promise((r) => setTimeout(r, 100));
+    const got = Object.fromEntries(Object.entries(clients).map(([name, c]) => [name, c.dataMessages().map((m) => m.data)]));
+    assert.deepEqual(got, {
+      alice: ['starts with a', 'two groups'],
+      anna: ['starts with a', 'substring'],
+      bob: ['substring', 'g1, not five letters'],
+      nobody: ['no user'],
+    });
   });
 
   it('answers a malformed filter 400 FilterInvalid with the position, and sends nothing', async (t) => {

@@ -1,0 +1,397 @@
+// The syntax of a REST `filter`: Azure Web PubSub's OData subset
+// (Azure's "OData filter syntax in Azure Web PubSub service", its formal
+// grammar and its table of operations), parsed into a typed tree that
+// connection-filter.ts compiles. Precedence, highest first:
+//
+//   not  >  eq ne gt ge lt le, in  >  and  >  or
+//
+//   or      := and ('or' and)*
+//   and     := compare ('and' compare)*
+//   compare := unary [ ('eq'|'ne'|'gt'|'ge'|'lt'|'le') unary
+//                    | 'in' ( '(' expr (',' expr)* ')' | collection ) ]
+//   unary   := 'not' unary | term
+//   term    := '(' or ')' | string | integer | 'true' | 'false' | 'null'
+//            | userId | connectionId | groups | groups/any( [var ':' or] )
+//            | function '(' or (',' or)* ')'
+//
+// Functions: tolower, toupper, trim, concat, substring (string); startswith,
+// endswith, contains (boolean); indexof, length (integer; length also takes
+// groups). The identifiers are case-insensitive, as Azure documents;
+// keywords and function names are the lowercase ones the grammar spells.
+// Types are checked here, so `not length(userId) gt 5` (not binds to the
+// integer) is refused, as Azure refuses it, instead of failing per connection.
+// Text and nesting are bounded by the caller (MAX_FILTER_LENGTH) and here
+// (MAX_DEPTH); no regular expression is built from the input. A malformed
+// filter names the position (0-based, in characters) of the problem.
+
+export const MAX_DEPTH = 32;
+
+/** The static type of an expression; `null` is the literal, which compares with any type but boolean order. */
+export type ValueType = 'string' | 'integer' | 'boolean' | 'null' | 'collection';
+
+export type StringFunction = 'tolower' | 'toupper' | 'trim' | 'concat' | 'substring';
+export type BooleanFunction = 'startswith' | 'endswith' | 'contains';
+export type IntegerFunction = 'indexof' | 'length';
+export type CompareOp = 'eq' | 'ne' | 'gt' | 'ge' | 'lt' | 'le';
+
+/** A parsed, type-checked expression. `at` is where it starts in the text. */
+export type Expr = { at: number; type: ValueType } & (
+  | { kind: 'literal'; value: string | number | boolean | null }
+  | { kind: 'field'; field: 'userId' | 'connectionId' }
+  | { kind: 'variable' } // the group a groups/any lambda is at
+  | { kind: 'groups' } // the collection; only under 'in' and length()
+  | { kind: 'call'; fn: StringFunction | BooleanFunction | IntegerFunction; args: Expr[] }
+  | { kind: 'groupCount' } // length(groups)
+  | { kind: 'not'; operand: Expr }
+  | { kind: 'and' | 'or'; items: Expr[] }
+  | { kind: 'compare'; op: CompareOp; left: Expr; right: Expr }
+  | { kind: 'inList'; operand: Expr; items: Expr[] }
+  | { kind: 'inGroups'; operand: Expr }
+  | { kind: 'any'; body: Expr | undefined }
+);
+
+export class FilterSyntaxError extends Error {
+  constructor(
+    readonly position: number,
+    problem: string,
+  ) {
+    super(`${problem} at position ${position}`);
+  }
+}
+
+type Token =
+  | { type: 'string'; value: string; at: number }
+  | { type: 'integer'; value: number; at: number }
+  | { type: 'word'; value: string; at: number }
+  | { type: 'punct'; value: '(' | ')' | ',' | ':' | '/'; at: number }
+  | { type: 'end'; at: number };
+
+const WORD = /[A-Za-z_][A-Za-z0-9_]*/y;
+const INTEGER = /[+-]?[0-9]+/y;
+
+function tokenize(text: string): Token[] {
+  const tokens: Token[] = [];
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i];
+    if (c === ' ' || c === '\t' || c === '\r' || c === '\n') {
+      i++;
+    } else if (c === '(' || c === ')' || c === ',' || c === ':' || c === '/') {
+      tokens.push({ type: 'punct', value: c, at: i });
+      i++;
+    } else if (c === "'") {
+      const at = i;
+      let value = '';
+      for (i++; ; i++) {
+        if (i >= text.length) throw new FilterSyntaxError(at, 'unterminated string literal');
+        if (text[i] === "'") {
+          if (text[i + 1] === "'") {
+            value += "'";
+            i++;
+            continue;
+          }
+          i++;
+          break;
+        }
+        value += text[i];
+      }
+      tokens.push({ type: 'string', value, at });
+    } else if ((c >= '0' && c <= '9') || c === '+' || c === '-') {
+      INTEGER.lastIndex = i;
+      const m = INTEGER.exec(text);
+      if (!m) throw new FilterSyntaxError(i, `unexpected character '${c}'`);
+      const value = Number(m[0]);
+      if (!Number.isSafeInteger(value)) throw new FilterSyntaxError(i, 'integer out of range');
+      tokens.push({ type: 'integer', value, at: i });
+      i += m[0].length;
+    } else {
+      WORD.lastIndex = i;
+      const m = WORD.exec(text);
+      if (!m) throw new FilterSyntaxError(i, `unexpected character '${c}'`);
+      tokens.push({ type: 'word', value: m[0], at: i });
+      i += m[0].length;
+    }
+  }
+  tokens.push({ type: 'end', at: text.length });
+  return tokens;
+}
+
+const COMPARE_OPS: ReadonlySet<string> = new Set(['eq', 'ne', 'gt', 'ge', 'lt', 'le']);
+const KEYWORDS: ReadonlySet<string> = new Set([...COMPARE_OPS, 'and', 'or', 'not', 'in', 'true', 'false', 'null', 'any']);
+/** Argument types of each function; 'text' is a string or null, 'count' a non-negative integer literal. */
+const FUNCTIONS: Record<string, { args: ('text' | 'count')[]; optional?: number; result: ValueType }> = {
+  tolower: { args: ['text'], result: 'string' },
+  toupper: { args: ['text'], result: 'string' },
+  trim: { args: ['text'], result: 'string' },
+  concat: { args: ['text', 'text'], result: 'string' },
+  substring: { args: ['text', 'count', 'count'], optional: 1, result: 'string' },
+  startswith: { args: ['text', 'text'], result: 'boolean' },
+  endswith: { args: ['text', 'text'], result: 'boolean' },
+  contains: { args: ['text', 'text'], result: 'boolean' },
+  indexof: { args: ['text', 'text'], result: 'integer' },
+  length: { args: ['text'], result: 'integer' }, // or groups: see call()
+};
+
+/** The identifier a word names, compared case-insensitively as Azure documents. */
+function identifier(word: string): 'userId' | 'connectionId' | 'groups' | undefined {
+  const lower = word.toLowerCase();
+  if (lower === 'userid') return 'userId';
+  if (lower === 'connectionid') return 'connectionId';
+  if (lower === 'groups') return 'groups';
+  return undefined;
+}
+
+const COLLECTION_HINT = "'groups' is a collection: use '<value> in groups', 'length(groups)' or 'groups/any(...)'";
+
+class Parser {
+  private pos = 0;
+  private depth = 0;
+  /** The lambda variable while parsing inside groups/any(...). */
+  private variable: string | undefined;
+
+  constructor(private readonly tokens: Token[]) {}
+
+  private get peek(): Token {
+    return this.tokens[this.pos];
+  }
+
+  private isWord(value: string): boolean {
+    const t = this.peek;
+    return t.type === 'word' && t.value === value;
+  }
+
+  private isPunct(value: string): boolean {
+    const t = this.peek;
+    return t.type === 'punct' && t.value === value;
+  }
+
+  private expect(value: string, what = `'${value}'`): void {
+    const t = this.peek;
+    if ((t.type === 'punct' || t.type === 'word') && t.value === value) {
+      this.pos++;
+      return;
+    }
+    throw new FilterSyntaxError(t.at, `expected ${what}`);
+  }
+
+  parseFilter(): Expr {
+    const node = this.or();
+    if (this.peek.type !== 'end') throw new FilterSyntaxError(this.peek.at, "expected 'and', 'or' or the end of the filter");
+    return condition(node, 'the filter');
+  }
+
+  private nested<T>(at: number, parse: () => T): T {
+    if (++this.depth > MAX_DEPTH) throw new FilterSyntaxError(at, `nested deeper than ${MAX_DEPTH}`);
+    try {
+      return parse();
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /** 'or' and 'and' chains become one node with a list, so a long chain is not a deep tree. */
+  private chain(op: 'or' | 'and', operand: () => Expr): Expr {
+    const first = operand();
+    if (!this.isWord(op)) return first;
+    const items = [condition(first, `'${op}'`)];
+    while (this.isWord(op)) {
+      this.pos++;
+      items.push(condition(operand(), `'${op}'`));
+    }
+    return { kind: op, items, at: first.at, type: 'boolean' };
+  }
+
+  private or(): Expr {
+    return this.chain('or', () => this.and());
+  }
+
+  private and(): Expr {
+    return this.chain('and', () => this.compare());
+  }
+
+  private compare(): Expr {
+    const left = this.unary();
+    const op = this.peek;
+    if (op.type !== 'word') return left;
+    if (COMPARE_OPS.has(op.value)) {
+      this.pos++;
+      const right = this.unary();
+      checkComparable(left, right, op.value as CompareOp, op.at);
+      return { kind: 'compare', op: op.value as CompareOp, left, right, at: left.at, type: 'boolean' };
+    }
+    if (op.value === 'in') {
+      this.pos++;
+      return this.inRight(left, op.at);
+    }
+    return left;
+  }
+
+  /** The right of 'in': groups (possibly parenthesized), or a parenthesized list of values. */
+  private inRight(operand: Expr, at: number): Expr {
+    if (!this.isPunct('(')) {
+      const t = this.peek;
+      if (t.type === 'word' && identifier(t.value) === 'groups' && !this.followedBySlash()) {
+        this.pos++;
+        return this.inGroups(operand, at);
+      }
+      throw new FilterSyntaxError(t.at, "expected '(' or 'groups' after 'in'");
+    }
+    const open = this.peek.at;
+    this.pos++;
+    const items = this.nested(open, () => {
+      const list = [this.or()];
+      while (this.isPunct(',')) {
+        this.pos++;
+        list.push(this.or());
+      }
+      return list;
+    });
+    this.expect(')', "',' or ')'");
+    if (items.length === 1 && items[0].kind === 'groups') return this.inGroups(operand, at);
+    for (const item of items) checkComparable(operand, item, 'in', item.at);
+    return { kind: 'inList', operand, items, at: operand.at, type: 'boolean' };
+  }
+
+  private inGroups(operand: Expr, at: number): Expr {
+    if (operand.type !== 'string' && operand.type !== 'null') throw new FilterSyntaxError(at, `${a(operand.type)} cannot be 'in groups' (group names are strings)`);
+    return { kind: 'inGroups', operand, at: operand.at, type: 'boolean' };
+  }
+
+  private unary(): Expr {
+    const t = this.peek;
+    if (this.isWord('not')) {
+      this.pos++;
+      const operand = this.nested(t.at, () => this.unary());
+      if (operand.type !== 'boolean') {
+        throw new FilterSyntaxError(t.at, `'not' binds tighter than comparisons and applies to ${a(operand.type)} here: write not (...)`);
+      }
+      return { kind: 'not', operand, at: t.at, type: 'boolean' };
+    }
+    return this.term();
+  }
+
+  private term(): Expr {
+    const t = this.peek;
+    this.pos++;
+    switch (t.type) {
+      case 'string':
+        return { kind: 'literal', value: t.value, at: t.at, type: 'string' };
+      case 'integer':
+        return { kind: 'literal', value: t.value, at: t.at, type: 'integer' };
+      case 'end':
+        throw new FilterSyntaxError(t.at, 'unexpected end of the filter');
+      case 'punct': {
+        if (t.value !== '(') throw new FilterSyntaxError(t.at, `unexpected '${t.value}'`);
+        const inner = this.nested(t.at, () => this.or());
+        this.expect(')', "')'");
+        return inner;
+      }
+      case 'word':
+        return this.word(t);
+    }
+  }
+
+  private word(t: Token & { type: 'word' }): Expr {
+    if (t.value === 'true' || t.value === 'false') return { kind: 'literal', value: t.value === 'true', at: t.at, type: 'boolean' };
+    if (t.value === 'null') return { kind: 'literal', value: null, at: t.at, type: 'null' };
+    if (KEYWORDS.has(t.value)) throw new FilterSyntaxError(t.at, `unexpected '${t.value}'`);
+    if (this.variable !== undefined && t.value === this.variable) return { kind: 'variable', at: t.at, type: 'string' };
+    const id = identifier(t.value);
+    if (id === 'groups') {
+      if (this.isPunct('/')) return this.anyGroup(t.at);
+      return { kind: 'groups', at: t.at, type: 'collection' };
+    }
+    if (id !== undefined) return { kind: 'field', field: id, at: t.at, type: 'string' };
+    if (this.isPunct('(')) return this.call(t);
+    throw new FilterSyntaxError(t.at, `unknown identifier '${t.value}' (userId, connectionId, groups)`);
+  }
+
+  private followedBySlash(): boolean {
+    const next = this.tokens[this.pos + 1];
+    return next.type === 'punct' && next.value === '/';
+  }
+
+  private call(t: Token & { type: 'word' }): Expr {
+    const spec = Object.hasOwn(FUNCTIONS, t.value) ? FUNCTIONS[t.value] : undefined;
+    if (!spec) throw new FilterSyntaxError(t.at, `unknown function '${t.value}'`);
+    const open = this.peek.at;
+    this.pos++;
+    const args = this.nested(open, () => {
+      const list = [this.or()];
+      while (this.isPunct(',')) {
+        this.pos++;
+        list.push(this.or());
+      }
+      return list;
+    });
+    this.expect(')', "',' or ')'");
+    const least = spec.args.length - (spec.optional ?? 0);
+    if (args.length < least || args.length > spec.args.length) {
+      const count = least === spec.args.length ? `${least}` : `${least} or ${spec.args.length}`;
+      throw new FilterSyntaxError(t.at, `${t.value}() takes ${count} argument${spec.args.length === 1 ? '' : 's'}`);
+    }
+    if (t.value === 'length' && args[0].kind === 'groups') return { kind: 'groupCount', at: t.at, type: 'integer' };
+    args.forEach((arg, i) => {
+      if (spec.args[i] === 'count') {
+        if (arg.kind !== 'literal' || arg.type !== 'integer' || (arg.value as number) < 0) {
+          throw new FilterSyntaxError(arg.at, `${t.value}() takes a non-negative integer literal here`);
+        }
+      } else if (arg.type !== 'string' && arg.type !== 'null') {
+        throw new FilterSyntaxError(arg.at, arg.type === 'collection' ? COLLECTION_HINT : `${t.value}() takes a string here, not ${a(arg.type)}`);
+      }
+    });
+    return { kind: 'call', fn: t.value as StringFunction | BooleanFunction | IntegerFunction, args, at: t.at, type: spec.result };
+  }
+
+  /** groups/any(g: ...) or groups/any(); the 'groups' word is consumed. */
+  private anyGroup(at: number): Expr {
+    this.pos++;
+    this.expect('any', "'any'");
+    const open = this.peek.at;
+    this.expect('(');
+    if (this.isPunct(')')) {
+      this.pos++;
+      return { kind: 'any', body: undefined, at, type: 'boolean' };
+    }
+    if (this.variable !== undefined) throw new FilterSyntaxError(at, "'any' inside 'any' is not supported");
+    const v = this.peek;
+    if (v.type !== 'word' || KEYWORDS.has(v.value) || identifier(v.value) || Object.hasOwn(FUNCTIONS, v.value)) {
+      throw new FilterSyntaxError(v.at, 'expected a lambda variable name');
+    }
+    this.pos++;
+    this.expect(':');
+    this.variable = v.value;
+    try {
+      const body = condition(this.nested(open, () => this.or()), "'any'");
+      this.expect(')');
+      return { kind: 'any', body, at, type: 'boolean' };
+    } finally {
+      this.variable = undefined;
+    }
+  }
+}
+
+function a(type: ValueType): string {
+  return type === 'integer' ? 'an integer' : type === 'null' ? 'null' : `a ${type}`;
+}
+
+/** An expression where a condition must stand. */
+function condition(node: Expr, where: string): Expr {
+  if (node.type === 'boolean') return node;
+  if (node.type === 'collection') throw new FilterSyntaxError(node.at, COLLECTION_HINT);
+  throw new FilterSyntaxError(node.at, `${where} needs a condition, not ${a(node.type)}`);
+}
+
+/** Whether two operands can be compared: the same type, or null with a string or integer (and eq/ne with anything). */
+function checkComparable(left: Expr, right: Expr, op: CompareOp | 'in', at: number): void {
+  for (const side of [left, right]) if (side.type === 'collection') throw new FilterSyntaxError(at, COLLECTION_HINT);
+  const ordered = op !== 'eq' && op !== 'ne' && op !== 'in';
+  if (ordered && (left.type === 'boolean' || right.type === 'boolean')) throw new FilterSyntaxError(at, `'${op}' does not order booleans`);
+  if (left.type === right.type || left.type === 'null' || right.type === 'null') return;
+  throw new FilterSyntaxError(at, `cannot compare ${a(left.type)} with ${a(right.type)}`);
+}
+
+/** Parses filter text (already bounded in length) into a type-checked boolean expression. */
+export function parseFilterExpression(text: string): Expr {
+  return new Parser(tokenize(text)).parseFilter();
+}
