@@ -16,7 +16,7 @@ import type { JwtClaims } from '../auth/jwt.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
+import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
 import { handleClientFrame, handleSimpleFrame, type ClientProtocolContext } from './client-protocol.ts';
@@ -154,7 +154,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
         if (clientEnded) return duplex.destroy();
         if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
         if (!outcome.ok) {
-          log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code });
+          log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code, status: outcome.status });
+          if (outcome.status !== undefined) return writeUpgradeError(duplex, outcome.status, outcome.detail, outcome.code);
           return failUpgrade(duplex, outcome.code, outcome.detail);
         }
         // What may have changed while the handler answered: a reload removed the hub, other clients filled it.

@@ -8,6 +8,12 @@
 // WebSocket client (no Web PubSub subprotocol) speaks no protocol: each frame
 // it sends is a `message` user event, one at a time, and a non-empty answer
 // goes back to it (handleSimpleFrame).
+//
+// A frame's `data` travels as its sender wrote it (Azure publishes json data
+// "as what it is"): the parse only validates, and what is sent on, to other
+// clients and to the event handler, is the data's own text from the frame
+// (rawMemberText). Re-encoding the parsed value turned 12345678901234567890
+// into 12345678901234567000, 1.10 into 1.1 and 1e400 into null.
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
@@ -20,8 +26,12 @@ import type { UserEventResult } from './cloud-events.ts';
 export interface ClientProtocolContext {
   hub(connection: PubSubConnection): ClusterHub | undefined;
   endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
-  /** A JSON client's `event` to the hub's event handler. */
-  sendEvent(connection: PubSubConnection, hub: ClusterHub, event: string, dataType: DataType, data: unknown): Promise<UserEventResult>;
+  /**
+   * A JSON client's `event` to the hub's event handler; `payload` is the
+   * body as the client sent it: the data's JSON text (json), the string
+   * (text), or base64 (binary).
+   */
+  sendEvent(connection: PubSubConnection, hub: ClusterHub, event: string, dataType: DataType, payload: string): Promise<UserEventResult>;
   /** A simple client's frame, as a `message` event with this content type. */
   sendMessageEvent(connection: PubSubConnection, hub: ClusterHub, contentType: string, body: Buffer): Promise<UserEventResult>;
   groupsPerConnection: number;
@@ -29,7 +39,7 @@ export interface ClientProtocolContext {
   replyLost(connection: PubSubConnection, reason: string): void;
   /** Counts an ack sent, by result: success or the error name. */
   countAck(result: string): void;
-  /** A simple client's message event was not accepted (it cannot be told). */
+  /** A simple client's message event was not accepted (logged; the connection is then ended). */
   eventFailed(connection: PubSubConnection, reason: string): void;
 }
 
@@ -56,7 +66,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   let message: unknown;
   const text = data.toString('utf8');
   try {
-    // Bounded nesting: `data` is re-serialized for delivery and upstream (bounded-json.ts).
+    // Bounded nesting: parsed values are walked (ajv), and receivers parse the data again (bounded-json.ts).
     message = parseJson(text);
   } catch {
     return ctx.endConnection(connection, 'InvalidMessage');
@@ -105,13 +115,28 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.leave', connection, group, hub.leave(connection, group, storeId(connection, ackId))));
     case 'sendToGroup': {
       if (!connection.permissions.allows('sendToGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, 'Forbidden'));
-      const message = { from: 'group' as const, group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: JSON.stringify(m.data ?? null) };
+      const message = { from: 'group' as const, group, fromUserId: connection.userId, dataType: m.dataType ?? 'json', dataJson: dataTextOf(text, m) };
       const sent = hub.send({ kind: 'group', name: group }, message, m.noEcho ? new Set([connection.id]) : undefined, storeId(connection, ackId));
       return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, sent, () => payloadBytes(message.dataType, m.data, message.dataJson)));
     }
     case 'event':
-      return forwardEvent(ctx, connection, hub, m, ackId);
+      return forwardEvent(ctx, connection, hub, m, eventPayload(text, m), ackId);
   }
+}
+
+/**
+ * The frame's `data` as its sender wrote it: one complete JSON value, since
+ * the frame parsed. JSON.stringify of the parsed value is the fallback only
+ * for a frame without `data`, which the schemas refuse before this.
+ */
+function dataTextOf(frame: string, m: Upstream): string {
+  return rawMemberText(frame, 'data') ?? JSON.stringify(m.data ?? null);
+}
+
+/** An `event`'s body for the handler: json data as written, text and binary (base64) as the string they are. */
+function eventPayload(frame: string, m: Upstream): string {
+  const dataType = m.dataType ?? 'json';
+  return dataType === 'json' ? dataTextOf(frame, m) : (m.data as string);
 }
 
 /** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
@@ -177,20 +202,20 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
  */
 export const EVENTS_IN_FLIGHT = 16;
 
-function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
+function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId);
   if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) {
     connection.socket?.hold();
-    (connection.eventsWaiting ??= []).push(() => sendEventNow(ctx, connection, hub, m, ackId));
+    (connection.eventsWaiting ??= []).push(() => sendEventNow(ctx, connection, hub, m, payload, ackId));
     return;
   }
-  sendEventNow(ctx, connection, hub, m, ackId);
+  sendEventNow(ctx, connection, hub, m, payload, ackId);
 }
 
-function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, ackId: number | undefined): void {
+function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
   connection.eventsInFlight++;
-  void ctx.sendEvent(connection, hub, m.event as string, m.dataType ?? 'json', m.data).then((result) => {
+  void ctx.sendEvent(connection, hub, m.event as string, m.dataType ?? 'json', payload).then((result) => {
     connection.eventsInFlight--;
     const next = connection.ended ? undefined : connection.eventsWaiting?.shift();
     if (next) next();
@@ -211,8 +236,11 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
  * A frame from a simple WebSocket client: a `message` user event (text or
  * binary content), sent one at a time in the order the frames came; the
  * socket is not read while any wait. A non-empty answer goes back to the
- * client as a raw frame; a failed one is logged and the client is not told
- * (the protocol has no way to).
+ * client as a raw frame. An event the handler did not accept (not 2xx, or no
+ * answer) ends the connection, as Azure drops it ("The connection would be
+ * dropped if the message response status code isn't success"): the protocol
+ * has no other way to tell the client, and the frames after it are not sent.
+ * A hub with no handler for `message` drops the frames and keeps the client.
  */
 export function handleSimpleFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
   const pending = (connection.pendingFrames ??= []);
@@ -232,6 +260,7 @@ async function sendSimpleFrames(ctx: ClientProtocolContext, connection: PubSubCo
       await hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
     } else if (!result.ok) {
       ctx.eventFailed(connection, result.detail);
+      if (result.code === 'UpstreamFailed') ctx.endConnection(connection, 'MessageEventFailed');
     }
     pending.shift();
   }

@@ -7,16 +7,22 @@
 // ce-connectionstate, ce-signature (sha256={hex HMAC-SHA256 of the connection
 // id} for each access key, comma-separated), webhook-request-origin.
 //
-// - connect is blocking: its answer decides the connection (connectOutcome).
+// - connect is blocking: its answer decides the connection (connectOutcome);
+//   a 4xx is passed to the client as that status, as Azure does.
 // - connected and disconnected are fire-and-forget: queued per connection so
 //   they arrive in order, each retried up to the handler's `retries` times.
 // - a user event's 2xx answer acks it; a non-empty body is the reply.
-// A handler that answers `ce-connectionState` sets the state later events of
-// the connection carry.
+// A handler that answers `ce-connectionState` to a blocking event (connect, a
+// user event) sets the state later events of the connection carry; Azure:
+// "Only blocking events can update the connection state".
+// JSON travels as written: a json event's body is the client's data text, and
+// an application/json reply is the handler's text, checked by a parse only
+// (a re-encoded number loses digits: 12345678901234567890, 1.10, 1e400).
 import { createHmac, randomUUID } from 'node:crypto';
 import type { HubConfig, SystemEventName } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
+import { jsonTextOf } from '../validation/json-text.ts';
 import { validateConnectResponse } from '../validation/schemas.ts';
 import type { AbuseProtection } from './abuse-protection.ts';
 import type { DataMessage, DataType } from './downstream.ts';
@@ -30,7 +36,7 @@ import {
   type HandlerResponse,
   type HandlerTransport,
 } from './event-handlers.ts';
-import type { PubSubErrorCode } from './errors.ts';
+import { connectRefusalFor, type PubSubErrorCode } from './errors.ts';
 
 /** The connection an event is about. */
 export interface EventSource {
@@ -51,7 +57,7 @@ export type UserEventResult =
 /** What a connect event decided. */
 export type ConnectOutcome =
   | { ok: true; userId?: string | null; groups: string[]; roles: string[]; subprotocol?: string }
-  | { ok: false; code: PubSubErrorCode; detail: string };
+  | { ok: false; code: PubSubErrorCode; detail: string; /** The status the client gets when not its code's (a connect handler's own 4xx). */ status?: number };
 
 /** What the connect event tells the handler about the client (Azure's ConnectEventRequest body). */
 export interface ConnectBody {
@@ -87,22 +93,22 @@ export function signature(accessKeys: string[], connectionId: string): string {
   return accessKeys.map((key) => `sha256=${createHmac('sha256', key).update(connectionId).digest('hex')}`).join(',');
 }
 
-/** The body of a user event: JSON text, UTF-8 text, or the decoded bytes. */
-export function userEventBody(dataType: DataType, data: unknown): Buffer {
-  if (dataType === 'binary') return Buffer.from(String(data), 'base64');
-  if (dataType === 'text') return Buffer.from(String(data), 'utf8');
-  return Buffer.from(JSON.stringify(data ?? null), 'utf8');
+/**
+ * The body of a user event from its payload as the client sent it: the
+ * data's JSON text (json, as written), UTF-8 text, or base64 decoded.
+ */
+export function userEventBody(dataType: DataType, payload: string): Buffer {
+  if (dataType === 'binary') return Buffer.from(payload, 'base64');
+  return Buffer.from(payload, 'utf8');
 }
 
 /** A handler's reply to a user event, as a message from the server, typed by its Content-Type. */
 export function replyOf(contentType: string, body: Buffer): DataMessage {
   const type = contentType.split(';')[0].trim().toLowerCase();
   if (type === 'application/json') {
-    try {
-      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
-    } catch {
-      // Not JSON after all (or nested too deep to re-serialize): hand it on as text.
-    }
+    const dataJson = jsonTextOf(body.toString('utf8'));
+    if (dataJson !== undefined) return { from: 'server', dataType: 'json', dataJson };
+    // Not JSON after all (or nested too deep for clients to parse): hand it on as text.
   }
   if (type === 'application/json' || type.startsWith('text/')) {
     return { from: 'server', dataType: 'text', dataJson: JSON.stringify(body.toString('utf8')) };
@@ -177,14 +183,22 @@ export class EventDispatcher {
     return headers;
   }
 
-  /** Sends one event; the answer, with the connection's state updated from it. */
-  private async post(handler: EventHandler, hub: HubConfig, source: EventSource, event: string, headers: Record<string, string>, body: Buffer): Promise<HandlerResponse> {
+  /** Sends one event; its answer. */
+  private post(handler: EventHandler, hub: HubConfig, event: string, headers: Record<string, string>, body: Buffer): Promise<HandlerResponse> {
     const url = handler.urlFor(hub.name, event);
-    const answer = await deliverToHandler(this.deps.transport, this.deps.protection, handler, url, {
+    return deliverToHandler(this.deps.transport, this.deps.protection, handler, url, {
       headers,
       body,
       maxResponseBytes: this.deps.maxAnswerBytes,
     });
+  }
+
+  /**
+   * The connection's state from a blocking event's 2xx answer (connect, a
+   * user event). Not from connected or disconnected: Azure ignores a state
+   * their answers carry, as a handler cannot know when they arrive.
+   */
+  private takeState(hub: HubConfig, source: EventSource, answer: HandlerResponse): void {
     const state = answer.header('ce-connectionstate');
     if (state !== undefined && answer.status >= 200 && answer.status < 300) {
       if (Buffer.byteLength(state) <= MAX_STATE_BYTES) {
@@ -195,7 +209,6 @@ export class EventDispatcher {
         }
       } else this.deps.log.warn({ event: 'pubsub.event_state_too_large', hub: hub.name, connectionId: source.id });
     }
-    return answer;
   }
 
   // --- user events ------------------------------------------------------------------
@@ -205,12 +218,13 @@ export class EventDispatcher {
     if (!handler) return { ok: false, code: 'NoUpstream', detail: `no event handler of hub '${hub.name}' takes '${event}'` };
     let answer: HandlerResponse;
     try {
-      answer = await this.post(handler, hub, source, event, this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType), body);
+      answer = await this.post(handler, hub, event, this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType), body);
     } catch (err) {
       this.deps.count('user', failureOf(err));
       this.logFailure(hub, source, event, handler, (err as Error).message);
       return { ok: false, code: 'UpstreamFailed', detail: `event handler ${(err as Error).message}` };
     }
+    this.takeState(hub, source, answer);
     this.deps.count('user', answer.status >= 200 && answer.status < 300 ? 'ok' : 'failed');
     if (answer.status < 200 || answer.status > 299) {
       const detail = `event handler answered ${answer.status}${answer.body.length > 0 ? `: ${snippet(answer.body)}` : ''}`;
@@ -220,19 +234,21 @@ export class EventDispatcher {
     return { ok: true, reply: replyOf(answer.header('content-type') ?? 'application/octet-stream', answer.body) };
   }
 
-  /** A user event with the content type of a JSON client's dataType. */
-  dataEvent(hub: HubConfig, source: EventSource, event: string, dataType: DataType, data: unknown): Promise<UserEventResult> {
-    return this.userEvent(hub, source, event, CONTENT_TYPES[dataType], userEventBody(dataType, data));
+  /** A user event with the content type of a JSON client's dataType; `payload` as userEventBody takes it. */
+  dataEvent(hub: HubConfig, source: EventSource, event: string, dataType: DataType, payload: string): Promise<UserEventResult> {
+    return this.userEvent(hub, source, event, CONTENT_TYPES[dataType], userEventBody(dataType, payload));
   }
 
   // --- connect ------------------------------------------------------------------------
 
   /**
    * The blocking connect event: a 2xx answer (204 or a JSON object, empty
-   * allowed) admits the connection with what it names; 400, 401 and 403
-   * refuse it with that status; anything else (another status, no answer in
-   * time, a body that is not such an object, abuse protection refusing)
-   * refuses it with a 500-class status and a log line.
+   * allowed) admits the connection with what it names; a 4xx refuses it with
+   * that status (Azure: "the response from Upstream will be returned as the
+   * response for the client request"; a 4xx HTTP does not define, 400);
+   * anything else (another status, no answer in time, a body that is not
+   * such an object, abuse protection refusing) refuses it with a 500-class
+   * status and a log line.
    */
   async connect(hub: HubConfig, source: EventSource, body: ConnectBody): Promise<ConnectOutcome> {
     const handler = handlerForSystemEvent(this.handlersFor(hub), 'connect');
@@ -240,19 +256,19 @@ export class EventDispatcher {
     const headers = this.headers(hub, source, 'azure.webpubsub.sys.connect', 'connect', 'application/json; charset=utf-8');
     let answer: HandlerResponse;
     try {
-      answer = await this.post(handler, hub, source, 'connect', headers, Buffer.from(JSON.stringify(body)));
+      answer = await this.post(handler, hub, 'connect', headers, Buffer.from(JSON.stringify(body)));
     } catch (err) {
       this.deps.count('connect', failureOf(err));
       this.logFailure(hub, source, 'connect', handler, (err as Error).message);
       const timeout = err instanceof HandlerError && err.kind === 'timeout';
       return { ok: false, code: timeout ? 'EventHandlerTimeout' : 'EventHandlerFailed', detail: `connect: event handler ${(err as Error).message}` };
     }
-    const refusals: Record<number, PubSubErrorCode> = { 400: 'ConnectBadRequest', 401: 'ConnectUnauthorized', 403: 'ConnectForbidden' };
-    const refusal = refusals[answer.status];
+    this.takeState(hub, source, answer);
+    const refusal = connectRefusalFor(answer.status);
     if (refusal) {
       this.deps.count('connect', 'refused');
       this.deps.log.info({ event: 'pubsub.connect_refused', hub: hub.name, connectionId: source.id, status: answer.status });
-      return { ok: false, code: refusal, detail: snippet(answer.body) || `the event handler refused the connection (${answer.status})` };
+      return { ok: false, code: refusal.code, status: refusal.status, detail: snippet(answer.body) || `the event handler refused the connection (${answer.status})` };
     }
     if (answer.status < 200 || answer.status > 299) {
       this.deps.count('connect', 'failed');
@@ -307,7 +323,8 @@ export class EventDispatcher {
       let result: 'failed' | 'timeout' = 'failed';
       try {
         const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
-        const answer = await this.post(handler, hub, source, event, headers, payload);
+        // Its ce-connectionState, if any, is ignored (takeState): not a blocking event.
+        const answer = await this.post(handler, hub, event, headers, payload);
         if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
         problem = `answered ${answer.status}`;
       } catch (err) {

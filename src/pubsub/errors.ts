@@ -5,12 +5,34 @@
 // (docs/protocols/web-pubsub.md, "Acks"); tests assert codes, not message text.
 import { errorAnswers, type ErrorSpec } from '../http/error-answers.ts';
 
+/** The connect handler refused with this 4xx: the code, and the status the client gets. */
+export interface ConnectRefusal {
+  code: 'ConnectBadRequest' | 'ConnectUnauthorized' | 'ConnectForbidden' | 'ConnectRefused';
+  status: number;
+}
+
+const NAMED_REFUSALS: Record<number, ConnectRefusal['code']> = { 400: 'ConnectBadRequest', 401: 'ConnectUnauthorized', 403: 'ConnectForbidden' };
+
+/**
+ * How a connect handler's answer refuses the connection: any 4xx reaches the
+ * client as that same status (Azure: "4xx: Error, the response from Upstream
+ * will be returned as the response for the client request"); 400, 401 and
+ * 403 have codes of their own, any other 4xx is `ConnectRefused`. Undefined
+ * for a status that is not 4xx.
+ */
+export function connectRefusalFor(status: number): ConnectRefusal | undefined {
+  if (!Number.isInteger(status) || status < 400 || status > 499) return undefined;
+  return { code: NAMED_REFUSALS[status] ?? 'ConnectRefused', status };
+}
+
 export const PUBSUB_ERRORS = {
   BadRequest: { status: 400, message: 'Malformed request' },
   // The connect event handler refused the connection with this status; the message is its answer.
   ConnectBadRequest: { status: 400, message: 'The event handler refused the connection (400)' },
   ConnectUnauthorized: { status: 401, message: 'The event handler refused the connection (401)' },
   ConnectForbidden: { status: 403, message: 'The event handler refused the connection (403)' },
+  // Any other 4xx: the client gets the handler's own status (400 is only this table's placeholder).
+  ConnectRefused: { status: 400, message: 'The event handler refused the connection' },
   EventHandlerFailed: { status: 500, message: 'The connect event handler failed: unreachable, refused by abuse protection, or answered something else' },
   EventHandlerTimeout: { status: 504, message: 'The connect event handler did not answer in time (eventHandlers[].timeoutMs)' },
   TokenMissing: { status: 401, message: 'An access token is required (access_token query parameter or Bearer header)' },
@@ -23,7 +45,7 @@ export const PUBSUB_ERRORS = {
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
-  FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData: userId, connectionId, groups; eq, ne, in, any, not, and, or)' },
+  FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData filter syntax of Azure Web PubSub: userId, connectionId, groups; eq, ne, gt, ge, lt, le, in, not, and, or; string and length functions; groups/any)' },
   // An open connection is ended with these close codes.
   SessionNotFound: { status: 404, closeCode: 1008, message: 'The session cannot be recovered' },
   InvalidMessage: { status: 400, closeCode: 1008, message: 'The frame is not a JSON object with a type' },
@@ -31,6 +53,8 @@ export const PUBSUB_ERRORS = {
   SlowConsumer: { status: 503, closeCode: 1008, message: 'The client did not read fast enough; its outbound buffer is full' },
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
+  // A simple client's `message` event the handler did not accept: Azure drops the connection; 1011, the server cannot go on with it.
+  MessageEventFailed: { status: 500, closeCode: 1011, message: 'The event handler did not accept the message (answered other than 2xx, or not at all)' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
   StoreUnavailable: { status: 503, message: 'The event log (JetStream) could not store this: nothing was sent; try again' },

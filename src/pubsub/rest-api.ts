@@ -17,6 +17,7 @@ import {
   validateUserId,
 } from '../validation/schemas.ts';
 import { parseJson } from '../validation/bounded-json.ts';
+import { jsonTextOf } from '../validation/json-text.ts';
 import { ConnectionFilter, FilterSyntaxError } from './connection-filter.ts';
 import type { DataMessage } from './downstream.ts';
 import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
@@ -225,17 +226,18 @@ async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge'> {
   });
 }
 
-/** The message a REST send carries, typed by its Content-Type. */
+/**
+ * The message a REST send carries, typed by its Content-Type. A JSON body is
+ * sent on as written (Azure publishes json data "as what it is"): parsed only
+ * to check it, since re-encoding the parsed value changes numbers.
+ */
 async function readMessage(call: RestCall): Promise<DataMessage | PubSubErrorCode> {
   const type = (call.req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
   const body = await readBody(call);
   if (typeof body === 'string') return body;
   if (type === 'application/json') {
-    try {
-      return { from: 'server', dataType: 'json', dataJson: JSON.stringify(parseJson(body.toString('utf8'))) };
-    } catch {
-      return 'BadRequest';
-    }
+    const dataJson = jsonTextOf(body.toString('utf8'));
+    return dataJson === undefined ? 'BadRequest' : { from: 'server', dataType: 'json', dataJson };
   }
   if (type === 'text/plain') return { from: 'server', dataType: 'text', dataJson: JSON.stringify(body.toString('utf8')) };
   if (type === 'application/octet-stream') {

@@ -135,3 +135,38 @@ describe('the connect event', () => {
     assert.equal(held(), 2);
   });
 });
+
+describe("the connect event's refusals", () => {
+  it("reach the client with the handler's own 4xx status (Azure returns it as the answer); 5xx and others stay 500", async (t) => {
+    // A handler that refuses each connect with the status the client's user id names.
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      req.resume();
+      req.on('end', () => res.writeHead(Number(req.headers['ce-userid'])).end('go away'));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(
+      () =>
+        new Promise<void>((r) => {
+          server.close(() => r());
+          server.closeAllConnections();
+        }),
+    );
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, { pubsub: { hubs: [hub(KEY, `http://127.0.0.1:${port}/events/{event}`)] } });
+    const answered = async (status: number) =>
+      RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: String(status) }), undefined, t).then(
+        () => 'open',
+        (err: Error) => err.message,
+      );
+    // Before: 404, 409, 410 and 429 were refused 500 (only 400, 401 and 403 passed through).
+    for (const status of [400, 401, 403, 404, 409, 410, 429]) assert.equal(await answered(status), `HTTP ${status}`, String(status));
+    // Any 4xx passes, one HTTP does not name too; a 5xx or a 3xx is the handler failing.
+    assert.equal(await answered(499), 'HTTP 499');
+    assert.equal(await answered(503), 'HTTP 500');
+    assert.equal(await answered(302), 'HTTP 500');
+  });
+});

@@ -91,4 +91,54 @@ describe("a client's user events", () => {
     assert.deepEqual(seen, ['m1', 'm2', 'm3', 'm4'], closed);
     assert.equal(ws.readyState, WebSocket.OPEN);
   });
+
+  it('a simple client whose message the handler does not accept is closed (1011 MessageEventFailed), and its later frames are not sent', async (t) => {
+    const seen: string[] = [];
+    // Fails the message `bad`, takes the others.
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      const chunks: Buffer[] = [];
+      req.on('data', (d: Buffer) => chunks.push(d));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString();
+        seen.push(body);
+        res.writeHead(body === 'bad' ? 500 : 204).end(body === 'bad' ? 'nope' : undefined);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise((r) => {
+      server.close(r);
+      server.closeAllConnections();
+    }));
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, {
+      pubsub: {
+        hubs: [
+          { name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [] }] },
+          // No handler takes `message` here: frames go nowhere, and the client stays.
+          { name: 'quiet', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: 'other', systemEvents: [] }] },
+        ],
+      },
+    });
+    const open = async (hub: string) => {
+      const ws = new WebSocket(accessUrl(relay.url, { hub, key: KEY }));
+      t.after(() => ws.terminate());
+      const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason) })));
+      await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 5000, 'the client to open');
+      return { ws, closed };
+    };
+    const client = await open('chat');
+    for (const m of ['good', 'bad', 'after']) client.ws.send(m);
+    // Before: still open, told nothing, and `after` sent to the handler too.
+    assert.deepEqual(await withTimeout(client.closed, 5000, 'the client to be closed'), { code: 1011, reason: 'MessageEventFailed' });
+    assert.deepEqual(seen, ['good', 'bad']);
+
+    const quiet = await open('quiet');
+    quiet.ws.send('to nobody');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(quiet.ws.readyState, WebSocket.OPEN);
+  });
 });
