@@ -138,7 +138,7 @@ export class PubSubService implements RestContext {
     const protocol: ClientProtocolContext = {
       hub: (connection) => this.hub(connection.hub),
       endConnection: hubDeps.endConnection,
-      sendEvent: (connection, hub, event, dataType, data) => this.events.dataEvent(hub.config, connection, event, dataType, data),
+      sendEvent: (connection, hub, event, dataType, payload) => this.events.dataEvent(hub.config, connection, event, dataType, payload),
       sendMessageEvent: (connection, hub, contentType, body) => this.events.userEvent(hub.config, connection, 'message', contentType, body),
       eventFailed: (connection, reason) => log.warn({ event: 'pubsub.message_event_failed', hub: connection.hub, connectionId: connection.id, reason }),
       // Read when used: limits change on reload.
