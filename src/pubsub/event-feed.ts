@@ -20,6 +20,8 @@ export interface EventFeed {
   receive(event: PsSend, body: Buffer): void;
   /** Where the events of one hub (by lower-case name) go. */
   register(hubKey: string, deliver: DeliverEvent): void;
+  /** The hub is gone (a reload removed it): its events go nowhere, unless another registered since. */
+  unregister(hubKey: string, deliver: DeliverEvent): void;
   /** Every event other edges published since a time (their clocks), as ps.send envelopes, where the feed keeps them. */
   publishedSince?(after: number): Promise<Uint8Array[]>;
   /** Per origin, the highest event counter this edge has delivered, where the feed counts them. */
@@ -59,6 +61,10 @@ export class DirectFeed implements EventFeed {
 
   register(hubKey: string, deliver: DeliverEvent): void {
     this.hubs.set(hubKey, deliver);
+  }
+
+  unregister(hubKey: string, deliver: DeliverEvent): void {
+    if (this.hubs.get(hubKey) === deliver) this.hubs.delete(hubKey);
   }
 
   close(): void {}

@@ -32,7 +32,7 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { TraceSource } from '../telemetry/trace.ts';
 import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
 import { filterFromBus, selects, type ConnectionFilter } from './connection-filter.ts';
-import type { EventFeed } from './event-feed.ts';
+import type { DeliverEvent, EventFeed } from './event-feed.ts';
 import type { HubHistory, MemoryHistory } from './history.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
@@ -123,7 +123,7 @@ export class ClusterHub {
       closed: (kind, name) => this.unsubscribe(kind, name),
     });
     this.handover = new SessionHandover(this, handoverDeps);
-    deps.feed.register(this.key, (event, body) => this.receive(event, body));
+    deps.feed.register(this.key, this.fromFeed);
     this.subscriptions.set('all', deps.bus.subscribe(deps.subjects.hubAll(this.key), (m) => this.onBus(m)));
     // An edge is on the others' rosters while it can answer: on the bus, and on a durable hub once it reads the stream.
     if (deps.bus.reachesOtherNodes) {
@@ -547,8 +547,12 @@ export class ClusterHub {
     if (at !== undefined) metrics.publishToDeliver.observe(Math.max(0, Date.now() - at) / 1000);
   }
 
-  /** Leaves every bus subject (shutdown). */
+  /** Events other edges published for this hub, as the feed delivers them. */
+  private readonly fromFeed: DeliverEvent = (event, body) => this.receive(event, body);
+
+  /** Leaves every bus subject and the event feed (shutdown, or the hub removed by a reload). */
   leaveBus(): void {
+    this.deps.feed.unregister(this.key, this.fromFeed);
     this.roster?.leave();
     for (const sub of this.subscriptions.values()) sub.unsubscribe();
     this.subscriptions.clear();

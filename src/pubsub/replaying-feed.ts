@@ -12,7 +12,11 @@
 // process carry increasing counters (mid `origin:counter`, where the origin is
 // the node id and a random boot id, so a restarted edge starts afresh) and
 // arrive in that order, so one number per origin says what was already
-// delivered: nothing twice.
+// delivered: nothing twice. An origin this edge has delivered nothing from for
+// a whole window (and the clock margin) is forgotten: everything it could
+// still replay is newer than what was delivered from it, so its number is no
+// longer needed, and an origin is made at every edge start (before, one entry
+// per peer start stayed for good, and went out in every replay request).
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -64,6 +68,9 @@ export class ReplayingFeed implements EventFeed {
   private disconnectedAt: number | undefined;
   private readonly subscription: BusSubscription;
   private lastOwnCounter = 0;
+  /** `delivered` as the last sweep found it: an origin whose number has not moved since is forgotten. */
+  private deliveredAtSweep = new Map<string, number>();
+  private readonly sweepTimer: NodeJS.Timeout;
 
   constructor(
     private readonly bus: Bus,
@@ -77,6 +84,26 @@ export class ReplayingFeed implements EventFeed {
     // the edge accepted before goes to the other edges at its first connection, as after any outage
     // (before: never). An edge that connects at once replays the moment as well, finding nothing.
     if (!bus.connected) this.disconnectedAt = Date.now();
+    this.sweepTimer = setInterval(() => this.forgetQuietOrigins(), Math.max(1000, options.windowMs + CLOCK_MARGIN_MS));
+    this.sweepTimer.unref();
+  }
+
+  /**
+   * Drops origins nothing was delivered from since the last sweep, one window
+   * and the clock margin ago: whatever such an edge still logs, it published
+   * after the last event delivered from it. Not while a replay runs.
+   */
+  forgetQuietOrigins(): void {
+    if (this.held) return;
+    for (const [origin, counter] of this.delivered) {
+      if (this.deliveredAtSweep.get(origin) === counter) this.delivered.delete(origin);
+    }
+    this.deliveredAtSweep = new Map(this.delivered);
+  }
+
+  /** Origins this edge keeps a delivered number for. */
+  get originsKnown(): number {
+    return this.delivered.size;
   }
 
   nextMid(): string {
@@ -85,6 +112,10 @@ export class ReplayingFeed implements EventFeed {
 
   register(hubKey: string, deliver: DeliverEvent): void {
     this.hubs.set(hubKey, deliver);
+  }
+
+  unregister(hubKey: string, deliver: DeliverEvent): void {
+    if (this.hubs.get(hubKey) === deliver) this.hubs.delete(hubKey);
   }
 
   /** Publishes an event this edge accepted, and logs it for edges that miss it. */
@@ -267,6 +298,7 @@ export class ReplayingFeed implements EventFeed {
   }
 
   close(): void {
+    clearInterval(this.sweepTimer);
     this.subscription.unsubscribe();
   }
 }

@@ -55,3 +55,56 @@ describe('the replay log of a core NATS hub', () => {
     assert.ok(kept < 1_000_000, `${(kept / 1e6).toFixed(1)} MB kept for 6 MB of expired events`);
   });
 });
+
+// What a core NATS edge remembers of other edges' events (src/pubsub/replaying-feed.ts): one number per
+// publishing edge process, and a hub's way in. Before: a number per peer start for good (each sent in every
+// replay request), and a hub removed by a reload stayed registered (found by review).
+describe('what the event feed keeps of other edges and hubs', () => {
+  const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 60_000, maxBytes: 1 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
+  const eventFrom = (origin: string, counter: number): PsSend => ({
+    op: 'ps.send',
+    origin: origin.split('.')[0],
+    mid: `${origin}:${counter}`,
+    hub: 'chat',
+    target: { kind: 'all' },
+    message: { from: 'server', dataType: 'text' },
+  });
+
+  it('forgets an edge process nothing came from for a whole sweep, and still delivers each event once', (t) => {
+    const bus = new MemoryBus();
+    t.after(() => bus.close());
+    const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
+    t.after(() => feed.close());
+    const got: string[] = [];
+    feed.register('chat', (event) => got.push(event.mid));
+    for (let start = 0; start < 50; start++) feed.receive(eventFrom(`n2.boot${start}`, 1), Buffer.alloc(0));
+    feed.receive(eventFrom('n3.live', 1), Buffer.alloc(0));
+    assert.equal(feed.originsKnown, 51);
+    feed.forgetQuietOrigins(); // notes where each stands
+    feed.receive(eventFrom('n3.live', 2), Buffer.alloc(0));
+    feed.receive(eventFrom('n3.live', 2), Buffer.alloc(0)); // a repeat: dropped
+    feed.forgetQuietOrigins(); // the 50 past starts were quiet since: gone; n3.live moved: kept
+    assert.equal(feed.originsKnown, 1);
+    feed.receive(eventFrom('n3.live', 2), Buffer.alloc(0)); // still dropped: its number was kept
+    feed.receive(eventFrom('n3.live', 3), Buffer.alloc(0));
+    assert.deepEqual(got.filter((mid) => mid.startsWith('n3.')), ['n3.live:1', 'n3.live:2', 'n3.live:3']);
+  });
+
+  it('lets a hub go: its events reach nobody, and a hub registered in its place keeps its own', (t) => {
+    const bus = new MemoryBus();
+    t.after(() => bus.close());
+    const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
+    t.after(() => feed.close());
+    const removed: string[] = [];
+    const added: string[] = [];
+    const first = (event: PsSend) => removed.push(event.mid);
+    feed.register('chat', first);
+    feed.unregister('chat', first);
+    feed.receive(eventFrom('n2.a', 1), Buffer.alloc(0));
+    const second = (event: PsSend) => added.push(event.mid);
+    feed.register('chat', second);
+    feed.unregister('chat', first); // the old hub's late leave does not take the new one's place
+    feed.receive(eventFrom('n2.a', 2), Buffer.alloc(0));
+    assert.deepEqual([removed, added], [[], ['n2.a:2']]);
+  });
+});
