@@ -16,11 +16,13 @@ export interface LocalForward {
 
 /** Parses `[bind:]port:entity`. */
 export function parseLocalForward(spec: string): LocalForward {
-  const parts = spec.split(':');
-  if (parts.length < 2 || parts.length > 3) throw new Error(`-L ${spec}: expected [bind:]port:entity`);
+  // An IPv6 bind address goes in brackets: [::1]:8080:entity.
+  const v6 = /^\[([0-9A-Fa-f:.]+)\]:(.*)$/.exec(spec);
+  const parts = v6 ? [v6[1], ...v6[2].split(':')] : spec.split(':');
+  if (parts.length < 2 || parts.length > 3 || (v6 && parts.length !== 3)) throw new Error(`-L ${spec}: expected [bind:]port:entity`);
   const [bindHost, portText, entity] = parts.length === 3 ? parts : ['127.0.0.1', ...parts];
-  const port = Number(portText);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`-L ${spec}: bad port "${portText}"`);
+  const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+  if (!Number.isInteger(port) || port > 65535) throw new Error(`-L ${spec}: bad port "${portText}"`);
   if (!entity) throw new Error(`-L ${spec}: no entity`);
   return { bindHost, port, entity };
 }
@@ -30,6 +32,11 @@ export class LocalForwarder {
   private readonly sockets = new Set<Socket>();
   /** Relay WebSockets not open yet: stop() ends them too. */
   private readonly connecting = new Set<WebSocket>();
+
+  /** Relayed connections whose handshake with the relay is still under way. */
+  get handshakes(): number {
+    return this.connecting.size;
+  }
   opened = 0;
 
   constructor(
@@ -70,14 +77,20 @@ export class LocalForwarder {
       log.info({ event: 'bridge.local_gone', err: err.message });
       ws.terminate();
     });
+    let refused = false;
     ws.on('unexpected-response', (_req, res) => {
       log.warn({ event: 'bridge.connect_refused', status: res.statusCode, reason: res.statusMessage });
       res.resume();
       tcp.destroy();
+      // With this handler, ws leaves the handshake to us: ended here, or the socket stayed CONNECTING
+      // in `connecting` for good (~7 KB per refused connection).
+      refused = true;
+      this.connecting.delete(ws);
+      ws.terminate();
     });
     ws.once('error', (err) => {
       this.connecting.delete(ws);
-      if (!opened) {
+      if (!opened && !refused) {
         log.warn({ event: 'bridge.connect_failed', err: err.message });
         tcp.destroy();
       }

@@ -32,6 +32,14 @@ interface AcceptNotice {
   id: string;
 }
 
+/** The longest delay a Node timer takes; a longer one fires at once (a --ttl of 50 days renewed every millisecond). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** When a minted token is renewed: at half its life, and within what a timer can wait (about 24.8 days). */
+export function renewDelayMs(ttlSeconds: number): number {
+  return Math.min((ttlSeconds * 1000) / 2, MAX_TIMER_MS);
+}
+
 export class RemoteForwarder {
   private control: WebSocket | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -39,8 +47,8 @@ export class RemoteForwarder {
   private stopped = false;
   private readonly backoff = new Backoff();
   private readonly open = new Set<WebSocket>();
-  /** Connections to the target not yet carried by a relayed leg: stop() ends them too. */
-  private readonly dialing = new Set<Socket>();
+  /** Connections to the target, dialing or carried by a relayed leg: stop() ends them too. */
+  private readonly targets = new Set<Socket>();
   /** Resolves the first time the control channel is open. */
   readonly ready: Promise<void>;
   private markReady!: () => void;
@@ -131,7 +139,7 @@ export class RemoteForwarder {
       if (ws.readyState !== ws.OPEN) return;
       ws.send(JSON.stringify({ renewToken: { token: this.access.token(this.forward.entity) } }));
       this.scheduleRenew(ws);
-    }, (this.access.tokenTtlSeconds * 1000) / 2);
+    }, renewDelayMs(this.access.tokenTtlSeconds));
     this.renewTimer.unref();
   }
 
@@ -143,8 +151,8 @@ export class RemoteForwarder {
       return;
     }
     const tcp = connect({ host: this.forward.host, port: this.forward.port, timeout: this.timing.connectTimeoutMs });
-    this.dialing.add(tcp);
-    tcp.on('close', () => this.dialing.delete(tcp));
+    this.targets.add(tcp);
+    tcp.on('close', () => this.targets.delete(tcp));
     tcp.pause();
     let connected = false;
     tcp.once('timeout', () => {
@@ -170,7 +178,6 @@ export class RemoteForwarder {
         tcp.destroy();
       });
       ws.once('open', () => {
-        this.dialing.delete(tcp);
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
         log.info({ event: 'bridge.accepted' });
         tcp.resume();
@@ -199,6 +206,6 @@ export class RemoteForwarder {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.control?.terminate();
     for (const ws of this.open) ws.terminate();
-    for (const tcp of this.dialing) tcp.destroy();
+    for (const tcp of this.targets) tcp.destroy();
   }
 }

@@ -8,7 +8,9 @@ describe('bridge forward specs', () => {
   it('reads -L [bind:]port:entity', () => {
     assert.deepEqual(parseLocalForward('8080:web'), { bindHost: '127.0.0.1', port: 8080, entity: 'web' });
     assert.deepEqual(parseLocalForward('0.0.0.0:0:db'), { bindHost: '0.0.0.0', port: 0, entity: 'db' });
-    for (const bad of ['web', '70000:web', 'x:web', '1:2:3:4', '80:']) assert.throws(() => parseLocalForward(bad), /-L/);
+    assert.deepEqual(parseLocalForward('[::1]:0:db'), { bindHost: '::1', port: 0, entity: 'db' });
+    // Only digits make a port (before, ':e' listened on a random port, '1e3' on 1000, '0x1f90' on 8080).
+    for (const bad of ['web', '70000:web', 'x:web', '1:2:3:4', '80:', ':web', '1e3:web', '0x1f90:web', ' 80:web', '[::1]:web']) assert.throws(() => parseLocalForward(bad), /-L/, bad);
   });
 
   it('reads -R entity:host:port', () => {

@@ -1,0 +1,36 @@
+// The bridge's forwarders against a real relay, in process: what a refused
+// connection and a long token leave behind (found by review).
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { describe, it } from 'node:test';
+import { LocalForwarder } from '../../src/bridge/local-forwarder.ts';
+import { RelayAccess } from '../../src/bridge/relay-access.ts';
+import { renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+describe('bridge forwarders', () => {
+  it('-L lets go of a connection the relay refuses (before: each stayed CONNECTING for good, ~7 KB)', async (t) => {
+    const relay = await startTestRelay(t);
+    const access = new RelayAccess({ url: relay.url, keyName: ROOT_KEY_NAME, key: ROOT_KEY, tokenTtlSeconds: 60, handshakeTimeoutMs: 5000 });
+    const forwarder = new LocalForwarder({ bindHost: '127.0.0.1', port: 0, entity: 'echo' }, access, createLogger('silent', 'test'), 1 << 20);
+    const port = await forwarder.start();
+    cleanupFor(t).after(() => forwarder.stop());
+    // No listener on echo: each relayed connection is refused 404.
+    const closed = Array.from({ length: 20 }, () => {
+      const socket = connect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      cleanupFor(t).after(() => socket.destroy());
+      return new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    });
+    await Promise.all(closed);
+    await until(() => forwarder.handshakes === 0, 3000, 'the refused handshakes to be let go');
+  });
+
+  it('-R renews a minted token at half its life, never sooner than a timer can wait (before: a 50-day --ttl renewed every millisecond)', () => {
+    assert.equal(renewDelayMs(3600), 1_800_000);
+    assert.equal(renewDelayMs(5_000_000), 2 ** 31 - 1);
+  });
+});
