@@ -236,17 +236,7 @@ class Parser {
       }
       throw new FilterSyntaxError(t.at, "expected '(' or 'groups' after 'in'");
     }
-    const open = this.peek.at;
-    this.pos++;
-    const items = this.nested(open, () => {
-      const list = [this.or()];
-      while (this.isPunct(',')) {
-        this.pos++;
-        list.push(this.or());
-      }
-      return list;
-    });
-    this.expect(')', "',' or ')'");
+    const items = this.parenthesizedList();
     if (items.length === 1 && items[0].kind === 'groups') return this.inGroups(operand, at);
     for (const item of items) checkComparable(operand, item, 'in', item.at);
     return { kind: 'inList', operand, items, at: operand.at, type: 'boolean' };
@@ -311,20 +301,26 @@ class Parser {
     return next.type === 'punct' && next.value === '/';
   }
 
+  /** `( expr, expr, ... )` from the opening parenthesis under the cursor: an `in` list, or a call's arguments. */
+  private parenthesizedList(): Expr[] {
+    const open = this.peek.at;
+    this.pos++;
+    const list = this.nested(open, () => {
+      const items = [this.or()];
+      while (this.isPunct(',')) {
+        this.pos++;
+        items.push(this.or());
+      }
+      return items;
+    });
+    this.expect(')', "',' or ')'");
+    return list;
+  }
+
   private call(t: Token & { type: 'word' }): Expr {
     const spec = Object.hasOwn(FUNCTIONS, t.value) ? FUNCTIONS[t.value] : undefined;
     if (!spec) throw new FilterSyntaxError(t.at, `unknown function '${t.value}'`);
-    const open = this.peek.at;
-    this.pos++;
-    const args = this.nested(open, () => {
-      const list = [this.or()];
-      while (this.isPunct(',')) {
-        this.pos++;
-        list.push(this.or());
-      }
-      return list;
-    });
-    this.expect(')', "',' or ')'");
+    const args = this.parenthesizedList();
     const least = spec.args.length - (spec.optional ?? 0);
     if (args.length < least || args.length > spec.args.length) {
       const count = least === spec.args.length ? `${least}` : `${least} or ${spec.args.length}`;

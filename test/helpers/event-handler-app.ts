@@ -2,7 +2,7 @@
 // @azure/web-pubsub-express WebPubSubEventHandler (unmodified), recording
 // every event it gets and whether its ce-signature verifies.
 import { createHmac } from 'node:crypto';
-import type { Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { TestContext } from 'node:test';
 import express from 'express';
 import { WebPubSubEventHandler, type WebPubSubEventHandlerOptions } from '@azure/web-pubsub-express';
@@ -79,4 +79,33 @@ export async function serveApp(t: Pick<TestContext, 'after'>, app: express.Expre
   );
   const port = (server.address() as { port: number }).port;
   return { url: `http://127.0.0.1:${port}`, port, server };
+}
+
+/**
+ * A bare event handler on 127.0.0.1, port 0, for tests that need answers
+ * no SDK gives (odd statuses, headers, bodies): it passes abuse protection
+ * (OPTIONS: any origin allowed) and hands every other request to `handle`.
+ * Closed in clean-up. `urlTemplate` is `http://127.0.0.1:{port}/events/{event}`.
+ */
+export async function serveEventHandler(
+  t: Pick<TestContext, 'after'>,
+  handle: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<{ urlTemplate: string; port: number }> {
+  const server = createServer((req, res) => {
+    if (req.method === 'OPTIONS') {
+      res.writeHead(200, { 'webhook-allowed-origin': '*' });
+      return res.end();
+    }
+    handle(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanupFor(t).after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  );
+  const { port } = server.address() as { port: number };
+  return { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, port };
 }

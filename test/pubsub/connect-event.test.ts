@@ -14,6 +14,7 @@ import { loadConfig } from '../../src/config/load.ts';
 import { clientTls, makePki } from '../helpers/certs.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -139,24 +140,11 @@ describe('the connect event', () => {
 describe("the connect event's refusals", () => {
   it("reach the client with the handler's own 4xx status (Azure returns it as the answer); 5xx and others stay 500", async (t) => {
     // A handler that refuses each connect with the status the client's user id names.
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       req.resume();
       req.on('end', () => res.writeHead(Number(req.headers['ce-userid'])).end('go away'));
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(
-      () =>
-        new Promise<void>((r) => {
-          server.close(() => r());
-          server.closeAllConnections();
-        }),
-    );
-    const { port } = server.address() as { port: number };
-    const relay = await startTestRelay(t, { pubsub: { hubs: [hub(KEY, `http://127.0.0.1:${port}/events/{event}`)] } });
+    const relay = await startTestRelay(t, { pubsub: { hubs: [hub(KEY, urlTemplate)] } });
     const answered = async (status: number) =>
       RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: String(status) }), undefined, t).then(
         () => 'open',

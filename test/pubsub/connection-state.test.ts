@@ -4,10 +4,9 @@
 // can update the connection state"; the answer to connected (fire-and-forget,
 // sent while other events may already be on their way) changes nothing.
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
 import { describe, it } from 'node:test';
-import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -17,11 +16,7 @@ describe('connection state', () => {
   it('is set by the answers to connect and user events, not by the answer to connected', async (t) => {
     const seen: { event: string; state: string | undefined }[] = [];
     // Every answer sets a state named after its event.
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       const event = String(req.headers['ce-eventname']);
       seen.push({ event, state: req.headers['ce-connectionstate'] as string | undefined });
       req.resume();
@@ -31,18 +26,9 @@ describe('connection state', () => {
         else res.writeHead(event === 'connected' ? 200 : 204, headers).end();
       });
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(
-      () =>
-        new Promise<void>((r) => {
-          server.close(() => r());
-          server.closeAllConnections();
-        }),
-    );
-    const { port } = server.address() as { port: number };
     const relay = await startTestRelay(t, {
       pubsub: {
-        hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: ['connect', 'connected'] }] }],
+        hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: ['connect', 'connected'] }] }],
       },
     });
     const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' }), undefined, t);

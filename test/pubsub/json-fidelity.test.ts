@@ -9,14 +9,14 @@
 // and a durable hub's JetStream stream), where the data is the bus message's
 // body as it was written.
 import assert from 'node:assert/strict';
-import { createServer, type IncomingHttpHeaders } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
 import { waitReady } from '../helpers/cluster.ts';
 import { startNatsServer, waitForJetStream } from '../helpers/nats.ts';
 import { PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -35,11 +35,7 @@ interface Received {
 /** A handler that keeps every user event's body and answers `reply` events with REPLY (surrounded by whitespace) as JSON. */
 async function recordingHandler(t: TestContext): Promise<{ urlTemplate: string; events: Received[] }> {
   const events: Received[] = [];
-  const server = createServer((req, res) => {
-    if (req.method === 'OPTIONS') {
-      res.writeHead(200, { 'webhook-allowed-origin': '*' });
-      return res.end();
-    }
+  const { urlTemplate } = await serveEventHandler(t, (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -49,16 +45,7 @@ async function recordingHandler(t: TestContext): Promise<{ urlTemplate: string; 
       else res.writeHead(204).end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanupFor(t).after(
-    () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        server.closeAllConnections();
-      }),
-  );
-  const { port } = server.address() as { port: number };
-  return { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, events };
+  return { urlTemplate, events };
 }
 
 async function relayWithHandler(t: TestContext) {

@@ -8,6 +8,7 @@ import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -95,11 +96,7 @@ describe("a client's user events", () => {
   it('a simple client whose message the handler does not accept is closed (1011 MessageEventFailed), and its later frames are not sent', async (t) => {
     const seen: string[] = [];
     // Fails the message `bad`, takes the others.
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (d: Buffer) => chunks.push(d));
       req.on('end', () => {
@@ -108,18 +105,12 @@ describe("a client's user events", () => {
         res.writeHead(body === 'bad' ? 500 : 204).end(body === 'bad' ? 'nope' : undefined);
       });
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(() => new Promise((r) => {
-      server.close(r);
-      server.closeAllConnections();
-    }));
-    const { port } = server.address() as { port: number };
     const relay = await startTestRelay(t, {
       pubsub: {
         hubs: [
-          { name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [] }] },
+          { name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] },
           // No handler takes `message` here: frames go nowhere, and the client stays.
-          { name: 'quiet', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: 'other', systemEvents: [] }] },
+          { name: 'quiet', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: 'other', systemEvents: [] }] },
         ],
       },
     });
