@@ -157,7 +157,8 @@ export interface HcAccept {
   node?: string;
   /** The last moment (ms since epoch, the sender's edge's clock) a listener may be told: its edge drops a notice arriving later, as the sender's edge gives up on `hc.routed` soon after. */
   expiresAt?: number;
-  accept: { address: string; id: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
+  /** `trackingId`: the sender's sb-hc-id, which the listener is told as the accept's id (the relay's `id` is in the address). */
+  accept: { address: string; id: string; trackingId?: string; connectHeaders: Record<string, string>; remoteEndpoint: Endpoint };
 }
 
 /** Sender's edge -> a listener's edge: push this request (its small body follows) or a notice to fetch it. */

@@ -15,7 +15,7 @@ import type { HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HttpExchange } from './http-exchange.ts';
-import { RemoteRoute, type EdgeWatch, type ListenerRoute } from './listener-route.ts';
+import { RemoteRoute, noticeForListener, type EdgeWatch, type ListenerRoute } from './listener-route.ts';
 
 const LISTENER_QUEUE = 'listeners';
 /** How often a sender's edge checks that the listeners' edges it waits on are still there. */
@@ -154,7 +154,7 @@ export class HybridClusterLink implements EdgeWatch {
     let watch: RemoteDialWatch | undefined;
     if (m.op === 'hc.accept') {
       if (m.node !== undefined) watch = new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
-      sent = channel.send({ accept: m.accept });
+      sent = channel.send(noticeForListener({ accept: m.accept }));
     } else {
       // A full request may be answered on the control channel, here; a notice
       // to fetch a large one is answered on the rendezvous at the sender's node.

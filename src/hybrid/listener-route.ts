@@ -12,6 +12,17 @@ import type { HybridErrorCode } from './errors.ts';
 /** What a listener is told on its control channel: accept a WebSocket, or take (or fetch) an HTTP request. */
 export type ListenerNotice = { accept: HcAccept['accept'] } | { request: HcRequest['request'] };
 
+/**
+ * A notice as the listener gets it: an accept's `id` is the sender's tracking
+ * id (`sb-hc-id`) when it gave one, as Azure tells it, else the relay's
+ * rendezvous id. The relay's id, which finds the rendezvous, is in `address`.
+ */
+export function noticeForListener(notice: ListenerNotice): ListenerNotice {
+  if (!('accept' in notice) || notice.accept.trackingId === undefined) return notice;
+  const { trackingId, ...accept } = notice.accept;
+  return { accept: { ...accept, id: trackingId } };
+}
+
 export interface ListenerRoute {
   /** Sends a notice (a body, when given, follows it); resolves to the code to fail with when it could not. */
   deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined>;
@@ -36,7 +47,7 @@ export class LocalRoute implements ListenerRoute {
   }
 
   deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
-    return Promise.resolve(this.channel.send(notice, body) ? undefined : 'ListenerGone');
+    return Promise.resolve(this.channel.send(noticeForListener(notice), body) ? undefined : 'ListenerGone');
   }
 
   track(id: string, exchange: ChannelExchange): void {

@@ -78,6 +78,8 @@ export function startConnect(
   route: ListenerRoute,
   below: HybridPathBelow,
   credential: CredentialHeaders,
+  /** The sender's sb-hc-id, when valid: what the listener is told as the accept's id. */
+  trackingId: string | undefined,
   log: Logger,
 ): void {
   const upgrade = parseUpgradeRequest(req);
@@ -133,6 +135,7 @@ export function startConnect(
   const accept = {
     address: rendezvousAddress(ctx, 'accept', entity, id, below),
     id,
+    ...(trackingId !== undefined ? { trackingId } : {}),
     connectHeaders: connectHeaders(req, credential),
     remoteEndpoint: clientEndpoint(req),
   };

@@ -9,7 +9,7 @@ import { Cleanup } from '../helpers/cleanup.ts';
 import { startCluster, type Edge } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
-import { RawListener } from '../helpers/raw-listener.ts';
+import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { tokenFor, wsUrl } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
@@ -194,6 +194,25 @@ describe('hybrid connections across nodes', () => {
     // Before: 504 ResponseTimeout after httpResponseMs (60 s; the wait above gives up at 20 s).
     assert.deepEqual(await outcome, { status: 502, code: 'ListenerGone' });
     assert.ok(Date.now() - started < 10000, 'answered long before the response timeout');
+  });
+
+  it("a sender on B with a path suffix, a long query and a tracking id reaches a listener on A, which is told all three", async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/suffixed?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const long = 'x'.repeat(3000);
+    const url = senderUrl(b, 'suffixed').replace('?', `/room/7?q=${long}&`) + '&sb-hc-id=trace-b';
+    const dialing = dialRoutable(url, tokenFor(url));
+    dialing.catch(() => {});
+    const { accept } = await listener.next<{ accept: { address: string; id: string } }>();
+    const address = new URL(accept.address);
+    assert.equal(address.pathname, '/$hc/suffixed/room/7');
+    assert.equal(address.searchParams.get('q'), long);
+    assert.equal(accept.id, 'trace-b');
+    const leg = await openWebSocket(accept.address);
+    t.after(() => leg.terminate());
+    const sender = await dialing;
+    t.after(() => sender.terminate());
   });
 
   it("a listener on A answering a request from B with a response that fails its schema fails that request (502 BadListenerResponse), and keeps its channel", async (t) => {

@@ -31,7 +31,9 @@ describe('what passes through the relay as on Azure', () => {
     assert.equal(address.pathname, '/$hc/echo/room/7');
     assert.equal(address.searchParams.get('tenant'), '42');
     assert.equal(address.searchParams.get('sb-hc-action'), 'accept');
-    assert.equal(address.searchParams.get('sb-hc-id'), accept.id);
+    // The listener is told the sender's tracking id, as Azure tells it; the address keeps the relay's own.
+    assert.equal(accept.id, 'trace-1');
+    assert.notEqual(address.searchParams.get('sb-hc-id'), 'trace-1');
     // The relay reads statusCode on the listener's leg as a reject: a sender's never rides along.
     assert.equal(address.searchParams.get('statusCode'), null);
     const leg = await openWebSocket(accept.address);
