@@ -13,9 +13,9 @@
 // the node id and a random boot id, so a restarted edge starts afresh) and
 // arrive in that order, so one number per origin says what was already
 // delivered: nothing twice. An origin this edge has delivered nothing from for
-// a whole window (and the clock margin) is forgotten: everything it could
-// still replay is newer than what was delivered from it, so its number is no
-// longer needed, and an origin is made at every edge start (before, one entry
+// a whole window (and the clock margin) is forgotten: an edge replays and
+// re-sends only what it published within the window, all of it newer than
+// what was delivered from it, so its number is no longer needed, and an origin is made at every edge start (before, one entry
 // per peer start stayed for good, and went out in every replay request).
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
@@ -94,7 +94,8 @@ export class ReplayingFeed implements EventFeed {
    * after the last event delivered from it. Not while a replay runs.
    */
   forgetQuietOrigins(): void {
-    if (this.held) return;
+    // While away or replaying, nothing is delivered: every origin would look quiet.
+    if (this.held || this.disconnectedAt !== undefined) return;
     for (const [origin, counter] of this.delivered) {
       if (this.deliveredAtSweep.get(origin) === counter) this.delivered.delete(origin);
     }
@@ -195,9 +196,10 @@ export class ReplayingFeed implements EventFeed {
    */
   private republish(after: number): void {
     let count = 0;
+    const oldest = Date.now() - this.options.windowMs;
     for (let i = this.head; i < this.entries.length; i++) {
       const e = this.entries[i];
-      if (e.at < after) continue;
+      if (e.at < after || e.at < oldest) continue;
       try {
         this.bus.publish(e.subject, e.data);
         count++;
@@ -283,8 +285,12 @@ export class ReplayingFeed implements EventFeed {
     const bodies: Uint8Array[] = [];
     let bytes = 0;
     let truncated = false;
+    // The window holds for a quiet edge too (its log is trimmed only when it publishes): a receiver
+    // that forgot this origin (forgetQuietOrigins) must not be sent what it delivered before.
+    const oldest = Date.now() - this.options.windowMs;
     for (let i = this.head; i < this.entries.length; i++) {
       const e = this.entries[i];
+      if (e.at < oldest) continue;
       if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
       if (bytes + e.data.length > budget) {
         truncated = true;

@@ -5,11 +5,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import type { Bus } from '../../src/bus/bus.ts';
 import { MemoryBus } from '../../src/bus/memory.ts';
-import type { PsSend } from '../../src/bus/messages.ts';
+import { decodeEdgeMessage, type PsSend } from '../../src/bus/messages.ts';
 import { ReplayingFeed, parseMid } from '../../src/pubsub/replaying-feed.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
+import { until } from '../helpers/wait.ts';
 
 describe('session hand-over: missed events', () => {
   it('go before the first later event of their origin, or at the end', () => {
@@ -107,4 +109,56 @@ describe('what the event feed keeps of other edges and hubs', () => {
     feed.receive(eventFrom('n2.a', 2), Buffer.alloc(0));
     assert.deepEqual([removed, added], [[], ['n2.a:2']]);
   });
+});
+
+// A peer forgotten by the sweep above, then an outage: what was delivered before must not come again.
+// Before the window applied to replays and re-sends of a quiet edge, it did (found by review of the sweep).
+describe('an outage after a quiet peer was forgotten', () => {
+  /** One MemoryBus seen by two edges, each with a connection it can lose. */
+  function edgeView(shared: MemoryBus) {
+    let connected = true;
+    let onChange: ((connected: boolean) => void) | undefined;
+    const view = Object.create(shared) as Bus;
+    Object.defineProperty(view, 'connected', { get: () => connected });
+    view.onConnectionChange = (cb: (connected: boolean) => void) => {
+      onChange = cb;
+    };
+    return { view, set: (up: boolean) => ((connected = up), onChange?.(up)) };
+  }
+  const options = (nodeId: string) => ({ nodeId, subject: 'relay.replay', windowMs: 100, maxBytes: 1 << 20, requestTimeoutMs: 500, gatherStallMs: 50 });
+
+  for (const away of ['publisher', 'receiver'] as const) {
+    it(`delivers an event once when the ${away} loses its bus`, async (t) => {
+      const shared = new MemoryBus();
+      t.after(() => shared.close());
+      const a = edgeView(shared);
+      const b = edgeView(shared);
+      const log = createLogger('silent', 'test');
+      const publisher = new ReplayingFeed(a.view, options('a'), log);
+      const receiver = new ReplayingFeed(b.view, options('b'), log);
+      t.after(() => (publisher.close(), receiver.close()));
+      const got: string[] = [];
+      receiver.register('chat', (event) => got.push(event.mid));
+      shared.subscribe('relay.ps.chat.all', (m) => {
+        const decoded = decodeEdgeMessage(m.data, 'ps.send');
+        if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
+      });
+      const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
+      await until(() => got.length === 1, 2000, 'the event');
+      const side = away === 'publisher' ? a : b;
+      // The event leaves the 100 ms window; the receiver's sweeps forget the quiet publisher (before the
+      // receiver's own outage: it does not sweep while away).
+      await new Promise((r) => setTimeout(r, 150));
+      if (away === 'publisher') side.set(false);
+      receiver.forgetQuietOrigins();
+      receiver.forgetQuietOrigins();
+      assert.equal(receiver.originsKnown, 0);
+      if (away === 'receiver') side.set(false);
+      side.set(true);
+      // The replay or re-send after the reconnect has run.
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(got, [event.mid]);
+    });
+  }
 });
