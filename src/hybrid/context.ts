@@ -80,18 +80,37 @@ export function countHttpStatus(ctx: HybridContext, status: number | HybridError
  * reject (hyco-ws appends them to this address).
  */
 export function rendezvousAddress(ctx: HybridContext, action: 'accept' | 'request', entity: HybridEntity, id: string, below?: HybridPathBelow): string {
-  const base = `${ctx.rendezvousBase}/$hc/${encodeURIComponent(entity.name)}${below?.rawPath ?? ''}?sb-hc-action=${action}&sb-hc-id=${id}`;
-  const query = below ? withoutRejectParams(below.rawQuery) : '';
+  // A raw `#` (Node's parser lets it through) would end the address for the listener's client.
+  const path = (below?.rawPath ?? '').replace(/#/g, '%23');
+  const base = `${ctx.rendezvousBase}/$hc/${encodeURIComponent(entity.name)}${path}?sb-hc-action=${action}&sb-hc-id=${id}`;
+  const query = below ? forwardedQuery(below.rawQuery).replace(/#/g, '%23') : '';
   return query ? `${base}&${query}` : base;
 }
 
-function withoutRejectParams(rawQuery: string): string {
+/** Names the relay reads on a listener's leg (its reject), however a sender spells them. */
+const LEG_PARAMS = new Set(['statuscode', 'statusdescription']);
+
+/**
+ * A sender's query as it rides in an accept's address: without any parameter
+ * the relay reads on the listener's leg (`statusCode`, `statusDescription`,
+ * any `sb-hc-*`, even bare), compared decoded and in any case, so a sender
+ * can neither fake its listener's reject nor take the place of the one
+ * hyco-ws appends.
+ */
+function forwardedQuery(rawQuery: string): string {
   if (rawQuery === '') return '';
   return rawQuery
     .split('&')
     .filter((pair) => {
-      const name = pair.split('=', 1)[0];
-      return name !== 'statusCode' && name !== 'statusDescription';
+      const raw = pair.split('=', 1)[0];
+      let name = raw;
+      try {
+        name = decodeURIComponent(raw.replace(/\+/g, ' '));
+      } catch {
+        // kept as sent: URLSearchParams on the leg decodes it no better
+      }
+      const lower = name.toLowerCase();
+      return !LEG_PARAMS.has(lower) && !lower.startsWith('sb-hc-');
     })
     .join('&');
 }

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
+import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 
 const ENTITIES = {
@@ -23,7 +24,8 @@ describe('what passes through the relay as on Azure', () => {
     const listenUrl = wsUrl(r.url, '/$hc/echo?sb-hc-action=listen');
     const l = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => l.close());
-    const senderUrl = wsUrl(r.url, '/$hc/echo/room/7?tenant=42&statusCode=500&sb-hc-action=connect&sb-hc-id=trace-1');
+    // Spellings of the leg's reject parameters a sender might try (before: the listener's accept became a reject).
+    const senderUrl = wsUrl(r.url, '/$hc/echo/room/7?tenant=42&statusCode=500&status%43ode=503&STATUSDESCRIPTION=x&sb-hc-statusCode&sb-hc-action=connect&sb-hc-id=trace-1');
     // Scoped to the suffix: covers /echo/room/...; before, the relay answered 404 to any suffix.
     const opening = openWebSocket(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(wsUrl(r.url, '/$hc/echo/room')) } });
     const { accept } = await l.next<{ accept: { address: string; id: string } }>();
@@ -36,6 +38,8 @@ describe('what passes through the relay as on Azure', () => {
     assert.notEqual(address.searchParams.get('sb-hc-id'), 'trace-1');
     // The relay reads statusCode on the listener's leg as a reject: a sender's never rides along.
     assert.equal(address.searchParams.get('statusCode'), null);
+    assert.equal(address.searchParams.get('statusDescription'), null);
+    assert.equal(address.searchParams.get('sb-hc-statusCode'), null);
     const leg = await openWebSocket(accept.address);
     t.after(() => leg.terminate());
     const sender = await opening;
@@ -43,6 +47,15 @@ describe('what passes through the relay as on Azure', () => {
     const echoed = new Promise<string>((resolve) => leg.once('message', (d) => resolve(String(d))));
     sender.send('through the suffix');
     assert.equal(await echoed, 'through the suffix');
+
+    // A raw # (no client sends one, Node's parser lets it through) is escaped: it would end the address.
+    const fragmented = rawUpgrade(t, r.port, '/$hc/echo/a#b?x=c#d&sb-hc-action=connect', { ServiceBusAuthorization: tokenFor(wsUrl(r.url, '/$hc/echo')) });
+    const second = (await l.next<{ accept: { address: string } }>()).accept;
+    const secondAddress = new URL(second.address);
+    assert.deepEqual([secondAddress.pathname, secondAddress.searchParams.get('x'), secondAddress.hash], ['/$hc/echo/a%23b', 'c#d', '']);
+    const secondLeg = await openWebSocket(second.address);
+    t.after(() => secondLeg.terminate());
+    assert.equal((await fragmented).status, 101);
 
     const elsewhere = await upgradeRefusal(senderUrl, { headers: { ServiceBusAuthorization: tokenFor(wsUrl(r.url, '/$hc/echo/other')) } });
     assert.deepEqual(elsewhere, { status: 403, code: 'TokenScopeInvalid' });
