@@ -420,6 +420,10 @@ export interface PsCheckpoint {
    * one stored no longer writes (stream-sessions.ts).
    */
   claim?: number;
+  /** Set in the owner's last write when a claim made it let go: that claim's stream sequence. */
+  releasedBy?: number;
+  /** In that last write: the ackIds it answered most recently (at most 10,000), so the next edge answers a retry Duplicate. */
+  ackIds?: number[];
   /** Every sequence id up to this one is acknowledged. */
   sequenceId: number;
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */

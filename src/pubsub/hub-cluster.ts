@@ -136,6 +136,11 @@ export class ClusterHub {
     }
   }
 
+  /** True while edge `nodeId` is on this hub's roster (heard from lately). */
+  edgeOnRoster(nodeId: string): boolean {
+    return this.roster?.others().includes(nodeId) ?? false;
+  }
+
   get name(): string {
     return this.config.name;
   }

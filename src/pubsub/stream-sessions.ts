@@ -71,6 +71,13 @@ const MISSING_CHECKPOINT_RETRIES = 4;
 const MISSING_CHECKPOINT_WAIT_MS = 250;
 /** Checkpoint writes in flight at once, per hub. */
 const MAX_WRITES_IN_FLIGHT = 64;
+/** The most ackIds an owner letting go hands to the next edge (the latest ones: retries are of recent requests). */
+const MAX_ACK_IDS_HANDED_OVER = 10_000;
+/** How often a take looks for the last write of a live owner letting go. */
+const LAST_WRITE_POLL_MS = 20;
+
+/** What only the owner's last write carries (letGo). */
+type LastWrite = Pick<PsCheckpoint, 'releasedBy' | 'ackIds'>;
 
 function tokenHash(token: string): string {
   return createHash('sha256').update(token).digest('base64url');
@@ -193,18 +200,23 @@ export class StreamSessions {
     const connection = this.hub.local.connections.get(claim.connectionId);
     if (!connection?.session || connection.ended) return;
     this.options.log.info({ event: 'pubsub.session_released', hub: this.hub.name, connectionId: connection.id, to: claim.origin });
-    void this.letGo(connection);
+    void this.letGo(connection, seq);
   }
 
-  /** Writes the session's last checkpoint, then takes it out of this edge. */
-  private async letGo(connection: PubSubConnection): Promise<void> {
+  /**
+   * Writes the session's last checkpoint, then takes it out of this edge.
+   * `claimSeq`: the claim that made it let go, which the edge taking the
+   * session waits to see in that write (with what the stream does not carry:
+   * permissions, the ackIds answered, the connection state).
+   */
+  private async letGo(connection: PubSubConnection, claimSeq?: number): Promise<void> {
     const socket = connection.socket;
     const checkpoint = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
     this.options.release(connection);
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     socket?.destroy();
-    if (checkpoint) await this.write(connection, checkpoint);
+    if (checkpoint) await this.write(connection, checkpoint, { releasedBy: claimSeq ?? 0, ackIds: connection.ackIds().slice(-MAX_ACK_IDS_HANDED_OVER) });
     connection.session!.clear();
   }
 
@@ -243,8 +255,9 @@ export class StreamSessions {
     }
   }
 
-  private record(connection: PubSubConnection, checkpoint: SessionCheckpoint): PsCheckpoint {
+  private record(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): PsCheckpoint {
     return {
+      ...last,
       op: 'ps.checkpoint',
       hub: this.hub.name,
       connectionId: connection.id,
@@ -262,8 +275,8 @@ export class StreamSessions {
     };
   }
 
-  private write(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
-    return this.inTurn(connection, () => this.store(connection, checkpoint));
+  private write(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<void> {
+    return this.inTurn(connection, () => this.store(connection, checkpoint, last));
   }
 
   private inTurn(connection: PubSubConnection, step: () => Promise<void>): Promise<void> {
@@ -276,9 +289,9 @@ export class StreamSessions {
     return next;
   }
 
-  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint): Promise<void> {
+  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<void> {
     const key = this.key(connection.id);
-    const value = Buffer.from(JSON.stringify(this.record(connection, checkpoint)));
+    const value = Buffer.from(JSON.stringify(this.record(connection, checkpoint, last)));
     try {
       let previous = this.revisions.get(connection);
       for (let attempt = 0; ; attempt++) {
@@ -384,8 +397,9 @@ export class StreamSessions {
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
     try {
       const claimSeq = await this.claim(connectionId, deadline);
-      // The edge that held it writes its last checkpoint when it reads the claim; it may already have.
-      const checkpoint = (await this.readCheckpoint(connectionId)) ?? found;
+      // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
+      // not carry (permissions a REST call changed, the ackIds it answered) is only there.
+      const checkpoint = (await this.lastWriteOf(connectionId, claimSeq, deadline)) ?? found;
       if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
       const connection = new PubSubConnection(
         connectionId,
@@ -397,6 +411,7 @@ export class StreamSessions {
         token,
       );
       for (const group of checkpoint.groups) connection.groups.add(group);
+      for (const ackId of checkpoint.ackIds ?? []) connection.rememberAckId(ackId);
       connection.states = checkpoint.states;
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
       this.claims.set(connection, claimSeq);
@@ -419,6 +434,27 @@ export class StreamSessions {
       return connection;
     } finally {
       this.claimsSeen.delete(connectionId);
+    }
+  }
+
+  /**
+   * The checkpoint after the claim `claimSeq`: once its owner wrote it on
+   * letting go (`releasedBy`), or at once when that owner is this edge or no
+   * longer on the hub's roster (dead or gone: what it wrote last is all
+   * there is). A live owner is waited for up to bus.requestTimeoutMs; then
+   * the last checkpoint stored is taken (before, it always was: a revoke or
+   * grant made just before a move, and ackIds, could be lost).
+   */
+  private async lastWriteOf(connectionId: string, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
+    const until = Math.min(deadline, Date.now() + this.options.requestTimeoutMs);
+    for (;;) {
+      const checkpoint = await this.readCheckpoint(connectionId);
+      if (!checkpoint || checkpoint.owner === this.options.nodeId || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
+      if (!this.hub.edgeOnRoster(checkpoint.owner) || Date.now() >= until) {
+        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, owner: checkpoint.owner });
+        return checkpoint;
+      }
+      await new Promise((r) => setTimeout(r, LAST_WRITE_POLL_MS));
     }
   }
 
