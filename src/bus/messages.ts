@@ -422,7 +422,7 @@ export interface PsCheckpoint {
   claim?: number;
   /** Set in the owner's last write when a claim made it let go: that claim's stream sequence. */
   releasedBy?: number;
-  /** In that last write: the ackIds it answered most recently (at most 10,000), so the next edge answers a retry Duplicate. */
+  /** In that last write: the ackIds whose requests it processed, the latest 1,000, so the next edge answers a retry Duplicate. */
   ackIds?: number[];
   /** Every sequence id up to this one is acknowledged. */
   sequenceId: number;

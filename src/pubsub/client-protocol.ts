@@ -182,9 +182,10 @@ function storeId(connection: PubSubConnection, ackId: number | undefined): strin
  */
 function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, done: Promise<unknown>): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
-  if (ackId !== undefined) connection.rememberAckId(ackId);
+  if (ackId !== undefined) connection.rememberAckId(ackId, true);
   done.then(
     (result) => {
+      if (ackId !== undefined) connection.ackIdDone(ackId);
       if (!connection.ended) ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
     },
     (err: Error) => {
@@ -204,7 +205,7 @@ export const EVENTS_IN_FLIGHT = 16;
 
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
-  if (ackId !== undefined) connection.rememberAckId(ackId);
+  if (ackId !== undefined) connection.rememberAckId(ackId, true);
   if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) {
     connection.socket?.hold();
     (connection.eventsWaiting ??= []).push(() => sendEventNow(ctx, connection, hub, m, payload, ackId));
@@ -225,6 +226,7 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
       if (ackId !== undefined) connection.forgetAckId(ackId);
       return ack(ctx, connection, ackId, result.code, result.detail);
     }
+    if (ackId !== undefined) connection.ackIdDone(ackId);
     if (result.reply) {
       hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
     }

@@ -33,6 +33,8 @@ export class PubSubConnection {
   readonly session: ReliableSession | undefined;
   socket: MessageSocket | undefined;
   private readonly recentAckIds = new Set<number>();
+  /** Remembered ackIds whose request is still being processed: another edge taking the session must process a retry. */
+  private readonly ackIdsInProgress = new Set<number>();
   ended = false;
   /**
    * Set while this session is being handed between nodes: on the node giving
@@ -74,9 +76,15 @@ export class PubSubConnection {
     return this.protocol === '' ? undefined : this.protocol;
   }
 
-  /** The ackIds remembered, oldest first (for a hand-over). */
-  ackIds(): number[] {
-    return [...this.recentAckIds];
+  /**
+   * The ackIds whose request was processed, oldest first, for a hand-over:
+   * not those still in progress (an event waiting on its handler or queued),
+   * whose retry on the next edge must be processed, not answered Duplicate.
+   */
+  answeredAckIds(): number[] {
+    const out: number[] = [];
+    for (const id of this.recentAckIds) if (!this.ackIdsInProgress.has(id)) out.push(id);
+    return out;
   }
 
   /** True when a request with this ackId was already processed (answer Duplicate). */
@@ -89,18 +97,30 @@ export class PubSubConnection {
     return this.groups.has(group) || this.groups.size < this.limits.groupsPerConnection;
   }
 
-  /** Records a processed ackId; the oldest is forgotten past limits.ackIdsPerConnection. */
-  rememberAckId(ackId: number): void {
+  /**
+   * Records an ackId (`inProgress`: its request has arrived and is being
+   * processed; ackIdDone when it is); the oldest is forgotten past
+   * limits.ackIdsPerConnection.
+   */
+  rememberAckId(ackId: number, inProgress = false): void {
     this.recentAckIds.add(ackId);
+    if (inProgress) this.ackIdsInProgress.add(ackId);
     if (this.recentAckIds.size > this.limits.ackIdsPerConnection) {
       const oldest = this.recentAckIds.values().next().value as number;
       this.recentAckIds.delete(oldest);
+      this.ackIdsInProgress.delete(oldest);
     }
+  }
+
+  /** The request of a remembered ackId was processed. */
+  ackIdDone(ackId: number): void {
+    this.ackIdsInProgress.delete(ackId);
   }
 
   /** Forgets an ackId whose request failed, so a retry is processed again. */
   forgetAckId(ackId: number): void {
     this.recentAckIds.delete(ackId);
+    this.ackIdsInProgress.delete(ackId);
   }
 
   /** Sends a control frame (ack, pong, system): never sequenced, never buffered past the socket. */

@@ -122,7 +122,7 @@ export class SessionHandover {
           userId: connection.userId,
           permissions: connection.permissions.snapshot(),
           groups: [...connection.groups],
-          ackIds: connection.ackIds(),
+          ackIds: connection.answeredAckIds(),
           reconnectionToken: session.reconnectionToken,
           states: connection.states,
           firstSeq: session.firstSequenceId,

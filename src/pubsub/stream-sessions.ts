@@ -71,8 +71,22 @@ const MISSING_CHECKPOINT_RETRIES = 4;
 const MISSING_CHECKPOINT_WAIT_MS = 250;
 /** Checkpoint writes in flight at once, per hub. */
 const MAX_WRITES_IN_FLIGHT = 64;
-/** The most ackIds an owner letting go hands to the next edge (the latest ones: retries are of recent requests). */
-const MAX_ACK_IDS_HANDED_OVER = 10_000;
+/** The most ackIds an owner letting go hands to the next edge (the latest ones: retries are of recent requests; ~17 KB). */
+const MAX_ACK_IDS_HANDED_OVER = 1_000;
+/** Sessions whose latest claim an edge remembers (~100 bytes each). */
+const MAX_HOLDERS_KNOWN = 50_000;
+
+/** The edge holding a session by its latest claim, and that claim's stream sequence. */
+interface Holder {
+  origin: string;
+  seq: number;
+}
+
+/** This edge's claim read back: its sequence, and the claim it displaced (unknown when read before this edge followed). */
+interface ClaimRead {
+  seq: number;
+  before: Holder | undefined;
+}
 /** How often a take looks for the last write of a live owner letting go. */
 const LAST_WRITE_POLL_MS = 20;
 
@@ -118,7 +132,9 @@ export class StreamSessions {
   /** Sessions opened before this edge knew its place in the stream. */
   private readonly awaitingStart = new Set<PubSubConnection>();
   /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
-  private readonly ownClaims = new Map<string, (seq: number) => void>();
+  private readonly ownClaims = new Map<string, (claim: ClaimRead) => void>();
+  /** The latest claim read per connection id (the edge holding that session), bounded: see noteHolder. */
+  private readonly holders = new Map<string, Holder>();
   /** The newest claim read per connection id while a take is in progress here. */
   private readonly claimsSeen = new Map<string, { origin: string; seq: number }>();
   private writing = 0;
@@ -192,8 +208,10 @@ export class StreamSessions {
 
   /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
   claimed(claim: PsClaim, seq: number): void {
+    const before = this.holders.get(claim.connectionId);
+    this.noteHolder(claim.connectionId, { origin: claim.origin, seq });
     if (claim.origin === this.options.nodeId) {
-      this.ownClaims.get(claim.connectionId)?.(seq);
+      this.ownClaims.get(claim.connectionId)?.({ seq, before });
       return;
     }
     if (this.claimsSeen.has(claim.connectionId)) this.claimsSeen.set(claim.connectionId, { origin: claim.origin, seq });
@@ -201,6 +219,13 @@ export class StreamSessions {
     if (!connection?.session || connection.ended) return;
     this.options.log.info({ event: 'pubsub.session_released', hub: this.hub.name, connectionId: connection.id, to: claim.origin });
     void this.letGo(connection, seq);
+  }
+
+  /** Remembers who holds a session by the latest claim (the oldest entries go past MAX_HOLDERS_KNOWN). */
+  private noteHolder(connectionId: string, holder: Holder): void {
+    this.holders.delete(connectionId);
+    this.holders.set(connectionId, holder);
+    if (this.holders.size > MAX_HOLDERS_KNOWN) this.holders.delete(this.holders.keys().next().value as string);
   }
 
   /**
@@ -216,7 +241,12 @@ export class StreamSessions {
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     socket?.destroy();
-    if (checkpoint) await this.write(connection, checkpoint, { releasedBy: claimSeq ?? 0, ackIds: connection.ackIds().slice(-MAX_ACK_IDS_HANDED_OVER) });
+    if (checkpoint) {
+      const releasedBy = claimSeq ?? 0;
+      const ackIds = connection.answeredAckIds().slice(-MAX_ACK_IDS_HANDED_OVER);
+      // A write refused (too large for the NATS servers' max_payload, with many groups) goes again without the ackIds.
+      if (!(await this.write(connection, checkpoint, { releasedBy, ackIds })) && ackIds.length > 0) await this.write(connection, checkpoint, { releasedBy });
+    }
     connection.session!.clear();
   }
 
@@ -275,8 +305,13 @@ export class StreamSessions {
     };
   }
 
-  private write(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<void> {
-    return this.inTurn(connection, () => this.store(connection, checkpoint, last));
+  /** True when stored (or left to a newer claim's checkpoint). */
+  private async write(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<boolean> {
+    let stored = false;
+    await this.inTurn(connection, async () => {
+      stored = await this.store(connection, checkpoint, last);
+    });
+    return stored;
   }
 
   private inTurn(connection: PubSubConnection, step: () => Promise<void>): Promise<void> {
@@ -289,7 +324,7 @@ export class StreamSessions {
     return next;
   }
 
-  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<void> {
+  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<boolean> {
     const key = this.key(connection.id);
     const value = Buffer.from(JSON.stringify(this.record(connection, checkpoint, last)));
     try {
@@ -298,7 +333,7 @@ export class StreamSessions {
         try {
           this.revisions.set(connection, await this.options.js.put(key, value, previous));
           this.lastWritten.set(connection, Date.now());
-          return;
+          return true;
         } catch (err) {
           if (!(err instanceof StoreConflict) || attempt > 0) throw err;
         }
@@ -309,7 +344,7 @@ export class StreamSessions {
         const held = this.claims.get(connection) ?? 0;
         if (found?.checkpoint && (found.checkpoint.claim ?? 0) > held) {
           this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner, claim: found.checkpoint.claim });
-          return;
+          return true;
         }
         previous = found?.revision;
       }
@@ -320,6 +355,7 @@ export class StreamSessions {
         this.urgent.add(connection);
       }
       this.options.log.warn({ event: 'pubsub.checkpoint_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
+      return false;
     }
   }
 
@@ -396,10 +432,11 @@ export class StreamSessions {
     const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
     try {
-      const claimSeq = await this.claim(connectionId, deadline);
+      const { seq: claimSeq, before } = await this.claim(connectionId, deadline);
       // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
       // not carry (permissions a REST call changed, the ackIds it answered) is only there.
-      const checkpoint = (await this.lastWriteOf(connectionId, claimSeq, deadline)) ?? found;
+      const holder = before?.origin ?? found.owner;
+      const checkpoint = (await this.lastWriteOf(connectionId, holder, claimSeq, deadline)) ?? found;
       if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
       const connection = new PubSubConnection(
         connectionId,
@@ -438,20 +475,23 @@ export class StreamSessions {
   }
 
   /**
-   * The checkpoint after the claim `claimSeq`: once its owner wrote it on
-   * letting go (`releasedBy`), or at once when that owner is this edge or no
-   * longer on the hub's roster (dead or gone: what it wrote last is all
-   * there is). A live owner is waited for up to bus.requestTimeoutMs; then
-   * the last checkpoint stored is taken (before, it always was: a revoke or
-   * grant made just before a move, and ackIds, could be lost).
+   * The checkpoint after the claim `claimSeq`, once `holder` (the edge whose
+   * claim this one displaced, or that opened the session) wrote it on letting
+   * go (`releasedBy` this claim); at once when the holder is this edge (its
+   * own earlier process let go at shutdown) or is not on the hub's roster
+   * (dead or gone: what it wrote last is all there is). A live holder is
+   * waited for up to bus.requestTimeoutMs, then the last checkpoint stored is
+   * taken (before, it always was: a revoke or grant made just before a move,
+   * and the ackIds answered, could be lost).
    */
-  private async lastWriteOf(connectionId: string, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
+  private async lastWriteOf(connectionId: string, holder: string, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
     const until = Math.min(deadline, Date.now() + this.options.requestTimeoutMs);
+    const waitFor = holder !== this.options.nodeId && this.hub.edgeOnRoster(holder);
     for (;;) {
       const checkpoint = await this.readCheckpoint(connectionId);
-      if (!checkpoint || checkpoint.owner === this.options.nodeId || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
-      if (!this.hub.edgeOnRoster(checkpoint.owner) || Date.now() >= until) {
-        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, owner: checkpoint.owner });
+      if (!checkpoint || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
+      if (Date.now() >= until || !this.hub.edgeOnRoster(holder)) {
+        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, holder });
         return checkpoint;
       }
       await new Promise((r) => setTimeout(r, LAST_WRITE_POLL_MS));
@@ -459,9 +499,9 @@ export class StreamSessions {
   }
 
   /** Stores this edge's claim and waits until this edge read it back: every event before it is applied here. */
-  private async claim(connectionId: string, deadline: number): Promise<number> {
-    let readBack!: (seq: number) => void;
-    const read = new Promise<number>((resolve) => (readBack = resolve));
+  private async claim(connectionId: string, deadline: number): Promise<ClaimRead> {
+    let readBack!: (claim: ClaimRead) => void;
+    const read = new Promise<ClaimRead>((resolve) => (readBack = resolve));
     this.ownClaims.set(connectionId, readBack);
     let timer: NodeJS.Timeout | undefined;
     try {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
-import { eventHandlerApp, serveApp } from '../helpers/event-handler-app.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
@@ -20,11 +20,20 @@ describe('a durable session moved right after a change the stream does not carry
   let a: Edge, b: Edge;
   let handled: () => string[];
   before(async () => {
-    const { app, record } = eventHandlerApp(HUB, HUB_KEY, { connect: (_req, res) => res.success({}) });
-    const served = await serveApp(cleanup, app);
-    handled = () => record.user.map((u: { data: unknown }) => String(u.data));
+    // Records each user event's body; answers `slow` ones after 800 ms.
+    const bodies: string[] = [];
+    handled = () => bodies;
+    const { urlTemplate } = await serveEventHandler(cleanup, (req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString();
+        bodies.push(body);
+        setTimeout(() => res.writeHead(204).end(), body.startsWith('slow') ? 800 : 0);
+      });
+    });
     const nats = await startNatsServer(cleanup);
-    const hubs = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, userEventPattern: '*', systemEvents: [] }] }] } };
+    const hubs = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] } };
     [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
     await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
   });
@@ -78,5 +87,30 @@ describe('a durable session moved right after a change the stream does not carry
     await until(() => handled().includes('once'), 5000, 'the event at the handler');
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(handled().filter((d) => d === 'once'), ['once']);
+  });
+
+  it('processes a retry of a request still in flight when the session moved (before: answered Duplicate, the request lost)', async (t) => {
+    const session = await reliableOn(a, t);
+    // Not awaited: the handler answers it after 800 ms, on A, after the move.
+    void session.client.request({ type: 'event', event: 'count', dataType: 'text', data: 'slow-1', ackId: 7 }).catch(() => {});
+    await until(() => handled().includes('slow-1'), 5000, 'the event at the handler');
+    const moved = await moveTo(b, session, t);
+    const retried = await moved.request({ type: 'event', event: 'count', dataType: 'text', data: 'slow-1', ackId: 7 });
+    assert.deepEqual([retried.success, retried.error?.name], [true, undefined]);
+  });
+
+  it('moving back to the first edge at once keeps what changed on the second (before: the first took its own older checkpoint)', async (t) => {
+    const restB = serviceClient(b);
+    for (const round of [0, 1, 2]) {
+      const session = await reliableOn(a, t, ['webpubsub.sendToGroup', 'webpubsub.joinLeaveGroup']);
+      const onB = await moveTo(b, session, t);
+      assert.equal((await onB.request({ type: 'joinGroup', group: 'back', ackId: 300 + round })).success, true);
+      await restB.revokePermission(session.id, 'sendToGroup', { targetName: 'pg' });
+      const back = await moveTo(a, { ...session, client: onB }, t);
+      const sent = await back.request({ type: 'sendToGroup', group: 'pg', dataType: 'text', data: 'x', ackId: 400 + round });
+      assert.equal(sent.success, false, `round ${round}: the revoke made on B held on A`);
+      const again = await back.request({ type: 'joinGroup', group: 'back', ackId: 300 + round });
+      assert.equal(again.error?.name, 'Duplicate', `round ${round}: the ackId answered on B`);
+    }
   });
 });
