@@ -37,7 +37,10 @@ const CLOCK_MARGIN_MS = 1000;
 
 interface Logged {
   counter: number;
+  /** Wall clock (ms since epoch): compared with other edges' times (a replay's `after`). */
   at: number;
+  /** Monotonic clock (performance.now()): the window, which a wall-clock step must not stretch or cut. */
+  mono: number;
   subject: string;
   data: Uint8Array;
 }
@@ -50,7 +53,7 @@ export function parseMid(mid: string): { origin: string; counter: number } | und
 }
 
 /** What a slot of the log holds once its entry left the window. */
-const EXPIRED: Logged = { counter: 0, at: 0, subject: '', data: new Uint8Array(0) };
+const EXPIRED: Logged = { counter: 0, at: 0, mono: 0, subject: '', data: new Uint8Array(0) };
 
 /** The event feed on core NATS: events are logged by their publisher and re-sent or asked for after an outage. */
 export class ReplayingFeed implements EventFeed {
@@ -140,11 +143,11 @@ export class ReplayingFeed implements EventFeed {
     const counter = parseMid(mid)?.counter;
     if (counter === undefined) return;
     this.lastOwnCounter = counter;
-    const now = Date.now();
-    this.entries.push({ counter, at: now, subject, data });
+    const mono = performance.now();
+    this.entries.push({ counter, at: Date.now(), mono, subject, data });
     this.bytes += data.length;
-    const oldest = now - this.options.windowMs;
-    while (this.head < this.entries.length && (this.entries[this.head].at < oldest || this.bytes > this.options.maxBytes)) {
+    const oldest = mono - this.options.windowMs;
+    while (this.head < this.entries.length && (this.entries[this.head].mono < oldest || this.bytes > this.options.maxBytes)) {
       this.bytes -= this.entries[this.head].data.length;
       // Let go of its bytes now: the slot goes at the next compaction (before, up to 1,024 expired messages of any size stayed).
       this.entries[this.head] = EXPIRED;
@@ -196,10 +199,10 @@ export class ReplayingFeed implements EventFeed {
    */
   private republish(after: number): void {
     let count = 0;
-    const oldest = Date.now() - this.options.windowMs;
+    const oldest = performance.now() - this.options.windowMs;
     for (let i = this.head; i < this.entries.length; i++) {
       const e = this.entries[i];
-      if (e.at < after || e.at < oldest) continue;
+      if (e.at < after || e.mono < oldest) continue;
       try {
         this.bus.publish(e.subject, e.data);
         count++;
@@ -287,10 +290,10 @@ export class ReplayingFeed implements EventFeed {
     let truncated = false;
     // The window holds for a quiet edge too (its log is trimmed only when it publishes): a receiver
     // that forgot this origin (forgetQuietOrigins) must not be sent what it delivered before.
-    const oldest = Date.now() - this.options.windowMs;
+    const oldest = performance.now() - this.options.windowMs;
     for (let i = this.head; i < this.entries.length; i++) {
       const e = this.entries[i];
-      if (e.at < oldest) continue;
+      if (e.mono < oldest) continue;
       if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
       if (bytes + e.data.length > budget) {
         truncated = true;

@@ -161,4 +161,36 @@ describe('an outage after a quiet peer was forgotten', () => {
       assert.deepEqual(got, [event.mid]);
     });
   }
+
+  it('keeps its window on a steady clock: a wall clock stepped back does not bring an event round again', async (t) => {
+    const shared = new MemoryBus();
+    t.after(() => shared.close());
+    const a = edgeView(shared);
+    const b = edgeView(shared);
+    const log = createLogger('silent', 'test');
+    const publisher = new ReplayingFeed(a.view, options('a'), log);
+    const receiver = new ReplayingFeed(b.view, options('b'), log);
+    t.after(() => (publisher.close(), receiver.close()));
+    const got: string[] = [];
+    receiver.register('chat', (event) => got.push(event.mid));
+    shared.subscribe('relay.ps.chat.all', (m) => {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded) receiver.receive(decoded.message, decoded.body);
+    });
+    const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+    publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
+    await until(() => got.length === 1, 2000, 'the event');
+    await new Promise((r) => setTimeout(r, 150));
+    a.set(false);
+    receiver.forgetQuietOrigins();
+    receiver.forgetQuietOrigins();
+    // An NTP step of 2 s back while the publisher is away (before: the window was judged by Date.now()).
+    const realNow = Date.now;
+    Date.now = () => realNow() - 2000;
+    t.after(() => (Date.now = realNow));
+    a.set(true);
+    await new Promise((r) => setTimeout(r, 300));
+    Date.now = realNow;
+    assert.deepEqual(got, [event.mid]);
+  });
 });
