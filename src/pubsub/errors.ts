@@ -78,3 +78,10 @@ export const ACK_ERRORS = {
 export type AckErrorName = keyof typeof ACK_ERRORS;
 
 export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB_ERRORS);
+
+/**
+ * A session cannot be taken over right now (JetStream away or slow, or the
+ * edge holding it does not answer in time): the client is told to try again
+ * (close 1013), not that the session is gone (1008).
+ */
+export class SessionUnavailable extends Error {}

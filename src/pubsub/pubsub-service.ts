@@ -28,7 +28,7 @@ import { ClusterHub } from './hub-cluster.ts';
 import { handleRestRequest, type RestContext } from './rest-api.ts';
 import { PubSubConnection } from './pubsub-connection.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
-import { SessionRecovery } from './session-recovery.ts';
+import { RECOVERY_WINDOW_MS, SessionRecovery } from './session-recovery.ts';
 import { StreamEvents } from './stream-events.ts';
 import { AbuseProtection } from './abuse-protection.ts';
 import { EventDispatcher } from './cloud-events.ts';
@@ -158,7 +158,8 @@ export class PubSubService implements RestContext {
       closeHandshakeMs: config.timeouts.closeHandshakeMs,
     };
     const shuttingDown = () => this.lifecycle.shuttingDown;
-    const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown);
+    // Read when used: timeouts change on reload.
+    const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown, () => Math.min(RECOVERY_WINDOW_MS, config.timeouts.sessionRetainMs));
     this.endpoint = new ClientEndpoint({
       config,
       log,

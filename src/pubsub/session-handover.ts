@@ -15,13 +15,14 @@
 // have (events carry cluster-wide ids), and, with the NATS bus, the events
 // that reached neither node while the group interest moved, fetched from the
 // publishing edges' logs (replaying-feed.ts): nothing is lost or doubled.
-import { respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { BusError, respond, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsEntries, type PsHandover, type PsSession } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseMid } from './replaying-feed.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Target } from '../bus/messages.ts';
 import { filterFromBus } from './connection-filter.ts';
+import { SessionUnavailable } from './errors.ts';
 import { isMessageBody, sharedMessageOf } from './downstream.ts';
 import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
@@ -208,7 +209,19 @@ export class SessionHandover {
     const startedAt = Date.now();
     let s: PsSession | undefined;
     for (const deadline = Date.now() + this.deps.requestTimeoutMs; ; ) {
-      s = await ask('begin').then((a) => decodeEdgeMessage(a, 'ps.session')?.message, () => undefined);
+      s = await ask('begin').then(
+        (a) => decodeEdgeMessage(a, 'ps.session')?.message,
+        (err: unknown) => {
+          // No edge listens for it (NoResponders): no such session. An edge that holds it but does not
+          // answer in time (stalled: a pause, a long GC), or no bus: try again (before, the session was lost).
+          if (err instanceof BusError && (err.code === 'Timeout' || err.code === 'Unavailable')) {
+            // It reads the `begin` when it runs again: told to drop it after, it does not hold the session for a taker that left.
+            void ask('abort').catch(() => undefined);
+            throw new SessionUnavailable(`the edge holding the session did not answer: ${err.code}`);
+          }
+          return undefined;
+        },
+      );
       if (!s?.busy || Date.now() > deadline) break;
       await new Promise((r) => setTimeout(r, BUSY_RETRY_MS));
     }

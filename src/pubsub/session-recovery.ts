@@ -10,11 +10,10 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
 import { connectedFrame, disconnectedFrame } from './downstream.ts';
-import { PUBSUB_ERRORS } from './errors.ts';
+import { PUBSUB_ERRORS, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
-import { SessionUnavailable } from './stream-sessions.ts';
 
 export type ClientSocket = MessageSocket<PubSubConnection>;
 
@@ -32,9 +31,21 @@ export interface RecoveryRequest {
   open(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket;
 }
 
+/**
+ * How long @azure/web-pubsub-client tries to recover a session before it
+ * starts a new connection (and rejoins its groups). A recovery it makes that
+ * opens and is then closed 1013 counts as a success and starts its window
+ * again, so the relay keeps the count: see `unavailable`.
+ */
+export const RECOVERY_WINDOW_MS = 30_000;
+/** Connection ids whose recoveries are being deferred, remembered at most (the oldest go). */
+const MAX_DEFERRED = 10_000;
+
 export class SessionRecovery {
   /** Sessions this edge is taking from elsewhere now, by hub and connection id. */
   private readonly taking = new Map<string, Promise<unknown>>();
+  /** When this edge first deferred a recovery of a session (by hub and connection id), while it goes on deferring. */
+  private readonly deferredSince = new Map<string, number>();
 
   constructor(
     private readonly log: Logger,
@@ -43,6 +54,8 @@ export class SessionRecovery {
     /** How long to wait for a session still moving between edges. */
     private readonly moveWaitMs: number,
     private readonly shuttingDown: () => boolean,
+    /** How long recoveries of one session are deferred (1013) before it is given up (1008): min(RECOVERY_WINDOW_MS, timeouts.sessionRetainMs). */
+    private readonly giveUpAfterMs: () => number,
   ) {}
 
   /** Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered already. */
@@ -80,11 +93,17 @@ export class SessionRecovery {
         connection = await take;
       } catch (err) {
         if (!(err instanceof SessionUnavailable)) throw err;
-        // JetStream cannot answer now: a close other than 1008 makes the client try again.
+        // JetStream or the holding edge cannot answer now: a close other than 1008 makes the client try again,
+        // for as long as the client itself would try (before, it tried for as long as the outage lasted).
+        if (this.deferredTooLong(key)) {
+          this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason: err.message, ms: this.giveUpAfterMs() });
+          return this.refuse(r.socket, 'SessionNotFound');
+        }
         this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: err.message });
         return this.refuse(r.socket, 'SessionUnavailable');
       }
     }
+    this.deferredSince.delete(key);
     const session = connection?.session;
     if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
@@ -125,6 +144,28 @@ export class SessionRecovery {
       replay: session.unacknowledged,
     });
     client.start();
+  }
+
+  /**
+   * Notes one more deferral of `key`'s recovery; true once its deferrals have
+   * lasted giveUpAfterMs (the entry then goes: a later attempt starts afresh).
+   */
+  private deferredTooLong(key: string): boolean {
+    const now = Date.now();
+    const window = this.giveUpAfterMs();
+    // Entries go in order of their first deferral: those far past the window are of clients that gave up.
+    for (const [old, since] of this.deferredSince) {
+      if (now - since <= 2 * window && this.deferredSince.size <= MAX_DEFERRED) break;
+      this.deferredSince.delete(old);
+    }
+    const since = this.deferredSince.get(key);
+    if (since === undefined) {
+      this.deferredSince.set(key, now);
+      return false;
+    }
+    if (now - since < window) return false;
+    this.deferredSince.delete(key);
+    return true;
   }
 
   /** Completes a recovery's upgrade only to say why not and close with the code's close code. */

@@ -29,7 +29,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { filterFromBus, selects } from './connection-filter.ts';
 import { sharedMessageOf } from './downstream.ts';
-import type { PubSubErrorCode } from './errors.ts';
+import { SessionUnavailable, type PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
@@ -61,9 +61,6 @@ export interface SessionStream {
   firstSequence(): Promise<number>;
 }
 
-/** A session cannot be taken over right now (JetStream away or slow): the client should try again. */
-export class SessionUnavailable extends Error {}
-
 /** Connection ids the relay issues (and a reconnecting client must give back). */
 const CONNECTION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** How often, and how far apart, a take looks again for a checkpoint not there yet. */
@@ -73,6 +70,8 @@ const MISSING_CHECKPOINT_WAIT_MS = 250;
 const MAX_WRITES_IN_FLIGHT = 64;
 /** The most ackIds an owner letting go hands to the next edge (the latest ones: retries are of recent requests; ~17 KB). */
 const MAX_ACK_IDS_HANDED_OVER = 1_000;
+/** `releasedBy` of the last write at shutdown: final for any claim (the restarted edge, even under the same node id, never held it). */
+const RELEASED_AT_SHUTDOWN = Number.MAX_SAFE_INTEGER;
 /** Sessions whose latest claim an edge remembers (~100 bytes each). */
 const MAX_HOLDERS_KNOWN = 50_000;
 
@@ -242,7 +241,7 @@ export class StreamSessions {
     this.urgent.delete(connection);
     socket?.destroy();
     if (checkpoint) {
-      const releasedBy = claimSeq ?? 0;
+      const releasedBy = claimSeq ?? RELEASED_AT_SHUTDOWN;
       const ackIds = connection.answeredAckIds().slice(-MAX_ACK_IDS_HANDED_OVER);
       // A write refused (too large for the NATS servers' max_payload, with many groups) goes again without the ackIds.
       if (!(await this.write(connection, checkpoint, { releasedBy, ackIds })) && ackIds.length > 0) await this.write(connection, checkpoint, { releasedBy });
@@ -435,7 +434,7 @@ export class StreamSessions {
       const { seq: claimSeq, before } = await this.claim(connectionId, deadline);
       // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
       // not carry (permissions a REST call changed, the ackIds it answered) is only there.
-      const holder = before?.origin ?? found.owner;
+      const holder = before ?? { origin: found.owner, seq: found.claim ?? 0 };
       const checkpoint = (await this.lastWriteOf(connectionId, holder, claimSeq, deadline)) ?? found;
       if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
       const connection = new PubSubConnection(
@@ -466,8 +465,10 @@ export class StreamSessions {
         checkpoint: checkpoint.sequenceId,
         replay: connection.session!.unacknowledged,
       });
-      this.urgent.add(connection);
-      this.dirty.add(connection);
+      // Written before the client hears `connected`: an edge taking the session from this one
+      // next knows by this write that this edge held it (lastWriteOf), and waits for its last.
+      const taken = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+      if (taken) await this.write(connection, taken);
       return connection;
     } finally {
       this.claimsSeen.delete(connectionId);
@@ -484,14 +485,17 @@ export class StreamSessions {
    * taken (before, it always was: a revoke or grant made just before a move,
    * and the ackIds answered, could be lost).
    */
-  private async lastWriteOf(connectionId: string, holder: string, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
+  private async lastWriteOf(connectionId: string, holder: Holder, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
     const until = Math.min(deadline, Date.now() + this.options.requestTimeoutMs);
-    const waitFor = holder !== this.options.nodeId && this.hub.edgeOnRoster(holder);
+    const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin);
     for (;;) {
       const checkpoint = await this.readCheckpoint(connectionId);
       if (!checkpoint || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
-      if (Date.now() >= until || !this.hub.edgeOnRoster(holder)) {
-        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, holder });
+      // The holder's claim never became a session there (its take failed: an edge that takes a
+      // session writes before its client hears `connected`), and the edge before it let go for that claim.
+      if (checkpoint.owner !== holder.origin && checkpoint.releasedBy !== undefined && checkpoint.releasedBy >= holder.seq) return checkpoint;
+      if (Date.now() >= until || !this.hub.edgeOnRoster(holder.origin)) {
+        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, holder: holder.origin });
         return checkpoint;
       }
       await new Promise((r) => setTimeout(r, LAST_WRITE_POLL_MS));

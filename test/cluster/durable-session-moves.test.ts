@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
+import { edgeEvents, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
@@ -18,6 +18,8 @@ import { until } from '../helpers/wait.ts';
 describe('a durable session moved right after a change the stream does not carry', () => {
   const cleanup = new Cleanup();
   let a: Edge, b: Edge;
+  let nats: Awaited<ReturnType<typeof startNatsServer>>;
+  let hubs: Record<string, unknown>;
   let handled: () => string[];
   before(async () => {
     // Records each user event's body; answers `slow` ones after 800 ms.
@@ -32,8 +34,8 @@ describe('a durable session moved right after a change the stream does not carry
         setTimeout(() => res.writeHead(204).end(), body.startsWith('slow') ? 800 : 0);
       });
     });
-    const nats = await startNatsServer(cleanup);
-    const hubs = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] } };
+    nats = await startNatsServer(cleanup);
+    hubs = { timeouts: { sessionRetainMs: 4000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] } };
     [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
     await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
   });
@@ -112,5 +114,45 @@ describe('a durable session moved right after a change the stream does not carry
       const again = await back.request({ type: 'joinGroup', group: 'back', ackId: 300 + round });
       assert.equal(again.error?.name, 'Duplicate', `round ${round}: the ackId answered on B`);
     }
+  });
+
+  /** A recovery of `session` through `edge`: the system event it got, and the close code when it was refused. */
+  async function recoveryOn(edge: Edge, session: { id: string; token: string }, t: Parameters<typeof RawPubSubClient.connect>[2]) {
+    const url = `${edge.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(session.id)}&awps_reconnection_token=${encodeURIComponent(session.token)}`;
+    const client = await RawPubSubClient.connect(url, RELIABLE, t);
+    const system = await client.waitFor((m) => m.type === 'system', 15000);
+    if (system.event === 'connected') return { event: 'connected', code: 0, client };
+    return { event: String(system.event), code: (await client.closed).code, client };
+  }
+
+  it('a session held by an edge that restarted gracefully under the same node id is taken at once (before: the take waited bus.requestTimeoutMs for the new process)', async (t) => {
+    const session = await reliableOn(a, t);
+    session.client.ws.terminate();
+    await a.stop();
+    a = await startEdge(cleanup, 'edge-a', [nats.url], hubs);
+    // The new edge-a is on B's roster: the old one joined once, the new one a second time.
+    await until(() => (edgeEvents([b], /pubsub\.roster_joined/).match(/"edge":"edge-a"/g) ?? []).length >= 2, 10000, 'the new edge-a on B\'s roster');
+    const recovered = await recoveryOn(b, session, t);
+    assert.equal(recovered.event, 'connected');
+    assert.doesNotMatch(edgeEvents([b], /pubsub\.session_last_write_missing/), new RegExp(session.id));
+  });
+
+  it('recoveries the session store cannot answer are deferred (1013), then given up (1008) after the window, as the client SDK would', async (t) => {
+    // Last in this file: it stops NATS.
+    const session = await reliableOn(a, t);
+    session.client.ws.terminate();
+    await nats.kill();
+    const started = Date.now();
+    const first = await recoveryOn(b, session, t);
+    assert.deepEqual([first.event, first.code], ['disconnected', 1013]);
+    let last = first;
+    // Before: 1013 for as long as NATS was away, the client retrying for good.
+    while (last.code === 1013 && Date.now() - started < 20000) {
+      await new Promise((r) => setTimeout(r, 500));
+      last = await recoveryOn(b, session, t);
+    }
+    assert.deepEqual([last.event, last.code], ['disconnected', 1008]);
+    // timeouts.sessionRetainMs (4 s here) bounds the window below the SDK's 30 s.
+    assert.ok(Date.now() - started >= 3500, `given up after ${Date.now() - started} ms`);
   });
 });

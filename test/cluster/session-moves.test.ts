@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
-import { CORE_NATS, edgeOverrides, waitReady } from '../helpers/cluster.ts';
+import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
@@ -67,6 +67,28 @@ describe('a reliable session moved between edges on core NATS', () => {
         assert.deepEqual(left, [], `A and B still listen on the connection's subject\n${story()}`);
       }
     }
+  });
+
+  it('a recovery while the edge holding the session is stalled is deferred (1013), not refused (before: 1008, the session lost): once that edge answers, it is recovered', async (t) => {
+    const nats = await startNatsServer(t);
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], CORE_NATS)));
+    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    const held = await reliableMember(t, a.url, 'stall');
+    held.client.ws.terminate();
+    const recoverOnB = async () => {
+      const client = await RawPubSubClient.connect(accessUrl(b.url) + held.recovery, RELIABLE, t);
+      const system = await client.waitFor((m) => m.type === 'system', 10000, 'the answer to the recovery');
+      return { event: system.event as string, code: system.event === 'connected' ? 0 : (await client.closed).code, connectionId: system.connectionId as string | undefined };
+    };
+    // A stalled (a long GC, a pause) for longer than bus.requestTimeoutMs (2 s): B's hand-over request times out.
+    const during = await whilePaused(t, a, 4000, recoverOnB);
+    assert.deepEqual([during.event, during.code], ['disconnected', 1013]);
+    let after = await recoverOnB();
+    for (const deadline = Date.now() + 10000; after.event !== 'connected' && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 250));
+      after = await recoverOnB();
+    }
+    assert.deepEqual([after.event, after.connectionId], ['connected', held.connectionId]);
   });
 
   it('an edge alone on its hub drains without waiting for a taker of its sessions (nobody could take them)', async (t) => {
