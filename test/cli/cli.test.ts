@@ -1,6 +1,6 @@
 // The command line, run as a user runs it (bin/edge-relay).
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { WebPubSubClient } from '@azure/web-pubsub-client';
@@ -14,23 +14,44 @@ function run(...args: string[]) {
   return spawnSync(EDGE_RELAY_BIN, args, { encoding: 'utf8', timeout: 20000 });
 }
 
+/** As run, without waiting for it: several at once (each is a node process starting). */
+function runSoon(...args: string[]): Promise<{ status: number | null; stdout: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(EDGE_RELAY_BIN, args, { timeout: 20000 });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.on('close', (status) => resolve({ status, stdout }));
+  });
+}
+
 describe('edge-relay command line', () => {
-  it('lists its commands and explains each with --help', () => {
-    const main = run('--help');
+  it('lists its commands and explains each with --help', async () => {
+    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense] = await withTimeout(
+      Promise.all([
+        runSoon('--help'),
+        runSoon('serve', '--help'),
+        runSoon('token', '--help'),
+        runSoon('token', 'client', '--help'),
+        runSoon('bridge', '--help'),
+        runSoon('bridge', '--relay', 'http://127.0.0.1:1'),
+        runSoon('nonsense'),
+      ]),
+      30000,
+      'the commands',
+    );
     assert.equal(main.status, 0);
     assert.match(main.stdout, /serve/);
     assert.match(main.stdout, /token sas/);
-    assert.match(run('serve', '--help').stdout, /--config FILE/);
-    assert.match(run('token', '--help').stdout, /--key-name NAME/);
+    assert.match(serve.stdout, /--config FILE/);
+    assert.match(token.stdout, /--key-name NAME/);
     assert.match(main.stdout, /token client/);
-    assert.match(run('token', 'client', '--help').stdout, /--role ROLE/);
+    assert.match(client.stdout, /--role ROLE/);
     assert.match(main.stdout, /bridge/);
-    const bridgeHelp = run('bridge', '--help');
     assert.equal(bridgeHelp.status, 0);
     assert.match(bridgeHelp.stdout, /-L \[bind:\]port:entity/);
     assert.match(bridgeHelp.stdout, /Example/);
-    assert.equal(run('bridge', '--relay', 'http://127.0.0.1:1').status, 2);
-    assert.equal(run('nonsense').status, 2);
+    assert.equal(bridgeBad.status, 2);
+    assert.equal(nonsense.status, 2);
   });
 
   it('token sas prints a token the relay accepts for that entity and right', () => {

@@ -35,7 +35,8 @@ describe('a durable session moved right after a change the stream does not carry
       });
     });
     nats = await startNatsServer(cleanup);
-    hubs = { timeouts: { sessionRetainMs: 4000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] } };
+    // Short bounds keep the waits of the last two tests short: a take's wait, each deferred recovery, the window.
+    hubs = { timeouts: { sessionRetainMs: 2500 }, bus: { requestTimeoutMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] } };
     [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
     await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
   });
@@ -152,7 +153,7 @@ describe('a durable session moved right after a change the stream does not carry
       last = await recoveryOn(b, session, t);
     }
     assert.deepEqual([last.event, last.code], ['disconnected', 1008]);
-    // timeouts.sessionRetainMs (4 s here) bounds the window below the SDK's 30 s.
-    assert.ok(Date.now() - started >= 3500, `given up after ${Date.now() - started} ms`);
+    // timeouts.sessionRetainMs (2.5 s here) bounds the window below the SDK's 30 s.
+    assert.ok(Date.now() - started >= 2000, `given up after ${Date.now() - started} ms`);
   });
 });

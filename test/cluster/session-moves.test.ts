@@ -71,7 +71,7 @@ describe('a reliable session moved between edges on core NATS', () => {
 
   it('a recovery while the edge holding the session is stalled is deferred (1013), not refused (before: 1008, the session lost): once that edge answers, it is recovered', async (t) => {
     const nats = await startNatsServer(t);
-    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], CORE_NATS)));
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs: 1000 } })));
     await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
     const held = await reliableMember(t, a.url, 'stall');
     held.client.ws.terminate();
@@ -80,8 +80,8 @@ describe('a reliable session moved between edges on core NATS', () => {
       const system = await client.waitFor((m) => m.type === 'system', 10000, 'the answer to the recovery');
       return { event: system.event as string, code: system.event === 'connected' ? 0 : (await client.closed).code, connectionId: system.connectionId as string | undefined };
     };
-    // A stalled (a long GC, a pause) for longer than bus.requestTimeoutMs (2 s): B's hand-over request times out.
-    const during = await whilePaused(t, a, 4000, recoverOnB);
+    // A stalled (a long GC, a pause) for longer than bus.requestTimeoutMs (1 s here): B's hand-over request times out.
+    const during = await whilePaused(t, a, 2500, recoverOnB);
     assert.deepEqual([during.event, during.code], ['disconnected', 1013]);
     let after = await recoverOnB();
     for (const deadline = Date.now() + 10000; after.event !== 'connected' && Date.now() < deadline; ) {
