@@ -3,6 +3,7 @@
 import type { FrameSplice } from '../websocket/frame-splice.ts';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
+import { keepQueryParams } from '../http/query-params.ts';
 import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
@@ -98,21 +99,10 @@ const LEG_PARAMS = new Set(['statuscode', 'statusdescription']);
  * hyco-ws appends.
  */
 function forwardedQuery(rawQuery: string): string {
-  if (rawQuery === '') return '';
-  return rawQuery
-    .split('&')
-    .filter((pair) => {
-      const raw = pair.split('=', 1)[0];
-      let name = raw;
-      try {
-        name = decodeURIComponent(raw.replace(/\+/g, ' '));
-      } catch {
-        // kept as sent: URLSearchParams on the leg decodes it no better
-      }
-      const lower = name.toLowerCase();
-      return !LEG_PARAMS.has(lower) && !lower.startsWith('sb-hc-');
-    })
-    .join('&');
+  return keepQueryParams(rawQuery, (_pair, name) => {
+    const lower = name.toLowerCase();
+    return !LEG_PARAMS.has(lower) && !lower.startsWith('sb-hc-');
+  });
 }
 
 /** A request target without its query, where tokens and secrets travel: what a trace may show. */

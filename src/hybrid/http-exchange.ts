@@ -24,7 +24,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
-import type { CredentialHeaders } from './sender-credential.ts';
+import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 import { ResponseBody, contentLengthOf } from './response-body.ts';
 
 /**
@@ -58,11 +58,7 @@ const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
  */
 export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined || credential.includes(name) || HOP_BY_HOP.has(name)) continue;
-    out[name] = Array.isArray(value) ? value.join(', ') : value;
-  }
+  const out = senderHeaders(req, credential, HOP_BY_HOP);
   out.via = out.via ? `${out.via}, ${via}` : via;
   return out;
 }
@@ -85,16 +81,11 @@ export function responseHeadersForSender(
     if (!HEADER_NAME.test(name)) return undefined;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower)) continue;
-    if (via !== undefined && lower === 'via') {
-      const values = Array.isArray(value) ? value.map(String) : [String(value)];
-      if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
-      vias.push(...values);
-      continue;
-    }
     // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
     const values = Array.isArray(value) ? value.map(String) : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
     if (lower === 'content-length') lengths.push(...values);
+    else if (via !== undefined && lower === 'via') vias.push(...values);
     else out[name] = Array.isArray(value) ? values : values[0];
   }
   if (lengths.length > 0) {

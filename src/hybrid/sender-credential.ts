@@ -25,6 +25,19 @@ export function sasTokenOf(req: IncomingMessage, params: URLSearchParams): strin
   return firstOf(req.headers['servicebusauthorization']) ?? params.get('sb-hc-token') ?? req.headers.authorization;
 }
 
+/**
+ * A sender's headers as a listener sees them: lower case, a repeated one
+ * joined by `, `, less its credential and any named in `leftOut`.
+ */
+export function senderHeaders(req: IncomingMessage, credential: CredentialHeaders, leftOut?: ReadonlySet<string>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(req.headers)) {
+    if (value === undefined || credential.includes(name) || leftOut?.has(name)) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
 /** The headers that were a sender's credential for `entity`. */
 export function senderCredentialIn(req: IncomingMessage, params: URLSearchParams, entity: HybridEntity): CredentialHeaders {
   const authorizationIsToken =

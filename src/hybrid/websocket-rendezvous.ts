@@ -18,7 +18,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
-import type { CredentialHeaders } from './sender-credential.ts';
+import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 
 export interface PendingConnect extends PendingRendezvous {
   action: 'accept';
@@ -53,16 +53,6 @@ const SPLICE_TCP_KEEPALIVE_MS = 30_000;
 
 /** Bytes a sender may send before its upgrade is answered (it should send none). */
 const MAX_EARLY_BYTES = 65536;
-
-/** Headers a listener sees in `connectHeaders`: the sender's, less its credential. */
-function connectHeaders(req: IncomingMessage, credential: CredentialHeaders): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(req.headers)) {
-    if (value === undefined || credential.includes(name)) continue;
-    out[name] = Array.isArray(value) ? value.join(', ') : value;
-  }
-  return out;
-}
 
 /**
  * Holds the sender's upgrade and pushes `accept` along `route`; its address
@@ -136,7 +126,8 @@ export function startConnect(
     address: rendezvousAddress(ctx, 'accept', entity, id, below),
     id,
     ...(trackingId !== undefined ? { trackingId } : {}),
-    connectHeaders: connectHeaders(req, credential),
+    // All of the sender's handshake headers but its credential.
+    connectHeaders: senderHeaders(req, credential),
     remoteEndpoint: clientEndpoint(req),
   };
   void route.deliver({ accept }).then((code) => {

@@ -5,6 +5,7 @@
 // resolved `/echo/a/../../b` would serve a path no token covered.
 import { hasDotSegment } from '../auth/dot-segments.ts';
 import { scopeSegment } from '../auth/sas-authorizer.ts';
+import { keepQueryParams } from '../http/query-params.ts';
 import type { HybridPathBelow } from '../hybrid/context.ts';
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams; below: HybridPathBelow }
@@ -24,21 +25,7 @@ const MALFORMED_ESCAPE = /%(?![0-9A-Fa-f]{2})/;
  * the protocol and stays, as Azure keeps it.
  */
 export function stripProtocolParams(rawQuery: string): string {
-  if (rawQuery === '') return '';
-  return rawQuery
-    .split('&')
-    .filter((pair) => {
-      if (!pair.includes('=')) return true;
-      const name = pair.split('=', 1)[0];
-      let decoded = name;
-      try {
-        decoded = decodeURIComponent(name.replace(/\+/g, ' '));
-      } catch {
-        // keep the raw name
-      }
-      return !decoded.toLowerCase().startsWith('sb-hc-');
-    })
-    .join('&');
+  return keepQueryParams(rawQuery, (pair, name) => !pair.includes('=') || !name.toLowerCase().startsWith('sb-hc-'));
 }
 
 export function route(rawUrl: string | undefined): Route {
