@@ -33,7 +33,7 @@ export class SasAuthorizer {
   readonly retired = new RetiredKeys();
 
   constructor(rules: SasRule[]) {
-    this.rulesByName = byName(rules);
+    this.rulesByName = groupBy(rules, keyNameOf);
   }
 
   /**
@@ -42,8 +42,8 @@ export class SasAuthorizer {
    * signs nothing from now on. Returns the key names whose key was retired.
    */
   update(rules: SasRule[], graceMs: number, now = Date.now()): string[] {
-    const before = byRule([...this.rulesByName.values()].flat());
-    const next = byRule(rules);
+    const before = groupBy([...this.rulesByName.values()].flat(), ruleOf);
+    const next = groupBy(rules, ruleOf);
     const rotated = new Set<string>();
     for (const [rule, old] of before) {
       const kept = next.get(rule);
@@ -56,7 +56,7 @@ export class SasAuthorizer {
       for (const key of gone) this.retired.retire(rule, key, now + graceMs);
       if (gone.length > 0 && graceMs > 0) rotated.add(kept[0].keyName);
     }
-    this.rulesByName = byName(rules);
+    this.rulesByName = groupBy(rules, keyNameOf);
     return [...rotated];
   }
 
@@ -88,25 +88,19 @@ function ruleOf(rule: SasRule): string {
   return `${rule.keyName}\n${rule.entity?.toLowerCase() ?? ''}`;
 }
 
-function byRule(rules: SasRule[]): Map<string, SasRule[]> {
+/** The rules grouped by `key` (a rule's key name, or its identity: ruleOf). */
+function groupBy(rules: SasRule[], key: (rule: SasRule) => string): Map<string, SasRule[]> {
   const map = new Map<string, SasRule[]>();
   for (const rule of rules) {
-    const list = map.get(ruleOf(rule)) ?? [];
+    const k = key(rule);
+    const list = map.get(k) ?? [];
     list.push(rule);
-    map.set(ruleOf(rule), list);
+    map.set(k, list);
   }
   return map;
 }
 
-function byName(rules: SasRule[]): Map<string, SasRule[]> {
-  const map = new Map<string, SasRule[]>();
-  for (const rule of rules) {
-    const list = map.get(rule.keyName) ?? [];
-    list.push(rule);
-    map.set(rule.keyName, list);
-  }
-  return map;
-}
+const keyNameOf = (rule: SasRule): string => rule.keyName;
 
 /** Marks a segment kept as sent: a lone surrogate, which no decoded segment can hold. */
 const UNDECODED = '\ud800';

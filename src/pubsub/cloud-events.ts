@@ -245,7 +245,7 @@ export class EventDispatcher {
    * The blocking connect event: a 2xx answer (204 or a JSON object, empty
    * allowed) admits the connection with what it names; a 4xx refuses it with
    * that status (Azure: "the response from Upstream will be returned as the
-   * response for the client request"; a 4xx HTTP does not define, 400);
+   * response for the client request", whatever the 4xx);
    * anything else (another status, no answer in time, a body that is not
    * such an object, abuse protection refusing) refuses it with a 500-class
    * status and a log line.

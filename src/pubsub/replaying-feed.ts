@@ -15,8 +15,9 @@
 // delivered: nothing twice. An origin this edge has delivered nothing from for
 // a whole window (and the clock margin) is forgotten: an edge replays and
 // re-sends only what it published within the window, all of it newer than
-// what was delivered from it, so its number is no longer needed, and an origin is made at every edge start (before, one entry
-// per peer start stayed for good, and went out in every replay request).
+// what was delivered from it, so its number is no longer needed; and an
+// origin is made at every edge start (before, one entry per peer start
+// stayed for good, and went out in every replay request).
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';

@@ -35,7 +35,7 @@ export interface RecoveryRequest {
  * How long @azure/web-pubsub-client tries to recover a session before it
  * starts a new connection (and rejoins its groups). A recovery it makes that
  * opens and is then closed 1013 counts as a success and starts its window
- * again, so the relay keeps the count: see `unavailable`.
+ * again, so the relay keeps the count: see `deferredTooLong`.
  */
 export const RECOVERY_WINDOW_MS = 30_000;
 /** Connection ids whose recoveries are being deferred, remembered at most (the oldest go). */

@@ -74,6 +74,8 @@ const MAX_ACK_IDS_HANDED_OVER = 1_000;
 const RELEASED_AT_SHUTDOWN = Number.MAX_SAFE_INTEGER;
 /** Sessions whose latest claim an edge remembers (~100 bytes each). */
 const MAX_HOLDERS_KNOWN = 50_000;
+/** How often a take looks for the last write of a live owner letting go. */
+const LAST_WRITE_POLL_MS = 20;
 
 /** The edge holding a session by its latest claim, and that claim's stream sequence. */
 interface Holder {
@@ -86,8 +88,6 @@ interface ClaimRead {
   seq: number;
   before: Holder | undefined;
 }
-/** How often a take looks for the last write of a live owner letting go. */
-const LAST_WRITE_POLL_MS = 20;
 
 /** What only the owner's last write carries (letGo). */
 type LastWrite = Pick<PsCheckpoint, 'releasedBy' | 'ackIds'>;
