@@ -2,7 +2,7 @@
 // the move (src/pubsub/session-handover.ts): each origin's events stay in
 // their order; events of different origins keep their arrival order.
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Bus } from '../../src/bus/bus.ts';
@@ -11,6 +11,7 @@ import { decodeEdgeMessage, type PsSend } from '../../src/bus/messages.ts';
 import { ReplayingFeed, parseMid } from '../../src/pubsub/replaying-feed.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
+import { captureLogger } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('session hand-over: missed events', () => {
@@ -127,28 +128,39 @@ describe('an outage after a quiet peer was forgotten', () => {
   }
   const options = (nodeId: string) => ({ nodeId, subject: 'relay.replay', windowMs: 100, maxBytes: 1 << 20, requestTimeoutMs: 500, gatherStallMs: 50 });
 
+  /**
+   * A publisher and a receiver on one bus, each able to lose it, after one event reached the receiver;
+   * `replayed(side)` waits until that side's replay after a reconnect has run (it logs `bus.replayed`;
+   * what it re-sent went out before that, synchronously, when it reconnected).
+   */
+  async function afterOneEvent(t: TestContext) {
+    const shared = new MemoryBus();
+    t.after(() => shared.close());
+    const a = edgeView(shared);
+    const b = edgeView(shared);
+    const logs = { a: captureLogger('info'), b: captureLogger('info') };
+    const publisher = new ReplayingFeed(a.view, options('a'), logs.a.log);
+    const receiver = new ReplayingFeed(b.view, options('b'), logs.b.log);
+    t.after(() => (publisher.close(), receiver.close()));
+    const got: string[] = [];
+    receiver.register('chat', (event) => got.push(event.mid));
+    shared.subscribe('relay.ps.chat.all', (m) => {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
+    });
+    const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+    publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
+    await until(() => got.length === 1, 2000, 'the event');
+    const replayed = (side: 'a' | 'b') => until(() => logs[side].events().includes('bus.replayed'), 5000, `edge ${side}'s replay`);
+    return { a, b, receiver, got, event, replayed };
+  }
+
   for (const away of ['publisher', 'receiver'] as const) {
     it(`delivers an event once when the ${away} loses its bus`, async (t) => {
-      const shared = new MemoryBus();
-      t.after(() => shared.close());
-      const a = edgeView(shared);
-      const b = edgeView(shared);
-      const log = createLogger('silent', 'test');
-      const publisher = new ReplayingFeed(a.view, options('a'), log);
-      const receiver = new ReplayingFeed(b.view, options('b'), log);
-      t.after(() => (publisher.close(), receiver.close()));
-      const got: string[] = [];
-      receiver.register('chat', (event) => got.push(event.mid));
-      shared.subscribe('relay.ps.chat.all', (m) => {
-        const decoded = decodeEdgeMessage(m.data, 'ps.send');
-        if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
-      });
-      const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
-      publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
-      await until(() => got.length === 1, 2000, 'the event');
+      const { a, b, receiver, got, event, replayed } = await afterOneEvent(t);
       const side = away === 'publisher' ? a : b;
-      // The event leaves the 100 ms window; the receiver's sweeps forget the quiet publisher (before the
-      // receiver's own outage: it does not sweep while away).
+      // The event leaves the 100 ms window (a time, not an event: nothing marks it); the receiver's sweeps
+      // forget the quiet publisher (before the receiver's own outage: it does not sweep while away).
       await new Promise((r) => setTimeout(r, 150));
       if (away === 'publisher') side.set(false);
       receiver.forgetQuietOrigins();
@@ -156,30 +168,13 @@ describe('an outage after a quiet peer was forgotten', () => {
       assert.equal(receiver.originsKnown, 0);
       if (away === 'receiver') side.set(false);
       side.set(true);
-      // The replay or re-send after the reconnect has run.
-      await new Promise((r) => setTimeout(r, 300));
+      await replayed(away === 'publisher' ? 'a' : 'b');
       assert.deepEqual(got, [event.mid]);
     });
   }
 
   it('keeps its window on a steady clock: a wall clock stepped back does not bring an event round again', async (t) => {
-    const shared = new MemoryBus();
-    t.after(() => shared.close());
-    const a = edgeView(shared);
-    const b = edgeView(shared);
-    const log = createLogger('silent', 'test');
-    const publisher = new ReplayingFeed(a.view, options('a'), log);
-    const receiver = new ReplayingFeed(b.view, options('b'), log);
-    t.after(() => (publisher.close(), receiver.close()));
-    const got: string[] = [];
-    receiver.register('chat', (event) => got.push(event.mid));
-    shared.subscribe('relay.ps.chat.all', (m) => {
-      const decoded = decodeEdgeMessage(m.data, 'ps.send');
-      if (decoded) receiver.receive(decoded.message, decoded.body);
-    });
-    const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
-    publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
-    await until(() => got.length === 1, 2000, 'the event');
+    const { a, receiver, got, event, replayed } = await afterOneEvent(t);
     await new Promise((r) => setTimeout(r, 150));
     a.set(false);
     receiver.forgetQuietOrigins();
@@ -189,7 +184,7 @@ describe('an outage after a quiet peer was forgotten', () => {
     Date.now = () => realNow() - 2000;
     t.after(() => (Date.now = realNow));
     a.set(true);
-    await new Promise((r) => setTimeout(r, 300));
+    await replayed('a');
     Date.now = realNow;
     assert.deepEqual(got, [event.mid]);
   });
