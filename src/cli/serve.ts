@@ -7,6 +7,7 @@ import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
+import { replaceSignalHandler } from './signal-handlers.ts';
 import { announceReady, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
@@ -154,18 +155,18 @@ export async function serve(argv: string[]): Promise<number> {
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ event: 'relay.signal', signal });
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      process.off('SIGHUP', onHup);
       // While it drains a reload means nothing. A worker also waits out further
       // stop signals: a terminal's Ctrl-C reaches the whole process group and the
       // primary passes it on again (the primary ends a worker that outstays its
       // drain). A lone edge ends at once on a second one, as a second Ctrl-C asks.
       const ignored = (s: string) => () => log.info({ event: 'relay.signal_ignored', signal: s, reason: 'draining' });
-      process.on('SIGHUP', ignored('SIGHUP'));
+      replaceSignalHandler('SIGHUP', onHup, ignored('SIGHUP'));
       if (worker !== undefined) {
-        process.on('SIGTERM', ignored('SIGTERM'));
-        process.on('SIGINT', ignored('SIGINT'));
+        replaceSignalHandler('SIGTERM', onTerm, ignored('SIGTERM'));
+        replaceSignalHandler('SIGINT', onInt, ignored('SIGINT'));
+      } else {
+        process.off('SIGTERM', onTerm);
+        process.off('SIGINT', onInt);
       }
       // A stop that throws is said, and ends the command with EX_SOFTWARE: not a quiet 0 without relay.stopped.
       started.close().then(resolve, (err: Error) => {
