@@ -264,6 +264,8 @@ export interface PsGroups {
 export interface PsHere {
   op: 'ps.here';
   origin: string;
+  /** The edge process (a restarted edge keeps its node id, not this): see PsClaim.boot. */
+  boot?: string;
   hub: string;
   state: 'hello' | 'here' | 'leaving';
 }
@@ -393,6 +395,12 @@ export interface PsClaim {
   op: 'ps.claim';
   /** The edge taking the session. */
   origin: string;
+  /**
+   * The edge process taking it: an edge that takes a session over waits for
+   * the last write of the process holding it only while that process is on
+   * the roster, not a successor restarted under the same node id.
+   */
+  boot?: string;
   hub: string;
   connectionId: string;
 }
@@ -414,6 +422,8 @@ export interface PsCheckpoint {
   permissions: Record<Permission, PermissionSnapshot>;
   /** The edge that wrote it. */
   owner: string;
+  /** The edge process that wrote it (PsClaim.boot). */
+  ownerBoot?: string;
   /**
    * The stream sequence of the claim by which `owner` holds the session (0 or
    * absent: it opened there). A later claim wins: an edge that finds a higher

@@ -44,6 +44,8 @@ export interface ClusterHubDeps {
   bus: Bus;
   subjects: Subjects;
   nodeId: string;
+  /** This edge process (a restarted edge keeps its node id and gets a new one): ps.here and ps.claim carry it. */
+  bootId: string;
   log: Logger;
   metrics: RelayMetrics;
   requestTimeoutMs: number;
@@ -136,9 +138,9 @@ export class ClusterHub {
     }
   }
 
-  /** True while edge `nodeId` is on this hub's roster (heard from lately). */
-  edgeOnRoster(nodeId: string): boolean {
-    return this.roster?.others().includes(nodeId) ?? false;
+  /** True while edge `nodeId` (its process `boot`, when given) is on this hub's roster (heard from lately). */
+  edgeOnRoster(nodeId: string, boot?: string): boolean {
+    return this.roster?.holds(nodeId, boot) ?? false;
   }
 
   get name(): string {
@@ -388,7 +390,7 @@ export class ClusterHub {
 
   private publishHere(state: HereState): void {
     try {
-      this.deps.bus.publish(this.deps.subjects.hubAll(this.key), encodeEdgeMessage({ op: 'ps.here', ...this.from, state }));
+      this.deps.bus.publish(this.deps.subjects.hubAll(this.key), encodeEdgeMessage({ op: 'ps.here', ...this.from, boot: this.deps.bootId, state }));
     } catch (err) {
       this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, op: 'ps.here', err: (err as Error).message });
     }
@@ -503,7 +505,7 @@ export class ClusterHub {
         return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
       }
       case 'ps.here':
-        return this.roster?.heard(m.origin, m.state);
+        return this.roster?.heard(m.origin, m.state, m.boot);
       case 'ps.exists':
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':

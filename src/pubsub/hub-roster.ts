@@ -26,44 +26,63 @@ export interface RosterTiming {
 }
 
 export class HubRoster {
-  /** Node id -> when it stops counting. */
-  private readonly edges = new Map<string, number>();
+  /** Node id -> when it stops counting, and the edge process last heard under it (when it says). */
+  private readonly edges = new Map<string, { until: number; boot: string | undefined }>();
   private readonly timer: NodeJS.Timeout;
   private greeted = false;
 
   /**
    * `announce` publishes this edge's ps.here; `canAnswer` says whether this
    * edge can answer now (on the bus; on a durable hub, reading its stream):
-   * it announces only then; `changed` hears an edge join or leave the roster.
+   * it announces only then; `changed` hears an edge join or leave the roster,
+   * or come back as a new process under its node id (restarted).
    */
   constructor(
     private readonly nodeId: string,
     private readonly announce: (state: HereState) => void,
     private readonly canAnswer: () => boolean,
-    private readonly changed: (edge: string, how: 'joined' | 'left' | 'silent') => void,
+    private readonly changed: (edge: string, how: 'joined' | 'restarted' | 'left' | 'silent') => void,
     private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS, now: Date.now },
   ) {
     this.timer = setInterval(() => this.tick(), timing.announceEveryMs);
     this.timer.unref();
   }
 
-  /** Another edge's ps.here. */
-  heard(origin: string, state: HereState): void {
+  /** Another edge's ps.here; `boot`: its process, when it says. */
+  heard(origin: string, state: HereState, boot?: string): void {
     if (origin === this.nodeId) return;
     if (state === 'leaving') {
-      if (this.edges.delete(origin)) this.changed(origin, 'left');
+      // A process that leaves takes only itself off (its successor may be here already).
+      const entry = this.edges.get(origin);
+      if (entry && (boot === undefined || entry.boot === undefined || entry.boot === boot)) {
+        this.edges.delete(origin);
+        this.changed(origin, 'left');
+      }
       return;
     }
-    if (!this.edges.has(origin)) this.changed(origin, 'joined');
-    this.edges.set(origin, this.timing.now() + this.timing.ttlMs);
+    const known = this.edges.get(origin);
+    if (!known) this.changed(origin, 'joined');
+    else if (boot !== undefined && known.boot !== undefined && known.boot !== boot) this.changed(origin, 'restarted');
+    this.edges.set(origin, { until: this.timing.now() + this.timing.ttlMs, boot });
     if (state === 'hello' && this.greeted) this.announce('here');
+  }
+
+  /**
+   * True while edge `origin` is on the roster and, when `boot` is given and
+   * the edge says its process, it is that process: a process replaced by one
+   * restarted under the same node id is gone.
+   */
+  holds(origin: string, boot?: string): boolean {
+    if (!this.others().includes(origin)) return false;
+    const heardBoot = this.edges.get(origin)?.boot;
+    return boot === undefined || heardBoot === undefined || heardBoot === boot;
   }
 
   /** The other edges heard from lately. */
   others(): string[] {
     const now = this.timing.now();
     const alive: string[] = [];
-    for (const [edge, until] of this.edges) {
+    for (const [edge, { until }] of this.edges) {
       if (until > now) alive.push(edge);
       else {
         this.edges.delete(edge);

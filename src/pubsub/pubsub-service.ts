@@ -9,6 +9,7 @@
 // through its stream instead (stream-events.ts, docs/durability.md). A
 // reload reconfigures it in place (reconfigure): hubs added and removed,
 // access keys rotated.
+import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { RetiredKeys } from '../auth/retired-keys.ts';
@@ -118,6 +119,7 @@ export class PubSubService implements RestContext {
       bus,
       subjects,
       nodeId: config.nodeId,
+      bootId: randomBytes(6).toString('base64url'),
       log,
       metrics,
       requestTimeoutMs: b.requestTimeoutMs,
@@ -206,6 +208,7 @@ export class PubSubService implements RestContext {
         subjects,
         stream: PubSubService.streamName(config, hub.key),
         nodeId: config.nodeId,
+        bootId: hubDeps.bootId,
         log,
         history: hubConfig.history !== undefined,
         limits: config.limits,

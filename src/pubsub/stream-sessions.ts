@@ -39,6 +39,8 @@ export interface StreamSessionsOptions {
   js: JetStreamAccess;
   subjects: Subjects;
   nodeId: string;
+  /** This edge process (ClusterHubDeps.bootId). */
+  bootId: string;
   log: Logger;
   limits: ConnectionLimits;
   requestTimeoutMs: number;
@@ -77,9 +79,10 @@ const MAX_HOLDERS_KNOWN = 50_000;
 /** How often a take looks for the last write of a live owner letting go. */
 const LAST_WRITE_POLL_MS = 20;
 
-/** The edge holding a session by its latest claim, and that claim's stream sequence. */
+/** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
 interface Holder {
   origin: string;
+  boot?: string;
   seq: number;
 }
 
@@ -208,7 +211,7 @@ export class StreamSessions {
   /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
   claimed(claim: PsClaim, seq: number): void {
     const before = this.holders.get(claim.connectionId);
-    this.noteHolder(claim.connectionId, { origin: claim.origin, seq });
+    this.noteHolder(claim.connectionId, { origin: claim.origin, boot: claim.boot, seq });
     if (claim.origin === this.options.nodeId) {
       this.ownClaims.get(claim.connectionId)?.({ seq, before });
       return;
@@ -295,6 +298,7 @@ export class StreamSessions {
       tokenHash: tokenHash(connection.session!.reconnectionToken),
       permissions: connection.permissions.snapshot(),
       owner: this.options.nodeId,
+      ownerBoot: this.options.bootId,
       claim: this.claims.get(connection) ?? 0,
       sequenceId: checkpoint.sequenceId,
       position: checkpoint.position,
@@ -434,7 +438,7 @@ export class StreamSessions {
       const { seq: claimSeq, before } = await this.claim(connectionId, deadline);
       // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
       // not carry (permissions a REST call changed, the ackIds it answered) is only there.
-      const holder = before ?? { origin: found.owner, seq: found.claim ?? 0 };
+      const holder = before ?? { origin: found.owner, boot: found.ownerBoot, seq: found.claim ?? 0 };
       const checkpoint = (await this.lastWriteOf(connectionId, holder, claimSeq, deadline)) ?? found;
       if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
       const connection = new PubSubConnection(
@@ -487,14 +491,14 @@ export class StreamSessions {
    */
   private async lastWriteOf(connectionId: string, holder: Holder, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
     const until = Math.min(deadline, Date.now() + this.options.requestTimeoutMs);
-    const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin);
+    const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin, holder.boot);
     for (;;) {
       const checkpoint = await this.readCheckpoint(connectionId);
       if (!checkpoint || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
       // The holder's claim never became a session there (its take failed: an edge that takes a
       // session writes before its client hears `connected`), and the edge before it let go for that claim.
       if (checkpoint.owner !== holder.origin && checkpoint.releasedBy !== undefined && checkpoint.releasedBy >= holder.seq) return checkpoint;
-      if (Date.now() >= until || !this.hub.edgeOnRoster(holder.origin)) {
+      if (Date.now() >= until || !this.hub.edgeOnRoster(holder.origin, holder.boot)) {
         this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, holder: holder.origin });
         return checkpoint;
       }
@@ -509,7 +513,7 @@ export class StreamSessions {
     this.ownClaims.set(connectionId, readBack);
     let timer: NodeJS.Timeout | undefined;
     try {
-      const claim: PsClaim = { op: 'ps.claim', origin: this.options.nodeId, hub: this.hub.name, connectionId };
+      const claim: PsClaim = { op: 'ps.claim', origin: this.options.nodeId, boot: this.options.bootId, hub: this.hub.name, connectionId };
       try {
         await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(claim), randomUUID());
       } catch (err) {

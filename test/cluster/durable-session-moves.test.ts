@@ -138,6 +138,26 @@ describe('a durable session moved right after a change the stream does not carry
     assert.doesNotMatch(edgeEvents([b], /pubsub\.session_last_write_missing/), new RegExp(session.id));
   });
 
+  it('a session held by an edge killed and restarted at once under the same node id is taken without waiting for the dead process (before: bus.requestTimeoutMs, the new process being on the roster)', async (t) => {
+    const session = await reliableOn(a, t, ['webpubsub.joinLeaveGroup']);
+    assert.equal((await session.client.request({ type: 'joinGroup', group: 'after-kill', ackId: 1 })).success, true);
+    session.client.ws.terminate();
+    // B hears the new process: as edge-a restarted (its old entry still there) or joined again (once the old fell silent).
+    const heardOfA = () => (edgeEvents([b], /pubsub\.roster_(joined|restarted)/).match(/"edge":"edge-a"/g) ?? []).length;
+    const heardBefore = heardOfA();
+    await a.kill();
+    a = await startEdge(cleanup, 'edge-a', [nats.url], hubs);
+    await until(() => heardOfA() > heardBefore, 10000, 'the new edge-a on B\'s roster');
+    const recovered = await recoveryOn(b, session, t);
+    assert.equal(recovered.event, 'connected');
+    assert.doesNotMatch(edgeEvents([b], /pubsub\.session_last_write_missing/), new RegExp(session.id), 'B waited for the killed process');
+    // What the stream carries came through: the group it joined.
+    const sender = await reliableOn(a, t, ['webpubsub.sendToGroup']);
+    assert.equal((await sender.client.request({ type: 'sendToGroup', group: 'after-kill', dataType: 'text', data: 'still a member', ackId: 2 })).success, true);
+    const got = await recovered.client.waitFor((m) => m.type === 'message' && m.group === 'after-kill', 10000);
+    assert.equal(got.data, 'still a member');
+  });
+
   it('recoveries the session store cannot answer are deferred (1013), then given up (1008) after the window, as the client SDK would', async (t) => {
     // Last in this file: it stops NATS.
     const session = await reliableOn(a, t);

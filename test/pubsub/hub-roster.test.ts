@@ -88,4 +88,29 @@ describe('HubRoster', () => {
       r.leave();
     }
   });
+
+  it('tells an edge process from its successor under the same node id, and lets a leaving process take only itself off', () => {
+    const { r, changes } = roster('a', { on: false });
+    try {
+      r.heard('b', 'hello', 'boot-1');
+      assert.equal(r.holds('b', 'boot-1'), true);
+      assert.equal(r.holds('b'), true, 'no process named: the node is enough');
+      // b killed and started again at once: its successor greets before the old entry expires.
+      r.heard('b', 'hello', 'boot-2');
+      assert.equal(r.holds('b', 'boot-1'), false, 'the killed process is gone');
+      assert.equal(r.holds('b', 'boot-2'), true);
+      // A late `leaving` of the old process does not take the new one off.
+      r.heard('b', 'leaving', 'boot-1');
+      assert.deepEqual(r.others(), ['b']);
+      r.heard('b', 'leaving', 'boot-2');
+      assert.deepEqual(r.others(), []);
+      // An edge that names no process (an older version) is taken at its node id.
+      r.heard('c', 'here');
+      assert.equal(r.holds('c', 'boot-9'), true);
+      assert.equal(r.holds('d', 'boot-1'), false, 'never heard');
+      assert.deepEqual(changes, ['b joined', 'b restarted', 'b left', 'c joined']);
+    } finally {
+      r.leave();
+    }
+  });
 });
