@@ -5,7 +5,8 @@
 // connection and goes when it closes, a hub's connection count follows a
 // client, and the live trace (read on edge-a) shows a request relayed and a
 // publish made on edge-b; pausing holds lines back. Then it reads at a
-// phone's width. Every wait is bounded.
+// phone's width, and signs in from a link with a short-lived token (one valid
+// longer is refused). Every wait is bounded.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Page } from 'playwright-core';
@@ -14,7 +15,7 @@ import { startCluster } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { ROOT_KEY, ROOT_KEY_NAME } from '../helpers/relay.ts';
+import { ROOT_KEY, ROOT_KEY_NAME, tokenFor } from '../helpers/relay.ts';
 
 const WAIT = 20000;
 
@@ -134,6 +135,21 @@ describe('the dashboard in a browser', () => {
     await page.waitForTimeout(300);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
     assert.ok(overflow <= 1, `the page is ${overflow}px wider than a phone's screen`);
+
+    // A link's token: the browser's history keeps the link as opened, so one valid for an hour is refused
+    // with the reason (before: taken, and kept on disk until it expired); one for ten minutes signs in.
+    // The address bar keeps neither.
+    const link = (ttl: number) => `${a.url}/$relay/dashboard#token=${encodeURIComponent(tokenFor(`${a.url}/`, { ttl }))}`;
+    await page.goto('about:blank');
+    await page.goto(link(3600));
+    assert.match(await waitText(page, '#login-error', /history/), /must expire within 15 minutes .*--ttl 900 or less/);
+    assert.equal(await page.isVisible('#tabs'), false);
+    assert.equal(await page.inputValue('#token'), '');
+    assert.equal(new URL(page.url()).hash, '');
+    await page.goto('about:blank');
+    await page.goto(link(600));
+    await page.waitForSelector('#tabs:not([hidden])', { timeout: WAIT });
+    assert.equal(new URL(page.url()).hash, '');
 
     assert.deepEqual(problems.filter((p) => p.startsWith('pageerror')), []);
   });

@@ -15,6 +15,12 @@ const TRACE_LINES = 500;
 const PAUSE_HOLD = 5000;
 const TOKEN_TTL_S = 3600;
 const RENEW_BEFORE_S = 300;
+/**
+ * The longest a token in a #token= link may still be valid: the browser keeps
+ * the link, token and all, in its history on disk (replaceState rewrites only
+ * the entry on screen), so a Manage token there must expire soon.
+ */
+const LINK_TOKEN_MAX_S = 900;
 
 const REFUSALS = {
   TokenMissing: 'no token was sent',
@@ -668,13 +674,23 @@ function init() {
   clearTraceLines();
   window.addEventListener('resize', () => render());
 
-  // A token after #token= signs in at once, and leaves the address bar (and the history).
+  // A token after #token= signs in at once and leaves the address bar (the browser's history keeps
+  // the link: one valid for longer than LINK_TOKEN_MAX_S is refused, with the reason).
   const token = tokenInFragment(location.hash);
   if (token) {
     history.replaceState(null, '', location.pathname + location.search);
-    $('token').value = token;
     document.querySelector('input[name=mode][value=token]').click();
-    void signIn();
+    const parsed = parseSas(token);
+    if (parsed && parsed.expiresAt - Date.now() / 1000 > LINK_TOKEN_MAX_S) {
+      showLogin(
+        `Not signed in: a token in a link stays in this browser's history, so it must expire within ${LINK_TOKEN_MAX_S / 60} minutes ` +
+          `(edge-relay token sas ... --ttl ${LINK_TOKEN_MAX_S} or less). Paste a longer-lived token instead.`,
+      );
+      $('token').focus();
+    } else {
+      $('token').value = token;
+      void signIn();
+    }
   } else {
     showLogin();
     $('key').focus();
