@@ -45,8 +45,36 @@ export function readConfigFile(path: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
-    throw new ConfigError(`config: ${path} is not valid JSON: ${(err as Error).message}`);
+    throw new ConfigError(`config: ${path} is not valid JSON: ${jsonSyntaxError(text, (err as Error).message)}`);
   }
+}
+
+/** How many characters V8 quotes on each side of an unexpected token. */
+const V8_CONTEXT_CHARS = 10;
+
+/**
+ * What is wrong and where (line and column), never the text itself: V8's
+ * message for an unexpected token quotes the characters around it, and a
+ * key written in single quotes (a common slip) would go, in part, to the
+ * logs and to the answer of POST /$relay/reload.
+ */
+export function jsonSyntaxError(text: string, message: string): string {
+  const place = (position: number) => {
+    const before = text.slice(0, position).split('\n');
+    return `line ${before.length} column ${before[before.length - 1].length + 1}`;
+  };
+  const positioned = /^(.*) in JSON at position (\d+)/s.exec(message);
+  if (positioned) return `${positioned[1]} at ${place(Number(positioned[2]))}`;
+  const unexpected = /^Unexpected token .*?, (\.\.\.)?"(.*)"(\.\.\.)? is not valid JSON$/s.exec(message);
+  if (unexpected) {
+    // The quote is the text around the token: `...` + 10 characters + token + 10 + `...`, cut at either end of the text.
+    const [, cutBefore, inner, cutAfter] = unexpected;
+    const at = text.indexOf(inner);
+    if (at >= 0 && (cutBefore || cutAfter)) return `an unexpected character at ${place(cutBefore ? at + V8_CONTEXT_CHARS : at + inner.length - 1 - V8_CONTEXT_CHARS)}`;
+    return 'an unexpected character';
+  }
+  if (/^Unexpected end of JSON input/.test(message)) return 'it ends too soon';
+  return 'a syntax error';
 }
 
 export function overridesFromEnv(env: NodeJS.ProcessEnv): ConfigOverrides {

@@ -17,6 +17,31 @@ describe('configuration', () => {
     assert.equal(config.hybridConnections[0].requiresClientAuthorization, false);
   });
 
+  it('says where a file is not valid JSON, and quotes none of it (a key written in single quotes stays out of logs and answers)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-json-'));
+    const key = 'Zx9qP3sLmQ1w2e3r4t5y6u7i8o9p0asdfghjkl';
+    const cases: [string, RegExp][] = [
+      [`{\n  "sas": [\n    { "keyName": "Root",\n      "key": '${key}' }\n  ]\n}\n`, /an unexpected character at line 4 column 14/],
+      [`{\n  "sas": [{ "keyName": "Root", "key": ${key} }]\n}\n`, /an unexpected character at line 2 column 39/],
+      [`{"key": '${key.slice(0, 4)}'}`, /an unexpected character$/],
+      [`{\n  "log": { "level": "info" }\n  "nodeId": "${key}"\n}\n`, /Expected ',' or '}' after property value at line 3 column 3/],
+      [`{ "nodeId": "${key}"`, /at line 1 column \d+/],
+    ];
+    for (const [i, [text, expected]] of cases.entries()) {
+      const file = join(dir, `bad-${i}.json`);
+      writeFileSync(file, text);
+      assert.throws(
+        () => loadConfig(file, {}, {}),
+        (err: Error) => {
+          assert.ok(err instanceof ConfigError);
+          assert.match(err.message, expected, `case ${i}`);
+          for (let at = 0; at + 4 <= key.length; at++) assert.ok(!err.message.includes(key.slice(at, at + 4)), `case ${i} quotes the key: ${err.message}`);
+          return true;
+        },
+      );
+    }
+  });
+
   it('names the key and the problem', () => {
     const cases: [unknown, RegExp][] = [
       [{ listen: { port: 70000 } }, /\/listen\/port: must be <= 65535/],
