@@ -144,6 +144,8 @@ export function weakKeys(config: RelayConfig): string[] {
   };
   config.sas.forEach((rule, i) => check(rule.key, `/sas/${i}/key (${rule.keyName})`));
   config.pubsub.hubs.forEach((hub, i) => check(hub.accessKey, `/pubsub/hubs/${i}/accessKey (${hub.name})`));
+  // Whoever guesses it reads /$relay/metrics (entity names, node ids, traffic); failed guesses are not slowed.
+  if (config.metrics.bearerToken !== undefined) check(config.metrics.bearerToken, 'the token in /metrics/bearerTokenFile');
   return problems;
 }
 

@@ -108,6 +108,17 @@ describe('serve refuses weak keys off loopback', () => {
     assert.equal(weakKeysRefusal(config('compose-demo', 'compose-demo-key-change-me-0123456789'), false)?.includes('development key'), true);
   });
 
+  it('holds the metrics bearer token to the same rule (before: a 1-byte token was taken on 0.0.0.0)', (t) => {
+    const dir = folder(t);
+    const base = { listen: { host: '0.0.0.0' }, sas: [{ keyName: 'root', key: LONG, rights: ['Manage'] }] };
+    writeFileSync(join(dir, 'short-token'), 'a\n');
+    const weak = loadConfig(write(dir, 'weak.json', { ...base, metrics: { bearerTokenFile: 'short-token' } }), {}, {});
+    assert.deepEqual(weakKeys(weak), ['the token in /metrics/bearerTokenFile is 1 bytes, fewer than 32']);
+    assert.match(weakKeysRefusal(weak, false)!, /bearerTokenFile/);
+    writeFileSync(join(dir, 'long-token'), `${LONG}\n`);
+    assert.equal(weakKeysRefusal(loadConfig(write(dir, 'strong.json', { ...base, metrics: { bearerTokenFile: 'long-token' } }), {}, {}), false), undefined);
+  });
+
   it('allows them on loopback, where nobody else can reach the port', () => {
     for (const host of ['127.0.0.1', '127.0.1.1', 'localhost', '::1', '[::1]']) assert.ok(isLoopbackHost(host), host);
     for (const host of ['0.0.0.0', '::', '10.1.2.3', 'relay.example.com']) assert.ok(!isLoopbackHost(host), host);
