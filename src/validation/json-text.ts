@@ -5,7 +5,7 @@
 // becomes 0). So JSON that is only carried is parsed to check it (with the
 // nesting bound of bounded-json.ts, as receivers parse it again) and its own
 // text goes on.
-import { parseJson } from './bounded-json.ts';
+import { parseJson, unsliced } from './bounded-json.ts';
 
 /**
  * The text of a JSON document as it is to be passed on: trimmed of the
@@ -20,5 +20,7 @@ export function jsonTextOf(text: string): string | undefined {
     return undefined;
   }
   // JSON.parse accepted it, so only JSON's own whitespace (space, tab, CR, LF) can surround it.
-  return text.trim();
+  // A copy: a short value trimmed out of much whitespace would otherwise keep all of it.
+  const trimmed = text.trim();
+  return trimmed.length === text.length ? text : unsliced(trimmed);
 }

@@ -1,0 +1,63 @@
+// What a kept pub/sub message holds. A message stays in a hub's history and in
+// the log of a reliable member that has not acknowledged it; both count its
+// data's size against their bounds. Before (found by review): the data text
+// was a slice of the client's frame, which V8 keeps as a view into the frame,
+// so a 36-byte `data` beside a 900 KiB member nobody reads held the whole
+// frame: 100 such messages +88 MiB, counted as about 100 bytes each.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { jsonTextOf } from '../../src/validation/json-text.ts';
+import { rawMemberText } from '../../src/validation/bounded-json.ts';
+import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+/** Heap in use after full collections, bytes. */
+async function heapUsed(): Promise<number> {
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setImmediate(r));
+  }
+  return process.memoryUsage().heapUsed;
+}
+
+const PAD = 'x'.repeat(900 * 1024);
+const MESSAGES = 60;
+/** 60 frames of 900 KiB are 53 MiB: what the kept messages may hold in all is a small part of one. */
+const MAX_GROWTH = 8 << 20;
+
+describe('a kept message holds its own data, not the frame it came in', () => {
+  it('rawMemberText and jsonTextOf give copies that outlive their source alone', async () => {
+    const kept: string[] = [];
+    const before = await heapUsed();
+    for (let i = 0; i < MESSAGES; i++) {
+      kept.push(rawMemberText(`{"type":"sendToGroup","data":"a small value, number ${i}","pad":"${PAD}"}`, 'data')!);
+      kept.push(jsonTextOf(`${' '.repeat(900 * 1024)}"another small value ${i}"${' '.repeat(16)}`)!);
+    }
+    const growth = (await heapUsed()) - before;
+    assert.equal(kept[0], '"a small value, number 0"');
+    assert.equal(kept[1], '"another small value 0"');
+    assert.ok(growth < MAX_GROWTH, `${kept.length} small values hold ${(growth / 2 ** 20).toFixed(1)} MiB`);
+  });
+
+  it('in a hub\'s history and in a reliable member\'s unacknowledged messages', async (t) => {
+    const relay = await startPubSubRelay(t, {
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 1000 } }] },
+    });
+    // A reliable member that never acknowledges: its session keeps every message.
+    const member = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'keeper' }), RELIABLE, t);
+    assert.equal((await member.request({ type: 'joinGroup', group: 'kept', ackId: 1 })).success, true);
+    const sender = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'sender' }), undefined, t);
+    const before = await heapUsed();
+    for (let i = 0; i < MESSAGES; i++) {
+      sender.send(`{"type":"sendToGroup","group":"kept","ackId":${i + 10},"data":"small data ${i} 0123456789","unread":"${PAD}"}`);
+      await sender.waitFor((m) => m.type === 'ack' && m.ackId === i + 10, 10000);
+    }
+    await member.waitFor((m) => m.type === 'message' && m.data === `small data ${MESSAGES - 1} 0123456789`, 10000);
+    const growth = (await heapUsed()) - before;
+    assert.ok(growth < MAX_GROWTH, `${MESSAGES} kept messages of 26 bytes hold ${(growth / 2 ** 20).toFixed(1)} MiB`);
+  });
+});
