@@ -65,6 +65,8 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   );
   if (!same(live.pubsub.hubs, next.pubsub.hubs)) changed.push('pubsub' as never);
   if (!same(live.listen.trustProxy, next.listen.trustProxy)) changed.push('listen.trustProxy' as never);
+  const tlsFiles = (c: RelayConfig) => c.listen.tls && [c.listen.tls.certFile, c.listen.tls.keyFile, c.listen.tls.caFile, c.listen.tls.minVersion];
+  if (live.listen.tls && next.listen.tls && !same(tlsFiles(live), tlsFiles(next))) changed.push('listen.tls' as never);
 
   live.sas = next.sas;
   live.rotationGraceSeconds = next.rotationGraceSeconds;

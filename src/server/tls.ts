@@ -76,13 +76,17 @@ export class CertificateKeeper {
   private debounce: NodeJS.Timeout | undefined;
   private closed = false;
 
+  /** A copy: the live config's object is changed in place on reload, and retarget() compares against what this keeper serves. */
+  private tls: ListenTlsConfig;
+
   constructor(
-    private tls: ListenTlsConfig,
+    tls: ListenTlsConfig,
     /** What is served now. */
     public current: CertificateSet,
     private readonly apply: (set: CertificateSet) => void,
     private readonly log: Logger,
   ) {
+    this.tls = { ...tls };
     this.watchFolders();
   }
 
@@ -106,7 +110,7 @@ export class CertificateKeeper {
   retarget(tls: ListenTlsConfig): boolean {
     const moved = tls.certFile !== this.tls.certFile || tls.keyFile !== this.tls.keyFile || tls.caFile !== this.tls.caFile;
     const versionChanged = tls.minVersion !== this.tls.minVersion;
-    this.tls = tls;
+    this.tls = { ...tls };
     if (moved) this.watchFolders();
     if (versionChanged) this.current = { ...this.current, digest: '' };
     return this.reload('config');

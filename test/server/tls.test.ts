@@ -6,7 +6,8 @@
 // stays. Certificates are made at run time by test/helpers/certs.ts.
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
-import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
 import { connect as netConnect } from 'node:net';
@@ -16,9 +17,10 @@ import { clientTls, makePki, type CertFiles, type TestPki } from '../helpers/cer
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { ALL_ROLES, HUB, HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
-import { captureLogger, startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { captureLogger, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
+import { loadConfig } from '../../src/config/load.ts';
 
 function tlsListen(pki: TestPki, files: CertFiles = pki.server): Record<string, unknown> {
   return { host: '127.0.0.1', port: 0, tls: { certFile: files.certFile, keyFile: files.keyFile } };
@@ -149,6 +151,45 @@ describe('TLS on the one port', () => {
     const relay = await startTestRelay(t, { listen: { ...tlsListen(pki), tls: { ...(tlsListen(pki).tls as object), minVersion: 'TLSv1.3' } } });
     await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: { ...clientTls(pki), maxVersion: 'TLSv1.2' } as never }));
     assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls: clientTls(pki) })).status, 200);
+  });
+
+  it('applies a new listen.tls.minVersion and new certificate files on reload, and watches their folder (before: neither, the keeper compared the live config with itself)', async (t) => {
+    const pki = makePki(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-reload-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'relay.json');
+    const moved = { certFile: join(dir, 'moved', 'cert.pem'), keyFile: join(dir, 'moved', 'key.pem') };
+    mkdirSync(join(dir, 'moved'));
+    const renewed = pki.issueServer('moved');
+    installAt(moved, renewed);
+    // Issued now: issuing writes into the PKI's folder, which the relay watches from the start.
+    const again = pki.issueServer('moved-again');
+    const config = (tls: Record<string, unknown>) => ({ ...pubsubOverrides(), listen: { ...tlsListen(pki), tls: { ...(tlsListen(pki).tls as object), ...tls } } });
+    writeFileSync(file, JSON.stringify(testConfig(config({ minVersion: 'TLSv1.2' }))));
+    const relay = await startTestRelay(t, config({ minVersion: 'TLSv1.2' }), { loadConfig: () => loadConfig(file, {}, {}) });
+    const tls12 = { ...clientTls(pki), maxVersion: 'TLSv1.2' } as never;
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls: tls12 })).status, 200);
+
+    // Another minimum version alone (the same files).
+    writeFileSync(file, JSON.stringify(testConfig(config({ minVersion: 'TLSv1.3' }))));
+    const outcome = relay.reload('signal');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual(outcome.changes.changed, ['listen.tls']);
+    await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: tls12 }), Error, 'TLS 1.2 after the reload to TLSv1.3');
+    // Files in another folder.
+    writeFileSync(file, JSON.stringify(testConfig(config({ minVersion: 'TLSv1.3', ...moved }))));
+    assert.ok(relay.reload('signal').ok);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(renewed));
+    // The new folder is watched: a certificate renamed over the file there is served.
+    const staged = { certFile: join(dir, 'moved', 'next.pem'), keyFile: join(dir, 'moved', 'next.key') };
+    installAt(staged, again);
+    renameSync(staged.keyFile, moved.keyFile);
+    renameSync(staged.certFile, moved.certFile);
+    const deadline = Date.now() + 10000;
+    while ((await servedFingerprint(relay.port, pki)) !== fingerprintOf(again)) {
+      assert.ok(Date.now() < deadline, 'the certificate renamed into the new folder was not served within 10 s');
+      await new Promise((r) => setTimeout(r, 100));
+    }
   });
 
   it('takes a new certificate on SIGHUP without dropping an open connection, and says https:// when it starts', async (t) => {
