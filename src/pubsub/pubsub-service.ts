@@ -96,7 +96,10 @@ export class PubSubService implements RestContext {
       transport: this.handlerTransport,
       protection: this.abuseProtection,
       log,
-      maxAnswerBytes: config.limits.pubsubMessageBytes,
+      // Read at each answer: a reload changes limits in place.
+      get maxAnswerBytes() {
+        return config.limits.pubsubMessageBytes;
+      },
       accessKeys: (hub) => {
         const cluster = this.hub(hub.name);
         return cluster ? this.accessKeys(cluster) : [hub.accessKey];
@@ -160,7 +163,7 @@ export class PubSubService implements RestContext {
       closeHandshakeMs: config.timeouts.closeHandshakeMs,
     };
     const shuttingDown = () => this.lifecycle.shuttingDown;
-    // Read when used: timeouts change on reload.
+    // Read when used (timeouts need a restart today, src/server/reload.ts; this stays right if that changes).
     const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown, () => Math.min(RECOVERY_WINDOW_MS, config.timeouts.sessionRetainMs));
     this.endpoint = new ClientEndpoint({
       config,

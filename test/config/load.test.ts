@@ -53,6 +53,10 @@ describe('configuration', () => {
       [{ hybridConnections: [{ name: 'client' }] }, /reserved/],
       [{ hybridConnections: [{ name: '$x' }] }, /\/hybridConnections\/0\/name/],
       [[], /must be a JSON object/],
+      // Past Node's timer range (2^31 - 1 ms) a timer fires at once: pings every millisecond, requests timing out at once.
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], pingIntervalMs: 3000000000 } }, /\/bus\/pingIntervalMs: must be <= 600000/],
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], requestTimeoutMs: 3000000000 } }, /\/bus\/requestTimeoutMs: must be <= 600000/],
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], replayWindowMs: 3000000000 } }, /\/bus\/replayWindowMs: must be <= 3600000/],
     ];
     for (const [raw, pattern] of cases) {
       assert.throws(() => buildConfig(raw), (err: Error) => err instanceof ConfigError && pattern.test(err.message), JSON.stringify(raw));

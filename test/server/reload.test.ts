@@ -16,6 +16,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { connect as natsConnect } from 'nats';
 import { loadConfig } from '../../src/config/load.ts';
 import { delayStreamBounds } from '../helpers/cluster.ts';
+import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
@@ -191,6 +192,29 @@ describe('reload without a restart', () => {
     assert.ok(reloaded >= 0);
     assert.ok(lines().some((l) => l.event === 'early.warn'));
     assert.deepEqual(lines().slice(reloaded + 1).filter((l) => (l.level as number) < 40).map((l) => l.event), []);
+  });
+
+  it('bounds an event handler\'s answer by the limits.pubsubMessageBytes a reload set (before: the one at start)', async (t) => {
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'text/plain' }).end('y'.repeat(2000)));
+    });
+    const config = (bytes: number) => ({
+      pubsub: { hubs: [{ name: 'chat', accessKey: CHAT_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
+      limits: { pubsubMessageBytes: bytes },
+    });
+    const { file, write } = configFile(t, testConfig(config(1024)));
+    const relay = await startTestRelay(t, config(1024), { loadConfig: () => loadConfig(file, {}, {}) });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: CHAT_KEY, userId: 'u' }), undefined, t);
+    const refused = await client.request({ type: 'event', event: 'big', dataType: 'text', data: 'x', ackId: 1 });
+    assert.equal(refused.success, false, JSON.stringify(refused));
+    write(testConfig(config(4096)));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok && (outcome.changes.changed as string[]).includes('limits'), JSON.stringify(outcome));
+    const answered = await client.request({ type: 'event', event: 'big', dataType: 'text', data: 'x', ackId: 2 });
+    assert.equal(answered.success, true, JSON.stringify(answered));
+    const reply = await client.waitFor((m) => m.type === 'message' && m.from === 'server');
+    assert.equal(String(reply.data).length, 2000);
   });
 
   it('changes nothing for a config that does not load, and says which key failed', async (t) => {
