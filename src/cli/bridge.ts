@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
-import { createLogger } from '../telemetry/logger.ts';
+import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
@@ -27,8 +27,9 @@ Options:
   --key-name NAME      SAS rule to mint tokens with (Listen for -R, Send for -L)
   --key KEY            that rule's key
   --token TOKEN        a ready SAS token instead of --key-name/--key
-  --ttl SECONDS        lifetime of minted tokens, default 3600 (renewed at half)
-  --buffer BYTES       bytes queued per direction before reading pauses, default 1048576
+  --ttl SECONDS        lifetime of minted tokens, at least 60, default 3600 (renewed at half)
+  --buffer BYTES       bytes queued per direction before reading pauses, at least 16384,
+                       default 1048576
   --keepalive SECONDS  -R pings its listener connection this often and re-opens
                        it when the relay stays silent for two periods (a NAT or
                        firewall that dropped the path), default 30
@@ -36,7 +37,7 @@ Options:
                        how long the relay may take to answer (a -L connect waits
                        for the listener to accept) and a -R target to accept a
                        TCP connection, default 60
-  --log-level LEVEL    default info
+  --log-level LEVEL    fatal, error, warn, info, debug, trace or silent; default info
 ${TLS_HELP}
   -h, --help           this text
 
@@ -91,6 +92,7 @@ export async function bridge(argv: string[]): Promise<number> {
   const buffer = Number(values.buffer);
   if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');
   if (!Number.isInteger(buffer) || buffer < 16384) return fail('--buffer must be at least 16384');
+  if (!LOG_LEVELS.includes(values['log-level'])) return fail(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
   const keepAliveSeconds = Number(values.keepalive);
   const connectTimeoutSeconds = Number(values['connect-timeout']);
   if (!Number.isInteger(keepAliveSeconds) || keepAliveSeconds < 1 || keepAliveSeconds > 3600) return fail('--keepalive must be a whole number of seconds from 1 to 3600');

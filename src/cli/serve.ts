@@ -99,7 +99,8 @@ export async function serve(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  const workers = Number(values.workers ?? process.env.EDGE_RELAY_WORKERS ?? 1);
+  // An empty EDGE_RELAY_WORKERS is unset, as every EDGE_RELAY_* variable (config/load.ts).
+  const workers = Number(values.workers ?? (process.env.EDGE_RELAY_WORKERS || undefined) ?? 1);
   if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
     process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
     return 2;

@@ -129,7 +129,10 @@ function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOve
     }
   }
   resolveSecrets(merged, sources);
+  const bus = merged.bus as Record<string, unknown> | undefined;
   if (!validateConfig(merged)) {
+    // The schema's answer ("boolean schema is false") would not say what is missing.
+    if (bus?.servers !== undefined && bus.kind !== 'nats') throw new ConfigError('config: /bus/servers: only with bus.kind "nats" (or --nats URLS, which sets both)');
     throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}`);
   }
   const config = merged as unknown as RelayConfig;

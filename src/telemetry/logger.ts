@@ -9,6 +9,9 @@ import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
+/** pino's levels, as log.level in schemas/config.schema.json takes them. */
+export const LOG_LEVELS: readonly string[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
 interface Family {
   children: Set<WeakRef<Logger>>;
   collected: FinalizationRegistry<WeakRef<Logger>>;

@@ -26,7 +26,7 @@ function runSoon(...args: string[]): Promise<{ status: number | null; stdout: st
 
 describe('edge-relay command line', () => {
   it('lists its commands and explains each with --help', async () => {
-    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense] = await withTimeout(
+    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense, badLevel] = await withTimeout(
       Promise.all([
         runSoon('--help'),
         runSoon('serve', '--help'),
@@ -35,6 +35,8 @@ describe('edge-relay command line', () => {
         runSoon('bridge', '--help'),
         runSoon('bridge', '--relay', 'http://127.0.0.1:1'),
         runSoon('nonsense'),
+        // Before: pino's stack trace and exit 1.
+        runSoon('bridge', '--relay', 'http://127.0.0.1:1', '-L', '9:echo', '--token', 'SharedAccessSignature sr=x&sig=y&se=1&skn=k', '--log-level', 'bogus'),
       ]),
       30000,
       'the commands',
@@ -52,6 +54,17 @@ describe('edge-relay command line', () => {
     assert.match(bridgeHelp.stdout, /Example/);
     assert.equal(bridgeBad.status, 2);
     assert.equal(nonsense.status, 2);
+    assert.equal(badLevel.status, 2);
+  });
+
+  it('serve takes an empty EDGE_RELAY_WORKERS as unset, as every EDGE_RELAY_* variable (before: refused, exit 2)', async (t) => {
+    process.env.EDGE_RELAY_WORKERS = '';
+    try {
+      const relay = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
+      assert.match(relay.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+    } finally {
+      delete process.env.EDGE_RELAY_WORKERS;
+    }
   });
 
   it('token sas prints a token the relay accepts for that entity and right', () => {

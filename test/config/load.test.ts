@@ -49,6 +49,9 @@ describe('configuration', () => {
       [{ sas: [{ keyName: 'k', key: 'short', rights: ['Listen'] }] }, /\/sas\/0\/key/],
       [{ sas: [{ keyName: 'k', key: 'long-enough-key-123', rights: ['Read'] }] }, /\/sas\/0\/rights\/0: must be one of/],
       [{ bus: { kind: 'kafka' } }, /\/bus\/kind: must be one of/],
+      // Before: taken as the memory bus, the servers ignored (a single edge, silently).
+      [{ bus: { servers: ['nats://127.0.0.1:4222'] } }, /\/bus\/servers: only with bus.kind "nats"/],
+      [{ bus: { kind: 'memory', servers: ['nats://127.0.0.1:4222'] } }, /\/bus\/servers: only with bus.kind "nats"/],
       [{ hybridConnections: [{ name: 'a' }, { name: 'A' }] }, /listed twice/],
       [{ hybridConnections: [{ name: 'client' }] }, /reserved/],
       [{ hybridConnections: [{ name: '$x' }] }, /\/hybridConnections\/0\/name/],
