@@ -311,9 +311,9 @@ export class PubSubService implements RestContext {
    * the old key stay, as a client's token is only checked when it connects.
    * Durability and history need a restart: returned as such.
    */
-  reconfigure(config: RelayConfig, jetstream?: JetStreamAccess): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[]; restartNeeded: string[] } {
+  reconfigure(config: RelayConfig, jetstream?: JetStreamAccess): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[] } {
     this.jetstream ??= jetstream;
-    const out = { hubsAdded: [] as string[], hubsRemoved: [] as string[], keysRotated: [] as string[], restartNeeded: [] as string[] };
+    const out = { hubsAdded: [] as string[], hubsRemoved: [] as string[], keysRotated: [] as string[] };
     const listed = new Set(config.pubsub.hubs.map((h) => h.name.toLowerCase()));
     for (const [key, hub] of [...this.hubs]) {
       if (listed.has(key)) continue;
@@ -352,8 +352,6 @@ export class PubSubService implements RestContext {
       hub.config.upstream = next.upstream;
       hub.config.eventHandlers = next.eventHandlers;
       this.events.forgetHandlers(hub.config);
-      if (next.durable !== hub.config.durable) out.restartNeeded.push(`pubsub.hubs[${hub.name}].durable`);
-      if (JSON.stringify(next.history) !== JSON.stringify(hub.config.history)) out.restartNeeded.push(`pubsub.hubs[${hub.name}].history`);
     }
     // Handler URLs may have changed: abuse protection asks them again before their next event.
     this.revalidateEventHandlers();

@@ -60,6 +60,18 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   const before = restartOnly(live);
   const after = restartOnly(next);
   const restartNeeded = Object.keys(before).filter((k) => !same(before[k], after[k]));
+  // A kept hub's `durable` and `history` wait for a restart: the live config keeps them as they run
+  // (before, it took the new ones, and a hub turned durable had JetStream started and a stream made for
+  // it while it stayed on core NATS, and the edge said not ready on a server without JetStream).
+  const running = new Map(live.pubsub.hubs.map((h) => [h.name.toLowerCase(), h]));
+  for (const hub of next.pubsub.hubs) {
+    const was = running.get(hub.name.toLowerCase());
+    if (!was) continue;
+    if (Boolean(was.durable) !== Boolean(hub.durable)) restartNeeded.push(`pubsub.hubs[${hub.name}].durable`);
+    if (!same(was.history, hub.history)) restartNeeded.push(`pubsub.hubs[${hub.name}].history`);
+    hub.durable = was.durable;
+    hub.history = was.history;
+  }
   const changed = (['sas', 'rotationGraceSeconds', 'namespaceHosts', 'autoCreate', 'hybridConnections', 'limits', 'log', 'metrics'] as const).filter(
     (k) => !same(live[k], next[k]),
   );
@@ -99,6 +111,6 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
     hubsAdded: pubsub.hubsAdded,
     hubsRemoved: pubsub.hubsRemoved,
     hubKeysRotated: pubsub.keysRotated,
-    restartNeeded: [...restartNeeded, ...pubsub.restartNeeded],
+    restartNeeded,
   };
 }

@@ -331,6 +331,30 @@ describe('reload without a restart', () => {
     assert.match(relay.stderr(), /"event":"config\.reloaded","reason":"signal"/);
   });
 
+  it('leaves a kept hub\'s durable and history as they run until a restart, and says so (before: JetStream was started and a stream made for it, the hub still on core NATS)', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
+    const config = (durable: boolean) => testConfig({ bus, pubsub: { hubs: [{ name: 'chat', accessKey: CHAT_KEY, durable, ...(durable ? { history: { maxMessages: 10 } } : {}) }] } });
+    const { file, write } = configFile(t, config(false));
+    const relay = await startTestRelay(t, config(false), { loadConfig: () => loadConfig(file, {}, {}) });
+    write(config(true));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual(outcome.changes.restartNeeded, ['pubsub.hubs[chat].durable', 'pubsub.hubs[chat].history']);
+    assert.deepEqual(outcome.changes.changed, [], 'nothing else changed');
+    assert.equal(relay.jetstream, undefined, 'no JetStream for a hub that is not durable until a restart');
+    assert.equal(relay.pubsub.hub('chat')!.durable, undefined);
+    // The same config again: still waiting for the restart, still nothing started.
+    const again = relay.reload('api');
+    assert.ok(again.ok && (again.changes.restartNeeded as string[]).length === 2, JSON.stringify(again));
+    assert.equal(relay.jetstream, undefined);
+    const nc = await natsConnect({ servers: nats.url });
+    t.after(() => nc.close());
+    const names: string[] = [];
+    for await (const s of (await nc.jetstreamManager()).streams.list()) names.push(s.config.name);
+    assert.deepEqual(names, []);
+  });
+
   it('creates the JetStream streams of durable hubs added on reload, starting JetStream for the first one', async (t) => {
     const nats = await startNatsServer(t);
     const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
