@@ -10,7 +10,10 @@
 // many sessions hold each message: the message is let go when the count drops
 // to zero. Indices grow without bound (a float64 holds them exactly for 2^53
 // messages); the log is cut into chunks that are dropped when nothing in them
-// is held.
+// is held. A chunk is 256 slots (~3 KiB): a session that never acknowledges
+// and is sent one message among many others' keeps a chunk per message it
+// holds, so at its cap of 1,000 held messages ~3 MiB (with 4,096 slots, 48 KiB
+// each: ~47 MiB against a sessionBufferBytes of 16 MiB).
 
 /** What every reliable copy of a message shares: its payload is head + the recipient's sequence id + tail (downstream.ts, sequencedParts). */
 export interface SequencedParts {
@@ -30,7 +33,7 @@ export interface LoggedMessage {
   sequenced?: SequencedParts;
 }
 
-const CHUNK_SLOTS = 4096;
+const CHUNK_SLOTS = 256;
 
 /** The chunk an index is in. Indices are float64 (typed arrays of them), so `%` would be a floating-point remainder, several times dearer than this. */
 function chunkNumber(index: number): number {
@@ -56,6 +59,9 @@ export class MessageLog {
   /** The chunk being filled, and its number. */
   private current: Chunk | undefined;
   private currentNumber = -1;
+  /** The other chunk looked up last: a session acknowledging releases a run of indices, most in one chunk. */
+  private recent: Chunk | undefined;
+  private recentNumber = -1;
 
   /** Chunks kept (for tests and metrics: a log with nothing held keeps at most the one being filled). */
   get chunkCount(): number {
@@ -97,11 +103,24 @@ export class MessageLog {
     if (chunk.holders[slot] === 0) return;
     if (--chunk.holders[slot] > 0) return;
     chunk.messages[slot] = undefined;
-    if (--chunk.held === 0 && chunk !== this.current) this.chunks.delete(number);
+    if (--chunk.held === 0 && chunk !== this.current) this.drop(number);
   }
 
   private chunkNumbered(number: number): Chunk | undefined {
-    return number === this.currentNumber ? this.current : this.chunks.get(number);
+    if (number === this.currentNumber) return this.current;
+    if (number !== this.recentNumber) {
+      this.recent = this.chunks.get(number);
+      this.recentNumber = this.recent ? number : -1;
+    }
+    return this.recent;
+  }
+
+  private drop(number: number): void {
+    this.chunks.delete(number);
+    if (number === this.recentNumber) {
+      this.recent = undefined;
+      this.recentNumber = -1;
+    }
   }
 
   private append(message: LoggedMessage): number {
@@ -110,7 +129,7 @@ export class MessageLog {
     if (number !== this.currentNumber) {
       // The chunk just filled goes when nothing in it is held (now, or at its last release).
       const filled = this.current;
-      if (filled && filled.held === 0) this.chunks.delete(this.currentNumber);
+      if (filled && filled.held === 0) this.drop(this.currentNumber);
       this.current = new Chunk();
       this.currentNumber = number;
       this.chunks.set(number, this.current);

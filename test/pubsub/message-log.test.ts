@@ -2,6 +2,8 @@
 // a message delivered to many sessions is kept once, let go when the last
 // session releases it, and chunks of the log go once nothing in them is held.
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { MessageLog, type LoggedMessage } from '../../src/pubsub/message-log.ts';
 import { ReliableSession } from '../../src/pubsub/reliable-session.ts';
@@ -44,6 +46,32 @@ describe('MessageLog', () => {
     assert.equal(log.chunkCount, 2);
     assert.equal(log.at(kept)?.mid, 'mid-1');
     log.release(kept);
+    assert.equal(log.chunkCount, 1);
+  });
+
+  it('keeps little besides a message held alone among many let go (before: its 4096-slot chunk, 48 KiB, for one 100-byte message)', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const heap = async () => {
+      for (let i = 0; i < 3; i++) {
+        gc();
+        await new Promise((r) => setImmediate(r));
+      }
+      return process.memoryUsage().heapUsed;
+    };
+    const log = new MessageLog();
+    const before = await heap();
+    // A session that never acknowledges gets one message in 4096; every other is let go at once.
+    const kept: number[] = [];
+    for (let n = 0; n < 300 * 4096; n++) {
+      const index = log.hold(message(n % 4096 === 0 ? n : -1));
+      if (n % 4096 === 0) kept.push(index);
+      else log.release(index);
+    }
+    const perHeld = ((await heap()) - before) / kept.length;
+    assert.equal(log.at(kept[0])?.mid, 'mid0');
+    assert.ok(perHeld < 8 * 1024, `${Math.round(perHeld)} bytes kept per held message`);
+    for (const index of kept) log.release(index);
     assert.equal(log.chunkCount, 1);
   });
 
