@@ -336,7 +336,12 @@ class Parser {
         throw new FilterSyntaxError(arg.at, arg.type === 'collection' ? COLLECTION_HINT : `${t.value}() takes a string here, not ${a(arg.type)}`);
       }
     });
-    return { kind: 'call', fn: t.value as StringFunction | BooleanFunction | IntegerFunction, args, at: t.at, type: spec.result };
+    const call: Expr = { kind: 'call', fn: t.value as StringFunction | BooleanFunction | IntegerFunction, args, at: t.at, type: spec.result };
+    if (spec.result === 'string') {
+      const most = longest(call);
+      if (most > MAX_BUILT_STRING) throw new FilterSyntaxError(t.at, `${t.value}() could build a string of ${most} characters; at most ${MAX_BUILT_STRING}`);
+    }
+    return call;
   }
 
   /** groups/any(g: ...) or groups/any(); the 'groups' word is consumed. */
@@ -364,6 +369,36 @@ class Parser {
     } finally {
       this.variable = undefined;
     }
+  }
+}
+
+/**
+ * The longest string a filter may build (concat, toupper...). Evaluated per
+ * connection, and per group under groups/any, a string built from 1,024-
+ * character names could otherwise reach hundreds of thousands of characters
+ * at each step: one REST call held the event loop for seconds.
+ */
+export const MAX_BUILT_STRING = 4096;
+/** The longest a user id, connection id or group name is (schemas/pubsub-client-message.schema.json). */
+const LONGEST_NAME = 1024;
+
+/** The most characters a string expression can evaluate to. */
+function longest(e: Expr): number {
+  switch (e.kind) {
+    case 'literal':
+      return typeof e.value === 'string' ? e.value.length : 0;
+    case 'field':
+    case 'variable':
+      return LONGEST_NAME;
+    case 'call': {
+      const [first, second] = e.args;
+      if (e.fn === 'concat') return longest(first) + longest(second);
+      // Upper case can take up to three characters for one (U+0390 is three).
+      if (e.fn === 'toupper') return 3 * longest(first);
+      return longest(first);
+    }
+    default:
+      return 0;
   }
 }
 

@@ -331,6 +331,18 @@ describe('OData filter: malformed filters name the position', () => {
     assert.equal(selects('true' + ' or true'.repeat(500)), true, 'a long chain is not deep');
   });
 
+  it('bounds the strings it may build: a concat tree over 1,024-character names is refused at the parse (before: seconds of work per connection)', () => {
+    // Each level doubles: 2^8 names of up to 1,024 characters (a group's longest) would be 262,144 characters at each step.
+    let tree = 'g';
+    for (let level = 0; level < 8; level++) tree = `concat(${tree}, ${tree})`;
+    const err = syntaxError(`groups/any(g: contains(tolower(${tree}), 'zz'))`);
+    assert.match(err.message, /concat\(\) could build a string of 8192 characters; at most 4096/, "refused at the first concat past the bound");
+    assert.match(syntaxError(`contains(toupper(concat(userId, '${'x'.repeat(400)}')), 'zz')`).message, /toupper\(\) could build a string of 4272 characters/);
+    // Within the bound: names and literals of their own lengths.
+    assert.equal(selects(`contains(concat(concat(userId, userId), concat(connectionId, userId)), 'alicealice')`), true);
+    assert.equal(selects(`groups/any(g: concat(g, '${'y'.repeat(1500)}') eq 'g1${'y'.repeat(1500)}')`), true);
+  });
+
   it('costs at most its length times the groups: the largest filter over many groups stays cheap', () => {
     const many = { id: 'c', userId: 'u', groups: new Set(Array.from({ length: 2000 }, (_, i) => `group-${i}`)) };
     const clauses = Array.from({ length: 150 }, (_, i) => `g eq 'x${i}'`).join(' or ');
