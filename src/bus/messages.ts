@@ -311,6 +311,8 @@ export interface PsDone {
   members?: GroupMember[];
   /** The answering edge (the asker counts answers off its roster). */
   edge?: string;
+  /** ps.permission: refused, the connection names limits.groupsPerConnection groups for that permission already. */
+  full?: boolean;
 }
 
 /** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */

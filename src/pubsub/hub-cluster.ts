@@ -46,6 +46,8 @@ export interface ClusterHubDeps {
   nodeId: string;
   /** This edge process (a restarted edge keeps its node id and gets a new one): ps.here and ps.claim carry it. */
   bootId: string;
+  /** The live limits (a reload changes them in place). */
+  limits: { groupsPerConnection: number };
   log: Logger;
   metrics: RelayMetrics;
   requestTimeoutMs: number;
@@ -57,6 +59,9 @@ export interface ClusterHubDeps {
 }
 
 export type { FilterTerm, GroupAction, GroupMember };
+
+/** What a REST permission call came to on the connection: done (or, for HEAD, held), no such connection, or one group too many. */
+export type PermissionOutcome = 'applied' | 'absent' | 'full';
 
 /** What a publish came to: delivered (stored, on a durable hub), or a repeat of one already stored. */
 export type SendResult = 'sent' | 'duplicate';
@@ -302,12 +307,18 @@ export class ClusterHub {
   }
 
   /** Grants, revokes or checks a permission; false when the connection (or, for HEAD, the grant) is not there. */
-  async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<boolean> {
+  /**
+   * A REST permission call on the connection, wherever it is: `full` when a
+   * grant or revoke for one more group would pass limits.groupsPerConnection
+   * named groups of that permission on the connection.
+   */
+  async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
     const local = this.applyPermission(connectionId, method, permission, group);
-    if (local > 0 || this.local.connections.has(connectionId)) return local > 0;
+    if (local !== 'absent' || this.local.connections.has(connectionId)) return local;
     const answers = await this.clusterCall(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
-    return answers.some((a) => a.count > 0);
+    if (answers.some((a) => a.full)) return 'full';
+    return answers.some((a) => a.count > 0) ? 'applied' : 'absent';
   }
 
   /**
@@ -464,15 +475,18 @@ export class ClusterHub {
     return out.sort(byConnectionId).slice(0, top);
   }
 
-  private applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): number {
+  private applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): PermissionOutcome {
     const connection = this.local.connections.get(connectionId);
-    if (!connection || connection.ended) return 0;
-    if (method === 'PUT') connection.permissions.grant(permission, group);
-    else if (method === 'DELETE') connection.permissions.revoke(permission, group);
-    else return (group === undefined ? connection.permissions.allowsEvery(permission) : connection.permissions.allows(permission, group)) ? 1 : 0;
+    if (!connection || connection.ended) return 'absent';
+    const max = this.deps.limits.groupsPerConnection;
+    if (method === 'HEAD') {
+      return (group === undefined ? connection.permissions.allowsEvery(permission) : connection.permissions.allows(permission, group)) ? 'applied' : 'absent';
+    }
+    const applied = method === 'PUT' ? connection.permissions.grant(permission, group, max) : connection.permissions.revoke(permission, group, max);
+    if (!applied) return 'full';
     // A durable hub's session checkpoint carries the permissions (not in the stream: written at the next tick).
     if (connection.session) this.durable?.sessionChanged(connection, true);
-    return 1;
+    return 'applied';
   }
 
   // --- the bus ---------------------------------------------------------------------
@@ -510,8 +524,11 @@ export class ClusterHub {
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
         return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top, m.after))));
-      case 'ps.permission':
-        return done(own ? 0 : this.applyPermission(m.connectionId, m.method, m.permission, m.group));
+      case 'ps.permission': {
+        const outcome = own ? 'absent' : this.applyPermission(m.connectionId, m.method, m.permission, m.group);
+        if (outcome === 'full') return respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, full: true }));
+        return done(outcome === 'applied' ? 1 : 0);
+      }
       case 'ps.handover':
         // The taking node subscribes to the connection too: only the holder answers.
         if (!own) this.handover.onRequest(message, m);

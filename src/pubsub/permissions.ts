@@ -155,24 +155,31 @@ export class ConnectionPermissions {
     return set.any && set.denied.size === 0;
   }
 
-  /** Grants `permission` for one group, or for every group when `group` is undefined. */
-  grant(permission: Permission, group: string | undefined): void {
+  /**
+   * Grants `permission` for one group, or for every group when `group` is
+   * undefined. False, changing nothing, when the group would be one more than
+   * `maxGroups` named for that permission (granted or revoked one by one).
+   */
+  grant(permission: Permission, group: string | undefined, maxGroups = Infinity): boolean {
     const set = this.sets[permission];
     if (group === undefined) {
       set.any = true;
       set.denied.clear();
     } else {
+      if (!set.exact.has(group) && !set.denied.has(group) && set.exact.size + set.denied.size >= maxGroups) return false;
       set.denied.delete(group);
       set.exact.add(group);
     }
+    return true;
   }
 
   /**
    * Revokes `permission` for one group, or every grant when `group` is
    * undefined. A group the connection may still reach through its role (every
-   * group, or a pattern) is denied on its own, so that the revoke holds.
+   * group, or a pattern) is denied on its own, so that the revoke holds:
+   * false, changing nothing, when that would name one more than `maxGroups`.
    */
-  revoke(permission: Permission, group: string | undefined): void {
+  revoke(permission: Permission, group: string | undefined, maxGroups = Infinity): boolean {
     const set = this.sets[permission];
     if (group === undefined) {
       set.any = false;
@@ -180,9 +187,12 @@ export class ConnectionPermissions {
       set.patterns.length = 0;
       set.denied.clear();
     } else {
+      const named = set.exact.has(group);
+      if (!named && set.allows(group) && set.exact.size + set.denied.size >= maxGroups) return false;
       set.exact.delete(group);
       if (set.allows(group)) set.denied.add(group);
     }
+    return true;
   }
 
   private addRole(role: string): void {

@@ -123,6 +123,7 @@ export class PubSubService implements RestContext {
       subjects,
       nodeId: config.nodeId,
       bootId: randomBytes(6).toString('base64url'),
+      limits: config.limits,
       log,
       metrics,
       requestTimeoutMs: b.requestTimeoutMs,

@@ -366,7 +366,11 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   if (target !== undefined && !validateGroupName(target)) return 'BadRequest';
   const method = call.method;
   if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
-  if (!(await call.hub.permission(connectionId, method, name as Permission, target))) return 'NotFound';
+  const outcome = await call.hub.permission(connectionId, method, name as Permission, target);
+  if (outcome === 'absent') return 'NotFound';
+  if (outcome === 'full') {
+    return { code: 'BadRequest', detail: `the connection names as many groups for ${name} as limits.groupsPerConnection allows: grant or revoke it for every group instead` };
+  }
   return method === 'DELETE' ? NO_CONTENT : OK;
 }
 

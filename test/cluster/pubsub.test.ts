@@ -9,7 +9,7 @@ import { edgeEvents, startCluster, waitOnRoster, whilePaused, type Edge } from '
 import type { NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy, HUB, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 
 /** Subjects an edge's NATS connection is subscribed to, from the monitoring endpoint of every server. */
 async function subjectsOf(nats: NatsNode[], edge: Edge): Promise<string[]> {
@@ -87,6 +87,22 @@ describe('publish/subscribe across nodes', () => {
       if (still) await new Promise((r) => setTimeout(r, 20));
     }
     assert.equal(still, false, 'unsubscribed after the last member left');
+  });
+
+  it('refuses through another edge a permission for one group more than limits.groupsPerConnection, with the reason', async (t) => {
+    const held = await startClient(t, accessUrl(a.url, { userId: 'granted-many', roles: [] }));
+    const id = held.connectionIds[0];
+    const svc = serviceClient(c);
+    await untilAnswered(() => svc.connectionExists(id), 10000, 'the connection on A known through C');
+    for (let i = 0; i < 1000; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, (_, k) => svc.grantPermission(id, 'sendToGroup', { targetName: `g-${i + k}` })));
+    }
+    await assert.rejects(svc.grantPermission(id, 'sendToGroup', { targetName: 'one-more' }), (err: { statusCode?: number; message?: string }) => {
+      assert.equal(err.statusCode, 400);
+      assert.match(String(err.message), /limits\.groupsPerConnection/);
+      return true;
+    });
+    assert.equal(await svc.hasPermission(id, 'sendToGroup', { targetName: 'g-999' }), true);
   });
 
   it('REST on any node acts on the whole cluster: send to all, user, connection; exists; membership; close', async (t) => {

@@ -112,6 +112,31 @@ describe('pub/sub REST API', () => {
     assert.equal(await svc.groupExists('c'), false);
   });
 
+  it('holds the groups a connection\'s permissions name one by one to limits.groupsPerConnection (before: no bound, ~1 KiB each for good)', async (t) => {
+    const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 3 } });
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', roles: [] }), PLAIN, t);
+    const aliceId = (await alice.waitFor((m) => m.event === 'connected')).connectionId;
+    const svc = sdk(relay.url);
+    for (const group of ['a', 'b', 'c', 'a']) await svc.grantPermission(aliceId, 'sendToGroup', { targetName: group });
+    await assert.rejects(svc.grantPermission(aliceId, 'sendToGroup', { targetName: 'd' }), (err: { statusCode?: number; message?: string }) => {
+      assert.equal(err.statusCode, 400);
+      assert.match(String(err.message), /limits\.groupsPerConnection/);
+      return true;
+    });
+    assert.equal(await svc.hasPermission(aliceId, 'sendToGroup', { targetName: 'd' }), false);
+    // Revoking one it names frees a place; every group at once is always taken.
+    await svc.revokePermission(aliceId, 'sendToGroup', { targetName: 'c' });
+    await svc.grantPermission(aliceId, 'sendToGroup', { targetName: 'd' });
+    await svc.grantPermission(aliceId, 'joinLeaveGroup');
+    // Revokes out of every group name groups too: held to the same bound.
+    for (const group of ['x', 'y', 'z']) await svc.revokePermission(aliceId, 'joinLeaveGroup', { targetName: group });
+    await assert.rejects(svc.revokePermission(aliceId, 'joinLeaveGroup', { targetName: 'w' }), (err: { statusCode?: number }) => err.statusCode === 400);
+    assert.equal((await alice.request({ type: 'joinGroup', group: 'w' })).success, true, 'the refused revoke changed nothing');
+    assert.equal((await alice.request({ type: 'joinGroup', group: 'x' })).error.name, 'Forbidden');
+    await svc.revokePermission(aliceId, 'joinLeaveGroup');
+    await svc.grantPermission(aliceId, 'joinLeaveGroup', { targetName: 'w' });
+  });
+
   it('refuses bad credentials and requests, per hub', async (t) => {
     const relay = await startPubSubRelay(t);
     const path = `/api/hubs/${HUB}/:send?api-version=2024-12-01`;
