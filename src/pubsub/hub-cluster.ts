@@ -466,11 +466,23 @@ export class ClusterHub {
     return count;
   }
 
+  /**
+   * The first `top` members after `after`, by connection id. Not a sort of the
+   * whole group per page: past twice `top` candidates the list is cut back to
+   * the `top` lowest, and ids above the last of them are passed over (paging
+   * through 100,000 members a few at a time sorted them all each time).
+   */
   private members(group: string, top: number, after?: string): GroupMember[] {
-    const out: GroupMember[] = [];
+    let out: GroupMember[] = [];
+    let above: string | undefined;
     for (const c of this.local.targets({ kind: 'group', name: group })) {
       if (after !== undefined && c.id <= after) continue;
+      if (above !== undefined && c.id >= above) continue;
       out.push(c.userId === null ? { connectionId: c.id } : { connectionId: c.id, userId: c.userId });
+      if (out.length >= 2 * top) {
+        out = out.sort(byConnectionId).slice(0, top);
+        above = out[top - 1].connectionId;
+      }
     }
     return out.sort(byConnectionId).slice(0, top);
   }

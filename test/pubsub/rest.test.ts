@@ -112,6 +112,22 @@ describe('pub/sub REST API', () => {
     assert.equal(await svc.groupExists('c'), false);
   });
 
+  it('pages a group\'s members in connection id order, each once, whatever the page size', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const ids: string[] = [];
+    for (let i = 0; i < 25; i++) {
+      const member = await RawPubSubClient.connect(accessUrl(relay.url, { userId: `m${i}` }), PLAIN, t);
+      ids.push((await member.waitFor((m) => m.event === 'connected')).connectionId);
+      assert.equal((await member.request({ type: 'joinGroup', group: 'paged' })).success, true);
+    }
+    const svc = sdk(relay.url);
+    for (const maxPageSize of [1, 3, 7, 25, 100]) {
+      const listed: string[] = [];
+      for await (const m of await svc.group('paged').listConnections({ maxPageSize })) listed.push(m.connectionId);
+      assert.deepEqual(listed, [...ids].sort(), `pages of ${maxPageSize}`);
+    }
+  });
+
   it('holds the groups a connection\'s permissions name one by one to limits.groupsPerConnection (before: no bound, ~1 KiB each for good)', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 3 } });
     const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', roles: [] }), PLAIN, t);
