@@ -306,11 +306,11 @@ export class ClusterHub {
     return members.sort(byConnectionId).slice(0, top);
   }
 
-  /** Grants, revokes or checks a permission; false when the connection (or, for HEAD, the grant) is not there. */
   /**
-   * A REST permission call on the connection, wherever it is: `full` when a
-   * grant or revoke for one more group would pass limits.groupsPerConnection
-   * named groups of that permission on the connection.
+   * Grants, revokes or checks a permission on the connection, wherever it is:
+   * `absent` when the connection (or, for HEAD, the grant) is not there;
+   * `full` when a grant or revoke for one more group would pass
+   * limits.groupsPerConnection groups named for that permission.
    */
   async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
