@@ -328,7 +328,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   onDataPayload(chunk: Buffer): void {
     if (this.readState === 'head') {
       this.headBytes += chunk.length;
-      if (this.headBytes > this.ctx.config.limits.controlMessageBytes) return this.fail('BadListenerResponse');
+      // Parts count too (~100 bytes kept each): a head in 1-byte frames held ~6 MiB for httpResponseMs.
+      const limit = this.ctx.config.limits.controlMessageBytes;
+      if (this.headBytes > limit || this.headChunks.length >= Math.max(16, limit / 64)) return this.fail('BadListenerResponse');
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
       if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');

@@ -117,6 +117,11 @@ export class HybridService {
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: config.limits.controlMessageBytes,
+      // A message's parts, and the socket reads of a frame not yet whole, are held to one per 64 bytes of
+      // controlMessageBytes (ws's defaults, 16,384 and 262,144, let a listener hold ~1.6 MiB per channel
+      // with a message of 1-byte fragments it never finishes; hyco-ws and hyco-https send whole messages).
+      maxFragments: Math.max(16, Math.floor(config.limits.controlMessageBytes / 64)),
+      maxBufferedChunks: Math.max(64, Math.floor(config.limits.controlMessageBytes / 64)),
       // A control channel closed by the relay waits this long for the listener's answer (ws's default: 30 s).
       closeTimeout: config.timeouts.closeHandshakeMs,
     } as ConstructorParameters<typeof WebSocketServer>[0]);

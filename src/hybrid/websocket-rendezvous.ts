@@ -26,6 +26,9 @@ export interface PendingConnect extends PendingRendezvous {
   entity: HybridEntity;
   socket: Duplex;
   head: Buffer;
+  /** Bytes the held sender sent after its upgrade, joined once at the splice (appending each read copied all before it). */
+  early: Buffer[];
+  earlyBytes: number;
   key: string;
   /** Subprotocols the sender offered: the listener may accept one of them, or none. */
   protocols: string[];
@@ -82,6 +85,8 @@ export function startConnect(
     entity,
     socket,
     head,
+    early: [],
+    earlyBytes: head.length,
     key: upgrade.key,
     protocols: upgrade.protocols,
     log,
@@ -100,8 +105,10 @@ export function startConnect(
       }
     },
     onEarlyData: (chunk) => {
-      pending.head = Buffer.concat([pending.head, chunk]);
-      if (pending.head.length > MAX_EARLY_BYTES) socket.destroy();
+      pending.early.push(chunk);
+      pending.earlyBytes += chunk.length;
+      // A sender trickling bytes is held to as many reads as to bytes (each kept read costs ~100 bytes more).
+      if (pending.earlyBytes > MAX_EARLY_BYTES || pending.early.length > MAX_EARLY_BYTES / 64) socket.destroy();
     },
     onSenderEnd: () => socket.destroy(),
     untrack: () => route.untrack(id),
@@ -224,5 +231,5 @@ function completeConnect(
   ctx.traffic.spliceOpened(pending.entity, splice);
   // Whether a subprotocol was agreed, never which: some clients carry a credential in it.
   if (ctx.metrics.trace.on) ctx.metrics.trace.emit('connect.accepted', { entity: pending.entity.name, detail: protocol ? 'with a subprotocol' : undefined });
-  splice.start(pending.head, listenerHead);
+  splice.start(pending.early.length === 0 ? pending.head : Buffer.concat([pending.head, ...pending.early]), listenerHead);
 }

@@ -150,4 +150,36 @@ describe('a peer sending tiny frames', () => {
     assert.equal(closeFrame()!.payload.readUInt16BE(0), 1009, closeFrame()!.payload.toString('latin1'));
     await assertStillServing(t, relay);
   });
+
+  it('a listener\'s control message in 1-byte fragments it never finishes is closed 1008 past one part per 64 bytes of controlMessageBytes (before: ws kept up to 16,384 parts, ~1.6 MiB a channel, for as long as it pinged)', async (t) => {
+    const path = '/$hc/open?sb-hc-action=listen';
+    const up = await rawUpgrade(t, relay.port, path, { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, path)) });
+    assert.equal(up.status, 101);
+    let read = Buffer.alloc(0);
+    up.socket.on('data', (d: Buffer) => (read = Buffer.concat([read, d])));
+    up.socket.resume();
+    // 2,000 parts, 2,000 bytes: far under controlMessageBytes (64 KiB), past its 1,024 parts.
+    const fragment = maskedFrame(OP_CONTINUATION, ' ', false);
+    up.socket.write(Buffer.concat([maskedFrame(OP_TEXT, '{', false), ...Array.from({ length: 2000 }, () => fragment)]));
+    const closeFrame = () => parseServerFrames(read).frames.find((f) => f.opcode === 0x8);
+    await until(() => closeFrame() !== undefined, 5000, 'a close frame');
+    assert.equal(closeFrame()!.payload.readUInt16BE(0), 1008, closeFrame()!.payload.toString('latin1'));
+    await assertStillServing(t, relay);
+  });
+
+  it('a response head sent on a rendezvous in 1-byte fragments is answered 502 past one part per 64 bytes of controlMessageBytes (before: each part kept, up to ~6 MiB for httpResponseMs)', async (t) => {
+    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const answer = httpRequest(`${relay.url}/open/fragments`);
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    assert.equal(leg.status, 101);
+    // JSON may start with whitespace: 2,000 one-byte parts of it, then the head itself.
+    const head = JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: {}, body: false } });
+    const fragment = maskedFrame(OP_CONTINUATION, ' ', false);
+    leg.socket.write(Buffer.concat([maskedFrame(OP_TEXT, ' ', false), ...Array.from({ length: 2000 }, () => fragment), maskedFrame(OP_CONTINUATION, head)]));
+    assert.equal((await answer).status, 502);
+  });
 });
