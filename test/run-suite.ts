@@ -10,13 +10,19 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-const ROOT = new URL('..', import.meta.url).pathname;
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_TIMEOUT_MS = 120000;
 
-/** Calls that start a process a file's tests then run beside (test/helpers/ and bench/lib/ wrap them). */
+/**
+ * Calls that start a process a file's tests then run beside (test/helpers/ and
+ * bench/lib/ wrap them; a new wrapper belongs here, or its files run two at a
+ * time): relays, nats-server, the CLI, client scripts, the browser, the bench,
+ * openssl (makePki).
+ */
 const STARTS_PROCESSES =
-  /\b(startRelayProcess|startServeProcess|startNatsServer|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|spawn|spawnSync|fork|execFile|execFileSync)\(/;
+  /\b(startRelayProcess|startServeProcess|startHostileRelay|startNatsServer|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|makePki|spawn|spawnSync|fork|execFile|execFileSync)\(/;
 
 function testFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {

@@ -63,14 +63,14 @@ export function jsonSyntaxError(text: string, message: string): string {
     const before = text.slice(0, position).split('\n');
     return `line ${before.length} column ${before[before.length - 1].length + 1}`;
   };
-  const positioned = /^(.*) in JSON at position (\d+)/s.exec(message);
+  const positioned = /^(.*?) (?:in|after) JSON at position (\d+)/s.exec(message);
   if (positioned) return `${positioned[1]} at ${place(Number(positioned[2]))}`;
   const unexpected = /^Unexpected token .*?, (\.\.\.)?"(.*)"(\.\.\.)? is not valid JSON$/s.exec(message);
   if (unexpected) {
     // The quote is the text around the token: `...` + 10 characters + token + 10 + `...`, cut at either end of the text.
     const [, cutBefore, inner, cutAfter] = unexpected;
     const at = text.indexOf(inner);
-    if (at >= 0 && (cutBefore || cutAfter)) return `an unexpected character at ${place(cutBefore ? at + V8_CONTEXT_CHARS : at + inner.length - 1 - V8_CONTEXT_CHARS)}`;
+    if (at >= 0 && (cutBefore || cutAfter)) return `an unexpected character at ${place(cutBefore ? at + V8_CONTEXT_CHARS : at + inner.length - V8_CONTEXT_CHARS)}`;
     return 'an unexpected character';
   }
   if (/^Unexpected end of JSON input/.test(message)) return 'it ends too soon';

@@ -67,6 +67,11 @@ export interface ListenerPresenceNotice {
   group: string;
 }
 
+/** ws's bounds on the parts of a control message (frames, and socket reads of a frame not yet whole): one per 64 bytes. */
+function controlMessageParts(bytes: number): { maxFragments: number; maxBufferedChunks: number } {
+  return { maxFragments: Math.max(16, Math.floor(bytes / 64)), maxBufferedChunks: Math.max(64, Math.floor(bytes / 64)) };
+}
+
 export class HybridService {
   /** Hears listener presence changes of entities configured with `presence` (set by the composition root). */
   presence: ((notice: ListenerPresenceNotice) => void) | undefined;
@@ -120,8 +125,7 @@ export class HybridService {
       // A message's parts, and the socket reads of a frame not yet whole, are held to one per 64 bytes of
       // controlMessageBytes (ws's defaults, 16,384 and 262,144, let a listener hold ~1.6 MiB per channel
       // with a message of 1-byte fragments it never finishes; hyco-ws and hyco-https send whole messages).
-      maxFragments: Math.max(16, Math.floor(config.limits.controlMessageBytes / 64)),
-      maxBufferedChunks: Math.max(64, Math.floor(config.limits.controlMessageBytes / 64)),
+      ...controlMessageParts(config.limits.controlMessageBytes),
       // A control channel closed by the relay waits this long for the listener's answer (ws's default: 30 s).
       closeTimeout: config.timeouts.closeHandshakeMs,
     } as ConstructorParameters<typeof WebSocketServer>[0]);
@@ -415,7 +419,7 @@ export class HybridService {
   reconfigure(config: RelayConfig): { entitiesRemoved: string[]; keysRotated: string[]; listenersClosed: number } {
     const removed = this.catalog.reconfigure(config.hybridConnections, config.autoCreate);
     const keysRotated = this.authorizer.update(config.sas, config.rotationGraceSeconds * 1000);
-    this.wss.options.maxPayload = config.limits.controlMessageBytes;
+    Object.assign(this.wss.options, { maxPayload: config.limits.controlMessageBytes, ...controlMessageParts(config.limits.controlMessageBytes) });
     let listenersClosed = 0;
     const gone = new Set(removed.map((e) => e.key));
     for (const channel of [...this.listeners.all()]) {

@@ -391,15 +391,23 @@ function longest(e: Expr): number {
     case 'variable':
       return LONGEST_NAME;
     case 'call': {
-      const [first, second] = e.args;
+      const [first, second, third] = e.args;
       if (e.fn === 'concat') return longest(first) + longest(second);
-      // Upper case can take up to three characters for one (U+0390 is three).
-      if (e.fn === 'toupper') return 3 * longest(first);
+      // A case mapping can take up to three characters for one (U+0390 upper-cased; U+0130 lower-cased is
+      // two), once: the characters it gives map to as many again, so case calls around case calls (and
+      // trim) count once over what is inside them all.
+      if (e.fn === 'toupper' || e.fn === 'tolower') return 3 * longest(caseFree(first));
+      if (e.fn === 'substring' && third?.kind === 'literal') return Math.min(longest(first), third.value as number);
       return longest(first);
     }
     default:
       return 0;
   }
+}
+
+/** `e` without the case calls and trims around it. */
+function caseFree(e: Expr): Expr {
+  return e.kind === 'call' && (e.fn === 'tolower' || e.fn === 'toupper' || e.fn === 'trim') ? caseFree(e.args[0]) : e;
 }
 
 function a(type: ValueType): string {

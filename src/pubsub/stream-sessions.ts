@@ -212,7 +212,8 @@ export class StreamSessions {
   claimed(claim: PsClaim, seq: number): void {
     const before = this.holders.get(claim.connectionId);
     this.noteHolder(claim.connectionId, { origin: claim.origin, boot: claim.boot, seq });
-    if (claim.origin === this.options.nodeId) {
+    // This process's own claim; one of an earlier process under this node id, still letting go, is another's.
+    if (claim.origin === this.options.nodeId && (claim.boot === undefined || claim.boot === this.options.bootId)) {
       this.ownClaims.get(claim.connectionId)?.({ seq, before });
       return;
     }

@@ -24,6 +24,9 @@ describe('configuration', () => {
       [`{\n  "sas": [\n    { "keyName": "Root",\n      "key": '${key}' }\n  ]\n}\n`, /an unexpected character at line 4 column 14/],
       [`{\n  "sas": [{ "keyName": "Root", "key": ${key} }]\n}\n`, /an unexpected character at line 2 column 39/],
       [`{"key": '${key.slice(0, 4)}'}`, /an unexpected character$/],
+      // The token among the first 10 characters: V8 quotes from the start (before: one column short).
+      [`{"a": x${key}}`, /an unexpected character at line 1 column 7/],
+      [`{"nodeId": "edge"} ${key}`, /Unexpected non-whitespace character at line 1 column 20/],
       [`{\n  "log": { "level": "info" }\n  "nodeId": "${key}"\n}\n`, /Expected ',' or '}' after property value at line 3 column 3/],
       [`{ "nodeId": "${key}"`, /at line 1 column \d+/],
     ];

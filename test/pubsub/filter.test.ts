@@ -338,6 +338,11 @@ describe('OData filter: malformed filters name the position', () => {
     const err = syntaxError(`groups/any(g: contains(tolower(${tree}), 'zz'))`);
     assert.match(err.message, /concat\(\) could build a string of 8192 characters; at most 4096/, "refused at the first concat past the bound");
     assert.match(syntaxError(`contains(toupper(concat(userId, '${'x'.repeat(400)}')), 'zz')`).message, /toupper\(\) could build a string of 4272 characters/);
+    // A case mapping can triple a string (before: tolower was counted as never growing; U+0130 lower-cased is two characters).
+    assert.equal('\u0130'.repeat(1024).toLowerCase().length, 2048);
+    assert.match(syntaxError(`tolower(concat(concat(userId, userId), 'x')) eq 'a'`).message, /tolower\(\) could build a string of 6147 characters/);
+    assert.equal(selects(`tolower(toupper(concat(userId, 'X'))) eq 'alicex'`), true, 'case calls around case calls count once: 3,075');
+    assert.equal(selects(`toupper(substring(concat(userId, userId), 0, 5)) eq 'ALICE'`), true, 'a substring of a literal length is no longer than it');
     // Within the bound: names and literals of their own lengths.
     assert.equal(selects(`contains(concat(concat(userId, userId), concat(connectionId, userId)), 'alicealice')`), true);
     assert.equal(selects(`groups/any(g: concat(g, '${'y'.repeat(1500)}') eq 'g1${'y'.repeat(1500)}')`), true);
