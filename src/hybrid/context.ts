@@ -1,6 +1,7 @@
 // What the hybrid connection flows share: config, log, listeners, pending
 // rendezvous, and how rendezvous addresses are spelled.
 import type { FrameSplice } from '../websocket/frame-splice.ts';
+import { PIECE_COST } from '../websocket/message-socket.ts';
 import type { Duplex } from 'node:stream';
 import type { RelayConfig } from '../config/types.ts';
 import { keepQueryParams } from '../http/query-params.ts';
@@ -17,6 +18,16 @@ import type { RendezvousTable } from './rendezvous-table.ts';
  * suffix and a query, which Azure passes through to the listener in the
  * accept's address (sb-hc-* parameters removed).
  */
+/**
+ * How many parts (frames, socket reads) a message of at most `bytes` may come
+ * in: one per PIECE_COST (64) bytes, as a pub/sub message is charged
+ * (message-socket.ts), at least 16. Each part is kept until the message is
+ * whole: without this, a message sent a byte at a time cost ~25 times its cap.
+ */
+export function partsAllowed(bytes: number): number {
+  return Math.max(16, Math.floor(bytes / PIECE_COST));
+}
+
 export interface HybridPathBelow {
   /** The suffix's segments as a token's scope compares them (scopeSegment). */
   subPath: string[];

@@ -18,7 +18,7 @@ import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
 import { OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
-import { countHttpStatus, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
+import { countHttpStatus, partsAllowed, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -328,9 +328,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   onDataPayload(chunk: Buffer): void {
     if (this.readState === 'head') {
       this.headBytes += chunk.length;
-      // Parts count too (~100 bytes kept each): a head in 1-byte frames held ~6 MiB for httpResponseMs.
+      // Parts count too: a head in 1-byte frames held ~6 MiB for httpResponseMs.
       const limit = this.ctx.config.limits.controlMessageBytes;
-      if (this.headBytes > limit || this.headChunks.length >= Math.max(16, limit / 64)) return this.fail('BadListenerResponse');
+      if (this.headBytes > limit || this.headChunks.length >= partsAllowed(limit)) return this.fail('BadListenerResponse');
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
       if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');

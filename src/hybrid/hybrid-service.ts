@@ -15,7 +15,7 @@ import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { connectFailed, countHttpStatus, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
+import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
@@ -67,9 +67,9 @@ export interface ListenerPresenceNotice {
   group: string;
 }
 
-/** ws's bounds on the parts of a control message (frames, and socket reads of a frame not yet whole): one per 64 bytes. */
+/** ws's bounds on the parts of a control message: its frames, and the socket reads of a frame not yet whole (partsAllowed). */
 function controlMessageParts(bytes: number): { maxFragments: number; maxBufferedChunks: number } {
-  return { maxFragments: Math.max(16, Math.floor(bytes / 64)), maxBufferedChunks: Math.max(64, Math.floor(bytes / 64)) };
+  return { maxFragments: partsAllowed(bytes), maxBufferedChunks: Math.max(64, partsAllowed(bytes)) };
 }
 
 export class HybridService {

@@ -13,7 +13,7 @@ import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
-import { connectFailed, countConnectFailure, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
+import { connectFailed, countConnectFailure, partsAllowed, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import type { ListenerRoute } from './listener-route.ts';
@@ -107,8 +107,8 @@ export function startConnect(
     onEarlyData: (chunk) => {
       pending.early.push(chunk);
       pending.earlyBytes += chunk.length;
-      // A sender trickling bytes is held to as many reads as to bytes (each kept read costs ~100 bytes more).
-      if (pending.earlyBytes > MAX_EARLY_BYTES || pending.early.length > MAX_EARLY_BYTES / 64) socket.destroy();
+      // A sender trickling bytes is held to as many reads as to bytes (partsAllowed).
+      if (pending.earlyBytes > MAX_EARLY_BYTES || pending.early.length > partsAllowed(MAX_EARLY_BYTES)) socket.destroy();
     },
     onSenderEnd: () => socket.destroy(),
     untrack: () => route.untrack(id),

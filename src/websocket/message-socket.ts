@@ -170,7 +170,7 @@ function flushDirty(): void {
  * message ends. A message of 1-byte fragments held ~100 bytes per byte
  * (106 MB for one under the 1 MiB cap).
  */
-const PIECE_COST = 64;
+export const PIECE_COST = 64;
 /** Charges allowed per message: its byte cap, and at least 1,024 pieces. */
 const MIN_PIECE_BUDGET = 1024 * PIECE_COST;
 
