@@ -27,8 +27,11 @@ export class HybridClusterLink implements EdgeWatch {
   /** On a sender's edge: exchanges waiting on another edge's listener, by that edge. */
   private readonly waitingOn = new Map<string, Map<string, { exchange: ChannelExchange; watching: boolean }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
-  /** Listeners told to dial another node, watched for that node until it says `hc.done`. */
-  readonly dialWatches = new Map<string, RemoteDialWatch>();
+  /**
+   * Listeners told to dial another node, or asked a request whose sender is on another node, watched for that node
+   * until it says `hc.done` (or the listener answered, or the watch's own timeout).
+   */
+  readonly dialWatches = new Map<string, { done(): void }>();
   private readonly nodeSubscription: BusSubscription;
   private routing = true;
 
@@ -77,6 +80,14 @@ export class HybridClusterLink implements EdgeWatch {
     if (this.waitingOn.size === 0) {
       clearInterval(this.aliveTimer);
       this.aliveTimer = undefined;
+    }
+  }
+
+  /** The listener's edge has answered `id` (and stopped watching it). */
+  private answered(id: string): void {
+    for (const waiting of this.waitingOn.values()) {
+      const entry = waiting.get(id);
+      if (entry) entry.watching = false;
     }
   }
 
@@ -151,15 +162,16 @@ export class HybridClusterLink implements EdgeWatch {
       return;
     }
     let sent: boolean;
-    let watch: RemoteDialWatch | undefined;
+    let watch: RemoteDialWatch | RemoteHttpRelay | undefined;
     if (m.op === 'hc.accept') {
       if (m.node !== undefined) watch = new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
       sent = channel.send(noticeForListener({ accept: m.accept }));
     } else {
       // A full request may be answered on the control channel, here; a notice
       // to fetch a large one is answered on the rendezvous at the sender's node.
+      // Both are watched: a sender that leaves (or times out) before the answer frees the listener's side at once.
       if (m.request.requestTarget !== undefined) {
-        new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
+        watch = new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       } else {
         watch = new RemoteDialWatch(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       }
@@ -180,7 +192,13 @@ export class HybridClusterLink implements EdgeWatch {
       this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage(answer, body));
     } catch (err) {
       this.log.warn({ event: 'bus.answer_failed', node, err: (err as Error).message });
-      this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.failed', id: answer.id, code: 'BadListenerResponse' }));
+      if (answer.op === 'hc.failed' || (err instanceof BusError && err.code !== 'TooLarge')) return;
+      // An answer too large for the bus: the sender hears that the listener's response could not be relayed.
+      try {
+        this.bus.publish(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.failed', id: answer.id, code: 'BadListenerResponse' }));
+      } catch {
+        // The bus is away: the sender's edge times the request out (504).
+      }
     }
   }
 
@@ -199,6 +217,8 @@ export class HybridClusterLink implements EdgeWatch {
       return;
     }
     const m = decoded.message;
+    // The listener's edge forgot the request as it sent this: no `hc.done` is owed when the exchange finishes.
+    this.answered(m.id);
     if (m.op === 'hc.failed') return m.code === 'ListenerGone' ? exchange.listenerLost() : exchange.fail(m.code);
     const consume = exchange.onControlResponse(m.response);
     if (m.response.body) consume?.(decoded.body);
@@ -261,7 +281,11 @@ class RemoteDialWatch implements ChannelExchange {
   }
 }
 
-/** On the listener's node: waits for the answer to a request routed from another node. */
+/**
+ * On the listener's node: waits for the answer to a request routed from another node, until the listener answers,
+ * the sender's node says `hc.done` (its sender left or timed out, or the answer came by rendezvous) or
+ * timeouts.httpResponseMs.
+ */
 class RemoteHttpRelay implements ChannelExchange {
   private readonly timer: NodeJS.Timeout;
 
@@ -273,6 +297,7 @@ class RemoteHttpRelay implements ChannelExchange {
     timeoutMs: number,
   ) {
     channel.exchanges.set(id, this);
+    link.dialWatches.set(id, this);
     // The sender's node times the request out itself; this only forgets it.
     this.timer = setTimeout(() => this.done(), timeoutMs);
     this.timer.unref();
@@ -300,8 +325,9 @@ class RemoteHttpRelay implements ChannelExchange {
     this.done();
   }
 
-  private done(): void {
+  done(): void {
     clearTimeout(this.timer);
-    this.channel.exchanges.delete(this.id);
+    if (this.channel.exchanges.get(this.id) === this) this.channel.exchanges.delete(this.id);
+    if (this.link.dialWatches.get(this.id) === this) this.link.dialWatches.delete(this.id);
   }
 }

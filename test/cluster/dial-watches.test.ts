@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { randomUUID } from 'node:crypto';
+import { connect as netConnect } from 'node:net';
 import { connect } from 'nats';
 import { encodeEdgeMessage } from '../../src/bus/messages.ts';
 import { Subjects } from '../../src/bus/subjects.ts';
@@ -121,6 +122,49 @@ describe("a listener's edge watching a listener told to dial another edge", () =
     await until(() => waiting(a) === 1, 5000, "A's watch");
     sender.terminate();
     await until(() => waiting(a) === 0, 5000, `A's watch to end (${waiting(a)} left)`);
+  });
+
+  it('forgets a request sent whole to the listener once its sender left, and one the listener answered', async (t) => {
+    const listenUrl = wsUrl(a.url, '/$hc/abandoned?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = `${b.url}/abandoned/x`;
+    const sender = netConnect(b.port, '127.0.0.1');
+    sender.on('error', () => {});
+    t.after(() => sender.destroy());
+    sender.write(`POST /abandoned/x HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${tokenFor(url)}\r\nContent-Length: 5\r\n\r\nsmall`);
+    const { request } = await listener.next<{ request: { id: string; requestTarget?: string; body: boolean } }>();
+    assert.equal(request.requestTarget, '/abandoned/x', 'sent whole on the control channel');
+    assert.equal(String(await listener.next()), 'small', 'its body, in the frame after');
+    await until(() => waiting(a) === 1, 5000, "A's relay of the request");
+    sender.destroy();
+    // Before: A kept the request (a timer and an entry on the channel) for httpResponseMs (30 s) after B had forgotten it.
+    await until(() => waiting(a) === 0, 5000, `A to forget the request (${waiting(a)} left)`);
+
+    // Answered: gone on both sides, and B owes A nothing (no hc.done for what A forgot as it answered).
+    const answered = httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url) }, body: Buffer.from('small'), timeoutMs: 10000 });
+    const next = await listener.next<{ request: { id: string } }>();
+    await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: next.request.id, statusCode: 200, body: false } }));
+    assert.equal((await answered).status, 200);
+    assert.equal(waiting(a), 0);
+  });
+
+  it('drains an edge whose listener still holds a request routed from another edge: no crash, the sender hears 502', async (t) => {
+    // A third edge, closed by the test; its listener never answers.
+    const c = await startTestRelay(t, edgeOverrides('edge-c', [natsUrl], { timeouts: { ...timeouts, shutdownMs: 300 } }));
+    await until(() => c.bus.connected, 10000, 'C on NATS');
+    const listenUrl = wsUrl(c.url, '/$hc/drained?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const url = `${b.url}/drained/x`;
+    const pending = httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 10000 });
+    await listener.next();
+    // An edge process died here (exit 70) when the listener's channel closed in the last part of the NATS drain: its
+    // answer to the sender threw CONNECTION_DRAINING (timing-dependent; test/bus/nats-bus.test.ts makes it certain).
+    await withTimeout(c.close(), 5000, "C's drain");
+    const answered = await pending;
+    assert.equal(answered.status, 502, answered.body.toString());
   });
 
   it('stops once the listener fetched and answered a large request', async (t) => {
