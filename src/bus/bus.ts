@@ -25,6 +25,11 @@ export class BusError extends Error {
   }
 }
 
+/** A message the bus cannot carry (NATS's max_payload, envelope included): it says how large each is. */
+export function tooLargeForBus(bytes: number, maxPayload: number): BusError {
+  return new BusError('TooLarge', `the message takes ${bytes} bytes on the bus, more than its NATS server's max_payload (${maxPayload})`);
+}
+
 export interface GatherOptions {
   /** Stop waiting this long after the request, whatever came. */
   maxWaitMs: number;

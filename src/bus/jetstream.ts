@@ -29,6 +29,7 @@ import {
   type NatsError,
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
+import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
 import { StorePublisher } from './stream-publisher.ts';
 
@@ -427,9 +428,12 @@ export class JetStreamAccess {
    * Stores one message; resolves with its stream sequence once JetStream
    * acknowledged it. Retries with the same message id (the stream drops a
    * repeat within its duplicate window) until publishTimeoutMs; throws
-   * StoreError with the reason when it could not be stored.
+   * StoreError with the reason when it could not be stored, BusError('TooLarge') at once for a message over the
+   * server's max_payload.
    */
   async publish(subject: string, data: Uint8Array, msgId: string): Promise<{ seq: number; duplicate: boolean }> {
+    // Never stored, however often tried: refused at once, not as a store that failed (503 "try again").
+    if (data.length > this.bus.maxPayload) throw tooLargeForBus(data.length, this.bus.maxPayload);
     const deadline = Date.now() + this.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
     for (;;) {

@@ -153,7 +153,8 @@ export class NatsBus implements Bus {
   private setConnected(connected: boolean, server: string): void {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
-    this.log[connected ? 'info' : 'warn']({ event: connected ? 'bus.connected' : 'bus.disconnected', server });
+    if (connected) this.log.info({ event: 'bus.connected', server, maxPayload: this.maxPayload });
+    else this.log.warn({ event: 'bus.disconnected', server });
     if (connected && this.dropped > 0) {
       this.log.warn({ event: 'bus.dropped_while_disconnected', messages: this.dropped });
       this.dropped = 0;

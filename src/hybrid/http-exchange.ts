@@ -187,13 +187,26 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     const chunked = this.req.headers['transfer-encoding'] !== undefined;
     if (!chunked && (length === undefined || length === 0)) {
       this.dispatchOnControlChannel(undefined);
-    } else if (!chunked && length !== undefined && length <= this.ctx.config.limits.controlMessageBytes) {
+    } else if (!chunked && length !== undefined && length <= this.ctx.config.limits.controlMessageBytes && this.fitsOneNotice(length)) {
       this.readSmallBody(length);
     } else {
-      // Large or of unknown length: the listener fetches it over a rendezvous.
+      // Large, of unknown length, or too large for the bus with its notice: the listener fetches it over a rendezvous.
       this.deliver({ request: { address: this.address(), id: this.id } });
       this.log.debug({ event: 'http.rendezvous_requested', via: this.route.via });
     }
+  }
+
+  /**
+   * Whether a body of `length` bytes goes in one message with its notice on this route: always on a control channel
+   * here; over the bus, within its max_payload (before, a body past it failed 400 BadRequest on another edge only).
+   * The notice's size is bounded from above: its headers and target twice over (JSON escapes, UTF-8) and 2 KiB.
+   */
+  private fitsOneNotice(length: number): boolean {
+    const limit = this.route.maxMessageBytes;
+    if (limit === Infinity) return true;
+    let head = 2048 + 2 * this.requestTarget.length;
+    for (const field of this.req.rawHeaders) head += 2 * field.length + 8;
+    return length + head <= limit;
   }
 
   private address(): string {

@@ -33,6 +33,8 @@ export interface ListenerRoute {
   untrack(id: string): void;
   /** For logs: the control channel's id, or `bus`. */
   readonly via: string;
+  /** The largest notice, body included, the route carries in one message (over the bus: its max_payload). */
+  readonly maxMessageBytes: number;
 }
 
 export class LocalRoute implements ListenerRoute {
@@ -45,6 +47,9 @@ export class LocalRoute implements ListenerRoute {
   get via(): string {
     return this.channel.id;
   }
+
+  /** A control channel takes what limits.controlMessageBytes allows; the route adds nothing to that. */
+  readonly maxMessageBytes = Infinity;
 
   deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined> {
     return Promise.resolve(this.channel.send(noticeForListener(notice), body) ? undefined : 'ListenerGone');
@@ -98,6 +103,10 @@ export class RemoteRoute implements ListenerRoute {
   private readonly tracked = new Map<string, ChannelExchange>();
   /** Id -> the listener's edge it was routed to. */
   private readonly routedTo = new Map<string, string>();
+
+  get maxMessageBytes(): number {
+    return this.options.bus.maxPayload;
+  }
 
   constructor(
     private readonly entity: HybridEntity,

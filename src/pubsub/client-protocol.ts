@@ -14,6 +14,7 @@
 // clients and to the event handler, is the data's own text from the frame
 // (rawMemberText). Re-encoding the parsed value turned 12345678901234567890
 // into 12345678901234567000, 1.10 into 1.1 and 1e400 into null.
+import { BusError } from '../bus/bus.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
@@ -190,7 +191,9 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
     },
     (err: Error) => {
       if (ackId !== undefined) connection.forgetAckId(ackId);
-      if (!connection.ended) ack(ctx, connection, ackId, 'InternalServerError', err.message);
+      // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
+      const tooLarge = err instanceof BusError && err.code === 'TooLarge';
+      if (!connection.ended) ack(ctx, connection, ackId, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
     },
   );
 }

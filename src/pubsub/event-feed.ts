@@ -6,7 +6,7 @@
 // to reach (the memory bus), ReplayingFeed (replaying-feed.ts) on core NATS.
 import { randomBytes } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
-import { encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
+import type { PsSend } from '../bus/messages.ts';
 
 /** Delivers one event from another edge to a hub's local members. */
 export type DeliverEvent = (event: PsSend, body: Buffer) => void;
@@ -14,8 +14,8 @@ export type DeliverEvent = (event: PsSend, body: Buffer) => void;
 export interface EventFeed {
   /** A new cluster-wide event id, `origin:counter` (origin: this edge process). */
   nextMid(): string;
-  /** Sends an event this edge accepted (and delivered to its own members) to the other edges. */
-  publish(subject: string, event: PsSend, body: Buffer): void;
+  /** Sends an event this edge accepted (and delivered to its own members) to the other edges: its ps.send envelope. */
+  publish(subject: string, mid: string, data: Uint8Array): void;
   /** An event another edge published, as the bus brought it. */
   receive(event: PsSend, body: Buffer): void;
   /** Where the events of one hub (by lower-case name) go. */
@@ -51,8 +51,8 @@ export class DirectFeed implements EventFeed {
     return `${this.origin}:${++this.counter}`;
   }
 
-  publish(subject: string, event: PsSend, body: Buffer): void {
-    this.bus.publish(subject, encodeEdgeMessage(event, body));
+  publish(subject: string, _mid: string, data: Uint8Array): void {
+    this.bus.publish(subject, data);
   }
 
   receive(event: PsSend, body: Buffer): void {

@@ -10,7 +10,7 @@
 // list, close, membership, permissions) gather the other nodes' answers: one
 // about a connection from the edge holding it, the others from every edge of
 // the hub's roster (hub-roster.ts), however late each answers.
-import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import { BusError, respond, tooLargeForBus, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope } from '../bus/envelope.ts';
 import {
   decodeEdgeMessage,
@@ -67,6 +67,7 @@ export type PermissionOutcome = 'applied' | 'absent' | 'full';
 export type SendResult = 'sent' | 'duplicate';
 
 const SENT: Promise<SendResult> = Promise.resolve('sent');
+
 
 /**
  * A durable hub's event path (stream-events.ts): sends and membership
@@ -228,14 +229,20 @@ export class ClusterHub {
     if (this.durable) return this.durable.send(target, message, excluded, msgId, filter);
     const mid = this.deps.feed.nextMid();
     const at = Date.now();
+    const crosses = this.deps.bus.reachesOtherNodes && !(target.kind === 'connection' && this.local.connections.has(target.name));
+    let data: Uint8Array | undefined;
+    if (crosses) {
+      const { dataJson, ...rest } = message;
+      const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], filter: filter?.text, message: rest };
+      data = encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8'));
+      // Refused whole, before anyone has it: members here only would be a silent loss on every other edge.
+      if (data.length > this.deps.bus.maxPayload) return Promise.reject(tooLargeForBus(data.length, this.deps.bus.maxPayload));
+    }
     const sequence = this.memoryHistory && target.kind === 'group' ? this.memoryHistory.append(target.name, message, at) : undefined;
     this.delivered(this.local.deliver(target, new SharedMessage(message, mid, 0, sequence), excluded, filter), at, 'local');
-    if (!this.deps.bus.reachesOtherNodes) return SENT;
-    if (target.kind === 'connection' && this.local.connections.has(target.name)) return SENT;
-    const { dataJson, ...rest } = message;
-    const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], filter: filter?.text, message: rest };
+    if (!data) return SENT;
     try {
-      this.deps.feed.publish(this.subjectOf(target), event, Buffer.from(dataJson, 'utf8'));
+      this.deps.feed.publish(this.subjectOf(target), mid, data);
     } catch (err) {
       this.deps.log.warn({ event: 'bus.publish_failed', hub: this.name, err: (err as Error).message });
     }

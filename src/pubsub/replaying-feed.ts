@@ -124,10 +124,9 @@ export class ReplayingFeed implements EventFeed {
   }
 
   /** Publishes an event this edge accepted, and logs it for edges that miss it. */
-  publish(subject: string, event: PsSend, body: Buffer): void {
-    const data = encodeEdgeMessage(event, body);
+  publish(subject: string, mid: string, data: Uint8Array): void {
     this.bus.publish(subject, data);
-    this.record(event.mid, subject, data);
+    this.record(mid, subject, data);
   }
 
   /** An event from another edge: delivered once, in order per origin; held while a replay runs. */

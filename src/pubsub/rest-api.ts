@@ -75,7 +75,7 @@ export function handleRestRequest(
   // acted on this node's connections only: 503 says so.
   dispatch(call).then(
     (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
-    (err) => respond(res, err instanceof BusError ? 'BusUnavailable' : err instanceof StoreError ? 'StoreUnavailable' : 'BadRequest', call.method, err),
+    (err) => respond(res, restErrorCode(err), call.method, err),
   );
 }
 
@@ -104,6 +104,12 @@ function sendRaw(res: ServerResponse, text: string): void {
   res.end(text);
 }
 
+/** How a REST call that failed is answered: the bus or the store away (503), or a message the bus cannot carry (413). */
+function restErrorCode(err: unknown): PubSubErrorCode {
+  if (err instanceof BusError) return err.code === 'TooLarge' ? 'BusPayloadTooLarge' : 'BusUnavailable';
+  return err instanceof StoreError ? 'StoreUnavailable' : 'BadRequest';
+}
+
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
   if (typeof answer === 'object' && 'code' in answer) {
@@ -115,8 +121,9 @@ function respond(res: ServerResponse, answer: Answer, method: string, err?: Erro
       res.writeHead(PUBSUB_ERRORS[answer].status).end();
       return;
     }
-    // A store refusal says why (the reason JetStream gave).
-    return failRequest(res, answer, answer === 'StoreUnavailable' && err ? `${PUBSUB_ERRORS.StoreUnavailable.message} (${err.message})` : undefined);
+    // A store refusal says why (the reason JetStream gave); a message too large for the bus, how large each is.
+    const why = (answer === 'StoreUnavailable' || answer === 'BusPayloadTooLarge') && err ? `${PUBSUB_ERRORS[answer].message} (${err.message})` : undefined;
+    return failRequest(res, answer, why);
   }
   if (answer.body) return sendJson(res, answer.status, answer.body);
   res.writeHead(answer.status, { 'content-length': '0' }).end();

@@ -193,6 +193,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     log.warn({ event: 'config.public_url_guessed', publicUrl }, 'set publicUrl: listeners on other hosts cannot dial 127.0.0.1');
   }
   const bus = createBus(config, log);
+  bus.onConnectionChange((connected) => {
+    // An event that fits limits.pubsubMessageBytes but not the server's max_payload is refused (413, ack BadRequest).
+    const { pubsubMessageBytes } = config.limits;
+    if (connected && bus.maxPayload < pubsubMessageBytes) {
+      log.warn({ event: 'bus.max_payload_below_limits', maxPayload: bus.maxPayload, pubsubMessageBytes }, "events larger than the NATS server's max_payload are refused: raise max_payload");
+    }
+  });
   const subjects = new Subjects(config.bus.subjectPrefix);
   let jetstream = createJetStream(bus, config, log);
   const worker = options.worker;

@@ -7,7 +7,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { Bus } from '../../src/bus/bus.ts';
 import { MemoryBus } from '../../src/bus/memory.ts';
-import { decodeEdgeMessage, type PsSend } from '../../src/bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../../src/bus/messages.ts';
 import { ReplayingFeed, parseMid } from '../../src/pubsub/replaying-feed.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
@@ -43,7 +43,7 @@ describe('the replay log of a core NATS hub', () => {
     const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
     const publish = (bytes: number) => {
       const event: PsSend = { op: 'ps.send', origin: 'n1', mid: feed.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
-      feed.publish('relay.ps.chat.all', event, Buffer.alloc(bytes, 0x61));
+      feed.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.alloc(bytes, 0x61)));
     };
     gc();
     const before = process.memoryUsage().arrayBuffers;
@@ -149,7 +149,7 @@ describe('an outage after a quiet peer was forgotten', () => {
       if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
     });
     const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
-    publisher.publish('relay.ps.chat.all', event, Buffer.from('x'));
+    publisher.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.from('x')));
     await until(() => got.length === 1, 2000, 'the event');
     const replayed = (side: 'a' | 'b') => until(() => logs[side].events().includes('bus.replayed'), 5000, `edge ${side}'s replay`);
     return { a, b, receiver, got, event, replayed };

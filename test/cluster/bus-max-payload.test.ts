@@ -1,0 +1,103 @@
+// What NATS's max_payload (here 64 KiB, below limits.pubsubMessageBytes) does
+// to messages that must cross it: a pub/sub event that fits the relay's limit
+// but not the bus is refused before anyone has it (REST 413
+// BusPayloadTooLarge, the client's ack BadRequest), on core NATS and on a
+// durable hub; a relayed HTTP request's body too large to go with its notice
+// is fetched by the listener over a rendezvous. Two edges in this process on
+// one nats-server started with that max_payload.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { signJwt } from '../../src/auth/jwt.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { Cleanup } from '../helpers/cleanup.ts';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { captureLogger, startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
+
+const MAX_PAYLOAD = 65536;
+/** `chat` on core NATS, `other` durable (JetStream). */
+const hubs = {
+  pubsub: {
+    hubs: [
+      { name: HUB, accessKey: HUB_KEY, durable: false },
+      { name: OTHER_HUB, accessKey: OTHER_HUB_KEY },
+    ],
+  },
+};
+
+describe("NATS's max_payload below the relay's limits", () => {
+  const cleanup = new Cleanup();
+  let a: RunningRelay, b: RunningRelay;
+  const logA = captureLogger('info');
+  before(async () => {
+    const nats = await startNatsServer(cleanup, 'n1', undefined, { config: `max_payload: ${MAX_PAYLOAD}\n` });
+    a = await startTestRelay(cleanup, edgeOverrides('edge-a', [nats.url], hubs), { log: logA.log });
+    b = await startTestRelay(cleanup, edgeOverrides('edge-b', [nats.url], hubs));
+    await until(() => a.bus.connected && b.bus.connected && a.bus.maxPayload === MAX_PAYLOAD, 10000, 'both edges on NATS');
+  });
+  after(() => cleanup.run());
+
+  it('says so when an edge connects', () => {
+    const warning = logA.lines().find((e) => e.event === 'bus.max_payload_below_limits');
+    assert.ok(warning, 'logged');
+    assert.equal(warning.maxPayload, MAX_PAYLOAD);
+  });
+
+  for (const hub of [HUB, OTHER_HUB]) {
+    it(`refuses an event too large for the bus before anyone has it (${hub === HUB ? 'core NATS' : 'durable hub'})`, async (t) => {
+      const group = `big-${hub}`;
+      const sender = await RawPubSubClient.connect(accessUrl(a.url, { hub, userId: 'sender' }), PLAIN, t);
+      const local = await RawPubSubClient.connect(accessUrl(a.url, { hub, userId: 'local' }), PLAIN, t);
+      const remote = await RawPubSubClient.connect(accessUrl(b.url, { hub, userId: 'remote' }), PLAIN, t);
+      for (const client of [local, remote]) assert.equal((await client.request({ type: 'joinGroup', group })).success, true);
+      await untilAnswered(async () => {
+        await sender.request({ type: 'sendToGroup', group, dataType: 'text', data: 'probe' });
+        return remote.messages.some((m) => m.type === 'message' && m.data === 'probe');
+      }, 5000, 'a small event to cross');
+
+      const big = 'x'.repeat(100 * 1024);
+      const ack = await sender.request({ type: 'sendToGroup', group, dataType: 'text', data: big }, 10000);
+      // Before: core NATS acked success and only `local` had it; a durable hub answered InternalServerError (retry).
+      assert.equal(ack.success, false);
+      assert.equal(ack.error.name, 'BadRequest');
+      assert.match(ack.error.message, /max_payload \(65536\)/);
+
+      const path = `/api/hubs/${hub}/groups/${group}/:send`;
+      const key = hub === HUB ? HUB_KEY : OTHER_HUB_KEY;
+      const rest = await httpRequest(`${a.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: `${a.url}${path}` }, key, 600)}` },
+        body: Buffer.from(big),
+      });
+      assert.equal(rest.status, 413, rest.body.toString());
+      assert.equal(JSON.parse(rest.body.toString()).code, 'BusPayloadTooLarge');
+
+      // A small one after: the last either member got (nothing of the refused two reached anyone).
+      await sender.request({ type: 'sendToGroup', group, dataType: 'text', data: 'after' });
+      for (const client of [local, remote]) {
+        await client.waitFor((m) => m.type === 'message' && m.data === 'after', 5000, 'the event after');
+        assert.ok(!client.messages.some((m) => m.type === 'message' && m.data.length > 1000), 'the refused event reached a member');
+      }
+    });
+  }
+
+  it('has the listener fetch a request body too large for the bus with its notice', async (t) => {
+    await startHycoHttpsListener(t, a.url, (req, res) => {
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => (bytes += chunk.length));
+      req.on('end', () => res.end(String(bytes)));
+    }, 'upload');
+    const size = MAX_PAYLOAD - 100;
+    for (const edge of [a, b]) {
+      const url = `${edge.url}/upload/x`;
+      // Before: through B (the bus) 400 BadRequest "Malformed request"; through A, the listener's own edge, 200.
+      const answer = await httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url) }, body: Buffer.alloc(size, 97), timeoutMs: 10000 });
+      assert.equal(answer.status, 200, answer.body.toString());
+      assert.equal(answer.body.toString(), String(size));
+    }
+  });
+});
