@@ -35,6 +35,10 @@ export interface ReplayingFeedOptions {
 
 /** When asking an edge never heard from, start this long before the disconnect (clocks differ). */
 const CLOCK_MARGIN_MS = 1000;
+/** Room left in an answer for its own header (its list of entries is at most half the max_payload's budget short). */
+const REPLAYED_HEADER_BYTES = 1024;
+/** Rounds of a replay at most (each brings up to half the bus's max_payload from every edge with more to send). */
+const MAX_REPLAY_ROUNDS = 1000;
 
 interface Logged {
   counter: number;
@@ -217,30 +221,43 @@ export class ReplayingFeed implements EventFeed {
     this.held ??= [];
     let replayed = 0;
     try {
-      const request = encodeEdgeMessage({
-        op: 'ps.replay',
-        origin: this.origin,
-        since: Object.fromEntries(this.delivered),
-        after: disconnectedAt - CLOCK_MARGIN_MS,
-      });
-      const answers = await this.bus.gather(this.options.subject, request, {
-        maxWaitMs: this.options.requestTimeoutMs,
-        stallMs: this.options.gatherStallMs,
-      });
-      for (const answer of answers) {
-        const envelope = decodeEdgeMessage(answer, 'ps.replayed');
-        if (!envelope) continue;
-        const h = envelope.message;
-        if (h.truncated) this.log.warn({ event: 'bus.replay_truncated' });
-        let offset = 0;
-        for (const entry of h.entries) {
-          if (offset + entry.length > envelope.body.length) break;
-          const event = decodeEdgeMessage(envelope.body.subarray(offset, offset + entry.length), 'ps.send');
-          if (event) {
-            replayed++;
-            this.admitNow(event.message.mid, () => this.deliver(event.message, event.body));
+      // An answer holds up to half the bus's max_payload: an edge with more to send says `truncated`, and is asked
+      // again from the last event delivered from it (before: the rest was lost, and what was held went out after the gap).
+      for (let round = 1; ; round++) {
+        const request = encodeEdgeMessage({
+          op: 'ps.replay',
+          origin: this.origin,
+          since: Object.fromEntries(this.delivered),
+          after: disconnectedAt - CLOCK_MARGIN_MS,
+        });
+        const answers = await this.bus.gather(this.options.subject, request, {
+          maxWaitMs: this.options.requestTimeoutMs,
+          stallMs: this.options.gatherStallMs,
+        });
+        let truncated = false;
+        let delivered = 0;
+        for (const answer of answers) {
+          const envelope = decodeEdgeMessage(answer, 'ps.replayed');
+          if (!envelope) continue;
+          const h = envelope.message;
+          if (h.truncated) truncated = true;
+          let offset = 0;
+          for (const entry of h.entries) {
+            if (offset + entry.length > envelope.body.length) break;
+            const event = decodeEdgeMessage(envelope.body.subarray(offset, offset + entry.length), 'ps.send');
+            if (event) {
+              delivered++;
+              this.admitNow(event.message.mid, () => this.deliver(event.message, event.body));
+            }
+            offset += entry.length;
           }
-          offset += entry.length;
+        }
+        replayed += delivered;
+        if (!truncated) break;
+        // Every answer carries at least one event: a round that brought none would be asked again for ever.
+        if (delivered === 0 || round >= MAX_REPLAY_ROUNDS) {
+          this.log.warn({ event: 'bus.replay_truncated', rounds: round });
+          break;
         }
       }
     } catch (err) {
@@ -258,23 +275,40 @@ export class ReplayingFeed implements EventFeed {
    * ps.send envelopes: what a session moving between edges may have missed.
    */
   async publishedSince(after: number): Promise<Uint8Array[]> {
-    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since: {}, after });
-    const answers = await this.bus.gather(this.options.subject, request, {
-      maxWaitMs: this.options.requestTimeoutMs,
-      stallMs: this.options.gatherStallMs,
-    });
     const out: Uint8Array[] = [];
-    for (const answer of answers) {
-      const envelope = decodeEdgeMessage(answer, 'ps.replayed');
-      if (!envelope) continue;
-      let offset = 0;
-      for (const entry of envelope.message.entries) {
-        if (offset + entry.length > envelope.body.length) break;
-        out.push(envelope.body.subarray(offset, offset + entry.length));
-        offset += entry.length;
+    // Per origin, the last event had: an edge whose answer was truncated is asked again from there.
+    const since: Record<string, number> = {};
+    for (let round = 1; ; round++) {
+      const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after });
+      const answers = await this.bus.gather(this.options.subject, request, {
+        maxWaitMs: this.options.requestTimeoutMs,
+        stallMs: this.options.gatherStallMs,
+      });
+      let truncated = false;
+      let got = 0;
+      for (const answer of answers) {
+        const envelope = decodeEdgeMessage(answer, 'ps.replayed');
+        if (!envelope) continue;
+        if (envelope.message.truncated) truncated = true;
+        let offset = 0;
+        for (const entry of envelope.message.entries) {
+          if (offset + entry.length > envelope.body.length) break;
+          const data = envelope.body.subarray(offset, offset + entry.length);
+          offset += entry.length;
+          const mid = decodeEdgeMessage(data, 'ps.send')?.message.mid;
+          const parsed = mid === undefined ? undefined : parseMid(mid);
+          if (!parsed || (since[parsed.origin] ?? 0) >= parsed.counter) continue;
+          since[parsed.origin] = parsed.counter;
+          out.push(data);
+          got++;
+        }
+      }
+      if (!truncated) return out;
+      if (got === 0 || round >= MAX_REPLAY_ROUNDS) {
+        this.log.warn({ event: 'bus.replay_truncated', rounds: round });
+        return out;
       }
     }
-    return out;
   }
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */
@@ -295,7 +329,13 @@ export class ReplayingFeed implements EventFeed {
       const e = this.entries[i];
       if (e.mono < oldest) continue;
       if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
-      if (bytes + e.data.length > budget) {
+      // The first event goes whatever its size (it crossed the bus once), so an answer always brings the asker further;
+      // one that leaves no room for the answer's own header cannot be replayed.
+      if (entries.length === 0 && e.data.length > this.bus.maxPayload - REPLAYED_HEADER_BYTES) {
+        this.log.warn({ event: 'bus.replay_event_too_large', bytes: e.data.length });
+        continue;
+      }
+      if (entries.length > 0 && bytes + e.data.length > budget) {
         truncated = true;
         break;
       }

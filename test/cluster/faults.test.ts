@@ -144,6 +144,9 @@ describe('faults', () => {
     sub.groupData.length = 0;
     await publish(100);
     await until(() => numbers(sub.groupData).includes(100), 5000, 'steady traffic before the kill');
+    // 640 KiB to a group A has no member in, in B's log: more than one replay answer holds (half of NATS's 1 MiB
+    // max_payload). Before: B's answer stopped there, marked truncated, and A never asked for the rest (events lost).
+    for (let i = 0; i < 10; i++) await publisher.group('nobody-here').sendToAll('z'.repeat(64 * 1024), { contentType: 'text/plain' });
     const beforeKill = n;
 
     await nats[0].kill();

@@ -173,6 +173,46 @@ describe('an outage after a quiet peer was forgotten', () => {
     });
   }
 
+  it('asks again while the answers are truncated: a replay larger than one answer (half the max_payload) comes whole, in order', async (t) => {
+    // A bus carrying 4 KiB: each answer holds 2 KiB, and an event larger than that comes alone.
+    const shared = new MemoryBus({ maxPayload: 4096 });
+    t.after(() => shared.close());
+    const a = edgeView(shared);
+    const b = edgeView(shared);
+    const log = captureLogger('info');
+    const wide = (nodeId: string) => ({ ...options(nodeId), windowMs: 60000 });
+    const publisher = new ReplayingFeed(a.view, wide('a'), createLogger('silent', 'test'));
+    const receiver = new ReplayingFeed(b.view, wide('b'), log.log);
+    t.after(() => (publisher.close(), receiver.close()));
+    const got: [string, number][] = [];
+    receiver.register('chat', (event, body) => got.push([event.mid, body.length]));
+    shared.subscribe('relay.ps.chat.all', (m) => {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
+    });
+    const publish = (bytes: number) => {
+      const event: PsSend = { op: 'ps.send', origin: 'a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      publisher.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.alloc(bytes, 0x61)));
+    };
+    publish(10);
+    await until(() => got.length === 1, 2000, 'the first event');
+    b.set(false);
+    for (let i = 0; i < 20; i++) publish(1000);
+    publish(2500);
+    publish(10);
+    // The memory bus delivers on a later turn: the receiver is still away then, and drops them.
+    await new Promise((r) => setTimeout(r, 50));
+    b.set(true);
+    await until(() => log.events().includes('bus.replayed'), 5000, "the receiver's replay");
+    // Before: the first answer.s two events, then nothing (truncated, never asked again): 20 lost.
+    assert.deepEqual(
+      got.map(([mid]) => parseMid(mid)!.counter),
+      Array.from({ length: 23 }, (_, i) => i + 1),
+    );
+    assert.deepEqual(got.slice(21).map(([, bytes]) => bytes), [2500, 10]);
+    assert.ok(!log.events().includes('bus.replay_truncated'));
+  });
+
   it('keeps its window on a steady clock: a wall clock stepped back does not bring an event round again', async (t) => {
     const { a, receiver, got, event, replayed } = await afterOneEvent(t);
     await new Promise((r) => setTimeout(r, 150));
