@@ -8,7 +8,7 @@ import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 import { replaceSignalHandler } from './signal-handlers.ts';
-import { announceReady, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { WorkerStartError, announceReady, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -44,6 +44,22 @@ const EX_SOFTWARE = 70;
 const CRASH_FLUSH_MS = 1000;
 
 export async function serve(argv: string[]): Promise<number> {
+  if (workerIndex() === undefined) return serveCommand(argv);
+  // A worker ends with its command, however it ends: its channel to the primary would keep it alive (a worker that
+  // could not start, a bad config or certificate, stayed for good; the primary neither failed nor started it again).
+  let code: number;
+  try {
+    code = await serveCommand(argv);
+  } catch (err) {
+    process.stderr.write(`edge-relay: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    code = 1;
+  }
+  if (code !== 0) process.exit(code);
+  if (process.connected) process.disconnect();
+  return code;
+}
+
+async function serveCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -100,7 +116,8 @@ export async function serve(argv: string[]): Promise<number> {
     throw err;
   }
   // An empty EDGE_RELAY_WORKERS is unset, as every EDGE_RELAY_* variable (config/load.ts).
-  const workers = Number(values.workers ?? (process.env.EDGE_RELAY_WORKERS || undefined) ?? 1);
+  const workersText = values.workers ?? (process.env.EDGE_RELAY_WORKERS || undefined) ?? '1';
+  const workers = /^[0-9]{1,3}$/.test(workersText) ? Number(workersText) : NaN;
   if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
     process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
     return 2;
@@ -148,7 +165,7 @@ export async function serve(argv: string[]): Promise<number> {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }
-  if (worker !== undefined) announceReady(relay.url, relay.privatePort);
+  if (worker !== undefined) announceReady(relay.url, relay.privateSocket!);
   else process.stdout.write(`listening on ${relay.url}\n`);
   running = relay;
   const started = relay;
@@ -182,8 +199,6 @@ export async function serve(argv: string[]): Promise<number> {
     process.on('SIGINT', onInt);
   });
   log.flush();
-  // A worker's channel to the primary would keep it alive.
-  if (worker !== undefined) process.disconnect?.();
   return stopFailed ? EX_SOFTWARE : 0;
 }
 
@@ -198,7 +213,7 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
   }
-  const cluster = startWorkers(count);
+  const cluster = startWorkers(count, config.nodeId);
   let stopping = false;
   // Each worker reloads its config and certificates (not once they drain). In place before the
   // workers listen: a SIGHUP meanwhile would end this process (a worker still starting is not sent it).
@@ -211,21 +226,24 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
   } catch (err) {
     process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
     await cluster.stop('SIGKILL', 0);
-    return 1;
+    // The worker's own code: 78 for a config or certificate it could not use, as a single edge says.
+    return err instanceof WorkerStartError ? err.exitCode : 1;
   }
   process.stdout.write(`listening on ${url} (${count} workers)\n`);
-  await new Promise<void>((resolve) => {
+  const clean = await new Promise<boolean>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
       stopping = true;
       process.off('SIGTERM', onTerm);
       process.off('SIGINT', onInt);
       // Each worker drains for up to timeouts.shutdownMs; past a little more, what is left is cut.
-      cluster.stop(signal, config.timeouts.shutdownMs + 5000).then(resolve, resolve);
+      cluster.stop(signal, config.timeouts.shutdownMs + 5000).then(resolve, () => resolve(false));
     };
     const onTerm = () => stop('SIGTERM');
     const onInt = () => stop('SIGINT');
     process.on('SIGTERM', onTerm);
     process.on('SIGINT', onInt);
   });
-  return 0;
+  // A worker cut past its drain, or whose stop failed, ends the command with EX_SOFTWARE, as a single edge's would.
+  if (!clean) process.stderr.write('edge-relay: a worker did not stop cleanly (cut past its drain, or its stop failed)\n');
+  return clean ? 0 : EX_SOFTWARE;
 }

@@ -1,6 +1,7 @@
 // The one HTTP server of an edge node (HTTPS with listen.tls): routes plain
 // requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
 // ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
+import { rmSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -27,7 +28,7 @@ import { ListenerPresence } from './listener-presence.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
-import { handOff, onHandOff, relayedByWorker } from './worker-cluster.ts';
+import { handOff, onHandOff, privateSocketPath, relayedByWorker } from './worker-cluster.ts';
 import { createTlsServer } from './tls.ts';
 import { ProxyTrust } from './trust-proxy.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
@@ -89,8 +90,8 @@ export interface RunningRelay {
   bus: Bus;
   /** Set when durable hubs keep their events in JetStream. */
   readonly jetstream: JetStreamAccess | undefined;
-  /** A worker's private port on 127.0.0.1 for legs the other workers relay (0 when not a worker). */
-  privatePort: number;
+  /** A worker's private socket (a path in the workers' own folder) for legs the other workers relay; undefined when not a worker. */
+  privateSocket: string | undefined;
   metrics: RelayMetrics;
   /**
    * Reads the config again (SIGHUP, POST /$relay/reload) and applies it, and
@@ -318,20 +319,29 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   };
   server.on('upgrade', onUpgrade);
 
-  // A worker of `serve --workers` also listens on a private port on 127.0.0.1
-  // for TLS legs the other workers relay to it; only they know its secret.
-  let privatePort = 0;
-  const privateServer = worker === undefined ? undefined : createServer(httpOptions);
-  if (privateServer) {
+  // A worker of `serve --workers` also listens on a private Unix socket, in a
+  // folder only this user may use, for TLS legs the other workers relay to it;
+  // only they know its secret. (A TCP port on 127.0.0.1 was free for any local
+  // process to bind once its worker died: the next relayed leg gave it the secret.)
+  const privateSocket = worker === undefined ? undefined : privateSocketPath(worker);
+  const privateServer = privateSocket === undefined ? undefined : createServer(httpOptions);
+  if (privateServer && privateSocket !== undefined) {
     privateServer.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
       if (!relayedByWorker(req)) return void socket.destroy();
       vouched.add(req);
       onUpgrade(req, socket, head);
     });
     privateServer.on('request', (_req: IncomingMessage, res: ServerResponse) => res.writeHead(404).end());
-    // Exclusive: in a cluster worker a plain listen(0) would share one port among all the workers.
-    await new Promise<void>((resolve) => privateServer.listen({ port: 0, host: '127.0.0.1', exclusive: true }, resolve));
-    privatePort = (privateServer.address() as AddressInfo).port;
+    // Exclusive: in a cluster worker a plain listen would be the primary's, shared among all the workers. The
+    // socket of this worker's predecessor under the same number (killed: nothing removed it) is removed first.
+    rmSync(privateSocket, { force: true });
+    await new Promise<void>((resolve, reject) => {
+      privateServer.once('error', reject);
+      privateServer.listen({ path: privateSocket, exclusive: true }, () => {
+        privateServer.off('error', reject);
+        resolve();
+      });
+    });
   }
 
   // A request Node could not take: a head over MAX_HEADER_BYTES (431), not
@@ -416,7 +426,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     get jetstream() {
       return jetstream;
     },
-    privatePort,
+    privateSocket,
     metrics,
     reload,
     close: async () => {

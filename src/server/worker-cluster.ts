@@ -6,11 +6,15 @@
 // (rendezvous ids name their worker) is sent, socket and all, to the worker
 // that owns it, which reads it as if it had accepted it itself. A TLS
 // connection cannot change process (its keys live in this one): it is relayed
-// instead, through the other worker's private port on 127.0.0.1, marked with
-// a secret the primary gave its workers.
+// instead, through the other worker's private Unix socket, in a folder the
+// primary made for its workers (mode 0700: no other user can bind a path
+// there), marked with a secret the primary gave its workers.
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -26,8 +30,8 @@ interface HandOff {
 interface Ready {
   kind: 'edge-relay.ready';
   url: string;
-  /** The worker's private port on 127.0.0.1, for connections relayed by the others. */
-  privatePort: number;
+  /** The worker's private socket, for connections relayed by the others. */
+  privateSocket: string;
 }
 
 /** A worker reloaded through POST /$relay/reload: the primary has the others reload too. */
@@ -35,23 +39,35 @@ interface ReloadOthers {
   kind: 'edge-relay.reload-others';
 }
 
-/** Every worker's private port, sent to each once all are up. */
+/** The private socket of every worker that listens, sent to each once all are up and whenever one comes or goes. */
 interface Peers {
   kind: 'edge-relay.peers';
-  ports: Record<number, number>;
+  sockets: Record<number, string>;
 }
 
 const WORKER_ENV = 'EDGE_RELAY_WORKER';
 const SECRET_ENV = 'EDGE_RELAY_HANDOFF_SECRET';
-/** The header a relayed connection's request carries on a private port. */
+/** The folder of the workers' private sockets (made by the primary, mode 0700). */
+const SOCKETS_ENV = 'EDGE_RELAY_HANDOFF_DIR';
+/** The node id the workers' names are made of: the primary's, as it resolved it (config/load.ts reads this variable). */
+const NODE_ID_ENV = 'EDGE_RELAY_NODE_ID';
+/** The header a relayed connection's request carries on a private socket. */
 const HANDOFF_HEADER = 'x-edge-relay-handoff';
-const peers = new Map<number, number>();
+/** In a worker: the other workers' private sockets, by worker number. */
+const peers = new Map<number, string>();
 
 /** This process's worker number (1..N) when it runs as a worker of `serve --workers`, else undefined. */
 export function workerIndex(): number | undefined {
   if (cluster.isPrimary) return undefined;
   const index = Number(process.env[WORKER_ENV]);
   return Number.isInteger(index) && index > 0 ? index : undefined;
+}
+
+/** In a worker: where worker `index` listens for connections relayed by the others. */
+export function privateSocketPath(index: number): string {
+  const dir = process.env[SOCKETS_ENV];
+  if (!dir) throw new Error(`${SOCKETS_ENV} is not set: a worker is started by serve --workers`);
+  return join(dir, `w${index}.sock`);
 }
 
 /** The request as it came, head and all, for another process to parse again. */
@@ -62,8 +78,12 @@ function requestBytes(req: IncomingMessage, head: Buffer, extraHeaders: string[]
   return Buffer.concat([Buffer.from(text + '\r\n', 'latin1'), head]);
 }
 
-/** In a worker: sends a connection to worker `to`; false when it cannot go. */
+/**
+ * In a worker: sends a connection to worker `to`; false when it cannot go: `to` is no worker that is up (a
+ * number past N, one that died), and the leg is answered here (404 RendezvousNotFound), not closed unanswered.
+ */
 export function handOff(to: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+  if (!peers.has(to)) return false;
   if ((socket as Socket & { encrypted?: boolean }).encrypted) return relayTo(to, req, socket, head);
   if (!process.send) return false;
   const message: HandOff = { kind: 'edge-relay.handoff', to, bytes: requestBytes(req, head).toString('base64') };
@@ -85,12 +105,12 @@ function letGoOfSent(socket: Socket): void {
   socket.destroy();
 }
 
-/** A TLS connection: its bytes go on, decrypted, to the other worker's private port, marked as relayed by a worker. */
+/** A TLS connection: its bytes go on, decrypted, to the other worker's private socket, marked as relayed by a worker. */
 function relayTo(to: number, req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-  const port = peers.get(to);
+  const path = peers.get(to);
   const secret = process.env[SECRET_ENV];
-  if (!port || !secret) return false;
-  const peer = connect(port, '127.0.0.1');
+  if (!path || !secret) return false;
+  const peer = connect(path);
   peer.setNoDelay(true);
   peer.write(requestBytes(req, head, [HANDOFF_HEADER, secret]));
   socket.pipe(peer);
@@ -106,7 +126,7 @@ function relayTo(to: number, req: IncomingMessage, socket: Duplex, head: Buffer)
   return true;
 }
 
-/** On a private port: true when the request was relayed by a worker of this command (the header is then removed). */
+/** On a private socket: true when the request was relayed by a worker of this command (the header is then removed). */
 export function relayedByWorker(req: IncomingMessage): boolean {
   const given = req.headers[HANDOFF_HEADER];
   const secret = process.env[SECRET_ENV];
@@ -125,13 +145,15 @@ export function onHandOff(adopt: (socket: Socket, bytes: Buffer) => void): void 
   });
 }
 
-/** In a worker: tells the primary this edge listens (and where others relay TLS connections to it), and learns the others' private ports. */
-export function announceReady(url: string, privatePort: number): void {
+/** In a worker: tells the primary this edge listens (and where others relay TLS connections to it), and learns the others' private sockets. */
+export function announceReady(url: string, privateSocket: string): void {
   process.on('message', (message: Peers) => {
     if (message?.kind !== 'edge-relay.peers') return;
-    for (const [index, port] of Object.entries(message.ports)) peers.set(Number(index), port);
+    // The whole table each time: a worker that died is gone from it until it is back.
+    peers.clear();
+    for (const [index, path] of Object.entries(message.sockets)) peers.set(Number(index), path);
   });
-  const message: Ready = { kind: 'edge-relay.ready', url, privatePort };
+  const message: Ready = { kind: 'edge-relay.ready', url, privateSocket };
   process.send?.(message);
 }
 
@@ -151,9 +173,13 @@ const RESTART_STABLE_MS = 60_000;
  * resolves with the listening URL once every worker is up, or rejects when
  * one exits first. Each worker runs this same command. A worker that exits
  * later (a crash, the OOM killer) is started again under the same number,
- * sooner the longer it had run, and the others learn its new private port.
+ * sooner the longer it had run; the others stop relaying to it while it is
+ * away. `ready` rejects with a WorkerStartError carrying the first worker's
+ * exit code; `stop` resolves true when every worker ended with 0. Each
+ * worker is the edge `nodeId`-wN: the primary's node id (its default has the
+ * primary's pid, not each worker's), so a worker started again keeps its name.
  */
-export function startWorkers(count: number): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<void> } {
+export function startWorkers(count: number, nodeId: string): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
   const workers = new Map<number, Worker>();
   /**
    * Workers that said they listen: only these are sent SIGHUP. One still
@@ -161,9 +187,13 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
    * place a SIGHUP would end it.
    */
   const listening = new Set<Worker>();
-  const ports: Record<number, number> = {};
+  const sockets: Record<number, string> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
+  // mkdtemp makes it 0700: only this user can make (or reach) a socket in it.
+  const socketDir = mkdtempSync(join(tmpdir(), 'edge-relay-workers-'));
+  process.once('exit', () => rmSync(socketDir, { recursive: true, force: true }));
+  let clean = true;
   let up = 0;
   let url = '';
   let stopping = false;
@@ -174,11 +204,11 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
     failReady = reject;
   });
   const tellPeers = () => {
-    const peersMessage: Peers = { kind: 'edge-relay.peers', ports };
+    const peersMessage: Peers = { kind: 'edge-relay.peers', sockets };
     for (const w of workers.values()) if (w.isConnected()) w.send(peersMessage);
   };
   const fork = (index: number) => {
-    const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret });
+    const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId });
     const startedAt = Date.now();
     workers.set(index, worker);
     worker.on('message', (message: HandOff | Ready | ReloadOthers, socket?: Socket) => {
@@ -187,7 +217,7 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
       } else if (message?.kind === 'edge-relay.ready') {
         listening.add(worker);
         url = message.url;
-        ports[index] = message.privatePort;
+        sockets[index] = message.privateSocket;
         if (up < count) {
           if (++up === count) {
             tellPeers();
@@ -208,9 +238,16 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
     });
     worker.on('exit', (code, signal) => {
       listening.delete(worker);
+      // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0.
+      if (stopping && code !== 0) clean = false;
       if (workers.get(index) === worker) workers.delete(index);
-      if (up < count) return failReady(new Error(`worker ${index} exited (${signal ?? code}) before it was ready`));
+      if (up < count) return failReady(new WorkerStartError(index, code, signal));
       if (stopping) return;
+      // The others stop relaying to it at once (its socket is gone with it; a new one comes with its successor).
+      if (sockets[index] !== undefined) {
+        delete sockets[index];
+        tellPeers();
+      }
       const restart = restarts.get(index) ?? { delayMs: RESTART_FIRST_MS };
       if (Date.now() - startedAt >= RESTART_STABLE_MS) restart.delayMs = RESTART_FIRST_MS;
       process.stderr.write(`edge-relay: worker ${index} exited (${signal ?? code}); starting it again in ${restart.delayMs} ms\n`);
@@ -238,8 +275,19 @@ export function startWorkers(count: number): { ready: Promise<string>; signal(si
       }, graceMs);
       await Promise.all(exits);
       clearTimeout(timer);
+      return clean;
     },
   };
+}
+
+/** A worker that exited before every worker was ready; `exitCode` is its own (78 for a config it could not use), else 1. */
+export class WorkerStartError extends Error {
+  readonly exitCode: number;
+
+  constructor(index: number, code: number | null, signal: string | null) {
+    super(`worker ${index} exited (${signal ?? code}) before it was ready`);
+    this.exitCode = code !== null && code > 0 ? code : 1;
+  }
 }
 
 export const isPrimaryProcess = (): boolean => cluster.isPrimary;

@@ -26,7 +26,7 @@ function runSoon(...args: string[]): Promise<{ status: number | null; stdout: st
 
 describe('edge-relay command line', () => {
   it('lists its commands and explains each with --help', async () => {
-    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense, badLevel] = await withTimeout(
+    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense, badLevel, workersExponent] = await withTimeout(
       Promise.all([
         runSoon('--help'),
         runSoon('serve', '--help'),
@@ -37,6 +37,8 @@ describe('edge-relay command line', () => {
         runSoon('nonsense'),
         // Before: pino's stack trace and exit 1.
         runSoon('bridge', '--relay', 'http://127.0.0.1:1', '-L', '9:echo', '--token', 'SharedAccessSignature sr=x&sig=y&se=1&skn=k', '--log-level', 'bogus'),
+        // Before: Number() read it, and 10 workers started.
+        runSoon('serve', '--config', 'config/dev.json', '--port', '0', '--workers', '1e1'),
       ]),
       30000,
       'the commands',
@@ -55,6 +57,7 @@ describe('edge-relay command line', () => {
     assert.equal(bridgeBad.status, 2);
     assert.equal(nonsense.status, 2);
     assert.equal(badLevel.status, 2);
+    assert.equal(workersExponent.status, 2);
   });
 
   it('serve takes an empty EDGE_RELAY_WORKERS as unset, as every EDGE_RELAY_* variable (before: refused, exit 2)', async (t) => {

@@ -2,7 +2,9 @@
 // the NATS bus. A listener's rendezvous leg that lands on the wrong worker is
 // handed to the worker holding the rendezvous; pub/sub spans the workers.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -11,6 +13,7 @@ import { makePki } from '../helpers/certs.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { exitedWithOutput } from '../helpers/exit.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
+import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener, hycoHttps, listenUrl } from '../helpers/hyco.ts';
@@ -218,6 +221,52 @@ describe('serve --workers', () => {
     // (before: each hand-off left a socket counted open in the worker that sent it).
     assert.equal(relay.stderr().match(/"event":"relay.stopped"/g)?.length, 2, relay.stderr().split('\n').filter((l) => !/"level":20/.test(l)).slice(-40).join('\n'));
     assert.doesNotMatch(relay.stderr(), /relay\.shutdown_deadline/);
+  });
+
+  it('answers a leg naming no worker that is up, keeps its private sockets in a folder of its own, and says when a worker was cut', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = edgeOverrides('private', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    // Worker 7 of 2 (before: whichever worker the leg landed on handed it to the primary, which closed it unanswered).
+    for (let i = 0; i < 6; i++) {
+      const id = `${randomUUID().slice(0, 32)}0007`;
+      const answer = await rawUpgrade(t, relay.port, `/$hc/echo?sb-hc-action=accept&sb-hc-id=${id}`);
+      assert.equal(answer.status, 404);
+    }
+    // TLS legs go to the right worker over a Unix socket in a folder only this user can use (before: a TCP port on
+    // 127.0.0.1, which any local process could bind once its worker died, and be sent the hand-over secret).
+    const envs = workerPids(primary).map((pid) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0'));
+    const env = envs.find((e) => e.some((v) => v.startsWith('EDGE_RELAY_WORKER=')));
+    assert.ok(env, `a worker among the primary's children (${envs.length})`);
+    const dir = env.find((e) => e.startsWith('EDGE_RELAY_HANDOFF_DIR='))!.slice('EDGE_RELAY_HANDOFF_DIR='.length);
+    assert.equal(statSync(dir).mode & 0o777, 0o700);
+    assert.deepEqual(readdirSync(dir).sort(), ['w1.sock', 'w2.sock']);
+    // Named after the primary's node id (the default has its pid), not each worker's own.
+    assert.ok(env.includes(`EDGE_RELAY_NODE_ID=private`), 'the node id passed on');
+
+    // A worker that does not end within its drain is killed: the command says so, and exits 70 (before: 0).
+    for (const pid of workerPids(primary)) process.kill(pid, 'SIGSTOP');
+    const exited = exitedWithOutput(relay.child);
+    relay.child.kill('SIGTERM');
+    assert.equal(await withTimeout(exited, 15000, 'the command to exit'), 70);
+    assert.match(relay.stderr(), /a worker did not stop cleanly/);
+    assert.equal(existsSync(dir), false, 'the folder removed');
+  });
+
+  it('ends with the code of a worker that cannot start, not a hang: a certificate it cannot use (78), a port taken (1)', async (t) => {
+    const nats = await startNatsServer(t);
+    const file = configFile(t, {});
+    const garbage = join(file, '..', 'not-a-certificate.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const badTls = { ...edgeOverrides('badtls', [nats.url]), listen: { host: '127.0.0.1', port: 0, tls: { certFile: garbage, keyFile: garbage } } };
+    // Before: both workers printed the error and stayed (their channel to the primary kept them), and so did the command.
+    await assert.rejects(startServeProcess(t, ['--config', configFile(t, badTls), '--port', '0', '--workers', '2']), /relay exited with 78/);
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    t.after(() => taken.close());
+    const port = (taken.address() as AddressInfo).port;
+    await assert.rejects(startServeProcess(t, ['--config', configFile(t, edgeOverrides('taken', [nats.url])), '--port', String(port), '--workers', '2']), /relay exited with 1/);
   });
 
   it('refuses several workers on the memory bus, with the reason', async (t) => {
