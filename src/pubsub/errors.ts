@@ -54,6 +54,7 @@ export const PUBSUB_ERRORS = {
   BinaryFrame: { status: 400, closeCode: 1003, message: 'Binary frames are not part of the JSON subprotocols' },
   SlowConsumer: { status: 503, closeCode: 1008, message: 'The client did not read fast enough; its outbound buffer is full' },
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
+  StreamGap: { status: 503, closeCode: 1008, message: "This edge missed events of the hub's stream (its limits dropped them before it read them): reconnect for a new session" },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
   // A simple client's `message` event the handler did not accept: Azure drops the connection; 1011, the server cannot go on with it.
   MessageEventFailed: { status: 500, closeCode: 1011, message: 'The event handler did not accept the message (answered other than 2xx, or not at all)' },

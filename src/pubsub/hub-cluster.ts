@@ -211,6 +211,13 @@ export class ClusterHub {
     this.subscriptions.delete(key);
   }
 
+  /** Ends every connection of the hub on this edge, held sessions included (the stream skipped events): how many. */
+  endLocalConnections(code: PubSubErrorCode): number {
+    const connections = [...this.local.connections.values()];
+    for (const connection of connections) this.deps.endConnection(connection, code);
+    return connections.length;
+  }
+
   /** The fields every hub message from this node carries. */
   get from(): { origin: string; hub: string } {
     return { origin: this.deps.nodeId, hub: this.name };

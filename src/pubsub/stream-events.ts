@@ -70,11 +70,23 @@ export class StreamEvents implements DurableEvents, HubHistory {
       this.options.stream,
       last + 1,
       (m) => this.apply(m),
-      (expected, got) => this.options.log.warn({ event: 'jetstream.gap', hub: this.hub.name, expected, got }),
+      (expected, got) => this.missed(expected, got),
     );
     this.sessions.started();
     this.options.log.info({ event: 'pubsub.stream_following', hub: this.hub.name, from: last + 1 });
     for (const wake of this.startWaiters.splice(0)) wake();
+  }
+
+  /**
+   * The stream no longer holds events this edge had not read yet (its limits dropped them while this edge lagged
+   * behind: paused, cut off, too slow): what they carried never reaches this edge's connections, and their
+   * sessions' sequence ids would show no hole. Every connection of the hub here is ended (1008 StreamGap), so its
+   * client knows and starts afresh (the SDK opens a new connection and joins its groups again), with membership
+   * read from the stream from here on. Before, they stayed and lost the events silently.
+   */
+  missed(expected: number, got: number): void {
+    const ended = this.hub.endLocalConnections('StreamGap');
+    this.options.log.warn({ event: 'jetstream.gap', hub: this.hub.name, expected, got, connectionsEnded: ended });
   }
 
   /**
