@@ -81,6 +81,8 @@ export type JetStreamState = 'waiting' | 'ready' | 'unavailable';
 
 /** Pause between attempts at something JetStream refused for now (no leader, consumer on an offline node). */
 const RETRY_MS = 250;
+/** While publishes fail unanswered, how often the streams are asked whether they answer again. */
+const STORE_PROBE_MS = 1000;
 /** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
 const CONSUME_EXPIRES_MS = 5000;
 /** Messages a consumer asks for at once. */
@@ -120,6 +122,14 @@ export class JetStreamAccess {
   state: JetStreamState = 'waiting';
   /** Why JetStream cannot be used now, for readiness and failed acks. */
   problem: string | undefined = 'JetStream has not answered yet';
+  /**
+   * Set while JetStream is there but stores nothing: a publish gave up unanswered (a stream without its leader: a
+   * cluster that lost its quorum); cleared by the next one stored, or once every stream answers again (asked each
+   * STORE_PROBE_MS meanwhile). Readiness says so (before: 200, "ready", while every durable publish failed).
+   */
+  storeFailure: string | undefined;
+  private storeProbe: NodeJS.Timeout | undefined;
+  private probingStore = false;
   private jsm: JetStreamManager | undefined;
   private js: JetStreamClient | undefined;
   private kv: KV | undefined;
@@ -438,7 +448,10 @@ export class JetStreamAccess {
     let last = 'JetStream is not ready';
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new StoreError(`not stored: ${last}`);
+      if (left <= 0) {
+        if (this.state === 'ready' && this.bus.connected) this.storeFailed(last);
+        throw new StoreError(`not stored: ${last}`);
+      }
       if (this.state !== 'ready' || !this.bus.connected) {
         // Publishing while disconnected would be dropped by the client at the reconnect.
         last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
@@ -447,11 +460,44 @@ export class JetStreamAccess {
         continue;
       }
       const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
-      if (outcome.kind === 'stored') return { seq: outcome.seq, duplicate: outcome.duplicate };
+      if (outcome.kind === 'stored') {
+        this.storeWorks();
+        return { seq: outcome.seq, duplicate: outcome.duplicate };
+      }
       if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
       last = outcome.reason;
       if (outcome.noStream) this.restoreStreams('no stream answered a publish');
       await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
+    }
+  }
+
+  private storeFailed(reason: string): void {
+    if (this.storeFailure === undefined) this.log.error({ event: 'jetstream.store_failing', reason });
+    this.storeFailure = reason;
+    if (this.storeProbe || this.closed) return;
+    this.storeProbe = setInterval(() => void this.probeStore(), STORE_PROBE_MS);
+    this.storeProbe.unref();
+  }
+
+  private storeWorks(): void {
+    if (this.storeFailure === undefined) return;
+    this.storeFailure = undefined;
+    clearInterval(this.storeProbe);
+    this.storeProbe = undefined;
+    this.log.info({ event: 'jetstream.store_recovered' });
+  }
+
+  /** Every stream answers (each has its leader): publishes can be stored again. */
+  private async probeStore(): Promise<void> {
+    if (this.probingStore || this.state !== 'ready' || !this.jsm || !this.bus.connected) return;
+    this.probingStore = true;
+    try {
+      for (const stream of this.streams) await this.jsm.streams.info(stream.name);
+      this.storeWorks();
+    } catch {
+      // Still without an answer: asked again at the next probe.
+    } finally {
+      this.probingStore = false;
     }
   }
 
@@ -661,6 +707,7 @@ export class JetStreamAccess {
 
   close(): void {
     this.closed = true;
+    clearInterval(this.storeProbe);
     this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
     for (const wake of this.readyWaiters.splice(0)) wake();

@@ -7,8 +7,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { connect } from 'nats';
-import { edgeEvents, edgeOverrides, startCluster, waitReady } from '../helpers/cluster.ts';
-import { waitForJetStream, waitForMesh } from '../helpers/nats.ts';
+import { edgeEvents, edgeOverrides, readiness, startCluster, waitReady } from '../helpers/cluster.ts';
+import { startNatsCluster, waitForJetStream, waitForMesh } from '../helpers/nats.ts';
 import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -58,6 +58,28 @@ function assertExactlyAcknowledged(received: number[], acked: number[], story: (
 }
 
 describe('JetStream faults', () => {
+  it('two NATS nodes of three down: the edge says it cannot store (readiness 503 with the reason), and ready again once they are back', async (t) => {
+    const nats = await startNatsCluster(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', nats.map((n) => n.url), { bus: { jetstream: { publishTimeoutMs: 1500 } } }));
+    await waitReady(a);
+    const rest = serviceClient(a, { maxRetries: 0 });
+    await rest.group('g').sendToAll(1);
+    await nats[1].kill();
+    await nats[2].kill();
+    // Still connected to n1, JetStream there, the streams without their leaders: every durable publish fails.
+    await assert.rejects(rest.group('g').sendToAll(2), (err: { statusCode?: number }) => err.statusCode === 503);
+    // Before: 200, {"jetstream":{"state":"ready"}}, reasons [].
+    const down = await readiness(a);
+    assert.equal(down.status, 503, JSON.stringify(down.body));
+    assert.match(down.body.reasons.join(), /JetStream stores nothing/);
+    assert.equal(down.body.bus.connected, true);
+    await nats[1].restart();
+    await nats[2].restart();
+    // Back without a publish: the edge asks the streams each second meanwhile.
+    await waitReady(a, 200, 30000);
+    await rest.group('g').sendToAll(3);
+  });
+
   it('one NATS node of three is killed under steady publishing: nothing acknowledged is lost or doubled', async (t) => {
     const { nats, edges } = await startCluster(t, 2);
     const [a, b] = edges;

@@ -33,7 +33,7 @@ describe('/$relay/ready', () => {
 
   it('is ready with the bus connected, JetStream ready and the durable hubs reading their streams', async () => {
     const got = await ready({ jetstream: () => ({ state: 'ready' }), followsStreams: () => true });
-    assert.deepEqual([got.status, got.body.reasons, got.body.jetstream], [200, [], { state: 'ready' }]);
+    assert.deepEqual([got.status, got.body.reasons, got.body.jetstream], [200, [], { state: 'ready', storing: true }]);
     assert.equal((await ready({})).status, 200, 'without durable hubs');
   });
 
