@@ -1,10 +1,11 @@
 // `npm test`: node's test runner (through tsx) over every test file, in two
-// runs. Files that start no process of their own (no relay process, no
-// nats-server, no CLI, browser or bench) run two at a time: two processes on
-// two cores, most of each file's time being its start-up (tsx and the
-// relay's modules). Files that start processes run one at a time after them,
-// as every file did before: a cluster or a bench beside another file would
-// share its cores, and their timing-bounded waits with it.
+// runs. Files that start no process that works beside their tests (no relay
+// process, no NATS cluster, no CLI, browser or bench; one nats-server, an
+// openssl key or a short synchronous command are light) run two at a time:
+// two processes on two cores, most of each file's time being its start-up
+// (tsx and the relay's modules). Files that start such processes run one at
+// a time after them, as every file did before: a cluster or a bench beside
+// another file would share its cores, and their timing-bounded waits with it.
 //
 // `npm test -- FILE...` runs just those files, one at a time.
 import { spawn } from 'node:child_process';
@@ -16,13 +17,15 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_TIMEOUT_MS = 120000;
 
 /**
- * Calls that start a process a file's tests then run beside (test/helpers/ and
- * bench/lib/ wrap them; a new wrapper belongs here, or its files run two at a
- * time): relays, nats-server, the CLI, client scripts, the browser, the bench,
- * openssl (makePki).
+ * Calls that start a process a file's tests then run beside, doing work of its
+ * own (test/helpers/ and bench/lib/ wrap them; a new wrapper belongs here, or
+ * its files run two at a time): relays, edges, NATS clusters, the CLI, client
+ * scripts, the browser, the bench, any other spawned process. Not here: one
+ * nats-server (startNatsServer; an edge's bus, idle between messages), openssl
+ * making keys (makePki) and a command run to its end (spawnSync).
  */
 const STARTS_PROCESSES =
-  /\b(startRelayProcess|startServeProcess|startHostileRelay|startNatsServer|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|makePki|spawn|spawnSync|fork|execFile|execFileSync)\(/;
+  /\b(startRelayProcess|startServeProcess|startHostileRelay|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|spawn|fork|execFile|execFileSync)\(/;
 
 function testFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {

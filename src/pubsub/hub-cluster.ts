@@ -68,7 +68,6 @@ export type SendResult = 'sent' | 'duplicate';
 
 const SENT: Promise<SendResult> = Promise.resolve('sent');
 
-
 /**
  * A durable hub's event path (stream-events.ts): sends and membership
  * changes resolve once stored, and sessions move through the stream.
