@@ -173,14 +173,16 @@ export class ReplayingFeed implements EventFeed {
     else this.admitNow(mid, deliver);
   }
 
-  private admitNow(mid: string, deliver: () => void): void {
+  /** Delivers the event unless one as new from its origin was: true when it did. */
+  private admitNow(mid: string, deliver: () => void): boolean {
     const parsed = parseMid(mid);
-    if (!parsed) return;
+    if (!parsed) return false;
     const { origin, counter } = parsed;
     const last = this.delivered.get(origin);
-    if (last !== undefined && counter <= last) return;
+    if (last !== undefined && counter <= last) return false;
     this.delivered.set(origin, counter);
     deliver();
+    return true;
   }
 
   private onConnectionChange(connected: boolean): void {
@@ -224,37 +226,15 @@ export class ReplayingFeed implements EventFeed {
       // An answer holds up to half the bus's max_payload: an edge with more to send says `truncated`, and is asked
       // again from the last event delivered from it (before: the rest was lost, and what was held went out after the gap).
       for (let round = 1; ; round++) {
-        const request = encodeEdgeMessage({
-          op: 'ps.replay',
-          origin: this.origin,
-          since: Object.fromEntries(this.delivered),
-          after: disconnectedAt - CLOCK_MARGIN_MS,
-        });
-        const answers = await this.bus.gather(this.options.subject, request, {
-          maxWaitMs: this.options.requestTimeoutMs,
-          stallMs: this.options.gatherStallMs,
-        });
-        let truncated = false;
+        const { events, truncated } = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS);
         let delivered = 0;
-        for (const answer of answers) {
-          const envelope = decodeEdgeMessage(answer, 'ps.replayed');
-          if (!envelope) continue;
-          const h = envelope.message;
-          if (h.truncated) truncated = true;
-          let offset = 0;
-          for (const entry of h.entries) {
-            if (offset + entry.length > envelope.body.length) break;
-            const event = decodeEdgeMessage(envelope.body.subarray(offset, offset + entry.length), 'ps.send');
-            if (event) {
-              delivered++;
-              this.admitNow(event.message.mid, () => this.deliver(event.message, event.body));
-            }
-            offset += entry.length;
-          }
+        for (const data of events) {
+          const event = decodeEdgeMessage(data, 'ps.send');
+          if (event && this.admitNow(event.message.mid, () => this.deliver(event.message, event.body))) delivered++;
         }
         replayed += delivered;
         if (!truncated) break;
-        // Every answer carries at least one event: a round that brought none would be asked again for ever.
+        // Every answer carries at least one event newer than asked for: a round that delivered none would be asked again for ever.
         if (delivered === 0 || round >= MAX_REPLAY_ROUNDS) {
           this.log.warn({ event: 'bus.replay_truncated', rounds: round });
           break;
@@ -279,29 +259,15 @@ export class ReplayingFeed implements EventFeed {
     // Per origin, the last event had: an edge whose answer was truncated is asked again from there.
     const since: Record<string, number> = {};
     for (let round = 1; ; round++) {
-      const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after });
-      const answers = await this.bus.gather(this.options.subject, request, {
-        maxWaitMs: this.options.requestTimeoutMs,
-        stallMs: this.options.gatherStallMs,
-      });
-      let truncated = false;
+      const { events, truncated } = await this.askEdges(since, after);
       let got = 0;
-      for (const answer of answers) {
-        const envelope = decodeEdgeMessage(answer, 'ps.replayed');
-        if (!envelope) continue;
-        if (envelope.message.truncated) truncated = true;
-        let offset = 0;
-        for (const entry of envelope.message.entries) {
-          if (offset + entry.length > envelope.body.length) break;
-          const data = envelope.body.subarray(offset, offset + entry.length);
-          offset += entry.length;
-          const mid = decodeEdgeMessage(data, 'ps.send')?.message.mid;
-          const parsed = mid === undefined ? undefined : parseMid(mid);
-          if (!parsed || (since[parsed.origin] ?? 0) >= parsed.counter) continue;
-          since[parsed.origin] = parsed.counter;
-          out.push(data);
-          got++;
-        }
+      for (const data of events) {
+        const mid = decodeEdgeMessage(data, 'ps.send')?.message.mid;
+        const parsed = mid === undefined ? undefined : parseMid(mid);
+        if (!parsed || (since[parsed.origin] ?? 0) >= parsed.counter) continue;
+        since[parsed.origin] = parsed.counter;
+        out.push(data);
+        got++;
       }
       if (!truncated) return out;
       if (got === 0 || round >= MAX_REPLAY_ROUNDS) {
@@ -309,6 +275,32 @@ export class ReplayingFeed implements EventFeed {
         return out;
       }
     }
+  }
+
+  /**
+   * One round of asking every edge what it published after `since` (per origin; `after`, their clock, for an origin
+   * not named): the ps.send envelopes the answers carry, in each edge's order, and whether any answer was cut short.
+   */
+  private async askEdges(since: Record<string, number>, after: number): Promise<{ events: Uint8Array[]; truncated: boolean }> {
+    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after });
+    const answers = await this.bus.gather(this.options.subject, request, {
+      maxWaitMs: this.options.requestTimeoutMs,
+      stallMs: this.options.gatherStallMs,
+    });
+    const events: Uint8Array[] = [];
+    let truncated = false;
+    for (const answer of answers) {
+      const envelope = decodeEdgeMessage(answer, 'ps.replayed');
+      if (!envelope) continue;
+      if (envelope.message.truncated) truncated = true;
+      let offset = 0;
+      for (const entry of envelope.message.entries) {
+        if (offset + entry.length > envelope.body.length) break;
+        events.push(envelope.body.subarray(offset, offset + entry.length));
+        offset += entry.length;
+      }
+    }
+    return { events, truncated };
   }
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */
