@@ -4,7 +4,7 @@
 // stored; a reliable session survives the death of its edge; history reads
 // the hub's stream.
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { connect } from 'nats';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
@@ -39,6 +39,20 @@ async function history(edge: { url: string }, group: string, after = 0, limit = 
   const path = `/api/hubs/${HUB}/groups/${group}/messages`;
   const res = await fetch(`${edge.url}${path}?after=${after}&limit=${limit}`, { headers: { authorization: bearer(edge, path) }, signal: AbortSignal.timeout(10000) });
   return { status: res.status, body: await res.json() };
+}
+
+/** One edge on a nats-server of its own, and a reliable SDK client in `group` whose session checkpoint is stored. */
+async function edgeWithCheckpointedClient(t: TestContext, group: string) {
+  const nats = await startNatsServer(t);
+  const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
+  await waitReady(a);
+  const sub = await startClient(t, accessUrl(a.url, { userId: 'u', roles: ['webpubsub.joinLeaveGroup'] }));
+  await sub.client.joinGroup(group);
+  const key = `${HUB.toLowerCase()}.${sub.connectionIds[0]}`;
+  /** Whether the first connection's checkpoint is in the session bucket. */
+  const stored = async () => (await a.jetstream!.entry(key).catch(() => undefined)) !== undefined;
+  await untilAnswered(stored, 5000, 'the session checkpoint');
+  return { nats, a, sub, stored };
 }
 
 describe('durable hubs on JetStream', () => {
@@ -229,14 +243,7 @@ describe('durable hubs on JetStream', () => {
   });
 
   it('makes the session bucket again when it goes away under a running edge, and stores checkpoints in it again', async (t) => {
-    const nats = await startNatsServer(t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
-    await waitReady(a);
-    const sub = await startClient(t, accessUrl(a.url, { userId: 'u', roles: ['webpubsub.joinLeaveGroup'] }));
-    await sub.client.joinGroup('g1');
-    const key = `${HUB.toLowerCase()}.${sub.connectionIds[0]}`;
-    const stored = async () => (await a.jetstream!.entry(key).catch(() => undefined)) !== undefined;
-    await untilAnswered(stored, 5000, 'the session checkpoint');
+    const { nats, a, sub, stored } = await edgeWithCheckpointedClient(t, 'g1');
     // The bucket alone goes (an operator's delete; a memory-storage server that held only it restarted).
     const nc = await connect({ servers: nats.url });
     t.after(() => nc.close());
@@ -250,16 +257,10 @@ describe('durable hubs on JetStream', () => {
   });
 
   it('ends the connections of an edge that missed events of its hub\'s stream: the SDK starts afresh, not silently short', async (t) => {
-    const nats = await startNatsServer(t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
-    await waitReady(a);
-    const sub = await startClient(t, accessUrl(a.url, { userId: 'u', roles: ['webpubsub.joinLeaveGroup'] }));
-    await sub.client.joinGroup('g');
+    const { a, sub, stored } = await edgeWithCheckpointedClient(t, 'g');
     const publisher = serviceClient(a);
     await publisher.group('g').sendToAll(1);
     await until(() => numbers(sub.groupData).includes(1), 5000, 'the first event');
-    const key = `${HUB.toLowerCase()}.${sub.connectionIds[0]}`;
-    await untilAnswered(async () => (await a.jetstream!.entry(key).catch(() => undefined)) !== undefined, 5000, 'the session checkpoint');
     // What the stream reader reports when the next message it finds is past the one it expected (the stream's
     // limits dropped the rest while this edge lagged: a review made it so by pausing an edge 4 s under 3,000 sends
     // to a hub keeping 100). Before: a warning only; the client stayed, its sequence ids without a hole, 20 of 30
@@ -269,7 +270,7 @@ describe('durable hubs on JetStream', () => {
     // The session is gone for good (1008: not recovered), the SDK opens a new connection and joins its group again.
     await until(() => sub.connectionIds.length === 2, 10000, 'a new connection');
     assert.notEqual(sub.connectionIds[1], sub.connectionIds[0]);
-    await untilAnswered(async () => (await a.jetstream!.entry(key).catch(() => undefined)) === undefined, 5000, 'the old checkpoint removed');
+    await untilAnswered(async () => !(await stored()), 5000, 'the old checkpoint removed');
     await untilAnswered(async () => {
       await publisher.group('g').sendToAll(2);
       return numbers(sub.groupData).includes(2);
