@@ -464,6 +464,7 @@ export class JetStreamAccess {
         this.storeWorks();
         return { seq: outcome.seq, duplicate: outcome.duplicate };
       }
+      if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
       if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
       last = outcome.reason;
       if (outcome.noStream) this.restoreStreams('no stream answered a publish');

@@ -14,7 +14,9 @@ export type PublishOutcome =
   /** Worth another try with the same message id: no responders, no leader, or no answer in time; `noStream` when nothing answered at all. */
   | { kind: 'retry'; reason: string; noStream?: boolean }
   /** Refused for good (a stream limit, a wrong subject...): `code` is JetStream's err_code when it gave one. */
-  | { kind: 'refused'; reason: string; code?: number };
+  | { kind: 'refused'; reason: string; code?: number }
+  /** More than the server's max_payload with its headers: never stored, however often tried. */
+  | { kind: 'tooLarge'; bytes: number };
 
 interface Waiting {
   resolve(outcome: PublishOutcome): void;
@@ -22,6 +24,8 @@ interface Waiting {
 }
 
 const MSG_ID_HEADER = 'Nats-Msg-Id';
+/** The encoded headers of a publish, but for its message id. */
+const HEADER_BYTES = 'NATS/1.0\r\n'.length + `${MSG_ID_HEADER}: \r\n`.length + '\r\n'.length;
 /** How often open waits are checked against their deadlines. */
 const SWEEP_MS = 20;
 /** The status a server answers with when no stream listens on the subject (no responders). */
@@ -53,6 +57,10 @@ export class StorePublisher {
     const token = (++this.nextToken).toString(36);
     const h = headers();
     h.set(MSG_ID_HEADER, msgId);
+    // As nats.js counts it: the data and the encoded headers, "NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n".
+    const bytes = data.length + HEADER_BYTES + Buffer.byteLength(msgId);
+    const maxPayload = this.nc.info?.max_payload;
+    if (maxPayload !== undefined && bytes > maxPayload) return Promise.resolve({ kind: 'tooLarge', bytes });
     return new Promise((resolve) => {
       this.waiting.set(token, { resolve, deadline: Date.now() + timeoutMs });
       this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref();

@@ -163,6 +163,23 @@ export function reloadOtherWorkers(): void {
   process.send?.(message);
 }
 
+/** The longest socket path that works everywhere (sun_path holds 108 bytes on Linux, 104 on macOS, with the NUL). */
+const MAX_SOCKET_PATH = 103;
+
+/**
+ * A folder for the workers' private sockets: mkdtemp makes it 0700, so only this user can make (or reach) a socket
+ * in it. Under the temporary directory, or /tmp when that is too deep for a socket path (Node would cut the path
+ * short: sockets outside the folder, two workers on one path).
+ */
+function socketFolder(count: number): string {
+  for (const base of [tmpdir(), '/tmp']) {
+    const dir = mkdtempSync(join(base, 'edge-relay-w-'));
+    if (Buffer.byteLength(join(dir, `w${count}.sock`)) <= MAX_SOCKET_PATH) return dir;
+    rmSync(dir, { recursive: true, force: true });
+  }
+  throw new Error(`no folder for the workers' sockets: paths under ${tmpdir()} and /tmp are longer than ${MAX_SOCKET_PATH} bytes`);
+}
+
 /** Pause before starting a worker again that exited on its own: doubling from this, up to RESTART_MAX_MS, while it keeps exiting within RESTART_STABLE_MS. */
 const RESTART_FIRST_MS = 500;
 const RESTART_MAX_MS = 30_000;
@@ -190,8 +207,7 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
   const sockets: Record<number, string> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
-  // mkdtemp makes it 0700: only this user can make (or reach) a socket in it.
-  const socketDir = mkdtempSync(join(tmpdir(), 'edge-relay-workers-'));
+  const socketDir = socketFolder(count);
   process.once('exit', () => rmSync(socketDir, { recursive: true, force: true }));
   let clean = true;
   let up = 0;
@@ -237,9 +253,10 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
       }
     });
     worker.on('exit', (code, signal) => {
-      listening.delete(worker);
-      // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0.
-      if (stopping && code !== 0) clean = false;
+      const wasListening = listening.delete(worker);
+      // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
+      // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)
+      if (stopping && code !== 0 && wasListening) clean = false;
       if (workers.get(index) === worker) workers.delete(index);
       if (up < count) return failReady(new WorkerStartError(index, code, signal));
       if (stopping) return;

@@ -31,6 +31,21 @@ describe('StorePublisher', () => {
     );
   });
 
+  it('says tooLarge at once for data within max_payload that its message-id header takes past it', async (t) => {
+    const nats = await startNatsServer(t, 'n1', undefined, { config: 'max_payload: 4096\n' });
+    const nc = await connected(t, nats.url);
+    await (await nc.jetstreamManager()).streams.add({ name: 'T', subjects: ['t.>'], storage: StorageType.Memory });
+    const publisher = new StorePublisher(nc);
+    t.after(() => publisher.close());
+    // 27 bytes of headers and the id's: 4,059 + 27 + 10 = 4,096 fits, one byte more does not.
+    assert.equal((await publisher.publish('t.a', Buffer.alloc(4059), 'id-0000001', 2000)).kind, 'stored');
+    // Before: nats.js threw MAX_PAYLOAD_EXCEEDED, taken for a connection closing: retried until publishTimeoutMs,
+    // answered 503 "try again", and readiness said JetStream stores nothing.
+    const started = Date.now();
+    assert.deepEqual(await publisher.publish('t.a', Buffer.alloc(4060), 'id-0000002', 2000), { kind: 'tooLarge', bytes: 4097 });
+    assert.ok(Date.now() - started < 1000);
+  });
+
   it('says refused with JetStream’s code when the stream will not take the message', async (t) => {
     const nats = await startNatsServer(t);
     const nc = await connected(t, nats.url);

@@ -3,7 +3,7 @@
 // handed to the worker holding the rendezvous; pub/sub spans the workers.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -42,14 +42,15 @@ async function echoOnce(url: string, text: string): Promise<string> {
   }
 }
 
-/** The worker processes of the primary `pid` (its children), from /proc. */
+/** The worker processes of the primary `pid` (its children running the CLI, not tsx's esbuild service), from /proc. */
 function workerPids(pid: number): number[] {
   const children: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== pid) continue;
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes('edge-relay.js')) children.push(Number(entry));
     } catch {
       // gone meanwhile
     }
@@ -225,7 +226,16 @@ describe('serve --workers', () => {
   it('answers a leg naming no worker that is up, keeps its private sockets in a folder of its own, and says when a worker was cut', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = edgeOverrides('private', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
-    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    // A temporary directory too deep for a socket path (Node cut them short: both workers on one path, EADDRINUSE).
+    const deep = join(mkdtempSync(join(tmpdir(), 'edge-relay-deep-')), 'd'.repeat(80));
+    mkdirSync(deep);
+    t.after(() => rmSync(join(deep, '..'), { recursive: true, force: true }));
+    const tmp = process.env.TMPDIR;
+    process.env.TMPDIR = deep;
+    const starting = startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    if (tmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = tmp;
+    const relay = await starting;
     const primary = relay.child.pid!;
     // Worker 7 of 2 (before: whichever worker the leg landed on handed it to the primary, which closed it unanswered).
     for (let i = 0; i < 6; i++) {
@@ -235,10 +245,9 @@ describe('serve --workers', () => {
     }
     // TLS legs go to the right worker over a Unix socket in a folder only this user can use (before: a TCP port on
     // 127.0.0.1, which any local process could bind once its worker died, and be sent the hand-over secret).
-    const envs = workerPids(primary).map((pid) => readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0'));
-    const env = envs.find((e) => e.some((v) => v.startsWith('EDGE_RELAY_WORKER=')));
-    assert.ok(env, `a worker among the primary's children (${envs.length})`);
+    const env = readFileSync(`/proc/${workerPids(primary)[0]}/environ`, 'utf8').split('\0');
     const dir = env.find((e) => e.startsWith('EDGE_RELAY_HANDOFF_DIR='))!.slice('EDGE_RELAY_HANDOFF_DIR='.length);
+    assert.match(dir, /^\/tmp\/edge-relay-w-/, 'under /tmp, the temporary directory being too deep');
     assert.equal(statSync(dir).mode & 0o777, 0o700);
     assert.deepEqual(readdirSync(dir).sort(), ['w1.sock', 'w2.sock']);
     // Named after the primary's node id (the default has its pid), not each worker's own.
@@ -247,14 +256,33 @@ describe('serve --workers', () => {
     // A worker that does not end its drain cleanly (killed past its deadline, as here at once): the command says so,
     // and exits 70 (before: 0).
     const exited = exitedWithOutput(relay.child);
+    // One worker is held (SIGSTOP: it cannot drain), and killed once the primary stops (the other worker says it got
+    // the signal the primary passed on; a worker dying before that would be started again).
     const [cut] = workerPids(primary);
+    process.kill(cut, 'SIGSTOP');
     relay.child.kill('SIGTERM');
-    // Once the primary stops (it passed the signal on): a worker dying before would be started again.
     await until(() => /"event":"relay\.signal","signal":"SIGTERM"/.test(relay.stderr()), 10000, 'the stop passed on to the workers');
     process.kill(cut, 'SIGKILL');
     assert.equal(await withTimeout(exited, 15000, 'the command to exit'), 70);
     assert.match(relay.stderr(), /a worker did not stop cleanly/);
     assert.equal(existsSync(dir), false, 'the folder removed');
+  });
+
+  it('stops cleanly (0) while a worker that died is being started again', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = edgeOverrides('restarting', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    const [killed] = workerPids(primary);
+    process.kill(killed, 'SIGKILL');
+    await until(() => {
+      const pids = workerPids(primary);
+      return pids.length === 2 && !pids.includes(killed);
+    }, 10000, 'the new worker to be forked');
+    // The new worker, not listening yet, ends by the stop signal itself (before: counted as cut, exit 70).
+    const exited = exitedWithOutput(relay.child);
+    relay.child.kill('SIGTERM');
+    assert.equal(await withTimeout(exited, 15000, 'the command to exit'), 0, relay.stderr().slice(-1500));
   });
 
   it('ends with the code of a worker that cannot start, not a hang: a certificate it cannot use (78)', async (t) => {
