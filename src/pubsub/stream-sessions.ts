@@ -84,6 +84,8 @@ interface Holder {
   origin: string;
   boot?: string;
   seq: number;
+  /** When this edge read the claim (performance.now()): noted ones go after twice timeouts.sessionRetainMs. */
+  at?: number;
 }
 
 /** This edge's claim read back: its sequence, and the claim it displaced (unknown when read before this edge followed). */
@@ -224,11 +226,29 @@ export class StreamSessions {
     void this.letGo(connection, seq);
   }
 
-  /** Remembers who holds a session by the latest claim (the oldest entries go past MAX_HOLDERS_KNOWN). */
+  /**
+   * Remembers who holds a session by the latest claim: until twice timeouts.sessionRetainMs later (the holder has
+   * written the session's checkpoint, naming itself and its claim, since: a take finds it there), and the oldest go
+   * past MAX_HOLDERS_KNOWN. Before, every session ever claimed stayed on every edge, up to 50,000 per hub (~7 MiB).
+   */
   private noteHolder(connectionId: string, holder: Holder): void {
     this.holders.delete(connectionId);
-    this.holders.set(connectionId, holder);
+    this.holders.set(connectionId, { ...holder, at: performance.now() });
     if (this.holders.size > MAX_HOLDERS_KNOWN) this.holders.delete(this.holders.keys().next().value as string);
+  }
+
+  /** Forgets claims read more than twice timeouts.sessionRetainMs ago (the map is in the order they were read). */
+  private forgetOldHolders(now = performance.now()): void {
+    const oldest = now - 2 * this.options.sessionRetainMs;
+    for (const [connectionId, holder] of this.holders) {
+      if ((holder.at ?? 0) >= oldest) return;
+      this.holders.delete(connectionId);
+    }
+  }
+
+  /** Sessions whose latest claim this edge remembers. */
+  get holdersKnown(): number {
+    return this.holders.size;
   }
 
   /**
@@ -266,6 +286,7 @@ export class StreamSessions {
     if (now - this.lastRefreshAt >= this.options.sessionRetainMs / 4) {
       // Checkpoints expire from the bucket; those not written for a while are written again.
       this.lastRefreshAt = now;
+      this.forgetOldHolders();
       for (const connection of this.hub.local.connections.values()) {
         if (connection.session?.checkpoint && now - (this.lastWritten.get(connection) ?? 0) >= this.options.sessionRetainMs / 2) {
           this.urgent.add(connection);

@@ -9,9 +9,11 @@ import { connect } from 'nats';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
 import type { StreamEvents } from '../../src/pubsub/stream-events.ts';
+import type { StreamSessions } from '../../src/pubsub/stream-sessions.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { delayStreamBounds, edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -275,6 +277,27 @@ describe('durable hubs on JetStream', () => {
       await publisher.group('g').sendToAll(2);
       return numbers(sub.groupData).includes(2);
     }, 10000, 'events to the group again');
+  });
+
+  it('forgets who held a session some time after its claim (twice sessionRetainMs), not only past 50,000 of them', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = (name: string) => edgeOverrides(name, [nats.url], { ...HUBS, timeouts: { sessionRetainMs: 1000, shutdownMs: 500 } });
+    const a = await startTestRelay(t, overrides('edge-a'));
+    const b = await startTestRelay(t, overrides('edge-b'));
+    await Promise.all([waitReady(a), waitReady(b)]);
+    const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    client.ws.terminate();
+    // The session moves to B: B's claim is read by both edges.
+    const moved = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);
+    assert.equal((await moved.waitFor((m) => m.type === 'system', 10000, 'the session on B')).event, 'connected');
+    // Sessions whose latest claim the edge remembers.
+    const holders = (edge: RunningRelay) => (edge.pubsub.hub(HUB)!.durable as unknown as { sessions: StreamSessions }).sessions.holdersKnown;
+    await until(() => holders(a) === 1 && holders(b) === 1, 5000, 'the claim read on both edges');
+    moved.ws.close(1000);
+    // Before: every session ever claimed stayed on every edge until 50,000 of them (~7 MiB per durable hub).
+    await until(() => holders(a) === 0 && holders(b) === 0, 10000, `the claim forgotten (A ${holders(a)}, B ${holders(b)})`);
   });
 
   it('a NATS server restarted with memory storage lost the streams: the edges make them again and follow the new ones from their start', async (t) => {
