@@ -24,7 +24,7 @@ import { clientCertificatesOf } from './client-certificates.ts';
 import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { connectedFrame } from './downstream.ts';
-import { failUpgrade } from './errors.ts';
+import { PUBSUB_ERRORS, failUpgrade } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, isWebPubSubProtocol } from './pubsub-connection.ts';
@@ -208,16 +208,35 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     connection.states = states;
     writeSwitchingProtocols(socket, key, chosen);
     const client = this.open(socket, connection, head);
-    connection.attach(client);
-    // `connected` goes first, before any message; the connection's bus
-    // subscriptions (made by the hub) reach other NATS servers a moment later.
-    if (!connection.simple) connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
     const groups = [...new Set([...identity.groups, ...decided.groups])].slice(0, config.limits.groupsPerConnection);
+    const opened = () => {
+      connection.attach(client);
+      // `connected` goes first, before any message (a reliable session's held ones follow it).
+      if (!connection.simple) connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+      log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
+      if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
+      this.deps.events.systemEvent(hub.config, connection, 'connected', {});
+      client.start();
+    };
+    if (!hub.admitsThroughBus) {
+      opened();
+      hub.admit(connection, groups);
+      return;
+    }
+    // Core NATS with other edges: the client hears `connected` once its subjects (its own, its user's, its token's
+    // and connect handler's groups) are on its edge's NATS server, as a `joinGroup` is acknowledged. Before, a send
+    // through another edge right after `connected` could miss it. Meanwhile its frames wait unread; a reliable
+    // session keeps what is delivered to it (written after `connected`), a plain connection gets nothing yet.
+    client.hold();
     hub.admit(connection, groups);
-    log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
-    if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
-    this.deps.events.systemEvent(hub.config, connection, 'connected', {});
-    client.start();
+    void hub.subscribed().then(() => {
+      // Ended meanwhile (a REST close, the drain): its socket, not attached yet, is closed here.
+      if (connection.ended) return client.close(this.deps.shuttingDown() ? PUBSUB_ERRORS.ShuttingDown.closeCode : PUBSUB_ERRORS.ClosedByServer.closeCode);
+      if (!client.isOpen) return this.deps.lifecycle.end(connection, 'ClosedByServer', 'the client left before it was connected');
+      opened();
+      connection.flush();
+      client.release();
+    });
   }
 
   private open(socket: Socket, connection: PubSubConnection, head: Buffer): ClientSocket {

@@ -282,6 +282,20 @@ export class ClusterHub {
     if (connection.session) this.durable?.sessionChanged(connection);
   }
 
+  /**
+   * Whether a new connection's subscriptions (its own, its user's, its start groups') must reach the NATS server
+   * before its client hears `connected`: on core NATS with other edges (a durable hub orders sends after the
+   * connection in its stream; the memory bus has no one else).
+   */
+  get admitsThroughBus(): boolean {
+    return !this.durable && this.deps.bus.reachesOtherNodes;
+  }
+
+  /** Resolves once what this edge subscribed has reached its NATS server (bounded by the bus's flush). */
+  subscribed(): Promise<void> {
+    return this.deps.bus.flush().catch(() => undefined);
+  }
+
   /** A reliable session from another edge: moved through the stream on a durable hub, else handed over on the bus. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     return this.durable ? this.durable.takeSession(connectionId, token, protocol) : this.handover.take(connectionId, token, protocol);

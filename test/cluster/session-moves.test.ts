@@ -10,7 +10,7 @@ import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
-import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { CuttableProxy, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
@@ -168,6 +168,31 @@ describe('a reliable session moved between edges on core NATS', () => {
 
 // The checkpoint of a durable hub's session (src/pubsub/stream-sessions.ts): deleted when the session ends for
 // good, but only if it is still the one this edge wrote, and never before a write this edge sent earlier.
+describe('a new connection on core NATS with other edges', () => {
+  for (const protocol of ['json.webpubsub.azure.v1', RELIABLE]) {
+    it(`hears connected once its token's groups reach the NATS server: a send through another edge right after reaches it (${protocol})`, async (t) => {
+      const nats = await startNatsServer(t);
+      // What A sends NATS (its subscriptions) takes 300 ms more: a busy link, a loaded server.
+      const link = await CuttableProxy.start(nats.port, t);
+      const a = await startTestRelay(t, edgeOverrides('edge-a', [`nats://127.0.0.1:${link.port}`], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }));
+      const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }));
+      await until(() => a.bus.connected && b.bus.connected, 10000, 'both edges on NATS');
+      link.hold(300);
+      t.after(() => link.hold(0));
+      const member = await RawPubSubClient.connect(accessUrl(a.url, { groups: ['from-token'] }), protocol, t);
+      // A frame sent before it hears `connected` waits, unread, and is answered after it.
+      const joined = member.request({ type: 'joinGroup', group: 'joined' }, 10000);
+      await member.waitFor((m) => m.type === 'system' && m.event === 'connected', 5000, 'connected');
+      // Before: `connected` came at once, A's subscription reached NATS 300 ms later, and this was lost.
+      await serviceClient(b).group('from-token').sendToAll('right after', { contentType: 'text/plain' });
+      await member.waitFor((m) => m.type === 'message' && m.data === 'right after', 5000, 'the send through B');
+      assert.equal((await joined).success, true);
+      const kinds = member.messages.map((m) => (m.type === 'system' ? m.event : m.type));
+      assert.equal(kinds[0], 'connected', kinds.join());
+    });
+  }
+});
+
 describe("a durable session's checkpoint when its session ends", () => {
   const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
   const checkpointOf = async (relay: RunningRelay, connectionId: string) => {
