@@ -209,18 +209,22 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     writeSwitchingProtocols(socket, key, chosen);
     const client = this.open(socket, connection, head);
     const groups = [...new Set([...identity.groups, ...decided.groups])].slice(0, config.limits.groupsPerConnection);
-    const opened = () => {
+    /** `connected` goes first, before any message (a reliable session's held ones follow it). */
+    const attach = () => {
       connection.attach(client);
-      // `connected` goes first, before any message (a reliable session's held ones follow it).
       if (!connection.simple) connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+    };
+    /** Once it is in the hub: said, and its frames read (those that came with the upgrade first). */
+    const start = () => {
       log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
       if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
       this.deps.events.systemEvent(hub.config, connection, 'connected', {});
       client.start();
     };
     if (!hub.admitsThroughBus) {
-      opened();
+      attach();
       hub.admit(connection, groups);
+      start();
       return;
     }
     // Core NATS with other edges: the client hears `connected` once its subjects (its own, its user's, its token's
@@ -233,8 +237,9 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       // Ended meanwhile (a REST close, the drain): its socket, not attached yet, is closed here.
       if (connection.ended) return client.close(this.deps.shuttingDown() ? PUBSUB_ERRORS.ShuttingDown.closeCode : PUBSUB_ERRORS.ClosedByServer.closeCode);
       if (!client.isOpen) return this.deps.lifecycle.end(connection, 'ClosedByServer', 'the client left before it was connected');
-      opened();
+      attach();
       connection.flush();
+      start();
       client.release();
     });
   }
