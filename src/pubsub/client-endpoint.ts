@@ -236,7 +236,13 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     void hub.subscribed().then(() => {
       // Ended meanwhile (a REST close, the drain): its socket, not attached yet, is closed here.
       if (connection.ended) return client.close(this.deps.shuttingDown() ? PUBSUB_ERRORS.ShuttingDown.closeCode : PUBSUB_ERRORS.ClosedByServer.closeCode);
-      if (!client.isOpen) return this.deps.lifecycle.end(connection, 'ClosedByServer', 'the client left before it was connected');
+      if (!client.isOpen) {
+        // Gone before it heard `connected`: out of the hub, with no `disconnected` event (there was no `connected` one).
+        this.deps.lifecycle.release(connection);
+        connection.session?.clear();
+        log.info({ event: 'pubsub.left_before_connected', hub: hub.name, connectionId: connection.id });
+        return;
+      }
       attach();
       connection.flush();
       start();

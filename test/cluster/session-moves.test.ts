@@ -10,7 +10,7 @@ import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
-import { CuttableProxy, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
@@ -191,6 +191,23 @@ describe('a new connection on core NATS with other edges', () => {
       assert.equal(kinds[0], 'connected', kinds.join());
     });
   }
+
+  it('leaves nothing behind for a client gone before it heard connected', async (t) => {
+    const nats = await startNatsServer(t);
+    const link = await CuttableProxy.start(nats.port, t);
+    const log = captureLogger('info');
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [`nats://127.0.0.1:${link.port}`], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }), { log: log.log });
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }));
+    await until(() => a.bus.connected && b.bus.connected, 10000, 'both edges on NATS');
+    link.hold(300);
+    t.after(() => link.hold(0));
+    const gone = await RawPubSubClient.connect(accessUrl(a.url, { groups: ['g'] }), RELIABLE, t);
+    gone.ws.terminate();
+    await until(() => log.events().includes('pubsub.left_before_connected'), 5000, 'the edge to notice');
+    const hub = a.pubsub.hub(HUB)!;
+    assert.equal(hub.local.connections.size, 0);
+    assert.ok(!log.events().includes('pubsub.connected'), 'never said connected');
+  });
 });
 
 describe("a durable session's checkpoint when its session ends", () => {
