@@ -3,7 +3,9 @@
 // acks through @azure/web-pubsub-client and asserts exactly what a reliable
 // subscriber on another edge gets: every acknowledged event once and in
 // order, nothing twice. (An event whose ack failed may still have been stored,
-// a timeout can hide a success: it may arrive, once, in its place.)
+// a timeout can hide a success: it may arrive, once, in its place.) The tests
+// run at once, each on a cluster of its own: the others fit in the 30 s
+// outage one of them waits out.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { connect } from 'nats';
@@ -57,7 +59,7 @@ function assertExactlyAcknowledged(received: number[], acked: number[], story: (
   assert.deepEqual(lost, [], `acknowledged events lost\n${story()}`);
 }
 
-describe('JetStream faults', () => {
+describe('JetStream faults', { concurrency: true }, () => {
   it('two NATS nodes of three down: the edge says it cannot store (readiness 503 with the reason), and ready again once they are back', async (t) => {
     const nats = await startNatsCluster(t);
     const a = await startTestRelay(t, edgeOverrides('edge-a', nats.map((n) => n.url), { bus: { jetstream: { publishTimeoutMs: 1500 } } }));

@@ -57,7 +57,7 @@ async function edgeWithCheckpointedClient(t: TestContext, group: string) {
   return { nats, a, sub, stored };
 }
 
-describe('durable hubs on JetStream', () => {
+describe('durable hubs on JetStream', { concurrency: 2 }, () => {
   it('acknowledges a publish only once stored, and refuses it (with the reason) while NATS is away', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startEdge(t, 'edge-a', [nats.url], { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1500 } } });

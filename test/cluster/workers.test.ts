@@ -74,7 +74,8 @@ async function echoListener(t: Parameters<typeof cleanupFor>[0], url: string): P
   return listener;
 }
 
-describe('serve --workers', () => {
+// Two tests at a time: each has a command and a nats-server of its own, and most of a test is waiting for processes.
+describe('serve --workers', { concurrency: 2 }, () => {
   it('runs N edges on one port: rendezvous legs find their worker, pub/sub spans the workers, POST /$relay/reload reaches them all', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = edgeOverrides('host', [nats.url]);
