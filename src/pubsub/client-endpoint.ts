@@ -24,7 +24,7 @@ import { clientCertificatesOf } from './client-certificates.ts';
 import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { connectedFrame } from './downstream.ts';
-import { PUBSUB_ERRORS, failUpgrade } from './errors.ts';
+import { failUpgrade } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, isWebPubSubProtocol } from './pubsub-connection.ts';
@@ -232,21 +232,31 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     // through another edge right after `connected` could miss it. Meanwhile its frames wait unread; a reliable
     // session keeps what is delivered to it (written after `connected`), a plain connection gets nothing yet.
     client.hold();
+    connection.awaitingConnected = true;
     hub.admit(connection, groups);
     void hub.subscribed().then(() => {
-      // Ended meanwhile (a REST close, the drain): its socket, not attached yet, is closed here.
-      if (connection.ended) return client.close(this.deps.shuttingDown() ? PUBSUB_ERRORS.ShuttingDown.closeCode : PUBSUB_ERRORS.ClosedByServer.closeCode);
-      if (!client.isOpen) {
+      if (!connection.ended && !client.isOpen) {
         // Gone before it heard `connected`: out of the hub, with no `disconnected` event (there was no `connected` one).
-        this.deps.lifecycle.release(connection);
-        connection.session?.clear();
+        this.deps.lifecycle.end(connection, 'ClosedByServer', 'the client left before it was connected');
         log.info({ event: 'pubsub.left_before_connected', hub: hub.name, connectionId: connection.id });
         return;
       }
+      // The drain began meanwhile: it would not be taken in now (its `connected` and event would come mid-drain).
+      if (!connection.ended && this.deps.shuttingDown()) this.deps.lifecycle.end(connection, 'ShuttingDown');
+      if (connection.ended) {
+        // Ended meanwhile (a REST close, a reload, the drain): its client hears why, as one connected would.
+        const wanted = connection.closeWanted ?? { code: 'ClosedByServer' as const };
+        connection.attach(client);
+        connection.closeSocket(wanted.code, wanted.reason);
+        return;
+      }
+      connection.awaitingConnected = false;
       attach();
       connection.flush();
-      start();
+      // Released before its first frames are read: one that holds the socket again (a simple client's message
+      // waiting at the event handler) keeps it held.
       client.release();
+      start();
     });
   }
 

@@ -79,6 +79,8 @@ export class ConnectionLifecycle {
     if (connection.session) this.hubs.get(connection.hub.toLowerCase())?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
+    // One never told `connected` (its edge still waiting for NATS) had no `connected` event, so no `disconnected` one.
+    if (connection.awaitingConnected) return;
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.disconnected', { hub: connection.hub, connectionId: connection.id, userId: connection.userId, code: reason });
     this.ended(connection, reason);
   }

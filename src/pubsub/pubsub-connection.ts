@@ -37,6 +37,13 @@ export class PubSubConnection {
   private readonly ackIdsInProgress = new Set<number>();
   ended = false;
   /**
+   * True while admitted but not told `connected` yet (core NATS: its subscriptions on their way to the server): an
+   * end meanwhile fires no `disconnected` event (there was no `connected` one), and the close it wanted waits for
+   * the socket to be attached (`closeWanted`).
+   */
+  awaitingConnected = false;
+  closeWanted: { code: PubSubErrorCode; reason?: string } | undefined;
+  /**
    * Set while this session is being handed between nodes: on the node giving
    * it up, while it is held there (deliveries still buffer); on the node
    * taking it, the events that arrive before the hand-over completes.
@@ -199,7 +206,10 @@ export class PubSubConnection {
   /** Ends the socket with the code's close code, after a `disconnected` system message (not to simple clients: they get raw data only). */
   closeSocket(code: PubSubErrorCode, reason?: string): void {
     const socket = this.socket;
-    if (!socket) return;
+    if (!socket) {
+      if (this.awaitingConnected) this.closeWanted ??= { code, reason };
+      return;
+    }
     const spec = PUBSUB_ERRORS[code];
     if (!this.simple) socket.writeFrame(disconnectedFrame(reason ?? spec.message));
     socket.close('closeCode' in spec ? spec.closeCode : 1000, code);

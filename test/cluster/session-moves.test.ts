@@ -10,8 +10,9 @@ import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
-import { CuttableProxy, HUB, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
+import { CuttableProxy, HUB, HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
+import { WS_KEY, maskedFrame, rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
@@ -191,6 +192,64 @@ describe('a new connection on core NATS with other edges', () => {
       assert.equal(kinds[0], 'connected', kinds.join());
     });
   }
+
+  /** Edges A (its link to NATS slow by `holdMs` one way, once both are up) and B on core NATS, hub `chat` with `hubExtra`. */
+  async function slowLinkEdges(t: TestContext, hubExtra: Record<string, unknown>, holdMs: number, shutdownMs = 500) {
+    const hubs = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, ...hubExtra }] } };
+    const nats = await startNatsServer(t);
+    const link = await CuttableProxy.start(nats.port, t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [`nats://127.0.0.1:${link.port}`], { ...CORE_NATS, ...hubs, timeouts: { shutdownMs } }));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { ...CORE_NATS, ...hubs, timeouts: { shutdownMs: 500 } }));
+    await until(() => a.bus.connected && b.bus.connected, 10000, 'both edges on NATS');
+    link.hold(holdMs);
+    t.after(() => link.hold(0));
+    return a;
+  }
+
+  it('tells a client ended while it waits why, with no event of it to the handler; one that waits when the drain begins is closed 1012 at once', async (t) => {
+    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
+    const served = await serveApp(t, app);
+    const a = await slowLinkEdges(t, { eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, systemEvents: ['connected', 'disconnected'] }] }, 800, 4000);
+    const hub = a.pubsub.hub(HUB)!;
+    const closedByRest = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'closed' }), PLAIN, t);
+    await until(() => hub.local.connections.size === 1, 2000, 'the connection in its hub');
+    await serviceClient(a).closeConnection([...hub.local.connections.keys()][0], { reason: 'bye' });
+    // Before: closed 1008 without a reason or a disconnected message, and the handler had disconnected without connected.
+    assert.equal((await withTimeout(closedByRest.closed, 5000, 'the close')).code, 1008);
+    assert.equal(closedByRest.messages.find((m) => m.type === 'system')?.event, 'disconnected');
+    const late = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'late' }), RELIABLE, t);
+    const drainAt = Date.now();
+    const drained = a.close();
+    // Before: told connected mid-drain (and the handler too), and kept until shutdownMs (4 s).
+    const closed = await withTimeout(late.closed, 5000, 'the late client closed');
+    assert.equal(closed.code, 1012);
+    assert.ok(Date.now() - drainAt < 2500, `closed ${Date.now() - drainAt} ms into the drain`);
+    assert.ok(!late.messages.some((m) => m.type === 'system' && m.event === 'connected'), JSON.stringify(late.messages));
+    await drained;
+    assert.deepEqual([record.connected.length, record.disconnected.length], [0, 0]);
+  });
+
+  it('keeps a simple client unread while its first message, which came with the upgrade, waits at the handler', async (t) => {
+    const handler = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(204).end(), 3000));
+    });
+    const a = await slowLinkEdges(t, { eventHandlers: [{ urlTemplate: handler.urlTemplate, userEventPattern: '*' }] }, 300);
+    const url = new URL(accessUrl(a.url, { userId: 's' }));
+    const socket = await tcp(t, a.port);
+    socket.write(Buffer.concat([
+      Buffer.from(`GET ${url.pathname}${url.search} HTTP/1.1\r\nHost: 127.0.0.1:${a.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n`),
+      maskedFrame(1, 'first'),
+    ]));
+    assert.match((await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, 'the 101')).toString('latin1'), /^HTTP\/1.1 101/);
+    socket.resume();
+    for (let i = 0; i < 300; i++) socket.write(maskedFrame(1, 'x'.repeat(8192)));
+    await new Promise((r) => setTimeout(r, 1000));
+    const connection = [...a.pubsub.hub(HUB)!.local.connections.values()][0];
+    // Before: the wait's own release undid the hold the first message took: every frame read and kept (~2.4 MB here).
+    assert.ok((connection.pendingFrames?.length ?? 0) <= 2, `${connection.pendingFrames?.length} frames read and kept`);
+    assert.equal(connection.socket?.isHeld, true);
+  });
 
   it('leaves nothing behind for a client gone before it heard connected', async (t) => {
     const nats = await startNatsServer(t);
