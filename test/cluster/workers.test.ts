@@ -58,6 +58,17 @@ function workerPids(pid: number): number[] {
   return children;
 }
 
+/** Kills one of the primary's two workers (SIGKILL) and waits until the primary has forked its successor: the pid killed. */
+async function killWorkerUntilForkedAgain(primary: number): Promise<number> {
+  const [killed] = workerPids(primary);
+  process.kill(killed, 'SIGKILL');
+  await until(() => {
+    const pids = workerPids(primary);
+    return pids.length === 2 && !pids.includes(killed);
+  }, 10000, 'the new worker to be forked');
+  return killed;
+}
+
 /** A raw listener on entity echo whose legs echo; closed with the test. */
 async function echoListener(t: Parameters<typeof cleanupFor>[0], url: string): Promise<RawListener> {
   const listener = await RawListener.connect(wsUrl(url, '/$hc/echo?sb-hc-action=listen'), tokenFor(wsUrl(url, '/$hc/echo')));
@@ -177,13 +188,8 @@ describe('serve --workers', { concurrency: 2 }, () => {
     for (let i = 0; i < 4; i++) assert.equal(await echoOnce(relay.url, `before ${i}`), `before ${i}`);
 
     // A worker killed (a crash, the OOM killer) is started again; before, the primary only logged it and exited 0 with the last.
-    const [killed] = workerPids(primary);
-    process.kill(killed, 'SIGKILL');
+    const killed = await killWorkerUntilForkedAgain(primary);
     // A SIGHUP while the new worker starts is for the workers that listen (before, it ended the starting one).
-    await until(() => {
-      const pids = workerPids(primary);
-      return pids.length === 2 && !pids.includes(killed);
-    }, 10000, 'the new worker to be forked');
     process.kill(primary, 'SIGHUP');
     await until(() => /worker \d is back/.test(relay.stderr()), 15000, `the worker started again\n${relay.stderr().slice(-2000)}`);
     assert.doesNotMatch(relay.stderr(), /exited \(SIGHUP\)/);
@@ -274,12 +280,7 @@ describe('serve --workers', { concurrency: 2 }, () => {
     const overrides = edgeOverrides('restarting', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
     const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
     const primary = relay.child.pid!;
-    const [killed] = workerPids(primary);
-    process.kill(killed, 'SIGKILL');
-    await until(() => {
-      const pids = workerPids(primary);
-      return pids.length === 2 && !pids.includes(killed);
-    }, 10000, 'the new worker to be forked');
+    await killWorkerUntilForkedAgain(primary);
     // The new worker, not listening yet, ends by the stop signal itself (before: counted as cut, exit 70).
     const exited = exitedWithOutput(relay.child);
     relay.child.kill('SIGTERM');
