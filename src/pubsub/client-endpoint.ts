@@ -248,6 +248,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
         const wanted = connection.closeWanted ?? { code: 'ClosedByServer' as const };
         connection.attach(client);
         connection.closeSocket(wanted.code, wanted.reason);
+        // Read again for the client's answer to the close (what it sent before is dropped: the connection ended).
+        client.release();
         return;
       }
       connection.awaitingConnected = false;
