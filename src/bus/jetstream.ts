@@ -31,7 +31,7 @@ import {
 import type { Logger } from '../telemetry/logger.ts';
 import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
-import { StorePublisher } from './stream-publisher.ts';
+import { StorePublisher, storedBytes } from './stream-publisher.ts';
 
 /** Why an event was not stored, in words a client can be given. */
 export class StoreError extends Error {}
@@ -442,8 +442,10 @@ export class JetStreamAccess {
    * server's max_payload.
    */
   async publish(subject: string, data: Uint8Array, msgId: string): Promise<{ seq: number; duplicate: boolean }> {
-    // Never stored, however often tried: refused at once, not as a store that failed (503 "try again").
-    if (data.length > this.bus.maxPayload) throw tooLargeForBus(data.length, this.bus.maxPayload);
+    // Never stored, however often tried: refused at once (also while JetStream is not ready), not as a store that
+    // failed (503 "try again"). The publisher says so too, for a server met later with a smaller max_payload.
+    const bytes = storedBytes(data, msgId);
+    if (bytes > this.bus.maxPayload) throw tooLargeForBus(bytes, this.bus.maxPayload);
     const deadline = Date.now() + this.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
     for (;;) {

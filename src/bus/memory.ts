@@ -2,7 +2,7 @@
 // service. Same semantics as the NATS bus (wildcards, queue groups, no-responders,
 // asynchronous and ordered delivery), so code above it cannot tell them apart.
 import { randomUUID } from 'node:crypto';
-import { BusError, type Bus, type BusHandler, type BusMessage, type BusSubscription, type GatherOptions } from './bus.ts';
+import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusMessage, type BusSubscription, type GatherOptions } from './bus.ts';
 import { isValidSubject, isWildcard, subjectMatches } from './subject-match.ts';
 
 interface Entry {
@@ -63,7 +63,7 @@ export class MemoryBus implements Bus {
   private deliver(subject: string, data: Uint8Array, reply?: string): number {
     if (this.closed) return 0;
     if (!isValidSubject(subject, false)) throw new Error(`invalid subject '${subject}'`);
-    if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    if (data.length > this.maxPayload) throw tooLargeForBus(data.length, this.maxPayload);
     const message: BusMessage = { subject, data, reply };
     const matched = [...(this.exact.get(subject) ?? []), ...this.wildcards.filter((e) => subjectMatches(e.subject, subject))];
     const groups = new Map<string, Entry[]>();

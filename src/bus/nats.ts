@@ -19,7 +19,7 @@ import {
   type Subscription,
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
-import { BusError, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
+import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
 
 export interface NatsBusOptions {
   servers: string[];
@@ -191,7 +191,7 @@ export class NatsBus implements Bus {
   }
 
   publish(subject: string, data: Uint8Array, reply?: string): void {
-    if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    if (data.length > this.maxPayload) throw tooLargeForBus(data.length, this.maxPayload);
     // Without a connection there is nobody to tell: the client would discard
     // it at the reconnect anyway. Pub/sub events are re-sent from
     // pubsub/replaying-feed.ts once the bus is back.
@@ -214,7 +214,7 @@ export class NatsBus implements Bus {
   async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
     const nc = this.nc;
     if (!nc || !this.isConnected) throw new BusError('Unavailable');
-    if (data.length > this.maxPayload) throw new BusError('TooLarge');
+    if (data.length > this.maxPayload) throw tooLargeForBus(data.length, this.maxPayload);
     try {
       return (await nc.request(subject, data, { timeout: timeoutMs })).data;
     } catch (err) {
@@ -225,7 +225,7 @@ export class NatsBus implements Bus {
   gather(subject: string, data: Uint8Array, options: GatherOptions): Promise<Uint8Array[]> {
     const nc = this.nc;
     if (!nc || !this.isConnected) return Promise.reject(new BusError('Unavailable'));
-    if (data.length > this.maxPayload) return Promise.reject(new BusError('TooLarge'));
+    if (data.length > this.maxPayload) return Promise.reject(tooLargeForBus(data.length, this.maxPayload));
     return new Promise((resolve) => {
       const answers: Uint8Array[] = [];
       let stall: NodeJS.Timeout | undefined;

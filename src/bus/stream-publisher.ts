@@ -26,6 +26,11 @@ interface Waiting {
 const MSG_ID_HEADER = 'Nats-Msg-Id';
 /** The encoded headers of a publish, but for its message id. */
 const HEADER_BYTES = 'NATS/1.0\r\n'.length + `${MSG_ID_HEADER}: \r\n`.length + '\r\n'.length;
+
+/** What a store publish counts against the server's max_payload, as nats.js does: the data and its encoded headers. */
+export function storedBytes(data: Uint8Array, msgId: string): number {
+  return data.length + HEADER_BYTES + Buffer.byteLength(msgId);
+}
 /** How often open waits are checked against their deadlines. */
 const SWEEP_MS = 20;
 /** The status a server answers with when no stream listens on the subject (no responders). */
@@ -57,8 +62,7 @@ export class StorePublisher {
     const token = (++this.nextToken).toString(36);
     const h = headers();
     h.set(MSG_ID_HEADER, msgId);
-    // As nats.js counts it: the data and the encoded headers, "NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n".
-    const bytes = data.length + HEADER_BYTES + Buffer.byteLength(msgId);
+    const bytes = storedBytes(data, msgId);
     const maxPayload = this.nc.info?.max_payload;
     if (maxPayload !== undefined && bytes > maxPayload) return Promise.resolve({ kind: 'tooLarge', bytes });
     return new Promise((resolve) => {
