@@ -244,6 +244,8 @@ describe('a new connection on core NATS with other edges', () => {
     assert.match((await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, 'the 101')).toString('latin1'), /^HTTP\/1.1 101/);
     socket.resume();
     for (let i = 0; i < 300; i++) socket.write(maskedFrame(1, 'x'.repeat(8192)));
+    // A window, not a wait for an event: what is checked is that nothing reads the frames in it (the handler answers
+    // the first message 3 s in).
     await new Promise((r) => setTimeout(r, 1000));
     const connection = [...a.pubsub.hub(HUB)!.local.connections.values()][0];
     // Before: the wait's own release undid the hold the first message took: every frame read and kept (~2.4 MB here).
