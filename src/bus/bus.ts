@@ -36,7 +36,8 @@ export interface GatherOptions {
   /** Stop this long after the last answer (NATS cannot say how many will come). */
   stallMs: number;
   /**
-   * True while an answer the caller knows is coming has not come yet: the
+   * Shown every answer as it comes (the last one too). True while an answer
+   * the caller knows is coming has not come yet: the
    * gather then does not stall out (maxWaitMs still bounds it). Once false,
    * stallMs more are given to answers nobody expected.
    */

@@ -150,10 +150,12 @@ export class MemoryBus implements Bus {
       const timer = setTimeout(done, options.maxWaitMs);
       const sub = this.subscribe(inbox, (m) => {
         answers.push(m.data);
+        // Every answer is shown to `awaiting`, the last one too (its callers read answers there).
+        const awaited = options.awaiting?.(answers) ?? false;
         // In one process we know how many answers can come.
         if (answers.length >= expected) return done();
         clearTimeout(stall);
-        if (!options.awaiting?.(answers)) stall = setTimeout(done, options.stallMs);
+        if (!awaited) stall = setTimeout(done, options.stallMs);
       });
       try {
         expected = this.deliver(subject, data, inbox);

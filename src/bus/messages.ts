@@ -364,6 +364,8 @@ export interface PsReplay {
 /** Answer to ps.replay: ps.send envelopes, concatenated after the header. */
 export interface PsReplayed {
   op: 'ps.replayed';
+  /** The answering edge's node id: the asker waits for each edge it has had events from. */
+  edge: string;
   truncated?: boolean;
   entries: { length: number }[];
 }

@@ -19,7 +19,7 @@
 // origin is made at every edge start (before, one entry per peer start
 // stayed for good, and went out in every replay request).
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
-import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type DecodedEdgeMessage, type PsReplayed, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { newOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
 
@@ -55,6 +55,12 @@ export function parseMid(mid: string): { origin: string; counter: number } | und
   const i = mid.lastIndexOf(':');
   const counter = Number(mid.slice(i + 1));
   return i > 0 && Number.isSafeInteger(counter) && counter > 0 ? { origin: mid.slice(0, i), counter } : undefined;
+}
+
+/** The node id in an origin (`nodeId.boot`, event-feed.ts newOrigin). */
+function nodeOfOrigin(origin: string): string {
+  const dot = origin.lastIndexOf('.');
+  return dot > 0 ? origin.slice(0, dot) : origin;
 }
 
 /** What a slot of the log holds once its entry left the window. */
@@ -283,15 +289,28 @@ export class ReplayingFeed implements EventFeed {
    */
   private async askEdges(since: Record<string, number>, after: number): Promise<{ events: Uint8Array[]; truncated: boolean }> {
     const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after });
-    const answers = await this.bus.gather(this.options.subject, request, {
+    // Every edge this one has had events from is waited for (up to requestTimeoutMs), then gatherStallMs for the rest.
+    // Before, the gather ended gatherStallMs after the last answer, the asker's own (empty, at once) often the first:
+    // an edge busy with its own reconnection answered too late, and what it published meanwhile was lost.
+    const waitingFor = new Set([...this.delivered.keys()].map(nodeOfOrigin));
+    waitingFor.delete(this.options.nodeId);
+    const answers: DecodedEdgeMessage<PsReplayed>[] = [];
+    await this.bus.gather(this.options.subject, request, {
       maxWaitMs: this.options.requestTimeoutMs,
       stallMs: this.options.gatherStallMs,
+      awaiting: (raw) => {
+        const answer = decodeEdgeMessage(raw[raw.length - 1], 'ps.replayed');
+        if (answer) {
+          answers.push(answer);
+          waitingFor.delete(answer.message.edge);
+        }
+        return waitingFor.size > 0;
+      },
     });
+    if (waitingFor.size > 0) this.log.warn({ event: 'bus.replay_edges_silent', edges: [...waitingFor] });
     const events: Uint8Array[] = [];
     let truncated = false;
-    for (const answer of answers) {
-      const envelope = decodeEdgeMessage(answer, 'ps.replayed');
-      if (!envelope) continue;
+    for (const envelope of answers) {
       if (envelope.message.truncated) truncated = true;
       let offset = 0;
       for (const entry of envelope.message.entries) {
@@ -307,7 +326,9 @@ export class ReplayingFeed implements EventFeed {
   private onRequest(message: BusMessage): void {
     const h = decodeEdgeMessage(message.data, 'ps.replay')?.message;
     if (!h) return;
-    if (h.origin === this.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries: [] }));
+    const edge = this.options.nodeId;
+    // Its own question: answered at once, empty (the gather's first answer, from which it counts gatherStallMs).
+    if (h.origin === this.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', edge, entries: [] }));
     const since = h.since[this.origin];
     const budget = Math.floor(this.bus.maxPayload / 2);
     const entries: { length: number }[] = [];
@@ -335,7 +356,7 @@ export class ReplayingFeed implements EventFeed {
       bodies.push(e.data);
       bytes += e.data.length;
     }
-    respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', entries, truncated }, Buffer.concat(bodies, bytes)));
+    respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', edge, entries, truncated }, Buffer.concat(bodies, bytes)));
   }
 
   close(): void {

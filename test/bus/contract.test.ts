@@ -121,8 +121,12 @@ for (const [kind, pair] of [['memory', memoryPair], ['nats', natsPair]] as const
       assert.deepEqual(names(await b.gather('slow', Buffer.from('?'), options)), ['quick'], 'the late one misses the stall');
       const expectingLate = (answers: readonly Uint8Array[]) => !answers.some((d) => Buffer.from(d).toString() === 'late');
       let started = Date.now();
-      assert.deepEqual(names(await b.gather('slow', Buffer.from('?'), { ...options, awaiting: expectingLate })), ['late', 'quick']);
+      const seen: string[] = [];
+      const awaiting = (answers: readonly Uint8Array[]) => (seen.push(Buffer.from(answers[answers.length - 1]).toString()), expectingLate(answers));
+      assert.deepEqual(names(await b.gather('slow', Buffer.from('?'), { ...options, awaiting })), ['late', 'quick']);
       assert.ok(Date.now() - started < 4000, 'ended by the awaited answer, not by maxWaitMs');
+      // awaiting is shown every answer, the last too (before, the memory bus ended at its count without showing it).
+      assert.deepEqual(seen, ['quick', 'late']);
       // Awaiting what never comes: maxWaitMs ends it (on the memory bus, the count of subscribers may end it first).
       started = Date.now();
       const never = await b.gather('slow', Buffer.from('?'), { maxWaitMs: 1000, stallMs: 50, awaiting: () => true });

@@ -29,7 +29,7 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   'ps.session': { op: 'ps.session', ok: true, userId: null, permissions: { joinLeaveGroup: PERMS, sendToGroup: PERMS }, groups: ['g'], ackIds: [1], firstSeq: 1, lastSeq: 2, seen: { 'n1.ab': 3 } },
   'ps.entries': { op: 'ps.entries', entries: [{ seq: 1, mid: 'n1.ab:1', length: 3 }] },
   'ps.replay': { op: 'ps.replay', origin: 'n1.ab', since: { 'n2.cd': 4 }, after: 0 },
-  'ps.replayed': { op: 'ps.replayed', entries: [{ length: 3 }], truncated: false },
+  'ps.replayed': { op: 'ps.replayed', edge: 'n2', entries: [{ length: 3 }], truncated: false },
   'ps.member': { op: 'ps.member', origin: 'n1', hub: 'chat', target: { kind: 'connection', name: 'c1' }, action: 'add', groups: ['g'] },
   'ps.claim': { op: 'ps.claim', origin: 'n2', hub: 'chat', connectionId: 'c1' },
   'ps.checkpoint': {

@@ -152,7 +152,7 @@ describe('an outage after a quiet peer was forgotten', () => {
     publisher.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.from('x')));
     await until(() => got.length === 1, 2000, 'the event');
     const replayed = (side: 'a' | 'b') => until(() => logs[side].events().includes('bus.replayed'), 5000, `edge ${side}'s replay`);
-    return { a, b, receiver, got, event, replayed };
+    return { a, b, publisher, receiver, got, event, replayed, logs };
   }
 
   for (const away of ['publisher', 'receiver'] as const) {
@@ -211,6 +211,25 @@ describe('an outage after a quiet peer was forgotten', () => {
     );
     assert.deepEqual(got.slice(21).map(([, bytes]) => bytes), [2500, 10]);
     assert.ok(!log.events().includes('bus.replay_truncated'));
+  });
+
+  it('waits for every edge it had events from: one answering after gatherStallMs still gives what the receiver missed', async (t) => {
+    const { a, b, publisher, got, event, replayed, logs } = await afterOneEvent(t);
+    // The publisher answers questions 300 ms late (six gatherStallMs; as when busy with its own reconnection).
+    const publish = a.view.publish.bind(a.view);
+    a.view.publish = (subject, data, reply) => {
+      if (subject.startsWith('_INBOX.')) setTimeout(() => publish(subject, data, reply), 300);
+      else publish(subject, data, reply);
+    };
+    b.set(false);
+    const missed: PsSend = { ...event, mid: publisher.nextMid() };
+    publisher.publish('relay.ps.chat.all', missed.mid, encodeEdgeMessage(missed, Buffer.from('y')));
+    // The memory bus delivers in a microtask: the receiver, away, drops it.
+    await new Promise((r) => setImmediate(r));
+    b.set(true);
+    await replayed('b');
+    // Before: the receiver's own empty answer came first and the gather ended 50 ms after it: the event was lost.
+    assert.deepEqual(got, [event.mid, missed.mid]);
   });
 
   it('keeps its window on a steady clock: a wall clock stepped back does not bring an event round again', async (t) => {
