@@ -55,7 +55,7 @@ function assertOnceInOrder(seen: number[]): void {
   for (let i = 1; i < seen.length; i++) assert.ok(seen[i] > seen[i - 1], `out of order or twice at ${i}: ${seen[i - 1]} then ${seen[i]}`);
 }
 
-describe('faults', () => {
+describe('faults', { concurrency: 2 }, () => {
   it('NATS goes away: local traffic goes on, nodes report not-ready, and all resumes when it returns', async (t) => {
     // Refused, not lost: cross-node connects while there is no bus get 503
     // BusUnavailable at once. Local hybrid connections and local pub/sub lose
