@@ -25,8 +25,17 @@ export class BusError extends Error {
   }
 }
 
-/** A message the bus cannot carry (NATS's max_payload, envelope included): it says how large each is. */
-export function tooLargeForBus(bytes: number, maxPayload: number): BusError {
+/**
+ * A message the bus cannot carry (NATS's max_payload, envelope included): it says how large each is. `limit`, when
+ * below max_payload, is what a pub/sub event may take on core NATS (room is kept for a replay answer's header).
+ */
+export function tooLargeForBus(bytes: number, maxPayload: number, limit = maxPayload): BusError {
+  if (limit < maxPayload) {
+    return new BusError(
+      'TooLarge',
+      `the message takes ${bytes} bytes on the bus, more than the ${limit} an event may take there (its NATS server's max_payload, ${maxPayload}, less the header of a replay's answer)`,
+    );
+  }
   return new BusError('TooLarge', `the message takes ${bytes} bytes on the bus, more than its NATS server's max_payload (${maxPayload})`);
 }
 

@@ -14,6 +14,8 @@ export type DeliverEvent = (event: PsSend, body: Buffer) => void;
 export interface EventFeed {
   /** A new cluster-wide event id, `origin:counter` (origin: this edge process). */
   nextMid(): string;
+  /** The largest ps.send envelope the feed carries (and, on core NATS, can replay) on the bus as it is now. */
+  largestEvent(): number;
   /** Sends an event this edge accepted (and delivered to its own members) to the other edges: its ps.send envelope. */
   publish(subject: string, mid: string, data: Uint8Array): void;
   /** An event another edge published, as the bus brought it. */
@@ -49,6 +51,10 @@ export class DirectFeed implements EventFeed {
 
   nextMid(): string {
     return `${this.origin}:${++this.counter}`;
+  }
+
+  largestEvent(): number {
+    return this.bus.maxPayload;
   }
 
   publish(subject: string, _mid: string, data: Uint8Array): void {

@@ -242,7 +242,8 @@ export class ClusterHub {
       const event: PsSend = { op: 'ps.send', ...this.from, mid, at, target, excluded: excluded && [...excluded], filter: filter?.text, message: rest };
       data = encodeEdgeMessage(event, Buffer.from(dataJson, 'utf8'));
       // Refused whole, before anyone has it: members here only would be a silent loss on every other edge.
-      if (data.length > this.deps.bus.maxPayload) return Promise.reject(tooLargeForBus(data.length, this.deps.bus.maxPayload));
+      const largest = this.deps.feed.largestEvent();
+      if (data.length > largest) return Promise.reject(tooLargeForBus(data.length, this.deps.bus.maxPayload, largest));
     }
     const sequence = this.memoryHistory && target.kind === 'group' ? this.memoryHistory.append(target.name, message, at) : undefined;
     this.delivered(this.local.deliver(target, new SharedMessage(message, mid, 0, sequence), excluded, filter), at, 'local');

@@ -35,8 +35,6 @@ export interface ReplayingFeedOptions {
 
 /** When asking an edge never heard from, start this long before the disconnect (clocks differ). */
 const CLOCK_MARGIN_MS = 1000;
-/** Room left in an answer for its own header (its list of entries is at most half the max_payload's budget short). */
-const REPLAYED_HEADER_BYTES = 1024;
 /** Rounds of a replay at most (each brings up to half the bus's max_payload from every edge with more to send). */
 const MAX_REPLAY_ROUNDS = 1000;
 
@@ -75,6 +73,8 @@ export class ReplayingFeed implements EventFeed {
   private entries: Logged[] = [];
   private head = 0;
   private bytes = 0;
+  /** The room a one-event answer's header takes, for the bus's max_payload last asked about. */
+  private answerHeader = { maxPayload: -1, bytes: 0 };
   /** Highest counter delivered from each origin. */
   private readonly delivered = new Map<string, number>();
   private held: [string, () => void][] | undefined;
@@ -131,6 +131,21 @@ export class ReplayingFeed implements EventFeed {
 
   unregister(hubKey: string, deliver: DeliverEvent): void {
     if (this.hubs.get(hubKey) === deliver) this.hubs.delete(hubKey);
+  }
+
+  /**
+   * An event's envelope must leave room for the header of an answer carrying it alone, or it could not be replayed
+   * (before, events within 1 KiB of max_payload were accepted, and lost when an edge missed them). With the replay
+   * off (no window or no buffer), the whole max_payload.
+   */
+  largestEvent(): number {
+    const maxPayload = this.bus.maxPayload;
+    if (this.options.windowMs === 0 || this.options.maxBytes === 0) return maxPayload;
+    if (this.answerHeader.maxPayload !== maxPayload) {
+      const header = encodeEdgeMessage({ op: 'ps.replayed', edge: this.options.nodeId, entries: [{ length: maxPayload }], truncated: false });
+      this.answerHeader = { maxPayload, bytes: header.length };
+    }
+    return maxPayload - this.answerHeader.bytes;
   }
 
   /** Publishes an event this edge accepted, and logs it for edges that miss it. */
@@ -342,9 +357,9 @@ export class ReplayingFeed implements EventFeed {
       const e = this.entries[i];
       if (e.mono < oldest) continue;
       if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
-      // The first event goes whatever its size (it crossed the bus once), so an answer always brings the asker further;
-      // one that leaves no room for the answer's own header cannot be replayed.
-      if (entries.length === 0 && e.data.length > this.bus.maxPayload - REPLAYED_HEADER_BYTES) {
+      // The first event goes whatever its size, so an answer always brings the asker further; one that leaves no room
+      // for the answer's own header (only one sent before the server's max_payload went down) cannot be replayed.
+      if (entries.length === 0 && e.data.length > this.largestEvent()) {
         this.log.warn({ event: 'bus.replay_event_too_large', bytes: e.data.length });
         continue;
       }

@@ -232,6 +232,47 @@ describe('an outage after a quiet peer was forgotten', () => {
     assert.deepEqual(got, [event.mid, missed.mid]);
   });
 
+  it('replays an event as large as it accepts: largestEvent() leaves just the room of an answer header', async (t) => {
+    const maxPayload = 8192;
+    const shared = new MemoryBus({ maxPayload });
+    t.after(() => shared.close());
+    const a = edgeView(shared);
+    const b = edgeView(shared);
+    const log = captureLogger('info');
+    const wide = (nodeId: string) => ({ ...options(nodeId), windowMs: 60000 });
+    const publisher = new ReplayingFeed(a.view, wide('edge-a'), log.log);
+    const receiver = new ReplayingFeed(b.view, wide('edge-b'), log.log);
+    t.after(() => (publisher.close(), receiver.close()));
+    const got: number[] = [];
+    receiver.register('chat', (_event, body) => got.push(body.length));
+    shared.subscribe('relay.ps.chat.all', (m) => {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded && b.view.connected) receiver.receive(decoded.message, decoded.body);
+    });
+    const largest = publisher.largestEvent();
+    // One answer carrying that event alone, its header included, is exactly max_payload.
+    const header = encodeEdgeMessage({ op: 'ps.replayed', edge: 'edge-a', entries: [{ length: maxPayload }], truncated: false }).length;
+    assert.equal(largest, maxPayload - header);
+    const publish = (envelopeBytes: number) => {
+      const event: PsSend = { op: 'ps.send', origin: 'edge-a', mid: publisher.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      const headerOnly = encodeEdgeMessage(event).length;
+      const data = encodeEdgeMessage(event, Buffer.alloc(envelopeBytes - headerOnly, 0x61));
+      assert.equal(data.length, envelopeBytes);
+      publisher.publish('relay.ps.chat.all', event.mid, data);
+      return envelopeBytes - headerOnly;
+    };
+    publish(300);
+    await until(() => got.length === 1, 2000, 'the first event');
+    b.set(false);
+    const body = publish(largest);
+    await new Promise((r) => setImmediate(r));
+    b.set(true);
+    await until(() => log.events().includes('bus.replayed'), 5000, "the receiver's replay");
+    // Before: skipped as too large for an answer (bus.replay_event_too_large) when within 1 KiB of max_payload.
+    assert.deepEqual(got.slice(1), [body]);
+    assert.ok(!log.events().includes('bus.replay_event_too_large'));
+  });
+
   it('keeps its window on a steady clock: a wall clock stepped back does not bring an event round again', async (t) => {
     const { a, receiver, got, event, replayed } = await afterOneEvent(t);
     await new Promise((r) => setTimeout(r, 150));
