@@ -26,6 +26,7 @@ import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 import { ResponseBody, contentLengthOf } from './response-body.ts';
+import { confinedToEntity } from './shared-origin.ts';
 
 /**
  * The exchanges in progress per sender connection. A response queued behind
@@ -415,7 +416,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.fail('BadListenerResponse');
       return false;
     }
-    this.head = { status, reason: safeReason(response.statusDescription ?? undefined, status), headers };
+    this.head = { status, reason: safeReason(response.statusDescription ?? undefined, status), headers: confinedToEntity(headers, this.req) };
     return true;
   }
 

@@ -28,6 +28,8 @@ const SECURITY_HEADERS = {
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
+  // A page a listener serves from this origin cannot keep a hand on a dashboard it opens (hybrid/shared-origin.ts).
+  'cross-origin-opener-policy': 'same-origin',
   'cache-control': 'no-cache',
 };
 

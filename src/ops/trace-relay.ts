@@ -22,7 +22,7 @@ import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import { failEdgeRequest } from '../http/edge-errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import type { TraceEvent, TraceSource } from '../telemetry/trace.ts';
+import { traceText, type TraceEvent, type TraceSource } from '../telemetry/trace.ts';
 import type { ManageAuth } from './manage-auth.ts';
 
 /** Trace viewers one edge serves at once; more are refused (503 TooManyTraceViewers). */
@@ -48,7 +48,8 @@ export function traceFilterOf(query: URLSearchParams): TraceFilter {
   const filter: TraceFilter = {};
   for (const name of ['entity', 'hub', 'connectionId', 'userId'] as const) {
     const value = query.get(name)?.trim();
-    if (value) filter[name] = value.slice(0, 1024);
+    // Cut as an event's fields are, so a name longer than they keep still matches (before: never).
+    if (value) filter[name] = traceText(value);
   }
   return filter;
 }

@@ -16,6 +16,11 @@ export const TRACE_EVENTS_PER_SECOND = 1000;
 /** Longest text field of an event, in characters. */
 export const TRACE_TEXT_MAX = 256;
 
+/** A text field as events carry it: cut to TRACE_TEXT_MAX characters, the last one an ellipsis. */
+export function traceText(value: string): string {
+  return value.length > TRACE_TEXT_MAX ? value.slice(0, TRACE_TEXT_MAX - 1) + '…' : value;
+}
+
 export type TraceKind =
   | 'listener.connected'
   | 'listener.disconnected'
@@ -143,7 +148,7 @@ export class TraceSource {
     const event: TraceEvent = { at: Date.now(), node: this.node, kind };
     for (const name of TEXT_FIELDS) {
       const value = fields[name];
-      if (typeof value === 'string') event[name] = value.length > TRACE_TEXT_MAX ? value.slice(0, TRACE_TEXT_MAX - 1) + '…' : value;
+      if (typeof value === 'string') event[name] = traceText(value);
     }
     if (fields.status !== undefined) event.status = fields.status;
     if (fields.ms !== undefined) event.ms = Math.max(0, Math.round(fields.ms * 10) / 10);

@@ -14,7 +14,7 @@ import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
-import { TRACE_VIEWERS_PER_NODE } from '../../src/ops/trace-relay.ts';
+import { TRACE_VIEWERS_PER_NODE, traceFilterOf, traceMatches } from '../../src/ops/trace-relay.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
 
 /** An open /$relay/trace stream: its events by name, as they come. */
@@ -83,6 +83,8 @@ describe('/$relay/dashboard', () => {
     assert.equal(page.status, 200);
     assert.match(String(page.headers['content-type']), /^text\/html/);
     assert.match(String(page.headers['content-security-policy']), /default-src 'none'; script-src 'self'/);
+    // A page a listener serves from this origin cannot keep a hand on it (test/browser/shared-origin.test.ts).
+    assert.equal(page.headers['cross-origin-opener-policy'], 'same-origin');
     assert.match(page.body.toString(), /<script type="module" src="\/\$relay\/dashboard\/app.js">/);
     // Nothing from another origin: every script, style and image is the relay's own.
     assert.doesNotMatch(page.body.toString(), /(src|href)="(https?:)?\/\//);
@@ -301,5 +303,19 @@ describe('TraceSource', () => {
     assert.equal(seen.length, 201, 'a long quiet fills it to its size, no further');
     detach();
     assert.equal(trace.on, false);
+  });
+
+  it('matches a filter naming a user, hub or entity longer than an event keeps (cut alike; before: never)', () => {
+    const trace = new TraceSource('n1');
+    const seen: Parameters<typeof traceMatches>[1][] = [];
+    trace.attach((e) => seen.push(e));
+    const long = (c: string) => c.repeat(300);
+    trace.emit('pubsub.connected', { hub: long('H'), userId: long('u') });
+    trace.emit('http.request', { entity: long('e') });
+    const filter = (query: string) => traceFilterOf(new URLSearchParams(query));
+    assert.equal(traceMatches(filter(`userId=${long('u')}`), seen[0]), true);
+    assert.equal(traceMatches(filter(`hub=${long('h')}`), seen[0]), true);
+    assert.equal(traceMatches(filter(`entity=${long('E')}`), seen[1]), true);
+    assert.equal(traceMatches(filter(`userId=${long('v')}`), seen[0]), false);
   });
 });

@@ -1,0 +1,49 @@
+// A listener's HTTP answers reach browsers from the relay's own origin (its
+// scheme, host and port), the origin of the operator's dashboard
+// (/$relay/dashboard) too. A listener needs only Listen on its entity, so a
+// page it serves must not reach beyond the entity's path into the relay's own
+// pages (found by review: a Listen-only tenant read the Manage key typed into
+// the dashboard, or the token it sent):
+// - a service worker the page registers is confined to the entity's path: the
+//   relay answers the browser's script fetch (`Service-Worker: script`) with
+//   `Service-Worker-Allowed: /{entity}/`, whatever the listener said (before,
+//   `Service-Worker-Allowed: /` gave the worker every request to the origin,
+//   the dashboard's Authorization headers included; and a script at the
+//   entity's root, `/{entity}`, would have had `/` without asking);
+// - a page cannot keep a hand on a dashboard it opens: the dashboard is served
+//   with `Cross-Origin-Opener-Policy: same-origin` (ops/dashboard.ts), which
+//   puts it in a browsing context group of its own unless its opener is
+//   same-origin with the same policy, so a listener's `same-origin` policy is
+//   passed on as `same-origin-allow-popups` (the same isolation for the page
+//   but for its popups).
+// Browsers apply Cross-Origin-Opener-Policy on https:// and on localhost only.
+import type { IncomingMessage } from 'node:http';
+
+/** The listener's response headers, as a browser on the relay's origin may safely be given them. */
+export function confinedToEntity(headers: Record<string, string | string[]>, req: Pick<IncomingMessage, 'url' | 'headers'>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    const lower = name.toLowerCase();
+    if (lower === 'service-worker-allowed') continue;
+    if (lower === 'cross-origin-opener-policy') {
+      const values = (Array.isArray(value) ? value : [value]).map((v) => (policyOf(v) === 'same-origin' ? 'same-origin-allow-popups' : v));
+      out[name] = Array.isArray(value) ? values : values[0];
+      continue;
+    }
+    out[name] = value;
+  }
+  if (req.headers['service-worker'] === 'script') out['service-worker-allowed'] = entityScope(req.url ?? '/');
+  return out;
+}
+
+/** A Cross-Origin-Opener-Policy value's policy, without its parameters (`same-origin; report-to="x"`). */
+function policyOf(value: string): string {
+  return value.split(';')[0].trim().toLowerCase();
+}
+
+/** `/{entity}/` as the request spelled it: the first segment of its path. */
+function entityScope(url: string): string {
+  const path = url.split(/[?#]/)[0];
+  const first = path.split('/')[1] ?? '';
+  return `/${first}/`;
+}
