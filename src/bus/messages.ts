@@ -359,6 +359,8 @@ export interface PsReplay {
   since: Record<string, number>;
   /** For origins not in `since`: send what was published after this time (ms since epoch). */
   after: number;
+  /** Per origin, the first counter the asker holds already: send what comes before it only. */
+  until?: Record<string, number>;
 }
 
 /** Answer to ps.replay: ps.send envelopes, concatenated after the header. */

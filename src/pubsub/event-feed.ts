@@ -25,7 +25,7 @@ export interface EventFeed {
   /** The hub is gone (a reload removed it): its events go nowhere, unless another registered since. */
   unregister(hubKey: string, deliver: DeliverEvent): void;
   /** Every event other edges published since a time (their clocks), as ps.send envelopes, where the feed keeps them. */
-  publishedSince?(after: number): Promise<Uint8Array[]>;
+  publishedSince?(after: number, edges: readonly string[]): Promise<Uint8Array[]>;
   /** Per origin, the highest event counter this edge has delivered, where the feed counts them. */
   seen?(): Record<string, number>;
   close(): void;

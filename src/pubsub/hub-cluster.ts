@@ -417,6 +417,11 @@ export class ClusterHub {
     return answers;
   }
 
+  /** The other edges heard on this hub lately (node ids). */
+  otherEdges(): string[] {
+    return this.roster?.others() ?? [];
+  }
+
   /** Whether another edge has been heard on this hub lately (one that could take a session from here). */
   hasOtherEdges(): boolean {
     return (this.roster?.others().length ?? 0) > 0;

@@ -78,6 +78,11 @@ export class ReplayingFeed implements EventFeed {
   /** Highest counter delivered from each origin. */
   private readonly delivered = new Map<string, number>();
   private held: [string, () => void][] | undefined;
+  /** Per origin, the first counter held: a replay asks for what came before it only (what is held takes over there). */
+  private readonly heldFrom = new Map<string, number>();
+  /** True while a replay runs; a reconnect meanwhile asks for another pass (from the earlier time) instead of a second replay. */
+  private replaying = false;
+  private passAgainFrom: number | undefined;
   /** Since when the bus is away (also from the start, when the edge began without it): what was published since is sent again. */
   private disconnectedAt: number | undefined;
   private readonly subscription: BusSubscription;
@@ -190,8 +195,13 @@ export class ReplayingFeed implements EventFeed {
   }
 
   private admit(mid: string, deliver: () => void): void {
-    if (this.held) this.held.push([mid, deliver]);
-    else this.admitNow(mid, deliver);
+    if (!this.held) {
+      this.admitNow(mid, deliver);
+      return;
+    }
+    this.held.push([mid, deliver]);
+    const parsed = parseMid(mid);
+    if (parsed && !this.heldFrom.has(parsed.origin)) this.heldFrom.set(parsed.origin, parsed.counter);
   }
 
   /** Delivers the event unless one as new from its origin was: true when it did. */
@@ -213,10 +223,12 @@ export class ReplayingFeed implements EventFeed {
     }
     const since = this.disconnectedAt;
     this.disconnectedAt = undefined;
-    if (since !== undefined) {
-      this.republish(since - CLOCK_MARGIN_MS);
-      void this.replay(since);
-    }
+    if (since === undefined) return;
+    this.republish(since - CLOCK_MARGIN_MS);
+    // One replay at a time (before, a second one shared the held events, and the first to end let them go: later
+    // events from an origin went out, and the other replay's older ones were then dropped as already delivered).
+    if (this.replaying) this.passAgainFrom = Math.min(this.passAgainFrom ?? since, since);
+    else void this.replay(since);
   }
 
   /**
@@ -240,47 +252,73 @@ export class ReplayingFeed implements EventFeed {
     if (count > 0) this.log.info({ event: 'bus.republished', events: count });
   }
 
+  /** Holds new events, asks the other edges for what this one missed, delivers it, then what it held. */
   private async replay(disconnectedAt: number): Promise<void> {
+    this.replaying = true;
     this.held ??= [];
     let replayed = 0;
     try {
-      // An answer holds up to half the bus's max_payload: an edge with more to send says `truncated`, and is asked
-      // again from the last event delivered from it (before: the rest was lost, and what was held went out after the gap).
-      for (let round = 1; ; round++) {
-        const { events, truncated } = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS);
-        let delivered = 0;
-        for (const data of events) {
-          const event = decodeEdgeMessage(data, 'ps.send');
-          if (event && this.admitNow(event.message.mid, () => this.deliver(event.message, event.body))) delivered++;
-        }
-        replayed += delivered;
-        if (!truncated) break;
-        // Every answer carries at least one event newer than asked for: a round that delivered none would be asked again for ever.
-        if (delivered === 0 || round >= MAX_REPLAY_ROUNDS) {
-          this.log.warn({ event: 'bus.replay_truncated', rounds: round });
-          break;
-        }
+      for (let from: number | undefined = disconnectedAt; from !== undefined; from = this.passAgainFrom) {
+        this.passAgainFrom = undefined;
+        replayed += await this.replayPass(from);
       }
-    } catch (err) {
-      this.log.warn({ event: 'bus.replay_failed', err: (err as Error).message });
     } finally {
       const held = this.held ?? [];
       this.held = undefined;
+      this.heldFrom.clear();
+      this.replaying = false;
       for (const [mid, deliver] of held) this.admitNow(mid, deliver);
       this.log.info({ event: 'bus.replayed', events: replayed, held: held.length });
     }
   }
 
   /**
+   * One pass: asks every edge for what it published after what was delivered from it (or, for an edge never heard
+   * from, after `disconnectedAt`), and before what is held from it. The first round waits for every edge this one
+   * has had events from; an answer holds up to half the bus's max_payload, and an edge with more says `truncated`
+   * and is asked again (before: the rest was lost), later rounds waiting for those edges only (before, every round
+   * waited requestTimeoutMs for an edge that had died, the held events growing).
+   */
+  private async replayPass(disconnectedAt: number): Promise<number> {
+    let replayed = 0;
+    let waitFor = [...this.delivered.keys()].map(nodeOfOrigin);
+    try {
+      for (let round = 1; ; round++) {
+        const until = Object.fromEntries(this.heldFrom);
+        const { events, cut } = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
+        let delivered = 0;
+        for (const data of events) {
+          const event = decodeEdgeMessage(data, 'ps.send');
+          if (event && this.admitNow(event.message.mid, () => this.deliver(event.message, event.body))) delivered++;
+        }
+        replayed += delivered;
+        if (cut.length === 0) break;
+        // Every answer carries at least one event newer than asked for: a round that delivered none would be asked again for ever.
+        if (delivered === 0 || round >= MAX_REPLAY_ROUNDS) {
+          this.log.warn({ event: 'bus.replay_truncated', rounds: round });
+          break;
+        }
+        waitFor = cut;
+      }
+    } catch (err) {
+      this.log.warn({ event: 'bus.replay_failed', err: (err as Error).message });
+    }
+    return replayed;
+  }
+
+  /**
    * Every event the other edges published since `after` (their clocks), as
    * ps.send envelopes: what a session moving between edges may have missed.
    */
-  async publishedSince(after: number): Promise<Uint8Array[]> {
+  async publishedSince(after: number, edges: readonly string[] = []): Promise<Uint8Array[]> {
     const out: Uint8Array[] = [];
     // Per origin, the last event had: an edge whose answer was truncated is asked again from there.
     const since: Record<string, number> = {};
+    // The first round waits for `edges` (the hub's roster: this edge may have had no event from them yet) and the
+    // edges it had events from; later ones for the edges whose answers were truncated.
+    let waitFor = [...edges, ...[...this.delivered.keys()].map(nodeOfOrigin)];
     for (let round = 1; ; round++) {
-      const { events, truncated } = await this.askEdges(since, after);
+      const { events, cut } = await this.askEdges(since, after, waitFor);
       let got = 0;
       for (const data of events) {
         const mid = decodeEdgeMessage(data, 'ps.send')?.message.mid;
@@ -290,24 +328,31 @@ export class ReplayingFeed implements EventFeed {
         out.push(data);
         got++;
       }
-      if (!truncated) return out;
+      if (cut.length === 0) return out;
       if (got === 0 || round >= MAX_REPLAY_ROUNDS) {
         this.log.warn({ event: 'bus.replay_truncated', rounds: round });
         return out;
       }
+      waitFor = cut;
     }
   }
 
   /**
    * One round of asking every edge what it published after `since` (per origin; `after`, their clock, for an origin
-   * not named): the ps.send envelopes the answers carry, in each edge's order, and whether any answer was cut short.
+   * not named) and before `until` (per origin, where given): the ps.send envelopes the answers carry, in each edge's
+   * order, and the edges whose answers were cut short. Waits for an answer from each edge in `waitFor` (up to
+   * requestTimeoutMs; the silent ones are logged), then gatherStallMs for others. Before, the gather ended
+   * gatherStallMs after the last answer, the asker's own (empty, at once) often the first: an edge busy with its
+   * own reconnection answered too late, and what it published meanwhile was lost.
    */
-  private async askEdges(since: Record<string, number>, after: number): Promise<{ events: Uint8Array[]; truncated: boolean }> {
-    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after });
-    // Every edge this one has had events from is waited for (up to requestTimeoutMs), then gatherStallMs for the rest.
-    // Before, the gather ended gatherStallMs after the last answer, the asker's own (empty, at once) often the first:
-    // an edge busy with its own reconnection answered too late, and what it published meanwhile was lost.
-    const waitingFor = new Set([...this.delivered.keys()].map(nodeOfOrigin));
+  private async askEdges(
+    since: Record<string, number>,
+    after: number,
+    waitFor: readonly string[],
+    until?: Record<string, number>,
+  ): Promise<{ events: Uint8Array[]; cut: string[] }> {
+    const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after, ...(until && Object.keys(until).length > 0 ? { until } : {}) });
+    const waitingFor = new Set(waitFor);
     waitingFor.delete(this.options.nodeId);
     const answers: DecodedEdgeMessage<PsReplayed>[] = [];
     await this.bus.gather(this.options.subject, request, {
@@ -324,9 +369,9 @@ export class ReplayingFeed implements EventFeed {
     });
     if (waitingFor.size > 0) this.log.warn({ event: 'bus.replay_edges_silent', edges: [...waitingFor] });
     const events: Uint8Array[] = [];
-    let truncated = false;
+    const cut: string[] = [];
     for (const envelope of answers) {
-      if (envelope.message.truncated) truncated = true;
+      if (envelope.message.truncated) cut.push(envelope.message.edge);
       let offset = 0;
       for (const entry of envelope.message.entries) {
         if (offset + entry.length > envelope.body.length) break;
@@ -334,7 +379,7 @@ export class ReplayingFeed implements EventFeed {
         offset += entry.length;
       }
     }
-    return { events, truncated };
+    return { events, cut };
   }
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */
@@ -345,6 +390,8 @@ export class ReplayingFeed implements EventFeed {
     // Its own question: answered at once, empty (the gather's first answer, from which it counts gatherStallMs).
     if (h.origin === this.origin) return respond(this.bus, message, encodeEdgeMessage({ op: 'ps.replayed', edge, entries: [] }));
     const since = h.since[this.origin];
+    // What the asker holds from this edge already (it arrived after the asker reconnected): not sent again.
+    const until = h.until?.[this.origin];
     const budget = Math.floor(this.bus.maxPayload / 2);
     const entries: { length: number }[] = [];
     const bodies: Uint8Array[] = [];
@@ -357,6 +404,7 @@ export class ReplayingFeed implements EventFeed {
       const e = this.entries[i];
       if (e.mono < oldest) continue;
       if (since !== undefined ? e.counter <= since : e.at < h.after) continue;
+      if (until !== undefined && e.counter >= until) break;
       // The first event goes whatever its size, so an answer always brings the asker further; one that leaves no room
       // for the answer's own header (only one sent before the server's max_payload went down) cannot be replayed.
       if (entries.length === 0 && e.data.length > this.largestEvent()) {

@@ -38,6 +38,8 @@ export interface HandoverHub {
   /** The fields every hub message from this node carries. */
   readonly from: { origin: string; hub: string };
   subjectOf(target: Target): string;
+  /** The other edges on the hub's roster (node ids). */
+  otherEdges(): string[];
 }
 
 export interface HandoverDeps {
@@ -46,8 +48,8 @@ export interface HandoverDeps {
   requestTimeoutMs: number;
   /** Forgets a connection handed to another node (no close, no session clear). */
   release(connection: PubSubConnection): void;
-  /** With the NATS bus: every event other edges published since a time (replaying-feed.ts). */
-  publishedSince?: (after: number) => Promise<Uint8Array[]>;
+  /** With the NATS bus: every event other edges published since a time (replaying-feed.ts), waiting for `edges`' answers. */
+  publishedSince?: (after: number, edges: readonly string[]) => Promise<Uint8Array[]>;
   /** With the NATS bus: per origin, the highest event counter this edge has delivered. */
   seen?: () => Record<string, number>;
 }
@@ -277,7 +279,8 @@ export class SessionHandover {
       // connection and missing, and slot it in before later events from the same origin.
       if (this.deps.publishedSince) {
         const seen = commit.seen ?? {};
-        const missed = await this.deps.publishedSince(startedAt - CLOCK_MARGIN_MS).catch(() => []);
+        // Every edge on the hub's roster is waited for: this edge may have had no event yet from one that publishes to it.
+        const missed = await this.deps.publishedSince(startedAt - CLOCK_MARGIN_MS, this.hub.otherEdges()).catch(() => []);
         // Deliveries went on into `taking` while waiting: look at it only now.
         const present = new Set(had);
         for (const m of taking) present.add(m.mid);

@@ -289,3 +289,106 @@ describe('an outage after a quiet peer was forgotten', () => {
     assert.deepEqual(got, [event.mid]);
   });
 });
+
+// A replay with edges that answer late, never, or while this edge loses NATS again (found by review of the wait for
+// every edge: each round waited for a dead edge while new events were held, a second reconnect lost events, and a
+// session moving to an edge with no events yet from a slow publisher lost what it missed).
+describe('a replay beside slow, dead and flapping edges', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const feedOptions = (nodeId: string) => ({ nodeId, subject: 'relay.replay', windowMs: 60_000, maxBytes: 1 << 20, requestTimeoutMs: 500, gatherStallMs: 50 });
+
+  /** An edge's view of a shared MemoryBus: it can lose its connection, answer questions late, or not at all. */
+  function edge(shared: MemoryBus) {
+    let connected = true;
+    let onChange: ((connected: boolean) => void) | undefined;
+    const view = Object.create(shared) as Bus;
+    Object.defineProperty(view, 'connected', { get: () => connected });
+    view.onConnectionChange = (cb: (connected: boolean) => void) => {
+      onChange = cb;
+    };
+    const publish = shared.publish.bind(shared);
+    const answers = (how: (send: () => void) => void) => {
+      view.publish = (subject, data, reply) => (subject.startsWith('_INBOX.') ? how(() => publish(subject, data, reply)) : publish(subject, data, reply));
+    };
+    return {
+      view,
+      set: (up: boolean) => ((connected = up), onChange?.(up)),
+      answerLate: (ms: number) => answers((send) => void setTimeout(send, ms)),
+      // Its subscription stays, so the memory bus's count of subscribers does not end a gather early.
+      die: () => answers(() => undefined),
+    };
+  }
+
+  /** Edges a and c publish, b receives: b has had one event from each. */
+  async function threeEdges(t: TestContext, maxPayload?: number) {
+    const shared = new MemoryBus({ maxPayload });
+    t.after(() => shared.close());
+    const [a, b, c] = [edge(shared), edge(shared), edge(shared)];
+    const log = captureLogger('info');
+    const feeds = { a: new ReplayingFeed(a.view, feedOptions('a'), createLogger('silent', 'test')), b: new ReplayingFeed(b.view, feedOptions('b'), log.log), c: new ReplayingFeed(c.view, feedOptions('c'), createLogger('silent', 'test')) };
+    t.after(() => Object.values(feeds).forEach((f) => f.close()));
+    const got: string[] = [];
+    feeds.b.register('chat', (event) => got.push(event.mid));
+    shared.subscribe('relay.ps.chat.all', (m) => {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded && b.view.connected) feeds.b.receive(decoded.message, decoded.body);
+    });
+    const send = (from: 'a' | 'c', bytes = 1) => {
+      const event: PsSend = { op: 'ps.send', origin: from, mid: feeds[from].nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      feeds[from].publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.alloc(bytes, 0x61)));
+      return event.mid;
+    };
+    const first = [send('a'), send('c')];
+    await until(() => got.length === 2, 2000, 'the first events');
+    const replays = () => log.events().filter((e) => e === 'bus.replayed').length;
+    return { shared, a, b, c, feeds, got, send, first, replays, log };
+  }
+
+  it('waits for a dead edge once, not at every round of a long replay, and stops where what it holds begins', async (t) => {
+    // 4 KiB answers: 20 events of 1 KB take about ten rounds.
+    const { b, c, got, send, replays } = await threeEdges(t, 4096);
+    c.die();
+    b.set(false);
+    const missed = Array.from({ length: 20 }, () => send('a', 1000));
+    await new Promise((r) => setImmediate(r));
+    const started = performance.now();
+    b.set(true);
+    const live = send('a');
+    await until(() => replays() === 1, 10_000, 'the replay');
+    const took = performance.now() - started;
+    // Before: each of the ~10 rounds waited requestTimeoutMs (500 ms) for the dead edge, the live event held meanwhile.
+    assert.ok(took < 1500, `the replay took ${Math.round(took)} ms`);
+    assert.deepEqual(got.slice(2), [...missed, live]);
+  });
+
+  it('delivers what it missed in a second outage that began while it replayed the first', async (t) => {
+    const { a, b, c, got, send, first, replays } = await threeEdges(t);
+    c.die(); // each pass waits requestTimeoutMs (500 ms) for it
+    a.answerLate(300);
+    b.set(false);
+    b.set(true); // the first replay: ends at about 500 ms
+    await sleep(300);
+    b.set(false);
+    const missed = send('a'); // while b is away again
+    await new Promise((r) => setImmediate(r));
+    b.set(true);
+    await sleep(250); // past the first pass's end
+    const live = send('a');
+    await until(() => got.includes(live) && replays() >= 1, 5000, 'the live event');
+    await sleep(100);
+    // Before: the first replay let the held events go (live among them), and the second one's `missed` was then dropped.
+    assert.deepEqual(got, [...first, missed, live]);
+  });
+
+  it("gives a session moving here the events of an edge on the hub's roster it never heard from, however late it answers", async (t) => {
+    const { shared, a, send } = await threeEdges(t);
+    const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
+    t.after(() => taker.close());
+    const startedAt = Date.now();
+    const event = send('a');
+    a.answerLate(200);
+    const missed = await taker.publishedSince(startedAt - 1000, ['a']);
+    // Before: not waited for (only edges it had delivered from were): nothing came back.
+    assert.ok(missed.map((data) => decodeEdgeMessage(data, 'ps.send')?.message.mid).includes(event));
+  });
+});
