@@ -44,13 +44,19 @@ ${TLS_HELP}
 Prints "forwarding 127.0.0.1:PORT -> ENTITY" or "listening on ENTITY -> HOST:PORT"
 on stdout for each forward once it is up.
 
-Example (config/dev.json's relay, entity "echo"):
+Example (config/dev.json's relay, entity "tunnel": one of its own, so no other
+listener shares it):
   edge-relay bridge --relay http://127.0.0.1:9400 --key-name RootManageSharedAccessKey \\
-    --key dev-only-key-0123456789 -R echo:127.0.0.1:8080
+    --key dev-only-key-0123456789 -R tunnel:127.0.0.1:8080
   edge-relay bridge --relay http://127.0.0.1:9400 --key-name RootManageSharedAccessKey \\
-    --key dev-only-key-0123456789 -L 127.0.0.1:18080:echo
+    --key dev-only-key-0123456789 -L 127.0.0.1:18080:tunnel
   curl http://127.0.0.1:18080/      # answered by whatever serves 127.0.0.1:8080
 `;
+
+/** An IPv6 address in brackets, as -L takes it (before: `::1:8080`, which no HOST:PORT reader splits right). */
+function hostForDisplay(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
 
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
@@ -125,12 +131,12 @@ export async function bridge(argv: string[]): Promise<number> {
     try {
       port = await forwarder.start();
     } catch (err) {
-      process.stderr.write(`edge-relay bridge: cannot listen on ${forwarder.forward.bindHost}:${forwarder.forward.port}: ${(err as Error).message}\n`);
+      process.stderr.write(`edge-relay bridge: cannot listen on ${hostForDisplay(forwarder.forward.bindHost)}:${forwarder.forward.port}: ${(err as Error).message}\n`);
       for (const r of remoteForwarders) r.stop();
       for (const l of localForwarders) await l.stop();
       return 1;
     }
-    process.stdout.write(`forwarding ${forwarder.forward.bindHost}:${port} -> ${forwarder.forward.entity}\n`);
+    process.stdout.write(`forwarding ${hostForDisplay(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
   }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

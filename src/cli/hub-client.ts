@@ -45,8 +45,10 @@ export class HubClient {
       }
       this.onMessage(message);
     });
-    ws.on('close', () => {
-      for (const waiter of this.waiting.values()) waiter.reject(new Error('connection closed before the ack'));
+    ws.on('close', (code: number, reason: Buffer) => {
+      // Said with the relay's close code and reason (before: "connection closed before the ack", whatever the cause).
+      const why = `the relay closed the connection (${code}${reason.length > 0 ? ` ${reason.toString('utf8')}` : ''}) before its ack: it may or may not have been sent`;
+      for (const waiter of this.waiting.values()) waiter.reject(Object.assign(new Error(why), { unacknowledged: true }));
       this.waiting.clear();
     });
   }

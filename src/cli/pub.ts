@@ -78,19 +78,22 @@ export async function pub(argv: string[]): Promise<number> {
   }
   const sends: Promise<void>[] = [];
   let failed = 0;
+  let count = 0;
   const publish = (line: string) => {
+    // Each failure names its message: its number (from 1, in the order given) and its first characters.
+    const which = `message ${++count} (${line.length > 40 ? `${line.slice(0, 40)}...` : line})`;
     let data: unknown;
     try {
       data = dataOf(line);
     } catch {
-      process.stderr.write(`edge-relay pub: skipped, not JSON: ${line}\n`);
+      process.stderr.write(`edge-relay pub: ${which} skipped, not JSON\n`);
       failed++;
       return;
     }
     sends.push(
-      client.request({ type: 'sendToGroup', group, dataType, data, noEcho: true }).catch((err: Error) => {
+      client.request({ type: 'sendToGroup', group, dataType, data, noEcho: true }).catch((err: Error & { unacknowledged?: boolean }) => {
         failed++;
-        process.stderr.write(`edge-relay pub: refused: ${err.message}\n`);
+        process.stderr.write(`edge-relay pub: ${which} ${err.unacknowledged ? 'not acknowledged' : 'refused'}: ${err.message}\n`);
       }),
     );
   };

@@ -36,7 +36,8 @@ describe('edge-relay bridge', () => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'tunnel', requiresClientAuthorization: true }] });
     const echo = await startTcpEcho(t);
     await startBridge(t, relay.url, ['-R', `tunnel:127.0.0.1:${echo.port}`], [/^listening on tunnel -> /]);
-    const dialer = await startBridge(t, relay.url, ['-L', '0:tunnel'], [/^forwarding 127\.0\.0\.1:\d+ -> tunnel$/]);
+    // An IPv6 bind is printed in brackets, as -L takes it (before: `forwarding ::1:PORT`).
+    const dialer = await startBridge(t, relay.url, ['-L', '0:tunnel', '-L', '[::1]:0:tunnel'], [/^forwarding 127\.0\.0\.1:\d+ -> tunnel$/, /^forwarding \[::1\]:\d+ -> tunnel$/]);
 
     const total = 100 * 1024 * 1024;
     const sent = createHash('sha256');

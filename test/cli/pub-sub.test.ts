@@ -93,6 +93,15 @@ describe('edge-relay pub and sub', () => {
     assert.match(watcher.err(), /401/);
   });
 
+  it('names the message that got no ack, with the close code and reason of the relay', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] }, limits: { pubsubMessageBytes: 1024 } });
+    const big = 'b'.repeat(2000);
+    const run = await runPub(t, ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room', big]);
+    assert.equal(run.status, 1);
+    // Before: "refused: connection closed before the ack", saying neither which message nor why.
+    assert.match(run.stderr, /message 1 \(b{40}\.\.\.\) not acknowledged: the relay closed the connection \(1009 [^)]+\)/);
+  });
+
   it('explain themselves with --help', () => {
     for (const command of ['pub', 'sub']) {
       const help = spawnSync(EDGE_RELAY_BIN, [command, '--help'], { cwd: ROOT, encoding: 'utf8', timeout: 20000 });
