@@ -416,9 +416,9 @@ export class HybridService {
    * token is checked against the new rules, and one that no longer passes is
    * closed (1008 AccessRevoked, with why); a token that still passes stays.
    */
-  reconfigure(config: RelayConfig): { entitiesRemoved: string[]; keysRotated: string[]; listenersClosed: number } {
+  reconfigure(config: RelayConfig, now = Date.now()): { entitiesRemoved: string[]; keysRotated: string[]; listenersClosed: number } {
     const removed = this.catalog.reconfigure(config.hybridConnections, config.autoCreate);
-    const keysRotated = this.authorizer.update(config.sas, config.rotationGraceSeconds * 1000);
+    const keysRotated = this.authorizer.update(config.sas, config.rotationGraceSeconds * 1000, now);
     Object.assign(this.wss.options, { maxPayload: config.limits.controlMessageBytes, ...controlMessageParts(config.limits.controlMessageBytes) });
     let listenersClosed = 0;
     const gone = new Set(removed.map((e) => e.key));

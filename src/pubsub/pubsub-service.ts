@@ -312,7 +312,7 @@ export class PubSubService implements RestContext {
    * the old key stay, as a client's token is only checked when it connects.
    * Durability and history need a restart: returned as such.
    */
-  reconfigure(config: RelayConfig, jetstream?: JetStreamAccess): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[] } {
+  reconfigure(config: RelayConfig, jetstream?: JetStreamAccess, now = Date.now()): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[] } {
     this.jetstream ??= jetstream;
     const out = { hubsAdded: [] as string[], hubsRemoved: [] as string[], keysRotated: [] as string[] };
     const listed = new Set(config.pubsub.hubs.map((h) => h.name.toLowerCase()));
@@ -344,7 +344,7 @@ export class PubSubService implements RestContext {
       }
       if (hub.config.accessKey !== next.accessKey) {
         if (config.rotationGraceSeconds > 0) {
-          this.retiredKeys.retire(hub.key, hub.config.accessKey, Date.now() + config.rotationGraceSeconds * 1000);
+          this.retiredKeys.retire(hub.key, hub.config.accessKey, now + config.rotationGraceSeconds * 1000);
           out.keysRotated.push(hub.name);
         }
         hub.config.accessKey = next.accessKey;

@@ -92,8 +92,11 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   // The loggers take the level around the config.reloaded line (relay-server.ts).
   live.log.level = next.log.level;
 
-  const hybrid = t.hybrid.reconfigure(live);
-  const pubsub = t.pubsub.reconfigure(live, t.jetstreamFor(live));
+  // One time for every grace the reload starts: SAS keys and hub keys rotated together end together (before, the hub
+  // keys' grace was counted from after the listeners were checked again, and outlived the SAS keys' by as long).
+  const now = Date.now();
+  const hybrid = t.hybrid.reconfigure(live, now);
+  const pubsub = t.pubsub.reconfigure(live, t.jetstreamFor(live), now);
   t.connectRate.configure(live.limits.connectRatePerAddress, live.limits.connectBurstPerAddress);
   t.httpConnections.limit = live.limits.httpConnectionsPerNode;
   t.proxyTrust.configure(live.listen.trustProxy);
