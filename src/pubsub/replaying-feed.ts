@@ -37,6 +37,8 @@ export interface ReplayingFeedOptions {
 const CLOCK_MARGIN_MS = 1000;
 /** Rounds of a replay at most (each brings up to half the bus's max_payload from every edge with more to send). */
 const MAX_REPLAY_ROUNDS = 1000;
+/** Passes of one replay at most: a bus lost and got back during each pass would otherwise hold new events for good. */
+const MAX_REPLAY_PASSES = 20;
 
 interface Logged {
   counter: number;
@@ -80,9 +82,14 @@ export class ReplayingFeed implements EventFeed {
   private held: [string, () => void][] | undefined;
   /** Per origin, the first counter held: a replay asks for what came before it only (what is held takes over there). */
   private readonly heldFrom = new Map<string, number>();
-  /** True while a replay runs; a reconnect meanwhile asks for another pass (from the earlier time) instead of a second replay. */
+  /**
+   * True while a replay runs. Losing the bus or getting it back meanwhile asks for another pass (from the earliest
+   * outage) instead of a second replay; the replay waits for the bus before it (wakeReplay).
+   */
   private replaying = false;
   private passAgainFrom: number | undefined;
+  private wakeReplay: (() => void) | undefined;
+  private closed = false;
   /** Since when the bus is away (also from the start, when the edge began without it): what was published since is sent again. */
   private disconnectedAt: number | undefined;
   private readonly subscription: BusSubscription;
@@ -219,6 +226,12 @@ export class ReplayingFeed implements EventFeed {
   private onConnectionChange(connected: boolean): void {
     if (!connected) {
       this.disconnectedAt ??= Date.now();
+      if (this.replaying) {
+        // Answers to the pass running now may be lost: another pass, once the bus is back. It asks each origin for
+        // what precedes the first event held after that (what is held now came before this outage).
+        this.passAgainFrom = Math.min(this.passAgainFrom ?? this.disconnectedAt, this.disconnectedAt);
+        this.heldFrom.clear();
+      }
       return;
     }
     const since = this.disconnectedAt;
@@ -227,8 +240,10 @@ export class ReplayingFeed implements EventFeed {
     this.republish(since - CLOCK_MARGIN_MS);
     // One replay at a time (before, a second one shared the held events, and the first to end let them go: later
     // events from an origin went out, and the other replay's older ones were then dropped as already delivered).
-    if (this.replaying) this.passAgainFrom = Math.min(this.passAgainFrom ?? since, since);
-    else void this.replay(since);
+    if (this.replaying) {
+      this.passAgainFrom = Math.min(this.passAgainFrom ?? since, since);
+      this.wakeReplay?.();
+    } else void this.replay(since);
   }
 
   /**
@@ -252,15 +267,31 @@ export class ReplayingFeed implements EventFeed {
     if (count > 0) this.log.info({ event: 'bus.republished', events: count });
   }
 
-  /** Holds new events, asks the other edges for what this one missed, delivers it, then what it held. */
+  /**
+   * Holds new events, asks the other edges for what this one missed, delivers it, then what it held. A pass the bus
+   * was lost during is followed by another once it is back (before, the held events went out while it was away,
+   * and what the lost answers carried was never asked for again); at most MAX_REPLAY_PASSES, then what is held goes.
+   */
   private async replay(disconnectedAt: number): Promise<void> {
     this.replaying = true;
     this.held ??= [];
     let replayed = 0;
+    // Edges that did not answer a pass of this replay: not waited for again in the next one.
+    const silent = new Set<string>();
     try {
-      for (let from: number | undefined = disconnectedAt; from !== undefined; from = this.passAgainFrom) {
+      let from: number | undefined = disconnectedAt;
+      for (let pass = 1; from !== undefined; pass++) {
+        if (!this.bus.connected) await new Promise<void>((resolve) => (this.wakeReplay = resolve));
+        this.wakeReplay = undefined;
+        if (this.closed) break;
+        from = Math.min(from, this.passAgainFrom ?? from);
         this.passAgainFrom = undefined;
-        replayed += await this.replayPass(from);
+        if (pass > MAX_REPLAY_PASSES) {
+          this.log.warn({ event: 'bus.replay_passes_exceeded', passes: MAX_REPLAY_PASSES, held: this.held?.length ?? 0 });
+          break;
+        }
+        replayed += await this.replayPass(from, silent);
+        from = this.passAgainFrom;
       }
     } finally {
       const held = this.held ?? [];
@@ -279,13 +310,15 @@ export class ReplayingFeed implements EventFeed {
    * and is asked again (before: the rest was lost), later rounds waiting for those edges only (before, every round
    * waited requestTimeoutMs for an edge that had died, the held events growing).
    */
-  private async replayPass(disconnectedAt: number): Promise<number> {
+  private async replayPass(disconnectedAt: number, silent: Set<string>): Promise<number> {
     let replayed = 0;
-    let waitFor = [...this.delivered.keys()].map(nodeOfOrigin);
+    let waitFor = [...this.delivered.keys()].map(nodeOfOrigin).filter((edge) => !silent.has(edge));
     try {
       for (let round = 1; ; round++) {
         const until = Object.fromEntries(this.heldFrom);
-        const { events, cut } = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
+        const answered = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
+        const { events, cut } = answered;
+        for (const edge of answered.silent) silent.add(edge);
         let delivered = 0;
         for (const data of events) {
           const event = decodeEdgeMessage(data, 'ps.send');
@@ -350,7 +383,7 @@ export class ReplayingFeed implements EventFeed {
     after: number,
     waitFor: readonly string[],
     until?: Record<string, number>,
-  ): Promise<{ events: Uint8Array[]; cut: string[] }> {
+  ): Promise<{ events: Uint8Array[]; cut: string[]; silent: string[] }> {
     const request = encodeEdgeMessage({ op: 'ps.replay', origin: this.origin, since, after, ...(until && Object.keys(until).length > 0 ? { until } : {}) });
     const waitingFor = new Set(waitFor);
     waitingFor.delete(this.options.nodeId);
@@ -379,7 +412,7 @@ export class ReplayingFeed implements EventFeed {
         offset += entry.length;
       }
     }
-    return { events, cut };
+    return { events, cut, silent: [...waitingFor] };
   }
 
   /** Another edge reconnected: send it what this edge published that it may have missed. */
@@ -423,6 +456,8 @@ export class ReplayingFeed implements EventFeed {
   }
 
   close(): void {
+    this.closed = true;
+    this.wakeReplay?.();
     clearInterval(this.sweepTimer);
     this.subscription.unsubscribe();
   }

@@ -316,6 +316,7 @@ describe('a replay beside slow, dead and flapping edges', () => {
       answerLate: (ms: number) => answers((send) => void setTimeout(send, ms)),
       // Its subscription stays, so the memory bus's count of subscribers does not end a gather early.
       die: () => answers(() => undefined),
+      revive: () => answers((send) => send()),
     };
   }
 
@@ -378,6 +379,64 @@ describe('a replay beside slow, dead and flapping edges', () => {
     await sleep(100);
     // Before: the first replay let the held events go (live among them), and the second one's `missed` was then dropped.
     assert.deepEqual(got, [...first, missed, live]);
+  });
+
+  it('asks again for what it missed in an outage during its replay, after events it held before that outage', async (t) => {
+    const { b, c, got, send, first, replays } = await threeEdges(t);
+    c.die(); // the first pass waits 500 ms for it
+    b.set(false);
+    b.set(true);
+    await sleep(50);
+    const held = send('a');
+    await sleep(10);
+    b.set(false);
+    const missed = send('a');
+    await sleep(10);
+    b.set(true);
+    const live = send('a');
+    await until(() => replays() === 1, 5000, 'the replay');
+    // Before: the second pass asked a for what preceded the first event held (`held`): `missed` never came.
+    assert.deepEqual(got, [...first, held, missed, live]);
+  });
+
+  it('keeps holding while NATS is away again at the end of a pass, and asks again once it is back', async (t) => {
+    const { a, b, c, got, send, first, replays } = await threeEdges(t);
+    c.die();
+    b.set(false);
+    const missed = send('a');
+    await new Promise((r) => setImmediate(r));
+    a.die(); // its answer is lost, as when b loses NATS again before it comes
+    b.set(true);
+    await sleep(50);
+    const held = send('a');
+    await sleep(50);
+    b.set(false); // away past the pass's end (500 ms)
+    await sleep(700);
+    // Before: the pass ended, the held events went out, and `missed` was never asked for again.
+    assert.deepEqual([replays(), got], [0, first]);
+    a.revive();
+    b.set(true);
+    await until(() => replays() === 1, 5000, 'the replay');
+    assert.deepEqual(got, [...first, missed, held]);
+  });
+
+  it('delivers while NATS comes and goes more often than a dead edge is waited for (once per replay)', async (t) => {
+    const { b, c, got, send, first } = await threeEdges(t);
+    c.die();
+    const sent: string[] = [];
+    const timer = setInterval(() => sent.push(send('a')), 20);
+    t.after(() => clearInterval(timer));
+    // Away 20 ms in every 400 ms, for 4 s.
+    for (let i = 0; i < 10; i++) {
+      b.set(false);
+      await sleep(20);
+      b.set(true);
+      await sleep(380);
+    }
+    clearInterval(timer);
+    // Before: every pass waited for c again and another began within it: 1 of ~190 delivered in those 4 s.
+    await until(() => got.length - first.length === sent.length, 5000, `every event (${got.length - first.length} of ${sent.length})`);
+    assert.deepEqual(got.slice(first.length), sent);
   });
 
   it("gives a session moving here the events of an edge on the hub's roster it never heard from, however late it answers", async (t) => {
