@@ -281,6 +281,7 @@ export class ReplayingFeed implements EventFeed {
     try {
       let from: number | undefined = disconnectedAt;
       for (let pass = 1; from !== undefined; pass++) {
+        if (this.closed) break;
         if (!this.bus.connected) await new Promise<void>((resolve) => (this.wakeReplay = resolve));
         this.wakeReplay = undefined;
         if (this.closed) break;
@@ -291,7 +292,8 @@ export class ReplayingFeed implements EventFeed {
           break;
         }
         replayed += await this.replayPass(from, silent);
-        from = this.passAgainFrom;
+        // From the earliest outage still: an origin asked by time (never heard from) may have lost its answer to this pass.
+        from = this.passAgainFrom === undefined ? undefined : Math.min(from, this.passAgainFrom);
       }
     } finally {
       const held = this.held ?? [];
@@ -318,7 +320,8 @@ export class ReplayingFeed implements EventFeed {
         const until = Object.fromEntries(this.heldFrom);
         const answered = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
         const { events, cut } = answered;
-        for (const edge of answered.silent) silent.add(edge);
+        // Silent while this edge lost NATS (or got it back) meanwhile: their answers were lost, not late.
+        if (this.passAgainFrom === undefined) for (const edge of answered.silent) silent.add(edge);
         let delivered = 0;
         for (const data of events) {
           const event = decodeEdgeMessage(data, 'ps.send');

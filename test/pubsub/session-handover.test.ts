@@ -439,6 +439,57 @@ describe('a replay beside slow, dead and flapping edges', () => {
     assert.deepEqual(got.slice(first.length), sent);
   });
 
+  it('waits in the next pass for an edge whose answer an outage lost (not silent: late)', async (t) => {
+    const { a, b, got, send, first, replays } = await threeEdges(t);
+    b.set(false);
+    const missed = send('a');
+    await new Promise((r) => setImmediate(r));
+    a.die(); // its answer to the first pass is lost to the outage below
+    b.set(true);
+    await sleep(50);
+    b.set(false);
+    await sleep(10);
+    a.answerLate(200);
+    b.set(true);
+    await until(() => replays() === 1, 5000, 'the replay');
+    // Before: a counted as silent in the first pass, the second did not wait for its late answer.
+    assert.deepEqual(got, [...first, missed]);
+  });
+
+  it('asks an edge it never heard from again from the first outage, when an outage lost its answer', async (t) => {
+    const { shared, b, c, got, first, replays } = await threeEdges(t);
+    const e = edge(shared);
+    const feedE = new ReplayingFeed(e.view, feedOptions('e'), createLogger('silent', 'test'));
+    t.after(() => feedE.close());
+    c.die();
+    b.set(false);
+    const event: PsSend = { op: 'ps.send', origin: 'e', mid: feedE.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+    feedE.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.from('e')));
+    await sleep(1500); // longer than the clock margin: asked by time, e is asked from the outage's start
+    e.die();
+    b.set(true);
+    await sleep(50);
+    b.set(false);
+    e.revive();
+    await sleep(10);
+    b.set(true);
+    await until(() => replays() === 1, 5000, 'the replay');
+    // Before: the next pass asked from the second outage only, after e's event.
+    assert.deepEqual(got, [...first, event.mid]);
+  });
+
+  it('ends a replay when the feed closes during a pass and NATS then goes', async (t) => {
+    const { b, c, feeds, replays } = await threeEdges(t);
+    c.die();
+    b.set(false);
+    b.set(true);
+    await sleep(50);
+    feeds.b.close();
+    b.set(false);
+    // Before: it waited for a reconnect nobody would report, holding what it held.
+    await until(() => replays() === 1, 3000, 'the replay to end');
+  });
+
   it("gives a session moving here the events of an edge on the hub's roster it never heard from, however late it answers", async (t) => {
     const { shared, a, send } = await threeEdges(t);
     const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
