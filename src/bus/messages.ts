@@ -343,6 +343,8 @@ export interface PsSession {
   lastSeq?: number;
   /** Per event origin, the highest counter the holder delivered. */
   seen?: Record<string, number>;
+  /** With commit, while the holder replays after an outage: since when (its clock) it may still miss events. */
+  missingSince?: number;
 }
 
 /** Holding edge's answer to ps.handover page: unacknowledged events, their bodies concatenated after the header. */

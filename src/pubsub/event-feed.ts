@@ -28,6 +28,8 @@ export interface EventFeed {
   publishedSince?(after: number, edges: readonly string[]): Promise<Uint8Array[]>;
   /** Per origin, the highest event counter this edge has delivered, where the feed counts them. */
   seen?(): Record<string, number>;
+  /** While events may still be missing here (NATS away, or a replay running): since when, this edge's clock. */
+  missingSince?(): number | undefined;
   close(): void;
 }
 

@@ -138,6 +138,7 @@ export class PubSubService implements RestContext {
       release: this.lifecycle.release.bind(this.lifecycle),
       publishedSince: this.feed.publishedSince?.bind(this.feed),
       seen: this.feed.seen?.bind(this.feed),
+      missingSince: this.feed.missingSince?.bind(this.feed),
     };
     this.subjects = subjects;
     for (const hubConfig of config.pubsub.hubs) this.addHub(hubConfig);

@@ -89,6 +89,8 @@ export class ReplayingFeed implements EventFeed {
   private replaying = false;
   private passAgainFrom: number | undefined;
   private wakeReplay: (() => void) | undefined;
+  /** The outage the running replay asks from (its earliest). */
+  private replayFrom: number | undefined;
   private closed = false;
   /** Since when the bus is away (also from the start, when the edge began without it): what was published since is sent again. */
   private disconnectedAt: number | undefined;
@@ -196,6 +198,15 @@ export class ReplayingFeed implements EventFeed {
     }
   }
 
+  /**
+   * While NATS is away or a replay runs: the start of the earliest outage not yet made up for (this edge's clock).
+   * A session handed to another edge now has it look for missed events from there (session-handover.ts).
+   */
+  missingSince(): number | undefined {
+    const times = [this.disconnectedAt, this.replaying ? this.replayFrom : undefined, this.passAgainFrom].filter((t): t is number => t !== undefined);
+    return times.length > 0 ? Math.min(...times) : undefined;
+  }
+
   /** Per origin (this edge included), the highest event counter this edge has delivered. */
   seen(): Record<string, number> {
     return { ...Object.fromEntries(this.delivered), [this.origin]: this.lastOwnCounter };
@@ -281,11 +292,13 @@ export class ReplayingFeed implements EventFeed {
     try {
       let from: number | undefined = disconnectedAt;
       for (let pass = 1; from !== undefined; pass++) {
+        this.replayFrom = from;
         if (this.closed) break;
         if (!this.bus.connected) await new Promise<void>((resolve) => (this.wakeReplay = resolve));
         this.wakeReplay = undefined;
         if (this.closed) break;
         from = Math.min(from, this.passAgainFrom ?? from);
+        this.replayFrom = from;
         this.passAgainFrom = undefined;
         if (pass > MAX_REPLAY_PASSES) {
           this.log.warn({ event: 'bus.replay_passes_exceeded', passes: MAX_REPLAY_PASSES, held: this.held?.length ?? 0 });
@@ -300,6 +313,7 @@ export class ReplayingFeed implements EventFeed {
       this.held = undefined;
       this.heldFrom.clear();
       this.replaying = false;
+      this.replayFrom = undefined;
       for (const [mid, deliver] of held) this.admitNow(mid, deliver);
       this.log.info({ event: 'bus.replayed', events: replayed, held: held.length });
     }

@@ -52,6 +52,8 @@ export interface HandoverDeps {
   publishedSince?: (after: number, edges: readonly string[]) => Promise<Uint8Array[]>;
   /** With the NATS bus: per origin, the highest event counter this edge has delivered. */
   seen?: () => Record<string, number>;
+  /** With the NATS bus: since when events may still be missing here (a replay running), or undefined. */
+  missingSince?: () => number | undefined;
 }
 
 type Stage = PsHandover['stage'];
@@ -153,7 +155,10 @@ export class SessionHandover {
         this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
         // Whatever this edge delivered is in the session (or acknowledged);
         // the taker looks for missed events only past these counters.
-        return answer({ op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {} });
+        // While this edge replays after an outage, events it has yet to deliver may be older than the hand-over:
+        // the taker looks for them from the outage on (before, from the hand-over only, and they were lost).
+        const missingSince = this.deps.missingSince?.();
+        return answer({ op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {}, ...(missingSince !== undefined ? { missingSince } : {}) });
       }
       case 'abort':
         if (connection.handover?.givingTimer) clearTimeout(connection.handover.givingTimer);
@@ -280,7 +285,8 @@ export class SessionHandover {
       if (this.deps.publishedSince) {
         const seen = commit.seen ?? {};
         // Every edge on the hub's roster is waited for: this edge may have had no event yet from one that publishes to it.
-        const missed = await this.deps.publishedSince(startedAt - CLOCK_MARGIN_MS, this.hub.otherEdges()).catch(() => []);
+        const since = Math.min(startedAt, commit.missingSince ?? startedAt);
+        const missed = await this.deps.publishedSince(since - CLOCK_MARGIN_MS, this.hub.otherEdges()).catch(() => []);
         // Deliveries went on into `taking` while waiting: look at it only now.
         const present = new Set(had);
         for (const m of taking) present.add(m.mid);

@@ -26,7 +26,7 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   'ps.permission': { op: 'ps.permission', origin: 'n1', hub: 'chat', connectionId: 'c1', method: 'PUT', permission: 'sendToGroup', group: 'g' },
   'ps.done': { op: 'ps.done', count: 1, members: [{ connectionId: 'c1', userId: 'u' }], edge: 'n2' },
   'ps.handover': { op: 'ps.handover', origin: 'n1', hub: 'chat', connectionId: 'c1', stage: 'page', token: 't', after: 3 },
-  'ps.session': { op: 'ps.session', ok: true, userId: null, permissions: { joinLeaveGroup: PERMS, sendToGroup: PERMS }, groups: ['g'], ackIds: [1], firstSeq: 1, lastSeq: 2, seen: { 'n1.ab': 3 } },
+  'ps.session': { op: 'ps.session', ok: true, userId: null, permissions: { joinLeaveGroup: PERMS, sendToGroup: PERMS }, groups: ['g'], ackIds: [1], firstSeq: 1, lastSeq: 2, seen: { 'n1.ab': 3 }, missingSince: 1796230000000 },
   'ps.entries': { op: 'ps.entries', entries: [{ seq: 1, mid: 'n1.ab:1', length: 3 }] },
   'ps.replay': { op: 'ps.replay', origin: 'n1.ab', since: { 'n2.cd': 4 }, after: 0 },
   'ps.replayed': { op: 'ps.replayed', edge: 'n2', entries: [{ length: 3 }], truncated: false },

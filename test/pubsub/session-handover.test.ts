@@ -490,6 +490,32 @@ describe('a replay beside slow, dead and flapping edges', () => {
     await until(() => replays() === 1, 3000, 'the replay to end');
   });
 
+  it('says, while it replays, since when it may miss events: a session handed over then is looked up from there', async (t) => {
+    const { shared, b, c, feeds, got, send } = await threeEdges(t);
+    const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
+    t.after(() => taker.close());
+    c.die(); // the holder's first pass waits 500 ms for it
+    assert.equal(feeds.b.missingSince(), undefined);
+    const away = Date.now();
+    b.set(false);
+    const missed = send('a');
+    await sleep(1500);
+    b.set(true);
+    await sleep(100);
+    // A session moves from b now (session-handover.ts take()): b's commit answer carries seen() and missingSince().
+    const startedAt = Date.now();
+    const seen = feeds.b.seen();
+    const missingSince = feeds.b.missingSince();
+    assert.ok(missingSince !== undefined && missingSince >= away && missingSince <= away + 50, `${missingSince} against ${away}`);
+    assert.equal(got.includes(missed), false, 'not yet delivered by the holder');
+    const after = Math.min(startedAt, missingSince) - 1000;
+    const fetched = (await taker.publishedSince(after, ['a', 'c'])).map((data) => decodeEdgeMessage(data, 'ps.send')!.message.mid);
+    const id = parseMid(missed)!;
+    // Before: looked up from the hand-over's start only (1.6 s after the event): neither the holder nor the taker had it.
+    assert.ok(fetched.includes(missed) && id.counter > (seen[id.origin] ?? 0));
+    await until(() => feeds.b.missingSince() === undefined, 5000, 'the replay to end');
+  });
+
   it("gives a session moving here the events of an edge on the hub's roster it never heard from, however late it answers", async (t) => {
     const { shared, a, send } = await threeEdges(t);
     const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
