@@ -112,20 +112,32 @@ describe('what the event feed keeps of other edges and hubs', () => {
   });
 });
 
+/** An edge's view of a shared MemoryBus: it can lose its connection, answer questions late, or not at all. */
+function edgeView(shared: MemoryBus) {
+  let connected = true;
+  let onChange: ((connected: boolean) => void) | undefined;
+  const view = Object.create(shared) as Bus;
+  Object.defineProperty(view, 'connected', { get: () => connected });
+  view.onConnectionChange = (cb: (connected: boolean) => void) => {
+    onChange = cb;
+  };
+  const publish = shared.publish.bind(shared);
+  const answers = (how: (send: () => void) => void) => {
+    view.publish = (subject, data, reply) => (subject.startsWith('_INBOX.') ? how(() => publish(subject, data, reply)) : publish(subject, data, reply));
+  };
+  return {
+    view,
+    set: (up: boolean) => ((connected = up), onChange?.(up)),
+    answerLate: (ms: number) => answers((send) => void setTimeout(send, ms)),
+    // Its subscription stays, so the memory bus's count of subscribers does not end a gather early.
+    die: () => answers(() => undefined),
+    revive: () => answers((send) => send()),
+  };
+}
+
 // A peer forgotten by the sweep above, then an outage: what was delivered before must not come again.
 // Before the window applied to replays and re-sends of a quiet edge, it did (found by review of the sweep).
 describe('an outage after a quiet peer was forgotten', () => {
-  /** One MemoryBus seen by two edges, each with a connection it can lose. */
-  function edgeView(shared: MemoryBus) {
-    let connected = true;
-    let onChange: ((connected: boolean) => void) | undefined;
-    const view = Object.create(shared) as Bus;
-    Object.defineProperty(view, 'connected', { get: () => connected });
-    view.onConnectionChange = (cb: (connected: boolean) => void) => {
-      onChange = cb;
-    };
-    return { view, set: (up: boolean) => ((connected = up), onChange?.(up)) };
-  }
   const options = (nodeId: string) => ({ nodeId, subject: 'relay.replay', windowMs: 100, maxBytes: 1 << 20, requestTimeoutMs: 500, gatherStallMs: 50 });
 
   /**
@@ -297,34 +309,11 @@ describe('a replay beside slow, dead and flapping edges', () => {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const feedOptions = (nodeId: string) => ({ nodeId, subject: 'relay.replay', windowMs: 60_000, maxBytes: 1 << 20, requestTimeoutMs: 500, gatherStallMs: 50 });
 
-  /** An edge's view of a shared MemoryBus: it can lose its connection, answer questions late, or not at all. */
-  function edge(shared: MemoryBus) {
-    let connected = true;
-    let onChange: ((connected: boolean) => void) | undefined;
-    const view = Object.create(shared) as Bus;
-    Object.defineProperty(view, 'connected', { get: () => connected });
-    view.onConnectionChange = (cb: (connected: boolean) => void) => {
-      onChange = cb;
-    };
-    const publish = shared.publish.bind(shared);
-    const answers = (how: (send: () => void) => void) => {
-      view.publish = (subject, data, reply) => (subject.startsWith('_INBOX.') ? how(() => publish(subject, data, reply)) : publish(subject, data, reply));
-    };
-    return {
-      view,
-      set: (up: boolean) => ((connected = up), onChange?.(up)),
-      answerLate: (ms: number) => answers((send) => void setTimeout(send, ms)),
-      // Its subscription stays, so the memory bus's count of subscribers does not end a gather early.
-      die: () => answers(() => undefined),
-      revive: () => answers((send) => send()),
-    };
-  }
-
   /** Edges a and c publish, b receives: b has had one event from each. */
   async function threeEdges(t: TestContext, maxPayload?: number) {
     const shared = new MemoryBus({ maxPayload });
     t.after(() => shared.close());
-    const [a, b, c] = [edge(shared), edge(shared), edge(shared)];
+    const [a, b, c] = [edgeView(shared), edgeView(shared), edgeView(shared)];
     const log = captureLogger('info');
     const feeds = { a: new ReplayingFeed(a.view, feedOptions('a'), createLogger('silent', 'test')), b: new ReplayingFeed(b.view, feedOptions('b'), log.log), c: new ReplayingFeed(c.view, feedOptions('c'), createLogger('silent', 'test')) };
     t.after(() => Object.values(feeds).forEach((f) => f.close()));
@@ -458,7 +447,7 @@ describe('a replay beside slow, dead and flapping edges', () => {
 
   it('asks an edge it never heard from again from the first outage, when an outage lost its answer', async (t) => {
     const { shared, b, c, got, first, replays } = await threeEdges(t);
-    const e = edge(shared);
+    const e = edgeView(shared);
     const feedE = new ReplayingFeed(e.view, feedOptions('e'), createLogger('silent', 'test'));
     t.after(() => feedE.close());
     c.die();
@@ -492,7 +481,7 @@ describe('a replay beside slow, dead and flapping edges', () => {
 
   it('says, while it replays, since when it may miss events: a session handed over then is looked up from there', async (t) => {
     const { shared, b, c, feeds, got, send } = await threeEdges(t);
-    const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
+    const taker = new ReplayingFeed(edgeView(shared).view, feedOptions('d'), createLogger('silent', 'test'));
     t.after(() => taker.close());
     c.die(); // the holder's first pass waits 500 ms for it
     assert.equal(feeds.b.missingSince(), undefined);
@@ -518,7 +507,7 @@ describe('a replay beside slow, dead and flapping edges', () => {
 
   it("gives a session moving here the events of an edge on the hub's roster it never heard from, however late it answers", async (t) => {
     const { shared, a, send } = await threeEdges(t);
-    const taker = new ReplayingFeed(edge(shared).view, feedOptions('d'), createLogger('silent', 'test'));
+    const taker = new ReplayingFeed(edgeView(shared).view, feedOptions('d'), createLogger('silent', 'test'));
     t.after(() => taker.close());
     const startedAt = Date.now();
     const event = send('a');
