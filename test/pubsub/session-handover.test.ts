@@ -228,11 +228,7 @@ describe('an outage after a quiet peer was forgotten', () => {
   it('waits for every edge it had events from: one answering after gatherStallMs still gives what the receiver missed', async (t) => {
     const { a, b, publisher, got, event, replayed, logs } = await afterOneEvent(t);
     // The publisher answers questions 300 ms late (six gatherStallMs; as when busy with its own reconnection).
-    const publish = a.view.publish.bind(a.view);
-    a.view.publish = (subject, data, reply) => {
-      if (subject.startsWith('_INBOX.')) setTimeout(() => publish(subject, data, reply), 300);
-      else publish(subject, data, reply);
-    };
+    a.answerLate(300);
     b.set(false);
     const missed: PsSend = { ...event, mid: publisher.nextMid() };
     publisher.publish('relay.ps.chat.all', missed.mid, encodeEdgeMessage(missed, Buffer.from('y')));
