@@ -292,7 +292,6 @@ export class ReplayingFeed implements EventFeed {
     try {
       let from: number | undefined = disconnectedAt;
       for (let pass = 1; from !== undefined; pass++) {
-        this.replayFrom = from;
         if (this.closed) break;
         if (!this.bus.connected) await new Promise<void>((resolve) => (this.wakeReplay = resolve));
         this.wakeReplay = undefined;
