@@ -94,6 +94,8 @@ export async function bridge(argv: string[]): Promise<number> {
   if (!values.relay) return fail('--relay URL is required');
   if (!/^(http|ws)s?:\/\//i.test(values.relay)) return fail(`--relay ${values.relay}: expected an http(s):// or ws(s):// URL`);
   if ((values['key-name'] === undefined) !== (values.key === undefined)) return fail('--key-name and --key go together');
+  // Alternatives, as the help says (before, both were taken, and which one signed went unsaid).
+  if (values.token !== undefined && values.key !== undefined) return fail('--token or --key-name/--key, not both');
   const ttl = Number(values.ttl);
   const buffer = Number(values.buffer);
   if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');

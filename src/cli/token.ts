@@ -13,8 +13,7 @@ query or "$hc/" (a token for ws://127.0.0.1:9400/$hc/echo signs
 http://127.0.0.1:9400/echo). The relay matches the resource's host name and
 path, not its port or scheme. A URI with no entity path covers every entity.
 
-Options:
-sas options:
+Options of token sas:
   --uri URI          the relay URL the token is for
   --key-name NAME    the rule's keyName (skn)
   --key KEY          the rule's key

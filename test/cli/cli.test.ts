@@ -26,7 +26,7 @@ function runSoon(...args: string[]): Promise<{ status: number | null; stdout: st
 
 describe('edge-relay command line', () => {
   it('lists its commands and explains each with --help', async () => {
-    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense, badLevel, workersExponent] = await withTimeout(
+    const [main, serve, token, client, bridgeHelp, bridgeBad, nonsense, badLevel, workersExponent, bridgeBoth] = await withTimeout(
       Promise.all([
         runSoon('--help'),
         runSoon('serve', '--help'),
@@ -39,6 +39,8 @@ describe('edge-relay command line', () => {
         runSoon('bridge', '--relay', 'http://127.0.0.1:1', '-L', '9:echo', '--token', 'SharedAccessSignature sr=x&sig=y&se=1&skn=k', '--log-level', 'bogus'),
         // Before: Number() read it, and 10 workers started.
         runSoon('serve', '--config', 'config/dev.json', '--port', '0', '--workers', '1e1'),
+        // Before: both taken, which one signed unsaid.
+        runSoon('bridge', '--relay', 'http://127.0.0.1:1', '-L', '9:echo', '--token', 'SharedAccessSignature sr=x&sig=y&se=1&skn=k', '--key-name', 'k', '--key', 'v'),
       ]),
       30000,
       'the commands',
@@ -58,6 +60,7 @@ describe('edge-relay command line', () => {
     assert.equal(nonsense.status, 2);
     assert.equal(badLevel.status, 2);
     assert.equal(workersExponent.status, 2);
+    assert.equal(bridgeBoth.status, 2);
   });
 
   it('serve takes an empty EDGE_RELAY_WORKERS as unset, as every EDGE_RELAY_* variable (before: refused, exit 2)', async (t) => {
