@@ -187,6 +187,13 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   private closeCode = CLOSE_ABNORMAL;
   private closeReason = '';
   private reported = false;
+  /** The peer broke the protocol: the close frame goes at the end of the turn (fail()). */
+  private failing = false;
+
+  /** Between a protocol error and the close frame: nothing more the peer sent is taken (its socket is paused). */
+  private get discarding(): boolean {
+    return this.failing && !this.closing.sent;
+  }
   /** Frames written this turn, not yet handed to the socket. */
   private outbox: Outbox | undefined;
   private outboxBytes = 0;
@@ -382,6 +389,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   // FrameHandler
 
   onDataFrame(_fin: boolean, opcode: number, length: number): void {
+    if (this.discarding) return;
     if (opcode !== 0) {
       this.messageIsBinary = opcode === OP_BINARY;
       this.chunks = [];
@@ -397,7 +405,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   onDataPayload(chunk: Buffer): void {
-    if (this.closing.sent) return;
+    if (this.closing.sent || this.discarding) return;
     this.chunks.push(chunk);
     this.chargePiece();
   }
@@ -408,7 +416,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   onDataFrameEnd(fin: boolean): void {
-    if (!fin || this.closing.sent) return;
+    if (!fin || this.closing.sent || this.discarding) return;
     const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.messageBytes);
     this.chunks = [];
     this.messageBytes = 0;
@@ -418,6 +426,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   }
 
   onControlFrame(opcode: number, payload: Buffer): void {
+    if (this.discarding) return;
     if (opcode === OP_PING) {
       if (this.isOpen) this.queue(encodeFrame(true, OP_PONG, payload));
       return;
@@ -436,11 +445,21 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.fail(closeCode, reason);
   }
 
-  /** The peer broke the protocol: nothing more it sends can be read, so end after the close frame. */
+  /**
+   * The peer broke the protocol: nothing more it sends can be read, so end after the close frame. The frame goes at
+   * the end of this turn: what the owner answers to the messages this read delivered (a publish's ack, settled
+   * within the turn) goes before it (before, a message followed in the same read by one too large was published,
+   * and its ack lost behind the close frame).
+   */
   private fail(code: number, reason: string): void {
     this.chunks = [];
-    this.close(code, reason);
-    this.closing.end();
+    if (this.failing) return;
+    this.failing = true;
+    if (!this.socket.destroyed) this.socket.pause();
+    setImmediate(() => {
+      this.close(code, reason);
+      this.closing.end();
+    });
   }
 
   private reportClosed(): void {

@@ -15,6 +15,7 @@ import {
   accessUrl,
   startPubSubRelay,
 } from '../helpers/pubsub.ts';
+import { maskedFrame, rawUpgrade, readToClose, readUntil } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 describe('pub/sub bad input', () => {
@@ -64,6 +65,22 @@ describe('pub/sub bad input', () => {
     }
     const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
     await c.waitFor((m) => m.event === 'connected');
+  });
+
+  it('acknowledges a message read with a frame over the limit before it closes 1009', async (t) => {
+    const relay = await startPubSubRelay(t, { limits: { pubsubMessageBytes: 1024 } });
+    const url = new URL(accessUrl(relay.url));
+    const up = await rawUpgrade(t, Number(url.port), `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': 'json.webpubsub.azure.v1' });
+    assert.equal(up.status, 101);
+    if (!up.rest.includes('"event":"connected"')) await readUntil(up.socket, (b) => b.includes('"event":"connected"'), 5000, 'connected');
+    // One write, so one read on the relay: a publish, then a frame over the limit.
+    const publish = JSON.stringify({ type: 'sendToGroup', group: 'g', ackId: 1, dataType: 'text', data: 'one' });
+    up.socket.write(Buffer.concat([maskedFrame(0x1, publish), maskedFrame(0x1, 'x'.repeat(2000))]));
+    const bytes = await readToClose(up.socket, 5000, 'the close');
+    const ack = bytes.indexOf('"type":"ack","ackId":1,"success":true');
+    const close = bytes.indexOf(Buffer.from([0x88, 0x11, 0x03, 0xf1]));
+    // Before: the close frame went first, and the published message's ack was lost behind it.
+    assert.ok(ack >= 0 && close > ack, `ack at ${ack}, 1009 close at ${close}: ${bytes.toString('latin1').slice(0, 300)}`);
   });
 
   it('answers bad fields and unknown types with failed acks and keeps the connection', async (t) => {
