@@ -38,6 +38,12 @@ export function newOrigin(nodeId: string): string {
   return `${nodeId}.${randomBytes(4).toString('hex')}`;
 }
 
+/** The node id in an origin (newOrigin's `nodeId.boot`). */
+export function nodeOfOrigin(origin: string): string {
+  const dot = origin.lastIndexOf('.');
+  return dot > 0 ? origin.slice(0, dot) : origin;
+}
+
 /** Publishes and receives as the bus does, with nothing kept: the memory bus, where no other edge exists. */
 export class DirectFeed implements EventFeed {
   private counter = 0;

@@ -424,7 +424,7 @@ export class ClusterHub {
 
   /** Whether another edge has been heard on this hub lately (one that could take a session from here). */
   hasOtherEdges(): boolean {
-    return (this.roster?.others().length ?? 0) > 0;
+    return this.otherEdges().length > 0;
   }
 
   /** Shutdown has begun: the other edges stop waiting for this one (it still answers until it leaves the bus). */

@@ -21,7 +21,7 @@
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type DecodedEdgeMessage, type PsReplayed, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { newOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
+import { newOrigin, nodeOfOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
 
 export interface ReplayingFeedOptions {
   nodeId: string;
@@ -55,12 +55,6 @@ export function parseMid(mid: string): { origin: string; counter: number } | und
   const i = mid.lastIndexOf(':');
   const counter = Number(mid.slice(i + 1));
   return i > 0 && Number.isSafeInteger(counter) && counter > 0 ? { origin: mid.slice(0, i), counter } : undefined;
-}
-
-/** The node id in an origin (`nodeId.boot`, event-feed.ts newOrigin). */
-function nodeOfOrigin(origin: string): string {
-  const dot = origin.lastIndexOf('.');
-  return dot > 0 ? origin.slice(0, dot) : origin;
 }
 
 /** What a slot of the log holds once its entry left the window. */
@@ -203,8 +197,13 @@ export class ReplayingFeed implements EventFeed {
    * A session handed to another edge now has it look for missed events from there (session-handover.ts).
    */
   missingSince(): number | undefined {
-    const times = [this.disconnectedAt, this.replaying ? this.replayFrom : undefined, this.passAgainFrom].filter((t): t is number => t !== undefined);
+    const times = [this.disconnectedAt, this.replayFrom, this.passAgainFrom].filter((t): t is number => t !== undefined);
     return times.length > 0 ? Math.min(...times) : undefined;
+  }
+
+  /** The edges (node ids) this one has had events from lately. */
+  private edgesHeardFrom(): string[] {
+    return [...this.delivered.keys()].map(nodeOfOrigin);
   }
 
   /** Per origin (this edge included), the highest event counter this edge has delivered. */
@@ -327,14 +326,14 @@ export class ReplayingFeed implements EventFeed {
    */
   private async replayPass(disconnectedAt: number, silent: Set<string>): Promise<number> {
     let replayed = 0;
-    let waitFor = [...this.delivered.keys()].map(nodeOfOrigin).filter((edge) => !silent.has(edge));
+    let waitFor = this.edgesHeardFrom().filter((edge) => !silent.has(edge));
     try {
       for (let round = 1; ; round++) {
         const until = Object.fromEntries(this.heldFrom);
-        const answered = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
-        const { events, cut } = answered;
+        const asked = await this.askEdges(Object.fromEntries(this.delivered), disconnectedAt - CLOCK_MARGIN_MS, waitFor, until);
+        const { events, cut } = asked;
         // Silent while this edge lost NATS (or got it back) meanwhile: their answers were lost, not late.
-        if (this.passAgainFrom === undefined) for (const edge of answered.silent) silent.add(edge);
+        if (this.passAgainFrom === undefined) for (const edge of asked.silent) silent.add(edge);
         let delivered = 0;
         for (const data of events) {
           const event = decodeEdgeMessage(data, 'ps.send');
@@ -365,7 +364,7 @@ export class ReplayingFeed implements EventFeed {
     const since: Record<string, number> = {};
     // The first round waits for `edges` (the hub's roster: this edge may have had no event from them yet) and the
     // edges it had events from; later ones for the edges whose answers were truncated.
-    let waitFor = [...edges, ...[...this.delivered.keys()].map(nodeOfOrigin)];
+    let waitFor = [...edges, ...this.edgesHeardFrom()];
     for (let round = 1; ; round++) {
       const { events, cut } = await this.askEdges(since, after, waitFor);
       let got = 0;
