@@ -27,6 +27,12 @@ export interface LeanWsOptions {
   /** The payload of a close frame from the server (its code and reason), before the socket is ended. */
   onCloseFrame?(payload: Buffer): void;
   timeoutMs?: number;
+  /**
+   * Read through the socket's 'data' events (a fresh 64 KiB buffer per read,
+   * as a plain `net.Server` connection reads) instead of the shared buffer:
+   * for a receiver compared with TCP sinks that read that way.
+   */
+  streamReads?: boolean;
 }
 
 /** Header for a masked client frame of `length` bytes with mask `mask`. */
@@ -91,17 +97,20 @@ export class LeanWs {
   static open(options: LeanWsOptions): Promise<LeanWs> {
     return new Promise((resolve, reject) => {
       let onRead: (chunk: Buffer) => void = () => {};
-      const socket = connect({
-        host: '127.0.0.1',
-        port: options.port,
-        onread: {
-          buffer: READ_BUFFER,
-          callback: (n: number, buf: Uint8Array) => {
-            onRead((buf as Buffer).subarray(0, n));
-            return true;
-          },
-        },
-      });
+      const socket = options.streamReads
+        ? connect({ host: '127.0.0.1', port: options.port })
+        : connect({
+            host: '127.0.0.1',
+            port: options.port,
+            onread: {
+              buffer: READ_BUFFER,
+              callback: (n: number, buf: Uint8Array) => {
+                onRead((buf as Buffer).subarray(0, n));
+                return true;
+              },
+            },
+          });
+      if (options.streamReads) socket.on('data', (chunk: Buffer) => onRead(chunk));
       socket.setNoDelay(true);
       const ws = new LeanWs(socket, options);
       let head = Buffer.alloc(0);
