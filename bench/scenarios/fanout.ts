@@ -2,7 +2,8 @@
 // Saturation: the publisher keeps a window of events in flight (sent but not
 // yet delivered to every subscriber) and the generator counts deliveries.
 // Latency: the publisher sends at half the saturated rate, open loop, and
-// every delivery's publish-to-deliver time goes into an HDR histogram.
+// every delivery's time from when its event was due to be sent goes into an
+// HDR histogram.
 import { Histogram } from '../lib/histogram.ts';
 import { CpuMeter } from '../lib/processes.ts';
 import { eventPayload, seqAt, type FanoutClients, type Publisher } from '../lib/fanout-clients.ts';
@@ -93,12 +94,13 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     );
     const pub = (publisher = await clients.publisher());
     let seq = 0;
-    const publish = (count: number) => {
+    /** Publishes `count` events, each stamped `intendedAt(i)` (open loop) or now. */
+    const publish = (count: number, intendedAt?: (i: number) => number) => {
       const payloads: string[] = [];
       const now = performance.now();
       for (let i = 0; i < count; i++) {
         seq++;
-        sentAt[seq & (RING - 1)] = now;
+        sentAt[seq & (RING - 1)] = intendedAt ? intendedAt(i) : now;
         payloads.push(eventPayload(seq));
       }
       pub.publish(payloads);
@@ -159,17 +161,17 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     const latencyAt = async (share: number) => {
       const rate = eventsPerSec * share;
       const histogram = new Histogram();
-      let owed = 0;
-      let last = performance.now();
+      // Event k is due at start + k / rate. A late timer (the generator busy
+      // reading deliveries) sends what fell due at once, each stamped with
+      // the time it was due, so the wait counts as latency (no coordinated omission).
+      const start = performance.now();
+      let sent = 0;
       const timer = setInterval(() => {
-        const now = performance.now();
-        owed += ((now - last) / 1000) * rate;
-        last = now;
-        const whole = Math.floor(owed);
-        if (whole > 0) {
-          owed -= whole;
-          publish(whole);
-        }
+        const due = Math.floor(((performance.now() - start) / 1000) * rate);
+        if (due <= sent) return;
+        const first = sent;
+        publish(due - first, (i) => start + ((first + i + 1) / rate) * 1000);
+        sent = due;
       }, 1);
       await settle(300, plan.latencySeconds);
       const meter = new CpuMeter(serverPids);
