@@ -1,7 +1,8 @@
-// HTTP relay: small GET requests through the relay to a listener that answers
-// them itself, against the same answer from a Node HTTP server reached
+// HTTP relay: small GET requests through the relay to a lean listener that
+// answers them itself, against the same answer from a server as lean
+// (bench/peers/http-answerer.ts: no node:http on either side) reached
 // directly and through nginx as a reverse proxy (1 worker, and `auto`: one
-// per core) holding a keep-alive pool to that same server. A fixed number of
+// per core) holding a keep-alive pool to that server. A fixed number of
 // keep-alive connections each keep one request in flight, from our generator
 // (lean-http.ts) and, as a cross-check, from wrk -t1 in the same run.
 import { cpus } from 'node:os';
@@ -15,9 +16,9 @@ import { runWrk, type WrkFigures } from '../lib/wrk.ts';
 import type { Mode, Outcome } from './index.ts';
 
 const RELAY = 'edge-relay -> listener';
-const NGINX_1 = 'nginx, 1 worker -> node http server';
-const NGINX_AUTO = `nginx, auto (${cpus().length} workers) -> node http server`;
-const DIRECT = 'node http server, direct';
+const NGINX_1 = 'nginx, 1 worker -> lean http server';
+const NGINX_AUTO = `nginx, auto (${cpus().length} workers) -> lean http server`;
+const DIRECT = 'lean http server, direct';
 
 /** One row's figures, from our generator or from wrk: the same shape. */
 type Load = WrkFigures;

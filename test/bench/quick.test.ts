@@ -22,7 +22,7 @@ describe('npm run bench', () => {
       assertFigure(report, scenario, /^edge-relay -> listener$/, true);
       assertFigure(report, scenario, /^nginx, 1 worker/, false);
       assertFigure(report, scenario, /^nginx, auto/, false);
-      assertFigure(report, scenario, /^node http server, direct$/, false);
+      assertFigure(report, scenario, /^lean http server, direct$/, false);
     }
     assertFigure(report, /^tunnel /, /^edge-relay \(relayed websocket\)$/, true);
     assertFigure(report, /^tunnel /, /^haproxy/, false);
