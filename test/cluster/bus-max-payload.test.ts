@@ -14,7 +14,7 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { captureLogger, startTestRelay, tokenFor } from '../helpers/relay.ts';
 import { until, untilAnswered } from '../helpers/wait.ts';
 
@@ -85,6 +85,40 @@ describe("NATS's max_payload below the relay's limits", () => {
       }
     });
   }
+
+  it('moves a reliable session holding an event as large as the bus takes to another edge, whole (it is more than one page of the hand-over)', async (t) => {
+    const group = 'big-session';
+    const member = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'member' }), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await member.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    assert.equal((await member.request({ type: 'joinGroup', group })).success, true);
+    const sender = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'sender' }), PLAIN, t);
+    const send = (data: string) => sender.request({ type: 'sendToGroup', group, dataType: 'text', data }, 10000);
+    // The largest text event the bus takes, from what the refusal of a larger one says.
+    const probe = 100 * 1024;
+    const refused = await send('p'.repeat(probe));
+    const [, takes, limit] = /takes (\d+) bytes on the bus, more than the (\d+)/.exec(refused.error?.message ?? '') ?? [];
+    assert.ok(takes && limit, JSON.stringify(refused));
+    const largest = probe - (Number(takes) - Number(limit));
+    const data = 'f' + 'x'.repeat(largest - 1);
+    for (const payload of ['small', data, 'last']) {
+      const ack = await send(payload);
+      assert.equal(ack.success, true, JSON.stringify(ack));
+    }
+    await until(() => member.dataMessages().length === 3, 10000, 'three events on A');
+    member.ws.terminate();
+    // Nothing acknowledged: B takes the session and pages all three from A.
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const moved = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'member' }) + recovery, RELIABLE, t);
+    const system = await moved.waitFor((m) => m.type === 'system', 15000, 'the session on B');
+    // Before: A's page with the large event was more than NATS carries; the take timed out and the session was lost.
+    assert.equal(system.event, 'connected', JSON.stringify(system));
+    assert.equal(system.connectionId, connectionId);
+    await until(() => moved.dataMessages().length === 3, 10000, 'the three events again on B');
+    const got = moved.dataMessages();
+    assert.deepEqual(got.map((m) => m.sequenceId), [1, 2, 3]);
+    assert.deepEqual(got.map((m) => m.data.length), [5, largest, 4]);
+    assert.ok(got[1].data === data, 'the large event came whole');
+  });
 
   it('has the listener fetch a request body too large for the bus with its notice', async (t) => {
     await startHycoHttpsListener(t, a.url, (req, res) => {
