@@ -32,6 +32,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
 import { StorePublisher, storedBytes } from './stream-publisher.ts';
+import { subjectMatches } from './subject-match.ts';
 
 /** Why an event was not stored, in words a client can be given. */
 export class StoreError extends Error {}
@@ -123,11 +124,12 @@ export class JetStreamAccess {
   /** Why JetStream cannot be used now, for readiness and failed acks. */
   problem: string | undefined = 'JetStream has not answered yet';
   /**
-   * Set while JetStream is there but stores nothing: a publish gave up unanswered (a stream without its leader: a
-   * cluster that lost its quorum); cleared by the next one stored, or once every stream answers again (asked each
-   * STORE_PROBE_MS meanwhile). Readiness says so (before: 200, "ready", while every durable publish failed).
+   * Streams JetStream stores nothing in now, with why: a publish gave up unanswered (a stream without its leader:
+   * its node died, or the cluster lost its quorum). Each is cleared by the next write stored to it, or once it
+   * answers again (asked each STORE_PROBE_MS meanwhile); a write stored to another stream clears nothing (before,
+   * one flag for all: a hub storing again hid one that did not).
    */
-  storeFailure: string | undefined;
+  private readonly failingStreams = new Map<string, string>();
   private storeProbe: NodeJS.Timeout | undefined;
   private probingStore = false;
   private jsm: JetStreamManager | undefined;
@@ -451,7 +453,7 @@ export class JetStreamAccess {
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) {
-        if (this.state === 'ready' && this.bus.connected) this.storeFailed(last);
+        if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
         throw new StoreError(`not stored: ${last}`);
       }
       if (this.state !== 'ready' || !this.bus.connected) {
@@ -463,7 +465,7 @@ export class JetStreamAccess {
       }
       const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
       if (outcome.kind === 'stored') {
-        this.storeWorks();
+        this.storeWorks(this.streamOf(subject));
         return { seq: outcome.seq, duplicate: outcome.duplicate };
       }
       if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
@@ -474,31 +476,53 @@ export class JetStreamAccess {
     }
   }
 
-  private storeFailed(reason: string): void {
-    if (this.storeFailure === undefined) this.log.error({ event: 'jetstream.store_failing', reason });
-    this.storeFailure = reason;
+  /**
+   * The streams JetStream stores nothing in now and why (`RELAY_chat: ...`),
+   * one per line of readiness's `degraded`; empty while every stream stores.
+   */
+  get storeFailures(): string[] {
+    return [...this.failingStreams].map(([stream, why]) => `${stream}: ${why}`);
+  }
+
+  /** The stream a subject is stored in (its name), or the subject itself when no stream takes it. */
+  private streamOf(subject: string): string {
+    return this.streams.find((s) => s.subjects.some((p) => subjectMatches(p, subject)))?.name ?? subject;
+  }
+
+  private storeFailed(stream: string, reason: string): void {
+    if (!this.failingStreams.has(stream)) this.log.error({ event: 'jetstream.store_failing', stream, reason });
+    this.failingStreams.set(stream, reason);
     if (this.storeProbe || this.closed) return;
     this.storeProbe = setInterval(() => void this.probeStore(), STORE_PROBE_MS);
     this.storeProbe.unref();
   }
 
-  private storeWorks(): void {
-    if (this.storeFailure === undefined) return;
-    this.storeFailure = undefined;
+  private storeWorks(stream: string): void {
+    if (!this.failingStreams.delete(stream)) return;
+    this.log.info({ event: 'jetstream.store_recovered', stream });
+    if (this.failingStreams.size > 0) return;
     clearInterval(this.storeProbe);
     this.storeProbe = undefined;
-    this.log.info({ event: 'jetstream.store_recovered' });
   }
 
-  /** Every stream answers (each has its leader): publishes can be stored again. */
+  /** Asks each failing stream whether it answers again (it has its leader): publishes to it can be stored again. */
   private async probeStore(): Promise<void> {
     if (this.probingStore || this.state !== 'ready' || !this.jsm || !this.bus.connected) return;
     this.probingStore = true;
     try {
-      for (const stream of this.streams) await this.jsm.streams.info(stream.name);
-      this.storeWorks();
-    } catch {
-      // Still without an answer: asked again at the next probe.
+      for (const stream of [...this.failingStreams.keys()]) {
+        // A subject no stream takes (a stream removed on reload meanwhile): nothing to wait for.
+        if (!this.streams.some((s) => s.name === stream)) {
+          this.storeWorks(stream);
+          continue;
+        }
+        try {
+          await this.jsm.streams.info(stream);
+          this.storeWorks(stream);
+        } catch {
+          // Still without an answer: asked again at the next probe.
+        }
+      }
     } finally {
       this.probingStore = false;
     }

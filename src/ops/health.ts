@@ -1,15 +1,19 @@
 // /$relay/health (the process is up) and /$relay/ready (it takes new work:
 // not shutting down and, with the NATS bus, connected to it and, with
-// durable hubs, JetStream ready, storing, and the hubs reading their streams).
+// durable hubs, JetStream ready and the hubs reading their streams).
 // Not-ready says why, so an operator reading the probe knows what to fix.
+// What the edge cannot do while it serves the rest is `degraded`, not a
+// reason to be taken out: a stream without its leader fails on every edge
+// alike, and a load balancer that dropped them all would end the hybrid
+// connections and the other hubs too.
 import type { ServerResponse } from 'node:http';
 import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
   shuttingDown(): boolean;
   bus(): { kind: string; connected: boolean };
-  /** With durable hubs: JetStream's state and, when not ready, why; `storeFailure` while it is there but stores nothing. */
-  jetstream?(): { state: string; problem?: string; storeFailure?: string };
+  /** With durable hubs: JetStream's state and, when not ready, why; `storeFailures`, the streams it stores nothing in now. */
+  jetstream?(): { state: string; problem?: string; storeFailures: string[] };
   /** With durable hubs: whether those it started with read their streams yet. */
   followsStreams?(): boolean;
 }
@@ -25,18 +29,21 @@ export function handleOps(name: string, res: ServerResponse, readiness: Readines
   if (name === 'ready') {
     const bus = readiness.bus();
     const reasons: string[] = [];
+    const degraded: string[] = [];
     if (readiness.shuttingDown()) reasons.push('shutting down');
     if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
     const jetstream = readiness.jetstream?.();
+    const storeFailures = jetstream?.state === 'ready' && bus.connected ? jetstream.storeFailures : [];
     if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
-    else if (jetstream?.storeFailure !== undefined && bus.connected) reasons.push(`JetStream stores nothing: ${jetstream.storeFailure}`);
     else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
+    for (const failure of storeFailures) degraded.push(`JetStream stores nothing in stream ${failure}`);
     const ready = reasons.length === 0;
     const body = {
       ready,
       bus: { kind: bus.kind, connected: bus.connected },
-      ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && jetstream.storeFailure === undefined } } : {}),
+      ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && storeFailures.length === 0 } } : {}),
       reasons,
+      degraded,
     };
     sendJson(res, ready ? 200 : 503, body, NO_STORE);
     return true;

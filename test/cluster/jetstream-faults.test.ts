@@ -8,13 +8,14 @@
 // outage one of them waits out.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { WebPubSubServiceClient } from '@azure/web-pubsub';
 import { connect } from 'nats';
 import { edgeEvents, edgeOverrides, readiness, startCluster, waitReady } from '../helpers/cluster.ts';
 import { startNatsCluster, waitForJetStream, waitForMesh } from '../helpers/nats.ts';
 import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 
 const numbers = (messages: any[]) => messages.map((m) => m.data).filter((d) => typeof d === 'number');
 
@@ -60,7 +61,7 @@ function assertExactlyAcknowledged(received: number[], acked: number[], story: (
 }
 
 describe('JetStream faults', { concurrency: true }, () => {
-  it('two NATS nodes of three down: the edge says it cannot store (readiness 503 with the reason), and ready again once they are back', async (t) => {
+  it('two NATS nodes of three down: the edge says it cannot store (degraded, still ready for what it can serve), and storing again once they are back', async (t) => {
     const nats = await startNatsCluster(t);
     const a = await startTestRelay(t, edgeOverrides('edge-a', nats.map((n) => n.url), { bus: { jetstream: { publishTimeoutMs: 1500 } } }));
     await waitReady(a);
@@ -70,16 +71,54 @@ describe('JetStream faults', { concurrency: true }, () => {
     await nats[2].kill();
     // Still connected to n1, JetStream there, the streams without their leaders: every durable publish fails.
     await assert.rejects(rest.group('g').sendToAll(2), (err: { statusCode?: number }) => err.statusCode === 503);
-    // Before: 200, {"jetstream":{"state":"ready"}}, reasons [].
+    // The stream has no leader for any edge: readiness 503 (as before) took every edge out of a load balancer, hybrid traffic and all.
     const down = await readiness(a);
-    assert.equal(down.status, 503, JSON.stringify(down.body));
-    assert.match(down.body.reasons.join(), /JetStream stores nothing/);
-    assert.equal(down.body.bus.connected, true);
+    assert.equal(down.status, 200, JSON.stringify(down.body));
+    assert.deepEqual(down.body.reasons, []);
+    assert.equal(down.body.jetstream.storing, false);
+    assert.match(down.body.degraded.join(), /JetStream stores nothing in stream RELAY_chat: /);
     await nats[1].restart();
     await nats[2].restart();
     // Back without a publish: the edge asks the streams each second meanwhile.
-    await waitReady(a, 200, 30000);
+    await untilAnswered(async () => (await readiness(a)).body.jetstream.storing === true, 30000, 'storing again');
+    assert.deepEqual((await readiness(a)).body.degraded, []);
     await rest.group('g').sendToAll(3);
+  });
+
+  it("a stream whose only copy's node is gone is named alone in degraded; another hub's writes stored meanwhile do not hide it", async (t) => {
+    const nats = await startNatsCluster(t);
+    const urls = nats.map((n) => n.url);
+    const hub = (name: string) => ({ name, accessKey: `${name}-access-key-0123456789` });
+    // RELAY_kept and the session bucket with three copies (made first, by an edge with replicas 3),
+    // RELAY_lost with one (made by an edge with replicas 1, which never lowers what exists).
+    await waitReady(await startTestRelay(t, edgeOverrides('edge-first', urls, { pubsub: { hubs: [hub('kept')] }, bus: { jetstream: { replicas: 3 } } })));
+    const a = await startTestRelay(t, edgeOverrides('edge-a', urls, { pubsub: { hubs: [hub('lost'), hub('kept')] }, bus: { jetstream: { publishTimeoutMs: 1500, replicas: 1 } } }));
+    await waitReady(a);
+    const nc = await connect({ servers: urls });
+    let lostOn: string | undefined;
+    try {
+      const jsm = await nc.jetstreamManager();
+      lostOn = (await jsm.streams.info('RELAY_lost')).cluster?.leader;
+      assert.equal((await jsm.streams.info('RELAY_kept')).config.num_replicas, 3);
+    } finally {
+      await nc.close();
+    }
+    const node = nats.find((n) => n.name === lostOn);
+    assert.ok(node, `RELAY_lost's leader: ${lostOn}`);
+    const send = (name: string, n: number) =>
+      new WebPubSubServiceClient(`Endpoint=${a.url};AccessKey=${name}-access-key-0123456789;Version=1.0;`, name, { allowInsecureConnection: true, retryOptions: { maxRetries: 0 } }).sendToAll(n);
+    await send('lost', 1);
+    await node.kill();
+    await assert.rejects(send('lost', 2), (err: { statusCode?: number }) => err.statusCode === 503);
+    // Stored after the failure (RELAY_kept elects a leader among the two left): before, any write stored cleared the one flag for every stream.
+    await untilAnswered(() => send('kept', 3).then(() => true, () => false), 20000, 'a write to RELAY_kept');
+    const got = await readiness(a);
+    assert.equal(got.status, 200, JSON.stringify(got.body));
+    assert.equal(got.body.jetstream.storing, false);
+    assert.deepEqual(got.body.degraded.map((d: string) => /stream (RELAY_\w+):/.exec(d)?.[1]), ['RELAY_lost'], JSON.stringify(got.body));
+    await node.restart();
+    await untilAnswered(async () => (await readiness(a)).body.jetstream.storing === true, 30000, 'storing again');
+    await send('lost', 4);
   });
 
   it('one NATS node of three is killed under steady publishing: nothing acknowledged is lost or doubled', async (t) => {

@@ -24,7 +24,7 @@ describe('/$relay/ready', () => {
   });
   after(() => new Promise((r) => (server.closeAllConnections(), server.close(r))));
 
-  async function ready(state: Partial<Readiness>): Promise<{ status: number; body: { ready: boolean; reasons: string[]; jetstream?: { state: string } } }> {
+  async function ready(state: Partial<Readiness>): Promise<{ status: number; body: { ready: boolean; reasons: string[]; degraded: string[]; jetstream?: { state: string; storing: boolean } } }> {
     readiness = { shuttingDown: () => false, bus: () => ({ kind: 'nats', connected: true }), ...state };
     const res = await httpRequest(`${url}/ready`);
     assert.equal(res.headers['cache-control'], 'no-store');
@@ -32,22 +32,35 @@ describe('/$relay/ready', () => {
   }
 
   it('is ready with the bus connected, JetStream ready and the durable hubs reading their streams', async () => {
-    const got = await ready({ jetstream: () => ({ state: 'ready' }), followsStreams: () => true });
-    assert.deepEqual([got.status, got.body.reasons, got.body.jetstream], [200, [], { state: 'ready', storing: true }]);
+    const got = await ready({ jetstream: () => ({ state: 'ready', storeFailures: [] }), followsStreams: () => true });
+    assert.deepEqual([got.status, got.body.reasons, got.body.degraded, got.body.jetstream], [200, [], [], { state: 'ready', storing: true }]);
     assert.equal((await ready({})).status, 200, 'without durable hubs');
   });
 
   it('is not ready while the durable hubs do not read their streams yet, though JetStream is ready', async () => {
-    const got = await ready({ jetstream: () => ({ state: 'ready' }), followsStreams: () => false });
+    const got = await ready({ jetstream: () => ({ state: 'ready', storeFailures: [] }), followsStreams: () => false });
     assert.deepEqual([got.status, got.body.ready, got.body.reasons], [503, false, ['the durable hubs do not read their streams yet']]);
   });
 
   it('gives one reason per cause: JetStream\'s own problem before the streams, the bus before JetStream', async () => {
-    const waiting = await ready({ jetstream: () => ({ state: 'waiting', problem: 'JetStream has not answered yet' }), followsStreams: () => false });
+    const waiting = await ready({ jetstream: () => ({ state: 'waiting', problem: 'JetStream has not answered yet', storeFailures: [] }), followsStreams: () => false });
     assert.deepEqual([waiting.status, waiting.body.reasons], [503, ['JetStream has not answered yet']]);
-    const noBus = await ready({ bus: () => ({ kind: 'nats', connected: false }), jetstream: () => ({ state: 'waiting' }), followsStreams: () => false });
+    const noBus = await ready({ bus: () => ({ kind: 'nats', connected: false }), jetstream: () => ({ state: 'waiting', storeFailures: [] }), followsStreams: () => false });
     assert.deepEqual([noBus.status, noBus.body.reasons], [503, ['no connection to the nats bus']]);
-    const draining = await ready({ shuttingDown: () => true, jetstream: () => ({ state: 'ready' }), followsStreams: () => true });
+    const draining = await ready({ shuttingDown: () => true, jetstream: () => ({ state: 'ready', storeFailures: [] }), followsStreams: () => true });
     assert.deepEqual([draining.status, draining.body.reasons], [503, ['shutting down']]);
+  });
+
+  it('stays ready while a stream stores nothing, and says which in degraded: the rest of the edge serves on', async () => {
+    const failing = ['RELAY_chat: no answer from the stream'];
+    const got = await ready({ jetstream: () => ({ state: 'ready', storeFailures: failing }), followsStreams: () => true });
+    // Before: 503 on every edge alike (the stream has no leader anywhere), so a load balancer dropped the hybrid connections too.
+    assert.deepEqual(
+      [got.status, got.body.reasons, got.body.degraded, got.body.jetstream],
+      [200, [], ['JetStream stores nothing in stream RELAY_chat: no answer from the stream'], { state: 'ready', storing: false }],
+    );
+    // Without the bus the edge cannot tell: the bus is the reason, nothing more.
+    const noBus = await ready({ bus: () => ({ kind: 'nats', connected: false }), jetstream: () => ({ state: 'ready', storeFailures: failing }), followsStreams: () => true });
+    assert.deepEqual([noBus.status, noBus.body.reasons, noBus.body.degraded], [503, ['no connection to the nats bus'], []]);
   });
 });
