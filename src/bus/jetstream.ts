@@ -484,6 +484,11 @@ export class JetStreamAccess {
     return [...this.failingStreams].map(([stream, why]) => `${stream}: ${why}`);
   }
 
+  /** Each stream the relay needs, and whether JetStream stores in it now (ready, and no publish to it gave up unanswered since one was stored). */
+  storingByStream(): Map<string, boolean> {
+    return new Map(this.streams.map((s) => [s.name, this.state === 'ready' && !this.failingStreams.has(s.name)]));
+  }
+
   /** The stream a subject is stored in (its name), or the subject itself when no stream takes it. */
   private streamOf(subject: string): string {
     return this.streams.find((s) => s.subjects.some((p) => subjectMatches(p, subject)))?.name ?? subject;

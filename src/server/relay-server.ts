@@ -237,6 +237,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     sessionsRetained: () => pubsub.openCounts().retained,
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
+    jetstreamStoring: () => jetstream?.storingByStream() ?? new Map(),
   });
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });

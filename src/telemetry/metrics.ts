@@ -14,6 +14,8 @@ export interface MetricsSources {
   bus(): { kind: string; connected: boolean };
   /** Bus round trip in seconds; undefined when it cannot be measured now. */
   busRoundTrip(): Promise<number | undefined>;
+  /** With durable hubs: each hub stream and whether JetStream stores in it now. */
+  jetstreamStoring?(): Map<string, boolean>;
 }
 
 export class RelayMetrics {
@@ -96,6 +98,16 @@ export class RelayMetrics {
         this.reset();
         const bus = self.sources?.bus();
         if (bus) this.set({ bus: bus.kind }, bus.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_jetstream_storing',
+      help: "Per durable hub stream: 1 while JetStream stores this node's writes to it, 0 while it is not ready or a write to the stream gave up unanswered (no leader)",
+      labelNames: ['stream'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [stream, storing] of self.sources?.jetstreamStoring?.() ?? []) this.set({ stream }, storing ? 1 : 0);
       },
     });
     new Gauge({

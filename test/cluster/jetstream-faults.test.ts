@@ -11,6 +11,7 @@ import { describe, it } from 'node:test';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
 import { connect } from 'nats';
 import { edgeEvents, edgeOverrides, readiness, startCluster, waitReady } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { startNatsCluster, waitForJetStream, waitForMesh } from '../helpers/nats.ts';
 import { ALL_ROLES, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
@@ -92,7 +93,14 @@ describe('JetStream faults', { concurrency: true }, () => {
     // RELAY_kept and the session bucket with three copies (made first, by an edge with replicas 3),
     // RELAY_lost with one (made by an edge with replicas 1, which never lowers what exists).
     await waitReady(await startTestRelay(t, edgeOverrides('edge-first', urls, { pubsub: { hubs: [hub('kept')] }, bus: { jetstream: { replicas: 3 } } })));
-    const a = await startTestRelay(t, edgeOverrides('edge-a', urls, { pubsub: { hubs: [hub('lost'), hub('kept')] }, bus: { jetstream: { publishTimeoutMs: 1500, replicas: 1 } } }));
+    const a = await startTestRelay(
+      t,
+      edgeOverrides('edge-a', urls, { pubsub: { hubs: [hub('lost'), hub('kept')] }, bus: { jetstream: { publishTimeoutMs: 1500, replicas: 1 } }, metrics: { requireManage: false } }),
+    );
+    const storing = async () => {
+      const text = (await httpRequest(`${a.url}/$relay/metrics`)).body.toString();
+      return Object.fromEntries([...text.matchAll(/^edge_relay_jetstream_storing\{stream="(\w+)"[^}]*\} (\d)$/gm)].map((m) => [m[1], Number(m[2])]));
+    };
     await waitReady(a);
     const nc = await connect({ servers: urls });
     let lostOn: string | undefined;
@@ -116,8 +124,10 @@ describe('JetStream faults', { concurrency: true }, () => {
     assert.equal(got.status, 200, JSON.stringify(got.body));
     assert.equal(got.body.jetstream.storing, false);
     assert.deepEqual(got.body.degraded.map((d: string) => /stream (RELAY_\w+):/.exec(d)?.[1]), ['RELAY_lost'], JSON.stringify(got.body));
+    assert.deepEqual(await storing(), { RELAY_lost: 0, RELAY_kept: 1 });
     await node.restart();
     await untilAnswered(async () => (await readiness(a)).body.jetstream.storing === true, 30000, 'storing again');
+    assert.deepEqual(await storing(), { RELAY_lost: 1, RELAY_kept: 1 });
     await send('lost', 4);
   });
 
