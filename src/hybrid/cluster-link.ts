@@ -11,7 +11,7 @@ import { BusError, respond, type Bus, type BusMessage, type BusSubscription } fr
 import { decodeEdgeMessage, encodeEdgeMessage, type HcFailed, type HcResponse } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import type { HybridContext } from './context.ts';
+import { pendingLimitReached, type HybridContext } from './context.ts';
 import type { ChannelExchange, ControlChannel, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HttpExchange } from './http-exchange.ts';
@@ -32,6 +32,23 @@ export class HybridClusterLink implements EdgeWatch {
    * until it says `hc.done` (or the listener answered, or the watch's own timeout).
    */
   readonly dialWatches = new Map<string, { done(): void }>();
+
+  /** Starts watching a connect or request routed here for `entityKey`: it counts against limits.pendingPerEntity until unwatched. */
+  watchRouted(id: string, watch: { done(): void }, entityKey: string): void {
+    // The same id routed twice (asked again): the earlier watch ends, uncounted.
+    this.dialWatches.get(id)?.done();
+    this.dialWatches.set(id, watch);
+    this.ctx.routedHere.set(entityKey, (this.ctx.routedHere.get(entityKey) ?? 0) + 1);
+  }
+
+  /** Ends `watch` (once: a second call finds it gone). */
+  unwatchRouted(id: string, watch: { done(): void }, entityKey: string): void {
+    if (this.dialWatches.get(id) !== watch) return;
+    this.dialWatches.delete(id);
+    const left = (this.ctx.routedHere.get(entityKey) ?? 0) - 1;
+    if (left > 0) this.ctx.routedHere.set(entityKey, left);
+    else this.ctx.routedHere.delete(entityKey);
+  }
   private readonly nodeSubscription: BusSubscription;
   private routing = true;
 
@@ -161,6 +178,11 @@ export class HybridClusterLink implements EdgeWatch {
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
       return;
     }
+    // The listener's edge holds what waits for its listeners from every edge: one limit for them all (the sender hears 503 TooManyPending).
+    if (pendingLimitReached(this.ctx, entity)) {
+      respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'TooManyPending' }));
+      return;
+    }
     let sent: boolean;
     let watch: RemoteDialWatch | RemoteHttpRelay | undefined;
     if (m.op === 'hc.accept') {
@@ -258,7 +280,7 @@ class RemoteDialWatch implements ChannelExchange {
     acceptMs: number,
   ) {
     channel.exchanges.set(id, this);
-    link.dialWatches.set(id, this);
+    link.watchRouted(id, this, channel.entity.key);
     this.timer = setTimeout(() => this.done(), acceptMs);
     this.timer.unref();
   }
@@ -277,7 +299,7 @@ class RemoteDialWatch implements ChannelExchange {
   done(): void {
     clearTimeout(this.timer);
     if (this.channel.exchanges.get(this.id) === this) this.channel.exchanges.delete(this.id);
-    if (this.link.dialWatches.get(this.id) === this) this.link.dialWatches.delete(this.id);
+    this.link.unwatchRouted(this.id, this, this.channel.entity.key);
   }
 }
 
@@ -297,7 +319,7 @@ class RemoteHttpRelay implements ChannelExchange {
     timeoutMs: number,
   ) {
     channel.exchanges.set(id, this);
-    link.dialWatches.set(id, this);
+    link.watchRouted(id, this, channel.entity.key);
     // The sender's node times the request out itself; this only forgets it.
     this.timer = setTimeout(() => this.done(), timeoutMs);
     this.timer.unref();
@@ -328,6 +350,6 @@ class RemoteHttpRelay implements ChannelExchange {
   done(): void {
     clearTimeout(this.timer);
     if (this.channel.exchanges.get(this.id) === this) this.channel.exchanges.delete(this.id);
-    if (this.link.dialWatches.get(this.id) === this) this.link.dialWatches.delete(this.id);
+    this.link.unwatchRouted(this.id, this, this.channel.entity.key);
   }
 }

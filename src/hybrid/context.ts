@@ -42,6 +42,12 @@ export interface HybridContext {
   log: Logger;
   listeners: ListenerRegistry;
   rendezvous: RendezvousTable;
+  /**
+   * Connects and requests other edges routed to this edge's listeners that are still watched here, per entity key:
+   * counted with the rendezvous table against limits.pendingPerEntity (before, each sender's edge counted only its own,
+   * so a listener's edge took the limit once from every edge).
+   */
+  routedHere: Map<string, number>;
   /** ws(s)://public-host[:port]: the base listeners dial. */
   rendezvousBase: string;
   metrics: RelayMetrics;
@@ -57,7 +63,7 @@ export interface HybridContext {
 
 /** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */
 export function pendingLimitReached(ctx: HybridContext, entity: HybridEntity): boolean {
-  if (ctx.rendezvous.pendingFor(entity.key) < ctx.config.limits.pendingPerEntity) return false;
+  if (ctx.rendezvous.pendingFor(entity.key) + (ctx.routedHere.get(entity.key) ?? 0) < ctx.config.limits.pendingPerEntity) return false;
   ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
   return true;
 }

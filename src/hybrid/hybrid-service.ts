@@ -110,6 +110,7 @@ export class HybridService {
       log,
       listeners: this.listeners,
       rendezvous: new RendezvousTable(),
+      routedHere: new Map(),
       rendezvousBase,
       metrics,
       open: { splices: new Map(), httpRequests: 0 },
