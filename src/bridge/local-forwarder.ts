@@ -81,7 +81,8 @@ export class LocalForwarder {
     ws.on('unexpected-response', (_req, res) => {
       log.warn({ event: 'bridge.connect_refused', status: res.statusCode, reason: res.statusMessage });
       res.resume();
-      tcp.destroy();
+      // Refused (no listener, a bad token, the target unreachable): reset, as a refused direct connection is, not a clean empty end.
+      tcp.resetAndDestroy();
       // With this handler, ws leaves the handshake to us: ended here, or the socket stayed CONNECTING
       // in `connecting` for good (~7 KB per refused connection).
       refused = true;
@@ -92,7 +93,7 @@ export class LocalForwarder {
       this.connecting.delete(ws);
       if (!opened && !refused) {
         log.warn({ event: 'bridge.connect_failed', err: err.message });
-        tcp.destroy();
+        tcp.resetAndDestroy();
       }
     });
     ws.once('open', () => {
@@ -107,7 +108,8 @@ export class LocalForwarder {
 
   async stop(): Promise<void> {
     for (const ws of this.connecting) ws.terminate();
-    for (const s of this.sockets) s.destroy();
+    // Cut mid-stream: each local client is reset, and its relayed leg ends 1011 (pipe.ts), so neither end takes it for a complete transfer.
+    for (const s of this.sockets) s.resetAndDestroy();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 }

@@ -44,7 +44,8 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
   });
   tcp.on('end', () => finish('local end closed'));
   tcp.on('error', (err) => finish(`local socket error: ${err.message}`, true));
-  tcp.on('close', () => finish('local socket closed'));
+  // Closed without an end first: cut (destroyed here, as when the bridge stops), never a clean end for the far side.
+  tcp.on('close', () => finish('local socket closed', true));
 
   ws.on('message', (data: Buffer, isBinary: boolean) => {
     const chunk = isBinary ? data : Buffer.from(data);

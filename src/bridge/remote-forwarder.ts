@@ -161,21 +161,22 @@ export class RemoteForwarder {
     tcp.once('connect', () => {
       connected = true;
       tcp.setTimeout(0);
-      if (this.stopped) return tcp.destroy();
+      if (this.stopped) return tcp.resetAndDestroy();
       tcp.setNoDelay(true);
       let ws: WebSocket;
       try {
         ws = new WebSocket(notice.address, this.access.socketOptions(notice.address));
       } catch (err) {
         log.warn({ event: 'bridge.accept_failed', err: (err as Error).message });
-        tcp.destroy();
+        tcp.resetAndDestroy();
         return;
       }
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
         log.warn({ event: 'bridge.accept_failed', err: err.message });
-        tcp.destroy();
+        // The target sees a connection cut, not one opened and ended cleanly with nothing said.
+        tcp.resetAndDestroy();
       });
       ws.once('open', () => {
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
@@ -206,6 +207,7 @@ export class RemoteForwarder {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.control?.terminate();
     for (const ws of this.open) ws.terminate();
-    for (const tcp of this.targets) tcp.destroy();
+    // Cut mid-stream: each target is reset, and its relayed leg ends 1011 (pipe.ts).
+    for (const tcp of this.targets) tcp.resetAndDestroy();
   }
 }

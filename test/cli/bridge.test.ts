@@ -110,7 +110,8 @@ describe('edge-relay bridge', () => {
     const dialer = await startBridge(t, relay.url, ['-L', '0:nowhere'], [/^forwarding /]);
     const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
     cleanupFor(t).after(() => socket.destroy());
-    await withTimeout(new Promise((r) => socket.once('close', r)), 10000, 'local connection closed');
+    // Reset, as a direct connection to that port would be refused (before: a clean, empty end, read as a complete answer).
+    assert.equal(await howItEnds(socket), 'reset');
     await until(() => /bridge\.target_unreachable/.test(listener.stderr()), 5000, 'listener logs the unreachable target');
     await until(() => /"status":502/.test(dialer.stderr()), 5000, 'dialer logs the 502');
   });
@@ -191,6 +192,56 @@ async function freezableProxy(t: TestContext, port: number): Promise<{ port: num
     },
   };
 }
+
+/** How a socket ends, its data read and dropped: 'end' (a clean end: FIN) or 'reset' (ECONNRESET, or another error). */
+function howItEnds(socket: Socket, timeoutMs = 10000): Promise<'end' | 'reset'> {
+  return withTimeout(
+    new Promise<'end' | 'reset'>((resolve) => {
+      socket.on('data', () => {});
+      socket.once('end', () => resolve('end'));
+      socket.once('error', () => resolve('reset'));
+    }),
+    timeoutMs,
+    'the socket to end',
+  );
+}
+
+/** Writes to `socket` until it ends (with backpressure), as a bulk transfer that never finishes would. */
+function streamForever(socket: Socket): void {
+  const chunk = randomBytes(64 * 1024);
+  const more = () => {
+    while (!socket.destroyed && socket.writable) if (!socket.write(chunk)) return void socket.once('drain', more);
+  };
+  socket.on('error', () => {});
+  more();
+}
+
+describe('edge-relay bridge stopped mid-stream', () => {
+  for (const stopped of ['-L', '-R'] as const) {
+    it(`resets both far ends when ${stopped} stops (SIGTERM) while bytes flow both ways: neither takes the cut for a complete transfer`, async (t) => {
+      const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stream', requiresClientAuthorization: true }] });
+      let serverEnd: Promise<'end' | 'reset'> | undefined;
+      const server = createServer((s) => {
+        serverEnd = howItEnds(s);
+        streamForever(s);
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      cleanupFor(t).after(() => new Promise<void>((r) => (server.close(() => r()), undefined)));
+      const remote = await startBridge(t, relay.url, ['-R', `stream:127.0.0.1:${(server.address() as { port: number }).port}`], [/^listening on stream/]);
+      const local = await startBridge(t, relay.url, ['-L', '0:stream'], [/^forwarding /]);
+      const client = connect({ host: '127.0.0.1', port: localPort(local) });
+      cleanupFor(t).after(() => client.destroy());
+      const clientEnd = howItEnds(client, 15000);
+      let read = 0;
+      client.on('data', (d: Buffer) => (read += d.length));
+      client.once('connect', () => streamForever(client));
+      await until(() => read > 4 * 1024 * 1024 && serverEnd !== undefined, 10000, 'bytes flowing both ways');
+      (stopped === '-L' ? local : remote).signal('SIGTERM');
+      // Before: a clean end (FIN) at the client and the server when -L stopped, at the server when -R stopped.
+      assert.deepEqual({ client: await clientEnd, server: await serverEnd! }, { client: 'reset', server: 'reset' });
+    });
+  }
+});
 
 describe('edge-relay bridge when the other side misbehaves', () => {
   it('-L outlives a local client that resets before the relay answers, and drops one the relay never answers', async (t) => {
