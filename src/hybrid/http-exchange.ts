@@ -98,6 +98,27 @@ export function responseHeadersForSender(
   return out;
 }
 
+/**
+ * A listener's leg for a request that ended before it answered (its sender
+ * left, or was answered 504): opened and closed at once (1000), what the
+ * listener sends dropped. Refused (404) as an unknown address, it killed an
+ * unmodified hyco-https listener: that package dials to send an answer over
+ * 64 KiB and has no handler for the refusal (an unhandled 'error').
+ */
+export function closeLateLeg(upgradeReq: IncomingMessage, socket: Duplex, closeHandshakeMs: number): void {
+  const upgrade = parseUpgradeRequest(upgradeReq);
+  if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
+  writeSwitchingProtocols(socket, upgrade.key, undefined);
+  socket.on('error', () => socket.destroy());
+  socket.on('data', () => {});
+  const close = new CloseHandshake(socket, closeHandshakeMs);
+  close.send(1000, 'the request ended before this answer');
+  close.end();
+}
+
+/** How long a request that ended before its listener answered is remembered for a late answer's leg (the last 10,000 at most). */
+const LATE_ANSWER_MS = 10 * 60_000;
+
 type ReadState = 'head' | 'body' | 'done';
 
 export class HttpExchange implements ChannelExchange, FrameHandler, PendingRendezvous {
@@ -490,6 +511,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     exchangesOn.get(this.req.socket)?.delete(this);
     this.ctx.rendezvous.delete(this);
+    // Ended before the listener answered: it may still dial this address to answer, however late (see closeLateLeg).
+    if (this.head === undefined && !this.rendezvous) this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
       this.rendezvousClose.send(this.rendezvousCloseCode);

@@ -21,7 +21,7 @@ import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-ca
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink } from './cluster-link.ts';
-import { HttpExchange } from './http-exchange.ts';
+import { HttpExchange, closeLateLeg } from './http-exchange.ts';
 import { LocalRoute, type ListenerRoute } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
@@ -322,6 +322,10 @@ export class HybridService {
       // The load balancer in front of the workers sent the leg to this one: it belongs to another.
       const owner = workerOfRendezvousId(id);
       if (owner !== undefined && owner !== this.workers.index && this.workers.handOff(owner, req, socket, head)) return;
+    }
+    if (!pending && action === 'request' && this.ctx.rendezvous.takeAbandoned(id, name.toLowerCase())) {
+      this.log.info({ event: 'http.late_answer_dropped', entity: name });
+      return closeLateLeg(req, socket, this.config.timeouts.closeHandshakeMs);
     }
     if (!pending || pending.action !== action || pending.entity.key !== name.toLowerCase()) {
       this.log.info({ event: 'rendezvous.unknown', entity: name, action });

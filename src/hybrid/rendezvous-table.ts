@@ -32,9 +32,17 @@ export interface PendingRendezvous {
   listenerLost(): void;
 }
 
+/** HTTP requests remembered as abandoned at most (oldest forgotten first): a sender hanging up in a loop grows nothing past it. */
+const MAX_ABANDONED = 10_000;
+
 export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {
   private readonly entries = new Map<string, T>();
   private readonly perEntity = new Map<string, number>();
+  /**
+   * HTTP requests that ended before their listener answered (the sender left, or timed out), oldest first, each
+   * until a time: the listener may still dial its address to answer (hyco-https does for an answer over 64 KiB).
+   */
+  private readonly abandoned = new Map<string, { entityKey: string; until: number }>();
 
   get size(): number {
     return this.entries.size;
@@ -65,5 +73,23 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
 
   values(): IterableIterator<T> {
     return this.entries.values();
+  }
+
+  /** Remembers an HTTP request that ended before its listener answered, for `keepMs`. */
+  abandon(entry: T, keepMs: number): void {
+    const now = Date.now();
+    for (const [id, a] of this.abandoned) {
+      if (a.until > now && this.abandoned.size < MAX_ABANDONED) break;
+      this.abandoned.delete(id);
+    }
+    this.abandoned.set(entry.id, { entityKey: entry.entity.key, until: now + keepMs });
+  }
+
+  /** Whether `id` names a request of `entityKey` abandoned lately; forgotten once asked (one leg per address). */
+  takeAbandoned(id: string, entityKey: string): boolean {
+    const a = this.abandoned.get(id);
+    if (!a) return false;
+    this.abandoned.delete(id);
+    return a.entityKey === entityKey && a.until > Date.now();
   }
 }

@@ -2,11 +2,14 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
+import { runClientScript } from '../helpers/client-process.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { startRelayProcess, startTestRelay, tokenFor, type RelayProcess } from '../helpers/relay.ts';
+import { startRelayProcess, startTestRelay, tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -159,5 +162,40 @@ describe('hyco-https rendezvous legs after the response', () => {
     const startedAt = Date.now();
     await relay.close();
     assert.ok(Date.now() - startedAt < 5000, `the drain took ${Date.now() - startedAt} ms`);
+  });
+});
+
+describe('a hyco-https listener answering after its request ended', () => {
+  // In a process of its own: the defect ended that process (an unhandled 'error' inside hyco-https).
+  const LISTENER = `
+    import https from 'hyco-https';
+    const server = https.createRelayedServer({ server: process.env.LISTEN_URL, token: () => process.env.TOKEN }, (req, res) => {
+      // Over 64 KiB: hyco-https dials the request's rendezvous address to send it.
+      const answer = () => res.end(Buffer.alloc(100 * 1024, 97));
+      if (req.url.endsWith('/fast')) answer();
+      else setTimeout(answer, 700);
+    });
+    server.on('error', () => {});
+    server.listen();
+    setTimeout(() => { console.log(JSON.stringify({ alive: true })); process.exit(0); }, Number(process.env.LIVE_MS));
+  `;
+
+  it('lives on when its sender hung up or was answered 504 first: the late leg is opened and closed, not refused (404)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'late', requiresClientAuthorization: false }], timeouts: { httpResponseMs: 300 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/late?sb-hc-action=listen');
+    const script = runClientScript(t, LISTENER, { LISTEN_URL: listenUrl, TOKEN: tokenFor(listenUrl), LIVE_MS: '4000' }, 20000);
+    await until(() => (relay.hybrid.listeners.counts().get('late') ?? 0) > 0, 10000, 'the listener online');
+    // An answer over 64 KiB in time comes through its rendezvous as before.
+    const fast = await httpRequest(`${relay.url}/late/fast`);
+    assert.deepEqual([fast.status, fast.body.length], [200, 100 * 1024]);
+    // Answered 504 after 300 ms; the listener answers at 700 ms.
+    assert.equal((await httpRequest(`${relay.url}/late/slow`)).status, 504);
+    // Gone after 100 ms.
+    const sender = connect(relay.port, '127.0.0.1', () => sender.write('GET /late/slow HTTP/1.1\r\nHost: x\r\n\r\n'));
+    sender.on('error', () => {});
+    setTimeout(() => sender.destroy(), 100);
+    const result = await script;
+    // Before: exit code 1, "Error: Unexpected server response: 404" on its stderr.
+    assert.deepEqual([result.code, result.lines], [0, [{ alive: true }]], result.stderr);
   });
 });
