@@ -506,8 +506,16 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       // closed once the answer is out rather than left unread.
       if (!this.res.headersSent) this.res.shouldKeepAlive = false;
       const socket = this.req.socket;
-      if (this.res.writableFinished) socket.destroy();
-      else this.res.once('finish', () => socket.destroy());
+      // A lingering close: the answer, then our end, and what the sender still sends read and dropped for
+      // timeouts.closeHandshakeMs. Destroyed at once, the unread bytes made the kernel answer with a reset,
+      // which discarded the answer for a client that reads only after sending its whole body (as most do).
+      const linger = () => {
+        socket.end();
+        this.req.resume();
+        setTimeout(() => socket.destroy(), this.ctx.config.timeouts.closeHandshakeMs).unref();
+      };
+      if (this.res.writableFinished) linger();
+      else this.res.once('finish', linger);
     }
     exchangesOn.get(this.req.socket)?.delete(this);
     this.ctx.rendezvous.delete(this);

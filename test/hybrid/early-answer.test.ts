@@ -7,10 +7,11 @@ import { Agent, request, type ClientRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { maskedFrame } from '../helpers/raw-socket.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 describe('a listener answering before the upload ends', () => {
   it('closes the sender\'s connection with the answer once part of the body was relayed', async (t) => {
@@ -69,5 +70,42 @@ describe('a listener answering before the upload ends', () => {
     await until(() => status === 413, 3000, 'the answer');
     await until(() => closedAt !== 0, 10000, 'the sender connection to close');
     assert.ok(closedAt - answeredAt < 2000, `the connection closed ${closedAt - answeredAt} ms after the answer`);
+  });
+
+  it('lets a client that reads only after sending its whole body read the answer: no reset for the bytes it sent after it', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'up', requiresClientAuthorization: false }] });
+    // Refuses every upload at once, reading none of it (a size limit, an auth check).
+    await startHycoHttpsListener(t, relay.url, (_req, res) => void ((res.statusCode = 413), res.end('too large\n')), 'up');
+    const client = connect(relay.port, '127.0.0.1');
+    cleanupFor(t).after(() => client.destroy());
+    client.pause();
+    const size = 5_000_000;
+    const answer = new Promise<string>((resolve) => {
+      let text = '';
+      client.on('data', (d: Buffer) => (text += d.toString('latin1')));
+      client.on('end', () => resolve(text));
+      client.on('error', (err) => resolve(`${text}[${(err as NodeJS.ErrnoException).code}]`));
+    });
+    // Sends everything first (a blocking client: Python's http.client, many SDKs), then reads.
+    await new Promise<void>((resolve) => {
+      client.once('error', () => resolve());
+      client.write(`POST /up/file HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${size}\r\n\r\n`);
+      let sent = 0;
+      const chunk = Buffer.alloc(65536);
+      const more = () => {
+        while (sent < size) {
+          const piece = chunk.subarray(0, Math.min(chunk.length, size - sent));
+          sent += piece.length;
+          if (!client.write(piece)) return void client.once('drain', more);
+        }
+        resolve();
+      };
+      more();
+    });
+    client.resume();
+    // Before: ECONNRESET, the 413 lost with the reset.
+    const got = await withTimeout(answer, 10000, 'the answer');
+    assert.match(got, /^HTTP\/1\.1 413 /);
+    assert.ok(got.includes('too large') && !got.includes('[ECONNRESET]'), got);
   });
 });
