@@ -55,11 +55,26 @@ const HOP_BY_HOP = new Set([
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 /**
+ * The hop-by-hop headers of one message: the fixed ones, and those its
+ * `Connection` header names (RFC 9110 7.6.1: `Connection: close, X-Private`
+ * makes `X-Private` this hop's own, not passed on).
+ */
+function withConnectionOptions(connection: string | string[] | undefined): ReadonlySet<string> {
+  if (connection === undefined) return HOP_BY_HOP;
+  // Never the message's framing or its Host: naming those is an attempt to desynchronise, not an option.
+  const named = (Array.isArray(connection) ? connection.join(',') : connection)
+    .split(',')
+    .map((t) => t.trim().toLowerCase())
+    .filter((t) => t !== '' && t !== 'content-length' && t !== 'host' && !HOP_BY_HOP.has(t));
+  return named.length === 0 ? HOP_BY_HOP : new Set([...HOP_BY_HOP, ...named]);
+}
+
+/**
  * The request's headers as a listener sees them: no credential, no
  * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
  */
 export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
-  const out = senderHeaders(req, credential, HOP_BY_HOP);
+  const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection));
   out.via = out.via ? `${out.via}, ${via}` : via;
   return out;
 }
@@ -78,10 +93,12 @@ export function responseHeadersForSender(
   const out: Record<string, string | string[]> = {};
   const lengths: string[] = [];
   const vias: string[] = [];
+  const connection = Object.entries(headers ?? {}).filter(([name]) => name.toLowerCase() === 'connection').flatMap(([, v]) => (Array.isArray(v) ? v : [v]).map(String));
+  const hopByHop = withConnectionOptions(connection.length > 0 ? connection : undefined);
   for (const [name, value] of Object.entries(headers ?? {})) {
     if (!HEADER_NAME.test(name)) return undefined;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower)) continue;
+    if (hopByHop.has(lower)) continue;
     // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
     const values = Array.isArray(value) ? value.map(String) : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;

@@ -1,0 +1,22 @@
+// Headers a `Connection` header names are that hop's own (RFC 9110 7.6.1):
+// the relay passes them on neither way, as it does not pass the fixed
+// hop-by-hop headers (src/hybrid/http-exchange.ts). Before: only the fixed list.
+import assert from 'node:assert/strict';
+import type { IncomingMessage } from 'node:http';
+import { describe, it } from 'node:test';
+import { forwardedRequestHeaders, responseHeadersForSender } from '../../src/hybrid/http-exchange.ts';
+
+describe('headers named in Connection', () => {
+  it("stay with the sender's hop: the listener does not see them", () => {
+    const req = { headers: { host: 'relay', connection: 'keep-alive, X-Hop', 'x-hop': 'private', 'x-kept': 'kept' } } as unknown as IncomingMessage;
+    const out = forwardedRequestHeaders(req, [], '1.1 relay');
+    assert.equal(out['x-hop'], undefined);
+    assert.equal(out.connection, undefined);
+    assert.deepEqual([out['x-kept'], out.host], ['kept', 'relay']);
+  });
+
+  it("stay with the listener's hop: the sender does not see them, and a named Content-Length still frames the body", () => {
+    const out = responseHeadersForSender({ Connection: 'close, X-Private, Content-Length', 'X-Private': 'secret', 'X-Public': 'p', 'Content-Length': '2' });
+    assert.deepEqual(out, { 'X-Public': 'p', 'content-length': '2' });
+  });
+});
