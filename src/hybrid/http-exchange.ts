@@ -8,6 +8,7 @@
 // streamed to the sender as it arrives. Both directions respect backpressure.
 import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -133,6 +134,9 @@ export function closeLateLeg(upgradeReq: IncomingMessage, socket: Duplex, closeH
   close.end();
 }
 
+/** TCP keep-alive on a listener's HTTP rendezvous leg, as on spliced WebSocket legs. */
+const RENDEZVOUS_TCP_KEEPALIVE_MS = 30_000;
+
 /** How long a request that ended before its listener answered is remembered for a late answer's leg (the last 10,000 at most). */
 const LATE_ANSWER_MS = 10 * 60_000;
 
@@ -162,7 +166,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private readonly readBlocks = new Set<'sender' | 'listener'>();
   /** How the rendezvous is closed when the exchange ends: 1000, or the listener's protocol error. */
   private rendezvousCloseCode = 1000;
-  private readonly timer: NodeJS.Timeout;
+  /** Until the head: timeouts.httpResponseMs for the answer. Then: as long again for each piece of the body (bodyIdle). */
+  private timer: NodeJS.Timeout;
   private readonly startedAt = performance.now();
   /** Request body bytes sent on to the listener. */
   private requestBytes = 0;
@@ -327,6 +332,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.rendezvous || this.finished) return failUpgrade(socket, 'RendezvousNotFound');
     if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
     this.rendezvous = socket;
+    // Nothing pings this leg: TCP keep-alive finds a listener host that vanished without a FIN.
+    if (socket instanceof Socket) socket.setKeepAlive(true, RENDEZVOUS_TCP_KEEPALIVE_MS);
     this.rendezvousClose = new CloseHandshake(socket, this.ctx.config.timeouts.closeHandshakeMs);
     writeSwitchingProtocols(socket, upgrade.key, undefined);
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
@@ -385,6 +392,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (this.headBytes > limit || this.headChunks.length >= partsAllowed(limit)) return this.fail('BadListenerResponse');
       this.headChunks.push(Buffer.from(chunk));
     } else if (this.readState === 'body' && !this.finished) {
+      this.timer.refresh();
       if (!this.body!.fits(chunk)) return this.fail('BadListenerResponse');
       if (!this.body!.write(chunk)) this.blockRendezvous('sender');
     }
@@ -476,10 +484,22 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     const declared = headers['content-length'];
     const hasBody = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
     this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), hasBody);
+    // A body may take as long as it likes, but not stall: timeouts.httpResponseMs with nothing from the listener
+    // (while the relay reads) cuts it. Before, a listener that stopped mid-body held the sender for good.
+    // (A body on the control channel comes whole, with its head.)
     clearTimeout(this.timer);
+    if (this.rendezvous) this.timer = setTimeout(() => this.bodyIdle(), this.ctx.config.timeouts.httpResponseMs);
     this.log.info({ event: 'http.response', status, via: this.rendezvous ? 'rendezvous' : 'control' });
     countHttpStatus(this.ctx, status, this.entity);
     return true;
+  }
+
+  /** timeouts.httpResponseMs passed with no piece of the body: cut, unless the relay itself stopped reading for a slow sender. */
+  private bodyIdle(): void {
+    if (this.finished) return;
+    if (this.readBlocks.has('sender')) return void this.timer.refresh();
+    this.log.info({ event: 'http.body_stalled', ms: this.ctx.config.timeouts.httpResponseMs });
+    this.fail('ResponseTimeout');
   }
 
   /** The listener's body ended (with `last`, its final piece): the response ends, or, short of its declared length, is cut. */
