@@ -5,7 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
-import { pipeSocketToWebSocket } from './pipe.ts';
+import { HALF_CLOSE_PARAM, HALF_CLOSE_VERSION, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface LocalForward {
@@ -48,7 +48,8 @@ export class LocalForwarder {
 
   /** Listens; resolves with the bound port. */
   start(): Promise<number> {
-    const server = createServer({ allowHalfOpen: false }, (tcp) => this.accept(tcp));
+    // Half-open allowed: a client's FIN leaves the answer's direction open (pipe.ts, half-close).
+    const server = createServer({ allowHalfOpen: true }, (tcp) => this.accept(tcp));
     this.server = server;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
@@ -68,7 +69,7 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'connect'), this.access.socketOptions(this.access.wsBase));
+    const ws = new WebSocket(`${this.access.actionUrl(this.forward.entity, 'connect')}&${HALF_CLOSE_PARAM}=${HALF_CLOSE_VERSION}`, this.access.socketOptions(this.access.wsBase));
     this.connecting.add(ws);
     let opened = false;
     // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).
@@ -102,7 +103,7 @@ export class LocalForwarder {
       if (tcp.destroyed) return ws.close(1000, 'local connection gone');
       log.info({ event: 'bridge.connected' });
       tcp.resume();
-      pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }));
+      pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), 'ask');
     });
   }
 

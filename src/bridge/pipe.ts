@@ -1,12 +1,24 @@
 // Joins a TCP socket and a relayed WebSocket both ways: TCP bytes go as
 // binary messages, binary messages come out as TCP bytes. Each direction stops
 // reading when the other side has `highWaterMark` bytes queued and resumes
-// when it drains. An end on either side ends the other, and the TCP socket is
-// closed once what is queued for it is written, whether or not its peer closes
-// its own side (a socket left half-open held a descriptor for good). A stream
-// cut short (a reset, an error, a relay leg closed with anything but 1000)
-// reaches the other end as a reset, never as a clean end: a reader that reads
-// to the end of the stream must not take a cut transfer for a complete one.
+// when it drains.
+//
+// How an end (FIN) crosses: between two bridges that both speak it, half-close.
+// `-L` asks for it in its connect address (HALF_CLOSE_PARAM, which the relay
+// passes to the listener as Azure does); a `-R` that speaks it says so first
+// thing on the leg (HALF_CLOSE_HELLO, a text message: bytes always go as
+// binary). Then a local end is an empty binary message to the other bridge,
+// which ends its TCP socket's writing side and keeps reading, so a client that
+// sends a request and its FIN still gets the answer (`nc -N`, `echo x | socat
+// - TCP:...`); the leg closes (1000) once both directions ended. With any
+// other peer (an older bridge, another client of the entity) an end on either
+// side ends the other, and the TCP socket is closed once what is queued for it
+// is written (a socket left half-open held a descriptor for good).
+//
+// A stream cut short (a reset, an error, a relay leg closed with anything but
+// 1000, a socket closed without an end) reaches the other end as a reset,
+// never as a clean end: a reader that reads to the end of the stream must not
+// take a cut transfer for a complete one.
 import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
 
@@ -17,21 +29,55 @@ export interface PipeResult {
   reason: string;
 }
 
-export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark: number, onEnd: (result: PipeResult) => void): void {
+/** The query parameter `-L` adds to its connect address: it speaks half-close. */
+export const HALF_CLOSE_PARAM = 'edge-relay-bridge';
+export const HALF_CLOSE_VERSION = 'half-close';
+
+/** What a `-R` that speaks half-close sends first on a leg whose connect asked for it. */
+export const HALF_CLOSE_HELLO = 'edge-relay-bridge: half-close';
+
+/**
+ * How this end handles ends: `on` (the peer speaks half-close: `-R` when the
+ * connect asked for it), `ask` (`-L`: on once the peer's hello came; an end
+ * before it waits up to HELLO_WAIT_MS for it), `off` (an end ends both ways).
+ */
+export type HalfClose = 'on' | 'ask' | 'off';
+
+/** How long a local end waits for the peer's hello before it ends both ways (the hello follows the leg's opening at once). */
+const HELLO_WAIT_MS = 2000;
+
+const EMPTY = Buffer.alloc(0);
+
+export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark: number, onEnd: (result: PipeResult) => void, halfClose: HalfClose = 'off'): void {
   let toRelay = 0;
   let fromRelay = 0;
   let inFlight = 0;
   let ended = false;
+  let mode = halfClose;
+  /** The local socket ended (FIN read) and, in half-close, the peer was told. */
+  let localEnded = false;
+  /** The peer's end arrived (half-close): the local socket's writing side is ended. */
+  let remoteEnded = false;
+  let helloWait: NodeJS.Timeout | undefined;
   /** `failed`: the local side was cut (reset or error), and the relay leg says so. */
   const finish = (reason: string, failed = false) => {
     if (ended) return;
     ended = true;
+    clearTimeout(helloWait);
     // The relay's answer to the close (and its end) is read even if the local side had stopped reading.
     ws.resume();
     if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(failed ? CLOSE_CUT : 1000, reason.slice(0, 100));
     tcp.destroySoon();
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
   };
+  /** The local end in half-close: the peer is told (after every byte before it) and the other direction goes on. */
+  const endLocalSide = () => {
+    localEnded = true;
+    if (ws.readyState === ws.OPEN) ws.send(EMPTY, { binary: true });
+    if (remoteEnded) finish('both ends closed');
+  };
+
+  if (mode === 'on' && ws.readyState === ws.OPEN) ws.send(HALF_CLOSE_HELLO);
 
   tcp.on('data', (chunk: Buffer) => {
     toRelay += chunk.length;
@@ -42,22 +88,54 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
     });
     if (inFlight >= highWaterMark) tcp.pause();
   });
-  tcp.on('end', () => finish('local end closed'));
+  tcp.on('end', () => {
+    if (ended) return;
+    if (mode === 'on') return endLocalSide();
+    if (mode === 'off') return finish('local end closed');
+    // Asked, no answer yet: the hello may be on its way.
+    localEnded = true;
+    helloWait = setTimeout(() => {
+      mode = 'off';
+      finish('local end closed');
+    }, HELLO_WAIT_MS);
+  });
   tcp.on('error', (err) => finish(`local socket error: ${err.message}`, true));
-  // Closed without an end first: cut (destroyed here, as when the bridge stops), never a clean end for the far side.
+  // Closed without an end first (destroyed here, as when the bridge stops): cut, never a clean end for the far side.
   tcp.on('close', () => finish('local socket closed', true));
 
   ws.on('message', (data: Buffer, isBinary: boolean) => {
+    if (!isBinary && mode === 'ask' && data.toString() === HALF_CLOSE_HELLO) {
+      mode = 'on';
+      if (localEnded && !ended) {
+        clearTimeout(helloWait);
+        endLocalSide();
+      }
+      return;
+    }
+    if (mode === 'ask' && isBinary) {
+      // Bytes before any hello: a peer that does not speak it.
+      mode = 'off';
+      if (localEnded) return finish('local end closed');
+    }
     const chunk = isBinary ? data : Buffer.from(data);
+    if (mode === 'on' && isBinary && chunk.length === 0) {
+      if (remoteEnded || ended) return;
+      remoteEnded = true;
+      // What is queued is written first, then the FIN.
+      tcp.end();
+      if (localEnded) finish('both ends closed');
+      return;
+    }
     fromRelay += chunk.length;
     // After the local end, what still arrives has nowhere to go (and must not pause the leg again).
-    if (ended) return;
+    if (ended || remoteEnded) return;
     if (!tcp.write(chunk)) ws.pause();
   });
   tcp.on('drain', () => ws.resume());
   ws.on('close', (code: number) => {
     if (ended) return;
     ended = true;
+    clearTimeout(helloWait);
     // A clean close: what is queued reaches the local end, then it closes. Any other (the far side
     // cut, the relay gone or draining): the local end is reset, as a direct connection would be.
     if (code === 1000) tcp.destroySoon();
@@ -67,6 +145,7 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
   ws.on('error', (err) => {
     if (ended) return;
     ended = true;
+    clearTimeout(helloWait);
     tcp.resetAndDestroy();
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason: `relay side error: ${err.message}` });
   });

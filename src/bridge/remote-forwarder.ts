@@ -9,7 +9,7 @@ import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
-import { pipeSocketToWebSocket } from './pipe.ts';
+import { HALF_CLOSE_PARAM, HALF_CLOSE_VERSION, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface RemoteForward {
@@ -150,7 +150,8 @@ export class RemoteForwarder {
       log.warn({ event: 'bridge.accept_failed', err: 'the accept address is not a ws:// or wss:// URL' });
       return;
     }
-    const tcp = connect({ host: this.forward.host, port: this.forward.port, timeout: this.timing.connectTimeoutMs });
+    // Half-open allowed: the target's FIN leaves the other direction open when the sender speaks half-close (pipe.ts).
+    const tcp = connect({ host: this.forward.host, port: this.forward.port, timeout: this.timing.connectTimeoutMs, allowHalfOpen: true });
     this.targets.add(tcp);
     tcp.on('close', () => this.targets.delete(tcp));
     tcp.pause();
@@ -182,7 +183,8 @@ export class RemoteForwarder {
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
         log.info({ event: 'bridge.accepted' });
         tcp.resume();
-        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }));
+        const halfClose = new URL(notice.address).searchParams.get(HALF_CLOSE_PARAM) === HALF_CLOSE_VERSION ? 'on' : 'off';
+        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), halfClose);
       });
     });
     tcp.once('error', (err) => {

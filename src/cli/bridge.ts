@@ -19,9 +19,11 @@ Forwards TCP through the relay's hybrid connections, like Azure's azbridge.
                           502 when host:port cannot be reached)
 Both may be given, each several times. A lost listener connection is re-opened
 after a jittered, growing delay (up to 30 s), and the log says why it was lost.
-Closing either end of a forwarded connection closes the other (there is no
-half-close through a WebSocket); a connection cut short (a reset, the relay
-gone, a refused connect, this bridge stopped) reaches the other end as a reset.
+An end (FIN) on either side of a forwarded connection crosses as an end and
+leaves the other direction open (between two bridges of this version; with
+an older -R, closing either end closes the other); a connection cut short (a
+reset, the relay gone, a refused connect, this bridge stopped) reaches the
+other end as a reset.
 
 Options:
   --relay URL          the relay, e.g. http://127.0.0.1:9400 or https://relay.example.com

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
-import { pipeSocketToWebSocket, type PipeResult } from '../../src/bridge/pipe.ts';
+import { HALF_CLOSE_HELLO, pipeSocketToWebSocket, type HalfClose, type PipeResult } from '../../src/bridge/pipe.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { tcpPair } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -48,11 +48,12 @@ describe('bridge pipe', () => {
    * A pipe between a TCP pair and a WebSocket to a server standing for the relay: `peer` is the
    * local client (half-open allowed, so it closes nothing unless told), `relaySide` the server's end.
    */
-  async function pipedPair(t: Parameters<typeof cleanupFor>[0]) {
+  async function pipedPair(t: Parameters<typeof cleanupFor>[0], halfClose: HalfClose = 'off') {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await once(wss, 'listening');
     cleanupFor(t).after(() => new Promise((r) => wss.close(r)));
-    const server = createServer();
+    // Half-open allowed, as the bridge's own sockets are.
+    const server = createServer({ allowHalfOpen: true });
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
     cleanupFor(t).after(() => new Promise((r) => server.close(r)));
@@ -67,7 +68,7 @@ describe('bridge pipe', () => {
     await once(ws, 'open');
     const [relaySide] = await withTimeout(relaySideP, 5000, 'relay side');
     let ended: PipeResult | undefined;
-    pipeSocketToWebSocket(tcp, ws, 1 << 20, (r) => (ended = r));
+    pipeSocketToWebSocket(tcp, ws, 1 << 20, (r) => (ended = r), halfClose);
     return { peer, tcp, relaySide, ended: () => ended };
   }
 
@@ -103,5 +104,44 @@ describe('bridge pipe', () => {
       const [got] = await withTimeout(closed, 3000, 'the relay leg to close');
       assert.equal(got, code, cut ? 'reset' : 'end');
     }
+  });
+
+  it('asking for half-close (-L) with a peer that never says it speaks it (an older -R): an end still ends the leg, at once once bytes came first', async (t) => {
+    for (const bytesFirst of [true, false]) {
+      const { peer, relaySide } = await pipedPair(t, 'ask');
+      if (bytesFirst) {
+        relaySide.send(Buffer.from('answer'));
+        await withTimeout(once(peer, 'data'), 3000, 'the bytes');
+      }
+      const closed = once(relaySide, 'close') as Promise<[number, Buffer]>;
+      const startedAt = Date.now();
+      peer.end();
+      const [code] = await withTimeout(closed, 5000, 'the relay leg to close');
+      assert.equal(code, 1000);
+      // Without bytes first, the end waits for a hello that does not come (2 s), then ends both ways.
+      assert.ok(bytesFirst ? Date.now() - startedAt < 1000 : Date.now() - startedAt >= 1500, `closed after ${Date.now() - startedAt} ms`);
+    }
+  });
+
+  it('with half-close spoken (the hello came first): an end goes as an empty message and the leg stays open the other way', async (t) => {
+    const { peer, relaySide } = await pipedPair(t, 'ask');
+    const messages: Buffer[] = [];
+    relaySide.on('message', (d: Buffer) => messages.push(d));
+    relaySide.send(HALF_CLOSE_HELLO);
+    await new Promise((r) => setTimeout(r, 50));
+    peer.write('request');
+    peer.end();
+    await until(() => messages.length === 2, 3000, 'the bytes and the end');
+    assert.deepEqual(messages.map((m) => m.toString()), ['request', '']);
+    // The answer still reaches the peer, then the far end's end: the peer sees a clean end and the leg closes 1000.
+    const got: Buffer[] = [];
+    peer.on('data', (d: Buffer) => got.push(d));
+    const peerEnded = once(peer, 'end');
+    const closed = once(relaySide, 'close') as Promise<[number, Buffer]>;
+    relaySide.send(Buffer.from('answer'));
+    relaySide.send(Buffer.alloc(0));
+    await withTimeout(peerEnded, 3000, 'the end');
+    assert.equal(Buffer.concat(got).toString(), 'answer');
+    assert.equal((await withTimeout(closed, 3000, 'the leg to close'))[0], 1000);
   });
 });
