@@ -198,7 +198,9 @@ function howItEnds(socket: Socket, timeoutMs = 10000): Promise<'end' | 'reset'> 
   return withTimeout(
     new Promise<'end' | 'reset'>((resolve) => {
       socket.on('data', () => {});
-      socket.once('end', () => resolve('end'));
+      // A reset can surface on the writing side first: Linux hands a socket's error to the first call that meets it,
+      // and a read after that sees only the end. An end followed at once by an error is a reset.
+      socket.once('end', () => setTimeout(() => resolve(socket.errored ? 'reset' : 'end'), 300));
       socket.once('error', () => resolve('reset'));
     }),
     timeoutMs,
@@ -262,7 +264,7 @@ describe('edge-relay bridge: an end (FIN) on one side', () => {
 
 describe('edge-relay bridge stopped mid-stream', () => {
   for (const stopped of ['-L', '-R'] as const) {
-    it(`resets the target when ${stopped} stops (SIGTERM) while bytes flow both ways: it does not take the cut for a complete transfer`, async (t) => {
+    it(`resets both far ends when ${stopped} stops (SIGTERM) while bytes flow both ways: neither takes the cut for a complete transfer`, async (t) => {
       const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stream', requiresClientAuthorization: true }] });
       let serverEnd: Promise<'end' | 'reset'> | undefined;
       const server = createServer((s) => {
@@ -282,10 +284,7 @@ describe('edge-relay bridge stopped mid-stream', () => {
       await until(() => read > 4 * 1024 * 1024 && serverEnd !== undefined, 10000, 'bytes flowing both ways');
       (stopped === '-L' ? local : remote).signal('SIGTERM');
       // Before: a clean end (FIN) at the client and the server when -L stopped, at the server when -R stopped.
-      // The server is reset every time. The client is too in most runs, but now and then it reads a clean end first
-      // (about 1 run in 5 under load, whichever bridge stops, and before this fix too; not explained yet): not asserted.
-      const ends = { client: await clientEnd, server: await serverEnd! };
-      assert.equal(ends.server, 'reset', JSON.stringify(ends));
+      assert.deepEqual({ client: await clientEnd, server: await serverEnd! }, { client: 'reset', server: 'reset' });
     });
   }
 });
