@@ -2,8 +2,8 @@
 // requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
 // ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
 import { rmSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { ServerResponse, createServer, type IncomingMessage, type Server, type ServerOptions } from 'node:http';
+import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
@@ -316,7 +316,23 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     if (r.kind === 'hybrid-ws') return hybrid.handleUpgrade(req, socket, head, r.entity, r.params, r.below);
     if (r.kind === 'pubsub-client') return pubsub.handleUpgrade(req, socket, head, r.hub, r.params, r.path);
     socket.on('error', () => socket.destroy());
+    // An upgrade to another protocol (curl --http2 and Java's HttpClient offer `h2c` on http://) is ignored, as
+    // an HTTP/1.1 server may (RFC 9110 7.8), and the request served as HTTP/1.1 (before: 404 for every one of them).
+    // Node handed the socket over after the head, so no next request is read on it: the answer closes it.
+    if (!offersWebSocket(req) && !carriesBody(req) && socket instanceof Socket) return serveIgnoringUpgrade(req, socket);
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
+  };
+
+  /** Serves an upgrade request whose upgrade is ignored as a plain request, on a connection that closes after it. */
+  const serveIgnoringUpgrade = (req: IncomingMessage, socket: Socket) => {
+    const res = new ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket);
+    res.once('finish', () => {
+      res.detachSocket(socket);
+      socket.destroySoon();
+    });
+    server.emit('request', req, res);
   };
   server.on('upgrade', onUpgrade);
 
@@ -474,4 +490,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       log.info({ event: 'relay.stopped' });
     },
   };
+}
+
+/** Whether a request's Upgrade header offers WebSocket. */
+function offersWebSocket(req: IncomingMessage): boolean {
+  return /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
+}
+
+/** Whether a request announces a body (chunked, or a Content-Length other than 0). */
+function carriesBody(req: IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0';
 }
