@@ -15,7 +15,6 @@ import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { request } from 'node:http';
-import WebSocket from 'ws';
 
 const INJECTED = 'okHTTP/1.1 200 OK\r\ncontent-length: 8\r\nx-injected: yes\r\n\r\ninjected';
 
@@ -169,26 +168,10 @@ describe('a listener that stops in the middle of a body', () => {
   it('has the response cut after timeouts.httpResponseMs with nothing more, and the exchange freed', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stall', requiresClientAuthorization: false }], timeouts: { httpResponseMs: 500 } });
     const listenUrl = wsUrl(relay.url, '/$hc/stall?sb-hc-action=listen');
-    const control = await openWebSocket(listenUrl, { headers: { ServiceBusAuthorization: tokenFor(listenUrl) } });
-    cleanupFor(t).after(() => control.terminate());
-    control.on('message', (data, isBinary) => {
-      const r = !isBinary && (JSON.parse(String(data)) as { request?: { id: string; address: string } }).request;
-      if (!r) return;
-      const leg = new WebSocket(r.address);
-      cleanupFor(t).after(() => leg.terminate());
-      leg.on('open', () => {
-        leg.send(JSON.stringify({ response: { requestId: r.id, statusCode: 200, responseHeaders: { 'content-type': 'text/plain' }, body: true } }));
-        // A piece every 300 ms for a while (within the bound each time), then nothing, ever: a hung process.
-        let pieces = 0;
-        const more = setInterval(() => {
-          if (++pieces > 4) return clearInterval(more);
-          leg.send(Buffer.from(`part ${pieces}\n`), { fin: false });
-        }, 300);
-        cleanupFor(t).after(() => clearInterval(more));
-      });
-    });
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
     const started = Date.now();
-    const outcome = await withTimeout(
+    const outcome = withTimeout(
       new Promise<{ got: string; how: string }>((resolve) => {
         let got = '';
         const req = request(`${relay.url}/stall/report`, (res) => {
@@ -204,8 +187,19 @@ describe('a listener that stops in the middle of a body', () => {
       10000,
       'the response to end',
     );
+    const { request: r } = await listener.next<{ request: { id: string; address: string } }>();
+    const leg = await openWebSocket(r.address);
+    cleanupFor(t).after(() => leg.terminate());
+    leg.send(JSON.stringify({ response: { requestId: r.id, statusCode: 200, responseHeaders: { 'content-type': 'text/plain' }, body: true } }));
+    // A piece every 300 ms for a while (within the bound each time), then nothing, ever: a hung process.
+    let pieces = 0;
+    const more = setInterval(() => {
+      if (++pieces > 4) return clearInterval(more);
+      leg.send(Buffer.from(`part ${pieces}\n`), { fin: false });
+    }, 300);
+    cleanupFor(t).after(() => clearInterval(more));
     // Before: the sender waited for good (the bound ended with the head).
-    assert.deepEqual(outcome, { got: 'part 1\npart 2\npart 3\npart 4\n', how: 'cut' });
+    assert.deepEqual(await outcome, { got: 'part 1\npart 2\npart 3\npart 4\n', how: 'cut' });
     assert.ok(Date.now() - started >= 1500, 'pieces within the bound kept it open');
     await until(() => relay.hybrid.openConnections().http_request === 0, 3000, 'the exchange freed');
   });
