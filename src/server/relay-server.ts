@@ -249,7 +249,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
     proxyTrust.apply(req);
-    if (req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] ?? '0') !== '0') boundUnreadBody(req, res, config.timeouts.headersMs);
+    if (carriesBody(req)) boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
     switch (r.kind) {
       case 'hybrid-http':
