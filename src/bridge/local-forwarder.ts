@@ -5,7 +5,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
-import { HALF_CLOSE_PARAM, HALF_CLOSE_VERSION, pipeSocketToWebSocket } from './pipe.ts';
+import { askingHalfClose, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface LocalForward {
@@ -69,7 +69,7 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(`${this.access.actionUrl(this.forward.entity, 'connect')}&${HALF_CLOSE_PARAM}=${HALF_CLOSE_VERSION}`, this.access.socketOptions(this.access.wsBase));
+    const ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase));
     this.connecting.add(ws);
     let opened = false;
     // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).

@@ -30,8 +30,18 @@ export interface PipeResult {
 }
 
 /** The query parameter `-L` adds to its connect address: it speaks half-close. */
-export const HALF_CLOSE_PARAM = 'edge-relay-bridge';
-export const HALF_CLOSE_VERSION = 'half-close';
+const HALF_CLOSE_PARAM = 'edge-relay-bridge';
+const HALF_CLOSE_VERSION = 'half-close';
+
+/** `-L`'s connect address (one with a query already) asking for half-close. */
+export function askingHalfClose(connectUrl: string): string {
+  return `${connectUrl}&${HALF_CLOSE_PARAM}=${HALF_CLOSE_VERSION}`;
+}
+
+/** How `-R` handles ends on a leg whose accept address is `address`: half-close when its sender asked for it. */
+export function halfCloseFor(address: string): HalfClose {
+  return new URL(address).searchParams.get(HALF_CLOSE_PARAM) === HALF_CLOSE_VERSION ? 'on' : 'off';
+}
 
 /** What a `-R` that speaks half-close sends first on a leg whose connect asked for it. */
 export const HALF_CLOSE_HELLO = 'edge-relay-bridge: half-close';
@@ -132,23 +142,20 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
     if (!tcp.write(chunk)) ws.pause();
   });
   tcp.on('drain', () => ws.resume());
-  ws.on('close', (code: number) => {
+  /**
+   * The relay leg ended first. A clean close (1000): what is queued reaches the local end, then it closes. Any
+   * other (the far side cut, the relay gone or draining): the local end is reset, as a direct connection would be.
+   */
+  const relayEnded = (reason: string, clean: boolean) => {
     if (ended) return;
     ended = true;
     clearTimeout(helloWait);
-    // A clean close: what is queued reaches the local end, then it closes. Any other (the far side
-    // cut, the relay gone or draining): the local end is reset, as a direct connection would be.
-    if (code === 1000) tcp.destroySoon();
+    if (clean) tcp.destroySoon();
     else tcp.resetAndDestroy();
-    onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason: `relay side closed (${code})` });
-  });
-  ws.on('error', (err) => {
-    if (ended) return;
-    ended = true;
-    clearTimeout(helloWait);
-    tcp.resetAndDestroy();
-    onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason: `relay side error: ${err.message}` });
-  });
+    onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
+  };
+  ws.on('close', (code: number) => relayEnded(`relay side closed (${code})`, code === 1000));
+  ws.on('error', (err) => relayEnded(`relay side error: ${err.message}`, false));
 }
 
 /** The close code a leg whose local socket was cut ends with (1011: the end could not go on). */

@@ -9,7 +9,7 @@ import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
-import { HALF_CLOSE_PARAM, HALF_CLOSE_VERSION, pipeSocketToWebSocket } from './pipe.ts';
+import { halfCloseFor, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface RemoteForward {
@@ -183,8 +183,7 @@ export class RemoteForwarder {
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
         log.info({ event: 'bridge.accepted' });
         tcp.resume();
-        const halfClose = new URL(notice.address).searchParams.get(HALF_CLOSE_PARAM) === HALF_CLOSE_VERSION ? 'on' : 'off';
-        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), halfClose);
+        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), halfCloseFor(notice.address));
       });
     });
     tcp.once('error', (err) => {
