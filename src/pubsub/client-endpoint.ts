@@ -227,7 +227,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       start();
       return;
     }
-    // Core NATS with other edges: the client hears `connected` once its subjects (its own, its user's, its token's
+    // With other edges: the client hears `connected` once its subjects (its own, its user's, its token's
     // and connect handler's groups) are on its edge's NATS server, as a `joinGroup` is acknowledged. Before, a send
     // through another edge right after `connected` could miss it. Meanwhile its frames wait unread; a reliable
     // session keeps what is delivered to it (written after `connected`), a plain connection gets nothing yet.

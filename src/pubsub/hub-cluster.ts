@@ -285,11 +285,12 @@ export class ClusterHub {
 
   /**
    * Whether a new connection's subscriptions (its own, its user's, its start groups') must reach the NATS server
-   * before its client hears `connected`: on core NATS with other edges (a durable hub orders sends after the
-   * connection in its stream; the memory bus has no one else).
+   * before its client hears `connected`: with other edges (the memory bus has no one else). A durable hub orders
+   * sends after the connection in its stream, but a REST call about the connection through another edge (a
+   * permission, a close, exists) crosses core NATS to its subject: before, it answered 404 now and then.
    */
   get admitsThroughBus(): boolean {
-    return !this.durable && this.deps.bus.reachesOtherNodes;
+    return this.deps.bus.reachesOtherNodes;
   }
 
   /** Resolves once what this edge subscribed has reached its NATS server (bounded by the bus's flush). */
