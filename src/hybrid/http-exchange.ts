@@ -60,22 +60,31 @@ const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * `Connection` header names (RFC 9110 7.6.1: `Connection: close, X-Private`
  * makes `X-Private` this hop's own, not passed on).
  */
-function withConnectionOptions(connection: string | string[] | undefined): ReadonlySet<string> {
-  if (connection === undefined) return HOP_BY_HOP;
+function withConnectionOptions(connection: string | string[] | undefined, fixed: ReadonlySet<string> = HOP_BY_HOP): ReadonlySet<string> {
+  if (connection === undefined) return fixed;
   // Never the message's framing or its Host: naming those is an attempt to desynchronise, not an option.
   const named = (Array.isArray(connection) ? connection.join(',') : connection)
     .split(',')
     .map((t) => t.trim().toLowerCase())
     .filter((t) => t !== '' && t !== 'content-length' && t !== 'host' && !HOP_BY_HOP.has(t));
-  return named.length === 0 ? HOP_BY_HOP : new Set([...HOP_BY_HOP, ...named]);
+  return named.length === 0 ? fixed : new Set([...fixed, ...named]);
 }
+
+/**
+ * A request's hop-by-hop headers, but for Transfer-Encoding: a listener is
+ * told that the body's length was not known up front, as node:http tells a
+ * server (the header kept, the body handed on decoded). Without it, code that
+ * reads a body only when one is announced (body-parser's `type-is.hasBody`
+ * behind hyco-https) saw a chunked upload as no body at all.
+ */
+const REQUEST_HOP_BY_HOP: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((h) => h !== 'transfer-encoding'));
 
 /**
  * The request's headers as a listener sees them: no credential, no
  * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
  */
 export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
-  const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection));
+  const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection, REQUEST_HOP_BY_HOP));
   out.via = out.via ? `${out.via}, ${via}` : via;
   return out;
 }

@@ -30,6 +30,8 @@ function app(name: string) {
       res.setHeader('x-seen-auth', String(req.headers['servicebusauthorization'] ?? 'none'));
       res.setHeader('x-seen-custom', String(req.headers['x-custom'] ?? ''));
       res.setHeader('x-seen-sha', sha(body));
+      // How the body was announced: what body-parser-style code looks at before reading one.
+      res.setHeader('x-seen-framing', `te=${req.headers['transfer-encoding'] ?? ''};cl=${req.headers['content-length'] ?? ''}`);
       if (url.pathname === '/echo/blob') {
         const size = Number(url.searchParams.get('size'));
         const out = Buffer.alloc(size);
@@ -94,6 +96,7 @@ describe('hyco-https listener, HTTP mode', () => {
         assert.equal(r.headers['x-seen-auth'], 'none', 'the relay never forwards the credential');
         assert.equal(r.headers['x-seen-custom'], 'kept');
         assert.equal(r.headers['x-seen-sha'], sha(body));
+        assert.equal(r.headers['x-seen-framing'], `te=;cl=${size}`);
         assert.ok(r.body.equals(body));
       });
     }
@@ -105,6 +108,8 @@ describe('hyco-https listener, HTTP mode', () => {
     const r = await httpRequest(url, { method: 'POST', body: parts, headers: { ...auth(url), 'transfer-encoding': 'chunked' } });
     assert.equal(r.status, 201);
     assert.ok(r.body.equals(Buffer.concat(parts)));
+    // Announced as node:http announces it to a server: a listener's body-parser reads it (with neither header it saw none).
+    assert.equal(r.headers['x-seen-framing'], 'te=chunked;cl=');
   });
 
   it('passes a path whose escapes are not UTF-8 (Latin-1) as sent, with a token scoped to it', async () => {
