@@ -2,7 +2,7 @@
 // requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
 // ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
 import { rmSync } from 'node:fs';
-import { ServerResponse, createServer, type IncomingMessage, type Server, type ServerOptions } from 'node:http';
+import { IncomingMessage, ServerResponse, createServer, type Server, type ServerOptions } from 'node:http';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
@@ -319,16 +319,38 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     // An upgrade to another protocol (curl --http2 and Java's HttpClient offer `h2c` on http://) is ignored, as
     // an HTTP/1.1 server may (RFC 9110 7.8), and the request served as HTTP/1.1 (before: 404 for every one of them).
     // Node handed the socket over after the head, so no next request is read on it: the answer closes it.
-    if (!offersWebSocket(req) && !carriesBody(req) && socket instanceof Socket) return serveIgnoringUpgrade(req, socket);
+    // A body comes after the head as Node left it: read here up to its Content-Length (curl --http2 -d offers
+    // h2c on a POST); a chunked one is refused 411, as this path does not decode chunks.
+    if (!offersWebSocket(req) && socket instanceof Socket) {
+      if (!carriesBody(req)) return serveIgnoringUpgrade(req, socket, head, 0);
+      const length = req.headers['transfer-encoding'] === undefined ? Number(req.headers['content-length']) : NaN;
+      if (Number.isSafeInteger(length) && length > 0) return serveIgnoringUpgrade(req, socket, head, length);
+      return failEdgeUpgrade(socket, 'LengthRequired');
+    }
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
   };
 
-  /** Serves an upgrade request whose upgrade is ignored as a plain request, on a connection that closes after it. */
-  const serveIgnoringUpgrade = (req: IncomingMessage, socket: Socket) => {
+  /**
+   * Serves an upgrade request whose upgrade is ignored as a plain request, on a connection that closes after it;
+   * its body, `length` bytes, read from `head` and the socket into the request as Node's parser would have.
+   */
+  const serveIgnoringUpgrade = (upgradeReq: IncomingMessage, socket: Socket, head: Buffer, length: number) => {
+    const req = length === 0 ? upgradeReq : requestWithBody(upgradeReq, socket, head, length);
+    if (req !== upgradeReq) {
+      proxyTrust.apply(req);
+      if (vouched.has(upgradeReq)) vouched.add(req);
+    }
     const res = new ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket);
+    // Node took its 'drain' listener off the socket with the upgrade: without this one, an answer larger than
+    // the socket's buffer waited for a 'drain' of the response that never came, and stalled.
+    const drained = () => {
+      if (!res.writableFinished) res.emit('drain');
+    };
+    socket.on('drain', drained);
     res.once('finish', () => {
+      socket.off('drain', drained);
       res.detachSocket(socket);
       socket.destroySoon();
     });
@@ -490,6 +512,41 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       log.info({ event: 'relay.stopped' });
     },
   };
+}
+
+/**
+ * The request of `upgradeReq` with its body, `length` bytes, the first in `head`, the rest read
+ * from `socket`: Node ends an upgrade request after its head, so a new one carries the body, with
+ * backpressure (the socket paused while its buffer is full; Node's reader resumes it). Bytes after
+ * the body are dropped (the connection closes after the answer); a socket closed before the whole
+ * body arrived aborts the request, as Node does.
+ */
+function requestWithBody(upgradeReq: IncomingMessage, socket: Socket, head: Buffer, length: number): IncomingMessage {
+  const req = new IncomingMessage(socket);
+  req.method = upgradeReq.method;
+  req.url = upgradeReq.url;
+  req.httpVersion = upgradeReq.httpVersion;
+  req.httpVersionMajor = upgradeReq.httpVersionMajor;
+  req.httpVersionMinor = upgradeReq.httpVersionMinor;
+  req.headers = upgradeReq.headers;
+  req.rawHeaders = upgradeReq.rawHeaders;
+  let left = length;
+  const take = (chunk: Buffer) => {
+    if (left === 0) return;
+    const part = chunk.length > left ? chunk.subarray(0, left) : chunk;
+    left -= part.length;
+    const more = req.push(part);
+    if (left === 0) {
+      req.complete = true;
+      req.push(null);
+    } else if (!more) socket.pause();
+  };
+  socket.on('data', take);
+  socket.once('close', () => {
+    if (left > 0) req.destroy();
+  });
+  if (head.length > 0) take(head);
+  return req;
 }
 
 /** Whether a request's Upgrade header offers WebSocket. */

@@ -2,7 +2,7 @@
 // (`Upgrade: h2c` from curl --http2 and Java's HttpClient on http://) is
 // served as HTTP/1.1, its upgrade ignored, as node:http and most servers do
 // (RFC 9110 7.8); the connection closes after the answer. Before: 404 for
-// every such request, whatever its path.
+// every such request, whatever its path (with a body, until 2026-12-03).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
@@ -28,5 +28,37 @@ describe('an upgrade offered to another protocol than WebSocket', () => {
     const health = await tcp(t, relay.port);
     health.write(`GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}\r\n`);
     assert.match((await readToClose(health, 10000, 'the health answer')).toString('latin1'), /^HTTP\/1\.1 200 [^]*"up"/);
+  });
+
+  it('with a body of known length (curl --http2 -d): the body is relayed whole, bytes after it dropped; chunked is refused 411', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] });
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(Buffer.from(c)));
+        req.on('end', () => res.end(`got ${Buffer.concat(chunks).toString('latin1')} (${req.headers['content-length']})`));
+      },
+      'web',
+    );
+    // In the same packet as the head, and in pieces after it.
+    const socket = await tcp(t, relay.port);
+    socket.write(`POST /web/x HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Content-Length: 11\r\n\r\nhello`);
+    await new Promise((r) => setTimeout(r, 50));
+    socket.write(' world');
+    socket.write('GET /web/next HTTP/1.1\r\n\r\n');
+    const answer = (await readToClose(socket, 10000, 'the answer')).toString('latin1');
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    assert.ok(answer.includes('got hello world (11)'), answer);
+    assert.equal(answer.match(/HTTP\/1\.1/g)?.length, 1, 'one answer: the bytes after the body are no second request');
+    const big = Buffer.alloc(300_000, 'x');
+    const large = await tcp(t, relay.port);
+    large.write(`PUT /web/big HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Content-Length: ${big.length}\r\n\r\n`);
+    large.write(big);
+    assert.ok((await readToClose(large, 10000, 'the large answer')).toString('latin1').includes(`(${big.length})`));
+    const chunked = await tcp(t, relay.port);
+    chunked.write(`POST /web/x HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`);
+    assert.match((await readToClose(chunked, 10000, 'the chunked answer')).toString('latin1'), /^HTTP\/1\.1 411 [^]*LengthRequired/);
   });
 });
