@@ -21,6 +21,8 @@ export interface NatsNode {
   port: number;
   routePort: number;
   monitorPort: number;
+  /** Its JetStream store folder, kept across restart(). */
+  storeDir: string;
   running(): boolean;
   /** SIGKILL: the node vanishes without a goodbye. */
   kill(): Promise<void>;
@@ -156,6 +158,7 @@ export async function startNatsServer(
     port: ports.port,
     routePort: ports.routePort,
     monitorPort: ports.monitorPort,
+    storeDir: join(dir, 'jetstream'),
     running: () => child.exitCode === null && child.signalCode === null,
     kill: async () => {
       child.kill('SIGKILL');
