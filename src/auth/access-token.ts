@@ -7,6 +7,7 @@
 import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
 import { hostListed } from './token-hosts.ts';
 import { JwtError, verifyJwt, type JwtClaims } from './jwt.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type AccessTokenError = 'TokenMissing' | 'TokenInvalid' | 'TokenExpired' | 'AudienceInvalid';
 
@@ -20,7 +21,7 @@ export interface ClientIdentity {
 
 function normalizePath(path: string): string | undefined {
   try {
-    return decodeURIComponent(path).replace(/\/+$/, '').toLowerCase();
+    return asciiLowerCase(decodeURIComponent(path).replace(/\/+$/, ''));
   } catch {
     return undefined;
   }

@@ -12,6 +12,7 @@ import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
 import { RetiredKeys } from './retired-keys.ts';
 import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type SasDecision =
   | { ok: true; expiresAt: number; keyName: string }
@@ -75,7 +76,7 @@ export class SasAuthorizer {
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };
     const granted = rules.some(
       (r) =>
-        (r.entity === undefined || r.entity.toLowerCase() === entity.toLowerCase()) &&
+        (r.entity === undefined || asciiLowerCase(r.entity) === asciiLowerCase(entity)) &&
         (r.rights.includes(right) || r.rights.includes('Manage')),
     );
     if (!granted) return { ok: false, code: 'RightMissing' };
@@ -85,7 +86,7 @@ export class SasAuthorizer {
 
 /** A rule's identity across reloads: its key name and the entity it covers (none: the namespace). */
 function ruleOf(rule: SasRule): string {
-  return `${rule.keyName}\n${rule.entity?.toLowerCase() ?? ''}`;
+  return `${rule.keyName}\n${rule.entity === undefined ? '' : asciiLowerCase(rule.entity)}`;
 }
 
 /** The rules grouped by `key` (a rule's key name, or its identity: ruleOf). */
@@ -133,8 +134,8 @@ export function resourceCovers(resource: string, requested: string[], hosts: str
     return false;
   }
   if (!hostListed(url.hostname, hosts)) return false;
-  const segments = url.pathname.split('/').filter((s) => s !== '').map((s) => scopeSegment(s).toLowerCase());
+  const segments = url.pathname.split('/').filter((s) => s !== '').map((s) => asciiLowerCase(scopeSegment(s)));
   if (segments[0] === '$hc') segments.shift();
   if (segments.length > requested.length) return false;
-  return segments.every((s, i) => s === requested[i].toLowerCase());
+  return segments.every((s, i) => s === asciiLowerCase(requested[i]));
 }

@@ -3,6 +3,7 @@
 // checking the relay's base URL.
 import { ConfigError, loadConfig } from '../config/load.ts';
 import { TLS_OPTIONS } from './tls-options.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface HubAccess {
   /** The hub's name as configured (hubs are found case-insensitively). */
@@ -16,7 +17,7 @@ export function resolveHubAccess(hub: string, key: string | undefined, configFil
   if (!configFile) return '--key or --config is required';
   try {
     const config = loadConfig(configFile, process.env, {});
-    const found = config.pubsub.hubs.find((h) => h.name.toLowerCase() === hub.toLowerCase());
+    const found = config.pubsub.hubs.find((h) => asciiLowerCase(h.name) === asciiLowerCase(hub));
     if (!found) return `hub "${hub}" is not in ${configFile}`;
     return { hub: found.name, key: found.accessKey };
   } catch (err) {

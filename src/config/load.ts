@@ -11,6 +11,7 @@ import { describeErrors, validateConfig } from '../validation/schemas.ts';
 import { ConfigError } from './errors.ts';
 import { resolveFiles, resolveSecrets, type SecretSources } from './secrets.ts';
 import type { RelayConfig } from './types.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export { ConfigError };
 
@@ -145,23 +146,23 @@ function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOve
 function checkCrossFieldRules(config: RelayConfig): void {
   const seen = new Set<string>();
   for (const [i, hc] of config.hybridConnections.entries()) {
-    const key = hc.name.toLowerCase();
+    const key = asciiLowerCase(hc.name);
     if (seen.has(key)) throw new ConfigError(`config: /hybridConnections/${i}/name: "${hc.name}" is listed twice`);
     seen.add(key);
   }
   for (const [i, hc] of config.hybridConnections.entries()) {
-    if (['client', 'api'].includes(hc.name.toLowerCase())) {
+    if (['client', 'api'].includes(asciiLowerCase(hc.name))) {
       throw new ConfigError(`config: /hybridConnections/${i}/name: "${hc.name}" is reserved`);
     }
   }
   const hubs = new Set<string>();
   for (const [i, hub] of config.pubsub.hubs.entries()) {
-    const key = hub.name.toLowerCase();
+    const key = asciiLowerCase(hub.name);
     if (hubs.has(key)) throw new ConfigError(`config: /pubsub/hubs/${i}/name: "${hub.name}" is listed twice`);
     hubs.add(key);
   }
   for (const [i, hc] of config.hybridConnections.entries()) {
-    if (hc.presence && !hubs.has(hc.presence.hub.toLowerCase())) {
+    if (hc.presence && !hubs.has(asciiLowerCase(hc.presence.hub))) {
       throw new ConfigError(`config: /hybridConnections/${i}/presence/hub: "${hc.presence.hub}" is not in pubsub.hubs`);
     }
   }

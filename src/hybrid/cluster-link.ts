@@ -16,6 +16,7 @@ import type { ChannelExchange, ControlChannel, ListenerResponse } from './contro
 import type { HybridEntity } from './entity-catalog.ts';
 import { HttpExchange } from './http-exchange.ts';
 import { RemoteRoute, noticeForListener, type EdgeWatch, type ListenerRoute } from './listener-route.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 const LISTENER_QUEUE = 'listeners';
 /** How often a sender's edge checks that the listeners' edges it waits on are still there. */
@@ -173,7 +174,7 @@ export class HybridClusterLink implements EdgeWatch {
       this.log.warn({ event: 'bus.routed_expired', op: m.op, from: m.node, lateMs: Date.now() - m.expiresAt });
       return;
     }
-    const channel = m.entity.toLowerCase() === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
+    const channel = asciiLowerCase(m.entity) === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
     if (!channel) {
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
       return;

@@ -3,6 +3,7 @@
 // case-insensitively, as in Azure Relay. A reload changes the list in place:
 // the entity objects open listeners hold are the ones updated.
 import type { HybridConnectionConfig } from '../config/types.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface HybridEntity {
   /** The name as first configured or created. */
@@ -19,7 +20,7 @@ const RESERVED = new Set(['client', 'api']);
 
 /** A name a hybrid connection may have: one path segment, not reserved. */
 export function isValidEntityName(name: string): boolean {
-  return ENTITY_NAME.test(name) && !RESERVED.has(name.toLowerCase());
+  return ENTITY_NAME.test(name) && !RESERVED.has(asciiLowerCase(name));
 }
 
 export class EntityCatalog {
@@ -42,7 +43,7 @@ export class EntityCatalog {
     this.autoCreate = autoCreate;
     const listed = new Set<string>();
     for (const hc of configured) {
-      const key = hc.name.toLowerCase();
+      const key = asciiLowerCase(hc.name);
       listed.add(key);
       const existing = this.entities.get(key);
       if (existing) {
@@ -62,14 +63,14 @@ export class EntityCatalog {
   }
 
   get(name: string): HybridEntity | undefined {
-    return this.entities.get(name.toLowerCase());
+    return this.entities.get(asciiLowerCase(name));
   }
 
   /** The entity, created on the fly when auto-create is on. */
   getForListener(name: string): HybridEntity | undefined {
     const found = this.get(name);
     if (found || !this.autoCreate || !isValidEntityName(name)) return found;
-    const created: HybridEntity = { name, key: name.toLowerCase(), requiresClientAuthorization: true, dynamic: true };
+    const created: HybridEntity = { name, key: asciiLowerCase(name), requiresClientAuthorization: true, dynamic: true };
     this.entities.set(created.key, created);
     return created;
   }

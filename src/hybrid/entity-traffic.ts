@@ -8,6 +8,7 @@
 // senders naming endless made-up entities cannot grow the table.
 import type { EntityStats } from '../bus/messages.ts';
 import type { HybridEntity } from './entity-catalog.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export const MAX_TRACKED_ENTITIES = 1000;
 
@@ -80,7 +81,7 @@ export class EntityTraffic {
       byKey.set(key, { name: row.name, listeners: 0, senders: row.open.size, requests: row.requests, connects: row.connects, failures: row.failures, bytes });
     }
     for (const [name, count] of listeners) {
-      const key = name.toLowerCase();
+      const key = asciiLowerCase(name);
       const stats = byKey.get(key) ?? { name, listeners: 0, senders: 0, requests: 0, connects: 0, failures: 0, bytes: 0 };
       stats.listeners = count;
       byKey.set(key, stats);

@@ -30,6 +30,7 @@ import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendez
 import { sasTokenOf, senderCredentialIn } from './sender-credential.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 import { CLOSE_GOING_AWAY } from '../websocket/frames.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -275,7 +276,7 @@ export class HybridService {
   };
 
   private announce(type: ListenerPresenceNotice['type'], entity: HybridEntity, listeners: number): void {
-    const where = this.config.hybridConnections.find((hc) => hc.name.toLowerCase() === entity.key)?.presence;
+    const where = this.config.hybridConnections.find((hc) => asciiLowerCase(hc.name) === entity.key)?.presence;
     if (!where || !this.presence) return;
     this.presence({ type, entity: entity.name, listeners, edge: this.config.nodeId, hub: where.hub, group: where.group });
   }
@@ -299,7 +300,7 @@ export class HybridService {
   private entityForSender(name: string): HybridEntity | undefined {
     const known = this.catalog.get(name);
     if (known || !this.config.autoCreate || !isValidEntityName(name)) return known;
-    return { name, key: name.toLowerCase(), requiresClientAuthorization: true, dynamic: true };
+    return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, dynamic: true };
   }
 
   /** A listener on this node when one is open (round robin), else whichever node the bus finds. */
@@ -323,11 +324,11 @@ export class HybridService {
       const owner = workerOfRendezvousId(id);
       if (owner !== undefined && owner !== this.workers.index && this.workers.handOff(owner, req, socket, head)) return;
     }
-    if (!pending && action === 'request' && this.ctx.rendezvous.takeAbandoned(id, name.toLowerCase())) {
+    if (!pending && action === 'request' && this.ctx.rendezvous.takeAbandoned(id, asciiLowerCase(name))) {
       this.log.info({ event: 'http.late_answer_dropped', entity: name });
       return closeLateLeg(req, socket, this.config.timeouts.closeHandshakeMs);
     }
-    if (!pending || pending.action !== action || pending.entity.key !== name.toLowerCase()) {
+    if (!pending || pending.action !== action || pending.entity.key !== asciiLowerCase(name)) {
       this.log.info({ event: 'rendezvous.unknown', entity: name, action });
       return failUpgrade(socket, 'RendezvousNotFound');
     }

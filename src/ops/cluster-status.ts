@@ -14,6 +14,7 @@ import { sendJson } from '../http/respond.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
 import { askOtherEdges } from './other-edges.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type { NodeStatus };
 
@@ -78,7 +79,7 @@ export class ClusterStatus {
     const hubs = new Map<string, { name: string; connections: number; sessionsRetained: number }>();
     for (const node of nodes) {
       for (const e of node.entities) {
-        const key = e.name.toLowerCase();
+        const key = asciiLowerCase(e.name);
         const total = entities.get(key) ?? { name: e.name, listeners: 0, nodes: [] };
         total.listeners += e.listeners;
         total.nodes.push(node.nodeId);

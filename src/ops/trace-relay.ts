@@ -24,6 +24,7 @@ import { failEdgeRequest } from '../http/edge-errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { traceText, type TraceEvent, type TraceSource } from '../telemetry/trace.ts';
 import type { ManageAuth } from './manage-auth.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** Trace viewers one edge serves at once; more are refused (503 TooManyTraceViewers). */
 export const TRACE_VIEWERS_PER_NODE = 10;
@@ -56,8 +57,8 @@ export function traceFilterOf(query: URLSearchParams): TraceFilter {
 
 /** Entity and hub names compare case-insensitively (as the relay finds them); ids exactly. */
 export function traceMatches(filter: TraceFilter, event: TraceEvent): boolean {
-  if (filter.entity !== undefined && event.entity?.toLowerCase() !== filter.entity.toLowerCase()) return false;
-  if (filter.hub !== undefined && event.hub?.toLowerCase() !== filter.hub.toLowerCase()) return false;
+  if (filter.entity !== undefined && (event.entity === undefined || asciiLowerCase(event.entity) !== asciiLowerCase(filter.entity))) return false;
+  if (filter.hub !== undefined && (event.hub === undefined || asciiLowerCase(event.hub) !== asciiLowerCase(filter.hub))) return false;
   if (filter.connectionId !== undefined && event.connectionId !== filter.connectionId) return false;
   if (filter.userId !== undefined && event.userId !== filter.userId) return false;
   return true;

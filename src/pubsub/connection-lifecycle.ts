@@ -11,6 +11,7 @@ import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { SweepClock } from '../websocket/sweep-clock.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export class ConnectionLifecycle {
   private readonly keepAliveTimer: NodeJS.Timeout;
@@ -44,7 +45,7 @@ export class ConnectionLifecycle {
     if (connection.ended) return;
     if (code === 'SlowConsumer' || code === 'SessionBufferFull') {
       this.metrics.slowConsumerCloses.inc({ code });
-      const hub = this.hubs.get(connection.hub.toLowerCase());
+      const hub = this.hubs.get(asciiLowerCase(connection.hub));
       if (hub) hub.traffic.slowConsumerCloses++;
     }
     connection.closeSocket(code, reason);
@@ -69,14 +70,14 @@ export class ConnectionLifecycle {
   /** Takes a connection out of its hub; its session, if any, is someone else's now. */
   release(connection: PubSubConnection): void {
     connection.ended = true;
-    this.hubs.get(connection.hub.toLowerCase())?.local.remove(connection);
+    this.hubs.get(asciiLowerCase(connection.hub))?.local.remove(connection);
   }
 
   /** The connection ends for good here: out of its hub, its session (and checkpoint) gone, its `disconnected` event sent. */
   private forget(connection: PubSubConnection, reason: string): void {
     if (connection.ended) return;
     // A durable hub forgets the session's checkpoint too: it cannot be recovered anywhere.
-    if (connection.session) this.hubs.get(connection.hub.toLowerCase())?.durable?.sessionEnded(connection);
+    if (connection.session) this.hubs.get(asciiLowerCase(connection.hub))?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
     // One never told `connected` (its edge still waiting for NATS) had no `connected` event, so no `disconnected` one.

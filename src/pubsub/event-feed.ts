@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
 import type { PsSend } from '../bus/messages.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** Delivers one event from another edge to a hub's local members. */
 export type DeliverEvent = (event: PsSend, body: Buffer) => void;
@@ -70,7 +71,7 @@ export class DirectFeed implements EventFeed {
   }
 
   receive(event: PsSend, body: Buffer): void {
-    this.hubs.get(event.hub.toLowerCase())?.(event, body);
+    this.hubs.get(asciiLowerCase(event.hub))?.(event, body);
   }
 
   register(hubKey: string, deliver: DeliverEvent): void {

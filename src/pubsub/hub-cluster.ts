@@ -39,6 +39,7 @@ import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { HubRoster, type HereState } from './hub-roster.ts';
 import { SessionHandover } from './session-handover.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface ClusterHubDeps {
   bus: Bus;
@@ -544,7 +545,7 @@ export class ClusterHub {
     // were delivered here already, so they are dropped before any checking.
     if (h?.op === 'ps.send' && h.origin === this.deps.nodeId && !message.reply) return;
     const m = isEdgeMessage(h) ? h : undefined;
-    if (!m || !m.op.startsWith('ps.') || !('hub' in m) || m.hub.toLowerCase() !== this.key) {
+    if (!m || !m.op.startsWith('ps.') || !('hub' in m) || asciiLowerCase(m.hub) !== this.key) {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, subject: message.subject });
       return;
     }

@@ -10,6 +10,7 @@ import type { HubConfig } from '../config/types.ts';
 import type { ConnectionFilter } from './connection-filter.ts';
 import type { SharedMessage } from './downstream.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** Called after a delivery for each connection that could not keep up. */
 export type EndConnection = (connection: PubSubConnection, code: 'SlowConsumer' | 'SessionBufferFull') => void;
@@ -39,7 +40,7 @@ export class Hub {
 
   /** Lower-case name: hubs are found case-insensitively. */
   get key(): string {
-    return this.config.name.toLowerCase();
+    return asciiLowerCase(this.config.name);
   }
 
   add(connection: PubSubConnection): void {

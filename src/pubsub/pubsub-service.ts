@@ -34,6 +34,7 @@ import { StreamEvents } from './stream-events.ts';
 import { AbuseProtection } from './abuse-protection.ts';
 import { EventDispatcher } from './cloud-events.ts';
 import { HandlerTransport, type RelayedRequests } from './event-handlers.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export class PubSubService implements RestContext {
   readonly hubs = new Map<string, ClusterHub>();
@@ -247,7 +248,7 @@ export class PubSubService implements RestContext {
   static streamSpec(config: RelayConfig, subjects: Subjects, h: HubConfig): StreamSpec {
     // Without history a stream still keeps what a session moving between edges may replay.
     const sessionAgeMs = Math.max(120_000, 2 * config.timeouts.sessionRetainMs);
-    const key = h.name.toLowerCase();
+    const key = asciiLowerCase(h.name);
     return {
       name: PubSubService.streamName(config, key),
       subjects: [subjects.hubEvents(key)],
@@ -316,7 +317,7 @@ export class PubSubService implements RestContext {
   reconfigure(config: RelayConfig, jetstream?: JetStreamAccess, now = Date.now()): { hubsAdded: string[]; hubsRemoved: string[]; keysRotated: string[] } {
     this.jetstream ??= jetstream;
     const out = { hubsAdded: [] as string[], hubsRemoved: [] as string[], keysRotated: [] as string[] };
-    const listed = new Set(config.pubsub.hubs.map((h) => h.name.toLowerCase()));
+    const listed = new Set(config.pubsub.hubs.map((h) => asciiLowerCase(h.name)));
     for (const [key, hub] of [...this.hubs]) {
       if (listed.has(key)) continue;
       for (const connection of [...hub.local.connections.values()]) this.lifecycle.end(connection, 'ClosedByServer', 'the hub was removed from the configuration');
@@ -368,7 +369,7 @@ export class PubSubService implements RestContext {
   private stopped = false;
 
   hub(name: string): ClusterHub | undefined {
-    return this.hubs.get(name.toLowerCase());
+    return this.hubs.get(asciiLowerCase(name));
   }
 
   hostsFor(req: IncomingMessage): string[] {

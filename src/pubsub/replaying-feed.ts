@@ -22,6 +22,7 @@ import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus
 import { decodeEdgeMessage, encodeEdgeMessage, type DecodedEdgeMessage, type PsReplayed, type PsSend } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { newOrigin, nodeOfOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface ReplayingFeedOptions {
   nodeId: string;
@@ -168,7 +169,7 @@ export class ReplayingFeed implements EventFeed {
   }
 
   private deliver(event: PsSend, body: Buffer): void {
-    if (event.origin !== this.options.nodeId) this.hubs.get(event.hub.toLowerCase())?.(event, body);
+    if (event.origin !== this.options.nodeId) this.hubs.get(asciiLowerCase(event.hub))?.(event, body);
   }
 
   /** Logs an event this edge published. */

@@ -28,6 +28,7 @@ import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** What a hand-over needs of the hub it moves sessions in (hub-cluster.ts). */
 export interface HandoverHub {
@@ -169,7 +170,7 @@ export class SessionHandover {
 
   private onPageRequest(message: BusMessage): void {
     const h = decodeEdgeMessage(message.data, 'ps.handover')?.message;
-    if (!h || h.stage !== 'page' || h.hub.toLowerCase() !== this.hub.key) return;
+    if (!h || h.stage !== 'page' || asciiLowerCase(h.hub) !== this.hub.key) return;
     const answer = (fields: PsSession | PsEntries, body?: Buffer) => respond(this.hub.bus, message, encodeEdgeMessage(fields, body));
     this.page(h, answer, () => answer({ op: 'ps.session', ok: false }));
   }
@@ -335,7 +336,7 @@ export class SessionHandover {
       const decoded = decodeEdgeMessage(data, 'ps.send');
       if (!decoded) continue;
       const h = decoded.message;
-      if (h.hub.toLowerCase() !== this.hub.key || had.has(h.mid) || h.excluded?.includes(connection.id)) continue;
+      if (asciiLowerCase(h.hub) !== this.hub.key || had.has(h.mid) || h.excluded?.includes(connection.id)) continue;
       // The holder delivered everything up to seen[origin]: those are in the session or acknowledged.
       const id = parseMid(h.mid);
       if (!id || id.counter <= (seen[id.origin] ?? 0)) continue;

@@ -16,6 +16,7 @@ import type { HistoryEntry, HistoryPage, HubHistory } from './history.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface StreamEventsOptions extends StreamSessionsOptions {
   js: JetStreamAccess;
@@ -159,7 +160,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
     const event = decoded?.message;
     const filter = event && event.op !== 'ps.claim' ? filterFromBus(event.filter) : undefined;
-    if (!event || event.hub.toLowerCase() !== this.hub.key || filter === null) {
+    if (!event || asciiLowerCase(event.hub) !== this.hub.key || filter === null) {
       this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
       return;
     }
@@ -255,7 +256,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
       const decoded = decodeEdgeMessage(m.data, 'ps.send');
       const event = decoded?.message;
       // Long names share a hashed subject token: only the exact group counts.
-      if (!event || event.target.kind !== 'group' || event.target.name !== group || event.hub.toLowerCase() !== this.hub.key) continue;
+      if (!event || event.target.kind !== 'group' || event.target.name !== group || asciiLowerCase(event.hub) !== this.hub.key) continue;
       const dataJson = decoded!.body.toString('utf8');
       if (!isDataOfType(event.message.dataType, dataJson)) continue;
       messages.push({

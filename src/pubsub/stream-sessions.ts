@@ -34,6 +34,7 @@ import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
 import type { SessionCheckpoint } from './reliable-session.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface StreamSessionsOptions {
   js: JetStreamAccess;
@@ -429,7 +430,7 @@ export class StreamSessions {
     } catch {
       return { revision: entry.revision };
     }
-    if (!isEdgeMessage(value) || value.op !== 'ps.checkpoint' || value.connectionId !== connectionId || value.hub.toLowerCase() !== this.hub.key) {
+    if (!isEdgeMessage(value) || value.op !== 'ps.checkpoint' || value.connectionId !== connectionId || asciiLowerCase(value.hub) !== this.hub.key) {
       this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, op: 'ps.checkpoint' });
       return { revision: entry.revision };
     }
@@ -596,7 +597,7 @@ export class StreamSessions {
   private replayOne(connection: PubSubConnection, m: StoredMessage, claimSeq: number): string | undefined {
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
     const event = decoded?.message;
-    if (!event || event.hub.toLowerCase() !== this.hub.key) return undefined;
+    if (!event || asciiLowerCase(event.hub) !== this.hub.key) return undefined;
     const session = connection.session!;
     const filter = event.op === 'ps.claim' ? undefined : filterFromBus(event.filter);
     // Skipped here as the follower skipped it on every edge.

@@ -7,6 +7,7 @@
 import type { Bus } from '../bus/bus.ts';
 import type { ListenerPresenceNotice } from '../hybrid/hybrid-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** How often notices that could not be sent are tried again. */
 export const PRESENCE_RETRY_MS = 2000;
@@ -43,7 +44,7 @@ export class ListenerPresence {
   /** A listener came or went: its notice goes out now, after one under way for the same entity (and again later if it cannot). */
   announce(notice: ListenerPresenceNotice): void {
     if (this.closed) return;
-    const key = `${notice.hub}\u0000${notice.group}\u0000${notice.entity.toLowerCase()}`;
+    const key = `${notice.hub}\u0000${notice.group}\u0000${asciiLowerCase(notice.entity)}`;
     const slot = this.slots.get(key);
     if (slot) {
       slot.latest = notice;

@@ -19,6 +19,7 @@ import type { ConnectionRateLimiter } from './connection-rate.ts';
 import type { HttpConnections } from './http-connections.ts';
 import type { CertificateKeeper } from './tls.ts';
 import type { ProxyTrust } from './trust-proxy.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface ReloadTargets {
   /** The config every part holds: changed in place. */
@@ -63,9 +64,9 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   // A kept hub's `durable` and `history` wait for a restart: the live config keeps them as they run
   // (before, it took the new ones, and a hub turned durable had JetStream started and a stream made for
   // it while it stayed on core NATS, and the edge said not ready on a server without JetStream).
-  const running = new Map(live.pubsub.hubs.map((h) => [h.name.toLowerCase(), h]));
+  const running = new Map(live.pubsub.hubs.map((h) => [asciiLowerCase(h.name), h]));
   for (const hub of next.pubsub.hubs) {
-    const was = running.get(hub.name.toLowerCase());
+    const was = running.get(asciiLowerCase(hub.name));
     if (!was) continue;
     if (Boolean(was.durable) !== Boolean(hub.durable)) restartNeeded.push(`pubsub.hubs[${hub.name}].durable`);
     if (!same(was.history, hub.history)) restartNeeded.push(`pubsub.hubs[${hub.name}].history`);
