@@ -80,13 +80,35 @@ function stringList(value: unknown): string[] {
   return [];
 }
 
-/** The identity a verified client token grants. Bad claim types grant nothing. */
+/** The longest user id or group name, in characters (code points, as the schemas count them). */
+const MAX_NAME_CHARS = 1024;
+
+/** Whether `s` has more than `max` code points (a UTF-16 length up to `max` never has). */
+function longerThan(s: string, max: number): boolean {
+  if (s.length <= max) return false;
+  let n = 0;
+  for (const _ of s) if (++n > max) return true;
+  return false;
+}
+
+/**
+ * Why a verified client token names an identity the relay cannot hold (a user id or a group over 1,024
+ * characters), or undefined. Refused, not admitted without it: before, such a `sub` connected the client
+ * as anonymous (userId null) without a word, and such a group was dropped from its groups.
+ */
+export function identityRefusal(claims: JwtClaims): string | undefined {
+  if (typeof claims.sub === 'string' && longerThan(claims.sub, MAX_NAME_CHARS)) return `the token's sub is longer than ${MAX_NAME_CHARS} characters`;
+  if (stringList(claims['webpubsub.group']).some((g) => longerThan(g, MAX_NAME_CHARS))) return `a group of the token is longer than ${MAX_NAME_CHARS} characters`;
+  return undefined;
+}
+
+/** The identity a verified client token grants. Bad claim types grant nothing (identityRefusal() refuses names too long). */
 export function clientIdentityOf(claims: JwtClaims): ClientIdentity {
   const sub = claims.sub;
   return {
-    userId: typeof sub === 'string' && sub.length > 0 && sub.length <= 1024 ? sub : null,
+    userId: typeof sub === 'string' && sub.length > 0 && !longerThan(sub, MAX_NAME_CHARS) ? sub : null,
     roles: stringList(claims.role),
-    groups: stringList(claims['webpubsub.group']).filter((g) => g.length > 0 && g.length <= 1024),
+    groups: stringList(claims['webpubsub.group']).filter((g) => g.length > 0 && !longerThan(g, MAX_NAME_CHARS)),
   };
 }
 

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { bearerToken, clientIdentityOf, verifyAccessToken } from '../auth/access-token.ts';
+import { bearerToken, clientIdentityOf, identityRefusal, verifyAccessToken } from '../auth/access-token.ts';
 import type { JwtClaims } from '../auth/jwt.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -128,6 +128,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
       if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: verdict.code });
       return failUpgrade(duplex, verdict.code);
+    }
+    const unusable = identityRefusal(verdict.claims);
+    if (unusable) {
+      log.info({ event: 'pubsub.refused', hub: hub.name, code: 'TokenInvalid', reason: unusable });
+      return failUpgrade(duplex, 'TokenInvalid', `The access token is not valid for this hub: ${unusable}`);
     }
     const id = randomBytes(16).toString('base64url');
     if (!this.deps.events.hasSystemEvent(hub.config, 'connect')) {
