@@ -388,11 +388,17 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // only while no response of the connection has begun: bytes written into a
   // response would corrupt it.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
-    // A TLS handshake that did not finish (timeouts.firstByteMs: tls.ts): an HTTP answer could
-    // never be written through it, and a socket left to write one stayed open for good.
+    // A TLS handshake that did not finish: an HTTP answer could never be written through it, and a
+    // socket left to write one stayed open for good. Only one that ran out of time (timeouts.firstByteMs:
+    // tls.ts) is that limit; the rest (plain HTTP on the TLS port, an old TLS version, a scanner, a
+    // client certificate refused) are the internet's noise, and counted as the limit they raised alerts.
     if (tls && (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || !(socket as TLSSocket & { _secureEstablished?: boolean })._secureEstablished)) {
-      metrics.limitRefusals.inc({ limit: 'firstByteMs' });
-      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: (socket as Socket).remoteAddress, tls: 'handshake' });
+      if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
+        metrics.limitRefusals.inc({ limit: 'firstByteMs' });
+        log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: (socket as Socket).remoteAddress, tls: 'handshake' });
+      } else {
+        log.debug({ event: 'tls.handshake_failed', code: err.code, address: (socket as Socket).remoteAddress });
+      }
       socket.destroy();
       return;
     }

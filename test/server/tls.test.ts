@@ -17,7 +17,7 @@ import { clientTls, makePki, type CertFiles, type TestPki } from '../helpers/cer
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { ALL_ROLES, HUB, HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
-import { captureLogger, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { captureLogger, metricValue, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { loadConfig } from '../../src/config/load.ts';
@@ -131,6 +131,12 @@ describe('TLS on the one port', () => {
     }));
     // Bounds far past firstByteMs: before, both stayed open for good.
     await until(() => opened.every((closed) => closed()), 5000, 'both connections to be closed');
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'firstByteMs' }), 2);
+    // A handshake that fails at once (plain HTTP on the TLS port, an old TLS version) is no such limit:
+    // before, each counted as one, and alerts on the limit fired for the internet's noise.
+    await assert.rejects(httpRequest(`${relay.url.replace('https:', 'http:')}/$relay/health`, { timeoutMs: 5000 }));
+    await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: { ...clientTls(pki), maxVersion: 'TLSv1.1', minVersion: 'TLSv1' } as never }));
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'firstByteMs' }), 2);
   });
 
   it('does not hold a drain for a connection that finished its handshake and sent nothing (a browser\'s preconnect)', async (t) => {
