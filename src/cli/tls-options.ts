@@ -13,7 +13,7 @@ export const TLS_OPTIONS = {
 } as const;
 
 export const TLS_HELP = `  --ca FILE            PEM CA certificates to trust for an https:// or wss:// relay
-                       (added to Node's own list)
+                       (added to Node's own list and NODE_EXTRA_CA_CERTS)
   --tls-cert FILE      PEM client certificate, for a relay that asks for one
   --tls-key FILE       its private key`;
 
@@ -38,8 +38,9 @@ export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-k
   if (values.ca !== undefined) {
     const ca = read('--ca', values.ca);
     if (typeof ca === 'string') return ca;
-    // Node's own CAs stay trusted: `ca` replaces the list, so it gets them back.
-    out.ca = [ca, ...rootCertificates()];
+    // Node's own CAs stay trusted: `ca` replaces the list, so it gets them back, and those of
+    // NODE_EXTRA_CA_CERTS, which Node had added to it (before, --ca dropped them).
+    out.ca = [ca, ...rootCertificates(), ...extraCertificates()];
   }
   if (values['tls-cert'] !== undefined) {
     const cert = read('--tls-cert', values['tls-cert']);
@@ -54,4 +55,15 @@ export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-k
 
 function rootCertificates(): Buffer[] {
   return tlsRootCertificates.map((pem) => Buffer.from(pem));
+}
+
+/** The file NODE_EXTRA_CA_CERTS names, as Node reads it at start; nothing when unset or unreadable (Node warned then). */
+function extraCertificates(): Buffer[] {
+  const file = process.env.NODE_EXTRA_CA_CERTS;
+  if (!file) return [];
+  try {
+    return [readFileSync(file)];
+  } catch {
+    return [];
+  }
 }

@@ -89,6 +89,10 @@ describe('the command line over TLS', () => {
     const untrusted = runCli(t, ['pub', ...common.slice(0, -2), 'nope']);
     assert.equal(await withTimeout(untrusted.exited, 20000, 'pub'), 1);
     assert.match(untrusted.stderr(), /unable to verify the first certificate/);
+    // --ca adds to the CAs NODE_EXTRA_CA_CERTS gave Node: before, it dropped them.
+    const other = makePki(t);
+    const both = runCli(t, ['pub', ...common.slice(0, -1), other.caFile, 'four'], { NODE_EXTRA_CA_CERTS: pki.caFile });
+    assert.equal(await withTimeout(both.exited, 20000, 'pub'), 0, both.stderr());
     const missing = runCli(t, ['pub', ...common.slice(0, -1), '/no/such/ca.pem', 'nope']);
     assert.equal(await withTimeout(missing.exited, 20000, 'pub'), 2);
     assert.match(missing.stderr(), /--ca \/no\/such\/ca\.pem: ENOENT/);

@@ -21,8 +21,8 @@ export interface CliProcess {
   signal(signal: NodeJS.Signals): void;
 }
 
-export function runCli(t: Pick<TestContext, 'after'>, args: string[]): CliProcess {
-  const child = spawn(EDGE_RELAY_BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+export function runCli(t: Pick<TestContext, 'after'>, args: string[], env?: NodeJS.ProcessEnv): CliProcess {
+  const child = spawn(EDGE_RELAY_BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) });
   cleanupFor(t).after(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((r) => child.once('exit', r));
