@@ -419,16 +419,26 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     return outcome;
   };
   const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
-    // The certificates first: on SIGHUP they are re-read even when the config did not change.
     if (closing) return { ok: false, problem: 'the relay is shutting down', shuttingDown: true };
-    certificates?.reload(reason === 'api' ? 'config' : reason);
-    if (!options.loadConfig) return { ok: false, problem: 'this relay was not started from a config file' };
+    if (!options.loadConfig) {
+      // On SIGHUP the certificates are read again even without a config file.
+      certificates?.reload(reason === 'api' ? 'config' : reason);
+      return { ok: false, problem: 'this relay was not started from a config file' };
+    }
     let next: RelayConfig;
     try {
       next = options.loadConfig();
     } catch (err) {
       log.error({ event: 'config.reload_refused', reason, err: (err as Error).message });
       return { ok: false, problem: (err as Error).message };
+    }
+    // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes
+    // (before, the reload answered 200 and the old certificate stayed, said only in the log, twice).
+    const certificateProblem = certificates && next.listen.tls ? certificates.problemWith(next.listen.tls) : undefined;
+    if (certificateProblem !== undefined) {
+      const problem = `${certificateProblem}; the certificate served (${certificates!.current.fingerprint}) is kept`;
+      log.error({ event: 'config.reload_refused', reason, err: problem });
+      return { ok: false, problem };
     }
     const changes = applyConfig(
       {
@@ -440,6 +450,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         connectRate,
         httpConnections,
         certificates,
+        certificateReason: reason === 'api' ? 'config' : reason,
         jetstreamFor: (c) => {
           if (!jetstream && !closing) {
             jetstream = createJetStream(bus, c, log);

@@ -17,7 +17,7 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ConnectionRateLimiter } from './connection-rate.ts';
 import type { HttpConnections } from './http-connections.ts';
-import type { CertificateKeeper } from './tls.ts';
+import type { CertificateKeeper, CertificateReason } from './tls.ts';
 import type { ProxyTrust } from './trust-proxy.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -32,6 +32,8 @@ export interface ReloadTargets {
   connectRate: ConnectionRateLimiter;
   httpConnections: HttpConnections;
   certificates: CertificateKeeper | undefined;
+  /** Why the reload happened, as the certificates' log says it (SIGHUP: 'signal'; the API: 'config'). */
+  certificateReason: CertificateReason;
   /** JetStream access for durable hubs added now (made on first need when none was needed at start). */
   jetstreamFor(next: RelayConfig): JetStreamAccess | undefined;
 }
@@ -105,7 +107,7 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   if (t.certificates && next.listen.tls && live.listen.tls) {
     const { certFile, keyFile, caFile, minVersion } = next.listen.tls;
     Object.assign(live.listen.tls, { certFile, keyFile, caFile, minVersion });
-    t.certificates.retarget(live.listen.tls);
+    t.certificates.retarget(live.listen.tls, t.certificateReason);
   }
   return {
     changed,

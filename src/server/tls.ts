@@ -106,14 +106,27 @@ export class CertificateKeeper {
     return true;
   }
 
+  /**
+   * What is wrong with the certificate files `tls` names (unreadable, not PEM, a key that is not the
+   * certificate's), or undefined when they would be served: a reload checks them before it changes anything.
+   */
+  problemWith(tls: ListenTlsConfig): string | undefined {
+    try {
+      readCertificates(tls);
+      return undefined;
+    } catch (err) {
+      return (err as Error).message;
+    }
+  }
+
   /** listen.tls changed on reload (other files, another minimum version): watch the new folders and read them. */
-  retarget(tls: ListenTlsConfig): boolean {
+  retarget(tls: ListenTlsConfig, reason: CertificateReason = 'config'): boolean {
     const moved = tls.certFile !== this.tls.certFile || tls.keyFile !== this.tls.keyFile || tls.caFile !== this.tls.caFile;
     const versionChanged = tls.minVersion !== this.tls.minVersion;
     this.tls = { ...tls };
     if (moved) this.watchFolders();
     if (versionChanged) this.current = { ...this.current, digest: '' };
-    return this.reload('config');
+    return this.reload(reason);
   }
 
   private watchFolders(): void {

@@ -196,6 +196,17 @@ describe('TLS on the one port', () => {
       assert.ok(Date.now() < deadline, 'the certificate renamed into the new folder was not served within 10 s');
       await new Promise((r) => setTimeout(r, 100));
     }
+    // A config naming certificate files that do not load refuses the reload, with the reason, and changes
+    // nothing: before, it answered 200 (applying the rest) and kept the old certificate, said only in the log.
+    const broken = join(dir, 'broken.pem');
+    writeFileSync(broken, 'not a certificate');
+    writeFileSync(file, JSON.stringify(testConfig(config({ minVersion: 'TLSv1.2', ...moved, certFile: broken }))));
+    const refused = relay.reload('signal');
+    assert.equal(refused.ok, false);
+    assert.match((refused as { problem: string }).problem, /listen\.tls\.certFile[^]*is kept/);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(again));
+    // Nor the minimum version the refused config asked for.
+    await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: tls12 }), Error, 'still TLSv1.3 at least');
   });
 
   it('takes a new certificate on SIGHUP without dropping an open connection, and says https:// when it starts', async (t) => {
