@@ -1,6 +1,7 @@
 // `edge-relay bridge`: forwards TCP ports through hybrid connections, both
 // ways (bridge/local-forwarder.ts, bridge/remote-forwarder.ts). Prints one
 // line per forward on stdout once it is up; logs are JSON lines on stderr.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
 import { RelayAccess } from '../bridge/relay-access.ts';
@@ -28,7 +29,9 @@ other end as a reset.
 Options:
   --relay URL          the relay, e.g. http://127.0.0.1:9400 or https://relay.example.com
   --key-name NAME      SAS rule to mint tokens with (Listen for -R, Send for -L)
-  --key KEY            that rule's key
+  --key KEY            that rule's key (seen by anyone on this machine who runs ps:
+                       prefer --key-file or the environment variable EDGE_RELAY_KEY)
+  --key-file FILE      read the key from FILE (its trailing newline dropped)
   --token TOKEN        a ready SAS token instead of --key-name/--key
   --ttl SECONDS        lifetime of minted tokens, at least 60, default 3600 (renewed at half)
   --buffer BYTES       bytes queued per direction before reading pauses, at least 16384,
@@ -61,6 +64,26 @@ function hostForDisplay(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
+/**
+ * The SAS key: from --key, from the file --key-file names, or else from EDGE_RELAY_KEY (`fromEnv`, only
+ * passed with --key-name: the variable alone asks for nothing). A command line is visible to every user
+ * of the machine (ps); a file or the environment is not.
+ */
+function keyOf(flag: string | undefined, file: string | undefined, fromEnv: string | undefined): string | undefined | { problem: string } {
+  if (flag !== undefined) return flag;
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      return { problem: `--key-file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
+    }
+    const key = text.replace(/[\r\n]+$/, '');
+    return key === '' ? { problem: `--key-file ${file} is empty` } : key;
+  }
+  return fromEnv === '' ? undefined : fromEnv;
+}
+
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
   return 2;
@@ -75,6 +98,7 @@ export async function bridge(argv: string[]): Promise<number> {
         relay: { type: 'string' },
         'key-name': { type: 'string' },
         key: { type: 'string' },
+        'key-file': { type: 'string' },
         token: { type: 'string' },
         ttl: { type: 'string', default: '3600' },
         buffer: { type: 'string', default: '1048576' },
@@ -96,9 +120,12 @@ export async function bridge(argv: string[]): Promise<number> {
   }
   if (!values.relay) return fail('--relay URL is required');
   if (!/^(http|ws)s?:\/\//i.test(values.relay)) return fail(`--relay ${values.relay}: expected an http(s):// or ws(s):// URL`);
-  if ((values['key-name'] === undefined) !== (values.key === undefined)) return fail('--key-name and --key go together');
+  if (values.key !== undefined && values['key-file'] !== undefined) return fail('--key or --key-file, not both');
+  const key = keyOf(values.key, values['key-file'], values['key-name'] !== undefined ? process.env.EDGE_RELAY_KEY : undefined);
+  if (typeof key === 'object') return fail(key.problem);
+  if ((values['key-name'] === undefined) !== (key === undefined)) return fail('--key-name and --key (or --key-file, or EDGE_RELAY_KEY) go together');
   // Alternatives, as the help says (before, both were taken, and which one signed went unsaid).
-  if (values.token !== undefined && values.key !== undefined) return fail('--token or --key-name/--key, not both');
+  if (values.token !== undefined && key !== undefined) return fail('--token or --key-name/--key, not both');
   const ttl = Number(values.ttl);
   const buffer = Number(values.buffer);
   if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');
@@ -120,7 +147,7 @@ export async function bridge(argv: string[]): Promise<number> {
   }
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);
-  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key: values.key, token: values.token, tokenTtlSeconds: ttl, tls, handshakeTimeoutMs: timing.connectTimeoutMs });
+  const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key, token: values.token, tokenTtlSeconds: ttl, tls, handshakeTimeoutMs: timing.connectTimeoutMs });
   const log = createLogger(values['log-level'], 'bridge');
   const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
   const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer, timing));

@@ -1,9 +1,11 @@
 // What `token client`, `pub` and `sub` share: finding a hub's access key
 // (given with --key, or read from the relay's config with --config) and
 // checking the relay's base URL.
-import { ConfigError, loadConfig } from '../config/load.ts';
+import { dirname } from 'node:path';
+import { ConfigError } from '../config/errors.ts';
+import { readConfigFile } from '../config/load.ts';
+import { hubAccessKey } from '../config/secrets.ts';
 import { TLS_OPTIONS } from './tls-options.ts';
-import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface HubAccess {
   /** The hub's name as configured (hubs are found case-insensitively). */
@@ -11,13 +13,15 @@ export interface HubAccess {
   key: string;
 }
 
-/** The hub's key, or an error message for the user. */
+/**
+ * The hub's key, or an error message for the user. From a config file only that hub's key is
+ * resolved (its `${ENV}` or `accessKeyFile`): the relay's other secrets need not be at hand.
+ */
 export function resolveHubAccess(hub: string, key: string | undefined, configFile: string | undefined): HubAccess | string {
   if (key !== undefined) return { hub, key };
   if (!configFile) return '--key or --config is required';
   try {
-    const config = loadConfig(configFile, process.env, {});
-    const found = config.pubsub.hubs.find((h) => asciiLowerCase(h.name) === asciiLowerCase(hub));
+    const found = hubAccessKey(readConfigFile(configFile), hub, { env: process.env, baseDir: dirname(configFile) });
     if (!found) return `hub "${hub}" is not in ${configFile}`;
     return { hub: found.name, key: found.accessKey };
   } catch (err) {

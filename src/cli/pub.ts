@@ -17,6 +17,7 @@ Options:
   --group GROUP        the group to publish to
   --key KEY            the hub's accessKey
   --config FILE        read the hub's accessKey from this relay config instead
+                       (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
   --user ID            publish as this user id
   --data-type TYPE     text (default) or json (each message must be JSON)

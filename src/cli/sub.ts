@@ -24,6 +24,7 @@ Options:
   --group GROUP        the group to watch
   --key KEY            the hub's accessKey
   --config FILE        read the hub's accessKey from this relay config instead
+                       (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
   --user ID            connect as this user id
   --format FORMAT      data (default) or json

@@ -15,6 +15,7 @@ Options:
   --hub HUB          the hub (must be in the relay's pubsub.hubs)
   --key KEY          the hub's accessKey
   --config FILE      read the hub's accessKey from this config instead
+                     (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL          the relay's base URL, default http://127.0.0.1:9400
   --user ID          user id (sub claim)
   --role ROLE        a role, repeatable: webpubsub.joinLeaveGroup[.<group>],

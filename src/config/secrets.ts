@@ -12,6 +12,7 @@ import { isIP } from 'node:net';
 import { isAbsolute, resolve } from 'node:path';
 import { ConfigError } from './errors.ts';
 import type { RelayConfig } from './types.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** `${NAME}` as a whole value: taken from the environment. */
 const ENV_REFERENCE = /^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
@@ -96,6 +97,23 @@ export function resolveSecrets(raw: Json, sources: SecretSources): void {
       if (raw.bus[name] !== undefined) raw.bus[name] = fromEnv(raw.bus[name], `/bus/${name}`, sources.env);
     }
   }
+}
+
+/**
+ * One hub's name and access key from a raw config, resolving that key alone (`${ENV}` or
+ * `accessKeyFile`): what `pub`, `sub` and `token client --config` need. Loading the whole config
+ * asked for every other secret it names (the SAS keys' variables, the NATS password) too.
+ * Undefined when no hub of that name (A-Z compared without case) is in it.
+ */
+export function hubAccessKey(raw: unknown, hub: string, sources: SecretSources): { name: string; accessKey: string } | undefined {
+  const hubs = isObject(raw) && isObject(raw.pubsub) ? raw.pubsub.hubs : undefined;
+  if (!Array.isArray(hubs)) return undefined;
+  const i = hubs.findIndex((h) => isObject(h) && typeof h.name === 'string' && asciiLowerCase(h.name) === asciiLowerCase(hub));
+  if (i < 0) return undefined;
+  const found = { ...(hubs[i] as Json) };
+  resolveKey(found, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources);
+  if (typeof found.accessKey !== 'string' || found.accessKey === '') throw new ConfigError(`config: /pubsub/hubs/${i}: no accessKey`);
+  return { name: found.name as string, accessKey: found.accessKey };
 }
 
 /**

@@ -99,6 +99,29 @@ describe('edge-relay bridge', () => {
     answers.forEach((a, i) => assert.equal(a, `200 you asked for /item/${i}`));
   });
 
+  it('takes its key from --key-file or EDGE_RELAY_KEY, off the command line (which ps shows every user)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'keyed', requiresClientAuthorization: true }] });
+    const echo = await startTcpEcho(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-bridge-key-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, `${ROOT_KEY}\n`);
+    const base = ['bridge', '--relay', relay.url, '--key-name', ROOT_KEY_NAME];
+    const listener = runCli(t, [...base, '--key-file', keyFile, '-R', `keyed:127.0.0.1:${echo.port}`]);
+    await until(() => listener.lines.some((l) => l.startsWith('listening on keyed')), 10000, `-R up with --key-file: ${listener.stderr()}`);
+    const dialer = runCli(t, [...base, '-L', '0:keyed'], { EDGE_RELAY_KEY: ROOT_KEY });
+    await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, '-L up with EDGE_RELAY_KEY');
+    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
+    cleanupFor(t).after(() => socket.destroy());
+    socket.write('keyed');
+    assert.equal(await withTimeout(new Promise<string>((r) => socket.once('data', (d) => r(String(d)))), 10000, 'the echo'), 'keyed');
+    const missing = runCli(t, [...base, '--key-file', join(dir, 'none'), '-L', '0:keyed']);
+    assert.equal(await withTimeout(missing.exited, 20000, 'bridge to refuse'), 2);
+    assert.match(missing.stderr(), /--key-file \S+none: ENOENT/);
+    const both = runCli(t, [...base, '--key', ROOT_KEY, '--key-file', keyFile, '-L', '0:keyed']);
+    assert.equal(await withTimeout(both.exited, 20000, 'bridge to refuse'), 2);
+  });
+
   it('closes the local connection when the target cannot be reached, and says why', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'nowhere', requiresClientAuthorization: true }] });
     // A port nothing listens on: bind one, note it, close it.

@@ -1,7 +1,9 @@
 // The command line, run as a user runs it (bin/edge-relay).
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { WebPubSubClient } from '@azure/web-pubsub-client';
 import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
@@ -111,6 +113,18 @@ describe('edge-relay command line', () => {
     assert.equal([...(relay.pubsub.hub('chat')?.local.targets({ kind: 'user', name: 'alice' }) ?? [])].length > 0, true);
     assert.equal(run('token', 'client', '--hub', 'nohub', '--config', 'config/dev.json').status, 2);
     assert.equal(run('token', 'client', '--hub', 'chat').status, 2);
+    // From a production config only the hub's own key is resolved: before, every secret the config
+    // names (here a SAS key's variable, not set for this command) had to be at hand.
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-hub-key-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, 'hub.key'), 'dev-only-hub-key-0123456789\n');
+    writeFileSync(
+      join(dir, 'relay.json'),
+      JSON.stringify({ sas: [{ keyName: 'root', key: '${EDGE_RELAY_TEST_UNSET_SAS_KEY}', rights: ['Manage'] }], pubsub: { hubs: [{ name: 'Chat', accessKeyFile: 'hub.key' }] } }),
+    );
+    const fromFile = run('token', 'client', '--config', join(dir, 'relay.json'), '--hub', 'chat', '--url', relay.url);
+    assert.equal(fromFile.status, 0, fromFile.stderr);
+    assert.match(fromFile.stdout.trim(), /\/client\/hubs\/Chat\?access_token=/);
   });
 
   it('runs node in place of its launcher, with glibc told to keep freed memory, unless GLIBC_TUNABLES already sets that', async (t) => {
