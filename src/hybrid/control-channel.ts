@@ -57,8 +57,8 @@ export class ControlChannel {
 
   constructor(
     private readonly ws: WebSocket,
-    /** The socket under `ws`, corked while notices of one turn gather. */
-    socket: Duplex,
+    /** The socket under `ws`, corked while notices of one turn gather (TLS: its client certificate is checked again when the CAs change). */
+    readonly socket: Duplex,
     readonly entity: HybridEntity,
     /** The token the channel holds (checked again when the rules change on reload). */
     public token: string,

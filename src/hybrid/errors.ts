@@ -34,6 +34,7 @@ export const HYBRID_ERRORS = {
   ControlMessageInvalid: { status: 400, closeCode: 1008, message: 'Malformed control channel message' },
   RenewTokenInvalid: { status: 401, closeCode: 1008, message: 'The renewed token is not valid' },
   AccessRevoked: { status: 401, closeCode: 1008, message: 'The SAS rule that authorized this listener was removed or changed' },
+  ClientCertificateRevoked: { status: 403, closeCode: 1008, message: 'The client certificate of this listener is not signed by the CAs of listen.tls.caFile any more' },
   // 1001, as Azure closes a listener whose hybrid connection was deleted or disabled (1008 is its expired or invalid token).
   EntityRemoved: { status: 404, closeCode: 1001, message: 'The hybrid connection was removed from the configuration' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -5,10 +5,11 @@
 // (reconfigure): entities, SAS rules and limits, with the listeners that no
 // longer pass closed.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { TLSSocket } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
+import { certificatesOf, chainLeadsTo } from '../auth/client-certificate-chain.ts';
 import type { Bus } from '../bus/bus.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
@@ -439,6 +440,28 @@ export class HybridService {
     listenersClosed += this.recheckListeners();
     this.scheduleGraceEnd();
     return { entitiesRemoved: removed.map((e) => e.name), keysRotated, listenersClosed };
+  }
+
+  /**
+   * listen.tls.caFile changed: each listener that proved its client certificate (requireClientCert
+   * "listeners" or "all") and whose chain no longer leads to one of the new CAs is closed (1008
+   * ClientCertificateRevoked). Before, it stayed, senders were still given to it, and every accept leg
+   * it opened (a new TLS connection) was refused 403: a listener that could never answer.
+   * A channel a worker of `serve --workers` relayed here (no TLS socket of its own) is not checked.
+   */
+  recheckClientCertificates(caPem: Buffer | undefined): number {
+    const mode = this.config.listen.tls?.requireClientCert;
+    if (mode !== 'listeners' && mode !== 'all') return 0;
+    const cas = certificatesOf(caPem);
+    let closed = 0;
+    for (const channel of [...this.listeners.all()]) {
+      if (!channel.isOpen || !(channel.socket instanceof TLSSocket)) continue;
+      if (chainLeadsTo(channel.socket, cas)) continue;
+      channel.closeWith('ClientCertificateRevoked', 'ClientCertificateRevoked: not signed by the CAs of listen.tls.caFile any more');
+      closed++;
+    }
+    this.log.info({ event: 'tls.client_cas_changed', listenersClosed: closed });
+    return closed;
   }
 
   /** Closes (1008 AccessRevoked) each listener whose token the rules no longer accept; returns how many. */

@@ -208,6 +208,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const vouched = new WeakSet<IncomingMessage>();
   const peers = worker === undefined ? undefined : { index: worker, handOff, vouchedFor: (req: IncomingMessage) => vouched.has(req) };
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, peers);
+  // Other client CAs: listeners whose certificates they no longer sign are closed, not left to fail every accept.
+  if (certificates) certificates.onClientCasChanged = (ca) => void hybrid.recheckClientCertificates(ca);
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.
     onHandOff((socket, bytes) => {

@@ -33,6 +33,8 @@ export interface CertificateSet {
   fingerprint: string;
   /** The files' bytes, to tell a real change from a touched file. */
   digest: string;
+  /** listen.tls.caFile's bytes (the CAs client certificates are checked against), when it is set. */
+  ca?: Buffer;
 }
 
 function readPem(file: string, key: string): Buffer {
@@ -65,7 +67,7 @@ export function readCertificates(tls: ListenTlsConfig, now = Date.now()): Certif
     throw new ConfigError(`${what}: ${(err as Error).message}`);
   }
   const digest = createHash('sha256').update(cert).update(key).update(ca ?? '').digest('hex');
-  return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest };
+  return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
 }
 
 export type CertificateReason = 'start' | 'signal' | 'file' | 'config';
@@ -75,6 +77,12 @@ export class CertificateKeeper {
   private watchers: FSWatcher[] = [];
   private debounce: NodeJS.Timeout | undefined;
   private closed = false;
+
+  /**
+   * Called when a new set changes the client CAs (listen.tls.caFile's bytes): connections that proved a
+   * certificate under the old ones are the server's to check again (listeners: hybrid-service.ts).
+   */
+  onClientCasChanged: ((ca: Buffer | undefined) => void) | undefined;
 
   /** A copy: the live config's object is changed in place on reload, and retarget() compares against what this keeper serves. */
   private tls: ListenTlsConfig;
@@ -101,8 +109,10 @@ export class CertificateKeeper {
     }
     if (next.digest === this.current.digest) return true;
     this.apply(next);
+    const casChanged = !(next.ca ?? Buffer.alloc(0)).equals(this.current.ca ?? Buffer.alloc(0));
     this.current = next;
     this.log.info({ event: 'tls.certificate_loaded', reason, subject: next.subject, fingerprint: next.fingerprint, notAfter: new Date(next.notAfter * 1000).toISOString() });
+    if (casChanged) this.onClientCasChanged?.(next.ca);
     return true;
   }
 

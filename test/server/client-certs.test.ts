@@ -5,12 +5,15 @@
 // pub/sub clients connect without one; "all" refuses anyone without one in
 // the TLS handshake.
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 function mtlsListen(pki: TestPki, requireClientCert: 'listeners' | 'all'): Record<string, unknown> {
   return {
@@ -50,6 +53,38 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     sender.send('mutual');
     assert.equal(await withTimeout(new Promise<string>((r) => sender.once('message', (m) => r(String(m)))), 5000, 'echo'), 'echo mutual');
     leg.terminate();
+  });
+
+  it('closes a listener whose certificate the new listen.tls.caFile no longer signs (1008 ClientCertificateRevoked), and keeps one it still does', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    const newcomer = pki.issueClient('newcomer', { untrusted: true });
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    // caFile in a folder of its own, replaced by renaming a new file over it (the folder is watched).
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'clients.pem');
+    writeFileSync(caFile, pki.ca);
+    const replaceCas = (pem: Buffer) => {
+      writeFileSync(`${caFile}.next`, pem);
+      renameSync(`${caFile}.next`, caFile);
+    };
+    const listen = mtlsListen(pki, 'listeners');
+    const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+    t.after(() => listener.close());
+    // Both CAs: the listener's still signs it.
+    replaceCas(Buffer.concat([otherCa, pki.ca]));
+    const newcomerIn = async () => (await upgradeRefusal(listenUrl, { ...clientTls(pki, newcomer), headers: { ServiceBusAuthorization: tokenFor(listenUrl) } })).status === 101;
+    await untilAnswered(newcomerIn, 10000, 'the new CA applied');
+    const stillOpen = await Promise.race([listener.closed.then(() => false), new Promise<boolean>((r) => setTimeout(() => r(true), 300))]);
+    assert.ok(stillOpen, 'a listener whose CA is still listed stays');
+    // Only the other CA: before, the listener stayed registered and every accept leg it opened was refused 403.
+    replaceCas(otherCa);
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
   });
 
   it('with requireClientCert "all", refuses a client without a trusted certificate in the TLS handshake', async (t) => {

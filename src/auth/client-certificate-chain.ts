@@ -1,0 +1,42 @@
+// Whether a TLS peer's certificate chain still leads to one of a set of CAs:
+// a listener's client certificate checked again after listen.tls.caFile
+// changed (the TLS handshake checked it only against the CAs of its time).
+import { X509Certificate } from 'node:crypto';
+import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+
+/** The certificates of a PEM bundle (what is not one is skipped: the file was checked when it was read). */
+export function certificatesOf(pem: Buffer | undefined): X509Certificate[] {
+  if (!pem) return [];
+  const out: X509Certificate[] = [];
+  for (const block of pem.toString('latin1').match(PEM_CERTIFICATE) ?? []) {
+    try {
+      out.push(new X509Certificate(block));
+    } catch {
+      // Not a certificate after all.
+    }
+  }
+  return out;
+}
+
+/**
+ * True when the certificate `socket`'s peer presented, or one of the issuers
+ * in its chain (as sent, and as the handshake completed it), is one of `cas`
+ * or was issued and signed by one of them.
+ */
+export function chainLeadsTo(socket: TLSSocket, cas: X509Certificate[]): boolean {
+  if (cas.length === 0) return false;
+  let link: DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
+  const seen = new Set<string>();
+  while (link && link.raw && !seen.has(link.fingerprint256)) {
+    seen.add(link.fingerprint256);
+    const cert = new X509Certificate(link.raw);
+    for (const ca of cas) {
+      if (cert.fingerprint256 === ca.fingerprint256) return true;
+      if (cert.checkIssued(ca) && cert.verify(ca.publicKey)) return true;
+    }
+    link = link.issuerCertificate;
+  }
+  return false;
+}
