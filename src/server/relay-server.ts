@@ -300,7 +300,6 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   };
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
-    httpConnections.upgraded(socket as Socket);
     proxyTrust.apply(req);
     const r = route(req.url);
     if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
@@ -308,6 +307,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       return failEdgeUpgrade(socket, 'WebSocketVersionUnsupported', undefined, { 'Sec-WebSocket-Version': '13' });
     }
     if (r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') {
+      // A WebSocket from now on, counted as one (connectionsPerNode). Any other upgrade stays a plain
+      // HTTP connection and in that count: an h2c request served below was counted against neither.
+      httpConnections.upgraded(socket as Socket);
       const action = r.kind === 'hybrid-ws' ? r.params.get('sb-hc-action') : null;
       const refused = admit(req, socket, action === 'accept' || action === 'request');
       if (refused) {
@@ -324,10 +326,11 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     // A body comes after the head as Node left it: read here up to its Content-Length (curl --http2 -d offers
     // h2c on a POST); a chunked one is refused 411, as this path does not decode chunks.
     if (!offersWebSocket(req) && socket instanceof Socket) {
-      if (!carriesBody(req)) return serveIgnoringUpgrade(req, socket, head, 0);
-      const length = req.headers['transfer-encoding'] === undefined ? Number(req.headers['content-length']) : NaN;
-      if (Number.isSafeInteger(length) && length > 0) return serveIgnoringUpgrade(req, socket, head, length);
-      return failEdgeUpgrade(socket, 'LengthRequired');
+      const length = req.headers['transfer-encoding'] === undefined ? Number(req.headers['content-length'] ?? 0) : NaN;
+      if (!Number.isSafeInteger(length) || length < 0) return failEdgeUpgrade(socket, 'LengthRequired');
+      // What Node's server does for the request it parses itself: a client waiting for it sends no body.
+      if (length > 0 && /^100-continue$/i.test(String(req.headers.expect ?? '').trim())) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
+      return serveIgnoringUpgrade(req, socket, head, length);
     }
     failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
   };
@@ -561,9 +564,17 @@ function requestWithBody(upgradeReq: IncomingMessage, socket: Socket, head: Buff
     } else if (!more) socket.pause();
   };
   socket.on('data', take);
-  socket.once('close', () => {
-    if (left > 0) req.destroy();
-  });
+  // The sender ended (a half-close: Node's server sockets allow one), failed or closed before the whole body
+  // came: the request is aborted and the connection closed, as Node does (before, an end held both for good).
+  const cut = () => {
+    if (left === 0) return;
+    left = 0;
+    req.destroy();
+    socket.destroy();
+  };
+  socket.once('end', cut);
+  socket.once('error', cut);
+  socket.once('close', cut);
   if (head.length > 0) take(head);
   return req;
 }

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
-import { readToClose, tcp } from '../helpers/raw-socket.ts';
+import { readToClose, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 
 const H2C = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n';
@@ -60,5 +60,37 @@ describe('an upgrade offered to another protocol than WebSocket', () => {
     const chunked = await tcp(t, relay.port);
     chunked.write(`POST /web/x HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n`);
     assert.match((await readToClose(chunked, 10000, 'the chunked answer')).toString('latin1'), /^HTTP\/1\.1 411 [^]*LengthRequired/);
+  });
+
+  it('with a body: counted as a plain connection, 100 Continue when asked for, and aborted when the sender ends early', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'web', requiresClientAuthorization: false }], limits: { httpConnectionsPerNode: 2 } });
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        let n = 0;
+        req.on('data', (c: Buffer) => (n += c.length));
+        req.on('end', () => res.end(`got ${n}`));
+      },
+      'web',
+    );
+    // A client that waits for 100 Continue before its body (Node answers it on the path it parses itself).
+    const expecting = await tcp(t, relay.port);
+    expecting.write(`POST /web/x HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Expect: 100-continue\r\nContent-Length: 5\r\n\r\n`);
+    assert.match((await readUntil(expecting, (b) => b.includes('\r\n\r\n'), 5000, 'the 100 Continue')).toString('latin1'), /^HTTP\/1\.1 100 Continue\r\n\r\n/);
+    expecting.write('hello');
+    assert.ok((await readToClose(expecting, 10000, 'the answer')).toString('latin1').includes('got 5'));
+    // Two requests whose bodies do not come (yet) hold the two plain connections the node allows:
+    // before, an h2c request left that count at the upgrade and counted against no limit at all.
+    const held = await Promise.all([0, 1].map(() => tcp(t, relay.port)));
+    for (const socket of held) socket.write(`POST /web/x HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}Content-Length: 100\r\n\r\nx`);
+    await new Promise((r) => setTimeout(r, 200));
+    const third = await tcp(t, relay.port);
+    assert.match((await readToClose(third, 5000, 'the third connection refused')).toString('latin1'), /^HTTP\/1\.1 503 [^]*HttpConnectionLimitReached/);
+    // A sender that ends its side before the whole body (a half-close): the request is aborted and the connection
+    // closed (before, both were held for good).
+    held[0].end();
+    await readToClose(held[0], 5000, 'the half-closed connection to be closed');
+    held[1].destroy();
   });
 });
