@@ -562,6 +562,8 @@ export class JetStreamAccess {
     let stopped = false;
     let current: ConsumerMessages | undefined;
     const handedOn = new HandedOn(FOLLOW_MEMORY);
+    /** Set when the stream was written again past all the follower remembers: the next consumer starts after this store time (ms). */
+    let byTime: number | undefined;
     /** When the stream followed was made: another time means it was made again, and sequences start over. */
     let created: string | undefined;
     const follower = {
@@ -587,22 +589,25 @@ export class JetStreamAccess {
             this.log.warn({ event: 'jetstream.stream_reset', stream, next, from: first, hint: 'the stream was made again: following it from its start' });
             next = first;
           }
+          if (created === undefined && handedOn.empty && next > 1) await this.rememberStart(stream, next - 1, handedOn);
           const rewritten = created === info.created ? await this.rewrittenFrom(stream, info.state, handedOn) : undefined;
           created = info.created;
-          if (rewritten !== undefined && rewritten < next) {
+          if (rewritten !== undefined && ('afterMs' in rewritten || rewritten.seq < next)) {
             this.log.error({
               event: 'jetstream.stream_rewritten',
               stream,
               next,
-              from: rewritten,
+              ...('seq' in rewritten ? { from: rewritten.seq } : { storedAfter: new Date(rewritten.afterMs).toISOString() }),
               hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
             });
-            next = rewritten;
+            if ('seq' in rewritten) next = rewritten.seq;
+            else byTime = rewritten.afterMs;
           }
           const ci = await jsm.consumers.add(stream, {
             name,
-            deliver_policy: DeliverPolicy.StartSequence,
-            opt_start_seq: next,
+            ...(byTime !== undefined
+              ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime + 1).toISOString() }
+              : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }),
             ack_policy: AckPolicy.None,
             mem_storage: true,
             num_replicas: 1,
@@ -647,6 +652,11 @@ export class JetStreamAccess {
               break;
             }
             delivered = m.info.deliverySequence;
+            // Started by store time: its first message is where the follower is now.
+            if (byTime !== undefined) {
+              byTime = undefined;
+              next = m.seq;
+            }
             if (m.seq < next) continue;
             if (m.seq > next) onGap?.(next, m.seq);
             next = m.seq + 1;
@@ -668,14 +678,19 @@ export class JetStreamAccess {
   /**
    * Where `stream` was written again behind a follower's back, or undefined when it was not (or nothing says).
    * A stream whose servers all stopped at once (SIGKILL, power) can come back without its last messages,
-   * acknowledged or not, and give their sequences to the next ones: a follower asking from its next sequence
-   * then skipped those, silently (the likely cause of one event lost in a full CI run). So before following on, the last
-   * messages handed on are looked up, newest first: the first one still stored with the same store time is
-   * where the stream is as it was; the sequence after it is where new messages may begin.
+   * acknowledged or not (nats-server writes its store behind its acknowledgements), and give their sequences
+   * to the next ones: a follower asking from its next sequence then skipped those, silently (the likely
+   * cause of one event lost in a full CI run). So before following on, the last messages handed on are
+   * looked up, newest first: the first one still stored with the same store time is where the stream is as it
+   * was, and new messages may begin at the sequence after it (`seq`). When none is (more was lost than the
+   * follower remembers, or older ones aged out), the new messages are those stored after the newest one
+   * remembered (`afterMs`, its store time).
    */
-  private async rewrittenFrom(stream: string, state: { first_seq: number; last_seq: number }, handedOn: HandedOn): Promise<number | undefined> {
+  private async rewrittenFrom(stream: string, state: { first_seq: number; last_seq: number }, handedOn: HandedOn): Promise<{ seq: number } | { afterMs: number } | undefined> {
     let rewritten: number | undefined;
+    let newestMs: number | undefined;
     for (const { seq, ms } of handedOn.newestFirst()) {
+      newestMs ??= ms;
       // Gone by the stream's limits: older ones too, and nothing tells what they were.
       if (seq < state.first_seq) break;
       if (seq <= state.last_seq) {
@@ -686,11 +701,24 @@ export class JetStreamAccess {
           // Removed on its own (a deleted message) reads as not there; no answer says nothing.
           if (errorCode(err).apiCode !== NO_MESSAGE_FOUND) return undefined;
         }
-        if (stored !== undefined && Math.abs(stored - ms) <= 1) return rewritten;
+        if (stored !== undefined && Math.abs(stored - ms) <= 1) return rewritten === undefined ? undefined : { seq: rewritten };
       }
       rewritten = seq;
     }
-    return rewritten;
+    return newestMs === undefined || rewritten === undefined ? undefined : { afterMs: newestMs };
+  }
+
+  /**
+   * A follower that starts after `seq` remembers that message (its store time) as if it had handed it on:
+   * one that hands nothing on before the stream loses its tail (a quiet hub) still finds where it was.
+   */
+  private async rememberStart(stream: string, seq: number, handedOn: HandedOn): Promise<void> {
+    try {
+      const m = await this.ready.jsm.streams.getMessage(stream, { seq });
+      handedOn.add(seq, Date.parse(m.timestamp));
+    } catch {
+      // Gone (aged out, deleted) or no answer: nothing to remember.
+    }
   }
 
   /**
@@ -800,6 +828,10 @@ class HandedOn {
   constructor(private readonly size: number) {
     this.seqs = new Float64Array(size);
     this.times = new Float64Array(size);
+  }
+
+  get empty(): boolean {
+    return this.count === 0;
   }
 
   add(seq: number, ms: number): void {

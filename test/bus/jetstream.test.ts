@@ -132,6 +132,47 @@ describe('JetStream access', () => {
     assert.equal(follower.position, 5);
   });
 
+  it('finds where such a stream is when it lost more than the follower remembers, and for a follower that had handed nothing on', async (t) => {
+    // Two cases a first version missed: 70 messages lost (the follower remembers 64, and asked from the oldest
+    // of those), and a follower of a quiet stream that started after messages then lost (it remembered none).
+    const QUIET = { ...STREAM, name: 'T_quiet', subjects: ['t.ev.quiet.>'] };
+    const nats = await startNatsServer(t);
+    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000, requestTimeoutMs: 2000 }, log);
+    cleanupFor(t).after(() => js.close());
+    await js.start([STREAM, QUIET], BUCKET);
+    const busy: string[] = [];
+    const quiet: string[] = [];
+    const busyFollower = js.follow(STREAM.name, 1, (m) => busy.push(Buffer.from(m.data).toString()));
+    t.after(() => busyFollower.stop());
+    for (const n of ['1', '2', '3']) {
+      await js.publish('t.ev.hub.all', Buffer.from(n), `b-${n}`);
+      await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
+    }
+    await until(() => busy.length === 3, 10000, 'the first three');
+    await nats.kill();
+    const saved = `${nats.storeDir}.saved`;
+    cpSync(nats.storeDir, saved, { recursive: true });
+    await nats.restart();
+    for (let i = 1; i <= 70; i++) await js.publish('t.ev.hub.all', Buffer.from(`lost-${i}`), `b-lost-${i}`);
+    for (const n of ['4', '5']) await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
+    const quietFollower = js.follow(QUIET.name, (await js.bounds(QUIET.name)).last + 1, (m) => quiet.push(Buffer.from(m.data).toString()));
+    t.after(() => quietFollower.stop());
+    await until(() => busy.length === 73, 20000, 'the 70 stored before the loss');
+    await new Promise((r) => setTimeout(r, 500));
+    await nats.kill();
+    rmSync(nats.storeDir, { recursive: true, force: true });
+    renameSync(saved, nats.storeDir);
+    await nats.restart();
+    await untilAnswered(async () => (await js.bounds(STREAM.name).catch(() => undefined))?.last === 3, 20000, 'the stream back as saved');
+    for (const n of ['new-1', 'new-2']) {
+      await js.publish('t.ev.hub.all', Buffer.from(n), `b-${n}`);
+      await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
+    }
+    await until(() => busy.length === 75 && quiet.length === 2, 30000, `both followers to read the new ones (busy ${busy.slice(73).join(',')}, quiet ${quiet.join(',')})`);
+    assert.deepEqual(busy.slice(73), ['new-1', 'new-2']);
+    assert.deepEqual(quiet, ['new-1', 'new-2']);
+  });
+
   it('says JetStream is not enabled when the server runs without it', async (t) => {
     const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', '-1'], { stdio: ['ignore', 'ignore', 'pipe'] });
     t.after(() => child.kill('SIGKILL'));
