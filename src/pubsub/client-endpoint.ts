@@ -132,6 +132,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const unusable = identityRefusal(verdict.claims);
     if (unusable) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: 'TokenInvalid', reason: unusable });
+      if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: 'TokenInvalid' });
       return failUpgrade(duplex, 'TokenInvalid', `The access token is not valid for this hub: ${unusable}`);
     }
     const id = randomBytes(16).toString('base64url');
