@@ -435,6 +435,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       next = options.loadConfig();
     } catch (err) {
       log.error({ event: 'config.reload_refused', reason, err: (err as Error).message });
+      // The certificates are still read again, as SIGHUP always did.
+      certificates?.reload(reason === 'api' ? 'config' : reason);
       return { ok: false, problem: (err as Error).message };
     }
     // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes

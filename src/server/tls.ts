@@ -45,6 +45,10 @@ function readPem(file: string, key: string): Buffer {
   }
 }
 
+function digestOf(cert: Buffer, key: Buffer, ca: Buffer | undefined): string {
+  return createHash('sha256').update(cert).update(key).update(ca ?? '').digest('hex');
+}
+
 /** Reads and checks the files of listen.tls; throws ConfigError naming the key that is wrong. */
 export function readCertificates(tls: ListenTlsConfig, now = Date.now()): CertificateSet {
   const cert = readPem(tls.certFile, 'listen.tls.certFile');
@@ -66,7 +70,7 @@ export function readCertificates(tls: ListenTlsConfig, now = Date.now()): Certif
     const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
     throw new ConfigError(`${what}: ${(err as Error).message}`);
   }
-  const digest = createHash('sha256').update(cert).update(key).update(ca ?? '').digest('hex');
+  const digest = digestOf(cert, key, ca);
   return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
 }
 
@@ -122,6 +126,10 @@ export class CertificateKeeper {
    */
   problemWith(tls: ListenTlsConfig): string | undefined {
     try {
+      // The very files served now (an expired certificate nobody replaced yet): nothing new to refuse, and a
+      // reload of the rest of the config (a leaked SAS rule removed) must not wait for a renewal.
+      const ca = tls.caFile ? readPem(tls.caFile, 'listen.tls.caFile') : undefined;
+      if (digestOf(readPem(tls.certFile, 'listen.tls.certFile'), readPem(tls.keyFile, 'listen.tls.keyFile'), ca) === this.current.digest) return undefined;
       readCertificates(tls);
       return undefined;
     } catch (err) {

@@ -209,6 +209,30 @@ describe('TLS on the one port', () => {
     await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: tls12 }), Error, 'still TLSv1.3 at least');
   });
 
+  it('reloads the rest of the config while the certificate served has expired and its files are unchanged', async (t) => {
+    // Only a new set of files is refused: the expired one nobody replaced yet (a failed renewal) must not
+    // block an urgent reload, a leaked SAS rule removed, say (the first version refused every reload then).
+    const pki = makePki(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-expired-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'relay.json');
+    const overrides = { ...pubsubOverrides(), listen: tlsListen(pki) };
+    writeFileSync(file, JSON.stringify(testConfig(overrides)));
+    const relay = await startTestRelay(t, overrides, { loadConfig: () => loadConfig(file, {}, {}) });
+    writeFileSync(file, JSON.stringify(testConfig({ ...overrides, limits: { httpConnectionsPerNode: 123 } })));
+    // Expired by the clock the check reads: twenty years on, for this one reload.
+    const now = Date.now;
+    Date.now = () => now() + 20 * 365 * 86_400_000;
+    let outcome;
+    try {
+      outcome = relay.reload('api');
+    } finally {
+      Date.now = now;
+    }
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual(outcome.changes.changed, ['limits']);
+  });
+
   it('takes a new certificate on SIGHUP without dropping an open connection, and says https:// when it starts', async (t) => {
     const pki = makePki(t);
     const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
