@@ -588,11 +588,16 @@ export class JetStreamAccess {
             const first = Math.max(1, info.state.first_seq);
             this.log.warn({ event: 'jetstream.stream_reset', stream, next, from: first, hint: 'the stream was made again: following it from its start' });
             next = first;
+            byTime = undefined;
+            // What it remembers was of the stream before.
+            handedOn.clear();
           }
           if (created === undefined && handedOn.empty && next > 1) await this.rememberStart(stream, next - 1, handedOn);
           const rewritten = created === info.created ? await this.rewrittenFrom(stream, info.state, handedOn) : undefined;
           created = info.created;
-          if (rewritten !== undefined && ('afterMs' in rewritten || rewritten.seq < next)) {
+          // A consumer made by store time that failed before its first message is made again: said once.
+          const alreadySaid = rewritten !== undefined && 'afterMs' in rewritten && byTime === rewritten.afterMs;
+          if (rewritten !== undefined && !alreadySaid && ('afterMs' in rewritten || rewritten.seq < next)) {
             this.log.error({
               event: 'jetstream.stream_rewritten',
               stream,
@@ -832,6 +837,10 @@ class HandedOn {
 
   get empty(): boolean {
     return this.count === 0;
+  }
+
+  clear(): void {
+    this.count = 0;
   }
 
   add(seq: number, ms: number): void {
