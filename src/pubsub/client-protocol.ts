@@ -199,12 +199,15 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
 }
 
 /**
- * `event` messages of one connection at the event handler at once. At this
- * many the socket is not read until one is answered, and those already read
- * wait their turn in order (as a simple client's socket is not read while its
- * one message waits).
+ * `event` messages of one connection at the event handler at once: one. User
+ * events are blocking on Azure (the service waits for the answer before it
+ * takes the connection's next message), so the state an answer sets
+ * (ce-connectionState) reaches the next event, and the handler sees them in the
+ * order sent. With one in flight the socket is not read until it is answered,
+ * and those already read wait their turn in order (as a simple client's). Before,
+ * 16 went at once: a counter kept in the state stayed at 1, and order was lost.
  */
-export const EVENTS_IN_FLIGHT = 16;
+export const EVENTS_IN_FLIGHT = 1;
 
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.

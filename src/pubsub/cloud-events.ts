@@ -183,14 +183,21 @@ export class EventDispatcher {
     return headers;
   }
 
-  /** Sends one event; its answer. */
-  private post(handler: EventHandler, hub: HubConfig, event: string, headers: Record<string, string>, body: Buffer): Promise<HandlerResponse> {
+  /** Sends one event; its answer (within `timeoutMs`, the handler's own unless less is left). */
+  private post(handler: EventHandler, hub: HubConfig, event: string, headers: Record<string, string>, body: Buffer, timeoutMs?: number): Promise<HandlerResponse> {
     const url = handler.urlFor(hub.name, event);
-    return deliverToHandler(this.deps.transport, this.deps.protection, handler, url, {
-      headers,
-      body,
-      maxResponseBytes: this.deps.maxAnswerBytes,
-    });
+    return deliverToHandler(
+      this.deps.transport,
+      this.deps.protection,
+      handler,
+      url,
+      {
+        headers,
+        body,
+        maxResponseBytes: this.deps.maxAnswerBytes,
+      },
+      timeoutMs,
+    );
   }
 
   /**
@@ -303,6 +310,24 @@ export class EventDispatcher {
 
   // --- connected, disconnected -----------------------------------------------------------
 
+  /**
+   * When the relay drains (beginShutdown): connected and disconnected events are sent until then and not
+   * after; what is left is logged as lost. Before, their retries outlived the drain (tens of seconds past
+   * timeouts.shutdownMs with a silent handler, after relay.stopped) and what a kill then cut went unsaid.
+   */
+  private stopBy: number | undefined;
+  /** Connections whose connected/disconnected queue is not done: the drain waits for them. */
+  private readonly queued = new Set<EventSource>();
+
+  beginShutdown(deadline: number): void {
+    this.stopBy = deadline;
+  }
+
+  /** How many connections still have connected or disconnected events to send. */
+  get systemEventsPending(): number {
+    return this.queued.size;
+  }
+
   /** Queues a connected or disconnected event behind the connection's earlier ones; never rejects. */
   systemEvent(hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): void {
     const handler = handlerForSystemEvent(this.handlersFor(hub), event);
@@ -310,8 +335,11 @@ export class EventDispatcher {
     const previous = source.systemEvents ?? Promise.resolve();
     const next = previous.then(() => this.deliverWithRetries(handler, hub, source, event, body));
     source.systemEvents = next;
+    this.queued.add(source);
     void next.finally(() => {
-      if (source.systemEvents === next) source.systemEvents = undefined;
+      if (source.systemEvents !== next) return;
+      source.systemEvents = undefined;
+      this.queued.delete(source);
     });
   }
 
@@ -319,21 +347,27 @@ export class EventDispatcher {
     const { retries, retryDelayMs } = handler.config;
     const payload = Buffer.from(JSON.stringify(body));
     for (let attempt = 0; ; attempt++) {
+      const left = this.stopBy === undefined ? Infinity : this.stopBy - Date.now();
+      if (left <= 0) {
+        this.deps.count(event, 'failed');
+        return this.logFailure(hub, source, event, handler, `not sent: the relay shut down${attempt > 0 ? ` (after ${attempt} attempts)` : ''}`);
+      }
       let problem: string;
       let result: 'failed' | 'timeout' = 'failed';
       try {
         const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
         // Its ce-connectionState, if any, is ignored (takeState): not a blocking event.
-        const answer = await this.post(handler, hub, event, headers, payload);
+        const answer = await this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left));
         if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
         problem = `answered ${answer.status}`;
       } catch (err) {
         problem = (err as Error).message;
         result = failureOf(err);
       }
-      if (attempt >= retries) {
+      const stopping = this.stopBy !== undefined && Date.now() + retryDelayMs >= this.stopBy;
+      if (attempt >= retries || stopping) {
         this.deps.count(event, result);
-        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts)`);
+        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts${stopping && attempt < retries ? '; not retried: the relay shut down' : ''})`);
       }
       await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
     }

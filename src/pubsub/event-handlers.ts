@@ -173,9 +173,11 @@ export async function deliverToHandler(
   handler: EventHandler,
   url: string,
   request: Omit<HandlerRequest, 'timeoutMs' | 'method'>,
+  /** Less than the handler's timeoutMs when the answer is needed sooner (the relay drains). */
+  timeoutMs = handler.config.timeoutMs,
 ): Promise<HandlerResponse> {
   const headers = { ...request.headers };
   if (handler.config.auth?.type === 'bearer') headers.authorization = `Bearer ${handler.config.auth.token}`;
-  if (handler.validated) await protection.check(url, handler.config.timeoutMs, headers.authorization);
-  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs: handler.config.timeoutMs });
+  if (handler.validated) await protection.check(url, timeoutMs, headers.authorization);
+  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs });
 }

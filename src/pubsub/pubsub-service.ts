@@ -406,7 +406,9 @@ export class PubSubService implements RestContext {
    * the node the client reconnects to takes them over (session-handover.ts);
    * alone, there is nobody to hand them to and they end.
    */
-  beginShutdown(): void {
+  /** `deadline`: when the drain ends (ms since epoch); connected/disconnected events are not sent after it. */
+  beginShutdown(deadline: number): void {
+    this.events.beginShutdown(deadline);
     this.lifecycle.shuttingDown = true;
     for (const hub of this.hubs.values()) {
       for (const connection of [...hub.local.connections.values()]) {
@@ -424,6 +426,11 @@ export class PubSubService implements RestContext {
    * another edge is on the hub's roster: alone, nobody could take them), or
    * given and not yet paged out by the taker.
    */
+  /** Connections with connected or disconnected events still to send to the event handler. */
+  systemEventsPending(): number {
+    return this.events.systemEventsPending;
+  }
+
   sessionsAwaitingHandover(): number {
     let held = 0;
     for (const hub of this.hubs.values()) {

@@ -500,27 +500,31 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere. The
       // port stays open until the end: new requests are answered 503 ShuttingDown (and
       // /$relay/ready 503), and listeners can still dial the rendezvous legs of work in flight.
+      const deadline = Date.now() + config.timeouts.shutdownMs;
       hybrid.beginShutdown();
-      pubsub.beginShutdown();
+      pubsub.beginShutdown(deadline);
       dashboard.close();
       server.closeIdleConnections();
       // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners
-      // close once idle, reliable sessions wait for another node to take them.
+      // close once idle, reliable sessions wait for another node to take them,
+      // connected/disconnected events reach the event handler (or are said lost).
       // A connection that never sent a byte carries no work: it is not waited on.
-      const deadline = Date.now() + config.timeouts.shutdownMs;
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
       const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead !== 0).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();
         server.closeIdleConnections();
-        if (working() === 0 && held === 0 && busyListeners === 0) break;
+        if (working() === 0 && held === 0 && busyListeners === 0 && pubsub.systemEventsPending() === 0) break;
         // Relayed WebSockets still open near the end are closed (1001) with time for the close handshake.
         if (Date.now() >= closeSplicesAt) hybrid.closeRelayedWebSockets();
         await new Promise((r) => setTimeout(r, SHUTDOWN_POLL_MS));
       }
-      const left = { sockets: working(), sessions: pubsub.sessionsAwaitingHandover() };
-      if (left.sockets > 0 || left.sessions > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
+      // Events still queued are past the deadline now: each is logged as lost at once (an attempt in flight
+      // ends by the deadline too); a moment for those lines to be written before relay.stopped.
+      for (let waited = 0; pubsub.systemEventsPending() > 0 && waited < 250; waited += 10) await new Promise((r) => setTimeout(r, 10));
+      const left = { sockets: working(), sessions: pubsub.sessionsAwaitingHandover(), systemEvents: pubsub.systemEventsPending() };
+      if (left.sockets > 0 || left.sessions > 0 || left.systemEvents > 0) log.warn({ event: 'relay.shutdown_deadline', ...left });
       presence.close();
       hybrid.finishShutdown();
       pubsub.finishShutdown();

@@ -1,6 +1,7 @@
 // A JSON client's `event` messages go to the hub's event handler
-// (docs/event-handlers.md): at most EVENTS_IN_FLIGHT of one connection at a
-// time, the rest sent in the order read as answers come, every one acknowledged.
+// (docs/event-handlers.md): one of a connection at a time (blocking, as on Azure),
+// the rest sent in the order read as answers come, every one acknowledged, each
+// carrying the state the answer before it set.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { describe, it } from 'node:test';
@@ -9,17 +10,18 @@ import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const KEY = 'user-events-key-0123456789abcdef';
 
 describe("a client's user events", () => {
-  it(`reach the handler at most ${EVENTS_IN_FLIGHT} at a time per connection, each acknowledged`, async (t) => {
+  it(`reach the handler one at a time per connection, in order, each acknowledged and carrying the state the one before set`, async (t) => {
     let now = 0;
     let most = 0;
     const seen: string[] = [];
-    // A handler that takes 100 ms per event.
+    const states: string[] = [];
+    // A handler that takes 20 ms per event and counts them in the connection's state (setState).
     const server = createServer((req, res) => {
       if (req.method === 'OPTIONS') {
         res.writeHead(200, { 'webhook-allowed-origin': '*' });
@@ -28,12 +30,14 @@ describe("a client's user events", () => {
       now++;
       most = Math.max(most, now);
       seen.push(String(req.headers['ce-eventname']));
+      const state = String(req.headers['ce-connectionstate'] ?? '');
+      states.push(state);
       req.resume();
       req.on('end', () =>
         setTimeout(() => {
           now--;
-          res.writeHead(204).end();
-        }, 100),
+          res.writeHead(204, { 'ce-connectionState': String(Number(state || '0') + 1) }).end();
+        }, 20),
       );
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -48,10 +52,12 @@ describe("a client's user events", () => {
     for (let i = 1; i <= 80; i++) client.send({ type: 'event', event: `e${i}`, dataType: 'text', data: 'x', ackId: i });
     await until(() => client.messages.filter((m) => m.type === 'ack').length === 80, 15000, 'every ack');
     assert.ok(client.messages.filter((m) => m.type === 'ack').every((a) => a.success), JSON.stringify(client.messages.filter((m) => m.type === 'ack' && !m.success)));
-    // Before: all 80 at the handler at once.
-    assert.ok(most <= EVENTS_IN_FLIGHT, `${most} at once`);
-    // Sent in the order read; several at once may reach the handler in any order.
-    assert.deepEqual([...seen].sort(), Array.from({ length: 80 }, (_, i) => `e${i + 1}`).sort());
+    // Before: all 80 at the handler at once, then 16.
+    assert.equal(EVENTS_IN_FLIGHT, 1);
+    assert.equal(most, 1, `${most} at once`);
+    assert.deepEqual(seen, Array.from({ length: 80 }, (_, i) => `e${i + 1}`));
+    // The state the answer to each set reached the next (with 16 at once, most carried none).
+    assert.deepEqual(states, Array.from({ length: 80 }, (_, i) => (i === 0 ? '' : String(i))));
   });
 
   it('a simple client is not dropped as idle while the relay holds it (its frames waiting for the handler)', async (t) => {
@@ -131,5 +137,39 @@ describe("a client's user events", () => {
     quiet.ws.send('to nobody');
     await new Promise((r) => setTimeout(r, 200));
     assert.equal(quiet.ws.readyState, WebSocket.OPEN);
+  });
+
+  it('disconnected events of a drain are bounded by timeouts.shutdownMs and said lost, not retried past it', async (t) => {
+    // A handler that takes connected and disconnected events and never answers a disconnected one.
+    let disconnectedAttempts = 0;
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      req.resume();
+      if (req.headers['ce-eventname'] === 'disconnected') disconnectedAttempts++;
+      else res.writeHead(204).end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    });
+    const { port } = server.address() as { port: number };
+    const logs = captureLogger('info');
+    const handler = { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 3000, retries: 3, retryDelayMs: 500 };
+    const relay = await startTestRelay(t, { timeouts: { shutdownMs: 1000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    const started = Date.now();
+    await withTimeout(relay.close(), 10000, 'the drain');
+    assert.ok(Date.now() - started < 3000, `the drain took ${Date.now() - started} ms`);
+    const attempts = disconnectedAttempts;
+    assert.ok(attempts >= 1, 'the disconnected event was tried');
+    assert.ok(logs.lines().some((l) => l.event === 'pubsub.event_handler_failed' && /shut down/.test(String(l.reason))), JSON.stringify(logs.lines().filter((l) => l.event === 'pubsub.event_handler_failed')));
+    // Before: retried for 3 x (3 s + 0.5 s) after the relay said it had stopped.
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(disconnectedAttempts, attempts, 'no attempt after the drain');
   });
 });
