@@ -154,10 +154,14 @@ export function relayRequest(
     const collected = new CollectedResponse(init.maxResponseBytes, settle);
     const body = init.body ?? Buffer.alloc(0);
     const req = Readable.from(body.length > 0 ? [body] : []) as Readable & Partial<IncomingMessage>;
+    const headers = { ...init.headers, 'content-length': String(body.length) };
     Object.assign(req, {
       method: init.method,
       url: requestTarget,
-      headers: { ...init.headers, 'content-length': String(body.length) },
+      headers,
+      // What the exchange reads as a sender's raw head (its size on a route over the bus): without it, every
+      // request routed to a listener on another edge failed ("rawHeaders is not iterable").
+      rawHeaders: Object.entries(headers).flat(),
       // Never closes: the request ends with its exchange.
       socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });
