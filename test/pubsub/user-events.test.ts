@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -171,5 +171,47 @@ describe("a client's user events", () => {
     // Before: retried for 3 x (3 s + 0.5 s) after the relay said it had stopped.
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal(disconnectedAttempts, attempts, 'no attempt after the drain');
+  });
+
+  it("a reliable client reconnecting while its events wait for a hung handler queues no more of them", async (t) => {
+    // A handler that never answers a user event (answered at the end, for the clean-up).
+    const hung: import('node:http').ServerResponse[] = [];
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      req.resume();
+      hung.push(res);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => {
+      for (const res of hung) res.writeHead(204).end();
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    });
+    const { port } = server.address() as { port: number };
+    const relay = await startTestRelay(t, {
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [], timeoutMs: 30000 }] }] },
+    });
+    const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
+    let client = await RawPubSubClient.connect(url, RELIABLE, t);
+    const connected = await client.waitFor((m) => m.event === 'connected');
+    const recover = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const waiting = () => ([...relay.pubsub.hub('chat')!.local.connections.values()][0] as unknown as { eventsWaiting?: unknown[] }).eventsWaiting?.length ?? 0;
+    let ackId = 0;
+    const counts: number[] = [];
+    for (let round = 0; round < 4; round++) {
+      for (let i = 0; i < 300; i++) client.send({ type: 'event', event: 'e', dataType: 'text', data: 'x', ackId: ++ackId });
+      await new Promise((r) => setTimeout(r, 300));
+      counts.push(waiting());
+      client.ws.terminate();
+      await new Promise((r) => setTimeout(r, 100));
+      client = await RawPubSubClient.connect(url + recover, RELIABLE, t);
+      await client.waitFor((m) => m.event === 'connected');
+    }
+    // Before: each reconnect read another chunk of events into the queue (300 more a round here).
+    assert.ok(counts[0] > 0, `events waited behind the hung one: ${counts}`);
+    assert.ok(counts[3] <= counts[0], `the queue grew with each reconnect: ${counts}`);
   });
 });
