@@ -362,7 +362,8 @@ export class HybridService {
    * itself. `requestTarget` is the path and query the listener sees.
    */
   relayRequest(entityName: string, requestTarget: string, init: RelayedRequestInit): Promise<RelayedAnswer> {
-    if (this.shuttingDown) return Promise.reject(new RelayedRequestError('unreachable', 'ShuttingDown'));
+    // Also while the edge drains: pub/sub's disconnected events of the connections it ends go this way
+    // (before, refused ShuttingDown at once, so an hc:// handler heard none of them).
     const entity = isValidEntityName(entityName) ? this.entityForSender(entityName) : undefined;
     if (!entity) return Promise.reject(new RelayedRequestError('unreachable', 'EntityNotFound'));
     const log = this.log.child({ entity: entity.name, relayed: true });
@@ -506,8 +507,15 @@ export class HybridService {
     this.closeIdleListeners();
   }
 
+  /**
+   * While true during a drain, idle listeners are kept: the relay itself still has requests for them
+   * (pub/sub's connected/disconnected events to hc:// handlers). Set by the composition root.
+   */
+  keepListenersWhile: (() => boolean) | undefined;
+
   /** Closes (1001) listeners with no request in flight; returns how many are still open. */
   closeIdleListeners(): number {
+    if (this.keepListenersWhile?.()) return [...this.listeners.all()].length;
     let busy = 0;
     for (const channel of [...this.listeners.all()]) {
       if ([...channel.exchanges.values()].every((e) => e.watchOnly)) channel.closeWith('ShuttingDown');

@@ -184,7 +184,7 @@ export class EventDispatcher {
   }
 
   /** Sends one event; its answer (within `timeoutMs`, the handler's own unless less is left). */
-  private post(handler: EventHandler, hub: HubConfig, event: string, headers: Record<string, string>, body: Buffer, timeoutMs?: number): Promise<HandlerResponse> {
+  private post(handler: EventHandler, hub: HubConfig, event: string, headers: Record<string, string>, body: Buffer, timeoutMs?: number, signal?: AbortSignal): Promise<HandlerResponse> {
     const url = handler.urlFor(hub.name, event);
     return deliverToHandler(
       this.deps.transport,
@@ -197,6 +197,7 @@ export class EventDispatcher {
         maxResponseBytes: this.deps.maxAnswerBytes,
       },
       timeoutMs,
+      signal,
     );
   }
 
@@ -321,7 +322,14 @@ export class EventDispatcher {
 
   beginShutdown(deadline: number): void {
     this.stopBy = deadline;
+    // Attempts already under way when the drain began end at its deadline too (their timeout was the handler's).
+    setTimeout(() => {
+      for (const attempt of this.attempts) attempt.abort();
+    }, Math.max(0, deadline - Date.now())).unref();
   }
+
+  /** The connected/disconnected attempts under way, each ended at the drain's deadline (one controller per attempt: nothing long-lived collects listeners). */
+  private readonly attempts = new Set<AbortController>();
 
   /** How many connections still have connected or disconnected events to send. */
   get systemEventsPending(): number {
@@ -357,7 +365,14 @@ export class EventDispatcher {
       try {
         const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
         // Its ce-connectionState, if any, is ignored (takeState): not a blocking event.
-        const answer = await this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left));
+        const attempt = new AbortController();
+        this.attempts.add(attempt);
+        let answer: HandlerResponse;
+        try {
+          answer = await this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left), attempt.signal);
+        } finally {
+          this.attempts.delete(attempt);
+        }
         if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
         problem = `answered ${answer.status}`;
       } catch (err) {

@@ -17,6 +17,8 @@ export interface HandlerRequest {
   timeoutMs: number;
   /** Larger answers fail (HandlerError 'failed'). */
   maxResponseBytes: number;
+  /** Ends the request early (the relay's drain deadline), as its timeout would. */
+  signal?: AbortSignal;
 }
 
 /** A handler's answer; `header` reads a header by lower-case name, several values joined with ', '. */
@@ -108,7 +110,22 @@ export class HandlerTransport {
       const entity = decodeURIComponent(parsed.host);
       const target = `/${encodeURIComponent(entity)}${parsed.pathname === '/' ? '' : parsed.pathname}${parsed.search}`;
       try {
-        return await this.relayed.request(entity, target, request);
+        const answer = this.relayed.request(entity, target, request);
+        if (!request.signal) return await answer;
+        const signal = request.signal;
+        let stop: (() => void) | undefined;
+        try {
+          return await Promise.race([
+            answer,
+            new Promise<never>((_, reject) => {
+              stop = () => reject(new HandlerError('timeout', 'no answer before the relay shut down'));
+              if (signal.aborted) stop();
+              else signal.addEventListener('abort', stop, { once: true });
+            }),
+          ]);
+        } finally {
+          if (stop) signal.removeEventListener('abort', stop);
+        }
       } catch (err) {
         if (err instanceof HandlerError) throw err;
         const kind = (err as { kind?: unknown }).kind;
@@ -127,7 +144,7 @@ async function fetchHandler(url: string, request: HandlerRequest): Promise<Handl
       method: request.method,
       headers: request.headers,
       body: request.body ? new Uint8Array(request.body) : undefined,
-      signal: AbortSignal.timeout(request.timeoutMs),
+      signal: request.signal ? AbortSignal.any([AbortSignal.timeout(request.timeoutMs), request.signal]) : AbortSignal.timeout(request.timeoutMs),
       redirect: 'manual',
     });
     if (Number(response.headers.get('content-length') ?? 0) > request.maxResponseBytes) {
@@ -175,9 +192,11 @@ export async function deliverToHandler(
   request: Omit<HandlerRequest, 'timeoutMs' | 'method'>,
   /** Less than the handler's timeoutMs when the answer is needed sooner (the relay drains). */
   timeoutMs = handler.config.timeoutMs,
+  /** Aborts it at once (the drain's deadline came). */
+  signal?: AbortSignal,
 ): Promise<HandlerResponse> {
   const headers = { ...request.headers };
   if (handler.config.auth?.type === 'bearer') headers.authorization = `Bearer ${handler.config.auth.token}`;
   if (handler.validated) await protection.check(url, timeoutMs, headers.authorization);
-  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs });
+  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs, ...(signal ? { signal } : {}) });
 }

@@ -208,6 +208,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const vouched = new WeakSet<IncomingMessage>();
   const peers = worker === undefined ? undefined : { index: worker, handOff, vouchedFor: (req: IncomingMessage) => vouched.has(req) };
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, peers);
+  hybrid.keepListenersWhile = () => pubsub.systemEventsPending() > 0;
   // Other client CAs: listeners whose certificates they no longer sign are closed, not left to fail every accept.
   if (certificates) certificates.onClientCasChanged = (ca) => void hybrid.recheckClientCertificates(ca);
   if (worker !== undefined) {
@@ -501,8 +502,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // port stays open until the end: new requests are answered 503 ShuttingDown (and
       // /$relay/ready 503), and listeners can still dial the rendezvous legs of work in flight.
       const deadline = Date.now() + config.timeouts.shutdownMs;
-      hybrid.beginShutdown();
+      // Pub/sub first: the connections it ends queue their disconnected events, which hc:// handlers get
+      // through this edge's listeners, kept while such events are pending (hybrid.keepListenersWhile).
       pubsub.beginShutdown(deadline);
+      hybrid.beginShutdown();
       dashboard.close();
       server.closeIdleConnections();
       // Drain: in-flight HTTP relays and relayed WebSockets finish, listeners

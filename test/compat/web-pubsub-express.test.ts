@@ -253,6 +253,18 @@ describe('event handlers on-prem: hc:// through a hybrid connection', () => {
     assert.ok(record.signatures.every(Boolean));
   });
 
+  it('hears the disconnected event of a connection the relay ends as it drains (SIGTERM)', async (t) => {
+    const { relay, record } = await onPremHandler(t);
+    // A raw client: the SDK would try to reconnect to the stopped relay for the rest of the run.
+    const ws = new WebSocket(accessUrl(relay.url, { userId: 'onprem' }), ['json.webpubsub.azure.v1']);
+    t.after(() => ws.terminate());
+    ws.on('error', () => {});
+    await until(() => record.connected.length === 1, 5000, 'connected through the listener');
+    // Before: refused ShuttingDown at once (three attempts in 100 ms, logged lost), and the listener closed first.
+    await withTimeout(relay.close(), 10000, 'the drain');
+    assert.equal(record.disconnected.length, 1, 'disconnected through the listener during the drain');
+  });
+
   it('keeps the listener when a handler answers 204 (no body: hyco-https still sends an empty binary frame)', async (t) => {
     // res.success() without a body: the SDK answers 204.
     const { relay, record } = await onPremHandler(t, { connect: (_req, res) => res.success() });

@@ -173,6 +173,34 @@ describe("a client's user events", () => {
     assert.equal(disconnectedAttempts, attempts, 'no attempt after the drain');
   });
 
+  it('a connected event already at a silent handler when the drain begins ends at its deadline, not at the handler timeout', async (t) => {
+    const server = createServer((req, res) => {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(200, { 'webhook-allowed-origin': '*' });
+        return res.end();
+      }
+      req.resume();
+      // connected is never answered; disconnected is.
+      if (req.headers['ce-eventname'] !== 'connected') res.writeHead(204).end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    });
+    const { port } = server.address() as { port: number };
+    const logs = captureLogger('info');
+    const handler = { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 8000, retries: 0 };
+    const relay = await startTestRelay(t, { timeouts: { shutdownMs: 1000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    await new Promise((r) => setTimeout(r, 200));
+    await withTimeout(relay.close(), 10000, 'the drain');
+    // Said (lost) by the end of the drain: before, only when its 8 s timeout ran out, long after relay.stopped.
+    const failed = () => logs.lines().filter((l) => l.event === 'pubsub.event_handler_failed').map((l) => `${String(l.eventName)}: ${String(l.reason)}`);
+    await until(() => failed().some((f) => f.startsWith('connected')), 1000, `the connected event said lost (${failed().join('; ')})`);
+  });
+
   it("a reliable client reconnecting while its events wait for a hung handler queues no more of them", async (t) => {
     // A handler that never answers a user event (answered at the end, for the clean-up).
     const hung: import('node:http').ServerResponse[] = [];
