@@ -142,23 +142,13 @@ describe("a client's user events", () => {
   it('disconnected events of a drain are bounded by timeouts.shutdownMs and said lost, not retried past it', async (t) => {
     // A handler that takes connected and disconnected events and never answers a disconnected one.
     let disconnectedAttempts = 0;
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       req.resume();
       if (req.headers['ce-eventname'] === 'disconnected') disconnectedAttempts++;
       else res.writeHead(204).end();
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(() => {
-      server.closeAllConnections();
-      return new Promise((r) => server.close(r));
-    });
-    const { port } = server.address() as { port: number };
     const logs = captureLogger('info');
-    const handler = { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 3000, retries: 3, retryDelayMs: 500 };
+    const handler = { urlTemplate, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 3000, retries: 3, retryDelayMs: 500 };
     const relay = await startTestRelay(t, { timeouts: { shutdownMs: 1000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
     const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
     await client.waitFor((m) => m.event === 'connected');
@@ -174,27 +164,19 @@ describe("a client's user events", () => {
   });
 
   it('a connected event already at a silent handler when the drain begins ends at its deadline, not at the handler timeout', async (t) => {
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
+    let connectedSeen = false;
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       req.resume();
       // connected is never answered; disconnected is.
-      if (req.headers['ce-eventname'] !== 'connected') res.writeHead(204).end();
+      if (req.headers['ce-eventname'] === 'connected') connectedSeen = true;
+      else res.writeHead(204).end();
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(() => {
-      server.closeAllConnections();
-      return new Promise((r) => server.close(r));
-    });
-    const { port } = server.address() as { port: number };
     const logs = captureLogger('info');
-    const handler = { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 8000, retries: 0 };
+    const handler = { urlTemplate, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 8000, retries: 0 };
     const relay = await startTestRelay(t, { timeouts: { shutdownMs: 1000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
     const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
     await client.waitFor((m) => m.event === 'connected');
-    await new Promise((r) => setTimeout(r, 200));
+    await until(() => connectedSeen, 5000, 'the connected event at the handler');
     await withTimeout(relay.close(), 10000, 'the drain');
     // Said (lost) by the end of the drain: before, only when its 8 s timeout ran out, long after relay.stopped.
     const failed = () => logs.lines().filter((l) => l.event === 'pubsub.event_handler_failed').map((l) => `${String(l.eventName)}: ${String(l.reason)}`);
@@ -202,25 +184,10 @@ describe("a client's user events", () => {
   });
 
   it("a reliable client reconnecting while its events wait for a hung handler queues no more of them", async (t) => {
-    // A handler that never answers a user event (answered at the end, for the clean-up).
-    const hung: import('node:http').ServerResponse[] = [];
-    const server = createServer((req, res) => {
-      if (req.method === 'OPTIONS') {
-        res.writeHead(200, { 'webhook-allowed-origin': '*' });
-        return res.end();
-      }
-      req.resume();
-      hung.push(res);
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    cleanupFor(t).after(() => {
-      for (const res of hung) res.writeHead(204).end();
-      server.closeAllConnections();
-      return new Promise((r) => server.close(r));
-    });
-    const { port } = server.address() as { port: number };
+    // A handler that never answers a user event (its connections are closed at the clean-up).
+    const { urlTemplate } = await serveEventHandler(t, (req) => req.resume());
     const relay = await startTestRelay(t, {
-      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: `http://127.0.0.1:${port}/events/{event}`, userEventPattern: '*', systemEvents: [], timeoutMs: 30000 }] }] },
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 30000 }] }] },
     });
     const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
     let client = await RawPubSubClient.connect(url, RELIABLE, t);
@@ -234,7 +201,7 @@ describe("a client's user events", () => {
       await new Promise((r) => setTimeout(r, 300));
       counts.push(waiting());
       client.ws.terminate();
-      await new Promise((r) => setTimeout(r, 100));
+      await withTimeout(client.closed, 5000, 'the client closed');
       client = await RawPubSubClient.connect(url + recover, RELIABLE, t);
       await client.waitFor((m) => m.event === 'connected');
     }
