@@ -7,8 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { CORE_NATS, startEdge } from '../helpers/cluster.ts';
-import { eventHandlerApp } from '../helpers/event-handler-app.ts';
-import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { eventHandlerApp, listenWithMiddleware } from '../helpers/event-handler-app.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, accessUrl } from '../helpers/pubsub.ts';
 import { startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -32,17 +31,8 @@ describe('an hc:// event handler on another edge', () => {
     };
     const [a, b] = await Promise.all([startEdge(t, 'edge-a', [nats.url], extra), startEdge(t, 'edge-b', [nats.url], extra)]);
     const { handler, record } = eventHandlerApp(HUB, HUB_KEY, { path: '/handlers/hubs/chat' });
-    const middleware = handler.getMiddleware();
-    // On edge A only (as test/compat/web-pubsub-express.test.ts runs it: the SDK's middleware on hyco-https's objects).
-    await startHycoHttpsListener(
-      t,
-      a.url,
-      (req, res) => {
-        Object.assign(req, { baseUrl: '', path: new URL(req.url ?? '/', 'http://x').pathname });
-        void middleware(req as never, res as never, () => res.writeHead(404).end());
-      },
-      'handlers',
-    );
+    // On edge A only.
+    await listenWithMiddleware(t, a.url, handler, 'handlers');
     const c = await startClient(t, accessUrl(b.url, { userId: 'far' }), { protocol: WebPubSubJsonProtocol() });
     assert.equal(record.connect[0]?.context.userId, 'far');
     await c.client.sendEvent('ask', { q: 3 }, 'json');

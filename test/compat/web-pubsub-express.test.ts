@@ -8,8 +8,7 @@ import express from 'express';
 import WebSocket from 'ws';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { HUB, HUB_KEY, CuttableProxy, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
-import { eventHandlerApp, serveApp, type HandlerRecord } from '../helpers/event-handler-app.ts';
-import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { eventHandlerApp, listenWithMiddleware, serveApp, type HandlerRecord } from '../helpers/event-handler-app.ts';
 import { upgradeStatus } from '../helpers/raw-listener.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -225,18 +224,7 @@ describe('event handlers on-prem: hc:// through a hybrid connection', () => {
       hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
       ...hubWith('hc://handlers/hubs/{hub}/{event}'),
     });
-    // The SDK's middleware runs on hyco-https's own request and response objects: Express itself
-    // would swap their prototypes for node:http's, so only the two fields it reads of Express are set.
-    const middleware = handler.getMiddleware();
-    await startHycoHttpsListener(
-      t,
-      relay.url,
-      (req, res) => {
-        Object.assign(req, { baseUrl: '', path: new URL(req.url ?? '/', 'http://x').pathname });
-        void middleware(req as never, res as never, () => res.writeHead(404).end());
-      },
-      'handlers',
-    );
+    await listenWithMiddleware(t, relay.url, handler, 'handlers');
     return { relay, record };
   }
 

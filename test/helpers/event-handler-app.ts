@@ -7,6 +7,7 @@ import type { TestContext } from 'node:test';
 import express from 'express';
 import { WebPubSubEventHandler, type WebPubSubEventHandlerOptions } from '@azure/web-pubsub-express';
 import { cleanupFor } from './cleanup.ts';
+import { startHycoHttpsListener } from './hyco.ts';
 
 export interface HandlerRecord {
   connect: any[];
@@ -108,4 +109,22 @@ export async function serveEventHandler(
   );
   const { port } = server.address() as { port: number };
   return { urlTemplate: `http://127.0.0.1:${port}/events/{event}`, port };
+}
+
+/**
+ * `handler`'s middleware as an on-prem hyco-https listener of `entity` on the relay at `relayUrl` (an hc://
+ * event handler). It runs on hyco-https's own request and response objects: Express itself would swap their
+ * prototypes for node:http's, so only the two fields the middleware reads of Express are set.
+ */
+export async function listenWithMiddleware(t: TestContext, relayUrl: string, handler: WebPubSubEventHandler, entity: string): Promise<void> {
+  const middleware = handler.getMiddleware();
+  await startHycoHttpsListener(
+    t,
+    relayUrl,
+    (req, res) => {
+      Object.assign(req, { baseUrl: '', path: new URL(req.url ?? '/', 'http://x').pathname });
+      void middleware(req as never, res as never, () => res.writeHead(404).end());
+    },
+    entity,
+  );
 }
