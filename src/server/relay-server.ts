@@ -426,9 +426,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   };
   const reload = (reason: 'signal' | 'api'): ReloadOutcome => {
     if (closing) return { ok: false, problem: 'the relay is shutting down', shuttingDown: true };
+    const certificateReason = reason === 'api' ? 'config' : reason;
     if (!options.loadConfig) {
       // On SIGHUP the certificates are read again even without a config file.
-      certificates?.reload(reason === 'api' ? 'config' : reason);
+      certificates?.reload(certificateReason);
       return { ok: false, problem: 'this relay was not started from a config file' };
     }
     let next: RelayConfig;
@@ -437,7 +438,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     } catch (err) {
       log.error({ event: 'config.reload_refused', reason, err: (err as Error).message });
       // The certificates are still read again, as SIGHUP always did.
-      certificates?.reload(reason === 'api' ? 'config' : reason);
+      certificates?.reload(certificateReason);
       return { ok: false, problem: (err as Error).message };
     }
     // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes
@@ -458,7 +459,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         connectRate,
         httpConnections,
         certificates,
-        certificateReason: reason === 'api' ? 'config' : reason,
+        certificateReason,
         jetstreamFor: (c) => {
           if (!jetstream && !closing) {
             jetstream = createJetStream(bus, c, log);

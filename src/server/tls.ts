@@ -45,15 +45,31 @@ function readPem(file: string, key: string): Buffer {
   }
 }
 
-function digestOf(cert: Buffer, key: Buffer, ca: Buffer | undefined): string {
+/** The bytes of the files listen.tls names. */
+interface PemFiles {
+  cert: Buffer;
+  key: Buffer;
+  ca?: Buffer;
+}
+
+function readPemFiles(tls: ListenTlsConfig): PemFiles {
+  const cert = readPem(tls.certFile, 'listen.tls.certFile');
+  const key = readPem(tls.keyFile, 'listen.tls.keyFile');
+  return { cert, key, ...(tls.caFile ? { ca: readPem(tls.caFile, 'listen.tls.caFile') } : {}) };
+}
+
+function digestOf({ cert, key, ca }: PemFiles): string {
   return createHash('sha256').update(cert).update(key).update(ca ?? '').digest('hex');
 }
 
 /** Reads and checks the files of listen.tls; throws ConfigError naming the key that is wrong. */
 export function readCertificates(tls: ListenTlsConfig, now = Date.now()): CertificateSet {
-  const cert = readPem(tls.certFile, 'listen.tls.certFile');
-  const key = readPem(tls.keyFile, 'listen.tls.keyFile');
-  const ca = tls.caFile ? readPem(tls.caFile, 'listen.tls.caFile') : undefined;
+  return certificateSetOf(tls, readPemFiles(tls), now);
+}
+
+/** Checks the files' bytes; throws ConfigError naming the key that is wrong. */
+function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): CertificateSet {
+  const { cert, key, ca } = files;
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(cert);
@@ -70,7 +86,7 @@ export function readCertificates(tls: ListenTlsConfig, now = Date.now()): Certif
     const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
     throw new ConfigError(`${what}: ${(err as Error).message}`);
   }
-  const digest = digestOf(cert, key, ca);
+  const digest = digestOf(files);
   return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
 }
 
@@ -128,9 +144,9 @@ export class CertificateKeeper {
     try {
       // The very files served now (an expired certificate nobody replaced yet): nothing new to refuse, and a
       // reload of the rest of the config (a leaked SAS rule removed) must not wait for a renewal.
-      const ca = tls.caFile ? readPem(tls.caFile, 'listen.tls.caFile') : undefined;
-      if (digestOf(readPem(tls.certFile, 'listen.tls.certFile'), readPem(tls.keyFile, 'listen.tls.keyFile'), ca) === this.current.digest) return undefined;
-      readCertificates(tls);
+      const files = readPemFiles(tls);
+      if (digestOf(files) === this.current.digest) return undefined;
+      certificateSetOf(tls, files, Date.now());
       return undefined;
     } catch (err) {
       return (err as Error).message;
