@@ -701,7 +701,7 @@ export class JetStreamAccess {
       if (seq <= state.last_seq) {
         let stored: number | undefined;
         try {
-          stored = Date.parse((await this.ready.jsm.streams.getMessage(stream, { seq })).timestamp);
+          stored = await this.storeTime(stream, seq);
         } catch (err) {
           // Removed on its own (a deleted message) reads as not there; no answer says nothing.
           if (errorCode(err).apiCode !== NO_MESSAGE_FOUND) return undefined;
@@ -719,11 +719,15 @@ export class JetStreamAccess {
    */
   private async rememberStart(stream: string, seq: number, handedOn: HandedOn): Promise<void> {
     try {
-      const m = await this.ready.jsm.streams.getMessage(stream, { seq });
-      handedOn.add(seq, Date.parse(m.timestamp));
+      handedOn.add(seq, await this.storeTime(stream, seq));
     } catch {
       // Gone (aged out, deleted) or no answer: nothing to remember.
     }
+  }
+
+  /** When message `seq` of `stream` was stored (ms since epoch, the server's clock); throws when it is not there. */
+  private async storeTime(stream: string, seq: number): Promise<number> {
+    return Date.parse((await this.ready.jsm.streams.getMessage(stream, { seq })).timestamp);
   }
 
   /**
