@@ -1,12 +1,12 @@
 // `edge-relay bridge`: forwards TCP ports through hybrid connections, both
 // ways (bridge/local-forwarder.ts, bridge/remote-forwarder.ts). Prints one
 // line per forward on stdout once it is up; logs are JSON lines on stderr.
-import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
+import { secretFileText } from '../config/secrets.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
@@ -72,14 +72,9 @@ function hostForDisplay(host: string): string {
 function keyOf(flag: string | undefined, file: string | undefined, fromEnv: string | undefined): string | undefined | { problem: string } {
   if (flag !== undefined) return flag;
   if (file !== undefined) {
-    let text: string;
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch (err) {
-      return { problem: `--key-file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
-    }
-    const key = text.replace(/[\r\n]+$/, '');
-    return key === '' ? { problem: `--key-file ${file} is empty` } : key;
+    const read = secretFileText(file);
+    if ('text' in read) return read.text;
+    return { problem: read.problem === 'empty' ? `--key-file ${file} is empty` : `--key-file ${file}: ${read.problem}` };
   }
   return fromEnv === '' ? undefined : fromEnv;
 }

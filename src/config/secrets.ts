@@ -45,17 +45,26 @@ export function resolvePath(file: string, baseDir: string): string {
   return isAbsolute(file) ? file : resolve(baseDir, file);
 }
 
-/** A secret file's text without its trailing newline (as `echo` and `openssl rand` leave it). */
-export function readSecretFile(file: string, where: string, baseDir: string): string {
+/**
+ * A secret file's text without its trailing newline (as `echo` and `openssl rand` leave it), or why
+ * there is none: the read error's code, or `empty`. What the config's key files and the CLI's share.
+ */
+export function secretFileText(path: string): { text: string } | { problem: string } {
   let text: string;
   try {
-    text = readFileSync(resolvePath(file, baseDir), 'utf8');
+    text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new ConfigError(`config: ${where}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    return { problem: (err as NodeJS.ErrnoException).code ?? (err as Error).message };
   }
   const value = text.replace(/[\r\n]+$/, '');
-  if (value === '') throw new ConfigError(`config: ${where}: ${file} is empty`);
-  return value;
+  return value === '' ? { problem: 'empty' } : { text: value };
+}
+
+/** A secret file of the config (relative to `baseDir`) as secretFileText reads it; ConfigError naming `where` otherwise. */
+export function readSecretFile(file: string, where: string, baseDir: string): string {
+  const read = secretFileText(resolvePath(file, baseDir));
+  if ('text' in read) return read.text;
+  throw new ConfigError(read.problem === 'empty' ? `config: ${where}: ${file} is empty` : `config: ${where}: cannot read ${file}: ${read.problem}`);
 }
 
 function fromEnv(value: unknown, where: string, env: NodeJS.ProcessEnv): unknown {
