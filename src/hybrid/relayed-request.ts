@@ -40,7 +40,7 @@ export class RelayedRequestError extends Error {
     readonly kind: 'unreachable' | 'timeout' | 'failed',
     readonly code: HybridErrorCode | 'Timeout' | 'TooLarge',
   ) {
-    super(kind === 'timeout' ? `relayed request: no answer in time (${code})` : `relayed request failed: ${code}`);
+    super(kind === 'timeout' ? `relayed request: no answer in time (${code})` : code === 'TooLarge' ? 'answer too large' : `relayed request failed: ${code}`);
   }
 }
 
@@ -56,6 +56,8 @@ class CollectedResponse extends EventEmitter {
   private size = 0;
   /** Set when the relay, not the listener, answered (HttpExchange.fail). */
   relayCode: HybridErrorCode | undefined;
+  /** Set when the answer outgrew `maxBytes`: cut for that, not for a bad answer. */
+  private tooLarge = false;
 
   constructor(
     private readonly maxBytes: number,
@@ -76,8 +78,9 @@ class CollectedResponse extends EventEmitter {
     const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
     this.size += data.length;
     if (this.size > this.maxBytes) {
+      // Before: destroy() reported it first, as BadListenerResponse.
+      this.tooLarge = true;
       this.destroy();
-      this.done(new RelayedRequestError('failed', 'TooLarge'));
       return false;
     }
     this.chunks.push(data);
@@ -99,7 +102,7 @@ class CollectedResponse extends EventEmitter {
     if (this.destroyed) return this;
     this.destroyed = true;
     if (this.relayCode) this.done(new RelayedRequestError(TIMEOUT_CODES.has(this.relayCode) ? 'timeout' : 'unreachable', this.relayCode));
-    else this.done(new RelayedRequestError('failed', 'BadListenerResponse'));
+    else this.done(new RelayedRequestError('failed', this.tooLarge ? 'TooLarge' : 'BadListenerResponse'));
     this.closeSoon();
     return this;
   }
