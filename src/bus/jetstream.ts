@@ -40,6 +40,19 @@ export class StoreError extends Error {}
 /** A conditional key-value delete found another revision than the one it was made against. */
 export class StoreConflict extends Error {}
 
+/** A stream of the name a durable hub needs exists and holds other subjects: left as it is, the hub not served. */
+export class StreamTaken extends Error {
+  constructor(
+    readonly stream: string,
+    readonly subjects: string[],
+  ) {
+    super(
+      `stream ${stream} exists and holds other subjects (${subjects.join(', ')}): another deployment's (give each deployment its own ` +
+        'bus.jetstream.streamPrefix) or this one\'s under an earlier bus.subjectPrefix (delete the stream, or go back to that prefix)',
+    );
+  }
+}
+
 export interface JetStreamOptions {
   /** Undefined: 3 when the cluster has 3 or more servers, else 1. */
   replicas?: number;
@@ -272,7 +285,10 @@ export class JetStreamAccess {
           return;
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
-        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
+        // Not something waiting cures: said as an error, once a minute.
+        if (err instanceof StreamTaken) {
+          if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
+        } else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }
@@ -366,11 +382,17 @@ export class JetStreamAccess {
         return this.ensureStream(jsm, spec);
       }
       if (apiCode !== STREAM_CONFIG_DIFFERS) throw err;
+      const found = await jsm.streams.info(spec.name);
+      // Holding other subjects: another deployment's stream with this name (same streamPrefix, or names that
+      // run together: `x` + hub `y_z` and `x_y` + hub `z`), or this one's under an earlier bus.subjectPrefix.
+      // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
+      const theirs = [...(found.config.subjects ?? [])].sort();
+      if (theirs.join(' ') !== [...spec.subjects].sort().join(' ')) throw new StreamTaken(spec.name, theirs);
       // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
       // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
       // not advertised) must not take copies away from events already acknowledged.
       const { storage: _storage, ...update } = config;
-      const existing = (await jsm.streams.info(spec.name)).config.num_replicas;
+      const existing = found.config.num_replicas;
       if (existing > update.num_replicas) {
         this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
         update.num_replicas = existing;
