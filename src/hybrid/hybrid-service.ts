@@ -28,6 +28,7 @@ import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
 import { RendezvousTable, newRendezvousId, workerOfRendezvousId } from './rendezvous-table.ts';
+import { isRuntimeInformationRequest, runtimeInformationEntry, sendManagementError, sendRuntimeInformation } from './runtime-information.ts';
 import { sasTokenOf, senderCredentialIn } from './sender-credential.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 import { CLOSE_GOING_AWAY } from '../websocket/frames.ts';
@@ -77,6 +78,11 @@ function controlMessageParts(bytes: number): { maxFragments: number; maxBuffered
 export class HybridService {
   /** Hears listener presence changes of entities configured with `presence` (set by the composition root). */
   presence: ((notice: ListenerPresenceNotice) => void) | undefined;
+  /**
+   * Counts an entity's listeners on every edge, for runtime information requests (set by the composition root,
+   * which can ask the other edges); `problem` when it cannot. Unset: this edge's listeners.
+   */
+  countListeners: ((entityKey: string) => Promise<{ listeners: number } | { problem: string }>) | undefined;
   readonly catalog: EntityCatalog;
   readonly listeners = new ListenerRegistry();
   /** Traffic per entity on this edge (the dashboard's counters). */
@@ -349,11 +355,37 @@ export class HybridService {
       req.resume();
     };
     if (this.shuttingDown) return refuse('ShuttingDown');
+    // Before: handed to a listener as a request of its own (or 404 NoListener), where the .NET SDK wanted a count.
+    if (isRuntimeInformationRequest(req, target.subPath, target.params)) return void this.answerRuntimeInformation(req, res, target, log);
     const entity = this.entityForSender(target.entity);
     if (!entity) return refuse('EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return refuse(refused);
     new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
+  }
+
+  /**
+   * GetRuntimeInformationAsync() of the .NET SDK (runtime-information.ts): the entity's description with its
+   * listeners on every edge. Any token with a right on the entity will do (a listener asks with its Listen key,
+   * a sender with its Send key); answered in the management plane's XML, refusals too.
+   */
+  private async answerRuntimeInformation(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget, log: Logger): Promise<void> {
+    req.resume();
+    const refuse = (code: HybridErrorCode, detail?: string) => {
+      log.info({ event: 'http.runtime_information_refused', code });
+      sendManagementError(res, HYBRID_ERRORS[code].status, code, detail ?? HYBRID_ERRORS[code].message);
+    };
+    const entity = this.entityForSender(target.entity);
+    if (!entity) return refuse('EntityNotFound');
+    const asListener = this.authorize(req, target.params, entity.name, 'Listen');
+    const verdict = typeof asListener === 'string' ? this.authorize(req, target.params, entity.name, 'Send') : asListener;
+    if (typeof verdict === 'string') return refuse(verdict);
+    const counted = this.countListeners ? await this.countListeners(entity.key) : { listeners: this.listeners.count(entity.key) };
+    if (res.destroyed) return;
+    if ('problem' in counted) return refuse('BusUnavailable', `the listeners on other edges cannot be counted (${counted.problem})`);
+    const scheme = req.socket instanceof TLSSocket ? 'https' : 'http';
+    sendRuntimeInformation(res, runtimeInformationEntry(`${scheme}://${req.headers.host ?? this.publicHost}${req.url ?? ''}`, entity, counted.listeners));
+    log.info({ event: 'http.runtime_information', listeners: counted.listeners });
   }
 
   /**

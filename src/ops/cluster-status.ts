@@ -70,6 +70,15 @@ export class ClusterStatus {
     return { nodes: [here, ...answers], complete: true };
   }
 
+  /** An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted. */
+  async listenersOf(entityKey: string): Promise<{ listeners: number } | { problem: string }> {
+    const { nodes, complete, problem } = await this.cluster();
+    if (!complete) return { problem: problem ?? 'the bus could not be asked' };
+    let listeners = 0;
+    for (const node of nodes) for (const e of node.entities) if (asciiLowerCase(e.name) === entityKey) listeners += e.listeners;
+    return { listeners };
+  }
+
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
     if (auth.refuseUnlessManageGet(req, res)) return;
     const { nodes, complete, problem } = await this.cluster();

@@ -244,6 +244,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   });
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
+  hybrid.countListeners = (entityKey) => status.listenersOf(entityKey);
   const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
 
   const proxyTrust = new ProxyTrust(config.listen.trustProxy);

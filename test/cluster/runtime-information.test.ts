@@ -1,0 +1,38 @@
+// Runtime information (.NET GetRuntimeInformationAsync) on two edges sharing
+// one NATS server: ListenerCount counts the listeners of every edge, and when
+// the other edges cannot be asked the answer says so (503) instead of a count
+// that leaves them out.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
+
+async function listenerCount(edge: { url: string }): Promise<{ status: number; count?: number; body: string }> {
+  const got = await httpRequest(`${edge.url}/echo?api-version=2016-07`, { headers: { 'X-PROCESS-AT': 'ServiceBus', Authorization: tokenFor('http://127.0.0.1/echo/') } });
+  const body = got.body.toString('utf8');
+  const count = /<ListenerCount>(\d+)<\/ListenerCount>/.exec(body)?.[1];
+  return { status: got.status, count: count === undefined ? undefined : Number(count), body };
+}
+
+describe('runtime information across edges', () => {
+  it('counts the listeners of every edge, and answers 503 with the reason when the other edges cannot be asked', async (t) => {
+    const nats = await startNatsServer(t);
+    const hybrid = { hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }], bus: { jetstream: { enabled: false } } };
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], hybrid));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], hybrid));
+    await startHycoHttpsListener(t, a.url, (_req, res) => res.end());
+    for (let i = 0; i < 2; i++) await startHycoHttpsListener(t, b.url, (_req, res) => res.end());
+    await untilAnswered(async () => (await listenerCount(a)).count === 3, 5000, 'three listeners counted from edge a');
+    assert.equal((await listenerCount(b)).count, 3);
+
+    await nats.kill();
+    await until(() => !a.bus.connected, 5000, 'edge a to see NATS gone');
+    const away = await listenerCount(a);
+    assert.equal(away.status, 503, away.body);
+    assert.match(away.body, /<Detail>BusUnavailable: the listeners on other edges cannot be counted/);
+  });
+});
