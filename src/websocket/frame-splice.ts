@@ -2,7 +2,10 @@
 // (a sender and a listener's rendezvous leg) so that every data frame, text or
 // binary, whole or fragmented, passes through in order, both ways, without
 // reassembling messages. Each leg's ping/pong is answered by the relay; a close
-// on one leg closes the other with the same code. Backpressure is TCP-like: a
+// on one leg closes the other with the same code, and the other leg may go on
+// sending until it closes too (a half-close, as .NET's
+// HybridConnectionStream.ShutdownAsync does: the closer then reads the answer
+// until its close arrives), bounded by closeHandshakeMs. Backpressure is TCP-like: a
 // direction stops reading when its destination has `highWaterMark` bytes queued
 // and resumes on 'drain', so memory per splice stays bounded. The relay's own
 // answers are bounded the same way: a leg that pings and does not read its
@@ -47,6 +50,8 @@ class Direction implements FrameHandler {
   private waitingForDestination = false;
   /** Not reading `from`: it has highWaterMark bytes queued back to it (pongs it does not read). */
   private waitingForSource = false;
+  /** `from` sent its close frame (or the relay closed both legs): nothing more of it is forwarded. */
+  ended = false;
 
   constructor(
     readonly name: 'a' | 'b',
@@ -64,13 +69,13 @@ class Direction implements FrameHandler {
   }
 
   onDataFrame(fin: boolean, opcode: number, length: number): void {
-    if (this.splice.closing) return;
+    if (this.ended) return;
     this.midFrameRemaining = length;
     this.write(encodeFrameHeader(fin, opcode, length));
   }
 
   onDataPayload(chunk: Buffer): void {
-    if (this.splice.closing) return;
+    if (this.ended) return;
     this.midFrameRemaining -= chunk.length;
     this.bytes += chunk.length;
     this.write(chunk);
@@ -148,6 +153,12 @@ export class FrameSplice {
   private readonly handshakes: Map<Duplex, CloseHandshake>;
   private result: Omit<SpliceResult, 'bytesAtoB' | 'bytesBtoA'> | undefined;
   private openSockets = 2;
+  /**
+   * The close frame of the leg that closed first, not answered yet: the other leg, told, may still send
+   * (half-close) until its own close frame arrives, whose code then answers it; or until that leg is gone
+   * (its handshake bounded by closeHandshakeMs), when it is answered with its own code.
+   */
+  private unanswered: { dir: Direction; payload: Buffer } | undefined;
 
   constructor(
     private readonly a: Duplex,
@@ -222,24 +233,42 @@ export class FrameSplice {
 
   onCloseFrame(dir: Direction, payload: Buffer): void {
     const handshake = this.handshakeOf(dir.from);
+    dir.ended = true;
     if (this.closing) {
-      // The other leg's answer to the close we forwarded: done with it.
+      // The other leg's answer to the close we forwarded (or to the relay's own): done with it.
       handshake.receive(payload);
+      // Its code answers the leg that closed first, which waited for it, reading what this one still sent.
+      const { code } = decodeClosePayload(payload);
+      this.answerFirstCloser(code);
       return;
     }
     // The parser passes only valid close frames (close-handshake.ts, closePayloadProblem).
     const { code, reason } = decodeClosePayload(payload);
     this.beginClose(dir.name, code, reason);
+    // Before: answered at once and nothing more forwarded either way, so the answer a .NET listener wrote
+    // after a sender's ShutdownAsync never reached the sender (whose read then ended with 0 bytes).
+    this.unanswered = { dir, payload };
     this.sendClose(dir.to, code, reason);
-    if (this.midFrameTo(dir.from)) handshake.abort();
-    else handshake.receive(payload, code);
+  }
+
+  /** Answers the close frame of the leg that closed first (with `code`: the other leg's, or its own echoed). */
+  private answerFirstCloser(code?: number): void {
+    const first = this.unanswered;
+    if (!first) return;
+    this.unanswered = undefined;
+    if (first.dir.from.destroyed || !first.dir.from.writable) return;
+    const handshake = this.handshakeOf(first.dir.from);
+    if (this.midFrameTo(first.dir.from)) handshake.abort();
+    else handshake.receive(first.payload, code);
   }
 
   onProtocolError(dir: Direction, code: number, reason: string): void {
+    dir.ended = true;
     if (this.closing) {
       dir.from.destroy();
       return;
     }
+    this.aToB.ended = this.bToA.ended = true;
     this.beginClose(dir.name, code, reason);
     this.sendClose(dir.from, code, reason);
     this.handshakeOf(dir.from).end();
@@ -249,6 +278,7 @@ export class FrameSplice {
   /** Closes both legs from the relay's side (shutdown, entity removed). */
   close(code: number, reason: string): void {
     if (this.closing) return;
+    this.aToB.ended = this.bToA.ended = true;
     this.beginClose('a', code, reason);
     for (const s of [this.a, this.b]) this.sendClose(s, code, reason);
   }
@@ -256,7 +286,7 @@ export class FrameSplice {
   private beginClose(by: 'a' | 'b', code: number, reason: string): void {
     this.closing = true;
     this.result = { code, reason, closedBy: by };
-    // Nothing more is forwarded; let both legs drain into their close frames.
+    // Read both legs so their close frames are seen (the one still sending is paused again by backpressure).
     this.aToB.resumeForClose();
     this.bToA.resumeForClose();
   }
@@ -270,6 +300,10 @@ export class FrameSplice {
       (name === 'a' ? this.b : this.a).destroy();
     }
     const socket = name === 'a' ? this.a : this.b;
+    // The leg still sending after the other's close is gone: that one's close is answered now (with its own code).
+    if (this.unanswered?.dir.to === socket) this.answerFirstCloser();
+    // The first closer itself is gone: nobody to answer.
+    else if (this.unanswered?.dir.from === socket) this.unanswered = undefined;
     this.directionTo(socket).toWriter.flush();
     socket.end();
   }

@@ -1,0 +1,64 @@
+// A relayed WebSocket closed by one side first: the other side may still send
+// until it closes too (RFC 6455 7.1.2: an endpoint that received a close frame
+// may send before its own). .NET's HybridConnectionStream.ShutdownAsync sends
+// its close and reads the answer until the peer's close; before, the relay
+// answered the closer at once and forwarded nothing more, so the answer a
+// listener wrote after reading the sender's shutdown never reached it.
+import assert from 'node:assert/strict';
+import { describe, it, type TestContext } from 'node:test';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { maskedFrame, rawUpgrade, readFrames, readToClose, type RawUpgrade, type ServerFrame } from '../helpers/raw-socket.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+const OP_BINARY = 0x2;
+const OP_CLOSE = 0x8;
+const closePayload = (code: number, reason = '') => Buffer.concat([Buffer.from([code >> 8, code & 0xff]), Buffer.from(reason)]);
+const described = (frames: ServerFrame[]) => frames.map((f) => (f.opcode === OP_CLOSE ? `close ${f.payload.readUInt16BE(0)}` : `${f.opcode} ${f.payload}`));
+const untilClose = (frames: ServerFrame[]) => frames.some((f) => f.opcode === OP_CLOSE);
+
+/** A relay with `closeHandshakeMs`, and a relayed WebSocket between raw sockets: the sender and the listener's leg. */
+async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ sender: RawUpgrade; leg: RawUpgrade }> {
+  const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts: { closeHandshakeMs } });
+  const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  const upgrading = rawUpgrade(t, relay.port, '/$hc/open?sb-hc-action=connect');
+  const { accept } = await listener.next();
+  const address = new URL(accept.address);
+  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+  const sender = await upgrading;
+  return { sender, leg };
+}
+
+describe('a relayed WebSocket closed by one side first', () => {
+  for (const first of ['sender', 'listener'] as const) {
+    it(`carries what the other side sends after the ${first}'s close, then that side's close`, async (t) => {
+      const pair = await splicedPair(t, 5000);
+      const [closer, other] = first === 'sender' ? [pair.sender, pair.leg] : [pair.leg, pair.sender];
+      closer.socket.write(maskedFrame(OP_BINARY, 'request'));
+      closer.socket.write(maskedFrame(OP_CLOSE, closePayload(1000, 'Shutdown')));
+      const otherGot = await readFrames(other.socket, untilClose, 5000, 'the close at the other side', other.rest);
+      assert.deepEqual(described(otherGot), [`2 request`, 'close 1000']);
+      // It read the shutdown; now it answers, then closes (4000: its own code reaches the closer).
+      other.socket.write(maskedFrame(OP_BINARY, 'response after the shutdown'));
+      other.socket.write(maskedFrame(OP_CLOSE, closePayload(4000, 'done')));
+      const otherEnded = readToClose(other.socket, 5000, 'the other connection to end');
+      const closerGot = await readFrames(closer.socket, untilClose, 5000, 'the answer and the close at the closer', closer.rest);
+      // Before: ['close 1000'] at once, and the response dropped.
+      assert.deepEqual(described(closerGot), ['2 response after the shutdown', 'close 4000']);
+      await readToClose(closer.socket, 5000, 'the closer\'s connection to end');
+      await otherEnded;
+    });
+  }
+
+  it('answers the closer by itself when the other side never closes, within closeHandshakeMs', async (t) => {
+    const { sender, leg } = await splicedPair(t, 300);
+    sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
+    await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
+    // The listener stays silent: its handshake times out, and the sender gets its close echoed.
+    const got = await withTimeout(readFrames(sender.socket, untilClose, 5000, 'the sender\'s answer', sender.rest), 5000, 'the answer');
+    assert.deepEqual(described(got), ['close 1000']);
+    await readToClose(sender.socket, 5000, 'the sender\'s connection to end');
+  });
+});
