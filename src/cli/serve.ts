@@ -8,7 +8,7 @@ import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 import { replaceSignalHandler } from './signal-handlers.ts';
-import { WorkerStartError, announceReady, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { WorkerStartError, announceListening, announceReady, followPeers, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -140,6 +140,8 @@ async function serveCommand(argv: string[]): Promise<number> {
     else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
   };
   process.on('SIGHUP', onHup);
+  // A worker knows the others before it takes its first connection (a leg for one of them is handed over).
+  if (worker !== undefined) await followPeers();
   let relay;
   try {
     relay = await startRelay(config, log, { loadConfig: load, worker, onApiReload: worker === undefined ? undefined : reloadOtherWorkers });
@@ -149,6 +151,7 @@ async function serveCommand(argv: string[]): Promise<number> {
     log.flush();
     return err instanceof ConfigError ? 78 : 1;
   }
+  if (worker !== undefined) announceListening(relay.privateSocket!);
   if (relay.jetstream) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
     // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
@@ -165,7 +168,7 @@ async function serveCommand(argv: string[]): Promise<number> {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }
-  if (worker !== undefined) announceReady(relay.url, relay.privateSocket!);
+  if (worker !== undefined) announceReady(relay.url);
   else process.stdout.write(`listening on ${relay.url}\n`);
   running = relay;
   const started = relay;

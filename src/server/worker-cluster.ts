@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { failUpgrade } from '../hybrid/errors.ts';
 
 /** The message that carries a connection from one worker to another, through the primary. */
 interface HandOff {
@@ -27,11 +28,22 @@ interface HandOff {
   bytes: string;
 }
 
+/** A worker listens (on the shared port and on its private socket): the others may hand it connections from now on. */
+interface Listening {
+  kind: 'edge-relay.listening';
+  /** The worker's private socket, for connections relayed by the others. */
+  privateSocket: string;
+}
+
+/** A worker is ready (JetStream checked, if it has durable hubs): started, and taking SIGHUP. */
 interface Ready {
   kind: 'edge-relay.ready';
   url: string;
-  /** The worker's private socket, for connections relayed by the others. */
-  privateSocket: string;
+}
+
+/** A worker about to listen asks for the others' private sockets (the primary answers with Peers). */
+interface PeersWanted {
+  kind: 'edge-relay.peers-wanted';
 }
 
 /** A worker reloaded through POST /$relay/reload: the primary has the others reload too. */
@@ -145,15 +157,41 @@ export function onHandOff(adopt: (socket: Socket, bytes: Buffer) => void): void 
   });
 }
 
-/** In a worker: tells the primary this edge listens (and where others relay TLS connections to it), and learns the others' private sockets. */
-export function announceReady(url: string, privateSocket: string): void {
-  process.on('message', (message: Peers) => {
-    if (message?.kind !== 'edge-relay.peers') return;
-    // The whole table each time: a worker that died is gone from it until it is back.
-    peers.clear();
-    for (const [index, path] of Object.entries(message.sockets)) peers.set(Number(index), path);
+/**
+ * In a worker, before it listens: learns the others' private sockets, now and whenever one comes or goes. Before,
+ * it learned them only once ready (after waiting for JetStream), while it already took connections on the shared
+ * port: a worker started again answered legs for the others 404 RendezvousNotFound and their senders hung.
+ */
+export function followPeers(): Promise<void> {
+  return new Promise((resolve) => {
+    // The first answer is waited for, briefly: the primary answers at once unless it is gone.
+    const timer = setTimeout(resolve, PEERS_WAIT_MS);
+    timer.unref();
+    process.on('message', (message: Peers) => {
+      if (message?.kind !== 'edge-relay.peers') return;
+      // The whole table each time: a worker that died is gone from it until it is back.
+      peers.clear();
+      for (const [index, path] of Object.entries(message.sockets)) peers.set(Number(index), path);
+      clearTimeout(timer);
+      resolve();
+    });
+    const wanted: PeersWanted = { kind: 'edge-relay.peers-wanted' };
+    process.send?.(wanted);
   });
-  const message: Ready = { kind: 'edge-relay.ready', url, privateSocket };
+}
+
+/** How long a worker about to listen waits for the table of the others. */
+const PEERS_WAIT_MS = 2000;
+
+/** In a worker, as soon as it listens: the others may hand it connections (TLS ones to `privateSocket`). */
+export function announceListening(privateSocket: string): void {
+  const message: Listening = { kind: 'edge-relay.listening', privateSocket };
+  process.send?.(message);
+}
+
+/** In a worker: tells the primary this edge is ready (started; SIGHUP may reach it now). */
+export function announceReady(url: string): void {
+  const message: Ready = { kind: 'edge-relay.ready', url };
   process.send?.(message);
 }
 
@@ -227,29 +265,32 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId });
     const startedAt = Date.now();
     workers.set(index, worker);
-    worker.on('message', (message: HandOff | Ready | ReloadOthers, socket?: Socket) => {
+    worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers, socket?: Socket) => {
       if (message?.kind === 'edge-relay.reload-others') {
         for (const other of listening) if (other !== worker) other.process.kill('SIGHUP');
+      } else if (message?.kind === 'edge-relay.peers-wanted') {
+        const peersMessage: Peers = { kind: 'edge-relay.peers', sockets };
+        if (worker.isConnected()) worker.send(peersMessage);
+      } else if (message?.kind === 'edge-relay.listening') {
+        // Every worker relays to it from now on, as it takes its share of new connections from now on.
+        sockets[index] = message.privateSocket;
+        tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
         listening.add(worker);
         url = message.url;
-        sockets[index] = message.privateSocket;
         if (up < count) {
-          if (++up === count) {
-            tellPeers();
-            resolveReady(url);
-          }
+          if (++up === count) resolveReady(url);
         } else {
           process.stderr.write(`edge-relay: worker ${index} is back\n`);
-          tellPeers();
         }
       } else if (message?.kind === 'edge-relay.handoff' && socket) {
         const target = workers.get(message.to);
         // The copy here closes once sent: the sending worker's server waits
         // for this process to report every socket it received closed before
         // its close() completes.
-        if (target?.isConnected()) target.send(message, socket, undefined, () => letGoOfSent(socket));
-        else socket.destroy();
+        if (target?.isConnected() && sockets[message.to] !== undefined) target.send(message, socket, undefined, () => letGoOfSent(socket));
+        // Its worker died (or is not listening yet) before the others heard: answered as the worker would have.
+        else failUpgrade(socket, 'RendezvousNotFound');
       }
     });
     worker.on('exit', (code, signal) => {

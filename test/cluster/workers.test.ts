@@ -230,6 +230,35 @@ describe('serve --workers', { concurrency: 2 }, () => {
     assert.doesNotMatch(relay.stderr(), /relay\.shutdown_deadline/);
   });
 
+  it('a worker started again hands legs over, and is handed them, as soon as it listens, not once it is ready', async (t) => {
+    const nats = await startNatsServer(t);
+    // NATS away when the worker is started again: it listens at once, and says it is ready only after waiting up to
+    // bus.requestTimeoutMs for NATS. Legs landing on the wrong worker in that window were answered 404
+    // RendezvousNotFound (before: the new worker knew no other, and the others not it), and their senders hung.
+    const overrides = edgeOverrides('rejoin', [nats.url], { bus: { requestTimeoutMs: 10000 }, timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500, acceptMs: 3000 } });
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    await nats.kill();
+    await killWorkerUntilForkedAgain(primary);
+    const listening = () => relay.stderr().match(/"event":"relay\.listening"/g)?.length ?? 0;
+    await until(() => listening() === 3, 15000, 'the new worker to listen');
+    // A listener on one worker; senders land on either (those on the other worker are refused: no NATS to route them),
+    // and the accept legs of those on the listener's worker land on either too.
+    await echoListener(t, relay.url);
+    const attempts = await Promise.all(
+      Array.from({ length: 16 }, (_, i) =>
+        withTimeout(echoOnce(relay.url, `in the window ${i}`), 4500, 'one echo').then(
+          () => 'echoed',
+          () => 'refused',
+        ),
+      ),
+    );
+    const said = () => relay.stderr().split('\n').filter((l) => /rendezvous|is back|listening/.test(l)).slice(-20).join('\n');
+    assert.doesNotMatch(relay.stderr(), /worker \d is back/, `the window was over before the senders were done\n${said()}`);
+    assert.ok(attempts.includes('echoed'), said());
+    assert.doesNotMatch(relay.stderr(), /"event":"rendezvous\.unknown"/, said());
+  });
+
   it('answers a leg naming no worker that is up, keeps its private sockets in a folder of its own, and says when a worker was cut', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = edgeOverrides('private', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
