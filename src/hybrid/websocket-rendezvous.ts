@@ -170,8 +170,11 @@ function completeConnect(
   const rejectCode = params.get('sb-hc-statusCode') ?? params.get('statusCode');
   if (rejectCode !== null) {
     const status = Number(rejectCode);
-    const code = Number.isInteger(status) && status >= 400 && status <= 599 ? status : 400;
-    const description = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
+    const inRange = Number.isInteger(status) && status >= 400 && status <= 599;
+    const code = inRange ? status : 400;
+    // A description written for another status (a 302's "Found") would read as the 400's own phrase: it is named as the listener's.
+    const given = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
+    const description = inRange ? given : `Rejected by the listener with status ${rejectCode}${given ? `: ${given}` : ''}`;
     log.info({ event: 'connect.rejected', status: code });
     countConnectFailure(ctx, 'RejectedByListener', pending.entity, code);
     writeUpgradeError(sender, code, description, 'RejectedByListener');

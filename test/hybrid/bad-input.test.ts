@@ -134,6 +134,15 @@ describe('rendezvous', () => {
     }
   });
 
+  it('fails the sender 400 on a reject with a status outside 4xx/5xx, its description named as the listener\'s', async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    // .NET's AcceptHandler may reject with any status: a 302 "Found" went out as "400 Found".
+    const { sender, accept } = await next();
+    assert.equal(await upgradeStatus(`${accept.address}&sb-hc-statusCode=302&sb-hc-statusDescription=Found`), 410);
+    await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 400 && err.statusMessage === 'Rejected by the listener with status 302: Found');
+  });
+
   it('answers 404 to an address used twice or never issued', async (t) => {
     const r = await relayFor(t);
     const { next } = await listenerAndSender(t, r);
