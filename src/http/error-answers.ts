@@ -13,7 +13,8 @@ export interface ErrorSpec {
   message: string;
 }
 
-export function errorAnswers<Code extends string>(table: Record<Code, ErrorSpec>) {
+/** `codeHeader`: a response header that carries the code too (Azure's REST APIs name it `x-ms-error-code`). */
+export function errorAnswers<Code extends string>(table: Record<Code, ErrorSpec>, options: { codeHeader?: string } = {}) {
   return {
     /** Fails a WebSocket upgrade with the code's status; `detail` replaces the message; `headers` are added. */
     failUpgrade(socket: Duplex, code: Code, detail?: string, headers?: Record<string, string>): void {
@@ -21,7 +22,7 @@ export function errorAnswers<Code extends string>(table: Record<Code, ErrorSpec>
     },
     /** Answers an HTTP request with the code's status and a JSON body; `detail` replaces the message. */
     failRequest(res: ServerResponse, code: Code, detail?: string): void {
-      sendError(res, table[code].status, code, detail ?? table[code].message);
+      sendError(res, table[code].status, code, detail ?? table[code].message, options.codeHeader ? { [options.codeHeader]: code } : {});
     },
   };
 }

@@ -10,6 +10,6 @@ export function sendJson(res: ServerResponse, status: number, body: object, head
 }
 
 /** An error answer: `{"code": ..., "message": ...}`. */
-export function sendError(res: ServerResponse, status: number, code: string, message: string): void {
-  sendJson(res, status, { code, message });
+export function sendError(res: ServerResponse, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
+  sendJson(res, status, { code, message }, headers);
 }

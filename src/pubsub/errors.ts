@@ -80,7 +80,10 @@ export const ACK_ERRORS = {
 
 export type AckErrorName = keyof typeof ACK_ERRORS;
 
-export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB_ERRORS);
+/** The REST API's error header: Azure's SDKs (and HEAD calls, which have no body) read the code from it. */
+export const ERROR_CODE_HEADER = 'x-ms-error-code';
+
+export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB_ERRORS, { codeHeader: ERROR_CODE_HEADER });
 
 /**
  * A session cannot be taken over right now (JetStream away or slow, or the

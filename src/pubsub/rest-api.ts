@@ -20,7 +20,8 @@ import { parseJson } from '../validation/bounded-json.ts';
 import { jsonTextOf } from '../validation/json-text.ts';
 import { ConnectionFilter, FilterSyntaxError } from './connection-filter.ts';
 import type { DataMessage } from './downstream.ts';
-import { PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { ERROR_CODE_HEADER, PUBSUB_ERRORS, failRequest, type PubSubErrorCode } from './errors.ts';
 import { historyPageJson } from './history.ts';
 import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
@@ -113,12 +114,12 @@ function restErrorCode(err: unknown): PubSubErrorCode {
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
   if (typeof answer === 'object' && 'code' in answer) {
-    if (method === 'HEAD') return void res.writeHead(PUBSUB_ERRORS[answer.code].status).end();
+    if (method === 'HEAD') return void res.writeHead(PUBSUB_ERRORS[answer.code].status, { [ERROR_CODE_HEADER]: answer.code }).end();
     return failRequest(res, answer.code, answer.detail);
   }
   if (typeof answer === 'string') {
     if (method === 'HEAD') {
-      res.writeHead(PUBSUB_ERRORS[answer].status).end();
+      res.writeHead(PUBSUB_ERRORS[answer].status, { [ERROR_CODE_HEADER]: answer }).end();
       return;
     }
     // A store refusal says why (the reason JetStream gave); a message too large for the bus, how large each is.
@@ -140,8 +141,6 @@ async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
   const { method, segments, hub } = call;
   const [first, second, third, fourth] = segments;
   const route = `${method} ${segments.length}`;
-  // Checked here so every node of the cluster can act on them (they travel on the bus).
-  if (!call.params.getAll('excluded').every((id) => validateConnectionId(id))) return 'BadRequest';
   if (first === ':send' && route === 'POST 1') return send(call, { kind: 'all' }, excludedOf(call.params));
   if (first === ':closeConnections' && route === 'POST 1') return closeConnections(call, { kind: 'all' });
   if ((first === ':addToGroups' || first === ':removeFromGroups') && route === 'POST 1') return changeGroups(call, first);
@@ -263,7 +262,16 @@ function parseFilter(text: string): ConnectionFilter | Answer {
   }
 }
 
+/** The largest `messageTtlSeconds` Azure takes. */
+const MAX_MESSAGE_TTL_SECONDS = 300;
+
 async function send(call: RestCall, target: Target, excluded?: ReadonlySet<string>): Promise<Answer> {
+  // Checked as Azure checks it, and otherwise not used: a message is delivered at once or held by a reliable session (docs).
+  const ttl = call.params.get('messageTtlSeconds');
+  if (ttl !== null && !(/^[0-9]{1,3}$/.test(ttl) && Number(ttl) <= MAX_MESSAGE_TTL_SECONDS)) {
+    call.req.resume();
+    return { code: 'BadRequest', detail: `messageTtlSeconds must be a whole number from 0 to ${MAX_MESSAGE_TTL_SECONDS}` };
+  }
   const filterText = call.params.get('filter');
   const filter = filterText === null ? undefined : parseFilter(filterText);
   if (filter !== undefined && !(filter instanceof ConnectionFilter)) {
@@ -294,8 +302,13 @@ async function readHistory(call: RestCall, group: string): Promise<Answer | { ra
   return { raw: historyPageJson(await history.read(group, after, limit)) };
 }
 
+/**
+ * The connections a send or close leaves out. An id no connection can have (empty, too long, other characters)
+ * excludes nobody, as on Azure (before: the whole call was refused 400); only valid ones travel on the bus, whose
+ * messages are checked against the same rule on every edge.
+ */
 function excludedOf(params: URLSearchParams): Set<string> | undefined {
-  const ids = params.getAll('excluded');
+  const ids = params.getAll('excluded').filter((id) => validateConnectionId(id));
   return ids.length > 0 ? new Set(ids) : undefined;
 }
 
@@ -382,6 +395,11 @@ async function permission(call: RestCall, name: string, connectionId: string): P
 }
 
 function generateToken(call: RestCall): Answer {
+  // Azure's MQTT and Socket.IO clients connect elsewhere, with protocols this relay does not speak: a token for them would open nothing.
+  const clientType = call.params.get('clientType');
+  if (clientType !== null && asciiLowerCase(clientType) !== 'default') {
+    return { code: 'BadRequest', detail: `clientType ${clientType.slice(0, 40)} is not supported: this relay serves Web PubSub clients only (clientType Default)` };
+  }
   const minutes = Number(call.params.get('minutesToExpire') ?? 60);
   if (!Number.isInteger(minutes) || minutes < 1 || minutes > MAX_TOKEN_MINUTES) return 'BadRequest';
   const userId = call.params.get('userId');
