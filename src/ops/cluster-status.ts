@@ -18,6 +18,9 @@ import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type { NodeStatus };
 
+/** How long one gather of the edges' listener counts answers runtime information requests. */
+const LISTENER_COUNT_REUSE_MS = 1000;
+
 export interface StatusSources {
   config: RelayConfig;
   bus: Bus;
@@ -70,9 +73,18 @@ export class ClusterStatus {
     return { nodes: [here, ...answers], complete: true };
   }
 
-  /** An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted. */
+  /** The last gather for listenersOf, shared by the questions of one moment. */
+  private recentCluster: { at: number; answer: ReturnType<ClusterStatus['cluster']> } | undefined;
+
+  /**
+   * An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted.
+   * Any sender may ask: one gather over the bus answers every question of the same LISTENER_COUNT_REUSE_MS (or
+   * asked while it runs), so a sender asking in a loop does not have every edge answer each time.
+   */
   async listenersOf(entityKey: string): Promise<{ listeners: number } | { problem: string }> {
-    const { nodes, complete, problem } = await this.cluster();
+    const now = Date.now();
+    if (!this.recentCluster || now - this.recentCluster.at > LISTENER_COUNT_REUSE_MS) this.recentCluster = { at: now, answer: this.cluster() };
+    const { nodes, complete, problem } = await this.recentCluster.answer;
     if (!complete) return { problem: problem ?? 'the bus could not be asked' };
     let listeners = 0;
     for (const node of nodes) for (const e of node.entities) if (asciiLowerCase(e.name) === entityKey) listeners += e.listeners;

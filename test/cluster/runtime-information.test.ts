@@ -4,6 +4,7 @@
 // that leaves them out.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { connect } from 'nats';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
@@ -29,8 +30,22 @@ describe('runtime information across edges', () => {
     await untilAnswered(async () => (await listenerCount(a)).count === 3, 5000, 'three listeners counted from edge a');
     assert.equal((await listenerCount(b)).count, 3);
 
+    // Any sender may ask: questions of the same moment share one gather, so the edges are not asked once per question.
+    const watcher = await connect({ servers: nats.url });
+    t.after(() => watcher.close());
+    let gathers = 0;
+    watcher.subscribe('relay.ops.status', { callback: () => gathers++ });
+    await watcher.flush();
+    await new Promise((r) => setTimeout(r, 1100));
+    const answers = await Promise.all(Array.from({ length: 20 }, () => listenerCount(a)));
+    assert.ok(answers.every((answer) => answer.count === 3));
+    await watcher.flush();
+    assert.ok(gathers >= 1 && gathers <= 2, `${gathers} gathers for 20 questions`);
+
     await nats.kill();
     await until(() => !a.bus.connected, 5000, 'edge a to see NATS gone');
+    // (An answer of the last second may still be given meanwhile.)
+    await untilAnswered(async () => (await listenerCount(a)).status === 503, 5000, 'the count refused with NATS away');
     const away = await listenerCount(a);
     assert.equal(away.status, 503, away.body);
     assert.match(away.body, /<Detail>BusUnavailable: the listeners on other edges cannot be counted/);
