@@ -22,6 +22,7 @@ import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downst
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import type { UserEventResult } from './cloud-events.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 /** What the protocol needs from the service around it. */
 export interface ClientProtocolContext {
@@ -82,6 +83,9 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
     const detail = 'ackId must be an integer from 0 to 2^53 - 1';
     return connection.sendControl(ackFrame(rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId), { name: 'BadRequest', message: detail }));
   }
+  // Azure's .NET client writes dataType as its enum's names ("Json", "Text", "Binary") and Azure takes them: before,
+  // every send and event of that SDK was refused BadRequest (and a fire-and-forget one lost without a word).
+  if (typeof m.dataType === 'string') m.dataType = canonicalDataType(m.dataType);
   const validate = pubsubMessageValidators.get(m.type);
   if (!validate) return ack(ctx, connection, ackId, 'Unsupported', `unknown message type '${m.type.slice(0, 64)}'`);
   if (!validate(m)) return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));
@@ -141,6 +145,14 @@ function eventPayload(frame: string, m: Upstream): string {
 }
 
 /** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
+const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary'];
+
+/** A data type named in any ASCII case, as the schema and every receiver take it (lower case); anything else as it was, for the schema to refuse. */
+function canonicalDataType(given: string): DataType {
+  const lower = asciiLowerCase(given);
+  return (DATA_TYPES as readonly string[]).includes(lower) ? (lower as DataType) : (given as DataType);
+}
+
 function payloadBytes(dataType: string, data: unknown, dataJson: string): number {
   if (dataType === 'text' && typeof data === 'string') return Buffer.byteLength(data, 'utf8');
   if (dataType === 'binary' && typeof data === 'string') return Buffer.byteLength(data, 'base64');
