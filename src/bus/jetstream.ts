@@ -314,7 +314,9 @@ export class JetStreamAccess {
         this.log.info({ event: 'jetstream.stream_added', stream: spec.name });
         return;
       } catch (err) {
-        if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
+        if (err instanceof StreamTaken) {
+          if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
+        } else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }

@@ -383,6 +383,8 @@ export class HybridService {
     const counted = this.countListeners ? await this.countListeners(entity.key) : { listeners: this.listeners.count(entity.key) };
     if (res.destroyed) return;
     if ('problem' in counted) return refuse('BusUnavailable', `the listeners on other edges cannot be counted (${counted.problem})`);
+    // With autoCreate an entity not in the config exists while a listener holds it, on any edge.
+    if (entity.dynamic && counted.listeners === 0) return refuse('EntityNotFound');
     const scheme = req.socket instanceof TLSSocket ? 'https' : 'http';
     sendRuntimeInformation(res, runtimeInformationEntry(`${scheme}://${req.headers.host ?? this.publicHost}${req.url ?? ''}`, entity, counted.listeners));
     log.info({ event: 'http.runtime_information', listeners: counted.listeners });

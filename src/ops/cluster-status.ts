@@ -73,21 +73,30 @@ export class ClusterStatus {
     return { nodes: [here, ...answers], complete: true };
   }
 
-  /** The last gather for listenersOf, shared by the questions of one moment. */
-  private recentCluster: { at: number; answer: ReturnType<ClusterStatus['cluster']> } | undefined;
+  /** The other edges' answers for listenersOf, shared by the questions of one moment. */
+  private recentOthers: { at: number; answer: Promise<{ answers: NodeStatus[]; problem?: string }> } | undefined;
 
   /**
    * An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted.
-   * Any sender may ask: one gather over the bus answers every question of the same LISTENER_COUNT_REUSE_MS (or
-   * asked while it runs), so a sender asking in a loop does not have every edge answer each time.
+   * This edge's are counted at each question; any sender may ask, so the other edges' answers to one gather serve
+   * every question of the next LISTENER_COUNT_REUSE_MS (a sender asking in a loop does not have every edge answer
+   * each time), at the price of a count up to that old for listeners on other edges.
    */
   async listenersOf(entityKey: string): Promise<{ listeners: number } | { problem: string }> {
-    const now = Date.now();
-    if (!this.recentCluster || now - this.recentCluster.at > LISTENER_COUNT_REUSE_MS) this.recentCluster = { at: now, answer: this.cluster() };
-    const { nodes, complete, problem } = await this.recentCluster.answer;
-    if (!complete) return { problem: problem ?? 'the bus could not be asked' };
-    let listeners = 0;
-    for (const node of nodes) for (const e of node.entities) if (asciiLowerCase(e.name) === entityKey) listeners += e.listeners;
+    const { bus, config, subjects } = this.s;
+    let others: NodeStatus[] = [];
+    if (bus.reachesOtherNodes) {
+      const now = Date.now();
+      if (!this.recentOthers || now - this.recentOthers.at > LISTENER_COUNT_REUSE_MS) {
+        const answer = askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', config.nodeId);
+        this.recentOthers = { at: now, answer };
+      }
+      const { answers, problem } = await this.recentOthers.answer;
+      if (problem) return { problem };
+      others = answers;
+    }
+    let listeners = this.s.hybrid.listeners.count(entityKey);
+    for (const node of others) for (const e of node.entities) if (asciiLowerCase(e.name) === entityKey) listeners += e.listeners;
     return { listeners };
   }
 

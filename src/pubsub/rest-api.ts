@@ -113,15 +113,11 @@ function restErrorCode(err: unknown): PubSubErrorCode {
 
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
-  if (typeof answer === 'object' && 'code' in answer) {
-    if (method === 'HEAD') return void res.writeHead(PUBSUB_ERRORS[answer.code].status, { [ERROR_CODE_HEADER]: answer.code }).end();
-    return failRequest(res, answer.code, answer.detail);
-  }
+  const code = typeof answer === 'string' ? answer : 'code' in answer ? answer.code : undefined;
+  // A HEAD answer has no body: its code travels in the header alone.
+  if (code !== undefined && method === 'HEAD') return void res.writeHead(PUBSUB_ERRORS[code].status, { [ERROR_CODE_HEADER]: code }).end();
+  if (typeof answer === 'object' && 'code' in answer) return failRequest(res, answer.code, answer.detail);
   if (typeof answer === 'string') {
-    if (method === 'HEAD') {
-      res.writeHead(PUBSUB_ERRORS[answer].status, { [ERROR_CODE_HEADER]: answer }).end();
-      return;
-    }
     // A store refusal says why (the reason JetStream gave); a message too large for the bus, how large each is.
     const why = (answer === 'StoreUnavailable' || answer === 'BusPayloadTooLarge') && err ? `${PUBSUB_ERRORS[answer].message} (${err.message})` : undefined;
     return failRequest(res, answer, why);

@@ -257,9 +257,13 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
     resolveReady = resolve;
     failReady = reject;
   });
-  const tellPeers = () => {
+  /** Sends `worker` the private socket of every worker that listens. */
+  const tell = (worker: Worker) => {
     const peersMessage: Peers = { kind: 'edge-relay.peers', sockets };
-    for (const w of workers.values()) if (w.isConnected()) w.send(peersMessage);
+    if (worker.isConnected()) worker.send(peersMessage);
+  };
+  const tellPeers = () => {
+    for (const w of workers.values()) tell(w);
   };
   const fork = (index: number) => {
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId });
@@ -269,9 +273,10 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
       if (message?.kind === 'edge-relay.reload-others') {
         for (const other of listening) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
-        const peersMessage: Peers = { kind: 'edge-relay.peers', sockets };
-        if (worker.isConnected()) worker.send(peersMessage);
+        tell(worker);
       } else if (message?.kind === 'edge-relay.listening') {
+        // Said by a worker that has exited since (its successor says it again): nothing to relay to.
+        if (workers.get(index) !== worker) return;
         // Every worker relays to it from now on, as it takes its share of new connections from now on.
         sockets[index] = message.privateSocket;
         tellPeers();
@@ -290,7 +295,11 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
         // its close() completes.
         if (target?.isConnected() && sockets[message.to] !== undefined) target.send(message, socket, undefined, () => letGoOfSent(socket));
         // Its worker died (or is not listening yet) before the others heard: answered as the worker would have.
-        else failUpgrade(socket, 'RendezvousNotFound');
+        // (A socket received here reads at once: a client that reset it must not end the primary.)
+        else {
+          socket.on('error', () => socket.destroy());
+          failUpgrade(socket, 'RendezvousNotFound');
+        }
       }
     });
     worker.on('exit', (code, signal) => {

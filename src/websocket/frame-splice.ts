@@ -263,8 +263,8 @@ export class FrameSplice {
   }
 
   onProtocolError(dir: Direction, code: number, reason: string): void {
-    dir.ended = true;
     if (this.closing) {
+      dir.ended = true;
       dir.from.destroy();
       return;
     }
@@ -277,7 +277,15 @@ export class FrameSplice {
 
   /** Closes both legs from the relay's side (shutdown, entity removed). */
   close(code: number, reason: string): void {
-    if (this.closing) return;
+    if (this.closing) {
+      // During a half-close: the side still sending already had a close (it is waited on, bounded); nothing more of
+      // it is passed on, and the first closer is answered with the relay's code now. Before, it went on to the end.
+      if (this.unanswered) {
+        this.aToB.ended = this.bToA.ended = true;
+        this.answerFirstCloser(code);
+      }
+      return;
+    }
     this.aToB.ended = this.bToA.ended = true;
     this.beginClose('a', code, reason);
     for (const s of [this.a, this.b]) this.sendClose(s, code, reason);

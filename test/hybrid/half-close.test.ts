@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, readFrames, readToClose, type RawUpgrade, type ServerFrame } from '../helpers/raw-socket.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { buildConfig } from '../../src/config/load.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const OP_BINARY = 0x2;
@@ -18,8 +20,10 @@ const described = (frames: ServerFrame[]) => frames.map((f) => (f.opcode === OP_
 const untilClose = (frames: ServerFrame[]) => frames.some((f) => f.opcode === OP_CLOSE);
 
 /** A relay with `closeHandshakeMs`, and a relayed WebSocket between raw sockets: the sender and the listener's leg. */
-async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ sender: RawUpgrade; leg: RawUpgrade }> {
-  const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts: { closeHandshakeMs } });
+async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ sender: RawUpgrade; leg: RawUpgrade; relay: RunningRelay }> {
+  const overrides = { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts: { closeHandshakeMs } };
+  // A reload takes the entity away (its relayed WebSockets are closed 1001 EntityRemoved).
+  const relay = await startTestRelay(t, overrides, { loadConfig: () => buildConfig(testConfig({ ...overrides, hybridConnections: [] })) });
   const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
   const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
   t.after(() => listener.close());
@@ -28,7 +32,7 @@ async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ 
   const address = new URL(accept.address);
   const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
   const sender = await upgrading;
-  return { sender, leg };
+  return { sender, leg, relay };
 }
 
 describe('a relayed WebSocket closed by one side first', () => {
@@ -51,6 +55,19 @@ describe('a relayed WebSocket closed by one side first', () => {
       await otherEnded;
     });
   }
+
+  it('the relay closing it during a half-close (entity removed) answers the first closer with its code at once, and passes nothing more', async (t) => {
+    const { sender, leg, relay } = await splicedPair(t, 5000);
+    sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000, 'Shutdown')));
+    await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
+    leg.socket.write(maskedFrame(OP_BINARY, 'before the removal'));
+    const senderGot = readFrames(sender.socket, untilClose, 3000, 'the sender\'s answer', sender.rest);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(relay.reload('api').ok, true);
+    leg.socket.write(maskedFrame(OP_BINARY, 'after the removal'));
+    // Before: the listener's frames went on reaching the sender until the listener closed or closeHandshakeMs ran out.
+    assert.deepEqual(described(await senderGot), ['2 before the removal', 'close 1001']);
+  });
 
   it('answers the closer by itself when the other side never closes, within closeHandshakeMs', async (t) => {
     const { sender, leg } = await splicedPair(t, 300);

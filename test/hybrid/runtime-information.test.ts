@@ -57,6 +57,16 @@ describe('runtime information (.NET GetRuntimeInformationAsync)', () => {
     assert.deepEqual(seen, ['/echo?api-version=2016-07']);
   });
 
+  it('with autoCreate, an entity no listener holds does not exist (404), one a listener created does', async (t) => {
+    const relay = await startTestRelay(t, { autoCreate: true, hybridConnections: [] });
+    // Before: 200 with ListenerCount 0 for any name.
+    assert.equal((await runtimeInformation(relay.url, 'dyn', dotnetToken('dyn'))).status, 404);
+    await startHycoHttpsListener(t, relay.url, (_req, res) => res.end(), 'dyn');
+    const created = await runtimeInformation(relay.url, 'dyn', dotnetToken('dyn'));
+    assert.equal(created.status, 200, created.body);
+    assert.equal(description(created.body).ListenerCount, '1');
+  });
+
   it('refuses in the management plane\'s XML: no token 401, a token of another entity 403, an unknown entity 404', async (t) => {
     const relay = await startTestRelay(t, {
       sas: [
