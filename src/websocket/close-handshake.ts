@@ -43,13 +43,20 @@ export class CloseHandshake {
 
   /**
    * Sends the relay's close frame (once) and bounds the wait for the peer's
-   * answer. A code that may not appear on the wire goes out as 1002.
+   * answer, unless `bounded` is false (a relayed WebSocket's half-close: the
+   * peer may go on sending as long as it likes). A code that may not appear on
+   * the wire goes out as 1002.
    */
-  send(code: number, reason = ''): void {
+  send(code: number, reason = '', bounded = true): void {
     if (this.sent || this.socket.destroyed) return;
     this.sent = true;
     const sendable = code === CLOSE_NO_STATUS || isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
     this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
+    if (bounded) this.armTimer();
+  }
+
+  /** Bounds the wait for the peer's answer to a close sent unbounded (send(..., false)): closeHandshakeMs from now. */
+  bound(): void {
     this.armTimer();
   }
 

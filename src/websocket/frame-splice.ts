@@ -4,8 +4,9 @@
 // reassembling messages. Each leg's ping/pong is answered by the relay; a close
 // on one leg closes the other with the same code, and the other leg may go on
 // sending until it closes too (a half-close, as .NET's
-// HybridConnectionStream.ShutdownAsync does: the closer then reads the answer
-// until its close arrives), bounded by closeHandshakeMs. Backpressure is TCP-like: a
+// HybridConnectionStream.ShutdownAsync does, and azbridge for a TCP client's
+// shutdown: the closer reads the answer until its close arrives), for as long
+// as an open WebSocket may last. Backpressure is TCP-like: a
 // direction stops reading when its destination has `highWaterMark` bytes queued
 // and resumes on 'drain', so memory per splice stays bounded. The relay's own
 // answers are bounded the same way: a leg that pings and does not read its
@@ -224,11 +225,11 @@ export class FrameSplice {
     return this.directionTo(socket).midFrame;
   }
 
-  /** Sends a close frame to a leg, or drops the leg when a frame is half-written to it. */
-  private sendClose(socket: Duplex, code: number, reason = ''): void {
+  /** Sends a close frame to a leg (its answer waited for closeHandshakeMs unless not `bounded`), or drops the leg when a frame is half-written to it. */
+  private sendClose(socket: Duplex, code: number, reason = '', bounded = true): void {
     const handshake = this.handshakeOf(socket);
     if (this.midFrameTo(socket)) handshake.abort();
-    else handshake.send(code, reason);
+    else handshake.send(code, reason, bounded);
   }
 
   onCloseFrame(dir: Direction, payload: Buffer): void {
@@ -246,13 +247,15 @@ export class FrameSplice {
     const { code, reason } = decodeClosePayload(payload);
     this.beginClose(dir.name, code, reason);
     // Before: answered at once and nothing more forwarded either way, so the answer a .NET listener wrote
-    // after a sender's ShutdownAsync never reached the sender (whose read then ended with 0 bytes).
+    // after a sender's ShutdownAsync never reached the sender (whose read then ended with 0 bytes). Not bounded
+    // by closeHandshakeMs: an answer may take as long as it takes (an azbridge tunnel's server after its client's
+    // shutdown), as on an open WebSocket; the other leg's close, or its end, finishes it.
     this.unanswered = { dir, payload };
-    this.sendClose(dir.to, code, reason);
+    this.sendClose(dir.to, code, reason, false);
   }
 
   /** Answers the close frame of the leg that closed first (with `code`: the other leg's, or its own echoed). */
-  private answerFirstCloser(code?: number): void {
+  private answerFirstCloser(code: number): void {
     const first = this.unanswered;
     if (!first) return;
     this.unanswered = undefined;
@@ -280,9 +283,12 @@ export class FrameSplice {
     if (this.closing) {
       // During a half-close: the side still sending already had a close (it is waited on, bounded); nothing more of
       // it is passed on, and the first closer is answered with the relay's code now. Before, it went on to the end.
-      if (this.unanswered) {
+      const first = this.unanswered;
+      if (first) {
         this.aToB.ended = this.bToA.ended = true;
         this.answerFirstCloser(code);
+        // The side still sending was sent the first closer's close unbounded: it has closeHandshakeMs to answer now.
+        this.handshakes.get(first.dir.to)!.bound();
       }
       return;
     }
@@ -308,10 +314,17 @@ export class FrameSplice {
       (name === 'a' ? this.b : this.a).destroy();
     }
     const socket = name === 'a' ? this.a : this.b;
-    // The leg still sending after the other's close is gone: that one's close is answered now (with its own code).
-    if (this.unanswered?.dir.to === socket) this.answerFirstCloser();
-    // The first closer itself is gone: nobody to answer.
-    else if (this.unanswered?.dir.from === socket) this.unanswered = undefined;
+    const first = this.unanswered;
+    if (first?.dir.to === socket) {
+      // The leg still sending after the other's close is gone without its own: the first closer is cut too, as
+      // an open WebSocket's other side is (before: answered with its own code, 1000, which read as a clean end
+      // of what it was being sent).
+      this.unanswered = undefined;
+      first.dir.from.destroy();
+    } else if (first?.dir.from === socket) {
+      // The first closer itself is gone: nobody to answer.
+      this.unanswered = undefined;
+    }
     this.directionTo(socket).toWriter.flush();
     socket.end();
   }
