@@ -33,12 +33,30 @@ export class CloseHandshake {
   /** The peer's close frame arrived. */
   received = false;
   private timer: NodeJS.Timeout | undefined;
+  /** The relay's close frame (and all queued before it) has reached the kernel. */
+  private closeWritten = false;
+  /** The bound waits for closeWritten (afterQueue): armTimer was asked for before it. */
+  private timerWanted = false;
 
+  /**
+   * `afterQueue`: the bound starts once the close frame, and everything queued before it, is written (a relayed
+   * WebSocket: what the other side sent last reaches a slow reader whole; its queue is bounded by backpressure).
+   * Otherwise at once (a pub/sub socket closed for not reading must not hold its queue for good).
+   */
   constructor(
     private readonly socket: Duplex,
     private readonly closeHandshakeMs: number,
+    private readonly afterQueue = false,
   ) {
     socket.once('close', () => this.dispose());
+  }
+
+  /** Writes the relay's close frame; notes when it is out of the socket's queue. */
+  private writeClose(frame: Buffer): void {
+    this.socket.write(frame, () => {
+      this.closeWritten = true;
+      if (this.timerWanted) this.armTimer();
+    });
   }
 
   /**
@@ -51,7 +69,7 @@ export class CloseHandshake {
     if (this.sent || this.socket.destroyed) return;
     this.sent = true;
     const sendable = code === CLOSE_NO_STATUS || isSendableCloseCode(code) ? code : CLOSE_PROTOCOL_ERROR;
-    this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
+    this.writeClose(encodeFrame(true, OP_CLOSE, encodeClosePayload(sendable, reason)));
     if (bounded) this.armTimer();
   }
 
@@ -77,7 +95,7 @@ export class CloseHandshake {
     if (!this.sent) {
       this.sent = true;
       const echo = answer ?? (isSendableCloseCode(said.code) ? said.code : CLOSE_NO_STATUS);
-      this.socket.write(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
+      this.writeClose(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
     }
     this.socket.end();
     this.armTimer();
@@ -95,6 +113,11 @@ export class CloseHandshake {
     // The peer's answer (its close frame, then the end of its stream) is seen only if read:
     // whatever had paused reading (backpressure, a held client) is over now.
     this.socket.resume();
+    // (No close frame of the relay's yet, in end() after a protocol error: nothing to wait for.)
+    if (this.afterQueue && this.sent && !this.closeWritten) {
+      this.timerWanted = true;
+      return;
+    }
     this.timer = setTimeout(() => this.socket.destroy(), this.closeHandshakeMs);
     this.timer.unref();
   }

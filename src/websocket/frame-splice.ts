@@ -170,7 +170,7 @@ export class FrameSplice {
     this.highWaterMark = options.highWaterMark;
     this.aToB = new Direction('a', a, b, this, options.maxFrameBytes);
     this.bToA = new Direction('b', b, a, this, options.maxFrameBytes);
-    this.handshakes = new Map([a, b].map((s) => [s, new CloseHandshake(s, options.closeHandshakeMs)]));
+    this.handshakes = new Map([a, b].map((s) => [s, new CloseHandshake(s, options.closeHandshakeMs, true)]));
   }
 
   /** Payload bytes forwarded so far, both ways. */

@@ -79,6 +79,26 @@ describe('closing handshake', () => {
     assert.deepEqual(Buffer.concat(seen), encodeFrame(true, OP_CLOSE, encodeClosePayload(1000)));
   });
 
+  for (const afterQueue of [true, false]) {
+    it(`with 32 MiB queued before the close to a peer that reads nothing yet, bounds the wait ${afterQueue ? 'from when the close is written (a relayed WebSocket: the queue reaches a slow reader whole)' : 'from the send (a pub/sub socket that does not read is dropped)'}`, async () => {
+      const { relay, peer, received } = await pair();
+      peer.pause();
+      // More than the kernel's buffers on both sides hold: most of it waits in the relay's own queue.
+      const chunk = Buffer.alloc(1024 * 1024, 0x61);
+      for (let i = 0; i < 32; i++) relay.write(chunk);
+      new CloseHandshake(relay, 200, afterQueue).send(1000);
+      await new Promise((r) => setTimeout(r, 600));
+      // Before (always the second way): dropped 200 ms after the send, the queue with it.
+      assert.equal(relay.destroyed, !afterQueue, 'dropped');
+      if (!afterQueue) return;
+      peer.resume();
+      await withTimeout(once(peer, 'end'), 10000, 'the whole queue, then the close frame');
+      const bytes = received();
+      assert.equal(bytes.length, 32 * chunk.length + 4);
+      assert.deepEqual([...bytes.subarray(-4)], [0x88, 2, 0x03, 0xe8]);
+    });
+  }
+
   it('does not answer the peer close that answers its own', async () => {
     const { relay, peer, received } = await pair();
     const handshake = new CloseHandshake(relay, 2000);
