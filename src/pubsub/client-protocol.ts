@@ -144,7 +144,6 @@ function eventPayload(frame: string, m: Upstream): string {
   return dataType === 'json' ? dataTextOf(frame, m) : (m.data as string);
 }
 
-/** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
 const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary'];
 
 /** A data type named in any ASCII case, as the schema and every receiver take it (lower case); anything else as it was, for the schema to refuse. */
@@ -153,6 +152,7 @@ function canonicalDataType(given: string): DataType {
   return (DATA_TYPES as readonly string[]).includes(lower) ? (lower as DataType) : (given as DataType);
 }
 
+/** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
 function payloadBytes(dataType: string, data: unknown, dataJson: string): number {
   if (dataType === 'text' && typeof data === 'string') return Buffer.byteLength(data, 'utf8');
   if (dataType === 'binary' && typeof data === 'string') return Buffer.byteLength(data, 'base64');

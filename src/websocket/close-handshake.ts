@@ -27,6 +27,9 @@ export function closePayloadProblem(payload: Buffer): { code: number; reason: st
   return undefined;
 }
 
+/** With `afterQueue`, how many closeHandshakeMs a peer has to read what was queued before the close frame. */
+export const QUEUE_WAIT_FACTOR = 10;
+
 export class CloseHandshake {
   /** The relay's close frame went out (or the socket was dropped instead). */
   sent = false;
@@ -37,11 +40,14 @@ export class CloseHandshake {
   private closeWritten = false;
   /** The bound waits for closeWritten (afterQueue): armTimer was asked for before it. */
   private timerWanted = false;
+  /** While the bound waits for closeWritten: drops a peer that has not read the queue in QUEUE_WAIT_FACTOR bounds. */
+  private queueTimer: NodeJS.Timeout | undefined;
 
   /**
    * `afterQueue`: the bound starts once the close frame, and everything queued before it, is written (a relayed
-   * WebSocket: what the other side sent last reaches a slow reader whole; its queue is bounded by backpressure).
-   * Otherwise at once (a pub/sub socket closed for not reading must not hold its queue for good).
+   * WebSocket: what the other side sent last reaches a slow reader whole; its queue is bounded by backpressure),
+   * which may take up to QUEUE_WAIT_FACTOR bounds. Otherwise at once (a pub/sub socket closed for not reading must
+   * not hold its queue long).
    */
   constructor(
     private readonly socket: Duplex,
@@ -55,6 +61,8 @@ export class CloseHandshake {
   private writeClose(frame: Buffer): void {
     this.socket.write(frame, () => {
       this.closeWritten = true;
+      clearTimeout(this.queueTimer);
+      this.queueTimer = undefined;
       if (this.timerWanted) this.armTimer();
     });
   }
@@ -116,6 +124,10 @@ export class CloseHandshake {
     // (No close frame of the relay's yet, in end() after a protocol error: nothing to wait for.)
     if (this.afterQueue && this.sent && !this.closeWritten) {
       this.timerWanted = true;
+      // A peer with a closed TCP window would hold the leg for good: the queue has a bound of its own, a long one.
+      // (Node writes a queue in large writevs, so how far a reader got cannot be watched more finely.)
+      this.queueTimer ??= setTimeout(() => this.socket.destroy(), this.closeHandshakeMs * QUEUE_WAIT_FACTOR);
+      this.queueTimer.unref();
       return;
     }
     this.timer = setTimeout(() => this.socket.destroy(), this.closeHandshakeMs);
@@ -125,5 +137,7 @@ export class CloseHandshake {
   dispose(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    clearTimeout(this.queueTimer);
+    this.queueTimer = undefined;
   }
 }

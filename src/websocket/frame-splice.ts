@@ -93,7 +93,9 @@ class Direction implements FrameHandler {
 
   onControlFrame(opcode: number, payload: Buffer): void {
     if (opcode === OP_PING) {
-      if (this.splice.closing) return;
+      // A leg that sent its close sends no pings; one still sending during a half-close is answered (its
+      // keep-alive may wait for pongs: the half-close can last as long as an open WebSocket).
+      if (this.ended) return;
       this.splice.writeControl(this.from, encodeFrame(true, OP_PONG, payload));
       if (!this.waitingForSource && queuedPast(this.from, this.splice.highWaterMark)) {
         this.waitingForSource = true;
@@ -281,15 +283,12 @@ export class FrameSplice {
   /** Closes both legs from the relay's side (shutdown, entity removed). */
   close(code: number, reason: string): void {
     if (this.closing) {
-      // During a half-close: the side still sending already had a close (it is waited on, bounded); nothing more of
-      // it is passed on, and the first closer is answered with the relay's code now. Before, it went on to the end.
-      const first = this.unanswered;
-      if (first) {
-        this.aToB.ended = this.bToA.ended = true;
-        this.answerFirstCloser(code);
-        // The side still sending was sent the first closer's close unbounded: it has closeHandshakeMs to answer now.
-        this.handshakes.get(first.dir.to)!.bound();
-      }
+      // During a half-close: the side still sending already had a close; nothing more of it is passed on, and the
+      // first closer is answered with the relay's code now. Before, it went on to the end.
+      this.aToB.ended = this.bToA.ended = true;
+      if (this.unanswered) this.answerFirstCloser(code);
+      // A close sent unbounded (the half-close's) is bounded now: every leg has closeHandshakeMs to finish.
+      for (const handshake of this.handshakes.values()) if (handshake.sent) handshake.bound();
       return;
     }
     this.aToB.ended = this.bToA.ended = true;
@@ -322,8 +321,11 @@ export class FrameSplice {
       this.unanswered = undefined;
       first.dir.from.destroy();
     } else if (first?.dir.from === socket) {
-      // The first closer itself is gone: nobody to answer.
+      // The first closer itself is gone (it gave up waiting): nobody to answer, nothing more to pass on, and the other
+      // leg, sent its close unbounded, has closeHandshakeMs to answer it (before: held for good, counted open).
       this.unanswered = undefined;
+      this.aToB.ended = this.bToA.ended = true;
+      this.handshakes.get(first.dir.to)!.bound();
     }
     this.directionTo(socket).toWriter.flush();
     socket.end();

@@ -11,9 +11,12 @@ import { maskedFrame, parseServerFrames, rawUpgrade, readFrames, readToClose, ty
 import { buildConfig } from '../../src/config/load.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const OP_BINARY = 0x2;
 const OP_CLOSE = 0x8;
+const OP_PING = 0x9;
+const OP_PONG = 0xa;
 const closePayload = (code: number, reason = '') => Buffer.concat([Buffer.from([code >> 8, code & 0xff]), Buffer.from(reason)]);
 const described = (frames: ServerFrame[]) => frames.map((f) => (f.opcode === OP_CLOSE ? `close ${f.payload.readUInt16BE(0)}` : `${f.opcode} ${f.payload}`));
 const untilClose = (frames: ServerFrame[]) => frames.some((f) => f.opcode === OP_CLOSE);
@@ -81,6 +84,27 @@ describe('a relayed WebSocket closed by one side first', () => {
     }
     leg.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
     assert.deepEqual(described(await senderGot), [...Array.from({ length: 6 }, (_, i) => `2 chunk ${i}`), 'close 1000']);
+  });
+
+  it('bounds the other side by closeHandshakeMs once the first closer has gone (it gave up waiting), and ends the relayed WebSocket', async (t) => {
+    const { sender, leg, relay } = await splicedPair(t, 300);
+    sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
+    await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
+    sender.socket.end();
+    // The listener never answers. Before: its leg was held for good, counted open, untouched by the entity's removal.
+    await readToClose(leg.socket, 5000, 'the listener\'s leg to be dropped');
+    await until(() => relay.hybrid.openConnections().relayed_websocket === 0, 5000, 'the relayed WebSocket to end');
+  });
+
+  it('answers the pings of the side still sending during a half-close (its keep-alive may wait for pongs)', async (t) => {
+    const { sender, leg } = await splicedPair(t, 300);
+    sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
+    const closeSeen = await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
+    leg.socket.write(maskedFrame(OP_PING, 'keep-alive'));
+    // Before: no pong while closing.
+    const pong = await readFrames(leg.socket, (f) => f.some((x) => x.opcode === OP_PONG), 5000, 'the pong');
+    assert.deepEqual(pong.filter((f) => f.opcode === OP_PONG).map((f) => String(f.payload)), ['keep-alive']);
+    assert.ok(untilClose(closeSeen));
   });
 
   it('cuts the first closer\'s connection when the other side goes away without its close: no clean end of a cut answer', async (t) => {
