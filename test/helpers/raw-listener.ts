@@ -1,7 +1,10 @@
 // A listener speaking the control-channel protocol with ws 8 directly, for
 // tests that need a listener to misbehave (reject, accept twice, read slowly,
 // never answer) in ways the Microsoft clients cannot be told to.
+import type { TestContext } from 'node:test';
 import WebSocket from 'ws';
+import { rawUpgrade, type RawUpgrade } from './raw-socket.ts';
+import { tokenFor, wsUrl } from './relay.ts';
 import { withTimeout } from './wait.ts';
 
 export class RawListener {
@@ -106,4 +109,24 @@ export function upgradeRefusal(url: string, options: WebSocket.ClientOptions = {
     10000,
     'upgrade answer',
   );
+}
+
+/**
+ * A relayed WebSocket on `relay`'s entity `entity` (one that needs no sender token) between raw sockets: the
+ * sender and the listener's rendezvous leg, each as its upgrade left it (paused, the bytes after its 101 in `rest`),
+ * and the raw listener that accepted it, closed with the test.
+ */
+export async function rawRelayedPair(
+  t: Pick<TestContext, 'after'>,
+  relay: { url: string; port: number },
+  entity = 'open',
+): Promise<{ sender: RawUpgrade; leg: RawUpgrade; listener: RawListener }> {
+  const listenUrl = wsUrl(relay.url, `/$hc/${entity}?sb-hc-action=listen`);
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  const upgrading = rawUpgrade(t, relay.port, `/$hc/${entity}?sb-hc-action=connect`);
+  const { accept } = await listener.next();
+  const address = new URL(accept.address);
+  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+  return { sender: await upgrading, leg, listener };
 }

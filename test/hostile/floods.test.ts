@@ -13,7 +13,7 @@ import { Cleanup } from '../helpers/cleanup.ts';
 import { MAX_RSS_GROWTH, assertStillServing, measuringRss, mib, startHostileRelay } from '../helpers/hostile.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { accessUrl } from '../helpers/pubsub.ts';
-import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { RawListener, openWebSocket, rawRelayedPair } from '../helpers/raw-listener.ts';
 import { floodWithoutReading, maskedFrame, parseServerFrames, rawUpgrade } from '../helpers/raw-socket.ts';
 import { tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
@@ -37,17 +37,10 @@ async function floodAndCheck(t: TestContext, relay: RelayProcess, socket: Socket
 
 /** A relayed WebSocket on `relay`: the sender's raw socket; the listener's leg reads or not. */
 async function relayedSender(t: TestContext, relay: RelayProcess, legReads: boolean): Promise<Socket> {
-  const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
-  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-  t.after(() => listener.close());
-  const upgrading = rawUpgrade(t, relay.port, '/$hc/open?sb-hc-action=connect');
-  const { accept } = await listener.next();
-  const address = new URL(accept.address);
-  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+  const { sender, leg, listener } = await rawRelayedPair(t, relay);
   assert.equal(leg.status, 101);
   if (legReads) leg.socket.resume();
   else leg.socket.pause();
-  const sender = await upgrading;
   assert.equal(sender.status, 101);
   // The splice lives on without it; the entity's next connect goes to the next listener.
   listener.close();

@@ -6,11 +6,11 @@
 // listener wrote after reading the sender's shutdown never reached it.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { RawListener } from '../helpers/raw-listener.ts';
+import { rawRelayedPair } from '../helpers/raw-listener.ts';
 import { maskedFrame, parseServerFrames, rawUpgrade, readFrames, readToClose, type RawUpgrade, type ServerFrame } from '../helpers/raw-socket.ts';
 import { buildConfig } from '../../src/config/load.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
-import { startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 const OP_BINARY = 0x2;
@@ -26,14 +26,7 @@ async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ 
   const overrides = { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts: { closeHandshakeMs } };
   // A reload takes the entity away (its relayed WebSockets are closed 1001 EntityRemoved).
   const relay = await startTestRelay(t, overrides, { loadConfig: () => buildConfig(testConfig({ ...overrides, hybridConnections: [] })) });
-  const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
-  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-  t.after(() => listener.close());
-  const upgrading = rawUpgrade(t, relay.port, '/$hc/open?sb-hc-action=connect');
-  const { accept } = await listener.next();
-  const address = new URL(accept.address);
-  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
-  const sender = await upgrading;
+  const { sender, leg } = await rawRelayedPair(t, relay);
   return { sender, leg, relay };
 }
 
