@@ -158,8 +158,8 @@ export class FrameSplice {
   private openSockets = 2;
   /**
    * The close frame of the leg that closed first, not answered yet: the other leg, told, may still send
-   * (half-close) until its own close frame arrives, whose code then answers it; or until that leg is gone
-   * (its handshake bounded by closeHandshakeMs), when it is answered with its own code.
+   * (half-close) until its own close frame arrives, whose code then answers it, or the relay closes the splice
+   * (its code answers). If the other leg goes without a close, the first closer is cut instead.
    */
   private unanswered: { dir: Direction; payload: Buffer } | undefined;
 
@@ -256,7 +256,7 @@ export class FrameSplice {
     this.sendClose(dir.to, code, reason, false);
   }
 
-  /** Answers the close frame of the leg that closed first (with `code`: the other leg's, or its own echoed). */
+  /** Answers the close frame of the leg that closed first with `code` (the other leg's, or the relay's). */
   private answerFirstCloser(code: number): void {
     const first = this.unanswered;
     if (!first) return;
