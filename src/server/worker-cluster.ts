@@ -237,11 +237,11 @@ const RESTART_STABLE_MS = 60_000;
 export function startWorkers(count: number, nodeId: string): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
   const workers = new Map<number, Worker>();
   /**
-   * Workers that said they listen: only these are sent SIGHUP. One still
+   * Workers that said they are ready: only these are sent SIGHUP. One still
    * starting reads the config as it is anyway, and before its handler is in
    * place a SIGHUP would end it.
    */
-  const listening = new Set<Worker>();
+  const readyWorkers = new Set<Worker>();
   const sockets: Record<number, string> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
@@ -271,7 +271,7 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
     workers.set(index, worker);
     worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers, socket?: Socket) => {
       if (message?.kind === 'edge-relay.reload-others') {
-        for (const other of listening) if (other !== worker) other.process.kill('SIGHUP');
+        for (const other of readyWorkers) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
         tell(worker);
       } else if (message?.kind === 'edge-relay.listening') {
@@ -281,7 +281,7 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
         sockets[index] = message.privateSocket;
         tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
-        listening.add(worker);
+        readyWorkers.add(worker);
         url = message.url;
         if (up < count) {
           if (++up === count) resolveReady(url);
@@ -303,10 +303,10 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
       }
     });
     worker.on('exit', (code, signal) => {
-      const wasListening = listening.delete(worker);
+      const wasReady = readyWorkers.delete(worker);
       // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
       // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)
-      if (stopping && code !== 0 && wasListening) clean = false;
+      if (stopping && code !== 0 && wasReady) clean = false;
       if (workers.get(index) === worker) workers.delete(index);
       if (up < count) return failReady(new WorkerStartError(index, code, signal));
       if (stopping) return;
@@ -330,7 +330,7 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
   return {
     ready,
     signal(signal) {
-      for (const worker of listening) worker.process.kill(signal);
+      for (const worker of readyWorkers) worker.process.kill(signal);
     },
     async stop(signal, graceMs) {
       stopping = true;
