@@ -328,7 +328,9 @@ export class FrameSplice {
       this.handshakes.get(first.dir.to)!.bound();
     }
     this.directionTo(socket).toWriter.flush();
-    socket.end();
+    // Ended with its handshake's bound: a peer that sent FIN and reads nothing of what is queued for it would
+    // otherwise hold the leg, and that queue, for good (before: a bare end()).
+    this.handshakes.get(socket)!.end();
   }
 
   private onSocketClosed(name: 'a' | 'b'): void {

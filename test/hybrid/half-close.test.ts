@@ -100,6 +100,20 @@ describe('a relayed WebSocket closed by one side first', () => {
     assert.ok(untilClose(closeSeen));
   });
 
+  it('releases a leg that sent FIN while reading nothing of what is queued for it (open, or after its close)', async (t) => {
+    for (const closeFirst of [false, true]) {
+      const { sender, leg, relay } = await splicedPair(t, 300);
+      // The sender reads nothing; the listener sends it 16 MiB: most of it waits in the relay.
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      for (let i = 0; i < 256; i++) leg.socket.write(maskedFrame(OP_BINARY, chunk));
+      await new Promise((r) => setTimeout(r, 500));
+      if (closeFirst) sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
+      sender.socket.end();
+      // Before: held for good, counted open, with its queue (the relay's end() waited for a reader that never came).
+      await until(() => relay.hybrid.openConnections().relayed_websocket === 0, 5000, `the relayed WebSocket to end (close first: ${closeFirst})`);
+    }
+  });
+
   it('cuts the first closer\'s connection when the other side goes away without its close: no clean end of a cut answer', async (t) => {
     const { sender, leg } = await splicedPair(t, 300);
     sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
