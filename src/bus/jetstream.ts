@@ -285,10 +285,8 @@ export class JetStreamAccess {
           return;
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
-        // Not something waiting cures: said as an error, once a minute.
-        if (err instanceof StreamTaken) {
-          if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
-        } else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
+        if (err instanceof StreamTaken) this.sayTaken(err, attempt);
+        else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }
@@ -314,9 +312,8 @@ export class JetStreamAccess {
         this.log.info({ event: 'jetstream.stream_added', stream: spec.name });
         return;
       } catch (err) {
-        if (err instanceof StreamTaken) {
-          if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
-        } else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
+        if (err instanceof StreamTaken) this.sayTaken(err, attempt);
+        else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }
@@ -371,6 +368,11 @@ export class JetStreamAccess {
       num_replicas: this.replicas,
       allow_direct: true,
     };
+  }
+
+  /** A stream found taken, at the `attempt`th try to make it sure: not something waiting cures, so an error, once a minute. */
+  private sayTaken(err: StreamTaken, attempt: number): void {
+    if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
   }
 
   private async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {

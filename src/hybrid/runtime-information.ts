@@ -7,6 +7,7 @@
 // edge, and never hands it to a listener as a relayed request
 // (docs/protocols/hybrid-connections.md, "Runtime information").
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 
 /** The namespace .NET's DataContractSerializer reads a HybridConnectionDescription in. */
@@ -21,7 +22,7 @@ export function isRuntimeInformationRequest(req: IncomingMessage, subPath: reado
   return (
     req.method === 'GET' &&
     typeof processAt === 'string' &&
-    processAt.trim().toLowerCase() === 'servicebus' &&
+    asciiLowerCase(processAt.trim()) === 'servicebus' &&
     params.has('api-version') &&
     subPath.every((segment) => segment === '')
   );
@@ -55,9 +56,7 @@ export function runtimeInformationEntry(selfUrl: string, entity: HybridEntity, l
 
 /** Answers the entry (200, `application/atom+xml;type=entry`). */
 export function sendRuntimeInformation(res: ServerResponse, entry: string): void {
-  const body = Buffer.from(entry, 'utf8');
-  res.writeHead(200, { 'content-type': 'application/atom+xml;type=entry;charset=utf-8', 'content-length': body.length, 'cache-control': 'no-store' });
-  res.end(body);
+  sendXml(res, 200, 'application/atom+xml;type=entry;charset=utf-8', entry);
 }
 
 /**
@@ -65,7 +64,11 @@ export function sendRuntimeInformation(res: ServerResponse, entry: string): void
  * exception it throws (401 AuthorizationFailedException, 404 EndpointNotFoundException, 503 ServerBusyException).
  */
 export function sendManagementError(res: ServerResponse, status: number, code: string, detail: string): void {
-  const body = Buffer.from(`<Error><Code>${status}</Code><Detail>${xmlText(`${code}: ${detail}`)}</Detail></Error>`, 'utf8');
-  res.writeHead(status, { 'content-type': 'application/xml;charset=utf-8', 'content-length': body.length, 'cache-control': 'no-store' });
+  sendXml(res, status, 'application/xml;charset=utf-8', `<Error><Code>${status}</Code><Detail>${xmlText(`${code}: ${detail}`)}</Detail></Error>`);
+}
+
+function sendXml(res: ServerResponse, status: number, contentType: string, text: string): void {
+  const body = Buffer.from(text, 'utf8');
+  res.writeHead(status, { 'content-type': contentType, 'content-length': body.length, 'cache-control': 'no-store' });
   res.end(body);
 }

@@ -66,11 +66,16 @@ export class ClusterStatus {
   /** Every node that answered, this one first; `complete` is false when the bus could not be asked. */
   async cluster(): Promise<{ nodes: NodeStatus[]; complete: boolean; problem?: string }> {
     const here = this.local();
-    const { bus, config, subjects } = this.s;
-    if (!bus.reachesOtherNodes) return { nodes: [here], complete: true };
-    const { answers, problem } = await askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', here.nodeId);
+    if (!this.s.bus.reachesOtherNodes) return { nodes: [here], complete: true };
+    const { answers, problem } = await this.askOthers();
     if (problem) return { nodes: [here], complete: false, problem };
     return { nodes: [here, ...answers], complete: true };
+  }
+
+  /** Every other edge's status, over the bus (ops.status). */
+  private askOthers(): Promise<{ answers: NodeStatus[]; problem?: string }> {
+    const { config, subjects } = this.s;
+    return askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', config.nodeId);
   }
 
   /** The other edges' answers for listenersOf, shared by the questions of one moment. */
@@ -83,14 +88,10 @@ export class ClusterStatus {
    * each time), at the price of a count up to that old for listeners on other edges.
    */
   async listenersOf(entityKey: string): Promise<{ listeners: number } | { problem: string }> {
-    const { bus, config, subjects } = this.s;
     let others: NodeStatus[] = [];
-    if (bus.reachesOtherNodes) {
+    if (this.s.bus.reachesOtherNodes) {
       const now = Date.now();
-      if (!this.recentOthers || now - this.recentOthers.at > LISTENER_COUNT_REUSE_MS) {
-        const answer = askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', config.nodeId);
-        this.recentOthers = { at: now, answer };
-      }
+      if (!this.recentOthers || now - this.recentOthers.at > LISTENER_COUNT_REUSE_MS) this.recentOthers = { at: now, answer: this.askOthers() };
       const { answers, problem } = await this.recentOthers.answer;
       if (problem) return { problem };
       others = answers;
