@@ -20,6 +20,7 @@ const OP_PONG = 0xa;
 const closePayload = (code: number, reason = '') => Buffer.concat([Buffer.from([code >> 8, code & 0xff]), Buffer.from(reason)]);
 const described = (frames: ServerFrame[]) => frames.map((f) => (f.opcode === OP_CLOSE ? `close ${f.payload.readUInt16BE(0)}` : `${f.opcode} ${f.payload}`));
 const untilClose = (frames: ServerFrame[]) => frames.some((f) => f.opcode === OP_CLOSE);
+const untilData = (frames: ServerFrame[]) => frames.some((f) => f.opcode === OP_BINARY);
 
 /** A relay with `closeHandshakeMs`, and a relayed WebSocket between raw sockets: the sender and the listener's leg. */
 async function splicedPair(t: TestContext, closeHandshakeMs: number): Promise<{ sender: RawUpgrade; leg: RawUpgrade; relay: RunningRelay }> {
@@ -56,12 +57,12 @@ describe('a relayed WebSocket closed by one side first', () => {
     sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000, 'Shutdown')));
     await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
     leg.socket.write(maskedFrame(OP_BINARY, 'before the removal'));
-    const senderGot = readFrames(sender.socket, untilClose, 3000, 'the sender\'s answer', sender.rest);
-    await new Promise((r) => setTimeout(r, 100));
+    const before = await readFrames(sender.socket, untilData, 3000, 'the frame before the removal', sender.rest);
     assert.equal(relay.reload('api').ok, true);
     leg.socket.write(maskedFrame(OP_BINARY, 'after the removal'));
+    const after = await readFrames(sender.socket, untilClose, 3000, 'the sender\'s answer');
     // Before: the listener's frames went on reaching the sender until the listener closed or closeHandshakeMs ran out.
-    assert.deepEqual(described(await senderGot), ['2 before the removal', 'close 1001']);
+    assert.deepEqual(described([...before, ...after]), ['2 before the removal', 'close 1001']);
   });
 
   it('is not cut by closeHandshakeMs while the other side answers slowly (a tunnel\'s server after its client\'s shutdown)', async (t) => {
@@ -119,10 +120,10 @@ describe('a relayed WebSocket closed by one side first', () => {
     sender.socket.write(maskedFrame(OP_CLOSE, closePayload(1000)));
     await readFrames(leg.socket, untilClose, 5000, 'the close at the listener', leg.rest);
     leg.socket.write(maskedFrame(OP_BINARY, 'part of it'));
-    await new Promise((r) => setTimeout(r, 100));
+    const part = await readFrames(sender.socket, untilData, 5000, 'the part at the sender', sender.rest);
     leg.socket.destroy();
     const bytes = await readToClose(sender.socket, 5000, 'the sender\'s connection to end');
     // The part sent, then no close frame: the connection just ends (before: a close 1000, a clean end).
-    assert.deepEqual(described(parseServerFrames(Buffer.concat([sender.rest, bytes])).frames), ['2 part of it']);
+    assert.deepEqual(described([...part, ...parseServerFrames(bytes).frames]), ['2 part of it']);
   });
 });
