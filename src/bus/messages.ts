@@ -23,6 +23,12 @@ export interface DataMessageHead {
   /** Set for messages a client sent to a group; null when the sender had no user id. */
   fromUserId?: string | null;
   dataType: DataType;
+  /**
+   * A REST send's `messageTtlSeconds` as a time (ms since epoch, the accepting
+   * edge's clock): past it, the message is not sent to anyone who does not
+   * have it yet (not delivered, not re-sent from a reliable session).
+   */
+  expiresAt?: number;
 }
 
 /**
@@ -350,7 +356,7 @@ export interface PsSession {
 /** Holding edge's answer to ps.handover page: unacknowledged events, their bodies concatenated after the header. */
 export interface PsEntries {
   op: 'ps.entries';
-  entries: { seq: number; mid?: string; length: number }[];
+  entries: { seq: number; mid?: string; length: number; expiresAt?: number }[];
 }
 
 /** An edge back on NATS (or taking a session) asks every edge for the events it published. */

@@ -260,7 +260,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       }
       connection.awaitingConnected = false;
       attach();
-      connection.flush();
+      this.countExpired(connection.flush());
       // Released before its first frames are read: one that holds the socket again (a simple client's message
       // waiting at the event handler) keeps it held.
       client.release();
@@ -281,9 +281,14 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     else handleClientFrame(this.deps.protocol, connection, isBinary, data);
   }
 
+  /** Held messages a flush skipped because their time to live had passed. */
+  private countExpired(skipped: number): void {
+    if (skipped > 0) this.deps.metrics.pubsubExpired.inc({ where: 'held' }, skipped);
+  }
+
   onDrain(socket: ClientSocket): void {
     const connection = socket.owner;
-    if (connection.socket === socket) connection.flush();
+    if (connection.socket === socket) this.countExpired(connection.flush());
   }
 
   onClosed(socket: ClientSocket, code: number): void {

@@ -32,6 +32,8 @@ export class SharedMessage {
   logIndex: number | undefined = undefined;
   /** Its sequenced copies' shared parts, once a reliable recipient got it (sequencedParts). */
   sequenced: SequencedParts | undefined = undefined;
+  /** Past this time (ms since epoch) it goes to nobody who does not have it yet: a REST send's messageTtlSeconds. */
+  readonly expiresAt: number | undefined;
 
   /**
    * `mid` names the event cluster-wide (origin node and counter), so a
@@ -54,6 +56,7 @@ export class SharedMessage {
     this.body = Buffer.from(text, 'utf8');
     this.dataType = message.dataType;
     this.dataJson = message.dataJson;
+    this.expiresAt = message.expiresAt;
   }
 
   /**

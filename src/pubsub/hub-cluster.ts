@@ -37,6 +37,7 @@ import type { HubHistory, MemoryHistory } from './history.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { hasExpired } from './message-log.ts';
 import { HubRoster, type HereState } from './hub-roster.ts';
 import { SessionHandover } from './session-handover.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
@@ -604,7 +605,20 @@ export class ClusterHub {
       this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: 'ps.send' });
       return;
     }
+    if (this.expired(message)) return;
     this.delivered(this.local.deliver(h.target, message, h.excluded && new Set(h.excluded), filter), h.at, 'bus');
+  }
+
+  /**
+   * True (and counted) when an event reaches this edge after its time to live
+   * (a REST send's messageTtlSeconds): held by the bus while NATS was away,
+   * replayed, or read late from a stream. It is sent to nobody here
+   * (PubSubConnection.deliver checks each copy too).
+   */
+  expired(message: SharedMessage): boolean {
+    if (!hasExpired(message, Date.now())) return false;
+    this.deps.metrics.pubsubExpired.inc({ where: 'event' });
+    return true;
   }
 
   /** Counts an event handed to `recipients` local connections, published at `at`. */

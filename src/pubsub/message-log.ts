@@ -31,6 +31,13 @@ export interface LoggedMessage {
   logIndex?: number;
   /** What its sequenced copies share, once a reliable recipient got it (downstream.ts, sequencedParts). */
   sequenced?: SequencedParts;
+  /** Past this time (ms since epoch) it is not sent again: a REST send's messageTtlSeconds. */
+  readonly expiresAt?: number;
+}
+
+/** True when a message has a time to live and it has passed. */
+export function hasExpired(message: { readonly expiresAt?: number }, now: number): boolean {
+  return message.expiresAt !== undefined && message.expiresAt <= now;
 }
 
 const CHUNK_SLOTS = 256;

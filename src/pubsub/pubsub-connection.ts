@@ -8,6 +8,7 @@
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
 import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
+import { hasExpired } from './message-log.ts';
 import { ReliableSession } from './reliable-session.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
@@ -18,6 +19,14 @@ export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;
 /** True for a Web PubSub JSON subprotocol; anything else (none included) makes a simple WebSocket client. */
 export function isWebPubSubProtocol(protocol: string): boolean {
   return (SUPPORTED_PROTOCOLS as readonly string[]).includes(protocol);
+}
+
+/** An event for a session being taken from another node, kept until the hand-over completes. */
+export interface TakenEvent {
+  body: Buffer;
+  mid: string;
+  /** A REST send's messageTtlSeconds as a time (ms since epoch). */
+  expiresAt?: number;
 }
 
 export interface ConnectionLimits {
@@ -48,7 +57,7 @@ export class PubSubConnection {
    * it up, while it is held there (deliveries still buffer); on the node
    * taking it, the events that arrive before the hand-over completes.
    */
-  handover: { taking?: { body: Buffer; mid: string }[]; givingTimer?: NodeJS.Timeout } | undefined;
+  handover: { taking?: TakenEvent[]; givingTimer?: NodeJS.Timeout } | undefined;
   /** A simple WebSocket client (no Web PubSub subprotocol): raw frames both ways, each frame a `message` event. */
   readonly simple: boolean;
   /** ce-connectionState as an event handler last set it (cloud-events.ts). */
@@ -141,13 +150,15 @@ export class PubSubConnection {
     const taking = this.handover?.taking;
     if (taking) {
       if (taking.length >= this.limits.sessionBufferMessages) return 'SessionBufferFull';
-      taking.push({ body: message.body, mid: message.mid });
+      taking.push({ body: message.body, mid: message.mid, expiresAt: message.expiresAt });
       return undefined;
     }
     const session = this.session;
+    // Past a REST send's messageTtlSeconds (an event read late from a stream): sent to nobody, numbered all the same.
+    const expired = message.expiresAt !== undefined && message.expiresAt <= Date.now();
     if (!session) {
       const socket = this.socket;
-      if (!socket) return undefined;
+      if (!socket || expired) return undefined;
       // Slow: it has not read what it already has. A message is taken whatever
       // its size (one may pass the cap: pubsubMessageBytes can be larger, and
       // the relay's envelope adds to what a client sent); counting it in made
@@ -160,28 +171,40 @@ export class PubSubConnection {
     const sequenceId = session.push(message);
     if (sequenceId === undefined) return 'SessionBufferFull';
     const socket = this.socket;
-    if (socket && session.writtenUpTo === sequenceId - 1 && !socket.isFull(this.limits.outboundBufferBytes)) {
-      const { head, tail } = sequencedParts(message);
-      socket.writeNumberedText(head, sequenceId, tail);
+    if (socket && session.writtenUpTo === sequenceId - 1 && (expired || !socket.isFull(this.limits.outboundBufferBytes))) {
+      if (!expired) {
+        const { head, tail } = sequencedParts(message);
+        socket.writeNumberedText(head, sequenceId, tail);
+      }
       session.writtenUpTo = sequenceId;
     }
     return undefined;
   }
 
-  /** Writes buffered messages the socket has not had yet, while it takes them. */
-  flush(): void {
+  /**
+   * Writes buffered messages the socket has not had yet, while it takes them;
+   * those whose time to live has passed are skipped (and let go once nothing
+   * older is held). Returns how many were skipped so.
+   */
+  flush(): number {
     const session = this.session;
     const socket = this.socket;
-    if (!session || !socket || this.ended) return;
+    if (!session || !socket || this.ended) return 0;
+    const now = Date.now();
+    let expired = session.dropExpired(now);
     const last = session.lastSequenceId;
     for (let id = session.writtenUpTo + 1; id <= last; id++) {
-      if (socket.isFull(this.limits.outboundBufferBytes)) return;
+      if (socket.isFull(this.limits.outboundBufferBytes)) break;
       const message = session.messageAt(id);
-      if (!message) return;
-      const { head, tail } = sequencedParts(message);
-      socket.writeNumberedText(head, id, tail);
+      if (!message) break;
+      // A client takes ids with gaps (it acknowledges the highest it has): the skipped one is acknowledged with the next.
+      if (!hasExpired(message, now)) {
+        const { head, tail } = sequencedParts(message);
+        socket.writeNumberedText(head, id, tail);
+      } else expired++;
       session.writtenUpTo = id;
     }
+    return expired;
   }
 
   /**

@@ -6,7 +6,7 @@
 // The buffered messages themselves are in the edge's message log, once for
 // all sessions; a session keeps their indices (message-log.ts).
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { MessageLog, type LoggedMessage } from './message-log.ts';
+import { MessageLog, hasExpired, type LoggedMessage } from './message-log.ts';
 
 export interface SessionLimits {
   maxMessages: number;
@@ -20,6 +20,8 @@ export interface SessionEntry {
   mid: string;
   /** On a JetStream hub: the event's position in the hub's stream (0 elsewhere). */
   position: number;
+  /** A REST send's messageTtlSeconds as a time (ms since epoch). */
+  expiresAt?: number;
 }
 
 /** What a session's client has acknowledged, as a place in the hub's stream (docs/durability.md). */
@@ -115,7 +117,7 @@ export class ReliableSession {
   restore(entries: SessionEntry[], lastSequenceId: number): void {
     if (entries.length > 0 && this.held.length === 0) this.firstHeldSequenceId = entries[0].sequenceId;
     for (const entry of entries) {
-      this.held.push(messageLog.hold({ body: entry.body, mid: entry.mid, position: entry.position }));
+      this.held.push(messageLog.hold({ body: entry.body, mid: entry.mid, position: entry.position, expiresAt: entry.expiresAt }));
       this.bytes += entry.body.length;
     }
     this.nextSequenceId = lastSequenceId + 1;
@@ -188,15 +190,35 @@ export class ReliableSession {
    */
   push(message: LoggedMessage): number | undefined {
     const length = message.body.length;
-    const held = this.held.length;
-    if (held >= this.limits.maxMessages || (held > 0 && this.bytes + length > this.limits.maxBytes)) {
-      return undefined;
-    }
+    // Messages whose time to live passed make room first: they would never be sent again.
+    if (this.wouldOverflow(length) && (this.dropExpired(Date.now()) === 0 || this.wouldOverflow(length))) return undefined;
     const sequenceId = this.nextSequenceId++;
     if (this.held.length === 0) this.firstHeldSequenceId = sequenceId;
     this.held.push(messageLog.hold(message));
     this.bytes += length;
     return sequenceId;
+  }
+
+  private wouldOverflow(length: number): boolean {
+    const held = this.held.length;
+    return held >= this.limits.maxMessages || (held > 0 && this.bytes + length > this.limits.maxBytes);
+  }
+
+  /**
+   * Lets go of the oldest held messages whose time to live has passed, as if
+   * acknowledged (they are never sent again, so nothing is owed for them);
+   * how many. One behind a message without a passed time to live waits for
+   * that one's acknowledgement (PubSubConnection.flush skips it meanwhile).
+   */
+  dropExpired(now: number): number {
+    let dropped = 0;
+    while (this.held.length > 0) {
+      const oldest = this.messageAt(this.firstHeldSequenceId);
+      if (!oldest || !hasExpired(oldest, now)) break;
+      this.acknowledge(this.firstHeldSequenceId);
+      dropped++;
+    }
+    return dropped;
   }
 
   /** Stream position of the last acknowledged event, when this edge saw it. */
@@ -234,7 +256,9 @@ export class ReliableSession {
     const held = this.held;
     for (let i = held.head + Math.max(0, sequenceId - this.firstHeldSequenceId + 1); i < held.tail; i++) {
       const message = messageLog.at(held.indices[i])!;
-      yield { sequenceId: this.firstHeldSequenceId + (i - held.head), body: message.body, mid: message.mid, position: message.position };
+      const entry: SessionEntry = { sequenceId: this.firstHeldSequenceId + (i - held.head), body: message.body, mid: message.mid, position: message.position };
+      if (message.expiresAt !== undefined) entry.expiresAt = message.expiresAt;
+      yield entry;
     }
   }
 

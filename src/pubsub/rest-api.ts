@@ -262,7 +262,7 @@ function parseFilter(text: string): ConnectionFilter | Answer {
 const MAX_MESSAGE_TTL_SECONDS = 300;
 
 async function send(call: RestCall, target: Target, excluded?: ReadonlySet<string>): Promise<Answer> {
-  // Checked as Azure checks it, and otherwise not used: a message is delivered at once or held by a reliable session (docs).
+  // A time to live (0: none) for the message where it waits: at an edge that gets it late, in a reliable session.
   const ttl = call.params.get('messageTtlSeconds');
   if (ttl !== null && !(/^[0-9]{1,3}$/.test(ttl) && Number(ttl) <= MAX_MESSAGE_TTL_SECONDS)) {
     call.req.resume();
@@ -278,7 +278,9 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
   if (typeof read === 'string') return read;
   // A send to a group arrives as a group message from nobody, as Azure delivers it
   // (the SDK raises it as `group-message`); sends to all, a user or a connection come from the server.
-  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : read;
+  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : { ...read };
+  const ttlSeconds = Number(ttl ?? 0);
+  if (ttlSeconds > 0) message.expiresAt = Date.now() + ttlSeconds * 1000;
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
   await call.hub.send(target, message, excluded, undefined, filter);
   return ACCEPTED;

@@ -26,7 +26,7 @@ import { SessionUnavailable } from './errors.ts';
 import { isMessageBody, sharedMessageOf } from './downstream.ts';
 import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
-import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
+import { PubSubConnection, type ConnectionLimits, type TakenEvent } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -190,12 +190,12 @@ export class SessionHandover {
     if (!given) return;
     if (!given.session.tokenMatches(h.token ?? '')) return refuse();
     const budget = Math.min(MAX_PAGE_BYTES, Math.floor(this.hub.bus.maxPayload / 2));
-    const entries: { seq: number; mid: string; length: number }[] = [];
+    const entries: PsEntries['entries'] = [];
     const bodies: Buffer[] = [];
     let bytes = 0;
     for (const entry of given.session.after(h.after ?? 0)) {
       if (entries.length > 0 && bytes + entry.body.length > budget) break;
-      entries.push({ seq: entry.sequenceId, mid: entry.mid, length: entry.body.length });
+      entries.push({ seq: entry.sequenceId, mid: entry.mid, length: entry.body.length, expiresAt: entry.expiresAt });
       bodies.push(entry.body);
       bytes += entry.body.length;
     }
@@ -246,7 +246,7 @@ export class SessionHandover {
     );
     for (const id of s.ackIds ?? []) connection.rememberAckId(id);
     connection.states = s.states;
-    const taking: { body: Buffer; mid: string }[] = [];
+    const taking: TakenEvent[] = [];
     connection.handover = { taking };
     this.hub.local.add(connection);
     for (const group of s.groups) this.hub.local.join(connection, group);
@@ -272,7 +272,7 @@ export class SessionHandover {
           const body = Buffer.from(page.body.subarray(offset, offset + e.length));
           // Sent to the client as it is: it must be a data message.
           if (!isMessageBody(body)) throw new Error('bad page: an event that is not a data message');
-          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body, position: 0 });
+          entries.push({ sequenceId: e.seq, mid: e.mid ?? '', body, position: 0, expiresAt: e.expiresAt });
           offset += e.length;
           after = e.seq;
         }
@@ -302,7 +302,7 @@ export class SessionHandover {
       for (const event of taking) {
         if (had.has(event.mid)) continue;
         had.add(event.mid);
-        if (session.push({ body: event.body, mid: event.mid, position: 0 }) === undefined) throw new Error('session buffer full');
+        if (session.push({ body: event.body, mid: event.mid, position: 0, expiresAt: event.expiresAt }) === undefined) throw new Error('session buffer full');
       }
       this.deps.log.info({
         event: 'pubsub.session_taken',
@@ -330,8 +330,8 @@ export class SessionHandover {
     published: Uint8Array[],
     had: Set<string>,
     seen: Record<string, number>,
-  ): { body: Buffer; mid: string }[] {
-    const out: { body: Buffer; mid: string }[] = [];
+  ): TakenEvent[] {
+    const out: TakenEvent[] = [];
     for (const data of published) {
       const decoded = decodeEdgeMessage(data, 'ps.send');
       if (!decoded) continue;
@@ -351,7 +351,7 @@ export class SessionHandover {
       const message = addressed ? sharedMessageOf(h, decoded.body) : undefined;
       if (!message) continue;
       had.add(h.mid);
-      out.push({ body: message.body, mid: h.mid });
+      out.push({ body: message.body, mid: h.mid, expiresAt: message.expiresAt });
     }
     return out;
   }

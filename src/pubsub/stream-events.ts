@@ -169,6 +169,9 @@ export class StreamEvents implements DurableEvents, HubHistory {
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
         if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
+        // One past its time to live is still handed to the hub: a reliable session numbers it, as every edge
+        // reading the stream does (a session rebuilt elsewhere must number it alike), and sends it to nobody.
+        this.hub.expired(message);
         const recipients = this.hub.local.deliver(event.target, message, event.excluded && new Set(event.excluded), filter);
         this.hub.delivered(recipients, event.at, event.origin === this.options.nodeId ? 'local' : 'bus');
         return;

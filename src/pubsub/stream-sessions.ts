@@ -607,6 +607,8 @@ export class StreamSessions {
         if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        // One past its time to live is numbered all the same (the edge that held the session did, and the
+        // client's ids must go on matching theirs), and never sent (PubSubConnection.flush).
         if (message && session.push(message) === undefined) return 'the session buffer is full';
         return undefined;
       }

@@ -29,6 +29,7 @@ export class RelayMetrics {
   readonly bytesRelayed: Counter<'direction'>;
   readonly pubsubEventsIn: Counter<'source'>;
   readonly pubsubEventsOut: Counter;
+  readonly pubsubExpired: Counter<'where'>;
   readonly acks: Counter<'result'>;
   readonly handlerEvents: Counter<'event' | 'result'>;
   readonly slowConsumerCloses: Counter<'code'>;
@@ -143,6 +144,12 @@ export class RelayMetrics {
       registers,
     });
     this.pubsubEventsOut = new Counter({ name: 'edge_relay_pubsub_events_out_total', help: 'Pub/sub events delivered to clients on this node (one per recipient)', registers });
+    this.pubsubExpired = new Counter({
+      name: 'edge_relay_pubsub_expired_total',
+      help: 'Pub/sub messages not sent because their messageTtlSeconds had passed: where=event (one reaching this node too late, sent to nobody) or held (one held by a reliable session, per session)',
+      labelNames: ['where'],
+      registers,
+    });
     this.acks = new Counter({ name: 'edge_relay_pubsub_acks_total', help: 'Acks sent to pub/sub clients, by result (success or the error name)', labelNames: ['result'], registers });
     this.handlerEvents = new Counter({
       name: 'edge_relay_pubsub_handler_events_total',

@@ -32,6 +32,25 @@ describe('ReliableSession', () => {
     assert.deepEqual(ids(s.after(5)), [6]);
   });
 
+  it('lets go of the oldest messages whose time to live passed, as if acknowledged, and of none behind a live one', () => {
+    const s = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
+    const now = 1_000_000;
+    s.push({ body: body(1), mid: 'mid1', position: 0, expiresAt: now - 1 });
+    s.push({ body: body(2), mid: 'mid2', position: 0, expiresAt: now });
+    s.push({ body: body(3), mid: 'mid3', position: 0 });
+    s.push({ body: body(4), mid: 'mid4', position: 0, expiresAt: now - 5 });
+    s.push({ body: body(5), mid: 'mid5', position: 0, expiresAt: now + 1 });
+    assert.equal(s.dropExpired(now), 2);
+    assert.equal(s.firstSequenceId, 3);
+    assert.deepEqual([...s.after(0)].map((e) => [e.sequenceId, e.expiresAt]), [[3, undefined], [4, now - 5], [5, now + 1]]);
+    assert.equal(s.dropExpired(now), 0, 'one behind a message without a time to live waits');
+    s.acknowledge(3);
+    assert.equal(s.dropExpired(now), 1);
+    assert.equal(s.dropExpired(now + 1), 1);
+    assert.equal(s.unacknowledged, 0);
+    assert.equal(s.push({ body: body(6), mid: 'mid6', position: 0 }), 6);
+  });
+
   it('finds a held message by its sequence id, and none that is acknowledged or not yet pushed', () => {
     const s = new ReliableSession({ maxMessages: 100, maxBytes: 1 << 20 });
     for (let i = 1; i <= 5; i++) s.push({ body: body(i), mid: `mid${i}`, position: 0 });
