@@ -60,6 +60,8 @@ export interface JetStreamOptions {
   publishTimeoutMs: number;
   /** Bound on one JetStream API call. */
   requestTimeoutMs: number;
+  /** While the account has no JetStream: how often it is asked again (default ACCOUNT_RECHECK_MS). */
+  accountRecheckMs?: number;
 }
 
 export interface StreamSpec {
@@ -95,6 +97,12 @@ export type JetStreamState = 'waiting' | 'ready' | 'unavailable';
 
 /** Pause between attempts at something JetStream refused for now (no leader, consumer on an offline node). */
 const RETRY_MS = 250;
+/**
+ * While the server says the account has no JetStream, it is asked again this
+ * often: an operator who enables it (a nats-server config reload, an account
+ * JWT pushed) need not restart the edges.
+ */
+const ACCOUNT_RECHECK_MS = 10_000;
 /** While publishes fail unanswered, how often the streams are asked whether they answer again. */
 const STORE_PROBE_MS = 1000;
 /** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
@@ -170,6 +178,8 @@ export class JetStreamAccess {
   private establishing = false;
   /** Set while unavailable because the server reached had no JetStream (checkServer): a server with it makes sure again. */
   private serverLackedIt = false;
+  /** While unavailable because the account has no JetStream: the next time it is asked again. */
+  private accountRecheck: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly bus: NatsBus,
@@ -219,6 +229,37 @@ export class JetStreamAccess {
         this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
       },
     );
+  }
+
+  /**
+   * Asks again, after a while, whether the account has JetStream now; once it
+   * has, makes sure of the streams and the bucket as at start. A server
+   * without JetStream at all is checkServer's (it changes on a reconnect).
+   */
+  private recheckAccountLater(): void {
+    clearTimeout(this.accountRecheck);
+    this.accountRecheck = setTimeout(() => void this.recheckAccount(), this.options.accountRecheckMs ?? ACCOUNT_RECHECK_MS);
+    this.accountRecheck.unref();
+  }
+
+  private async recheckAccount(): Promise<void> {
+    this.accountRecheck = undefined;
+    if (this.closed || this.state !== 'unavailable' || this.serverLackedIt) return;
+    const nc = this.bus.connection;
+    try {
+      if (!nc) throw new Error('no connection to NATS');
+      const jsm = await nc.jetstreamManager({ timeout: this.options.requestTimeoutMs });
+      await jsm.getAccountInfo();
+    } catch {
+      if (!this.closed && this.state === 'unavailable' && !this.serverLackedIt) this.recheckAccountLater();
+      return;
+    }
+    if (this.closed || this.state !== 'unavailable' || this.serverLackedIt) return;
+    this.log.info({ event: 'jetstream.enabled', detail: 'the account has JetStream now' });
+    this.state = 'waiting';
+    this.answered = false;
+    this.problem = 'JetStream has not answered yet';
+    void this.establish();
   }
 
   /** Calls `listener` each time JetStream becomes ready (the streams and the bucket made sure of). */
@@ -282,6 +323,7 @@ export class JetStreamAccess {
           this.problem = NOT_ENABLED;
           this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
           for (const wake of this.readyWaiters.splice(0)) wake();
+          if (!this.serverLackedIt) this.recheckAccountLater();
           return;
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
@@ -848,6 +890,7 @@ export class JetStreamAccess {
   close(): void {
     this.closed = true;
     clearInterval(this.storeProbe);
+    clearTimeout(this.accountRecheck);
     this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
     for (const wake of this.readyWaiters.splice(0)) wake();

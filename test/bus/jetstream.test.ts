@@ -194,4 +194,27 @@ describe('JetStream access', () => {
     assert.match(a.problem!, /JetStream is not enabled.*bus\.jetstream\.enabled/);
     await assert.rejects(a.publish('t.ev.hub.all', Buffer.from('x'), 'id'), /not enabled/);
   });
+
+  it('takes JetStream up once the account gets it, without a restart (a nats-server config reload)', async (t) => {
+    // The command line's -js stands at start; a reload reads the file alone, which must then say it (helpers/nats.ts).
+    const accounts = (jetstream: 'enabled' | 'disabled', storeDir?: string) =>
+      `${storeDir ? `jetstream { store_dir: "${storeDir}" }\n` : ''}accounts { EDGE: { users: [{ user: edge, password: "edge-password" }], jetstream: ${jetstream} } }\n`;
+    const server = await startNatsServer(t, 'n1', undefined, { config: accounts('disabled') });
+    const bus = new NatsBus(
+      { servers: [server.url], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 1000, flushTimeoutMs: 2000, user: 'edge', pass: 'edge-password' },
+      log,
+    );
+    cleanupFor(t).after(() => bus.close());
+    const a = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, accountRecheckMs: 100 }, log);
+    cleanupFor(t).after(() => a.close());
+    await withTimeout(a.start([STREAM], BUCKET), 10000, 'start to give up');
+    assert.equal(a.state, 'unavailable');
+    assert.match(a.problem!, /JetStream is not enabled/);
+    await assert.rejects(a.publish('t.ev.hub.all', Buffer.from('x'), 'id'), /not enabled/);
+    // Before: unavailable until the edge was restarted.
+    server.reconfigure(accounts('enabled', server.storeDir));
+    await until(() => a.state === 'ready', 10000, `JetStream ready (${a.state}: ${a.problem})`);
+    const stored = await a.publish('t.ev.hub.all', Buffer.from('x'), 'id-1');
+    assert.equal(stored.duplicate, false);
+  });
 });
