@@ -175,7 +175,7 @@ export class PubSubConnection {
       if (!expired) {
         const { head, tail } = sequencedParts(message);
         socket.writeNumberedText(head, sequenceId, tail);
-      }
+      } else session.noteExpiredUnsent(sequenceId);
       session.writtenUpTo = sequenceId;
     }
     return undefined;
@@ -184,14 +184,16 @@ export class PubSubConnection {
   /**
    * Writes buffered messages the socket has not had yet, while it takes them;
    * those whose time to live has passed are skipped (and let go once nothing
-   * older is held). Returns how many were skipped so.
+   * older is held). Returns how many held messages were not sent for their
+   * time to live since the last flush (each once: skipped here, let go
+   * unsent, or made room for another).
    */
   flush(): number {
     const session = this.session;
     const socket = this.socket;
     if (!session || !socket || this.ended) return 0;
     const now = Date.now();
-    let expired = session.dropExpired(now);
+    session.dropExpired(now);
     const last = session.lastSequenceId;
     for (let id = session.writtenUpTo + 1; id <= last; id++) {
       if (socket.isFull(this.limits.outboundBufferBytes)) break;
@@ -201,10 +203,10 @@ export class PubSubConnection {
       if (!hasExpired(message, now)) {
         const { head, tail } = sequencedParts(message);
         socket.writeNumberedText(head, id, tail);
-      } else expired++;
+      } else session.noteExpiredUnsent(id);
       session.writtenUpTo = id;
     }
-    return expired;
+    return session.takeExpiredUnsent();
   }
 
   /**

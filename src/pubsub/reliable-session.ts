@@ -92,6 +92,10 @@ export class ReliableSession {
   checkpoint: SessionCheckpoint | undefined;
   /** The acknowledged sequence id the last checkpoint stands for; the checkpoint is stale when acknowledgements passed it. */
   private acknowledgedUpTo = 0;
+  /** The highest id counted as not sent for its time to live (noteExpiredUnsent): each is counted once. */
+  private expiredCountedUpTo = 0;
+  /** Messages not sent for their time to live since takeExpiredUnsent last read it. */
+  private expiredUnsent = 0;
 
   constructor(
     private readonly limits: SessionLimits,
@@ -213,12 +217,29 @@ export class ReliableSession {
   dropExpired(now: number): number {
     let dropped = 0;
     while (this.held.length > 0) {
-      const oldest = this.messageAt(this.firstHeldSequenceId);
+      const id = this.firstHeldSequenceId;
+      const oldest = this.messageAt(id);
       if (!oldest || !hasExpired(oldest, now)) break;
-      this.acknowledge(this.firstHeldSequenceId);
+      // One the current socket has (sent, not yet acknowledged) was sent.
+      if (id > this.writtenUpTo) this.noteExpiredUnsent(id);
+      this.acknowledge(id);
       dropped++;
     }
     return dropped;
+  }
+
+  /** The held message `sequenceId` is not sent, its time to live past: counted once, however often it is skipped. */
+  noteExpiredUnsent(sequenceId: number): void {
+    if (sequenceId <= this.expiredCountedUpTo) return;
+    this.expiredCountedUpTo = sequenceId;
+    this.expiredUnsent++;
+  }
+
+  /** How many held messages were not sent for their time to live since the last call (edge_relay_pubsub_expired_total). */
+  takeExpiredUnsent(): number {
+    const count = this.expiredUnsent;
+    this.expiredUnsent = 0;
+    return count;
   }
 
   /** Stream position of the last acknowledged event, when this edge saw it. */

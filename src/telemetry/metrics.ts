@@ -146,7 +146,7 @@ export class RelayMetrics {
     this.pubsubEventsOut = new Counter({ name: 'edge_relay_pubsub_events_out_total', help: 'Pub/sub events delivered to clients on this node (one per recipient)', registers });
     this.pubsubExpired = new Counter({
       name: 'edge_relay_pubsub_expired_total',
-      help: 'Pub/sub messages not sent because their messageTtlSeconds had passed: where=event (one reaching this node too late, sent to nobody) or held (one held by a reliable session, per session)',
+      help: 'Pub/sub messages not sent because their messageTtlSeconds had passed: where=event (one reaching this node too late, sent to nobody) or held (a message a reliable session held and did not send, once per session)',
       labelNames: ['where'],
       registers,
     });

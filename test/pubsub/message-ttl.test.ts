@@ -51,17 +51,28 @@ describe('messageTtlSeconds', () => {
       ],
     );
     assert.equal(await metricValue(relay, 'edge_relay_pubsub_expired_total', { where: 'held' }), 2);
-    // The client's acknowledgement of 6 lets every held message go: nothing is re-sent after another reconnect.
-    again.send({ type: 'sequenceAck', sequenceId: 6 });
+    // Acknowledging 1 puts expired 2 first: let go at the next reconnect, and not counted again.
+    again.send({ type: 'sequenceAck', sequenceId: 1 });
     await again.request({ type: 'joinGroup', group: 'g' });
-    const connected = again.messages.find((m) => m.type === 'system' && m.event === 'connected');
     again.ws.terminate();
     await withTimeout(again.closed, 5000, 'the socket to close');
-    const third = await RawPubSubClient.connect(
-      accessUrl(relay.url) + `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`,
-      RELIABLE,
-      t,
+    const second = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
+    await second.waitFor((m) => m.type === 'message' && m.data.n === 6, 5000, 'event 6 again');
+    assert.deepEqual(
+      second.dataMessages().map((m) => [m.data.n, m.sequenceId]),
+      [
+        [3, 3],
+        [4, 4],
+        [6, 6],
+      ],
     );
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_expired_total', { where: 'held' }), 2, 'each expired message counted once');
+    // The client's acknowledgement of 6 lets every held message go: nothing is re-sent after another reconnect.
+    second.send({ type: 'sequenceAck', sequenceId: 6 });
+    await second.request({ type: 'joinGroup', group: 'g' });
+    second.ws.terminate();
+    await withTimeout(second.closed, 5000, 'the socket to close');
+    const third = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
     await group.sendToAll({ n: 7 });
     await third.waitFor((m) => m.type === 'message' && m.data.n === 7, 5000, 'event 7');
     assert.deepEqual(
