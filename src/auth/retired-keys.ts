@@ -4,12 +4,25 @@
 export class RetiredKeys {
   private readonly byName = new Map<string, { key: string; until: number }[]>();
 
-  /** Accepts `key` for `name` until `until` (ms since epoch); a grace of 0 retires nothing. */
+  /**
+   * Accepts `key` for `name` until `until` (ms since epoch). A rotation bounds
+   * every key retired before it too: a key replaced twice, the second time
+   * with a grace of 0 (after a leak), stops at once, not at the end of the
+   * first grace.
+   */
   retire(name: string, key: string, until: number): void {
-    if (until <= Date.now()) return;
-    const list = (this.byName.get(name) ?? []).filter((k) => k.key !== key);
-    list.push({ key, until });
-    this.byName.set(name, list);
+    const list = (this.byName.get(name) ?? []).filter((k) => k.key !== key).map((k) => ({ key: k.key, until: Math.min(k.until, until) }));
+    if (until > Date.now()) list.push({ key, until });
+    const live = list.filter((k) => k.until > Date.now());
+    if (live.length > 0) this.byName.set(name, live);
+    else this.byName.delete(name);
+  }
+
+  /** `key` is the current key of `name` again: no longer a retired one. */
+  restore(name: string, key: string): void {
+    const list = this.byName.get(name)?.filter((k) => k.key !== key);
+    if (list && list.length > 0) this.byName.set(name, list);
+    else this.byName.delete(name);
   }
 
   /** The retired keys of `name` still in their grace. */

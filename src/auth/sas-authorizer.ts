@@ -54,8 +54,10 @@ export class SasAuthorizer {
       }
       const keys = new Set(kept.map((r) => r.key));
       const gone = [...new Set(old.map((r) => r.key))].filter((k) => !keys.has(k));
+      // Every key replaced so far is bounded by this rotation's grace (0: they all stop now).
       for (const key of gone) this.retired.retire(rule, key, now + graceMs);
-      if (gone.length > 0 && graceMs > 0) rotated.add(kept[0].keyName);
+      for (const key of keys) this.retired.restore(rule, key);
+      if (gone.length > 0) rotated.add(kept[0].keyName);
     }
     this.rulesByName = groupBy(rules, keyNameOf);
     return [...rotated];

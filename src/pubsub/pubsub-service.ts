@@ -345,10 +345,10 @@ export class PubSubService implements RestContext {
         continue;
       }
       if (hub.config.accessKey !== next.accessKey) {
-        if (config.rotationGraceSeconds > 0) {
-          this.retiredKeys.retire(hub.key, hub.config.accessKey, now + config.rotationGraceSeconds * 1000);
-          out.keysRotated.push(hub.name);
-        }
+        // Every key replaced so far is bounded by this rotation's grace (0: they all stop now).
+        this.retiredKeys.retire(hub.key, hub.config.accessKey, now + config.rotationGraceSeconds * 1000);
+        this.retiredKeys.restore(hub.key, next.accessKey);
+        out.keysRotated.push(hub.name);
         hub.config.accessKey = next.accessKey;
       }
       hub.config.accessKeyFile = next.accessKeyFile;

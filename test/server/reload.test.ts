@@ -194,6 +194,43 @@ describe('reload without a restart', () => {
     assert.deepEqual(lines().slice(reloaded + 1).filter((l) => (l.level as number) < 40).map((l) => l.event), []);
   });
 
+  it('stops every key a rotation with a grace of 0 replaces, keys replaced before it too (a leak), and says it rotated', async (t) => {
+    // Before: K1 -> K2 with a grace of 600 s, then K2 -> K3 with 0 (after a leak): K2 stopped, K1 was
+    // accepted for the rest of its 600 s, and the answer listed no rotation.
+    const KEYS = ['factory-key-0123456789abcdef-one', 'factory-key-0123456789abcdef-two', 'factory-key-0123456789abcdef-three'];
+    const HUB_KEYS = ['chat-key-0123456789abcdef-one', 'chat-key-0123456789abcdef-two', 'chat-key-0123456789abcdef-three'];
+    const config = (i: number, grace: number) =>
+      testConfig({
+        rotationGraceSeconds: grace,
+        sas: [
+          { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+          { keyName: 'factory', key: KEYS[i], rights: ['Listen', 'Send'], entity: 'echo' },
+        ],
+        hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }],
+        pubsub: { hubs: [{ name: 'chat', accessKey: HUB_KEYS[i] }] },
+      });
+    const { file, write } = configFile(t, config(0, 600));
+    const relay = await startTestRelay(t, config(0, 600), { loadConfig: () => loadConfig(file, {}, {}) });
+    const echoListen = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listenStatus = async (i: number) =>
+      (await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, { keyName: 'factory', key: KEYS[i] }) } })).status;
+    const hubStatus = (i: number) =>
+      RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: HUB_KEYS[i] }), undefined, t).then(
+        () => 101,
+        (err: Error) => Number(/HTTP (\d+)/.exec(err.message)?.[1] ?? 0),
+      );
+    write(config(1, 600));
+    relay.reload('api');
+    assert.deepEqual([await listenStatus(0), await listenStatus(1)], [101, 101], 'during the first grace both keys sign');
+    assert.deepEqual([await hubStatus(0), await hubStatus(1)], [101, 101]);
+    write(config(2, 0));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok);
+    assert.deepEqual([outcome.changes.sasKeysRotated, outcome.changes.hubKeysRotated], [['factory'], ['chat']]);
+    assert.deepEqual([await listenStatus(0), await listenStatus(1), await listenStatus(2)], [401, 401, 101]);
+    assert.deepEqual([await hubStatus(0), await hubStatus(1), await hubStatus(2)], [401, 401, 101]);
+  });
+
   it('bounds an event handler\'s answer by the limits.pubsubMessageBytes a reload set (before: the one at start)', async (t) => {
     const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       req.resume();
