@@ -1,8 +1,10 @@
 // Asks every other edge over the bus and collects their answers of one op:
 // what /$relay/status and /$relay/stats both do. An answer that fails its
 // schema is logged and left out; this edge's own answer (the bus may echo it)
-// is dropped; the rest come sorted by node id. When the bus cannot be asked,
-// `problem` says so and the list is empty.
+// is dropped, and so is a second answer of one edge (one edge listed twice
+// doubled every total of /$relay/status in a chaos soak); the rest come
+// sorted by node id. When the bus cannot be asked, `problem` says so and the
+// list is empty.
 import { BusError, type Bus } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeMessage, type EdgeMessageOf, type EdgeOp } from '../bus/messages.ts';
 import type { RelayConfig } from '../config/types.ts';
@@ -32,6 +34,7 @@ export async function askOtherEdges<T extends { nodeId: string }>(
     return { answers: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
   }
   const answers: T[] = [];
+  const answered = new Set<string>([selfId]);
   for (const data of raw) {
     const answer = decodeEdgeMessage(data, answerOp)?.message as ({ op: string } & T) | undefined;
     if (!answer) {
@@ -39,7 +42,9 @@ export async function askOtherEdges<T extends { nodeId: string }>(
       continue;
     }
     const { op: _op, ...rest } = answer;
-    if (rest.nodeId !== selfId) answers.push(rest as unknown as T);
+    if (answered.has(rest.nodeId)) continue;
+    answered.add(rest.nodeId);
+    answers.push(rest as unknown as T);
   }
   answers.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   return { answers };
