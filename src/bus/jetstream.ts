@@ -31,7 +31,8 @@ import {
 import type { Logger } from '../telemetry/logger.ts';
 import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
-import { StorePublisher, storedBytes } from './stream-publisher.ts';
+import { MSG_ID_HEADER, StorePublisher, storedBytes } from './stream-publisher.ts';
+import { RecentlyHandedOn, readAgain, type HandedOnMessage } from './stream-resume.ts';
 import { subjectMatches } from './subject-match.ts';
 
 /** Why an event was not stored, in words a client can be given. */
@@ -111,7 +112,7 @@ const CONSUME_EXPIRES_MS = 5000;
 const CONSUME_BATCH = 1000;
 /** The server drops a consumer nobody pulls from for this long. */
 const CONSUMER_INACTIVE_MS = 60_000;
-/** How many of the messages a follower handed on last it remembers (sequence and store time) to find where a stream's tail was written again. */
+/** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
 const FOLLOW_MEMORY = 64;
 
 const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
@@ -120,8 +121,6 @@ const STREAM_NOT_FOUND = 10059;
 const NOT_CLUSTERED = 10074;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 const WRONG_LAST_SEQUENCE = 10071;
-/** "no message found": a sequence the stream does not hold. */
-const NO_MESSAGE_FOUND = 10037;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const RESTORE_INTERVAL_MS = 1000;
@@ -522,11 +521,13 @@ export class JetStreamAccess {
     if (bytes > this.bus.maxPayload) throw tooLargeForBus(bytes, this.bus.maxPayload);
     const deadline = Date.now() + this.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
+    /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
+    let unsure = false;
     for (;;) {
       const left = deadline - Date.now();
       if (left <= 0) {
         if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
-        throw new StoreError(`not stored: ${last}`);
+        throw new StoreError(unsure ? `not confirmed: ${last} (it may still have been stored, and is then delivered)` : `not stored: ${last}`);
       }
       if (this.state !== 'ready' || !this.bus.connected) {
         // Publishing while disconnected would be dropped by the client at the reconnect.
@@ -543,6 +544,7 @@ export class JetStreamAccess {
       if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
       if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
       last = outcome.reason;
+      if (outcome.unsure) unsure = true;
       if (outcome.noStream) this.restoreStreams('no stream answered a publish');
       await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
     }
@@ -629,7 +631,7 @@ export class JetStreamAccess {
     let next = fromSeq;
     let stopped = false;
     let current: ConsumerMessages | undefined;
-    const handedOn = new HandedOn(FOLLOW_MEMORY);
+    const handedOn = new RecentlyHandedOn(FOLLOW_MEMORY);
     /** Set when the stream was written again past all the follower remembers: the next consumer starts after this store time (ms). */
     let byTime: number | undefined;
     /** When the stream followed was made: another time means it was made again, and sequences start over. */
@@ -661,26 +663,15 @@ export class JetStreamAccess {
             handedOn.clear();
           }
           if (created === undefined && handedOn.empty && next > 1) await this.rememberStart(stream, next - 1, handedOn);
-          const rewritten = created === info.created ? await this.rewrittenFrom(stream, info.state, handedOn) : undefined;
           created = info.created;
-          // A consumer made by store time that failed before its first message is made again: said once.
-          const alreadySaid = rewritten !== undefined && 'afterMs' in rewritten && byTime === rewritten.afterMs;
-          if (rewritten !== undefined && !alreadySaid && ('afterMs' in rewritten || rewritten.seq < next)) {
-            this.log.error({
-              event: 'jetstream.stream_rewritten',
-              stream,
-              next,
-              ...('seq' in rewritten ? { from: rewritten.seq } : { storedAfter: new Date(rewritten.afterMs).toISOString() }),
-              hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
-            });
-            if ('seq' in rewritten) next = rewritten.seq;
-            else byTime = rewritten.afterMs;
-          }
+          // The last messages handed on are read again, each compared with what was handed on under its
+          // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
+          const from = Math.min(next, handedOn.oldestFrom(Math.max(1, info.state.first_seq)) ?? next);
           const ci = await jsm.consumers.add(stream, {
             name,
             ...(byTime !== undefined
               ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime + 1).toISOString() }
-              : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: next }),
+              : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
             ack_policy: AckPolicy.None,
             mem_storage: true,
             num_replicas: 1,
@@ -716,6 +707,8 @@ export class JetStreamAccess {
           }
         })().catch(() => undefined);
         let delivered = 0;
+        /** Whether a message read again was the one handed on: a rewrite found after one begins where it is found. */
+        let matched = false;
         try {
           for await (const m of msgs) {
             lastSign = Date.now();
@@ -725,15 +718,35 @@ export class JetStreamAccess {
               break;
             }
             delivered = m.info.deliverySequence;
+            const read: HandedOnMessage = { seq: m.seq, id: m.headers?.get(MSG_ID_HEADER) || undefined, ms: Math.floor(m.info.timestampNanos / 1e6) };
             // Started by store time: its first message is where the follower is now.
             if (byTime !== undefined) {
               byTime = undefined;
               next = m.seq;
             }
-            if (m.seq < next) continue;
+            if (m.seq < next) {
+              const verdict = readAgain(handedOn, read, matched);
+              if (verdict === 'handedOn') matched = true;
+              if (verdict === 'handedOn' || verdict === 'notRemembered') continue;
+              const newestMs = handedOn.newestMs!;
+              this.log.error({
+                event: 'jetstream.stream_rewritten',
+                stream,
+                next,
+                ...(verdict === 'rewritten' ? { from: m.seq } : { storedAfter: new Date(newestMs).toISOString() }),
+                hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
+              });
+              if (verdict === 'rewrittenBefore') {
+                // Found by store time: every message stored after the newest one handed on.
+                byTime = newestMs;
+                msgs.stop();
+                break;
+              }
+              next = m.seq;
+            }
             if (m.seq > next) onGap?.(next, m.seq);
             next = m.seq + 1;
-            handedOn.add(m.seq, Math.floor(m.info.timestampNanos / 1e6));
+            handedOn.add(read);
             onMessage({ seq: m.seq, subject: m.subject, data: m.data });
           }
         } catch (err) {
@@ -749,53 +762,16 @@ export class JetStreamAccess {
   }
 
   /**
-   * Where `stream` was written again behind a follower's back, or undefined when it was not (or nothing says).
-   * A stream whose servers all stopped at once (SIGKILL, power) can come back without its last messages,
-   * acknowledged or not (nats-server writes its store behind its acknowledgements), and give their sequences
-   * to the next ones: a follower asking from its next sequence then skipped those, silently (the likely
-   * cause of one event lost in a full CI run). So before following on, the last messages handed on are
-   * looked up, newest first: the first one still stored with the same store time is where the stream is as it
-   * was, and new messages may begin at the sequence after it (`seq`). When none is (more was lost than the
-   * follower remembers, or older ones aged out), the new messages are those stored after the newest one
-   * remembered (`afterMs`, its store time).
-   */
-  private async rewrittenFrom(stream: string, state: { first_seq: number; last_seq: number }, handedOn: HandedOn): Promise<{ seq: number } | { afterMs: number } | undefined> {
-    let rewritten: number | undefined;
-    let newestMs: number | undefined;
-    for (const { seq, ms } of handedOn.newestFirst()) {
-      newestMs ??= ms;
-      // Gone by the stream's limits: older ones too, and nothing tells what they were.
-      if (seq < state.first_seq) break;
-      if (seq <= state.last_seq) {
-        let stored: number | undefined;
-        try {
-          stored = await this.storeTime(stream, seq);
-        } catch (err) {
-          // Removed on its own (a deleted message) reads as not there; no answer says nothing.
-          if (errorCode(err).apiCode !== NO_MESSAGE_FOUND) return undefined;
-        }
-        if (stored !== undefined && Math.abs(stored - ms) <= 1) return rewritten === undefined ? undefined : { seq: rewritten };
-      }
-      rewritten = seq;
-    }
-    return newestMs === undefined || rewritten === undefined ? undefined : { afterMs: newestMs };
-  }
-
-  /**
    * A follower that starts after `seq` remembers that message (its store time) as if it had handed it on:
    * one that hands nothing on before the stream loses its tail (a quiet hub) still finds where it was.
    */
-  private async rememberStart(stream: string, seq: number, handedOn: HandedOn): Promise<void> {
+  private async rememberStart(stream: string, seq: number, handedOn: RecentlyHandedOn): Promise<void> {
     try {
-      handedOn.add(seq, await this.storeTime(stream, seq));
+      const stored = await this.ready.jsm.streams.getMessage(stream, { seq });
+      handedOn.add({ seq, id: stored.header?.get(MSG_ID_HEADER) || undefined, ms: Date.parse(stored.timestamp) });
     } catch {
       // Gone (aged out, deleted) or no answer: nothing to remember.
     }
-  }
-
-  /** When message `seq` of `stream` was stored (ms since epoch, the server's clock); throws when it is not there. */
-  private async storeTime(stream: string, seq: number): Promise<number> {
-    return Date.parse((await this.ready.jsm.streams.getMessage(stream, { seq })).timestamp);
   }
 
   /**
@@ -894,38 +870,5 @@ export class JetStreamAccess {
     this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
     for (const wake of this.readyWaiters.splice(0)) wake();
-  }
-}
-
-/** The last messages a follower handed on, as sequence and store time (ms), in a ring. */
-class HandedOn {
-  private readonly seqs: Float64Array;
-  private readonly times: Float64Array;
-  private count = 0;
-
-  constructor(private readonly size: number) {
-    this.seqs = new Float64Array(size);
-    this.times = new Float64Array(size);
-  }
-
-  get empty(): boolean {
-    return this.count === 0;
-  }
-
-  clear(): void {
-    this.count = 0;
-  }
-
-  add(seq: number, ms: number): void {
-    const at = this.count % this.size;
-    this.seqs[at] = seq;
-    this.times[at] = ms;
-    this.count++;
-  }
-
-  *newestFirst(): Generator<{ seq: number; ms: number }> {
-    for (let i = this.count - 1; i >= Math.max(0, this.count - this.size); i--) {
-      yield { seq: this.seqs[i % this.size], ms: this.times[i % this.size] };
-    }
   }
 }

@@ -11,8 +11,11 @@ import { createInbox, headers, type Msg, type NatsConnection, type Subscription 
 /** What JetStream said of one publish. */
 export type PublishOutcome =
   | { kind: 'stored'; seq: number; duplicate: boolean }
-  /** Worth another try with the same message id: no responders, no leader, or no answer in time; `noStream` when nothing answered at all. */
-  | { kind: 'retry'; reason: string; noStream?: boolean }
+  /**
+   * Worth another try with the same message id: no responders, no leader, or no answer in time; `noStream` when
+   * nothing answered at all; `unsure` when it went out and nothing said whether it was stored (it may have been).
+   */
+  | { kind: 'retry'; reason: string; noStream?: boolean; unsure?: boolean }
   /** Refused for good (a stream limit, a wrong subject...): `code` is JetStream's err_code when it gave one. */
   | { kind: 'refused'; reason: string; code?: number }
   /** More than the server's max_payload with its headers: never stored, however often tried. */
@@ -23,7 +26,8 @@ interface Waiting {
   deadline: number;
 }
 
-const MSG_ID_HEADER = 'Nats-Msg-Id';
+/** The header JetStream de-duplicates by, and a follower knows a message by (stream-resume.ts). */
+export const MSG_ID_HEADER = 'Nats-Msg-Id';
 /** The encoded headers of a publish, but for its message id. */
 const HEADER_BYTES = 'NATS/1.0\r\n'.length + `${MSG_ID_HEADER}: \r\n`.length + '\r\n'.length;
 
@@ -112,7 +116,7 @@ export class StorePublisher {
   private sweep(): void {
     const now = Date.now();
     for (const [token, waiting] of this.waiting) {
-      if (waiting.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time' });
+      if (waiting.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
     }
   }
 
@@ -123,7 +127,7 @@ export class StorePublisher {
 
   /** Ends every open wait with a retry (the connection is gone) and stops listening. */
   close(): void {
-    for (const token of [...this.waiting.keys()]) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed' });
+    for (const token of [...this.waiting.keys()]) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
     this.stopSweeping();
     this.subscription.unsubscribe();
   }

@@ -3,7 +3,7 @@
 // subject reads, the key-value bucket, and a clear answer when JetStream is off.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, renameSync, rmSync } from 'node:fs';
 import { JetStreamAccess, StoreConflict, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
@@ -98,6 +98,29 @@ describe('JetStream access', () => {
     assert.ok(Date.now() - started < 5000);
   });
 
+  it('says "not confirmed", not "not stored", when a publish went out and JetStream never answered; it is then stored once', async (t) => {
+    // A frozen server (SIGSTOP) keeps what was sent to it: once it runs again it may store it. Before, the
+    // refusal said "not stored" (and REST "nothing was sent"), and a chaos soak saw such an event delivered.
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    const a = access(t, bus, 1500);
+    await a.start([STREAM], BUCKET);
+    const got: string[] = [];
+    const follower = a.follow(STREAM.name, 1, (m) => got.push(Buffer.from(m.data).toString()));
+    t.after(() => follower.stop());
+    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
+    signal('STOP');
+    t.after(() => {
+      if (nats.running()) signal('CONT');
+    });
+    await assert.rejects(a.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-frozen'), (err) => err instanceof StoreError && /^not confirmed: .*may still have been stored/.test(err.message));
+    signal('CONT');
+    await until(() => got.includes('frozen'), 15000, 'the event the frozen server kept');
+    await a.publish('t.ev.hub.all', Buffer.from('after'), 'id-after');
+    await until(() => got.includes('after'), 10000, 'the next event');
+    assert.deepEqual(got, ['frozen', 'after'], 'stored once');
+  });
+
   it('follows a stream that came back without its last messages from where new ones are stored, not after the lost sequences', async (t) => {
     // What can happen when every server holding a stream stops at once (the likely cause of an event lost in a full CI run, three SIGKILLed):
     // the stream comes back shorter and gives the lost sequences to the next messages. Here the store folder
@@ -134,7 +157,8 @@ describe('JetStream access', () => {
 
   it('finds where such a stream is when it lost more than the follower remembers, and for a follower that had handed nothing on', async (t) => {
     // Two cases a first version missed: 70 messages lost (the follower remembers 64, and asked from the oldest
-    // of those), and a follower of a quiet stream that started after messages then lost (it remembered none).
+    // of those), and a follower of a quiet stream that started after messages then lost (it remembered none:
+    // it now remembers the message before where it starts).
     const QUIET = { ...STREAM, name: 'T_quiet', subjects: ['t.ev.quiet.>'] };
     const nats = await startNatsServer(t);
     const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000, requestTimeoutMs: 2000 }, log);
@@ -164,12 +188,13 @@ describe('JetStream access', () => {
     renameSync(saved, nats.storeDir);
     await nats.restart();
     await untilAnswered(async () => (await js.bounds(STREAM.name).catch(() => undefined))?.last === 3, 20000, 'the stream back as saved');
-    for (const n of ['new-1', 'new-2']) {
-      await js.publish('t.ev.hub.all', Buffer.from(n), `b-${n}`);
-      await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
-    }
-    await until(() => busy.length === 75 && quiet.length === 2, 30000, `both followers to read the new ones (busy ${busy.slice(73).join(',')}, quiet ${quiet.join(',')})`);
-    assert.deepEqual(busy.slice(73), ['new-1', 'new-2']);
+    // The busy follower remembers sequences 10 to 73: it reads the new messages once the stream holds one
+    // where it remembers another (the 7th new one, at 10), then every message stored after its last (by store time).
+    const fresh = Array.from({ length: 10 }, (_, i) => `new-${i + 1}`);
+    for (const n of fresh) await js.publish('t.ev.hub.all', Buffer.from(n), `b-${n}`);
+    for (const n of fresh.slice(0, 2)) await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
+    await until(() => busy.length === 83 && quiet.length === 2, 30000, `both followers to read the new ones (busy ${busy.slice(73).join(',')}, quiet ${quiet.join(',')})`);
+    assert.deepEqual(busy.slice(73), fresh);
     assert.deepEqual(quiet, ['new-1', 'new-2']);
   });
 
