@@ -117,6 +117,8 @@ export class ClusterHub {
   history: HubHistory | undefined;
   /** This hub's counters on this edge since it started (the dashboard's, GET /$relay/stats). */
   readonly traffic = { published: 0, received: 0, deliveries: 0, slowConsumerCloses: 0 };
+  /** Set once a reload removed the hub (leaveBus): work begun before, a session being taken, must not go on in it. */
+  removed = false;
   private readonly subscriptions = new Map<string, BusSubscription>();
   /** The other edges serving this hub (only with other edges to reach): who a cluster-wide question waits for. */
   private readonly roster: HubRoster | undefined;
@@ -637,6 +639,7 @@ export class ClusterHub {
 
   /** Leaves every bus subject and the event feed (shutdown, or the hub removed by a reload). */
   leaveBus(): void {
+    this.removed = true;
     this.deps.feed.unregister(this.key, this.fromFeed);
     this.roster?.leave();
     for (const sub of this.subscriptions.values()) sub.unsubscribe();

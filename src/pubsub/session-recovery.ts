@@ -70,6 +70,7 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
       return this.refuse(r.socket, 'ShuttingDown');
     }
+    if (hub.removed) return this.hubRemoved(r);
     // Another recovery of the same connection is taking it here already (a
     // client that reconnected twice quickly): wait for it, then recover from
     // what it left. Both taking it made two copies, both attached, one
@@ -104,6 +105,14 @@ export class SessionRecovery {
       }
     }
     this.deferredSince.delete(key);
+    // A reload removed the hub while the session was being taken: it is not attached to a hub that left the bus.
+    if (hub.removed) {
+      if (connection && !heldHere) {
+        hub.local.remove(connection);
+        connection.session?.clear();
+      }
+      return this.hubRemoved(r);
+    }
     const session = connection?.session;
     if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
@@ -174,6 +183,15 @@ export class SessionRecovery {
   }
 
   /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
+  /** The hub is gone from this edge's configuration: the client is told, as clients of the hub were (1008 ClosedByServer). */
+  private hubRemoved(r: RecoveryRequest): void {
+    this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, reason: 'the hub was removed from the configuration' });
+    this.metrics.recoveriesRefused.inc({ reason: 'ClosedByServer' });
+    const refused = new MessageSocket(r.socket, null, IGNORE_EVENTS, this.socketOptions);
+    refused.writeFrame(disconnectedFrame('the hub was removed from the configuration'));
+    refused.close(PUBSUB_ERRORS.ClosedByServer.closeCode, 'ClosedByServer');
+  }
+
   private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable'): void {
     this.metrics.recoveriesRefused.inc({ reason: code });
     const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions);

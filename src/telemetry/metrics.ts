@@ -176,7 +176,7 @@ export class RelayMetrics {
     });
     this.recoveriesRefused = new Counter({
       name: 'edge_relay_pubsub_recoveries_refused_total',
-      help: 'Reconnects with a connection id that were refused, by reason: SessionNotFound (gone, or a wrong token) or ShuttingDown (try another edge)',
+      help: 'Reconnects with a connection id that were refused, by reason: SessionNotFound (gone, or a wrong token), ShuttingDown (try another edge), SessionUnavailable (try again) or ClosedByServer (a reload removed the hub meanwhile)',
       labelNames: ['reason'],
       registers,
     });

@@ -6,14 +6,18 @@
 // later move could get its empty page or its refusal first and lose the session.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
+import { loadConfig } from '../../src/config/load.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
-import { CuttableProxy, HUB, HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
 import { WS_KEY, maskedFrame, rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
-import { captureLogger, startTestRelay } from '../helpers/relay.ts';
+import { captureLogger, startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 
@@ -90,6 +94,36 @@ describe('a reliable session moved between edges on core NATS', () => {
       after = await recoverOnB();
     }
     assert.deepEqual([after.event, after.connectionId], ['connected', held.connectionId]);
+  });
+
+  it('a session being taken when a reload removes its hub from the taking edge is refused, not attached to the removed hub', async (t) => {
+    // Before (found by review): the client heard `connected` on a hub that had left the bus, and nothing closed it.
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], CORE_NATS);
+    const overrides = edgeOverrides('edge-b', [nats.url], CORE_NATS);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-moves-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'edge-b.json');
+    writeFileSync(file, JSON.stringify(testConfig(overrides)));
+    const log = captureLogger('info');
+    const b = await startTestRelay(t, overrides, { log: log.log, loadConfig: () => loadConfig(file, {}, {}) });
+    await until(() => log.lines().some((l) => l.event === 'pubsub.roster_joined' && l.edge === 'edge-a'), 5000, "edge-a on B's roster");
+    const held = await reliableMember(t, a.url, 'g');
+    held.client.ws.terminate();
+    await withTimeout(held.client.closed, 5000, 'the first socket to close');
+    // A is paused (below bus.requestTimeoutMs) while B takes the session; B's reload removes the hub meanwhile.
+    const client = await whilePaused(t, a, 1000, async () => {
+      const recovering = RawPubSubClient.connect(accessUrl(b.url) + held.recovery, RELIABLE, t);
+      await new Promise((r) => setTimeout(r, 300));
+      writeFileSync(file, JSON.stringify(testConfig({ ...overrides, pubsub: { hubs: [{ name: OTHER_HUB, accessKey: OTHER_HUB_KEY }] } })));
+      const outcome = b.reload('api');
+      assert.ok(outcome.ok);
+      assert.deepEqual(outcome.changes.hubsRemoved, [HUB]);
+      return recovering;
+    });
+    const system = await client.waitFor((m) => m.type === 'system', 10000, 'the answer to the recovery');
+    assert.equal(system.event, 'disconnected', JSON.stringify(system));
+    assert.equal((await withTimeout(client.closed, 5000, 'the refused socket to close')).code, 1008);
   });
 
   it('an edge alone on its hub drains without waiting for a taker of its sessions (nobody could take them)', async (t) => {
