@@ -82,7 +82,15 @@ export class PubSubConnection {
   ) {
     this.simple = !isWebPubSubProtocol(protocol);
     if (protocol === RELIABLE_PROTOCOL) {
-      const sessionLimits = { maxMessages: limits.sessionBufferMessages, maxBytes: limits.sessionBufferBytes };
+      // Read when used: a reload that lowers them bounds sessions already open too (limits is the config's, changed in place).
+      const sessionLimits = {
+        get maxMessages() {
+          return limits.sessionBufferMessages;
+        },
+        get maxBytes() {
+          return limits.sessionBufferBytes;
+        },
+      };
       this.session = new ReliableSession(sessionLimits, reconnectionToken);
     }
   }

@@ -194,6 +194,22 @@ describe('reload without a restart', () => {
     assert.deepEqual(lines().slice(reloaded + 1).filter((l) => (l.level as number) < 40).map((l) => l.event), []);
   });
 
+  it('bounds reliable sessions already open by a session buffer a reload lowered', async (t) => {
+    // Before (found by review): a session kept the limits of when it opened; lowered to 5, one held 20 and stayed.
+    const config = (messages: number) => testConfig({ limits: { sessionBufferMessages: messages }, pubsub: { hubs: [{ name: 'chat', accessKey: CHAT_KEY }] } });
+    const { file, write } = configFile(t, config(100));
+    const relay = await startTestRelay(t, config(100), { loadConfig: () => loadConfig(file, {}, {}) });
+    const member = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: CHAT_KEY }), 'json.reliable.webpubsub.azure.v1', t);
+    await member.request({ type: 'joinGroup', group: 'g' });
+    const sender = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: CHAT_KEY }), undefined, t);
+    for (let n = 1; n <= 10; n++) await sender.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+    await member.waitFor((m) => m.type === 'message' && m.data === 10, 5000, 'the ten, unacknowledged');
+    write(config(5));
+    assert.ok(relay.reload('api').ok);
+    await sender.request({ type: 'sendToGroup', group: 'g', data: 11, noEcho: true });
+    assert.deepEqual(await withTimeout(member.closed, 5000, 'the session over the new bound to end'), { code: 1008, reason: 'SessionBufferFull' });
+  });
+
   it('stops every key a rotation with a grace of 0 replaces, keys replaced before it too (a leak), and says it rotated', async (t) => {
     // Before: K1 -> K2 with a grace of 600 s, then K2 -> K3 with 0 (after a leak): K2 stopped, K1 was
     // accepted for the rest of its 600 s, and the answer listed no rotation.
