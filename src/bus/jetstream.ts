@@ -63,6 +63,8 @@ export interface JetStreamOptions {
   requestTimeoutMs: number;
   /** While the account has no JetStream: how often it is asked again (default ACCOUNT_RECHECK_MS). */
   accountRecheckMs?: number;
+  /** How long a publish goes on past an unanswered try (default UNSURE_RETRY_MS). */
+  unsureRetryMs?: number;
 }
 
 export interface StreamSpec {
@@ -98,6 +100,16 @@ export type JetStreamState = 'waiting' | 'ready' | 'unavailable';
 
 /** Pause between attempts at something JetStream refused for now (no leader, consumer on an offline node). */
 const RETRY_MS = 250;
+/**
+ * Once a try went out and nothing said whether it was stored (its server
+ * froze, its connection broke), a publish goes on trying with the same id
+ * this long past publishTimeoutMs before it gives up: well inside the
+ * streams' duplicate window (120 s), so a late store of that try and a later
+ * one are one message. Given up sooner, the publisher's retry (the Web PubSub
+ * SDK draws a new ackId for it, so a new id) and the late store were two: a
+ * chaos soak saw every subscriber get such an event twice.
+ */
+const UNSURE_RETRY_MS = 60_000;
 /**
  * While the server says the account has no JetStream, it is asked again this
  * often: an operator who enables it (a nats-server config reload, an account
@@ -510,7 +522,8 @@ export class JetStreamAccess {
   /**
    * Stores one message; resolves with its stream sequence once JetStream
    * acknowledged it. Retries with the same message id (the stream drops a
-   * repeat within its duplicate window) until publishTimeoutMs; throws
+   * repeat within its duplicate window) until publishTimeoutMs, or
+   * UNSURE_RETRY_MS after a try that went out unanswered; throws
    * StoreError with the reason when it could not be stored, BusError('TooLarge') at once for a message over the
    * server's max_payload.
    */
@@ -519,12 +532,12 @@ export class JetStreamAccess {
     // failed (503 "try again"). The publisher says so too, for a server met later with a smaller max_payload.
     const bytes = storedBytes(data, msgId);
     if (bytes > this.bus.maxPayload) throw tooLargeForBus(bytes, this.bus.maxPayload);
-    const deadline = Date.now() + this.options.publishTimeoutMs;
+    let deadline = Date.now() + this.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
     /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
     let unsure = false;
     for (;;) {
-      const left = deadline - Date.now();
+      const left = this.closed ? 0 : deadline - Date.now();
       if (left <= 0) {
         if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
         throw new StoreError(unsure ? `not confirmed: ${last} (it may still have been stored, and is then delivered)` : `not stored: ${last}`);
@@ -544,7 +557,11 @@ export class JetStreamAccess {
       if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
       if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
       last = outcome.reason;
-      if (outcome.unsure) unsure = true;
+      if (outcome.unsure && !unsure) {
+        unsure = true;
+        // Tried again with the same id until it is known to be stored (or UNSURE_RETRY_MS): see UNSURE_RETRY_MS.
+        deadline = Math.max(deadline, Date.now() + (this.options.unsureRetryMs ?? UNSURE_RETRY_MS));
+      }
       if (outcome.noStream) this.restoreStreams('no stream answered a publish');
       await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
     }
