@@ -142,6 +142,11 @@ function errorCode(err: unknown): { code?: string; apiCode?: number } {
   return { code: e?.code, apiCode: e?.api_error?.err_code };
 }
 
+/** A publish given up: `unsure` when a try went out unanswered (it may still be stored, and is then delivered). */
+function notStored(reason: string, unsure: boolean): StoreError {
+  return new StoreError(unsure ? `not confirmed: ${reason} (it may still have been stored, and is then delivered)` : `not stored: ${reason}`);
+}
+
 function conflictOr(err: unknown, key: string): unknown {
   return errorCode(err).apiCode === WRONG_LAST_SEQUENCE ? new StoreConflict(`${key} was written by another since`) : err;
 }
@@ -540,12 +545,12 @@ export class JetStreamAccess {
       const left = this.closed ? 0 : deadline - Date.now();
       if (left <= 0) {
         if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
-        throw new StoreError(unsure ? `not confirmed: ${last} (it may still have been stored, and is then delivered)` : `not stored: ${last}`);
+        throw notStored(last, unsure);
       }
       if (this.state !== 'ready' || !this.bus.connected) {
         // Publishing while disconnected would be dropped by the client at the reconnect.
         last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
-        if (this.state === 'unavailable') throw new StoreError(`not stored: ${last}`);
+        if (this.state === 'unavailable') throw notStored(last, unsure);
         await sleep(Math.min(RETRY_MS, left));
         continue;
       }
@@ -683,7 +688,11 @@ export class JetStreamAccess {
           created = info.created;
           // The last messages handed on are read again, each compared with what was handed on under its
           // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
-          const from = Math.min(next, handedOn.oldestFrom(Math.max(1, info.state.first_seq)) ?? next);
+          // And the stream's last FOLLOW_MEMORY messages whatever it says: a stream that lost more than is
+          // remembered holds its new messages below what is remembered, stored after it (a state behind gives
+          // old ones, which are skipped).
+          const first = Math.max(1, info.state.first_seq);
+          const from = Math.min(next, handedOn.oldestFrom(first) ?? next, Math.max(first, info.state.last_seq + 1 - FOLLOW_MEMORY));
           const ci = await jsm.consumers.add(stream, {
             name,
             ...(byTime !== undefined
@@ -745,17 +754,17 @@ export class JetStreamAccess {
               const verdict = readAgain(handedOn, read, matched);
               if (verdict === 'handedOn') matched = true;
               if (verdict === 'handedOn' || verdict === 'notRemembered') continue;
-              const newestMs = handedOn.newestMs!;
+              const latestMs = handedOn.latestMs!;
               this.log.error({
                 event: 'jetstream.stream_rewritten',
                 stream,
                 next,
-                ...(verdict === 'rewritten' ? { from: m.seq } : { storedAfter: new Date(newestMs).toISOString() }),
+                ...(verdict === 'rewritten' ? { from: m.seq } : { storedAfter: new Date(latestMs).toISOString() }),
                 hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
               });
               if (verdict === 'rewrittenBefore') {
-                // Found by store time: every message stored after the newest one handed on.
-                byTime = newestMs;
+                // Found by store time: every message stored after the latest one handed on.
+                byTime = latestMs;
                 msgs.stop();
                 break;
               }

@@ -28,8 +28,10 @@ export class RecentlyHandedOn {
   private readonly seqs: Float64Array;
   private readonly times: Float64Array;
   private readonly ids: (string | undefined)[];
-  /** Ring slots used so far (the newest is at (count - 1) % size). */
+  /** Entries added so far (the newest is at (count - 1) % size). */
   private count = 0;
+  /** The oldest entry still held: entries before it were overwritten by the ring, or dropped. */
+  private start = 0;
 
   constructor(private readonly size: number) {
     this.seqs = new Float64Array(size);
@@ -42,11 +44,12 @@ export class RecentlyHandedOn {
   }
 
   private get length(): number {
-    return Math.min(this.count, this.size);
+    return this.count - this.start;
   }
 
   clear(): void {
     this.count = 0;
+    this.start = 0;
   }
 
   /**
@@ -55,22 +58,26 @@ export class RecentlyHandedOn {
    * every later one: they are no longer what the stream holds.
    */
   add(m: HandedOnMessage): void {
-    while (this.count > 0 && this.seqs[(this.count - 1) % this.size] >= m.seq) this.count--;
+    // Only entries still held are dropped: below `start`, the ring has written over them.
+    while (this.count > this.start && this.seqs[(this.count - 1) % this.size] >= m.seq) this.count--;
     const at = this.count % this.size;
     this.seqs[at] = m.seq;
     this.times[at] = m.ms;
     this.ids[at] = m.id;
     this.count++;
+    this.start = Math.max(this.start, this.count - this.size);
   }
 
-  /** The store time of the newest message handed on. */
-  get newestMs(): number | undefined {
-    return this.count === 0 ? undefined : this.times[(this.count - 1) % this.size];
+  /** The latest store time of the messages remembered: anything handed on before them was stored before it too. */
+  get latestMs(): number | undefined {
+    let latest: number | undefined;
+    for (let i = this.start; i < this.count; i++) latest = Math.max(latest ?? 0, this.times[i % this.size]);
+    return latest;
   }
 
   /** The oldest remembered sequence at or after `firstSeq` (what the stream may still hold), if any. */
   oldestFrom(firstSeq: number): number | undefined {
-    for (let i = this.count - this.length; i < this.count; i++) {
+    for (let i = this.start; i < this.count; i++) {
       const seq = this.seqs[i % this.size];
       if (seq >= firstSeq) return seq;
     }
@@ -79,7 +86,7 @@ export class RecentlyHandedOn {
 
   /** Whether `m`, read again, is the message handed on under its sequence, another one, or one not remembered. */
   compare(m: HandedOnMessage): ReadAgain {
-    for (let i = this.count - 1; i >= this.count - this.length; i--) {
+    for (let i = this.count - 1; i >= this.start; i--) {
       const slot = i % this.size;
       if (this.seqs[slot] !== m.seq) continue;
       const id = this.ids[slot];
@@ -94,17 +101,20 @@ export class RecentlyHandedOn {
  * A follower's reading of a message below its next sequence, read again by a
  * consumer made again from its oldest remembered message:
  * - `handedOn`: the message handed on under that sequence: skipped;
- * - `notRemembered`: older than anything remembered: skipped;
+ * - `notRemembered`: not remembered, and stored no later than what is
+ *   (older than the memory, or in a gap of it): skipped;
  * - `rewritten`: another message in the place of one handed on, after one
  *   that matched in this consumer: the stream was written again from here,
  *   and this message and all after it are new;
  * - `rewrittenBefore`: another message, with nothing matched before it in
- *   this consumer: the rewrite may begin before what is remembered, so the
- *   new messages are found by store time (after the newest handed on).
+ *   this consumer, or one not remembered stored after everything remembered
+ *   (a stream that lost more than is remembered, read again from its end):
+ *   the rewrite may begin before what is remembered, so the new messages are
+ *   found by store time (after the latest handed on).
  */
 export function readAgain(memory: RecentlyHandedOn, m: HandedOnMessage, matchedInThisConsumer: boolean): 'handedOn' | 'notRemembered' | 'rewritten' | 'rewrittenBefore' {
   const seen = memory.compare(m);
   if (seen === 'same') return 'handedOn';
-  if (seen === 'unknown') return 'notRemembered';
+  if (seen === 'unknown') return m.ms > (memory.latestMs ?? Infinity) ? 'rewrittenBefore' : 'notRemembered';
   return matchedInThisConsumer ? 'rewritten' : 'rewrittenBefore';
 }

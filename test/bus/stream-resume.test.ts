@@ -20,7 +20,7 @@ describe('a follower reading its last messages again', () => {
     assert.equal(memory.oldestFrom(1), 3, 'the ring keeps 3 to 6');
     assert.equal(memory.oldestFrom(5), 5, 'those the stream no longer holds are not read again');
     assert.equal(memory.oldestFrom(7), undefined);
-    assert.equal(memory.newestMs, 1006);
+    assert.equal(memory.latestMs, 1006);
     assert.equal(memory.compare(msg(2, 'id-2')), 'unknown', 'forgotten');
     assert.equal(memory.compare(msg(4, 'id-4')), 'same');
     assert.equal(memory.compare(msg(4, 'another')), 'other');
@@ -48,8 +48,31 @@ describe('a follower reading its last messages again', () => {
     memory.add(msg(4, 'new-a', 9000));
     assert.equal(memory.compare(msg(5, 'id-5')), 'unknown');
     assert.equal(memory.compare(msg(4, 'new-a', 9000)), 'same');
-    assert.equal(memory.newestMs, 9000);
+    assert.equal(memory.latestMs, 9000);
     assert.equal(memory.oldestFrom(1), 1);
+  });
+
+  it('drops only what the ring still holds when a rewrite comes after it wrapped', () => {
+    // Found by review: the first version counted back past what the ring had written over, so it "remembered"
+    // sequences it had dropped and read nothing again at the next consumer.
+    const memory = new RecentlyHandedOn(64);
+    for (let seq = 1; seq <= 100; seq++) memory.add(msg(seq, `id-${seq}`));
+    memory.add(msg(95, 'new-95'));
+    assert.equal(memory.oldestFrom(1), 37);
+    assert.equal(memory.compare(msg(94, 'id-94')), 'same');
+    assert.equal(memory.compare(msg(95, 'new-95')), 'same');
+    assert.equal(memory.compare(msg(96, 'id-96')), 'unknown');
+    assert.equal(memory.compare(msg(36, 'id-36')), 'unknown');
+  });
+
+  it('takes a message it does not remember, stored after everything it remembers, for a new one', () => {
+    // A stream that lost more than is remembered, read again from its end: its new messages are below what is remembered.
+    const memory = new RecentlyHandedOn(4);
+    for (let seq = 10; seq <= 13; seq++) memory.add(msg(seq, `id-${seq}`));
+    assert.equal(memory.latestMs, 1013);
+    assert.equal(readAgain(memory, msg(5, 'old-5', 1005), false), 'notRemembered');
+    assert.equal(readAgain(memory, msg(4, 'new-4', 2000), false), 'rewrittenBefore');
+    assert.equal(readAgain(new RecentlyHandedOn(4), msg(4, 'x', 2000), false), 'notRemembered', 'nothing remembered: nothing to tell');
   });
 
   it('compares store times when a message has no id (1 ms apart is the same message)', () => {
