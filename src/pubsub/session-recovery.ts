@@ -70,6 +70,7 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
       return this.refuse(r.socket, 'ShuttingDown');
     }
+    // (A drain leaves the bus too: its clients are told to go elsewhere, above.)
     if (hub.removed) return this.hubRemoved(r);
     // Another recovery of the same connection is taking it here already (a
     // client that reconnected twice quickly): wait for it, then recover from
@@ -106,7 +107,8 @@ export class SessionRecovery {
     }
     this.deferredSince.delete(key);
     // A reload removed the hub while the session was being taken: it is not attached to a hub that left the bus.
-    if (hub.removed) {
+    // (The drain leaves the bus too: that is for the shutdown check below, which lets the session go for another edge.)
+    if (hub.removed && !this.shuttingDown()) {
       if (connection && !heldHere) {
         hub.local.remove(connection);
         connection.session?.clear();
@@ -182,20 +184,18 @@ export class SessionRecovery {
     return true;
   }
 
-  /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
   /** The hub is gone from this edge's configuration: the client is told, as clients of the hub were (1008 ClosedByServer). */
   private hubRemoved(r: RecoveryRequest): void {
-    this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, reason: 'the hub was removed from the configuration' });
-    this.metrics.recoveriesRefused.inc({ reason: 'ClosedByServer' });
-    const refused = new MessageSocket(r.socket, null, IGNORE_EVENTS, this.socketOptions);
-    refused.writeFrame(disconnectedFrame('the hub was removed from the configuration'));
-    refused.close(PUBSUB_ERRORS.ClosedByServer.closeCode, 'ClosedByServer');
+    const why = 'the hub was removed from the configuration';
+    this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, reason: why });
+    this.refuse(r.socket, 'ClosedByServer', why);
   }
 
-  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable'): void {
+  /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
+  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable' | 'ClosedByServer', message: string = PUBSUB_ERRORS[code].message): void {
     this.metrics.recoveriesRefused.inc({ reason: code });
     const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions);
-    refused.writeFrame(disconnectedFrame(PUBSUB_ERRORS[code].message));
+    refused.writeFrame(disconnectedFrame(message));
     refused.close(PUBSUB_ERRORS[code].closeCode, code);
   }
 }
