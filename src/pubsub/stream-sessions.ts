@@ -560,14 +560,8 @@ export class StreamSessions {
    */
   private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string> {
     if (from < this.stream.position) {
-      // A stream that cannot say where it starts now is a failure to retry (1013), not events gone (1008, the session dropped).
-      let first: number;
-      try {
-        first = await this.stream.firstSequence();
-      } catch (err) {
-        throw new SessionUnavailable(`the hub stream could not say where it starts: ${(err as Error).message}`);
-      }
-      if (first > from + 1) return 'the stream no longer holds the events after the checkpoint';
+      const first = await this.firstSequence();
+      if (first > from + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the checkpoint is at ${from})`;
     }
     for (let at = from; ; ) {
       const to = this.stream.position;
@@ -582,7 +576,14 @@ export class StreamSessions {
       } catch (err) {
         throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
       }
-      if (messages.length === 0) return 'the stream no longer holds the events after the checkpoint';
+      if (messages.length === 0) {
+        // Nothing read where the stream says it holds events: a read made while NATS reconnects, or on a server
+        // still catching up, can come back empty. Only a stream that starts after them has lost them (1008, the
+        // session dropped); otherwise the client tries again (1013). A chaos soak saw a session dropped so.
+        const first = await this.firstSequence();
+        if (first > at + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the replay is at ${at})`;
+        throw new SessionUnavailable(`a read of the hub stream after ${at} found nothing though it starts at ${first}`);
+      }
       for (const m of messages) {
         const outcome = this.replayOne(connection, m, claimSeq);
         if (outcome) return outcome;
@@ -590,6 +591,15 @@ export class StreamSessions {
       }
       const newer = this.claimsSeen.get(connection.id);
       if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
+    }
+  }
+
+  /** Where the hub stream starts now; one that cannot say is a failure to retry (1013), not events gone (1008, the session dropped). */
+  private async firstSequence(): Promise<number> {
+    try {
+      return await this.stream.firstSequence();
+    } catch (err) {
+      throw new SessionUnavailable(`the hub stream could not say where it starts: ${(err as Error).message}`);
     }
   }
 
