@@ -560,7 +560,7 @@ export class JetStreamAccess {
         return { seq: outcome.seq, duplicate: outcome.duplicate };
       }
       if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
-      if (outcome.kind === 'refused') throw new StoreError(`not stored: ${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`);
+      if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);
       last = outcome.reason;
       if (outcome.unsure && !unsure) {
         unsure = true;

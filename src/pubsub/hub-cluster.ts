@@ -618,7 +618,7 @@ export class ClusterHub {
    * (PubSubConnection.deliver checks each copy too).
    */
   expired(message: SharedMessage): boolean {
-    if (!hasExpired(message, Date.now())) return false;
+    if (!hasExpired(message)) return false;
     this.deps.metrics.pubsubExpired.inc({ where: 'event' });
     return true;
   }

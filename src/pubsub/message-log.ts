@@ -35,9 +35,9 @@ export interface LoggedMessage {
   readonly expiresAt?: number;
 }
 
-/** True when a message has a time to live and it has passed. */
-export function hasExpired(message: { readonly expiresAt?: number }, now: number): boolean {
-  return message.expiresAt !== undefined && message.expiresAt <= now;
+/** True when a message has a time to live and it has passed (the clock is read only for a message that has one). */
+export function hasExpired(message: { readonly expiresAt?: number }, now?: number): boolean {
+  return message.expiresAt !== undefined && message.expiresAt <= (now ?? Date.now());
 }
 
 const CHUNK_SLOTS = 256;

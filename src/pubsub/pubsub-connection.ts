@@ -163,7 +163,7 @@ export class PubSubConnection {
     }
     const session = this.session;
     // Past a REST send's messageTtlSeconds (an event read late from a stream): sent to nobody, numbered all the same.
-    const expired = message.expiresAt !== undefined && message.expiresAt <= Date.now();
+    const expired = hasExpired(message);
     if (!session) {
       const socket = this.socket;
       if (!socket || expired) return undefined;

@@ -278,7 +278,7 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
   if (typeof read === 'string') return read;
   // A send to a group arrives as a group message from nobody, as Azure delivers it
   // (the SDK raises it as `group-message`); sends to all, a user or a connection come from the server.
-  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : { ...read };
+  const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : read;
   const ttlSeconds = Number(ttl ?? 0);
   if (ttlSeconds > 0) message.expiresAt = Date.now() + ttlSeconds * 1000;
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
