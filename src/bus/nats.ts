@@ -21,6 +21,14 @@ import {
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
 
+/**
+ * How long close() waits for the server to take what this node sent (its
+ * drain's flush) before it closes the connection anyway: a frozen server
+ * (SIGSTOP, a black-holed link) never answers, and the drain alone waited for
+ * good, so an edge told to stop never exited.
+ */
+const DRAIN_MS = 3000;
+
 export interface NatsBusOptions {
   servers: string[];
   randomizeServers: boolean;
@@ -285,7 +293,12 @@ export class NatsBus implements Bus {
     if (nc && !nc.isClosed()) {
       // Draining needs the server; without it (and sometimes even after a
       // drain that resolved) the client would go on reconnecting: close it.
-      if (this.isConnected) await nc.drain().catch(() => undefined);
+      if (this.isConnected) {
+        let timer: NodeJS.Timeout | undefined;
+        const gaveUp = new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_MS)));
+        await Promise.race([nc.drain().catch(() => undefined), gaveUp]);
+        clearTimeout(timer);
+      }
       if (!nc.isClosed()) await nc.close().catch(() => undefined);
     }
     this.isConnected = false;

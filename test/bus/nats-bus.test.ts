@@ -1,6 +1,7 @@
 // What only the NATS bus does: connect in the background, report its state,
 // fail fast while NATS is away, and drop (and count) what is published meanwhile.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { BusError } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
@@ -8,7 +9,7 @@ import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { captureLogger } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const options = { randomizeServers: false, name: 't', reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 1000 };
 
@@ -104,5 +105,26 @@ describe('NATS bus', () => {
     await until(() => !bus.connected, 5000, 'disconnected');
     await bus.close();
     assert.equal(nc.isClosed(), true, 'a client left reconnecting keeps the process alive');
+  });
+
+  it('closes within a bound while its server is frozen (SIGSTOP): the drain is not waited for good', async (t) => {
+    const server = await startNatsServer(t);
+    const bus = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, 'connected');
+    const nc = bus.connection!;
+    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', server.storeDir]);
+    t.after(() => {
+      if (server.running()) signal('CONT');
+    });
+    // What a JetStream publisher has then: a subscription for answers, a request out unanswered.
+    nc.subscribe('answers.>');
+    signal('STOP');
+    nc.publish('asked', new Uint8Array(8), { reply: 'answers.1' });
+    const started = Date.now();
+    // Before, the drain waited for the frozen server's answer for good: an edge told to stop never exited.
+    await withTimeout(bus.close(), 20000, 'close() with a frozen server');
+    t.diagnostic(`closed in ${Date.now() - started} ms`);
+    assert.equal(nc.isClosed(), true);
   });
 });
