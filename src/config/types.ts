@@ -123,6 +123,7 @@ export interface RelayConfig {
     sessionBufferBytes: number;
     ackIdsPerConnection: number;
     groupsPerConnection: number;
+    requestsInFlightPerConnection: number;
     connectionsPerNode: number;
     httpConnectionsPerNode: number;
     connectionsPerHub: number;

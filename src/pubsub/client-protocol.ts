@@ -196,12 +196,21 @@ function storeId(connection: PubSubConnection, ackId: number | undefined): strin
 function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, done: Promise<unknown>): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId, true);
+  // Bounded per connection: past limits.requestsInFlightPerConnection the client is not read until one is done.
+  connection.requestsInFlight++;
+  if (connection.requestsFull) connection.socket?.hold();
+  const finished = () => {
+    connection.requestsInFlight--;
+    if (!connection.ended) connection.readAgainUnlessBusy();
+  };
   done.then(
     (result) => {
+      finished();
       if (ackId !== undefined) connection.ackIdDone(ackId);
       if (!connection.ended) ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
     },
     (err: Error) => {
+      finished();
       if (ackId !== undefined) connection.forgetAckId(ackId);
       // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
       const tooLarge = err instanceof BusError && err.code === 'TooLarge';
@@ -238,7 +247,7 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
     connection.eventsInFlight--;
     const next = connection.ended ? undefined : connection.eventsWaiting?.shift();
     if (next) next();
-    else connection.socket?.release();
+    else if (!connection.ended) connection.readAgainUnlessBusy();
     if (connection.ended) return;
     if (!result.ok) {
       if (ackId !== undefined) connection.forgetAckId(ackId);
@@ -285,5 +294,5 @@ async function sendSimpleFrames(ctx: ClientProtocolContext, connection: PubSubCo
     pending.shift();
   }
   pending.length = 0;
-  connection.socket?.release();
+  if (!connection.ended) connection.readAgainUnlessBusy();
 }

@@ -35,6 +35,7 @@ export interface ConnectionLimits {
   sessionBufferBytes: number;
   ackIdsPerConnection: number;
   groupsPerConnection: number;
+  requestsInFlightPerConnection: number;
 }
 
 export class PubSubConnection {
@@ -70,6 +71,8 @@ export class PubSubConnection {
   eventsInFlight = 0;
   /** `event` messages read while that many were in flight, oldest first: sent as answers come. */
   eventsWaiting: (() => void)[] | undefined;
+  /** joinGroup, leaveGroup and sendToGroup requests not done yet (waiting for the bus or the store). */
+  requestsInFlight = 0;
 
   constructor(
     readonly id: string,
@@ -93,6 +96,22 @@ export class PubSubConnection {
       };
       this.session = new ReliableSession(sessionLimits, reconnectionToken);
     }
+  }
+
+  /**
+   * True while limits.requestsInFlightPerConnection requests are not done:
+   * the client is not read until one is (client-protocol.ts), so a client
+   * sending without waiting for acks while the store is slow keeps the rest
+   * in its own buffers instead of the relay's memory.
+   */
+  get requestsFull(): boolean {
+    return this.requestsInFlight >= this.limits.requestsInFlightPerConnection;
+  }
+
+  /** Reads the client again unless its own work still waits: events queued for the handler, a simple client's frames, too many requests. */
+  readAgainUnlessBusy(): void {
+    if (this.requestsFull || (this.eventsWaiting?.length ?? 0) > 0 || (this.pendingFrames?.length ?? 0) > 0) return;
+    this.socket?.release();
   }
 
   /** The subprotocol the client uses, if any (a simple client may have none). */
