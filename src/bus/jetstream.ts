@@ -606,7 +606,7 @@ export class JetStreamAccess {
     this.storeProbe = undefined;
   }
 
-  /** Asks each failing stream whether it answers again (it has its leader): publishes to it can be stored again. */
+  /** Asks each failing stream whether it has its leader again: publishes to it can be stored again. */
   private async probeStore(): Promise<void> {
     if (this.probingStore || this.state !== 'ready' || !this.jsm || !this.bus.connected) return;
     this.probingStore = true;
@@ -618,8 +618,10 @@ export class JetStreamAccess {
           continue;
         }
         try {
-          await this.jsm.streams.info(stream);
-          this.storeWorks(stream);
+          // A clustered stream stores only with a leader: a member left alone answers (once its group has been
+          // without one for a while) with its own state and no leader named. A lone server names no cluster.
+          const info = await this.jsm.streams.info(stream);
+          if (!info.cluster || info.cluster.leader) this.storeWorks(stream);
         } catch {
           // Still without an answer: asked again at the next probe.
         }

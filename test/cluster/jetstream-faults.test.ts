@@ -85,6 +85,13 @@ describe('JetStream faults', { concurrency: true }, () => {
     assert.deepEqual(down.body.reasons, []);
     assert.equal(down.body.jetstream.storing, false);
     assert.match(down.body.degraded.join(), /JetStream stores nothing in stream RELAY_chat: /);
+    // The edge asks the stream each second whether it stores again. A member left alone answers that question
+    // (once the group has been without a leader for a while) with no leader named: that is no recovery. Before,
+    // any answer counted, and the edge said it was storing again while every publish failed.
+    for (const stop = Date.now() + 15000; Date.now() < stop; ) {
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal((await readiness(a)).body.jetstream.storing, false, 'storing, with the stream still without a leader');
+    }
     await nats[1].restart();
     await nats[2].restart();
     // Back without a publish: the edge asks the streams each second meanwhile.
