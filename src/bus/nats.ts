@@ -20,6 +20,9 @@ import {
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
+import { endAbandonedConnectionAttempts } from './nats-transport.ts';
+
+endAbandonedConnectionAttempts();
 
 /**
  * How long close() waits for the server to take what this node sent (its

@@ -9,7 +9,7 @@ import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { captureLogger } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 const options = { randomizeServers: false, name: 't', reconnectTimeWaitMs: 100, pingIntervalMs: 5000, flushTimeoutMs: 1000 };
 
@@ -105,6 +105,33 @@ describe('NATS bus', () => {
     await until(() => !bus.connected, 5000, 'disconnected');
     await bus.close();
     assert.equal(nc.isClosed(), true, 'a client left reconnecting keeps the process alive');
+  });
+
+  it('ends a connection attempt it gave up on: a frozen server that wakes holds no connection of it', async (t) => {
+    // nats.js 2.29 left such an attempt running: it completed when the server woke, unused, and when the server
+    // dropped it the client took that for its real connection's loss and kept both, every message coming twice.
+    const frozen = await startNatsServer(t, 'frozen');
+    const other = await startNatsServer(t, 'other');
+    const bus = new NatsBus({ ...options, pingIntervalMs: 500, connectTimeoutMs: 500, servers: [frozen.url, other.url] }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, 'connected');
+    const clients = async (node: typeof frozen) => {
+      const res = await fetch(`http://127.0.0.1:${node.monitorPort}/connz`, { signal: AbortSignal.timeout(2000) });
+      return ((await res.json()) as { num_connections: number }).num_connections;
+    };
+    assert.equal(await clients(frozen), 1);
+    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', frozen.storeDir]);
+    t.after(() => {
+      if (frozen.running()) signal('CONT');
+    });
+    signal('STOP');
+    // Stale after two unanswered pings; the frozen server first in the list is tried and given up on after 500 ms.
+    await until(() => !bus.connected, 5000, 'the frozen server noticed');
+    await until(() => bus.connected, 5000, 'connected to the other server');
+    assert.equal(await clients(other), 1);
+    signal('CONT');
+    await untilAnswered(async () => (await clients(frozen)) === 0, 5000, 'no connection left on the server that woke');
+    assert.equal(await clients(other), 1);
   });
 
   it('closes within a bound while its server is frozen (SIGSTOP): the drain is not waited for good', async (t) => {

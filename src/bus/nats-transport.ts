@@ -1,0 +1,41 @@
+// A fix for nats.js 2.29's Node transport, applied once when the bus is
+// loaded. When the client gives up on a connection attempt (its connect
+// timeout passed: the server accepted the TCP connection but is frozen, or a
+// firewall holds it), it closes the attempt's transport, but that close does
+// nothing for a transport not connected yet: the attempt goes on, and when the
+// server answers later it completes, unread and unused. The server then holds
+// a connection for good; and when it finally drops it, the client takes that
+// for a loss of its real connection, connects again and keeps the first one
+// open too, reading both, so every message on its subscriptions arrived twice
+// (a chaos soak saw an edge get every hybrid-connection answer twice after a
+// NATS node was frozen). Here, closing an attempt ends it: its socket is
+// destroyed, and one that completes anyway is destroyed instead of used.
+import { NodeTransport } from 'nats/lib/src/node_transport.js';
+
+/** Attempts the client gave up on before they connected. */
+const abandoned = new WeakSet<NodeTransport>();
+let applied = false;
+
+export function endAbandonedConnectionAttempts(): void {
+  if (applied) return;
+  applied = true;
+  const proto = NodeTransport.prototype;
+  const close = proto.close;
+  const setupHandlers = proto.setupHandlers;
+  proto.close = function (this: NodeTransport, err?: Error): Promise<void> {
+    if (!this.connected) {
+      abandoned.add(this);
+      // While the server's INFO is awaited, this rejects the attempt; before the TCP connection, there is no socket yet.
+      this.socket?.destroy();
+    }
+    return close.call(this, err);
+  };
+  // Called as an attempt completes: one given up on meanwhile is dropped, never read.
+  proto.setupHandlers = function (this: NodeTransport): void {
+    if (abandoned.has(this)) {
+      this.socket?.destroy();
+      return;
+    }
+    setupHandlers.call(this);
+  };
+}
