@@ -105,6 +105,25 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
         invokeFailedFrame(m.invocationId as string, 'Unsupported', 'This relay does not implement invoke'),
       );
   }
+  if (m.type === 'event') {
+    if (ackId !== undefined && connection.hasAckId(ackId)) return ack(ctx, connection, ackId, 'Duplicate');
+    return forwardEvent(ctx, connection, hub, m, eventPayload(text, m), ackId);
+  }
+  // Past limits.requestsInFlightPerConnection the socket is held, but the frames of the read under way still come:
+  // they wait here, in order (so does any read after them until they are started), instead of going out at once.
+  if (connection.requestsFull || (connection.requestsWaiting?.length ?? 0) > 0) {
+    connection.socket?.hold();
+    (connection.requestsWaiting ??= []).push(() => startRequest(ctx, connection, m, text, ackId));
+    return;
+  }
+  startRequest(ctx, connection, m, text, ackId);
+}
+
+/** A joinGroup, leaveGroup or sendToGroup request, checked and started (acked once done). */
+function startRequest(ctx: ClientProtocolContext, connection: PubSubConnection, m: Upstream, text: string, ackId: number | undefined): void {
+  const hub = ctx.hub(connection);
+  if (!hub) return;
+  // Asked here, not as the frame was read: a retry read while its first try waited is processed after it.
   if (ackId !== undefined && connection.hasAckId(ackId)) return ack(ctx, connection, ackId, 'Duplicate');
   const group = m.group as string;
   switch (m.type) {
@@ -124,8 +143,6 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       const sent = hub.send({ kind: 'group', name: group }, message, m.noEcho ? new Set([connection.id]) : undefined, storeId(connection, ackId));
       return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.publish', connection, group, sent, () => payloadBytes(message.dataType, m.data, message.dataJson)));
     }
-    case 'event':
-      return forwardEvent(ctx, connection, hub, m, eventPayload(text, m), ackId);
   }
 }
 
@@ -201,7 +218,10 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
   if (connection.requestsFull) connection.socket?.hold();
   const finished = () => {
     connection.requestsInFlight--;
-    if (!connection.ended) connection.readAgainUnlessBusy();
+    if (connection.ended) return;
+    const waiting = connection.requestsWaiting;
+    while (waiting && waiting.length > 0 && !connection.requestsFull) waiting.shift()!();
+    connection.readAgainUnlessBusy();
   };
   done.then(
     (result) => {

@@ -73,6 +73,8 @@ export class PubSubConnection {
   eventsWaiting: (() => void)[] | undefined;
   /** joinGroup, leaveGroup and sendToGroup requests not done yet (waiting for the bus or the store). */
   requestsInFlight = 0;
+  /** Such requests read while requestsFull (frames already read when the socket was held), oldest first: started as others finish. */
+  requestsWaiting: (() => void)[] | undefined;
 
   constructor(
     readonly id: string,
@@ -108,9 +110,10 @@ export class PubSubConnection {
     return this.requestsInFlight >= this.limits.requestsInFlightPerConnection;
   }
 
-  /** Reads the client again unless its own work still waits: events queued for the handler, a simple client's frames, too many requests. */
+  /** Reads the client again unless its own work still waits: events queued for the handler, a simple client's frames, requests. */
   readAgainUnlessBusy(): void {
-    if (this.requestsFull || (this.eventsWaiting?.length ?? 0) > 0 || (this.pendingFrames?.length ?? 0) > 0) return;
+    if (this.requestsFull || (this.requestsWaiting?.length ?? 0) > 0) return;
+    if ((this.eventsWaiting?.length ?? 0) > 0 || (this.pendingFrames?.length ?? 0) > 0) return;
     this.socket?.release();
   }
 

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -59,5 +59,41 @@ describe('requests in flight per pub/sub connection', () => {
     const failed = client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100 && !m.success);
     assert.deepEqual(failed, [], 'acks that failed');
     assert.equal(client.ws.bufferedAmount, 0);
+  });
+
+  it('small requests past it wait in order, however many one read of the socket brings', async (t) => {
+    // Holding the socket stops the next read, not the frames of the read under way: before, all of a 64 KiB read
+    // went out at once (809 in flight with a limit of 16).
+    const nats = await startNatsServer(t);
+    const relay = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { limits: { requestsInFlightPerConnection: CAP } }));
+    await waitReady(relay, 200, 20000);
+    const member = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    await member.request({ type: 'joinGroup', group: 'g' });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const { connectionId } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await client.request({ type: 'sendToGroup', group: 'g', dataType: 'text', data: 'before' });
+    const connection = relay.pubsub.hub(HUB)!.local.connections.get(connectionId)!;
+    let most = 0;
+    const watch = setInterval(() => (most = Math.max(most, connection.requestsInFlight)), 2);
+    t.after(() => clearInterval(watch));
+
+    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
+    t.after(() => {
+      if (nats.running()) signal('CONT');
+    });
+    signal('STOP');
+    const SMALL = 2000;
+    for (let n = 0; n < SMALL; n++) client.ws.send(JSON.stringify({ type: 'sendToGroup', group: 'g', ackId: 100 + n, dataType: 'json', data: n }));
+    await until(() => connection.requestsInFlight >= CAP, 10000, 'the limit reached');
+    await new Promise((r) => setTimeout(r, 1000));
+    signal('CONT');
+    await until(() => client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100).length === SMALL, 60000, 'every ack');
+    most = Math.max(most, connection.requestsInFlight);
+    assert.ok(most <= CAP, `${most} requests in flight at once, limit ${CAP}`);
+    assert.deepEqual(client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100 && !m.success), [], 'acks that failed');
+    // Stored and delivered in the order sent.
+    await until(() => member.dataMessages().filter((m) => typeof m.data === 'number').length === SMALL, 20000, 'every event at the member');
+    const got = member.dataMessages().map((m) => m.data).filter((d) => typeof d === 'number');
+    assert.deepEqual(got, Array.from({ length: SMALL }, (_, n) => n));
   });
 });
