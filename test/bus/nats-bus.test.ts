@@ -2,6 +2,7 @@
 // fail fast while NATS is away, and drop (and count) what is published meanwhile.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { BusError } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
@@ -132,6 +133,38 @@ describe('NATS bus', () => {
     signal('CONT');
     await untilAnswered(async () => (await clients(frozen)) === 0, 5000, 'no connection left on the server that woke');
     assert.equal(await clients(other), 1);
+  });
+
+  it('given up on a server that sent INFO and went silent, holds one connection to the next one', async (t) => {
+    // A server that says INFO and never answers the client's PING: the attempt counts as connected when its connect
+    // timeout passes, and closing it tells the client its connection was lost. That must not start a second reconnect
+    // loop beside the one under way (two connections to the next server, every message read twice): nats.js 2.29
+    // joins it to the loop under way, which this checks stays so.
+    const silent = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.write(`INFO ${JSON.stringify({ server_id: 'silent', version: '2.9.10', max_payload: 1048576, proto: 1, headers: true })}\r\n`);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    t.after(() => silent.close());
+    const first = await startNatsServer(t, 'first');
+    const other = await startNatsServer(t, 'other');
+    const bus = new NatsBus(
+      { ...options, connectTimeoutMs: 500, servers: [first.url, `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`, other.url] },
+      createLogger('silent', 't'),
+    );
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 10000, 'connected');
+    // Its server gone, the client tries the silent one (given up on after 500 ms), then the next.
+    await first.kill();
+    await until(() => !bus.connected, 5000, 'disconnected');
+    await until(() => bus.connected, 10000, 'connected again');
+    const clients = async () => {
+      const res = await fetch(`http://127.0.0.1:${other.monitorPort}/connz`, { signal: AbortSignal.timeout(2000) });
+      return ((await res.json()) as { num_connections: number }).num_connections;
+    };
+    // A second loop would connect within a connect timeout or two.
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(await clients(), 1);
   });
 
   it('closes within a bound while its server is frozen (SIGSTOP): the drain is not waited for good', async (t) => {
