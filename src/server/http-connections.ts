@@ -20,6 +20,12 @@ export interface HttpConnectionEvents {
 export class HttpConnections {
   /** Every plain connection, and when it was accepted (ms since epoch) while it has sent nothing. */
   private readonly plain = new Set<Socket>();
+  /**
+   * With TLS: TCP connections whose handshake is under way (bounded in time by the server's handshake timeout),
+   * by address and port, which their TLS socket shares. Counted too: before, only finished handshakes were, so
+   * any number of connections could sit in their handshakes at once.
+   */
+  private readonly handshakes = new Map<string, Socket>();
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
 
@@ -35,12 +41,27 @@ export class HttpConnections {
   }
 
   get size(): number {
-    return this.plain.size;
+    return this.plain.size + this.handshakes.size;
   }
 
-  /** A new TCP connection: counted, or refused when the node holds `limit` already. */
+  /** With TLS, a new TCP connection: counted until its handshake is done (then accepted() takes it over) or it closes; refused past `limit`. */
+  handshaking(socket: Socket): void {
+    if (this.size >= this.limit) return this.events.refused(socket, this.size);
+    const key = addressKey(socket);
+    if (key === undefined) return;
+    this.handshakes.set(key, socket);
+    socket.once('close', () => {
+      if (this.handshakes.get(key) === socket) this.handshakes.delete(key);
+    });
+  }
+
+  /** A new connection (with TLS: its handshake done): counted, or refused when the node holds `limit` already. */
   accepted(socket: Socket, now = Date.now()): void {
-    if (this.plain.size >= this.limit) return this.events.refused(socket, this.plain.size);
+    if (this.handshakes.size > 0) {
+      const key = addressKey(socket);
+      if (key !== undefined) this.handshakes.delete(key);
+    }
+    if (this.size >= this.limit) return this.events.refused(socket, this.size);
     this.plain.add(socket);
     this.silentSince.set(socket, now);
     socket.once('close', () => this.forget(socket));
@@ -69,4 +90,9 @@ export class HttpConnections {
   close(): void {
     clearInterval(this.timer);
   }
+}
+
+/** A TCP connection's peer address and port: the same on the TLS socket over it. */
+function addressKey(socket: Socket): string | undefined {
+  return socket.remoteAddress === undefined ? undefined : `${socket.remoteAddress}|${socket.remotePort}`;
 }

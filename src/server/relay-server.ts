@@ -5,7 +5,7 @@ import { rmSync } from 'node:fs';
 import { IncomingMessage, ServerResponse, createServer, type Server, type ServerOptions } from 'node:http';
 import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { TLSSocket } from 'node:tls';
+import { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
 import { createBus, createJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
@@ -152,7 +152,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     refused: (socket, open) => {
       metrics.limitRefusals.inc({ limit: 'httpConnectionsPerNode' });
       log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: socket.remoteAddress, open });
-      answerAndClose(socket, 'HttpConnectionLimitReached');
+      // Before its TLS handshake no answer can be written: the connection is closed.
+      if (tls && !(socket instanceof TLSSocket)) socket.destroy();
+      else answerAndClose(socket, 'HttpConnectionLimitReached');
     },
     silent: (socket) => {
       metrics.limitRefusals.inc({ limit: 'firstByteMs' });
@@ -161,8 +163,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     },
   });
   server.on('connection', (socket: Socket) => {
-    // With TLS this is the TCP socket under the TLS one; it counts once its handshake is done.
-    if (!tls) httpConnections.accepted(socket);
+    // With TLS this is the TCP socket under the TLS one: it counts while its handshake runs, then the TLS one does.
+    if (tls) httpConnections.handshaking(socket);
+    else httpConnections.accepted(socket);
     const set = closing ? lateSockets : sockets;
     set.add(socket);
     socket.on('close', () => {

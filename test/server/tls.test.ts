@@ -18,7 +18,7 @@ import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { ALL_ROLES, HUB, HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { captureLogger, metricValue, startRelayProcess, startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { loadConfig } from '../../src/config/load.ts';
 
@@ -137,6 +137,37 @@ describe('TLS on the one port', () => {
     await assert.rejects(httpRequest(`${relay.url.replace('https:', 'http:')}/$relay/health`, { timeoutMs: 5000 }));
     await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: { ...clientTls(pki), maxVersion: 'TLSv1.1', minVersion: 'TLSv1' } as never }));
     assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'firstByteMs' }), 2);
+  });
+
+  it('counts connections still in their handshake against httpConnectionsPerNode', async (t) => {
+    // Before, only finished handshakes counted: any number of connections could sit in theirs at once.
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerNode: 3 }, timeouts: { firstByteMs: 20000 } });
+    const tls = clientTls(pki);
+    const stalled = await Promise.all([0, 1, 2].map(async () => {
+      const socket = netConnect(relay.port, '127.0.0.1');
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'connect');
+      return socket;
+    }));
+    await assert.rejects(
+      withTimeout(httpRequest(`${relay.url}/$relay/health`, { tls }), 5000, 'a request past the limit'),
+      (err: Error) => !/timed out/.test(err.message),
+      'a fourth connection is closed at once, not left to its handshake',
+    );
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerNode' }), 1);
+    for (const socket of stalled) socket.destroy();
+    // Their places are free once they close.
+    await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
+    // A finished handshake counts once: two open TLS connections leave room for a third.
+    for (let i = 0; i < 2; i++) {
+      const socket = connect({ host: '127.0.0.1', port: relay.port, ca: pki.ca, servername: 'localhost' });
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'secureConnect');
+    }
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
   });
 
   it('does not hold a drain for a connection that finished its handshake and sent nothing (a browser\'s preconnect)', async (t) => {
