@@ -22,6 +22,16 @@ export function endAbandonedConnectionAttempts(): void {
   const proto = NodeTransport.prototype;
   const close = proto.close;
   const setupHandlers = proto.setupHandlers;
+  const dial = proto.dial;
+  // A TCP connection that completes after its attempt was given up on is closed at once (it would wait for INFO).
+  proto.dial = async function (this: NodeTransport, hp: { hostname: string; port: number }) {
+    const socket = await dial.call(this, hp);
+    if (abandoned.has(this)) {
+      socket.destroy();
+      throw new Error('connection attempt given up on');
+    }
+    return socket;
+  };
   proto.close = function (this: NodeTransport, err?: Error): Promise<void> {
     if (!this.connected) {
       abandoned.add(this);

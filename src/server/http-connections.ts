@@ -22,7 +22,7 @@ export class HttpConnections {
   private readonly plain = new Set<Socket>();
   /**
    * With TLS: TCP connections whose handshake is under way (bounded in time by the server's handshake timeout),
-   * by address and port, which their TLS socket shares. Counted too: before, only finished handshakes were, so
+   * by both ends' addresses and ports, which their TLS socket shares. Counted too: before, only finished handshakes were, so
    * any number of connections could sit in their handshakes at once.
    */
   private readonly handshakes = new Map<string, Socket>();
@@ -92,7 +92,11 @@ export class HttpConnections {
   }
 }
 
-/** A TCP connection's peer address and port: the same on the TLS socket over it. */
+/**
+ * A TCP connection's addresses and ports, both ends: the same on the TLS socket over it. (The peer's alone is not
+ * one connection's: a client may use one source port towards two addresses of this host.)
+ */
 function addressKey(socket: Socket): string | undefined {
-  return socket.remoteAddress === undefined ? undefined : `${socket.remoteAddress}|${socket.remotePort}`;
+  if (socket.remoteAddress === undefined || socket.localAddress === undefined) return undefined;
+  return `${socket.localAddress}|${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
 }
