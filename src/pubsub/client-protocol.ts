@@ -111,7 +111,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   }
   // Past limits.requestsInFlightPerConnection the socket is held, but the frames of the read under way still come:
   // they wait here, in order (so does any read after them until they are started), instead of going out at once.
-  if (connection.requestsFull || (connection.requestsWaiting?.length ?? 0) > 0) {
+  if (connection.requestsBacklogged) {
     connection.socket?.hold();
     (connection.requestsWaiting ??= []).push(() => startRequest(ctx, connection, m, text, ackId));
     return;

@@ -110,9 +110,14 @@ export class PubSubConnection {
     return this.requestsInFlight >= this.limits.requestsInFlightPerConnection;
   }
 
+  /** True while a new request would wait: as many in flight as allowed, or others read before it still waiting. */
+  get requestsBacklogged(): boolean {
+    return this.requestsFull || (this.requestsWaiting?.length ?? 0) > 0;
+  }
+
   /** Reads the client again unless its own work still waits: events queued for the handler, a simple client's frames, requests. */
   readAgainUnlessBusy(): void {
-    if (this.requestsFull || (this.requestsWaiting?.length ?? 0) > 0) return;
+    if (this.requestsBacklogged) return;
     if ((this.eventsWaiting?.length ?? 0) > 0 || (this.pendingFrames?.length ?? 0) > 0) return;
     this.socket?.release();
   }

@@ -145,7 +145,7 @@ export class SessionRecovery {
     // Events of the session still at the event handler (one at a time): the new socket is not read until they
     // are answered, as the old one was not. Before, each reconnect read another chunk of events into the queue
     // (a client reconnecting while its handler hung grew it by thousands).
-    if (connection.eventsInFlight > 0 || connection.requestsFull || (connection.requestsWaiting?.length ?? 0) > 0) client.hold();
+    if (connection.eventsInFlight > 0 || connection.requestsBacklogged) client.hold();
     previous?.destroy();
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });
