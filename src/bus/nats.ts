@@ -274,13 +274,7 @@ export class NatsBus implements Bus {
   private async askServer<T>(ask: (nc: NatsConnection) => Promise<T>): Promise<T | undefined> {
     const nc = this.nc;
     if (!nc || !this.isConnected) return undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const answer = await Promise.race([
-      ask(nc).catch(() => undefined),
-      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), this.options.flushTimeoutMs))),
-    ]);
-    clearTimeout(timer);
-    return answer;
+    return within(ask(nc), this.options.flushTimeoutMs);
   }
 
   onConnectionChange(listener: (connected: boolean) => void): void {
@@ -297,16 +291,21 @@ export class NatsBus implements Bus {
       // Draining needs the server; without it (and sometimes even after a
       // drain that resolved) the client would go on reconnecting: close it.
       if (this.isConnected) {
-        let timer: NodeJS.Timeout | undefined;
-        const gaveUp = new Promise<void>((resolve) => (timer = setTimeout(resolve, DRAIN_MS)));
-        await Promise.race([nc.drain().catch(() => undefined), gaveUp]);
-        clearTimeout(timer);
+        await within(nc.drain(), DRAIN_MS);
       }
       if (!nc.isClosed()) await nc.close().catch(() => undefined);
     }
     this.isConnected = false;
     await this.started;
   }
+}
+
+/** What `work` resolves with, or undefined when it fails or takes longer than `ms`. */
+async function within<T>(work: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const answer = await Promise.race([work.catch(() => undefined), new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
+  clearTimeout(timer);
+  return answer;
 }
 
 function toBusError(err: unknown): BusError {
