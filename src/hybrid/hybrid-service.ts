@@ -10,10 +10,12 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import { certificatesOf, chainLeadsTo } from '../auth/client-certificate-chain.ts';
+import type { X509Certificate } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
+import { sendContinue } from '../http/expect-continue.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
@@ -100,6 +102,12 @@ export class HybridService {
   private graceTimer: NodeJS.Timeout | undefined;
   /** publicUrl's host: a token's resource may always name it. */
   private readonly publicHost: string;
+  /**
+   * listen.tls.caFile's certificates once it changed after start (see recheckClientCertificates), and the
+   * TLS connections whose client certificate was checked against them: a connection's handshake verified
+   * it against the CAs of its time, and a keep-alive connection from before a change can still open a listener.
+   */
+  private changedCas: { cas: X509Certificate[]; checked: WeakMap<TLSSocket, boolean> } | undefined;
 
   constructor(
     private readonly config: RelayConfig,
@@ -361,6 +369,7 @@ export class HybridService {
     if (!entity) return refuse('EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return refuse(refused);
+    sendContinue(res);
     new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
   }
 
@@ -428,8 +437,25 @@ export class HybridService {
    * verified against listen.tls.caFile (mutual TLS on top of SAS).
    */
   private listenerCertificateOk(req: IncomingMessage): boolean {
-    if (this.config.listen.tls?.requireClientCert !== 'listeners') return true;
-    return (req.socket as Partial<TLSSocket>).authorized === true || this.workers?.vouchedFor(req) === true;
+    const mode = this.config.listen.tls?.requireClientCert;
+    if (mode !== 'listeners' && mode !== 'all') return true;
+    if (this.workers?.vouchedFor(req)) return true;
+    const socket = req.socket;
+    // "all": the handshake refused the rest; a socket that is not TLS here is not the client's own.
+    if (!(socket instanceof TLSSocket)) return mode === 'all';
+    return socket.authorized && this.signedByCurrentCas(socket);
+  }
+
+  /** A verified client certificate whose chain still leads to listen.tls.caFile's CAs (always, before they change). */
+  private signedByCurrentCas(socket: TLSSocket): boolean {
+    const changed = this.changedCas;
+    if (!changed) return true;
+    let ok = changed.checked.get(socket);
+    if (ok === undefined) {
+      ok = chainLeadsTo(socket, changed.cas);
+      changed.checked.set(socket, ok);
+    }
+    return ok;
   }
 
   private authorizeSender(req: IncomingMessage, params: URLSearchParams, entity: HybridEntity, subPath: string[]): HybridErrorCode | undefined {
@@ -488,10 +514,11 @@ export class HybridService {
     const mode = this.config.listen.tls?.requireClientCert;
     if (mode !== 'listeners' && mode !== 'all') return 0;
     const cas = certificatesOf(caPem);
+    this.changedCas = { cas, checked: new WeakMap() };
     let closed = 0;
     for (const channel of [...this.listeners.all()]) {
       if (!channel.isOpen || !(channel.socket instanceof TLSSocket)) continue;
-      if (chainLeadsTo(channel.socket, cas)) continue;
+      if (this.signedByCurrentCas(channel.socket)) continue;
       channel.closeWith('ClientCertificateRevoked', 'ClientCertificateRevoked: not signed by the CAs of listen.tls.caFile any more');
       closed++;
     }

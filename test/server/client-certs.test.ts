@@ -5,8 +5,10 @@
 // pub/sub clients connect without one; "all" refuses anyone without one in
 // the TLS handshake.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
@@ -86,6 +88,70 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     assert.equal(closed.code, 1008);
     assert.match(closed.reason, /ClientCertificateRevoked/);
   });
+
+  for (const mode of ['listeners', 'all'] as const) {
+    it(`(${mode}) refuses a listener opened after listen.tls.caFile changed on a keep-alive connection whose certificate the new CAs do not sign`, async (t) => {
+      const pki = makePki(t);
+      const allowed = pki.issueClient('factory-listener');
+      pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+      const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+      t.after(() => rmSync(dir, { recursive: true, force: true }));
+      const caFile = join(dir, 'clients.pem');
+      writeFileSync(caFile, pki.ca);
+      const listen = mtlsListen(pki, mode);
+      const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+      const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+      const listenRequest = () =>
+        `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: ${new URL(relay.url).host}\r\n` +
+        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+      const { port } = new URL(relay.url);
+      const openTls = () =>
+        withTimeout(
+          new Promise<TLSSocket>((resolve, reject) => {
+            const socket = tlsConnect({ host: '127.0.0.1', port: Number(port), ...clientTls(pki, allowed) }, () => resolve(socket));
+            socket.once('error', reject);
+            t.after(() => socket.destroy());
+          }),
+          5000,
+          'a TLS connection',
+        );
+      const statusLine = (socket: TLSSocket, request: string) =>
+        withTimeout(
+          new Promise<string>((resolve) => {
+            let text = '';
+            const onData = (chunk: Buffer) => {
+              text += chunk.toString('latin1');
+              if (!text.includes('\r\n\r\n')) return;
+              socket.off('data', onData);
+              resolve(text.slice(0, text.indexOf('\r\n')));
+            };
+            socket.on('data', onData);
+            socket.write(request);
+          }),
+          5000,
+          'an answer',
+        );
+      // A keep-alive connection whose handshake the first CA verified.
+      const kept = await openTls();
+      assert.match(await statusLine(kept, `GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`), /^HTTP\/1\.1 200/);
+      writeFileSync(`${caFile}.next`, readFileSync(join(pki.dir, 'other-ca.pem')));
+      renameSync(`${caFile}.next`, caFile);
+      // The new CAs apply: a new connection with the same certificate is refused (in the handshake, with "all").
+      const newOneRefused = async () => {
+        try {
+          const fresh = await openTls();
+          const line = await statusLine(fresh, listenRequest());
+          fresh.destroy();
+          return / 403 /.test(line);
+        } catch {
+          return true;
+        }
+      };
+      await untilAnswered(newOneRefused, 10000, 'the new CA applied');
+      // Before, the old connection's handshake vouched for it still: 101, and senders were given to it.
+      assert.match(await statusLine(kept, listenRequest()), /^HTTP\/1\.1 403 /);
+    });
+  }
 
   it('with requireClientCert "all", refuses a client without a trusted certificate in the TLS handshake', async (t) => {
     const pki = makePki(t);
