@@ -5,7 +5,8 @@
 // headers are ignored: anyone can write them. The client is the right-most
 // address of X-Forwarded-For that is not itself a trusted proxy (each proxy
 // appends the peer it saw; only the part written by trusted proxies can be
-// believed). X-Forwarded-Proto is not needed: token checks ignore the scheme,
+// believed; a port after an address is dropped), and the host the right-most
+// value of X-Forwarded-Host (the one the proxy in front wrote). X-Forwarded-Proto is not needed: token checks ignore the scheme,
 // as Azure's clients sign http:// resources for wss:// connections.
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
@@ -20,10 +21,22 @@ function plain(address: string): string {
   return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
 }
 
-function firstValue(header: string | string[] | undefined): string | undefined {
-  const text = Array.isArray(header) ? header[0] : header;
-  const first = text?.split(',')[0]?.trim();
-  return first === '' ? undefined : first;
+/**
+ * A forwarded address without the port some balancers add (Azure Application Gateway writes
+ * `10.0.0.1:5555`; IPv6 `[2001:db8::1]:5555`); an IPv4 one as on a dual-stack socket compared as IPv4.
+ */
+function addressOf(hop: string): string {
+  const v4 = /^(\d+\.\d+\.\d+\.\d+):\d{1,5}$/.exec(hop);
+  if (v4) return v4[1];
+  const v6 = /^\[([0-9a-f:.]+)\](?::\d{1,5})?$/i.exec(hop);
+  return plain(v6 ? v6[1] : hop);
+}
+
+/** The right-most value of a list header: what the trusted proxy in front wrote (a client can write the ones to its left). */
+function lastValue(header: string | string[] | undefined): string | undefined {
+  const text = Array.isArray(header) ? header.join(',') : header;
+  const last = text?.split(',').pop()?.trim();
+  return last === '' ? undefined : last;
 }
 
 export class ProxyTrust {
@@ -61,7 +74,7 @@ export class ProxyTrust {
     if (!this.trusts(req.socket.remoteAddress)) return;
     const client = this.clientOf(req.headers['x-forwarded-for']);
     if (client) setForwardedClient(req, client);
-    const host = firstValue(req.headers['x-forwarded-host']);
+    const host = lastValue(req.headers['x-forwarded-host']);
     if (host && isHostAuthority(host)) req.headers.host = host;
   }
 
@@ -69,7 +82,7 @@ export class ProxyTrust {
     if (header === undefined) return undefined;
     const hops = (Array.isArray(header) ? header.join(',') : header)
       .split(',')
-      .map((h) => plain(h.trim()))
+      .map((h) => addressOf(h.trim()))
       .slice(-MAX_HOPS);
     let client: string | undefined;
     for (let i = hops.length - 1; i >= 0; i--) {

@@ -36,8 +36,17 @@ describe('listen.trustProxy', () => {
     assert.equal((await dial(relay.url, from('203.0.113.9, 127.0.0.1'))).status, 401);
     // What a client wrote itself, left of what the proxy appended, is not believed.
     assert.deepEqual(await dial(relay.url, from('198.51.100.1, 203.0.113.7')), { status: 429, code: 'TooManyConnectionAttempts' });
+    // Balancers that add the client's port (Azure Application Gateway: `ip:port`, `[v6]:port`): the address
+    // is still the client's (before, the relay fell back to the proxy's and every client shared its allowance).
+    assert.equal((await dial(relay.url, from('192.0.2.1:5555'))).status, 401);
+    assert.equal((await dial(relay.url, from('192.0.2.1:6666'))).status, 401);
+    assert.deepEqual(await dial(relay.url, from('192.0.2.1:7777')), { status: 429, code: 'TooManyConnectionAttempts' });
+    assert.equal((await dial(relay.url, from('192.0.2.2:5555'))).status, 401);
+    assert.equal((await dial(relay.url, from('[2001:db8::9]:5555'))).status, 401);
+    assert.equal((await dial(relay.url, from('[2001:db8::9]:5556'))).status, 401);
+    assert.deepEqual(await dial(relay.url, from('[2001:db8::9]')), { status: 429, code: 'TooManyConnectionAttempts' });
     const refusals = lines().filter((l) => l.event === 'limit.reached').map((l) => l.address);
-    assert.deepEqual(refusals, ['203.0.113.7', '203.0.113.7']);
+    assert.deepEqual(refusals, ['203.0.113.7', '203.0.113.7', '192.0.2.1', '2001:db8::9']);
   });
 
   it('tells a listener the forwarded client as the sender\'s remote endpoint', async (t) => {
@@ -63,6 +72,12 @@ describe('listen.trustProxy', () => {
     const client = await openWebSocket(clientUrl, { protocols: [PLAIN], headers: forwarded });
     client.terminate();
     assert.deepEqual(await postRest(relay.url, forwarded), { status: 202 });
+    // The proxy in front appends the host it was asked for: what a client wrote to its left is not believed.
+    const appended = { 'X-Forwarded-Host': 'relay.example.com, 127.0.0.1' };
+    assert.deepEqual(await upgradeRefusal(listenUrl, { headers: { ...appended, ServiceBusAuthorization: sas } }), { status: 403, code: 'TokenScopeInvalid' });
+    assert.deepEqual(await postRest(relay.url, appended), { status: 401, code: 'AudienceInvalid' });
+    const ours = { 'X-Forwarded-Host': 'evil.example.com, relay.example.com' };
+    assert.equal((await upgradeRefusal(listenUrl, { headers: { ...ours, ServiceBusAuthorization: sas } })).status, 101);
   });
 
   it('ignores forwarded headers without trustProxy, and from a peer that is not a listed proxy', async (t) => {
