@@ -11,6 +11,7 @@ import { createBus, createJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
+import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress } from '../http/client-address.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
@@ -252,12 +253,19 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
 
   const proxyTrust = new ProxyTrust(config.listen.trustProxy);
 
+  // Without this listener Node answers 100 Continue itself, before anything is checked (expect-continue.ts).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    oweContinue(res);
+    server.emit('request', req, res);
+  });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
     proxyTrust.apply(req);
     if (carriesBody(req)) boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
+    // A relayed request's sender is checked first (hybrid-service.ts); the rest read their bodies as before.
+    if (r.kind !== 'hybrid-http') sendContinue(res);
     switch (r.kind) {
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
