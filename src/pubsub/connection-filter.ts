@@ -8,7 +8,8 @@
 // travel on the bus as text) and compiled into closures that are run per
 // connection: each node runs at most once per connection, the body of
 // groups/any once per group, and any cannot nest, so a hostile filter costs
-// at most its length times the connection's groups. Values follow OData: a
+// at most its length times the connection's groups, and the string work the
+// parser bounds (MAX_BUILT_STRING, MAX_ANY_WORK in filter-parser.ts). Values follow OData: a
 // connection without a user has `userId` null; string and integer functions
 // of null are null; `eq`/`ne` compare null like any value; `gt`/`lt` with a
 // null are false, `ge`/`le` true only for two nulls; the boolean functions

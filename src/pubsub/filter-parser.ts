@@ -365,6 +365,10 @@ class Parser {
     try {
       const body = condition(this.nested(open, () => this.or()), "'any'");
       this.expect(')');
+      const cost = work(body);
+      if (cost > MAX_ANY_WORK) {
+        throw new FilterSyntaxError(at, `'any' could read ${cost} characters of strings per group; at most ${MAX_ANY_WORK} (fewer string functions of the group)`);
+      }
       return { kind: 'any', body, at, type: 'boolean' };
     } finally {
       this.variable = undefined;
@@ -400,6 +404,60 @@ function longest(e: Expr): number {
       if (e.fn === 'substring' && third?.kind === 'literal') return Math.min(longest(first), third.value as number);
       return longest(first);
     }
+    default:
+      return 0;
+  }
+}
+
+/**
+ * The most UTF-16 code units of strings the body of groups/any may read per
+ * group. The body runs once per group of each connection, and a client
+ * chooses its groups' names (up to 1,024 characters, 2,048 code units, each
+ * of up to limits.groupsPerConnection groups): without a bound, one REST send
+ * with many case mappings of the group held the event loop for seconds per
+ * such client. One case mapping of the group costs 2,048; this allows four,
+ * and what they are compared with.
+ */
+export const MAX_ANY_WORK = 9216;
+
+/** The most code units a string expression can evaluate to: longest() with names at two units a character. */
+function units(e: Expr): number {
+  if (e.kind === 'literal') return typeof e.value === 'string' ? e.value.length : 0;
+  return e.type === 'string' ? 2 * longest(e) : 0;
+}
+
+/**
+ * An upper bound of the code units one evaluation of `e` reads or builds in
+ * string functions and string comparisons (what its time is proportional to).
+ */
+function work(e: Expr): number {
+  switch (e.kind) {
+    case 'call': {
+      const [first, second] = e.args;
+      const inner = e.args.reduce((sum, arg) => sum + work(arg), 0);
+      switch (e.fn) {
+        case 'length':
+          return inner;
+        case 'startswith':
+        case 'endswith':
+          return inner + units(second);
+        case 'substring':
+          return inner + units(e);
+        default:
+          return inner + units(first) + (second ? units(second) : 0);
+      }
+    }
+    case 'not':
+      return work(e.operand);
+    case 'and':
+    case 'or':
+      return e.items.reduce((sum, item) => sum + work(item), 0);
+    case 'compare':
+      return work(e.left) + work(e.right) + Math.min(units(e.left), units(e.right));
+    case 'inList':
+      return work(e.operand) + e.items.reduce((sum, item) => sum + work(item), 0);
+    case 'inGroups':
+      return work(e.operand);
     default:
       return 0;
   }

@@ -348,6 +348,26 @@ describe('OData filter: malformed filters name the position', () => {
     assert.equal(selects(`groups/any(g: concat(g, '${'y'.repeat(1500)}') eq 'g1${'y'.repeat(1500)}')`), true);
   });
 
+  it('bounds the string work of groups/any per group: case mappings of names a client chose, repeated, are refused at the parse (before: seconds per connection)', () => {
+    // A client in 1,000 groups named with 1,024 x U+0390 (which upper-cases to three characters each).
+    const hostile = { id: 'c', userId: 'u', groups: new Set(Array.from({ length: 1000 }, (_, i) => ('\u0390'.repeat(1024) + i).slice(-1024))) };
+    const clause = (i: number) => `contains(toupper(tolower(toupper(g))),'x${i}')`;
+    const err = syntaxError(`groups/any(g: ${Array.from({ length: 40 }, (_, i) => clause(i)).join(' or ')})`);
+    assert.match(err.message, /'any' could read \d+ characters of strings per group; at most 9216/);
+    assert.equal(err.position, 0);
+    assert.match(syntaxError(`groups/any(g: contains(toupper(g),'A') or contains(tolower(g),'B'))`).message, /could read 16386 characters/);
+    // What filters do stays: four case mappings of the group, comparisons and substrings of it, any number of plain comparisons.
+    for (const text of [
+      "groups/any(g: startswith(toupper(g),'A') or startswith(toupper(g),'B') or startswith(toupper(g),'C') or startswith(toupper(g),'D'))",
+      "groups/any(g: contains(tolower(g), 'chat'))",
+      "groups/any(g: tolower(g) eq 'lobby' and length(g) gt 3 and substring(g, 0, 5) eq 'room-')",
+      `groups/any(g: ${Array.from({ length: 150 }, (_, i) => `g eq 'x${i}'`).join(' or ')})`,
+    ]) {
+      const filter = ConnectionFilter.parse(text);
+      assert.equal(filter.matches(hostile), false, text);
+    }
+  });
+
   it('costs at most its length times the groups: the largest filter over many groups stays cheap', () => {
     const many = { id: 'c', userId: 'u', groups: new Set(Array.from({ length: 2000 }, (_, i) => `group-${i}`)) };
     const clauses = Array.from({ length: 150 }, (_, i) => `g eq 'x${i}'`).join(' or ');
