@@ -34,6 +34,8 @@ const MAX_ANSWER_BYTES = 4096;
 export class AbuseProtection implements UrlValidation {
   private readonly allowed = new Set<string>();
   private readonly checking = new Map<string, Promise<void>>();
+  /** Ends the checks under way when the relay has drained (close()). */
+  private readonly stopped = new AbortController();
 
   constructor(
     /** What the relay says it is: the host (and port) of publicUrl. */
@@ -54,6 +56,11 @@ export class AbuseProtection implements UrlValidation {
     return pending;
   }
 
+  /** Ends the checks under way (the relay has drained): their requests would keep the process up to their timeout. */
+  close(): void {
+    this.stopped.abort();
+  }
+
   /** Forgets every result: each URL is validated again before its next event. */
   revalidate(): void {
     this.allowed.clear();
@@ -64,7 +71,7 @@ export class AbuseProtection implements UrlValidation {
     if (authorization) headers.authorization = authorization;
     let answer;
     try {
-      answer = await this.transport.send(url, { method: 'OPTIONS', headers, timeoutMs, maxResponseBytes: MAX_ANSWER_BYTES });
+      answer = await this.transport.send(url, { method: 'OPTIONS', headers, timeoutMs, maxResponseBytes: MAX_ANSWER_BYTES, signal: this.stopped.signal });
     } catch (err) {
       this.onResult(url, false, (err as Error).message);
       throw err;

@@ -226,7 +226,8 @@ export class EventDispatcher {
     if (!handler) return { ok: false, code: 'NoUpstream', detail: `no event handler of hub '${hub.name}' takes '${event}'` };
     let answer: HandlerResponse;
     try {
-      answer = await this.post(handler, hub, event, this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType), body);
+      const headers = this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType);
+      answer = await this.untilDrained((signal) => this.post(handler, hub, event, headers, body, undefined, signal));
     } catch (err) {
       this.deps.count('user', failureOf(err));
       this.logFailure(hub, source, event, handler, (err as Error).message);
@@ -264,7 +265,7 @@ export class EventDispatcher {
     const headers = this.headers(hub, source, 'azure.webpubsub.sys.connect', 'connect', 'application/json; charset=utf-8');
     let answer: HandlerResponse;
     try {
-      answer = await this.post(handler, hub, 'connect', headers, Buffer.from(JSON.stringify(body)));
+      answer = await this.untilDrained((signal) => this.post(handler, hub, 'connect', headers, Buffer.from(JSON.stringify(body)), undefined, signal));
     } catch (err) {
       this.deps.count('connect', failureOf(err));
       this.logFailure(hub, source, 'connect', handler, (err as Error).message);
@@ -322,14 +323,28 @@ export class EventDispatcher {
 
   beginShutdown(deadline: number): void {
     this.stopBy = deadline;
-    // Attempts already under way when the drain began end at its deadline too (their timeout was the handler's).
+    // Calls already under way when the drain began end at its deadline too (their timeout was the handler's): before,
+    // a connect or user event to a silent handler kept the process up to timeoutMs after relay.stopped.
     setTimeout(() => {
       for (const attempt of this.attempts) attempt.abort();
+      this.deps.protection.close();
     }, Math.max(0, deadline - Date.now())).unref();
   }
 
-  /** The connected/disconnected attempts under way, each ended at the drain's deadline (one controller per attempt: nothing long-lived collects listeners). */
+  /** The calls to handlers under way, each ended at the drain's deadline (one controller per call: nothing long-lived collects listeners). */
   private readonly attempts = new Set<AbortController>();
+
+  /** Runs one call to a handler with a signal the drain's deadline aborts. */
+  private async untilDrained<T>(call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const attempt = new AbortController();
+    if (this.stopBy !== undefined && this.stopBy <= Date.now()) attempt.abort();
+    this.attempts.add(attempt);
+    try {
+      return await call(attempt.signal);
+    } finally {
+      this.attempts.delete(attempt);
+    }
+  }
 
   /** How many connections still have connected or disconnected events to send. */
   get systemEventsPending(): number {
@@ -365,14 +380,7 @@ export class EventDispatcher {
       try {
         const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
         // Its ce-connectionState, if any, is ignored (takeState): not a blocking event.
-        const attempt = new AbortController();
-        this.attempts.add(attempt);
-        let answer: HandlerResponse;
-        try {
-          answer = await this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left), attempt.signal);
-        } finally {
-          this.attempts.delete(attempt);
-        }
+        const answer = await this.untilDrained((signal) => this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left), signal));
         if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');
         problem = `answered ${answer.status}`;
       } catch (err) {

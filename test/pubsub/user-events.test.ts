@@ -183,6 +183,47 @@ describe("a client's user events", () => {
     await until(() => failed().some((f) => f.startsWith('connected')), 1000, `the connected event said lost (${failed().join('; ')})`);
   });
 
+  it('a connect, a user event and an abuse-protection check at silent handlers when the drain begins are ended at its deadline, not left to their timeouts', async (t) => {
+    // Each request the relay leaves open at a handler, and when the relay ended it (its socket closed).
+    const open = new Map<string, { closedAt?: number }>();
+    const track = (what: string, req: import('node:http').IncomingMessage) => {
+      const entry: { closedAt?: number } = {};
+      open.set(what, entry);
+      req.socket.once('close', () => (entry.closedAt = Date.now()));
+    };
+    // chat's handler: lets user 'a' in, holds user 'b''s connect and every user event.
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      const event = String(req.headers['ce-eventname']);
+      if (event === 'connect' && req.headers['ce-userid'] === 'a') return void res.writeHead(204).end();
+      track(event === 'connect' ? 'connect' : 'user event', req);
+    });
+    // slow's handler never answers abuse protection's OPTIONS.
+    const silent = createServer((req) => track('abuse protection', req));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise<void>((resolve) => (silent.closeAllConnections(), silent.close(() => resolve()))));
+    const slowUrl = `http://127.0.0.1:${(silent.address() as { port: number }).port}/{event}`;
+    const handler = (url: string) => ({ urlTemplate: url, userEventPattern: '*', systemEvents: ['connect'], timeoutMs: 8000, retries: 0 });
+    const relay = await startTestRelay(t, {
+      timeouts: { shutdownMs: 1000 },
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler(urlTemplate)] }, { name: 'slow', accessKey: KEY, eventHandlers: [handler(slowUrl)] }] },
+    });
+    const a = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'a' }), undefined, t);
+    await a.waitFor((m) => m.event === 'connected');
+    a.ws.send(JSON.stringify({ type: 'event', event: 'hold', dataType: 'text', data: 'x', ackId: 1 }));
+    for (const url of [accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'b' }), accessUrl(relay.url, { hub: 'slow', key: KEY })]) {
+      const ws = new WebSocket(url, ['json.webpubsub.azure.v1']);
+      ws.on('error', () => {});
+      cleanupFor(t).after(() => ws.terminate());
+    }
+    await until(() => open.size === 3, 5000, 'a connect, a user event and an OPTIONS held at the handlers');
+    const started = Date.now();
+    await withTimeout(relay.close(), 10000, 'the drain');
+    // Before: each stayed open until its 8 s timeout, and the process with it (after relay.stopped).
+    await until(() => [...open.values()].every((e) => e.closedAt !== undefined), 4000, `the held requests ended (${JSON.stringify([...open])})`);
+    for (const [what, e] of open) assert.ok(e.closedAt! - started < 3000, `${what} ended ${e.closedAt! - started} ms after the drain began`);
+  });
+
   it("a reliable client reconnecting while its events wait for a hung handler queues no more of them", async (t) => {
     // A handler that never answers a user event (its connections are closed at the clean-up).
     const { urlTemplate } = await serveEventHandler(t, (req) => req.resume());
