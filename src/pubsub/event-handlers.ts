@@ -197,6 +197,10 @@ export async function deliverToHandler(
 ): Promise<HandlerResponse> {
   const headers = { ...request.headers };
   if (handler.config.auth?.type === 'bearer') headers.authorization = `Bearer ${handler.config.auth.token}`;
+  // The check and the event share timeoutMs (before, each had all of it: a connect waited up to twice as long).
+  const deadline = Date.now() + timeoutMs;
   if (handler.validated) await protection.check(url, timeoutMs, headers.authorization);
-  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs, ...(signal ? { signal } : {}) });
+  const left = deadline - Date.now();
+  if (left <= 0) throw new HandlerError('timeout', `no answer within ${timeoutMs} ms (abuse protection took it all)`);
+  return transport.send(url, { ...request, headers, method: 'POST', timeoutMs: left, ...(signal ? { signal } : {}) });
 }
