@@ -582,7 +582,9 @@ export class JetStreamAccess {
 
   /** Each stream the relay needs, and whether JetStream stores in it now (ready, and no publish to it gave up unanswered since one was stored). */
   storingByStream(): Map<string, boolean> {
-    return new Map(this.streams.map((s) => [s.name, this.state === 'ready' && !this.failingStreams.has(s.name)]));
+    // Without the bus nothing is stored either: every durable publish is refused (before, 1 throughout a NATS outage).
+    const storing = this.state === 'ready' && this.bus.connected;
+    return new Map(this.streams.map((s) => [s.name, storing && !this.failingStreams.has(s.name)]));
   }
 
   /** The stream a subject is stored in (its name), or the subject itself when no stream takes it. */

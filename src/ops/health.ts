@@ -41,7 +41,7 @@ export function handleOps(name: string, res: ServerResponse, readiness: Readines
     const body = {
       ready,
       bus: { kind: bus.kind, connected: bus.connected },
-      ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && storeFailures.length === 0 } } : {}),
+      ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && bus.connected && storeFailures.length === 0 } } : {}),
       reasons,
       degraded,
     };

@@ -103,7 +103,7 @@ export class RelayMetrics {
     });
     new Gauge({
       name: 'edge_relay_jetstream_storing',
-      help: "Per durable hub stream: 1 while JetStream stores this node's writes to it, 0 while it is not ready or a write to the stream gave up unanswered (no leader)",
+      help: "Per durable hub stream: 1 while JetStream stores this node's writes to it, 0 while it is not ready, the bus is not connected, or a write to the stream gave up unanswered (no leader)",
       labelNames: ['stream'],
       registers,
       collect() {
