@@ -81,6 +81,8 @@ export interface NodeStatus {
   shuttingDown: boolean;
   bus: { kind: 'memory' | 'nats'; connected: boolean };
   entities: { name: string; listeners: number }[];
+  /** Entities with listeners left out of `entities` so the answer fits NATS's max_payload (those with the fewest). */
+  entitiesOmitted?: number;
   hubs: { name: string; connections: number; groups: number; sessionsRetained: number }[];
 }
 
@@ -465,6 +467,8 @@ export interface PsCheckpoint {
 export interface OpsStatus {
   op: 'ops.status';
   origin: string;
+  /** Only this entity's listeners (its key): a runtime information request's count. */
+  entity?: string;
 }
 
 /** One edge's status, answering ops.status. */

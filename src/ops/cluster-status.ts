@@ -20,6 +20,10 @@ export type { NodeStatus };
 
 /** How long one gather of the edges' listener counts answers runtime information requests. */
 const LISTENER_COUNT_REUSE_MS = 1000;
+/** Entities whose recent gathers are kept at most (the oldest go first). */
+const MAX_RECENT_COUNTS = 1000;
+/** Room left in NATS's max_payload for what the bus adds to an answer. */
+const ANSWER_HEADROOM_BYTES = 4096;
 
 export interface StatusSources {
   config: RelayConfig;
@@ -39,10 +43,12 @@ export class ClusterStatus {
     this.subscription = s.bus.subscribe(s.subjects.status(), (m) => this.onBus(m));
   }
 
-  /** This node, as it would answer another. */
-  local(): NodeStatus {
+  /** This node, as it would answer another; with `entityKey`, only that entity's listeners. */
+  local(entityKey?: string): NodeStatus {
     const { config, bus, hybrid, pubsub } = this.s;
-    const entities = [...hybrid.listeners.counts()].map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
+    let counted = [...hybrid.listeners.counts()];
+    if (entityKey !== undefined) counted = counted.filter(([name]) => asciiLowerCase(name) === entityKey);
+    const entities = counted.map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
     const hubs = [...pubsub.hubs.values()].map((hub) => {
       const { attached, retained } = pubsub.openCounts(hub);
       return { name: hub.name, connections: attached, groups: hub.local.groupCount, sessionsRetained: retained };
@@ -60,7 +66,26 @@ export class ClusterStatus {
   private onBus(message: BusMessage): void {
     const asked = decodeEdgeMessage(message.data, 'ops.status')?.message;
     if (!asked || asked.origin === this.s.config.nodeId) return;
-    respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.local() }));
+    respond(this.s.bus, message, this.fitted(this.local(asked.entity)));
+  }
+
+  /**
+   * An answer within NATS's max_payload: past it, the entities with the fewest listeners are left out and counted
+   * (entitiesOmitted). Before, an edge holding thousands of listeners failed to answer at all (TooLarge, logged on
+   * that edge only), and the asking edge listed the cluster without it as complete.
+   */
+  private fitted(status: NodeStatus): Uint8Array {
+    const limit = this.s.bus.maxPayload - ANSWER_HEADROOM_BYTES;
+    const whole = encodeEdgeMessage({ op: 'ops.node', ...status });
+    if (whole.length <= limit) return whole;
+    const busiest = [...status.entities].sort((a, b) => b.listeners - a.listeners || a.name.localeCompare(b.name));
+    let keep = Math.floor((busiest.length * limit) / whole.length);
+    for (;;) {
+      const entities = busiest.slice(0, keep).sort((a, b) => a.name.localeCompare(b.name));
+      const data = encodeEdgeMessage({ op: 'ops.node', ...status, entities, entitiesOmitted: busiest.length - keep });
+      if (data.length <= limit || keep === 0) return data;
+      keep = Math.floor(keep * 0.9);
+    }
   }
 
   /** Every node that answered, this one first; `complete` is false when the bus could not be asked. */
@@ -72,14 +97,15 @@ export class ClusterStatus {
     return { nodes: [here, ...answers], complete: true };
   }
 
-  /** Every other edge's status, over the bus (ops.status). */
-  private askOthers(): Promise<{ answers: NodeStatus[]; problem?: string }> {
+  /** Every other edge's status, over the bus (ops.status); with `entityKey`, only that entity's listeners. */
+  private askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; problem?: string }> {
     const { config, subjects } = this.s;
-    return askOtherEdges<NodeStatus>(this.s, subjects.status(), { op: 'ops.status', origin: config.nodeId }, 'ops.node', config.nodeId);
+    const question = { op: 'ops.status' as const, origin: config.nodeId, ...(entityKey !== undefined ? { entity: entityKey } : {}) };
+    return askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId);
   }
 
-  /** The other edges' answers for listenersOf, shared by the questions of one moment. */
-  private recentOthers: { at: number; answer: Promise<{ answers: NodeStatus[]; problem?: string }> } | undefined;
+  /** The other edges' answers for listenersOf, per entity key, shared by the questions of one moment (bounded). */
+  private readonly recentOthers = new Map<string, { at: number; answer: Promise<{ answers: NodeStatus[]; problem?: string }> }>();
 
   /**
    * An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted.
@@ -91,8 +117,18 @@ export class ClusterStatus {
     let others: NodeStatus[] = [];
     if (this.s.bus.reachesOtherNodes) {
       const now = Date.now();
-      if (!this.recentOthers || now - this.recentOthers.at > LISTENER_COUNT_REUSE_MS) this.recentOthers = { at: now, answer: this.askOthers() };
-      const { answers, problem } = await this.recentOthers.answer;
+      let recent = this.recentOthers.get(entityKey);
+      if (!recent || now - recent.at > LISTENER_COUNT_REUSE_MS) {
+        // Only that entity's listeners (before: every edge's whole status, which failed past max_payload).
+        recent = { at: now, answer: this.askOthers(entityKey) };
+        this.recentOthers.delete(entityKey);
+        this.recentOthers.set(entityKey, recent);
+        for (const [key, { at }] of this.recentOthers) {
+          if (this.recentOthers.size <= MAX_RECENT_COUNTS && now - at <= LISTENER_COUNT_REUSE_MS) break;
+          this.recentOthers.delete(key);
+        }
+      }
+      const { answers, problem } = await recent.answer;
       if (problem) return { problem };
       others = answers;
     }

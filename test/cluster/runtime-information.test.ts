@@ -9,7 +9,8 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, untilAnswered } from '../helpers/wait.ts';
 
 async function listenerCount(edge: { url: string }): Promise<{ status: number; count?: number; body: string }> {
@@ -49,5 +50,29 @@ describe('runtime information across edges', () => {
     const away = await listenerCount(a);
     assert.equal(away.status, 503, away.body);
     assert.match(away.body, /<Detail>BusUnavailable: the listeners on other edges cannot be counted/);
+  });
+
+  it("counts an edge holding more listeners than one answer of its whole status fits in NATS's max_payload, and /status lists it with what it left out", async (t) => {
+    const nats = await startNatsServer(t, 'n1', undefined, { config: 'max_payload: 16384\n' });
+    const hybrid = { hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }], autoCreate: true, bus: { jetstream: { enabled: false } } };
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], hybrid));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], hybrid));
+    await until(() => a.bus.maxPayload === 16384 && b.bus.maxPayload === 16384, 10000, 'both edges on NATS');
+    await startHycoHttpsListener(t, b.url, (_req, res) => res.end());
+    // 100 entities of 250-character names on edge b: its whole status takes ~27 KB.
+    for (let i = 0; i < 100; i++) {
+      const listenUrl = wsUrl(b.url, `/$hc/${`e${i}-`.padEnd(250, 'x')}?sb-hc-action=listen`);
+      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+      t.after(() => listener.close());
+    }
+    // Before: edge b failed to answer (TooLarge, logged there only), and edge a counted 0.
+    await untilAnswered(async () => (await listenerCount(a)).count === 1, 5000, "edge b's listener counted from edge a");
+    const got = await httpRequest(`${a.url}/$relay/status`, { headers: { authorization: tokenFor(`${a.url}/`) } });
+    const body = JSON.parse(got.body.toString());
+    assert.equal(body.complete, true);
+    const edgeB = body.nodes.find((n: { nodeId: string }) => n.nodeId === 'edge-b');
+    assert.ok(edgeB, `edge b listed: ${body.nodes.map((n: { nodeId: string }) => n.nodeId)}`);
+    assert.ok(edgeB.entitiesOmitted > 0 && edgeB.entities.length + edgeB.entitiesOmitted === 101, `${edgeB.entities.length} listed, ${edgeB.entitiesOmitted} omitted`);
+    assert.ok(edgeB.entities.length > 20, `${edgeB.entities.length} listed`);
   });
 });
