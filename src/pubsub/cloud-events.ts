@@ -37,6 +37,11 @@ import {
   type HandlerTransport,
 } from './event-handlers.ts';
 import { connectRefusalFor, type PubSubErrorCode } from './errors.ts';
+import { CallLimit } from './call-limit.ts';
+
+/** connected/disconnected deliveries (each with its retries) under way at once per edge, and waiting for a place. */
+export const SYSTEM_EVENTS_IN_FLIGHT = 256;
+export const SYSTEM_EVENTS_WAITING = 10000;
 
 /** The connection an event is about. */
 export interface EventSource {
@@ -327,9 +332,13 @@ export class EventDispatcher {
     // a connect or user event to a silent handler kept the process up to timeoutMs after relay.stopped.
     setTimeout(() => {
       for (const attempt of this.attempts) attempt.abort();
+      this.systemCalls.refuseWaiting();
       this.deps.protection.close();
     }, Math.max(0, deadline - Date.now())).unref();
   }
+
+  /** Bounds connected/disconnected deliveries: they outlive their connections, so nothing else does. */
+  private readonly systemCalls = new CallLimit(SYSTEM_EVENTS_IN_FLIGHT, SYSTEM_EVENTS_WAITING);
 
   /** The calls to handlers under way, each ended at the drain's deadline (one controller per call: nothing long-lived collects listeners). */
   private readonly attempts = new Set<AbortController>();
@@ -367,6 +376,20 @@ export class EventDispatcher {
   }
 
   private async deliverWithRetries(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
+    const waitingBefore = this.systemCalls.waitingCount;
+    if (!(await this.systemCalls.acquire())) {
+      this.deps.count(event, 'failed');
+      const why = this.stopBy !== undefined && this.stopBy <= Date.now() ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
+      return this.logFailure(hub, source, event, handler, `not sent: ${why}`);
+    }
+    try {
+      await this.attemptAll(handler, hub, source, event, body);
+    } finally {
+      this.systemCalls.release();
+    }
+  }
+
+  private async attemptAll(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
     const { retries, retryDelayMs } = handler.config;
     const payload = Buffer.from(JSON.stringify(body));
     for (let attempt = 0; ; attempt++) {
