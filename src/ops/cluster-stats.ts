@@ -115,11 +115,33 @@ export class ClusterStats {
 
   private onBus(message: BusMessage): void {
     const asked = decodeEdgeMessage(message.data, 'ops.stats')?.message;
-    if (!asked || asked.origin === this.s.config.nodeId) return;
+    if (!asked) return;
+    // Its own question too, at once and small (other-edges.ts: a lone edge otherwise waits bus.requestTimeoutMs).
+    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.edge', ...this.selfAnswer() }));
     void this.local(asked.top).then(
       (stats) => respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.edge', ...stats })),
       (err: Error) => this.s.log.warn({ event: 'stats.failed', err: err.message }),
     );
+  }
+
+  /** What this edge answers its own question with: dropped by the asker, only there to end the wait. */
+  private selfAnswer(): EdgeStats {
+    const none = { listener: 0, relayed_websocket: 0, http_request: 0, pubsub: 0 };
+    const { config, bus } = this.s;
+    return {
+      nodeId: config.nodeId,
+      publicUrl: this.s.publicUrl,
+      startedAt: this.startedAt,
+      at: Date.now(),
+      shuttingDown: this.s.shuttingDown(),
+      bus: { kind: bus.kind, connected: bus.connected },
+      rss: 0,
+      connections: none,
+      hybrid: { requests: 0, connects: 0, bytes: 0, failures: {}, entityCount: 0, entities: [] },
+      hubs: [],
+      limitRefusals: 0,
+      traceDropped: 0,
+    };
   }
 
   /** Every edge that answered, this one first; edges that answered before and not now under `silent`. */
@@ -129,7 +151,8 @@ export class ClusterStats {
     const nodes = [here];
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
-      const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId);
+      const expected = new Set([...this.seen].filter(([, { lastSeen }]) => Date.now() - lastSeen <= FORGET_SILENT_MS).map(([nodeId]) => nodeId));
+      const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId, expected);
       nodes.push(...asked.answers);
       problem = asked.problem;
     }

@@ -13,7 +13,7 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import { sendJson } from '../http/respond.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import { askOtherEdges } from './other-edges.ts';
+import { EdgesSeen, askOtherEdges } from './other-edges.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type { NodeStatus };
@@ -65,7 +65,9 @@ export class ClusterStatus {
 
   private onBus(message: BusMessage): void {
     const asked = decodeEdgeMessage(message.data, 'ops.status')?.message;
-    if (!asked || asked.origin === this.s.config.nodeId) return;
+    if (!asked) return;
+    // Its own question too, at once and small (other-edges.ts: a lone edge otherwise waits bus.requestTimeoutMs).
+    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.local(''), entities: [], hubs: [] }));
     respond(this.s.bus, message, this.fitted(this.local(asked.entity)));
   }
 
@@ -88,24 +90,32 @@ export class ClusterStatus {
     }
   }
 
-  /** Every node that answered, this one first; `complete` is false when the bus could not be asked. */
-  async cluster(): Promise<{ nodes: NodeStatus[]; complete: boolean; problem?: string }> {
+  /**
+   * Every node that answered, this one first; `complete` is false when the bus could not be asked; `missing`,
+   * the edges that answered within the last 10 minutes and not now.
+   */
+  async cluster(): Promise<{ nodes: NodeStatus[]; complete: boolean; missing: string[]; problem?: string }> {
     const here = this.local();
-    if (!this.s.bus.reachesOtherNodes) return { nodes: [here], complete: true };
-    const { answers, problem } = await this.askOthers();
-    if (problem) return { nodes: [here], complete: false, problem };
-    return { nodes: [here, ...answers], complete: true };
+    if (!this.s.bus.reachesOtherNodes) return { nodes: [here], complete: true, missing: [] };
+    const { answers, missing, problem } = await this.askOthers();
+    if (problem) return { nodes: [here], complete: false, missing: [], problem };
+    return { nodes: [here, ...answers], complete: true, missing };
   }
 
+  /** The edges that answered lately: a question waits for each (up to bus.requestTimeoutMs), not for the stall alone. */
+  private readonly seen = new EdgesSeen();
+
   /** Every other edge's status, over the bus (ops.status); with `entityKey`, only that entity's listeners. */
-  private askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; problem?: string }> {
+  private async askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; missing: string[]; problem?: string }> {
     const { config, subjects } = this.s;
     const question = { op: 'ops.status' as const, origin: config.nodeId, ...(entityKey !== undefined ? { entity: entityKey } : {}) };
-    return askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId);
+    const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, this.seen.expected());
+    this.seen.saw(asked.answers.map((a) => a.nodeId));
+    return asked;
   }
 
   /** The other edges' answers for listenersOf, per entity key, shared by the questions of one moment (bounded). */
-  private readonly recentOthers = new Map<string, { at: number; answer: Promise<{ answers: NodeStatus[]; problem?: string }> }>();
+  private readonly recentOthers = new Map<string, { at: number; answer: Promise<{ answers: NodeStatus[]; missing: string[]; problem?: string }> }>();
 
   /**
    * An entity's listeners on every edge (a hybrid connection's runtime information), or why they cannot be counted.
@@ -139,7 +149,7 @@ export class ClusterStatus {
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
     if (auth.refuseUnlessManageGet(req, res)) return;
-    const { nodes, complete, problem } = await this.cluster();
+    const { nodes, complete, missing, problem } = await this.cluster();
     // Totals across nodes: listeners and connections add up; a group with
     // members on two nodes counts on each, so groups stay per node.
     const entities = new Map<string, { name: string; listeners: number; nodes: string[] }>();
@@ -166,6 +176,7 @@ export class ClusterStatus {
         node: nodes[0].nodeId,
         complete,
         ...(problem ? { problem } : {}),
+        missing,
         cluster: { entities: [...entities.values()], hubs: [...hubs.values()] },
         nodes,
       },

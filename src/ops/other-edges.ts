@@ -12,40 +12,94 @@ import type { Logger } from '../telemetry/logger.ts';
 
 export interface OtherEdgesAnswer<T> {
   answers: T[];
+  /** Edges in `expected` that did not answer within bus.requestTimeoutMs. */
+  missing: string[];
   problem?: string;
 }
 
 /** The ops an edge answers with, each carrying the answering edge's node id. */
 type EdgeAnswerOp = { [Op in EdgeOp]: EdgeMessageOf<Op> extends { nodeId: string } ? Op : never }[EdgeOp];
 
-/** `T` is what `answerOp` carries besides its op (NodeStatus for ops.node, EdgeStats for ops.edge). */
+/**
+ * `T` is what `answerOp` carries besides its op (NodeStatus for ops.node, EdgeStats for ops.edge). The question waits
+ * for every edge in `expected` (those that answered lately), up to bus.requestTimeoutMs, then bus.gatherStallMs after
+ * the last answer. The asking edge answers itself at once (its answer is dropped here), so with no other edge the
+ * wait is the stall alone: before, a lone edge on NATS (no one else to answer, and its own subscription keeping NATS
+ * from saying "no responders") waited the whole requestTimeoutMs on every /$relay/status, /stats and runtime
+ * information request.
+ */
 export async function askOtherEdges<T extends { nodeId: string }>(
   deps: { bus: Bus; config: RelayConfig; log: Logger },
   subject: string,
   question: EdgeMessage,
   answerOp: EdgeAnswerOp,
   selfId: string,
+  expected: ReadonlySet<string> = new Set(),
 ): Promise<OtherEdgesAnswer<T>> {
   const { bus, config, log } = deps;
+  const decoded: (T | undefined)[] = [];
+  const heard = new Set<string>();
+  /** Decodes the answers not decoded yet. */
+  const take = (raw: readonly Uint8Array[]) => {
+    for (let i = decoded.length; i < raw.length; i++) {
+      const answer = decodeEdgeMessage(raw[i], answerOp)?.message as ({ op: string } & T) | undefined;
+      if (!answer) {
+        log.warn({ event: 'bus.invalid_message', op: answerOp });
+        decoded.push(undefined);
+        continue;
+      }
+      const { op: _op, ...rest } = answer;
+      decoded.push(rest as unknown as T);
+      heard.add(answer.nodeId);
+    }
+  };
+  const awaiting = (raw: readonly Uint8Array[]) => {
+    take(raw);
+    for (const nodeId of expected) if (nodeId !== selfId && !heard.has(nodeId)) return true;
+    return false;
+  };
   let raw: Uint8Array[];
   try {
-    raw = await bus.gather(subject, encodeEdgeMessage(question), { maxWaitMs: config.bus.requestTimeoutMs, stallMs: config.bus.gatherStallMs });
+    raw = await bus.gather(subject, encodeEdgeMessage(question), { maxWaitMs: config.bus.requestTimeoutMs, stallMs: config.bus.gatherStallMs, awaiting });
   } catch (err) {
-    return { answers: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
+    return { answers: [], missing: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
   }
+  take(raw);
   const answers: T[] = [];
   const answered = new Set<string>([selfId]);
-  for (const data of raw) {
-    const answer = decodeEdgeMessage(data, answerOp)?.message as ({ op: string } & T) | undefined;
-    if (!answer) {
-      log.warn({ event: 'bus.invalid_message', op: answerOp });
-      continue;
-    }
-    const { op: _op, ...rest } = answer;
-    if (answered.has(rest.nodeId)) continue;
-    answered.add(rest.nodeId);
-    answers.push(rest as unknown as T);
+  for (const answer of decoded) {
+    if (!answer || answered.has(answer.nodeId)) continue;
+    answered.add(answer.nodeId);
+    answers.push(answer);
   }
   answers.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
-  return { answers };
+  const missing = [...expected].filter((nodeId) => !answered.has(nodeId)).sort();
+  return { answers, missing };
+}
+
+/** How long an edge that stopped answering is still waited for, and named missing. */
+export const FORGET_SILENT_MS = 10 * 60_000;
+const MAX_REMEMBERED = 1000;
+
+/** The edges that answered lately (within FORGET_SILENT_MS), and when; bounded. */
+export class EdgesSeen {
+  private readonly seen = new Map<string, number>();
+
+  /** Those to wait for now (older ones are forgotten). */
+  expected(now = Date.now()): Set<string> {
+    for (const [nodeId, at] of this.seen) if (now - at > FORGET_SILENT_MS) this.seen.delete(nodeId);
+    return new Set(this.seen.keys());
+  }
+
+  saw(nodeIds: Iterable<string>, now = Date.now()): void {
+    for (const nodeId of nodeIds) {
+      this.seen.delete(nodeId);
+      this.seen.set(nodeId, now);
+    }
+    while (this.seen.size > MAX_REMEMBERED) this.seen.delete(this.seen.keys().next().value!);
+  }
+
+  lastSeen(nodeId: string): number | undefined {
+    return this.seen.get(nodeId);
+  }
 }

@@ -59,4 +59,31 @@ describe('/$relay/status', () => {
     assert.match(seen.problem, /nats bus is unreachable/);
     assert.deepEqual(seen.nodes.map((n: any) => n.nodeId), ['edge-a']);
   });
+
+  it('answers at once on a lone edge on NATS, waits for the edges it heard from lately, and names one that went missing', async (t) => {
+    const nats = await startNatsServer(t);
+    // A long bus.requestTimeoutMs: before, a lone edge waited all of it on every /status and /stats.
+    const slowBus = { bus: { requestTimeoutMs: 8000 } };
+    const a = await startEdge(t, 'edge-a', [nats.url], slowBus);
+    const timed = async (path: string) => {
+      const started = Date.now();
+      const r = await httpRequest(`${a.url}/$relay/${path}`, { headers: { authorization: tokenFor(`${a.url}/`) } });
+      return { ms: Date.now() - started, body: JSON.parse(r.body.toString()) };
+    };
+    for (const path of ['status', 'stats']) {
+      const alone = await timed(path);
+      assert.ok(alone.ms < 4000, `/${path} alone took ${alone.ms} ms`);
+      assert.deepEqual(alone.body.nodes.map((n: any) => n.nodeId), ['edge-a']);
+    }
+    const b = await startEdge(t, 'edge-b', [nats.url], slowBus);
+    const both = await timed('status');
+    assert.deepEqual(both.body.nodes.map((n: any) => n.nodeId), ['edge-a', 'edge-b']);
+    assert.deepEqual(both.body.missing, []);
+    // Gone without a word: waited for (up to requestTimeoutMs), then named.
+    await b.kill();
+    const after = await timed('status');
+    assert.deepEqual(after.body.nodes.map((n: any) => n.nodeId), ['edge-a']);
+    assert.deepEqual(after.body.missing, ['edge-b']);
+    assert.equal(after.body.complete, true);
+  });
 });
