@@ -140,6 +140,9 @@ export interface EventDispatcherDeps {
   count(event: 'connect' | 'connected' | 'disconnected' | 'user', result: 'ok' | 'refused' | 'failed' | 'timeout'): void;
 }
 
+/** What a header value may hold (RFC 9110 5.5: visible characters, space and tab, obs-text). */
+const HEADER_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/;
+
 /** How a delivery that threw counts. */
 function failureOf(err: unknown): 'failed' | 'timeout' {
   return err instanceof HandlerError && err.kind === 'timeout' ? 'timeout' : 'failed';
@@ -167,14 +170,14 @@ export class EventDispatcher {
     return handlerForSystemEvent(this.handlersFor(hub), event) !== undefined;
   }
 
-  private headers(hub: HubConfig, source: EventSource, type: string, event: string, contentType: string): Record<string, string> {
+  private headers(hub: HubConfig, source: EventSource, type: string, event: string, contentType: string, id: string = randomUUID()): Record<string, string> {
     const headers: Record<string, string> = {
       'content-type': contentType,
       'webhook-request-origin': this.deps.protection.origin,
       'ce-specversion': '1.0',
       'ce-type': type,
       'ce-source': `/hubs/${hub.name}/client/${source.id}`,
-      'ce-id': randomUUID(),
+      'ce-id': id,
       'ce-time': new Date().toISOString(),
       'ce-awpsversion': '1.0',
       'ce-hub': hub.name,
@@ -214,7 +217,10 @@ export class EventDispatcher {
   private takeState(hub: HubConfig, source: EventSource, answer: HandlerResponse): void {
     const state = answer.header('ce-connectionstate');
     if (state !== undefined && answer.status >= 200 && answer.status < 300) {
-      if (Buffer.byteLength(state) <= MAX_STATE_BYTES) {
+      // Sent back as a header with each later event: one a header cannot carry (an hc:// listener's answer, JSON,
+      // may hold any character) would make each of them fail, so it is not taken.
+      if (!HEADER_VALUE.test(state)) this.deps.log.warn({ event: 'pubsub.event_state_refused', hub: hub.name, connectionId: source.id, reason: 'not a header value' });
+      else if (Buffer.byteLength(state) <= MAX_STATE_BYTES) {
         const next = state === '' ? undefined : state;
         if (next !== source.states) {
           source.states = next;
@@ -392,6 +398,8 @@ export class EventDispatcher {
   private async attemptAll(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
     const { retries, retryDelayMs } = handler.config;
     const payload = Buffer.from(JSON.stringify(body));
+    // One event, one ce-id, however many tries: a handler can tell a retry from a second event (CloudEvents: id and source).
+    const id = randomUUID();
     for (let attempt = 0; ; attempt++) {
       const left = this.stopBy === undefined ? Infinity : this.stopBy - Date.now();
       if (left <= 0) {
@@ -401,7 +409,7 @@ export class EventDispatcher {
       let problem: string;
       let result: 'failed' | 'timeout' = 'failed';
       try {
-        const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8');
+        const headers = this.headers(hub, source, `azure.webpubsub.sys.${event}`, event, 'application/json; charset=utf-8', id);
         // Its ce-connectionState, if any, is ignored (takeState): not a blocking event.
         const answer = await this.untilDrained((signal) => this.post(handler, hub, event, headers, payload, Math.min(handler.config.timeoutMs, left), signal));
         if (answer.status >= 200 && answer.status < 300) return this.deps.count(event, 'ok');

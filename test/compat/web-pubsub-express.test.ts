@@ -193,7 +193,9 @@ describe('event handler failures', () => {
     assert.equal(await metricValue(slowRelay, 'edge_relay_pubsub_handler_events_total', { event: 'connect', result: 'timeout' }), 1);
     assert.equal(await metricValue(down, 'edge_relay_pubsub_handler_events_total', { event: 'connect', result: 'failed' }), 1);
     let connectedFailures = 2;
+    const connectedIds: string[] = [];
     const flaky = await rawHandler(t, (req, res) => {
+      if (req.headers['ce-type'] === 'azure.webpubsub.sys.connected') connectedIds.push(String(req.headers['ce-id']));
       if (req.headers['ce-type'] === 'azure.webpubsub.sys.connected' && connectedFailures-- > 0) return void res.writeHead(503).end();
       res.writeHead(204).end();
     });
@@ -205,6 +207,8 @@ describe('event handler failures', () => {
       counted = await metricValue(relay, 'edge_relay_pubsub_handler_events_total', { event: 'connected', result: 'ok' });
     }
     assert.equal(counted, 1, 'a retried connected counts once');
+    // One event, one ce-id (CloudEvents: a handler tells a retry by it); before, a new one per try.
+    assert.equal(new Set(connectedIds).size, 1, connectedIds.join(' '));
   });
 
   it('acks a user event UpstreamFailed when the handler fails it, and NoUpstream when no handler takes it', async (t) => {

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 const KEY = 'connection-state-key-0123456789ab';
@@ -45,5 +46,50 @@ describe('connection state', () => {
       { event: 'first', state: 'set-by-connect' },
       { event: 'second', state: 'set-by-first' },
     ]);
+  });
+
+  it('is not taken when it cannot be a header (an hc:// listener answering a character past U+00FF): later events to an http handler still go out', async (t) => {
+    const seen: { event: string; state: string | undefined }[] = [];
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      seen.push({ event: String(req.headers['ce-eventname']), state: req.headers['ce-connectionstate'] as string | undefined });
+      req.resume();
+      req.on('end', () => res.writeHead(204).end());
+    });
+    const relay = await startTestRelay(t, {
+      hybridConnections: [{ name: 'onprem', requiresClientAuthorization: true }],
+      pubsub: {
+        hubs: [
+          {
+            name: 'chat',
+            accessKey: KEY,
+            eventHandlers: [
+              { urlTemplate: 'hc://onprem/{event}', userEventPattern: '', systemEvents: ['connect'] },
+              { urlTemplate, userEventPattern: '*', systemEvents: [] },
+            ],
+          },
+        ],
+      },
+    });
+    // An on-prem listener of its own making: allows the origin, answers connect with a state no HTTP header can carry
+    // (JSON carries any character; CR and LF the relay refuses in any listener's answer already).
+    const listenUrl = wsUrl(relay.url, '/$hc/onprem?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    void (async () => {
+      for (;;) {
+        const message = await listener.next(60000).catch(() => undefined);
+        if (!message) return;
+        const request = (message as { request?: { id: string; method: string } }).request;
+        if (!request) continue;
+        const responseHeaders = request.method === 'OPTIONS' ? { 'WebHook-Allowed-Origin': '*' } : { 'ce-connectionState': 'euro \u20ac' };
+        listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders } }));
+      }
+    })();
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    // Before: the state was kept, and every later event to the http handler failed ("unreachable": fetch refuses the header).
+    const ack = await client.request({ type: 'event', event: 'after', dataType: 'text', data: 'x' });
+    assert.equal(ack.success, true, JSON.stringify(ack));
+    assert.deepEqual(seen, [{ event: 'after', state: undefined }]);
   });
 });
