@@ -321,6 +321,8 @@ export interface PsDone {
   edge?: string;
   /** ps.permission: refused, the connection names limits.groupsPerConnection groups for that permission already. */
   full?: boolean;
+  /** ps.permission on a durable hub: changed, but the session's checkpoint could not be stored (try again). */
+  unstored?: boolean;
 }
 
 /** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */

@@ -62,8 +62,11 @@ export interface ClusterHubDeps {
 
 export type { FilterTerm, GroupAction, GroupMember };
 
-/** What a REST permission call came to on the connection: done (or, for HEAD, held), no such connection, or one group too many. */
-export type PermissionOutcome = 'applied' | 'absent' | 'full';
+/**
+ * What a REST permission call came to on the connection: done (or, for HEAD, held), no such connection, one group
+ * too many, or (a durable hub) changed but not stored in the session's checkpoint: the caller should try again.
+ */
+export type PermissionOutcome = 'applied' | 'absent' | 'full' | 'unstored';
 
 /** What a publish came to: delivered (stored, on a durable hub), or a repeat of one already stored. */
 export type SendResult = 'sent' | 'duplicate';
@@ -87,6 +90,8 @@ export interface DurableEvents {
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined>;
   /** A reliable connection opened, acknowledged, changed permissions, or ended for good. */
   sessionChanged(connection: PubSubConnection, identity?: boolean): void;
+  /** Writes the session's checkpoint now (what the stream does not carry changed): true once stored. */
+  storeSession(connection: PubSubConnection): Promise<boolean>;
   sessionEnded(connection: PubSubConnection): void;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
@@ -347,10 +352,11 @@ export class ClusterHub {
    */
   async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
-    const local = this.applyPermission(connectionId, method, permission, group);
+    const local = await this.applyPermission(connectionId, method, permission, group);
     if (local !== 'absent' || this.local.connections.has(connectionId)) return local;
     const answers = await this.clusterCall(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
     if (answers.some((a) => a.full)) return 'full';
+    if (answers.some((a) => a.unstored)) return 'unstored';
     return answers.some((a) => a.count > 0) ? 'applied' : 'absent';
   }
 
@@ -525,7 +531,7 @@ export class ClusterHub {
     return out.sort(byConnectionId).slice(0, top);
   }
 
-  private applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): PermissionOutcome {
+  private async applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const connection = this.local.connections.get(connectionId);
     if (!connection || connection.ended) return 'absent';
     const max = this.deps.limits.groupsPerConnection;
@@ -534,8 +540,9 @@ export class ClusterHub {
     }
     const applied = method === 'PUT' ? connection.permissions.grant(permission, group, max) : connection.permissions.revoke(permission, group, max);
     if (!applied) return 'full';
-    // A durable hub's session checkpoint carries the permissions (not in the stream: written at the next tick).
-    if (connection.session) this.durable?.sessionChanged(connection, true);
+    // A durable hub's session checkpoint carries the permissions (not the stream): stored before the answer, as an
+    // acknowledged event is. Before, written at the next tick: an edge killed within it undid an acknowledged change.
+    if (connection.session && this.durable && !(await this.durable.storeSession(connection))) return 'unstored';
     return 'applied';
   }
 
@@ -574,11 +581,13 @@ export class ClusterHub {
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
         return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top, m.after))));
-      case 'ps.permission': {
-        const outcome = own ? 'absent' : this.applyPermission(m.connectionId, m.method, m.permission, m.group);
-        if (outcome === 'full') return respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, full: true }));
-        return done(outcome === 'applied' ? 1 : 0);
-      }
+      case 'ps.permission':
+        return void (own ? Promise.resolve<PermissionOutcome>('absent') : this.applyPermission(m.connectionId, m.method, m.permission, m.group)).then((outcome) => {
+          if (outcome === 'full' || outcome === 'unstored') {
+            return respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, [outcome]: true }));
+          }
+          done(outcome === 'applied' ? 1 : 0);
+        });
       case 'ps.handover':
         // The taking node subscribes to the connection too: only the holder answers.
         if (!own) this.handover.onRequest(message, m);

@@ -386,6 +386,7 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
   const outcome = await call.hub.permission(connectionId, method, name as Permission, target);
   if (outcome === 'absent') return 'NotFound';
+  if (outcome === 'unstored') return { code: 'StoreUnavailable', detail: `${PUBSUB_ERRORS.StoreUnavailable.message} (the session's checkpoint with the change)` };
   if (outcome === 'full') {
     return { code: 'BadRequest', detail: `the connection names as many groups for ${name} as limits.groupsPerConnection allows: grant or revoke it for every group instead` };
   }

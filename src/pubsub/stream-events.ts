@@ -283,6 +283,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.changed(connection, identity);
   }
 
+  storeSession(connection: PubSubConnection): Promise<boolean> {
+    return this.sessions.storeNow(connection);
+  }
+
   sessionEnded(connection: PubSubConnection): void {
     this.sessions.ended(connection);
   }

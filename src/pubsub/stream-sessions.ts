@@ -195,6 +195,22 @@ export class StreamSessions {
     this.dirty.add(connection);
   }
 
+  /**
+   * Writes the session's checkpoint now, for a change the stream does not carry and whose answer says it is kept
+   * (a REST permission change): true once stored. A session with no checkpoint yet has it written when it begins.
+   */
+  async storeNow(connection: PubSubConnection): Promise<boolean> {
+    const session = connection.session;
+    if (!session || connection.ended) return true;
+    if (!session.checkpoint) {
+      this.changed(connection, true);
+      return true;
+    }
+    this.dirty.delete(connection);
+    this.urgent.delete(connection);
+    return this.write(connection, session.nextCheckpoint(connection.groups, this.stream.position) ?? session.checkpoint);
+  }
+
   membershipChanged(connection: PubSubConnection, position: number, group: string, joined: boolean): void {
     const session = connection.session;
     if (!session?.checkpoint) return;

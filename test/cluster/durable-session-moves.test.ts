@@ -138,6 +138,26 @@ describe('a durable session moved right after a change the stream does not carry
     assert.doesNotMatch(edgeEvents([b], /pubsub\.session_last_write_missing/), new RegExp(session.id));
   });
 
+  it('keeps a permission change answered just before its edge was killed (SIGKILL), whichever edge answered it', async (t) => {
+    for (const via of ['holder', 'other'] as const) {
+      const session = await reliableOn(a, t, ['webpubsub.sendToGroup']);
+      const rest = serviceClient(via === 'holder' ? a : b);
+      await rest.revokePermission(session.id, 'sendToGroup', { targetName: 'pg' });
+      await rest.grantPermission(session.id, 'joinLeaveGroup', { targetName: 'jg' });
+      // At once after the answers: before, the change was in a checkpoint written up to a tick (250 ms) later.
+      await a.kill();
+      session.client.ws.terminate();
+      const recovered = await recoveryOn(b, session, t);
+      assert.equal(recovered.event, 'connected', via);
+      const sent = await recovered.client.request({ type: 'sendToGroup', group: 'pg', dataType: 'text', data: 'x', ackId: 1 });
+      assert.equal(sent.success, false, `${via}: the revoke held`);
+      const joined = await recovered.client.request({ type: 'joinGroup', group: 'jg', ackId: 2 });
+      assert.equal(joined.success, true, `${via}: the grant held`);
+      a = await startEdge(cleanup, 'edge-a', [nats.url], hubs);
+      await waitOnRoster(b, a);
+    }
+  });
+
   it('a session held by an edge killed and restarted at once under the same node id is taken without waiting for the dead process (before: bus.requestTimeoutMs, the new process being on the roster)', async (t) => {
     const session = await reliableOn(a, t, ['webpubsub.joinLeaveGroup']);
     assert.equal((await session.client.request({ type: 'joinGroup', group: 'after-kill', ackId: 1 })).success, true);
