@@ -108,6 +108,9 @@ export class HybridService {
    * it against the CAs of its time, and a keep-alive connection from before a change can still open a listener.
    */
   private changedCas: { cas: X509Certificate[]; checked: WeakMap<TLSSocket, boolean> } | undefined;
+  /** How many times the client CAs changed, and the count each TLS handshake since the first change was made under. */
+  private caChanges = 0;
+  private readonly handshakeCaChanges = new WeakMap<TLSSocket, number>();
 
   constructor(
     private readonly config: RelayConfig,
@@ -446,10 +449,24 @@ export class HybridService {
     return socket.authorized && this.signedByCurrentCas(socket);
   }
 
-  /** A verified client certificate whose chain still leads to listen.tls.caFile's CAs (always, before they change). */
+  /**
+   * A TLS handshake completed (the server calls it): one made since the last CA change verified the client's
+   * certificate against the CAs of now (the server rotates its session ticket keys at a change, so none resumes
+   * a session of before).
+   */
+  noteHandshake(socket: TLSSocket): void {
+    if (this.caChanges > 0) this.handshakeCaChanges.set(socket, this.caChanges);
+  }
+
+  /**
+   * A verified client certificate whose chain still leads to listen.tls.caFile's CAs: always before they change,
+   * and for a handshake made since; a connection of before is checked by its chain (a resumed session of before
+   * shows no chain past the client's certificate: refused, its listener dials again with a new handshake).
+   */
   private signedByCurrentCas(socket: TLSSocket): boolean {
     const changed = this.changedCas;
     if (!changed) return true;
+    if (this.handshakeCaChanges.get(socket) === this.caChanges) return true;
     let ok = changed.checked.get(socket);
     if (ok === undefined) {
       ok = chainLeadsTo(socket, changed.cas);
@@ -515,6 +532,7 @@ export class HybridService {
     if (mode !== 'listeners' && mode !== 'all') return 0;
     const cas = certificatesOf(caPem);
     this.changedCas = { cas, checked: new WeakMap() };
+    this.caChanges++;
     let closed = 0;
     for (const channel of [...this.listeners.all()]) {
       if (!channel.isOpen || !(channel.socket instanceof TLSSocket)) continue;

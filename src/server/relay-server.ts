@@ -1,6 +1,7 @@
 // The one HTTP server of an edge node (HTTPS with listen.tls): routes plain
 // requests and WebSocket upgrades to the domains (hybrid connections, pub/sub,
 // ops), reloads its config without a restart (reload.ts), and shuts down cleanly.
+import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { IncomingMessage, ServerResponse, createServer, type Server, type ServerOptions } from 'node:http';
 import { Socket, type AddressInfo } from 'node:net';
@@ -214,7 +215,15 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const hybrid = new HybridService(config, log, rendezvousBaseFor(publicUrl), bus, subjects, metrics, peers);
   hybrid.keepListenersWhile = () => pubsub.systemEventsPending() > 0;
   // Other client CAs: listeners whose certificates they no longer sign are closed, not left to fail every accept.
-  if (certificates) certificates.onClientCasChanged = (ca) => void hybrid.recheckClientCertificates(ca);
+  if (certificates) {
+    certificates.onClientCasChanged = (ca) => {
+      // No session from before resumes (a resumption skips the certificate check): every handshake from now on
+      // checks the client's certificate against the new CAs, and the hybrid service trusts those (noteHandshake).
+      secure?.server.setTicketKeys(randomBytes(48));
+      hybrid.recheckClientCertificates(ca);
+    };
+    server.on('secureConnection', (socket: TLSSocket) => hybrid.noteHandshake(socket));
+  }
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.
     onHandOff((socket, bytes) => {

@@ -25,8 +25,11 @@ export interface TestPki {
   server: CertFiles;
   /** Another server certificate (`name`) from the same CA, for 127.0.0.1 and localhost. */
   issueServer(name: string, hosts?: string[]): CertFiles;
-  /** A client certificate with CN `name`, from the test CA, or from a CA nobody trusts with `untrusted`. */
-  issueClient(name: string, options?: { untrusted?: boolean }): CertFiles;
+  /**
+   * A client certificate with CN `name`, from the test CA, or from a CA nobody trusts with `untrusted`; with
+   * `intermediate`, signed by an intermediate CA the test CA signed, its certFile holding both (the chain sent).
+   */
+  issueClient(name: string, options?: { untrusted?: boolean; intermediate?: boolean }): CertFiles;
 }
 
 const OPENSSL = process.env.OPENSSL ?? 'openssl';
@@ -67,6 +70,7 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
   cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
   newCa(dir, 'ca');
   let otherCa = false;
+  let intermediate = false;
   const issueServer = (name: string, hosts = ['127.0.0.1', 'localhost']) => issue(dir, 'ca', name, serverExtensions(hosts));
   return {
     dir,
@@ -80,7 +84,15 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
         otherCa = true;
       }
       const ext = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n';
-      return issue(dir, options.untrusted ? 'other-ca' : 'ca', name, ext);
+      if (!options.intermediate) return issue(dir, options.untrusted ? 'other-ca' : 'ca', name, ext);
+      if (!intermediate) {
+        issue(dir, options.untrusted ? 'other-ca' : 'ca', 'intermediate-ca', 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n');
+        intermediate = true;
+      }
+      const leaf = issue(dir, 'intermediate-ca', name, ext);
+      const chainFile = join(dir, `${name}-chain.pem`);
+      writeFileSync(chainFile, Buffer.concat([readFileSync(leaf.certFile), readFileSync(join(dir, 'intermediate-ca.pem'))]));
+      return { certFile: chainFile, keyFile: leaf.keyFile };
     },
   };
 }

@@ -15,7 +15,7 @@ import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { untilAnswered, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 function mtlsListen(pki: TestPki, requireClientCert: 'listeners' | 'all'): Record<string, unknown> {
   return {
@@ -152,6 +152,71 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
       assert.match(await statusLine(kept, listenRequest()), /^HTTP\/1\.1 403 /);
     });
   }
+
+  it('lets in a listener resuming a TLS session made after listen.tls.caFile changed (its certificate through an intermediate), and resumes none of before', async (t) => {
+    const pki = makePki(t);
+    const listener = pki.issueClient('via-intermediate', { intermediate: true });
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'clients.pem');
+    writeFileSync(caFile, pki.ca);
+    const listen = mtlsListen(pki, 'listeners');
+    const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const port = Number(new URL(relay.url).port);
+    let session: Buffer | undefined;
+    const openTls = (resume?: Buffer) =>
+      withTimeout(
+        new Promise<TLSSocket>((resolve, reject) => {
+          const socket = tlsConnect({ host: '127.0.0.1', port, ...clientTls(pki, listener), ...(resume ? { session: resume } : {}) }, () => resolve(socket));
+          socket.on('session', (s: Buffer) => (session = s));
+          socket.once('error', reject);
+          t.after(() => socket.destroy());
+        }),
+        5000,
+        'a TLS connection',
+      );
+    const listenStatus = (socket: TLSSocket) =>
+      withTimeout(
+        new Promise<string>((resolve) => {
+          let text = '';
+          socket.on('data', (chunk: Buffer) => {
+            text += chunk.toString('latin1');
+            if (text.includes('\r\n\r\n')) resolve(text.slice(0, text.indexOf('\r\n')));
+          });
+          socket.write(
+            `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+              `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+          );
+        }),
+        5000,
+        'an answer',
+      );
+    // A session of before the change.
+    const early = await openTls();
+    await until(() => session !== undefined, 5000, 'a session ticket');
+    const before = session!;
+    early.destroy();
+    // Another CA added: the listener's CA is still listed.
+    writeFileSync(`${caFile}.next`, Buffer.concat([pki.ca, readFileSync(join(pki.dir, 'other-ca.pem'))]));
+    renameSync(`${caFile}.next`, caFile);
+    // The change applied: a session of before no longer resumes (a resumption would skip the check against the new CAs).
+    await untilAnswered(async () => {
+      const s = await openTls(before);
+      const resumed = s.isSessionReused();
+      s.destroy();
+      return !resumed;
+    }, 10000, 'the CA change applied');
+    session = undefined;
+    const full = await openTls();
+    assert.match(await listenStatus(full), /^HTTP\/1\.1 101 /);
+    await until(() => session !== undefined, 5000, 'a session ticket');
+    const resumed = await openTls(session);
+    assert.equal(resumed.isSessionReused(), true);
+    // Before: 403, the resumed session showing no chain past the listener's certificate to check again.
+    assert.match(await listenStatus(resumed), /^HTTP\/1\.1 101 /);
+  });
 
   it('with requireClientCert "all", refuses a client without a trusted certificate in the TLS handshake', async (t) => {
     const pki = makePki(t);
