@@ -20,14 +20,14 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import { askOtherEdges } from './other-edges.ts';
+import { EdgesSeen, FORGET_SILENT_MS, askOtherEdges } from './other-edges.ts';
+
+export { FORGET_SILENT_MS };
 
 export const DEFAULT_TOP = 20;
 export const MAX_TOP = 50;
 export const MAX_HUBS = 100;
 export const GROUPS_PER_HUB = 10;
-/** How long an edge that stopped answering stays listed under `silent`. */
-export const FORGET_SILENT_MS = 10 * 60_000;
 const MAX_REMEMBERED = 1000;
 
 export interface StatsSources {
@@ -65,6 +65,8 @@ export class ClusterStats {
   private readonly startedAt = new Date().toISOString();
   private readonly subscription: BusSubscription;
   private readonly seen = new Map<string, { publicUrl: string; lastSeen: number }>();
+  /** Whom a question waits for (other-edges.ts). */
+  private readonly waitFor = new EdgesSeen();
 
   constructor(private readonly s: StatsSources) {
     this.subscription = s.bus.subscribe(s.subjects.stats(), (m) => this.onBus(m));
@@ -151,8 +153,9 @@ export class ClusterStats {
     const nodes = [here];
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
-      const expected = new Set([...this.seen].filter(([, { lastSeen }]) => Date.now() - lastSeen <= FORGET_SILENT_MS).map(([nodeId]) => nodeId));
+      const expected = this.waitFor.expected();
       const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId, expected);
+      if (!asked.problem) this.waitFor.asked(asked.answers, expected);
       nodes.push(...asked.answers);
       problem = asked.problem;
     }

@@ -109,9 +109,11 @@ export class ClusterStatus {
   private async askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; missing: string[]; problem?: string }> {
     const { config, subjects } = this.s;
     const question = { op: 'ops.status' as const, origin: config.nodeId, ...(entityKey !== undefined ? { entity: entityKey } : {}) };
-    const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, this.seen.expected());
-    this.seen.saw(asked.answers.map((a) => a.nodeId));
-    return asked;
+    const expected = this.seen.expected();
+    const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, expected);
+    if (asked.problem) return asked;
+    this.seen.asked(asked.answers, expected);
+    return { ...asked, missing: this.seen.missing(new Set(asked.answers.map((a) => a.nodeId))) };
   }
 
   /** The other edges' answers for listenersOf, per entity key, shared by the questions of one moment (bounded). */

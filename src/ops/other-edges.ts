@@ -81,25 +81,47 @@ export async function askOtherEdges<T extends { nodeId: string }>(
 export const FORGET_SILENT_MS = 10 * 60_000;
 const MAX_REMEMBERED = 1000;
 
-/** The edges that answered lately (within FORGET_SILENT_MS), and when; bounded. */
+/**
+ * The edges that answered lately (within FORGET_SILENT_MS), and when; bounded. A question waits for those that
+ * answered the last time they were asked: one that did not (gone, frozen) or said it was shutting down is not
+ * waited for again until it answers (before, every question for 10 minutes after an edge left waited
+ * bus.requestTimeoutMs for it), and is named missing meanwhile.
+ */
 export class EdgesSeen {
   private readonly seen = new Map<string, number>();
+  private readonly notWaitedFor = new Set<string>();
 
   /** Those to wait for now (older ones are forgotten). */
   expected(now = Date.now()): Set<string> {
-    for (const [nodeId, at] of this.seen) if (now - at > FORGET_SILENT_MS) this.seen.delete(nodeId);
-    return new Set(this.seen.keys());
+    this.forget(now);
+    return new Set([...this.seen.keys()].filter((nodeId) => !this.notWaitedFor.has(nodeId)));
   }
 
-  saw(nodeIds: Iterable<string>, now = Date.now()): void {
-    for (const nodeId of nodeIds) {
+  /** What one question came to: who answered (and whether each said it is shutting down), and whom it waited for. */
+  asked(answers: { nodeId: string; shuttingDown?: boolean }[], expected: ReadonlySet<string>, now = Date.now()): void {
+    const answered = new Set(answers.map((a) => a.nodeId));
+    for (const nodeId of expected) if (!answered.has(nodeId)) this.notWaitedFor.add(nodeId);
+    for (const { nodeId, shuttingDown } of answers) {
       this.seen.delete(nodeId);
       this.seen.set(nodeId, now);
+      if (shuttingDown) this.notWaitedFor.add(nodeId);
+      else this.notWaitedFor.delete(nodeId);
     }
-    while (this.seen.size > MAX_REMEMBERED) this.seen.delete(this.seen.keys().next().value!);
+    while (this.seen.size > MAX_REMEMBERED) this.drop(this.seen.keys().next().value!);
   }
 
-  lastSeen(nodeId: string): number | undefined {
-    return this.seen.get(nodeId);
+  /** Edges that answered within FORGET_SILENT_MS and are not among `answered`. */
+  missing(answered: ReadonlySet<string>, now = Date.now()): string[] {
+    this.forget(now);
+    return [...this.seen.keys()].filter((nodeId) => !answered.has(nodeId)).sort();
+  }
+
+  private forget(now: number): void {
+    for (const [nodeId, at] of this.seen) if (now - at > FORGET_SILENT_MS) this.drop(nodeId);
+  }
+
+  private drop(nodeId: string): void {
+    this.seen.delete(nodeId);
+    this.notWaitedFor.delete(nodeId);
   }
 }
