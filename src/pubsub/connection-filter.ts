@@ -16,7 +16,7 @@
 // (startswith, endswith, contains) of null are false. Strings compare by
 // UTF-16 code unit (ordinal), as .NET and JavaScript both index them.
 import type { FilterTerm } from '../bus/messages.ts';
-import { FilterSyntaxError, parseFilterExpression, type CompareOp, type Expr } from './filter-parser.ts';
+import { FilterSyntaxError, groupFunctionKey, parseFilterExpression, type CompareOp, type Expr } from './filter-parser.ts';
 
 export { FilterSyntaxError } from './filter-parser.ts';
 
@@ -33,8 +33,35 @@ type Value = string | number | boolean | null;
 /** A compiled expression: its value for one connection, and the group a groups/any lambda is at. */
 type Evaluator = (subject: FilterSubject, group: string | undefined) => Value;
 
-function compile(node: Expr): Evaluator {
-  switch (node.kind) {
+/**
+ * A function of the group, computed once per group however often the filter names it (the parser counts it once:
+ * MAX_ANY_WORK): the last group's value is kept (one string, never a connection).
+ */
+function onceper(inner: Evaluator): Evaluator {
+  let last: string | undefined;
+  let value: Value = null;
+  let has = false;
+  return (s, g) => {
+    if (has && g === last) return value;
+    value = inner(s, g);
+    last = g;
+    has = true;
+    return value;
+  };
+}
+
+/** Compiles `node`; `shared` holds the evaluators of functions of the group compiled so far, by what they compute. */
+function compile(node: Expr, shared = new Map<string, Evaluator>()): Evaluator {
+  if (node.kind === 'call') {
+    const key = groupFunctionKey(node);
+    if (key !== undefined) {
+      let evaluator = shared.get(key);
+      if (!evaluator) shared.set(key, (evaluator = onceper(compileCall(node.fn, node.args, shared))));
+      return evaluator;
+    }
+  }
+  const sub = (e: Expr) => compile(e, shared);
+    switch (node.kind) {
     case 'literal': {
       const value = node.value;
       return () => value;
@@ -48,34 +75,34 @@ function compile(node: Expr): Evaluator {
     case 'groupCount':
       return (s) => s.groups.size;
     case 'call':
-      return compileCall(node.fn, node.args);
+      return compileCall(node.fn, node.args, shared);
     case 'not': {
-      const operand = compile(node.operand);
+      const operand = sub(node.operand);
       return (s, g) => operand(s, g) !== true;
     }
     case 'and': {
-      const items = node.items.map(compile);
+      const items = node.items.map(sub);
       return (s, g) => {
         for (const item of items) if (item(s, g) !== true) return false;
         return true;
       };
     }
     case 'or': {
-      const items = node.items.map(compile);
+      const items = node.items.map(sub);
       return (s, g) => {
         for (const item of items) if (item(s, g) === true) return true;
         return false;
       };
     }
     case 'compare':
-      return compileCompare(node.op, compile(node.left), compile(node.right));
+      return compileCompare(node.op, sub(node.left), sub(node.right));
     case 'inList': {
-      const operand = compile(node.operand);
+      const operand = sub(node.operand);
       if (node.items.every((i) => i.kind === 'literal')) {
         const values = new Set(node.items.map((i) => (i as Expr & { kind: 'literal' }).value));
         return (s, g) => values.has(operand(s, g));
       }
-      const items = node.items.map(compile);
+      const items = node.items.map(sub);
       return (s, g) => {
         const v = operand(s, g);
         for (const item of items) if (item(s, g) === v) return true;
@@ -83,7 +110,7 @@ function compile(node: Expr): Evaluator {
       };
     }
     case 'inGroups': {
-      const operand = compile(node.operand);
+      const operand = sub(node.operand);
       return (s, g) => {
         const v = operand(s, g);
         return typeof v === 'string' && s.groups.has(v);
@@ -91,7 +118,7 @@ function compile(node: Expr): Evaluator {
     }
     case 'any': {
       if (!node.body) return (s) => s.groups.size > 0;
-      const body = compile(node.body);
+      const body = sub(node.body);
       return (s) => {
         for (const group of s.groups) if (body(s, group) === true) return true;
         return false;
@@ -120,9 +147,9 @@ function compileCompare(op: CompareOp, left: Evaluator, right: Evaluator): Evalu
   }
 }
 
-function compileCall(fn: (Expr & { kind: 'call' })['fn'], args: Expr[]): Evaluator {
+function compileCall(fn: (Expr & { kind: 'call' })['fn'], args: Expr[], shared: Map<string, Evaluator>): Evaluator {
   // The string arguments; substring's counts are integer literals, read below.
-  const [a, b] = args.map((arg) => (arg.type === 'integer' ? undefined : compile(arg)));
+  const [a, b] = args.map((arg) => (arg.type === 'integer' ? undefined : compile(arg, shared)));
   /** A string function of one argument: null stays null. */
   const unary = (f: (v: string) => Value): Evaluator => (s, g) => {
     const v = a!(s, g);

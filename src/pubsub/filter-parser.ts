@@ -415,26 +415,66 @@ function longest(e: Expr): number {
  * chooses its groups' names (up to 1,024 characters, 2,048 code units, each
  * of up to limits.groupsPerConnection groups): without a bound, one REST send
  * with many case mappings of the group held the event loop for seconds per
- * such client. One case mapping of the group costs 2,048; this allows four,
- * and what they are compared with.
+ * such client. A function of the group repeated is computed once per group
+ * (connection-filter.ts) and counted once: one case mapping costs 2,048, and
+ * `contains` of it 3,072 more (a mapping can triple a character).
  */
-export const MAX_ANY_WORK = 9216;
+export const MAX_ANY_WORK = 16384;
 
-/** The most code units a string expression can evaluate to: longest() with names at two units a character. */
+/** The most code units a string expression can evaluate to. */
 function units(e: Expr): number {
-  if (e.kind === 'literal') return typeof e.value === 'string' ? e.value.length : 0;
-  return e.type === 'string' ? 2 * longest(e) : 0;
+  switch (e.kind) {
+    case 'literal':
+      return typeof e.value === 'string' ? e.value.length : 0;
+    case 'field':
+    case 'variable':
+      // A character of a name is one code unit or two (past U+FFFF).
+      return 2 * LONGEST_NAME;
+    case 'call': {
+      const [first, second, third] = e.args;
+      if (e.fn === 'concat') return units(first) + units(second);
+      // A case mapping triples a character at most, and only one of one code unit (past U+FFFF, one maps to one).
+      if (e.fn === 'toupper' || e.fn === 'tolower') return Math.max(3 * longest(caseFree(first)), units(caseFree(first)));
+      if (e.fn === 'trim') return units(first);
+      if (e.fn === 'substring') return third?.kind === 'literal' ? Math.min(units(first), third.value as number) : units(first);
+      return 0;
+    }
+    default:
+      return 0;
+  }
+}
+
+/** A key naming what a function call of the lambda variable computes (the same key, the same value per group), or undefined. */
+export function groupFunctionKey(e: Expr): string | undefined {
+  const key = keyOf(e);
+  return key?.usesGroup && e.kind === 'call' ? key.text : undefined;
+}
+
+/** What a call of literals and the lambda variable computes, as text; undefined when it reads a field. */
+function keyOf(e: Expr): { text: string; usesGroup: boolean } | undefined {
+  if (e.kind === 'variable') return { text: '$g', usesGroup: true };
+  if (e.kind === 'literal') return { text: JSON.stringify(e.value), usesGroup: false };
+  if (e.kind !== 'call') return undefined;
+  const args = e.args.map(keyOf);
+  if (args.some((arg) => arg === undefined)) return undefined;
+  return { text: `${e.fn}(${args.map((arg) => arg!.text).join(',')})`, usesGroup: args.some((arg) => arg!.usesGroup) };
 }
 
 /**
  * An upper bound of the code units one evaluation of `e` reads or builds in
- * string functions and string comparisons (what its time is proportional to).
+ * string functions and string comparisons (what its time is proportional to);
+ * a function of the group already counted (`counted`) is computed once.
  */
-function work(e: Expr): number {
+function work(e: Expr, counted = new Set<string>()): number {
   switch (e.kind) {
     case 'call': {
+      const key = groupFunctionKey(e);
+      if (key !== undefined) {
+        if (counted.has(key)) return 0;
+        counted.add(key);
+      }
       const [first, second] = e.args;
-      const inner = e.args.reduce((sum, arg) => sum + work(arg), 0);
+      const inner = e.args.reduce((sum, arg) => sum + work(arg, counted), 0);
       switch (e.fn) {
         case 'length':
           return inner;
@@ -448,16 +488,16 @@ function work(e: Expr): number {
       }
     }
     case 'not':
-      return work(e.operand);
+      return work(e.operand, counted);
     case 'and':
     case 'or':
-      return e.items.reduce((sum, item) => sum + work(item), 0);
+      return e.items.reduce((sum, item) => sum + work(item, counted), 0);
     case 'compare':
-      return work(e.left) + work(e.right) + Math.min(units(e.left), units(e.right));
+      return work(e.left, counted) + work(e.right, counted) + Math.min(units(e.left), units(e.right));
     case 'inList':
-      return work(e.operand) + e.items.reduce((sum, item) => sum + work(item), 0);
+      return work(e.operand, counted) + e.items.reduce((sum, item) => sum + work(item, counted), 0);
     case 'inGroups':
-      return work(e.operand);
+      return work(e.operand, counted);
     default:
       return 0;
   }
