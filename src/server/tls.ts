@@ -219,10 +219,8 @@ export function createTlsServer(
     // A connection must finish its handshake as fast as a plain one must send its first byte (timeouts.firstByteMs).
     handshakeTimeout: handshakeMs,
   });
-  // Failed handshakes (an untrusted client certificate, a scanner, one past the bound) are the client's business.
-  server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-    log.debug({ event: 'tls.handshake_failed', address: socket.remoteAddress, err: err.code ?? err.message });
-  });
+  // Failed handshakes (an untrusted client certificate, a scanner, one past the bound) reach the server's
+  // 'clientError' too (node:https passes 'tlsClientError' on), where relay-server.ts logs them once.
   served(first.notAfter);
   const certificates = new CertificateKeeper(
     tls,

@@ -116,7 +116,8 @@ describe('TLS on the one port', () => {
 
   it('closes a connection whose handshake does not finish within firstByteMs, silent or trickling', async (t) => {
     const pki = makePki(t);
-    const relay = await startTestRelay(t, { listen: tlsListen(pki), timeouts: { firstByteMs: 500 } });
+    const logs = captureLogger('debug');
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), timeouts: { firstByteMs: 500 } }, { log: logs.log });
     const opened = await Promise.all([0, 1].map(async (trickle) => {
       const socket = netConnect(relay.port, '127.0.0.1');
       socket.on('error', () => {});
@@ -137,6 +138,10 @@ describe('TLS on the one port', () => {
     await assert.rejects(httpRequest(`${relay.url.replace('https:', 'http:')}/$relay/health`, { timeoutMs: 5000 }));
     await assert.rejects(httpRequest(`${relay.url}/$relay/health`, { tls: { ...clientTls(pki), maxVersion: 'TLSv1.1', minVersion: 'TLSv1' } as never }));
     assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'firstByteMs' }), 2);
+    // Each logged once, at debug (before: twice, from 'tlsClientError' and from 'clientError').
+    await until(() => logs.lines().filter((l) => l.event === 'tls.handshake_failed').length >= 2, 5000, 'the failed handshakes logged');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(logs.lines().filter((l) => l.event === 'tls.handshake_failed').length, 2);
   });
 
   it('counts connections still in their handshake against httpConnectionsPerNode', async (t) => {
