@@ -450,12 +450,13 @@ export class HybridService {
   }
 
   /**
-   * A TLS handshake completed (the server calls it): one made since the last CA change verified the client's
-   * certificate against the CAs of now (the server rotates its session ticket keys at a change, so none resumes
-   * a session of before).
+   * A TLS handshake completed (the server calls it); `current` when its TCP connection was accepted since the last
+   * CA change: Node gave it the CAs of now, and the session ticket keys of now (rotated at a change, so it resumed
+   * no session of before). Only such a handshake is trusted as checked against the CAs of now; a connection
+   * accepted before, whose handshake finished after, is checked by its chain.
    */
-  noteHandshake(socket: TLSSocket): void {
-    if (this.caChanges > 0) this.handshakeCaChanges.set(socket, this.caChanges);
+  noteHandshake(socket: TLSSocket, current: boolean): void {
+    if (current && this.caChanges > 0) this.handshakeCaChanges.set(socket, this.caChanges);
   }
 
   /**

@@ -96,7 +96,7 @@ export class HttpConnections {
  * A TCP connection's addresses and ports, both ends: the same on the TLS socket over it. (The peer's alone is not
  * one connection's: a client may use one source port towards two addresses of this host.)
  */
-function addressKey(socket: Socket): string | undefined {
+export function addressKey(socket: Socket): string | undefined {
   if (socket.remoteAddress === undefined || socket.localAddress === undefined) return undefined;
   return `${socket.localAddress}|${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
 }

@@ -25,7 +25,7 @@ import { setLogLevel, type Logger } from '../telemetry/logger.ts';
 import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
-import { HttpConnections } from './http-connections.ts';
+import { HttpConnections, addressKey } from './http-connections.ts';
 import { ListenerPresence } from './listener-presence.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
@@ -164,10 +164,21 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       answerAndClose(socket, 'RequestTimeout');
     },
   });
+  // With TLS, the client-CA changes so far, and the count each TCP connection under way was accepted at: Node gives
+  // a connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
+  // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake).
+  let clientCaChanges = 0;
+  const acceptedAt = new Map<string, number>();
   server.on('connection', (socket: Socket) => {
     // With TLS this is the TCP socket under the TLS one: it counts while its handshake runs, then the TLS one does.
-    if (tls) httpConnections.handshaking(socket);
-    else httpConnections.accepted(socket);
+    if (tls) {
+      httpConnections.handshaking(socket);
+      const key = addressKey(socket);
+      if (key !== undefined) {
+        acceptedAt.set(key, clientCaChanges);
+        socket.once('close', () => acceptedAt.delete(key));
+      }
+    } else httpConnections.accepted(socket);
     const set = closing ? lateSockets : sockets;
     set.add(socket);
     socket.on('close', () => {
@@ -217,12 +228,18 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // Other client CAs: listeners whose certificates they no longer sign are closed, not left to fail every accept.
   if (certificates) {
     certificates.onClientCasChanged = (ca) => {
-      // No session from before resumes (a resumption skips the certificate check): every handshake from now on
-      // checks the client's certificate against the new CAs, and the hybrid service trusts those (noteHandshake).
+      // No session from before resumes on a connection accepted from now on (a resumption skips the certificate
+      // check): its handshake checks the client's certificate against the new CAs, and the hybrid service trusts it.
+      clientCaChanges++;
       secure?.server.setTicketKeys(randomBytes(48));
       hybrid.recheckClientCertificates(ca);
     };
-    server.on('secureConnection', (socket: TLSSocket) => hybrid.noteHandshake(socket));
+    server.on('secureConnection', (socket: TLSSocket) => {
+      const key = addressKey(socket);
+      const accepted = key === undefined ? undefined : acceptedAt.get(key);
+      if (key !== undefined) acceptedAt.delete(key);
+      hybrid.noteHandshake(socket, accepted === clientCaChanges);
+    });
   }
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -216,6 +217,62 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     assert.equal(resumed.isSessionReused(), true);
     // Before: 403, the resumed session showing no chain past the listener's certificate to check again.
     assert.match(await listenStatus(resumed), /^HTTP\/1\.1 101 /);
+  });
+
+  it('refuses a listener whose TCP connection was accepted before its CA was removed and whose handshake finished after', async (t) => {
+    const pki = makePki(t);
+    const revoked = pki.issueClient('revoked', { untrusted: true }); // from other-ca.pem
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'clients.pem');
+    writeFileSync(caFile, Buffer.concat([pki.ca, readFileSync(join(pki.dir, 'other-ca.pem'))]));
+    const listen = mtlsListen(pki, 'listeners');
+    const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const port = Number(new URL(relay.url).port);
+    const openTls = (socket?: Socket) =>
+      withTimeout(
+        new Promise<TLSSocket>((resolve, reject) => {
+          const s = tlsConnect({ ...(socket ? { socket } : { host: '127.0.0.1', port }), ...clientTls(pki, revoked) }, () => resolve(s));
+          s.once('error', reject);
+          t.after(() => s.destroy());
+        }),
+        5000,
+        'a TLS connection',
+      );
+    const listenStatus = (socket: TLSSocket) =>
+      withTimeout(
+        new Promise<string>((resolve) => {
+          let text = '';
+          socket.on('data', (chunk: Buffer) => {
+            text += chunk.toString('latin1');
+            if (text.includes('\r\n\r\n')) resolve(text.slice(0, text.indexOf('\r\n')));
+          });
+          socket.write(
+            `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+              `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+          );
+        }),
+        5000,
+        'an answer',
+      );
+    // A TCP connection accepted while both CAs are listed; its handshake comes later.
+    const raw = netConnect({ host: '127.0.0.1', port });
+    t.after(() => raw.destroy());
+    await withTimeout(new Promise((r) => raw.once('connect', r)), 5000, 'a TCP connection');
+    await new Promise((r) => setTimeout(r, 100));
+    writeFileSync(`${caFile}.next`, pki.ca);
+    renameSync(`${caFile}.next`, caFile);
+    const freshRefused = async () => {
+      const s = await openTls();
+      const refused = / 403 /.test(await listenStatus(s));
+      s.destroy();
+      return refused;
+    };
+    await untilAnswered(freshRefused, 10000, 'the CA change applied (a new connection refused)');
+    // Its handshake was checked against the CAs of its accept: trusted as checked against the new ones, it got 101.
+    const late = await openTls(raw);
+    assert.match(await listenStatus(late), /^HTTP\/1\.1 403 /);
   });
 
   it('with requireClientCert "all", refuses a client without a trusted certificate in the TLS handshake', async (t) => {
