@@ -123,6 +123,9 @@ function addresses(target: Target, connection: PubSubConnection, excluded?: stri
   }
 }
 
+/** What a checkpoint write came to: stored, left to a newer claim's checkpoint (another edge took the session), failed. */
+type WriteOutcome = 'stored' | 'kept' | 'failed';
+
 export class StreamSessions {
   /** Sessions whose checkpoint should be written, and those to write whatever the interval. */
   private readonly dirty = new Set<PubSubConnection>();
@@ -208,7 +211,8 @@ export class StreamSessions {
     }
     this.dirty.delete(connection);
     this.urgent.delete(connection);
-    return this.write(connection, session.nextCheckpoint(connection.groups, this.stream.position) ?? session.checkpoint);
+    // A checkpoint kept as another edge's (it took the session meanwhile) does not hold the change: not stored.
+    return (await this.write(connection, session.nextCheckpoint(connection.groups, this.stream.position) ?? session.checkpoint)) === 'stored';
   }
 
   membershipChanged(connection: PubSubConnection, position: number, group: string, joined: boolean): void {
@@ -285,7 +289,7 @@ export class StreamSessions {
       const releasedBy = claimSeq ?? RELEASED_AT_SHUTDOWN;
       const ackIds = connection.answeredAckIds().slice(-MAX_ACK_IDS_HANDED_OVER);
       // A write refused (too large for the NATS servers' max_payload, with many groups) goes again without the ackIds.
-      if (!(await this.write(connection, checkpoint, { releasedBy, ackIds })) && ackIds.length > 0) await this.write(connection, checkpoint, { releasedBy });
+      if ((await this.write(connection, checkpoint, { releasedBy, ackIds })) === 'failed' && ackIds.length > 0) await this.write(connection, checkpoint, { releasedBy });
     }
     connection.session!.clear();
   }
@@ -347,13 +351,13 @@ export class StreamSessions {
     };
   }
 
-  /** True when stored (or left to a newer claim's checkpoint). */
-  private async write(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<boolean> {
-    let stored = false;
+  /** Stored, left to a newer claim's checkpoint (another edge took the session), or failed. */
+  private async write(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<WriteOutcome> {
+    let outcome: WriteOutcome = 'failed';
     await this.inTurn(connection, async () => {
-      stored = await this.store(connection, checkpoint, last);
+      outcome = await this.store(connection, checkpoint, last);
     });
-    return stored;
+    return outcome;
   }
 
   private inTurn(connection: PubSubConnection, step: () => Promise<void>): Promise<void> {
@@ -366,7 +370,7 @@ export class StreamSessions {
     return next;
   }
 
-  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<boolean> {
+  private async store(connection: PubSubConnection, checkpoint: SessionCheckpoint, last?: LastWrite): Promise<WriteOutcome> {
     const key = this.key(connection.id);
     const value = Buffer.from(JSON.stringify(this.record(connection, checkpoint, last)));
     try {
@@ -375,7 +379,7 @@ export class StreamSessions {
         try {
           this.revisions.set(connection, await this.options.js.put(key, value, previous));
           this.lastWritten.set(connection, Date.now());
-          return true;
+          return 'stored';
         } catch (err) {
           if (!(err instanceof StoreConflict) || attempt > 0) throw err;
         }
@@ -386,7 +390,7 @@ export class StreamSessions {
         const held = this.claims.get(connection) ?? 0;
         if (found?.checkpoint && (found.checkpoint.claim ?? 0) > held) {
           this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner, claim: found.checkpoint.claim });
-          return true;
+          return 'kept';
         }
         previous = found?.revision;
       }
@@ -397,7 +401,7 @@ export class StreamSessions {
         this.urgent.add(connection);
       }
       this.options.log.warn({ event: 'pubsub.checkpoint_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
-      return false;
+      return 'failed';
     }
   }
 
