@@ -74,7 +74,7 @@ export class ClusterStats {
 
   /** This edge's counters, as it would answer another. */
   async local(top = DEFAULT_TOP): Promise<EdgeStats> {
-    const { config, bus, hybrid, pubsub, metrics } = this.s;
+    const { hybrid, pubsub, metrics } = this.s;
     const { entityCount, entities } = hybrid.traffic.snapshot(hybrid.listeners.counts(), top);
     const hubs: HubStats[] = [];
     for (const hub of pubsub.hubs.values()) {
@@ -93,12 +93,7 @@ export class ClusterStats {
     }
     hubs.sort((a, b) => b.plain + b.reliable + b.retained - (a.plain + a.reliable + a.retained) || a.name.localeCompare(b.name));
     return {
-      nodeId: config.nodeId,
-      publicUrl: this.s.publicUrl,
-      startedAt: this.startedAt,
-      at: Date.now(),
-      shuttingDown: this.s.shuttingDown(),
-      bus: { kind: bus.kind, connected: bus.connected },
+      ...this.identity(),
       rss: process.memoryUsage.rss(),
       connections: { ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached },
       hybrid: {
@@ -126,17 +121,17 @@ export class ClusterStats {
     );
   }
 
+  /** Which edge this is, and in what state, as each answer begins. */
+  private identity(): Pick<EdgeStats, 'nodeId' | 'publicUrl' | 'startedAt' | 'at' | 'shuttingDown' | 'bus'> {
+    const { config, bus } = this.s;
+    return { nodeId: config.nodeId, publicUrl: this.s.publicUrl, startedAt: this.startedAt, at: Date.now(), shuttingDown: this.s.shuttingDown(), bus: { kind: bus.kind, connected: bus.connected } };
+  }
+
   /** What this edge answers its own question with: dropped by the asker, only there to end the wait. */
   private selfAnswer(): EdgeStats {
     const none = { listener: 0, relayed_websocket: 0, http_request: 0, pubsub: 0 };
-    const { config, bus } = this.s;
     return {
-      nodeId: config.nodeId,
-      publicUrl: this.s.publicUrl,
-      startedAt: this.startedAt,
-      at: Date.now(),
-      shuttingDown: this.s.shuttingDown(),
-      bus: { kind: bus.kind, connected: bus.connected },
+      ...this.identity(),
       rss: 0,
       connections: none,
       hybrid: { requests: 0, connects: 0, bytes: 0, failures: {}, entityCount: 0, entities: [] },

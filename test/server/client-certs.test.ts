@@ -9,9 +9,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
@@ -24,6 +24,48 @@ function mtlsListen(pki: TestPki, requireClientCert: 'listeners' | 'all'): Recor
     port: 0,
     tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile: pki.caFile, requestCert: true, requireClientCert },
   };
+}
+
+/** A TLS connection to the relay (on `options.port`, or over `options.socket`), closed with the test; `prepare` sees it first. */
+function openTls(t: TestContext, options: ConnectionOptions, prepare?: (socket: TLSSocket) => void): Promise<TLSSocket> {
+  return withTimeout(
+    new Promise<TLSSocket>((resolve, reject) => {
+      const socket = tlsConnect({ host: '127.0.0.1', ...options }, () => resolve(socket));
+      prepare?.(socket);
+      socket.once('error', reject);
+      t.after(() => socket.destroy());
+    }),
+    5000,
+    'a TLS connection',
+  );
+}
+
+/** Sends `request` on a raw connection; the status line of its answer. */
+function statusLine(socket: TLSSocket, request: string): Promise<string> {
+  return withTimeout(
+    new Promise<string>((resolve) => {
+      let text = '';
+      const onData = (chunk: Buffer) => {
+        text += chunk.toString('latin1');
+        if (!text.includes('\r\n\r\n')) return;
+        socket.off('data', onData);
+        resolve(text.slice(0, text.indexOf('\r\n')));
+      };
+      socket.on('data', onData);
+      socket.write(request);
+    }),
+    5000,
+    'an answer',
+  );
+}
+
+/** A listener's upgrade request for `listenUrl`'s entity, its token in the query. */
+function listenRequest(listenUrl: string): string {
+  const { pathname, search } = new URL(listenUrl);
+  return (
+    `GET ${pathname}${search}&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+    `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`
+  );
 }
 
 describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
@@ -102,46 +144,18 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
       const listen = mtlsListen(pki, mode);
       const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
       const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-      const listenRequest = () =>
-        `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: ${new URL(relay.url).host}\r\n` +
-        `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`;
-      const { port } = new URL(relay.url);
-      const openTls = () =>
-        withTimeout(
-          new Promise<TLSSocket>((resolve, reject) => {
-            const socket = tlsConnect({ host: '127.0.0.1', port: Number(port), ...clientTls(pki, allowed) }, () => resolve(socket));
-            socket.once('error', reject);
-            t.after(() => socket.destroy());
-          }),
-          5000,
-          'a TLS connection',
-        );
-      const statusLine = (socket: TLSSocket, request: string) =>
-        withTimeout(
-          new Promise<string>((resolve) => {
-            let text = '';
-            const onData = (chunk: Buffer) => {
-              text += chunk.toString('latin1');
-              if (!text.includes('\r\n\r\n')) return;
-              socket.off('data', onData);
-              resolve(text.slice(0, text.indexOf('\r\n')));
-            };
-            socket.on('data', onData);
-            socket.write(request);
-          }),
-          5000,
-          'an answer',
-        );
+      const port = Number(new URL(relay.url).port);
+      const tlsNow = () => openTls(t, { port, ...clientTls(pki, allowed) });
       // A keep-alive connection whose handshake the first CA verified.
-      const kept = await openTls();
+      const kept = await tlsNow();
       assert.match(await statusLine(kept, `GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`), /^HTTP\/1\.1 200/);
       writeFileSync(`${caFile}.next`, readFileSync(join(pki.dir, 'other-ca.pem')));
       renameSync(`${caFile}.next`, caFile);
       // The new CAs apply: a new connection with the same certificate is refused (in the handshake, with "all").
       const newOneRefused = async () => {
         try {
-          const fresh = await openTls();
-          const line = await statusLine(fresh, listenRequest());
+          const fresh = await tlsNow();
+          const line = await statusLine(fresh, listenRequest(listenUrl));
           fresh.destroy();
           return / 403 /.test(line);
         } catch {
@@ -150,7 +164,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
       };
       await untilAnswered(newOneRefused, 10000, 'the new CA applied');
       // Before, the old connection's handshake vouched for it still: 101, and senders were given to it.
-      assert.match(await statusLine(kept, listenRequest()), /^HTTP\/1\.1 403 /);
+      assert.match(await statusLine(kept, listenRequest(listenUrl)), /^HTTP\/1\.1 403 /);
     });
   }
 
@@ -167,35 +181,11 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
     const port = Number(new URL(relay.url).port);
     let session: Buffer | undefined;
-    const openTls = (resume?: Buffer) =>
-      withTimeout(
-        new Promise<TLSSocket>((resolve, reject) => {
-          const socket = tlsConnect({ host: '127.0.0.1', port, ...clientTls(pki, listener), ...(resume ? { session: resume } : {}) }, () => resolve(socket));
-          socket.on('session', (s: Buffer) => (session = s));
-          socket.once('error', reject);
-          t.after(() => socket.destroy());
-        }),
-        5000,
-        'a TLS connection',
-      );
-    const listenStatus = (socket: TLSSocket) =>
-      withTimeout(
-        new Promise<string>((resolve) => {
-          let text = '';
-          socket.on('data', (chunk: Buffer) => {
-            text += chunk.toString('latin1');
-            if (text.includes('\r\n\r\n')) resolve(text.slice(0, text.indexOf('\r\n')));
-          });
-          socket.write(
-            `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-              `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-          );
-        }),
-        5000,
-        'an answer',
-      );
+    const tlsNow = (resume?: Buffer) =>
+      openTls(t, { port, ...clientTls(pki, listener), ...(resume ? { session: resume } : {}) }, (socket) => socket.on('session', (s: Buffer) => (session = s)));
+    const listenStatus = (socket: TLSSocket) => statusLine(socket, listenRequest(listenUrl));
     // A session of before the change.
-    const early = await openTls();
+    const early = await tlsNow();
     await until(() => session !== undefined, 5000, 'a session ticket');
     const before = session!;
     early.destroy();
@@ -204,16 +194,16 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     renameSync(`${caFile}.next`, caFile);
     // The change applied: a session of before no longer resumes (a resumption would skip the check against the new CAs).
     await untilAnswered(async () => {
-      const s = await openTls(before);
+      const s = await tlsNow(before);
       const resumed = s.isSessionReused();
       s.destroy();
       return !resumed;
     }, 10000, 'the CA change applied');
     session = undefined;
-    const full = await openTls();
+    const full = await tlsNow();
     assert.match(await listenStatus(full), /^HTTP\/1\.1 101 /);
     await until(() => session !== undefined, 5000, 'a session ticket');
-    const resumed = await openTls(session);
+    const resumed = await tlsNow(session);
     assert.equal(resumed.isSessionReused(), true);
     // Before: 403, the resumed session showing no chain past the listener's certificate to check again.
     assert.match(await listenStatus(resumed), /^HTTP\/1\.1 101 /);
@@ -230,32 +220,8 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
     const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
     const port = Number(new URL(relay.url).port);
-    const openTls = (socket?: Socket) =>
-      withTimeout(
-        new Promise<TLSSocket>((resolve, reject) => {
-          const s = tlsConnect({ ...(socket ? { socket } : { host: '127.0.0.1', port }), ...clientTls(pki, revoked) }, () => resolve(s));
-          s.once('error', reject);
-          t.after(() => s.destroy());
-        }),
-        5000,
-        'a TLS connection',
-      );
-    const listenStatus = (socket: TLSSocket) =>
-      withTimeout(
-        new Promise<string>((resolve) => {
-          let text = '';
-          socket.on('data', (chunk: Buffer) => {
-            text += chunk.toString('latin1');
-            if (text.includes('\r\n\r\n')) resolve(text.slice(0, text.indexOf('\r\n')));
-          });
-          socket.write(
-            `GET /$hc/echo?sb-hc-action=listen&sb-hc-token=${encodeURIComponent(tokenFor(listenUrl))} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-              `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-          );
-        }),
-        5000,
-        'an answer',
-      );
+    const tlsNow = (socket?: Socket) => openTls(t, { ...(socket ? { socket } : { port }), ...clientTls(pki, revoked) });
+    const listenStatus = (socket: TLSSocket) => statusLine(socket, listenRequest(listenUrl));
     // A TCP connection accepted while both CAs are listed; its handshake comes later.
     const raw = netConnect({ host: '127.0.0.1', port });
     t.after(() => raw.destroy());
@@ -264,14 +230,14 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     writeFileSync(`${caFile}.next`, pki.ca);
     renameSync(`${caFile}.next`, caFile);
     const freshRefused = async () => {
-      const s = await openTls();
+      const s = await tlsNow();
       const refused = / 403 /.test(await listenStatus(s));
       s.destroy();
       return refused;
     };
     await untilAnswered(freshRefused, 10000, 'the CA change applied (a new connection refused)');
     // Its handshake was checked against the CAs of its accept: trusted as checked against the new ones, it got 101.
-    const late = await openTls(raw);
+    const late = await tlsNow(raw);
     assert.match(await listenStatus(late), /^HTTP\/1\.1 403 /);
   });
 
