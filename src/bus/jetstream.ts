@@ -763,6 +763,9 @@ export class JetStreamAccess {
                 event: 'jetstream.stream_rewritten',
                 stream,
                 next,
+                // What was read, and why it counts as a rewrite (a false one was seen under load: to be explained).
+                verdict,
+                read: { seq: read.seq, id: read.id, storedAt: new Date(read.ms).toISOString() },
                 ...(verdict === 'rewritten' ? { from: m.seq } : { storedAfter: new Date(latestMs).toISOString() }),
                 hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
               });
