@@ -108,9 +108,6 @@ export class HybridService {
    * it against the CAs of its time, and a keep-alive connection from before a change can still open a listener.
    */
   private changedCas: { cas: X509Certificate[]; checked: WeakMap<TLSSocket, boolean> } | undefined;
-  /** How many times the client CAs changed, and the count each TLS handshake since the first change was made under. */
-  private caChanges = 0;
-  private readonly handshakeCaChanges = new WeakMap<TLSSocket, number>();
 
   constructor(
     private readonly config: RelayConfig,
@@ -456,7 +453,7 @@ export class HybridService {
    * accepted before, whose handshake finished after, is checked by its chain.
    */
   noteHandshake(socket: TLSSocket, current: boolean): void {
-    if (current && this.caChanges > 0) this.handshakeCaChanges.set(socket, this.caChanges);
+    if (current) this.changedCas?.checked.set(socket, true);
   }
 
   /**
@@ -467,7 +464,6 @@ export class HybridService {
   private signedByCurrentCas(socket: TLSSocket): boolean {
     const changed = this.changedCas;
     if (!changed) return true;
-    if (this.handshakeCaChanges.get(socket) === this.caChanges) return true;
     let ok = changed.checked.get(socket);
     if (ok === undefined) {
       ok = chainLeadsTo(socket, changed.cas);
@@ -533,7 +529,6 @@ export class HybridService {
     if (mode !== 'listeners' && mode !== 'all') return 0;
     const cas = certificatesOf(caPem);
     this.changedCas = { cas, checked: new WeakMap() };
-    this.caChanges++;
     let closed = 0;
     for (const channel of [...this.listeners.all()]) {
       if (!channel.isOpen || !(channel.socket instanceof TLSSocket)) continue;
