@@ -7,7 +7,7 @@
 // rates with the edge's own clock (`at`). Answers stay bounded: the busiest
 // `top` entities (at most MAX_TOP), at most MAX_HUBS hubs, each with its
 // GROUPS_PER_HUB largest groups. This edge remembers the edges that answered
-// (up to MAX_REMEMBERED, for FORGET_SILENT_MS), so one that stops answering is
+// (EdgesSeen in other-edges.ts: bounded, for 10 minutes), so one that stops answering is
 // listed under `silent` rather than silently gone.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
@@ -20,15 +20,12 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import { EdgesSeen, FORGET_SILENT_MS, askOtherEdges } from './other-edges.ts';
-
-export { FORGET_SILENT_MS };
+import { EdgesSeen, askOtherEdges } from './other-edges.ts';
 
 export const DEFAULT_TOP = 20;
 export const MAX_TOP = 50;
 export const MAX_HUBS = 100;
 export const GROUPS_PER_HUB = 10;
-const MAX_REMEMBERED = 1000;
 
 export interface StatsSources {
   config: RelayConfig;
@@ -64,9 +61,8 @@ async function total(counter: { get(): Promise<{ values: { value: number }[] }> 
 export class ClusterStats {
   private readonly startedAt = new Date().toISOString();
   private readonly subscription: BusSubscription;
-  private readonly seen = new Map<string, { publicUrl: string; lastSeen: number }>();
-  /** Whom a question waits for (other-edges.ts). */
-  private readonly waitFor = new EdgesSeen();
+  /** The edges that answered lately: whom a question waits for, and those listed under `silent` (other-edges.ts). */
+  private readonly seen = new EdgesSeen<EdgeStats, string>((answer) => answer.publicUrl);
 
   constructor(private readonly s: StatsSources) {
     this.subscription = s.bus.subscribe(s.subjects.stats(), (m) => this.onBus(m));
@@ -148,31 +144,14 @@ export class ClusterStats {
     const nodes = [here];
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
-      const expected = this.waitFor.expected();
+      const expected = this.seen.expected();
       const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId, expected);
-      if (!asked.problem) this.waitFor.asked(asked.answers, expected);
+      if (!asked.problem) this.seen.asked(asked.answers, expected);
       nodes.push(...asked.answers);
       problem = asked.problem;
     }
-    return { nodes, silent: this.remember(nodes), complete: problem === undefined, ...(problem ? { problem } : {}) };
-  }
-
-  /** Notes who answered; returns those that answered within FORGET_SILENT_MS and not now. */
-  private remember(nodes: EdgeStats[]): SilentEdge[] {
-    const now = Date.now();
-    for (const node of nodes) {
-      this.seen.delete(node.nodeId);
-      this.seen.set(node.nodeId, { publicUrl: node.publicUrl, lastSeen: now });
-    }
-    while (this.seen.size > MAX_REMEMBERED) this.seen.delete(this.seen.keys().next().value!);
-    const answered = new Set(nodes.map((n) => n.nodeId));
-    const silent: SilentEdge[] = [];
-    for (const [nodeId, { publicUrl, lastSeen }] of this.seen) {
-      if (answered.has(nodeId)) continue;
-      if (now - lastSeen > FORGET_SILENT_MS) this.seen.delete(nodeId);
-      else silent.push({ nodeId, publicUrl, lastSeen });
-    }
-    return silent.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+    const silent: SilentEdge[] = this.seen.missing(new Set(nodes.map((n) => n.nodeId))).map(({ nodeId, lastSeen, info }) => ({ nodeId, publicUrl: info, lastSeen }));
+    return { nodes, silent, complete: problem === undefined, ...(problem ? { problem } : {}) };
   }
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {

@@ -43,31 +43,32 @@ export class ClusterStatus {
     this.subscription = s.bus.subscribe(s.subjects.status(), (m) => this.onBus(m));
   }
 
-  /** This node, as it would answer another; with `entityKey`, only that entity's listeners. */
+  /** This node, as it would answer another; with `entityKey`, only that entity's listeners (named by its key). */
   local(entityKey?: string): NodeStatus {
-    const { config, bus, hybrid, pubsub } = this.s;
-    let counted = [...hybrid.listeners.counts()];
-    if (entityKey !== undefined) counted = counted.filter(([name]) => asciiLowerCase(name) === entityKey);
-    const entities = counted.map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
+    const { hybrid, pubsub } = this.s;
+    if (entityKey !== undefined) {
+      const listeners = hybrid.listeners.count(entityKey);
+      return { ...this.identity(), entities: listeners > 0 ? [{ name: entityKey, listeners }] : [], hubs: [] };
+    }
+    const entities = [...hybrid.listeners.counts()].map(([name, listeners]) => ({ name, listeners })).sort((a, b) => a.name.localeCompare(b.name));
     const hubs = [...pubsub.hubs.values()].map((hub) => {
       const { attached, retained } = pubsub.openCounts(hub);
       return { name: hub.name, connections: attached, groups: hub.local.groupCount, sessionsRetained: retained };
     });
-    return {
-      nodeId: config.nodeId,
-      startedAt: this.startedAt,
-      shuttingDown: this.s.shuttingDown(),
-      bus: { kind: bus.kind as 'memory' | 'nats', connected: bus.connected },
-      entities,
-      hubs,
-    };
+    return { ...this.identity(), entities, hubs };
+  }
+
+  /** Which edge this is, and in what state, as each answer begins. */
+  private identity(): Pick<NodeStatus, 'nodeId' | 'startedAt' | 'shuttingDown' | 'bus'> {
+    const { config, bus } = this.s;
+    return { nodeId: config.nodeId, startedAt: this.startedAt, shuttingDown: this.s.shuttingDown(), bus: { kind: bus.kind as 'memory' | 'nats', connected: bus.connected } };
   }
 
   private onBus(message: BusMessage): void {
     const asked = decodeEdgeMessage(message.data, 'ops.status')?.message;
     if (!asked) return;
     // Its own question too, at once and small (other-edges.ts: a lone edge otherwise waits bus.requestTimeoutMs).
-    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.local(''), entities: [], hubs: [] }));
+    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.identity(), entities: [], hubs: [] }));
     respond(this.s.bus, message, this.fitted(this.local(asked.entity)));
   }
 
@@ -103,7 +104,7 @@ export class ClusterStatus {
   }
 
   /** The edges that answered lately: a question waits for each (up to bus.requestTimeoutMs), not for the stall alone. */
-  private readonly seen = new EdgesSeen();
+  private readonly seen = new EdgesSeen<NodeStatus>();
 
   /** Every other edge's status, over the bus (ops.status); with `entityKey`, only that entity's listeners. */
   private async askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; missing: string[]; problem?: string }> {
@@ -113,7 +114,7 @@ export class ClusterStatus {
     const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, expected);
     if (asked.problem) return asked;
     this.seen.asked(asked.answers, expected);
-    return { ...asked, missing: this.seen.missing(new Set(asked.answers.map((a) => a.nodeId))) };
+    return { ...asked, missing: this.seen.missing(new Set(asked.answers.map((a) => a.nodeId))).map((edge) => edge.nodeId) };
   }
 
   /** The other edges' answers for listenersOf, per entity key, shared by the questions of one moment (bounded). */

@@ -82,14 +82,17 @@ export const FORGET_SILENT_MS = 10 * 60_000;
 const MAX_REMEMBERED = 1000;
 
 /**
- * The edges that answered lately (within FORGET_SILENT_MS), and when; bounded. A question waits for those that
- * answered the last time they were asked: one that did not (gone, frozen) or said it was shutting down is not
- * waited for again until it answers (before, every question for 10 minutes after an edge left waited
- * bus.requestTimeoutMs for it), and is named missing meanwhile.
+ * The edges that answered lately (within FORGET_SILENT_MS), when, and what the asker keeps of each (`Info`: a
+ * stats answer's publicUrl); bounded. A question waits for those that answered the last time they were asked:
+ * one that did not (gone, frozen) or said it was shutting down is not waited for again until it answers (before,
+ * every question for 10 minutes after an edge left waited bus.requestTimeoutMs for it), and is named missing
+ * meanwhile.
  */
-export class EdgesSeen {
-  private readonly seen = new Map<string, number>();
+export class EdgesSeen<A extends { nodeId: string; shuttingDown?: boolean } = { nodeId: string; shuttingDown?: boolean }, Info = undefined> {
+  private readonly seen = new Map<string, { at: number; info: Info }>();
   private readonly notWaitedFor = new Set<string>();
+
+  constructor(private readonly infoOf: (answer: A) => Info = () => undefined as Info) {}
 
   /** Those to wait for now (older ones are forgotten). */
   expected(now = Date.now()): Set<string> {
@@ -98,26 +101,29 @@ export class EdgesSeen {
   }
 
   /** What one question came to: who answered (and whether each said it is shutting down), and whom it waited for. */
-  asked(answers: { nodeId: string; shuttingDown?: boolean }[], expected: ReadonlySet<string>, now = Date.now()): void {
+  asked(answers: A[], expected: ReadonlySet<string>, now = Date.now()): void {
     const answered = new Set(answers.map((a) => a.nodeId));
     for (const nodeId of expected) if (!answered.has(nodeId)) this.notWaitedFor.add(nodeId);
-    for (const { nodeId, shuttingDown } of answers) {
-      this.seen.delete(nodeId);
-      this.seen.set(nodeId, now);
-      if (shuttingDown) this.notWaitedFor.add(nodeId);
-      else this.notWaitedFor.delete(nodeId);
+    for (const answer of answers) {
+      this.seen.delete(answer.nodeId);
+      this.seen.set(answer.nodeId, { at: now, info: this.infoOf(answer) });
+      if (answer.shuttingDown) this.notWaitedFor.add(answer.nodeId);
+      else this.notWaitedFor.delete(answer.nodeId);
     }
     while (this.seen.size > MAX_REMEMBERED) this.drop(this.seen.keys().next().value!);
   }
 
-  /** Edges that answered within FORGET_SILENT_MS and are not among `answered`. */
-  missing(answered: ReadonlySet<string>, now = Date.now()): string[] {
+  /** Edges that answered within FORGET_SILENT_MS and are not among `answered`, by node id, with when they last did. */
+  missing(answered: ReadonlySet<string>, now = Date.now()): { nodeId: string; lastSeen: number; info: Info }[] {
     this.forget(now);
-    return [...this.seen.keys()].filter((nodeId) => !answered.has(nodeId)).sort();
+    return [...this.seen]
+      .filter(([nodeId]) => !answered.has(nodeId))
+      .map(([nodeId, { at, info }]) => ({ nodeId, lastSeen: at, info }))
+      .sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   }
 
   private forget(now: number): void {
-    for (const [nodeId, at] of this.seen) if (now - at > FORGET_SILENT_MS) this.drop(nodeId);
+    for (const [nodeId, { at }] of this.seen) if (now - at > FORGET_SILENT_MS) this.drop(nodeId);
   }
 
   private drop(nodeId: string): void {
