@@ -61,7 +61,7 @@ function compile(node: Expr, shared = new Map<string, Evaluator>()): Evaluator {
     }
   }
   const sub = (e: Expr) => compile(e, shared);
-    switch (node.kind) {
+  switch (node.kind) {
     case 'literal': {
       const value = node.value;
       return () => value;
