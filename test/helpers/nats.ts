@@ -28,7 +28,7 @@ export interface NatsNode {
   kill(): Promise<void>;
   /** Starts it again on the same ports (with `jetstream: false`, without JetStream: a server restarted without -js). */
   restart(options?: { jetstream?: boolean }): Promise<void>;
-  /** Routes this node has to other nodes (from /routez). */
+  /** Other nodes this node has a route to (from /routez). */
   routes(): Promise<number>;
   /**
    * Writes `config` as its config file and has it read again (SIGHUP); only for a node started with a config.
@@ -169,7 +169,9 @@ export async function startNatsServer(
     },
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });
-      return ((await res.json()) as { num_routes: number }).num_routes;
+      // Servers routed to, not connections: nats-server 2.10 pools several connections per route.
+      const { routes = [] } = (await res.json()) as { routes?: { remote_id: string }[] };
+      return new Set(routes.map((r) => r.remote_id)).size;
     },
     reconfigure: (config) => {
       if (!configFile) throw new Error('reconfigure: the node was started without a config');
