@@ -32,7 +32,8 @@ import type { Logger } from '../telemetry/logger.ts';
 import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
 import { MSG_ID_HEADER, StorePublisher, storedBytes } from './stream-publisher.ts';
-import { RecentlyHandedOn, readAgain, type HandedOnMessage } from './stream-resume.ts';
+import { REPLICATED_STREAMS_SINCE, versionBelow } from './nats-server-version.ts';
+import { FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
 import { subjectMatches } from './subject-match.ts';
 
 /** Why an event was not stored, in words a client can be given. */
@@ -328,6 +329,16 @@ export class JetStreamAccess {
         this.publisher = new StorePublisher(nc);
         this.state = 'ready';
         this.problem = undefined;
+        // Said before ready: whoever reads ready has read this.
+        const version = this.bus.serverVersion;
+        if (this.replicas > 1 && version !== undefined && versionBelow(version, REPLICATED_STREAMS_SINCE)) {
+          this.log.warn({
+            event: 'jetstream.server_outdated',
+            version,
+            least: REPLICATED_STREAMS_SINCE,
+            hint: `the copies of a replicated stream can disagree on nats-server before ${REPLICATED_STREAMS_SINCE} (docs/durability.md): events may then be lost or repeated after a NATS server restarts; upgrade the NATS servers`,
+          });
+        }
         this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
         for (const wake of this.readyWaiters.splice(0)) wake();
         for (const listener of this.readyListeners) listener();
@@ -654,17 +665,33 @@ export class JetStreamAccess {
    * the last message handed on.
    */
   follow(stream: string, fromSeq: number, onMessage: (m: StoredMessage) => void, onGap?: (expected: number, got: number) => void): Follower {
-    let next = fromSeq;
     let stopped = false;
     let current: ConsumerMessages | undefined;
-    const handedOn = new RecentlyHandedOn(FOLLOW_MEMORY);
-    /** Set when the stream was written again past all the follower remembers: the next consumer starts after this store time (ms). */
-    let byTime: number | undefined;
+    const position = new FollowPosition(fromSeq, FOLLOW_MEMORY, {
+      renumbered: (note) =>
+        this.log.warn({
+          event: 'jetstream.stream_renumbered',
+          stream,
+          ...note,
+          hint: "this consumer's NATS server holds a message under another sequence than the server read before (their copies of the stream disagree; seen with nats-server 2.9.10): following it by message id; use nats-server 2.10 or later",
+        }),
+      rewritten: ({ next, verdict, read, storedAfterMs }) =>
+        this.log.error({
+          event: 'jetstream.stream_rewritten',
+          stream,
+          next,
+          // What was read, and why it counts as a rewrite.
+          verdict,
+          read: { seq: read.seq, id: read.id, storedAt: new Date(read.ms).toISOString() },
+          ...(verdict === 'rewritten' ? { from: read.seq } : { storedAfter: new Date(storedAfterMs!).toISOString() }),
+          hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
+        }),
+    });
     /** When the stream followed was made: another time means it was made again, and sequences start over. */
     let created: string | undefined;
     const follower = {
       get position() {
-        return next - 1;
+        return position.next - 1;
       },
       stop: () => {
         stopped = true;
@@ -680,15 +707,18 @@ export class JetStreamAccess {
         try {
           const { jsm, js } = this.ready;
           const info = await jsm.streams.info(stream);
-          if (created !== undefined && info.created !== created) {
+          const { handedOn } = position;
+          // A follower that remembers nothing (it handed none on) remembers the message before where it is.
+          if (handedOn.empty && position.next > 1) await this.rememberStart(stream, position.next - 1, handedOn);
+          // Another creation time means the stream was made again, if nothing remembered says otherwise: the
+          // servers of a replicated stream each keep their own (nats-server 2.10 answers with the leader's, and
+          // they differ by milliseconds), and with messages remembered, those read again tell (a stream made
+          // again holds others, stored after them: followed by store time, stream-resume.ts).
+          if (created !== undefined && info.created !== created && handedOn.empty) {
             const first = Math.max(1, info.state.first_seq);
-            this.log.warn({ event: 'jetstream.stream_reset', stream, next, from: first, hint: 'the stream was made again: following it from its start' });
-            next = first;
-            byTime = undefined;
-            // What it remembers was of the stream before.
-            handedOn.clear();
+            this.log.warn({ event: 'jetstream.stream_reset', stream, next: position.next, from: first, created: { was: created, now: info.created }, hint: 'the stream was made again: following it from its start' });
+            position.reset(first);
           }
-          if (created === undefined && handedOn.empty && next > 1) await this.rememberStart(stream, next - 1, handedOn);
           created = info.created;
           // The last messages handed on are read again, each compared with what was handed on under its
           // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
@@ -696,11 +726,15 @@ export class JetStreamAccess {
           // remembered holds its new messages below what is remembered, stored after it (a state behind gives
           // old ones, which are skipped).
           const first = Math.max(1, info.state.first_seq);
+          const { next } = position;
           const from = Math.min(next, handedOn.oldestFrom(first) ?? next, Math.max(first, info.state.last_seq + 1 - FOLLOW_MEMORY));
+          const byTime = position.startAfterMs;
+          // By time: from the millisecond of the latest message handed on (it, and others of that millisecond
+          // handed on, are known by their ids; a later one of that millisecond is new).
           const ci = await jsm.consumers.add(stream, {
             name,
             ...(byTime !== undefined
-              ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime + 1).toISOString() }
+              ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime).toISOString() }
               : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
             ack_policy: AckPolicy.None,
             mem_storage: true,
@@ -723,7 +757,7 @@ export class JetStreamAccess {
         let lastSign = Date.now();
         const watchdog = setInterval(() => {
           if (Date.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
-          this.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next });
+          this.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next: position.next });
           msgs.stop();
         }, 1000);
         watchdog.unref();
@@ -731,14 +765,13 @@ export class JetStreamAccess {
           for await (const status of await msgs.status()) {
             lastSign = Date.now();
             if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
-              this.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next });
+              this.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next: position.next });
               msgs.stop();
             }
           }
         })().catch(() => undefined);
         let delivered = 0;
-        /** Whether a message read again was the one handed on: a rewrite found after one begins where it is found. */
-        let matched = false;
+        position.newConsumer();
         try {
           for await (const m of msgs) {
             lastSign = Date.now();
@@ -748,38 +781,13 @@ export class JetStreamAccess {
               break;
             }
             delivered = m.info.deliverySequence;
-            const read: HandedOnMessage = { seq: m.seq, id: m.headers?.get(MSG_ID_HEADER) || undefined, ms: Math.floor(m.info.timestampNanos / 1e6) };
-            // Started by store time: its first message is where the follower is now.
-            if (byTime !== undefined) {
-              byTime = undefined;
-              next = m.seq;
+            const step = position.take({ seq: m.seq, id: m.headers?.get(MSG_ID_HEADER) || undefined, ms: Math.floor(m.info.timestampNanos / 1e6) });
+            if (step.kind === 'skip') continue;
+            if (step.kind === 'byTime') {
+              msgs.stop();
+              break;
             }
-            if (m.seq < next) {
-              const verdict = readAgain(handedOn, read, matched);
-              if (verdict === 'handedOn') matched = true;
-              if (verdict === 'handedOn' || verdict === 'notRemembered') continue;
-              const latestMs = handedOn.latestMs!;
-              this.log.error({
-                event: 'jetstream.stream_rewritten',
-                stream,
-                next,
-                // What was read, and why it counts as a rewrite (a false one was seen under load: to be explained).
-                verdict,
-                read: { seq: read.seq, id: read.id, storedAt: new Date(read.ms).toISOString() },
-                ...(verdict === 'rewritten' ? { from: m.seq } : { storedAfter: new Date(latestMs).toISOString() }),
-                hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
-              });
-              if (verdict === 'rewrittenBefore') {
-                // Found by store time: every message stored after the latest one handed on.
-                byTime = latestMs;
-                msgs.stop();
-                break;
-              }
-              next = m.seq;
-            }
-            if (m.seq > next) onGap?.(next, m.seq);
-            next = m.seq + 1;
-            handedOn.add(read);
+            if (step.gapFrom !== undefined) onGap?.(step.gapFrom, m.seq);
             onMessage({ seq: m.seq, subject: m.subject, data: m.data });
           }
         } catch (err) {

@@ -98,6 +98,11 @@ export class NatsBus implements Bus {
     return urls.size;
   }
 
+  /** The version of the NATS server this edge is connected to, if connected. */
+  get serverVersion(): string | undefined {
+    return this.nc?.info?.version;
+  }
+
   get maxPayload(): number {
     return this.nc?.info?.max_payload ?? 1024 * 1024;
   }
@@ -164,7 +169,7 @@ export class NatsBus implements Bus {
   private setConnected(connected: boolean, server: string): void {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
-    if (connected) this.log.info({ event: 'bus.connected', server, maxPayload: this.maxPayload });
+    if (connected) this.log.info({ event: 'bus.connected', server, version: this.serverVersion, maxPayload: this.maxPayload });
     else this.log.warn({ event: 'bus.disconnected', server });
     if (connected && this.dropped > 0) {
       this.log.warn({ event: 'bus.dropped_while_disconnected', messages: this.dropped });

@@ -7,7 +7,7 @@
 // acknowledged events on single NATS failures.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RecentlyHandedOn, readAgain, type HandedOnMessage } from '../../src/bus/stream-resume.ts';
+import { FollowPosition, RecentlyHandedOn, readAgain, type FollowNotes, type HandedOnMessage } from '../../src/bus/stream-resume.ts';
 
 const msg = (seq: number, id?: string, ms = 1000 + seq): HandedOnMessage => ({ seq, id, ms });
 
@@ -43,7 +43,8 @@ describe('a follower reading its last messages again', () => {
     const memory = new RecentlyHandedOn(64);
     for (let seq = 1; seq <= 5; seq++) memory.add(msg(seq, `id-${seq}`));
     assert.equal(readAgain(memory, msg(4, 'new-a'), true), 'rewritten');
-    assert.equal(readAgain(memory, msg(1, 'new-a'), false), 'rewrittenBefore');
+    assert.equal(readAgain(memory, msg(1, 'new-a', 9000), false), 'rewrittenBefore', 'stored after everything handed on: new');
+    assert.equal(readAgain(memory, msg(1, 'other-a'), false), 'notRemembered', 'stored before the last handed on: in the stream already (a copy numbered otherwise)');
     // Handing on a message under a sequence remembered drops it and every later one.
     memory.add(msg(4, 'new-a', 9000));
     assert.equal(memory.compare(msg(5, 'id-5')), 'unknown');
@@ -81,5 +82,126 @@ describe('a follower reading its last messages again', () => {
     assert.equal(memory.compare(msg(1, undefined, 1001)), 'same');
     assert.equal(memory.compare(msg(1, undefined, 1003)), 'other');
     assert.equal(memory.compare(msg(1, 'id-1', 1000)), 'same');
+  });
+});
+
+/** A stream's copy on one server, as its consumers deliver it. */
+type Copy = HandedOnMessage[];
+const MEMORY = 64;
+
+/** `count` messages from sequence 1, 10 ms apart, ids m1, m2... */
+function copyOf(count: number): Copy {
+  return Array.from({ length: count }, (_, i) => msg(i + 1, `m${i + 1}`, 10_000 + 10 * i));
+}
+
+/** The same messages numbered without the one with id `id` (a server that took it for a repeat). */
+function without(copy: Copy, id: string): Copy {
+  const at = copy.findIndex((m) => m.id === id);
+  return [...copy.slice(0, at), ...copy.slice(at + 1).map((m) => ({ ...m, seq: m.seq - 1 }))];
+}
+
+/** The same messages with the one of id `id` held twice (a server that stored a repeat, later). */
+function withRepeat(copy: Copy, id: string): Copy {
+  const at = copy.findIndex((m) => m.id === id);
+  const repeat = { ...copy[at], seq: copy[at].seq + 1, ms: copy[at].ms + 1 };
+  return [...copy.slice(0, at + 1), repeat, ...copy.slice(at + 1).map((m) => ({ ...m, seq: m.seq + 1, ms: m.ms + 2 }))];
+}
+
+class Follower {
+  readonly handedOn: string[] = [];
+  readonly notes: string[] = [];
+  readonly position: FollowPosition;
+  constructor(next: number) {
+    const notes: FollowNotes = {
+      renumbered: (n) => this.notes.push(`renumbered ${n.id} ${n.handedOnAs}->${n.readAs}`),
+      rewritten: (n) => this.notes.push(`rewritten ${n.verdict}`),
+    };
+    this.position = new FollowPosition(next, MEMORY, notes);
+  }
+
+  /** A consumer made on `copy` as follow() makes it, delivering up to `upTo` messages (all by default). */
+  consume(copy: Copy, upTo = Infinity): void {
+    for (let consumers = 0; consumers < 3; consumers++) {
+      const { position } = this;
+      const first = copy[0]?.seq ?? 1;
+      const last = copy.at(-1)?.seq ?? 0;
+      const from = Math.min(position.next, position.handedOn.oldestFrom(first) ?? position.next, Math.max(first, last + 1 - MEMORY));
+      const byTime = position.startAfterMs;
+      const delivered = byTime !== undefined ? copy.filter((m) => m.ms >= byTime) : copy.filter((m) => m.seq >= from);
+      position.newConsumer();
+      let restarted = false;
+      for (const m of delivered) {
+        if (this.handedOn.length >= upTo) return;
+        const step = position.take(m);
+        if (step.kind === 'byTime') {
+          restarted = true;
+          break;
+        }
+        if (step.kind === 'handOn') this.handedOn.push(m.id!);
+      }
+      if (!restarted) return;
+    }
+    throw new Error('still restarting after 3 consumers');
+  }
+}
+
+const ids = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => `m${from + i}`);
+
+describe("a follower whose next consumer is on a server numbering the stream otherwise", () => {
+  // A chaos soak under load (nats-server 2.9.10) saw the same message under sequence N on one server and N + 1
+  // on another: a follower whose consumer moved took that for a rewrite and restarted by store time, and
+  // subscribers lost and got twice acknowledged events. Now every message is handed on once, in order.
+  it('hands every message on once when the new server lacks one the first held (its later numbers one lower)', () => {
+    const a = copyOf(200);
+    const f = new Follower(1);
+    f.consume(a, 150);
+    f.consume(without(a, 'm120'));
+    assert.deepEqual(f.handedOn, ids(1, 200));
+    assert.deepEqual(f.notes, ['renumbered m121 121->120']);
+  });
+
+  it('hands every message on once when the new server holds a repeat (its later numbers one higher)', () => {
+    const a = copyOf(200);
+    const f = new Follower(1);
+    f.consume(a, 150);
+    f.consume(withRepeat(a, 'm140'));
+    assert.deepEqual(f.handedOn, ids(1, 200));
+    assert.deepEqual(f.notes, ['renumbered m140 140->141']);
+  });
+
+  it('skips a repeat the stream holds, on the same server too', () => {
+    const f = new Follower(1);
+    f.consume(withRepeat(copyOf(100), 'm50'));
+    assert.deepEqual(f.handedOn, ids(1, 100));
+  });
+
+  it('starts where it should when it remembers only the message before its start, read on another server', () => {
+    // A new edge asks the stream leader where the stream ends and which message is last; its consumer is then
+    // made on a server numbering otherwise, both ways.
+    const a = copyOf(200);
+    for (const other of [without(a, 'm150'), withRepeat(a, 'm150')]) {
+      const f = new Follower(181);
+      f.position.handedOn.add(a[179]);
+      f.consume(other);
+      assert.deepEqual(f.handedOn, ids(181, 200));
+    }
+  });
+
+  it('still finds a rewrite: messages lost and others stored later under their sequences', () => {
+    const a = copyOf(200);
+    const f = new Follower(1);
+    f.consume(a);
+    // Every server stopped at once; the stream came back without 191-200, and stored n191... after.
+    const rewritten = [...a.slice(0, 190), ...Array.from({ length: 20 }, (_, i) => msg(191 + i, `n${191 + i}`, 50_000 + i))];
+    f.consume(rewritten);
+    assert.deepEqual(f.handedOn, [...ids(1, 200), ...Array.from({ length: 20 }, (_, i) => `n${191 + i}`)]);
+    assert.deepEqual(f.notes, ['rewritten rewritten']);
+    // And one that lost more than is remembered: found by store time, every new message once.
+    const g = new Follower(1);
+    g.consume(a);
+    const lostMore = [...a.slice(0, 100), ...Array.from({ length: 30 }, (_, i) => msg(101 + i, `p${101 + i}`, 60_000 + i))];
+    g.consume(lostMore);
+    assert.deepEqual(g.handedOn, [...ids(1, 200), ...Array.from({ length: 30 }, (_, i) => `p${101 + i}`)]);
+    assert.deepEqual(g.notes, ['rewritten rewrittenBefore']);
   });
 });

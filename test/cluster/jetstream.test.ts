@@ -8,6 +8,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { connect } from 'nats';
 import { SendMessageError } from '@azure/web-pubsub-client';
 import { signJwt } from '../../src/auth/jwt.ts';
+import { REPLICATED_STREAMS_SINCE, versionBelow } from '../../src/bus/nats-server-version.ts';
 import type { StreamEvents } from '../../src/pubsub/stream-events.ts';
 import type { StreamSessions } from '../../src/pubsub/stream-sessions.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
@@ -175,8 +176,14 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
   });
 
   it('a reliable client whose edge is killed recovers on another edge: same connection, every event once and in order, sequence ids continuing', async (t) => {
-    const { edges } = await startCluster(t, 3, HUBS);
+    const { nats, edges } = await startCluster(t, 3, HUBS);
     const [a, b, c] = edges;
+    // Replicated streams on a nats-server whose copies of a stream can disagree: every edge says so (docs/durability.md).
+    const { version } = (await (await fetch(`http://127.0.0.1:${nats[0].monitorPort}/varz`, { signal: AbortSignal.timeout(2000) })).json()) as { version: string };
+    await until(() => edges.every((e) => e.stderr().includes('"event":"jetstream.ready"')), 10000, 'JetStream ready on every edge');
+    for (const e of edges) {
+      assert.equal(e.stderr().includes('"event":"jetstream.server_outdated"'), versionBelow(version, REPLICATED_STREAMS_SINCE), `${e.name} on nats-server ${version}`);
+    }
     const proxy = await CuttableProxy.start(a.port, t);
     const disconnects: unknown[] = [];
     const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer', roles: ['webpubsub.joinLeaveGroup.feed', 'webpubsub.sendToGroup.back'] }));
