@@ -728,7 +728,7 @@ export class JetStreamAccess {
           const first = Math.max(1, info.state.first_seq);
           const { next } = position;
           const from = Math.min(next, handedOn.oldestFrom(first) ?? next, Math.max(first, info.state.last_seq + 1 - FOLLOW_MEMORY));
-          const byTime = position.startAfterMs;
+          const byTime = position.startFromMs;
           // By time: from the millisecond of the latest message handed on (it, and others of that millisecond
           // handed on, are known by their ids; a later one of that millisecond is new).
           const ci = await jsm.consumers.add(stream, {

@@ -136,7 +136,7 @@ export class RecentlyHandedOn {
  * 2.9.10 (Debian 12's) was seen, in a chaos soak under load, to hold the same
  * message under sequence N on one server and N + 1 on another (a repeated
  * publish de-duplicated by some copies and not others, around restarts; fixes
- * to that accounting are in nats-server 2.9.21 and 2.10). A consumer made on
+ * to that accounting are in nats-server 2.9.21 and 2.10.14). A consumer made on
  * another server then reads other messages under the sequences handed on.
  * Only a message stored after everything handed on can be new (a rewrite
  * stores its new messages after the loss); one stored before was in the
@@ -155,7 +155,7 @@ export type FollowStep =
   /** Hand it on; `gapFrom` when sequences from there to before it are gone (the stream's limits dropped them). */
   | { kind: 'handOn'; gapFrom?: number }
   | { kind: 'skip' }
-  /** Stop this consumer: the next one starts after this store time (a rewrite from before what is remembered). */
+  /** Stop this consumer: the next one starts by store time, from the latest handed on (a rewrite from before what is remembered). */
   | { kind: 'byTime' };
 
 /** What a follower says of a stream it reads (logged by its owner). */
@@ -173,7 +173,7 @@ export interface FollowNotes {
  */
 export class FollowPosition {
   readonly handedOn: RecentlyHandedOn;
-  /** Set when the stream was written again past all the follower remembers: the next consumer starts after this store time (ms). */
+  /** Set when the stream was written again past all the follower remembers: the next consumer starts from this store time (ms). */
   private byTime: number | undefined;
   /** Whether a message read again by this consumer was one handed on: a rewrite found after one begins where it is found. */
   private matched = false;
@@ -190,7 +190,7 @@ export class FollowPosition {
   }
 
   /** The store time (ms) of the latest message handed on, from which the next consumer starts when it starts by time. */
-  get startAfterMs(): number | undefined {
+  get startFromMs(): number | undefined {
     return this.byTime;
   }
 

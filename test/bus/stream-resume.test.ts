@@ -126,7 +126,7 @@ class Follower {
       const first = copy[0]?.seq ?? 1;
       const last = copy.at(-1)?.seq ?? 0;
       const from = Math.min(position.next, position.handedOn.oldestFrom(first) ?? position.next, Math.max(first, last + 1 - MEMORY));
-      const byTime = position.startAfterMs;
+      const byTime = position.startFromMs;
       const delivered = byTime !== undefined ? copy.filter((m) => m.ms >= byTime) : copy.filter((m) => m.seq >= from);
       position.newConsumer();
       let restarted = false;
