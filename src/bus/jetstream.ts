@@ -131,6 +131,7 @@ const FOLLOW_MEMORY = 64;
 const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 const STREAM_CONFIG_DIFFERS = 10058;
 const STREAM_NOT_FOUND = 10059;
+const NO_MESSAGE_FOUND = 10037;
 const NOT_CLUSTERED = 10074;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 const WRONG_LAST_SEQUENCE = 10071;
@@ -709,17 +710,19 @@ export class JetStreamAccess {
           const info = await jsm.streams.info(stream);
           const { handedOn } = position;
           // A follower that remembers nothing (it handed none on) remembers the message before where it is.
-          if (handedOn.empty && position.next > 1) await this.rememberStart(stream, position.next - 1, handedOn);
+          const start = handedOn.empty && position.next > 1 ? await this.rememberStart(stream, position.next - 1, handedOn) : undefined;
           // Another creation time means the stream was made again, if nothing remembered says otherwise: the
           // servers of a replicated stream each keep their own (nats-server 2.10 answers with the leader's, and
-          // they differ by milliseconds), and with messages remembered, those read again tell (a stream made
-          // again holds others, stored after them: followed by store time, stream-resume.ts).
-          if (created !== undefined && info.created !== created && handedOn.empty) {
+          // they differ by milliseconds; an empty stream's changes when a server restarts), and with messages
+          // remembered, those read again tell (a stream made again holds others, stored after them: followed by
+          // store time, stream-resume.ts). Without an answer about the message before, nothing is decided.
+          if (created !== undefined && info.created !== created && handedOn.empty && start !== 'unknown') {
             const first = Math.max(1, info.state.first_seq);
             this.log.warn({ event: 'jetstream.stream_reset', stream, next: position.next, from: first, created: { was: created, now: info.created }, hint: 'the stream was made again: following it from its start' });
             position.reset(first);
           }
-          created = info.created;
+          // Kept while undecided: the next consumer compares again.
+          if (created === undefined || start !== 'unknown') created = info.created;
           // The last messages handed on are read again, each compared with what was handed on under its
           // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
           // And the stream's last FOLLOW_MEMORY messages whatever it says: a stream that lost more than is
@@ -805,13 +808,15 @@ export class JetStreamAccess {
   /**
    * A follower that starts after `seq` remembers that message (its store time) as if it had handed it on:
    * one that hands nothing on before the stream loses its tail (a quiet hub) still finds where it was.
+   * Says whether the stream holds it (`gone`: aged out, deleted, or a stream made again), or `unknown` (no answer).
    */
-  private async rememberStart(stream: string, seq: number, handedOn: RecentlyHandedOn): Promise<void> {
+  private async rememberStart(stream: string, seq: number, handedOn: RecentlyHandedOn): Promise<'remembered' | 'gone' | 'unknown'> {
     try {
       const stored = await this.ready.jsm.streams.getMessage(stream, { seq });
       handedOn.add({ seq, id: stored.header?.get(MSG_ID_HEADER) || undefined, ms: Date.parse(stored.timestamp) });
-    } catch {
-      // Gone (aged out, deleted) or no answer: nothing to remember.
+      return 'remembered';
+    } catch (err) {
+      return errorCode(err).apiCode === NO_MESSAGE_FOUND ? 'gone' : 'unknown';
     }
   }
 
