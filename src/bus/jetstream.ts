@@ -674,7 +674,7 @@ export class JetStreamAccess {
           event: 'jetstream.stream_renumbered',
           stream,
           ...note,
-          hint: "this consumer's NATS server holds a message under another sequence than the server read before (their copies of the stream disagree; seen with nats-server 2.9.10): following it by message id; use nats-server 2.10 or later",
+          hint: `this consumer's NATS server holds a message under another sequence than the server read before (their copies of the stream disagree; seen with nats-server 2.9.10): following it by message id; use nats-server ${REPLICATED_STREAMS_SINCE} or later`,
         }),
       rewritten: ({ next, verdict, read, storedAfterMs }) =>
         this.log.error({
