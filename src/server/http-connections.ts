@@ -22,10 +22,11 @@ export class HttpConnections {
   private readonly plain = new Set<Socket>();
   /**
    * With TLS: TCP connections whose handshake is under way (bounded in time by the server's handshake timeout),
-   * by both ends' addresses and ports, which their TLS socket shares. Counted too: before, only finished handshakes were, so
-   * any number of connections could sit in their handshakes at once.
+   * by both ends' addresses and ports, which their TLS socket shares, with the TLS settings they were accepted
+   * under (relay-server.ts counts client-CA changes). Counted too: before, only finished handshakes were, so any
+   * number of connections could sit in their handshakes at once.
    */
-  private readonly handshakes = new Map<string, Socket>();
+  private readonly handshakes = new Map<string, { socket: Socket; settings: number }>();
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
 
@@ -44,27 +45,41 @@ export class HttpConnections {
     return this.plain.size + this.handshakes.size;
   }
 
-  /** With TLS, a new TCP connection: counted until its handshake is done (then accepted() takes it over) or it closes; refused past `limit`. */
-  handshaking(socket: Socket): void {
+  /**
+   * With TLS, a new TCP connection, accepted under the TLS `settings` of now: counted until its handshake is done
+   * (then accepted() takes it over) or it closes; refused past `limit`.
+   */
+  handshaking(socket: Socket, settings = 0): void {
     if (this.size >= this.limit) return this.events.refused(socket, this.size);
     const key = addressKey(socket);
     if (key === undefined) return;
-    this.handshakes.set(key, socket);
+    this.handshakes.set(key, { socket, settings });
     socket.once('close', () => {
-      if (this.handshakes.get(key) === socket) this.handshakes.delete(key);
+      if (this.handshakes.get(key)?.socket === socket) this.handshakes.delete(key);
     });
   }
 
-  /** A new connection (with TLS: its handshake done): counted, or refused when the node holds `limit` already. */
-  accepted(socket: Socket, now = Date.now()): void {
+  /**
+   * A new connection (with TLS: its handshake done): counted, or refused when the node holds `limit` already.
+   * With TLS, returns the settings its TCP connection was accepted under (handshaking()), when known.
+   */
+  accepted(socket: Socket, now = Date.now()): number | undefined {
+    let settings: number | undefined;
     if (this.handshakes.size > 0) {
       const key = addressKey(socket);
-      if (key !== undefined) this.handshakes.delete(key);
+      if (key !== undefined) {
+        settings = this.handshakes.get(key)?.settings;
+        this.handshakes.delete(key);
+      }
     }
-    if (this.size >= this.limit) return this.events.refused(socket, this.size);
+    if (this.size >= this.limit) {
+      this.events.refused(socket, this.size);
+      return settings;
+    }
     this.plain.add(socket);
     this.silentSince.set(socket, now);
     socket.once('close', () => this.forget(socket));
+    return settings;
   }
 
   /** The connection became a WebSocket: it counts as one from now on. */
@@ -96,7 +111,7 @@ export class HttpConnections {
  * A TCP connection's addresses and ports, both ends: the same on the TLS socket over it. (The peer's alone is not
  * one connection's: a client may use one source port towards two addresses of this host.)
  */
-export function addressKey(socket: Socket): string | undefined {
+function addressKey(socket: Socket): string | undefined {
   if (socket.remoteAddress === undefined || socket.localAddress === undefined) return undefined;
   return `${socket.localAddress}|${socket.localPort}|${socket.remoteAddress}|${socket.remotePort}`;
 }

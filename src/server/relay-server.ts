@@ -25,7 +25,7 @@ import { setLogLevel, type Logger } from '../telemetry/logger.ts';
 import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
-import { HttpConnections, addressKey } from './http-connections.ts';
+import { HttpConnections } from './http-connections.ts';
 import { ListenerPresence } from './listener-presence.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
@@ -164,21 +164,16 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       answerAndClose(socket, 'RequestTimeout');
     },
   });
-  // With TLS, the client-CA changes so far, and the count each TCP connection under way was accepted at: Node gives
-  // a connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
-  // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake).
+  // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
+  // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
+  // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set
+  // once the hybrid service is there).
   let clientCaChanges = 0;
-  const acceptedAt = new Map<string, number>();
+  let noteHandshake: ((socket: TLSSocket, current: boolean) => void) | undefined;
   server.on('connection', (socket: Socket) => {
     // With TLS this is the TCP socket under the TLS one: it counts while its handshake runs, then the TLS one does.
-    if (tls) {
-      httpConnections.handshaking(socket);
-      const key = addressKey(socket);
-      if (key !== undefined) {
-        acceptedAt.set(key, clientCaChanges);
-        socket.once('close', () => acceptedAt.delete(key));
-      }
-    } else httpConnections.accepted(socket);
+    if (tls) httpConnections.handshaking(socket, clientCaChanges);
+    else httpConnections.accepted(socket);
     const set = closing ? lateSockets : sockets;
     set.add(socket);
     socket.on('close', () => {
@@ -190,7 +185,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const secureSockets = new Set<TLSSocket>();
   if (tls) {
     server.on('secureConnection', (socket: TLSSocket) => {
-      httpConnections.accepted(socket);
+      const acceptedUnder = httpConnections.accepted(socket);
+      noteHandshake?.(socket, acceptedUnder === clientCaChanges);
       if (closing) return;
       secureSockets.add(socket);
       socket.on('close', () => secureSockets.delete(socket));
@@ -234,12 +230,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       secure?.server.setTicketKeys(randomBytes(48));
       hybrid.recheckClientCertificates(ca);
     };
-    server.on('secureConnection', (socket: TLSSocket) => {
-      const key = addressKey(socket);
-      const accepted = key === undefined ? undefined : acceptedAt.get(key);
-      if (key !== undefined) acceptedAt.delete(key);
-      hybrid.noteHandshake(socket, accepted === clientCaChanges);
-    });
+    noteHandshake = (socket, current) => hybrid.noteHandshake(socket, current);
   }
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.
