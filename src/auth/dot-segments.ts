@@ -6,14 +6,18 @@
 // `\` counts as a separator, as WHATWG URL parsers (and so many listeners)
 // read it for http(s).
 
+import { decodeComponent } from '../validation/percent-decoding.ts';
+
 const SEPARATOR = /[/\\]/;
 
 /** True when `rawPath` (as sent, still percent-encoded) has a `.` or `..` segment. */
 export function hasDotSegment(rawPath: string): boolean {
+  // A dot segment needs a `.`, as sent or escaped (`%2e`): most paths have neither, and are not split.
+  if (!rawPath.includes('.') && !rawPath.includes('%')) return false;
   for (const piece of rawPath.split(SEPARATOR)) {
     let decoded = piece;
     try {
-      decoded = decodeURIComponent(piece);
+      decoded = decodeComponent(piece);
     } catch {
       // Not percent-encoding: compared as sent.
     }

@@ -13,6 +13,7 @@ import { RetiredKeys } from './retired-keys.ts';
 import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { decodeComponent } from '../validation/percent-decoding.ts';
 
 export type SasDecision =
   | { ok: true; expiresAt: number; keyName: string }
@@ -116,7 +117,7 @@ const UNDECODED = '\ud800';
  */
 export function scopeSegment(raw: string): string {
   try {
-    return decodeURIComponent(raw);
+    return decodeComponent(raw);
   } catch {
     return UNDECODED + raw;
   }

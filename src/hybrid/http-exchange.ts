@@ -198,7 +198,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   ) {
     this.id = ctx.newRendezvousId();
     this.timer = setTimeout(() => this.fail('ResponseTimeout'), ctx.config.timeouts.httpResponseMs);
-    res.on('close', this.senderGone);
+    res.on('close', () => this.senderGone());
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
   }
@@ -223,12 +223,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.senderStall.unref();
   }
 
-  readonly senderGone = (): void => {
+  senderGone(): void {
     if (this.finished) return;
     this.log.info({ event: 'http.sender_gone' });
     this.failure ??= 'SenderGone';
     this.finish();
-  };
+  }
 
   start(): void {
     this.ctx.open.httpRequests++;

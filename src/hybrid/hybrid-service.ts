@@ -355,22 +355,24 @@ export class HybridService {
   handleHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget): void {
     // A request logs at info and debug only: below those levels a child logger per request would be made for nothing.
     const log = this.log.isLevelEnabled('info') ? this.log.child({ entity: target.entity, trackingId: trackingIdOf(target.params) }) : this.log;
-    const refuse = (code: HybridErrorCode) => {
-      log.info({ event: 'http.refused', code });
-      countHttpStatus(this.ctx, code, this.catalog.get(target.entity) ?? target.entity);
-      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { entity: target.entity, method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
-      failRequest(res, code);
-      req.resume();
-    };
-    if (this.shuttingDown) return refuse('ShuttingDown');
+    // (No closure made per request: run through tsx, each named one costs a defineProperty for its name.)
+    if (this.shuttingDown) return this.refuseHttp(req, res, target, log, 'ShuttingDown');
     // Before: handed to a listener as a request of its own (or 404 NoListener), where the .NET SDK wanted a count.
     if (isRuntimeInformationRequest(req, target.subPath, target.params)) return void this.answerRuntimeInformation(req, res, target, log);
     const entity = this.entityForSender(target.entity);
-    if (!entity) return refuse('EntityNotFound');
+    if (!entity) return this.refuseHttp(req, res, target, log, 'EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
-    if (refused) return refuse(refused);
+    if (refused) return this.refuseHttp(req, res, target, log, refused);
     sendContinue(res);
     new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
+  }
+
+  private refuseHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget, log: Logger, code: HybridErrorCode): void {
+    log.info({ event: 'http.refused', code });
+    countHttpStatus(this.ctx, code, this.catalog.get(target.entity) ?? target.entity);
+    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { entity: target.entity, method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
+    failRequest(res, code);
+    req.resume();
   }
 
   /**

@@ -7,6 +7,7 @@ import { hasDotSegment } from '../auth/dot-segments.ts';
 import { scopeSegment } from '../auth/sas-authorizer.ts';
 import { keepQueryParams } from '../http/query-params.ts';
 import type { HybridPathBelow } from '../hybrid/context.ts';
+import { decodeComponent } from '../validation/percent-decoding.ts';
 export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams; below: HybridPathBelow }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
@@ -42,7 +43,7 @@ export function route(rawUrl: string | undefined): Route {
   const params = new URLSearchParams(rawQuery);
   let segments: string[];
   try {
-    segments = rawSegments.map((s) => decodeURIComponent(s));
+    segments = rawSegments.map(decodeComponent);
   } catch {
     // Names (entities, hubs, groups, users) are text. Below an entity, a relayed request's
     // path is the listener's business: escapes that are not UTF-8 go through as sent.
@@ -93,7 +94,7 @@ function isOtherSurface(first: string): boolean {
 function relayedEntity(rawFirst = ''): string | undefined {
   let first: string;
   try {
-    first = decodeURIComponent(rawFirst);
+    first = decodeComponent(rawFirst);
   } catch {
     return undefined;
   }
