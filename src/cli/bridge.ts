@@ -42,7 +42,9 @@ Options:
   --connect-timeout SECONDS
                        how long the relay may take to answer (a -L connect waits
                        for the listener to accept) and a -R target to accept a
-                       TCP connection, default 60
+                       TCP connection, default 25 (below the relay's
+                       timeouts.acceptMs, 30 s by default, so a -R target that
+                       never answers is told as 502, not the relay's 504)
   --log-level LEVEL    fatal, error, warn, info, debug, trace or silent; default info
 ${TLS_HELP}
   -h, --help           this text
@@ -98,7 +100,7 @@ export async function bridge(argv: string[]): Promise<number> {
         ttl: { type: 'string', default: '3600' },
         buffer: { type: 'string', default: '1048576' },
         keepalive: { type: 'string', default: '30' },
-        'connect-timeout': { type: 'string', default: '60' },
+        'connect-timeout': { type: 'string', default: '25' },
         'log-level': { type: 'string', default: 'info' },
         L: { type: 'string', short: 'L', multiple: true, default: [] },
         R: { type: 'string', short: 'R', multiple: true, default: [] },
