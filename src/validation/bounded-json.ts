@@ -27,8 +27,8 @@ const CLOSE_BRACE = 0x7d;
 
 /** True when `text` opens more than `maxDepth` arrays or objects at once (brackets inside strings do not count). */
 export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
-  // Nesting deeper than maxDepth needs more than maxDepth characters.
-  if (text.length <= maxDepth) return false;
+  // Nesting deeper than maxDepth needs more than maxDepth characters, and more than maxDepth of `[` and `{`.
+  if (text.length <= maxDepth || !openersExceed(text, maxDepth)) return false;
   let depth = 0;
   let inString = false;
   for (let i = 0; i < text.length; i++) {
@@ -44,6 +44,19 @@ export function jsonDepthExceeds(text: string, maxDepth: number): boolean {
       depth--;
     }
   }
+  return false;
+}
+
+/**
+ * True when `text` holds more than `limit` of `[` and `{` together, strings
+ * included. Found by indexOf, without a loop over every character: most
+ * messages (a control channel's answer, a pub/sub frame) hold a few, and need
+ * no scan at all (the scan was 2.5 % of a relayed HTTP request's CPU).
+ */
+function openersExceed(text: string, limit: number): boolean {
+  let count = 0;
+  for (let i = text.indexOf('['); i >= 0; i = text.indexOf('[', i + 1)) if (++count > limit) return true;
+  for (let i = text.indexOf('{'); i >= 0; i = text.indexOf('{', i + 1)) if (++count > limit) return true;
   return false;
 }
 

@@ -5,12 +5,30 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { verifyAccessToken } from '../../src/auth/access-token.ts';
 import { decodeEdgeMessage } from '../../src/bus/messages.ts';
 import { encodeEnvelope } from '../../src/bus/envelope.ts';
 import { JsonTooDeepError, MAX_JSON_DEPTH, jsonDepthExceeds, parseJson, rawMemberText } from '../../src/validation/bounded-json.ts';
 
 const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
+
+/** The depth check as one pass over every character, with no shortcut: what jsonDepthExceeds must agree with. */
+function depthExceedsByScan(text: string, maxDepth: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      if (c === '\\') i++;
+      else if (c === '"') inString = false;
+    } else if (c === '"') inString = true;
+    else if (c === '[' || c === '{') {
+      if (++depth > maxDepth) return true;
+    } else if (c === ']' || c === '}') depth--;
+  }
+  return false;
+}
 
 describe('bounded JSON', () => {
   it('counts arrays and objects, not brackets in strings or escaped quotes', () => {
@@ -20,6 +38,19 @@ describe('bounded JSON', () => {
     assert.equal(jsonDepthExceeds('{"a":"[[[[[[[[[[{{{{{{{"}', 2), false);
     assert.equal(jsonDepthExceeds('{"a":"\\"[[[[[[[[[[[[[[[[[[[[[["}', 2), false);
     assert.equal(jsonDepthExceeds('["\\\\",[[[[]]]]]', 3), true);
+  });
+
+  it('agrees with a scan of every character, whatever the brackets, strings and escapes (the count of openers only skips work)', () => {
+    const text = fc.array(fc.constantFrom('[', ']', '{', '}', '"', '\\', 'a', ':', ','), { maxLength: 40 }).map((parts) => parts.join(''));
+    fc.assert(
+      fc.property(text, fc.integer({ min: 0, max: 6 }), (t, maxDepth) => {
+        assert.equal(jsonDepthExceeds(t, maxDepth), depthExceedsByScan(t, maxDepth), `${t} at ${maxDepth}`);
+      }),
+      { numRuns: 5000 },
+    );
+    // Openers inside strings count toward the shortcut's bound but not the depth.
+    assert.equal(jsonDepthExceeds(`["${'['.repeat(200)}"]`, 3), false);
+    assert.equal(jsonDepthExceeds(nested(200), 128), true);
   });
 
   it('parses within the bound and throws a SyntaxError past it', () => {
