@@ -247,8 +247,12 @@ export class EventDispatcher {
     this.takeState(hub, source, answer);
     this.deps.count('user', answer.status >= 200 && answer.status < 300 ? 'ok' : 'failed');
     if (answer.status < 200 || answer.status > 299) {
-      const detail = `event handler answered ${answer.status}${answer.body.length > 0 ? `: ${snippet(answer.body)}` : ''}`;
-      return { ok: false, code: 'UpstreamFailed', detail };
+      const said = answer.body.length > 0 ? `: ${snippet(answer.body)}` : '';
+      // A 4xx says why the event was refused (web-pubsub-express's fail(400, detail)): the client is told. Any
+      // other answer's body is the handler's own trouble (an error page, a stack trace): logged, not told.
+      if (answer.status >= 400 && answer.status <= 499) return { ok: false, code: 'UpstreamFailed', detail: `event handler answered ${answer.status}${said}` };
+      this.logFailure(hub, source, event, handler, `answered ${answer.status}${said}`);
+      return { ok: false, code: 'UpstreamFailed', detail: `event handler answered ${answer.status}` };
     }
     if (answer.body.length === 0) return { ok: true };
     return { ok: true, reply: replyOf(answer.header('content-type') ?? 'application/octet-stream', answer.body) };

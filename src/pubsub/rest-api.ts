@@ -5,6 +5,7 @@
 // at limits.pubsubMessageBytes; messages arrive at clients as from "server",
 // or, sent to a group, as from "group" with that group and `fromUserId: null`.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
 import { StoreError } from '../bus/jetstream.ts';
@@ -409,7 +410,8 @@ function generateToken(call: RestCall): Answer {
   // carrying a path or fragment would make a client token a REST token for another endpoint.
   const host = call.req.headers.host ?? 'localhost';
   if (!isHostAuthority(host)) return 'BadRequest';
-  const origin = `http://${host}`;
+  // The scheme of the connection the call came on (the relay's checks ignore it; a reader of the token may not).
+  const origin = `${(call.req.socket as Partial<TLSSocket>).encrypted ? 'https' : 'http'}://${host}`;
   const claims: Record<string, unknown> = {
     aud: `${origin}/client/hubs/${call.hub.name}`,
     role: call.params.getAll('role'),

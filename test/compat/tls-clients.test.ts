@@ -7,7 +7,9 @@
 // a user would run them (test/helpers/client-process.ts).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { signJwt } from '../../src/auth/jwt.ts';
 import { makePki, type TestPki } from '../helpers/certs.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { runClientScript } from '../helpers/client-process.ts';
 import { HUB, HUB_KEY, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
@@ -144,6 +146,18 @@ describe('Microsoft clients over TLS', () => {
     assert.equal(uris.http, 'https://127.0.0.1/web');
     assertHycoWorked(lines, stderr);
     assert.equal(code, 0);
+  });
+
+  it('mints a client token over https:// whose audience names https:// (REST :generateToken, as a TokenCredential gets one)', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, tlsOverrides(pki));
+    const url = `${relay.url}/api/hubs/${HUB}/:generateToken?api-version=2024-12-01`;
+    const minted = await httpRequest(url, { method: 'POST', headers: { authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` }, tls: { ca: pki.ca } });
+    assert.equal(minted.status, 200, String(minted.body));
+    const token = JSON.parse(String(minted.body)).token as string;
+    // Before: http://, whatever the connection.
+    assert.equal(JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString()).aud, `${relay.url}/client/hubs/${HUB}`);
+    assert.match(relay.url, /^https:\/\//);
   });
 
   it('@azure/web-pubsub-client over wss:// and @azure/web-pubsub over https:// without allowInsecureConnection', async (t) => {

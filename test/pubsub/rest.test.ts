@@ -289,6 +289,11 @@ describe('pub/sub REST API', () => {
     assert.deepEqual([reply.from, reply.dataType, reply.data], ['server', 'text', 'reply']);
     answer = { status: 500, body: '', type: 'text/plain' };
     assert.equal((await c.request({ type: 'event', event: 'x', data: 1 })).error.name, 'UpstreamFailed');
+    // A refusal's reason reaches the client; a failing handler's page (a stack trace) does not (before: its first 200 characters).
+    answer = { status: 400, body: 'name is required', type: 'text/plain' };
+    assert.deepEqual((await c.request({ type: 'event', event: 'x', data: 1 })).error, { name: 'UpstreamFailed', message: 'event handler answered 400: name is required' });
+    answer = { status: 500, body: '<pre>TypeError: x is undefined\n    at /srv/app/handler.js:12:7</pre>', type: 'text/html' };
+    assert.deepEqual((await c.request({ type: 'event', event: 'x', data: 1 })).error, { name: 'UpstreamFailed', message: 'event handler answered 500' });
     const other = await RawPubSubClient.connect(accessUrl(relay.url, { hub: OTHER_HUB }), PLAIN, t);
     assert.equal((await other.request({ type: 'event', event: 'x', data: 1 })).error.name, 'NoUpstream');
     // A user id that is not visible ASCII, or has a `%`, is percent-encoded whole: reversible, and two users never
