@@ -36,18 +36,24 @@ function edgeRelayEnv(): NodeJS.ProcessEnv {
  * (the hook for a `--workers N` row: the CPU meter already counts a process's
  * descendants, so workers forked by node:cluster are measured with it).
  */
-export async function startRelay(
-  options: {
-    nodeId?: string;
-    natsUrl?: string;
-    jetstream?: boolean;
-    /** bus.jetstream.storage (the relay's default, file, unless given). */
-    storage?: 'file' | 'memory';
-    limits?: Record<string, number>;
-    extra?: Record<string, unknown>;
-    serveArgs?: string[];
-  } = {},
-): Promise<RelayNode> {
+export async function startRelay(options: RelayOptions & { serveArgs?: string[] } = {}): Promise<RelayNode> {
+  const file = relayConfigFile(options);
+  const started = await startProcess(EDGE_RELAY_BIN, ['serve', '--config', file, ...(options.serveArgs ?? [])], /listening on http:\/\/127\.0\.0\.1:(\d+)/, { env: edgeRelayEnv() });
+  return { ...started, port: Number(started.match[1]) };
+}
+
+export interface RelayOptions {
+  nodeId?: string;
+  natsUrl?: string;
+  jetstream?: boolean;
+  /** bus.jetstream.storage (the relay's default, file, unless given). */
+  storage?: 'file' | 'memory';
+  limits?: Record<string, number>;
+  extra?: Record<string, unknown>;
+}
+
+/** The bench's relay config (any free port on 127.0.0.1, the bench's keys, hub and entity), written to a temp file; returns its path. */
+export function relayConfigFile(options: RelayOptions = {}): string {
   const config = {
     nodeId: options.nodeId ?? 'bench',
     listen: { host: '127.0.0.1', port: 0 },
@@ -65,9 +71,7 @@ export async function startRelay(
     timeouts: { shutdownMs: 500 },
     ...options.extra,
   };
-  const file = writeTemp(tempDir(), 'relay.json', JSON.stringify(config));
-  const started = await startProcess(EDGE_RELAY_BIN, ['serve', '--config', file, ...(options.serveArgs ?? [])], /listening on http:\/\/127\.0\.0\.1:(\d+)/, { env: edgeRelayEnv() });
-  return { ...started, port: Number(started.match[1]) };
+  return writeTemp(tempDir(), 'relay.json', JSON.stringify(config));
 }
 
 /** Path and query of a pub/sub client connection to the bench hub. */

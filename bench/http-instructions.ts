@@ -1,0 +1,92 @@
+// Instructions the relay's main thread executes per relayed HTTP request,
+// counted by valgrind's callgrind: unlike CPU time on this shared machine
+// (42-88 us per request for one commit between runs), the count moves by
+// about 1 % between runs, so a change to the request path can be judged
+// alone. The relay runs under callgrind with counting off; our lean listener
+// answers on its control channel, and keep-alive connections of our own
+// generator send GETs, each one in flight: first a warm-up (V8 compiles the
+// hot path), then the counted requests. The garbage collector's part is
+// shown apart: where its runs fall in the window moves the total more than
+// anything else.
+//
+//   node --import tsx bench/http-instructions.ts [--requests N] [--warmup N] [--out FILE]
+//
+// Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { LeanHttpConnection } from './lib/lean-http.ts';
+import { openLeanListener } from './lib/lean-listener.ts';
+import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
+import { ENTITY, relayConfigFile } from './lib/systems.ts';
+
+const { values } = parseArgs({
+  options: {
+    requests: { type: 'string', default: '10000' },
+    warmup: { type: 'string', default: '40000' },
+    connections: { type: 'string', default: '16' },
+    out: { type: 'string' },
+  },
+});
+const requests = Number(values.requests);
+const warmup = Number(values.warmup);
+const connections = Number(values.connections);
+if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
+  process.stderr.write('http-instructions: needs valgrind (apt-get install valgrind)\n');
+  process.exit(2);
+}
+
+const dir = tempDir();
+const outBase = join(dir, 'callgrind.out');
+const relay = await startProcess(
+  'valgrind',
+  ['--tool=callgrind', '--separate-threads=yes', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, process.execPath, `${ROOT}bin/edge-relay.js`, 'serve', '--config', relayConfigFile()],
+  /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+  { timeoutMs: 180_000, env: { ...process.env, GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216' } },
+);
+let listener: Awaited<ReturnType<typeof openLeanListener>> | undefined;
+try {
+  const port = Number(relay.match[1]);
+  listener = await openLeanListener({ port, httpBody: Buffer.from('ok') });
+  const clients = await Promise.all(Array.from({ length: connections }, () => LeanHttpConnection.open(port, `/${ENTITY}/hello`)));
+  /** `count` requests over every connection, each with one in flight. */
+  const send = async (count: number) => {
+    let left = count;
+    await Promise.all(clients.map(async (c) => {
+      while (left-- > 0) await c.get();
+    }));
+  };
+  process.stderr.write(`warm-up: ${warmup} requests under valgrind...\n`);
+  await send(warmup);
+  execFileSync('callgrind_control', ['-i', 'on', String(relay.pid)], { stdio: 'ignore' });
+  await send(requests);
+  execFileSync('callgrind_control', ['-i', 'off', String(relay.pid)], { stdio: 'ignore' });
+  execFileSync('callgrind_control', ['-d', String(relay.pid)], { stdio: 'ignore' });
+  for (const c of clients) c.close();
+} finally {
+  listener?.close();
+  await relay.stop();
+}
+
+/** The dump of the main thread (thread 1): `callgrind.out.1-01`. */
+const mainThread = readdirSync(dir).find((f) => /^callgrind\.out\.\d+-01$/.test(f));
+if (!mainThread) throw new Error(`no callgrind dump of the main thread in ${dir}`);
+const inclusive = execFileSync('callgrind_annotate', ['--inclusive=yes', join(dir, mainThread)], { encoding: 'utf8', maxBuffer: 64 << 20 });
+const count = (pattern: RegExp) => Number(inclusive.split('\n').find((line) => pattern.test(line))?.trim().split(/\s+/)[0].replace(/,/g, '') ?? 0);
+const total = count(/PROGRAM TOTALS/);
+const gc = count(/Heap::CollectGarbage\(/);
+const perRequest = (n: number) => Math.round(n / requests);
+const result = { requests, warmup, connections, instructionsPerRequest: perRequest(total), gcPerRequest: perRequest(gc), withoutGcPerRequest: perRequest(total - gc) };
+process.stdout.write(
+  [
+    '| relayed GETs counted | instructions per request (main thread) | of it garbage collection | without it |',
+    '|---|---|---|---|',
+    `| ${requests} | ${result.instructionsPerRequest.toLocaleString('en')} | ${result.gcPerRequest.toLocaleString('en')} | ${result.withoutGcPerRequest.toLocaleString('en')} |`,
+    '',
+  ].join('\n'),
+);
+const out = values.out ?? join(ROOT, 'bench/results/http-instructions.json');
+mkdirSync(join(out, '..'), { recursive: true });
+writeFileSync(out, `${JSON.stringify({ at: new Date().toISOString(), node: process.version, ...result }, null, 2)}\n`);
+process.stderr.write(`wrote ${out}\n`);
