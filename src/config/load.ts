@@ -194,6 +194,9 @@ function checkCrossFieldRules(config: RelayConfig): void {
   for (const [i, entry] of config.listen.trustProxy.entries()) {
     if (!isAddressOrCidr(entry)) throw new ConfigError(`config: /listen/trustProxy/${i}: "${entry}" is not an IP address or CIDR (10.0.0.0/8, fd00::/8)`);
   }
+  if (config.listen.proxyProtocol && config.listen.trustProxy.length === 0) {
+    throw new ConfigError('config: /listen/proxyProtocol: needs listen.trustProxy, the load balancers that send the header (from anyone else a header would be believed)');
+  }
   const busAuth = (['user', 'token', 'credsFile', 'nkeyFile'] as const).filter((k) => config.bus[k] !== undefined);
   if (busAuth.length > 1) throw new ConfigError(`config: /bus: give one way to authenticate to NATS, not ${busAuth.join(' and ')}`);
   if ((config.bus.user === undefined) !== (config.bus.pass === undefined)) throw new ConfigError('config: /bus: user and pass go together');

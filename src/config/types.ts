@@ -101,7 +101,7 @@ export interface ListenTlsConfig {
 
 export interface RelayConfig {
   nodeId: string;
-  listen: { host: string; port: number; tls?: ListenTlsConfig; trustProxy: string[] };
+  listen: { host: string; port: number; tls?: ListenTlsConfig; trustProxy: string[]; proxyProtocol: boolean };
   publicUrl?: string;
   log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
   namespaceHosts: string[];

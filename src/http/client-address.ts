@@ -1,5 +1,7 @@
-// Where a request came from, as the relay believes it: the TCP peer, or, when
-// that peer is a proxy the config trusts (listen.trustProxy, decided by
+// Where a request came from, as the relay believes it: the TCP peer, or the
+// client a load balancer named for the connection in a PROXY protocol header
+// (listen.proxyProtocol, server/proxy-protocol.ts), or, when that peer is a
+// proxy the config trusts (listen.trustProxy, decided by
 // server/trust-proxy.ts), the client the proxy names in X-Forwarded-For. Used
 // for the per-address connection rate, logs, and the remote endpoint a
 // listener is told about.
@@ -12,14 +14,45 @@ export interface ClientEndpoint {
 }
 
 const forwarded = new WeakMap<IncomingMessage, ClientEndpoint>();
+/** Connections whose peer a PROXY protocol header named, by their TCP socket. */
+const proxied = new WeakMap<object, ClientEndpoint>();
+/**
+ * Connections whose PROXY protocol header named no client (v2 LOCAL or
+ * UNSPEC, v1 UNKNOWN): the balancer's own, or a client it could not name.
+ * A balancer in TCP mode writes no X-Forwarded-For, so any on them was
+ * written by whoever is behind it, and is not believed.
+ */
+const unnamed = new WeakSet<object>();
 
 /** Records the client a trusted proxy named for this request. */
 export function setForwardedClient(req: IncomingMessage, address: string): void {
   forwarded.set(req, { address, port: 0 });
 }
 
+/** Records the client a PROXY protocol header named for the connection of `socket` (its TCP socket), or that it named none. */
+export function setConnectionPeer(socket: object, peer: ClientEndpoint | 'unnamed'): void {
+  if (peer === 'unnamed') unnamed.add(socket);
+  else proxied.set(socket, peer);
+}
+
+/** Whether a proxy's X-Forwarded-* headers on this connection may be believed at all (trust-proxy.ts): not when its PROXY header named no client. */
+export function mayCarryForwardedHeaders(socket: object): boolean {
+  const parent = (socket as { _parent?: unknown })._parent;
+  return !unnamed.has(socket) && !(typeof parent === 'object' && parent !== null && unnamed.has(parent));
+}
+
+/**
+ * The peer of a connection: the client its PROXY protocol header named, else
+ * the TCP peer. A TLS socket is looked up by the TCP socket it wraps (Node's
+ * `_parent`), which is the one the header was read from.
+ */
+export function connectionPeer(socket: { remoteAddress?: string; remotePort?: number; _parent?: unknown }): ClientEndpoint {
+  const named = proxied.get(socket) ?? (typeof socket._parent === 'object' && socket._parent !== null ? proxied.get(socket._parent) : undefined);
+  return named ?? { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+}
+
 export function clientEndpoint(req: IncomingMessage): ClientEndpoint {
-  return forwarded.get(req) ?? { address: req.socket.remoteAddress ?? '', port: req.socket.remotePort ?? 0 };
+  return forwarded.get(req) ?? connectionPeer(req.socket);
 }
 
 export function clientAddress(req: IncomingMessage): string {

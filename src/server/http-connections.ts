@@ -35,6 +35,8 @@ export class HttpConnections {
     public limit: number,
     private readonly firstByteMs: number,
     private readonly events: HttpConnectionEvents,
+    /** Bytes a connection read before its first request byte (listen.proxyProtocol: its PROXY header). */
+    private readonly preambleBytes: (socket: Socket) => number = () => 0,
   ) {
     // A quarter of the bound: a silent connection is closed within 1.25 times it.
     this.timer = setInterval(() => this.closeSilent(), Math.max(25, Math.floor(firstByteMs / 4)));
@@ -94,7 +96,7 @@ export class HttpConnections {
 
   private closeSilent(now = Date.now()): void {
     for (const [socket, since] of this.silentSince) {
-      if (socket.bytesRead > 0) this.silentSince.delete(socket);
+      if (socket.bytesRead > this.preambleBytes(socket)) this.silentSince.delete(socket);
       else if (now - since >= this.firstByteMs) {
         this.silentSince.delete(socket);
         this.events.silent(socket);

@@ -13,7 +13,7 @@ import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { oweContinue, sendContinue } from '../http/expect-continue.ts';
-import { clientAddress } from '../http/client-address.ts';
+import { clientAddress, connectionPeer } from '../http/client-address.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
@@ -32,6 +32,7 @@ import { applyConfig } from './reload.ts';
 import { route } from './router.ts';
 import { handOff, onHandOff, privateSocketPath, relayedByWorker } from './worker-cluster.ts';
 import { createTlsServer } from './tls.ts';
+import { ProxyProtocolFront } from './proxy-protocol.ts';
 import { ProxyTrust } from './trust-proxy.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
@@ -143,6 +144,18 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (notAfter) => metrics.certificateExpiry.set({ certificate: 'server' }, notAfter));
   const server: Server = secure ? secure.server : createServer(httpOptions);
   const certificates = secure?.certificates;
+  const proxyTrust = new ProxyTrust(config.listen.trustProxy);
+  // Before the relay's own connection listeners: Node's are held back until a connection's PROXY header is read.
+  const proxyFront = config.listen.proxyProtocol
+    ? new ProxyProtocolFront(server, Boolean(tls), {
+        trusts: (address) => proxyTrust.trusts(address),
+        headerMs: headersMs,
+        refused: (socket, reason, detail) => {
+          metrics.proxyProtocolRefusals.inc({ reason });
+          log.warn({ event: 'proxy_protocol.refused', reason, detail, address: socket.remoteAddress });
+        },
+      })
+    : undefined;
   // Every open connection: those of before a shutdown began are waited on by the drain;
   // those accepted during it (answered 503 ShuttingDown, or a listener's rendezvous leg for
   // work whose sender's connection is waited on) are only cut at its end.
@@ -153,17 +166,17 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
       metrics.limitRefusals.inc({ limit: 'httpConnectionsPerNode' });
-      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: socket.remoteAddress, open });
+      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: connectionPeer(socket).address, open });
       // Before its TLS handshake no answer can be written: the connection is closed.
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
       else answerAndClose(socket, 'HttpConnectionLimitReached');
     },
     silent: (socket) => {
       metrics.limitRefusals.inc({ limit: 'firstByteMs' });
-      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: socket.remoteAddress });
+      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
-  });
+  }, (socket) => proxyFront?.preambleBytes(socket) ?? 0);
   // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
   // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
   // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set
@@ -235,6 +248,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   if (worker !== undefined) {
     // A rendezvous leg another worker accepted: read here as if accepted here.
     onHandOff((socket, bytes) => {
+      // Its PROXY header, if any, was read by the worker that accepted it. (A rendezvous leg: its peer is only logged.)
+      proxyFront?.skipHeader(socket);
       server.emit('connection', socket);
       socket.emit('data', bytes);
       socket.resume();
@@ -268,7 +283,6 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   hybrid.countListeners = (entityKey) => status.listenersOf(entityKey);
   const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
 
-  const proxyTrust = new ProxyTrust(config.listen.trustProxy);
 
   // Without this listener Node answers 100 Continue itself, before anything is checked (expect-continue.ts).
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
@@ -430,9 +444,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     if (tls && (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || !(socket as TLSSocket & { _secureEstablished?: boolean })._secureEstablished)) {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
         metrics.limitRefusals.inc({ limit: 'firstByteMs' });
-        log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: (socket as Socket).remoteAddress, tls: 'handshake' });
+        log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket as Socket).address, tls: 'handshake' });
       } else {
-        log.debug({ event: 'tls.handshake_failed', code: err.code, address: (socket as Socket).remoteAddress });
+        log.debug({ event: 'tls.handshake_failed', code: err.code, address: connectionPeer(socket as Socket).address });
       }
       socket.destroy();
       return;
@@ -440,7 +454,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     const code = clientErrorCode(err.code);
     if (code === 'RequestTimeout') {
       metrics.limitRefusals.inc({ limit: 'headersMs' });
-      log.warn({ event: 'limit.reached', limit: 'headersMs', address: (socket as Socket).remoteAddress });
+      log.warn({ event: 'limit.reached', limit: 'headersMs', address: connectionPeer(socket as Socket).address });
     }
     const inFlight = (socket as { _httpMessage?: { headersSent: boolean } })._httpMessage;
     if (socket.writable && !inFlight?.headersSent) answerAndClose(socket, code);
@@ -469,6 +483,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // The certificates are still read again, as SIGHUP always did.
       certificates?.reload(certificateReason);
       return { ok: false, problem: (err as Error).message };
+    }
+    // listen.proxyProtocol stays on until a restart: a trustProxy emptied now would close every connection, the
+    // reload endpoint's too (the config check asks for trustProxy only when the new config turns the protocol on).
+    if (config.listen.proxyProtocol && next.listen.trustProxy.length === 0) {
+      const problem = 'config: /listen/trustProxy: listen.proxyProtocol is on until a restart, and needs the load balancers that send the header';
+      log.error({ event: 'config.reload_refused', reason, err: problem });
+      return { ok: false, problem };
     }
     // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes
     // (before, the reload answered 200 and the old certificate stayed, said only in the log, twice).
@@ -543,7 +564,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // connected/disconnected events reach the event handler (or are said lost).
       // A connection that never sent a byte carries no work: it is not waited on.
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
-      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead !== 0).length;
+      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > (proxyFront?.preambleBytes(s as Socket) ?? 0)).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();

@@ -45,6 +45,7 @@ function restartOnly(c: RelayConfig): Record<string, unknown> {
     'listen.host': c.listen.host,
     'listen.port': c.listen.port,
     'listen.tls': c.listen.tls !== undefined,
+    'listen.proxyProtocol': c.listen.proxyProtocol,
     'listen.tls.requestCert': c.listen.tls?.requestCert,
     'listen.tls.requireClientCert': c.listen.tls?.requireClientCert,
     publicUrl: c.publicUrl,

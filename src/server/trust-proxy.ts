@@ -10,7 +10,7 @@
 // as Azure's clients sign http:// resources for wss:// connections.
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
-import { setForwardedClient } from '../http/client-address.ts';
+import { connectionPeer, mayCarryForwardedHeaders, setForwardedClient } from '../http/client-address.ts';
 import { isHostAuthority } from '../http/host-header.ts';
 
 /** Addresses read from one X-Forwarded-For (a longer chain is cut from the left: the right end is what trusted proxies wrote). */
@@ -71,7 +71,7 @@ export class ProxyTrust {
 
   /** Takes the client and host from a trusted proxy's headers, before anything reads them. */
   apply(req: IncomingMessage): void {
-    if (!this.trusts(req.socket.remoteAddress)) return;
+    if (!this.proxies || !mayCarryForwardedHeaders(req.socket) || !this.trusts(connectionPeer(req.socket).address)) return;
     const client = this.clientOf(req.headers['x-forwarded-for']);
     if (client) setForwardedClient(req, client);
     const host = lastValue(req.headers['x-forwarded-host']);

@@ -38,6 +38,8 @@ export class RelayMetrics {
   readonly recoveriesRefused: Counter<'reason'>;
   readonly publishToDeliver: Histogram;
   readonly limitRefusals: Counter<'limit'>;
+  /** listen.proxyProtocol: connections closed before their PROXY header was read, by why. */
+  readonly proxyProtocolRefusals: Counter<'reason'>;
   /** With listen.tls: when the certificate served now expires. */
   readonly certificateExpiry: Gauge<'certificate'>;
   private sources: MetricsSources | undefined;
@@ -187,6 +189,12 @@ export class RelayMetrics {
       registers,
     });
     this.limitRefusals = new Counter({ name: 'edge_relay_limit_refusals_total', help: 'Work refused because a configured limit was reached, by limit', labelNames: ['limit'], registers });
+    this.proxyProtocolRefusals = new Counter({
+      name: 'edge_relay_proxy_protocol_refused_total',
+      help: 'With listen.proxyProtocol: connections closed before a valid PROXY header, by reason (untrusted_peer, invalid, timeout)',
+      labelNames: ['reason'],
+      registers,
+    });
     this.certificateExpiry = new Gauge({
       name: 'edge_relay_tls_certificate_expiry_timestamp_seconds',
       help: 'When the TLS certificate the relay serves now expires (unix seconds); absent without listen.tls',

@@ -15,6 +15,7 @@ import { RawListener } from '../helpers/raw-listener.ts';
 import { rawUpgrade } from '../helpers/raw-socket.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
+import { startHaproxy } from '../helpers/proxy-protocol.ts';
 import { startHycoWsListener, hycoHttps, listenUrl } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { accessUrl } from '../helpers/pubsub.ts';
@@ -176,6 +177,47 @@ describe('serve --workers', { concurrency: 2 }, () => {
       assert.equal(await reply, `over tls ${i}`);
       sender.close();
     }
+    await relay.stop();
+  });
+
+  it('behind a balancer sending PROXY headers (listen.proxyProtocol): legs handed between workers need none again, senders are named', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = { ...edgeOverrides('proxied', [nats.url]), listen: { host: '127.0.0.1', port: 0, trustProxy: ['127.0.0.1'], proxyProtocol: true } };
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const relayPort = new URL(relay.url).port;
+    const { v2 } = await startHaproxy(t, Number(relayPort));
+    const base = `http://127.0.0.1:${v2}`;
+    const listener = await RawListener.connect(wsUrl(base, '/$hc/echo?sb-hc-action=listen'), tokenFor(wsUrl(base, '/$hc/echo')));
+    t.after(() => listener.ws.terminate());
+    const told: { address: string; port: number }[] = [];
+    listener.ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const accept = (JSON.parse(String(data)) as { accept?: { address: string; remoteEndpoint: { address: string; port: number } } }).accept;
+      if (!accept) return;
+      told.push(accept.remoteEndpoint);
+      // Every connection to the relay's port goes through the balancer, the legs too.
+      const leg = new WebSocket(accept.address.replace(`:${relayPort}/`, `:${v2}/`));
+      leg.on('message', (m) => leg.send(String(m)));
+      leg.on('error', () => leg.terminate());
+      t.after(() => leg.terminate());
+    });
+    const senderPorts: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const sender = new WebSocket(wsUrl(base, '/$hc/echo?sb-hc-action=connect'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(base, '/$hc/echo')) } });
+      t.after(() => sender.terminate());
+      await withTimeout(new Promise((resolve, reject) => (sender.once('open', resolve), sender.once('error', reject))), 10000, `sender ${i} open`).catch((err) => {
+        throw new Error(`${err.message}\n${relay.stderr().split('\n').filter((l) => /connect|rendezvous|proxy_protocol|listener/.test(l)).slice(-15).join('\n')}`);
+      });
+      senderPorts.push((sender as unknown as { _socket: { localPort: number } })._socket.localPort);
+      const reply = withTimeout(new Promise<string>((resolve) => sender.once('message', (m) => resolve(String(m)))), 10000, `echo ${i}`);
+      sender.send(`proxied ${i}`);
+      assert.equal(await reply, `proxied ${i}`);
+      sender.close();
+    }
+    assert.deepEqual(told, senderPorts.map((port) => ({ address: '127.0.0.1', port })));
+    assert.match(relay.stderr(), /"node":"proxied-w1"/);
+    assert.match(relay.stderr(), /"node":"proxied-w2"/);
+    assert.doesNotMatch(relay.stderr(), /proxy_protocol\.refused/);
     await relay.stop();
   });
 
