@@ -46,8 +46,8 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[]):
 }
 
 /**
- * Verifies a token signed with `keys` (the hub's key first; during a rotation
- * also the key it replaced) whose audience names this endpoint.
+ * Verifies a token signed with any of `keys` (the hub's access key first, its
+ * secondary key, keys a rotation replaced) whose audience names this endpoint.
  */
 export function verifyAccessToken(token: string | undefined, keys: string | readonly string[], paths: string[], hosts: string[]): AccessTokenResult {
   if (!token) return { ok: false, code: 'TokenMissing' };

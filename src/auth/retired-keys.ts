@@ -18,6 +18,13 @@ export class RetiredKeys {
     else this.byName.delete(name);
   }
 
+  /** Every retired key of `name` is accepted until `until` at the latest (a reload's grace bounds those of before it). */
+  bound(name: string, until: number): void {
+    const list = (this.byName.get(name) ?? []).map((k) => ({ key: k.key, until: Math.min(k.until, until) })).filter((k) => k.until > Date.now());
+    if (list.length > 0) this.byName.set(name, list);
+    else this.byName.delete(name);
+  }
+
   /** `key` is the current key of `name` again: no longer a retired one. */
   restore(name: string, key: string): void {
     const list = this.byName.get(name)?.filter((k) => k.key !== key);

@@ -1,7 +1,8 @@
 // Secrets kept out of the config file (docs/security.md, "Secrets"), so the
-// file can be committed: a SAS rule's key, a hub's access key and the NATS
+// file can be committed: a SAS rule's key, a hub's access keys and the NATS
 // password or token may be written as ${ENV_NAME}; a key may come from a
-// file (sas[].keyFile, pubsub.hubs[].accessKeyFile, metrics.bearerTokenFile),
+// file (sas[].keyFile, pubsub.hubs[].accessKeyFile and secondaryAccessKeyFile,
+// metrics.bearerTokenFile),
 // read whenever the config is loaded, at start and on every reload, so a
 // rotated file takes effect with SIGHUP. Relative paths are relative to the
 // config file's folder. Also the check `serve` makes before it puts keys on a
@@ -82,7 +83,7 @@ function resolveKey(item: Json, keyName: string, fileName: string, where: string
     throw new ConfigError(`config: ${where}: give ${keyName} or ${fileName}, not both`);
   }
   if (typeof item[fileName] === 'string') item[keyName] = readSecretFile(item[fileName] as string, `${where}/${fileName}`, sources.baseDir);
-  else item[keyName] = fromEnv(item[keyName], `${where}/${keyName}`, sources.env);
+  else if (item[keyName] !== undefined) item[keyName] = fromEnv(item[keyName], `${where}/${keyName}`, sources.env);
 }
 
 /**
@@ -98,7 +99,9 @@ export function resolveSecrets(raw: Json, sources: SecretSources): void {
   const hubs = isObject(raw.pubsub) ? raw.pubsub.hubs : undefined;
   if (Array.isArray(hubs)) {
     hubs.forEach((hub, i) => {
-      if (isObject(hub)) resolveKey(hub, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources);
+      if (!isObject(hub)) return;
+      resolveKey(hub, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources);
+      resolveKey(hub, 'secondaryAccessKey', 'secondaryAccessKeyFile', `/pubsub/hubs/${i}`, sources);
     });
   }
   if (isObject(raw.bus)) {
@@ -147,7 +150,10 @@ export function resolveFiles(config: RelayConfig, baseDir: string): void {
     }
   }
   for (const rule of config.sas) if (rule.keyFile) rule.keyFile = resolvePath(rule.keyFile, baseDir);
-  for (const hub of config.pubsub.hubs) if (hub.accessKeyFile) hub.accessKeyFile = resolvePath(hub.accessKeyFile, baseDir);
+  for (const hub of config.pubsub.hubs) {
+    if (hub.accessKeyFile) hub.accessKeyFile = resolvePath(hub.accessKeyFile, baseDir);
+    if (hub.secondaryAccessKeyFile) hub.secondaryAccessKeyFile = resolvePath(hub.secondaryAccessKeyFile, baseDir);
+  }
   if (config.metrics.bearerTokenFile) {
     config.metrics.bearerTokenFile = resolvePath(config.metrics.bearerTokenFile, baseDir);
     config.metrics.bearerToken = readSecretFile(config.metrics.bearerTokenFile, '/metrics/bearerTokenFile', baseDir);
@@ -170,7 +176,10 @@ export function weakKeys(config: RelayConfig): string[] {
     else if (Buffer.byteLength(key, 'utf8') < MIN_KEY_BYTES) problems.push(`${where} is ${Buffer.byteLength(key, 'utf8')} bytes, fewer than ${MIN_KEY_BYTES}`);
   };
   config.sas.forEach((rule, i) => check(rule.key, `/sas/${i}/key (${rule.keyName})`));
-  config.pubsub.hubs.forEach((hub, i) => check(hub.accessKey, `/pubsub/hubs/${i}/accessKey (${hub.name})`));
+  config.pubsub.hubs.forEach((hub, i) => {
+    check(hub.accessKey, `/pubsub/hubs/${i}/accessKey (${hub.name})`);
+    if (hub.secondaryAccessKey !== undefined) check(hub.secondaryAccessKey, `/pubsub/hubs/${i}/secondaryAccessKey (${hub.name})`);
+  });
   // Whoever guesses it reads /$relay/metrics (entity names, node ids, traffic); failed guesses are not slowed.
   if (config.metrics.bearerToken !== undefined) check(config.metrics.bearerToken, 'the token in /metrics/bearerTokenFile');
   return problems;

@@ -50,6 +50,9 @@ export interface HubConfig {
   /** Always set once loaded: from the file, an environment variable or accessKeyFile (config/secrets.ts). */
   accessKey: string;
   accessKeyFile?: string;
+  /** Accepted at all times beside accessKey (Azure's secondary key); from the file, an environment variable or secondaryAccessKeyFile. */
+  secondaryAccessKey?: string;
+  secondaryAccessKeyFile?: string;
   eventHandlers?: EventHandlerConfig[];
   /** Deprecated: read as one event handler taking every user event. */
   upstream?: HubUpstreamConfig;

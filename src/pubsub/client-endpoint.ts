@@ -46,7 +46,7 @@ export interface ClientEndpointDeps {
   metrics: RelayMetrics;
   hub(name: string): ClusterHub | undefined;
   hostsFor(req: IncomingMessage): string[];
-  /** The keys the hub's tokens may be signed with (two during a key rotation). */
+  /** The keys the hub's tokens may be signed with: its access key, its secondary key, and keys a rotation replaced. */
   accessKeys(hub: ClusterHub): string[];
   lifecycle: ConnectionLifecycle;
   recovery: SessionRecovery;

@@ -134,7 +134,7 @@ export interface EventDispatcherDeps {
   maxAnswerBytes: number;
   /** A connection's state changed (a durable hub writes it into the session's checkpoint). */
   statesChanged(source: EventSource): void;
-  /** The keys the hub's tokens are signed with now (two during a key rotation): ce-signature carries one HMAC per key. */
+  /** The keys the hub's tokens may be signed with now (access key, secondary key, keys a rotation replaced): ce-signature carries one HMAC per key. */
   accessKeys(hub: HubConfig): string[];
   /** Counts an event delivered (or not) to a handler. */
   count(event: 'connect' | 'connected' | 'disconnected' | 'user', result: 'ok' | 'refused' | 'failed' | 'timeout'): void;

@@ -103,7 +103,7 @@ export class PubSubService implements RestContext {
       },
       accessKeys: (hub) => {
         const cluster = this.hub(hub.name);
-        return cluster ? this.accessKeys(cluster) : [hub.accessKey];
+        return cluster ? this.accessKeys(cluster) : standingKeys(hub);
       },
       // A reliable session's checkpoint keeps the state, so an edge that takes the session over has it.
       statesChanged: (source) => {
@@ -298,9 +298,9 @@ export class PubSubService implements RestContext {
     }
   }
 
-  /** The keys a hub's tokens may be signed with: its access key, and during a rotation the one it replaced. */
+  /** The keys a hub's tokens may be signed with: its access key, its secondary key, and during a rotation those they replaced. */
   accessKeys(hub: ClusterHub): string[] {
-    return [hub.config.accessKey, ...this.retiredKeys.keys(hub.key)];
+    return [...standingKeys(hub.config), ...this.retiredKeys.keys(hub.key)];
   }
 
   // --- reload ---------------------------------------------------------------------
@@ -309,8 +309,8 @@ export class PubSubService implements RestContext {
    * Takes a reloaded config, which server/reload.ts has put in place of the
    * old one. New hubs open (a durable one gets its JetStream stream, created
    * now); a removed hub ends its connections (1008 ClosedByServer, saying
-   * why) and leaves the bus. A kept hub takes its new access key (the old one
-   * signs for rotationGraceSeconds more) and upstream; connections made with
+   * why) and leaves the bus. A kept hub takes its new access keys (a key
+   * dropped still passes for rotationGraceSeconds) and upstream; connections made with
    * the old key stay, as a client's token is only checked when it connects.
    * Durability and history need a restart: returned as such.
    */
@@ -344,14 +344,22 @@ export class PubSubService implements RestContext {
         }
         continue;
       }
-      if (hub.config.accessKey !== next.accessKey) {
-        // Every key replaced so far is bounded by this rotation's grace (0: they all stop now).
-        this.retiredKeys.retire(hub.key, hub.config.accessKey, now + config.rotationGraceSeconds * 1000);
-        this.retiredKeys.restore(hub.key, next.accessKey);
+      const [was, keys] = [standingKeys(hub.config), standingKeys(next)];
+      const replaced = was.filter((k) => !keys.includes(k));
+      if (replaced.length > 0 || keys.some((k) => !was.includes(k))) {
+        // Every key replaced so far is bounded by this rotation's grace (0: they all stop now), also when this
+        // one only adds a key (a fresh secondary after a leaked one was dropped with a long grace). A key that
+        // only moved (the secondary made primary) was never out of use: nothing to retire.
+        const until = now + config.rotationGraceSeconds * 1000;
+        this.retiredKeys.bound(hub.key, until);
+        for (const key of replaced) this.retiredKeys.retire(hub.key, key, until);
+        for (const key of keys) this.retiredKeys.restore(hub.key, key);
         out.keysRotated.push(hub.name);
-        hub.config.accessKey = next.accessKey;
       }
+      hub.config.accessKey = next.accessKey;
+      hub.config.secondaryAccessKey = next.secondaryAccessKey;
       hub.config.accessKeyFile = next.accessKeyFile;
+      hub.config.secondaryAccessKeyFile = next.secondaryAccessKeyFile;
       hub.config.upstream = next.upstream;
       hub.config.eventHandlers = next.eventHandlers;
       this.events.forgetHandlers(hub.config);
@@ -453,4 +461,9 @@ export class PubSubService implements RestContext {
     }
     this.feed.close();
   }
+}
+
+/** The keys a hub accepts at all times: its access key, then its secondary key if it has one. */
+function standingKeys(hub: HubConfig): string[] {
+  return hub.secondaryAccessKey === undefined || hub.secondaryAccessKey === hub.accessKey ? [hub.accessKey] : [hub.accessKey, hub.secondaryAccessKey];
 }

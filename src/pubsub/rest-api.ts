@@ -36,7 +36,7 @@ type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubS
 export interface RestContext {
   hub(name: string): ClusterHub | undefined;
   hostsFor(req: IncomingMessage): string[];
-  /** The keys the hub's tokens may be signed with (two during a key rotation). */
+  /** The keys the hub's tokens may be signed with: its access key, its secondary key, and keys a rotation replaced. */
   accessKeys(hub: ClusterHub): string[];
   /** Largest body (limits.pubsubMessageBytes). */
   maxBodyBytes: number;
