@@ -35,8 +35,11 @@ export class HttpConnections {
     public limit: number,
     private readonly firstByteMs: number,
     private readonly events: HttpConnectionEvents,
-    /** Bytes a connection read before its first request byte (listen.proxyProtocol: its PROXY header). */
-    private readonly preambleBytes: (socket: Socket) => number = () => 0,
+    /**
+     * Bytes a connection read before its first request byte (listen.proxyProtocol: its PROXY header); undefined
+     * while that is still being read (bounded elsewhere: not counted silent meanwhile).
+     */
+    private readonly preambleBytes: (socket: Socket) => number | undefined = () => 0,
   ) {
     // A quarter of the bound: a silent connection is closed within 1.25 times it.
     this.timer = setInterval(() => this.closeSilent(), Math.max(25, Math.floor(firstByteMs / 4)));
@@ -96,7 +99,9 @@ export class HttpConnections {
 
   private closeSilent(now = Date.now()): void {
     for (const [socket, since] of this.silentSince) {
-      if (socket.bytesRead > this.preambleBytes(socket)) this.silentSince.delete(socket);
+      const preamble = this.preambleBytes(socket);
+      if (preamble === undefined) continue;
+      if (socket.bytesRead > preamble) this.silentSince.delete(socket);
       else if (now - since >= this.firstByteMs) {
         this.silentSince.delete(socket);
         this.events.silent(socket);

@@ -5,7 +5,8 @@
 // (http/client-address.ts) and hands the rest of the bytes to the HTTP or
 // TLS server as if the connection had just been accepted. A connection from
 // any other peer is closed unread (anyone could write a header), and so is
-// one whose header is malformed or not complete within timeouts.headersMs.
+// one whose header is malformed or not complete within timeouts.firstByteMs
+// (or headersMs, if shorter: a balancer sends it at once).
 //
 // Node's HTTP and TLS servers take a connection in their own 'connection'
 // listeners; those are held back here until the header is read. The relay's
@@ -25,7 +26,7 @@ export type ProxyProtocolRefusal = 'untrusted_peer' | 'invalid' | 'timeout';
 export interface ProxyProtocolOptions {
   /** Whether the TCP peer may send a header (listen.trustProxy, read live). */
   trusts(address: string | undefined): boolean;
-  /** How long a header may take (timeouts.headersMs). */
+  /** How long a header may take (the shorter of timeouts.firstByteMs and headersMs: a balancer sends it at once). */
   headerMs: number;
   /** A connection closed without reaching the server, and why. */
   refused(socket: Socket, reason: ProxyProtocolRefusal, detail?: string): void;
@@ -57,11 +58,12 @@ export class ProxyProtocolFront {
   private readonly reading = new WeakSet<Socket>();
 
   /**
-   * Bytes `socket` read that were no request's (its header, or all it read while the header is incomplete): a
-   * connection that sent its header and nothing more is silent (timeouts.firstByteMs) and idle (the drain).
+   * Bytes `socket` read that were no request's (its header): a connection that sent its header and nothing more
+   * is silent (timeouts.firstByteMs) and idle (the drain). Undefined while its header is being read: its timer
+   * here bounds it, and it holds no request.
    */
-  preambleBytes(socket: Socket): number {
-    return this.reading.has(socket) ? socket.bytesRead : (this.headerBytes.get(socket) ?? 0);
+  preambleBytes(socket: Socket): number | undefined {
+    return this.reading.has(socket) ? undefined : (this.headerBytes.get(socket) ?? 0);
   }
 
   /** Connections whose header was read elsewhere (another worker's hand-off): the server takes them as they are. */

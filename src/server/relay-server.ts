@@ -149,7 +149,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const proxyFront = config.listen.proxyProtocol
     ? new ProxyProtocolFront(server, Boolean(tls), {
         trusts: (address) => proxyTrust.trusts(address),
-        headerMs: headersMs,
+        headerMs: Math.min(headersMs, firstByteMs),
         refused: (socket, reason, detail) => {
           metrics.proxyProtocolRefusals.inc({ reason });
           log.warn({ event: 'proxy_protocol.refused', reason, detail, address: socket.remoteAddress });
@@ -176,7 +176,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
-  }, (socket) => proxyFront?.preambleBytes(socket) ?? 0);
+  }, (socket) => (proxyFront ? proxyFront.preambleBytes(socket) : 0));
   // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
   // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
   // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set
@@ -564,7 +564,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // connected/disconnected events reach the event handler (or are said lost).
       // A connection that never sent a byte carries no work: it is not waited on.
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
-      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > (proxyFront?.preambleBytes(s as Socket) ?? 0)).length;
+      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > ((proxyFront ? proxyFront.preambleBytes(s as Socket) : 0) ?? Infinity)).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();

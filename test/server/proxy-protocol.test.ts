@@ -138,8 +138,12 @@ describe('listen.proxyProtocol', () => {
     // A header begun and never finished: closed at timeouts.headersMs (a wide bound catches a hang).
     const stalled = await rawExchange(t, port, [Buffer.from('PROXY TCP4 203.0.1')]);
     assert.equal(stalled.received, '');
-    assert.ok(stalled.closedAfterMs >= 300 && stalled.closedAfterMs < 5000, `closed after ${stalled.closedAfterMs} ms`);
-    assert.equal(await metricValue(relay, 'edge_relay_proxy_protocol_refused_total', { reason: 'timeout' }), 1);
+    assert.ok(stalled.closedAfterMs >= 200 && stalled.closedAfterMs < 5000, `closed after ${stalled.closedAfterMs} ms`);
+    // Nothing at all: the same, unanswered (not 408: no HTTP was spoken yet).
+    const silent = await rawExchange(t, port, []);
+    assert.equal(silent.received, '');
+    assert.ok(silent.closedAfterMs < 5000, `closed after ${silent.closedAfterMs} ms`);
+    assert.equal(await metricValue(relay, 'edge_relay_proxy_protocol_refused_total', { reason: 'timeout' }), 2);
     // A header from a peer that is not a listed balancer is not believed, nor anything after it.
     const strict = await startTestRelay(t, behindBalancer({ trustProxy: ['10.0.0.1'] }));
     const refused = await rawExchange(t, Number(new URL(strict.url).port), [Buffer.concat([proxyV1Header('203.0.113.7', 1), HEALTH])]);
@@ -148,15 +152,19 @@ describe('listen.proxyProtocol', () => {
     // The relay keeps serving those that send one.
     assert.match((await rawExchange(t, port, [Buffer.concat([LOCAL, HEALTH])])).received, /^HTTP\/1\.1 200 /);
     const logged = lines().filter((l) => l.event === 'proxy_protocol.refused').map((l) => l.reason);
-    assert.deepEqual(logged, ['invalid', 'invalid', 'timeout']);
+    assert.deepEqual(logged, ['invalid', 'invalid', 'timeout', 'timeout']);
   });
 
-  it('counts a connection that sent its header and nothing more as silent (timeouts.firstByteMs), and as idle in the drain', async (t) => {
+  it('counts a connection that sent its header and nothing more as silent (timeouts.firstByteMs), and as idle in the drain; a header is bounded by the shorter of firstByteMs and headersMs', async (t) => {
     const relay = await startTestRelay(t, { ...behindBalancer(), timeouts: { firstByteMs: 300, headersMs: 5000, shutdownMs: 8000 } });
     const port = Number(new URL(relay.url).port);
     const silent = await rawExchange(t, port, [LOCAL]);
     assert.match(silent.received, /^HTTP\/1\.1 408 /);
     assert.ok(silent.closedAfterMs < 3000, `closed after ${silent.closedAfterMs} ms`);
+    // No header at all: closed unanswered at firstByteMs (300 ms here), not at headersMs (5 s).
+    const headerless = await rawExchange(t, port, []);
+    assert.equal(headerless.received, '');
+    assert.ok(headerless.closedAfterMs < 3000, `closed after ${headerless.closedAfterMs} ms`);
     // The drain does not wait on it (before, a header alone counted as a request begun: the whole of shutdownMs).
     const idle = connect(port, '127.0.0.1');
     cleanupFor(t).after(() => idle.destroy());
