@@ -11,10 +11,10 @@ export class RetiredKeys {
    * first grace.
    */
   retire(name: string, key: string, until: number): void {
-    const list = (this.byName.get(name) ?? []).filter((k) => k.key !== key).map((k) => ({ key: k.key, until: Math.min(k.until, until) }));
+    this.bound(name, until);
+    const list = (this.byName.get(name) ?? []).filter((k) => k.key !== key);
     if (until > Date.now()) list.push({ key, until });
-    const live = list.filter((k) => k.until > Date.now());
-    if (live.length > 0) this.byName.set(name, live);
+    if (list.length > 0) this.byName.set(name, list);
     else this.byName.delete(name);
   }
 

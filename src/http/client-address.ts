@@ -35,20 +35,23 @@ export function setConnectionPeer(socket: object, peer: ClientEndpoint | 'unname
   else proxied.set(socket, peer);
 }
 
-/** Whether a proxy's X-Forwarded-* headers on this connection may be believed at all (trust-proxy.ts): not when its PROXY header named no client. */
-export function mayCarryForwardedHeaders(socket: object): boolean {
+/**
+ * The socket a PROXY protocol header was read from: `socket` itself, or for a
+ * TLS socket the TCP socket it wraps (Node's `_parent`).
+ */
+function headerSocket(socket: object): object {
   const parent = (socket as { _parent?: unknown })._parent;
-  return !unnamed.has(socket) && !(typeof parent === 'object' && parent !== null && unnamed.has(parent));
+  return typeof parent === 'object' && parent !== null ? parent : socket;
 }
 
-/**
- * The peer of a connection: the client its PROXY protocol header named, else
- * the TCP peer. A TLS socket is looked up by the TCP socket it wraps (Node's
- * `_parent`), which is the one the header was read from.
- */
-export function connectionPeer(socket: { remoteAddress?: string; remotePort?: number; _parent?: unknown }): ClientEndpoint {
-  const named = proxied.get(socket) ?? (typeof socket._parent === 'object' && socket._parent !== null ? proxied.get(socket._parent) : undefined);
-  return named ?? { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+/** Whether a proxy's X-Forwarded-* headers on this connection may be believed at all (trust-proxy.ts): not when its PROXY header named no client. */
+export function mayCarryForwardedHeaders(socket: object): boolean {
+  return !unnamed.has(headerSocket(socket));
+}
+
+/** The peer of a connection: the client its PROXY protocol header named, else the TCP peer. */
+export function connectionPeer(socket: { remoteAddress?: string; remotePort?: number }): ClientEndpoint {
+  return proxied.get(headerSocket(socket)) ?? { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
 }
 
 export function clientEndpoint(req: IncomingMessage): ClientEndpoint {

@@ -156,6 +156,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         },
       })
     : undefined;
+  /** Bytes a connection read that were no request's (its PROXY header); undefined while that header is read. */
+  const preambleBytes = (socket: Socket): number | undefined => (proxyFront ? proxyFront.preambleBytes(socket) : 0);
   // Every open connection: those of before a shutdown began are waited on by the drain;
   // those accepted during it (answered 503 ShuttingDown, or a listener's rendezvous leg for
   // work whose sender's connection is waited on) are only cut at its end.
@@ -176,7 +178,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
-  }, (socket) => (proxyFront ? proxyFront.preambleBytes(socket) : 0));
+  }, preambleBytes);
   // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
   // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
   // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set
@@ -282,7 +284,6 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });
   hybrid.countListeners = (entityKey) => status.listenersOf(entityKey);
   const dashboard = new OpsDashboard({ config, bus, subjects, hybrid, pubsub, metrics, publicUrl, shuttingDown: () => closing, log });
-
 
   // Without this listener Node answers 100 Continue itself, before anything is checked (expect-continue.ts).
   server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
@@ -564,7 +565,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // connected/disconnected events reach the event handler (or are said lost).
       // A connection that never sent a byte carries no work: it is not waited on.
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
-      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > ((proxyFront ? proxyFront.preambleBytes(s as Socket) : 0) ?? Infinity)).length;
+      const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > (preambleBytes(s as Socket) ?? Infinity)).length;
       while (Date.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();

@@ -82,7 +82,7 @@ function ephemeralPorts(): { low: number; high: number } {
  * meantime: a route port drawn from the ephemeral range was once taken that way
  * before its node started ("bind: address already in use").
  */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const FIRST = 10000;
   const { low } = ephemeralPorts();
   if (low - FIRST >= 1000) {

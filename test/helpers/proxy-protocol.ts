@@ -5,12 +5,13 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, createServer, isIP, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { cleanupFor } from './cleanup.ts';
+import { freePort } from './nats.ts';
 import { withTimeout } from './wait.ts';
 
 const SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -121,16 +122,5 @@ listen v2
       if (Date.now() > deadline) throw new Error(`haproxy did not listen on ${port}: ${why().trim()}`);
       await new Promise((r) => setTimeout(r, 50));
     }
-  }
-
-  function freePort(): Promise<number> {
-    return new Promise((resolve, reject) => {
-      const s = createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const { port } = s.address() as { port: number };
-        s.close(() => resolve(port));
-      });
-    });
   }
 }
