@@ -8,6 +8,9 @@
 // not applied again. A new set is applied with server.setSecureContext, which
 // open connections do not notice; a bad one (unreadable, not PEM, expired, a
 // key that does not match) is refused with a log line and the old one stays.
+// One not valid yet (a renewal issued by a CA whose clock runs ahead, or
+// staged early) is refused the same way, since clients would refuse it, and
+// read again when it becomes valid.
 import { X509Certificate, createHash } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import type { ServerOptions } from 'node:http';
@@ -23,6 +26,21 @@ import type { Logger } from '../telemetry/logger.ts';
  * read: a renewal writes the certificate and the key one after the other.
  */
 const CHANGE_DEBOUNCE_MS = 500;
+/** A certificate not valid yet is read again this long after its start (the whole second it names has passed). */
+const VALID_FROM_MARGIN_MS = 1000;
+/** The longest wait for a certificate to become valid before its files are read again (node's timers stop at ~24.8 days). */
+const VALID_FROM_WAIT_CAP_MS = 86_400_000;
+
+/** A certificate whose validity has not begun: refused like a bad one, with when it begins. */
+export class CertificateNotYetValid extends ConfigError {
+  constructor(
+    message: string,
+    /** When the certificate becomes valid, unix ms. */
+    readonly validFrom: number,
+  ) {
+    super(message);
+  }
+}
 
 export interface CertificateSet {
   context: SecureContextOptions;
@@ -86,16 +104,23 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
     const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
     throw new ConfigError(`${what}: ${(err as Error).message}`);
   }
+  // Last: a set refused for this alone is good otherwise, and is read again when it becomes valid.
+  const validFrom = Date.parse(x509.validFrom);
+  if (validFrom > now) {
+    throw new CertificateNotYetValid(`listen.tls.certFile: the certificate in ${tls.certFile} is not valid before ${x509.validFrom} (clients would refuse it; is a clock wrong?)`, validFrom);
+  }
   const digest = digestOf(files);
   return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
 }
 
-export type CertificateReason = 'start' | 'signal' | 'file' | 'config';
+export type CertificateReason = 'start' | 'signal' | 'file' | 'config' | 'now-valid';
 
 /** Keeps the server's certificates current: on demand (SIGHUP, reload) and when their files change. */
 export class CertificateKeeper {
   private watchers: FSWatcher[] = [];
   private debounce: NodeJS.Timeout | undefined;
+  /** Reads the files again when a certificate refused as not valid yet becomes valid. */
+  private validFromTimer: NodeJS.Timeout | undefined;
   private closed = false;
 
   /**
@@ -121,10 +146,13 @@ export class CertificateKeeper {
   /** Reads the files again; applies them when they changed and are good. Returns false when they were refused. */
   reload(reason: CertificateReason): boolean {
     let next: CertificateSet;
+    if (this.validFromTimer) clearTimeout(this.validFromTimer);
+    this.validFromTimer = undefined;
     try {
       next = readCertificates(this.tls);
     } catch (err) {
-      this.log.error({ event: 'tls.certificate_refused', reason, err: (err as Error).message, kept: this.current.fingerprint });
+      const retryAt = err instanceof CertificateNotYetValid ? this.readAgainWhenValid(err.validFrom) : undefined;
+      this.log.error({ event: 'tls.certificate_refused', reason, err: (err as Error).message, kept: this.current.fingerprint, ...(retryAt ? { retryAt } : {}) });
       return false;
     }
     if (next.digest === this.current.digest) return true;
@@ -134,6 +162,17 @@ export class CertificateKeeper {
     this.log.info({ event: 'tls.certificate_loaded', reason, subject: next.subject, fingerprint: next.fingerprint, notAfter: new Date(next.notAfter * 1000).toISOString() });
     if (casChanged) this.onClientCasChanged?.(next.ca);
     return true;
+  }
+
+  /** Reads the files again once a certificate valid from `validFrom` (unix ms) is: when, as an ISO date. */
+  private readAgainWhenValid(validFrom: number): string {
+    const wait = Math.min(Math.max(0, validFrom - Date.now()) + VALID_FROM_MARGIN_MS, VALID_FROM_WAIT_CAP_MS);
+    this.validFromTimer = setTimeout(() => {
+      this.validFromTimer = undefined;
+      if (!this.closed) this.reload('now-valid');
+    }, wait);
+    this.validFromTimer.unref();
+    return new Date(Date.now() + wait).toISOString();
   }
 
   /**
@@ -149,6 +188,8 @@ export class CertificateKeeper {
       certificateSetOf(tls, files, Date.now());
       return undefined;
     } catch (err) {
+      // Good files whose time has not come: the rest of the reload goes on, and the keeper takes them when it has.
+      if (err instanceof CertificateNotYetValid) return undefined;
       return (err as Error).message;
     }
   }
@@ -192,6 +233,7 @@ export class CertificateKeeper {
   close(): void {
     this.closed = true;
     if (this.debounce) clearTimeout(this.debounce);
+    if (this.validFromTimer) clearTimeout(this.validFromTimer);
     for (const w of this.watchers) w.close();
     this.watchers = [];
   }

@@ -25,6 +25,8 @@ export interface TestPki {
   server: CertFiles;
   /** Another server certificate (`name`) from the same CA, for 127.0.0.1 and localhost. */
   issueServer(name: string, hosts?: string[]): CertFiles;
+  /** A server certificate (`name`) from the same CA, for 127.0.0.1 and localhost, valid from `validFrom` (whole seconds) for a day. */
+  issueServerValidFrom(name: string, validFrom: Date): CertFiles;
   /**
    * A client certificate with CN `name`, from the test CA, or from a CA nobody trusts with `untrusted`; with
    * `intermediate`, signed by an intermediate CA the test CA signed, its certFile holding both (the chain sent).
@@ -59,6 +61,33 @@ function issue(dir: string, ca: string, name: string, extensions: string): CertF
   return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
 }
 
+/** YYYYMMDDHHMMSSZ, as `openssl ca -startdate` takes a time. */
+function opensslTime(at: Date): string {
+  return at.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+/**
+ * Like issue(), with the validity given (`openssl x509 -req` of OpenSSL 3.0 starts every certificate now):
+ * `openssl ca` with a throwaway database.
+ */
+function issueValidFrom(dir: string, ca: string, name: string, extensions: string, validFrom: Date): CertFiles {
+  writeFileSync(join(dir, `${name}.ext`), extensions);
+  writeFileSync(join(dir, `${name}.index`), '');
+  writeFileSync(
+    join(dir, `${name}.cnf`),
+    `[ca]\ndefault_ca = test\n[test]\ndatabase = ${name}.index\nnew_certs_dir = .\nserial = ${name}.serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n`,
+  );
+  writeFileSync(join(dir, `${name}.serial`), '01\n');
+  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], dir);
+  const until = new Date(validFrom.getTime() + 86_400_000);
+  openssl(
+    ['ca', '-batch', '-notext', '-config', `${name}.cnf`, '-cert', `${ca}.pem`, '-keyfile', `${ca}.key`, '-in', `${name}.csr`, '-out', `${name}.pem`,
+      '-startdate', opensslTime(validFrom), '-enddate', opensslTime(until), '-extfile', `${name}.ext`],
+    dir,
+  );
+  return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
+}
+
 function serverExtensions(hosts: string[]): string {
   const san = hosts.map((h) => (/^[\d.]+$|:/.test(h) ? `IP:${h}` : `DNS:${h}`)).join(',');
   return `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`;
@@ -78,6 +107,7 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
     ca: readFileSync(join(dir, 'ca.pem')),
     server: issueServer('server'),
     issueServer,
+    issueServerValidFrom: (name, validFrom) => issueValidFrom(dir, 'ca', name, serverExtensions(['127.0.0.1', 'localhost']), validFrom),
     issueClient: (name, options = {}) => {
       if (options.untrusted && !otherCa) {
         newCa(dir, 'other-ca');

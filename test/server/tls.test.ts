@@ -269,6 +269,57 @@ describe('TLS on the one port', () => {
     assert.deepEqual(outcome.changes.changed, ['limits']);
   });
 
+  it('refuses to start with a certificate not valid yet, saying from when', async (t) => {
+    const pki = makePki(t);
+    const early = pki.issueServerValidFrom('early', new Date(Date.now() + 3_600_000));
+    // Before: served, and every client refused the handshake ("certificate is not yet valid").
+    await assert.rejects(startTestRelay(t, { listen: tlsListen(pki, early) }), /listen\.tls\.certFile: the certificate in \S+ is not valid before \w+ +\d+ [\d:]+ \d{4} GMT/);
+  });
+
+  it('keeps serving the old certificate while a new one is not valid yet, and takes the new one once it is, renamed in or named by a reload', async (t) => {
+    const pki = makePki(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-valid-from-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const live = { certFile: join(dir, 'live.pem'), keyFile: join(dir, 'live.key') };
+    installAt(live, pki.server);
+    const file = join(dir, 'relay.json');
+    // Logged at info after the reload too (a reload sets the config's level).
+    const config = (files: CertFiles, extra: Record<string, unknown> = {}) => ({ ...pubsubOverrides(), ...extra, log: { level: 'info' }, listen: tlsListen(pki, files) });
+    writeFileSync(file, JSON.stringify(testConfig(config(live))));
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, config(live), { log, loadConfig: () => loadConfig(file, {}, {}) });
+    const logged = (event: string) => lines().filter((l) => l.event === event);
+
+    // A renewal valid from a few seconds on, renamed over the live files (a CA whose clock runs ahead).
+    const soon = pki.issueServerValidFrom('soon', new Date(Date.now() + 3000));
+    copyFileSync(soon.keyFile, `${live.keyFile}.tmp`);
+    copyFileSync(soon.certFile, `${live.certFile}.tmp`);
+    renameSync(`${live.keyFile}.tmp`, live.keyFile);
+    renameSync(`${live.certFile}.tmp`, live.certFile);
+    await until(() => logged('tls.certificate_refused').length === 1, 10000, 'the early certificate to be refused');
+    const refusal = logged('tls.certificate_refused')[0];
+    assert.match(String(refusal.err), /is not valid before/);
+    const retryAt = Date.parse(String(refusal.retryAt));
+    assert.ok(retryAt >= Date.parse(new X509Certificate(readFileSync(soon.certFile)).validFrom), `retry at ${refusal.retryAt}`);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(pki.server));
+    // Nothing else changes the files: it is read again once valid, by itself.
+    await until(() => logged('tls.certificate_loaded').length === 1, 15000, 'the certificate to be taken once valid');
+    assert.equal(logged('tls.certificate_loaded')[0].reason, 'now-valid');
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(soon));
+
+    // A reload naming other files, valid from a few seconds on: the rest of it is applied (not refused for
+    // good files whose time has not come), the certificate served stays until the new one is valid.
+    const next = pki.issueServerValidFrom('next', new Date(Date.now() + 3000));
+    writeFileSync(file, JSON.stringify(testConfig(config(next, { limits: { httpConnectionsPerNode: 321 } }))));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual([...(outcome.changes.changed as string[])].sort(), ['limits', 'listen.tls']);
+    assert.equal(logged('tls.certificate_refused').length, 2);
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(soon));
+    await until(() => logged('tls.certificate_loaded').length === 2, 15000, 'the reloaded certificate to be taken once valid');
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(next));
+  });
+
   it('takes a new certificate on SIGHUP without dropping an open connection, and says https:// when it starts', async (t) => {
     const pki = makePki(t);
     const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
