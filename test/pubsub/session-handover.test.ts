@@ -332,7 +332,7 @@ describe('a replay beside slow, dead and flapping edges', () => {
 
   it('waits for a dead edge once, not at every round of a long replay, and stops where what it holds begins', async (t) => {
     // 4 KiB answers: 20 events of 1 KB take about ten rounds.
-    const { b, c, got, send, replays } = await threeEdges(t, 4096);
+    const { b, c, got, send, replays, log } = await threeEdges(t, 4096);
     c.die();
     b.set(false);
     const missed = Array.from({ length: 20 }, () => send('a', 1000));
@@ -342,8 +342,10 @@ describe('a replay beside slow, dead and flapping edges', () => {
     const live = send('a');
     await until(() => replays() === 1, 10_000, 'the replay');
     const took = performance.now() - started;
-    // Before: each of the ~10 rounds waited requestTimeoutMs (500 ms) for the dead edge, the live event held meanwhile.
-    assert.ok(took < 1500, `the replay took ${Math.round(took)} ms`);
+    // Before: each of the ~10 rounds waited requestTimeoutMs (500 ms) for the dead edge, the live event held meanwhile
+    // (about 5 s). Counted, not timed: one round found it silent; the time bound only catches a blow-up on a busy machine.
+    assert.equal(log.events().filter((e) => e === 'bus.replay_edges_silent').length, 1);
+    assert.ok(took < 4000, `the replay took ${Math.round(took)} ms`);
     assert.deepEqual(got.slice(2), [...missed, live]);
   });
 
