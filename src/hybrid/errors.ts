@@ -21,6 +21,7 @@ export const HYBRID_ERRORS = {
   RendezvousNotFound: { status: 404, message: 'No pending rendezvous has this id' },
   RendezvousRejected: { status: 410, message: 'Rejected as the listener asked' },
   SenderGone: { status: 410, message: 'The sender has gone' },
+  RequestTimeout: { status: 408, message: 'The request body stopped arriving' },
   ListenerGone: { status: 502, message: 'The listener disconnected before answering' },
   BadListenerResponse: { status: 502, message: 'The listener sent an invalid response' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: only listeners on this node can be reached' },

@@ -17,16 +17,17 @@ import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { queuedPast } from '../websocket/backpressure.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
-import { OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
-import { parseUpgradeRequest, safeReason, writeSwitchingProtocols } from '../websocket/handshake.ts';
+import { CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
+import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { countHttpStatus, partsAllowed, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
-import type { ListenerNotice, ListenerRoute } from './listener-route.ts';
+import type { ListenerNotice, ListenerRoute, ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
-import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
-import { ResponseBody, contentLengthOf } from './response-body.ts';
+import { forwardedRequestHeaders, relayedReason, responseHeadersForSender } from './relayed-headers.ts';
+import type { CredentialHeaders } from './sender-credential.ts';
+import { ResponseBody } from './response-body.ts';
 import { confinedToEntity } from './shared-origin.ts';
 
 /**
@@ -48,81 +49,6 @@ function watchSenderSocket(socket: EventEmitter, exchange: HttpExchange): void {
     exchanges = watched;
   }
   exchanges.add(exchange);
-}
-
-const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
-]);
-const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-
-/**
- * The hop-by-hop headers of one message: the fixed ones, and those its
- * `Connection` header names (RFC 9110 7.6.1: `Connection: close, X-Private`
- * makes `X-Private` this hop's own, not passed on).
- */
-function withConnectionOptions(connection: string | string[] | undefined, fixed: ReadonlySet<string> = HOP_BY_HOP): ReadonlySet<string> {
-  if (connection === undefined) return fixed;
-  // Never the message's framing or its Host: naming those is an attempt to desynchronise, not an option.
-  const named = (Array.isArray(connection) ? connection.join(',') : connection)
-    .split(',')
-    .map((t) => t.trim().toLowerCase())
-    .filter((t) => t !== '' && t !== 'content-length' && t !== 'host' && !HOP_BY_HOP.has(t));
-  return named.length === 0 ? fixed : new Set([...fixed, ...named]);
-}
-
-/**
- * A request's hop-by-hop headers, but for Transfer-Encoding: a listener is
- * told that the body's length was not known up front, as node:http tells a
- * server (the header kept, the body handed on decoded). Without it, code that
- * reads a body only when one is announced (body-parser's `type-is.hasBody`
- * behind hyco-https) saw a chunked upload as no body at all.
- */
-const REQUEST_HOP_BY_HOP: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((h) => h !== 'transfer-encoding'));
-
-/**
- * The request's headers as a listener sees them: no credential, no
- * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
- */
-export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
-  const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection, REQUEST_HOP_BY_HOP));
-  out.via = out.via ? `${out.via}, ${via}` : via;
-  return out;
-}
-
-/**
- * A listener's response headers made safe for the sender, or undefined when
- * unusable. The relay frames the body itself (response-body.ts): at most one
- * Content-Length passes, whatever its spelling, and only as one number.
- * With `via`, this relay is added to the `Via` header: Azure's sign that the
- * answer came from the listener, not from the relay.
- */
-export function responseHeadersForSender(
-  headers: ListenerResponse['responseHeaders'],
-  via?: string,
-): Record<string, string | string[]> | undefined {
-  const out: Record<string, string | string[]> = {};
-  const lengths: string[] = [];
-  const vias: string[] = [];
-  const connection = Object.entries(headers ?? {}).filter(([name]) => name.toLowerCase() === 'connection').flatMap(([, v]) => (Array.isArray(v) ? v : [v]).map(String));
-  const hopByHop = withConnectionOptions(connection.length > 0 ? connection : undefined);
-  for (const [name, value] of Object.entries(headers ?? {})) {
-    if (!HEADER_NAME.test(name)) return undefined;
-    const lower = name.toLowerCase();
-    if (hopByHop.has(lower)) continue;
-    // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
-    const values = Array.isArray(value) ? value.map(String) : [String(value)];
-    if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
-    if (lower === 'content-length') lengths.push(...values);
-    else if (via !== undefined && lower === 'via') vias.push(...values);
-    else out[name] = Array.isArray(value) ? values : values[0];
-  }
-  if (lengths.length > 0) {
-    const length = contentLengthOf(lengths);
-    if (length === undefined) return undefined;
-    out['content-length'] = String(length);
-  }
-  if (via !== undefined) out.via = [...vias, via].join(', ');
-  return out;
 }
 
 /**
@@ -148,6 +74,10 @@ const RENDEZVOUS_TCP_KEEPALIVE_MS = 30_000;
 
 /** How long a request that ended before its listener answered is remembered for a late answer's leg (the last 10,000 at most). */
 const LATE_ANSWER_MS = 10 * 60_000;
+/** How many times a request goes on to another listener after the one it was routed to left before acting on it. */
+const MAX_REROUTES = 3;
+/** Routing failures that, once the request has gone on from a listener that left, mean no other listener took it. */
+const NONE_TOOK_OVER: ReadonlySet<HybridErrorCode> = new Set(['NoListener', 'EntityNotFound', 'BusUnavailable']);
 
 type ReadState = 'head' | 'body' | 'done';
 
@@ -174,9 +104,17 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
    */
   private readonly readBlocks = new Set<'sender' | 'listener'>();
   /** How the rendezvous is closed when the exchange ends: 1000, or the listener's protocol error. */
-  private rendezvousCloseCode = 1000;
-  /** Until the head: timeouts.httpResponseMs for the answer. Then: as long again for each piece of the body (bodyIdle). */
+  private rendezvousCloseCode = CLOSE_NORMAL;
+  /**
+   * Until the head: timeouts.httpResponseMs with nothing from the sender while its body is read (each piece
+   * starts it again), then for the answer once the body is all sent (waitedTooLong). Then: as long again for
+   * each piece of the response body (bodyIdle).
+   */
   private timer: NodeJS.Timeout;
+  /** The sender's body is being read (not yet all of it). */
+  private readingBody = false;
+  /** A request body message begun on the rendezvous and not ended: the leg is cut, not closed, if the exchange ends now. */
+  private bodyMessageOpen = false;
   private readonly startedAt = performance.now();
   /** Request body bytes sent on to the listener. */
   private requestBytes = 0;
@@ -184,20 +122,30 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private failure: HybridErrorCode | 'SenderGone' | 'SenderStalled' | undefined;
   /** Runs while the sender takes none of the response (its queue is full): timeouts.senderStallMs. */
   private senderStall: NodeJS.Timeout | undefined;
+  /** The length of a body read whole before it goes with its notice (the control channel path), while it is read. */
+  private smallBodyLength: number | undefined;
+  /** The listener was asked to dial this exchange's address for the request (the rendezvous path). */
+  private dialAsked = false;
+  /** Listeners this request went on to after the one it was routed to left (MAX_REROUTES). */
+  private reroutes = 0;
+  /** The listener the request goes to (another, if that one leaves before acting on it). */
+  private route: ListenerRoute;
 
   constructor(
     private readonly ctx: HybridContext,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     readonly entity: HybridEntity,
-    private readonly route: ListenerRoute,
+    /** Where routes to the entity's listeners come from: the first, and another if that listener leaves early. */
+    private readonly routes: ListenerRoutes,
     private readonly requestTarget: string,
     /** The sender's headers that were its credential (sender-credential.ts). */
     private readonly credential: CredentialHeaders,
     private readonly log: Logger,
   ) {
     this.id = ctx.newRendezvousId();
-    this.timer = setTimeout(() => this.fail('ResponseTimeout'), ctx.config.timeouts.httpResponseMs);
+    this.route = routes.routeTo(entity);
+    this.timer = setTimeout(() => this.waitedTooLong(), ctx.config.timeouts.httpResponseMs);
     res.on('close', () => this.senderGone());
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
@@ -244,8 +192,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.readSmallBody(length);
     } else {
       // Large, of unknown length, or too large for the bus with its notice: the listener fetches it over a rendezvous.
-      this.deliver({ request: { address: this.address(), id: this.id } });
-      this.log.debug({ event: 'http.rendezvous_requested', via: this.route.via });
+      this.askToDial();
     }
   }
 
@@ -283,22 +230,90 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private readSmallBody(length: number): void {
     const chunks: Buffer[] = [];
     let size = 0;
+    this.readingBody = true;
+    this.smallBodyLength = length;
     this.req.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size <= length) chunks.push(chunk);
+      if (!this.finished) this.timer.refresh();
     });
     this.req.on('end', () => {
+      this.readingBody = false;
       this.requestBytes = Math.min(size, length);
-      if (!this.finished) this.dispatchOnControlChannel(Buffer.concat(chunks, Math.min(size, length)));
+      if (this.finished) return;
+      // The listener has as long to answer as if the body had come at once.
+      this.timer.refresh();
+      this.dispatchOnControlChannel(Buffer.concat(chunks, Math.min(size, length)));
     });
   }
 
-  /** Sends a notice to the listener; if it cannot arrive, the sender gets the reason. */
+  /**
+   * timeouts.httpResponseMs passed before the response head: with nothing from a sender whose body is read
+   * (408; not while the relay holds it back for a listener that reads slowly), else with no answer (504).
+   * Before, the wait was counted from the request's start: an upload longer than it failed 504 while its
+   * bytes still flowed.
+   */
+  private waitedTooLong(): void {
+    if (this.finished) return;
+    if (this.readingBody && !this.req.isPaused()) {
+      this.log.info({ event: 'http.request_stalled', ms: this.ctx.config.timeouts.httpResponseMs });
+      return this.fail('RequestTimeout');
+    }
+    this.fail('ResponseTimeout');
+  }
+
+  /**
+   * Sends a notice to the listener. If it cannot arrive because that listener is going (its channel closing),
+   * another listener takes it when there is one; else the sender gets the reason.
+   */
   private deliver(notice: ListenerNotice, body?: Buffer): void {
-    void this.route.deliver(notice, body).then((code) => {
-      // A late or lost routing reply says nothing once the listener is answering (as for connects).
-      if (code && !this.head && !this.rendezvous) this.fail(code);
+    const route = this.route;
+    void route.deliver(notice, body).then((code) => {
+      // A late or lost routing reply says nothing once the listener is answering (as for connects), nor once
+      // the request went on to another listener.
+      if (!code || this.head || this.rendezvous || route !== this.route) return;
+      if (code === 'ListenerGone' && this.goOnToAnotherListener({ notice, body })) return;
+      // After the listener it was routed to left, "no listener (reachable)" means that one left and none took over.
+      this.fail(this.reroutes > 0 && NONE_TOOK_OVER.has(code) ? 'ListenerGone' : code);
     });
+  }
+
+  /** Asks the listener to dial this exchange's address, where it reads the request (large, or of unknown length). */
+  private askToDial(): void {
+    this.dialAsked = true;
+    this.deliver({ request: { address: this.address(), id: this.id } });
+    this.log.debug({ event: 'http.rendezvous_requested', via: this.route.via });
+  }
+
+  /**
+   * The listener this request was routed to left before it could act on it: its body was still being read
+   * (nothing was sent), or the listener had only been asked to dial for it and had not. Another listener of the
+   * entity takes it, when there is one (before: 502 ListenerGone while others were online, so a rolling restart
+   * of listeners failed uploads in flight). False when it cannot go on.
+   */
+  private goOnToAnotherListener(undelivered?: { notice: ListenerNotice; body: Buffer | undefined }): boolean {
+    if (this.finished || this.head || this.rendezvous || this.reroutes >= MAX_REROUTES) return false;
+    const beforeSending = !this.requestDelivered && this.smallBodyLength !== undefined;
+    if (!undelivered && !beforeSending && !this.dialAsked) return false;
+    const next = this.routes.routeTo(this.entity);
+    if (!next.isOpen) return false;
+    const previous = this.route;
+    this.route = next;
+    // A body read for one notice must fit the new route's (over the bus: its max_payload).
+    const bodyLength = undelivered ? undelivered.body?.length : beforeSending ? this.smallBodyLength : undefined;
+    if (bodyLength !== undefined && !this.fitsOneNotice(bodyLength)) {
+      this.route = previous;
+      return false;
+    }
+    previous.untrack(this.id);
+    next.track(this.id, this);
+    this.reroutes++;
+    this.log.info({ event: 'http.rerouted', via: next.via, reason: 'listener_gone' });
+    // The next listener has as long to answer as the first had (MAX_REROUTES bounds the whole).
+    if (!this.readingBody) this.timer.refresh();
+    if (undelivered) this.deliver(undelivered.notice, undelivered.body);
+    else if (this.dialAsked) this.askToDial();
+    return true;
   }
 
   private dispatchOnControlChannel(body: Buffer | undefined): void {
@@ -330,7 +345,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   }
 
   listenerLost(): void {
-    if (!this.rendezvous) this.fail('ListenerGone');
+    if (this.rendezvous || this.goOnToAnotherListener()) return;
+    this.fail('ListenerGone');
   }
 
   // --- the rendezvous socket ---------------------------------------------------
@@ -348,6 +364,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
     socket.on('data', (chunk: Buffer) => this.parser!.push(chunk));
     socket.on('drain', () => {
+      // While the body comes, the wait for the sender's next piece starts when the relay reads again (it held the body
+      // back for this listener); once it has all come, the wait for the answer starts when the listener has read it.
+      if (!this.headSent && !this.finished) this.timer.refresh();
       this.req.resume();
       this.unblockRendezvous('listener');
     });
@@ -372,8 +391,13 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     socket.write(encodeFrame(true, OP_TEXT, Buffer.from(JSON.stringify(this.requestMessage(true)))));
     let first = true;
     const hwm = this.ctx.config.limits.spliceBufferBytes;
+    this.readingBody = !this.req.complete;
+    this.bodyMessageOpen = true;
+    if (!this.headSent) this.timer.refresh();
     this.req.on('data', (chunk: Buffer) => {
       if (this.finished) return;
+      // Until the head, each piece starts the wait again (after it, the timer is the response body's).
+      if (!this.headSent) this.timer.refresh();
       this.requestBytes += chunk.length;
       socket.write(encodeFrameHeader(false, first ? OP_BINARY : OP_CONTINUATION, chunk.length));
       socket.write(chunk);
@@ -381,7 +405,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (queuedPast(socket, hwm)) this.req.pause();
     });
     this.req.on('end', () => {
-      if (!this.finished) socket.write(encodeFrameHeader(true, first ? OP_BINARY : OP_CONTINUATION, 0));
+      this.readingBody = false;
+      if (this.finished) return;
+      socket.write(encodeFrameHeader(true, first ? OP_BINARY : OP_CONTINUATION, 0));
+      this.bodyMessageOpen = false;
+      if (!this.headSent) this.timer.refresh();
     });
     this.req.resume();
   }
@@ -440,8 +468,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       socket.write(encodeFrame(true, OP_PONG, payload));
       if (queuedPast(socket, this.ctx.config.limits.spliceBufferBytes)) this.blockRendezvous('listener');
     } else if (opcode === OP_CLOSE) {
-      if (!this.finished) this.fail('ListenerGone');
+      // Answered first (its own code echoed): finish() below sees a leg the listener closed, not one to cut.
       this.rendezvousClose!.receive(payload);
+      if (!this.finished) this.fail('ListenerGone');
     }
   }
 
@@ -471,7 +500,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.fail('BadListenerResponse');
       return false;
     }
-    this.head = { status, reason: safeReason(response.statusDescription ?? undefined, status), headers: confinedToEntity(headers, this.req) };
+    this.head = { status, reason: relayedReason(response.statusDescription ?? undefined, status), headers: confinedToEntity(headers, this.req) };
     return true;
   }
 
@@ -521,8 +550,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
     this.failure = code;
-    // A body nobody will read is drained, so the sender's connection stays usable.
-    if (!this.requestDelivered) this.req.resume();
+    // A body nobody will read is drained, so the sender's connection stays usable; not one that stopped coming.
+    if (code === 'RequestTimeout') this.res.shouldKeepAlive = false;
+    else if (!this.requestDelivered) this.req.resume();
     if (!this.headSent && !this.res.headersSent) {
       countHttpStatus(this.ctx, code, this.entity);
       failRequest(this.res, code);
@@ -546,7 +576,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     clearTimeout(this.timer);
     // What is left of the response (still queued in this process) has to reach the sender: watched until it has.
     if (this.senderStall === undefined && !this.res.destroyed && this.req.socket.writableLength > 0) this.watchSender(true);
-    if (this.requestDelivered && !this.req.complete && !this.req.destroyed) {
+    if ((this.requestDelivered || this.failure === 'RequestTimeout') && !this.req.complete && !this.req.destroyed) {
       // Part of the body went to the listener and the rest never will (it may be paused, for a
       // listener that read slowly): the connection cannot carry another request, so it is
       // closed once the answer is out rather than left unread.
@@ -569,8 +599,18 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.head === undefined && !this.rendezvous) this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
-      this.rendezvousClose.send(this.rendezvousCloseCode);
-      this.rendezvousClose.end();
+      // The listener closed the leg itself, or broke the protocol on it: the handshake, with its code (1002, 1007, 1009).
+      const listenerEnded = this.rendezvousClose.received || this.rendezvousCloseCode !== CLOSE_NORMAL;
+      if (this.bodyMessageOpen && this.failure !== undefined && !listenerEnded) {
+        // The request body was cut (its sender gone or stalled, the listener too slow): a close frame, whatever its
+        // code, ends the body message for Microsoft.Azure.Relay's listener stream, which would take the part sent for
+        // the whole. Cut without one, the listener's read fails instead. (A listener that answered in full before
+        // reading the whole body gets its close frame: what it did not read no longer matters to it.)
+        this.rendezvous!.destroy();
+      } else {
+        this.rendezvousClose.send(this.rendezvousCloseCode);
+        this.rendezvousClose.end();
+      }
     }
   }
 }

@@ -25,7 +25,7 @@ import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink } from './cluster-link.ts';
 import { HttpExchange, closeLateLeg } from './http-exchange.ts';
-import { LocalRoute, type ListenerRoute } from './listener-route.ts';
+import { LocalRoute, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
@@ -318,6 +318,9 @@ export class HybridService {
     return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, dynamic: true };
   }
 
+  /** Routes for relayed HTTP requests (made once: nothing is made per request for it). */
+  private readonly routes: ListenerRoutes = { routeTo: (entity) => this.routeTo(entity) };
+
   /** A listener on this node when one is open (round robin), else whichever node the bus finds. */
   private routeTo(entity: HybridEntity): ListenerRoute {
     const channel = this.listeners.pick(entity.key);
@@ -364,7 +367,7 @@ export class HybridService {
     const refused = this.authorizeSender(req, target.params, entity, target.subPath);
     if (refused) return this.refuseHttp(req, res, target, log, refused);
     sendContinue(res);
-    new HttpExchange(this.ctx, req, res, entity, this.routeTo(entity), target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
+    new HttpExchange(this.ctx, req, res, entity, this.routes, target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
   }
 
   private refuseHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget, log: Logger, code: HybridErrorCode): void {
@@ -412,7 +415,7 @@ export class HybridService {
     const entity = isValidEntityName(entityName) ? this.entityForSender(entityName) : undefined;
     if (!entity) return Promise.reject(new RelayedRequestError('unreachable', 'EntityNotFound'));
     const log = this.log.child({ entity: entity.name, relayed: true });
-    return relayRequest(this.ctx, entity, this.routeTo(entity), requestTarget, init, log);
+    return relayRequest(this.ctx, entity, this.routes, requestTarget, init, log);
   }
 
   // --- authorization --------------------------------------------------------------

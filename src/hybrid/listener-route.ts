@@ -23,6 +23,11 @@ export function noticeForListener(notice: ListenerNotice): ListenerNotice {
   return { accept: { ...accept, id: trackingId } };
 }
 
+/** Finds a route to an entity's listeners: one on this edge when there is one (round robin), else through the bus. */
+export interface ListenerRoutes {
+  routeTo(entity: HybridEntity): ListenerRoute;
+}
+
 export interface ListenerRoute {
   /** Sends a notice (a body, when given, follows it); resolves to the code to fail with when it could not. */
   deliver(notice: ListenerNotice, body?: Buffer): Promise<HybridErrorCode | undefined>;

@@ -16,7 +16,7 @@ import type { HybridContext } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { HybridErrorCode } from './errors.ts';
 import { HttpExchange } from './http-exchange.ts';
-import type { ListenerRoute } from './listener-route.ts';
+import type { ListenerRoutes } from './listener-route.ts';
 import { SERVICE_BUS_HEADER_ONLY } from './sender-credential.ts';
 
 export interface RelayedRequestInit {
@@ -120,11 +120,11 @@ class RelayedExchange extends HttpExchange {
     req: IncomingMessage,
     private readonly collected: CollectedResponse,
     entity: HybridEntity,
-    route: ListenerRoute,
+    routes: ListenerRoutes,
     requestTarget: string,
     log: Logger,
   ) {
-    super(ctx, req, collected as unknown as ServerResponse, entity, route, requestTarget, SERVICE_BUS_HEADER_ONLY, log);
+    super(ctx, req, collected as unknown as ServerResponse, entity, routes, requestTarget, SERVICE_BUS_HEADER_ONLY, log);
   }
 
   override fail(code: HybridErrorCode): void {
@@ -137,7 +137,7 @@ class RelayedExchange extends HttpExchange {
 export function relayRequest(
   ctx: HybridContext,
   entity: HybridEntity,
-  route: ListenerRoute,
+  routes: ListenerRoutes,
   requestTarget: string,
   init: RelayedRequestInit,
   log: Logger,
@@ -168,6 +168,6 @@ export function relayRequest(
       // Never closes: the request ends with its exchange.
       socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });
-    new RelayedExchange(ctx, req as IncomingMessage, collected, entity, route, requestTarget, log).start();
+    new RelayedExchange(ctx, req as IncomingMessage, collected, entity, routes, requestTarget, log).start();
   });
 }

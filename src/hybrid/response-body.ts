@@ -4,7 +4,7 @@
 // `okHTTP/1.1 200 OK…` gave the sender a forged second response on its
 // keep-alive connection (response splitting), and a declared length the body
 // never reached left the sender waiting for bytes that would not come. Now a
-// declared length must be one number (responseHeadersForSender), the relay
+// declared length must be one number (responseHeadersForSender, relayed-headers.ts), the relay
 // counts what it writes, and a body that runs past or stops short of it
 // destroys the sender's connection: the sender sees a cut response, never
 // bytes read as another one. Without a declared length Node frames the body

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { responseHeadersForSender } from '../../src/hybrid/http-exchange.ts';
+import { responseHeadersForSender } from '../../src/hybrid/relayed-headers.ts';
 import { contentLengthOf } from '../../src/hybrid/response-body.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener } from '../helpers/raw-listener.ts';

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
 import { describe, it } from 'node:test';
-import { forwardedRequestHeaders, responseHeadersForSender } from '../../src/hybrid/http-exchange.ts';
+import { forwardedRequestHeaders, responseHeadersForSender } from '../../src/hybrid/relayed-headers.ts';
 
 describe('headers named in Connection', () => {
   it("stay with the sender's hop: the listener does not see them", () => {

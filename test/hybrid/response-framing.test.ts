@@ -164,6 +164,20 @@ describe('HTTP mode: the response head waits for its body', () => {
   });
 });
 
+describe("a listener's reason phrase", () => {
+  it('reaches the sender with its Latin-1 letters (as bytes 0x80-0xFF); control characters and what Latin-1 lacks become spaces', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/reason');
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, statusDescription: 'Tr\u00e8s\tBien\r\nX: y \u2713 fin', responseHeaders: { 'content-length': '0' } } }));
+    const seen = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
+    // Before: "Tr s Bien": every character outside ASCII a space.
+    assert.equal(seen.subarray(0, seen.indexOf('\r\n')).toString('latin1'), 'HTTP/1.1 200 Tr\u00e8s\tBien  X: y   fin');
+    assert.doesNotMatch(seen.toString('latin1'), /\r\nX: y/);
+  });
+});
+
 describe('a listener that stops in the middle of a body', () => {
   it('has the response cut after timeouts.httpResponseMs with nothing more, and the exchange freed', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stall', requiresClientAuthorization: false }], timeouts: { httpResponseMs: 500 } });

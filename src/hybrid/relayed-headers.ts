@@ -1,0 +1,95 @@
+// What headers cross the relay, each way, for a relayed HTTP request
+// (docs/protocols/hybrid-connections.md, "HTTP mode"): the sender's, less its
+// credential and this hop's own, with the relay added to Via, to the
+// listener; the listener's, checked and with one Content-Length at most, to
+// the sender; and the listener's statusDescription as a reason phrase.
+import type { IncomingMessage } from 'node:http';
+import { safeReason } from '../websocket/handshake.ts';
+import type { ListenerResponse } from './control-channel.ts';
+import { contentLengthOf } from './response-body.ts';
+import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
+
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
+]);
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * The hop-by-hop headers of one message: the fixed ones, and those its
+ * `Connection` header names (RFC 9110 7.6.1: `Connection: close, X-Private`
+ * makes `X-Private` this hop's own, not passed on).
+ */
+function withConnectionOptions(connection: string | string[] | undefined, fixed: ReadonlySet<string> = HOP_BY_HOP): ReadonlySet<string> {
+  if (connection === undefined) return fixed;
+  // Never the message's framing or its Host: naming those is an attempt to desynchronise, not an option.
+  const named = (Array.isArray(connection) ? connection.join(',') : connection)
+    .split(',')
+    .map((t) => t.trim().toLowerCase())
+    .filter((t) => t !== '' && t !== 'content-length' && t !== 'host' && !HOP_BY_HOP.has(t));
+  return named.length === 0 ? fixed : new Set([...fixed, ...named]);
+}
+
+/**
+ * A request's hop-by-hop headers, but for Transfer-Encoding: a listener is
+ * told that the body's length was not known up front, as node:http tells a
+ * server (the header kept, the body handed on decoded). Without it, code that
+ * reads a body only when one is announced (body-parser's `type-is.hasBody`
+ * behind hyco-https) saw a chunked upload as no body at all.
+ */
+const REQUEST_HOP_BY_HOP: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((h) => h !== 'transfer-encoding'));
+
+/**
+ * The request's headers as a listener sees them: no credential, no
+ * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
+ */
+export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
+  const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection, REQUEST_HOP_BY_HOP));
+  out.via = out.via ? `${out.via}, ${via}` : via;
+  return out;
+}
+
+/**
+ * A listener's response headers made safe for the sender, or undefined when
+ * unusable. The relay frames the body itself (response-body.ts): at most one
+ * Content-Length passes, whatever its spelling, and only as one number.
+ * With `via`, this relay is added to the `Via` header: Azure's sign that the
+ * answer came from the listener, not from the relay.
+ */
+export function responseHeadersForSender(
+  headers: ListenerResponse['responseHeaders'],
+  via?: string,
+): Record<string, string | string[]> | undefined {
+  const out: Record<string, string | string[]> = {};
+  const lengths: string[] = [];
+  const vias: string[] = [];
+  const connection = Object.entries(headers ?? {}).filter(([name]) => name.toLowerCase() === 'connection').flatMap(([, v]) => (Array.isArray(v) ? v : [v]).map(String));
+  const hopByHop = withConnectionOptions(connection.length > 0 ? connection : undefined);
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (!HEADER_NAME.test(name)) return undefined;
+    const lower = name.toLowerCase();
+    if (hopByHop.has(lower)) continue;
+    // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
+    const values = Array.isArray(value) ? value.map(String) : [String(value)];
+    if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
+    if (lower === 'content-length') lengths.push(...values);
+    else if (via !== undefined && lower === 'via') vias.push(...values);
+    else out[name] = Array.isArray(value) ? values : values[0];
+  }
+  if (lengths.length > 0) {
+    const length = contentLengthOf(lengths);
+    if (length === undefined) return undefined;
+    out['content-length'] = String(length);
+  }
+  if (via !== undefined) out.via = [...vias, via].join(', ');
+  return out;
+}
+
+/**
+ * A listener's statusDescription as the status line's reason phrase: what HTTP allows there (visible ASCII,
+ * space, tab, and bytes 0x80-0xFF, which node:http writes as Latin-1, as hyco-https and .NET listeners read
+ * them), anything else a space; bounded. Before, every character outside ASCII became a space ("Tr s Bien").
+ */
+export function relayedReason(text: string | undefined, status: number): string {
+  const cleaned = (text ?? '').replace(/[^\t\x20-\x7e\x80-\xff]/g, ' ').trim().slice(0, 256);
+  return cleaned || safeReason(undefined, status);
+}
