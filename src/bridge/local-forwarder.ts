@@ -1,10 +1,12 @@
 // `bridge -L [bind:]port:entity`: a local TCP port whose every accepted
 // connection becomes a relayed WebSocket to the entity's listener (the side
 // that dials out, like azbridge -L). A connection the relay refuses (no
-// listener, bad token) is closed and the reason logged.
+// listener, bad token) is closed and the reason logged. Open legs are pinged
+// every keep-alive period (leg-keep-alive.ts).
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
+import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
 import { askingHalfClose, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
@@ -14,7 +16,7 @@ export interface LocalForward {
   entity: string;
 }
 
-/** Parses `[bind:]port:entity`. */
+/** Parses `[bind:]port:entity`; an empty bind (`:8080:entity`) is 127.0.0.1, as ssh -L takes it: every interface only when written out (0.0.0.0, [::]). */
 export function parseLocalForward(spec: string): LocalForward {
   // An IPv6 bind address goes in brackets: [::1]:8080:entity.
   const v6 = /^\[([0-9A-Fa-f:.]+)\]:(.*)$/.exec(spec);
@@ -24,7 +26,7 @@ export function parseLocalForward(spec: string): LocalForward {
   const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
   if (!Number.isInteger(port) || port > 65535) throw new Error(`-L ${spec}: bad port "${portText}"`);
   if (!entity) throw new Error(`-L ${spec}: no entity`);
-  return { bindHost, port, entity };
+  return { bindHost: bindHost === '' ? '127.0.0.1' : bindHost, port, entity };
 }
 
 export class LocalForwarder {
@@ -38,13 +40,18 @@ export class LocalForwarder {
     return this.connecting.size;
   }
   opened = 0;
+  private readonly keepAlive: LegKeepAlive;
 
   constructor(
     readonly forward: LocalForward,
     private readonly access: RelayAccess,
     private readonly log: Logger,
     private readonly highWaterMark: number,
-  ) {}
+    /** Open legs are pinged this often, and cut after two silent periods (--keepalive). */
+    keepAliveMs = 30000,
+  ) {
+    this.keepAlive = new LegKeepAlive(keepAliveMs);
+  }
 
   /** Listens; resolves with the bound port. */
   start(): Promise<number> {
@@ -69,7 +76,16 @@ export class LocalForwarder {
     tcp.on('close', () => this.sockets.delete(tcp));
     tcp.pause();
     tcp.setNoDelay(true);
-    const ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase));
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase));
+    } catch (err) {
+      // A relay URL ws cannot take (the command line checks it): this connection fails, the port stays open.
+      log.warn({ event: 'bridge.connect_failed', err: (err as Error).message });
+      tcp.resetAndDestroy();
+      return;
+    }
+    keepTcpAlive(ws, this.keepAlive.periodMs);
     this.connecting.add(ws);
     let opened = false;
     // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).
@@ -103,7 +119,7 @@ export class LocalForwarder {
       if (tcp.destroyed) return ws.close(1000, 'local connection gone');
       log.info({ event: 'bridge.connected' });
       tcp.resume();
-      pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), 'ask');
+      pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), 'ask', this.keepAlive);
     });
   }
 

@@ -1,7 +1,8 @@
 // Joins a TCP socket and a relayed WebSocket both ways: TCP bytes go as
 // binary messages, binary messages come out as TCP bytes. Each direction stops
-// reading when the other side has `highWaterMark` bytes queued and resumes
-// when it drains.
+// reading when the other side has `highWaterMark` bytes (--buffer) queued and
+// resumes when it drains. With a LegKeepAlive the leg is pinged, and one the
+// relay stays silent on is cut (leg-keep-alive.ts): its TCP socket is reset.
 //
 // How an end (FIN) crosses: between two bridges that both speak it, half-close.
 // `-L` asks for it in its connect address (HALF_CLOSE_PARAM, which the relay
@@ -21,6 +22,7 @@
 // take a cut transfer for a complete one.
 import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
+import type { LegKeepAlive } from './leg-keep-alive.ts';
 
 export interface PipeResult {
   bytesToRelay: number;
@@ -58,7 +60,14 @@ const HELLO_WAIT_MS = 2000;
 
 const EMPTY = Buffer.alloc(0);
 
-export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark: number, onEnd: (result: PipeResult) => void, halfClose: HalfClose = 'off'): void {
+export function pipeSocketToWebSocket(
+  tcp: Socket,
+  ws: WebSocket,
+  highWaterMark: number,
+  onEnd: (result: PipeResult) => void,
+  halfClose: HalfClose = 'off',
+  keepAlive?: LegKeepAlive,
+): void {
   let toRelay = 0;
   let fromRelay = 0;
   let inFlight = 0;
@@ -88,10 +97,12 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
   };
 
   if (mode === 'on' && ws.readyState === ws.OPEN) ws.send(HALF_CLOSE_HELLO);
+  const watched = keepAlive?.watch(ws);
 
   tcp.on('data', (chunk: Buffer) => {
     toRelay += chunk.length;
     inFlight += chunk.length;
+    if (watched) watched.sent = true;
     ws.send(chunk, { binary: true }, () => {
       inFlight -= chunk.length;
       if (tcp.isPaused() && inFlight < highWaterMark / 2) tcp.resume();
@@ -133,13 +144,18 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
       remoteEnded = true;
       // What is queued is written first, then the FIN.
       tcp.end();
+      // An ending socket emits no 'drain': a leg paused for it would stay paused, its close (a cut) never read.
+      // Nothing more is written to the socket, so the leg is read again.
+      ws.resume();
       if (localEnded) finish('both ends closed');
       return;
     }
     fromRelay += chunk.length;
     // After the local end, what still arrives has nowhere to go (and must not pause the leg again).
     if (ended || remoteEnded) return;
-    if (!tcp.write(chunk)) ws.pause();
+    tcp.write(chunk);
+    // Paused at --buffer queued for the local socket, not at write()'s own 16 KiB mark; only when a 'drain' is to come.
+    if (tcp.writableLength >= highWaterMark && tcp.writableNeedDrain) ws.pause();
   });
   tcp.on('drain', () => ws.resume());
   /**
@@ -154,7 +170,9 @@ export function pipeSocketToWebSocket(tcp: Socket, ws: WebSocket, highWaterMark:
     else tcp.resetAndDestroy();
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
   };
-  ws.on('close', (code: number) => relayEnded(`relay side closed (${code})`, code === 1000));
+  ws.on('close', (code: number) =>
+    keepAlive?.terminated(ws) ? relayEnded(`no answer from the relay for ${keepAlive.silenceMs / 1000} s`, false) : relayEnded(`relay side closed (${code})`, code === 1000),
+  );
   ws.on('error', (err) => relayEnded(`relay side error: ${err.message}`, false));
 }
 

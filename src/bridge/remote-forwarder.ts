@@ -4,11 +4,13 @@
 // first; if it cannot be reached the relayed connection is rejected with 502,
 // so the sender sees why. A lost control channel is re-opened after a
 // jittered, growing delay, and the log says why it was lost. Tokens minted
-// from a key are renewed on the channel at half their lifetime.
+// from a key are renewed on the channel at half their lifetime. Open legs are
+// pinged every keep-alive period too (leg-keep-alive.ts).
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
+import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
 import { halfCloseFor, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
@@ -46,6 +48,7 @@ export class RemoteForwarder {
   private renewTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly backoff = new Backoff();
+  private readonly keepAlive: LegKeepAlive;
   private readonly open = new Set<WebSocket>();
   /** Connections to the target, dialing or carried by a relayed leg: stop() ends them too. */
   private readonly targets = new Set<Socket>();
@@ -67,6 +70,7 @@ export class RemoteForwarder {
     },
   ) {
     this.ready = new Promise((r) => (this.markReady = r));
+    this.keepAlive = new LegKeepAlive(timing.keepAliveMs);
   }
 
   start(): void {
@@ -76,6 +80,7 @@ export class RemoteForwarder {
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
     const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions(this.access.wsBase));
+    keepTcpAlive(ws, this.timing.keepAliveMs);
     this.control = ws;
     let why = 'connection closed';
     let heard = true;
@@ -172,6 +177,7 @@ export class RemoteForwarder {
         tcp.resetAndDestroy();
         return;
       }
+      keepTcpAlive(ws, this.timing.keepAliveMs);
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {
@@ -183,7 +189,7 @@ export class RemoteForwarder {
         if (tcp.destroyed) return ws.close(1011, 'target connection lost');
         log.info({ event: 'bridge.accepted' });
         tcp.resume();
-        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), halfCloseFor(notice.address));
+        pipeSocketToWebSocket(tcp, ws, this.highWaterMark, (result) => log.info({ event: 'bridge.closed', ...result }), halfCloseFor(notice.address), this.keepAlive);
       });
     });
     tcp.once('error', (err) => {
@@ -196,7 +202,12 @@ export class RemoteForwarder {
       log.warn({ event: 'bridge.target_unreachable', err: err.message });
       // Reject through the rendezvous address: the sender gets 502 and this text.
       const reject = `${notice.address}&sb-hc-statusCode=502&sb-hc-statusDescription=${encodeURIComponent(`target unreachable: ${err.message}`.slice(0, 120))}`;
-      const ws = new WebSocket(reject, this.access.socketOptions(reject));
+      let ws: WebSocket;
+      try {
+        ws = new WebSocket(reject, this.access.socketOptions(reject));
+      } catch {
+        return; // An address ws cannot take: the relay's accept timeout answers the sender.
+      }
       ws.on('error', () => {});
       ws.on('unexpected-response', (_req, res) => res.resume());
     });

@@ -12,14 +12,16 @@ import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
 
 Forwards TCP through the relay's hybrid connections, like Azure's azbridge.
-  -L [bind:]port:entity   listen on bind:port (default bind 127.0.0.1; port 0
-                          picks one); each accepted TCP connection becomes a
-                          relayed WebSocket to the entity's listener
+  -L [bind:]port:entity   listen on bind:port (default bind, or an empty one,
+                          127.0.0.1: every interface only as 0.0.0.0 or [::];
+                          port 0 picks one); each accepted TCP connection
+                          becomes a relayed WebSocket to the entity's listener
   -R entity:host:port     be a listener on the entity; each relayed connection
                           becomes a TCP connection to host:port (refused with
                           502 when host:port cannot be reached)
 Both may be given, each several times. A lost listener connection is re-opened
-after a jittered, growing delay (up to 30 s), and the log says why it was lost.
+after a jittered delay of a quarter to half the time the relay has been gone
+(0.125 s at first, 15 to 30 s in a long outage), and the log says why it was lost.
 An end (FIN) on either side of a forwarded connection crosses as an end and
 leaves the other direction open (between two bridges of this version; with
 an older -R, closing either end closes the other); a connection cut short (a
@@ -38,7 +40,10 @@ Options:
                        default 1048576
   --keepalive SECONDS  -R pings its listener connection this often and re-opens
                        it when the relay stays silent for two periods (a NAT or
-                       firewall that dropped the path), default 30
+                       firewall that dropped the path); both sides ping each
+                       forwarded connection's leg as often and reset the
+                       connection when its leg stays silent for two periods;
+                       default 30
   --connect-timeout SECONDS
                        how long the relay may take to answer (a -L connect waits
                        for the listener to accept) and a -R target to accept a
@@ -117,6 +122,9 @@ export async function bridge(argv: string[]): Promise<number> {
   }
   if (!values.relay) return fail('--relay URL is required');
   if (!/^(http|ws)s?:\/\//i.test(values.relay)) return fail(`--relay ${values.relay}: expected an http(s):// or ws(s):// URL`);
+  // Checked here, not on the first connection (before: -L died with a SyntaxError on it, -R with a stack trace).
+  if (!URL.canParse(values.relay)) return fail(`--relay ${values.relay}: not a valid URL`);
+  if (/[?#]/.test(values.relay)) return fail(`--relay ${values.relay}: the relay's base URL, without a query or fragment`);
   if (values.key !== undefined && values['key-file'] !== undefined) return fail('--key or --key-file, not both');
   const key = keyOf(values.key, values['key-file'], values['key-name'] !== undefined ? process.env.EDGE_RELAY_KEY : undefined);
   if (typeof key === 'object') return fail(key.problem);
@@ -146,7 +154,7 @@ export async function bridge(argv: string[]): Promise<number> {
   if (typeof tls === 'string') return fail(tls);
   const access = new RelayAccess({ url: values.relay, keyName: values['key-name'], key, token: values.token, tokenTtlSeconds: ttl, tls, handshakeTimeoutMs: timing.connectTimeoutMs });
   const log = createLogger(values['log-level'], 'bridge');
-  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer));
+  const localForwarders = locals.map((f) => new LocalForwarder(f, access, log, buffer, timing.keepAliveMs));
   const remoteForwarders = remotes.map((f) => new RemoteForwarder(f, access, log, buffer, timing));
   for (const forwarder of remoteForwarders) {
     forwarder.start();

@@ -9,7 +9,7 @@ import { renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 describe('bridge forwarders', () => {
   it('-L lets go of a connection the relay refuses (before: each stayed CONNECTING for good, ~7 KB)', async (t) => {
@@ -27,6 +27,22 @@ describe('bridge forwarders', () => {
     });
     await Promise.all(closed);
     await until(() => forwarder.handshakes === 0, 3000, 'the refused handshakes to be let go');
+  });
+
+  it('-L answers a connection it cannot relay (a relay URL ws refuses) with a reset and keeps its port (before: an uncaught SyntaxError ended the process)', async (t) => {
+    const access = new RelayAccess({ url: 'http://relay host:9400', token: 'x', tokenTtlSeconds: 60 });
+    const forwarder = new LocalForwarder({ bindHost: '127.0.0.1', port: 0, entity: 'echo' }, access, createLogger('silent', 'test'), 1 << 20);
+    const port = await forwarder.start();
+    cleanupFor(t).after(() => forwarder.stop());
+    for (let i = 0; i < 2; i++) {
+      const socket = connect(port, '127.0.0.1');
+      cleanupFor(t).after(() => socket.destroy());
+      const outcome = new Promise<string>((resolve) => {
+        socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+        socket.once('end', () => resolve('end'));
+      });
+      assert.equal(await withTimeout(outcome, 3000, 'the local client to hear'), 'ECONNRESET');
+    }
   });
 
   it('-R renews a minted token at half its life, never sooner than a timer can wait (before: a 50-day --ttl renewed every millisecond)', () => {

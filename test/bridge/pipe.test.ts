@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
+import { LegKeepAlive } from '../../src/bridge/leg-keep-alive.ts';
 import { HALF_CLOSE_HELLO, pipeSocketToWebSocket, type HalfClose, type PipeResult } from '../../src/bridge/pipe.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { tcpPair } from '../helpers/raw-socket.ts';
@@ -48,7 +49,7 @@ describe('bridge pipe', () => {
    * A pipe between a TCP pair and a WebSocket to a server standing for the relay: `peer` is the
    * local client (half-open allowed, so it closes nothing unless told), `relaySide` the server's end.
    */
-  async function pipedPair(t: Parameters<typeof cleanupFor>[0], halfClose: HalfClose = 'off') {
+  async function pipedPair(t: Parameters<typeof cleanupFor>[0], halfClose: HalfClose = 'off', keepAlive?: LegKeepAlive) {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     await once(wss, 'listening');
     cleanupFor(t).after(() => new Promise((r) => wss.close(r)));
@@ -68,8 +69,8 @@ describe('bridge pipe', () => {
     await once(ws, 'open');
     const [relaySide] = await withTimeout(relaySideP, 5000, 'relay side');
     let ended: PipeResult | undefined;
-    pipeSocketToWebSocket(tcp, ws, 1 << 20, (r) => (ended = r), halfClose);
-    return { peer, tcp, relaySide, ended: () => ended };
+    pipeSocketToWebSocket(tcp, ws, 1 << 20, (r) => (ended = r), halfClose, keepAlive);
+    return { peer, tcp, ws, relaySide, ended: () => ended };
   }
 
   it('closes the local socket once the relay leg closes cleanly, though its peer keeps its own side open (before: half-open for good)', async (t) => {
@@ -143,5 +144,87 @@ describe('bridge pipe', () => {
     await withTimeout(peerEnded, 3000, 'the end');
     assert.equal(Buffer.concat(got).toString(), 'answer');
     assert.equal((await withTimeout(closed, 3000, 'the leg to close'))[0], 1000);
+  });
+
+  it('reads the leg again after the peer\'s end arrived while it was paused for a slow local reader, so a later cut is seen (before: paused for good)', async (t) => {
+    const { peer, tcp, relaySide, ended } = await pipedPair(t, 'on');
+    peer.pause();
+    let got = 0;
+    peer.on('data', (d: Buffer) => (got += d.length));
+    const peerEnded = once(peer, 'end');
+    // One message larger than --buffer, the end right behind it: the pipe pauses the leg, then ends its socket.
+    relaySide.send(Buffer.alloc(4 << 20, 1));
+    relaySide.send(Buffer.alloc(0));
+    await until(() => tcp.writableEnded, 3000, 'the end to reach the local socket');
+    peer.resume();
+    await withTimeout(peerEnded, 10000, 'the peer to read everything and the end');
+    assert.equal(got, 4 << 20);
+    // The far side cuts the leg: the pipe must read the close and end.
+    relaySide.close(1011, 'far side cut');
+    await until(() => ended() !== undefined, 3000, 'the pipe to see the cut');
+    assert.equal(ended()!.reason, 'relay side closed (1011)');
+  });
+
+  it('pauses the relay-to-TCP direction at --buffer bytes queued for the local socket, and resumes once it drains (before: at write()\'s 16 KiB mark)', async (t) => {
+    const { peer, tcp, ws, relaySide } = await pipedPair(t);
+    peer.pause();
+    let got = 0;
+    peer.on('data', (d: Buffer) => (got += d.length));
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    const total = 24 << 20;
+    let sent = 0;
+    let pumping = true;
+    cleanupFor(t).after(() => (pumping = false));
+    const pump = () => {
+      while (pumping && sent < total && relaySide.bufferedAmount < 1 << 20) {
+        relaySide.send(chunk);
+        sent += chunk.length;
+      }
+      if (pumping && sent < total) setTimeout(pump, 5);
+    };
+    pump();
+    // The peer does not read: once the kernel's buffers are full, the pipe's queue grows until it pauses the leg.
+    await until(() => ws.isPaused, 10000, 'the pipe to pause the leg');
+    const queued = tcp.writableLength;
+    assert.ok(queued >= 1 << 20, `paused with ${queued} bytes queued`);
+    // Bounded too: what one read of the leg brings on top of --buffer.
+    assert.ok(queued < 2 << 20, `paused with ${queued} bytes queued`);
+    peer.resume();
+    await until(() => got === total, 15000, 'every byte to reach the peer');
+    assert.equal(ws.isPaused, false);
+  });
+
+  it('keeps a leg whose relay stops reading after bytes it was sent (a far end not reading), however long; one silent with nothing sent is cut', async (t) => {
+    // Before: the few bytes went into the kernels' buffers (bufferedAmount 0), so the pings stuck behind them went
+    // unanswered and the leg was cut after two periods, a healthy connection whose far end was merely slow.
+    const keepAlive = new LegKeepAlive(100);
+    const sending = await pipedPair(t, 'off', keepAlive);
+    const idle = await pipedPair(t, 'off', keepAlive);
+    // A cut leg's local socket is reset.
+    for (const pair of [sending, idle]) pair.peer.on('error', () => undefined);
+    const pings: number[] = [];
+    sending.relaySide.on('ping', () => pings.push(Date.now()));
+    let got = '';
+    sending.relaySide.on('message', (d: Buffer) => (got += String(d)));
+    // A relay side that does not read would hold the test server's close: cut at the end whatever happens.
+    cleanupFor(t).after(() => (sending.relaySide.terminate(), idle.relaySide.terminate()));
+    // Both relay sides stop reading (ws answers pings as it reads them), before the bytes go out on one of them: a
+    // relay that read them with the ping after them is the case the keep-alive cannot tell from a dead path.
+    sending.relaySide.pause();
+    idle.relaySide.pause();
+    sending.peer.write('a request the far end is slow to take');
+    await until(() => sending.tcp.bytesRead > 0 && sending.ws.bufferedAmount === 0, 3000, 'the bytes to be sent');
+    const pingsBefore = pings.length;
+    await until(() => idle.ended() !== undefined, 5000, 'the silent leg with nothing sent to be cut');
+    assert.match(idle.ended()!.reason, /^no answer from the relay for 0\.2 s/);
+    idle.relaySide.terminate();
+    // Several more periods: the leg with bytes unread is still open. Its relay reads again: every ping it
+    // missed is there, answered, and the bytes arrive.
+    await new Promise((r) => setTimeout(r, 600));
+    sending.relaySide.resume();
+    await until(() => got === 'a request the far end is slow to take', 3000, 'the bytes');
+    await until(() => pings.length - pingsBefore >= 4, 3000, 'the pings sent while it was silent');
+    assert.equal(sending.ended(), undefined);
+    assert.equal(sending.ws.readyState, sending.ws.OPEN);
   });
 });

@@ -1,0 +1,52 @@
+// `edge-relay bridge` as users start it: what it binds for -L, and how it
+// answers a --relay it cannot use (found by review).
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { runCli } from '../helpers/cli-process.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+/** The local addresses (hex, as /proc/net/tcp{,6} writes them) of the sockets listening on `port`. */
+function listeningAddresses(port: number): string[] {
+  const found: string[] = [];
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const [, local, , state] = line.trim().split(/\s+/);
+      if (!local || state !== '0A') continue; // 0A: LISTEN
+      const [address, portHex] = local.split(':');
+      if (parseInt(portHex, 16) === port) found.push(address);
+    }
+  }
+  return found;
+}
+
+describe('bridge -L bind address', () => {
+  it('an empty bind (-L :PORT:entity) listens on 127.0.0.1 only, as the help says (before: on every interface)', async (t) => {
+    // No relay is needed to listen: nothing connects to the port.
+    const bridge = runCli(t, ['bridge', '--relay', 'http://127.0.0.1:9', '--token', 'x', '-L', ':0:web']);
+    await until(() => bridge.lines.some((l) => l.startsWith('forwarding ')), 10000, `the forwarding line (stderr: ${bridge.stderr()})`);
+    const line = bridge.lines.find((l) => l.startsWith('forwarding '))!;
+    const match = /^forwarding 127\.0\.0\.1:(\d+) -> web$/.exec(line);
+    assert.ok(match, line);
+    // 0100007F: 127.0.0.1 in /proc/net/tcp's byte order; every interface would be 00000000 (or :: in tcp6).
+    assert.deepEqual(listeningAddresses(Number(match[1])), ['0100007F']);
+  });
+});
+
+describe('bridge --relay', () => {
+  // Not a URL; a URL with a fragment, which ws refuses once the bridge adds the entity's path after it.
+  for (const [relay, forward] of [
+    ['http://relay host:9400', ['-L', '0:web']],
+    ['http://relay host:9400', ['-R', 'web:127.0.0.1:9']],
+    ['http://127.0.0.1:9/#x', ['-L', '0:web']],
+  ] as const) {
+    it(`${relay} is a usage error at start for ${forward[0]} (exit 2, one line naming --relay; before: a crash on first use)`, async (t) => {
+      const bridge = runCli(t, ['bridge', '--relay', relay, '--token', 'x', ...forward]);
+      const code = await withTimeout(bridge.exited, 10000, 'the bridge to exit');
+      assert.equal(code, 2, bridge.stderr());
+      const first = bridge.stderr().split('\n')[0];
+      assert.match(first, /^edge-relay bridge: --relay /);
+      assert.deepEqual(bridge.lines, []);
+    });
+  }
+});
