@@ -34,6 +34,29 @@ function head(relayUrl: string, length: number): string {
   return `POST /echo/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${tokenFor(`${relayUrl}/echo`)}\r\nContent-Length: ${length}\r\n\r\n`;
 }
 
+/**
+ * A request of 200,000 bytes whose sender has sent its head and 50,000 of them, and the listener's rendezvous leg
+ * for it, open. `closed` gives the leg's close code; `messages`, what came on it.
+ */
+async function legMidUpload(t: { after(fn: () => void): void }) {
+  const relay = await startTestRelay(t, { timeouts: { httpResponseMs: RESPONSE_MS } });
+  const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  const sender = await openSender(t, relay.port);
+  sender.socket.write(head(relay.url, 200_000));
+  sender.socket.write(Buffer.alloc(50_000, 1));
+  const notice = await listener.next();
+  const leg = new WebSocket(notice.request.address);
+  t.after(() => leg.terminate());
+  leg.on('error', () => undefined);
+  const messages: { binary: boolean; bytes: number }[] = [];
+  leg.on('message', (data: Buffer, binary: boolean) => messages.push({ binary, bytes: data.length }));
+  const closed = new Promise<number>((resolve) => leg.once('close', (code: number) => resolve(code)));
+  await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'the rendezvous leg');
+  return { relay, sender, leg, closed, messages };
+}
+
 describe('a slow or stopped upload of a relayed HTTP request', () => {
   it('is answered when its bytes keep coming, however long it takes in all (control channel and rendezvous)', async (t) => {
     const relay = await startTestRelay(t, { timeouts: { httpResponseMs: RESPONSE_MS } });
@@ -88,21 +111,7 @@ describe('a slow or stopped upload of a relayed HTTP request', () => {
 
   for (const how of ['stops sending', 'goes away'] as const) {
     it(`whose sender ${how} mid-body on the rendezvous path: the listener's leg is cut, not closed with a close frame`, async (t) => {
-      const relay = await startTestRelay(t, { timeouts: { httpResponseMs: RESPONSE_MS } });
-      const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-      t.after(() => listener.close());
-      const sender = await openSender(t, relay.port);
-      sender.socket.write(head(relay.url, 200_000));
-      sender.socket.write(Buffer.alloc(50_000, 1));
-      const notice = await listener.next();
-      const leg = new WebSocket(notice.request.address);
-      t.after(() => leg.terminate());
-      leg.on('error', () => undefined);
-      const messages: { binary: boolean; bytes: number }[] = [];
-      leg.on('message', (data: Buffer, binary: boolean) => messages.push({ binary, bytes: data.length }));
-      const closed = new Promise<number>((resolve) => leg.once('close', (code: number) => resolve(code)));
-      await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'the rendezvous leg');
+      const { relay, sender, closed, messages } = await legMidUpload(t);
       if (how === 'goes away') {
         await sleep(300);
         sender.socket.destroy();
@@ -122,19 +131,7 @@ describe('a slow or stopped upload of a relayed HTTP request', () => {
   // Found by review: the cut above was at first applied to every failure with the body open, the listener's own.
   for (const how of ['closes it', 'sends a frame with a reserved opcode on it'] as const) {
     it(`whose listener ${how} mid-body: the leg gets the close handshake with its code, not a cut`, async (t) => {
-      const relay = await startTestRelay(t, { timeouts: { httpResponseMs: RESPONSE_MS } });
-      const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-      t.after(() => listener.close());
-      const sender = await openSender(t, relay.port);
-      sender.socket.write(head(relay.url, 200_000));
-      sender.socket.write(Buffer.alloc(50_000, 1));
-      const notice = await listener.next();
-      const leg = new WebSocket(notice.request.address);
-      t.after(() => leg.terminate());
-      leg.on('error', () => undefined);
-      const closed = new Promise<number>((resolve) => leg.once('close', (code: number) => resolve(code)));
-      await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'the rendezvous leg');
+      const { relay, sender, leg, closed } = await legMidUpload(t);
       await sleep(100);
       if (how === 'closes it') leg.close(1000);
       // Opcode 0xB, masked, empty: no such frame in RFC 6455.
