@@ -6,7 +6,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
-import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
+import { LegKeepAlive } from './leg-keep-alive.ts';
 import { askingHalfClose, pipeSocketToWebSocket } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
@@ -85,7 +85,7 @@ export class LocalForwarder {
       tcp.resetAndDestroy();
       return;
     }
-    keepTcpAlive(ws, this.keepAlive.periodMs);
+    this.keepAlive.prepare(ws);
     this.connecting.add(ws);
     let opened = false;
     // Until the relay answers, a local client that resets is this handler's (afterwards the pipe's).

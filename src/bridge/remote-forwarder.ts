@@ -177,7 +177,7 @@ export class RemoteForwarder {
         tcp.resetAndDestroy();
         return;
       }
-      keepTcpAlive(ws, this.timing.keepAliveMs);
+      this.keepAlive.prepare(ws);
       this.open.add(ws);
       ws.on('close', () => this.open.delete(ws));
       ws.once('error', (err) => {

@@ -13,30 +13,60 @@ import { runCli, type CliProcess } from '../helpers/cli-process.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
-/** A client's masked ping with no payload, as ws sends it: 0x89, 0x80 and a 4-byte mask. */
-const isLonePing = (chunk: Buffer) => chunk.length === 6 && chunk[0] === 0x89 && chunk[1] === 0x80;
+/** The number a bridge's ping carries (masked, a 4-byte payload: 0x89, 0x84, the mask, the number), if the chunk is one. */
+function pingNumber(chunk: Buffer): number | undefined {
+  if (chunk.length !== 10 || chunk[0] !== 0x89 || chunk[1] !== 0x84) return undefined;
+  const number = Buffer.from([0, 1, 2, 3].map((i) => chunk[6 + i] ^ chunk[2 + i]));
+  return number.readUInt32BE(0);
+}
+
+/** The numbers the relay's pongs in a chunk echo (unmasked: 0x8a, 0x04, the number). */
+function pongNumbers(chunk: Buffer): number[] {
+  const numbers: number[] = [];
+  for (let i = chunk.indexOf(0x8a); i >= 0 && i + 6 <= chunk.length; i = chunk.indexOf(0x8a, i + 1)) {
+    if (chunk[i + 1] === 0x04) numbers.push(chunk.readUInt32BE(i + 2));
+  }
+  return numbers;
+}
 
 /**
  * A proxy to 127.0.0.1:`target()`; freeze() stops every connection open so far from forwarding, without closing it.
- * settled(): on every connection, a pong came back from the relay after the last bytes the bridge sent (other than
- * a ping): the relay has read all of them (a bridge waits for TCP, not its keep-alive, on a leg with bytes unread).
+ * settled(): on every leg (-R's control channel aside), after the last bytes the bridge sent (other than a ping), a
+ * pong came back from the relay to a ping sent after them, then another to a ping sent after that pong: the relay has read all of them and read on (a bridge waits
+ * for TCP, not its keep-alive, on a leg whose relay may have stopped reading for a far end that does not).
  */
 async function freezableProxy(t: Parameters<typeof cleanupFor>[0], target: () => number): Promise<{ url: string; freeze(): void; settled(): boolean }> {
   const pairs: [Socket, Socket][] = [];
-  const unanswered = new Set<Socket>();
+  // Per connection, as the bridge keeps it (leg-keep-alive.ts): the latest ping's number, and the ping whose pong
+  // is awaited after bytes were sent (stage 1), then after that pong (stage 2; one ping later than the bridge may
+  // want, as a ping may pass the pong on its way: settled late, never early).
+  const legs = new Map<Socket, { stage: 1 | 2; awaited: number }>();
+  const latestPing = new Map<Socket, number>();
   const server = createServer((inbound) => {
     const outbound = connect(target(), '127.0.0.1');
     for (const s of [inbound, outbound]) s.on('error', () => {});
     inbound.pipe(outbound);
     outbound.pipe(inbound);
-    inbound.on('data', (chunk: Buffer) => void (isLonePing(chunk) || unanswered.add(inbound)));
+    let controlChannel: boolean | undefined;
+    inbound.on('data', (chunk: Buffer) => {
+      // -R's control channel is no leg: its keep-alive is its own (remote-forwarder.ts).
+      controlChannel ??= chunk.includes('sb-hc-action=listen');
+      if (controlChannel) return;
+      const number = pingNumber(chunk);
+      if (number !== undefined) latestPing.set(inbound, number);
+      else legs.set(inbound, { stage: 1, awaited: (latestPing.get(inbound) ?? 0) + 1 });
+    });
     outbound.on('data', (chunk: Buffer) => {
-      for (let i = chunk.indexOf(0x8a); i >= 0 && i < chunk.length - 1; i = chunk.indexOf(0x8a, i + 1)) {
-        if (chunk[i + 1] === 0x00) return void unanswered.delete(inbound);
+      for (const answered of pongNumbers(chunk)) {
+        const leg = legs.get(inbound);
+        if (!leg || answered < leg.awaited) continue;
+        if (leg.stage === 2) legs.delete(inbound);
+        else legs.set(inbound, { stage: 2, awaited: (latestPing.get(inbound) ?? 0) + 2 });
       }
     });
     inbound.on('close', () => {
-      unanswered.delete(inbound);
+      legs.delete(inbound);
+      latestPing.delete(inbound);
       outbound.destroy();
     });
     outbound.on('close', () => inbound.destroy());
@@ -57,7 +87,7 @@ async function freezableProxy(t: Parameters<typeof cleanupFor>[0], target: () =>
         b.pause();
       }
     },
-    settled: () => unanswered.size === 0,
+    settled: () => legs.size === 0,
   };
 }
 
@@ -107,9 +137,9 @@ describe('bridge leg keep-alive', () => {
     await withTimeout(new Promise((r) => client.once('data', r)), 10000, 'the echo through the relay');
     assert.ok(targetOutcome);
 
-    // Frozen once the relay has read all the bridges sent (a pong after it). Frozen with bytes unread, a leg waits for
-    // TCP: a far end that stops reading looks the same from here (test/bridge/pipe.test.ts).
-    await until(() => proxy.settled(), 10000, 'a pong after the last bytes on every connection');
+    // Frozen once the relay has read all the bridges sent and read on (two pongs after it). Frozen before, a leg waits
+    // for TCP: a far end that stops reading looks the same from here (test/bridge/pipe.test.ts).
+    await until(() => proxy.settled(), 10000, 'two pongs after the last bytes on every connection');
     proxy.freeze();
     // --keepalive 1: silent for two periods, each leg is cut; 10 s leaves room for a loaded machine.
     await until(() => clientOutcome() !== undefined && targetOutcome!() !== undefined, 10000, 'both ends to hear');

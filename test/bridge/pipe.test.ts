@@ -49,8 +49,8 @@ describe('bridge pipe', () => {
    * A pipe between a TCP pair and a WebSocket to a server standing for the relay: `peer` is the
    * local client (half-open allowed, so it closes nothing unless told), `relaySide` the server's end.
    */
-  async function pipedPair(t: Parameters<typeof cleanupFor>[0], halfClose: HalfClose = 'off', keepAlive?: LegKeepAlive) {
-    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  async function pipedPair(t: Parameters<typeof cleanupFor>[0], halfClose: HalfClose = 'off', keepAlive?: LegKeepAlive, autoPong = true) {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, autoPong });
     await once(wss, 'listening');
     cleanupFor(t).after(() => new Promise((r) => wss.close(r)));
     // Half-open allowed, as the bridge's own sockets are.
@@ -66,6 +66,7 @@ describe('bridge pipe', () => {
     const relaySideP = once(wss, 'connection') as Promise<[WebSocket]>;
     const ws = new WebSocket(`ws://127.0.0.1:${(wss.address() as { port: number }).port}`);
     cleanupFor(t).after(() => ws.terminate());
+    keepAlive?.prepare(ws);
     await once(ws, 'open');
     const [relaySide] = await withTimeout(relaySideP, 5000, 'relay side');
     let ended: PipeResult | undefined;
@@ -226,5 +227,86 @@ describe('bridge pipe', () => {
     await until(() => pings.length - pingsBefore >= 4, 3000, 'the pings sent while it was silent');
     assert.equal(sending.ended(), undefined);
     assert.equal(sending.ws.readyState, sending.ws.OPEN);
+  });
+
+  it('keeps a leg whose relay answered the ping after the bytes, then stopped reading; cuts it once a later ping was answered and silence follows', async (t) => {
+    // Found by review: the relay read the bytes and the ping after them together, answered it, then held the leg back
+    // for a far end not reading. Before, that one pong counted the silence again and the healthy leg was cut.
+    const keepAlive = new LegKeepAlive(100);
+    const { peer, relaySide, ended } = await pipedPair(t, 'off', keepAlive);
+    peer.on('error', () => undefined);
+    cleanupFor(t).after(() => relaySide.terminate());
+    let got = '';
+    let holdAtPing = false;
+    relaySide.on('message', (d: Buffer) => {
+      got += String(d);
+      holdAtPing = true;
+    });
+    // ws answers a ping as it reads it, then emits 'ping': the pong is out when the relay side stops reading.
+    relaySide.on('ping', () => {
+      if (!holdAtPing) return;
+      holdAtPing = false;
+      relaySide.pause();
+    });
+    peer.write('a request the far end is slow to take');
+    await until(() => relaySide.isPaused, 3000, 'the relay side to answer the ping after the bytes and stop reading');
+    assert.equal(got, 'a request the far end is slow to take');
+    // Eight periods, four times the silence that cuts a leg.
+    await new Promise((r) => setTimeout(r, 800));
+    assert.equal(ended(), undefined);
+    // It reads again (the far end took the bytes): the pings it held are answered, then it goes silent for good.
+    let answered = 0;
+    relaySide.on('ping', () => answered++);
+    relaySide.resume();
+    await until(() => answered >= 2, 3000, 'the held pings and one more to be answered');
+    relaySide.pause();
+    await until(() => ended() !== undefined, 5000, 'the leg silent with nothing sent since to be cut');
+    assert.match(ended()!.reason, /^no answer from the relay for 0\.2 s/);
+  });
+
+  it('tells which ping a pong answers: a relay answering only some of them still gets a dead path after bytes cut (found by review)', async (t) => {
+    // RFC 6455 5.5.3 lets a relay answer only the latest of several pings (ours does while a frame to the bridge
+    // is half sent). Before, pongs were counted: here one per two pings, so the count fell further behind at every
+    // ping, and once bytes were sent, a pong count the relay would never reach kept the silence from counting.
+    const keepAlive = new LegKeepAlive(100);
+    const { peer, relaySide, ended } = await pipedPair(t, 'off', keepAlive, false);
+    peer.on('error', () => undefined);
+    cleanupFor(t).after(() => relaySide.terminate());
+    let pings = 0;
+    let answering = true;
+    relaySide.on('ping', (data: Buffer) => {
+      if (++pings % 2 === 0 && answering) relaySide.pong(data);
+    });
+    await until(() => pings >= 20, 5000, 'twenty pings');
+    peer.write('some bytes');
+    await new Promise((r) => setTimeout(r, 600));
+    assert.equal(ended(), undefined);
+    // The path dies: nothing answers any more.
+    answering = false;
+    await until(() => ended() !== undefined, 3000, 'the leg to be cut');
+    assert.match(ended()!.reason, /^no answer from the relay for 0\.2 s/);
+  });
+
+  it('keeps a leg on which one large frame arrives slowly, its pongs held until the frame ends (found by review: cut before)', async (t) => {
+    const keepAlive = new LegKeepAlive(100);
+    // The relay holds a pong back until the frame it is forwarding to the bridge is whole: here, none comes.
+    const { peer, relaySide, ended } = await pipedPair(t, 'off', keepAlive, false);
+    peer.on('error', () => undefined);
+    cleanupFor(t).after(() => relaySide.terminate());
+    let got = 0;
+    peer.on('data', (d: Buffer) => (got += d.length));
+    const raw = (relaySide as unknown as { _socket: Socket })._socket;
+    const size = 60_000;
+    // One binary frame (server frames are unmasked), in 12 pieces 60 ms apart: 720 ms, over seven periods.
+    raw.write(Buffer.from([0x82, 0x7e, size >> 8, size & 0xff]));
+    for (let i = 0; i < 12; i++) {
+      await new Promise((r) => setTimeout(r, 60));
+      raw.write(Buffer.alloc(size / 12, 0x61));
+    }
+    await until(() => got === size, 3000, 'the frame to reach the local socket');
+    assert.equal(ended(), undefined);
+    // Silence after it (no pong, no byte) still ends the leg.
+    await until(() => ended() !== undefined, 5000, 'the leg silent after the frame to be cut');
+    assert.match(ended()!.reason, /^no answer from the relay for 0\.2 s/);
   });
 });
