@@ -599,7 +599,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.head === undefined && !this.rendezvous) this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
-      // The listener closed the leg itself, or broke the protocol on it: the handshake, with its code (1002, 1007, 1009).
+      // The listener closed the leg itself, or broke the WebSocket protocol on it: the handshake, with its code (1002,
+      // 1007, 1009). A listener that broke the HTTP one (a bad head, a body off its declared length) or went quiet is
+      // cut like the rest while the body is open: its read fails, rather than taking a part of the body for the whole.
       const listenerEnded = this.rendezvousClose.received || this.rendezvousCloseCode !== CLOSE_NORMAL;
       if (this.bodyMessageOpen && this.failure !== undefined && !listenerEnded) {
         // The request body was cut (its sender gone or stalled, the listener too slow): a close frame, whatever its
