@@ -141,7 +141,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     maxHeaderSize: MAX_HEADER_BYTES,
   };
   const tls = config.listen.tls;
-  const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (notAfter) => metrics.certificateExpiry.set({ certificate: 'server' }, notAfter));
+  const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (set) => {
+    metrics.certificateExpiry.set({ certificate: 'server' }, set.notAfter);
+    metrics.certificateExpiry.set({ certificate: 'chain' }, set.chainNotAfter);
+  });
   const server: Server = secure ? secure.server : createServer(httpOptions);
   const certificates = secure?.certificates;
   const proxyTrust = new ProxyTrust(config.listen.trustProxy);

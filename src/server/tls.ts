@@ -10,7 +10,13 @@
 // key that does not match) is refused with a log line and the old one stays.
 // One not valid yet (a renewal issued by a CA whose clock runs ahead, or
 // staged early) is refused the same way, since clients would refuse it, and
-// read again when it becomes valid.
+// read again when it becomes valid. The chain the file sends after it is
+// checked too, but only warned about (`tls.chain_certificate_invalid`): an
+// expired intermediate is sometimes sent on purpose, a cross-signature for old
+// clients that newer ones skip (Let's Encrypt's chain in 2021), and the
+// earliest expiry in the file is a metric of its own (`certificate="chain"`).
+// Intermediates OpenSSL adds from listen.tls.caFile (a certFile holding the
+// server's certificate alone) are not checked.
 import { X509Certificate, createHash } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import type { ServerOptions } from 'node:http';
@@ -42,10 +48,22 @@ export class CertificateNotYetValid extends ConfigError {
   }
 }
 
+/** A certificate of the chain sent after the server's that a client checking it would refuse, and why. */
+export interface ChainProblem {
+  subject: string;
+  problem: 'expired' | 'not valid yet';
+  /** When it expired, or becomes valid (ISO). */
+  at: string;
+}
+
 export interface CertificateSet {
   context: SecureContextOptions;
   /** The server certificate's expiry, unix seconds. */
   notAfter: number;
+  /** The earliest expiry of the certificates in the file, the chain sent after the server's included, but not one expired when read (unix seconds). */
+  chainNotAfter: number;
+  /** The chain's certificates that are expired or not valid yet (served all the same; see the head of this file). */
+  chainProblems: ChainProblem[];
   subject: string;
   /** SHA-256 of the certificate, as `openssl x509 -fingerprint -sha256` prints it. */
   fingerprint: string;
@@ -85,15 +103,42 @@ export function readCertificates(tls: ListenTlsConfig, now = Date.now()): Certif
   return certificateSetOf(tls, readPemFiles(tls), now);
 }
 
-/** Checks the files' bytes; throws ConfigError naming the key that is wrong. */
-function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): CertificateSet {
-  const { cert, key, ca } = files;
-  let x509: X509Certificate;
+/** A PEM certificate block, under each label OpenSSL reads one from (its label, group 1). */
+const PEM_CERTIFICATE = /-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----[^-]+-----END \1-----/g;
+
+/**
+ * The certificates of a PEM file as OpenSSL serves them: the server's (the first block, under any certificate
+ * label), then the chain sent with it (the later blocks labelled CERTIFICATE or X509 CERTIFICATE; a TRUSTED one
+ * after the first is skipped, as OpenSSL skips it).
+ */
+function certificatesIn(tls: ListenTlsConfig, cert: Buffer): [X509Certificate, ...X509Certificate[]] {
   try {
-    x509 = new X509Certificate(cert);
+    const server = new X509Certificate(cert);
+    const later = [...cert.toString('latin1').matchAll(PEM_CERTIFICATE)].slice(1).filter((m) => m[1] !== 'TRUSTED CERTIFICATE');
+    return [server, ...later.map((m) => new X509Certificate(Buffer.from(m[0], 'latin1')))];
   } catch (err) {
     throw new ConfigError(`listen.tls.certFile: ${tls.certFile} is not a PEM certificate: ${(err as Error).message}`);
   }
+}
+
+const subjectOf = (x509: X509Certificate) => x509.subject.replace(/\n/g, ', ');
+
+/** The chain's certificates a client would refuse at `now`. */
+function chainProblemsOf(chain: X509Certificate[], now: number): ChainProblem[] {
+  const problems: ChainProblem[] = [];
+  for (const x509 of chain) {
+    const notAfter = Date.parse(x509.validTo);
+    const validFrom = Date.parse(x509.validFrom);
+    if (notAfter <= now) problems.push({ subject: subjectOf(x509), problem: 'expired', at: new Date(notAfter).toISOString() });
+    else if (validFrom > now) problems.push({ subject: subjectOf(x509), problem: 'not valid yet', at: new Date(validFrom).toISOString() });
+  }
+  return problems;
+}
+
+/** Checks the files' bytes; throws ConfigError naming the key that is wrong. */
+function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): CertificateSet {
+  const { cert, key, ca } = files;
+  const [x509, ...chain] = certificatesIn(tls, cert);
   const notAfter = Math.floor(Date.parse(x509.validTo) / 1000);
   if (notAfter * 1000 <= now) throw new ConfigError(`listen.tls.certFile: the certificate in ${tls.certFile} expired on ${x509.validTo}`);
   const context: SecureContextOptions = { cert, key, minVersion: tls.minVersion, ...(ca ? { ca } : {}) };
@@ -110,7 +155,17 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
     throw new CertificateNotYetValid(`listen.tls.certFile: the certificate in ${tls.certFile} is not valid before ${x509.validFrom} (clients would refuse it; is a clock wrong?)`, validFrom);
   }
   const digest = digestOf(files);
-  return { context, notAfter, subject: x509.subject.replace(/\n/g, ', '), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
+  // Not one expired already when read (a cross-signature sent on purpose would hold the metric in the past for
+  // good): that one is warned of, and one that runs out while served shows.
+  const expiries = chain.map((c) => Math.floor(Date.parse(c.validTo) / 1000));
+  const chainNotAfter = Math.min(notAfter, ...expiries.filter((at) => at * 1000 > now));
+  const chainProblems = chainProblemsOf(chain, now);
+  return { context, notAfter, chainNotAfter, chainProblems, subject: subjectOf(x509), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
+}
+
+/** Warns of each certificate of the chain a client checking it would refuse (served all the same). */
+function warnOfChain(log: Logger, set: CertificateSet): void {
+  for (const problem of set.chainProblems) log.warn({ event: 'tls.chain_certificate_invalid', served: set.fingerprint, ...problem });
 }
 
 export type CertificateReason = 'start' | 'signal' | 'file' | 'config' | 'now-valid';
@@ -160,6 +215,7 @@ export class CertificateKeeper {
     const casChanged = !(next.ca ?? Buffer.alloc(0)).equals(this.current.ca ?? Buffer.alloc(0));
     this.current = next;
     this.log.info({ event: 'tls.certificate_loaded', reason, subject: next.subject, fingerprint: next.fingerprint, notAfter: new Date(next.notAfter * 1000).toISOString() });
+    warnOfChain(this.log, next);
     if (casChanged) this.onClientCasChanged?.(next.ca);
     return true;
   }
@@ -243,16 +299,17 @@ export class CertificateKeeper {
  * The relay's HTTPS server: the first certificates read (a bad one throws
  * ConfigError naming the key, so start-up stops), client certificates asked
  * for and required as listen.tls says, and a keeper that swaps certificates
- * in as they change. `served` hears each certificate's expiry (unix s).
+ * in as they change. `served` hears each set served (its expiries, for the metrics).
  */
 export function createTlsServer(
   tls: ListenTlsConfig,
   httpOptions: ServerOptions,
   handshakeMs: number,
   log: Logger,
-  served: (notAfter: number) => void,
+  served: (set: CertificateSet) => void,
 ): { server: Server; certificates: CertificateKeeper } {
   const first = readCertificates(tls);
+  warnOfChain(log, first);
   const server = createServer({
     ...httpOptions,
     ...first.context,
@@ -263,13 +320,13 @@ export function createTlsServer(
   });
   // Failed handshakes (an untrusted client certificate, a scanner, one past the bound) reach the server's
   // 'clientError' too (node:https passes 'tlsClientError' on), where relay-server.ts logs them once.
-  served(first.notAfter);
+  served(first);
   const certificates = new CertificateKeeper(
     tls,
     first,
     (set) => {
       server.setSecureContext(set.context);
-      served(set.notAfter);
+      served(set);
     },
     log,
   );

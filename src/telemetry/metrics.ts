@@ -197,7 +197,7 @@ export class RelayMetrics {
     });
     this.certificateExpiry = new Gauge({
       name: 'edge_relay_tls_certificate_expiry_timestamp_seconds',
-      help: 'When the TLS certificate the relay serves now expires (unix seconds); absent without listen.tls',
+      help: 'When the TLS certificate the relay serves now expires (certificate="server"), and the first certificate of its file to expire, the intermediates sent with it included, not one expired already when read (certificate="chain"); unix seconds; absent without listen.tls',
       labelNames: ['certificate'],
       registers,
     });

@@ -28,6 +28,12 @@ export interface TestPki {
   /** A server certificate (`name`) from the same CA, for 127.0.0.1 and localhost, valid from `validFrom` (whole seconds) for a day. */
   issueServerValidFrom(name: string, validFrom: Date): CertFiles;
   /**
+   * A server certificate (`name`, for 127.0.0.1 and localhost, valid now for a day) signed by an intermediate CA
+   * (`name`-ca, signed by the test CA, valid from `intermediateFrom` until `intermediateUntil`); its certFile holds
+   * both, the chain a client is sent.
+   */
+  issueServerChain(name: string, intermediateFrom: Date, intermediateUntil: Date): CertFiles & { intermediateFile: string };
+  /**
    * A client certificate with CN `name`, from the test CA, or from a CA nobody trusts with `untrusted`; with
    * `intermediate`, signed by an intermediate CA the test CA signed, its certFile holding both (the chain sent).
    */
@@ -70,7 +76,7 @@ function opensslTime(at: Date): string {
  * Like issue(), with the validity given (`openssl x509 -req` of OpenSSL 3.0 starts every certificate now):
  * `openssl ca` with a throwaway database.
  */
-function issueValidFrom(dir: string, ca: string, name: string, extensions: string, validFrom: Date): CertFiles {
+function issueValidFrom(dir: string, ca: string, name: string, extensions: string, validFrom: Date, until = new Date(validFrom.getTime() + 86_400_000)): CertFiles {
   writeFileSync(join(dir, `${name}.ext`), extensions);
   writeFileSync(join(dir, `${name}.index`), '');
   writeFileSync(
@@ -79,7 +85,6 @@ function issueValidFrom(dir: string, ca: string, name: string, extensions: strin
   );
   writeFileSync(join(dir, `${name}.serial`), '01\n');
   openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], dir);
-  const until = new Date(validFrom.getTime() + 86_400_000);
   openssl(
     ['ca', '-batch', '-notext', '-config', `${name}.cnf`, '-cert', `${ca}.pem`, '-keyfile', `${ca}.key`, '-in', `${name}.csr`, '-out', `${name}.pem`,
       '-startdate', opensslTime(validFrom), '-enddate', opensslTime(until), '-extfile', `${name}.ext`],
@@ -108,6 +113,17 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
     server: issueServer('server'),
     issueServer,
     issueServerValidFrom: (name, validFrom) => issueValidFrom(dir, 'ca', name, serverExtensions(['127.0.0.1', 'localhost']), validFrom),
+    issueServerChain: (name, intermediateFrom, intermediateUntil) => {
+      const intermediate = `${name}-ca`;
+      const caExtensions = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n';
+      // Written as `${intermediate}.pem` and `.key`, which issue() signs with.
+      issueValidFrom(dir, 'ca', intermediate, caExtensions, intermediateFrom, intermediateUntil);
+      const leaf = issue(dir, intermediate, name, serverExtensions(['127.0.0.1', 'localhost']));
+      const chainFile = join(dir, `${name}-chain.pem`);
+      const intermediateFile = join(dir, `${intermediate}.pem`);
+      writeFileSync(chainFile, Buffer.concat([readFileSync(leaf.certFile), readFileSync(intermediateFile)]));
+      return { certFile: chainFile, keyFile: leaf.keyFile, intermediateFile };
+    },
     issueClient: (name, options = {}) => {
       if (options.untrusted && !otherCa) {
         newCa(dir, 'other-ca');
