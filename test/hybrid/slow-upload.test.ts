@@ -54,7 +54,7 @@ async function legMidUpload(t: { after(fn: () => void): void }) {
   leg.on('message', (data: Buffer, binary: boolean) => messages.push({ binary, bytes: data.length }));
   const closed = new Promise<number>((resolve) => leg.once('close', (code: number) => resolve(code)));
   await withTimeout(new Promise((r) => leg.once('open', r)), 5000, 'the rendezvous leg');
-  return { relay, sender, leg, closed, messages };
+  return { relay, sender, leg, closed, messages, requestId: String(notice.request.id) };
 }
 
 describe('a slow or stopped upload of a relayed HTTP request', () => {
@@ -143,4 +143,29 @@ describe('a slow or stopped upload of a relayed HTTP request', () => {
       assert.equal(relay.hybrid.openConnections().http_request, 0);
     });
   }
+
+  it('whose listener sends a response head that is not JSON mid-body: 502, and its leg is cut (its read fails; no close frame ends the body for it)', async (t) => {
+    const { relay, sender, leg, closed } = await legMidUpload(t);
+    leg.send('{"response": not json');
+    assert.equal(await withTimeout(closed, 10000, 'the leg to end'), 1006);
+    await withTimeout(sender.ended, 10000, 'the sender to be answered and closed');
+    assert.match(sender.text(), /^HTTP\/1\.1 502 /);
+    assert.equal(relay.hybrid.openConnections().http_request, 0);
+  });
+
+  it('whose listener closes its leg after the response head and part of its body: the sender\'s response is cut short, the leg gets its close answered', async (t) => {
+    const { relay, sender, leg, closed, requestId } = await legMidUpload(t);
+    leg.send(JSON.stringify({ response: { requestId, statusCode: 200, statusDescription: 'OK', body: true } }));
+    // The body is one binary message: this first fragment of it leaves it open.
+    leg.send(Buffer.from('part of the answer'), { fin: false });
+    const head = () => /^HTTP\/1\.1 200 [\s\S]*part of the answer/.test(sender.text());
+    await withTimeout((async () => { while (!head()) await sleep(20); })(), 10000, 'the head and the first piece');
+    leg.close(1000);
+    assert.equal(await withTimeout(closed, 10000, 'the leg to end'), 1000);
+    await withTimeout(sender.ended, 10000, 'the sender connection to be closed');
+    // Chunked, and no last chunk: the sender cannot take it for a whole answer.
+    assert.match(sender.text(), /transfer-encoding: chunked/i);
+    assert.doesNotMatch(sender.text(), /\r\n0\r\n\r\n$/);
+    assert.equal(relay.hybrid.openConnections().http_request, 0);
+  });
 });
