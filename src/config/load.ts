@@ -167,6 +167,10 @@ function checkCrossFieldRules(config: RelayConfig): void {
     }
   }
   for (const [i, hub] of config.pubsub.hubs.entries()) {
+    // Azure's two keys always differ: the same one twice is a rotation gone wrong (the key meant to replace it never came).
+    if (hub.secondaryAccessKey !== undefined && hub.secondaryAccessKey === hub.accessKey) {
+      throw new ConfigError(`config: /pubsub/hubs/${i}/secondaryAccessKey: the same key as accessKey (${hub.name}); a second key must differ, or be left out`);
+    }
     if (hub.upstream && hub.eventHandlers) {
       throw new ConfigError(`config: /pubsub/hubs/${i}/upstream: give eventHandlers or the older upstream, not both`);
     }

@@ -90,6 +90,16 @@ describe('secrets out of the config file', () => {
     rejectsWith(load({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:1'], token: 't', credsFile: 'c' } }), /one way to authenticate/);
     rejectsWith(load({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:1'], tls: { certFile: 'c' } } }), /\/bus\/tls/);
   });
+
+  it('refuses a hub whose secondary key is its access key (before: taken without a word, a rotation gone wrong), wherever each comes from', (t) => {
+    const dir = folder(t);
+    write(dir, 'hub.key', `${LONG}\n`);
+    const hubWith = (hub: object) => write(dir, 'c.json', { pubsub: { hubs: [{ name: 'chat', ...hub }] } });
+    const same = /\/pubsub\/hubs\/0\/secondaryAccessKey: the same key as accessKey \(chat\)/;
+    rejectsWith(() => loadConfig(hubWith({ accessKey: LONG, secondaryAccessKey: LONG }), {}, {}), same);
+    rejectsWith(() => loadConfig(hubWith({ accessKey: '${HUB_KEY}', secondaryAccessKeyFile: 'hub.key' }), { HUB_KEY: LONG }, {}), same);
+    assert.equal(loadConfig(hubWith({ accessKey: LONG, secondaryAccessKey: `${LONG}-2` }), {}, {}).pubsub.hubs[0].secondaryAccessKey, `${LONG}-2`);
+  });
 });
 
 describe('serve refuses weak keys off loopback', () => {
