@@ -31,7 +31,7 @@ import type WebSocket from 'ws';
 
 /** What the keep-alive knows of one leg; the pipe marks what it sends (`sent`). */
 export interface WatchedLeg {
-  /** A frame (pong, ping or message) came since the last tick. */
+  /** Bytes came since the last tick (a whole frame, for a leg whose socket prepare() did not see). */
   heard: boolean;
   /** Ticks in a row with nothing heard. */
   silentPeriods: number;
@@ -56,10 +56,10 @@ export class LegKeepAlive {
   /** Legs this keep-alive terminated: the pipe names the reason. */
   private readonly cut = new WeakSet<WebSocket>();
   private timer: NodeJS.Timeout | undefined;
-  // Shared by every leg (`this` is the leg that emitted): no closure per leg.
   /** Each leg's connection to the relay, once its handshake is answered (see prepare()), and the leg it carries. */
   private readonly sockets = new WeakMap<WebSocket, Socket>();
   private readonly legsBySocket = new WeakMap<Socket, WatchedLeg>();
+  // Shared by every leg (`this` is the leg, or its socket, that emitted): no closure per leg.
   private readonly onFrame: (this: WebSocket) => void;
   private readonly onBytes: (this: Socket) => void;
   private readonly onPong: (this: WebSocket, data: Buffer) => void;
