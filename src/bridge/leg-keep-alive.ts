@@ -100,10 +100,7 @@ export class LegKeepAlive {
    * that watch() hears every byte on it (without, only whole messages, pings and pongs count).
    */
   prepare(ws: WebSocket): void {
-    ws.once('upgrade', (res: IncomingMessage) => {
-      res.socket.setKeepAlive(true, this.periodMs);
-      this.sockets.set(ws, res.socket);
-    });
+    keepTcpAlive(ws, this.periodMs, (socket) => this.sockets.set(ws, socket));
   }
 
   /** Watches an open leg until it closes; the caller sets `sent` on what it returns when it sends on the leg. */
@@ -172,8 +169,11 @@ export class LegKeepAlive {
 
 /**
  * TCP keep-alive on a WebSocket's connection to the relay, set once the handshake is answered:
- * the kernel probes an idle connection and errors it when the path is gone.
+ * the kernel probes an idle connection and errors it when the path is gone. `onSocket` is given that connection.
  */
-export function keepTcpAlive(ws: WebSocket, delayMs: number): void {
-  ws.once('upgrade', (res: IncomingMessage) => res.socket.setKeepAlive(true, delayMs));
+export function keepTcpAlive(ws: WebSocket, delayMs: number, onSocket?: (socket: Socket) => void): void {
+  ws.once('upgrade', (res: IncomingMessage) => {
+    res.socket.setKeepAlive(true, delayMs);
+    onSocket?.(res.socket);
+  });
 }

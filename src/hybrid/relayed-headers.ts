@@ -90,6 +90,5 @@ export function responseHeadersForSender(
  * them), anything else a space; bounded. Before, every character outside ASCII became a space ("Tr s Bien").
  */
 export function relayedReason(text: string | undefined, status: number): string {
-  const cleaned = (text ?? '').replace(/[^\t\x20-\x7e\x80-\xff]/g, ' ').trim().slice(0, 256);
-  return cleaned || safeReason(undefined, status);
+  return safeReason(text, status, true);
 }

@@ -51,9 +51,12 @@ export function writeSwitchingProtocols(socket: Duplex, key: string, protocol: s
   socket.write(head + '\r\n');
 }
 
-/** A reason phrase safe to put on a status line: printable ASCII, bounded. */
-export function safeReason(text: string | undefined, status: number): string {
-  const cleaned = (text ?? '').replace(/[^\x20-\x7e]/g, ' ').trim().slice(0, 256);
+/**
+ * A reason phrase safe to put on a status line: printable ASCII, or with `latin1` also tab and bytes 0x80-0xFF
+ * (what HTTP allows there, written as Latin-1 by node:http); anything else a space; bounded.
+ */
+export function safeReason(text: string | undefined, status: number, latin1 = false): string {
+  const cleaned = (text ?? '').replace(latin1 ? /[^\t\x20-\x7e\x80-\xff]/g : /[^\x20-\x7e]/g, ' ').trim().slice(0, 256);
   return cleaned || STATUS_CODES[status] || 'Error';
 }
 
