@@ -12,7 +12,7 @@ import WebSocket from 'ws';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const RESPONSE_MS = 1500;
 
@@ -113,7 +113,7 @@ describe('a slow or stopped upload of a relayed HTTP request', () => {
     it(`whose sender ${how} mid-body on the rendezvous path: the listener's leg is cut, not closed with a close frame`, async (t) => {
       const { relay, sender, closed, messages } = await legMidUpload(t);
       if (how === 'goes away') {
-        await sleep(300);
+        await until(() => messages.length === 1, 5000, 'the request head on the leg');
         sender.socket.destroy();
       }
       // 1006: no close frame came. Before: 1000, which ends the body message for a .NET listener.
@@ -131,8 +131,9 @@ describe('a slow or stopped upload of a relayed HTTP request', () => {
   // Found by review: the cut above was at first applied to every failure with the body open, the listener's own.
   for (const how of ['closes it', 'sends a frame with a reserved opcode on it'] as const) {
     it(`whose listener ${how} mid-body: the leg gets the close handshake with its code, not a cut`, async (t) => {
-      const { relay, sender, leg, closed } = await legMidUpload(t);
-      await sleep(100);
+      const { relay, sender, leg, closed, messages } = await legMidUpload(t);
+      // The request head has come: the body message is begun on the leg.
+      await until(() => messages.length === 1, 5000, 'the request head on the leg');
       if (how === 'closes it') leg.close(1000);
       // Opcode 0xB, masked, empty: no such frame in RFC 6455.
       else (leg as unknown as { _socket: Socket })._socket.write(Buffer.from([0x8b, 0x80, 0, 0, 0, 0]));
