@@ -4,7 +4,10 @@
 // directly and through nginx as a reverse proxy (1 worker, and `auto`: one
 // per core) holding a keep-alive pool to that server. A fixed number of
 // keep-alive connections each keep one request in flight, from our generator
-// (lean-http.ts) and, as a cross-check, from wrk -t1 in the same run.
+// (lean-http.ts) and, as a cross-check, from wrk -t1 in the same run. Two
+// floors beside them (bench/peers/floor-relay.ts): the same listener behind a
+// Node process that relays these GETs with nothing else, senders read by a
+// bare `net` server or by node:http, say what Node allows and what is ours.
 import { cpus } from 'node:os';
 import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
@@ -19,6 +22,9 @@ const RELAY = 'edge-relay -> listener';
 const NGINX_1 = 'nginx, 1 worker -> lean http server';
 const NGINX_AUTO = `nginx, auto (${cpus().length} workers) -> lean http server`;
 const DIRECT = 'lean http server, direct';
+/** The least a Node relay of this protocol does (bench/peers/floor-relay.ts): what bounds our rows, and what is ours. */
+const FLOOR_NET = 'Node floor: bare net front -> listener';
+const FLOOR_NODE_HTTP = 'Node floor: node:http front -> listener';
 
 /** One row's figures, from our generator or from wrk: the same shape. */
 type Load = WrkFigures;
@@ -69,6 +75,9 @@ function ratiosFor(scenario: string, rounds: Map<string, Load>[]): Ratio[] {
     { scenario, ours: RELAY, peer: NGINX_1, figure: `p99 ms${of}`, better: 'lower', ratio: paired(NGINX_1, (o, p) => o.p99Ms / p.p99Ms), target: 2 },
     { scenario, ours: RELAY, peer: NGINX_AUTO, ...rateFigure, ratio: paired(NGINX_AUTO, rate) },
     { scenario, ours: RELAY, peer: DIRECT, ...rateFigure, ratio: paired(DIRECT, rate), target: 0.5 },
+    // No targets: how far the relay is from what Node allows, with a bare front and with node:http's.
+    { scenario, ours: RELAY, peer: FLOOR_NET, ...rateFigure, ratio: paired(FLOOR_NET, rate) },
+    { scenario, ours: RELAY, peer: FLOOR_NODE_HTTP, ...rateFigure, ratio: paired(FLOOR_NODE_HTTP, rate) },
   ];
 }
 
@@ -91,13 +100,20 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
   const ratios: Ratio[] = [];
   try {
     // Started side by side where they do not depend on each other.
-    const [relay, direct] = await startAll(started, [
+    const [relay, direct, floorNet, floorNodeHttp] = await startAll(started, [
       startRelay(),
       startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'direct'], /ready (\d+)/),
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/floor-relay.ts', 'net'], /ready (\d+)/),
+      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/floor-relay.ts', 'node-http'], /ready (\d+)/),
     ] as const);
     const directPort = Number(direct.match[1]);
-    const [listener, nginx1, nginxAuto] = await startAll(started, [
-      startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(relay.port)], /ready (\d+)/),
+    const floorNetPort = Number(floorNet.match[1]);
+    const floorNodeHttpPort = Number(floorNodeHttp.match[1]);
+    const answerer = (port: number) => startProcess(process.execPath, ['--import', 'tsx', 'bench/peers/http-answerer.ts', 'relay', String(port)], /ready (\d+)/);
+    const [listener, floorNetListener, floorNodeHttpListener, nginx1, nginxAuto] = await startAll(started, [
+      answerer(relay.port),
+      answerer(floorNetPort),
+      answerer(floorNodeHttpPort),
       startNginx(directPort, 1),
       startNginx(directPort, 'auto'),
     ] as const);
@@ -106,6 +122,8 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
       { system: NGINX_1, ours: false, port: nginx1.port, path: '/hello', pids: [nginx1.pid, direct.pid] },
       { system: NGINX_AUTO, ours: false, port: nginxAuto.port, path: '/hello', pids: [nginxAuto.pid, direct.pid] },
       { system: DIRECT, ours: false, port: directPort, path: '/hello', pids: [direct.pid] },
+      { system: FLOOR_NET, ours: false, port: floorNetPort, path: `/${ENTITY}/hello`, pids: [floorNet.pid, floorNetListener.pid] },
+      { system: FLOOR_NODE_HTTP, ours: false, port: floorNodeHttpPort, path: `/${ENTITY}/hello`, pids: [floorNodeHttp.pid, floorNodeHttpListener.pid] },
     ];
     for (const connections of connectionCounts) {
       for (const generator of ['ours', 'wrk'] as const) {

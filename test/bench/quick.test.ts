@@ -23,6 +23,8 @@ describe('npm run bench', () => {
       assertFigure(report, scenario, /^nginx, 1 worker/, false);
       assertFigure(report, scenario, /^nginx, auto/, false);
       assertFigure(report, scenario, /^lean http server, direct$/, false);
+      assertFigure(report, scenario, /^Node floor: bare net front -> listener$/, false);
+      assertFigure(report, scenario, /^Node floor: node:http front -> listener$/, false);
     }
     assertFigure(report, /^tunnel /, /^edge-relay \(relayed websocket\)$/, true);
     assertFigure(report, /^tunnel /, /^haproxy/, false);
