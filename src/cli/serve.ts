@@ -123,7 +123,7 @@ async function serveCommand(argv: string[]): Promise<number> {
     return 2;
   }
   if (workers > 1 && worker === undefined) return runWorkers(config, workers);
-  const log = createLogger(config.log.level, config.nodeId);
+  const log = createLogger(config.log.level, config.nodeId, undefined, config.log.bufferBytes);
   // A last resort, not a fix: an exception nothing caught ends the process
   // (its state can no longer be trusted), logged as relay.crash. No input may
   // reach it; test/hostile/ checks that none of theirs does.

@@ -106,7 +106,11 @@ export interface RelayConfig {
   nodeId: string;
   listen: { host: string; port: number; tls?: ListenTlsConfig; trustProxy: string[]; proxyProtocol: boolean };
   publicUrl?: string;
-  log: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent' };
+  log: {
+    level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+    /** Bytes of log lines that may wait for stderr; past it lines are dropped and counted (read at start). */
+    bufferBytes: number;
+  };
   namespaceHosts: string[];
   sas: SasRule[];
   rotationGraceSeconds: number;

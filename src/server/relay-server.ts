@@ -21,7 +21,7 @@ import { ClusterStatus } from '../ops/cluster-status.ts';
 import { OpsDashboard } from '../ops/dashboard.ts';
 import { ManageAuth } from '../ops/manage-auth.ts';
 import { RelayMetrics } from '../telemetry/metrics.ts';
-import { setLogLevel, type Logger } from '../telemetry/logger.ts';
+import { droppedLogLines, setLogLevel, type Logger } from '../telemetry/logger.ts';
 import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
@@ -282,6 +282,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
     jetstreamStoring: () => jetstream?.storingByStream() ?? new Map(),
+    logLinesDropped: () => droppedLogLines(log),
   });
   const manageAuth = new ManageAuth(config, new URL(publicUrl).hostname, hybrid.authorizer);
   const status = new ClusterStatus({ config, bus, subjects, hybrid, pubsub, shuttingDown: () => closing, log });

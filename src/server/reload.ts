@@ -51,6 +51,7 @@ function restartOnly(c: RelayConfig): Record<string, unknown> {
     publicUrl: c.publicUrl,
     bus: c.bus,
     timeouts: c.timeouts,
+    'log.bufferBytes': c.log.bufferBytes,
   };
 }
 

@@ -5,6 +5,13 @@
 // A pino child copies its parent's level when it is made, so a new level
 // (log.level on reload) must reach every child alive: the root keeps weak
 // references to its descendants, dropped as they are collected.
+//
+// Lines wait in memory while stderr does not take them (a pipe whose reader
+// stalled or stopped): up to log.bufferBytes, past which new lines are
+// dropped, counted (edge_relay_log_lines_dropped_total) and reported by one
+// line once there is room again. Before, the wait had no bound: a flood of
+// refused connections, each logged at warn, grew the relay's memory for as
+// long as the reader was stuck.
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
@@ -12,17 +19,33 @@ export type { Logger };
 /** pino's levels, as log.level in schemas/config.schema.json takes them. */
 export const LOG_LEVELS: readonly string[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
+/** log.bufferBytes unless the config says otherwise. */
+export const DEFAULT_LOG_BUFFER_BYTES = 16 * 1024 * 1024;
+/** How often lines dropped since the last report are reported. */
+const DROP_REPORT_MS = 1000;
+
 interface Family {
   children: Set<WeakRef<Logger>>;
   collected: FinalizationRegistry<WeakRef<Logger>>;
+  /** Lines the destination dropped, since start. */
+  dropped: number;
 }
 
 const families = new WeakMap<Logger, Family>();
 
-/** `destination`: stderr unless given (tests read the lines). */
-export function createLogger(level: string, nodeId: string, destination?: DestinationStream): Logger {
+/** The stream pino writes to (sonic-boom): it drops a line past `maxLength` buffered bytes and says so. */
+interface DroppingDestination extends DestinationStream {
+  on(event: 'drop', listener: () => void): unknown;
+}
+
+/**
+ * `destination`: stderr unless given (tests read the lines); `bufferBytes`:
+ * how much of stderr's lines may wait in memory (log.bufferBytes).
+ */
+export function createLogger(level: string, nodeId: string, destination?: DestinationStream, bufferBytes = DEFAULT_LOG_BUFFER_BYTES): Logger {
   const children = new Set<WeakRef<Logger>>();
-  const family: Family = { children, collected: new FinalizationRegistry((ref) => children.delete(ref)) };
+  const family: Family = { children, collected: new FinalizationRegistry((ref) => children.delete(ref)), dropped: 0 };
+  const stderr = destination ? undefined : (pino.destination({ fd: 2, sync: false, maxLength: bufferBytes }) as DroppingDestination);
   const root = pino(
     {
       level,
@@ -34,10 +57,42 @@ export function createLogger(level: string, nodeId: string, destination?: Destin
         family.collected.register(child, ref);
       },
     },
-    destination ?? pino.destination({ fd: 2, sync: false }),
+    destination ?? stderr!,
   );
   families.set(root, family);
+  if (stderr) reportDrops(root, family, stderr);
   return root;
+}
+
+/**
+ * Counts the lines `stderr` drops and reports them in one line a second while
+ * any were: if that line is dropped too, its count waits for the next try.
+ */
+function reportDrops(root: Logger, family: Family, stderr: DroppingDestination): void {
+  let unreported = 0;
+  let reporting = 0;
+  stderr.on('drop', () => {
+    if (reporting > 0) {
+      // The report itself did not fit: its lines are still unreported (and it is no line of the relay's).
+      unreported += reporting;
+      reporting = 0;
+      return;
+    }
+    family.dropped++;
+    unreported++;
+  });
+  setInterval(() => {
+    if (unreported === 0) return;
+    reporting = unreported;
+    unreported = 0;
+    root.warn({ event: 'log.lines_dropped', lines: reporting }, 'stderr did not take the log lines in time (log.bufferBytes): these were dropped');
+    reporting = 0;
+  }, DROP_REPORT_MS).unref();
+}
+
+/** Lines the logger's stderr dropped since start (0 for a logger with a destination of its own). */
+export function droppedLogLines(root: Logger): number {
+  return families.get(root)?.dropped ?? 0;
 }
 
 /** Sets the level of a logger from createLogger and of every child it has now; later children take it from their parents. */

@@ -16,6 +16,8 @@ export interface MetricsSources {
   busRoundTrip(): Promise<number | undefined>;
   /** With durable hubs: each hub stream and whether JetStream stores in it now. */
   jetstreamStoring?(): Map<string, boolean>;
+  /** Log lines stderr did not take in time (log.bufferBytes), since start. */
+  logLinesDropped?(): number;
 }
 
 export class RelayMetrics {
@@ -123,6 +125,17 @@ export class RelayMetrics {
         const bus = self.sources?.bus();
         const rtt = await self.sources?.busRoundTrip();
         if (bus && rtt !== undefined) this.set({ bus: bus.kind }, rtt);
+      },
+    });
+    let logLinesCounted = 0;
+    new Counter({
+      name: 'edge_relay_log_lines_dropped_total',
+      help: 'Log lines dropped because stderr did not take them while log.bufferBytes of them waited',
+      registers,
+      collect() {
+        const dropped = self.sources?.logLinesDropped?.() ?? 0;
+        if (dropped > logLinesCounted) this.inc(dropped - logLinesCounted);
+        logLinesCounted = dropped;
       },
     });
     this.rendezvousOpened = new Counter({ name: 'edge_relay_rendezvous_opened_total', help: 'Relayed WebSocket connections spliced', registers });
