@@ -7,7 +7,11 @@
 // `response` that names its request: only that request fails (502
 // BadListenerResponse), as one bad answer over a rendezvous socket does. Notices
 // sent during one turn of the event loop leave in one write: the channel's
-// socket is corked from the first until the turn ends.
+// socket is corked from the first until the turn ends. The relay frames them
+// itself, each written whole to the socket as it is sent (`ws` made a second
+// buffer and write per frame); `ws` still reads the channel and writes its
+// pings, pongs and close to the same socket, so nothing may be held back: a
+// frame held past one of those would be split by it or follow a close frame.
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
@@ -17,6 +21,7 @@ import { parseJson } from '../validation/bounded-json.ts';
 import { describeErrors, validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
+import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
 
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
@@ -102,8 +107,11 @@ export class ControlChannel {
       return false;
     }
     this.socketCork.hold();
-    this.ws.send(JSON.stringify(message));
-    if (body) this.ws.send(body, { binary: true });
+    this.socket.write(encodeTextFrame(JSON.stringify(message)));
+    if (body) {
+      this.socket.write(encodeFrameHeader(true, OP_BINARY, body.length));
+      this.socket.write(body);
+    }
     return true;
   }
 

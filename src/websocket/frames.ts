@@ -46,6 +46,16 @@ export function encodeFrameHeader(fin: boolean, opcode: number, length: number):
   return h;
 }
 
+/** A whole unmasked text frame carrying `text`, in one buffer (the text encoded straight into it). */
+export function encodeTextFrame(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  const at = frameHeaderLength(length);
+  const out = Buffer.allocUnsafe(at + length);
+  writeFrameHeader(out, 0, true, OP_TEXT, length);
+  out.write(text, at, 'utf8');
+  return out;
+}
+
 /** A whole unmasked frame. */
 export function encodeFrame(fin: boolean, opcode: number, payload: Buffer): Buffer {
   return Buffer.concat([encodeFrameHeader(fin, opcode, payload.length), payload]);
