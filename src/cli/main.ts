@@ -52,9 +52,16 @@ async function run(argv: string[]): Promise<number> {
   }
 }
 
+/**
+ * How long the process may outlive its command. Nothing should keep it once the command has ended, but a log write
+ * to a stderr nobody reads would, for good (telemetry/logger.ts): a stopped relay then never exited.
+ */
+const EXIT_GRACE_MS = 2000;
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
+    setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
   },
   (err: unknown) => {
     process.stderr.write(`edge-relay: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -11,7 +11,10 @@
 // dropped, counted (edge_relay_log_lines_dropped_total) and reported by one
 // line once there is room again. Before, the wait had no bound: a flood of
 // refused connections, each logged at warn, grew the relay's memory for as
-// long as the reader was stuck.
+// long as the reader was stuck. Nor does the exit wait for a stuck stderr:
+// pino writes what is left synchronously when the process exits, and that
+// write blocked for good (a relay told to stop, or one that crashed, never
+// ended while nobody read its stderr).
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
@@ -23,6 +26,8 @@ export const LOG_LEVELS: readonly string[] = ['fatal', 'error', 'warn', 'info', 
 export const DEFAULT_LOG_BUFFER_BYTES = 16 * 1024 * 1024;
 /** How often lines dropped since the last report are reported. */
 const DROP_REPORT_MS = 1000;
+/** A write to stderr waiting this long at exit means nobody reads it: the process ends without the lines left. */
+const STUCK_AT_EXIT_MS = 1000;
 
 interface Family {
   children: Set<WeakRef<Logger>>;
@@ -33,9 +38,16 @@ interface Family {
 
 const families = new WeakMap<Logger, Family>();
 
-/** The stream pino writes to (sonic-boom): it drops a line past `maxLength` buffered bytes and says so. */
+/**
+ * The stream pino writes to (sonic-boom): it drops a line past `maxLength`
+ * buffered bytes and says so, says when a write went out, and writes what is
+ * left synchronously when the process exits (`flushSync`, pino's exit hook).
+ */
 interface DroppingDestination extends DestinationStream {
-  on(event: 'drop', listener: () => void): unknown;
+  on(event: 'drop' | 'write', listener: () => void): unknown;
+  flushSync(): void;
+  /** sonic-boom's own: a write is under way (it waits on the reader). */
+  readonly _writing: boolean;
 }
 
 /**
@@ -45,7 +57,7 @@ interface DroppingDestination extends DestinationStream {
 export function createLogger(level: string, nodeId: string, destination?: DestinationStream, bufferBytes = DEFAULT_LOG_BUFFER_BYTES): Logger {
   const children = new Set<WeakRef<Logger>>();
   const family: Family = { children, collected: new FinalizationRegistry((ref) => children.delete(ref)), dropped: 0 };
-  const stderr = destination ? undefined : (pino.destination({ fd: 2, sync: false, maxLength: bufferBytes }) as DroppingDestination);
+  const stderr = destination ? undefined : (pino.destination({ fd: 2, sync: false, maxLength: bufferBytes }) as unknown as DroppingDestination);
   const root = pino(
     {
       level,
@@ -60,8 +72,24 @@ export function createLogger(level: string, nodeId: string, destination?: Destin
     destination ?? stderr!,
   );
   families.set(root, family);
-  if (stderr) reportDrops(root, family, stderr);
+  if (stderr) {
+    reportDrops(root, family, stderr);
+    boundExitFlush(stderr);
+  }
   return root;
+}
+
+/** The exit's synchronous write of what is left is skipped when stderr has taken nothing for STUCK_AT_EXIT_MS with a write waiting. */
+function boundExitFlush(stderr: DroppingDestination): void {
+  let lastTaken = Date.now();
+  stderr.on('write', () => {
+    lastTaken = Date.now();
+  });
+  const flushSync = stderr.flushSync.bind(stderr);
+  stderr.flushSync = () => {
+    if (stderr._writing && Date.now() - lastTaken > STUCK_AT_EXIT_MS) return;
+    flushSync();
+  };
 }
 
 /**

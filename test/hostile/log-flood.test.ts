@@ -5,12 +5,12 @@
 // or connection, each logged, grew the relay's memory while the reader was
 // stuck. A real relay process whose stderr this test leaves unread.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
@@ -46,44 +46,53 @@ async function getMany(port: number, path: string, count: number, parallel: numb
   return statuses;
 }
 
+/** A relay process at info level whose stderr nobody reads (node reads ahead a little, then the pipe fills). */
+async function relayWithUnreadStderr(t: TestContext): Promise<{ child: ChildProcess; url: string; port: number }> {
+  const cleanup = cleanupFor(t);
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-log-flood-'));
+  cleanup.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'config.json');
+  writeFileSync(file, JSON.stringify(testConfig({ log: { level: 'info', bufferBytes: BUFFER_BYTES }, metrics: { requireManage: false } })));
+  const child = spawn(EDGE_RELAY_BIN, ['serve', '--config', file, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  cleanup.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
+  });
+  // stderr is left unread: node reads ahead a little, then the pipe fills and the relay's writes wait.
+  child.stderr!.pause();
+  const url = await withTimeout(
+    new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        const m = /listening on (http:\/\/\S+)/.exec(out);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`relay exited with ${code}`)));
+    }),
+    30000,
+    'relay process to listen',
+  );
+  const port = Number(new URL(url).port);
+  return { child, url, port };
+}
+
+/** edge_relay_log_lines_dropped_total of the relay at `url`. */
+async function droppedLines(url: string): Promise<number> {
+  const res = await httpRequest(`${url}/$relay/metrics`);
+  assert.equal(res.status, 200, 'metrics while stderr is stuck');
+  return Number(/^edge_relay_log_lines_dropped_total\{[^}]*\} (\d+)$/m.exec(res.body.toString())?.[1] ?? NaN);
+}
+
 describe('log lines while stderr is not read', () => {
   it('drops and counts past log.bufferBytes, keeps serving, and reports the count once stderr reads again', async (t) => {
-    const cleanup = cleanupFor(t);
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-log-flood-'));
-    cleanup.after(() => rmSync(dir, { recursive: true, force: true }));
-    const file = join(dir, 'config.json');
-    writeFileSync(file, JSON.stringify(testConfig({ log: { level: 'info', bufferBytes: BUFFER_BYTES }, metrics: { requireManage: false } })));
-    const child = spawn(EDGE_RELAY_BIN, ['serve', '--config', file, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    cleanup.after(async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGKILL');
-      await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
-    });
-    // stderr is left unread: node reads ahead a little, then the pipe fills and the relay's writes wait.
-    child.stderr!.pause();
-    const url = await withTimeout(
-      new Promise<string>((resolve, reject) => {
-        let out = '';
-        child.stdout!.on('data', (d: Buffer) => {
-          out += d.toString();
-          const m = /listening on (http:\/\/\S+)/.exec(out);
-          if (m) resolve(m[1]);
-        });
-        child.once('exit', (code) => reject(new Error(`relay exited with ${code}`)));
-      }),
-      30000,
-      'relay process to listen',
-    );
-    const port = Number(new URL(url).port);
+    const { child, url, port } = await relayWithUnreadStderr(t);
 
     // Each is refused 404 EntityNotFound, and logged.
     const statuses = await withTimeout(getMany(port, '/no-such-entity/x', REQUESTS, 8), 60000, 'requests while stderr is stuck');
     assert.deepEqual([...statuses], [404]);
-    const dropped = async () => {
-      const res = await httpRequest(`${url}/$relay/metrics`);
-      assert.equal(res.status, 200, 'metrics while stderr is stuck');
-      return Number(/^edge_relay_log_lines_dropped_total\{[^}]*\} (\d+)$/m.exec(res.body.toString())?.[1] ?? NaN);
-    };
+    const dropped = () => droppedLines(url);
     let count = NaN;
     await untilAnswered(async () => (count = await dropped()) > 0, 10000, 'dropped log lines counted');
     t.diagnostic(`${count} of about ${REQUESTS} lines dropped`);
@@ -103,5 +112,15 @@ describe('log lines while stderr is not read', () => {
     // Every dropped line reported, and counted the same (a report that did not fit is tried again a second later).
     await untilAnswered(async () => reported() > 0 && reported() === (await dropped()), 10000, 'the dropped lines reported');
     assert.ok(err.includes('"http.refused"'), 'the lines that fitted came out');
+  });
+
+  it('lets a relay told to stop exit while stderr is stuck', async (t) => {
+    const { child, url, port } = await relayWithUnreadStderr(t);
+    await withTimeout(getMany(port, '/no-such-entity/x', REQUESTS, 8), 60000, 'requests while stderr is stuck');
+    await untilAnswered(async () => (await droppedLines(url)) > 0, 10000, 'stderr stuck');
+    // The drain has nothing to wait for; what is left for stderr is not waited on past a moment.
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill('SIGTERM');
+    assert.equal(await withTimeout(exited, 15000, 'the relay to exit with stderr stuck'), 0);
   });
 });
