@@ -9,14 +9,12 @@
 //   net          senders are read by a bare `net` server (request heads split, nothing more)
 //   node-http    senders are served by node:http, as our relay's are
 // Prints "ready PORT".
-import { createHash } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type Socket } from 'node:net';
+import { OP_BINARY, OP_TEXT, encodeTextFrame } from '../../src/websocket/frames.ts';
+import { writeSwitchingProtocols } from '../../src/websocket/handshake.ts';
 
-const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const HEAD_END = Buffer.from('\r\n\r\n');
-const OP_TEXT = 0x1;
-const OP_BINARY = 0x2;
 
 /** Where a listener's answer goes: a sender's socket (net) or its response (node-http). */
 type Answer = (status: number, headers: Record<string, string>, body: Buffer) => void;
@@ -25,13 +23,6 @@ const waiting = new Map<string, Answer>();
 let nextId = 0;
 let control: Socket | undefined;
 let corked = false;
-
-function serverFrame(opcode: number, payload: Buffer): Buffer {
-  const length = payload.length;
-  if (length > 0xffff) throw new Error('floor-relay: notice too large');
-  const head = length < 126 ? Buffer.from([0x80 | opcode, length]) : Buffer.from([0x80 | opcode, 126, length >> 8, length & 0xff]);
-  return Buffer.concat([head, payload]);
-}
 
 function relay(method: string, target: string, headers: IncomingHttpHeaders | Record<string, string>, answer: Answer): void {
   if (!control) throw new Error('floor-relay: a request before the listener');
@@ -46,7 +37,7 @@ function relay(method: string, target: string, headers: IncomingHttpHeaders | Re
       control?.uncork();
     });
   }
-  control.write(serverFrame(OP_TEXT, Buffer.from(JSON.stringify(notice))));
+  control.write(encodeTextFrame(JSON.stringify(notice)));
 }
 
 /** Reads the listener's masked frames: a `response` notice, then its body as one binary frame. */
@@ -88,8 +79,7 @@ function readControlChannel(socket: Socket, first: Buffer): void {
 }
 
 function acceptControlChannel(socket: Socket, key: string, rest: Buffer): void {
-  const accept = createHash('sha1').update(key + WS_GUID).digest('base64');
-  socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+  writeSwitchingProtocols(socket, key, undefined);
   readControlChannel(socket, rest);
 }
 

@@ -80,30 +80,43 @@ export interface RelayProcess {
 /** How long a test's tear-down lets a relay process drain before SIGKILL. */
 const TEARDOWN_GRACE_MS = 1000;
 
-export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): Promise<RelayProcess> {
+export interface ServeProcessOptions {
+  /**
+   * False: the relay's stderr is not read (node reads a little ahead, then the pipe fills and the relay's log
+   * writes wait), as with a log shipper that stalled; `child.stderr` is left paused for the test. Default true.
+   */
+  readStderr?: boolean;
+}
+
+export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}, options: ServeProcessOptions = {}): Promise<RelayProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-test-'));
   const file = join(dir, 'config.json');
   writeFileSync(file, JSON.stringify(testConfig(overrides)));
   cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
-  return startServeProcess(t, ['--config', file, '--port', '0']);
+  return startServeProcess(t, ['--config', file, '--port', '0'], options);
 }
 
 /** `edge-relay serve ARGS` as a child process; resolves once it prints its address. */
-export async function startServeProcess(t: Pick<TestContext, 'after'>, args: string[]): Promise<RelayProcess> {
+export async function startServeProcess(t: Pick<TestContext, 'after'>, args: string[], options: ServeProcessOptions = {}): Promise<RelayProcess> {
   const child = spawn(EDGE_RELAY_BIN, ['serve', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: new URL('../..', import.meta.url).pathname,
   });
   let err = '';
+  const readStderr = options.readStderr ?? true;
   // TEST_RELAY_OUTPUT=dir keeps each relay process's output there, for debugging.
   if (process.env.TEST_RELAY_OUTPUT) {
     const out = createWriteStream(join(process.env.TEST_RELAY_OUTPUT, `relay-${child.pid}.log`));
     child.stdout!.pipe(out);
-    child.stderr!.pipe(out);
+    if (readStderr) child.stderr!.pipe(out);
   }
-  child.stderr!.on('data', (d: Buffer) => {
-    err = (err + d.toString()).slice(-65536);
-  });
+  if (readStderr) {
+    child.stderr!.on('data', (d: Buffer) => {
+      err = (err + d.toString()).slice(-65536);
+    });
+  } else {
+    child.stderr!.pause();
+  }
   // SIGTERM, then SIGKILL once `graceMs` have passed without an exit.
   const stop = async (graceMs: number) => {
     if (child.exitCode !== null || child.signalCode !== null) return;

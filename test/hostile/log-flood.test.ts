@@ -5,16 +5,10 @@
 // or connection, each logged, grew the relay's memory while the reader was
 // stuck. A real relay process whose stderr this test leaves unread.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { testConfig } from '../helpers/relay.ts';
+import { startRelayProcess, type RelayProcess } from '../helpers/relay.ts';
 import { untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 const BUFFER_BYTES = 65536;
@@ -46,36 +40,9 @@ async function getMany(port: number, path: string, count: number, parallel: numb
   return statuses;
 }
 
-/** A relay process at info level whose stderr nobody reads (node reads ahead a little, then the pipe fills). */
-async function relayWithUnreadStderr(t: TestContext): Promise<{ child: ChildProcess; url: string; port: number }> {
-  const cleanup = cleanupFor(t);
-  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-log-flood-'));
-  cleanup.after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'config.json');
-  writeFileSync(file, JSON.stringify(testConfig({ log: { level: 'info', bufferBytes: BUFFER_BYTES }, metrics: { requireManage: false } })));
-  const child = spawn(EDGE_RELAY_BIN, ['serve', '--config', file, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  cleanup.after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGKILL');
-    await withTimeout(new Promise((r) => child.once('exit', r)), 5000, 'relay kill');
-  });
-  // stderr is left unread: node reads ahead a little, then the pipe fills and the relay's writes wait.
-  child.stderr!.pause();
-  const url = await withTimeout(
-    new Promise<string>((resolve, reject) => {
-      let out = '';
-      child.stdout!.on('data', (d: Buffer) => {
-        out += d.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(out);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (code) => reject(new Error(`relay exited with ${code}`)));
-    }),
-    30000,
-    'relay process to listen',
-  );
-  const port = Number(new URL(url).port);
-  return { child, url, port };
+/** A relay process at info level whose stderr nobody reads. */
+function relayWithUnreadStderr(t: TestContext): Promise<RelayProcess> {
+  return startRelayProcess(t, { log: { level: 'info', bufferBytes: BUFFER_BYTES }, metrics: { requireManage: false } }, { readStderr: false });
 }
 
 /** edge_relay_log_lines_dropped_total of the relay at `url`. */
