@@ -23,6 +23,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
+import { TransientMap } from './transient-map.ts';
 
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
 export type ListenerResponse = HttpResponseHead;
@@ -53,8 +54,8 @@ export interface ChannelExchange {
 export class ControlChannel {
   readonly id = randomUUID();
   lastSeen = Date.now();
-  /** Requests sent to this listener and not yet answered, by request id. */
-  readonly exchanges = new Map<string, ChannelExchange>();
+  /** Requests sent to this listener and not yet answered, by request id (a TransientMap, not a Map: transient-map.ts says why). */
+  readonly exchanges = new TransientMap<ChannelExchange>();
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
   /** Corks the channel's socket while notices of one turn gather. */

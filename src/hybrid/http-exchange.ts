@@ -34,21 +34,29 @@ import { confinedToEntity } from './shared-origin.ts';
  * The exchanges in progress per sender connection. A response queued behind
  * an earlier one on a keep-alive connection (pipelining) gets no 'close' of
  * its own when the sender hangs up; the socket's 'close' tells them all (one
- * listener per socket, however many requests it pipelines).
+ * listener per socket, however many requests it pipelines). An array, not a
+ * Set: a Set that one request after another joins and leaves is rebuilt every
+ * few of them, and V8 links each old table to the next (transient-map.ts).
  */
-const exchangesOn = new WeakMap<EventEmitter, Set<HttpExchange>>();
+const exchangesOn = new WeakMap<EventEmitter, HttpExchange[]>();
 
 function watchSenderSocket(socket: EventEmitter, exchange: HttpExchange): void {
   let exchanges = exchangesOn.get(socket);
   if (!exchanges) {
-    const watched = new Set<HttpExchange>();
+    const watched: HttpExchange[] = [];
     exchangesOn.set(socket, watched);
     socket.once('close', () => {
       for (const e of [...watched]) e.senderGone();
     });
     exchanges = watched;
   }
-  exchanges.add(exchange);
+  exchanges.push(exchange);
+}
+
+function unwatchSenderSocket(socket: EventEmitter, exchange: HttpExchange): void {
+  const exchanges = exchangesOn.get(socket);
+  const at = exchanges ? exchanges.indexOf(exchange) : -1;
+  if (at >= 0) exchanges!.splice(at, 1);
 }
 
 /**
@@ -593,7 +601,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (this.res.writableFinished) linger();
       else this.res.once('finish', linger);
     }
-    exchangesOn.get(this.req.socket)?.delete(this);
+    unwatchSenderSocket(this.req.socket, this);
     this.ctx.rendezvous.delete(this);
     // Ended before the listener answered: it may still dial this address to answer, however late (see closeLateLeg).
     if (this.head === undefined && !this.rendezvous) this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));

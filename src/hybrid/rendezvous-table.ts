@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { HybridEntity } from './entity-catalog.ts';
+import { TransientMap } from './transient-map.ts';
 
 /**
  * A new rendezvous id: a random UUID whose last four hex digits name the
@@ -36,7 +37,8 @@ export interface PendingRendezvous {
 const MAX_ABANDONED = 10_000;
 
 export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {
-  private readonly entries = new Map<string, T>();
+  /** One entry per request in flight: a TransientMap, not a Map (transient-map.ts says why). */
+  private readonly entries = new TransientMap<T>();
   private readonly perEntity = new Map<string, number>();
   /**
    * HTTP requests that ended before their listener answered (the sender left, or timed out), oldest first, each
@@ -71,7 +73,7 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
     return true;
   }
 
-  values(): IterableIterator<T> {
+  values(): T[] {
     return this.entries.values();
   }
 
