@@ -7,6 +7,7 @@
 // still open, one sweep timer. The retry policy (what is retried, until when)
 // stays with the caller (jetstream.ts).
 import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from 'nats';
+import { TransientMap } from '../collections/transient-map.ts';
 
 /** What JetStream said of one publish. */
 export type PublishOutcome =
@@ -52,7 +53,8 @@ export class StorePublisher {
   /** `_INBOX.<unique>.`: a reply token follows. */
   private readonly prefix: string;
   private readonly subscription: Subscription;
-  private readonly waiting = new Map<string, Waiting>();
+  /** One entry per publish awaiting its answer: a TransientMap, not a Map (collections/transient-map.ts says why). */
+  private readonly waiting = new TransientMap<Waiting>();
   private nextToken = 0;
   private sweeper: NodeJS.Timeout | undefined;
 
@@ -115,7 +117,7 @@ export class StorePublisher {
 
   private sweep(): void {
     const now = Date.now();
-    for (const [token, waiting] of this.waiting) {
+    for (const [token, waiting] of this.waiting.entries()) {
       if (waiting.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
     }
   }
@@ -127,7 +129,7 @@ export class StorePublisher {
 
   /** Ends every open wait with a retry (the connection is gone) and stops listening. */
   close(): void {
-    for (const token of [...this.waiting.keys()]) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
+    for (const [token] of this.waiting.entries()) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
     this.stopSweeping();
     this.subscription.unsubscribe();
   }

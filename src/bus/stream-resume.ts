@@ -10,6 +10,7 @@
 // its store time. Asking where the stream ends (its info) cannot: that answer
 // may come from the lagging state, and taking it for a rewrite lost and
 // repeated acknowledged events on single failures.
+import { TransientMap } from '../collections/transient-map.ts';
 
 /** A message as the follower handed it on. */
 export interface HandedOnMessage {
@@ -28,8 +29,8 @@ export class RecentlyHandedOn {
   private readonly seqs: Float64Array;
   private readonly times: Float64Array;
   private readonly ids: (string | undefined)[];
-  /** The sequence each remembered id was handed on under. */
-  private readonly seqById = new Map<string, number>();
+  /** The sequence each remembered id was handed on under (a TransientMap, not a Map: collections/transient-map.ts says why). */
+  private readonly seqById = new TransientMap<number>();
   /** Entries added so far (the newest is at (count - 1) % size). */
   private count = 0;
   /** The oldest entry still held: entries before it were overwritten by the ring, or dropped. */

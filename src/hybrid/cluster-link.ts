@@ -17,6 +17,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { HttpExchange } from './http-exchange.ts';
 import { RemoteRoute, noticeForListener, type EdgeWatch, type ListenerRoute } from './listener-route.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { TransientMap } from '../collections/transient-map.ts';
 
 const LISTENER_QUEUE = 'listeners';
 /** How often a sender's edge checks that the listeners' edges it waits on are still there. */
@@ -25,14 +26,14 @@ const ALIVE_CHECK_MS = 1000;
 export class HybridClusterLink implements EdgeWatch {
   /** The entity's subscription while this node has listeners for it, and when the NATS server had it (a flush). */
   private readonly entitySubscriptions = new Map<string, { subscription: BusSubscription; routable: Promise<void> }>();
-  /** On a sender's edge: exchanges waiting on another edge's listener, by that edge. */
-  private readonly waitingOn = new Map<string, Map<string, { exchange: ChannelExchange; watching: boolean }>>();
+  /** On a sender's edge: exchanges waiting on another edge's listener, by that edge (each edge's a TransientMap: collections/transient-map.ts says why). */
+  private readonly waitingOn = new Map<string, TransientMap<{ exchange: ChannelExchange; watching: boolean }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
   /**
    * Listeners told to dial another node, or asked a request whose sender is on another node, watched for that node
    * until it says `hc.done` (or the listener answered, or the watch's own timeout).
    */
-  readonly dialWatches = new Map<string, { done(): void }>();
+  readonly dialWatches = new TransientMap<{ done(): void }>();
 
   /** Starts watching a connect or request routed here for `entityKey`: it counts against limits.pendingPerEntity until unwatched. */
   watchRouted(id: string, watch: { done(): void }, entityKey: string): void {
@@ -79,7 +80,7 @@ export class HybridClusterLink implements EdgeWatch {
 
   watch(node: string, id: string, exchange: ChannelExchange, watching: boolean): void {
     let waiting = this.waitingOn.get(node);
-    if (!waiting) this.waitingOn.set(node, (waiting = new Map()));
+    if (!waiting) this.waitingOn.set(node, (waiting = new TransientMap()));
     waiting.set(id, { exchange, watching });
     if (!this.aliveTimer) {
       this.aliveTimer = setInterval(() => this.checkEdges(), ALIVE_CHECK_MS);

@@ -23,7 +23,7 @@ import type { HybridEntity } from './entity-catalog.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
-import { TransientMap } from './transient-map.ts';
+import { TransientMap } from '../collections/transient-map.ts';
 
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
 export type ListenerResponse = HttpResponseHead;

@@ -5,6 +5,7 @@
 // cross the bus (docs/architecture.md).
 import { BusError, type Bus } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type HcAccept, type HcRequest } from '../bus/messages.ts';
+import { TransientMap } from '../collections/transient-map.ts';
 import type { ChannelExchange, ControlChannel } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import type { HybridErrorCode } from './errors.ts';
@@ -104,10 +105,10 @@ const NO_RESPONDERS_RETRY_MS = 20;
 export class RemoteRoute implements ListenerRoute {
   readonly isOpen = true;
   readonly via = 'bus';
-  /** Exchanges still waiting for their listener, by id. */
-  private readonly tracked = new Map<string, ChannelExchange>();
+  /** Exchanges still waiting for their listener, by id (TransientMaps, not Maps: collections/transient-map.ts says why). */
+  private readonly tracked = new TransientMap<ChannelExchange>();
   /** Id -> the listener's edge it was routed to. */
-  private readonly routedTo = new Map<string, string>();
+  private readonly routedTo = new TransientMap<string>();
 
   get maxMessageBytes(): number {
     return this.options.bus.maxPayload;

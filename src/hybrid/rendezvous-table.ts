@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { HybridEntity } from './entity-catalog.ts';
-import { TransientMap } from './transient-map.ts';
+import { TransientMap } from '../collections/transient-map.ts';
 
 /**
  * A new rendezvous id: a random UUID whose last four hex digits name the

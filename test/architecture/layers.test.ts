@@ -90,6 +90,7 @@ const RANK: Record<string, number> = {
   http: 1,
   telemetry: 1,
   validation: 0,
+  collections: 0,
   config: 0.5,
 };
 

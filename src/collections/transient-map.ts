@@ -1,6 +1,8 @@
-// A string-keyed table for entries that come and go with every request (the
-// rendezvous table, a control channel's outstanding requests), built on two
-// plain arrays instead of a `Map`, for the garbage collector's sake.
+// A string-keyed table for entries that come and go with every request or
+// event (the rendezvous table, a control channel's outstanding requests,
+// requests routed to other edges, stream publishes awaiting JetStream's
+// answer), built on two plain arrays instead of a `Map`, for the garbage
+// collector's sake.
 //
 // V8 rebuilds a Map's table as entries come and go (deletions leave holes;
 // the table is rebuilt when full of them, or shrunk), and the old table keeps
@@ -85,12 +87,33 @@ export class TransientMap<V> {
     return true;
   }
 
+  /** Forgets every entry (new arrays: the old ones are emptied, as at a rebuild). */
+  clear(): void {
+    this.keys.fill(undefined);
+    this.vals.fill(undefined);
+    this.keys = new Array(MIN_CAPACITY).fill(undefined);
+    this.vals = new Array(MIN_CAPACITY).fill(undefined);
+    this.mask = MIN_CAPACITY - 1;
+    this.live = 0;
+    this.used = 0;
+  }
+
   /** The values, as an array of their own: the table may change while it is read. */
   values(): V[] {
     const out: V[] = [];
     for (let i = 0; i < this.keys.length; i++) {
       const k = this.keys[i];
       if (k !== undefined && k !== DELETED) out.push(this.vals[i]!);
+    }
+    return out;
+  }
+
+  /** The entries, as an array of their own: the table may change while it is read. */
+  entries(): [string, V][] {
+    const out: [string, V][] = [];
+    for (let i = 0; i < this.keys.length; i++) {
+      const k = this.keys[i];
+      if (k !== undefined && k !== DELETED) out.push([k, this.vals[i]!]);
     }
     return out;
   }

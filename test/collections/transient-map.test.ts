@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { TransientMap } from '../../src/hybrid/transient-map.ts';
+import { TransientMap } from '../../src/collections/transient-map.ts';
 
 /** A deterministic stream of numbers in [0, 1). */
 function seeded(seed: number): () => number {
@@ -35,11 +35,13 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
       assert.equal(table.size, reference.size);
     }
     assert.deepEqual(table.values().sort((a, b) => a - b), [...reference.values()].sort((a, b) => a - b));
+    const byKey = (a: [string, number], b: [string, number]) => (a[0] < b[0] ? -1 : 1);
+    assert.deepEqual(table.entries().sort(byKey), [...reference.entries()].sort(byKey));
     assert.equal(table.get('not-there'), undefined);
     assert.equal(table.delete('not-there'), false);
   });
 
-  it('gives values as an array of their own: entries deleted while it is read are still in it', () => {
+  it('gives values and entries as arrays of their own: entries deleted while they are read are still in them', () => {
     const table = new TransientMap<string>();
     for (let i = 0; i < 40; i++) table.set(`k${i}`, `v${i}`);
     const seen: string[] = [];
@@ -51,6 +53,20 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
     assert.equal(seen.length, 40);
     assert.equal(table.size, 40);
     assert.equal(table.get('k3'), undefined);
+    let settled = 0;
+    for (const [key] of table.entries()) {
+      table.delete(key);
+      settled++;
+    }
+    assert.equal(settled, 40);
+    assert.equal(table.size, 0);
+    for (let i = 0; i < 100; i++) table.set(`again${i}`, 'y');
+    table.clear();
+    assert.equal(table.size, 0);
+    assert.equal(table.get('again5'), undefined);
+    assert.deepEqual(table.entries(), []);
+    table.set('after', 'z');
+    assert.equal(table.get('after'), 'z');
   });
 
   it('takes keys that collide, empty keys and long foreign ones', () => {
