@@ -117,9 +117,20 @@ export class StorePublisher {
 
   private sweep(): void {
     const now = Date.now();
-    for (const [token, waiting] of this.waiting.entries()) {
-      if (waiting.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
+    for (const token of this.tokensInPublishOrder()) {
+      if (this.waiting.get(token)!.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
     }
+  }
+
+  /**
+   * The waiting publishes' tokens, oldest publish first: their callers publish again in the order they hear
+   * (jetstream.ts), so one connection's burst cut by a failover goes on in the order it was sent.
+   */
+  private tokensInPublishOrder(): string[] {
+    return this.waiting
+      .entries()
+      .map(([token]) => token)
+      .sort((a, b) => parseInt(a, 36) - parseInt(b, 36));
   }
 
   private stopSweeping(): void {
@@ -129,7 +140,7 @@ export class StorePublisher {
 
   /** Ends every open wait with a retry (the connection is gone) and stops listening. */
   close(): void {
-    for (const [token] of this.waiting.entries()) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
+    for (const token of this.tokensInPublishOrder()) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
     this.stopSweeping();
     this.subscription.unsubscribe();
   }

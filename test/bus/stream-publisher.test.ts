@@ -90,4 +90,22 @@ describe('StorePublisher', () => {
     publisher.close();
     assert.deepEqual(await withTimeout(open, 5000, 'close to end the wait'), { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
   });
+
+  // Their callers publish again in the order they hear (jetstream.ts): a connection's burst cut by a failover goes on as sent.
+  it('tells publishes that waited in vain in the order they were published, at their deadline and at close', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    const silent = nc.subscribe('silent.>');
+    t.after(() => silent.unsubscribe());
+    await nc.flush();
+    for (const ending of ['deadline', 'close'] as const) {
+      const publisher = new StorePublisher(nc);
+      t.after(() => publisher.close());
+      const heard: number[] = [];
+      const waits = Array.from({ length: 60 }, (_, i) => publisher.publish('silent.x', Buffer.from('x'), `o-${i}`, ending === 'deadline' ? 200 : 60_000).then(() => heard.push(i)));
+      if (ending === 'close') publisher.close();
+      await withTimeout(Promise.all(waits), 5000, `every wait to end at its ${ending}`);
+      assert.deepEqual(heard, Array.from({ length: 60 }, (_, i) => i), `heard at ${ending}`);
+    }
+  });
 });

