@@ -26,19 +26,15 @@
 const DELETED = Symbol('deleted');
 const MIN_CAPACITY = 16;
 
+type Slots<T> = (T | undefined)[];
+
 export class TransientMap<V> {
-  private keys: (string | typeof DELETED | undefined)[];
-  private vals: (V | undefined)[];
-  private mask: number;
+  private keys = emptySlots<string | typeof DELETED>(MIN_CAPACITY);
+  private vals = emptySlots<V>(MIN_CAPACITY);
+  private mask = MIN_CAPACITY - 1;
   private live = 0;
   /** Live and deleted slots: a rebuild when they fill half the table. */
   private used = 0;
-
-  constructor() {
-    this.keys = new Array(MIN_CAPACITY).fill(undefined);
-    this.vals = new Array(MIN_CAPACITY).fill(undefined);
-    this.mask = MIN_CAPACITY - 1;
-  }
 
   get size(): number {
     return this.live;
@@ -60,20 +56,7 @@ export class TransientMap<V> {
       return this;
     }
     if ((this.used + 1) * 2 > this.keys.length) this.rebuild(this.live + 1);
-    let slot = hashOf(key) & this.mask;
-    // The first free or deleted slot on the key's probe (the key is not in the table).
-    for (;;) {
-      const k = this.keys[slot];
-      if (k === undefined) {
-        this.used++;
-        break;
-      }
-      if (k === DELETED) break;
-      slot = (slot + 1) & this.mask;
-    }
-    this.keys[slot] = key;
-    this.vals[slot] = value;
-    this.live++;
+    this.insertNew(key, value);
     return this;
   }
 
@@ -89,13 +72,7 @@ export class TransientMap<V> {
 
   /** Forgets every entry (new arrays: the old ones are emptied, as at a rebuild). */
   clear(): void {
-    this.keys.fill(undefined);
-    this.vals.fill(undefined);
-    this.keys = new Array(MIN_CAPACITY).fill(undefined);
-    this.vals = new Array(MIN_CAPACITY).fill(undefined);
-    this.mask = MIN_CAPACITY - 1;
-    this.live = 0;
-    this.used = 0;
+    for (const old of this.replaceArrays(MIN_CAPACITY)) old.fill(undefined);
   }
 
   /** The values, as an array of their own: the table may change while it is read. */
@@ -128,24 +105,50 @@ export class TransientMap<V> {
     }
   }
 
-  /** New arrays sized for `needed` live entries (at most a quarter full), the old ones emptied. */
+  /** Puts a key that is not in the table in the first free or deleted slot on its probe. */
+  private insertNew(key: string, value: V): void {
+    let slot = hashOf(key) & this.mask;
+    for (;;) {
+      const k = this.keys[slot];
+      if (k === undefined) {
+        this.used++;
+        break;
+      }
+      if (k === DELETED) break;
+      slot = (slot + 1) & this.mask;
+    }
+    this.keys[slot] = key;
+    this.vals[slot] = value;
+    this.live++;
+  }
+
+  /** New arrays sized for `needed` live entries (at most a quarter full), the live entries moved over. */
   private rebuild(needed: number): void {
     let capacity = MIN_CAPACITY;
     while (capacity < needed * 4) capacity *= 2;
-    const oldKeys = this.keys;
-    const oldVals = this.vals;
-    this.keys = new Array(capacity).fill(undefined);
-    this.vals = new Array(capacity).fill(undefined);
-    this.mask = capacity - 1;
-    this.used = 0;
-    this.live = 0;
+    const [oldKeys, oldVals] = this.replaceArrays(capacity);
     for (let i = 0; i < oldKeys.length; i++) {
       const k = oldKeys[i];
-      if (k !== undefined && k !== DELETED) this.set(k, oldVals[i]!);
+      if (k !== undefined && k !== DELETED) this.insertNew(k, oldVals[i]!);
     }
     oldKeys.fill(undefined);
     oldVals.fill(undefined);
   }
+
+  /** Starts on empty arrays of `capacity` slots; returns the old ones, for the caller to empty (a dead array holds nothing). */
+  private replaceArrays(capacity: number): [Slots<string | typeof DELETED>, Slots<V>] {
+    const old: [Slots<string | typeof DELETED>, Slots<V>] = [this.keys, this.vals];
+    this.keys = emptySlots(capacity);
+    this.vals = emptySlots(capacity);
+    this.mask = capacity - 1;
+    this.live = 0;
+    this.used = 0;
+    return old;
+  }
+}
+
+function emptySlots<T>(capacity: number): Slots<T> {
+  return new Array<T | undefined>(capacity).fill(undefined);
 }
 
 /** FNV-1a over the key's UTF-16 code units. */

@@ -73,10 +73,6 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
     return true;
   }
 
-  values(): T[] {
-    return this.entries.values();
-  }
-
   /** Remembers an HTTP request that ended before its listener answered, for `keepMs`. */
   abandon(entry: T, keepMs: number): void {
     const now = Date.now();
