@@ -254,6 +254,26 @@ export function treeCpuTimes(pid: number): { user: number; system: number } {
   return { user: user / CLOCK_TICKS, system: system / CLOCK_TICKS };
 }
 
+/**
+ * Write system calls (write and writev) a process tree has made so far, from
+ * /proc/PID/io `syscw`: with the figure delivered, how many messages a server
+ * puts into one socket write. send/sendmsg are not counted there; Node,
+ * nats-server and nginx write sockets with write/writev. Undefined when no
+ * process of the tree can be read.
+ */
+export function treeWriteCalls(pid: number): number | undefined {
+  let calls: number | undefined;
+  for (const p of [pid, ...descendants(pid)]) {
+    try {
+      const io = readFileSync(`/proc/${p}/io`, 'utf8');
+      calls = (calls ?? 0) + Number(/^syscw: (\d+)$/m.exec(io)![1]);
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return calls;
+}
+
 /** CPU seconds of this process's children that have exited and been reaped (runCommand's generators). */
 export function reapedChildrenCpu(): number {
   const fields = statFields('self')!;

@@ -5,7 +5,7 @@
 // every delivery's time from when its event was due to be sent goes into an
 // HDR histogram.
 import { Histogram } from '../lib/histogram.ts';
-import { CpuMeter } from '../lib/processes.ts';
+import { CpuMeter, treeWriteCalls } from '../lib/processes.ts';
 import { eventPayload, seqAt, type FanoutClients, type Publisher } from '../lib/fanout-clients.ts';
 import type { LeanWs } from '../lib/lean-ws.ts';
 
@@ -25,7 +25,12 @@ export interface FanoutFigures {
   /** The same during the latency run at half the saturated rate. */
   generatorCpuAtHalf: number;
   serverCpuAtHalf: number;
-  /** p99 at lower shares of the saturated rate (p99At10PctMs, ...). */
+  /**
+   * Also, when the servers' write calls can be read (processes.ts treeWriteCalls), deliveriesPerWrite:
+   * deliveries at saturation per write/writev call of the server processes, how many events a server
+   * puts into one socket write (a sender, a generator or a NATS route write counts as well).
+   * And p99 at lower shares of the saturated rate (p99At10PctMs, ...).
+   */
   [sweep: string]: number;
 }
 
@@ -40,6 +45,17 @@ export interface FanoutPlan {
 }
 
 const RING = 1 << 20;
+
+/** Write calls of every server process tree so far; undefined when one cannot be read. */
+function writeCalls(pids: number[]): number | undefined {
+  let total = 0;
+  for (const pid of pids) {
+    const calls = treeWriteCalls(pid);
+    if (calls === undefined) return undefined;
+    total += calls;
+  }
+  return total;
+}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -141,6 +157,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     await settle(500, plan.seconds);
     const startDelivered = delivered;
     const meter = new CpuMeter(serverPids);
+    const writesBefore = writeCalls(serverPids);
     const t0 = performance.now();
     await sleep(plan.seconds * 1000);
     // A slow system (Mosquitto at 10,000) may take longer than that to fan one
@@ -149,7 +166,10 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     const elapsed = (performance.now() - t0) / 1000;
     const deliveriesPerSec = (delivered - startDelivered) / elapsed;
     const cpu = meter.read();
-    if (process.env.BENCH_VERBOSE) process.stderr.write(`  saturated: ${Math.round(deliveriesPerSec)} deliveries/s; CPU % generator ${cpu.generator.toFixed(0)}, each server process ${cpu.perServer.map((c) => c.toFixed(0)).join(' / ')}\n`);
+    const writesAfter = writeCalls(serverPids);
+    const writes = writesBefore !== undefined && writesAfter !== undefined ? writesAfter - writesBefore : 0;
+    const perWrite: Record<string, number> = writes > 0 ? { deliveriesPerWrite: (delivered - startDelivered) / writes } : {};
+    if (process.env.BENCH_VERBOSE) process.stderr.write(`  saturated: ${Math.round(deliveriesPerSec)} deliveries/s; CPU % generator ${cpu.generator.toFixed(0)}, each server process ${cpu.perServer.map((c) => c.toFixed(0)).join(' / ')}; deliveries per write call ${perWrite.deliveriesPerWrite?.toFixed(1) ?? 'not counted (no write or writev calls)'}\n`);
     onDelivered = () => {};
     check();
     await drain(10000);
@@ -202,6 +222,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
       serverKernelCpu: cpu.serversKernel,
       generatorCpuAtHalf: half.cpu.generator,
       serverCpuAtHalf: half.cpu.servers,
+      ...perWrite,
       ...sweep,
     };
   } finally {
