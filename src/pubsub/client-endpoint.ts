@@ -28,6 +28,7 @@ import { failUpgrade } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, isWebPubSubProtocol } from './pubsub-connection.ts';
+import { LiveSocketOptions } from './live-limits.ts';
 import type { ClientSocket, SessionRecovery } from './session-recovery.ts';
 
 export interface ClientUpgrade {
@@ -82,17 +83,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   private readonly socketOptions: MessageSocketOptions;
 
   constructor(private readonly deps: ClientEndpointDeps) {
-    const { limits, timeouts } = deps.config;
     // Limits are read when used: a reload changes them in place.
-    this.socketOptions = {
-      get maxMessageBytes() {
-        return limits.pubsubMessageBytes;
-      },
-      get outboundHighWaterMark() {
-        return limits.outboundBufferBytes;
-      },
-      closeHandshakeMs: timeouts.closeHandshakeMs,
-    };
+    this.socketOptions = new LiveSocketOptions(deps.config.limits, deps.config.timeouts.closeHandshakeMs);
   }
 
   handleUpgrade({ req, socket: duplex, head, hubName, params, path }: ClientUpgrade): void {

@@ -9,7 +9,8 @@ import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
 import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
 import { hasExpired } from './message-log.ts';
-import { ReliableSession, type SessionLimits } from './reliable-session.ts';
+import { ReliableSession } from './reliable-session.ts';
+import { LiveSessionLimits } from './live-limits.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
 export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
@@ -36,28 +37,6 @@ export interface ConnectionLimits {
   ackIdsPerConnection: number;
   groupsPerConnection: number;
   requestsInFlightPerConnection: number;
-}
-
-/**
- * A reliable session's buffer limits, read from the config's limits (changed
- * in place by a reload) each time they are used, so lowering them bounds
- * sessions already open. A class, not an object literal with getters made
- * per connection: with closures of their own, V8 kept each such object in
- * slow dictionary mode, and the check made for every delivery
- * (ReliableSession.push) looked the getters up and called them instead of
- * inlining them; reliable fan-out to 10,000 lost about a quarter of its rate
- * (docs/performance.md).
- */
-class LiveSessionLimits implements SessionLimits {
-  constructor(private readonly limits: ConnectionLimits) {}
-
-  get maxMessages(): number {
-    return this.limits.sessionBufferMessages;
-  }
-
-  get maxBytes(): number {
-    return this.limits.sessionBufferBytes;
-  }
 }
 
 export class PubSubConnection {

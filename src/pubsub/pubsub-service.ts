@@ -28,6 +28,7 @@ import { MemoryHistory } from './history.ts';
 import { ClusterHub } from './hub-cluster.ts';
 import { handleRestRequest, type RestContext } from './rest-api.ts';
 import { PubSubConnection } from './pubsub-connection.ts';
+import { LiveSocketOptions } from './live-limits.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
 import { RECOVERY_WINDOW_MS, SessionRecovery } from './session-recovery.ts';
 import { StreamEvents } from './stream-events.ts';
@@ -156,15 +157,7 @@ export class PubSubService implements RestContext {
       replyLost: (connection, reason) => log.warn({ event: 'pubsub.reply_lost', hub: connection.hub, connectionId: connection.id, reason }),
       countAck: (result) => metrics.acks.inc({ result }),
     };
-    const socketOptions = {
-      get maxMessageBytes() {
-        return config.limits.pubsubMessageBytes;
-      },
-      get outboundHighWaterMark() {
-        return config.limits.outboundBufferBytes;
-      },
-      closeHandshakeMs: config.timeouts.closeHandshakeMs,
-    };
+    const socketOptions = new LiveSocketOptions(config.limits, config.timeouts.closeHandshakeMs);
     const shuttingDown = () => this.lifecycle.shuttingDown;
     // Read when used (timeouts need a restart today, src/server/reload.ts; this stays right if that changes).
     const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown, () => Math.min(RECOVERY_WINDOW_MS, config.timeouts.sessionRetainMs));
