@@ -115,22 +115,14 @@ export class StorePublisher {
     waiting.resolve(outcome);
   }
 
+  /** Every SWEEP_MS while publishes wait: only those past their deadline are gathered and ordered (usually none). */
   private sweep(): void {
     const now = Date.now();
-    for (const token of this.tokensInPublishOrder()) {
-      if (this.waiting.get(token)!.deadline <= now) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
-    }
-  }
-
-  /**
-   * The waiting publishes' tokens, oldest publish first: their callers publish again in the order they hear
-   * (jetstream.ts), so one connection's burst cut by a failover goes on in the order it was sent.
-   */
-  private tokensInPublishOrder(): string[] {
-    return this.waiting
-      .entries()
-      .map(([token]) => token)
-      .sort((a, b) => parseInt(a, 36) - parseInt(b, 36));
+    const due: string[] = [];
+    this.waiting.forEach((waiting, token) => {
+      if (waiting.deadline <= now) due.push(token);
+    });
+    for (const token of inPublishOrder(due)) this.settle(token, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
   }
 
   private stopSweeping(): void {
@@ -140,8 +132,16 @@ export class StorePublisher {
 
   /** Ends every open wait with a retry (the connection is gone) and stops listening. */
   close(): void {
-    for (const token of this.tokensInPublishOrder()) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
+    for (const token of inPublishOrder(this.waiting.entries().map(([token]) => token))) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
     this.stopSweeping();
     this.subscription.unsubscribe();
   }
+}
+
+/**
+ * Waiting publishes' tokens (base-36 counters), oldest publish first, sorted in place: their callers publish again
+ * in the order they hear (jetstream.ts), so one connection's burst cut by a failover goes on in the order it was sent.
+ */
+function inPublishOrder(tokens: string[]): string[] {
+  return tokens.sort((a, b) => parseInt(a, 36) - parseInt(b, 36));
 }

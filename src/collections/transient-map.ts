@@ -85,6 +85,14 @@ export class TransientMap<V> {
     return out;
   }
 
+  /** Calls `visit` for each entry, allocating nothing; the table must not change meanwhile (entries() gives a copy for that). */
+  forEach(visit: (value: V, key: string) => void): void {
+    for (let i = 0; i < this.keys.length; i++) {
+      const k = this.keys[i];
+      if (k !== undefined && k !== DELETED) visit(this.vals[i]!, k);
+    }
+  }
+
   /** The entries, as an array of their own: the table may change while it is read. */
   entries(): [string, V][] {
     const out: [string, V][] = [];

@@ -37,6 +37,9 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
     assert.deepEqual(table.values().sort((a, b) => a - b), [...reference.values()].sort((a, b) => a - b));
     const byKey = (a: [string, number], b: [string, number]) => (a[0] < b[0] ? -1 : 1);
     assert.deepEqual(table.entries().sort(byKey), [...reference.entries()].sort(byKey));
+    const visited: [string, number][] = [];
+    table.forEach((value, key) => visited.push([key, value]));
+    assert.deepEqual(visited.sort(byKey), [...reference.entries()].sort(byKey));
     assert.equal(table.get('not-there'), undefined);
     assert.equal(table.delete('not-there'), false);
   });
