@@ -4,7 +4,7 @@
 // keeps an object literal with getters in slow dictionary mode, and these are
 // read for every message (a reliable session's for every delivery: made per
 // connection that way, they cost reliable fan-out to 10,000 about a quarter
-// of its rate; test/pubsub/session-limits-shape.test.ts).
+// of its rate; test/pubsub/live-limits.test.ts).
 import type { MessageSocketOptions } from '../websocket/message-socket.ts';
 import type { SessionLimits } from './reliable-session.ts';
 

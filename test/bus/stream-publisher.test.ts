@@ -15,6 +15,13 @@ async function connected(t: Parameters<typeof cleanupFor>[0], url: string): Prom
   return nc;
 }
 
+/** A plain subscriber on `silent.>` of `nc`, in place once this resolves: it takes publishes there and never answers. */
+async function silentSubscriber(t: Parameters<typeof cleanupFor>[0], nc: NatsConnection): Promise<void> {
+  const silent = nc.subscribe('silent.>');
+  cleanupFor(t).after(() => silent.unsubscribe());
+  await nc.flush();
+}
+
 describe('StorePublisher', () => {
   it('resolves stored with the sequence, duplicate for a repeated id, and many at once in one connection', async (t) => {
     const nats = await startNatsServer(t);
@@ -68,9 +75,7 @@ describe('StorePublisher', () => {
     assert.match(none.kind === 'retry' ? none.reason : '', /no stream answered/);
     assert.equal(none.kind === 'retry' && none.unsure, undefined, 'nobody took it: surely not stored');
     // A plain subscriber takes the message and never answers: the wait ends at its deadline.
-    const silent = nc.subscribe('silent.>');
-    t.after(() => silent.unsubscribe());
-    await nc.flush();
+    await silentSubscriber(t, nc);
     const started = Date.now();
     const late = await withTimeout(publisher.publish('silent.x', Buffer.from('x'), 's', 300), 5000, 'the deadline to end the wait');
     const waited = Date.now() - started;
@@ -82,9 +87,7 @@ describe('StorePublisher', () => {
   it('ends open waits with a retry when closed', async (t) => {
     const nats = await startNatsServer(t);
     const nc = await connected(t, nats.url);
-    const silent = nc.subscribe('silent.>');
-    t.after(() => silent.unsubscribe());
-    await nc.flush();
+    await silentSubscriber(t, nc);
     const publisher = new StorePublisher(nc);
     const open = publisher.publish('silent.x', Buffer.from('x'), 's', 60_000);
     publisher.close();
@@ -95,9 +98,7 @@ describe('StorePublisher', () => {
   it('tells publishes that waited in vain in the order they were published, at their deadline and at close', async (t) => {
     const nats = await startNatsServer(t);
     const nc = await connected(t, nats.url);
-    const silent = nc.subscribe('silent.>');
-    t.after(() => silent.unsubscribe());
-    await nc.flush();
+    await silentSubscriber(t, nc);
     for (const ending of ['deadline', 'close'] as const) {
       const publisher = new StorePublisher(nc);
       t.after(() => publisher.close());
