@@ -48,6 +48,8 @@ describe('a reliable session moved between edges on core NATS', () => {
       edges.push({ name, relay: await startTestRelay(t, overrides, { log: log.log }), events: log.events });
     }
     const [a, b, c] = edges;
+    // Ready: each edge is on the bus, so a recovery is never sent to one that cannot ask yet (it would be deferred, 1013).
+    await Promise.all(edges.map((e) => waitReady(e.relay)));
     const story = () => edges.flatMap((e) => e.events().filter((l) => /session_|handover|recover/.test(l)).map((l) => `${e.name} ${l}`)).join('\n');
     const first = await reliableMember(t, a.relay.url, 'hop');
     const { connectionId, recovery } = first;
@@ -141,6 +143,9 @@ describe('a reliable session moved between edges on core NATS', () => {
     const nats = await startNatsServer(t);
     const timeouts = { shutdownMs: 500, sessionRetainMs: 1000, keepAliveIntervalMs: 100 };
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts }))));
+    // Ready: both edges are on the bus (before, B was asked before its bus connected once under CI's load, deferred
+    // the recovery as it should, and the session expired on A: B never took it).
+    await Promise.all([a, b].map((e) => waitReady(e)));
     const { client, connectionId, recovery } = await reliableMember(t, a.url, 'g');
     client.ws.terminate();
     // B answers the upgrade at once and then takes the session from A; the client resets as soon as it has the answer.
