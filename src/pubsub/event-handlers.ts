@@ -137,6 +137,7 @@ export class HandlerTransport {
 }
 
 async function fetchHandler(url: string, request: HandlerRequest): Promise<HandlerResponse> {
+  const deadline = new RequestDeadline(request.timeoutMs, request.signal);
   let response: Response;
   let body: Buffer;
   try {
@@ -144,7 +145,7 @@ async function fetchHandler(url: string, request: HandlerRequest): Promise<Handl
       method: request.method,
       headers: request.headers,
       body: request.body ? new Uint8Array(request.body) : undefined,
-      signal: request.signal ? AbortSignal.any([AbortSignal.timeout(request.timeoutMs), request.signal]) : AbortSignal.timeout(request.timeoutMs),
+      signal: deadline.signal,
       redirect: 'manual',
     });
     if (Number(response.headers.get('content-length') ?? 0) > request.maxResponseBytes) {
@@ -157,9 +158,46 @@ async function fetchHandler(url: string, request: HandlerRequest): Promise<Handl
     const name = (err as Error).name;
     if (name === 'TimeoutError' || name === 'AbortError') throw new HandlerError('timeout', `no answer within ${request.timeoutMs} ms`);
     throw new HandlerError('unreachable', `unreachable: ${(err as Error).message}`);
+  } finally {
+    deadline.end();
   }
   const headers = response.headers;
   return { status: response.status, header: (name) => headers.get(name) ?? undefined, body };
+}
+
+/**
+ * A request's signal: aborted after `ms` (a TimeoutError) or when `also`
+ * aborts, whichever comes first; end() once the answer is read. Its own
+ * timer holds it. Before, `AbortSignal.any([AbortSignal.timeout(ms), also])`:
+ * on Node 20 the combined signal holds its sources only weakly, so a garbage
+ * collection while the handler was silent took the timeout with it and the
+ * request waited for as long as the handler did (a connect with no answer
+ * hung until the drain).
+ */
+class RequestDeadline {
+  private readonly controller = new AbortController();
+  private readonly timer: NodeJS.Timeout;
+  private readonly onAbort = () => this.controller.abort(this.also?.reason);
+
+  constructor(
+    ms: number,
+    private readonly also?: AbortSignal,
+  ) {
+    this.timer = setTimeout(() => this.controller.abort(new DOMException(`no answer within ${ms} ms`, 'TimeoutError')), ms);
+    // Like AbortSignal.timeout: a request in flight does not hold the process up on its own.
+    this.timer.unref();
+    if (also?.aborted) this.onAbort();
+    else also?.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  end(): void {
+    clearTimeout(this.timer);
+    this.also?.removeEventListener('abort', this.onAbort);
+  }
 }
 
 /** Reads a body, giving up past `max` bytes. */
