@@ -11,6 +11,7 @@
 // neither another OPTIONS nor another entry. An origin that passed is
 // remembered until revalidate() (a configuration reload); one that did not is
 // asked again at its next event, and concurrent events wait for one check.
+import { setMaxListeners } from 'node:events';
 import { HandlerError, type HandlerTransport, type UrlValidation } from './event-handlers.ts';
 
 /**
@@ -28,6 +29,17 @@ function originOf(url: string): string {
   }
 }
 
+/**
+ * A controller whose signal takes one listener per check under way (one per
+ * origin at a time, so as many as the configured handlers have origins):
+ * Node's default of 10 would warn of a leak that is not one.
+ */
+function abortWithoutListenerLimit(): AbortController {
+  const controller = new AbortController();
+  setMaxListeners(0, controller.signal);
+  return controller;
+}
+
 /** Largest answer read from a validation request. */
 const MAX_ANSWER_BYTES = 4096;
 
@@ -35,7 +47,7 @@ export class AbuseProtection implements UrlValidation {
   private readonly allowed = new Set<string>();
   private readonly checking = new Map<string, Promise<void>>();
   /** Ends the checks under way when the relay has drained (close()). */
-  private readonly stopped = new AbortController();
+  private readonly stopped = abortWithoutListenerLimit();
 
   constructor(
     /** What the relay says it is: the host (and port) of publicUrl. */

@@ -3,6 +3,8 @@
 // a URL template expands, how `upstream` is read, which WebHook-Allowed-Origin
 // answers let a URL through.
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import type { HubConfig } from '../../src/config/types.ts';
 import { AbuseProtection } from '../../src/pubsub/abuse-protection.ts';
@@ -89,6 +91,30 @@ describe('abuse protection', () => {
     assert.equal(asked.length, 4);
     await protection.check('hc://elsewhere/hubs/chat/e1', 1000);
     assert.equal(asked.length, 5);
+  });
+
+  it('checks a dozen origins at once over HTTP with no leak warning (each check listens on the one stop signal)', async (t) => {
+    const ports = await Promise.all(
+      Array.from({ length: 12 }, async () => {
+        const server = createServer((req, res) => {
+          req.resume();
+          res.writeHead(200, { 'webhook-allowed-origin': '*' }).end();
+        });
+        await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+        t.after(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+        return (server.address() as AddressInfo).port;
+      }),
+    );
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    t.after(() => process.off('warning', onWarning));
+    const protection = new AbuseProtection('relay.example:9400', new HandlerTransport(), () => {});
+    t.after(() => protection.close());
+    await Promise.all(ports.map((port) => protection.check(`http://127.0.0.1:${port}/hooks`, 5000)));
+    // A warning is emitted on the next tick.
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')), []);
   });
 
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
