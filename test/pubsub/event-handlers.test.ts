@@ -8,7 +8,8 @@ import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import type { HubConfig } from '../../src/config/types.ts';
 import { AbuseProtection } from '../../src/pubsub/abuse-protection.ts';
-import { HandlerError, HandlerTransport, handlerForSystemEvent, handlerForUserEvent, handlersOf, type HandlerRequest } from '../../src/pubsub/event-handlers.ts';
+import { EventHandler, HandlerError, HandlerTransport, deliverToHandler, handlerForSystemEvent, handlerForUserEvent, handlersOf, type HandlerRequest } from '../../src/pubsub/event-handlers.ts';
+import { withTimeout } from '../helpers/wait.ts';
 
 const base = { timeoutMs: 1000, retries: 0, retryDelayMs: 10 };
 const hub: HubConfig = {
@@ -115,6 +116,39 @@ describe('abuse protection', () => {
     // A warning is emitted on the next tick.
     await new Promise((r) => setImmediate(r));
     assert.deepEqual(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning')), []);
+  });
+
+  it("bounds a call waiting on another handler's check of the same origin by its own timeoutMs", async (t) => {
+    // A handler origin that takes connections and never answers.
+    const silent = createServer(() => {});
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((r) => (silent.closeAllConnections(), silent.close(() => r()))));
+    const origin = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    const handler = (urlTemplate: string, timeoutMs: number) =>
+      new EventHandler({ urlTemplate, userEventPattern: '*', systemEvents: ['connect'], timeoutMs, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
+    const transport = new HandlerTransport();
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+    t.after(() => protection.close());
+    const request = { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 };
+    const slow = handler(`${origin}/user/{event}`, 6000);
+    const fast = handler(`${origin}/connect`, 300);
+    // The slow handler's event begins the origin's check; the fast one's comes while it waits.
+    const first = deliverToHandler(transport, protection, slow, slow.urlFor('chat', 'message'), request).catch((err: HandlerError) => err);
+    await new Promise((r) => setTimeout(r, 50));
+    const startedAt = Date.now();
+    const second = await deliverToHandler(transport, protection, fast, fast.urlFor('chat', 'connect'), request).catch((err: HandlerError) => err);
+    const took = Date.now() - startedAt;
+    assert.ok(second instanceof HandlerError && second.kind === 'timeout', String(second));
+    // Before: held for the slow handler's 6 s (its check's bound).
+    assert.ok(took < 3000, `the fast handler's call settled after ${took} ms`);
+    // A drain's abort ends a call waiting on the check at once, too.
+    const drain = new AbortController();
+    const third = deliverToHandler(transport, protection, slow, slow.urlFor('chat', 'other'), request, 6000, drain.signal).catch((err: HandlerError) => err);
+    drain.abort();
+    const ended = await withTimeout(third, 1000, 'the drained call');
+    assert.ok(ended instanceof HandlerError && ended.kind === 'timeout', String(ended));
+    protection.close();
+    await withTimeout(first, 7000, 'the slow handler\'s call');
   });
 
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
