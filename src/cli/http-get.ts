@@ -1,5 +1,6 @@
 // A GET of a JSON document for the command line (node:http or node:https by
-// the URL's scheme), bounded in time, with the CA and client certificate of
+// the URL's scheme), given up after `timeoutMs` without a byte (an idle
+// bound: a large history page may take longer in all), with the CA and client certificate of
 // --ca/--tls-cert: fetch in Node 20 takes no CA of its own.
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -30,7 +31,7 @@ export function getJson(url: string, headers: Record<string, string>, tls: Clien
       });
       res.on('error', reject);
     });
-    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('timeout', () => req.destroy(new Error(`nothing from the relay for ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end();
   });

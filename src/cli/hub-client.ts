@@ -18,15 +18,46 @@ export interface HubMessage {
   event?: string;
 }
 
+/** Bounds on waiting for the relay (a frozen relay, or a path that went silent, held `pub` and `sub` for good). */
+export interface HubClientTimeouts {
+  /** From the TCP connect to the relay's `connected` message. */
+  connectMs: number;
+  /** From a request to its ack: past it, the request is reported unacknowledged (it may or may not have been sent). */
+  ackMs: number;
+  /** A ping this often; a connection with nothing from the relay for two of these is dropped (and `sub` reconnects). */
+  keepAliveMs: number;
+}
+
+export const HUB_CLIENT_TIMEOUTS: HubClientTimeouts = { connectMs: 15_000, ackMs: 30_000, keepAliveMs: 20_000 };
+
 export class HubClient {
   private nextAckId = 1;
-  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void }>();
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private heardSinceLastPing = true;
+  private readonly keepAlive: NodeJS.Timeout;
 
   private constructor(
     private readonly ws: WebSocket,
     private readonly onMessage: (m: HubMessage) => void,
+    private readonly timeouts: HubClientTimeouts,
   ) {
+    const heard = () => {
+      this.heardSinceLastPing = true;
+    };
+    ws.on('pong', heard);
+    ws.on('ping', heard);
+    this.keepAlive = setInterval(() => {
+      if (!this.heardSinceLastPing) {
+        // Nothing for a whole interval after a ping: the relay or the path is gone without a word.
+        ws.terminate();
+        return;
+      }
+      this.heardSinceLastPing = false;
+      ws.ping();
+    }, timeouts.keepAliveMs);
+    this.keepAlive.unref();
     ws.on('message', (data: Buffer, isBinary: boolean) => {
+      heard();
       if (isBinary) return;
       let message: HubMessage;
       try {
@@ -38,6 +69,7 @@ export class HubClient {
         const waiter = this.waiting.get(message.ackId);
         this.waiting.delete(message.ackId);
         if (!waiter) return;
+        clearTimeout(waiter.timer);
         // Duplicate means the relay already has it: that is success too.
         if (message.success || message.error?.name === 'Duplicate') waiter.resolve();
         else waiter.reject(new Error(`${message.error?.name ?? 'Error'}: ${message.error?.message ?? 'request failed'}`));
@@ -46,9 +78,13 @@ export class HubClient {
       this.onMessage(message);
     });
     ws.on('close', (code: number, reason: Buffer) => {
+      clearInterval(this.keepAlive);
       // Said with the relay's close code and reason (before: "connection closed before the ack", whatever the cause).
       const why = `the relay closed the connection (${code}${reason.length > 0 ? ` ${reason.toString('utf8')}` : ''}) before its ack: it may or may not have been sent`;
-      for (const waiter of this.waiting.values()) waiter.reject(Object.assign(new Error(why), { unacknowledged: true }));
+      for (const waiter of this.waiting.values()) {
+        clearTimeout(waiter.timer);
+        waiter.reject(Object.assign(new Error(why), { unacknowledged: true }));
+      }
       this.waiting.clear();
     });
   }
@@ -57,23 +93,40 @@ export class HubClient {
   static connect(
     baseUrl: string,
     access: HubAccess,
-    options: { userId?: string; roles: string[]; tls?: ClientTls },
+    options: { userId?: string; roles: string[]; tls?: ClientTls; timeouts?: HubClientTimeouts },
     onMessage: (m: HubMessage) => void = () => {},
   ): Promise<HubClient> {
+    const timeouts = options.timeouts ?? HUB_CLIENT_TIMEOUTS;
     const url = clientAccessUrl(baseUrl, access.hub, access.key, { userId: options.userId, roles: options.roles, ttlSeconds: 24 * 3600 });
     const ws = new WebSocket(url, 'json.webpubsub.azure.v1', { ...options.tls });
-    return new Promise((resolve, reject) => {
+    return new Promise<HubClient>((resolveWith, rejectWith) => {
       let client: HubClient | undefined;
+      const connecting = setTimeout(() => {
+        reject(new Error(`no answer from the relay within ${timeouts.connectMs} ms`));
+        ws.terminate();
+      }, timeouts.connectMs);
+      const resolve = (c: HubClient) => {
+        clearTimeout(connecting);
+        resolveWith(c);
+      };
+      const reject = (err: Error) => {
+        clearTimeout(connecting);
+        rejectWith(err);
+      };
       ws.on('unexpected-response', (_req, res) => {
         res.resume();
         reject(Object.assign(new Error(`the relay refused the connection: ${res.statusCode} ${res.statusMessage ?? ''}`.trim()), { status: res.statusCode }));
       });
       ws.once('error', reject);
       ws.once('open', () => {
-        client = new HubClient(ws, (m) => {
-          if (m.type === 'system' && m.event === 'connected') resolve(client!);
-          else onMessage(m);
-        });
+        client = new HubClient(
+          ws,
+          (m) => {
+            if (m.type === 'system' && m.event === 'connected') resolve(client!);
+            else onMessage(m);
+          },
+          timeouts,
+        );
       });
       ws.once('close', (code, reason) => reject(new Error(`closed before connected: ${code} ${reason.toString()}`.trim())));
     });
@@ -83,9 +136,14 @@ export class HubClient {
   request(body: Record<string, unknown>): Promise<void> {
     const ackId = this.nextAckId++;
     return new Promise((resolve, reject) => {
-      this.waiting.set(ackId, { resolve, reject });
+      const timer = setTimeout(() => {
+        this.waiting.delete(ackId);
+        reject(Object.assign(new Error(`no ack within ${this.timeouts.ackMs} ms: it may or may not have been sent`), { unacknowledged: true }));
+      }, this.timeouts.ackMs);
+      this.waiting.set(ackId, { resolve, reject, timer });
       this.ws.send(JSON.stringify({ ...body, ackId }), (err) => {
         if (!err) return;
+        clearTimeout(timer);
         this.waiting.delete(ackId);
         reject(err);
       });
