@@ -45,7 +45,8 @@ const MAX_ANSWER_BYTES = 4096;
 
 export class AbuseProtection implements UrlValidation {
   private readonly allowed = new Set<string>();
-  private readonly checking = new Map<string, Promise<void>>();
+  /** The check under way per origin, and when its time runs out. */
+  private readonly checking = new Map<string, { done: Promise<void>; deadline: number }>();
   /** Ends the checks under way when the relay has drained (close()). */
   private readonly stopped = abortWithoutListenerLimit();
 
@@ -60,12 +61,21 @@ export class AbuseProtection implements UrlValidation {
   check(url: string, timeoutMs: number, authorization?: string): Promise<void> {
     const origin = originOf(url);
     if (this.allowed.has(origin)) return Promise.resolve();
-    let pending = this.checking.get(origin);
+    const deadline = Date.now() + timeoutMs;
+    const pending = this.checking.get(origin);
     if (!pending) {
-      pending = this.validate(url, origin, timeoutMs, authorization).finally(() => this.checking.delete(origin));
-      this.checking.set(origin, pending);
+      const done = this.validate(url, origin, timeoutMs, authorization).finally(() => this.checking.delete(origin));
+      this.checking.set(origin, { done, deadline });
+      return done;
     }
-    return pending;
+    if (pending.deadline >= deadline) return pending.done;
+    // Begun by a call with less time than this one: when its time runs out, this call asks again with what it has left
+    // (before, a call with timeoutMs 30 s failed at a 500 ms connect's bound). Each round waits for a real timeout.
+    return pending.done.catch((err: unknown) => {
+      const left = deadline - Date.now();
+      if (!(err instanceof HandlerError) || err.kind !== 'timeout' || left <= 0 || this.stopped.signal.aborted) throw err;
+      return this.check(url, left, authorization);
+    });
   }
 
   /** Ends the checks under way (the relay has drained): their requests would keep the process up to their timeout. */

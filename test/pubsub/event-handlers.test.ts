@@ -151,6 +151,41 @@ describe('abuse protection', () => {
     await withTimeout(first, 7000, 'the slow handler\'s call');
   });
 
+  it("lets a call with more time than the one that began its origin's check ask again when that check runs out of time", async (t) => {
+    // The origin's OPTIONS is answered after 1 s (allowed); events at once.
+    const slowToAllow = createServer((req, res) => {
+      req.resume();
+      if (req.method === 'OPTIONS') setTimeout(() => res.writeHead(200, { 'webhook-allowed-origin': '*' }).end(), 1000);
+      else res.writeHead(200).end('ok');
+    });
+    await new Promise<void>((resolve) => slowToAllow.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((r) => (slowToAllow.closeAllConnections(), slowToAllow.close(() => r()))));
+    const origin = `http://127.0.0.1:${(slowToAllow.address() as AddressInfo).port}`;
+    const handler = (urlTemplate: string, timeoutMs: number) =>
+      new EventHandler({ urlTemplate, userEventPattern: '*', systemEvents: ['connect'], timeoutMs, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
+    const transport = new HandlerTransport();
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+    t.after(() => protection.close());
+    const request = { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 };
+    const fast = handler(`${origin}/connect`, 300);
+    const patient = handler(`${origin}/user/{event}`, 5000);
+    // The fast handler's connect begins the check (bounded by its 300 ms); the patient one's event comes while it waits.
+    const first = deliverToHandler(transport, protection, fast, fast.urlFor('chat', 'connect'), request).catch((err: HandlerError) => err);
+    await new Promise((r) => setTimeout(r, 50));
+    const second = await withTimeout(
+      deliverToHandler(transport, protection, patient, patient.urlFor('chat', 'message'), request).then(
+        (answer) => answer.status,
+        (err: HandlerError) => err,
+      ),
+      8000,
+      "the patient handler's event",
+    );
+    const firstOutcome = await first;
+    assert.ok(firstOutcome instanceof HandlerError && firstOutcome.kind === 'timeout', String(firstOutcome));
+    // Before: it failed with the fast call's check at 300 ms.
+    assert.equal(second, 200);
+  });
+
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
     for (const [allowed, status] of [[undefined, 200], ['relay.example', 200], ['*', 404]] as const) {
       const { transport, asked } = answering(allowed, status);
