@@ -237,12 +237,13 @@ function ownDeadline(check: Promise<void>, ms: number, signal?: AbortSignal): Pr
     };
     const onAbort = () => finish(() => reject(new HandlerError('timeout', 'no answer before the relay shut down')));
     const timer = setTimeout(() => finish(() => reject(new HandlerError('timeout', `no answer within ${ms} ms (abuse protection)`))), ms);
-    if (signal?.aborted) return onAbort();
-    signal?.addEventListener('abort', onAbort, { once: true });
+    // Heard first, on every path: a check that fails after this call gave up is not an unhandled rejection (it ended the process).
     check.then(
       () => finish(resolve),
       (err: unknown) => finish(() => reject(err)),
     );
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 

@@ -186,6 +186,31 @@ describe('abuse protection', () => {
     assert.equal(second, 200);
   });
 
+  it("leaves no unhandled rejection when a call's signal was aborted before it waited on a check that then fails", async (t) => {
+    // An origin that refuses abuse protection (400): the check fails after the call has given up (the drain's deadline had passed).
+    const refusing = createServer((req, res) => {
+      req.resume();
+      res.writeHead(400).end();
+    });
+    await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise<void>((r) => (refusing.closeAllConnections(), refusing.close(() => r()))));
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    t.after(() => process.off('unhandledRejection', onUnhandled));
+    const origin = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`;
+    const handler = new EventHandler({ urlTemplate: `${origin}/{event}`, userEventPattern: '*', systemEvents: [], timeoutMs: 2000, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
+    const transport = new HandlerTransport();
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+    const drained = new AbortController();
+    drained.abort();
+    const outcome = await deliverToHandler(transport, protection, handler, handler.urlFor('chat', 'message'), { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 }, 2000, drained.signal).catch((err: HandlerError) => err);
+    assert.ok(outcome instanceof HandlerError && outcome.kind === 'timeout', String(outcome));
+    // The check's own answer (400: not allowed) comes after; before, nothing heard it (the relay's process ended, exit 70).
+    await new Promise((r) => setTimeout(r, 500));
+    assert.deepEqual(unhandled.map(String), []);
+  });
+
   it('refuses without a matching origin or with an error status, and asks again next time', async () => {
     for (const [allowed, status] of [[undefined, 200], ['relay.example', 200], ['*', 404]] as const) {
       const { transport, asked } = answering(allowed, status);
