@@ -28,11 +28,13 @@ export interface HubClientTimeouts {
   keepAliveMs: number;
 }
 
-export const HUB_CLIENT_TIMEOUTS: HubClientTimeouts = { connectMs: 15_000, ackMs: 30_000, keepAliveMs: 20_000 };
+export const HUB_CLIENT_TIMEOUTS: HubClientTimeouts = { connectMs: 30_000, ackMs: 30_000, keepAliveMs: 20_000 };
 
 export class HubClient {
   private nextAckId = 1;
-  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined }>();
+  /** Why this client dropped the connection itself (said so, not as the relay's close). */
+  private dropReason: string | undefined;
   private heardSinceLastPing = true;
   private readonly keepAlive: NodeJS.Timeout;
 
@@ -49,7 +51,7 @@ export class HubClient {
     this.keepAlive = setInterval(() => {
       if (!this.heardSinceLastPing) {
         // Nothing for a whole interval after a ping: the relay or the path is gone without a word.
-        ws.terminate();
+        this.drop(`nothing from the relay for ${timeouts.keepAliveMs} ms after a ping`);
         return;
       }
       this.heardSinceLastPing = false;
@@ -80,7 +82,10 @@ export class HubClient {
     ws.on('close', (code: number, reason: Buffer) => {
       clearInterval(this.keepAlive);
       // Said with the relay's close code and reason (before: "connection closed before the ack", whatever the cause).
-      const why = `the relay closed the connection (${code}${reason.length > 0 ? ` ${reason.toString('utf8')}` : ''}) before its ack: it may or may not have been sent`;
+      const closed = this.dropReason
+        ? `${this.dropReason}, the connection dropped`
+        : `the relay closed the connection (${code}${reason.length > 0 ? ` ${reason.toString('utf8')}` : ''})`;
+      const why = `${closed} before its ack: it may or may not have been sent`;
       for (const waiter of this.waiting.values()) {
         clearTimeout(waiter.timer);
         waiter.reject(Object.assign(new Error(why), { unacknowledged: true }));
@@ -136,22 +141,33 @@ export class HubClient {
   request(body: Record<string, unknown>): Promise<void> {
     const ackId = this.nextAckId++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiting.delete(ackId);
-        reject(Object.assign(new Error(`no ack within ${this.timeouts.ackMs} ms: it may or may not have been sent`), { unacknowledged: true }));
-      }, this.timeouts.ackMs);
-      this.waiting.set(ackId, { resolve, reject, timer });
+      const waiter: { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined } = { resolve, reject, timer: undefined };
+      this.waiting.set(ackId, waiter);
       this.ws.send(JSON.stringify({ ...body, ackId }), (err) => {
-        if (!err) return;
-        clearTimeout(timer);
-        this.waiting.delete(ackId);
-        reject(err);
+        if (err) {
+          this.waiting.delete(ackId);
+          reject(err);
+          return;
+        }
+        // The bound runs from when the request left this process (queued behind many others, it had not).
+        if (!this.waiting.has(ackId)) return;
+        waiter.timer = setTimeout(() => {
+          this.waiting.delete(ackId);
+          reject(Object.assign(new Error(`no ack within ${this.timeouts.ackMs} ms: it may or may not have been sent`), { unacknowledged: true }));
+        }, this.timeouts.ackMs);
       });
     });
   }
 
+  /** `reason`: the relay's close reason, or why this client dropped a silent connection. */
   onClose(handler: (code: number, reason: string) => void): void {
-    this.ws.on('close', (code, reason) => handler(code, reason.toString()));
+    this.ws.on('close', (code, reason) => handler(code, this.dropReason ?? reason.toString()));
+  }
+
+  /** Ends the connection at once, without a closing handshake (the relay is not answering), saying why. */
+  drop(why: string): void {
+    this.dropReason ??= why;
+    this.ws.terminate();
   }
 
   close(): void {

@@ -5,6 +5,9 @@ import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess } from './hub-access.ts'
 import { HubClient } from './hub-client.ts';
 import { TLS_HELP, readClientTls } from './tls-options.ts';
 
+/** Requests waiting for their acks at once (the relay reads up to limits.requestsInFlightPerConnection of them at a time). */
+const MAX_AWAITING_ACK = 256;
+
 export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key KEY | --config FILE) [options] [MESSAGE...]
 
 Publishes each MESSAGE to the group, or, with no MESSAGE, each line read from
@@ -77,7 +80,9 @@ export async function pub(argv: string[]): Promise<number> {
     process.stderr.write(`edge-relay pub: ${(err as Error).message}\n`);
     return 1;
   }
-  const sends: Promise<void>[] = [];
+  // At most this many requests wait for their acks: a large stdin is read as acks come back (before, every line was
+  // queued at once, in memory, and a long queue's last acks came later than any bound on them).
+  const sends = new Set<Promise<void>>();
   let failed = 0;
   let count = 0;
   const publish = (line: string) => {
@@ -91,15 +96,30 @@ export async function pub(argv: string[]): Promise<number> {
       failed++;
       return;
     }
-    sends.push(
-      client.request({ type: 'sendToGroup', group, dataType, data, noEcho: true }).catch((err: Error & { unacknowledged?: boolean }) => {
+    const sent: Promise<void> = client
+      .request({ type: 'sendToGroup', group, dataType, data, noEcho: true })
+      .catch((err: Error & { unacknowledged?: boolean }) => {
         failed++;
         process.stderr.write(`edge-relay pub: ${which} ${err.unacknowledged ? 'not acknowledged' : 'refused'}: ${err.message}\n`);
-      }),
-    );
+      })
+      .finally(() => sends.delete(sent));
+    sends.add(sent);
   };
-  if (positionals.length > 0) positionals.forEach(publish);
-  else for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) if (line !== '') publish(line);
+  const roomToSend = async () => {
+    while (sends.size >= MAX_AWAITING_ACK) await Promise.race(sends);
+  };
+  if (positionals.length > 0) {
+    for (const m of positionals) {
+      await roomToSend();
+      publish(m);
+    }
+  } else {
+    for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
+      if (line === '') continue;
+      await roomToSend();
+      publish(line);
+    }
+  }
   await Promise.all(sends);
   client.close();
   return failed === 0 ? 0 : 1;

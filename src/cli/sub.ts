@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { Backoff } from '../bridge/backoff.ts';
 import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
 import { readGroupHistory } from './group-history.ts';
-import { HubClient, type HubMessage } from './hub-client.ts';
+import { HUB_CLIENT_TIMEOUTS, HubClient, type HubClientTimeouts, type HubMessage } from './hub-client.ts';
 import { TLS_HELP, readClientTls, type ClientTls } from './tls-options.ts';
 
 export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key KEY | --config FILE) [options]
@@ -86,7 +86,8 @@ export async function sub(argv: string[]): Promise<number> {
   return watch(values.url, access, values.group, values.user, values.format, limit, after, tls);
 }
 
-function watch(
+/** Prints the group's messages until `limit` or a signal; 0, or 1 when the relay refused. Exported for its tests (shorter `timeouts`, lines kept). */
+export function watch(
   url: string,
   access: HubAccess,
   group: string,
@@ -95,7 +96,9 @@ function watch(
   limit: number,
   after: number | undefined,
   tls: ClientTls,
+  io: { timeouts: HubClientTimeouts; print: (line: string) => void } = { timeouts: HUB_CLIENT_TIMEOUTS, print: (line) => process.stdout.write(line) },
 ): Promise<number> {
+  const { timeouts } = io;
   const backoff = new Backoff();
   let printed = 0;
   let current: HubClient | undefined;
@@ -127,7 +130,7 @@ function watch(
         if (sequence <= cursor) return true;
         cursor = sequence;
       }
-      process.stdout.write(lineOf(m, format) + '\n');
+      io.print(lineOf(m, format) + '\n');
       if (++printed >= limit) {
         finish(0);
         return false;
@@ -147,7 +150,7 @@ function watch(
       for (const m of live) if (!print(m)) break;
     };
     const open = () => {
-      HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`], tls }, onMessage).then(
+      HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`], tls, timeouts }, onMessage).then(
         async (client) => {
           current = client;
           client.onClose((code, reason) => reconnect(`connection closed (${code}${reason ? ` ${reason}` : ''})`));
@@ -156,6 +159,13 @@ function watch(
           try {
             await client.request({ type: 'joinGroup', group });
           } catch (err) {
+            // Not answered (no ack in time, or the connection went meanwhile): try again on a new connection, as after a drop.
+            // Refused (no permission, say): say so and stop.
+            if ((err as { unacknowledged?: boolean }).unacknowledged) {
+              held = undefined;
+              client.drop(`joining ${group} not acknowledged`);
+              return;
+            }
             process.stderr.write(`edge-relay sub: cannot join ${group}: ${(err as Error).message}\n`);
             return finish(1);
           }

@@ -8,6 +8,7 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { HubClient, type HubClientTimeouts } from '../../src/cli/hub-client.ts';
+import { watch } from '../../src/cli/sub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
@@ -74,6 +75,35 @@ describe('the pub/sub command-line client', () => {
     assert.match(outcome, /^true no ack within 300 ms/);
     // No pong for a ping: dropped (1006), so `sub` reconnects.
     assert.equal(await withTimeout(closed, 5000, 'the silent connection to be dropped'), 1006);
+  });
+
+  it('sub reconnects when its join is not acknowledged, and prints what the next connection brings', async (t) => {
+    // The first connection never acks the join; the second acks it and sends one message to the group.
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (protocols) => [...protocols][0] ?? false });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    t.after(() => {
+      for (const c of wss.clients) c.terminate();
+      return new Promise<void>((r) => wss.close(() => r()));
+    });
+    let connections = 0;
+    wss.on('connection', (ws) => {
+      const n = ++connections;
+      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
+      ws.on('message', (data) => {
+        const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
+        if (n === 1 || request.type !== 'joinGroup') return;
+        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+        ws.send(JSON.stringify({ type: 'message', from: 'group', fromUserId: null, group: request.group, dataType: 'text', data: 'after the retry' }));
+      });
+    });
+    const printed: string[] = [];
+    const port = (wss.address() as AddressInfo).port;
+    // Before: `sub` said "cannot join" and ended with 1.
+    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 1, undefined, {}, { timeouts: SHORT, print: (line) => printed.push(line) });
+    const code = await withTimeout(watching, 10000, 'sub to print one message');
+    assert.equal(code, 0);
+    assert.equal(connections, 2);
+    assert.deepEqual(printed, ['after the retry\n']);
   });
 
   it('keeps a connection to a relay that answers its pings', async (t) => {
