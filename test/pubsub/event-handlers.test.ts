@@ -3,9 +3,9 @@
 // a URL template expands, how `upstream` is read, which WebHook-Allowed-Origin
 // answers let a URL through.
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import type { HubConfig } from '../../src/config/types.ts';
 import { AbuseProtection } from '../../src/pubsub/abuse-protection.ts';
 import { EventHandler, HandlerError, HandlerTransport, deliverToHandler, handlerForSystemEvent, handlerForUserEvent, handlersOf, type HandlerRequest } from '../../src/pubsub/event-handlers.ts';
@@ -59,6 +59,24 @@ function answering(allowed: string | undefined, status = 200): { transport: Hand
     return { status, header: (name) => (name === 'webhook-allowed-origin' ? allowed : undefined), body: Buffer.alloc(0) };
   };
   return { transport, asked };
+}
+
+/**
+ * A handler origin on 127.0.0.1 answering with `answer`, and what a delivery to it needs: `handler(urlTemplate, timeoutMs)`,
+ * the transport, an abuse protection (closed at the test's end) and a request.
+ */
+async function handlerOrigin(t: TestContext, answer: (req: IncomingMessage, res: ServerResponse) => void) {
+  const server = createServer(answer);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const handler = (urlTemplate: string, timeoutMs: number) =>
+    new EventHandler({ urlTemplate, userEventPattern: '*', systemEvents: ['connect'], timeoutMs, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
+  const transport = new HandlerTransport();
+  const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+  t.after(() => protection.close());
+  const request = { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 };
+  return { origin, handler, transport, protection, request };
 }
 
 describe('abuse protection', () => {
@@ -120,16 +138,7 @@ describe('abuse protection', () => {
 
   it("bounds a call waiting on another handler's check of the same origin by its own timeoutMs", async (t) => {
     // A handler origin that takes connections and never answers.
-    const silent = createServer(() => {});
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    t.after(() => new Promise<void>((r) => (silent.closeAllConnections(), silent.close(() => r()))));
-    const origin = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
-    const handler = (urlTemplate: string, timeoutMs: number) =>
-      new EventHandler({ urlTemplate, userEventPattern: '*', systemEvents: ['connect'], timeoutMs, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
-    const transport = new HandlerTransport();
-    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
-    t.after(() => protection.close());
-    const request = { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 };
+    const { origin, handler, transport, protection, request } = await handlerOrigin(t, () => {});
     const slow = handler(`${origin}/user/{event}`, 6000);
     const fast = handler(`${origin}/connect`, 300);
     // The slow handler's event begins the origin's check; the fast one's comes while it waits.
@@ -153,20 +162,11 @@ describe('abuse protection', () => {
 
   it("lets a call with more time than the one that began its origin's check ask again when that check runs out of time", async (t) => {
     // The origin's OPTIONS is answered after 1 s (allowed); events at once.
-    const slowToAllow = createServer((req, res) => {
+    const { origin, handler, transport, protection, request } = await handlerOrigin(t, (req, res) => {
       req.resume();
       if (req.method === 'OPTIONS') setTimeout(() => res.writeHead(200, { 'webhook-allowed-origin': '*' }).end(), 1000);
       else res.writeHead(200).end('ok');
     });
-    await new Promise<void>((resolve) => slowToAllow.listen(0, '127.0.0.1', resolve));
-    t.after(() => new Promise<void>((r) => (slowToAllow.closeAllConnections(), slowToAllow.close(() => r()))));
-    const origin = `http://127.0.0.1:${(slowToAllow.address() as AddressInfo).port}`;
-    const handler = (urlTemplate: string, timeoutMs: number) =>
-      new EventHandler({ urlTemplate, userEventPattern: '*', systemEvents: ['connect'], timeoutMs, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
-    const transport = new HandlerTransport();
-    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
-    t.after(() => protection.close());
-    const request = { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 };
     const fast = handler(`${origin}/connect`, 300);
     const patient = handler(`${origin}/user/{event}`, 5000);
     // The fast handler's connect begins the check (bounded by its 300 ms); the patient one's event comes while it waits.
@@ -188,23 +188,18 @@ describe('abuse protection', () => {
 
   it("leaves no unhandled rejection when a call's signal was aborted before it waited on a check that then fails", async (t) => {
     // An origin that refuses abuse protection (400): the check fails after the call has given up (the drain's deadline had passed).
-    const refusing = createServer((req, res) => {
+    const { origin, handler: handlerFor, transport, protection, request } = await handlerOrigin(t, (req, res) => {
       req.resume();
       res.writeHead(400).end();
     });
-    await new Promise<void>((resolve) => refusing.listen(0, '127.0.0.1', resolve));
-    t.after(() => new Promise<void>((r) => (refusing.closeAllConnections(), refusing.close(() => r()))));
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
     process.on('unhandledRejection', onUnhandled);
     t.after(() => process.off('unhandledRejection', onUnhandled));
-    const origin = `http://127.0.0.1:${(refusing.address() as AddressInfo).port}`;
-    const handler = new EventHandler({ urlTemplate: `${origin}/{event}`, userEventPattern: '*', systemEvents: [], timeoutMs: 2000, retries: 0, retryDelayMs: 1000 }, 'eventHandlers[0]');
-    const transport = new HandlerTransport();
-    const protection = new AbuseProtection('relay.example:9400', transport, () => {});
+    const handler = handlerFor(`${origin}/{event}`, 2000);
     const drained = new AbortController();
     drained.abort();
-    const outcome = await deliverToHandler(transport, protection, handler, handler.urlFor('chat', 'message'), { headers: {}, body: Buffer.from('{}'), maxResponseBytes: 4096 }, 2000, drained.signal).catch((err: HandlerError) => err);
+    const outcome = await deliverToHandler(transport, protection, handler, handler.urlFor('chat', 'message'), request, 2000, drained.signal).catch((err: HandlerError) => err);
     assert.ok(outcome instanceof HandlerError && outcome.kind === 'timeout', String(outcome));
     // The check's own answer (400: not allowed) comes after; before, nothing heard it (the relay's process ended, exit 70).
     await new Promise((r) => setTimeout(r, 500));
