@@ -40,6 +40,28 @@ function abortWithoutListenerLimit(): AbortController {
   return controller;
 }
 
+/**
+ * Waits for `check` for at most `ms`, or until `signal` aborts (HandlerError 'timeout' either way). It hears `check`
+ * first, on every path: a check that fails after this call gave up is no unhandled rejection (that ended the process).
+ */
+function withinOwnTime(check: Promise<void>, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const finish = (settle: () => void) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      settle();
+    };
+    const onAbort = () => finish(() => reject(new HandlerError('timeout', 'no answer before the relay shut down')));
+    const timer = setTimeout(() => finish(() => reject(new HandlerError('timeout', `no answer within ${ms} ms (abuse protection)`))), ms);
+    check.then(
+      () => finish(resolve),
+      (err: unknown) => finish(() => reject(err)),
+    );
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /** Largest answer read from a validation request. */
 const MAX_ANSWER_BYTES = 4096;
 
@@ -57,14 +79,24 @@ export class AbuseProtection implements UrlValidation {
     private readonly onResult: (url: string, allowed: boolean, detail: string) => void,
   ) {}
 
-  /** Resolves once `url` may receive events; rejects with HandlerError('not allowed' or why the check failed). */
-  check(url: string, timeoutMs: number, authorization?: string): Promise<void> {
+  /**
+   * Resolves once `url` may receive events; rejects with HandlerError('not allowed' or why the check failed), or
+   * 'timeout' past this call's `timeoutMs` or when `signal` aborts. One check per origin is shared by the calls that
+   * need it meanwhile; each waits for it within its own time (before, a connect with timeoutMs 500 was held 30 s by a
+   * check a user event with 30 s had begun).
+   */
+  check(url: string, timeoutMs: number, authorization?: string, signal?: AbortSignal): Promise<void> {
     const origin = originOf(url);
     if (this.allowed.has(origin)) return Promise.resolve();
-    const deadline = Date.now() + timeoutMs;
+    return withinOwnTime(this.shared(url, origin, Date.now() + timeoutMs, authorization), timeoutMs, signal);
+  }
+
+  /** The origin's check under way, or a new one bounded by `deadline`. */
+  private shared(url: string, origin: string, deadline: number, authorization: string | undefined): Promise<void> {
+    if (this.allowed.has(origin)) return Promise.resolve();
     const pending = this.checking.get(origin);
     if (!pending) {
-      const done = this.validate(url, origin, timeoutMs, authorization).finally(() => this.checking.delete(origin));
+      const done = this.validate(url, origin, deadline - Date.now(), authorization).finally(() => this.checking.delete(origin));
       this.checking.set(origin, { done, deadline });
       return done;
     }
@@ -72,9 +104,8 @@ export class AbuseProtection implements UrlValidation {
     // Begun by a call with less time than this one: when its time runs out, this call asks again with what it has left
     // (before, a call with timeoutMs 30 s failed at a 500 ms connect's bound). Each round waits for a real timeout.
     return pending.done.catch((err: unknown) => {
-      const left = deadline - Date.now();
-      if (!(err instanceof HandlerError) || err.kind !== 'timeout' || left <= 0 || this.stopped.signal.aborted) throw err;
-      return this.check(url, left, authorization);
+      if (!(err instanceof HandlerError) || err.kind !== 'timeout' || deadline <= Date.now() || this.stopped.signal.aborted) throw err;
+      return this.shared(url, origin, deadline, authorization);
     });
   }
 

@@ -216,35 +216,12 @@ async function readCapped(response: Response, max: number): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
-/** Abuse protection as delivery needs it (abuse-protection.ts): resolves once a URL may receive events. */
-export interface UrlValidation {
-  check(url: string, timeoutMs: number, authorization?: string): Promise<void>;
-}
-
 /**
- * Waits for `check` for at most `ms`, or until `signal` aborts. One origin's
- * check is shared by every call that needs it meanwhile and bounded by the
- * timeout of the call that began it: before, a connect (timeoutMs 500) that
- * came while a user event's check (timeoutMs 30 s) waited on a silent
- * handler was held for the 30 s.
+ * Abuse protection as delivery needs it (abuse-protection.ts): resolves once a URL may receive events, within
+ * `timeoutMs` of this call or until `signal` aborts (rejecting with HandlerError 'timeout'), whoever began the check.
  */
-function ownDeadline(check: Promise<void>, ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const finish = (settle: () => void) => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
-      settle();
-    };
-    const onAbort = () => finish(() => reject(new HandlerError('timeout', 'no answer before the relay shut down')));
-    const timer = setTimeout(() => finish(() => reject(new HandlerError('timeout', `no answer within ${ms} ms (abuse protection)`))), ms);
-    // Heard first, on every path: a check that fails after this call gave up is not an unhandled rejection (it ended the process).
-    check.then(
-      () => finish(resolve),
-      (err: unknown) => finish(() => reject(err)),
-    );
-    if (signal?.aborted) return onAbort();
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
+export interface UrlValidation {
+  check(url: string, timeoutMs: number, authorization?: string, signal?: AbortSignal): Promise<void>;
 }
 
 /** Delivers one request to a handler's URL, once abuse protection has let the URL through. */
@@ -263,7 +240,7 @@ export async function deliverToHandler(
   if (handler.config.auth?.type === 'bearer') headers.authorization = `Bearer ${handler.config.auth.token}`;
   // The check and the event share timeoutMs (before, each had all of it: a connect waited up to twice as long).
   const deadline = Date.now() + timeoutMs;
-  if (handler.validated) await ownDeadline(protection.check(url, timeoutMs, headers.authorization), timeoutMs, signal);
+  if (handler.validated) await protection.check(url, timeoutMs, headers.authorization, signal);
   const left = deadline - Date.now();
   if (left <= 0) throw new HandlerError('timeout', `no answer within ${timeoutMs} ms (abuse protection took it all)`);
   return transport.send(url, { ...request, headers, method: 'POST', timeoutMs: left, ...(signal ? { signal } : {}) });
