@@ -30,9 +30,16 @@ export interface HubClientTimeouts {
 
 export const HUB_CLIENT_TIMEOUTS: HubClientTimeouts = { connectMs: 30_000, ackMs: 30_000, keepAliveMs: 20_000 };
 
+/** A request waiting for its ack; `timer` runs once the request has left this process. */
+interface AckWaiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout | undefined;
+}
+
 export class HubClient {
   private nextAckId = 1;
-  private readonly waiting = new Map<number, { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined }>();
+  private readonly waiting = new Map<number, AckWaiter>();
   /** Why this client dropped the connection itself (said so, not as the relay's close). */
   private dropReason: string | undefined;
   private heardSinceLastPing = true;
@@ -141,7 +148,7 @@ export class HubClient {
   request(body: Record<string, unknown>): Promise<void> {
     const ackId = this.nextAckId++;
     return new Promise((resolve, reject) => {
-      const waiter: { resolve: () => void; reject: (e: Error) => void; timer: NodeJS.Timeout | undefined } = { resolve, reject, timer: undefined };
+      const waiter: AckWaiter = { resolve, reject, timer: undefined };
       this.waiting.set(ackId, waiter);
       this.ws.send(JSON.stringify({ ...body, ackId }), (err) => {
         if (err) {

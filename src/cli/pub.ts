@@ -105,20 +105,12 @@ export async function pub(argv: string[]): Promise<number> {
       .finally(() => sends.delete(sent));
     sends.add(sent);
   };
-  const roomToSend = async () => {
+  const fromStdin = positionals.length === 0;
+  const messages = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : positionals;
+  for await (const message of messages) {
+    if (fromStdin && message === '') continue;
     while (sends.size >= MAX_AWAITING_ACK) await Promise.race(sends);
-  };
-  if (positionals.length > 0) {
-    for (const m of positionals) {
-      await roomToSend();
-      publish(m);
-    }
-  } else {
-    for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
-      if (line === '') continue;
-      await roomToSend();
-      publish(line);
-    }
+    publish(message);
   }
   await Promise.all(sends);
   client.close();
