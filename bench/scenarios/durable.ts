@@ -2,7 +2,9 @@
 // in one run (docs/durability.md): fan-out with the publisher on one edge and
 // the subscribers on another, so every event is stored and read back from
 // the hub's stream before anyone gets it; the time from a publish to its ack
-// (stored, on a durable hub); and how fast a hub's history reads over REST.
+// (stored, on a durable hub); how fast a hub's history reads over REST; and
+// nats-server's JetStream alone, file against memory storage at the hub's
+// half-load event rate: what the file store costs by itself (no relay).
 // Targets: the JetStream hub delivers at least 0.8x the core path's rate, and
 // its p99 publish-to-deliver at half load is at most 2 ms above the core path's.
 import { signJwt } from '../../src/auth/jwt.ts';
@@ -13,6 +15,7 @@ import { startAll } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { median, medianBy } from '../lib/rounds.ts';
 import { HUB, HUB_KEY, clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
+import { storeLatencies } from '../peers/jetstream-store.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -21,6 +24,8 @@ const OURS_JETSTREAM = 'edge-relay, NATS bus (2 edges), JetStream hub';
 const OURS_JETSTREAM_MEMORY = 'edge-relay, NATS bus (2 edges), JetStream hub, memory storage';
 const OURS_CORE = 'edge-relay, NATS bus (2 edges), core NATS';
 const NATS = 'nats-server websocket';
+const STORE_FILE = 'nats-server JetStream alone (nats.js), file storage';
+const STORE_MEMORY = 'nats-server JetStream alone (nats.js), memory storage';
 const OP_TEXT = 1;
 
 const HISTORY = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 1_000_000 } }] } };
@@ -200,6 +205,21 @@ export async function durableScenario(mode: Mode): Promise<Outcome> {
   }
   const js = results.find((r) => r.system === OURS_JETSTREAM)!;
   ratios.push({ scenario, ours: OURS_JETSTREAM, peer: NATS, ratio: js.value / nats.deliveriesPerSec });
+
+  // The file store's own cost: nats-server alone, file against memory storage, at the event rate of the
+  // JetStream hub's half load (its median round), in as many paired rounds. No target: a floor under the one above.
+  const rate = Math.max(100, Math.round(median(measured.get(OURS_JETSTREAM)!.map((f) => f.eventsPerSec)) / 2));
+  const storeScenario = `JetStream store alone, ${rate} messages/s`;
+  process.stderr.write(`  ${storeScenario}: file and memory storage\n`);
+  const stores = await storeLatencies(rate, mode === 'quick' ? 0.25 : 3, rounds);
+  for (const [system, index] of [
+    [STORE_FILE, 0],
+    [STORE_MEMORY, 1],
+  ] as const) {
+    const row = medianBy(stores.map((pair) => pair[index]), (s) => s.p99Ms);
+    results.push({ scenario: storeScenario, system, ours: false, value: row.p99Ms, unit: 'p99 ms', figures: { p50Ms: row.p50Ms, p99Ms: row.p99Ms, p999Ms: row.p999Ms, rate, rounds: stores.length } });
+  }
+  ratios.push({ scenario: storeScenario, ours: STORE_FILE, peer: STORE_MEMORY, figure: `p99 ms, difference (ms)${of}`, better: 'lower', ratio: median(stores.map(([file, memory]) => file.p99Ms - memory.p99Ms)) });
 
   // Publish to ack: stored in JetStream (R1 on one nats-server) on the durable hub; at once on the core path.
   // History: REST pages of 1,000 from the hub's stream, read on the durable hub's edges after their acks (another group).
