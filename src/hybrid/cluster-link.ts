@@ -7,6 +7,7 @@
 // the sender's node on that node's subject, addressed by rendezvous id.
 // A listener is told it is online once that subscription is on the NATS
 // server (a flush), so that a sender on any edge of that server finds it.
+import { randomBytes } from 'node:crypto';
 import { BusError, respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type HcFailed, type HcResponse } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
@@ -20,8 +21,25 @@ import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { TransientMap } from '../collections/transient-map.ts';
 
 const LISTENER_QUEUE = 'listeners';
+
+/**
+ * This process's address for hybrid-connection answers between edges: its node id and a random part of its own,
+ * so a process that starts again under the same node id (fixed in its config, or hostname-pid 1 in a container)
+ * does not answer for the one before it: what waited on the old process's listeners hears "no responders" and
+ * fails (502 ListenerGone) instead of at its timeout. At most 64 characters, as every edge checks a node's name
+ * (schemas/bus-message.schema.json, nodeId).
+ */
+export function hybridLinkId(nodeId: string): string {
+  return `${nodeId.slice(0, 55)}.${randomBytes(4).toString('hex')}`;
+}
 /** How often a sender's edge checks that the listeners' edges it waits on are still there. */
 const ALIVE_CHECK_MS = 1000;
+/**
+ * How long a listeners' edge must be unreachable ("no responders" at every check) before what waits on it
+ * fails: an edge whose NATS connection blips (a server failover, a reconnect) is back well within it, and its
+ * listeners answer then; one killed is given up on after this instead of at acceptMs or httpResponseMs.
+ */
+const EDGE_GONE_AFTER_MS = 2000;
 
 export class HybridClusterLink implements EdgeWatch {
   /** The entity's subscription while this node has listeners for it, and when the NATS server had it (a flush). */
@@ -29,6 +47,8 @@ export class HybridClusterLink implements EdgeWatch {
   /** On a sender's edge: exchanges waiting on another edge's listener, by that edge (each edge's a TransientMap: collections/transient-map.ts says why). */
   private readonly waitingOn = new Map<string, TransientMap<{ exchange: ChannelExchange; watching: boolean }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
+  /** Edges waited on that answered "no responders" at every check since (when the first of them was asked). */
+  private readonly unreachableSince = new Map<string, number>();
   /**
    * Listeners told to dial another node, or asked a request whose sender is on another node, watched for that node
    * until it says `hc.done` (or the listener answered, or the watch's own timeout).
@@ -96,6 +116,7 @@ export class HybridClusterLink implements EdgeWatch {
     if (entry.watching) this.done(node, id);
     if (waiting.size > 0) return;
     this.waitingOn.delete(node);
+    this.unreachableSince.delete(node);
     if (this.waitingOn.size === 0) {
       clearInterval(this.aliveTimer);
       this.aliveTimer = undefined;
@@ -121,17 +142,24 @@ export class HybridClusterLink implements EdgeWatch {
 
   /**
    * An edge that died (killed, its NATS connection gone) leaves no subscription behind: NATS answers a question to
-   * it "no responders" at once, and what waited on its listeners fails now (502 ListenerGone) instead of at its own
-   * timeout (acceptMs, httpResponseMs). An edge that does not answer in time may only be slow: its exchanges wait on.
+   * it "no responders" at once. Once it has answered so for EDGE_GONE_AFTER_MS, what waited on its listeners fails
+   * (502 ListenerGone) instead of at its own timeout (acceptMs, httpResponseMs); an edge back on NATS before then
+   * (a reconnect) still answers for its listeners. An edge that does not answer in time may only be slow: its
+   * exchanges wait on.
    */
   private checkEdges(): void {
     for (const node of this.waitingOn.keys()) {
+      const askedAt = Date.now();
       this.bus.request(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.alive' }), this.requestTimeoutMs).then(
-        () => undefined,
+        () => this.unreachableSince.delete(node),
         (err) => {
           if (!(err instanceof BusError) || err.code !== 'NoResponders') return;
           const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
           if (waiting.length === 0) return;
+          const since = this.unreachableSince.get(node) ?? askedAt;
+          this.unreachableSince.set(node, since);
+          if (Date.now() - since < EDGE_GONE_AFTER_MS) return;
+          this.unreachableSince.delete(node);
           this.log.warn({ event: 'hybrid.edge_gone', node, waiting: waiting.length });
           for (const { exchange } of waiting) exchange.listenerLost();
         },
@@ -191,17 +219,16 @@ export class HybridClusterLink implements EdgeWatch {
       if (m.node !== undefined) watch = new RemoteDialWatch(m.accept.id, m.node, this, channel, this.ctx.config.timeouts.acceptMs);
       sent = channel.send(noticeForListener({ accept: m.accept }));
     } else {
-      // A full request may be answered on the control channel, here; a notice
-      // to fetch a large one is answered on the rendezvous at the sender's node.
-      // Both are watched: a sender that leaves (or times out) before the answer frees the listener's side at once.
-      if (m.request.requestTarget !== undefined) {
-        watch = new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
-      } else {
-        watch = new RemoteDialWatch(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
-      }
+      // A full request is answered here, on the control channel; a notice to fetch a large one may be answered
+      // on either path (the rendezvous at the sender's node, or here). Either way it is watched: a sender that
+      // leaves (or times out) before the answer frees the listener's side at once.
+      watch = new RemoteHttpRelay(m.request.id, m.node, this, channel, this.ctx.config.timeouts.httpResponseMs);
       sent = channel.send({ request: m.request }, routed.body.length > 0 ? routed.body : undefined);
     }
     if (!sent) {
+      // Not told: nothing to watch (a watch left would report this listener's drop for an id the sender's node
+      // has asked another edge about meanwhile).
+      watch?.done();
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'ListenerGone' }));
       return;
     }
@@ -264,14 +291,14 @@ export class HybridClusterLink implements EdgeWatch {
 
 /**
  * On the listener's node: until the sender's node can no longer be waiting
- * (timeouts.acceptMs for a connect, httpResponseMs for a request fetched by
- * rendezvous), tells it when the listener told to dial drops its control
- * channel, so the sender hears it at once (502 ListenerGone). The sender's
- * node says `hc.done` once the listener has dialed or the sender left, and the
- * watch ends then.
+ * (timeouts.acceptMs), tells it when the listener told to accept a connect
+ * drops its control channel, so the sender hears it at once (502
+ * ListenerGone). The sender's node says `hc.done` once the listener has
+ * dialed or the sender left, and the watch ends then. While it waits, a
+ * draining edge keeps the listener's control channel open, as for a sender
+ * of its own.
  */
 class RemoteDialWatch implements ChannelExchange {
-  readonly watchOnly = true;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -306,9 +333,10 @@ class RemoteDialWatch implements ChannelExchange {
 }
 
 /**
- * On the listener's node: waits for the answer to a request routed from another node, until the listener answers,
- * the sender's node says `hc.done` (its sender left or timed out, or the answer came by rendezvous) or
- * timeouts.httpResponseMs.
+ * On the listener's node: waits for the answer to a request routed from another node (its whole request, or a
+ * notice to fetch it by rendezvous), until the listener answers on the control channel, the sender's node says
+ * `hc.done` (its sender left or timed out, or the answer came by rendezvous) or timeouts.httpResponseMs; tells
+ * the sender's node when the listener drops its control channel first.
  */
 class RemoteHttpRelay implements ChannelExchange {
   private readonly timer: NodeJS.Timeout;

@@ -35,6 +35,8 @@ export interface ControlChannelHooks {
   response(channel: ControlChannel, response: ListenerResponse): ((body: Buffer) => void) | undefined;
   /** A response naming request `requestId` failed its schema: that request fails, the channel stays. */
   badResponse(channel: ControlChannel, requestId: string, why: string): void;
+  /** The relay began closing the channel (its closing handshake may take timeouts.closeHandshakeMs): nothing new is routed to it. */
+  closing(channel: ControlChannel): void;
   closed(channel: ControlChannel, code: number): void;
   /** The channel is being dropped: the listener does not read what is queued for it. */
   notReading(channel: ControlChannel): void;
@@ -47,8 +49,6 @@ export interface ChannelExchange {
   /** The listener answered with a response the relay cannot use (502 BadListenerResponse). */
   badResponse(): void;
   listenerLost(): void;
-  /** Only reports a lost listener to another edge, which cannot say when it is done: it does not keep the listener open at shutdown. */
-  readonly watchOnly?: boolean;
 }
 
 export class ControlChannel {
@@ -129,6 +129,7 @@ export class ControlChannel {
     if (!this.isOpen) return;
     this.log.info({ event: 'listener.closing', code, reason });
     this.ws.close(code, reason.slice(0, 120));
+    this.hooks.closing(this);
   }
 
   terminate(): void {

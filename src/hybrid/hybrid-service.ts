@@ -23,7 +23,7 @@ import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
-import { HybridClusterLink } from './cluster-link.ts';
+import { HybridClusterLink, hybridLinkId } from './cluster-link.ts';
 import { HttpExchange, closeLateLeg } from './http-exchange.ts';
 import { LocalRoute, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
@@ -148,7 +148,7 @@ export class HybridService {
     } as ConstructorParameters<typeof WebSocketServer>[0]);
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
     this.publicHost = new URL(rendezvousBase).hostname;
-    this.cluster = new HybridClusterLink(bus, subjects, config.nodeId, this.ctx, log, config.bus.requestTimeoutMs);
+    this.cluster = new HybridClusterLink(bus, subjects, hybridLinkId(config.nodeId), this.ctx, log, config.bus.requestTimeoutMs);
   }
 
   /** Open connections by kind, for the connections gauge. */
@@ -209,7 +209,7 @@ export class HybridService {
     // entity's first listener on this edge; before, a sender through another edge right after
     // could be told NoListener).
     this.arriving.set(target.key, (this.arriving.get(target.key) ?? 0) + 1);
-    void this.cluster.listenersChanged(target, this.listenersFor(target)).then(() => {
+    void this.cluster.listenersChanged(target, this.routableListeners(target)).then(() => {
       const left = (this.arriving.get(target.key) ?? 1) - 1;
       if (left > 0) this.arriving.set(target.key, left);
       else this.arriving.delete(target.key);
@@ -224,9 +224,18 @@ export class HybridService {
     });
   }
 
-  /** Listeners open on this edge for `entity`, and those about to be (waiting for the bus before their 101). */
+  /** Listeners on this edge for `entity` (closing ones too), and those about to be (waiting for the bus before their 101). */
   private listenersFor(entity: HybridEntity): number {
     return this.listeners.count(entity.key) + (this.arriving.get(entity.key) ?? 0);
+  }
+
+  /**
+   * The same without closing ones: while there are none, other edges stop routing the entity here (a listener
+   * in its closing handshake, up to timeouts.closeHandshakeMs, would make this edge answer NoListener to every
+   * connect NATS gave it, while another edge has an open listener).
+   */
+  private routableListeners(entity: HybridEntity): number {
+    return this.listeners.openCount(entity.key) + (this.arriving.get(entity.key) ?? 0);
   }
 
   /** Completes a listener's upgrade: its control channel is open. `expiresAt`: its token's. */
@@ -237,7 +246,7 @@ export class HybridService {
       const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', expiresAt, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
       this.listeners.add(channel);
       // Subscribed already, unless a failed upgrade of the same entity let go meanwhile.
-      void this.cluster.listenersChanged(target, this.listenersFor(target));
+      void this.cluster.listenersChanged(target, this.routableListeners(target));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
       this.announce('listener.online', target, this.listeners.count(target.key));
@@ -247,11 +256,11 @@ export class HybridService {
     if (!opened) this.letGoIfUnused(target);
   }
 
-  /** Unsubscribes from an entity and forgets it (if auto-created) when no listener is open or arriving. */
+  /** Unsubscribes from an entity when no listener is open or arriving, and forgets it (if auto-created) when none is left at all. */
   private letGoIfUnused(target: HybridEntity): void {
-    if (this.listenersFor(target) > 0) return;
+    if (this.routableListeners(target) > 0) return;
     void this.cluster.listenersChanged(target, 0);
-    this.catalog.releaseDynamic(target);
+    if (this.listenersFor(target) === 0) this.catalog.releaseDynamic(target);
   }
 
   private readonly channelHooks: ControlChannelHooks = {
@@ -272,6 +281,7 @@ export class HybridService {
       channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why });
       exchange?.badResponse();
     },
+    closing: (channel) => this.letGoIfUnused(channel.entity),
     notReading: () => {
       this.ctx.metrics.limitRefusals.inc({ limit: 'listenerBufferBytes' });
     },
@@ -598,7 +608,7 @@ export class HybridService {
     if (this.keepListenersWhile?.()) return [...this.listeners.all()].length;
     let busy = 0;
     for (const channel of [...this.listeners.all()]) {
-      if ([...channel.exchanges.values()].every((e) => e.watchOnly)) channel.closeWith('ShuttingDown');
+      if (channel.exchanges.size === 0) channel.closeWith('ShuttingDown');
       else busy++;
     }
     return busy;

@@ -21,8 +21,16 @@ export class ListenerRegistry {
     return slot.channels.length;
   }
 
+  /** Listeners registered for the entity, closing ones too. */
   count(entityKey: string): number {
     return this.byEntity.get(entityKey)?.channels.length ?? 0;
+  }
+
+  /** Listeners for the entity that may be given a connect or request (not closing). */
+  openCount(entityKey: string): number {
+    let open = 0;
+    for (const channel of this.byEntity.get(entityKey)?.channels ?? []) if (channel.isOpen) open++;
+    return open;
   }
 
   /**

@@ -130,6 +130,7 @@ export class RemoteRoute implements ListenerRoute {
         ? { op: 'hc.accept', entity: this.entity.name, node: nodeId, expiresAt, accept: notice.accept }
         : { op: 'hc.request', entity: this.entity.name, node: nodeId, expiresAt, request: notice.request };
     const data = encodeEdgeMessage(message, body);
+    const id = 'accept' in notice ? notice.accept.id : notice.request.id;
     let askedAgain = false;
     for (let attempt = 1; ; attempt++) {
       let answer: Uint8Array;
@@ -152,12 +153,12 @@ export class RemoteRoute implements ListenerRoute {
       if (!reply.ok) {
         // An edge whose last listener has just gone still had the entity's subscription when NATS picked it; another
         // edge may have one (NoListener means none on any edge): asked again, NATS picks among those still there.
+        // Not asked again once the exchange has ended (its sender left): no listener runs a request nobody waits for.
         const notDelivered = reply.code === 'NoListener' || reply.code === 'ListenerGone';
-        if (notDelivered && attempt < ROUTE_ATTEMPTS && Date.now() < expiresAt) continue;
+        if (notDelivered && attempt < ROUTE_ATTEMPTS && Date.now() < expiresAt && this.tracked.has(id)) continue;
         return reply.code ?? 'NoListener';
       }
       if (reply.node !== undefined) {
-        const id = 'accept' in notice ? notice.accept.id : notice.request.id;
         const exchange = this.tracked.get(id);
         // The listener may have dialed (or answered) before the answer came.
         if (!exchange) {
