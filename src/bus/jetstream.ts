@@ -822,12 +822,15 @@ export class JetStreamAccess {
 
   /**
    * Messages of `stream` with sequences from `fromSeq` to `toSeq`, optionally
-   * only those on `subject`, at most `limit`. Each page is an ephemeral
-   * consumer that the server forgets if this edge vanishes.
+   * only those on `subject`, at most `limit`, and no more once `maxBytes` of
+   * message data have been read (at least one message). Each page is an
+   * ephemeral consumer that the server forgets if this edge vanishes.
    */
-  async read(stream: string, options: { fromSeq: number; toSeq?: number; subject?: string; limit: number; timeoutMs: number }): Promise<StoredMessage[]> {
+  async read(stream: string, options: { fromSeq: number; toSeq?: number; subject?: string; limit: number; maxBytes?: number; timeoutMs: number }): Promise<StoredMessage[]> {
     const { jsm, js } = this.ready;
     const out: StoredMessage[] = [];
+    const maxBytes = options.maxBytes ?? Infinity;
+    let bytes = 0;
     const deadline = Date.now() + options.timeoutMs;
     const ci = await jsm.consumers.add(stream, {
       name: `read_${nuid.next()}`,
@@ -841,7 +844,7 @@ export class JetStreamAccess {
     });
     try {
       let pending = ci.num_pending;
-      while (pending > 0 && out.length < options.limit) {
+      while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
         const left = deadline - Date.now();
         if (left <= 0) throw new StoreError('the stream did not answer in time');
         const batch = Math.min(CONSUME_BATCH, options.limit - out.length, pending);
@@ -855,7 +858,8 @@ export class JetStreamAccess {
             break;
           }
           out.push({ seq: m.seq, subject: m.subject, data: m.data });
-          if (out.length >= options.limit || pending === 0) break;
+          bytes += m.data.length;
+          if (out.length >= options.limit || pending === 0 || bytes >= maxBytes) break;
         }
         msgs.stop();
         // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),

@@ -17,7 +17,7 @@
 import { BusError } from '../bus/bus.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
-import { ACK_ERRORS, type AckErrorName, type PubSubErrorCode } from './errors.ts';
+import { ACK_ERRORS, GroupLimitReached, type AckErrorName, type PubSubErrorCode } from './errors.ts';
 import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -129,10 +129,11 @@ function startRequest(ctx: ClientProtocolContext, connection: PubSubConnection, 
   switch (m.type) {
     case 'joinGroup':
       if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'));
-      if (!connection.mayJoin(group)) {
-        return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'), `a connection may be in at most ${ctx.groupsPerConnection} groups`);
+      // A durable hub decides where the stream applies the join (joins and leaves before it, from anywhere, count first).
+      if (!hub.durable && !connection.mayJoin(group)) {
+        return ack(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, 'Forbidden'), groupLimitDetail(ctx));
       }
-      // Acknowledged once the bus has this node's interest in the group (stored, on a durable hub).
+      // Acknowledged once the bus has this node's interest in the group (stored and applied here, on a durable hub).
       return ackWhenDone(ctx, connection, ackId, traced(hub, 'pubsub.join', connection, group, hub.join(connection, group, storeId(connection, ackId))));
     case 'leaveGroup':
       if (!connection.permissions.allows('joinLeaveGroup', group)) return ack(ctx, connection, ackId, traced(hub, 'pubsub.leave', connection, group, 'Forbidden'));
@@ -197,6 +198,10 @@ function traced<T extends Promise<unknown> | AckErrorName>(
   return outcome;
 }
 
+function groupLimitDetail(ctx: ClientProtocolContext): string {
+  return `a connection may be in at most ${ctx.groupsPerConnection} groups`;
+}
+
 /**
  * The id under which a durable hub stores what a request changes: a retry of
  * the same ackId (after a lost ack, or on another edge) is then stored once.
@@ -231,10 +236,17 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
     },
     (err: Error) => {
       finished();
-      if (ackId !== undefined) connection.forgetAckId(ackId);
+      // A join refused for the limit was processed (a retry is a Duplicate); one that failed was not.
+      const refused = err instanceof GroupLimitReached;
+      if (ackId !== undefined) {
+        if (refused) connection.ackIdDone(ackId);
+        else connection.forgetAckId(ackId);
+      }
+      if (connection.ended) return;
+      if (refused) return ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
       // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
       const tooLarge = err instanceof BusError && err.code === 'TooLarge';
-      if (!connection.ended) ack(ctx, connection, ackId, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
+      ack(ctx, connection, ackId, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
     },
   );
 }

@@ -42,6 +42,7 @@ export const PUBSUB_ERRORS = {
   HubNotFound: { status: 404, message: 'No such hub' },
   NotFound: { status: 404, message: 'Not found' },
   MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
+  RequestTimeout: { status: 408, message: 'The request body stopped arriving (nothing for timeouts.headersMs)' },
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
   // Within limits.pubsubMessageBytes, but not what the NATS servers carry with the envelope: nothing was sent anywhere.
   BusPayloadTooLarge: { status: 413, message: "The message is larger than the cluster bus carries (its NATS servers' max_payload, envelope included): nothing was sent; raise max_payload or lower limits.pubsubMessageBytes" },
@@ -91,3 +92,11 @@ export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB
  * (close 1013), not that the session is gone (1008).
  */
 export class SessionUnavailable extends Error {}
+
+/**
+ * A join on a durable hub that the stream applied past limits.groupsPerConnection (joins and leaves
+ * stored before it counted first): acked `Forbidden`, as the same join on a hub in memory is.
+ */
+export class GroupLimitReached extends Error {
+  override name = 'Forbidden';
+}

@@ -34,7 +34,7 @@ import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.t
 import { filterFromBus, selects, type ConnectionFilter } from './connection-filter.ts';
 import type { DeliverEvent, EventFeed } from './event-feed.ts';
 import type { HubHistory, MemoryHistory } from './history.ts';
-import type { PubSubErrorCode } from './errors.ts';
+import { GroupLimitReached, type PubSubErrorCode } from './errors.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { hasExpired } from './message-log.ts';
@@ -85,7 +85,10 @@ export interface DurableEvents {
     msgId: string | undefined,
     filter?: ConnectionFilter,
   ): Promise<SendResult>;
-  changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<void>;
+  /** Stores a membership change; resolves with its sequence in the hub's stream. */
+  changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<number>;
+  /** Whether a join stored at `seq` took effect (false: refused for limits.groupsPerConnection where the stream applied it). */
+  joinTookEffect(connectionId: string, group: string, seq: number): Promise<boolean>;
   /** The session, rebuilt on this edge from its checkpoint and the stream; undefined when it cannot be. */
   takeSession(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined>;
   /** A reliable connection opened, acknowledged, changed permissions, or ended for good. */
@@ -266,17 +269,26 @@ export class ClusterHub {
   }
 
   /**
-   * Joins a group. On a durable hub, resolves once the change is stored (it
-   * takes effect where the stream orders it); otherwise at once here, once
-   * the bus has this node's interest in it.
+   * Joins a group. On a durable hub, resolves once the change is stored and
+   * applied here (it takes effect where the stream orders it: a join past
+   * limits.groupsPerConnection there fails, GroupLimitReached); otherwise at
+   * once here, once the bus has this node's interest in it (the caller checks
+   * the limit first).
    */
   async join(connection: PubSubConnection, group: string, msgId?: string): Promise<void> {
-    if (this.durable) return this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'add', [group], undefined, msgId);
+    if (this.durable) {
+      const seq = await this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'add', [group], undefined, msgId);
+      if (!(await this.durable.joinTookEffect(connection.id, group, seq))) throw new GroupLimitReached('past limits.groupsPerConnection where the stream applied it');
+      return;
+    }
     if (this.local.join(connection, group)) await this.deps.bus.flush();
   }
 
   async leave(connection: PubSubConnection, group: string, msgId?: string): Promise<void> {
-    if (this.durable) return this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'remove', [group], undefined, msgId);
+    if (this.durable) {
+      await this.durable.changeGroups({ kind: 'connection', name: connection.id }, 'remove', [group], undefined, msgId);
+      return;
+    }
     this.local.leave(connection, group);
   }
 
@@ -321,7 +333,10 @@ export class ClusterHub {
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {
-    if (this.durable) return this.durable.changeGroups(target, action, groups, filter);
+    if (this.durable) {
+      await this.durable.changeGroups(target, action, groups, filter);
+      return;
+    }
     const local = this.applyGroups(target, action, groups, filter);
     await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, filter: filter?.text });
   }
@@ -475,6 +490,7 @@ export class ClusterHub {
     groups: string[],
     filter?: ConnectionFilter | FilterTerm[],
     changed?: (connection: PubSubConnection, group: string, joined: boolean) => void,
+    refused?: (connection: PubSubConnection, group: string) => void,
   ): number {
     let count = 0;
     for (const connection of [...this.local.targets(target)]) {
@@ -488,6 +504,7 @@ export class ClusterHub {
           if (!connection.mayJoin(g)) {
             this.deps.metrics.limitRefusals.inc({ limit: 'groupsPerConnection' });
             this.deps.log.warn({ event: 'limit.reached', limit: 'groupsPerConnection', hub: this.name, connectionId: connection.id });
+            refused?.(connection, g);
             break;
           }
           this.local.join(connection, g);

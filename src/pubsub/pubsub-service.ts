@@ -367,6 +367,11 @@ export class PubSubService implements RestContext {
     return this.config.limits.pubsubMessageBytes;
   }
 
+  /** How long a REST body may stop arriving before the call is answered 408 (timeouts.headersMs, as for a request head). */
+  get bodyIdleMs(): number {
+    return this.config.timeouts.headersMs;
+  }
+
   private stopped = false;
 
   hub(name: string): ClusterHub | undefined {

@@ -40,6 +40,8 @@ export interface RestContext {
   accessKeys(hub: ClusterHub): string[];
   /** Largest body (limits.pubsubMessageBytes). */
   maxBodyBytes: number;
+  /** How long a body may stop arriving (timeouts.headersMs): then 408 RequestTimeout and the connection closed. */
+  bodyIdleMs: number;
 }
 
 interface RestCall {
@@ -67,10 +69,10 @@ export function handleRestRequest(
 ): void {
   req.on('error', () => res.destroy());
   const hub = service.hub(hubName);
-  if (!hub) return drainThen(req, () => failRequest(res, 'HubNotFound'));
+  if (!hub) return refuse(req, res, 'HubNotFound');
   const token = bearerToken(req.headers.authorization);
   const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req));
-  if (!verdict.ok) return drainThen(req, () => failRequest(res, verdict.code));
+  if (!verdict.ok) return refuse(req, res, verdict.code);
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
   if (hub.trace.on) traceRest(call, res);
   // A cluster-wide operation whose other nodes the bus cannot reach has
@@ -127,11 +129,15 @@ function respond(res: ServerResponse, answer: Answer, method: string, err?: Erro
   res.writeHead(answer.status, { 'content-length': '0' }).end();
 }
 
-/** Reads and discards a body we will not use, then answers (so keep-alive stays usable). */
-function drainThen(req: IncomingMessage, answer: () => void): void {
+/**
+ * Answers a call refused before its body is read, at once: its body is read and dropped after, so the connection
+ * stays usable when it ends, and is closed when it does not within timeouts.headersMs (boundUnreadBody in
+ * relay-server.ts). Before, the answer waited for the body's end: a caller with no token that trickled one held
+ * its connection for good.
+ */
+function refuse(req: IncomingMessage, res: ServerResponse, code: PubSubErrorCode): void {
+  failRequest(res, code);
   req.resume();
-  if (req.readableEnded) answer();
-  else req.once('end', answer);
 }
 
 async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
@@ -187,7 +193,7 @@ async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
 
 // --- bodies -------------------------------------------------------------------
 
-async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge'> {
+async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge' | 'RequestTimeout'> {
   const limit = call.service.maxBodyBytes;
   const declared = Number(call.req.headers['content-length'] ?? 0);
   if (declared > limit) {
@@ -199,13 +205,22 @@ async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge'> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    // A body that stops arriving would hold the call (and its connection) for good: 408 (the rest of the
+    // body is then bounded as any unread one: boundUnreadBody in relay-server.ts closes the connection).
+    const idle = setTimeout(() => {
+      settle();
+      req.resume();
+      resolve('RequestTimeout');
+    }, call.service.bodyIdleMs);
     const settle = () => {
+      clearTimeout(idle);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);
       req.off('close', onClose);
     };
     const onData = (chunk: Buffer) => {
+      idle.refresh();
       size += chunk.length;
       if (size <= limit) return void chunks.push(chunk);
       settle();

@@ -18,6 +18,18 @@ import type { PubSubConnection } from './pubsub-connection.ts';
 import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
+/** A session's replay reads the hub stream in pages of at most this many messages (readRange)... */
+const REPLAY_PAGE_MESSAGES = 1000;
+/** ...and of about this many bytes (a page ends after the message that passes it). */
+const REPLAY_PAGE_BYTES = 8 * 1024 * 1024;
+
+/** Joins refused for the group limit remembered until their requester asks (joinTookEffect). */
+const REFUSED_JOINS_KEPT = 1024;
+
+function refusedJoinKey(seq: number, connectionId: string, group: string): string {
+  return `${seq} ${connectionId} ${group}`;
+}
+
 export interface StreamEventsOptions extends StreamSessionsOptions {
   js: JetStreamAccess;
   subjects: Subjects;
@@ -139,10 +151,20 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return stored.duplicate ? 'duplicate' : 'sent';
   }
 
-  async changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<void> {
+  async changeGroups(target: Target, action: GroupAction, groups: string[], filter: ConnectionFilter | undefined, msgId?: string): Promise<number> {
     await this.whenFollowing();
     const change: PsMember = { op: 'ps.member', ...this.hub.from, target, action, groups, filter: filter?.text };
-    await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(change), msgId ?? randomUUID());
+    return (await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(change), msgId ?? randomUUID())).seq;
+  }
+
+  /**
+   * Whether a connection's join stored at `seq` took effect where the stream applied it: every edge skips a join
+   * past limits.groupsPerConnection there (the limit holds in the stream's order, whoever asked). True as well
+   * when this edge has not applied `seq` within bus.requestTimeoutMs (stored, it takes effect in that order).
+   */
+  async joinTookEffect(connectionId: string, group: string, seq: number): Promise<boolean> {
+    await this.reached(seq, this.options.requestTimeoutMs);
+    return !this.refusedJoins.has(refusedJoinKey(seq, connectionId, group));
   }
 
   // --- reading ------------------------------------------------------------------------
@@ -177,13 +199,26 @@ export class StreamEvents implements DurableEvents, HubHistory {
         return;
       }
       case 'ps.member':
-        this.hub.applyGroups(event.target, event.action, event.groups, filter ?? event.terms, (connection, group, joined) =>
-          this.sessions.membershipChanged(connection, m.seq, group, joined),
+        this.hub.applyGroups(
+          event.target,
+          event.action,
+          event.groups,
+          filter ?? event.terms,
+          (connection, group, joined) => this.sessions.membershipChanged(connection, m.seq, group, joined),
+          (connection, group) => this.noteRefusedJoin(refusedJoinKey(m.seq, connection.id, group)),
         );
         return;
       case 'ps.claim':
         return this.sessions.claimed(event, m.seq);
     }
+  }
+
+  /** Joins skipped here for the group limit, for joinTookEffect: the latest REFUSED_JOINS_KEPT (they are rare). */
+  private readonly refusedJoins = new Set<string>();
+
+  private noteRefusedJoin(key: string): void {
+    this.refusedJoins.add(key);
+    if (this.refusedJoins.size > REFUSED_JOINS_KEPT) this.refusedJoins.delete(this.refusedJoins.values().next().value!);
   }
 
   // --- reading your writes -----------------------------------------------------------
@@ -235,9 +270,20 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return last;
   }
 
-  /** Reads `(from, to]` of the stream for one session being rebuilt (stream-sessions.ts). */
+  /**
+   * Reads the first page of `(from, to]` of the stream for one session being rebuilt (stream-sessions.ts, which
+   * reads on from the last message it got): at most REPLAY_PAGE_MESSAGES, and no more once REPLAY_PAGE_BYTES are
+   * read. The range holds every group's events since the session's checkpoint, which a client that withholds
+   * its acknowledgements can keep far behind: read at once, it was held in memory whole, once per session moving.
+   */
   readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]> {
-    return this.options.js.read(this.options.stream, { fromSeq: fromExclusive + 1, toSeq: toInclusive, limit: toInclusive - fromExclusive, timeoutMs });
+    return this.options.js.read(this.options.stream, {
+      fromSeq: fromExclusive + 1,
+      toSeq: toInclusive,
+      limit: Math.min(toInclusive - fromExclusive, REPLAY_PAGE_MESSAGES),
+      maxBytes: REPLAY_PAGE_BYTES,
+      timeoutMs,
+    });
   }
 
   /** The oldest sequence the stream still holds. */

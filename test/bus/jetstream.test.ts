@@ -60,6 +60,9 @@ describe('JetStream access', () => {
     assert.deepEqual(range.map((m) => m.seq), got.slice(9, 20).map((m) => m.seq));
     const odd = await a.read(STREAM.name, { fromSeq: 1, subject: 't.ev.hub.g.one', limit: 5, timeoutMs: 5000 });
     assert.deepEqual(odd.map((m) => Buffer.from(m.data).toString()), ['1', '3', '5', '7', '9']);
+    // A page ends after the message that passes maxBytes (a session's replay reads pages so, stream-events.ts).
+    const bounded = await a.read(STREAM.name, { fromSeq: got[9].seq, toSeq: got[49].seq, limit: 100, maxBytes: 5, timeoutMs: 5000 });
+    assert.deepEqual(bounded.map((m) => Buffer.from(m.data).toString()), ['10', '11', '12']);
     const none = await a.read(STREAM.name, { fromSeq: got[49].seq + 1, limit: 5, timeoutMs: 5000 });
     assert.deepEqual(none, []);
     assert.deepEqual(await a.bounds(STREAM.name), { first: got[0].seq, last: got[49].seq });

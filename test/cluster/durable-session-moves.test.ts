@@ -178,6 +178,35 @@ describe('a durable session moved right after a change the stream does not carry
     assert.equal(got.data, 'still a member');
   });
 
+  it('replays a gap longer than one page of the stream: every event of its groups, in order', async (t) => {
+    // The replay reads the hub stream after the session's checkpoint in pages (1,000 messages at most,
+    // stream-events.ts); before, it read the whole gap, every group's events, into memory at once.
+    const session = await reliableOn(a, t, ['webpubsub.joinLeaveGroup']);
+    assert.equal((await session.client.request({ type: 'joinGroup', group: 'paged', ackId: 1 })).success, true);
+    const sender = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'sender', roles: ['webpubsub.sendToGroup'] }), undefined, t);
+    await sender.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    // The session never acknowledges: its checkpoint stays at its join, 2,500 stored events behind.
+    const expected: string[] = [];
+    for (let i = 1; i <= 2500; i++) {
+      sender.send({ type: 'sendToGroup', group: 'crowded', dataType: 'text', data: `c${i}` });
+      if (i % 250 === 0) {
+        expected.push(`p${i}`);
+        sender.send({ type: 'sendToGroup', group: 'paged', dataType: 'text', data: `p${i}` });
+      }
+    }
+    const last = await sender.request({ type: 'sendToGroup', group: 'paged', dataType: 'text', data: 'last', ackId: 1 });
+    assert.equal(last.success, true, JSON.stringify(last));
+    expected.push('last');
+    await until(() => session.client.dataMessages().length === expected.length, 20000, 'the events on A');
+    const moved = await moveTo(b, session, t);
+    await until(() => moved.dataMessages().length >= expected.length, 20000, 'the replay on B');
+    assert.deepEqual(moved.dataMessages().map((m) => m.data), expected);
+    assert.deepEqual(
+      moved.dataMessages().map((m) => m.sequenceId),
+      session.client.dataMessages().map((m) => m.sequenceId),
+    );
+  });
+
   it('recoveries the session store cannot answer are deferred (1013), then given up (1008) after the window, as the client SDK would', async (t) => {
     // Last in this file: it stops NATS.
     const session = await reliableOn(a, t);

@@ -6,13 +6,15 @@
 // timeouts.firstByteMs (both answered 408 and closed); plain HTTP connections
 // count against limits.httpConnectionsPerNode (503 past it); a head over
 // 16 KiB is 431. A request whose head arrived streams its body as long as it
-// likes, and WebSockets are not bound by either timeout.
+// likes, and WebSockets are not bound by either timeout; a REST call refused
+// before its body is read is answered at once, the rest of its body bounded.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { describe, it } from 'node:test';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { HUB, HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { readToClose, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
 import { metricValue, startTestRelay } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
@@ -122,4 +124,30 @@ describe('slow and silent connections', () => {
     // The WebSocket opened before the upload, idle meanwhile, is still served.
     assert.equal((await client.request({ type: 'joinGroup', group: 'g' })).success, true);
   });
+
+  it('answers 408 to a REST call whose body stops arriving for headersMs, and closes its connection', async (t) => {
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    const token = signJwt({ aud: `${relay.url}/api/hubs/${HUB}/:send` }, HUB_KEY, 60);
+    socket.write(`POST /api/hubs/${HUB}/:send HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nhalf a body`);
+    // Before: the call waited for the rest of the body for good, its connection held.
+    const answer = await readToClose(socket, CLOSED_WITHIN_MS, 'the stalled call closed');
+    assert.match(answer.toString('latin1'), /^HTTP\/1\.1 408 [\s\S]*"code":"RequestTimeout"/);
+  });
+
+  for (const [what, path, auth] of [
+    ['with a bad token', '/api/hubs/chat/:send', 'Authorization: Bearer not-a-token\r\n'],
+    ['to a hub that does not exist', '/api/hubs/nohub/:send', ''],
+  ] as const) {
+    it(`answers a REST call ${what} at once, and closes its connection when the body trickles on past headersMs`, async (t) => {
+      const relay = await slowRelay(t);
+      const socket = await tcp(t, relay.port);
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n${auth}Content-Type: text/plain\r\nContent-Length: 100000\r\n\r\n`);
+      const trickle = setInterval(() => socket.writable && socket.write('x'), 100);
+      t.after(() => clearInterval(trickle));
+      // Before: the answer waited for the end of a body that never came, and the connection stayed.
+      const answer = await readToClose(socket, CLOSED_WITHIN_MS, 'the refused call closed');
+      assert.match(answer.toString('latin1'), what === 'with a bad token' ? /^HTTP\/1\.1 401 / : /^HTTP\/1\.1 404 /);
+    });
+  }
 });
