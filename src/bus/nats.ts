@@ -136,6 +136,8 @@ export class NatsBus implements Bus {
         break;
       } catch (err) {
         if (attempt === 0) this.log.warn({ event: 'bus.unreachable', err: (err as Error).message });
+        // close() came during this attempt: no pause before the loop ends (it would hold close() for reconnectTimeWaitMs).
+        if (this.closing) break;
         await new Promise<void>((resolve) => {
           this.wake = resolve;
           this.retryTimer = setTimeout(resolve, o.reconnectTimeWaitMs);
@@ -301,7 +303,8 @@ export class NatsBus implements Bus {
       if (!nc.isClosed()) await nc.close().catch(() => undefined);
     }
     this.isConnected = false;
-    await this.started;
+    // An attempt under way may take up to connectTimeoutMs; start() closes a connection made after this.
+    await within(this.started, DRAIN_MS);
   }
 }
 

@@ -8,7 +8,8 @@ import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 import { replaceSignalHandler } from './signal-handlers.ts';
-import { WorkerStartError, announceListening, announceReady, followPeers, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { restartOnlyValues, withRestartOnlyValues } from '../server/reload.ts';
+import { WorkerStartError, announceListening, announceReady, followPeers, pinnedAtStart, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -96,10 +97,16 @@ async function serveCommand(argv: string[]): Promise<number> {
   // A reload checks the keys against the address the relay is bound to (a new listen.host waits for a restart).
   let boundHost: string | undefined;
   const worker = workerIndex();
+  // A worker starts with the primary's restart-only values (one started again after a crash must not take a
+  // port, TLS or NATS server the file has since and the others wait a restart for); its reloads compare the
+  // file's with them and say restartNeeded, as any edge's do.
+  let pinned = worker !== undefined ? pinnedAtStart() : undefined;
   const load = (): RelayConfig => {
-    const loaded = loadConfig(file, process.env, flags);
+    let loaded = loadConfig(file, process.env, flags);
     // A worker is an edge of its own on the bus (at start and on every reload alike).
     if (worker !== undefined) loaded.nodeId = `${loaded.nodeId}-w${worker}`;
+    if (pinned) loaded = withRestartOnlyValues(loaded, pinned);
+    pinned = undefined;
     boundHost ??= loaded.listen.host;
     const refusal = weakKeysRefusal({ ...loaded, listen: { ...loaded.listen, host: boundHost } }, values.dev === true);
     if (refusal) throw new ConfigError(refusal);
@@ -140,9 +147,44 @@ async function serveCommand(argv: string[]): Promise<number> {
     else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
   };
   process.on('SIGHUP', onHup);
+  // Stop signals are taken from here on: one before the relay has started closes it as soon as it has (a port
+  // bound, a drain with nothing in it); one while it waits for JetStream below drains it (it serves already).
+  let relay: RunningRelay | undefined;
+  let stopFailed = false;
+  let stopRequested = false;
+  let stoppedNow!: () => void;
+  const stopped = new Promise<void>((resolve) => (stoppedNow = resolve));
+  const closeRelay = (started: RunningRelay) =>
+    // A stop that throws is said, and ends the command with EX_SOFTWARE: not a quiet 0 without relay.stopped.
+    started.close().then(stoppedNow, (err: Error) => {
+      stopFailed = true;
+      log.error({ event: 'relay.stop_failed', err: { name: err?.name, message: err?.message, stack: err?.stack } });
+      stoppedNow();
+    });
+  const stop = (signal: string) => {
+    stopRequested = true;
+    log.info({ event: 'relay.signal', signal });
+    // While it drains a reload means nothing. A worker also waits out further
+    // stop signals: a terminal's Ctrl-C reaches the whole process group and the
+    // primary passes it on again (the primary ends a worker that outstays its
+    // drain). A lone edge ends at once on a second one, as a second Ctrl-C asks.
+    const ignored = (s: string) => () => log.info({ event: 'relay.signal_ignored', signal: s, reason: 'draining' });
+    replaceSignalHandler('SIGHUP', onHup, ignored('SIGHUP'));
+    if (worker !== undefined) {
+      replaceSignalHandler('SIGTERM', onTerm, ignored('SIGTERM'));
+      replaceSignalHandler('SIGINT', onInt, ignored('SIGINT'));
+    } else {
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+    }
+    if (relay) void closeRelay(relay);
+  };
+  const onTerm = () => stop('SIGTERM');
+  const onInt = () => stop('SIGINT');
+  process.on('SIGTERM', onTerm);
+  process.on('SIGINT', onInt);
   // A worker knows the others before it takes its first connection (a leg for one of them is handed over).
   if (worker !== undefined) await followPeers();
-  let relay;
   try {
     relay = await startRelay(config, log, { loadConfig: load, worker, onApiReload: worker === undefined ? undefined : reloadOtherWorkers });
   } catch (err) {
@@ -151,56 +193,30 @@ async function serveCommand(argv: string[]): Promise<number> {
     log.flush();
     return err instanceof ConfigError ? 78 : 1;
   }
-  if (worker !== undefined) announceListening(relay.privateSocket!);
-  if (relay.jetstream) {
+  if (stopRequested) void closeRelay(relay);
+  else if (worker !== undefined) announceListening(relay.privateSocket!);
+  if (relay.jetstream && !stopRequested) {
     // Durable hubs need JetStream: say at once when the NATS servers do not have it. (Without
     // NATS at all the edge starts anyway and serves its own clients, as the readiness probe says.)
     const busDeadline = Date.now() + config.bus.requestTimeoutMs;
-    while (!relay.bus.connected && Date.now() < busDeadline) await new Promise((r) => setTimeout(r, 25));
-    if (relay.bus.connected) await relay.jetstream.whenSettled(config.bus.jetstream.readyTimeoutMs);
-    if (relay.jetstream.state === 'unavailable') {
+    while (!relay.bus.connected && !stopRequested && Date.now() < busDeadline) await new Promise((r) => setTimeout(r, 25));
+    if (relay.bus.connected && !stopRequested) await Promise.race([relay.jetstream.whenSettled(config.bus.jetstream.readyTimeoutMs), stopped]);
+    if (relay.jetstream.state === 'unavailable' && !stopRequested) {
       process.stderr.write(`edge-relay: bus.jetstream: ${relay.jetstream.problem}\n`);
       await relay.close();
       log.flush();
       return 78; // EX_CONFIG
     }
-    if (!relay.jetstream.answered && relay.bus.connected) {
+    if (!relay.jetstream.answered && relay.bus.connected && !stopRequested) {
       process.stderr.write(`edge-relay: ${relay.jetstream.problem ?? 'JetStream is not ready'}; publishes to durable hubs are refused until it is (still trying)\n`);
     }
   }
-  if (worker !== undefined) announceReady(relay.url);
-  else process.stdout.write(`listening on ${relay.url}\n`);
-  running = relay;
-  const started = relay;
-  let stopFailed = false;
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string) => {
-      log.info({ event: 'relay.signal', signal });
-      // While it drains a reload means nothing. A worker also waits out further
-      // stop signals: a terminal's Ctrl-C reaches the whole process group and the
-      // primary passes it on again (the primary ends a worker that outstays its
-      // drain). A lone edge ends at once on a second one, as a second Ctrl-C asks.
-      const ignored = (s: string) => () => log.info({ event: 'relay.signal_ignored', signal: s, reason: 'draining' });
-      replaceSignalHandler('SIGHUP', onHup, ignored('SIGHUP'));
-      if (worker !== undefined) {
-        replaceSignalHandler('SIGTERM', onTerm, ignored('SIGTERM'));
-        replaceSignalHandler('SIGINT', onInt, ignored('SIGINT'));
-      } else {
-        process.off('SIGTERM', onTerm);
-        process.off('SIGINT', onInt);
-      }
-      // A stop that throws is said, and ends the command with EX_SOFTWARE: not a quiet 0 without relay.stopped.
-      started.close().then(resolve, (err: Error) => {
-        stopFailed = true;
-        log.error({ event: 'relay.stop_failed', err: { name: err?.name, message: err?.message, stack: err?.stack } });
-        resolve();
-      });
-    };
-    const onTerm = () => stop('SIGTERM');
-    const onInt = () => stop('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-  });
+  if (!stopRequested) {
+    if (worker !== undefined) announceReady(relay.url);
+    else process.stdout.write(`listening on ${relay.url}\n`);
+    running = relay;
+  }
+  await stopped;
   log.flush();
   return stopFailed ? EX_SOFTWARE : 0;
 }
@@ -216,36 +232,44 @@ async function runWorkers(config: RelayConfig, count: number): Promise<number> {
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
   }
-  const cluster = startWorkers(count, config.nodeId);
+  const cluster = startWorkers(count, config.nodeId, restartOnlyValues(config));
   let stopping = false;
   // Each worker reloads its config and certificates (not once they drain). In place before the
   // workers listen: a SIGHUP meanwhile would end this process (a worker still starting is not sent it).
   process.on('SIGHUP', () => {
     if (!stopping) cluster.signal('SIGHUP');
   });
-  let url: string;
-  try {
-    url = await cluster.ready;
-  } catch (err) {
-    process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
-    await cluster.stop('SIGKILL', 0);
-    // The worker's own code: 78 for a config or certificate it could not use, as a single edge says.
-    return err instanceof WorkerStartError ? err.exitCode : 1;
-  }
-  process.stdout.write(`listening on ${url} (${count} workers)\n`);
-  const clean = await new Promise<boolean>((resolve) => {
+  // Stop signals are taken from the start: one while the workers start stops them (each drains as far as it
+  // got); a second one cuts them at once (SIGKILL), as a second Ctrl-C asks. Either way this process ends by
+  // itself, removing its workers' socket folder (it would stay behind a process ended by the signal).
+  const stopped = new Promise<boolean>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        process.stderr.write(`edge-relay: ${signal} again while stopping: cutting the workers\n`);
+        cluster.stop('SIGKILL', 0).then(() => resolve(false), () => resolve(false));
+        return;
+      }
       stopping = true;
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
       // Each worker drains for up to timeouts.shutdownMs; past a little more, what is left is cut.
       cluster.stop(signal, config.timeouts.shutdownMs + 5000).then(resolve, () => resolve(false));
     };
-    const onTerm = () => stop('SIGTERM');
-    const onInt = () => stop('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
   });
+  let url: string | undefined;
+  try {
+    url = await Promise.race([cluster.ready, stopped.then(() => undefined)]);
+  } catch (err) {
+    // A worker that ended by the stop signal before it was ready is no failure to start.
+    if (!stopping) {
+      process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
+      await cluster.stop('SIGKILL', 0);
+      // The worker's own code: 78 for a config or certificate it could not use, as a single edge says.
+      return err instanceof WorkerStartError ? err.exitCode : 1;
+    }
+  }
+  if (url !== undefined && !stopping) process.stdout.write(`listening on ${url} (${count} workers)\n`);
+  const clean = await stopped;
   // A worker cut past its drain, or whose stop failed, ends the command with EX_SOFTWARE, as a single edge's would.
   if (!clean) process.stderr.write('edge-relay: a worker did not stop cleanly (cut past its drain, or its stop failed)\n');
   return clean ? 0 : EX_SOFTWARE;

@@ -11,7 +11,7 @@
 // a restart can change (where it listens, the bus, timeouts) are left as
 // they were and reported.
 import type { JetStreamAccess } from '../bus/jetstream.ts';
-import type { RelayConfig } from '../config/types.ts';
+import type { BusConfig, ListenTlsConfig, RelayConfig } from '../config/types.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -52,6 +52,38 @@ function restartOnly(c: RelayConfig): Record<string, unknown> {
     bus: c.bus,
     timeouts: c.timeouts,
     'log.bufferBytes': c.log.bufferBytes,
+  };
+}
+
+/**
+ * The restart-only values of a config, as `serve --workers`' primary passes them to each worker it starts:
+ * a worker started again after a crash takes them, not the file as it is by then (a change that waits for a
+ * restart in the others: TLS turned on, another port or NATS server, would otherwise hold in it alone).
+ */
+export interface RestartOnlyValues {
+  listen: { host: string; port: number; proxyProtocol: boolean; tls: ListenTlsConfig | null };
+  publicUrl: string | null;
+  bus: BusConfig;
+  timeouts: RelayConfig['timeouts'];
+  logBufferBytes: number;
+}
+
+export function restartOnlyValues(c: RelayConfig): RestartOnlyValues {
+  const { host, port, proxyProtocol, tls } = c.listen;
+  return { listen: { host, port, proxyProtocol, tls: tls ?? null }, publicUrl: c.publicUrl ?? null, bus: c.bus, timeouts: c.timeouts, logBufferBytes: c.log.bufferBytes };
+}
+
+/** `c` with the restart-only values `v` (TLS as `v` has it, on or off; with it on, the certificate files are `c`'s, which reload). */
+export function withRestartOnlyValues(c: RelayConfig, v: RestartOnlyValues): RelayConfig {
+  const pinned = v.listen.tls;
+  const tls = pinned === null ? undefined : c.listen.tls ? { ...c.listen.tls, requestCert: pinned.requestCert, requireClientCert: pinned.requireClientCert } : pinned;
+  return {
+    ...c,
+    listen: { ...c.listen, host: v.listen.host, port: v.listen.port, proxyProtocol: v.listen.proxyProtocol, tls },
+    publicUrl: v.publicUrl ?? undefined,
+    bus: v.bus,
+    timeouts: v.timeouts,
+    log: { ...c.log, bufferBytes: v.logBufferBytes },
   };
 }
 

@@ -19,6 +19,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { failUpgrade } from '../hybrid/errors.ts';
+import type { RestartOnlyValues } from './reload.ts';
 
 /** The message that carries a connection from one worker to another, through the primary. */
 interface HandOff {
@@ -63,12 +64,20 @@ const SECRET_ENV = 'EDGE_RELAY_HANDOFF_SECRET';
 const SOCKETS_ENV = 'EDGE_RELAY_HANDOFF_DIR';
 /** The node id the workers' names are made of: the primary's, as it resolved it (config/load.ts reads this variable). */
 const NODE_ID_ENV = 'EDGE_RELAY_NODE_ID';
+/** The primary's restart-only config values (JSON), which a worker starts with (reload.ts, RestartOnlyValues). */
+const PINNED_ENV = 'EDGE_RELAY_WORKER_PINNED';
 /** The header a relayed connection's request carries on a private socket. */
 const HANDOFF_HEADER = 'x-edge-relay-handoff';
 /** In a worker: the other workers' private sockets, by worker number. */
 const peers = new Map<number, string>();
 
 /** This process's worker number (1..N) when it runs as a worker of `serve --workers`, else undefined. */
+/** In a worker: the primary's restart-only config values, to start with instead of the file's as it is now. */
+export function pinnedAtStart(): RestartOnlyValues | undefined {
+  const text = process.env[PINNED_ENV];
+  return text ? (JSON.parse(text) as RestartOnlyValues) : undefined;
+}
+
 export function workerIndex(): number | undefined {
   if (cluster.isPrimary) return undefined;
   const index = Number(process.env[WORKER_ENV]);
@@ -234,7 +243,7 @@ const RESTART_STABLE_MS = 60_000;
  * worker is the edge `nodeId`-wN: the primary's node id (its default has the
  * primary's pid, not each worker's), so a worker started again keeps its name.
  */
-export function startWorkers(count: number, nodeId: string): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
+export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyValues): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
   const workers = new Map<number, Worker>();
   /**
    * Workers that said they are ready: only these are sent SIGHUP. One still
@@ -246,6 +255,7 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
   const socketDir = socketFolder(count);
+  const pinnedText = JSON.stringify(pinned);
   process.once('exit', () => rmSync(socketDir, { recursive: true, force: true }));
   let clean = true;
   let up = 0;
@@ -266,9 +276,12 @@ export function startWorkers(count: number, nodeId: string): { ready: Promise<st
     for (const w of workers.values()) tell(w);
   };
   const fork = (index: number) => {
-    const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId });
+    const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId, [PINNED_ENV]: pinnedText });
     const startedAt = Date.now();
     workers.set(index, worker);
+    // A message to a worker that has just died fails (EPIPE) before its exit is seen: an 'error' without a
+    // listener would end this process and every worker with it. Its exit is handled below.
+    worker.on('error', (err) => process.stderr.write(`edge-relay: worker ${index}: ${err.message}\n`));
     worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers, socket?: Socket) => {
       if (message?.kind === 'edge-relay.reload-others') {
         for (const other of readyWorkers) if (other !== worker) other.process.kill('SIGHUP');

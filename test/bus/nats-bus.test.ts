@@ -96,6 +96,20 @@ describe('NATS bus', () => {
     assert.equal(orphan.connected, false);
   });
 
+  it('close() during a first connection attempt returns without the pause before the next attempt', async (t) => {
+    // A server that takes the connection and never says a word: the attempt runs to connectTimeoutMs.
+    const silent = createServer((socket) => socket.on('error', () => socket.destroy()));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    t.after(() => new Promise((resolve) => silent.close(resolve)));
+    const port = (silent.address() as AddressInfo).port;
+    const bus = new NatsBus({ ...options, servers: [`nats://127.0.0.1:${port}`], connectTimeoutMs: 1500, reconnectTimeWaitMs: 30000 }, createLogger('silent', 't'));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const started = Date.now();
+    // Before: the failed attempt began its 30 s pause after close() had asked it to stop, and close() waited for it.
+    await withTimeout(bus.close(), 10000, 'close() during a connection attempt');
+    assert.ok(Date.now() - started < 5000, `closed after ${Date.now() - started} ms`);
+  });
+
   it('closes for good while NATS is away: the client stops reconnecting', async (t) => {
     const server = await startNatsServer(t);
     const bus = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));

@@ -272,6 +272,38 @@ describe('serve --workers', { concurrency: 2 }, () => {
     assert.doesNotMatch(relay.stderr(), /relay\.shutdown_deadline/);
   });
 
+  it("a worker started again after a crash keeps the command's restart-only config (its NATS servers), not the file's since", async (t) => {
+    const nats = await startNatsServer(t);
+    const file = configFile(t, edgeOverrides('pinned', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 2000 } }));
+    const relay = await startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    // The file now names a NATS server nowhere (bus: a change that waits for a restart), then a worker crashes.
+    const changed = JSON.parse(readFileSync(file, 'utf8')) as { bus: { servers: string[] } };
+    changed.bus.servers = ['nats://127.0.0.1:1'];
+    writeFileSync(file, JSON.stringify(changed));
+    await killWorkerUntilForkedAgain(primary);
+    const back = await withTimeout(
+      (async () => {
+        for (;;) {
+          const found = /worker (\d) is back/.exec(relay.stderr());
+          if (found) return found[1];
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      20000,
+      `the worker started again\n${relay.stderr().slice(-2000)}`,
+    );
+    const connects = () => relay.stderr().match(new RegExp(`"node":"pinned-w${back}","component":"bus","event":"bus.connected"`, 'g'))?.length ?? 0;
+    const unreachable = new RegExp(`"node":"pinned-w${back}","component":"bus","event":"bus.unreachable"`);
+    await until(() => connects() === 2 || unreachable.test(relay.stderr()), 15000, 'the new worker on NATS, or not');
+    // Before: it read the file as it is now, and stayed off the NATS server its peers are on (bus.unreachable).
+    assert.doesNotMatch(relay.stderr(), unreachable);
+    assert.equal(connects(), 2);
+    const listener = await echoListener(t, relay.url);
+    for (let i = 0; i < 4; i++) assert.equal(await echoOnce(relay.url, `pinned ${i}`), `pinned ${i}`);
+    listener.ws.terminate();
+  });
+
   it('a worker started again hands legs over, and is handed them, as soon as it listens, not once it is ready', async (t) => {
     const nats = await startNatsServer(t);
     // NATS away when the worker is started again: it listens at once, and says it is ready only after waiting up to

@@ -1,0 +1,62 @@
+// `edge-relay serve` takes SIGTERM/SIGINT as a stop (a drain, exit 0) from
+// the moment it serves, not only once it says `listening on`: a lone edge
+// waiting for JetStream serves already, and the primary of `--workers`
+// may be told to stop while its workers start. Before (found by review):
+// both ended by the signal's default action (143), without a drain, and the
+// primary left its workers' socket folder behind. Here NATS is a port where
+// nothing listens: an edge with a durable hub waits bus.requestTimeoutMs
+// (20 s) for it before it says it is ready.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { runCli } from '../helpers/cli-process.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function waitingConfig(dir: string): Promise<string> {
+  const file = join(dir, 'relay.json');
+  const config = {
+    listen: { host: '127.0.0.1', port: 0 },
+    log: { level: 'info' },
+    sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
+    pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789', durable: true }] },
+    bus: { kind: 'nats', servers: [`nats://127.0.0.1:${await closedPort()}`], requestTimeoutMs: 20000 },
+    timeouts: { shutdownMs: 2000 },
+  };
+  writeFileSync(file, JSON.stringify(config));
+  return file;
+}
+
+describe('serve: stop signals before it says it is ready', () => {
+  it('a lone edge waiting for JetStream drains on SIGTERM and exits 0', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
+    const relay = runCli(t, ['serve', '--config', await waitingConfig(dir)]);
+    await until(() => relay.stderr().includes('"event":"relay.listening"'), 15000, 'the edge to listen');
+    relay.signal('SIGTERM');
+    assert.equal(await withTimeout(relay.exited, 15000, 'the edge to exit'), 0, relay.stderr());
+    assert.match(relay.stderr(), /"event":"relay.stopped"/);
+    assert.deepEqual(relay.lines, [], 'it never said it was ready');
+  });
+
+  it('the primary of --workers stops its starting workers on SIGTERM, exits 0 and leaves no socket folder', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
+    const sockets = mkdtempSync(join(tmpdir(), 'stop-signals-tmp-'));
+    const relay = runCli(t, ['serve', '--config', await waitingConfig(dir), '--workers', '2'], { TMPDIR: sockets });
+    await until(() => relay.stderr().includes('"event":"relay.listening"'), 20000, 'a worker to listen');
+    assert.ok(readdirSync(sockets).some((name) => name.startsWith('edge-relay-w-')), 'the workers have their socket folder');
+    relay.signal('SIGTERM');
+    assert.equal(await withTimeout(relay.exited, 20000, 'the primary to exit'), 0, relay.stderr());
+    assert.match(relay.stderr(), /"event":"relay.stopping"/);
+    assert.deepEqual(readdirSync(sockets).filter((name) => name.startsWith('edge-relay-w-')), []);
+  });
+});
