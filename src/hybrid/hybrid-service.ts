@@ -314,7 +314,7 @@ export class HybridService {
       log.info({ event: 'connect.refused', code: refused });
       return connectFailed(this.ctx, socket, refused, entity);
     }
-    startConnect(this.ctx, req, socket, head, entity, this.routeTo(entity), below, senderCredentialIn(req, params, entity), trackingIdOf(params), log);
+    startConnect(this.ctx, req, socket, head, entity, this.routes, below, senderCredentialIn(req, params, entity), trackingIdOf(params), log);
   }
 
   /**

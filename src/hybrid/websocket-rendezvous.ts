@@ -16,7 +16,7 @@ import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from 
 import { connectFailed, countConnectFailure, partsAllowed, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
-import type { ListenerRoute } from './listener-route.ts';
+import { LocalRoute, type ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 
@@ -68,7 +68,7 @@ export function startConnect(
   socket: Duplex,
   head: Buffer,
   entity: HybridEntity,
-  route: ListenerRoute,
+  routes: ListenerRoutes,
   below: HybridPathBelow,
   credential: CredentialHeaders,
   /** The sender's sb-hc-id, when valid: what the listener is told as the accept's id. */
@@ -78,6 +78,7 @@ export function startConnect(
   const upgrade = parseUpgradeRequest(req);
   if (!upgrade) return failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
   if (pendingLimitReached(ctx, entity)) return connectFailed(ctx, socket, 'TooManyPending', entity);
+  let route = routes.routeTo(entity);
   const id = ctx.newRendezvousId();
   const pending: PendingConnect = {
     action: 'accept',
@@ -128,7 +129,8 @@ export function startConnect(
   socket.on('close', pending.onSenderGone);
   socket.on('error', () => socket.destroy());
   ctx.rendezvous.add(pending);
-  route.track(id, { onControlResponse: () => undefined, badResponse: () => {}, listenerLost: () => pending.listenerLost() });
+  const watch = { onControlResponse: () => undefined, badResponse: () => {}, listenerLost: () => pending.listenerLost() };
+  route.track(id, watch);
   const accept = {
     address: rendezvousAddress(ctx, 'accept', entity, id, below),
     id,
@@ -137,15 +139,31 @@ export function startConnect(
     connectHeaders: senderHeaders(req, credential),
     remoteEndpoint: clientEndpoint(req),
   };
-  void route.deliver({ accept }).then((code) => {
-    if (!code) return log.info({ event: 'connect.accept_sent', via: route.via });
-    // Not delivered: the sender hears why now rather than at the accept timeout.
-    if (!ctx.rendezvous.delete(pending)) return;
-    clearTimeout(pending.timer);
-    detachSender(pending);
-    log.info({ event: 'connect.refused', code });
-    connectFailed(ctx, socket, code, entity);
-  });
+  let rerouted = false;
+  const deliver = (): void =>
+    void route.deliver({ accept }).then((code) => {
+      if (!code) return log.info({ event: 'connect.accept_sent', via: route.via });
+      // A listener of this edge that could not be told (dropped, its buffer full): another listener takes the
+      // connect, once, when there is one (as a relayed request goes on to another; the bus route asks again itself).
+      if (code === 'ListenerGone' && route instanceof LocalRoute && !rerouted && ctx.rendezvous.get(id) === pending) {
+        const next = routes.routeTo(entity);
+        if (next.isOpen) {
+          rerouted = true;
+          route.untrack(id);
+          route = next;
+          route.track(id, watch);
+          log.info({ event: 'connect.rerouted', via: route.via, reason: 'listener_gone' });
+          return deliver();
+        }
+      }
+      // Not delivered: the sender hears why now rather than at the accept timeout.
+      if (!ctx.rendezvous.delete(pending)) return;
+      clearTimeout(pending.timer);
+      detachSender(pending);
+      log.info({ event: 'connect.refused', code });
+      connectFailed(ctx, socket, code, entity);
+    });
+  deliver();
 }
 
 /** The listener's rendezvous leg arrived for `pending`: accept or reject. */

@@ -170,4 +170,54 @@ describe('a relayed request whose listener left before acting on it', () => {
     assert.deepEqual(seen, ['open:request', 'open:request']);
     assert.equal(relay.hybrid.openConnections().listener, 2, 'the closing listener was still on the relay');
   });
+
+  it('a connect whose listener could not be told (dropped, its buffer full) goes on to another listener of the edge', async (t) => {
+    const relay = await startTestRelay(t, { limits: { listenerBufferBytes: 65536, controlMessageBytes: 1048576 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    // One listener never reads; the other dials every accept.
+    const stuck = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => stuck.close());
+    stuck.ws.pause();
+    const open = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => open.close());
+    open.ws.removeAllListeners('message');
+    open.ws.on('message', (data: Buffer, binary: boolean) => {
+      if (binary) return;
+      const { accept } = JSON.parse(String(data)) as { accept?: { address: string } };
+      if (!accept) return;
+      const leg = new WebSocket(accept.address);
+      leg.on('error', () => undefined);
+      t.after(() => leg.terminate());
+    });
+    // The stuck listener's channel filled past listenerBufferBytes by requests with bodies it never reads
+    // (round robin: every other one goes to it).
+    const stuckChannel = [...relay.hybrid.listeners.all()][0];
+    const queued = () => (stuckChannel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+    const body = Buffer.alloc(512 * 1024, 0x78);
+    const token = tokenFor(`${relay.url}/echo`);
+    for (let i = 0; i < 100 && queued() < 65536; i++) {
+      const s = await sender(t, relay.port);
+      s.socket.write(`POST /echo/fill HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${token}\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.socket.write(body);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(queued() >= 65536, `only ${queued()} bytes queued`);
+    // Connects round robin until one is routed to the stuck listener, which is then dropped.
+    const statuses: number[] = [];
+    const connectUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    for (let i = 0; i < 4 && stuckChannel.isOpen; i++) {
+      statuses.push(
+        await new Promise<number>((resolve) => {
+          const ws = new WebSocket(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } });
+          t.after(() => ws.terminate());
+          ws.once('open', () => resolve(101));
+          ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+          ws.once('error', () => resolve(0));
+        }),
+      );
+    }
+    assert.equal(stuckChannel.isOpen, false, 'no connect was routed to the stuck listener');
+    // Before: the connect routed to it failed 502 ListenerGone while the other listener was there.
+    assert.deepEqual(statuses, statuses.map(() => 101));
+  });
 });
