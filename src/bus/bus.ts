@@ -15,6 +15,12 @@ export type BusHandler = (message: BusMessage) => void;
 
 export interface BusSubscription {
   unsubscribe(): void;
+  /**
+   * Stops it at the server, still handing the handler what was already on its way. A queue group member that
+   * leaves must answer those: NATS gave each to it alone, and with unsubscribe() it was dropped (its requester
+   * waited out its timeout though other members were there).
+   */
+  drain(): void;
 }
 
 export type BusErrorCode = 'NoResponders' | 'Timeout' | 'Unavailable' | 'TooLarge';

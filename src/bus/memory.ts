@@ -43,16 +43,16 @@ export class MemoryBus implements Bus {
       if (list) list.push(entry);
       else this.exact.set(subject, [entry]);
     }
-    return {
-      unsubscribe: () => {
-        if (!entry.active) return;
-        entry.active = false;
-        const list = isWildcard(subject) ? this.wildcards : this.exact.get(subject);
-        if (!list) return;
-        list.splice(list.indexOf(entry), 1);
-        if (list.length === 0 && list !== this.wildcards) this.exact.delete(subject);
-      },
+    const unsubscribe = () => {
+      if (!entry.active) return;
+      entry.active = false;
+      const list = isWildcard(subject) ? this.wildcards : this.exact.get(subject);
+      if (!list) return;
+      list.splice(list.indexOf(entry), 1);
+      if (list.length === 0 && list !== this.wildcards) this.exact.delete(subject);
     };
+    // In process nothing is ever on its way: draining is unsubscribing.
+    return { unsubscribe, drain: unsubscribe };
   }
 
   publish(subject: string, data: Uint8Array, reply?: string): void {

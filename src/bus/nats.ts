@@ -205,6 +205,16 @@ export class NatsBus implements Bus {
         this.entries.delete(entry);
         if (entry.sub && !this.nc?.isClosed()) entry.sub.unsubscribe();
       },
+      drain: () => {
+        if (!entry.active || !this.entries.delete(entry)) return;
+        // Its handler runs on until nats.js has heard the server take the interest away and handed on what came before.
+        if (entry.sub && !this.nc?.isClosed()) {
+          entry.sub
+            .drain()
+            .catch(() => undefined)
+            .finally(() => (entry.active = false));
+        } else entry.active = false;
+      },
     };
   }
 

@@ -182,7 +182,9 @@ export class HybridClusterLink implements EdgeWatch {
       return routable;
     }
     if (count === 0 && current) {
-      current.subscription.unsubscribe();
+      // Drained: a connect or request NATS gave this edge before the server heard it leave is answered (NoListener:
+      // the sender's edge asks another), not dropped for the sender to wait out bus.requestTimeoutMs (504).
+      current.subscription.drain();
       this.entitySubscriptions.delete(entity.key);
     }
     return current?.routable ?? Promise.resolve();
@@ -203,7 +205,8 @@ export class HybridClusterLink implements EdgeWatch {
       this.log.warn({ event: 'bus.routed_expired', op: m.op, from: m.node, lateMs: Date.now() - m.expiresAt });
       return;
     }
-    const channel = asciiLowerCase(m.entity) === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
+    // A draining edge takes no new work: the sender's edge asks another.
+    const channel = this.routing && asciiLowerCase(m.entity) === entity.key ? this.ctx.listeners.pick(entity.key) : undefined;
     if (!channel) {
       respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: false, code: 'NoListener' }));
       return;
@@ -278,7 +281,8 @@ export class HybridClusterLink implements EdgeWatch {
   /** Other nodes stop routing connects and requests here (shutdown); answers to this node's own requests still arrive. */
   stopRouting(): void {
     this.routing = false;
-    for (const { subscription } of this.entitySubscriptions.values()) subscription.unsubscribe();
+    // Drained as above: what NATS gave this edge meanwhile is answered NoListener (onRouted), so it goes to another edge.
+    for (const { subscription } of this.entitySubscriptions.values()) subscription.drain();
     this.entitySubscriptions.clear();
   }
 

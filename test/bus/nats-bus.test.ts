@@ -4,11 +4,12 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
-import { BusError } from '../../src/bus/bus.ts';
+import { BusError, respond } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
+import { CuttableProxy } from '../helpers/pubsub.ts';
 import { captureLogger } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
@@ -94,6 +95,30 @@ describe('NATS bus', () => {
     const orphan = new NatsBus({ ...options, servers: ['nats://127.0.0.1:1'] }, createLogger('silent', 't'));
     await orphan.close();
     assert.equal(orphan.connected, false);
+  });
+
+  it('drain() answers a request the server gave the subscription before it heard it go (a queue group member leaving)', async (t) => {
+    const server = await startNatsServer(t);
+    // What the leaving member sends reaches the server late: its UNSUB too, so a request still goes to it.
+    const link = await CuttableProxy.start(server.port, t);
+    const leaving = new NatsBus({ ...options, servers: [`nats://127.0.0.1:${link.port}`] }, createLogger('silent', 't'));
+    const asking = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));
+    cleanupFor(t).after(() => Promise.all([leaving.close(), asking.close()]));
+    await until(() => leaving.connected && asking.connected, 5000, 'both connected');
+    const subscription = leaving.subscribe('work', (m) => respond(leaving, m, Buffer.from('answered')), { queue: 'members' });
+    await leaving.flush();
+    link.hold(300);
+    subscription.drain();
+    // Before (unsubscribe): the member dropped it, and the request waited out its timeout.
+    const answer = await asking.request('work', Buffer.from('?'), 5000);
+    assert.equal(Buffer.from(answer).toString(), 'answered');
+    // And once the server has heard it go, the member gets nothing more.
+    link.hold(0);
+    await untilAnswered(
+      async () => (await asking.request('work', Buffer.from('?'), 1000).catch((e: BusError) => e)) instanceof BusError,
+      5000,
+      'the member gone from the group',
+    );
   });
 
   it('close() during a first connection attempt returns without the pause before the next attempt', async (t) => {

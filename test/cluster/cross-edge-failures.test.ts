@@ -262,4 +262,22 @@ describe('connects and requests across edges while the listener side fails', () 
     assert.equal(await withTimeout(connected, 15000, 'the connect'), 502);
     assert.ok(Date.now() - goneAt < 10000, `answered ${Date.now() - goneAt} ms after A went`);
   });
+
+  it("a connect NATS gives an edge whose last listener has just gone, before the server heard it leave, is answered, not left to time out", async (t) => {
+    const link = await CuttableProxy.start(nats.port, t);
+    const timeouts = { acceptMs: 20000 };
+    const a = await edge(t, 'leaving-a', `nats://127.0.0.1:${link.port}`, { timeouts, bus: { ...CORE, requestTimeoutMs: 8000 } });
+    const b = await edge(t, 'leaving-b', nats.url, { timeouts, bus: { ...CORE, requestTimeoutMs: 8000 } });
+    const entity = 'leaving';
+    const listener = await listen(t, a, entity);
+    // What A sends reaches the server late (its unsubscribe too): the server still gives A the entity's connects.
+    link.hold(500);
+    listener.ws.terminate();
+    await until(() => channelsOf(a).length === 0, 5000, "A's listener gone");
+    const startedAt = Date.now();
+    const status = await connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+    // Before: A had dropped the notice with its subscription, and the sender waited out bus.requestTimeoutMs (504).
+    assert.equal(status, 404);
+    assert.ok(Date.now() - startedAt < 5000, `answered after ${Date.now() - startedAt} ms`);
+  });
 });
