@@ -43,16 +43,23 @@ export class MemoryBus implements Bus {
       if (list) list.push(entry);
       else this.exact.set(subject, [entry]);
     }
-    const unsubscribe = () => {
-      if (!entry.active) return;
-      entry.active = false;
+    const leave = () => {
       const list = isWildcard(subject) ? this.wildcards : this.exact.get(subject);
-      if (!list) return;
-      list.splice(list.indexOf(entry), 1);
+      const i = list ? list.indexOf(entry) : -1;
+      if (!list || i < 0) return;
+      list.splice(i, 1);
       if (list.length === 0 && list !== this.wildcards) this.exact.delete(subject);
     };
-    // In process nothing is ever on its way: draining is unsubscribing.
-    return { unsubscribe, drain: unsubscribe };
+    return {
+      unsubscribe: () => {
+        if (!entry.active) return;
+        entry.active = false;
+        leave();
+      },
+      // Out of the lists, so it gets nothing new; still active, so what was already handed to it (a delivery
+      // queued in this turn) reaches its handler.
+      drain: leave,
+    };
   }
 
   publish(subject: string, data: Uint8Array, reply?: string): void {

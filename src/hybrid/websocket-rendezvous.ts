@@ -156,12 +156,14 @@ export function startConnect(
           return deliver();
         }
       }
-      // Not delivered: the sender hears why now rather than at the accept timeout.
+      // Not delivered: the sender hears why now rather than at the accept timeout. Asked again after its listener
+      // was dropped and nobody else took it: the listener left (502 ListenerGone), not that there was never one.
       if (!ctx.rendezvous.delete(pending)) return;
       clearTimeout(pending.timer);
       detachSender(pending);
-      log.info({ event: 'connect.refused', code });
-      connectFailed(ctx, socket, code, entity);
+      const reported = rerouted && (code === 'NoListener' || code === 'EntityNotFound' || code === 'BusUnavailable') ? 'ListenerGone' : code;
+      log.info({ event: 'connect.refused', code: reported });
+      connectFailed(ctx, socket, reported, entity);
     });
   deliver();
 }

@@ -236,12 +236,10 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
     },
     (err: Error) => {
       finished();
-      // A join refused for the limit was processed (a retry is a Duplicate); one that failed was not.
+      // Forgotten, a refused join too: the client SDK retries a refusal with the same ackId and takes Duplicate for
+      // success. Its retry is stored under the same id, found the same stream sequence, and refused again.
       const refused = err instanceof GroupLimitReached;
-      if (ackId !== undefined) {
-        if (refused) connection.ackIdDone(ackId);
-        else connection.forgetAckId(ackId);
-      }
+      if (ackId !== undefined) connection.forgetAckId(ackId);
       if (connection.ended) return;
       if (refused) return ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
       // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.

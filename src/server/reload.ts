@@ -68,9 +68,11 @@ export interface RestartOnlyValues {
   logBufferBytes: number;
 }
 
+/** Passed in a worker's environment: without the bus's password and token (a worker resolves its own secrets). */
 export function restartOnlyValues(c: RelayConfig): RestartOnlyValues {
   const { host, port, proxyProtocol, tls } = c.listen;
-  return { listen: { host, port, proxyProtocol, tls: tls ?? null }, publicUrl: c.publicUrl ?? null, bus: c.bus, timeouts: c.timeouts, logBufferBytes: c.log.bufferBytes };
+  const { pass: _pass, token: _token, ...bus } = c.bus;
+  return { listen: { host, port, proxyProtocol, tls: tls ?? null }, publicUrl: c.publicUrl ?? null, bus, timeouts: c.timeouts, logBufferBytes: c.log.bufferBytes };
 }
 
 /** `c` with the restart-only values `v` (TLS as `v` has it, on or off; with it on, the certificate files are `c`'s, which reload). */
@@ -81,7 +83,7 @@ export function withRestartOnlyValues(c: RelayConfig, v: RestartOnlyValues): Rel
     ...c,
     listen: { ...c.listen, host: v.listen.host, port: v.listen.port, proxyProtocol: v.listen.proxyProtocol, tls },
     publicUrl: v.publicUrl ?? undefined,
-    bus: v.bus,
+    bus: { ...v.bus, pass: c.bus.pass, token: c.bus.token },
     timeouts: v.timeouts,
     log: { ...c.log, bufferBytes: v.logBufferBytes },
   };

@@ -202,4 +202,16 @@ describe('memory bus delivery', () => {
     await withTimeout(until(() => got.length === 1, 1000, 'delivery'), 2000, 'delivery');
     assert.equal(errors.length, 1);
   });
+
+  // On NATS the same needs the member's UNSUB late at the server (nats-bus.test.ts): two connections' writes are not ordered.
+  test('in process: a member drained right after a request was sent to it still answers it, and gets nothing after', async (t) => {
+    const bus = new MemoryBus();
+    cleanupFor(t).after(() => bus.close());
+    const subscription = bus.subscribe('drained', (m) => bus.publish(m.reply!, Buffer.from('answered')), { queue: 'q' });
+    const asked = bus.request('drained', Buffer.from('?'), 3000);
+    // In the same turn: the request is queued for the member already.
+    subscription.drain();
+    assert.equal(Buffer.from(await asked).toString(), 'answered');
+    await assert.rejects(bus.request('drained', Buffer.from('?'), 500), (e: BusError) => e.code === 'NoResponders');
+  });
 });

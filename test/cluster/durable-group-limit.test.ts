@@ -35,10 +35,12 @@ describe('a durable hub holds limits.groupsPerConnection in the order its stream
     assert.equal(acks[2].error.name, 'Forbidden');
     const rest = serviceClient(edge);
     assert.deepEqual(await Promise.all(['l1', 'l2', 'l3'].map((g) => rest.groupExists(g))), [true, true, false]);
-    // A retry of the refused request is a Duplicate, as a retry of any request already processed.
+    // A retry of the refused request (the SDK retries it with the same ackId) is refused again, not a Duplicate,
+    // which the SDK would take for success.
     c.send({ type: 'joinGroup', group: 'l3', ackId: 3 });
     const retried = await c.waitFor((m) => m.type === 'ack' && m.ackId === 3 && m !== acks[2], 10000);
-    assert.equal(retried.error?.name, 'Duplicate');
+    assert.equal(retried.error?.name, 'Forbidden');
+    assert.equal(await rest.groupExists('l3'), false);
   });
 
   it('takes a join sent right after a leave at the limit: the leave counts first', async (t) => {

@@ -220,4 +220,34 @@ describe('a relayed request whose listener left before acting on it', () => {
     // Before: the connect routed to it failed 502 ListenerGone while the other listener was there.
     assert.deepEqual(statuses, statuses.map(() => 101));
   });
+
+  it('a connect whose only listener could not be told (dropped, its buffer full) fails 502 ListenerGone, not 404', async (t) => {
+    const relay = await startTestRelay(t, { limits: { listenerBufferBytes: 65536, controlMessageBytes: 1048576 } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const stuck = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => stuck.close());
+    stuck.ws.pause();
+    const stuckChannel = [...relay.hybrid.listeners.all()][0];
+    const queued = () => (stuckChannel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+    const body = Buffer.alloc(512 * 1024, 0x78);
+    const token = tokenFor(`${relay.url}/echo`);
+    for (let i = 0; i < 100 && queued() < 65536; i++) {
+      const s = await sender(t, relay.port);
+      s.socket.write(`POST /echo/fill HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${token}\r\nContent-Length: ${body.length}\r\n\r\n`);
+      s.socket.write(body);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(queued() >= 65536, `only ${queued()} bytes queued`);
+    const connectUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const answer = await new Promise<{ status: number; code?: string }>((resolve) => {
+      const ws = new WebSocket(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } });
+      t.after(() => ws.terminate());
+      ws.once('open', () => resolve({ status: 101 }));
+      ws.once('unexpected-response', (_req, res) => resolve({ status: res.statusCode ?? 0, code: String(res.headers['x-ms-error-code'] ?? '') }));
+      ws.once('error', () => resolve({ status: 0 }));
+    });
+    assert.equal(stuckChannel.isOpen, false);
+    // The connect was asked again elsewhere (nobody took it): the listener left, it was not that there was none.
+    assert.equal(answer.status, 502, JSON.stringify(answer));
+  });
 });
