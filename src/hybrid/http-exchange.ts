@@ -23,7 +23,7 @@ import { countHttpStatus, partsAllowed, pathOf, pendingLimitReached, rendezvousA
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
-import type { ListenerNotice, ListenerRoute, ListenerRoutes } from './listener-route.ts';
+import { NONE_TOOK_OVER, type ListenerNotice, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import { forwardedRequestHeaders, relayedReason, responseHeadersForSender } from './relayed-headers.ts';
 import type { CredentialHeaders } from './sender-credential.ts';
@@ -84,8 +84,6 @@ const RENDEZVOUS_TCP_KEEPALIVE_MS = 30_000;
 const LATE_ANSWER_MS = 10 * 60_000;
 /** How many times a request goes on to another listener after the one it was routed to left before acting on it. */
 const MAX_REROUTES = 3;
-/** Routing failures that, once the request has gone on from a listener that left, mean no other listener took it. */
-const NONE_TOOK_OVER: ReadonlySet<HybridErrorCode> = new Set(['NoListener', 'EntityNotFound', 'BusUnavailable']);
 
 type ReadState = 'head' | 'body' | 'done';
 

@@ -25,6 +25,9 @@ export function noticeForListener(notice: ListenerNotice): ListenerNotice {
 }
 
 /** Finds a route to an entity's listeners: one on this edge when there is one (round robin), else through the bus. */
+/** Routing failures that, once a notice has gone on from a listener that left, mean no other listener took it (ListenerGone). */
+export const NONE_TOOK_OVER: ReadonlySet<HybridErrorCode> = new Set(['NoListener', 'EntityNotFound', 'BusUnavailable']);
+
 export interface ListenerRoutes {
   routeTo(entity: HybridEntity): ListenerRoute;
 }

@@ -16,7 +16,7 @@ import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from 
 import { connectFailed, countConnectFailure, partsAllowed, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
-import { LocalRoute, type ListenerRoutes } from './listener-route.ts';
+import { LocalRoute, NONE_TOOK_OVER, type ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 
@@ -161,7 +161,7 @@ export function startConnect(
       if (!ctx.rendezvous.delete(pending)) return;
       clearTimeout(pending.timer);
       detachSender(pending);
-      const reported = rerouted && (code === 'NoListener' || code === 'EntityNotFound' || code === 'BusUnavailable') ? 'ListenerGone' : code;
+      const reported = rerouted && NONE_TOOK_OVER.has(code) ? 'ListenerGone' : code;
       log.info({ event: 'connect.refused', code: reported });
       connectFailed(ctx, socket, reported, entity);
     });

@@ -238,10 +238,9 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
       finished();
       // Forgotten, a refused join too: the client SDK retries a refusal with the same ackId and takes Duplicate for
       // success. Its retry is stored under the same id, found the same stream sequence, and refused again.
-      const refused = err instanceof GroupLimitReached;
       if (ackId !== undefined) connection.forgetAckId(ackId);
       if (connection.ended) return;
-      if (refused) return ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
+      if (err instanceof GroupLimitReached) return ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
       // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
       const tooLarge = err instanceof BusError && err.code === 'TooLarge';
       ack(ctx, connection, ackId, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);

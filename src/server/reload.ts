@@ -38,7 +38,7 @@ export interface ReloadTargets {
   jetstreamFor(next: RelayConfig): JetStreamAccess | undefined;
 }
 
-/** Where a running relay took these from at start; a new value waits for a restart. */
+/** Where a running relay took these from at start; a new value waits for a restart. RestartOnlyValues below pins the same keys in a worker: a key added here belongs there too. */
 function restartOnly(c: RelayConfig): Record<string, unknown> {
   return {
     nodeId: c.nodeId,

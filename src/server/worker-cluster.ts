@@ -72,16 +72,16 @@ const HANDOFF_HEADER = 'x-edge-relay-handoff';
 const peers = new Map<number, string>();
 
 /** This process's worker number (1..N) when it runs as a worker of `serve --workers`, else undefined. */
-/** In a worker: the primary's restart-only config values, to start with instead of the file's as it is now. */
-export function pinnedAtStart(): RestartOnlyValues | undefined {
-  const text = process.env[PINNED_ENV];
-  return text ? (JSON.parse(text) as RestartOnlyValues) : undefined;
-}
-
 export function workerIndex(): number | undefined {
   if (cluster.isPrimary) return undefined;
   const index = Number(process.env[WORKER_ENV]);
   return Number.isInteger(index) && index > 0 ? index : undefined;
+}
+
+/** In a worker: the primary's restart-only config values, to start with instead of the file's as it is now. */
+export function pinnedAtStart(): RestartOnlyValues | undefined {
+  const text = process.env[PINNED_ENV];
+  return text ? (JSON.parse(text) as RestartOnlyValues) : undefined;
 }
 
 /** In a worker: where worker `index` listens for connections relayed by the others. */

@@ -16,7 +16,7 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
-import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
+import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -58,15 +58,9 @@ function channelsOf(relay: RunningRelay): ControlChannel[] {
   return [...relay.hybrid.listeners.all()];
 }
 
-/** A sender's WebSocket through `url`: 101, or the status its upgrade was refused with. */
-async function connectStatus(t: Pick<TestContext, 'after'>, url: string): Promise<number> {
-  return openWebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(url) } }).then(
-    (ws) => {
-      t.after(() => ws.terminate());
-      return 101;
-    },
-    (err: Error & { status?: number }) => err.status ?? 0,
-  );
+/** A sender's upgrade through `url`: 101, or the status it was refused with. */
+function connectStatus(url: string): Promise<number> {
+  return upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
 }
 
 describe('connects and requests across edges while the listener side fails', () => {
@@ -107,7 +101,7 @@ describe('connects and requests across edges while the listener side fails', () 
       const statuses: number[] = [];
       for (let i = 0; i < 30 && channel.isOpen; i++) {
         if (action === 'connect') {
-          statuses.push(await connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`)));
+          statuses.push(await connectStatus(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`)));
         } else {
           const url = `${b.url}/${entity}/x${i}`;
           const got = await httpRequest(url, { method: "POST", headers: { ServiceBusAuthorization: tokenFor(url) }, body: Buffer.from("small"), timeoutMs: 10000 });
@@ -187,7 +181,7 @@ describe('connects and requests across edges while the listener side fails', () 
     const b = await edge(t, 'drain-b', nats.url);
     const entity = 'drain-accept';
     const listener = await listen(t, a, entity);
-    const sender = connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+    const sender = connectStatus(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
     const { accept } = await listener.next<{ accept: { address: string } }>();
     const drained = a.close();
     // The listener accepts 200 ms later.
@@ -228,7 +222,7 @@ describe('connects and requests across edges while the listener side fails', () 
         // Before: B took one "no responders" for A being gone and answered 502 ListenerGone while A was away.
         assert.equal((await pending).status, 200);
       } else {
-        const sender = connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+        const sender = connectStatus(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
         const { accept } = await listener.next<{ accept: { address: string } }>();
         await offNats();
         const leg = await openWebSocket(accept.address);
@@ -249,7 +243,7 @@ describe('connects and requests across edges while the listener side fails', () 
     const request = httpRequest(requestUrl, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(requestUrl) }, body: Buffer.from('small'), timeoutMs: 30000 });
     await listener.next(); // the request
     await listener.next(); // its body
-    const connected = connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+    const connected = connectStatus(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
     await listener.next(); // the accept
     // A is gone from NATS for good, as a killed process would be; an edge with its node id starts at once.
     link.refuse();
@@ -275,7 +269,7 @@ describe('connects and requests across edges while the listener side fails', () 
     listener.ws.terminate();
     await until(() => channelsOf(a).length === 0, 5000, "A's listener gone");
     const startedAt = Date.now();
-    const status = await connectStatus(t, wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
+    const status = await connectStatus(wsUrl(b.url, `/$hc/${entity}?sb-hc-action=connect`));
     // Before: A had dropped the notice with its subscription, and the sender waited out bus.requestTimeoutMs (504).
     assert.equal(status, 404);
     assert.ok(Date.now() - startedAt < 5000, `answered after ${Date.now() - startedAt} ms`);

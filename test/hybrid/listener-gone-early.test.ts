@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { RawListener } from '../helpers/raw-listener.ts';
+import { RawListener, upgradeRefusal, upgradeStatus } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -64,11 +64,17 @@ async function sender(t: { after(fn: () => void): void }, port: number): Promise
 }
 
 /**
- * Fills `channel` (a listener that never reads, on a relay with listenerBufferBytes 64 KiB and controlMessageBytes
- * 1 MiB) past its buffer with requests whose 512 KiB bodies go down the control channel whole.
+ * A relay (listenerBufferBytes 64 KiB, controlMessageBytes 1 MiB) with one listener on `echo` that never reads,
+ * its control channel filled past that buffer by requests whose 512 KiB bodies go down it whole.
  */
-async function fillPastBuffer(t: { after(fn: () => void): void }, relay: { url: string; port: number }, channel: unknown): Promise<void> {
-  const queued = () => (channel as { ws: WebSocket }).ws.bufferedAmount;
+async function relayWithStuckListener(t: { after(fn: () => void): void }) {
+  const relay = await startTestRelay(t, { limits: { listenerBufferBytes: 65536, controlMessageBytes: 1048576 } });
+  const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+  const stuck = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => stuck.close());
+  stuck.ws.pause();
+  const stuckChannel = [...relay.hybrid.listeners.all()][0];
+  const queued = () => (stuckChannel as unknown as { ws: WebSocket }).ws.bufferedAmount;
   const body = Buffer.alloc(512 * 1024, 0x78);
   const token = tokenFor(`${relay.url}/echo`);
   for (let i = 0; i < 100 && queued() < 65536; i++) {
@@ -78,6 +84,7 @@ async function fillPastBuffer(t: { after(fn: () => void): void }, relay: { url: 
     await new Promise((r) => setTimeout(r, 50));
   }
   assert.ok(queued() >= 65536, `only ${queued()} bytes queued`);
+  return { relay, listenUrl, stuckChannel };
 }
 
 const answered = (s: { text(): string }) => until(() => /\r\n\r\n/.test(s.text()), 10000, 'the answer').catch(() => {
@@ -189,12 +196,8 @@ describe('a relayed request whose listener left before acting on it', () => {
   });
 
   it('a connect whose listener could not be told (dropped, its buffer full) goes on to another listener of the edge', async (t) => {
-    const relay = await startTestRelay(t, { limits: { listenerBufferBytes: 65536, controlMessageBytes: 1048576 } });
-    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-    // One listener never reads; the other dials every accept.
-    const stuck = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => stuck.close());
-    stuck.ws.pause();
+    // One listener never reads (filled past its buffer); the other dials every accept.
+    const { relay, listenUrl, stuckChannel } = await relayWithStuckListener(t);
     const open = await RawListener.connect(listenUrl, tokenFor(listenUrl));
     t.after(() => open.close());
     open.ws.removeAllListeners('message');
@@ -206,46 +209,21 @@ describe('a relayed request whose listener left before acting on it', () => {
       leg.on('error', () => undefined);
       t.after(() => leg.terminate());
     });
-    // The stuck listener's channel filled (round robin: every other request goes to it).
-    const stuckChannel = [...relay.hybrid.listeners.all()][0];
-    await fillPastBuffer(t, relay, stuckChannel);
     // Connects round robin until one is routed to the stuck listener, which is then dropped.
     const statuses: number[] = [];
     const connectUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
-    for (let i = 0; i < 4 && stuckChannel.isOpen; i++) {
-      statuses.push(
-        await new Promise<number>((resolve) => {
-          const ws = new WebSocket(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } });
-          t.after(() => ws.terminate());
-          ws.once('open', () => resolve(101));
-          ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-          ws.once('error', () => resolve(0));
-        }),
-      );
-    }
+    for (let i = 0; i < 4 && stuckChannel.isOpen; i++) statuses.push(await upgradeStatus(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } }));
     assert.equal(stuckChannel.isOpen, false, 'no connect was routed to the stuck listener');
     // Before: the connect routed to it failed 502 ListenerGone while the other listener was there.
     assert.deepEqual(statuses, statuses.map(() => 101));
   });
 
   it('a connect whose only listener could not be told (dropped, its buffer full) fails 502 ListenerGone, not 404', async (t) => {
-    const relay = await startTestRelay(t, { limits: { listenerBufferBytes: 65536, controlMessageBytes: 1048576 } });
-    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
-    const stuck = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => stuck.close());
-    stuck.ws.pause();
-    const stuckChannel = [...relay.hybrid.listeners.all()][0];
-    await fillPastBuffer(t, relay, stuckChannel);
+    const { relay, stuckChannel } = await relayWithStuckListener(t);
     const connectUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
-    const answer = await new Promise<{ status: number; code?: string }>((resolve) => {
-      const ws = new WebSocket(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } });
-      t.after(() => ws.terminate());
-      ws.once('open', () => resolve({ status: 101 }));
-      ws.once('unexpected-response', (_req, res) => resolve({ status: res.statusCode ?? 0, code: String(res.headers['x-ms-error-code'] ?? '') }));
-      ws.once('error', () => resolve({ status: 0 }));
-    });
+    const answer = await upgradeRefusal(connectUrl, { headers: { ServiceBusAuthorization: tokenFor(connectUrl) } });
     assert.equal(stuckChannel.isOpen, false);
     // The connect was asked again elsewhere (nobody took it): the listener left, it was not that there was none.
-    assert.equal(answer.status, 502, JSON.stringify(answer));
+    assert.deepEqual(answer, { status: 502, code: 'ListenerGone' });
   });
 });
