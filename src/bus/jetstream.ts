@@ -33,6 +33,7 @@ import { tooLargeForBus } from './bus.ts';
 import type { NatsBus } from './nats.ts';
 import { MSG_ID_HEADER, StorePublisher, storedBytes } from './stream-publisher.ts';
 import { REPLICATED_STREAMS_SINCE, versionBelow } from './nats-server-version.ts';
+import { pullOnce } from './stream-pull.ts';
 import { FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
 import { subjectMatches } from './subject-match.ts';
 
@@ -123,6 +124,8 @@ const STORE_PROBE_MS = 1000;
 const CONSUME_EXPIRES_MS = 5000;
 /** Messages a consumer asks for at once. */
 const CONSUME_BATCH = 1000;
+/** What a stored message takes on a pull beyond its payload (subject, headers): NATS counts them in `max_bytes`. */
+const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
 /** The server drops a consumer nobody pulls from for this long. */
 const CONSUMER_INACTIVE_MS = 60_000;
 /** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
@@ -827,7 +830,7 @@ export class JetStreamAccess {
    * ephemeral consumer that the server forgets if this edge vanishes.
    */
   async read(stream: string, options: { fromSeq: number; toSeq?: number; subject?: string; limit: number; maxBytes?: number; timeoutMs: number }): Promise<StoredMessage[]> {
-    const { jsm, js } = this.ready;
+    const { jsm } = this.ready;
     const out: StoredMessage[] = [];
     const maxBytes = options.maxBytes ?? Infinity;
     let bytes = 0;
@@ -847,12 +850,18 @@ export class JetStreamAccess {
       while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
         const left = deadline - Date.now();
         if (left <= 0) throw new StoreError('the stream did not answer in time');
-        const batch = Math.min(CONSUME_BATCH, options.limit - out.length, pending);
-        const msgs = await js.consumers.getPullConsumerFor(ci).fetch({ max_messages: batch, expires: Math.max(1000, Math.min(left, 5000)) });
-        let got = 0;
-        for await (const m of msgs) {
-          got++;
-          pending = m.info.pending;
+        const nc = this.bus.connection;
+        if (!nc) throw new StoreError('NATS is not connected');
+        // With a byte bound the server sends no more than the bytes left (the next message always fits: at least a
+        // whole max_payload), so a page of large messages costs about its bound on the wire and in memory; counted
+        // by message alone, a batch of 1,000 came whole and all but the page was dropped here.
+        const msgs = await pullOnce(nc, stream, ci.name, {
+          batch: Math.min(CONSUME_BATCH, options.limit - out.length, pending),
+          maxBytes: maxBytes === Infinity ? undefined : Math.max(maxBytes - bytes, this.bus.maxPayload + SUBJECT_AND_HEADER_ROOM),
+          expiresMs: Math.max(1000, Math.min(left, 5000)),
+        });
+        for (const m of msgs) {
+          pending = m.pending;
           if (options.toSeq !== undefined && m.seq > options.toSeq) {
             pending = 0;
             break;
@@ -861,10 +870,9 @@ export class JetStreamAccess {
           bytes += m.data.length;
           if (out.length >= options.limit || pending === 0 || bytes >= maxBytes) break;
         }
-        msgs.stop();
         // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),
         // else ask again until the deadline. A short answer here would read as "the stream holds no more".
-        if (got === 0) pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
+        if (msgs.length === 0) pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
       }
     } finally {
       jsm.consumers.delete(stream, ci.name).catch(() => undefined);

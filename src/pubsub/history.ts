@@ -25,9 +25,12 @@ export interface HistoryPage {
 }
 
 export interface HubHistory {
-  /** Messages of `group` with a sequence above `after`, oldest first, at most `limit`. */
+  /** Messages of `group` with a sequence above `after`, oldest first, at most `limit`, and none more once HISTORY_PAGE_BYTES of data are read. */
   read(group: string, after: number, limit: number): Promise<HistoryPage>;
 }
+
+/** A page ends after the message that passes this much data (at least one message): 1,000 messages of 1 MiB were read whole for one call. */
+export const HISTORY_PAGE_BYTES = 8 * 1024 * 1024;
 
 /** In-process history caps, whatever the hub asks for (it lives in the relay's heap). */
 export const MEMORY_HISTORY_MAX_MESSAGES = 100_000;
@@ -83,9 +86,12 @@ export class MemoryHistory implements HubHistory {
     const messages: HistoryEntry[] = [];
     // Sequences are dense in the ring: the first one past `after` is found by arithmetic.
     const first = this.head < this.entries.length ? this.entries[this.head].sequence : this.sequence + 1;
-    for (let i = this.head + Math.max(0, after - first + 1); i < this.entries.length && messages.length < limit; i++) {
+    let bytes = 0;
+    for (let i = this.head + Math.max(0, after - first + 1); i < this.entries.length && messages.length < limit && bytes < HISTORY_PAGE_BYTES; i++) {
       const e = this.entries[i];
-      if (e.group === group) messages.push({ sequence: e.sequence, dataType: e.dataType, dataJson: e.dataJson, fromUserId: e.fromUserId, at: e.at });
+      if (e.group !== group) continue;
+      messages.push({ sequence: e.sequence, dataType: e.dataType, dataJson: e.dataJson, fromUserId: e.fromUserId, at: e.at });
+      bytes += e.dataJson.length;
     }
     return { messages, next: messages.length > 0 ? messages[messages.length - 1].sequence : after };
   }

@@ -12,7 +12,7 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
 import { isDataOfType, sharedMessageOf, type DataMessage } from './downstream.ts';
-import type { HistoryEntry, HistoryPage, HubHistory } from './history.ts';
+import { HISTORY_PAGE_BYTES, type HistoryEntry, type HistoryPage, type HubHistory } from './history.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
@@ -298,6 +298,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
       fromSeq: after + 1,
       subject: this.options.subjects.hubEvent(this.hub.key, 'group', group),
       limit,
+      maxBytes: HISTORY_PAGE_BYTES,
       timeoutMs: this.options.requestTimeoutMs,
     });
     const messages: HistoryEntry[] = [];

@@ -68,6 +68,30 @@ describe('JetStream access', () => {
     assert.deepEqual(await a.bounds(STREAM.name), { first: got[0].seq, last: got[49].seq });
   });
 
+  it('reads a page of large messages with about its byte bound on the wire, not the whole batch', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    const a = access(t, bus);
+    await a.start([STREAM], BUCKET);
+    const big = Buffer.alloc(512 * 1024, 7);
+    for (let i = 1; i <= 24; i++) await a.publish('t.ev.hub.g.big', big, `big-${i}`);
+    const nc = bus.connection!;
+    const before = nc.stats().inBytes;
+    const page = await a.read(STREAM.name, { fromSeq: 1, limit: 1000, maxBytes: 2 * 1024 * 1024, timeoutMs: 5000 });
+    // Whatever the server had sent for the page has arrived once a round trip after it has.
+    await nc.flush();
+    await new Promise((r) => setTimeout(r, 200));
+    await nc.flush();
+    const received = nc.stats().inBytes - before;
+    assert.equal(page.length, 4);
+    assert.deepEqual(page.map((m) => m.seq), [1, 2, 3, 4]);
+    // 2 MiB read: a whole max_payload (1 MiB) more at most may come with it; the 24 messages are 12 MiB.
+    assert.ok(received < 4 * 1024 * 1024, `${received} bytes received for a 2 MiB page`);
+    // Pages go on from where one ended, each message once.
+    const next = await a.read(STREAM.name, { fromSeq: 5, limit: 1000, maxBytes: 2 * 1024 * 1024, timeoutMs: 5000 });
+    assert.deepEqual(next.map((m) => m.seq), [5, 6, 7, 8]);
+  });
+
   it('keeps values in the bucket: put, entry, delete, and a delete only of the revision it names', async (t) => {
     const nats = await startNatsServer(t);
     const a = access(t, busOn(t, nats.url));

@@ -1,7 +1,7 @@
 // A hub's history on the memory bus (a bounded ring) and its REST page.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
+import { HISTORY_PAGE_BYTES, MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
 import type { DataMessage } from '../../src/pubsub/downstream.ts';
 import { startPubSubRelay, HUB, HUB_KEY } from '../helpers/pubsub.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
@@ -35,6 +35,17 @@ describe('history on the memory bus', () => {
     const huge = new MemoryHistory({ maxMessages: 10 * MEMORY_HISTORY_MAX_MESSAGES });
     for (let i = 0; i < MEMORY_HISTORY_MAX_MESSAGES + 10; i++) huge.append('g', text(''), Date.now());
     assert.equal((await huge.read('g', 0, 1)).messages[0].sequence, 11);
+  });
+
+  it('ends a page after the message that passes its byte bound, and goes on from there', async () => {
+    const history = new MemoryHistory({});
+    const mib = 'x'.repeat(1024 * 1024);
+    for (let i = 1; i <= 20; i++) history.append('big', text(mib), Date.now());
+    const perPage = Math.ceil(HISTORY_PAGE_BYTES / JSON.stringify(mib).length);
+    const first = await history.read('big', 0, 1000);
+    assert.equal(first.messages.length, perPage);
+    const second = await history.read('big', first.next, 1000);
+    assert.deepEqual(second.messages.map((m) => m.sequence), Array.from({ length: perPage }, (_, i) => first.next + 1 + i));
   });
 
   it('writes a page around the stored JSON text', () => {

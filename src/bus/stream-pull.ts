@@ -1,0 +1,81 @@
+// One pull request to a JetStream pull consumer, as the server's API takes it
+// (`$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` with `batch`, `max_bytes`
+// and `expires`): the server sends at most `batch` messages and, with a byte
+// bound, no more bytes than it, then ends the request with a status (404 no
+// messages, 408 expired, 409 the next message does not fit). nats.js's fetch
+// takes a count or a byte bound, not both, and with bytes alone waits out its
+// expiry after a full batch; a page read (jetstream.ts `read`) needs both.
+import { createInbox, nanos, type Msg, type NatsConnection } from 'nats';
+
+export interface PulledMessage {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+  /** Messages the consumer still holds after this one. */
+  pending: number;
+}
+
+export interface PullRequest {
+  batch: number;
+  /** Bytes the server may send (subjects and headers count); none: by count alone. */
+  maxBytes?: number;
+  /** How long the server keeps the request open for messages not stored yet (at least 1 s). */
+  expiresMs: number;
+}
+
+/** Past the request's expiry, how long to wait for the server's own end of it (a frozen server sends none). */
+const END_GRACE_MS = 1000;
+
+/**
+ * The messages one pull request brings, in order; ends early once the consumer says nothing is pending.
+ * A server that ends it with an error status, or that does not end it, ends it with what came.
+ */
+export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PulledMessage[]> {
+  return new Promise((resolve) => {
+    const out: PulledMessage[] = [];
+    const inbox = createInbox();
+    let done = false;
+    const finish = (): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sub.unsubscribe();
+      resolve(out);
+    };
+    const sub = nc.subscribe(inbox, {
+      callback: (err, msg) => {
+        if (done) return;
+        if (err || isStatus(msg)) return finish();
+        const position = deliveryPosition(msg.reply);
+        if (!position) return finish();
+        out.push({ seq: position.seq, subject: msg.subject, data: msg.data, pending: position.pending });
+        if (out.length >= request.batch || position.pending === 0) finish();
+      },
+    });
+    const timer = setTimeout(finish, request.expiresMs + END_GRACE_MS);
+    sub.closed.then(finish, finish);
+    const ask = { batch: request.batch, expires: nanos(Math.max(1000, request.expiresMs)), ...(request.maxBytes ? { max_bytes: request.maxBytes } : {}) };
+    nc.publish(`${apiPrefix}.CONSUMER.MSG.NEXT.${stream}.${consumer}`, JSON.stringify(ask), { reply: inbox });
+  });
+}
+
+/** A status from the server (no payload, a status code in the header line), not a stored message. */
+function isStatus(msg: Msg): boolean {
+  return msg.data.length === 0 && msg.headers !== undefined && msg.headers.code !== 0;
+}
+
+/**
+ * The stream sequence and pending count in a delivered message's reply subject:
+ * `$JS.ACK.<stream>.<consumer>.<delivered>.<streamSeq>.<consumerSeq>.<nanos>.<pending>`,
+ * or with `<domain>.<accountHash>` after `ACK` and a random token at the end (servers from 2.9 may send either).
+ */
+export function deliveryPosition(reply: string | undefined): { seq: number; pending: number } | undefined {
+  if (!reply) return undefined;
+  const t = reply.split('.');
+  if (t[0] !== '$JS' || t[1] !== 'ACK') return undefined;
+  const base = t.length === 9 ? 2 : t.length >= 11 ? 4 : -1;
+  if (base < 0) return undefined;
+  const seq = Number(t[base + 3]);
+  const pending = Number(t[base + 6]);
+  return Number.isSafeInteger(seq) && seq > 0 && Number.isSafeInteger(pending) && pending >= 0 ? { seq, pending } : undefined;
+}

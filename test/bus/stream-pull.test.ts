@@ -1,0 +1,47 @@
+// One JetStream pull request by count and bytes (src/bus/stream-pull.ts), against a real nats-server -js.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { AckPolicy, DeliverPolicy, connect } from 'nats';
+import { deliveryPosition, pullOnce } from '../../src/bus/stream-pull.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+
+describe('a JetStream pull request', () => {
+  it('reads the stream sequence and pending count from both forms of a delivery reply subject, and nothing from others', () => {
+    assert.deepEqual(deliveryPosition('$JS.ACK.S.c.1.42.7.1700000000000000000.3'), { seq: 42, pending: 3 });
+    assert.deepEqual(deliveryPosition('$JS.ACK.dom.HASH.S.c.1.42.7.1700000000000000000.0.abc'), { seq: 42, pending: 0 });
+    assert.deepEqual(deliveryPosition('$JS.ACK._.HASH.S.c.1.42.7.1700000000000000000.5'), { seq: 42, pending: 5 });
+    for (const junk of [undefined, '', '_INBOX.x', '$JS.ACK.S.c.1.x.7.1.3', '$JS.ACK.S.c.1.0.7.1.3', '$JS.ACK.S.c.1.42.7.1', '$JS.NAK.S.c.1.42.7.1.3']) {
+      assert.equal(deliveryPosition(junk), undefined, String(junk));
+    }
+  });
+
+  it('takes at most its batch and its bytes, and ends at once when the next message does not fit', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    await jsm.streams.add({ name: 'P', subjects: ['p.>'] });
+    const js = nc.jetstream();
+    for (let i = 1; i <= 10; i++) await js.publish('p.small', new Uint8Array(100).fill(i));
+    for (let i = 1; i <= 3; i++) await js.publish('p.big', new Uint8Array(200_000));
+    const consumer = async (start: number): Promise<string> =>
+      (await jsm.consumers.add('P', { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start, ack_policy: AckPolicy.None, mem_storage: true })).name;
+
+    const byCount = await pullOnce(nc, 'P', await consumer(1), { batch: 4, expiresMs: 5000 });
+    assert.deepEqual(byCount.map((m) => [m.seq, m.subject, m.data[0], m.pending]), [[1, 'p.small', 1, 12], [2, 'p.small', 2, 11], [3, 'p.small', 3, 10], [4, 'p.small', 4, 9]]);
+
+    const byBytes = await pullOnce(nc, 'P', await consumer(9), { batch: 100, maxBytes: 250_000, expiresMs: 5000 });
+    assert.deepEqual(byBytes.map((m) => m.seq), [9, 10, 11]);
+
+    // The first message is larger than the request's bytes: the server says so (409) at once, well before the expiry.
+    const started = Date.now();
+    const none = await pullOnce(nc, 'P', await consumer(11), { batch: 100, maxBytes: 1000, expiresMs: 5000 });
+    assert.deepEqual(none, []);
+    assert.ok(Date.now() - started < 3000, `${Date.now() - started} ms for a refused pull`);
+
+    // Nothing pending: the last message says so and the request ends without waiting for more.
+    const tail = await pullOnce(nc, 'P', await consumer(12), { batch: 100, expiresMs: 5000 });
+    assert.deepEqual(tail.map((m) => [m.seq, m.pending]), [[12, 1], [13, 0]]);
+  });
+});
