@@ -2,9 +2,14 @@
 // access key. Client tokens carry `sub` (user id), `role` and
 // `webpubsub.group`; REST tokens are bare. Either way `aud` must name this
 // endpoint: one of the token hosts (port and scheme ignored, as for SAS) and
-// the request's path (or the hub's canonical client path), compared decoded
-// and case-insensitively, without the query and trailing slashes.
-import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
+// the request's path (or the hub's canonical client path), compared segment by
+// segment decoded, without trailing slashes. A client token's path is compared
+// case-insensitively (hub names are) and its query ignored (the client URL
+// carries the token there); a REST token, signed by the server SDK for the
+// request URL, must name the path as sent and, when its `aud` has a query,
+// that query: its parameters (`userId`, `role`, `targetName`, `filter`, ...)
+// say what the call does.
+import { tokenScopeUrl } from './dot-segments.ts';
 import { hostListed } from './token-hosts.ts';
 import { JwtError, verifyJwt, type JwtClaims } from './jwt.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
@@ -19,28 +24,46 @@ export interface ClientIdentity {
   groups: string[];
 }
 
-function normalizePath(path: string): string | undefined {
+/** How a token's audience is held to the request (client tokens: the defaults). */
+export interface AudienceRule {
+  /** Compare paths as sent, not lower-cased (REST: group, user and connection names are case-sensitive). */
+  exactCase?: boolean;
+  /** The request's query as sent: an `aud` with a query must name this one. */
+  query?: string;
+}
+
+/** A path's segments, each percent-decoded (lower-cased unless `exactCase`), trailing slashes dropped; undefined when not decodable. */
+function pathKey(path: string, exactCase: boolean): string | undefined {
   try {
-    return asciiLowerCase(decodeURIComponent(path).replace(/\/+$/, ''));
+    const key = path
+      .replace(/\/+$/, '')
+      .split('/')
+      .map((s) => decodeURIComponent(s))
+      .join('\u0000');
+    return exactCase ? key : asciiLowerCase(key);
   } catch {
     return undefined;
   }
 }
 
-/** True when `aud` (a string or list) names one of `hosts` and one of `paths`. */
-export function audienceMatches(aud: unknown, paths: string[], hosts: string[]): boolean {
+/** A query as a URL parser writes it (`?a=b`, '' for none), so one written by a client and one read from a request compare. */
+function parsedQuery(query: string): string {
+  return new URL(`http://q/?${query}`).search;
+}
+
+/** True when `aud` (a string or list) names one of `hosts` and one of `paths`, held to `rule`. */
+export function audienceMatches(aud: unknown, paths: string[], hosts: string[], rule: AudienceRule = {}): boolean {
   const audiences = Array.isArray(aud) ? aud : [aud];
-  const wanted = paths.map(normalizePath);
+  const exactCase = rule.exactCase ?? false;
+  const wanted = paths.map((p) => pathKey(p, exactCase));
+  const query = rule.query === undefined ? undefined : parsedQuery(rule.query);
   return audiences.some((a) => {
     // A fragment is never part of an endpoint's address: URL parsing would drop it and read what came before.
-    if (typeof a !== 'string' || a.includes('#') || hasDotSegment(rawUrlPath(a))) return false;
-    let url: URL;
-    try {
-      url = new URL(a);
-    } catch {
-      return false;
-    }
-    const path = normalizePath(url.pathname);
+    if (typeof a !== 'string' || a.includes('#')) return false;
+    const url = tokenScopeUrl(a);
+    if (!url) return false;
+    if (query !== undefined && url.search !== '' && url.search !== query) return false;
+    const path = pathKey(url.pathname, exactCase);
     return path !== undefined && hostListed(url.hostname, hosts) && wanted.includes(path);
   });
 }
@@ -49,7 +72,13 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[]):
  * Verifies a token signed with any of `keys` (the hub's access key first, its
  * secondary key, keys a rotation replaced) whose audience names this endpoint.
  */
-export function verifyAccessToken(token: string | undefined, keys: string | readonly string[], paths: string[], hosts: string[]): AccessTokenResult {
+export function verifyAccessToken(
+  token: string | undefined,
+  keys: string | readonly string[],
+  paths: string[],
+  hosts: string[],
+  rule: AudienceRule = {},
+): AccessTokenResult {
   if (!token) return { ok: false, code: 'TokenMissing' };
   let claims: JwtClaims | undefined;
   const list = typeof keys === 'string' ? [keys] : keys;
@@ -70,7 +99,7 @@ export function verifyAccessToken(token: string | undefined, keys: string | read
     return { ok: false, code: 'TokenInvalid' };
   }
   if (!claims) return { ok: false, code: 'TokenInvalid' };
-  if (!audienceMatches(claims.aud, paths, hosts)) return { ok: false, code: 'AudienceInvalid' };
+  if (!audienceMatches(claims.aud, paths, hosts, rule)) return { ok: false, code: 'AudienceInvalid' };
   return { ok: true, claims };
 }
 

@@ -8,7 +8,7 @@
 // now, until its grace ends (retired-keys.ts). Never for another rule sharing
 // the key name, nor for a rule that was removed.
 import type { Right, SasRule } from '../config/types.ts';
-import { hasDotSegment, rawUrlPath } from './dot-segments.ts';
+import { tokenScopeUrl } from './dot-segments.ts';
 import { RetiredKeys } from './retired-keys.ts';
 import { hostListed } from './token-hosts.ts';
 import { parseSasToken, signatureMatches } from './sas-token.ts';
@@ -126,16 +126,11 @@ export function scopeSegment(raw: string): string {
 /**
  * True when `resource` (a decoded URI) names one of `hosts` and its path is a
  * segment prefix of `requested` (entity first), compared case-insensitively.
- * A path with dot segments covers nothing (dot-segments.ts).
+ * A path with dot segments, or one a URL parser would read otherwise, covers nothing (dot-segments.ts).
  */
 export function resourceCovers(resource: string, requested: string[], hosts: string[]): boolean {
-  if (hasDotSegment(rawUrlPath(resource))) return false;
-  let url: URL;
-  try {
-    url = new URL(resource);
-  } catch {
-    return false;
-  }
+  const url = tokenScopeUrl(resource);
+  if (!url) return false;
   if (!hostListed(url.hostname, hosts)) return false;
   const segments = url.pathname.split('/').filter((s) => s !== '').map((s) => asciiLowerCase(scopeSegment(s)));
   if (segments[0] === '$hc') segments.shift();

@@ -386,8 +386,8 @@ export class PubSubService implements RestContext {
     this.endpoint.handleUpgrade({ req, socket, head, hubName, params, path });
   }
 
-  handleRest(req: IncomingMessage, res: ServerResponse, hubName: string, segments: string[], params: URLSearchParams, path: string): void {
-    handleRestRequest(this, req, res, hubName, segments, params, path);
+  handleRest(req: IncomingMessage, res: ServerResponse, hubName: string, segments: string[], params: URLSearchParams, path: string, query: string): void {
+    handleRestRequest(this, req, res, hubName, segments, params, path, query);
   }
 
   /** Attached client connections, and reliable sessions held for a dropped socket: of one hub, or of all. */

@@ -66,12 +66,14 @@ export function handleRestRequest(
   segments: string[],
   params: URLSearchParams,
   path: string,
+  query: string,
 ): void {
   req.on('error', () => res.destroy());
   const hub = service.hub(hubName);
   if (!hub) return refuse(req, res, 'HubNotFound');
   const token = bearerToken(req.headers.authorization);
-  const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req));
+  // The path as sent and, when the token names one, the query: a token signed for one call is no other's.
+  const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req), { exactCase: true, query });
   if (!verdict.ok) return refuse(req, res, verdict.code);
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
   if (hub.trace.on) traceRest(call, res);

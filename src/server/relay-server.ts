@@ -313,7 +313,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         if (dashboard.handle(r.name, req, res, manageAuth)) return;
         return failEdgeRequest(res, 'NotFound');
       case 'pubsub-rest':
-        return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path);
+        return pubsub.handleRest(req, res, r.hub, r.segments, r.params, r.path, r.query);
       case 'hybrid-ws':
       case 'pubsub-client':
         return failEdgeRequest(res, 'NotWebSocket');

@@ -12,7 +12,7 @@ export type Route =
   | { kind: 'hybrid-ws'; entity: string; params: URLSearchParams; below: HybridPathBelow }
   | { kind: 'hybrid-http'; entity: string; subPath: string[]; requestTarget: string; params: URLSearchParams }
   | { kind: 'pubsub-client'; hub: string; params: URLSearchParams; path: string }
-  | { kind: 'pubsub-rest'; hub: string; segments: string[]; params: URLSearchParams; path: string }
+  | { kind: 'pubsub-rest'; hub: string; segments: string[]; params: URLSearchParams; path: string; query: string }
   | { kind: 'ops'; name: string }
   | { kind: 'not-found' }
   | { kind: 'bad-request' };
@@ -77,7 +77,7 @@ export function route(rawUrl: string | undefined): Route {
   if (first === 'api') {
     if (rest.length === 1 && rest[0] === 'health') return { kind: 'ops', name: 'health' };
     if (rest[0] === 'hubs' && rest.length >= 2 && rest[1] !== '') {
-      return { kind: 'pubsub-rest', hub: rest[1], segments: rest.slice(2), params, path: rawPath };
+      return { kind: 'pubsub-rest', hub: rest[1], segments: rest.slice(2), params, path: rawPath, query: rawQuery };
     }
     return { kind: 'not-found' };
   }

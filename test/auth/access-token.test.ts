@@ -81,4 +81,42 @@ describe('audiences with dot segments', () => {
       assert.equal(audienceMatches(aud, ['/client/hubs/chat'], ['h']), false, aud);
     }
   });
+
+  it('match nothing when a URL parser would read another path than the one written (tabs, line breaks, spaces, no //)', () => {
+    for (const aud of [
+      'http://h/client/hubs/x/.\t./chat',
+      'http://h/client/hubs/x/.\n./chat',
+      'http://h/client/hubs/x/..\r/chat',
+      ' http://h/client/hubs/x/../chat',
+      'http://h/client/hubs/x/.. /../chat',
+      'http:h/client/hubs/x/../chat',
+      'http:/h/client/hubs/x/../chat',
+      'http:\\\\h\\client\\hubs\\x\\..\\chat',
+      'http://h/client/hubs/ch\tat',
+    ]) {
+      assert.equal(audienceMatches(aud, ['/client/hubs/chat'], ['h']), false, JSON.stringify(aud));
+    }
+  });
+});
+
+describe('REST audiences', () => {
+  const rest = (aud: string, path: string, query: string): boolean => audienceMatches(aud, [path], ['h'], { exactCase: true, query });
+
+  it('name the query they were signed with, as the server SDK signs the request URL', () => {
+    const path = '/api/hubs/chat/:generateToken';
+    assert.equal(rest('http://h/api/hubs/chat/:generateToken?userId=alice&api-version=2024-01-01', path, 'userId=alice&api-version=2024-01-01'), true);
+    assert.equal(rest('http://h/api/hubs/chat/:generateToken?userId=alice&api-version=2024-01-01', path, 'userId=admin&role=webpubsub.sendToGroup&api-version=2024-01-01'), false);
+    assert.equal(rest('http://h/api/hubs/chat/:generateToken?userId=alice', path, ''), false);
+    // The parser's escapes on either side compare equal.
+    assert.equal(rest("http://h/api/hubs/chat/groups/a/:send?filter=x%20eq%20'y'", '/api/hubs/chat/groups/a/:send', 'filter=x%20eq%20%27y%27'), true);
+    // An audience without a query covers the path's calls, as before (edge-relay's own clients sign so).
+    assert.equal(rest('http://h/api/hubs/chat/:generateToken', path, 'userId=admin'), true);
+  });
+
+  it('name the path as sent: group, user and connection names are case-sensitive', () => {
+    assert.equal(rest('http://h/api/hubs/chat/groups/admins/:send', '/api/hubs/chat/groups/admins/:send', ''), true);
+    assert.equal(rest('http://h/api/hubs/chat/groups/admins/:send', '/api/hubs/chat/groups/ADMINS/:send', ''), false);
+    assert.equal(rest('http://h/api/hubs/chat/groups/a%2Fb/:send', '/api/hubs/chat/groups/a/b/:send', ''), false, 'an escaped / is a name, not a separator');
+    assert.equal(rest('http://h/api/hubs/chat/groups/caf%C3%A9/:send', '/api/hubs/chat/groups/café/:send', ''), true);
+  });
 });

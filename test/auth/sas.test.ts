@@ -122,6 +122,24 @@ describe('dot segments never widen a scope', () => {
     assert.equal(resourceCovers('http://h/echo/a..b/.c', ['echo', 'a..b', '.c'], ['h']), true, 'dots inside a segment are names');
   });
 
+  it('a resource a URL parser would read otherwise than written covers nothing (tabs, line breaks, spaces, no //, \\)', () => {
+    for (const resource of [
+      'http://h/echo/sub/.\t.',
+      'http://h/echo/sub/.\n.',
+      'http://h/echo/..\t',
+      'http:h/echo/sub/..',
+      'http:/h/echo/sub/..',
+      ' http://h/echo/sub/..',
+      'http://h/echo/sub/.. ',
+      'http:\\\\h\\echo\\sub\\..',
+      'http://h/ec\rho',
+    ]) {
+      assert.equal(resourceCovers(resource, ['echo', 'other'], ['h']), false, JSON.stringify(resource));
+      assert.equal(resourceCovers(resource, ['other'], ['h']), false, JSON.stringify(resource));
+    }
+    assert.equal(resourceCovers('http://h/echo/sub', ['echo', 'sub', 'x'], ['h']), true);
+  });
+
   it('a request path with a . or .. segment is refused before routing', () => {
     for (const target of ['/echo/a/../../other/x', '/echo/%2e%2e/x', '/echo/.%2e', '/echo/./x', '/echo/a\\..\\..\\x', '/echo/a%5c..', '/api/hubs/chat/groups/%2E%2E/:send']) {
       assert.equal(route(target).kind, 'bad-request', target);
