@@ -6,6 +6,7 @@
 // binary message. The answer may come either way: `response` (+ body) on the
 // control channel, or on the rendezvous socket, where a fragmented body is
 // streamed to the sender as it arrives. Both directions respect backpressure.
+import { isUtf8 } from 'node:buffer';
 import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
@@ -17,7 +18,7 @@ import { validateHttpResponseMessage } from '../validation/schemas.ts';
 import { queuedPast } from '../websocket/backpressure.ts';
 import { FrameParser, type FrameHandler } from '../websocket/frame-parser.ts';
 import { CloseHandshake } from '../websocket/close-handshake.ts';
-import { CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
+import { CLOSE_INVALID_DATA, CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { countHttpStatus, partsAllowed, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
 import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
@@ -444,8 +445,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   onDataFrameEnd(fin: boolean): void {
     if (!fin || this.finished) return;
     if (this.readState === 'head') {
-      const text = Buffer.concat(this.headChunks).toString('utf8');
+      const head = Buffer.concat(this.headChunks);
       this.headChunks = [];
+      // A text frame that is not UTF-8 fails the WebSocket (RFC 6455 8.1: 1007); decoded with replacement, its
+      // bytes became U+FFFD in a reason phrase the sender got with a 200.
+      if (!isUtf8(head)) return this.onFrameError(CLOSE_INVALID_DATA);
+      const text = head.toString('utf8');
       let message: unknown;
       try {
         message = parseJson(text);

@@ -14,12 +14,12 @@
 // relay by 60 to 150 MB, issue 18).
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
+import { ownedPiece } from './buffer-views.ts';
 import { CloseHandshake } from './close-handshake.ts';
 import { FrameParser, type FrameHandler } from './frame-parser.ts';
-import { CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader, frameHeaderLength, writeFrameHeader } from './frames.ts';
+import { CLOSE_INVALID_DATA, CLOSE_TOO_BIG, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader, frameHeaderLength, writeFrameHeader } from './frames.ts';
 
 export const CLOSE_ABNORMAL = 1006;
-export const CLOSE_INVALID_DATA = 1007;
 
 export interface MessageSocketEvents<Owner> {
   /** A whole data message. `data` is owned by the receiver. */
@@ -179,6 +179,8 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   lastReceivedAt = Date.now();
   private readonly parser: FrameParser;
   private chunks: Buffer[] = [];
+  /** How many of `chunks` came in reads before the current one (already owned: ownPiecesOfThisRead()). */
+  private piecesOfEarlierReads = 0;
   private messageBytes = 0;
   /** PIECE_COST per frame and piece of the message being read. */
   private messageOverhead = 0;
@@ -215,7 +217,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     private readonly options: MessageSocketOptions,
     private head?: Buffer,
   ) {
-    this.parser = new FrameParser(this, { masked: true, maxFrameBytes: options.maxMessageBytes });
+    // No frame cap of the parser's: a frame is held to the message cap as its header arrives (onDataFrame), read live,
+    // so a reload that raised limits.pubsubMessageBytes holds on open sockets too (a cap copied here closed them 1009).
+    this.parser = new FrameParser(this, { masked: true, maxFrameBytes: 0 });
     this.closing = new CloseHandshake(socket, options.closeHandshakeMs);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
@@ -377,7 +381,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
 
   private receive(chunk: Buffer): void {
     this.lastReceivedAt = Date.now();
+    this.piecesOfEarlierReads = this.chunks.length;
     this.parser.push(chunk);
+    if (this.chunks.length > this.piecesOfEarlierReads) this.ownPiecesOfThisRead();
     // Read again once the queue is out: at 'drain', or when it is handed to
     // the kernel without one (writeQueued).
     if (!this.readingPaused && this.queuedPast(this.options.outboundHighWaterMark) && !this.socket.destroyed) {
@@ -393,6 +399,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     if (opcode !== 0) {
       this.messageIsBinary = opcode === OP_BINARY;
       this.chunks = [];
+      this.piecesOfEarlierReads = 0;
       this.messageBytes = 0;
       this.messageOverhead = 0;
     }
@@ -402,6 +409,16 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     } else {
       this.chargePiece();
     }
+  }
+
+  /**
+   * The pieces of a message still being read that came in this read, each a view of the read's buffer, copied
+   * out when small beside it: kept as views, a read of ~64 KiB of empty pongs and one 1-byte piece held all of
+   * it, charged 65 bytes (~512 MiB held for one socket within the 1 MiB cap). A piece of at least half its read
+   * stays a view (it holds at most twice its bytes).
+   */
+  private ownPiecesOfThisRead(): void {
+    for (let i = this.piecesOfEarlierReads; i < this.chunks.length; i++) this.chunks[i] = ownedPiece(this.chunks[i]);
   }
 
   onDataPayload(chunk: Buffer): void {
@@ -419,6 +436,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     if (!fin || this.closing.sent || this.discarding) return;
     const data = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.messageBytes);
     this.chunks = [];
+    this.piecesOfEarlierReads = 0;
     this.messageBytes = 0;
     this.messageOverhead = 0;
     if (!this.messageIsBinary && !isUtf8(data)) return this.fail(CLOSE_INVALID_DATA, 'text is not UTF-8');

@@ -4,11 +4,17 @@
 // otherwise queue a Buffer and a write entry, ~250 bytes of memory, per 2 to 6
 // bytes it sent, which a cap counted in bytes (spliceBufferBytes) does not see:
 // 64 MiB of empty frames to a listener that did not read grew the relay by
-// 124 MB. Staged, the queue costs what it holds.
+// 124 MB. Staged, the queue costs what it holds. A larger write that is a
+// small part of the buffer it lives in (a frame's payload is a view of the
+// read it came in) is copied too: queued as a view, it kept the whole read
+// alive while the cap counted its own bytes, and a sender packing each 64 KiB
+// read with empty pongs and one 513-byte frame held ~127 MiB towards a
+// listener that did not read, for a 1 MiB spliceBufferBytes.
 import type { Writable } from 'node:stream';
+import { holdsMoreThanItself, ownedPiece } from './buffer-views.ts';
 import { TurnCork } from './turn-cork.ts';
 
-/** Writes up to this size are copied into the stage. */
+/** Writes up to this size, and larger ones that are less than half of their buffer, are copied into the stage. */
 const SMALL_WRITE = 512;
 const STAGE_BYTES = 16384;
 
@@ -26,9 +32,12 @@ export class TurnWriter {
   /** Writes `buf` after everything written before it. */
   write(buf: Buffer): void {
     if (buf.length > SMALL_WRITE) {
-      this.flush();
-      this.socket.write(buf);
-      return;
+      // Half its buffer or more: queued as is, it holds at most twice what it counts.
+      if (!holdsMoreThanItself(buf) || buf.length > STAGE_BYTES) {
+        this.flush();
+        this.socket.write(ownedPiece(buf));
+        return;
+      }
     }
     this.hold();
     if (!this.stage || this.used + buf.length > this.stage.length) {

@@ -11,17 +11,18 @@ import { runInNewContext } from 'node:vm';
 import { jsonTextOf } from '../../src/validation/json-text.ts';
 import { rawMemberText } from '../../src/validation/bounded-json.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-/** Heap in use after full collections, bytes. */
-async function heapUsed(): Promise<number> {
+/** Heap in use (or buffer memory) after full collections, bytes. */
+async function heapUsed(what: 'heapUsed' | 'arrayBuffers' = 'heapUsed'): Promise<number> {
   for (let i = 0; i < 3; i++) {
     gc();
     await new Promise((r) => setImmediate(r));
   }
-  return process.memoryUsage().heapUsed;
+  return process.memoryUsage()[what];
 }
 
 const PAD = 'x'.repeat(900 * 1024);
@@ -59,5 +60,36 @@ describe('a kept message holds its own data, not the frame it came in', () => {
     await member.waitFor((m) => m.type === 'message' && m.data === `small data ${MESSAGES - 1} 0123456789`, 10000);
     const growth = (await heapUsed()) - before;
     assert.ok(growth < MAX_GROWTH, `${MESSAGES} kept messages of 26 bytes hold ${(growth / 2 ** 20).toFixed(1)} MiB`);
+  });
+
+  it('a message still being read holds its pieces, not the reads they came in', async (t) => {
+    // Each write: ~64 KiB of empty pongs (ignored, free) and one 1-byte piece of a message that never ends.
+    // Before (found by review): each piece was a view of its read's buffer, charged 65 bytes, holding ~64 KiB:
+    // ~512 MiB for one socket within the 1 MiB message cap.
+    const relay = await startPubSubRelay(t);
+    const url = new URL(accessUrl(relay.url, { userId: 'hoarder' }));
+    const client = await rawUpgrade(t, relay.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': 'json.webpubsub.azure.v1' });
+    assert.equal(client.status, 101);
+    client.socket.resume();
+    const pong = maskedFrame(0xa, '');
+    const piece = maskedFrame(0x0, ' ', false);
+    const write = Buffer.concat([...Array.from({ length: Math.floor((65536 - piece.length) / pong.length) }, () => pong), piece]);
+    const before = await heapUsed('arrayBuffers');
+    client.socket.write(maskedFrame(0x1, '{', false));
+    for (let i = 0; i < 1000; i++) await new Promise<void>((resolve, reject) => client.socket.write(write, (err) => (err ? reject(err) : resolve())));
+    // The relay has read them all once a message after them is answered: a ping, its pong.
+    client.socket.write(maskedFrame(0x9, 'sync'));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no pong within 20 s')), 20000);
+      client.socket.on('data', (d: Buffer) => {
+        if (d.includes(Buffer.from('sync'))) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+    });
+    const growth = (await heapUsed('arrayBuffers')) - before;
+    assert.equal(client.socket.destroyed, false, 'within the message cap: the client stays');
+    assert.ok(growth < MAX_GROWTH, `1,000 pieces of 1 byte hold ${(growth / 2 ** 20).toFixed(1)} MiB of buffers`);
   });
 });

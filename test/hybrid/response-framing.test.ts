@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
-import { maskedFrame, rawUpgrade, readToClose, readUntil, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
+import { maskedFrame, parseServerFrames, rawUpgrade, readToClose, readUntil, readUntilCloseOr, tcp } from '../helpers/raw-socket.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -117,6 +117,28 @@ describe('HTTP mode: the relay frames response bodies', () => {
     const seen = await readUntilCloseOr(sender, (b) => statusLines(b).length > 1, 5000, 'the cut connection');
     assert.ok(statusLines(seen.bytes).length <= 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
     assert.ok(seen.closed);
+  });
+
+  it('answers 502 for a response head on the rendezvous that is not UTF-8, and fails the leg 1007 (RFC 6455 8.1)', async (t) => {
+    const { relay, listener } = await relayWithListener(t);
+    const sender = await tcp(t, relay.port);
+    ask(sender, '/open/bytes');
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    assert.equal(leg.status, 101);
+    // Before (found by review): decoded with replacement, the reason phrase went to the sender with a 200.
+    const head = Buffer.concat([
+      Buffer.from(`{"response":{"requestId":"${request.id}","statusCode":200,"statusDescription":"OK`),
+      Buffer.from([0xc3, 0x28, 0xff]),
+      Buffer.from('","body":false}}'),
+    ]);
+    leg.socket.write(maskedFrame(0x1, head));
+    const seen = await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
+    assert.match(seen.toString('latin1'), /^HTTP\/1\.1 502 /);
+    const closing = await readUntilCloseOr(leg.socket, (b) => parseServerFrames(Buffer.concat([leg.rest, b])).frames.some((f) => f.opcode === 0x8), 5000, "the leg's close");
+    const close = parseServerFrames(Buffer.concat([leg.rest, closing.bytes])).frames.find((f) => f.opcode === 0x8)!;
+    assert.equal(close.payload.readUInt16BE(0), 1007);
   });
 });
 

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { MessageSocket, encodeTextFrame } from '../../src/websocket/message-socket.ts';
 import { OP_TEXT, encodeFrame } from '../../src/websocket/frames.ts';
-import { tcpPair } from '../helpers/raw-socket.ts';
+import { maskedFrame, readUntil, tcpPair } from '../helpers/raw-socket.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('message socket queue', () => {
@@ -37,5 +37,22 @@ describe('message socket queue', () => {
     assert.ok(socket.bufferedBytes >= want.length - 4);
     await until(() => Buffer.concat(received).length >= want.length, 5000, 'the queued frames');
     assert.deepEqual(Buffer.concat(received), want);
+  });
+
+  it('holds frames to the message cap as it is now: one a reload raised takes frames past the cap at open', async (t) => {
+    const { client: peer, accepted: relaySide } = await tcpPair(t);
+    const messages: Buffer[] = [];
+    let closed = false;
+    const options = { maxMessageBytes: 1024, closeHandshakeMs: 1000, outboundHighWaterMark: 1 << 20 };
+    new MessageSocket(relaySide, null, { onMessage: (_s, _b, data) => void messages.push(data), onClosed: () => void (closed = true), onDrain() {} }, options);
+    options.maxMessageBytes = 4096;
+    peer.write(maskedFrame(OP_TEXT, 'x'.repeat(2000)));
+    await until(() => messages.length === 1 || closed, 5000, 'the message');
+    assert.equal(messages[0]?.length, 2000, 'a 2,000-byte frame under the raised cap');
+    // Past the cap now: 1009, as before.
+    options.maxMessageBytes = 1024;
+    peer.write(maskedFrame(OP_TEXT, 'x'.repeat(2000)));
+    const closing = await readUntil(peer, (b) => b.includes(Buffer.from([0x88])), 5000, 'the close');
+    assert.equal(closing.readUInt16BE(closing.indexOf(Buffer.from([0x88])) + 2), 1009);
   });
 });
