@@ -1,8 +1,9 @@
 // Builds the bus the config names.
 import type { RelayConfig } from '../config/types.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { Bus } from './bus.ts';
-import { JetStreamAccess } from './jetstream.ts';
+import { JetStreamAccess, NOT_ENABLED } from './jetstream.ts';
 import { MemoryBus } from './memory.ts';
 import { NatsBus } from './nats.ts';
 
@@ -32,10 +33,29 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
   );
 }
 
+/** The hubs of `config` kept in JetStream (none on the memory bus or with bus.jetstream.enabled false). */
+export function durableHubs(bus: Bus, config: RelayConfig): string[] {
+  if (!(bus instanceof NatsBus) || !config.bus.jetstream.enabled) return [];
+  return config.pubsub.hubs.filter((h) => h.durable).map((h) => h.name);
+}
+
+/**
+ * Why a reload to `next` cannot take the durable hubs it adds (the NATS server this edge is connected to has no
+ * JetStream: start-up refuses such a config), or undefined. Hubs running before are not asked about again.
+ */
+export function durableHubsWithoutJetStream(bus: Bus, current: RelayConfig, next: RelayConfig, jetstream: JetStreamAccess | undefined): string | undefined {
+  // A kept hub's `durable` changes at a restart only (reload.ts): only new hubs count.
+  const running = new Set(current.pubsub.hubs.map((h) => asciiLowerCase(h.name)));
+  const added = durableHubs(bus, next).filter((h) => !running.has(asciiLowerCase(h)));
+  if (added.length === 0 || !(bus instanceof NatsBus)) return undefined;
+  const lacks = bus.serverHasJetStream === false || (jetstream?.state === 'unavailable' && jetstream.problem === NOT_ENABLED);
+  return lacks ? `pubsub.hubs: ${added.join(', ')} would be durable: ${NOT_ENABLED} (or set durable to false)` : undefined;
+}
+
 /** JetStream access when the NATS bus has it on and some hub is durable; undefined otherwise. */
 export function createJetStream(bus: Bus, config: RelayConfig, log: Logger): JetStreamAccess | undefined {
   const js = config.bus.jetstream;
-  if (!(bus instanceof NatsBus) || !js.enabled || !config.pubsub.hubs.some((h) => h.durable)) return undefined;
+  if (!(bus instanceof NatsBus) || durableHubs(bus, config).length === 0) return undefined;
   return new JetStreamAccess(
     bus,
     { replicas: js.replicas, storage: js.storage, publishTimeoutMs: js.publishTimeoutMs, requestTimeoutMs: config.bus.requestTimeoutMs },

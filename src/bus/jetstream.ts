@@ -162,7 +162,7 @@ function notEnabled(err: unknown, nc: NatsConnection): boolean {
   return apiCode === JS_NOT_ENABLED_FOR_ACCOUNT || (code === '503' && apiCode === undefined && !nc.info?.jetstream);
 }
 
-const NOT_ENABLED =
+export const NOT_ENABLED =
   'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
 
 export class JetStreamAccess {

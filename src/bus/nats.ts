@@ -103,6 +103,11 @@ export class NatsBus implements Bus {
     return this.nc?.info?.version;
   }
 
+  /** Whether the server this edge is connected to has JetStream on (its INFO says), if connected. */
+  get serverHasJetStream(): boolean | undefined {
+    return this.nc?.info === undefined ? undefined : this.nc.info.jetstream === true;
+  }
+
   get maxPayload(): number {
     return this.nc?.info?.max_payload ?? 1024 * 1024;
   }

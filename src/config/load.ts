@@ -201,11 +201,28 @@ function checkCrossFieldRules(config: RelayConfig): void {
   if (config.listen.proxyProtocol && config.listen.trustProxy.length === 0) {
     throw new ConfigError('config: /listen/proxyProtocol: needs listen.trustProxy, the load balancers that send the header (from anyone else a header would be believed)');
   }
+  // The schema's patterns take the shape of a URL; a port over 65535 or not a number, or a host a URL cannot have,
+  // passed them and failed later: publicUrl with exit 1 and "Invalid URL", a NATS server by retrying forever.
+  if (config.publicUrl !== undefined && !parsesAsUrl(config.publicUrl)) {
+    throw new ConfigError(`config: /publicUrl: "${config.publicUrl}" is not a URL (its host or port cannot be read)`);
+  }
+  for (const [i, server] of (config.bus.servers ?? []).entries()) {
+    if (!parsesAsUrl(server)) throw new ConfigError(`config: /bus/servers/${i}: "${server}" is not a URL (its host or port cannot be read)`);
+  }
   const busAuth = (['user', 'token', 'credsFile', 'nkeyFile'] as const).filter((k) => config.bus[k] !== undefined);
   if (busAuth.length > 1) throw new ConfigError(`config: /bus: give one way to authenticate to NATS, not ${busAuth.join(' and ')}`);
   if ((config.bus.user === undefined) !== (config.bus.pass === undefined)) throw new ConfigError('config: /bus: user and pass go together');
   if (config.timeouts.idleMs <= config.timeouts.keepAliveIntervalMs) {
     throw new ConfigError('config: /timeouts/idleMs: must be greater than timeouts.keepAliveIntervalMs');
+  }
+}
+
+function parsesAsUrl(text: string): boolean {
+  try {
+    new URL(text);
+    return true;
+  } catch {
+    return false;
   }
 }
 

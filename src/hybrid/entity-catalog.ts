@@ -37,7 +37,8 @@ export class EntityCatalog {
    * Takes the list of a reloaded config: new entities are added, kept ones
    * take the new settings, and listed ones no longer listed are removed and
    * returned (their listeners must go). Auto-created entities stay while
-   * their listeners do.
+   * their listeners do, and autoCreate stays on: turned off, they are removed
+   * too (before, they kept taking new listeners for as long as one stayed).
    */
   reconfigure(configured: HybridConnectionConfig[], autoCreate: boolean): HybridEntity[] {
     this.autoCreate = autoCreate;
@@ -55,7 +56,7 @@ export class EntityCatalog {
     }
     const removed: HybridEntity[] = [];
     for (const [key, entity] of this.entities) {
-      if (entity.dynamic || listed.has(key)) continue;
+      if ((entity.dynamic && autoCreate) || listed.has(key)) continue;
       this.entities.delete(key);
       removed.push(entity);
     }

@@ -8,7 +8,7 @@ import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
-import { createBus, createJetStream } from '../bus/create.ts';
+import { createBus, createJetStream, durableHubs, durableHubsWithoutJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
@@ -306,7 +306,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && (() => jetstream!), followsStreams: () => pubsub.followsStreams() })) return;
+        if (handleOps(r.name, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && durableHubs(bus, config).length > 0 ? () => jetstream! : undefined, followsStreams: () => pubsub.followsStreams() })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
         if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reloadByApi()));
@@ -495,6 +495,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       const problem = 'config: /listen/trustProxy: listen.proxyProtocol is on until a restart, and needs the load balancers that send the header';
       log.error({ event: 'config.reload_refused', reason, err: problem });
       return { ok: false, problem };
+    }
+    // A durable hub needs JetStream, as at start-up (exit 78): one the connected NATS server lacks is refused, not
+    // added to fail every publish (before, the reload was taken and the whole edge answered not ready until a restart).
+    const lacking = durableHubsWithoutJetStream(bus, config, next, jetstream);
+    if (lacking) {
+      log.error({ event: 'config.reload_refused', reason, err: lacking });
+      return { ok: false, problem: lacking };
     }
     // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes
     // (before, the reload answered 200 and the old certificate stayed, said only in the log, twice).

@@ -89,16 +89,28 @@ export function withRestartOnlyValues(c: RelayConfig, v: RestartOnlyValues): Rel
   };
 }
 
+/** Equal as JSON, whatever the order of object keys (a worker's pinned bus has its secrets put back last). */
 function same(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return canonicalJson(a) === canonicalJson(b);
+}
+
+function canonicalJson(value: unknown): string | undefined {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
+  );
+}
+
+/** The restart-only keys whose values differ between the config running and `next` (nodeId, listen, bus, ...). */
+export function restartOnlyChanges(live: RelayConfig, next: RelayConfig): string[] {
+  const before = restartOnly(live);
+  const after = restartOnly(next);
+  return Object.keys(before).filter((k) => !same(before[k], after[k]));
 }
 
 /** Applies a config that loaded; returns what changed, for the log and the reload endpoint's answer. */
 export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string, unknown> {
   const live = t.live;
-  const before = restartOnly(live);
-  const after = restartOnly(next);
-  const restartNeeded = Object.keys(before).filter((k) => !same(before[k], after[k]));
+  const restartNeeded = restartOnlyChanges(live, next);
   // A kept hub's `durable` and `history` wait for a restart: the live config keeps them as they run
   // (before, it took the new ones, and a hub turned durable had JetStream started and a stream made for
   // it while it stayed on core NATS, and the edge said not ready on a server without JetStream).

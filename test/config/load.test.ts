@@ -63,6 +63,10 @@ describe('configuration', () => {
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], pingIntervalMs: 3000000000 } }, /\/bus\/pingIntervalMs: must be <= 600000/],
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], requestTimeoutMs: 3000000000 } }, /\/bus\/requestTimeoutMs: must be <= 600000/],
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], replayWindowMs: 3000000000 } }, /\/bus\/replayWindowMs: must be <= 3600000/],
+      // URLs of the right shape that no URL parser reads: before, exit 1 "Invalid URL" after binding the port, or a NATS client retrying forever.
+      [{ publicUrl: 'https://relay.example.com:70000' }, /\/publicUrl: "https:\/\/relay.example.com:70000" is not a URL/],
+      [{ publicUrl: 'http://[' }, /\/publicUrl: .* is not a URL/],
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222', 'nats://127.0.0.1:notaport'] } }, /\/bus\/servers\/1: "nats:\/\/127.0.0.1:notaport" is not a URL/],
     ];
     for (const [raw, pattern] of cases) {
       assert.throws(() => buildConfig(raw), (err: Error) => err instanceof ConfigError && pattern.test(err.message), JSON.stringify(raw));

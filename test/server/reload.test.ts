@@ -194,6 +194,25 @@ describe('reload without a restart', () => {
     assert.deepEqual(lines().slice(reloaded + 1).filter((l) => (l.level as number) < 40).map((l) => l.event), []);
   });
 
+  it('removes the entities listeners created once autoCreate is turned off, closing their listeners 1001 (before: they took new listeners as long as one stayed)', async (t) => {
+    const config = (autoCreate: boolean) => before({ autoCreate });
+    const { file, write } = configFile(t, config(true));
+    const relay = await startTestRelay(t, config(true), { loadConfig: () => loadConfig(file, {}, {}) });
+    const root = { keyName: ROOT_KEY_NAME, key: ROOT_KEY };
+    const dynamic = await listen(relay.url, 'made-by-listener', root);
+    t.after(() => dynamic.close());
+    const listed = await listen(relay.url, 'echo', root);
+    t.after(() => listed.close());
+    write(config(false));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual(outcome.changes.entitiesRemoved, ['made-by-listener']);
+    assert.equal((await withTimeout(dynamic.closed, 5000, 'the listener closed')).code, 1001);
+    const again = wsUrl(relay.url, '/$hc/made-by-listener?sb-hc-action=listen');
+    assert.equal((await upgradeRefusal(again, { headers: { ServiceBusAuthorization: tokenFor(again, root) } })).status, 404);
+    assert.equal(listed.ws.readyState, listed.ws.OPEN, 'a listed entity keeps its listener');
+  });
+
   it('bounds reliable sessions already open by a session buffer a reload lowered', async (t) => {
     // Before (found by review): a session kept the limits of when it opened; lowered to 5, one held 20 and stayed.
     const config = (messages: number) => testConfig({ limits: { sessionBufferMessages: messages }, pubsub: { hubs: [{ name: 'chat', accessKey: CHAT_KEY }] } });
@@ -457,6 +476,47 @@ describe('reload without a restart', () => {
     const exists = (name: string) => jsm.streams.info(name).then(() => true, () => false);
     await untilAnswered(async () => (await exists('RELAY_fresh')) && (await exists('KV_RELAY_sessions')), 15000, 'the streams made again');
     assert.equal(await exists('RELAY_third'), false, "the removed hub's stream was made again");
+  });
+
+  it('refuses a durable hub added on reload when the NATS server has no JetStream, as start-up does, and stays ready (before: taken, and the whole edge not ready until a restart)', async (t) => {
+    const nats = await startNatsServer(t);
+    await nats.kill();
+    await nats.restart({ jetstream: false });
+    const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
+    const hubs: Record<string, unknown>[] = [{ name: 'chat', accessKey: CHAT_KEY, durable: false }];
+    const { file, write } = configFile(t, testConfig({ bus, pubsub: { hubs } }));
+    const relay = await startTestRelay(t, testConfig({ bus, pubsub: { hubs } }), { loadConfig: () => loadConfig(file, {}, {}) });
+    const ready = async () => {
+      const res = await httpRequest(`${relay.url}/$relay/ready`);
+      return { status: res.status, body: JSON.parse(String(res.body)) };
+    };
+    await until(() => relay.bus.connected, 10000, 'the bus connected');
+    assert.equal((await ready()).status, 200);
+    write(testConfig({ bus, pubsub: { hubs: [...hubs, { name: 'news', accessKey: FRESH_KEY }] } }));
+    const outcome = relay.reload('api');
+    assert.equal(outcome.ok, false);
+    assert.match((outcome as { problem: string }).problem, /^pubsub\.hubs: news would be durable: JetStream is not enabled on the NATS server/);
+    assert.equal(relay.jetstream, undefined);
+    assert.equal(relay.pubsub.hub('news'), undefined, 'nothing of the refused config applied');
+    assert.equal((await ready()).status, 200);
+  });
+
+  it('leaves JetStream out of readiness once no hub is durable (a durable hub added, then removed, on reload)', async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = { kind: 'nats', servers: [nats.url], jetstream: { storage: 'memory' } };
+    const hubs: Record<string, unknown>[] = [{ name: 'chat', accessKey: CHAT_KEY, durable: false }];
+    const { file, write } = configFile(t, testConfig({ bus, pubsub: { hubs } }));
+    const relay = await startTestRelay(t, testConfig({ bus, pubsub: { hubs } }), { loadConfig: () => loadConfig(file, {}, {}) });
+    const readyBody = async () => JSON.parse(String((await httpRequest(`${relay.url}/$relay/ready`)).body));
+    write(testConfig({ bus, pubsub: { hubs: [...hubs, { name: 'news', accessKey: FRESH_KEY }] } }));
+    assert.ok(relay.reload('api').ok);
+    assert.ok(relay.jetstream);
+    await untilAnswered(async () => (await readyBody()).jetstream?.state === 'ready', 15000, 'JetStream in readiness');
+    write(testConfig({ bus, pubsub: { hubs } }));
+    assert.ok(relay.reload('api').ok);
+    const body = await readyBody();
+    assert.equal(body.jetstream, undefined, JSON.stringify(body));
+    assert.equal(body.ready, true);
   });
 
   it('acknowledges a join on a durable hub added on reload only once the edge reads its stream, so the join takes effect', async (t) => {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildConfig } from '../../src/config/load.ts';
-import { restartOnlyValues, withRestartOnlyValues } from '../../src/server/reload.ts';
+import { restartOnlyChanges, restartOnlyValues, withRestartOnlyValues } from '../../src/server/reload.ts';
 import { testConfig } from '../helpers/relay.ts';
 
 const bus = (servers: string[], pass: string) => ({ kind: 'nats', servers, user: 'edge', pass });
@@ -21,5 +21,17 @@ describe("a worker's restart-only values", () => {
     assert.deepEqual(worker.bus.servers, ['nats://127.0.0.1:4222']);
     // Its own secret, resolved from the file and environment as any edge's.
     assert.equal(worker.bus.pass, 'password-now');
+  });
+
+  it('read again from an unchanged file, need no restart (the bus with its secret put back is the same bus)', () => {
+    const file = () => buildConfig(testConfig({ listen: { host: '127.0.0.1', port: 24300 }, bus: bus(['nats://127.0.0.1:4222'], 'secret') }));
+    const worker = withRestartOnlyValues(file(), JSON.parse(JSON.stringify(restartOnlyValues(file()))));
+    assert.deepEqual(restartOnlyChanges(worker, withRestartOnlyValues(file(), restartOnlyValues(file()))), []);
+    assert.deepEqual(restartOnlyChanges(worker, file()), [], 'the file as read, keys in its own order');
+    const tokenFile = buildConfig(testConfig({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], token: 't0ken' } }));
+    assert.deepEqual(restartOnlyChanges(withRestartOnlyValues(tokenFile, restartOnlyValues(tokenFile)), tokenFile), []);
+    // A real change still shows.
+    const moved = buildConfig(testConfig({ listen: { host: '127.0.0.1', port: 24300 }, bus: bus(['nats://127.0.0.1:5222'], 'secret') }));
+    assert.deepEqual(restartOnlyChanges(worker, moved), ['bus']);
   });
 });
