@@ -148,18 +148,36 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     this.deps.events.connect(hub.config, source, body).then(
       (outcome) => {
         duplex.off('end', onEnd);
-        if (duplex.destroyed) return;
-        if (clientEnded) return duplex.destroy();
-        if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
         if (!outcome.ok) {
+          if (duplex.destroyed) return;
+          if (clientEnded) return duplex.destroy();
+          if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
           log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code, status: outcome.status });
           if (outcome.status !== undefined) return writeUpgradeError(duplex, outcome.status, outcome.detail, outcome.code);
           return failUpgrade(duplex, outcome.code, outcome.detail);
         }
+        // Said yes, and then not admitted: the handler hears `disconnected`, as Azure sends it after every 2xx
+        // `connect` (before, nothing: what it set up for the connection stayed).
+        const notAdmitted = (reason: string): void =>
+          this.deps.events.systemEvent(hub.config, { id, userId: outcome.userId ?? identity.userId, subprotocol: undefined, states: source.states }, 'disconnected', { reason });
+        if (duplex.destroyed || clientEnded) {
+          notAdmitted('the client left before it was connected');
+          return void duplex.destroy();
+        }
+        if (this.deps.shuttingDown()) {
+          notAdmitted('the relay is shutting down');
+          return failUpgrade(duplex, 'ShuttingDown');
+        }
         // What may have changed while the handler answered: a reload removed the hub, other clients filled it.
-        if (this.deps.hub(hubName) !== hub) return failUpgrade(duplex, 'HubNotFound');
-        if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
-        this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, outcome, source.states);
+        if (this.deps.hub(hubName) !== hub) {
+          notAdmitted('the hub was removed from the configuration');
+          return failUpgrade(duplex, 'HubNotFound');
+        }
+        if (this.hubFull(hub)) {
+          notAdmitted('the hub holds limits.connectionsPerHub connections');
+          return failUpgrade(duplex, 'HubConnectionLimitReached');
+        }
+        this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, outcome, source.states, true);
       },
       (err: Error) => {
         duplex.off('end', onEnd);
@@ -190,6 +208,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     claims: JwtClaims,
     decided: Extract<ConnectOutcome, { ok: true }>,
     states?: string,
+    connectEventSaidYes = false,
   ): void {
     const { config, log } = this.deps;
     const identity = clientIdentityOf(claims);
@@ -204,6 +223,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       config.limits,
     );
     connection.states = states;
+    connection.connectEventSaidYes = connectEventSaidYes;
     writeSwitchingProtocols(socket, key, chosen);
     const client = this.open(socket, connection, head);
     const groups = [...new Set([...identity.groups, ...decided.groups])].slice(0, config.limits.groupsPerConnection);
@@ -234,7 +254,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     hub.admit(connection, groups);
     void hub.subscribed().then(() => {
       if (!connection.ended && !client.isOpen) {
-        // Gone before it heard `connected`: out of the hub, with no `disconnected` event (there was no `connected` one).
+        // Gone before it heard `connected`: out of the hub, with no `disconnected` event unless a connect event said yes.
         this.deps.lifecycle.end(connection, 'ClosedByServer', 'the client left before it was connected');
         log.info({ event: 'pubsub.left_before_connected', hub: hub.name, connectionId: connection.id });
         return;

@@ -61,7 +61,7 @@ export type UserEventResult =
 
 /** What a connect event decided. */
 export type ConnectOutcome =
-  | { ok: true; userId?: string | null; groups: string[]; roles: string[]; subprotocol?: string }
+  | { ok: true; userId?: string; groups: string[]; roles: string[]; subprotocol?: string }
   | { ok: false; code: PubSubErrorCode; detail: string; /** The status the client gets when not its code's (a connect handler's own 4xx). */ status?: number };
 
 /** What the connect event tells the handler about the client (Azure's ConnectEventRequest body). */
@@ -83,13 +83,16 @@ const CONTENT_TYPES: Record<DataType, string> = {
 const MAX_STATE_BYTES = 4096;
 
 /**
- * Header values must be visible ASCII: a value that is not, or that has a `%`
- * in it, is percent-encoded whole, so that the encoding can be undone and two
- * values never look alike (user `é` and user `%C3%A9` did). A lone surrogate
- * (JSON can carry one) is encoded as U+FFFD.
+ * Header values must be visible ASCII: a value that is not, that has a `%` in
+ * it, or that starts or ends with a space (HTTP clients trim those: user
+ * ` bob ` arrived as `bob`), is percent-encoded whole, so that the encoding can
+ * be undone and two values never look alike (user `é` and user `%C3%A9` did).
+ * A lone surrogate (JSON can carry one) is encoded as U+FFFD.
  */
 function headerSafe(value: string): string {
-  return /^[\x20-\x24\x26-\x7e]*$/.test(value) ? value : encodeURIComponent(value.replace(LONE_SURROGATE, '\uFFFD'));
+  return /^[\x20-\x24\x26-\x7e]*$/.test(value) && !value.startsWith(' ') && !value.endsWith(' ')
+    ? value
+    : encodeURIComponent(value.replace(LONE_SURROGATE, '\uFFFD'));
 }
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
@@ -315,13 +318,15 @@ export class EventDispatcher {
       return { ok: false, code: 'EventHandlerFailed', detail: 'connect: the event handler answered a body that is not a connect response' };
     }
     this.deps.count('connect', 'ok');
-    const d = decided as { userId?: string | null; groups?: string[]; roles?: string[]; subprotocol?: string | null };
+    const d = decided as { userId?: string | null; groups?: string[] | null; roles?: string[] | null; subprotocol?: string | null };
+    // Null or empty is "not set" (Azure reads the user id "if it exists"; .NET's SDK writes null for every property
+    // not set): the token's user stays. Before, null and "" made the connection anonymous and null lists were refused.
     return {
       ok: true,
-      userId: d.userId === undefined ? undefined : d.userId === '' ? null : d.userId,
+      userId: d.userId === undefined || d.userId === null || d.userId === '' ? undefined : d.userId,
       groups: d.groups ?? [],
       roles: d.roles ?? [],
-      subprotocol: d.subprotocol ?? undefined,
+      subprotocol: d.subprotocol || undefined,
     };
   }
 

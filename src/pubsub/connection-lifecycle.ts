@@ -80,8 +80,9 @@ export class ConnectionLifecycle {
     if (connection.session) this.hubs.get(asciiLowerCase(connection.hub))?.durable?.sessionEnded(connection);
     this.release(connection);
     connection.session?.clear();
-    // One never told `connected` (its edge still waiting for NATS) had no `connected` event, so no `disconnected` one.
-    if (connection.awaitingConnected) return;
+    // One never told `connected` (its edge still waiting for NATS) had no `connected` event, so no `disconnected` one,
+    // unless its connect event said yes (Azure: `disconnected` always follows a 2xx `connect`).
+    if (connection.awaitingConnected && !connection.connectEventSaidYes) return;
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.disconnected', { hub: connection.hub, connectionId: connection.id, userId: connection.userId, code: reason });
     this.ended(connection, reason);
   }

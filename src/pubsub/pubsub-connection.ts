@@ -49,10 +49,13 @@ export class PubSubConnection {
   ended = false;
   /**
    * True while admitted but not told `connected` yet (core NATS: its subscriptions on their way to the server): an
-   * end meanwhile fires no `disconnected` event (there was no `connected` one), and the close it wanted waits for
+   * end meanwhile fires no `disconnected` event (there was no `connected` one) unless a connect event said yes
+   * (connectEventSaidYes: Azure sends `disconnected` after every 2xx `connect`), and the close it wanted waits for
    * the socket to be attached (`closeWanted`).
    */
   awaitingConnected = false;
+  /** A connect event answered 2xx for it: its end is told to the handler (`disconnected`) even before `connected`. */
+  connectEventSaidYes = false;
   closeWanted: { code: PubSubErrorCode; reason?: string } | undefined;
   /**
    * Set while this session is being handed between nodes: on the node giving

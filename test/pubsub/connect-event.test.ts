@@ -1,7 +1,9 @@
 // The connect event as a handler reads it, raw (no SDK in between): the
 // certificate a client presented over TLS (clientCertificates), and a
 // ce-signature with one HMAC per access key the hub accepts, two while a
-// rotated key is still in its grace (docs/event-handlers.md).
+// rotated key is still in its grace (docs/event-handlers.md); its answer with
+// null for what it does not set (.NET's SDK), and `disconnected` after a yes
+// whose connection was not admitted after all.
 import assert from 'node:assert/strict';
 import { X509Certificate, createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
@@ -207,5 +209,61 @@ describe("the connect event's refusals", () => {
     assert.equal(await answered(499), 'HTTP 499');
     assert.equal(await answered(503), 'HTTP 500');
     assert.equal(await answered(302), 'HTTP 500');
+  });
+});
+
+describe("the connect event's answer", () => {
+  it("takes null as not set, as Microsoft's .NET handler SDK writes every property it was not given: the token's user stays (before: 500, or anonymous)", async (t) => {
+    const answers = [
+      { userId: null, groups: null, subprotocol: null, roles: null },
+      { userId: null, groups: ['lobby'], subprotocol: null, roles: null },
+      { groups: [], userId: '', roles: [], subprotocol: '' },
+    ];
+    let next = 0;
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answers[next++])));
+    });
+    const relay = await startTestRelay(t, { pubsub: { hubs: [hub(KEY, urlTemplate)] } });
+    for (const answer of answers) {
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'alice' }), undefined, t);
+      const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected', 5000);
+      assert.equal(connected.userId, 'alice', JSON.stringify(answer));
+    }
+  });
+
+  it('is followed by disconnected when it said yes and the connection was not admitted after all: the client left, the hub filled (Azure: always after a 2xx connect)', async (t) => {
+    const events: { event: string; connectionId: string }[] = [];
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => {
+        const event = String(req.headers['ce-eventname']);
+        events.push({ event, connectionId: String(req.headers['ce-connectionid']) });
+        if (event === 'connect') setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{}'), 300);
+        else res.writeHead(204).end();
+      });
+    });
+    const hubConfig = { name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '', systemEvents: ['connect', 'connected', 'disconnected'] }] };
+    const relay = await startTestRelay(t, { limits: { connectionsPerHub: 1 }, pubsub: { hubs: [hubConfig] } });
+    const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
+    const of = (id: string) => events.filter((e) => e.connectionId === id).map((e) => e.event);
+
+    // Leaves while the handler answers.
+    const leaving = connect({ port: relay.port, host: '127.0.0.1', allowHalfOpen: true });
+    cleanupFor(t).after(() => leaving.destroy());
+    leaving.on('error', () => undefined);
+    const target = new URL(url);
+    leaving.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+    setTimeout(() => leaving.end(), 50);
+    await until(() => events.some((e) => e.event === 'disconnected'), 5000, 'disconnected for the client that left');
+    const left = events.find((e) => e.event === 'connect')!.connectionId;
+    assert.deepEqual(of(left), ['connect', 'disconnected']);
+
+    // Two at once into a hub of one: the second said yes, then refused 429.
+    const outcomes = await Promise.all([0, 1].map(() => RawPubSubClient.connect(url, undefined, t).then(() => 'open', (err: Error) => err.message)));
+    assert.deepEqual([...outcomes].sort(), ['HTTP 429', 'open']);
+    await until(() => events.filter((e) => e.event === 'disconnected').length === 2, 5000, 'disconnected for the one refused');
+    const refused = events.filter((e) => e.event === 'disconnected' && e.connectionId !== left).map((e) => e.connectionId)[0];
+    assert.deepEqual(of(refused), ['connect', 'disconnected']);
   });
 });

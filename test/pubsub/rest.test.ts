@@ -308,5 +308,9 @@ describe('pub/sub REST API', () => {
     assert.equal(await userIdSeen('%C3%A9'), '%25C3%25A9');
     assert.equal(await userIdSeen('100% sure'), '100%25%20sure');
     assert.equal(await userIdSeen('a\ud800'), 'a%EF%BF%BD');
+    // Spaces at either end (an HTTP client trims them: ` bob ` arrived as `bob`, another user).
+    assert.equal(await userIdSeen(' bob '), '%20bob%20');
+    assert.equal(await userIdSeen('bob'), 'bob');
+    assert.equal(await userIdSeen('b o b'), 'b o b');
   });
 });
