@@ -77,6 +77,8 @@ describe('messages between edges', () => {
       { ...EXAMPLES['hc.failed'], code: 'Whatever' },
       { ...EXAMPLES['ps.send'], hub: 'not a hub!' },
       { ...EXAMPLES['ops.stats'], top: 51 },
+      // A time past what a Date holds: the dashboard's trace threw on it, and dropped its stream for every viewer.
+      { ...EXAMPLES['ops.trace'], events: [{ at: 1e20, node: 'n2', kind: 'http.request' }] },
     ];
     for (const m of bad) assert.equal(decodeEdgeMessage(encodeEdgeMessage(m as EdgeMessage)), undefined, JSON.stringify(m));
   });

@@ -30,13 +30,14 @@ export interface Browser {
   problems: string[];
 }
 
-export async function openBrowser(t: Pick<TestContext, 'after'>, viewport = { width: 1280, height: 800 }): Promise<Browser> {
+/** `extraArgs`: more Chromium switches (a `--host-resolver-rules` that maps a name to 127.0.0.1, so a page is not on localhost). */
+export async function openBrowser(t: Pick<TestContext, 'after'>, viewport = { width: 1280, height: 800 }, extraArgs: string[] = []): Promise<Browser> {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
   const profile = mkdtempSync(join(tmpdir(), 'edge-relay-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
     viewport,
     timeout: 60000,
   });

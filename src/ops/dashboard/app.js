@@ -27,7 +27,7 @@ const REFUSALS = {
   TokenMalformed: 'that is not a Shared Access Signature token',
   SignatureInvalid: 'no rule with that key name signs it so: check the key name and the key',
   TokenExpired: 'the token has expired',
-  TokenScopeInvalid: "the token names another host or path than this relay's root",
+  TokenScopeInvalid: "the token names another host or path than this relay's root or its /$relay",
   RightMissing: 'this key does not have the Manage right',
 };
 
@@ -51,7 +51,22 @@ function h(tag, attrs = {}, ...children) {
 
 // --- signing in ------------------------------------------------------------------
 
-const resource = `${location.origin}/`;
+// Tokens the page signs name the relay's own endpoints, not its root: the root would also give Listen and Send on
+// every entity (Manage implies both), to whoever got hold of one.
+const resource = `${location.origin}/$relay`;
+
+/**
+ * Why the page takes no key or token here, or undefined. Pages listeners serve come from this origin, and a
+ * browser keeps them out of a dashboard they open only in a secure context (https, or localhost): over plain
+ * http to another host, a listener's page read the key and tokens (found by review).
+ */
+function unsafeHere() {
+  if (window.isSecureContext) return undefined;
+  return (
+    'Not signed in: this page is not served over https (nor on localhost), so pages that listeners serve on this ' +
+    'host could read a key or token typed here. Open the dashboard over https, or on localhost (through an SSH tunnel).'
+  );
+}
 const auth = { token: undefined, keyName: undefined, key: undefined, expiresAt: 0 };
 
 async function currentToken() {
@@ -95,6 +110,8 @@ function showLogin(error) {
 
 async function signIn(event) {
   event?.preventDefault();
+  const refusal = unsafeHere();
+  if (refusal) return showLogin(refusal);
   const mode = new FormData($('login-form')).get('mode');
   const button = $('sign-in');
   button.disabled = true;
@@ -692,7 +709,7 @@ function init() {
       void signIn();
     }
   } else {
-    showLogin();
+    showLogin(unsafeHere());
     $('key').focus();
   }
 }
