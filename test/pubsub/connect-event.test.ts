@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createHmac } from 'node:crypto';
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -54,6 +54,17 @@ async function connectHandler(t: TestContext): Promise<{ url: string; connects: 
 
 function hub(accessKey: string, urlTemplate: string) {
   return { name: 'chat', accessKey, eventHandlers: [{ urlTemplate, userEventPattern: '', systemEvents: ['connect'] }] };
+}
+
+/** A client that asks for the upgrade at `url` and closes its side 50 ms later, while the connect event is answered. */
+function upgradeAndLeave(t: TestContext, port: number, url: string): Socket {
+  const leaving = connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  cleanupFor(t).after(() => leaving.destroy());
+  leaving.on('error', () => undefined);
+  const target = new URL(url);
+  leaving.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
+  setTimeout(() => leaving.end(), 50);
+  return leaving;
 }
 
 function hmac(key: string, connectionId: string): string {
@@ -123,12 +134,7 @@ describe('the connect event', () => {
     const held = () => relay.pubsub.hub('chat')!.local.connections.size;
 
     // Closes its side while the handler answers (before: admitted, 101 and all, and held until idleMs).
-    const leaving = connect({ port: relay.port, host: '127.0.0.1', allowHalfOpen: true });
-    cleanupFor(t).after(() => leaving.destroy());
-    leaving.on('error', () => undefined);
-    const target = new URL(url);
-    leaving.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-    setTimeout(() => leaving.end(), 50);
+    const leaving = upgradeAndLeave(t, relay.port, url);
     await withTimeout(new Promise((r) => leaving.once('close', r)), 5000, 'the relay to close the connection that left');
     assert.equal(held(), 0);
 
@@ -249,12 +255,7 @@ describe("the connect event's answer", () => {
     const of = (id: string) => events.filter((e) => e.connectionId === id).map((e) => e.event);
 
     // Leaves while the handler answers.
-    const leaving = connect({ port: relay.port, host: '127.0.0.1', allowHalfOpen: true });
-    cleanupFor(t).after(() => leaving.destroy());
-    leaving.on('error', () => undefined);
-    const target = new URL(url);
-    leaving.write(`GET ${target.pathname}${target.search} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-    setTimeout(() => leaving.end(), 50);
+    const leaving = upgradeAndLeave(t, relay.port, url);
     await until(() => events.some((e) => e.event === 'disconnected'), 5000, 'disconnected for the client that left');
     const left = events.find((e) => e.event === 'connect')!.connectionId;
     assert.deepEqual(of(left), ['connect', 'disconnected']);
