@@ -106,7 +106,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       );
   }
   if (m.type === 'event') {
-    if (ackId !== undefined && connection.hasAckId(ackId)) return ack(ctx, connection, ackId, 'Duplicate');
+    if (ackId !== undefined && connection.hasAckId(ackId)) return connection.holdRetry(ackId) ? undefined : ack(ctx, connection, ackId, 'Duplicate');
     return forwardEvent(ctx, connection, hub, m, eventPayload(text, m), ackId);
   }
   // Past limits.requestsInFlightPerConnection the socket is held, but the frames of the read under way still come:
@@ -124,7 +124,7 @@ function startRequest(ctx: ClientProtocolContext, connection: PubSubConnection, 
   const hub = ctx.hub(connection);
   if (!hub) return;
   // Asked here, not as the frame was read: a retry read while its first try waited is processed after it.
-  if (ackId !== undefined && connection.hasAckId(ackId)) return ack(ctx, connection, ackId, 'Duplicate');
+  if (ackId !== undefined && connection.hasAckId(ackId)) return connection.holdRetry(ackId) ? undefined : ack(ctx, connection, ackId, 'Duplicate');
   const group = m.group as string;
   switch (m.type) {
     case 'joinGroup':
@@ -231,19 +231,24 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
   done.then(
     (result) => {
       finished();
-      if (ackId !== undefined) connection.ackIdDone(ackId);
-      if (!connection.ended) ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
+      const retries = ackId === undefined ? 0 : connection.ackIdDone(ackId);
+      if (connection.ended) return;
+      ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
+      // Retries held while it was in flight: it was processed.
+      for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, 'Duplicate');
     },
     (err: Error) => {
       finished();
       // Forgotten, a refused join too: the client SDK retries a refusal with the same ackId and takes Duplicate for
       // success. Its retry is stored under the same id, found the same stream sequence, and refused again.
-      if (ackId !== undefined) connection.forgetAckId(ackId);
+      const retries = ackId === undefined ? 0 : connection.forgetAckId(ackId);
       if (connection.ended) return;
-      if (err instanceof GroupLimitReached) return ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
-      // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
-      const tooLarge = err instanceof BusError && err.code === 'TooLarge';
-      ack(ctx, connection, ackId, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
+      // The retries held while it was in flight get its outcome too (a retry after this one is processed again).
+      for (let i = 0; i <= retries; i++) {
+        if (err instanceof GroupLimitReached) ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
+        // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
+        else ack(ctx, connection, ackId, err instanceof BusError && err.code === 'TooLarge' ? 'BadRequest' : 'InternalServerError', err.message);
+      }
     },
   );
 }
@@ -279,14 +284,17 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
     else if (!connection.ended) connection.readAgainUnlessBusy();
     if (connection.ended) return;
     if (!result.ok) {
-      if (ackId !== undefined) connection.forgetAckId(ackId);
-      return ack(ctx, connection, ackId, result.code, result.detail);
+      const retries = ackId === undefined ? 0 : connection.forgetAckId(ackId);
+      // The retries held while it was at the handler get its outcome too.
+      for (let i = 0; i <= retries; i++) ack(ctx, connection, ackId, result.code, result.detail);
+      return;
     }
-    if (ackId !== undefined) connection.ackIdDone(ackId);
+    const retries = ackId === undefined ? 0 : connection.ackIdDone(ackId);
     if (result.reply) {
       hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
     }
     ack(ctx, connection, ackId);
+    for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, 'Duplicate');
   });
 }
 

@@ -13,6 +13,9 @@ import { ReliableSession } from './reliable-session.ts';
 import { LiveSessionLimits } from './live-limits.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
+
+/** Retries of one ackId in progress held for its outcome; past it, Duplicate at once (a client repeating itself). */
+const RETRIES_HELD_PER_ACK_ID = 16;
 export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
 export const RELIABLE_PROTOCOL = 'json.reliable.webpubsub.azure.v1';
 export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;
@@ -46,6 +49,8 @@ export class PubSubConnection {
   private readonly recentAckIds = new Set<number>();
   /** Remembered ackIds whose request is still being processed: another edge taking the session must process a retry. */
   private readonly ackIdsInProgress = new Set<number>();
+  /** Retries of an ackId in progress, answered with its outcome once it has one (holdRetry). */
+  private readonly retriesHeld = new Map<number, number>();
   ended = false;
   /**
    * True while admitted but not told `connected` yet (core NATS: its subscriptions on their way to the server): an
@@ -158,15 +163,37 @@ export class PubSubConnection {
     }
   }
 
-  /** The request of a remembered ackId was processed. */
-  ackIdDone(ackId: number): void {
-    this.ackIdsInProgress.delete(ackId);
+  /**
+   * Holds a retry of an ackId whose request is still in progress, to be answered with that request's outcome
+   * (ackIdDone or forgetAckId say how many): answered `Duplicate` at once, which the client SDK takes for success,
+   * it read as done a request that could still fail. False when the ackId is not in progress, or past
+   * RETRIES_HELD_PER_ACK_ID of them (answer Duplicate).
+   */
+  holdRetry(ackId: number): boolean {
+    if (!this.ackIdsInProgress.has(ackId)) return false;
+    const held = this.retriesHeld.get(ackId) ?? 0;
+    if (held >= RETRIES_HELD_PER_ACK_ID) return false;
+    this.retriesHeld.set(ackId, held + 1);
+    return true;
   }
 
-  /** Forgets an ackId whose request failed, so a retry is processed again. */
-  forgetAckId(ackId: number): void {
+  /** The request of a remembered ackId was processed; the retries held for it. */
+  ackIdDone(ackId: number): number {
+    this.ackIdsInProgress.delete(ackId);
+    return this.takeRetries(ackId);
+  }
+
+  /** Forgets an ackId whose request failed, so a retry is processed again; the retries held for it. */
+  forgetAckId(ackId: number): number {
     this.recentAckIds.delete(ackId);
     this.ackIdsInProgress.delete(ackId);
+    return this.takeRetries(ackId);
+  }
+
+  private takeRetries(ackId: number): number {
+    const held = this.retriesHeld.get(ackId) ?? 0;
+    if (held > 0) this.retriesHeld.delete(ackId);
+    return held;
   }
 
   /** Sends a control frame (ack, pong, system): never sequenced, never buffered past the socket. */

@@ -92,6 +92,10 @@ describe('pub/sub bad input', () => {
       [{ type: 'joinGroup', group: 'x'.repeat(1025) }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g', dataType: 'text', data: 5 }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: '***' }, 'BadRequest'],
+      // Not base64 (found by review: taken, and cut short for receivers).
+      [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: 'Q' }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: '=' }, 'BadRequest'],
+      [{ type: 'sendToGroup', group: 'g', dataType: 'binary', data: 'QUJD=' }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g', dataType: 'protobuf', data: 'x' }, 'BadRequest'],
       [{ type: 'sendToGroup', group: 'g' }, 'BadRequest'],
       // A path segment of the handler URL ({event}): . and .. would move the request up its path.

@@ -250,4 +250,34 @@ describe("a client's user events", () => {
     assert.ok(counts[0] > 0, `events waited behind the hung one: ${counts}`);
     assert.ok(counts[3] <= counts[0], `the queue grew with each reconnect: ${counts}`);
   });
+
+  it("a retry of an event still at the handler gets the event's own outcome, not Duplicate at once (the SDK takes Duplicate for success)", async (t) => {
+    // Fails the first event of each name after 300 ms, takes the rest.
+    const failed = new Set<string>();
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      const event = String(req.headers['ce-eventname']);
+      const fail = event.startsWith('fail') && !failed.has(event);
+      failed.add(event);
+      req.on('end', () => setTimeout(() => res.writeHead(fail ? 500 : 204).end(), 300));
+    });
+    const relay = await startTestRelay(t, { pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', retries: 0 }] }] } });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    const acksOf = (ackId: number) => client.messages.filter((m) => m.type === 'ack' && m.ackId === ackId);
+    // Sent twice while the first is at the handler. Before: Duplicate at once for the second, then the first's failure.
+    client.ws.send(JSON.stringify({ type: 'event', event: 'fail-once', dataType: 'text', data: 'x', ackId: 7 }));
+    client.ws.send(JSON.stringify({ type: 'event', event: 'fail-once', dataType: 'text', data: 'x', ackId: 7 }));
+    await until(() => acksOf(7).length === 2, 5000, 'both acks of 7');
+    assert.deepEqual(acksOf(7).map((m) => [m.success, m.error?.name]), [[false, 'UpstreamFailed'], [false, 'UpstreamFailed']]);
+    // Forgotten once failed: the next retry is processed (and now taken).
+    client.ws.send(JSON.stringify({ type: 'event', event: 'fail-once', dataType: 'text', data: 'x', ackId: 7 }));
+    await until(() => acksOf(7).length === 3, 5000, 'the third ack of 7');
+    assert.equal(acksOf(7)[2].success, true);
+    // One that succeeds: the held retry is told it was processed (Duplicate).
+    client.ws.send(JSON.stringify({ type: 'event', event: 'fine', dataType: 'text', data: 'x', ackId: 8 }));
+    client.ws.send(JSON.stringify({ type: 'event', event: 'fine', dataType: 'text', data: 'x', ackId: 8 }));
+    await until(() => acksOf(8).length === 2, 5000, 'both acks of 8');
+    assert.deepEqual(acksOf(8).map((m) => [m.success, m.error?.name]), [[true, undefined], [false, 'Duplicate']]);
+  });
 });
