@@ -44,11 +44,14 @@ export function durableHubs(bus: Bus, config: RelayConfig): string[] {
  * JetStream: start-up refuses such a config), or undefined. Hubs running before are not asked about again.
  */
 export function durableHubsWithoutJetStream(bus: Bus, current: RelayConfig, next: RelayConfig, jetstream: JetStreamAccess | undefined): string | undefined {
-  // A kept hub's `durable` changes at a restart only (reload.ts): only new hubs count.
+  // bus.* changes at a restart only: the running config says whether durable hubs use JetStream. A kept hub's
+  // `durable` waits for a restart too (reload.ts): only new hubs count.
+  if (!(bus instanceof NatsBus) || !current.bus.jetstream.enabled) return undefined;
   const running = new Set(current.pubsub.hubs.map((h) => asciiLowerCase(h.name)));
-  const added = durableHubs(bus, next).filter((h) => !running.has(asciiLowerCase(h)));
-  if (added.length === 0 || !(bus instanceof NatsBus)) return undefined;
-  const lacks = bus.serverHasJetStream === false || (jetstream?.state === 'unavailable' && jetstream.problem === NOT_ENABLED);
+  const added = next.pubsub.hubs.filter((h) => h.durable && !running.has(asciiLowerCase(h.name))).map((h) => h.name);
+  if (added.length === 0) return undefined;
+  // JetStream that answers (through another server of the cluster) is taken at its word over this server's INFO.
+  const lacks = jetstream?.state === 'ready' ? false : (jetstream?.state === 'unavailable' && jetstream.problem === NOT_ENABLED) || bus.serverHasJetStream === false;
   return lacks ? `pubsub.hubs: ${added.join(', ')} would be durable: ${NOT_ENABLED} (or set durable to false)` : undefined;
 }
 

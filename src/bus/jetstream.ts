@@ -847,6 +847,10 @@ export class JetStreamAccess {
     });
     try {
       let pending = ci.num_pending;
+      // Deliveries of this consumer so far: a pull that ended here before the server's answer did lost what came
+      // after, delivered all the same; the next pull's first delivery then jumps, and the page is refused, not
+      // handed on with a hole (a replay would skip those events; a history page would leave them out).
+      let delivered = 0;
       while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
         const left = deadline - Date.now();
         if (left <= 0) throw new StoreError('the stream did not answer in time');
@@ -861,6 +865,7 @@ export class JetStreamAccess {
           expiresMs: Math.max(1000, Math.min(left, 5000)),
         });
         for (const m of msgs) {
+          if (m.delivered !== ++delivered) throw new StoreError('the stream answered too slowly: part of a page was lost on the way');
           pending = m.pending;
           if (options.toSeq !== undefined && m.seq > options.toSeq) {
             pending = 0;

@@ -9,6 +9,8 @@ import { createInbox, nanos, type Msg, type NatsConnection } from 'nats';
 
 export interface PulledMessage {
   seq: number;
+  /** The consumer's delivery sequence (1, 2, ... for a new consumer): a jump means deliveries this side never saw. */
+  delivered: number;
   subject: string;
   data: Uint8Array;
   /** Messages the consumer still holds after this one. */
@@ -28,7 +30,9 @@ const END_GRACE_MS = 1000;
 
 /**
  * The messages one pull request brings, in order; ends early once the consumer says nothing is pending.
- * A server that ends it with an error status, or that does not end it, ends it with what came.
+ * A server that ends it with an error status, or that does not end it, ends it with what came: what it sends
+ * after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
+ * checks `delivered` follows on (jetstream.ts `read`).
  */
 export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PulledMessage[]> {
   return new Promise((resolve) => {
@@ -48,7 +52,7 @@ export function pullOnce(nc: NatsConnection, stream: string, consumer: string, r
         if (err || isStatus(msg)) return finish();
         const position = deliveryPosition(msg.reply);
         if (!position) return finish();
-        out.push({ seq: position.seq, subject: msg.subject, data: msg.data, pending: position.pending });
+        out.push({ seq: position.seq, delivered: position.delivered, subject: msg.subject, data: msg.data, pending: position.pending });
         if (out.length >= request.batch || position.pending === 0) finish();
       },
     });
@@ -65,17 +69,19 @@ function isStatus(msg: Msg): boolean {
 }
 
 /**
- * The stream sequence and pending count in a delivered message's reply subject:
+ * The stream sequence, delivery sequence and pending count in a delivered message's reply subject:
  * `$JS.ACK.<stream>.<consumer>.<delivered>.<streamSeq>.<consumerSeq>.<nanos>.<pending>`,
  * or with `<domain>.<accountHash>` after `ACK` and a random token at the end (servers from 2.9 may send either).
  */
-export function deliveryPosition(reply: string | undefined): { seq: number; pending: number } | undefined {
+export function deliveryPosition(reply: string | undefined): { seq: number; delivered: number; pending: number } | undefined {
   if (!reply) return undefined;
   const t = reply.split('.');
   if (t[0] !== '$JS' || t[1] !== 'ACK') return undefined;
   const base = t.length === 9 ? 2 : t.length >= 11 ? 4 : -1;
   if (base < 0) return undefined;
   const seq = Number(t[base + 3]);
+  const delivered = Number(t[base + 4]);
   const pending = Number(t[base + 6]);
-  return Number.isSafeInteger(seq) && seq > 0 && Number.isSafeInteger(pending) && pending >= 0 ? { seq, pending } : undefined;
+  const valid = [seq, delivered].every((n) => Number.isSafeInteger(n) && n > 0) && Number.isSafeInteger(pending) && pending >= 0;
+  return valid ? { seq, delivered, pending } : undefined;
 }

@@ -63,6 +63,10 @@ export function route(rawUrl: string | undefined): Route {
     return { kind: 'hybrid-ws', entity: rest[0], params, below };
   }
   if (first === '$relay') return { kind: 'ops', name: rest.join('/') };
+  // No client sends a fragment (RFC 9112 3.2); on pub/sub a raw `#`, cut off by a URL parser and kept in the query by
+  // URLSearchParams, let a REST token signed for `?userId=alice` take `?userId=alice#&role=...` too: refused there.
+  // (A relayed request or connect keeps it escaped for its listener.)
+  if ((first === 'client' || first === 'api') && url.includes('#')) return { kind: 'bad-request' };
   if (first === 'client') {
     // /client/hubs/{hub}, or /client/?hub={hub} (docs/protocols/web-pubsub.md, "Endpoints")
     if (rest[0] === 'hubs' && rest.length === 2 && rest[1] !== '') {

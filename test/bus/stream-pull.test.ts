@@ -5,12 +5,13 @@ import { AckPolicy, DeliverPolicy, connect } from 'nats';
 import { deliveryPosition, pullOnce } from '../../src/bus/stream-pull.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
+import { withTimeout } from '../helpers/wait.ts';
 
 describe('a JetStream pull request', () => {
   it('reads the stream sequence and pending count from both forms of a delivery reply subject, and nothing from others', () => {
-    assert.deepEqual(deliveryPosition('$JS.ACK.S.c.1.42.7.1700000000000000000.3'), { seq: 42, pending: 3 });
-    assert.deepEqual(deliveryPosition('$JS.ACK.dom.HASH.S.c.1.42.7.1700000000000000000.0.abc'), { seq: 42, pending: 0 });
-    assert.deepEqual(deliveryPosition('$JS.ACK._.HASH.S.c.1.42.7.1700000000000000000.5'), { seq: 42, pending: 5 });
+    assert.deepEqual(deliveryPosition('$JS.ACK.S.c.1.42.7.1700000000000000000.3'), { seq: 42, delivered: 7, pending: 3 });
+    assert.deepEqual(deliveryPosition('$JS.ACK.dom.HASH.S.c.1.42.7.1700000000000000000.0.abc'), { seq: 42, delivered: 7, pending: 0 });
+    assert.deepEqual(deliveryPosition('$JS.ACK._.HASH.S.c.1.42.7.1700000000000000000.5'), { seq: 42, delivered: 7, pending: 5 });
     for (const junk of [undefined, '', '_INBOX.x', '$JS.ACK.S.c.1.x.7.1.3', '$JS.ACK.S.c.1.0.7.1.3', '$JS.ACK.S.c.1.42.7.1', '$JS.NAK.S.c.1.42.7.1.3']) {
       assert.equal(deliveryPosition(junk), undefined, String(junk));
     }
@@ -29,7 +30,16 @@ describe('a JetStream pull request', () => {
       (await jsm.consumers.add('P', { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start, ack_policy: AckPolicy.None, mem_storage: true })).name;
 
     const byCount = await pullOnce(nc, 'P', await consumer(1), { batch: 4, expiresMs: 5000 });
-    assert.deepEqual(byCount.map((m) => [m.seq, m.subject, m.data[0], m.pending]), [[1, 'p.small', 1, 12], [2, 'p.small', 2, 11], [3, 'p.small', 3, 10], [4, 'p.small', 4, 9]]);
+    assert.deepEqual(byCount.map((m) => [m.seq, m.delivered, m.subject, m.data[0], m.pending]), [[1, 1, 'p.small', 1, 12], [2, 2, 'p.small', 2, 11], [3, 3, 'p.small', 3, 10], [4, 4, 'p.small', 4, 9]]);
+
+    // Deliveries this side never read (a pull given up on while the server still sent) show as a jump in `delivered`.
+    const lossy = await consumer(1);
+    await pullOnce(nc, 'P', lossy, { batch: 2, expiresMs: 5000 });
+    const elsewhere = nc.subscribe('_INBOX.elsewhere', { max: 2 });
+    nc.publish(`$JS.API.CONSUMER.MSG.NEXT.P.${lossy}`, JSON.stringify({ batch: 2, expires: 5e9 }), { reply: '_INBOX.elsewhere' });
+    await withTimeout((async () => { for await (const _ of elsewhere); })(), 5000, 'two deliveries read elsewhere');
+    const after = await pullOnce(nc, 'P', lossy, { batch: 1, expiresMs: 5000 });
+    assert.deepEqual(after.map((m) => [m.seq, m.delivered]), [[5, 5]]);
 
     const byBytes = await pullOnce(nc, 'P', await consumer(9), { batch: 100, maxBytes: 250_000, expiresMs: 5000 });
     assert.deepEqual(byBytes.map((m) => m.seq), [9, 10, 11]);

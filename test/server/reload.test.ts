@@ -499,6 +499,12 @@ describe('reload without a restart', () => {
     assert.equal(relay.jetstream, undefined);
     assert.equal(relay.pubsub.hub('news'), undefined, 'nothing of the refused config applied');
     assert.equal((await ready()).status, 200);
+    // bus.jetstream.enabled turned off in the same file waits for a restart (bus.*): the hub would still be durable.
+    write(testConfig({ bus: { ...bus, jetstream: { enabled: false } }, pubsub: { hubs: [...hubs, { name: 'news', accessKey: FRESH_KEY }] } }));
+    const again = relay.reload('api');
+    assert.equal(again.ok, false, JSON.stringify(again));
+    assert.equal(relay.jetstream, undefined);
+    assert.equal((await ready()).status, 200);
   });
 
   it('leaves JetStream out of readiness once no hub is durable (a durable hub added, then removed, on reload)', async (t) => {

@@ -45,6 +45,8 @@ describe('routing by path', () => {
     assert.equal(route('/$relay/health').kind, 'ops');
     assert.equal(route('/%E0%A4%A').kind, 'bad-request');
     assert.equal(route('*').kind, 'bad-request');
+    // A fragment in a request target: a URL parser and URLSearchParams read it apart (found by review).
+    for (const target of ['/api/hubs/chat/:generateToken?userId=alice#&role=x', '/%61pi/hubs/chat/:send#', '/client/hubs/chat#x']) assert.equal(route(target).kind, 'bad-request', target);
     const abs = route('http://relay.example/echo/x');
     assert.equal(abs.kind === 'hybrid-http' && abs.entity, 'echo');
     // "//host/x" is a path with an empty first segment, never a host.
