@@ -3,7 +3,9 @@
 // data's size against their bounds. Before (found by review): the data text
 // was a slice of the client's frame, which V8 keeps as a view into the frame,
 // so a 36-byte `data` beside a 900 KiB member nobody reads held the whole
-// frame: 100 such messages +88 MiB, counted as about 100 bytes each.
+// frame: 100 such messages +88 MiB, counted as about 100 bytes each. So do a
+// message still being read and the frames a splice queues towards a listener:
+// each piece a copy, not a view of the whole read it came in.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
@@ -11,7 +13,9 @@ import { runInNewContext } from 'node:vm';
 import { jsonTextOf } from '../../src/validation/json-text.ts';
 import { rawMemberText } from '../../src/validation/bounded-json.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
-import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
+import { floodWithoutReading, maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
+import { rawRelayedPair } from '../helpers/raw-listener.ts';
+import { startTestRelay } from '../helpers/relay.ts';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -91,5 +95,24 @@ describe('a kept message holds its own data, not the frame it came in', () => {
     const growth = (await heapUsed('arrayBuffers')) - before;
     assert.equal(client.socket.destroyed, false, 'within the message cap: the client stays');
     assert.ok(growth < MAX_GROWTH, `1,000 pieces of 1 byte hold ${(growth / 2 ** 20).toFixed(1)} MiB of buffers`);
+  });
+
+  it('a relayed WebSocket queues the frames towards a listener that does not read, not the reads they came in', async (t) => {
+    // Each write: ~64 KiB of pongs (ignored, free) and one 2 KiB frame, to a listener leg that does not read; the
+    // cap is far: what is queued is what came. Before (found by review): each frame was queued as a view of its whole
+    // read, ~32 times its bytes (1 MiB of spliceBufferBytes held ~127 MiB with 513-byte frames).
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], limits: { spliceBufferBytes: 64 << 20 } });
+    const { sender, leg } = await rawRelayedPair(t, relay);
+    assert.equal(sender.status, 101);
+    leg.socket.pause();
+    const pong = maskedFrame(0xa, Buffer.alloc(125, 0x70));
+    const frame = maskedFrame(0x2, Buffer.alloc(2048, 0x61));
+    const write = Buffer.concat([...Array.from({ length: Math.floor((65536 - frame.length) / pong.length) }, () => pong), frame]);
+    const before = await heapUsed('arrayBuffers');
+    const result = await floodWithoutReading(sender.socket, write, 192 << 20, 1500);
+    const growth = (await heapUsed('arrayBuffers')) - before;
+    t.diagnostic(`wrote ${(result.written / 2 ** 20).toFixed(0)} MiB, buffers +${(growth / 2 ** 20).toFixed(1)} MiB`);
+    // 192 MiB of writes carry 6 MiB of frames (part of it in the kernel's buffers).
+    assert.ok(growth < MAX_GROWTH * 2, `the queue towards the listener holds ${(growth / 2 ** 20).toFixed(1)} MiB of buffers`);
   });
 });
