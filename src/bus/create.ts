@@ -51,7 +51,7 @@ export function durableHubsWithoutJetStream(bus: Bus, current: RelayConfig, next
   const added = next.pubsub.hubs.filter((h) => h.durable && !running.has(asciiLowerCase(h.name))).map((h) => h.name);
   if (added.length === 0) return undefined;
   // JetStream that answers (through another server of the cluster) is taken at its word over this server's INFO.
-  const lacks = jetstream?.state === 'ready' ? false : (jetstream?.state === 'unavailable' && jetstream.problem === NOT_ENABLED) || bus.serverHasJetStream === false;
+  const lacks = jetstream?.state !== 'ready' && ((jetstream?.state === 'unavailable' && jetstream.problem === NOT_ENABLED) || bus.serverHasJetStream === false);
   return lacks ? `pubsub.hubs: ${added.join(', ')} would be durable: ${NOT_ENABLED} (or set durable to false)` : undefined;
 }
 

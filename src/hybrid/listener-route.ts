@@ -24,10 +24,10 @@ export function noticeForListener(notice: ListenerNotice): ListenerNotice {
   return { accept: { ...accept, id: trackingId } };
 }
 
-/** Finds a route to an entity's listeners: one on this edge when there is one (round robin), else through the bus. */
 /** Routing failures that, once a notice has gone on from a listener that left, mean no other listener took it (ListenerGone). */
 export const NONE_TOOK_OVER: ReadonlySet<HybridErrorCode> = new Set(['NoListener', 'EntityNotFound', 'BusUnavailable']);
 
+/** Finds a route to an entity's listeners: one on this edge when there is one (round robin), else through the bus. */
 export interface ListenerRoutes {
   routeTo(entity: HybridEntity): ListenerRoute;
 }

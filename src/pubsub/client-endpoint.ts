@@ -148,18 +148,13 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     this.deps.events.connect(hub.config, source, body).then(
       (outcome) => {
         duplex.off('end', onEnd);
-        if (!outcome.ok) {
-          if (duplex.destroyed) return;
-          if (clientEnded) return duplex.destroy();
-          if (this.deps.shuttingDown()) return failUpgrade(duplex, 'ShuttingDown');
-          log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code, status: outcome.status });
-          if (outcome.status !== undefined) return writeUpgradeError(duplex, outcome.status, outcome.detail, outcome.code);
-          return failUpgrade(duplex, outcome.code, outcome.detail);
-        }
         // Said yes, and then not admitted: the handler hears `disconnected`, as Azure sends it after every 2xx
         // `connect` (before, nothing: what it set up for the connection stayed).
-        const notAdmitted = (reason: string): void =>
-          this.deps.events.systemEvent(hub.config, { id, userId: outcome.userId ?? identity.userId, subprotocol: undefined, states: source.states }, 'disconnected', { reason });
+        const notAdmitted = (reason: string): void => {
+          if (!outcome.ok) return;
+          const gone = { id, userId: outcome.userId ?? identity.userId, subprotocol: undefined, states: source.states };
+          this.deps.events.systemEvent(hub.config, gone, 'disconnected', { reason });
+        };
         if (duplex.destroyed || clientEnded) {
           notAdmitted('the client left before it was connected');
           return void duplex.destroy();
@@ -167,6 +162,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
         if (this.deps.shuttingDown()) {
           notAdmitted('the relay is shutting down');
           return failUpgrade(duplex, 'ShuttingDown');
+        }
+        if (!outcome.ok) {
+          log.info({ event: 'pubsub.refused', hub: hub.name, code: outcome.code, status: outcome.status });
+          if (outcome.status !== undefined) return writeUpgradeError(duplex, outcome.status, outcome.detail, outcome.code);
+          return failUpgrade(duplex, outcome.code, outcome.detail);
         }
         // What may have changed while the handler answered: a reload removed the hub, other clients filled it.
         if (this.deps.hub(hubName) !== hub) {

@@ -63,6 +63,15 @@ function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: nu
   connection.sendControl(ackFrame(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
 }
 
+/**
+ * Acks a request, and the `retries` of it held while it was in progress (PubSubConnection.holdRetry): each gets
+ * its error, or, when it succeeded, `Duplicate` (it was processed).
+ */
+function ackWithRetries(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, retries: number, error?: AckErrorName, detail?: string): void {
+  ack(ctx, connection, ackId, error, detail);
+  for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, error ?? 'Duplicate', detail);
+}
+
 export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
   if (isBinary) return ctx.endConnection(connection, 'BinaryFrame');
   let message: unknown;
@@ -232,10 +241,7 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
     (result) => {
       finished();
       const retries = ackId === undefined ? 0 : connection.ackIdDone(ackId);
-      if (connection.ended) return;
-      ack(ctx, connection, ackId, result === 'duplicate' ? 'Duplicate' : undefined);
-      // Retries held while it was in flight: it was processed.
-      for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, 'Duplicate');
+      if (!connection.ended) ackWithRetries(ctx, connection, ackId, retries, result === 'duplicate' ? 'Duplicate' : undefined);
     },
     (err: Error) => {
       finished();
@@ -244,11 +250,10 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
       const retries = ackId === undefined ? 0 : connection.forgetAckId(ackId);
       if (connection.ended) return;
       // The retries held while it was in flight get its outcome too (a retry after this one is processed again).
-      for (let i = 0; i <= retries; i++) {
-        if (err instanceof GroupLimitReached) ack(ctx, connection, ackId, 'Forbidden', groupLimitDetail(ctx));
-        // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
-        else ack(ctx, connection, ackId, err instanceof BusError && err.code === 'TooLarge' ? 'BadRequest' : 'InternalServerError', err.message);
-      }
+      if (err instanceof GroupLimitReached) return ackWithRetries(ctx, connection, ackId, retries, 'Forbidden', groupLimitDetail(ctx));
+      // A message the bus cannot carry fails however often it is retried: not the server's passing trouble.
+      const tooLarge = err instanceof BusError && err.code === 'TooLarge';
+      ackWithRetries(ctx, connection, ackId, retries, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
     },
   );
 }
@@ -284,17 +289,14 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
     else if (!connection.ended) connection.readAgainUnlessBusy();
     if (connection.ended) return;
     if (!result.ok) {
-      const retries = ackId === undefined ? 0 : connection.forgetAckId(ackId);
       // The retries held while it was at the handler get its outcome too.
-      for (let i = 0; i <= retries; i++) ack(ctx, connection, ackId, result.code, result.detail);
-      return;
+      return ackWithRetries(ctx, connection, ackId, ackId === undefined ? 0 : connection.forgetAckId(ackId), result.code, result.detail);
     }
     const retries = ackId === undefined ? 0 : connection.ackIdDone(ackId);
     if (result.reply) {
       hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
     }
-    ack(ctx, connection, ackId);
-    for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, 'Duplicate');
+    ackWithRetries(ctx, connection, ackId, retries);
   });
 }
 

@@ -13,9 +13,9 @@ import { ReliableSession } from './reliable-session.ts';
 import { LiveSessionLimits } from './live-limits.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
 
-
 /** Retries of one ackId in progress held for its outcome; past it, Duplicate at once (a client repeating itself). */
 const RETRIES_HELD_PER_ACK_ID = 16;
+
 export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
 export const RELIABLE_PROTOCOL = 'json.reliable.webpubsub.azure.v1';
 export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;

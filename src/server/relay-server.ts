@@ -491,26 +491,21 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     }
     // listen.proxyProtocol stays on until a restart: a trustProxy emptied now would close every connection, the
     // reload endpoint's too (the config check asks for trustProxy only when the new config turns the protocol on).
-    if (config.listen.proxyProtocol && next.listen.trustProxy.length === 0) {
-      const problem = 'config: /listen/trustProxy: listen.proxyProtocol is on until a restart, and needs the load balancers that send the header';
+    const refused = (problem: string): ReloadOutcome => {
       log.error({ event: 'config.reload_refused', reason, err: problem });
       return { ok: false, problem };
+    };
+    if (config.listen.proxyProtocol && next.listen.trustProxy.length === 0) {
+      return refused('config: /listen/trustProxy: listen.proxyProtocol is on until a restart, and needs the load balancers that send the header');
     }
     // A durable hub needs JetStream, as at start-up (exit 78): one the connected NATS server lacks is refused, not
     // added to fail every publish (before, the reload was taken and the whole edge answered not ready until a restart).
     const lacking = durableHubsWithoutJetStream(bus, config, next, jetstream);
-    if (lacking) {
-      log.error({ event: 'config.reload_refused', reason, err: lacking });
-      return { ok: false, problem: lacking };
-    }
+    if (lacking) return refused(lacking);
     // The certificate files are part of what is reloaded: bad ones refuse the reload before anything changes
     // (before, the reload answered 200 and the old certificate stayed, said only in the log, twice).
     const certificateProblem = certificates && next.listen.tls ? certificates.problemWith(next.listen.tls) : undefined;
-    if (certificateProblem !== undefined) {
-      const problem = `${certificateProblem}; the certificate served (${certificates!.current.fingerprint}) is kept`;
-      log.error({ event: 'config.reload_refused', reason, err: problem });
-      return { ok: false, problem };
-    }
+    if (certificateProblem !== undefined) return refused(`${certificateProblem}; the certificate served (${certificates!.current.fingerprint}) is kept`);
     const changes = applyConfig(
       {
         live: config,

@@ -31,13 +31,11 @@ export class TurnWriter {
 
   /** Writes `buf` after everything written before it. */
   write(buf: Buffer): void {
-    if (buf.length > SMALL_WRITE) {
-      // Half its buffer or more: queued as is, it holds at most twice what it counts.
-      if (!holdsMoreThanItself(buf) || buf.length > STAGE_BYTES) {
-        this.flush();
-        this.socket.write(ownedPiece(buf));
-        return;
-      }
+    // Past SMALL_WRITE, half its buffer or more: queued as is, it holds at most twice what it counts.
+    if (buf.length > SMALL_WRITE && (!holdsMoreThanItself(buf) || buf.length > STAGE_BYTES)) {
+      this.flush();
+      this.socket.write(ownedPiece(buf));
+      return;
     }
     this.hold();
     if (!this.stage || this.used + buf.length > this.stage.length) {

@@ -29,6 +29,18 @@ async function relayWithListener(t: TestContext): Promise<{ relay: RunningRelay;
   return { relay, listener };
 }
 
+/** A request sent on a raw connection, and the rendezvous leg its listener opened to answer it (101). */
+async function answeringOnRendezvous(t: TestContext, path: string) {
+  const { relay, listener } = await relayWithListener(t);
+  const sender = await tcp(t, relay.port);
+  ask(sender, path);
+  const { request } = await listener.next();
+  const address = new URL(request.address);
+  const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+  assert.equal(leg.status, 101);
+  return { sender, request, leg };
+}
+
 /** Writes one request on a kept-alive raw connection. */
 function ask(socket: Socket, path: string, method = 'GET'): void {
   socket.write(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
@@ -104,13 +116,7 @@ describe('HTTP mode: the relay frames response bodies', () => {
   });
 
   it('holds a response sent on the rendezvous to its Content-Length too', async (t) => {
-    const { relay, listener } = await relayWithListener(t);
-    const sender = await tcp(t, relay.port);
-    ask(sender, '/open/g');
-    const { request } = await listener.next();
-    const address = new URL(request.address);
-    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
-    assert.equal(leg.status, 101);
+    const { sender, request, leg } = await answeringOnRendezvous(t, '/open/g');
     leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: { 'content-length': '2' }, body: true } })));
     leg.socket.write(maskedFrame(0x2, 'ok', false));
     leg.socket.write(maskedFrame(0x0, INJECTED.slice(2), true));
@@ -120,13 +126,7 @@ describe('HTTP mode: the relay frames response bodies', () => {
   });
 
   it('answers 502 for a response head on the rendezvous that is not UTF-8, and fails the leg 1007 (RFC 6455 8.1)', async (t) => {
-    const { relay, listener } = await relayWithListener(t);
-    const sender = await tcp(t, relay.port);
-    ask(sender, '/open/bytes');
-    const { request } = await listener.next();
-    const address = new URL(request.address);
-    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
-    assert.equal(leg.status, 101);
+    const { sender, request, leg } = await answeringOnRendezvous(t, '/open/bytes');
     // Before (found by review): decoded with replacement, the reason phrase went to the sender with a 200.
     const head = Buffer.concat([
       Buffer.from(`{"response":{"requestId":"${request.id}","statusCode":200,"statusDescription":"OK`),
