@@ -1,7 +1,41 @@
 // New WebSocket connections per client address: a token bucket per address
-// (`perSecond` refill, `burst` capacity). The table of addresses is bounded:
-// when full, the address seen longest ago is forgotten (a forgotten address
-// starts with a full bucket, which errs towards letting clients in).
+// (`perSecond` refill, `burst` capacity). An IPv6 client counts by its /64:
+// one host or home is given a /64 and can pick any address in it for each
+// connection, so a bucket per address would give it 2^64 of them. The table
+// of addresses is bounded: when full, the address seen longest ago is
+// forgotten (a forgotten address starts with a full bucket, which errs towards
+// letting clients in).
+import { isIP } from 'node:net';
+
+/** Hex groups of an IPv6 address in its written form (`::` expanded, a dotted IPv4 tail as two groups), or undefined. */
+function ipv6Groups(address: string): number[] | undefined {
+  let text = address.replace(/%.*$/, '');
+  const v4Tail = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (v4Tail) {
+    const [a, b, c, d] = v4Tail.slice(1).map(Number);
+    text = `${text.slice(0, v4Tail.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [left, right] = text.split('::');
+  const head = left === '' ? [] : left.split(':');
+  const tail = right === undefined || right === '' ? [] : right.split(':');
+  const groups = right === undefined ? head : [...head, ...new Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
+  return groups.length === 8 ? groups.map((g) => parseInt(g, 16)) : undefined;
+}
+
+/**
+ * The key an address is counted under: an IPv4 address as itself (also when
+ * a dual-stack socket reports it as `::ffff:a.b.c.d`), an IPv6 one as its /64.
+ */
+export function rateKey(address: string): string {
+  if (isIP(address.replace(/%.*$/, '')) !== 6) return address;
+  const groups = ipv6Groups(address);
+  if (!groups) return address;
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    return `${groups[6] >> 8}.${groups[6] & 0xff}.${groups[7] >> 8}.${groups[7] & 0xff}`;
+  }
+  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+}
+
 export class ConnectionRateLimiter {
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
@@ -21,9 +55,10 @@ export class ConnectionRateLimiter {
   /** True when `address` may open a connection now (and takes a token); false when over its rate. */
   take(address: string, now = Date.now()): boolean {
     if (this.perSecond <= 0) return true;
-    let bucket = this.buckets.get(address);
+    const key = rateKey(address);
+    let bucket = this.buckets.get(key);
     if (bucket) {
-      this.buckets.delete(address);
+      this.buckets.delete(key);
       bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.at) / 1000) * this.perSecond);
       bucket.at = now;
     } else {
@@ -31,7 +66,7 @@ export class ConnectionRateLimiter {
       bucket = { tokens: this.burst, at: now };
     }
     // Re-inserted: the map's order is least recently seen first.
-    this.buckets.set(address, bucket);
+    this.buckets.set(key, bucket);
     if (bucket.tokens < 1) return false;
     bucket.tokens -= 1;
     return true;

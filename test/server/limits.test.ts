@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { ConnectionRateLimiter } from '../../src/server/connection-rate.ts';
+import { ConnectionRateLimiter, rateKey } from '../../src/server/connection-rate.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
@@ -138,5 +138,18 @@ describe('limits', () => {
     limiter.take('c', 10000);
     assert.equal(limiter.size, 2);
     assert.equal(new ConnectionRateLimiter(0, 1).take('x'), true);
+  });
+
+  it('counts an IPv6 client by its /64 and an IPv4 one on a dual-stack socket as IPv4', () => {
+    // A host given a /64 picks any address in it for each connection: counted per address, it had 2^64 buckets.
+    const limiter = new ConnectionRateLimiter(0.001, 2);
+    assert.deepEqual(['2001:db8:1:2::1', '2001:db8:1:2:ffff::9', '2001:DB8:1:2:0:0:0:7'].map((a) => limiter.take(a, 0)), [true, true, false]);
+    assert.equal(limiter.take('2001:db8:1:3::1', 0), true);
+    assert.equal(rateKey('2001:0db8:0001:0002:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
+    assert.equal(rateKey('::1'), '0:0:0:0::/64');
+    assert.equal(rateKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
+    assert.equal(rateKey('64:ff9b::192.0.2.1'), '64:ff9b:0:0::/64');
+    assert.deepEqual([rateKey('::ffff:192.0.2.1'), rateKey('::FFFF:c000:201'), rateKey('192.0.2.1')], ['192.0.2.1', '192.0.2.1', '192.0.2.1']);
+    assert.equal(rateKey('not an address'), 'not an address');
   });
 });

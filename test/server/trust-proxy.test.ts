@@ -45,8 +45,11 @@ describe('listen.trustProxy', () => {
     assert.equal((await dial(relay.url, from('[2001:db8::9]:5555'))).status, 401);
     assert.equal((await dial(relay.url, from('[2001:db8::9]:5556'))).status, 401);
     assert.deepEqual(await dial(relay.url, from('[2001:db8::9]')), { status: 429, code: 'TooManyConnectionAttempts' });
+    // Another address in the same /64 is the same client (its host picks any of them); another /64 is not.
+    assert.deepEqual(await dial(relay.url, from('2001:db8::1:2:3:4')), { status: 429, code: 'TooManyConnectionAttempts' });
+    assert.equal((await dial(relay.url, from('2001:db8:0:1::9'))).status, 401);
     const refusals = lines().filter((l) => l.event === 'limit.reached').map((l) => l.address);
-    assert.deepEqual(refusals, ['203.0.113.7', '203.0.113.7', '192.0.2.1', '2001:db8::9']);
+    assert.deepEqual(refusals, ['203.0.113.7', '203.0.113.7', '192.0.2.1', '2001:db8::9', '2001:db8::1:2:3:4']);
   });
 
   it('tells a listener the forwarded client as the sender\'s remote endpoint', async (t) => {
