@@ -9,7 +9,7 @@ import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 import { replaceSignalHandler } from './signal-handlers.ts';
 import { restartOnlyValues, withRestartOnlyValues } from '../server/reload.ts';
-import { WorkerStartError, announceListening, announceReady, followPeers, pinnedAtStart, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
+import { WorkerStartError, announceListening, answerPings, announceReady, followPeers, pinnedAtStart, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
 export const SERVE_HELP = `Usage: edge-relay serve --config FILE [options]
 
@@ -28,6 +28,10 @@ Options:
   --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
   --workers N        N edge processes sharing the port, each an edge on the NATS bus
                      named NODEID-wN (default 1; env EDGE_RELAY_WORKERS)
+  --worker-watchdog S
+                     with --workers: a worker that answers no ping for S seconds (its
+                     event loop stuck) is killed and started again (default 30, 0 = off;
+                     env EDGE_RELAY_WORKER_WATCHDOG)
   --dev              allow keys shorter than 32 bytes, or the published development
                      keys, on a non-loopback listen.host (never in production)
   -h, --help         this text
@@ -46,6 +50,7 @@ const CRASH_FLUSH_MS = 1000;
 
 export async function serve(argv: string[]): Promise<number> {
   if (workerIndex() === undefined) return serveCommand(argv);
+  answerPings();
   // A worker ends with its command, however it ends: its channel to the primary would keep it alive (a worker that
   // could not start, a bad config or certificate, stayed for good; the primary neither failed nor started it again).
   let code: number;
@@ -72,6 +77,7 @@ async function serveCommand(argv: string[]): Promise<number> {
       'node-id': { type: 'string' },
       nats: { type: 'string' },
       workers: { type: 'string' },
+      'worker-watchdog': { type: 'string' },
       dev: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -129,7 +135,13 @@ async function serveCommand(argv: string[]): Promise<number> {
     process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
     return 2;
   }
-  if (workers > 1 && worker === undefined) return runWorkers(config, workers);
+  const watchdogText = values['worker-watchdog'] ?? (process.env.EDGE_RELAY_WORKER_WATCHDOG || undefined) ?? '30';
+  const watchdogSeconds = /^[0-9]{1,5}(\.[0-9]{1,3})?$/.test(watchdogText) ? Number(watchdogText) : NaN;
+  if (!(watchdogSeconds === 0 || (watchdogSeconds >= 0.5 && watchdogSeconds <= 86400))) {
+    process.stderr.write('edge-relay serve: --worker-watchdog must be 0 (off) or seconds from 0.5 to 86400\n');
+    return 2;
+  }
+  if (workers > 1 && worker === undefined) return runWorkers(config, workers, watchdogSeconds * 1000);
   const log = createLogger(config.log.level, config.nodeId, undefined, config.log.bufferBytes);
   // A last resort, not a fix: an exception nothing caught ends the process
   // (its state can no longer be trusted), logged as relay.crash. No input may
@@ -227,12 +239,12 @@ async function serveCommand(argv: string[]): Promise<number> {
  * passes SIGTERM/SIGINT on to them. Workers are edges of a NATS cluster: on
  * the memory bus they could not reach each other.
  */
-async function runWorkers(config: RelayConfig, count: number): Promise<number> {
+async function runWorkers(config: RelayConfig, count: number, watchdogMs: number): Promise<number> {
   if (config.bus.kind !== 'nats') {
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
   }
-  const cluster = startWorkers(count, config.nodeId, restartOnlyValues(config));
+  const cluster = startWorkers(count, config.nodeId, restartOnlyValues(config), watchdogMs);
   let stopping = false;
   // Each worker reloads its config and certificates (not once they drain). In place before the
   // workers listen: a SIGHUP meanwhile would end this process (a worker still starting is not sent it).

@@ -52,6 +52,17 @@ interface ReloadOthers {
   kind: 'edge-relay.reload-others';
 }
 
+/** The primary asks a worker that listens whether its event loop still runs (it answers Pong with the same n). */
+interface Ping {
+  kind: 'edge-relay.ping';
+  n: number;
+}
+
+interface Pong {
+  kind: 'edge-relay.pong';
+  n: number;
+}
+
 /** The private socket of every worker that listens, sent to each once all are up and whenever one comes or goes. */
 interface Peers {
   kind: 'edge-relay.peers';
@@ -198,6 +209,15 @@ export function announceListening(privateSocket: string): void {
   process.send?.(message);
 }
 
+/** In a worker, from its start: answers the primary's pings (from its event loop: a worker stuck in it answers none). */
+export function answerPings(): void {
+  process.on('message', (message: Ping) => {
+    if (message?.kind !== 'edge-relay.ping' || !process.connected) return;
+    const pong: Pong = { kind: 'edge-relay.pong', n: message.n };
+    process.send?.(pong);
+  });
+}
+
 /** In a worker: tells the primary this edge is ready (started; SIGHUP may reach it now). */
 export function announceReady(url: string): void {
   const message: Ready = { kind: 'edge-relay.ready', url };
@@ -232,6 +252,9 @@ const RESTART_FIRST_MS = 500;
 const RESTART_MAX_MS = 30_000;
 const RESTART_STABLE_MS = 60_000;
 
+/** How often the primary pings each worker that listens, at most (a shorter watchdog pings more often). */
+const PING_EVERY_MS = 1000;
+
 /**
  * In the primary: forks `count` workers and passes connections between them;
  * resolves with the listening URL once every worker is up, or rejects when
@@ -242,8 +265,11 @@ const RESTART_STABLE_MS = 60_000;
  * exit code; `stop` resolves true when every worker ended with 0. Each
  * worker is the edge `nodeId`-wN: the primary's node id (its default has the
  * primary's pid, not each worker's), so a worker started again keeps its name.
+ * A worker that listens and has answered no ping for `watchdogMs` (its event
+ * loop stuck: an endless loop, a deadlock in native code, SIGSTOP) is killed
+ * (SIGKILL) and started again, as one that crashed; 0 turns the watchdog off.
  */
-export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyValues): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
+export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyValues, watchdogMs = 0): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
   const workers = new Map<number, Worker>();
   /**
    * Workers that said they are ready: only these are sent SIGHUP. One still
@@ -275,6 +301,26 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
   const tellPeers = () => {
     for (const w of workers.values()) tell(w);
   };
+  /** Workers the watchdog looks after (from when they listen): when each last answered, and the last ping sent. */
+  const answered = new Map<Worker, { index: number; at: number }>();
+  let pings = 0;
+  const watchdog = watchdogMs > 0
+    ? setInterval(() => {
+      if (stopping) return;
+      const now = Date.now();
+      const ping: Ping = { kind: 'edge-relay.ping', n: ++pings };
+      for (const [worker, { index, at }] of answered) {
+        if (now - at > watchdogMs) {
+          answered.delete(worker);
+          process.stderr.write(`edge-relay: worker ${index} answered no ping for ${Math.round((now - at) / 1000)} s (--worker-watchdog): killing it\n`);
+          worker.process.kill('SIGKILL');
+        } else if (worker.isConnected()) {
+          worker.send(ping);
+        }
+      }
+    }, Math.max(50, Math.min(PING_EVERY_MS, Math.floor(watchdogMs / 4))))
+    : undefined;
+  watchdog?.unref();
   const fork = (index: number) => {
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId, [PINNED_ENV]: pinnedText });
     const startedAt = Date.now();
@@ -282,8 +328,11 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     // A message to a worker that has just died fails (EPIPE) before its exit is seen: an 'error' without a
     // listener would end this process and every worker with it. Its exit is handled below.
     worker.on('error', (err) => process.stderr.write(`edge-relay: worker ${index}: ${err.message}\n`));
-    worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers, socket?: Socket) => {
-      if (message?.kind === 'edge-relay.reload-others') {
+    worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers | Pong, socket?: Socket) => {
+      if (message?.kind === 'edge-relay.pong') {
+        const watched = answered.get(worker);
+        if (watched) watched.at = Date.now();
+      } else if (message?.kind === 'edge-relay.reload-others') {
         for (const other of readyWorkers) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
         tell(worker);
@@ -292,6 +341,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         if (workers.get(index) !== worker) return;
         // Every worker relays to it from now on, as it takes its share of new connections from now on.
         sockets[index] = message.privateSocket;
+        answered.set(worker, { index, at: Date.now() });
         tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
         readyWorkers.add(worker);
@@ -316,6 +366,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
       }
     });
     worker.on('exit', (code, signal) => {
+      answered.delete(worker);
       const wasReady = readyWorkers.delete(worker);
       // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
       // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)
@@ -347,6 +398,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     },
     async stop(signal, graceMs) {
       stopping = true;
+      clearInterval(watchdog);
       for (const restart of restarts.values()) clearTimeout(restart.timer);
       const exits = [...workers.values()].map((w) => new Promise<void>((r) => (w.isDead() ? r() : w.once('exit', () => r()))));
       for (const worker of workers.values()) worker.process.kill(signal);
