@@ -356,7 +356,10 @@ export class ClusterHub {
     const members = this.members(group, top, after);
     const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
     for (const answer of answers) members.push(...(answer.members ?? []).filter((m) => after === undefined || m.connectionId > after));
-    return members.sort(byConnectionId).slice(0, top);
+    members.sort(byConnectionId);
+    // A session moving between edges is in the group on both until the holder lets it go (commit): listed once.
+    const once = members.filter((m, i) => i === 0 || m.connectionId !== members[i - 1].connectionId);
+    return once.slice(0, top);
   }
 
   /**

@@ -67,7 +67,7 @@ export class PubSubConnection {
    * it up, while it is held there (deliveries still buffer); on the node
    * taking it, the events that arrive before the hand-over completes.
    */
-  handover: { taking?: TakenEvent[]; givingTimer?: NodeJS.Timeout } | undefined;
+  handover: { taking?: TakenEvent[]; givingTimer?: NodeJS.Timeout; givingTo?: string } | undefined;
   /** A simple WebSocket client (no Web PubSub subprotocol): raw frames both ways, each frame a `message` event. */
   readonly simple: boolean;
   /** ce-connectionState as an event handler last set it (cloud-events.ts). */

@@ -81,6 +81,20 @@ export class SessionRecovery {
     if (earlier) await earlier;
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
+    // JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008
+    // makes the client try again, for as long as the client itself would try (before, it tried for as long as
+    // the outage lasted).
+    const deferred = (reason: string) => {
+      if (this.deferredTooLong(key)) {
+        this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason, ms: this.giveUpAfterMs() });
+        return this.refuse(r.socket, 'SessionNotFound');
+      }
+      this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason });
+      return this.refuse(r.socket, 'SessionUnavailable');
+    };
+    // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
+    // the client give up a session that lived on).
+    if (connection?.handover && connection.session?.tokenMatches(token)) return deferred('the session is still moving between edges');
     if (!heldHere) {
       const take = hub.takeSession(connectionId, token, protocol);
       const settled = take.then(
@@ -95,14 +109,7 @@ export class SessionRecovery {
         connection = await take;
       } catch (err) {
         if (!(err instanceof SessionUnavailable)) throw err;
-        // JetStream or the holding edge cannot answer now: a close other than 1008 makes the client try again,
-        // for as long as the client itself would try (before, it tried for as long as the outage lasted).
-        if (this.deferredTooLong(key)) {
-          this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason: err.message, ms: this.giveUpAfterMs() });
-          return this.refuse(r.socket, 'SessionNotFound');
-        }
-        this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: err.message });
-        return this.refuse(r.socket, 'SessionUnavailable');
+        return deferred(err.message);
       }
     }
     this.deferredSince.delete(key);
