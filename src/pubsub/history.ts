@@ -5,6 +5,7 @@
 // is the hub's JetStream stream, read by subject (stream-events.ts). A
 // message's sequence is the same in history and on the live frame
 // (`"sequence"`), so a reader can join the two without a gap or a repeat.
+import { randomBytes } from 'node:crypto';
 import type { HubHistoryConfig } from '../config/types.ts';
 import type { DataMessage } from './downstream.ts';
 
@@ -22,6 +23,11 @@ export interface HistoryPage {
   messages: HistoryEntry[];
   /** The last sequence returned (`after` itself when none was): the next page starts after it. */
   next: number;
+  /**
+   * Names the history's numbering where it can start over: an in-memory history (a restart, a reload that
+   * made the hub again) has a new id then, so a reader holding a sequence from before knows it means nothing now.
+   */
+  historyId?: string;
 }
 
 export interface HubHistory {
@@ -44,6 +50,8 @@ interface Kept extends HistoryEntry {
 /** The memory bus's history: a ring of group messages bounded by count, bytes and age. */
 export class MemoryHistory implements HubHistory {
   private entries: Kept[] = [];
+  /** Sequences start at 1 in each instance: a new id says so to readers. */
+  private readonly id = randomBytes(9).toString('base64url');
   private head = 0;
   private bytes = 0;
   private sequence = 0;
@@ -60,7 +68,8 @@ export class MemoryHistory implements HubHistory {
   /** Keeps a group message; returns its sequence. */
   append(group: string, message: DataMessage, at: number): number {
     const sequence = ++this.sequence;
-    const bytes = message.dataJson.length + group.length + 64;
+    // UTF-8 bytes, as JetStream stores them (a length in UTF-16 units counted non-Latin-1 text at a third).
+    const bytes = Buffer.byteLength(message.dataJson) + group.length + 64;
     this.entries.push({ sequence, group, dataType: message.dataType, dataJson: message.dataJson, fromUserId: message.fromUserId ?? null, at, bytes });
     this.bytes += bytes;
     this.trim(at);
@@ -73,6 +82,9 @@ export class MemoryHistory implements HubHistory {
       const live = this.entries.length - this.head;
       if (live <= this.maxMessages && this.bytes <= this.maxBytes && now - oldest.at <= this.maxAgeMs) break;
       this.bytes -= oldest.bytes;
+      // Let go of its text now: the slot stays until the ring is compacted (after 1,024 at least), and with it
+      // the message (1,024 messages of 1 MiB held past a 1 MiB maxBytes).
+      oldest.dataJson = '';
       this.head++;
     }
     if (this.head > 1024 && this.head * 2 > this.entries.length) {
@@ -91,9 +103,9 @@ export class MemoryHistory implements HubHistory {
       const e = this.entries[i];
       if (e.group !== group) continue;
       messages.push({ sequence: e.sequence, dataType: e.dataType, dataJson: e.dataJson, fromUserId: e.fromUserId, at: e.at });
-      bytes += e.dataJson.length;
+      bytes += e.bytes;
     }
-    return { messages, next: messages.length > 0 ? messages[messages.length - 1].sequence : after };
+    return { messages, next: messages.length > 0 ? messages[messages.length - 1].sequence : after, historyId: this.id };
   }
 }
 
@@ -103,5 +115,6 @@ export function historyPageJson(page: HistoryPage): string {
     (m) =>
       `{"sequence":${m.sequence},"dataType":"${m.dataType}","data":${m.dataJson},"fromUserId":${JSON.stringify(m.fromUserId)},"time":"${new Date(m.at).toISOString()}"}`,
   );
-  return `{"messages":[${items.join(',')}],"next":${page.next}}\n`;
+  const id = page.historyId === undefined ? '' : `,"historyId":${JSON.stringify(page.historyId)}`;
+  return `{"messages":[${items.join(',')}],"next":${page.next}${id}}\n`;
 }

@@ -1,6 +1,8 @@
 // A hub's history on the memory bus (a bounded ring) and its REST page.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { HISTORY_PAGE_BYTES, MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
 import type { DataMessage } from '../../src/pubsub/downstream.ts';
 import { startPubSubRelay, HUB, HUB_KEY } from '../helpers/pubsub.ts';
@@ -17,7 +19,11 @@ describe('history on the memory bus', () => {
     assert.equal(first.next, 5);
     const rest = await history.read('odd', first.next, 3);
     assert.deepEqual(rest.messages.map((m) => m.sequence), [7, 9]);
-    assert.deepEqual(await history.read('odd', 9, 3), { messages: [], next: 9 });
+    const end = await history.read('odd', 9, 3);
+    assert.deepEqual(end, { messages: [], next: 9, historyId: first.historyId });
+    // Each history numbers from 1: another one (a restart, a hub made again) has another id, which readers compare.
+    assert.match(first.historyId!, /^[A-Za-z0-9_-]{12}$/);
+    assert.notEqual((await new MemoryHistory({ maxMessages: 1 }).read('odd', 0, 1)).historyId, first.historyId);
     assert.deepEqual((await history.read('none', 0, 3)).messages, []);
   });
 
@@ -35,6 +41,28 @@ describe('history on the memory bus', () => {
     const huge = new MemoryHistory({ maxMessages: 10 * MEMORY_HISTORY_MAX_MESSAGES });
     for (let i = 0; i < MEMORY_HISTORY_MAX_MESSAGES + 10; i++) huge.append('g', text(''), Date.now());
     assert.equal((await huge.read('g', 0, 1)).messages[0].sequence, 11);
+  });
+
+  it('lets go of the messages it dropped, not when the ring is next compacted', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const heap = () => {
+      gc();
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const history = new MemoryHistory({ maxBytes: 1024 * 1024 });
+    const before = heap();
+    // 400 messages of 100 KB (each its own string) past a 1 MiB bound: ~10 kept. Before, the 390 dropped
+    // stayed in the ring's slots until 1,024 had gone: ~40 MB held.
+    for (let i = 0; i < 400; i++) history.append('g', text(`${i} ${'x'.repeat(100_000)}`), Date.now());
+    const held = heap() - before;
+    assert.ok(held < 8 * 1024 * 1024, `${(held / 1048576).toFixed(1)} MiB held for a 1 MiB history`);
+    assert.equal((await history.read('g', 0, 1000)).messages.length, 10);
+    // Counted in UTF-8 bytes, as JetStream stores them: three-byte characters fill the bound three times sooner.
+    const wide = new MemoryHistory({ maxBytes: 64 * 1024 });
+    for (let i = 0; i < 10; i++) wide.append('g', text('\u20ac'.repeat(10_000)), Date.now());
+    assert.equal((await wide.read('g', 0, 100)).messages.length, 2);
   });
 
   it('ends a page after the message that passes its byte bound, and goes on from there', async () => {
