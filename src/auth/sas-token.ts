@@ -6,6 +6,8 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 
 const PREFIX = 'SharedAccessSignature ';
+/** The latest expiry a token may carry: `se` has at most 12 digits (Azure's and this relay's parsers). */
+export const MAX_SAS_EXPIRY = 999_999_999_999;
 const MAX_TOKEN_LENGTH = 4096;
 
 export interface ParsedSasToken {

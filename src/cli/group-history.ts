@@ -16,7 +16,16 @@ export interface SequencedMessage extends HubMessage {
 const PAGE = 1000;
 const REQUEST_TIMEOUT_MS = 10_000;
 
-/** Messages of `group` after `after`, oldest first, as live messages look; calls `each` for every one, page by page. */
+/** What a reader knows of the history it reads: the id of its numbering (a new one means it started over). */
+export interface HistoryNumbering {
+  historyId?: string;
+}
+
+/**
+ * Messages of `group` after `after`, oldest first, as live messages look; calls `each` for every one, page by
+ * page; the last sequence read. `restarted` when the relay's history is another than `known` says (its
+ * numbering started over: an in-memory history after a restart): nothing is read then, and `known` is the new one.
+ */
 export async function readGroupHistory(
   baseUrl: string,
   access: HubAccess,
@@ -24,7 +33,8 @@ export async function readGroupHistory(
   after: number,
   each: (m: SequencedMessage) => boolean,
   tls?: ClientTls,
-): Promise<number> {
+  known: HistoryNumbering = {},
+): Promise<{ last: number; restarted?: boolean }> {
   const base = baseUrl.replace(/\/+$/, '').replace(/^ws(s?):/i, 'http$1:');
   const path = `/api/hubs/${encodeURIComponent(access.hub)}/groups/${encodeURIComponent(group)}/messages`;
   let cursor = after;
@@ -36,16 +46,22 @@ export async function readGroupHistory(
       message?: string;
       messages?: { sequence: number; dataType: string; data: unknown; fromUserId: string | null; time: string }[];
       next?: number;
+      historyId?: unknown;
     };
     if (res.status !== 200 || !Array.isArray(body.messages) || typeof body.next !== 'number') {
       throw new Error(`history of ${group}: ${res.status} ${body.code ?? ''} ${body.message ?? ''}`.trim());
     }
+    if (typeof body.historyId === 'string') {
+      const restarted = known.historyId !== undefined && known.historyId !== body.historyId;
+      known.historyId = body.historyId;
+      if (restarted) return { last: after, restarted };
+    }
     for (const m of body.messages) {
       const message: SequencedMessage = { type: 'message', from: 'group', group, dataType: m.dataType, data: m.data, sequence: m.sequence };
-      if (!each(message)) return m.sequence;
+      if (!each(message)) return { last: m.sequence };
     }
     // A page may come back short (messages of another group sharing a hashed subject are skipped): the end is a page that moves nothing.
-    if (body.next === cursor) return cursor;
+    if (body.next === cursor) return { last: cursor };
     cursor = body.next;
   }
 }

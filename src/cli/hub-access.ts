@@ -42,6 +42,13 @@ export const HUB_GROUP_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** A relay's base URL: scheme and authority only, which a URL parser reads (a port past 65535 is none). */
 export function isBaseUrl(url: string): boolean {
-  return /^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(url);
+  if (!/^(https?|wss?):\/\/[^/?#\s]+\/?$/.test(url)) return false;
+  try {
+    new URL(url);
+    return true;
+  } catch {
+    return false;
+  }
 }

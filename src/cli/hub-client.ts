@@ -110,7 +110,13 @@ export class HubClient {
   ): Promise<HubClient> {
     const timeouts = options.timeouts ?? HUB_CLIENT_TIMEOUTS;
     const url = clientAccessUrl(baseUrl, access.hub, access.key, { userId: options.userId, roles: options.roles, ttlSeconds: 24 * 3600 });
-    const ws = new WebSocket(url, 'json.webpubsub.azure.v1', { ...options.tls });
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(url, 'json.webpubsub.azure.v1', { ...options.tls });
+    } catch (err) {
+      // Its message has the whole URL, and the URL a token that joins or sends for a day: never printed.
+      return Promise.reject(new Error(`cannot connect to ${baseUrl}: ${(err as Error).message.replace(/\?access_token=[^\s&]*/g, '')}`));
+    }
     return new Promise<HubClient>((resolveWith, rejectWith) => {
       let client: HubClient | undefined;
       const connecting = setTimeout(() => {
@@ -164,6 +170,11 @@ export class HubClient {
         }, this.timeouts.ackMs);
       });
     });
+  }
+
+  /** Open: not closing or closed. */
+  get isOpen(): boolean {
+    return this.ws.readyState === WebSocket.OPEN;
   }
 
   /** `reason`: the relay's close reason, or why this client dropped a silent connection. */

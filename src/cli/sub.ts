@@ -7,7 +7,7 @@
 import { parseArgs } from 'node:util';
 import { Backoff } from '../bridge/backoff.ts';
 import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from './hub-access.ts';
-import { readGroupHistory } from './group-history.ts';
+import { readGroupHistory, type HistoryNumbering, type SequencedMessage } from './group-history.ts';
 import { HUB_CLIENT_TIMEOUTS, HubClient, type HubClientTimeouts, type HubMessage } from './hub-client.ts';
 import { TLS_HELP, readClientTls, type ClientTls } from './tls-options.ts';
 
@@ -96,7 +96,7 @@ export function watch(
   limit: number,
   after: number | undefined,
   tls: ClientTls,
-  io: { timeouts: HubClientTimeouts; print: (line: string) => void } = { timeouts: HUB_CLIENT_TIMEOUTS, print: (line) => process.stdout.write(line) },
+  io: { timeouts: HubClientTimeouts; print: (line: string) => void; signal?: AbortSignal } = { timeouts: HUB_CLIENT_TIMEOUTS, print: (line) => process.stdout.write(line) },
 ): Promise<number> {
   const { timeouts } = io;
   const backoff = new Backoff();
@@ -104,9 +104,9 @@ export function watch(
   let current: HubClient | undefined;
   let stopping = false;
   let retry: NodeJS.Timeout | undefined;
-  // With history: the last sequence printed, and live messages held while history is read.
+  // With history: the last sequence printed (it only goes up, until the relay's history starts over).
   let cursor = after;
-  let held: HubMessage[] | undefined;
+  const numbering: HistoryNumbering = {};
   return new Promise<number>((resolve) => {
     const finish = (code: number) => {
       stopping = true;
@@ -115,6 +115,7 @@ export function watch(
       resolve(code);
     };
     process.once('SIGINT', () => finish(0));
+    io.signal?.addEventListener('abort', () => finish(0), { once: true });
     process.once('SIGTERM', () => finish(0));
     const reconnect = (why: string) => {
       if (stopping) return;
@@ -137,32 +138,47 @@ export function watch(
       }
       return true;
     };
-    const onMessage = (m: HubMessage) => {
-      if (m.type !== 'message' || m.group !== group || stopping) return;
-      if (held) held.push(m);
-      else print(m);
-    };
-    /** After a join: history from the cursor, then what arrived live meanwhile, in sequence order. */
-    const catchUp = async () => {
-      cursor = await readGroupHistory(url, access, group, cursor!, print, tls);
-      const live = held ?? [];
-      held = undefined;
-      for (const m of live) if (!print(m)) break;
-    };
     const open = () => {
+      // With history: this connection's live messages, held from the join on until the history before them is
+      // printed. Its own: a catch-up of a connection that closed meanwhile must not print (and so skip past
+      // the history of) the next connection's.
+      const connection: { client?: HubClient; held?: HubMessage[] } = { held: cursor !== undefined ? [] : undefined };
+      const onMessage = (m: HubMessage) => {
+        if (m.type !== 'message' || m.group !== group || stopping) return;
+        if (connection.held) connection.held.push(m);
+        else print(m);
+      };
+      /** Still the connection watched: a catch-up of one that closed since stops (the next one reads on from the cursor). */
+      const isCurrent = () => !stopping && current === connection.client && connection.client?.isOpen === true;
+      /** After a join: history from the cursor, then what arrived live meanwhile, in sequence order. */
+      const catchUp = async () => {
+        const each = (m: SequencedMessage) => isCurrent() && print(m);
+        let read = await readGroupHistory(url, access, group, cursor!, each, tls, numbering);
+        if (read.restarted && isCurrent()) {
+          // Its sequences mean nothing now: what it holds is printed from its start (before, every message
+          // numbered up to the old cursor, new ones included, was taken for one printed already).
+          process.stderr.write(`edge-relay sub: the relay's history of ${group} started over (a relay keeping it in memory restarted): printing it from its start\n`);
+          cursor = 0;
+          read = await readGroupHistory(url, access, group, 0, each, tls, numbering);
+        }
+        if (!isCurrent()) return false;
+        cursor = Math.max(cursor!, read.last);
+        const live = connection.held ?? [];
+        connection.held = undefined;
+        for (const m of live) if (!print(m)) break;
+        return true;
+      };
       HubClient.connect(url, access, { userId, roles: [`webpubsub.joinLeaveGroup.${group}`], tls, timeouts }, onMessage).then(
         async (client) => {
           current = client;
+          connection.client = client;
           client.onClose((code, reason) => reconnect(`connection closed (${code}${reason ? ` ${reason}` : ''})`));
-          // Live messages are held from the join on until the history before them is printed.
-          if (cursor !== undefined) held = [];
           try {
             await client.request({ type: 'joinGroup', group });
           } catch (err) {
             // Not answered (no ack in time, or the connection went meanwhile): try again on a new connection, as after a drop.
             // Refused (no permission, say): say so and stop.
             if ((err as { unacknowledged?: boolean }).unacknowledged) {
-              held = undefined;
               client.drop(`joining ${group} not acknowledged`);
               return;
             }
@@ -171,8 +187,10 @@ export function watch(
           }
           if (cursor !== undefined) {
             try {
-              await catchUp();
+              if (!(await catchUp())) return;
             } catch (err) {
+              // The connection went meanwhile: its successor reads the history again.
+              if (!isCurrent()) return;
               process.stderr.write(`edge-relay sub: ${(err as Error).message}\n`);
               return finish(1);
             }
@@ -181,8 +199,9 @@ export function watch(
           process.stderr.write(`edge-relay sub: watching group ${group} in hub ${access.hub}\n`);
         },
         (err: Error & { status?: number }) => {
-          // Refused for a reason retrying cannot change (bad key, unknown hub): say so and stop.
-          if (err.status !== undefined && err.status >= 400 && err.status < 500) {
+          // Refused for a reason retrying cannot change (bad key, unknown hub): say so and stop. A limit of the
+          // moment (429: too many new connections from this address, the hub full; 408) is waited out.
+          if (err.status !== undefined && err.status >= 400 && err.status < 500 && err.status !== 429 && err.status !== 408) {
             process.stderr.write(`edge-relay sub: ${err.message}\n`);
             return finish(1);
           }

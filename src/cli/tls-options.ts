@@ -4,7 +4,7 @@
 // (listen.tls.requireClientCert). Without them Node's own CA list applies
 // (NODE_EXTRA_CA_CERTS adds to it); certificate checks are never turned off.
 import { readFileSync } from 'node:fs';
-import { rootCertificates as tlsRootCertificates } from 'node:tls';
+import { createSecureContext, rootCertificates as tlsRootCertificates } from 'node:tls';
 
 export const TLS_OPTIONS = {
   ca: { type: 'string' },
@@ -49,6 +49,15 @@ export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-k
     if (typeof key === 'string') return key;
     out.cert = cert;
     out.key = key;
+  }
+  // A certificate and key that do not belong together (or a CA file that holds none) fail every connection alike:
+  // said once here (exit 2), not retried for good by `sub` and `bridge`.
+  for (const [flags, part] of [['--ca', { ca: out.ca }], ['--tls-cert/--tls-key', { cert: out.cert, key: out.key }]] as const) {
+    try {
+      createSecureContext(part);
+    } catch (err) {
+      return `${flags}: ${(err as Error).message}`;
+    }
   }
   return out;
 }

@@ -55,8 +55,8 @@ export function tokenClient(argv: string[]): number {
     return 0;
   }
   if (!values.hub) return fail(`--hub is required\n\n${TOKEN_CLIENT_HELP}`);
-  const ttl = Number(values.ttl);
-  if (!Number.isInteger(ttl) || ttl <= 0) return fail('--ttl must be a positive whole number of seconds');
+  const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
+  if (!(ttl > 0)) return fail('--ttl must be a positive whole number of seconds');
   if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
   const access = resolveHubAccess(values.hub, values.key, values.config);
   if (typeof access === 'string') return fail(access);

@@ -1,7 +1,7 @@
 // `edge-relay token sas|client`: prints a Shared Access Signature token, or
 // (token-client.ts) a pub/sub client access URL.
 import { parseArgs } from 'node:util';
-import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
+import { MAX_SAS_EXPIRY, createSasToken, resourceForUrl } from '../auth/sas-token.ts';
 import { tokenClient } from './token-client.ts';
 
 export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME --key KEY [--ttl SECONDS]
@@ -55,9 +55,10 @@ export function token(argv: string[]): number {
     process.stderr.write(`edge-relay token sas: --uri, --key-name and --key are required\n\n${TOKEN_HELP}`);
     return 2;
   }
-  const ttl = Number(values.ttl);
-  if (!Number.isInteger(ttl) || ttl <= 0) {
-    process.stderr.write('edge-relay token sas: --ttl must be a positive whole number of seconds\n');
+  const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
+  // An expiry past 12 digits makes a token every relay refuses (TokenMalformed): said here, not at its first use.
+  if (!(ttl > 0) || Math.floor(Date.now() / 1000) + ttl > MAX_SAS_EXPIRY) {
+    process.stderr.write('edge-relay token sas: --ttl must be a positive whole number of seconds, the expiry at most 12 digits\n');
     return 2;
   }
   let resource: string;

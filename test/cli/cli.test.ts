@@ -85,10 +85,13 @@ describe('edge-relay command line', () => {
     assert.equal(auth.check({ token, entity: 'other', right: 'Listen', hosts: ['127.0.0.1'] }).ok, false);
     assert.equal(run('token', 'sas', '--uri', 'x').status, 2);
     // An unknown flag, or a value that looks like one: a line naming it and exit 2 (before: a stack trace, and exit 1 or 0).
-    for (const args of [['--bogus'], ['--uri', 'ws://127.0.0.1/x', '--key-name', 'k', '--key', 'v', '--ttl', '-10']]) {
+    // A --ttl that is no count of seconds, or whose expiry passes the 12 digits a SAS token's `se` has (the relay
+    // refused such a token: TokenMalformed).
+    const sas = ['--uri', 'ws://127.0.0.1/x', '--key-name', 'k', '--key', 'v'];
+    for (const args of [['--bogus'], [...sas, '--ttl', '-10'], [...sas, '--ttl', '1e3'], [...sas, '--ttl', '0x10'], [...sas, '--ttl', '999999999999']]) {
       const refused = run('token', 'sas', ...args);
       assert.equal(refused.status, 2, refused.stderr);
-      assert.match(refused.stderr, /^edge-relay token: /);
+      assert.match(refused.stderr, /^edge-relay token( sas)?: /);
       assert.doesNotMatch(refused.stderr, /\n\s+at /);
     }
   });

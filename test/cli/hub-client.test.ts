@@ -4,17 +4,27 @@
 // Before, each of these held `pub` or `sub` for good (a frozen relay, a path gone
 // silent). Short bounds here; the commands use HUB_CLIENT_TIMEOUTS.
 import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { HubClient, type HubClientTimeouts } from '../../src/cli/hub-client.ts';
 import { watch } from '../../src/cli/sub.ts';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { startTestRelay } from '../helpers/relay.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const HUB = { name: 'chat', accessKey: 'chat-hub-key-0123456789abcdef' };
 const ACCESS = { hub: HUB.name, key: HUB.accessKey };
 const SHORT: HubClientTimeouts = { connectMs: 300, ackMs: 300, keepAliveMs: 100 };
+
+/** Ends a `watch` with the test, however the test ends (it would otherwise go on reconnecting). */
+function stopped(t: TestContext): AbortSignal {
+  const controller = new AbortController();
+  t.after(() => controller.abort());
+  return controller.signal;
+}
 
 /** A TCP server that takes connections and never writes a byte. */
 async function silentServer(t: TestContext): Promise<number> {
@@ -99,11 +109,112 @@ describe('the pub/sub command-line client', () => {
     const printed: string[] = [];
     const port = (wss.address() as AddressInfo).port;
     // Before: `sub` said "cannot join" and ended with 1.
-    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 1, undefined, {}, { timeouts: SHORT, print: (line) => printed.push(line) });
+    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 1, undefined, {}, { timeouts: SHORT, print: (line) => printed.push(line), signal: stopped(t) });
     const code = await withTimeout(watching, 10000, 'sub to print one message');
     assert.equal(code, 0);
     assert.equal(connections, 2);
     assert.deepEqual(printed, ['after the retry\n']);
+  });
+
+  it('sub --from-start: the history read of a connection that closed meanwhile leaves the next one its live messages', async (t) => {
+    // A scripted relay. Messages 1..3 are kept at first, 4 and 5 from 700 ms after the first history read began.
+    // Connection 1 is closed (1012) right after its join while its history read takes 600 ms; connection 2's
+    // read takes 1.2 s, and 5 reaches it live at 800 ms. Before: the first read, ending on no connection,
+    // took the second connection's held live messages: 5 was printed before 4, and 4 never.
+    const kept = (n: number) => ({ sequence: n, dataType: 'text', data: `m${n}`, fromUserId: null, time: new Date(0).toISOString() });
+    let reads = 0;
+    let firstRead = 0;
+    const server = createHttpServer((req, res) => {
+      const after = Number(new URL(req.url!, 'http://x').searchParams.get('after'));
+      const n = ++reads;
+      firstRead ||= Date.now();
+      setTimeout(() => {
+        const upTo = Date.now() - firstRead >= 700 ? 5 : 3;
+        const messages = [1, 2, 3, 4, 5].filter((s) => s > after && s <= upTo).map(kept);
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ messages, next: messages.length ? messages[messages.length - 1].sequence : after }));
+      }, n === 1 ? 600 : n === 2 ? 1200 : 0);
+    });
+    const wss = new WebSocketServer({ server, handleProtocols: (protocols) => [...protocols][0] ?? false });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const c of wss.clients) c.terminate();
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    let connections = 0;
+    wss.on('connection', (ws) => {
+      const n = ++connections;
+      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
+      ws.on('message', (data) => {
+        const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
+        if (request.type !== 'joinGroup') return;
+        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+        if (n === 1) setTimeout(() => ws.close(1012, 'draining'), 50);
+        else setTimeout(() => ws.send(JSON.stringify({ type: 'message', from: 'group', group: request.group, dataType: 'text', data: 'm5', sequence: 5 })), Math.max(0, firstRead + 800 - Date.now()));
+      });
+    });
+    const printed: string[] = [];
+    const port = (server.address() as AddressInfo).port;
+    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 5, 0, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
+    assert.equal(await withTimeout(watching, 10000, 'sub to print five messages'), 0);
+    assert.deepEqual(printed, ['m1', 'm2', 'm3', 'm4', 'm5']);
+  });
+
+  it('sub tries again when refused for a limit of the moment (429), not only when the relay is away', async (t) => {
+    // The first two upgrades are refused 429 (too many new connections from this address); the third is taken.
+    let upgrades = 0;
+    const wss = new WebSocketServer({
+      host: '127.0.0.1',
+      port: 0,
+      handleProtocols: (protocols) => [...protocols][0] ?? false,
+      verifyClient: (_info, done) => (++upgrades <= 2 ? done(false, 429, 'Too many new connections from this address; retry later') : done(true)),
+    });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    t.after(() => {
+      for (const c of wss.clients) c.terminate();
+      return new Promise<void>((r) => wss.close(() => r()));
+    });
+    wss.on('connection', (ws) => {
+      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: 'c', userId: null }));
+      ws.on('message', (data) => {
+        const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
+        if (request.type !== 'joinGroup') return;
+        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+        ws.send(JSON.stringify({ type: 'message', from: 'group', group: request.group, dataType: 'text', data: 'let in' }));
+      });
+    });
+    const printed: string[] = [];
+    const port = (wss.address() as AddressInfo).port;
+    // Before: "the relay refused the connection: 429 ...", and sub ended with 1.
+    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 1, undefined, {}, { timeouts: SHORT, print: (line) => printed.push(line), signal: stopped(t) });
+    assert.equal(await withTimeout(watching, 10000, 'sub to print after the refusals'), 0);
+    assert.deepEqual([upgrades, printed], [3, ['let in\n']]);
+  });
+
+  it('sub --from-start prints what a relay keeping history in memory holds after a restart (its numbering started over)', async (t) => {
+    const overrides = { pubsub: { hubs: [{ ...HUB, history: { maxMessages: 100 } }] } };
+    const first = await startTestRelay(t, overrides);
+    const port = first.port;
+    const send = async (url: string, data: string) => {
+      const target = `${url}/api/hubs/${HUB.name}/groups/g/:send`;
+      const res = await httpRequest(target, { method: 'POST', headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: target }, HUB.accessKey, 60)}` }, body: Buffer.from(data) });
+      assert.equal(res.status, 202);
+    };
+    for (const data of ['before-1', 'before-2', 'before-3']) await send(first.url, data);
+    const printed: string[] = [];
+    const watching = watch(first.url, ACCESS, 'g', undefined, 'data', 6, 0, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
+    await until(() => printed.length === 3, 5000, 'the history before the restart');
+    await first.close();
+    const second = await startTestRelay(t, { ...overrides, listen: { host: '127.0.0.1', port } });
+    // Kept by the new relay before sub is back, and live after: numbered 1, 2, 3 again.
+    await send(second.url, 'after-1');
+    await send(second.url, 'after-2');
+    await until(() => printed.length >= 5, 10000, 'sub back');
+    await send(second.url, 'after-3');
+    // Before: after-1..3 were taken for before-1..3, printed already, and dropped without a word.
+    assert.equal(await withTimeout(watching, 10000, 'sub to print six'), 0);
+    assert.deepEqual(printed, ['before-1', 'before-2', 'before-3', 'after-1', 'after-2', 'after-3']);
   });
 
   it('keeps a connection to a relay that answers its pings', async (t) => {

@@ -88,6 +88,19 @@ describe('edge-relay pub and sub', () => {
     assert.equal(notJson.status, 2);
     assert.match(notJson.stderr, /not JSON/);
     assert.equal((await runPub(t, ['--hub', 'chat'])).status, 2);
+    // A --url no URL parser reads (a port past 65535): said, with no token. Before, the error quoted the whole
+    // client URL with its access token (a day long, sending to the group) on stderr, and sub ended with a stack trace.
+    for (const command of ['pub', 'sub']) {
+      const wrong = command === 'pub'
+        ? await runPub(t, ['--url', 'http://127.0.0.1:94000', '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room', 'x'])
+        : await (async () => {
+          const s = startSub(t, ['--url', 'http://127.0.0.1:94000', '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room']);
+          return { status: await withTimeout(s.exited, 10000, 'sub'), stderr: s.err() };
+        })();
+      assert.equal(wrong.status, 2, wrong.stderr);
+      assert.match(wrong.stderr, /--url/);
+      assert.doesNotMatch(wrong.stderr, /access_token|eyJ/);
+    }
     const watcher = startSub(t, ['--url', relay.url, '--hub', 'chat', '--key', 'wrong-key', '--group', 'room']);
     assert.equal(await withTimeout(watcher.exited, 10000, 'sub to give up'), 1);
     assert.match(watcher.err(), /401/);

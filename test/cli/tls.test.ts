@@ -96,6 +96,13 @@ describe('the command line over TLS', () => {
     const missing = runCli(t, ['pub', ...common.slice(0, -1), '/no/such/ca.pem', 'nope']);
     assert.equal(await withTimeout(missing.exited, 20000, 'pub'), 2);
     assert.match(missing.stderr(), /--ca \/no\/such\/ca\.pem: ENOENT/);
+    // A certificate and the key of another: said at once (2). Before, sub tried again for good (each connection
+    // failed alike) and pub said 1.
+    for (const command of ['pub', 'sub']) {
+      const mismatched = runCli(t, [command, ...common, '--tls-cert', pki.server.certFile, '--tls-key', other.server.keyFile, ...(command === 'pub' ? ['x'] : [])]);
+      assert.equal(await withTimeout(mismatched.exited, 20000, command), 2, mismatched.stderr());
+      assert.match(mismatched.stderr(), /--tls-cert\/--tls-key: .*key values mismatch/);
+    }
   });
 
   it('token builds SAS tokens and client access URLs for https:// and wss:// relays', async (t) => {
