@@ -9,15 +9,8 @@
 //   commit  the holder forgets the connection (and its subscriptions) and says
 //           which sequence id was last;
 //   page    the taker fetches the unacknowledged events, sequence ids kept, in
-//           pages that fit the bus; a page after the last one tells the
-//           holder it may let the session go;
-//   abort   before commit, the holder keeps the session as it was; after it,
-//           the taker gave up and another taker may begin again with the
-//           session the holder kept.
-// Commit and page are asked again when the holder does not answer in time (it
-// may only be stalled: a pause, a long GC): the holder answers a repeated
-// commit as the first, from the session it gave away, so a stall after the
-// holder let go of the connection does not lose the session.
+//           pages that fit the bus;
+//   abort   (before commit) the holder keeps the session as it was.
 // The taker then appends the events it kept aside that the holder did not
 // have (events carry cluster-wide ids), and, with the NATS bus, the events
 // that reached neither node while the group interest moved, fetched from the
@@ -90,32 +83,12 @@ export function insertInOriginOrder(list: { mid: string }[], event: { mid: strin
 /** Pause before asking again for a session that is still moving. */
 export const BUSY_RETRY_MS = 25;
 
-/** How many request timeouts a commit and its pages may take together, asked again while the holder is silent. */
-const MOVE_ASKS = 3;
-
 /** Largest page of events, whatever the bus allows. */
 const MAX_PAGE_BYTES = 4 * 1024 * 1024;
 
-/**
- * A session given away at commit, kept until its taker has paged it out: what a repeated commit answers, and
- * what another taker begins with after the first one gave up (abort).
- */
-interface GivenSession {
-  session: ReliableSession;
-  protocol: string;
-  /** The begin answer: the connection's identity. */
-  identity: PsSession;
-  /** The commit answer, as first given (`missingSince` no later than the commit: a later taker looks for events from there). */
-  committed: PsSession;
-  /** The edge taking it; undefined once it gave up (abort), until another one begins. */
-  takenBy: string | undefined;
-  timer: NodeJS.Timeout;
-  subscription: BusSubscription;
-}
-
 export class SessionHandover {
   /** Sessions given away at commit, kept until the taker has paged them out. */
-  private readonly given = new Map<string, GivenSession>();
+  private readonly given = new Map<string, { session: ReliableSession; lastSeq: number; timer: NodeJS.Timeout; pages: BusSubscription }>();
 
   constructor(
     private readonly hub: HandoverHub,
@@ -133,9 +106,6 @@ export class SessionHandover {
     const refuse = () => answer({ op: 'ps.session', ok: false });
     if (h.stage === 'page') return; // answered by the subscription made at commit
     const connection = this.hub.local.connections.get(h.connectionId);
-    // Given away already (a repeat read before the connection's subject was left): answered as the subscription
-    // made at commit answers (which may answer it too: the asker takes the first, the same).
-    if (!connection && this.given.has(h.connectionId)) return this.onGivenRequest(h, answer, refuse);
     const session = connection?.session;
     if (!connection || !session || connection.ended || !session.tokenMatches(h.token ?? '')) return refuse();
     switch (h.stage) {
@@ -154,7 +124,17 @@ export class SessionHandover {
           // Only this edge's commit or abort counts: a late one from a taker that gave up is not for this move.
           givingTo: h.origin,
         };
-        return answer(this.identityOf(connection));
+        return answer({
+          op: 'ps.session',
+          ok: true,
+          userId: connection.userId,
+          permissions: connection.permissions.snapshot(),
+          groups: [...connection.groups],
+          ackIds: connection.answeredAckIds(),
+          reconnectionToken: session.reconnectionToken,
+          states: connection.states,
+          firstSeq: session.firstSequenceId,
+        });
       }
       case 'commit': {
         if (!connection.handover?.givingTimer || connection.handover.givingTo !== h.origin) return refuse();
@@ -162,27 +142,26 @@ export class SessionHandover {
         connection.handover = undefined;
         const lastSeq = session.lastSequenceId;
         const id = connection.id;
+        // An earlier hand-over of this id from here is over: its pages answer no more.
+        this.forgetGiven(id);
+        // Releasing the connection leaves its subject; the pages are asked for
+        // there, so a subscription of its own stays until they are fetched.
+        // With nothing unacknowledged no page is asked for, and a subscription
+        // kept for holdMs would answer a later hand-over of the same session
+        // (from another edge) with this one's empty pages: none is made.
+        if (session.unacknowledged > 0) {
+          const pages = this.hub.bus.subscribe(this.hub.subjectOf({ kind: 'connection', name: id }), (m) => this.onPageRequest(m));
+          const timer = setTimeout(() => this.forgetGiven(id), this.holdMs);
+          this.given.set(id, { session, lastSeq, timer, pages });
+        }
+        this.deps.release(connection);
+        this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
         // Whatever this edge delivered is in the session (or acknowledged);
         // the taker looks for missed events only past these counters.
         // While this edge replays after an outage, events it has yet to deliver may be older than the hand-over:
         // the taker looks for them from the outage on (before, from the hand-over only, and they were lost).
         const missingSince = this.deps.missingSince?.();
-        const committed: PsSession = { op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {}, ...(missingSince !== undefined ? { missingSince } : {}) };
-        const identity = this.identityOf(connection);
-        // Releasing the connection leaves its subject; the rest of the move is
-        // asked for there, so a subscription of its own stays until the taker
-        // has paged the session out (it asks for a page after the last one), for
-        // holdMs at most. It answers only that taker, and another one only after
-        // that taker gave up (abort): never a later hand-over of the session
-        // from the edge that took it.
-        const subscription = this.hub.bus.subscribe(this.hub.subjectOf({ kind: 'connection', name: id }), (m) => this.onGivenMessage(m));
-        const timer = setTimeout(() => this.forgetGiven(id), this.holdMs);
-        // An earlier hand-over of this id from here is over: it answers no more.
-        this.forgetGiven(id);
-        this.given.set(id, { session, protocol: connection.protocol, identity, committed: { ...committed, missingSince: Math.min(missingSince ?? Date.now(), Date.now()) }, takenBy: h.origin, timer, subscription });
-        this.deps.release(connection);
-        this.deps.log.info({ event: 'pubsub.session_given', hub: this.hub.name, connectionId: connection.id, lastSeq });
-        return answer(committed);
+        return answer({ op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {}, ...(missingSince !== undefined ? { missingSince } : {}) });
       }
       case 'abort':
         if (connection.handover?.givingTo !== h.origin) return answer({ op: 'ps.session', ok: true });
@@ -192,72 +171,27 @@ export class SessionHandover {
     }
   }
 
-  /** What a taker begins with: the connection's identity. */
-  private identityOf(connection: PubSubConnection): PsSession {
-    const session = connection.session!;
-    return {
-      op: 'ps.session',
-      ok: true,
-      userId: connection.userId,
-      permissions: connection.permissions.snapshot(),
-      groups: [...connection.groups],
-      ackIds: connection.answeredAckIds(),
-      reconnectionToken: session.reconnectionToken,
-      states: connection.states,
-      firstSeq: session.firstSequenceId,
-    };
-  }
-
-  private onGivenMessage(message: BusMessage): void {
+  private onPageRequest(message: BusMessage): void {
     const h = decodeEdgeMessage(message.data, 'ps.handover')?.message;
-    // Its own edge's too: a client back on the edge that gave its session away, whose taker gave up, takes it from here.
-    if (!h || asciiLowerCase(h.hub) !== this.hub.key) return;
+    if (!h || h.stage !== 'page' || asciiLowerCase(h.hub) !== this.hub.key) return;
     const answer = (fields: PsSession | PsEntries, body?: Buffer) => respond(this.hub.bus, message, encodeEdgeMessage(fields, body));
-    this.onGivenRequest(h, answer, () => answer({ op: 'ps.session', ok: false }));
-  }
-
-  /** A hand-over stage about a session given away from here (this.given). */
-  private onGivenRequest(h: PsHandover, answer: (fields: PsSession | PsEntries, body?: Buffer) => void, refuse: () => void): void {
-    const given = this.given.get(h.connectionId);
-    // Not the edge that gave this session: silent, so the one that did answers.
-    if (!given) return;
-    if (!given.session.tokenMatches(h.token ?? '')) return refuse();
-    // The holdMs bound runs from the taker's last step.
-    given.timer.refresh();
-    switch (h.stage) {
-      case 'begin':
-        // Its taker still at it: another asks again shortly (it defers its client, 1013, past its own bound).
-        if (given.takenBy !== undefined && given.takenBy !== h.origin) return answer({ op: 'ps.session', ok: false, busy: true });
-        if (h.protocol !== given.protocol) return refuse();
-        given.takenBy = h.origin;
-        this.deps.log.info({ event: 'pubsub.session_given_again', hub: this.hub.name, connectionId: h.connectionId, to: h.origin });
-        return answer(given.identity);
-      case 'commit':
-        return given.takenBy === h.origin ? answer(given.committed) : refuse();
-      case 'page':
-        return given.takenBy === h.origin ? this.page(h, given, answer) : refuse();
-      case 'abort':
-        if (given.takenBy === h.origin) given.takenBy = undefined;
-        return answer({ op: 'ps.session', ok: true });
-    }
+    this.page(h, answer, () => answer({ op: 'ps.session', ok: false }));
   }
 
   private forgetGiven(id: string): void {
     const given = this.given.get(id);
     if (!given) return;
     clearTimeout(given.timer);
-    given.subscription.unsubscribe();
+    given.pages.unsubscribe();
     given.session.clear();
     this.given.delete(id);
   }
 
-  private page(h: PsHandover, given: GivenSession, answer: (fields: PsEntries, body?: Buffer) => void): void {
-    const lastSeq = given.committed.lastSeq ?? 0;
-    // Asked for past the last one: the taker has the whole session.
-    if ((h.after ?? 0) >= lastSeq) {
-      answer({ op: 'ps.entries', entries: [] });
-      return this.forgetGiven(h.connectionId);
-    }
+  private page(h: PsHandover, answer: (fields: PsEntries, body?: Buffer) => void, refuse: () => void): void {
+    const given = this.given.get(h.connectionId);
+    // Not the edge that gave this session: silent, so the one that did answers.
+    if (!given) return;
+    if (!given.session.tokenMatches(h.token ?? '')) return refuse();
     const budget = Math.min(MAX_PAGE_BYTES, Math.floor(this.hub.bus.maxPayload / 2));
     const entries: PsEntries['entries'] = [];
     const bodies: Buffer[] = [];
@@ -268,7 +202,9 @@ export class SessionHandover {
       bodies.push(entry.body);
       bytes += entry.body.length;
     }
+    const last = entries.length > 0 ? entries[entries.length - 1].seq : (h.after ?? 0);
     answer({ op: 'ps.entries', entries }, Buffer.concat(bodies, bytes));
+    if (last >= given.lastSeq) this.forgetGiven(h.connectionId);
   }
 
   // --- on the node the client reconnected to --------------------------------------
@@ -322,28 +258,16 @@ export class SessionHandover {
     for (const group of s.groups) this.hub.local.join(connection, group);
     await this.hub.bus.flush();
     let committed = false;
-    // Commit and page are asked again while the holder does not answer, within this bound (its answers to a
-    // repeat are those to the first): a holder stalled after it let go of the connection still has the session.
-    const movingUntil = Date.now() + MOVE_ASKS * this.deps.requestTimeoutMs;
-    const askAgain = async (stage: Stage, after?: number): Promise<Uint8Array> => {
-      for (;;) {
-        try {
-          return await ask(stage, after);
-        } catch (err) {
-          if (!(err instanceof BusError && err.code === 'Timeout') || Date.now() + this.deps.requestTimeoutMs > movingUntil) throw err;
-        }
-      }
-    };
     try {
       // Ended while taking (its buffer filled with events that came meanwhile): the holder keeps the session.
       if (connection.ended) throw new Error('ended while taking');
-      const commit = decodeEdgeMessage(await askAgain('commit'), 'ps.session')?.message;
+      const commit = decodeEdgeMessage(await ask('commit'), 'ps.session')?.message;
       const lastSeq = commit?.lastSeq;
       if (!commit?.ok || lastSeq === undefined) throw new Error('commit refused');
       committed = true;
       const entries: SessionEntry[] = [];
       for (let after = s.firstSeq - 1; after < lastSeq; ) {
-        const page = decodeEdgeMessage(await askAgain('page', after), 'ps.entries');
+        const page = decodeEdgeMessage(await ask('page', after), 'ps.entries');
         if (!page) throw new Error('page refused');
         const listed = page.message.entries;
         if (listed.length === 0) throw new Error('empty page');
@@ -359,8 +283,6 @@ export class SessionHandover {
           after = e.seq;
         }
       }
-      // The holder may let the session go: this edge has it all.
-      void ask('page', lastSeq).catch(() => undefined);
       const had = new Set(entries.map((e) => e.mid));
       let recovered = 0;
       // Between the holder leaving the group subjects (commit) and this node's
@@ -399,18 +321,11 @@ export class SessionHandover {
       return connection;
     } catch (err) {
       this.deps.log.warn({ event: 'pubsub.handover_failed', hub: this.hub.name, connectionId, committed, err: (err as Error).message });
-      // Before commit the holder keeps the session as it was; after it, the holder keeps what it gave for
-      // another taker (its pages were not all fetched here, or not kept).
-      void ask('abort').catch(() => undefined);
+      if (!committed) void ask('abort').catch(() => undefined);
       connection.handover = undefined;
       this.deps.release(connection);
       // What was restored is let go now, not when the collector finds the session.
       connection.session?.clear();
-      // The holder did not answer in time: it may only be stalled, and still have the session (before: 1008, and
-      // the session was lost on an edge that was only paused).
-      if (err instanceof BusError && (err.code === 'Timeout' || err.code === 'Unavailable')) {
-        throw new SessionUnavailable(`the edge holding the session did not answer: ${err.code}`);
-      }
       return undefined;
     }
   }
