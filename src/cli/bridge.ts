@@ -6,7 +6,7 @@ import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts'
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
-import { secretFileText } from '../config/secrets.ts';
+import { KEY_ENV, keyOf } from './key-source.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
@@ -71,21 +71,6 @@ function hostForDisplay(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
-/**
- * The SAS key: from --key, from the file --key-file names, or else from EDGE_RELAY_KEY (`fromEnv`, only
- * passed with --key-name: the variable alone asks for nothing). A command line is visible to every user
- * of the machine (ps); a file or the environment is not.
- */
-function keyOf(flag: string | undefined, file: string | undefined, fromEnv: string | undefined): string | undefined | { problem: string } {
-  if (flag !== undefined) return flag;
-  if (file !== undefined) {
-    const read = secretFileText(file);
-    if ('text' in read) return read.text;
-    return { problem: read.problem === 'empty' ? `--key-file ${file} is empty` : `--key-file ${file}: ${read.problem}` };
-  }
-  return fromEnv === '' ? undefined : fromEnv;
-}
-
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
   return 2;
@@ -126,7 +111,7 @@ export async function bridge(argv: string[]): Promise<number> {
   if (!URL.canParse(values.relay)) return fail(`--relay ${values.relay}: not a valid URL`);
   if (/[?#]/.test(values.relay)) return fail(`--relay ${values.relay}: the relay's base URL, without a query or fragment`);
   if (values.key !== undefined && values['key-file'] !== undefined) return fail('--key or --key-file, not both');
-  const key = keyOf(values.key, values['key-file'], values['key-name'] !== undefined ? process.env.EDGE_RELAY_KEY : undefined);
+  const key = keyOf(values.key, values['key-file'], values['key-name'] !== undefined ? process.env[KEY_ENV] : undefined);
   if (typeof key === 'object') return fail(key.problem);
   if ((values['key-name'] === undefined) !== (key === undefined)) return fail('--key-name and --key (or --key-file, or EDGE_RELAY_KEY) go together');
   // Alternatives, as the help says (before, both were taken, and which one signed went unsaid).

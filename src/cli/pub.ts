@@ -105,14 +105,24 @@ export async function pub(argv: string[]): Promise<number> {
       .finally(() => sends.delete(sent));
     sends.add(sent);
   };
+  // The connection ended under it (the relay drained or went away): what is left is not sent, and said so
+  // (before, every later line failed alone as "refused: WebSocket is not open", and an endless stdin never ended).
+  let closed: string | undefined;
+  client.onClose((code, reason) => (closed = `${code}${reason ? ` ${reason}` : ''}`));
   const fromStdin = positionals.length === 0;
   const messages = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : positionals;
   for await (const message of messages) {
     if (fromStdin && message === '') continue;
-    while (sends.size >= MAX_AWAITING_ACK) await Promise.race(sends);
+    while (sends.size >= MAX_AWAITING_ACK && closed === undefined) await Promise.race(sends);
+    if (closed !== undefined) break;
     publish(message);
   }
   await Promise.all(sends);
+  if (closed !== undefined) {
+    process.stderr.write(`edge-relay pub: the connection closed (${closed}) after message ${count}: the rest was not sent\n`);
+    if (fromStdin) process.stdin.destroy();
+    return 1;
+  }
   client.close();
   return failed === 0 ? 0 : 1;
 }

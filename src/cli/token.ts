@@ -2,9 +2,10 @@
 // (token-client.ts) a pub/sub client access URL.
 import { parseArgs } from 'node:util';
 import { MAX_SAS_EXPIRY, createSasToken, resourceForUrl } from '../auth/sas-token.ts';
+import { KEY_ENV, keyOf } from './key-source.ts';
 import { tokenClient } from './token-client.ts';
 
-export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME --key KEY [--ttl SECONDS]
+export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME [--key KEY | --key-file FILE] [--ttl SECONDS]
        edge-relay token client --hub HUB (--key KEY | --config FILE) [...]   (token client --help)
 
 Prints a Shared Access Signature token for a hybrid connection, as Azure
@@ -16,7 +17,9 @@ path, not its port or scheme. A URI with no entity path covers every entity.
 Options of token sas:
   --uri URI          the relay URL the token is for
   --key-name NAME    the rule's keyName (skn)
-  --key KEY          the rule's key
+  --key KEY          the rule's key (visible to every user of the machine in ps:
+                     prefer --key-file or the environment variable EDGE_RELAY_KEY)
+  --key-file FILE    read the key from FILE (its trailing newline dropped)
   --ttl SECONDS      lifetime, default 3600
   -h, --help         this text
 
@@ -42,6 +45,7 @@ export function token(argv: string[]): number {
       uri: { type: 'string' },
       'key-name': { type: 'string' },
       key: { type: 'string' },
+      'key-file': { type: 'string' },
       ttl: { type: 'string', default: '3600' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -51,8 +55,17 @@ export function token(argv: string[]): number {
     process.stdout.write(TOKEN_HELP);
     return 0;
   }
-  if (!values.uri || !values['key-name'] || !values.key) {
-    process.stderr.write(`edge-relay token sas: --uri, --key-name and --key are required\n\n${TOKEN_HELP}`);
+  if (values.key !== undefined && values['key-file'] !== undefined) {
+    process.stderr.write(`edge-relay token sas: --key or --key-file, not both\n\n${TOKEN_HELP}`);
+    return 2;
+  }
+  const key = keyOf(values.key, values['key-file'], process.env[KEY_ENV]);
+  if (typeof key === 'object') {
+    process.stderr.write(`edge-relay token sas: ${key.problem}\n`);
+    return 2;
+  }
+  if (!values.uri || !values['key-name'] || !key) {
+    process.stderr.write(`edge-relay token sas: --uri, --key-name and --key (or --key-file, or ${KEY_ENV}) are required\n\n${TOKEN_HELP}`);
     return 2;
   }
   const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
@@ -69,6 +82,6 @@ export function token(argv: string[]): number {
     return 2;
   }
   const expiresAt = Math.floor(Date.now() / 1000) + ttl;
-  process.stdout.write(createSasToken(resource, values['key-name'], values.key, expiresAt) + '\n');
+  process.stdout.write(createSasToken(resource, values['key-name'], key, expiresAt) + '\n');
   return 0;
 }

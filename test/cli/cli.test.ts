@@ -84,6 +84,26 @@ describe('edge-relay command line', () => {
     assert.equal(auth.check({ token, entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
     assert.equal(auth.check({ token, entity: 'other', right: 'Listen', hosts: ['127.0.0.1'] }).ok, false);
     assert.equal(run('token', 'sas', '--uri', 'x').status, 2);
+    // The key off the command line (which ps shows every user): from --key-file (its trailing newline dropped) or EDGE_RELAY_KEY.
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-key-'));
+    try {
+      writeFileSync(join(dir, 'key'), 'dev-only-key-0123456789\n');
+      const fromFile = run('token', 'sas', '--uri', 'ws://127.0.0.1:9400/$hc/echo', '--key-name', 'RootManageSharedAccessKey', '--key-file', join(dir, 'key'));
+      assert.equal(fromFile.status, 0, fromFile.stderr);
+      assert.equal(auth.check({ token: fromFile.stdout.trim(), entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
+      const fromEnv = spawnSync(EDGE_RELAY_BIN, ['token', 'sas', '--uri', 'ws://127.0.0.1:9400/$hc/echo', '--key-name', 'RootManageSharedAccessKey'], {
+        encoding: 'utf8',
+        timeout: 20000,
+        env: { ...process.env, EDGE_RELAY_KEY: 'dev-only-key-0123456789' },
+      });
+      assert.equal(fromEnv.status, 0, fromEnv.stderr);
+      assert.equal(auth.check({ token: fromEnv.stdout.trim(), entity: 'echo', right: 'Listen', hosts: ['127.0.0.1'] }).ok, true);
+      const missing = run('token', 'sas', '--uri', 'ws://127.0.0.1/x', '--key-name', 'k', '--key-file', join(dir, 'none'));
+      assert.equal(missing.status, 2);
+      assert.match(missing.stderr, /--key-file .*none: ENOENT/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
     // An unknown flag, or a value that looks like one: a line naming it and exit 2 (before: a stack trace, and exit 1 or 0).
     // A --ttl that is no count of seconds, or whose expiry passes the 12 digits a SAS token's `se` has (the relay
     // refused such a token: TokenMalformed).

@@ -113,6 +113,22 @@ describe('edge-relay pub and sub', () => {
     assert.equal(run.status, 1);
     // Before: "refused: connection closed before the ack", saying neither which message nor why.
     assert.match(run.stderr, /message 1 \(b{40}\.\.\.\) not acknowledged: the relay closed the connection \(1009 [^)]+\)/);
+    // From a stdin that goes on (a pipe from a program that keeps writing): once the connection is gone it says
+    // so and ends, 1 (before: each later line failed alone, "refused: WebSocket is not open", until stdin ended).
+    const piped = spawn(EDGE_RELAY_BIN, ['pub', '--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'], { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'] });
+    cleanupFor(t).after(() => {
+      if (piped.exitCode === null && piped.signalCode === null) piped.kill('SIGKILL');
+    });
+    let stderr = '';
+    piped.stderr!.on('data', (d: Buffer) => (stderr += d));
+    const exited = exitedWithOutput(piped);
+    piped.stdin!.on('error', () => undefined);
+    piped.stdin!.write(`${big}\n`);
+    await until(() => /not acknowledged/.test(stderr), 15000, 'the close');
+    piped.stdin!.write('later\n');
+    assert.equal(await withTimeout(exited, 10000, 'pub to end with its stdin still open'), 1);
+    assert.match(stderr, /the connection closed \(1009 [^)]*\) after message 1: the rest was not sent/);
+    assert.doesNotMatch(stderr, /not open/);
   });
 
   it('explain themselves with --help', () => {
