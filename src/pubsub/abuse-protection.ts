@@ -65,6 +65,13 @@ function withinOwnTime(check: Promise<void>, ms: number, signal?: AbortSignal): 
 /** Largest answer read from a validation request. */
 const MAX_ANSWER_BYTES = 4096;
 
+/**
+ * Origins remembered as allowed, at most: past it the one allowed longest ago is checked again before its next
+ * event. A URL template with `{event}` in its host (`http://{event}.hooks.example/`) makes one origin per event
+ * name, which clients choose: kept for good, each was a little memory for every name ever sent.
+ */
+export const MAX_ALLOWED_ORIGINS = 10_000;
+
 export class AbuseProtection implements UrlValidation {
   private readonly allowed = new Set<string>();
   /** The check under way per origin, and when its time runs out. */
@@ -77,6 +84,7 @@ export class AbuseProtection implements UrlValidation {
     readonly origin: string,
     private readonly transport: HandlerTransport,
     private readonly onResult: (url: string, allowed: boolean, detail: string) => void,
+    private readonly maxAllowed = MAX_ALLOWED_ORIGINS,
   ) {}
 
   /**
@@ -131,6 +139,7 @@ export class AbuseProtection implements UrlValidation {
     }
     const values = (answer.header('webhook-allowed-origin') ?? '').split(',').map((v) => v.trim().toLowerCase());
     if (answer.status >= 200 && answer.status < 300 && values.some((v) => v === '*' || v === this.origin.toLowerCase())) {
+      if (this.allowed.size >= this.maxAllowed) this.allowed.delete(this.allowed.values().next().value as string);
       this.allowed.add(origin);
       this.onResult(url, true, 'allowed');
       return;

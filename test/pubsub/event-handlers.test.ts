@@ -112,6 +112,18 @@ describe('abuse protection', () => {
     assert.equal(asked.length, 5);
   });
 
+  it('remembers at most its bound of allowed origins: the one allowed longest ago is checked again', async () => {
+    const { transport, asked } = answering('*');
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {}, 3);
+    // `{event}` in a template's host: one origin per event name (before: each remembered for good).
+    for (let i = 0; i < 5; i++) await protection.check(`http://e${i}.hooks.example/chat`, 1000);
+    assert.equal(asked.length, 5);
+    for (const kept of [2, 3, 4]) await protection.check(`http://e${kept}.hooks.example/chat`, 1000);
+    assert.equal(asked.length, 5);
+    await protection.check('http://e0.hooks.example/chat', 1000);
+    assert.equal(asked.length, 6);
+  });
+
   it('checks a dozen origins at once over HTTP with no leak warning (each check listens on the one stop signal)', async (t) => {
     const ports = await Promise.all(
       Array.from({ length: 12 }, async () => {
