@@ -73,6 +73,12 @@ describe('edge-relay command line', () => {
     } finally {
       delete process.env.EDGE_RELAY_WORKERS;
     }
+    // A --worker-watchdog that is no time (or under half a second) is a usage error, before anything starts.
+    for (const bad of ['abc', '-1', '0.1', '1e3']) {
+      const refused = run('serve', '--config', 'config/dev.json', '--port', '0', `--worker-watchdog=${bad}`);
+      assert.equal(refused.status, 2, refused.stderr);
+      assert.match(refused.stderr, /--worker-watchdog must be 0 \(off\) or seconds from 0\.5/);
+    }
   });
 
   it('token sas prints a token the relay accepts for that entity and right', () => {
