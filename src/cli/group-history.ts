@@ -49,7 +49,7 @@ export async function readGroupHistory(
       historyId?: unknown;
     };
     if (res.status !== 200 || !Array.isArray(body.messages) || typeof body.next !== 'number') {
-      throw new Error(`history of ${group}: ${res.status} ${body.code ?? ''} ${body.message ?? ''}`.trim());
+      throw Object.assign(new Error(`history of ${group}: ${res.status} ${body.code ?? ''} ${body.message ?? ''}`.trim()), { status: res.status });
     }
     if (typeof body.historyId === 'string') {
       const restarted = known.historyId !== undefined && known.historyId !== body.historyId;

@@ -154,11 +154,13 @@ export function watch(
       const catchUp = async () => {
         const each = (m: SequencedMessage) => isCurrent() && print(m);
         let read = await readGroupHistory(url, access, group, cursor!, each, tls, numbering);
-        if (read.restarted && isCurrent()) {
+        if (read.restarted) {
           // Its sequences mean nothing now: what it holds is printed from its start (before, every message
-          // numbered up to the old cursor, new ones included, was taken for one printed already).
+          // numbered up to the old cursor, new ones included, was taken for one printed already). Also when
+          // this connection closed meanwhile: the next one reads from the start with the new id known.
           process.stderr.write(`edge-relay sub: the relay's history of ${group} started over (a relay keeping it in memory restarted): printing it from its start\n`);
           cursor = 0;
+          if (!isCurrent()) return false;
           read = await readGroupHistory(url, access, group, 0, each, tls, numbering);
         }
         if (!isCurrent()) return false;
@@ -191,6 +193,13 @@ export function watch(
             } catch (err) {
               // The connection went meanwhile: its successor reads the history again.
               if (!isCurrent()) return;
+              // The read failed on the way (the relay went away: a reset, no answer; a 5xx, 429, 408): tried again
+              // on a new connection, as after a drop (before, sub ended when a relay restarting cut the read).
+              const status = (err as { status?: number }).status;
+              if (status === undefined || status >= 500 || status === 429 || status === 408) {
+                client.drop(`reading the history: ${(err as Error).message}`);
+                return;
+              }
               process.stderr.write(`edge-relay sub: ${(err as Error).message}\n`);
               return finish(1);
             }

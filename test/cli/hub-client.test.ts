@@ -161,6 +161,47 @@ describe('the pub/sub command-line client', () => {
     assert.deepEqual(printed, ['m1', 'm2', 'm3', 'm4', 'm5']);
   });
 
+  it('sub --from-start: a history that started over, first seen by a connection that closed meanwhile, is printed from its start by the next', async (t) => {
+    // A scripted relay: history A holds old-1..3; then history B (its numbering started over) holds new-1..4.
+    // Connection 1 reads A and closes; connection 2 closes while its read of B (100 ms) is answered, before connection 3 (at least 125 ms later) reads B.
+    // Before: connection 2's read stored B's id and kept the old cursor: connection 3 saw no restart, new-1..3 lost.
+    let reads = 0;
+    const server = createHttpServer((req, res) => {
+      const after = Number(new URL(req.url!, 'http://x').searchParams.get('after'));
+      const n = ++reads;
+      const [historyId, names] = n === 1 ? ['A', ['old-1', 'old-2', 'old-3']] : ['B', ['new-1', 'new-2', 'new-3', 'new-4']];
+      const messages = names.map((data, i) => ({ sequence: i + 1, dataType: 'text', data, fromUserId: null, time: new Date(0).toISOString() })).filter((m) => m.sequence > after);
+      setTimeout(() => {
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ messages, next: messages.length ? messages[messages.length - 1].sequence : after, historyId }));
+      }, n === 2 ? 100 : 0);
+    });
+    const wss = new WebSocketServer({ server, handleProtocols: (protocols) => [...protocols][0] ?? false });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const c of wss.clients) c.terminate();
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    let connections = 0;
+    wss.on('connection', (ws) => {
+      const n = ++connections;
+      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
+      ws.on('message', (data) => {
+        const request = JSON.parse(String(data)) as { type: string; ackId: number };
+        if (request.type !== 'joinGroup') return;
+        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+        if (n === 1) setTimeout(() => ws.close(1012, 'draining'), 100);
+        if (n === 2) setTimeout(() => ws.close(1012, 'draining'), 20);
+      });
+    });
+    const printed: string[] = [];
+    const port = (server.address() as AddressInfo).port;
+    const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 7, 0, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
+    assert.equal(await withTimeout(watching, 10000, 'sub to print seven messages'), 0);
+    assert.deepEqual(printed, ['old-1', 'old-2', 'old-3', 'new-1', 'new-2', 'new-3', 'new-4']);
+  });
+
   it('sub tries again when refused for a limit of the moment (429), not only when the relay is away', async (t) => {
     // The first two upgrades are refused 429 (too many new connections from this address); the third is taken.
     let upgrades = 0;
