@@ -107,19 +107,26 @@ export async function pub(argv: string[]): Promise<number> {
   };
   // The connection ended under it (the relay drained or went away): what is left is not sent, and said so
   // (before, every later line failed alone as "refused: WebSocket is not open", and an endless stdin never ended).
+  // Also while it waits for a line of a quiet stdin (`tail -f log | edge-relay pub ...`): the reading ends then.
   let closed: string | undefined;
-  client.onClose((code, reason) => (closed = `${code}${reason ? ` ${reason}` : ''}`));
   const fromStdin = positionals.length === 0;
-  const messages = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : positionals;
-  for await (const message of messages) {
+  const lines = fromStdin ? createInterface({ input: process.stdin, crlfDelay: Infinity }) : undefined;
+  client.onClose((code, reason) => {
+    closed = `${code}${reason ? ` ${reason}` : ''}`;
+    lines?.close();
+  });
+  // Closing counts as closed: its close frame came, and a send now fails on its own.
+  const gone = () => closed !== undefined || !client.isOpen;
+  for await (const message of lines ?? positionals) {
+    if (gone()) break;
     if (fromStdin && message === '') continue;
-    while (sends.size >= MAX_AWAITING_ACK && closed === undefined) await Promise.race(sends);
-    if (closed !== undefined) break;
+    while (sends.size >= MAX_AWAITING_ACK && !gone()) await Promise.race(sends);
+    if (gone()) break;
     publish(message);
   }
   await Promise.all(sends);
-  if (closed !== undefined) {
-    process.stderr.write(`edge-relay pub: the connection closed (${closed}) after message ${count}: the rest was not sent\n`);
+  if (gone()) {
+    process.stderr.write(`edge-relay pub: the connection closed${closed ? ` (${closed})` : ''} after message ${count}: nothing after it is sent\n`);
     if (fromStdin) process.stdin.destroy();
     return 1;
   }
