@@ -4,6 +4,7 @@
 // (listen.tls.requireClientCert). Without them Node's own CA list applies
 // (NODE_EXTRA_CA_CERTS adds to it); certificate checks are never turned off.
 import { readFileSync } from 'node:fs';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { createSecureContext, rootCertificates as tlsRootCertificates } from 'node:tls';
 
 export const TLS_OPTIONS = {
@@ -38,6 +39,8 @@ export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-k
   if (values.ca !== undefined) {
     const ca = read('--ca', values.ca);
     if (typeof ca === 'string') return ca;
+    // A file with no certificate (empty, a key, DER) trusts nothing more: every connection would fail alike.
+    if (!holdsCertificate(ca)) return `--ca ${values.ca}: no certificate in it (PEM)`;
     // Node's own CAs stay trusted: `ca` replaces the list, so it gets them back, and those of
     // NODE_EXTRA_CA_CERTS, which Node had added to it (before, --ca dropped them).
     out.ca = [ca, ...rootCertificates(), ...extraCertificates()];
@@ -47,19 +50,31 @@ export function readClientTls(values: { ca?: string; 'tls-cert'?: string; 'tls-k
     if (typeof cert === 'string') return cert;
     const key = read('--tls-key', values['tls-key']!);
     if (typeof key === 'string') return key;
+    // A certificate and key that do not belong together fail every connection alike: said once here (exit 2),
+    // not retried for good by `sub` and `bridge`. (OpenSSL takes an RSA certificate with an EC key without a word.)
+    try {
+      createSecureContext({ cert, key });
+      if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) return '--tls-cert/--tls-key: the key is not the certificate\'s';
+    } catch (err) {
+      return `--tls-cert/--tls-key: ${(err as Error).message}`;
+    }
     out.cert = cert;
     out.key = key;
   }
-  // A certificate and key that do not belong together (or a CA file that holds none) fail every connection alike:
-  // said once here (exit 2), not retried for good by `sub` and `bridge`.
-  for (const [flags, part] of [['--ca', { ca: out.ca }], ['--tls-cert/--tls-key', { cert: out.cert, key: out.key }]] as const) {
-    try {
-      createSecureContext(part);
-    } catch (err) {
-      return `${flags}: ${(err as Error).message}`;
-    }
-  }
   return out;
+}
+
+/** Whether a CA file holds at least one PEM certificate Node can read. */
+function holdsCertificate(file: Buffer): boolean {
+  const blocks = file.toString('latin1').match(/-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----[\s\S]+?-----END (?:TRUSTED |X509 )?CERTIFICATE-----/g) ?? [];
+  return blocks.some((pem) => {
+    try {
+      createSecureContext({ ca: pem });
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
 
 function rootCertificates(): Buffer[] {

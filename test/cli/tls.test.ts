@@ -4,6 +4,9 @@
 // wss:// relays.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
@@ -96,6 +99,14 @@ describe('the command line over TLS', () => {
     const missing = runCli(t, ['pub', ...common.slice(0, -1), '/no/such/ca.pem', 'nope']);
     assert.equal(await withTimeout(missing.exited, 20000, 'pub'), 2);
     assert.match(missing.stderr(), /--ca \/no\/such\/ca\.pem: ENOENT/);
+    // A --ca file with no certificate in it trusts nothing more: said at once (2), as a missing one.
+    const caDir = mkdtempSync(join(tmpdir(), 'edge-relay-ca-'));
+    t.after(() => rmSync(caDir, { recursive: true, force: true }));
+    const emptyCa = join(caDir, 'empty.pem');
+    writeFileSync(emptyCa, '');
+    const noCa = runCli(t, ['pub', ...common.slice(0, -1), emptyCa, 'nope']);
+    assert.equal(await withTimeout(noCa.exited, 20000, 'pub'), 2);
+    assert.match(noCa.stderr(), /--ca .*empty\.pem: no certificate in it/);
     // A certificate and the key of another: said at once (2). Before, sub tried again for good (each connection
     // failed alike) and pub said 1.
     for (const command of ['pub', 'sub']) {
