@@ -301,24 +301,35 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
   const tellPeers = () => {
     for (const w of workers.values()) tell(w);
   };
-  /** Workers the watchdog looks after (from when they listen): when each last answered, and the last ping sent. */
-  const answered = new Map<Worker, { index: number; at: number }>();
+  /**
+   * Workers the watchdog looks after (from when they listen): since when a ping of ours has gone unanswered
+   * (undefined while none is), on a steady clock (a wall clock stepped forward is no silence).
+   */
+  const watched = new Map<Worker, { index: number; unansweredSince: number | undefined }>();
   let pings = 0;
+  const pingEveryMs = Math.max(50, Math.min(PING_EVERY_MS, Math.floor(watchdogMs / 4)));
+  let lastTick = performance.now();
   const watchdog = watchdogMs > 0
     ? setInterval(() => {
+      const now = performance.now();
+      // This process itself was stopped or starved (the whole tree frozen and thawed: Ctrl-Z, a paused container):
+      // the silence was everyone's, not a worker's. Pings start over.
+      const late = now - lastTick > Math.max(3 * pingEveryMs, watchdogMs / 2);
+      lastTick = now;
       if (stopping) return;
-      const now = Date.now();
       const ping: Ping = { kind: 'edge-relay.ping', n: ++pings };
-      for (const [worker, { index, at }] of answered) {
-        if (now - at > watchdogMs) {
-          answered.delete(worker);
-          process.stderr.write(`edge-relay: worker ${index} answered no ping for ${Math.round((now - at) / 1000)} s (--worker-watchdog): killing it\n`);
+      for (const [worker, w] of watched) {
+        if (late) w.unansweredSince = undefined;
+        if (w.unansweredSince !== undefined && now - w.unansweredSince > watchdogMs) {
+          watched.delete(worker);
+          process.stderr.write(`edge-relay: worker ${w.index} answered no ping for ${Math.round((now - w.unansweredSince) / 1000)} s (--worker-watchdog): killing it\n`);
           worker.process.kill('SIGKILL');
         } else if (worker.isConnected()) {
+          w.unansweredSince ??= now;
           worker.send(ping);
         }
       }
-    }, Math.max(50, Math.min(PING_EVERY_MS, Math.floor(watchdogMs / 4))))
+    }, pingEveryMs)
     : undefined;
   watchdog?.unref();
   const fork = (index: number) => {
@@ -330,8 +341,9 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     worker.on('error', (err) => process.stderr.write(`edge-relay: worker ${index}: ${err.message}\n`));
     worker.on('message', (message: HandOff | Listening | Ready | PeersWanted | ReloadOthers | Pong, socket?: Socket) => {
       if (message?.kind === 'edge-relay.pong') {
-        const watched = answered.get(worker);
-        if (watched) watched.at = Date.now();
+        // Any answer shows its event loop runs: what is unanswered starts from the next ping.
+        const w = watched.get(worker);
+        if (w) w.unansweredSince = undefined;
       } else if (message?.kind === 'edge-relay.reload-others') {
         for (const other of readyWorkers) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
@@ -341,7 +353,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         if (workers.get(index) !== worker) return;
         // Every worker relays to it from now on, as it takes its share of new connections from now on.
         sockets[index] = message.privateSocket;
-        answered.set(worker, { index, at: Date.now() });
+        watched.set(worker, { index, unansweredSince: undefined });
         tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
         readyWorkers.add(worker);
@@ -366,7 +378,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
       }
     });
     worker.on('exit', (code, signal) => {
-      answered.delete(worker);
+      watched.delete(worker);
       const wasReady = readyWorkers.delete(worker);
       // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
       // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)

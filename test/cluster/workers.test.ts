@@ -398,9 +398,26 @@ describe('serve --workers', { concurrency: 2 }, () => {
   it('kills a worker whose event loop is stuck (--worker-watchdog), starts it again, and stops cleanly (0) meanwhile', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = edgeOverrides('watchdog', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
-    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2', '--worker-watchdog', '1']);
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2', '--worker-watchdog', '2']);
     const primary = relay.child.pid!;
     const [stuck, other] = workerPids(primary);
+    // The whole command frozen and thawed (Ctrl-Z and fg, a paused container) past the bound: nobody was silent
+    // alone, and no worker is killed (before the review's fix: both were).
+    const all = [primary, stuck, other];
+    for (const pid of all) process.kill(pid, 'SIGSTOP');
+    t.after(() => {
+      for (const pid of all) {
+        try {
+          process.kill(pid, 'SIGCONT');
+        } catch {
+          // gone
+        }
+      }
+    });
+    await new Promise((r) => setTimeout(r, 3000));
+    for (const pid of all) process.kill(pid, 'SIGCONT');
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.doesNotMatch(relay.stderr(), /killing it/);
     // A stopped process answers nothing, as one stuck in a loop; it is killed whether or not the watchdog did.
     process.kill(stuck, 'SIGSTOP');
     t.after(() => {
