@@ -30,8 +30,12 @@ export function rateKey(address: string): string {
   if (isIP(address.replace(/%.*$/, '')) !== 6) return address;
   const groups = ipv6Groups(address);
   if (!groups) return address;
-  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
-    return `${groups[6] >> 8}.${groups[6] & 0xff}.${groups[7] >> 8}.${groups[7] & 0xff}`;
+  const ipv4 = () => `${groups[6] >> 8}.${groups[6] & 0xff}.${groups[7] >> 8}.${groups[7] & 0xff}`;
+  // IPv4 mapped (::ffff:a.b.c.d), translated (::ffff:0:a.b.c.d, SIIT) or behind NAT64's well-known prefix
+  // (64:ff9b::a.b.c.d): each IPv4 client counted as itself, not every one of them together in one /64.
+  const zeros = (from: number, to: number) => groups.slice(from, to).every((g) => g === 0);
+  if ((zeros(0, 5) && groups[5] === 0xffff) || (zeros(0, 4) && groups[4] === 0xffff && groups[5] === 0) || (groups[0] === 0x64 && groups[1] === 0xff9b && zeros(2, 6))) {
+    return ipv4();
   }
   return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
 }

@@ -148,7 +148,8 @@ describe('limits', () => {
     assert.equal(rateKey('2001:0db8:0001:0002:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
     assert.equal(rateKey('::1'), '0:0:0:0::/64');
     assert.equal(rateKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
-    assert.equal(rateKey('64:ff9b::192.0.2.1'), '64:ff9b:0:0::/64');
+    // NAT64's well-known prefix and SIIT's translated form name one IPv4 client each (not all of them one /64).
+    assert.deepEqual([rateKey('64:ff9b::192.0.2.1'), rateKey('64:ff9b::c000:202'), rateKey('::ffff:0:192.0.2.3')], ['192.0.2.1', '192.0.2.2', '192.0.2.3']);
     assert.deepEqual([rateKey('::ffff:192.0.2.1'), rateKey('::FFFF:c000:201'), rateKey('192.0.2.1')], ['192.0.2.1', '192.0.2.1', '192.0.2.1']);
     assert.equal(rateKey('not an address'), 'not an address');
   });
