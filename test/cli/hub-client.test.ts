@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import { WebSocketServer } from 'ws';
+import { WebSocketServer, type WebSocket } from 'ws';
 import { HubClient, type HubClientTimeouts } from '../../src/cli/hub-client.ts';
 import { watch } from '../../src/cli/sub.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
@@ -24,6 +24,50 @@ function stopped(t: TestContext): AbortSignal {
   const controller = new AbortController();
   t.after(() => controller.abort());
   return controller.signal;
+}
+
+/**
+ * A scripted relay for `sub`: its history endpoint answers read `n` (from 1) after `after` with `page(n, after)`
+ * once `delayMs` have passed; its pub/sub endpoint says `connected`, and on a join of connection `n` (from 1) calls
+ * `joined(ws, n, group, ack)` (`ack` acknowledges the join). Its port and how many connections it has had.
+ */
+async function scriptedRelay(
+  t: TestContext,
+  page: (n: number, after: number) => { delayMs: number; body: Record<string, unknown> },
+  joined: (ws: WebSocket, n: number, group: string, ack: () => void) => void,
+): Promise<{ port: number; connections: () => number }> {
+  let reads = 0;
+  const server = createHttpServer((req, res) => {
+    const { delayMs, body } = page(++reads, Number(new URL(req.url!, 'http://x').searchParams.get('after')));
+    setTimeout(() => {
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify(body));
+    }, delayMs);
+  });
+  const wss = new WebSocketServer({ server, handleProtocols: (protocols) => [...protocols][0] ?? false });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const c of wss.clients) c.terminate();
+    server.closeAllConnections();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  let connections = 0;
+  wss.on('connection', (ws) => {
+    const n = ++connections;
+    ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
+    ws.on('message', (data) => {
+      const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
+      if (request.type !== 'joinGroup') return;
+      joined(ws, n, request.group, () => ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true })));
+    });
+  });
+  return { port: (server.address() as AddressInfo).port, connections: () => connections };
+}
+
+/** A page of history: the messages, `next` after them, and the history's id when given. */
+function historyPage(messages: { sequence: number; data: string }[], after: number, historyId?: string): Record<string, unknown> {
+  const kept = messages.filter((m) => m.sequence > after).map((m) => ({ ...m, dataType: 'text', fromUserId: null, time: new Date(0).toISOString() }));
+  return { messages: kept, next: kept.length ? kept[kept.length - 1].sequence : after, ...(historyId ? { historyId } : {}) };
 }
 
 /** A TCP server that takes connections and never writes a byte. */
@@ -89,30 +133,22 @@ describe('the pub/sub command-line client', () => {
 
   it('sub reconnects when its join is not acknowledged, and prints what the next connection brings', async (t) => {
     // The first connection never acks the join; the second acks it and sends one message to the group.
-    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (protocols) => [...protocols][0] ?? false });
-    await new Promise<void>((resolve) => wss.once('listening', resolve));
-    t.after(() => {
-      for (const c of wss.clients) c.terminate();
-      return new Promise<void>((r) => wss.close(() => r()));
-    });
-    let connections = 0;
-    wss.on('connection', (ws) => {
-      const n = ++connections;
-      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
-      ws.on('message', (data) => {
-        const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
-        if (n === 1 || request.type !== 'joinGroup') return;
-        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
-        ws.send(JSON.stringify({ type: 'message', from: 'group', fromUserId: null, group: request.group, dataType: 'text', data: 'after the retry' }));
-      });
-    });
+    const relay = await scriptedRelay(
+      t,
+      (_n, after) => ({ delayMs: 0, body: historyPage([], after) }),
+      (ws, n, group, ack) => {
+        if (n === 1) return;
+        ack();
+        ws.send(JSON.stringify({ type: 'message', from: 'group', fromUserId: null, group, dataType: 'text', data: 'after the retry' }));
+      },
+    );
+    const { port } = relay;
     const printed: string[] = [];
-    const port = (wss.address() as AddressInfo).port;
     // Before: `sub` said "cannot join" and ended with 1.
     const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 1, undefined, {}, { timeouts: SHORT, print: (line) => printed.push(line), signal: stopped(t) });
     const code = await withTimeout(watching, 10000, 'sub to print one message');
     assert.equal(code, 0);
-    assert.equal(connections, 2);
+    assert.equal(relay.connections(), 2);
     assert.deepEqual(printed, ['after the retry\n']);
   });
 
@@ -121,41 +157,21 @@ describe('the pub/sub command-line client', () => {
     // Connection 1 is closed (1012) right after its join while its history read takes 600 ms; connection 2's
     // read takes 1.2 s, and 5 reaches it live at 800 ms. Before: the first read, ending on no connection,
     // took the second connection's held live messages: 5 was printed before 4, and 4 never.
-    const kept = (n: number) => ({ sequence: n, dataType: 'text', data: `m${n}`, fromUserId: null, time: new Date(0).toISOString() });
-    let reads = 0;
     let firstRead = 0;
-    const server = createHttpServer((req, res) => {
-      const after = Number(new URL(req.url!, 'http://x').searchParams.get('after'));
-      const n = ++reads;
-      firstRead ||= Date.now();
-      setTimeout(() => {
-        const upTo = Date.now() - firstRead >= 700 ? 5 : 3;
-        const messages = [1, 2, 3, 4, 5].filter((s) => s > after && s <= upTo).map(kept);
-        res.setHeader('content-type', 'application/json');
-        res.end(JSON.stringify({ messages, next: messages.length ? messages[messages.length - 1].sequence : after }));
-      }, n === 1 ? 600 : n === 2 ? 1200 : 0);
-    });
-    const wss = new WebSocketServer({ server, handleProtocols: (protocols) => [...protocols][0] ?? false });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const c of wss.clients) c.terminate();
-      server.closeAllConnections();
-      return new Promise<void>((r) => server.close(() => r()));
-    });
-    let connections = 0;
-    wss.on('connection', (ws) => {
-      const n = ++connections;
-      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
-      ws.on('message', (data) => {
-        const request = JSON.parse(String(data)) as { type: string; ackId: number; group: string };
-        if (request.type !== 'joinGroup') return;
-        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+    const { port } = await scriptedRelay(
+      t,
+      (n, after) => {
+        firstRead ||= Date.now();
+        const upTo = n === 1 ? 3 : 5;
+        return { delayMs: n === 1 ? 600 : n === 2 ? 1200 : 0, body: historyPage([1, 2, 3, 4, 5].filter((s) => s <= upTo).map((s) => ({ sequence: s, data: `m${s}` })), after) };
+      },
+      (ws, n, group, ack) => {
+        ack();
         if (n === 1) setTimeout(() => ws.close(1012, 'draining'), 50);
-        else setTimeout(() => ws.send(JSON.stringify({ type: 'message', from: 'group', group: request.group, dataType: 'text', data: 'm5', sequence: 5 })), Math.max(0, firstRead + 800 - Date.now()));
-      });
-    });
+        else setTimeout(() => ws.send(JSON.stringify({ type: 'message', from: 'group', group, dataType: 'text', data: 'm5', sequence: 5 })), Math.max(0, firstRead + 800 - Date.now()));
+      },
+    );
     const printed: string[] = [];
-    const port = (server.address() as AddressInfo).port;
     const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 5, 0, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
     assert.equal(await withTimeout(watching, 10000, 'sub to print five messages'), 0);
     assert.deepEqual(printed, ['m1', 'm2', 'm3', 'm4', 'm5']);
@@ -165,38 +181,19 @@ describe('the pub/sub command-line client', () => {
     // A scripted relay: history A holds old-1..3; then history B (its numbering started over) holds new-1..4.
     // Connection 1 reads A and closes; connection 2 closes while its read of B (100 ms) is answered, before connection 3 (at least 125 ms later) reads B.
     // Before: connection 2's read stored B's id and kept the old cursor: connection 3 saw no restart, new-1..3 lost.
-    let reads = 0;
-    const server = createHttpServer((req, res) => {
-      const after = Number(new URL(req.url!, 'http://x').searchParams.get('after'));
-      const n = ++reads;
-      const [historyId, names] = n === 1 ? ['A', ['old-1', 'old-2', 'old-3']] : ['B', ['new-1', 'new-2', 'new-3', 'new-4']];
-      const messages = names.map((data, i) => ({ sequence: i + 1, dataType: 'text', data, fromUserId: null, time: new Date(0).toISOString() })).filter((m) => m.sequence > after);
-      setTimeout(() => {
-        res.setHeader('content-type', 'application/json');
-        res.end(JSON.stringify({ messages, next: messages.length ? messages[messages.length - 1].sequence : after, historyId }));
-      }, n === 2 ? 100 : 0);
-    });
-    const wss = new WebSocketServer({ server, handleProtocols: (protocols) => [...protocols][0] ?? false });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const c of wss.clients) c.terminate();
-      server.closeAllConnections();
-      return new Promise<void>((r) => server.close(() => r()));
-    });
-    let connections = 0;
-    wss.on('connection', (ws) => {
-      const n = ++connections;
-      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: `c${n}`, userId: null }));
-      ws.on('message', (data) => {
-        const request = JSON.parse(String(data)) as { type: string; ackId: number };
-        if (request.type !== 'joinGroup') return;
-        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+    const { port } = await scriptedRelay(
+      t,
+      (n, after) => {
+        const [historyId, names] = n === 1 ? ['A', ['old-1', 'old-2', 'old-3']] : ['B', ['new-1', 'new-2', 'new-3', 'new-4']];
+        return { delayMs: n === 2 ? 100 : 0, body: historyPage(names.map((data, i) => ({ sequence: i + 1, data })), after, historyId) };
+      },
+      (ws, n, _group, ack) => {
+        ack();
         if (n === 1) setTimeout(() => ws.close(1012, 'draining'), 100);
         if (n === 2) setTimeout(() => ws.close(1012, 'draining'), 20);
-      });
-    });
+      },
+    );
     const printed: string[] = [];
-    const port = (server.address() as AddressInfo).port;
     const watching = watch(`http://127.0.0.1:${port}`, ACCESS, 'g', undefined, 'data', 7, 0, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
     assert.equal(await withTimeout(watching, 10000, 'sub to print seven messages'), 0);
     assert.deepEqual(printed, ['old-1', 'old-2', 'old-3', 'new-1', 'new-2', 'new-3', 'new-4']);
