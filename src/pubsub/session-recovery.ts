@@ -38,14 +38,16 @@ export interface RecoveryRequest {
  * again, so the relay keeps the count: see `deferredTooLong`.
  */
 export const RECOVERY_WINDOW_MS = 30_000;
+/** A deferral this long after the last one of the same session begins another outage's window (at least). */
+const NEW_OUTAGE_AFTER_MS = 10_000;
 /** Connection ids whose recoveries are being deferred, remembered at most (the oldest go). */
 const MAX_DEFERRED = 10_000;
 
 export class SessionRecovery {
   /** Sessions this edge is taking from elsewhere now, by hub and connection id. */
   private readonly taking = new Map<string, Promise<unknown>>();
-  /** When this edge first deferred a recovery of a session (by hub and connection id), while it goes on deferring. */
-  private readonly deferredSince = new Map<string, number>();
+  /** When this edge first and last deferred a recovery of a session (by hub and connection id), while it goes on deferring. */
+  private readonly deferredSince = new Map<string, { since: number; last: number }>();
 
   constructor(
     private readonly log: Logger,
@@ -177,16 +179,22 @@ export class SessionRecovery {
     const now = Date.now();
     const window = this.giveUpAfterMs();
     // Entries go in order of their first deferral: those far past the window are of clients that gave up.
-    for (const [old, since] of this.deferredSince) {
+    for (const [old, { since }] of this.deferredSince) {
       if (now - since <= 2 * window && this.deferredSince.size <= MAX_DEFERRED) break;
       this.deferredSince.delete(old);
     }
-    const since = this.deferredSince.get(key);
-    if (since === undefined) {
-      this.deferredSince.set(key, now);
+    const deferred = this.deferredSince.get(key);
+    // A client tries again within a few seconds while it is deferred (the SDK each second, each try waiting up to
+    // bus.requestTimeoutMs): a deferral long after the last one is another outage (the session was recovered
+    // elsewhere meanwhile), and starts a window of its own. Before, an outage that began within 30-60 s of an
+    // earlier deferral here was refused 1008 at once, the session alive.
+    if (deferred === undefined || now - deferred.last > Math.max(window / 3, NEW_OUTAGE_AFTER_MS)) {
+      this.deferredSince.delete(key);
+      this.deferredSince.set(key, { since: now, last: now });
       return false;
     }
-    if (now - since < window) return false;
+    deferred.last = now;
+    if (now - deferred.since < window) return false;
     this.deferredSince.delete(key);
     return true;
   }

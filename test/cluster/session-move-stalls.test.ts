@@ -18,25 +18,36 @@ import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/p
 import { until } from '../helpers/wait.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 
-/** Holds the `stage` messages of hand-overs `relay` gets about its sessions until `ms` after the first of them. */
-function stallHandover(relay: RunningRelay, stage: PsHandover['stage'], ms: number): void {
+/**
+ * Holds the `stage` messages of hand-overs `relay` gets about its sessions until `ms` after the first of them
+ * (`paused`: every hand-over message from then on, handled in the order they came, as a paused process does).
+ */
+function stallHandover(relay: RunningRelay, stage: PsHandover['stage'], ms: number, paused = false): void {
   const handover = relay.pubsub.hubs.get(HUB)!.handover;
   const onRequest = handover.onRequest.bind(handover);
-  let until = 0;
+  // Held messages are handled by one timer, in the order they came (timers of different lengths may not keep it).
+  let held: (() => void)[] | undefined;
+  let done = false;
   handover.onRequest = (m: BusMessage, h: PsHandover) => {
-    if (h.stage !== stage || (until > 0 && Date.now() >= until)) return onRequest(m, h);
-    until ||= Date.now() + ms;
-    setTimeout(() => onRequest(m, h), until - Date.now());
+    if (held && (paused || h.stage === stage)) return void held.push(() => onRequest(m, h));
+    if (held || done || h.stage !== stage) return onRequest(m, h);
+    done = true;
+    held = [() => onRequest(m, h)];
+    setTimeout(() => {
+      const queued = held!;
+      held = undefined;
+      for (const handle of queued) handle();
+    }, ms);
   };
 }
 
-/** Edges on one nats-server, each with its bus.requestTimeoutMs. */
-async function startEdges(t: TestContext, edgesWanted: Record<string, number>) {
+/** Edges on one nats-server, each with its bus.requestTimeoutMs (and `timeouts` for all). */
+async function startEdges(t: TestContext, edgesWanted: Record<string, number>, timeouts: Record<string, number> = {}) {
   const nats = await startNatsServer(t);
   const edges: { name: string; relay: RunningRelay; events: () => string[] }[] = [];
   for (const [name, requestTimeoutMs] of Object.entries(edgesWanted)) {
     const log = captureLogger('info');
-    const overrides = edgeOverrides(name, [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs }, timeouts: { shutdownMs: 500 } });
+    const overrides = edgeOverrides(name, [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs }, timeouts: { shutdownMs: 500, ...timeouts } });
     edges.push({ name, relay: await startTestRelay(t, overrides, { log: log.log }), events: () => log.lines().map((l) => JSON.stringify(l)) });
   }
   await Promise.all(edges.map((e) => waitReady(e.relay)));
@@ -95,5 +106,27 @@ describe('a reliable session moved while the edge holding it answers late', () =
     assert.equal(onT2.code, 1013, story());
     assert.deepEqual(await onT1, { code: 0, events: [[1, 1], [2, 2], [3, 3]] }, story());
     await recoverUntilConnected(t, t2.relay.url, recovery, story);
+  });
+
+  it('a deferral in one outage does not count against the next: deferred again (1013), not given up (1008), the session alive', async (t) => {
+    // sessionRetainMs 6 s: recoveries are deferred for up to 6 s before they are given up.
+    const { edges, story } = await startEdges(t, { 'edge-h': 500, 'edge-t': 500 }, { sessionRetainMs: 6000 });
+    const [h, taker] = edges;
+    const recovery = await heldSession(t, h.relay.url);
+    // An outage: the holder answers the move's first step late, T defers the client.
+    stallHandover(h.relay, 'begin', 1000, true);
+    assert.equal((await recoverOn(t, taker.relay.url, recovery)).code, 1013, story());
+    const firstDeferral = Date.now();
+    // The client recovers on the holder itself meanwhile, and again within each 6 s (its session is kept).
+    for (const at of [1000, 5500, 10300]) {
+      await new Promise((r) => setTimeout(r, Math.max(0, firstDeferral + at - Date.now())));
+      assert.equal((await recoverOn(t, h.relay.url, recovery)).code, 0, story());
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, firstDeferral + 11000 - Date.now())));
+    // Another outage, past T's window (6 s) since its first deferral and 10 s after its last one (another outage,
+    // not more of the first). Before: given up at once (1008), the session alive.
+    stallHandover(h.relay, 'begin', 1000, true);
+    assert.equal((await recoverOn(t, taker.relay.url, recovery)).code, 1013, story());
+    await recoverUntilConnected(t, taker.relay.url, recovery, story);
   });
 });
