@@ -118,7 +118,6 @@ export async function pub(argv: string[]): Promise<number> {
   // Closing counts as closed: its close frame came, and a send now fails on its own.
   const gone = () => closed !== undefined || !client.isOpen;
   for await (const message of lines ?? positionals) {
-    if (gone()) break;
     if (fromStdin && message === '') continue;
     while (sends.size >= MAX_AWAITING_ACK && !gone()) await Promise.race(sends);
     if (gone()) break;

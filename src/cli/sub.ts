@@ -87,6 +87,11 @@ export async function sub(argv: string[]): Promise<number> {
 }
 
 /** Prints the group's messages until `limit` or a signal; 0, or 1 when the relay refused. Exported for its tests (shorter `timeouts`, lines kept). */
+/** A refusal for a limit of the moment (429: too many new connections from this address, the hub full; 408): waited out. */
+function momentary(status: number | undefined): boolean {
+  return status === 429 || status === 408;
+}
+
 export function watch(
   url: string,
   access: HubAccess,
@@ -196,7 +201,7 @@ export function watch(
               // The read failed on the way (the relay went away: a reset, no answer; a 5xx, 429, 408): tried again
               // on a new connection, as after a drop (before, sub ended when a relay restarting cut the read).
               const status = (err as { status?: number }).status;
-              if (status === undefined || status >= 500 || status === 429 || status === 408) {
+              if (status === undefined || status >= 500 || momentary(status)) {
                 client.drop(`reading the history: ${(err as Error).message}`);
                 return;
               }
@@ -208,9 +213,8 @@ export function watch(
           process.stderr.write(`edge-relay sub: watching group ${group} in hub ${access.hub}\n`);
         },
         (err: Error & { status?: number }) => {
-          // Refused for a reason retrying cannot change (bad key, unknown hub): say so and stop. A limit of the
-          // moment (429: too many new connections from this address, the hub full; 408) is waited out.
-          if (err.status !== undefined && err.status >= 400 && err.status < 500 && err.status !== 429 && err.status !== 408) {
+          // Refused for a reason retrying cannot change (bad key, unknown hub): say so and stop (not for a limit of the moment).
+          if (err.status !== undefined && err.status >= 400 && err.status < 500 && !momentary(err.status)) {
             process.stderr.write(`edge-relay sub: ${err.message}\n`);
             return finish(1);
           }

@@ -69,8 +69,9 @@ export function token(argv: string[]): number {
     return 2;
   }
   const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
+  const expiresAt = Math.floor(Date.now() / 1000) + ttl;
   // An expiry past 12 digits makes a token every relay refuses (TokenMalformed): said here, not at its first use.
-  if (!(ttl > 0) || Math.floor(Date.now() / 1000) + ttl > MAX_SAS_EXPIRY) {
+  if (!(ttl > 0) || expiresAt > MAX_SAS_EXPIRY) {
     process.stderr.write('edge-relay token sas: --ttl must be a positive whole number of seconds, the expiry at most 12 digits\n');
     return 2;
   }
@@ -81,7 +82,6 @@ export function token(argv: string[]): number {
     process.stderr.write(`edge-relay token sas: --uri "${values.uri}" is not a URL\n`);
     return 2;
   }
-  const expiresAt = Math.floor(Date.now() / 1000) + ttl;
   process.stdout.write(createSasToken(resource, values['key-name'], key, expiresAt) + '\n');
   return 0;
 }

@@ -7,9 +7,9 @@
 // letting clients in).
 import { isIP } from 'node:net';
 
-/** Hex groups of an IPv6 address in its written form (`::` expanded, a dotted IPv4 tail as two groups), or undefined. */
+/** Hex groups of an IPv6 address without zone in its written form (`::` expanded, a dotted IPv4 tail as two groups), or undefined. */
 function ipv6Groups(address: string): number[] | undefined {
-  let text = address.replace(/%.*$/, '');
+  let text = address;
   const v4Tail = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
   if (v4Tail) {
     const [a, b, c, d] = v4Tail.slice(1).map(Number);
@@ -24,11 +24,12 @@ function ipv6Groups(address: string): number[] | undefined {
 
 /**
  * The key an address is counted under: an IPv4 address as itself (also when
- * a dual-stack socket reports it as `::ffff:a.b.c.d`), an IPv6 one as its /64.
+ * IPv6 carries it: mapped, translated, NAT64), any other IPv6 one as its /64.
  */
 export function rateKey(address: string): string {
-  if (isIP(address.replace(/%.*$/, '')) !== 6) return address;
-  const groups = ipv6Groups(address);
+  const withoutZone = address.replace(/%.*$/, '');
+  if (isIP(withoutZone) !== 6) return address;
+  const groups = ipv6Groups(withoutZone);
   if (!groups) return address;
   const ipv4 = () => `${groups[6] >> 8}.${groups[6] & 0xff}.${groups[7] >> 8}.${groups[7] & 0xff}`;
   // IPv4 mapped (::ffff:a.b.c.d), translated (::ffff:0:a.b.c.d, SIIT) or behind NAT64's well-known prefix

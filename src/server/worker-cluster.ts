@@ -52,15 +52,13 @@ interface ReloadOthers {
   kind: 'edge-relay.reload-others';
 }
 
-/** The primary asks a worker that listens whether its event loop still runs (it answers Pong with the same n). */
+/** The primary asks a worker that listens whether its event loop still runs (it answers Pong). */
 interface Ping {
   kind: 'edge-relay.ping';
-  n: number;
 }
 
 interface Pong {
   kind: 'edge-relay.pong';
-  n: number;
 }
 
 /** The private socket of every worker that listens, sent to each once all are up and whenever one comes or goes. */
@@ -213,7 +211,7 @@ export function announceListening(privateSocket: string): void {
 export function answerPings(): void {
   process.on('message', (message: Ping) => {
     if (message?.kind !== 'edge-relay.ping' || !process.connected) return;
-    const pong: Pong = { kind: 'edge-relay.pong', n: message.n };
+    const pong: Pong = { kind: 'edge-relay.pong' };
     process.send?.(pong);
   });
 }
@@ -306,7 +304,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
    * (undefined while none is), on a steady clock (a wall clock stepped forward is no silence).
    */
   const watched = new Map<Worker, { index: number; unansweredSince: number | undefined }>();
-  let pings = 0;
+  const ping: Ping = { kind: 'edge-relay.ping' };
   const pingEveryMs = Math.max(50, Math.min(PING_EVERY_MS, Math.floor(watchdogMs / 4)));
   let lastTick = performance.now();
   const watchdog = watchdogMs > 0
@@ -317,7 +315,6 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
       const late = now - lastTick > Math.max(3 * pingEveryMs, watchdogMs / 2);
       lastTick = now;
       if (stopping) return;
-      const ping: Ping = { kind: 'edge-relay.ping', n: ++pings };
       for (const [worker, w] of watched) {
         if (late) w.unansweredSince = undefined;
         if (w.unansweredSince !== undefined && now - w.unansweredSince > watchdogMs) {
