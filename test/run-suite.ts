@@ -1,17 +1,21 @@
 // `npm test`: node's test runner (through tsx) over every test file, in
 // several runs. Files that start no process that works beside their tests (no relay
 // process, no NATS cluster, no CLI, browser or bench; one nats-server, an
-// openssl key or a short synchronous command are light) run two at a time:
-// two processes on two cores, most of each file's time being its start-up
-// (tsx and the relay's modules). Files that start such processes run after
-// them in two lanes side by side, each lane one file at a time: the clusters'
-// lane (files under test/cluster/, and any that starts several edges, a NATS
-// cluster, the bench or the browser) and the lane of the others (one relay
-// process, the CLI, a client script). So two clusters or benches never share
-// the two cores, and a cluster shares them with one single-relay file at most
-// (before, every such file ran alone: about 460 s of the suite's 560; now
-// about 350). The bench and the browser come last in theirs, after a run of
-// the rest of it: the other lane has most likely ended by then.
+// openssl key or a short synchronous command are light) run three at a time
+// on the two cores: most of such a file's time is its start-up (tsx's loader
+// and the relay's modules, about 1.1 s) and waits on timers and sockets, so
+// two at a time left the cores idle half the time (measured: 211 s for 104
+// files, 213 s of CPU; three at a time 150-163 s). Files that start such
+// processes run after them in two lanes side by side, each lane one file at a
+// time: the clusters' lane (any file that starts several edges, a NATS
+// cluster, `serve --workers` with two or more, the bench or the browser) and
+// the lane of the others (one relay process or edge, the CLI, a client
+// script). So two clusters or benches never share the two cores, and a
+// cluster shares them with one single-relay file at most. A file's lane
+// follows what it starts, not its folder: a file under test/cluster/ with
+// one edge runs in the others' lane. The bench and the browser come last in
+// theirs, after a run of the rest of it: the other lane has most likely ended
+// by then.
 //
 // `npm test -- FILE...` runs just those files, one at a time.
 import { spawn } from 'node:child_process';
@@ -33,8 +37,19 @@ const TEST_TIMEOUT_MS = 120000;
 const STARTS_PROCESSES =
   /\b(startRelayProcess|startServeProcess|startHostileRelay|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|spawn|fork|execFile|execFileSync)\(/;
 
-/** Calls that start several edges, a NATS cluster, the bench or the browser: such files run in the clusters' lane. */
-const STARTS_CLUSTERS = /\b(startNatsCluster|startEdge|startCluster|openBrowser|runQuick|runBench)\(/;
+/** Calls that start a NATS cluster (with its edges), the bench or the browser: such files run in the clusters' lane. */
+const STARTS_CLUSTERS = /\b(startNatsCluster|startCluster|openBrowser|runQuick|runBench)\(/;
+/** One edge (a relay process on NATS) per call: a file with two or more such calls starts several edges. */
+const STARTS_EDGE = /\bstartEdge\(/g;
+/** `serve --workers N` with N of two or more: a primary and its workers, each an edge. */
+const STARTS_WORKERS = /'--workers',\s*'([2-9]|\d\d+)'/;
+/** Light files run this many at a time (see the top of this file). */
+const LIGHT_CONCURRENCY = 3;
+
+/** Whether a file starts several edges, a NATS cluster, the bench or the browser. */
+function startsClusters(source: string): boolean {
+  return STARTS_CLUSTERS.test(source) || STARTS_WORKERS.test(source) || (source.match(STARTS_EDGE)?.length ?? 0) >= 2;
+}
 /** The bench and the browser keep both cores busy: last in their lane, when the other lane has most likely ended. */
 const KEEPS_CORES_BUSY = /\b(openBrowser|runQuick|runBench)\(/;
 
@@ -79,9 +94,9 @@ if (chosen.length > 0) {
   const source = (file: string) => readFileSync(join(ROOT, file), 'utf8');
   const alone = files.filter((file) => STARTS_PROCESSES.test(source(file)));
   const sideBySide = files.filter((file) => !alone.includes(file));
-  const clusters = alone.filter((file) => file.startsWith('test/cluster/') || STARTS_CLUSTERS.test(source(file)));
+  const clusters = alone.filter((file) => startsClusters(source(file)));
   const others = alone.filter((file) => !clusters.includes(file));
-  const first = await runTests(sideBySide, 2);
+  const first = await runTests(sideBySide, LIGHT_CONCURRENCY);
   // node's test runner orders the files it is given by name: the busy ones go in a run of their own.
   const busy = clusters.filter((file) => KEEPS_CORES_BUSY.test(source(file)));
   const clusterLane = async () => {
