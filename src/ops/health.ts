@@ -5,8 +5,10 @@
 // What the edge cannot do while it serves the rest is `degraded`, not a
 // reason to be taken out: a stream without its leader fails on every edge
 // alike, and a load balancer that dropped them all would end the hybrid
-// connections and the other hubs too.
-import type { ServerResponse } from 'node:http';
+// connections and the other hubs too. Both answer GET and HEAD (a probe's
+// methods, and Azure's `HEAD /api/health`); any other method is 405.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { failEdgeRequest } from '../http/edge-errors.ts';
 import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
@@ -21,7 +23,14 @@ export interface Readiness {
 const NO_STORE = { 'cache-control': 'no-store' };
 
 /** Answers an ops path; returns false when the name is not one. */
-export function handleOps(name: string, res: ServerResponse, readiness: Readiness): boolean {
+export function handleOps(name: string, req: IncomingMessage, res: ServerResponse, readiness: Readiness): boolean {
+  if (name !== 'health' && name !== 'ready') return false;
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    // Before: a POST or DELETE was answered as a GET, so a mistyped call looked like it had done something.
+    res.setHeader('allow', 'GET, HEAD');
+    failEdgeRequest(res, 'MethodNotAllowed', 'Use GET or HEAD');
+    return true;
+  }
   if (name === 'health') {
     sendJson(res, 200, { status: 'up' }, NO_STORE);
     return true;

@@ -17,7 +17,7 @@ describe('/$relay/ready', () => {
   let url: string;
   before(async () => {
     server = createServer((req, res) => {
-      if (!handleOps(req.url!.slice(1), res, readiness)) res.writeHead(404).end();
+      if (!handleOps(req.url!.slice(1), req, res, readiness)) res.writeHead(404).end();
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -62,5 +62,17 @@ describe('/$relay/ready', () => {
     // Without the bus the edge cannot tell: the bus is the reason, nothing more.
     const noBus = await ready({ bus: () => ({ kind: 'nats', connected: false }), jetstream: () => ({ state: 'ready', storeFailures: failing }), followsStreams: () => true });
     assert.deepEqual([noBus.status, noBus.body.reasons, noBus.body.degraded], [503, ['no connection to the nats bus'], []]);
+  });
+  it('answers GET and HEAD only: another method is 405 with Allow, not an answer as if it were a GET', async () => {
+    readiness = { shuttingDown: () => false, bus: () => ({ kind: 'memory', connected: true }) };
+    for (const name of ['health', 'ready']) {
+      assert.equal((await httpRequest(`${url}/${name}`, { method: 'HEAD' })).status, 200, name);
+      for (const method of ['POST', 'DELETE', 'PUT']) {
+        const res = await httpRequest(`${url}/${name}`, { method });
+        assert.equal(res.status, 405, `${method} ${name}`);
+        assert.equal(res.headers.allow, 'GET, HEAD');
+        assert.equal(JSON.parse(String(res.body)).code, 'MethodNotAllowed');
+      }
+    }
   });
 });
