@@ -14,6 +14,7 @@ import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeStats, type HubStats } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
+import { failEdgeRequest } from '../http/edge-errors.ts';
 import { sendJson } from '../http/respond.ts';
 import type { HybridService } from '../hybrid/hybrid-service.ts';
 import type { PubSubService } from '../pubsub/pubsub-service.ts';
@@ -156,8 +157,10 @@ export class ClusterStats {
 
   async serve(req: IncomingMessage, res: ServerResponse, auth: ManageAuth): Promise<void> {
     if (auth.refuseUnlessManageGet(req, res)) return;
-    const asked = Number(new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') || DEFAULT_TOP);
-    const top = Number.isInteger(asked) ? Math.min(MAX_TOP, Math.max(1, asked)) : DEFAULT_TOP;
+    const given = new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') ?? '';
+    // Before: `top=2.5` or `top=ten` was taken as the default, so a mistyped query drew another figure unsaid.
+    if (given !== '' && !/^\d{1,6}$/.test(given)) return failEdgeRequest(res, 'BadRequest', 'top must be a whole number (1 to 50)');
+    const top = given === '' ? DEFAULT_TOP : Math.min(MAX_TOP, Math.max(1, Number(given)));
     const snapshot = await this.cluster(top);
     if (res.destroyed) return;
     sendJson(res, 200, { node: this.s.config.nodeId, at: Date.now(), top, ...snapshot }, { 'cache-control': 'no-store' });

@@ -141,6 +141,12 @@ describe('/$relay/stats', () => {
     assert.equal((await httpRequest(`${relay.url}/$relay/stats?sb-hc-token=${encodeURIComponent(token)}`, { headers: { authorization: 'Basic dXNlcjpwYXNz' } })).status, 200);
     // An empty `top` is the default (before: 1).
     assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=`, { headers: { authorization: token } })).body.toString()).top, 20);
+    // Out of range: the nearer bound. Not a whole number: 400 (before: the default, unsaid).
+    assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=500`, { headers: { authorization: token } })).body.toString()).top, 50);
+    for (const top of ['2.5', 'ten', '-1', '1e1']) {
+      const refused = await httpRequest(`${relay.url}/$relay/stats?top=${top}`, { headers: { authorization: token } });
+      assert.deepEqual([refused.status, JSON.parse(refused.body.toString()).code], [400, 'BadRequest'], top);
+    }
   });
 });
 
