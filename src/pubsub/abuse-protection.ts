@@ -66,8 +66,9 @@ function withinOwnTime(check: Promise<void>, ms: number, signal?: AbortSignal): 
 const MAX_ANSWER_BYTES = 4096;
 
 /**
- * Origins remembered as allowed, at most: past it the one allowed longest ago is checked again before its next
- * event. A URL template with `{event}` in its host (`http://{event}.hooks.example/`) makes one origin per event
+ * Origins remembered as allowed, at most: past it the one used longest ago is checked again before its next
+ * event (least recently used; before, the one allowed longest ago, so an origin every event used was checked again
+ * once 10,000 others had come after it). A URL template with `{event}` in its host (`http://{event}.hooks.example/`) makes one origin per event
  * name, which clients choose: kept for good, each was a little memory for every name ever sent.
  */
 export const MAX_ALLOWED_ORIGINS = 10_000;
@@ -95,7 +96,10 @@ export class AbuseProtection implements UrlValidation {
    */
   check(url: string, timeoutMs: number, authorization?: string, signal?: AbortSignal): Promise<void> {
     const origin = originOf(url);
-    if (this.allowed.has(origin)) return Promise.resolve();
+    if (this.allowed.has(origin)) {
+      this.used(origin);
+      return Promise.resolve();
+    }
     return withinOwnTime(this.shared(url, origin, Date.now() + timeoutMs, authorization), timeoutMs, signal);
   }
 
@@ -115,6 +119,17 @@ export class AbuseProtection implements UrlValidation {
       if (!(err instanceof HandlerError) || err.kind !== 'timeout' || deadline <= Date.now() || this.stopped.signal.aborted) throw err;
       return this.shared(url, origin, deadline, authorization);
     });
+  }
+
+  /**
+   * Marks `origin` as the most recently used: last in the set's order, which eviction reads from the front. Only
+   * once the set is over half its bound: the usual handful of origins is never reordered, so an event costs no
+   * table churn (a Set's deleted slots are swept by rebuilding its table).
+   */
+  private used(origin: string): void {
+    if (this.allowed.size <= this.maxAllowed / 2) return;
+    this.allowed.delete(origin);
+    this.allowed.add(origin);
   }
 
   /** Ends the checks under way (the relay has drained): their requests would keep the process up to their timeout. */

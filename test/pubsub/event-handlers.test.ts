@@ -124,6 +124,23 @@ describe('abuse protection', () => {
     assert.equal(asked.length, 6);
   });
 
+  it('evicts the origin used longest ago, not the one allowed longest ago: an origin in steady use stays allowed', async () => {
+    const { transport, asked } = answering('*');
+    const urls: string[] = [];
+    const send = transport.send.bind(transport);
+    transport.send = (url, request) => (urls.push(url), send(url, request));
+    const protection = new AbuseProtection('relay.example:9400', transport, () => {}, 4);
+    await protection.check('http://steady.hooks.example/chat', 1000);
+    // Other origins come and go (`{event}` in a host) while every other event goes to the steady one.
+    for (let i = 0; i < 10; i++) {
+      await protection.check(`http://e${i}.hooks.example/chat`, 1000);
+      await protection.check('http://steady.hooks.example/chat', 1000);
+    }
+    // Before: checked again each time four others had been allowed after it (asked 1 + 10 + 2).
+    assert.equal(urls.filter((u) => u.startsWith('http://steady.')).length, 1);
+    assert.equal(asked.length, 11);
+  });
+
   it('checks a dozen origins at once over HTTP with no leak warning (each check listens on the one stop signal)', async (t) => {
     const ports = await Promise.all(
       Array.from({ length: 12 }, async () => {
