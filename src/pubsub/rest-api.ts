@@ -388,9 +388,11 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
     return 'BadRequest';
   }
   if (!validateRestGroupsBody(parsed)) return 'BadRequest';
-  const { groups, filter: text } = parsed as { groups: string[]; filter: string };
-  const filter = parseFilter(text);
-  if (!(filter instanceof ConnectionFilter)) return filter;
+  const { groups, filter: text } = parsed as { groups: string[]; filter?: string | null };
+  // No filter (absent or null): every connection of the hub, as on Azure. The .NET SDK's RemoveConnectionsFromGroups
+  // takes its filter as optional and sends none by default (before: 400 for that call).
+  const filter = text === undefined || text === null ? undefined : parseFilter(text);
+  if (filter !== undefined && !(filter instanceof ConnectionFilter)) return filter;
   await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter);
   return OK;
 }

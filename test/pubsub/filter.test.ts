@@ -410,6 +410,33 @@ describe('REST filter', () => {
     assert.deepEqual(b2.dataMessages().map((m) => m.data), ['not alice', 'not vip']);
   });
 
+  it(':removeFromGroups and :addToGroups without a filter (absent or null) take every connection of the hub', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, { allowInsecureConnection: true });
+    const a = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', groups: ['g1', 'g2'] }), PLAIN, t);
+    const b = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'bob', groups: ['g1'] }), PLAIN, t);
+    const call = async (op: string, body: object) => {
+      const url = `${relay.url}/api/hubs/${HUB}/${op}`;
+      return httpRequest(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` },
+        body: Buffer.from(JSON.stringify(body)),
+      });
+    };
+    // As the .NET SDK's RemoveConnectionsFromGroups(groups) sends it: no filter (before: 400 BadRequest).
+    assert.equal((await call(':removeFromGroups', { groups: ['g1'] })).status, 200);
+    assert.equal((await call(':addToGroups', { groups: ['g3'], filter: null })).status, 200);
+    await svc.group('g1').sendToAll('g1', { contentType: 'text/plain' });
+    await svc.group('g2').sendToAll('g2', { contentType: 'text/plain' });
+    await svc.group('g3').sendToAll('g3', { contentType: 'text/plain' });
+    await until(() => a.dataMessages().length === 2 && b.dataMessages().length === 1, 5000, 'the sends');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(a.dataMessages().map((m) => m.data), ['g2', 'g3']);
+    assert.deepEqual(b.dataMessages().map((m) => m.data), ['g3']);
+    // A filter of another type is refused.
+    assert.equal((await call(':removeFromGroups', { groups: ['g2'], filter: 5 })).status, 400);
+  });
+
   it("takes Azure's string and collection functions: startswith(userId,'a') reaches only the users it names", async (t) => {
     const relay = await startPubSubRelay(t);
     const svc = new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, { allowInsecureConnection: true });
