@@ -61,7 +61,7 @@ export function createJetStream(bus: Bus, config: RelayConfig, log: Logger): Jet
   if (!(bus instanceof NatsBus) || durableHubs(bus, config).length === 0) return undefined;
   return new JetStreamAccess(
     bus,
-    { replicas: js.replicas, storage: js.storage, publishTimeoutMs: js.publishTimeoutMs, requestTimeoutMs: config.bus.requestTimeoutMs },
+    { replicas: js.replicas, storage: js.storage, publishTimeoutMs: js.publishTimeoutMs, unsureRetryMs: js.unsureRetryMs, requestTimeoutMs: config.bus.requestTimeoutMs },
     log.child({ component: 'jetstream' }),
   );
 }

@@ -65,7 +65,7 @@ export interface JetStreamOptions {
   requestTimeoutMs: number;
   /** While the account has no JetStream: how often it is asked again (default ACCOUNT_RECHECK_MS). */
   accountRecheckMs?: number;
-  /** How long a publish goes on past an unanswered try (default UNSURE_RETRY_MS). */
+  /** How long a publish goes on past an unanswered try (`bus.jetstream.unsureRetryMs`; default UNSURE_RETRY_MS). */
   unsureRetryMs?: number;
 }
 

@@ -68,6 +68,8 @@ export interface JetStreamConfig {
   storage: 'file' | 'memory';
   streamPrefix: string;
   publishTimeoutMs: number;
+  /** After an unanswered try, how long a publish goes on with the same id (jetstream.ts, UNSURE_RETRY_MS). */
+  unsureRetryMs: number;
   checkpointIntervalMs: number;
   readyTimeoutMs: number;
 }

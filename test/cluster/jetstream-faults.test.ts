@@ -71,14 +71,18 @@ function assertExactlyAcknowledged(received: number[], acked: number[], story: (
 describe('JetStream faults', { concurrency: true }, () => {
   it('two NATS nodes of three down: the edge says it cannot store (degraded, still ready for what it can serve), and storing again once they are back', async (t) => {
     const nats = await startNatsCluster(t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', nats.map((n) => n.url), { bus: { jetstream: { publishTimeoutMs: 1500 } } }));
+    // unsureRetryMs: a try the leaderless stream never answers goes on this long past publishTimeoutMs (default 60 s).
+    const a = await startTestRelay(t, edgeOverrides('edge-a', nats.map((n) => n.url), { bus: { jetstream: { publishTimeoutMs: 1500, unsureRetryMs: 2000 } } }));
     await waitReady(a);
     const rest = serviceClient(a, { maxRetries: 0 });
     await rest.group('g').sendToAll(1);
     await nats[1].kill();
     await nats[2].kill();
     // Still connected to n1, JetStream there, the streams without their leaders: every durable publish fails.
+    const asked = Date.now();
     await assert.rejects(rest.group('g').sendToAll(2), (err: { statusCode?: number }) => err.statusCode === 503);
+    // A wide bound, not a timing: with the default the answer took 61 s whenever the try went unanswered.
+    assert.ok(Date.now() - asked < 20000, `answered after ${Date.now() - asked} ms`);
     // The stream has no leader for any edge: readiness 503 (as before) took every edge out of a load balancer, hybrid traffic and all.
     const down = await readiness(a);
     assert.equal(down.status, 200, JSON.stringify(down.body));

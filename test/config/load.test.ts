@@ -15,6 +15,7 @@ describe('configuration', () => {
     assert.equal(config.timeouts.acceptMs, 30000);
     assert.equal(config.bus.kind, 'memory');
     assert.equal(config.hybridConnections[0].requiresClientAuthorization, false);
+    assert.equal(config.bus.jetstream.unsureRetryMs, 60000);
   });
 
   it('says where a file is not valid JSON, and quotes none of it (a key written in single quotes stays out of logs and answers)', () => {
@@ -63,6 +64,8 @@ describe('configuration', () => {
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], pingIntervalMs: 3000000000 } }, /\/bus\/pingIntervalMs: must be <= 600000/],
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], requestTimeoutMs: 3000000000 } }, /\/bus\/requestTimeoutMs: must be <= 600000/],
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], replayWindowMs: 3000000000 } }, /\/bus\/replayWindowMs: must be <= 3600000/],
+      // Past the streams' 120 s duplicate window a late store of an unanswered try would be a second message.
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222'], jetstream: { enabled: true, unsureRetryMs: 120000 } } }, /\/bus\/jetstream\/unsureRetryMs: must be <= 110000/],
       // URLs of the right shape that no URL parser reads: before, exit 1 "Invalid URL" after binding the port, or a NATS client retrying forever.
       [{ publicUrl: 'https://relay.example.com:70000' }, /\/publicUrl: "https:\/\/relay.example.com:70000" is not a URL/],
       [{ publicUrl: 'http://[' }, /\/publicUrl: .* is not a URL/],
