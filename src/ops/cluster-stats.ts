@@ -159,7 +159,7 @@ export class ClusterStats {
     if (auth.refuseUnlessManageGet(req, res)) return;
     const given = new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('top') ?? '';
     // Before: `top=2.5` or `top=ten` was taken as the default, so a mistyped query drew another figure unsaid.
-    if (given !== '' && !/^\d{1,6}$/.test(given)) return failEdgeRequest(res, 'BadRequest', 'top must be a whole number (1 to 50)');
+    if (given !== '' && !/^\d+$/.test(given)) return failEdgeRequest(res, 'BadRequest', 'top must be a whole number (taken as the nearer of 1 and 50 outside them)');
     const top = given === '' ? DEFAULT_TOP : Math.min(MAX_TOP, Math.max(1, Number(given)));
     const snapshot = await this.cluster(top);
     if (res.destroyed) return;

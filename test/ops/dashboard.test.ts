@@ -142,7 +142,9 @@ describe('/$relay/stats', () => {
     // An empty `top` is the default (before: 1).
     assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=`, { headers: { authorization: token } })).body.toString()).top, 20);
     // Out of range: the nearer bound. Not a whole number: 400 (before: the default, unsaid).
-    assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=500`, { headers: { authorization: token } })).body.toString()).top, 50);
+    for (const [top, taken] of [['500', 50], ['1000000', 50], ['0', 1]] as const) {
+      assert.equal(JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=${top}`, { headers: { authorization: token } })).body.toString()).top, taken, top);
+    }
     for (const top of ['2.5', 'ten', '-1', '1e1']) {
       const refused = await httpRequest(`${relay.url}/$relay/stats?top=${top}`, { headers: { authorization: token } });
       assert.deepEqual([refused.status, JSON.parse(refused.body.toString()).code], [400, 'BadRequest'], top);
