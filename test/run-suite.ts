@@ -29,7 +29,7 @@ const TEST_TIMEOUT_MS = 120000;
 /**
  * Calls that start a process a file's tests then run beside, doing work of its
  * own (test/helpers/ and bench/lib/ wrap them; a new wrapper belongs here, or
- * its files run two at a time): relays, edges, NATS clusters, the CLI, client
+ * its files run three at a time): relays, edges, NATS clusters, the CLI, client
  * scripts, the browser, the bench, any other spawned process. Not here: one
  * nats-server (startNatsServer; an edge's bus, idle between messages), openssl
  * making keys (makePki) and a command run to its end (spawnSync).
