@@ -120,6 +120,26 @@ const UNSURE_RETRY_MS = 60_000;
 const ACCOUNT_RECHECK_MS = 10_000;
 /** While publishes fail unanswered, how often the streams are asked whether they answer again. */
 const STORE_PROBE_MS = 1000;
+/**
+ * A replica the leader heard from longer ago than this is not counted towards its quorum. Raft heartbeats come
+ * every second; nats-server itself counts a peer out only after 10 s (lostQuorumInterval), and a leader whose
+ * peers were killed goes on naming itself leader, with them current, that long.
+ */
+const REPLICA_SILENT_NS = 3_000_000_000;
+
+/**
+ * Whether a stream's cluster state says it stores: a lone server (no cluster), or a leader named and, with
+ * replicas, a majority of the group heard from within REPLICA_SILENT_NS (the leader counts itself). A member left
+ * alone answers (once its group has been without a leader for a while) with no leader named; a leader that has
+ * lost its peers answers with itself named for up to 10 s, while every write it takes waits for a quorum.
+ */
+export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
+  if (!cluster) return true;
+  if (!cluster.leader) return false;
+  const replicas = cluster.replicas ?? [];
+  const heard = replicas.filter((r) => r.current && !r.offline && r.active < REPLICA_SILENT_NS).length;
+  return 2 * (1 + heard) > 1 + replicas.length;
+}
 /** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
 const CONSUME_EXPIRES_MS = 5000;
 /** Messages a consumer asks for at once. */
@@ -635,10 +655,8 @@ export class JetStreamAccess {
           continue;
         }
         try {
-          // A clustered stream stores only with a leader: a member left alone answers (once its group has been
-          // without one for a while) with its own state and no leader named. A lone server names no cluster.
           const info = await this.jsm.streams.info(stream);
-          if (!info.cluster || info.cluster.leader) this.storeWorks(stream);
+          if (storesNow(info.cluster)) this.storeWorks(stream);
         } catch {
           // Still without an answer: asked again at the next probe.
         }
