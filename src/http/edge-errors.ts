@@ -4,6 +4,7 @@
 // limits.httpConnectionsPerNode), operator endpoints, and the unexpected. The
 // domains keep their own tables (hybrid/errors.ts, pubsub/errors.ts); the
 // README's error tables list every code of all of them (a test checks).
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errorAnswers, type ErrorSpec } from './error-answers.ts';
 
 export const EDGE_ERRORS = {
@@ -30,3 +31,14 @@ export type EdgeErrorCode = keyof typeof EDGE_ERRORS;
 export type AdmissionRefusal = 'ConnectionLimitReached' | 'TooManyConnectionAttempts';
 
 export const { failUpgrade: failEdgeUpgrade, failRequest: failEdgeRequest } = errorAnswers<EdgeErrorCode>(EDGE_ERRORS);
+
+/**
+ * Answers 405 `MethodNotAllowed` with `Allow` when the request's method is not one of `allowed` (an operator
+ * endpoint's), and says whether it did.
+ */
+export function refuseOtherMethods(req: IncomingMessage, res: ServerResponse, allowed: readonly string[]): boolean {
+  if (allowed.includes(req.method ?? '')) return false;
+  res.setHeader('allow', allowed.join(', '));
+  failEdgeRequest(res, 'MethodNotAllowed', `Use ${allowed.join(' or ')}`);
+  return true;
+}

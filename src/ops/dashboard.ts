@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { failEdgeRequest } from '../http/edge-errors.ts';
+import { failEdgeRequest, refuseOtherMethods } from '../http/edge-errors.ts';
 import { ClusterStats, type StatsSources } from './cluster-stats.ts';
 import type { ManageAuth } from './manage-auth.ts';
 import { TraceRelay } from './trace-relay.ts';
@@ -78,10 +78,7 @@ export class OpsDashboard {
   }
 
   private serveAsset(file: string, req: IncomingMessage, res: ServerResponse): void {
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.setHeader('allow', 'GET, HEAD');
-      return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET or HEAD');
-    }
+    if (refuseOtherMethods(req, res, ['GET', 'HEAD'])) return;
     const asset = this.assets.get(file);
     if (!asset) return failEdgeRequest(res, 'NotFound');
     const headers = { ...SECURITY_HEADERS, etag: asset.etag };

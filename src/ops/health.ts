@@ -8,7 +8,7 @@
 // connections and the other hubs too. Both answer GET and HEAD (a probe's
 // methods, and Azure's `HEAD /api/health`); any other method is 405.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { failEdgeRequest } from '../http/edge-errors.ts';
+import { refuseOtherMethods } from '../http/edge-errors.ts';
 import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
@@ -25,37 +25,31 @@ const NO_STORE = { 'cache-control': 'no-store' };
 /** Answers an ops path; returns false when the name is not one. */
 export function handleOps(name: string, req: IncomingMessage, res: ServerResponse, readiness: Readiness): boolean {
   if (name !== 'health' && name !== 'ready') return false;
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    // Before: a POST or DELETE was answered as a GET, so a mistyped call looked like it had done something.
-    res.setHeader('allow', 'GET, HEAD');
-    failEdgeRequest(res, 'MethodNotAllowed', 'Use GET or HEAD');
-    return true;
-  }
+  // Before: a POST or DELETE was answered as a GET, so a mistyped call looked like it had done something.
+  if (refuseOtherMethods(req, res, ['GET', 'HEAD'])) return true;
   if (name === 'health') {
     sendJson(res, 200, { status: 'up' }, NO_STORE);
     return true;
   }
-  if (name === 'ready') {
-    const bus = readiness.bus();
-    const reasons: string[] = [];
-    const degraded: string[] = [];
-    if (readiness.shuttingDown()) reasons.push('shutting down');
-    if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
-    const jetstream = readiness.jetstream?.();
-    const storeFailures = jetstream?.state === 'ready' && bus.connected ? jetstream.storeFailures : [];
-    if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
-    else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
-    for (const failure of storeFailures) degraded.push(`JetStream stores nothing in stream ${failure}`);
-    const ready = reasons.length === 0;
-    const body = {
-      ready,
-      bus: { kind: bus.kind, connected: bus.connected },
-      ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && bus.connected && storeFailures.length === 0 } } : {}),
-      reasons,
-      degraded,
-    };
-    sendJson(res, ready ? 200 : 503, body, NO_STORE);
-    return true;
-  }
-  return false;
+  // ready
+  const bus = readiness.bus();
+  const reasons: string[] = [];
+  const degraded: string[] = [];
+  if (readiness.shuttingDown()) reasons.push('shutting down');
+  if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
+  const jetstream = readiness.jetstream?.();
+  const storeFailures = jetstream?.state === 'ready' && bus.connected ? jetstream.storeFailures : [];
+  if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
+  else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
+  for (const failure of storeFailures) degraded.push(`JetStream stores nothing in stream ${failure}`);
+  const ready = reasons.length === 0;
+  const body = {
+    ready,
+    bus: { kind: bus.kind, connected: bus.connected },
+    ...(jetstream ? { jetstream: { state: jetstream.state, storing: jetstream.state === 'ready' && bus.connected && storeFailures.length === 0 } } : {}),
+    reasons,
+    degraded,
+  };
+  sendJson(res, ready ? 200 : 503, body, NO_STORE);
+  return true;
 }

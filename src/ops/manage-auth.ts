@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
-import { failEdgeRequest } from '../http/edge-errors.ts';
+import { refuseOtherMethods } from '../http/edge-errors.ts';
 import { sendError } from '../http/respond.ts';
 
 export interface Refusal {
@@ -44,11 +44,7 @@ export class ManageAuth {
    * answered; false when the request may go on.
    */
   refuseUnlessManageGet(req: IncomingMessage, res: ServerResponse): boolean {
-    if (req.method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      failEdgeRequest(res, 'MethodNotAllowed', 'Use GET');
-      return true;
-    }
+    if (refuseOtherMethods(req, res, ['GET'])) return true;
     const refused = this.check(req);
     if (!refused) return false;
     sendError(res, refused.status, refused.code, refused.message);

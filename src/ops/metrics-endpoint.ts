@@ -7,7 +7,7 @@
 // token's own text (docs/security.md, "Prometheus").
 import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { failEdgeRequest } from '../http/edge-errors.ts';
+import { failEdgeRequest, refuseOtherMethods } from '../http/edge-errors.ts';
 import { sendError } from '../http/respond.ts';
 import type { ManageAuth } from './manage-auth.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
@@ -29,10 +29,7 @@ function bearerMatches(req: IncomingMessage, token: string): boolean {
 }
 
 export async function serveMetrics(req: IncomingMessage, res: ServerResponse, metrics: RelayMetrics, auth: ManageAuth, access: MetricsAccess): Promise<void> {
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.setHeader('allow', 'GET, HEAD');
-    return failEdgeRequest(res, 'MethodNotAllowed', 'Use GET or HEAD');
-  }
+  if (refuseOtherMethods(req, res, ['GET', 'HEAD'])) return;
   if (access.requireManage && !(access.bearerToken !== undefined && bearerMatches(req, access.bearerToken))) {
     const refused = auth.check(req);
     if (refused) return sendError(res, refused.status, refused.code, refused.message);

@@ -4,7 +4,7 @@
 // 503 ShuttingDown while the edge drains. Under serve --workers the worker that
 // answers reloads, and the primary passes the reload on to the other workers.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { failEdgeRequest } from '../http/edge-errors.ts';
+import { failEdgeRequest, refuseOtherMethods } from '../http/edge-errors.ts';
 import { sendError, sendJson } from '../http/respond.ts';
 import type { ManageAuth } from './manage-auth.ts';
 
@@ -13,10 +13,7 @@ export type ReloadOutcome = { ok: true; changes: Record<string, unknown> } | { o
 
 export function serveReload(req: IncomingMessage, res: ServerResponse, auth: ManageAuth, reload: (() => ReloadOutcome) | undefined): void {
   req.resume();
-  if (req.method !== 'POST') {
-    res.setHeader('allow', 'POST');
-    return failEdgeRequest(res, 'MethodNotAllowed', 'Use POST');
-  }
+  if (refuseOtherMethods(req, res, ['POST'])) return;
   const refused = auth.check(req);
   if (refused) return sendError(res, refused.status, refused.code, refused.message);
   if (!reload) return failEdgeRequest(res, 'NotFound', 'This relay was not started from a config file: there is nothing to reload');
