@@ -126,20 +126,6 @@ const STORE_PROBE_MS = 1000;
  * peers were killed goes on naming itself leader, with them current, that long.
  */
 const REPLICA_SILENT_NS = 3_000_000_000;
-
-/**
- * Whether a stream's cluster state says it stores: a lone server (no cluster), or a leader named and, with
- * replicas, a majority of the group heard from within REPLICA_SILENT_NS (the leader counts itself). A member left
- * alone answers (once its group has been without a leader for a while) with no leader named; a leader that has
- * lost its peers answers with itself named for up to 10 s, while every write it takes waits for a quorum.
- */
-export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
-  if (!cluster) return true;
-  if (!cluster.leader) return false;
-  const replicas = cluster.replicas ?? [];
-  const heard = replicas.filter((r) => r.current && !r.offline && r.active < REPLICA_SILENT_NS).length;
-  return 2 * (1 + heard) > 1 + replicas.length;
-}
 /** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
 const CONSUME_EXPIRES_MS = 5000;
 /** Messages a consumer asks for at once. */
@@ -184,6 +170,20 @@ function notEnabled(err: unknown, nc: NatsConnection): boolean {
 
 export const NOT_ENABLED =
   'JetStream is not enabled on the NATS server: start nats-server with JetStream (-js, or a jetstream block in its config), or set bus.jetstream.enabled to false';
+
+/**
+ * Whether a stream's cluster state says it stores: a lone server (no cluster), or a leader named and, with
+ * replicas, a majority of the group heard from within REPLICA_SILENT_NS (the leader counts itself). A member left
+ * alone answers (once its group has been without a leader for a while) with no leader named; a leader that has
+ * lost its peers answers with itself named for up to 10 s, while every write it takes waits for a quorum.
+ */
+export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
+  if (!cluster) return true;
+  if (!cluster.leader) return false;
+  const replicas = cluster.replicas ?? [];
+  const heard = replicas.filter((r) => r.current && !r.offline && r.active < REPLICA_SILENT_NS).length;
+  return 2 * (1 + heard) > 1 + replicas.length;
+}
 
 export class JetStreamAccess {
   state: JetStreamState = 'waiting';

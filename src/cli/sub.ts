@@ -86,12 +86,12 @@ export async function sub(argv: string[]): Promise<number> {
   return watch(values.url, access, values.group, values.user, values.format, limit, after, tls);
 }
 
-/** Prints the group's messages until `limit` or a signal; 0, or 1 when the relay refused. Exported for its tests (shorter `timeouts`, lines kept). */
 /** A refusal for a limit of the moment (429: too many new connections from this address, the hub full; 408): waited out. */
 function momentary(status: number | undefined): boolean {
   return status === 429 || status === 408;
 }
 
+/** Prints the group's messages until `limit` or a signal; 0, or 1 when the relay refused. Exported for its tests (shorter `timeouts`, lines kept). */
 export function watch(
   url: string,
   access: HubAccess,

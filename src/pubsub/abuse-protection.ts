@@ -67,9 +67,10 @@ const MAX_ANSWER_BYTES = 4096;
 
 /**
  * Origins remembered as allowed, at most: past it the one used longest ago is checked again before its next
- * event (least recently used; before, the one allowed longest ago, so an origin every event used was checked again
- * once 10,000 others had come after it). A URL template with `{event}` in its host (`http://{event}.hooks.example/`) makes one origin per event
- * name, which clients choose: kept for good, each was a little memory for every name ever sent.
+ * event (least recently used; before, the one allowed longest ago, so an origin every event used was checked
+ * again once 10,000 others had come after it). A URL template with `{event}` in its host
+ * (`http://{event}.hooks.example/`) makes one origin per event name, which clients choose: kept for good, each
+ * was a little memory for every name ever sent.
  */
 export const MAX_ALLOWED_ORIGINS = 10_000;
 
