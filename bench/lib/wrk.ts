@@ -25,9 +25,17 @@ export interface WrkFigures {
   serverKernelCpu: number;
 }
 
-/** `wrk -t1 -c<connections> -d<seconds>s` against http://127.0.0.1:port/path; `pids` are the system's processes (CPU). */
-export async function runWrk(port: number, path: string, connections: number, seconds: number, pids: number[]): Promise<WrkFigures> {
+/**
+ * `wrk -t1 -c<connections> -d<seconds>s` against http://127.0.0.1:port/path; `pids` are the system's processes (CPU).
+ * With `warmSeconds`, a run that long comes first and is not counted, as our generator warms each row up: without
+ * it a row of a system that idled while the others were loaded counted its first requests (a Node process's first
+ * second after a pause, code warming up) where our generator's did not, and the two generators measured two things.
+ */
+export async function runWrk(port: number, path: string, connections: number, seconds: number, pids: number[], warmSeconds = 0): Promise<WrkFigures> {
   script ??= writeTemp(tempDir(), 'done.lua', DONE_HOOK);
+  if (warmSeconds > 0) {
+    await runCommand('wrk', ['-t1', `-c${connections}`, `-d${warmSeconds}s`, '--timeout', '10s', `http://127.0.0.1:${port}${path}`], (warmSeconds + 30) * 1000);
+  }
   const reapedBefore = reapedChildrenCpu();
   const meter = new CpuMeter(pids);
   const t0 = performance.now();
