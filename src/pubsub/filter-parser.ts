@@ -1,15 +1,17 @@
 // The syntax of a REST `filter`: Azure Web PubSub's OData subset
 // (Azure's "OData filter syntax in Azure Web PubSub service", its formal
 // grammar and its table of operations), parsed into a typed tree that
-// connection-filter.ts compiles. Precedence, highest first:
+// connection-filter.ts compiles. Precedence, highest first, as OData's
+// (its URL conventions' operator precedence, and ODataLib's parser, which
+// Microsoft's Web PubSub emulator runs: `in` is a primary operator):
 //
-//   not  >  eq ne gt ge lt le, in  >  and  >  or
+//   in  >  not  >  eq ne gt ge lt le  >  and  >  or
 //
-//   or      := and ('or' and)*
-//   and     := compare ('and' compare)*
-//   compare := unary [ ('eq'|'ne'|'gt'|'ge'|'lt'|'le') unary
-//                    | 'in' ( '(' expr (',' expr)* ')' | collection ) ]
-//   unary   := 'not' unary | term
+//   or         := and ('or' and)*
+//   and        := compare ('and' compare)*
+//   compare    := unary (('eq'|'ne'|'gt'|'ge'|'lt'|'le') unary)*
+//   unary      := 'not' unary | membership
+//   membership := term ('in' ( '(' expr (',' expr)* ')' | collection ))*
 //   term    := '(' or ')' | string | integer | 'true' | 'false' | 'null'
 //            | userId | connectionId | groups | groups/any( [var ':' or] )
 //            | function '(' or (',' or)* ')'
@@ -19,7 +21,9 @@
 // groups). The identifiers are case-insensitive, as Azure documents;
 // keywords and function names are the lowercase ones the grammar spells.
 // Types are checked here, so `not length(userId) gt 5` (not binds to the
-// integer) is refused, as Azure refuses it, instead of failing per connection.
+// integer) is refused, as Azure refuses it, instead of failing per connection;
+// `not 'g1' in groups` is `not ('g1' in groups)`, and comparisons chain left
+// to right (`'g1' in groups eq true`).
 // Text and nesting are bounded by the caller (MAX_FILTER_LENGTH) and here
 // (MAX_DEPTH); no regular expression is built from the input. A malformed
 // filter names the position (0-based, in characters) of the problem.
@@ -209,21 +213,34 @@ class Parser {
     return this.chain('and', () => this.compare());
   }
 
+  /** Comparisons chain left to right, `a eq b eq c` being `(a eq b) eq c`; each one past the first nests (MAX_DEPTH). */
   private compare(): Expr {
-    const left = this.unary();
-    const op = this.peek;
-    if (op.type !== 'word') return left;
-    if (COMPARE_OPS.has(op.value)) {
+    let left = this.unary();
+    for (let chained = 0; this.peek.type === 'word' && COMPARE_OPS.has(this.peek.value); chained++) {
+      const op = this.peek;
       this.pos++;
       const right = this.unary();
       checkComparable(left, right, op.value as CompareOp, op.at);
-      return { kind: 'compare', op: op.value as CompareOp, left, right, at: left.at, type: 'boolean' };
-    }
-    if (op.value === 'in') {
-      this.pos++;
-      return this.inRight(left, op.at);
+      left = this.chained(chained, op.at, { kind: 'compare', op: op.value as CompareOp, left, right, at: left.at, type: 'boolean' });
     }
     return left;
+  }
+
+  /** A term and the `in`s that follow it (`in` binds tighter than `not` and the comparisons), left to right. */
+  private membership(): Expr {
+    let operand = this.term();
+    for (let chained = 0; this.isWord('in'); chained++) {
+      const at = this.peek.at;
+      this.pos++;
+      operand = this.chained(chained, at, this.inRight(operand, at));
+    }
+    return operand;
+  }
+
+  /** The tree of a chain grows one level per link: past the first, each counts as nesting. */
+  private chained(links: number, at: number, node: Expr): Expr {
+    if (links > 0 && this.depth + links > MAX_DEPTH) throw new FilterSyntaxError(at, `nested deeper than ${MAX_DEPTH}`);
+    return node;
   }
 
   /** The right of 'in': groups (possibly parenthesized), or a parenthesized list of values. */
@@ -257,7 +274,7 @@ class Parser {
       }
       return { kind: 'not', operand, at: t.at, type: 'boolean' };
     }
-    return this.term();
+    return this.membership();
   }
 
   private term(): Expr {

@@ -233,11 +233,36 @@ describe('OData filter: operator precedence', () => {
     assert.deepEqual(selected("userId eq 'a' or userId eq 'ab' and false", users), ['a']);
   });
 
-  it('not binds tightest: not length(userId) gt 5 is refused, not (…) is the fix', () => {
+  it('not binds tighter than comparisons: not length(userId) gt 5 is refused, not (…) is the fix', () => {
     assert.equal(syntaxError('not length(userId) gt 5').position, 0);
-    assert.equal(syntaxError("not 'g1' in groups").position, 0);
     assert.deepEqual(selected('not (length(userId) gt 5)', [withUser('abc'), withUser('abcdefg')]), ['abc']);
     assert.equal(selects("not startswith(userId, 'user') or true", userAbDe), true);
+  });
+});
+
+describe('OData filter: in binds tighter than not, comparisons chain (OData, ODataLib)', () => {
+  it("reads not 'g1' in groups as not ('g1' in groups), as releases before the type checks did", () => {
+    assert.equal(selects("not 'g1' in groups"), false);
+    assert.equal(selects("not 'g2' in groups"), true);
+    assert.equal(selects("not userId in ('alice', 'bob')"), false);
+    assert.equal(selects("not userId in ('bob')"), true);
+    assert.equal(selects("userId eq 'alice' and not 'g2' in groups"), true);
+  });
+
+  it('chains comparisons left to right, a boolean compared with a boolean', () => {
+    assert.equal(selects("'g1' in groups eq true"), true);
+    assert.equal(selects("'g2' in groups eq true"), false);
+    assert.equal(selects("userId eq 'alice' eq true"), true);
+    assert.equal(selects("userId eq 'bob' eq false"), true);
+    assert.equal(selects("userId eq 'alice' ne 'g1' in groups"), false);
+    assert.match(syntaxError("userId eq 'alice' eq 'alice'").message, /cannot compare a boolean with a string/);
+    assert.match(syntaxError("userId eq 'alice' gt true").message, /does not order booleans/);
+  });
+
+  it('bounds a chain as it bounds nesting', () => {
+    assert.equal(selects('true' + ' eq true'.repeat(30)), true);
+    assert.match(syntaxError('true' + ' eq true'.repeat(40)).message, /nested deeper/);
+    assert.match(syntaxError("'a' in groups" + ' in (true)'.repeat(40)).message, /nested deeper/);
   });
 });
 
