@@ -13,7 +13,7 @@ import { signJwt } from '../auth/jwt.ts';
 import { sendJson } from '../http/respond.ts';
 import {
   validateConnectionId,
-  validateGroupName,
+  validateRestGroupName,
   validateRestGroupsBody,
   validateUserId,
 } from '../validation/schemas.ts';
@@ -159,7 +159,7 @@ async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
     if (third === 'groups' && route === 'DELETE 3') return membership(call, connection, 'removeAll', []);
   }
   if (first === 'groups' && segments.length >= 2) {
-    if (!validateGroupName(second)) return 'BadRequest';
+    if (!validateRestGroupName(second)) return 'BadRequest';
     const group: Target = { kind: 'group', name: second };
     if (route === 'HEAD 2') return (await hub.exists(group)) ? OK : 'NotFound';
     if (third === ':send' && route === 'POST 3') return send(call, group, excludedOf(call.params));
@@ -184,7 +184,7 @@ async function dispatch(call: RestCall): Promise<Answer | { raw: string }> {
     if (third === ':closeConnections' && route === 'POST 3') return closeConnections(call, user);
     if (third === 'groups' && route === 'DELETE 3') return membership(call, user, 'removeAll', []);
     if (third === 'groups' && segments.length === 4) {
-      if (!validateGroupName(fourth)) return 'BadRequest';
+      if (!validateRestGroupName(fourth)) return 'BadRequest';
       if (method === 'PUT') return membership(call, user, 'add', [fourth]);
       if (method === 'DELETE') return membership(call, user, 'remove', [fourth], NO_CONTENT);
     }
@@ -401,7 +401,7 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   if (name !== 'joinLeaveGroup' && name !== 'sendToGroup') return 'BadRequest';
   if (!validateConnectionId(connectionId)) return 'BadRequest';
   const target = call.params.get('targetName') ?? undefined;
-  if (target !== undefined && !validateGroupName(target)) return 'BadRequest';
+  if (target !== undefined && !validateRestGroupName(target)) return 'BadRequest';
   const method = call.method;
   if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
   const outcome = await call.hub.permission(connectionId, method, name as Permission, target);
@@ -424,7 +424,7 @@ function generateToken(call: RestCall): Answer {
   const userId = call.params.get('userId');
   if (userId !== null && !validateUserId(userId)) return 'BadRequest';
   const groups = call.params.getAll('group');
-  if (!groups.every((g) => validateGroupName(g))) return 'BadRequest';
+  if (!groups.every((g) => validateRestGroupName(g))) return 'BadRequest';
   // The audience names the host the call was addressed to, and only a host: a Host header
   // carrying a path or fragment would make a client token a REST token for another endpoint.
   const host = call.req.headers.host ?? 'localhost';

@@ -44,6 +44,8 @@ export const pubsubMessageValidators: ReadonlyMap<string, ValidateFunction> = ne
   ]),
 );
 export const validateGroupName = pubsubDefinition('groupName');
+/** A group a REST call names: not white space only either. */
+export const validateRestGroupName = pubsubDefinition('restGroupName');
 export const validateUserId = pubsubDefinition('userId');
 export const validateConnectionId = pubsubDefinition('connectionId');
 export const validateRestGroupsBody = load('pubsub-rest-groups.schema.json');

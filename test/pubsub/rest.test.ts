@@ -233,6 +233,30 @@ describe('pub/sub REST API', () => {
     // (The JS SDK reads a code from the body only; Azure.Core in .NET and Java's and Python's SDKs read this header.)
   });
 
+  it('refuses a group named with white space only, as Azure\'s REST reference does (before: a group "  " made and sent to)', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
+    const call = (method: string, path: string, body?: string) => {
+      const url = `${relay.url}/api/hubs/${HUB}/${path}${path.includes('?') ? '&' : '?'}api-version=2024-12-01`;
+      const headers: Record<string, string> = { authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` };
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      return httpRequest(url, { method, headers, body: body === undefined ? undefined : Buffer.from(body) });
+    };
+    for (const group of ['%20%20', '%20', '%09', '%E3%80%80']) {
+      assert.equal((await call('PUT', `users/alice/groups/${group}`)).status, 400, `PUT users/alice/groups/${group}`);
+      assert.equal((await call('POST', `groups/${group}/:send`, '{}')).status, 400, `POST groups/${group}/:send`);
+      assert.equal((await call('HEAD', `groups/${group}`)).status, 400, `HEAD groups/${group}`);
+      assert.equal((await call('POST', `:generateToken?group=${group}`)).status, 400, `:generateToken group=${group}`);
+      assert.equal((await call('PUT', `permissions/sendToGroup/connections/c1?targetName=${group}`)).status, 400, `targetName=${group}`);
+    }
+    assert.equal((await call('POST', ':addToGroups', JSON.stringify({ groups: ['  '] }))).status, 400);
+    assert.equal((await call('POST', ':removeFromGroups', JSON.stringify({ groups: ['ok', '\t'] }))).status, 400);
+    // A name with white space in it, or around it, is a name.
+    assert.equal((await call('PUT', 'users/alice/groups/%20a%20b%20')).status, 200);
+    assert.equal((await call('POST', `groups/%20a%20b%20/:send`, '{"to":"spaced"}')).status, 202);
+    await until(() => alice.dataMessages().some((m) => m.group === ' a b '), 5000, 'the send to group " a b "');
+  });
+
   it(':generateToken names only a host in the audience: a Host header carrying a path cannot mint a REST token', async (t) => {
     const relay = await startPubSubRelay(t);
     const { host } = new URL(relay.url);
