@@ -286,8 +286,9 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
     call.req.resume();
     return { code: 'BadRequest', detail: `messageTtlSeconds must be a whole number from 0 to ${MAX_MESSAGE_TTL_SECONDS}` };
   }
+  // An empty filter is none, as in Microsoft's emulator.
   const filterText = call.params.get('filter');
-  const filter = filterText === null ? undefined : parseFilter(filterText);
+  const filter = filterText === null || filterText === '' ? undefined : parseFilter(filterText);
   if (filter !== undefined && !(filter instanceof ConnectionFilter)) {
     call.req.resume();
     return filter;
@@ -389,9 +390,10 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   }
   if (!validateRestGroupsBody(parsed)) return 'BadRequest';
   const { groups, filter: text } = parsed as { groups: string[]; filter?: string | null };
-  // No filter (absent or null): every connection of the hub, as on Azure. The .NET SDK's RemoveConnectionsFromGroups
-  // takes its filter as optional and sends none by default (before: 400 for that call).
-  const filter = text === undefined || text === null ? undefined : parseFilter(text);
+  // No filter (absent, null or empty): every connection of the hub, as on Azure. The .NET SDK's RemoveConnectionsFromGroups
+  // takes its filter as optional and sends none by default (before: 400 for that call); an empty one is none in
+  // Microsoft's emulator, and how a caller of @azure/web-pubsub's addConnectionsToGroups(groups, filter) passes none.
+  const filter = text === undefined || text === null || text === '' ? undefined : parseFilter(text);
   if (filter !== undefined && !(filter instanceof ConnectionFilter)) return filter;
   await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter);
   return OK;

@@ -435,7 +435,7 @@ describe('REST filter', () => {
     assert.deepEqual(b2.dataMessages().map((m) => m.data), ['not alice', 'not vip']);
   });
 
-  it(':removeFromGroups and :addToGroups without a filter (absent or null) take every connection of the hub', async (t) => {
+  it(':removeFromGroups and :addToGroups without a filter (absent, null or empty) take every connection of the hub, as a send with an empty one reaches all', async (t) => {
     const relay = await startPubSubRelay(t);
     const svc = new WebPubSubServiceClient(`Endpoint=${relay.url};AccessKey=${HUB_KEY};Version=1.0;`, HUB, { allowInsecureConnection: true });
     const a = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice', groups: ['g1', 'g2'] }), PLAIN, t);
@@ -460,6 +460,21 @@ describe('REST filter', () => {
     assert.deepEqual(b.dataMessages().map((m) => m.data), ['g3']);
     // A filter of another type is refused.
     assert.equal((await call(':removeFromGroups', { groups: ['g2'], filter: 5 })).status, 400);
+    // An empty filter is none, as in Microsoft's emulator (@azure/web-pubsub's addConnectionsToGroups(groups, filter)
+    // takes one, and '' is how a caller passes none; before: 400 FilterInvalid). White space only is still refused.
+    assert.equal((await call(':addToGroups', { groups: ['g4'], filter: '' })).status, 200);
+    assert.equal((await call(':addToGroups', { groups: ['g5'], filter: ' ' })).status, 400);
+    const url = `${relay.url}/api/hubs/${HUB}/:send?filter=`;
+    const sent = await httpRequest(url, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: url.split('?')[0] }, HUB_KEY, 60)}` },
+      body: Buffer.from('to all'),
+    });
+    assert.equal(sent.status, 202);
+    await svc.group('g4').sendToAll('g4', { contentType: 'text/plain' });
+    await until(() => a.dataMessages().length === 4 && b.dataMessages().length === 3, 5000, 'the sends with an empty filter');
+    assert.deepEqual(a.dataMessages().map((m) => m.data).slice(2), ['to all', 'g4']);
+    assert.deepEqual(b.dataMessages().map((m) => m.data).slice(1), ['to all', 'g4']);
   });
 
   it("takes Azure's string and collection functions: startswith(userId,'a') reaches only the users it names", async (t) => {
