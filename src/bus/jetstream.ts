@@ -215,7 +215,7 @@ export class JetStreamAccess {
   private bucket: BucketSpec | undefined;
   /** A look for streams that are gone (restoreStreams), at most one at a time and one per RESTORE_INTERVAL_MS. */
   private restoring = false;
-  private lastRestoreAt = 0;
+  private lastRestoreAt = -Infinity;
   private establishing = false;
   /** Set while unavailable because the server reached had no JetStream (checkServer): a server with it makes sure again. */
   private serverLackedIt = false;
@@ -524,9 +524,9 @@ export class JetStreamAccess {
   }
 
   private restoreStreams(reason: string): void {
-    if (this.restoring || this.closed || this.state !== 'ready' || Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS) return;
+    if (this.restoring || this.closed || this.state !== 'ready' || performance.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS) return;
     this.restoring = true;
-    this.lastRestoreAt = Date.now();
+    this.lastRestoreAt = performance.now();
     void (async () => {
       const { jsm, js } = this.ready;
       const gone = async (name: string) => {
@@ -572,12 +572,12 @@ export class JetStreamAccess {
     // failed (503 "try again"). The publisher says so too, for a server met later with a smaller max_payload.
     const bytes = storedBytes(data, msgId);
     if (bytes > this.bus.maxPayload) throw tooLargeForBus(bytes, this.bus.maxPayload);
-    let deadline = Date.now() + this.options.publishTimeoutMs;
+    let deadline = performance.now() + this.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
     /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
     let unsure = false;
     for (;;) {
-      const left = this.closed ? 0 : deadline - Date.now();
+      const left = this.closed ? 0 : deadline - performance.now();
       if (left <= 0) {
         if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
         throw notStored(last, unsure);
@@ -600,10 +600,10 @@ export class JetStreamAccess {
       if (outcome.unsure && !unsure) {
         unsure = true;
         // Tried again with the same id until it is known to be stored (or UNSURE_RETRY_MS): see UNSURE_RETRY_MS.
-        deadline = Math.max(deadline, Date.now() + (this.options.unsureRetryMs ?? UNSURE_RETRY_MS));
+        deadline = Math.max(deadline, performance.now() + (this.options.unsureRetryMs ?? UNSURE_RETRY_MS));
       }
       if (outcome.noStream) this.restoreStreams('no stream answered a publish');
-      await sleep(Math.min(RETRY_MS, Math.max(0, deadline - Date.now())));
+      await sleep(Math.min(RETRY_MS, Math.max(0, deadline - performance.now())));
     }
   }
 
@@ -778,16 +778,16 @@ export class JetStreamAccess {
         if (stopped) msgs.stop();
         // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
         // that means nobody serves it (heartbeats are not always reported).
-        let lastSign = Date.now();
+        let lastSign = performance.now();
         const watchdog = setInterval(() => {
-          if (Date.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
+          if (performance.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
           this.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next: position.next });
           msgs.stop();
         }, 1000);
         watchdog.unref();
         void (async () => {
           for await (const status of await msgs.status()) {
-            lastSign = Date.now();
+            lastSign = performance.now();
             if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
               this.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next: position.next });
               msgs.stop();
@@ -798,7 +798,7 @@ export class JetStreamAccess {
         position.newConsumer();
         try {
           for await (const m of msgs) {
-            lastSign = Date.now();
+            lastSign = performance.now();
             // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next`.
             if (m.info.deliverySequence !== delivered + 1) {
               msgs.stop();
@@ -852,7 +852,7 @@ export class JetStreamAccess {
     const out: StoredMessage[] = [];
     const maxBytes = options.maxBytes ?? Infinity;
     let bytes = 0;
-    const deadline = Date.now() + options.timeoutMs;
+    const deadline = performance.now() + options.timeoutMs;
     const ci = await jsm.consumers.add(stream, {
       name: `read_${nuid.next()}`,
       deliver_policy: DeliverPolicy.StartSequence,
@@ -870,7 +870,7 @@ export class JetStreamAccess {
       // handed on with a hole (a replay would skip those events; a history page would leave them out).
       let delivered = 0;
       while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
-        const left = deadline - Date.now();
+        const left = deadline - performance.now();
         if (left <= 0) throw new StoreError('the stream did not answer in time');
         const nc = this.bus.connection;
         if (!nc) throw new StoreError('NATS is not connected');

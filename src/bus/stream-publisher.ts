@@ -72,7 +72,7 @@ export class StorePublisher {
     const maxPayload = this.nc.info?.max_payload;
     if (maxPayload !== undefined && bytes > maxPayload) return Promise.resolve({ kind: 'tooLarge', bytes });
     return new Promise((resolve) => {
-      this.waiting.set(token, { resolve, deadline: Date.now() + timeoutMs });
+      this.waiting.set(token, { resolve, deadline: performance.now() + timeoutMs });
       this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref();
       try {
         this.nc.publish(subject, data, { reply: this.prefix + token, headers: h });
@@ -117,7 +117,7 @@ export class StorePublisher {
 
   /** Every SWEEP_MS while publishes wait: only those past their deadline are gathered and ordered (usually none). */
   private sweep(): void {
-    const now = Date.now();
+    const now = performance.now();
     const due: string[] = [];
     this.waiting.forEach((waiting, token) => {
       if (waiting.deadline <= now) due.push(token);

@@ -42,6 +42,7 @@ export function rateKey(address: string): string {
 }
 
 export class ConnectionRateLimiter {
+  /** Each address's tokens and when they were counted: performance.now(), monotonic (a wall clock stepped back an hour refused every address seen before for that hour). */
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
   constructor(
@@ -58,7 +59,7 @@ export class ConnectionRateLimiter {
   }
 
   /** True when `address` may open a connection now (and takes a token); false when over its rate. */
-  take(address: string, now = Date.now()): boolean {
+  take(address: string, now = performance.now()): boolean {
     if (this.perSecond <= 0) return true;
     const key = rateKey(address);
     let bucket = this.buckets.get(key);

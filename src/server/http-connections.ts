@@ -18,7 +18,7 @@ export interface HttpConnectionEvents {
 }
 
 export class HttpConnections {
-  /** Every plain connection, and when it was accepted (ms since epoch) while it has sent nothing. */
+  /** Every plain connection. */
   private readonly plain = new Set<Socket>();
   /**
    * With TLS: TCP connections whose handshake is under way (bounded in time by the server's handshake timeout),
@@ -27,6 +27,10 @@ export class HttpConnections {
    * number of connections could sit in their handshakes at once.
    */
   private readonly handshakes = new Map<string, { socket: Socket; settings: number }>();
+  /**
+   * Connections that have sent nothing yet, and when each was accepted: performance.now(), a monotonic clock (the wall
+   * clock stepped back by NTP or a VM restore kept silent connections open for as long as the step).
+   */
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
 
@@ -68,7 +72,7 @@ export class HttpConnections {
    * A new connection (with TLS: its handshake done): counted, or refused when the node holds `limit` already.
    * With TLS, returns the settings its TCP connection was accepted under (handshaking()), when known.
    */
-  accepted(socket: Socket, now = Date.now()): number | undefined {
+  accepted(socket: Socket, now = performance.now()): number | undefined {
     let settings: number | undefined;
     if (this.handshakes.size > 0) {
       const key = addressKey(socket);
@@ -97,7 +101,7 @@ export class HttpConnections {
     this.silentSince.delete(socket);
   }
 
-  private closeSilent(now = Date.now()): void {
+  private closeSilent(now = performance.now()): void {
     for (const [socket, since] of this.silentSince) {
       const preamble = this.preambleBytes(socket);
       if (preamble === undefined) continue;

@@ -331,7 +331,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
   watchdog?.unref();
   const fork = (index: number) => {
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId, [PINNED_ENV]: pinnedText });
-    const startedAt = Date.now();
+    const startedAt = performance.now();
     workers.set(index, worker);
     // A message to a worker that has just died fails (EPIPE) before its exit is seen: an 'error' without a
     // listener would end this process and every worker with it. Its exit is handled below.
@@ -389,7 +389,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         tellPeers();
       }
       const restart = restarts.get(index) ?? { delayMs: RESTART_FIRST_MS };
-      if (Date.now() - startedAt >= RESTART_STABLE_MS) restart.delayMs = RESTART_FIRST_MS;
+      if (performance.now() - startedAt >= RESTART_STABLE_MS) restart.delayMs = RESTART_FIRST_MS;
       process.stderr.write(`edge-relay: worker ${index} exited (${signal ?? code}); starting it again in ${restart.delayMs} ms\n`);
       restart.timer = setTimeout(() => {
         restart.timer = undefined;

@@ -81,13 +81,13 @@ export function createLogger(level: string, nodeId: string, destination?: Destin
 
 /** The exit's synchronous write of what is left is skipped when stderr has taken nothing for STUCK_AT_EXIT_MS with a write waiting. */
 function boundExitFlush(stderr: DroppingDestination): void {
-  let lastTaken = Date.now();
+  let lastTaken = performance.now();
   stderr.on('write', () => {
-    lastTaken = Date.now();
+    lastTaken = performance.now();
   });
   const flushSync = stderr.flushSync.bind(stderr);
   stderr.flushSync = () => {
-    if (stderr._writing && Date.now() - lastTaken > STUCK_AT_EXIT_MS) return;
+    if (stderr._writing && performance.now() - lastTaken > STUCK_AT_EXIT_MS) return;
     flushSync();
   };
 }

@@ -8,7 +8,8 @@ import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
 import { startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { HttpConnections } from '../../src/server/http-connections.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 /** Opens a WebSocket; resolves with the handshake's HTTP status (101 when it opened). */
@@ -139,6 +140,33 @@ describe('limits', () => {
     limiter.take('c', 10000);
     assert.equal(limiter.size, 2);
     assert.equal(new ConnectionRateLimiter(0, 1).take('x'), true);
+  });
+
+  it('counts time by a monotonic clock: a wall clock stepped back an hour neither refuses known addresses nor keeps silent connections (before: both, for the hour)', async (t) => {
+    const limiter = new ConnectionRateLimiter(100, 200);
+    assert.equal(limiter.take('a'), true);
+    const wallClock = Date.now.bind(Date);
+    const steppedBack = () => wallClock() - 3_600_000;
+    t.mock.method(Date, 'now', steppedBack);
+    assert.equal(limiter.take('a'), true, 'an address seen before the step');
+    // A connection that sends nothing is still closed after firstByteMs.
+    const server = createServer();
+    const silent: Socket[] = [];
+    const connections = new HttpConnections(100, 100, { refused: () => {}, silent: (socket) => silent.push(socket) });
+    cleanupFor(t).after(() => {
+      connections.close();
+      server.close();
+    });
+    t.mock.restoreAll();
+    const accepted = new Promise<Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const client = connect((server.address() as AddressInfo).port, '127.0.0.1');
+    cleanupFor(t).after(() => client.destroy());
+    const socket = await withTimeout(accepted, 5000, 'the connection');
+    cleanupFor(t).after(() => socket.destroy());
+    connections.accepted(socket);
+    t.mock.method(Date, 'now', steppedBack);
+    await until(() => silent.length === 1, 5000, 'the silent connection noticed');
   });
 
   it('counts an IPv6 client by its /64 and an IPv4 one on a dual-stack socket as IPv4', () => {
