@@ -85,8 +85,16 @@ function parseV2(buf: Buffer): ProxyHeaderResult {
     for (let i = 0; i < 16; i += 2) groups.push(block.readUInt16BE(i).toString(16));
     return { kind: 'client', address: compactIpv6(groups), port: block.readUInt16BE(32), bytes };
   }
-  return { kind: 'invalid', why: 'v2 connection not TCP over IPv4 or IPv6' };
+  // The spec's other valid pairs (UDP over IPv4 or IPv6, a Unix stream or datagram socket): "a receiver is not required
+  // to implement other ones, provided that it automatically falls back to the UNSPEC mode" (haproxy's
+  // proxy-protocol.txt, 2.2): the connection's own peer stands, as for \x00. Refused before, so a balancer that took
+  // its client on a Unix socket (haproxy `bind unix@...` with `send-proxy-v2`) had every connection closed.
+  if (V2_UNSPEC_FALLBACK.has(familyTransport)) return { kind: 'local', bytes };
+  return { kind: 'invalid', why: 'v2 family and transport none the spec names' };
 }
+
+/** v2 family-and-transport bytes the spec names besides TCP over IPv4 (\x11) and IPv6 (\x21) and UNSPEC (\x00). */
+const V2_UNSPEC_FALLBACK = new Set([0x12, 0x22, 0x31, 0x32]);
 
 /** Eight hex groups as an address is written (RFC 5952: the longest run of two or more zero groups as `::`). */
 function compactIpv6(groups: string[]): string {

@@ -79,8 +79,9 @@ describe('PROXY protocol header', () => {
     };
     assert.equal(invalid(edit(12, 0x11)), 'invalid', 'version 1');
     assert.equal(invalid(edit(12, 0x22)), 'invalid', 'command 2');
-    assert.equal(invalid(edit(13, 0x12)), 'invalid', 'UDP over IPv4');
-    assert.equal(invalid(edit(13, 0x31)), 'invalid', 'a Unix socket');
+    // The spec's other valid pairs fall back to UNSPEC (the connection's own peer), as it allows a receiver to.
+    for (const pair of [0x12, 0x22, 0x31, 0x32]) assert.equal(invalid(edit(13, pair)), 'local', `family and transport ${pair.toString(16)}`);
+    for (const pair of [0x01, 0x10, 0x13, 0x23, 0x30, 0x33, 0x41]) assert.equal(invalid(edit(13, pair)), 'invalid', `family and transport ${pair.toString(16)}`);
     assert.equal(invalid(edit(15, 8)), 'invalid', 'a block shorter than its addresses');
     const tooLong = Buffer.from(good);
     tooLong.writeUInt16BE(4097, 14);
