@@ -29,6 +29,13 @@ export function parseLocalForward(spec: string): LocalForward {
   return { bindHost: bindHost === '' ? '127.0.0.1' : bindHost, port, entity };
 }
 
+/**
+ * How much longer than --connect-timeout a connect waits for the relay's answer: a -R gives its target that long from
+ * when the accept reaches it, later than this connect began, and answers 502 when the target never did. With the same
+ * wait on both sides this side always gave up first and logged its own timeout, never the 502 and its reason.
+ */
+const TARGET_VERDICT_MARGIN_MS = 5000;
+
 export class LocalForwarder {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
@@ -78,7 +85,7 @@ export class LocalForwarder {
     tcp.setNoDelay(true);
     let ws: WebSocket;
     try {
-      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase));
+      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase, TARGET_VERDICT_MARGIN_MS));
     } catch (err) {
       // A relay URL ws cannot take (the command line checks it): this connection fails, the port stays open.
       log.warn({ event: 'bridge.connect_failed', err: (err as Error).message });

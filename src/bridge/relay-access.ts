@@ -63,13 +63,13 @@ export class RelayAccess {
    * Options for a WebSocket the bridge opens to `url` on the relay (control
    * channel, legs, connects). No permessage-deflate (the relay offers none and
    * forwarded TCP is opaque), and where nothing between the bridge and the
-   * relay can read the frames the masking key is zero (masksHidden).
+   * relay can read the frames the masking key is zero (masksHidden). `longerMs` is added to the handshake's bound.
    */
-  socketOptions(url: string): ClientOptions {
+  socketOptions(url: string, longerMs = 0): ClientOptions {
     return {
       ...this.options.tls,
       perMessageDeflate: false,
-      ...(this.options.handshakeTimeoutMs !== undefined ? { handshakeTimeout: this.options.handshakeTimeoutMs } : {}),
+      ...(this.options.handshakeTimeoutMs !== undefined ? { handshakeTimeout: this.options.handshakeTimeoutMs + longerMs } : {}),
       ...(masksHidden(url) ? { generateMask: zeroMask } : {}),
     };
   }

@@ -99,7 +99,7 @@ export class RemoteForwarder {
     });
     ws.on('open', () => {
       this.backoff.connected();
-      log.info({ event: 'bridge.listening', target: `${this.forward.host}:${this.forward.port}` });
+      log.info({ event: 'bridge.listening', target: `${this.forward.host.includes(':') ? `[${this.forward.host}]` : this.forward.host}:${this.forward.port}` });
       this.markReady();
       this.scheduleRenew(ws);
       // A NAT or firewall that drops the path says nothing: without this the
@@ -119,13 +119,16 @@ export class RemoteForwarder {
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       alive();
       if (isBinary) return;
-      let message: { accept?: AcceptNotice };
+      let message: unknown;
       try {
-        message = JSON.parse(data.toString('utf8')) as { accept?: AcceptNotice };
+        message = JSON.parse(data.toString('utf8'));
       } catch {
         return;
       }
-      if (message.accept && typeof message.accept.address === 'string') this.accept(message.accept, log);
+      // Anything but an object naming an accept address is ignored (a `null` used to throw here and end the bridge).
+      if (typeof message !== 'object' || message === null) return;
+      const accept = (message as { accept?: unknown }).accept as AcceptNotice | undefined;
+      if (typeof accept === 'object' && accept !== null && typeof accept.address === 'string') this.accept(accept, log);
     });
     ws.on('close', (code: number, reason: Buffer) => {
       clearInterval(heartbeat);

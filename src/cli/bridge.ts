@@ -45,11 +45,12 @@ Options:
                        connection when its leg stays silent for two periods;
                        default 30
   --connect-timeout SECONDS
-                       how long the relay may take to answer (a -L connect waits
-                       for the listener to accept) and a -R target to accept a
-                       TCP connection, default 25 (below the relay's
-                       timeouts.acceptMs, 30 s by default, so a -R target that
-                       never answers is told as 502, not the relay's 504)
+                       how long a -R target may take to accept a TCP
+                       connection, and the relay to answer a -L connect (the
+                       listener accepting), 5 s longer, so a -R target that
+                       never answers reaches -L as 502 with its reason; default
+                       25 (with the 5 s, the relay's timeouts.acceptMs, 30 s by
+                       default, after which the relay answers 504)
   --log-level LEVEL    fatal, error, warn, info, debug, trace or silent; default info
 ${TLS_HELP}
   -h, --help           this text
@@ -145,7 +146,7 @@ export async function bridge(argv: string[]): Promise<number> {
     forwarder.start();
     void forwarder.ready.then(() => {
       const f = forwarder.forward;
-      process.stdout.write(`listening on ${f.entity} -> ${f.host}:${f.port}\n`);
+      process.stdout.write(`listening on ${f.entity} -> ${hostForDisplay(f.host)}:${f.port}\n`);
     });
   }
   for (const forwarder of localForwarders) {

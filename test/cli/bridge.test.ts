@@ -2,6 +2,7 @@
 // listening side, -L on the dialing side) around a real relay, moving bytes
 // and an ordinary TCP protocol (HTTP) through a hybrid connection.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get as httpGet, Agent } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -137,6 +138,40 @@ describe('edge-relay bridge', () => {
     assert.equal(await howItEnds(socket), 'reset');
     await until(() => /bridge\.target_unreachable/.test(listener.stderr()), 5000, 'listener logs the unreachable target');
     await until(() => /"status":502/.test(dialer.stderr()), 5000, 'dialer logs the 502');
+  });
+
+  it('tells -L the 502 of a -R target that never answers, with the same --connect-timeout on both sides', async (t) => {
+    // A port whose accept queue is full: a connect to it is neither accepted nor refused (its SYNs are dropped).
+    const holder = spawn(process.execPath, ['-e', `const s = require('net').createServer(); s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => { process.stdout.write(s.address().port + '\\n'); setTimeout(() => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0), 100); });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanupFor(t).after(() => holder.kill('SIGKILL'));
+    const port = Number(await withTimeout(new Promise<string>((r) => holder.stdout!.once('data', (d) => r(String(d).trim()))), 10000, 'the holder'));
+    await new Promise((r) => setTimeout(r, 300));
+    const filling: Socket[] = [];
+    cleanupFor(t).after(() => filling.forEach((c) => c.destroy()));
+    for (let i = 0; i < 8; i++) {
+      const c = connect(port, '127.0.0.1');
+      c.on('error', () => {});
+      filling.push(c);
+      const connected = await new Promise((r) => {
+        const timer = setTimeout(() => r(false), 500);
+        c.once('connect', () => {
+          clearTimeout(timer);
+          r(true);
+        });
+      });
+      if (!connected) break;
+      assert.ok(i < 7, 'the accept queue never filled');
+    }
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stuck', requiresClientAuthorization: true }] });
+    const listener = await startBridge(t, relay.url, ['--connect-timeout', '2', '-R', `stuck:127.0.0.1:${port}`], [/^listening on stuck/]);
+    const dialer = await startBridge(t, relay.url, ['--connect-timeout', '2', '-L', '0:stuck'], [/^forwarding /]);
+    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
+    cleanupFor(t).after(() => socket.destroy());
+    assert.equal(await howItEnds(socket), 'reset');
+    await until(() => /bridge\.target_unreachable.*no answer in 2 s/.test(listener.stderr()), 10000, 'the listener gives up on the target');
+    // Before: -L's own wait was as long, began earlier, and ended first ("Opening handshake has timed out").
+    await until(() => /"status":502/.test(dialer.stderr()), 10000, 'the dialer logs the 502');
+    assert.doesNotMatch(dialer.stderr(), /handshake has timed out/);
   });
 
   it('re-opens a lost control channel with backoff and logs why', async (t) => {
@@ -322,12 +357,12 @@ describe('edge-relay bridge when the other side misbehaves', () => {
     await withTimeout(new Promise((r) => resetting.once('connect', r)), 5000, 'connect');
     await until(() => relay.open() >= 1, 5000, 'the bridge to dial the relay');
     resetting.resetAndDestroy();
-    // Writes, closes its side, and is not answered: dropped after --connect-timeout (before: held for good).
+    // Writes, closes its side, and is not answered: dropped after --connect-timeout and 5 s (before: held for good).
     const waiting = connect(localPort(dialer), '127.0.0.1');
     cleanupFor(t).after(() => waiting.destroy());
     waiting.on('error', () => {});
     waiting.end('hello?');
-    await withTimeout(new Promise((r) => waiting.once('close', r)), 5000, 'the bridge to drop the unanswered connection');
+    await withTimeout(new Promise((r) => waiting.once('close', r)), 10000, 'the bridge to drop the unanswered connection');
     await until(() => relay.open() === 0, 5000, 'the bridge to close its relay connections');
     const stillThere = await Promise.race([dialer.exited.then((code) => `exited ${code}`), new Promise((r) => setTimeout(() => r('running'), 200))]);
     assert.equal(stillThere, 'running', dialer.stderr());
@@ -346,10 +381,16 @@ describe('edge-relay bridge when the other side misbehaves', () => {
     // An accept notice whose address is no WebSocket URL (a relay gone wrong): logged, the bridge lives on.
     const fake = new WebSocketServer({ host: '127.0.0.1', port: 0 });
     cleanupFor(t).after(() => new Promise<void>((r) => fake.close(() => r())));
-    fake.on('connection', (ws) => ws.send(JSON.stringify({ accept: { address: 'ftp://127.0.0.1/x', id: 'x' } })));
+    // Before it, JSON that is no accept notice, ignored (before: `null` threw in the message handler and ended the bridge).
+    fake.on('connection', (ws) => {
+      for (const text of ['null', '"x"', '[1]', '5', '{"accept":null}', '{"accept":{"address":5}}']) ws.send(text);
+      ws.send(JSON.stringify({ accept: { address: 'ftp://127.0.0.1/x', id: 'x' } }));
+    });
     await withTimeout(new Promise((r) => fake.once('listening', r)), 5000, 'the fake relay');
-    const odd = runCli(t, ['bridge', '--relay', `http://127.0.0.1:${(fake.address() as { port: number }).port}`, '--token', 'SharedAccessSignature sr=x&sig=y&se=9999999999&skn=k', '-R', `odd:127.0.0.1:${echo.port}`]);
+    const odd = runCli(t, ['bridge', '--relay', `http://127.0.0.1:${(fake.address() as { port: number }).port}`, '--token', 'SharedAccessSignature sr=x&sig=y&se=9999999999&skn=k', '-R', `odd:[::1]:${echo.port}`]);
     await until(() => /bridge\.accept_failed/.test(odd.stderr()), 10000, 'the odd accept logged');
+    // An IPv6 target is printed in brackets, as -L's address is (before: `::1:PORT`).
+    assert.ok(odd.lines.includes(`listening on odd -> [::1]:${echo.port}`), odd.lines.join('\n'));
     const stillThere = await Promise.race([odd.exited.then((code) => `exited ${code}`), new Promise((r) => setTimeout(() => r('running'), 200))]);
     assert.equal(stillThere, 'running', odd.stderr());
   });
