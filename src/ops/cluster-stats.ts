@@ -85,7 +85,8 @@ export class ClusterStats {
           else plain++;
         } else if (c.session) retained++;
       }
-      const topGroups = hub.local.largestGroups(Math.min(top, GROUPS_PER_HUB)).map((g) => ({ name: g.name.slice(0, 300), members: g.members }));
+      // Each hub's 10 largest, whatever `top` is (it counts hybrid connections; before, top=3 cut these to 3 too).
+      const topGroups = hub.local.largestGroups(GROUPS_PER_HUB).map((g) => ({ name: g.name.slice(0, 300), members: g.members }));
       hubs.push({ name: hub.name, plain, reliable, retained, groups: hub.local.groupCount, topGroups, ...hub.traffic });
     }
     hubs.sort((a, b) => b.plain + b.reliable + b.retained - (a.plain + a.reliable + a.retained) || a.name.localeCompare(b.name));

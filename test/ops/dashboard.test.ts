@@ -114,6 +114,12 @@ describe('/$relay/stats', () => {
     const client = await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
     assert.equal((await client.request({ type: 'joinGroup', group: 'room' })).success, true);
     assert.equal((await client.request({ type: 'sendToGroup', group: 'room', data: 'hi' })).success, true);
+    // Twelve groups: each hub lists its 10 largest whatever `top` is (before: top=3 cut them to 3).
+    const grouped = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'other' }), undefined, t);
+    for (let i = 0; i < 12; i++) assert.equal((await grouped.request({ type: 'joinGroup', group: `g${i}` })).success, true);
+    const few = JSON.parse((await httpRequest(`${relay.url}/$relay/stats?top=3`, { headers: { authorization: token } })).body.toString());
+    const other = few.nodes[0].hubs.find((h: any) => h.name === 'other');
+    assert.deepEqual({ groups: other.groups, listed: other.topGroups.length }, { groups: 12, listed: 10 });
 
     const r = await httpRequest(`${relay.url}/$relay/stats?top=5`, { headers: { authorization: token } });
     assert.equal(r.status, 200);
