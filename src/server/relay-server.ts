@@ -397,6 +397,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     const res = new ServerResponse(req);
     res.shouldKeepAlive = false;
     res.assignSocket(socket);
+    // The sender's end (a half-close) ends an exchange not yet answered, as Node's own server does (it aborts the
+    // request and ends the socket): before, an answer that was waited on or streamed (a live trace) held the
+    // connection, and a trace viewer its place, until a write failed or the answer's own timeout.
+    socket.once('end', () => {
+      if (!res.writableFinished) socket.destroy();
+    });
     // Node took its 'drain' listener off the socket with the upgrade: without this one, an answer larger than
     // the socket's buffer waited for a 'drain' of the response that never came, and stalled.
     const drained = () => {

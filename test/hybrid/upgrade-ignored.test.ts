@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { readToClose, readUntil, tcp } from '../helpers/raw-socket.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { startTestRelay, tokenFor } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const H2C = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n';
 
@@ -92,5 +93,28 @@ describe('an upgrade offered to another protocol than WebSocket', () => {
     held[0].end();
     await readToClose(held[0], 5000, 'the half-closed connection to be closed');
     held[1].destroy();
+  });
+
+  it('without a body, and the answer not yet given: ended by the sender, the exchange ends and the connection closes, as Node does', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] });
+    let asked = 0;
+    await startHycoHttpsListener(t, relay.url, () => void asked++, 'web');
+    // A relayed request its listener does not answer, and a live trace (a stream that never ends): before, each was
+    // held until a write failed or the answer's timeout (a trace viewer kept one of the 10 places ~30 s).
+    const waiting = await tcp(t, relay.port);
+    waiting.write(`GET /web/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n${H2C}\r\n`);
+    await until(() => asked === 1, 5000, 'the listener asked');
+    waiting.end();
+    await readToClose(waiting, 5000, 'the half-closed connection to be closed');
+    const token = tokenFor(`${relay.url}/`);
+    const viewers = await Promise.all(Array.from({ length: 10 }, () => tcp(t, relay.port)));
+    for (const viewer of viewers) viewer.write(`GET /$relay/trace HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${token}\r\n${H2C}\r\n`);
+    for (const viewer of viewers) assert.match((await readUntil(viewer, (b) => b.includes('\r\n\r\n'), 5000, 'a viewer')).toString('latin1'), /^HTTP\/1\.1 200 /);
+    for (const viewer of viewers) viewer.end();
+    await Promise.all(viewers.map((v) => readToClose(v, 5000, 'a viewer closed')));
+    const next = await tcp(t, relay.port);
+    next.write(`GET /$relay/trace HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${token}\r\n\r\n`);
+    assert.match((await readUntil(next, (b) => b.includes('\r\n\r\n'), 5000, 'the next viewer')).toString('latin1'), /^HTTP\/1\.1 200 /);
+    next.destroy();
   });
 });
