@@ -341,8 +341,12 @@ export class EventDispatcher {
   /** Connections whose connected/disconnected queue is not done: the drain waits for them. */
   private readonly queued = new Set<EventSource>();
 
+  /** Wakes the connected/disconnected retries waiting out retryDelayMs: the drain decides whether each still fits. */
+  private readonly retryWaits = new Set<() => void>();
+
   beginShutdown(deadline: number): void {
     this.stopBy = deadline;
+    for (const wake of [...this.retryWaits]) wake();
     // Calls already under way when the drain began end at its deadline too (their timeout was the handler's): before,
     // a connect or user event to a silent handler kept the process up to timeoutMs after relay.stopped.
     setTimeout(() => {
@@ -432,8 +436,29 @@ export class EventDispatcher {
         this.deps.count(event, result);
         return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts${stopping && attempt < retries ? '; not retried: the relay shut down' : ''})`);
       }
-      await new Promise((resolve) => setTimeout(resolve, retryDelayMs));
+      // A drain that begins meanwhile wakes this wait: a retry due at or past its deadline is not made, and logged as
+      // lost now (before, the event slept on past relay.stopped, never said lost, and the drain waited for it).
+      const dueAt = Date.now() + retryDelayMs;
+      await this.retryWait(retryDelayMs);
+      if (this.stopBy !== undefined && dueAt >= this.stopBy) {
+        this.deps.count(event, result);
+        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts; not retried: the relay shut down)`);
+      }
+      if (Date.now() < dueAt) await new Promise((resolve) => setTimeout(resolve, dueAt - Date.now()));
     }
+  }
+
+  /** Waits `ms`, or until the drain begins. */
+  private retryWait(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this.retryWaits.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this.retryWaits.add(wake);
+    });
   }
 
   private logFailure(hub: HubConfig, source: EventSource, event: string, handler: EventHandler, reason: string): void {

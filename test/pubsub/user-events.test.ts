@@ -163,6 +163,31 @@ describe("a client's user events", () => {
     assert.equal(disconnectedAttempts, attempts, 'no attempt after the drain');
   });
 
+  it('a disconnected event waiting out its retry delay when the drain begins is said lost at once, not slept on past relay.stopped', async (t) => {
+    let disconnectedAttempts = 0;
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      if (req.headers['ce-eventname'] === 'disconnected') {
+        disconnectedAttempts++;
+        res.writeHead(500).end();
+      } else res.writeHead(204).end();
+    });
+    const logs = captureLogger('info');
+    const handler = { urlTemplate, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 3000, retries: 2, retryDelayMs: 30000 };
+    const relay = await startTestRelay(t, { timeouts: { shutdownMs: 4000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    client.ws.close();
+    await until(() => disconnectedAttempts === 1, 5000, 'the disconnected event refused once');
+    const failed = () => logs.lines().filter((l) => l.event === 'pubsub.event_handler_failed').map((l) => `${String(l.eventName)}: ${String(l.reason)}`);
+    const started = Date.now();
+    await withTimeout(relay.close(), 10000, 'the drain');
+    // Before: the drain waited its 4 s for an event that could not be retried in time, and nothing said it was lost.
+    assert.ok(Date.now() - started < 3000, `the drain took ${Date.now() - started} ms`);
+    assert.ok(failed().some((f) => f === 'disconnected: answered 500 (after 1 attempts; not retried: the relay shut down)'), failed().join('; '));
+    assert.equal(disconnectedAttempts, 1);
+  });
+
   it('a connected event already at a silent handler when the drain begins ends at its deadline, not at the handler timeout', async (t) => {
     let connectedSeen = false;
     const { urlTemplate } = await serveEventHandler(t, (req, res) => {
