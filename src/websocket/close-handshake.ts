@@ -93,17 +93,18 @@ export class CloseHandshake {
   }
 
   /**
-   * The peer's close frame: answered (with `answer`, by default the peer's own
-   * code, or none for a code that may not be echoed) unless the relay's close
-   * went first, then the relay ends its side. Returns what the peer said.
+   * The peer's close frame: answered (with `answer`, the other leg's code and
+   * reason; by default the peer's own code, or none for a code that may not be
+   * echoed) unless the relay's close went first, then the relay ends its side.
+   * Returns what the peer said.
    */
-  receive(payload: Buffer, answer?: number): { code: number; reason: string } {
+  receive(payload: Buffer, answer?: { code: number; reason: string }): { code: number; reason: string } {
     const said = decodeClosePayload(payload);
     this.received = true;
     if (!this.sent) {
       this.sent = true;
-      const echo = answer ?? (isSendableCloseCode(said.code) ? said.code : CLOSE_NO_STATUS);
-      this.writeClose(encodeFrame(true, OP_CLOSE, encodeClosePayload(echo)));
+      const close = answer ? encodeClosePayload(answer.code, answer.reason) : encodeClosePayload(isSendableCloseCode(said.code) ? said.code : CLOSE_NO_STATUS);
+      this.writeClose(encodeFrame(true, OP_CLOSE, close));
     }
     this.socket.end();
     this.armTimer();

@@ -240,9 +240,9 @@ export class FrameSplice {
     if (this.closing) {
       // The other leg's answer to the close we forwarded (or to the relay's own): done with it.
       handshake.receive(payload);
-      // Its code answers the leg that closed first, which waited for it, reading what this one still sent.
-      const { code } = decodeClosePayload(payload);
-      this.answerFirstCloser(code);
+      // Its code and reason answer the leg that closed first, which waited for it, reading what this one still sent
+      // (before, the reason was dropped: a peer answering 4000 "bye" reached the first closer as 4000 "").
+      this.answerFirstCloser(decodeClosePayload(payload));
       return;
     }
     // The parser passes only valid close frames (close-handshake.ts, closePayloadProblem).
@@ -256,15 +256,15 @@ export class FrameSplice {
     this.sendClose(dir.to, code, reason, false);
   }
 
-  /** Answers the close frame of the leg that closed first with `code` (the other leg's, or the relay's). */
-  private answerFirstCloser(code: number): void {
+  /** Answers the close frame of the leg that closed first with `answer` (the other leg's close, or the relay's). */
+  private answerFirstCloser(answer: { code: number; reason: string }): void {
     const first = this.unanswered;
     if (!first) return;
     this.unanswered = undefined;
     if (first.dir.from.destroyed || !first.dir.from.writable) return;
     const handshake = this.handshakeOf(first.dir.from);
     if (this.midFrameTo(first.dir.from)) handshake.abort();
-    else handshake.receive(first.payload, code);
+    else handshake.receive(first.payload, answer);
   }
 
   onProtocolError(dir: Direction, code: number, reason: string): void {
@@ -286,7 +286,7 @@ export class FrameSplice {
       // During a half-close: the side still sending already had a close; nothing more of it is passed on, and the
       // first closer is answered with the relay's code now. Before, it went on to the end.
       this.aToB.ended = this.bToA.ended = true;
-      if (this.unanswered) this.answerFirstCloser(code);
+      if (this.unanswered) this.answerFirstCloser({ code, reason });
       // A close sent unbounded (the half-close's) is bounded now: every leg has closeHandshakeMs to finish.
       for (const handshake of this.handshakes.values()) if (handshake.sent) handshake.bound();
       return;

@@ -47,6 +47,8 @@ describe('a relayed WebSocket closed by one side first', () => {
       const closerGot = await readFrames(closer.socket, untilClose, 5000, 'the answer and the close at the closer', closer.rest);
       // Before: ['close 1000'] at once, and the response dropped.
       assert.deepEqual(described(closerGot), ['2 response after the shutdown', 'close 4000']);
+      // Its reason too (before: dropped, 4000 "").
+      assert.equal(closerGot.at(-1)!.payload.subarray(2).toString(), 'done');
       await readToClose(closer.socket, 5000, 'the closer\'s connection to end');
       await otherEnded;
     });
@@ -63,6 +65,7 @@ describe('a relayed WebSocket closed by one side first', () => {
     const after = await readFrames(sender.socket, untilClose, 3000, 'the sender\'s answer');
     // Before: the listener's frames went on reaching the sender until the listener closed or closeHandshakeMs ran out.
     assert.deepEqual(described([...before, ...after]), ['2 before the removal', 'close 1001']);
+    assert.notEqual(after.at(-1)!.payload.subarray(2).toString(), '', 'the relay says why');
   });
 
   it('is not cut by closeHandshakeMs while the other side answers slowly (a tunnel\'s server after its client\'s shutdown)', async (t) => {
