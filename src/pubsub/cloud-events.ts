@@ -333,7 +333,7 @@ export class EventDispatcher {
   // --- connected, disconnected -----------------------------------------------------------
 
   /**
-   * When the relay drains (beginShutdown): connected and disconnected events are sent until then and not
+   * When the relay drains (beginShutdown, a performance.now() time): connected and disconnected events are sent until then and not
    * after; what is left is logged as lost. Before, their retries outlived the drain (tens of seconds past
    * timeouts.shutdownMs with a silent handler, after relay.stopped) and what a kill then cut went unsaid.
    */
@@ -353,7 +353,7 @@ export class EventDispatcher {
       for (const attempt of this.attempts) attempt.abort();
       this.systemCalls.refuseWaiting();
       this.deps.protection.close();
-    }, Math.max(0, deadline - Date.now())).unref();
+    }, Math.max(0, deadline - performance.now())).unref();
   }
 
   /** Bounds connected/disconnected deliveries: they outlive their connections, so nothing else does. */
@@ -365,7 +365,7 @@ export class EventDispatcher {
   /** Runs one call to a handler with a signal the drain's deadline aborts. */
   private async untilDrained<T>(call: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const attempt = new AbortController();
-    if (this.stopBy !== undefined && this.stopBy <= Date.now()) attempt.abort();
+    if (this.stopBy !== undefined && this.stopBy <= performance.now()) attempt.abort();
     this.attempts.add(attempt);
     try {
       return await call(attempt.signal);
@@ -398,7 +398,7 @@ export class EventDispatcher {
     const waitingBefore = this.systemCalls.waitingCount;
     if (!(await this.systemCalls.acquire())) {
       this.deps.count(event, 'failed');
-      const why = this.stopBy !== undefined && this.stopBy <= Date.now() ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
+      const why = this.stopBy !== undefined && this.stopBy <= performance.now() ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
       return this.logFailure(hub, source, event, handler, `not sent: ${why}`);
     }
     try {
@@ -414,7 +414,7 @@ export class EventDispatcher {
     // One event, one ce-id, however many tries: a handler can tell a retry from a second event (CloudEvents: id and source).
     const id = randomUUID();
     for (let attempt = 0; ; attempt++) {
-      const left = this.stopBy === undefined ? Infinity : this.stopBy - Date.now();
+      const left = this.stopBy === undefined ? Infinity : this.stopBy - performance.now();
       if (left <= 0) {
         this.deps.count(event, 'failed');
         return this.logFailure(hub, source, event, handler, `not sent: the relay shut down${attempt > 0 ? ` (after ${attempt} attempts)` : ''}`);
@@ -431,20 +431,20 @@ export class EventDispatcher {
         problem = (err as Error).message;
         result = failureOf(err);
       }
-      const stopping = this.stopBy !== undefined && Date.now() + retryDelayMs >= this.stopBy;
+      const stopping = this.stopBy !== undefined && performance.now() + retryDelayMs >= this.stopBy;
       if (attempt >= retries || stopping) {
         this.deps.count(event, result);
         return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts${stopping && attempt < retries ? '; not retried: the relay shut down' : ''})`);
       }
       // A drain that begins meanwhile wakes this wait: a retry due at or past its deadline is not made, and logged as
       // lost now (before, the event slept on past relay.stopped, never said lost, and the drain waited for it).
-      const dueAt = Date.now() + retryDelayMs;
+      const dueAt = performance.now() + retryDelayMs;
       await this.retryWait(retryDelayMs);
       if (this.stopBy !== undefined && dueAt >= this.stopBy) {
         this.deps.count(event, result);
         return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts; not retried: the relay shut down)`);
       }
-      if (Date.now() < dueAt) await new Promise((resolve) => setTimeout(resolve, dueAt - Date.now()));
+      if (performance.now() < dueAt) await new Promise((resolve) => setTimeout(resolve, dueAt - performance.now()));
     }
   }
 

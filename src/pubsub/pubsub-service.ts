@@ -412,7 +412,7 @@ export class PubSubService implements RestContext {
    * the node the client reconnects to takes them over (session-handover.ts);
    * alone, there is nobody to hand them to and they end.
    */
-  /** `deadline`: when the drain ends (ms since epoch); connected/disconnected events are not sent after it. */
+  /** `deadline`: when the drain ends (a performance.now() time); connected/disconnected events are not sent after it. */
   beginShutdown(deadline: number): void {
     this.events.beginShutdown(deadline);
     this.lifecycle.shuttingDown = true;

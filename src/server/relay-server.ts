@@ -565,7 +565,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // Stop taking work; tell listeners (1001) and clients (1012) to reconnect elsewhere. The
       // port stays open until the end: new requests are answered 503 ShuttingDown (and
       // /$relay/ready 503), and listeners can still dial the rendezvous legs of work in flight.
-      const deadline = Date.now() + config.timeouts.shutdownMs;
+      const deadline = performance.now() + config.timeouts.shutdownMs;
       // Pub/sub first: the connections it ends queue their disconnected events, which hc:// handlers get
       // through this edge's listeners, kept while such events are pending (hybrid.keepListenersWhile).
       pubsub.beginShutdown(deadline);
@@ -578,13 +578,13 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // A connection that never sent a byte carries no work: it is not waited on.
       const closeSplicesAt = deadline - Math.min(config.timeouts.closeHandshakeMs, config.timeouts.shutdownMs / 2);
       const working = () => [...(tls ? secureSockets : sockets)].filter((s) => (s as Socket).bytesRead > (preambleBytes(s as Socket) ?? Infinity)).length;
-      while (Date.now() < deadline) {
+      while (performance.now() < deadline) {
         const busyListeners = hybrid.closeIdleListeners();
         const held = pubsub.sessionsAwaitingHandover();
         server.closeIdleConnections();
         if (working() === 0 && held === 0 && busyListeners === 0 && pubsub.systemEventsPending() === 0) break;
         // Relayed WebSockets still open near the end are closed (1001) with time for the close handshake.
-        if (Date.now() >= closeSplicesAt) hybrid.closeRelayedWebSockets();
+        if (performance.now() >= closeSplicesAt) hybrid.closeRelayedWebSockets();
         await new Promise((r) => setTimeout(r, SHUTDOWN_POLL_MS));
       }
       // Events still queued are past the deadline now: each is logged as lost at once (an attempt in flight

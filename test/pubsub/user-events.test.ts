@@ -163,6 +163,32 @@ describe("a client's user events", () => {
     assert.equal(disconnectedAttempts, attempts, 'no attempt after the drain');
   });
 
+  it('the drain is timed by the monotonic clock: the wall clock stepped an hour ahead meanwhile does not cut it short', async (t) => {
+    let answered = 0;
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      if (req.headers['ce-eventname'] !== 'disconnected') return void res.writeHead(204).end();
+      setTimeout(() => {
+        answered++;
+        res.writeHead(204).end();
+      }, 500);
+    });
+    const logs = captureLogger('info');
+    const handler = { urlTemplate, userEventPattern: '*', systemEvents: ['connected', 'disconnected'], timeoutMs: 3000, retries: 0 };
+    const relay = await startTestRelay(t, { timeouts: { shutdownMs: 4000 }, pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [handler] }] } }, { log: logs.log });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    await client.waitFor((m) => m.event === 'connected');
+    const closing = relay.close();
+    await new Promise((r) => setTimeout(r, 100));
+    const wallClock = Date.now.bind(Date);
+    t.mock.method(Date, 'now', () => wallClock() + 3_600_000);
+    await withTimeout(closing, 10000, 'the drain');
+    t.mock.restoreAll();
+    // Before: the drain's loop and the event's deadline read the wall clock, ended at once, and said the event lost.
+    assert.equal(answered, 1, 'the disconnected event delivered within the drain');
+    assert.deepEqual(logs.lines().filter((l) => l.event === 'pubsub.event_handler_failed'), []);
+  });
+
   it('a disconnected event waiting out its retry delay when the drain begins is said lost at once, not slept on past relay.stopped', async (t) => {
     let disconnectedAttempts = 0;
     const { urlTemplate } = await serveEventHandler(t, (req, res) => {
