@@ -372,6 +372,15 @@ export class PubSubService implements RestContext {
     return this.config.timeouts.headersMs;
   }
 
+  /** How long a REST answer may wait for a client that reads none of it (timeouts.senderStallMs, as for a relayed response). */
+  get answerStallMs(): number {
+    return this.config.timeouts.senderStallMs;
+  }
+
+  answerStalled(hub: string): void {
+    this.log.info({ event: 'pubsub.rest_reader_stalled', hub, ms: this.config.timeouts.senderStallMs });
+  }
+
   private stopped = false;
 
   hub(name: string): ClusterHub | undefined {

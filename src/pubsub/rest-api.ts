@@ -28,6 +28,7 @@ import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
 import { isHostAuthority } from '../http/host-header.ts';
+import { afterEarlierAnswers, cutWhenUnread } from '../http/unread-answers.ts';
 
 /** A status (and body), an error code, or an error code with a message of its own. */
 type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubSubErrorCode; detail: string };
@@ -42,6 +43,10 @@ export interface RestContext {
   maxBodyBytes: number;
   /** How long a body may stop arriving (timeouts.headersMs): then 408 RequestTimeout and the connection closed. */
   bodyIdleMs: number;
+  /** How long an answer may wait for a client that reads none of it (timeouts.senderStallMs): then the connection is cut. */
+  answerStallMs: number;
+  /** Says that a client's connection was cut for not reading its answer. */
+  answerStalled(hub: string): void;
 }
 
 interface RestCall {
@@ -79,10 +84,19 @@ export function handleRestRequest(
   if (hub.trace.on) traceRest(call, res);
   // A cluster-wide operation whose other nodes the bus cannot reach has
   // acted on this node's connections only: 503 says so.
-  dispatch(call).then(
-    (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
-    (err) => respond(res, restErrorCode(err), call.method, err),
-  );
+  // One call at a time per connection, each answer bounded in how long it may go unread (http/unread-answers.ts).
+  const socket = req.socket;
+  const stalled = () => service.answerStalled(hub.name);
+  void afterEarlierAnswers(socket, res).then(() => {
+    // A connection cut meanwhile (an earlier answer went unread) takes its calls with it: none is acted on.
+    if (socket.destroyed || res.destroyed) return;
+    return dispatch(call)
+      .then(
+        (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
+        (err) => respond(res, restErrorCode(err), call.method, err),
+      )
+      .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));
+  });
 }
 
 /** Traces a REST call once answered: method, path, status, duration and request size (never its body or token). */

@@ -5,7 +5,11 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { HISTORY_PAGE_BYTES, MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
 import type { DataMessage } from '../../src/pubsub/downstream.ts';
-import { startPubSubRelay, HUB, HUB_KEY } from '../helpers/pubsub.ts';
+import { startPubSubRelay, HUB, HUB_KEY, PLAIN, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
+import { tcp } from '../helpers/raw-socket.ts';
+import { until } from '../helpers/wait.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
 
 const text = (s: string): DataMessage => ({ from: 'group', group: 'g', fromUserId: 'u', dataType: 'text', dataJson: JSON.stringify(s) });
@@ -94,5 +98,39 @@ describe('history on the memory bus', () => {
     assert.deepEqual(page.body.messages.map((m: any) => [m.sequence, m.dataType, m.data, m.fromUserId]), [[1, 'text', 'kept', 'u']]);
     assert.equal((await get('other', '')).body.code, 'HistoryUnavailable');
     for (const bad of ['?after=-1', '?after=x', '?limit=0', '?limit=1001']) assert.equal((await get(HUB, bad)).status, 400, bad);
+  });
+});
+
+describe('a history page its client does not read', () => {
+  it('cuts the connection after timeouts.senderStallMs, and a call pipelined behind it waits for it (before: held for good, each pipelined page built at once)', async (t) => {
+    const logs = captureLogger('info');
+    const relay = await startTestRelay(
+      t,
+      pubsubOverrides({ timeouts: { senderStallMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 100 } }] } }),
+      { log: logs.log },
+    );
+    const rest = (method: string, path: string, body?: string) => {
+      const url = `${relay.url}/api/hubs/${HUB}/${path}`;
+      const headers: Record<string, string> = { authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` };
+      if (body !== undefined) headers['content-type'] = 'text/plain';
+      return { url, headers, send: () => httpRequest(url, { method, headers, body: body === undefined ? undefined : Buffer.from(body) }) };
+    };
+    // About 10 MiB kept: a page of 8 MiB, more than loopback's socket buffers take from a reader that reads nothing.
+    const big = 'x'.repeat(512 * 1024);
+    for (let i = 0; i < 20; i++) assert.equal((await rest('POST', 'groups/g/:send', big).send()).status, 202);
+    const watcher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    assert.equal((await watcher.request({ type: 'joinGroup', group: 'h' })).success, true);
+    const read = rest('GET', 'groups/g/messages?limit=1000');
+    const after = rest('POST', 'groups/h/:send', 'after the page');
+    const reader = await tcp(t, relay.port);
+    reader.pause();
+    const head = (method: string, call: { url: string; headers: Record<string, string> }, extra = '') =>
+      `${method} ${new URL(call.url).pathname}${new URL(call.url).search} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${call.headers.authorization}\r\n${extra}\r\n`;
+    reader.write(head('GET', read) + head('POST', after, 'Content-Type: text/plain\r\nContent-Length: 14\r\n') + 'after the page');
+    await until(() => logs.events().includes('pubsub.rest_reader_stalled'), 10000, 'the unread page cut');
+    // The send pipelined behind the page was not dispatched before the page went out, and the page never did.
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(watcher.dataMessages().length, 0);
+    assert.equal((await rest('GET', 'groups/g/messages?limit=1').send()).status, 200, 'still serving');
   });
 });
