@@ -81,10 +81,16 @@ export class ControlChannel {
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('pong', () => (this.lastSeen = Date.now()));
     ws.on('ping', () => (this.lastSeen = Date.now()));
-    ws.on('error', (err) => this.log.debug({ event: 'listener.error', err: err.message }));
+    // A message over maxPayload: ws sends the listener 1009 but reports its own close as 1006 (it does not wait for an
+    // answer), so the refusal is remembered here, and the channel counts as closed with the 1009 the listener got.
+    let tooLarge = false;
+    ws.on('error', (err) => {
+      if ((err as { code?: unknown }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') tooLarge = true;
+      this.log.debug({ event: 'listener.error', err: err.message });
+    });
     ws.on('close', (code: number) => {
       this.closed = true;
-      this.hooks.closed(this, code);
+      this.hooks.closed(this, tooLarge ? 1009 : code);
     });
   }
 

@@ -292,7 +292,7 @@ export class HybridService {
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {
-        // ws closed it for a message over maxPayload.
+        // ws closed it for a message over maxPayload (control-channel.ts).
         this.ctx.metrics.limitRefusals.inc({ limit: 'controlMessageBytes' });
         channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
       }

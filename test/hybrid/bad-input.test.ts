@@ -8,9 +8,9 @@ import { createSasToken } from '../../src/auth/sas-token.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
-import { ROOT_KEY, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { ROOT_KEY, captureLogger, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const FAST = {
   timeouts: { acceptMs: 400, httpResponseMs: 400, keepAliveIntervalMs: 100, idleMs: 400, closeHandshakeMs: 200 },
@@ -230,6 +230,22 @@ describe('control channel messages', () => {
       assert.equal(closed.code, code);
     });
   }
+
+  it('counts and logs the refusal of an oversized message (before: logged as 1006, never counted: ws reports its own close so)', async (t) => {
+    const logs = captureLogger('info');
+    const r = await startTestRelay(t, { ...FAST, metrics: { requireManage: false } }, { log: logs.log });
+    current = r;
+    const l = await RawListener.connect(listen(r), tokenFor(listen(r)));
+    t.after(() => l.close());
+    l.ws.send('x'.repeat(70000));
+    assert.equal((await withTimeout(l.closed, 3000, 'close')).code, 1009);
+    await until(() => logs.events().includes('listener.disconnected'), 3000, 'the channel closed');
+    const lines = logs.lines();
+    assert.equal(lines.find((l) => l.event === 'listener.disconnected')!.code, 1009);
+    assert.ok(lines.some((l) => l.event === 'limit.reached' && l.limit === 'controlMessageBytes'));
+    const metrics = (await httpRequest(`${r.url}/$relay/metrics`)).body.toString();
+    assert.match(metrics, /edge_relay_limit_refusals_total\{limit="controlMessageBytes"[^}]*\} 1\b/);
+  });
 
   it('drops a listener that stops answering pings', async (t) => {
     const r = await relayFor(t);
