@@ -68,7 +68,7 @@ export class PubSubService implements RestContext {
     publicUrl: string,
     bus: Bus,
     subjects: Subjects,
-    metrics: RelayMetrics,
+    private readonly metrics: RelayMetrics,
     /** Set when durable hubs keep their events in JetStream. */
     private jetstream?: JetStreamAccess,
   ) {
@@ -379,6 +379,11 @@ export class PubSubService implements RestContext {
 
   answerStalled(hub: string): void {
     this.log.info({ event: 'pubsub.rest_reader_stalled', hub, ms: this.config.timeouts.senderStallMs });
+  }
+
+  bodyTooLarge(hub: string): void {
+    this.metrics.limitRefusals.inc({ limit: 'pubsubMessageBytes' });
+    this.log.warn({ event: 'limit.reached', limit: 'pubsubMessageBytes', hub, via: 'rest' });
   }
 
   private stopped = false;

@@ -47,6 +47,8 @@ export interface RestContext {
   answerStallMs: number;
   /** Says that a client's connection was cut for not reading its answer. */
   answerStalled(hub: string): void;
+  /** Counts and logs a body refused 413 (limits.pubsubMessageBytes), as a WebSocket frame past it is. */
+  bodyTooLarge(hub: string): void;
 }
 
 interface RestCall {
@@ -92,7 +94,10 @@ export function handleRestRequest(
     if (socket.destroyed || res.destroyed) return;
     return dispatch(call)
       .then(
-        (answer) => (typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method)),
+        (answer) => {
+          if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
+          return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
+        },
         (err) => respond(res, restErrorCode(err), call.method, err),
       )
       .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));

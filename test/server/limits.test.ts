@@ -6,7 +6,8 @@ import WebSocket from 'ws';
 import { ConnectionRateLimiter, rateKey } from '../../src/server/connection-rate.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, accessUrl, pubsubOverrides, RawPubSubClient } from '../helpers/pubsub.ts';
+import { signJwt } from '../../src/auth/jwt.ts';
 import { startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { HttpConnections } from '../../src/server/http-connections.ts';
@@ -128,6 +129,12 @@ describe('limits', () => {
     client.send(JSON.stringify({ type: 'event', event: 'x', dataType: 'text', data: 'y'.repeat(4096) }));
     assert.equal(await closed, 1009);
     assert.equal(await refusals(relay.url, 'pubsubMessageBytes'), 1);
+    // A REST body past it: 413, counted too (before: answered, not counted).
+    const url = `${relay.url}/api/hubs/${HUB}/:send`;
+    const post = (bytes: number) => httpRequest(url, { method: 'POST', headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 60)}` }, body: Buffer.alloc(bytes, 0x78) });
+    assert.equal((await post(1024)).status, 202);
+    assert.equal((await post(1025)).status, 413);
+    assert.equal(await refusals(relay.url, 'pubsubMessageBytes'), 2);
   });
 
   it('the rate limiter refills, caps at the burst and forgets the least recent address when full', () => {
