@@ -48,6 +48,9 @@ describe('REST filters (fuzzed)', () => {
       })),
       fc.array(value, { minLength: 1, maxLength: 3 }).map((vs) => ({ text: `userId in (${vs.map(quote).join(', ')})`, eval: (c: Subject) => vs.includes(c.userId as string) })),
       value.map((v) => ({ text: `${quote(v)} in groups`, eval: (c: Subject) => c.groups.has(v) })),
+      // `in` binds tighter than `not` (OData's precedence, ODataLib's parser).
+      value.map((v) => ({ text: `not ${quote(v)} in groups`, eval: (c: Subject) => !c.groups.has(v) })),
+      fc.array(value, { minLength: 1, maxLength: 3 }).map((vs) => ({ text: `not userId in (${vs.map(quote).join(', ')})`, eval: (c: Subject) => !vs.includes(c.userId as string) })),
       value.map((v) => ({ text: `groups/any(x: x eq ${quote(v)})`, eval: (c: Subject) => c.groups.has(v) })),
       fc.tuple(fc.constantFrom('startswith', 'endswith', 'contains'), value).map(([fn, v]) => ({
         text: `${fn}(userId, ${quote(v)})`,
@@ -77,6 +80,14 @@ describe('REST filters (fuzzed)', () => {
           eval: (c: Subject) => (op === 'and' ? l.eval(c) && r.eval(c) : l.eval(c) || r.eval(c)),
         })),
         tie('e').map((x) => ({ text: `not (${x.text})`, eval: (c: Subject) => !x.eval(c) })),
+        // A condition compared with a boolean; comparisons chain left to right.
+        fc.tuple(tie('e'), fc.constantFrom('eq', 'ne'), fc.boolean(), fc.constantFrom('', ' eq true', ' ne true')).map(([x, op, b, more]) => ({
+          text: `(${x.text}) ${op} ${b}${more}`,
+          eval: (c: Subject) => {
+            const first = (x.eval(c) === b) === (op === 'eq');
+            return more === '' ? first : more === ' eq true' ? first : !first;
+          },
+        })),
       ),
     })).e;
     const subject = fc.record({ id: value, userId: fc.option(value), groups: fc.array(value, { maxLength: 3 }).map((g) => new Set(g)) }, { noNullPrototype: true });
