@@ -323,6 +323,8 @@ export interface PsDone {
   full?: boolean;
   /** ps.permission on a durable hub: changed, but the session's checkpoint could not be stored (try again). */
   unstored?: boolean;
+  /** ps.list: cut to fit the bus's max_payload; the edge has members after the last one named. */
+  cut?: boolean;
 }
 
 /** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */

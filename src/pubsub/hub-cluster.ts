@@ -337,8 +337,15 @@ export class ClusterHub {
       await this.durable.changeGroups(target, action, groups, filter);
       return;
     }
+    const request: EdgeMessage = { op: 'ps.groups', ...this.from, target, action, groups, filter: filter?.text };
+    // Refused whole, before this edge applies it, as a send is: the other edges would never hear of a change the bus
+    // cannot carry (before: applied here, then answered 413 "nothing was sent").
+    if (this.deps.bus.reachesOtherNodes) {
+      const bytes = encodeEdgeMessage(request).length;
+      if (bytes > this.deps.bus.maxPayload) throw tooLargeForBus(bytes, this.deps.bus.maxPayload);
+    }
     const local = this.applyGroups(target, action, groups, filter);
-    await this.clusterCall(target, local, { op: 'ps.groups', ...this.from, target, action, groups, filter: filter?.text });
+    await this.clusterCall(target, local, request);
   }
 
   async exists(target: Target): Promise<boolean> {
@@ -349,17 +356,42 @@ export class ClusterHub {
     return answers.some((a) => a.count > 0);
   }
 
-  /** The group's members with the lowest connection ids after `after` (a page), in that order, on every edge. */
-  async listGroup(group: string, top: number, after?: string): Promise<GroupMember[]> {
+  /**
+   * The group's members with the lowest connection ids after `after` (a page), in that order, on every edge. `cut`:
+   * an edge's answer was cut to fit the bus, so the page ends at the last member it named and more follow.
+   */
+  async listGroup(group: string, top: number, after?: string): Promise<{ members: GroupMember[]; cut: boolean }> {
     const target: Target = { kind: 'group', name: group };
     const at = await this.membershipPosition(target);
     const members = this.members(group, top, after);
     const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
-    for (const answer of answers) members.push(...(answer.members ?? []).filter((m) => after === undefined || m.connectionId > after));
+    /** The lowest last member of an answer cut to fit the bus: members past it on that edge were not named. */
+    let bound: string | undefined;
+    for (const answer of answers) {
+      const named = (answer.members ?? []).filter((m) => after === undefined || m.connectionId > after);
+      members.push(...named);
+      const last = named.reduce<string | undefined>((high, m) => (high === undefined || m.connectionId > high ? m.connectionId : high), undefined);
+      if (answer.cut && last !== undefined && (bound === undefined || last < bound)) bound = last;
+    }
     members.sort(byConnectionId);
     // A session moving between edges is in the group on both until the holder lets it go (commit): listed once.
-    const once = members.filter((m, i) => i === 0 || m.connectionId !== members[i - 1].connectionId);
-    return once.slice(0, top);
+    const once = members.filter((m, i) => i === 0 || (m.connectionId !== members[i - 1].connectionId && (bound === undefined || m.connectionId <= bound)));
+    return { members: once.slice(0, top), cut: bound !== undefined };
+  }
+
+  /** Answers a ps.list: as many of the members asked for as fit the bus's max_payload (`cut` when not all did). */
+  private answerList(message: BusMessage, group: string, top: number, after?: string): void {
+    let members = this.members(group, top, after);
+    let cut = false;
+    const encode = () => encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, members, ...(cut && { cut }) });
+    let data = encode();
+    // Before: an answer over max_payload was not sent at all, and the asker listed the group without this edge.
+    while (data.length > this.deps.bus.maxPayload && members.length > 1) {
+      members = members.slice(0, Math.ceil((members.length * this.deps.bus.maxPayload) / data.length) - 1 || 1);
+      cut = true;
+      data = encode();
+    }
+    respond(this.deps.bus, message, data);
   }
 
   /**
@@ -600,7 +632,7 @@ export class ClusterHub {
       case 'ps.exists':
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
       case 'ps.list':
-        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : done(0, this.members(m.group, m.top, m.after))));
+        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : this.answerList(message, m.group, m.top, m.after)));
       case 'ps.permission':
         return void (own ? Promise.resolve<PermissionOutcome>('absent') : this.applyPermission(m.connectionId, m.method, m.permission, m.group)).then((outcome) => {
           if (outcome === 'full' || outcome === 'unstored') {

@@ -385,14 +385,16 @@ async function listGroup(call: RestCall, group: string): Promise<Answer> {
   if (top === null || pageSize === null || (after !== undefined && !CONTINUATION.test(after))) return 'BadRequest';
   const page = Math.min(pageSize ?? MAX_MEMBER_PAGE, MAX_MEMBER_PAGE, top ?? Infinity);
   // One more than the page: whether there is a next one.
-  const members = await call.hub.listGroup(group, page + 1, after);
-  if (members.length <= page || (top !== undefined && top <= page)) return { status: 200, body: { value: members.slice(0, page) } };
+  const { members, cut } = await call.hub.listGroup(group, page + 1, after);
+  // More follow when one more than the page came, or when an edge's answer was cut to fit the bus (its page ends early).
   const value = members.slice(0, page);
+  const more = members.length > page || (cut && value.length > 0);
+  if (!more || (top !== undefined && top <= value.length)) return { status: 200, body: { value } };
   const next = new URLSearchParams();
   const apiVersion = call.params.get('api-version');
   if (apiVersion !== null) next.set('api-version', apiVersion);
   if (pageSize !== undefined) next.set('maxpagesize', String(pageSize));
-  if (top !== undefined) next.set('top', String(top - page));
+  if (top !== undefined) next.set('top', String(top - value.length));
   next.set('continuationToken', value[value.length - 1].connectionId);
   const path = `/api/hubs/${encodeURIComponent(call.hub.name)}/groups/${encodeURIComponent(group)}/connections`;
   return { status: 200, body: { value, nextLink: `${path}?${next}` } };

@@ -101,6 +101,12 @@ describe('messages between edges', () => {
     assert.equal(decodeEdgeMessage(encodeEdgeMessage({ ...(newer as object), hub: 'not a hub!' } as EdgeMessage)), undefined);
   });
 
+  it('takes a ps.list answer of 1001 members, the page of 1000 and one more that a ps.list asks for (before: refused, and that edge left out of the listing)', () => {
+    const members = Array.from({ length: 1001 }, (_, i) => ({ connectionId: `c${i}` }));
+    assert.equal(decodeEdgeMessage(encodeEdgeMessage({ op: 'ps.done', count: 0, edge: 'n2', members, cut: true }), 'ps.done')?.message.members?.length, 1001);
+    assert.equal(decodeEdgeMessage(encodeEdgeMessage({ op: 'ps.done', count: 0, edge: 'n2', members: [...members, { connectionId: 'c1001' }] }), 'ps.done'), undefined);
+  });
+
   it('returns a message only when its op is one asked for', () => {
     const data = encodeEdgeMessage(EXAMPLES['ps.done']);
     assert.equal(decodeEdgeMessage(data, 'ps.session'), undefined);

@@ -86,6 +86,44 @@ describe("NATS's max_payload below the relay's limits", () => {
     });
   }
 
+  it("lists a group's members held on another edge whose answer would pass max_payload: cut to fit, paged on (before: that edge left out, 200)", async (t) => {
+    // 90 members on edge b with 1,024-character user ids: ~95 KiB of answer, more than the bus takes.
+    const members = await Promise.all(Array.from({ length: 90 }, (_, i) => RawPubSubClient.connect(accessUrl(b.url, { hub: HUB, userId: `${String(i).padStart(4, '0')}${'u'.repeat(1020)}` }), PLAIN, t)));
+    const ids = new Map<string, string>();
+    for (const [i, m] of members.entries()) {
+      ids.set(String(i).padStart(4, '0'), (await m.waitFor((x) => x.event === 'connected')).connectionId);
+      assert.equal((await m.request({ type: 'joinGroup', group: 'many' })).success, true);
+    }
+    const listed: string[] = [];
+    let next: string | undefined = `/api/hubs/${HUB}/groups/many/connections`;
+    for (let pages = 0; next && pages < 20; pages++) {
+      const url = `${a.url}${next}`;
+      const res = await httpRequest(url, { headers: { authorization: `Bearer ${signJwt({ aud: url.split('?')[0] }, HUB_KEY, 600)}` } });
+      assert.equal(res.status, 200, res.body.toString());
+      const body = JSON.parse(res.body.toString()) as { value: { connectionId: string; userId: string }[]; nextLink?: string };
+      listed.push(...body.value.map((v) => v.userId.slice(0, 4)));
+      next = body.nextLink;
+    }
+    // Every member once, in connection id order, across pages.
+    assert.deepEqual(listed, [...ids.keys()].sort((x, y) => (ids.get(x)! < ids.get(y)! ? -1 : 1)));
+  });
+
+  it(':addToGroups too large for the bus is refused whole, before this edge applies it (before: applied here, then 413)', async (t) => {
+    const here = await RawPubSubClient.connect(accessUrl(a.url, { hub: HUB, userId: 'here' }), PLAIN, t);
+    await here.waitFor((m) => m.event === 'connected');
+    const groups = Array.from({ length: 80 }, (_, i) => `g${i}-${'n'.repeat(1000)}`);
+    const url = `${a.url}/api/hubs/${HUB}/:addToGroups`;
+    const res = await httpRequest(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 600)}` },
+      body: Buffer.from(JSON.stringify({ groups, filter: "userId eq 'here'" })),
+    });
+    assert.equal(res.status, 413, res.body.toString());
+    assert.equal(JSON.parse(res.body.toString()).code, 'BusPayloadTooLarge');
+    const head = `${a.url}/api/hubs/${HUB}/groups/${encodeURIComponent(groups[0])}`;
+    assert.equal((await httpRequest(head, { method: 'HEAD', headers: { authorization: `Bearer ${signJwt({ aud: head }, HUB_KEY, 600)}` } })).status, 404);
+  });
+
   it('moves a reliable session holding an event as large as the bus takes to another edge, whole (it is more than one page of the hand-over)', async (t) => {
     const group = 'big-session';
     const member = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'member' }), RELIABLE, t);
