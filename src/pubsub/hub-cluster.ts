@@ -44,6 +44,8 @@ import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface ClusterHubDeps {
   bus: Bus;
+  /** How often the bus has lost its connection so far (a call it lost it during reached only some edges). */
+  busLosses(): number;
   subjects: Subjects;
   nodeId: string;
   /** This edge process (a restarted edge keeps its node id and gets a new one): ps.here and ps.claim carry it. */
@@ -434,8 +436,18 @@ export class ClusterHub {
    * Throws BusError('Unavailable') when the bus is away.
    */
   private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
+    if (!this.deps.bus.reachesOtherNodes) return [];
+    const lossesBefore = this.deps.busLosses();
+    const answers = await this.askOtherEdges(target, localCount, request);
+    // NATS lost meanwhile: the edges that had not answered may never have heard it (before: answered as if they had).
+    if (this.deps.busLosses() !== lossesBefore || !this.deps.bus.connected) {
+      throw new BusError('Unavailable', 'the NATS bus was lost during the call: it acted on this edge and those that answered before');
+    }
+    return answers;
+  }
+
+  private async askOtherEdges(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
     const bus = this.deps.bus;
-    if (!bus.reachesOtherNodes) return [];
     const data = encodeEdgeMessage(request);
     if (target.kind === 'connection') {
       if (localCount > 0 || this.local.connections.has(target.name)) return [];

@@ -120,8 +120,15 @@ export class PubSubService implements RestContext {
       const hub = this.hub(connection.hub);
       if (hub) this.events.systemEvent(hub.config, connection, 'disconnected', { reason });
     });
+    // Times the bus lost its connection: a cluster-wide call during which it did reached only the edges that answered
+    // before, and says so (503) rather than answering as if every edge had been asked.
+    let busLosses = 0;
+    bus.onConnectionChange((connected) => {
+      if (!connected) busLosses++;
+    });
     const hubDeps = (this.hubDeps = {
       bus,
+      busLosses: () => busLosses,
       subjects,
       nodeId: config.nodeId,
       bootId: randomBytes(6).toString('base64url'),
