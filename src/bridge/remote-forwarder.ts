@@ -8,6 +8,7 @@
 // pinged every keep-alive period too (leg-keep-alive.ts).
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
+import { hostBeforePort } from '../http/host-header.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { Backoff } from './backoff.ts';
 import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
@@ -99,7 +100,7 @@ export class RemoteForwarder {
     });
     ws.on('open', () => {
       this.backoff.connected();
-      log.info({ event: 'bridge.listening', target: `${this.forward.host.includes(':') ? `[${this.forward.host}]` : this.forward.host}:${this.forward.port}` });
+      log.info({ event: 'bridge.listening', target: `${hostBeforePort(this.forward.host)}:${this.forward.port}` });
       this.markReady();
       this.scheduleRenew(ws);
       // A NAT or firewall that drops the path says nothing: without this the

@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
+import { hostBeforePort } from '../http/host-header.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
 import { KEY_ENV, keyOf } from './key-source.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
@@ -66,11 +67,6 @@ listener shares it):
     --key dev-only-key-0123456789 -L 127.0.0.1:18080:tunnel
   curl http://127.0.0.1:18080/      # answered by whatever serves 127.0.0.1:8080
 `;
-
-/** An IPv6 address in brackets, as -L takes it (before: `::1:8080`, which no HOST:PORT reader splits right). */
-function hostForDisplay(host: string): string {
-  return host.includes(':') ? `[${host}]` : host;
-}
 
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
@@ -146,7 +142,7 @@ export async function bridge(argv: string[]): Promise<number> {
     forwarder.start();
     void forwarder.ready.then(() => {
       const f = forwarder.forward;
-      process.stdout.write(`listening on ${f.entity} -> ${hostForDisplay(f.host)}:${f.port}\n`);
+      process.stdout.write(`listening on ${f.entity} -> ${hostBeforePort(f.host)}:${f.port}\n`);
     });
   }
   for (const forwarder of localForwarders) {
@@ -154,12 +150,12 @@ export async function bridge(argv: string[]): Promise<number> {
     try {
       port = await forwarder.start();
     } catch (err) {
-      process.stderr.write(`edge-relay bridge: cannot listen on ${hostForDisplay(forwarder.forward.bindHost)}:${forwarder.forward.port}: ${(err as Error).message}\n`);
+      process.stderr.write(`edge-relay bridge: cannot listen on ${hostBeforePort(forwarder.forward.bindHost)}:${forwarder.forward.port}: ${(err as Error).message}\n`);
       for (const r of remoteForwarders) r.stop();
       for (const l of localForwarders) await l.stop();
       return 1;
     }
-    process.stdout.write(`forwarding ${hostForDisplay(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
+    process.stdout.write(`forwarding ${hostBeforePort(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
   }
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

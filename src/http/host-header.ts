@@ -8,3 +8,8 @@ const AUTHORITY = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$/;
 export function isHostAuthority(value: string): boolean {
   return AUTHORITY.test(value);
 }
+
+/** A host as it goes before `:port` (a URL's authority, a HOST:PORT line): an IPv6 address in brackets. */
+export function hostBeforePort(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
