@@ -365,7 +365,7 @@ export class EventDispatcher {
   /** Runs one call to a handler with a signal the drain's deadline aborts. */
   private async untilDrained<T>(call: (signal: AbortSignal) => Promise<T>): Promise<T> {
     const attempt = new AbortController();
-    if (this.stopBy !== undefined && this.stopBy <= performance.now()) attempt.abort();
+    if (this.missesDrain(performance.now())) attempt.abort();
     this.attempts.add(attempt);
     try {
       return await call(attempt.signal);
@@ -398,7 +398,7 @@ export class EventDispatcher {
     const waitingBefore = this.systemCalls.waitingCount;
     if (!(await this.systemCalls.acquire())) {
       this.deps.count(event, 'failed');
-      const why = this.stopBy !== undefined && this.stopBy <= performance.now() ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
+      const why = this.missesDrain(performance.now()) ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
       return this.logFailure(hub, source, event, handler, `not sent: ${why}`);
     }
     try {
@@ -431,21 +431,28 @@ export class EventDispatcher {
         problem = (err as Error).message;
         result = failureOf(err);
       }
-      const stopping = this.stopBy !== undefined && performance.now() + retryDelayMs >= this.stopBy;
+      // A retry due at or past the drain's deadline is not made. A drain that begins while this waits for it wakes
+      // the wait, and the event is logged as lost then (before, it slept on past relay.stopped, never said lost, and
+      // the drain waited for it).
+      const dueAt = performance.now() + retryDelayMs;
+      if (attempt < retries && !this.missesDrain(dueAt)) await this.untilDueOrDrain(dueAt);
+      const stopping = this.missesDrain(dueAt);
       if (attempt >= retries || stopping) {
         this.deps.count(event, result);
         return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts${stopping && attempt < retries ? '; not retried: the relay shut down' : ''})`);
       }
-      // A drain that begins meanwhile wakes this wait: a retry due at or past its deadline is not made, and logged as
-      // lost now (before, the event slept on past relay.stopped, never said lost, and the drain waited for it).
-      const dueAt = performance.now() + retryDelayMs;
-      await this.retryWait(retryDelayMs);
-      if (this.stopBy !== undefined && dueAt >= this.stopBy) {
-        this.deps.count(event, result);
-        return this.logFailure(hub, source, event, handler, `${problem} (after ${attempt + 1} attempts; not retried: the relay shut down)`);
-      }
-      if (performance.now() < dueAt) await new Promise((resolve) => setTimeout(resolve, dueAt - performance.now()));
     }
+  }
+
+  /** Whether something due at `at` (a performance.now() time) comes at or after the drain's deadline. */
+  private missesDrain(at: number): boolean {
+    return this.stopBy !== undefined && at >= this.stopBy;
+  }
+
+  /** Waits until `dueAt`, or less: until the drain begins with `dueAt` at or past its deadline. */
+  private async untilDueOrDrain(dueAt: number): Promise<void> {
+    await this.retryWait(dueAt - performance.now());
+    if (!this.missesDrain(dueAt) && performance.now() < dueAt) await new Promise((resolve) => setTimeout(resolve, dueAt - performance.now()));
   }
 
   /** Waits `ms`, or until the drain begins. */
