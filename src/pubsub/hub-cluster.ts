@@ -375,9 +375,11 @@ export class ClusterHub {
       const last = named.reduce<string | undefined>((high, m) => (high === undefined || m.connectionId > high ? m.connectionId : high), undefined);
       if (answer.cut && last !== undefined && (bound === undefined || last < bound)) bound = last;
     }
-    members.sort(byConnectionId);
+    // Past the bound, an edge whose answer was cut may hold members it did not name: the page stops there.
+    const kept = bound === undefined ? members : members.filter((m) => m.connectionId <= bound);
+    kept.sort(byConnectionId);
     // A session moving between edges is in the group on both until the holder lets it go (commit): listed once.
-    const once = members.filter((m, i) => i === 0 || (m.connectionId !== members[i - 1].connectionId && (bound === undefined || m.connectionId <= bound)));
+    const once = kept.filter((m, i) => i === 0 || m.connectionId !== kept[i - 1].connectionId);
     return { members: once.slice(0, top), cut: bound !== undefined };
   }
 
