@@ -342,12 +342,10 @@ export class ClusterHub {
     const request: EdgeMessage = { op: 'ps.groups', ...this.from, target, action, groups, filter: filter?.text };
     // Refused whole, before this edge applies it, as a send is: the other edges would never hear of a change the bus
     // cannot carry (before: applied here, then answered 413 "nothing was sent").
-    if (this.deps.bus.reachesOtherNodes) {
-      const bytes = encodeEdgeMessage(request).length;
-      if (bytes > this.deps.bus.maxPayload) throw tooLargeForBus(bytes, this.deps.bus.maxPayload);
-    }
+    const encoded = this.deps.bus.reachesOtherNodes ? encodeEdgeMessage(request) : undefined;
+    if (encoded && encoded.length > this.deps.bus.maxPayload) throw tooLargeForBus(encoded.length, this.deps.bus.maxPayload);
     const local = this.applyGroups(target, action, groups, filter);
-    await this.clusterCall(target, local, request);
+    await this.clusterCall(target, local, request, encoded);
   }
 
   async exists(target: Target): Promise<boolean> {
@@ -435,12 +433,13 @@ export class ClusterHub {
    * in the target (nobody answers at once when none has it). A question at a
    * stream position (`at`) always goes to every edge: one behind it has not
    * joined the group's subject yet.
+   * `encoded` is `request` as the bus carries it, where the caller has it already.
    * Throws BusError('Unavailable') when the bus is away.
    */
-  private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
+  private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }, encoded?: Uint8Array): Promise<PsDone[]> {
     if (!this.deps.bus.reachesOtherNodes) return [];
     const lossesBefore = this.deps.busLosses();
-    const answers = await this.askOtherEdges(target, localCount, request);
+    const answers = await this.askOtherEdges(target, localCount, request, encoded ?? encodeEdgeMessage(request));
     // NATS lost meanwhile: the edges that had not answered may never have heard it (before: answered as if they had).
     if (this.deps.busLosses() !== lossesBefore || !this.deps.bus.connected) {
       throw new BusError('Unavailable', 'the NATS bus was lost during the call: it acted on this edge and those that answered before');
@@ -448,9 +447,9 @@ export class ClusterHub {
     return answers;
   }
 
-  private async askOtherEdges(target: Target, localCount: number, request: EdgeMessage & { at?: number }): Promise<PsDone[]> {
+  /** `data` is `request` encoded for the bus. */
+  private async askOtherEdges(target: Target, localCount: number, request: EdgeMessage & { at?: number }, data: Uint8Array): Promise<PsDone[]> {
     const bus = this.deps.bus;
-    const data = encodeEdgeMessage(request);
     if (target.kind === 'connection') {
       if (localCount > 0 || this.local.connections.has(target.name)) return [];
       try {

@@ -124,6 +124,28 @@ describe("NATS's max_payload below the relay's limits", () => {
     assert.equal((await httpRequest(head, { method: 'HEAD', headers: { authorization: `Bearer ${signJwt({ aud: head }, HUB_KEY, 600)}` } })).status, 404);
   });
 
+  it(':addToGroups that fits the bus is applied on the edge holding the connection too, the message encoded once for both checks', async (t) => {
+    const there = await RawPubSubClient.connect(accessUrl(b.url, { hub: HUB, userId: 'there' }), PLAIN, t);
+    await there.waitFor((m) => m.event === 'connected');
+    const group = `fits-${'n'.repeat(1000)}`;
+    const url = `${a.url}/api/hubs/${HUB}/:addToGroups`;
+    const res = await httpRequest(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${signJwt({ aud: url }, HUB_KEY, 600)}` },
+      body: Buffer.from(JSON.stringify({ groups: [group], filter: "userId eq 'there'" })),
+    });
+    assert.equal(res.status, 200, res.body.toString());
+    const send = `${a.url}/api/hubs/${HUB}/groups/${encodeURIComponent(group)}/:send`;
+    const sent = await httpRequest(send, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: send }, HUB_KEY, 600)}` },
+      body: Buffer.from('to the group'),
+    });
+    assert.equal(sent.status, 202, sent.body.toString());
+    const got = await there.waitFor((m) => m.type === 'message' && m.group === group);
+    assert.equal(got.data, 'to the group');
+  });
+
   it('moves a reliable session holding an event as large as the bus takes to another edge, whole (it is more than one page of the hand-over)', async (t) => {
     const group = 'big-session';
     const member = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'member' }), RELIABLE, t);
