@@ -668,11 +668,14 @@ export class JetStreamAccess {
 
   // --- reading ----------------------------------------------------------------------
 
-  /** The first and last sequence a stream holds now. */
-  async bounds(stream: string): Promise<{ first: number; last: number }> {
+  /**
+   * The first and last sequence a stream holds now, and when it was made
+   * (JetStream's `created`: a stream lost and made again has another).
+   */
+  async bounds(stream: string): Promise<{ first: number; last: number; created: string }> {
     try {
       const info = await this.ready.jsm.streams.info(stream);
-      return { first: info.state.first_seq, last: info.state.last_seq };
+      return { first: info.state.first_seq, last: info.state.last_seq, created: info.created };
     } catch (err) {
       // A hub about to read a stream that is not there (deleted, or skipped while a reload changed the list): made again.
       this.restoreIfNoStream(err, 'a stream asked where it ends was not there');

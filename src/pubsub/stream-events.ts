@@ -5,7 +5,7 @@
 // from the stream, in stream order: so every edge sees the same order, and a
 // reliable session's sequence ids are a function of the stream that any edge
 // can compute again (stream-sessions.ts). Session claims travel the same way.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
 import { StoreError, type Follower, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
@@ -293,7 +293,23 @@ export class StreamEvents implements DurableEvents, HubHistory {
 
   // --- history ------------------------------------------------------------------------
 
+  /**
+   * A page of the group's history, named by its stream (`historyId`, the same
+   * on every edge): a stream lost and made again numbers from 1 again under
+   * another id. The stream is asked when it was made before and after the
+   * read, so a page never mixes one stream's messages with the other's id.
+   */
   async read(group: string, after: number, limit: number): Promise<HistoryPage> {
+    for (let attempt = 1; ; attempt++) {
+      const madeBefore = (await this.options.js.bounds(this.options.stream)).created;
+      const page = await this.readPage(group, after, limit);
+      const madeAfter = (await this.options.js.bounds(this.options.stream)).created;
+      if (madeAfter === madeBefore) return { ...page, historyId: streamHistoryId(this.options.stream, madeAfter) };
+      if (attempt === 2) throw new StoreError('the stream was made again twice while its history was read');
+    }
+  }
+
+  private async readPage(group: string, after: number, limit: number): Promise<HistoryPage> {
     const stored = await this.options.js.read(this.options.stream, {
       fromSeq: after + 1,
       subject: this.options.subjects.hubEvent(this.hub.key, 'group', group),
@@ -354,4 +370,9 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.waiters = [];
     for (const wake of this.startWaiters.splice(0)) wake();
   }
+}
+
+/** A JetStream history's id: its stream's name and the time it was made, hashed (opaque to readers). */
+function streamHistoryId(stream: string, created: string): string {
+  return createHash('sha256').update(`${stream}\0${created}`).digest('base64url').slice(0, 12);
 }

@@ -163,7 +163,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
       ],
     );
     const empty = await history(a, 'room', rest.body.next, 100);
-    assert.deepEqual(empty.body, { messages: [], next: rest.body.next });
+    assert.deepEqual(empty.body, { messages: [], next: rest.body.next, historyId: first.body.historyId });
     // Live group messages carry the same sequence; the SDK passes the field through.
     const sub = await startClient(t, accessUrl(a.url));
     await sub.client.joinGroup('room');
@@ -173,6 +173,37 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     const kept = await history(a, 'room', empty.body.next, 10);
     assert.equal(live.sequence, kept.body.messages[0].sequence);
     assert.equal((await history(a, 'room', 0, 0)).status, 400);
+  });
+
+  it('names a history by its stream: the same historyId from every edge, another once the stream is made again (its numbering starts over)', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], HUBS);
+    const b = await startEdge(t, 'edge-b', [nats.url], HUBS);
+    const publisher = serviceClient(a);
+    for (const n of [1, 2, 3]) await publisher.group('room').sendToAll(n);
+    const fromA = await history(a, 'room');
+    const fromB = await history(b, 'room');
+    assert.equal(typeof fromA.body.historyId, 'string');
+    assert.equal(fromB.body.historyId, fromA.body.historyId);
+    assert.deepEqual(fromA.body.messages.map((m: any) => m.data), [1, 2, 3]);
+    // The stream goes (an operator's delete; a memory-storage server restarted); the edges make it again.
+    const nc = await connect({ servers: nats.url });
+    t.after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    const names: string[] = [];
+    for await (const name of jsm.streams.names()) names.push(name);
+    const stream = names.find((name) => name.endsWith(`_${HUB.toLowerCase()}`));
+    assert.ok(stream, `the hub's stream among ${names}`);
+    await jsm.streams.delete(stream);
+    await untilAnswered(async () => {
+      await publisher.group('room').sendToAll(4).catch(() => undefined);
+      return (await history(a, 'room')).body.messages?.some((m: any) => m.data === 4) ?? false;
+    }, 15000, 'the stream made again and written');
+    const again = await history(b, 'room');
+    // Before: no historyId, so a reader holding sequence 3 asked after it and never saw the new stream's first messages.
+    assert.notEqual(again.body.historyId, fromA.body.historyId);
+    assert.equal((await history(a, 'room')).body.historyId, again.body.historyId);
+    assert.equal(again.body.messages[0].sequence, 1);
   });
 
   it('a reliable client whose edge is killed recovers on another edge: same connection, every event once and in order, sequence ids continuing', async (t) => {
