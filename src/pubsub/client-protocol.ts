@@ -116,15 +116,11 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   }
   if (m.type === 'event') {
     if (ackId !== undefined && connection.hasAckId(ackId)) return connection.holdRetry(ackId) ? undefined : ack(ctx, connection, ackId, 'Duplicate');
-    return forwardEvent(ctx, connection, hub, m, eventPayload(text, m), ackId);
+    return forwardEvent(ctx, connection, hub, m, text, ackId);
   }
-  // Past limits.requestsInFlightPerConnection the socket is held, but the frames of the read under way still come:
-  // they wait here, in order (so does any read after them until they are started), instead of going out at once.
-  if (connection.requestsBacklogged) {
-    connection.socket?.hold();
-    (connection.requestsWaiting ??= []).push(() => startRequest(ctx, connection, m, text, ackId));
-    return;
-  }
+  // Past limits.requestsInFlightPerConnection requests wait here, in order (so does any read after them until they
+  // are started), and the client is read on until what waits is too much (PubSubConnection.wait).
+  if (connection.requestsBacklogged) return connection.wait((connection.requestsWaiting ??= []), text.length, () => startRequest(ctx, connection, m, text, ackId));
   startRequest(ctx, connection, m, text, ackId);
 }
 
@@ -227,9 +223,8 @@ function storeId(connection: PubSubConnection, ackId: number | undefined): strin
 function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, done: Promise<unknown>): void {
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId, true);
-  // Bounded per connection: past limits.requestsInFlightPerConnection the client is not read until one is done.
+  // Bounded per connection: past limits.requestsInFlightPerConnection the next ones wait until one is done.
   connection.requestsInFlight++;
-  if (connection.requestsFull) connection.socket?.hold();
   const finished = () => {
     connection.requestsInFlight--;
     if (connection.ended) return;
@@ -269,13 +264,13 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
  */
 export const EVENTS_IN_FLIGHT = 1;
 
-function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
+/** `text` is the frame as read: the event's payload is taken from it, and it weighs that much while it waits. */
+function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, text: string, ackId: number | undefined): void {
+  const payload = eventPayload(text, m);
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId, true);
   if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) {
-    connection.socket?.hold();
-    (connection.eventsWaiting ??= []).push(() => sendEventNow(ctx, connection, hub, m, payload, ackId));
-    return;
+    return connection.wait((connection.eventsWaiting ??= []), text.length, () => sendEventNow(ctx, connection, hub, m, payload, ackId));
   }
   sendEventNow(ctx, connection, hub, m, payload, ackId);
 }
@@ -286,7 +281,7 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
     connection.eventsInFlight--;
     const next = connection.ended ? undefined : connection.eventsWaiting?.shift();
     if (next) next();
-    else if (!connection.ended) connection.readAgainUnlessBusy();
+    if (!connection.ended) connection.readAgainUnlessBusy();
     if (connection.ended) return;
     if (!result.ok) {
       // The retries held while it was at the handler get its outcome too.

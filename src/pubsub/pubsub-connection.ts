@@ -40,7 +40,12 @@ export interface ConnectionLimits {
   ackIdsPerConnection: number;
   groupsPerConnection: number;
   requestsInFlightPerConnection: number;
+  /** Also what the frames read and waiting their turn may weigh before the client is no longer read (PubSubConnection.wait). */
+  pubsubMessageBytes: number;
 }
+
+/** What a frame waiting its turn weighs besides its text: the parsed message and the closure that wait with it. */
+export const WAITING_FRAME_OVERHEAD = 512;
 
 export class PubSubConnection {
   readonly groups = new Set<string>();
@@ -82,8 +87,10 @@ export class PubSubConnection {
   eventsWaiting: (() => void)[] | undefined;
   /** joinGroup, leaveGroup and sendToGroup requests not done yet (waiting for the bus or the store). */
   requestsInFlight = 0;
-  /** Such requests read while requestsFull (frames already read when the socket was held), oldest first: started as others finish. */
+  /** Such requests read while requestsFull, oldest first: started as others finish. */
   requestsWaiting: (() => void)[] | undefined;
+  /** What the frames in eventsWaiting and requestsWaiting weigh: their text and WAITING_FRAME_OVERHEAD each. */
+  private waitingWeight = 0;
 
   constructor(
     readonly id: string,
@@ -100,12 +107,7 @@ export class PubSubConnection {
     }
   }
 
-  /**
-   * True while limits.requestsInFlightPerConnection requests are not done:
-   * the client is not read until one is (client-protocol.ts), so a client
-   * sending without waiting for acks while the store is slow keeps the rest
-   * in its own buffers instead of the relay's memory.
-   */
+  /** True while limits.requestsInFlightPerConnection requests are not done: the next one waits (client-protocol.ts). */
   get requestsFull(): boolean {
     return this.requestsInFlight >= this.limits.requestsInFlightPerConnection;
   }
@@ -115,10 +117,34 @@ export class PubSubConnection {
     return this.requestsFull || (this.requestsWaiting?.length ?? 0) > 0;
   }
 
-  /** Reads the client again unless its own work still waits: events queued for the handler, a simple client's frames, requests. */
+  /**
+   * Puts a frame read from the client (`bytes` of text) at the end of `queue`
+   * (eventsWaiting or requestsWaiting) to wait its turn. The client is read on
+   * meanwhile, so its sequenceAcks and pings are taken at once (before, one
+   * event waiting behind another at a slow handler stopped the reading: a
+   * reliable client's acks went unread and its session closed
+   * SessionBufferFull), until what waits weighs limits.pubsubMessageBytes:
+   * then it is not read until some of it went, and a client sending without
+   * waiting for its acks keeps the rest in its own buffers (TCP).
+   */
+  wait(queue: (() => void)[], bytes: number, run: () => void): void {
+    const weight = bytes + WAITING_FRAME_OVERHEAD;
+    this.waitingWeight += weight;
+    queue.push(() => {
+      this.waitingWeight -= weight;
+      run();
+    });
+    if (this.waitingFull) this.socket?.hold();
+  }
+
+  /** What waits its turn weighs limits.pubsubMessageBytes or more: the client is not read. */
+  get waitingFull(): boolean {
+    return this.waitingWeight >= this.limits.pubsubMessageBytes;
+  }
+
+  /** Reads the client again unless too much of its work waits, or a simple client's frames wait for the handler. */
   readAgainUnlessBusy(): void {
-    if (this.requestsBacklogged) return;
-    if ((this.eventsWaiting?.length ?? 0) > 0 || (this.pendingFrames?.length ?? 0) > 0) return;
+    if (this.waitingFull || (this.pendingFrames?.length ?? 0) > 0) return;
     this.socket?.release();
   }
 

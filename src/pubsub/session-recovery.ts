@@ -151,10 +151,10 @@ export class SessionRecovery {
     const previous = connection.socket;
     const client = r.open(r.socket, connection, r.head);
     connection.attach(client);
-    // Events of the session still at the event handler (one at a time): the new socket is not read until they
-    // are answered, as the old one was not. Before, each reconnect read another chunk of events into the queue
-    // (a client reconnecting while its handler hung grew it by thousands).
-    if (connection.eventsInFlight > 0 || connection.requestsBacklogged) client.hold();
+    // Frames of the session still waiting their turn (events behind one at the handler, requests): the new socket is
+    // not read while they weigh too much, as the old one was not. Before, each reconnect read another chunk of events
+    // into the queue (a client reconnecting while its handler hung grew it by thousands).
+    if (connection.waitingFull) client.hold();
     previous?.destroy();
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });

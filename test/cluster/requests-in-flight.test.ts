@@ -1,7 +1,7 @@
 // A pub/sub client's requests waiting for the bus are bounded per connection
-// (limits.requestsInFlightPerConnection): past it the relay stops reading the
-// client, which keeps the rest in its own buffers, and reads again as
-// answers come. Before, a client that sent without waiting for acks while
+// (limits.requestsInFlightPerConnection): past it they wait, and once what
+// waits weighs limits.pubsubMessageBytes the relay stops reading the client,
+// which keeps the rest in its own buffers, and reads again as answers come. Before, a client that sent without waiting for acks while
 // JetStream was slow (here: its server frozen with SIGSTOP, where a publish
 // now waits up to UNSURE_RETRY_MS) had every message read into the relay's
 // memory, each held with its data until the store answered.

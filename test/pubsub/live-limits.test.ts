@@ -27,6 +27,7 @@ const limits = (): ConnectionLimits => ({
   ackIdsPerConnection: 100,
   groupsPerConnection: 100,
   requestsInFlightPerConnection: 32,
+  pubsubMessageBytes: 1 << 20,
 });
 
 describe('live limits of pub/sub connections', () => {

@@ -8,7 +8,9 @@ import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { WAITING_FRAME_OVERHEAD } from '../../src/pubsub/pubsub-connection.ts';
+import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -275,12 +277,16 @@ describe("a client's user events", () => {
     for (const [what, e] of open) assert.ok(e.closedAt! - started < 3000, `${what} ended ${e.closedAt! - started} ms after the drain began`);
   });
 
-  it("a reliable client reconnecting while its events wait for a hung handler queues no more of them", async (t) => {
+  it("a reliable client reconnecting while its events wait for a hung handler queues no more of them than one connection may", async (t) => {
     // A handler that never answers a user event (its connections are closed at the clean-up).
     const { urlTemplate } = await serveEventHandler(t, (req) => req.resume());
     const relay = await startTestRelay(t, {
+      // What may wait is bounded by weight: pubsubMessageBytes, each frame its text and WAITING_FRAME_OVERHEAD.
+      limits: { pubsubMessageBytes: 65536 },
       pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 30000 }] }] },
     });
+    // About 128 of these frames weigh that much (the rest of a read under way when the bound is reached comes too).
+    assert.ok(65536 / (WAITING_FRAME_OVERHEAD + 80) < 300);
     const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
     let client = await RawPubSubClient.connect(url, RELIABLE, t);
     const connected = await client.waitFor((m) => m.event === 'connected');
@@ -299,7 +305,42 @@ describe("a client's user events", () => {
     }
     // Before: each reconnect read another chunk of events into the queue (300 more a round here).
     assert.ok(counts[0] > 0, `events waited behind the hung one: ${counts}`);
+    assert.ok(counts[0] < 300, `the client was read while too much waited: ${counts}`);
     assert.ok(counts[3] <= counts[0], `the queue grew with each reconnect: ${counts}`);
+  });
+
+  it("a reliable client's acks and pings are read while its events wait behind a slow handler: its session does not fill", async (t) => {
+    // Each user event takes 5 s at the handler.
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => setTimeout(() => res.writeHead(204).end(), 5000));
+    });
+    const relay = await startTestRelay(t, {
+      limits: { sessionBufferMessages: 20 },
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 15000 }] }] },
+    });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'u' }), RELIABLE, t);
+    await client.waitFor((m) => m.event === 'connected');
+    const waiting = () => ([...relay.pubsub.hub(HUB)!.local.connections.values()][0] as unknown as { eventsWaiting?: unknown[] }).eventsWaiting?.length ?? 0;
+    // The second waits behind the first (user events are blocking, one at a time).
+    client.send({ type: 'event', event: 'slow', dataType: 'text', data: 'x', ackId: 1 });
+    client.send({ type: 'event', event: 'slow', dataType: 'text', data: 'x', ackId: 2 });
+    await until(() => waiting() === 1, 5000, 'the second event waiting');
+    // Before: the relay stopped reading the client here, until both were answered (10 s).
+    client.send({ type: 'ping' });
+    await client.waitFor((m) => m.type === 'pong', 3000, 'the pong while events wait');
+    // Three times the session's buffer, each message acknowledged as it comes (before: the acks went unread, and the
+    // session closed 1008 SessionBufferFull at the 20th, for good).
+    const service = serviceClient(relay);
+    for (let i = 1; i <= 60; i++) {
+      await service.sendToUser('u', `m${i}`, { contentType: 'text/plain' });
+      const m = await client.waitFor((x) => x.type === 'message' && x.data === `m${i}`, 3000, `m${i}`);
+      client.send({ type: 'sequenceAck', sequenceId: m.sequenceId });
+    }
+    assert.equal(waiting(), 1, 'the second event still waiting: all of it happened while the relay had events queued');
+    await until(() => client.messages.filter((m) => m.type === 'ack').length === 2, 15000, 'both events acknowledged');
+    assert.ok(client.messages.filter((m) => m.type === 'ack').every((m) => m.success));
+    assert.equal(client.ws.readyState, WebSocket.OPEN);
   });
 
   it("a retry of an event still at the handler gets the event's own outcome, not Duplicate at once (the SDK takes Duplicate for success)", async (t) => {
