@@ -2,7 +2,20 @@
 // Runs the TypeScript CLI through tsx, so no build step is needed. Started by
 // bin/edge-relay (the command users run), which sets the allocator's
 // environment first.
-import { register } from 'tsx/esm/api';
+//
+// SIGHUP's default action ends the process, and `serve` takes it over only
+// once node has loaded tsx and the CLI and read the config (a second or
+// more): a reload signal sent just after a (re)start (systemd's ExecReload, a
+// config tool writing the file then signalling) killed the relay without a
+// line. So it is caught from the first line here, counted, and handed to
+// `serve` (src/cli/signal-handlers.ts, takeOverEarlyHangups). Other commands
+// keep the default: a closed terminal ends `sub`.
+if (process.argv[2] === 'serve') {
+  const early = { hangups: 0, listener: () => early.hangups++ };
+  globalThis[Symbol.for('edge-relay.early-sighup')] = early;
+  process.on('SIGHUP', early.listener);
+}
 
+const { register } = await import('tsx/esm/api');
 register();
 await import('../src/cli/main.ts');

@@ -7,7 +7,7 @@ import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
-import { replaceSignalHandler } from './signal-handlers.ts';
+import { replaceSignalHandler, takeOverEarlyHangups } from './signal-handlers.ts';
 import { restartOnlyValues, withRestartOnlyValues } from '../server/reload.ts';
 import { WorkerStartError, announceListening, answerPings, announceReady, followPeers, pinnedAtStart, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
@@ -158,7 +158,8 @@ async function serveCommand(argv: string[]): Promise<number> {
     if (running) running.reload('signal');
     else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
   };
-  process.on('SIGHUP', onHup);
+  const early = takeOverEarlyHangups(onHup);
+  if (early > 0) log.info({ event: 'relay.signal', signal: 'SIGHUP', count: early, detail: 'came before the config was read: the config read has what it asked for' });
   // Stop signals are taken from here on: one before the relay has started closes it as soon as it has (a port
   // bound, a drain with nothing in it); one while it waits for JetStream below drains it (it serves already).
   let relay: RunningRelay | undefined;
@@ -248,7 +249,7 @@ async function runWorkers(config: RelayConfig, count: number, watchdogMs: number
   let stopping = false;
   // Each worker reloads its config and certificates (not once they drain). In place before the
   // workers listen: a SIGHUP meanwhile would end this process (a worker still starting is not sent it).
-  process.on('SIGHUP', () => {
+  takeOverEarlyHangups(() => {
     if (!stopping) cluster.signal('SIGHUP');
   });
   // Stop signals are taken from the start: one while the workers start stops them (each drains as far as it

@@ -60,3 +60,33 @@ describe('serve: stop signals before it says it is ready', () => {
     assert.deepEqual(readdirSync(sockets).filter((name) => name.startsWith('edge-relay-w-')), []);
   });
 });
+
+describe('serve: SIGHUP while it starts', () => {
+  it('a SIGHUP before serve has read its config is taken and said, not the end of the process', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
+    const file = join(dir, 'relay.json');
+    writeFileSync(file, JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      log: { level: 'info' },
+      sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
+    }));
+    const relay = runCli(t, ['serve', '--config', file]);
+    // Node starts, loads tsx and the CLI, then reads the config: about a second. Before, a SIGHUP in that time
+    // ended the process (129, not a line). The first is sent once node runs its first line (bootstrap: tens of ms).
+    await new Promise((r) => setTimeout(r, 400));
+    let sent = 0;
+    while (relay.lines.length === 0 && sent < 50) {
+      relay.signal('SIGHUP');
+      sent++;
+      const exit = await Promise.race([relay.exited.then((code) => ({ code })), new Promise((r) => setTimeout(r, 100))]);
+      assert.equal(exit, undefined, `ended by SIGHUP number ${sent}: ${JSON.stringify(exit)} ${relay.stderr()}`);
+    }
+    await until(() => relay.lines.some((line) => line.startsWith('listening on')), 15000, 'the relay to listen');
+    // Those before the config was read are counted; the rest were refused as the relay was still starting, or reloaded.
+    assert.match(relay.stderr(), /"event":"relay\.signal","signal":"SIGHUP","count":\d+/);
+    relay.signal('SIGHUP');
+    await until(() => relay.stderr().includes('"event":"config.reloaded"'), 10000, 'a reload once it runs');
+    relay.signal('SIGTERM');
+    assert.equal(await withTimeout(relay.exited, 15000, 'the relay to exit'), 0, relay.stderr());
+  });
+});
