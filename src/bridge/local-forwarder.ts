@@ -85,7 +85,7 @@ export class LocalForwarder {
     tcp.setNoDelay(true);
     let ws: WebSocket;
     try {
-      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.socketOptions(this.access.wsBase, TARGET_VERDICT_MARGIN_MS));
+      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.actionOptions(this.forward.entity, TARGET_VERDICT_MARGIN_MS));
     } catch (err) {
       // A relay URL ws cannot take (the command line checks it): this connection fails, the port stays open.
       log.warn({ event: 'bridge.connect_failed', err: (err as Error).message });

@@ -86,10 +86,21 @@ export class RelayAccess {
     return `${this.wsBase}/$hc/${encodeURIComponent(entity)}`;
   }
 
-  /** URL for `action` (connect or listen) on the entity, with a token when there is one. */
+  /** URL for `action` (connect or listen) on the entity; its token goes in a header (actionOptions). */
   actionUrl(entity: string, action: 'connect' | 'listen'): string {
+    return `${this.entityUrl(entity)}?sb-hc-action=${action}`;
+  }
+
+  /**
+   * socketOptions for an actionUrl of `entity`, with the token, when there is
+   * one, in the ServiceBusAuthorization header, as Azure's own clients send it
+   * (`sb-hc-token` is for browsers, which cannot set a WebSocket's headers).
+   * Before, it went in the query, which a proxy or load balancer before the
+   * relay writes to its access log: a Listen or Send token for its lifetime.
+   */
+  actionOptions(entity: string, longerMs = 0): ClientOptions {
     const token = this.token(entity);
-    const tokenParam = token ? `&sb-hc-token=${encodeURIComponent(token)}` : '';
-    return `${this.entityUrl(entity)}?sb-hc-action=${action}${tokenParam}`;
+    const options = this.socketOptions(this.wsBase, longerMs);
+    return token ? { ...options, headers: { ServiceBusAuthorization: token } } : options;
   }
 }

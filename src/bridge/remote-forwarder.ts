@@ -80,7 +80,7 @@ export class RemoteForwarder {
 
   private connectControl(): void {
     const log = this.log.child({ entity: this.forward.entity });
-    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.socketOptions(this.access.wsBase));
+    const ws = new WebSocket(this.access.actionUrl(this.forward.entity, 'listen'), this.access.actionOptions(this.forward.entity));
     keepTcpAlive(ws, this.timing.keepAliveMs);
     this.control = ws;
     let why = 'connection closed';

@@ -1,17 +1,48 @@
 // The bridge's forwarders against a real relay, in process: what a refused
 // connection and a long token leave behind (found by review).
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
+import { createServer, type IncomingMessage } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { LocalForwarder } from '../../src/bridge/local-forwarder.ts';
 import { RelayAccess } from '../../src/bridge/relay-access.ts';
-import { renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
+import { RemoteForwarder, renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 describe('bridge forwarders', () => {
+  it('-L and -R send their token in the ServiceBusAuthorization header, never in the URL a proxy would log (before: sb-hc-token in the query)', async (t) => {
+    // A stand-in for the relay that records each upgrade request and refuses it.
+    const upgrades: IncomingMessage[] = [];
+    const fake = createServer();
+    fake.on('upgrade', (req, socket) => {
+      upgrades.push(req);
+      socket.on('error', () => {});
+      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n');
+    });
+    await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+    cleanupFor(t).after(() => new Promise((r) => fake.close(r)));
+    const url = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+    const access = new RelayAccess({ url, keyName: ROOT_KEY_NAME, key: ROOT_KEY, tokenTtlSeconds: 60, handshakeTimeoutMs: 5000 });
+    const log = createLogger('silent', 'test');
+    const remote = new RemoteForwarder({ entity: 'echo', host: '127.0.0.1', port: 9 }, access, log, 1 << 20, { keepAliveMs: 30000, connectTimeoutMs: 1000 });
+    remote.start();
+    cleanupFor(t).after(() => remote.stop());
+    const local = new LocalForwarder({ bindHost: '127.0.0.1', port: 0, entity: 'echo' }, access, log, 1 << 20);
+    const port = await local.start();
+    cleanupFor(t).after(() => local.stop());
+    const socket = connect(port, '127.0.0.1');
+    socket.on('error', () => {});
+    cleanupFor(t).after(() => socket.destroy());
+    await until(() => ['listen', 'connect'].every((action) => upgrades.some((r) => r.url!.includes(`sb-hc-action=${action}`))), 5000, 'a listen and a connect');
+    for (const req of upgrades) {
+      assert.doesNotMatch(req.url!, /sb-hc-token|SharedAccessSignature|sig=/i, req.url);
+      assert.match(String(req.headers.servicebusauthorization), /^SharedAccessSignature sr=.*&sig=.*&se=\d+&skn=/);
+    }
+  });
+
   it('-L lets go of a connection the relay refuses (before: each stayed CONNECTING for good, ~7 KB)', async (t) => {
     const relay = await startTestRelay(t);
     const access = new RelayAccess({ url: relay.url, keyName: ROOT_KEY_NAME, key: ROOT_KEY, tokenTtlSeconds: 60, handshakeTimeoutMs: 5000 });
