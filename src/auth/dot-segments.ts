@@ -7,7 +7,10 @@
 // read it for http(s). A token's resource or audience is parsed only when the
 // parser cannot change its path: it drops tabs and line breaks anywhere and
 // spaces at either end (`..<TAB>` became `..`), and takes `http:h/..`
-// without `//`, none of which the check on the text as written saw.
+// without `//`, none of which the check on the text as written saw. A
+// segment's parameters (`;` and after, RFC 2396) do not hide a dot segment:
+// Tomcat, Jetty and Spring drop them before they resolve the path, so
+// `/echo/public/..;/admin` is their `/echo/admin`.
 
 import { decodeComponent } from '../validation/percent-decoding.ts';
 
@@ -24,7 +27,10 @@ export function hasDotSegment(rawPath: string): boolean {
     } catch {
       // Not percent-encoding: compared as sent.
     }
-    for (const part of decoded.split(SEPARATOR)) if (part === '.' || part === '..') return true;
+    for (const part of decoded.split(SEPARATOR)) {
+      const name = part.includes(';') ? part.slice(0, part.indexOf(';')) : part;
+      if (name === '.' || name === '..') return true;
+    }
   }
   return false;
 }

@@ -120,6 +120,7 @@ describe('dot segments never widen a scope', () => {
       assert.equal(resourceCovers(resource, ['echo'], ['h']), false, resource);
     }
     assert.equal(resourceCovers('http://h/echo/a..b/.c', ['echo', 'a..b', '.c'], ['h']), true, 'dots inside a segment are names');
+    assert.equal(resourceCovers('http://h/echo/public/..;/admin', ['echo', 'admin'], ['h']), false, 'a dot segment with parameters');
   });
 
   it('a resource a URL parser would read otherwise than written covers nothing (tabs, line breaks, spaces, no //, \\)', () => {
@@ -145,5 +146,10 @@ describe('dot segments never widen a scope', () => {
       assert.equal(route(target).kind, 'bad-request', target);
     }
     assert.equal(route('/echo/a..b/.x').kind, 'hybrid-http');
+    // A segment's parameters do not hide one (servlet containers resolve `..;` as `..`). Before: relayed as sent.
+    for (const target of ['/echo/public/..;/admin', '/echo/public/%2e%2e;/admin', '/echo/public/..%3b/admin', '/echo/.;x/a', '/echo/a/..;jsessionid=1']) {
+      assert.equal(route(target).kind, 'bad-request', target);
+    }
+    assert.equal(route('/echo/a;b/..x;/.x;y').kind, 'hybrid-http');
   });
 });

@@ -24,7 +24,8 @@ function dotSegmentByFullWork(rawPath: string): boolean {
     } catch {
       // compared as sent
     }
-    if (decoded.split(/[/\\]/).some((part) => part === '.' || part === '..')) return true;
+    // A segment's parameters (`;` on) do not hide a dot segment.
+    if (decoded.split(/[/\\]/).some((part) => ['.', '..'].includes(part.split(';')[0]))) return true;
   }
   return false;
 }
