@@ -9,8 +9,11 @@ import type { ListenerResponse } from './control-channel.ts';
 import { contentLengthOf } from './response-body.ts';
 import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
 
+// Proxy-Authorization and Proxy-Authenticate concern the next hop only (RFC 9110 11.7.1-2): a sender's proxy
+// password is not handed to another party's listener, nor a listener's proxy challenge to the sender.
 const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
+  'proxy-authorization', 'proxy-authenticate',
 ]);
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 

@@ -16,7 +16,11 @@
 //   same-origin with the same policy, so a listener's `same-origin` policy is
 //   passed on as `same-origin-allow-popups` (the same isolation for the page
 //   but for its popups).
-// Browsers apply Cross-Origin-Opener-Policy on https:// and on localhost only.
+// - a page cannot wipe the origin: `Clear-Site-Data` is dropped (it clears every
+//   entity's cookies and storage and, with "executionContexts", reloads every
+//   page of the origin, an operator's dashboard among them, which loses the key
+//   it holds in memory).
+// Browsers apply Cross-Origin-Opener-Policy and Clear-Site-Data on https:// and on localhost only.
 import type { IncomingMessage } from 'node:http';
 
 /** The listener's response headers, as a browser on the relay's origin may safely be given them. */
@@ -24,7 +28,7 @@ export function confinedToEntity(headers: Record<string, string | string[]>, req
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     const lower = name.toLowerCase();
-    if (lower === 'service-worker-allowed') continue;
+    if (lower === 'service-worker-allowed' || lower === 'clear-site-data') continue;
     if (lower === 'cross-origin-opener-policy') {
       const values = (Array.isArray(value) ? value : [value]).map((v) => (policyOf(v) === 'same-origin' ? 'same-origin-allow-popups' : v));
       out[name] = Array.isArray(value) ? values : values[0];

@@ -6,6 +6,16 @@ import type { IncomingMessage } from 'node:http';
 import { describe, it } from 'node:test';
 import { forwardedRequestHeaders, responseHeadersForSender } from '../../src/hybrid/relayed-headers.ts';
 
+describe('proxy credentials', () => {
+  it("concern the next hop only: a sender's Proxy-Authorization does not reach the listener, a listener's Proxy-Authenticate not the sender", () => {
+    const req = { headers: { host: 'relay', 'proxy-authorization': 'Basic cHJveHk6cHc=', 'x-kept': 'kept' } } as unknown as IncomingMessage;
+    const out = forwardedRequestHeaders(req, [], '1.1 relay');
+    assert.equal(out['proxy-authorization'], undefined);
+    assert.equal(out['x-kept'], 'kept');
+    assert.deepEqual(responseHeadersForSender({ 'Proxy-Authenticate': 'Basic realm="corp"', 'X-Public': 'p' }), { 'X-Public': 'p' });
+  });
+});
+
 describe('headers named in Connection', () => {
   it("stay with the sender's hop: the listener does not see them", () => {
     const req = { headers: { host: 'relay', connection: 'keep-alive, X-Hop', 'x-hop': 'private', 'x-kept': 'kept' } } as unknown as IncomingMessage;

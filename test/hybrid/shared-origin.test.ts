@@ -21,6 +21,10 @@ describe("a listener's answer on the relay's origin", () => {
     assert.deepEqual(confinedToEntity(script, request('/evil/sw.js')), { 'Content-Type': 'text/javascript' });
   });
 
+  it('drops Clear-Site-Data: one entity\'s page may not wipe or reload the whole origin, the dashboard with it', () => {
+    assert.deepEqual(confinedToEntity({ 'Clear-Site-Data': '"*"', 'X-Kept': 'k' }, request('/evil/logout')), { 'X-Kept': 'k' });
+  });
+
   it("passes a same-origin opener policy on as same-origin-allow-popups, and any other as it is", () => {
     const policy = (value: string | string[]) => confinedToEntity({ 'cross-origin-opener-policy': value }, request('/evil/'))['cross-origin-opener-policy'];
     assert.equal(policy('same-origin'), 'same-origin-allow-popups');
