@@ -70,10 +70,11 @@ export function verifyJwt(token: string, key: string, now = Date.now()): JwtClai
   }
   const claims = decodeJson(parts[1]);
   const seconds = now / 1000;
-  if (typeof claims.exp !== 'number') throw new JwtError('TokenMalformed', 'token has no exp claim');
+  // `1e309` is JSON's way to Infinity: a token that never expires is not one anybody signs on purpose.
+  if (typeof claims.exp !== 'number' || !Number.isFinite(claims.exp)) throw new JwtError('TokenMalformed', 'token has no finite exp claim');
   if (claims.exp + CLOCK_SKEW_SECONDS <= seconds) throw new JwtError('TokenExpired', 'token expired');
   if (claims.nbf !== undefined) {
-    if (typeof claims.nbf !== 'number') throw new JwtError('TokenMalformed', 'nbf is not a number');
+    if (typeof claims.nbf !== 'number' || !Number.isFinite(claims.nbf)) throw new JwtError('TokenMalformed', 'nbf is not a finite number');
     if (claims.nbf - CLOCK_SKEW_SECONDS > seconds) throw new JwtError('TokenNotYetValid', 'token not yet valid');
   }
   return claims;

@@ -1,5 +1,6 @@
 // Pub/sub access tokens: HS256 only, signature, expiry, audience; and roles.
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { audienceMatches, clientIdentityOf, verifyAccessToken } from '../../src/auth/access-token.ts';
 import { signJwt, verifyJwt } from '../../src/auth/jwt.ts';
@@ -20,6 +21,16 @@ describe('JWT access tokens', () => {
     assert.throws(() => verifyJwt(signJwt({}, KEY, -120), KEY), { code: 'TokenExpired' });
     assert.throws(() => verifyJwt(signJwt({}, KEY), KEY), { code: 'TokenMalformed' }, 'no exp');
     assert.throws(() => verifyJwt('a.b', KEY), { code: 'TokenMalformed' });
+  });
+
+  it('refuses an exp or nbf JSON reads as Infinity (1e309): such a token never expired (found by review)', () => {
+    const signed = (payload: string) => {
+      const head = `${Buffer.from('{"alg":"HS256","typ":"JWT"}').toString('base64url')}.${Buffer.from(payload).toString('base64url')}`;
+      return `${head}.${createHmac('sha256', KEY).update(head).digest('base64url')}`;
+    };
+    assert.equal(verifyJwt(signed('{"sub":"u","exp":9999999999}'), KEY).sub, 'u');
+    assert.throws(() => verifyJwt(signed('{"sub":"u","exp":1e309}'), KEY), { code: 'TokenMalformed' });
+    assert.throws(() => verifyJwt(signed('{"sub":"u","exp":9999999999,"nbf":-1e309}'), KEY), { code: 'TokenMalformed' });
   });
 
   it('matches the audience by host and path, ignoring scheme, port, query and case', () => {
