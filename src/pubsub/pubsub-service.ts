@@ -114,7 +114,8 @@ export class PubSubService implements RestContext {
       count: (event, result) => metrics.handlerEvents.inc({ event, result }),
     });
     for (const hub of config.pubsub.hubs) {
-      if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${hub.upstream.url}", "userEventPattern": "*" }]; write it so`);
+      // Without its query: an Azure Function's handler URL carries its key there (`?code=`).
+      if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${hub.upstream.url.replace(/[?#].*$/, '?…')}", "userEventPattern": "*" }]; write it so`);
     }
     this.lifecycle = new ConnectionLifecycle(this.hubs, config, log, metrics, this.othersCanTake, (connection, reason) => {
       const hub = this.hub(connection.hub);

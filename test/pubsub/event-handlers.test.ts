@@ -9,6 +9,7 @@ import { describe, it, type TestContext } from 'node:test';
 import type { HubConfig } from '../../src/config/types.ts';
 import { AbuseProtection } from '../../src/pubsub/abuse-protection.ts';
 import { EventHandler, HandlerError, HandlerTransport, deliverToHandler, handlerForSystemEvent, handlerForUserEvent, handlersOf, type HandlerRequest } from '../../src/pubsub/event-handlers.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
 const base = { timeoutMs: 1000, retries: 0, retryDelayMs: 10 };
@@ -47,6 +48,13 @@ describe('event handler settings', () => {
     assert.equal(migrated.takesSystemEvent('connect'), false);
     assert.equal(migrated.validated, false);
     assert.equal(migrated.urlFor('h', 'x'), 'http://u/events');
+  });
+
+  it("says the older upstream was migrated without its query, where an Azure Function's key travels (before: logged at warn on every start)", async (t) => {
+    const captured = captureLogger('info');
+    await startTestRelay(t, { pubsub: { hubs: [{ name: 'h', accessKey: 'k'.repeat(20), upstream: { url: 'http://127.0.0.1:9/api/webpubsub?code=FUNCTIONKEYSECRET' } }] } }, { log: captured.log });
+    assert.ok(captured.events().includes('config.upstream_migrated'));
+    assert.doesNotMatch(JSON.stringify(captured.lines()), /FUNCTIONKEYSECRET/);
   });
 });
 
