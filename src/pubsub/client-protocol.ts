@@ -72,6 +72,9 @@ function ackWithRetries(ctx: ClientProtocolContext, connection: PubSubConnection
   for (let i = 0; i < retries; i++) ack(ctx, connection, ackId, error ?? 'Duplicate', detail);
 }
 
+/** Longest ackId that is not one the relay echoes in its BadRequest ack (as written, quotes included). */
+const MAX_ECHOED_ACK_ID = 66;
+
 export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
   if (isBinary) return ctx.endConnection(connection, 'BinaryFrame');
   let message: unknown;
@@ -85,12 +88,19 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   if (!validatePubSubEnvelope(message)) return ctx.endConnection(connection, 'InvalidMessage');
   const m = message as Upstream;
   const ackId = Number.isSafeInteger(m.ackId) && (m.ackId as number) >= 0 ? m.ackId : undefined;
-  if (ackId === undefined && typeof m.ackId === 'number') {
+  if (ackId === undefined && m.ackId !== undefined) {
     // Past 2^53 - 1 (or negative, or not whole) an ackId cannot be remembered
-    // exactly: the request is refused, and answered with the ackId as written.
+    // exactly, and one that is not a number is none: the request is refused,
+    // and answered with the ackId as written (before, a string, true or null
+    // was refused without a word, and a client waiting for its ack hung). One
+    // too odd to echo (an object, an array, a long string) ends the connection,
+    // as Azure declines a client whose message does not match the protocol.
+    const written = rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId);
+    if (typeof m.ackId === 'object' && m.ackId !== null) return ctx.endConnection(connection, 'InvalidMessage');
+    if (written.length > MAX_ECHOED_ACK_ID) return ctx.endConnection(connection, 'InvalidMessage');
     ctx.countAck('BadRequest');
     const detail = 'ackId must be an integer from 0 to 2^53 - 1';
-    return connection.sendControl(ackFrame(rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId), { name: 'BadRequest', message: detail }));
+    return connection.sendControl(ackFrame(written, { name: 'BadRequest', message: detail }));
   }
   // Azure's .NET client writes dataType as its enum's names ("Json", "Text", "Binary") and Azure takes them: before,
   // every send and event of that SDK was refused BadRequest (and a fire-and-forget one lost without a word).

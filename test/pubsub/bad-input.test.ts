@@ -132,6 +132,24 @@ describe('pub/sub bad input', () => {
     assert.equal(largest.success, true, '2^53 - 1 is a valid ackId');
   });
 
+  it('answers an ackId that is not a number with BadRequest, echoing it as written, and ends a client whose ackId is too odd to echo', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const raw: string[] = [];
+    c.ws.on('message', (data) => raw.push(String(data)));
+    // Before: refused without a word; a client waiting for the ack hung.
+    for (const ackId of ['"7"', 'true', 'null', '"x"']) {
+      c.send(`{"type":"joinGroup","group":"g","ackId":${ackId}}`);
+      await until(() => raw.some((m) => m.includes(`"ackId":${ackId},`)), 5000, `the ack for ${ackId}`);
+      const ack = JSON.parse(raw.find((m) => m.includes(`"ackId":${ackId},`))!);
+      assert.deepEqual([ack.type, ack.success, ack.error.name], ['ack', false, 'BadRequest'], ackId);
+    }
+    assert.equal([...relay.pubsub.hub(HUB)!.local.connections.values()][0].groups.size, 0, 'none was processed');
+    c.send(`{"type":"joinGroup","group":"g","ackId":{"n":1}}`);
+    await withTimeout(c.closed, 5000, 'the connection ended');
+    assert.ok(raw.some((m) => m.includes('"event":"disconnected"')), raw.join('\n'));
+  });
+
   it('keeps odd group names apart, and hubs apart', async (t) => {
     const relay = await startPubSubRelay(t);
     const names = ['a', 'a.b', 'a.*', 'a.>', '*', '>', 'a b', 'ü.☃', 'a/b', 'A'];
