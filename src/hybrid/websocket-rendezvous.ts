@@ -188,13 +188,16 @@ function completeConnect(
   }
 
   const rejectCode = params.get('sb-hc-statusCode') ?? params.get('statusCode');
-  if (rejectCode !== null) {
-    const status = Number(rejectCode);
-    const inRange = Number.isInteger(status) && status >= 400 && status <= 599;
+  const given = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
+  // A description without a code is a reject too (Azure requires both): before, the connection was spliced.
+  if (rejectCode !== null || given !== undefined) {
+    // Three digits, as .NET writes an int: `0x194`, `4.04e2` or ` 404 ` are not a status (Number() read them as 404).
+    const status = rejectCode !== null && /^[0-9]{3}$/.test(rejectCode) ? Number(rejectCode) : 0;
+    const inRange = status >= 400 && status <= 599;
     const code = inRange ? status : 400;
     // A description written for another status (a 302's "Found") would read as the 400's own phrase: it is named as the listener's.
-    const given = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
-    const description = inRange ? given : `Rejected by the listener with status ${rejectCode}${given ? `: ${given}` : ''}`;
+    const said = rejectCode === null ? 'without a status' : `with status ${rejectCode}`;
+    const description = inRange ? given : `Rejected by the listener ${said}${given ? `: ${given}` : ''}`;
     log.info({ event: 'connect.rejected', status: code });
     countConnectFailure(ctx, 'RejectedByListener', pending.entity, code);
     writeUpgradeError(sender, code, description, 'RejectedByListener');

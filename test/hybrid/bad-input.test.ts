@@ -143,6 +143,19 @@ describe('rendezvous', () => {
     await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 400 && err.statusMessage === 'Rejected by the listener with status 302: Found');
   });
 
+  it('reads a reject status as three digits only, and a description without a status as a reject (before: 0x194 was 404, and a description alone was spliced)', async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    for (const code of ['0x194', '4.04e2', '%20404%20', '4040']) {
+      const { sender, accept } = await next();
+      assert.equal(await upgradeStatus(`${accept.address}&sb-hc-statusCode=${code}&sb-hc-statusDescription=No`), 410, code);
+      await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 400 && /^Rejected by the listener with status .*: No$/.test(err.statusMessage ?? ''), code);
+    }
+    const { sender, accept } = await next();
+    assert.equal(await upgradeStatus(`${accept.address}&sb-hc-statusDescription=Not%20now`), 410);
+    await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 400 && err.statusMessage === 'Rejected by the listener without a status: Not now');
+  });
+
   it('answers 404 to an address used twice or never issued', async (t) => {
     const r = await relayFor(t);
     const { next } = await listenerAndSender(t, r);
