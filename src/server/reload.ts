@@ -46,8 +46,8 @@ function restartOnly(c: RelayConfig): Record<string, unknown> {
     'listen.port': c.listen.port,
     'listen.tls': c.listen.tls !== undefined,
     'listen.proxyProtocol': c.listen.proxyProtocol,
-    'listen.tls.requestCert': c.listen.tls?.requestCert,
-    'listen.tls.requireClientCert': c.listen.tls?.requireClientCert,
+    // Only with TLS on: turned off, 'listen.tls' says it (before, these two were listed as well).
+    ...(c.listen.tls ? { 'listen.tls.requestCert': c.listen.tls.requestCert, 'listen.tls.requireClientCert': c.listen.tls.requireClientCert } : {}),
     publicUrl: c.publicUrl,
     bus: c.bus,
     timeouts: c.timeouts,
@@ -104,7 +104,8 @@ function canonicalJson(value: unknown): string | undefined {
 export function restartOnlyChanges(live: RelayConfig, next: RelayConfig): string[] {
   const before = restartOnly(live);
   const after = restartOnly(next);
-  return Object.keys(before).filter((k) => !same(before[k], after[k]));
+  // Keys one side has only with TLS on are compared when both have them ('listen.tls' covers the rest).
+  return Object.keys(before).filter((k) => k in after && !same(before[k], after[k]));
 }
 
 /** Applies a config that loaded; returns what changed, for the log and the reload endpoint's answer. */
@@ -123,9 +124,12 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
     hub.durable = was.durable;
     hub.history = was.history;
   }
-  const changed = (['sas', 'rotationGraceSeconds', 'namespaceHosts', 'autoCreate', 'hybridConnections', 'limits', 'log', 'metrics'] as const).filter(
+  const changed = (['sas', 'rotationGraceSeconds', 'namespaceHosts', 'autoCreate', 'hybridConnections', 'limits', 'metrics'] as const).filter(
     (k) => !same(live[k], next[k]),
   );
+  // The level is what a reload applies of `log` (bufferBytes waits for a restart, so the live one stays as it was:
+  // comparing the whole object listed `log` as changed on every reload after a bufferBytes edit).
+  if (live.log.level !== next.log.level) changed.push('log' as never);
   if (!same(live.pubsub.hubs, next.pubsub.hubs)) changed.push('pubsub' as never);
   if (!same(live.listen.trustProxy, next.listen.trustProxy)) changed.push('listen.trustProxy' as never);
   const tlsFiles = (c: RelayConfig) => c.listen.tls && [c.listen.tls.certFile, c.listen.tls.keyFile, c.listen.tls.caFile, c.listen.tls.minVersion];

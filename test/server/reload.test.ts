@@ -15,6 +15,8 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { connect as natsConnect } from 'nats';
 import { loadConfig } from '../../src/config/load.ts';
+import type { ListenTlsConfig, RelayConfig } from '../../src/config/types.ts';
+import { restartOnlyChanges } from '../../src/server/reload.ts';
 import { delayStreamBounds } from '../helpers/cluster.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { httpRequest } from '../helpers/http.ts';
@@ -546,5 +548,24 @@ describe('reload without a restart', () => {
     assert.equal(sent.success, true, JSON.stringify(sent));
     // Before: the join was stored (and acknowledged) before the edge asked where the stream ends, so it never applied it.
     await client.waitFor((m) => m.type === 'message' && m.data === 'to the group', 5000, 'the event to the group it joined');
+  });
+
+  it('reports what a reload changed truly: not `log` again after a log.bufferBytes edit, and TLS turned off as listen.tls alone (found by review)', async (t) => {
+    const config = (bufferBytes: number) => ({ log: { level: 'warn', bufferBytes } });
+    const { file, write } = configFile(t, testConfig(config(1 << 20)));
+    const relay = await startTestRelay(t, config(1 << 20), { loadConfig: () => loadConfig(file, {}, {}) });
+    write(testConfig(config(2 << 20)));
+    const first = relay.reload('api');
+    assert.ok(first.ok, JSON.stringify(first));
+    assert.deepEqual([first.changes.changed, first.changes.restartNeeded], [[], ['log.bufferBytes']]);
+    // Again, nothing new: before, `log` was listed as changed on every reload from then on.
+    const second = relay.reload('api');
+    assert.ok(second.ok, JSON.stringify(second));
+    assert.deepEqual([second.changes.changed, second.changes.restartNeeded], [[], ['log.bufferBytes']]);
+    const plain = loadConfig(file, {}, {});
+    const tls: ListenTlsConfig = { certFile: '/c.pem', keyFile: '/k.pem', minVersion: 'TLSv1.2', requestCert: false, requireClientCert: 'none' };
+    const withTls: RelayConfig = { ...plain, listen: { ...plain.listen, tls } };
+    assert.deepEqual(restartOnlyChanges(withTls, plain), ['listen.tls']);
+    assert.deepEqual(restartOnlyChanges(plain, withTls), ['listen.tls']);
   });
 });
