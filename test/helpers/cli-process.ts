@@ -17,6 +17,8 @@ export interface CliProcess {
   lines: string[];
   stderr(): string;
   exited: Promise<number | null>;
+  /** The process id (the launcher execs node: the same process). */
+  pid: number | undefined;
   /** Sends the process a signal (SIGTERM, as systemd or Ctrl-C would). */
   signal(signal: NodeJS.Signals): void;
 }
@@ -33,5 +35,5 @@ export function runCli(t: Pick<TestContext, 'after'>, args: string[], env?: Node
   let err = '';
   child.stdout.on('data', (d: Buffer) => lines.push(...d.toString().split('\n').filter(Boolean)));
   child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  return { lines, stderr: () => err, exited: exitedWithOutput(child), signal: (signal) => void child.kill(signal) };
+  return { lines, stderr: () => err, exited: exitedWithOutput(child), pid: child.pid, signal: (signal) => void child.kill(signal) };
 }
