@@ -52,7 +52,7 @@ export const PUBSUB_ERRORS = {
   // An open connection is ended with these close codes.
   SessionNotFound: { status: 404, closeCode: 1008, message: 'The session cannot be recovered' },
   InvalidMessage: { status: 400, closeCode: 1008, message: 'The frame is not a JSON object with a type' },
-  BinaryFrame: { status: 400, closeCode: 1003, message: 'Binary frames are not part of the JSON subprotocols' },
+  BinaryFrame: { status: 400, closeCode: 1007, message: 'A binary frame on a JSON subprotocol must hold the message as UTF-8' },
   SlowConsumer: { status: 503, closeCode: 1008, message: 'The client did not read fast enough; its outbound buffer is full' },
   SessionBufferFull: { status: 503, closeCode: 1008, message: 'Too many unacknowledged messages; the session is closed' },
   StreamGap: { status: 503, closeCode: 1008, message: "This edge missed events of the hub's stream (its limits dropped them before it read them): reconnect for a new session" },

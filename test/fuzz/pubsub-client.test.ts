@@ -85,7 +85,8 @@ describe('pub/sub client protocol (fuzzed)', () => {
         }
         if (closed && closed.code !== 1005 && closed.code !== 1006) {
           assert.ok(CLOSE_CODES.has(closed.code), `closed with ${closed.code}`);
-          if (closed.code === 1008 || closed.code === 1003) assert.ok(closed.reason in PUBSUB_ERRORS, closed.reason);
+          // 1007 is also the socket's own close for a text frame that is not UTF-8; a binary one's says BinaryFrame.
+          if (closed.code === 1008) assert.ok(closed.reason in PUBSUB_ERRORS, closed.reason);
         }
         if (!closed) {
           for (const f of frames) {

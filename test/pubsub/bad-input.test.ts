@@ -53,7 +53,8 @@ describe('pub/sub bad input', () => {
       ['not JSON', (c) => c.send('{nope'), 1008],
       ['a JSON array', (c) => c.send('[1,2]'), 1008],
       ['no type', (c) => c.send({ group: 'g' }), 1008],
-      ['binary frame', (c) => c.ws.send(Buffer.from([1, 2, 3])), 1003],
+      ['binary frame, not UTF-8', (c) => c.ws.send(Buffer.from([0xff, 0xfe, 0x7b])), 1007],
+      ['binary frame, UTF-8 but not JSON', (c) => c.ws.send(Buffer.from([1, 2, 3])), 1008],
       ['frame over the limit', (c) => c.send({ type: 'event', event: 'e', data: 'x'.repeat(5000) }), 1009],
     ];
     for (const [what, act, code] of cases) {
@@ -65,6 +66,17 @@ describe('pub/sub bad input', () => {
     }
     const c = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
     await c.waitFor((m) => m.event === 'connected');
+  });
+
+  it('takes a message in a binary frame as UTF-8 JSON, as Azure does (before: closed 1003)', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ['webpubsub.joinLeaveGroup', 'webpubsub.sendToGroup'] }), PLAIN, t);
+    await c.waitFor((m) => m.event === 'connected');
+    c.ws.send(Buffer.from(JSON.stringify({ type: 'joinGroup', group: 'bytes', ackId: 1 }), 'utf8'));
+    assert.equal((await c.waitFor((m) => m.type === 'ack' && m.ackId === 1)).success, true);
+    c.ws.send(Buffer.from(JSON.stringify({ type: 'sendToGroup', group: 'bytes', dataType: 'text', data: 'grüße', ackId: 2 }), 'utf8'));
+    assert.equal((await c.waitFor((m) => m.type === 'ack' && m.ackId === 2)).success, true);
+    assert.equal((await c.waitFor((m) => m.type === 'message' && m.group === 'bytes')).data, 'grüße');
   });
 
   it('acknowledges a message read with a frame over the limit before it closes 1009', async (t) => {
