@@ -28,6 +28,17 @@ import { TransientMap } from '../collections/transient-map.ts';
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
 export type ListenerResponse = HttpResponseHead;
 
+/**
+ * A `response` that passed its schema, its statusCode a number: Azure's
+ * protocol document writes it as a string in its example ("200"), which the
+ * schema takes as three digits. Before, such an answer failed 502.
+ */
+export function listenerResponseOf(validated: { response: unknown }): ListenerResponse {
+  const response = validated.response as Omit<ListenerResponse, 'statusCode'> & { statusCode: number | string };
+  if (typeof response.statusCode === 'string') response.statusCode = Number(response.statusCode);
+  return response as ListenerResponse;
+}
+
 export interface ControlChannelHooks {
   /** Checks a renewed token; returns its expiry (unix s) or an error code. */
   renewToken(channel: ControlChannel, token: string): number | HybridErrorCode;
@@ -181,7 +192,7 @@ export class ControlChannel {
       }
       return;
     }
-    const response = msg.response!;
+    const response = listenerResponseOf(msg as { response: unknown });
     const bodyTarget = this.hooks.response(this, response);
     if (response.body) this.bodyConsumer = bodyTarget ?? discardBody;
   }

@@ -21,7 +21,7 @@ import { CloseHandshake } from '../websocket/close-handshake.ts';
 import { CLOSE_INVALID_DATA, CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { countHttpStatus, partsAllowed, pathOf, pendingLimitReached, rendezvousAddress, type HybridContext } from './context.ts';
-import type { ChannelExchange, ListenerResponse } from './control-channel.ts';
+import { listenerResponseOf, type ChannelExchange, type ListenerResponse } from './control-channel.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { NONE_TOOK_OVER, type ListenerNotice, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
@@ -458,7 +458,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         return this.fail('BadListenerResponse');
       }
       if (!validateHttpResponseMessage(message)) return this.fail('BadListenerResponse');
-      const response = (message as { response: ListenerResponse }).response;
+      const response = listenerResponseOf(message as { response: unknown });
       if (response.requestId !== this.id || this.head) return this.fail('BadListenerResponse');
       if (!this.acceptHead(response)) return;
       if (response.body) {

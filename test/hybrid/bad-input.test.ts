@@ -332,8 +332,8 @@ describe('HTTP mode failures', () => {
     const one = (await l.next()).request;
     const second = httpRequest(`${r.url}/open/second`);
     const two = (await l.next()).request;
-    // A status as text, and a body said to follow: the body is read and dropped, not taken for the next answer.
-    l.ws.send(JSON.stringify({ response: { requestId: one.id, statusCode: '200', body: true } }));
+    // A status that is not three digits, and a body said to follow: the body is read and dropped, not taken for the next answer.
+    l.ws.send(JSON.stringify({ response: { requestId: one.id, statusCode: '2OO', body: true } }));
     l.ws.send(Buffer.from('dropped'));
     // node:http's setHeader takes numbers and booleans (hyco-https passes them on as set): written as text.
     l.ws.send(JSON.stringify({ response: { requestId: two.id, statusCode: 200, responseHeaders: { 'x-cache-hit': true, 'x-n': [1, 'b'] }, body: true } }));
@@ -347,6 +347,25 @@ describe('HTTP mode failures', () => {
     assert.equal(good.headers['x-cache-hit'], 'true');
     assert.equal(good.headers['x-n'], '1, b');
     assert.equal(r.hybrid.openConnections().listener, 1, 'the control channel stays open');
+  });
+
+  it("takes a status written as three digits in a string, as Azure's protocol document's example writes it (before: 502)", async (t) => {
+    const r = await relayFor(t);
+    const l = await RawListener.connect(listen(r, 'open'), tokenFor(listen(r, 'open')));
+    t.after(() => l.close());
+    const pending = httpRequest(`${r.url}/open/created`);
+    const { request } = await l.next();
+    l.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: '201', statusDescription: 'Created', body: true } }));
+    l.ws.send(Buffer.from('made'));
+    const res = await pending;
+    assert.equal(res.status, 201);
+    assert.equal(String(res.body), 'made');
+    for (const odd of ['2010', ' 201', '0x1', '099']) {
+      const refused = httpRequest(`${r.url}/open/odd`);
+      const next = await l.next();
+      l.ws.send(JSON.stringify({ response: { requestId: next.request.id, statusCode: odd } }));
+      assert.equal((await refused).status, 502, odd);
+    }
   });
 
   it('survives raw garbage on the HTTP port', async (t) => {
