@@ -200,7 +200,7 @@ function completeConnect(
     const description = inRange ? given : `Rejected by the listener ${said}${given ? `: ${given}` : ''}`;
     log.info({ event: 'connect.rejected', status: code });
     countConnectFailure(ctx, 'RejectedByListener', pending.entity, code);
-    writeUpgradeError(sender, code, description, 'RejectedByListener');
+    writeUpgradeError(sender, code, description, 'RejectedByListener', {}, true);
     return failUpgrade(listenerSocket, 'RendezvousRejected');
   }
 

@@ -60,16 +60,19 @@ export function safeReason(text: string | undefined, status: number, latin1 = fa
   return cleaned || STATUS_CODES[status] || 'Error';
 }
 
-/** Answers an upgrade request with an HTTP error (and `headers`, names and values the caller's own) and closes the socket. */
-export function writeUpgradeError(socket: Duplex, status: number, reason?: string, code?: string, headers: Record<string, string> = {}): void {
+/**
+ * Answers an upgrade request with an HTTP error (and `headers`, names and values the caller's own) and closes the
+ * socket. With `latin1` the reason phrase keeps Latin-1 letters, written as Latin-1 bytes (a listener's reject
+ * description, as HTTP mode passes its statusDescription on: `Grüße` reached the sender as `Gr  e`); the JSON body
+ * says it whole, as UTF-8.
+ */
+export function writeUpgradeError(socket: Duplex, status: number, reason?: string, code?: string, headers: Record<string, string> = {}, latin1 = false): void {
   if (socket.destroyed) return;
-  const phrase = safeReason(reason, status);
-  const body = JSON.stringify({ code: code ?? phrase, message: phrase }) + '\n';
+  const phrase = safeReason(reason, status, latin1);
+  const body = JSON.stringify({ code: code ?? phrase, message: latin1 ? (reason ?? '').slice(0, 256) || phrase : phrase }) + '\n';
   const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
-  socket.end(
-    `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\n${extra}Content-Type: application/json\r\n` +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
+  const head = `HTTP/1.1 ${status} ${phrase}\r\nConnection: close\r\n${extra}Content-Type: application/json\r\n` + `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n`;
+  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), Buffer.from(body, 'utf8')]));
   // end() closes only our side (the HTTP server allows half-open sockets): a
   // client that never closes its own would keep the socket, and its place in
   // the connection counts, for good.

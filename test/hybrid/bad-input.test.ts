@@ -143,6 +143,14 @@ describe('rendezvous', () => {
     await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 400 && err.statusMessage === 'Rejected by the listener with status 302: Found');
   });
 
+  it("passes a reject description's Latin-1 letters on in the reason phrase, and the whole of it in the body (before: 'Grüße' reached the sender as 'Gr  e')", async (t) => {
+    const r = await relayFor(t);
+    const { next } = await listenerAndSender(t, r);
+    const { sender, accept } = await next();
+    assert.equal(await upgradeStatus(`${accept.address}&sb-hc-statusCode=403&sb-hc-statusDescription=${encodeURIComponent('Zugriff verweigert: Grüße – 日本')}`), 410);
+    await assert.rejects(sender, (err: { status?: number; statusMessage?: string }) => err.status === 403 && err.statusMessage === 'Zugriff verweigert: Grüße');
+  });
+
   it('reads a reject status as three digits only, and a description without a status as a reject (before: 0x194 was 404, and a description alone was spliced)', async (t) => {
     const r = await relayFor(t);
     const { next } = await listenerAndSender(t, r);
