@@ -153,7 +153,13 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.id = ctx.newRendezvousId();
     this.route = routes.routeTo(entity);
     this.timer = setTimeout(() => this.waitedTooLong(), ctx.config.timeouts.httpResponseMs);
-    res.on('close', () => this.senderGone());
+    res.on('close', () => {
+      // Its connection closed: nothing is left to watch (before, the stall timer held this exchange, its sockets and
+      // route, for the rest of senderStallMs after a sender that had read slowly hung up).
+      clearTimeout(this.senderStall);
+      this.senderStall = undefined;
+      this.senderGone();
+    });
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
   }
@@ -168,7 +174,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.senderStall = undefined;
     if (!on || this.res.destroyed || this.res.writableFinished) return;
     const ms = this.ctx.config.timeouts.senderStallMs;
-    // Checked when it fires rather than cleared at the response's end: no listeners per request.
+    // Checked when it fires rather than cleared at the response's end (no listeners per request); cleared when the
+    // response closes, on the listener the exchange has anyway.
     this.senderStall = setTimeout(() => {
       if (this.res.destroyed || this.res.writableFinished) return;
       this.log.info({ event: 'http.sender_stalled', ms });

@@ -3,6 +3,8 @@
 // it holds neither the connection nor the listener's rendezvous (as nginx's
 // send_timeout does).
 import { connect } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { describe, it } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
@@ -36,5 +38,40 @@ describe('a sender that never reads its response', () => {
     sender.on('close', () => (closed = true));
     sender.resume();
     await until(() => closed, 5000, 'the sender connection to close');
+  });
+});
+
+describe('a sender that read slowly and hung up', () => {
+  it('leaves nothing held by the stall watch: its exchange is collectable at once, not after senderStallMs', async (t) => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const relay = await startTestRelay(t, { timeouts: { senderStallMs: 60000 } });
+    await startHycoHttpsListener(t, relay.url, (req, res) => {
+      req.resume();
+      res.setHeader('content-type', 'application/octet-stream');
+      const piece = Buffer.alloc(65536, 3);
+      const timer = setInterval(() => res.write(piece), 5);
+      res.on('error', () => clearInterval(timer));
+      res.on('close', () => clearInterval(timer));
+      cleanupFor(t).after(() => clearInterval(timer));
+    });
+    const url = `${relay.url}/echo/stream`;
+    const sender = connect(relay.port, '127.0.0.1');
+    cleanupFor(t).after(() => sender.destroy());
+    sender.on('error', () => {});
+    sender.write(`GET /echo/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${tokenFor(url)}\r\n\r\n`);
+    sender.pause();
+    await until(() => relay.hybrid.openConnections().http_request === 1, 5000, 'the request to be relayed');
+    const table = (relay.hybrid as unknown as { ctx: { rendezvous: { entries: { values(): object[] } } } }).ctx.rendezvous;
+    const exchange = new WeakRef(table.entries.values()[0]);
+    // Its writes back up (the relay watches for a stall), then it hangs up.
+    await until(() => (exchange.deref() as { senderStall?: unknown } | undefined)?.senderStall !== undefined, 10000, 'the stall watch to start');
+    sender.destroy();
+    await until(() => relay.hybrid.openConnections().http_request === 0, 10000, 'the exchange to end');
+    // Before: the stall timer held it (its sockets, route and channel) for the rest of the 60 s.
+    await until(() => {
+      gc();
+      return exchange.deref() === undefined;
+    }, 10000, 'the exchange to be collected');
   });
 });
