@@ -344,14 +344,29 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     if (this.finished || this.head) return undefined;
     if (!this.acceptHead(response)) return undefined;
     if (!response.body) {
-      if (this.writeHead()) this.endBody();
+      if (!this.declaredLengthIs(0)) this.fail('BadListenerResponse');
+      else if (this.writeHead()) this.endBody();
       return undefined;
     }
     return (body) => {
-      if (this.finished || !this.writeHead()) return;
-      if (!this.body!.fits(body)) return this.fail('BadListenerResponse');
+      if (this.finished) return;
+      if (!this.declaredLengthIs(body.length)) return this.fail('BadListenerResponse');
+      if (!this.writeHead()) return;
       this.endBody(body);
     };
+  }
+
+  /**
+   * For a body that comes whole with its head (on the control channel): whether the head's Content-Length, if it
+   * has one that counts on the wire, says `length`. Checked before the head goes out, so that a listener's wrong
+   * length is answered 502 BadListenerResponse, as a doubled one is (before: the head went out, then the sender's
+   * connection was cut without a byte of explanation).
+   */
+  private declaredLengthIs(length: number): boolean {
+    const { status, headers } = this.head!;
+    const declared = headers['content-length'];
+    const onTheWire = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
+    return declared === undefined || !onTheWire || Number(declared) === length;
   }
 
   badResponse(): void {

@@ -56,14 +56,17 @@ async function answer(listener: RawListener, headers: Record<string, unknown>, b
 const statusLines = (bytes: Buffer) => bytes.toString('latin1').match(/HTTP\/1\.1 \d{3}/g) ?? [];
 
 describe('HTTP mode: the relay frames response bodies', () => {
-  it('cuts a body longer than its Content-Length instead of letting the rest read as a second response', async (t) => {
+  it('answers 502 for a body on the control channel longer than its Content-Length, never letting the rest read as a second response', async (t) => {
     const { relay, listener } = await relayWithListener(t);
     const sender = await tcp(t, relay.port);
     ask(sender, '/open/a');
     await answer(listener, { 'content-length': '2' }, INJECTED);
-    const seen = await readUntilCloseOr(sender, (b) => statusLines(b).length > 1, 5000, 'the cut connection');
-    assert.ok(statusLines(seen.bytes).length <= 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
-    assert.ok(seen.closed);
+    // The body comes whole with its head: the mismatch is known before the head goes out (before: the head went out,
+    // then the connection was cut, the sender told nothing).
+    const seen = await readUntilCloseOr(sender, (b) => b.includes('"BadListenerResponse"'), 5000, 'the 502');
+    assert.match(seen.bytes.toString('latin1'), /^HTTP\/1\.1 502 /);
+    assert.equal(statusLines(seen.bytes).length, 1, `the sender read a forged response: ${seen.bytes.toString('latin1')}`);
+    assert.doesNotMatch(seen.bytes.toString('latin1'), /x-injected/);
   });
 
   it('refuses two different Content-Length values (in any spelling) with 502', async (t) => {
@@ -78,13 +81,19 @@ describe('HTTP mode: the relay frames response bodies', () => {
     }
   });
 
-  it('cuts at once a body that ends short of its Content-Length, rather than leaving the sender waiting', async (t) => {
+  it('answers 502 at once for a body on the control channel short of its Content-Length (or none where one is declared), rather than leaving the sender waiting', async (t) => {
     const { relay, listener } = await relayWithListener(t);
     const sender = await tcp(t, relay.port);
     ask(sender, '/open/c');
     await answer(listener, { 'content-length': '1000' }, 'short');
-    // The keep-alive timeout (5 s) would end it too: the cut must come well before.
-    await readToClose(sender, 2000, 'the cut connection');
+    // The keep-alive timeout (5 s) would end it too: the answer must come well before. Before: cut without a word.
+    const short = await readUntil(sender, (b) => b.includes('"BadListenerResponse"'), 2000, 'the 502');
+    assert.match(short.toString('latin1'), /^HTTP\/1\.1 502 /);
+    // No body said to follow, a length declared: the same.
+    const other = await tcp(t, relay.port);
+    ask(other, '/open/c2');
+    await answer(listener, { 'content-length': '5' });
+    assert.match((await readUntil(other, (b) => b.includes('"BadListenerResponse"'), 2000, 'the 502')).toString('latin1'), /^HTTP\/1\.1 502 /);
   });
 
   it("fails the relay's own request (hc:// event handlers) at once when the answer ends short, not at its timeout", async (t) => {
