@@ -13,3 +13,21 @@ export function isHostAuthority(value: string): boolean {
 export function hostBeforePort(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
+
+/** RFC 3986's host (an IP literal in brackets, or a reg-name: unreserved, sub-delims, %-escapes) and an optional port. */
+const REQUEST_AUTHORITY = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?$/;
+
+/**
+ * Whether a request's Host lines are one (or none, HTTP/1.0) and hold an
+ * authority: RFC 9112 3.2 has a server answer 400 to more than one, or to one
+ * that is not a valid host. Node keeps the first of several, where a proxy
+ * before the relay may have read another; and `Host: a/b?c#d` was taken.
+ */
+export function hostLinesValid(rawHeaders: readonly string[]): boolean {
+  let seen = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i].length !== 4 || rawHeaders[i].toLowerCase() !== 'host') continue;
+    if (++seen > 1 || !REQUEST_AUTHORITY.test(rawHeaders[i + 1])) return false;
+  }
+  return true;
+}

@@ -14,7 +14,7 @@ import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress, connectionPeer } from '../http/client-address.ts';
-import { hostBeforePort } from '../http/host-header.ts';
+import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { handleOps } from '../ops/health.ts';
@@ -298,6 +298,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
+    if (!hostLinesValid(req.rawHeaders)) {
+      res.shouldKeepAlive = false;
+      return failEdgeRequest(res, 'BadRequest', 'more than one Host header, or one that is not a host');
+    }
     proxyTrust.apply(req);
     if (carriesBody(req)) boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
@@ -350,6 +354,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   };
 
   const onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    if (!hostLinesValid(req.rawHeaders)) {
+      socket.on('error', () => socket.destroy());
+      return failEdgeUpgrade(socket, 'BadRequest', 'more than one Host header, or one that is not a host');
+    }
     proxyTrust.apply(req);
     const r = route(req.url);
     if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {
