@@ -6,6 +6,7 @@ import { ConfigError } from '../config/errors.ts';
 import { readConfigFile } from '../config/load.ts';
 import { hubAccessKey } from '../config/secrets.ts';
 import { TLS_OPTIONS } from './tls-options.ts';
+import { validateHubName } from '../validation/schemas.ts';
 
 export interface HubAccess {
   /** The hub's name as configured (hubs are found case-insensitively). */
@@ -18,7 +19,9 @@ export interface HubAccess {
  * resolved (its `${ENV}` or `accessKeyFile`): the relay's other secrets need not be at hand.
  */
 export function resolveHubAccess(hub: string, key: string | undefined, configFile: string | undefined): HubAccess | string {
-  if (key !== undefined) return { hub, key };
+  // With a key the hub is as given: checked as the relay's config checks hub names (before, `--hub 'bad hub'` made
+  // a URL with a space in its path, which every relay refuses).
+  if (key !== undefined) return validateHubName(hub) ? { hub, key } : `--hub "${hub}" is not a hub name (a letter, then letters, digits or _, at most 128)`;
   if (!configFile) return '--key or --config is required';
   try {
     const found = hubAccessKey(readConfigFile(configFile), hub, { env: process.env, baseDir: dirname(configFile) });

@@ -22,6 +22,13 @@ function load(file: string): ValidateFunction {
 }
 
 export const validateConfig = load('config.schema.json');
+
+/** A hub's name as the config takes it (its schema's `hubName`): the CLI checks one given with `--key`. */
+export const validateHubName = ((): ValidateFunction => {
+  const validate = ajv.getSchema('https://edge-relay.dev/schemas/config.schema.json#/definitions/hubName');
+  if (!validate) throw new Error('schema definition hubName is missing');
+  return validate;
+})();
 // hc-response is referenced by hc-listener-message, so it is compiled first.
 export const validateHttpResponseMessage = load('hc-response.schema.json');
 export const validateListenerMessage = load('hc-listener-message.schema.json');

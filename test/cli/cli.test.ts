@@ -142,6 +142,13 @@ describe('edge-relay command line', () => {
     assert.equal([...(relay.pubsub.hub('chat')?.local.targets({ kind: 'user', name: 'alice' }) ?? [])].length > 0, true);
     assert.equal(run('token', 'client', '--hub', 'nohub', '--config', 'config/dev.json').status, 2);
     assert.equal(run('token', 'client', '--hub', 'chat').status, 2);
+    // A hub given with its key is checked as the config checks names (before: a URL with a space in its path).
+    for (const hub of ['bad hub', '1chat', 'a/b', 'x'.repeat(129)]) {
+      const refused = run('token', 'client', '--hub', hub, '--key', 'dev-only-hub-key-0123456789');
+      assert.equal(refused.status, 2, hub);
+      assert.match(refused.stderr, /is not a hub name/, hub);
+    }
+    assert.equal(run('token', 'client', '--hub', 'Chat_2', '--key', 'dev-only-hub-key-0123456789').status, 0);
     // From a production config only the hub's own key is resolved: before, every secret the config
     // names (here a SAS key's variable, not set for this command) had to be at hand.
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-hub-key-'));
