@@ -16,6 +16,7 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import { sendContinue } from '../http/expect-continue.ts';
+import { keepQueryParams } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
@@ -410,7 +411,10 @@ export class HybridService {
     // With autoCreate an entity not in the config exists while a listener holds it, on any edge.
     if (entity.dynamic && counted.listeners === 0) return refuse('EntityNotFound');
     const scheme = req.socket instanceof TLSSocket ? 'https' : 'http';
-    sendRuntimeInformation(res, runtimeInformationEntry(`${scheme}://${req.headers.host ?? this.publicHost}${req.url ?? ''}`, entity, counted.listeners));
+    // The entry names itself by the request's URL, without sb-hc-* parameters: a token sent as sb-hc-token was echoed.
+    const [path, query = ''] = splitOnce(req.url ?? '', '?');
+    const kept = keepQueryParams(query, (_pair, name) => !name.toLowerCase().startsWith('sb-hc-'));
+    sendRuntimeInformation(res, runtimeInformationEntry(`${scheme}://${req.headers.host ?? this.publicHost}${path}${kept ? `?${kept}` : ''}`, entity, counted.listeners));
     log.info({ event: 'http.runtime_information', listeners: counted.listeners });
   }
 
@@ -632,4 +636,10 @@ const NOTHING_BELOW: HybridPathBelow = { subPath: [], rawPath: '', rawQuery: '' 
 function trackingIdOf(params: URLSearchParams): string | undefined {
   const id = params.get('sb-hc-id');
   return id && TRACKING_ID.test(id) ? id : undefined;
+}
+
+/** `text` before and after the first `separator` (the rest undefined when there is none). */
+function splitOnce(text: string, separator: string): [string, string | undefined] {
+  const at = text.indexOf(separator);
+  return at < 0 ? [text, undefined] : [text.slice(0, at), text.slice(at + separator.length)];
 }

@@ -51,6 +51,13 @@ describe('runtime information (.NET GetRuntimeInformationAsync)', () => {
     }
     assert.deepEqual(seen, [], 'no listener was asked');
 
+    // A token sent in the query is not echoed in the entry's links (before: the whole request URL was).
+    const queryToken = encodeURIComponent(dotnetToken('echo'));
+    const viaQuery = await httpRequest(`${relay.url}/echo?api-version=2016-07&sb-hc-token=${queryToken}`, { headers: { 'X-PROCESS-AT': 'ServiceBus' } });
+    assert.equal(viaQuery.status, 200, viaQuery.body.toString('utf8'));
+    assert.doesNotMatch(viaQuery.body.toString('utf8'), /sb-hc-token|SharedAccessSignature|sig=/);
+    assert.match(viaQuery.body.toString('utf8'), /\/echo\?api-version=2016-07/);
+
     // Without X-PROCESS-AT it is any sender's request, relayed as before.
     const relayed = await httpRequest(`${relay.url}/echo?api-version=2016-07`, { headers: { ServiceBusAuthorization: tokenFor(`${relay.url}/echo`) } });
     assert.equal(relayed.body.toString('utf8'), 'from the listener');
