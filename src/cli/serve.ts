@@ -202,6 +202,13 @@ async function serveCommand(argv: string[]): Promise<number> {
     relay = await startRelay(config, log, { loadConfig: load, worker, onApiReload: worker === undefined ? undefined : reloadOtherWorkers });
   } catch (err) {
     // A certificate that cannot be used, a port that cannot be bound.
+    const code = (err as NodeJS.ErrnoException).code;
+    // A listen.host that names no interface of this machine is the config's fault: said so, 78 (before: getaddrinfo's words, 1).
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EADDRNOTAVAIL') {
+      process.stderr.write(`edge-relay: config: listen.host: "${config.listen.host}" is no address of this machine to listen on (${code})\n`);
+      log.flush();
+      return 78;
+    }
     process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
     log.flush();
     return err instanceof ConfigError ? 78 : 1;

@@ -100,7 +100,7 @@ function setPath(target: Record<string, unknown>, path: string, value: unknown):
 
 function coerce(key: keyof ConfigOverrides, value: string | number): unknown {
   if (key === 'listen.port' && typeof value === 'string') {
-    if (!/^\d+$/.test(value)) throw new ConfigError(`config: listen.port: "${value}" is not a port number`);
+    if (!/^\d+$/.test(value)) throw new ConfigError(`config: listen.port: "${value}" (from --port or EDGE_RELAY_PORT) is not a port number`);
     return Number(value);
   }
   if (key === 'bus.servers') return String(value).split(',').map((s) => s.trim()).filter((s) => s !== '');
@@ -129,12 +129,14 @@ function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOve
       if (key === 'bus.servers') setPath(merged, 'bus.kind', 'nats');
     }
   }
-  resolveSecrets(merged, sources);
+  const origins = resolveSecrets(merged, sources);
   const bus = merged.bus as Record<string, unknown> | undefined;
   if (!validateConfig(merged)) {
     // The schema's answer ("boolean schema is false") would not say what is missing.
     if (bus?.servers !== undefined && bus.kind !== 'nats') throw new ConfigError('config: /bus/servers: only with bus.kind "nats" (or --nats URLS, which sets both)');
-    throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}`);
+    // A key from a file or the environment is refused under the name it takes in the config: where it came from is said too.
+    const origin = origins.get(validateConfig.errors?.[0]?.instancePath ?? '');
+    throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}${origin ? ` (${origin})` : ''}`);
   }
   const config = merged as unknown as RelayConfig;
   config.nodeId ??= `${hostname().replace(/[^A-Za-z0-9._-]/g, '-')}-${process.pid}`;

@@ -77,31 +77,43 @@ function fromEnv(value: unknown, where: string, env: NodeJS.ProcessEnv): unknown
   return found;
 }
 
+/**
+ * Where secrets the config refers to came from, by the path the schema reports them under (`/pubsub/hubs/0/accessKey`
+ * -> `read from accessKeyFile hub.key`): a refusal of the key then says where to look.
+ */
+export type SecretOrigins = Map<string, string>;
+
 /** Fills `key` from `${ENV}` or `keyFile` (one of the two ways, not both) in one object of the raw config. */
-function resolveKey(item: Json, keyName: string, fileName: string, where: string, sources: SecretSources): void {
+function resolveKey(item: Json, keyName: string, fileName: string, where: string, sources: SecretSources, origins: SecretOrigins): void {
   if (item[keyName] !== undefined && item[fileName] !== undefined) {
     throw new ConfigError(`config: ${where}: give ${keyName} or ${fileName}, not both`);
   }
-  if (typeof item[fileName] === 'string') item[keyName] = readSecretFile(item[fileName] as string, `${where}/${fileName}`, sources.baseDir);
-  else if (item[keyName] !== undefined) item[keyName] = fromEnv(item[keyName], `${where}/${keyName}`, sources.env);
+  if (typeof item[fileName] === 'string') {
+    item[keyName] = readSecretFile(item[fileName] as string, `${where}/${fileName}`, sources.baseDir);
+    origins.set(`${where}/${keyName}`, `read from ${fileName} ${item[fileName] as string}`);
+  } else if (item[keyName] !== undefined) {
+    const ref = typeof item[keyName] === 'string' ? ENV_REFERENCE.exec(item[keyName] as string) : null;
+    item[keyName] = fromEnv(item[keyName], `${where}/${keyName}`, sources.env);
+    if (ref) origins.set(`${where}/${keyName}`, `read from environment variable ${ref[1]}`);
+  }
 }
 
 /**
  * Replaces secret references in a raw config (before validation, so the
  * schema checks the keys themselves): `${ENV}` values and key files.
  */
-export function resolveSecrets(raw: Json, sources: SecretSources): void {
+export function resolveSecrets(raw: Json, sources: SecretSources, origins: SecretOrigins = new Map()): SecretOrigins {
   if (Array.isArray(raw.sas)) {
     raw.sas.forEach((rule, i) => {
-      if (isObject(rule)) resolveKey(rule, 'key', 'keyFile', `/sas/${i}`, sources);
+      if (isObject(rule)) resolveKey(rule, 'key', 'keyFile', `/sas/${i}`, sources, origins);
     });
   }
   const hubs = isObject(raw.pubsub) ? raw.pubsub.hubs : undefined;
   if (Array.isArray(hubs)) {
     hubs.forEach((hub, i) => {
       if (!isObject(hub)) return;
-      resolveKey(hub, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources);
-      resolveKey(hub, 'secondaryAccessKey', 'secondaryAccessKeyFile', `/pubsub/hubs/${i}`, sources);
+      resolveKey(hub, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources, origins);
+      resolveKey(hub, 'secondaryAccessKey', 'secondaryAccessKeyFile', `/pubsub/hubs/${i}`, sources, origins);
     });
   }
   if (isObject(raw.bus)) {
@@ -109,6 +121,7 @@ export function resolveSecrets(raw: Json, sources: SecretSources): void {
       if (raw.bus[name] !== undefined) raw.bus[name] = fromEnv(raw.bus[name], `/bus/${name}`, sources.env);
     }
   }
+  return origins;
 }
 
 /**
@@ -123,7 +136,7 @@ export function hubAccessKey(raw: unknown, hub: string, sources: SecretSources):
   const i = hubs.findIndex((h) => isObject(h) && typeof h.name === 'string' && asciiLowerCase(h.name) === asciiLowerCase(hub));
   if (i < 0) return undefined;
   const found = { ...(hubs[i] as Json) };
-  resolveKey(found, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources);
+  resolveKey(found, 'accessKey', 'accessKeyFile', `/pubsub/hubs/${i}`, sources, new Map());
   if (typeof found.accessKey !== 'string' || found.accessKey === '') throw new ConfigError(`config: /pubsub/hubs/${i}: no accessKey`);
   return { name: found.name as string, accessKey: found.accessKey };
 }

@@ -102,4 +102,23 @@ describe('configuration', () => {
     assert.equal(r.status, 78);
     assert.match(r.stderr, /\/listen\/port: must be >= 0/);
   });
+
+  it('stops `serve` with 78 and listen.host named for a host that is none, or none of this machine (before: exit 1 with getaddrinfo\'s words)', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-config-'));
+    const file = join(dir, 'relay.json');
+    writeFileSync(file, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 } }));
+    const serve = (...flags: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, ...flags], { encoding: 'utf8', timeout: 20000 });
+    const notAHost = serve('--host', 'not a host!');
+    assert.equal(notAHost.status, 78, notAHost.stderr);
+    assert.match(notAHost.stderr, /listen\/host/);
+    // A name no resolver knows (RFC 6761's .invalid) or an address this machine does not have.
+    for (const host of ['no-such-host.invalid', '192.0.2.1']) {
+      const r = serve('--host', host);
+      assert.equal(r.status, 78, `${host}: ${r.stderr}`);
+      assert.match(r.stderr, /config: listen\.host: .* is no address of this machine to listen on/, host);
+    }
+    const port = serve('--port', 'abc');
+    assert.equal(port.status, 78);
+    assert.match(port.stderr, /from --port or EDGE_RELAY_PORT/);
+  });
 });

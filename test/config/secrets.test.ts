@@ -73,6 +73,14 @@ describe('secrets out of the config file', () => {
     for (const [raw, pattern] of cases) rejectsWith(() => loadConfig(write(dir, 'c.json', raw), {}, {}), pattern);
   });
 
+  it('says where a refused key came from: its file or its variable, never its value (before: only the key it fills)', (t) => {
+    const dir = folder(t);
+    write(dir, 'short.key', 'tiny5\n');
+    rejectsWith(() => loadConfig(write(dir, 'c.json', { pubsub: { hubs: [{ name: 'h', accessKeyFile: 'short.key' }] } }), {}, {}), /\/pubsub\/hubs\/0\/accessKey: .* \(read from accessKeyFile short\.key\)$/);
+    rejectsWith(() => loadConfig(write(dir, 'c.json', { sas: [{ keyName: 'r', key: '${SHORT_KEY}', rights: ['Send'] }] }), { SHORT_KEY: 'tiny5' }, {}), /\/sas\/0\/key: .* \(read from environment variable SHORT_KEY\)$/);
+    assert.throws(() => loadConfig(write(dir, 'c.json', { pubsub: { hubs: [{ name: 'h', accessKeyFile: 'short.key' }] } }), {}, {}), (err: Error) => !err.message.includes('tiny5'));
+  });
+
   it('checks trustProxy entries, TLS client-certificate settings and NATS credentials together', () => {
     const load = (raw: object) => () => {
       const dir = mkdtempSync(join(tmpdir(), 'edge-relay-secrets-'));
