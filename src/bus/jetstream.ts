@@ -13,6 +13,7 @@
 // (2.9 may place a new consumer on an offline node: the create times out and
 // is retried). Key-value compare-and-set is not relied on (it is not atomic in
 // 2.9 clusters before 2.9.21); a delete may name a revision as a guard.
+import { randomBytes } from 'node:crypto';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -460,6 +461,8 @@ export class JetStreamAccess {
       duplicate_window: nanos(duplicateWindowMs),
       num_replicas: this.replicas,
       allow_direct: true,
+      // Names this making of the stream (streamIdOf): kept by every later update, new when the stream is made again.
+      description: `${STREAM_ID_PREFIX}${randomBytes(9).toString('base64url')}`,
     };
   }
 
@@ -489,6 +492,8 @@ export class JetStreamAccess {
       // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
       // not advertised) must not take copies away from events already acknowledged.
       const { storage: _storage, ...update } = config;
+      // The stream's id stays what its making gave it (a stream of an older edge, without one, gets one now).
+      if (found.config.description?.startsWith(STREAM_ID_PREFIX)) update.description = found.config.description;
       const existing = found.config.num_replicas;
       if (existing > update.num_replicas) {
         this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
@@ -669,13 +674,13 @@ export class JetStreamAccess {
   // --- reading ----------------------------------------------------------------------
 
   /**
-   * The first and last sequence a stream holds now, and when it was made
-   * (JetStream's `created`: a stream lost and made again has another).
+   * The first and last sequence a stream holds now, and which making of it
+   * this is (`madeAs`: a stream lost and made again has another; streamIdOf).
    */
-  async bounds(stream: string): Promise<{ first: number; last: number; created: string }> {
+  async bounds(stream: string): Promise<{ first: number; last: number; madeAs: string }> {
     try {
       const info = await this.ready.jsm.streams.info(stream);
-      return { first: info.state.first_seq, last: info.state.last_seq, created: info.created };
+      return { first: info.state.first_seq, last: info.state.last_seq, madeAs: streamIdOf(info.config.description, info.created) };
     } catch (err) {
       // A hub about to read a stream that is not there (deleted, or skipped while a reload changed the list): made again.
       this.restoreIfNoStream(err, 'a stream asked where it ends was not there');
@@ -955,4 +960,19 @@ export class JetStreamAccess {
     for (const follower of [...this.followers]) follower.stop();
     for (const wake of this.readyWaiters.splice(0)) wake();
   }
+}
+
+/** What starts the description of a stream the relay made, before the id of that making. */
+const STREAM_ID_PREFIX = 'edge-relay stream ';
+
+/**
+ * Which making of a stream this is: the id the relay wrote in its description
+ * when it made it (updates keep it), or, for a stream made before the relay
+ * wrote one, when it was made. JetStream's `created` alone is no such id: a
+ * file-backed stream updated between two restarts of its server comes back
+ * with another (nats-server issue 8470, seen on 2.9.10), which made a history
+ * read as started over.
+ */
+export function streamIdOf(description: string | undefined, created: string): string {
+  return description?.startsWith(STREAM_ID_PREFIX) ? description.slice(STREAM_ID_PREFIX.length) : created;
 }

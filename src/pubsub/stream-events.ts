@@ -301,9 +301,9 @@ export class StreamEvents implements DurableEvents, HubHistory {
    */
   async read(group: string, after: number, limit: number): Promise<HistoryPage> {
     for (let attempt = 1; ; attempt++) {
-      const madeBefore = (await this.options.js.bounds(this.options.stream)).created;
+      const madeBefore = (await this.options.js.bounds(this.options.stream)).madeAs;
       const page = await this.readPage(group, after, limit);
-      const madeAfter = (await this.options.js.bounds(this.options.stream)).created;
+      const madeAfter = (await this.options.js.bounds(this.options.stream)).madeAs;
       if (madeAfter === madeBefore) return { ...page, historyId: streamHistoryId(this.options.stream, madeAfter) };
       if (attempt === 2) throw new StoreError('the stream was made again twice while its history was read');
     }
@@ -372,7 +372,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 }
 
-/** A JetStream history's id: its stream's name and the time it was made, hashed (opaque to readers). */
-function streamHistoryId(stream: string, created: string): string {
-  return createHash('sha256').update(`${stream}\0${created}`).digest('base64url').slice(0, 12);
+/** A JetStream history's id: its stream's name and which making of it this is, hashed (opaque to readers). */
+function streamHistoryId(stream: string, madeAs: string): string {
+  return createHash('sha256').update(`${stream}\0${madeAs}`).digest('base64url').slice(0, 12);
 }

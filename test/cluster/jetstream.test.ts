@@ -206,6 +206,28 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     assert.equal(again.body.messages[0].sequence, 1);
   });
 
+  it("keeps a history's id across restarts of its NATS server and updates of its stream (JetStream's created moves then)", async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startEdge(t, 'edge-a', [nats.url], HUBS);
+    await serviceClient(a).group('room').sendToAll(1);
+    const before = (await history(a, 'room')).body.historyId;
+    assert.equal(typeof before, 'string');
+    await nats.kill();
+    await nats.restart();
+    // An edge with other history limits updates the stream; then the server restarts again. nats-server 2.9.10 gives
+    // a file-backed stream another `created` after that (issue 8470): a history id made from it changed, and
+    // `sub --after` printed the whole history again as if it had started over.
+    const other = { pubsub: { hubs: [{ ...HUBS.pubsub.hubs[0], history: { maxMessages: 20000 } }, HUBS.pubsub.hubs[1]] } };
+    const b = await startEdge(t, 'edge-b', [nats.url], other);
+    await untilAnswered(async () => (await history(b, 'room')).status === 200, 20000, 'B reading the history');
+    await nats.kill();
+    await nats.restart();
+    await untilAnswered(async () => (await history(a, 'room')).status === 200, 20000, 'the history again');
+    assert.equal((await history(a, 'room')).body.historyId, before);
+    assert.equal((await history(b, 'room')).body.historyId, before);
+    assert.deepEqual((await history(a, 'room')).body.messages.map((m: any) => m.data), [1]);
+  });
+
   it('a reliable client whose edge is killed recovers on another edge: same connection, every event once and in order, sequence ids continuing', async (t) => {
     const { nats, edges } = await startCluster(t, 3, HUBS);
     const [a, b, c] = edges;
