@@ -14,8 +14,11 @@ export function hostBeforePort(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
-/** RFC 3986's host (an IP literal in brackets, or a reg-name: unreserved, sub-delims, %-escapes) and an optional port. */
-const REQUEST_AUTHORITY = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?$/;
+/**
+ * RFC 3986's host and an optional port: an IP literal in brackets (IPv6 with a zone id as Node's client writes it,
+ * `[fe80::1%eth0]`, or RFC 6874's `%25eth0`; or IPvFuture, `[v1.x]`), or a reg-name (unreserved, sub-delims, %-escapes).
+ */
+const REQUEST_AUTHORITY = /^(\[[0-9A-Fa-f:.]+(%[A-Za-z0-9\-._~%]+)?\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(:[0-9]*)?$/;
 
 /**
  * Whether a request's Host lines are one (or none, HTTP/1.0) and hold an

@@ -21,7 +21,7 @@ describe('the Host header', () => {
       const upgrade = `GET /$hc/echo?sb-hc-action=listen HTTP/1.1\r\n${hosts}Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n`;
       assert.match(await answerTo(upgrade), /^HTTP\/1\.1 400 /, `upgrade, ${hosts}`);
     }
-    for (const host of ['my_service:9400', 'relay.example.com', '[::1]:9400', '127.0.0.1']) {
+    for (const host of ['my_service:9400', 'relay.example.com', '[::1]:9400', '127.0.0.1', '[fe80::1%eth0]:9400', '[fe80::1%25eth0]', '[::1%lo]', '[v1.fe80::a+en1]:9400']) {
       assert.match(await answerTo(`GET /$relay/health HTTP/1.1\r\nHost: ${host}\r\n`), /^HTTP\/1\.1 200 /, host);
     }
     // HTTP/1.0 without one: served.
