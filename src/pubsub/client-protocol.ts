@@ -271,13 +271,14 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
  * events are blocking on Azure (the service waits for the answer before it
  * takes the connection's next message), so the state an answer sets
  * (ce-connectionState) reaches the next event, and the handler sees them in the
- * order sent. With one in flight the socket is not read until it is answered,
- * and those already read wait their turn in order (as a simple client's). Before,
- * 16 went at once: a counter kept in the state stayed at 1, and order was lost.
+ * order sent. With one in flight the next ones wait their turn in order, and the
+ * client is read on (its acks and pings) until too much waits (PubSubConnection.wait).
+ * Requests (joins, leaves, group sends) do not wait behind events. Before, 16
+ * events went at once: a counter kept in the state stayed at 1, and order was lost.
  */
 export const EVENTS_IN_FLIGHT = 1;
 
-/** `text` is the frame as read: the event's payload is taken from it, and it weighs that much while it waits. */
+/** `text` is the frame as read: the event's payload is taken from it, and it weighs by it while it waits. */
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, text: string, ackId: number | undefined): void {
   const payload = eventPayload(text, m);
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.

@@ -44,8 +44,13 @@ export interface ConnectionLimits {
   pubsubMessageBytes: number;
 }
 
-/** What a frame waiting its turn weighs besides its text: the parsed message and the closure that wait with it. */
+/** What a frame waiting its turn weighs besides its text: the closure and the message object that wait with it. */
 export const WAITING_FRAME_OVERHEAD = 512;
+/**
+ * A waiting frame's text counts this many times: the text itself and what parsing it made, which waits too (a JSON
+ * `data` of many small members takes a few times its text on the heap).
+ */
+export const WAITING_TEXT_WEIGHT = 3;
 
 export class PubSubConnection {
   readonly groups = new Set<string>();
@@ -89,7 +94,7 @@ export class PubSubConnection {
   requestsInFlight = 0;
   /** Such requests read while requestsFull, oldest first: started as others finish. */
   requestsWaiting: (() => void)[] | undefined;
-  /** What the frames in eventsWaiting and requestsWaiting weigh: their text and WAITING_FRAME_OVERHEAD each. */
+  /** What the frames in eventsWaiting and requestsWaiting weigh: WAITING_TEXT_WEIGHT times their text and WAITING_FRAME_OVERHEAD each. */
   private waitingWeight = 0;
 
   constructor(
@@ -128,7 +133,7 @@ export class PubSubConnection {
    * waiting for its acks keeps the rest in its own buffers (TCP).
    */
   wait(queue: (() => void)[], bytes: number, run: () => void): void {
-    const weight = bytes + WAITING_FRAME_OVERHEAD;
+    const weight = WAITING_TEXT_WEIGHT * bytes + WAITING_FRAME_OVERHEAD;
     this.waitingWeight += weight;
     queue.push(() => {
       this.waitingWeight -= weight;

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { WAITING_FRAME_OVERHEAD } from '../../src/pubsub/pubsub-connection.ts';
+import { WAITING_FRAME_OVERHEAD, WAITING_TEXT_WEIGHT } from '../../src/pubsub/pubsub-connection.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
@@ -285,8 +285,8 @@ describe("a client's user events", () => {
       limits: { pubsubMessageBytes: 65536 },
       pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 30000 }] }] },
     });
-    // About 128 of these frames weigh that much (the rest of a read under way when the bound is reached comes too).
-    assert.ok(65536 / (WAITING_FRAME_OVERHEAD + 80) < 300);
+    // Fewer than 300 of these frames weigh that much (the rest of a read under way when the bound is reached comes too).
+    assert.ok(65536 / (WAITING_FRAME_OVERHEAD + WAITING_TEXT_WEIGHT * 80) < 300);
     const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
     let client = await RawPubSubClient.connect(url, RELIABLE, t);
     const connected = await client.waitFor((m) => m.event === 'connected');
