@@ -113,6 +113,9 @@ export async function bridge(argv: string[]): Promise<number> {
   if ((values['key-name'] === undefined) !== (key === undefined)) return fail('--key-name and --key (or --key-file, or EDGE_RELAY_KEY) go together');
   // Alternatives, as the help says (before, both were taken, and which one signed went unsaid).
   if (values.token !== undefined && key !== undefined) return fail('--token or --key-name/--key, not both');
+  // It goes in a header (ServiceBusAuthorization): a line break or other control character (a token file from Windows)
+  // is a usage error here, not an uncaught ERR_INVALID_CHAR when -R dials.
+  if (values.token !== undefined && !/^[\x20-\x7e]+$/.test(values.token)) return fail('--token must be printable ASCII (a SAS token: SharedAccessSignature sr=…&sig=…&se=…&skn=…)');
   const ttl = Number(values.ttl);
   const buffer = Number(values.buffer);
   if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');

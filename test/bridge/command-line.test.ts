@@ -50,3 +50,14 @@ describe('bridge --relay', () => {
     });
   }
 });
+
+describe('bridge --token', () => {
+  it('with a character a header cannot carry (a token file with CRLF) is a usage error at start (exit 2; before: -R crashed with ERR_INVALID_CHAR)', async (t) => {
+    for (const forward of [['-R', 'web:127.0.0.1:9'], ['-L', '0:web']]) {
+      const bridge = runCli(t, ['bridge', '--relay', 'http://127.0.0.1:9', '--token', 'SharedAccessSignature sr=x&sig=y&se=1&skn=k\r', ...forward]);
+      const code = await withTimeout(bridge.exited, 10000, 'the bridge to exit');
+      assert.equal(code, 2, bridge.stderr());
+      assert.match(bridge.stderr().split('\n')[0], /^edge-relay bridge: --token /);
+    }
+  });
+});
