@@ -52,9 +52,16 @@ describe('event handler settings', () => {
 
   it("says the older upstream was migrated without its query, where an Azure Function's key travels (before: logged at warn on every start)", async (t) => {
     const captured = captureLogger('info');
-    await startTestRelay(t, { pubsub: { hubs: [{ name: 'h', accessKey: 'k'.repeat(20), upstream: { url: 'http://127.0.0.1:9/api/webpubsub?code=FUNCTIONKEYSECRET' } }] } }, { log: captured.log });
-    assert.ok(captured.events().includes('config.upstream_migrated'));
-    assert.doesNotMatch(JSON.stringify(captured.lines()), /FUNCTIONKEYSECRET/);
+    await startTestRelay(t, {
+      pubsub: {
+        hubs: [
+          { name: 'h', accessKey: 'k'.repeat(20), upstream: { url: 'http://127.0.0.1:9/api/webpubsub?code=FUNCTIONKEYSECRET' } },
+          { name: 'h2', accessKey: 'k'.repeat(20), upstream: { url: 'http://user:PASSWORDSECRET@127.0.0.1:9/events' } },
+        ],
+      },
+    }, { log: captured.log });
+    assert.equal(captured.events().filter((e) => e === 'config.upstream_migrated').length, 2);
+    assert.doesNotMatch(JSON.stringify(captured.lines()), /FUNCTIONKEYSECRET|PASSWORDSECRET/);
   });
 });
 
