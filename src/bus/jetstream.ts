@@ -204,7 +204,8 @@ export class JetStreamAccess {
   private kv: KV | undefined;
   private publisher: StorePublisher | undefined;
   private closed = false;
-  private readonly readyWaiters: (() => void)[] = [];
+  /** whenSettled()'s waiters; each leaves when woken or when its wait ends. */
+  private readonly readyWaiters = new Set<() => void>();
   /** Told each time JetStream becomes ready: at start, and after a server without it gave way to one with it. */
   private readonly readyListeners: (() => void)[] = [];
   private readonly followers = new Set<{ stop(): void }>();
@@ -341,7 +342,7 @@ export class JetStreamAccess {
         await jsm.getAccountInfo();
         // JetStream answers: whoever waits only to know whether it is there need not wait for the streams.
         this.answered = true;
-        for (const wake of this.readyWaiters.splice(0)) wake();
+        for (const wake of [...this.readyWaiters]) wake();
         this.replicas = this.options.replicas ?? (this.bus.clusterSize >= 3 ? 3 : 1);
         // By index: a stream added while this runs is created too.
         for (let i = 0; i < this.streams.length; i++) await this.ensureStream(jsm, this.streams[i]);
@@ -365,7 +366,7 @@ export class JetStreamAccess {
           });
         }
         this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
-        for (const wake of this.readyWaiters.splice(0)) wake();
+        for (const wake of [...this.readyWaiters]) wake();
         for (const listener of this.readyListeners) listener();
         return;
       } catch (err) {
@@ -374,7 +375,7 @@ export class JetStreamAccess {
           this.state = 'unavailable';
           this.problem = NOT_ENABLED;
           this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
-          for (const wake of this.readyWaiters.splice(0)) wake();
+          for (const wake of [...this.readyWaiters]) wake();
           if (!this.serverLackedIt) this.recheckAccountLater();
           return;
         }
@@ -430,11 +431,15 @@ export class JetStreamAccess {
   whenSettled(ms: number): Promise<void> {
     if (this.state !== 'waiting' || this.answered) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this.readyWaiters.push(() => {
+      // Out of the set when its time is up too (a durable hub added on reload asks every publishTimeoutMs while
+      // JetStream has never answered: each wait was kept until it did).
+      const wake = (): void => {
         clearTimeout(timer);
+        this.readyWaiters.delete(wake);
         resolve();
-      });
+      };
+      const timer = setTimeout(wake, ms);
+      this.readyWaiters.add(wake);
     });
   }
 
@@ -958,7 +963,7 @@ export class JetStreamAccess {
     clearTimeout(this.accountRecheck);
     this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
-    for (const wake of this.readyWaiters.splice(0)) wake();
+    for (const wake of [...this.readyWaiters]) wake();
   }
 }
 

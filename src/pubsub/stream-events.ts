@@ -47,8 +47,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private applied = 0;
   /** Questions waiting for this edge to apply the stream up to `at` (reached()). */
   private waiters: { at: number; done: (reached: boolean) => void }[] = [];
-  /** Writes waiting for the follower to start (whenFollowing()). */
-  private startWaiters: (() => void)[] = [];
+  /** Writes waiting for the follower to start (whenFollowing()); each leaves when woken or when its wait ends. */
+  private readonly startWaiters = new Set<() => void>();
   private readonly sessions: StreamSessions;
 
   /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
@@ -87,7 +87,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     );
     this.sessions.started();
     this.options.log.info({ event: 'pubsub.stream_following', hub: this.hub.name, from: last + 1 });
-    for (const wake of this.startWaiters.splice(0)) wake();
+    for (const wake of [...this.startWaiters]) wake();
   }
 
   /**
@@ -110,12 +110,15 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private async whenFollowing(): Promise<void> {
     if (this.follower) return;
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(wake, this.options.publishTimeoutMs);
-      function wake(): void {
+      // Out of the set when its time is up too: before, each write refused while the edge did not read the stream
+      // (a stream taken by another deployment, JetStream away since start) left its waiter there (~1 KB) for good.
+      const wake = (): void => {
         clearTimeout(timer);
+        this.startWaiters.delete(wake);
         resolve();
-      }
-      this.startWaiters.push(wake);
+      };
+      const timer = setTimeout(wake, this.options.publishTimeoutMs);
+      this.startWaiters.add(wake);
     });
     if (!this.follower) throw new StoreError('not stored: this edge is not reading the hub stream yet');
   }
@@ -368,7 +371,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.close();
     for (const w of this.waiters) w.done(false);
     this.waiters = [];
-    for (const wake of this.startWaiters.splice(0)) wake();
+    for (const wake of [...this.startWaiters]) wake();
   }
 }
 

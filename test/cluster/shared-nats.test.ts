@@ -25,13 +25,17 @@ describe('two deployments sharing one NATS server', () => {
 
     // Another deployment: its own subject prefix, but the default stream prefix, as deployment a's.
     const logger = captureLogger();
-    const b = await startTestRelay(t, edgeOverrides('b-1', [nats.url], { ...HUBS, bus: { subjectPrefix: 'deploy_b' } }), { log: logger.log });
+    const b = await startTestRelay(t, edgeOverrides('b-1', [nats.url], { ...HUBS, bus: { subjectPrefix: 'deploy_b', jetstream: { publishTimeoutMs: 1000 } } }), { log: logger.log });
     await until(() => logger.events().includes('jetstream.stream_taken'), 10000, 'deployment b to find the stream taken');
     const ready = await readiness(b);
     assert.equal(ready.status, 503);
     assert.match(JSON.stringify(ready.body), /stream RELAY_chat exists and holds other subjects \(deploy_a\.ev\.chat\.>\).*streamPrefix/);
     // b's send is refused (nowhere to store it), not stored in a's stream.
     await assert.rejects(serviceClient(b, { maxRetries: 0 }).group('g').sendToAll('from b'), (err: { statusCode?: number }) => err.statusCode === 503);
+    // Each refused write leaves nothing behind (before: its wait for the stream to be read, ~1 KB, for good).
+    await Promise.all(Array.from({ length: 20 }, () => assert.rejects(serviceClient(b, { maxRetries: 0 }).group('g').sendToAll('again'))));
+    const durable = b.pubsub.hub(HUB)!.durable as unknown as { startWaiters: Set<unknown> | unknown[] };
+    assert.equal(durable.startWaiters instanceof Set ? durable.startWaiters.size : durable.startWaiters.length, 0);
 
     // Deployment a goes on as before, with nothing of b's.
     await serviceClient(a).group('g').sendToAll('from a');
