@@ -151,12 +151,18 @@ async function serveCommand(argv: string[]): Promise<number> {
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
   });
-  // SIGHUP reloads; one that comes while the relay is starting would otherwise end the process.
+  // SIGHUP reloads; one that comes while the relay is starting would otherwise end the process. One after the config
+  // was read and before the relay listens is owed: done once it does (before, it was refused and lost, while
+  // `systemctl reload` said it had worked).
   let running: RunningRelay | undefined;
+  let reloadOwed = false;
   const onHup = () => {
     log.info({ event: 'relay.signal', signal: 'SIGHUP' });
     if (running) running.reload('signal');
-    else log.warn({ event: 'config.reload_refused', reason: 'signal', err: 'the relay is still starting' });
+    else {
+      reloadOwed = true;
+      log.info({ event: 'config.reload_deferred', reason: 'signal', detail: 'the relay is still starting: it reloads once it listens' });
+    }
   };
   const early = takeOverEarlyHangups(onHup);
   if (early > 0) log.info({ event: 'relay.signal', signal: 'SIGHUP', count: early, detail: 'came before the config was read: the config read has what it asked for' });
@@ -235,6 +241,7 @@ async function serveCommand(argv: string[]): Promise<number> {
     if (worker !== undefined) announceReady(relay.url);
     else process.stdout.write(`listening on ${relay.url}\n`);
     running = relay;
+    if (reloadOwed) relay.reload('signal');
   }
   await stopped;
   log.flush();

@@ -99,3 +99,30 @@ describe('serve: SIGHUP while it starts', () => {
     assert.equal(await withTimeout(relay.exited, 15000, 'the relay to exit'), 0, relay.stderr());
   });
 });
+
+describe('serve: SIGHUP once the config is read, before the relay listens', () => {
+  it('is owed and done once it listens, not refused and lost', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
+    const file = join(dir, 'relay.json');
+    // NATS where nothing listens and a durable hub: the edge serves, but says `listening on` only after
+    // bus.requestTimeoutMs (here 3 s) of waiting for JetStream.
+    writeFileSync(file, JSON.stringify({
+      listen: { host: '127.0.0.1', port: 0 },
+      log: { level: 'info' },
+      sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
+      pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789', durable: true }] },
+      bus: { kind: 'nats', servers: [`nats://127.0.0.1:${await closedPort()}`], requestTimeoutMs: 3000 },
+      timeouts: { shutdownMs: 2000 },
+    }));
+    const relay = runCli(t, ['serve', '--config', file]);
+    await until(() => relay.stderr().includes('"event":"relay.listening"'), 15000, 'the edge to serve');
+    assert.deepEqual(relay.lines, [], 'not said ready yet');
+    relay.signal('SIGHUP');
+    await until(() => relay.stderr().includes('"event":"config.reload_deferred"'), 5000, 'the reload owed');
+    await until(() => relay.lines.some((line) => line.startsWith('listening on')), 15000, 'the relay to say it listens');
+    // Before: refused ("the relay is still starting") and never done.
+    await until(() => relay.stderr().includes('"event":"config.reloaded"'), 10000, 'the owed reload');
+    relay.signal('SIGTERM');
+    assert.equal(await withTimeout(relay.exited, 15000, 'the relay to exit'), 0, relay.stderr());
+  });
+});
