@@ -23,18 +23,28 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
-async function waitingConfig(dir: string): Promise<string> {
+/** A relay on a free port of 127.0.0.1, logging at info, with a development key. */
+const BASE = {
+  listen: { host: '127.0.0.1', port: 0 },
+  log: { level: 'info' },
+  sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
+};
+
+/** `config` as relay.json in `dir`; its path. */
+function configFile(dir: string, config: object): string {
   const file = join(dir, 'relay.json');
-  const config = {
-    listen: { host: '127.0.0.1', port: 0 },
-    log: { level: 'info' },
-    sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
-    pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789', durable: true }] },
-    bus: { kind: 'nats', servers: [`nats://127.0.0.1:${await closedPort()}`], requestTimeoutMs: 20000 },
-    timeouts: { shutdownMs: 2000 },
-  };
   writeFileSync(file, JSON.stringify(config));
   return file;
+}
+
+/** A durable hub and NATS where nothing listens: the edge serves, and says it is ready after `requestTimeoutMs`. */
+async function waitingConfig(dir: string, requestTimeoutMs = 20000): Promise<string> {
+  return configFile(dir, {
+    ...BASE,
+    pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789', durable: true }] },
+    bus: { kind: 'nats', servers: [`nats://127.0.0.1:${await closedPort()}`], requestTimeoutMs },
+    timeouts: { shutdownMs: 2000 },
+  });
 }
 
 describe('serve: stop signals before it says it is ready', () => {
@@ -63,14 +73,7 @@ describe('serve: stop signals before it says it is ready', () => {
 
 describe('serve: SIGHUP while it starts', () => {
   it('a SIGHUP before serve has read its config is taken and said, not the end of the process', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
-    const file = join(dir, 'relay.json');
-    writeFileSync(file, JSON.stringify({
-      listen: { host: '127.0.0.1', port: 0 },
-      log: { level: 'info' },
-      sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
-    }));
-    const relay = runCli(t, ['serve', '--config', file]);
+    const relay = runCli(t, ['serve', '--config', configFile(mkdtempSync(join(tmpdir(), 'stop-signals-')), BASE)]);
     // Node starts, loads tsx and the CLI, then reads the config: a second or more. Before, a SIGHUP in that time ended
     // the process (129, not a line). The first goes as soon as the process catches the signal (SigCgt in /proc, bit 0:
     // before node runs the CLI's first line nothing can), so it comes before the config is read.
@@ -102,19 +105,8 @@ describe('serve: SIGHUP while it starts', () => {
 
 describe('serve: SIGHUP once the config is read, before the relay listens', () => {
   it('is owed and done once it listens, not refused and lost', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
-    const file = join(dir, 'relay.json');
-    // NATS where nothing listens and a durable hub: the edge serves, but says `listening on` only after
-    // bus.requestTimeoutMs (here 3 s) of waiting for JetStream.
-    writeFileSync(file, JSON.stringify({
-      listen: { host: '127.0.0.1', port: 0 },
-      log: { level: 'info' },
-      sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
-      pubsub: { hubs: [{ name: 'chat', accessKey: 'dev-only-hub-key-0123456789', durable: true }] },
-      bus: { kind: 'nats', servers: [`nats://127.0.0.1:${await closedPort()}`], requestTimeoutMs: 3000 },
-      timeouts: { shutdownMs: 2000 },
-    }));
-    const relay = runCli(t, ['serve', '--config', file]);
+    // The edge serves, but says `listening on` only after bus.requestTimeoutMs (here 3 s) of waiting for JetStream.
+    const relay = runCli(t, ['serve', '--config', await waitingConfig(mkdtempSync(join(tmpdir(), 'stop-signals-')), 3000)]);
     await until(() => relay.stderr().includes('"event":"relay.listening"'), 15000, 'the edge to serve');
     assert.deepEqual(relay.lines, [], 'not said ready yet');
     relay.signal('SIGHUP');
