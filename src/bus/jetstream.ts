@@ -14,6 +14,7 @@
 // is retried). Key-value compare-and-set is not relied on (it is not atomic in
 // 2.9 clusters before 2.9.21); a delete may name a revision as a guard.
 import { randomBytes } from 'node:crypto';
+import { TimedWaits } from '../collections/timed-waits.ts';
 import {
   AckPolicy,
   DeliverPolicy,
@@ -204,8 +205,8 @@ export class JetStreamAccess {
   private kv: KV | undefined;
   private publisher: StorePublisher | undefined;
   private closed = false;
-  /** whenSettled()'s waiters; each leaves when woken or when its wait ends. */
-  private readonly readyWaiters = new Set<() => void>();
+  /** whenSettled()'s waits. */
+  private readonly readyWaiters = new TimedWaits();
   /** Told each time JetStream becomes ready: at start, and after a server without it gave way to one with it. */
   private readonly readyListeners: (() => void)[] = [];
   private readonly followers = new Set<{ stop(): void }>();
@@ -342,7 +343,7 @@ export class JetStreamAccess {
         await jsm.getAccountInfo();
         // JetStream answers: whoever waits only to know whether it is there need not wait for the streams.
         this.answered = true;
-        for (const wake of [...this.readyWaiters]) wake();
+        this.readyWaiters.wakeAll();
         this.replicas = this.options.replicas ?? (this.bus.clusterSize >= 3 ? 3 : 1);
         // By index: a stream added while this runs is created too.
         for (let i = 0; i < this.streams.length; i++) await this.ensureStream(jsm, this.streams[i]);
@@ -366,7 +367,7 @@ export class JetStreamAccess {
           });
         }
         this.log.info({ event: 'jetstream.ready', streams: this.streams.length, replicas: this.replicas, storage: this.options.storage });
-        for (const wake of [...this.readyWaiters]) wake();
+        this.readyWaiters.wakeAll();
         for (const listener of this.readyListeners) listener();
         return;
       } catch (err) {
@@ -375,7 +376,7 @@ export class JetStreamAccess {
           this.state = 'unavailable';
           this.problem = NOT_ENABLED;
           this.log.error({ event: 'jetstream.unavailable', reason: this.problem });
-          for (const wake of [...this.readyWaiters]) wake();
+          this.readyWaiters.wakeAll();
           if (!this.serverLackedIt) this.recheckAccountLater();
           return;
         }
@@ -430,17 +431,7 @@ export class JetStreamAccess {
   /** Resolves once JetStream answered (or said it is not enabled), or `ms` passed. */
   whenSettled(ms: number): Promise<void> {
     if (this.state !== 'waiting' || this.answered) return Promise.resolve();
-    return new Promise((resolve) => {
-      // Out of the set when its time is up too (a durable hub added on reload asks every publishTimeoutMs while
-      // JetStream has never answered: each wait was kept until it did).
-      const wake = (): void => {
-        clearTimeout(timer);
-        this.readyWaiters.delete(wake);
-        resolve();
-      };
-      const timer = setTimeout(wake, ms);
-      this.readyWaiters.add(wake);
-    });
+    return this.readyWaiters.wait(ms);
   }
 
   private async connection(): Promise<NatsConnection | undefined> {
@@ -963,7 +954,7 @@ export class JetStreamAccess {
     clearTimeout(this.accountRecheck);
     this.publisher?.close();
     for (const follower of [...this.followers]) follower.stop();
-    for (const wake of [...this.readyWaiters]) wake();
+    this.readyWaiters.wakeAll();
   }
 }
 

@@ -17,6 +17,7 @@ import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { TimedWaits } from '../collections/timed-waits.ts';
 
 /** A session's replay reads the hub stream in pages of at most this many messages (readRange)... */
 const REPLAY_PAGE_MESSAGES = 1000;
@@ -47,8 +48,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private applied = 0;
   /** Questions waiting for this edge to apply the stream up to `at` (reached()). */
   private waiters: { at: number; done: (reached: boolean) => void }[] = [];
-  /** Writes waiting for the follower to start (whenFollowing()); each leaves when woken or when its wait ends. */
-  private readonly startWaiters = new Set<() => void>();
+  /** Writes waiting for the follower to start (whenFollowing()). */
+  private readonly startWaiters = new TimedWaits();
   private readonly sessions: StreamSessions;
 
   /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
@@ -87,7 +88,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     );
     this.sessions.started();
     this.options.log.info({ event: 'pubsub.stream_following', hub: this.hub.name, from: last + 1 });
-    for (const wake of [...this.startWaiters]) wake();
+    this.startWaiters.wakeAll();
   }
 
   /**
@@ -109,17 +110,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
    */
   private async whenFollowing(): Promise<void> {
     if (this.follower) return;
-    await new Promise<void>((resolve) => {
-      // Out of the set when its time is up too: before, each write refused while the edge did not read the stream
-      // (a stream taken by another deployment, JetStream away since start) left its waiter there (~1 KB) for good.
-      const wake = (): void => {
-        clearTimeout(timer);
-        this.startWaiters.delete(wake);
-        resolve();
-      };
-      const timer = setTimeout(wake, this.options.publishTimeoutMs);
-      this.startWaiters.add(wake);
-    });
+    await this.startWaiters.wait(this.options.publishTimeoutMs);
     if (!this.follower) throw new StoreError('not stored: this edge is not reading the hub stream yet');
   }
 
@@ -371,7 +362,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.close();
     for (const w of this.waiters) w.done(false);
     this.waiters = [];
-    for (const wake of [...this.startWaiters]) wake();
+    this.startWaiters.wakeAll();
   }
 }
 
