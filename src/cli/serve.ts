@@ -210,14 +210,11 @@ async function serveCommand(argv: string[]): Promise<number> {
     // A certificate that cannot be used, a port that cannot be bound.
     const code = (err as NodeJS.ErrnoException).code;
     // A listen.host that names no interface of this machine is the config's fault: said so, 78 (before: getaddrinfo's words, 1).
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EADDRNOTAVAIL') {
-      process.stderr.write(`edge-relay: config: listen.host: "${config.listen.host}" is no address of this machine to listen on (${code})\n`);
-      log.flush();
-      return 78;
-    }
-    process.stderr.write(`edge-relay: ${(err as Error).message}\n`);
+    const noSuchAddress = code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EADDRNOTAVAIL';
+    const problem = noSuchAddress ? `config: listen.host: "${config.listen.host}" is no address of this machine to listen on (${code})` : (err as Error).message;
+    process.stderr.write(`edge-relay: ${problem}\n`);
     log.flush();
-    return err instanceof ConfigError ? 78 : 1;
+    return noSuchAddress || err instanceof ConfigError ? 78 : 1;
   }
   if (stopRequested) void closeRelay(relay);
   else if (worker !== undefined) announceListening(relay.privateSocket!);

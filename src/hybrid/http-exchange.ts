@@ -365,8 +365,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private declaredLengthIs(length: number): boolean {
     const { status, headers } = this.head!;
     const declared = headers['content-length'];
-    const onTheWire = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
-    return declared === undefined || !onTheWire || Number(declared) === length;
+    return declared === undefined || !this.bodyOnTheWire(status) || Number(declared) === length;
+  }
+
+  /** Whether an answer of `status` to this request carries its body on the wire (not HEAD, 204 or 304). */
+  private bodyOnTheWire(status: number): boolean {
+    return this.req.method !== 'HEAD' && status !== 204 && status !== 304;
   }
 
   badResponse(): void {
@@ -553,8 +557,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     this.headSent = true;
     const declared = headers['content-length'];
-    const hasBody = this.req.method !== 'HEAD' && status !== 204 && status !== 304;
-    this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), hasBody);
+    this.body = new ResponseBody(this.res, declared === undefined ? undefined : Number(declared), this.bodyOnTheWire(status));
     // A body may take as long as it likes, but not stall: timeouts.httpResponseMs with nothing from the listener
     // (while the relay reads) cuts it. Before, a listener that stopped mid-body held the sender for good.
     // (A body on the control channel comes whole, with its head.)

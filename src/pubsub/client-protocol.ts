@@ -98,8 +98,8 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
     // was refused without a word, and a client waiting for its ack hung). One
     // too odd to echo (an object, an array, a long string) ends the connection,
     // as Azure declines a client whose message does not match the protocol.
-    const written = rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId);
     if (typeof m.ackId === 'object' && m.ackId !== null) return ctx.endConnection(connection, 'InvalidMessage');
+    const written = rawMemberText(text, 'ackId') ?? JSON.stringify(m.ackId);
     if (written.length > MAX_ECHOED_ACK_ID) return ctx.endConnection(connection, 'InvalidMessage');
     ctx.countAck('BadRequest');
     const detail = 'ackId must be an integer from 0 to 2^53 - 1';

@@ -114,9 +114,10 @@ export class PubSubService implements RestContext {
       count: (event, result) => metrics.handlerEvents.inc({ event, result }),
     });
     for (const hub of config.pubsub.hubs) {
+      if (!hub.upstream) continue;
       // Without its query or credentials: an Azure Function's handler URL carries its key there (`?code=`), others a `user:pass@`.
-      const shown = hub.upstream?.url.replace(/[?#].*$/, '?…').replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1…@');
-      if (hub.upstream) log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${shown}", "userEventPattern": "*" }]; write it so`);
+      const shown = hub.upstream.url.replace(/[?#].*$/, '?…').replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1…@');
+      log.warn({ event: 'config.upstream_migrated', hub: hub.name }, `pubsub.hubs[].upstream is read as eventHandlers: [{ "urlTemplate": "${shown}", "userEventPattern": "*" }]; write it so`);
     }
     this.lifecycle = new ConnectionLifecycle(this.hubs, config, log, metrics, this.othersCanTake, (connection, reason) => {
       const hub = this.hub(connection.hub);
