@@ -1,21 +1,19 @@
-// `npm test`: node's test runner (through tsx) over every test file, in
-// several runs. Files that start no process that works beside their tests (no relay
-// process, no NATS cluster, no CLI, browser or bench; one nats-server, an
-// openssl key or a short synchronous command are light) run three at a time
-// on the two cores: most of such a file's time is its start-up (tsx's loader
-// and the relay's modules, about 1.1 s) and waits on timers and sockets, so
-// two at a time left the cores idle half the time (measured: 211 s for 104
-// files, 213 s of CPU; three at a time 150-163 s). Files that start such
-// processes run after them in two lanes side by side, each lane one file at a
-// time: the clusters' lane (any file that starts several edges, a NATS
-// cluster, `serve --workers` with two or more, the bench or the browser) and
-// the lane of the others (one relay process or edge, the CLI, a client
-// script). So two clusters or benches never share the two cores, and a
-// cluster shares them with one single-relay file at most. A file's lane
-// follows what it starts, not its folder: a file under test/cluster/ with
-// one edge runs in the others' lane. The bench and the browser come last in
-// theirs, after a run of the rest of it: the other lane has most likely ended
-// by then.
+// `npm test`: node's test runner (through tsx) over every test file, in two
+// runs side by side. The clusters' lane runs one file at a time the files that
+// start a NATS cluster, several edges, `serve --workers` with two or more, the
+// bench or the browser, so two of them never share the two cores. The other
+// run takes every other file three at a time: light files (at most one
+// nats-server, openssl keys, a short command), whose time is mostly start-up
+// (tsx's loader and the relay's modules, about 1.1 s) and waits on timers and
+// sockets, and files with one relay process or edge, the CLI or a client
+// script. Until 2026-12-05 the light files ran first, alone, and the others
+// then in a lane of their own beside the clusters': the cores sat idle a
+// quarter of the time (605 s for 906 s of CPU on 2 cores) and the suite came
+// within seconds of its 10 minutes; side by side it took 499-522 s for the
+// same CPU. A file's lane follows what it starts, not its folder: a file
+// under test/cluster/ with one edge runs with the others. The bench and the
+// browser come last in the clusters' lane, after a run of the rest of it:
+// the other run has most likely ended by then.
 //
 // `npm test -- FILE...` runs just those files, one at a time.
 import { spawn } from 'node:child_process';
@@ -26,25 +24,14 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_TIMEOUT_MS = 120000;
 
-/**
- * Calls that start a process a file's tests then run beside, doing work of its
- * own (test/helpers/ and bench/lib/ wrap them; a new wrapper belongs here, or
- * its files run three at a time): relays, edges, NATS clusters, the CLI, client
- * scripts, the browser, the bench, any other spawned process. Not here: one
- * nats-server (startNatsServer; an edge's bus, idle between messages), openssl
- * making keys (makePki) and a command run to its end (spawnSync).
- */
-const STARTS_PROCESSES =
-  /\b(startRelayProcess|startServeProcess|startHostileRelay|startNatsCluster|startEdge|startCluster|runCli|runClientScript|openBrowser|runQuick|runBench|spawn|fork|execFile|execFileSync)\(/;
-
 /** Calls that start a NATS cluster (with its edges), the bench or the browser: such files run in the clusters' lane. */
 const STARTS_CLUSTERS = /\b(startNatsCluster|startCluster|openBrowser|runQuick|runBench)\(/;
 /** One edge (a relay process on NATS) per call: a file with two or more such calls starts several edges. */
 const STARTS_EDGE = /\bstartEdge\(/g;
 /** `serve --workers N` with N of two or more: a primary and its workers, each an edge. */
 const STARTS_WORKERS = /'--workers',\s*'([2-9]|\d\d+)'/;
-/** Light files run this many at a time (see the top of this file). */
-const LIGHT_CONCURRENCY = 3;
+/** Files outside the clusters' lane run this many at a time (see the top of this file). */
+const OTHERS_CONCURRENCY = 3;
 
 /** Whether a file starts several edges, a NATS cluster, the bench or the browser. */
 function startsClusters(source: string): boolean {
@@ -92,17 +79,14 @@ if (chosen.length > 0) {
 } else {
   const files = testFiles(join(ROOT, 'test')).sort();
   const source = (file: string) => readFileSync(join(ROOT, file), 'utf8');
-  const alone = files.filter((file) => STARTS_PROCESSES.test(source(file)));
-  const sideBySide = files.filter((file) => !alone.includes(file));
-  const clusters = alone.filter((file) => startsClusters(source(file)));
-  const others = alone.filter((file) => !clusters.includes(file));
-  const first = await runTests(sideBySide, LIGHT_CONCURRENCY);
+  const clusters = files.filter((file) => startsClusters(source(file)));
+  const others = files.filter((file) => !clusters.includes(file));
   // node's test runner orders the files it is given by name: the busy ones go in a run of their own.
   const busy = clusters.filter((file) => KEEPS_CORES_BUSY.test(source(file)));
   const clusterLane = async () => {
     const calm = await runTests(clusters.filter((file) => !busy.includes(file)), 1);
     return (await runTests(busy, 1)) || calm;
   };
-  const [second, third] = await Promise.all([clusterLane(), runTests(others, 1, true)]);
-  process.exitCode = first || second || third;
+  const [first, second] = await Promise.all([clusterLane(), runTests(others, OTHERS_CONCURRENCY, true)]);
+  process.exitCode = first || second;
 }
