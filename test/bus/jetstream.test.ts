@@ -3,7 +3,7 @@
 // subject reads, the key-value bucket, and a clear answer when JetStream is off.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { cpSync, renameSync, rmSync } from 'node:fs';
 import { JetStreamAccess, StoreConflict, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
@@ -137,15 +137,11 @@ describe('JetStream access', () => {
     const got: string[] = [];
     const follower = a.follow(STREAM.name, 1, (m) => got.push(Buffer.from(m.data).toString()));
     t.after(() => follower.stop());
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
-    t.after(() => {
-      if (nats.running()) signal('CONT');
-    });
-    signal('STOP');
+    await nats.freeze();
     const stored = a.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-frozen');
     // Frozen for longer than publishTimeoutMs (1 s) and the bus's ping timeout: the connection is made again too.
     await new Promise((r) => setTimeout(r, 3500));
-    signal('CONT');
+    nats.thaw();
     assert.equal((await withTimeout(stored, 20000, 'the publish to settle')).seq, 1);
     await a.publish('t.ev.hub.all', Buffer.from('after'), 'id-after');
     await until(() => got.includes('after'), 10000, 'the next event');
@@ -157,13 +153,9 @@ describe('JetStream access', () => {
     const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 }, log);
     cleanupFor(t).after(() => js.close());
     await js.start([STREAM], BUCKET);
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
-    t.after(() => {
-      if (nats.running()) signal('CONT');
-    });
-    signal('STOP');
+    await nats.freeze();
     await assert.rejects(js.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-frozen'), (err) => err instanceof StoreError && /^not confirmed: .*may still have been stored/.test(err.message));
-    signal('CONT');
+    nats.thaw();
   });
 
   it('follows a stream that came back without its last messages from where new ones are stored, not after the lost sequences', async (t) => {

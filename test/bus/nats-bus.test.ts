@@ -1,7 +1,6 @@
 // What only the NATS bus does: connect in the background, report its state,
 // fail fast while NATS is away, and drop (and count) what is published meanwhile.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { BusError, respond } from '../../src/bus/bus.ts';
@@ -160,16 +159,12 @@ describe('NATS bus', () => {
       return ((await res.json()) as { num_connections: number }).num_connections;
     };
     assert.equal(await clients(frozen), 1);
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', frozen.storeDir]);
-    t.after(() => {
-      if (frozen.running()) signal('CONT');
-    });
-    signal('STOP');
+    await frozen.freeze();
     // Stale after two unanswered pings; the frozen server first in the list is tried and given up on after 500 ms.
-    await until(() => !bus.connected, 5000, 'the frozen server noticed');
-    await until(() => bus.connected, 5000, 'connected to the other server');
+    await until(() => !bus.connected, 15000, 'the frozen server noticed');
+    await until(() => bus.connected, 15000, 'connected to the other server');
     assert.equal(await clients(other), 1);
-    signal('CONT');
+    frozen.thaw();
     await untilAnswered(async () => (await clients(frozen)) === 0, 5000, 'no connection left on the server that woke');
     assert.equal(await clients(other), 1);
   });
@@ -212,13 +207,9 @@ describe('NATS bus', () => {
     cleanupFor(t).after(() => bus.close());
     await until(() => bus.connected, 5000, 'connected');
     const nc = bus.connection!;
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', server.storeDir]);
-    t.after(() => {
-      if (server.running()) signal('CONT');
-    });
     // What a JetStream publisher has then: a subscription for answers, a request out unanswered.
     nc.subscribe('answers.>');
-    signal('STOP');
+    await server.freeze();
     nc.publish('asked', new Uint8Array(8), { reply: 'answers.1' });
     const started = Date.now();
     // Before, the drain waited for the frozen server's answer for good: an edge told to stop never exited.

@@ -6,7 +6,6 @@
 // now waits up to UNSURE_RETRY_MS) had every message read into the relay's
 // memory, each held with its data until the store answered.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
@@ -27,11 +26,7 @@ describe('requests in flight per pub/sub connection', () => {
     await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
     await client.request({ type: 'sendToGroup', group: 'g', dataType: 'text', data: 'before' });
 
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
-    t.after(() => {
-      if (nats.running()) signal('CONT');
-    });
-    signal('STOP');
+    await nats.freeze();
     const sent = MESSAGES * DATA.length;
     for (let ackId = 100; ackId < 100 + MESSAGES; ackId++) {
       client.ws.send(JSON.stringify({ type: 'sendToGroup', group: 'g', ackId, dataType: 'text', data: DATA }));
@@ -54,7 +49,7 @@ describe('requests in flight per pub/sub connection', () => {
     assert.ok(last > sent / 2, `the relay took ${((sent - last) / 2 ** 20).toFixed(1)} MiB while NATS was frozen`);
 
     // Running again: every request is stored and acknowledged, in turn.
-    signal('CONT');
+    nats.thaw();
     await until(() => client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100).length === MESSAGES, 60000, 'every ack');
     const failed = client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100 && !m.success);
     assert.deepEqual(failed, [], 'acks that failed');
@@ -77,16 +72,12 @@ describe('requests in flight per pub/sub connection', () => {
     const watch = setInterval(() => (most = Math.max(most, connection.requestsInFlight)), 2);
     t.after(() => clearInterval(watch));
 
-    const signal = (sig: string) => execFileSync('pkill', [`-${sig}`, '-f', nats.storeDir]);
-    t.after(() => {
-      if (nats.running()) signal('CONT');
-    });
-    signal('STOP');
+    await nats.freeze();
     const SMALL = 2000;
     for (let n = 0; n < SMALL; n++) client.ws.send(JSON.stringify({ type: 'sendToGroup', group: 'g', ackId: 100 + n, dataType: 'json', data: n }));
     await until(() => connection.requestsInFlight >= CAP, 10000, 'the limit reached');
     await new Promise((r) => setTimeout(r, 1000));
-    signal('CONT');
+    nats.thaw();
     await until(() => client.messages.filter((m) => m.type === 'ack' && m.ackId >= 100).length === SMALL, 60000, 'every ack');
     most = Math.max(most, connection.requestsInFlight);
     assert.ok(most <= CAP, `${most} requests in flight at once, limit ${CAP}`);

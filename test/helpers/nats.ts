@@ -6,7 +6,7 @@
 // still apply. Every process is killed in the test's after hook, even when
 // the test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,6 +36,26 @@ export interface NatsNode {
    * a reload that changes it), and JetStream goes off unless `config` has a jetstream block.
    */
   reconfigure(config: string): void;
+  /**
+   * SIGSTOP, resolved once every thread of the server is stopped. The kernel stops each thread of a busy process
+   * only when it next runs: on a loaded machine a server signalled this way still answered a publish sent right
+   * after `pkill -STOP` returned (its threads `R`, not `T`, in /proc). The test's end sends SIGCONT.
+   */
+  freeze(): Promise<void>;
+  /** SIGCONT: a frozen server runs again. */
+  thaw(): void;
+}
+
+/** Whether every thread of process `pid` is stopped (state T in /proc/PID/task/TID/stat); false once it is gone. */
+function allThreadsStopped(pid: number): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/task`).every((tid) => {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T';
+    });
+  } catch {
+    return false;
+  }
 }
 
 interface Ports {
@@ -152,6 +172,7 @@ export async function startNatsServer(
     await waitExit(child).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   });
+  const running = () => child.exitCode === null && child.signalCode === null;
   const node: NatsNode = {
     name,
     url: `nats://127.0.0.1:${ports.port}`,
@@ -159,7 +180,18 @@ export async function startNatsServer(
     routePort: ports.routePort,
     monitorPort: ports.monitorPort,
     storeDir: join(dir, 'jetstream'),
-    running: () => child.exitCode === null && child.signalCode === null,
+    running,
+    freeze: async () => {
+      const frozen = child;
+      frozen.kill('SIGSTOP');
+      cleanupFor(t).after(() => {
+        if (frozen.exitCode === null && frozen.signalCode === null) frozen.kill('SIGCONT');
+      });
+      await until(() => allThreadsStopped(frozen.pid!), 10000, `nats-server ${name} stopped`);
+    },
+    thaw: () => {
+      if (running()) child.kill('SIGCONT');
+    },
     kill: async () => {
       child.kill('SIGKILL');
       await waitExit(child);
