@@ -566,7 +566,7 @@ export class JetStreamAccess {
    * repeat within its duplicate window) until publishTimeoutMs, or
    * UNSURE_RETRY_MS after a try that went out unanswered; throws
    * StoreError with the reason when it could not be stored, BusError('TooLarge') at once for a message over the
-   * server's max_payload.
+   * server's max_payload. `duplicate`: an earlier publish of `msgId` had stored it (never this call's own tries).
    */
   async publish(subject: string, data: Uint8Array, msgId: string): Promise<{ seq: number; duplicate: boolean }> {
     // Never stored, however often tried: refused at once (also while JetStream is not ready), not as a store that
@@ -593,7 +593,10 @@ export class JetStreamAccess {
       const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
       if (outcome.kind === 'stored') {
         this.storeWorks(this.streamOf(subject));
-        return { seq: outcome.seq, duplicate: outcome.duplicate };
+        // After a try of this call that went out unanswered, a duplicate is most likely that try, stored late: the
+        // message is new to its sender (acked Duplicate, a client's first send read as an error). A message an
+        // earlier call stored is then reported stored too, which is what it is.
+        return { seq: outcome.seq, duplicate: outcome.duplicate && !unsure };
       }
       if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
       if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);

@@ -148,6 +148,24 @@ describe('JetStream access', () => {
     assert.deepEqual(got, ['frozen', 'after'], 'stored once');
   });
 
+  it('reports a message its own unanswered try stored as stored, not as a duplicate; a second publish of the id is one', async (t) => {
+    // The try that went out to the frozen server is stored when it runs again, and the try after it is JetStream's
+    // duplicate of that one. Before, the publish said duplicate: a client's first send was acked Duplicate (an
+    // error to a client that sent it once), seen under load in test/cluster/requests-in-flight.test.ts.
+    const nats = await startNatsServer(t);
+    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 500, requestTimeoutMs: 200, unsureRetryMs: 20000 }, log);
+    cleanupFor(t).after(() => js.close());
+    await js.start([STREAM], BUCKET);
+    await nats.freeze();
+    const stored = js.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-once');
+    // Longer than requestTimeoutMs (tries go out unanswered), shorter than the bus's ping timeout (the connection stays).
+    await new Promise((r) => setTimeout(r, 1000));
+    nats.thaw();
+    assert.deepEqual(await withTimeout(stored, 20000, 'the publish to settle'), { seq: 1, duplicate: false });
+    assert.deepEqual(await js.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-once'), { seq: 1, duplicate: true }, 'a second publish of the id');
+    assert.equal((await js.bounds(STREAM.name)).last, 1, 'stored once');
+  });
+
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
     const nats = await startNatsServer(t);
     const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 }, log);
