@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, renameSync, rmSync } from 'node:fs';
-import { JetStreamAccess, StoreConflict, StoreError, type StoredMessage } from '../../src/bus/jetstream.ts';
+import { JetStreamAccess, StoreConflict, StoreError, type JetStreamOptions, type StoredMessage } from '../../src/bus/jetstream.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -23,8 +23,9 @@ function busOn(t: Parameters<typeof cleanupFor>[0], url: string): NatsBus {
   return bus;
 }
 
-function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, publishTimeoutMs = 3000): JetStreamAccess {
-  const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs, requestTimeoutMs: 2000 }, log);
+/** JetStream access on `bus` (memory storage, publishTimeoutMs 3 s, requestTimeoutMs 2 s unless `options` says), closed with the test. */
+function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, options: Partial<JetStreamOptions> = {}): JetStreamAccess {
+  const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, ...options }, log);
   cleanupFor(t).after(() => js.close());
   return js;
 }
@@ -118,7 +119,7 @@ describe('JetStream access', () => {
   it('refuses to store while NATS is away, with the reason, after its deadline', async (t) => {
     const nats = await startNatsServer(t);
     const bus = busOn(t, nats.url);
-    const a = access(t, bus, 500);
+    const a = access(t, bus, { publishTimeoutMs: 500 });
     await a.start([STREAM], BUCKET);
     await nats.kill();
     await until(() => !bus.connected, 5000, 'the bus to see NATS gone');
@@ -132,7 +133,7 @@ describe('JetStream access', () => {
     // publish gave up at publishTimeoutMs ("not stored"); the SDK's retry (a new ackId, so a new id) and the
     // late store were two events: a chaos soak saw every subscriber get one twice.
     const nats = await startNatsServer(t);
-    const a = access(t, busOn(t, nats.url), 1000);
+    const a = access(t, busOn(t, nats.url), { publishTimeoutMs: 1000 });
     await a.start([STREAM], BUCKET);
     const got: string[] = [];
     const follower = a.follow(STREAM.name, 1, (m) => got.push(Buffer.from(m.data).toString()));
@@ -153,8 +154,7 @@ describe('JetStream access', () => {
     // duplicate of that one. Before, the publish said duplicate: a client's first send was acked Duplicate (an
     // error to a client that sent it once), seen under load in test/cluster/requests-in-flight.test.ts.
     const nats = await startNatsServer(t);
-    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 500, requestTimeoutMs: 200, unsureRetryMs: 20000 }, log);
-    cleanupFor(t).after(() => js.close());
+    const js = access(t, busOn(t, nats.url), { publishTimeoutMs: 500, requestTimeoutMs: 200, unsureRetryMs: 20000 });
     await js.start([STREAM], BUCKET);
     await nats.freeze();
     const stored = js.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-once');
@@ -168,8 +168,7 @@ describe('JetStream access', () => {
 
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
     const nats = await startNatsServer(t);
-    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 }, log);
-    cleanupFor(t).after(() => js.close());
+    const js = access(t, busOn(t, nats.url), { publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 });
     await js.start([STREAM], BUCKET);
     await nats.freeze();
     await assert.rejects(js.publish('t.ev.hub.all', Buffer.from('frozen'), 'id-frozen'), (err) => err instanceof StoreError && /^not confirmed: .*may still have been stored/.test(err.message));
@@ -181,8 +180,7 @@ describe('JetStream access', () => {
     // the stream comes back shorter and gives the lost sequences to the next messages. Here the store folder
     // is put back as it was before the last messages.
     const nats = await startNatsServer(t);
-    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000, requestTimeoutMs: 2000 }, log);
-    cleanupFor(t).after(() => js.close());
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000 });
     await js.start([STREAM], BUCKET);
     const got: string[] = [];
     const follower = js.follow(STREAM.name, 1, (m) => got.push(Buffer.from(m.data).toString()));
@@ -216,8 +214,7 @@ describe('JetStream access', () => {
     // it now remembers the message before where it starts).
     const QUIET = { ...STREAM, name: 'T_quiet', subjects: ['t.ev.quiet.>'] };
     const nats = await startNatsServer(t);
-    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000, requestTimeoutMs: 2000 }, log);
-    cleanupFor(t).after(() => js.close());
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000 });
     await js.start([STREAM, QUIET], BUCKET);
     const busy: string[] = [];
     const quiet: string[] = [];
@@ -258,8 +255,7 @@ describe('JetStream access', () => {
     // the first version read again from there only, so a new message stored below it waited for the next.
     const QUIET = { ...STREAM, name: 'T_quiet', subjects: ['t.ev.quiet.>'] };
     const nats = await startNatsServer(t);
-    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000, requestTimeoutMs: 2000 }, log);
-    cleanupFor(t).after(() => js.close());
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 10000 });
     await js.start([QUIET], BUCKET);
     for (const n of ['1', '2', '3']) await js.publish('t.ev.quiet.all', Buffer.from(n), `q-${n}`);
     await nats.kill();
@@ -313,8 +309,7 @@ describe('JetStream access', () => {
       log,
     );
     cleanupFor(t).after(() => bus.close());
-    const a = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, accountRecheckMs: 100 }, log);
-    cleanupFor(t).after(() => a.close());
+    const a = access(t, bus, { accountRecheckMs: 100 });
     await withTimeout(a.start([STREAM], BUCKET), 10000, 'start to give up');
     assert.equal(a.state, 'unavailable');
     assert.match(a.problem!, /JetStream is not enabled/);

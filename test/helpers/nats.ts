@@ -172,7 +172,8 @@ export async function startNatsServer(
     await waitExit(child).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   });
-  const running = () => child.exitCode === null && child.signalCode === null;
+  const alive = (process: ChildProcess) => process.exitCode === null && process.signalCode === null;
+  const running = () => alive(child);
   const node: NatsNode = {
     name,
     url: `nats://127.0.0.1:${ports.port}`,
@@ -185,7 +186,7 @@ export async function startNatsServer(
       const frozen = child;
       frozen.kill('SIGSTOP');
       cleanupFor(t).after(() => {
-        if (frozen.exitCode === null && frozen.signalCode === null) frozen.kill('SIGCONT');
+        if (alive(frozen)) frozen.kill('SIGCONT');
       });
       await until(() => allThreadsStopped(frozen.pid!), 10000, `nats-server ${name} stopped`);
     },
