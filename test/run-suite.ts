@@ -15,11 +15,14 @@
 // browser come last in the clusters' lane, after a run of the rest of it:
 // the other run has most likely ended by then.
 //
-// `npm test -- FILE...` runs just those files, one at a time.
+// `npm test -- FILE...` runs just those files, one at a time. Either way the
+// output ends with each failed test again (./suite/failure-summary.ts): CI
+// keeps only the tail of what a run printed.
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { failureSummary } from './suite/failure-summary.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_TIMEOUT_MS = 120000;
@@ -48,26 +51,30 @@ function testFiles(dir: string): string[] {
   });
 }
 
+/** Everything the runs printed, for the failures repeated at the end. */
+const reports: Buffer[] = [];
+
 /**
  * Runs `files` with node's test runner. Its output goes to ours as it comes,
  * or, with `held`, in one piece when it ends (so two lanes' reports do not mix).
  */
 function runTests(files: string[], concurrency: number, held = false): Promise<number> {
   if (files.length === 0) return Promise.resolve(0);
-  const args = ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${TEST_TIMEOUT_MS}`, ...files];
-  const title = `# node ${args.slice(0, 5).join(' ')} (${files.length} files)\n`;
-  if (!held) {
-    process.stdout.write(title);
-    const child = spawn(process.execPath, args, { cwd: ROOT, stdio: 'inherit' });
-    return new Promise((resolve) => child.once('exit', (code, signal) => resolve(signal ? 1 : (code ?? 1))));
-  }
+  const args = ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${TEST_TIMEOUT_MS}`, '--test-reporter=tap', ...files];
+  const out: Buffer[] = [Buffer.from(`# node ${args.slice(0, 5).join(' ')} (${files.length} files)\n`)];
+  if (!held) process.stdout.write(out[0]);
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
-  const out: Buffer[] = [Buffer.from(title)];
-  child.stdout.on('data', (d: Buffer) => out.push(d));
-  child.stderr.on('data', (d: Buffer) => out.push(d));
+  const take = (d: Buffer) => {
+    out.push(d);
+    if (!held) process.stdout.write(d);
+  };
+  child.stdout.on('data', take);
+  child.stderr.on('data', take);
   return new Promise((resolve) =>
     child.once('close', (code, signal) => {
-      process.stdout.write(Buffer.concat(out));
+      const report = Buffer.concat(out);
+      if (held) process.stdout.write(report);
+      reports.push(report);
       resolve(signal ? 1 : (code ?? 1));
     }),
   );
@@ -90,3 +97,4 @@ if (chosen.length > 0) {
   const [first, second] = await Promise.all([clusterLane(), runTests(others, OTHERS_CONCURRENCY, true)]);
   process.exitCode = first || second;
 }
+process.stdout.write(failureSummary(Buffer.concat(reports).toString('utf8')));

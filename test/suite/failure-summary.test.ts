@@ -1,0 +1,66 @@
+// npm test repeats its failures at the end: checked against a real report of
+// node's test runner over files written here (one with a failing test in a
+// suite, one that throws while it loads, one that passes).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { exitedWithOutput } from '../helpers/exit.ts';
+import { failedTests, failureSummary } from './failure-summary.ts';
+
+async function tapReport(files: Record<string, string>): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'failure-summary-'));
+  try {
+    for (const [name, source] of Object.entries(files)) writeFileSync(join(dir, name), source);
+    // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
+    const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
+    const child = spawn(process.execPath, ['--test', '--test-reporter=tap', ...Object.keys(files)], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
+    try {
+      await exitedWithOutput(child);
+    } finally {
+      clearTimeout(timer);
+    }
+    return Buffer.concat(out).toString('utf8');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('npm test failure summary', () => {
+  test('names each failed test with its location and error, and neither its suite nor what passed', async () => {
+    const report = await tapReport({
+      'a.test.mjs': `import { describe, test } from 'node:test';
+describe('outer suite', () => {
+  test('passes here', () => {});
+  test('compares two numbers', () => { throw new Error('one is not two'); });
+});
+`,
+      'b.test.mjs': `throw new Error('cannot load this file');\n`,
+      'c.test.mjs': `import { test } from 'node:test';\ntest('also passes', () => {});\n`,
+    });
+    const failures = failedTests(report);
+    assert.equal(failures.length, 2, report);
+    const [compare, load] = failures;
+    assert.match(compare, /^not ok \d+ - compares two numbers\n/);
+    assert.match(compare, /a\.test\.mjs:4:/);
+    assert.match(compare, /one is not two/);
+    assert.match(load, /^not ok \d+ - \S*b\.test\.mjs\n/);
+    assert.match(load, /cannot load this file/);
+    const summary = failureSummary(report);
+    assert.match(summary, /^\n# 2 failed \(repeated from above\):\nnot ok/);
+    assert.doesNotMatch(summary, /outer suite|passes/);
+  });
+
+  test('is empty when nothing failed, and cuts a long failure', async () => {
+    assert.equal(failureSummary(await tapReport({ 'c.test.mjs': `import { test } from 'node:test';\ntest('passes', () => {});\n` })), '');
+    const long = ['not ok 1 - long', '  ---', ...Array.from({ length: 100 }, (_, i) => `  line ${i}`), '  ...'].join('\n');
+    const [cut] = failedTests(long);
+    assert.equal(cut.split('\n').length, 41);
+    assert.match(cut, /\(61 more lines in the report above\)$/);
+  });
+});
