@@ -3,6 +3,7 @@
 // with ackIds and resolves each when its ack arrives.
 import WebSocket from 'ws';
 import { clientAccessUrl } from '../pubsub/client-access-url.ts';
+import { SweepClock } from '../websocket/sweep-clock.ts';
 import type { HubAccess } from './hub-access.ts';
 import type { ClientTls } from './tls-options.ts';
 
@@ -55,8 +56,11 @@ export class HubClient {
     };
     ws.on('pong', heard);
     ws.on('ping', heard);
+    // A check that runs late (the process was paused: a stalled VM, a laptop's sleep) fires before what
+    // arrived meanwhile is read: it only pings, and the next one judges (before: `sub` dropped a live connection).
+    const clock = new SweepClock(timeouts.keepAliveMs);
     this.keepAlive = setInterval(() => {
-      if (!this.heardSinceLastPing) {
+      if (clock.onTime(Date.now()) && !this.heardSinceLastPing) {
         // Nothing for a whole interval after a ping: the relay or the path is gone without a word.
         this.drop(`nothing from the relay for ${timeouts.keepAliveMs} ms after a ping`);
         return;

@@ -131,6 +131,41 @@ describe('the pub/sub command-line client', () => {
     assert.equal(await withTimeout(closed, 5000, 'the silent connection to be dropped'), 1006);
   });
 
+  it('keeps a connection whose relay answered all along when its own process was paused past two pings (before: dropped as silent)', async (t) => {
+    // The relay is in this process: at the second ping it pauses the process (a busy loop: no timer, no read), then
+    // answers. The client's keep-alive check after the pause runs before that pong is read.
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, autoPong: false, handleProtocols: (protocols) => [...protocols][0] ?? false });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    t.after(() => {
+      for (const c of wss.clients) c.terminate();
+      return new Promise<void>((r) => wss.close(() => r()));
+    });
+    let pings = 0;
+    wss.on('connection', (ws) => {
+      ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: 'c1', userId: null }));
+      ws.on('ping', (data) => {
+        if (++pings === 2) {
+          const end = Date.now() + 600;
+          while (Date.now() < end) {
+            // paused
+          }
+        }
+        ws.pong(data);
+      });
+      ws.on('message', (data) => {
+        const request = JSON.parse(String(data)) as { ackId: number };
+        ws.send(JSON.stringify({ type: 'ack', ackId: request.ackId, success: true }));
+      });
+    });
+    const client = await withTimeout(HubClient.connect(`http://127.0.0.1:${(wss.address() as AddressInfo).port}`, ACCESS, { roles: [], timeouts: SHORT }), 5000, 'connected');
+    t.after(() => client.close());
+    let closedWith: number | undefined;
+    client.onClose((code) => (closedWith = code));
+    await until(() => pings >= 4 || closedWith !== undefined, 5000, 'two pings after the pause');
+    assert.equal(closedWith, undefined, 'the connection dropped');
+    await withTimeout(client.request({ type: 'joinGroup', group: 'g' }), 5000, 'a join on the connection');
+  });
+
   it('sub reconnects when its join is not acknowledged, and prints what the next connection brings', async (t) => {
     // The first connection never acks the join; the second acks it and sends one message to the group.
     const relay = await scriptedRelay(
