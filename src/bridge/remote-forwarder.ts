@@ -10,6 +10,7 @@ import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import { hostBeforePort } from '../http/host-header.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { SweepClock } from '../websocket/sweep-clock.ts';
 import { Backoff } from './backoff.ts';
 import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
 import { halfCloseFor, pipeSocketToWebSocket } from './pipe.ts';
@@ -105,8 +106,10 @@ export class RemoteForwarder {
       this.scheduleRenew(ws);
       // A NAT or firewall that drops the path says nothing: without this the
       // bridge would go on believing it listens while the relay has dropped it.
+      // A check that runs late (this process was paused) only pings: what came meanwhile is not read yet.
+      const clock = new SweepClock(this.timing.keepAliveMs);
       heartbeat = setInterval(() => {
-        if (!heard) {
+        if (clock.onTime(Date.now()) && !heard) {
           why = `no answer from the relay for ${(2 * this.timing.keepAliveMs) / 1000} s`;
           ws.terminate();
           return;

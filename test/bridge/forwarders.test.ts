@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { createServer, type IncomingMessage } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
+import { WebSocketServer } from 'ws';
 import { LocalForwarder } from '../../src/bridge/local-forwarder.ts';
 import { RelayAccess } from '../../src/bridge/relay-access.ts';
 import { RemoteForwarder, renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
@@ -41,6 +42,38 @@ describe('bridge forwarders', () => {
       assert.doesNotMatch(req.url!, /sb-hc-token|SharedAccessSignature|sig=/i, req.url);
       assert.match(String(req.headers.servicebusauthorization), /^SharedAccessSignature sr=.*&sig=.*&se=\d+&skn=/);
     }
+  });
+
+  it('-R keeps its control channel when its own process was paused past two pings while the relay answered all along (before: re-opened it)', async (t) => {
+    // A stand-in for the relay, in this process: it takes the listener and, at the second ping, pauses the process
+    // (a busy loop: no timer, no read) before it answers. The check after the pause runs before that pong is read.
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, autoPong: false });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    cleanupFor(t).after(() => {
+      for (const c of wss.clients) c.terminate();
+      return new Promise<void>((r) => wss.close(() => r()));
+    });
+    let channels = 0;
+    let pings = 0;
+    wss.on('connection', (ws) => {
+      channels++;
+      ws.on('ping', (data) => {
+        if (++pings === 2) {
+          const end = Date.now() + 600;
+          while (Date.now() < end) {
+            // paused
+          }
+        }
+        ws.pong(data);
+      });
+    });
+    const access = new RelayAccess({ url: `http://127.0.0.1:${(wss.address() as AddressInfo).port}`, keyName: ROOT_KEY_NAME, key: ROOT_KEY, tokenTtlSeconds: 60, handshakeTimeoutMs: 5000 });
+    const remote = new RemoteForwarder({ entity: 'echo', host: '127.0.0.1', port: 9 }, access, createLogger('silent', 'test'), 1 << 20, { keepAliveMs: 100, connectTimeoutMs: 1000 });
+    remote.start();
+    cleanupFor(t).after(() => remote.stop());
+    await withTimeout(remote.ready, 5000, 'the control channel');
+    await until(() => pings >= 4 || channels > 1, 5000, 'two pings after the pause');
+    assert.equal(channels, 1, 'the control channel was re-opened');
   });
 
   it('-L lets go of a connection the relay refuses (before: each stayed CONNECTING for good, ~7 KB)', async (t) => {
