@@ -9,6 +9,7 @@
 // leaves this count for the WebSocket one (limits.connectionsPerNode); a
 // request whose head is complete may stream its body for as long as it likes.
 import type { Socket } from 'node:net';
+import { SweepClock } from '../websocket/sweep-clock.ts';
 
 export interface HttpConnectionEvents {
   /** A new connection past the limit: answer and close it. */
@@ -33,6 +34,7 @@ export class HttpConnections {
    */
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
+  private readonly sweepClock: SweepClock;
 
   constructor(
     /** limits.httpConnectionsPerNode; a reload may change it (connections already open stay). */
@@ -46,7 +48,9 @@ export class HttpConnections {
     private readonly preambleBytes: (socket: Socket) => number | undefined = () => 0,
   ) {
     // A quarter of the bound: a silent connection is closed within 1.25 times it.
-    this.timer = setInterval(() => this.closeSilent(), Math.max(25, Math.floor(firstByteMs / 4)));
+    const period = Math.max(25, Math.floor(firstByteMs / 4));
+    this.sweepClock = new SweepClock(period, () => performance.now());
+    this.timer = setInterval(() => this.closeSilent(), period);
     this.timer.unref();
   }
 
@@ -102,6 +106,9 @@ export class HttpConnections {
   }
 
   private closeSilent(now = performance.now()): void {
+    // A sweep that runs late (the process was paused: a VM stall, a blocked event loop) does not judge: the first
+    // bytes that came meanwhile are not read yet (before: such connections were answered 408).
+    if (!this.sweepClock.onTime(now)) return;
     for (const [socket, since] of this.silentSince) {
       const preamble = this.preambleBytes(socket);
       if (preamble === undefined) continue;

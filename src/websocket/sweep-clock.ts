@@ -7,9 +7,15 @@
 // an interval later, judges with what has been read since.
 
 export class SweepClock {
-  private last = Date.now();
+  private last: number;
 
-  constructor(private readonly intervalMs: number) {}
+  /** `clock` is what the caller passes to onTime(): the wall clock by default, or a monotonic one (performance.now). */
+  constructor(
+    private readonly intervalMs: number,
+    clock: () => number = Date.now,
+  ) {
+    this.last = clock();
+  }
 
   /** Called at each sweep: false when it ran late (a pause), so silence is not judged this time. */
   onTime(now: number): boolean {

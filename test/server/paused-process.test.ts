@@ -2,14 +2,17 @@
 // loop) for longer than timeouts.idleMs keeps its live listeners and pub/sub
 // clients (src/websocket/sweep-clock.ts). Its keep-alive timer fires first
 // after the pause, before the pongs that arrived meanwhile are read; before,
-// that sweep dropped every listener and client as idle. Here the relay and
-// its peers share this process, and the pause is a busy loop.
+// that sweep dropped every listener and client as idle. Likewise a connection
+// whose first bytes came during the pause is read, not answered 408
+// (firstByteMs). Here the relay and its peers share this process, and the
+// pause is a busy loop.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
-import { tokenFor, wsUrl } from '../helpers/relay.ts';
+import { readUntil, tcp } from '../helpers/raw-socket.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 
 const timeouts = { keepAliveIntervalMs: 100, idleMs: 300 };
 
@@ -36,5 +39,16 @@ describe('a relay paused for longer than idleMs', () => {
     assert.equal(listener.ws.readyState, WebSocket.OPEN, 'the listener');
     assert.equal(client.ws.readyState, WebSocket.OPEN, 'the pub/sub client');
     assert.equal([...relay.hybrid.listeners.all()].length, 1);
+  });
+
+  it('answers a connection whose first bytes came during the pause, past firstByteMs (before: 408)', async (t) => {
+    const relay = await startTestRelay(t, { timeouts: { firstByteMs: 200 } });
+    const socket = await tcp(t, relay.port);
+    // Accepted and counted silent by the relay before the pause.
+    await new Promise((r) => setTimeout(r, 100));
+    socket.write(`GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\n\r\n`);
+    pause(800);
+    const answer = await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
+    assert.match(answer.toString('latin1'), /^HTTP\/1\.1 200 /);
   });
 });
