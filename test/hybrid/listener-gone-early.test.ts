@@ -75,13 +75,19 @@ async function relayWithStuckListener(t: { after(fn: () => void): void }) {
   stuck.ws.pause();
   const stuckChannel = [...relay.hybrid.listeners.all()][0];
   const queued = () => (stuckChannel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+  // What the relay wrote down the channel so far, taken by the kernel or queued.
+  const written = () => (stuckChannel.socket as Socket).bytesWritten;
   const body = Buffer.alloc(512 * 1024, 0x78);
   const token = tokenFor(`${relay.url}/echo`);
+  // One request at a time, each until its body went down the channel: a second one sent down after the queue passed
+  // the buffer would drop the channel (before: a sleep of 50 ms, which a busy machine outran, and the fill ended
+  // with the listener dropped and nothing queued).
   for (let i = 0; i < 100 && queued() < 65536; i++) {
+    const before = written();
     const s = await sender(t, relay.port);
     s.socket.write(`POST /echo/fill HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${token}\r\nContent-Length: ${body.length}\r\n\r\n`);
     s.socket.write(body);
-    await new Promise((r) => setTimeout(r, 50));
+    await until(() => written() >= before + body.length, 5000, `request ${i + 1}'s body down the channel`);
   }
   assert.ok(queued() >= 65536, `only ${queued()} bytes queued`);
   return { relay, listenUrl, stuckChannel };
