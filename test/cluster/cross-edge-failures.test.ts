@@ -7,7 +7,7 @@
 // process on one nats-server.
 import assert from 'node:assert/strict';
 import { before, after, describe, it, type TestContext } from 'node:test';
-import { connect as netConnect } from 'node:net';
+import { connect as netConnect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import type { ControlChannel } from '../../src/hybrid/control-channel.ts';
@@ -85,15 +85,23 @@ describe('connects and requests across edges while the listener side fails', () 
       // A's listener is filled past listenerBufferBytes by requests of A's own senders (bodies it never reads).
       const channel = channelsOf(a)[0];
       const queued = () => (channel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+      // What A wrote down the channel so far, taken by the kernel or queued.
+      const written = () => (channel.socket as Socket).bytesWritten;
       const body = Buffer.alloc(512 * 1024, 0x78);
       const fillUrl = `${a.url}/${entity}/fill`;
+      // One request at a time, each until its body went down the channel (or it was answered elsewhere): a second
+      // one sent down after the queue passed the buffer would drop the channel (a sleep of 50 ms between them let a
+      // busy machine do that in the same fill of test/hybrid/listener-gone-early.test.ts).
       for (let i = 0; i < 100 && queued() < 65536; i++) {
+        const before = written();
+        let answered = false;
         const socket = netConnect(a.port, '127.0.0.1');
         socket.on('error', () => {});
+        socket.on('data', () => (answered = true));
         t.after(() => socket.destroy());
         socket.write(`POST /${entity}/fill HTTP/1.1\r\nHost: 127.0.0.1\r\nServiceBusAuthorization: ${tokenFor(fillUrl)}\r\nContent-Length: ${body.length}\r\n\r\n`);
         socket.write(body);
-        await new Promise((r) => setTimeout(r, 50));
+        await until(() => answered || written() >= before + body.length, 10000, `request ${i + 1}'s body down the channel or answered`);
       }
       assert.ok(queued() >= 65536, `A's listener has only ${queued()} bytes queued`);
       // Senders through B until one has been routed to A (NATS picks A or C): A cannot tell its listener, drops it
