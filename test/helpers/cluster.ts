@@ -5,6 +5,7 @@
 import type { TestContext } from 'node:test';
 import type { JetStreamAccess } from '../../src/bus/jetstream.ts';
 import { startNatsCluster, type NatsNode } from './nats.ts';
+import { allThreadsStopped } from './process-state.ts';
 import { pubsubOverrides } from './pubsub.ts';
 import { startRelayProcess, type RelayProcess } from './relay.ts';
 import { until } from './wait.ts';
@@ -91,14 +92,17 @@ export async function waitOnRoster(observer: Edge, other: Edge): Promise<void> {
 }
 
 /**
- * Runs `during` with `edge` stopped (SIGSTOP) for `ms`: the edge runs again
- * after `ms` on its own timer, never because `during` ended, and at the
- * latest when `during` settles or the test ends.
+ * Runs `during` with `edge` stopped (SIGSTOP) for `ms`, counted from when
+ * every thread of it has stopped (on a loaded machine a signalled process ran
+ * on for tens of milliseconds): the edge runs again after `ms` on its own
+ * timer, never because `during` ended, and at the latest when `during`
+ * settles or the test ends.
  */
 export async function whilePaused<T>(t: Pick<TestContext, 'after'>, edge: Edge, ms: number, during: () => Promise<T>): Promise<T> {
   const resume = () => edge.child.kill('SIGCONT');
   edge.child.kill('SIGSTOP');
   t.after(resume);
+  await until(() => allThreadsStopped(edge.child.pid!), 10000, `${edge.name} to stop`);
   const timer = setTimeout(resume, ms);
   try {
     return await during();

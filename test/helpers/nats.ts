@@ -6,12 +6,13 @@
 // still apply. Every process is killed in the test's after hook, even when
 // the test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
+import { allThreadsStopped } from './process-state.ts';
 import { until, withTimeout } from './wait.ts';
 
 export interface NatsNode {
@@ -44,18 +45,6 @@ export interface NatsNode {
   freeze(): Promise<void>;
   /** SIGCONT: a frozen server runs again. */
   thaw(): void;
-}
-
-/** Whether every thread of process `pid` is stopped (state T in /proc/PID/task/TID/stat); false once it is gone. */
-function allThreadsStopped(pid: number): boolean {
-  try {
-    return readdirSync(`/proc/${pid}/task`).every((tid) => {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'T';
-    });
-  } catch {
-    return false;
-  }
 }
 
 interface Ports {
