@@ -11,6 +11,8 @@
 // `here` every ANNOUNCE_EVERY_MS, `leaving` when it leaves the bus. An edge not
 // heard from for HERE_TTL_MS is taken for gone.
 
+import { SweepClock } from '../websocket/sweep-clock.ts';
+
 /** How often an edge says it is here. */
 export const ANNOUNCE_EVERY_MS = 1000;
 /** An edge not heard from this long is off the roster (three announcements missed, and some slack). */
@@ -29,6 +31,7 @@ export class HubRoster {
   /** Node id -> when it stops counting, and the edge process last heard under it (when it says). */
   private readonly edges = new Map<string, { until: number; boot: string | undefined }>();
   private readonly timer: NodeJS.Timeout;
+  private readonly sweepClock: SweepClock;
   private greeted = false;
 
   /**
@@ -44,6 +47,7 @@ export class HubRoster {
     private readonly changed: (edge: string, how: 'joined' | 'restarted' | 'left' | 'silent') => void,
     private readonly timing: RosterTiming = { announceEveryMs: ANNOUNCE_EVERY_MS, ttlMs: HERE_TTL_MS, now: Date.now },
   ) {
+    this.sweepClock = new SweepClock(timing.announceEveryMs, timing.now);
     this.timer = setInterval(() => this.tick(), timing.announceEveryMs);
     this.timer.unref();
   }
@@ -100,7 +104,9 @@ export class HubRoster {
   }
 
   private tick(): void {
-    this.others(); // drops (and reports) the edges fallen silent
+    // Drops (and reports) the edges fallen silent; not in a tick that runs late (this process was paused: the others'
+    // announcements that came meanwhile are not read yet, and every edge would be dropped, then join again).
+    if (this.sweepClock.onTime(this.timing.now())) this.others();
     if (!this.canAnswer()) {
       // Back on its feet (the bus again, say), it greets anew: the others may have dropped it meanwhile.
       this.greeted = false;

@@ -113,4 +113,31 @@ describe('HubRoster', () => {
       r.leave();
     }
   });
+
+  it('keeps the edges it heard when its own process was paused past their time: the late tick drops nobody (before: every edge dropped, then joined again)', async () => {
+    // On the wall clock, as in the relay: the pause is a busy loop, and b's next announcement is read only after the
+    // timers that ran late, as a message that came meanwhile would be.
+    const changes: string[] = [];
+    const r = new HubRoster('a', () => undefined, () => true, (edge, how) => changes.push(`${edge} ${how}`), { announceEveryMs: 50, ttlMs: 175, now: Date.now });
+    try {
+      // Heard, then paused, in one turn of the event loop; heard again in the next turn's check phase, after its
+      // timers (where the late tick runs).
+      await new Promise<void>((resolve) =>
+        setImmediate(() => {
+          r.heard('b', 'here');
+          const end = Date.now() + 500;
+          while (Date.now() < end) {
+            // paused
+          }
+          setImmediate(() => (r.heard('b', 'here'), resolve()));
+        }),
+      );
+      await new Promise((res) => setTimeout(res, 120));
+      assert.deepEqual(changes, ['b joined']);
+      // Silence after that is judged again.
+      await until(() => changes.includes('b silent'), 2000, 'b dropped once silent');
+    } finally {
+      r.leave();
+    }
+  });
 });
