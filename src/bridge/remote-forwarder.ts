@@ -109,7 +109,7 @@ export class RemoteForwarder {
       // A check that runs late (this process was paused) only pings: what came meanwhile is not read yet.
       const clock = new SweepClock(this.timing.keepAliveMs);
       heartbeat = setInterval(() => {
-        if (clock.onTime(Date.now()) && !heard) {
+        if (clock.onTime() && !heard) {
           why = `no answer from the relay for ${(2 * this.timing.keepAliveMs) / 1000} s`;
           ws.terminate();
           return;

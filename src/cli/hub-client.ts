@@ -60,7 +60,7 @@ export class HubClient {
     // arrived meanwhile is read: it only pings, and the next one judges (before: `sub` dropped a live connection).
     const clock = new SweepClock(timeouts.keepAliveMs);
     this.keepAlive = setInterval(() => {
-      if (clock.onTime(Date.now()) && !this.heardSinceLastPing) {
+      if (clock.onTime() && !this.heardSinceLastPing) {
         // Nothing for a whole interval after a ping: the relay or the path is gone without a word.
         this.drop(`nothing from the relay for ${timeouts.keepAliveMs} ms after a ping`);
         return;

@@ -106,7 +106,7 @@ export class HubRoster {
   private tick(): void {
     // Drops (and reports) the edges fallen silent; not in a tick that runs late (this process was paused: the others'
     // announcements that came meanwhile are not read yet, and every edge would be dropped, then join again).
-    if (this.sweepClock.onTime(this.timing.now())) this.others();
+    if (this.sweepClock.onTime()) this.others();
     if (!this.canAnswer()) {
       // Back on its feet (the bus again, say), it greets anew: the others may have dropped it meanwhile.
       this.greeted = false;

@@ -9,16 +9,16 @@
 export class SweepClock {
   private last: number;
 
-  /** `clock` is what the caller passes to onTime(): the wall clock by default, or a monotonic one (performance.now). */
+  /** `clock`: the wall clock by default, or a monotonic one (performance.now); a caller that read it already passes `now`. */
   constructor(
     private readonly intervalMs: number,
-    clock: () => number = Date.now,
+    private readonly clock: () => number = Date.now,
   ) {
     this.last = clock();
   }
 
   /** Called at each sweep: false when it ran late (a pause), so silence is not judged this time. */
-  onTime(now: number): boolean {
+  onTime(now = this.clock()): boolean {
     const late = now - this.last > 2 * this.intervalMs;
     this.last = now;
     return !late;

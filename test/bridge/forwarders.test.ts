@@ -9,6 +9,7 @@ import { LocalForwarder } from '../../src/bridge/local-forwarder.ts';
 import { RelayAccess } from '../../src/bridge/relay-access.ts';
 import { RemoteForwarder, renewDelayMs } from '../../src/bridge/remote-forwarder.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
+import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -58,12 +59,7 @@ describe('bridge forwarders', () => {
     wss.on('connection', (ws) => {
       channels++;
       ws.on('ping', (data) => {
-        if (++pings === 2) {
-          const end = Date.now() + 600;
-          while (Date.now() < end) {
-            // paused
-          }
-        }
+        if (++pings === 2) blockEventLoop(600);
         ws.pong(data);
       });
     });

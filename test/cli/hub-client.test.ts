@@ -11,6 +11,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { HubClient, type HubClientTimeouts } from '../../src/cli/hub-client.ts';
 import { watch } from '../../src/cli/sub.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
+import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -144,12 +145,7 @@ describe('the pub/sub command-line client', () => {
     wss.on('connection', (ws) => {
       ws.send(JSON.stringify({ type: 'system', event: 'connected', connectionId: 'c1', userId: null }));
       ws.on('ping', (data) => {
-        if (++pings === 2) {
-          const end = Date.now() + 600;
-          while (Date.now() < end) {
-            // paused
-          }
-        }
+        if (++pings === 2) blockEventLoop(600);
         ws.pong(data);
       });
       ws.on('message', (data) => {

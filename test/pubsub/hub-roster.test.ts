@@ -5,6 +5,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { HubRoster, type HereState } from '../../src/pubsub/hub-roster.ts';
+import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { until } from '../helpers/wait.ts';
 
 /** A roster for `nodeId` announcing every 20 ms, whose announcements and changes are recorded. */
@@ -125,10 +126,7 @@ describe('HubRoster', () => {
       await new Promise<void>((resolve) =>
         setImmediate(() => {
           r.heard('b', 'here');
-          const end = Date.now() + 500;
-          while (Date.now() < end) {
-            // paused
-          }
+          blockEventLoop(500);
           setImmediate(() => (r.heard('b', 'here'), resolve()));
         }),
       );

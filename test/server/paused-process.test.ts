@@ -9,19 +9,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
+import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { readUntil, tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 
 const timeouts = { keepAliveIntervalMs: 100, idleMs: 300 };
-
-function pause(ms: number): void {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    // The process does nothing else meanwhile: no timer, no read.
-  }
-}
 
 describe('a relay paused for longer than idleMs', () => {
   it('keeps the listeners and clients that answered all along', async (t) => {
@@ -33,7 +27,7 @@ describe('a relay paused for longer than idleMs', () => {
     await client.waitFor((m) => m.event === 'connected');
     // Both answer the relay's pings (ws does): a few sweeps without a pause drop neither.
     await new Promise((r) => setTimeout(r, 200));
-    pause(800);
+    blockEventLoop(800);
     // Several sweeps after the pause: the first runs late, the next ones judge with the pongs read since.
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(listener.ws.readyState, WebSocket.OPEN, 'the listener');
@@ -47,7 +41,7 @@ describe('a relay paused for longer than idleMs', () => {
     // Accepted and counted silent by the relay before the pause.
     await new Promise((r) => setTimeout(r, 100));
     socket.write(`GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\n\r\n`);
-    pause(800);
+    blockEventLoop(800);
     const answer = await readUntil(socket, (b) => b.includes('\r\n\r\n'), 5000, 'the answer');
     assert.match(answer.toString('latin1'), /^HTTP\/1\.1 200 /);
   });
