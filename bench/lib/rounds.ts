@@ -1,8 +1,9 @@
-// Medians of repeated measurements: scenarios that run their systems in
-// rounds, one system after the other in each (durable, http), report the
-// median of the per-round ratios and show the round with the median figure;
-// transfers (tunnel, bridge) keep the median of their runs. With an even
-// count, the upper of the two middle values.
+// Repeated measurements paired in time: scenarios run their systems in
+// rounds, one system after the other in the same order in each round, so that
+// a slow minute on this shared machine hits ours and its peers alike. A ratio
+// is the median over the rounds of the ratio within a round; a row shows the
+// run with the median figure. With an even count, the upper of the two middle
+// values.
 
 /** The median of `values` (the upper middle one when their count is even). */
 export function median(values: number[]): number {
@@ -12,4 +13,25 @@ export function median(values: number[]): number {
 /** The item whose `figure` is the median of all items' (the upper middle one when their count is even). */
 export function medianBy<T>(items: T[], figure: (item: T) => number): T {
   return [...items].sort((a, b) => figure(a) - figure(b))[Math.floor(items.length / 2)];
+}
+
+/** `count` rounds, each running every one of `systems` once, in order; each round maps a system to what its run measured. */
+export async function runRounds<S, T>(count: number, systems: readonly S[], run: (system: S, round: number) => Promise<T>): Promise<Map<S, T>[]> {
+  const rounds: Map<S, T>[] = [];
+  for (let round = 1; round <= count; round++) {
+    const measured = new Map<S, T>();
+    for (const system of systems) measured.set(system, await run(system, round));
+    rounds.push(measured);
+  }
+  return rounds;
+}
+
+/** What `system` measured in each round. */
+export function runsOf<S, T>(rounds: Map<S, T>[], system: S): T[] {
+  return rounds.map((r) => r.get(system)!);
+}
+
+/** The median over the rounds of `ratio(ours's run, peer's run)` within each round. */
+export function pairedMedian<S, T>(rounds: Map<S, T>[], ours: S, peer: S, ratio: (ours: T, peer: T) => number): number {
+  return median(rounds.map((r) => ratio(r.get(ours)!, r.get(peer)!)));
 }

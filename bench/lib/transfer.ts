@@ -1,11 +1,10 @@
 // Bulk transfers for the tunnel and bridge scenarios: a sink that counts the
 // bytes every connection sends it, a sender that writes the same buffer as
 // fast as its socket takes it (with backpressure), timing from the first write
-// to the last byte counted, and the median of a few runs.
+// to the last byte counted.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { CpuMeter } from './processes.ts';
-import { medianBy } from './rounds.ts';
 
 export const CHUNK = 64 * 1024;
 
@@ -78,12 +77,4 @@ export async function overTcp(port: number, sinkReceived: () => number, total: n
   } finally {
     socket.destroy();
   }
-}
-
-/** The run with the median rate of `runs` transfers (loopback throughput swings between runs on a shared machine). */
-export async function median(runs: number, transfer: () => Promise<Transfer>): Promise<Transfer> {
-  const all: Transfer[] = [];
-  for (let i = 0; i < runs; i++) all.push(await transfer());
-  if (process.env.BENCH_VERBOSE) process.stderr.write(`  runs: ${all.map((t) => (t.bytesPerSec / 1048576).toFixed(0)).join(", ")} MiB/s\n`);
-  return medianBy(all, (t) => t.bytesPerSec);
 }

@@ -4,13 +4,15 @@
 // between sender and receiver. Against it, the same bytes through socat and
 // through haproxy in tcp mode (one process between), and over a plain
 // loopback connection (none). Measured twice in the same run: with our
-// sender and counting sink (the median of three 1 GiB transfers) and with
-// iperf3 (one stream, `iperf3 -c` to an `iperf3 -s`), so the figures do not
-// rest on our generator alone.
+// sender and counting sink (1 GiB transfers) and with iperf3 (one stream,
+// `iperf3 -c` to an `iperf3 -s`), so the figures do not rest on our generator
+// alone. Each in three rounds (one in quick mode) of every path one after the
+// other; a ratio is the median of the ratios within a round, a row the median run.
 import { runIperf3, type Iperf3Figures } from '../lib/iperf3.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { startBridgeChain, startHaproxy, startIperf3Server, startRelay, startSocat } from '../lib/systems.ts';
-import { median, overTcp, tcpSink, type Transfer } from '../lib/transfer.ts';
+import { overTcp, tcpSink, type Transfer } from '../lib/transfer.ts';
+import { medianBy, pairedMedian, runRounds, runsOf } from '../lib/rounds.ts';
 import { startAll } from '../lib/processes.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -28,18 +30,25 @@ interface Path {
   pids: number[];
 }
 
-function ratiosFor(scenario: string, rate: Map<string, number>): Ratio[] {
-  const ours = rate.get(BRIDGE)!;
+/** One round's figures by system name. */
+function bySystem<T>(round: Map<Path, T>, figure: (t: T) => number): Map<string, number> {
+  return new Map([...round].map(([p, t]) => [p.system, figure(t)]));
+}
+
+/** Each ratio the median over the rounds of ours / peer within a round. */
+function ratiosFor(scenario: string, rounds: Map<string, number>[]): Ratio[] {
+  const paired = (peer: string) => pairedMedian(rounds, BRIDGE, peer, (ours, p) => ours / p);
+  const figure = rounds.length > 1 ? { figure: `MiB/s, median of ${rounds.length} rounds` } : {};
   return [
-    { scenario, ours: BRIDGE, peer: SOCAT, ratio: ours / rate.get(SOCAT)!, target: 1 },
-    { scenario, ours: BRIDGE, peer: HAPROXY, ratio: ours / rate.get(HAPROXY)! },
-    { scenario, ours: BRIDGE, peer: DIRECT, ratio: ours / rate.get(DIRECT)! },
+    { scenario, ours: BRIDGE, peer: SOCAT, ...figure, ratio: paired(SOCAT), target: 1 },
+    { scenario, ours: BRIDGE, peer: HAPROXY, ...figure, ratio: paired(HAPROXY) },
+    { scenario, ours: BRIDGE, peer: DIRECT, ...figure, ratio: paired(DIRECT) },
   ];
 }
 
 export async function bridgeScenario(mode: Mode): Promise<Outcome> {
   const total = (mode === 'quick' ? 16 : 1024) * 1024 * 1024;
-  const runs = mode === 'quick' ? 1 : 3;
+  const roundCount = mode === 'quick' ? 1 : 3;
   const iperfSeconds = mode === 'quick' ? 1 : 5;
   const started: { stop(): Promise<void> }[] = [];
   const sink = await tcpSink();
@@ -60,31 +69,33 @@ export async function bridgeScenario(mode: Mode): Promise<Outcome> {
     const [toSink, toIperf] = await Promise.all([paths(sink.port, 'bench-bridge'), paths(iperf.port, 'bench-bridge-iperf3')]);
 
     const scenario = `bridge ${total / 1024 / 1024} MiB`;
-    const rate = new Map<string, number>();
+    const transfers = await runRounds(roundCount, toSink, (p, round) => {
+      process.stderr.write(`  ${scenario}: ${p.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
+      return overTcp(p.port, sink.received, total, p.pids);
+    });
     for (const p of toSink) {
-      process.stderr.write(`  ${scenario}: ${p.system}\n`);
-      const t: Transfer = await median(runs, () => overTcp(p.port, sink.received, total, p.pids));
-      rate.set(p.system, t.bytesPerSec);
+      const t: Transfer = medianBy(runsOf(transfers, p), (r) => r.bytesPerSec);
       results.push({
         scenario,
         system: p.system,
         ours: p.ours,
         value: t.bytesPerSec / 1048576,
         unit: 'MiB/s',
-        figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu },
+        figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu, rounds: roundCount },
       });
     }
-    ratios.push(...ratiosFor(scenario, rate));
+    ratios.push(...ratiosFor(scenario, transfers.map((r) => bySystem(r, (t) => t.bytesPerSec))));
 
     const iperfScenario = `bridge, iperf3 ${iperfSeconds} s`;
-    const iperfRate = new Map<string, number>();
+    const streams = await runRounds(roundCount, toIperf, (p, round) => {
+      process.stderr.write(`  ${iperfScenario}: ${p.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
+      return runIperf3(p.port, iperfSeconds, iperf.pid, p.pids);
+    });
     for (const p of toIperf) {
-      process.stderr.write(`  ${iperfScenario}: ${p.system}\n`);
-      const f: Iperf3Figures = await runIperf3(p.port, iperfSeconds, iperf.pid, p.pids);
-      iperfRate.set(p.system, f.bytesPerSec);
-      results.push({ scenario: iperfScenario, system: p.system, ours: p.ours, value: f.bytesPerSec / 1048576, unit: 'MiB/s', figures: { ...f } });
+      const f: Iperf3Figures = medianBy(runsOf(streams, p), (r) => r.bytesPerSec);
+      results.push({ scenario: iperfScenario, system: p.system, ours: p.ours, value: f.bytesPerSec / 1048576, unit: 'MiB/s', figures: { ...f, rounds: roundCount } });
     }
-    ratios.push(...ratiosFor(iperfScenario, iperfRate));
+    ratios.push(...ratiosFor(iperfScenario, streams.map((r) => bySystem(r, (f) => f.bytesPerSec))));
   } finally {
     for (const s of started.reverse()) await s.stop();
     for (const s of sink.sockets) s.destroy();

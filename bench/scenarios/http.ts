@@ -13,7 +13,7 @@ import { Histogram } from '../lib/histogram.ts';
 import { LeanHttpConnection } from '../lib/lean-http.ts';
 import { CpuMeter, startAll, startProcess } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
-import { median, medianBy } from '../lib/rounds.ts';
+import { medianBy, pairedMedian, runRounds, runsOf } from '../lib/rounds.ts';
 import { ENTITY, startNginx, startRelay } from '../lib/systems.ts';
 import { runWrk, type WrkFigures } from '../lib/wrk.ts';
 import type { Mode, Outcome } from './index.ts';
@@ -67,7 +67,7 @@ interface Target {
 /** Ratios of one scenario's rows, each the median over the rounds of the ratio within a round (paired in time). */
 function ratiosFor(scenario: string, rounds: Map<string, Load>[]): Ratio[] {
   const of = rounds.length > 1 ? `, median of ${rounds.length} rounds` : '';
-  const paired = (peer: string, f: (ours: Load, peer: Load) => number) => median(rounds.map((r) => f(r.get(RELAY)!, r.get(peer)!)));
+  const paired = (peer: string, f: (ours: Load, peer: Load) => number) => pairedMedian(rounds, RELAY, peer, f);
   const rate = (ours: Load, peer: Load) => ours.requestsPerSec / peer.requestsPerSec;
   const rateFigure = of ? { figure: `requests/s${of}` } : {};
   return [
@@ -130,22 +130,16 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
     for (const connections of connectionCounts) {
       for (const generator of ['ours', 'wrk'] as const) {
         const scenario = `HTTP GET, ${connections} connections${generator === 'wrk' ? ', wrk -t1' : ''}`;
-        const rounds: Map<string, Load>[] = [];
-        for (let round = 1; round <= roundCount; round++) {
-          const rows = new Map<string, Load>();
-          for (const t of targets) {
-            process.stderr.write(`  ${scenario}: ${t.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
-            const l =
-              generator === 'ours'
-                ? await load(t.port, t.path, t.pids, connections, seconds, warmMs)
-                : await runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids, wrkWarmSeconds);
-            rows.set(t.system, l);
-          }
-          rounds.push(rows);
-        }
+        const rounds = await runRounds(roundCount, targets.map((t) => t.system), (system, round) => {
+          const t = targets.find((x) => x.system === system)!;
+          process.stderr.write(`  ${scenario}: ${t.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
+          return generator === 'ours'
+            ? load(t.port, t.path, t.pids, connections, seconds, warmMs)
+            : runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids, wrkWarmSeconds);
+        });
         for (const t of targets) {
           // The row shows the round with the median rate; the ratios pair the rounds.
-          const all = rounds.map((r) => r.get(t.system)!);
+          const all = runsOf(rounds, t.system);
           const { requestsPerSec, ...figures } = medianBy(all, (l) => l.requestsPerSec);
           results.push({ scenario, system: t.system, ours: t.ours, value: requestsPerSec, unit: 'requests/s', figures: { ...figures, rounds: all.length } });
         }

@@ -4,14 +4,18 @@
 // (userspace relays with no framing). The sender writes pre-masked 64 KiB
 // frames as fast as its socket takes them; the figure is payload bytes the
 // receiving end counted per second (every receiver reads through 'data'
-// events, a fresh 64 KiB buffer per read), the median of three transfers (one in
-// quick mode). What a tunnel user runs end to end is the bridge scenario.
+// events, a fresh 64 KiB buffer per read). Three rounds (one in quick mode),
+// each a transfer through every system one after the other; a ratio is the
+// median of the ratios within a round, a row the median transfer. What a
+// tunnel user runs end to end is the bridge scenario.
 import { randomBytes } from 'node:crypto';
 import { LeanWs, OP_BINARY } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import type { ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startHaproxy, startRelay, startSocat } from '../lib/systems.ts';
-import { CHUNK, median, overTcp, pump, tcpSink, timed, type Transfer } from '../lib/transfer.ts';
+import { CHUNK, overTcp, pump, tcpSink, timed, type Transfer } from '../lib/transfer.ts';
+import { medianBy, pairedMedian, runRounds, runsOf } from '../lib/rounds.ts';
+import { startAll } from '../lib/processes.ts';
 import type { Mode, Outcome } from './index.ts';
 
 /** `count` copies of one masked 64 KiB binary frame, as one buffer (masked once, sent many times). */
@@ -44,24 +48,23 @@ async function overRelay(relayPort: number, relayPid: number, total: number): Pr
   }
 }
 
+const RELAYED = 'edge-relay (relayed websocket)';
+const DIRECT = 'plain TCP over loopback';
+const SOCAT = 'socat';
+const HAPROXY = 'haproxy (tcp mode)';
+
 export async function tunnelScenario(mode: Mode): Promise<Outcome> {
   const total = (mode === 'quick' ? 32 : 1024) * 1024 * 1024;
-  const runs = mode === 'quick' ? 1 : 3;
+  const roundCount = mode === 'quick' ? 1 : 3;
   const scenario = `tunnel ${total / 1024 / 1024} MiB`;
   const sink = await tcpSink();
-  const rows: [string, boolean, Transfer][] = [];
+  const started: { stop(): Promise<void> }[] = [];
   try {
-    const relay = await startRelay();
-    try {
-      rows.push(['edge-relay (relayed websocket)', true, await median(runs, () => overRelay(relay.port, relay.pid, total))]);
-    } finally {
-      await relay.stop();
-    }
-    rows.push(['plain TCP over loopback', false, await median(runs, () => overTcp(sink.port, sink.received, total, []))]);
-    rows.push([
-      'socat',
-      false,
-      await median(runs, async () => {
+    const [relay, haproxy] = await startAll(started, [startRelay(), startHaproxy(sink.port)] as const);
+    const transfer: Record<string, () => Promise<Transfer>> = {
+      [RELAYED]: () => overRelay(relay.port, relay.pid, total),
+      [DIRECT]: () => overTcp(sink.port, sink.received, total, []),
+      [SOCAT]: async () => {
         // socat serves one connection and exits, so each run gets its own.
         const socat = await startSocat(sink.port);
         try {
@@ -69,33 +72,38 @@ export async function tunnelScenario(mode: Mode): Promise<Outcome> {
         } finally {
           await socat.stop();
         }
-      }),
-    ]);
-    const haproxy = await startHaproxy(sink.port);
-    try {
-      rows.push(['haproxy (tcp mode)', false, await median(runs, () => overTcp(haproxy.port, sink.received, total, [haproxy.pid]))]);
-    } finally {
-      await haproxy.stop();
-    }
+      },
+      [HAPROXY]: () => overTcp(haproxy.port, sink.received, total, [haproxy.pid]),
+    };
+    const systems = [RELAYED, DIRECT, SOCAT, HAPROXY];
+    const rounds = await runRounds(roundCount, systems, (system, round) => {
+      process.stderr.write(`  ${scenario}: ${system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
+      return transfer[system]();
+    });
+    const results: ScenarioResult[] = systems.map((system) => {
+      const t = medianBy(runsOf(rounds, system), (r) => r.bytesPerSec);
+      return {
+        scenario,
+        system,
+        ours: system === RELAYED,
+        value: t.bytesPerSec / 1024 / 1024,
+        unit: 'MiB/s',
+        figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu, rounds: roundCount },
+      };
+    });
+    const paired = (peer: string) => pairedMedian(rounds, RELAYED, peer, (o, p) => o.bytesPerSec / p.bytesPerSec);
+    const figure = roundCount > 1 ? { figure: `MiB/s, median of ${roundCount} rounds` } : {};
+    return {
+      results,
+      ratios: [
+        { scenario, ours: RELAYED, peer: DIRECT, ...figure, ratio: paired(DIRECT), target: 0.5 },
+        { scenario, ours: RELAYED, peer: SOCAT, ...figure, ratio: paired(SOCAT), target: 1 },
+        { scenario, ours: RELAYED, peer: HAPROXY, ...figure, ratio: paired(HAPROXY) },
+      ],
+    };
   } finally {
+    for (const s of started.reverse()) await s.stop();
     for (const s of sink.sockets) s.destroy();
     sink.server.close();
   }
-  const results: ScenarioResult[] = rows.map(([system, ours, t]) => ({
-    scenario,
-    system,
-    ours,
-    value: t.bytesPerSec / 1024 / 1024,
-    unit: 'MiB/s',
-    figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu },
-  }));
-  const ours = results[0];
-  return {
-    results,
-    ratios: [
-      { scenario, ours: ours.system, peer: results[1].system, ratio: ours.value / results[1].value, target: 0.5 },
-      { scenario, ours: ours.system, peer: results[2].system, ratio: ours.value / results[2].value, target: 1 },
-      { scenario, ours: ours.system, peer: results[3].system, ratio: ours.value / results[3].value },
-    ],
-  };
 }
