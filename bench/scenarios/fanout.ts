@@ -3,7 +3,8 @@
 // yet delivered to every subscriber) and the generator counts deliveries.
 // Latency: the publisher sends at half the saturated rate, open loop, and
 // every delivery's time from when its event was due to be sent goes into an
-// HDR histogram.
+// HDR histogram; likewise at lower shares and at rates given by the caller
+// (a peer's half load).
 import { Histogram } from '../lib/histogram.ts';
 import { CpuMeter, treeWriteCalls } from '../lib/processes.ts';
 import { eventPayload, seqAt, type FanoutClients, type Publisher } from '../lib/fanout-clients.ts';
@@ -42,6 +43,12 @@ export interface FanoutPlan {
   latencySeconds: number;
   /** Shares of the saturated rate to measure latency at; 0.5 is always measured (the p50/p99/p99.9 figures). */
   latencyShares: number[];
+  /**
+   * Event rates (events/s) to measure latency at as well, whatever this system's
+   * saturated rate: a peer's half load, so that systems are also compared at the
+   * same offered load. Each gives the figure `p99At<name>Ms`.
+   */
+  latencyRates?: { name: string; eventsPerSec: number }[];
 }
 
 const RING = 1 << 20;
@@ -178,8 +185,7 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
 
     // Latency at a share of the saturated event rate, open loop.
     const eventsPerSec = deliveriesPerSec / n;
-    const latencyAt = async (share: number) => {
-      const rate = eventsPerSec * share;
+    const latencyAt = async (rate: number) => {
       const histogram = new Histogram();
       // Event k is due at start + k / rate. A late timer (the generator busy
       // reading deliveries) sends what fell due at once, each stamped with
@@ -206,11 +212,16 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
     const sweep: Record<string, number> = {};
     for (const share of plan.latencyShares) {
       if (share === 0.5) continue;
-      const { histogram } = await latencyAt(share);
+      const { histogram } = await latencyAt(eventsPerSec * share);
       sweep[`p99At${share * 100}PctMs`] = histogram.quantile(0.99) / 1000;
       if (process.env.BENCH_VERBOSE) process.stderr.write(`  at ${share * 100}%: p50 ${histogram.quantile(0.5) / 1000} ms, p99 ${histogram.quantile(0.99) / 1000} ms\n`);
     }
-    const half = await latencyAt(0.5);
+    for (const { name, eventsPerSec: rate } of plan.latencyRates ?? []) {
+      const { histogram } = await latencyAt(rate);
+      sweep[`p99At${name}Ms`] = histogram.quantile(0.99) / 1000;
+      if (process.env.BENCH_VERBOSE) process.stderr.write(`  at ${name} (${Math.round(rate)} events/s): p50 ${histogram.quantile(0.5) / 1000} ms, p99 ${histogram.quantile(0.99) / 1000} ms\n`);
+    }
+    const half = await latencyAt(eventsPerSec * 0.5);
     const histogram = half.histogram;
     return {
       subscribers: n,
