@@ -1,0 +1,320 @@
+// The published @azure/web-pubsub-client 1.0.4, unmodified, against the relay
+// on 127.0.0.1: the client features web-pubsub-client.test.ts does not cover
+// (its events and their fields, leaveGroup, autoRejoinGroups, autoReconnect,
+// stop() and start() again, keep-alive, sendEvent and its reply, invokeEvent,
+// a send retried after a recovery, sequence acks).
+import assert from 'node:assert/strict';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { describe, it, type TestContext } from 'node:test';
+import { WebPubSubJsonProtocol, type WebPubSubClient } from '@azure/web-pubsub-client';
+import { CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
+import { metricValue } from '../helpers/relay.ts';
+import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+
+/** A hub config whose every user event goes to `urlTemplate`. */
+function hubWith(urlTemplate: string) {
+  return {
+    pubsub: {
+      hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 3000 }] }],
+    },
+  };
+}
+
+/** Every event the client raises, in order, by name. */
+function recordEvents(client: WebPubSubClient) {
+  const events: { name: string; args: any }[] = [];
+  for (const name of ['connected', 'disconnected', 'stopped', 'rejoin-group-failed'] as const) {
+    client.on(name as 'connected', (args: any) => events.push({ name, args }));
+  }
+  return events;
+}
+
+const localIds = (relay: Awaited<ReturnType<typeof startPubSubRelay>>) => [...(relay.pubsub.hub(HUB)?.local.connections.keys() ?? [])];
+
+describe('connection events', () => {
+  it("connected carries the connection id the relay knows and the token's userId (null without one), again after stop() and start()", async (t) => {
+    const relay = await startPubSubRelay(t);
+    const userIds: unknown[] = [];
+    const named = await startClient(t, accessUrl(relay.url, { userId: 'alice' }));
+    const anonymous = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    for (const c of [named, anonymous]) {
+      assert.ok(localIds(relay).includes(c.connectionIds[0]));
+      assert.equal(await serviceClient(relay).connectionExists(c.connectionIds[0]), true);
+      c.client.on('connected', (e) => userIds.push(e.userId ?? null));
+      c.client.stop();
+      await until(() => c.client['_state'] === 'Stopped', 5000, 'stopped');
+      await withTimeout(c.client.start(), 5000, 'start again');
+      await until(() => c.connectionIds.length === 2, 5000, 'connected after start()');
+    }
+    assert.deepEqual(userIds, ['alice', null]);
+  });
+
+  it('autoReconnect false: disconnected carries the connection id and the reason the server gave, then stopped', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), { autoReconnect: false });
+    const events = recordEvents(c.client);
+    await serviceClient(relay).closeConnection(c.connectionIds[0], { reason: 'maintenance window' });
+    await until(() => events.some((e) => e.name === 'stopped'), 5000, 'stopped');
+    assert.deepEqual(events.map((e) => e.name), ['disconnected', 'stopped']);
+    assert.equal(events[0].args.connectionId, c.connectionIds[0]);
+    assert.equal(events[0].args.message?.message, 'maintenance window');
+    assert.equal(c.connectionIds.length, 1, 'no new connection');
+  });
+
+  it('stop(): disconnected then stopped; the relay forgets a plain connection, and start() again rejoins the groups', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    const events = recordEvents(c.client);
+    await c.client.joinGroup('g');
+    const first = c.connectionIds[0];
+    c.client.stop();
+    await until(() => events.some((e) => e.name === 'stopped'), 5000, 'stopped');
+    assert.deepEqual(events.map((e) => e.name), ['disconnected', 'stopped']);
+    assert.equal(events[0].args.connectionId, first);
+    await until(() => !localIds(relay).includes(first), 5000, 'the relay to forget the connection');
+    await withTimeout(c.client.start(), 5000, 'start again');
+    await until(() => c.connectionIds.length === 2, 5000, 'connected again');
+    assert.notEqual(c.connectionIds[1], first);
+    await serviceClient(relay).group('g').sendToAll('after restart', { contentType: 'text/plain' });
+    await until(() => c.groupData.length === 1, 5000, 'group message after start()');
+    assert.equal(c.groupData[0].data, 'after restart');
+  });
+
+  it('keeps a quiet connection: the pongs to its pings count for its keep-alive timeout', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 900 });
+    const events = recordEvents(c.client);
+    // Without a pong the client closes the socket once 900 ms pass with nothing read (checked every 300 ms).
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.deepEqual(events.map((e) => e.name), []);
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0, 'no recovery either');
+    await c.client.joinGroup('g');
+  });
+});
+
+describe('groups', () => {
+  it('leaveGroup stops group messages; leaving a group not joined and joining twice are acked', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url));
+    const svc = serviceClient(relay);
+    assert.equal((await c.client.leaveGroup('never-joined')).isDuplicated, false);
+    await c.client.joinGroup('g');
+    await c.client.joinGroup('g');
+    await svc.group('g').sendToAll('one', { contentType: 'text/plain' });
+    await until(() => c.groupData.length === 1, 5000, 'message while a member');
+    await c.client.leaveGroup('g');
+    await svc.group('g').sendToAll('two', { contentType: 'text/plain' });
+    await svc.sendToAll('marker', { contentType: 'text/plain' });
+    await until(() => c.serverData.length === 1, 5000, 'marker');
+    assert.deepEqual(c.groupData.map((m) => m.data), ['one']);
+  });
+
+  it('autoRejoinGroups: a fresh connection rejoins the groups still joined, not those left', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol(), reconnectRetryOptions: { retryDelayInMs: 100 } });
+    await c.client.joinGroup('kept');
+    await c.client.joinGroup('left');
+    await c.client.leaveGroup('left');
+    const svc = serviceClient(relay);
+    await svc.closeConnection(c.connectionIds[0]);
+    await until(() => c.connectionIds.length === 2, 10000, 'fresh connection');
+    await svc.group('left').sendToAll('to left', { contentType: 'text/plain' });
+    await svc.group('kept').sendToAll('to kept', { contentType: 'text/plain' });
+    await until(() => c.groupData.length >= 1, 5000, 'group message');
+    await svc.sendToAll('marker', { contentType: 'text/plain' });
+    await until(() => c.serverData.length === 1, 5000, 'marker');
+    assert.deepEqual(c.groupData.map((m) => [m.group, m.data]), [['kept', 'to kept']]);
+  });
+
+  it('autoRejoinGroups false: a fresh connection is in no group', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), {
+      protocol: WebPubSubJsonProtocol(),
+      autoRejoinGroups: false,
+      reconnectRetryOptions: { retryDelayInMs: 100 },
+    });
+    await c.client.joinGroup('g');
+    const svc = serviceClient(relay);
+    await svc.closeConnection(c.connectionIds[0]);
+    await until(() => c.connectionIds.length === 2, 10000, 'fresh connection');
+    await svc.group('g').sendToAll('to g', { contentType: 'text/plain' });
+    await svc.sendToAll('marker', { contentType: 'text/plain' });
+    await until(() => c.serverData.length === 1, 5000, 'marker');
+    assert.equal(c.groupData.length, 0);
+  });
+
+  it('rejoin-group-failed names the group and the Forbidden ack when the fresh token no longer allows it; connected follows', async (t) => {
+    const relay = await startPubSubRelay(t);
+    let roles = ['webpubsub.joinLeaveGroup'];
+    const c = await startClient(t, () => accessUrl(relay.url, { roles }), {
+      protocol: WebPubSubJsonProtocol(),
+      reconnectRetryOptions: { retryDelayInMs: 100 },
+    });
+    const events = recordEvents(c.client);
+    await c.client.joinGroup('g');
+    roles = [];
+    await serviceClient(relay).closeConnection(c.connectionIds[0]);
+    await until(() => c.connectionIds.length === 2, 10000, 'fresh connection');
+    const names = events.map((e) => e.name);
+    assert.deepEqual(names, ['disconnected', 'rejoin-group-failed', 'connected']);
+    assert.equal(events[1].args.group, 'g');
+    assert.equal(events[1].args.error?.errorDetail?.name, 'Forbidden');
+  });
+});
+
+describe('sendToGroup data', () => {
+  it('delivers every kind of json value as it was sent, with fireAndForget and noEcho', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const a = await startClient(t, accessUrl(relay.url));
+    const b = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    await a.client.joinGroup('g');
+    await b.client.joinGroup('g');
+    // Not null: the SDK drops a message whose data parses to null (its parsePayload's "unknown type" answer); the relay sends it.
+    const values = [0, -1.5, false, true, '', 'ü "q"', [], {}, [1, [2, { three: null }]], { 'a b': { c: [] } }];
+    for (const v of values) await a.client.sendToGroup('g', v, 'json', { noEcho: true });
+    for (const v of values) await a.client.sendToGroup('g', v, 'json', { noEcho: true, fireAndForget: true });
+    await until(() => b.groupData.length === values.length * 2, 5000, 'every value twice');
+    assert.deepEqual(b.groupData.map((m) => m.data), [...values, ...values]);
+    assert.ok(b.groupData.every((m) => m.dataType === 'json' && m.fromUserId === null));
+    await a.client.sendToGroup('g', '', 'text');
+    await a.client.sendToGroup('g', new ArrayBuffer(0), 'binary');
+    await until(() => a.groupData.length === 2, 5000, 'echoes of the empty text and binary');
+    assert.equal(a.groupData[0].data, '');
+    assert.equal((a.groupData[1].data as ArrayBuffer).byteLength, 0);
+  });
+});
+
+describe('group names', () => {
+  it('joins, sends to and hears groups of any name the protocol allows', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url));
+    const names = ['with space', 'ü/é', 'a.b.*', '>', '*', '..', '%2F', 'a\\b"c', '$sys', 'x'.repeat(1024)];
+    for (const name of names) await c.client.joinGroup(name);
+    for (const name of names) await c.client.sendToGroup(name, name, 'text');
+    await until(() => c.groupData.length >= names.length, 5000, 'one message per group');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(c.groupData.map((m) => [m.group, m.data]), names.map((n) => [n, n]));
+  });
+});
+
+describe('sendEvent and invokeEvent', () => {
+  async function relayWithEcho(t: TestContext) {
+    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
+    const served = await serveApp(t, app);
+    const relay = await startPubSubRelay(t, hubWith(`${served.url}/api/webpubsub/hubs/{hub}/{event}`));
+    return { relay, record };
+  }
+
+  it('acks sendEvent once the handler answered, and its reply comes back as a server-message of the reply\'s type', async (t) => {
+    const { relay, record } = await relayWithEcho(t);
+    const c = await startClient(t, accessUrl(relay.url, { userId: 'u' }));
+    assert.equal((await c.client.sendEvent('ask', { q: [1, 'two'] }, 'json')).isDuplicated, false);
+    await c.client.sendEvent('ask', 'hi', 'text');
+    await c.client.sendEvent('ask', new Uint8Array([0, 255, 7]).buffer, 'binary');
+    await until(() => c.serverData.length === 3, 5000, 'three replies');
+    assert.deepEqual(c.serverData.map((m) => m.dataType), ['json', 'text', 'binary']);
+    assert.deepEqual(c.serverData[0].data, { echo: { q: [1, 'two'] } });
+    assert.equal(c.serverData[1].data, 'echo: hi');
+    assert.deepEqual([...new Uint8Array(c.serverData[2].data as ArrayBuffer)], [0, 255, 7]);
+    assert.deepEqual(record.user.map((u) => [u.context.eventName, u.context.userId, u.dataType]), [
+      ['ask', 'u', 'json'],
+      ['ask', 'u', 'text'],
+      ['ask', 'u', 'binary'],
+    ]);
+    assert.equal(c.groupData.length, 0);
+  });
+
+  it('sends a fireAndForget event (no ackId) to the handler, and still delivers its reply', async (t) => {
+    const { relay, record } = await relayWithEcho(t);
+    const c = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    const result = await c.client.sendEvent('tell', 'no ack wanted', 'text', { fireAndForget: true });
+    assert.equal(result.isDuplicated, false);
+    await until(() => c.serverData.length === 1, 5000, 'reply');
+    assert.equal(c.serverData[0].data, 'echo: no ack wanted');
+    assert.equal(record.user.length, 1);
+  });
+
+  it('refuses invokeEvent at once with an Unsupported invokeResponse (the SDK would wait for one forever)', async (t) => {
+    const { relay, record } = await relayWithEcho(t);
+    const c = await startClient(t, accessUrl(relay.url));
+    await assert.rejects(withTimeout(c.client.invokeEvent('ask', 'x', 'text'), 5000, 'invokeEvent'), (err: any) => {
+      assert.equal(err.name, 'InvocationError');
+      assert.equal(err.errorDetail?.name, 'Unsupported');
+      return true;
+    });
+    assert.equal(record.user.length, 0);
+    // The connection is still good.
+    await c.client.sendEvent('ask', 'after', 'text');
+  });
+
+  it('a send whose ack a cut lost is retried after recovery with its ackId and done once (Duplicate resolves it)', async (t) => {
+    let calls = 0;
+    let answer: (() => void) | undefined;
+    const handler = await serveEventHandler(t, (req: IncomingMessage, res: ServerResponse) => {
+      calls++;
+      req.resume();
+      // The first answer waits for the test; later ones (there must be none) at once.
+      const reply = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`reply ${calls}`);
+      if (calls === 1) answer = reply;
+      else reply();
+    });
+    const relay = await startPubSubRelay(t, hubWith(handler.urlTemplate));
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const c = await startClient(t, accessUrl(proxy.url), { messageRetryOptions: { maxRetries: 3, retryDelayInMs: 200 } });
+    const sent = c.client.sendEvent('slow', 'once', 'text', { ackId: 42 });
+    await until(() => answer !== undefined, 5000, 'the event at the handler');
+    proxy.cut();
+    // The SDK rejects the pending ack at the cut, recovers the session, and sends the event again with ackId 42.
+    await until(() => c.client['_state'] === 'Connected', 5000, 'recovered');
+    await new Promise((r) => setTimeout(r, 400));
+    answer!();
+    const result = await withTimeout(sent, 5000, 'sendEvent');
+    assert.equal(typeof result.isDuplicated, 'boolean');
+    await until(() => c.serverData.length >= 1, 5000, 'the reply');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(calls, 1, 'the handler had the event once');
+    assert.deepEqual(c.serverData.map((m) => m.data), ['reply 1']);
+    assert.equal(c.connectionIds.length, 1, 'recovered, not replaced');
+  });
+});
+
+describe('reliable subprotocol', () => {
+  it('recovers a session opened on the /client/?hub= form of the endpoint', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const url = accessUrl(proxy.url).replace(`/client/hubs/${HUB}?`, `/client/?hub=${HUB}&`);
+    const sub = await startClient(t, url);
+    await sub.client.joinGroup('g');
+    proxy.cut();
+    await serviceClient(relay).group('g').sendToAll('while away', { contentType: 'text/plain' });
+    await until(() => sub.groupData.length === 1, 10000, 'the message sent while away');
+    assert.equal(sub.connectionIds.length, 1, 'recovered, not replaced');
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 1);
+  });
+
+  it('frees the session buffer by the client\'s sequence acks: more than its 1000 messages over time never fill it', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const sub = await startClient(t, accessUrl(relay.url));
+    const events = recordEvents(sub.client);
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    const total = 1800;
+    for (let i = 1; i <= total; i++) {
+      await publisher.client.sendToGroup('feed', i, 'json', { fireAndForget: true });
+      // 300 at a time, the client's acks (every second) in between.
+      if (i % 300 === 0) {
+        await until(() => sub.groupData.length === i, 5000, `${i} messages`);
+        await new Promise((r) => setTimeout(r, 1300));
+      }
+    }
+    assert.deepEqual(events.map((e) => e.name), [], 'never disconnected');
+    assert.equal(sub.groupData.length, total);
+    assert.deepEqual(sub.groupData.map((m) => m.data).slice(-3), [total - 2, total - 1, total]);
+    const session = relay.pubsub.hub(HUB)?.local.connections.get(sub.connectionIds[0])?.session;
+    assert.ok(session, 'the session is there');
+    await until(() => session.firstSequenceId > total - 300, 3000, 'the last acks to free the buffer');
+  });
+});
+
