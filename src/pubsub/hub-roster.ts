@@ -82,12 +82,17 @@ export class HubRoster {
     return boot === undefined || heardBoot === undefined || heardBoot === boot;
   }
 
-  /** The other edges heard from lately. */
+  /**
+   * The other edges heard from lately. Asked between ticks right after this
+   * process was paused (before a tick ran on time again), it drops nobody:
+   * the others' announcements that came meanwhile may not be read yet.
+   */
   others(): string[] {
     const now = this.timing.now();
+    const judging = this.sweepClock.judging(now);
     const alive: string[] = [];
     for (const [edge, { until }] of this.edges) {
-      if (until > now) alive.push(edge);
+      if (until > now || !judging) alive.push(edge);
       else {
         this.edges.delete(edge);
         this.changed(edge, 'silent');

@@ -8,13 +8,17 @@ import { HubRoster, type HereState } from '../../src/pubsub/hub-roster.ts';
 import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { until } from '../helpers/wait.ts';
 
-/** A roster for `nodeId` announcing every 20 ms, whose announcements and changes are recorded. */
-function roster(nodeId: string, able = { on: true }) {
+/**
+ * A roster for `nodeId` announcing every 20 ms (or `announceEveryMs`), whose announcements and changes are recorded.
+ * A test that moves the clock by more than two announcements at once without ticks between looks like a pause to
+ * it, which suspends judging, so those take announcements further apart than the clock moves.
+ */
+function roster(nodeId: string, able = { on: true }, announceEveryMs = 20) {
   const said: HereState[] = [];
   const changes: string[] = [];
   const clock = { ms: 0 };
   const r = new HubRoster(nodeId, (state) => said.push(state), () => able.on, (edge, how) => changes.push(`${edge} ${how}`), {
-    announceEveryMs: 20,
+    announceEveryMs,
     ttlMs: 300,
     now: () => clock.ms,
   });
@@ -73,7 +77,7 @@ describe('HubRoster', () => {
   });
 
   it('drops an edge not heard from for its time to live, and takes it back when it speaks again', () => {
-    const { r, changes, clock } = roster('a', { on: false });
+    const { r, changes, clock } = roster('a', { on: false }, 1000);
     try {
       r.heard('b', 'here');
       r.heard('c', 'here');
@@ -134,6 +138,38 @@ describe('HubRoster', () => {
       assert.deepEqual(changes, ['b joined']);
       // Silence after that is judged again.
       await until(() => changes.includes('b silent'), 2000, 'b dropped once silent');
+    } finally {
+      r.leave();
+    }
+  });
+
+  it('keeps the edges it heard when asked right after its process was paused past their time, before their announcements are read (before: dropped, silent, then joined again)', async () => {
+    const changes: string[] = [];
+    const r = new HubRoster('a', () => undefined, () => true, (edge, how) => changes.push(`${edge} ${how}`), { announceEveryMs: 50, ttlMs: 175, now: Date.now });
+    try {
+      const asked: string[][] = [];
+      await new Promise<void>((resolve) =>
+        setImmediate(() => {
+          r.heard('b', 'here');
+          blockEventLoop(500);
+          // A question in the same turn (a REST call read in the poll phase before the NATS socket, after a
+          // SIGSTOP), and one in the next turn's check phase, after the late tick.
+          asked.push(r.others());
+          setImmediate(() => {
+            asked.push(r.others());
+            r.heard('b', 'here');
+            resolve();
+          });
+        }),
+      );
+      assert.deepEqual(asked, [['b'], ['b']]);
+      await new Promise((res) => setTimeout(res, 120));
+      assert.deepEqual(changes, ['b joined']);
+      assert.equal(r.holds('b'), true);
+      // Once a tick ran on time again, silence counts, on demand too.
+      await new Promise((res) => setTimeout(res, 250));
+      assert.deepEqual(r.others(), []);
+      assert.ok(changes.includes('b silent'), changes.join(', '));
     } finally {
       r.leave();
     }
