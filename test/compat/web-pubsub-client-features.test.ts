@@ -128,6 +128,40 @@ describe('groups', () => {
     assert.deepEqual(c.groupData.map((m) => [m.group, m.data]), [['kept', 'to kept']]);
   });
 
+  it("the groups in a server SDK token are joined at connect and again on a fresh connection; a REST removal holds until then", async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = serviceClient(relay);
+    const { url } = await svc.getClientAccessToken({ groups: ['from-token'] });
+    const c = await startClient(t, () => url, {
+      protocol: WebPubSubJsonProtocol(),
+      reconnectRetryOptions: { retryDelayInMs: 100 },
+    });
+    await svc.group('from-token').sendToAll('one', { contentType: 'text/plain' });
+    await until(() => c.groupData.length === 1, 5000, 'message to the token group');
+    await svc.group('from-token').removeConnection(c.connectionIds[0]);
+    await svc.group('from-token').sendToAll('not me', { contentType: 'text/plain' });
+    await svc.closeConnection(c.connectionIds[0]);
+    await until(() => c.connectionIds.length === 2, 10000, 'fresh connection');
+    await svc.group('from-token').sendToAll('two', { contentType: 'text/plain' });
+    await until(() => c.groupData.length === 2, 5000, 'message after the fresh connection');
+    assert.deepEqual(c.groupData.map((m) => m.data), ['one', 'two']);
+  });
+
+  it('rejoins many groups at once (more than limits.requestsInFlightPerConnection) before connected', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol(), reconnectRetryOptions: { retryDelayInMs: 100 } });
+    const events = recordEvents(c.client);
+    const groups = Array.from({ length: 300 }, (_, i) => `g${i}`);
+    await Promise.all(groups.map((g) => c.client.joinGroup(g)));
+    const svc = serviceClient(relay);
+    await svc.closeConnection(c.connectionIds[0]);
+    await until(() => c.connectionIds.length === 2, 10000, 'fresh connection');
+    assert.deepEqual(events.map((e) => e.name), ['disconnected', 'connected']);
+    assert.equal(relay.pubsub.hub(HUB)?.local.connections.get(c.connectionIds[1])?.groups.size, groups.length);
+    await svc.group('g299').sendToAll('last', { contentType: 'text/plain' });
+    await until(() => c.groupData.length === 1, 5000, 'message to the last group');
+  });
+
   it('autoRejoinGroups false: a fresh connection is in no group', async (t) => {
     const relay = await startPubSubRelay(t);
     const c = await startClient(t, accessUrl(relay.url), {
@@ -247,6 +281,33 @@ describe('sendEvent and invokeEvent', () => {
     assert.equal(record.user.length, 0);
     // The connection is still good.
     await c.client.sendEvent('ask', 'after', 'text');
+  });
+
+  it('answers pings and group requests while an event waits at a slow handler, and takes concurrent events in order', async (t) => {
+    const seen: string[] = [];
+    const handler = await serveEventHandler(t, (req: IncomingMessage, res: ServerResponse) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        seen.push(body);
+        const delay = body === 'slow' ? 2000 : 0;
+        setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`), delay);
+      });
+    });
+    const relay = await startPubSubRelay(t, hubWith(handler.urlTemplate));
+    // Without a pong for 900 ms the client would close its socket while the slow event is at the handler.
+    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 900 });
+    const events = recordEvents(c.client);
+    const slow = c.client.sendEvent('e', 'slow', 'text');
+    const rest = Array.from({ length: 10 }, (_, i) => c.client.sendEvent('e', `n${i}`, 'text'));
+    await withTimeout(c.client.joinGroup('g'), 1000, 'a join while the event waits');
+    await withTimeout(c.client.sendToGroup('g', 'x', 'text'), 1000, 'a send while the event waits');
+    await withTimeout(Promise.all([slow, ...rest]), 10000, 'every event acked');
+    await until(() => c.serverData.length === 11, 5000, 'every reply');
+    assert.deepEqual(seen, ['slow', ...Array.from({ length: 10 }, (_, i) => `n${i}`)], 'the handler had them in order, one at a time');
+    assert.deepEqual(c.serverData.map((m) => m.data), seen.map((b) => `re ${b}`));
+    assert.deepEqual(events.map((e) => e.name), [], 'never disconnected');
   });
 
   it('a send whose ack a cut lost is retried after recovery with its ackId and done once (Duplicate resolves it)', async (t) => {
