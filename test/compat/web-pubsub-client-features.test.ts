@@ -82,6 +82,39 @@ describe('connection events', () => {
     assert.equal(c.groupData[0].data, 'after restart');
   });
 
+  it('keeps a client whose own keep-alive is off: its socket answers the relay\'s WebSocket pings', async (t) => {
+    const relay = await startPubSubRelay(t, { timeouts: { keepAliveIntervalMs: 150, idleMs: 500 } });
+    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 0, keepAliveTimeoutInMs: 0 });
+    const events = recordEvents(c.client);
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(events.map((e) => e.name), []);
+    assert.ok(relay.pubsub.hub(HUB)?.local.connections.get(c.connectionIds[0])?.socket, 'still attached');
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0);
+  });
+
+  it('reconnectRetryOptions: gives up after maxRetries fresh attempts the relay cannot answer, then stopped', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await CuttableProxy.start(relay.port, t);
+    let attempts = 0;
+    const c = await startClient(t, () => (attempts++, accessUrl(proxy.url)), {
+      protocol: WebPubSubJsonProtocol(),
+      reconnectRetryOptions: { maxRetries: 2, retryDelayInMs: 100 },
+    });
+    const events = recordEvents(c.client);
+    proxy.refuse();
+    await serviceClient(relay).closeConnection(c.connectionIds[0]);
+    await until(() => events.some((e) => e.name === 'stopped'), 10000, 'stopped');
+    assert.deepEqual(events.map((e) => e.name), ['disconnected', 'stopped']);
+    assert.equal(attempts, 1 + 3, 'the first connection, then one try and two retries');
+  });
+
+  it('messageRetryOptions: a refused send is sent again maxRetries times (new ackIds), each answered', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const c = await startClient(t, accessUrl(relay.url, { roles: [] }), { messageRetryOptions: { maxRetries: 2, retryDelayInMs: 50 } });
+    await assert.rejects(withTimeout(c.client.sendToGroup('g', 'x', 'text'), 5000, 'the send'), (err: any) => err.errorDetail?.name === 'Forbidden');
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_acks_total', { result: 'Forbidden' }), 3);
+  });
+
   it('keeps a quiet connection: the pongs to its pings count for its keep-alive timeout', async (t) => {
     const relay = await startPubSubRelay(t);
     const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 900 });
