@@ -5,6 +5,7 @@
 // a send retried after a recovery, sequence acks).
 import assert from 'node:assert/strict';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { connect, createServer, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebPubSubJsonProtocol, type WebPubSubClient } from '@azure/web-pubsub-client';
 import { CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
@@ -374,7 +375,77 @@ describe('sendEvent and invokeEvent', () => {
   });
 });
 
+/**
+ * A TCP proxy to the relay whose cut() drops only the client's side: the
+ * relay's side stays open, what the relay writes to it is read and thrown
+ * away, and the relay learns nothing (a NAT or Wi-Fi drop seen by the client
+ * first).
+ */
+async function halfCutProxy(t: TestContext, targetPort: number) {
+  const pairs: { inbound: Socket; outbound: Socket }[] = [];
+  const server = createServer((inbound) => {
+    const outbound = connect(targetPort, '127.0.0.1');
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+    for (const s of [inbound, outbound]) s.on('error', () => {});
+    pairs.push({ inbound, outbound });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(async () => {
+    for (const { inbound, outbound } of pairs) inbound.destroy(), outbound.destroy();
+    await new Promise((r) => server.close(r));
+  });
+  return {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}`,
+    cut() {
+      for (const { inbound, outbound } of pairs.splice(0)) {
+        outbound.unpipe(inbound);
+        inbound.unpipe(outbound);
+        inbound.destroy();
+        outbound.resume();
+        t.after(() => outbound.destroy());
+      }
+    },
+  };
+}
+
 describe('reliable subprotocol', () => {
+  it('recovers onto a new socket while the relay still holds the old one open: nothing lost, nothing twice', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await halfCutProxy(t, relay.port);
+    const sub = await startClient(t, accessUrl(proxy.url));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    const total = 200;
+    for (let i = 1; i <= total; i++) {
+      await publisher.client.sendToGroup('feed', i, 'json');
+      if (i === 50 || i === 120) proxy.cut();
+    }
+    await until(() => sub.groupData.length >= total, 10000, `${total} messages`);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(sub.groupData.map((m) => m.data), Array.from({ length: total }, (_, i) => i + 1));
+    assert.equal(sub.connectionIds.length, 1, 'recovered, not replaced');
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 2);
+  });
+
+
+  it('a session closed through REST while its client is away is not recovered: the client starts afresh and rejoins', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const sub = await startClient(t, accessUrl(proxy.url), { reconnectRetryOptions: { retryDelayInMs: 100 } });
+    const events = recordEvents(sub.client);
+    await sub.client.joinGroup('g');
+    proxy.cut(1500);
+    const svc = serviceClient(relay);
+    await until(() => !relay.pubsub.hub(HUB)?.local.connections.get(sub.connectionIds[0])?.socket, 5000, 'the socket gone');
+    await svc.closeConnection(sub.connectionIds[0], { reason: 'kicked while away' });
+    await until(() => sub.connectionIds.length === 2, 15000, 'a fresh connection');
+    assert.deepEqual(events.map((e) => e.name), ['disconnected', 'connected']);
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0);
+    await svc.group('g').sendToAll('back', { contentType: 'text/plain' });
+    await until(() => sub.groupData.length === 1, 5000, 'message after rejoin');
+  });
+
   it('recovers a session opened on the /client/?hub= form of the endpoint', async (t) => {
     const relay = await startPubSubRelay(t);
     const proxy = await CuttableProxy.start(relay.port, t);
