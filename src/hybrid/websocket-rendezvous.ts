@@ -13,12 +13,13 @@ import { clientEndpoint } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
+import { connectHeadersOf } from './connect-headers.ts';
 import { connectFailed, countConnectFailure, partsAllowed, pendingLimitReached, rendezvousAddress, type HybridContext, type HybridPathBelow } from './context.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 import { failUpgrade } from './errors.ts';
 import { LocalRoute, NONE_TOOK_OVER, type ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
-import { senderHeaders, type CredentialHeaders } from './sender-credential.ts';
+import type { CredentialHeaders } from './sender-credential.ts';
 
 export interface PendingConnect extends PendingRendezvous {
   action: 'accept';
@@ -135,8 +136,8 @@ export function startConnect(
     address: rendezvousAddress(ctx, 'accept', entity, id, below),
     id,
     ...(trackingId !== undefined ? { trackingId } : {}),
-    // All of the sender's handshake headers but its credential.
-    connectHeaders: senderHeaders(req, credential),
+    // All of the sender's handshake headers but its credential (and extension offers no server could accept).
+    connectHeaders: connectHeadersOf(req, credential),
     remoteEndpoint: clientEndpoint(req),
   };
   let rerouted = false;

@@ -10,6 +10,7 @@ import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:
 import { createRequire } from 'node:module';
 import { after, before, describe, it, mock } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
+import { runClientScript } from '../helpers/client-process.ts';
 import { hycoHttps, hycoWs as hycoWsBase, listenUrl, startHycoHttpsListener, startHycoWsListener } from '../helpers/hyco.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
@@ -82,6 +83,22 @@ function app(req: IncomingMessage, res: ServerResponse & { requestId?: string })
       case '/echo/size':
         res.setHeader('content-type', 'application/octet-stream');
         res.end(pattern(Number(q('n'))));
+        return;
+      case '/echo/flushed':
+        // flushHeaders() first: hyco-https queues the head and an empty first fragment of the body.
+        res.statusCode = Number(q('status') ?? 200);
+        res.setHeader('x-flushed', 'yes');
+        res.flushHeaders();
+        if (q('write') !== null) res.write(q('write')!);
+        res.end();
+        return;
+      case '/echo/late':
+        // Answers a small body on the control channel, after the sender has gone.
+        setTimeout(() => {
+          res.setHeader('content-type', 'text/plain');
+          if (q('pieces') !== null) res.write('first piece, ');
+          res.end('late answer');
+        }, Number(q('after')));
         return;
       case '/echo/typed':
         res.setHeader('x-count', 5 as unknown as string);
@@ -366,6 +383,28 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
     });
   }
 
+  for (const [status, write] of [[200, 'streamed after flushHeaders'], [200, null], [204, null]] as const) {
+    it(`flushHeaders() then ${write ? 'a write' : 'nothing'} and end(), status ${status}: answered whole`, async () => {
+      const r = await get(`/echo/flushed?status=${status}${write ? `&write=${encodeURIComponent(write)}` : ''}`);
+      assert.deepEqual([r.status, r.headers['x-flushed'], String(r.body)], [status, 'yes', write ?? '']);
+    });
+  }
+
+  for (const pieces of [false, true]) {
+    it(`a small answer${pieces ? ' written in pieces' : ''} to a sender that has gone is dropped, and the channel serves on`, async (t) => {
+      const socket = await tcp(t, relay.port);
+      socket.write(`GET /echo/late?after=300${pieces ? '&pieces' : ''} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${tokenFor(`${relay.url}/echo`)}\r\n\r\n`);
+      await new Promise((r) => setTimeout(r, 50));
+      socket.destroy();
+      // Past the late answer: the next request needs the same (only) control channel.
+      await new Promise((r) => setTimeout(r, 600));
+      const before = relay.hybrid.listeners.counts().get('echo');
+      const r = await get('/echo/body');
+      assert.deepEqual([r.status, String(r.body)], [200, '0123456789']);
+      assert.equal(before, 1, 'the listener still online');
+    });
+  }
+
   it('header values that are numbers or booleans arrive as text', async () => {
     const r = await get('/echo/typed');
     assert.deepEqual([r.status, r.headers['x-count'], r.headers['x-flag'], String(r.body)], [200, '5', 'true', 'typed']);
@@ -558,6 +597,22 @@ describe('hyco-ws: its sender, URI and token helpers', () => {
     assert.equal(accept.connectHeaders['x-custom'], 'kept');
   });
 
+  it('a close code and reason from the listener reach the sender', async (t) => {
+    let listenerSide: any;
+    await startHycoWsListener(t, relay.url, (ws) => {
+      listenerSide = ws;
+      echo(ws);
+    });
+    const address = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const sender = await openWebSocket(address, { headers: auth(address) });
+    t.after(() => sender.terminate());
+    await until(() => listenerSide !== undefined && listenerSide.readyState === 1, 5000, 'the listener side open');
+    const closed = waitEvent<[number, Buffer]>(sender, 'close', 5000);
+    listenerSide.close(4001, 'listener done');
+    const [code, reason] = await closed;
+    assert.deepEqual([code, String(reason)], [4001, 'listener done']);
+  });
+
   it('server.close() closes its relayed connections and takes it off the entity (next connect 404)', async (t) => {
     let listenerSides = 0;
     const server = await startHycoWsListener(t, relay.url, (ws) => {
@@ -575,5 +630,53 @@ describe('hyco-ws: its sender, URI and token helpers', () => {
     assert.equal((await senderClosed)[0], 1000, 'hyco-ws closes its connections with 1000');
     await until(() => (relay.hybrid.listeners.counts().get('echo') ?? 0) === 0, 5000, 'the relay to drop the listener');
     await assert.rejects(openWebSocket(address, { headers: auth(address) }), (err: { status?: number }) => err.status === 404);
+  });
+});
+
+describe('hyco-ws listener: a sender\'s extension offer', () => {
+  // In a process of its own: the defect ended that process (hyco-ws threw outside any handler).
+  const LISTENER = `
+    import ws from 'hyco-ws';
+    const server = ws.createRelayedServer({ server: process.env.LISTEN_URL, token: () => process.env.TOKEN }, (socket) => {
+      socket.on('message', (data) => socket.send(data));
+    });
+    server.on('error', () => {});
+    server.on('listening', () => console.log(JSON.stringify({ listening: true })));
+    setTimeout(() => { console.log(JSON.stringify({ alive: true })); server.close(); process.exit(0); }, Number(process.env.LIVE_MS));
+  `;
+
+  it('an offer a server must decline (permessage-deflate with an unknown, empty or repeated parameter) does not end a hyco-ws listener; its connect is relayed', async (t) => {
+    const relay = await startTestRelay(t);
+    const listen = listenUrl(relay.url);
+    const script = runClientScript(t, LISTENER, { LISTEN_URL: listen, TOKEN: tokenFor(listen), LIVE_MS: '4000' }, 20000);
+    await until(() => (relay.hybrid.listeners.counts().get('echo') ?? 0) > 0, 10000, 'the listener online');
+    const address = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    for (const offer of ['permessage-deflate; x', 'permessage-deflate;', 'permessage-deflate; client_max_window_bits; client_max_window_bits', 'permessage-deflate; server_max_window_bits=99']) {
+      // perMessageDeflate off: the offer is the header given here, as a sender of any make may write it.
+      const sender = await openWebSocket(address, { perMessageDeflate: false, headers: { ...auth(address), 'Sec-WebSocket-Extensions': offer } });
+      t.after(() => sender.terminate());
+      sender.send(offer);
+      const [reply] = await waitEvent<[Buffer]>(sender, 'message', 5000);
+      assert.equal(String(reply), offer);
+      sender.close();
+    }
+    const result = await script;
+    // Before: exit code 1, "ReferenceError: WebSocketClient is not defined" on its stderr, the connect unanswered.
+    assert.deepEqual([result.code, result.lines], [0, [{ listening: true }, { alive: true }]], result.stderr);
+  });
+
+  it('a well-formed offer still reaches the listener in connectHeaders (no extension is negotiated)', async (t) => {
+    const relay = await startTestRelay(t);
+    const server = await startHycoWsListener(t, relay.url, echo);
+    const messages = controlMessages(server);
+    const address = wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect');
+    const offer = 'permessage-deflate; client_max_window_bits, permessage-deflate; x, x-webkit-deflate-frame';
+    const sender = await openWebSocket(address, { perMessageDeflate: false, headers: { ...auth(address), 'Sec-WebSocket-Extensions': offer } });
+    t.after(() => sender.terminate());
+    assert.equal(sender.extensions, '');
+    sender.send('hi');
+    await waitEvent(sender, 'message', 5000);
+    const accept = messages.find((m) => m.accept)?.accept;
+    assert.equal(accept.connectHeaders['sec-websocket-extensions'], 'permessage-deflate; client_max_window_bits, x-webkit-deflate-frame');
   });
 });
