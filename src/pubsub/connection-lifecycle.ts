@@ -10,6 +10,7 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { CLOSE_NORMAL } from '../websocket/frames.ts';
 import { SweepClock } from '../websocket/sweep-clock.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -53,12 +54,17 @@ export class ConnectionLifecycle {
     this.log.info({ event: 'pubsub.ended', hub: connection.hub, connectionId: connection.id, code });
   }
 
-  /** The connection's socket went away: a reliable session is kept for its client, anything else ends. */
+  /**
+   * The connection's socket went away: a reliable session is kept for its client, unless the client closed with
+   * 1000 (it is done: Azure.Messaging.WebPubSub.Client's StopAsync; Microsoft's emulator ends the session then, and
+   * keeps it for any other close); anything else ends.
+   */
   socketClosed(connection: PubSubConnection, code: number): void {
     connection.detach(Date.now());
     if (connection.ended) return;
-    // During shutdown, a dropped reliable session waits only for another edge to take it.
-    if (connection.session && (!this.shuttingDown || this.othersCanTake)) {
+    // During shutdown, a dropped reliable session waits only for another edge to take it. Before, one closed 1000
+    // was kept too: its `disconnected` event waited timeouts.sessionRetainMs, its groups buffering for nobody.
+    if (connection.session && code !== CLOSE_NORMAL && (!this.shuttingDown || this.othersCanTake)) {
       this.log.info({ event: 'pubsub.detached', hub: connection.hub, connectionId: connection.id, code });
       if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.detached', { hub: connection.hub, connectionId: connection.id, userId: connection.userId, code: String(code) });
       return;

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebPubSubJsonProtocol, type WebPubSubClient } from '@azure/web-pubsub-client';
-import { CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -444,6 +444,33 @@ describe('reliable subprotocol', () => {
     assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0);
     await svc.group('g').sendToAll('back', { contentType: 'text/plain' });
     await until(() => sub.groupData.length === 1, 5000, 'message after rejoin');
+  });
+
+  it('ends the session of a client that closes with 1000 (the .NET client\'s StopAsync), keeps that of one closing without a code (stop() here)', async (t) => {
+    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
+    const served = await serveApp(t, app);
+    const relay = await startPubSubRelay(t, {
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, systemEvents: ['disconnected'] }] }] },
+    });
+    // Azure.Messaging.WebPubSub.Client's StopAsync closes NormalClosure (1000); Microsoft's emulator then ends the
+    // session ("The client closed the connection"), and keeps it for any other close.
+    const dotnet = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await dotnet.waitFor((m) => m.event === 'connected');
+    assert.equal((await dotnet.request({ type: 'joinGroup', group: 'g' })).success, true);
+    dotnet.ws.close(1000);
+    await until(() => record.disconnected.length === 1, 5000, 'the disconnected event');
+    assert.equal(record.disconnected[0].context.connectionId, connectionId);
+    assert.ok(!localIds(relay).includes(connectionId), 'the session is gone');
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
+    assert.equal((await again.closed).code, 1008, 'its recovery is refused');
+    // The JavaScript client's stop() closes without a code: its session stays for a recovery, as on the emulator.
+    const js = await startClient(t, accessUrl(relay.url));
+    js.client.stop();
+    await until(() => js.client['_state'] === 'Stopped', 5000, 'stopped');
+    await until(() => relay.pubsub.hub(HUB)?.local.connections.get(js.connectionIds[0])?.socket === undefined, 5000, 'its socket gone');
+    assert.ok(localIds(relay).includes(js.connectionIds[0]), 'its session is kept');
+    assert.equal(record.disconnected.length, 1);
   });
 
   it('recovers a session opened on the /client/?hub= form of the endpoint', async (t) => {
