@@ -473,6 +473,23 @@ describe('reliable subprotocol', () => {
     assert.equal(record.disconnected.length, 1);
   });
 
+  it('keeps REST sends to the connection and to its user made while it is away, and delivers them on recovery', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const proxy = await CuttableProxy.start(relay.port, t);
+    const sub = await startClient(t, accessUrl(proxy.url, { userId: 'roamer' }));
+    proxy.cut(1000);
+    await until(() => !relay.pubsub.hub(HUB)?.local.connections.get(sub.connectionIds[0])?.socket, 5000, 'the socket gone');
+    const svc = serviceClient(relay);
+    await svc.sendToConnection(sub.connectionIds[0], { to: 'connection' });
+    await svc.sendToUser('roamer', 'to user', { contentType: 'text/plain' });
+    await svc.sendToAll(new Uint8Array([7]));
+    await until(() => sub.serverData.length === 3, 10000, 'the three sends after recovery');
+    assert.deepEqual(sub.serverData.map((m) => m.dataType), ['json', 'text', 'binary']);
+    assert.deepEqual(sub.serverData[0].data, { to: 'connection' });
+    assert.equal(sub.serverData[1].data, 'to user');
+    assert.equal(sub.connectionIds.length, 1, 'recovered, not replaced');
+  });
+
   it('recovers a session opened on the /client/?hub= form of the endpoint', async (t) => {
     const relay = await startPubSubRelay(t);
     const proxy = await CuttableProxy.start(relay.port, t);
