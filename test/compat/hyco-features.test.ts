@@ -266,6 +266,22 @@ describe('hyco-https listener: what it sees of a request', () => {
     assert.ok(Buffer.from(JSON.parse(String(answer.body)).body, 'base64').equals(body));
   });
 
+  it('hyco-https\'s own sender helpers: createRelayHttpsUri with token and id, appendRelayToken on a URL with a query', async () => {
+    const https = hycoHttps as typeof hycoHttps & {
+      createRelayToken(uri: string, keyName: string, key: string): string;
+      createRelayHttpsUri(namespace: string, path: string, token?: string, id?: string): string;
+      appendRelayToken(uri: string, keyName: string, key: string): string;
+    };
+    const token = https.createRelayToken(`${relay.url}/echo`, ROOT_KEY_NAME, ROOT_KEY);
+    const built = https.createRelayHttpsUri('127.0.0.1', 'echo/inspect?a=1', token, 'corr-9').replace('https://127.0.0.1', relay.url);
+    const one = JSON.parse(String((await send(built)).body));
+    assert.equal(one.url, '/echo/inspect?a=1');
+    const appended = https.appendRelayToken(`${relay.url}/echo/inspect?b=2`, ROOT_KEY_NAME, ROOT_KEY);
+    const two = await send(appended);
+    assert.equal(two.status, 200, String(two.body));
+    assert.equal(JSON.parse(String(two.body)).url, '/echo/inspect?b=2');
+  });
+
   it('concurrent requests with bodies of every size, on the control channel and by rendezvous, each get their own answer', async () => {
     const sizes = [0, 1, 500, 4096, 65535, 65536, 65537, 100000];
     const bodies = Array.from({ length: 24 }, (_, i) => randomBytes(sizes[i % sizes.length]));
@@ -373,6 +389,16 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
     const second = bytes.indexOf('text/plain');
     assert.ok(bytes.indexOf('application/octet-stream') < second, `the slow answer first: ${bytes}`);
     assert.ok(bytes.indexOf('\r\n0\r\n\r\n') < second, `and whole before the next: ${bytes}`);
+  });
+
+  it('HEAD of a large answer (its body sent by rendezvous) gets the head alone, and the connection goes on', async (t) => {
+    const socket = await tcp(t, relay.port);
+    const token = tokenFor(`${relay.url}/echo`);
+    socket.write(['HEAD', 'GET'].map((m) => `${m} /echo/${m === 'HEAD' ? 'size?n=200000' : 'body'} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${token}\r\n\r\n`).join(''));
+    const bytes = String(await readUntil(socket, (b) => String(b).endsWith('0\r\n\r\n'), 5000, 'both answers'));
+    assert.equal(bytes.match(/^HTTP\/1\.1 200 /gm)?.length, 2, bytes.slice(0, 500));
+    assert.ok(bytes.length < 2000, `no body for HEAD: ${bytes.length} bytes`);
+    assert.ok(bytes.includes('0123456789'), bytes);
   });
 
   for (const how of ['writeHead-end', 'end', 'end-string']) {
