@@ -12,13 +12,13 @@ import { CuttableProxy, HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, star
 import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 /** A hub config whose every user event goes to `urlTemplate`. */
 function hubWith(urlTemplate: string) {
   return {
     pubsub: {
-      hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 3000 }] }],
+      hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 5000 }] }],
     },
   };
 }
@@ -84,7 +84,7 @@ describe('connection events', () => {
   });
 
   it('keeps a client whose own keep-alive is off: its socket answers the relay\'s WebSocket pings', async (t) => {
-    const relay = await startPubSubRelay(t, { timeouts: { keepAliveIntervalMs: 150, idleMs: 500 } });
+    const relay = await startPubSubRelay(t, { timeouts: { keepAliveIntervalMs: 150, idleMs: 800 } });
     const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 0, keepAliveTimeoutInMs: 0 });
     const events = recordEvents(c.client);
     await new Promise((r) => setTimeout(r, 1500));
@@ -118,10 +118,10 @@ describe('connection events', () => {
 
   it('keeps a quiet connection: the pongs to its pings count for its keep-alive timeout', async (t) => {
     const relay = await startPubSubRelay(t);
-    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 900 });
+    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 1500 });
     const events = recordEvents(c.client);
-    // Without a pong the client closes the socket once 900 ms pass with nothing read (checked every 300 ms).
-    await new Promise((r) => setTimeout(r, 2500));
+    // Without a pong the client closes the socket once 1.5 s pass with nothing read (checked every 500 ms).
+    await new Promise((r) => setTimeout(r, 3500));
     assert.deepEqual(events.map((e) => e.name), []);
     assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0, 'no recovery either');
     await c.client.joinGroup('g');
@@ -325,23 +325,25 @@ describe('sendEvent and invokeEvent', () => {
       req.on('data', (chunk) => (body += chunk));
       req.on('end', () => {
         seen.push(body);
-        const delay = body === 'slow' ? 2000 : 0;
+        const delay = body === 'slow' ? 3000 : 0;
         setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`), delay);
       });
     });
     const relay = await startPubSubRelay(t, hubWith(handler.urlTemplate));
-    // Without a pong for 900 ms the client would close its socket while the slow event is at the handler.
-    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 900 });
+    // Without a pong for 1.2 s the client would close its socket while the slow event is at the handler.
+    const c = await startClient(t, accessUrl(relay.url), { keepAliveIntervalInMs: 200, keepAliveTimeoutInMs: 1200 });
     const events = recordEvents(c.client);
     const slow = c.client.sendEvent('e', 'slow', 'text');
     const rest = Array.from({ length: 10 }, (_, i) => c.client.sendEvent('e', `n${i}`, 'text'));
-    await withTimeout(c.client.joinGroup('g'), 1000, 'a join while the event waits');
-    await withTimeout(c.client.sendToGroup('g', 'x', 'text'), 1000, 'a send while the event waits');
+    await withTimeout(c.client.joinGroup('g'), 2000, 'a join while the event waits');
+    await withTimeout(c.client.sendToGroup('g', 'x', 'text'), 2000, 'a send while the event waits');
     await withTimeout(Promise.all([slow, ...rest]), 10000, 'every event acked');
     await until(() => c.serverData.length === 11, 5000, 'every reply');
     assert.deepEqual(seen, ['slow', ...Array.from({ length: 10 }, (_, i) => `n${i}`)], 'the handler had them in order, one at a time');
     assert.deepEqual(c.serverData.map((m) => m.data), seen.map((b) => `re ${b}`));
     assert.deepEqual(events.map((e) => e.name), [], 'never disconnected');
+    // A reliable client that closes its socket recovers without a disconnected event: it did not close at all.
+    assert.equal(await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total'), 0, 'no recovery either');
   });
 
   it('a send whose ack a cut lost is retried after recovery with its ackId and done once (Duplicate resolves it)', async (t) => {
@@ -362,7 +364,7 @@ describe('sendEvent and invokeEvent', () => {
     await until(() => answer !== undefined, 5000, 'the event at the handler');
     proxy.cut();
     // The SDK rejects the pending ack at the cut, recovers the session, and sends the event again with ackId 42.
-    await until(() => c.client['_state'] === 'Connected', 5000, 'recovered');
+    await untilAnswered(async () => (await metricValue(relay, 'edge_relay_pubsub_sessions_recovered_total')) === 1, 5000, 'recovered');
     await new Promise((r) => setTimeout(r, 400));
     answer!();
     const result = await withTimeout(sent, 5000, 'sendEvent');
