@@ -73,9 +73,20 @@ export interface ListenerPresenceNotice {
   group: string;
 }
 
-/** ws's bounds on the parts of a control message: its frames, and the socket reads of a frame not yet whole (partsAllowed). */
+/**
+ * The largest response body hyco-https sends on its control channel (larger ones go by rendezvous), as one message
+ * of one fragment per `res.write()`: a body streamed in small writes (rows of NDJSON) comes in up to a fragment a byte.
+ */
+const CHANNEL_BODY_BYTES = 65536;
+
+/**
+ * ws's bounds on the parts of a control message: the socket reads of a frame not yet whole (partsAllowed), and its
+ * frames: one per byte of a body hyco-https may send on the channel and two more (its first and its closing frame),
+ * at most (ws keeps each frame, ~100 bytes a frame: up to ~7 MiB for a channel's message of 1-byte writes; before,
+ * one per 64 bytes, a response written in more than 1,024 pieces closed the channel 1008 and was answered 502).
+ */
 function controlMessageParts(bytes: number): { maxFragments: number; maxBufferedChunks: number } {
-  return { maxFragments: partsAllowed(bytes), maxBufferedChunks: Math.max(64, partsAllowed(bytes)) };
+  return { maxFragments: Math.max(partsAllowed(bytes), Math.min(bytes, CHANNEL_BODY_BYTES) + 2), maxBufferedChunks: Math.max(64, partsAllowed(bytes)) };
 }
 
 export class HybridService {
@@ -140,9 +151,8 @@ export class HybridService {
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: config.limits.controlMessageBytes,
-      // A message's parts, and the socket reads of a frame not yet whole, are held to one per 64 bytes of
-      // controlMessageBytes (ws's defaults, 16,384 and 262,144, let a listener hold ~1.6 MiB per channel
-      // with a message of 1-byte fragments it never finishes; hyco-ws and hyco-https send whole messages).
+      // A message's parts, and the socket reads of a frame not yet whole, are bounded (controlMessageParts; ws's
+      // defaults, 16,384 and 262,144, did not bound a message's frames by its bytes).
       ...controlMessageParts(config.limits.controlMessageBytes),
       // A control channel closed by the relay waits this long for the listener's answer (ws's default: 30 s).
       closeTimeout: config.timeouts.closeHandshakeMs,

@@ -450,6 +450,9 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
     [100, 1024, 0],
     [300, 1024, 0],
     [40, 4096, 5],
+    // Past one part per 64 B of controlMessageBytes (1,024): rows of NDJSON, a byte or three at a time.
+    [1100, 14, 0],
+    [20000, 3, 0],
   ]) {
     it(`a body written in ${pieces} pieces of ${size} B${delay ? ` ${delay} ms apart` : ''} arrives whole and in order`, async () => {
       const r = await get(`/echo/stream?pieces=${pieces}&size=${size}&delay=${delay}`);

@@ -144,16 +144,16 @@ describe('a peer sending tiny frames', () => {
     await assertStillServing(t, relay);
   });
 
-  it('a listener\'s control message in 1-byte fragments it never finishes is closed 1008 past one part per 64 bytes of controlMessageBytes (before: ws kept up to 16,384 parts, ~1.6 MiB a channel, for as long as it pinged)', async (t) => {
+  it('a listener\'s control message in fragments it never finishes is closed 1008 past one frame per byte of a body hyco-https sends on the channel, and two (65,538; before: ws kept up to 16,384 frames; one per 64 bytes failed hyco-https answers written in over 1,024 pieces)', async (t) => {
     const path = '/$hc/open?sb-hc-action=listen';
     const up = await rawUpgrade(t, relay.port, path, { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, path)) });
     assert.equal(up.status, 101);
     let read = Buffer.alloc(0);
     up.socket.on('data', (d: Buffer) => (read = Buffer.concat([read, d])));
     up.socket.resume();
-    // 2,000 parts, 2,000 bytes: far under controlMessageBytes (64 KiB), past its 1,024 parts.
-    const fragment = maskedFrame(OP_CONTINUATION, ' ', false);
-    up.socket.write(Buffer.concat([maskedFrame(OP_TEXT, '{', false), ...Array.from({ length: 2000 }, () => fragment)]));
+    // 66,000 empty frames: no bytes towards controlMessageBytes (64 KiB), past its 65,538 frames.
+    const fragment = maskedFrame(OP_CONTINUATION, '', false);
+    up.socket.write(Buffer.concat([maskedFrame(OP_TEXT, '{', false), ...Array.from({ length: 66000 }, () => fragment)]));
     const closeFrame = () => parseServerFrames(read).frames.find((f) => f.opcode === 0x8);
     await until(() => closeFrame() !== undefined, 5000, 'a close frame');
     assert.equal(closeFrame()!.payload.readUInt16BE(0), 1008, closeFrame()!.payload.toString('latin1'));
