@@ -13,9 +13,14 @@ export interface SasRule {
   entity?: string;
 }
 
+/** What a sender may do on a hybrid connection: open a relayed WebSocket, or send an HTTP request. */
+export type SenderKind = 'websocket' | 'http';
+
 export interface HybridConnectionConfig {
   name: string;
   requiresClientAuthorization: boolean;
+  /** What its listeners take; unset: both. */
+  accepts?: SenderKind[];
   /** Listener presence events published to a hub group. */
   presence?: { hub: string; group: string };
 }

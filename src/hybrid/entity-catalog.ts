@@ -2,7 +2,7 @@
 // `autoCreate` is on, those a listener created by attaching. Names compare
 // case-insensitively, as in Azure Relay. A reload changes the list in place:
 // the entity objects open listeners hold are the ones updated.
-import type { HybridConnectionConfig } from '../config/types.ts';
+import type { HybridConnectionConfig, SenderKind } from '../config/types.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export interface HybridEntity {
@@ -11,8 +11,17 @@ export interface HybridEntity {
   /** Lower-case lookup key. */
   key: string;
   requiresClientAuthorization: boolean;
+  /** What its listeners take from senders (hybridConnections[].accepts; both when unset, and for a created entity). */
+  accepts: ReadonlySet<SenderKind>;
   /** Created by a listener rather than listed in the config. */
   dynamic: boolean;
+}
+
+/** Both kinds of sender: a relayed WebSocket and an HTTP request. */
+export const ACCEPTS_ALL: ReadonlySet<SenderKind> = new Set(['websocket', 'http']);
+
+function acceptsOf(hc: HybridConnectionConfig): ReadonlySet<SenderKind> {
+  return hc.accepts ? new Set(hc.accepts) : ACCEPTS_ALL;
 }
 
 const ENTITY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$/;
@@ -49,9 +58,10 @@ export class EntityCatalog {
       const existing = this.entities.get(key);
       if (existing) {
         existing.requiresClientAuthorization = hc.requiresClientAuthorization;
+        existing.accepts = acceptsOf(hc);
         existing.dynamic = false;
       } else {
-        this.entities.set(key, { name: hc.name, key, requiresClientAuthorization: hc.requiresClientAuthorization, dynamic: false });
+        this.entities.set(key, { name: hc.name, key, requiresClientAuthorization: hc.requiresClientAuthorization, accepts: acceptsOf(hc), dynamic: false });
       }
     }
     const removed: HybridEntity[] = [];
@@ -71,7 +81,7 @@ export class EntityCatalog {
   getForListener(name: string): HybridEntity | undefined {
     const found = this.get(name);
     if (found || !this.autoCreate || !isValidEntityName(name)) return found;
-    const created: HybridEntity = { name, key: asciiLowerCase(name), requiresClientAuthorization: true, dynamic: true };
+    const created: HybridEntity = { name, key: asciiLowerCase(name), requiresClientAuthorization: true, accepts: ACCEPTS_ALL, dynamic: true };
     this.entities.set(created.key, created);
     return created;
   }

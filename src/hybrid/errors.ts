@@ -19,6 +19,9 @@ export const HYBRID_ERRORS = {
   EntityNotFound: { status: 404, message: 'No such hybrid connection' },
   NoListener: { status: 404, message: 'No listener is connected to this hybrid connection' },
   RendezvousNotFound: { status: 404, message: 'No pending rendezvous has this id' },
+  // hybridConnections[].accepts: refused before any listener hears of it.
+  WebSocketNotAccepted: { status: 404, message: "This hybrid connection's listeners take HTTP requests only" },
+  HttpNotAccepted: { status: 404, message: "This hybrid connection's listeners take relayed WebSockets only" },
   RendezvousRejected: { status: 410, message: 'Rejected as the listener asked' },
   SenderGone: { status: 410, message: 'The sender has gone' },
   RequestTimeout: { status: 408, message: 'The request body stopped arriving' },

@@ -21,7 +21,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
-import { EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
+import { ACCEPTS_ALL, EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink, hybridLinkId } from './cluster-link.ts';
@@ -320,7 +320,7 @@ export class HybridService {
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, below: HybridPathBelow, log: Logger): void {
     const entity = this.entityForSender(name);
     if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound', name);
-    const refused = this.authorizeSender(req, params, entity, below.subPath);
+    const refused = this.authorizeSender(req, params, entity, below.subPath) ?? (entity.accepts.has('websocket') ? undefined : 'WebSocketNotAccepted');
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
       return connectFailed(this.ctx, socket, refused, entity);
@@ -336,7 +336,7 @@ export class HybridService {
   private entityForSender(name: string): HybridEntity | undefined {
     const known = this.catalog.get(name);
     if (known || !this.config.autoCreate || !isValidEntityName(name)) return known;
-    return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, dynamic: true };
+    return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, accepts: ACCEPTS_ALL, dynamic: true };
   }
 
   /** Routes for relayed HTTP requests (made once: nothing is made per request for it). */
@@ -385,7 +385,7 @@ export class HybridService {
     if (isRuntimeInformationRequest(req, target.subPath, target.params)) return void this.answerRuntimeInformation(req, res, target, log);
     const entity = this.entityForSender(target.entity);
     if (!entity) return this.refuseHttp(req, res, target, log, 'EntityNotFound');
-    const refused = this.authorizeSender(req, target.params, entity, target.subPath);
+    const refused = this.authorizeSender(req, target.params, entity, target.subPath) ?? (entity.accepts.has('http') ? undefined : 'HttpNotAccepted');
     if (refused) return this.refuseHttp(req, res, target, log, refused);
     sendContinue(res);
     new HttpExchange(this.ctx, req, res, entity, this.routes, target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
@@ -438,6 +438,7 @@ export class HybridService {
     // (before, refused ShuttingDown at once, so an hc:// handler heard none of them).
     const entity = isValidEntityName(entityName) ? this.entityForSender(entityName) : undefined;
     if (!entity) return Promise.reject(new RelayedRequestError('unreachable', 'EntityNotFound'));
+    if (!entity.accepts.has('http')) return Promise.reject(new RelayedRequestError('unreachable', 'HttpNotAccepted'));
     const log = this.log.child({ entity: entity.name, relayed: true });
     return relayRequest(this.ctx, entity, this.routes, requestTarget, init, log);
   }
