@@ -6,6 +6,7 @@ import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
 import { exitedWithOutput } from './exit.ts';
 import { withTimeout } from './wait.ts';
+import { tracked } from './child-processes.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 
@@ -24,7 +25,7 @@ export interface CliProcess {
 }
 
 export function runCli(t: Pick<TestContext, 'after'>, args: string[], env?: NodeJS.ProcessEnv): CliProcess {
-  const child = spawn(EDGE_RELAY_BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) });
+  const child = tracked(spawn(EDGE_RELAY_BIN, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) }));
   cleanupFor(t).after(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((r) => child.once('exit', r));

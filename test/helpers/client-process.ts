@@ -8,6 +8,7 @@
 import { spawn } from 'node:child_process';
 import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
+import { tracked } from './child-processes.ts';
 
 export interface ScriptResult {
   code: number | null;
@@ -23,11 +24,13 @@ export function runClientScript(t: Pick<TestContext, 'after'>, source: string, e
   const inherited = { ...process.env };
   delete inherited.NODE_EXTRA_CA_CERTS;
   delete inherited.NODE_TLS_REJECT_UNAUTHORIZED;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', source], {
-    cwd: ROOT,
-    env: { ...inherited, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = tracked(
+    spawn(process.execPath, ['--input-type=module', '-e', source], {
+      cwd: ROOT,
+      env: { ...inherited, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
   cleanupFor(t).after(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });

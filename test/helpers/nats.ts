@@ -14,6 +14,7 @@ import type { TestContext } from 'node:test';
 import { cleanupFor } from './cleanup.ts';
 import { allThreadsStopped } from './process-state.ts';
 import { until, withTimeout } from './wait.ts';
+import { tracked } from './child-processes.ts';
 
 export interface NatsNode {
   name: string;
@@ -116,7 +117,7 @@ async function spawnNats(name: string, ports: Ports, routes: string[], dir: stri
   if (routes.length > 0) {
     args.push('--cluster', `nats://127.0.0.1:${ports.routePort}`, '--cluster_name', 'edge-relay-test', '--routes', routes.join(','));
   }
-  const child = spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir });
+  const child = tracked(spawn('nats-server', args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir }));
   let log = '';
   const found = await withTimeout(
     new Promise<Ports>((resolve, reject) => {

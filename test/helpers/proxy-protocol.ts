@@ -13,6 +13,7 @@ import { connect as tlsConnect, type ConnectionOptions } from 'node:tls';
 import { cleanupFor } from './cleanup.ts';
 import { freePort } from './nats.ts';
 import { withTimeout } from './wait.ts';
+import { tracked } from './child-processes.ts';
 
 const SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
 
@@ -94,7 +95,7 @@ listen v2
   server relay 127.0.0.1:${relayPort} send-proxy-v2
 `,
   );
-  const child = spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = tracked(spawn('haproxy', ['-db', '-f', file], { stdio: ['ignore', 'ignore', 'pipe'] }));
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr += c));
   // Not installed (.ci/run installs it): said plainly, not an unhandled 'error'.

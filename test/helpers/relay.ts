@@ -12,6 +12,7 @@ import { Writable } from 'node:stream';
 import type { RelayConfig } from '../../src/config/types.ts';
 import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
+import { tracked } from './child-processes.ts';
 import { cleanupFor } from './cleanup.ts';
 import { EDGE_RELAY_BIN } from './cli-process.ts';
 import { withTimeout } from './wait.ts';
@@ -98,10 +99,12 @@ export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides
 
 /** `edge-relay serve ARGS` as a child process; resolves once it prints its address. */
 export async function startServeProcess(t: Pick<TestContext, 'after'>, args: string[], options: ServeProcessOptions = {}): Promise<RelayProcess> {
-  const child = spawn(EDGE_RELAY_BIN, ['serve', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    cwd: new URL('../..', import.meta.url).pathname,
-  });
+  const child = tracked(
+    spawn(EDGE_RELAY_BIN, ['serve', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: new URL('../..', import.meta.url).pathname,
+    }),
+  );
   let err = '';
   const readStderr = options.readStderr ?? true;
   // TEST_RELAY_OUTPUT=dir keeps each relay process's output there, for debugging.
