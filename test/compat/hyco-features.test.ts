@@ -175,7 +175,8 @@ function send(
 
 const auth = (url: string) => ({ ServiceBusAuthorization: tokenFor(url) });
 
-describe('hyco-https listener: what it sees of a request', () => {
+/** A relay and a hyco-https listener running `app`, for the describe block this is called in: the relay, once started. */
+function relayWithHycoHttps(): () => Relay {
   const cleanup = new Cleanup();
   let relay: Relay;
   before(async () => {
@@ -183,9 +184,14 @@ describe('hyco-https listener: what it sees of a request', () => {
     await startHycoHttpsListener(cleanup, relay.url, app);
   });
   after(() => cleanup.run());
+  return () => relay;
+}
+
+describe('hyco-https listener: what it sees of a request', () => {
+  const relay = relayWithHycoHttps();
 
   async function inspect(path: string, opts: Parameters<typeof send>[1] = {}, withToken = true) {
-    const r = await send(`${relay.url}${path}`, { ...opts, headers: { ...(withToken ? auth(`${relay.url}/echo`) : {}), ...opts.headers } });
+    const r = await send(`${relay().url}${path}`, { ...opts, headers: { ...(withToken ? auth(`${relay().url}/echo`) : {}), ...opts.headers } });
     assert.equal(r.status, 200, String(r.body));
     return JSON.parse(String(r.body)) as { method: string; url: string; headers: Record<string, string | string[]>; body: string; requestId: string };
   }
@@ -226,7 +232,7 @@ describe('hyco-https listener: what it sees of a request', () => {
   });
 
   it('the query keeps every parameter but sb-hc-* ones, byte for byte and in order', async () => {
-    const token = encodeURIComponent(tokenFor(`${relay.url}/echo/inspect`));
+    const token = encodeURIComponent(tokenFor(`${relay().url}/echo/inspect`));
     const seen = await inspect(`/echo/inspect?a=1&sb-hc-token=${token}&a=2&b=%20x%2By&SB-HC-ID=z&sb-hc-other=1&c&d=`, {}, false);
     assert.equal(seen.url, '/echo/inspect?a=1&a=2&b=%20x%2By&c&d=');
   });
@@ -238,7 +244,7 @@ describe('hyco-https listener: what it sees of a request', () => {
 
   for (const parts of [[], [Buffer.from('tiny')]]) {
     it(`a chunked body of ${parts.length ? 'a few bytes' : 'no bytes'} reaches the listener by rendezvous as sent`, async () => {
-      const target = `${relay.url}/echo/inspect`;
+      const target = `${relay().url}/echo/inspect`;
       const r = await httpRequest(target, { method: 'POST', body: parts, headers: { ...auth(target), 'transfer-encoding': 'chunked' } });
       assert.equal(r.status, 200, String(r.body));
       const seen = JSON.parse(String(r.body));
@@ -247,7 +253,7 @@ describe('hyco-https listener: what it sees of a request', () => {
   }
 
   it('Expect: 100-continue gets its 100 and the body reaches the listener', async () => {
-    const target = `${relay.url}/echo/inspect`;
+    const target = `${relay().url}/echo/inspect`;
     const body = randomBytes(2000);
     const answer = await withTimeout(
       new Promise<Answer>((resolve, reject) => {
@@ -272,11 +278,11 @@ describe('hyco-https listener: what it sees of a request', () => {
       createRelayHttpsUri(namespace: string, path: string, token?: string, id?: string): string;
       appendRelayToken(uri: string, keyName: string, key: string): string;
     };
-    const token = https.createRelayToken(`${relay.url}/echo`, ROOT_KEY_NAME, ROOT_KEY);
-    const built = https.createRelayHttpsUri('127.0.0.1', 'echo/inspect?a=1', token, 'corr-9').replace('https://127.0.0.1', relay.url);
+    const token = https.createRelayToken(`${relay().url}/echo`, ROOT_KEY_NAME, ROOT_KEY);
+    const built = https.createRelayHttpsUri('127.0.0.1', 'echo/inspect?a=1', token, 'corr-9').replace('https://127.0.0.1', relay().url);
     const one = JSON.parse(String((await send(built)).body));
     assert.equal(one.url, '/echo/inspect?a=1');
-    const appended = https.appendRelayToken(`${relay.url}/echo/inspect?b=2`, ROOT_KEY_NAME, ROOT_KEY);
+    const appended = https.appendRelayToken(`${relay().url}/echo/inspect?b=2`, ROOT_KEY_NAME, ROOT_KEY);
     const two = await send(appended);
     assert.equal(two.status, 200, String(two.body));
     assert.equal(JSON.parse(String(two.body)).url, '/echo/inspect?b=2');
@@ -287,7 +293,7 @@ describe('hyco-https listener: what it sees of a request', () => {
     const bodies = Array.from({ length: 24 }, (_, i) => randomBytes(sizes[i % sizes.length]));
     const answers = await Promise.all(
       bodies.map((body, i) =>
-        send(`${relay.url}/echo/inspect?n=${i}`, { method: 'POST', body, headers: { ...auth(`${relay.url}/echo/inspect`), 'content-length': String(body.length) } }),
+        send(`${relay().url}/echo/inspect?n=${i}`, { method: 'POST', body, headers: { ...auth(`${relay().url}/echo/inspect`), 'content-length': String(body.length) } }),
       ),
     );
     answers.forEach((r, i) => {
@@ -302,7 +308,7 @@ describe('hyco-https listener: what it sees of a request', () => {
   });
 
   it('two senders using one sb-hc-id at once (createRelayHttpsUri with a fixed id) are still told apart', async () => {
-    const target = `${relay.url}/echo/inspect`;
+    const target = `${relay().url}/echo/inspect`;
     const answers = await Promise.all(
       [0, 1, 2, 3].map((i) => send(`${target}?n=${i}&sb-hc-id=same-id`, { method: 'POST', body: Buffer.from(`body ${i}`), headers: auth(target) })),
     );
@@ -316,16 +322,10 @@ describe('hyco-https listener: what it sees of a request', () => {
 });
 
 describe('hyco-https listener: status lines and bodies it answers with', () => {
-  const cleanup = new Cleanup();
-  let relay: Relay;
-  before(async () => {
-    relay = await startTestRelay(cleanup);
-    await startHycoHttpsListener(cleanup, relay.url, app);
-  });
-  after(() => cleanup.run());
+  const relay = relayWithHycoHttps();
 
   const get = (path: string, opts: Parameters<typeof send>[1] = {}) =>
-    send(`${relay.url}${path}`, { ...opts, headers: { ...auth(`${relay.url}/echo`), ...opts.headers } });
+    send(`${relay().url}${path}`, { ...opts, headers: { ...auth(`${relay().url}/echo`), ...opts.headers } });
 
   for (const [code, reason, expected] of [
     [201, undefined, 'Created'],
@@ -363,8 +363,8 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
     const head = await get('/echo/body', { method: 'HEAD' });
     assert.deepEqual([head.status, head.headers['content-type'], head.body.length], [200, 'text/plain', 0]);
     // node:http's agent does not reuse a socket after HEAD: a raw one sends HEAD and GET back to back.
-    const socket = await tcp(t, relay.port);
-    const token = tokenFor(`${relay.url}/echo`);
+    const socket = await tcp(t, relay().port);
+    const token = tokenFor(`${relay().url}/echo`);
     socket.write(['HEAD', 'GET'].map((m) => `${m} /echo/body HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${token}\r\n\r\n`).join(''));
     const bytes = String(await readUntil(socket, (b) => String(b).endsWith('0\r\n\r\n'), 5000, 'both answers'));
     assert.equal(bytes.match(/^HTTP\/1\.1 200 /gm)?.length, 2, bytes);
@@ -372,8 +372,8 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
   });
 
   it('an HTTP/1.0 sender gets the whole body of an answer hyco-https gives no length (framed by the close)', async (t) => {
-    const socket = await tcp(t, relay.port);
-    socket.write(`GET /echo/size?n=3000 HTTP/1.0\r\nHost: x\r\nServiceBusAuthorization: ${tokenFor(`${relay.url}/echo`)}\r\n\r\n`);
+    const socket = await tcp(t, relay().port);
+    socket.write(`GET /echo/size?n=3000 HTTP/1.0\r\nHost: x\r\nServiceBusAuthorization: ${tokenFor(`${relay().url}/echo`)}\r\n\r\n`);
     const bytes = await readToClose(socket, 5000, 'the HTTP/1.0 answer');
     const split = bytes.indexOf('\r\n\r\n');
     assert.match(String(bytes.subarray(0, split)), /^HTTP\/1\.[01] 200 /);
@@ -381,8 +381,8 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
   });
 
   it('pipelined requests are answered in order, a slow answer before a fast one', async (t) => {
-    const socket = await tcp(t, relay.port);
-    const token = tokenFor(`${relay.url}/echo`);
+    const socket = await tcp(t, relay().port);
+    const token = tokenFor(`${relay().url}/echo`);
     socket.write(['/echo/stream?pieces=10&size=3&delay=30', '/echo/body'].map((p) => `GET ${p} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${token}\r\n\r\n`).join(''));
     const bytes = String(await readUntil(socket, (b) => String(b).includes('0123456789'), 5000, 'both answers'));
     assert.equal(bytes.match(/^HTTP\/1\.1 200 /gm)?.length, 2, bytes);
@@ -392,8 +392,8 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
   });
 
   it('HEAD of a large answer (its body sent by rendezvous) gets the head alone, and the connection goes on', async (t) => {
-    const socket = await tcp(t, relay.port);
-    const token = tokenFor(`${relay.url}/echo`);
+    const socket = await tcp(t, relay().port);
+    const token = tokenFor(`${relay().url}/echo`);
     socket.write(['HEAD', 'GET'].map((m) => `${m} /echo/${m === 'HEAD' ? 'size?n=200000' : 'body'} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${token}\r\n\r\n`).join(''));
     const bytes = String(await readUntil(socket, (b) => String(b).endsWith('0\r\n\r\n'), 5000, 'both answers'));
     assert.equal(bytes.match(/^HTTP\/1\.1 200 /gm)?.length, 2, bytes.slice(0, 500));
@@ -418,13 +418,13 @@ describe('hyco-https listener: status lines and bodies it answers with', () => {
 
   for (const pieces of [false, true]) {
     it(`a small answer${pieces ? ' written in pieces' : ''} to a sender that has gone is dropped, and the channel serves on`, async (t) => {
-      const socket = await tcp(t, relay.port);
-      socket.write(`GET /echo/late?after=300${pieces ? '&pieces' : ''} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${tokenFor(`${relay.url}/echo`)}\r\n\r\n`);
+      const socket = await tcp(t, relay().port);
+      socket.write(`GET /echo/late?after=300${pieces ? '&pieces' : ''} HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: ${tokenFor(`${relay().url}/echo`)}\r\n\r\n`);
       await new Promise((r) => setTimeout(r, 50));
       socket.destroy();
       // Past the late answer: the next request needs the same (only) control channel.
       await new Promise((r) => setTimeout(r, 600));
-      const before = relay.hybrid.listeners.counts().get('echo');
+      const before = relay().hybrid.listeners.counts().get('echo');
       const r = await get('/echo/body');
       assert.deepEqual([r.status, String(r.body)], [200, '0123456789']);
       assert.equal(before, 1, 'the listener still online');
