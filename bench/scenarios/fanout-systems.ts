@@ -8,12 +8,14 @@
 // saturated rate (a faster system is measured at a higher rate, and the
 // generator, which reads every subscriber's socket, has more to read), and,
 // for groups of 1,000 and more, at half of nats-server's rate for each of ours
-// (the same offered load), in a second pass once every row ran. (Run first,
-// nats-server and the extra latency runs moved the rows after them: the
-// reliable NATS-bus row at 10,000 read 0.58x and 0.59x in two runs, 0.88x in
-// a third with the order of before, which these rows keep.)
+// (the same offered load), in a second pass once every row ran. Each row runs
+// in a load generator process of its own (fanout-row.ts): with one generator
+// for every row, what ran before in it counted (run first, nats-server and the
+// extra latency runs moved the rows after them: the reliable NATS-bus row at
+// 10,000 read 0.58x and 0.59x nats-server, then 1.14x and 0.79x in the order
+// of before, which the rows keep).
 import { mqttClients, natsClients, relayClients, reliableRelayClients, type FanoutClients } from '../lib/fanout-clients.ts';
-import { startAll } from '../lib/processes.ts';
+import { runCommand, startAll } from '../lib/processes.ts';
 import type { Ratio, ScenarioResult } from '../lib/report.ts';
 import { startMosquitto, startNatsServer, startRelay } from '../lib/systems.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
@@ -96,7 +98,8 @@ async function ourWorkers(workers: number, plan: FanoutPlan): Promise<FanoutFigu
   }
 }
 
-async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures> {
+/** One row, measured by this process (fanout-row.ts runs it in a process of its own). */
+export async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures> {
   switch (system) {
     case OURS_MEMORY:
       return ourRelay(relayClients, plan);
@@ -130,6 +133,12 @@ async function measure(system: string, plan: FanoutPlan): Promise<FanoutFigures>
   throw new Error(`unknown system ${system}`);
 }
 
+/** One row in a fresh generator process (fanout-row.ts), so that no row inherits the generator's state from the rows before it. */
+async function measureInFreshGenerator(system: string, plan: FanoutPlan): Promise<FanoutFigures> {
+  const out = await runCommand(process.execPath, ['--import', 'tsx', 'bench/scenarios/fanout-row.ts', JSON.stringify({ system, plan })], 15 * 60 * 1000);
+  return JSON.parse(out.trim().split('\n').at(-1)!) as FanoutFigures;
+}
+
 function planFor(mode: Mode, subscribers: number): FanoutPlan {
   const small = subscribers < 1000;
   return {
@@ -155,7 +164,7 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
     const byName = new Map<string, FanoutFigures>();
     for (const system of systems) {
       process.stderr.write(`  ${scenario}: ${system}\n`);
-      const f = await measure(system, plan);
+      const f = await measureInFreshGenerator(system, plan);
       byName.set(system, f);
       results.push({ scenario, system, ours: OURS.includes(system) || WORKER_ROWS.includes(system), value: f.deliveriesPerSec, unit: 'deliveries/s', figures: { ...f } });
     }
@@ -186,7 +195,7 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
     const atPeerHalf: FanoutPlan['latencyRates'] = [{ name: AT_PEER_HALF, eventsPerSec: byName.get(NATS)!.eventsPerSec / 2 }];
     for (const ours of OURS) {
       process.stderr.write(`  ${scenario}: ${ours}, p99 at nats-server's half load\n`);
-      const again = await measure(ours, { ...plan, seconds: Math.min(plan.seconds, 1), latencyShares: [0.5], latencyRates: atPeerHalf });
+      const again = await measureInFreshGenerator(ours, { ...plan, seconds: Math.min(plan.seconds, 1), latencyShares: [0.5], latencyRates: atPeerHalf });
       const figure = `p99At${AT_PEER_HALF}Ms`;
       byName.get(ours)![figure] = again[figure];
       results.find((r) => r.scenario === scenario && r.system === ours)!.figures[figure] = again[figure];
