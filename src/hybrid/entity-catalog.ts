@@ -20,6 +20,11 @@ export interface HybridEntity {
 /** Both kinds of sender: a relayed WebSocket and an HTTP request. */
 export const ACCEPTS_ALL: ReadonlySet<SenderKind> = new Set(['websocket', 'http']);
 
+/** The entity a listener creates for `name` with autoCreate on: its senders need tokens, and it takes both kinds. */
+export function createdEntity(name: string): HybridEntity {
+  return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, accepts: ACCEPTS_ALL, dynamic: true };
+}
+
 function acceptsOf(hc: HybridConnectionConfig): ReadonlySet<SenderKind> {
   return hc.accepts ? new Set(hc.accepts) : ACCEPTS_ALL;
 }
@@ -81,7 +86,7 @@ export class EntityCatalog {
   getForListener(name: string): HybridEntity | undefined {
     const found = this.get(name);
     if (found || !this.autoCreate || !isValidEntityName(name)) return found;
-    const created: HybridEntity = { name, key: asciiLowerCase(name), requiresClientAuthorization: true, accepts: ACCEPTS_ALL, dynamic: true };
+    const created = createdEntity(name);
     this.entities.set(created.key, created);
     return created;
   }

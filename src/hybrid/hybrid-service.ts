@@ -13,7 +13,7 @@ import { certificatesOf, chainLeadsTo } from '../auth/client-certificate-chain.t
 import type { X509Certificate } from 'node:crypto';
 import type { Bus } from '../bus/bus.ts';
 import type { Subjects } from '../bus/subjects.ts';
-import type { RelayConfig, Right } from '../config/types.ts';
+import type { RelayConfig, Right, SenderKind } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import { sendContinue } from '../http/expect-continue.ts';
 import { keepQueryParams } from '../http/query-params.ts';
@@ -21,7 +21,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
-import { ACCEPTS_ALL, EntityCatalog, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
+import { EntityCatalog, createdEntity, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink, hybridLinkId } from './cluster-link.ts';
@@ -87,6 +87,12 @@ const CHANNEL_BODY_BYTES = 65536;
  */
 function controlMessageParts(bytes: number): { maxFragments: number; maxBufferedChunks: number } {
   return { maxFragments: Math.max(partsAllowed(bytes), Math.min(bytes, CHANNEL_BODY_BYTES) + 2), maxBufferedChunks: Math.max(64, partsAllowed(bytes)) };
+}
+
+/** The refusal of a sender of `kind` to an entity whose listeners do not take that kind (hybridConnections[].accepts). */
+function kindRefused(entity: HybridEntity, kind: SenderKind): HybridErrorCode | undefined {
+  if (entity.accepts.has(kind)) return undefined;
+  return kind === 'websocket' ? 'WebSocketNotAccepted' : 'HttpNotAccepted';
 }
 
 export class HybridService {
@@ -320,7 +326,7 @@ export class HybridService {
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, below: HybridPathBelow, log: Logger): void {
     const entity = this.entityForSender(name);
     if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound', name);
-    const refused = this.authorizeSender(req, params, entity, below.subPath) ?? (entity.accepts.has('websocket') ? undefined : 'WebSocketNotAccepted');
+    const refused = this.authorizeSender(req, params, entity, below.subPath) ?? kindRefused(entity, 'websocket');
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
       return connectFailed(this.ctx, socket, refused, entity);
@@ -336,7 +342,7 @@ export class HybridService {
   private entityForSender(name: string): HybridEntity | undefined {
     const known = this.catalog.get(name);
     if (known || !this.config.autoCreate || !isValidEntityName(name)) return known;
-    return { name, key: asciiLowerCase(name), requiresClientAuthorization: true, accepts: ACCEPTS_ALL, dynamic: true };
+    return createdEntity(name);
   }
 
   /** Routes for relayed HTTP requests (made once: nothing is made per request for it). */
@@ -385,7 +391,7 @@ export class HybridService {
     if (isRuntimeInformationRequest(req, target.subPath, target.params)) return void this.answerRuntimeInformation(req, res, target, log);
     const entity = this.entityForSender(target.entity);
     if (!entity) return this.refuseHttp(req, res, target, log, 'EntityNotFound');
-    const refused = this.authorizeSender(req, target.params, entity, target.subPath) ?? (entity.accepts.has('http') ? undefined : 'HttpNotAccepted');
+    const refused = this.authorizeSender(req, target.params, entity, target.subPath) ?? kindRefused(entity, 'http');
     if (refused) return this.refuseHttp(req, res, target, log, refused);
     sendContinue(res);
     new HttpExchange(this.ctx, req, res, entity, this.routes, target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
@@ -438,7 +444,8 @@ export class HybridService {
     // (before, refused ShuttingDown at once, so an hc:// handler heard none of them).
     const entity = isValidEntityName(entityName) ? this.entityForSender(entityName) : undefined;
     if (!entity) return Promise.reject(new RelayedRequestError('unreachable', 'EntityNotFound'));
-    if (!entity.accepts.has('http')) return Promise.reject(new RelayedRequestError('unreachable', 'HttpNotAccepted'));
+    const refused = kindRefused(entity, 'http');
+    if (refused) return Promise.reject(new RelayedRequestError('unreachable', refused));
     const log = this.log.child({ entity: entity.name, relayed: true });
     return relayRequest(this.ctx, entity, this.routes, requestTarget, init, log);
   }
