@@ -15,23 +15,34 @@ export function medianBy<T>(items: T[], figure: (item: T) => number): T {
   return [...items].sort((a, b) => figure(a) - figure(b))[Math.floor(items.length / 2)];
 }
 
-/** `count` rounds, each running every one of `systems` once, in order; each round maps a system to what its run measured. */
-export async function runRounds<S, T>(count: number, systems: readonly S[], run: (system: S, round: number) => Promise<T>): Promise<Map<S, T>[]> {
-  const rounds: Map<S, T>[] = [];
+/**
+ * `count` rounds, each running every one of `systems` once, in order; each round maps a system's name to what its
+ * run measured. With `scenario`, each run is announced on stderr (`  scenario: system (round i of n)`).
+ */
+export async function runRounds<S extends { system: string }, T>(
+  count: number,
+  systems: readonly S[],
+  run: (system: S, round: number) => Promise<T>,
+  scenario?: string,
+): Promise<Map<string, T>[]> {
+  const rounds: Map<string, T>[] = [];
   for (let round = 1; round <= count; round++) {
-    const measured = new Map<S, T>();
-    for (const system of systems) measured.set(system, await run(system, round));
+    const measured = new Map<string, T>();
+    for (const s of systems) {
+      if (scenario) process.stderr.write(`  ${scenario}: ${s.system}${count > 1 ? ` (round ${round} of ${count})` : ''}\n`);
+      measured.set(s.system, await run(s, round));
+    }
     rounds.push(measured);
   }
   return rounds;
 }
 
 /** What `system` measured in each round. */
-export function runsOf<S, T>(rounds: Map<S, T>[], system: S): T[] {
+export function runsOf<T>(rounds: Map<string, T>[], system: string): T[] {
   return rounds.map((r) => r.get(system)!);
 }
 
 /** The median over the rounds of `ratio(ours's run, peer's run)` within each round. */
-export function pairedMedian<S, T>(rounds: Map<S, T>[], ours: S, peer: S, ratio: (ours: T, peer: T) => number): number {
+export function pairedMedian<T>(rounds: Map<string, T>[], ours: string, peer: string, ratio: (ours: T, peer: T) => number): number {
   return median(rounds.map((r) => ratio(r.get(ours)!, r.get(peer)!)));
 }

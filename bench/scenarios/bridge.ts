@@ -30,14 +30,9 @@ interface Path {
   pids: number[];
 }
 
-/** One round's figures by system name. */
-function bySystem<T>(round: Map<Path, T>, figure: (t: T) => number): Map<string, number> {
-  return new Map([...round].map(([p, t]) => [p.system, figure(t)]));
-}
-
-/** Each ratio the median over the rounds of ours / peer within a round. */
-function ratiosFor(scenario: string, rounds: Map<string, number>[]): Ratio[] {
-  const paired = (peer: string) => pairedMedian(rounds, BRIDGE, peer, (ours, p) => ours / p);
+/** Each ratio the median over the rounds of ours / peer within a round, by rate. */
+function ratiosFor(scenario: string, rounds: Map<string, { bytesPerSec: number }>[]): Ratio[] {
+  const paired = (peer: string) => pairedMedian(rounds, BRIDGE, peer, (ours, p) => ours.bytesPerSec / p.bytesPerSec);
   const figure = rounds.length > 1 ? { figure: `MiB/s, median of ${rounds.length} rounds` } : {};
   return [
     { scenario, ours: BRIDGE, peer: SOCAT, ...figure, ratio: paired(SOCAT), target: 1 },
@@ -69,12 +64,9 @@ export async function bridgeScenario(mode: Mode): Promise<Outcome> {
     const [toSink, toIperf] = await Promise.all([paths(sink.port, 'bench-bridge'), paths(iperf.port, 'bench-bridge-iperf3')]);
 
     const scenario = `bridge ${total / 1024 / 1024} MiB`;
-    const transfers = await runRounds(roundCount, toSink, (p, round) => {
-      process.stderr.write(`  ${scenario}: ${p.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
-      return overTcp(p.port, sink.received, total, p.pids);
-    });
+    const transfers = await runRounds(roundCount, toSink, (p) => overTcp(p.port, sink.received, total, p.pids), scenario);
     for (const p of toSink) {
-      const t: Transfer = medianBy(runsOf(transfers, p), (r) => r.bytesPerSec);
+      const t: Transfer = medianBy(runsOf(transfers, p.system), (r) => r.bytesPerSec);
       results.push({
         scenario,
         system: p.system,
@@ -84,18 +76,15 @@ export async function bridgeScenario(mode: Mode): Promise<Outcome> {
         figures: { bytesPerSec: t.bytesPerSec, bytes: total, generatorCpu: t.generatorCpu, serverCpu: t.serverCpu, serverKernelCpu: t.serverKernelCpu, rounds: roundCount },
       });
     }
-    ratios.push(...ratiosFor(scenario, transfers.map((r) => bySystem(r, (t) => t.bytesPerSec))));
+    ratios.push(...ratiosFor(scenario, transfers));
 
     const iperfScenario = `bridge, iperf3 ${iperfSeconds} s`;
-    const streams = await runRounds(roundCount, toIperf, (p, round) => {
-      process.stderr.write(`  ${iperfScenario}: ${p.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
-      return runIperf3(p.port, iperfSeconds, iperf.pid, p.pids);
-    });
+    const streams = await runRounds(roundCount, toIperf, (p) => runIperf3(p.port, iperfSeconds, iperf.pid, p.pids), iperfScenario);
     for (const p of toIperf) {
-      const f: Iperf3Figures = medianBy(runsOf(streams, p), (r) => r.bytesPerSec);
+      const f: Iperf3Figures = medianBy(runsOf(streams, p.system), (r) => r.bytesPerSec);
       results.push({ scenario: iperfScenario, system: p.system, ours: p.ours, value: f.bytesPerSec / 1048576, unit: 'MiB/s', figures: { ...f, rounds: roundCount } });
     }
-    ratios.push(...ratiosFor(iperfScenario, streams.map((r) => bySystem(r, (f) => f.bytesPerSec))));
+    ratios.push(...ratiosFor(iperfScenario, streams));
   } finally {
     for (const s of started.reverse()) await s.stop();
     for (const s of sink.sockets) s.destroy();

@@ -209,14 +209,13 @@ export async function runFanout(clients: FanoutClients, serverPids: number[], pl
       measuring = undefined;
       return { histogram, cpu };
     };
+    // The lower shares of this system's own rate, then the rates the caller gave (0.5 comes last, below).
+    const sweepRates = [
+      ...plan.latencyShares.filter((share) => share !== 0.5).map((share) => ({ name: `${share * 100}Pct`, eventsPerSec: eventsPerSec * share })),
+      ...(plan.latencyRates ?? []),
+    ];
     const sweep: Record<string, number> = {};
-    for (const share of plan.latencyShares) {
-      if (share === 0.5) continue;
-      const { histogram } = await latencyAt(eventsPerSec * share);
-      sweep[`p99At${share * 100}PctMs`] = histogram.quantile(0.99) / 1000;
-      if (process.env.BENCH_VERBOSE) process.stderr.write(`  at ${share * 100}%: p50 ${histogram.quantile(0.5) / 1000} ms, p99 ${histogram.quantile(0.99) / 1000} ms\n`);
-    }
-    for (const { name, eventsPerSec: rate } of plan.latencyRates ?? []) {
+    for (const { name, eventsPerSec: rate } of sweepRates) {
       const { histogram } = await latencyAt(rate);
       sweep[`p99At${name}Ms`] = histogram.quantile(0.99) / 1000;
       if (process.env.BENCH_VERBOSE) process.stderr.write(`  at ${name} (${Math.round(rate)} events/s): p50 ${histogram.quantile(0.5) / 1000} ms, p99 ${histogram.quantile(0.99) / 1000} ms\n`);

@@ -130,13 +130,15 @@ export async function httpScenario(mode: Mode): Promise<Outcome> {
     for (const connections of connectionCounts) {
       for (const generator of ['ours', 'wrk'] as const) {
         const scenario = `HTTP GET, ${connections} connections${generator === 'wrk' ? ', wrk -t1' : ''}`;
-        const rounds = await runRounds(roundCount, targets.map((t) => t.system), (system, round) => {
-          const t = targets.find((x) => x.system === system)!;
-          process.stderr.write(`  ${scenario}: ${t.system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
-          return generator === 'ours'
-            ? load(t.port, t.path, t.pids, connections, seconds, warmMs)
-            : runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids, wrkWarmSeconds);
-        });
+        const rounds = await runRounds(
+          roundCount,
+          targets,
+          (t) =>
+            generator === 'ours'
+              ? load(t.port, t.path, t.pids, connections, seconds, warmMs)
+              : runWrk(t.port, t.path, connections, Math.max(1, Math.round(seconds)), t.pids, wrkWarmSeconds),
+          scenario,
+        );
         for (const t of targets) {
           // The row shows the round with the median rate; the ratios pair the rounds.
           const all = runsOf(rounds, t.system);

@@ -61,26 +61,25 @@ export async function tunnelScenario(mode: Mode): Promise<Outcome> {
   const started: { stop(): Promise<void> }[] = [];
   try {
     const [relay, haproxy] = await startAll(started, [startRelay(), startHaproxy(sink.port)] as const);
-    const transfer: Record<string, () => Promise<Transfer>> = {
-      [RELAYED]: () => overRelay(relay.port, relay.pid, total),
-      [DIRECT]: () => overTcp(sink.port, sink.received, total, []),
-      [SOCAT]: async () => {
-        // socat serves one connection and exits, so each run gets its own.
-        const socat = await startSocat(sink.port);
-        try {
-          return await overTcp(socat.port, sink.received, total, [socat.pid]);
-        } finally {
-          await socat.stop();
-        }
+    const paths: { system: string; transfer: () => Promise<Transfer> }[] = [
+      { system: RELAYED, transfer: () => overRelay(relay.port, relay.pid, total) },
+      { system: DIRECT, transfer: () => overTcp(sink.port, sink.received, total, []) },
+      {
+        system: SOCAT,
+        transfer: async () => {
+          // socat serves one connection and exits, so each run gets its own.
+          const socat = await startSocat(sink.port);
+          try {
+            return await overTcp(socat.port, sink.received, total, [socat.pid]);
+          } finally {
+            await socat.stop();
+          }
+        },
       },
-      [HAPROXY]: () => overTcp(haproxy.port, sink.received, total, [haproxy.pid]),
-    };
-    const systems = [RELAYED, DIRECT, SOCAT, HAPROXY];
-    const rounds = await runRounds(roundCount, systems, (system, round) => {
-      process.stderr.write(`  ${scenario}: ${system}${roundCount > 1 ? ` (round ${round} of ${roundCount})` : ''}\n`);
-      return transfer[system]();
-    });
-    const results: ScenarioResult[] = systems.map((system) => {
+      { system: HAPROXY, transfer: () => overTcp(haproxy.port, sink.received, total, [haproxy.pid]) },
+    ];
+    const rounds = await runRounds(roundCount, paths, (p) => p.transfer(), scenario);
+    const results: ScenarioResult[] = paths.map(({ system }) => {
       const t = medianBy(runsOf(rounds, system), (r) => r.bytesPerSec);
       return {
         scenario,

@@ -5,7 +5,7 @@ import { median, pairedMedian, runRounds, runsOf } from '../../bench/lib/rounds.
 test('runRounds runs every system once per round, in order, one run at a time', async () => {
   const calls: string[] = [];
   let running = 0;
-  const rounds = await runRounds(3, ['a', 'b'], async (system, round) => {
+  const rounds = await runRounds(3, [{ system: 'a' }, { system: 'b' }], async ({ system }, round) => {
     assert.equal(running++, 0, 'a run started before the one before it ended');
     calls.push(`${system}${round}`);
     await new Promise((r) => setTimeout(r, 1));
