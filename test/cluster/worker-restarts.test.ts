@@ -14,9 +14,9 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { exitedWithOutput } from '../helpers/exit.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { rawUpgrade } from '../helpers/raw-socket.ts';
-import { startServeProcess, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { configFile, startServeProcess, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
-import { configFile, echoListener, echoOnce, killWorkerUntilForkedAgain, workerPids } from '../helpers/workers.ts';
+import { echoListener, echoOnce, killWorkerUntilForkedAgain, workerPids } from '../helpers/workers.ts';
 
 // Two tests at a time: each has a command and a nats-server of its own, and most of a test is waiting for processes.
 describe('serve --workers, workers dying and started again', { concurrency: 2 }, () => {

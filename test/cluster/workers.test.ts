@@ -15,10 +15,10 @@ import { startNatsServer } from '../helpers/nats.ts';
 import { startHaproxy } from '../helpers/proxy-protocol.ts';
 import { accessUrl } from '../helpers/pubsub.ts';
 import { RawListener } from '../helpers/raw-listener.ts';
-import { startServeProcess, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { configFile, startServeProcess, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { configFile, echoOnce } from '../helpers/workers.ts';
+import { echoOnce } from '../helpers/workers.ts';
 
 // Two tests at a time: each has a command and a nats-server of its own, and most of a test is waiting for processes.
 describe('serve --workers', { concurrency: 2 }, () => {

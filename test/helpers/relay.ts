@@ -89,12 +89,17 @@ export interface ServeProcessOptions {
   readStderr?: boolean;
 }
 
-export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}, options: ServeProcessOptions = {}): Promise<RelayProcess> {
+/** testConfig(`overrides`) as a config file in a folder of its own, removed with the test: its path. */
+export function configFile(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-test-'));
+  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'config.json');
   writeFileSync(file, JSON.stringify(testConfig(overrides)));
-  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
-  return startServeProcess(t, ['--config', file, '--port', '0'], options);
+  return file;
+}
+
+export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}, options: ServeProcessOptions = {}): Promise<RelayProcess> {
+  return startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0'], options);
 }
 
 /** `edge-relay serve ARGS` as a child process; resolves once it prints its address. */

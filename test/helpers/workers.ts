@@ -1,22 +1,12 @@
-// Helpers of the `serve --workers` tests (test/cluster/workers*.test.ts): a
-// config file per test, an echo listener and sender on entity echo, and the
-// primary's worker processes read from /proc.
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+// Helpers of the `serve --workers` tests (test/cluster/workers*.test.ts,
+// worker-restarts.test.ts): an echo listener and sender on entity echo, and
+// the primary's worker processes read from /proc.
+import { readFileSync, readdirSync } from 'node:fs';
 import WebSocket from 'ws';
 import { cleanupFor } from './cleanup.ts';
 import { RawListener } from './raw-listener.ts';
-import { testConfig, tokenFor, wsUrl } from './relay.ts';
+import { tokenFor, wsUrl } from './relay.ts';
 import { until, withTimeout } from './wait.ts';
-
-export function configFile(t: Parameters<typeof cleanupFor>[0], config: Record<string, unknown>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-workers-'));
-  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'config.json');
-  writeFileSync(file, JSON.stringify(testConfig(config)));
-  return file;
-}
 
 export async function echoOnce(url: string, text: string): Promise<string> {
   const ws = new WebSocket(wsUrl(url, '/$hc/echo?sb-hc-action=connect'), { headers: { ServiceBusAuthorization: tokenFor(wsUrl(url, '/$hc/echo')) } });

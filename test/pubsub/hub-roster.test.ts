@@ -25,6 +25,13 @@ function roster(nodeId: string, able = { on: true }, announceEveryMs = 20) {
   return { r, said, able, changes, clock };
 }
 
+/** A roster for `a` on the wall clock, as in the relay (announcing every 50 ms, 175 ms to live), whose changes are recorded. */
+function wallClockRoster() {
+  const changes: string[] = [];
+  const r = new HubRoster('a', () => undefined, () => true, (edge, how) => changes.push(`${edge} ${how}`), { announceEveryMs: 50, ttlMs: 175, now: Date.now });
+  return { r, changes };
+}
+
 describe('HubRoster', () => {
   it('says hello once the edge can answer, then here, hello again after a spell unable; leaving only after it announced', async () => {
     const { r, said, able } = roster('a', { on: false });
@@ -122,8 +129,7 @@ describe('HubRoster', () => {
   it('keeps the edges it heard when its own process was paused past their time: the late tick drops nobody (before: every edge dropped, then joined again)', async () => {
     // On the wall clock, as in the relay: the pause is a busy loop, and b's next announcement is read only after the
     // timers that ran late, as a message that came meanwhile would be.
-    const changes: string[] = [];
-    const r = new HubRoster('a', () => undefined, () => true, (edge, how) => changes.push(`${edge} ${how}`), { announceEveryMs: 50, ttlMs: 175, now: Date.now });
+    const { r, changes } = wallClockRoster();
     try {
       // Heard, then paused, in one turn of the event loop; heard again in the next turn's check phase, after its
       // timers (where the late tick runs).
@@ -144,8 +150,7 @@ describe('HubRoster', () => {
   });
 
   it('keeps the edges it heard when asked right after its process was paused past their time, before their announcements are read (before: dropped, silent, then joined again)', async () => {
-    const changes: string[] = [];
-    const r = new HubRoster('a', () => undefined, () => true, (edge, how) => changes.push(`${edge} ${how}`), { announceEveryMs: 50, ttlMs: 175, now: Date.now });
+    const { r, changes } = wallClockRoster();
     try {
       const asked: string[][] = [];
       await new Promise<void>((resolve) =>
@@ -167,7 +172,7 @@ describe('HubRoster', () => {
       assert.deepEqual(changes, ['b joined']);
       assert.equal(r.holds('b'), true);
       // Once a tick ran on time again, silence counts, on demand too.
-      await new Promise((res) => setTimeout(res, 250));
+      await until(() => r.others().length === 0, 2000, 'b dropped once silent');
       assert.deepEqual(r.others(), []);
       assert.ok(changes.includes('b silent'), changes.join(', '));
     } finally {
