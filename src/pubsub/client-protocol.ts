@@ -17,9 +17,9 @@
 import { isUtf8 } from 'node:buffer';
 import { BusError } from '../bus/bus.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
-import { describeErrors, pubsubMessageValidators, validatePubSubEnvelope } from '../validation/schemas.ts';
+import { describeErrors, pubsubMessageValidators, validateInvocationId, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, GroupLimitReached, type AckErrorName, type PubSubErrorCode } from './errors.ts';
-import { PONG_FRAME, ackFrame, invokeFailedFrame, type DataType } from './downstream.ts';
+import { PONG_FRAME, ackFrame, invokeAnsweredFrame, invokeFailedFrame, type DataType } from './downstream.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import type { UserEventResult } from './cloud-events.ts';
@@ -110,7 +110,12 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   if (typeof m.dataType === 'string') m.dataType = canonicalDataType(m.dataType);
   const validate = pubsubMessageValidators.get(m.type);
   if (!validate) return ack(ctx, connection, ackId, 'Unsupported', `unknown message type '${m.type.slice(0, 64)}'`);
-  if (!validate(m)) return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));
+  // An invocation is answered by its id (it has no ackId): the SDK would wait for the answer for good.
+  const invocationId = m.type === 'invoke' && validateInvocationId(m.invocationId) ? (m.invocationId as string) : undefined;
+  if (!validate(m)) {
+    if (invocationId !== undefined) return connection.sendControl(invokeFailedFrame(invocationId, 'BadRequest', describeErrors(validate.errors)));
+    return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));
+  }
   const hub = ctx.hub(connection);
   if (!hub) return;
   switch (m.type) {
@@ -121,11 +126,11 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
       // A durable hub writes the session's checkpoint as acknowledgements arrive.
       return hub.durable?.sessionChanged(connection);
     case 'cancelInvocation':
+      // Its answer, when it comes, is not sent (the client gave up on it); one not at the handler yet is not sent there.
+      connection.invocations?.delete(m.invocationId as string);
       return;
     case 'invoke':
-      return connection.sendControl(
-        invokeFailedFrame(m.invocationId as string, 'Unsupported', 'This relay does not implement invoke'),
-      );
+      return forwardInvocation(ctx, connection, hub, m, text);
   }
   if (m.type === 'event') {
     if (ackId !== undefined && connection.hasAckId(ackId)) return connection.holdRetry(ackId) ? undefined : ack(ctx, connection, ackId, 'Duplicate');
@@ -280,23 +285,9 @@ export const EVENTS_IN_FLIGHT = 1;
 
 /** `text` is the frame as read: the event's payload is taken from it, and it weighs by it while it waits. */
 function forwardEvent(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, text: string, ackId: number | undefined): void {
-  const payload = eventPayload(text, m);
   // Remembered while in flight, so a retry that overtakes the answer is a Duplicate.
   if (ackId !== undefined) connection.rememberAckId(ackId, true);
-  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) {
-    return connection.wait((connection.eventsWaiting ??= []), text.length, () => sendEventNow(ctx, connection, hub, m, payload, ackId));
-  }
-  sendEventNow(ctx, connection, hub, m, payload, ackId);
-}
-
-function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, payload: string, ackId: number | undefined): void {
-  connection.eventsInFlight++;
-  void ctx.sendEvent(connection, hub, m.event as string, m.dataType ?? 'json', payload).then((result) => {
-    connection.eventsInFlight--;
-    const next = connection.ended ? undefined : connection.eventsWaiting?.shift();
-    if (next) next();
-    if (!connection.ended) connection.readAgainUnlessBusy();
-    if (connection.ended) return;
+  toEventHandler(ctx, connection, hub, m, text, (result) => {
     if (!result.ok) {
       // The retries held while it was at the handler get its outcome too.
       return ackWithRetries(ctx, connection, ackId, ackId === undefined ? 0 : connection.forgetAckId(ackId), result.code, result.detail);
@@ -307,6 +298,77 @@ function sendEventNow(ctx: ClientProtocolContext, connection: PubSubConnection, 
     }
     ackWithRetries(ctx, connection, ackId, retries);
   });
+}
+
+/**
+ * An `invoke` (the SDK's invokeEvent): the same user event as an `event`
+ * message, in the same turn (EVENTS_IN_FLIGHT), whose outcome is the answer:
+ * success with the handler's reply as `data` of its type (none for an empty
+ * answer), or failure named as an event's ack would be (NoUpstream,
+ * UpstreamFailed). An invocationId repeated while its invocation is not
+ * answered is that invocation (it is answered once); a cancelled one is not
+ * answered, and not sent to the handler if it had not been yet.
+ */
+function forwardInvocation(ctx: ClientProtocolContext, connection: PubSubConnection, hub: ClusterHub, m: Upstream, text: string): void {
+  const id = m.invocationId as string;
+  const invocations = (connection.invocations ??= new Map());
+  if (invocations.has(id)) return;
+  const token = {};
+  invocations.set(id, token);
+  const current = () => invocations.get(id) === token;
+  toEventHandler(
+    ctx,
+    connection,
+    hub,
+    m,
+    text,
+    (result) => {
+      if (!current()) return;
+      invocations.delete(id);
+      connection.sendControl(result.ok ? invokeAnsweredFrame(id, result.reply) : invokeFailedFrame(id, result.code, result.detail));
+    },
+    current,
+  );
+}
+
+/**
+ * Sends the user event of an `event` or `invoke` message to the hub's event
+ * handler in its turn: one at a time per connection, in the order read
+ * (EVENTS_IN_FLIGHT); `answered` gets the outcome unless the connection ended
+ * meanwhile. `wanted`, asked when its turn comes, may drop it unsent.
+ */
+function toEventHandler(
+  ctx: ClientProtocolContext,
+  connection: PubSubConnection,
+  hub: ClusterHub,
+  m: Upstream,
+  text: string,
+  answered: (result: UserEventResult) => void,
+  wanted?: () => boolean,
+): void {
+  // An invocation without data is an event with an empty body (application/octet-stream, as empty binary data).
+  const [dataType, payload] = m.data === undefined ? (['binary', ''] as const) : [m.dataType ?? 'json', eventPayload(text, m)];
+  const send = () => {
+    if (wanted && !wanted()) return;
+    connection.eventsInFlight++;
+    void ctx.sendEvent(connection, hub, m.event as string, dataType, payload).then((result) => {
+      connection.eventsInFlight--;
+      nextEventTurn(connection);
+      if (!connection.ended) answered(result);
+    });
+  };
+  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) return connection.wait((connection.eventsWaiting ??= []), text.length, send);
+  send();
+}
+
+/** Starts what waits for the event handler, as far as EVENTS_IN_FLIGHT allows (one dropped unsent lets the next go), and reads the client again. */
+function nextEventTurn(connection: PubSubConnection): void {
+  while (!connection.ended && connection.eventsInFlight < EVENTS_IN_FLIGHT) {
+    const next = connection.eventsWaiting?.shift();
+    if (!next) break;
+    next();
+  }
+  if (!connection.ended) connection.readAgainUnlessBusy();
 }
 
 /**

@@ -178,3 +178,9 @@ export function invokeFailedFrame(invocationId: string, name: string, message: s
     JSON.stringify({ type: 'invokeResponse', invocationId, success: false, error: { name, message } }),
   );
 }
+
+/** A successful invokeResponse: the event handler's answer as `data` of its type (as a user event's reply), or none. */
+export function invokeAnsweredFrame(invocationId: string, answer: Pick<DataMessage, 'dataType' | 'dataJson'> | undefined): Buffer {
+  const head = `{"type":"invokeResponse","invocationId":${JSON.stringify(invocationId)},"success":true`;
+  return encodeTextFrame(answer ? `${head},"dataType":"${answer.dataType}","data":${answer.dataJson}}` : `${head}}`);
+}

@@ -90,6 +90,11 @@ export class PubSubConnection {
   eventsInFlight = 0;
   /** `event` messages read while that many were in flight, oldest first: sent as answers come. */
   eventsWaiting: (() => void)[] | undefined;
+  /**
+   * `invoke` messages not answered yet, by invocationId: each its own token, so the answer of one cancelled
+   * (cancelInvocation) is not taken for a later invocation that reuses its id.
+   */
+  invocations: Map<string, object> | undefined;
   /** joinGroup, leaveGroup and sendToGroup requests not done yet (waiting for the bus or the store). */
   requestsInFlight = 0;
   /** Such requests read while requestsFull, oldest first: started as others finish. */

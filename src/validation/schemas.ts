@@ -54,6 +54,7 @@ export const validateGroupName = pubsubDefinition('groupName');
 /** A group a REST call names: not white space only either. */
 export const validateRestGroupName = pubsubDefinition('restGroupName');
 export const validateUserId = pubsubDefinition('userId');
+export const validateInvocationId = pubsubDefinition('invocationId');
 export const validateConnectionId = pubsubDefinition('connectionId');
 export const validateRestGroupsBody = load('pubsub-rest-groups.schema.json');
 /** An event handler's answer to the connect system event. */

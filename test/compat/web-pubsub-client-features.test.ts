@@ -1,7 +1,7 @@
 // The published @azure/web-pubsub-client 1.0.4, unmodified, against the relay
 // on 127.0.0.1: the client features web-pubsub-client.test.ts does not cover
 // (its events and their fields, leaveGroup, autoRejoinGroups, autoReconnect,
-// stop() and start() again, keep-alive, sendEvent and its reply, invokeEvent,
+// stop() and start() again, keep-alive, sendEvent and its reply, invokeEvent and its answer,
 // a send retried after a recovery, sequence acks).
 import assert from 'node:assert/strict';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -304,17 +304,93 @@ describe('sendEvent and invokeEvent', () => {
     assert.equal(record.user.length, 1);
   });
 
-  it('refuses invokeEvent at once with an Unsupported invokeResponse (the SDK would wait for one forever)', async (t) => {
+  it("invokeEvent resolves with the handler's answer in the answer's type, through web-pubsub-express, on both subprotocols", async (t) => {
     const { relay, record } = await relayWithEcho(t);
-    const c = await startClient(t, accessUrl(relay.url));
-    await assert.rejects(withTimeout(c.client.invokeEvent('ask', 'x', 'text'), 5000, 'invokeEvent'), (err: any) => {
-      assert.equal(err.name, 'InvocationError');
-      assert.equal(err.errorDetail?.name, 'Unsupported');
-      return true;
+    const reliable = await startClient(t, accessUrl(relay.url, { userId: 'u' }));
+    const plain = await startClient(t, accessUrl(relay.url), { protocol: WebPubSubJsonProtocol() });
+    for (const c of [reliable, plain]) {
+      const json = await withTimeout(c.client.invokeEvent('ask', { q: [1, 'two'], big: 12345678901234567890 }, 'json'), 5000, 'json');
+      assert.equal(json.dataType, 'json');
+      assert.deepEqual(json.data, { echo: { q: [1, 'two'], big: 12345678901234567890 } });
+      assert.equal(typeof json.invocationId, 'string');
+      const text = await withTimeout(c.client.invokeEvent('ask', 'hi', 'text'), 5000, 'text');
+      assert.deepEqual([text.dataType, text.data], ['text', 'echo: hi']);
+      const binary = await withTimeout(c.client.invokeEvent('ask', new Uint8Array([0, 255, 7]).buffer, 'binary'), 5000, 'binary');
+      assert.equal(binary.dataType, 'binary');
+      assert.deepEqual([...new Uint8Array(binary.data as ArrayBuffer)], [0, 255, 7]);
+      const named = await withTimeout(c.client.invokeEvent('ask', 'x', 'text', { invocationId: 'mine-1' }), 5000, 'own id');
+      assert.equal(named.invocationId, 'mine-1');
+    }
+    assert.deepEqual(record.user.map((u) => [u.context.eventName, u.context.userId, u.dataType]).slice(0, 4), [
+      ['ask', 'u', 'json'],
+      ['ask', 'u', 'text'],
+      ['ask', 'u', 'binary'],
+      ['ask', 'u', 'text'],
+    ]);
+    // An answer is the invocation's, not a server message as well.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(reliable.serverData.length + plain.serverData.length, 0);
+  });
+
+  it('invokeEvent rejects with the reason when the handler refuses, fails, is missing or the invocation is malformed', async (t) => {
+    const handler = await serveEventHandler(t, (req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      req.on('end', () => {
+        if (req.headers['ce-eventname'] === 'refuse') return res.writeHead(400, { 'content-type': 'text/plain' }).end('no such order');
+        if (req.headers['ce-eventname'] === 'empty') return res.writeHead(204).end();
+        res.writeHead(500).end('stack trace');
+      });
     });
-    assert.equal(record.user.length, 0);
-    // The connection is still good.
-    await c.client.sendEvent('ask', 'after', 'text');
+    const relay = await startPubSubRelay(t, {
+      pubsub: {
+        hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: handler.urlTemplate, userEventPattern: 'refuse,empty,crash', systemEvents: [], timeoutMs: 5000 }] }],
+      },
+    });
+    const c = await startClient(t, accessUrl(relay.url));
+    const rejected = async (event: string, dataType: 'text' | 'json' = 'text') => {
+      const err: any = await withTimeout(c.client.invokeEvent(event, 'x', dataType), 5000, event).then(
+        () => assert.fail(`${event} resolved`),
+        (e) => e,
+      );
+      assert.equal(err.name, 'InvocationError', event);
+      return err.errorDetail as { name: string; message: string };
+    };
+    assert.deepEqual(await rejected('refuse'), { name: 'UpstreamFailed', message: 'event handler answered 400: no such order' });
+    assert.deepEqual(await rejected('crash'), { name: 'UpstreamFailed', message: 'event handler answered 500' });
+    assert.equal((await rejected('unheard')).name, 'NoUpstream');
+    // Not a name the handler URL can carry: refused by the relay, answered by its id.
+    assert.equal((await rejected('..')).name, 'BadRequest');
+    // A 204 is an answer without data.
+    const empty = await withTimeout(c.client.invokeEvent('empty', 'x', 'text'), 5000, 'empty');
+    assert.deepEqual([empty.dataType, empty.data], [undefined, undefined]);
+  });
+
+  it('an invokeEvent aborted while at the handler rejects at once, and the next one gets its own answer', async (t) => {
+    const bodies: string[] = [];
+    let release: (() => void) | undefined;
+    const handler = await serveEventHandler(t, (req: IncomingMessage, res: ServerResponse) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        bodies.push(body);
+        const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`);
+        if (body === 'slow') release = answer;
+        else answer();
+      });
+    });
+    const relay = await startPubSubRelay(t, hubWith(handler.urlTemplate));
+    const c = await startClient(t, accessUrl(relay.url));
+    const abort = new AbortController();
+    const slow = c.client.invokeEvent('ask', 'slow', 'text', { abortSignal: abort.signal });
+    await until(() => release !== undefined, 5000, 'the slow invocation at the handler');
+    abort.abort();
+    await assert.rejects(withTimeout(slow, 5000, 'aborted'));
+    const next = c.client.invokeEvent('ask', 'next', 'text');
+    await new Promise((r) => setTimeout(r, 100));
+    release!();
+    assert.equal((await withTimeout(next, 5000, 'next')).data, 're next');
+    assert.deepEqual(bodies, ['slow', 'next']);
   });
 
   it('answers pings and group requests while an event waits at a slow handler, and takes concurrent events in order', async (t) => {

@@ -377,4 +377,86 @@ describe("a client's user events", () => {
     await until(() => acksOf(8).length === 2, 5000, 'both acks of 8');
     assert.deepEqual(acksOf(8).map((m) => [m.success, m.error?.name]), [[true, undefined], [false, 'Duplicate']]);
   });
+
+  describe('invocations (invoke, the SDK\'s invokeEvent)', () => {
+    /** A relay whose handler answers `re <body>` at once, or holds a `slow...` body until released. */
+    async function relayWithHeldAnswers(t: import('node:test').TestContext) {
+      const bodies: string[] = [];
+      const held = new Map<string, () => void>();
+      const handler = await serveEventHandler(t, (req, res) => {
+        let body = '';
+        req.setEncoding('utf8');
+        req.on('data', (chunk) => (body += chunk));
+        req.on('end', () => {
+          bodies.push(body);
+          const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`);
+          if (body.startsWith('slow')) held.set(body, answer);
+          else answer();
+        });
+      });
+      const relay = await startTestRelay(t, {
+        pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: handler.urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
+      });
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+      await client.waitFor((m) => m.event === 'connected');
+      const invoke = (invocationId: string, data?: string) =>
+        client.send({ type: 'invoke', invocationId, target: 'event', event: 'ask', ...(data === undefined ? {} : { dataType: 'text', data }) });
+      const answers = (id: string) => client.messages.filter((m) => m.type === 'invokeResponse' && m.invocationId === id);
+      return { bodies, held, client, invoke, answers };
+    }
+
+    it('are answered by id, in turn with events; one cancelled at the handler is not answered, one cancelled before it is not sent', async (t) => {
+      const { bodies, held, client, invoke, answers } = await relayWithHeldAnswers(t);
+      invoke('a', 'slow a');
+      await until(() => held.has('slow a'), 5000, 'a at the handler');
+      invoke('b', 'b');
+      client.send({ type: 'event', event: 'ask', dataType: 'text', data: 'e', ackId: 1 });
+      invoke('c', 'c');
+      // a is at the handler, the rest wait their turn: b is cancelled before it is sent, a while it is there.
+      client.send({ type: 'cancelInvocation', invocationId: 'b' });
+      client.send({ type: 'cancelInvocation', invocationId: 'a' });
+      client.send({ type: 'ping' });
+      await client.waitFor((m) => m.type === 'pong');
+      held.get('slow a')!();
+      const c = await client.waitFor((m) => m.type === 'invokeResponse' && m.invocationId === 'c');
+      assert.deepEqual(c, { type: 'invokeResponse', invocationId: 'c', success: true, dataType: 'text', data: 're c' });
+      assert.equal((await client.waitFor((m) => m.type === 'ack' && m.ackId === 1)).success, true);
+      assert.deepEqual(bodies, ['slow a', 'e', 'c'], 'b never reached the handler');
+      assert.deepEqual([answers('a').length, answers('b').length], [0, 0]);
+    });
+
+    it('an id repeated while its invocation is not answered is that invocation, answered once; afterwards a new one', async (t) => {
+      const { bodies, held, client, invoke, answers } = await relayWithHeldAnswers(t);
+      invoke('x', 'slow x');
+      await until(() => held.has('slow x'), 5000, 'x at the handler');
+      invoke('x', 'slow again');
+      held.get('slow x')!();
+      await until(() => answers('x').length === 1, 5000, 'the answer');
+      invoke('x');
+      await until(() => answers('x').length === 2, 5000, 'the second answer');
+      client.send({ type: 'ping' });
+      await client.waitFor((m) => m.type === 'pong');
+      assert.deepEqual(answers('x').map((m) => m.data), ['re slow x', 're ']);
+      assert.deepEqual(bodies, ['slow x', ''], 'the repeat was not sent; one without data has an empty body');
+    });
+
+    it('a malformed invocation is answered BadRequest by its id (the SDK has no timeout of its own), and the connection goes on', async (t) => {
+      const { client } = await relayWithHeldAnswers(t);
+      const bad: Record<string, unknown>[] = [
+        { type: 'invoke', invocationId: 'no-target', event: 'ask' },
+        { type: 'invoke', invocationId: 'other-target', target: 'group', event: 'ask' },
+        { type: 'invoke', invocationId: 'no-event', target: 'event' },
+        { type: 'invoke', invocationId: 'dot-dot', target: 'event', event: '..' },
+        { type: 'invoke', invocationId: 'type-no-data', target: 'event', event: 'ask', dataType: 'text' },
+        { type: 'invoke', invocationId: 'bad-base64', target: 'event', event: 'ask', dataType: 'binary', data: 'Q' },
+      ];
+      for (const m of bad) client.send(m);
+      for (const m of bad) {
+        const answer = await client.waitFor((r) => r.type === 'invokeResponse' && r.invocationId === m.invocationId, 5000, String(m.invocationId));
+        assert.equal(answer.success, false, String(m.invocationId));
+        assert.equal(answer.error.name, 'BadRequest', String(m.invocationId));
+      }
+      assert.equal((await client.request({ type: 'joinGroup', group: 'g' })).success, true);
+    });
+  });
 });
