@@ -9,7 +9,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebPubSubJsonProtocol, type WebPubSubClient } from '@azure/web-pubsub-client';
 import { CuttableProxy, HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
-import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
+import { eventHandlerApp, serveApp, serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
@@ -366,31 +366,19 @@ describe('sendEvent and invokeEvent', () => {
   });
 
   it('an invokeEvent aborted while at the handler rejects at once, and the next one gets its own answer', async (t) => {
-    const bodies: string[] = [];
-    let release: (() => void) | undefined;
-    const handler = await serveEventHandler(t, (req: IncomingMessage, res: ServerResponse) => {
-      let body = '';
-      req.setEncoding('utf8');
-      req.on('data', (chunk) => (body += chunk));
-      req.on('end', () => {
-        bodies.push(body);
-        const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`);
-        if (body === 'slow') release = answer;
-        else answer();
-      });
-    });
+    const handler = await serveHoldingEventHandler(t);
     const relay = await startPubSubRelay(t, hubWith(handler.urlTemplate));
     const c = await startClient(t, accessUrl(relay.url));
     const abort = new AbortController();
     const slow = c.client.invokeEvent('ask', 'slow', 'text', { abortSignal: abort.signal });
-    await until(() => release !== undefined, 5000, 'the slow invocation at the handler');
+    await until(() => handler.held.has('slow'), 5000, 'the slow invocation at the handler');
     abort.abort();
     await assert.rejects(withTimeout(slow, 5000, 'aborted'));
     const next = c.client.invokeEvent('ask', 'next', 'text');
     await new Promise((r) => setTimeout(r, 100));
-    release!();
+    handler.held.get('slow')!();
     assert.equal((await withTimeout(next, 5000, 'next')).data, 're next');
-    assert.deepEqual(bodies, ['slow', 'next']);
+    assert.deepEqual(handler.bodies, ['slow', 'next']);
   });
 
   it('answers pings and group requests while an event waits at a slow handler, and takes concurrent events in order', async (t) => {

@@ -112,6 +112,28 @@ export async function serveEventHandler(
 }
 
 /**
+ * A bare event handler (serveEventHandler) that answers each event `re <body>` as text/plain at once, but holds
+ * an event whose body starts with `slow` until the test calls `held.get(body)()`. `bodies` are the events in the
+ * order they came.
+ */
+export async function serveHoldingEventHandler(t: Pick<TestContext, 'after'>): Promise<{ urlTemplate: string; bodies: string[]; held: Map<string, () => void> }> {
+  const bodies: string[] = [];
+  const held = new Map<string, () => void>();
+  const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      bodies.push(body);
+      const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`);
+      if (body.startsWith('slow')) held.set(body, answer);
+      else answer();
+    });
+  });
+  return { urlTemplate, bodies, held };
+}
+
+/**
  * `handler`'s middleware as an on-prem hyco-https listener of `entity` on the relay at `relayUrl` (an hc://
  * event handler). It runs on hyco-https's own request and response objects: Express itself would swap their
  * prototypes for node:http's, so only the two fields the middleware reads of Express are set.

@@ -11,7 +11,7 @@ import { cleanupFor } from '../helpers/cleanup.ts';
 import { WAITING_FRAME_OVERHEAD, WAITING_TEXT_WEIGHT } from '../../src/pubsub/pubsub-connection.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
-import { serveEventHandler } from '../helpers/event-handler-app.ts';
+import { serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -379,21 +379,10 @@ describe("a client's user events", () => {
   });
 
   describe('invocations (invoke, the SDK\'s invokeEvent)', () => {
-    /** A relay whose handler answers `re <body>` at once, or holds a `slow...` body until released. */
+    /** A relay whose handler answers `re <body>` at once, or holds a `slow...` body until released (serveHoldingEventHandler). */
     async function relayWithHeldAnswers(t: import('node:test').TestContext) {
-      const bodies: string[] = [];
-      const held = new Map<string, () => void>();
-      const handler = await serveEventHandler(t, (req, res) => {
-        let body = '';
-        req.setEncoding('utf8');
-        req.on('data', (chunk) => (body += chunk));
-        req.on('end', () => {
-          bodies.push(body);
-          const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(`re ${body}`);
-          if (body.startsWith('slow')) held.set(body, answer);
-          else answer();
-        });
-      });
+      const handler = await serveHoldingEventHandler(t);
+      const { bodies, held } = handler;
       const relay = await startTestRelay(t, {
         pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: handler.urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
       });
