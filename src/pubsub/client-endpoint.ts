@@ -19,7 +19,7 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
-import { handleClientFrame, handleSimpleFrame, type ClientProtocolContext } from './client-protocol.ts';
+import { handleClientFrame, handleSimpleFrame, takeNextEvents, type ClientProtocolContext } from './client-protocol.ts';
 import { clientCertificatesOf } from './client-certificates.ts';
 import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
@@ -300,7 +300,10 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
 
   onDrain(socket: ClientSocket): void {
     const connection = socket.owner;
-    if (connection.socket === socket) this.countExpired(connection.flush());
+    if (connection.socket !== socket) return;
+    this.countExpired(connection.flush());
+    // Events and invocations wait while the client has its answers queued (client-protocol.ts).
+    takeNextEvents(connection);
   }
 
   onClosed(socket: ClientSocket, code: number): void {

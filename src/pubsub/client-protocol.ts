@@ -353,17 +353,27 @@ function toEventHandler(
     connection.eventsInFlight++;
     void ctx.sendEvent(connection, hub, m.event as string, dataType, payload).then((result) => {
       connection.eventsInFlight--;
-      nextEventTurn(connection);
+      takeNextEvents(connection);
       if (!connection.ended) answered(result);
     });
   };
-  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT) return connection.wait((connection.eventsWaiting ??= []), text.length, send);
+  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT || connection.eventsWaiting?.length || connection.answersBacklogged) {
+    return connection.wait((connection.eventsWaiting ??= []), text.length, send);
+  }
   send();
 }
 
-/** Starts what waits for the event handler, as far as EVENTS_IN_FLIGHT allows (one dropped unsent lets the next go), and reads the client again. */
-function nextEventTurn(connection: PubSubConnection): void {
-  while (!connection.ended && connection.eventsInFlight < EVENTS_IN_FLIGHT) {
+/**
+ * Starts what waits for the event handler, as far as EVENTS_IN_FLIGHT allows
+ * (one dropped unsent lets the next go), and reads the client again. Nothing
+ * starts while limits.outboundBufferBytes are queued to the client: an
+ * invocation's answer is written to it whatever its size, and a client that
+ * sent 200 invocations and read nothing had 46 MiB of 256 KiB answers queued
+ * (an event's reply is bounded where it is delivered: SlowConsumer, or the
+ * reliable session's buffer). The socket's drain calls this again.
+ */
+export function takeNextEvents(connection: PubSubConnection): void {
+  while (!connection.ended && connection.eventsInFlight < EVENTS_IN_FLIGHT && !connection.answersBacklogged) {
     const next = connection.eventsWaiting?.shift();
     if (!next) break;
     next();

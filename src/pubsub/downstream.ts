@@ -179,8 +179,13 @@ export function invokeFailedFrame(invocationId: string, name: string, message: s
   );
 }
 
-/** A successful invokeResponse: the event handler's answer as `data` of its type (as a user event's reply), or none. */
+/**
+ * A successful invokeResponse: the event handler's answer as `data` of its type (as a user event's reply), or
+ * none. A JSON `null` answer is sent as none: the SDK drops an invokeResponse whose json data is null (its
+ * parsePayload's "unknown type"), and its invokeEvent then waited for good.
+ */
 export function invokeAnsweredFrame(invocationId: string, answer: Pick<DataMessage, 'dataType' | 'dataJson'> | undefined): Buffer {
   const head = `{"type":"invokeResponse","invocationId":${JSON.stringify(invocationId)},"success":true`;
-  return encodeTextFrame(answer ? `${head},"dataType":"${answer.dataType}","data":${answer.dataJson}}` : `${head}}`);
+  const data = answer && !(answer.dataType === 'json' && answer.dataJson === 'null') ? answer : undefined;
+  return encodeTextFrame(data ? `${head},"dataType":"${data.dataType}","data":${data.dataJson}}` : `${head}}`);
 }

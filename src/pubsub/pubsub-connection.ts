@@ -158,6 +158,14 @@ export class PubSubConnection {
     this.socket?.release();
   }
 
+  /**
+   * limits.outboundBufferBytes or more queued to the client: its next event or invocation waits (their answers
+   * go to it), and the socket's drain starts it (client-endpoint.ts onDrain, takeNextEvents).
+   */
+  get answersBacklogged(): boolean {
+    return this.socket?.isFull(this.limits.outboundBufferBytes) ?? false;
+  }
+
   /** The subprotocol the client uses, if any (a simple client may have none). */
   get subprotocol(): string | undefined {
     return this.protocol === '' ? undefined : this.protocol;

@@ -10,6 +10,7 @@ import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { WAITING_FRAME_OVERHEAD, WAITING_TEXT_WEIGHT } from '../../src/pubsub/pubsub-connection.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
@@ -427,6 +428,49 @@ describe("a client's user events", () => {
       await client.waitFor((m) => m.type === 'pong');
       assert.deepEqual(answers('x').map((m) => m.data), ['re slow x', 're ']);
       assert.deepEqual(bodies, ['slow x', ''], 'the repeat was not sent; one without data has an empty body');
+    });
+
+    it('wait while the client has limits.outboundBufferBytes of answers queued, and go on as it reads them', async (t) => {
+      // Before: every invocation read went to the handler and its answer was queued whatever the client read
+      // (200 invocations of 256 KiB answers to a client reading nothing: 46 MiB queued in the relay).
+      // Large enough that the kernel's socket buffers (a few MiB on loopback) cannot take them all.
+      const answer = 'a'.repeat(256 * 1024);
+      let served = 0;
+      const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+        req.resume();
+        req.on('end', () => {
+          served++;
+          res.writeHead(200, { 'content-type': 'text/plain' }).end(answer);
+        });
+      });
+      const relay = await startTestRelay(t, {
+        limits: { outboundBufferBytes: 65536 },
+        pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
+      });
+      const url = new URL(accessUrl(relay.url, { hub: 'chat', key: KEY }));
+      // Left paused by rawUpgrade: the client reads nothing until told.
+      const client = await rawUpgrade(t, relay.port, `${url.pathname}${url.search}`, { 'Sec-WebSocket-Protocol': 'json.webpubsub.azure.v1' });
+      assert.equal(client.status, 101);
+      const count = 100;
+      const invocations = Array.from({ length: count }, (_, i) => maskedFrame(0x1, JSON.stringify({ type: 'invoke', invocationId: `i${i}`, target: 'event', event: 'ask' })));
+      client.socket.write(Buffer.concat(invocations));
+      await until(() => served >= 1, 5000, 'the first invocation at the handler');
+      await new Promise((r) => setTimeout(r, 1000));
+      const connection = [...relay.pubsub.hub('chat')!.local.connections.values()][0];
+      assert.ok(served < count / 2, `${served} answers sent to a client that read nothing`);
+      assert.ok(connection.socket!.bufferedBytes < 4 * 65536 + 2 * answer.length, `${connection.socket!.bufferedBytes} bytes queued`);
+      // Read: every invocation is answered.
+      const needle = '"type":"invokeResponse"';
+      let answers = 0;
+      let carry = '';
+      client.socket.on('data', (chunk: Buffer) => {
+        const text = carry + chunk.toString('latin1');
+        answers += text.split(needle).length - 1;
+        carry = text.slice(-(needle.length - 1));
+      });
+      client.socket.resume();
+      await until(() => answers === count, 20000, 'every answer');
+      assert.equal(served, count);
     });
 
     it('a malformed invocation is answered BadRequest by its id (the SDK has no timeout of its own), and the connection goes on', async (t) => {
