@@ -5,7 +5,8 @@
 // the request's path (or the hub's canonical client path), compared segment by
 // segment decoded, without trailing slashes. A client token's path is compared
 // case-insensitively (hub names are) and its query ignored (the client URL
-// carries the token there); a REST token, signed by the server SDK for the
+// carries the token there), but for `hub` when the path names no hub
+// (`/client/?hub=`); a REST token, signed by the server SDK for the
 // request URL, must name the path as sent and, when its `aud` has a query,
 // that query: its parameters (`userId`, `role`, `targetName`, `filter`, ...)
 // say what the call does.
@@ -30,6 +31,12 @@ export interface AudienceRule {
   exactCase?: boolean;
   /** The request's query as sent: an `aud` with a query must name this one. */
   query?: string;
+  /**
+   * A client request whose path names no hub (`/client/?hub=chat`): an `aud` naming that path must name `hub` in
+   * its own `hub` query (any ASCII case, as hub names compare). Before, its query was ignored, and a token with
+   * `aud` `.../client/?hub=chat` opened every hub signed with the same access key (`/client/?hub=other`).
+   */
+  hubInQuery?: { path: string; hub: string };
 }
 
 /** A path's segments, each percent-decoded (lower-cased unless `exactCase`), trailing slashes dropped; undefined when not decodable. */
@@ -64,7 +71,10 @@ export function audienceMatches(aud: unknown, paths: string[], hosts: string[], 
     if (!url) return false;
     if (query !== undefined && url.search !== '' && url.search !== query) return false;
     const path = pathKey(url.pathname, exactCase);
-    return path !== undefined && hostListed(url.hostname, hosts) && wanted.includes(path);
+    if (path === undefined || !hostListed(url.hostname, hosts) || !wanted.includes(path)) return false;
+    const bare = rule.hubInQuery;
+    if (bare && path === pathKey(bare.path, exactCase)) return asciiLowerCase(url.searchParams.get('hub') ?? '') === asciiLowerCase(bare.hub);
+    return true;
   });
 }
 

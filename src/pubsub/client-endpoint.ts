@@ -115,7 +115,9 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     }
     if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
-    const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req));
+    // The query form (/client/?hub=) names its hub in the query only: so must a token for that path.
+    const rule = /^\/client\/*$/i.test(path) ? { hubInQuery: { path, hub: hub.name } } : {};
+    const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req), rule);
     if (!verdict.ok) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
       if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: verdict.code });
