@@ -63,8 +63,10 @@ export function verifyJwt(token: string, key: string, now = Date.now()): JwtClai
   }
   const header = decodeJson(parts[0]);
   if (header.alg !== 'HS256') throw new JwtError('AlgorithmUnsupported', 'only HS256 tokens are accepted');
-  const expected = sign(`${parts[0]}.${parts[1]}`, key);
-  const given = Buffer.from(parts[2], 'base64url');
+  // Compared as written: decoding ignores the spare bits of the last character, which let one signature be
+  // written four ways (found by review; harmless until a token is taken as an identifier).
+  const expected = Buffer.from(sign(`${parts[0]}.${parts[1]}`, key).toString('base64url'));
+  const given = Buffer.from(parts[2]);
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
     throw new JwtError('SignatureInvalid', 'token signature does not match the access key');
   }

@@ -119,21 +119,25 @@ export function scopeSegment(raw: string): string {
   try {
     return decodeComponent(raw);
   } catch {
-    return UNDECODED + raw;
+    // Escapes name the same byte in either case of their hex digits (RFC 3986 6.2.2.1).
+    return UNDECODED + raw.replace(/%[0-9a-fA-F]{2}/g, (escape) => escape.toUpperCase());
   }
 }
 
 /**
  * True when `resource` (a decoded URI) names one of `hosts` and its path is a
- * segment prefix of `requested` (entity first), compared case-insensitively.
+ * segment prefix of `requested` (entity first): the entity's name compared
+ * case-insensitively (entity names are), the path below it as sent, as a
+ * listener routes it (before, also case-insensitively: a token scoped to
+ * `/web/public` took `/web/PUBLIC/x`, found by review).
  * A path with dot segments, or one a URL parser would read otherwise, covers nothing (dot-segments.ts).
  */
 export function resourceCovers(resource: string, requested: string[], hosts: string[]): boolean {
   const url = tokenScopeUrl(resource);
   if (!url) return false;
   if (!hostListed(url.hostname, hosts)) return false;
-  const segments = url.pathname.split('/').filter((s) => s !== '').map((s) => asciiLowerCase(scopeSegment(s)));
+  const segments = url.pathname.split('/').filter((s) => s !== '').map(scopeSegment);
   if (segments[0] === '$hc') segments.shift();
   if (segments.length > requested.length) return false;
-  return segments.every((s, i) => s === asciiLowerCase(requested[i]));
+  return segments.every((s, i) => (i === 0 ? asciiLowerCase(s) === asciiLowerCase(requested[0]) : s === requested[i]));
 }

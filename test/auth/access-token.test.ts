@@ -23,6 +23,21 @@ describe('JWT access tokens', () => {
     assert.throws(() => verifyJwt('a.b', KEY), { code: 'TokenMalformed' });
   });
 
+  it('takes a signature only as written: the spare bits of its last character make no other token (found by review)', () => {
+    const token = signJwt({ sub: 'u' }, KEY, 60);
+    const last = token.at(-1)!;
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    // A 32-byte signature is 43 characters: the last carries 4 bits, and 2 spare ones that decoding drops.
+    const base = alphabet.indexOf(last) & ~3;
+    const variants = [0, 1, 2, 3].map((spare) => `${token.slice(0, -1)}${alphabet[base + spare]}`).filter((v) => v !== token);
+    assert.equal(variants.length, 3);
+    for (const v of variants) {
+      assert.deepEqual(Buffer.from(v.split('.')[2], 'base64url'), Buffer.from(token.split('.')[2], 'base64url'), 'the same bytes decoded');
+      assert.throws(() => verifyJwt(v, KEY), { code: 'SignatureInvalid' });
+    }
+    assert.equal(verifyJwt(token, KEY).sub, 'u');
+  });
+
   it('refuses an exp or nbf JSON reads as Infinity (1e309): such a token never expired (found by review)', () => {
     const signed = (payload: string) => {
       const head = `${Buffer.from('{"alg":"HS256","typ":"JWT"}').toString('base64url')}.${Buffer.from(payload).toString('base64url')}`;

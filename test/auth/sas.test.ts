@@ -41,10 +41,18 @@ describe('SAS scope', () => {
     assert.ok(!resourceCovers('not a url', ['echo'], ['127.0.0.1']));
   });
 
+  it('compares the entity name in any case and the path below it as sent, as a listener routes it (found by review)', () => {
+    assert.ok(resourceCovers('http://h/WEB/public', ['web', 'public', 'x'], ['h']));
+    assert.ok(!resourceCovers('http://h/web/public', ['web', 'PUBLIC', 'x'], ['h']));
+    assert.ok(!resourceCovers('http://h/web/PUBLIC', ['web', 'public'], ['h']));
+    assert.ok(resourceCovers('http://h/web/%C3%BC', ['web', '\u00fc'], ['h']), 'decoded: an escape is the character it names');
+  });
+
   it('compares a segment whose escapes are not UTF-8 as sent: equal only to itself', () => {
     const latin1 = ['echo', scopeSegment('caf%E9.txt')];
     assert.ok(resourceCovers('http://h/echo', latin1, ['h']), 'a token for the entity covers it');
-    assert.ok(resourceCovers('http://h/echo/CAF%e9.TXT', latin1, ['h']), 'a token for that path covers it');
+    assert.ok(resourceCovers('http://h/echo/caf%e9.txt', latin1, ['h']), 'a token for that path covers it, its escapes in either case');
+    assert.ok(!resourceCovers('http://h/echo/CAF%E9.TXT', latin1, ['h']), 'the path in another case is another path');
     assert.ok(!resourceCovers('http://h/echo/caf%25E9.txt', latin1, ['h']), 'the decoded text "caf%E9.txt" is another path');
     assert.ok(!resourceCovers('http://h/echo/caf%E9.txt', ['echo', 'caf%E9.txt'], ['h']));
   });
