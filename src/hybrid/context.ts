@@ -8,7 +8,7 @@ import { keepQueryParams } from '../http/query-params.ts';
 import { HYBRID_ERRORS, failUpgrade, type HybridErrorCode } from './errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import type { HybridEntity } from './entity-catalog.ts';
+import { entityToTrace, type HybridEntity } from './entity-catalog.ts';
 import type { EntityTraffic } from './entity-traffic.ts';
 import type { ListenerRegistry } from './listener-registry.ts';
 import type { RendezvousTable } from './rendezvous-table.ts';
@@ -81,7 +81,7 @@ export function countConnectFailure(ctx: HybridContext, code: HybridErrorCode | 
   const trace = ctx.metrics.trace;
   if (!trace.on) return;
   const kind = code === 'AcceptTimeout' ? 'connect.timeout' : code === 'RejectedByListener' ? 'connect.rejected' : 'connect.failed';
-  trace.emit(kind, { entity: typeof entity === 'string' ? entity : entity.name, code, status: status ?? (code === 'RejectedByListener' ? undefined : HYBRID_ERRORS[code].status) });
+  trace.emit(kind, { ...(typeof entity === 'string' ? entityToTrace(entity) : { entity: entity.name }), code, status: status ?? (code === 'RejectedByListener' ? undefined : HYBRID_ERRORS[code].status) });
 }
 
 /** Counts a relayed HTTP request by the status its sender got (and a failure by its code). */

@@ -37,6 +37,16 @@ export function isValidEntityName(name: string): boolean {
   return ENTITY_NAME.test(name) && !RESERVED.has(asciiLowerCase(name));
 }
 
+/**
+ * How the live trace names an entity a request named: as named when it is a
+ * valid name (ASCII), otherwise not at all. Any Unicode reached the trace from
+ * an unknown name in a request's path, unauthenticated: a zero-width space or a
+ * right-to-left override made a 404 read as one of a real entity's (found by review).
+ */
+export function entityToTrace(name: string): { entity: string } | { detail: string } {
+  return isValidEntityName(name) ? { entity: name } : { detail: 'not a valid entity name' };
+}
+
 export class EntityCatalog {
   private readonly entities = new Map<string, HybridEntity>();
 

@@ -21,7 +21,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
-import { EntityCatalog, createdEntity, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
+import { EntityCatalog, createdEntity, entityToTrace, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink, hybridLinkId } from './cluster-link.ts';
@@ -211,7 +211,7 @@ export class HybridService {
     const check = this.authorize(req, params, known?.name ?? name, 'Listen');
     if (typeof check === 'string') {
       log.info({ event: 'listener.refused', code: check });
-      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.refused', { entity: name, code: check });
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.refused', { ...entityToTrace(known?.name ?? name), code: check });
       return failUpgrade(socket, check);
     }
     const target = known ?? this.catalog.getForListener(name);
@@ -400,7 +400,7 @@ export class HybridService {
   private refuseHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget, log: Logger, code: HybridErrorCode): void {
     log.info({ event: 'http.refused', code });
     countHttpStatus(this.ctx, code, this.catalog.get(target.entity) ?? target.entity);
-    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { entity: target.entity, method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
+    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { ...entityToTrace(target.entity), method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
     failRequest(res, code);
     req.resume();
   }

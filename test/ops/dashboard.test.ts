@@ -212,6 +212,32 @@ describe('/$relay/trace', () => {
     await until(() => !relay.metrics.trace.on, 5000, 'the trace to stop once its viewer went');
   });
 
+  it('names an entity a request named only when it is a valid name: no Unicode from an unknown path reaches the trace (found by review)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'echo', requiresClientAuthorization: false }] });
+    const stream = await TraceStream.open(`${relay.url}/$relay/trace`, tokenFor(`${relay.url}/`), t);
+    await until(() => stream.events.some((e) => e.event === 'hello'), 5000, 'hello');
+    // A zero-width space read as the entity echo, a right-to-left override turned the name around.
+    for (const name of ['echo%E2%80%8B', '%E2%80%AEnimda%20ohce']) {
+      assert.equal((await httpRequest(`${relay.url}/${name}/orders`)).status, 404);
+      const listen = await openWebSocket(wsUrl(relay.url, `/$hc/${name}?sb-hc-action=listen`)).then(
+        (ws) => (ws.terminate(), 101),
+        () => 404,
+      );
+      assert.notEqual(listen, 101);
+      await openWebSocket(wsUrl(relay.url, `/$hc/${name}?sb-hc-action=connect`)).then((ws) => ws.terminate(), () => {});
+    }
+    assert.equal((await httpRequest(`${relay.url}/nosuch/orders`)).status, 404);
+    const named = await stream.waitFor((e) => e.kind === 'http.request' && e.entity === 'nosuch', 'the request to a valid unknown name');
+    assert.equal(named.code, 'EntityNotFound');
+    const others = stream.lines().filter((e) => e.kind !== 'http.request' || e.entity !== 'nosuch');
+    assert.ok(others.filter((e) => e.kind === 'http.request').length >= 2, JSON.stringify(others));
+    for (const e of others) {
+      assert.equal(e.entity, undefined, JSON.stringify(e));
+      assert.ok(!/[^\x20-\x7e]/.test(JSON.stringify(e)), `only ASCII: ${JSON.stringify(e)}`);
+    }
+    assert.ok(others.some((e) => e.detail === 'not a valid entity name'));
+  });
+
   it('ends a stream whose token stops passing (here: it expires), instead of streaming on', async (t) => {
     const relay = await startTestRelay(t);
     const stream = await TraceStream.open(`${relay.url}/$relay/trace`, tokenFor(`${relay.url}/`, { ttl: 2 }), t);
