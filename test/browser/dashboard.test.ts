@@ -62,6 +62,8 @@ describe('the dashboard in a browser', () => {
     const refusal = await waitText(page, '#login-error', /SignatureInvalid/);
     assert.match(refusal, /refused the key: no rule with that key name signs it so/);
     assert.equal(await page.isVisible('#tabs'), false);
+    // And the refused key is not left in its field (found by review).
+    assert.equal(await page.inputValue('#key'), '');
 
     await page.fill('#key', ROOT_KEY);
     await page.click('#sign-in');
@@ -119,6 +121,16 @@ describe('the dashboard in a browser', () => {
     assert.match(publishLine, /ack ok/);
     assert.match(publishLine, /user bob/);
     assert.doesNotMatch(publishLine, /hello/);
+
+    // Characters that draw nothing or turn text around are written out: a user id ending in a right-to-left
+    // override drew the rest of its cell backwards, and `room\u200B` looked like `room` (found by review).
+    const trickster = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'eve\u202E' }), undefined, t);
+    await trickster.request({ type: 'joinGroup', group: 'room\u200B' });
+    const trickLine = '#trace tr[data-kind="pubsub.publish"]:has-text("room⟨U+200B⟩")';
+    await untilShown(page, trickLine, () => trickster.request({ type: 'sendToGroup', group: 'room\u200B', data: 'x' }), 'the publish with unseen characters');
+    const trickText = (await page.textContent(trickLine)) ?? '';
+    assert.match(trickText, /user eve⟨U\+202E⟩/);
+    assert.doesNotMatch(trickText, /[\u200B\u202E]/);
 
     // Paused, new lines are held (and counted) until resumed.
     await page.click('#trace-pause');

@@ -39,14 +39,26 @@ function h(tag, attrs = {}, ...children) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;
     if (name === 'class') el.className = value;
-    else if (name === 'title') el.title = value;
+    else if (name === 'title') el.title = shown(String(value));
     else el.setAttribute(name, value === true ? '' : String(value));
   }
   for (const child of children.flat()) {
     if (child === undefined || child === null || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    el.append(child instanceof Node ? child : document.createTextNode(shown(String(child))));
   }
   return el;
+}
+
+/** Control and format characters (zero-width, bidi overrides), and line and paragraph separators. */
+const UNSEEN = /[\p{Cc}\p{Cf}\u2028\u2029]/gu;
+
+/**
+ * Text as the page shows it: characters that draw nothing or reorder what follows are written out
+ * (`⟨U+202E⟩`). Group names, user ids and paths come from clients: `room\u200B` looked exactly like `room`,
+ * and a user id ending in a right-to-left override drew the rest of its cell backwards (found by review).
+ */
+function shown(text) {
+  return text.replace(UNSEEN, (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, '0')}⟩`);
 }
 
 // --- signing in ------------------------------------------------------------------
@@ -105,7 +117,9 @@ function showLogin(error) {
   const box = $('login-error');
   box.hidden = !error;
   box.textContent = error ?? '';
-  (auth.key === undefined ? $('token') : $('key')).value = '';
+  // Both: a refused key (a Listen key typed by mistake) stayed in its field after the refusal (found by review).
+  $('token').value = '';
+  $('key').value = '';
 }
 
 async function signIn(event) {
