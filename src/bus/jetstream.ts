@@ -36,6 +36,7 @@ import type { NatsBus } from './nats.ts';
 import { MSG_ID_HEADER, StorePublisher, storedBytes } from './stream-publisher.ts';
 import { REPLICATED_STREAMS_SINCE, versionBelow } from './nats-server-version.ts';
 import { pullOnce } from './stream-pull.ts';
+import { PublishOrder } from './publish-order.ts';
 import { FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
 import { subjectMatches } from './subject-match.ts';
 
@@ -224,6 +225,8 @@ export class JetStreamAccess {
   private serverLackedIt = false;
   /** While unavailable because the account has no JetStream: the next time it is asked again. */
   private accountRecheck: NodeJS.Timeout | undefined;
+  /** The order publishes to each stream try in while one of them is in trouble. */
+  private readonly order = new PublishOrder();
 
   constructor(
     private readonly bus: NatsBus,
@@ -234,6 +237,8 @@ export class JetStreamAccess {
     // and nats.js then waits on it silently: start again from the last sequence.
     bus.onConnectionChange((connected) => {
       if (!connected) return;
+      // What was sent on the connection gone is not ordered with what is sent on this one.
+      this.order.reconnected();
       for (const msgs of this.consuming) msgs.stop();
       this.checkServer();
       // A server restarted with memory storage (or a cluster that lost every copy) comes back without the streams.
@@ -474,6 +479,15 @@ export class JetStreamAccess {
     } catch (err) {
       const { apiCode } = errorCode(err);
       if (apiCode === NOT_CLUSTERED && this.replicas > 1) {
+        // A configured number of copies the server cannot keep is said, not dropped without a word (found by review).
+        if (this.options.replicas !== undefined) {
+          this.log.error({
+            event: 'jetstream.replicas_lowered',
+            configured: this.options.replicas,
+            replicas: 1,
+            hint: 'the NATS server is not clustered: streams and the session bucket keep one copy, and an event survives no loss of that server; run a NATS cluster, or set bus.jetstream.replicas to 1',
+          });
+        }
         this.replicas = 1;
         return this.ensureStream(jsm, spec);
       }
@@ -577,37 +591,51 @@ export class JetStreamAccess {
     let last = 'JetStream is not ready';
     /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
     let unsure = false;
-    for (;;) {
-      const left = this.closed ? 0 : deadline - performance.now();
-      if (left <= 0) {
-        if (this.state === 'ready' && this.bus.connected) this.storeFailed(this.streamOf(subject), last);
-        throw notStored(last, unsure);
+    const stream = this.streamOf(subject);
+    // While a publish of this stream is in trouble, its publishes try one at a time in the order they began (publish-order.ts).
+    const turn = this.order.begin(stream);
+    try {
+      for (;;) {
+        let left = this.closed ? 0 : deadline - performance.now();
+        if (left > 0 && !this.order.mayTry(turn)) {
+          await this.order.waitForTurn(turn, left);
+          left = this.closed ? 0 : deadline - performance.now();
+          if (left > 0 && !this.order.mayTry(turn)) left = 0;
+          if (left <= 0 && !turn.troubled) last = 'earlier events of its stream were not stored yet, and it is not stored before them';
+        }
+        if (left <= 0) {
+          if (this.state === 'ready' && this.bus.connected) this.storeFailed(stream, last);
+          throw notStored(last, unsure);
+        }
+        if (this.state !== 'ready' || !this.bus.connected) {
+          // Publishing while disconnected would be dropped by the client at the reconnect.
+          last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
+          if (this.state === 'unavailable') throw notStored(last, unsure);
+          await sleep(Math.min(RETRY_MS, left));
+          continue;
+        }
+        const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
+        if (outcome.kind === 'stored') {
+          this.storeWorks(stream);
+          // After a try of this call that went out unanswered, a duplicate is most likely that try, stored late: the
+          // message is new to its sender (acked Duplicate, a client's first send read as an error). A message an
+          // earlier call stored is then reported stored too, which is what it is.
+          return { seq: outcome.seq, duplicate: outcome.duplicate && !unsure };
+        }
+        if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
+        if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);
+        last = outcome.reason;
+        this.order.troubled(turn);
+        if (outcome.unsure && !unsure) {
+          unsure = true;
+          // Tried again with the same id until it is known to be stored (or UNSURE_RETRY_MS): see UNSURE_RETRY_MS.
+          deadline = Math.max(deadline, performance.now() + (this.options.unsureRetryMs ?? UNSURE_RETRY_MS));
+        }
+        if (outcome.noStream) this.restoreStreams('no stream answered a publish');
+        await sleep(Math.min(RETRY_MS, Math.max(0, deadline - performance.now())));
       }
-      if (this.state !== 'ready' || !this.bus.connected) {
-        // Publishing while disconnected would be dropped by the client at the reconnect.
-        last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
-        if (this.state === 'unavailable') throw notStored(last, unsure);
-        await sleep(Math.min(RETRY_MS, left));
-        continue;
-      }
-      const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
-      if (outcome.kind === 'stored') {
-        this.storeWorks(this.streamOf(subject));
-        // After a try of this call that went out unanswered, a duplicate is most likely that try, stored late: the
-        // message is new to its sender (acked Duplicate, a client's first send read as an error). A message an
-        // earlier call stored is then reported stored too, which is what it is.
-        return { seq: outcome.seq, duplicate: outcome.duplicate && !unsure };
-      }
-      if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
-      if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);
-      last = outcome.reason;
-      if (outcome.unsure && !unsure) {
-        unsure = true;
-        // Tried again with the same id until it is known to be stored (or UNSURE_RETRY_MS): see UNSURE_RETRY_MS.
-        deadline = Math.max(deadline, performance.now() + (this.options.unsureRetryMs ?? UNSURE_RETRY_MS));
-      }
-      if (outcome.noStream) this.restoreStreams('no stream answered a publish');
-      await sleep(Math.min(RETRY_MS, Math.max(0, deadline - performance.now())));
+    } finally {
+      this.order.end(turn);
     }
   }
 

@@ -10,6 +10,7 @@ import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
+import { captureLogger } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 const log = createLogger('silent', 'test');
@@ -114,6 +115,24 @@ describe('JetStream access', () => {
     await a.put('hub.c2', Buffer.from('{}'));
     await a.delete('hub.c2');
     assert.equal(await a.entry('hub.c2'), undefined);
+  });
+
+  it('says so, as an error, when the server cannot keep the configured copies (not clustered), and keeps one', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    const js = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, replicas: 3 }, logs.log);
+    cleanupFor(t).after(() => js.close());
+    await js.start([STREAM], BUCKET);
+    assert.equal((await js.publish('t.ev.hub.all', Buffer.from('x'), 'id-x')).seq, 1);
+    const lowered = logs.lines().filter((l) => l.event === 'jetstream.replicas_lowered');
+    assert.equal(lowered.length, 1, 'once: the streams are made with one copy after it');
+    assert.deepEqual([lowered[0].level, lowered[0].configured, lowered[0].replicas], [50, 3, 1], 'pino level 50: error');
+    // Left unset, one server means one copy: nothing to say.
+    const quiet = captureLogger('info');
+    const js1 = new JetStreamAccess(busOn(t, nats.url), { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000 }, quiet.log);
+    cleanupFor(t).after(() => js1.close());
+    await js1.start([STREAM], BUCKET);
+    assert.equal(quiet.events().includes('jetstream.replicas_lowered'), false);
   });
 
   it('refuses to store while NATS is away, with the reason, after its deadline', async (t) => {
