@@ -133,6 +133,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   private smallBodyLength: number | undefined;
   /** The listener was asked to dial this exchange's address for the request (the rendezvous path). */
   private dialAsked = false;
+  /** A notice of this request reached a listener (its route said so), or one is on its way: it may answer late. */
+  private listenerTold = false;
+  private deliveriesPending = 0;
   /** Listeners this request went on to after the one it was routed to left (MAX_REROUTES). */
   private reroutes = 0;
   /** The listener the request goes to (another, if that one leaves before acting on it). */
@@ -282,7 +285,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
    */
   private deliver(notice: ListenerNotice, body?: Buffer): void {
     const route = this.route;
+    this.deliveriesPending++;
     void route.deliver(notice, body).then((code) => {
+      this.deliveriesPending--;
+      if (!code) this.listenerTold = true;
       // A late or lost routing reply says nothing once the listener is answering (as for connects), nor once
       // the request went on to another listener.
       if (!code || this.head || this.rendezvous || route !== this.route) return;
@@ -632,7 +638,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     unwatchSenderSocket(this.req.socket, this);
     this.ctx.rendezvous.delete(this);
     // Ended before the listener answered: it may still dial this address to answer, however late (see closeLateLeg).
-    if (this.head === undefined && !this.rendezvous) this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
+    // Only one a listener was told of: every 404 NoListener was remembered too, 10,000 of them at most, ~6 MB (found by review).
+    if (this.head === undefined && !this.rendezvous && (this.listenerTold || this.deliveriesPending > 0)) {
+      this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
+    }
     this.route.untrack(this.id);
     if (this.rendezvousClose && !this.rendezvous!.destroyed) {
       // The listener closed the leg itself, or broke the WebSocket protocol on it: the handshake, with its code (1002,

@@ -50,6 +50,11 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
     return this.entries.size;
   }
 
+  /** HTTP requests remembered as abandoned (for tests and metrics). */
+  get abandonedCount(): number {
+    return this.abandoned.size;
+  }
+
   pendingFor(entityKey: string): number {
     return this.perEntity.get(entityKey) ?? 0;
   }

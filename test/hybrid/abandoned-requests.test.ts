@@ -6,6 +6,11 @@ import assert from 'node:assert/strict';
 import { describe, it, mock } from 'node:test';
 import type { HybridEntity } from '../../src/hybrid/entity-catalog.ts';
 import { RendezvousTable } from '../../src/hybrid/rendezvous-table.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { RawListener } from '../helpers/raw-listener.ts';
+import { tcp } from '../helpers/raw-socket.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
 
 const entity = (name: string) => ({ name, key: name.toLowerCase(), requiresClientAuthorization: false }) as HybridEntity;
 
@@ -31,5 +36,21 @@ describe('abandoned HTTP requests in the rendezvous table', () => {
     assert.equal(table.takeAbandoned('0', 'web'), false, 'the oldest went');
     assert.equal(table.takeAbandoned('1', 'web'), true);
     assert.equal(table.takeAbandoned('10000', 'web'), true);
+  });
+
+  it('are only requests a listener was told of: a 404 NoListener is not remembered (found by review: each was, 10,000 at most)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] });
+    const table = (relay.hybrid as unknown as { ctx: { rendezvous: RendezvousTable } }).ctx.rendezvous;
+    for (let i = 0; i < 20; i++) assert.equal((await httpRequest(`${relay.url}/web/x${i}`)).status, 404);
+    assert.equal(table.abandonedCount, 0);
+    // One a listener was told of, whose sender hung up before the answer: remembered, for a late answer.
+    const listenUrl = wsUrl(relay.url, '/$hc/web?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = await tcp(t, relay.port);
+    sender.write(`GET /web/late HTTP/1.1\r\nHost: 127.0.0.1:${relay.port}\r\n\r\n`);
+    await listener.next<{ request: unknown }>();
+    sender.destroy();
+    await until(() => table.abandonedCount === 1, 5000, 'the request to be remembered');
   });
 });
