@@ -9,6 +9,7 @@ import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { buildConfig } from '../../src/config/load.ts';
 import { Writable } from 'node:stream';
+import WebSocket from 'ws';
 import type { RelayConfig } from '../../src/config/types.ts';
 import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
@@ -174,6 +175,24 @@ export async function startServeProcess(t: Pick<TestContext, 'after'>, args: str
 
 export function wsUrl(httpUrl: string, path: string): string {
   return httpUrl.replace(/^http/, 'ws') + path;
+}
+
+/** The status a WebSocket upgrade to `url` is answered with (101 when it opened: then closed at once). */
+export async function upgradeStatus(t: Pick<TestContext, 'after'>, url: string, protocol?: string): Promise<number> {
+  const ws = new WebSocket(url, protocol === undefined ? [] : [protocol]);
+  cleanupFor(t).after(() => ws.terminate());
+  return withTimeout(
+    new Promise<number>((resolve, reject) => {
+      ws.once('open', () => {
+        ws.terminate();
+        resolve(101);
+      });
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('error', reject);
+    }),
+    5000,
+    `the answer to ${url}`,
+  );
 }
 
 /** A metric of an in-process relay, summed over the series whose labels include `labels` (0 when none). */

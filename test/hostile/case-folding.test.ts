@@ -4,32 +4,11 @@
 // /client/hubs/%E2%84%AAey reached the hub "key" (found by a review, 2026-12-03).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import WebSocket from 'ws';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { startTestRelay, tokenFor, upgradeStatus, wsUrl } from '../helpers/relay.ts';
 
 const KELVIN = '\u212A';
-
-/** The status an upgrade to `url` is answered with (101 when it opened: then closed at once). */
-async function upgradeStatus(t: Parameters<typeof cleanupFor>[0], url: string, protocol?: string): Promise<number> {
-  const ws = new WebSocket(url, protocol === undefined ? [] : [protocol]);
-  cleanupFor(t).after(() => ws.terminate());
-  return withTimeout(
-    new Promise<number>((resolve, reject) => {
-      ws.once('open', () => {
-        ws.terminate();
-        resolve(101);
-      });
-      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.once('error', reject);
-    }),
-    5000,
-    `the answer to ${url}`,
-  );
-}
 
 describe('case-insensitive names fold A-Z only', () => {
   it('a SAS token scoped to a name with the Kelvin sign opens neither listener nor sender of the ASCII name; one in other ASCII case does', async (t) => {

@@ -5,39 +5,18 @@
 // `/client` and nothing else, and opened every hub with the same key
 // (/client/?hub=other; found by a review, 2026-12-06).
 import assert from 'node:assert/strict';
-import { describe, it, type TestContext } from 'node:test';
-import WebSocket from 'ws';
+import { describe, it } from 'node:test';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
-import { startTestRelay } from '../helpers/relay.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { startTestRelay, upgradeStatus } from '../helpers/relay.ts';
 
 const SHARED = 'shared-access-key-0123456789abcdefgh';
-
-/** The status an upgrade to `url` is answered with (101 when it opened: then closed at once). */
-async function upgradeStatus(t: TestContext, url: string): Promise<number> {
-  const ws = new WebSocket(url, ['json.webpubsub.azure.v1']);
-  cleanupFor(t).after(() => ws.terminate());
-  return withTimeout(
-    new Promise<number>((resolve, reject) => {
-      ws.once('open', () => {
-        ws.terminate();
-        resolve(101);
-      });
-      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.once('error', reject);
-    }),
-    5000,
-    `the answer to ${url}`,
-  );
-}
 
 describe('client tokens of hubs that share an access key', () => {
   it('open the hub their aud names, in either endpoint form, and no other', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [{ name: 'chat', accessKey: SHARED }, { name: 'other', accessKey: SHARED }] } });
     const ws = relay.url.replace(/^http/, 'ws');
     const token = (aud: string) => signJwt({ aud, sub: 'alice' }, SHARED, 600);
-    const open = (endpoint: string, aud: string) => upgradeStatus(t, `${ws}${endpoint}${endpoint.includes('?') ? '&' : '?'}access_token=${token(aud)}`);
+    const open = (endpoint: string, aud: string) => upgradeStatus(t, `${ws}${endpoint}${endpoint.includes('?') ? '&' : '?'}access_token=${token(aud)}`, 'json.webpubsub.azure.v1');
     const cases: [endpoint: string, aud: string, status: number][] = [
       // The query form's aud names its hub in its query.
       ['/client/?hub=chat', `${relay.url}/client/?hub=chat`, 101],
