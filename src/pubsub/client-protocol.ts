@@ -113,7 +113,11 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   // An invocation is answered by its id (it has no ackId): the SDK would wait for the answer for good.
   const invocationId = m.type === 'invoke' && validateInvocationId(m.invocationId) ? (m.invocationId as string) : undefined;
   if (!validate(m)) {
-    if (invocationId !== undefined) return connection.sendControl(invokeFailedFrame(invocationId, 'BadRequest', describeErrors(validate.errors)));
+    if (invocationId !== undefined) {
+      // Not under the id of an invocation still unanswered: its own answer is the one its caller waits for.
+      if (connection.invocations?.has(invocationId)) return;
+      return connection.sendControl(invokeFailedFrame(invocationId, 'BadRequest', describeErrors(validate.errors)));
+    }
     return ack(ctx, connection, ackId, 'BadRequest', describeErrors(validate.errors));
   }
   const hub = ctx.hub(connection);

@@ -420,6 +420,8 @@ describe("a client's user events", () => {
       invoke('x', 'slow x');
       await until(() => held.has('slow x'), 5000, 'x at the handler');
       invoke('x', 'slow again');
+      // A malformed one under the id: not answered either (its BadRequest would have been taken for x's answer).
+      client.send({ type: 'invoke', invocationId: 'x', target: 'group', event: 'ask' });
       held.get('slow x')!();
       await until(() => answers('x').length === 1, 5000, 'the answer');
       invoke('x');
