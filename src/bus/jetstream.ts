@@ -237,8 +237,9 @@ export class JetStreamAccess {
     // and nats.js then waits on it silently: start again from the last sequence.
     bus.onConnectionChange((connected) => {
       if (!connected) return;
-      // What was sent on the connection gone is not ordered with what is sent on this one.
+      // What was sent on the connection gone is not ordered with what is sent on this one, and is tried again now.
       this.order.reconnected();
+      this.publisher?.reconnected();
       for (const msgs of this.consuming) msgs.stop();
       this.checkServer();
       // A server restarted with memory storage (or a cluster that lost every copy) comes back without the streams.
@@ -598,9 +599,11 @@ export class JetStreamAccess {
       for (;;) {
         let left = this.closed ? 0 : deadline - performance.now();
         if (left > 0 && !this.order.mayTry(turn)) {
-          await this.order.waitForTurn(turn, left);
-          left = this.closed ? 0 : deadline - performance.now();
-          if (left > 0 && !this.order.mayTry(turn)) left = 0;
+          // Woken, it may find the stream in trouble again (another call told to retry in the same turn): it waits on.
+          do {
+            await this.order.waitForTurn(turn, left);
+            left = this.closed ? 0 : deadline - performance.now();
+          } while (left > 0 && !this.order.mayTry(turn));
           if (left <= 0 && !turn.troubled) last = 'earlier events of its stream were not stored yet, and it is not stored before them';
         }
         if (left <= 0) {

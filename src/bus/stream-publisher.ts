@@ -132,9 +132,22 @@ export class StorePublisher {
 
   /** Ends every open wait with a retry (the connection is gone) and stops listening. */
   close(): void {
-    for (const token of inPublishOrder(this.waiting.entries().map(([token]) => token))) this.settle(token, { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
+    this.retryAll('the NATS connection closed');
     this.stopSweeping();
     this.subscription.unsubscribe();
+  }
+
+  /**
+   * The connection was made again: what went out on the one gone is answered late or never, so each open wait ends
+   * now with a retry, oldest first (the same message id: JetStream stores it once). Before, later publishes of the
+   * stream waited behind them for requestTimeoutMs (jetstream.ts keeps a stream's order through a reconnect).
+   */
+  reconnected(): void {
+    this.retryAll('the NATS connection was made again');
+  }
+
+  private retryAll(reason: string): void {
+    for (const token of inPublishOrder(this.waiting.entries().map(([token]) => token))) this.settle(token, { kind: 'retry', reason, unsure: true });
   }
 }
 

@@ -49,6 +49,20 @@ describe('publish order', () => {
     assert.equal(order.mayTry(order.begin('s')), true);
   });
 
+  it('wakes nobody when a call ends while nothing is in trouble (an end cost a step per call in flight), everyone when the last trouble ends', () => {
+    const order = new PublishOrder();
+    const calls = Array.from({ length: 5 }, () => order.begin('s'));
+    let wakes = 0;
+    for (const turn of calls) turn.wake = () => wakes++;
+    order.end(calls[0]);
+    assert.equal(wakes, 0);
+    order.troubled(calls[1]);
+    order.end(calls[2]);
+    assert.equal(wakes, 1, 'in trouble: the oldest only');
+    order.end(calls[1]);
+    assert.equal(wakes, 3, 'the last trouble ended: the two left');
+  });
+
   it("keeps a publisher's order across a frozen stream leader: the send made after the failover is stored after the one cut by it", { timeout: 180_000 }, async (t) => {
     const nodes = await startNatsCluster(t);
     const stream = { name: 'T_hub', subjects: ['t.ev.hub.>'], maxAgeMs: 300_000, maxMessages: -1, maxBytes: -1 };
