@@ -304,8 +304,9 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const connection = socket.owner;
     if (connection.socket !== socket) return;
     this.countExpired(connection.flush());
-    // Events and invocations wait while the client has its answers queued (client-protocol.ts).
-    takeNextEvents(connection);
+    // Events and invocations wait while the client has its answers queued (client-protocol.ts). Only when some do wait:
+    // a drain comes on every busy subscriber's socket, and takeNextEvents also reads the client again.
+    if (connection.eventsWaiting?.length) takeNextEvents(connection);
   }
 
   onClosed(socket: ClientSocket, code: number): void {

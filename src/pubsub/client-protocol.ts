@@ -361,10 +361,14 @@ function toEventHandler(
       if (!connection.ended) answered(result);
     });
   };
-  if (connection.eventsInFlight >= EVENTS_IN_FLIGHT || connection.eventsWaiting?.length || connection.answersBacklogged) {
-    return connection.wait((connection.eventsWaiting ??= []), text.length, send);
-  }
+  // Behind those read before it, too.
+  if (!eventTurnFree(connection) || connection.eventsWaiting?.length) return connection.wait((connection.eventsWaiting ??= []), text.length, send);
   send();
+}
+
+/** Whether another event or invocation may go to the handler now: fewer than EVENTS_IN_FLIGHT there, and the client's answers not backlogged. */
+function eventTurnFree(connection: PubSubConnection): boolean {
+  return connection.eventsInFlight < EVENTS_IN_FLIGHT && !connection.answersBacklogged;
 }
 
 /**
@@ -377,7 +381,7 @@ function toEventHandler(
  * reliable session's buffer). The socket's drain calls this again.
  */
 export function takeNextEvents(connection: PubSubConnection): void {
-  while (!connection.ended && connection.eventsInFlight < EVENTS_IN_FLIGHT && !connection.answersBacklogged) {
+  while (!connection.ended && eventTurnFree(connection)) {
     const next = connection.eventsWaiting?.shift();
     if (!next) break;
     next();

@@ -379,7 +379,9 @@ describe('sendEvent and invokeEvent', () => {
     abort.abort();
     await assert.rejects(withTimeout(slow, 5000, 'aborted'));
     const next = c.client.invokeEvent('ask', 'next', 'text');
-    await new Promise((r) => setTimeout(r, 100));
+    // The next waits its turn at the relay, behind the cancelled one still at the handler.
+    const connection = relay.pubsub.hub(HUB)!.local.connections.get(c.connectionIds[0])!;
+    await until(() => connection.eventsWaiting?.length === 1, 5000, 'the next invocation to wait its turn');
     handler.held.get('slow')!();
     assert.equal((await withTimeout(next, 5000, 'next')).data, 're next');
     assert.deepEqual(handler.bodies, ['slow', 'next']);

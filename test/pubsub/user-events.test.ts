@@ -457,8 +457,9 @@ describe("a client's user events", () => {
       const invocations = Array.from({ length: count }, (_, i) => maskedFrame(0x1, JSON.stringify({ type: 'invoke', invocationId: `i${i}`, target: 'event', event: 'ask' })));
       client.socket.write(Buffer.concat(invocations));
       await until(() => served >= 1, 5000, 'the first invocation at the handler');
-      await new Promise((r) => setTimeout(r, 1000));
       const connection = [...relay.pubsub.hub('chat')!.local.connections.values()][0];
+      // The relay holds the rest back: none at the handler, some waiting, the client's answers backlogged.
+      await until(() => connection.eventsInFlight === 0 && (connection.eventsWaiting?.length ?? 0) > 0 && connection.answersBacklogged, 10000, 'the rest held back');
       assert.ok(served < count / 2, `${served} answers sent to a client that read nothing`);
       assert.ok(connection.socket!.bufferedBytes < 4 * 65536 + 2 * answer.length, `${connection.socket!.bufferedBytes} bytes queued`);
       // Read: every invocation is answered.
