@@ -74,14 +74,25 @@ export function connectFailed(ctx: HybridContext, socket: Duplex, code: HybridEr
   failUpgrade(socket, code, message);
 }
 
-/** Counts (and traces) a relayed WebSocket that did not open; `entity` is a name when no such hybrid connection exists. */
-export function countConnectFailure(ctx: HybridContext, code: HybridErrorCode | 'RejectedByListener', entity: HybridEntity | string, status?: number): void {
+/** As connectFailed, for a sender refused before it was authorized (no such entity, its token): traced under the refusals' cap. */
+export function connectRefused(ctx: HybridContext, socket: Duplex, code: HybridErrorCode, entity: HybridEntity | string): void {
+  countConnectFailure(ctx, code, entity, undefined, true);
+  failUpgrade(socket, code);
+}
+
+/**
+ * Counts (and traces) a relayed WebSocket that did not open; `entity` is a name when no such hybrid connection exists.
+ * `refusal`: the sender was refused before it was authorized (telemetry/trace.ts, the refusals' own cap).
+ */
+export function countConnectFailure(ctx: HybridContext, code: HybridErrorCode | 'RejectedByListener', entity: HybridEntity | string, status?: number, refusal = false): void {
   ctx.metrics.rendezvousFailed.inc({ reason: code });
   ctx.traffic.failed(code, entity);
   const trace = ctx.metrics.trace;
   if (!trace.on) return;
   const kind = code === 'AcceptTimeout' ? 'connect.timeout' : code === 'RejectedByListener' ? 'connect.rejected' : 'connect.failed';
-  trace.emit(kind, { ...(typeof entity === 'string' ? entityToTrace(entity) : { entity: entity.name }), code, status: status ?? (code === 'RejectedByListener' ? undefined : HYBRID_ERRORS[code].status) });
+  const fields = { ...(typeof entity === 'string' ? entityToTrace(entity) : { entity: entity.name }), code, status: status ?? (code === 'RejectedByListener' ? undefined : HYBRID_ERRORS[code].status) };
+  if (refusal) trace.emitRefusal(kind, fields);
+  else trace.emit(kind, fields);
 }
 
 /** Counts a relayed HTTP request by the status its sender got (and a failure by its code). */

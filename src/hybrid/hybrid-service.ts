@@ -19,7 +19,7 @@ import { sendContinue } from '../http/expect-continue.ts';
 import { keepQueryParams } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
-import { connectFailed, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
+import { connectRefused, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
 import { EntityCatalog, createdEntity, entityToTrace, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
@@ -211,7 +211,7 @@ export class HybridService {
     const check = this.authorize(req, params, known?.name ?? name, 'Listen');
     if (typeof check === 'string') {
       log.info({ event: 'listener.refused', code: check });
-      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.refused', { ...entityToTrace(known?.name ?? name), code: check });
+      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emitRefusal('listener.refused', { ...entityToTrace(known?.name ?? name), code: check });
       return failUpgrade(socket, check);
     }
     const target = known ?? this.catalog.getForListener(name);
@@ -325,11 +325,11 @@ export class HybridService {
 
   private connect(req: IncomingMessage, socket: Duplex, head: Buffer, name: string, params: URLSearchParams, below: HybridPathBelow, log: Logger): void {
     const entity = this.entityForSender(name);
-    if (!entity) return connectFailed(this.ctx, socket, 'EntityNotFound', name);
+    if (!entity) return connectRefused(this.ctx, socket, 'EntityNotFound', name);
     const refused = this.authorizeSender(req, params, entity, below.subPath) ?? kindRefused(entity, 'websocket');
     if (refused) {
       log.info({ event: 'connect.refused', code: refused });
-      return connectFailed(this.ctx, socket, refused, entity);
+      return connectRefused(this.ctx, socket, refused, entity);
     }
     startConnect(this.ctx, req, socket, head, entity, this.routes, below, senderCredentialIn(req, params, entity), trackingIdOf(params), log);
   }
@@ -400,7 +400,7 @@ export class HybridService {
   private refuseHttp(req: IncomingMessage, res: ServerResponse, target: HybridHttpTarget, log: Logger, code: HybridErrorCode): void {
     log.info({ event: 'http.refused', code });
     countHttpStatus(this.ctx, code, this.catalog.get(target.entity) ?? target.entity);
-    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('http.request', { ...entityToTrace(target.entity), method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
+    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emitRefusal('http.request', { ...entityToTrace(target.entity), method: req.method, path: pathOf(target.requestTarget), status: HYBRID_ERRORS[code].status, code });
     failRequest(res, code);
     req.resume();
   }

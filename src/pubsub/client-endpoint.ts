@@ -120,13 +120,13 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const verdict = verifyAccessToken(token, this.deps.accessKeys(hub), [path, `/client/hubs/${hub.name}`], this.deps.hostsFor(req), rule);
     if (!verdict.ok) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: verdict.code });
-      if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: verdict.code });
+      if (metrics.trace.on) metrics.trace.emitRefusal('pubsub.refused', { hub: hub.name, code: verdict.code });
       return failUpgrade(duplex, verdict.code);
     }
     const unusable = identityRefusal(verdict.claims);
     if (unusable) {
       log.info({ event: 'pubsub.refused', hub: hub.name, code: 'TokenInvalid', reason: unusable });
-      if (metrics.trace.on) metrics.trace.emit('pubsub.refused', { hub: hub.name, code: 'TokenInvalid' });
+      if (metrics.trace.on) metrics.trace.emitRefusal('pubsub.refused', { hub: hub.name, code: 'TokenInvalid' });
       return failUpgrade(duplex, 'TokenInvalid', `The access token is not valid for this hub: ${unusable}`);
     }
     const id = randomBytes(16).toString('base64url');

@@ -20,6 +20,9 @@ export interface MetricsSources {
   logLinesDropped?(): number;
 }
 
+/** Limits met before a request's token is read: anyone can meet them, so their refusals are traced under the refusals' own cap (trace.ts). */
+const LIMITS_BEFORE_AUTHORIZATION: ReadonlySet<string> = new Set(['httpConnectionsPerNode', 'firstByteMs', 'headersMs', 'connectionsPerNode', 'connectRatePerAddress', 'connectionsPerHub']);
+
 export class RelayMetrics {
   /** The live trace's source on this edge (trace.ts): the domains reach it with the metrics. */
   readonly trace: TraceSource;
@@ -215,7 +218,7 @@ export class RelayMetrics {
       registers,
     });
     // Traced where they are counted, so that no call site needs a second line.
-    traceIncrements(this.limitRefusals, this.trace, (l) => ['limit.refused', { code: String(l.limit) }]);
+    traceIncrements(this.limitRefusals, this.trace, (l) => ['limit.refused', { code: String(l.limit) }, LIMITS_BEFORE_AUTHORIZATION.has(String(l.limit))]);
     traceIncrements(this.handlerEvents, this.trace, (l) => (l.result === 'ok' ? undefined : ['handler.failed', { detail: String(l.event), code: String(l.result) }]));
   }
 

@@ -5,7 +5,11 @@
 // watches when ops/trace-relay.ts attaches a sink: for a viewer on this edge,
 // or for viewers on other edges that announced their interest on the bus.
 // While on, events are capped at TRACE_EVENTS_PER_SECOND per edge (a token
-// bucket); past it they are dropped and counted, never queued. An event names
+// bucket); past it they are dropped and counted, never queued. Refusals of
+// requests not yet authorized (a bad token, an unknown name, a limit met
+// before the token is read) have a bucket of their own, a quarter of that:
+// anyone can send those, and a flood of them took the whole budget, so the
+// trace showed the flood and dropped the events of authorized traffic. An event names
 // things (entity, hub, group, user, connection id, path without its query)
 // and measures them (status, duration, size); it never carries a token, a key
 // or a payload. Strings are cut to TRACE_TEXT_MAX characters.
@@ -13,6 +17,8 @@ import type { Counter } from 'prom-client';
 
 /** Most events one edge emits per second while traced; the rest are dropped (counted). */
 export const TRACE_EVENTS_PER_SECOND = 1000;
+/** Most refusals of not yet authorized requests one edge traces per second, apart from TRACE_EVENTS_PER_SECOND. */
+export const TRACE_REFUSALS_PER_SECOND = TRACE_EVENTS_PER_SECOND / 4;
 /** Longest text field of an event, in characters. */
 export const TRACE_TEXT_MAX = 256;
 
@@ -88,17 +94,20 @@ export class TraceSource {
   /** Events dropped over the rate cap so far (viewers are told how many they missed). */
   rateDropped = 0;
   private readonly sinks = new Set<TraceSink>();
-  private tokens = TRACE_EVENTS_PER_SECOND;
-  private refilledAt = 0;
+  private readonly events: RateBucket;
+  private readonly refusals: RateBucket;
 
   constructor(
     readonly node: string,
     /** Counts events dropped (edge_relay_trace_events_dropped_total). */
     readonly dropped: (reason: TraceDropReason, count?: number) => void = () => {},
-    private readonly perSecond = TRACE_EVENTS_PER_SECOND,
-    /** Milliseconds for the rate cap's bucket (a test gives its own, so that a slow turn refills nothing). */
-    private readonly clock: () => number = Date.now,
-  ) {}
+    perSecond = TRACE_EVENTS_PER_SECOND,
+    /** Milliseconds for the rate cap's buckets (a test gives its own, so that a slow turn refills nothing). */
+    clock: () => number = Date.now,
+  ) {
+    this.events = new RateBucket(perSecond, clock);
+    this.refusals = new RateBucket(Math.max(1, perSecond / 4), clock);
+  }
 
   /** Starts handing events to `sink`; the returned function stops it. */
   attach(sink: TraceSink): () => void {
@@ -111,7 +120,12 @@ export class TraceSource {
   }
 
   emit(kind: TraceKind, fields: TraceFields): void {
-    if (this.on && this.admit()) this.deliver(kind, fields);
+    if (this.on && this.admit(this.events)) this.deliver(kind, fields);
+  }
+
+  /** Emits the refusal of a request not yet authorized, under the refusals' own cap (see the top of this file). */
+  emitRefusal(kind: TraceKind, fields: TraceFields): void {
+    if (this.on && this.admit(this.refusals)) this.deliver(kind, fields);
   }
 
   /**
@@ -120,7 +134,7 @@ export class TraceSource {
    * taken now, so that past the cap nothing waits on the outcome.
    */
   settled(kind: TraceKind, fields: TraceFields, outcome: Promise<unknown>, startedAt = performance.now()): void {
-    if (!this.on || !this.admit()) return;
+    if (!this.on || !this.admit(this.events)) return;
     outcome.then(
       (result) => this.on && this.deliver(kind, { ...fields, code: result === 'duplicate' ? 'Duplicate' : 'success', ms: performance.now() - startedAt }),
       (err: Error) =>
@@ -128,20 +142,12 @@ export class TraceSource {
     );
   }
 
-  /** Takes one event's place under the cap (a token bucket refilled by the clock); false, counted, when there is none. */
-  private admit(): boolean {
-    const now = this.clock();
-    if (now !== this.refilledAt) {
-      this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
-      this.refilledAt = now;
-    }
-    if (this.tokens < 1) {
-      this.rateDropped++;
-      this.dropped('rate');
-      return false;
-    }
-    this.tokens--;
-    return true;
+  /** Takes one event's place under `bucket`'s cap; false, counted, when there is none. */
+  private admit(bucket: RateBucket): boolean {
+    if (bucket.take()) return true;
+    this.rateDropped++;
+    this.dropped('rate');
+    return false;
   }
 
   private deliver(kind: TraceKind, fields: TraceFields): void {
@@ -157,6 +163,30 @@ export class TraceSource {
   }
 }
 
+/** A token bucket refilled by `clock` at `perSecond`, holding at most a second's worth. */
+class RateBucket {
+  private tokens: number;
+  private refilledAt = 0;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly clock: () => number,
+  ) {
+    this.tokens = perSecond;
+  }
+
+  take(): boolean {
+    const now = this.clock();
+    if (now !== this.refilledAt) {
+      this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
+      this.refilledAt = now;
+    }
+    if (this.tokens < 1) return false;
+    this.tokens--;
+    return true;
+  }
+}
+
 /**
  * Also traces each increment of a labelled counter (limit refusals, failed
  * event handler calls): one hook here rather than a line beside each of the
@@ -166,13 +196,16 @@ export class TraceSource {
 export function traceIncrements<L extends string>(
   counter: Counter<L>,
   trace: TraceSource,
-  describe: (labels: Partial<Record<L, string | number>>) => [TraceKind, TraceFields] | undefined,
+  /** The line for an increment: its kind, its fields, and whether it is the refusal of a request not yet authorized. */
+  describe: (labels: Partial<Record<L, string | number>>) => [TraceKind, TraceFields, boolean?] | undefined,
 ): void {
   const inc = counter.inc.bind(counter) as (labels?: unknown, value?: number) => void;
   (counter as { inc: unknown }).inc = (labels?: Partial<Record<L, string | number>> | number, value?: number) => {
     inc(labels, value);
     if (!trace.on || typeof labels !== 'object') return;
     const line = describe(labels);
-    if (line) trace.emit(line[0], line[1]);
+    if (!line) return;
+    if (line[2]) trace.emitRefusal(line[0], line[1]);
+    else trace.emit(line[0], line[1]);
   };
 }

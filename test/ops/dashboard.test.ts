@@ -12,7 +12,7 @@ import { startNatsServer } from '../helpers/nats.ts';
 import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { tcp } from '../helpers/raw-socket.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { startTestRelay, tokenFor, upgradeStatus, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { TRACE_VIEWERS_PER_NODE, traceFilterOf, traceMatches } from '../../src/ops/trace-relay.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
@@ -315,6 +315,39 @@ describe('/$relay/trace', () => {
   });
 });
 
+describe('live trace: refusals of requests not yet authorized', () => {
+  it("are traced under the refusals' cap: an unknown entity, bad sender, listener and client tokens, a limit met before the token", async (t) => {
+    const relay = await startTestRelay(t, pubsubOverrides({ limits: { connectionsPerHub: 1 } }));
+    await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
+    const calls: { kind: string; refusal: boolean }[] = [];
+    const trace = relay.metrics.trace;
+    const emit = trace.emit.bind(trace);
+    const emitRefusal = trace.emitRefusal.bind(trace);
+    trace.emit = (kind, fields) => {
+      calls.push({ kind, refusal: false });
+      emit(kind, fields);
+    };
+    trace.emitRefusal = (kind, fields) => {
+      calls.push({ kind, refusal: true });
+      emitRefusal(kind, fields);
+    };
+    const detach = trace.attach(() => {});
+    t.after(detach);
+    assert.equal((await httpRequest(`${relay.url}/nope/x`)).status, 404);
+    assert.equal((await httpRequest(`${relay.url}/echo/x`)).status, 401);
+    assert.equal(await upgradeStatus(t, wsUrl(relay.url, '/$hc/echo?sb-hc-action=connect')), 401);
+    assert.equal(await upgradeStatus(t, wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen&sb-hc-token=bad')), 401);
+    // The hub holds its one connection (connectionsPerHub 1): refused before its token is read.
+    assert.equal(await upgradeStatus(t, wsUrl(relay.url, '/client/hubs/chat?access_token=x')), 429);
+    assert.equal(await upgradeStatus(t, wsUrl(relay.url, '/client/hubs/other?access_token=x')), 401);
+    await until(() => calls.length >= 6, 5000, 'six traced refusals');
+    assert.deepEqual(
+      calls.map((c) => `${c.kind} ${c.refusal}`),
+      ['http.request true', 'http.request true', 'connect.failed true', 'listener.refused true', 'limit.refused true', 'pubsub.refused true'],
+    );
+  });
+});
+
 describe('TraceSource', () => {
   it('hands events to sinks only while one is attached, caps them per second and counts what it drops', () => {
     const dropped: string[] = [];
@@ -343,6 +376,23 @@ describe('TraceSource', () => {
     assert.equal(seen.length, 201, 'a long quiet fills it to its size, no further');
     detach();
     assert.equal(trace.on, false);
+  });
+
+  it('keeps refusals of requests not yet authorized under a cap of their own: a flood of them leaves the budget of the rest (before: it took all of it)', () => {
+    let now = 1_000_000;
+    const dropped: string[] = [];
+    const trace = new TraceSource('n1', (reason) => dropped.push(reason), 100, () => now);
+    const seen: { kind: string }[] = [];
+    trace.attach((e) => seen.push(e));
+    for (let i = 0; i < 500; i++) trace.emitRefusal('http.request', { entity: 'nope', code: 'EntityNotFound' });
+    assert.equal(seen.length, 25, 'a quarter of the rate for refusals');
+    for (let i = 0; i < 100; i++) trace.emit('listener.connected', { entity: 'echo' });
+    assert.equal(seen.filter((e) => e.kind === 'listener.connected').length, 100, 'the rest keep their whole budget');
+    assert.equal(trace.rateDropped, 475);
+    assert.equal(dropped.length, 475);
+    now += 1000;
+    for (let i = 0; i < 500; i++) trace.emitRefusal('pubsub.refused', { hub: 'chat', code: 'TokenInvalid' });
+    assert.equal(seen.filter((e) => e.kind === 'pubsub.refused').length, 25, 'refilled a second later, to its own size');
   });
 
   it('matches a filter naming a user, hub or entity longer than an event keeps (cut alike; before: never)', () => {
