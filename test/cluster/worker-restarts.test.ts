@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
@@ -69,6 +70,34 @@ describe('serve --workers, workers dying and started again', { concurrency: 2 },
     // (before: each hand-off left a socket counted open in the worker that sent it).
     assert.equal(relay.stderr().match(/"event":"relay.stopped"/g)?.length, 2, relay.stderr().split('\n').filter((l) => !/"level":20/.test(l)).slice(-40).join('\n'));
     assert.doesNotMatch(relay.stderr(), /relay\.shutdown_deadline/);
+  });
+
+  it('leaves no connection open and unanswered when the worker it was going to dies (before: the primary held it for good)', async (t) => {
+    const nats = await startNatsServer(t);
+    const overrides = edgeOverrides('accepts', [nats.url], { timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 1000 } });
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    // Fresh connections, each asking for the health page, while a worker is killed: each is answered, or closed so
+    // that its client tries again; none waits. (A health answer takes milliseconds: 8 s is a hang.)
+    const probes: Promise<'answered' | 'closed' | 'hung'>[] = [];
+    let going = true;
+    const load = (async () => {
+      while (going) {
+        for (let k = 0; k < 4; k++) probes.push(healthProbe(t, relay.port, 8000));
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 300));
+    const [victim] = workerPids(primary);
+    process.kill(victim, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    going = false;
+    await load;
+    const outcomes = await Promise.all(probes);
+    const count = (k: string) => outcomes.filter((o) => o === k).length;
+    assert.equal(count('hung'), 0, `of ${outcomes.length} connections: ${count('answered')} answered, ${count('closed')} closed, ${count('hung')} open and unanswered after 8 s`);
+    assert.ok(count('answered') > 0);
+    await until(() => /worker \d is back/.test(relay.stderr()), 15000, 'the worker started again');
   });
 
   it("a worker started again after a crash keeps the command's restart-only config (its NATS servers), not the file's since", async (t) => {
@@ -225,3 +254,23 @@ describe('serve --workers, workers dying and started again', { concurrency: 2 },
     assert.equal(await withTimeout(exited, 15000, 'the command to exit'), 0, relay.stderr().slice(-1500));
   });
 });
+
+/** One GET /$relay/health on a fresh connection: 'answered' (200), 'closed' (closed or reset unanswered), or 'hung' after `ms`. */
+function healthProbe(t: { after(fn: () => unknown): void }, port: number, ms: number): Promise<'answered' | 'closed' | 'hung'> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    t.after(() => socket.destroy());
+    let got = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve('hung');
+    }, ms);
+    socket.on('connect', () => socket.write('GET /$relay/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+    socket.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(got.startsWith('HTTP/1.1 200') ? 'answered' : 'closed');
+    });
+  });
+}
