@@ -388,6 +388,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.fail('ListenerGone');
   }
 
+  /** A reload removed the entity: the request ends (404 EntityRemoved, or its answer cut once begun), as its WebSockets do. */
+  entityRemoved(): void {
+    this.fail('EntityRemoved');
+  }
+
   // --- the rendezvous socket ---------------------------------------------------
 
   /** The listener dialled this exchange's address. */

@@ -549,6 +549,9 @@ export class HybridService {
     // Its relayed WebSockets end with it, both ends told why (as its listeners are).
     const { closeCode, message } = HYBRID_ERRORS.EntityRemoved;
     for (const [splice, entity] of this.ctx.open.splices) if (gone.has(entity.key)) splice.close(closeCode, message);
+    // And what waits for a listener's leg: before, a connect whose listener had its accept was spliced when the leg
+    // came (before the listener's channel had finished closing), and that WebSocket outlived the entity.
+    for (const pending of this.ctx.rendezvous.of(gone)) pending.entityRemoved();
     listenersClosed += this.recheckListeners();
     this.scheduleGraceEnd();
     return { entitiesRemoved: removed.map((e) => e.name), keysRotated, listenersClosed };

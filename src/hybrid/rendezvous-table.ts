@@ -31,6 +31,8 @@ export interface PendingRendezvous {
   arrive(req: IncomingMessage, socket: Duplex, head: Buffer, params: URLSearchParams): void;
   /** The listener that was told to dial lost its control channel first: the sender hears it at once (502). */
   listenerLost(): void;
+  /** A reload removed the entity: the sender hears it at once (404 EntityRemoved); a leg dialed later finds nothing. */
+  entityRemoved(): void;
 }
 
 /** HTTP requests remembered as abandoned at most (oldest forgotten first): a sender hanging up in a loop grows nothing past it. */
@@ -66,6 +68,11 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
 
   get(id: string): T | undefined {
     return this.entries.get(id);
+  }
+
+  /** The entries of the entities `entityKeys` names. */
+  of(entityKeys: ReadonlySet<string>): T[] {
+    return this.entries.values().filter((entry) => entityKeys.has(entry.entity.key));
   }
 
   /** Removes the entry; returns whether it was there. */

@@ -121,6 +121,14 @@ export function startConnect(
       log.info({ event: 'connect.listener_gone' });
       connectFailed(ctx, socket, 'ListenerGone', entity);
     },
+    entityRemoved: () => {
+      if (!ctx.rendezvous.delete(pending)) return;
+      clearTimeout(pending.timer);
+      pending.untrack();
+      detachSender(pending);
+      log.info({ event: 'connect.entity_removed' });
+      connectFailed(ctx, socket, 'EntityRemoved', entity);
+    },
     arrive: (listenerReq, listenerSocket, listenerHead, params) => completeConnect(ctx, listenerReq, listenerSocket, listenerHead, pending, params),
   };
   // After 'upgrade' Node leaves the socket paused: without reading it, a

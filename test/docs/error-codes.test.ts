@@ -44,7 +44,7 @@ describe('the error tables in docs/errors.md', () => {
   it('list every code of the edge', () => checkTable('The edge itself', EDGE_ERRORS, () => false));
 
   it('list every hybrid connections code', () => {
-    const closeOnly = new Set(['ControlMessageInvalid', 'RenewTokenInvalid', 'AccessRevoked', 'ClientCertificateRevoked', 'EntityRemoved']);
+    const closeOnly = new Set(['ControlMessageInvalid', 'RenewTokenInvalid', 'AccessRevoked', 'ClientCertificateRevoked']);
     checkTable('Hybrid connections', HYBRID_ERRORS, (code) => closeOnly.has(code));
   });
 

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { connect as natsConnect } from 'nats';
+import WebSocket from 'ws';
 import { loadConfig } from '../../src/config/load.ts';
 import type { ListenTlsConfig, RelayConfig } from '../../src/config/types.ts';
 import { restartOnlyChanges } from '../../src/server/reload.ts';
@@ -213,6 +214,32 @@ describe('reload without a restart', () => {
     const again = wsUrl(relay.url, '/$hc/made-by-listener?sb-hc-action=listen');
     assert.equal((await upgradeRefusal(again, { headers: { ServiceBusAuthorization: tokenFor(again, root) } })).status, 404);
     assert.equal(listed.ws.readyState, listed.ws.OPEN, 'a listed entity keeps its listener');
+  });
+
+  it('answers a sender still waiting for its accept at once when a reload removes the entity, and refuses the leg dialed after (before: spliced, and the WebSocket outlived the entity; found by review)', async (t) => {
+    const config = (legacy: boolean) => testConfig({ hybridConnections: [{ name: 'echo', requiresClientAuthorization: true }, ...(legacy ? [{ name: 'legacy', requiresClientAuthorization: false }] : [])] });
+    const { file, write } = configFile(t, config(true));
+    const relay = await startTestRelay(t, config(true), { loadConfig: () => loadConfig(file, {}, {}) });
+    const listenUrl = wsUrl(relay.url, '/$hc/legacy?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const outcomeOf = (ws: WebSocket) =>
+      new Promise<string>((resolve) => {
+        ws.once('open', () => resolve('open'));
+        ws.once('unexpected-response', (_req, res) => resolve(`HTTP ${res.statusCode}`));
+        ws.once('error', (err) => resolve(`error ${err.message}`));
+      });
+    const sender = new WebSocket(wsUrl(relay.url, '/$hc/legacy?sb-hc-action=connect'));
+    t.after(() => sender.terminate());
+    const senderOutcome = outcomeOf(sender);
+    const { accept } = await listener.next<{ accept: { address: string } }>();
+    write(config(false));
+    assert.ok(relay.reload('api').ok);
+    // The listener dials at once, as a real one would, while its control channel's close handshake runs.
+    const leg = new WebSocket(accept.address);
+    t.after(() => leg.terminate());
+    assert.equal(await withTimeout(senderOutcome, 5000, "the sender's answer"), 'HTTP 404');
+    assert.equal(await withTimeout(outcomeOf(leg), 5000, "the leg's answer"), 'HTTP 404');
   });
 
   it('bounds reliable sessions already open by a session buffer a reload lowered', async (t) => {
