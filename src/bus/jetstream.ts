@@ -962,15 +962,6 @@ export class JetStreamAccess {
     }
   }
 
-  /** Deletes `key`; with `previous` (a revision above 0), only if that is still its revision (StoreConflict otherwise). */
-  async delete(key: string, previous?: number): Promise<void> {
-    try {
-      await this.ready.kv.delete(key, previous ? { previousSeq: previous } : undefined);
-    } catch (err) {
-      throw this.keyValueFailed(err, key);
-    }
-  }
-
   /**
    * A key-value call failed: a conflict is the caller's to handle; anything else may mean the bucket
    * is gone (deleted, or kept by a server restarted with memory storage while this edge stayed

@@ -454,6 +454,8 @@ export interface PsCheckpoint {
   releasedBy?: number;
   /** In that last write: the ackIds whose requests it processed, the latest 1,000, so the next edge answers a retry Duplicate. */
   ackIds?: number[];
+  /** The session ended for good (closed, expired): no edge takes it again (stream-sessions.ts, ended). */
+  ended?: true;
   /** Every sequence id up to this one is acknowledged. */
   sequenceId: number;
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */

@@ -123,6 +123,11 @@ function addresses(target: Target, connection: PubSubConnection, excluded?: stri
   }
 }
 
+/** How long a checkpoint lasts in the session bucket after its last write: twice sessionRetainMs, a minute at least. */
+export function sessionBucketTtlMs(sessionRetainMs: number): number {
+  return Math.max(60_000, 2 * sessionRetainMs);
+}
+
 /** What a checkpoint write came to: stored, left to a newer claim's checkpoint (another edge took the session), failed. */
 type WriteOutcome = 'stored' | 'kept' | 'failed';
 
@@ -139,6 +144,12 @@ export class StreamSessions {
   private readonly queued = new WeakMap<PubSubConnection, Promise<void>>();
   /** Sessions opened before this edge knew its place in the stream. */
   private readonly awaitingStart = new Set<PubSubConnection>();
+  /**
+   * Sessions ended here whose end is not stored yet (endCheckpoint), by connection id, until the checkpoint they
+   * left would have expired from the bucket: none of them is taken here meanwhile, and a failed write is tried
+   * again at each tick.
+   */
+  private readonly endings = new Map<string, { connection: PubSubConnection; giveUpAt: number }>();
   /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
   private readonly ownClaims = new Map<string, (claim: ClaimRead) => void>();
   /** The latest claim read per connection id (the edge holding that session), bounded: see noteHolder. */
@@ -222,13 +233,20 @@ export class StreamSessions {
     this.dirty.add(connection);
   }
 
-  /** The session ended for good (expired, closed): its checkpoint goes, unless another edge has written it since. */
+  /**
+   * The session ended for good (expired, closed by its client or the server): its checkpoint is replaced by one
+   * that says so, unless another edge has written it since (it took the session). Before, the checkpoint was
+   * deleted: until the delete landed, or for the bucket's TTL when it failed (logged, never tried again), a
+   * recovery with the session's token took the ended session back (a client the server had closed for good
+   * returned to its groups and buffered messages; found by review).
+   */
   ended(connection: PubSubConnection): void {
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     this.awaitingStart.delete(connection);
     if (!connection.session?.checkpoint) return;
-    void this.inTurn(connection, () => this.deleteCheckpoint(connection));
+    this.endings.set(connection.id, { connection, giveUpAt: Date.now() + sessionBucketTtlMs(this.options.sessionRetainMs) });
+    void this.inTurn(connection, () => this.endCheckpoint(connection));
   }
 
   /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
@@ -314,6 +332,15 @@ export class StreamSessions {
           this.dirty.add(connection);
         }
       }
+    }
+    for (const [connectionId, ending] of this.endings) {
+      if (now >= ending.giveUpAt) {
+        // The checkpoint it left has expired from the bucket by now.
+        this.endings.delete(connectionId);
+        continue;
+      }
+      if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
+      if (!this.queued.has(ending.connection)) void this.inTurn(ending.connection, () => this.endCheckpoint(ending.connection));
     }
     for (const connection of this.dirty) {
       if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
@@ -406,27 +433,33 @@ export class StreamSessions {
   }
 
   /**
-   * Deletes the session's checkpoint if it is still the one this edge
-   * wrote: another edge that took the session before this one read its
-   * claim (this edge's copy then expires or is closed here) keeps its own.
+   * Stores that the session ended, over its checkpoint if that is still
+   * the one this edge wrote: another edge that took the session before this
+   * one read its claim (this edge's copy then expires or is closed here)
+   * keeps its own. A failure is tried again at the next tick (endings).
    */
-  private async deleteCheckpoint(connection: PubSubConnection): Promise<void> {
+  private async endCheckpoint(connection: PubSubConnection): Promise<void> {
+    const session = connection.session;
+    if (!session?.checkpoint || this.endings.get(connection.id)?.connection !== connection) return;
     const key = this.key(connection.id);
+    const value = Buffer.from(JSON.stringify({ ...this.record(connection, session.checkpoint), ended: true }));
     try {
       try {
-        await this.options.js.delete(key, this.revisions.get(connection));
+        this.revisions.set(connection, await this.options.js.put(key, value, this.revisions.get(connection)));
       } catch (err) {
         if (!(err instanceof StoreConflict)) throw err;
         // Written since: by this edge when a write's answer was lost, else by the edge that took the session.
         const found = await this.readCheckpointEntry(connection.id);
-        if (!found || found.checkpoint?.owner !== this.options.nodeId) {
-          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found?.checkpoint?.owner });
+        if (found?.checkpoint && found.checkpoint.owner !== this.options.nodeId) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner });
+          this.endings.delete(connection.id);
           return;
         }
-        await this.options.js.delete(key, found.revision);
+        this.revisions.set(connection, await this.options.js.put(key, value, found?.revision));
       }
+      this.endings.delete(connection.id);
     } catch (err) {
-      this.options.log.warn({ event: 'pubsub.checkpoint_delete_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
+      this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
     }
   }
 
@@ -467,6 +500,8 @@ export class StreamSessions {
    */
   async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
     if (!CONNECTION_ID.test(connectionId)) return undefined;
+    // Ended here, its end not stored yet: ended all the same.
+    if (this.endings.has(connectionId)) return undefined;
     if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
     // A session that has just opened elsewhere may not have its first checkpoint written yet.
     let found = await this.readCheckpoint(connectionId);
@@ -474,7 +509,7 @@ export class StreamSessions {
       await new Promise((r) => setTimeout(r, MISSING_CHECKPOINT_WAIT_MS));
       found = await this.readCheckpoint(connectionId);
     }
-    if (!found || found.protocol !== protocol || !hashMatches(found.tokenHash, token)) return undefined;
+    if (!found || found.ended || found.protocol !== protocol || !hashMatches(found.tokenHash, token)) return undefined;
     const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
     try {
@@ -482,8 +517,9 @@ export class StreamSessions {
       // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
       // not carry (permissions a REST call changed, the ackIds it answered) is only there.
       const holder = before ?? { origin: found.owner, boot: found.ownerBoot, seq: found.claim ?? 0 };
-      const checkpoint = (await this.lastWriteOf(connectionId, holder, claimSeq, deadline)) ?? found;
-      if (checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
+      // Gone or ended meanwhile (before: the copy read first was taken, a session ended during the take revived).
+      const checkpoint = await this.lastWriteOf(connectionId, holder, claimSeq, deadline);
+      if (!checkpoint || checkpoint.ended || checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
       const connection = new PubSubConnection(
         connectionId,
         this.hub.name,
@@ -537,7 +573,7 @@ export class StreamSessions {
     const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin, holder.boot);
     for (;;) {
       const checkpoint = await this.readCheckpoint(connectionId);
-      if (!checkpoint || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
+      if (!checkpoint || checkpoint.ended || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
       // The holder's claim never became a session there (its take failed: an edge that takes a
       // session writes before its client hears `connected`), and the edge before it let go for that claim.
       if (checkpoint.owner !== holder.origin && checkpoint.releasedBy !== undefined && checkpoint.releasedBy >= holder.seq) return checkpoint;

@@ -18,7 +18,7 @@ import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until, untilAnswered } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 /** Hubs for these tests: `chat` keeps history, `other` does not. */
 const HUBS = {
@@ -55,7 +55,9 @@ async function edgeWithCheckpointedClient(t: TestContext, group: string) {
   /** Whether the first connection's checkpoint is in the session bucket. */
   const stored = async () => (await a.jetstream!.entry(key).catch(() => undefined)) !== undefined;
   await untilAnswered(stored, 5000, 'the session checkpoint');
-  return { nats, a, sub, stored };
+  /** Whether the first connection's checkpoint says its session ended for good. */
+  const ended = async () => Buffer.from((await a.jetstream!.entry(key).catch(() => undefined))?.value ?? []).toString().includes('"ended":true');
+  return { nats, a, sub, stored, ended };
 }
 
 describe('durable hubs on JetStream', { concurrency: 2 }, () => {
@@ -275,6 +277,59 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     await assert.rejects(sub.client.sendToGroup('other', 'no', 'text'), (e: SendMessageError) => e.errorDetail?.name === 'Forbidden');
   });
 
+  it('keeps a session that ended for good ended: no recovery while its end is being stored, or after that store failed (before: revived; found by review)', async (t) => {
+    const nats = await startNatsServer(t);
+    const relay = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { log: { level: 'silent' } }));
+    await waitReady(relay);
+    const js = relay.jetstream!;
+    const put = js.put.bind(js);
+    /** How the store takes a checkpoint that says the session ended: as it comes, slowly, or not at all. */
+    let ending: 'normal' | 'slow' | 'failing' = 'normal';
+    js.put = async (key, value, previous) => {
+      if (ending !== 'normal' && Buffer.from(value).toString().includes('"ended":true')) {
+        if (ending === 'failing') throw new Error('injected: JetStream did not answer');
+        await new Promise((r) => setTimeout(r, 400));
+      }
+      return put(key, value, previous);
+    };
+    const recovery = (id: string, token: string) => `${accessUrl(relay.url)}&awps_connection_id=${encodeURIComponent(id)}&awps_reconnection_token=${encodeURIComponent(token)}`;
+    const reliable = async () => {
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'mallory' }), RELIABLE, t);
+      const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+      await client.request({ type: 'joinGroup', group: 'g' });
+      // Its checkpoint is stored.
+      await untilAnswered(async () => (await js.entry(`${HUB}.${connected.connectionId}`)) !== undefined, 5000, 'the checkpoint');
+      return { client, id: connected.connectionId as string, token: connected.reconnectionToken as string };
+    };
+    const recover = async (id: string, token: string) => {
+      const client = await RawPubSubClient.connect(recovery(id, token), RELIABLE, t);
+      const system = await client.waitFor((m) => m.type === 'system', 15000, 'the answer to the recovery');
+      return system.event === 'connected' ? 'connected' : `${system.event} ${(await withTimeout(client.closed, 5000, 'the close')).code}`;
+    };
+
+    // The server closes the session for good; the client comes back at once, while its end is stored slowly.
+    ending = 'slow';
+    const kicked = await reliable();
+    await serviceClient(relay).closeConnection(kicked.id, { reason: 'banned' });
+    assert.equal((await withTimeout(kicked.client.closed, 5000, 'the close')).code, 1008);
+    assert.equal(await recover(kicked.id, kicked.token), 'disconnected 1008');
+
+    // The client closes its session (1000), and the store fails to keep that it ended.
+    ending = 'failing';
+    const closed = await reliable();
+    closed.client.ws.close(1000);
+    await withTimeout(closed.client.closed, 5000, 'the close');
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(await recover(closed.id, closed.token), 'disconnected 1008');
+    // Once the store answers again, the end is stored (tried again at each tick), and the session stays ended.
+    ending = 'normal';
+    await untilAnswered(async () => {
+      const entry = await js.entry(`${HUB}.${closed.id}`);
+      return entry !== undefined && Buffer.from(entry.value).toString().includes('"ended":true');
+    }, 5000, 'the end stored');
+    assert.equal(await recover(closed.id, closed.token), 'disconnected 1008');
+  });
+
   it('sends a listener\'s presence notice that NATS refused once it is back', async (t) => {
     const nats = await startNatsServer(t);
     const logged = captureLogger();
@@ -319,7 +374,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
   });
 
   it('ends the connections of an edge that missed events of its hub\'s stream: the SDK starts afresh, not silently short', async (t) => {
-    const { a, sub, stored } = await edgeWithCheckpointedClient(t, 'g');
+    const { a, sub, ended } = await edgeWithCheckpointedClient(t, 'g');
     const publisher = serviceClient(a);
     await publisher.group('g').sendToAll(1);
     await until(() => numbers(sub.groupData).includes(1), 5000, 'the first event');
@@ -332,7 +387,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     // The session is gone for good (1008: not recovered), the SDK opens a new connection and joins its group again.
     await until(() => sub.connectionIds.length === 2, 10000, 'a new connection');
     assert.notEqual(sub.connectionIds[1], sub.connectionIds[0]);
-    await untilAnswered(async () => !(await stored()), 5000, 'the old checkpoint removed');
+    await untilAnswered(ended, 5000, 'the old checkpoint marked ended');
     await untilAnswered(async () => {
       await publisher.group('g').sendToAll(2);
       return numbers(sub.groupData).includes(2);
