@@ -12,6 +12,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { clientEndpoint } from '../http/client-address.ts';
+import { closeAfterAnswer } from '../http/connection-close.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
@@ -181,6 +182,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     // response closes, on the listener the exchange has anyway.
     this.senderStall = setTimeout(() => {
       if (this.res.destroyed || this.res.writableFinished) return;
+      // Not this answer's turn yet (pipelined behind an earlier one still awaited): its writes wait in memory and say
+      // "full" whatever the sender reads. The wait is the earlier listener's, not a stall of the sender (before: the
+      // connection was cut, the earlier answer with it; found by review).
+      if (!this.res.socket) return void this.senderStall?.refresh();
       this.log.info({ event: 'http.sender_stalled', ms });
       if (!this.finished) this.failure = 'SenderStalled';
       this.req.socket.destroy();
@@ -502,6 +507,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         this.readState = 'body';
         return;
       }
+      // No body follows: a Content-Length other than 0 is known wrong before the head goes out, as on the control
+      // channel (before: the head went out and the connection was cut, the sender told nothing).
+      if (!this.declaredLengthIs(0)) return this.fail('BadListenerResponse');
       if (!this.writeHead()) return;
     }
     this.readState = 'done';
@@ -548,6 +556,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       this.fail('BadListenerResponse');
       return false;
     }
+    // No Content-Length on a 204 (RFC 9110 8.6): one there has a client wait for, or misread, a body none sends.
+    if (status === 204) delete headers['content-length'];
     this.head = { status, reason: relayedReason(response.statusDescription ?? undefined, status), headers: confinedToEntity(headers, this.req) };
     return true;
   }
@@ -560,6 +570,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
    */
   private writeHead(): boolean {
     const { status, reason, headers } = this.head!;
+    // Part of the body went to the listener and the rest may never: the answer says the connection closes.
+    if (this.bodyLeftUnread()) this.closeSenderConnection();
     try {
       this.res.writeHead(status, reason, headers);
     } catch {
@@ -593,12 +605,23 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     this.finish();
   }
 
+  /** Part of the sender's body went to the listener, and the rest has not come (it may never be read). */
+  private bodyLeftUnread(): boolean {
+    return this.requestDelivered && !this.req.complete && !this.req.destroyed;
+  }
+
+  /** The sender's connection closes after this answer, lingering timeouts.closeHandshakeMs (connection-close.ts). */
+  protected closeSenderConnection(): void {
+    closeAfterAnswer(this.res, this.ctx.config.timeouts.closeHandshakeMs);
+  }
+
   fail(code: HybridErrorCode): void {
     if (this.finished) return;
     this.log.info({ event: 'http.failed', code });
     this.failure = code;
-    // A body nobody will read is drained, so the sender's connection stays usable; not one that stopped coming.
-    if (code === 'RequestTimeout') this.res.shouldKeepAlive = false;
+    // A body nobody will read is drained, so the sender's connection stays usable; not one that stopped coming,
+    // nor one the listener had part of: the answer says the connection closes (before: keep-alive, then closed).
+    if (code === 'RequestTimeout' || this.bodyLeftUnread()) this.closeSenderConnection();
     else if (!this.requestDelivered) this.req.resume();
     if (!this.headSent && !this.res.headersSent) {
       countHttpStatus(this.ctx, code, this.entity);
@@ -624,21 +647,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     // What is left of the response (still queued in this process) has to reach the sender: watched until it has.
     if (this.senderStall === undefined && !this.res.destroyed && this.req.socket.writableLength > 0) this.watchSender(true);
     if ((this.requestDelivered || this.failure === 'RequestTimeout') && !this.req.complete && !this.req.destroyed) {
-      // Part of the body went to the listener and the rest never will (it may be paused, for a
-      // listener that read slowly): the connection cannot carry another request, so it is
-      // closed once the answer is out rather than left unread.
-      if (!this.res.headersSent) this.res.shouldKeepAlive = false;
-      const socket = this.req.socket;
-      // A lingering close: the answer, then our end, and what the sender still sends read and dropped for
-      // timeouts.closeHandshakeMs. Destroyed at once, the unread bytes made the kernel answer with a reset,
-      // which discarded the answer for a client that reads only after sending its whole body (as most do).
-      const linger = () => {
-        socket.end();
-        this.req.resume();
-        setTimeout(() => socket.destroy(), this.ctx.config.timeouts.closeHandshakeMs).unref();
-      };
-      if (this.res.writableFinished) linger();
-      else this.res.once('finish', linger);
+      // Part of the body went to the listener and the rest never will (it may be paused, for a listener that read
+      // slowly): the connection cannot carry another request, so it is closed once the answer is out rather than
+      // left unread (connection-close.ts: announced when the head is still to go, lingering).
+      this.closeSenderConnection();
     }
     unwatchSenderSocket(this.req.socket, this);
     this.ctx.rendezvous.delete(this);

@@ -131,6 +131,9 @@ class RelayedExchange extends HttpExchange {
     this.collected.relayCode ??= code;
     super.fail(code);
   }
+
+  /** The relay's own request has no connection to close. */
+  protected override closeSenderConnection(): void {}
 }
 
 /** Sends one request through the relay's own HTTP mode to a listener of `entity`; resolves to its answer. */
@@ -165,6 +168,8 @@ export function relayRequest(
       // What the exchange reads as a sender's raw head (its size on a route over the bus): without it, every
       // request routed to a listener on another edge failed ("rawHeaders is not iterable").
       rawHeaders: Object.entries(headers).flat(),
+      // The body is all here: nothing of it is left unread when the answer comes (which closes a sender's connection).
+      complete: true,
       // Never closes: the request ends with its exchange.
       socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });

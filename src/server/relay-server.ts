@@ -14,9 +14,11 @@ import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress, connectionPeer } from '../http/client-address.ts';
+import { cameAfterLastAnswer } from '../http/connection-close.ts';
 import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
+import { sessionBucketTtlMs } from '../pubsub/stream-sessions.ts';
 import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
 import { OpsDashboard } from '../ops/dashboard.ts';
@@ -269,7 +271,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   hybrid.presence = (notice) => presence.announce(notice);
   const startJetStream = (js: JetStreamAccess) => {
     const streams = PubSubService.streamSpecs(config, subjects);
-    const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: Math.max(60_000, 2 * config.timeouts.sessionRetainMs) };
+    const bucket = { name: `${config.bus.jetstream.streamPrefix}_sessions`, ttlMs: sessionBucketTtlMs(config.timeouts.sessionRetainMs) };
     // Each time JetStream becomes ready, not only the first: an edge that started while its server had
     // no JetStream reads its durable hubs' streams once a server with it is reached.
     js.onReady(() => void pubsub.startStreams());
@@ -296,6 +298,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     server.emit('request', req, res);
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    // Sent after the answer that closes its connection: not acted on, not answered (before: relayed, its answer lost).
+    if (cameAfterLastAnswer(req, res)) return;
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
     if (!hostLinesValid(req.rawHeaders)) {

@@ -249,3 +249,41 @@ describe('a listener that stops in the middle of a body', () => {
     await until(() => relay.hybrid.openConnections().http_request === 0, 3000, 'the exchange freed');
   });
 });
+
+// A rendezvous head that says no body follows yet declares a length: before, the head went out (200,
+// content-length: 5) and the connection was cut, the sender told nothing (the control channel answered it 502).
+describe('a head on the rendezvous declaring a length with no body to follow', () => {
+  it('is answered 502 BadListenerResponse, as on the control channel', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] });
+    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = await tcp(t, relay.port);
+    sender.write('GET /open/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    const { request } = await listener.next();
+    const address = new URL(request.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    leg.socket.resume();
+    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: request.id, statusCode: 200, responseHeaders: { 'content-length': '5' }, body: false } })));
+    const seen = await readUntilCloseOr(sender, (b) => b.includes('BadListenerResponse'), 5000, 'the answer');
+    assert.match(seen.bytes.toString('latin1'), /^HTTP\/1\.1 502 /, JSON.stringify(seen.bytes.toString('latin1')));
+  });
+});
+
+// RFC 9110 8.6: no Content-Length on a 204 (before: passed on as the listener set it; HEAD and 304 keep theirs).
+describe("a listener's 204 with a Content-Length", () => {
+  it('reaches the sender without it', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] });
+    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    const sender = await tcp(t, relay.port);
+    sender.write('DELETE /open/item HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    const { request } = await listener.next();
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 204, responseHeaders: { 'content-length': '10' }, body: true } }));
+    listener.ws.send(Buffer.from('0123456789'));
+    const head = (await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the 204')).toString('latin1');
+    assert.match(head, /^HTTP\/1\.1 204 /);
+    assert.doesNotMatch(head, /\r\ncontent-length:/i, head);
+  });
+});

@@ -1,0 +1,61 @@
+// Closing a keep-alive connection after an answer (RFC 9112 9.6): the answer
+// says `Connection: close`, no request that came after it on the connection
+// is acted on, and the close lingers: what the client still sends is read
+// and dropped for a while before the socket goes. Closed at once, bytes left
+// unread make the kernel answer with a reset, which can throw away the
+// answer at a client that reads only after sending its whole body (as most
+// uploaders do); nginx's `lingering_close` is the same idea.
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+/** Connections whose close was decided (closeAfterAnswer). */
+const closing = new WeakSet<Socket>();
+/** The latest request's answer on each connection: whether it is the connection's last. */
+const latestAnswer = new WeakMap<Socket, ServerResponse>();
+
+/**
+ * Ends `res`'s connection once `res` is written, lingering `lingerMs`. Said
+ * in the answer's head when it has not gone out yet (else the connection
+ * still closes after it, unannounced).
+ */
+export function closeAfterAnswer(res: ServerResponse, lingerMs: number): void {
+  const req = res.req;
+  const socket = req.socket;
+  if (closing.has(socket)) return;
+  closing.add(socket);
+  const linger = () => {
+    socket.end();
+    // The request's body, which may have been paused for a slow listener, is read on and dropped.
+    req.resume();
+    setTimeout(() => socket.destroy(), lingerMs).unref();
+  };
+  if (!res.headersSent) {
+    res.shouldKeepAlive = false;
+    // Node ends a connection whose answer said close with socket.destroySoon() once the answer is written, which
+    // destroys it as soon as its writes are out: on this connection, the lingering close instead.
+    (socket as Socket & { destroySoon(): void }).destroySoon = linger;
+  } else if (res.writableFinished) {
+    linger();
+  } else {
+    res.once('finish', linger);
+  }
+}
+
+/**
+ * True when an answer given earlier on `req`'s connection is its last (it
+ * said `Connection: close`, or its close was decided): `req` came after it and
+ * must not be acted on (RFC 9112 9.6; node:http still parses and emits it).
+ * Records `res` as the connection's latest answer otherwise. Call first for
+ * every request.
+ */
+export function cameAfterLastAnswer(req: IncomingMessage, res: ServerResponse): boolean {
+  const socket = req.socket;
+  const before = latestAnswer.get(socket);
+  if (closing.has(socket) || (before !== undefined && !before.shouldKeepAlive)) {
+    res.shouldKeepAlive = false;
+    req.resume();
+    return true;
+  }
+  latestAnswer.set(socket, res);
+  return false;
+}
