@@ -10,8 +10,12 @@ import type { Socket } from 'node:net';
 
 /** Connections whose close was decided (closeAfterAnswer). */
 const closing = new WeakSet<Socket>();
-/** The latest request's answer on each connection: whether it is the connection's last. */
-const latestAnswer = new WeakMap<Socket, ServerResponse>();
+/**
+ * The latest request's answer on each connection, to tell whether it is the connection's last. Held weakly: one
+ * written and done with keeps nothing of its exchange alive while the connection idles (it was not the last then,
+ * or the connection would be closing: `closing`, or node:http's own close).
+ */
+const latestAnswer = new WeakMap<Socket, WeakRef<ServerResponse>>();
 
 /**
  * Ends `res`'s connection once `res` is written, lingering `lingerMs`. Said
@@ -50,12 +54,21 @@ export function closeAfterAnswer(res: ServerResponse, lingerMs: number): void {
  */
 export function cameAfterLastAnswer(req: IncomingMessage, res: ServerResponse): boolean {
   const socket = req.socket;
-  const before = latestAnswer.get(socket);
-  if (closing.has(socket) || (before !== undefined && !before.shouldKeepAlive)) {
+  const before = latestAnswer.get(socket)?.deref();
+  if (closing.has(socket) || (before !== undefined && isLast(before))) {
     res.shouldKeepAlive = false;
     req.resume();
     return true;
   }
-  latestAnswer.set(socket, res);
+  latestAnswer.set(socket, new WeakRef(res));
   return false;
+}
+
+/**
+ * Whether `res` ends its connection: it will not keep it (shouldKeepAlive), or its head, written, said
+ * `Connection: close` (node:http's `_last`: an HTTP/1.0 answer it cannot frame, for one). A close decided after
+ * the next request was read is not seen here (that request is acted on; its answer is lost with the connection).
+ */
+function isLast(res: ServerResponse): boolean {
+  return !res.shouldKeepAlive || (res as ServerResponse & { _last?: boolean })._last === true;
 }

@@ -185,7 +185,11 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       // Not this answer's turn yet (pipelined behind an earlier one still awaited): its writes wait in memory and say
       // "full" whatever the sender reads. The wait is the earlier listener's, not a stall of the sender (before: the
       // connection was cut, the earlier answer with it; found by review).
-      if (!this.res.socket) return void this.senderStall?.refresh();
+      if (!this.res.socket) {
+        // (Until the sender's connection closes: node:http tells an answer still waiting nothing of that.)
+        if (!this.req.socket.destroyed) this.senderStall?.refresh();
+        return;
+      }
       this.log.info({ event: 'http.sender_stalled', ms });
       if (!this.finished) this.failure = 'SenderStalled';
       this.req.socket.destroy();
@@ -572,6 +576,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     const { status, reason, headers } = this.head!;
     // Part of the body went to the listener and the rest may never: the answer says the connection closes.
     if (this.bodyLeftUnread()) this.closeSenderConnection();
+    // A 204 goes without Content-Length (acceptHead): node:http would then close an HTTP/1.0 keep-alive connection
+    // after it, as for a body it cannot frame. A 204 has none: the connection is kept, as with a length.
+    if (status === 204) this.res.useChunkedEncodingByDefault = true;
     try {
       this.res.writeHead(status, reason, headers);
     } catch {

@@ -5,6 +5,7 @@
 // earlier listener's (bounded by timeouts.httpResponseMs), not a stall of the sender: the sender gets both
 // answers (before: its connection was cut when senderStallMs ran out, the earlier answer lost with it).
 import assert from 'node:assert/strict';
+import { createHook } from 'node:async_hooks';
 import { describe, it } from 'node:test';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, tcp } from '../helpers/raw-socket.ts';
@@ -63,5 +64,55 @@ describe('pipelined requests whose first answer takes longer than senderStallMs'
     assert.equal(closedAt, 0, `the connection of a sender that read everything was cut ${closedAt - started} ms in; it got: ${JSON.stringify(text().slice(0, 200))}`);
     assert.equal(text().match(/HTTP\/1\.1 200 /g)?.length, 2);
     assert.ok(text().includes('slow'));
+  });
+});
+
+const STALL_MS = 777;
+
+describe('a pipelined answer waiting its turn when its sender hangs up', () => {
+  it('leaves no sender-stall timer running after the connection is gone (before: it re-armed for good, holding the exchange and its buffered answer; found by review)', async (t) => {
+    // Timeouts of STALL_MS, by async id, until destroyed (fired without being re-armed, or cleared).
+    const live = new Map<number, { _idleTimeout?: number }>();
+    const hook = createHook({
+      init(id, type, _trigger, resource) {
+        if (type === 'Timeout' && (resource as { _idleTimeout?: number })._idleTimeout === STALL_MS) live.set(id, resource as { _idleTimeout?: number });
+      },
+      destroy(id) {
+        live.delete(id);
+      },
+    }).enable();
+    t.after(() => hook.disable());
+    const relay = await startTestRelay(t, {
+      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
+      timeouts: { httpResponseMs: 20000, senderStallMs: STALL_MS },
+    });
+    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    listener.ws.removeAllListeners('message');
+    const requests = new Map<string, { id: string; address: string }>();
+    listener.ws.on('message', (data, binary) => {
+      if (binary) return;
+      const { request } = JSON.parse(String(data)) as { request?: { id: string; address: string; requestTarget: string } };
+      if (request) requests.set(request.requestTarget, request);
+    });
+    const sender = await tcp(t, relay.port);
+    sender.resume();
+    sender.write('GET /open/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /open/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    await withTimeout((async () => { while (requests.size < 2) await new Promise((r) => setTimeout(r, 10)); })(), 5000, 'both notices');
+    // The second is answered at once over its rendezvous with more than a response buffers: it waits its turn.
+    const big = requests.get('/open/big')!;
+    const address = new URL(big.address);
+    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
+    leg.socket.resume();
+    const body = Buffer.alloc(256 * 1024, 0x62);
+    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: big.id, statusCode: 200, responseHeaders: { 'content-length': String(body.length) }, body: true } })));
+    leg.socket.write(maskedFrame(0x2, body));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(live.size > 0, 'the queued answer armed its sender-stall timer (setup)');
+    // The sender gives up before the first answer comes.
+    sender.destroy();
+    await new Promise((r) => setTimeout(r, 6 * STALL_MS));
+    assert.equal(live.size, 0, `sender-stall timer(s) still re-arming ${6 * STALL_MS} ms after the sender's connection closed (the exchange and its buffered answer are held for good)`);
   });
 });

@@ -287,3 +287,38 @@ describe("a listener's 204 with a Content-Length", () => {
     assert.doesNotMatch(head, /\r\ncontent-length:/i, head);
   });
 });
+
+// An HTTP/1.0 keep-alive sender and a 204 (its Content-Length dropped): the connection is kept.
+describe('HTTP/1.0 keep-alive sender, listener answers 204 with Content-Length: 0', () => {
+  it('keeps the connection, and answers a request pipelined after the 204 (before: the 204 without its Content-Length closed it, and the next request was relayed, its answer lost; found by review)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] });
+    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+    t.after(() => listener.close());
+    listener.ws.removeAllListeners('message');
+    const seen: string[] = [];
+    listener.ws.on('message', (data, binary) => {
+      if (binary) return;
+      const { request } = JSON.parse(String(data)) as { request?: { id: string; requestTarget: string } };
+      if (!request) return;
+      seen.push(request.requestTarget);
+      // Answered a little later, as a real listener would (the pipelined request is parsed meanwhile).
+      setTimeout(() => {
+        const status = request.requestTarget === '/open/a' ? 204 : 200;
+        listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: status, responseHeaders: { 'content-length': status === 204 ? '0' : '2' }, body: status !== 204 } }));
+        if (status !== 204) listener.ws.send(Buffer.from('ok'));
+      }, 100);
+    });
+    const sender = await tcp(t, relay.port);
+    let got = '';
+    let closed = false;
+    sender.on('data', (d: Buffer) => (got += d.toString('latin1')));
+    sender.on('close', () => (closed = true));
+    sender.write('DELETE /open/a HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\nGET /open/b HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n\r\n');
+    await new Promise((r) => setTimeout(r, 1500));
+    const answers = got.match(/HTTP\/1\.1 \d{3}/g) ?? [];
+    // The defect: /open/b reached the listener, and its answer can never reach the sender.
+    if (answers.length < 2) assert.deepEqual(seen, ['/open/a'], `a request on a connection closed after the 204 was relayed (answer lost); sender got: ${JSON.stringify(got)}, closed: ${closed}`);
+    assert.equal(answers.length, 2, `the HTTP/1.0 keep-alive sender lost its connection on a 204: ${JSON.stringify(got)}`);
+  });
+});
