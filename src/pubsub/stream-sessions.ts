@@ -128,6 +128,23 @@ export function sessionBucketTtlMs(sessionRetainMs: number): number {
   return Math.max(60_000, 2 * sessionRetainMs);
 }
 
+/** A session's end, to be stored (StreamSessions.ended). */
+interface Ending {
+  key: string;
+  /** Its last checkpoint, with `ended: true`. */
+  value: Buffer;
+  /** The revision it is written over (what this edge last stored, or found there on a conflict). */
+  revision: number | undefined;
+  /** The claim by which this edge held the session (a later one's checkpoint is not written over). */
+  claim: number;
+  /** When the checkpoint it replaces expires from the bucket anyway. */
+  giveUpAt: number;
+  writing: boolean;
+}
+
+/** Ends the store refused, kept to be tried again, at most (the oldest is given up past it). */
+const MAX_ENDINGS = 20_000;
+
 /** What a checkpoint write came to: stored, left to a newer claim's checkpoint (another edge took the session), failed. */
 type WriteOutcome = 'stored' | 'kept' | 'failed';
 
@@ -145,11 +162,12 @@ export class StreamSessions {
   /** Sessions opened before this edge knew its place in the stream. */
   private readonly awaitingStart = new Set<PubSubConnection>();
   /**
-   * Sessions ended here whose end is not stored yet (endCheckpoint), by connection id, until the checkpoint they
-   * left would have expired from the bucket: none of them is taken here meanwhile, and a failed write is tried
-   * again at each tick.
+   * Sessions ended here whose end is not stored yet (storeEnding), by connection id, oldest first, until the
+   * checkpoint they left would have expired from the bucket: none of them is taken here meanwhile, a failed write
+   * is tried again at each tick, and the drain waits for them (pendingWrites). What is kept is the write, not the
+   * connection.
    */
-  private readonly endings = new Map<string, { connection: PubSubConnection; giveUpAt: number }>();
+  private readonly endings = new Map<string, Ending>();
   /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
   private readonly ownClaims = new Map<string, (claim: ClaimRead) => void>();
   /** The latest claim read per connection id (the edge holding that session), bounded: see noteHolder. */
@@ -174,7 +192,7 @@ export class StreamSessions {
   }
 
   get pendingWrites(): number {
-    return this.dirty.size + this.writing + this.awaitingStart.size;
+    return this.dirty.size + this.writing + this.awaitingStart.size + this.endings.size;
   }
 
   // --- this edge's sessions -------------------------------------------------------------
@@ -244,9 +262,28 @@ export class StreamSessions {
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     this.awaitingStart.delete(connection);
-    if (!connection.session?.checkpoint) return;
-    this.endings.set(connection.id, { connection, giveUpAt: Date.now() + sessionBucketTtlMs(this.options.sessionRetainMs) });
-    void this.inTurn(connection, () => this.endCheckpoint(connection));
+    const checkpoint = connection.session?.checkpoint;
+    if (!checkpoint) return;
+    if (this.endings.size >= MAX_ENDINGS) {
+      // The store has refused this many ends: the oldest is given up (its checkpoint expires in its own time).
+      const [oldest] = this.endings.keys();
+      this.endings.delete(oldest);
+      this.options.log.warn({ event: 'pubsub.checkpoint_end_dropped', hub: this.hub.name, connectionId: oldest, pending: MAX_ENDINGS });
+    }
+    const ending: Ending = {
+      key: this.key(connection.id),
+      value: Buffer.from(JSON.stringify({ ...this.record(connection, checkpoint), ended: true })),
+      revision: undefined,
+      claim: this.claims.get(connection) ?? 0,
+      giveUpAt: (this.lastWritten.get(connection) ?? Date.now()) + sessionBucketTtlMs(this.options.sessionRetainMs),
+      writing: true,
+    };
+    this.endings.set(connection.id, ending);
+    // After the session's writes in flight: the revision the last of them stored is the one to write over.
+    void this.inTurn(connection, () => {
+      ending.revision = this.revisions.get(connection);
+      return this.storeEnding(connection.id, ending);
+    });
   }
 
   /** A claim read from the stream: this edge's own resolves its take; another edge's makes this edge let go. */
@@ -333,15 +370,6 @@ export class StreamSessions {
         }
       }
     }
-    for (const [connectionId, ending] of this.endings) {
-      if (now >= ending.giveUpAt) {
-        // The checkpoint it left has expired from the bucket by now.
-        this.endings.delete(connectionId);
-        continue;
-      }
-      if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
-      if (!this.queued.has(ending.connection)) void this.inTurn(ending.connection, () => this.endCheckpoint(ending.connection));
-    }
     for (const connection of this.dirty) {
       if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
       // One write at a time per session: a slow store does not queue one per tick; it stays dirty for a later tick.
@@ -354,6 +382,20 @@ export class StreamSessions {
       if (!session || connection.ended) continue;
       const checkpoint = session.nextCheckpoint(connection.groups, this.stream.position) ?? (urgent ? session.checkpoint : undefined);
       if (checkpoint) void this.write(connection, checkpoint);
+    }
+    // Ends the store refused, again: after the live sessions' writes, with the places they left (before: first, and
+    // 64 of them failing each tick kept every live checkpoint from being written).
+    for (const [connectionId, ending] of this.endings) {
+      if (now >= ending.giveUpAt) {
+        // The checkpoint it left has expired from the bucket by now.
+        this.endings.delete(connectionId);
+        continue;
+      }
+      if (this.writing >= MAX_WRITES_IN_FLIGHT) break;
+      if (ending.writing) continue;
+      ending.writing = true;
+      this.writing++;
+      void this.storeEnding(connectionId, ending).finally(() => this.writing--);
     }
   }
 
@@ -433,33 +475,32 @@ export class StreamSessions {
   }
 
   /**
-   * Stores that the session ended, over its checkpoint if that is still
-   * the one this edge wrote: another edge that took the session before this
-   * one read its claim (this edge's copy then expires or is closed here)
-   * keeps its own. A failure is tried again at the next tick (endings).
+   * Stores that the session ended, over its checkpoint unless another edge
+   * took the session since (a later claim's checkpoint stays: this edge's
+   * copy then expires or is closed here). A failure is tried again at the
+   * next tick (endings).
    */
-  private async endCheckpoint(connection: PubSubConnection): Promise<void> {
-    const session = connection.session;
-    if (!session?.checkpoint || this.endings.get(connection.id)?.connection !== connection) return;
-    const key = this.key(connection.id);
-    const value = Buffer.from(JSON.stringify({ ...this.record(connection, session.checkpoint), ended: true }));
+  private async storeEnding(connectionId: string, ending: Ending): Promise<void> {
     try {
       try {
-        this.revisions.set(connection, await this.options.js.put(key, value, this.revisions.get(connection)));
+        await this.options.js.put(ending.key, ending.value, ending.revision);
       } catch (err) {
         if (!(err instanceof StoreConflict)) throw err;
         // Written since: by this edge when a write's answer was lost, else by the edge that took the session.
-        const found = await this.readCheckpointEntry(connection.id);
-        if (found?.checkpoint && found.checkpoint.owner !== this.options.nodeId) {
-          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner });
-          this.endings.delete(connection.id);
+        const found = await this.readCheckpointEntry(connectionId);
+        if (found?.checkpoint && !found.checkpoint.ended && (found.checkpoint.claim ?? 0) > ending.claim) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId, owner: found.checkpoint.owner });
+          this.endings.delete(connectionId);
           return;
         }
-        this.revisions.set(connection, await this.options.js.put(key, value, found?.revision));
+        ending.revision = found?.revision;
+        await this.options.js.put(ending.key, ending.value, ending.revision);
       }
-      this.endings.delete(connection.id);
+      this.endings.delete(connectionId);
     } catch (err) {
-      this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId: connection.id, err: (err as Error).message });
+      this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId, err: (err as Error).message });
+    } finally {
+      ending.writing = false;
     }
   }
 

@@ -60,6 +60,32 @@ async function edgeWithCheckpointedClient(t: TestContext, group: string) {
   return { nats, a, sub, stored, ended };
 }
 
+/** Enough connections from one address for the tests below. */
+const LIMITS = { limits: { connectBurstPerAddress: 10000, connectRatePerAddress: 10000 } };
+
+/** Makes the edge's store refuse every checkpoint that says its session ended, while `failing()` says so. */
+function failEndedWrites(relay: RunningRelay, failing: () => boolean) {
+  const js = relay.jetstream!;
+  const put = js.put.bind(js);
+  js.put = async (key, value, previous) => {
+    if (failing() && Buffer.from(value).toString().includes('"ended":true')) throw new Error('injected: JetStream did not answer');
+    return put(key, value, previous);
+  };
+}
+
+async function reliableOn(t: TestContext, relay: RunningRelay) {
+  const client = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'u' }), RELIABLE, t);
+  const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+  const id = connected.connectionId as string;
+  await untilAnswered(async () => (await relay.jetstream!.entry(`${HUB}.${id}`)) !== undefined, 5000, 'the checkpoint');
+  return { client, id, token: connected.reconnectionToken as string };
+}
+
+const storedCheckpointOf = async (relay: RunningRelay, id: string) => {
+  const entry = await relay.jetstream!.entry(`${HUB}.${id}`);
+  return entry && (JSON.parse(Buffer.from(entry.value).toString()) as { sequenceId: number; ended?: boolean });
+};
+
 describe('durable hubs on JetStream', { concurrency: 2 }, () => {
   it('acknowledges a publish only once stored, and refuses it (with the reason) while NATS is away', async (t) => {
     const nats = await startNatsServer(t);
@@ -328,6 +354,50 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
       return entry !== undefined && Buffer.from(entry.value).toString().includes('"ended":true');
     }, 5000, 'the end stored');
     assert.equal(await recover(closed.id, closed.token), 'disconnected 1008');
+  });
+
+  it("lets ends the store refuses hold off no live session's checkpoint (before: 64 of them failing took every write slot, each tick, for the bucket's time; found by review)", async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...LIMITS, log: { level: 'silent' } }));
+    await waitReady(a);
+    let failing = true;
+    failEndedWrites(a, () => failing);
+    t.after(() => void (failing = false));
+    // A live reliable session, in a group.
+    const live = await reliableOn(t, a);
+    await live.client.request({ type: 'joinGroup', group: 'g' });
+    // 70 sessions end for good (closed 1000 by their clients) while the store refuses to keep that they ended.
+    const gone = [];
+    for (let i = 0; i < 70; i++) gone.push(await reliableOn(t, a));
+    for (const g of gone) g.client.ws.close(1000);
+    await Promise.all(gone.map((g) => withTimeout(g.client.closed, 5000, 'the close')));
+    await new Promise((r) => setTimeout(r, 500));
+    // The live client gets an event and acknowledges it: its checkpoint should follow within a few ticks.
+    await live.client.request({ type: 'sendToGroup', group: 'g', data: 'x' });
+    const delivered = await live.client.waitFor((m) => m.type === 'message', 5000, 'the event');
+    live.client.send({ type: 'sequenceAck', sequenceId: delivered.sequenceId });
+    let seen: number | undefined;
+    await untilAnswered(async () => (seen = (await storedCheckpointOf(a, live.id))?.sequenceId) === delivered.sequenceId, 8000, 'the live checkpoint at the ack').catch(() => undefined);
+    assert.equal(seen, delivered.sequenceId, 'the live session\'s acknowledged id never reached its checkpoint');
+  });
+
+  it('stores ends the store refused before a drain ends, when it answers during it (before: the edge left with them, and another edge revived the session at once; found by review)', async (t) => {
+    const nats = await startNatsServer(t);
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((n) => startTestRelay(t, edgeOverrides(n, [nats.url], { ...LIMITS, log: { level: 'silent' }, timeouts: { shutdownMs: 3000 } }))));
+    await Promise.all([a, b].map((e) => waitReady(e)));
+    let failing = true;
+    failEndedWrites(a, () => failing);
+    const s = await reliableOn(t, a);
+    s.client.ws.close(1000);
+    await withTimeout(s.client.closed, 5000, 'the close');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.notEqual((await storedCheckpointOf(a, s.id))?.ended, true, 'the end is not stored yet');
+    // The edge shuts down; the store answers again from now on.
+    failing = false;
+    await a.close();
+    const again = await RawPubSubClient.connect(`${accessUrl(b.url)}&awps_connection_id=${encodeURIComponent(s.id)}&awps_reconnection_token=${encodeURIComponent(s.token)}`, RELIABLE, t);
+    const system = await again.waitFor((m) => m.type === 'system', 15000, 'the answer');
+    assert.equal(system.event, 'disconnected', `the session its client closed for good was recovered on B: ${JSON.stringify(system)}`);
   });
 
   it('sends a listener\'s presence notice that NATS refused once it is back', async (t) => {

@@ -336,14 +336,14 @@ describe("a durable session's checkpoint when its session ends", () => {
   it('is kept when another edge wrote it since (it took the session before this edge read the claim)', async (t) => {
     const log = captureLogger('info');
     const { a, client, connectionId } = await heldOnA(t, log);
-    // What B stores after taking the session: the same record, B the owner.
-    const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b' };
+    // What B stores after taking the session: the same record, B the owner, by its claim (later than any A held it by).
+    const taken = { ...(await checkpointOf(a, connectionId))!, owner: 'edge-b', claim: 1000 };
     await a.jetstream!.put(`chat.${connectionId}`, Buffer.from(JSON.stringify(taken)));
-    // The session ends for good on A (closed through REST): A deletes the checkpoint it wrote, if it still is that one.
+    // The session ends for good on A (closed through REST): A marks ended the checkpoint it wrote, if it still is that one.
     await serviceClient(a).closeConnection(connectionId);
     await withTimeout(client.closed, 5000, 'the client closed');
-    await until(() => settled(a), 5000, "A's delete");
-    // Before: A deleted B's checkpoint, and the client could no longer recover its session anywhere.
+    await until(() => settled(a), 5000, "A's end");
+    // Before (when it was deleted): A deleted B's checkpoint, and the client could no longer recover its session anywhere.
     assert.equal((await checkpointOf(a, connectionId))?.owner, 'edge-b');
     assert.ok(log.events().some((l) => l.includes('pubsub.checkpoint_kept')), log.events().join('\n'));
   });
