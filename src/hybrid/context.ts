@@ -64,7 +64,7 @@ export interface HybridContext {
 /** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */
 export function pendingLimitReached(ctx: HybridContext, entity: HybridEntity): boolean {
   if (ctx.rendezvous.pendingFor(entity.key) + (ctx.routedHere.get(entity.key) ?? 0) < ctx.config.limits.pendingPerEntity) return false;
-  ctx.metrics.limitRefusals.inc({ limit: 'pendingPerEntity' });
+  ctx.metrics.limitRefused('pendingPerEntity');
   return true;
 }
 

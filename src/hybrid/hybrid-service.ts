@@ -218,7 +218,7 @@ export class HybridService {
     if (!target) return failUpgrade(socket, 'EntityNotFound');
     if (this.listenersFor(target) >= this.config.limits.listenersPerEntity) {
       log.info({ event: 'listener.refused', code: 'ListenerLimitReached' });
-      this.ctx.metrics.limitRefusals.inc({ limit: 'listenersPerEntity' });
+      this.ctx.metrics.limitRefused('listenersPerEntity');
       return failUpgrade(socket, 'ListenerLimitReached');
     }
     // The listener is online when it is told so, for senders on every edge: the 101 waits until
@@ -300,7 +300,7 @@ export class HybridService {
     },
     closing: (channel) => this.letGoIfUnused(channel.entity),
     notReading: () => {
-      this.ctx.metrics.limitRefusals.inc({ limit: 'listenerBufferBytes' });
+      this.ctx.metrics.limitRefused('listenerBufferBytes');
     },
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
@@ -310,7 +310,7 @@ export class HybridService {
       this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {
         // ws closed it for a message over maxPayload (control-channel.ts).
-        this.ctx.metrics.limitRefusals.inc({ limit: 'controlMessageBytes' });
+        this.ctx.metrics.limitRefused('controlMessageBytes');
         channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
       }
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();

@@ -22,7 +22,7 @@ import { decodeEdgeMessage, encodeEdgeMessage } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import { failEdgeRequest } from '../http/edge-errors.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { traceText, type TraceEvent, type TraceSource } from '../telemetry/trace.ts';
+import { TRACE_EVENTS_PER_SECOND, TRACE_REFUSALS_PER_SECOND, traceText, type TraceEvent, type TraceSource } from '../telemetry/trace.ts';
 import type { ManageAuth } from './manage-auth.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -32,7 +32,8 @@ export const ANNOUNCE_EVERY_MS = 2000;
 export const INTEREST_TTL_MS = 6000;
 /** How often batches go out and viewers' writes are made. */
 export const TICK_MS = 100;
-export const BATCH_MAX = 100;
+/** A tenth of a second of both trace caps (telemetry/trace.ts): a batch holds what the edge may trace in a tick. */
+export const BATCH_MAX = (TRACE_EVENTS_PER_SECOND + TRACE_REFUSALS_PER_SECOND) / (1000 / TICK_MS);
 /** Unread bytes past which a viewer misses events. */
 export const VIEWER_BUFFER_BYTES = 256 * 1024;
 const KEEP_ALIVE_MS = 15_000;

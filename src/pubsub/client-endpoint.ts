@@ -113,7 +113,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       });
       return;
     }
-    if (this.hubFull(hub)) return failUpgrade(duplex, 'HubConnectionLimitReached');
+    if (this.hubFull(hub, true)) return failUpgrade(duplex, 'HubConnectionLimitReached');
     const token = params.get('access_token') ?? bearerToken(req.headers.authorization);
     // The query form (/client/?hub=) names its hub in the query only: so must a token for that path.
     const rule = /^\/client\/*$/i.test(path) ? { hubInQuery: { path, hub: hub.name } } : {};
@@ -175,7 +175,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
           notAdmitted('the hub was removed from the configuration');
           return failUpgrade(duplex, 'HubNotFound');
         }
-        if (this.hubFull(hub)) {
+        if (this.hubFull(hub, false)) {
           notAdmitted('the hub holds limits.connectionsPerHub connections');
           return failUpgrade(duplex, 'HubConnectionLimitReached');
         }
@@ -189,11 +189,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     );
   }
 
-  /** True (counted and logged) when the hub holds limits.connectionsPerHub connections. */
-  private hubFull(hub: ClusterHub): boolean {
+  /** True (counted and logged) when the hub holds limits.connectionsPerHub connections; `beforeAuthorization`: the client's token is not read yet. */
+  private hubFull(hub: ClusterHub, beforeAuthorization: boolean): boolean {
     const { config, log, metrics } = this.deps;
     if (hub.local.connections.size < config.limits.connectionsPerHub) return false;
-    metrics.limitRefusals.inc({ limit: 'connectionsPerHub' });
+    metrics.limitRefused('connectionsPerHub', beforeAuthorization);
     log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size });
     return true;
   }
@@ -312,7 +312,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   onClosed(socket: ClientSocket, code: number): void {
     const connection = socket.owner;
     if (code === CLOSE_TOO_BIG) {
-      this.deps.metrics.limitRefusals.inc({ limit: 'pubsubMessageBytes' });
+      this.deps.metrics.limitRefused('pubsubMessageBytes');
       this.deps.log.warn({ event: 'limit.reached', limit: 'pubsubMessageBytes', hub: connection.hub, connectionId: connection.id });
     }
     if (connection.socket === socket) this.deps.lifecycle.socketClosed(connection, code);

@@ -550,7 +550,7 @@ export class ClusterHub {
           if (connection.groups.has(g)) continue;
           // Every edge (and a session's replay) skips the same joins: the limit holds whoever asks.
           if (!connection.mayJoin(g)) {
-            this.deps.metrics.limitRefusals.inc({ limit: 'groupsPerConnection' });
+            this.deps.metrics.limitRefused('groupsPerConnection');
             this.deps.log.warn({ event: 'limit.reached', limit: 'groupsPerConnection', hub: this.name, connectionId: connection.id });
             refused?.(connection, g);
             break;

@@ -392,7 +392,7 @@ export class PubSubService implements RestContext {
   }
 
   bodyTooLarge(hub: string): void {
-    this.metrics.limitRefusals.inc({ limit: 'pubsubMessageBytes' });
+    this.metrics.limitRefused('pubsubMessageBytes');
     this.log.warn({ event: 'limit.reached', limit: 'pubsubMessageBytes', hub, via: 'rest' });
   }
 

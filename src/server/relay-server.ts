@@ -173,14 +173,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   let closing = false;
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
-      metrics.limitRefusals.inc({ limit: 'httpConnectionsPerNode' });
+      metrics.limitRefused('httpConnectionsPerNode', true);
       log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: connectionPeer(socket).address, open });
       // Before its TLS handshake no answer can be written: the connection is closed.
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
       else answerAndClose(socket, 'HttpConnectionLimitReached');
     },
     silent: (socket) => {
-      metrics.limitRefusals.inc({ limit: 'firstByteMs' });
+      metrics.limitRefused('firstByteMs', true);
       log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
@@ -347,7 +347,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
       else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
       if (refused) {
-        metrics.limitRefusals.inc({ limit });
+        metrics.limitRefused(limit, true);
         log.warn({ event: 'limit.reached', limit, address, open: upgraded.size });
         return refused;
       }
@@ -467,7 +467,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     // client certificate refused) are the internet's noise, and counted as the limit they raised alerts.
     if (tls && (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || !(socket as TLSSocket & { _secureEstablished?: boolean })._secureEstablished)) {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
-        metrics.limitRefusals.inc({ limit: 'firstByteMs' });
+        metrics.limitRefused('firstByteMs', true);
         log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket as Socket).address, tls: 'handshake' });
       } else {
         log.debug({ event: 'tls.handshake_failed', code: err.code, address: connectionPeer(socket as Socket).address });
@@ -477,7 +477,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     }
     const code = clientErrorCode(err.code);
     if (code === 'RequestTimeout') {
-      metrics.limitRefusals.inc({ limit: 'headersMs' });
+      metrics.limitRefused('headersMs', true);
       log.warn({ event: 'limit.reached', limit: 'headersMs', address: connectionPeer(socket as Socket).address });
     }
     const inFlight = (socket as { _httpMessage?: { headersSent: boolean } })._httpMessage;

@@ -20,9 +20,6 @@ export interface MetricsSources {
   logLinesDropped?(): number;
 }
 
-/** Limits met before a request's token is read: anyone can meet them, so their refusals are traced under the refusals' own cap (trace.ts). */
-const LIMITS_BEFORE_AUTHORIZATION: ReadonlySet<string> = new Set(['httpConnectionsPerNode', 'firstByteMs', 'headersMs', 'connectionsPerNode', 'connectRatePerAddress', 'connectionsPerHub']);
-
 export class RelayMetrics {
   /** The live trace's source on this edge (trace.ts): the domains reach it with the metrics. */
   readonly trace: TraceSource;
@@ -218,8 +215,18 @@ export class RelayMetrics {
       registers,
     });
     // Traced where they are counted, so that no call site needs a second line.
-    traceIncrements(this.limitRefusals, this.trace, (l) => ['limit.refused', { code: String(l.limit) }, LIMITS_BEFORE_AUTHORIZATION.has(String(l.limit))]);
     traceIncrements(this.handlerEvents, this.trace, (l) => (l.result === 'ok' ? undefined : ['handler.failed', { detail: String(l.event), code: String(l.result) }]));
+  }
+
+  /**
+   * Counts (and traces) a request or message refused at `limit`. `beforeAuthorization`: refused before its token
+   * was read, as anyone can be: traced under the refusals' own cap (telemetry/trace.ts).
+   */
+  limitRefused(limit: string, beforeAuthorization = false): void {
+    this.limitRefusals.inc({ limit });
+    if (!this.trace.on) return;
+    if (beforeAuthorization) this.trace.emitRefusal('limit.refused', { code: limit });
+    else this.trace.emit('limit.refused', { code: limit });
   }
 
   /** Where the gauges read current state (set once the services exist). */

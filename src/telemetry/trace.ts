@@ -196,16 +196,13 @@ class RateBucket {
 export function traceIncrements<L extends string>(
   counter: Counter<L>,
   trace: TraceSource,
-  /** The line for an increment: its kind, its fields, and whether it is the refusal of a request not yet authorized. */
-  describe: (labels: Partial<Record<L, string | number>>) => [TraceKind, TraceFields, boolean?] | undefined,
+  describe: (labels: Partial<Record<L, string | number>>) => [TraceKind, TraceFields] | undefined,
 ): void {
   const inc = counter.inc.bind(counter) as (labels?: unknown, value?: number) => void;
   (counter as { inc: unknown }).inc = (labels?: Partial<Record<L, string | number>> | number, value?: number) => {
     inc(labels, value);
     if (!trace.on || typeof labels !== 'object') return;
     const line = describe(labels);
-    if (!line) return;
-    if (line[2]) trace.emitRefusal(line[0], line[1]);
-    else trace.emit(line[0], line[1]);
+    if (line) trace.emit(line[0], line[1]);
   };
 }

@@ -13,8 +13,12 @@ import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.t
 import { RawListener, openWebSocket } from '../helpers/raw-listener.ts';
 import { tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, upgradeStatus, wsUrl } from '../helpers/relay.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
-import { TRACE_VIEWERS_PER_NODE, traceFilterOf, traceMatches } from '../../src/ops/trace-relay.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
+import { NatsBus } from '../../src/bus/nats.ts';
+import { decodeEdgeMessage, encodeEdgeMessage } from '../../src/bus/messages.ts';
+import { Subjects } from '../../src/bus/subjects.ts';
+import { TRACE_VIEWERS_PER_NODE, TraceRelay, traceFilterOf, traceMatches } from '../../src/ops/trace-relay.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
 import { TraceSource } from '../../src/telemetry/trace.ts';
 
 /** An open /$relay/trace stream: its events by name, as they come. */
@@ -345,6 +349,49 @@ describe('live trace: refusals of requests not yet authorized', () => {
       calls.map((c) => `${c.kind} ${c.refusal}`),
       ['http.request true', 'http.request true', 'connect.failed true', 'listener.refused true', 'limit.refused true', 'pubsub.refused true'],
     );
+  });
+});
+
+describe('live trace on the bus: refusals of requests not yet authorized', () => {
+  it("leave the events of authorized traffic their 1,000 a second in the batches to other edges too (before: batches of 100 every 100 ms, 1,000 a second shared with the refusals; found by review)", async (t) => {
+    const nats = await startNatsServer(t);
+    const bus = new NatsBus({ servers: [nats.url], randomizeServers: false, name: 'edge-a', reconnectTimeWaitMs: 100, pingIntervalMs: 1000, flushTimeoutMs: 2000 }, createLogger('silent', 'edge-a'));
+    t.after(() => bus.close());
+    const viewer = new NatsBus({ servers: [nats.url], randomizeServers: false, name: 'edge-b', reconnectTimeWaitMs: 100, pingIntervalMs: 1000, flushTimeoutMs: 2000 }, createLogger('silent', 'edge-b'));
+    t.after(() => viewer.close());
+    await until(() => bus.connected && viewer.connected, 5000, 'both on NATS');
+    const subjects = new Subjects('relay');
+    const published: string[] = [];
+    viewer.subscribe(subjects.traceEvents(), (m) => {
+      const batch = decodeEdgeMessage(m.data, 'ops.trace');
+      assert.ok(batch, 'a batch that passes its schema');
+      for (const e of (batch.message as { events: { kind: string }[] }).events) published.push(e.kind);
+    });
+    await viewer.flush();
+    // The trace's buckets run on the test's clock: time moves only when the test says.
+    let now = 1_000_000;
+    const trace = new TraceSource('edge-a', () => {}, undefined, () => now);
+    const relay = new TraceRelay({ bus, subjects, nodeId: 'edge-a', trace, log: createLogger('silent', 'edge-a') });
+    t.after(() => relay.close());
+    // A viewer on edge B says it watches (again until edge A's subscription is on the server, as announcements are
+    // repeated): edge A traces and sends its events in batches.
+    await untilAnswered(async () => {
+      viewer.publish(subjects.traceWatch(), encodeEdgeMessage({ op: 'ops.trace.watch', origin: 'edge-b', ttlMs: 60_000 }));
+      await new Promise((r) => setTimeout(r, 100));
+      return trace.on;
+    }, 5000, 'edge A tracing');
+    // One second: each 100 ms, a flood's share of refusals (25) and 100 events of authorized traffic (their cap).
+    const tick = (relay as unknown as { tick(): void }).tick.bind(relay);
+    for (let i = 0; i < 10; i++) {
+      now += 100;
+      for (let k = 0; k < 25; k++) trace.emitRefusal('pubsub.refused', { hub: 'chat', code: 'TokenInvalid' });
+      for (let k = 0; k < 100; k++) trace.emit('pubsub.publish', { hub: 'chat', group: 'g' });
+      tick();
+    }
+    await bus.flush();
+    await until(() => published.length >= 1250, 5000, `every event on the bus (${published.length} so far)`);
+    assert.equal(published.filter((k) => k === 'pubsub.publish').length, 1000);
+    assert.equal(published.filter((k) => k === 'pubsub.refused').length, 250);
   });
 });
 

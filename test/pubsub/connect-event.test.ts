@@ -132,6 +132,20 @@ describe('the connect event', () => {
     const relay = await startTestRelay(t, { limits: { connectionsPerHub: 2 }, pubsub: { hubs: [hub(KEY, `http://127.0.0.1:${port}/events/{event}`)] } });
     const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
     const held = () => relay.pubsub.hub('chat')!.local.connections.size;
+    // How the live trace takes each refusal at the limit: authorized clients' under the main cap, not the refusals'.
+    const traced: string[] = [];
+    const trace = relay.metrics.trace;
+    const emit = trace.emit.bind(trace);
+    const emitRefusal = trace.emitRefusal.bind(trace);
+    trace.emit = (kind, fields) => {
+      if (kind === 'limit.refused') traced.push(`${fields.code} authorized`);
+      emit(kind, fields);
+    };
+    trace.emitRefusal = (kind, fields) => {
+      if (kind === 'limit.refused') traced.push(`${fields.code} before authorization`);
+      emitRefusal(kind, fields);
+    };
+    t.after(trace.attach(() => {}));
 
     // Closes its side while the handler answers (before: admitted, 101 and all, and held until idleMs).
     const leaving = upgradeAndLeave(t, relay.port, url);
@@ -144,6 +158,8 @@ describe('the connect event', () => {
     );
     assert.deepEqual([...outcomes].sort(), ['HTTP 429', 'HTTP 429', 'HTTP 429', 'open', 'open']);
     assert.equal(held(), 2);
+    // Refused once their tokens were good and the handler said yes (before: traced as refusals before authorization).
+    assert.deepEqual(traced, ['connectionsPerHub authorized', 'connectionsPerHub authorized', 'connectionsPerHub authorized']);
   });
 });
 
