@@ -6,40 +6,35 @@
 // answers (before: its connection was cut when senderStallMs ran out, the earlier answer lost with it).
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { RawListener } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, tcp } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 
-describe('pipelined requests whose first answer takes longer than senderStallMs', () => {
-  it('reach a sender that reads everything: the second answer waiting its turn is no stall of the sender', async (t) => {
-    const relay = await startTestRelay(t, {
-      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
-      timeouts: { httpResponseMs: 10000, senderStallMs: 1000 },
-    });
-    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    listener.ws.removeAllListeners('message');
-    const requests = new Map<string, { id: string; address: string }>();
-    listener.ws.on('message', (data, binary) => {
-      if (binary) return;
-      const { request } = JSON.parse(String(data)) as { request?: { id: string; address: string; requestTarget: string } };
-      if (request) requests.set(request.requestTarget, request);
-    });
-
-    const sender = await tcp(t, relay.port);
-    let got = Buffer.alloc(0);
-    let closedAt = 0;
-    sender.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
-    sender.on('close', () => (closedAt = Date.now()));
-    const started = Date.now();
-    // Two requests in one write (pipelining); the sender reads all the time.
+/**
+ * A relay with a listener of `open` that notes each request notice, and a sender that pipelines `GET /open/slow`
+ * and `GET /open/big` in one write; `answerBig` answers the second at once over its rendezvous with 256 KiB, more
+ * than a response buffers, so that answer waits its turn behind the first.
+ */
+async function slowThenBig(t: TestContext, timeouts: Record<string, number>) {
+  const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts });
+  const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+  t.after(() => listener.close());
+  listener.ws.removeAllListeners('message');
+  const requests = new Map<string, { id: string; address: string }>();
+  listener.ws.on('message', (data, binary) => {
+    if (binary) return;
+    const { request } = JSON.parse(String(data)) as { request?: { id: string; address: string; requestTarget: string } };
+    if (request) requests.set(request.requestTarget, request);
+  });
+  const sender = await tcp(t, relay.port);
+  const pipeline = async () => {
     sender.write('GET /open/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /open/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
     await withTimeout((async () => { while (requests.size < 2) await new Promise((r) => setTimeout(r, 10)); })(), 5000, 'both notices');
-
-    // The second is answered at once, over its rendezvous, with 256 KiB (more than a response buffers).
+  };
+  const answerBig = async () => {
     const big = requests.get('/open/big')!;
     const address = new URL(big.address);
     const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
@@ -47,6 +42,23 @@ describe('pipelined requests whose first answer takes longer than senderStallMs'
     const body = Buffer.alloc(256 * 1024, 0x62);
     leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: big.id, statusCode: 200, responseHeaders: { 'content-length': String(body.length) }, body: true } })));
     leg.socket.write(maskedFrame(0x2, body));
+    return body;
+  };
+  return { listener, requests, sender, pipeline, answerBig };
+}
+
+describe('pipelined requests whose first answer takes longer than senderStallMs', () => {
+  it('reach a sender that reads everything: the second answer waiting its turn is no stall of the sender', async (t) => {
+    const { listener, requests, sender, pipeline, answerBig } = await slowThenBig(t, { httpResponseMs: 10000, senderStallMs: 1000 });
+    let got = Buffer.alloc(0);
+    let closedAt = 0;
+    sender.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+    sender.on('close', () => (closedAt = Date.now()));
+    const started = Date.now();
+    // Two requests in one write (pipelining); the sender reads all the time.
+    await pipeline();
+    // The second is answered at once, over its rendezvous, with 256 KiB (more than a response buffers).
+    const body = await answerBig();
 
     // The first is answered after 2.5 s (a slow query; well within httpResponseMs).
     await new Promise((r) => setTimeout(r, 2500));
@@ -82,32 +94,11 @@ describe('a pipelined answer waiting its turn when its sender hangs up', () => {
       },
     }).enable();
     t.after(() => hook.disable());
-    const relay = await startTestRelay(t, {
-      hybridConnections: [{ name: 'open', requiresClientAuthorization: false }],
-      timeouts: { httpResponseMs: 20000, senderStallMs: STALL_MS },
-    });
-    const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
-    t.after(() => listener.close());
-    listener.ws.removeAllListeners('message');
-    const requests = new Map<string, { id: string; address: string }>();
-    listener.ws.on('message', (data, binary) => {
-      if (binary) return;
-      const { request } = JSON.parse(String(data)) as { request?: { id: string; address: string; requestTarget: string } };
-      if (request) requests.set(request.requestTarget, request);
-    });
-    const sender = await tcp(t, relay.port);
+    const { sender, pipeline, answerBig } = await slowThenBig(t, { httpResponseMs: 20000, senderStallMs: STALL_MS });
     sender.resume();
-    sender.write('GET /open/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /open/big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
-    await withTimeout((async () => { while (requests.size < 2) await new Promise((r) => setTimeout(r, 10)); })(), 5000, 'both notices');
-    // The second is answered at once over its rendezvous with more than a response buffers: it waits its turn.
-    const big = requests.get('/open/big')!;
-    const address = new URL(big.address);
-    const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
-    leg.socket.resume();
-    const body = Buffer.alloc(256 * 1024, 0x62);
-    leg.socket.write(maskedFrame(0x1, JSON.stringify({ response: { requestId: big.id, statusCode: 200, responseHeaders: { 'content-length': String(body.length) }, body: true } })));
-    leg.socket.write(maskedFrame(0x2, body));
+    await pipeline();
+    // The second is answered at once over its rendezvous: it waits its turn.
+    await answerBig();
     await new Promise((r) => setTimeout(r, 300));
     assert.ok(live.size > 0, 'the queued answer armed its sender-stall timer (setup)');
     // The sender gives up before the first answer comes.
