@@ -7,7 +7,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
 import { LegKeepAlive } from './leg-keep-alive.ts';
-import { askingHalfClose, pipeSocketToWebSocket } from './pipe.ts';
+import { askingHalfClose, pipeSocketToWebSocket, legMaxPayload } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface LocalForward {
@@ -85,7 +85,10 @@ export class LocalForwarder {
     tcp.setNoDelay(true);
     let ws: WebSocket;
     try {
-      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), this.access.actionOptions(this.forward.entity, TARGET_VERDICT_MARGIN_MS));
+      ws = new WebSocket(askingHalfClose(this.access.actionUrl(this.forward.entity, 'connect')), {
+        ...this.access.actionOptions(this.forward.entity, TARGET_VERDICT_MARGIN_MS),
+        maxPayload: legMaxPayload(this.highWaterMark),
+      });
     } catch (err) {
       // A relay URL ws cannot take (the command line checks it): this connection fails, the port stays open.
       log.warn({ event: 'bridge.connect_failed', err: (err as Error).message });

@@ -55,6 +55,16 @@ export const HALF_CLOSE_HELLO = 'edge-relay-bridge: half-close';
  */
 export type HalfClose = 'on' | 'ask' | 'off';
 
+/**
+ * The largest message a forwarded connection's leg takes: `--buffer`, or 64 KiB when that is less (a bridge sends
+ * one socket read per message, 64 KiB at most). `ws` gathers a whole message before the pipe sees it, past any
+ * backpressure: with its default, 100 MiB, one sender's messages grew a bridge by hundreds of MiB whatever
+ * `--buffer` said (found by review). A larger one closes the leg, 1009, which reaches the local end as a reset.
+ */
+export function legMaxPayload(highWaterMark: number): number {
+  return Math.max(highWaterMark, 65536);
+}
+
 /** How long a local end waits for the peer's hello before it ends both ways (the hello follows the leg's opening at once). */
 const HELLO_WAIT_MS = 2000;
 

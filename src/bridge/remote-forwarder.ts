@@ -13,7 +13,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { SweepClock } from '../websocket/sweep-clock.ts';
 import { Backoff } from './backoff.ts';
 import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
-import { halfCloseFor, pipeSocketToWebSocket } from './pipe.ts';
+import { halfCloseFor, pipeSocketToWebSocket, legMaxPayload } from './pipe.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface RemoteForward {
@@ -178,7 +178,7 @@ export class RemoteForwarder {
       tcp.setNoDelay(true);
       let ws: WebSocket;
       try {
-        ws = new WebSocket(notice.address, this.access.socketOptions(notice.address));
+        ws = new WebSocket(notice.address, { ...this.access.socketOptions(notice.address), maxPayload: legMaxPayload(this.highWaterMark) });
       } catch (err) {
         log.warn({ event: 'bridge.accept_failed', err: (err as Error).message });
         tcp.resetAndDestroy();

@@ -161,12 +161,18 @@ export async function bridge(argv: string[]): Promise<number> {
     process.stdout.write(`forwarding ${hostBeforePort(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
   }
   await new Promise<void>((resolve) => {
+    let stopping = false;
     const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
       log.info({ event: 'bridge.signal', signal });
       resolve();
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    // SIGHUP (a closed terminal or ssh session) stops it as the others do, so its connections are reset; left to its
+    // default it ended the process with each socket closed by a clean end, and a cut download read as a complete one.
+    // The handlers stay until exit: a second Ctrl-C while stopping (the terminal's and npm's both) ended the process
+    // by signal (130), not 0. (Found by review.)
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => stop(signal));
   });
   for (const r of remoteForwarders) r.stop();
   for (const l of localForwarders) await l.stop();

@@ -5,16 +5,16 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer as createHttpServer, get as httpGet, Agent } from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
-import { WebSocketServer } from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { runCli, type CliProcess } from '../helpers/cli-process.ts';
 import { startTcpEcho } from '../helpers/tcp-echo.ts';
-import { ROOT_KEY, ROOT_KEY_NAME, startServeProcess, startTestRelay, testConfig } from '../helpers/relay.ts';
+import { ROOT_KEY, ROOT_KEY_NAME, startServeProcess, startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 
@@ -321,8 +321,10 @@ describe('edge-relay bridge: an end (FIN) on one side', () => {
 });
 
 describe('edge-relay bridge stopped mid-stream', () => {
-  for (const stopped of ['-L', '-R'] as const) {
-    it(`resets both far ends when ${stopped} stops (SIGTERM) while bytes flow both ways: neither takes the cut for a complete transfer`, async (t) => {
+  // SIGHUP: a closed terminal or ssh session (before: left to its default, the process ended with each socket closed
+  // by a clean end; found by review).
+  for (const [stopped, signal] of [['-L', 'SIGTERM'], ['-R', 'SIGTERM'], ['-L', 'SIGHUP'], ['-R', 'SIGHUP']] as const) {
+    it(`resets both far ends when ${stopped} stops (${signal}) while bytes flow both ways: neither takes the cut for a complete transfer`, async (t) => {
       const relay = await startTestRelay(t, { hybridConnections: [{ name: 'stream', requiresClientAuthorization: true }] });
       let serverEnd: Promise<'end' | 'reset'> | undefined;
       const server = createServer((s) => {
@@ -340,11 +342,65 @@ describe('edge-relay bridge stopped mid-stream', () => {
       client.on('data', (d: Buffer) => (read += d.length));
       client.once('connect', () => streamForever(client));
       await until(() => read > 4 * 1024 * 1024 && serverEnd !== undefined, 10000, 'bytes flowing both ways');
-      (stopped === '-L' ? local : remote).signal('SIGTERM');
+      const bridge = stopped === '-L' ? local : remote;
+      bridge.signal(signal);
       // Before: a clean end (FIN) at the client and the server when -L stopped, at the server when -R stopped.
       assert.deepEqual({ client: await clientEnd, server: await serverEnd! }, { client: 'reset', server: 'reset' });
+      assert.equal(await withTimeout(bridge.exited, 10000, 'the bridge to exit'), 0);
     });
   }
+
+  it("exits 0 when a second Ctrl-C comes while it stops (a terminal's and npm's both; before: ended by the signal; found by review)", async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'twice', requiresClientAuthorization: true }] });
+    const echo = await startTcpEcho(t);
+    await startBridge(t, relay.url, ['-R', `twice:127.0.0.1:${echo.port}`], [/^listening on twice/]);
+    const local = await startBridge(t, relay.url, ['-L', '0:twice'], [/^forwarding /]);
+    const client = connect({ host: '127.0.0.1', port: localPort(local) });
+    cleanupFor(t).after(() => client.destroy());
+    client.on('error', () => {});
+    client.write('x');
+    await withTimeout(new Promise((r) => client.once('data', r)), 10000, 'the echo');
+    local.signal('SIGINT');
+    await until(() => /bridge\.signal/.test(local.stderr()), 5000, 'the first SIGINT taken');
+    local.signal('SIGINT');
+    assert.equal(await withTimeout(local.exited, 10000, 'the bridge to exit'), 0);
+  });
+});
+
+describe('edge-relay bridge and large messages', () => {
+  it('-R holds no more than --buffer per connection when a sender (not a bridge) sends one large message (before: ws gathered up to 100 MiB of it; found by review)', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'big', requiresClientAuthorization: true }], limits: { connectRatePerAddress: 100000 } });
+    const held: Socket[] = [];
+    // A target that never reads.
+    const server = createServer((socket) => {
+      held.push(socket);
+      socket.on('error', () => {});
+      socket.pause();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanupFor(t).after(() => new Promise<void>((r) => {
+      for (const socket of held) socket.destroy();
+      server.close(() => r());
+    }));
+    const remote = await startBridge(t, relay.url, ['-R', `big:127.0.0.1:${(server.address() as { port: number }).port}`], [/^listening on big/]);
+    const rss = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${remote.pid}/status`, 'utf8'))![1]) * 1024;
+    const before = rss();
+    const url = `${relay.url.replace(/^http/, 'ws')}/$hc/big?sb-hc-action=connect`;
+    const payload = Buffer.alloc(64 * 1024 * 1024, 7);
+    const closes: Promise<number>[] = [];
+    for (let i = 0; i < 4; i++) {
+      const sender = new WebSocket(url, { headers: { ServiceBusAuthorization: tokenFor(`${relay.url}/$hc/big`) }, perMessageDeflate: false });
+      cleanupFor(t).after(() => sender.terminate());
+      sender.on('error', () => {});
+      closes.push(new Promise((r) => sender.once('close', (code) => r(code))));
+      await withTimeout(new Promise((r) => sender.once('open', r)), 10000, 'the sender open');
+      sender.send(payload, { binary: true });
+    }
+    // Each leg is closed (1009 at -R, passed on by the relay) rather than its message gathered.
+    await withTimeout(Promise.all(closes), 20000, 'the senders closed');
+    const grew = rss() - before;
+    assert.ok(grew < 64 * 1024 * 1024, `-R grew ${grew >> 20} MiB for 4 connections with --buffer 1 MiB`);
+  });
 });
 
 describe('edge-relay bridge when the other side misbehaves', () => {
