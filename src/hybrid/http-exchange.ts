@@ -614,7 +614,12 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
 
   /** Part of the sender's body went to the listener, and the rest has not come (it may never be read). */
   private bodyLeftUnread(): boolean {
-    return this.requestDelivered && !this.req.complete && !this.req.destroyed;
+    return this.requestDelivered && this.bodyStillComing();
+  }
+
+  /** The sender's body has not all come, and its request is not destroyed. */
+  private bodyStillComing(): boolean {
+    return !this.req.complete && !this.req.destroyed;
   }
 
   /** The sender's connection closes after this answer, lingering timeouts.closeHandshakeMs (connection-close.ts). */
@@ -653,7 +658,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     clearTimeout(this.timer);
     // What is left of the response (still queued in this process) has to reach the sender: watched until it has.
     if (this.senderStall === undefined && !this.res.destroyed && this.req.socket.writableLength > 0) this.watchSender(true);
-    if ((this.requestDelivered || this.failure === 'RequestTimeout') && !this.req.complete && !this.req.destroyed) {
+    if ((this.requestDelivered || this.failure === 'RequestTimeout') && this.bodyStillComing()) {
       // Part of the body went to the listener and the rest never will (it may be paused, for a listener that read
       // slowly): the connection cannot carry another request, so it is closed once the answer is out rather than
       // left unread (connection-close.ts: announced when the head is still to go, lingering).

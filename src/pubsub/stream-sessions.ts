@@ -128,6 +128,16 @@ export function sessionBucketTtlMs(sessionRetainMs: number): number {
   return Math.max(60_000, 2 * sessionRetainMs);
 }
 
+/** Whether a stored checkpoint is of a session another edge took by a claim later than `claim`: its write stays. */
+function takenSince(found: PsCheckpoint | undefined, claim: number): found is PsCheckpoint {
+  return found !== undefined && (found.claim ?? 0) > claim;
+}
+
+/** Whether `checkpoint` is of a session a client may take over with `token` on `protocol` (not one that ended). */
+function opensWith(checkpoint: PsCheckpoint | undefined, protocol: string, token: string): checkpoint is PsCheckpoint {
+  return checkpoint !== undefined && !checkpoint.ended && checkpoint.protocol === protocol && hashMatches(checkpoint.tokenHash, token);
+}
+
 /** A session's end, to be stored (StreamSessions.ended). */
 interface Ending {
   key: string;
@@ -456,9 +466,9 @@ export class StreamSessions {
         // session from (its last write), or by an edge that took it from this one (whose claim this
         // edge has not read yet): that one's checkpoint stays.
         const found = await this.readCheckpointEntry(connection.id);
-        const held = this.claims.get(connection) ?? 0;
-        if (found?.checkpoint && (found.checkpoint.claim ?? 0) > held) {
-          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: found.checkpoint.owner, claim: found.checkpoint.claim });
+        const stored = found?.checkpoint;
+        if (takenSince(stored, this.claims.get(connection) ?? 0)) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId: connection.id, owner: stored.owner, claim: stored.claim });
           return 'kept';
         }
         previous = found?.revision;
@@ -488,8 +498,9 @@ export class StreamSessions {
         if (!(err instanceof StoreConflict)) throw err;
         // Written since: by this edge when a write's answer was lost, else by the edge that took the session.
         const found = await this.readCheckpointEntry(connectionId);
-        if (found?.checkpoint && !found.checkpoint.ended && (found.checkpoint.claim ?? 0) > ending.claim) {
-          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId, owner: found.checkpoint.owner });
+        const stored = found?.checkpoint;
+        if (takenSince(stored, ending.claim)) {
+          this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId, owner: stored.owner });
           this.endings.delete(connectionId);
           return;
         }
@@ -550,7 +561,7 @@ export class StreamSessions {
       await new Promise((r) => setTimeout(r, MISSING_CHECKPOINT_WAIT_MS));
       found = await this.readCheckpoint(connectionId);
     }
-    if (!found || found.ended || found.protocol !== protocol || !hashMatches(found.tokenHash, token)) return undefined;
+    if (!opensWith(found, protocol, token)) return undefined;
     const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
     try {
@@ -560,7 +571,7 @@ export class StreamSessions {
       const holder = before ?? { origin: found.owner, boot: found.ownerBoot, seq: found.claim ?? 0 };
       // Gone or ended meanwhile (before: the copy read first was taken, a session ended during the take revived).
       const checkpoint = await this.lastWriteOf(connectionId, holder, claimSeq, deadline);
-      if (!checkpoint || checkpoint.ended || checkpoint.protocol !== protocol || !hashMatches(checkpoint.tokenHash, token)) return undefined;
+      if (!opensWith(checkpoint, protocol, token)) return undefined;
       const connection = new PubSubConnection(
         connectionId,
         this.hub.name,

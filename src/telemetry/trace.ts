@@ -17,8 +17,13 @@ import type { Counter } from 'prom-client';
 
 /** Most events one edge emits per second while traced; the rest are dropped (counted). */
 export const TRACE_EVENTS_PER_SECOND = 1000;
+/** The cap of refusals of not yet authorized requests beside a cap of `perSecond` events: a quarter of it. */
+function refusalsPerSecond(perSecond: number): number {
+  return Math.max(1, perSecond / 4);
+}
+
 /** Most refusals of not yet authorized requests one edge traces per second, apart from TRACE_EVENTS_PER_SECOND. */
-export const TRACE_REFUSALS_PER_SECOND = TRACE_EVENTS_PER_SECOND / 4;
+export const TRACE_REFUSALS_PER_SECOND = refusalsPerSecond(TRACE_EVENTS_PER_SECOND);
 /** Longest text field of an event, in characters. */
 export const TRACE_TEXT_MAX = 256;
 
@@ -106,7 +111,7 @@ export class TraceSource {
     clock: () => number = Date.now,
   ) {
     this.events = new RateBucket(perSecond, clock);
-    this.refusals = new RateBucket(Math.max(1, perSecond / 4), clock);
+    this.refusals = new RateBucket(refusalsPerSecond(perSecond), clock);
   }
 
   /** Starts handing events to `sink`; the returned function stops it. */
@@ -188,8 +193,9 @@ class RateBucket {
 }
 
 /**
- * Also traces each increment of a labelled counter (limit refusals, failed
- * event handler calls): one hook here rather than a line beside each of the
+ * Also traces each increment of a labelled counter (failed event handler
+ * calls; limit refusals are traced by RelayMetrics.limitRefused, which knows
+ * which cap they go under): one hook here rather than a line beside each of the
  * counter's call sites. `describe` returns undefined for increments that are
  * not worth a line.
  */
