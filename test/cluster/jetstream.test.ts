@@ -63,14 +63,19 @@ async function edgeWithCheckpointedClient(t: TestContext, group: string) {
 /** Enough connections from one address for the tests below. */
 const LIMITS = { limits: { connectBurstPerAddress: 10000, connectRatePerAddress: 10000 } };
 
-/** Makes the edge's store refuse every checkpoint that says its session ended, while `failing()` says so. */
-function failEndedWrites(relay: RunningRelay, failing: () => boolean) {
+/** Makes the edge's store refuse every checkpoint that says its session ended, while `failing()` says so; returns how many sessions' ends it refused so far. */
+function failEndedWrites(relay: RunningRelay, failing: () => boolean): () => number {
   const js = relay.jetstream!;
   const put = js.put.bind(js);
+  const refused = new Set<string>();
   js.put = async (key, value, previous) => {
-    if (failing() && Buffer.from(value).toString().includes('"ended":true')) throw new Error('injected: JetStream did not answer');
+    if (failing() && Buffer.from(value).toString().includes('"ended":true')) {
+      refused.add(key);
+      throw new Error('injected: JetStream did not answer');
+    }
     return put(key, value, previous);
   };
+  return () => refused.size;
 }
 
 async function reliableOn(t: TestContext, relay: RunningRelay) {
@@ -311,9 +316,13 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     const put = js.put.bind(js);
     /** How the store takes a checkpoint that says the session ended: as it comes, slowly, or not at all. */
     let ending: 'normal' | 'slow' | 'failing' = 'normal';
+    let endsRefused = 0;
     js.put = async (key, value, previous) => {
       if (ending !== 'normal' && Buffer.from(value).toString().includes('"ended":true')) {
-        if (ending === 'failing') throw new Error('injected: JetStream did not answer');
+        if (ending === 'failing') {
+          endsRefused++;
+          throw new Error('injected: JetStream did not answer');
+        }
         await new Promise((r) => setTimeout(r, 400));
       }
       return put(key, value, previous);
@@ -345,7 +354,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     const closed = await reliable();
     closed.client.ws.close(1000);
     await withTimeout(closed.client.closed, 5000, 'the close');
-    await new Promise((r) => setTimeout(r, 500));
+    await until(() => endsRefused > 0, 5000, 'its end refused');
     assert.equal(await recover(closed.id, closed.token), 'disconnected 1008');
     // Once the store answers again, the end is stored (tried again at each tick), and the session stays ended.
     ending = 'normal';
@@ -361,7 +370,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...LIMITS, log: { level: 'silent' } }));
     await waitReady(a);
     let failing = true;
-    failEndedWrites(a, () => failing);
+    const refusedEnds = failEndedWrites(a, () => failing);
     t.after(() => void (failing = false));
     // A live reliable session, in a group.
     const live = await reliableOn(t, a);
@@ -371,7 +380,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     for (let i = 0; i < 70; i++) gone.push(await reliableOn(t, a));
     for (const g of gone) g.client.ws.close(1000);
     await Promise.all(gone.map((g) => withTimeout(g.client.closed, 5000, 'the close')));
-    await new Promise((r) => setTimeout(r, 500));
+    await until(() => refusedEnds() === gone.length, 5000, 'every end refused once');
     // The live client gets an event and acknowledges it: its checkpoint should follow within a few ticks.
     await live.client.request({ type: 'sendToGroup', group: 'g', data: 'x' });
     const delivered = await live.client.waitFor((m) => m.type === 'message', 5000, 'the event');
@@ -386,11 +395,11 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((n) => startTestRelay(t, edgeOverrides(n, [nats.url], { ...LIMITS, log: { level: 'silent' }, timeouts: { shutdownMs: 3000 } }))));
     await Promise.all([a, b].map((e) => waitReady(e)));
     let failing = true;
-    failEndedWrites(a, () => failing);
+    const refusedEnds = failEndedWrites(a, () => failing);
     const s = await reliableOn(t, a);
     s.client.ws.close(1000);
     await withTimeout(s.client.closed, 5000, 'the close');
-    await new Promise((r) => setTimeout(r, 300));
+    await until(() => refusedEnds() === 1, 5000, 'its end refused');
     assert.notEqual((await storedCheckpointOf(a, s.id))?.ended, true, 'the end is not stored yet');
     // The edge shuts down; the store answers again from now on.
     failing = false;
