@@ -383,9 +383,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     return declared === undefined || !this.bodyOnTheWire(status) || Number(declared) === length;
   }
 
-  /** Whether an answer of `status` to this request carries its body on the wire (not HEAD, 204 or 304). */
+  /** Whether an answer of `status` to this request carries its body on the wire (not HEAD, 204, 205 or 304). */
   private bodyOnTheWire(status: number): boolean {
-    return this.req.method !== 'HEAD' && status !== 204 && status !== 304;
+    return this.req.method !== 'HEAD' && status !== 204 && status !== 205 && status !== 304;
   }
 
   badResponse(): void {
@@ -562,6 +562,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     }
     // No Content-Length on a 204 (RFC 9110 8.6): one there has a client wait for, or misread, a body none sends.
     if (status === 204) delete headers['content-length'];
+    // A 205 has no content either (RFC 9110 15.3.6), but node:http would frame one: it says so with a zero length.
+    if (status === 205) headers['content-length'] = '0';
     this.head = { status, reason: relayedReason(response.statusDescription ?? undefined, status), headers: confinedToEntity(headers, this.req) };
     return true;
   }

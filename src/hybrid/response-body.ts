@@ -26,8 +26,9 @@ export class ResponseBody {
 
   /**
    * `declared` is the Content-Length sent to the sender, if any; `hasBody` is
-   * false for answers that carry none on the wire (HEAD, 204, 304), whose
-   * Content-Length only describes and whose body bytes Node drops.
+   * false for answers that carry none on the wire (HEAD, 204, 205, 304),
+   * whose Content-Length only describes and whose body bytes are dropped here
+   * (Node would drop them for all but a 205, which it would send).
    */
   constructor(
     private readonly res: ServerResponse,
@@ -43,7 +44,7 @@ export class ResponseBody {
   /** Writes a piece of the body; returns res.write's verdict (false: wait for 'drain'). Call fits() first. */
   write(chunk: Buffer): boolean {
     this.written += chunk.length;
-    return this.res.write(chunk);
+    return this.hasBody ? this.res.write(chunk) : true;
   }
 
   /**
@@ -55,7 +56,7 @@ export class ResponseBody {
   end(last?: Buffer): boolean {
     if (last) this.written += last.length;
     if (!this.complete) return false;
-    this.res.end(last);
+    this.res.end(this.hasBody ? last : undefined);
     return true;
   }
 

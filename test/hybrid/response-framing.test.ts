@@ -288,6 +288,44 @@ describe("a listener's 204 with a Content-Length", () => {
   });
 });
 
+// RFC 9110 15.3.6: a 205 has no content (before: the listener's body reached the sender after the head).
+describe("a listener's 205 with a body", () => {
+  for (const via of ['control', 'rendezvous'] as const) {
+    it(`reaches the sender as Content-Length: 0 without the body, and the connection serves the next request (body on the ${via} channel)`, async (t) => {
+      const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] });
+      const listenUrl = wsUrl(relay.url, '/$hc/open?sb-hc-action=listen');
+      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl));
+      t.after(() => listener.close());
+      const sender = await tcp(t, relay.port);
+      sender.write('POST /open/form HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n');
+      const { request } = await listener.next();
+      const answer = JSON.stringify({ response: { requestId: request.id, statusCode: 205, responseHeaders: { 'content-length': '10' }, body: true } });
+      if (via === 'control') {
+        listener.ws.send(answer);
+        listener.ws.send(Buffer.from('0123456789'));
+      } else {
+        const address = new URL(request.address);
+        const leg = await openWebSocket(wsUrl(relay.url, `${address.pathname}${address.search}`));
+        t.after(() => leg.terminate());
+        leg.send(answer);
+        leg.send(Buffer.from('0123456789'));
+        leg.close(1000);
+      }
+      const head = (await readUntil(sender, (b) => b.includes('\r\n\r\n'), 5000, 'the 205')).toString('latin1');
+      assert.match(head, /^HTTP\/1\.1 205 /);
+      assert.match(head, /\r\ncontent-length: 0\r\n/i, head);
+      assert.doesNotMatch(head, /0123456789/, head);
+      sender.write('GET /open/next HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      const next = await listener.next();
+      listener.ws.send(JSON.stringify({ response: { requestId: next.request.id, statusCode: 200, responseHeaders: { 'content-length': '2' }, body: true } }));
+      listener.ws.send(Buffer.from('ok'));
+      const rest = (await readUntil(sender, (b) => b.includes('\r\n\r\nok'), 5000, 'the next answer')).toString('latin1');
+      assert.doesNotMatch(rest, /0123456789/, rest);
+      assert.match(rest, /^HTTP\/1\.1 200 /, `the 205's body was read as the start of the next answer: ${JSON.stringify(rest)}`);
+    });
+  }
+});
+
 // An HTTP/1.0 keep-alive sender and a 204 (its Content-Length dropped): the connection is kept.
 describe('HTTP/1.0 keep-alive sender, listener answers 204 with Content-Length: 0', () => {
   it('keeps the connection, and answers a request pipelined after the 204 (before: the 204 without its Content-Length closed it, and the next request was relayed, its answer lost; found by review)', async (t) => {
