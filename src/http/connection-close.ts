@@ -46,28 +46,42 @@ export function closeAfterAnswer(res: ServerResponse, lingerMs: number): void {
 }
 
 /**
- * True when an answer given earlier on `req`'s connection is its last (it
- * said `Connection: close`, or its close was decided): `req` came after it and
- * must not be acted on (RFC 9112 9.6; node:http still parses and emits it).
- * Records `res` as the connection's latest answer otherwise. Call first for
- * every request.
+ * Runs `handle(req, res)` once every answer given earlier on `req`'s connection is out (written, or its exchange
+ * closed), as nginx and haproxy take pipelined requests: one after the other, never two at once. Not at all when
+ * one of those answers is the connection's last (it said `Connection: close`, or its close was decided): `req`
+ * came after it and must not be acted on (RFC 9112 9.6; node:http still parses and emits it). Before, a pipelined
+ * request went to its listener at once, so a close decided after it was read (an answer cut mid-body, a listener
+ * gone) was not seen, and the request ran while its answer was lost with the connection.
  */
-export function cameAfterLastAnswer(req: IncomingMessage, res: ServerResponse): boolean {
+export function whenItsTurn(req: IncomingMessage, res: ServerResponse, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
   const socket = req.socket;
   const before = latestAnswer.get(socket)?.deref();
-  if (closing.has(socket) || (before !== undefined && isLast(before))) {
+  latestAnswer.set(socket, new WeakRef(res));
+  if (before === undefined || before.writableFinished) return takeUp(req, res, before, handle);
+  // Pipelined behind an answer still being given: its body waits unread in node:http (which stops reading the
+  // socket once that fills), and the request is taken up when the answer is out.
+  let waited = false;
+  const go = () => {
+    if (waited) return;
+    waited = true;
+    if (!socket.destroyed) takeUp(req, res, before, handle);
+  };
+  before.once('finish', go);
+  before.once('close', go);
+}
+
+function takeUp(req: IncomingMessage, res: ServerResponse, before: ServerResponse | undefined, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
+  if (closing.has(req.socket) || (before !== undefined && isLast(before))) {
     res.shouldKeepAlive = false;
     req.resume();
-    return true;
+    return;
   }
-  latestAnswer.set(socket, new WeakRef(res));
-  return false;
+  handle(req, res);
 }
 
 /**
  * Whether `res` ends its connection: it will not keep it (shouldKeepAlive), or its head, written, said
- * `Connection: close` (node:http's `_last`: an HTTP/1.0 answer it cannot frame, for one). A close decided after
- * the next request was read is not seen here (that request is acted on; its answer is lost with the connection).
+ * `Connection: close` (node:http's `_last`: an HTTP/1.0 answer it cannot frame, for one).
  */
 function isLast(res: ServerResponse): boolean {
   return !res.shouldKeepAlive || (res as ServerResponse & { _last?: boolean })._last === true;

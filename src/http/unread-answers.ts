@@ -2,26 +2,12 @@
 // history, up to 8 MiB a page): one a client never read was held for as long
 // as its connection stayed open, and pipelined calls on one connection had
 // the relay build a page for each of them at once (30 calls, ~285 MiB held).
-// Two bounds: a connection's calls are dispatched one after the other, each
-// once the answer before it has left (Node answers pipelined calls in order
-// anyway), and an answer whose connection takes none of it for
-// timeouts.senderStallMs cuts the connection, as a relayed response's does.
+// Two bounds: a connection's calls are taken up one after the other, each
+// once the answer before it has left (whenItsTurn, connection-close.ts, for
+// every request on the port), and an answer whose connection takes none of it
+// for timeouts.senderStallMs cuts the connection, as a relayed response's does.
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-
-/** Per connection: settled once the last call dispatched on it has its answer out (or the connection closed). */
-const answeredBefore = new WeakMap<Socket, Promise<void>>();
-
-/** Resolves when every earlier call on `socket` has its answer out; `res` is this call's answer. */
-export function afterEarlierAnswers(socket: Socket, res: ServerResponse): Promise<void> {
-  const before = answeredBefore.get(socket) ?? Promise.resolve();
-  const out = new Promise<void>((resolve) => {
-    res.once('finish', resolve);
-    res.once('close', resolve);
-  });
-  answeredBefore.set(socket, before.then(() => out));
-  return before;
-}
 
 /**
  * Once an answer is written: while the connection's queue holds part of it, the queue must shrink within every

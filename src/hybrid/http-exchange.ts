@@ -33,10 +33,10 @@ import { ResponseBody } from './response-body.ts';
 import { confinedToEntity } from './shared-origin.ts';
 
 /**
- * The exchanges in progress per sender connection. A response queued behind
- * an earlier one on a keep-alive connection (pipelining) gets no 'close' of
- * its own when the sender hangs up; the socket's 'close' tells them all (one
- * listener per socket, however many requests it pipelines). An array, not a
+ * The exchanges in progress per sender connection (one at a time: a request
+ * pipelined behind another is taken up once the answer before it is out,
+ * connection-close.ts); the socket's 'close' tells them all, one listener per
+ * socket however many requests it carries in turn. An array, not a
  * Set: a Set that one request after another joins and leaves is rebuilt every
  * few of them, and V8 links each old table to the next (transient-map.ts).
  */
@@ -182,14 +182,8 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     // response closes, on the listener the exchange has anyway.
     this.senderStall = setTimeout(() => {
       if (this.res.destroyed || this.res.writableFinished) return;
-      // Not this answer's turn yet (pipelined behind an earlier one still awaited): its writes wait in memory and say
-      // "full" whatever the sender reads. The wait is the earlier listener's, not a stall of the sender (before: the
-      // connection was cut, the earlier answer with it; found by review).
-      if (!this.res.socket) {
-        // (Until the sender's connection closes: node:http tells an answer still waiting nothing of that.)
-        if (!this.req.socket.destroyed) this.senderStall?.refresh();
-        return;
-      }
+      // (No answer waits its turn behind an earlier one here: a pipelined request is taken up only once the answer
+      // before it is out, whenItsTurn in connection-close.ts.)
       this.log.info({ event: 'http.sender_stalled', ms });
       if (!this.finished) this.failure = 'SenderStalled';
       this.req.socket.destroy();

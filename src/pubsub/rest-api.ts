@@ -28,7 +28,7 @@ import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
 import { isHostAuthority } from '../http/host-header.ts';
-import { afterEarlierAnswers, cutWhenUnread } from '../http/unread-answers.ts';
+import { cutWhenUnread } from '../http/unread-answers.ts';
 
 /** A status (and body), an error code, or an error code with a message of its own. */
 type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubSubErrorCode; detail: string };
@@ -86,22 +86,19 @@ export function handleRestRequest(
   if (hub.trace.on) traceRest(call, res);
   // A cluster-wide operation whose other nodes the bus cannot reach has
   // acted on this node's connections only: 503 says so.
-  // One call at a time per connection, each answer bounded in how long it may go unread (http/unread-answers.ts).
+  // Calls come one at a time per connection (the front takes a pipelined one up once the answer before it is out:
+  // connection-close.ts); each answer is bounded in how long it may go unread (http/unread-answers.ts).
   const socket = req.socket;
   const stalled = () => service.answerStalled(hub.name);
-  void afterEarlierAnswers(socket, res).then(() => {
-    // A connection cut meanwhile (an earlier answer went unread) takes its calls with it: none is acted on.
-    if (socket.destroyed || res.destroyed) return;
-    return dispatch(call)
-      .then(
-        (answer) => {
-          if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
-          return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
-        },
-        (err) => respond(res, restErrorCode(err), call.method, err),
-      )
-      .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));
-  });
+  void dispatch(call)
+    .then(
+      (answer) => {
+        if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
+        return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
+      },
+      (err) => respond(res, restErrorCode(err), call.method, err),
+    )
+    .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));
 }
 
 /** Traces a REST call once answered: method, path, status, duration and request size (never its body or token). */

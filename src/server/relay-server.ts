@@ -14,7 +14,7 @@ import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress, connectionPeer } from '../http/client-address.ts';
-import { cameAfterLastAnswer } from '../http/connection-close.ts';
+import { whenItsTurn } from '../http/connection-close.ts';
 import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
@@ -297,9 +297,9 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     oweContinue(res);
     server.emit('request', req, res);
   });
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    // Sent after the answer that closes its connection: not acted on, not answered (before: relayed, its answer lost).
-    if (cameAfterLastAnswer(req, res)) return;
+  // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => whenItsTurn(req, res, handleRequest));
+  function handleRequest(req: IncomingMessage, res: ServerResponse): void {
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
     if (!hostLinesValid(req.rawHeaders)) {
@@ -331,7 +331,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       default:
         return failEdgeRequest(res, 'NotFound');
     }
-  });
+  }
 
   // WebSocket connections held by this node (limits.connectionsPerNode), and
   // new ones per client address (limits.connectRatePerAddress). A listener's
