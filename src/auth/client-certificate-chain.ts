@@ -4,7 +4,9 @@
 import { X509Certificate } from 'node:crypto';
 import type { DetailedPeerCertificate, TLSSocket } from 'node:tls';
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g;
+// Under each label OpenSSL reads as a CA (the handshake trusts it): before, only CERTIFICATE was seen here, and a
+// caFile of TRUSTED or X509 CERTIFICATE blocks that changed at all closed every listener as revoked (found by review).
+const PEM_CERTIFICATE = /-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----[^-]+-----END \1-----/g;
 
 /** The certificates of a PEM bundle (what is not one is skipped: the file was checked when it was read). */
 export function certificatesOf(pem: Buffer | undefined): X509Certificate[] {

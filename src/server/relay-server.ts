@@ -517,6 +517,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     if (config.listen.proxyProtocol && next.listen.trustProxy.length === 0) {
       return refused('config: /listen/trustProxy: listen.proxyProtocol is on until a restart, and needs the load balancers that send the header');
     }
+    // So is listen.tls.requestCert: a caFile dropped now left the handshake checking client certificates against
+    // Node's default public roots, and requireClientCert "listeners" let in a certificate any of them signed, while
+    // every listener of the configured CA was closed and refused (found by review).
+    if (config.listen.tls?.requestCert && next.listen.tls && !next.listen.tls.caFile) {
+      return refused('config: /listen/tls/caFile: listen.tls.requestCert is on until a restart, and needs the CA that signs client certificates');
+    }
     // A durable hub needs JetStream, as at start-up (exit 78): one the connected NATS server lacks is refused, not
     // added to fail every publish (before, the reload was taken and the whole edge answered not ready until a restart).
     const lacking = durableHubsWithoutJetStream(bus, config, next, jetstream);

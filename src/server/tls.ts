@@ -23,6 +23,7 @@ import type { ServerOptions } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { dirname } from 'node:path';
 import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
+import { certificatesOf } from '../auth/client-certificate-chain.ts';
 import { ConfigError } from '../config/errors.ts';
 import type { ListenTlsConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -143,12 +144,15 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
   if (notAfter * 1000 <= now) throw new ConfigError(`listen.tls.certFile: the certificate in ${tls.certFile} expired on ${x509.validTo}`);
   const context: SecureContextOptions = { cert, key, minVersion: tls.minVersion, ...(ca ? { ca } : {}) };
   try {
-    // Throws on a key that does not match the certificate, or a CA file that is not PEM.
+    // Throws on a key that does not match the certificate.
     createSecureContext(context);
   } catch (err) {
     const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
     throw new ConfigError(`${what}: ${(err as Error).message}`);
   }
+  // createSecureContext takes a CA file with no certificate in it (garbage, a key) without a word, and every client
+  // certificate was then refused, every handshake with requireClientCert "all" (found by review).
+  if (ca && certificatesOf(ca).length === 0) throw new ConfigError(`listen.tls.caFile: no PEM certificate in ${tls.caFile}`);
   // Last: a set refused for this alone is good otherwise, and is read again when it becomes valid.
   const validFrom = Date.parse(x509.validFrom);
   if (validFrom > now) {

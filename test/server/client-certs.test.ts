@@ -15,7 +15,8 @@ import { describe, it, type TestContext } from 'node:test';
 import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { buildConfig } from '../../src/config/load.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 function mtlsListen(pki: TestPki, requireClientCert: 'listeners' | 'all'): Record<string, unknown> {
@@ -130,6 +131,53 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
     assert.equal(closed.code, 1008);
     assert.match(closed.reason, /ClientCertificateRevoked/);
+  });
+
+  // Found by review: OpenSSL reads these labels as CAs (the handshake trusted them), the recheck after a change did not.
+  for (const label of ['TRUSTED CERTIFICATE', 'X509 CERTIFICATE']) {
+    it(`keeps a listener whose CA, written as "${label}", is still in the changed listen.tls.caFile (before: every listener closed as revoked)`, async (t) => {
+      const pki = makePki(t);
+      const allowed = pki.issueClient('factory-listener');
+      pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+      const relabel = (pem: Buffer) => Buffer.from(pem.toString('latin1').replace(/(BEGIN|END) CERTIFICATE/g, `$1 ${label}`), 'latin1');
+      const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+      t.after(() => rmSync(dir, { recursive: true, force: true }));
+      const caFile = join(dir, 'clients.pem');
+      writeFileSync(caFile, relabel(pki.ca));
+      const listen = mtlsListen(pki, 'listeners');
+      const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+      const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+      t.after(() => listener.close());
+      // Another CA added for a rotation; the listener's own stays in the file.
+      writeFileSync(`${caFile}.next`, Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), relabel(pki.ca)]));
+      renameSync(`${caFile}.next`, caFile);
+      const newcomer = pki.issueClient('newcomer-after', { untrusted: true });
+      const newcomerIn = async () => (await upgradeRefusal(listenUrl, { ...clientTls(pki, newcomer), headers: { ServiceBusAuthorization: tokenFor(listenUrl) } })).status === 101;
+      await untilAnswered(newcomerIn, 10000, 'the new CA applied');
+      const outcome = await Promise.race([listener.closed, new Promise<'open'>((r) => setTimeout(() => r('open'), 500))]);
+      assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
+    });
+  }
+
+  it('refuses a reload that drops listen.tls.caFile while requestCert runs until a restart (before: client certificates were checked against the default public roots, and every listener was closed)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    const listen = mtlsListen(pki, 'listeners');
+    let next: Record<string, unknown> = { listen };
+    const relay = await startTestRelay(t, { listen }, { loadConfig: () => buildConfig(testConfig(next)) });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+    t.after(() => listener.close());
+    // The operator takes mutual TLS out of the file: requestCert and requireClientCert wait for a restart.
+    next = { listen: { host: '127.0.0.1', port: 0, tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile } } };
+    const outcome = relay.reload('api');
+    assert.equal(outcome.ok, false, JSON.stringify(outcome));
+    assert.match(String((outcome as { problem?: string }).problem), /listen\/tls\/caFile/);
+    const closed = await Promise.race([listener.closed, new Promise<'open'>((r) => setTimeout(() => r('open'), 500))]);
+    assert.equal(closed, 'open', 'the running listener was closed');
+    const again = await withTimeout(upgradeRefusal(listenUrl, { ...clientTls(pki, allowed), headers: { ServiceBusAuthorization: tokenFor(listenUrl) } }), 5000, 'upgrade');
+    assert.equal(again.status, 101, 'a listener with a certificate from the configured CA was refused');
   });
 
   for (const mode of ['listeners', 'all'] as const) {

@@ -278,6 +278,16 @@ describe('TLS on the one port', () => {
     await assert.rejects(startTestRelay(t, { listen: tlsListen(pki, early) }), /listen\.tls\.certFile: the certificate in \S+ is not valid before \w+ +\d+ [\d:]+ \d{4} GMT/);
   });
 
+  it('refuses to start with a listen.tls.caFile holding no certificate (before: taken without a word, and every client certificate refused)', async (t) => {
+    const pki = makePki(t);
+    for (const content of ['garbage\n', readFileSync(pki.server.keyFile, 'latin1')]) {
+      const caFile = join(pki.dir, 'not-a-ca.pem');
+      writeFileSync(caFile, content);
+      const listen = { ...tlsListen(pki), tls: { certFile: pki.server.certFile, keyFile: pki.server.keyFile, caFile, requestCert: true, requireClientCert: 'all' } };
+      await assert.rejects(startTestRelay(t, { listen }), /listen\.tls\.caFile: no PEM certificate in \S+not-a-ca\.pem/);
+    }
+  });
+
   it('checks the chain sent after the certificate, at start and when renamed in: an expired intermediate is served but warned of; the earliest expiry is a metric', async (t) => {
     const pki = makePki(t);
     const day = 86_400_000;
