@@ -153,6 +153,8 @@ export interface EdgeStats {
   hubs: HubStats[];
   limitRefusals: number;
   traceDropped: number;
+  /** Cut to fit NATS's max_payload: the hubs' largest groups, then the least busy hubs and entities, left out. */
+  trimmed?: true;
 }
 
 // --- hybrid connections: a sender's edge and the edge holding a listener ------------

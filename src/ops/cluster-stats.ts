@@ -10,7 +10,7 @@
 // (EdgesSeen in other-edges.ts: bounded, for 10 minutes), so one that stops answering is
 // listed under `silent` rather than silently gone.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import type { Bus, BusMessage, BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeStats, type HubStats } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
@@ -21,7 +21,7 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import { EdgesSeen, askOtherEdges } from './other-edges.ts';
+import { EdgesSeen, answerEdge, answerLimit, askOtherEdges } from './other-edges.ts';
 
 export const DEFAULT_TOP = 20;
 export const MAX_TOP = 50;
@@ -57,6 +57,32 @@ export interface ClusterSnapshot {
 
 async function total(counter: { get(): Promise<{ values: { value: number }[] }> }): Promise<number> {
   return (await counter.get()).values.reduce((n, v) => n + v.value, 0);
+}
+
+/**
+ * An edge's stats within `limit` bytes on the bus: whole when they fit; else without the hubs' largest groups, then
+ * with the busiest half of the hubs and of the entities, and half again, until they fit (`trimmed` says so). Group
+ * names are the clients' choice (300 characters, each up to 6 bytes in JSON), and 100 hubs of them made an answer
+ * over NATS's default 1 MiB, which the edge could not send at all (found by review).
+ */
+export function fittedStats(stats: EdgeStats, limit: number): Uint8Array {
+  const whole = encodeEdgeMessage({ op: 'ops.edge', ...stats });
+  if (whole.length <= limit) return whole;
+  const hubs = stats.hubs.map((hub) => ({ ...hub, topGroups: [] }));
+  let keepHubs = hubs.length;
+  let keepEntities = stats.hybrid.entities.length;
+  for (;;) {
+    const data = encodeEdgeMessage({
+      op: 'ops.edge',
+      ...stats,
+      hybrid: { ...stats.hybrid, entities: stats.hybrid.entities.slice(0, keepEntities) },
+      hubs: hubs.slice(0, keepHubs),
+      trimmed: true,
+    });
+    if (data.length <= limit || (keepHubs === 0 && keepEntities === 0)) return data;
+    keepHubs = Math.floor(keepHubs / 2);
+    keepEntities = Math.floor(keepEntities / 2);
+  }
 }
 
 export class ClusterStats {
@@ -112,9 +138,10 @@ export class ClusterStats {
     const asked = decodeEdgeMessage(message.data, 'ops.stats')?.message;
     if (!asked) return;
     // Its own question too, at once and small (other-edges.ts: a lone edge otherwise waits bus.requestTimeoutMs).
-    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.edge', ...this.selfAnswer() }));
+    if (asked.origin === this.s.config.nodeId) return answerEdge(this.s, message, () => encodeEdgeMessage({ op: 'ops.edge', ...this.selfAnswer() }), 'ops.edge');
+    // (Before, a reply the bus refused, one over max_payload, was thrown inside this promise: the edge ended, exit 70.)
     void this.local(asked.top).then(
-      (stats) => respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.edge', ...stats })),
+      (stats) => answerEdge(this.s, message, () => fittedStats(stats, answerLimit(this.s.bus)), 'ops.edge'),
       (err: Error) => this.s.log.warn({ event: 'stats.failed', err: err.message }),
     );
   }

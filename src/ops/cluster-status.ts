@@ -4,7 +4,7 @@
 // subject all edges subscribe to; answers are schema-checked like any bus
 // message. When the bus is away the answer says so and lists this node only.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { respond, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+import type { Bus, BusMessage, BusSubscription } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type NodeStatus } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
@@ -13,7 +13,7 @@ import type { PubSubService } from '../pubsub/pubsub-service.ts';
 import { sendJson } from '../http/respond.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { ManageAuth } from './manage-auth.ts';
-import { EdgesSeen, askOtherEdges } from './other-edges.ts';
+import { EdgesSeen, answerEdge, answerLimit, askOtherEdges } from './other-edges.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 export type { NodeStatus };
@@ -22,8 +22,6 @@ export type { NodeStatus };
 const LISTENER_COUNT_REUSE_MS = 1000;
 /** Entities whose recent gathers are kept at most (the oldest go first). */
 const MAX_RECENT_COUNTS = 1000;
-/** Room left in NATS's max_payload for what the bus adds to an answer. */
-const ANSWER_HEADROOM_BYTES = 4096;
 
 export interface StatusSources {
   config: RelayConfig;
@@ -68,8 +66,8 @@ export class ClusterStatus {
     const asked = decodeEdgeMessage(message.data, 'ops.status')?.message;
     if (!asked) return;
     // Its own question too, at once and small (other-edges.ts: a lone edge otherwise waits bus.requestTimeoutMs).
-    if (asked.origin === this.s.config.nodeId) return void respond(this.s.bus, message, encodeEdgeMessage({ op: 'ops.node', ...this.identity(), entities: [], hubs: [] }));
-    respond(this.s.bus, message, this.fitted(this.local(asked.entity)));
+    if (asked.origin === this.s.config.nodeId) return answerEdge(this.s, message, () => encodeEdgeMessage({ op: 'ops.node', ...this.identity(), entities: [], hubs: [] }), 'ops.node');
+    answerEdge(this.s, message, () => this.fitted(this.local(asked.entity)), 'ops.node');
   }
 
   /**
@@ -78,7 +76,7 @@ export class ClusterStatus {
    * that edge only), and the asking edge listed the cluster without it as complete.
    */
   private fitted(status: NodeStatus): Uint8Array {
-    const limit = this.s.bus.maxPayload - ANSWER_HEADROOM_BYTES;
+    const limit = answerLimit(this.s.bus);
     const whole = encodeEdgeMessage({ op: 'ops.node', ...status });
     if (whole.length <= limit) return whole;
     const busiest = [...status.entities].sort((a, b) => b.listeners - a.listeners || a.name.localeCompare(b.name));

@@ -5,10 +5,31 @@
 // doubled every total of /$relay/status in a chaos soak); the rest come
 // sorted by node id. When the bus cannot be asked, `problem` says so and the
 // list is empty.
-import { BusError, type Bus } from '../bus/bus.ts';
+import { BusError, respond, type Bus, type BusMessage } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeMessage, type EdgeMessageOf, type EdgeOp } from '../bus/messages.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
+
+/** Room left in NATS's max_payload for what the bus adds to an answer. */
+const ANSWER_HEADROOM_BYTES = 4096;
+
+/**
+ * The most bytes an edge's answer may take on `bus` (0 when max_payload is no more than the headroom: an answer is
+ * then cut to its least). Before, cluster-status.ts took max_payload less the headroom as it came, and below 4 KiB
+ * its fitting loop never ended (the edge hung on the first /$relay/status; found by review).
+ */
+export function answerLimit(bus: Bus): number {
+  return Math.max(0, bus.maxPayload - ANSWER_HEADROOM_BYTES);
+}
+
+/** Sends `answer()` as the reply to `message`; a failure (the bus down, still too large) is logged, not thrown. */
+export function answerEdge(deps: { bus: Bus; log: Logger }, message: BusMessage, answer: () => Uint8Array, op: string): void {
+  try {
+    respond(deps.bus, message, answer());
+  } catch (err) {
+    deps.log.warn({ event: 'ops.answer_failed', op, err: (err as Error).message });
+  }
+}
 
 export interface OtherEdgesAnswer<T> {
   answers: T[];
