@@ -76,8 +76,9 @@ class TraceViewer {
   /** Events this viewer missed: not keeping up here, or dropped by an edge. */
   missed = 0;
   private toldMissed = 0;
-  lastWrite = Date.now();
-  private lastCheck = Date.now();
+  // Monotonic times (performance.now()): a wall clock set back held back keep-alives and token rechecks as long.
+  lastWrite = performance.now();
+  private lastCheck = performance.now();
 
   constructor(
     readonly res: ServerResponse,
@@ -237,7 +238,7 @@ export class TraceRelay {
     const m = decodeEdgeMessage(message.data, 'ops.trace.watch')?.message;
     if (!m || m.origin === this.d.nodeId) return;
     if (m.ttlMs === 0) this.interest.delete(m.origin);
-    else this.interest.set(m.origin, Date.now() + m.ttlMs);
+    else this.interest.set(m.origin, performance.now() + m.ttlMs);
     this.update();
   }
 
@@ -280,7 +281,7 @@ export class TraceRelay {
   }
 
   private tick(): void {
-    const now = Date.now();
+    const now = performance.now();
     for (const [origin, until] of this.interest) if (until <= now) this.interest.delete(origin);
     const rateDropped = this.d.trace.rateDropped - this.rateDroppedSeen;
     this.rateDroppedSeen = this.d.trace.rateDropped;
@@ -317,7 +318,7 @@ export class TraceRelay {
     if (this.closed) return;
     this.closed = true;
     for (const viewer of [...this.viewers]) {
-      viewer.flush(Date.now());
+      viewer.flush(performance.now());
       viewer.end();
       this.removeViewer(viewer);
     }

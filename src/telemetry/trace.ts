@@ -107,8 +107,12 @@ export class TraceSource {
     /** Counts events dropped (edge_relay_trace_events_dropped_total). */
     readonly dropped: (reason: TraceDropReason, count?: number) => void = () => {},
     perSecond = TRACE_EVENTS_PER_SECOND,
-    /** Milliseconds for the rate cap's buckets (a test gives its own, so that a slow turn refills nothing). */
-    clock: () => number = Date.now,
+    /**
+     * Milliseconds for the rate cap's buckets (a test gives its own, so that a slow turn refills nothing): monotonic,
+     * since the wall clock set back took the buckets as far into debt (a 60 s step dropped every event for a
+     * minute; found by review).
+     */
+    clock: () => number = () => performance.now(),
   ) {
     this.events = new RateBucket(perSecond, clock);
     this.refusals = new RateBucket(refusalsPerSecond(perSecond), clock);
@@ -183,7 +187,8 @@ class RateBucket {
   take(): boolean {
     const now = this.clock();
     if (now !== this.refilledAt) {
-      this.tokens = Math.min(this.perSecond, this.tokens + ((now - this.refilledAt) * this.perSecond) / 1000);
+      // A clock that went back refills nothing (and takes nothing away).
+      this.tokens = Math.min(this.perSecond, this.tokens + (Math.max(0, now - this.refilledAt) * this.perSecond) / 1000);
       this.refilledAt = now;
     }
     if (this.tokens < 1) return false;

@@ -442,6 +442,21 @@ describe('TraceSource', () => {
     assert.equal(seen.filter((e) => e.kind === 'pubsub.refused').length, 25, 'refilled a second later, to its own size');
   });
 
+  it('goes on tracing after its clock steps back (before: the rate cap went as far into debt, and a minute back dropped every event for a minute; found by review)', () => {
+    let now = 1_800_000_000_000;
+    const dropped: string[] = [];
+    const trace = new TraceSource('n1', (reason) => dropped.push(reason), 1000, () => now);
+    const seen: string[] = [];
+    trace.attach((e) => seen.push(e.kind));
+    trace.emit('listener.connected', { entity: 'echo' });
+    now -= 60_000;
+    now += 1_000;
+    trace.emit('listener.connected', { entity: 'echo' });
+    now += 30_000;
+    trace.emit('listener.connected', { entity: 'echo' });
+    assert.equal(seen.length, 3, `events after the step were dropped: ${dropped.join(',')}`);
+  });
+
   it('matches a filter naming a user, hub or entity longer than an event keeps (cut alike; before: never)', () => {
     const trace = new TraceSource('n1');
     const seen: Parameters<typeof traceMatches>[1][] = [];
