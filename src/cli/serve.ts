@@ -146,7 +146,11 @@ async function serveCommand(argv: string[]): Promise<number> {
   // A last resort, not a fix: an exception nothing caught ends the process
   // (its state can no longer be trusted), logged as relay.crash. No input may
   // reach it; test/hostile/ checks that none of theirs does.
+  let crashed = false;
   process.on('uncaughtException', (err) => {
+    // Once: an exception while the crash is written (or flushed) must not start it again.
+    if (crashed) return;
+    crashed = true;
     log.fatal({ event: 'relay.crash', err: { name: err.name, message: err.message, stack: err.stack } });
     setTimeout(() => process.exit(EX_SOFTWARE), CRASH_FLUSH_MS);
     log.flush(() => process.exit(EX_SOFTWARE));
@@ -236,7 +240,12 @@ async function serveCommand(argv: string[]): Promise<number> {
   }
   if (!stopRequested) {
     if (worker !== undefined) announceReady(relay.url);
-    else process.stdout.write(`listening on ${relay.url}\n`);
+    else {
+      // stdout carries this one line: a reader that took it and went (EPIPE) is no failure of the relay's (before, the
+      // write's error ended it as crashed, exit 70; found by review).
+      process.stdout.on('error', () => {});
+      process.stdout.write(`listening on ${relay.url}\n`);
+    }
     running = relay;
     if (reloadOwed) relay.reload('signal');
   }
@@ -256,6 +265,9 @@ async function runWorkers(config: RelayConfig, count: number, watchdogMs: number
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
   }
+  // The primary's lines (the ready line, workers' restarts) are best effort: a reader gone (EPIPE) does not end it.
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
   const cluster = startWorkers(count, config.nodeId, restartOnlyValues(config), watchdogMs);
   let stopping = false;
   // Each worker reloads its config and certificates (not once they drain). In place before the

@@ -44,7 +44,7 @@ const families = new WeakMap<Logger, Family>();
  * left synchronously when the process exits (`flushSync`, pino's exit hook).
  */
 interface DroppingDestination extends DestinationStream {
-  on(event: 'drop' | 'write', listener: () => void): unknown;
+  on(event: 'drop' | 'write' | 'error', listener: () => void): unknown;
   flushSync(): void;
   /** sonic-boom's own: a write is under way (it waits on the reader). */
   readonly _writing: boolean;
@@ -75,8 +75,25 @@ export function createLogger(level: string, nodeId: string, destination?: Destin
   if (stderr) {
     reportDrops(root, family, stderr);
     boundExitFlush(stderr);
+    dropWhenUnread(family, stderr);
   }
   return root;
+}
+
+/**
+ * A write to stderr that fails (EPIPE: its reader is gone, as `serve 2>&1 | head -1` leaves it) ends the writing
+ * there: every line from then on is dropped and counted, and the exit writes nothing. Before, the failure was an
+ * 'error' nothing listened to: the relay ended as crashed, and the crash's own line failed again, over and over,
+ * so that the process neither ended nor heeded SIGTERM (found by review).
+ */
+function dropWhenUnread(family: Family, stderr: DroppingDestination): void {
+  stderr.on('error', () => {
+    const discard = () => {
+      family.dropped++;
+      return true;
+    };
+    Object.assign(stderr, { write: discard, flushSync: () => {} });
+  });
 }
 
 /** The exit's synchronous write of what is left is skipped when stderr has taken nothing for STUCK_AT_EXIT_MS with a write waiting. */

@@ -1,0 +1,69 @@
+// `edge-relay serve` whose stdout or stderr reader is gone (EPIPE): a script
+// that reads the ready line and closes the pipe, `serve 2>&1 | head -1`, a log
+// shipper that died. The relay goes on serving and stops on SIGTERM. Found by
+// review: the ready line's failed write ended it as crashed (exit 70), and
+// with stderr gone too, the crash's own log line failed again and again: the
+// process neither ended nor heeded SIGTERM.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { tracked } from '../helpers/child-processes.ts';
+import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { untilAnswered, withTimeout } from '../helpers/wait.ts';
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** `serve` on `port`, logging at debug, with its stdout (and `alsoStderr`, its stderr) closed by its reader at once. */
+function serveWithOutputClosed(t: TestContext, port: number, alsoStderr: boolean) {
+  const dir = mkdtempSync(join(tmpdir(), 'closed-output-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const config = join(dir, 'relay.json');
+  writeFileSync(config, JSON.stringify({
+    listen: { host: '127.0.0.1', port },
+    log: { level: 'debug' },
+    sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
+    timeouts: { shutdownMs: 2000 },
+  }));
+  const child = tracked(spawn(EDGE_RELAY_BIN, ['serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  cleanupFor(t).after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await withTimeout(exited, 5000, 'the relay killed');
+  });
+  child.stdout.destroy();
+  let err = '';
+  if (alsoStderr) child.stderr.destroy();
+  else child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
+  return { child, exited, stderr: () => err };
+}
+
+describe('serve with its output closed', () => {
+  for (const alsoStderr of [false, true]) {
+    it(`goes on serving and stops on SIGTERM, exit 0: stdout closed${alsoStderr ? ', and stderr' : ''}`, async (t) => {
+      const port = await freePort();
+      const relay = serveWithOutputClosed(t, port, alsoStderr);
+      const url = `http://127.0.0.1:${port}`;
+      await untilAnswered(async () => (await httpRequest(`${url}/$relay/health`, { timeoutMs: 2000 }).catch(() => ({ status: 0 }))).status === 200, 20000, 'the relay to serve');
+      // Some requests, each logged, and time for the ready line's and the log's failed writes to have come back.
+      for (let i = 0; i < 20; i++) await httpRequest(`${url}/nowhere-${i}`, { timeoutMs: 2000 });
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal(relay.child.exitCode, null, `the relay ended (${relay.child.exitCode}): ${relay.stderr().slice(-600)}`);
+      assert.equal((await httpRequest(`${url}/$relay/health`, { timeoutMs: 2000 })).status, 200);
+      relay.child.kill('SIGTERM');
+      assert.equal(await withTimeout(relay.exited, 10000, 'the relay to stop on SIGTERM'), 0, relay.stderr().slice(-600));
+    });
+  }
+});
