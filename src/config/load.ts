@@ -26,6 +26,19 @@ export interface ConfigOverrides {
   'bus.servers'?: string;
 }
 
+/** `serve`'s flag for each overridable key. */
+const FLAG_KEYS: Record<keyof ConfigOverrides, string> = {
+  'listen.host': '--host',
+  'listen.port': '--port',
+  publicUrl: '--public-url',
+  'log.level': '--log-level',
+  nodeId: '--node-id',
+  'bus.servers': '--nats',
+};
+
+/** Where a layer of overrides comes from, as a refusal names it: the environment variable or flag of a key. */
+type LayerSource = (key: keyof ConfigOverrides) => string;
+
 /** Environment variable for each overridable key. */
 export const ENV_KEYS: Record<keyof ConfigOverrides, string> = {
   'listen.host': 'EDGE_RELAY_HOST',
@@ -117,16 +130,20 @@ export function buildConfig(raw: unknown, ...layers: ConfigOverrides[]): RelayCo
   return buildConfigWith(raw, { env: process.env, baseDir: process.cwd() }, layers);
 }
 
-function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOverrides[]): RelayConfig {
+function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOverrides[], layerSources: LayerSource[] = []): RelayConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new ConfigError('config: (root): must be a JSON object');
   }
   const merged = structuredClone(raw) as Record<string, unknown>;
-  for (const layer of layers) {
+  // The value of each key a later layer set, by its JSON pointer: a refusal says where it came from, not the file.
+  const overridden = new Map<string, string>();
+  for (const [i, layer] of layers.entries()) {
     for (const [key, value] of Object.entries(layer) as [keyof ConfigOverrides, string | number][]) {
       if (value === undefined) continue;
       setPath(merged, key, coerce(key, value));
       if (key === 'bus.servers') setPath(merged, 'bus.kind', 'nats');
+      const source = layerSources[i]?.(key);
+      if (source) overridden.set(`/${key.replace('.', '/')}`, source);
     }
   }
   const origins = resolveSecrets(merged, sources);
@@ -135,7 +152,8 @@ function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOve
     // The schema's answer ("boolean schema is false") would not say what is missing.
     if (bus?.servers !== undefined && bus.kind !== 'nats') throw new ConfigError('config: /bus/servers: only with bus.kind "nats" (or --nats URLS, which sets both)');
     // A key from a file or the environment is refused under the name it takes in the config: where it came from is said too.
-    const origin = origins.get(validateConfig.errors?.[0]?.instancePath ?? '');
+    const at = validateConfig.errors?.[0]?.instancePath ?? '';
+    const origin = origins.get(at) ?? [...overridden].find(([pointer]) => at === pointer || at.startsWith(`${pointer}/`))?.[1];
     throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}${origin ? ` (${origin})` : ''}`);
   }
   const config = merged as unknown as RelayConfig;
@@ -238,5 +256,8 @@ export function isAddressOrCidr(text: string): boolean {
 }
 
 export function loadConfig(path: string, env: NodeJS.ProcessEnv, flags: ConfigOverrides): RelayConfig {
-  return buildConfigWith(readConfigFile(path), { env, baseDir: dirname(path) }, [overridesFromEnv(env), flags]);
+  return buildConfigWith(readConfigFile(path), { env, baseDir: dirname(path) }, [overridesFromEnv(env), flags], [
+    (key) => `from environment variable ${ENV_KEYS[key]}`,
+    (key) => `from ${FLAG_KEYS[key]}`,
+  ]);
 }

@@ -46,6 +46,24 @@ describe('configuration', () => {
     }
   });
 
+  it('says which environment variable or flag a refused value came from (before: it read as the file\'s; found by review)', () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'edge-relay-origin-')), 'relay.json');
+    writeFileSync(file, JSON.stringify({ log: { level: 'info' } }));
+    const cases: [NodeJS.ProcessEnv, Record<string, string>, RegExp][] = [
+      [{ EDGE_RELAY_LOG_LEVEL: 'loud' }, {}, /: config: \/log\/level: .* \(from environment variable EDGE_RELAY_LOG_LEVEL\)$/],
+      [{}, { 'log.level': 'loud' }, /: config: \/log\/level: .* \(from --log-level\)$/],
+      // The flag wins over the variable, and is named.
+      [{ EDGE_RELAY_NODE_ID: 'edge-a' }, { nodeId: 'bad id' }, /: config: \/nodeId: .* \(from --node-id\)$/],
+      [{ EDGE_RELAY_PORT: '99999' }, {}, /: config: \/listen\/port: .* \(from environment variable EDGE_RELAY_PORT\)$/],
+      [{}, { 'bus.servers': 'http://x' }, /: config: \/bus\/servers\/0: .* \(from --nats\)$/],
+      [{}, { publicUrl: 'ftp://x' }, /: config: \/publicUrl: .* \(from --public-url\)$/],
+    ];
+    for (const [env, flags, expected] of cases) assert.throws(() => loadConfig(file, env, flags), expected);
+    // A value of the file's own is named as before.
+    writeFileSync(file, JSON.stringify({ log: { level: 'loud' } }));
+    assert.throws(() => loadConfig(file, {}, {}), (err: Error) => /^config: \/log\/level: /.test(err.message) && !err.message.includes('(from'));
+  });
+
   it('names the key and the problem', () => {
     const cases: [unknown, RegExp][] = [
       [{ listen: { port: 70000 } }, /\/listen\/port: must be <= 65535/],
