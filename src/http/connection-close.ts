@@ -7,6 +7,7 @@
 // uploaders do); nginx's `lingering_close` is the same idea.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 /** Connections whose close was decided (closeAfterAnswer). */
 const closing = new WeakSet<Socket>();
@@ -46,6 +47,16 @@ export function closeAfterAnswer(res: ServerResponse, lingerMs: number): void {
 }
 
 /**
+ * Requests waiting their turn on one connection past which it is not read until some were taken up (node:http
+ * itself stops reading only for answers it cannot write out, and a waiting request writes none: before, a flood of
+ * tiny requests behind one slow answer held ~2 KB each, 1.1 GB for 23 MB of them; found by review).
+ */
+export const MAX_REQUESTS_WAITING = 32;
+/** Requests waiting their turn, per connection, and the connections this module paused for them. */
+const waiting = new WeakMap<Socket, number>();
+const pausedHere = new WeakSet<Socket>();
+
+/**
  * Runs `handle(req, res)` once every answer given earlier on `req`'s connection is out (written, or its exchange
  * closed), as nginx and haproxy take pipelined requests: one after the other, never two at once. Not at all when
  * one of those answers is the connection's last (it said `Connection: close`, or its close was decided): `req`
@@ -60,14 +71,69 @@ export function whenItsTurn(req: IncomingMessage, res: ServerResponse, handle: (
   if (before === undefined || before.writableFinished) return takeUp(req, res, before, handle);
   // Pipelined behind an answer still being given: its body waits unread in node:http (which stops reading the
   // socket once that fills), and the request is taken up when the answer is out.
+  afterAnswer(socket, before, () => takeUp(req, res, before, handle));
+}
+
+/**
+ * Runs `handle` for an upgrade request once every answer given earlier on its connection is out; when one of them
+ * was the connection's last, the connection is destroyed instead. node:http hands an upgrade over at once, even
+ * behind an answer still being given: before, a WebSocket's 101 went out ahead of that answer (which was then
+ * written into the WebSocket's stream), and an h2c upgrade served as a plain request ended the relay (its answer
+ * could not take the socket, ERR_HTTP_SOCKET_ASSIGNED; found by review).
+ */
+export function upgradeWhenItsTurn(req: IncomingMessage, socket: Duplex, handle: () => void): void {
+  // node:http reads no more requests on it: whoever takes the upgrade reads the socket, not a resume from here.
+  pausedHere.delete(req.socket);
+  const before = latestAnswer.get(req.socket)?.deref();
+  const go = () => {
+    if (closing.has(req.socket) || (before !== undefined && isLast(before))) return void socket.destroy();
+    handle();
+  };
+  if (before === undefined || before.writableFinished) return go();
+  afterAnswer(req.socket, before, go);
+}
+
+/** Runs `next` once `before` is out (finished, or closed), unless the connection is gone by then; counts the wait. */
+function afterAnswer(socket: Socket, before: ServerResponse, next: () => void): void {
+  const count = (waiting.get(socket) ?? 0) + 1;
+  waiting.set(socket, count);
+  if (count >= MAX_REQUESTS_WAITING && !pausedHere.has(socket)) {
+    pausedHere.add(socket);
+    holdBack(socket as ParsedSocket);
+  }
   let waited = false;
   const go = () => {
     if (waited) return;
     waited = true;
-    if (!socket.destroyed) takeUp(req, res, before, handle);
+    const left = (waiting.get(socket) ?? 1) - 1;
+    waiting.set(socket, left);
+    // Read again once half of them went.
+    if (left <= MAX_REQUESTS_WAITING / 2 && pausedHere.delete(socket) && !socket.destroyed) readOn(socket as ParsedSocket);
+    if (!socket.destroyed) next();
   };
   before.once('finish', go);
   before.once('close', go);
+}
+
+/**
+ * node:http's socket: its parser reads the socket's handle itself (socket.pause() alone does not stop it), and
+ * `_paused` is node:http's own mark for a socket it holds back, its parser paused with it after each read.
+ */
+type ParsedSocket = Socket & { _paused?: boolean; parser?: { pause(): void; resume(): void } | null };
+
+/** Stops reading the connection's requests, as node:http does for answers it cannot write out. */
+function holdBack(socket: ParsedSocket): void {
+  socket._paused = true;
+  socket.pause();
+  socket.parser?.pause();
+}
+
+/** Reads the connection's requests again, as node:http does once its answers drained. */
+function readOn(socket: ParsedSocket): void {
+  if (!socket._paused) return;
+  socket._paused = false;
+  socket.parser?.resume();
+  socket.resume();
 }
 
 function takeUp(req: IncomingMessage, res: ServerResponse, before: ServerResponse | undefined, handle: (req: IncomingMessage, res: ServerResponse) => void): void {

@@ -14,7 +14,7 @@ import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress, connectionPeer } from '../http/client-address.ts';
-import { whenItsTurn } from '../http/connection-close.ts';
+import { upgradeWhenItsTurn, whenItsTurn } from '../http/connection-close.ts';
 import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
@@ -429,7 +429,8 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     });
     server.emit('request', req, res);
   };
-  server.on('upgrade', onUpgrade);
+  // An upgrade pipelined behind an answer still being given waits for it (connection-close.ts).
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => upgradeWhenItsTurn(req, socket, () => onUpgrade(req, socket, head)));
 
   // A worker of `serve --workers` also listens on a private Unix socket, in a
   // folder only this user may use, for TLS legs the other workers relay to it;
