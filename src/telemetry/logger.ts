@@ -44,7 +44,8 @@ const families = new WeakMap<Logger, Family>();
  * left synchronously when the process exits (`flushSync`, pino's exit hook).
  */
 interface DroppingDestination extends DestinationStream {
-  on(event: 'drop' | 'write' | 'error', listener: () => void): unknown;
+  on(event: 'drop' | 'write', listener: () => void): unknown;
+  on(event: 'error', listener: (err?: NodeJS.ErrnoException) => void): unknown;
   flushSync(): void;
   /** sonic-boom's own: a write is under way (it waits on the reader). */
   readonly _writing: boolean;
@@ -80,14 +81,19 @@ export function createLogger(level: string, nodeId: string, destination?: Destin
   return root;
 }
 
+/** Errors of a write to stderr that say nobody will ever read it (its reader gone, the descriptor closed). */
+const READER_GONE = new Set(['EPIPE', 'EBADF', 'ECONNRESET']);
+
 /**
- * A write to stderr that fails (EPIPE: its reader is gone, as `serve 2>&1 | head -1` leaves it) ends the writing
- * there: every line from then on is dropped and counted, and the exit writes nothing. Before, the failure was an
- * 'error' nothing listened to: the relay ended as crashed, and the crash's own line failed again, over and over,
- * so that the process neither ended nor heeded SIGTERM (found by review).
+ * A write to stderr whose reader is gone (EPIPE, as `serve 2>&1 | head -1` leaves it) ends the writing there: every
+ * line from then on is dropped and counted, and the exit writes nothing. Before, the failure was an 'error' nothing
+ * listened to: the relay ended as crashed, and the crash's own line failed again, over and over, so that the
+ * process neither ended nor heeded SIGTERM (found by review). Another error (a disk full for a moment under a
+ * redirect to a file) is let be: what failed stays buffered and goes with the next line, within log.bufferBytes.
  */
 function dropWhenUnread(family: Family, stderr: DroppingDestination): void {
-  stderr.on('error', () => {
+  stderr.on('error', (err?: NodeJS.ErrnoException) => {
+    if (!READER_GONE.has(err?.code ?? '')) return;
     const discard = () => {
       family.dropped++;
       return true;

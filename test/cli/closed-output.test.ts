@@ -67,3 +67,40 @@ describe('serve with its output closed', () => {
     });
   }
 });
+
+describe('the log with a write to stderr that fails for a moment', () => {
+  it('goes on (before, any error ended the writing for good): a disk full for a moment under a redirect loses nothing (found by review)', async (t) => {
+    // One write to fd 2 fails with ENOSPC; the lines before and after it must come out.
+    const script = `
+      import fs from 'node:fs';
+      import { createLogger, droppedLogLines } from './src/telemetry/logger.ts';
+      const write = fs.write;
+      let failed = false;
+      fs.write = function (fd, ...rest) {
+        if (fd === 2 && !failed) {
+          failed = true;
+          const callback = rest[rest.length - 1];
+          return process.nextTick(() => callback(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' })));
+        }
+        return write.call(fs, fd, ...rest);
+      };
+      const log = createLogger('info', 'n');
+      log.info({ event: 'first' });
+      setTimeout(() => {
+        for (let i = 0; i < 5; i++) log.info({ event: 'later', i });
+        setTimeout(() => { process.stdout.write('dropped ' + droppedLogLines(log) + '\\n'); process.exit(0); }, 300);
+      }, 300);
+    `;
+    const child = tracked(spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: new URL('../..', import.meta.url).pathname, stdio: ['ignore', 'pipe', 'pipe'] }));
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    child.stderr.on('data', (d: Buffer) => (err += d));
+    cleanupFor(t).after(() => void child.kill('SIGKILL'));
+    const code = await withTimeout(new Promise<number | null>((resolve) => child.once('exit', resolve)), 20000, 'the script to end');
+    assert.equal(code, 0, err);
+    assert.equal(out.trim(), 'dropped 0');
+    const events = err.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { event: string }).event);
+    assert.deepEqual(events, ['first', 'later', 'later', 'later', 'later', 'later']);
+  });
+});
