@@ -37,11 +37,15 @@ import {
   type HandlerTransport,
 } from './event-handlers.ts';
 import { connectRefusalFor, type PubSubErrorCode } from './errors.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { CallLimit } from './call-limit.ts';
 
 /** connected/disconnected deliveries (each with its retries) under way at once per edge, and waiting for a place. */
 export const SYSTEM_EVENTS_IN_FLIGHT = 256;
 export const SYSTEM_EVENTS_WAITING = 10000;
+/** Of those, what one hub may take: the rest stay for the others (call-limit.ts). */
+export const SYSTEM_EVENTS_IN_FLIGHT_PER_HUB = 192;
+export const SYSTEM_EVENTS_WAITING_PER_HUB = 5000;
 
 /** The connection an event is about. */
 export interface EventSource {
@@ -53,6 +57,12 @@ export interface EventSource {
   states: string | undefined;
   /** connected/disconnected events still to deliver, in order. */
   systemEvents?: Promise<void>;
+  /**
+   * Aborts when the connection ends (not when a reliable session only lost its socket): its user events under way
+   * at a handler are cut, as their answers have nowhere to go. Before, each stayed open for the handler's whole
+   * timeoutMs (up to 600 s), one per client that sent an event and left (found by review).
+   */
+  readonly gone?: AbortSignal;
 }
 
 export type UserEventResult =
@@ -241,8 +251,10 @@ export class EventDispatcher {
     let answer: HandlerResponse;
     try {
       const headers = this.headers(hub, source, `azure.webpubsub.user.${event}`, event, contentType);
-      answer = await this.untilDrained((signal) => this.post(handler, hub, event, headers, body, undefined, signal));
+      answer = await this.untilDrained((signal) => this.post(handler, hub, event, headers, body, undefined, signal), source.gone);
     } catch (err) {
+      // Cut because the connection ended: no failure of the handler's, and nobody to tell.
+      if (source.gone?.aborted) return { ok: false, code: 'UpstreamFailed', detail: 'the connection ended' };
       this.deps.count('user', failureOf(err));
       this.logFailure(hub, source, event, handler, (err as Error).message);
       return { ok: false, code: 'UpstreamFailed', detail: `event handler ${(err as Error).message}` };
@@ -357,19 +369,22 @@ export class EventDispatcher {
   }
 
   /** Bounds connected/disconnected deliveries: they outlive their connections, so nothing else does. */
-  private readonly systemCalls = new CallLimit(SYSTEM_EVENTS_IN_FLIGHT, SYSTEM_EVENTS_WAITING);
+  private readonly systemCalls = new CallLimit(SYSTEM_EVENTS_IN_FLIGHT, SYSTEM_EVENTS_WAITING, SYSTEM_EVENTS_IN_FLIGHT_PER_HUB, SYSTEM_EVENTS_WAITING_PER_HUB);
 
   /** The calls to handlers under way, each ended at the drain's deadline (one controller per call: nothing long-lived collects listeners). */
   private readonly attempts = new Set<AbortController>();
 
-  /** Runs one call to a handler with a signal the drain's deadline aborts. */
-  private async untilDrained<T>(call: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  /** Runs one call to a handler with a signal the drain's deadline aborts, and `also` (the connection gone), if given. */
+  private async untilDrained<T>(call: (signal: AbortSignal) => Promise<T>, also?: AbortSignal): Promise<T> {
     const attempt = new AbortController();
-    if (this.missesDrain(performance.now())) attempt.abort();
+    if (this.missesDrain(performance.now()) || also?.aborted) attempt.abort();
+    const cut = () => attempt.abort();
+    also?.addEventListener('abort', cut, { once: true });
     this.attempts.add(attempt);
     try {
       return await call(attempt.signal);
     } finally {
+      also?.removeEventListener('abort', cut);
       this.attempts.delete(attempt);
     }
   }
@@ -394,28 +409,31 @@ export class EventDispatcher {
     });
   }
 
+  /**
+   * Each try takes a place of systemCalls for itself, under its hub's key, and gives it back before the wait for the
+   * next (before, one place was held through every retry and its delay: about 43 s by default for a silent handler).
+   */
   private async deliverWithRetries(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
-    const waitingBefore = this.systemCalls.waitingCount;
-    if (!(await this.systemCalls.acquire())) {
-      this.deps.count(event, 'failed');
-      const why = this.missesDrain(performance.now()) ? 'the relay shut down' : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
-      return this.logFailure(hub, source, event, handler, `not sent: ${why}`);
-    }
-    try {
-      await this.attemptAll(handler, hub, source, event, body);
-    } finally {
-      this.systemCalls.release();
-    }
-  }
-
-  private async attemptAll(handler: EventHandler, hub: HubConfig, source: EventSource, event: 'connected' | 'disconnected', body: object): Promise<void> {
     const { retries, retryDelayMs } = handler.config;
     const payload = Buffer.from(JSON.stringify(body));
+    const key = asciiLowerCase(hub.name);
     // One event, one ce-id, however many tries: a handler can tell a retry from a second event (CloudEvents: id and source).
     const id = randomUUID();
     for (let attempt = 0; ; attempt++) {
+      const waitingBefore = this.systemCalls.waitingCount;
+      const hubWaitingBefore = this.systemCalls.waitingFor(key);
+      if (!(await this.systemCalls.acquire(key))) {
+        this.deps.count(event, 'failed');
+        const why = this.missesDrain(performance.now())
+          ? 'the relay shut down'
+          : hubWaitingBefore >= SYSTEM_EVENTS_WAITING_PER_HUB
+            ? `this hub's share under way and ${hubWaitingBefore} of its events waiting`
+            : `${SYSTEM_EVENTS_IN_FLIGHT} under way and ${waitingBefore} waiting`;
+        return this.logFailure(hub, source, event, handler, `not sent: ${why}${attempt > 0 ? ` (after ${attempt} attempts)` : ''}`);
+      }
       const left = this.stopBy === undefined ? Infinity : this.stopBy - performance.now();
       if (left <= 0) {
+        this.systemCalls.release(key);
         this.deps.count(event, 'failed');
         return this.logFailure(hub, source, event, handler, `not sent: the relay shut down${attempt > 0 ? ` (after ${attempt} attempts)` : ''}`);
       }
@@ -430,6 +448,8 @@ export class EventDispatcher {
       } catch (err) {
         problem = (err as Error).message;
         result = failureOf(err);
+      } finally {
+        this.systemCalls.release(key);
       }
       // A retry due at or past the drain's deadline is not made. A drain that begins while this waits for it wakes
       // the wait, and the event is logged as lost then (before, it slept on past relay.stopped, never said lost, and

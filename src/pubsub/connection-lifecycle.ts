@@ -75,7 +75,7 @@ export class ConnectionLifecycle {
 
   /** Takes a connection out of its hub; its session, if any, is someone else's now. */
   release(connection: PubSubConnection): void {
-    connection.ended = true;
+    connection.markEnded();
     this.hubs.get(asciiLowerCase(connection.hub))?.local.remove(connection);
   }
 
@@ -100,8 +100,11 @@ export class ConnectionLifecycle {
     for (const hub of this.hubs.values()) {
       for (const connection of hub.local.connections.values()) {
         const socket = connection.socket;
-        // Not read while held (its frames wait for the event handler, which is bounded by its timeout).
-        if (!socket || socket.isHeld) continue;
+        // Not read while held for work under way (at the event handler or on the bus, each bounded by its timeout).
+        // Held with none under way, the client is the one waited for (it reads none of its answers): judged as any
+        // other, it is dropped past idleMs (before, it was never judged, and kept its queued answers and waiting
+        // frames for good; found by review).
+        if (!socket || (socket.isHeld && connection.workUnderWay)) continue;
         const silent = now - socket.lastReceivedAt;
         if (judging && silent > idleMs) socket.destroy();
         else if (silent >= keepAliveIntervalMs) socket.ping();

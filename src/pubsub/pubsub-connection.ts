@@ -62,6 +62,8 @@ export class PubSubConnection {
   /** Retries of an ackId in progress, answered with its outcome once it has one (holdRetry). */
   private readonly retriesHeld = new Map<number, number>();
   ended = false;
+  /** Aborted when the connection ends here (markEnded): a user event or invocation under way at a handler is cut. */
+  private endedHere: AbortController | undefined;
   /**
    * True while admitted but not told `connected` yet (core NATS: its subscriptions on their way to the server): an
    * end meanwhile fires no `disconnected` event (there was no `connected` one) unless a connect event said yes
@@ -150,6 +152,27 @@ export class PubSubConnection {
   /** What waits its turn weighs limits.pubsubMessageBytes or more: the client is not read. */
   get waitingFull(): boolean {
     return this.waitingWeight >= this.limits.pubsubMessageBytes;
+  }
+
+  /**
+   * Work of the client's is under way at the event handler or on the bus (each bounded by its own timeout): a hold
+   * for it is the relay's doing. A hold with none under way waits on the client itself (its answers unread).
+   */
+  get workUnderWay(): boolean {
+    return this.eventsInFlight > 0 || this.requestsInFlight > 0 || (this.pendingFrames?.length ?? 0) > 0;
+  }
+
+  /** Aborts when the connection ends here; made when first asked for (an event sent), aborted at once if it ended. */
+  get gone(): AbortSignal {
+    this.endedHere ??= new AbortController();
+    if (this.ended) this.endedHere.abort();
+    return this.endedHere.signal;
+  }
+
+  /** The connection ends here (for good, or its session went to another edge): what is under way for it is cut. */
+  markEnded(): void {
+    this.ended = true;
+    this.endedHere?.abort();
   }
 
   /** Reads the client again unless too much of its work waits, or a simple client's frames wait for the handler. */

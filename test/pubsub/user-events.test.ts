@@ -4,6 +4,7 @@
 // carrying the state the answer before it set.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
+import type { Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
@@ -100,6 +101,58 @@ describe("a client's user events", () => {
     await until(() => seen.length === 4 || closed !== '', 10000, 'the four messages at the handler');
     assert.deepEqual(seen, ['m1', 'm2', 'm3', 'm4'], closed);
     assert.equal(ws.readyState, WebSocket.OPEN);
+  });
+
+  it('a client that reads none of its answers, with events waiting behind them, is dropped past idleMs like any silent client (before: held, never judged; found by review)', async (t) => {
+    const big = 'y'.repeat(256 * 1024);
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      req.on('end', () => res.writeHead(200, { 'content-type': 'text/plain' }).end(big));
+    });
+    const relay = await startTestRelay(t, {
+      timeouts: { keepAliveIntervalMs: 200, idleMs: 1000 },
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
+    });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    const { connectionId } = await client.waitFor((m) => m.event === 'connected');
+    // It stops reading, and sends 300 invocations, each answered with 256 KiB: the answers fill its queue, the
+    // invocations behind them wait (held: not read), and none may start until it reads.
+    ((client.ws as unknown as { _socket: Socket })._socket).pause();
+    const data = 'x'.repeat(3000);
+    for (let i = 0; i < 300; i++) client.send({ type: 'invoke', invocationId: `i${i}`, target: 'event', event: 'e', dataType: 'text', data });
+    const hub = relay.pubsub.hubs.get('chat')!;
+    await until(() => hub.local.connections.get(connectionId)?.socket?.isHeld === true, 10000, 'the client to be held');
+    await until(() => !hub.local.connections.has(connectionId), 8000, 'the silent client to be dropped past idleMs');
+  });
+
+  it('an event under way at a slow handler is cut when its client leaves (before: kept open for the handler\'s whole timeoutMs, one per client that sent one and left; found by review)', async (t) => {
+    const open = new Set<import('node:http').ServerResponse>();
+    const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+      req.resume();
+      // A slow handler: it answers nothing.
+      open.add(res);
+      res.on('close', () => open.delete(res));
+    });
+    const relay = await startTestRelay(t, {
+      limits: { connectBurstPerAddress: 10000, connectRatePerAddress: 0 },
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [], timeoutMs: 60000 }] }] },
+    });
+    for (let i = 0; i < 20; i++) {
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+      client.send({ type: 'event', event: 'e', dataType: 'text', data: 'x'.repeat(1000) });
+      await until(() => open.size > 0, 5000, 'the event at the handler');
+      client.ws.terminate();
+      await client.closed;
+      await until(() => open.size === 0, 5000, `the call of client ${i}, gone, to be cut (${open.size} open)`);
+    }
+    // A reliable client that only lost its socket keeps its event: its answer goes to the session.
+    const reliable = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), RELIABLE, t);
+    reliable.send({ type: 'event', event: 'e', dataType: 'text', data: 'kept' });
+    await until(() => open.size === 1, 5000, 'the reliable client\'s event at the handler');
+    reliable.ws.terminate();
+    await reliable.closed;
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(open.size, 1, 'the event of a session kept for its client was cut');
   });
 
   it('a simple client whose message the handler does not accept is closed (1011 MessageEventFailed), and its later frames are not sent', async (t) => {
