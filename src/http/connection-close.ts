@@ -97,7 +97,8 @@ export function upgradeWhenItsTurn(req: IncomingMessage, socket: Duplex, handle:
 function afterAnswer(socket: Socket, before: ServerResponse, next: () => void): void {
   const count = (waiting.get(socket) ?? 0) + 1;
   waiting.set(socket, count);
-  if (count >= MAX_REQUESTS_WAITING && !pausedHere.has(socket)) {
+  // Held back again if node:http read on meanwhile (it resumes a socket of its own accord once its writes drain).
+  if (count >= MAX_REQUESTS_WAITING && !(socket as ParsedSocket)._paused) {
     pausedHere.add(socket);
     holdBack(socket as ParsedSocket);
   }

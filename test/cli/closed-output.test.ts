@@ -7,7 +7,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -15,15 +14,8 @@ import { tracked } from '../helpers/child-processes.ts';
 import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
+import { freePort } from '../helpers/nats.ts';
 import { untilAnswered, withTimeout } from '../helpers/wait.ts';
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** `serve` on `port`, logging at debug, with its stdout (and `alsoStderr`, its stderr) closed by its reader at once. */
 function serveWithOutputClosed(t: TestContext, port: number, alsoStderr: boolean) {
