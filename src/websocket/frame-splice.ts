@@ -236,6 +236,10 @@ export class FrameSplice {
 
   onCloseFrame(dir: Direction, payload: Buffer): void {
     const handshake = this.handshakeOf(dir.from);
+    // A leg's second close frame is ignored, as ws does (RFC 6455 5.5.1: nothing follows a close). Before, one from the
+    // leg that closed first was taken for the other's answer: the relay wrote a close to it at once, inside a data
+    // frame still being relayed to it, and the other leg's wait for its answer lost its bound (found by review).
+    if (handshake.received || this.unanswered?.dir === dir) return;
     dir.ended = true;
     if (this.closing) {
       // The other leg's answer to the close we forwarded (or to the relay's own): done with it.
