@@ -2,7 +2,7 @@
 // its config and certificates (server/reload.ts). Keys too weak for a network
 // are refused off loopback unless --dev (config/secrets.ts).
 import { parseArgs } from 'node:util';
-import { ConfigError, loadConfig, type ConfigOverrides } from '../config/load.ts';
+import { ConfigError, FLAG_KEYS, loadConfig, type ConfigOverrides } from '../config/load.ts';
 import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
@@ -87,18 +87,19 @@ async function serveCommand(argv: string[]): Promise<number> {
     process.stdout.write(SERVE_HELP);
     return 0;
   }
+  // stdout carries the one ready line, here or in the primary of --workers: a reader that took it and went (EPIPE) is
+  // no failure of the relay's (before, the write's error ended it as crashed, exit 70; found by review).
+  process.stdout.on('error', () => {});
   const file = values.config ?? process.env.EDGE_RELAY_CONFIG;
   if (!file) {
     process.stderr.write('edge-relay serve: --config FILE is required\n\n' + SERVE_HELP);
     return 2;
   }
   const flags: ConfigOverrides = {};
-  if (values.host !== undefined) flags['listen.host'] = values.host;
-  if (values.port !== undefined) flags['listen.port'] = values.port;
-  if (values['public-url'] !== undefined) flags.publicUrl = values['public-url'];
-  if (values['log-level'] !== undefined) flags['log.level'] = values['log-level'];
-  if (values['node-id'] !== undefined) flags.nodeId = values['node-id'];
-  if (values.nats !== undefined) flags['bus.servers'] = values.nats;
+  for (const [key, flag] of Object.entries(FLAG_KEYS) as [keyof ConfigOverrides, string][]) {
+    const value = (values as Record<string, string | undefined>)[flag.slice(2)];
+    if (value !== undefined) flags[key] = value;
+  }
   // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
   // A reload checks the keys against the address the relay is bound to (a new listen.host waits for a restart).
   let boundHost: string | undefined;
@@ -240,12 +241,7 @@ async function serveCommand(argv: string[]): Promise<number> {
   }
   if (!stopRequested) {
     if (worker !== undefined) announceReady(relay.url);
-    else {
-      // stdout carries this one line: a reader that took it and went (EPIPE) is no failure of the relay's (before, the
-      // write's error ended it as crashed, exit 70; found by review).
-      process.stdout.on('error', () => {});
-      process.stdout.write(`listening on ${relay.url}\n`);
-    }
+    else process.stdout.write(`listening on ${relay.url}\n`);
     running = relay;
     if (reloadOwed) relay.reload('signal');
   }
@@ -265,8 +261,7 @@ async function runWorkers(config: RelayConfig, count: number, watchdogMs: number
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
   }
-  // The primary's lines (the ready line, workers' restarts) are best effort: a reader gone (EPIPE) does not end it.
-  process.stdout.on('error', () => {});
+  // The primary's lines about its workers are best effort: a reader gone (EPIPE) does not end it.
   process.stderr.on('error', () => {});
   const cluster = startWorkers(count, config.nodeId, restartOnlyValues(config), watchdogMs);
   let stopping = false;

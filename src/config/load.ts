@@ -26,8 +26,8 @@ export interface ConfigOverrides {
   'bus.servers'?: string;
 }
 
-/** `serve`'s flag for each overridable key. */
-const FLAG_KEYS: Record<keyof ConfigOverrides, string> = {
+/** `serve`'s flag for each overridable key (serve.ts reads them by these names). */
+export const FLAG_KEYS: Record<keyof ConfigOverrides, string> = {
   'listen.host': '--host',
   'listen.port': '--port',
   publicUrl: '--public-url',

@@ -86,7 +86,7 @@ export function upgradeWhenItsTurn(req: IncomingMessage, socket: Duplex, handle:
   pausedHere.delete(req.socket);
   const before = latestAnswer.get(req.socket)?.deref();
   const go = () => {
-    if (closing.has(req.socket) || (before !== undefined && isLast(before))) return void socket.destroy();
+    if (cameAfterLast(req, before)) return void socket.destroy();
     handle();
   };
   if (before === undefined || before.writableFinished) return go();
@@ -138,12 +138,17 @@ function readOn(socket: ParsedSocket): void {
 }
 
 function takeUp(req: IncomingMessage, res: ServerResponse, before: ServerResponse | undefined, handle: (req: IncomingMessage, res: ServerResponse) => void): void {
-  if (closing.has(req.socket) || (before !== undefined && isLast(before))) {
+  if (cameAfterLast(req, before)) {
     res.shouldKeepAlive = false;
     req.resume();
     return;
   }
   handle(req, res);
+}
+
+/** Whether `req` came after its connection's last answer: its close was decided, or `before` ended it. */
+function cameAfterLast(req: IncomingMessage, before: ServerResponse | undefined): boolean {
+  return closing.has(req.socket) || (before !== undefined && isLast(before));
 }
 
 /**

@@ -159,7 +159,12 @@ export class PubSubConnection {
    * for it is the relay's doing. A hold with none under way waits on the client itself (its answers unread).
    */
   get workUnderWay(): boolean {
-    return this.eventsInFlight > 0 || this.requestsInFlight > 0 || (this.pendingFrames?.length ?? 0) > 0;
+    return this.eventsInFlight > 0 || this.requestsInFlight > 0 || this.framesPending;
+  }
+
+  /** A simple client's frames wait for the event handler. */
+  private get framesPending(): boolean {
+    return (this.pendingFrames?.length ?? 0) > 0;
   }
 
   /** Aborts when the connection ends here; made when first asked for (an event sent), aborted at once if it ended. */
@@ -177,7 +182,7 @@ export class PubSubConnection {
 
   /** Reads the client again unless too much of its work waits, or a simple client's frames wait for the handler. */
   readAgainUnlessBusy(): void {
-    if (this.waitingFull || (this.pendingFrames?.length ?? 0) > 0) return;
+    if (this.waitingFull || this.framesPending) return;
     this.socket?.release();
   }
 
