@@ -46,8 +46,11 @@ export interface ControlChannelHooks {
   response(channel: ControlChannel, response: ListenerResponse): ((body: Buffer) => void) | undefined;
   /** A response naming request `requestId` failed its schema: that request fails, the channel stays. */
   badResponse(channel: ControlChannel, requestId: string, why: string): void;
-  /** The relay began closing the channel (its closing handshake may take timeouts.closeHandshakeMs): nothing new is routed to it. */
-  closing(channel: ControlChannel): void;
+  /**
+   * The relay began closing the channel (its closing handshake may take timeouts.closeHandshakeMs): nothing new is
+   * routed to it. `why` is the relay's reason, when it gave one of its own (closeWith).
+   */
+  closing(channel: ControlChannel, why: HybridErrorCode | undefined): void;
   closed(channel: ControlChannel, code: number): void;
   /** The channel is being dropped: the listener does not read what is queued for it. */
   notReading(channel: ControlChannel): void;
@@ -139,14 +142,14 @@ export class ControlChannel {
 
   closeWith(code: HybridErrorCode, reason?: string): void {
     const spec = HYBRID_ERRORS[code] as { closeCode?: number; message: string };
-    this.close(spec.closeCode ?? 1011, reason ?? spec.message);
+    this.close(spec.closeCode ?? 1011, reason ?? spec.message, code);
   }
 
-  close(code: number, reason: string): void {
+  close(code: number, reason: string, why?: HybridErrorCode): void {
     if (!this.isOpen) return;
     this.log.info({ event: 'listener.closing', code, reason });
     this.ws.close(code, reason.slice(0, 120));
-    this.hooks.closing(this);
+    this.hooks.closing(this, why);
   }
 
   terminate(): void {

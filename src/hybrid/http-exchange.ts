@@ -91,7 +91,8 @@ type ReadState = 'head' | 'body' | 'done';
 
 export class HttpExchange implements ChannelExchange, FrameHandler, PendingRendezvous {
   readonly action = 'request' as const;
-  readonly id: string;
+  /** The rendezvous id, in the address a listener dials for the request: a new one when it goes on to another (renewAddress). */
+  id: string;
   private headSent = false;
   private finished = false;
   private requestDelivered = false;
@@ -329,14 +330,29 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       return false;
     }
     previous.untrack(this.id);
+    if (this.dialAsked) this.renewAddress();
     next.track(this.id, this);
     this.reroutes++;
     this.log.info({ event: 'http.rerouted', via: next.via, reason: 'listener_gone' });
     // The next listener has as long to answer as the first had (MAX_REROUTES bounds the whole).
     if (!this.readingBody) this.timer.refresh();
-    if (undelivered) this.deliver(undelivered.notice, undelivered.body);
-    else if (this.dialAsked) this.askToDial();
+    // (A dial notice that did not arrive is asked again with the new address, not sent as it was.)
+    if (this.dialAsked) this.askToDial();
+    else if (undelivered) this.deliver(undelivered.notice, undelivered.body);
     return true;
+  }
+
+  /**
+   * The request goes on to another listener after one was given its address: it gets a new one. The id in the
+   * address is a leg's only credential; with the same address, the listener that left (its channel closed, its
+   * access revoked or expired) could still dial it and take the request, body and all, and the next listener was
+   * refused (found by review). A leg dialed at the old address later is closed as a late answer's is (closeLateLeg).
+   */
+  private renewAddress(): void {
+    this.ctx.rendezvous.delete(this);
+    this.ctx.rendezvous.abandon(this, Math.max(LATE_ANSWER_MS, this.ctx.config.timeouts.httpResponseMs));
+    this.id = this.ctx.newRendezvousId();
+    this.ctx.rendezvous.add(this);
   }
 
   private dispatchOnControlChannel(body: Buffer | undefined): void {

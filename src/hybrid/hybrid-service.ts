@@ -298,7 +298,16 @@ export class HybridService {
       channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why });
       exchange?.badResponse();
     },
-    closing: (channel) => this.letGoIfUnused(channel.entity),
+    closing: (channel, why) => {
+      this.letGoIfUnused(channel.entity);
+      // Closed for a reason of the relay's own other than its shutdown (access revoked or expired, a broken protocol):
+      // what the listener was told and has not taken up goes on to another listener (or fails) now, not after its
+      // closing handshake, during which it could still dial for it (found by review). A shutting-down edge lets its
+      // listeners finish what they were given.
+      if (why !== undefined && why !== 'ShuttingDown') {
+        for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
+      }
+    },
     notReading: () => {
       this.ctx.metrics.limitRefused('listenerBufferBytes');
     },

@@ -130,3 +130,24 @@ export async function rawRelayedPair(
   const leg = await rawUpgrade(t, relay.port, `${address.pathname}${address.search}`);
   return { sender: await upgrading, leg, listener };
 }
+
+/** Dials a rendezvous address that should serve nothing: what came on it, and how it ended. */
+export async function staleLeg(address: string): Promise<{ messages: string[]; outcome: string }> {
+  const leg = new WebSocket(address);
+  const messages: string[] = [];
+  leg.on('message', (d: Buffer, binary: boolean) => messages.push(binary ? `binary:${d.length}` : String(d).slice(0, 200)));
+  try {
+    const outcome = await withTimeout(
+      new Promise<string>((resolve) => {
+        leg.once('unexpected-response', (_req, res) => resolve(`refused ${res.statusCode}`));
+        leg.once('close', (code) => resolve(`closed ${code}`));
+        leg.once('error', (err) => resolve(`error ${err.message}`));
+      }),
+      10000,
+      'the stale leg to end',
+    );
+    return { messages, outcome };
+  } finally {
+    leg.terminate();
+  }
+}

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { RawListener, upgradeRefusal, upgradeStatus } from '../helpers/raw-listener.ts';
+import { RawListener, staleLeg, upgradeRefusal, upgradeStatus } from '../helpers/raw-listener.ts';
 import { maskedFrame, rawUpgrade, readUntil } from '../helpers/raw-socket.ts';
 import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -138,10 +138,15 @@ describe('a relayed request whose listener left before acting on it', () => {
     const asked = notices.get(who)![0];
     assert.equal(asked.request.requestTarget, undefined);
     who.close();
-    // The other is asked to dial the same address.
+    // The other is asked to dial an address of its own: the one the first was given no longer serves the request
+    // (before, the same address: the listener that left could still dial it and take the request, body and all).
     await until(() => notices.get(other)!.length === 1, 5000, 'the other listener to be asked');
     const again = notices.get(other)![0];
-    assert.equal(again.request.id, asked.request.id);
+    assert.notEqual(again.request.id, asked.request.id);
+    assert.notEqual(again.request.address, asked.request.address);
+    const stale = await staleLeg(asked.request.address);
+    assert.deepEqual(stale.messages, [], 'the request went to the listener that left');
+    assert.ok(stale.outcome === 'closed 1000' || stale.outcome === 'refused 404', stale.outcome);
     const leg = new WebSocket(again.request.address);
     t.after(() => leg.terminate());
     leg.on('error', () => undefined);
