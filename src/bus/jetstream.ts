@@ -133,6 +133,8 @@ const REPLICA_SILENT_NS = 3_000_000_000;
 const CONSUME_EXPIRES_MS = 5000;
 /** Messages a consumer asks for at once. */
 const CONSUME_BATCH = 1000;
+/** A page read's pause after a pull that ended at once with nothing, before it asks again. */
+const EMPTY_PULL_PAUSE_MS = 50;
 /** What a stored message takes on a pull beyond its payload (subject, headers): NATS counts them in `max_bytes`. */
 const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
 /** The server drops a consumer nobody pulls from for this long. */
@@ -915,11 +917,16 @@ export class JetStreamAccess {
         // With a byte bound the server sends no more than the bytes left (the next message always fits: at least a
         // whole max_payload), so a page of large messages costs about its bound on the wire and in memory; counted
         // by message alone, a batch of 1,000 came whole and all but the page was dropped here.
-        const msgs = await pullOnce(nc, stream, ci.name, {
+        const pulledAt = performance.now();
+        const pulled = await pullOnce(nc, stream, ci.name, {
           batch: Math.min(CONSUME_BATCH, options.limit - out.length, pending),
           maxBytes: maxBytes === Infinity ? undefined : Math.max(maxBytes - bytes, this.bus.maxPayload + SUBJECT_AND_HEADER_ROOM),
           expiresMs: Math.max(1000, Math.min(left, 5000)),
         });
+        // Refused, it would be refused again: the read fails now (before, it was taken for "nothing came" and asked
+        // again at once, thousands of times a second, until the deadline).
+        if (pulled.refused !== undefined) throw new StoreError(`the stream refused a read (${pulled.refused})`);
+        const msgs = pulled.messages;
         for (const m of msgs) {
           if (m.delivered !== ++delivered) throw new StoreError('the stream answered too slowly: part of a page was lost on the way');
           pending = m.pending;
@@ -933,7 +940,12 @@ export class JetStreamAccess {
         }
         // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),
         // else ask again until the deadline. A short answer here would read as "the stream holds no more".
-        if (msgs.length === 0) pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
+        if (msgs.length === 0) {
+          // Ended at once with nothing (the next message past the bytes asked for: stored under a larger max_payload):
+          // a pause before asking again, rather than a loop as fast as the server answers.
+          if (performance.now() - pulledAt < EMPTY_PULL_PAUSE_MS) await new Promise((r) => setTimeout(r, EMPTY_PULL_PAUSE_MS));
+          pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
+        }
       }
     } finally {
       jsm.consumers.delete(stream, ci.name).catch(() => undefined);

@@ -25,6 +25,16 @@ export interface PullRequest {
   expiresMs: number;
 }
 
+export interface PullResult {
+  messages: PulledMessage[];
+  /**
+   * Why the server refused the request, when it did (a status other than the ends of a batch: 400 for a request
+   * it cannot read, 409 for a consumer deleted, a leader changed, a server shutting down...): nothing more will
+   * come of asking again the same way.
+   */
+  refused?: string;
+}
+
 /** Past the request's expiry, how long to wait for the server's own end of it (a frozen server sends none). */
 const END_GRACE_MS = 1000;
 
@@ -34,31 +44,36 @@ const END_GRACE_MS = 1000;
  * after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
  * checks `delivered` follows on (jetstream.ts `read`).
  */
-export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PulledMessage[]> {
+export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PullResult> {
   return new Promise((resolve) => {
-    const out: PulledMessage[] = [];
+    const messages: PulledMessage[] = [];
     const inbox = createInbox();
     let done = false;
-    const finish = (): void => {
+    const finish = (refused?: string): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       sub.unsubscribe();
-      resolve(out);
+      resolve(refused === undefined ? { messages } : { messages, refused });
     };
     const sub = nc.subscribe(inbox, {
       callback: (err, msg) => {
         if (done) return;
-        if (err || isStatus(msg)) return finish();
+        if (err) return finish(err.message);
+        if (isStatus(msg)) return finish(batchEnd(msg) ? undefined : `${msg.headers!.code} ${msg.headers!.description}`);
         const position = deliveryPosition(msg.reply);
         if (!position) return finish();
-        out.push({ seq: position.seq, delivered: position.delivered, subject: msg.subject, data: msg.data, pending: position.pending });
-        if (out.length >= request.batch || position.pending === 0) finish();
+        messages.push({ seq: position.seq, delivered: position.delivered, subject: msg.subject, data: msg.data, pending: position.pending });
+        if (messages.length >= request.batch || position.pending === 0) finish();
       },
     });
-    const timer = setTimeout(finish, request.expiresMs + END_GRACE_MS);
-    sub.closed.then(finish, finish);
-    const ask = { batch: request.batch, expires: nanos(Math.max(1000, request.expiresMs)), ...(request.maxBytes ? { max_bytes: request.maxBytes } : {}) };
+    const timer = setTimeout(() => finish(), request.expiresMs + END_GRACE_MS);
+    sub.closed.then(() => finish(), () => finish());
+    // Whole nanoseconds: the server reads `expires` as an integer (Go's time.Duration) and refuses a request with a
+    // fraction in it (400, "cannot unmarshal number"); a deadline left in milliseconds from performance.now() made
+    // one of most, and a page read then asked again and again until its last second (found by review).
+    const expires = nanos(Math.ceil(Math.max(1000, request.expiresMs)));
+    const ask = { batch: request.batch, expires, ...(request.maxBytes ? { max_bytes: request.maxBytes } : {}) };
     nc.publish(`${apiPrefix}.CONSUMER.MSG.NEXT.${stream}.${consumer}`, JSON.stringify(ask), { reply: inbox });
   });
 }
@@ -66,6 +81,17 @@ export function pullOnce(nc: NatsConnection, stream: string, consumer: string, r
 /** A status from the server (no payload, a status code in the header line), not a stored message. */
 function isStatus(msg: Msg): boolean {
   return msg.data.length === 0 && msg.headers !== undefined && msg.headers.code !== 0;
+}
+
+/**
+ * Whether a status ends the batch as the request asked (404 no messages, 408 its expiry, 409 the next message
+ * past its bytes) rather than refusing it.
+ */
+function batchEnd(msg: Msg): boolean {
+  const { code, description } = msg.headers!;
+  if (code === 408) return true;
+  const text = description.toLowerCase();
+  return (code === 404 && text.includes('no messages')) || (code === 409 && text.includes('maxbytes'));
 }
 
 /**

@@ -24,7 +24,8 @@ export interface HistoryNumbering {
 /**
  * Messages of `group` after `after`, oldest first, as live messages look; calls `each` for every one, page by
  * page; the last sequence read. `restarted` when the relay's history is another than `known` says (its
- * numbering started over: an in-memory history after a restart): nothing is read then, and `known` is the new one.
+ * numbering started over: an in-memory history after a restart; `known` is the new one), or ends before `after`
+ * (`behind`): nothing is read then.
  */
 export async function readGroupHistory(
   baseUrl: string,
@@ -34,7 +35,7 @@ export async function readGroupHistory(
   each: (m: SequencedMessage) => boolean,
   tls?: ClientTls,
   known: HistoryNumbering = {},
-): Promise<{ last: number; restarted?: boolean }> {
+): Promise<{ last: number; restarted?: 'renumbered' | 'behind' }> {
   const base = baseUrl.replace(/\/+$/, '').replace(/^ws(s?):/i, 'http$1:');
   const path = `/api/hubs/${encodeURIComponent(access.hub)}/groups/${encodeURIComponent(group)}/messages`;
   let cursor = after;
@@ -47,6 +48,7 @@ export async function readGroupHistory(
       messages?: { sequence: number; dataType: string; data: unknown; fromUserId: string | null; time: string }[];
       next?: number;
       historyId?: unknown;
+      last?: unknown;
     };
     if (res.status !== 200 || !Array.isArray(body.messages) || typeof body.next !== 'number') {
       throw Object.assign(new Error(`history of ${group}: ${res.status} ${body.code ?? ''} ${body.message ?? ''}`.trim()), { status: res.status });
@@ -54,8 +56,12 @@ export async function readGroupHistory(
     if (typeof body.historyId === 'string') {
       const restarted = known.historyId !== undefined && known.historyId !== body.historyId;
       known.historyId = body.historyId;
-      if (restarted) return { last: after, restarted };
+      if (restarted) return { last: after, restarted: 'renumbered' };
     }
+    // A position past what the history ever gave out: it started over under the same id as far as this reader can
+    // tell (a first read after a restart), or never had it. Read from its start, said so (before: every live message
+    // numbered up to the position was dropped as printed already, without a word; found by review).
+    if (typeof body.last === 'number' && cursor > body.last) return { last: after, restarted: 'behind' };
     for (const m of body.messages) {
       const message: SequencedMessage = { type: 'message', from: 'group', group, dataType: m.dataType, data: m.data, sequence: m.sequence };
       if (!each(message)) return { last: m.sequence };

@@ -163,7 +163,11 @@ export function watch(
           // Its sequences mean nothing now: what it holds is printed from its start (before, every message
           // numbered up to the old cursor, new ones included, was taken for one printed already). Also when
           // this connection closed meanwhile: the next one reads from the start with the new id known.
-          process.stderr.write(`edge-relay sub: the relay's history of ${group} started over (a relay keeping it in memory restarted): printing it from its start\n`);
+          const why =
+            read.restarted === 'behind'
+              ? `holds nothing numbered past ${cursor} (it started over since, or never reached it)`
+              : 'started over (a relay keeping it in memory restarted)';
+          process.stderr.write(`edge-relay sub: the relay's history of ${group} ${why}: printing it from its start\n`);
           cursor = 0;
           if (!isCurrent()) return false;
           read = await readGroupHistory(url, access, group, 0, each, tls, numbering);

@@ -61,7 +61,8 @@ export const PUBSUB_ERRORS = {
   MessageEventFailed: { status: 500, closeCode: 1011, message: 'The event handler did not accept the message (answered other than 2xx, or not at all)' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
-  StoreUnavailable: { status: 503, message: 'The event log (JetStream) did not store this, or did not confirm it; try again' },
+  StoreUnavailable: { status: 503, message: 'The event log (JetStream) did not store, confirm or read this; try again' },
+  ServerError: { status: 500, message: 'The relay failed to serve this call; its log says why (pubsub.rest_call_failed)' },
   HistoryUnavailable: { status: 404, message: 'This hub keeps no history (pubsub.hubs[].history)' },
   SessionUnavailable: { status: 503, closeCode: 1013, message: 'The session cannot be recovered right now; try again' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -28,6 +28,8 @@ export interface HistoryPage {
    * made the hub again) has a new id then, so a reader holding a sequence from before knows it means nothing now.
    */
   historyId?: string;
+  /** The last sequence the history has given out (of any group): an `after` past it names a position this history never had. */
+  last: number;
 }
 
 export interface HubHistory {
@@ -105,7 +107,7 @@ export class MemoryHistory implements HubHistory {
       messages.push({ sequence: e.sequence, dataType: e.dataType, dataJson: e.dataJson, fromUserId: e.fromUserId, at: e.at });
       bytes += e.bytes;
     }
-    return { messages, next: messages.length > 0 ? messages[messages.length - 1].sequence : after, historyId: this.id };
+    return { messages, next: messages.length > 0 ? messages[messages.length - 1].sequence : after, historyId: this.id, last: this.sequence };
   }
 }
 
@@ -116,5 +118,5 @@ export function historyPageJson(page: HistoryPage): string {
       `{"sequence":${m.sequence},"dataType":"${m.dataType}","data":${m.dataJson},"fromUserId":${JSON.stringify(m.fromUserId)},"time":"${new Date(m.at).toISOString()}"}`,
   );
   const id = page.historyId === undefined ? '' : `,"historyId":${JSON.stringify(page.historyId)}`;
-  return `{"messages":[${items.join(',')}],"next":${page.next}${id}}\n`;
+  return `{"messages":[${items.join(',')}],"next":${page.next}${id},"last":${page.last}}\n`;
 }

@@ -391,6 +391,10 @@ export class PubSubService implements RestContext {
     this.log.info({ event: 'pubsub.rest_reader_stalled', hub, ms: this.config.timeouts.senderStallMs });
   }
 
+  restCallFailed(hub: string, err: unknown): void {
+    this.log.error({ event: 'pubsub.rest_call_failed', hub, err: err instanceof Error ? err.message : String(err) });
+  }
+
   bodyTooLarge(hub: string): void {
     this.metrics.limitRefused('pubsubMessageBytes');
     this.log.warn({ event: 'limit.reached', limit: 'pubsubMessageBytes', hub, via: 'rest' });

@@ -49,6 +49,8 @@ export interface RestContext {
   answerStalled(hub: string): void;
   /** Counts and logs a body refused 413 (limits.pubsubMessageBytes), as a WebSocket frame past it is. */
   bodyTooLarge(hub: string): void;
+  /** Logs a call that failed for a reason of the relay's own (answered 500 ServerError). */
+  restCallFailed(hub: string, err: unknown): void;
 }
 
 interface RestCall {
@@ -96,7 +98,11 @@ export function handleRestRequest(
         if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
         return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
       },
-      (err) => respond(res, restErrorCode(err), call.method, err),
+      (err) => {
+        const code = restErrorCode(err);
+        if (code === 'ServerError') service.restCallFailed(hub.name, err);
+        respond(res, code, call.method, err);
+      },
     )
     .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));
 }
@@ -126,10 +132,14 @@ function sendRaw(res: ServerResponse, text: string): void {
   res.end(text);
 }
 
-/** How a REST call that failed is answered: the bus or the store away (503), or a message the bus cannot carry (413). */
+/**
+ * How a REST call that failed is answered: the bus or the store away (503), a message the bus cannot carry (413),
+ * else a failure of the relay's own (500, logged). Before, anything else was 400 BadRequest "Malformed request":
+ * a history read NATS did not answer in time told the caller its request was wrong (and `sub` gave up on it).
+ */
 function restErrorCode(err: unknown): PubSubErrorCode {
   if (err instanceof BusError) return err.code === 'TooLarge' ? 'BusPayloadTooLarge' : 'BusUnavailable';
-  return err instanceof StoreError ? 'StoreUnavailable' : 'BadRequest';
+  return err instanceof StoreError ? 'StoreUnavailable' : 'ServerError';
 }
 
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
@@ -329,10 +339,18 @@ const DEFAULT_HISTORY_PAGE = 100;
 async function readHistory(call: RestCall, group: string): Promise<Answer | { raw: string }> {
   const history = call.hub.history;
   if (!history) return 'HistoryUnavailable';
-  const after = Number(call.params.get('after') ?? 0);
-  const limit = Number(call.params.get('limit') ?? DEFAULT_HISTORY_PAGE);
-  if (!Number.isSafeInteger(after) || after < 0 || !Number.isInteger(limit) || limit < 1 || limit > MAX_HISTORY_PAGE) return 'BadRequest';
+  // Plain decimal digits only (before: Number() took `0x10`, `1e3`, ` 1 ` and an empty value as numbers).
+  const after = wholeNumber(call.params.get('after') ?? '0');
+  const limit = wholeNumber(call.params.get('limit') ?? String(DEFAULT_HISTORY_PAGE));
+  if (after === undefined || limit === undefined || limit < 1 || limit > MAX_HISTORY_PAGE) return 'BadRequest';
   return { raw: historyPageJson(await history.read(group, after, limit)) };
+}
+
+/** A query value of decimal digits naming a safe integer, or undefined. */
+function wholeNumber(text: string): number | undefined {
+  if (!/^[0-9]{1,16}$/.test(text)) return undefined;
+  const n = Number(text);
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 /**

@@ -6,6 +6,7 @@
 // reliable session's sequence ids are a function of the stream that any edge
 // can compute again (stream-sessions.ts). Session claims travel the same way.
 import { createHash, randomUUID } from 'node:crypto';
+import { BusError } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
 import { StoreError, type Follower, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
 import type { Subjects } from '../bus/subjects.ts';
@@ -294,16 +295,26 @@ export class StreamEvents implements DurableEvents, HubHistory {
    * read, so a page never mixes one stream's messages with the other's id.
    */
   async read(group: string, after: number, limit: number): Promise<HistoryPage> {
+    try {
+      return await this.readWhole(group, after, limit);
+    } catch (err) {
+      // NATS not answering (a timeout of the stream's info, of a consumer made or asked) is the store's failure.
+      if (err instanceof StoreError || err instanceof BusError) throw err;
+      throw new StoreError(`JetStream did not answer the read: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  private async readWhole(group: string, after: number, limit: number): Promise<HistoryPage> {
     for (let attempt = 1; ; attempt++) {
       const madeBefore = (await this.options.js.bounds(this.options.stream)).madeAs;
       const page = await this.readPage(group, after, limit);
-      const madeAfter = (await this.options.js.bounds(this.options.stream)).madeAs;
-      if (madeAfter === madeBefore) return { ...page, historyId: streamHistoryId(this.options.stream, madeAfter) };
+      const { madeAs: madeAfter, last } = await this.options.js.bounds(this.options.stream);
+      if (madeAfter === madeBefore) return { ...page, historyId: streamHistoryId(this.options.stream, madeAfter), last: Math.max(last, page.next) };
       if (attempt === 2) throw new StoreError('the stream was made again twice while its history was read');
     }
   }
 
-  private async readPage(group: string, after: number, limit: number): Promise<HistoryPage> {
+  private async readPage(group: string, after: number, limit: number): Promise<Omit<HistoryPage, 'last'>> {
     const stored = await this.options.js.read(this.options.stream, {
       fromSeq: after + 1,
       subject: this.options.subjects.hubEvent(this.hub.key, 'group', group),

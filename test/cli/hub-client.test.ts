@@ -286,6 +286,24 @@ describe('the pub/sub command-line client', () => {
     assert.deepEqual(printed, ['before-1', 'before-2', 'before-3', 'after-1', 'after-2', 'after-3']);
   });
 
+  it('sub --after a position past the end of the history reads it from its start, and prints live messages (before: dropped without a word)', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [{ ...HUB, history: { maxMessages: 100 } }] } });
+    const send = async (data: string) => {
+      const target = `${relay.url}/api/hubs/${HUB.name}/groups/g/:send`;
+      const res = await httpRequest(target, { method: 'POST', headers: { 'content-type': 'text/plain', authorization: `Bearer ${signJwt({ aud: target }, HUB.accessKey, 60)}` }, body: Buffer.from(data) });
+      assert.equal(res.status, 202);
+    };
+    for (const data of ['kept-1', 'kept-2', 'kept-3']) await send(data);
+    const printed: string[] = [];
+    // A position from another numbering of the history (a relay keeping it in memory restarted since sub last ran).
+    const watching = watch(relay.url, ACCESS, 'g', undefined, 'data', 5, 100, {}, { timeouts: SHORT, print: (line) => printed.push(line.trim()), signal: stopped(t) });
+    await until(() => printed.length === 3, 5000, 'the history from its start');
+    await send('live-4');
+    await send('live-5');
+    assert.equal(await withTimeout(watching, 10000, 'sub to print five'), 0);
+    assert.deepEqual(printed, ['kept-1', 'kept-2', 'kept-3', 'live-4', 'live-5']);
+  });
+
   it('keeps a connection to a relay that answers its pings', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
     const client = await withTimeout(HubClient.connect(relay.url, ACCESS, { roles: ['webpubsub.joinLeaveGroup.g'], timeouts: SHORT }), 5000, 'connected');

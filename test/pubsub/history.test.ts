@@ -24,7 +24,7 @@ describe('history on the memory bus', () => {
     const rest = await history.read('odd', first.next, 3);
     assert.deepEqual(rest.messages.map((m) => m.sequence), [7, 9]);
     const end = await history.read('odd', 9, 3);
-    assert.deepEqual(end, { messages: [], next: 9, historyId: first.historyId });
+    assert.deepEqual(end, { messages: [], next: 9, historyId: first.historyId, last: 10 });
     // Each history numbers from 1: another one (a restart, a hub made again) has another id, which readers compare.
     assert.match(first.historyId!, /^[A-Za-z0-9_-]{12}$/);
     assert.notEqual((await new MemoryHistory({ maxMessages: 1 }).read('odd', 0, 1)).historyId, first.historyId);
@@ -81,8 +81,8 @@ describe('history on the memory bus', () => {
   });
 
   it('writes a page around the stored JSON text', () => {
-    const json = historyPageJson({ messages: [{ sequence: 4, dataType: 'json', dataJson: '{"a":[1]}', fromUserId: null, at: 0 }], next: 4 });
-    assert.deepEqual(JSON.parse(json), { messages: [{ sequence: 4, dataType: 'json', data: { a: [1] }, fromUserId: null, time: '1970-01-01T00:00:00.000Z' }], next: 4 });
+    const json = historyPageJson({ messages: [{ sequence: 4, dataType: 'json', dataJson: '{"a":[1]}', fromUserId: null, at: 0 }], next: 4, last: 9 });
+    assert.deepEqual(JSON.parse(json), { messages: [{ sequence: 4, dataType: 'json', data: { a: [1] }, fromUserId: null, time: '1970-01-01T00:00:00.000Z' }], next: 4, last: 9 });
   });
 
   it('is served by REST for a hub that keeps it, and refused with 404 HistoryUnavailable for one that does not', async (t) => {
@@ -97,7 +97,14 @@ describe('history on the memory bus', () => {
     assert.equal(page.status, 200);
     assert.deepEqual(page.body.messages.map((m: any) => [m.sequence, m.dataType, m.data, m.fromUserId]), [[1, 'text', 'kept', 'u']]);
     assert.equal((await get('other', '')).body.code, 'HistoryUnavailable');
-    for (const bad of ['?after=-1', '?after=x', '?limit=0', '?limit=1001']) assert.equal((await get(HUB, bad)).status, 400, bad);
+    // Plain decimal digits only (before: Number() took hexadecimal, exponents, blanks and an empty value).
+    for (const bad of ['?after=-1', '?after=x', '?limit=0', '?limit=1001', '?after=0x2', '?after=1e1', '?after=', '?after=%201%20', '?limit=0x10', '?limit=1e3', '?limit=', '?after=99999999999999999']) {
+      assert.equal((await get(HUB, bad)).status, 400, bad);
+    }
+    // Where the history ends, whatever the group: a reader past it knows its position is not one of this history's.
+    await relay.pubsub.hub(HUB)!.send({ kind: 'group', name: 'elsewhere' }, text('elsewhere'));
+    assert.equal(page.body.last, 1);
+    assert.deepEqual((await get(HUB, '?after=100')).body, { messages: [], next: 100, historyId: page.body.historyId, last: 2 });
   });
 });
 
