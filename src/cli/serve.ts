@@ -2,7 +2,7 @@
 // its config and certificates (server/reload.ts). Keys too weak for a network
 // are refused off loopback unless --dev (config/secrets.ts).
 import { parseArgs } from 'node:util';
-import { ConfigError, FLAG_KEYS, loadConfig, type ConfigOverrides } from '../config/load.ts';
+import { ConfigError, FLAG_KEYS, NODE_ID_MAX, loadConfig, type ConfigOverrides } from '../config/load.ts';
 import { weakKeysRefusal } from '../config/secrets.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
@@ -260,6 +260,14 @@ async function runWorkers(config: RelayConfig, count: number, watchdogMs: number
   if (config.bus.kind !== 'nats') {
     process.stderr.write('edge-relay serve: --workers needs the NATS bus (bus.kind nats or --nats): workers are separate edges that reach each other through NATS\n');
     return 2;
+  }
+  // Each worker is nodeId-wN on the bus, whose messages name edges in NODE_ID_MAX characters at most: a longer one
+  // was refused by every other edge, its events, answers and roster dropped as invalid (found by review).
+  const longest = `${config.nodeId}-w${count}`;
+  if (longest.length > NODE_ID_MAX) {
+    const most = NODE_ID_MAX - (longest.length - config.nodeId.length);
+    process.stderr.write(`edge-relay: config: nodeId "${config.nodeId}" is too long for --workers ${count}: each worker is an edge named nodeId-wN (here up to ${longest.length} characters, the bus takes ${NODE_ID_MAX}); give nodeId (--node-id) at most ${most} characters\n`);
+    return 78; // EX_CONFIG
   }
   // The primary's lines about its workers are best effort: a reader gone (EPIPE) does not end it.
   process.stderr.on('error', () => {});

@@ -157,10 +157,25 @@ function buildConfigWith(raw: unknown, sources: SecretSources, layers: ConfigOve
     throw new ConfigError(`config: ${describeErrors(validateConfig.errors)}${origin ? ` (${origin})` : ''}`);
   }
   const config = merged as unknown as RelayConfig;
-  config.nodeId ??= `${hostname().replace(/[^A-Za-z0-9._-]/g, '-')}-${process.pid}`;
+  config.nodeId ??= defaultNodeId();
   checkCrossFieldRules(config);
   resolveFiles(config, sources.baseDir);
   return config;
+}
+
+/** The longest node id, as the schemas take it (config and bus messages alike). */
+export const NODE_ID_MAX = 64;
+/** What `serve --workers` appends to a node id at most (`-w256`): each worker is an edge of its own on the bus. */
+export const WORKER_SUFFIX_MAX = 5;
+
+/**
+ * `hostname-pid`, the host name cut so that a worker's suffix still fits (before: a 63-character pod name made
+ * an id the bus refused, and every message of the edge to the others was dropped as invalid; found by review).
+ */
+function defaultNodeId(): string {
+  const pid = String(process.pid);
+  const host = hostname().replace(/[^A-Za-z0-9._-]/g, '-').slice(0, NODE_ID_MAX - WORKER_SUFFIX_MAX - pid.length - 1);
+  return `${host}-${pid}`;
 }
 
 function checkCrossFieldRules(config: RelayConfig): void {

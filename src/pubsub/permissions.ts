@@ -12,6 +12,8 @@ import type { Permission, PermissionSnapshot } from '../bus/messages.ts';
 export type { Permission, PermissionSnapshot };
 
 const PREFIX = 'webpubsub.';
+/** The longest group name the protocol takes (pubsub-client-message.schema.json; the bus's schema takes the same). */
+const MAX_GROUP_NAME = 1024;
 
 /** What one step of a group pattern matches. */
 const LITERAL = 0;
@@ -201,8 +203,16 @@ export class ConnectionPermissions {
     for (const permission of ['joinLeaveGroup', 'sendToGroup'] as const) {
       const set = this.sets[permission];
       if (rest === permission) set.any = true;
-      else if (rest.startsWith(`${permission}.`)) set.exact.add(rest.slice(permission.length + 1));
-      else if (rest.startsWith(`${permission}s.`)) set.addPattern(rest.slice(permission.length + 2));
+      else if (rest.startsWith(`${permission}.`)) {
+        // A group no client can name (empty, or past the protocol's 1,024 characters) grants nothing, and is not kept:
+        // a session holding one could not be moved to another edge or read back from its checkpoint, whose bus schema
+        // refuses it (found by review: the session was lost, 1008 SessionNotFound).
+        const group = rest.slice(permission.length + 1);
+        if (group.length >= 1 && group.length <= MAX_GROUP_NAME) set.exact.add(group);
+      } else if (rest.startsWith(`${permission}s.`)) {
+        const pattern = rest.slice(permission.length + 2);
+        if (pattern.length <= MAX_GROUP_NAME) set.addPattern(pattern);
+      }
     }
   }
 }

@@ -76,6 +76,22 @@ describe('a reliable session moved between edges on core NATS', () => {
     }
   });
 
+  it('moves a session whose roles name groups no client can name (empty, over 1,024 characters): they grant nothing and are not carried (before: the taker refused the session, 1008 SessionNotFound)', async (t) => {
+    const nats = await startNatsServer(t);
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }))));
+    await Promise.all([a, b].map((e) => waitReady(e)));
+    const roles = ['webpubsub.sendToGroup.', `webpubsub.joinLeaveGroup.${'g'.repeat(1100)}`, `webpubsub.sendToGroups.${'p'.repeat(1100)}`, 'webpubsub.joinLeaveGroup.ok'];
+    const first = await RawPubSubClient.connect(accessUrl(a.url, { roles }), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    first.ws.terminate();
+    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const second = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);
+    const system = await second.waitFor((m) => m.type === 'system', 10000, 'the session on edge-b');
+    assert.equal(system.event, 'connected', JSON.stringify(system));
+    // What the roles did grant came along.
+    assert.equal((await second.request({ type: 'joinGroup', group: 'ok', ackId: 50 })).success, true);
+  });
+
   it('a recovery while the edge holding the session is stalled is deferred (1013), not refused (before: 1008, the session lost): once that edge answers, it is recovered', async (t) => {
     const nats = await startNatsServer(t);
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs: 1000 } })));

@@ -166,6 +166,13 @@ describe('serve --workers', { concurrency: 2 }, () => {
     await assert.rejects(startServeProcess(t, ['--config', configFile(t, badTls), '--port', '0', '--workers', '2']), /relay exited with 78/);
   });
 
+  it('refuses a nodeId that --workers would make longer than the bus takes (exit 78, with the most it may be)', async (t) => {
+    const nats = await startNatsServer(t);
+    const file = configFile(t, edgeOverrides('x', [nats.url]));
+    // Before: started, and each worker's messages were refused by the other as invalid (node ids on the bus: 64 at most).
+    await assert.rejects(startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2', '--node-id', 'n'.repeat(62)]), /relay exited with 78[^]*too long for --workers 2[^]*at most 61 characters/);
+  });
+
   it('refuses several workers on the memory bus, with the reason', async (t) => {
     const file = configFile(t, {});
     await assert.rejects(startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2']), /--workers needs the NATS bus/);
