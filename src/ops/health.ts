@@ -18,6 +18,8 @@ export interface Readiness {
   jetstream?(): { state: string; problem?: string; storeFailures: string[] };
   /** With durable hubs: whether those it started with read their streams yet. */
   followsStreams?(): boolean;
+  /** Other things the edge cannot do while it serves the rest (another edge under its node id). */
+  degraded?(): string[];
 }
 
 const NO_STORE = { 'cache-control': 'no-store' };
@@ -42,6 +44,7 @@ export function handleOps(name: string, req: IncomingMessage, res: ServerRespons
   if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
   else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
   for (const failure of storeFailures) degraded.push(`JetStream stores nothing in stream ${failure}`);
+  degraded.push(...(readiness.degraded?.() ?? []));
   const ready = reasons.length === 0;
   const body = {
     ready,

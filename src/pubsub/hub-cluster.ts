@@ -60,6 +60,8 @@ export interface ClusterHubDeps {
   endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
   /** How events reach the other edges and come from them (event-feed.ts). */
   feed: EventFeed;
+  /** Another edge process announced itself under this edge's node id (`boot`: its process). */
+  nodeIdClash(boot: string): void;
 }
 
 export type { FilterTerm, GroupAction, GroupMember };
@@ -641,6 +643,8 @@ export class ClusterHub {
         return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
       }
       case 'ps.here':
+        // Two edges under one node id take each other's events for their own echoes and drop them: said, not silent.
+        if (own && m.boot !== undefined && m.boot !== this.deps.bootId) this.deps.nodeIdClash(m.boot);
         return this.roster?.heard(m.origin, m.state, m.boot);
       case 'ps.exists':
         return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));

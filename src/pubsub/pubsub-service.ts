@@ -36,6 +36,10 @@ import { AbuseProtection } from './abuse-protection.ts';
 import { EventDispatcher } from './cloud-events.ts';
 import { HandlerTransport, type RelayedRequests } from './event-handlers.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { HERE_TTL_MS } from './hub-roster.ts';
+
+/** How long after the last announcement heard from another edge under this node id /$relay/ready still says so. */
+const NODE_ID_CLASH_MEMORY_MS = 3 * HERE_TTL_MS;
 
 export class PubSubService implements RestContext {
   readonly hubs = new Map<string, ClusterHub>();
@@ -142,6 +146,17 @@ export class PubSubService implements RestContext {
       gatherStallMs: b.gatherStallMs,
       feed: this.feed,
       endConnection: this.lifecycle.end.bind(this.lifecycle),
+      nodeIdClash: (boot: string) => {
+        if (!this.nodeIdClashes.has(boot)) {
+          log.error({
+            event: 'bus.node_id_clash',
+            nodeId: config.nodeId,
+            otherBoot: boot,
+            hint: 'another edge process on this NATS cluster uses this nodeId: each takes the other\'s pub/sub events for its own and drops them; give every edge its own nodeId (--node-id)',
+          });
+        }
+        this.nodeIdClashes.set(boot, Date.now());
+      },
     });
     this.handoverDeps = {
       log,
@@ -274,6 +289,17 @@ export class PubSubService implements RestContext {
    * they do, a session cannot be recovered or moved here ("try again"), so the
    * edge is not ready. A hub added later by a reload does not take the edge out.
    */
+  /** Other edge processes heard under this edge's node id, by boot id: when last. */
+  private readonly nodeIdClashes = new Map<string, number>();
+
+  /** What the edge cannot do while it serves the rest (/$relay/ready's `degraded`). */
+  degraded(): string[] {
+    const since = Date.now() - NODE_ID_CLASH_MEMORY_MS;
+    for (const [boot, at] of this.nodeIdClashes) if (at < since) this.nodeIdClashes.delete(boot);
+    if (this.nodeIdClashes.size === 0) return [];
+    return [`another edge uses this nodeId (${this.config.nodeId}): pub/sub events between them are lost; give each edge its own`];
+  }
+
   followsStreams(): boolean {
     return this.streams.length === 0 || this.streamsFollowed;
   }

@@ -315,7 +315,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       case 'hybrid-http':
         return hybrid.handleHttp(req, res, r);
       case 'ops':
-        if (handleOps(r.name, req, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && durableHubs(bus, config).length > 0 ? () => jetstream! : undefined, followsStreams: () => pubsub.followsStreams() })) return;
+        if (handleOps(r.name, req, res, { shuttingDown: () => closing, bus: () => bus, jetstream: jetstream && durableHubs(bus, config).length > 0 ? () => jetstream! : undefined, followsStreams: () => pubsub.followsStreams(), degraded: () => pubsub.degraded() })) return;
         if (r.name === 'metrics') return void serveMetrics(req, res, metrics, manageAuth, config.metrics);
         if (r.name === 'status') return void status.serve(req, res, manageAuth);
         if (r.name === 'reload') return serveReload(req, res, manageAuth, options.loadConfig && (() => reloadByApi()));
