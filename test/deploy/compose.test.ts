@@ -3,34 +3,132 @@
 // clustered with JetStream that require the edges to authenticate, two edges
 // built from the Dockerfile, each with a config that the relay accepts and
 // that points at the three NATS nodes. No secret is in the files: the keys and
-// the NATS password come from the environment.
+// the NATS passwords come from the environment, made by the recipe in
+// docs/scaling-out.md, and nats-server must read every value that recipe can
+// make as that string (it reads a variable's value as a config value).
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { describe, it } from 'node:test';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { connect } from 'nats';
 import { parse } from 'yaml';
 import { loadConfig } from '../../src/config/load.ts';
 import { weakKeysRefusal } from '../../src/config/secrets.ts';
+import { tracked } from '../helpers/child-processes.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { freePort } from '../helpers/nats.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 const root = new URL('../../', import.meta.url).pathname;
 const compose = parse(readFileSync(root + 'docker-compose.yml', 'utf8'), { merge: true }) as {
-  services: Record<string, { image?: string; build?: string; command?: string[]; environment?: Record<string, string>; volumes?: string[]; ports?: string[] }>;
+  services: Record<
+    string,
+    { image?: string; build?: string; command?: string[]; environment?: Record<string, string>; volumes?: string[]; ports?: string[]; stop_grace_period?: string; depends_on?: unknown }
+  >;
 };
 const services = Object.entries(compose.services);
 const natsServices = services.filter(([, s]) => s.image?.startsWith('nats:'));
 const edges = services.filter(([, s]) => s.build !== undefined);
 
-/** What a .env would give compose (values as `openssl rand -hex 32` makes them). */
-const SECRETS = {
-  EDGE_RELAY_ROOT_KEY: 'a'.repeat(64),
-  EDGE_RELAY_CHAT_KEY: 'b'.repeat(64),
-  NATS_EDGE_PASSWORD: 'c'.repeat(64),
-};
+/** The `.env` recipe of docs/scaling-out.md: each line `NAME=prefix$(openssl rand -hex 32)`. */
+const recipe = (() => {
+  const doc = readFileSync(root + 'docs/scaling-out.md', 'utf8');
+  const block = /^cat > \.env <<EOF\n([\s\S]*?)^EOF$/m.exec(doc);
+  assert.ok(block, 'docs/scaling-out.md has the .env recipe');
+  return block[1]
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const m = /^(\w+)=(\w*)\$\(openssl rand -hex 32\)$/.exec(line);
+      assert.ok(m, `a recipe line: ${line}`);
+      return { name: m[1], prefix: m[2] };
+    });
+})();
+
+/** What that recipe gives, with `hex` for the random part. */
+function secretsFrom(hex: string): Record<string, string> {
+  return Object.fromEntries(recipe.map(({ name, prefix }) => [name, prefix + hex]));
+}
+
+/**
+ * Shapes of `openssl rand -hex 32` that nats-server would read as something else than a string
+ * (a number: 0e1f... and 7e3... are refused, about one value in twenty; all digits would be an integer).
+ */
+const HOSTILE_HEX = ['0e1fab' + 'c'.repeat(58), '7e3' + 'a'.repeat(61), '1e0d87' + 'f'.repeat(58), '5'.repeat(64), '1k' + 'b'.repeat(62), 'e'.repeat(64)];
+const SECRETS = secretsFrom('c'.repeat(64));
+
+/** A compose `environment` value with `${NAME}` and `${NAME:?message}` filled in from `env`, as compose does. */
+function interpolate(value: string, env: Record<string, string>): string {
+  return value.replace(/\$\{(\w+)(?::\?[^}]*)?\}/g, (_, name: string) => {
+    assert.ok(name in env, `${name} is in the .env recipe`);
+    return env[name];
+  });
+}
+
+/** The environment compose gives a service, from a .env holding `secrets`. */
+function environmentOf(service: { environment?: Record<string, string> }, secrets: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, interpolate(String(v), secrets)]));
+}
+
+function natsConfigCheck(env: Record<string, string>): { status: number | null; output: string } {
+  const check = spawnSync('nats-server', ['-c', root + 'deploy/nats.conf', '-t'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10000 });
+  return { status: check.status, output: check.stdout + check.stderr };
+}
 
 /** host path -> container path of a bind mount */
 function mount(volumes: string[] | undefined, target: string): string | undefined {
   const found = volumes?.map((v) => v.split(':')).find(([, to]) => to === target);
   return found?.[0];
+}
+
+/** The secrets compose requires (`${NAME:?...}`) in a service's environment. */
+function required(service: { environment?: Record<string, string> }): string[] {
+  return Object.values(service.environment ?? {}).flatMap((v) => [...String(v).matchAll(/\$\{(\w+):\?/g)].map((m) => m[1]));
+}
+
+/**
+ * A NATS node of the compose file as a local process: deploy/nats.conf with its ports moved to free ones on
+ * 127.0.0.1 and its store in a temp dir, and the environment compose gives it, its routes' host names
+ * pointed at the other local nodes. Everything else (authorization, cluster authorization, JetStream) as shipped.
+ */
+async function startDeployNats(
+  t: TestContext,
+  name: string,
+  env: Record<string, string>,
+  ports: { port: number; routePort: number; monitorPort: number },
+  routePorts: Record<string, number>,
+): Promise<{ monitor: string; url: string; log: () => string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-deploy-nats-'));
+  let conf = readFileSync(root + 'deploy/nats.conf', 'utf8');
+  const replace = (from: RegExp, to: string) => {
+    assert.match(conf, from);
+    conf = conf.replace(from, to);
+  };
+  replace(/^port: 4222$/m, `host: 127.0.0.1\nport: ${ports.port}`);
+  replace(/^http_port: 8222$/m, `http: "127.0.0.1:${ports.monitorPort}"`);
+  replace(/^(\s*)store_dir: \/data$/m, `$1store_dir: "${join(dir, 'jetstream')}"`);
+  replace(/^(\s*)port: 6222$/m, `$1host: 127.0.0.1\n$1port: ${ports.routePort}`);
+  writeFileSync(join(dir, 'nats.conf'), conf);
+  const routes = env.NATS_ROUTES?.replace(/([@/])(nats-\d):6222/g, (_, before: string, node: string) => `${before}127.0.0.1:${routePorts[node]}`);
+  const child = tracked(spawn('nats-server', ['-c', join(dir, 'nats.conf')], { env: { ...process.env, ...env, NATS_ROUTES: routes ?? '' }, stdio: ['ignore', 'ignore', 'pipe'] }));
+  let log = '';
+  child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-65536)));
+  cleanupFor(t).after(async () => {
+    child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) await withTimeout(new Promise((r) => child.once('exit', r)), 5000, `${name} to exit`).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const monitor = `http://127.0.0.1:${ports.monitorPort}`;
+  await untilAnswered(async () => (await fetch(`${monitor}/varz`).catch(() => undefined))?.ok === true, 10000, `${name} to listen: ${log}`);
+  return { monitor, url: `nats://127.0.0.1:${ports.port}`, log: () => log };
+}
+
+async function routeCount(monitor: string): Promise<number> {
+  const { routes = [] } = (await (await fetch(`${monitor}/routez`, { signal: AbortSignal.timeout(2000) })).json()) as { routes?: { remote_id: string }[] };
+  return new Set(routes.map((r) => r.remote_id)).size;
 }
 
 describe('docker-compose.yml', () => {
@@ -39,25 +137,60 @@ describe('docker-compose.yml', () => {
     const names = natsServices.map(([name]) => name).sort();
     const conf = readFileSync(root + 'deploy/nats.conf', 'utf8');
     assert.match(conf, /^jetstream\s*\{/m);
-    for (const name of names) assert.ok(conf.includes(`nats://${name}:6222`), `a route to ${name}`);
+    assert.match(conf, /^\s*routes: \$NATS_ROUTES$/m);
     const serverNames = new Set<string>();
     for (const [name, s] of natsServices) {
       assert.deepEqual(s.command, ['--config', '/etc/nats/nats.conf'], name);
       assert.equal(mount(s.volumes, '/etc/nats/nats.conf'), './deploy/nats.conf');
       assert.ok(mount(s.volumes, '/data'), `${name} keeps JetStream data in a volume`);
       serverNames.add(s.environment!.NATS_NAME);
+      assert.deepEqual(required(s).sort(), ['NATS_CLUSTER_PASSWORD', 'NATS_EDGE_PASSWORD'], `${name} takes both passwords from the environment`);
+      const env = environmentOf(s, SECRETS);
+      // Routes to all three, each with the cluster's credentials.
+      const routes = env.NATS_ROUTES.replace(/^\[|\]$/g, '').split(/,\s*/);
+      assert.deepEqual(routes.map((r) => new URL(r).hostname).sort(), names);
+      for (const route of routes) assert.deepEqual([new URL(route).username, new URL(route).password], ['route', SECRETS.NATS_CLUSTER_PASSWORD]);
       // The real nats-server parses the config as this node would.
-      assert.match(String(s.environment!.NATS_EDGE_PASSWORD), /^\$\{NATS_EDGE_PASSWORD:\?/, `${name} takes the edges' password from the environment`);
-      const check = spawnSync('nats-server', ['-c', root + 'deploy/nats.conf', '-t'], {
-        env: { ...process.env, NATS_NAME: s.environment!.NATS_NAME, NATS_EDGE_PASSWORD: SECRETS.NATS_EDGE_PASSWORD },
-        encoding: 'utf8',
-        timeout: 10000,
-      });
-      assert.equal(check.status, 0, check.stderr);
-      assert.match(check.stdout + check.stderr, /is valid/);
+      const check = natsConfigCheck(env);
+      assert.equal(check.status, 0, check.output);
+      assert.match(check.output, /is valid/);
     }
     assert.equal(serverNames.size, 3, 'each node has its own server name');
     assert.match(conf, /^authorization\s*\{[\s\S]*\{ user: edge, password: \$NATS_EDGE_PASSWORD \}/m, 'clients must authenticate');
+    assert.match(conf, /^cluster\s*\{[\s\S]*authorization\s*\{\s*user: route\s*password: \$NATS_CLUSTER_PASSWORD\s*\}/m, 'routes must authenticate');
+  });
+
+  it("nats-server takes every password the docs' .env recipe can make (a value read as a number is refused)", () => {
+    assert.deepEqual(recipe.map((r) => r.name).sort(), [...new Set(services.flatMap(([, s]) => required(s)))].sort(), 'the recipe makes every secret compose requires');
+    const [, node] = natsServices[0];
+    for (const hex of HOSTILE_HEX) {
+      const check = natsConfigCheck(environmentOf(node, secretsFrom(hex)));
+      assert.equal(check.status, 0, `with random part ${hex}: ${check.output}`);
+    }
+  });
+
+  it("forms the cluster with the route credentials, refuses a server without them, and lets the edges' user in", async (t) => {
+    // A shape hex alone makes a number of: the node must read each password as this very string.
+    const secrets = secretsFrom(HOSTILE_HEX[0]);
+    const names = natsServices.map(([name]) => name);
+    const ports = await Promise.all(names.map(async () => ({ port: await freePort(), routePort: await freePort(), monitorPort: await freePort() })));
+    const routePorts = Object.fromEntries(names.map((name, i) => [name, ports[i].routePort]));
+    const nodes = await Promise.all(natsServices.map(([name, s], i) => startDeployNats(t, name, environmentOf(s, secrets), ports[i], routePorts)));
+    await untilAnswered(async () => (await Promise.all(nodes.map((n) => routeCount(n.monitor)))).every((c) => c === 2), 15000, 'the three nodes to route to each other');
+
+    // The same config without the cluster's password in its routes: it asks to join, and is refused.
+    const [, first] = natsServices[0];
+    const rogue: Record<string, string> = { ...environmentOf(first, secrets), NATS_NAME: 'rogue', NATS_CLUSTER_PASSWORD: 'natsnotthepassword' };
+    rogue.NATS_ROUTES = rogue.NATS_ROUTES.replaceAll(`route:${secrets.NATS_CLUSTER_PASSWORD}@`, '');
+    const rogueNode = await startDeployNats(t, 'rogue', rogue, { port: await freePort(), routePort: await freePort(), monitorPort: await freePort() }, routePorts);
+    await untilAnswered(async () => /Authorization Violation/.test(rogueNode.log()), 10000, 'the nodes to refuse the route');
+    assert.equal(await routeCount(rogueNode.monitor), 0);
+    assert.deepEqual(await Promise.all(nodes.map((n) => routeCount(n.monitor))), [2, 2, 2]);
+
+    const nc = await connect({ servers: nodes[1].url, user: 'edge', pass: secrets.NATS_EDGE_PASSWORD, reconnect: false });
+    await nc.flush();
+    await nc.close();
+    await assert.rejects(connect({ servers: nodes[1].url, user: 'edge', pass: 'natswrong', reconnect: false }), /Authorization Violation/);
   });
 
   it('runs two edges built from the Dockerfile, each with a config the relay accepts, on the three NATS nodes', () => {
@@ -66,18 +199,19 @@ describe('docker-compose.yml', () => {
     assert.match(dockerfile, /^ENTRYPOINT \["bin\/edge-relay"\]$/m, 'the image runs the launcher users run');
     assert.match(dockerfile, /^CMD \["serve", "--config", "\/etc\/edge-relay\/config.json"\]$/m);
     for (const dir of ['schemas', 'src', 'bin']) assert.match(dockerfile, new RegExp(`^COPY ${dir} `, 'm'));
+    const edgeSecrets = ['EDGE_RELAY_ROOT_KEY', 'EDGE_RELAY_CHAT_KEY', 'NATS_EDGE_PASSWORD'];
     const nodeIds = new Set<string>();
     for (const [name, s] of edges) {
       assert.equal(s.build, '.', name);
       const file = mount(s.volumes, '/etc/edge-relay/config.json');
       assert.ok(file && existsSync(root + file), `${name} mounts its config`);
       const text = readFileSync(root + file, 'utf8');
-      for (const [name, value] of Object.entries(SECRETS)) {
-        assert.ok(text.includes(`\${${name}}`), `${file} takes ${name} from the environment`);
-        assert.ok(!text.includes(value));
-        assert.match(String(s.environment![name]), new RegExp(`^\\$\\{${name}:\\?`), `compose requires ${name}`);
+      assert.deepEqual(required(s).sort(), [...edgeSecrets].sort(), `${name} is given its own secrets, not the cluster's`);
+      for (const secret of edgeSecrets) {
+        assert.ok(text.includes(`\${${secret}}`), `${file} takes ${secret} from the environment`);
+        assert.ok(!text.includes(SECRETS[secret]));
       }
-      const config = loadConfig(root + file, SECRETS, {});
+      const config = loadConfig(root + file, environmentOf(s, SECRETS), {});
       nodeIds.add(config.nodeId);
       assert.equal(weakKeysRefusal(config, false), undefined, 'serve starts on 0.0.0.0 with such keys');
       assert.equal(config.bus.kind, 'nats');
@@ -88,12 +222,42 @@ describe('docker-compose.yml', () => {
       assert.equal(Number(inside), config.listen.port);
       assert.equal(new URL(config.publicUrl!).port, published, `${name}'s rendezvous address is its published port`);
       assert.ok(config.pubsub.hubs.length > 0 && config.hybridConnections.length > 0);
+      for (const hub of config.pubsub.hubs) assert.ok(hub.history?.maxBytes, `hub ${hub.name}'s history is bounded in bytes`);
+      // A stop drains for up to timeouts.shutdownMs, then leaves the bus (at most 3 s): Docker must not kill it first.
+      const grace = /^(\d+)s$/.exec(s.stop_grace_period ?? '');
+      assert.ok(grace, `${name} has a stop_grace_period in seconds`);
+      assert.ok(Number(grace[1]) * 1000 >= config.timeouts.shutdownMs + 3000 + 1000, `${name}'s stop_grace_period outlasts its drain`);
     }
     assert.equal(nodeIds.size, 2, 'distinct node ids');
   });
 
-  it('publishes no host port twice', () => {
-    const published = services.flatMap(([, s]) => (s.ports ?? []).map((p) => p.split(':')[0]));
+  it("the image's health check asks /$relay/health, and passes while the relay runs", async (t) => {
+    const dockerfile = readFileSync(root + 'Dockerfile', 'utf8');
+    const line = /^HEALTHCHECK .*\\\n\s*CMD (\[.*\])$/m.exec(dockerfile);
+    assert.ok(line, 'the Dockerfile has an exec-form HEALTHCHECK');
+    const command = JSON.parse(line[1]) as string[];
+    assert.equal(command[0], 'node', 'the image has node, not curl');
+    assert.ok(command.some((arg) => arg.includes("'http://127.0.0.1:9400/$relay/health'")), 'it asks the process, not readiness');
+    const relay = await startTestRelay(t);
+    const at = (port: number) => command.slice(1).map((arg) => arg.replace('127.0.0.1:9400', `127.0.0.1:${port}`));
+    // Not spawnSync: the relay answers from this process.
+    const run = async (port: number) => {
+      const check = tracked(spawn(command[0], at(port), { stdio: 'ignore' }));
+      return withTimeout(new Promise<number | null>((resolve) => check.once('exit', resolve)), 10000, 'the health check');
+    };
+    assert.equal(await run(Number(new URL(relay.url).port)), 0);
+    assert.equal(await run(await freePort()), 1, 'nothing listening: unhealthy');
+  });
+
+  it('publishes no host port twice, and NATS only on loopback', () => {
+    const published = services.flatMap(([, s]) => (s.ports ?? []).map((p) => p.split(':').slice(0, -1).join(':')));
     assert.equal(new Set(published).size, published.length);
+    for (const [name, s] of natsServices) for (const p of s.ports ?? []) assert.match(p, /^127\.0\.0\.1:/, `${name} publishes ${p} on loopback only`);
+  });
+
+  it('keeps .env, where the secrets go, out of git and out of the image', () => {
+    for (const file of ['.gitignore', '.dockerignore']) {
+      assert.ok(readFileSync(root + file, 'utf8').split('\n').includes('.env'), `${file} lists .env`);
+    }
   });
 });
