@@ -64,6 +64,11 @@ export interface Bus {
   /** False while the bus cannot reach other nodes. */
   readonly connected: boolean;
   /**
+   * True while connected but its server takes nothing this node sends (frozen, cut off, not yet judged stale) and
+   * more waits unsent than a bound: publishes are dropped and requests refused meanwhile, as while disconnected.
+   */
+  readonly backlogged: boolean;
+  /**
    * False when no other edge can be on this bus (the memory bus lives in one
    * process): cluster-wide fan-out and queries then have nobody to reach.
    */

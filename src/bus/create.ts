@@ -28,6 +28,7 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
       connectTimeoutMs: bus.connectTimeoutMs,
       pingIntervalMs: bus.pingIntervalMs,
       flushTimeoutMs: bus.requestTimeoutMs,
+      republishBytes: bus.replayWindowMs > 0 ? bus.replayBufferBytes : 0,
     },
     busLog,
   );

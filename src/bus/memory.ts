@@ -18,6 +18,7 @@ export type HandlerErrorSink = (err: unknown, subject: string) => void;
 export class MemoryBus implements Bus {
   readonly kind = 'memory' as const;
   readonly connected = true;
+  readonly backlogged = false;
   readonly reachesOtherNodes = false;
   readonly maxPayload: number;
   private readonly exact = new Map<string, Entry[]>();

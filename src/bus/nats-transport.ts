@@ -1,22 +1,38 @@
-// A fix for nats.js 2.29's Node transport, applied once when the bus is
-// loaded. When the client gives up on a connection attempt (its connect
-// timeout passed: the server accepted the TCP connection but is frozen, or a
-// firewall holds it), it closes the attempt's transport, but that close does
-// nothing for a transport not connected yet: the attempt goes on, and when the
-// server answers later it completes, unread and unused. The server then holds
-// a connection for good; and when it finally drops it, the client takes that
-// for a loss of its real connection, connects again and keeps the first one
-// open too, reading both, so every message on its subscriptions arrived twice
-// (a chaos soak saw an edge get every hybrid-connection answer twice after a
-// NATS node was frozen). Here, closing an attempt ends it: its socket is
-// destroyed, and one that completes anyway is destroyed instead of used.
+// Fixes for nats.js 2.29's Node transport, applied once when the bus is
+// loaded.
+//
+// Attempts given up on. When the client gives up on a connection attempt (its
+// connect timeout passed: the server accepted the TCP connection but is
+// frozen, or a firewall holds it), it closes the attempt's transport, but that
+// close does nothing for a transport not connected yet: the attempt goes on,
+// and when the server answers later it completes, unread and unused. The
+// server then holds a connection for good; and when it finally drops it, the
+// client takes that for a loss of its real connection, connects again and
+// keeps the first one open too, reading both, so every message on its
+// subscriptions arrived twice (a chaos soak saw an edge get every
+// hybrid-connection answer twice after a NATS node was frozen). Here, closing
+// an attempt ends it: its socket is destroyed, and one that completes anyway
+// is destroyed instead of used.
+//
+// Stale connections. When the client judges its connection stale (pings
+// unanswered: maxPingOut), it calls disconnect(), which first waits for an
+// empty write to go out, to flush what is queued, and only then destroys the
+// socket. A server frozen (SIGSTOP) or cut off while more is queued than the
+// kernel's buffers hold (a few MB on loopback) never lets that write go out:
+// the socket was never destroyed, no Disconnect came, and the edge went on as
+// connected for as long as the freeze lasted (16 MiB queued: still connected
+// after 15 s, pings every second). Here, disconnect() destroys the socket at
+// once: what is queued on a connection judged dead is lost either way.
+import type { NatsConnection } from 'nats';
+import type { NatsConnectionImpl } from 'nats/lib/nats-base-client/nats.js';
 import { NodeTransport } from 'nats/lib/src/node_transport.js';
 
 /** Attempts the client gave up on before they connected. */
 const abandoned = new WeakSet<NodeTransport>();
 let applied = false;
 
-export function endAbandonedConnectionAttempts(): void {
+/** Applies both fixes (once). */
+export function fixNodeTransport(): void {
   if (applied) return;
   applied = true;
   const proto = NodeTransport.prototype;
@@ -48,4 +64,19 @@ export function endAbandonedConnectionAttempts(): void {
     }
     setupHandlers.call(this);
   };
+  // Stale (or told to reconnect): the socket goes without waiting for a last write that a full buffer never lets out.
+  // close() is disconnect() without that wait; the client then reconnects as after any loss of its connection.
+  proto.disconnect = function (this: NodeTransport): void {
+    close.call(this).catch(() => undefined);
+  };
+}
+
+/**
+ * Bytes `nc` holds that its server has not taken: in the client's outbound buffer, and written to the socket but not
+ * yet into the kernel's buffers (which hold a few MB more: this counts what this process holds).
+ */
+export function unsentBytes(nc: NatsConnection): number {
+  const protocol = (nc as NatsConnectionImpl).protocol;
+  const transport = protocol.transport as NodeTransport | undefined;
+  return protocol.outbound.size() + (transport?.socket?.writableLength ?? 0);
 }

@@ -20,9 +20,9 @@ import {
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
-import { endAbandonedConnectionAttempts } from './nats-transport.ts';
+import { fixNodeTransport, unsentBytes } from './nats-transport.ts';
 
-endAbandonedConnectionAttempts();
+fixNodeTransport();
 
 /**
  * How long close() waits for the server to take what this node sent (its
@@ -31,6 +31,16 @@ endAbandonedConnectionAttempts();
  * good, so an edge told to stop never exited.
  */
 const DRAIN_MS = 3000;
+
+/**
+ * Bytes that may wait unsent to the server, in its max_payloads, over what a
+ * republish sends at once (republishBytes). A server that stopped reading
+ * (frozen, cut off) is judged stale only after maxPingOut unanswered pings;
+ * until then, everything published waited in this process's memory (1.3 GB in
+ * 20 s of 512 KiB messages, seen by review). Past the bound the connection is
+ * taken as unavailable for sending, until half of it went out.
+ */
+const UNSENT_PAYLOADS = 4;
 
 export interface NatsBusOptions {
   servers: string[];
@@ -51,6 +61,11 @@ export interface NatsBusOptions {
   pingIntervalMs: number;
   /** Bound on flush() while connected; while disconnected it resolves at once. */
   flushTimeoutMs: number;
+  /**
+   * Most the pub/sub replay sends at once when the connection is back (bus.replayBufferBytes), which the bound on
+   * bytes waiting unsent leaves room for (UNSENT_PAYLOADS); 0 when not given.
+   */
+  republishBytes?: number;
 }
 
 interface Entry {
@@ -66,6 +81,8 @@ export class NatsBus implements Bus {
   readonly reachesOtherNodes = true;
   private nc: NatsConnection | undefined;
   private isConnected = false;
+  /** More was waiting unsent than unsentLimit, and half of it has not gone yet. */
+  private overLimit = false;
   private closing = false;
   private readonly entries = new Set<Entry>();
   private readonly listeners: ((connected: boolean) => void)[] = [];
@@ -110,6 +127,32 @@ export class NatsBus implements Bus {
 
   get maxPayload(): number {
     return this.nc?.info?.max_payload ?? 1024 * 1024;
+  }
+
+  /** Bytes handed to the connection that its server has not taken yet (what the kernel holds aside). */
+  get unsentBytes(): number {
+    return this.nc ? unsentBytes(this.nc) : 0;
+  }
+
+  /** Past this many bytes unsent, publish() drops and request() refuses as while disconnected. */
+  get unsentLimit(): number {
+    return (this.options.republishBytes ?? 0) + UNSENT_PAYLOADS * this.maxPayload;
+  }
+
+  /** True while more waits unsent than unsentLimit, until half of that went out (its server stopped reading). */
+  get backlogged(): boolean {
+    if (!this.isConnected) return false;
+    const unsent = this.unsentBytes;
+    const limit = this.unsentLimit;
+    if (!this.overLimit && unsent > limit) {
+      this.overLimit = true;
+      this.log.warn({ event: 'bus.backlogged', server: this.nc?.getServer(), unsentBytes: unsent, limit });
+    } else if (this.overLimit && unsent <= limit / 2) {
+      this.overLimit = false;
+      this.log.info({ event: 'bus.backlog_cleared', server: this.nc?.getServer(), messages: this.dropped });
+      this.dropped = 0;
+    }
+    return this.overLimit;
   }
 
   /** Tries the servers until one answers (or close() is called); then the client reconnects by itself. */
@@ -176,6 +219,8 @@ export class NatsBus implements Bus {
   private setConnected(connected: boolean, server: string): void {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
+    // What waited unsent went with the connection: a new one starts with nothing.
+    this.overLimit = false;
     if (connected) this.log.info({ event: 'bus.connected', server, version: this.serverVersion, maxPayload: this.maxPayload });
     else this.log.warn({ event: 'bus.disconnected', server });
     if (connected && this.dropped > 0) {
@@ -227,8 +272,10 @@ export class NatsBus implements Bus {
     if (data.length > this.maxPayload) throw tooLargeForBus(data.length, this.maxPayload);
     // Without a connection there is nobody to tell: the client would discard
     // it at the reconnect anyway. Pub/sub events are re-sent from
-    // pubsub/replaying-feed.ts once the bus is back.
-    if (!this.nc || this.nc.isClosed() || !this.isConnected) {
+    // pubsub/replaying-feed.ts once the bus is back. Likewise while the
+    // server takes nothing (backlogged): it is frozen or cut off, and what is
+    // queued for it goes with the connection once nats.js judges it stale.
+    if (!this.nc || this.nc.isClosed() || !this.isConnected || this.backlogged) {
       this.dropped++;
       this.droppedTotal++;
       return;
@@ -246,7 +293,7 @@ export class NatsBus implements Bus {
 
   async request(subject: string, data: Uint8Array, timeoutMs: number): Promise<Uint8Array> {
     const nc = this.nc;
-    if (!nc || !this.isConnected) throw new BusError('Unavailable');
+    if (!nc || !this.isConnected || this.backlogged) throw new BusError('Unavailable');
     if (data.length > this.maxPayload) throw tooLargeForBus(data.length, this.maxPayload);
     try {
       return (await nc.request(subject, data, { timeout: timeoutMs })).data;
@@ -257,7 +304,7 @@ export class NatsBus implements Bus {
 
   gather(subject: string, data: Uint8Array, options: GatherOptions): Promise<Uint8Array[]> {
     const nc = this.nc;
-    if (!nc || !this.isConnected) return Promise.reject(new BusError('Unavailable'));
+    if (!nc || !this.isConnected || this.backlogged) return Promise.reject(new BusError('Unavailable'));
     if (data.length > this.maxPayload) return Promise.reject(tooLargeForBus(data.length, this.maxPayload));
     return new Promise((resolve) => {
       const answers: Uint8Array[] = [];

@@ -13,7 +13,7 @@ import { sendJson } from '../http/respond.ts';
 
 export interface Readiness {
   shuttingDown(): boolean;
-  bus(): { kind: string; connected: boolean };
+  bus(): { kind: string; connected: boolean; backlogged?: boolean };
   /** With durable hubs: JetStream's state and, when not ready, why; `storeFailures`, the streams it stores nothing in now. */
   jetstream?(): { state: string; problem?: string; storeFailures: string[] };
   /** With durable hubs: whether those it started with read their streams yet. */
@@ -39,6 +39,8 @@ export function handleOps(name: string, req: IncomingMessage, res: ServerRespons
   const degraded: string[] = [];
   if (readiness.shuttingDown()) reasons.push('shutting down');
   if (!bus.connected) reasons.push(`no connection to the ${bus.kind} bus`);
+  // Connected, but its server has taken nothing for a while: what the edge publishes is dropped until it does.
+  else if (bus.backlogged) reasons.push(`the ${bus.kind} bus takes nothing this edge sends`);
   const jetstream = readiness.jetstream?.();
   const storeFailures = jetstream?.state === 'ready' && bus.connected ? jetstream.storeFailures : [];
   if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');

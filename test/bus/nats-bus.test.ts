@@ -1,14 +1,17 @@
 // What only the NATS bus does: connect in the background, report its state,
 // fail fast while NATS is away, and drop (and count) what is published meanwhile.
 import assert from 'node:assert/strict';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { BusError, respond } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
+import { handleOps } from '../../src/ops/health.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
+import { httpRequest } from '../helpers/http.ts';
 import { captureLogger } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
@@ -222,4 +225,97 @@ describe('NATS bus', () => {
     t.diagnostic(`closed in ${Date.now() - started} ms`);
     assert.equal(nc.isClosed(), true);
   });
+
+  describe('a frozen server while megabytes wait unsent to it', () => {
+    const MiB = 1024 * 1024;
+    const message = Buffer.alloc(256 * 1024, 7);
+
+    it('is judged stale within its ping bound, however much waits: the socket goes at once, and the bus moves on', async (t) => {
+      // nats.js 2.29 waited, before destroying a stale connection's socket, for a last write that a full buffer never
+      // let out: with 4 MiB or more queued the bus stayed connected to the frozen server for as long as it was frozen.
+      const frozen = await startNatsServer(t, 'frozen');
+      const other = await startNatsServer(t, 'other');
+      // Room for 64 MiB unsent (a replay's republish), so that the bound on them does not stop the queueing here.
+      const bus = new NatsBus(
+        { ...options, pingIntervalMs: 1000, connectTimeoutMs: 500, republishBytes: 64 * MiB, servers: [frozen.url, other.url] },
+        createLogger('silent', 't'),
+      );
+      cleanupFor(t).after(() => bus.close());
+      await until(() => bus.connected, 5000, 'connected');
+      assert.equal(bus.connection?.info?.server_name, 'frozen', 'connected to the server to be frozen');
+      const heard: number[] = [];
+      bus.subscribe('after', (m) => heard.push(m.data.length));
+      const changes: boolean[] = [];
+      bus.onConnectionChange((connected) => changes.push(connected));
+      await frozen.freeze();
+      const started = Date.now();
+      for (let i = 0; i < 96; i++) bus.publish('before', message);
+      assert.ok(bus.unsentBytes >= 8 * MiB, `${bus.unsentBytes} bytes wait in this process, past what the kernel holds`);
+      assert.equal(bus.droppedTotal, 0);
+      // Two pings unanswered: stale after two to three intervals.
+      await until(() => changes.includes(false), 4500, 'the frozen server noticed');
+      t.diagnostic(`judged stale ${Date.now() - started} ms after 24 MiB were queued`);
+      await until(() => bus.connected, 5000, 'connected to the other server');
+      assert.equal(bus.connection?.info?.server_name, 'other');
+      bus.publish('after', Buffer.from('hello'));
+      await until(() => heard.length === 1, 5000, 'a message through the other server');
+    });
+
+    it('drops what is published past a few max_payloads unsent, and says it is not ready, until the server takes them', async (t) => {
+      // Before: every publish was taken while nats.js had not judged the connection stale yet (two missed pings, 10 s
+      // and more here): 1.3 GB in 20 s of 512 KiB messages waited in the edge's memory, and it stayed ready.
+      const server = await startNatsServer(t);
+      const { log, lines } = captureLogger('info');
+      const bus = new NatsBus({ ...options, servers: [server.url] }, log);
+      cleanupFor(t).after(() => bus.close());
+      await until(() => bus.connected, 5000, 'connected');
+      const heard: number[] = [];
+      bus.subscribe('after', (m) => heard.push(m.data.length));
+      await bus.flush();
+      const changes: boolean[] = [];
+      bus.onConnectionChange((connected) => changes.push(connected));
+      const limit = bus.unsentLimit;
+      assert.equal(limit, 4 * bus.maxPayload);
+      await server.freeze();
+      let peak = 0;
+      let published = 0;
+      for (let round = 0; round < 20; round++) {
+        for (let i = 0; i < 20; i++) {
+          bus.publish('before', message);
+          published++;
+          peak = Math.max(peak, bus.unsentBytes);
+        }
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      t.diagnostic(`${published} published (${(published * message.length) / MiB} MiB), ${bus.droppedTotal} dropped, at most ${(peak / MiB).toFixed(1)} MiB unsent`);
+      assert.ok(peak <= limit + message.length + 1024, `at most ${peak} bytes unsent, bound ${limit}`);
+      assert.ok(bus.droppedTotal >= published - (limit + 16 * MiB) / message.length, `${bus.droppedTotal} of ${published} dropped`);
+      assert.equal(bus.connected, true, 'not judged stale yet: pings every 5 s');
+      assert.equal(bus.backlogged, true);
+      await assert.rejects(bus.request('x', Buffer.from('?'), 5000), (e: BusError) => e.code === 'Unavailable');
+      const ready = await readyAnswer(t, bus);
+      assert.deepEqual([ready.status, ready.reasons], [503, ['the nats bus takes nothing this edge sends']]);
+      assert.deepEqual(lines().filter((l) => l.event === 'bus.backlogged').map((l) => l.limit), [limit]);
+
+      server.thaw();
+      await until(() => !bus.backlogged, 5000, 'the backlog taken by the server that woke');
+      assert.equal((await readyAnswer(t, bus)).status, 200);
+      const cleared = lines().filter((l) => l.event === 'bus.backlog_cleared');
+      assert.deepEqual(cleared.map((l) => l.messages), [bus.droppedTotal]);
+      bus.publish('after', Buffer.from('hello'));
+      await until(() => heard.length === 1, 5000, 'a message once the server reads again');
+      assert.deepEqual(changes, [], 'the connection itself was never lost');
+    });
+  });
 });
+
+/** /$relay/ready's answer for `bus` alone. */
+async function readyAnswer(t: { after(fn: () => unknown): void }, bus: NatsBus): Promise<{ status: number; reasons: string[] }> {
+  const server = createHttpServer((req, res) => {
+    handleOps('ready', req, res, { shuttingDown: () => false, bus: () => bus });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  cleanupFor(t).after(() => new Promise((resolve) => server.close(resolve)));
+  const res = await httpRequest(`http://127.0.0.1:${(server.address() as AddressInfo).port}/ready`);
+  return { status: res.status, reasons: (JSON.parse(String(res.body)) as { reasons: string[] }).reasons };
+}

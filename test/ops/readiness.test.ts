@@ -47,6 +47,9 @@ describe('/$relay/ready', () => {
     assert.deepEqual([waiting.status, waiting.body.reasons], [503, ['JetStream has not answered yet']]);
     const noBus = await ready({ bus: () => ({ kind: 'nats', connected: false }), jetstream: () => ({ state: 'waiting', storeFailures: [] }), followsStreams: () => false });
     assert.deepEqual([noBus.status, noBus.body.reasons], [503, ['no connection to the nats bus']]);
+    // Connected, but its server takes nothing (frozen before the pings tell): what the edge publishes is dropped.
+    const backlogged = await ready({ bus: () => ({ kind: 'nats', connected: true, backlogged: true }), jetstream: () => ({ state: 'ready', storeFailures: [] }), followsStreams: () => true });
+    assert.deepEqual([backlogged.status, backlogged.body.reasons], [503, ['the nats bus takes nothing this edge sends']]);
     const draining = await ready({ shuttingDown: () => true, jetstream: () => ({ state: 'ready', storeFailures: [] }), followsStreams: () => true });
     assert.deepEqual([draining.status, draining.body.reasons], [503, ['shutting down']]);
   });
