@@ -303,8 +303,8 @@ export class HybridService {
       // Closed for a reason of the relay's own other than its shutdown (access revoked or expired, a broken protocol):
       // what the listener was told and has not taken up goes on to another listener (or fails) now, not after its
       // closing handshake, during which it could still dial for it (found by review). A shutting-down edge lets its
-      // listeners finish what they were given.
-      if (why !== undefined && why !== 'ShuttingDown') {
+      // listeners finish what they were given; an entity removed ends its requests itself (404 EntityRemoved).
+      if (why !== undefined && why !== 'ShuttingDown' && why !== 'EntityRemoved') {
         for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
       }
     },
