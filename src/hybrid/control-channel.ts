@@ -20,6 +20,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { describeErrors, validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
+import { LogAllowance, suppressedField } from '../telemetry/log-allowance.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
@@ -70,6 +71,8 @@ export class ControlChannel {
   lastSeen = Date.now();
   /** Requests sent to this listener and not yet answered, by request id (a TransientMap, not a Map: transient-map.ts says why). */
   readonly exchanges = new TransientMap<ChannelExchange>();
+  /** Lines the listener's mistakes and renewals may write (log-allowance.ts): not one per message of a loop. */
+  readonly complaints = new LogAllowance();
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
   /** Corks the channel's socket while notices of one turn gather. */
@@ -188,7 +191,8 @@ export class ControlChannel {
       if (typeof result === 'number') {
         this.token = msg.renewToken.token;
         this.tokenExpiresAt = result;
-        this.log.info({ event: 'listener.token_renewed', expiresAt: result });
+        const leftOut = this.complaints.take();
+        if (leftOut !== undefined) this.log.info({ event: 'listener.token_renewed', expiresAt: result, ...suppressedField(leftOut) });
       } else {
         this.log.warn({ event: 'listener.token_rejected', code: result });
         this.closeWith('RenewTokenInvalid');

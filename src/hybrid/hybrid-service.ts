@@ -18,6 +18,7 @@ import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import { sendContinue } from '../http/expect-continue.ts';
 import { keepQueryParams } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
+import { suppressedField } from '../telemetry/log-allowance.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectRefused, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
@@ -288,14 +289,16 @@ export class HybridService {
     response: (channel, response) => {
       const exchange = channel.exchanges.get(response.requestId);
       if (!exchange) {
-        channel.log.warn({ event: 'listener.unknown_response' });
+        const leftOut = channel.complaints.take();
+        if (leftOut !== undefined) channel.log.warn({ event: 'listener.unknown_response', ...suppressedField(leftOut) });
         return undefined;
       }
       return exchange.onControlResponse(response);
     },
     badResponse: (channel, requestId, why) => {
       const exchange = channel.exchanges.get(requestId);
-      channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why });
+      const leftOut = channel.complaints.take();
+      if (leftOut !== undefined) channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why, ...suppressedField(leftOut) });
       exchange?.badResponse();
     },
     closing: (channel, why) => {
@@ -314,7 +317,7 @@ export class HybridService {
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
       this.letGoIfUnused(channel.entity);
-      channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left });
+      channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left, ...suppressedField(channel.complaints.leftOut) });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {

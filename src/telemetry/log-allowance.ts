@@ -1,0 +1,43 @@
+// How many lines of complaint one peer may cause in a window. A listener
+// that sends the same mistake in a loop (answers to requests it never got,
+// answers that fail their schema, token renewals) cost a log line per
+// message, as many lines as it could send messages: past the allowance the
+// lines are counted, not written, and the count goes with the next line
+// written (`suppressed`), or with the peer's last line when it leaves.
+
+/** Lines per window a peer's complaints may write. */
+const LINES_PER_WINDOW = 10;
+const WINDOW_MS = 60_000;
+
+export class LogAllowance {
+  private windowStart = performance.now();
+  private used = 0;
+  private left = 0;
+
+  /** Whether a line may be written now: undefined when not; else how many were left out before it (usually 0). */
+  take(): number | undefined {
+    const now = performance.now();
+    if (now - this.windowStart >= WINDOW_MS) {
+      this.windowStart = now;
+      this.used = 0;
+    }
+    if (this.used >= LINES_PER_WINDOW) {
+      this.left++;
+      return undefined;
+    }
+    this.used++;
+    const leftOut = this.left;
+    this.left = 0;
+    return leftOut;
+  }
+
+  /** Lines left out since the last one written. */
+  get leftOut(): number {
+    return this.left;
+  }
+}
+
+/** The `suppressed` field of a line written after `leftOut` lines were left out (none when 0). */
+export function suppressedField(leftOut: number): { suppressed?: number } {
+  return leftOut > 0 ? { suppressed: leftOut } : {};
+}
