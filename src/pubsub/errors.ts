@@ -47,6 +47,7 @@ export const PUBSUB_ERRORS = {
   // Within limits.pubsubMessageBytes, but not what the NATS servers carry with the envelope: nothing was sent anywhere.
   BusPayloadTooLarge: { status: 413, message: "The message is larger than the cluster bus carries (its NATS servers' max_payload, envelope included): nothing was sent; raise max_payload or lower limits.pubsubMessageBytes" },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
+  TooManyHistoryReads: { status: 429, message: 'This edge is reading as many history pages at once as it takes; try again in a moment' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
   FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData filter syntax of Azure Web PubSub: userId, connectionId, groups; eq, ne, gt, ge, lt, le, in, not, and, or; string and length functions; groups/any)' },
   // An open connection is ended with these close codes.

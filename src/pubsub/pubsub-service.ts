@@ -417,6 +417,8 @@ export class PubSubService implements RestContext {
     this.log.info({ event: 'pubsub.rest_reader_stalled', hub, ms: this.config.timeouts.senderStallMs });
   }
 
+  readonly historyReads = { now: 0 };
+
   restCallFailed(hub: string, err: unknown): void {
     this.log.error({ event: 'pubsub.rest_call_failed', hub, err: err instanceof Error ? err.message : String(err) });
   }

@@ -51,7 +51,12 @@ export interface RestContext {
   bodyTooLarge(hub: string): void;
   /** Logs a call that failed for a reason of the relay's own (answered 500 ServerError). */
   restCallFailed(hub: string, err: unknown): void;
+  /** History pages being read on this edge now (each holds up to a page, 8 MiB, and more while JetStream sends it). */
+  historyReads: { now: number };
 }
+
+/** History pages an edge reads at once: past it, 429 TooManyHistoryReads (a page of JetStream's held ~16-20 MiB while read). */
+export const MAX_HISTORY_READS = 8;
 
 interface RestCall {
   service: RestContext;
@@ -343,7 +348,15 @@ async function readHistory(call: RestCall, group: string): Promise<Answer | { ra
   const after = wholeNumber(call.params.get('after') ?? '0');
   const limit = wholeNumber(call.params.get('limit') ?? String(DEFAULT_HISTORY_PAGE));
   if (after === undefined || limit === undefined || limit < 1 || limit > MAX_HISTORY_PAGE) return 'BadRequest';
-  return { raw: historyPageJson(await history.read(group, after, limit)) };
+  // Bounded at once per edge (found by review: 20 readers of large pages took an edge from 174 MiB to 570 MiB).
+  const reads = call.service.historyReads;
+  if (reads.now >= MAX_HISTORY_READS) return 'TooManyHistoryReads';
+  reads.now++;
+  try {
+    return { raw: historyPageJson(await history.read(group, after, limit)) };
+  } finally {
+    reads.now--;
+  }
 }
 
 /** A query value of decimal digits naming a safe integer, or undefined. */
