@@ -144,8 +144,13 @@ function sendRaw(res: ServerResponse, text: string): void {
  */
 function restErrorCode(err: unknown): PubSubErrorCode {
   if (err instanceof BusError) return err.code === 'TooLarge' ? 'BusPayloadTooLarge' : 'BusUnavailable';
+  // The caller's doing (it hung up mid-body): answered as a bad request, if at all, and not logged as the relay's.
+  if (err instanceof BodyCut) return 'BadRequest';
   return err instanceof StoreError ? 'StoreUnavailable' : 'ServerError';
 }
+
+/** A REST body that did not come whole: its connection closed or failed before its end. */
+class BodyCut extends Error {}
 
 function respond(res: ServerResponse, answer: Answer, method: string, err?: Error): void {
   if (res.headersSent || res.destroyed) return;
@@ -267,7 +272,7 @@ async function readBody(call: RestCall): Promise<Buffer | 'PayloadTooLarge' | 'R
     };
     const onError = (err: Error) => {
       settle();
-      reject(err);
+      reject(new BodyCut(err.message));
     };
     const onClose = () => onError(new Error('the request ended before its body'));
     req.on('data', onData);

@@ -7,7 +7,9 @@ import { describe, it } from 'node:test';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay } from '../helpers/pubsub.ts';
+import { tcp } from '../helpers/raw-socket.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 function sdk(url: string, hub = HUB, key = HUB_KEY): WebPubSubServiceClient {
@@ -336,5 +338,26 @@ describe('pub/sub REST API', () => {
     assert.equal(await userIdSeen(' bob '), '%20bob%20');
     assert.equal(await userIdSeen('bob'), 'bob');
     assert.equal(await userIdSeen('b o b'), 'b o b');
+  });
+});
+
+describe('a REST caller that hangs up', () => {
+  it('mid-body is not logged as a failure of the relay (before: an error line, 500 ServerError, for each)', async (t) => {
+    const logs = captureLogger('info');
+    const relay = await startTestRelay(t, pubsubOverrides(), { log: logs.log });
+    const path = `/api/hubs/${HUB}/:send`;
+    const token = signJwt({ aud: `${relay.url}${path}` }, HUB_KEY, 60);
+    for (let i = 0; i < 5; i++) {
+      const socket = await tcp(t, relay.port);
+      socket.write(`POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${token}\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nhello`);
+      // Taken (its token checked, its body being read) before it hangs up.
+      await new Promise((r) => setTimeout(r, 100));
+      socket.destroy();
+    }
+    // A whole call after them, answered: the relay has seen the others end by then.
+    const res = await httpRequest(`${relay.url}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'text/plain' }, body: Buffer.from('whole') });
+    assert.equal(res.status, 202);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(logs.events().filter((e) => e === 'pubsub.rest_call_failed'), []);
   });
 });
