@@ -88,6 +88,11 @@ export interface Bus {
   roundTrip(): Promise<number | undefined>;
   /** Called with `connected` each time it changes. */
   onConnectionChange(listener: (connected: boolean) => void): void;
+  /**
+   * Called with `backlogged` each time it changes while connected (a connection lost or regained while backlogged
+   * ends it without a call: onConnectionChange says that). What was published meanwhile was dropped.
+   */
+  onBacklogChange(listener: (backlogged: boolean) => void): void;
   close(): Promise<void>;
 }
 

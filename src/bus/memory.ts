@@ -189,6 +189,10 @@ export class MemoryBus implements Bus {
     // Always connected.
   }
 
+  onBacklogChange(): void {
+    // Never backlogged.
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     this.exact.clear();

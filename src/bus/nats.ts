@@ -41,6 +41,8 @@ const DRAIN_MS = 3000;
  * taken as unavailable for sending, until half of it went out.
  */
 const UNSENT_PAYLOADS = 4;
+/** How often a backlogged connection is looked at until it clears. */
+const BACKLOG_WATCH_MS = 100;
 
 export interface NatsBusOptions {
   servers: string[];
@@ -83,6 +85,9 @@ export class NatsBus implements Bus {
   private isConnected = false;
   /** More was waiting unsent than unsentLimit, and half of it has not gone yet. */
   private overLimit = false;
+  /** While overLimit: looks at what waits unsent until it clears. */
+  private backlogWatch: NodeJS.Timeout | undefined;
+  private readonly backlogListeners: ((backlogged: boolean) => void)[] = [];
   private closing = false;
   private readonly entries = new Set<Entry>();
   private readonly listeners: ((connected: boolean) => void)[] = [];
@@ -147,12 +152,23 @@ export class NatsBus implements Bus {
     if (!this.overLimit && unsent > limit) {
       this.overLimit = true;
       this.log.warn({ event: 'bus.backlogged', server: this.nc?.getServer(), unsentBytes: unsent, limit });
+      // Looked at again until it clears, not only when something is sent: what was dropped meanwhile is sent again
+      // then (onBacklogChange), also when nothing else is sent after.
+      this.backlogWatch = setInterval(() => void this.backlogged, BACKLOG_WATCH_MS);
+      this.backlogWatch.unref();
+      for (const listener of this.backlogListeners) listener(true);
     } else if (this.overLimit && unsent <= limit / 2) {
       this.overLimit = false;
+      clearInterval(this.backlogWatch);
       this.log.info({ event: 'bus.backlog_cleared', server: this.nc?.getServer(), messages: this.dropped });
       this.dropped = 0;
+      for (const listener of this.backlogListeners) listener(false);
     }
     return this.overLimit;
+  }
+
+  onBacklogChange(listener: (backlogged: boolean) => void): void {
+    this.backlogListeners.push(listener);
   }
 
   /** Tries the servers until one answers (or close() is called); then the client reconnects by itself. */
@@ -221,6 +237,7 @@ export class NatsBus implements Bus {
     this.isConnected = connected;
     // What waited unsent went with the connection: a new one starts with nothing.
     this.overLimit = false;
+    clearInterval(this.backlogWatch);
     if (connected) this.log.info({ event: 'bus.connected', server, version: this.serverVersion, maxPayload: this.maxPayload });
     else this.log.warn({ event: 'bus.disconnected', server });
     if (connected && this.dropped > 0) {
@@ -354,6 +371,7 @@ export class NatsBus implements Bus {
   async close(): Promise<void> {
     this.closing = true;
     clearTimeout(this.retryTimer);
+    clearInterval(this.backlogWatch);
     this.wake?.();
     const nc = this.nc;
     if (nc && !nc.isClosed()) {

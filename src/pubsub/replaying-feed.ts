@@ -89,6 +89,8 @@ export class ReplayingFeed implements EventFeed {
   private closed = false;
   /** Since when the bus is away (also from the start, when the edge began without it): what was published since is sent again. */
   private disconnectedAt: number | undefined;
+  /** Since when the bus has dropped what this edge publishes because its server takes nothing (backlogged). */
+  private sendingStoppedAt: number | undefined;
   private readonly subscription: BusSubscription;
   private lastOwnCounter = 0;
   /** `delivered` as the last sweep found it: an origin whose number has not moved since is forgotten. */
@@ -103,6 +105,7 @@ export class ReplayingFeed implements EventFeed {
     this.origin = newOrigin(options.nodeId);
     this.subscription = bus.subscribe(options.subject, (m) => this.onRequest(m));
     bus.onConnectionChange((connected) => this.onConnectionChange(connected));
+    bus.onBacklogChange((backlogged) => this.onBacklogChange(backlogged));
     // The bus connects after the feed is made (at once, or later when the NATS servers are away): what
     // the edge accepted before goes to the other edges at its first connection, as after any outage
     // (before: never). An edge that connects at once replays the moment as well, finding nothing.
@@ -234,6 +237,21 @@ export class ReplayingFeed implements EventFeed {
     return true;
   }
 
+  /**
+   * The bus dropped what this edge published while its server took nothing (backlogged, connected all the while):
+   * sent again once it takes it again (found by review: a server paused a second under load lost events for good,
+   * their publishers told they were sent). The other edges heard nothing meanwhile, so there is nothing to ask them.
+   */
+  private onBacklogChange(backlogged: boolean): void {
+    if (backlogged) {
+      this.sendingStoppedAt ??= Date.now();
+      return;
+    }
+    const since = this.sendingStoppedAt;
+    this.sendingStoppedAt = undefined;
+    if (since !== undefined) this.republish(since - CLOCK_MARGIN_MS);
+  }
+
   private onConnectionChange(connected: boolean): void {
     if (!connected) {
       this.disconnectedAt ??= Date.now();
@@ -247,8 +265,11 @@ export class ReplayingFeed implements EventFeed {
     }
     const since = this.disconnectedAt;
     this.disconnectedAt = undefined;
+    // Backlogged before the connection went: what was dropped since then goes again too.
+    const sendingStopped = this.sendingStoppedAt;
+    this.sendingStoppedAt = undefined;
     if (since === undefined) return;
-    this.republish(since - CLOCK_MARGIN_MS);
+    this.republish(Math.min(since, sendingStopped ?? since) - CLOCK_MARGIN_MS);
     // One replay at a time (before, a second one shared the held events, and the first to end let them go: later
     // events from an origin went out, and the other replay's older ones were then dropped as already delivered).
     if (this.replaying) {

@@ -6,6 +6,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { BusError, respond } from '../../src/bus/bus.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
+import { ReplayingFeed } from '../../src/pubsub/replaying-feed.ts';
 import { handleOps } from '../../src/ops/health.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -305,6 +306,32 @@ describe('NATS bus', () => {
       bus.publish('after', Buffer.from('hello'));
       await until(() => heard.length === 1, 5000, 'a message once the server reads again');
       assert.deepEqual(changes, [], 'the connection itself was never lost');
+    });
+
+    it('sends again the pub/sub events it dropped once the server takes what it is sent, with nothing else sent after (before: lost for good)', async (t) => {
+      const server = await startNatsServer(t);
+      const sender = new NatsBus({ ...options, servers: [server.url], republishBytes: 16 * MiB }, createLogger('silent', 't'));
+      const receiver = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));
+      cleanupFor(t).after(() => Promise.all([sender.close(), receiver.close()]));
+      await until(() => sender.connected && receiver.connected, 5000, 'connected');
+      const feed = new ReplayingFeed(sender, { nodeId: 'a', subject: 'replay', windowMs: 60_000, maxBytes: 64 * MiB, requestTimeoutMs: 1000, gatherStallMs: 100 }, createLogger('silent', 't'));
+      const heard = new Set<number>();
+      receiver.subscribe('ev', (m) => heard.add(Buffer.from(m.data.buffer, m.data.byteOffset, 4).readUInt32BE(0)));
+      await receiver.flush();
+      // Paused a second (a server stalled, shorter than two pings): 40 MiB published meanwhile, past the 20 MiB bound.
+      await server.freeze();
+      for (let i = 1; i <= 40; i++) {
+        const event = Buffer.alloc(MiB - 256, 1);
+        event.writeUInt32BE(i, 0);
+        feed.publish('ev', feed.nextMid(), event);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      assert.ok(sender.droppedTotal > 0, 'nothing dropped: the bound was not reached');
+      server.thaw();
+      await until(() => heard.size === 40, 10000, 'every event at the other end').catch((err: Error) => {
+        throw new Error(`${err.message}; missing ${Array.from({ length: 40 }, (_, i) => i + 1).filter((n) => !heard.has(n)).join(',')}`);
+      });
+      assert.equal(sender.connected, true);
     });
   });
 });
