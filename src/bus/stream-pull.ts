@@ -91,7 +91,8 @@ function batchEnd(msg: Msg): boolean {
   const { code, description } = msg.headers!;
   if (code === 408) return true;
   const text = description.toLowerCase();
-  return (code === 404 && text.includes('no messages')) || (code === 409 && text.includes('maxbytes'));
+  // (Not "Exceeded MaxRequestMaxBytes": a refusal of the request, which says MaxBytes too.)
+  return (code === 404 && text.includes('no messages')) || (code === 409 && text.includes('message size exceeds maxbytes'));
 }
 
 /**

@@ -71,8 +71,10 @@ export class ControlChannel {
   lastSeen = Date.now();
   /** Requests sent to this listener and not yet answered, by request id (a TransientMap, not a Map: transient-map.ts says why). */
   readonly exchanges = new TransientMap<ChannelExchange>();
-  /** Lines the listener's mistakes and renewals may write (log-allowance.ts): not one per message of a loop. */
+  /** Lines the listener's mistakes may write (log-allowance.ts): not one per message of a loop. */
   readonly complaints = new LogAllowance();
+  /** Lines its token renewals may write, apart: a listener's mistakes do not hide them, nor they its mistakes. */
+  private readonly renewals = new LogAllowance();
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
   /** Corks the channel's socket while notices of one turn gather. */
@@ -191,7 +193,7 @@ export class ControlChannel {
       if (typeof result === 'number') {
         this.token = msg.renewToken.token;
         this.tokenExpiresAt = result;
-        const leftOut = this.complaints.take();
+        const leftOut = this.renewals.take();
         if (leftOut !== undefined) this.log.info({ event: 'listener.token_renewed', expiresAt: result, ...suppressedField(leftOut) });
       } else {
         this.log.warn({ event: 'listener.token_rejected', code: result });

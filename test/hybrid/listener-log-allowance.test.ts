@@ -23,3 +23,17 @@ it('a listener sending 60 answers to nothing and 20 malformed ones writes 10 com
   assert.equal(complaints.length, 10);
   assert.equal(logs.lines().find((l) => l.event === 'listener.disconnected')?.suppressed, 70);
 });
+
+it('token renewals have an allowance of their own: 15 renewals after 20 mistakes write 10 lines, and the mistakes 10', async (t) => {
+  const logs = captureLogger('info');
+  const relay = await startTestRelay(t, {}, { log: logs.log });
+  const url = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+  const listener = await RawListener.connect(url, tokenFor(url));
+  t.after(() => listener.close());
+  for (let i = 0; i < 20; i++) listener.ws.send(JSON.stringify({ response: { requestId: `never-${i}`, statusCode: 200 } }));
+  for (let i = 0; i < 15; i++) listener.ws.send(JSON.stringify({ renewToken: { token: tokenFor(url) } }));
+  listener.ws.close(1000);
+  await until(() => logs.events().includes('listener.disconnected'), 5000, 'the listener to leave');
+  const count = (event: string) => logs.events().filter((e) => e === event).length;
+  assert.deepEqual([count('listener.unknown_response'), count('listener.token_renewed')], [10, 10]);
+});
