@@ -8,50 +8,16 @@
 // make as that string (it reads a variable's value as a config value).
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
+import { existsSync, readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
 import { connect } from 'nats';
-import { parse } from 'yaml';
 import { loadConfig } from '../../src/config/load.ts';
 import { weakKeysRefusal } from '../../src/config/secrets.ts';
 import { tracked } from '../helpers/child-processes.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
 import { freePort } from '../helpers/nats.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { untilAnswered, withTimeout } from '../helpers/wait.ts';
-
-const root = new URL('../../', import.meta.url).pathname;
-const compose = parse(readFileSync(root + 'docker-compose.yml', 'utf8'), { merge: true }) as {
-  services: Record<
-    string,
-    { image?: string; build?: string; command?: string[]; environment?: Record<string, string>; volumes?: string[]; ports?: string[]; stop_grace_period?: string; depends_on?: unknown }
-  >;
-};
-const services = Object.entries(compose.services);
-const natsServices = services.filter(([, s]) => s.image?.startsWith('nats:'));
-const edges = services.filter(([, s]) => s.build !== undefined);
-
-/** The `.env` recipe of docs/scaling-out.md: each line `NAME=prefix$(openssl rand -hex 32)`. */
-const recipe = (() => {
-  const doc = readFileSync(root + 'docs/scaling-out.md', 'utf8');
-  const block = /^cat > \.env <<EOF\n([\s\S]*?)^EOF$/m.exec(doc);
-  assert.ok(block, 'docs/scaling-out.md has the .env recipe');
-  return block[1]
-    .trim()
-    .split('\n')
-    .map((line) => {
-      const m = /^(\w+)=(\w*)\$\(openssl rand -hex 32\)$/.exec(line);
-      assert.ok(m, `a recipe line: ${line}`);
-      return { name: m[1], prefix: m[2] };
-    });
-})();
-
-/** What that recipe gives, with `hex` for the random part. */
-function secretsFrom(hex: string): Record<string, string> {
-  return Object.fromEntries(recipe.map(({ name, prefix }) => [name, prefix + hex]));
-}
+import { edges, environmentOf, mount, natsServices, recipe, root, routeCount, secretsFrom, services, startDeployNats, type ComposeService } from './compose-setup.ts';
 
 /**
  * Shapes of `openssl rand -hex 32` that nats-server would read as something else than a string
@@ -60,75 +26,14 @@ function secretsFrom(hex: string): Record<string, string> {
 const HOSTILE_HEX = ['0e1fab' + 'c'.repeat(58), '7e3' + 'a'.repeat(61), '1e0d87' + 'f'.repeat(58), '5'.repeat(64), '1k' + 'b'.repeat(62), 'e'.repeat(64)];
 const SECRETS = secretsFrom('c'.repeat(64));
 
-/** A compose `environment` value with `${NAME}` and `${NAME:?message}` filled in from `env`, as compose does. */
-function interpolate(value: string, env: Record<string, string>): string {
-  return value.replace(/\$\{(\w+)(?::\?[^}]*)?\}/g, (_, name: string) => {
-    assert.ok(name in env, `${name} is in the .env recipe`);
-    return env[name];
-  });
-}
-
-/** The environment compose gives a service, from a .env holding `secrets`. */
-function environmentOf(service: { environment?: Record<string, string> }, secrets: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(service.environment ?? {}).map(([k, v]) => [k, interpolate(String(v), secrets)]));
-}
-
 function natsConfigCheck(env: Record<string, string>): { status: number | null; output: string } {
   const check = spawnSync('nats-server', ['-c', root + 'deploy/nats.conf', '-t'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 10000 });
   return { status: check.status, output: check.stdout + check.stderr };
 }
 
-/** host path -> container path of a bind mount */
-function mount(volumes: string[] | undefined, target: string): string | undefined {
-  const found = volumes?.map((v) => v.split(':')).find(([, to]) => to === target);
-  return found?.[0];
-}
-
 /** The secrets compose requires (`${NAME:?...}`) in a service's environment. */
-function required(service: { environment?: Record<string, string> }): string[] {
+function required(service: ComposeService): string[] {
   return Object.values(service.environment ?? {}).flatMap((v) => [...String(v).matchAll(/\$\{(\w+):\?/g)].map((m) => m[1]));
-}
-
-/**
- * A NATS node of the compose file as a local process: deploy/nats.conf with its ports moved to free ones on
- * 127.0.0.1 and its store in a temp dir, and the environment compose gives it, its routes' host names
- * pointed at the other local nodes. Everything else (authorization, cluster authorization, JetStream) as shipped.
- */
-async function startDeployNats(
-  t: TestContext,
-  name: string,
-  env: Record<string, string>,
-  ports: { port: number; routePort: number; monitorPort: number },
-  routePorts: Record<string, number>,
-): Promise<{ monitor: string; url: string; log: () => string }> {
-  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-deploy-nats-'));
-  let conf = readFileSync(root + 'deploy/nats.conf', 'utf8');
-  const replace = (from: RegExp, to: string) => {
-    assert.match(conf, from);
-    conf = conf.replace(from, to);
-  };
-  replace(/^port: 4222$/m, `host: 127.0.0.1\nport: ${ports.port}`);
-  replace(/^http_port: 8222$/m, `http: "127.0.0.1:${ports.monitorPort}"`);
-  replace(/^(\s*)store_dir: \/data$/m, `$1store_dir: "${join(dir, 'jetstream')}"`);
-  replace(/^(\s*)port: 6222$/m, `$1host: 127.0.0.1\n$1port: ${ports.routePort}`);
-  writeFileSync(join(dir, 'nats.conf'), conf);
-  const routes = env.NATS_ROUTES?.replace(/([@/])(nats-\d):6222/g, (_, before: string, node: string) => `${before}127.0.0.1:${routePorts[node]}`);
-  const child = tracked(spawn('nats-server', ['-c', join(dir, 'nats.conf')], { env: { ...process.env, ...env, NATS_ROUTES: routes ?? '' }, stdio: ['ignore', 'ignore', 'pipe'] }));
-  let log = '';
-  child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-65536)));
-  cleanupFor(t).after(async () => {
-    child.kill('SIGKILL');
-    if (child.exitCode === null && child.signalCode === null) await withTimeout(new Promise((r) => child.once('exit', r)), 5000, `${name} to exit`).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const monitor = `http://127.0.0.1:${ports.monitorPort}`;
-  await untilAnswered(async () => (await fetch(`${monitor}/varz`).catch(() => undefined))?.ok === true, 10000, `${name} to listen: ${log}`);
-  return { monitor, url: `nats://127.0.0.1:${ports.port}`, log: () => log };
-}
-
-async function routeCount(monitor: string): Promise<number> {
-  const { routes = [] } = (await (await fetch(`${monitor}/routez`, { signal: AbortSignal.timeout(2000) })).json()) as { routes?: { remote_id: string }[] };
-  return new Set(routes.map((r) => r.remote_id)).size;
 }
 
 describe('docker-compose.yml', () => {
@@ -156,7 +61,7 @@ describe('docker-compose.yml', () => {
       assert.match(check.output, /is valid/);
     }
     assert.equal(serverNames.size, 3, 'each node has its own server name');
-    assert.match(conf, /^authorization\s*\{[\s\S]*\{ user: edge, password: \$NATS_EDGE_PASSWORD \}/m, 'clients must authenticate');
+    assert.match(conf, /^authorization\s*\{[\s\S]*\{ user: edge, password: \$NATS_EDGE_PASSWORD, permissions: \$EDGE_PERMISSIONS \}/m, 'clients must authenticate, and the edges may do what they do only (nats-permissions.test.ts)');
     assert.match(conf, /^cluster\s*\{[\s\S]*authorization\s*\{\s*user: route\s*password: \$NATS_CLUSTER_PASSWORD\s*\}/m, 'routes must authenticate');
   });
 
