@@ -91,6 +91,8 @@ export class ReplayingFeed implements EventFeed {
   private disconnectedAt: number | undefined;
   /** Since when the bus has dropped what this edge publishes because its server takes nothing (backlogged). */
   private sendingStoppedAt: number | undefined;
+  /** While republish() runs: the time it sends again from. */
+  private republishingFrom: number | undefined;
   private readonly subscription: BusSubscription;
   private lastOwnCounter = 0;
   /** `delivered` as the last sweep found it: an origin whose number has not moved since is forgotten. */
@@ -244,12 +246,13 @@ export class ReplayingFeed implements EventFeed {
    */
   private onBacklogChange(backlogged: boolean): void {
     if (backlogged) {
-      this.sendingStoppedAt ??= Date.now();
+      // Backlogged again while sending again what was dropped: that goes again from the same time next.
+      this.sendingStoppedAt ??= this.republishingFrom ?? Date.now();
       return;
     }
     const since = this.sendingStoppedAt;
     this.sendingStoppedAt = undefined;
-    if (since !== undefined) this.republish(since - CLOCK_MARGIN_MS);
+    if (since !== undefined) this.republish(since);
   }
 
   private onConnectionChange(connected: boolean): void {
@@ -269,7 +272,7 @@ export class ReplayingFeed implements EventFeed {
     const sendingStopped = this.sendingStoppedAt;
     this.sendingStoppedAt = undefined;
     if (since === undefined) return;
-    this.republish(Math.min(since, sendingStopped ?? since) - CLOCK_MARGIN_MS);
+    this.republish(Math.min(since, sendingStopped ?? since));
     // One replay at a time (before, a second one shared the held events, and the first to end let them go: later
     // events from an origin went out, and the other replay's older ones were then dropped as already delivered).
     if (this.replaying) {
@@ -283,18 +286,27 @@ export class ReplayingFeed implements EventFeed {
    * was lost (what was in flight then is gone too): receivers drop what they
    * already have by its counter.
    */
-  private republish(after: number): void {
+  private republish(since: number): void {
+    const after = since - CLOCK_MARGIN_MS;
     let count = 0;
     const oldest = performance.now() - this.options.windowMs;
-    for (let i = this.head; i < this.entries.length; i++) {
-      const e = this.entries[i];
-      if (e.at < after || e.mono < oldest) continue;
-      try {
-        this.bus.publish(e.subject, e.data);
-        count++;
-      } catch {
-        // too large for this cluster now: it was refused when first sent too
+    this.republishingFrom = since;
+    try {
+      for (let i = this.head; i < this.entries.length; i++) {
+        const e = this.entries[i];
+        if (e.at < after || e.mono < oldest) continue;
+        // The bus took nothing more (backlogged again, or lost): the rest goes from `since` again when it does
+        // (onBacklogChange; found by a suite run, where events re-sent into a new backlog were lost).
+        if (!this.bus.connected || this.bus.backlogged) break;
+        try {
+          this.bus.publish(e.subject, e.data);
+          count++;
+        } catch {
+          // too large for this cluster now: it was refused when first sent too
+        }
       }
+    } finally {
+      this.republishingFrom = undefined;
     }
     if (count > 0) this.log.info({ event: 'bus.republished', events: count });
   }

@@ -328,7 +328,7 @@ describe('NATS bus', () => {
       }
       assert.ok(sender.droppedTotal > 0, 'nothing dropped: the bound was not reached');
       server.thaw();
-      await until(() => heard.size === 40, 10000, 'every event at the other end').catch((err: Error) => {
+      await until(() => heard.size === 40, 20000, 'every event at the other end').catch((err: Error) => {
         throw new Error(`${err.message}; missing ${Array.from({ length: 40 }, (_, i) => i + 1).filter((n) => !heard.has(n)).join(',')}`);
       });
       assert.equal(sender.connected, true);
