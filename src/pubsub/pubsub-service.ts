@@ -284,11 +284,6 @@ export class PubSubService implements RestContext {
     if (!this.stopped) this.streamsFollowed = true;
   }
 
-  /**
-   * Whether the durable hubs this edge started with read their streams: until
-   * they do, a session cannot be recovered or moved here ("try again"), so the
-   * edge is not ready. A hub added later by a reload does not take the edge out.
-   */
   /** Other edge processes heard under this edge's node id, by boot id: when last. */
   private readonly nodeIdClashes = new Map<string, number>();
 
@@ -300,6 +295,11 @@ export class PubSubService implements RestContext {
     return [`another edge uses this nodeId (${this.config.nodeId}): pub/sub events between them are lost; give each edge its own`];
   }
 
+  /**
+   * Whether the durable hubs this edge started with read their streams: until
+   * they do, a session cannot be recovered or moved here ("try again"), so the
+   * edge is not ready. A hub added later by a reload does not take the edge out.
+   */
   followsStreams(): boolean {
     return this.streams.length === 0 || this.streamsFollowed;
   }
