@@ -26,7 +26,8 @@ import { ConnectionLifecycle } from './connection-lifecycle.ts';
 import { DirectFeed, type EventFeed } from './event-feed.ts';
 import { MemoryHistory } from './history.ts';
 import { ClusterHub } from './hub-cluster.ts';
-import { handleRestRequest, type RestContext } from './rest-api.ts';
+import { MAX_HISTORY_READS, handleRestRequest, type RestContext } from './rest-api.ts';
+import { CallLimit } from './call-limit.ts';
 import { PubSubConnection } from './pubsub-connection.ts';
 import { LiveSocketOptions } from './live-limits.ts';
 import { ReplayingFeed } from './replaying-feed.ts';
@@ -417,7 +418,7 @@ export class PubSubService implements RestContext {
     this.log.info({ event: 'pubsub.rest_reader_stalled', hub, ms: this.config.timeouts.senderStallMs });
   }
 
-  readonly historyReads = { now: 0 };
+  readonly historyReads = new CallLimit(MAX_HISTORY_READS, 0);
 
   restCallFailed(hub: string, err: unknown): void {
     this.log.error({ event: 'pubsub.rest_call_failed', hub, err: err instanceof Error ? err.message : String(err) });

@@ -29,6 +29,7 @@ import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
 import { isHostAuthority } from '../http/host-header.ts';
 import { cutWhenUnread } from '../http/unread-answers.ts';
+import type { CallLimit } from './call-limit.ts';
 
 /** A status (and body), an error code, or an error code with a message of its own. */
 type Answer = { status: number; body?: object } | PubSubErrorCode | { code: PubSubErrorCode; detail: string };
@@ -51,8 +52,8 @@ export interface RestContext {
   bodyTooLarge(hub: string): void;
   /** Logs a call that failed for a reason of the relay's own (answered 500 ServerError). */
   restCallFailed(hub: string, err: unknown): void;
-  /** History pages being read on this edge now (each holds up to a page, 8 MiB, and more while JetStream sends it). */
-  historyReads: { now: number };
+  /** Places for history pages read at once on this edge (MAX_HISTORY_READS, none waiting: each holds up to 8 MiB and more while JetStream sends it). */
+  historyReads: CallLimit;
 }
 
 /** History pages an edge reads at once: past it, 429 TooManyHistoryReads (a page of JetStream's held ~16-20 MiB while read). */
@@ -355,12 +356,11 @@ async function readHistory(call: RestCall, group: string): Promise<Answer | { ra
   if (after === undefined || limit === undefined || limit < 1 || limit > MAX_HISTORY_PAGE) return 'BadRequest';
   // Bounded at once per edge (found by review: 20 readers of large pages took an edge from 174 MiB to 570 MiB).
   const reads = call.service.historyReads;
-  if (reads.now >= MAX_HISTORY_READS) return 'TooManyHistoryReads';
-  reads.now++;
+  if (!(await reads.acquire())) return 'TooManyHistoryReads';
   try {
     return { raw: historyPageJson(await history.read(group, after, limit)) };
   } finally {
-    reads.now--;
+    reads.release();
   }
 }
 
