@@ -20,7 +20,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { describeErrors, validateListenerMessage } from '../validation/schemas.ts';
 import type { HybridEntity } from './entity-catalog.ts';
-import { LogAllowance, suppressedField } from '../telemetry/log-allowance.ts';
+import { LogAllowance } from '../telemetry/log-allowance.ts';
 import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
@@ -193,8 +193,7 @@ export class ControlChannel {
       if (typeof result === 'number') {
         this.token = msg.renewToken.token;
         this.tokenExpiresAt = result;
-        const leftOut = this.renewals.take();
-        if (leftOut !== undefined) this.log.info({ event: 'listener.token_renewed', expiresAt: result, ...suppressedField(leftOut) });
+        this.renewals.write((extra) => this.log.info({ event: 'listener.token_renewed', expiresAt: result, ...extra }));
       } else {
         this.log.warn({ event: 'listener.token_rejected', code: result });
         this.closeWith('RenewTokenInvalid');

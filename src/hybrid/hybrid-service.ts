@@ -18,7 +18,6 @@ import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import { sendContinue } from '../http/expect-continue.ts';
 import { keepQueryParams } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
-import { suppressedField } from '../telemetry/log-allowance.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectRefused, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
@@ -289,16 +288,14 @@ export class HybridService {
     response: (channel, response) => {
       const exchange = channel.exchanges.get(response.requestId);
       if (!exchange) {
-        const leftOut = channel.complaints.take();
-        if (leftOut !== undefined) channel.log.warn({ event: 'listener.unknown_response', ...suppressedField(leftOut) });
+        channel.complaints.write((extra) => channel.log.warn({ event: 'listener.unknown_response', ...extra }));
         return undefined;
       }
       return exchange.onControlResponse(response);
     },
     badResponse: (channel, requestId, why) => {
       const exchange = channel.exchanges.get(requestId);
-      const leftOut = channel.complaints.take();
-      if (leftOut !== undefined) channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why, ...suppressedField(leftOut) });
+      channel.complaints.write((extra) => channel.log.warn({ event: 'listener.bad_response', listener: channel.id, known: exchange !== undefined, why, ...extra }));
       exchange?.badResponse();
     },
     closing: (channel, why) => {
@@ -317,7 +314,7 @@ export class HybridService {
     closed: (channel, code) => {
       const left = this.listeners.remove(channel);
       this.letGoIfUnused(channel.entity);
-      channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left, ...suppressedField(channel.complaints.leftOut) });
+      channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left, ...channel.complaints.leftOutField });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
       if (code === 1009) {

@@ -14,8 +14,17 @@ export class LogAllowance {
   private used = 0;
   private left = 0;
 
+  /**
+   * Calls `write` with the fields the line adds (`suppressed`, when lines were left out before it) if a line may be
+   * written now; else counts the line left out.
+   */
+  write(write: (extra: { suppressed?: number }) => void): void {
+    const leftOut = this.take();
+    if (leftOut !== undefined) write(suppressedField(leftOut));
+  }
+
   /** Whether a line may be written now: undefined when not; else how many were left out before it (usually 0). */
-  take(): number | undefined {
+  private take(): number | undefined {
     const now = performance.now();
     if (now - this.windowStart >= WINDOW_MS) {
       this.windowStart = now;
@@ -31,13 +40,13 @@ export class LogAllowance {
     return leftOut;
   }
 
-  /** Lines left out since the last one written. */
-  get leftOut(): number {
-    return this.left;
+  /** The fields a last line adds for the lines left out since the one written before (when the peer leaves). */
+  get leftOutField(): { suppressed?: number } {
+    return suppressedField(this.left);
   }
 }
 
 /** The `suppressed` field of a line written after `leftOut` lines were left out (none when 0). */
-export function suppressedField(leftOut: number): { suppressed?: number } {
+function suppressedField(leftOut: number): { suppressed?: number } {
   return leftOut > 0 ? { suppressed: leftOut } : {};
 }
