@@ -137,27 +137,36 @@ describe('serve --workers, workers dying and started again', { concurrency: 2 },
     // NATS away when the worker is started again: it listens at once, and says it is ready only after waiting up to
     // bus.requestTimeoutMs for NATS. Legs landing on the wrong worker in that window were answered 404
     // RendezvousNotFound (before: the new worker knew no other, and the others not it), and their senders hung.
-    const overrides = edgeOverrides('rejoin', [nats.url], { bus: { requestTimeoutMs: 10000 }, timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500, acceptMs: 3000 } });
+    const overrides = edgeOverrides('rejoin', [nats.url], { bus: { requestTimeoutMs: 20000 }, timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500, acceptMs: 3000 } });
     const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
     const primary = relay.child.pid!;
     await nats.kill();
     await killWorkerUntilForkedAgain(primary);
     const listening = () => relay.stderr().match(/"event":"relay\.listening"/g)?.length ?? 0;
     await until(() => listening() === 3, 15000, 'the new worker to listen');
-    // A listener on one worker; senders land on either (those on the other worker are refused: no NATS to route them),
-    // and the accept legs of those on the listener's worker land on either too.
-    await echoListener(t, relay.url);
-    const attempts = await Promise.all(
-      Array.from({ length: 16 }, (_, i) =>
-        withTimeout(echoOnce(relay.url, `in the window ${i}`), 4500, 'one echo').then(
-          () => 'echoed',
-          () => 'refused',
-        ),
-      ),
-    );
+    const windowEnds = Date.now() + 12000;
+    // Listeners and senders land on either worker: a sender on a worker with no listener is refused (503: no NATS to route
+    // it), and the accept legs of the others land on either too. Which worker takes a connection is the kernel's
+    // choice, and a burst often goes to one (libuv accepts until none waits): rounds, each with one more listener,
+    // until a sender on a listener's worker is through (before, one burst of 16 with one listener: none through in
+    // a clean clone's run).
+    const attempts: string[] = [];
+    for (let round = 0; !attempts.includes('echoed') && Date.now() < windowEnds; round++) {
+      await echoListener(t, relay.url);
+      attempts.push(
+        ...(await Promise.all(
+          Array.from({ length: 8 }, (_, i) =>
+            withTimeout(echoOnce(relay.url, `round ${round}: ${i}`), 4000, 'one echo').then(
+              () => 'echoed',
+              (err: Error) => `round ${round}: ${err.message}`,
+            ),
+          ),
+        )),
+      );
+    }
     const said = () => relay.stderr().split('\n').filter((l) => /rendezvous|is back|listening/.test(l)).slice(-20).join('\n');
     assert.doesNotMatch(relay.stderr(), /worker \d is back/, `the window was over before the senders were done\n${said()}`);
-    assert.ok(attempts.includes('echoed'), said());
+    assert.ok(attempts.includes('echoed'), `${attempts.join('\n')}\n${said()}`);
     assert.doesNotMatch(relay.stderr(), /"event":"rendezvous\.unknown"/, said());
   });
 
