@@ -62,6 +62,11 @@ main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
     setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
+    // Once nothing is left to do, ended here rather than by node's own way out: that closes every handle first,
+    // signal watchers included, and a signal landing in the milliseconds until the process is gone took its
+    // default action: a second Ctrl-C (a terminal's and npm's both) ended a command that had stopped cleanly with
+    // 130 in place of its 0 (seen once the bundled CLI stopped faster). process.exit leaves the watchers in place.
+    process.once('beforeExit', () => process.exit());
   },
   (err: unknown) => {
     process.stderr.write(`edge-relay: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
