@@ -1,8 +1,9 @@
 # One edge-relay node. Built by docker-compose.yml; runs the same CLI as
 # `npm start` (bin/edge-relay, which also sets the allocator's environment:
 # docs/performance.md), with the config mounted at /etc/edge-relay/config.json.
-# It compiles the TypeScript at start (tsx) and caches it in the temporary
-# directory, /tmp: with a read-only root filesystem, mount a tmpfs there.
+# The CLI is bundled here (npm run build: bin/bundle.mjs), so nothing is
+# compiled at start; `serve --workers` makes its socket folder in /tmp: with
+# a read-only root filesystem, mount a tmpfs there.
 # Node 20 reached its end of life on 2026-04-30 (docs/security.md).
 FROM node:20-bookworm-slim
 WORKDIR /app
@@ -13,6 +14,7 @@ COPY tsconfig.json ./
 COPY schemas ./schemas
 COPY src ./src
 COPY bin ./bin
+RUN node bin/bundle.mjs
 USER node
 EXPOSE 9400
 # The process answers (/$relay/health), not /$relay/ready: ready is 503 while

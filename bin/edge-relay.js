@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI through tsx, so no build step is needed. Started by
+// Runs the CLI: bundled when it can be, else the TypeScript through tsx (see
+// below); no build step is needed either way. Started by
 // bin/edge-relay (the command users run), which sets the allocator's
 // environment first.
 //
 // SIGHUP's default action ends the process, and `serve` takes it over only
-// once node has loaded tsx and the CLI and read the config (a second or
+// once node has loaded the CLI and read the config (a second or
 // more): a reload signal sent just after a (re)start (systemd's ExecReload, a
 // config tool writing the file then signalling) killed the relay without a
 // line. So it is caught from the first line here, counted, and handed to
@@ -16,6 +17,14 @@ if (process.argv[2] === 'serve') {
   process.on('SIGHUP', early.listener);
 }
 
-const { register } = await import('tsx/esm/api');
-register();
-await import('../src/cli/main.ts');
+// The CLI bundled (bin/bundle.mjs: made again first when a source changed), or
+// the TypeScript through tsx when it cannot be, or EDGE_RELAY_FROM_SOURCE=1 asks.
+const { bundleToRun } = await import('./bundle.mjs');
+const bundle = process.env.EDGE_RELAY_FROM_SOURCE === '1' ? undefined : bundleToRun();
+if (bundle) {
+  await import(bundle);
+} else {
+  const { register } = await import('tsx/esm/api');
+  register();
+  await import('../src/cli/main.ts');
+}

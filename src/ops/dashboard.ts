@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { failEdgeRequest, refuseOtherMethods } from '../http/edge-errors.ts';
+import { projectFile } from '../project-files.ts';
 import { ClusterStats, type StatsSources } from './cluster-stats.ts';
 import type { ManageAuth } from './manage-auth.ts';
 import { TraceRelay } from './trace-relay.ts';
@@ -41,7 +42,7 @@ interface Asset {
 
 /** The page's files, by the name after /$relay/dashboard/ ('' is the page). */
 function loadAssets(): Map<string, Asset> {
-  const dir = new URL('./dashboard/', import.meta.url);
+  const dir = projectFile('src/ops/dashboard/');
   const assets = new Map<string, Asset>();
   for (const [file, type] of Object.entries(FILES)) {
     const body = readFileSync(new URL(file, dir));

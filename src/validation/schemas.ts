@@ -4,8 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { projectFile } from '../project-files.ts';
 
-const schemaDir = fileURLToPath(new URL('../../schemas/', import.meta.url));
+const schemaDir = fileURLToPath(projectFile('schemas/'));
 
 // code.optimize off: ajv's pass over the code it generates took a third of the
 // ~300 ms these compile in (every process start, every test file), and V8 makes

@@ -92,6 +92,8 @@ const RANK: Record<string, number> = {
   validation: 0,
   collections: 0,
   config: 0.5,
+  // Files directly in src/: project-files.ts (where the files read at run time are).
+  '(src)': 0,
 };
 
 describe('layers of src/', () => {
