@@ -1,5 +1,5 @@
 // Types of bin/bundle.mjs (plain JavaScript: it runs before tsx is loaded) for the TypeScript that imports it.
-/** One digest of every src/**\/*.ts's path and bytes, and of the bundle's format. */
+/** One digest of what the bundle is made from: every src/**\/*.ts, tsconfig.json, bin/bundle.mjs, esbuild's version. */
 export function sourceDigest(): string;
 /** Makes build/edge-relay.mjs from the sources whose digest is `digest`. */
 export function build(digest?: string): void;

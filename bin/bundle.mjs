@@ -14,7 +14,8 @@
 // second; when that cannot be done (a read-only install without it, a source
 // esbuild refuses), the CLI runs through tsx as before, which says what is
 // wrong with a source. Nothing is ever run from a bundle of other sources:
-// build/sources.json names the digest of every src/**/*.ts it was made from.
+// build/sources.json names the digest of what it was made from (every
+// src/**/*.ts, tsconfig.json, this file and esbuild's version).
 //
 // `node bin/bundle.mjs` (npm run build) makes it now, as the Dockerfile does.
 import { createHash, randomBytes } from 'node:crypto';
@@ -27,8 +28,6 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The bundle sits one folder below the project, as src/project-files.ts does: the paths it reads resolve alike. */
 const BUNDLE = join(ROOT, 'build', 'edge-relay.mjs');
 const MANIFEST = join(ROOT, 'build', 'sources.json');
-/** Changed whenever what is made from the same sources changes (the options below): older bundles are made again. */
-const FORMAT = 1;
 
 /** The TypeScript files under `dir`, their paths relative to ROOT, sorted. */
 function sources(dir) {
@@ -41,10 +40,21 @@ function sources(dir) {
   return found.sort();
 }
 
-/** One digest of every source's path and bytes (about 3 ms for src/'s 1.4 MB), and of the bundle's format. */
+/** esbuild as tsx has it (its dependency): the same compiler, the same version. */
+function esbuildPath() {
+  return createRequire(createRequire(import.meta.url).resolve('tsx/package.json')).resolve('esbuild');
+}
+
+/**
+ * One digest of what the bundle is made from: every source's path and bytes
+ * (about 3 ms for src/'s 1.4 MB), tsconfig.json (esbuild reads it), this file
+ * (how it is made) and esbuild's version (what makes it).
+ */
 export function sourceDigest() {
-  const hash = createHash('sha256').update(`format ${FORMAT}\0`);
-  for (const path of sources('src')) hash.update(path).update('\0').update(readFileSync(join(ROOT, path))).update('\0');
+  const hash = createHash('sha256');
+  for (const path of [...sources('src'), 'tsconfig.json', 'bin/bundle.mjs']) hash.update(path).update('\0').update(readFileSync(join(ROOT, path))).update('\0');
+  const esbuildPackage = join(esbuildPath(), '..', '..', 'package.json');
+  hash.update(`esbuild ${JSON.parse(readFileSync(esbuildPackage, 'utf8')).version}`);
   return hash.digest('hex');
 }
 
@@ -63,8 +73,7 @@ function builtFrom() {
  * never takes a half-written file, nor a manifest ahead of its bundle.
  */
 export function build(digest = sourceDigest()) {
-  // esbuild as tsx has it (its dependency): the same compiler, the same version.
-  const esbuild = createRequire(createRequire(import.meta.url).resolve('tsx/package.json'))('esbuild');
+  const esbuild = createRequire(import.meta.url)(esbuildPath());
   mkdirSync(join(ROOT, 'build'), { recursive: true });
   const tmp = `${BUNDLE}.${process.pid}.${randomBytes(4).toString('hex')}`;
   try {
