@@ -1,7 +1,13 @@
 // Types of bin/bundle.mjs (plain JavaScript: it runs before tsx is loaded) for the TypeScript that imports it.
-/** One digest of what the bundle is made from: every src/**\/*.ts, tsconfig.json, bin/bundle.mjs, esbuild's version. */
-export function sourceDigest(): string;
-/** Makes build/edge-relay.mjs from the sources whose digest is `digest`. */
-export function build(digest?: string): void;
-/** The bundle's file URL to import, made again first when the sources changed; undefined when it cannot be had. */
+/** What the bundle is made from, read now: its digest, and each file's own digest by path. */
+export interface SourceState {
+  digest: string;
+  files: Map<string, string>;
+}
+export function sourceState(): SourceState;
+/** Where the bundle of the sources whose digest is `digest` is. */
+export function bundlePath(digest: string): string;
+/** Makes the bundle of `state` and returns its path; throws when it cannot, or when a source changed meanwhile. */
+export function build(state?: SourceState): string;
+/** The bundle's file URL to import, made first when there is none of the sources on disk; undefined when it cannot be had. */
 export function bundleToRun(): string | undefined;

@@ -1,41 +1,47 @@
-// The CLI as one JavaScript file, build/edge-relay.mjs, made from src/ by
-// esbuild (which tsx brings) and run by bin/edge-relay.js in place of the
-// TypeScript through tsx whenever it was made from the sources as they are.
+// The CLI as one JavaScript file, build/edge-relay-DIGEST.mjs, made from
+// src/ by esbuild (which tsx brings) and run by bin/edge-relay.js in place of
+// the TypeScript through tsx whenever one was made from the sources as they
+// are.
 //
 // Why: tsx compiles in loader hooks that node 20 runs on a thread of their
 // own, and every module goes through them: a `serve` took 1.8 s of CPU to
-// start through tsx and 0.9 s from the bundle (the rest is mostly ajv
-// compiling the schemas), one process as it is, one thread fewer, and no
-// writes to a cache in /tmp. (The test suite starts close to 300 such
-// processes.)
+// start through tsx and 0.85 s from the bundle (the rest is mostly ajv
+// compiling the schemas), and held 33 MiB more. (The test suite starts close
+// to 300 such processes.)
 //
-// When the bundle is made from sources that are not the ones on disk (an
-// edit since), it is made again at the next start, in about a third of a
-// second; when that cannot be done (a read-only install without it, a source
-// esbuild refuses), the CLI runs through tsx as before, which says what is
-// wrong with a source. Nothing is ever run from a bundle of other sources:
-// build/sources.json names the digest of what it was made from (every
-// src/**/*.ts, tsconfig.json, this file and esbuild's version).
+// A bundle is named by the digest of what it is made from (every
+// src/**/*.ts, tsconfig.json, package.json, this file and esbuild's
+// version): the launcher computes the digest of the sources on disk and runs
+// the bundle of that name, or makes it first (about a third of a second),
+// or, when it cannot be made (a read-only install without it, a source
+// esbuild refuses), runs the TypeScript through tsx as before, which says
+// what is wrong with a source. One file, written whole and renamed into
+// place: nothing can pair a digest with another bundle. And a bundle is
+// kept only when what esbuild compiled is byte for byte what the digest
+// was computed from (read back from its source map): a source saved while
+// it was being made does not give its name to the wrong code.
 //
 // `node bin/bundle.mjs` (npm run build) makes it now, as the Dockerfile does.
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-/** The bundle sits one folder below the project, as src/project-files.ts does: the paths it reads resolve alike. */
-const BUNDLE = join(ROOT, 'build', 'edge-relay.mjs');
-const MANIFEST = join(ROOT, 'build', 'sources.json');
+/** Bundles sit one folder below the project, as src/project-files.ts does: the paths it reads resolve alike. */
+const BUILD = join(ROOT, 'build');
+/** Bundles of other sources, and what a process killed while writing left, are removed this long after they were made. */
+const STALE_MS = 10 * 60 * 1000;
 
-/** The TypeScript files under `dir`, their paths relative to ROOT, sorted. */
+/** The TypeScript files under `dir`, their paths relative to ROOT, sorted (not dot files nor links: an editor's lock files). */
 function sources(dir) {
   const found = [];
   for (const entry of readdirSync(join(ROOT, dir), { withFileTypes: true })) {
+    if (entry.name.startsWith('.')) continue;
     const path = `${dir}/${entry.name}`;
     if (entry.isDirectory()) found.push(...sources(path));
-    else if (entry.name.endsWith('.ts')) found.push(path);
+    else if (entry.isFile() && entry.name.endsWith('.ts')) found.push(path);
   }
   return found.sort();
 }
@@ -46,76 +52,134 @@ function esbuildPath() {
 }
 
 /**
- * One digest of what the bundle is made from: every source's path and bytes
- * (about 3 ms for src/'s 1.4 MB), tsconfig.json (esbuild reads it), this file
- * (how it is made) and esbuild's version (what makes it).
+ * What the bundle is made from, read now: `digest` of every source's path and
+ * bytes (about 3-10 ms for src/'s 1.4 MB), of the files that say how
+ * (tsconfig.json, package.json, this one) and of esbuild's version; and the
+ * bytes' own digest by path, to check a build against.
  */
-export function sourceDigest() {
+export function sourceState() {
   const hash = createHash('sha256');
-  for (const path of [...sources('src'), 'tsconfig.json', 'bin/bundle.mjs']) hash.update(path).update('\0').update(readFileSync(join(ROOT, path))).update('\0');
-  const esbuildPackage = join(esbuildPath(), '..', '..', 'package.json');
-  hash.update(`esbuild ${JSON.parse(readFileSync(esbuildPackage, 'utf8')).version}`);
-  return hash.digest('hex');
-}
-
-function builtFrom() {
-  try {
-    return JSON.parse(readFileSync(MANIFEST, 'utf8')).digest;
-  } catch {
-    return undefined;
+  const files = new Map();
+  for (const path of [...sources('src'), 'tsconfig.json', 'package.json', 'bin/bundle.mjs']) {
+    const bytes = readFileSync(join(ROOT, path));
+    files.set(path, createHash('sha256').update(bytes).digest('hex'));
+    hash.update(path).update('\0').update(bytes).update('\0');
   }
+  hash.update(`esbuild ${JSON.parse(readFileSync(join(dirname(esbuildPath()), '..', 'package.json'), 'utf8')).version}`);
+  return { digest: hash.digest('hex'), files };
 }
 
-/**
- * Makes the bundle from the sources whose digest is `digest`. Two processes
- * starting at once may both make it: each writes files of its own and renames
- * them into place, the bundle before the manifest that names it, so a reader
- * never takes a half-written file, nor a manifest ahead of its bundle.
- */
-export function build(digest = sourceDigest()) {
-  const esbuild = createRequire(import.meta.url)(esbuildPath());
-  mkdirSync(join(ROOT, 'build'), { recursive: true });
-  const tmp = `${BUNDLE}.${process.pid}.${randomBytes(4).toString('hex')}`;
+/** Where the bundle of the sources whose digest is `digest` is. */
+export function bundlePath(digest) {
+  return join(BUILD, `edge-relay-${digest}.mjs`);
+}
+
+/** esbuild, run in a process of its own that ends with the build (by default it runs one for the life of this one). */
+function loadEsbuild() {
+  const before = process.env.ESBUILD_WORKER_THREADS;
+  process.env.ESBUILD_WORKER_THREADS = '0';
   try {
-    esbuild.buildSync({
-      entryPoints: [join(ROOT, 'src', 'cli', 'main.ts')],
-      outfile: tmp,
-      bundle: true,
-      platform: 'node',
-      format: 'esm',
-      target: 'node20',
-      // Dependencies stay in node_modules, loaded as node loads them.
-      packages: 'external',
-      // As tsx compiles: functions and classes keep their names (errors and logs name them).
-      keepNames: true,
-      // With EDGE_RELAY_NODE_FLAGS=--enable-source-maps, stack traces name the TypeScript lines.
-      sourcemap: 'external',
-      logLevel: 'silent',
-    });
-    writeFileSync(`${tmp}.json`, `${JSON.stringify({ digest })}\n`);
-    renameSync(`${tmp}.map`, `${BUNDLE}.map`);
-    renameSync(tmp, BUNDLE);
-    renameSync(`${tmp}.json`, MANIFEST);
+    return createRequire(import.meta.url)(esbuildPath());
   } finally {
-    for (const leftover of [tmp, `${tmp}.map`, `${tmp}.json`]) rmSync(leftover, { force: true });
+    if (before === undefined) delete process.env.ESBUILD_WORKER_THREADS;
+    else process.env.ESBUILD_WORKER_THREADS = before;
   }
 }
 
 /**
- * The bundle to import, made again first when the sources changed; undefined
- * when it cannot be had (the CLI then runs through tsx).
+ * Makes the bundle of `state` (sourceState()), and returns its path; throws
+ * when it cannot, or when a source esbuild compiled is not what `state` read
+ * (saved meanwhile). Several processes may make it at once: each writes files
+ * of its own and renames them into place, the source map first.
+ */
+export function build(state = sourceState()) {
+  // A folder this process cannot write (a read-only install, files of another user): said before esbuild's work, not after.
+  mkdirSync(BUILD, { recursive: true });
+  accessSync(BUILD, constants.W_OK);
+  const final = bundlePath(state.digest);
+  const result = loadEsbuild().buildSync({
+    entryPoints: [join(ROOT, 'src', 'cli', 'main.ts')],
+    outfile: final,
+    write: false,
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    // Dependencies stay in node_modules, loaded as node loads them.
+    packages: 'external',
+    // As tsx compiles: functions and classes keep their names (errors and logs name them).
+    keepNames: true,
+    // Linked: with EDGE_RELAY_NODE_FLAGS=--enable-source-maps, stack traces name the TypeScript's lines. Its
+    // sources' contents are what is checked below.
+    sourcemap: 'linked',
+    sourcesContent: true,
+    logLevel: 'silent',
+  });
+  const map = result.outputFiles.find((f) => f.path.endsWith('.map'));
+  const code = result.outputFiles.find((f) => f.path === final);
+  if (!map || !code) throw new Error('esbuild made no bundle');
+  // Every file compiled is one the digest read, with the same bytes (esbuild names them from the bundle's folder,
+  // through the project's real path when it was reached by a link).
+  const { sources: compiled, sourcesContent } = JSON.parse(map.text);
+  const roots = [ROOT, realpathSync(ROOT)];
+  const buildDirs = [BUILD, realpathSync(BUILD)];
+  compiled.forEach((source, i) => {
+    const path = buildDirs
+      .flatMap((dir) => roots.map((root) => relative(root, resolve(dir, source))))
+      .find((p) => state.files.has(p));
+    if (path === undefined) throw new Error(`esbuild compiled ${source}, which the digest does not cover`);
+    if (createHash('sha256').update(sourcesContent[i]).digest('hex') !== state.files.get(path)) {
+      throw new Error(`${path} changed while the bundle was made`);
+    }
+  });
+  const tmp = `${final}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  try {
+    writeFileSync(`${tmp}.map`, map.contents);
+    renameSync(`${tmp}.map`, `${final}.map`);
+    writeFileSync(tmp, code.contents);
+    renameSync(tmp, final);
+  } finally {
+    rmSync(`${tmp}.map`, { force: true });
+    rmSync(tmp, { force: true });
+  }
+  removeStale(state.digest);
+  return final;
+}
+
+/** Removes bundles of other sources, and half-written files, made over STALE_MS ago. */
+function removeStale(digest) {
+  const now = Date.now();
+  for (const name of readdirSync(BUILD)) {
+    if (!name.startsWith('edge-relay-') || name.includes(digest)) continue;
+    const path = join(BUILD, name);
+    try {
+      if (now - statSync(path).mtimeMs > STALE_MS) rmSync(path, { force: true });
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
+/**
+ * The bundle to import, made first when there is none of the sources on disk;
+ * undefined when it cannot be had (the CLI then runs through tsx).
  */
 export function bundleToRun() {
   try {
-    const digest = sourceDigest();
-    if (builtFrom() !== digest) build(digest);
-    return builtFrom() === digest ? pathToFileURL(BUNDLE).href : undefined;
+    const state = sourceState();
+    const path = bundlePath(state.digest);
+    try {
+      statSync(path);
+    } catch {
+      build(state);
+    }
+    return pathToFileURL(path).href;
   } catch {
     return undefined;
   }
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  build();
-  process.stdout.write(`${BUNDLE} made from src/ (${builtFrom()})\n`);
+  const made = build();
+  process.stdout.write(`${made} made from src/\n`);
 }

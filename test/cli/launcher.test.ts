@@ -1,8 +1,8 @@
 // The launcher (bin/edge-relay.js with bin/bundle.mjs): it runs the bundled
-// CLI when the bundle was made from the sources on disk, makes it again when
-// a source changed, runs the TypeScript through tsx when it cannot be made,
-// and never runs a bundle of other sources. Tried on a copy of the project,
-// whose sources the test edits.
+// CLI made from the sources on disk, makes it when a source changed, runs
+// the TypeScript through tsx when it cannot be made, and never runs a bundle
+// of other sources. Tried on a copy of the project, whose sources the test
+// edits.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, it } from 'node:test';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const USAGE = 'Usage: edge-relay COMMAND [options]';
@@ -19,7 +19,8 @@ const USAGE = 'Usage: edge-relay COMMAND [options]';
 function runIn(dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return withTimeout(
     new Promise((resolve, reject) => {
-      const child = spawn(join(dir, 'bin', 'edge-relay'), args, { cwd: dir, env: { ...process.env, ...env }, timeout: 30000 });
+      // EDGE_RELAY_FROM_SOURCE only as the test sets it, not as its caller's environment may.
+      const child = spawn(join(dir, 'bin', 'edge-relay'), args, { cwd: dir, env: { ...process.env, EDGE_RELAY_FROM_SOURCE: '', ...env }, timeout: 30000 });
       let stdout = '';
       let stderr = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -32,13 +33,9 @@ function runIn(dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promis
   );
 }
 
-/** What the copy's build/ holds: the bundle, its source map, and the digest of the sources it was made from. */
-function built(dir: string): { digest: string; bundle: string; files: string[] } {
-  return {
-    digest: (JSON.parse(readFileSync(join(dir, 'build', 'sources.json'), 'utf8')) as { digest: string }).digest,
-    bundle: readFileSync(join(dir, 'build', 'edge-relay.mjs'), 'utf8'),
-    files: readdirSync(join(dir, 'build')).sort(),
-  };
+/** What the copy's build/ holds: bundles named by the digest of their sources, each with its source map. */
+function builtFiles(dir: string): string[] {
+  return readdirSync(join(dir, 'build')).sort();
 }
 
 function edit(dir: string, file: string, from: string, to: string): void {
@@ -49,46 +46,83 @@ function edit(dir: string, file: string, from: string, to: string): void {
 }
 
 describe('the launcher', () => {
-  it('runs the bundle made from the sources on disk, makes it again when one changes, and runs them through tsx when it cannot', async (t) => {
+  it('runs the bundle made from the sources on disk, makes one when a source changes, and runs them through tsx when it cannot', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-launcher-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
-    for (const part of ['bin', 'src', 'schemas', 'package.json', 'tsconfig.json']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
+    for (const part of ['bin', 'src', 'schemas', 'config', 'package.json', 'tsconfig.json']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
     symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-    // The digest as the copy's launcher computes it, over the copy's sources.
-    const { sourceDigest } = (await import(pathToFileURL(join(dir, 'bin', 'bundle.mjs')).href)) as { sourceDigest(): string };
+    // The copy's launcher module, reading the copy's sources.
+    const bundle = (await import(pathToFileURL(join(dir, 'bin', 'bundle.mjs')).href)) as typeof import('../../bin/bundle.mjs');
+    const named = (state: { digest: string }) => {
+      const path = bundle.bundlePath(state.digest);
+      return [path.slice(path.lastIndexOf('/') + 1), `${path.slice(path.lastIndexOf('/') + 1)}.map`];
+    };
 
-    // No bundle yet: made at the first start, from these sources.
+    // No bundle yet: made at the first start, named by the digest of these sources, with its source map linked.
     const first = await runIn(dir, ['--help']);
     assert.equal(first.status, 0, first.stderr);
     assert.ok(first.stdout.startsWith(USAGE), first.stdout);
-    assert.equal(built(dir).digest, sourceDigest());
-    assert.deepEqual(built(dir).files, ['edge-relay.mjs', 'edge-relay.mjs.map', 'sources.json']);
+    assert.equal(first.stderr, '');
+    const original = bundle.sourceState();
+    assert.deepEqual(builtFiles(dir), named(original));
+    const code = readFileSync(bundle.bundlePath(original.digest), 'utf8');
+    assert.ok(code.trimEnd().endsWith(`//# sourceMappingURL=${named(original)[1]}`), code.slice(-200));
 
-    // The bundle is what runs while it is the sources' (marked here in the bundle alone), unless EDGE_RELAY_FROM_SOURCE=1.
-    edit(dir, 'build/edge-relay.mjs', USAGE, 'Usage: from the bundle');
-    assert.ok((await runIn(dir, ['--help'])).stdout.startsWith('Usage: from the bundle'));
+    // The bundle is what runs while it is the sources' (marked here in the bundle alone), unless EDGE_RELAY_FROM_SOURCE=1;
+    // an editor's lock file (a dot file, a link to nowhere) in src/ changes nothing.
+    edit(dir, `build/${named(original)[0]}`, USAGE, 'Usage: from the bundle');
+    symlinkSync('nobody@host.1234:1700000000', join(dir, 'src', 'cli', '.#token.ts'));
+    const fromBundle = await runIn(dir, ['--help']);
+    assert.ok(fromBundle.stdout.startsWith('Usage: from the bundle'), fromBundle.stdout);
     assert.ok((await runIn(dir, ['--help'], { EDGE_RELAY_FROM_SOURCE: '1' })).stdout.startsWith(USAGE));
 
-    // A source edited: made again before it runs, by the first of several processes starting at once or by each.
+    // A source edited: made before it runs, by the first of several processes starting at once or by each.
     edit(dir, 'src/cli/main.ts', USAGE, 'Usage: edited');
     const several = await Promise.all([1, 2, 3, 4].map(() => runIn(dir, ['--help'])));
-    for (const run of several) assert.ok(run.stdout.startsWith('Usage: edited'), run.stdout + run.stderr);
-    const remade = built(dir);
-    assert.equal(remade.digest, sourceDigest());
-    assert.ok(remade.bundle.includes('Usage: edited'));
-    assert.deepEqual(remade.files, ['edge-relay.mjs', 'edge-relay.mjs.map', 'sources.json'], 'no half-made file left');
+    for (const run of several) assert.ok(run.stdout.startsWith('Usage: edited') && run.stderr === '', run.stdout + run.stderr);
+    const edited = bundle.sourceState();
+    assert.ok(readFileSync(bundle.bundlePath(edited.digest), 'utf8').includes('Usage: edited'));
+    assert.deepEqual(builtFiles(dir), [...named(original), ...named(edited)].sort(), 'no half-made file left');
 
-    // A source esbuild refuses (one --help does not load) and another edit: no bundle can be made, and the one there
-    // is of other sources: the sources run through tsx, and say what is wrong when the broken one is loaded.
+    // A source saved while a bundle is made: the bundle is not kept under the digest read before.
+    const before = bundle.sourceState();
+    edit(dir, 'src/cli/main.ts', 'Usage: edited', 'Usage: saved meanwhile');
+    assert.throws(() => bundle.build(before), /src\/cli\/main\.ts changed while the bundle was made/);
+    assert.deepEqual(builtFiles(dir), [...named(original), ...named(edited)].sort());
+    edit(dir, 'src/cli/main.ts', 'Usage: saved meanwhile', 'Usage: edited');
+
+    // A serve that made its bundle keeps no esbuild process (by default esbuild runs one for the life of the caller).
+    edit(dir, 'src/cli/main.ts', 'Usage: edited', 'Usage: for serve');
+    const serve = spawn(join(dir, 'bin', 'edge-relay'), ['serve', '--config', 'config/dev.json', '--port', '0'], { cwd: dir, env: { ...process.env, EDGE_RELAY_FROM_SOURCE: '' } });
+    t.after(() => serve.kill('SIGKILL'));
+    let out = '';
+    serve.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    await until(() => out.includes('listening on'), 20000, 'serve to listen');
+    const children = readdirSync('/proc').filter((p) => /^\d+$/.test(p) && procParent(p) === serve.pid);
+    assert.deepEqual(children, [], 'processes left by the build');
+    serve.kill('SIGINT');
+
+    // A source esbuild refuses (one --help does not load) and another edit: no bundle can be made: the sources run
+    // through tsx, and say what is wrong when the broken one is loaded.
     writeFileSync(join(dir, 'src', 'cli', 'pub.ts'), `${readFileSync(join(dir, 'src', 'cli', 'pub.ts'), 'utf8')}\nexport const broken = ;\n`);
-    edit(dir, 'src/cli/main.ts', 'Usage: edited', 'Usage: edited again');
+    edit(dir, 'src/cli/main.ts', 'Usage: for serve', 'Usage: edited again');
     const fallback = await runIn(dir, ['--help']);
     assert.equal(fallback.status, 0, fallback.stderr);
     assert.ok(fallback.stdout.startsWith('Usage: edited again'), fallback.stdout);
-    assert.equal(built(dir).digest, remade.digest, 'the bundle of the sources before stays as it was');
+    assert.equal(fallback.stderr, '');
     const broken = await runIn(dir, ['pub', '--help']);
     assert.notEqual(broken.status, 0);
     assert.match(broken.stderr, /pub\.ts/);
-    assert.deepEqual(built(dir).files, ['edge-relay.mjs', 'edge-relay.mjs.map', 'sources.json'], 'no half-made file left');
+    assert.ok(!builtFiles(dir).some((f) => !/^edge-relay-[0-9a-f]{64}\.mjs(\.map)?$/.test(f)), `no half-made file left: ${builtFiles(dir)}`);
   });
 });
+
+/** The parent process id of /proc entry `pid` (undefined when it has gone). */
+function procParent(pid: string): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined;
+  }
+}
