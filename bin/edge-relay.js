@@ -17,8 +17,9 @@ if (process.argv[2] === 'serve') {
   process.on('SIGHUP', early.listener);
 }
 
-// The CLI bundled (bin/bundle.mjs: made again first when a source changed), or
-// the TypeScript through tsx when it cannot be, or EDGE_RELAY_FROM_SOURCE=1 asks.
+// The CLI's bundle of the sources on disk (bin/bundle.mjs: made first when there
+// is none), or the TypeScript through tsx when none can be made, or when
+// EDGE_RELAY_FROM_SOURCE=1 asks.
 const { bundleToRun } = await import('./bundle.mjs');
 const bundle = process.env.EDGE_RELAY_FROM_SOURCE === '1' ? undefined : bundleToRun();
 if (bundle) {

