@@ -53,17 +53,18 @@ function esbuildPath() {
 
 /**
  * What the bundle is made from, read now: `digest` of every source's path and
- * bytes (about 3-10 ms for src/'s 1.4 MB), of the files that say how
+ * bytes (30-35 ms in a process just started, for src/'s 1.6 MB in 150 files), of the files that say how
  * (tsconfig.json, package.json, this one) and of esbuild's version; and the
  * bytes' own digest by path, to check a build against.
  */
 export function sourceState() {
+  // Each file hashed once; the digest is of their paths and hashes.
   const hash = createHash('sha256');
   const files = new Map();
   for (const path of [...sources('src'), 'tsconfig.json', 'package.json', 'bin/bundle.mjs']) {
-    const bytes = readFileSync(join(ROOT, path));
-    files.set(path, createHash('sha256').update(bytes).digest('hex'));
-    hash.update(path).update('\0').update(bytes).update('\0');
+    const fileHash = createHash('sha256').update(readFileSync(join(ROOT, path))).digest('hex');
+    files.set(path, fileHash);
+    hash.update(`${path}\0${fileHash}\0`);
   }
   hash.update(`esbuild ${JSON.parse(readFileSync(join(dirname(esbuildPath()), '..', 'package.json'), 'utf8')).version}`);
   return { digest: hash.digest('hex'), files };
