@@ -114,6 +114,16 @@ describe('the launcher', () => {
     assert.notEqual(broken.status, 0);
     assert.match(broken.stderr, /pub\.ts/);
     assert.ok(!builtFiles(dir).some((f) => !/^edge-relay-[0-9a-f]{64}\.mjs(\.map)?$/.test(f)), `no half-made file left: ${builtFiles(dir)}`);
+
+    // Sources esbuild takes again, and no folder for bundles to be made in (a file in its place: what a read-only
+    // install is to a user who may not write there): the sources run through tsx, without a word on stderr.
+    writeFileSync(join(dir, 'src', 'cli', 'pub.ts'), readFileSync(join(ROOT, 'src', 'cli', 'pub.ts')));
+    rmSync(join(dir, 'build'), { recursive: true });
+    writeFileSync(join(dir, 'build'), 'not a folder\n');
+    const noFolder = await runIn(dir, ['--help']);
+    assert.equal(noFolder.status, 0, noFolder.stderr);
+    assert.ok(noFolder.stdout.startsWith('Usage: edited again'), noFolder.stdout);
+    assert.equal(noFolder.stderr, '');
   });
 });
 
