@@ -120,15 +120,12 @@ export function build(state = sourceState()) {
   const map = result.outputFiles.find((f) => f.path.endsWith('.map'));
   const code = result.outputFiles.find((f) => f.path === final);
   if (!map || !code) throw new Error('esbuild made no bundle');
-  // Every file compiled is one the digest read, with the same bytes (esbuild names them from the bundle's folder,
-  // through the project's real path when it was reached by a link).
+  // Every file compiled is one the digest read, with the same bytes (esbuild names them from the bundle's folder as
+  // given, build/ even when that is a link, and through the project's real path when it was reached by one).
   const { sources: compiled, sourcesContent } = JSON.parse(map.text);
   const roots = [ROOT, realpathSync(ROOT)];
-  const buildDirs = [BUILD, realpathSync(BUILD)];
   compiled.forEach((source, i) => {
-    const path = buildDirs
-      .flatMap((dir) => roots.map((root) => relative(root, resolve(dir, source))))
-      .find((p) => state.files.has(p));
+    const path = roots.map((root) => relative(root, resolve(BUILD, source))).find((p) => state.files.has(p));
     if (path === undefined) throw new Error(`esbuild compiled ${source}, which the digest does not cover`);
     if (createHash('sha256').update(sourcesContent[i]).digest('hex') !== state.files.get(path)) {
       throw new Error(`${path} changed while the bundle was made`);
