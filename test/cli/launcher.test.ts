@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, it } from 'node:test';
 import { until, withTimeout } from '../helpers/wait.ts';
@@ -53,9 +53,10 @@ describe('the launcher', () => {
     symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
     // The copy's launcher module, reading the copy's sources.
     const bundle = (await import(pathToFileURL(join(dir, 'bin', 'bundle.mjs')).href)) as typeof import('../../bin/bundle.mjs');
+    /** The files in build/ for the bundle of `state`: it and its source map. */
     const named = (state: { digest: string }) => {
-      const path = bundle.bundlePath(state.digest);
-      return [path.slice(path.lastIndexOf('/') + 1), `${path.slice(path.lastIndexOf('/') + 1)}.map`];
+      const file = basename(bundle.bundlePath(state.digest));
+      return [file, `${file}.map`];
     };
 
     // No bundle yet: made at the first start, named by the digest of these sources, with its source map linked.
