@@ -619,6 +619,13 @@ export class JetStreamAccess {
           await sleep(Math.min(RETRY_MS, left));
           continue;
         }
+        if (this.bus.backlogged) {
+          // Its server takes nothing (frozen, cut off) and is not judged stale yet: what went out waits in this
+          // process's memory. Nothing more goes until it clears (bus bound on bytes unsent); the message waits here.
+          last = 'the NATS server takes nothing this edge sends';
+          await sleep(Math.min(RETRY_MS, left));
+          continue;
+        }
         const outcome = await this.publisher!.publish(subject, data, msgId, Math.max(100, Math.min(left, this.options.requestTimeoutMs)));
         if (outcome.kind === 'stored') {
           this.storeWorks(stream);

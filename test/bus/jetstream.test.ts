@@ -183,6 +183,35 @@ describe('JetStream access', () => {
     assert.equal((await js.bounds(STREAM.name)).last, 1, 'stored once');
   });
 
+  it('sends no more to a frozen server than the bus bound on bytes unsent; the rest wait, and are stored once it reads', async (t) => {
+    // Before, every publish went out while the bus took the frozen server for alive (two pings unanswered): a durable
+    // hub's events waited in the edge's memory without bound (the core bus drops past the bound: nats-bus.test.ts).
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    const js = access(t, bus, { publishTimeoutMs: 20_000, requestTimeoutMs: 500, unsureRetryMs: 20_000 });
+    await js.start([STREAM], BUCKET);
+    const message = Buffer.alloc(256 * 1024, 7);
+    const limit = bus.unsentLimit;
+    await nats.freeze();
+    let peak = 0;
+    const watch = setInterval(() => (peak = Math.max(peak, bus.unsentBytes)), 5);
+    t.after(() => clearInterval(watch));
+    const outcomes: Promise<{ seq: number } | Error>[] = [];
+    for (let i = 0; i < 64; i++) {
+      outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-big-${i}`).catch((err: Error) => err));
+      peak = Math.max(peak, bus.unsentBytes);
+    }
+    // Shorter than the bus's stale judgement (two pings a second apart unanswered), so the connection stays.
+    await new Promise((r) => setTimeout(r, 1500));
+    t.diagnostic(`64 publishes of 256 KiB to a frozen server: at most ${(peak / 1048576).toFixed(1)} MiB unsent, bound ${(limit / 1048576).toFixed(1)} MiB`);
+    assert.ok(peak <= limit + message.length + 4096, `at most ${peak} bytes unsent, bound ${limit}`);
+    nats.thaw();
+    const settled = await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
+    const failed = settled.filter((o) => o instanceof Error);
+    assert.deepEqual(failed.map((e) => (e as Error).message), [], 'every one stored once the server reads again');
+    assert.equal((await js.bounds(STREAM.name)).last, 64, 'each stored once');
+  });
+
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
     const nats = await startNatsServer(t);
     const js = access(t, busOn(t, nats.url), { publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 });
