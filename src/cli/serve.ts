@@ -33,7 +33,8 @@ Options:
                      event loop stuck) is killed and started again (default 30, 0 = off;
                      env EDGE_RELAY_WORKER_WATCHDOG)
   --dev              allow keys shorter than 32 bytes, or the published development
-                     keys, on a non-loopback listen.host (never in production)
+                     keys, on a non-loopback listen.host or behind a proxy
+                     (listen.trustProxy, a publicUrl of another host; never in production)
   -h, --help         this text
 
 Flags override environment variables, which override the file.

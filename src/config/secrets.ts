@@ -199,15 +199,36 @@ export function weakKeys(config: RelayConfig): string[] {
 }
 
 /**
+ * Why a relay on a loopback address is reached from elsewhere all the same, or undefined: a proxy on this machine
+ * forwards to it (listen.trustProxy lists one), or listeners are told to dial another host (publicUrl).
+ */
+function reachedFromElsewhere(config: RelayConfig): string | undefined {
+  if (config.listen.trustProxy.length > 0) return 'behind the proxies of listen.trustProxy';
+  if (config.publicUrl === undefined) return undefined;
+  let host: string;
+  try {
+    host = new URL(config.publicUrl).hostname;
+  } catch {
+    return undefined;
+  }
+  return isLoopbackHost(host) ? undefined : `as ${host} (publicUrl)`;
+}
+
+/**
  * Why `serve` refuses this config, or undefined: weak keys are fine on
- * loopback (nobody else can reach the port) and with --dev.
+ * loopback when nobody else can reach the port, and with --dev. Before, loopback
+ * alone was enough: behind nginx on the same machine (trustProxy 127.0.0.1,
+ * publicUrl https://relay.example.com) the published development keys signed
+ * Manage tokens for anyone on the internet (found by review).
  */
 export function weakKeysRefusal(config: RelayConfig, dev: boolean): string | undefined {
-  if (dev || isLoopbackHost(config.listen.host)) return undefined;
+  if (dev) return undefined;
+  const elsewhere = reachedFromElsewhere(config);
+  if (isLoopbackHost(config.listen.host) && elsewhere === undefined) return undefined;
   const problems = weakKeys(config);
   if (problems.length === 0) return undefined;
   return (
-    `refusing to serve on ${config.listen.host} with weak keys: ${problems.join('; ')}. ` +
+    `refusing to serve on ${config.listen.host}${elsewhere ? `, reached ${elsewhere},` : ''} with weak keys: ${problems.join('; ')}. ` +
     `Anyone who can reach the port could sign tokens with such a key. Use random keys of ${MIN_KEY_BYTES} bytes or more ` +
     '(openssl rand -base64 48), kept out of the file with keyFile/accessKeyFile or ${ENV_NAME}; or pass --dev for a development relay'
   );

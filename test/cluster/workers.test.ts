@@ -117,7 +117,8 @@ describe('serve --workers', { concurrency: 2 }, () => {
   it('behind a balancer sending PROXY headers (listen.proxyProtocol): legs handed between workers need none again, senders are named', async (t) => {
     const nats = await startNatsServer(t);
     const overrides = { ...edgeOverrides('proxied', [nats.url]), listen: { host: '127.0.0.1', port: 0, trustProxy: ['127.0.0.1'], proxyProtocol: true } };
-    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2']);
+    // --dev: the test's short keys, behind a proxy (trustProxy), are refused without it.
+    const relay = await startServeProcess(t, ['--config', configFile(t, overrides), '--port', '0', '--workers', '2', '--dev']);
     const relayPort = new URL(relay.url).port;
     const { v2 } = await startHaproxy(t, Number(relayPort));
     const base = `http://127.0.0.1:${v2}`;

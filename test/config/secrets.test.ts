@@ -143,6 +143,20 @@ describe('serve refuses weak keys off loopback', () => {
     assert.equal(weakKeysRefusal(config('127.0.0.1', 'short-key-0123456789'), false), undefined);
   });
 
+  it('refuses them on loopback reached from elsewhere: a proxy in listen.trustProxy, a publicUrl naming another host (found by review)', () => {
+    const weak = 'dev-only-key-0123456789';
+    const on = (listen: object, publicUrl?: string) =>
+      weakKeysRefusal(loadConfigFrom({ listen: { host: '127.0.0.1', ...listen }, ...(publicUrl ? { publicUrl } : {}), sas: [{ keyName: 'root', key: weak, rights: ['Manage'] }] }), false);
+    // Before: loopback alone let the published key serve behind nginx on the same machine, for anyone nginx serves.
+    assert.match(on({ trustProxy: ['127.0.0.1'] }) ?? 'served', /refusing to serve on 127\.0\.0\.1, reached behind the proxies of listen\.trustProxy, with weak keys/);
+    assert.match(on({}, 'https://relay.example.com') ?? 'served', /refusing to serve on 127\.0\.0\.1, reached as relay\.example\.com \(publicUrl\), with weak keys/);
+    assert.equal(on({}, 'http://127.0.0.1:9400'), undefined, 'a publicUrl on loopback is this machine');
+    assert.equal(on({}, 'ws://localhost:9400'), undefined);
+    assert.equal(on({}), undefined, 'loopback, nothing in front: npm start');
+    const dev = loadConfigFrom({ listen: { host: '127.0.0.1', trustProxy: ['127.0.0.1'] }, sas: [{ keyName: 'root', key: weak, rights: ['Manage'] }] });
+    assert.equal(weakKeysRefusal(dev, true), undefined, '--dev allows them');
+  });
+
   it('stops `serve` with exit code 78 and says why; config/dev.json (npm start) still starts', async (t) => {
     const dir = folder(t);
     const file = write(dir, 'c.json', { listen: { host: '0.0.0.0', port: 0 }, sas: [{ keyName: 'root', key: 'short-key-0123456789', rights: ['Manage'] }] });
