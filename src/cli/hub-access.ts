@@ -4,7 +4,7 @@
 import { dirname } from 'node:path';
 import { ConfigError } from '../config/errors.ts';
 import { readConfigFile } from '../config/load.ts';
-import { hubAccessKey } from '../config/secrets.ts';
+import { hubAccessKey, secretFileText } from '../config/secrets.ts';
 import { TLS_OPTIONS } from './tls-options.ts';
 import { validateHubName } from '../validation/schemas.ts';
 
@@ -18,11 +18,20 @@ export interface HubAccess {
  * The hub's key, or an error message for the user. From a config file only that hub's key is
  * resolved (its `${ENV}` or `accessKeyFile`): the relay's other secrets need not be at hand.
  */
-export function resolveHubAccess(hub: string, key: string | undefined, configFile: string | undefined): HubAccess | string {
+export function resolveHubAccess(hub: string, given: string | undefined, configFile: string | undefined, keyFile?: string): HubAccess | string {
+  // From a file, as `token sas` and `bridge` take a SAS key: --key is on the command line, which every user of the
+  // machine reads in ps (a long-running `sub` kept the hub's key there, which signs REST tokens for the whole hub).
+  if (given !== undefined && keyFile !== undefined) return '--key or --key-file, not both';
+  let key = given;
+  if (keyFile !== undefined) {
+    const read = secretFileText(keyFile);
+    if (!('text' in read)) return read.problem === 'empty' ? `--key-file ${keyFile} is empty` : `--key-file ${keyFile}: ${read.problem}`;
+    key = read.text;
+  }
   // With a key the hub is as given: checked as the relay's config checks hub names (before, `--hub 'bad hub'` made
   // a URL with a space in its path, which every relay refuses).
   if (key !== undefined) return validateHubName(hub) ? { hub, key } : `--hub "${hub}" is not a hub name (a letter, then letters, digits or _, at most 128)`;
-  if (!configFile) return '--key or --config is required';
+  if (!configFile) return '--key-file, --key or --config is required';
   try {
     const found = hubAccessKey(readConfigFile(configFile), hub, { env: process.env, baseDir: dirname(configFile) });
     if (!found) return `hub "${hub}" is not in ${configFile}`;
@@ -38,6 +47,7 @@ export const HUB_GROUP_OPTIONS = {
   hub: { type: 'string' },
   group: { type: 'string' },
   key: { type: 'string' },
+  'key-file': { type: 'string' },
   config: { type: 'string' },
   url: { type: 'string', default: 'http://127.0.0.1:9400' },
   user: { type: 'string' },

@@ -8,7 +8,7 @@ import { TLS_HELP, readClientTls } from './tls-options.ts';
 /** Requests waiting for their acks at once (the relay reads up to limits.requestsInFlightPerConnection of them at a time). */
 const MAX_AWAITING_ACK = 256;
 
-export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key KEY | --config FILE) [options] [MESSAGE...]
+export const PUB_HELP = `Usage: edge-relay pub --hub HUB --group GROUP (--key-file FILE | --key KEY | --config FILE) [options] [MESSAGE...]
 
 Publishes each MESSAGE to the group, or, with no MESSAGE, each line read from
 standard input, and waits for the relay to acknowledge each one. Exits 0 when
@@ -18,7 +18,9 @@ every message was acknowledged, 1 when one was refused (the reason is printed),
 Options:
   --hub HUB            the hub (must be in the relay's pubsub.hubs)
   --group GROUP        the group to publish to
-  --key KEY            the hub's accessKey
+  --key-file FILE      read the hub's accessKey from FILE (its trailing newline dropped)
+  --key KEY            the hub's accessKey (visible to every user of the machine in ps:
+                       prefer --key-file or --config)
   --config FILE        read the hub's accessKey from this relay config instead
                        (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
@@ -57,7 +59,7 @@ export async function pub(argv: string[]): Promise<number> {
   if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
   const dataType = values['data-type'];
   if (dataType !== 'text' && dataType !== 'json') return fail('--data-type must be text or json');
-  const access = resolveHubAccess(values.hub, values.key, values.config);
+  const access = resolveHubAccess(values.hub, values.key, values.config, values['key-file']);
   if (typeof access === 'string') return fail(access);
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);

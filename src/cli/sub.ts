@@ -11,7 +11,7 @@ import { readGroupHistory, type HistoryNumbering, type SequencedMessage } from '
 import { HUB_CLIENT_TIMEOUTS, HubClient, type HubClientTimeouts, type HubMessage } from './hub-client.ts';
 import { TLS_HELP, readClientTls, type ClientTls } from './tls-options.ts';
 
-export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key KEY | --config FILE) [options]
+export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key-file FILE | --key KEY | --config FILE) [options]
 
 Joins the group and prints each message it gets on a line of standard output:
 text as it is, JSON as JSON, binary as base64 (or, with --format json, each
@@ -22,7 +22,9 @@ messages were printed).
 Options:
   --hub HUB            the hub (must be in the relay's pubsub.hubs)
   --group GROUP        the group to watch
-  --key KEY            the hub's accessKey
+  --key-file FILE      read the hub's accessKey from FILE (its trailing newline dropped)
+  --key KEY            the hub's accessKey (visible to every user of the machine in ps:
+                       prefer --key-file or --config)
   --config FILE        read the hub's accessKey from this relay config instead
                        (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
@@ -79,7 +81,7 @@ export async function sub(argv: string[]): Promise<number> {
   if (values.after !== undefined && values['from-start']) return fail('give --after or --from-start, not both');
   const after = values['from-start'] ? 0 : values.after === undefined ? undefined : Number(values.after);
   if (after !== undefined && !(Number.isSafeInteger(after) && after >= 0)) return fail('--after must be a history sequence (a whole number, 0 or more)');
-  const access = resolveHubAccess(values.hub, values.key, values.config);
+  const access = resolveHubAccess(values.hub, values.key, values.config, values['key-file']);
   if (typeof access === 'string') return fail(access);
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);

@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { clientAccessUrl } from '../pubsub/client-access-url.ts';
 import { isBaseUrl, resolveHubAccess } from './hub-access.ts';
 
-export const TOKEN_CLIENT_HELP = `Usage: edge-relay token client --hub HUB (--key KEY | --config FILE) [options]
+export const TOKEN_CLIENT_HELP = `Usage: edge-relay token client --hub HUB (--key-file FILE | --key KEY | --config FILE) [options]
 
 Prints a client access URL for a pub/sub hub: the hub's client endpoint with
 an access_token (HS256 JWT) signed with the hub's access key. Pass the URL
@@ -13,7 +13,9 @@ unchanged to @azure/web-pubsub-client.
 
 Options:
   --hub HUB          the hub (must be in the relay's pubsub.hubs)
-  --key KEY          the hub's accessKey
+  --key-file FILE    read the hub's accessKey from FILE (its trailing newline dropped)
+  --key KEY          the hub's accessKey (visible to every user of the machine in ps:
+                     prefer --key-file or --config)
   --config FILE      read the hub's accessKey from this config instead
                      (that key alone: \${ENV} or accessKeyFile; not the config's other secrets)
   --url URL          the relay's base URL, default http://127.0.0.1:9400
@@ -40,6 +42,7 @@ export function tokenClient(argv: string[]): number {
     options: {
       hub: { type: 'string' },
       key: { type: 'string' },
+      'key-file': { type: 'string' },
       config: { type: 'string' },
       url: { type: 'string', default: 'http://127.0.0.1:9400' },
       user: { type: 'string' },
@@ -58,7 +61,7 @@ export function tokenClient(argv: string[]): number {
   const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
   if (!(ttl > 0)) return fail('--ttl must be a positive whole number of seconds');
   if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
-  const access = resolveHubAccess(values.hub, values.key, values.config);
+  const access = resolveHubAccess(values.hub, values.key, values.config, values['key-file']);
   if (typeof access === 'string') return fail(access);
   const url = clientAccessUrl(values.url, access.hub, access.key, {
     userId: values.user,

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { WebPubSubClient } from '@azure/web-pubsub-client';
 import { SasAuthorizer } from '../../src/auth/sas-authorizer.ts';
+import { verifyJwt } from '../../src/auth/jwt.ts';
 import { startServeProcess, startTestRelay } from '../helpers/relay.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
@@ -161,6 +162,25 @@ describe('edge-relay command line', () => {
     const fromFile = run('token', 'client', '--config', join(dir, 'relay.json'), '--hub', 'chat', '--url', relay.url);
     assert.equal(fromFile.status, 0, fromFile.stderr);
     assert.match(fromFile.stdout.trim(), /\/client\/hubs\/Chat\?access_token=/);
+  });
+
+  it("token client, pub and sub take the hub's key from --key-file, off the command line every user reads in ps (found by review)", (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-hub-key-file-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const key = 'hub-key-from-a-file-0123456789abcdef';
+    writeFileSync(join(dir, 'hub.key'), `${key}\n`);
+    const r = run('token', 'client', '--hub', 'chat', '--key-file', join(dir, 'hub.key'), '--user', 'alice');
+    assert.equal(r.status, 0, r.stderr);
+    const token = new URL(r.stdout.trim()).searchParams.get('access_token') ?? '';
+    assert.equal(verifyJwt(token, key).sub, 'alice', 'signed with the key in the file, its newline dropped');
+    assert.match(run('token', 'client', '--hub', 'chat', '--key-file', join(dir, 'hub.key'), '--key', key).stderr, /--key or --key-file, not both/);
+    writeFileSync(join(dir, 'empty.key'), '');
+    assert.match(run('token', 'client', '--hub', 'chat', '--key-file', join(dir, 'empty.key')).stderr, /--key-file .*empty\.key is empty/);
+    for (const command of ['pub', 'sub']) {
+      const refused = run(command, '--hub', 'chat', '--group', 'g', '--key-file', join(dir, 'missing.key'));
+      assert.equal(refused.status, 2, command);
+      assert.match(refused.stderr, /--key-file .*missing\.key: ENOENT/, command);
+    }
   });
 
   it('runs node in place of its launcher, with glibc told to keep freed memory, unless GLIBC_TUNABLES already sets that', async (t) => {
