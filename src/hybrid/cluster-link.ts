@@ -40,12 +40,23 @@ const ALIVE_CHECK_MS = 1000;
  * listeners answer then; one killed is given up on after this instead of at acceptMs or httpResponseMs.
  */
 const EDGE_GONE_AFTER_MS = 2000;
+/**
+ * How long a connect or request waits on another edge before each check asks that edge whether it still watches it:
+ * the listener's answer (hc.response, hc.failed) may have been lost on the way, published while the sender's edge or
+ * the listener's was off NATS (its connection cut, its server gone or stalled). An edge that no longer watches one
+ * sent what it had; an answer sent before its reply comes first (one connection each way), so one not come is lost,
+ * and the sender hears 502 ListenerGone then, not 504 at timeouts.httpResponseMs or acceptMs. Answers quicker than
+ * this are never asked about.
+ */
+const ASK_IDS_AFTER_MS = 2000;
+/** Ids asked about in one check, the longest waiting first (about 40 bytes each on the bus). */
+const MAX_IDS_ASKED = 1000;
 
 export class HybridClusterLink implements EdgeWatch {
   /** The entity's subscription while this node has listeners for it, and when the NATS server had it (a flush). */
   private readonly entitySubscriptions = new Map<string, { subscription: BusSubscription; routable: Promise<void> }>();
   /** On a sender's edge: exchanges waiting on another edge's listener, by that edge (each edge's a TransientMap: collections/transient-map.ts says why). */
-  private readonly waitingOn = new Map<string, TransientMap<{ exchange: ChannelExchange; watching: boolean }>>();
+  private readonly waitingOn = new Map<string, TransientMap<{ exchange: ChannelExchange; watching: boolean; since: number }>>();
   private aliveTimer: NodeJS.Timeout | undefined;
   /** Edges waited on that answered "no responders" at every check since (when the first of them was asked). */
   private readonly unreachableSince = new Map<string, number>();
@@ -101,7 +112,7 @@ export class HybridClusterLink implements EdgeWatch {
   watch(node: string, id: string, exchange: ChannelExchange, watching: boolean): void {
     let waiting = this.waitingOn.get(node);
     if (!waiting) this.waitingOn.set(node, (waiting = new TransientMap()));
-    waiting.set(id, { exchange, watching });
+    waiting.set(id, { exchange, watching, since: Date.now() });
     if (!this.aliveTimer) {
       this.aliveTimer = setInterval(() => this.checkEdges(), ALIVE_CHECK_MS);
       this.aliveTimer.unref();
@@ -148,10 +159,20 @@ export class HybridClusterLink implements EdgeWatch {
    * exchanges wait on.
    */
   private checkEdges(): void {
-    for (const node of this.waitingOn.keys()) {
+    for (const [node, waitingHere] of this.waitingOn) {
       const askedAt = Date.now();
-      this.bus.request(this.subjects.nodeHybrid(node), encodeEdgeMessage({ op: 'hc.alive' }), this.requestTimeoutMs).then(
-        () => this.unreachableSince.delete(node),
+      const ids: string[] = [];
+      for (const [id, entry] of waitingHere.entries()) {
+        if (ids.length === MAX_IDS_ASKED) break;
+        if (entry.watching && askedAt - entry.since >= ASK_IDS_AFTER_MS) ids.push(id);
+      }
+      const question = encodeEdgeMessage(ids.length > 0 ? { op: 'hc.alive', ids } : { op: 'hc.alive' });
+      this.bus.request(this.subjects.nodeHybrid(node), question, this.requestTimeoutMs).then(
+        (answer) => {
+          this.unreachableSince.delete(node);
+          const gone = decodeEdgeMessage(answer, 'hc.alive')?.message.gone;
+          if (gone && gone.length > 0) this.answersLost(node, gone);
+        },
         (err) => {
           if (!(err instanceof BusError) || err.code !== 'NoResponders') return;
           const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
@@ -165,6 +186,15 @@ export class HybridClusterLink implements EdgeWatch {
         },
       );
     }
+  }
+
+  /** `node` no longer watches these ids: what still waits on them with nothing heard lost its answer (502 ListenerGone). */
+  private answersLost(node: string, ids: string[]): void {
+    const waiting = this.waitingOn.get(node);
+    const lost = ids.map((id) => waiting?.get(id)).filter((entry) => entry?.watching === true);
+    if (lost.length === 0) return;
+    this.log.warn({ event: 'hybrid.answers_lost', node, waiting: lost.length });
+    for (const entry of lost) entry!.exchange.listenerLost();
   }
 
   /**
@@ -240,6 +270,12 @@ export class HybridClusterLink implements EdgeWatch {
     respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true, node: this.nodeId, watching: watch ? true : undefined }));
   }
 
+  /** Here; and of `ids`, those this node no longer watches (it sent their answer, which the asker has not had). */
+  private answerAlive(message: BusMessage, ids: string[] | undefined): void {
+    const gone = ids?.filter((id) => !this.dialWatches.has(id));
+    respond(this.bus, message, encodeEdgeMessage(gone && gone.length > 0 ? { op: 'hc.alive', gone } : { op: 'hc.alive' }));
+  }
+
   /** Sends a listener's answer back to the node holding the sender. */
   answer(node: string, answer: HcResponse | HcFailed, body?: Buffer): void {
     try {
@@ -262,7 +298,7 @@ export class HybridClusterLink implements EdgeWatch {
     const decoded = decodeEdgeMessage(message.data, 'hc.response', 'hc.failed', 'hc.done', 'hc.alive');
     // On the listener's node: the sender's node no longer waits for this listener; or asks whether this node is there.
     if (decoded?.message.op === 'hc.done') return this.dialWatches.get(decoded.message.id)?.done();
-    if (decoded?.message.op === 'hc.alive') return respond(this.bus, message, encodeEdgeMessage({ op: 'hc.alive' }));
+    if (decoded?.message.op === 'hc.alive') return this.answerAlive(message, decoded.message.ids);
     const exchange = decoded ? this.ctx.rendezvous.get(decoded.message.id) : undefined;
     // A connect whose listener dropped its control channel before dialing.
     if (decoded?.message.op === 'hc.failed' && exchange?.action === 'accept') return exchange.listenerLost();

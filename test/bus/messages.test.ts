@@ -16,7 +16,7 @@ const EXAMPLES: { [Op in EdgeOp]: Extract<EdgeMessage, { op: Op }> } = {
   'hc.response': { op: 'hc.response', id: ID, response: { requestId: ID, statusCode: 200, body: true } },
   'hc.failed': { op: 'hc.failed', id: ID, code: 'ListenerGone' },
   'hc.done': { op: 'hc.done', id: ID },
-  'hc.alive': { op: 'hc.alive' },
+  'hc.alive': { op: 'hc.alive', ids: [ID], gone: [ID] },
   'ps.send': { op: 'ps.send', origin: 'n1', hub: 'chat', mid: 'n1.ab:1', at: 1, target: { kind: 'group', name: 'g' }, message: { from: 'group', group: 'g', fromUserId: null, dataType: 'json' } },
   'ps.close': { op: 'ps.close', origin: 'n1', hub: 'chat', target: { kind: 'all' }, excluded: ['c1'], reason: 'bye' },
   'ps.groups': { op: 'ps.groups', origin: 'n1', hub: 'chat', target: { kind: 'all' }, action: 'add', groups: ['g'], terms: [{ field: 'userId', value: 'u' }] },

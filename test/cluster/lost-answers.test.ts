@@ -1,0 +1,86 @@
+// An answer between edges that NATS loses (src/hybrid/cluster-link.ts, hc.alive): the listener answered, or
+// dropped its channel, while the sender's edge was off NATS (its connection cut, its NATS server gone or stalled),
+// so the hc.response or hc.failed for it went nowhere. Its sender hears 502 ListenerGone once the sender's edge is
+// back and asks the listener's edge about it, not 504 at timeouts.httpResponseMs or timeouts.acceptMs. Edges run in
+// this process on one nats-server; the sender's edge reaches it through a proxy that can cut its connection.
+import assert from 'node:assert/strict';
+import { before, after, describe, it, type TestContext } from 'node:test';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
+import { Cleanup } from '../helpers/cleanup.ts';
+import { edgeOverrides } from '../helpers/cluster.ts';
+import { httpRequest } from '../helpers/http.ts';
+import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
+import { CuttableProxy } from '../helpers/pubsub.ts';
+import { RawListener, upgradeStatus } from '../helpers/raw-listener.ts';
+import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { until } from '../helpers/wait.ts';
+
+const CORE = { jetstream: { enabled: false } };
+/** Long enough that a sender answered at its timeout is told apart from one answered once the loss is known. */
+const timeouts = { acceptMs: 20000, httpResponseMs: 20000, keepAliveIntervalMs: 500, idleMs: 10000 };
+
+async function edge(t: Pick<TestContext, 'after'>, name: string, natsUrl: string): Promise<RunningRelay> {
+  const relay = await startTestRelay(t, edgeOverrides(name, [natsUrl], { bus: CORE, timeouts }));
+  await until(() => relay.bus.connected, 10000, `${name} on NATS`);
+  return relay;
+}
+
+async function listen(t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string): Promise<RawListener> {
+  const url = wsUrl(relay.url, `/$hc/${entity}?sb-hc-action=listen`);
+  const listener = await RawListener.connect(url, tokenFor(url));
+  t.after(() => listener.close());
+  return listener;
+}
+
+describe('answers between edges that NATS loses', () => {
+  const cleanup = new Cleanup();
+  let nats: NatsNode;
+  before(async () => {
+    nats = await startNatsServer(cleanup);
+  });
+  after(() => cleanup.run());
+
+  /** Cuts B off NATS, runs `meanwhile` while it is away, and waits until it is back. */
+  async function whileOff(link: CuttableProxy, b: RunningRelay, meanwhile: () => void): Promise<void> {
+    // A's hc.routed, sent just after the listener was told, reaches B first (a cut before it is a 504 RouteTimeout).
+    await new Promise((r) => setTimeout(r, 300));
+    link.cut(1000);
+    await until(() => !b.bus.connected, 5000, 'B off NATS');
+    meanwhile();
+    await until(() => b.bus.connected, 10000, 'B back on NATS');
+  }
+
+  it("a request whose listener answered while the sender's edge was off NATS fails at once (502 ListenerGone), not at httpResponseMs", async (t) => {
+    const link = await CuttableProxy.start(nats.port, t);
+    const a = await edge(t, 'lost-request-a', nats.url);
+    const b = await edge(t, 'lost-request-b', `nats://127.0.0.1:${link.port}`);
+    const listener = await listen(t, a, 'lost-request');
+    const url = `${b.url}/lost-request/x`;
+    const started = Date.now();
+    const pending = httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url) }, body: Buffer.from('small'), timeoutMs: 30000 });
+    const { request } = await listener.next<{ request: { id: string } }>();
+    await whileOff(link, b, () => listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: false } })));
+    const res = await pending;
+    const ms = Date.now() - started;
+    // Before: 504 ResponseTimeout after timeouts.httpResponseMs (20 s), the listener's answer long gone.
+    assert.equal(res.status, 502);
+    assert.equal(JSON.parse(String(res.body)).code, 'ListenerGone');
+    assert.ok(ms < 10000, `answered after ${ms} ms`);
+  });
+
+  it("a connect whose listener dropped its channel while the sender's edge was off NATS fails at once (502 ListenerGone), not at acceptMs", async (t) => {
+    const link = await CuttableProxy.start(nats.port, t);
+    const a = await edge(t, 'lost-connect-a', nats.url);
+    const b = await edge(t, 'lost-connect-b', `nats://127.0.0.1:${link.port}`);
+    const listener = await listen(t, a, 'lost-connect');
+    const url = wsUrl(b.url, '/$hc/lost-connect?sb-hc-action=connect');
+    const started = Date.now();
+    const sender = upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+    await listener.next<{ accept: { address: string } }>();
+    await whileOff(link, b, () => listener.close());
+    // Before: 504 AcceptTimeout after timeouts.acceptMs (20 s); A's hc.failed had gone to nobody.
+    assert.equal(await sender, 502);
+    const ms = Date.now() - started;
+    assert.ok(ms < 10000, `answered after ${ms} ms`);
+  });
+});
