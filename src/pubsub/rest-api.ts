@@ -461,7 +461,9 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   const method = call.method;
   if (method !== 'PUT' && method !== 'DELETE' && method !== 'HEAD') return 'MethodNotAllowed';
   const outcome = await call.hub.permission(connectionId, method, name as Permission, target);
-  if (outcome === 'absent') return 'NotFound';
+  // A revoke does not check that the connection exists, as on Azure (whose live SDK tests revoke for an invalid id
+  // with no error): it holds nothing to revoke. A grant or a check of one that does not exist is 404.
+  if (outcome === 'absent') return method === 'DELETE' ? NO_CONTENT : 'NotFound';
   if (outcome === 'unstored') return { code: 'StoreUnavailable', detail: `${PUBSUB_ERRORS.StoreUnavailable.message} (the session's checkpoint with the change)` };
   if (outcome === 'full') {
     return { code: 'BadRequest', detail: `the connection names as many groups for ${name} as limits.groupsPerConnection allows: grant or revoke it for every group instead` };

@@ -100,6 +100,16 @@ describe('pub/sub REST API', () => {
     assert.equal((await bob.request({ type: 'joinGroup', group: 'secret' })).success, true);
   });
 
+  it('revokes a permission of a connection that does not exist without an error, as Azure does; a grant or check of one is 404 (before: revoke 404, the SDK threw)', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = sdk(relay.url);
+    // Azure: "Service doesn't throw error for invalid connection-ids" (@azure/web-pubsub's live tests, revokePermission).
+    await svc.revokePermission('no-such-connection', 'joinLeaveGroup', { targetName: 'x' });
+    await svc.revokePermission('no-such-connection', 'sendToGroup');
+    await assert.rejects(svc.grantPermission('no-such-connection', 'joinLeaveGroup', { targetName: 'x' }), (err: { statusCode?: number }) => err.statusCode === 404);
+    assert.equal(await svc.hasPermission('no-such-connection', 'joinLeaveGroup'), false);
+  });
+
   it('holds REST membership calls to limits.groupsPerConnection, as a client\'s own joins are', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 2 } });
     const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
