@@ -32,7 +32,7 @@ import { HttpConnections } from './http-connections.ts';
 import { ListenerPresence } from './listener-presence.ts';
 import { serveMetrics } from '../ops/metrics-endpoint.ts';
 import { applyConfig } from './reload.ts';
-import { route } from './router.ts';
+import { otherClientProtocol, route } from './router.ts';
 import { handOff, onHandOff, privateSocketPath, relayedByWorker } from './worker-cluster.ts';
 import { createTlsServer } from './tls.ts';
 import { ProxyProtocolFront } from './proxy-protocol.ts';
@@ -394,7 +394,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       if (length > 0 && /^100-continue$/i.test(String(req.headers.expect ?? '').trim())) socket.write('HTTP/1.1 100 Continue\r\n\r\n');
       return serveIgnoringUpgrade(req, socket, head, length);
     }
-    failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound');
+    // An MQTT or Socket.IO client given a URL by @azure/web-pubsub's getClientAccessToken({ clientProtocol }) is told why.
+    const other = otherClientProtocol(r);
+    const why = other && `${other} clients of Web PubSub are not supported: this relay serves Web PubSub clients at /client/hubs/{hub}`;
+    failEdgeUpgrade(socket, r.kind === 'bad-request' ? 'BadRequest' : 'NotFound', why);
   };
 
   /**

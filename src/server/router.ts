@@ -89,6 +89,18 @@ export function route(rawUrl: string | undefined): Route {
   return hybridHttp(first, rawSegments.slice(1), rawPath, rawQuery, params);
 }
 
+/**
+ * The client protocol Azure Web PubSub serves at a path this relay does not: `/clients/mqtt/hubs/{hub}` and
+ * `/clients/socketio/hubs/{hub}`, where @azure/web-pubsub's getClientAccessToken({ clientProtocol }) points MQTT and
+ * Socket.IO clients. Such a path routes as a relayed request to an entity `clients`; a WebSocket upgrade there is
+ * refused anyway (hybrid WebSockets open under /$hc/), and the refusal can say why.
+ */
+export function otherClientProtocol(r: Route): 'MQTT' | 'Socket.IO' | undefined {
+  if (r.kind !== 'hybrid-http' || r.entity.toLowerCase() !== 'clients' || r.subPath[1] !== 'hubs' || r.subPath.length !== 3) return undefined;
+  const protocol = r.subPath[0].toLowerCase();
+  return protocol === 'mqtt' ? 'MQTT' : protocol === 'socketio' ? 'Socket.IO' : undefined;
+}
+
 /** A first path segment that names no entity: the root, `$...` (relay and hybrid WebSocket addresses), pub/sub. */
 function isOtherSurface(first: string): boolean {
   return first === '' || first.startsWith('$') || first === 'client' || first === 'api';

@@ -2,6 +2,7 @@
 // 127.0.0.1: the behaviours protocols/web-pubsub.md 1.10 lists as MUST.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import WebSocket from 'ws';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { FAST_RETRY, serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -162,4 +163,40 @@ describe('@azure/web-pubsub-client against the relay', () => {
     await c.client.joinGroup('g');
     assert.equal([...(relay.pubsub.hub(HUB)?.local.targets({ kind: 'user', name: 'sdk-user' }) ?? [])].length > 0, true);
   });
+
+  it('refuses the MQTT and Socket.IO client URLs of getClientAccessToken with 404 saying they are not supported (before: "No such endpoint")', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = serviceClient(relay);
+    for (const [clientProtocol, name] of [['mqtt', 'MQTT'], ['socketio', 'Socket.IO']] as const) {
+      const { url, baseUrl } = await svc.getClientAccessToken({ clientProtocol });
+      assert.equal(new URL(baseUrl).pathname, `/clients/${clientProtocol}/hubs/${HUB}`);
+      for (const target of [url, `${baseUrl}/?EIO=4&transport=websocket`]) {
+        const refused = await upgradeAnswer(target, clientProtocol === 'mqtt' ? ['mqtt'] : []);
+        assert.equal(refused.status, 404, target);
+        assert.deepEqual(JSON.parse(refused.body), {
+          code: 'NotFound',
+          message: `${name} clients of Web PubSub are not supported: this relay serves Web PubSub clients at /client/hubs/{hub}`,
+        });
+      }
+    }
+  });
 });
+
+/** The status and body of a refused WebSocket upgrade. */
+function upgradeAnswer(url: string, protocols: string[]): Promise<{ status: number; body: string }> {
+  const ws = new WebSocket(url, protocols);
+  return withTimeout(
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      ws.once('open', () => reject(new Error('the upgrade was accepted')));
+      ws.once('unexpected-response', (_req, res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (body += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      ws.once('error', reject);
+    }),
+    5000,
+    'the upgrade answer',
+  ).finally(() => ws.terminate());
+}
