@@ -110,6 +110,39 @@ describe('pub/sub REST API', () => {
     assert.equal(await svc.hasPermission('no-such-connection', 'joinLeaveGroup'), false);
   });
 
+  it('closes by user, group and hub with the reason and leaving out the excluded connections, through the SDK', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = sdk(relay.url);
+    const open = async (userId: string, groups: string[]) => {
+      const c = await RawPubSubClient.connect(accessUrl(relay.url, { userId, groups }), PLAIN, t);
+      return { c, id: (await c.waitFor((m) => m.event === 'connected')).connectionId as string };
+    };
+    const [a1, a2, b1, b2] = [await open('a', ['g']), await open('a', ['g']), await open('b', ['g']), await open('b', [])];
+    // `excluded` is a query parameter the SDK passes on though its close options do not declare it.
+    const closedWith = async (c: RawPubSubClient) => [(await c.closed).code, (await c.waitFor((m) => m.event === 'disconnected')).message];
+    await svc.closeUserConnections('a', { reason: 'user', excluded: [a2.id] } as never);
+    assert.deepEqual(await closedWith(a1.c), [1008, 'user']);
+    await svc.group('g').closeAllConnections({ reason: 'group', excluded: [b1.id] } as never);
+    assert.deepEqual(await closedWith(a2.c), [1008, 'group']);
+    await svc.closeAllConnections({ reason: 'hub', excluded: [b1.id] } as never);
+    assert.deepEqual(await closedWith(b2.c), [1008, 'hub']);
+    assert.equal(await svc.connectionExists(b1.id), true, 'excluded every time');
+    // Calls about connections, users and groups that do not exist are answered as Azure answers them (its live SDK tests).
+    await svc.closeConnection('no-such-connection', { reason: 'x' });
+    await svc.closeUserConnections('nobody');
+    await svc.group('empty').closeAllConnections();
+    await svc.sendToConnection('no-such-connection', 'x', { contentType: 'text/plain', messageTtlSeconds: 60 });
+    await svc.sendToUser('nobody', { x: 1 }, { filter: "userId ne 'user1'" });
+    await svc.removeConnectionFromAllGroups('no-such-connection');
+    await svc.removeUserFromAllGroups('nobody');
+    await svc.group('empty').removeConnection('no-such-connection');
+    await assert.rejects(svc.group('empty').addConnection('no-such-connection'), (err: { statusCode?: number }) => err.statusCode === 404);
+    // removeConnectionFromAllGroups on one that exists.
+    await svc.group('h').addConnection(b1.id);
+    await svc.removeConnectionFromAllGroups(b1.id);
+    assert.deepEqual([await svc.groupExists('g'), await svc.groupExists('h')], [false, false]);
+  });
+
   it('holds REST membership calls to limits.groupsPerConnection, as a client\'s own joins are', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 2 } });
     const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
