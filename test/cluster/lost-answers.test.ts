@@ -41,9 +41,11 @@ describe('answers between edges that NATS loses', () => {
   after(() => cleanup.run());
 
   /** Cuts B off NATS, runs `meanwhile` while it is away, and waits until it is back. */
-  async function whileOff(link: CuttableProxy, b: RunningRelay, meanwhile: () => void): Promise<void> {
-    // A's hc.routed, sent just after the listener was told, reaches B first (a cut before it is a 504 RouteTimeout).
-    await new Promise((r) => setTimeout(r, 300));
+  async function whileOff(link: CuttableProxy, a: RunningRelay, b: RunningRelay, meanwhile: () => void): Promise<void> {
+    // A's hc.routed, sent as the listener was told, reaches B first (a cut before it is a 504 RouteTimeout): once A's
+    // flush is answered the server has it, and it is on B's connection before the answer to B's own flush.
+    await a.bus.flush();
+    await b.bus.flush();
     link.cut(1000);
     await until(() => !b.bus.connected, 5000, 'B off NATS');
     meanwhile();
@@ -59,7 +61,7 @@ describe('answers between edges that NATS loses', () => {
     const started = Date.now();
     const pending = httpRequest(url, { method: 'POST', headers: { ServiceBusAuthorization: tokenFor(url) }, body: Buffer.from('small'), timeoutMs: 30000 });
     const { request } = await listener.next<{ request: { id: string } }>();
-    await whileOff(link, b, () => listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: false } })));
+    await whileOff(link, a, b, () => listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: false } })));
     const res = await pending;
     const ms = Date.now() - started;
     // Before: 504 ResponseTimeout after timeouts.httpResponseMs (20 s), the listener's answer long gone.
@@ -77,7 +79,7 @@ describe('answers between edges that NATS loses', () => {
     const started = Date.now();
     const sender = upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
     await listener.next<{ accept: { address: string } }>();
-    await whileOff(link, b, () => listener.close());
+    await whileOff(link, a, b, () => listener.close());
     // Before: 504 AcceptTimeout after timeouts.acceptMs (20 s); A's hc.failed had gone to nobody.
     assert.equal(await sender, 502);
     const ms = Date.now() - started;
