@@ -4,7 +4,7 @@
 // bound, no more bytes than it, then ends the request with a status (404 no
 // messages, 408 expired, 409 the next message does not fit). nats.js's fetch
 // takes a count or a byte bound, not both, and with bytes alone waits out its
-// expiry after a full batch; a page read (jetstream.ts `read`) needs both.
+// expiry after a full batch; a page read (stream-reader.ts `read`) needs both.
 import { createInbox, nanos, type Msg, type NatsConnection } from 'nats';
 
 export interface PulledMessage {
@@ -42,7 +42,7 @@ const END_GRACE_MS = 1000;
  * The messages one pull request brings, in order; ends early once the consumer says nothing is pending.
  * A server that ends it with an error status, or that does not end it, ends it with what came: what it sends
  * after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
- * checks `delivered` follows on (jetstream.ts `read`).
+ * checks `delivered` follows on (stream-reader.ts `read`).
  */
 export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PullResult> {
   return new Promise((resolve) => {

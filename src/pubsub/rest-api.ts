@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TLSSocket } from 'node:tls';
 import { bearerToken, verifyAccessToken } from '../auth/access-token.ts';
 import { BusError } from '../bus/bus.ts';
-import { StoreError } from '../bus/jetstream.ts';
+import { StoreError } from '../bus/jetstream-errors.ts';
 import { signJwt } from '../auth/jwt.ts';
 import { sendJson } from '../http/respond.ts';
 import {

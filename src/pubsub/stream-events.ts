@@ -8,7 +8,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { BusError } from '../bus/bus.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
-import { StoreError, type Follower, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
+import type { JetStreamAccess } from '../bus/jetstream.ts';
+import { StoreError } from '../bus/jetstream-errors.ts';
+import type { Follower, StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';

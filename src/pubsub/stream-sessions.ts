@@ -23,7 +23,9 @@
 // records the claim its owner holds the session by, and a later claim wins.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
-import { StoreConflict, type JetStreamAccess, type StoredMessage } from '../bus/jetstream.ts';
+import type { JetStreamAccess } from '../bus/jetstream.ts';
+import { StoreConflict } from '../bus/jetstream-errors.ts';
+import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';

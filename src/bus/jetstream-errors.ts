@@ -1,0 +1,38 @@
+// What JetStream's failures are to the relay: the errors its callers are given
+// (a store that failed, a conditional write that lost, a stream name taken by
+// another deployment), and the API error codes jetstream.ts and
+// stream-reader.ts tell apart.
+import type { NatsError } from 'nats';
+
+/** Why an event was not stored, in words a client can be given. */
+export class StoreError extends Error {}
+
+/** A conditional key-value delete found another revision than the one it was made against. */
+export class StoreConflict extends Error {}
+
+/** A stream of the name a durable hub needs exists and holds other subjects: left as it is, the hub not served. */
+export class StreamTaken extends Error {
+  constructor(
+    readonly stream: string,
+    readonly subjects: string[],
+  ) {
+    super(
+      `stream ${stream} exists and holds other subjects (${subjects.join(', ')}): another deployment's (give each deployment its own ` +
+        'bus.jetstream.streamPrefix) or this one\'s under an earlier bus.subjectPrefix (delete the stream, or go back to that prefix)',
+    );
+  }
+}
+
+export const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
+export const STREAM_CONFIG_DIFFERS = 10058;
+export const STREAM_NOT_FOUND = 10059;
+export const NO_MESSAGE_FOUND = 10037;
+export const NOT_CLUSTERED = 10074;
+/** "wrong last sequence": a delete expecting a key's revision found another. */
+export const WRONG_LAST_SEQUENCE = 10071;
+
+/** nats.js's error code and, for a JetStream API refusal, JetStream's own. */
+export function errorCode(err: unknown): { code?: string; apiCode?: number } {
+  const e = err as NatsError & { api_error?: { err_code?: number } };
+  return { code: e?.code, apiCode: e?.api_error?.err_code };
+}

@@ -1,0 +1,319 @@
+// Reading a JetStream stream, as durable hubs do (docs/durability.md): a
+// follower that hands on every message from a sequence in order, each once,
+// and goes on with a new consumer when its consumer stops answering (its NATS
+// node died, the server restarted, the stream was made again or lost its
+// tail: stream-resume.ts decides where to go on from); and pages of a range,
+// for a session's replay and the history API. The streams themselves, and
+// whether JetStream is ready, are jetstream.ts's.
+import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from 'nats';
+import type { Logger } from '../telemetry/logger.ts';
+import { errorCode, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
+import type { NatsBus } from './nats.ts';
+import { REPLICATED_STREAMS_SINCE } from './nats-server-version.ts';
+import { MSG_ID_HEADER } from './stream-publisher.ts';
+import { pullOnce } from './stream-pull.ts';
+import { FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
+
+/** Pause before a follower's next consumer, after one could not be made or ended. */
+const RETRY_MS = 250;
+/** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
+const CONSUME_EXPIRES_MS = 5000;
+/** Messages a consumer asks for at once. */
+const CONSUME_BATCH = 1000;
+/** A page read's pause after a pull that ended at once with nothing, before it asks again. */
+const EMPTY_PULL_PAUSE_MS = 50;
+/** What a stored message takes on a pull beyond its payload (subject, headers): NATS counts them in `max_bytes`. */
+const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
+/** The server drops a consumer nobody pulls from for this long. */
+const CONSUMER_INACTIVE_MS = 60_000;
+/** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
+const FOLLOW_MEMORY = 64;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface StoredMessage {
+  seq: number;
+  subject: string;
+  data: Uint8Array;
+}
+
+export interface Follower {
+  /** The last stream sequence handed on (0 before the first). */
+  readonly position: number;
+  stop(): void;
+}
+
+
+/** A page read: sequences from `fromSeq` to `toSeq`, only those on `subject`, at most `limit` and about `maxBytes`, within `timeoutMs`. */
+export interface ReadOptions {
+  fromSeq: number;
+  toSeq?: number;
+  subject?: string;
+  limit: number;
+  maxBytes?: number;
+  timeoutMs: number;
+}
+
+/** What a reader needs of the JetStream access it reads for (jetstream.ts). */
+export interface StreamReaderContext {
+  readonly bus: NatsBus;
+  readonly log: Logger;
+  /** JetStream's clients while it is ready; throws StoreError with why otherwise. */
+  clients(): { jsm: JetStreamManager; js: JetStreamClient };
+  /** The JetStream manager, ready or not: a consumer is deleted with it (best effort). */
+  manager(): JetStreamManager | undefined;
+  /** True once the access is closed: followers end. */
+  closed(): boolean;
+  /** A call failed: if its stream is gone, the streams are made again. */
+  restoreIfNoStream(err: unknown, reason: string): void;
+}
+
+export class StreamReader {
+  private readonly followers = new Set<{ stop(): void }>();
+  /** The consumers followers read now: dropped (and made again) when the connection to NATS is made again. */
+  private readonly consuming = new Set<ConsumerMessages>();
+
+  constructor(private readonly c: StreamReaderContext) {}
+
+  /** After a reconnect a consumer may have lived on the server that went away, and nats.js then waits on it silently: each follower starts again after the last message it handed on. */
+  reconnected(): void {
+    for (const msgs of this.consuming) msgs.stop();
+  }
+
+  /**
+   * Hands every message of `stream` from `fromSeq` on to `onMessage`, in
+   * order, each once, until stop(). A consumer that stops answering (its NATS
+   * node died, the server restarted) is replaced by one that starts after
+   * the last message handed on.
+   */
+  follow(stream: string, fromSeq: number, onMessage: (m: StoredMessage) => void, onGap?: (expected: number, got: number) => void): Follower {
+    let stopped = false;
+    let current: ConsumerMessages | undefined;
+    const position = new FollowPosition(fromSeq, FOLLOW_MEMORY, {
+      renumbered: (note) =>
+        this.c.log.warn({
+          event: 'jetstream.stream_renumbered',
+          stream,
+          ...note,
+          hint: `this consumer's NATS server holds a message under another sequence than the server read before (their copies of the stream disagree; seen with nats-server 2.9.10): following it by message id; use nats-server ${REPLICATED_STREAMS_SINCE} or later`,
+        }),
+      rewritten: ({ next, verdict, read, storedAfterMs }) =>
+        this.c.log.error({
+          event: 'jetstream.stream_rewritten',
+          stream,
+          next,
+          // What was read, and why it counts as a rewrite.
+          verdict,
+          read: { seq: read.seq, id: read.id, storedAt: new Date(read.ms).toISOString() },
+          ...(verdict === 'rewritten' ? { from: read.seq } : { storedAfter: new Date(storedAfterMs!).toISOString() }),
+          hint: 'the stream lost messages it had acknowledged (every server holding it stopped at once?) and stored new ones under their sequences: following it from there',
+        }),
+    });
+    /** When the stream followed was made: another time means it was made again, and sequences start over. */
+    let created: string | undefined;
+    const follower = {
+      get position() {
+        return position.next - 1;
+      },
+      stop: () => {
+        stopped = true;
+        this.followers.delete(follower);
+        current?.stop();
+      },
+    };
+    this.followers.add(follower);
+    void (async () => {
+      for (let attempt = 0; !stopped && !this.c.closed(); attempt++) {
+        const name = `edge_${nuid.next()}`;
+        let msgs: ConsumerMessages;
+        try {
+          const { jsm, js } = this.c.clients();
+          const info = await jsm.streams.info(stream);
+          const { handedOn } = position;
+          // A follower that remembers nothing (it handed none on) remembers the message before where it is.
+          const start = handedOn.empty && position.next > 1 ? await this.rememberStart(stream, position.next - 1, handedOn) : undefined;
+          // Another creation time means the stream was made again, if nothing remembered says otherwise: the
+          // servers of a replicated stream each keep their own (nats-server 2.10 answers with the leader's, and
+          // they differ by milliseconds; an empty stream's changes when a server restarts), and with messages
+          // remembered, those read again tell (a stream made again holds others, stored after them: followed by
+          // store time, stream-resume.ts). Without an answer about the message before, nothing is decided.
+          if (created !== undefined && info.created !== created && handedOn.empty && start !== 'unknown') {
+            const first = Math.max(1, info.state.first_seq);
+            this.c.log.warn({ event: 'jetstream.stream_reset', stream, next: position.next, from: first, created: { was: created, now: info.created }, hint: 'the stream was made again: following it from its start' });
+            position.reset(first);
+          }
+          // Kept while undecided: the next consumer compares again.
+          if (created === undefined || start !== 'unknown') created = info.created;
+          // The last messages handed on are read again, each compared with what was handed on under its
+          // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
+          // And the stream's last FOLLOW_MEMORY messages whatever it says: a stream that lost more than is
+          // remembered holds its new messages below what is remembered, stored after it (a state behind gives
+          // old ones, which are skipped).
+          const first = Math.max(1, info.state.first_seq);
+          const { next } = position;
+          const from = Math.min(next, handedOn.oldestFrom(first) ?? next, Math.max(first, info.state.last_seq + 1 - FOLLOW_MEMORY));
+          const byTime = position.startFromMs;
+          // By time: from the millisecond of the latest message handed on (it, and others of that millisecond
+          // handed on, are known by their ids; a later one of that millisecond is new).
+          const ci = await jsm.consumers.add(stream, {
+            name,
+            ...(byTime !== undefined
+              ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime).toISOString() }
+              : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
+            ack_policy: AckPolicy.None,
+            mem_storage: true,
+            num_replicas: 1,
+            inactive_threshold: nanos(CONSUMER_INACTIVE_MS),
+          });
+          msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
+        } catch (err) {
+          if (attempt % 20 === 0) this.c.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
+          this.c.restoreIfNoStream(err, 'a follower found no stream');
+          this.c.manager()?.consumers.delete(stream, name).catch(() => undefined);
+          await sleep(RETRY_MS);
+          continue;
+        }
+        current = msgs;
+        this.consuming.add(msgs);
+        if (stopped) msgs.stop();
+        // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
+        // that means nobody serves it (heartbeats are not always reported).
+        let lastSign = performance.now();
+        const watchdog = setInterval(() => {
+          if (performance.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
+          this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next: position.next });
+          msgs.stop();
+        }, 1000);
+        watchdog.unref();
+        void (async () => {
+          for await (const status of await msgs.status()) {
+            lastSign = performance.now();
+            if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
+              this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next: position.next });
+              msgs.stop();
+            }
+          }
+        })().catch(() => undefined);
+        let delivered = 0;
+        position.newConsumer();
+        try {
+          for await (const m of msgs) {
+            lastSign = performance.now();
+            // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next`.
+            if (m.info.deliverySequence !== delivered + 1) {
+              msgs.stop();
+              break;
+            }
+            delivered = m.info.deliverySequence;
+            const step = position.take({ seq: m.seq, id: m.headers?.get(MSG_ID_HEADER) || undefined, ms: Math.floor(m.info.timestampNanos / 1e6) });
+            if (step.kind === 'skip') continue;
+            if (step.kind === 'byTime') {
+              msgs.stop();
+              break;
+            }
+            if (step.gapFrom !== undefined) onGap?.(step.gapFrom, m.seq);
+            onMessage({ seq: m.seq, subject: m.subject, data: m.data });
+          }
+        } catch (err) {
+          this.c.log.warn({ event: 'jetstream.follow_error', stream, err: (err as Error).message });
+        }
+        clearInterval(watchdog);
+        this.consuming.delete(msgs);
+        this.c.manager()?.consumers.delete(stream, name).catch(() => undefined);
+        if (!stopped) await sleep(RETRY_MS);
+      }
+    })();
+    return follower;
+  }
+
+  /**
+   * A follower that starts after `seq` remembers that message (its store time) as if it had handed it on:
+   * one that hands nothing on before the stream loses its tail (a quiet hub) still finds where it was.
+   * Says whether the stream holds it (`gone`: aged out, deleted, or a stream made again), or `unknown` (no answer).
+   */
+  private async rememberStart(stream: string, seq: number, handedOn: RecentlyHandedOn): Promise<'remembered' | 'gone' | 'unknown'> {
+    try {
+      const stored = await this.c.clients().jsm.streams.getMessage(stream, { seq });
+      handedOn.add({ seq, id: stored.header?.get(MSG_ID_HEADER) || undefined, ms: Date.parse(stored.timestamp) });
+      return 'remembered';
+    } catch (err) {
+      return errorCode(err).apiCode === NO_MESSAGE_FOUND ? 'gone' : 'unknown';
+    }
+  }
+
+  /**
+   * Messages of `stream` with sequences from `fromSeq` to `toSeq`, optionally
+   * only those on `subject`, at most `limit`, and no more once `maxBytes` of
+   * message data have been read (at least one message). Each page is an
+   * ephemeral consumer that the server forgets if this edge vanishes.
+   */
+  async read(stream: string, options: ReadOptions): Promise<StoredMessage[]> {
+    const { jsm } = this.c.clients();
+    const out: StoredMessage[] = [];
+    const maxBytes = options.maxBytes ?? Infinity;
+    let bytes = 0;
+    const deadline = performance.now() + options.timeoutMs;
+    const ci = await jsm.consumers.add(stream, {
+      name: `read_${nuid.next()}`,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: Math.max(1, options.fromSeq),
+      ack_policy: AckPolicy.None,
+      mem_storage: true,
+      num_replicas: 1,
+      inactive_threshold: nanos(10_000),
+      ...(options.subject ? { filter_subject: options.subject } : {}),
+    });
+    try {
+      let pending = ci.num_pending;
+      // Deliveries of this consumer so far: a pull that ended here before the server's answer did lost what came
+      // after, delivered all the same; the next pull's first delivery then jumps, and the page is refused, not
+      // handed on with a hole (a replay would skip those events; a history page would leave them out).
+      let delivered = 0;
+      while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
+        const left = deadline - performance.now();
+        if (left <= 0) throw new StoreError('the stream did not answer in time');
+        const nc = this.c.bus.connection;
+        if (!nc) throw new StoreError('NATS is not connected');
+        // With a byte bound the server sends no more than the bytes left (the next message always fits: at least a
+        // whole max_payload), so a page of large messages costs about its bound on the wire and in memory; counted
+        // by message alone, a batch of 1,000 came whole and all but the page was dropped here.
+        const pulledAt = performance.now();
+        const pulled = await pullOnce(nc, stream, ci.name, {
+          batch: Math.min(CONSUME_BATCH, options.limit - out.length, pending),
+          maxBytes: maxBytes === Infinity ? undefined : Math.max(maxBytes - bytes, this.c.bus.maxPayload + SUBJECT_AND_HEADER_ROOM),
+          expiresMs: Math.max(1000, Math.min(left, 5000)),
+        });
+        // Refused, it would be refused again: the read fails now (before, it was taken for "nothing came" and asked
+        // again at once, thousands of times a second, until the deadline).
+        if (pulled.refused !== undefined) throw new StoreError(`the stream refused a read (${pulled.refused})`);
+        const msgs = pulled.messages;
+        for (const m of msgs) {
+          if (m.delivered !== ++delivered) throw new StoreError('the stream answered too slowly: part of a page was lost on the way');
+          pending = m.pending;
+          if (options.toSeq !== undefined && m.seq > options.toSeq) {
+            pending = 0;
+            break;
+          }
+          out.push({ seq: m.seq, subject: m.subject, data: m.data });
+          bytes += m.data.length;
+          if (out.length >= options.limit || pending === 0 || bytes >= maxBytes) break;
+        }
+        // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),
+        // else ask again until the deadline. A short answer here would read as "the stream holds no more".
+        if (msgs.length === 0) {
+          // Ended at once with nothing (the next message past the bytes asked for: stored under a larger max_payload):
+          // a pause before asking again, rather than a loop as fast as the server answers.
+          if (performance.now() - pulledAt < EMPTY_PULL_PAUSE_MS) await new Promise((r) => setTimeout(r, EMPTY_PULL_PAUSE_MS));
+          pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
+        }
+      }
+    } finally {
+      jsm.consumers.delete(stream, ci.name).catch(() => undefined);
+    }
+    return out;
+  }
+
+  close(): void {
+    for (const follower of [...this.followers]) follower.stop();
+  }
+}
