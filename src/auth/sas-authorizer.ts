@@ -71,9 +71,11 @@ export class SasAuthorizer {
     const parsed = parseSasToken(token);
     if (!parsed) return { ok: false, code: 'TokenMalformed' };
     const named = this.rulesByName.get(parsed.keyName) ?? [];
-    let rules = named.filter((r) => signatureMatches(parsed, r.key));
-    // Signed with a key a rule had before a reload: that rule, and only it, while the grace runs.
-    if (rules.length === 0) rules = named.filter((r) => this.retired.keys(ruleOf(r), nowMs).some((key) => signatureMatches(parsed, key)));
+    // Signed with a rule's key, or with a key the rule had before a reload: that rule, and only it, while the grace
+    // runs. Each rule on its own: another rule of the key name that still has the old key does not hide the rotated
+    // rule's grace (before, the retired keys were asked only when no rule's current key matched, and a listener of the
+    // rotated rule was closed RightMissing at the reload).
+    const rules = named.filter((r) => signatureMatches(parsed, r.key) || this.retired.keys(ruleOf(r), nowMs).some((key) => signatureMatches(parsed, key)));
     if (rules.length === 0) return { ok: false, code: 'SignatureInvalid' };
     if (parsed.expiresAt <= nowSeconds) return { ok: false, code: 'TokenExpired' };
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };

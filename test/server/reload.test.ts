@@ -295,6 +295,36 @@ describe('reload without a restart', () => {
     assert.deepEqual([await hubStatus(0), await hubStatus(1), await hubStatus(2)], [401, 401, 101]);
   });
 
+  it('gives a rotated rule its grace while another rule of the same key name keeps the old key (found by review)', async (t) => {
+    // Before: a token signed with echo's old key matched the other rule's current key first, was never checked
+    // against echo's retired one, and was refused RightMissing: echo's listener closed at the reload, no grace.
+    const config = (echoKey: string) =>
+      testConfig({
+        rotationGraceSeconds: 600,
+        sas: [
+          { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+          { keyName: 'factory', key: echoKey, rights: ['Listen'], entity: 'echo' },
+          { keyName: 'factory', key: FACTORY_KEY, rights: ['Listen'], entity: 'legacy' },
+        ],
+        hybridConnections: [
+          { name: 'echo', requiresClientAuthorization: true },
+          { name: 'legacy', requiresClientAuthorization: true },
+        ],
+      });
+    const { file, write } = configFile(t, config(FACTORY_KEY));
+    const relay = await startTestRelay(t, config(FACTORY_KEY), { loadConfig: () => loadConfig(file, {}, {}) });
+    const factory = { keyName: 'factory', key: FACTORY_KEY };
+    const onEcho = await listen(relay.url, 'echo', factory);
+    t.after(() => onEcho.close());
+    write(config(FACTORY_KEY_NEW));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual([outcome.changes.sasKeysRotated, outcome.changes.listenersClosed], [['factory'], 0]);
+    const echoListen = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    assert.equal((await upgradeRefusal(echoListen, { headers: { ServiceBusAuthorization: tokenFor(echoListen, factory) } })).status, 101, 'the old key signs for echo during its grace');
+    assert.equal(onEcho.ws.readyState, onEcho.ws.OPEN, 'the listener on the old key stays during the grace');
+  });
+
   it('bounds an event handler\'s answer by the limits.pubsubMessageBytes a reload set (before: the one at start)', async (t) => {
     const { urlTemplate } = await serveEventHandler(t, (req, res) => {
       req.resume();
