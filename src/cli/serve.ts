@@ -102,8 +102,10 @@ async function serveCommand(argv: string[]): Promise<number> {
     if (value !== undefined) flags[key] = value;
   }
   // At start and on every reload: the file, the environment, the flags, the secrets, and the check of the keys.
-  // A reload checks the keys against the address the relay is bound to (a new listen.host waits for a restart).
-  let boundHost: string | undefined;
+  // A reload checks the keys against the address the relay is bound to and the publicUrl it runs with (a new
+  // listen.host or publicUrl waits for a restart; before, a publicUrl dropped from the file let weak keys in while
+  // the relay was still reached by that name).
+  let reachedAs: { host: string; publicUrl: string | undefined } | undefined;
   const worker = workerIndex();
   // A worker starts with the primary's restart-only values (one started again after a crash must not take a
   // port, TLS or NATS server the file has since and the others wait a restart for); its reloads compare the
@@ -115,8 +117,8 @@ async function serveCommand(argv: string[]): Promise<number> {
     if (worker !== undefined) loaded.nodeId = `${loaded.nodeId}-w${worker}`;
     if (pinned) loaded = withRestartOnlyValues(loaded, pinned);
     pinned = undefined;
-    boundHost ??= loaded.listen.host;
-    const refusal = weakKeysRefusal({ ...loaded, listen: { ...loaded.listen, host: boundHost } }, values.dev === true);
+    reachedAs ??= { host: loaded.listen.host, publicUrl: loaded.publicUrl };
+    const refusal = weakKeysRefusal({ ...loaded, publicUrl: reachedAs.publicUrl, listen: { ...loaded.listen, host: reachedAs.host } }, values.dev === true);
     if (refusal) throw new ConfigError(refusal);
     return loaded;
   };

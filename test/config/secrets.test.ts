@@ -181,6 +181,21 @@ describe('weak keys on reload', () => {
     await until(() => /config\.reload_refused/.test(relay.stderr()), 10000, 'the reload refused');
     assert.match(relay.stderr(), /refusing to serve on 0\.0\.0\.0 with weak keys/);
   });
+
+  it('are checked against the publicUrl the relay runs with, not one dropped from the file (which needs a restart; found by review)', async (t) => {
+    const dir = folder(t);
+    const strong = 'strong-key-0123456789abcdef0123456789abcdef';
+    const config = (publicUrl: string | undefined, key: string) => ({ listen: { host: '127.0.0.1', port: 0 }, ...(publicUrl ? { publicUrl } : {}), log: { level: 'info' }, sas: [{ keyName: 'root', key, rights: ['Manage'] }] });
+    const file = write(dir, 'c.json', config('https://relay.example.com', strong));
+    const relay = await startServeProcess(t, ['--config', file]);
+    // A file without publicUrl (a change that waits for a restart) and a weak key: the relay is still reached as relay.example.com.
+    write(dir, 'c.json', config(undefined, 'short-key-0123456789'));
+    relay.child.kill('SIGHUP');
+    // Before: the check saw no publicUrl and the weak key went live behind the proxy that serves relay.example.com.
+    await until(() => /config\.reload_(refused|reloaded)|config\.reloaded/.test(relay.stderr()), 10000, 'the reload to be done');
+    assert.match(relay.stderr(), /config\.reload_refused/);
+    assert.match(relay.stderr(), /reached as relay\.example\.com \(publicUrl\), with weak keys/);
+  });
 });
 
 function loadConfigFrom(raw: object) {
