@@ -6,7 +6,7 @@
 // the relay does. The client does what an edge does: each publish carries a
 // `Nats-Msg-Id` and a reply subject for its PubAck (one wildcard
 // subscription takes them all), and the consumer is a pull consumer with
-// no acks asking for 1,000 messages at a time (src/bus/jetstream.ts).
+// no acks asking for 1,000 messages at a time (src/bus/stream-reader.ts).
 import { AckPolicy, DeliverPolicy, StorageType, connect, createInbox, headers, type NatsConnection } from 'nats';
 import { Histogram } from '../lib/histogram.ts';
 import { startNatsServer } from '../lib/systems.ts';
