@@ -6,7 +6,7 @@ import { KEY_ENV, keyOf } from './key-source.ts';
 import { tokenClient } from './token-client.ts';
 
 export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME [--key KEY | --key-file FILE] [--ttl SECONDS]
-       edge-relay token client --hub HUB (--key KEY | --config FILE) [...]   (token client --help)
+       edge-relay token client --hub HUB (--key-file FILE | --key KEY | --config FILE) [...]   (token client --help)
 
 Prints a Shared Access Signature token for a hybrid connection, as Azure
 Relay clients build it: the resource is the URI with scheme http and no

@@ -53,6 +53,8 @@ describe('edge-relay command line', () => {
     assert.match(main.stdout, /token sas/);
     assert.match(serve.stdout, /--config FILE/);
     assert.match(token.stdout, /--key-name NAME/);
+    // Before: token's usage line named --key and --config for token client, not its --key-file.
+    assert.match(token.stdout, /token client --hub HUB \(--key-file FILE \| --key KEY \| --config FILE\)/);
     assert.match(main.stdout, /token client/);
     assert.match(client.stdout, /--role ROLE/);
     assert.match(main.stdout, /bridge/);
