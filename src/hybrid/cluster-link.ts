@@ -51,6 +51,11 @@ const EDGE_GONE_AFTER_MS = 2000;
 const ASK_IDS_AFTER_MS = 2000;
 /** Ids asked about in one check, the longest waiting first (about 40 bytes each on the bus). */
 const MAX_IDS_ASKED = 1000;
+/**
+ * What a listener's edge adds to timeouts.httpResponseMs before it forgets a routed request nobody asked about: the
+ * sender's edge names it in hc.alive from ASK_IDS_AFTER_MS on, then every ALIVE_CHECK_MS, each time starting it again.
+ */
+const WATCH_GRACE_MS = ASK_IDS_AFTER_MS + 2 * ALIVE_CHECK_MS;
 
 export class HybridClusterLink implements EdgeWatch {
   /** The entity's subscription while this node has listeners for it, and when the NATS server had it (a flush). */
@@ -64,10 +69,10 @@ export class HybridClusterLink implements EdgeWatch {
    * Listeners told to dial another node, or asked a request whose sender is on another node, watched for that node
    * until it says `hc.done` (or the listener answered, or the watch's own timeout).
    */
-  readonly dialWatches = new TransientMap<{ done(): void }>();
+  readonly dialWatches = new TransientMap<RoutedWatch>();
 
   /** Starts watching a connect or request routed here for `entityKey`: it counts against limits.pendingPerEntity until unwatched. */
-  watchRouted(id: string, watch: { done(): void }, entityKey: string): void {
+  watchRouted(id: string, watch: RoutedWatch, entityKey: string): void {
     // The same id routed twice (asked again): the earlier watch ends, uncounted.
     this.dialWatches.get(id)?.done();
     this.dialWatches.set(id, watch);
@@ -75,7 +80,7 @@ export class HybridClusterLink implements EdgeWatch {
   }
 
   /** Ends `watch` (once: a second call finds it gone). */
-  unwatchRouted(id: string, watch: { done(): void }, entityKey: string): void {
+  unwatchRouted(id: string, watch: RoutedWatch, entityKey: string): void {
     if (this.dialWatches.get(id) !== watch) return;
     this.dialWatches.delete(id);
     const left = (this.ctx.routedHere.get(entityKey) ?? 0) - 1;
@@ -270,9 +275,16 @@ export class HybridClusterLink implements EdgeWatch {
     respond(this.bus, message, encodeEdgeMessage({ op: 'hc.routed', ok: true, node: this.nodeId, watching: watch ? true : undefined }));
   }
 
-  /** Here; and of `ids`, those this node no longer watches (it sent their answer, which the asker has not had). */
+  /**
+   * Here; and of `ids`, those this node no longer watches (it sent their answer, which the asker has not had). Those
+   * it still watches are still awaited by the asker: their watch goes on (stillAwaited).
+   */
   private answerAlive(message: BusMessage, ids: string[] | undefined): void {
-    const gone = ids?.filter((id) => !this.dialWatches.has(id));
+    const gone = ids?.filter((id) => {
+      const watch = this.dialWatches.get(id);
+      watch?.stillAwaited?.();
+      return watch === undefined;
+    });
     respond(this.bus, message, encodeEdgeMessage(gone && gone.length > 0 ? { op: 'hc.alive', gone } : { op: 'hc.alive' }));
   }
 
@@ -329,6 +341,13 @@ export class HybridClusterLink implements EdgeWatch {
   }
 }
 
+/** What the listener's node keeps for a connect or request another node routed to it, until `done`. */
+interface RoutedWatch {
+  done(): void;
+  /** The sender's node says it still waits (it named the id in hc.alive). */
+  stillAwaited?(): void;
+}
+
 /**
  * On the listener's node: until the sender's node can no longer be waiting
  * (timeouts.acceptMs), tells it when the listener told to accept a connect
@@ -375,10 +394,16 @@ class RemoteDialWatch implements ChannelExchange {
 /**
  * On the listener's node: waits for the answer to a request routed from another node (its whole request, or a
  * notice to fetch it by rendezvous), until the listener answers on the control channel, the sender's node says
- * `hc.done` (its sender left or timed out, or the answer came by rendezvous) or timeouts.httpResponseMs; tells
- * the sender's node when the listener drops its control channel first.
+ * `hc.done` (its sender left or timed out, or the answer came by rendezvous) or, with no word from the sender's
+ * node, timeouts.httpResponseMs and the time for its first hc.alive (WATCH_GRACE_MS); tells the sender's node when
+ * the listener drops its control channel first. Each hc.alive naming the request starts that time again: the
+ * sender's node waits longer than httpResponseMs from the routing for a request whose body it streams to the
+ * listener's rendezvous leg (its wait starts again with each piece, and when the body is all sent). Before, the
+ * watch ended httpResponseMs after the routing: the listener's answer on the control channel to an upload that took
+ * longer was dropped (listener.unknown_response), the sender got 504, and the sender's node logged
+ * hybrid.answers_lost every second meanwhile.
  */
-class RemoteHttpRelay implements ChannelExchange {
+class RemoteHttpRelay implements ChannelExchange, RoutedWatch {
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -391,8 +416,12 @@ class RemoteHttpRelay implements ChannelExchange {
     channel.exchanges.set(id, this);
     link.watchRouted(id, this, channel.entity.key);
     // The sender's node times the request out itself; this only forgets it.
-    this.timer = setTimeout(() => this.done(), timeoutMs);
+    this.timer = setTimeout(() => this.done(), timeoutMs + WATCH_GRACE_MS);
     this.timer.unref();
+  }
+
+  stillAwaited(): void {
+    this.timer.refresh();
   }
 
   onControlResponse(response: ListenerResponse): ((body: Buffer) => void) | undefined {

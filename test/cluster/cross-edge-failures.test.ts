@@ -7,6 +7,7 @@
 // process on one nats-server.
 import assert from 'node:assert/strict';
 import { before, after, describe, it, type TestContext } from 'node:test';
+import { request as httpPost } from 'node:http';
 import { connect as netConnect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
@@ -17,7 +18,7 @@ import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { captureLogger, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const CORE = { jetstream: { enabled: false } };
@@ -182,6 +183,45 @@ describe('connects and requests across edges while the listener side fails', () 
     // Before: A dropped an answer on the control channel to a request fetched by rendezvous (504 after httpResponseMs).
     assert.equal(got.status, 200);
     assert.equal(got.body.toString(), 'answered on the control channel');
+  });
+
+  it('a request fetched by rendezvous across edges whose upload outlasts httpResponseMs may still be answered on the control channel', async (t) => {
+    const logB = captureLogger('info');
+    const a = await edge(t, 'slow-up-a', nats.url, { timeouts: { httpResponseMs: 1000 } });
+    const b = await startTestRelay(t, edgeOverrides('slow-up-b', [nats.url], { bus: CORE, timeouts: { httpResponseMs: 1000 } }), { log: logB.log });
+    await until(() => b.bus.connected, 10000, 'B on NATS');
+    const entity = 'slow-upload';
+    const listener = await listen(t, a, entity);
+    const url = `${b.url}/${entity}/upload`;
+    // A chunked body trickling for 6 s, a piece every 250 ms: B's wait starts again with each piece.
+    const answered = new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpPost(url, { headers: { ServiceBusAuthorization: tokenFor(url), 'transfer-encoding': 'chunked' } }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      t.after(() => req.destroy());
+      let pieces = 0;
+      const tick = setInterval(() => {
+        req.write('x');
+        if (++pieces === 24) {
+          clearInterval(tick);
+          req.end();
+        }
+      }, 250);
+      t.after(() => clearInterval(tick));
+    });
+    const { request } = await listener.next<{ request: { address: string; id: string } }>();
+    const leg = new WebSocket(request.address);
+    t.after(() => leg.terminate());
+    await withTimeout(new Promise<void>((resolve) => leg.on('message', (_data, isBinary) => isBinary && resolve())), 15000, 'the whole body on the rendezvous');
+    listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: true } }));
+    listener.ws.send(Buffer.from('answered on the control channel'));
+    // Before: A forgot the request httpResponseMs after routing it, dropped this answer (listener.unknown_response), the
+    // sender got 504, and B logged hybrid.answers_lost every second while the body still came.
+    assert.deepEqual(await withTimeout(answered, 10000, 'the answer'), { status: 200, body: 'answered on the control channel' });
+    assert.deepEqual(logB.events().filter((e) => e === 'hybrid.answers_lost'), []);
   });
 
   it("a draining edge keeps a listener told to accept another edge's connect until it has dialed", async (t) => {
