@@ -75,6 +75,8 @@ export class ControlChannel {
   readonly complaints = new LogAllowance();
   /** Lines its token renewals may write, apart: a listener's mistakes do not hide them, nor they its mistakes. */
   private readonly renewals = new LogAllowance();
+  /** ws closed the channel for a message over limits.controlMessageBytes, or in more parts than it allows. */
+  overLimit = false;
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
   /** Corks the channel's socket while notices of one turn gather. */
@@ -100,16 +102,21 @@ export class ControlChannel {
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
     ws.on('pong', () => (this.lastSeen = Date.now()));
     ws.on('ping', () => (this.lastSeen = Date.now()));
-    // A message over maxPayload: ws sends the listener 1009 but reports its own close as 1006 (it does not wait for an
-    // answer), so the refusal is remembered here, and the channel counts as closed with the 1009 the listener got.
-    let tooLarge = false;
+    // A frame or message ws refuses (over maxPayload, past the parts allowed, not UTF-8, a broken frame): ws sends the
+    // listener its code but reports its own close as 1006 (it does not wait for an answer), so the refusal is
+    // remembered here, and the channel counts as closed with the code the listener got. Before, only 1009 was: a
+    // channel closed 1008 past the parts of a message limits.controlMessageBytes allows was logged as 1006, and not
+    // counted or logged as that limit reached; 1007 and 1002 were logged as 1006 too.
+    let refusedWith: number | undefined;
     ws.on('error', (err) => {
-      if ((err as { code?: unknown }).code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') tooLarge = true;
+      const code = (err as { code?: unknown }).code;
+      refusedWith ??= typeof code === 'string' ? WS_REFUSALS[code] : undefined;
+      if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' || code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') this.overLimit = true;
       this.log.debug({ event: 'listener.error', err: err.message });
     });
     ws.on('close', (code: number) => {
       this.closed = true;
-      this.hooks.closed(this, tooLarge ? 1009 : code);
+      this.hooks.closed(this, refusedWith ?? code);
     });
   }
 
@@ -207,6 +214,22 @@ export class ControlChannel {
 }
 
 function discardBody(): void {}
+
+/** The close code ws sends for each error code of a frame or message it refuses (ws 8, lib/receiver.js). */
+const WS_REFUSALS: Record<string, number> = {
+  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009,
+  WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009,
+  WS_ERR_TOO_MANY_BUFFERED_PARTS: 1008,
+  WS_ERR_INVALID_UTF8: 1007,
+  WS_ERR_EXPECTED_FIN: 1002,
+  WS_ERR_EXPECTED_MASK: 1002,
+  WS_ERR_INVALID_CLOSE_CODE: 1002,
+  WS_ERR_INVALID_CONTROL_PAYLOAD_LENGTH: 1002,
+  WS_ERR_INVALID_OPCODE: 1002,
+  WS_ERR_UNEXPECTED_MASK: 1002,
+  WS_ERR_UNEXPECTED_RSV_1: 1002,
+  WS_ERR_UNEXPECTED_RSV_2_3: 1002,
+};
 
 /**
  * The request an invalid listener message answers, when it is a `response`

@@ -317,10 +317,10 @@ export class HybridService {
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left, ...channel.complaints.leftOutField });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
       this.announce('listener.offline', channel.entity, left);
-      if (code === 1009) {
-        // ws closed it for a message over maxPayload (control-channel.ts).
+      if (channel.overLimit) {
+        // ws closed it for a message over maxPayload (1009) or in more parts than it allows (1008; control-channel.ts).
         this.ctx.metrics.limitRefused('controlMessageBytes');
-        channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id });
+        channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id, code });
       }
       for (const exchange of [...channel.exchanges.values()]) exchange.listenerLost();
     },

@@ -9,7 +9,7 @@ import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { ROOT_KEY, captureLogger, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
-import { rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
+import { maskedFrame, parseServerFrames, rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const FAST = {
@@ -267,6 +267,31 @@ describe('control channel messages', () => {
     const metrics = (await httpRequest(`${r.url}/$relay/metrics`)).body.toString();
     assert.match(metrics, /edge_relay_limit_refusals_total\{limit="controlMessageBytes"[^}]*\} 1\b/);
   });
+
+  for (const [what, frames, code, limit] of [
+    ['a message in more parts than controlMessageBytes allows', [maskedFrame(0x1, '{', false), ...Array.from({ length: 65540 }, () => maskedFrame(0x0, '', false))], 1008, true],
+    ['a text message that is not UTF-8', [maskedFrame(0x1, Buffer.from([0x7b, 0xff, 0x7d]))], 1007, false],
+    ['a frame with a reserved bit set', [Buffer.concat([Buffer.from([0xc1]), maskedFrame(0x1, '{}').subarray(1)])], 1002, false],
+  ] as const) {
+    it(`logs the close of a channel ws refused for ${what} with the ${code} the listener got${limit ? ', counted and logged as the limit reached' : ''} (before: logged as 1006${limit ? ', never counted' : ''})`, async (t) => {
+      const logs = captureLogger('info');
+      const r = await startTestRelay(t, { ...FAST, metrics: { requireManage: false } }, { log: logs.log });
+      current = r;
+      const leg = await rawUpgrade(t, r.port, '/$hc/echo?sb-hc-action=listen', { ServiceBusAuthorization: tokenFor(listen(r)) });
+      assert.equal(leg.status, 101);
+      leg.socket.write(Buffer.concat([...frames]));
+      // (After the relay's keep-alive pings, maybe.)
+      const closeFrame = (b: Buffer) => parseServerFrames(Buffer.concat([leg.rest, b])).frames.find((f) => f.opcode === 0x8);
+      const answer = await readUntil(leg.socket, (b) => closeFrame(b) !== undefined, 3000, 'the close frame');
+      assert.equal(closeFrame(answer)!.payload.readUInt16BE(0), code, 'the listener is told');
+      await until(() => logs.events().includes('listener.disconnected'), 3000, 'the channel closed');
+      const lines = logs.lines();
+      assert.equal(lines.find((l) => l.event === 'listener.disconnected')!.code, code);
+      assert.equal(lines.some((l) => l.event === 'limit.reached' && l.limit === 'controlMessageBytes'), limit);
+      const metrics = (await httpRequest(`${r.url}/$relay/metrics`)).body.toString();
+      assert.equal(/edge_relay_limit_refusals_total\{limit="controlMessageBytes"[^}]*\} 1\b/.test(metrics), limit);
+    });
+  }
 
   it('drops a listener that stops answering pings', async (t) => {
     const r = await relayFor(t);
