@@ -264,7 +264,10 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       if (this.finished) return;
       // The listener has as long to answer as if the body had come at once.
       this.timer.refresh();
-      this.dispatchOnControlChannel(Buffer.concat(chunks, Math.min(size, length)));
+      const body = Buffer.concat(chunks, Math.min(size, length));
+      // The pieces are let go: the data handler above keeps this array for the exchange's life (up to 64 KiB twice).
+      chunks.length = 0;
+      this.dispatchOnControlChannel(body);
     });
   }
 
