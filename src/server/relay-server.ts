@@ -44,6 +44,8 @@ const SHUTDOWN_POLL_MS = 25;
 
 /** Largest request head (request line and headers); past it, 431. */
 const MAX_HEADER_BYTES = 16384;
+/** Room for the bus envelope of a listener's answer crossing to another edge, beside its head and body. */
+const ANSWER_ENVELOPE_BYTES = 1024;
 
 /** The edge's answer to a request Node could not parse, by Node's error code. */
 function clientErrorCode(code: string | undefined): 'RequestTimeout' | 'HeaderFieldsTooLarge' | 'BadRequest' {
@@ -228,10 +230,19 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   }
   const bus = createBus(config, log);
   bus.onConnectionChange((connected) => {
+    if (!connected) return;
     // An event that fits limits.pubsubMessageBytes but not the server's max_payload is refused (413, ack BadRequest).
-    const { pubsubMessageBytes } = config.limits;
-    if (connected && bus.maxPayload < pubsubMessageBytes) {
+    const { pubsubMessageBytes, controlMessageBytes } = config.limits;
+    if (bus.maxPayload < pubsubMessageBytes) {
       log.warn({ event: 'bus.max_payload_below_limits', maxPayload: bus.maxPayload, pubsubMessageBytes }, "events larger than the NATS server's max_payload are refused: raise max_payload");
+    }
+    // A listener's answer on its control channel (a head and a body, each up to limits.controlMessageBytes) goes to a
+    // sender on another edge as one bus message: past max_payload it is 502 BadListenerResponse there, 200 on its own.
+    if (bus.maxPayload < 2 * controlMessageBytes + ANSWER_ENVELOPE_BYTES) {
+      log.warn(
+        { event: 'bus.max_payload_below_answers', maxPayload: bus.maxPayload, controlMessageBytes },
+        "a listener's control-channel answer larger than the NATS server's max_payload fails 502 for senders on other edges: raise max_payload to twice limits.controlMessageBytes",
+      );
     }
   });
   const subjects = new Subjects(config.bus.subjectPrefix);

@@ -45,6 +45,10 @@ describe("NATS's max_payload below the relay's limits", () => {
     const warning = logA.lines().find((e) => e.event === 'bus.max_payload_below_limits');
     assert.ok(warning, 'logged');
     assert.equal(warning.maxPayload, MAX_PAYLOAD);
+    // A listener's control-channel answer (head and body, each up to limits.controlMessageBytes) may not cross it.
+    const answers = logA.lines().find((e) => e.event === 'bus.max_payload_below_answers');
+    assert.ok(answers, 'logged');
+    assert.deepEqual([answers.maxPayload, answers.controlMessageBytes], [MAX_PAYLOAD, 65536]);
   });
 
   for (const hub of [HUB, OTHER_HUB]) {
@@ -194,5 +198,21 @@ describe("NATS's max_payload below the relay's limits", () => {
       assert.equal(answer.status, 200, answer.body.toString());
       assert.equal(answer.body.toString(), String(size));
     }
+  });
+
+  it("answers 502 BadListenerResponse to a sender on another edge whose listener's control-channel answer the bus cannot carry (200 on the listener's edge), as logged at connect", async (t) => {
+    // hyco-https sends an answer of up to 64 KiB on its control channel: with the head, more than this max_payload.
+    const size = MAX_PAYLOAD - 100;
+    await startHycoHttpsListener(t, a.url, (_req, res) => res.end(Buffer.alloc(size, 98)), 'download');
+    const get = (edge: RunningRelay) => {
+      const url = `${edge.url}/download/x`;
+      return httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 10000 });
+    };
+    const here = await get(a);
+    assert.equal(here.status, 200);
+    assert.equal(here.body.length, size);
+    const there = await get(b);
+    assert.equal(there.status, 502, `${there.body.length} bytes`);
+    assert.equal(JSON.parse(there.body.toString()).code, 'BadListenerResponse');
   });
 });
