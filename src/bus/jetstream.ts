@@ -579,6 +579,10 @@ export class JetStreamAccess {
           // Its server takes nothing (frozen, cut off) and is not judged stale yet: what went out waits in this
           // process's memory. Nothing more goes until it clears (bus bound on bytes unsent); the message waits here.
           last = 'the NATS server takes nothing this edge sends';
+          // Its stream's publishes go in order until it settles (publish-order.ts): one begun as the backlog clears
+          // waits its turn. Before, each waiting call looked again on its own timer, and a later publish was stored
+          // before the earlier ones that had waited.
+          this.order.troubled(turn);
           await sleep(Math.min(RETRY_MS, left));
           continue;
         }

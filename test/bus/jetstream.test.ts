@@ -214,6 +214,32 @@ describe('JetStream access', () => {
     assert.equal((await js.bounds(STREAM.name)).last, 64, 'each stored once');
   });
 
+  it('stores the events that waited out a frozen server in the order they were published, before one published once it reads', async (t) => {
+    // Before: a publish that found the bus backlogged slept RETRY_MS and looked again on its own, not in its stream's
+    // order (publish-order.ts): one begun as the backlog cleared went out at once, stored before those begun earlier.
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    // No try times out while frozen (that would put the stream in order by itself): only the backlog holds them.
+    const js = access(t, bus, { publishTimeoutMs: 20_000, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
+    await js.start([STREAM], BUCKET);
+    const message = Buffer.alloc(256 * 1024, 7);
+    await nats.freeze();
+    const outcomes: Promise<{ seq: number } | Error>[] = [];
+    for (let i = 0; i < 40; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-order-${i}`).catch((err: Error) => err));
+    await until(() => bus.backlogged, 5000, 'the bus backlogged');
+    await new Promise((r) => setTimeout(r, 300));
+    nats.thaw();
+    await until(() => !bus.backlogged, 10_000, 'the backlog cleared');
+    outcomes.push(js.publish('t.ev.hub.m40', message, 'id-order-40').catch((err: Error) => err));
+    const settled = await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
+    assert.deepEqual(settled.filter((o) => o instanceof Error).map((e) => (e as Error).message), []);
+    const stored = await js.read(STREAM.name, { fromSeq: 1, limit: 100, timeoutMs: 5000 });
+    assert.deepEqual(
+      stored.map((m) => m.subject),
+      Array.from({ length: 41 }, (_, i) => `t.ev.hub.m${i}`),
+    );
+  });
+
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
     const nats = await startNatsServer(t);
     const js = access(t, busOn(t, nats.url), { publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 });
