@@ -166,11 +166,7 @@ export class HybridClusterLink implements EdgeWatch {
   private checkEdges(): void {
     for (const [node, waitingHere] of this.waitingOn) {
       const askedAt = Date.now();
-      const ids: string[] = [];
-      for (const [id, entry] of waitingHere.entries()) {
-        if (ids.length === MAX_IDS_ASKED) break;
-        if (entry.watching && askedAt - entry.since >= ASK_IDS_AFTER_MS) ids.push(id);
-      }
+      const ids = idsToAsk(waitingHere, askedAt);
       const question = encodeEdgeMessage(ids.length > 0 ? { op: 'hc.alive', ids } : { op: 'hc.alive' });
       this.bus.request(this.subjects.nodeHybrid(node), question, this.requestTimeoutMs).then(
         (answer) => {
@@ -339,6 +335,20 @@ export class HybridClusterLink implements EdgeWatch {
     this.nodeSubscription.unsubscribe();
     clearInterval(this.aliveTimer);
   }
+}
+
+/**
+ * The ids of `waiting` watched there for ASK_IDS_AFTER_MS or more, the longest waiting first, at most MAX_IDS_ASKED.
+ * (The table's own order is its hash order: past the bound, the same ones were left out at every check, and their
+ * watches on the listener's edge ended at httpResponseMs and the grace, dropping their listeners' answers.)
+ */
+function idsToAsk(waiting: TransientMap<{ watching: boolean; since: number }>, askedAt: number): string[] {
+  const due: [string, number][] = [];
+  waiting.forEach((entry, id) => {
+    if (entry.watching && askedAt - entry.since >= ASK_IDS_AFTER_MS) due.push([id, entry.since]);
+  });
+  if (due.length > MAX_IDS_ASKED) due.sort((a, b) => a[1] - b[1]).length = MAX_IDS_ASKED;
+  return due.map(([id]) => id);
 }
 
 /** What the listener's node keeps for a connect or request another node routed to it, until `done`. */
