@@ -225,18 +225,18 @@ describe('JetStream access', () => {
     const message = Buffer.alloc(256 * 1024, 7);
     await nats.freeze();
     const outcomes: Promise<{ seq: number } | Error>[] = [];
-    for (let i = 0; i < 40; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-order-${i}`).catch((err: Error) => err));
+    for (let i = 0; i < 64; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-order-${i}`).catch((err: Error) => err));
     await until(() => bus.backlogged, 5000, 'the bus backlogged');
     await new Promise((r) => setTimeout(r, 300));
     nats.thaw();
     await until(() => !bus.backlogged, 10_000, 'the backlog cleared');
-    outcomes.push(js.publish('t.ev.hub.m40', message, 'id-order-40').catch((err: Error) => err));
+    outcomes.push(js.publish('t.ev.hub.m64', message, 'id-order-64').catch((err: Error) => err));
     const settled = await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
     assert.deepEqual(settled.filter((o) => o instanceof Error).map((e) => (e as Error).message), []);
     const stored = await js.read(STREAM.name, { fromSeq: 1, limit: 100, timeoutMs: 5000 });
     assert.deepEqual(
       stored.map((m) => m.subject),
-      Array.from({ length: 41 }, (_, i) => `t.ev.hub.m${i}`),
+      Array.from({ length: 65 }, (_, i) => `t.ev.hub.m${i}`),
     );
   });
 
