@@ -101,9 +101,12 @@ export class EntityCatalog {
     return created;
   }
 
-  /** Forgets an auto-created entity once its last listener has gone. */
+  /**
+   * Forgets an auto-created entity once its last listener has gone: that entity, not another under its name (one a
+   * reload listed after this one was removed, while a listener of this one was being refused).
+   */
   releaseDynamic(entity: HybridEntity): void {
-    if (entity.dynamic) this.entities.delete(entity.key);
+    if (entity.dynamic && this.entities.get(entity.key) === entity) this.entities.delete(entity.key);
   }
 
   list(): HybridEntity[] {
