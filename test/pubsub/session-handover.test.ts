@@ -57,6 +57,36 @@ describe('the replay log of a core NATS hub', () => {
     const kept = process.memoryUsage().arrayBuffers - before;
     assert.ok(kept < 1_000_000, `${(kept / 1e6).toFixed(1)} MB kept for 6 MB of expired events`);
   });
+
+  it('holds about the bytes of the small events in its window, not the 8 KiB pool slabs they were cut from', async (t) => {
+    // Node cuts small buffers from shared 8 KiB slabs: an event kept in the window kept its slab, whatever else was
+    // cut from it and dropped since (seen in a heap snapshot: 186 slabs held only by the window), so the window's
+    // memory could pass bus.replayBufferBytes many times over.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const bus = new MemoryBus();
+    t.after(() => bus.close());
+    const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 60_000, maxBytes: 16 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
+    const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    let eventBytes = 0;
+    let dropped = 0;
+    for (let i = 0; i < 2000; i++) {
+      const event: PsSend = { op: 'ps.send', origin: 'n1', mid: feed.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      const data = encodeEdgeMessage(event, Buffer.from('hello'));
+      eventBytes += data.length;
+      feed.publish('relay.ps.chat.all', event.mid, data);
+      // What else the edge cuts from the same slabs meanwhile (frames, answers), let go at once.
+      dropped += Buffer.allocUnsafe(4000).length;
+    }
+    gc();
+    await new Promise((r) => setTimeout(r, 50));
+    gc();
+    const kept = process.memoryUsage().arrayBuffers - before;
+    t.diagnostic(`${(kept / 1e6).toFixed(2)} MB held for ${(eventBytes / 1e6).toFixed(2)} MB of events (${(dropped / 1e6).toFixed(1)} MB dropped beside them)`);
+    assert.ok(kept < 3 * eventBytes, `${(kept / 1e6).toFixed(2)} MB held for ${(eventBytes / 1e6).toFixed(2)} MB of events`);
+  });
 });
 
 // What a core NATS edge remembers of other edges' events (src/pubsub/replaying-feed.ts): one number per
