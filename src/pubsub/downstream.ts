@@ -5,6 +5,7 @@
 // `"sequenceId":N` member last (sequencedParts), so the only per-recipient
 // work is the sequence number the protocol forces.
 import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
+import { ownBytes, owned } from '../collections/own-bytes.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
@@ -22,8 +23,10 @@ const OPEN_BRACE = Buffer.from('{');
 
 /** One event, encoded once for every local recipient. */
 export class SharedMessage {
-  /** The message's JSON without its opening `{`. */
-  readonly body: Buffer;
+  /** The message's JSON without its opening `{` (copied out of the memory it shares once a session holds it). */
+  body: Buffer;
+  /** A reliable session holds it (the message log has it): what it builds from now on is made of its own bytes. */
+  private kept = false;
   private frame: Buffer | undefined;
   private raw: Buffer | undefined;
   private readonly dataType: DataType;
@@ -66,11 +69,13 @@ export class SharedMessage {
    */
   rawFrame(): Buffer {
     if (!this.raw) {
-      if (this.dataType === 'json') this.raw = encodeFrame(true, OP_TEXT, Buffer.from(this.dataJson, 'utf8'));
+      let raw: Buffer;
+      if (this.dataType === 'json') raw = encodeFrame(true, OP_TEXT, Buffer.from(this.dataJson, 'utf8'));
       else {
         const value = String(JSON.parse(this.dataJson));
-        this.raw = this.dataType === 'text' ? encodeFrame(true, OP_TEXT, Buffer.from(value, 'utf8')) : encodeFrame(true, OP_BINARY, Buffer.from(value, 'base64'));
+        raw = this.dataType === 'text' ? encodeFrame(true, OP_TEXT, Buffer.from(value, 'utf8')) : encodeFrame(true, OP_BINARY, Buffer.from(value, 'base64'));
       }
+      this.raw = this.kept ? owned(raw) : raw;
     }
     return this.raw;
   }
@@ -84,9 +89,21 @@ export class SharedMessage {
   plainFrame(): Buffer {
     if (!this.frame) {
       const header = encodeFrameHeader(true, OP_TEXT, this.body.length + 1);
-      this.frame = Buffer.concat([header, OPEN_BRACE, this.body]);
+      this.frame = this.kept ? ownBytes(header, OPEN_BRACE, this.body) : Buffer.concat([header, OPEN_BRACE, this.body]);
     }
     return this.frame;
+  }
+
+  /**
+   * Held by a reliable session, it lives until acknowledged or the session's end: its buffers are copied out of the
+   * 8 KiB slabs they were cut from (own-bytes.ts). Only then: a message for plain clients alone goes at once, and
+   * copying every one cost its making twice (1.0 -> 2.2 us).
+   */
+  keepOwnBytes(): void {
+    this.kept = true;
+    this.body = owned(this.body);
+    if (this.frame) this.frame = owned(this.frame);
+    if (this.raw) this.raw = owned(this.raw);
   }
 }
 
@@ -148,8 +165,8 @@ export function sequencedParts(message: LoggedMessage): SequencedParts {
     // A body is the message's members and its closing brace (SharedMessage); anything else keeps the id first.
     parts =
       body.length > 1 && body[body.length - 1] === 0x7d
-        ? { head: Buffer.concat([OPEN_BRACE, body.subarray(0, body.length - 1), SEQUENCE_ID_MEMBER]), tail: CLOSE_BRACE }
-        : { head: SEQUENCE_ID_FIRST, tail: Buffer.concat([COMMA, body]) };
+        ? { head: ownBytes(OPEN_BRACE, body.subarray(0, body.length - 1), SEQUENCE_ID_MEMBER), tail: CLOSE_BRACE }
+        : { head: SEQUENCE_ID_FIRST, tail: ownBytes(COMMA, body) };
     message.sequenced = parts;
   }
   return parts;

@@ -33,6 +33,8 @@ export interface LoggedMessage {
   sequenced?: SequencedParts;
   /** Past this time (ms since epoch) it is not sent again: a REST send's messageTtlSeconds. */
   readonly expiresAt?: number;
+  /** Called when the log first holds it: what it keeps is copied out of memory it shares (collections/own-bytes.ts). */
+  keepOwnBytes?(): void;
 }
 
 /** True when a message has a time to live and it has passed (the clock is read only for a message that has one). */
@@ -141,6 +143,7 @@ export class MessageLog {
       this.currentNumber = number;
       this.chunks.set(number, this.current);
     }
+    message.keepOwnBytes?.();
     this.current!.messages[slotOf(index, number)] = message;
     return index;
   }

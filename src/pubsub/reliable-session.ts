@@ -6,6 +6,7 @@
 // The buffered messages themselves are in the edge's message log, once for
 // all sessions; a session keeps their indices (message-log.ts).
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { owned } from '../collections/own-bytes.ts';
 import { MessageLog, hasExpired, type LoggedMessage } from './message-log.ts';
 
 export interface SessionLimits {
@@ -121,7 +122,8 @@ export class ReliableSession {
   restore(entries: SessionEntry[], lastSequenceId: number): void {
     if (entries.length > 0 && this.held.length === 0) this.firstHeldSequenceId = entries[0].sequenceId;
     for (const entry of entries) {
-      this.held.push(messageLog.hold({ body: entry.body, mid: entry.mid, position: entry.position, expiresAt: entry.expiresAt }));
+      // Its body is a view into the bus message it came in (a 64 KiB read): copied out (own-bytes.ts).
+      this.held.push(messageLog.hold({ body: owned(entry.body), mid: entry.mid, position: entry.position, expiresAt: entry.expiresAt }));
       this.bytes += entry.body.length;
     }
     this.nextSequenceId = lastSequenceId + 1;

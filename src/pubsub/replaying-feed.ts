@@ -23,6 +23,7 @@ import { decodeEdgeMessage, encodeEdgeMessage, type DecodedEdgeMessage, type PsR
 import type { Logger } from '../telemetry/logger.ts';
 import { newOrigin, nodeOfOrigin, type DeliverEvent, type EventFeed } from './event-feed.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { owned } from '../collections/own-bytes.ts';
 
 export interface ReplayingFeedOptions {
   nodeId: string;
@@ -183,11 +184,9 @@ export class ReplayingFeed implements EventFeed {
     if (counter === undefined) return;
     this.lastOwnCounter = counter;
     const mono = performance.now();
-    // A small event is cut from one of Node's shared 8 KiB slabs: kept as it is, it keeps the whole slab (16 MB held
-    // for 0.3 MB of events in a test), and the window's memory passes maxBytes many times over. Copied, it holds its
-    // own bytes.
-    const own = data.byteLength < data.buffer.byteLength ? new Uint8Array(data) : data;
-    this.entries.push({ counter, at: Date.now(), mono, subject, data: own });
+    // A small event is cut from one of Node's shared 8 KiB slabs: kept as it is, it keeps the whole slab, and the
+    // window's memory passed maxBytes many times over (own-bytes.ts).
+    this.entries.push({ counter, at: Date.now(), mono, subject, data: owned(Buffer.from(data.buffer, data.byteOffset, data.byteLength)) });
     this.bytes += data.length;
     const oldest = mono - this.options.windowMs;
     while (this.head < this.entries.length && (this.entries[this.head].mono < oldest || this.bytes > this.options.maxBytes)) {

@@ -3,7 +3,10 @@
 // same JSON object as the plain frame plus `sequenceId`, whatever the body.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { SharedMessage, sequencedParts } from '../../src/pubsub/downstream.ts';
+import { MessageLog } from '../../src/pubsub/message-log.ts';
 
 const withId = (head: Buffer, id: number, tail: Buffer) => JSON.parse(Buffer.concat([head, Buffer.from(String(id)), tail]).toString());
 
@@ -22,5 +25,35 @@ describe('sequenced copies of a message', () => {
     const parts = sequencedParts({ body: Buffer.from('"type":"message","data":1} '), mid: 'x', position: 0 });
     assert.equal(parts.head.toString(), '{"sequenceId":');
     assert.deepEqual(withId(parts.head, 7, parts.tail), { sequenceId: 7, type: 'message', data: 1 });
+  });
+
+  it('hold about their own bytes while sessions hold them, not the 8 KiB pool slabs Node cuts small buffers from', async (t) => {
+    // A message a reliable session holds keeps its body, its shared parts and its plain frame: each cut from a
+    // shared 8 KiB slab kept the slab (whatever else was cut from it and dropped since), and a session's
+    // limits.sessionBufferBytes, counted by the messages' lengths, held many times that.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const log = new MessageLog();
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    const held: SharedMessage[] = [];
+    let bytes = 0;
+    for (let i = 0; i < 2000; i++) {
+      const message = new SharedMessage({ from: 'group', group: 'room', fromUserId: 'u', dataType: 'text', dataJson: `"event ${i}"` }, `edge-1:${i}`);
+      // Plain members of the group get it before a reliable one, or after.
+      if (i % 2 === 0) message.plainFrame();
+      log.hold(message);
+      const parts = sequencedParts(message);
+      bytes += message.body.length + parts.head.length + parts.tail.length + message.plainFrame().length;
+      held.push(message);
+      // What else the edge cuts from the same slabs meanwhile (frames to plain clients, acks), let go at once.
+      Buffer.allocUnsafe(3000);
+    }
+    gc();
+    await new Promise((r) => setTimeout(r, 50));
+    gc();
+    const kept = process.memoryUsage().arrayBuffers - before;
+    t.diagnostic(`${(kept / 1e6).toFixed(2)} MB held for ${(bytes / 1e6).toFixed(2)} MB of ${held.length} messages`);
+    assert.ok(kept < 3 * bytes, `${(kept / 1e6).toFixed(2)} MB held for ${(bytes / 1e6).toFixed(2)} MB`);
   });
 });
