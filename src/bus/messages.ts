@@ -469,6 +469,8 @@ export interface PsCheckpoint {
   sequenceId: number;
   /** The stream sequence whose event had `sequenceId` (or, with nothing unacknowledged, the last one read). */
   position: number;
+  /** The id (PsSend.mid) of the event at `position` when it had `sequenceId`: found by it where another server numbers the stream otherwise. */
+  mid?: string;
   groups: string[];
   /** The connection state an event handler set (ce-connectionState). */
   states?: string;

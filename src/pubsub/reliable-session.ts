@@ -33,6 +33,11 @@ export interface SessionCheckpoint {
   position: number;
   /** The connection's groups at `position`. */
   groups: string[];
+  /**
+   * The cluster-wide id of the event that had `sequenceId`, when `position` is its: another edge's server may
+   * number the stream otherwise (nats-server before 2.10.14, docs/durability.md), and finds the event by it.
+   */
+  mid?: string;
 }
 
 /** Every session's messages, once per edge. */
@@ -162,7 +167,7 @@ export class ReliableSession {
       if (this.acknowledgedUpTo === this.checkpoint?.sequenceId) return undefined;
       const position = this.acknowledgedPosition;
       if (position === undefined) return undefined;
-      next = { sequenceId: this.acknowledgedUpTo, position, groups: this.groupsAt(currentGroups, position) };
+      next = { sequenceId: this.acknowledgedUpTo, position, groups: this.groupsAt(currentGroups, position), ...(this.acknowledgedMid !== undefined ? { mid: this.acknowledgedMid } : {}) };
     }
     const last = this.checkpoint;
     if (last && last.sequenceId === next.sequenceId && last.position === next.position && sameGroups(last.groups, next.groups)) return undefined;
@@ -246,6 +251,8 @@ export class ReliableSession {
 
   /** Stream position of the last acknowledged event, when this edge saw it. */
   private acknowledgedPosition: number | undefined;
+  /** The cluster-wide id of that event. */
+  private acknowledgedMid: string | undefined;
 
   /** Drops every message with a sequence id up to `sequenceId` (cumulative). */
   acknowledge(sequenceId: number): void {
@@ -256,6 +263,7 @@ export class ReliableSession {
       this.bytes -= message.body.length;
       this.acknowledgedUpTo = this.firstHeldSequenceId;
       this.acknowledgedPosition = message.position;
+      this.acknowledgedMid = message.mid;
       messageLog.release(index);
       held.head++;
       this.firstHeldSequenceId++;

@@ -81,6 +81,8 @@ const RELEASED_AT_SHUTDOWN = Number.MAX_SAFE_INTEGER;
 const MAX_HOLDERS_KNOWN = 50_000;
 /** How often a take looks for the last write of a live owner letting go. */
 const LAST_WRITE_POLL_MS = 20;
+/** How far either side of a checkpoint's position a take looks for its event, numbered otherwise on this edge's server (a soak saw 7 apart). */
+const RENUMBERING_READ = 64;
 
 /** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
 interface Holder {
@@ -426,6 +428,7 @@ export class StreamSessions {
       claim: this.claims.get(connection) ?? 0,
       sequenceId: checkpoint.sequenceId,
       position: checkpoint.position,
+      ...(checkpoint.mid !== undefined ? { mid: checkpoint.mid } : {}),
       groups: checkpoint.groups,
       states: connection.states,
       at: Date.now(),
@@ -588,7 +591,8 @@ export class StreamSessions {
       connection.states = checkpoint.states;
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
       this.claims.set(connection, claimSeq);
-      const replayed = await this.replay(connection, checkpoint.position, claimSeq, deadline);
+      const from = checkpoint.mid === undefined ? checkpoint.position : await this.positionOf(checkpoint.mid, checkpoint.position, deadline);
+      const replayed = await this.replay(connection, from, claimSeq, deadline);
       if (replayed !== 'caught up') {
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });
         connection.session!.clear();
@@ -660,6 +664,32 @@ export class StreamSessions {
       clearTimeout(timer);
       this.ownClaims.delete(connectionId);
     }
+  }
+
+  /**
+   * Where the event `mid`, stored at `position` as the checkpoint's writer read the stream, is as this edge
+   * reads it. The copies of a stream on nats-server before 2.10.14 can number it differently (docs/durability.md):
+   * replayed from the writer's number, the session's ids moved by the difference, and its client got the event it
+   * had last again (the ids one higher) or dropped the next ones as seen (lower). Read around `position`; where
+   * the event is not found there, `position`.
+   */
+  private async positionOf(mid: string, position: number, deadline: number): Promise<number> {
+    const to = Math.min(position + RENUMBERING_READ, this.stream.position);
+    if (to <= 0) return position;
+    let messages: StoredMessage[];
+    try {
+      messages = await this.stream.readRange(Math.max(0, position - RENUMBERING_READ - 1), to, Math.max(100, deadline - Date.now()));
+    } catch (err) {
+      throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
+    }
+    for (const m of messages) {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded?.message.mid === mid) {
+        if (m.seq !== position) this.options.log.warn({ event: 'pubsub.checkpoint_renumbered', hub: this.hub.name, mid, writtenAs: position, readAs: m.seq });
+        return m.seq;
+      }
+    }
+    return position;
   }
 
   /**

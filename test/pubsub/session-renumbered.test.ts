@@ -1,0 +1,93 @@
+// A reliable session taken over by an edge whose NATS server numbers the hub's
+// stream otherwise than the server the session's old edge read (nats-server
+// before 2.10.14: docs/durability.md). A chaos soak (nats-server 2.9.10, an
+// edge SIGKILLed after a NATS node froze) saw six sessions of the killed edge
+// get its last event again on the edge that took them (their ids one higher:
+// the replay began at the checkpoint's number, which there named the event
+// before the acknowledged one), and five others miss the six events after it
+// (ids lower: begun past them, and their client dropped them as seen). The
+// checkpoint names its event, and the take finds it by that id.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { encodeEdgeMessage, type PsCheckpoint, type PsClaim, type PsSend } from '../../src/bus/messages.ts';
+import type { StoredMessage } from '../../src/bus/stream-reader.ts';
+import { sharedMessageOf } from '../../src/pubsub/downstream.ts';
+import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
+import { PubSubConnection, RELIABLE_PROTOCOL, type ConnectionLimits } from '../../src/pubsub/pubsub-connection.ts';
+import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
+
+const limits: ConnectionLimits = {
+  outboundBufferBytes: 1 << 20,
+  sessionBufferMessages: 1000,
+  sessionBufferBytes: 1 << 20,
+  ackIdsPerConnection: 100,
+  groupsPerConnection: 100,
+  requestsInFlightPerConnection: 32,
+  pubsubMessageBytes: 1 << 20,
+};
+const silent = { info() {}, warn() {}, error() {}, debug() {} };
+
+function send(n: number): PsSend {
+  return { op: 'ps.send', origin: 'edge-x', hub: 'chat', mid: `edge-x:${n}`, at: 1, target: { kind: 'group', name: 'room' }, message: { from: 'group', group: 'room', fromUserId: null, dataType: 'json' } };
+}
+const body = (n: number) => Buffer.from(JSON.stringify({ n }));
+
+describe('a session taken over where the stream is numbered otherwise', () => {
+  it('goes on after the event its client acknowledged, found by its id, not by the number its old edge read it under', async () => {
+    const token = 'reconnection-token';
+    // Edge c read e1..e5 as 101..105; its client acknowledged e3 (id 3).
+    const old = new PubSubConnection('conn1', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, token);
+    old.groups.add('room');
+    for (let n = 1; n <= 5; n++) old.session!.push(sharedMessageOf(send(n), body(n), 100 + n)!);
+    old.session!.acknowledge(3);
+    const written = old.session!.nextCheckpoint(old.groups, 105)!;
+    assert.equal(written.position, 103);
+    const checkpoint: PsCheckpoint = {
+      op: 'ps.checkpoint', hub: 'chat', connectionId: 'conn1', userId: 'u', protocol: RELIABLE_PROTOCOL,
+      tokenHash: createHash('sha256').update(token).digest('base64url'),
+      permissions: old.permissions.snapshot(), owner: 'edge-c', claim: 0, at: Date.now(),
+      sequenceId: written.sequenceId, position: written.position, groups: written.groups,
+      ...(written.mid !== undefined ? { mid: written.mid } : {}),
+    };
+    // The taking edge's server holds every one of them one place later: e1..e5 at 102..106, e0 (the client had it) at 101.
+    const stored: StoredMessage[] = [0, 1, 2, 3, 4, 5].map((n) => ({ seq: 101 + n, subject: 'relay.ev.chat.g.room', data: encodeEdgeMessage(send(n), body(n)) }));
+    const stream: SessionStream = {
+      position: 106,
+      started: true,
+      readRange: async (from, to) => stored.filter((m) => m.seq > from && m.seq <= to),
+      firstSequence: async () => 1,
+    };
+    let adopted: PubSubConnection | undefined;
+    let sessions!: StreamSessions;
+    const hub = {
+      name: 'chat', key: 'chat',
+      local: { adopt: (c: PubSubConnection) => (adopted = c), connections: new Map() },
+      edgeOnRoster: () => false,
+    };
+    const js = {
+      entry: async () => ({ revision: 1, value: Buffer.from(JSON.stringify(checkpoint)) }),
+      put: async () => 2,
+      publish: async (_subject: string, data: Uint8Array) => {
+        const claim: PsClaim = { op: 'ps.claim', origin: 'edge-a', boot: 'boot-a', hub: 'chat', connectionId: 'conn1' };
+        assert.ok(data.length > 0);
+        setImmediate(() => sessions.claimed(claim, 107));
+        return { seq: 107 };
+      },
+    };
+    sessions = new StreamSessions(hub as never, stream, {
+      js: js as never, subjects: { hubControl: () => 'relay.ev.chat.ctl' } as never, nodeId: 'edge-a', bootId: 'boot-a', log: silent as never,
+      limits, requestTimeoutMs: 200, publishTimeoutMs: 1000, checkpointIntervalMs: 1000, sessionRetainMs: 60_000, history: false,
+      release() {}, endConnection() {},
+    });
+    try {
+      const taken = await sessions.take('conn1', token, RELIABLE_PROTOCOL);
+      assert.ok(taken && adopted === taken);
+      const after = [...taken.session!.after(3)].map((e) => [e.sequenceId, e.mid]);
+      // Before: [[4, 'edge-x:3'], [5, 'edge-x:4'], [6, 'edge-x:5']]: the client's e3 again, as a new id.
+      assert.deepEqual(after, [[4, 'edge-x:4'], [5, 'edge-x:5']]);
+    } finally {
+      sessions.close();
+    }
+  });
+});
