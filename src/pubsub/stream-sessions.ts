@@ -676,12 +676,17 @@ export class StreamSessions {
   private async positionOf(mid: string, position: number, deadline: number): Promise<number> {
     const to = Math.min(position + RENUMBERING_READ, this.stream.position);
     if (to <= 0) return position;
-    let messages: StoredMessage[];
-    try {
-      messages = await this.stream.readRange(Math.max(0, position - RENUMBERING_READ - 1), to, Math.max(100, deadline - Date.now()));
-    } catch (err) {
-      throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
-    }
+    const read = async (fromExclusive: number, toInclusive: number) => {
+      try {
+        return await this.stream.readRange(fromExclusive, toInclusive, Math.max(100, deadline - Date.now()));
+      } catch (err) {
+        throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
+      }
+    };
+    // Where it was written, as a rule (the copies agree): one message read, not the 129 around it.
+    const [at] = position > 0 && position <= to ? await read(position - 1, position) : [];
+    if (at?.seq === position && decodeEdgeMessage(at.data, 'ps.send')?.message.mid === mid) return position;
+    const messages: StoredMessage[] = await read(Math.max(0, position - RENUMBERING_READ - 1), to);
     for (const m of messages) {
       const decoded = decodeEdgeMessage(m.data, 'ps.send');
       if (decoded?.message.mid === mid) {
