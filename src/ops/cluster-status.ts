@@ -97,7 +97,8 @@ export class ClusterStatus {
     const here = this.local();
     if (!this.s.bus.reachesOtherNodes) return { nodes: [here], complete: true, missing: [] };
     const { answers, missing, problem } = await this.askOthers();
-    if (problem) return { nodes: [here], complete: false, missing: [], problem };
+    // The edges that answered lately could not be asked: named, as /$relay/stats lists them under `silent` (before: none).
+    if (problem) return { nodes: [here], complete: false, missing: this.seen.missing(new Set()).map((edge) => edge.nodeId), problem };
     return { nodes: [here, ...answers], complete: true, missing };
   }
 

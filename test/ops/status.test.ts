@@ -31,7 +31,7 @@ describe('/$relay/status', () => {
     assert.deepEqual(r.body.cluster.entities, [{ name: 'echo', listeners: 1, nodes: [node.nodeId] }]);
   });
 
-  it('lists every edge through the bus, and says when it cannot', async (t) => {
+  it('lists every edge through the bus, and says when it cannot, naming the edges it could not ask', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startEdge(t, 'edge-a', [nats.url]);
     const b = await startEdge(t, 'edge-b', [nats.url]);
@@ -58,6 +58,8 @@ describe('/$relay/status', () => {
     assert.equal(seen.complete, false);
     assert.match(seen.problem, /nats bus is unreachable/);
     assert.deepEqual(seen.nodes.map((n: any) => n.nodeId), ['edge-a']);
+    // The edge it could not ask is named, as /$relay/stats lists it under `silent` (before: missing was empty).
+    assert.deepEqual(seen.missing, ['edge-b']);
   });
 
   it('answers at once on a lone edge on NATS, waits for the edges it heard from lately, and names one that went missing', async (t) => {
