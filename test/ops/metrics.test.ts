@@ -10,6 +10,7 @@ import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { startEdge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { withTimeout } from '../helpers/wait.ts';
+import { LISTENER_SERIES_MAX } from '../../src/telemetry/metrics.ts';
 
 /** The value of one sample (metric name with its labels as printed), or 0 when absent. */
 function sample(text: string, series: string): number {
@@ -80,6 +81,30 @@ describe('/$relay/metrics', () => {
     assert.equal(s('edge_relay_listeners{entity="echo"}'), 1);
     assert.equal(s('edge_relay_listeners{entity="web"}'), 1);
     assert.equal(s('edge_relay_connections{kind="listener"}'), 2);
+  });
+
+  it(`keeps ${LISTENER_SERIES_MAX} listener series, the entities with the most listeners, and sums the rest under entity="" (before: one per entity its listeners named)`, async (t) => {
+    const relay = await startTestRelay(t, { autoCreate: true, limits: { connectRatePerAddress: 100_000, connectBurstPerAddress: 100_000 } });
+    const open = (entity: string) =>
+      withTimeout(
+        new Promise<WebSocket>((resolve, reject) => {
+          const ws = new WebSocket(wsUrl(relay.url, `/$hc/${entity}?sb-hc-action=listen`), { headers: { ServiceBusAuthorization: tokenFor(`${relay.url}/${entity}`) } });
+          cleanupFor(t).after(() => ws.terminate());
+          ws.once('open', () => resolve(ws));
+          ws.once('error', reject);
+        }),
+        10000,
+        `listener of ${entity}`,
+      );
+    const names = Array.from({ length: LISTENER_SERIES_MAX + 10 }, (_, i) => `made-up-${i}`);
+    for (let i = 0; i < names.length; i += 50) await Promise.all(names.slice(i, i + 50).map(open));
+    await open('busy');
+    await open('busy');
+    const series = (await scrape(relay.url, tokenFor(`${relay.url}/`))).split('\n').filter((l) => l.startsWith('edge_relay_listeners{'));
+    assert.equal(series.length, LISTENER_SERIES_MAX + 1);
+    assert.equal(series.reduce((n, l) => n + Number(l.split(' ').pop()), 0), names.length + 2);
+    assert.ok(series.some((l) => /entity="busy"/.test(l) && l.endsWith(' 2')), 'the entity with the most listeners keeps its series');
+    assert.equal(series.filter((l) => /entity=""/.test(l)).length, 1);
   });
 
   it('counts pub/sub events in and out, acks by result, and attached connections', async (t) => {
