@@ -250,6 +250,11 @@ async function accept(res) {
       hubRates,
     };
   });
+  // Only edges in this snapshot are kept: node ids change with every restart (hostname-pid by default), and a page
+  // left open through rolling restarts kept each departed edge's last snapshot (found by review). An edge silent for
+  // a moment shows no rates at its first snapshot back.
+  const answered = new Set(snapshot.nodes.map((node) => node.nodeId));
+  for (const nodeId of previous.keys()) if (!answered.has(nodeId)) previous.delete(nodeId);
   for (const node of snapshot.nodes) previous.set(node.nodeId, node);
   latest = { ...snapshot, nodes };
   record(latest);
