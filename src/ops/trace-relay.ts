@@ -70,6 +70,20 @@ const RECHECK_MS = 1000;
 /** How long an ended stream may take to reach a viewer that has stopped reading before its connection is cut. */
 const END_GRACE_MS = 2000;
 
+/**
+ * An event with its line for viewers, written once for every viewer that takes it (before, once per viewer: up to
+ * ten times an event with ten viewers).
+ */
+class SharedTraceLine {
+  private text: string | undefined;
+
+  constructor(readonly event: TraceEvent) {}
+
+  line(): string {
+    return (this.text ??= `data: ${JSON.stringify(this.event)}\n\n`);
+  }
+}
+
 class TraceViewer {
   private pending: string[] = [];
   private pendingBytes = 0;
@@ -88,14 +102,14 @@ class TraceViewer {
     private readonly stillAllowed: () => boolean,
   ) {}
 
-  offer(event: TraceEvent): void {
-    if (!traceMatches(this.filter, event)) return;
+  offer(event: SharedTraceLine): void {
+    if (!traceMatches(this.filter, event.event)) return;
     if (this.res.writableLength + this.pendingBytes > VIEWER_BUFFER_BYTES) {
       this.missed++;
       this.dropped();
       return;
     }
-    const line = `data: ${JSON.stringify(event)}\n\n`;
+    const line = event.line();
     this.pending.push(line);
     this.pendingBytes += line.length;
   }
@@ -245,9 +259,10 @@ export class TraceRelay {
   private onEvents(message: BusMessage): void {
     const m = decodeEdgeMessage(message.data, 'ops.trace')?.message;
     if (!m || m.origin === this.d.nodeId) return;
+    const events = m.events.map((event) => new SharedTraceLine(event));
     for (const viewer of this.viewers) {
       if (m.dropped) viewer.missed += m.dropped;
-      for (const event of m.events) viewer.offer(event);
+      for (const event of events) viewer.offer(event);
     }
   }
 
@@ -270,7 +285,10 @@ export class TraceRelay {
   }
 
   private onLocal(event: TraceEvent): void {
-    for (const viewer of this.viewers) viewer.offer(event);
+    if (this.viewers.size > 0) {
+      const shared = new SharedTraceLine(event);
+      for (const viewer of this.viewers) viewer.offer(shared);
+    }
     if (this.interest.size === 0) return;
     if (this.batch.length >= BATCH_MAX) {
       this.batchDropped++;
