@@ -13,28 +13,18 @@ import WebSocket from 'ws';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import type { ControlChannel } from '../../src/hybrid/control-channel.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { edgeOverrides } from '../helpers/cluster.ts';
+import { edgeInProcess, edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
-import { RawListener, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
+import { RawListener, listenOn, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
 import { captureLogger, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const CORE = { jetstream: { enabled: false } };
 
-async function edge(t: Pick<TestContext, 'after'>, name: string, natsUrl: string, extra: Record<string, unknown> = {}): Promise<RunningRelay> {
-  const relay = await startTestRelay(t, edgeOverrides(name, [natsUrl], { bus: CORE, ...extra }));
-  await until(() => relay.bus.connected, 10000, `${name} on NATS`);
-  return relay;
-}
-
-async function listen(t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string): Promise<RawListener> {
-  const url = wsUrl(relay.url, `/$hc/${entity}?sb-hc-action=listen`);
-  const listener = await RawListener.connect(url, tokenFor(url));
-  t.after(() => listener.close());
-  return listener;
-}
+const edge = (t: Pick<TestContext, 'after'>, name: string, natsUrl: string, extra: Record<string, unknown> = {}) => edgeInProcess(t, name, natsUrl, extra);
+const listen = (t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string) => listenOn(t, relay.url, entity);
 
 /** A listener that answers every request 200 on its control channel and dials every accept; counts what it was given. */
 function answerEverything(listener: RawListener, t: Pick<TestContext, 'after'>): { given: number } {

@@ -7,30 +7,19 @@ import assert from 'node:assert/strict';
 import { before, after, describe, it, type TestContext } from 'node:test';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { edgeOverrides } from '../helpers/cluster.ts';
+import { edgeInProcess } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
-import { RawListener, upgradeStatus } from '../helpers/raw-listener.ts';
-import { startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { listenOn, upgradeStatus } from '../helpers/raw-listener.ts';
+import { tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
-const CORE = { jetstream: { enabled: false } };
 /** Long enough that a sender answered at its timeout is told apart from one answered once the loss is known. */
 const timeouts = { acceptMs: 20000, httpResponseMs: 20000, keepAliveIntervalMs: 500, idleMs: 10000 };
 
-async function edge(t: Pick<TestContext, 'after'>, name: string, natsUrl: string): Promise<RunningRelay> {
-  const relay = await startTestRelay(t, edgeOverrides(name, [natsUrl], { bus: CORE, timeouts }));
-  await until(() => relay.bus.connected, 10000, `${name} on NATS`);
-  return relay;
-}
-
-async function listen(t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string): Promise<RawListener> {
-  const url = wsUrl(relay.url, `/$hc/${entity}?sb-hc-action=listen`);
-  const listener = await RawListener.connect(url, tokenFor(url));
-  t.after(() => listener.close());
-  return listener;
-}
+const edge = (t: Pick<TestContext, 'after'>, name: string, natsUrl: string) => edgeInProcess(t, name, natsUrl, { timeouts });
+const listen = (t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string) => listenOn(t, relay.url, entity);
 
 describe('answers between edges that NATS loses', () => {
   const cleanup = new Cleanup();

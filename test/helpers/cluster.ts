@@ -4,10 +4,11 @@
 // /$relay/ready says it has its bus. Everything is stopped in the test's after hooks.
 import type { TestContext } from 'node:test';
 import type { JetStreamAccess } from '../../src/bus/jetstream.ts';
+import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startNatsCluster, type NatsNode } from './nats.ts';
 import { allThreadsStopped } from './process-state.ts';
 import { pubsubOverrides } from './pubsub.ts';
-import { startRelayProcess, type RelayProcess } from './relay.ts';
+import { startRelayProcess, startTestRelay, type RelayProcess } from './relay.ts';
 import { until } from './wait.ts';
 
 export interface Edge extends RelayProcess {
@@ -58,6 +59,14 @@ export function edgeOverrides(name: string, servers: string[], extra: Record<str
 
 /** Edges whose hubs send on core NATS (at most once, with the replay window) instead of JetStream. */
 export const CORE_NATS = { bus: { jetstream: { enabled: false } } };
+
+/** An edge in this process on `natsUrl`, on core NATS (unless `extra.bus` says), with `extra` config; once it is on NATS. Stopped with the test. */
+export async function edgeInProcess(t: Pick<TestContext, 'after'>, name: string, natsUrl: string, extra: Record<string, unknown> = {}): Promise<RunningRelay> {
+  const bus = { ...CORE_NATS.bus, ...(extra.bus as Record<string, unknown> | undefined) };
+  const relay = await startTestRelay(t, edgeOverrides(name, [natsUrl], { ...extra, bus }));
+  await until(() => relay.bus.connected, 10000, `${name} on NATS`);
+  return relay;
+}
 
 export async function startEdge(
   t: Pick<TestContext, 'after'>,

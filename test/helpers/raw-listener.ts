@@ -48,6 +48,14 @@ export class RawListener {
 }
 
 /** Opens a client WebSocket and resolves when open; rejects with the HTTP status otherwise. */
+/** A raw listener on `entity` through the relay at `relayUrl`, closed with the test. */
+export async function listenOn(t: Pick<TestContext, 'after'>, relayUrl: string, entity: string): Promise<RawListener> {
+  const url = wsUrl(relayUrl, `/$hc/${entity}?sb-hc-action=listen`);
+  const listener = await RawListener.connect(url, tokenFor(url));
+  t.after(() => listener.close());
+  return listener;
+}
+
 export function openWebSocket(url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<WebSocket> {
   const ws = new WebSocket(url, options.protocols ?? [], options);
   return withTimeout(
