@@ -416,7 +416,10 @@ async function sendSimpleFrames(ctx: ClientProtocolContext, connection: PubSubCo
     if (result.ok && result.reply && !connection.ended) {
       await hub.send({ kind: 'connection', name: connection.id }, result.reply).catch((err: Error) => ctx.replyLost(connection, err.message));
     } else if (!result.ok) {
-      ctx.eventFailed(connection, result.detail);
+      // No handler takes `message`: the frame is dropped, and that is logged once per connection (before, a warning
+      // line for every frame, as fast as the client could send them: one client flooded the log).
+      if (result.code !== 'NoUpstream' || !connection.unroutedLogged) ctx.eventFailed(connection, result.detail);
+      if (result.code === 'NoUpstream') connection.unroutedLogged = true;
       if (result.code === 'UpstreamFailed') ctx.endConnection(connection, 'MessageEventFailed');
     }
     pending.shift();

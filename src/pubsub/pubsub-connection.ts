@@ -88,6 +88,8 @@ export class PubSubConnection {
   systemEvents: Promise<void> | undefined;
   /** A simple client's frames waiting for the event handler, oldest first; reading waits while any do. */
   pendingFrames: { isBinary: boolean; data: Buffer }[] | undefined;
+  /** A simple client's frame found no handler for `message` and was logged dropped: its later ones are not. */
+  unroutedLogged = false;
   /** `event` messages sent to the event handler and not answered yet (client-protocol.ts bounds them). */
   eventsInFlight = 0;
   /** `event` messages read while that many were in flight, oldest first: sent as answers come. */

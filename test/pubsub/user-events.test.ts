@@ -195,6 +195,23 @@ describe("a client's user events", () => {
     assert.equal(quiet.ws.readyState, WebSocket.OPEN);
   });
 
+  it('a simple client whose frames no handler takes is logged once, not for every frame, and stays', async (t) => {
+    const capture = captureLogger('info');
+    // No event handler at all: every frame is a `message` event nobody takes (NoUpstream).
+    const relay = await startTestRelay(t, { pubsub: { hubs: [{ name: 'quiet', accessKey: KEY }] } }, { log: capture.log });
+    const ws = new WebSocket(accessUrl(relay.url, { hub: 'quiet', key: KEY }));
+    t.after(() => ws.terminate());
+    await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 5000, 'the client to open');
+    for (let i = 0; i < 2000; i++) ws.send('x');
+    // A ping answered after the frames: the relay has read them all.
+    await withTimeout(new Promise((resolve) => ws.once('pong', resolve).ping()), 5000, 'the pong after the frames');
+    await new Promise((r) => setTimeout(r, 100));
+    const lines = capture.lines().filter((l) => l.event === 'pubsub.message_event_failed');
+    // Before: 2,000 warning lines, one per frame, as fast as one client could send them.
+    assert.equal(lines.length, 1, `${lines.length} lines`);
+    assert.equal(ws.readyState, WebSocket.OPEN);
+  });
+
   it('disconnected events of a drain are bounded by timeouts.shutdownMs and said lost, not retried past it', async (t) => {
     // A handler that takes connected and disconnected events and never answers a disconnected one.
     let disconnectedAttempts = 0;
