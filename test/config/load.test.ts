@@ -88,9 +88,19 @@ describe('configuration', () => {
       [{ publicUrl: 'https://relay.example.com:70000' }, /\/publicUrl: "https:\/\/relay.example.com:70000" is not a URL/],
       [{ publicUrl: 'http://[' }, /\/publicUrl: .* is not a URL/],
       [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222', 'nats://127.0.0.1:notaport'] } }, /\/bus\/servers\/1: "nats:\/\/127.0.0.1:notaport" is not a URL/],
+      // A client's event name in the host would choose where the relay posts its events: another host or port, another
+      // hybrid connection's listener (found by review).
+      ...['http://{event}/api', 'http://127.0.0.1:{event}/', 'hc://{event}/events', 'https://a.{event}.example.com/x'].map(
+        (urlTemplate): [unknown, RegExp] => [{ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', eventHandlers: [{ urlTemplate }] }] } }, /\/pubsub\/hubs\/0\/eventHandlers\/0\/urlTemplate/],
+      ),
     ];
     for (const [raw, pattern] of cases) {
       assert.throws(() => buildConfig(raw), (err: Error) => err instanceof ConfigError && pattern.test(err.message), JSON.stringify(raw));
+    }
+    // In the path and the query it is what it is for.
+    for (const urlTemplate of ['http://127.0.0.1:8080/api/{hub}/{event}', 'hc://handlers/{event}?hub={hub}', 'https://{hub}.internal/events']) {
+      const config = buildConfig({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', eventHandlers: [{ urlTemplate }] }] } });
+      assert.equal(config.pubsub.hubs[0].eventHandlers![0].urlTemplate, urlTemplate);
     }
   });
 
