@@ -81,16 +81,58 @@ export function whenItsTurn(req: IncomingMessage, res: ServerResponse, handle: (
  * written into the WebSocket's stream), and an h2c upgrade served as a plain request ended the relay (its answer
  * could not take the socket, ERR_HTTP_SOCKET_ASSIGNED; found by review).
  */
-export function upgradeWhenItsTurn(req: IncomingMessage, socket: Duplex, handle: () => void): void {
+export function upgradeWhenItsTurn(req: IncomingMessage, socket: Duplex, head: Buffer, handle: (head: Buffer) => void): void {
   // node:http reads no more requests on it: whoever takes the upgrade reads the socket, not a resume from here.
   pausedHere.delete(req.socket);
   const before = latestAnswer.get(req.socket)?.deref();
-  const go = () => {
+  if (before === undefined || before.writableFinished) return cameAfterLast(req, before) ? void socket.destroy() : handle(head);
+  const watch = watchWhileWaiting(socket, head);
+  afterAnswer(req.socket, before, () => {
+    const early = watch.stop();
     if (cameAfterLast(req, before)) return void socket.destroy();
-    handle();
+    handle(early);
+  });
+}
+
+/** Bytes read from an upgrade's connection while it waits its turn, at most: past them it is no longer read (TCP holds the rest). */
+const WAITING_UPGRADE_BYTES = 65536;
+
+/**
+ * Reads an upgrade's connection while it waits its turn, so that a sender that hangs up is seen: node:http reads
+ * it no more, and the answer before it (a relayed request) waited out httpResponseMs for a sender long gone, then
+ * the upgrade was taken up (its listener told of a connect that could never be spliced). Its end destroys the
+ * connection, as it would the upgrade (closing the answer before it); what it sends is kept for the upgrade.
+ */
+function watchWhileWaiting(socket: Duplex, head: Buffer): { stop(): Buffer } {
+  const kept: Buffer[] = head.length > 0 ? [head] : [];
+  let bytes = head.length;
+  const onError = () => socket.destroy();
+  const onEnd = () => socket.destroy();
+  // 'readable' rather than 'data': with its listener gone the socket is as node:http left it (not flowing, not
+  // paused), so whoever takes the upgrade starts it by listening for 'data', as without the wait.
+  const onReadable = () => {
+    let chunk: Buffer | null;
+    while (bytes <= WAITING_UPGRADE_BYTES && (chunk = socket.read() as Buffer | null) !== null) {
+      kept.push(chunk);
+      bytes += chunk.length;
+    }
+    if (bytes > WAITING_UPGRADE_BYTES) stopReading();
   };
-  if (before === undefined || before.writableFinished) return go();
-  afterAnswer(req.socket, before, go);
+  const stopReading = () => {
+    socket.off('readable', onReadable);
+    socket.off('end', onEnd);
+  };
+  // Its 'error' listener stays: whoever takes the upgrade may listen for errors only later, and a reset read
+  // meanwhile would otherwise be thrown (node:http took its own off with the upgrade).
+  socket.on('error', onError);
+  socket.on('end', onEnd);
+  socket.on('readable', onReadable);
+  return {
+    stop() {
+      stopReading();
+      return kept.length === 1 ? kept[0] : Buffer.concat(kept);
+    },
+  };
 }
 
 /** Runs `next` once `before` is out (finished, or closed), unless the connection is gone by then; counts the wait. */

@@ -444,7 +444,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     server.emit('request', req, res);
   };
   // An upgrade pipelined behind an answer still being given waits for it (connection-close.ts).
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => upgradeWhenItsTurn(req, socket, () => onUpgrade(req, socket, head)));
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => upgradeWhenItsTurn(req, socket, head, (early) => onUpgrade(req, socket, early)));
 
   // A worker of `serve --workers` also listens on a private Unix socket, in a
   // folder only this user may use, for TLS legs the other workers relay to it;

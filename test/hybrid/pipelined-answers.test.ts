@@ -183,4 +183,50 @@ describe('requests pipelined behind an answer still awaited', () => {
     await until(() => got.includes('101 Switching Protocols'), 6000, `the 101 (${JSON.stringify(got.slice(0, 300))})`);
     assert.match(got, /^HTTP\/1\.1 504 [\s\S]*\r\n\r\n\{"code":"ResponseTimeout"[^\n]*\nHTTP\/1\.1 101 /, JSON.stringify(got.slice(0, 500)));
   });
+
+  // Found by the sender-side review: node:http hands the socket over with the upgrade and reads it no more, so a
+  // sender that hung up behind its upgrade was not seen until the answer before it came.
+  for (const [kind, upgrade] of [
+    ['a WebSocket connect', `GET /$hc/open?sb-hc-action=connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${WS_KEY}\r\n\r\n`],
+    ['an h2c upgrade', 'GET /open/h2c HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n'],
+  ]) {
+    it(`a sender that hangs up while ${kind} waits its turn ends the request before it at once, and its listener is told of nothing more (before: both waited for httpResponseMs, then the listener got an accept for the gone sender, held acceptMs)`, async (t) => {
+      const { relay, listener, notices, noticeOf, sender } = await relayAndListener(t, { httpResponseMs: 2500, acceptMs: 30000 });
+      const others: string[] = [];
+      listener.ws.on('message', (data, binary) => {
+        if (!binary && !String(data).startsWith('{"request"')) others.push(String(data).slice(0, 40));
+      });
+      const ctx = (relay.hybrid as unknown as { ctx: { rendezvous: { size: number }; open: { httpRequests: number } } }).ctx;
+      sender.write(`GET /open/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n${upgrade}`);
+      await noticeOf('GET /open/slow', 5000);
+      sender.end();
+      await until(() => ctx.rendezvous.size === 0 && ctx.open.httpRequests === 0, 1500, `the request to end with its sender (pending ${ctx.rendezvous.size})`);
+      // Past httpResponseMs: nothing of the gone sender reached the listener, and nothing waits.
+      await new Promise((r) => setTimeout(r, 3000));
+      assert.deepEqual(others, []);
+      assert.deepEqual([...notices.keys()], ['GET /open/slow']);
+      assert.equal(ctx.rendezvous.size, 0);
+    });
+  }
+
+  it('bytes a sender sends after its upgrade while it waits its turn reach its listener once spliced', async (t) => {
+    const { relay, listener, noticeOf, sender } = await relayAndListener(t, { httpResponseMs: 10000 });
+    listener.ws.on('message', (data, binary) => {
+      if (binary) return;
+      const { accept } = JSON.parse(String(data)) as { accept?: { address: string } };
+      if (accept) void rawUpgrade(t, relay.port, new URL(accept.address).pathname + new URL(accept.address).search).then((leg) => {
+        onLeg += leg.rest.toString('latin1');
+        leg.socket.on('data', (d: Buffer) => (onLeg += d.toString('latin1')));
+      });
+    });
+    let onLeg = '';
+    sender.write(`GET /open/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /$hc/open?sb-hc-action=connect HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${WS_KEY}\r\n\r\n`);
+    const slow = await noticeOf('GET /open/slow', 5000);
+    await new Promise((r) => setTimeout(r, 200));
+    sender.write(maskedFrame(1, 'sent-while-waiting'));
+    await new Promise((r) => setTimeout(r, 200));
+    listener.ws.send(JSON.stringify({ response: { requestId: slow.id, statusCode: 200, responseHeaders: { 'content-length': '2' }, body: true } }));
+    listener.ws.send(Buffer.from('ok'));
+    await until(() => onLeg.includes('sent-while-waiting'), 5000, `the early frame at the listener's leg (${JSON.stringify(onLeg.slice(0, 200))})`);
+  });
 });
