@@ -14,6 +14,7 @@ export const EDGE_ERRORS = {
   MethodNotAllowed: { status: 405, message: 'Method not allowed on this path' },
   RequestTimeout: { status: 408, message: 'The request head did not arrive in time' },
   LengthRequired: { status: 411, message: 'A request offering an upgrade other than WebSocket needs a Content-Length for its body' },
+  ExpectationFailed: { status: 417, message: 'The only expectation this relay meets is 100-continue' },
   WebSocketVersionUnsupported: { status: 426, message: 'Only WebSocket version 13 is supported' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
   ConfigInvalid: { status: 422, message: 'The configuration on disk does not load; nothing was changed' },

@@ -310,6 +310,16 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   });
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
   server.on('request', (req: IncomingMessage, res: ServerResponse) => whenItsTurn(req, res, handleRequest));
+  // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
+  // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
+  // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) =>
+    whenItsTurn(req, res, (turnReq, turnRes) => {
+      if (closing) turnRes.shouldKeepAlive = false;
+      if (carriesBody(turnReq)) boundUnreadBody(turnReq, turnRes, config.timeouts.headersMs);
+      failEdgeRequest(turnRes, 'ExpectationFailed');
+    }),
+  );
   function handleRequest(req: IncomingMessage, res: ServerResponse): void {
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;
