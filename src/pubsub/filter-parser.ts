@@ -202,7 +202,7 @@ class Parser {
       this.pos++;
       items.push(condition(operand(), `'${op}'`));
     }
-    return { kind: op, items, at: first.at, type: 'boolean' };
+    return { kind: op, items: op === 'or' ? mergeEqualities(items) : items, at: first.at, type: 'boolean' };
   }
 
   private or(): Expr {
@@ -386,6 +386,10 @@ class Parser {
       if (cost > MAX_ANY_WORK) {
         throw new FilterSyntaxError(at, `'any' could read ${cost} characters of strings per group; at most ${MAX_ANY_WORK} (fewer string functions of the group)`);
       }
+      const count = steps(body);
+      if (count > MAX_ANY_STEPS) {
+        throw new FilterSyntaxError(at, `'any' takes ${count} steps per group; at most ${MAX_ANY_STEPS} (test a list of names with 'g in (...)' or '... in groups')`);
+      }
       return { kind: 'any', body, at, type: 'boolean' };
     } finally {
       this.variable = undefined;
@@ -437,6 +441,89 @@ function longest(e: Expr): number {
  * `contains` of it 3,072 more (a mapping can triple a character).
  */
 export const MAX_ANY_WORK = 16384;
+
+/**
+ * The most evaluation steps (nodes, a function of the group named again counted once) the body of groups/any may
+ * take per group. It runs for every group of every connection a call reaches: 250 clauses of
+ * `startswith(g, '...')` over 10,000 connections in 100 groups each held the event loop for about 2 s (found by
+ * review), 20 s with 1,000 groups each. Comparisons of one value with string literals joined by `or` are one
+ * set lookup (mergeEqualities), so a list of names any length takes one step.
+ */
+export const MAX_ANY_STEPS = 32;
+
+function steps(e: Expr, counted = new Set<string>()): number {
+  switch (e.kind) {
+    case 'call': {
+      const key = groupFunctionKey(e);
+      if (key !== undefined) {
+        if (counted.has(key)) return 1;
+        counted.add(key);
+      }
+      return 1 + e.args.reduce((sum, arg) => sum + steps(arg, counted), 0);
+    }
+    case 'not':
+      return 1 + steps(e.operand, counted);
+    case 'and':
+    case 'or':
+      return 1 + e.items.reduce((sum, item) => sum + steps(item, counted), 0);
+    case 'compare':
+      return 1 + steps(e.left, counted) + steps(e.right, counted);
+    case 'inList':
+      // A list of literals is one set lookup.
+      return 1 + steps(e.operand, counted) + (e.items.every((i) => i.kind === 'literal') ? 0 : e.items.reduce((sum, item) => sum + steps(item, counted), 0));
+    case 'inGroups':
+      return 1 + steps(e.operand, counted);
+    default:
+      return 1;
+  }
+}
+
+/** What an expression of literals, fields, the lambda variable and functions of them computes, as text; else undefined. */
+function valueKey(e: Expr): string | undefined {
+  if (e.kind === 'variable') return '$g';
+  if (e.kind === 'field') return `$${e.field}`;
+  if (e.kind === 'literal') return JSON.stringify(e.value);
+  if (e.kind !== 'call') return undefined;
+  const args = e.args.map(valueKey);
+  return args.some((arg) => arg === undefined) ? undefined : `${e.fn}(${args.join(',')})`;
+}
+
+/**
+ * The items of an `or` with `X eq 'a'`, `'b' eq X`, `X in ('c')` for the same X (no literal of its own) merged into
+ * one `X in ('a', 'b', 'c')`, compiled as a set (connection-filter.ts): the same answer, in one step. Other items
+ * keep their order.
+ */
+function mergeEqualities(items: Expr[]): Expr[] {
+  const lists = new Map<string, Expr & { kind: 'inList' }>();
+  const out: Expr[] = [];
+  for (const item of items) {
+    const equality = stringEquality(item);
+    const key = equality && valueKey(equality.operand);
+    if (!equality || key === undefined || equality.operand.kind === 'literal') {
+      out.push(item);
+      continue;
+    }
+    const list = lists.get(key);
+    if (list) {
+      list.items.push(...equality.values);
+      continue;
+    }
+    const merged: Expr & { kind: 'inList' } = { kind: 'inList', operand: equality.operand, items: [...equality.values], at: item.at, type: 'boolean' };
+    lists.set(key, merged);
+    out.push(merged);
+  }
+  return out;
+}
+
+/** `X eq 'a'`, `'a' eq X` or `X in ('a', ...)` with string literals: X and the literals; else undefined. */
+function stringEquality(e: Expr): { operand: Expr; values: Expr[] } | undefined {
+  const isText = (x: Expr) => x.kind === 'literal' && typeof x.value === 'string';
+  if (e.kind === 'inList' && e.items.every(isText)) return { operand: e.operand, values: e.items };
+  if (e.kind !== 'compare' || e.op !== 'eq') return undefined;
+  if (isText(e.right) && e.left.type === 'string') return { operand: e.left, values: [e.right] };
+  if (isText(e.left) && e.right.type === 'string') return { operand: e.right, values: [e.left] };
+  return undefined;
+}
 
 /** The most code units a string expression can evaluate to. */
 function units(e: Expr): number {
