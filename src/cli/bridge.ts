@@ -6,6 +6,7 @@ import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts'
 import { RelayAccess } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { hostBeforePort } from '../http/host-header.ts';
+import { MAX_SAS_EXPIRY } from '../auth/sas-token.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
 import { KEY_ENV, keyOf } from './key-source.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
@@ -36,9 +37,10 @@ Options:
                        prefer --key-file or the environment variable EDGE_RELAY_KEY)
   --key-file FILE      read the key from FILE (its trailing newline dropped)
   --token TOKEN        a ready SAS token instead of --key-name/--key
-  --ttl SECONDS        lifetime of minted tokens, at least 60, default 3600 (renewed at half)
-  --buffer BYTES       bytes queued per direction before reading pauses, at least 16384,
-                       default 1048576
+  --ttl SECONDS        lifetime of minted tokens, at least 60 (their expiry at most 12
+                       digits, as the relay reads it), default 3600 (renewed at half)
+  --buffer BYTES       bytes queued per direction before reading pauses, 16384 to
+                       1073741824 (1 GiB), default 1048576
   --keepalive SECONDS  -R pings its listener connection this often and re-opens
                        it when the relay stays silent for two periods (a NAT or
                        firewall that dropped the path); both sides ping each
@@ -67,6 +69,18 @@ listener shares it):
     --key dev-only-key-0123456789 -L 127.0.0.1:18080:tunnel
   curl http://127.0.0.1:18080/      # answered by whatever serves 127.0.0.1:8080
 `;
+
+/** The most --buffer takes: a bound per direction of each connection, and the largest message a leg takes (pipe.ts). */
+const MAX_BUFFER = 2 ** 30;
+
+/**
+ * A whole number written in digits, else NaN. Number() alone took 1e300 for --buffer (reading never paused: a client
+ * that did not read grew -L by hundreds of MiB a second) and 1e21 for --ttl (a token the relay refuses, -R retrying
+ * for good), and 0x10 or 1e3 anywhere.
+ */
+function wholeNumber(text: string): number {
+  return /^\d{1,16}$/.test(text) ? Number(text) : NaN;
+}
 
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
@@ -116,13 +130,13 @@ export async function bridge(argv: string[]): Promise<number> {
   // It goes in a header (ServiceBusAuthorization): a line break or other control character (a token file from Windows)
   // is a usage error here, not an uncaught ERR_INVALID_CHAR when -R dials.
   if (values.token !== undefined && !/^[\x20-\x7e]+$/.test(values.token)) return fail('--token must be printable ASCII (a SAS token: SharedAccessSignature sr=…&sig=…&se=…&skn=…)');
-  const ttl = Number(values.ttl);
-  const buffer = Number(values.buffer);
-  if (!Number.isInteger(ttl) || ttl < 60) return fail('--ttl must be a whole number of seconds, at least 60');
-  if (!Number.isInteger(buffer) || buffer < 16384) return fail('--buffer must be at least 16384');
+  const ttl = wholeNumber(values.ttl);
+  const buffer = wholeNumber(values.buffer);
+  if (!(ttl >= 60) || Math.floor(Date.now() / 1000) + ttl > MAX_SAS_EXPIRY) return fail('--ttl must be a whole number of seconds, at least 60, the expiry at most 12 digits');
+  if (!(buffer >= 16384 && buffer <= MAX_BUFFER)) return fail(`--buffer must be a whole number of bytes from 16384 to ${MAX_BUFFER}`);
   if (!LOG_LEVELS.includes(values['log-level'])) return fail(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
-  const keepAliveSeconds = Number(values.keepalive);
-  const connectTimeoutSeconds = Number(values['connect-timeout']);
+  const keepAliveSeconds = wholeNumber(values.keepalive);
+  const connectTimeoutSeconds = wholeNumber(values['connect-timeout']);
   if (!Number.isInteger(keepAliveSeconds) || keepAliveSeconds < 1 || keepAliveSeconds > 3600) return fail('--keepalive must be a whole number of seconds from 1 to 3600');
   if (!Number.isInteger(connectTimeoutSeconds) || connectTimeoutSeconds < 1 || connectTimeoutSeconds > 3600) return fail('--connect-timeout must be a whole number of seconds from 1 to 3600');
   const timing = { keepAliveMs: keepAliveSeconds * 1000, connectTimeoutMs: connectTimeoutSeconds * 1000 };

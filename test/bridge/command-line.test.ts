@@ -61,3 +61,22 @@ describe('bridge --token', () => {
     }
   });
 });
+
+describe('bridge numeric options', () => {
+  it('a --buffer or --ttl that is no bounded whole number in digits is a usage error at start (exit 2; before: --buffer 1e300 turned backpressure off, --ttl 1e21 minted tokens the relay refuses)', async (t) => {
+    for (const [option, value] of [
+      ['--buffer', '1e300'],
+      ['--buffer', '99999999999999999999'],
+      ['--buffer', '2147483648'],
+      ['--buffer', '0x100000'],
+      ['--ttl', '1e21'],
+      ['--ttl', '99999999999999'],
+      ['--keepalive', '1e1'],
+    ] as const) {
+      const bridge = runCli(t, ['bridge', '--relay', 'http://127.0.0.1:9', '--token', 'x', option, value, '-R', 'web:127.0.0.1:9']);
+      const code = await withTimeout(bridge.exited, 10000, `the bridge to exit (${option} ${value})`);
+      assert.equal(code, 2, `${option} ${value}: ${bridge.stderr()}`);
+      assert.match(bridge.stderr().split('\n')[0], new RegExp(`^edge-relay bridge: ${option} `));
+    }
+  });
+});
