@@ -4,7 +4,8 @@
 import { dirname } from 'node:path';
 import { ConfigError } from '../config/errors.ts';
 import { readConfigFile } from '../config/load.ts';
-import { hubAccessKey, secretFileText } from '../config/secrets.ts';
+import { hubAccessKey } from '../config/secrets.ts';
+import { keyOf } from './key-source.ts';
 import { TLS_OPTIONS } from './tls-options.ts';
 import { validateHubName } from '../validation/schemas.ts';
 
@@ -22,12 +23,8 @@ export function resolveHubAccess(hub: string, given: string | undefined, configF
   // From a file, as `token sas` and `bridge` take a SAS key: --key is on the command line, which every user of the
   // machine reads in ps (a long-running `sub` kept the hub's key there, which signs REST tokens for the whole hub).
   if (given !== undefined && keyFile !== undefined) return '--key or --key-file, not both';
-  let key = given;
-  if (keyFile !== undefined) {
-    const read = secretFileText(keyFile);
-    if (!('text' in read)) return read.problem === 'empty' ? `--key-file ${keyFile} is empty` : `--key-file ${keyFile}: ${read.problem}`;
-    key = read.text;
-  }
+  const key = keyOf(given, keyFile, undefined);
+  if (typeof key === 'object') return key.problem;
   // With a key the hub is as given: checked as the relay's config checks hub names (before, `--hub 'bad hub'` made
   // a URL with a space in its path, which every relay refuses).
   if (key !== undefined) return validateHubName(hub) ? { hub, key } : `--hub "${hub}" is not a hub name (a letter, then letters, digits or _, at most 128)`;

@@ -1,4 +1,4 @@
-// Where a command takes a SAS key from: --key, the file --key-file names, or
+// Where a command takes a key from (a SAS key; a hub's access key, hub-access.ts): --key, the file --key-file names, or
 // the environment variable EDGE_RELAY_KEY. A command line is visible to every
 // user of the machine (ps); a file or the environment is not.
 import { secretFileText } from '../config/secrets.ts';
