@@ -10,6 +10,7 @@ import { MAX_SAS_EXPIRY } from '../auth/sas-token.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
 import { KEY_ENV, keyOf } from './key-source.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
+import { wholeNumber } from './whole-number.ts';
 
 export const BRIDGE_HELP = `Usage: edge-relay bridge --relay URL [credentials] (-L [bind:]port:entity | -R entity:host:port)...
 
@@ -73,15 +74,6 @@ listener shares it):
 /** The most --buffer takes: a bound per direction of each connection, and the largest message a leg takes (pipe.ts). */
 const MAX_BUFFER = 2 ** 30;
 
-/**
- * A whole number written in digits, else NaN. Number() alone took 1e300 for --buffer (reading never paused: a client
- * that did not read grew -L by hundreds of MiB a second) and 1e21 for --ttl (a token the relay refuses, -R retrying
- * for good), and 0x10 or 1e3 anywhere.
- */
-function wholeNumber(text: string): number {
-  return /^\d{1,16}$/.test(text) ? Number(text) : NaN;
-}
-
 function fail(message: string): number {
   process.stderr.write(`edge-relay bridge: ${message}\n\n${BRIDGE_HELP}`);
   return 2;
@@ -130,13 +122,13 @@ export async function bridge(argv: string[]): Promise<number> {
   // It goes in a header (ServiceBusAuthorization): a line break or other control character (a token file from Windows)
   // is a usage error here, not an uncaught ERR_INVALID_CHAR when -R dials.
   if (values.token !== undefined && !/^[\x20-\x7e]+$/.test(values.token)) return fail('--token must be printable ASCII (a SAS token: SharedAccessSignature sr=…&sig=…&se=…&skn=…)');
-  const ttl = wholeNumber(values.ttl);
-  const buffer = wholeNumber(values.buffer);
+  const ttl = wholeNumber(values.ttl, 16);
+  const buffer = wholeNumber(values.buffer, 16);
   if (!(ttl >= 60) || Math.floor(Date.now() / 1000) + ttl > MAX_SAS_EXPIRY) return fail('--ttl must be a whole number of seconds, at least 60, the expiry at most 12 digits');
   if (!(buffer >= 16384 && buffer <= MAX_BUFFER)) return fail(`--buffer must be a whole number of bytes from 16384 to ${MAX_BUFFER}`);
   if (!LOG_LEVELS.includes(values['log-level'])) return fail(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
-  const keepAliveSeconds = wholeNumber(values.keepalive);
-  const connectTimeoutSeconds = wholeNumber(values['connect-timeout']);
+  const keepAliveSeconds = wholeNumber(values.keepalive, 16);
+  const connectTimeoutSeconds = wholeNumber(values['connect-timeout'], 16);
   if (!Number.isInteger(keepAliveSeconds) || keepAliveSeconds < 1 || keepAliveSeconds > 3600) return fail('--keepalive must be a whole number of seconds from 1 to 3600');
   if (!Number.isInteger(connectTimeoutSeconds) || connectTimeoutSeconds < 1 || connectTimeoutSeconds > 3600) return fail('--connect-timeout must be a whole number of seconds from 1 to 3600');
   const timing = { keepAliveMs: keepAliveSeconds * 1000, connectTimeoutMs: connectTimeoutSeconds * 1000 };

@@ -8,6 +8,7 @@ import type { RelayConfig } from '../config/types.ts';
 import { createLogger } from '../telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../server/relay-server.ts';
 import { replaceSignalHandler, takeOverEarlyHangups } from './signal-handlers.ts';
+import { wholeNumber } from './whole-number.ts';
 import { restartOnlyValues, withRestartOnlyValues } from '../server/reload.ts';
 import { WorkerStartError, announceListening, answerPings, announceReady, followPeers, pinnedAtStart, reloadOtherWorkers, startWorkers, workerIndex } from '../server/worker-cluster.ts';
 
@@ -134,7 +135,7 @@ async function serveCommand(argv: string[]): Promise<number> {
   }
   // An empty EDGE_RELAY_WORKERS is unset, as every EDGE_RELAY_* variable (config/load.ts).
   const workersText = values.workers ?? (process.env.EDGE_RELAY_WORKERS || undefined) ?? '1';
-  const workers = /^[0-9]{1,3}$/.test(workersText) ? Number(workersText) : NaN;
+  const workers = wholeNumber(workersText, 3);
   if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
     process.stderr.write('edge-relay serve: --workers must be a whole number from 1 to 256\n');
     return 2;

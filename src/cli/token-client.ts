@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { clientAccessUrl } from '../pubsub/client-access-url.ts';
 import { isBaseUrl, resolveHubAccess } from './hub-access.ts';
+import { wholeNumber } from './whole-number.ts';
 
 export const TOKEN_CLIENT_HELP = `Usage: edge-relay token client --hub HUB (--key-file FILE | --key KEY | --config FILE) [options]
 
@@ -58,7 +59,7 @@ export function tokenClient(argv: string[]): number {
     return 0;
   }
   if (!values.hub) return fail(`--hub is required\n\n${TOKEN_CLIENT_HELP}`);
-  const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
+  const ttl = wholeNumber(values.ttl, 15);
   if (!(ttl > 0)) return fail('--ttl must be a positive whole number of seconds');
   if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
   const access = resolveHubAccess(values.hub, values.key, values.config, values['key-file']);

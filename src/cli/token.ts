@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { MAX_SAS_EXPIRY, createSasToken, resourceForUrl } from '../auth/sas-token.ts';
 import { KEY_ENV, keyOf } from './key-source.ts';
 import { tokenClient } from './token-client.ts';
+import { wholeNumber } from './whole-number.ts';
 
 export const TOKEN_HELP = `Usage: edge-relay token sas --uri URI --key-name NAME [--key KEY | --key-file FILE] [--ttl SECONDS]
        edge-relay token client --hub HUB (--key-file FILE | --key KEY | --config FILE) [...]   (token client --help)
@@ -68,7 +69,7 @@ export function token(argv: string[]): number {
     process.stderr.write(`edge-relay token sas: --uri, --key-name and --key (or --key-file, or ${KEY_ENV}) are required\n\n${TOKEN_HELP}`);
     return 2;
   }
-  const ttl = /^[0-9]{1,15}$/.test(values.ttl) ? Number(values.ttl) : NaN;
+  const ttl = wholeNumber(values.ttl, 15);
   const expiresAt = Math.floor(Date.now() / 1000) + ttl;
   // An expiry past 12 digits makes a token every relay refuses (TokenMalformed): said here, not at its first use.
   if (!(ttl > 0) || expiresAt > MAX_SAS_EXPIRY) {
