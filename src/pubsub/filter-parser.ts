@@ -478,16 +478,6 @@ function steps(e: Expr, counted = new Set<string>()): number {
   }
 }
 
-/** What an expression of literals, fields, the lambda variable and functions of them computes, as text; else undefined. */
-function valueKey(e: Expr): string | undefined {
-  if (e.kind === 'variable') return '$g';
-  if (e.kind === 'field') return `$${e.field}`;
-  if (e.kind === 'literal') return JSON.stringify(e.value);
-  if (e.kind !== 'call') return undefined;
-  const args = e.args.map(valueKey);
-  return args.some((arg) => arg === undefined) ? undefined : `${e.fn}(${args.join(',')})`;
-}
-
 /**
  * The items of an `or` with `X eq 'a'`, `'b' eq X`, `X in ('c')` for the same X (no literal of its own) merged into
  * one `X in ('a', 'b', 'c')`, compiled as a set (connection-filter.ts): the same answer, in one step. Other items
@@ -498,7 +488,7 @@ function mergeEqualities(items: Expr[]): Expr[] {
   const out: Expr[] = [];
   for (const item of items) {
     const equality = stringEquality(item);
-    const key = equality && valueKey(equality.operand);
+    const key = equality && keyOf(equality.operand, true)?.text;
     if (!equality || key === undefined || equality.operand.kind === 'literal') {
       out.push(item);
       continue;
@@ -554,12 +544,17 @@ export function groupFunctionKey(e: Expr): string | undefined {
   return key?.usesGroup && e.kind === 'call' ? key.text : undefined;
 }
 
-/** What a call of literals and the lambda variable computes, as text; undefined when it reads a field. */
-function keyOf(e: Expr): { text: string; usesGroup: boolean } | undefined {
+/**
+ * What an expression of literals, the lambda variable and calls of them computes, as text; with `fields`, of the
+ * connection's fields too (one `or`'s items, mergeEqualities), else undefined when it reads one (a group function's
+ * value is kept per group, the same for every connection).
+ */
+function keyOf(e: Expr, fields = false): { text: string; usesGroup: boolean } | undefined {
   if (e.kind === 'variable') return { text: '$g', usesGroup: true };
+  if (e.kind === 'field') return fields ? { text: `$${e.field}`, usesGroup: false } : undefined;
   if (e.kind === 'literal') return { text: JSON.stringify(e.value), usesGroup: false };
   if (e.kind !== 'call') return undefined;
-  const args = e.args.map(keyOf);
+  const args = e.args.map((arg) => keyOf(arg, fields));
   if (args.some((arg) => arg === undefined)) return undefined;
   return { text: `${e.fn}(${args.map((arg) => arg!.text).join(',')})`, usesGroup: args.some((arg) => arg!.usesGroup) };
 }
