@@ -21,6 +21,6 @@ export function ownBytes(...parts: Uint8Array[]): Buffer {
 }
 
 /** `bytes` itself when they are the whole of their memory, else a copy of their own. */
-export function owned(bytes: Buffer): Buffer {
+export function owned<T extends Uint8Array>(bytes: T): T | Buffer {
   return bytes.byteLength === bytes.buffer.byteLength ? bytes : ownBytes(bytes);
 }

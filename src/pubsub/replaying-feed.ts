@@ -186,7 +186,7 @@ export class ReplayingFeed implements EventFeed {
     const mono = performance.now();
     // A small event is cut from one of Node's shared 8 KiB slabs: kept as it is, it keeps the whole slab, and the
     // window's memory passed maxBytes many times over (own-bytes.ts).
-    this.entries.push({ counter, at: Date.now(), mono, subject, data: owned(Buffer.from(data.buffer, data.byteOffset, data.byteLength)) });
+    this.entries.push({ counter, at: Date.now(), mono, subject, data: owned(data) });
     this.bytes += data.length;
     const oldest = mono - this.options.windowMs;
     while (this.head < this.entries.length && (this.entries[this.head].mono < oldest || this.bytes > this.options.maxBytes)) {
