@@ -17,7 +17,7 @@ import { edgeInProcess, edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
-import { RawListener, listenOn, openWebSocket, upgradeStatus } from '../helpers/raw-listener.ts';
+import { RawListener, connectStatus, listenOn, openWebSocket } from '../helpers/raw-listener.ts';
 import { captureLogger, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -47,11 +47,6 @@ function answerEverything(listener: RawListener, t: Pick<TestContext, 'after'>):
 
 function channelsOf(relay: RunningRelay): ControlChannel[] {
   return [...relay.hybrid.listeners.all()];
-}
-
-/** A sender's upgrade through `url`: 101, or the status it was refused with. */
-function connectStatus(url: string): Promise<number> {
-  return upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
 }
 
 describe('connects and requests across edges while the listener side fails', () => {

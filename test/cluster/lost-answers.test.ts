@@ -11,7 +11,7 @@ import { edgeInProcess } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { CuttableProxy } from '../helpers/pubsub.ts';
-import { listenOn, upgradeStatus } from '../helpers/raw-listener.ts';
+import { connectStatus, listenOn } from '../helpers/raw-listener.ts';
 import { tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -66,7 +66,7 @@ describe('answers between edges that NATS loses', () => {
     const listener = await listen(t, a, 'lost-connect');
     const url = wsUrl(b.url, '/$hc/lost-connect?sb-hc-action=connect');
     const started = Date.now();
-    const sender = upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+    const sender = connectStatus(url);
     await listener.next<{ accept: { address: string } }>();
     await whileOff(link, a, b, () => listener.close());
     // Before: 504 AcceptTimeout after timeouts.acceptMs (20 s); A's hc.failed had gone to nobody.

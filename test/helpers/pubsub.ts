@@ -7,10 +7,24 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { clientAccessUrl, type ClientAccessOptions } from '../../src/pubsub/client-access-url.ts';
+import type { ConnectionLimits } from '../../src/pubsub/pubsub-connection.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startTestRelay } from './relay.ts';
 import { withTimeout } from './wait.ts';
 import { cleanupFor } from './cleanup.ts';
+
+/** Limits of a pub/sub connection made in a unit test, a new object each call. */
+export function testConnectionLimits(): ConnectionLimits {
+  return {
+    outboundBufferBytes: 1 << 20,
+    sessionBufferMessages: 1000,
+    sessionBufferBytes: 1 << 20,
+    ackIdsPerConnection: 100,
+    groupsPerConnection: 100,
+    requestsInFlightPerConnection: 32,
+    pubsubMessageBytes: 1 << 20,
+  };
+}
 
 export const HUB = 'chat';
 export const HUB_KEY = 'chat-access-key-0123456789';

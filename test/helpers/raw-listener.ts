@@ -56,6 +56,11 @@ export async function listenOn(t: Pick<TestContext, 'after'>, relayUrl: string, 
   return listener;
 }
 
+/** A sender's connect through `url`, with a token for it: 101, or the status it was refused with. */
+export function connectStatus(url: string): Promise<number> {
+  return upgradeStatus(url, { headers: { ServiceBusAuthorization: tokenFor(url) } });
+}
+
 export function openWebSocket(url: string, options: WebSocket.ClientOptions & { protocols?: string[] } = {}): Promise<WebSocket> {
   const ws = new WebSocket(url, options.protocols ?? [], options);
   return withTimeout(

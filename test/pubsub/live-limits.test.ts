@@ -13,22 +13,15 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
-import { PubSubConnection, RELIABLE_PROTOCOL, type ConnectionLimits } from '../../src/pubsub/pubsub-connection.ts';
+import { PubSubConnection, RELIABLE_PROTOCOL } from '../../src/pubsub/pubsub-connection.ts';
+import { testConnectionLimits } from '../helpers/pubsub.ts';
 import { LiveSocketOptions } from '../../src/pubsub/live-limits.ts';
 
 const MODULE = new URL('../../src/pubsub/pubsub-connection.ts', import.meta.url).href;
 const PERMISSIONS = new URL('../../src/pubsub/permissions.ts', import.meta.url).href;
 const LIVE_LIMITS = new URL('../../src/pubsub/live-limits.ts', import.meta.url).href;
 
-const limits = (): ConnectionLimits => ({
-  outboundBufferBytes: 1 << 20,
-  sessionBufferMessages: 1000,
-  sessionBufferBytes: 1 << 20,
-  ackIdsPerConnection: 100,
-  groupsPerConnection: 100,
-  requestsInFlightPerConnection: 32,
-  pubsubMessageBytes: 1 << 20,
-});
+const limits = testConnectionLimits;
 
 describe('live limits of pub/sub connections', () => {
   it('have fast properties and one shape for every connection, session limits and socket options (V8 %HasFastProperties, %HaveSameMap)', async () => {

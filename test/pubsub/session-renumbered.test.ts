@@ -14,18 +14,11 @@ import { encodeEdgeMessage, type PsCheckpoint, type PsClaim, type PsSend } from 
 import type { StoredMessage } from '../../src/bus/stream-reader.ts';
 import { sharedMessageOf } from '../../src/pubsub/downstream.ts';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
-import { PubSubConnection, RELIABLE_PROTOCOL, type ConnectionLimits } from '../../src/pubsub/pubsub-connection.ts';
+import { PubSubConnection, RELIABLE_PROTOCOL } from '../../src/pubsub/pubsub-connection.ts';
+import { testConnectionLimits } from '../helpers/pubsub.ts';
 import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
 
-const limits: ConnectionLimits = {
-  outboundBufferBytes: 1 << 20,
-  sessionBufferMessages: 1000,
-  sessionBufferBytes: 1 << 20,
-  ackIdsPerConnection: 100,
-  groupsPerConnection: 100,
-  requestsInFlightPerConnection: 32,
-  pubsubMessageBytes: 1 << 20,
-};
+const limits = testConnectionLimits();
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
 
 function send(n: number): PsSend {
