@@ -550,6 +550,13 @@ export class JetStreamAccess {
     let last = 'JetStream is not ready';
     /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
     let unsure = false;
+    /**
+     * Its last try reached JetStream's side and failed there: only then does giving up say the stream stores
+     * nothing. Held back by the bus (backlogged, not connected) or behind earlier events of its stream, the
+     * stream's state is unknown. Before, a backlog past publishTimeoutMs (a slow NATS link) marked the stream
+     * failing in readiness though every try that went out was stored.
+     */
+    let failedAtStore = false;
     const stream = this.streamOf(subject);
     // While a publish of this stream is in trouble, its publishes try one at a time in the order they began (publish-order.ts).
     const turn = this.order.begin(stream);
@@ -562,16 +569,22 @@ export class JetStreamAccess {
             await this.order.waitForTurn(turn, left);
             left = this.closed ? 0 : deadline - performance.now();
           } while (left > 0 && !this.order.mayTry(turn));
-          if (left <= 0 && !turn.troubled) last = 'earlier events of its stream were not stored yet, and it is not stored before them';
+          if (left <= 0 && !turn.troubled) {
+            last = 'earlier events of its stream were not stored yet, and it is not stored before them';
+            // Those are held at the store (a lost leader: said at once, not when the first gives up at unsureRetryMs),
+            // unless the bus holds them.
+            failedAtStore = !this.bus.backlogged;
+          }
         }
         if (left <= 0) {
-          if (this.state === 'ready' && this.bus.connected) this.storeFailed(stream, last);
+          if (failedAtStore && this.state === 'ready' && this.bus.connected) this.storeFailed(stream, last);
           throw notStored(last, unsure);
         }
         if (this.state !== 'ready' || !this.bus.connected) {
           // Publishing while disconnected would be dropped by the client at the reconnect.
           last = this.state === 'unavailable' ? this.problem! : this.bus.connected ? (this.problem ?? 'JetStream is not ready') : 'the NATS bus is unreachable';
           if (this.state === 'unavailable') throw notStored(last, unsure);
+          failedAtStore = false;
           await sleep(Math.min(RETRY_MS, left));
           continue;
         }
@@ -579,6 +592,7 @@ export class JetStreamAccess {
           // Its server takes nothing (frozen, cut off) and is not judged stale yet: what went out waits in this
           // process's memory. Nothing more goes until it clears (bus bound on bytes unsent); the message waits here.
           last = 'the NATS server takes nothing this edge sends';
+          failedAtStore = false;
           // Its stream's publishes go in order until it settles (publish-order.ts): one begun as the backlog clears
           // waits its turn. Before, each waiting call looked again on its own timer, and a later publish was stored
           // before the earlier ones that had waited.
@@ -597,6 +611,7 @@ export class JetStreamAccess {
         if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.bus.maxPayload);
         if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);
         last = outcome.reason;
+        failedAtStore = true;
         this.order.troubled(turn);
         if (outcome.unsure && !unsure) {
           unsure = true;

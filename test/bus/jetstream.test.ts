@@ -240,6 +240,28 @@ describe('JetStream access', () => {
     );
   });
 
+  it('does not say a stream stores nothing when only the bus held its publishes past their deadline', async (t) => {
+    // Before: each publish that waited out publishTimeoutMs behind the bus bound on bytes unsent (a slow or frozen
+    // NATS link, not judged stale yet) marked its stream failing: readiness said "JetStream stores nothing in
+    // stream ..." though nothing it was sent had failed there (the bus's own backlog is said apart).
+    const nats = await startNatsServer(t);
+    const bus = busOn(t, nats.url);
+    const js = access(t, bus, { publishTimeoutMs: 800, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
+    await js.start([STREAM], BUCKET);
+    const message = Buffer.alloc(256 * 1024, 7);
+    await nats.freeze();
+    let failed = 0;
+    const outcomes: Promise<unknown>[] = [];
+    for (let i = 0; i < 64; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-held-${i}`).catch(() => failed++));
+    await until(() => bus.backlogged, 5000, 'the bus backlogged');
+    await until(() => failed > 0, 5000, 'publishes held past their deadline to give up');
+    assert.ok(bus.connected, 'the bus not judged stale yet');
+    assert.deepEqual(js.storeFailures, [], 'no stream said to store nothing');
+    assert.equal(js.storingByStream().get(STREAM.name), true);
+    nats.thaw();
+    await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
+  });
+
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
     const nats = await startNatsServer(t);
     const js = access(t, busOn(t, nats.url), { publishTimeoutMs: 500, requestTimeoutMs: 300, unsureRetryMs: 500 });
