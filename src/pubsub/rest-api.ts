@@ -102,15 +102,28 @@ export function handleRestRequest(
     .then(
       (answer) => {
         if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
+        // A reload removed the hub while the call was under way (its body still arriving, its send being stored):
+        // answered as a call to a hub this edge does not serve is (before: 202 for a send that reached nobody).
+        if (hubGone(call)) return respond(res, 'HubNotFound', call.method);
         return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
       },
       (err) => {
+        if (hubGone(call)) return respond(res, 'HubNotFound', call.method);
         const code = restErrorCode(err);
         if (code === 'ServerError') service.restCallFailed(hub.name, err);
         respond(res, code, call.method, err);
       },
     )
     .then(() => cutWhenUnread(res, socket, service.answerStallMs, stalled));
+}
+
+/**
+ * True once a reload removed the call's hub (or replaced it with a new hub of the same name): what the call does
+ * from then on would act on a hub that left the bus, and its answer is 404 HubNotFound. A shutdown leaves the bus
+ * too, but keeps its hubs: a call under way then is answered as it comes out.
+ */
+function hubGone(call: RestCall): boolean {
+  return call.service.hub(call.hub.name) !== call.hub;
 }
 
 /** Traces a REST call once answered: method, path, status, duration and request size (never its body or token). */
@@ -337,6 +350,9 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
   const message: DataMessage = target.kind === 'group' ? { ...read, from: 'group', group: target.name, fromUserId: null } : read;
   const ttlSeconds = Number(ttl ?? 0);
   if (ttlSeconds > 0) message.expiresAt = Date.now() + ttlSeconds * 1000;
+  // Removed while the body came: not sent at all (a durable hub's stream would still store it, and the other edges
+  // still serving the hub deliver it, for a caller told 404; a hub of the same name added since is another hub).
+  if (hubGone(call)) return 'HubNotFound';
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
   await call.hub.send(target, message, excluded, undefined, filter);
   return ACCEPTED;
@@ -449,6 +465,8 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   // Microsoft's emulator, and how a caller of @azure/web-pubsub's addConnectionsToGroups(groups, filter) passes none.
   const filter = text === undefined || text === null || text === '' ? undefined : parseFilter(text);
   if (filter !== undefined && !(filter instanceof ConnectionFilter)) return filter;
+  // Removed while the body came: changes nothing anywhere (as a send then sends nothing).
+  if (hubGone(call)) return 'HubNotFound';
   await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter);
   return OK;
 }
