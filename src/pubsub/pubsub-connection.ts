@@ -366,8 +366,17 @@ export class PubSubConnection {
       if (this.awaitingConnected) this.closeWanted ??= { code, reason };
       return;
     }
-    const spec = PUBSUB_ERRORS[code];
-    if (!this.simple) socket.writeFrame(disconnectedFrame(reason ?? spec.message));
-    socket.close('closeCode' in spec ? spec.closeCode : 1000, code);
+    closeClientSocket(socket, this.simple, code, reason);
   }
+}
+
+/**
+ * Closes a client's socket for `code`: a `disconnected` system message (not to a simple client: it gets raw data
+ * only), then the code's close code with the code as reason, the close handshake bounded by timeouts.closeHandshakeMs
+ * (message-socket.ts). Also for a socket its connection no longer has (a session recovered on another one).
+ */
+export function closeClientSocket(socket: MessageSocket, simple: boolean, code: PubSubErrorCode, reason?: string): void {
+  const spec = PUBSUB_ERRORS[code];
+  if (!simple) socket.writeFrame(disconnectedFrame(reason ?? spec.message));
+  socket.close('closeCode' in spec ? spec.closeCode : 1000, code);
 }

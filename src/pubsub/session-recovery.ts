@@ -12,7 +12,7 @@ import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } fr
 import { connectedFrame, disconnectedFrame } from './downstream.ts';
 import { PUBSUB_ERRORS, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
-import type { PubSubConnection } from './pubsub-connection.ts';
+import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
 
 export type ClientSocket = MessageSocket<PubSubConnection>;
@@ -155,7 +155,11 @@ export class SessionRecovery {
     // not read while they weigh too much, as the old one was not. Before, each reconnect read another chunk of events
     // into the queue (a client reconnecting while its handler hung grew it by thousands).
     if (connection.waitingFull) client.hold();
-    previous?.destroy();
+    // The old socket, still open (a client that reconnected without closing it, or whose close has not come yet), is
+    // told the session moved and closed, the handshake bounded; its close changes nothing (the connection is on the
+    // new one). Before, it was dropped without a close frame: 1006, which a client still on it takes for a drop, and
+    // recovers from, taking the session back.
+    if (previous) closeClientSocket(previous, connection.simple, 'SessionMoved');
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });
     connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));

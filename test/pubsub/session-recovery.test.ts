@@ -1,0 +1,65 @@
+// Recovery of a reliable session whose old socket is still open
+// (docs/protocols/web-pubsub.md, "Recovery"; src/pubsub/session-recovery.ts):
+// the new socket gets `connected` and every unacknowledged message, as after a
+// drop; the old one gets `disconnected` and a close frame, 1008 SessionMoved
+// (1008: a client still on it does not recover the session back), and is
+// dropped when it does not answer the close within timeouts.closeHandshakeMs.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { parseServerFrames, rawUpgrade, readFrames, readUntilCloseOr } from '../helpers/raw-socket.ts';
+import { withTimeout } from '../helpers/wait.ts';
+
+/** The query a reconnect adds to recover the session `connected` named. */
+function recoveryOf(connected: { connectionId: string; reconnectionToken: string }): string {
+  return `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+}
+
+describe('recovery of a session whose old socket is still open', () => {
+  it('closes the old socket 1008 SessionMoved after `disconnected`, and gives the new one the unacknowledged messages (before: the old one dropped, 1006)', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const old = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const connected = await old.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await old.request({ type: 'joinGroup', group: 'g' });
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    for (let n = 1; n <= 3; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+    await old.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three, unacknowledged');
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf(connected), RELIABLE, t);
+    assert.deepEqual(await withTimeout(old.closed, 5000, 'the old socket to close'), { code: 1008, reason: 'SessionMoved' });
+    assert.ok(old.messages.some((m) => m.type === 'system' && m.event === 'disconnected'), 'disconnected before the close');
+    await again.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three again');
+    assert.equal(again.messages[0].event, 'connected');
+    assert.equal(again.messages[0].connectionId, connected.connectionId);
+    // The old socket's close left the session on the new one: it still gets what comes.
+    await publisher.request({ type: 'sendToGroup', group: 'g', data: 4, noEcho: true });
+    await again.waitFor((m) => m.type === 'message' && m.data === 4, 5000, 'a later message');
+    assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2], [3, 3], [4, 4]]);
+    assert.equal(again.ws.readyState, WebSocket.OPEN);
+  });
+
+  it('drops an old socket that does not answer the close within timeouts.closeHandshakeMs', async (t) => {
+    const closeHandshakeMs = 300;
+    const relay = await startPubSubRelay(t, { timeouts: { closeHandshakeMs } });
+    const url = new URL(accessUrl(relay.url));
+    // A client by hand that reads but never answers a close frame.
+    const old = await rawUpgrade(t, relay.port, url.pathname + url.search, { 'Sec-WebSocket-Protocol': RELIABLE });
+    assert.equal(old.status, 101);
+    const frames = await readFrames(old.socket, (fs) => fs.some((f) => f.payload.includes('"connected"')), 5000, 'connected', old.rest);
+    const connected = JSON.parse(frames.find((f) => f.payload.includes('"connected"'))!.payload.toString());
+    // Read from now on (nothing it sends is lost between reads), to the end of the connection.
+    old.socket.pause();
+    const ending = readUntilCloseOr(old.socket, () => false, closeHandshakeMs + 5000, 'the old socket to be dropped');
+    const started = performance.now();
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf(connected), RELIABLE, t);
+    await again.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const { bytes: after, closed } = await ending;
+    const waited = performance.now() - started;
+    assert.ok(closed);
+    const close = parseServerFrames(after).frames.find((f) => f.opcode === 0x8);
+    assert.ok(close, 'a close frame came first');
+    assert.deepEqual([close.payload.readUInt16BE(0), close.payload.subarray(2).toString()], [1008, 'SessionMoved']);
+    assert.ok(waited >= closeHandshakeMs, `dropped ${Math.round(waited)} ms after the recovery began, not before the bound`);
+    assert.equal(again.ws.readyState, WebSocket.OPEN);
+  });
+});
