@@ -26,7 +26,7 @@ import { SessionUnavailable } from './errors.ts';
 import { isMessageBody, sharedMessageOf } from './downstream.ts';
 import type { Hub } from './hub.ts';
 import { ConnectionPermissions } from './permissions.ts';
-import { PubSubConnection, type ConnectionLimits, type TakenEvent } from './pubsub-connection.ts';
+import { PubSubConnection, closeClientSocket, type ConnectionLimits, type TakenEvent } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -115,7 +115,9 @@ export class SessionHandover {
         if (connection.handover) return answer({ op: 'ps.session', ok: false, busy: true });
         const socket = connection.socket;
         connection.detach(Date.now());
-        socket?.destroy();
+        // A socket still open (its client reconnected to the taking edge without closing it) is told and closed, not
+        // dropped, as on a recovery on this edge (session-recovery.ts).
+        if (socket) closeClientSocket(socket, connection.simple, 'SessionMoved');
         connection.handover = {
           givingTimer: setTimeout(() => {
             connection.handover = undefined;

@@ -34,7 +34,7 @@ import { sharedMessageOf } from './downstream.ts';
 import { SessionUnavailable, type PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
-import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
+import { PubSubConnection, closeClientSocket, type ConnectionLimits } from './pubsub-connection.ts';
 import type { SessionCheckpoint } from './reliable-session.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
@@ -353,7 +353,10 @@ export class StreamSessions {
     this.options.release(connection);
     this.dirty.delete(connection);
     this.urgent.delete(connection);
-    socket?.destroy();
+    // A socket still open (its client reconnected elsewhere without closing it) is told and closed, not dropped
+    // (session-recovery.ts does the same for a session recovered on the edge holding it); at shutdown it is
+    // closing already (1012), and its handshake goes on, bounded.
+    if (socket) closeClientSocket(socket, connection.simple, claimSeq === undefined ? 'ShuttingDown' : 'SessionMoved');
     if (checkpoint) {
       const releasedBy = claimSeq ?? RELEASED_AT_SHUTDOWN;
       const ackIds = connection.answeredAckIds().slice(-MAX_ACK_IDS_HANDED_OVER);

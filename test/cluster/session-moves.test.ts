@@ -76,6 +76,26 @@ describe('a reliable session moved between edges on core NATS', () => {
     }
   });
 
+  for (const [kind, extra] of [['core NATS', CORE_NATS], ['durable hub', {}]] as const) {
+    it(`closes the socket the session still had on the edge that gave it 1008 SessionMoved, not dropped (${kind}; before: 1006)`, async (t) => {
+      const nats = await startNatsServer(t);
+      const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...extra, timeouts: { shutdownMs: 500 } }))));
+      await Promise.all([a, b].map((e) => waitReady(e)));
+      const held = await reliableMember(t, a.url, 'g');
+      const publisher = await RawPubSubClient.connect(accessUrl(a.url), PLAIN, t);
+      for (let n = 1; n <= 2; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+      await held.client.waitFor((m) => m.type === 'message' && m.data === 2, 5000, 'the two, unacknowledged');
+      // Its old socket still open on A, the client recovers on B.
+      const again = await RawPubSubClient.connect(accessUrl(b.url) + held.recovery, RELIABLE, t);
+      const system = await again.waitFor((m) => m.type === 'system', 10000, 'the session on B');
+      assert.equal(system.event, 'connected', JSON.stringify(system));
+      assert.deepEqual(await withTimeout(held.client.closed, 10000, 'the old socket on A to close'), { code: 1008, reason: 'SessionMoved' });
+      assert.ok(held.client.messages.some((m) => m.type === 'system' && m.event === 'disconnected'), 'disconnected before the close');
+      await until(() => again.dataMessages().length >= 2, 10000, 'the two again on B');
+      assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2]]);
+    });
+  }
+
   it('moves a session whose roles name groups no client can name (empty, over 1,024 characters): they grant nothing and are not carried (before: the taker refused the session, 1008 SessionNotFound)', async (t) => {
     const nats = await startNatsServer(t);
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }))));
