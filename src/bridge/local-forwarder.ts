@@ -1,8 +1,11 @@
 // `bridge -L [bind:]port:entity`: a local TCP port whose every accepted
 // connection becomes a relayed WebSocket to the entity's listener (the side
 // that dials out, like azbridge -L). A connection the relay refuses (no
-// listener, bad token) is closed and the reason logged. Open legs are pinged
-// every keep-alive period (leg-keep-alive.ts).
+// listener, bad token) is closed and the reason logged; a 401 does not end the
+// bridge as it ends a -R with a fixed token: a listener may reject a connection
+// with any status, 401 too, and the answer reads the same. A fixed token's
+// expiry ends it (RelayAccess.watchExpiry). Open legs are pinged every
+// keep-alive period (leg-keep-alive.ts).
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';

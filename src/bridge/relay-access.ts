@@ -1,8 +1,12 @@
 // How a bridge reaches the relay: its base URL, either a SAS rule (key name
 // and key, from which a token is minted per entity) or a fixed token, and for
-// an https:// or wss:// relay the CA to trust and a client certificate.
+// an https:// or wss:// relay the CA to trust and a client certificate. With
+// credentials that never change (a fixed token, or none) a refusal for them
+// (401) or the fixed token's expiry is the end of the bridge, not a reason to
+// try again: `ended` says why.
 import type { ClientOptions } from 'ws';
 import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
+import { tokenExpiresAt } from '../auth/token-expiry.ts';
 
 export interface RelayAccessOptions {
   /** http(s):// or ws(s):// base URL of the relay. */
@@ -44,11 +48,59 @@ function zeroMask(mask: Buffer): void {
   mask.fill(0);
 }
 
+/** The longest delay a Node timer takes (about 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class RelayAccess {
   readonly wsBase: string;
+  /** When the fixed token expires (Unix seconds), when it names its expiry (a SAS token's `se`, a JWT's `exp`). */
+  readonly fixedTokenExpiresAt: number | undefined;
+  /** Resolves with why once the bridge's credentials are refused for good or its fixed token expired (giveUp). */
+  readonly ended: Promise<string>;
+  private end!: (why: string) => void;
+  private expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: RelayAccessOptions) {
     this.wsBase = options.url.replace(/\/+$/, '').replace(/^http(s?):/i, 'ws$1:');
+    this.fixedTokenExpiresAt = options.token ? tokenExpiresAt(options.token) : undefined;
+    this.ended = new Promise((resolve) => (this.end = resolve));
+  }
+
+  /**
+   * What a 401 from the relay means for this bridge: a reason to end it when its credentials are the same at every
+   * try (a fixed token, or none), so no retry can be let in; undefined when it mints a new token each time (a key
+   * put back on the relay lets the next one in), and the caller tries again as after any refusal.
+   */
+  refusedForGood(entity: string, answer: string): string | undefined {
+    if (this.mintsTokens) return undefined;
+    const why = this.options.token
+      ? `the relay refused --token for ${entity} (${answer}): a ready token is used as it is, never renewed; give a new one, or --key-name with --key-file to mint tokens`
+      : `the relay wants a token for ${entity} (${answer}): give --token, or --key-name with --key-file`;
+    this.giveUp(why);
+    return why;
+  }
+
+  /** Ends the bridge: `ended` resolves with `why` (the first reason given). */
+  giveUp(why: string): void {
+    this.end(why);
+  }
+
+  /**
+   * Ends the bridge when its fixed token expires (giveUp), not when the relay next refuses it: a -L would take
+   * connections that all fail, a -R would be closed and refused. Call once at start; stop() clears it.
+   */
+  watchExpiry(now = Date.now()): void {
+    const at = this.fixedTokenExpiresAt;
+    if (at === undefined) return;
+    const left = at * 1000 - now;
+    if (left <= 0) return this.giveUp(`--token expired at ${expiryText(at)}: a ready token is never renewed; give a new one, or --key-name with --key-file to mint tokens`);
+    // In steps a timer can wait: a token good for years is watched too.
+    this.expiryTimer = setTimeout(() => this.watchExpiry(), Math.min(left, MAX_TIMER_MS));
+    this.expiryTimer.unref();
+  }
+
+  stop(): void {
+    clearTimeout(this.expiryTimer);
   }
 
   /** A token for the entity, or undefined when the bridge has no credentials (entities open to senders). */
@@ -103,4 +155,10 @@ export class RelayAccess {
     const options = this.socketOptions(this.wsBase, longerMs);
     return token ? { ...options, headers: { ServiceBusAuthorization: token } } : options;
   }
+}
+
+/** A token's expiry for a message: ISO 8601 with the Unix seconds it was written as. */
+export function expiryText(seconds: number): string {
+  const ms = seconds * 1000;
+  return Number.isFinite(ms) && Math.abs(ms) <= 8.64e15 ? `${new Date(ms).toISOString()} (${seconds})` : String(seconds);
 }

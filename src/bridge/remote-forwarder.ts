@@ -3,9 +3,11 @@
 // host:port (the side that listens, like azbridge -R). The target is dialed
 // first; if it cannot be reached the relayed connection is rejected with 502,
 // so the sender sees why. A lost control channel is re-opened after a
-// jittered, growing delay, and the log says why it was lost. Tokens minted
-// from a key are renewed on the channel at half their lifetime. Open legs are
-// pinged every keep-alive period too (leg-keep-alive.ts).
+// jittered, growing delay, and the log says why it was lost; a 401 for
+// credentials that never change (a fixed token, or none) is not retried but
+// ends the bridge (RelayAccess.refusedForGood). Tokens minted from a key are
+// renewed on the channel at half their lifetime. Open legs are pinged every
+// keep-alive period too (leg-keep-alive.ts).
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import { hostBeforePort } from '../http/host-header.ts';
@@ -89,9 +91,14 @@ export class RemoteForwarder {
     let heartbeat: NodeJS.Timeout | undefined;
     const alive = () => (heard = true);
     let refused = false;
+    /** Refused for good (a 401 for credentials that never change): nothing is retried, the bridge ends (RelayAccess.ended). */
+    let hopeless = false;
     ws.on('unexpected-response', (_req, res) => {
       refused = true;
-      why = `relay refused the listener: ${res.statusCode} ${res.statusMessage ?? ''}`.trim();
+      const answer = `${res.statusCode} ${res.statusMessage ?? ''}`.trim();
+      why = `relay refused the listener: ${answer}`;
+      // Before, a fixed --token that had expired (or that the relay refused otherwise) was tried again for good.
+      if (res.statusCode === 401) hopeless = this.access.refusedForGood(this.forward.entity, answer) !== undefined;
       res.resume();
       ws.terminate();
     });
@@ -139,6 +146,7 @@ export class RemoteForwarder {
       if (this.renewTimer) clearTimeout(this.renewTimer);
       if (this.stopped) return;
       const text = reason.length > 0 ? `closed by the relay: ${code} ${reason.toString()}` : code === 1006 ? why : `closed by the relay: ${code}`;
+      if (hopeless) return void log.warn({ event: 'bridge.control_lost', why: text });
       const delay = this.backoff.next();
       log.warn({ event: 'bridge.control_lost', why: text, retryInMs: delay });
       this.retryTimer = setTimeout(() => this.connectControl(), delay);

@@ -3,10 +3,11 @@
 // line per forward on stdout once it is up; logs are JSON lines on stderr.
 import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
-import { RelayAccess } from '../bridge/relay-access.ts';
+import { RelayAccess, expiryText } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { hostBeforePort } from '../http/host-header.ts';
 import { MAX_SAS_EXPIRY } from '../auth/sas-token.ts';
+import { tokenExpiresAt } from '../auth/token-expiry.ts';
 import { LOG_LEVELS, createLogger } from '../telemetry/logger.ts';
 import { KEY_ENV, keyOf } from './key-source.ts';
 import { TLS_HELP, TLS_OPTIONS, readClientTls } from './tls-options.ts';
@@ -24,7 +25,9 @@ Forwards TCP through the relay's hybrid connections, like Azure's azbridge.
                           502 when host:port cannot be reached)
 Both may be given, each several times. A lost listener connection is re-opened
 after a jittered delay of a quarter to half the time the relay has been gone
-(0.125 s at first, 15 to 30 s in a long outage), and the log says why it was lost.
+(0.125 s at first, 15 to 30 s in a long outage), and the log says why it was lost;
+a 401 is tried again only with tokens minted from --key (with --token, or no
+credentials, it ends the bridge, exit 1).
 An end (FIN) on either side of a forwarded connection crosses as an end and
 leaves the other direction open (between two bridges of this version; with
 an older -R, closing either end closes the other); a connection cut short (a
@@ -37,7 +40,10 @@ Options:
   --key KEY            that rule's key (seen by anyone on this machine who runs ps:
                        prefer --key-file or the environment variable EDGE_RELAY_KEY)
   --key-file FILE      read the key from FILE (its trailing newline dropped)
-  --token TOKEN        a ready SAS token instead of --key-name/--key
+  --token TOKEN        a ready SAS token instead of --key-name/--key; never
+                       renewed: one already expired (its se) is refused at start
+                       (exit 2), and the bridge ends (exit 1) when it expires or
+                       the relay refuses it (401) on -R's listener connection
   --ttl SECONDS        lifetime of minted tokens, at least 60 (their expiry at most 12
                        digits, as the relay reads it), default 3600 (renewed at half)
   --buffer BYTES       bytes queued per direction before reading pauses, 16384 to
@@ -122,6 +128,13 @@ export async function bridge(argv: string[]): Promise<number> {
   // It goes in a header (ServiceBusAuthorization): a line break or other control character (a token file from Windows)
   // is a usage error here, not an uncaught ERR_INVALID_CHAR when -R dials.
   if (values.token !== undefined && !/^[\x20-\x7e]+$/.test(values.token)) return fail('--token must be printable ASCII (a SAS token: SharedAccessSignature sr=…&sig=…&se=…&skn=…)');
+  // A ready token is never renewed: one past its expiry (`se`, or a JWT's `exp`) is refused here, before -L takes
+  // connections that all fail or -R tries it again for good (before: -R retried the relay's 401 with backoff for ever).
+  const tokenExpiry = values.token !== undefined ? tokenExpiresAt(values.token) : undefined;
+  if (tokenExpiry !== undefined && tokenExpiry * 1000 <= Date.now()) {
+    process.stderr.write(`edge-relay bridge: --token expired at ${expiryText(tokenExpiry)}: a ready token is never renewed; give a new one, or --key-name with --key-file to mint tokens\n`);
+    return 2;
+  }
   const ttl = wholeNumber(values.ttl, 16);
   const buffer = wholeNumber(values.buffer, 16);
   if (!(ttl >= 60) || Math.floor(Date.now() / 1000) + ttl > MAX_SAS_EXPIRY) return fail('--ttl must be a whole number of seconds, at least 60, the expiry at most 12 digits');
@@ -166,22 +179,33 @@ export async function bridge(argv: string[]): Promise<number> {
     }
     process.stdout.write(`forwarding ${hostBeforePort(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
   }
-  await new Promise<void>((resolve) => {
+  access.watchExpiry();
+  // Until a signal, or credentials that never change are refused or expire (RelayAccess.ended): then exit 1.
+  const ended = await new Promise<string | undefined>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
       log.info({ event: 'bridge.signal', signal });
-      resolve();
+      resolve(undefined);
     };
+    void access.ended.then((why) => {
+      if (stopping) return;
+      stopping = true;
+      log.error({ event: 'bridge.credentials_unusable', why });
+      resolve(why);
+    });
     // SIGHUP (a closed terminal or ssh session) stops it as the others do, so its connections are reset; left to its
     // default it ended the process with each socket closed by a clean end, and a cut download read as a complete one.
     // The handlers stay until exit: a second Ctrl-C while stopping (the terminal's and npm's both) ended the process
     // by signal (130), not 0. (Found by review.)
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => stop(signal));
   });
+  access.stop();
   for (const r of remoteForwarders) r.stop();
   for (const l of localForwarders) await l.stop();
   log.flush();
-  return 0;
+  if (ended === undefined) return 0;
+  process.stderr.write(`edge-relay bridge: ${ended}\n`);
+  return 1;
 }

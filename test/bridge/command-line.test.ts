@@ -62,6 +62,31 @@ describe('bridge --token', () => {
   });
 });
 
+describe('bridge --token that has expired', () => {
+  // A JWT (an Entra ID token, as Azure Relay takes one) whose `exp` has passed: read without its key.
+  const pastJwt = ['{"alg":"HS256","typ":"JWT"}', `{"exp":${Math.floor(Date.now() / 1000) - 60}}`].map((part) => Buffer.from(part).toString('base64url')).join('.') + '.c2ln';
+  for (const [kind, token] of [
+    ['a SAS token (se)', `SharedAccessSignature sr=x&sig=y&se=${Math.floor(Date.now() / 1000) - 60}&skn=k`],
+    ['a JWT (exp)', pastJwt],
+    ['a JWT after Bearer', `Bearer ${pastJwt}`],
+  ] as const) {
+    it(`${kind} is refused at start for -R and -L (exit 2, one line naming --token and its expiry; before: -R retried the relay's 401 for ever, -L listened)`, async (t) => {
+      for (const forward of [['-R', 'web:127.0.0.1:9'], ['-L', '0:web']]) {
+        const bridge = runCli(t, ['bridge', '--relay', 'http://127.0.0.1:9', '--token', token, ...forward]);
+        const code = await withTimeout(bridge.exited, 10000, `the bridge ${forward[0]} to exit`);
+        assert.equal(code, 2, bridge.stderr());
+        assert.match(bridge.stderr(), /^edge-relay bridge: --token expired at \d{4}-\d\d-\d\dT[^\n]*\n$/);
+        assert.deepEqual(bridge.lines, []);
+      }
+    });
+  }
+
+  it('a token whose expiry cannot be read (not SAS, not a JWT) is left to the relay: the bridge starts', async (t) => {
+    const bridge = runCli(t, ['bridge', '--relay', 'http://127.0.0.1:9', '--token', 'opaque-token', '-L', '0:web']);
+    await until(() => bridge.lines.some((l) => l.startsWith('forwarding ')), 10000, `the forwarding line (stderr: ${bridge.stderr()})`);
+  });
+});
+
 describe('bridge numeric options', () => {
   it('a --buffer or --ttl that is no bounded whole number in digits is a usage error at start (exit 2; before: --buffer 1e300 turned backpressure off, --ttl 1e21 minted tokens the relay refuses)', async (t) => {
     for (const [option, value] of [

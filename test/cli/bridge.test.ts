@@ -451,3 +451,80 @@ describe('edge-relay bridge when the other side misbehaves', () => {
     assert.equal(stillThere, 'running', odd.stderr());
   });
 });
+
+/** A relay stand-in answering every WebSocket handshake `status`, as a relay restarting behind a proxy would; how many it answered. */
+async function refusingServer(t: TestContext, status: number): Promise<{ url: string; answered: () => number }> {
+  let answered = 0;
+  const server = createHttpServer();
+  server.on('upgrade', (_req, socket: Socket) => {
+    answered++;
+    socket.on('error', () => {});
+    socket.end(`HTTP/1.1 ${status} Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanupFor(t).after(() => {
+    server.closeAllConnections();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, answered: () => answered };
+}
+
+/** Resolves 'running' when the process is still up `ms` from now, else 'exited CODE'. */
+function stillRunning(bridge: BridgeProcess, ms = 200): Promise<string> {
+  return Promise.race([bridge.exited.then((code) => `exited ${code}`), new Promise<string>((r) => setTimeout(() => r('running'), ms))]);
+}
+
+describe('edge-relay bridge with a ready --token (never renewed)', () => {
+  it('-R ends (exit 1, saying why) when the relay refuses the token 401, rather than trying it again for ever', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'refused', requiresClientAuthorization: true }] });
+    const echo = await startTcpEcho(t);
+    const token = tokenFor(`${relay.url}/$hc/refused`, { key: 'not-the-relay-key-0123456789' });
+    const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `refused:127.0.0.1:${echo.port}`]);
+    // Before: bridge.control_lost with retryInMs, again and again, with backoff.
+    assert.equal(await withTimeout(listener.exited, 10000, `the bridge to end (stderr: ${listener.stderr()})`), 1);
+    assert.match(listener.stderr(), /"event":"bridge\.credentials_unusable"/);
+    assert.match(listener.stderr(), /^edge-relay bridge: the relay refused --token for refused \(401 [^)]*\): a ready token is used as it is, never renewed/m);
+    assert.doesNotMatch(listener.stderr(), /retryInMs/);
+    assert.deepEqual(listener.lines, []);
+  });
+
+  it('-R and -L end (exit 1) when their token expires while they run, and say so', async (t) => {
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'brief', requiresClientAuthorization: true }] });
+    const echo = await startTcpEcho(t);
+    // Long enough to start and listen on a loaded machine, short enough for a test.
+    const ttl = 4;
+    const token = tokenFor(`${relay.url}/$hc/brief`, { ttl });
+    const expires = Math.floor(Date.now() / 1000) + ttl;
+    const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `brief:127.0.0.1:${echo.port}`]);
+    const dialer = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-L', '0:brief']);
+    await until(() => listener.lines.some((l) => l.startsWith('listening on brief')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
+    await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, `-L forwarding (stderr: ${dialer.stderr()})`);
+    // While the token lasts, it carries: the echo comes back through both bridges.
+    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
+    cleanupFor(t).after(() => socket.destroy());
+    socket.on('error', () => {});
+    socket.write('before it expires');
+    assert.equal(await withTimeout(new Promise<string>((r) => socket.once('data', (d) => r(String(d)))), 10000, 'the echo'), 'before it expires');
+    // Before: -R was closed by the relay (TokenExpired) and then retried the 401 for ever; -L kept its port, every connection refused.
+    for (const bridge of [listener, dialer]) {
+      assert.equal(await withTimeout(bridge.exited, 15000, `the bridge to end at the expiry (stderr: ${bridge.stderr()})`), 1);
+      assert.ok(Date.now() >= expires * 1000 - 1000, 'not long before the expiry');
+      assert.match(bridge.stderr(), /"event":"bridge\.credentials_unusable"/);
+      assert.match(bridge.stderr(), /^edge-relay bridge: --token expired at \d{4}-/m);
+    }
+  });
+
+  it('tries again what a retry may heal: a 503 with --token, a 401 with tokens minted from a key', async (t) => {
+    const busy = await refusingServer(t, 503);
+    const token = tokenFor(`${busy.url}/$hc/busy`);
+    const fixed = runCli(t, ['bridge', '--relay', busy.url, '--token', token, '-R', 'busy:127.0.0.1:9']);
+    const relay = await startTestRelay(t, { hybridConnections: [{ name: 'minted', requiresClientAuthorization: true }] });
+    // A key the relay does not have (yet: one put back in its config lets the next minted token in).
+    const minted = runCli(t, ['bridge', '--relay', relay.url, '--key-name', ROOT_KEY_NAME, '--key', 'not-the-relay-key-0123456789', '-R', 'minted:127.0.0.1:9']);
+    await until(() => busy.answered() >= 3, 10000, `three tries at the 503 (stderr: ${fixed.stderr()})`);
+    await until(() => (minted.stderr().match(/"event":"bridge\.control_lost"[^\n]*401[^\n]*"retryInMs"/g) ?? []).length >= 3, 10000, `three tries at the 401 (stderr: ${minted.stderr()})`);
+    assert.equal(await stillRunning(fixed), 'running', fixed.stderr());
+    assert.equal(await stillRunning(minted), 'running', minted.stderr());
+    assert.match(fixed.stderr(), /"event":"bridge\.control_lost"[^\n]*503[^\n]*"retryInMs"/);
+  });
+});
