@@ -10,6 +10,7 @@ import { HUB_GROUP_OPTIONS, isBaseUrl, resolveHubAccess, type HubAccess } from '
 import { readGroupHistory, type HistoryNumbering, type SequencedMessage } from './group-history.ts';
 import { HUB_CLIENT_TIMEOUTS, HubClient, type HubClientTimeouts, type HubMessage } from './hub-client.ts';
 import { TLS_HELP, readClientTls, type ClientTls } from './tls-options.ts';
+import { safeWholeNumber } from './whole-number.ts';
 
 export const SUB_HELP = `Usage: edge-relay sub --hub HUB --group GROUP (--key-file FILE | --key KEY | --config FILE) [options]
 
@@ -30,9 +31,10 @@ Options:
   --url URL            the relay's base URL (http, https, ws or wss), default http://127.0.0.1:9400
   --user ID            connect as this user id
   --format FORMAT      data (default) or json
-  --count N            exit 0 after N messages
-  --after SEQUENCE     first print the kept messages after this history sequence,
-                       then live ones (the hub must keep history)
+  --count N            exit 0 after N messages (a whole number in digits)
+  --after SEQUENCE     first print the kept messages after this history sequence
+                       (digits, at most 9007199254740991), then live ones (the
+                       hub must keep history)
   --from-start         the same from the oldest kept message (--after 0)
 ${TLS_HELP}
   -h, --help           this text
@@ -76,16 +78,21 @@ export async function sub(argv: string[]): Promise<number> {
   if (!values.hub || !values.group) return fail(`--hub and --group are required\n\n${SUB_HELP}`);
   if (!isBaseUrl(values.url)) return fail(`--url "${values.url}" is not a base URL`);
   if (values.format !== 'data' && values.format !== 'json') return fail('--format must be data or json');
-  const limit = values.count === undefined ? Infinity : Number(values.count);
-  if (!(limit > 0) || (limit !== Infinity && !Number.isInteger(limit))) return fail('--count must be a positive whole number');
+  // Digits only (before: Number() took `1e3`, `0x10`, ` 5` and an empty value, `--after ''` read the history from its start).
+  const count = values.count === undefined ? Infinity : safeWholeNumber(values.count);
+  if (typeof count !== 'number' || count === 0) return fail(`--count must be a positive whole number in digits, at most ${Number.MAX_SAFE_INTEGER}`);
   if (values.after !== undefined && values['from-start']) return fail('give --after or --from-start, not both');
-  const after = values['from-start'] ? 0 : values.after === undefined ? undefined : Number(values.after);
-  if (after !== undefined && !(Number.isSafeInteger(after) && after >= 0)) return fail('--after must be a history sequence (a whole number, 0 or more)');
+  const after = values['from-start'] ? 0 : values.after === undefined ? undefined : safeWholeNumber(values.after);
+  if (after === 'not digits') return fail('--after must be a history sequence: a whole number in digits, 0 or more');
+  // A history's sequences are JSON numbers (a JetStream hub's are its stream's, which may reach 2^64 but which the relay
+  // reads only as safe integers), and the relay reads `after` only up to this one: refused here, not by the relay's 400
+  // once connected (sequences stay far below it: one message a microsecond takes 285 years to reach it).
+  if (after === 'too large') return fail(`--after ${values.after} is past the largest history sequence, ${Number.MAX_SAFE_INTEGER}`);
   const access = resolveHubAccess(values.hub, values.key, values.config, values['key-file']);
   if (typeof access === 'string') return fail(access);
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);
-  return watch(values.url, access, values.group, values.user, values.format, limit, after, tls);
+  return watch(values.url, access, values.group, values.user, values.format, count, after, tls);
 }
 
 /** A refusal for a limit of the moment (429: too many new connections from this address, the hub full; 408): waited out. */

@@ -106,6 +106,26 @@ describe('edge-relay pub and sub', () => {
     assert.match(watcher.err(), /401/);
   });
 
+  it('sub --after and --count take whole numbers in digits only: anything else is exit 2 before connecting (before: Number() took 1e3, 0x10, " 5" and "")', async (t) => {
+    // No relay: a value taken would have sub connect to a port nothing listens on and retry until killed.
+    const common = ['--url', 'http://127.0.0.1:9', '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'];
+    const cases: [string, string, RegExp][] = [
+      ...['1e3', '0x10', ' 5', '', '5.0', '-0'].map((v): [string, string, RegExp] => ['--after', v, /^edge-relay sub: --after must be a history sequence: a whole number in digits/]),
+      // Past what a JSON number holds exactly (Number() read this one as 2^53, the next sequence up).
+      ['--after', '9007199254740993', /^edge-relay sub: --after 9007199254740993 is past the largest history sequence, 9007199254740991/],
+      ['--after', '18446744073709551615', /^edge-relay sub: --after 18446744073709551615 is past the largest history sequence/],
+      ...['1e3', '0x10', '', '0', 'Infinity'].map((v): [string, string, RegExp] => ['--count', v, /^edge-relay sub: --count must be a positive whole number in digits/]),
+    ];
+    // `--after=VALUE`: parseArgs takes a value starting with a dash only so.
+    const runs = cases.map(([option, value]) => startSub(t, [...common, `${option}=${value}`]));
+    for (const [i, [option, value, said]] of cases.entries()) {
+      const status = await withTimeout(runs[i].exited, 10000, `sub ${option} "${value}" to exit`);
+      assert.equal(status, 2, `${option} "${value}": ${runs[i].err()}`);
+      assert.match(runs[i].err(), said, `${option} "${value}"`);
+      assert.equal(runs[i].out(), '');
+    }
+  });
+
   it('names the message that got no ack, with the close code and reason of the relay', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] }, limits: { pubsubMessageBytes: 1024 } });
     const big = 'b'.repeat(2000);
