@@ -14,7 +14,8 @@
 // - TCP:...`); the leg closes (1000) once both directions ended. With any
 // other peer (an older bridge, another client of the entity) an end on either
 // side ends the other, and the TCP socket is closed once what is queued for it
-// is written (a socket left half-open held a descriptor for good).
+// is written (a socket left half-open held a descriptor for good); a peer that
+// takes none of that for two keep-alive periods is reset (closeOnceWritten).
 //
 // A stream cut short (a reset, an error, a relay leg closed with anything but
 // 1000, a socket closed without an end) reaches the other end as a reset,
@@ -88,6 +89,7 @@ export function pipeSocketToWebSocket(
   /** The peer's end arrived (half-close): the local socket's writing side is ended. */
   let remoteEnded = false;
   let helloWait: NodeJS.Timeout | undefined;
+  const stallMs = keepAlive?.silenceMs ?? DEFAULT_STALL_MS;
   /** `failed`: the local side was cut (reset or error), and the relay leg says so. */
   const finish = (reason: string, failed = false) => {
     if (ended) return;
@@ -96,7 +98,7 @@ export function pipeSocketToWebSocket(
     // The relay's answer to the close (and its end) is read even if the local side had stopped reading.
     ws.resume();
     if (ws.readyState === ws.OPEN || ws.readyState === ws.CONNECTING) ws.close(failed ? CLOSE_CUT : 1000, reason.slice(0, 100));
-    tcp.destroySoon();
+    closeOnceWritten(tcp, stallMs);
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
   };
   /** The local end in half-close: the peer is told (after every byte before it) and the other direction goes on. */
@@ -176,7 +178,7 @@ export function pipeSocketToWebSocket(
     if (ended) return;
     ended = true;
     clearTimeout(helloWait);
-    if (clean) tcp.destroySoon();
+    if (clean) closeOnceWritten(tcp, stallMs);
     else tcp.resetAndDestroy();
     onEnd({ bytesToRelay: toRelay, bytesFromRelay: fromRelay, reason });
   };
@@ -185,6 +187,36 @@ export function pipeSocketToWebSocket(
   );
   ws.on('error', (err) => relayEnded(`relay side error: ${err.message}`, false));
 }
+
+/**
+ * Closes the local socket once what is queued for it is written, its end after it (destroySoon), but resets it when
+ * its peer takes none of that for `stallMs`: destroySoon alone waits for the writes for good, and a peer that stopped
+ * reading (hung, frozen: its kernel answers with a closed window for ever) held the socket, and up to --buffer bytes
+ * queued for it, as long as the bridge ran. Taken is what left this process: Node's queue, which goes down only as a
+ * whole write is done (one write may carry all of it), and the handle's writeQueueSize, what the last write still
+ * holds, which Node updates now and then as the kernel takes it in pieces.
+ */
+function closeOnceWritten(tcp: Socket, stallMs: number): void {
+  tcp.destroySoon();
+  if (tcp.destroyed) return;
+  const unsent = () => tcp.writableLength + ((tcp as Socket & { _handle?: { writeQueueSize?: number } | null })._handle?.writeQueueSize ?? 0);
+  let left = unsent();
+  const watch = setInterval(() => {
+    const now = unsent();
+    // Taken since the last look, or all taken (only the end is left, which needs nothing of the peer).
+    if (now < left || tcp.writableLength === 0) {
+      left = now;
+      return;
+    }
+    clearInterval(watch);
+    tcp.resetAndDestroy();
+  }, stallMs);
+  watch.unref();
+  tcp.once('close', () => clearInterval(watch));
+}
+
+/** The stall bound of a pipe without a keep-alive: two of the bridge's default --keepalive periods. */
+const DEFAULT_STALL_MS = 60_000;
 
 /** The close code a leg whose local socket was cut ends with (1011: the end could not go on). */
 const CLOSE_CUT = 1011;

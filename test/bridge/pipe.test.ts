@@ -87,6 +87,60 @@ describe('bridge pipe', () => {
     await until(() => tcp.destroyed, 3000, 'the local socket to close');
   });
 
+  /**
+   * Sends the pair's local peer (which must not read) more than the kernels' buffers hold, and less than the pipe's
+   * --buffer, so that the pipe still reads its leg: some of it waits in the pipe's socket. Returns the bytes sent.
+   */
+  async function fillKernelBuffers(pair: { tcp: Socket; relaySide: WebSocket }): Promise<number> {
+    const chunk = Buffer.alloc(256 * 1024, 1);
+    let sent = 0;
+    while (pair.tcp.writableLength === 0) {
+      if (sent > 256 << 20) throw new Error('the kernels took 256 MiB and asked for more');
+      pair.relaySide.send(chunk);
+      sent += chunk.length;
+      await until(() => pair.tcp.bytesWritten >= sent, 5000, 'the pipe to write what came');
+    }
+    return sent;
+  }
+
+  it('resets the local socket that takes nothing of what is left for it for two keep-alive periods after the leg ended, where a clean end waited for it for good; a slow reader still gets all', async (t) => {
+    // Before: a clean end (1000) left the socket to destroySoon(), which waits for everything queued to be written:
+    // a local peer that stopped reading (hung, frozen) held the socket, and what was queued for it, for good.
+    for (const [mode, end] of [['off', 'the relay side closes 1000'], ['off', 'the local side ends'], ['on', 'both sides end']] as const) {
+      const keepAlive = new LegKeepAlive(100);
+      const stuck = await pipedPair(t, mode, keepAlive);
+      stuck.peer.pause();
+      stuck.peer.on('error', () => undefined);
+      await fillKernelBuffers(stuck);
+      if (end === 'the relay side closes 1000') stuck.relaySide.close(1000, 'done');
+      else if (end === 'the local side ends') stuck.peer.end();
+      else {
+        stuck.relaySide.send(Buffer.alloc(0));
+        stuck.peer.end();
+      }
+      await until(() => stuck.ended() !== undefined, 3000, `the pipe to end (${end})`);
+      const endedAt = Date.now();
+      await until(() => stuck.tcp.destroyed, 3000, `the socket whose peer reads nothing to go (${end})`);
+      assert.ok(Date.now() - endedAt >= 150, `reset after ${Date.now() - endedAt} ms: two periods of 100 ms (${end})`);
+    }
+    // A peer that reads, if slowly (one read of its socket every 40 ms), gets every byte and the end. (Longer periods:
+    // Node sees what the kernel took only as whole writes are done, here after a few hundred ms.)
+    const keepAlive = new LegKeepAlive(1000);
+    const slow = await pipedPair(t, 'off', keepAlive);
+    slow.peer.pause();
+    const sent = await fillKernelBuffers(slow);
+    slow.relaySide.close(1000, 'done');
+    let got = 0;
+    const peerEnded = once(slow.peer, 'end');
+    const reader = setInterval(() => {
+      let chunk: Buffer | null;
+      for (let read = 0; read < 1 << 20 && (chunk = slow.peer.read() as Buffer | null) !== null; read += chunk.length) got += chunk.length;
+    }, 40);
+    cleanupFor(t).after(() => clearInterval(reader));
+    await withTimeout(peerEnded, 20000, 'the slow peer to read everything and the end');
+    assert.equal(got, sent);
+  });
+
   it('resets the local socket when the relay leg is cut (any close but 1000), so the peer cannot take it for a clean end', async (t) => {
     const { peer, relaySide } = await pipedPair(t);
     const outcome = new Promise<string>((resolve) => {
