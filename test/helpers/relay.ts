@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
-import { buildConfig } from '../../src/config/load.ts';
+import { buildConfig, loadConfig } from '../../src/config/load.ts';
 import { Writable } from 'node:stream';
 import WebSocket from 'ws';
 import type { RelayConfig } from '../../src/config/types.ts';
@@ -97,6 +97,27 @@ export function configFile(t: Pick<TestContext, 'after'>, overrides: Record<stri
   const file = join(dir, 'config.json');
   writeFileSync(file, JSON.stringify(testConfig(overrides)));
   return file;
+}
+
+/**
+ * A relay in this process serving `hubs` that reloads from its file; `serve(hubs)` writes the file with those hubs
+ * (and `extra`) and reloads, asserting the reload was taken.
+ */
+export async function reloadableRelay(
+  t: Pick<TestContext, 'after'>,
+  hubs: object[],
+  extra: Record<string, unknown> = {},
+): Promise<{ relay: RunningRelay; serve(hubs: object[]): void }> {
+  const file = configFile(t, { ...extra, pubsub: { hubs } });
+  const relay = await startTestRelay(t, { ...extra, pubsub: { hubs } }, { loadConfig: () => loadConfig(file, {}, {}) });
+  return {
+    relay,
+    serve(next) {
+      writeFileSync(file, JSON.stringify(testConfig({ ...extra, pubsub: { hubs: next } })));
+      const outcome = relay.reload('api');
+      if (!outcome.ok) throw new Error(`reload refused: ${JSON.stringify(outcome)}`);
+    },
+  };
 }
 
 export async function startRelayProcess(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}, options: ServeProcessOptions = {}): Promise<RelayProcess> {

@@ -8,32 +8,16 @@
 // in the same turn as it finds the hub, so the reload comes after that, before
 // the body.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { describe, it, type TestContext } from 'node:test';
 import { connect as natsConnect } from 'nats';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { loadConfig } from '../../src/config/load.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import type { HttpResult } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { configFile, startTestRelay, testConfig } from '../helpers/relay.ts';
+import { reloadableRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
-
-/** A relay serving `hubs` that reloads from its file; `serve(hubs)` writes the file and reloads. */
-async function reloadableRelay(t: TestContext, hubs: object[], extra: Record<string, unknown> = {}): Promise<{ relay: RunningRelay; serve(hubs: object[]): void }> {
-  const file = configFile(t, { ...extra, pubsub: { hubs } });
-  const relay = await startTestRelay(t, { ...extra, pubsub: { hubs } }, { loadConfig: () => loadConfig(file, {}, {}) });
-  return {
-    relay,
-    serve(next) {
-      writeFileSync(file, JSON.stringify(testConfig({ ...extra, pubsub: { hubs: next } })));
-      const outcome = relay.reload('api');
-      assert.ok(outcome.ok, JSON.stringify(outcome));
-    },
-  };
-}
 
 /**
  * A REST send whose body waits: resolves once the relay said "100 Continue" (it has found the hub), with `finish`,
