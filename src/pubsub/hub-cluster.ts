@@ -110,7 +110,8 @@ export interface DurableEvents {
   readonly started: boolean;
   /** Sessions whose last checkpoint is not written yet. */
   readonly pendingWrites: number;
-  close(): void;
+  /** Stops reading the stream; `removed`: a reload removed the hub (a session being taken here is ended, not left for another edge). */
+  close(removed?: boolean): void;
 }
 
 /** Connection ids in code-unit order, the order pages of a group's members follow. */

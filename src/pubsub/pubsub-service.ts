@@ -352,7 +352,7 @@ export class PubSubService implements RestContext {
       if (listed.has(key)) continue;
       for (const connection of [...hub.local.connections.values()]) this.lifecycle.end(connection, 'ClosedByServer', 'the hub was removed from the configuration');
       hub.handover.close();
-      hub.durable?.close();
+      hub.durable?.close(true);
       hub.leaveBus();
       this.hubs.delete(key);
       this.retiredKeys.forget(key);

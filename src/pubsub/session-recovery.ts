@@ -81,6 +81,9 @@ export class SessionRecovery {
     const key = `${hub.key}\n${connectionId}`;
     const earlier = this.taking.get(key);
     if (earlier) await earlier;
+    // Removed while the earlier recovery ran: the client hears so (before: the session, ended by the reload, was
+    // SessionNotFound here, or the take went on in a hub that had left the bus).
+    if (hub.removed && !this.shuttingDown()) return this.hubRemoved(r);
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
     // JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008
@@ -111,6 +114,10 @@ export class SessionRecovery {
         connection = await take;
       } catch (err) {
         if (!(err instanceof SessionUnavailable)) throw err;
+        // The take stopped because a reload removed the hub (a durable take ends a session it claimed): the client is
+        // told as the hub's clients were, not asked to try again (before: 1013, after waiting for a claim the stopped
+        // stream never read back, and the session stayed open for a hub of the same name added again).
+        if (hub.removed && !this.shuttingDown()) return this.hubRemoved(r);
         return deferred(err.message);
       }
     }

@@ -369,10 +369,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.sessions.pendingWrites;
   }
 
-  close(): void {
+  close(removed = false): void {
     this.closed = true;
     this.follower?.stop();
-    this.sessions.close();
+    this.sessions.close(removed);
     for (const w of this.waiters) w.done(false);
     this.waiters = [];
     this.startWaiters.wakeAll();

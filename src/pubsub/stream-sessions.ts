@@ -189,6 +189,10 @@ export class StreamSessions {
   /** The newest claim read per connection id while a take is in progress here. */
   private readonly claimsSeen = new Map<string, { origin: string; seq: number }>();
   private writing = 0;
+  /** Set when a reload removed the hub (close): a take under way stops, and ends a session it claimed. */
+  private removedByReload = false;
+  /** Aborted at close: a take waiting for its claim to be read back stops waiting (the follower has stopped). */
+  private readonly closing = new AbortController();
   private readonly timer: NodeJS.Timeout;
   private lastRefreshAt = Date.now();
 
@@ -570,17 +574,22 @@ export class StreamSessions {
       found = await this.readCheckpoint(connectionId);
     }
     if (!opensWith(found, protocol, token)) return undefined;
+    // Removed by a reload meanwhile: no claim (the edge holding the session keeps it).
+    this.stopIfRemoved();
     const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
+    const claimed: { seq?: number } = {};
+    let connection: PubSubConnection | undefined;
     try {
-      const { seq: claimSeq, before } = await this.claim(connectionId, deadline);
+      const { seq: claimSeq, before } = await this.claim(connectionId, deadline, claimed);
       // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
       // not carry (permissions a REST call changed, the ackIds it answered) is only there.
       const holder = before ?? { origin: found.owner, boot: found.ownerBoot, seq: found.claim ?? 0 };
       // Gone or ended meanwhile (before: the copy read first was taken, a session ended during the take revived).
       const checkpoint = await this.lastWriteOf(connectionId, holder, claimSeq, deadline);
+      this.stopIfRemoved();
       if (!opensWith(checkpoint, protocol, token)) return undefined;
-      const connection = new PubSubConnection(
+      connection = new PubSubConnection(
         connectionId,
         this.hub.name,
         checkpoint.userId,
@@ -612,11 +621,59 @@ export class StreamSessions {
       // Written before the client hears `connected`: an edge taking the session from this one
       // next knows by this write that this edge held it (lastWriteOf), and waits for its last.
       const taken = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+      this.stopIfRemoved();
       if (taken) await this.write(connection, taken);
+      this.stopIfRemoved();
       return connection;
+    } catch (err) {
+      // A reload removed the hub during the take, after its claim was stored: the edge that held the session let
+      // it go for that claim, and the client is told the hub was removed (1008), as the hub's connections here
+      // were. The session ends as theirs did (before: its checkpoint stayed open, and a hub of the same name added
+      // again, with another key, took the session back for the old reconnection token).
+      if (this.removedByReload && claimed.seq !== undefined) {
+        if (connection) {
+          this.hub.local.remove(connection);
+          connection.session?.clear();
+        }
+        await this.endClaimed(connectionId, claimed.seq);
+      }
+      throw err;
     } finally {
       this.claimsSeen.delete(connectionId);
     }
+  }
+
+  /** Throws SessionUnavailable once a reload removed the hub: a take under way goes no further (session-recovery.ts says why). */
+  private stopIfRemoved(): void {
+    if (this.removedByReload) throw new SessionUnavailable('the hub was removed from the configuration');
+  }
+
+  /**
+   * Stores that a session this edge claimed, and did not take because a reload removed the hub, ended: over the
+   * checkpoint there (the holder's last write, or this edge's own), unless a later claim took the session since.
+   */
+  private async endClaimed(connectionId: string, claimSeq: number): Promise<void> {
+    let found: Awaited<ReturnType<StreamSessions['readCheckpointEntry']>>;
+    try {
+      found = await this.readCheckpointEntry(connectionId);
+    } catch (err) {
+      this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId, err: (err as Error).message });
+      return;
+    }
+    const stored = found?.checkpoint;
+    if (!stored || stored.ended || (stored.claim ?? 0) > claimSeq) return;
+    const record: PsCheckpoint = { ...stored, owner: this.options.nodeId, ownerBoot: this.options.bootId, claim: claimSeq, at: Date.now(), ended: true };
+    delete record.releasedBy;
+    delete record.ackIds;
+    const ending: Ending = {
+      key: this.key(connectionId),
+      value: Buffer.from(JSON.stringify(record)),
+      revision: found!.revision,
+      claim: claimSeq,
+      giveUpAt: Date.now() + sessionBucketTtlMs(this.options.sessionRetainMs),
+      writing: true,
+    };
+    await this.storeEnding(connectionId, ending);
   }
 
   /**
@@ -647,24 +704,31 @@ export class StreamSessions {
   }
 
   /** Stores this edge's claim and waits until this edge read it back: every event before it is applied here. */
-  private async claim(connectionId: string, deadline: number): Promise<ClaimRead> {
+  private async claim(connectionId: string, deadline: number, claimed: { seq?: number }): Promise<ClaimRead> {
     let readBack!: (claim: ClaimRead) => void;
     const read = new Promise<ClaimRead>((resolve) => (readBack = resolve));
     this.ownClaims.set(connectionId, readBack);
     let timer: NodeJS.Timeout | undefined;
+    let stop: (() => void) | undefined;
     try {
       const claim: PsClaim = { op: 'ps.claim', origin: this.options.nodeId, boot: this.options.bootId, hub: this.hub.name, connectionId };
       try {
-        await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(claim), randomUUID());
+        claimed.seq = (await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(claim), randomUUID())).seq;
       } catch (err) {
         throw new SessionUnavailable((err as Error).message);
       }
-      const timeout = new Promise<never>((_, reject) => {
+      // Closed (the hub removed by a reload, or the edge stopping): the follower reads no more, the claim never
+      // comes back. Before, the take waited for it until its deadline (publishTimeoutMs + requestTimeoutMs).
+      const stopped = new Promise<never>((_, reject) => {
+        stop = () => reject(new SessionUnavailable(this.removedByReload ? 'the hub was removed from the configuration' : 'the hub stream is no longer read'));
         timer = setTimeout(() => reject(new SessionUnavailable('the hub stream did not come back in time')), Math.max(0, deadline - Date.now()));
+        if (this.closing.signal.aborted) stop();
+        else this.closing.signal.addEventListener('abort', stop, { once: true });
       });
-      return await Promise.race([read, timeout]);
+      return await Promise.race([read, stopped]);
     } finally {
       clearTimeout(timer);
+      if (stop) this.closing.signal.removeEventListener('abort', stop);
       this.ownClaims.delete(connectionId);
     }
   }
@@ -793,7 +857,9 @@ export class StreamSessions {
     }
   }
 
-  close(): void {
+  close(removed = false): void {
+    this.removedByReload = removed;
     clearInterval(this.timer);
+    this.closing.abort();
   }
 }

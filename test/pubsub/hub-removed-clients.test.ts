@@ -5,14 +5,18 @@
 //     HubNotFound, as an upgrade to a hub the relay does not serve is;
 //   - on the NATS bus, the wait for the connection's subscriptions to reach the NATS server (the upgrade is
 //     answered already): closed 1008 ClosedByServer after `disconnected`, as the hub's connected clients are;
+//   - a recovery taking a durable hub's session from another edge (the upgrade answered already): closed 1008
+//     ClosedByServer, and the session it claimed ended, so no hub of the same name added again takes it back.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
+import { decodeEdgeMessage } from '../../src/bus/messages.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { edgeOverrides } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { reloadableRelay } from '../helpers/relay.ts';
+import { reloadableRelay, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const NEW_KEY = 'other-access-key-of-the-new-hub-0123';
@@ -135,4 +139,47 @@ describe('a client connecting while a reload removes its hub', () => {
       }
     });
   }
+
+  it('recovering a durable session held by another edge is closed 1008 ClosedByServer at once, and the session ends: a hub of the same name added again does not take it (before: 1013 after the take timed out, then recovered into the new hub)', async (t) => {
+    const nats = await startNatsServer(t);
+    const durableBus = { bus: { jetstream: { storage: 'memory', publishTimeoutMs: 1500 } }, log: { level: process.env.TEST_LOG_LEVEL ?? 'silent' } };
+    const durableHubs = [CHAT, { name: OTHER_HUB, accessKey: OTHER_HUB_KEY, durable: true }];
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...durableBus, pubsub: { hubs: durableHubs } }));
+    const { bus, ...rest } = edgeOverrides('edge-b', [nats.url], durableBus) as { bus: object; pubsub: unknown };
+    delete (rest as { pubsub?: unknown }).pubsub;
+    const { relay: b, serve } = await reloadableRelay(t, durableHubs, { ...rest, bus });
+    await until(() => a.pubsub.followsStreams() && b.pubsub.followsStreams(), 20000, 'both edges to read the hub streams');
+
+    // A session on edge A, its socket dropped: A keeps it for its client.
+    const held = await RawPubSubClient.connect(accessUrl(a.url, { hub: OTHER_HUB, userId: 'roamer' }), RELIABLE, t);
+    const connected = await held.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    await held.request({ type: 'joinGroup', group: 'g' });
+    held.ws.terminate();
+    await until(() => a.pubsub.hub(OTHER_HUB)!.local.connections.get(connected.connectionId)?.socket === undefined, 5000, 'edge A to keep the dropped session');
+
+    // Edge B's claim of the session: the hub is removed as it is stored.
+    const js = b.jetstream!;
+    const publish = js.publish.bind(js);
+    let claims = 0;
+    js.publish = (subject, data, msgId) => {
+      if (decodeEdgeMessage(data, 'ps.claim') && claims++ === 0) serve([CHAT]);
+      return publish(subject, data, msgId);
+    };
+    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const started = performance.now();
+    const recovering = await RawPubSubClient.connect(accessUrl(b.url, { hub: OTHER_HUB }) + recovery, RELIABLE, t);
+    assert.deepEqual(await withTimeout(recovering.closed, 10000, 'the recovery to be closed'), { code: 1008, reason: 'ClosedByServer' });
+    assert.equal(claims, 1);
+    assert.deepEqual(recovering.messages.map((m) => [m.event, m.message]), [['disconnected', 'the hub was removed from the configuration']]);
+    // Not after the take's deadline (publishTimeoutMs + requestTimeoutMs, 3.5 s).
+    assert.ok(performance.now() - started < 3000, `closed after ${Math.round(performance.now() - started)} ms`);
+
+    // Added again with another key: the old session's token recovers nothing in it.
+    serve([CHAT, { name: OTHER_HUB, accessKey: NEW_KEY, durable: true }]);
+    await until(() => b.pubsub.hub(OTHER_HUB)!.durable!.started, 20000, 'the new hub to read its stream');
+    const again = await RawPubSubClient.connect(accessUrl(b.url, { hub: OTHER_HUB, key: NEW_KEY }) + recovery, RELIABLE, t);
+    assert.deepEqual(await withTimeout(again.closed, 10000, 'the second recovery to be closed'), { code: 1008, reason: 'SessionNotFound' });
+    assert.ok(!again.messages.some((m) => m.event === 'connected'), JSON.stringify(again.messages));
+    assert.equal(b.pubsub.hub(OTHER_HUB)!.local.connections.size, 0);
+  });
 });
