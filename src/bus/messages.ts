@@ -223,9 +223,9 @@ export interface HcDone {
 
 /**
  * Sender's edge -> a listener's edge it waits on, every second: are you there? Answered in kind; no responders means
- * the edge is gone. `ids`: what the sender's edge has waited on there a while (hybrid/cluster-link.ts); the answer's
- * `gone` names those the listener's edge no longer watches, whose hc.response or hc.failed NATS lost (an edge
- * without these fields ignores them, and its answer says nothing of them).
+ * the edge is gone. `ids`: what the sender's edge has waited on there a while, all of it at every check, 1,000 to a
+ * question (hybrid/cluster-link.ts); the answer's `gone` names those the listener's edge no longer watches, whose
+ * hc.response or hc.failed NATS lost (an edge without these fields ignores them, and its answer says nothing of them).
  */
 export interface HcAlive {
   op: 'hc.alive';

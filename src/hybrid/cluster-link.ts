@@ -49,11 +49,19 @@ const EDGE_GONE_AFTER_MS = 2000;
  * this are never asked about.
  */
 const ASK_IDS_AFTER_MS = 2000;
-/** Ids asked about in one check, the longest waiting first (about 40 bytes each on the bus). */
+/**
+ * Ids named in one hc.alive (its schema's maxItems: edges of every version take it), about 40 bytes each on the bus.
+ * A check asks as many questions as its due ids need, every one of them named at every check.
+ */
 const MAX_IDS_ASKED = 1000;
+/** Bus bytes kept in a question for what is not its ids (the envelope, `op`, the array's brackets). */
+const QUESTION_ROOM_BYTES = 64;
+/** An id's bytes in a question: a rendezvous id (36 characters), its quotes and comma. */
+const ID_BYTES = 39;
 /**
  * What a listener's edge adds to timeouts.httpResponseMs before it forgets a routed request nobody asked about: the
- * sender's edge names it in hc.alive from ASK_IDS_AFTER_MS on, then every ALIVE_CHECK_MS, each time starting it again.
+ * sender's edge names it in hc.alive from ASK_IDS_AFTER_MS on, then every ALIVE_CHECK_MS (however many wait there:
+ * checkEdges), each time starting it again.
  */
 const WATCH_GRACE_MS = ASK_IDS_AFTER_MS + 2 * ALIVE_CHECK_MS;
 
@@ -162,31 +170,47 @@ export class HybridClusterLink implements EdgeWatch {
    * (502 ListenerGone) instead of at its own timeout (acceptMs, httpResponseMs); an edge back on NATS before then
    * (a reconnect) still answers for its listeners. An edge that does not answer in time may only be slow: its
    * exchanges wait on.
+   *
+   * Every id due (idsToAsk) is named at every check, MAX_IDS_ASKED to a question: the listener's edge keeps a
+   * request's watch only while it is named (RemoteHttpRelay), and finds an answer lost only for an id named. Before,
+   * one question named the 1,000 longest waiting: past 1,000 waiting on one edge, the younger ones' lost answers were
+   * found only at their timeout (504), and their watches on the listener's edge ended at httpResponseMs and the grace
+   * (an upload outlasting it had its listener's answer dropped).
    */
   private checkEdges(): void {
     for (const [node, waitingHere] of this.waitingOn) {
       const askedAt = Date.now();
-      const ids = idsToAsk(waitingHere, askedAt);
-      const question = encodeEdgeMessage(ids.length > 0 ? { op: 'hc.alive', ids } : { op: 'hc.alive' });
-      this.bus.request(this.subjects.nodeHybrid(node), question, this.requestTimeoutMs).then(
-        (answer) => {
-          this.unreachableSince.delete(node);
-          const gone = decodeEdgeMessage(answer, 'hc.alive')?.message.gone;
-          if (gone && gone.length > 0) this.answersLost(node, gone);
-        },
-        (err) => {
-          if (!(err instanceof BusError) || err.code !== 'NoResponders') return;
-          const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
-          if (waiting.length === 0) return;
-          const since = this.unreachableSince.get(node) ?? askedAt;
-          this.unreachableSince.set(node, since);
-          if (Date.now() - since < EDGE_GONE_AFTER_MS) return;
-          this.unreachableSince.delete(node);
-          this.log.warn({ event: 'hybrid.edge_gone', node, waiting: waiting.length });
-          for (const { exchange } of waiting) exchange.listenerLost();
-        },
-      );
+      const slices = slicesOf(idsToAsk(waitingHere, askedAt), this.idsPerQuestion());
+      // The first question (one without ids when none is due) also says whether the edge is there.
+      slices.forEach((ids, i) => this.askAlive(node, ids, askedAt, i === 0));
     }
+  }
+
+  /** Ids that fit one question: MAX_IDS_ASKED, or fewer under a NATS server's max_payload too small for them. */
+  private idsPerQuestion(): number {
+    return Math.max(1, Math.min(MAX_IDS_ASKED, Math.floor((this.bus.maxPayload - QUESTION_ROOM_BYTES) / ID_BYTES)));
+  }
+
+  private askAlive(node: string, ids: string[], askedAt: number, presence: boolean): void {
+    const question = encodeEdgeMessage(ids.length > 0 ? { op: 'hc.alive', ids } : { op: 'hc.alive' });
+    this.bus.request(this.subjects.nodeHybrid(node), question, this.requestTimeoutMs).then(
+      (answer) => {
+        this.unreachableSince.delete(node);
+        const gone = decodeEdgeMessage(answer, 'hc.alive')?.message.gone;
+        if (gone && gone.length > 0) this.answersLost(node, gone);
+      },
+      (err) => {
+        if (!presence || !(err instanceof BusError) || err.code !== 'NoResponders') return;
+        const waiting = [...(this.waitingOn.get(node)?.values() ?? [])];
+        if (waiting.length === 0) return;
+        const since = this.unreachableSince.get(node) ?? askedAt;
+        this.unreachableSince.set(node, since);
+        if (Date.now() - since < EDGE_GONE_AFTER_MS) return;
+        this.unreachableSince.delete(node);
+        this.log.warn({ event: 'hybrid.edge_gone', node, waiting: waiting.length });
+        for (const { exchange } of waiting) exchange.listenerLost();
+      },
+    );
   }
 
   /** `node` no longer watches these ids: what still waits on them with nothing heard lost its answer (502 ListenerGone). */
@@ -337,18 +361,21 @@ export class HybridClusterLink implements EdgeWatch {
   }
 }
 
-/**
- * The ids of `waiting` watched there for ASK_IDS_AFTER_MS or more, the longest waiting first, at most MAX_IDS_ASKED.
- * (The table's own order is its hash order: past the bound, the same ones were left out at every check, and their
- * watches on the listener's edge ended at httpResponseMs and the grace, dropping their listeners' answers.)
- */
+/** The ids of `waiting` watched there for ASK_IDS_AFTER_MS or more (all of them: checkEdges says why). */
 function idsToAsk(waiting: TransientMap<{ watching: boolean; since: number }>, askedAt: number): string[] {
-  const due: [string, number][] = [];
+  const due: string[] = [];
   waiting.forEach((entry, id) => {
-    if (entry.watching && askedAt - entry.since >= ASK_IDS_AFTER_MS) due.push([id, entry.since]);
+    if (entry.watching && askedAt - entry.since >= ASK_IDS_AFTER_MS) due.push(id);
   });
-  if (due.length > MAX_IDS_ASKED) due.sort((a, b) => a[1] - b[1]).length = MAX_IDS_ASKED;
-  return due.map(([id]) => id);
+  return due;
+}
+
+/** `ids` in slices of at most `size`; one empty slice when there are none (the question without ids). */
+function slicesOf(ids: string[], size: number): string[][] {
+  if (ids.length === 0) return [[]];
+  const slices: string[][] = [];
+  for (let i = 0; i < ids.length; i += size) slices.push(ids.slice(i, i + size));
+  return slices;
 }
 
 /** What the listener's node keeps for a connect or request another node routed to it, until `done`. */

@@ -59,6 +59,34 @@ describe('answers between edges that NATS loses', () => {
     assert.ok(ms < 10000, `answered after ${ms} ms`);
   });
 
+  it("a request's lost answer is found when over 1,000 that have waited longer wait on the same edge", async (t) => {
+    const link = await CuttableProxy.start(nats.port, t);
+    const a = await edge(t, 'lost-many-a', nats.url);
+    const b = await edge(t, 'lost-many-b', `nats://127.0.0.1:${link.port}`);
+    const listener = await listen(t, a, 'lost-many');
+    const url = `${b.url}/lost-many/x`;
+    // Without a body: the listener is told each request in one message.
+    const get = () => httpRequest(url, { headers: { ServiceBusAuthorization: tokenFor(url) }, timeoutMs: 30000 });
+    // 1,000 requests the listener holds, each routed (and waited on at B) before the one whose answer is lost.
+    const older = Array.from({ length: 1000 }, get);
+    const olderIds: string[] = [];
+    for (let i = 0; i < older.length; i++) olderIds.push((await listener.next<{ request: { id: string } }>()).request.id);
+    const started = Date.now();
+    const pending = get();
+    const { request } = await listener.next<{ request: { id: string } }>();
+    await whileOff(link, a, b, () => listener.ws.send(JSON.stringify({ response: { requestId: request.id, statusCode: 200, body: false } })));
+    const res = await pending;
+    const ms = Date.now() - started;
+    // Before: hc.alive named the 1,000 that had waited longest, not this one while they waited: its loss was found
+    // only once they had timed out (504 after timeouts.httpResponseMs, 20 s), and it answered after about 19 s.
+    assert.equal(res.status, 502);
+    assert.equal(JSON.parse(String(res.body)).code, 'ListenerGone');
+    assert.ok(ms < 10000, `answered after ${ms} ms`);
+    // The older ones were still watched at A, and named: none was taken for lost, and their answers come through.
+    for (const requestId of olderIds) listener.ws.send(JSON.stringify({ response: { requestId, statusCode: 200, body: false } }));
+    assert.deepEqual(new Set((await Promise.all(older)).map((r) => r.status)), new Set([200]));
+  });
+
   it("a connect whose listener dropped its channel while the sender's edge was off NATS fails at once (502 ListenerGone), not at acceptMs", async (t) => {
     const link = await CuttableProxy.start(nats.port, t);
     const a = await edge(t, 'lost-connect-a', nats.url);
