@@ -68,3 +68,37 @@ export async function startHycoHttpsListener(
   await listening;
   return server;
 }
+
+/** hyco-ws and hyco-https renew a token function's token on this interval. */
+const TOKEN_RENEWAL_MS = 60 * 60 * 1000;
+
+/**
+ * Runs `start`, which makes a hyco-ws or hyco-https listener connect (hyco-ws's createRelayedServer, hyco-https's
+ * listen()): each sets its hourly token renewal with setInterval as it connects. Returns what `start` returned, and
+ * `renew`, which runs that renewal now, as the hour passing would (once the channel is open: it sends renewToken).
+ * The timer stays a real one, cleared by the listener as before. Not node:test's mock.timers: while enabled it stands
+ * in for setInterval and clearInterval process-wide, and a real interval cleared meanwhile stays set. An earlier
+ * test's listener reconnecting as the mock was enabled left its real hourly renewal timer so, and that test file's
+ * process did not exit after its tests passed (past the suite's 120 s per file).
+ */
+export function withTokenRenewal<T>(start: () => T): { started: T; renew(): void } {
+  const renewals: (() => void)[] = [];
+  const realSetInterval = globalThis.setInterval;
+  globalThis.setInterval = ((callback: () => void, ms?: number, ...args: unknown[]) => {
+    if (ms === TOKEN_RENEWAL_MS) renewals.push(callback);
+    return realSetInterval(callback, ms, ...args);
+  }) as typeof setInterval;
+  let started: T;
+  try {
+    started = start();
+  } finally {
+    globalThis.setInterval = realSetInterval;
+  }
+  return {
+    started,
+    renew() {
+      if (renewals.length !== 1) throw new Error(`${renewals.length} hourly token renewals were set, not one`);
+      renewals[0]();
+    },
+  };
+}
