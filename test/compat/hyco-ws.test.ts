@@ -1,9 +1,9 @@
 // Microsoft's hyco-ws 1.0.5, unmodified, as the listener; ws 8 as the sender.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, describe, it, mock } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { startHycoWsListener, listenUrl } from '../helpers/hyco.ts';
+import { startHycoWsListener, listenUrl, withTokenRenewal } from '../helpers/hyco.ts';
 import { openWebSocket } from '../helpers/raw-listener.ts';
 import { startRelayProcess, tokenFor, wsUrl, type RelayProcess } from '../helpers/relay.ts';
 import { until, waitEvent, withTimeout } from '../helpers/wait.ts';
@@ -107,15 +107,14 @@ describe('hyco-ws listener, token renewal', () => {
   }
 
   it('keeps the control channel open past the first token expiry when renewToken arrives', async (t) => {
-    mock.timers.enable({ apis: ['setInterval'] });
-    t.after(() => mock.timers.reset());
     const url = listenUrl(relay.url);
     const state = shortThenLong(url);
     let listening = 0;
-    const server = await startHycoWsListener(t, relay.url, echo, 'echo', state.token);
+    // hyco-ws renews on an hourly setInterval, set as it connects: run it once now.
+    const { started, renew } = withTokenRenewal(() => startHycoWsListener(t, relay.url, echo, 'echo', state.token));
+    const server = await started;
     server.on('listening', () => listening++);
-    // hyco-ws renews on an hourly setInterval: advance it once.
-    mock.timers.tick(60 * 60 * 1000);
+    renew();
     assert.equal(state.calls, 2, 'hyco-ws asked for a fresh token and sent renewToken');
     await new Promise((r) => setTimeout(r, 3500));
     assert.equal(listening, 0, 'the control channel was never dropped and re-opened');
