@@ -66,6 +66,8 @@ interface RestCall {
   segments: string[];
   params: URLSearchParams;
   req: IncomingMessage;
+  /** Its change went to the hub (act): answered as it comes out, even when a reload removed the hub since. */
+  acted?: boolean;
 }
 
 const OK: Answer = { status: 200 };
@@ -102,13 +104,14 @@ export function handleRestRequest(
     .then(
       (answer) => {
         if (answer === 'PayloadTooLarge') service.bodyTooLarge(hub.name);
-        // A reload removed the hub while the call was under way (its body still arriving, its send being stored):
-        // answered as a call to a hub this edge does not serve is (before: 202 for a send that reached nobody).
-        if (hubGone(call)) return respond(res, 'HubNotFound', call.method);
+        // A reload removed the hub while the call was under way (its body still arriving): answered as a call to a hub
+        // this edge does not serve is (before: 202 for a send that reached nobody). One whose change had gone out
+        // (a send being stored) is answered as it came out: stored, the edges still serving the hub deliver it.
+        if (!call.acted && hubGone(call)) return respond(res, 'HubNotFound', call.method);
         return typeof answer === 'object' && 'raw' in answer ? sendRaw(res, answer.raw) : respond(res, answer, call.method);
       },
       (err) => {
-        if (hubGone(call)) return respond(res, 'HubNotFound', call.method);
+        if (!call.acted && hubGone(call)) return respond(res, 'HubNotFound', call.method);
         const code = restErrorCode(err);
         if (code === 'ServerError') service.restCallFailed(hub.name, err);
         respond(res, code, call.method, err);
@@ -124,6 +127,19 @@ export function handleRestRequest(
  */
 function hubGone(call: RestCall): boolean {
   return call.service.hub(call.hub.name) !== call.hub;
+}
+
+/**
+ * Makes the call's change (`change`) unless a reload removed its hub (false: nothing done, answered 404
+ * HubNotFound). Once made, the call is answered as the change comes out, whatever a reload does meanwhile: before,
+ * a reload landing while a durable hub stored the change answered 404 for what was stored, which the edges
+ * still serving the hub delivered (a caller told 404 sends it again, elsewhere).
+ */
+async function act(call: RestCall, change: () => Promise<unknown>): Promise<boolean> {
+  if (hubGone(call)) return false;
+  call.acted = true;
+  await change();
+  return true;
 }
 
 /** Traces a REST call once answered: method, path, status, duration and request size (never its body or token). */
@@ -352,9 +368,8 @@ async function send(call: RestCall, target: Target, excluded?: ReadonlySet<strin
   if (ttlSeconds > 0) message.expiresAt = Date.now() + ttlSeconds * 1000;
   // Removed while the body came: not sent at all (a durable hub's stream would still store it, and the other edges
   // still serving the hub deliver it, for a caller told 404; a hub of the same name added since is another hub).
-  if (hubGone(call)) return 'HubNotFound';
   // Accepted only once sent (stored, on a durable hub: a StoreError answers 503).
-  await call.hub.send(target, message, excluded, undefined, filter);
+  if (!(await act(call, () => call.hub.send(target, message, excluded, undefined, filter)))) return 'HubNotFound';
   return ACCEPTED;
 }
 
@@ -401,12 +416,12 @@ function excludedOf(params: URLSearchParams): Set<string> | undefined {
 
 async function closeConnections(call: RestCall, target: Target): Promise<Answer> {
   const reason = call.params.get('reason')?.slice(0, 120) || undefined;
-  await call.hub.close(target, excludedOf(call.params), reason);
+  if (!(await act(call, () => call.hub.close(target, excludedOf(call.params), reason)))) return 'HubNotFound';
   return NO_CONTENT;
 }
 
 async function membership(call: RestCall, target: Target, action: GroupAction, groups: string[], answer: Answer = OK): Promise<Answer> {
-  await call.hub.changeGroups(target, action, groups);
+  if (!(await act(call, () => call.hub.changeGroups(target, action, groups)))) return 'HubNotFound';
   return action === 'removeAll' ? NO_CONTENT : answer;
 }
 
@@ -466,8 +481,7 @@ async function changeGroups(call: RestCall, action: ':addToGroups' | ':removeFro
   const filter = text === undefined || text === null || text === '' ? undefined : parseFilter(text);
   if (filter !== undefined && !(filter instanceof ConnectionFilter)) return filter;
   // Removed while the body came: changes nothing anywhere (as a send then sends nothing).
-  if (hubGone(call)) return 'HubNotFound';
-  await call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter);
+  if (!(await act(call, () => call.hub.changeGroups({ kind: 'all' }, action === ':addToGroups' ? 'add' : 'remove', groups, filter)))) return 'HubNotFound';
   return OK;
 }
 

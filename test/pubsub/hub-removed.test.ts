@@ -64,6 +64,23 @@ const BOTH = [
 ];
 const CHAT_ONLY = [BOTH[0]];
 
+/**
+ * A relay on a real nats-server with JetStream serving BOTH as durable hubs, both reading their streams (a send
+ * before that is refused 503, which is not what these tests are about); `stored(hub)` counts its stream's messages.
+ */
+async function durableRelay(t: TestContext): Promise<Awaited<ReturnType<typeof reloadableRelay>> & { durable: object[]; stored(hub: string): Promise<number> }> {
+  const nats = await startNatsServer(t);
+  const bus = { bus: { kind: 'nats', servers: [nats.url], requestTimeoutMs: 2000, gatherStallMs: 50, jetstream: { storage: 'memory' } } };
+  const durable = BOTH.map((h) => ({ ...h, durable: true }));
+  const { relay, serve } = await reloadableRelay(t, durable, bus);
+  await until(() => relay.pubsub.followsStreams(), 20000, 'the durable hubs to read their streams');
+  const nc = await natsConnect({ servers: nats.url });
+  t.after(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  const stored = async (hub: string) => (await jsm.streams.info(`${relay.pubsub.config.bus.jetstream.streamPrefix}_${hub}`)).state.messages;
+  return { relay, serve, durable, stored };
+}
+
 describe('a REST call under way when a reload removes its hub', () => {
   it('is answered 404 HubNotFound and sends nothing, while one to a hub the reload kept is answered and delivered (before: 202 for a send that reached nobody)', async (t) => {
     const { relay, serve } = await reloadableRelay(t, BOTH);
@@ -112,16 +129,7 @@ describe('a REST call under way when a reload removes its hub', () => {
   });
 
   it('on a durable hub stores nothing in its stream (before: stored, and answered 202)', async (t) => {
-    const nats = await startNatsServer(t);
-    const bus = { bus: { kind: 'nats', servers: [nats.url], requestTimeoutMs: 2000, gatherStallMs: 50, jetstream: { storage: 'memory' } } };
-    const durable = BOTH.map((h) => ({ ...h, durable: true }));
-    const { relay, serve } = await reloadableRelay(t, durable, bus);
-    // Both hubs read their streams (a send before that is refused 503, which is not what this test is about).
-    await until(() => relay.pubsub.followsStreams(), 20000, 'the durable hubs to read their streams');
-    const nc = await natsConnect({ servers: nats.url });
-    t.after(() => nc.close());
-    const jsm = await nc.jetstreamManager();
-    const stored = async (hub: string) => (await jsm.streams.info(`${relay.pubsub.config.bus.jetstream.streamPrefix}_${hub}`)).state.messages;
+    const { relay, serve, durable, stored } = await durableRelay(t);
     const member = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
     await member.request({ type: 'joinGroup', group: 'g' });
     const storedBefore = await stored(OTHER_HUB);
@@ -133,5 +141,29 @@ describe('a REST call under way when a reload removes its hub', () => {
     assert.equal((await toKept()).status, 202);
     await member.waitFor((m) => m.type === 'message' && m.data === 'for the kept hub', 10000, 'the kept hub\'s send');
     assert.equal(await stored(OTHER_HUB), storedBefore, 'nothing stored in the removed hub\'s stream');
+  });
+});
+
+describe('a REST send stored when a reload removes its hub', () => {
+  it('is answered 202, as what it did (stored, delivered by the edges still serving the hub), not 404 (before: 404 HubNotFound for a stored send, which a caller retries elsewhere)', async (t) => {
+    const { relay, serve, durable, stored } = await durableRelay(t);
+    const storedBefore = await stored(OTHER_HUB);
+    // The reload lands while the send is being stored: its publish is out, and stored, before the call is answered.
+    const events = relay.pubsub.hub(OTHER_HUB)!.durable!;
+    const send = events.send.bind(events);
+    events.send = async (...args) => {
+      const sending = send(...args);
+      serve(durable.slice(0, 1));
+      return await sending;
+    };
+    const url = `${relay.url}/api/hubs/${OTHER_HUB}/groups/g/:send?api-version=2024-12-01`;
+    const answer = await withTimeout(
+      fetch(url, { method: 'POST', headers: { authorization: `Bearer ${signJwt({ aud: url }, OTHER_HUB_KEY, 60)}`, 'content-type': 'text/plain' }, body: 'stored' }),
+      10000,
+      'the send\'s answer',
+    );
+    assert.equal(await stored(OTHER_HUB), storedBefore + 1, 'the send was stored');
+    assert.equal(answer.status, 202, `${answer.status} ${answer.headers.get('x-ms-error-code')}`);
+    assert.equal(relay.pubsub.hub(OTHER_HUB), undefined, 'the hub was removed');
   });
 });
