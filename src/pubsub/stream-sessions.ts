@@ -22,6 +22,7 @@
 // removes the checkpoint of the edge that took the session: a checkpoint
 // records the claim its owner holds the session by, and a later claim wins.
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { decodeEdgeMessage, encodeEdgeMessage, isEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { StoreConflict } from '../bus/jetstream-errors.ts';
@@ -203,6 +204,9 @@ export class StreamSessions {
   ) {
     this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(options.checkpointIntervalMs / 4)));
     this.timer.unref();
+    // One listener per take waiting for its claim (claim), each removed as it ends: Node's default of 10 warned of a
+    // leak (MaxListenersExceededWarning) when an edge's clients recovered here at once, which is not one.
+    setMaxListeners(0, this.closing.signal);
   }
 
   private key(connectionId: string): string {
