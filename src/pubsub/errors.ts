@@ -59,8 +59,10 @@ export const PUBSUB_ERRORS = {
   StreamGap: { status: 503, closeCode: 1008, message: "This edge missed events of the hub's stream (its limits dropped them before it read them): reconnect for a new session" },
   ClosedByServer: { status: 200, closeCode: 1008, message: 'Closed by the server' },
   // A reconnect with the session's id and token took it to a new socket while its old one was still open: the old one
-  // is closed, not dropped. 1008: a client still on it must not recover the session back from the new socket.
-  SessionMoved: { status: 409, closeCode: 1008, message: 'The session was recovered on another connection (a reconnect with its id and token): this one no longer carries it' },
+  // is closed, not dropped. 1001, not 1008 (after which @azure/web-pubsub-client does not recover): the old socket may
+  // be the one its client is on, the new one a reconnect cut at once (a load balancer's retry) that took the session
+  // all the same; that client then recovers it back. A client that did move reads its old socket no more.
+  SessionMoved: { status: 409, closeCode: 1001, message: 'The session was recovered on another connection (a reconnect with its id and token): this one no longer carries it' },
   // A simple client's `message` event the handler did not accept: Azure drops the connection; 1011, the server cannot go on with it.
   MessageEventFailed: { status: 500, closeCode: 1011, message: 'The event handler did not accept the message (answered other than 2xx, or not at all)' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },

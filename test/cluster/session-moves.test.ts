@@ -77,7 +77,7 @@ describe('a reliable session moved between edges on core NATS', () => {
   });
 
   for (const [kind, extra] of [['core NATS', CORE_NATS], ['durable hub', {}]] as const) {
-    it(`closes the socket the session still had on the edge that gave it 1008 SessionMoved, not dropped (${kind}; before: 1006)`, async (t) => {
+    it(`closes the socket the session still had on the edge that gave it 1001 SessionMoved, not dropped (${kind}; before: 1006)`, async (t) => {
       const nats = await startNatsServer(t);
       const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...extra, timeouts: { shutdownMs: 500 } }))));
       await Promise.all([a, b].map((e) => waitReady(e)));
@@ -89,7 +89,7 @@ describe('a reliable session moved between edges on core NATS', () => {
       const again = await RawPubSubClient.connect(accessUrl(b.url) + held.recovery, RELIABLE, t);
       const system = await again.waitFor((m) => m.type === 'system', 10000, 'the session on B');
       assert.equal(system.event, 'connected', JSON.stringify(system));
-      assert.deepEqual(await withTimeout(held.client.closed, 10000, 'the old socket on A to close'), { code: 1008, reason: 'SessionMoved' });
+      assert.deepEqual(await withTimeout(held.client.closed, 10000, 'the old socket on A to close'), { code: 1001, reason: 'SessionMoved' });
       assert.ok(held.client.messages.some((m) => m.type === 'system' && m.event === 'disconnected'), 'disconnected before the close');
       await until(() => again.dataMessages().length >= 2, 10000, 'the two again on B');
       assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2]]);
@@ -235,7 +235,7 @@ describe('a reliable session moved between edges on core NATS', () => {
     const both = await Promise.all([0, 1].map(() => RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t)));
     // The first to take it attaches, the second then takes it over here, and the first is told the session moved.
     const moved = await withTimeout(Promise.race(both.map((c, i) => c.closed.then((close) => ({ i, close })))), 10000, 'one socket to be told the session moved');
-    assert.deepEqual(moved.close, { code: 1008, reason: 'SessionMoved' });
+    assert.deepEqual(moved.close, { code: 1001, reason: 'SessionMoved' });
     const kept = both[1 - moved.i];
     await kept.waitFor((m) => m.type === 'system' && m.event === 'connected', 10000, 'the later socket connected');
     assert.equal(kept.ws.readyState, kept.ws.OPEN);

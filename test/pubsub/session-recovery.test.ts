@@ -1,15 +1,16 @@
 // Recovery of a reliable session whose old socket is still open
 // (docs/protocols/web-pubsub.md, "Recovery"; src/pubsub/session-recovery.ts):
 // the new socket gets `connected` and every unacknowledged message, as after a
-// drop; the old one gets `disconnected` and a close frame, 1008 SessionMoved
-// (1008: a client still on it does not recover the session back), and is
-// dropped when it does not answer the close within timeouts.closeHandshakeMs.
+// drop; the old one gets `disconnected` and a close frame, 1001 SessionMoved
+// (not 1008: a client still on it recovers the session back), and is dropped
+// when it does not answer the close within timeouts.closeHandshakeMs.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
 import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { parseServerFrames, rawUpgrade, readFrames, readUntilCloseOr } from '../helpers/raw-socket.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
+import { startClient } from '../helpers/web-pubsub-sdk.ts';
 
 /** The query a reconnect adds to recover the session `connected` named. */
 function recoveryOf(connected: { connectionId: string; reconnectionToken: string }): string {
@@ -17,7 +18,7 @@ function recoveryOf(connected: { connectionId: string; reconnectionToken: string
 }
 
 describe('recovery of a session whose old socket is still open', () => {
-  it('closes the old socket 1008 SessionMoved after `disconnected`, and gives the new one the unacknowledged messages (before: the old one dropped, 1006)', async (t) => {
+  it('closes the old socket 1001 SessionMoved after `disconnected`, and gives the new one the unacknowledged messages (before: the old one dropped, 1006)', async (t) => {
     const relay = await startPubSubRelay(t);
     const old = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
     const connected = await old.waitFor((m) => m.type === 'system' && m.event === 'connected');
@@ -26,7 +27,7 @@ describe('recovery of a session whose old socket is still open', () => {
     for (let n = 1; n <= 3; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
     await old.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three, unacknowledged');
     const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf(connected), RELIABLE, t);
-    assert.deepEqual(await withTimeout(old.closed, 5000, 'the old socket to close'), { code: 1008, reason: 'SessionMoved' });
+    assert.deepEqual(await withTimeout(old.closed, 5000, 'the old socket to close'), { code: 1001, reason: 'SessionMoved' });
     assert.ok(old.messages.some((m) => m.type === 'system' && m.event === 'disconnected'), 'disconnected before the close');
     await again.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three again');
     assert.equal(again.messages[0].event, 'connected');
@@ -58,8 +59,33 @@ describe('recovery of a session whose old socket is still open', () => {
     assert.ok(closed);
     const close = parseServerFrames(after).frames.find((f) => f.opcode === 0x8);
     assert.ok(close, 'a close frame came first');
-    assert.deepEqual([close.payload.readUInt16BE(0), close.payload.subarray(2).toString()], [1008, 'SessionMoved']);
+    assert.deepEqual([close.payload.readUInt16BE(0), close.payload.subarray(2).toString()], [1001, 'SessionMoved']);
     assert.ok(waited >= closeHandshakeMs, `dropped ${Math.round(waited)} ms after the recovery began, not before the bound`);
     assert.equal(again.ws.readyState, WebSocket.OPEN);
+  });
+
+  it('leaves a client still on the old socket (the new one a reconnect cut at once) to recover its session back with @azure/web-pubsub-client: same connection, nothing lost', async (t) => {
+    // Seen in test/cluster/pubsub.test.ts: a load balancer's retry took the session on another edge as its socket was
+    // cut, while the SDK's next reconnect had recovered it here. Closed 1008, the SDK did not recover: it started a new
+    // connection, and what was sent in between was lost to it.
+    const relay = await startPubSubRelay(t);
+    const sdk = await startClient(t, accessUrl(relay.url));
+    await sdk.client.joinGroup('g');
+    const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    const publish = async (from: number, to: number) => {
+      for (let n = from; n <= to; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
+    };
+    await publish(1, 3);
+    await until(() => sdk.groupData.length === 3, 5000, 'the first three');
+    // The SDK's own reconnection token (it is what its recovery sends): the stale reconnect has it too.
+    const token = (sdk.client as unknown as { _reconnectionToken?: string })._reconnectionToken;
+    assert.ok(token, 'the SDK holds its reconnection token');
+    const stale = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf({ connectionId: sdk.connectionIds[0], reconnectionToken: token }), RELIABLE, t);
+    await stale.waitFor((m) => m.type === 'system' && m.event === 'connected', 5000, 'the stale reconnect to take the session');
+    stale.ws.terminate();
+    await publish(4, 6);
+    await until(() => sdk.groupData.length >= 6, 10000, `the next three on the recovered session (got ${sdk.groupData.map((m) => m.data).join(',')})`);
+    assert.deepEqual(sdk.groupData.map((m) => m.data), [1, 2, 3, 4, 5, 6]);
+    assert.equal(sdk.connectionIds.length, 1, 'the session recovered, not replaced by a new connection');
   });
 });
