@@ -456,7 +456,7 @@ export interface PsCheckpoint {
   /**
    * The stream sequence of the claim by which `owner` holds the session (0 or
    * absent: it opened there). A later claim wins: an edge that finds a higher
-   * one stored no longer writes (stream-sessions.ts).
+   * one stored no longer writes (session-checkpoints.ts).
    */
   claim?: number;
   /** Set in the owner's last write when a claim made it let go: that claim's stream sequence. */

@@ -268,7 +268,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   /**
-   * Reads the first page of `(from, to]` of the stream for one session being rebuilt (stream-sessions.ts, which
+   * Reads the first page of `(from, to]` of the stream for one session being rebuilt (session-take.ts, which
    * reads on from the last message it got): at most REPLAY_PAGE_MESSAGES, and no more once REPLAY_PAGE_BYTES are
    * read. The range holds every group's events since the session's checkpoint, which a client that withholds
    * its acknowledgements can keep far behind: read at once, it was held in memory whole, once per session moving.

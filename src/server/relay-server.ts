@@ -18,7 +18,7 @@ import { upgradeWhenItsTurn, whenItsTurn } from '../http/connection-close.ts';
 import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
-import { sessionBucketTtlMs } from '../pubsub/stream-sessions.ts';
+import { sessionBucketTtlMs } from '../pubsub/session-checkpoints.ts';
 import { handleOps } from '../ops/health.ts';
 import { ClusterStatus } from '../ops/cluster-status.ts';
 import { OpsDashboard } from '../ops/dashboard.ts';

@@ -246,7 +246,7 @@ describe('a reliable session moved between edges on core NATS', () => {
   });
 });
 
-// The checkpoint of a durable hub's session (src/pubsub/stream-sessions.ts): deleted when the session ends for
+// The checkpoint of a durable hub's session (src/pubsub/session-checkpoints.ts): deleted when the session ends for
 // good, but only if it is still the one this edge wrote, and never before a write this edge sent earlier.
 describe('a new connection on core NATS with other edges', () => {
   for (const protocol of ['json.webpubsub.azure.v1', RELIABLE]) {

@@ -1,4 +1,4 @@
-// A durable hub's takes of sessions from other edges (src/pubsub/stream-sessions.ts, docs/durability.md
+// A durable hub's takes of sessions from other edges (src/pubsub/session-take.ts, docs/durability.md
 // "Reliable sessions") waiting for their claims to be read back when the hub's sessions close: each stops at once,
 // however many wait, and waiting leaves nothing behind.
 import { describe, it } from 'node:test';

@@ -1,0 +1,399 @@
+// Taking a durable hub's session over from another edge, alive or killed
+// (docs/durability.md, "Reliable sessions"): this edge stores a claim in the
+// hub's stream and waits to read it back (every event before it is then
+// applied here), reads the checkpoint the holder wrote last (waiting a while
+// for a live holder's last write, which carries what the stream does not),
+// and replays the stream from it to where this edge's follower is, numbering
+// events as the old edge did, before the connection joins the hub. Claims read
+// from the stream reach the takes under way through stream-sessions.ts.
+import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
+import type { JetStreamAccess } from '../bus/jetstream.ts';
+import type { StoredMessage } from '../bus/stream-reader.ts';
+import type { Subjects } from '../bus/subjects.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { filterFromBus, selects } from './connection-filter.ts';
+import { sharedMessageOf } from './downstream.ts';
+import { SessionUnavailable } from './errors.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import { ConnectionPermissions } from './permissions.ts';
+import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
+import { opensWith, type SessionCheckpoints } from './session-checkpoints.ts';
+
+/** What a take needs of the hub's sessions (part of StreamSessionsOptions). */
+export interface SessionTakeOptions {
+  js: JetStreamAccess;
+  subjects: Subjects;
+  nodeId: string;
+  /** This edge process (ClusterHubDeps.bootId). */
+  bootId: string;
+  log: Logger;
+  limits: ConnectionLimits;
+  requestTimeoutMs: number;
+  publishTimeoutMs: number;
+  /** The hub keeps history: group messages carry their sequence. */
+  history: boolean;
+}
+
+/** What the sessions and their takes need of the hub's event path (stream-events.ts). */
+export interface SessionStream {
+  /** The last stream sequence this edge applied. */
+  readonly position: number;
+  readonly started: boolean;
+  readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
+  firstSequence(): Promise<number>;
+}
+
+/** Connection ids the relay issues (and a reconnecting client must give back). */
+const CONNECTION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** How often, and how far apart, a take looks again for a checkpoint not there yet. */
+const MISSING_CHECKPOINT_RETRIES = 4;
+const MISSING_CHECKPOINT_WAIT_MS = 250;
+/** How often a take looks for the last write of a live owner letting go. */
+const LAST_WRITE_POLL_MS = 20;
+/** How far either side of a checkpoint's position a take looks for its event, numbered otherwise on this edge's server (a soak saw 7 apart). */
+const RENUMBERING_READ = 64;
+
+/** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
+export interface Holder {
+  origin: string;
+  boot?: string;
+  seq: number;
+  /** When this edge read the claim (performance.now()): noted ones go after twice timeouts.sessionRetainMs. */
+  at?: number;
+}
+
+/** This edge's claim read back: its sequence, and the claim it displaced (unknown when read before this edge followed). */
+export interface ClaimRead {
+  seq: number;
+  before: Holder | undefined;
+}
+
+/** True when an event for `target` (minus `excluded`) reaches `connection`. */
+function addresses(target: Target, connection: PubSubConnection, excluded?: string[]): boolean {
+  if (excluded?.includes(connection.id)) return false;
+  switch (target.kind) {
+    case 'all':
+      return true;
+    case 'group':
+      return connection.groups.has(target.name);
+    case 'user':
+      return connection.userId === target.name;
+    case 'connection':
+      return connection.id === target.name;
+  }
+}
+
+/** The takes of sessions under way on this edge, one hub's. */
+export class SessionTakes {
+  /** This edge's own claims, waiting to be read back from the stream: connection id -> resolve(seq). */
+  private readonly ownClaims = new Map<string, (claim: ClaimRead) => void>();
+  /** The newest claim read per connection id while a take is in progress here. */
+  private readonly claimsSeen = new Map<string, { origin: string; seq: number }>();
+  /** Set when a reload removed the hub (close): a take under way stops, and ends a session it claimed. */
+  private removedByReload = false;
+  /** Aborted at close: a take waiting for its claim to be read back stops waiting (the follower has stopped). */
+  private readonly closing = new AbortController();
+
+  constructor(
+    private readonly hub: ClusterHub,
+    private readonly stream: SessionStream,
+    private readonly checkpoints: SessionCheckpoints,
+    private readonly options: SessionTakeOptions,
+  ) {
+    // One listener per take waiting for its claim (claim), each removed as it ends: Node's default of 10 warned of a
+    // leak (MaxListenersExceededWarning) when an edge's clients recovered here at once, which is not one.
+    setMaxListeners(0, this.closing.signal);
+  }
+
+  /** This edge's claim read back from the stream: the take waiting for it goes on. */
+  ownClaimRead(connectionId: string, claim: ClaimRead): void {
+    this.ownClaims.get(connectionId)?.(claim);
+  }
+
+  /** Another edge's claim read: a take of that session under way here stops at it (replay). */
+  otherClaimRead(connectionId: string, origin: string, seq: number): void {
+    if (this.claimsSeen.has(connectionId)) this.claimsSeen.set(connectionId, { origin, seq });
+  }
+
+  /** The hub's sessions closed (`removed`: by a reload): takes under way stop. */
+  close(removed: boolean): void {
+    this.removedByReload = removed;
+    this.closing.abort();
+  }
+
+  /**
+   * Rebuilds a session here from its checkpoint and the hub's stream; the
+   * connection is in the hub, not yet attached to a socket. Undefined when no
+   * such session is kept (or the token does not match); throws
+   * SessionUnavailable when JetStream cannot answer now.
+   */
+  async take(connectionId: string, token: string, protocol: string): Promise<PubSubConnection | undefined> {
+    if (!CONNECTION_ID.test(connectionId)) return undefined;
+    // Ended here, its end not stored yet: ended all the same.
+    if (this.checkpoints.ending(connectionId)) return undefined;
+    if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
+    // A session that has just opened elsewhere may not have its first checkpoint written yet.
+    let found = await this.checkpoints.read(connectionId);
+    for (let tries = 0; !found && tries < MISSING_CHECKPOINT_RETRIES; tries++) {
+      await new Promise((r) => setTimeout(r, MISSING_CHECKPOINT_WAIT_MS));
+      found = await this.checkpoints.read(connectionId);
+    }
+    if (!opensWith(found, protocol, token)) return undefined;
+    // Removed by a reload meanwhile: no claim (the edge holding the session keeps it).
+    this.stopIfRemoved();
+    const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
+    this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
+    const claimed: { seq?: number } = {};
+    let connection: PubSubConnection | undefined;
+    try {
+      const { seq: claimSeq, before } = await this.claim(connectionId, deadline, claimed);
+      // The edge that held it writes its last checkpoint when it reads the claim: what the stream does
+      // not carry (permissions a REST call changed, the ackIds it answered) is only there.
+      const holder = before ?? { origin: found.owner, boot: found.ownerBoot, seq: found.claim ?? 0 };
+      // Gone or ended meanwhile (before: the copy read first was taken, a session ended during the take revived).
+      const checkpoint = await this.lastWriteOf(connectionId, holder, claimSeq, deadline);
+      this.stopIfRemoved();
+      if (!opensWith(checkpoint, protocol, token)) return undefined;
+      connection = new PubSubConnection(
+        connectionId,
+        this.hub.name,
+        checkpoint.userId,
+        ConnectionPermissions.fromSnapshot(checkpoint.permissions),
+        protocol,
+        this.options.limits,
+        token,
+      );
+      for (const group of checkpoint.groups) connection.groups.add(group);
+      for (const ackId of checkpoint.ackIds ?? []) connection.rememberAckId(ackId);
+      connection.states = checkpoint.states;
+      connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
+      this.checkpoints.heldBy(connection, claimSeq);
+      const from = checkpoint.mid === undefined ? checkpoint.position : await this.positionOf(checkpoint.mid, checkpoint.position, deadline);
+      const replayed = await this.replay(connection, from, claimSeq, deadline);
+      if (replayed !== 'caught up') {
+        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });
+        connection.session!.clear();
+        return undefined;
+      }
+      this.options.log.info({
+        event: 'pubsub.session_taken',
+        hub: this.hub.name,
+        connectionId,
+        from: checkpoint.owner,
+        checkpoint: checkpoint.sequenceId,
+        replay: connection.session!.unacknowledged,
+      });
+      // Written before the client hears `connected`: an edge taking the session from this one
+      // next knows by this write that this edge held it (lastWriteOf), and waits for its last.
+      const taken = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+      this.stopIfRemoved();
+      if (taken) await this.checkpoints.write(connection, taken);
+      this.stopIfRemoved();
+      return connection;
+    } catch (err) {
+      // A reload removed the hub during the take, after its claim was stored: the edge that held the session let
+      // it go for that claim, and the client is told the hub was removed (1008), as the hub's connections here
+      // were. The session ends as theirs did (before: its checkpoint stayed open, and a hub of the same name added
+      // again, with another key, took the session back for the old reconnection token).
+      if (this.removedByReload && claimed.seq !== undefined) {
+        if (connection) {
+          this.hub.local.remove(connection);
+          connection.session?.clear();
+        }
+        await this.checkpoints.endClaimed(connectionId, claimed.seq);
+      }
+      throw err;
+    } finally {
+      this.claimsSeen.delete(connectionId);
+    }
+  }
+
+  /** Throws SessionUnavailable once a reload removed the hub: a take under way goes no further (session-recovery.ts says why). */
+  private stopIfRemoved(): void {
+    if (this.removedByReload) throw new SessionUnavailable('the hub was removed from the configuration');
+  }
+
+  /**
+   * The checkpoint after the claim `claimSeq`, once `holder` (the edge whose
+   * claim this one displaced, or that opened the session) wrote it on letting
+   * go (`releasedBy` this claim); at once when the holder is this edge (its
+   * own earlier process let go at shutdown) or is not on the hub's roster
+   * (dead or gone: what it wrote last is all there is). A live holder is
+   * waited for up to bus.requestTimeoutMs, then the last checkpoint stored is
+   * taken (before, it always was: a revoke or grant made just before a move,
+   * and the ackIds answered, could be lost).
+   */
+  private async lastWriteOf(connectionId: string, holder: Holder, claimSeq: number, deadline: number): Promise<PsCheckpoint | undefined> {
+    const until = Math.min(deadline, Date.now() + this.options.requestTimeoutMs);
+    const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin, holder.boot);
+    for (;;) {
+      const checkpoint = await this.checkpoints.read(connectionId);
+      if (!checkpoint || checkpoint.ended || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
+      // The holder's claim never became a session there (its take failed: an edge that takes a
+      // session writes before its client hears `connected`), and the edge before it let go for that claim.
+      if (checkpoint.owner !== holder.origin && checkpoint.releasedBy !== undefined && checkpoint.releasedBy >= holder.seq) return checkpoint;
+      if (Date.now() >= until || !this.hub.edgeOnRoster(holder.origin, holder.boot)) {
+        this.options.log.info({ event: 'pubsub.session_last_write_missing', hub: this.hub.name, connectionId, holder: holder.origin });
+        return checkpoint;
+      }
+      await new Promise((r) => setTimeout(r, LAST_WRITE_POLL_MS));
+    }
+  }
+
+  /** Stores this edge's claim and waits until this edge read it back: every event before it is applied here. */
+  private async claim(connectionId: string, deadline: number, claimed: { seq?: number }): Promise<ClaimRead> {
+    let readBack!: (claim: ClaimRead) => void;
+    const read = new Promise<ClaimRead>((resolve) => (readBack = resolve));
+    this.ownClaims.set(connectionId, readBack);
+    let timer: NodeJS.Timeout | undefined;
+    let stop: (() => void) | undefined;
+    try {
+      const claim: PsClaim = { op: 'ps.claim', origin: this.options.nodeId, boot: this.options.bootId, hub: this.hub.name, connectionId };
+      try {
+        claimed.seq = (await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(claim), randomUUID())).seq;
+      } catch (err) {
+        throw new SessionUnavailable((err as Error).message);
+      }
+      // Closed (the hub removed by a reload, or the edge stopping): the follower reads no more, the claim never
+      // comes back. Before, the take waited for it until its deadline (publishTimeoutMs + requestTimeoutMs).
+      const stopped = new Promise<never>((_, reject) => {
+        stop = () => reject(new SessionUnavailable(this.removedByReload ? 'the hub was removed from the configuration' : 'the hub stream is no longer read'));
+        timer = setTimeout(() => reject(new SessionUnavailable('the hub stream did not come back in time')), Math.max(0, deadline - Date.now()));
+        if (this.closing.signal.aborted) stop();
+        else this.closing.signal.addEventListener('abort', stop, { once: true });
+      });
+      return await Promise.race([read, stopped]);
+    } finally {
+      clearTimeout(timer);
+      if (stop) this.closing.signal.removeEventListener('abort', stop);
+      this.ownClaims.delete(connectionId);
+    }
+  }
+
+  /**
+   * Where the event `mid`, stored at `position` as the checkpoint's writer read the stream, is as this edge
+   * reads it. The copies of a stream on nats-server before 2.10.14 can number it differently (docs/durability.md):
+   * replayed from the writer's number, the session's ids moved by the difference, and its client got the event it
+   * had last again (the ids one higher) or dropped the next ones as seen (lower). Read around `position`; where
+   * the event is not found there, `position`.
+   */
+  private async positionOf(mid: string, position: number, deadline: number): Promise<number> {
+    const to = Math.min(position + RENUMBERING_READ, this.stream.position);
+    if (to <= 0) return position;
+    const read = async (fromExclusive: number, toInclusive: number) => {
+      try {
+        return await this.stream.readRange(fromExclusive, toInclusive, Math.max(100, deadline - Date.now()));
+      } catch (err) {
+        throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
+      }
+    };
+    // Where it was written, as a rule (the copies agree): one message read, not the 129 around it.
+    const [at] = position > 0 && position <= to ? await read(position - 1, position) : [];
+    if (at?.seq === position && decodeEdgeMessage(at.data, 'ps.send')?.message.mid === mid) return position;
+    const messages: StoredMessage[] = await read(Math.max(0, position - RENUMBERING_READ - 1), to);
+    for (const m of messages) {
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      if (decoded?.message.mid === mid) {
+        if (m.seq !== position) this.options.log.warn({ event: 'pubsub.checkpoint_renumbered', hub: this.hub.name, mid, writtenAs: position, readAs: m.seq });
+        return m.seq;
+      }
+    }
+    return position;
+  }
+
+  /**
+   * Applies the stream after `from` to the connection alone (its membership
+   * changes, and its events numbered in order) until it reaches where this
+   * edge's follower is; then, in the same turn, puts the connection into the
+   * hub, so the follower's next event reaches it too.
+   */
+  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string> {
+    if (from < this.stream.position) {
+      const first = await this.firstSequence();
+      if (first > from + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the checkpoint is at ${from})`;
+    }
+    for (let at = from; ; ) {
+      const to = this.stream.position;
+      if (at >= to) {
+        this.hub.local.adopt(connection);
+        return 'caught up';
+      }
+      if (Date.now() > deadline) throw new SessionUnavailable('the replay did not catch up in time');
+      let messages: StoredMessage[];
+      try {
+        messages = await this.stream.readRange(at, to, Math.max(100, deadline - Date.now()));
+      } catch (err) {
+        throw new SessionUnavailable(`the hub stream could not be read: ${(err as Error).message}`);
+      }
+      if (messages.length === 0) {
+        // Nothing read where the stream says it holds events: a read made while NATS reconnects, or on a server
+        // still catching up, can come back empty. Only a stream that starts after them has lost them (1008, the
+        // session dropped); otherwise the client tries again (1013). A chaos soak saw a session dropped so.
+        const first = await this.firstSequence();
+        if (first > at + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the replay is at ${at})`;
+        throw new SessionUnavailable(`a read of the hub stream after ${at} found nothing though it starts at ${first}`);
+      }
+      for (const m of messages) {
+        const outcome = this.replayOne(connection, m, claimSeq);
+        if (outcome) return outcome;
+        at = m.seq;
+      }
+      const newer = this.claimsSeen.get(connection.id);
+      if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
+    }
+  }
+
+  /** Where the hub stream starts now; one that cannot say is a failure to retry (1013), not events gone (1008, the session dropped). */
+  private async firstSequence(): Promise<number> {
+    try {
+      return await this.stream.firstSequence();
+    } catch (err) {
+      throw new SessionUnavailable(`the hub stream could not say where it starts: ${(err as Error).message}`);
+    }
+  }
+
+  /** One stream message for the connection being rebuilt; a reason to stop, or undefined. */
+  private replayOne(connection: PubSubConnection, m: StoredMessage, claimSeq: number): string | undefined {
+    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
+    const event = decoded?.message;
+    if (!event || asciiLowerCase(event.hub) !== this.hub.key) return undefined;
+    const session = connection.session!;
+    const filter = event.op === 'ps.claim' ? undefined : filterFromBus(event.filter);
+    // Skipped here as the follower skipped it on every edge.
+    if (filter === null) return undefined;
+    switch (event.op) {
+      case 'ps.send': {
+        if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
+        const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
+        const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        // One past its time to live is numbered all the same (the edge that held the session did, and the
+        // client's ids must go on matching theirs), and never sent (PubSubConnection.flush).
+        if (message && session.push(message) === undefined) return 'the session buffer is full';
+        return undefined;
+      }
+      case 'ps.member': {
+        const t = event.target;
+        const membership = filter ?? event.terms;
+        const matched = (t.kind === 'all' || addresses(t, connection)) && (!membership || selects(membership, connection));
+        if (!matched) return undefined;
+        const groups = event.action === 'removeAll' ? [...connection.groups] : event.groups;
+        for (const group of groups) {
+          const joined = event.action === 'add';
+          if (connection.groups.has(group) === joined) continue;
+          // As the live edges apply it (hub-cluster.ts, applyGroups).
+          if (joined && !connection.mayJoin(group)) break;
+          if (joined) connection.groups.add(group);
+          else connection.groups.delete(group);
+          if (!session.noteMembership(m.seq, group, joined)) return 'the session buffer is full';
+        }
+        return undefined;
+      }
+      case 'ps.claim':
+        if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return 'another edge claimed it since';
+        return undefined;
+    }
+  }
+}
