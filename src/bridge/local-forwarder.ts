@@ -4,8 +4,10 @@
 // listener, bad token) is closed and the reason logged; a 401 does not end the
 // bridge as it ends a -R with a fixed token: a listener may reject a connection
 // with any status, 401 too, and the answer reads the same. A fixed token's
-// expiry ends it (RelayAccess.watchExpiry). Open legs are pinged every
-// keep-alive period (leg-keep-alive.ts).
+// expiry (RelayAccess.watchExpiry) closes the port, and the bridge ends once
+// the connections open then have ended (retire): the relay does not cut a
+// sender's leg whose token expired. Open legs are pinged every keep-alive
+// period (leg-keep-alive.ts).
 import { createServer, type Server, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import type { Logger } from '../telemetry/logger.ts';
@@ -41,6 +43,8 @@ const TARGET_VERDICT_MARGIN_MS = 5000;
 
 export class LocalForwarder {
   private server: Server | undefined;
+  /** Resolves once the port is closed and every connection it took has ended (net.Server's close). */
+  private closed: Promise<void> | undefined;
   private readonly sockets = new Set<Socket>();
   /** Relay WebSockets not open yet: stop() ends them too. */
   private readonly connecting = new Set<WebSocket>();
@@ -136,10 +140,32 @@ export class LocalForwarder {
     });
   }
 
+  /** Connections taken and not yet closed, the relay's answer awaited or carried by a leg. */
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Takes no new connections: the port is closed, so a connect is refused, as to a port nobody listens on, not
+   * taken and reset. Resolves once every connection open then has ended on its own; they go on as before, with
+   * their keep-alive (a leg whose relay goes silent is cut). Before, a fixed token's expiry reset them all: an SSH
+   * session forwarded through -L was cut at the token's expiry, where Azure's relay lets it run.
+   */
+  retire(): Promise<void> {
+    if (!this.closed) this.log.info({ event: 'bridge.accepting_stopped', entity: this.forward.entity, open: this.sockets.size });
+    return this.closeServer();
+  }
+
+  private closeServer(): Promise<void> {
+    // Once: net.Server calls back a second close only on a later 'close' event, which may never come.
+    this.closed ??= new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    return this.closed;
+  }
+
   async stop(): Promise<void> {
     for (const ws of this.connecting) ws.terminate();
     // Cut mid-stream: each local client is reset, and its relayed leg ends 1011 (pipe.ts), so neither end takes it for a complete transfer.
     for (const s of this.sockets) s.resetAndDestroy();
-    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+    await this.closeServer();
   }
 }

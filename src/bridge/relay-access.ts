@@ -3,7 +3,10 @@
 // an https:// or wss:// relay the CA to trust and a client certificate. With
 // credentials that never change (a fixed token, or none) a refusal for them
 // (401) or the fixed token's expiry is the end of the bridge, not a reason to
-// try again: `ended` says why.
+// try again: `ended` says why. An end is gentle: the bridge takes no new
+// connections from then on and exits once those open have ended
+// (src/cli/bridge.ts), since the relay, as Azure's does, lets a relayed
+// connection outlive the token it was opened with (docs/security.md).
 import type { ClientOptions } from 'ws';
 import { createSasToken, resourceForUrl } from '../auth/sas-token.ts';
 import { tokenExpiresAt } from '../auth/token-expiry.ts';
@@ -55,7 +58,10 @@ export class RelayAccess {
   readonly wsBase: string;
   /** When the fixed token expires (Unix seconds), when it names its expiry (a SAS token's `se`, a JWT's `exp`). */
   readonly fixedTokenExpiresAt: number | undefined;
-  /** Resolves with why once the bridge's credentials are refused for good or its fixed token expired (giveUp). */
+  /**
+   * Resolves with why once the bridge's credentials are refused for good or its fixed token expired (giveUp): no new
+   * connection can be made with them, and the bridge winds down (its open connections go on until they end).
+   */
   readonly ended: Promise<string>;
   private end!: (why: string) => void;
   private expiryTimer: NodeJS.Timeout | undefined;
@@ -80,13 +86,13 @@ export class RelayAccess {
     return why;
   }
 
-  /** Ends the bridge: `ended` resolves with `why` (the first reason given). */
+  /** Winds the bridge down: `ended` resolves with `why` (the first reason given). */
   giveUp(why: string): void {
     this.end(why);
   }
 
   /**
-   * Ends the bridge when its fixed token expires (giveUp), not when the relay next refuses it: a -L would take
+   * Winds the bridge down when its fixed token expires (giveUp), not when the relay next refuses it: a -L would take
    * connections that all fail, a -R would be closed and refused. Call once at start; stop() clears it.
    */
   watchExpiry(now = Date.now()): void {

@@ -5,9 +5,12 @@
 // so the sender sees why. A lost control channel is re-opened after a
 // jittered, growing delay, and the log says why it was lost; a 401 for
 // credentials that never change (a fixed token, or none) is not retried but
-// ends the bridge (RelayAccess.refusedForGood). Tokens minted from a key are
-// renewed on the channel at half their lifetime. Open legs are pinged every
-// keep-alive period too (leg-keep-alive.ts).
+// ends the bridge (RelayAccess.refusedForGood), as a fixed token's expiry
+// does: the channel is closed, and the bridge ends once the legs open then
+// have ended (retire; the relay keeps spliced legs whatever becomes of the
+// listener's token). Tokens minted from a key are renewed on the channel at
+// half their lifetime. Open legs are pinged every keep-alive period too
+// (leg-keep-alive.ts).
 import { connect, type Socket } from 'node:net';
 import WebSocket from 'ws';
 import { hostBeforePort } from '../http/host-header.ts';
@@ -51,6 +54,10 @@ export class RemoteForwarder {
   private retryTimer: NodeJS.Timeout | undefined;
   private renewTimer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** Listens no more (retire): the channel is not re-opened, and `idle` resolves once the last leg has ended. */
+  private retiring = false;
+  private idle: Promise<void> | undefined;
+  private markIdle: (() => void) | undefined;
   private readonly backoff = new Backoff();
   private readonly keepAlive: LegKeepAlive;
   private readonly open = new Set<WebSocket>();
@@ -144,7 +151,7 @@ export class RemoteForwarder {
     ws.on('close', (code: number, reason: Buffer) => {
       clearInterval(heartbeat);
       if (this.renewTimer) clearTimeout(this.renewTimer);
-      if (this.stopped) return;
+      if (this.stopped || this.retiring) return;
       const text = reason.length > 0 ? `closed by the relay: ${code} ${reason.toString()}` : code === 1006 ? why : `closed by the relay: ${code}`;
       if (hopeless) return void log.warn({ event: 'bridge.control_lost', why: text });
       const delay = this.backoff.next();
@@ -173,7 +180,10 @@ export class RemoteForwarder {
     // Half-open allowed: the target's FIN leaves the other direction open when the sender speaks half-close (pipe.ts).
     const tcp = connect({ host: this.forward.host, port: this.forward.port, timeout: this.timing.connectTimeoutMs, allowHalfOpen: true });
     this.targets.add(tcp);
-    tcp.on('close', () => this.targets.delete(tcp));
+    tcp.on('close', () => {
+      this.targets.delete(tcp);
+      this.checkIdle();
+    });
     tcp.pause();
     let connected = false;
     tcp.once('timeout', () => {
@@ -194,7 +204,10 @@ export class RemoteForwarder {
       }
       this.keepAlive.prepare(ws);
       this.open.add(ws);
-      ws.on('close', () => this.open.delete(ws));
+      ws.on('close', () => {
+        this.open.delete(ws);
+        this.checkIdle();
+      });
       ws.once('error', (err) => {
         log.warn({ event: 'bridge.accept_failed', err: err.message });
         // The target sees a connection cut, not one opened and ended cleanly with nothing said.
@@ -226,6 +239,38 @@ export class RemoteForwarder {
       ws.on('error', () => {});
       ws.on('unexpected-response', (_req, res) => res.resume());
     });
+  }
+
+  /** Connections to the target, dialing or carried by a leg, and legs still closing. */
+  get openConnections(): number {
+    return Math.max(this.targets.size, this.open.size);
+  }
+
+  /**
+   * Listens no more: the control channel is closed (the relay gives this listener no new connection) and not
+   * re-opened. Resolves once every connection open then has ended on its own; they go on as before, with their
+   * keep-alive. The relay keeps a spliced leg whatever becomes of its listener's channel or token. Before, a fixed
+   * token's expiry, or the relay's 401 to it, reset them all.
+   */
+  retire(): Promise<void> {
+    if (!this.retiring) {
+      this.retiring = true;
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      if (this.renewTimer) clearTimeout(this.renewTimer);
+      this.log.info({ event: 'bridge.listening_stopped', entity: this.forward.entity, open: this.openConnections });
+      const control = this.control;
+      if (control?.readyState === WebSocket.OPEN) control.close(1000, 'listener retired');
+      else control?.terminate();
+    }
+    this.idle ??= new Promise<void>((r) => {
+      this.markIdle = r;
+      this.checkIdle();
+    });
+    return this.idle;
+  }
+
+  private checkIdle(): void {
+    if (this.retiring && this.targets.size === 0 && this.open.size === 0) this.markIdle?.();
   }
 
   stop(): void {

@@ -180,25 +180,34 @@ export async function bridge(argv: string[]): Promise<number> {
     process.stdout.write(`forwarding ${hostBeforePort(forwarder.forward.bindHost)}:${port} -> ${forwarder.forward.entity}\n`);
   }
   access.watchExpiry();
-  // Until a signal, or credentials that never change are refused or expire (RelayAccess.ended): then exit 1.
-  const ended = await new Promise<string | undefined>((resolve) => {
+  // Until a signal, or credentials that never change are refused or expire (RelayAccess.ended): then no forward takes
+  // a new connection, and once those open have ended on their own (their keep-alive bounds a leg gone silent), exit 1.
+  // The relay lets a relayed connection outlive the token it was opened with, as Azure's does: before, the expiry
+  // reset them all, an SSH session through -L cut at the token's expiry. A signal still stops at once, whatever is open.
+  let ended: string | undefined;
+  await new Promise<void>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
       log.info({ event: 'bridge.signal', signal });
-      resolve(undefined);
+      resolve();
     };
-    void access.ended.then((why) => {
+    void access.ended.then(async (why) => {
+      if (stopping) return;
+      ended = why;
+      const open = [...remoteForwarders, ...localForwarders].reduce((n, f) => n + f.openConnections, 0);
+      log.error({ event: 'bridge.credentials_unusable', why, open });
+      await Promise.all([...remoteForwarders.map((r) => r.retire()), ...localForwarders.map((l) => l.retire())]);
       if (stopping) return;
       stopping = true;
-      log.error({ event: 'bridge.credentials_unusable', why });
-      resolve(why);
+      if (open > 0) log.info({ event: 'bridge.connections_ended' });
+      resolve();
     });
     // SIGHUP (a closed terminal or ssh session) stops it as the others do, so its connections are reset; left to its
     // default it ended the process with each socket closed by a clean end, and a cut download read as a complete one.
     // The handlers stay until exit: a second Ctrl-C while stopping (the terminal's and npm's both) ended the process
-    // by signal (130), not 0. (Found by review.)
+    // by signal (130), not 0. (Found by review.) One while the open connections finish cuts them, exit 1 still.
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => stop(signal));
   });
   access.stop();
