@@ -7,11 +7,11 @@
 // nothing listens: an edge with a durable hub waits bus.requestTimeoutMs
 // (20 s) for it before it says it is ready.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { tempDirFor } from '../helpers/cleanup.ts';
 import { runCli } from '../helpers/cli-process.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -49,7 +49,7 @@ async function waitingConfig(dir: string, requestTimeoutMs = 20000): Promise<str
 
 describe('serve: stop signals before it says it is ready', () => {
   it('a lone edge waiting for JetStream drains on SIGTERM and exits 0', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
+    const dir = tempDirFor(t, 'stop-signals-');
     const relay = runCli(t, ['serve', '--config', await waitingConfig(dir)]);
     await until(() => relay.stderr().includes('"event":"relay.listening"'), 15000, 'the edge to listen');
     relay.signal('SIGTERM');
@@ -59,8 +59,8 @@ describe('serve: stop signals before it says it is ready', () => {
   });
 
   it('the primary of --workers stops its starting workers on SIGTERM, exits 0 and leaves no socket folder', async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), 'stop-signals-'));
-    const sockets = mkdtempSync(join(tmpdir(), 'stop-signals-tmp-'));
+    const dir = tempDirFor(t, 'stop-signals-');
+    const sockets = tempDirFor(t, 'stop-signals-tmp-');
     const relay = runCli(t, ['serve', '--config', await waitingConfig(dir), '--workers', '2'], { TMPDIR: sockets });
     await until(() => relay.stderr().includes('"event":"relay.listening"'), 20000, 'a worker to listen');
     assert.ok(readdirSync(sockets).some((name) => name.startsWith('edge-relay-w-')), 'the workers have their socket folder');
@@ -73,7 +73,7 @@ describe('serve: stop signals before it says it is ready', () => {
 
 describe('serve: SIGHUP while it starts', () => {
   it('a SIGHUP before serve has read its config is taken and said, not the end of the process', async (t) => {
-    const relay = runCli(t, ['serve', '--config', configFile(mkdtempSync(join(tmpdir(), 'stop-signals-')), BASE)]);
+    const relay = runCli(t, ['serve', '--config', configFile(tempDirFor(t, 'stop-signals-'), BASE)]);
     // Node starts, loads tsx and the CLI, then reads the config: a second or more. Before, a SIGHUP in that time ended
     // the process (129, not a line). The first goes as soon as the process catches the signal (SigCgt in /proc, bit 0:
     // before node runs the CLI's first line nothing can), so it comes before the config is read.
@@ -106,7 +106,7 @@ describe('serve: SIGHUP while it starts', () => {
 describe('serve: SIGHUP once the config is read, before the relay listens', () => {
   it('is owed and done once it listens, not refused and lost', async (t) => {
     // The edge serves, but says `listening on` only after bus.requestTimeoutMs (here 3 s) of waiting for JetStream.
-    const relay = runCli(t, ['serve', '--config', await waitingConfig(mkdtempSync(join(tmpdir(), 'stop-signals-')), 3000)]);
+    const relay = runCli(t, ['serve', '--config', await waitingConfig(tempDirFor(t, 'stop-signals-'), 3000)]);
     await until(() => relay.stderr().includes('"event":"relay.listening"'), 15000, 'the edge to serve');
     assert.deepEqual(relay.lines, [], 'not said ready yet');
     relay.signal('SIGHUP');

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { tempDirFor } from '../helpers/cleanup.ts';
 import { ConfigError, buildConfig, loadConfig, overridesFromEnv } from '../../src/config/load.ts';
 
 describe('configuration', () => {
@@ -18,8 +18,8 @@ describe('configuration', () => {
     assert.equal(config.bus.jetstream.unsureRetryMs, 60000);
   });
 
-  it('says where a file is not valid JSON, and quotes none of it (a key written in single quotes stays out of logs and answers)', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-json-'));
+  it('says where a file is not valid JSON, and quotes none of it (a key written in single quotes stays out of logs and answers)', (t) => {
+    const dir = tempDirFor(t, 'edge-relay-json-');
     const key = 'Zx9qP3sLmQ1w2e3r4t5y6u7i8o9p0asdfghjkl';
     const cases: [string, RegExp][] = [
       [`{\n  "sas": [\n    { "keyName": "Root",\n      "key": '${key}' }\n  ]\n}\n`, /an unexpected character at line 4 column 14/],
@@ -46,8 +46,8 @@ describe('configuration', () => {
     }
   });
 
-  it('says which environment variable or flag a refused value came from (before: it read as the file\'s; found by review)', () => {
-    const file = join(mkdtempSync(join(tmpdir(), 'edge-relay-origin-')), 'relay.json');
+  it('says which environment variable or flag a refused value came from (before: it read as the file\'s; found by review)', (t) => {
+    const file = join(tempDirFor(t, 'edge-relay-origin-'), 'relay.json');
     writeFileSync(file, JSON.stringify({ log: { level: 'info' } }));
     const cases: [NodeJS.ProcessEnv, Record<string, string>, RegExp][] = [
       [{ EDGE_RELAY_LOG_LEVEL: 'loud' }, {}, /: config: \/log\/level: .* \(from environment variable EDGE_RELAY_LOG_LEVEL\)$/],
@@ -122,8 +122,8 @@ describe('configuration', () => {
     assert.throws(() => buildConfig({ bus: { kind: 'nats' } }), /\/bus: must have required property 'servers'/);
   });
 
-  it('stops `serve` with exit code 78 and the key named', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-config-'));
+  it('stops `serve` with exit code 78 and the key named', (t) => {
+    const dir = tempDirFor(t, 'edge-relay-config-');
     const file = join(dir, 'bad.json');
     writeFileSync(file, JSON.stringify({ listen: { port: -1 } }));
     const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
@@ -131,8 +131,8 @@ describe('configuration', () => {
     assert.match(r.stderr, /\/listen\/port: must be >= 0/);
   });
 
-  it('stops `serve` with 78 and listen.host named for a host that is none, or none of this machine (before: exit 1 with getaddrinfo\'s words)', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-config-'));
+  it('stops `serve` with 78 and listen.host named for a host that is none, or none of this machine (before: exit 1 with getaddrinfo\'s words)', (t) => {
+    const dir = tempDirFor(t, 'edge-relay-config-');
     const file = join(dir, 'relay.json');
     writeFileSync(file, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 } }));
     const serve = (...flags: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file, ...flags], { encoding: 'utf8', timeout: 20000 });

@@ -1,3 +1,7 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
 // Collects clean-up work for a suite: run() undoes everything, last added first.
 export class Cleanup {
   private readonly tasks: (() => unknown)[] = [];
@@ -33,4 +37,11 @@ export function cleanupFor(t: { after(fn: () => unknown): void }): Cleanup {
     t.after(() => run.run());
   }
   return cleanup;
+}
+
+/** A new folder under the system's temporary folder, named `prefix` and a random tail, removed with the test. */
+export function tempDirFor(t: { after(fn: () => unknown): void }, prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }

@@ -2,8 +2,7 @@
 // running the CLI (for memory figures, signals, or when the test process
 // fakes timers). Both bind 127.0.0.1 port 0 and are stopped in the test's clean-up, last started first.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
@@ -14,7 +13,7 @@ import type { RelayConfig } from '../../src/config/types.ts';
 import { createLogger, type Logger } from '../../src/telemetry/logger.ts';
 import { startRelay, type RunningRelay } from '../../src/server/relay-server.ts';
 import { tracked } from './child-processes.ts';
-import { cleanupFor } from './cleanup.ts';
+import { cleanupFor, tempDirFor } from './cleanup.ts';
 import { EDGE_RELAY_BIN } from './cli-process.ts';
 import { withTimeout } from './wait.ts';
 
@@ -92,9 +91,7 @@ export interface ServeProcessOptions {
 
 /** testConfig(`overrides`) as a config file in a folder of its own, removed with the test: its path. */
 export function configFile(t: Pick<TestContext, 'after'>, overrides: Record<string, unknown> = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-test-'));
-  cleanupFor(t).after(() => rmSync(dir, { recursive: true, force: true }));
-  const file = join(dir, 'config.json');
+  const file = join(tempDirFor(t, 'edge-relay-test-'), 'config.json');
   writeFileSync(file, JSON.stringify(testConfig(overrides)));
   return file;
 }
