@@ -146,6 +146,10 @@ export class RemoteForwarder {
       // Anything but an object naming an accept address is ignored (a `null` used to throw here and end the bridge).
       if (typeof message !== 'object' || message === null) return;
       const accept = (message as { accept?: unknown }).accept as AcceptNotice | undefined;
+      // Retired, the channel closing: an accept the relay sent before it read the close is not taken. The relay fails
+      // that sender 502 ListenerGone once the channel is closed; taken, it was a connection after listening_stopped,
+      // not waited for once the legs open then had ended, and reset when the bridge exited.
+      if (this.retiring || this.stopped) return;
       if (typeof accept === 'object' && accept !== null && typeof accept.address === 'string') this.accept(accept, log);
     });
     ws.on('close', (code: number, reason: Buffer) => {

@@ -11,6 +11,7 @@ import { RemoteForwarder, renewDelayMs } from '../../src/bridge/remote-forwarder
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { blockEventLoop } from '../helpers/busy-pause.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { startTcpEcho } from '../helpers/tcp-echo.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -103,6 +104,32 @@ describe('bridge forwarders', () => {
       });
       assert.equal(await withTimeout(outcome, 3000, 'the local client to hear'), 'ECONNRESET');
     }
+  });
+
+  it('-R being retired takes no accept its closing control channel still delivers (before: it dialed the target, a connection the bridge then reset at exit)', async (t) => {
+    // A stand-in for the relay: it takes the listener, and sends an accept as the relay would for a sender that came
+    // just before the listener's close frame reached it. The real relay then fails that sender 502 ListenerGone.
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await new Promise<void>((resolve) => wss.once('listening', resolve));
+    cleanupFor(t).after(() => {
+      for (const c of wss.clients) c.terminate();
+      return new Promise<void>((r) => wss.close(() => r()));
+    });
+    const channel = new Promise<import('ws').WebSocket>((resolve) => wss.once('connection', resolve));
+    const echo = await startTcpEcho(t);
+    const relayUrl = `http://127.0.0.1:${(wss.address() as AddressInfo).port}`;
+    const access = new RelayAccess({ url: relayUrl, keyName: ROOT_KEY_NAME, key: ROOT_KEY, tokenTtlSeconds: 60, handshakeTimeoutMs: 5000 });
+    const remote = new RemoteForwarder({ entity: 'echo', host: '127.0.0.1', port: echo.port }, access, createLogger('silent', 'test'), 1 << 20, { keepAliveMs: 30000, connectTimeoutMs: 1000 });
+    remote.start();
+    cleanupFor(t).after(() => remote.stop());
+    await withTimeout(remote.ready, 5000, 'the control channel');
+    const relaySide = await channel;
+    const idle = remote.retire();
+    relaySide.send(JSON.stringify({ accept: { address: `${relayUrl.replace('http', 'ws')}/$hc/echo?sb-hc-action=accept&sb-hc-id=late`, id: 'late' } }));
+    await withTimeout(idle, 5000, 'the retired listener to be idle');
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(echo.connections(), 0, 'the target was dialed for an accept that came after retire');
+    assert.equal(remote.openConnections, 0);
   });
 
   it('-R renews a minted token at half its life, never sooner than a timer can wait (before: a 50-day --ttl renewed every millisecond)', () => {
