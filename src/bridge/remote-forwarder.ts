@@ -19,6 +19,7 @@ import { SweepClock } from '../websocket/sweep-clock.ts';
 import { Backoff } from './backoff.ts';
 import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
 import { halfCloseFor, pipeSocketToWebSocket, legMaxPayload } from './pipe.ts';
+import { CREDENTIALS_REFUSED_403, refusalCode } from './refusal-code.ts';
 import type { RelayAccess } from './relay-access.ts';
 
 export interface RemoteForward {
@@ -43,6 +44,8 @@ interface AcceptNotice {
 
 /** The longest delay a Node timer takes; a longer one fires at once (a --ttl of 50 days renewed every millisecond). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How long a refusal's body is read for its code (the relay's is one short line, sent with its head). */
+const REFUSAL_READ_MS = 1000;
 
 /** When a minted token is renewed: at half its life, and within what a timer can wait (about 24.8 days). */
 export function renewDelayMs(ttlSeconds: number): number {
@@ -106,8 +109,18 @@ export class RemoteForwarder {
       why = `relay refused the listener: ${answer}`;
       // Before, a fixed --token that had expired (or that the relay refused otherwise) was tried again for good.
       if (res.statusCode === 401) hopeless = this.access.refusedForGood(this.forward.entity, answer) !== undefined;
-      res.resume();
-      ws.terminate();
+      if (res.statusCode !== 403 || this.access.mintsTokens) {
+        res.resume();
+        ws.terminate();
+        return;
+      }
+      // A 403 with credentials that never change: the end too when the relay says they are what it refuses (a token
+      // for another entity, without the Listen right); one that may clear (the most listeners allowed, another
+      // relay's 403) is tried again. Before, each was tried again for ever.
+      void refusalCode(res, REFUSAL_READ_MS).then((code) => {
+        if (code !== undefined && CREDENTIALS_REFUSED_403.has(code)) hopeless = this.access.refusedForGood(this.forward.entity, `${answer}, ${code}`) !== undefined;
+        ws.terminate();
+      });
     });
     // terminate() above also raises an error ("closed before the connection was established"): the refusal is the reason.
     ws.on('error', (err) => {

@@ -26,9 +26,10 @@ Forwards TCP through the relay's hybrid connections, like Azure's azbridge.
 Both may be given, each several times. A lost listener connection is re-opened
 after a jittered delay of a quarter to half the time the relay has been gone
 (0.125 s at first, 15 to 30 s in a long outage), and the log says why it was lost;
-a 401 is tried again only with tokens minted from --key (with --token, or no
+a 401, or a 403 that names the token (TokenScopeInvalid, RightMissing), is
+tried again only with tokens minted from --key (with --token, or no
 credentials, it ends the bridge, exit 1, once its open connections have: see
---token).
+--token); another 403 (ListenerLimitReached) is tried again.
 An end (FIN) on either side of a forwarded connection crosses as an end and
 leaves the other direction open (between two bridges of this version; with
 an older -R, closing either end closes the other); a connection cut short (a
@@ -43,9 +44,10 @@ Options:
   --key-file FILE      read the key from FILE (its trailing newline dropped)
   --token TOKEN        a ready SAS token instead of --key-name/--key; never
                        renewed: one already expired (its se) is refused at start
-                       (exit 2). When it expires, or the relay refuses it (401)
-                       on -R's listener connection, the bridge takes no new
-                       connection (-L closes its port, -R stops listening);
+                       (exit 2). When it expires, or the relay refuses it (401,
+                       or 403 naming the token) on -R's listener connection,
+                       the bridge takes no new connection (-L closes its
+                       port, -R stops listening);
                        those open go on (the relay lets a relayed connection
                        outlive its token), and once the last has ended the
                        bridge ends, exit 1. That wait has no bound but

@@ -233,6 +233,27 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     assert.match(listener.stderr(), /^edge-relay bridge: the relay refused --token for revoked \(401 /m);
   });
 
+  it('-R ends (exit 1) on a 403 that refuses the token itself (another entity\'s), and tries again a 403 that may clear (the most listeners allowed)', async (t) => {
+    const relay = await startTestRelay(t, {
+      hybridConnections: [
+        { name: 'mine', requiresClientAuthorization: true },
+        { name: 'full', requiresClientAuthorization: true },
+      ],
+      limits: { listenersPerEntity: 1 },
+    });
+    const echo = await startTcpEcho(t);
+    const elsewhere = runCli(t, ['bridge', '--relay', relay.url, '--token', tokenFor(`${relay.url}/$hc/other`), '-R', `mine:127.0.0.1:${echo.port}`]);
+    // Before: tried again for ever, as a 401 was.
+    assert.equal(await withTimeout(elsewhere.exited, 10000, `the bridge to end (stderr: ${elsewhere.stderr()})`), 1);
+    assert.match(elsewhere.stderr(), /^edge-relay bridge: the relay refused --token for mine \(403 [^)]*, TokenScopeInvalid\)/m);
+    assert.doesNotMatch(elsewhere.stderr(), /retryInMs/);
+    // 'full' has its one listener: a second is refused 403 ListenerLimitReached until the first leaves.
+    await startBridge(t, relay.url, ['-R', `full:127.0.0.1:${echo.port}`], [/^listening/]);
+    const waiting = runCli(t, ['bridge', '--relay', relay.url, '--token', tokenFor(`${relay.url}/$hc/full`), '-R', `full:127.0.0.1:${echo.port}`]);
+    await until(() => (waiting.stderr().match(/"event":"bridge\.control_lost"[^\n]*403[^\n]*"retryInMs"/g) ?? []).length >= 2, 10000, `two tries at the 403 (stderr: ${waiting.stderr()})`);
+    assert.equal(await stillRunning(waiting), 'running', waiting.stderr());
+  });
+
   it('tries again what a retry may heal: a 503 with --token, a 401 with tokens minted from a key', async (t) => {
     const busy = await refusingServer(t, 503);
     const token = tokenFor(`${busy.url}/$hc/busy`);
