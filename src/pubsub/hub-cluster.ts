@@ -9,11 +9,12 @@
 // to the hub's `all` subject always. Operations whose answer matters (exists,
 // list, close, membership, permissions) gather the other nodes' answers: one
 // about a connection from the edge holding it, the others from every edge of
-// the hub's roster (hub-roster.ts), however late each answers.
-import { BusError, respond, tooLargeForBus, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
+// the hub's roster (hub-roster.ts), however late each answers. Asking them is
+// cluster-calls.ts; what an operation does on an edge's own connections, its
+// own or another's, is local-operations.ts.
+import { tooLargeForBus, type Bus, type BusMessage, type BusSubscription } from '../bus/bus.ts';
 import { decodeEnvelope } from '../bus/envelope.ts';
 import {
-  decodeEdgeMessage,
   encodeEdgeMessage,
   isEdgeMessage,
   type EdgeMessage,
@@ -21,20 +22,19 @@ import {
   type GroupAction,
   type GroupMember,
   type Permission,
-  type PsDone,
   type PsSend,
   type Target,
 } from '../bus/messages.ts';
-import { encodeSubjectToken, type Subjects } from '../bus/subjects.ts';
+import { encodeSubjectToken } from '../bus/subjects.ts';
 import type { HubConfig } from '../config/types.ts';
-import type { Logger } from '../telemetry/logger.ts';
-import type { RelayMetrics } from '../telemetry/metrics.ts';
 import type { TraceSource } from '../telemetry/trace.ts';
 import { SharedMessage, sharedMessageOf, type DataMessage } from './downstream.ts';
-import { filterFromBus, selects, type ConnectionFilter } from './connection-filter.ts';
+import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
 import type { DeliverEvent, EventFeed } from './event-feed.ts';
 import type { HubHistory, MemoryHistory } from './history.ts';
 import { GroupLimitReached, type PubSubErrorCode } from './errors.ts';
+import { ClusterCalls, type ClusterCallsDeps } from './cluster-calls.ts';
+import { LocalOperations, byConnectionId, type LocalOperationsDeps, type PermissionOutcome } from './local-operations.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { hasExpired } from './message-log.ts';
@@ -42,35 +42,17 @@ import { HubRoster, type HereState } from './hub-roster.ts';
 import { SessionHandover } from './session-handover.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
-export interface ClusterHubDeps {
-  bus: Bus;
-  /** How often the bus has lost its connection so far (a call it lost it during reached only some edges). */
-  busLosses(): number;
-  subjects: Subjects;
-  nodeId: string;
+/** What a hub needs: what asking the other edges and acting on this edge's connections need is declared with them. */
+export interface ClusterHubDeps extends ClusterCallsDeps, LocalOperationsDeps {
   /** This edge process (a restarted edge keeps its node id and gets a new one): ps.here and ps.claim carry it. */
   bootId: string;
-  /** The live limits (a reload changes them in place). */
-  limits: { groupsPerConnection: number };
-  log: Logger;
-  metrics: RelayMetrics;
-  requestTimeoutMs: number;
-  gatherStallMs: number;
-  /** Ends a connection for good (REST close, slow consumer). */
-  endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
   /** How events reach the other edges and come from them (event-feed.ts). */
   feed: EventFeed;
   /** Another edge process announced itself under this edge's node id (`boot`: its process). */
   nodeIdClash(boot: string): void;
 }
 
-export type { FilterTerm, GroupAction, GroupMember };
-
-/**
- * What a REST permission call came to on the connection: done (or, for HEAD, held), no such connection, one group
- * too many, or (a durable hub) changed but not stored in the session's checkpoint: the caller should try again.
- */
-export type PermissionOutcome = 'applied' | 'absent' | 'full' | 'unstored';
+export type { FilterTerm, GroupAction, GroupMember, PermissionOutcome };
 
 /** What a publish came to: delivered (stored, on a durable hub), or a repeat of one already stored. */
 export type SendResult = 'sent' | 'duplicate';
@@ -114,11 +96,6 @@ export interface DurableEvents {
   close(removed?: boolean): void;
 }
 
-/** Connection ids in code-unit order, the order pages of a group's members follow. */
-function byConnectionId(a: GroupMember, b: GroupMember): number {
-  return a.connectionId < b.connectionId ? -1 : a.connectionId > b.connectionId ? 1 : 0;
-}
-
 export class ClusterHub {
   readonly local: Hub;
   readonly handover: SessionHandover;
@@ -135,6 +112,10 @@ export class ClusterHub {
   private readonly subscriptions = new Map<string, BusSubscription>();
   /** The other edges serving this hub (only with other edges to reach): who a cluster-wide question waits for. */
   private readonly roster: HubRoster | undefined;
+  /** Asks the other edges for a cluster-wide operation. */
+  private readonly cluster: ClusterCalls;
+  /** This edge's part of a cluster-wide operation, and its answers to the other edges' (ps.close ... ps.permission). */
+  private readonly localOps: LocalOperations;
 
   constructor(
     readonly config: HubConfig,
@@ -142,6 +123,8 @@ export class ClusterHub {
     endSlow: EndConnection,
     handoverDeps: ConstructorParameters<typeof SessionHandover>[1],
   ) {
+    this.cluster = new ClusterCalls(this, deps);
+    this.localOps = new LocalOperations(this, deps);
     this.local = new Hub(config, endSlow, {
       opened: (kind, name) => this.subscribe(kind, name),
       closed: (kind, name) => this.unsubscribe(kind, name),
@@ -332,9 +315,9 @@ export class ClusterHub {
   // --- operations on the whole cluster (REST) -----------------------------------
 
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
-    const at = await this.membershipPosition(target);
-    const local = this.applyClose(target, excluded, reason);
-    await this.clusterCall(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
+    const at = await this.cluster.membershipPosition(target);
+    const local = this.localOps.applyClose(target, excluded, reason);
+    await this.cluster.call(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {
@@ -347,15 +330,15 @@ export class ClusterHub {
     // cannot carry (before: applied here, then answered 413 "nothing was sent").
     const encoded = this.deps.bus.reachesOtherNodes ? encodeEdgeMessage(request) : undefined;
     if (encoded && encoded.length > this.deps.bus.maxPayload) throw tooLargeForBus(encoded.length, this.deps.bus.maxPayload);
-    const local = this.applyGroups(target, action, groups, filter);
-    await this.clusterCall(target, local, request, encoded);
+    const local = this.localOps.applyGroups(target, action, groups, filter);
+    await this.cluster.call(target, local, request, encoded);
   }
 
   async exists(target: Target): Promise<boolean> {
-    const at = await this.membershipPosition(target);
-    const local = this.countTargets(target);
+    const at = await this.cluster.membershipPosition(target);
+    const local = this.localOps.countTargets(target);
     if (local > 0) return true;
-    const answers = await this.clusterCall(target, local, { op: 'ps.exists', ...this.from, target, at });
+    const answers = await this.cluster.call(target, local, { op: 'ps.exists', ...this.from, target, at });
     return answers.some((a) => a.count > 0);
   }
 
@@ -365,9 +348,9 @@ export class ClusterHub {
    */
   async listGroup(group: string, top: number, after?: string): Promise<{ members: GroupMember[]; cut: boolean }> {
     const target: Target = { kind: 'group', name: group };
-    const at = await this.membershipPosition(target);
-    const members = this.members(group, top, after);
-    const answers = await this.clusterCall(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
+    const at = await this.cluster.membershipPosition(target);
+    const members = this.localOps.members(group, top, after);
+    const answers = await this.cluster.call(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
     /** The lowest last member of an answer cut to fit the bus: members past it on that edge were not named. */
     let bound: string | undefined;
     for (const answer of answers) {
@@ -384,21 +367,6 @@ export class ClusterHub {
     return { members: once.slice(0, top), cut: bound !== undefined };
   }
 
-  /** Answers a ps.list: as many of the members asked for as fit the bus's max_payload (`cut` when not all did). */
-  private answerList(message: BusMessage, group: string, top: number, after?: string): void {
-    let members = this.members(group, top, after);
-    let cut = false;
-    const encode = () => encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, members, ...(cut && { cut }) });
-    let data = encode();
-    // Before: an answer over max_payload was not sent at all, and the asker listed the group without this edge.
-    while (data.length > this.deps.bus.maxPayload && members.length > 1) {
-      members = members.slice(0, Math.ceil((members.length * this.deps.bus.maxPayload) / data.length) - 1 || 1);
-      cut = true;
-      data = encode();
-    }
-    respond(this.deps.bus, message, data);
-  }
-
   /**
    * Grants, revokes or checks a permission on the connection, wherever it is:
    * `absent` when the connection (or, for HEAD, the grant) is not there;
@@ -407,91 +375,12 @@ export class ClusterHub {
    */
   async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
-    const local = await this.applyPermission(connectionId, method, permission, group);
+    const local = await this.localOps.applyPermission(connectionId, method, permission, group);
     if (local !== 'absent' || this.local.connections.has(connectionId)) return local;
-    const answers = await this.clusterCall(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
+    const answers = await this.cluster.call(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
     if (answers.some((a) => a.full)) return 'full';
     if (answers.some((a) => a.unstored)) return 'unstored';
     return answers.some((a) => a.count > 0) ? 'applied' : 'absent';
-  }
-
-  /**
-   * On a durable hub, who is in a group is what the stream says, and each
-   * edge applies a change when it reads it (a moment after the ack). A
-   * question about a group's members is therefore asked at a stream
-   * position: the stream's end when asked, which this edge reaches first and
-   * every answering edge before it answers. So a change acknowledged before
-   * the question, through any edge, is in its answer. Undefined otherwise
-   * (there a change is applied everywhere before it is acknowledged).
-   */
-  private async membershipPosition(target: Target): Promise<number | undefined> {
-    if (!this.durable || target.kind !== 'group' || !this.deps.bus.reachesOtherNodes) return undefined;
-    return this.durable.catchUp();
-  }
-
-  /**
-   * Asks the other nodes: one node for a connection held elsewhere (nobody
-   * holding it answers [] at once); otherwise every edge on the roster
-   * (askEveryEdge), or, while the roster is empty, the edges with interest
-   * in the target (nobody answers at once when none has it). A question at a
-   * stream position (`at`) always goes to every edge: one behind it has not
-   * joined the group's subject yet.
-   * `encoded` is `request` as the bus carries it, where the caller has it already.
-   * Throws BusError('Unavailable') when the bus is away.
-   */
-  private async clusterCall(target: Target, localCount: number, request: EdgeMessage & { at?: number }, encoded?: Uint8Array): Promise<PsDone[]> {
-    if (!this.deps.bus.reachesOtherNodes) return [];
-    const lossesBefore = this.deps.busLosses();
-    const answers = await this.askOtherEdges(target, localCount, request, encoded ?? encodeEdgeMessage(request));
-    // NATS lost meanwhile: the edges that had not answered may never have heard it (before: answered as if they had).
-    if (this.deps.busLosses() !== lossesBefore || !this.deps.bus.connected) {
-      throw new BusError('Unavailable', 'the NATS bus was lost during the call: it acted on this edge and those that answered before');
-    }
-    return answers;
-  }
-
-  /** `data` is `request` encoded for the bus. */
-  private async askOtherEdges(target: Target, localCount: number, request: EdgeMessage & { at?: number }, data: Uint8Array): Promise<PsDone[]> {
-    const bus = this.deps.bus;
-    if (target.kind === 'connection') {
-      if (localCount > 0 || this.local.connections.has(target.name)) return [];
-      try {
-        return doneOf([await bus.request(this.subjectOf(target), data, this.deps.requestTimeoutMs)]);
-      } catch (err) {
-        if (err instanceof BusError && err.code === 'NoResponders') return [];
-        throw err;
-      }
-    }
-    const expected = this.roster?.others() ?? [];
-    if (expected.length > 0 || request.at !== undefined) return this.askEveryEdge(request.op, data, expected);
-    return doneOf(await bus.gather(this.subjectOf(target), data, { maxWaitMs: this.deps.requestTimeoutMs, stallMs: this.deps.gatherStallMs }));
-  }
-
-  /**
-   * A question or change for every edge of the hub: waits for an answer from
-   * each edge in `expected` (the roster; bounded by requestTimeoutMs, one that
-   * stays silent is logged), then gatherStallMs for edges it does not know
-   * yet. So an edge that answers late (busy, paused) still counts, and a
-   * change is applied on every edge on the roster before it is acknowledged.
-   */
-  private async askEveryEdge(op: string, data: Uint8Array, expected: string[]): Promise<PsDone[]> {
-    const waitingFor = new Set(expected);
-    const answers: PsDone[] = [];
-    const awaiting = (raw: readonly Uint8Array[]) => {
-      const done = decodeEdgeMessage(raw[raw.length - 1], 'ps.done')?.message;
-      if (done) {
-        answers.push(done);
-        if (done.edge !== undefined) waitingFor.delete(done.edge);
-      }
-      return waitingFor.size > 0;
-    };
-    await this.deps.bus.gather(this.deps.subjects.hubAll(this.key), data, {
-      maxWaitMs: this.deps.requestTimeoutMs,
-      stallMs: this.deps.gatherStallMs,
-      awaiting,
-    });
-    if (waitingFor.size > 0) this.deps.log.warn({ event: 'pubsub.edges_silent', hub: this.name, op, edges: [...waitingFor] });
-    return answers;
   }
 
   /** The other edges heard on this hub lately (node ids). */
@@ -519,99 +408,9 @@ export class ClusterHub {
 
   // --- what each node does locally ----------------------------------------------
 
-  private applyClose(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): number {
-    let count = 0;
-    for (const connection of [...this.local.targets(target)]) {
-      if (excluded?.has(connection.id)) continue;
-      this.deps.endConnection(connection, 'ClosedByServer', reason);
-      count++;
-    }
-    return count;
-  }
-
-  /**
-   * Applies a membership change to this node's connections that `filter`
-   * selects; `changed` hears each group a connection actually joined or left
-   * (a durable hub notes it in the session). Returns how many connections the
-   * change matched.
-   */
-  applyGroups(
-    target: Target,
-    action: GroupAction,
-    groups: string[],
-    filter?: ConnectionFilter | FilterTerm[],
-    changed?: (connection: PubSubConnection, group: string, joined: boolean) => void,
-    refused?: (connection: PubSubConnection, group: string) => void,
-  ): number {
-    let count = 0;
-    for (const connection of [...this.local.targets(target)]) {
-      if (connection.ended) continue;
-      if (filter && !selects(filter, connection)) continue;
-      count++;
-      if (action === 'add') {
-        for (const g of groups) {
-          if (connection.groups.has(g)) continue;
-          // Every edge (and a session's replay) skips the same joins: the limit holds whoever asks.
-          if (!connection.mayJoin(g)) {
-            this.deps.metrics.limitRefused('groupsPerConnection');
-            this.deps.log.warn({ event: 'limit.reached', limit: 'groupsPerConnection', hub: this.name, connectionId: connection.id });
-            refused?.(connection, g);
-            break;
-          }
-          this.local.join(connection, g);
-          changed?.(connection, g, true);
-        }
-      } else {
-        for (const g of action === 'removeAll' ? [...connection.groups] : groups) {
-          if (!connection.groups.has(g)) continue;
-          this.local.leave(connection, g);
-          changed?.(connection, g, false);
-        }
-      }
-    }
-    return count;
-  }
-
-  private countTargets(target: Target): number {
-    let count = 0;
-    for (const connection of this.local.targets(target)) if (!connection.ended) count++;
-    return count;
-  }
-
-  /**
-   * The first `top` members after `after`, by connection id. Not a sort of the
-   * whole group per page: past twice `top` candidates the list is cut back to
-   * the `top` lowest, and ids above the last of them are passed over (paging
-   * through 100,000 members a few at a time sorted them all each time).
-   */
-  private members(group: string, top: number, after?: string): GroupMember[] {
-    let out: GroupMember[] = [];
-    let above: string | undefined;
-    for (const c of this.local.targets({ kind: 'group', name: group })) {
-      if (after !== undefined && c.id <= after) continue;
-      if (above !== undefined && c.id >= above) continue;
-      out.push(c.userId === null ? { connectionId: c.id } : { connectionId: c.id, userId: c.userId });
-      if (out.length >= 2 * top) {
-        out = out.sort(byConnectionId).slice(0, top);
-        above = out[top - 1].connectionId;
-      }
-    }
-    return out.sort(byConnectionId).slice(0, top);
-  }
-
-  private async applyPermission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
-    const connection = this.local.connections.get(connectionId);
-    if (!connection || connection.ended) return 'absent';
-    const max = this.deps.limits.groupsPerConnection;
-    if (method === 'HEAD') {
-      return (group === undefined ? connection.permissions.allowsEvery(permission) : connection.permissions.allows(permission, group)) ? 'applied' : 'absent';
-    }
-    const applied = method === 'PUT' ? connection.permissions.grant(permission, group, max) : connection.permissions.revoke(permission, group, max);
-    if (!applied) return 'full';
-    // A durable hub's session checkpoint carries the permissions (not the stream): stored before the answer, as an
-    // acknowledged event is. Before, written at the next tick: an edge killed within it undid an acknowledged change.
-    if (connection.session && this.durable && !(await this.durable.storeSession(connection))) return 'unstored';
-    return 'applied';
+  /** Applies a membership change to this node's connections (local-operations.ts): the stream's, on a durable hub. */
+  applyGroups(...change: Parameters<LocalOperations['applyGroups']>): number {
+    return this.localOps.applyGroups(...change);
   }
 
   // --- the bus ---------------------------------------------------------------------
@@ -629,35 +428,20 @@ export class ClusterHub {
     }
     // This node already acted on what it sent; it only answers so a gather need not wait for it.
     const own = m.origin === this.deps.nodeId;
-    // An answer names its edge: the asker counts them off its roster.
-    const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge: this.deps.nodeId, ...(members && { members }) }));
     switch (m.op) {
       case 'ps.send':
         if (!own) this.deps.feed.receive(m, envelope!.body);
         return;
       case 'ps.close':
-        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason)));
-      case 'ps.groups': {
-        const filter = filterFromBus(m.filter);
-        if (filter === null) return void this.deps.log.warn({ event: 'bus.invalid_message', hub: this.name, op: m.op, reason: 'filter' });
-        return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
-      }
+      case 'ps.groups':
+      case 'ps.exists':
+      case 'ps.list':
+      case 'ps.permission':
+        return this.localOps.answer(message, m, own);
       case 'ps.here':
         // Two edges under one node id take each other's events for their own echoes and drop them: said, not silent.
         if (own && m.boot !== undefined && m.boot !== this.deps.bootId) this.deps.nodeIdClash(m.boot);
         return this.roster?.heard(m.origin, m.state, m.boot);
-      case 'ps.exists':
-        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
-      case 'ps.list':
-        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : this.answerList(message, m.group, m.top, m.after)));
-      case 'ps.permission':
-        return void (own ? Promise.resolve<PermissionOutcome>('absent') : this.applyPermission(m.connectionId, m.method, m.permission, m.group)).then((outcome) => {
-          if (outcome === 'full' || outcome === 'unstored') {
-            return respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, [outcome]: true }));
-          }
-          done(outcome === 'applied' ? 1 : 0);
-        });
       case 'ps.handover':
         // The taking node subscribes to the connection too: only the holder answers.
         if (!own) this.handover.onRequest(message, m);
@@ -665,17 +449,6 @@ export class ClusterHub {
       default:
         this.deps.log.warn({ event: 'bus.unexpected_op', hub: this.name, op: (m as EdgeMessage).op });
     }
-  }
-
-  /**
-   * Answers a question asked at a stream position once this edge has applied
-   * that far, or after three quarters of requestTimeoutMs (then with what it
-   * has: the asker, counting from before this edge heard the question, must
-   * still be listening).
-   */
-  private atPosition(at: number | undefined, answer: () => void): void {
-    if (at === undefined || !this.durable) return answer();
-    void this.durable.reached(at, Math.floor((this.deps.requestTimeoutMs * 3) / 4)).then(answer);
   }
 
   /** An event sent on another node: checked, framed once, delivered to local members. */
@@ -725,14 +498,4 @@ export class ClusterHub {
     this.subscriptions.clear();
     this.localGroupTokens.clear();
   }
-}
-
-/** The valid ps.done answers among `raw` (others are dropped). */
-function doneOf(raw: Uint8Array[]): PsDone[] {
-  const answers: PsDone[] = [];
-  for (const r of raw) {
-    const done = decodeEdgeMessage(r, 'ps.done')?.message;
-    if (done) answers.push(done);
-  }
-  return answers;
 }

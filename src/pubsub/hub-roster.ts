@@ -1,5 +1,5 @@
 // Which other edges serve a hub (docs/scaling-out.md, "The roster"). A
-// cluster-wide REST call (exists, list, close, membership; hub-cluster.ts)
+// cluster-wide REST call (exists, list, close, membership; cluster-calls.ts)
 // waits for an answer from each edge on this roster, not only for those that
 // answer within bus.gatherStallMs of each other: an edge busy reading a burst,
 // or paused, answers later, and its connections count. On a durable hub an

@@ -383,7 +383,7 @@ export class SessionTakes {
         for (const group of groups) {
           const joined = event.action === 'add';
           if (connection.groups.has(group) === joined) continue;
-          // As the live edges apply it (hub-cluster.ts, applyGroups).
+          // As the live edges apply it (local-operations.ts, applyGroups).
           if (joined && !connection.mayJoin(group)) break;
           if (joined) connection.groups.add(group);
           else connection.groups.delete(group);
