@@ -1,7 +1,7 @@
 // What JetStream's failures are to the relay: the errors its callers are given
 // (a store that failed, a conditional write that lost, a stream name taken by
-// another deployment), and the API error codes jetstream.ts and
-// stream-reader.ts tell apart.
+// another deployment), and the API error codes jetstream.ts,
+// stream-setup.ts and stream-reader.ts tell apart.
 import type { NatsError } from 'nats';
 
 /** Why an event was not stored, in words a client can be given. */

@@ -2,7 +2,7 @@
 // Normally an edge's publishes to a stream go out at once, one after the
 // other on one NATS connection, and the stream stores them in that order. A
 // publish that was not stored (no answer in time, no leader, no stream) is
-// tried again (jetstream.ts), and so is everything sent on a connection that
+// tried again (durable-publish.ts), and so is everything sent on a connection that
 // went away: tried apart, a later publish could be stored before an earlier
 // one (a review froze a stream's leader: a client's second send, made 3 s
 // after its first, was stored and delivered first). So while any publish of

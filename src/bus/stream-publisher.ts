@@ -5,7 +5,7 @@
 // which on a busy publishing edge cost more than the publish itself. Here a
 // message is a publish with a reply token, a map entry and, for the waits
 // still open, one sweep timer. The retry policy (what is retried, until when)
-// stays with the caller (jetstream.ts).
+// stays with the caller (durable-publish.ts).
 import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { TransientMap } from '../collections/transient-map.ts';
 
@@ -140,7 +140,7 @@ export class StorePublisher {
   /**
    * The connection was made again: what went out on the one gone is answered late or never, so each open wait ends
    * now with a retry, oldest first (the same message id: JetStream stores it once). Before, later publishes of the
-   * stream waited behind them for requestTimeoutMs (jetstream.ts keeps a stream's order through a reconnect).
+   * stream waited behind them for requestTimeoutMs (durable-publish.ts keeps a stream's order through a reconnect).
    */
   reconnected(): void {
     this.retryAll('the NATS connection was made again');
@@ -153,7 +153,7 @@ export class StorePublisher {
 
 /**
  * Waiting publishes' tokens (base-36 counters), oldest publish first, sorted in place: their callers publish again
- * in the order they hear (jetstream.ts), so one connection's burst cut by a failover goes on in the order it was sent.
+ * in the order they hear (durable-publish.ts), so one connection's burst cut by a failover goes on in the order it was sent.
  */
 function inPublishOrder(tokens: string[]): string[] {
   return tokens.sort((a, b) => parseInt(a, 36) - parseInt(b, 36));

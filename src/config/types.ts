@@ -73,7 +73,7 @@ export interface JetStreamConfig {
   storage: 'file' | 'memory';
   streamPrefix: string;
   publishTimeoutMs: number;
-  /** After an unanswered try, how long a publish goes on with the same id (jetstream.ts, UNSURE_RETRY_MS). */
+  /** After an unanswered try, how long a publish goes on with the same id (durable-publish.ts, UNSURE_RETRY_MS). */
   unsureRetryMs: number;
   checkpointIntervalMs: number;
   readyTimeoutMs: number;

@@ -79,7 +79,7 @@ describe('StorePublisher', () => {
     const started = Date.now();
     const late = await withTimeout(publisher.publish('silent.x', Buffer.from('x'), 's', 300), 5000, 'the deadline to end the wait');
     const waited = Date.now() - started;
-    // It went out: nothing says it was not stored (the publish goes on with the same id, jetstream.ts).
+    // It went out: nothing says it was not stored (the publish goes on with the same id, durable-publish.ts).
     assert.deepEqual(late, { kind: 'retry', reason: 'JetStream did not answer in time', unsure: true });
     assert.ok(waited >= 290 && waited < 3000, `waited ${waited} ms`);
   });
@@ -94,7 +94,7 @@ describe('StorePublisher', () => {
     assert.deepEqual(await withTimeout(open, 5000, 'close to end the wait'), { kind: 'retry', reason: 'the NATS connection closed', unsure: true });
   });
 
-  // Their callers publish again in the order they hear (jetstream.ts): a connection's burst cut by a failover goes on as sent.
+  // Their callers publish again in the order they hear (durable-publish.ts): a connection's burst cut by a failover goes on as sent.
   it('tells publishes that waited in vain in the order they were published, at their deadline and at close', async (t) => {
     const nats = await startNatsServer(t);
     const nc = await connected(t, nats.url);

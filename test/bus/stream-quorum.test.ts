@@ -1,8 +1,8 @@
-// storesNow (src/bus/jetstream.ts): what the store probe reads in a stream's
+// storesNow (src/bus/durable-publish.ts): what the store probe reads in a stream's
 // cluster state before it says a failing stream stores again.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { storesNow } from '../../src/bus/jetstream.ts';
+import { storesNow } from '../../src/bus/durable-publish.ts';
 
 const S = 1_000_000_000;
 const peer = (active: number, current = true, offline = false) => ({ current, offline, active });

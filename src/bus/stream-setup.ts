@@ -1,0 +1,138 @@
+// Making sure of the relay's JetStream streams and its key-value bucket
+// (docs/durability.md): each created, or updated to the relay's limits, by
+// every edge at start and whenever one is found gone, with its number of
+// copies (never fewer than it has, one on a server that is not clustered)
+// and an id for each making of a stream (streamIdOf). When to do so, and
+// whether JetStream is ready, are jetstream.ts's: what a stream's
+// configuration is reads here apart from that state machine.
+import { randomBytes } from 'node:crypto';
+import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type KV } from 'nats';
+import type { Logger } from '../telemetry/logger.ts';
+import { errorCode, NOT_CLUSTERED, STREAM_CONFIG_DIFFERS, StreamTaken } from './jetstream-errors.ts';
+
+export interface StreamSpec {
+  name: string;
+  subjects: string[];
+  /** 0: no limit. */
+  maxAgeMs: number;
+  /** -1: no limit. */
+  maxMessages: number;
+  /** -1: no limit. */
+  maxBytes: number;
+}
+
+export interface BucketSpec {
+  name: string;
+  /** Entries not written again for this long are dropped. */
+  ttlMs: number;
+}
+
+/** What setup reads of the JetStream options (JetStreamOptions in jetstream.ts). */
+export interface StreamSetupOptions {
+  /** Undefined: 3 when the cluster has 3 or more servers, else 1. */
+  replicas?: number;
+  storage: 'file' | 'memory';
+}
+
+export class StreamSetup {
+  /** The copies a stream and the bucket are made with: counted when JetStream answers (jetstream.ts), 1 once the server says it is not clustered. */
+  replicas = 1;
+
+  constructor(
+    private readonly options: StreamSetupOptions,
+    private readonly log: Logger,
+  ) {}
+
+  private streamConfig(spec: StreamSpec) {
+    const duplicateWindowMs = spec.maxAgeMs > 0 ? Math.min(120_000, spec.maxAgeMs) : 120_000;
+    return {
+      name: spec.name,
+      subjects: spec.subjects,
+      retention: RetentionPolicy.Limits,
+      storage: this.options.storage === 'memory' ? StorageType.Memory : StorageType.File,
+      max_age: nanos(spec.maxAgeMs),
+      max_msgs: spec.maxMessages,
+      max_bytes: spec.maxBytes,
+      discard: DiscardPolicy.Old,
+      duplicate_window: nanos(duplicateWindowMs),
+      num_replicas: this.replicas,
+      allow_direct: true,
+      // Names this making of the stream (streamIdOf): kept by every later update, new when the stream is made again.
+      description: `${STREAM_ID_PREFIX}${randomBytes(9).toString('base64url')}`,
+    };
+  }
+
+  /** A stream found taken, at the `attempt`th try to make it sure: not something waiting cures, so an error, once a minute. */
+  sayTaken(err: StreamTaken, attempt: number): void {
+    if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
+  }
+
+  async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
+    const config = this.streamConfig(spec);
+    try {
+      await jsm.streams.add(config);
+    } catch (err) {
+      const { apiCode } = errorCode(err);
+      if (apiCode === NOT_CLUSTERED && this.replicas > 1) {
+        // A configured number of copies the server cannot keep is said, not dropped without a word (found by review).
+        if (this.options.replicas !== undefined) {
+          this.log.error({
+            event: 'jetstream.replicas_lowered',
+            configured: this.options.replicas,
+            replicas: 1,
+            hint: 'the NATS server is not clustered: streams and the session bucket keep one copy, and an event survives no loss of that server; run a NATS cluster, or set bus.jetstream.replicas to 1',
+          });
+        }
+        this.replicas = 1;
+        return this.ensureStream(jsm, spec);
+      }
+      if (apiCode !== STREAM_CONFIG_DIFFERS) throw err;
+      const found = await jsm.streams.info(spec.name);
+      // Holding other subjects: another deployment's stream with this name (same streamPrefix, or names that
+      // run together: `x` + hub `y_z` and `x_y` + hub `z`), or this one's under an earlier bus.subjectPrefix.
+      // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
+      const theirs = [...(found.config.subjects ?? [])].sort();
+      if (theirs.join(' ') !== [...spec.subjects].sort().join(' ')) throw new StreamTaken(spec.name, theirs);
+      // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
+      // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
+      // not advertised) must not take copies away from events already acknowledged.
+      const { storage: _storage, ...update } = config;
+      // The stream's id stays what its making gave it (a stream of an older edge, without one, gets one now).
+      if (found.config.description?.startsWith(STREAM_ID_PREFIX)) update.description = found.config.description;
+      const existing = found.config.num_replicas;
+      if (existing > update.num_replicas) {
+        this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
+        update.num_replicas = existing;
+      }
+      await jsm.streams.update(spec.name, update);
+    }
+  }
+
+  async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
+    const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
+    const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
+    // An existing bucket keeps its options: make its TTL ours, and its replicas ours if it has fewer (never fewer than it has).
+    const stream = `KV_${bucket.name}`;
+    const info = await jsm.streams.info(stream);
+    const replicas = Math.max(info.config.num_replicas, this.replicas);
+    if (info.config.max_age !== nanos(bucket.ttlMs) || info.config.num_replicas !== replicas) {
+      await jsm.streams.update(stream, { max_age: nanos(bucket.ttlMs), num_replicas: replicas });
+    }
+    return kv;
+  }
+}
+
+/** What starts the description of a stream the relay made, before the id of that making. */
+const STREAM_ID_PREFIX = 'edge-relay stream ';
+
+/**
+ * Which making of a stream this is: the id the relay wrote in its description
+ * when it made it (updates keep it), or, for a stream made before the relay
+ * wrote one, when it was made. JetStream's `created` alone is no such id: a
+ * file-backed stream updated between two restarts of its server comes back
+ * with another (nats-server issue 8470, seen on 2.9.10), which made a history
+ * read as started over.
+ */
+export function streamIdOf(description: string | undefined, created: string): string {
+  return description?.startsWith(STREAM_ID_PREFIX) ? description.slice(STREAM_ID_PREFIX.length) : created;
+}
