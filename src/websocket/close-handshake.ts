@@ -5,7 +5,9 @@
 // answered (unless the relay's went first) and the relay's side of the TCP
 // stream is ended. Every endpoint the relay terminates uses
 // this: pub/sub sockets (message-socket.ts), spliced legs (frame-splice.ts)
-// and HTTP-mode rendezvous legs (hybrid/http-exchange.ts). What a peer's close
+// and HTTP-mode rendezvous legs (hybrid/http-exchange.ts). A peer dropped
+// for not answering in time is reset where that loses nothing it could still
+// read (dropUnanswered). What a peer's close
 // frame may carry (RFC 6455 5.5.1, 7.4) is checked here too, by the frame
 // parser all of them share: a broken one is a protocol error, never passed on.
 import { isUtf8 } from 'node:buffer';
@@ -127,11 +129,13 @@ export class CloseHandshake {
       this.timerWanted = true;
       // A peer with a closed TCP window would hold the leg for good: the queue has a bound of its own, a long one.
       // (Node writes a queue in large writevs, so how far a reader got cannot be watched more finely.)
-      this.queueTimer ??= setTimeout(() => this.socket.destroy(), this.closeHandshakeMs * QUEUE_WAIT_FACTOR);
+      this.queueTimer ??= setTimeout(() => dropUnanswered(this.socket), this.closeHandshakeMs * QUEUE_WAIT_FACTOR);
       this.queueTimer.unref();
       return;
     }
-    this.timer = setTimeout(() => this.socket.destroy(), this.closeHandshakeMs);
+    // A relayed leg's peer may still be reading what its kernel holds of the queue (the other side's last words): a
+    // FIN lets it arrive. Elsewhere the peer that did not answer in time is reset.
+    this.timer = setTimeout(() => (this.afterQueue ? this.socket.destroy() : dropUnanswered(this.socket)), this.closeHandshakeMs);
     this.timer.unref();
   }
 
@@ -141,4 +145,24 @@ export class CloseHandshake {
     clearTimeout(this.queueTimer);
     this.queueTimer = undefined;
   }
+}
+
+/**
+ * Drops a peer that did not answer in time, or read nothing of a relayed leg's queue: with a reset where the socket
+ * is plain TCP, so that the kernel lets go at once of what it still held for the peer. Destroyed with a FIN, the
+ * socket lived on in the kernel, behind that data, for as long as TCP tries (minutes) when the peer read nothing: a
+ * client recovering a session in a loop without reading left megabytes so per recovery (found by review). A TLS
+ * socket, whose handle cannot be reset, is destroyed.
+ */
+function dropUnanswered(socket: Duplex): void {
+  const reset = (socket as Duplex & { resetAndDestroy?: () => unknown }).resetAndDestroy;
+  if (reset) {
+    try {
+      reset.call(socket);
+      return;
+    } catch {
+      // Not a TCP handle (ERR_INVALID_HANDLE_TYPE, thrown before anything was done).
+    }
+  }
+  socket.destroy();
 }

@@ -117,6 +117,24 @@ describe('closing handshake', () => {
     assert.ok(Date.now() - sentAt >= 100 * QUEUE_WAIT_FACTOR - 50, 'not before its bound');
   });
 
+  it('resets a pub/sub peer that does not answer within the bound: the kernel lets go of what it held for it, not sent behind a FIN', async () => {
+    const { relay, peer, received } = await pair();
+    // Not reading from the start: its receive window stays small (128 KiB here), and the relay's kernel holds
+    // megabytes more for it (4 MiB here) when the bound ends.
+    peer.pause();
+    const chunk = Buffer.alloc(1024 * 1024, 0x61);
+    for (let i = 0; i < 16; i++) relay.write(chunk);
+    new CloseHandshake(relay, 100).send(1000);
+    await withTimeout(once(relay, 'close'), 5000, 'the relay side to be dropped');
+    const ended = new Promise((resolve) => {
+      peer.on('close', resolve);
+    });
+    peer.resume();
+    await withTimeout(ended, 10000, 'the peer to see the end');
+    // Before (a FIN): the peer still got what the relay's kernel held, 4 MiB here.
+    assert.ok(received().length < chunk.length, `${received().length} bytes reached the peer after it was dropped`);
+  });
+
   it('does not answer the peer close that answers its own', async () => {
     const { relay, peer, received } = await pair();
     const handshake = new CloseHandshake(relay, 2000);
