@@ -52,7 +52,7 @@ function zeroMask(mask: Buffer): void {
 }
 
 /** The longest delay a Node timer takes (about 24.8 days); a longer one fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class RelayAccess {
   readonly wsBase: string;
@@ -99,7 +99,7 @@ export class RelayAccess {
     const at = this.fixedTokenExpiresAt;
     if (at === undefined) return;
     const left = at * 1000 - now;
-    if (left <= 0) return this.giveUp(`--token expired at ${expiryText(at)}: a ready token is never renewed; give a new one, or --key-name with --key-file to mint tokens`);
+    if (left <= 0) return this.giveUp(tokenExpiredWhy(at));
     // In steps a timer can wait: a token good for years is watched too.
     this.expiryTimer = setTimeout(() => this.watchExpiry(), Math.min(left, MAX_TIMER_MS));
     this.expiryTimer.unref();
@@ -163,8 +163,13 @@ export class RelayAccess {
   }
 }
 
+/** Why a fixed token that expired at `seconds` (Unix) ends the bridge: at start (exit 2) or when it comes (watchExpiry). */
+export function tokenExpiredWhy(seconds: number): string {
+  return `--token expired at ${expiryText(seconds)}: a ready token is never renewed; give a new one, or --key-name with --key-file to mint tokens`;
+}
+
 /** A token's expiry for a message: ISO 8601 with the Unix seconds it was written as. */
-export function expiryText(seconds: number): string {
+function expiryText(seconds: number): string {
   const ms = seconds * 1000;
   return Number.isFinite(ms) && Math.abs(ms) <= 8.64e15 ? `${new Date(ms).toISOString()} (${seconds})` : String(seconds);
 }

@@ -20,7 +20,7 @@ import { Backoff } from './backoff.ts';
 import { LegKeepAlive, keepTcpAlive } from './leg-keep-alive.ts';
 import { halfCloseFor, pipeSocketToWebSocket, legMaxPayload } from './pipe.ts';
 import { CREDENTIALS_REFUSED_403, refusalCode } from './refusal-code.ts';
-import type { RelayAccess } from './relay-access.ts';
+import { MAX_TIMER_MS, type RelayAccess } from './relay-access.ts';
 
 export interface RemoteForward {
   entity: string;
@@ -42,8 +42,6 @@ interface AcceptNotice {
   id: string;
 }
 
-/** The longest delay a Node timer takes; a longer one fires at once (a --ttl of 50 days renewed every millisecond). */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long a refusal's body is read for its code (the relay's is one short line, sent with its head). */
 const REFUSAL_READ_MS = 1000;
 

@@ -3,7 +3,7 @@
 // line per forward on stdout once it is up; logs are JSON lines on stderr.
 import { parseArgs } from 'node:util';
 import { parseLocalForward, LocalForwarder } from '../bridge/local-forwarder.ts';
-import { RelayAccess, expiryText } from '../bridge/relay-access.ts';
+import { RelayAccess, tokenExpiredWhy } from '../bridge/relay-access.ts';
 import { parseRemoteForward, RemoteForwarder } from '../bridge/remote-forwarder.ts';
 import { hostBeforePort } from '../http/host-header.ts';
 import { MAX_SAS_EXPIRY } from '../auth/sas-token.ts';
@@ -142,7 +142,7 @@ export async function bridge(argv: string[]): Promise<number> {
   // connections that all fail or -R tries it again for good (before: -R retried the relay's 401 with backoff for ever).
   const tokenExpiry = values.token !== undefined ? tokenExpiresAt(values.token) : undefined;
   if (tokenExpiry !== undefined && tokenExpiry * 1000 <= Date.now()) {
-    process.stderr.write(`edge-relay bridge: --token expired at ${expiryText(tokenExpiry)}: a ready token is never renewed; give a new one, or --key-name with --key-file to mint tokens\n`);
+    process.stderr.write(`edge-relay bridge: ${tokenExpiredWhy(tokenExpiry)}\n`);
     return 2;
   }
   const ttl = wholeNumber(values.ttl, 16);
