@@ -106,8 +106,8 @@ const WAITING_UPGRADE_BYTES = 65536;
 function watchWhileWaiting(socket: Duplex, head: Buffer): { stop(): Buffer } {
   const kept: Buffer[] = head.length > 0 ? [head] : [];
   let bytes = head.length;
-  const onError = () => socket.destroy();
-  const onEnd = () => socket.destroy();
+  // Its end or an error destroys it, as either would the upgrade.
+  const drop = () => socket.destroy();
   // 'readable' rather than 'data': with its listener gone the socket is as node:http left it (not flowing, not
   // paused), so whoever takes the upgrade starts it by listening for 'data', as without the wait.
   const onReadable = () => {
@@ -120,12 +120,12 @@ function watchWhileWaiting(socket: Duplex, head: Buffer): { stop(): Buffer } {
   };
   const stopReading = () => {
     socket.off('readable', onReadable);
-    socket.off('end', onEnd);
+    socket.off('end', drop);
   };
   // Its 'error' listener stays: whoever takes the upgrade may listen for errors only later, and a reset read
   // meanwhile would otherwise be thrown (node:http took its own off with the upgrade).
-  socket.on('error', onError);
-  socket.on('end', onEnd);
+  socket.on('error', drop);
+  socket.on('end', drop);
   socket.on('readable', onReadable);
   return {
     stop() {

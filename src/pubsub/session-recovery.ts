@@ -60,6 +60,11 @@ export class SessionRecovery {
     private readonly giveUpAfterMs: () => number,
   ) {}
 
+  /** A reload removed the hub (the drain leaves the bus too, but lets a session go for another edge instead). */
+  private removedByReload(hub: ClusterHub): boolean {
+    return hub.removed && !this.shuttingDown();
+  }
+
   /** Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered already. */
   async recover(r: RecoveryRequest): Promise<void> {
     const { hub, connectionId, token, protocol } = r;
@@ -83,7 +88,7 @@ export class SessionRecovery {
     if (earlier) await earlier;
     // Removed while the earlier recovery ran: the client hears so (before: the session, ended by the reload, was
     // SessionNotFound here, or the take went on in a hub that had left the bus).
-    if (hub.removed && !this.shuttingDown()) return this.hubRemoved(r);
+    if (this.removedByReload(hub)) return this.hubRemoved(r);
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
     // JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008
@@ -117,14 +122,14 @@ export class SessionRecovery {
         // The take stopped because a reload removed the hub (a durable take ends a session it claimed): the client is
         // told as the hub's clients were, not asked to try again (before: 1013, after waiting for a claim the stopped
         // stream never read back, and the session stayed open for a hub of the same name added again).
-        if (hub.removed && !this.shuttingDown()) return this.hubRemoved(r);
+        if (this.removedByReload(hub)) return this.hubRemoved(r);
         return deferred(err.message);
       }
     }
     this.deferredSince.delete(key);
     // A reload removed the hub while the session was being taken: it is not attached to a hub that left the bus.
     // (The drain leaves the bus too: that is for the shutdown check below, which lets the session go for another edge.)
-    if (hub.removed && !this.shuttingDown()) {
+    if (this.removedByReload(hub)) {
       if (connection && !heldHere) {
         hub.local.remove(connection);
         connection.session?.clear();
