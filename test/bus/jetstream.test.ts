@@ -11,7 +11,7 @@ import type { StoredMessage } from '../../src/bus/stream-reader.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { startNatsServer } from '../helpers/nats.ts';
+import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
 import { captureLogger } from '../helpers/relay.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
@@ -35,6 +35,29 @@ function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, options: Part
 
 const STREAM = { name: 'T_hub', subjects: ['t.ev.hub.>'], maxAgeMs: 60_000, maxMessages: -1, maxBytes: -1 };
 const BUCKET = { name: 'T_sessions', ttlMs: 60_000 };
+
+/** 256 KiB: 64 of them are more than the bus's bound on bytes unsent (4 MiB) to a frozen server. */
+const BIG = Buffer.alloc(256 * 1024, 7);
+
+/** A JetStream access with `options` on a nats-server of its own, its streams made; then that server is frozen. */
+async function accessOnFrozenServer(t: Parameters<typeof cleanupFor>[0], options: Partial<JetStreamOptions>): Promise<{ nats: NatsNode; bus: NatsBus; js: JetStreamAccess }> {
+  const nats = await startNatsServer(t);
+  const bus = busOn(t, nats.url);
+  const js = access(t, bus, options);
+  await js.start([STREAM], BUCKET);
+  await nats.freeze();
+  return { nats, bus, js };
+}
+
+/** 64 publishes of BIG (subjects t.ev.hub.m0 to m63, ids `${prefix}-N`), each settling to its sequence or its error; `after` runs after each begins. */
+function publishBig(js: JetStreamAccess, prefix: string, after?: () => void): Promise<{ seq: number } | Error>[] {
+  const outcomes: Promise<{ seq: number } | Error>[] = [];
+  for (let i = 0; i < 64; i++) {
+    outcomes.push(js.publish(`t.ev.hub.m${i}`, BIG, `${prefix}-${i}`).catch((err: Error) => err));
+    after?.();
+  }
+  return outcomes;
+}
 
 describe('JetStream access', () => {
   it('creates streams idempotently from several edges, stores, de-duplicates by id and follows in order', async (t) => {
@@ -188,25 +211,16 @@ describe('JetStream access', () => {
   it('sends no more to a frozen server than the bus bound on bytes unsent; the rest wait, and are stored once it reads', async (t) => {
     // Before, every publish went out while the bus took the frozen server for alive (two pings unanswered): a durable
     // hub's events waited in the edge's memory without bound (the core bus drops past the bound: nats-bus.test.ts).
-    const nats = await startNatsServer(t);
-    const bus = busOn(t, nats.url);
-    const js = access(t, bus, { publishTimeoutMs: 20_000, requestTimeoutMs: 500, unsureRetryMs: 20_000 });
-    await js.start([STREAM], BUCKET);
-    const message = Buffer.alloc(256 * 1024, 7);
+    const { nats, bus, js } = await accessOnFrozenServer(t, { publishTimeoutMs: 20_000, requestTimeoutMs: 500, unsureRetryMs: 20_000 });
     const limit = bus.unsentLimit;
-    await nats.freeze();
     let peak = 0;
     const watch = setInterval(() => (peak = Math.max(peak, bus.unsentBytes)), 5);
     t.after(() => clearInterval(watch));
-    const outcomes: Promise<{ seq: number } | Error>[] = [];
-    for (let i = 0; i < 64; i++) {
-      outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-big-${i}`).catch((err: Error) => err));
-      peak = Math.max(peak, bus.unsentBytes);
-    }
+    const outcomes = publishBig(js, 'id-big', () => (peak = Math.max(peak, bus.unsentBytes)));
     // Shorter than the bus's stale judgement (two pings a second apart unanswered), so the connection stays.
     await new Promise((r) => setTimeout(r, 1500));
     t.diagnostic(`64 publishes of 256 KiB to a frozen server: at most ${(peak / 1048576).toFixed(1)} MiB unsent, bound ${(limit / 1048576).toFixed(1)} MiB`);
-    assert.ok(peak <= limit + message.length + 4096, `at most ${peak} bytes unsent, bound ${limit}`);
+    assert.ok(peak <= limit + BIG.length + 4096, `at most ${peak} bytes unsent, bound ${limit}`);
     nats.thaw();
     const settled = await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
     const failed = settled.filter((o) => o instanceof Error);
@@ -217,20 +231,14 @@ describe('JetStream access', () => {
   it('stores the events that waited out a frozen server in the order they were published, before one published once it reads', async (t) => {
     // Before: a publish that found the bus backlogged slept RETRY_MS and looked again on its own, not in its stream's
     // order (publish-order.ts): one begun as the backlog cleared went out at once, stored before those begun earlier.
-    const nats = await startNatsServer(t);
-    const bus = busOn(t, nats.url);
     // No try times out while frozen (that would put the stream in order by itself): only the backlog holds them.
-    const js = access(t, bus, { publishTimeoutMs: 20_000, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
-    await js.start([STREAM], BUCKET);
-    const message = Buffer.alloc(256 * 1024, 7);
-    await nats.freeze();
-    const outcomes: Promise<{ seq: number } | Error>[] = [];
-    for (let i = 0; i < 64; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-order-${i}`).catch((err: Error) => err));
+    const { nats, bus, js } = await accessOnFrozenServer(t, { publishTimeoutMs: 20_000, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
+    const outcomes = publishBig(js, 'id-order');
     await until(() => bus.backlogged, 5000, 'the bus backlogged');
     await new Promise((r) => setTimeout(r, 300));
     nats.thaw();
     await until(() => !bus.backlogged, 10_000, 'the backlog cleared');
-    outcomes.push(js.publish('t.ev.hub.m64', message, 'id-order-64').catch((err: Error) => err));
+    outcomes.push(js.publish('t.ev.hub.m64', BIG, 'id-order-64').catch((err: Error) => err));
     const settled = await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
     assert.deepEqual(settled.filter((o) => o instanceof Error).map((e) => (e as Error).message), []);
     const stored = await js.read(STREAM.name, { fromSeq: 1, limit: 100, timeoutMs: 5000 });
@@ -244,15 +252,10 @@ describe('JetStream access', () => {
     // Before: each publish that waited out publishTimeoutMs behind the bus bound on bytes unsent (a slow or frozen
     // NATS link, not judged stale yet) marked its stream failing: readiness said "JetStream stores nothing in
     // stream ..." though nothing it was sent had failed there (the bus's own backlog is said apart).
-    const nats = await startNatsServer(t);
-    const bus = busOn(t, nats.url);
-    const js = access(t, bus, { publishTimeoutMs: 800, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
-    await js.start([STREAM], BUCKET);
-    const message = Buffer.alloc(256 * 1024, 7);
-    await nats.freeze();
+    const { nats, bus, js } = await accessOnFrozenServer(t, { publishTimeoutMs: 800, requestTimeoutMs: 15_000, unsureRetryMs: 20_000 });
+    const outcomes = publishBig(js, 'id-held');
     let failed = 0;
-    const outcomes: Promise<unknown>[] = [];
-    for (let i = 0; i < 64; i++) outcomes.push(js.publish(`t.ev.hub.m${i}`, message, `id-held-${i}`).catch(() => failed++));
+    for (const outcome of outcomes) void outcome.then((o) => o instanceof Error && failed++);
     await until(() => bus.backlogged, 5000, 'the bus backlogged');
     await until(() => failed > 0, 5000, 'publishes held past their deadline to give up');
     assert.ok(bus.connected, 'the bus not judged stale yet');

@@ -21,6 +21,11 @@ import { until, withTimeout } from '../helpers/wait.ts';
  */
 const TOKEN_TTL_S = 9;
 
+/** A SAS token for `url` that expires TOKEN_TTL_S from now, and when (Unix seconds). */
+function expiringToken(url: string): { token: string; expires: number } {
+  return { token: tokenFor(url, { ttl: TOKEN_TTL_S }), expires: Math.floor(Date.now() / 1000) + TOKEN_TTL_S };
+}
+
 /** A relay stand-in answering every WebSocket handshake `status`, as a relay restarting behind a proxy would; how many it answered. */
 async function refusingServer(t: TestContext, status: number): Promise<{ url: string; answered: () => number }> {
   let answered = 0;
@@ -100,9 +105,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
   it('-R and -L with no connection open end (exit 1) when their token expires while they run, and say so', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'brief', requiresClientAuthorization: true }] });
     const echo = await startTcpEcho(t);
-    const ttl = TOKEN_TTL_S;
-    const token = tokenFor(`${relay.url}/$hc/brief`, { ttl });
-    const expires = Math.floor(Date.now() / 1000) + ttl;
+    const { token, expires } = expiringToken(`${relay.url}/$hc/brief`);
     const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `brief:127.0.0.1:${echo.port}`]);
     const dialer = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-L', '0:brief']);
     await until(() => listener.lines.some((l) => l.startsWith('listening on brief')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
@@ -128,9 +131,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'lasting', requiresClientAuthorization: true }], timeouts: { keepAliveIntervalMs: 200, tokenGraceMs: 0 } });
     const echo = await startTcpEcho(t);
     await startBridge(t, relay.url, ['-R', `lasting:127.0.0.1:${echo.port}`], [/^listening on lasting/]);
-    const ttl = TOKEN_TTL_S;
-    const token = tokenFor(`${relay.url}/$hc/lasting`, { ttl });
-    const expires = Math.floor(Date.now() / 1000) + ttl;
+    const { token, expires } = expiringToken(`${relay.url}/$hc/lasting`);
     const dialer = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-L', '0:lasting']);
     await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, `-L forwarding (stderr: ${dialer.stderr()})`);
     const port = localPort(dialer);
@@ -157,9 +158,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'cut', requiresClientAuthorization: true }] });
     const echo = await startTcpEcho(t);
     await startBridge(t, relay.url, ['-R', `cut:127.0.0.1:${echo.port}`], [/^listening on cut/]);
-    const ttl = TOKEN_TTL_S;
-    const token = tokenFor(`${relay.url}/$hc/cut`, { ttl });
-    const expires = Math.floor(Date.now() / 1000) + ttl;
+    const { token, expires } = expiringToken(`${relay.url}/$hc/cut`);
     const dialer = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-L', '0:cut']);
     await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, `-L forwarding (stderr: ${dialer.stderr()})`);
     const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
@@ -179,9 +178,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
   it('-R: a leg open when its token expires carries on, no new connection reaches it, and the bridge ends (exit 1) once that leg has (before: it was reset at the expiry)', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'held', requiresClientAuthorization: true }] });
     const echo = await startTcpEcho(t);
-    const ttl = TOKEN_TTL_S;
-    const token = tokenFor(`${relay.url}/$hc/held`, { ttl });
-    const expires = Math.floor(Date.now() / 1000) + ttl;
+    const { token, expires } = expiringToken(`${relay.url}/$hc/held`);
     const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `held:127.0.0.1:${echo.port}`]);
     await until(() => listener.lines.some((l) => l.startsWith('listening on held')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
     const dialer = await startBridge(t, relay.url, ['-L', '0:held'], [/^forwarding /]);

@@ -14,7 +14,7 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { captureLogger, startTestRelay, tokenFor } from '../helpers/relay.ts';
 import { until, untilAnswered } from '../helpers/wait.ts';
 
@@ -171,7 +171,7 @@ describe("NATS's max_payload below the relay's limits", () => {
     await until(() => member.dataMessages().length === 3, 10000, 'three events on A');
     member.ws.terminate();
     // Nothing acknowledged: B takes the session and pages all three from A.
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     const moved = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'member' }) + recovery, RELIABLE, t);
     const system = await moved.waitFor((m) => m.type === 'system', 15000, 'the session on B');
     // Before: A's page with the large event was more than NATS carries; the take timed out and the session was lost.

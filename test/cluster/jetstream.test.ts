@@ -14,7 +14,7 @@ import type { StreamSessions } from '../../src/pubsub/stream-sessions.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { delayStreamBounds, edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -348,7 +348,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
       }
       return put(key, value, previous);
     };
-    const recovery = (id: string, token: string) => `${accessUrl(relay.url)}&awps_connection_id=${encodeURIComponent(id)}&awps_reconnection_token=${encodeURIComponent(token)}`;
+    const recovery = (id: string, token: string) => `${accessUrl(relay.url)}${recoveryQuery(id, token)}`;
     const reliable = async () => {
       const client = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'mallory' }), RELIABLE, t);
       const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
@@ -425,7 +425,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     // The edge shuts down; the store answers again from now on.
     failing = false;
     await a.close();
-    const again = await RawPubSubClient.connect(`${accessUrl(b.url)}&awps_connection_id=${encodeURIComponent(s.id)}&awps_reconnection_token=${encodeURIComponent(s.token)}`, RELIABLE, t);
+    const again = await RawPubSubClient.connect(`${accessUrl(b.url)}${recoveryQuery(s.id, s.token)}`, RELIABLE, t);
     const system = await again.waitFor((m) => m.type === 'system', 15000, 'the answer');
     assert.equal(system.event, 'disconnected', `the session its client closed for good was recovered on B: ${JSON.stringify(system)}`);
   });
@@ -502,7 +502,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     await Promise.all([waitReady(a), waitReady(b)]);
     const client = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
     const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     client.ws.terminate();
     // The session moves to B: B's claim is read by both edges.
     const moved = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);

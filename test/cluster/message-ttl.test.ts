@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CORE_NATS, edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { metricValue, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
@@ -63,7 +63,7 @@ describe('messageTtlSeconds across edges', { concurrency: 2 }, () => {
     await sleep(1300);
     first.ws.terminate();
     await withTimeout(first.closed, 5000, 'the socket to close');
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     const again = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);
     const system = await again.waitFor((m) => m.type === 'system', 10000, 'the session on edge B');
     assert.equal(system.event, 'connected');
@@ -89,7 +89,7 @@ describe('messageTtlSeconds across edges', { concurrency: 2 }, () => {
     await group.sendToAll({ n: 3 }, { messageTtlSeconds: 1 });
     await group.sendToAll({ n: 4 }, { messageTtlSeconds: 60 });
     await sleep(1300);
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     const again = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);
     const system = await again.waitFor((m) => m.type === 'system', 10000, 'the session on edge B');
     assert.equal(system.event, 'connected');

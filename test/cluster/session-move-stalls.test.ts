@@ -14,7 +14,7 @@ import { CORE_NATS, edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { until } from '../helpers/wait.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 
@@ -63,7 +63,7 @@ async function heldSession(t: TestContext, url: string): Promise<string> {
   for (let i = 1; i <= 3; i++) await client.request({ type: 'sendToGroup', group: 'g', data: i });
   await client.waitFor(() => client.dataMessages().length >= 3, 5000, 'the three events');
   client.ws.terminate();
-  return `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+  return recoveryQuery(connectionId, reconnectionToken);
 }
 
 /** One recovery on `url`: connected with the events replayed, or the close code of a refusal. */

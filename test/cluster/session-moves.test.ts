@@ -14,7 +14,7 @@ import { loadConfig } from '../../src/config/load.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { CORE_NATS, edgeOverrides, startEdge, waitOnRoster, waitReady, whilePaused } from '../helpers/cluster.ts';
 import { startNatsServer, type NatsNode } from '../helpers/nats.ts';
-import { CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { eventHandlerApp, serveApp, serveEventHandler } from '../helpers/event-handler-app.ts';
 import { WS_KEY, maskedFrame, rawUpgrade, readUntil, tcp } from '../helpers/raw-socket.ts';
 import { captureLogger, startTestRelay, testConfig } from '../helpers/relay.ts';
@@ -33,7 +33,7 @@ async function reliableMember(t: TestContext, url: string, group: string) {
   const client = await RawPubSubClient.connect(accessUrl(url), RELIABLE, t);
   const { connectionId, reconnectionToken } = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
   await client.request({ type: 'joinGroup', group });
-  const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+  const recovery = recoveryQuery(connectionId, reconnectionToken);
   return { client, connectionId: connectionId as string, recovery };
 }
 
@@ -104,7 +104,7 @@ describe('a reliable session moved between edges on core NATS', () => {
     const first = await RawPubSubClient.connect(accessUrl(a.url, { roles }), RELIABLE, t);
     const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
     first.ws.terminate();
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     const second = await RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t);
     const system = await second.waitFor((m) => m.type === 'system', 10000, 'the session on edge-b');
     assert.equal(system.event, 'connected', JSON.stringify(system));

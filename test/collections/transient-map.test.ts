@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { PerformanceObserver, constants } from 'node:perf_hooks';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { TransientMap } from '../../src/collections/transient-map.ts';
+import { gc } from '../helpers/gc.ts';
 
 /** A deterministic stream of numbers in [0, 1). */
 function seeded(seed: number): () => number {
@@ -89,8 +88,6 @@ describe('TransientMap: a string-keyed table for entries that come and go with e
   // every table it was rebuilt into, and every entry in them, kept by the one before and moved to the old
   // generation by the scavenger, until the next major collection, which did the same again.
   it('after a major collection, churn moves nothing to the old generation (a Map: a major collection again and again)', async (t) => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const majorCollectionsDuringChurn = async (table: { set(k: string, v: object): unknown; delete(k: string): unknown }) => {
       let majors = 0;
       const count = (entries: PerformanceEntry[]) => {

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { WebPubSubJsonProtocol, type WebPubSubClient } from '@azure/web-pubsub-client';
-import { CuttableProxy, HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
 import { eventHandlerApp, serveApp, serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -533,7 +533,7 @@ describe('reliable subprotocol', () => {
     await until(() => record.disconnected.length === 1, 5000, 'the disconnected event');
     assert.equal(record.disconnected[0].context.connectionId, connectionId);
     assert.ok(!localIds(relay).includes(connectionId), 'the session is gone');
-    const recovery = `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
     const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
     assert.equal((await again.closed).code, 1008, 'its recovery is refused');
     // The JavaScript client's stop() closes without a code: its session stays for a recovery, as on the emulator.

@@ -13,6 +13,11 @@ import { startTestRelay } from './relay.ts';
 import { withTimeout } from './wait.ts';
 import { cleanupFor } from './cleanup.ts';
 
+/** The query a reconnect adds to a client access URL to recover the reliable session `connectionId` (its `connected` named both). */
+export function recoveryQuery(connectionId: string, reconnectionToken: string): string {
+  return `&awps_connection_id=${encodeURIComponent(connectionId)}&awps_reconnection_token=${encodeURIComponent(reconnectionToken)}`;
+}
+
 /** Limits of a pub/sub connection made in a unit test, a new object each call. */
 export function testConnectionLimits(): ConnectionLimits {
   return {

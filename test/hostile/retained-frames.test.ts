@@ -8,17 +8,13 @@
 // each piece a copy, not a view of the whole read it came in.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { jsonTextOf } from '../../src/validation/json-text.ts';
 import { rawMemberText } from '../../src/validation/bounded-json.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { floodWithoutReading, maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { rawRelayedPair } from '../helpers/raw-listener.ts';
 import { startTestRelay } from '../helpers/relay.ts';
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
+import { gc } from '../helpers/gc.ts';
 
 /** Heap in use (or buffer memory) after full collections, bytes. */
 async function heapUsed(what: 'heapUsed' | 'arrayBuffers' = 'heapUsed'): Promise<number> {

@@ -3,14 +3,13 @@
 // it holds neither the connection nor the listener's rendezvous (as nginx's
 // send_timeout does).
 import { connect, type Socket } from 'node:net';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startTestRelay, tokenFor } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
+import { gc } from '../helpers/gc.ts';
 
 /**
  * A relay with `senderStallMs`, a hyco-https listener answering /echo/stream with an endless stream (over 64 KB, so
@@ -53,8 +52,6 @@ describe('a sender that never reads its response', () => {
 
 describe('a sender that read slowly and hung up', () => {
   it('leaves nothing held by the stall watch: its exchange is collectable at once, not after senderStallMs', async (t) => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const { relay, sender } = await senderOfEndlessStream(t, 60000);
     const table = (relay.hybrid as unknown as { ctx: { rendezvous: { entries: { values(): object[] } } } }).ctx.rendezvous;
     const exchange = new WeakRef(table.entries.values()[0]);

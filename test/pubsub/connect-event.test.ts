@@ -10,8 +10,6 @@ import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { loadConfig } from '../../src/config/load.ts';
@@ -21,6 +19,7 @@ import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
+import { gc } from '../helpers/gc.ts';
 
 const KEY = 'connect-key-0123456789abcdef-first';
 const KEY_NEW = 'connect-key-0123456789abcdef-second';
@@ -192,8 +191,6 @@ describe("the connect event's time", () => {
   it('times out a handler that never answers though the garbage collector runs meanwhile (before: the connect hung)', async (t) => {
     // Node 20's AbortSignal.any() held AbortSignal.timeout() weakly: a collection while the handler was silent took the
     // timeout with it, and the connect waited for as long as the handler did (here: for good).
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const silent = createServer((req, res) => {
       req.resume();
       if (req.method === 'OPTIONS') res.writeHead(200, { 'webhook-allowed-origin': '*' }).end();

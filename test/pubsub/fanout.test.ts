@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { HUB, PLAIN, RELIABLE, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay } from '../helpers/pubsub.ts';
+import { HUB, PLAIN, RELIABLE, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
 import { metricValue, startRelayProcess } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
@@ -181,7 +181,7 @@ describe('pub/sub fan-out', () => {
     const payload = 'x'.repeat(16 * 1024);
     for (let n = 1; n < events; n++) publisher.send({ type: 'sendToGroup', group: 'g', data: { n, payload }, noEcho: true });
     await publisher.request({ type: 'sendToGroup', group: 'g', data: { n: events, payload }, noEcho: true }, 30000);
-    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const recovery = recoveryQuery(connected.connectionId, connected.reconnectionToken);
     const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
     await until(() => again.dataMessages().length >= events, 60000, `all ${events} events (${again.dataMessages().length} so far)`);
     const got = again.dataMessages();
@@ -206,7 +206,7 @@ describe('pub/sub fan-out', () => {
     await first.request({ type: 'joinGroup', group: 'g' });
     first.ws.terminate();
     await withTimeout(first.closed, 5000, 'the first socket to close');
-    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const recovery = recoveryQuery(connected.connectionId, connected.reconnectionToken);
     const again = await RawPubSubClient.connect(accessUrl(relay.url) + recovery, RELIABLE, t);
     await again.waitFor((m) => m.type === 'system' && m.event === 'connected');
     for (let n = 4; n <= 5; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });

@@ -1,8 +1,6 @@
 // A hub's history on the memory bus (a bounded ring) and its REST page.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { HISTORY_PAGE_BYTES, MEMORY_HISTORY_MAX_MESSAGES, MemoryHistory, historyPageJson } from '../../src/pubsub/history.ts';
 import type { DataMessage } from '../../src/pubsub/downstream.ts';
 import { startPubSubRelay, HUB, HUB_KEY, PLAIN, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
@@ -11,6 +9,7 @@ import { tcp } from '../helpers/raw-socket.ts';
 import { until } from '../helpers/wait.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { signJwt } from '../../src/auth/jwt.ts';
+import { gc } from '../helpers/gc.ts';
 
 const text = (s: string): DataMessage => ({ from: 'group', group: 'g', fromUserId: 'u', dataType: 'text', dataJson: JSON.stringify(s) });
 
@@ -48,8 +47,6 @@ describe('history on the memory bus', () => {
   });
 
   it('lets go of the messages it dropped, not when the ring is next compacted', async () => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const heap = () => {
       gc();
       gc();

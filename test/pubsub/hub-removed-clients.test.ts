@@ -15,7 +15,7 @@ import { decodeEdgeMessage } from '../../src/bus/messages.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { edgeOverrides } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { reloadableRelay, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -154,7 +154,7 @@ describe('a client connecting while a reload removes its hub', () => {
       if (decodeEdgeMessage(data, 'ps.claim') && claims++ === 0) serve([CHAT]);
       return publish(subject, data, msgId);
     };
-    const recovery = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const recovery = recoveryQuery(connected.connectionId, connected.reconnectionToken);
     const started = performance.now();
     const recovering = await RawPubSubClient.connect(accessUrl(b.url, { hub: OTHER_HUB }) + recovery, RELIABLE, t);
     assert.deepEqual(await withTimeout(recovering.closed, 10000, 'the recovery to be closed'), { code: 1008, reason: 'ClosedByServer' });

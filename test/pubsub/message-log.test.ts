@@ -2,11 +2,10 @@
 // a message delivered to many sessions is kept once, let go when the last
 // session releases it, and chunks of the log go once nothing in them is held.
 import { describe, it } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import assert from 'node:assert/strict';
 import { MessageLog, type LoggedMessage } from '../../src/pubsub/message-log.ts';
 import { ReliableSession } from '../../src/pubsub/reliable-session.ts';
+import { gc } from '../helpers/gc.ts';
 
 const message = (n: number): LoggedMessage => ({ body: Buffer.from(`m${n}`), mid: `mid${n}`, position: n });
 
@@ -50,8 +49,6 @@ describe('MessageLog', () => {
   });
 
   it('keeps little besides a message held alone among many let go (before: its 4096-slot chunk, 48 KiB, for one 100-byte message)', async () => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const heap = async () => {
       for (let i = 0; i < 3; i++) {
         gc();

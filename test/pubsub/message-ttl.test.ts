@@ -5,7 +5,7 @@
 // buffer. Sent through Microsoft's service SDK, received by a raw reliable client.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
 import { metricValue } from '../helpers/relay.ts';
 import { withTimeout } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
@@ -17,7 +17,7 @@ async function awayReliableClient(t: Parameters<typeof RawPubSubClient.connect>[
   await client.request({ type: 'joinGroup', group: 'g' });
   client.ws.terminate();
   await withTimeout(client.closed, 5000, 'the socket to close');
-  return `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+  return recoveryQuery(connected.connectionId, connected.reconnectionToken);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -3,10 +3,9 @@
 // same JSON object as the plain frame plus `sequenceId`, whatever the body.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { SharedMessage, sequencedParts } from '../../src/pubsub/downstream.ts';
 import { MessageLog } from '../../src/pubsub/message-log.ts';
+import { arrayBuffersAfterGc, gc } from '../helpers/gc.ts';
 
 const withId = (head: Buffer, id: number, tail: Buffer) => JSON.parse(Buffer.concat([head, Buffer.from(String(id)), tail]).toString());
 
@@ -31,8 +30,6 @@ describe('sequenced copies of a message', () => {
     // A message a reliable session holds keeps its body, its shared parts and its plain frame: each cut from a
     // shared 8 KiB slab kept the slab (whatever else was cut from it and dropped since), and a session's
     // limits.sessionBufferBytes, counted by the messages' lengths, held many times that.
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const log = new MessageLog();
     gc();
     const before = process.memoryUsage().arrayBuffers;
@@ -49,10 +46,7 @@ describe('sequenced copies of a message', () => {
       // What else the edge cuts from the same slabs meanwhile (frames to plain clients, acks), let go at once.
       Buffer.allocUnsafe(3000);
     }
-    gc();
-    await new Promise((r) => setTimeout(r, 50));
-    gc();
-    const kept = process.memoryUsage().arrayBuffers - before;
+    const kept = (await arrayBuffersAfterGc()) - before;
     t.diagnostic(`${(kept / 1e6).toFixed(2)} MB held for ${(bytes / 1e6).toFixed(2)} MB of ${held.length} messages`);
     assert.ok(kept < 3 * bytes, `${(kept / 1e6).toFixed(2)} MB held for ${(bytes / 1e6).toFixed(2)} MB`);
   });

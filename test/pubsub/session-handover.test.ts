@@ -3,8 +3,6 @@
 // their order; events of different origins keep their arrival order.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import type { Bus } from '../../src/bus/bus.ts';
 import { MemoryBus } from '../../src/bus/memory.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsSend } from '../../src/bus/messages.ts';
@@ -13,6 +11,7 @@ import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
 import { captureLogger } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
+import { arrayBuffersAfterGc, gc } from '../helpers/gc.ts';
 
 describe('session hand-over: missed events', () => {
   it('go before the first later event of their origin, or at the end', () => {
@@ -35,8 +34,6 @@ describe('session hand-over: missed events', () => {
 // (1 MiB messages: ~1 GiB against a 16 MiB cap).
 describe('the replay log of a core NATS hub', () => {
   it('lets go of the events that left its window', async (t) => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const bus = new MemoryBus();
     t.after(() => bus.close());
     const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 50, maxBytes: 16 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
@@ -50,11 +47,7 @@ describe('the replay log of a core NATS hub', () => {
     for (let i = 0; i < 60; i++) publish(100_000);
     await new Promise((r) => setTimeout(r, 100));
     publish(10);
-    // Buffers are freed by a sweep that may finish after gc() returns: twice, a moment apart.
-    gc();
-    await new Promise((r) => setTimeout(r, 50));
-    gc();
-    const kept = process.memoryUsage().arrayBuffers - before;
+    const kept = (await arrayBuffersAfterGc()) - before;
     assert.ok(kept < 1_000_000, `${(kept / 1e6).toFixed(1)} MB kept for 6 MB of expired events`);
   });
 
@@ -62,8 +55,6 @@ describe('the replay log of a core NATS hub', () => {
     // Node cuts small buffers from shared 8 KiB slabs: an event kept in the window kept its slab, whatever else was
     // cut from it and dropped since (seen in a heap snapshot: 186 slabs held only by the window), so the window's
     // memory could pass bus.replayBufferBytes many times over.
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as () => void;
     const bus = new MemoryBus();
     t.after(() => bus.close());
     const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 60_000, maxBytes: 16 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
@@ -80,10 +71,7 @@ describe('the replay log of a core NATS hub', () => {
       // What else the edge cuts from the same slabs meanwhile (frames, answers), let go at once.
       dropped += Buffer.allocUnsafe(4000).length;
     }
-    gc();
-    await new Promise((r) => setTimeout(r, 50));
-    gc();
-    const kept = process.memoryUsage().arrayBuffers - before;
+    const kept = (await arrayBuffersAfterGc()) - before;
     t.diagnostic(`${(kept / 1e6).toFixed(2)} MB held for ${(eventBytes / 1e6).toFixed(2)} MB of events (${(dropped / 1e6).toFixed(1)} MB dropped beside them)`);
     assert.ok(kept < 3 * eventBytes, `${(kept / 1e6).toFixed(2)} MB held for ${(eventBytes / 1e6).toFixed(2)} MB of events`);
   });

@@ -7,15 +7,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
+import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
 import { parseServerFrames, rawUpgrade, readFrames, readUntilCloseOr } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { startClient } from '../helpers/web-pubsub-sdk.ts';
-
-/** The query a reconnect adds to recover the session `connected` named. */
-function recoveryOf(connected: { connectionId: string; reconnectionToken: string }): string {
-  return `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
-}
 
 describe('recovery of a session whose old socket is still open', () => {
   it('closes the old socket 1001 SessionMoved after `disconnected`, and gives the new one the unacknowledged messages (before: the old one dropped, 1006)', async (t) => {
@@ -26,7 +21,7 @@ describe('recovery of a session whose old socket is still open', () => {
     const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
     for (let n = 1; n <= 3; n++) await publisher.request({ type: 'sendToGroup', group: 'g', data: n, noEcho: true });
     await old.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three, unacknowledged');
-    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf(connected), RELIABLE, t);
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryQuery(connected.connectionId, connected.reconnectionToken), RELIABLE, t);
     assert.deepEqual(await withTimeout(old.closed, 5000, 'the old socket to close'), { code: 1001, reason: 'SessionMoved' });
     assert.ok(old.messages.some((m) => m.type === 'system' && m.event === 'disconnected'), 'disconnected before the close');
     await again.waitFor((m) => m.type === 'message' && m.data === 3, 5000, 'the three again');
@@ -52,7 +47,7 @@ describe('recovery of a session whose old socket is still open', () => {
     old.socket.pause();
     const ending = readUntilCloseOr(old.socket, () => false, closeHandshakeMs + 5000, 'the old socket to be dropped');
     const started = performance.now();
-    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf(connected), RELIABLE, t);
+    const again = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryQuery(connected.connectionId, connected.reconnectionToken), RELIABLE, t);
     await again.waitFor((m) => m.type === 'system' && m.event === 'connected');
     const { bytes: after, closed } = await ending;
     const waited = performance.now() - started;
@@ -80,7 +75,7 @@ describe('recovery of a session whose old socket is still open', () => {
     // The SDK's own reconnection token (it is what its recovery sends): the stale reconnect has it too.
     const token = (sdk.client as unknown as { _reconnectionToken?: string })._reconnectionToken;
     assert.ok(token, 'the SDK holds its reconnection token');
-    const stale = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryOf({ connectionId: sdk.connectionIds[0], reconnectionToken: token }), RELIABLE, t);
+    const stale = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryQuery(sdk.connectionIds[0], token), RELIABLE, t);
     await stale.waitFor((m) => m.type === 'system' && m.event === 'connected', 5000, 'the stale reconnect to take the session');
     stale.ws.terminate();
     await publish(4, 6);

@@ -10,7 +10,7 @@ import WebSocket from 'ws';
 import { EVENTS_IN_FLIGHT } from '../../src/pubsub/client-protocol.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { WAITING_FRAME_OVERHEAD, WAITING_TEXT_WEIGHT } from '../../src/pubsub/pubsub-connection.ts';
-import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
@@ -361,7 +361,7 @@ describe("a client's user events", () => {
     const url = accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'u' });
     let client = await RawPubSubClient.connect(url, RELIABLE, t);
     const connected = await client.waitFor((m) => m.event === 'connected');
-    const recover = `&awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+    const recover = recoveryQuery(connected.connectionId, connected.reconnectionToken);
     const waiting = () => ([...relay.pubsub.hub('chat')!.local.connections.values()][0] as unknown as { eventsWaiting?: unknown[] }).eventsWaiting?.length ?? 0;
     let ackId = 0;
     const counts: number[] = [];

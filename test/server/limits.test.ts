@@ -1,7 +1,7 @@
 // Limits from the config, enforced: each refusal is the protocol's own error,
 // a log line and a counter (edge_relay_limit_refusals_total{limit}).
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import WebSocket from 'ws';
 import { ConnectionRateLimiter, rateKey } from '../../src/server/connection-rate.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -38,6 +38,23 @@ async function refusals(relayUrl: string, limit: string): Promise<number> {
   return line ? Number(line.split(' ').pop()) : 0;
 }
 
+
+/**
+ * A request whose head is `head` and whose body then comes as `drip` every 100 ms, for as long as the connection
+ * lasts: what the relay answered, and its close (bounded: 5 s).
+ */
+function tricklingRequest(t: TestContext, port: number, head: string, drip: string): { answer: () => string; closed: Promise<unknown> } {
+  const socket = connect(port, '127.0.0.1');
+  cleanupFor(t).after(() => socket.destroy());
+  socket.on('error', () => undefined);
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+  socket.write(head);
+  const dripping = setInterval(() => socket.write(drip), 100);
+  socket.once('close', () => clearInterval(dripping));
+  t.after(() => clearInterval(dripping));
+  return { answer: () => answer, closed: withTimeout(new Promise((r) => socket.once('close', r)), 5000, 'the relay to close a trickling body it answered') };
+}
 describe('limits', () => {
   it('connections per node: past it a listener or client gets 503 ConnectionLimitReached', async (t) => {
     const relay = await startRelayProcess(t, pubsubOverrides({ log: { level: 'warn' }, metrics: { requireManage: false }, limits: { connectionsPerNode: 2 }, hybridConnections: [{ name: 'echo', requiresClientAuthorization: false }] }));
@@ -84,17 +101,9 @@ describe('limits', () => {
 
   it('a body trickled after the relay answered its request gets timeouts.headersMs, then the connection goes', async (t) => {
     const relay = await startTestRelay(t, { limits: { httpConnectionsPerNode: 2 }, timeouts: { headersMs: 500, firstByteMs: 500 } });
-    const trickling = Array.from({ length: 2 }, () => {
-      const socket = connect(relay.port, '127.0.0.1');
-      cleanupFor(t).after(() => socket.destroy());
-      socket.on('error', () => undefined);
-      let answer = '';
-      socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
-      socket.write('POST /$relay/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n');
-      const drip = setInterval(() => socket.write('1\r\na\r\n'), 100);
-      socket.once('close', () => clearInterval(drip));
-      return { answer: () => answer, closed: withTimeout(new Promise((r) => socket.once('close', r)), 5000, 'the relay to close a trickling body it answered') };
-    });
+    const trickling = Array.from({ length: 2 }, () =>
+      tricklingRequest(t, relay.port, 'POST /$relay/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n', '1\r\na\r\n'),
+    );
     // Before: both stayed open as long as they trickled, and the relay answered everyone else 503.
     await Promise.all(trickling.map((c) => c.closed));
     // Answered before its body ends (health takes no POST: 405), and the body then trickles on.
@@ -106,17 +115,9 @@ describe('limits', () => {
   // the relay's reach, so the body after it could trickle for good.
   it('an Expect other than 100-continue is answered 417 ExpectationFailed, and a body trickled after it gets timeouts.headersMs', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'open', requiresClientAuthorization: false }], timeouts: { headersMs: 500, firstByteMs: 500 } });
-    const socket = connect(relay.port, '127.0.0.1');
-    cleanupFor(t).after(() => socket.destroy());
-    socket.on('error', () => undefined);
-    let answer = '';
-    socket.on('data', (d: Buffer) => (answer += d.toString('latin1')));
-    socket.write('POST /open/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\nContent-Length: 1000000\r\n\r\n');
-    const drip = setInterval(() => socket.write('a'), 100);
-    socket.once('close', () => clearInterval(drip));
-    t.after(() => clearInterval(drip));
-    await withTimeout(new Promise((r) => socket.once('close', r)), 5000, 'the relay to close a trickling body it answered 417');
-    assert.match(answer, /^HTTP\/1\.1 417 [^]*\r\n\r\n\{"code":"ExpectationFailed"/, JSON.stringify(answer));
+    const trickling = tricklingRequest(t, relay.port, 'POST /open/x HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\nContent-Length: 1000000\r\n\r\n', 'a');
+    await trickling.closed;
+    assert.match(trickling.answer(), /^HTTP\/1\.1 417 [^]*\r\n\r\n\{"code":"ExpectationFailed"/, JSON.stringify(trickling.answer()));
   });
 
   it('connections per hub: past it a client gets 429 HubConnectionLimitReached', async (t) => {
