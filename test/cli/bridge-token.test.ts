@@ -7,7 +7,7 @@ import { createServer as createHttpServer } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { buildConfig } from '../../src/config/load.ts';
-import { howItEnds, localPort, startBridge, type BridgeProcess } from '../helpers/bridge-process.ts';
+import { dialThrough, howItEnds, localPort, startBridge, type BridgeProcess } from '../helpers/bridge-process.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { runCli } from '../helpers/cli-process.ts';
 import { startTcpEcho } from '../helpers/tcp-echo.ts';
@@ -111,9 +111,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     await until(() => listener.lines.some((l) => l.startsWith('listening on brief')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
     await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, `-L forwarding (stderr: ${dialer.stderr()})`);
     // While the token lasts, it carries: the echo comes back through both bridges; then the connection ends.
-    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
-    cleanupFor(t).after(() => socket.destroy());
-    socket.on('error', () => {});
+    const socket = dialThrough(t, dialer);
     assert.equal(await echoed(socket, 'before it expires'), 'before it expires');
     socket.end();
     assert.equal(await howItEnds(socket), 'end');
@@ -161,9 +159,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     const { token, expires } = expiringToken(`${relay.url}/$hc/cut`);
     const dialer = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-L', '0:cut']);
     await until(() => dialer.lines.some((l) => l.startsWith('forwarding ')), 10000, `-L forwarding (stderr: ${dialer.stderr()})`);
-    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
-    cleanupFor(t).after(() => socket.destroy());
-    socket.on('error', () => {});
+    const socket = dialThrough(t, dialer);
     assert.equal(await echoed(socket, 'before it expires'), 'before it expires');
     await pastExpiry(expires, 300);
     await until(() => /"event":"bridge\.accepting_stopped"/.test(dialer.stderr()), 5000, `-L to stop taking connections (stderr: ${dialer.stderr()})`);
@@ -182,9 +178,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `held:127.0.0.1:${echo.port}`]);
     await until(() => listener.lines.some((l) => l.startsWith('listening on held')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
     const dialer = await startBridge(t, relay.url, ['-L', '0:held'], [/^forwarding /]);
-    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
-    cleanupFor(t).after(() => socket.destroy());
-    socket.on('error', () => {});
+    const socket = dialThrough(t, dialer);
     assert.equal(await echoed(socket, 'before it expires'), 'before it expires');
     await pastExpiry(expires, 500);
     assert.equal(await echoed(socket, 'after it expired'), 'after it expired');
@@ -216,9 +210,7 @@ describe('edge-relay bridge with a ready --token (never renewed)', () => {
     const listener = runCli(t, ['bridge', '--relay', relay.url, '--token', token, '-R', `revoked:127.0.0.1:${echo.port}`]);
     await until(() => listener.lines.some((l) => l.startsWith('listening on revoked')), 10000, `-R listening with the token (stderr: ${listener.stderr()})`);
     const dialer = await startBridge(t, relay.url, ['-L', '0:revoked'], [/^forwarding /]);
-    const socket = connect({ host: '127.0.0.1', port: localPort(dialer) });
-    cleanupFor(t).after(() => socket.destroy());
-    socket.on('error', () => {});
+    const socket = dialThrough(t, dialer);
     assert.equal(await echoed(socket, 'before'), 'before');
     withTenant = false;
     assert.ok(relay.reload('api').ok);

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { howItEnds, localPort, startBridge } from '../helpers/bridge-process.ts';
+import { dialThrough, howItEnds, localPort, startBridge } from '../helpers/bridge-process.ts';
 import { runCli } from '../helpers/cli-process.ts';
 import { startTcpEcho } from '../helpers/tcp-echo.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startServeProcess, startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';

@@ -1,6 +1,7 @@
 // `edge-relay bridge` as a test starts it: a process with the relay's root key, ready once it printed what it
 // forwards, and how a socket through it ends.
-import type { Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
+import { cleanupFor } from './cleanup.ts';
 import type { TestContext } from 'node:test';
 import { runCli, type CliProcess } from './cli-process.ts';
 import { ROOT_KEY, ROOT_KEY_NAME } from './relay.ts';
@@ -34,4 +35,12 @@ export function howItEnds(socket: Socket, timeoutMs = 10000): Promise<'end' | 'r
     timeoutMs,
     'the socket to end',
   );
+}
+
+/** A connection to a `-L` bridge's local port, destroyed with the test; its errors are the test's to observe (howItEnds). */
+export function dialThrough(t: TestContext, bridge: BridgeProcess): Socket {
+  const socket = connect({ host: '127.0.0.1', port: localPort(bridge) });
+  cleanupFor(t).after(() => socket.destroy());
+  socket.on('error', () => {});
+  return socket;
 }
