@@ -5,7 +5,7 @@
 // tail: stream-resume.ts decides where to go on from); and pages of a range,
 // for a session's replay and the history API. The streams themselves, and
 // whether JetStream is ready, are jetstream.ts's.
-import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerMessages, type JetStreamClient, type JetStreamManager } from 'nats';
+import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type Subscription } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { errorCode, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
@@ -28,6 +28,8 @@ const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
 const CONSUMER_INACTIVE_MS = 60_000;
 /** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
 const FOLLOW_MEMORY = 64;
+/** JetStream's advisory that a stream elected a leader; the stream's name is the last token. */
+export const LEADER_ELECTED = '$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -68,16 +70,61 @@ export interface StreamReaderContext {
   restoreIfNoStream(err: unknown, reason: string): void;
 }
 
+interface FollowerEntry {
+  readonly stream: string;
+  stop(): void;
+  /** Ends the consumer read now: the follower goes on with a new one (compared with what it handed on last). */
+  newConsumer(reason: string, detail?: object): void;
+}
+
 export class StreamReader {
-  private readonly followers = new Set<{ stop(): void }>();
+  private readonly followers = new Set<FollowerEntry>();
   /** The consumers followers read now: dropped (and made again) when the connection to NATS is made again. */
   private readonly consuming = new Set<ConsumerMessages>();
+  /** The subscription to streams' leader elections (watchLeaders), once made; kept when refused, so as not to ask again. */
+  private leaderWatch: Subscription | undefined;
 
   constructor(private readonly c: StreamReaderContext) {}
 
   /** After a reconnect a consumer may have lived on the server that went away, and nats.js then waits on it silently: each follower starts again after the last message it handed on. */
   reconnected(): void {
     for (const msgs of this.consuming) msgs.stop();
+  }
+
+  /**
+   * A follower's consumer lives on one server and reads that server's copy of
+   * the stream. When the stream elects another leader whose copy numbers its
+   * messages otherwise (nats-server 2.9.10 did: lower, after a leader change),
+   * the messages stored next come under sequences the consumer has passed and
+   * are never delivered to it. Each follower of a stream whose leader changed
+   * goes on with a new consumer, which reads the last messages again and
+   * tells them apart by id (stream-resume.ts). One subscription per edge, made
+   * once NATS is connected; the edges' NATS user must be allowed to subscribe
+   * to it (deploy/nats.conf).
+   */
+  private watchLeaders(): void {
+    const nc = this.c.bus.connection;
+    if (this.leaderWatch || !nc) return;
+    this.leaderWatch = nc.subscribe(`${LEADER_ELECTED}.*`, {
+      callback: (err, msg) => {
+        if (err) {
+          this.c.log.warn({
+            event: 'jetstream.leader_watch_refused',
+            err: err.message,
+            hint: `followers of durable hubs go on with the same consumer when a stream elects another leader (an old nats-server may then skip events): allow this edge's NATS user to subscribe to ${LEADER_ELECTED}.*`,
+          });
+          return;
+        }
+        const stream = msg.subject.slice(LEADER_ELECTED.length + 1);
+        let leader: unknown;
+        try {
+          leader = (JSON.parse(new TextDecoder().decode(msg.data)) as { leader?: unknown }).leader;
+        } catch {
+          leader = undefined;
+        }
+        for (const follower of this.followers) if (follower.stream === stream) follower.newConsumer('leader_changed', typeof leader === 'string' ? { leader } : {});
+      },
+    });
   }
 
   /**
@@ -89,6 +136,8 @@ export class StreamReader {
   follow(stream: string, fromSeq: number, onMessage: (m: StoredMessage) => void, onGap?: (expected: number, got: number) => void): Follower {
     let stopped = false;
     let current: ConsumerMessages | undefined;
+    /** A leader elected while the next consumer was being made: it may have been made on the old leader's copy. */
+    let resetAsked: { reason: string; detail: object } | undefined;
     const position = new FollowPosition(fromSeq, FOLLOW_MEMORY, {
       renumbered: (note) =>
         this.c.log.warn({
@@ -112,6 +161,7 @@ export class StreamReader {
     /** When the stream followed was made: another time means it was made again, and sequences start over. */
     let created: string | undefined;
     const follower = {
+      stream,
       get position() {
         return position.next - 1;
       },
@@ -120,11 +170,22 @@ export class StreamReader {
         this.followers.delete(follower);
         current?.stop();
       },
+      newConsumer: (reason: string, detail: object = {}) => {
+        if (stopped) return;
+        if (!current) {
+          resetAsked = { reason, detail };
+          return;
+        }
+        this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason, next: position.next, ...detail });
+        current.stop();
+      },
     };
     this.followers.add(follower);
     void (async () => {
       for (let attempt = 0; !stopped && !this.c.closed(); attempt++) {
         const name = `edge_${nuid.next()}`;
+        this.watchLeaders();
+        resetAsked = undefined;
         let msgs: ConsumerMessages;
         try {
           const { jsm, js } = this.c.clients();
@@ -176,6 +237,11 @@ export class StreamReader {
         current = msgs;
         this.consuming.add(msgs);
         if (stopped) msgs.stop();
+        else {
+          // Set by newConsumer while the consumer was made (TypeScript cannot see a closure assign it).
+          const asked = resetAsked as { reason: string; detail: object } | undefined;
+          if (asked) follower.newConsumer(asked.reason, asked.detail);
+        }
         // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
         // that means nobody serves it (heartbeats are not always reported).
         let lastSign = performance.now();
@@ -219,6 +285,7 @@ export class StreamReader {
         }
         clearInterval(watchdog);
         this.consuming.delete(msgs);
+        if (current === msgs) current = undefined;
         this.c.manager()?.consumers.delete(stream, name).catch(() => undefined);
         if (!stopped) await sleep(RETRY_MS);
       }
@@ -315,5 +382,6 @@ export class StreamReader {
 
   close(): void {
     for (const follower of [...this.followers]) follower.stop();
+    if (this.leaderWatch && !this.leaderWatch.isClosed()) this.leaderWatch.unsubscribe();
   }
 }

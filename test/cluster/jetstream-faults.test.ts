@@ -181,6 +181,41 @@ describe('JetStream faults', { concurrency: true }, () => {
     }
   });
 
+  it("the stream's leader steps down twice under steady publishing: each edge's follower goes on with a new consumer, nothing acknowledged is lost or doubled", async (t) => {
+    const { nats, edges } = await startCluster(t, 2);
+    const [a, b] = edges;
+    const sub = await startClient(t, accessUrl(a.url));
+    await sub.client.joinGroup('feed');
+    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
+    const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 10);
+    // The test's own connection, allowed what the edges are not: stepping a stream's leader down.
+    const nc = await connect({ servers: nats.map((n) => n.url) });
+    t.after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    const leader = async () => (await jsm.streams.info('RELAY_chat')).cluster?.leader;
+    for (let round = 1; round <= 2; round++) {
+      await until(() => steady.acked.length >= 60 * round, 20000, `publishing before step-down ${round}`);
+      const was = await leader();
+      assert.ok(was, 'the stream has a leader');
+      await nc.request('$JS.API.STREAM.LEADER.STEPDOWN.RELAY_chat', undefined, { timeout: 5000 });
+      await untilAnswered(async () => {
+        const now = await leader();
+        return now !== undefined && now !== was;
+      }, 20000, `another leader after step-down ${round}`);
+      // Edge A's follower (its subscriber's hub) heard the election and made a new consumer.
+      await until(() => edgeEvents([a], /"jetstream\.follow_reset"/).split('\n').filter((l) => l.includes('"leader_changed"')).length >= round, 10000, `edge A's follower to go on with a new consumer (${round})`);
+    }
+    const before = steady.acked.length;
+    await until(() => steady.acked.length >= before + 60, 20000, 'publishing after the step-downs');
+    await steady.stop();
+    const story = () => `acked ${steady.acked.length}, refused ${steady.refused.length}\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
+    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), 30000, 'the last acknowledged event').catch((err) => {
+      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
+    });
+    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+    assert.match(edgeEvents([a], /leader_changed/), /"stream":"RELAY_chat"/);
+  });
+
   it('every NATS node down for 15 s: publishes meanwhile are refused, everything acknowledged before and after arrives, a question about a group is answered or refused at once', async (t) => {
     const { nats, edges } = await startCluster(t, 2, { bus: { jetstream: { publishTimeoutMs: 2000 } }, metrics: { requireManage: false } });
     const [a, b] = edges;
