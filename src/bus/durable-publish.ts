@@ -97,8 +97,14 @@ export class DurablePublisher {
   private probingStore = false;
   /** The order publishes to each stream try in while one of them is in trouble. */
   private readonly order = new PublishOrder();
+  /** When the bus's backlog last cleared (performance.now()): a publish begun before waited behind what it held. */
+  private backlogClearedAt = -Infinity;
 
-  constructor(private readonly c: DurablePublishContext) {}
+  constructor(private readonly c: DurablePublishContext) {
+    c.bus.onBacklogChange((backlogged) => {
+      if (!backlogged) this.backlogClearedAt = performance.now();
+    });
+  }
 
   /** After a reconnect: what was sent on the connection gone is not ordered with what is sent on this one (publish-order.ts). */
   reconnected(): void {
@@ -133,6 +139,7 @@ export class DurablePublisher {
      * failing in readiness though every try that went out was stored.
      */
     let failedAtStore = false;
+    const begunAt = performance.now();
     const stream = this.streamOf(subject);
     // While a publish of this stream is in trouble, its publishes try one at a time in the order they began (publish-order.ts).
     const turn = this.order.begin(stream);
@@ -148,8 +155,9 @@ export class DurablePublisher {
           if (left <= 0 && !turn.troubled) {
             last = 'earlier events of its stream were not stored yet, and it is not stored before them';
             // Those are held at the store (a lost leader: said at once, not when the first gives up at unsureRetryMs),
-            // unless the bus holds them.
-            failedAtStore = !this.c.bus.backlogged;
+            // unless the bus holds them or held them since this call began: then they may only just have gone out
+            // again (before, a backlog that cleared just before this deadline had the stream said to store nothing).
+            failedAtStore = !this.c.bus.backlogged && this.backlogClearedAt < begunAt;
           }
         }
         if (left <= 0) {

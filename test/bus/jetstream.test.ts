@@ -27,8 +27,8 @@ function busOn(t: Parameters<typeof cleanupFor>[0], url: string): NatsBus {
 }
 
 /** JetStream access on `bus` (memory storage, publishTimeoutMs 3 s, requestTimeoutMs 2 s unless `options` says), closed with the test. */
-function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, options: Partial<JetStreamOptions> = {}): JetStreamAccess {
-  const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, ...options }, log);
+function access(t: Parameters<typeof cleanupFor>[0], bus: NatsBus, options: Partial<JetStreamOptions> = {}, logger = log): JetStreamAccess {
+  const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 2000, ...options }, logger);
   cleanupFor(t).after(() => js.close());
   return js;
 }
@@ -40,10 +40,10 @@ const BUCKET = { name: 'T_sessions', ttlMs: 60_000 };
 const BIG = Buffer.alloc(256 * 1024, 7);
 
 /** A JetStream access with `options` on a nats-server of its own, its streams made; then that server is frozen. */
-async function accessOnFrozenServer(t: Parameters<typeof cleanupFor>[0], options: Partial<JetStreamOptions>): Promise<{ nats: NatsNode; bus: NatsBus; js: JetStreamAccess }> {
+async function accessOnFrozenServer(t: Parameters<typeof cleanupFor>[0], options: Partial<JetStreamOptions>, logger = log): Promise<{ nats: NatsNode; bus: NatsBus; js: JetStreamAccess }> {
   const nats = await startNatsServer(t);
   const bus = busOn(t, nats.url);
-  const js = access(t, bus, options);
+  const js = access(t, bus, options, logger);
   await js.start([STREAM], BUCKET);
   await nats.freeze();
   return { nats, bus, js };
@@ -263,6 +263,29 @@ describe('JetStream access', () => {
     assert.equal(js.storingByStream().get(STREAM.name), true);
     nats.thaw();
     await withTimeout(Promise.all(outcomes), 30_000, 'every publish to settle');
+  });
+
+  it('does not say a stream stores nothing when a publish waited its turn behind the bus backlog, which cleared just before its deadline', async (t) => {
+    // The tries sent to the frozen server go unanswered (requestTimeoutMs) and are tried again, in order, until
+    // unsureRetryMs; publishes begun after them wait their turn. Before: one whose deadline came just after the
+    // backlog cleared looked at the bus then, found it clear, and said the stream stored nothing (until the next
+    // store), though the events before it had only just gone out again, and were stored.
+    const logs = captureLogger('info');
+    const { nats, bus, js } = await accessOnFrozenServer(t, { publishTimeoutMs: 1000, requestTimeoutMs: 600, unsureRetryMs: 20_000 }, logs.log);
+    const outcomes = publishBig(js, 'id-held');
+    await until(() => bus.backlogged, 5000, 'the bus backlogged');
+    await new Promise((r) => setTimeout(r, 1100));
+    const begun = performance.now();
+    const later = Array.from({ length: 8 }, (_, i) => js.publish('t.ev.hub.later', Buffer.from(String(i)), `id-later-${i}`).catch((err: Error) => err));
+    await new Promise((r) => setTimeout(r, Math.max(0, begun + 825 - performance.now())));
+    assert.ok(bus.connected, 'the bus not judged stale');
+    nats.thaw();
+    const settled = await withTimeout(Promise.all([...outcomes, ...later]), 30_000, 'every publish to settle');
+    t.diagnostic(`${settled.filter((o) => !(o instanceof Error)).length} of 72 stored`);
+    assert.deepEqual(
+      logs.lines().filter((l) => l.event === 'jetstream.store_failing'),
+      [],
+    );
   });
 
   it('says "not confirmed", not "not stored", when it gives up after a try went out unanswered', async (t) => {
