@@ -63,14 +63,14 @@ Options:
                        firewall that dropped the path); both sides ping each
                        forwarded connection's leg as often and reset the
                        connection when its leg stays silent for two periods;
-                       default 30
+                       1 to 3600, default 30
   --connect-timeout SECONDS
                        how long a -R target may take to accept a TCP
                        connection, and the relay to answer a -L connect (the
                        listener accepting), 5 s longer, so a -R target that
                        never answers reaches -L as 502 with its reason; default
                        25 (with the 5 s, the relay's timeouts.acceptMs, 30 s by
-                       default, after which the relay answers 504)
+                       default, after which the relay answers 504); 1 to 3600
   --log-level LEVEL    fatal, error, warn, info, debug, trace or silent; default info
 ${TLS_HELP}
   -h, --help           this text

@@ -28,11 +28,11 @@ Options:
   --node-id ID       nodeId             (env EDGE_RELAY_NODE_ID)
   --nats URLS        bus: { kind: "nats", servers: URLS } (comma-separated; env EDGE_RELAY_NATS)
   --workers N        N edge processes sharing the port, each an edge on the NATS bus
-                     named NODEID-wN (default 1; env EDGE_RELAY_WORKERS)
+                     named NODEID-wN (1 to 256, default 1; env EDGE_RELAY_WORKERS)
   --worker-watchdog S
                      with --workers: a worker that answers no ping for S seconds (its
-                     event loop stuck) is killed and started again (default 30, 0 = off;
-                     env EDGE_RELAY_WORKER_WATCHDOG)
+                     event loop stuck) is killed and started again (0.5 to 86400,
+                     default 30, 0 = off; env EDGE_RELAY_WORKER_WATCHDOG)
   --dev              allow keys shorter than 32 bytes, or the published development
                      keys, on a non-loopback listen.host or behind a proxy
                      (listen.trustProxy, a publicUrl of another host; never in production)
