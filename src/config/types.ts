@@ -140,6 +140,7 @@ export interface RelayConfig {
     requestsInFlightPerConnection: number;
     connectionsPerNode: number;
     httpConnectionsPerNode: number;
+    httpConnectionsPerAddress: number;
     connectionsPerHub: number;
     connectRatePerAddress: number;
     connectBurstPerAddress: number;

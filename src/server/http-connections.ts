@@ -8,12 +8,20 @@
 // counted against nothing (issue 18, defect 5). A connection that upgrades
 // leaves this count for the WebSocket one (limits.connectionsPerNode); a
 // request whose head is complete may stream its body for as long as it likes.
+// One client address may hold limits.httpConnectionsPerAddress of them (IPv6
+// by its /64, as the connection rate counts): before, one address could take
+// every place of the node and keep it with a request every few seconds on
+// each. Peers in listen.trustProxy (load balancers, carrying many clients;
+// with listen.proxyProtocol every peer is one) are not counted by address.
 import type { Socket } from 'node:net';
 import { SweepClock } from '../websocket/sweep-clock.ts';
+import { rateKey } from './connection-rate.ts';
 
 export interface HttpConnectionEvents {
   /** A new connection past the limit: answer and close it. */
   refused(socket: Socket, open: number): void;
+  /** A new connection past the limit for its client address (`open`: that address's): answer and close it. */
+  refusedAddress(socket: Socket, open: number): void;
   /** A connection that sent no byte within firstByteMs: answer and close it. */
   silent(socket: Socket): void;
 }
@@ -35,6 +43,16 @@ export class HttpConnections {
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
   private readonly sweepClock: SweepClock;
+  /** Connections counted by client address (plain ones and handshakes): how many each address holds. */
+  private readonly perAddress = new Map<string, number>();
+  /** The address each connection counted by address counts under (its TCP socket's while its handshake runs). */
+  private readonly addressOf = new Map<Socket, string>();
+
+  /**
+   * limits.httpConnectionsPerAddress; a reload may change it (connections already open stay). 0: not counted
+   * (connections open while it was 0 stay uncounted).
+   */
+  perAddressLimit = 0;
 
   constructor(
     /** limits.httpConnectionsPerNode; a reload may change it (connections already open stay). */
@@ -46,6 +64,8 @@ export class HttpConnections {
      * while that is still being read (bounded elsewhere: not counted silent meanwhile).
      */
     private readonly preambleBytes: (socket: Socket) => number | undefined = () => 0,
+    /** Whether a TCP peer is a load balancer (listen.trustProxy, read live): its connections are not counted by address. */
+    private readonly isProxy: (address: string | undefined) => boolean = () => false,
   ) {
     // A quarter of the bound: a silent connection is closed within 1.25 times it.
     const period = Math.max(25, Math.floor(firstByteMs / 4));
@@ -66,9 +86,11 @@ export class HttpConnections {
     if (this.size >= this.limit) return this.events.refused(socket, this.size);
     const key = addressKey(socket);
     if (key === undefined) return;
+    if (!this.countByAddress(socket)) return;
     this.handshakes.set(key, { socket, settings });
     socket.once('close', () => {
       if (this.handshakes.get(key)?.socket === socket) this.handshakes.delete(key);
+      this.uncount(socket);
     });
   }
 
@@ -80,15 +102,19 @@ export class HttpConnections {
     let settings: number | undefined;
     if (this.handshakes.size > 0) {
       const key = addressKey(socket);
-      if (key !== undefined) {
-        settings = this.handshakes.get(key)?.settings;
-        this.handshakes.delete(key);
+      const handshake = key === undefined ? undefined : this.handshakes.get(key);
+      if (handshake) {
+        settings = handshake.settings;
+        this.handshakes.delete(key!);
+        // Its place by address passes from the TCP socket to the TLS one (counted again just below).
+        this.uncount(handshake.socket);
       }
     }
     if (this.size >= this.limit) {
       this.events.refused(socket, this.size);
       return settings;
     }
+    if (!this.countByAddress(socket)) return settings;
     this.plain.add(socket);
     this.silentSince.set(socket, now);
     socket.once('close', () => this.forget(socket));
@@ -103,6 +129,39 @@ export class HttpConnections {
   private forget(socket: Socket): void {
     this.plain.delete(socket);
     this.silentSince.delete(socket);
+    this.uncount(socket);
+  }
+
+  /** How many connections `address`'s client holds now (by its rate key: an IPv6 one by its /64). */
+  heldBy(address: string): number {
+    return this.perAddress.get(rateKey(address)) ?? 0;
+  }
+
+  /**
+   * Counts `socket` against its client address, unless it is not counted by address (the limit off, a balancer's
+   * connection); false when that address holds perAddressLimit already (the connection was refused).
+   */
+  private countByAddress(socket: Socket): boolean {
+    const address = socket.remoteAddress;
+    if (this.perAddressLimit <= 0 || !address || this.isProxy(address)) return true;
+    const key = rateKey(address);
+    const held = this.perAddress.get(key) ?? 0;
+    if (held >= this.perAddressLimit) {
+      this.events.refusedAddress(socket, held);
+      return false;
+    }
+    this.perAddress.set(key, held + 1);
+    this.addressOf.set(socket, key);
+    return true;
+  }
+
+  private uncount(socket: Socket): void {
+    const key = this.addressOf.get(socket);
+    if (key === undefined) return;
+    this.addressOf.delete(socket);
+    const held = (this.perAddress.get(key) ?? 1) - 1;
+    if (held > 0) this.perAddress.set(key, held);
+    else this.perAddress.delete(key);
   }
 
   private closeSilent(now = performance.now()): void {

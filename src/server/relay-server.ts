@@ -181,12 +181,19 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
       else answerAndClose(socket, 'HttpConnectionLimitReached');
     },
+    refusedAddress: (socket, open) => {
+      metrics.limitRefused('httpConnectionsPerAddress', true);
+      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerAddress', address: socket.remoteAddress, open });
+      if (tls && !(socket instanceof TLSSocket)) socket.destroy();
+      else answerAndClose(socket, 'AddressConnectionLimitReached');
+    },
     silent: (socket) => {
       metrics.limitRefused('firstByteMs', true);
       log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
-  }, preambleBytes);
+  }, preambleBytes, (address) => proxyTrust.trusts(address));
+  httpConnections.perAddressLimit = config.limits.httpConnectionsPerAddress;
   // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
   // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
   // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set

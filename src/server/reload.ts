@@ -154,6 +154,7 @@ export function applyConfig(t: ReloadTargets, next: RelayConfig): Record<string,
   const pubsub = t.pubsub.reconfigure(live, t.jetstreamFor(live), now);
   t.connectRate.configure(live.limits.connectRatePerAddress, live.limits.connectBurstPerAddress);
   t.httpConnections.limit = live.limits.httpConnectionsPerNode;
+  t.httpConnections.perAddressLimit = live.limits.httpConnectionsPerAddress;
   t.proxyTrust.configure(live.listen.trustProxy);
   // Other certificate files, or another minimum version: the server serves them from now on.
   if (t.certificates && next.listen.tls && live.listen.tls) {

@@ -32,9 +32,9 @@ export function maskedFrame(opcode: number, payload: Buffer | string, fin = true
   return Buffer.concat([header, mask, masked]);
 }
 
-/** A TCP connection to 127.0.0.1:port, destroyed at the end of the test. */
-export function tcp(t: Pick<TestContext, 'after'>, port: number): Promise<Socket> {
-  const socket = connect(port, '127.0.0.1');
+/** A TCP connection to 127.0.0.1:port (from `localAddress`, another loopback address, if given), destroyed at the end of the test. */
+export function tcp(t: Pick<TestContext, 'after'>, port: number, localAddress?: string): Promise<Socket> {
+  const socket = connect({ port, host: '127.0.0.1', localAddress });
   socket.on('error', () => socket.destroy());
   cleanupFor(t).after(() => socket.destroy());
   return withTimeout(

@@ -79,6 +79,39 @@ describe('slow and silent connections', () => {
     );
   });
 
+  it('refuses plain HTTP connections past httpConnectionsPerAddress from one address with 429, serves other addresses meanwhile, and does not count a trusted proxy by address', async (t) => {
+    // Before: one address could hold every place of httpConnectionsPerNode (a request every few seconds on each
+    // keeps them), and every other client of the node got 503.
+    const relay = await startTestRelay(t, { timeouts: { firstByteMs: 20_000, headersMs: 20_000 }, limits: { httpConnectionsPerAddress: 3 } });
+    const health = 'GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n';
+    const served = async (socket: Awaited<ReturnType<typeof tcp>>) => {
+      socket.write(health);
+      return (await readToClose(socket, CLOSED_WITHIN_MS, 'the answer')).toString('latin1');
+    };
+    const held = await Promise.all(Array.from({ length: 3 }, () => tcp(t, relay.port)));
+    const refused = await readToClose(await tcp(t, relay.port), CLOSED_WITHIN_MS, 'the refused connection closed');
+    assert.match(refused.toString('latin1'), /^HTTP\/1\.1 429 [\s\S]*"code":"AddressConnectionLimitReached"/);
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerAddress' }), 1);
+    // Another client address (127.0.0.2, also this host's loopback) is served meanwhile.
+    assert.match(await served(await tcp(t, relay.port, '127.0.0.2')), /^HTTP\/1\.1 200 /);
+    // A place given back is taken again.
+    held[0].destroy();
+    await withTimeout(
+      (async () => {
+        for (;;) {
+          if (/^HTTP\/1\.1 200 /.test(await served(await tcp(t, relay.port)))) return;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      })(),
+      CLOSED_WITHIN_MS,
+      'a request from the first address served again',
+    );
+    // From a trusted proxy (a load balancer carrying many clients), connections are not counted by address.
+    const behind = await startTestRelay(t, { timeouts: { firstByteMs: 20_000, headersMs: 20_000 }, limits: { httpConnectionsPerAddress: 3 }, listen: { host: '127.0.0.1', port: 0, trustProxy: ['127.0.0.1'] } });
+    await Promise.all(Array.from({ length: 5 }, () => tcp(t, behind.port)));
+    assert.match(await served(await tcp(t, behind.port)), /^HTTP\/1\.1 200 /);
+  });
+
   it('answers 431 to a request head over 16 KiB', async (t) => {
     const relay = await slowRelay(t);
     const socket = await tcp(t, relay.port);

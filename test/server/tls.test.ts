@@ -177,6 +177,54 @@ describe('TLS on the one port', () => {
     assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
   });
 
+  it('counts connections by client address from their TCP accept, handshake included, and a finished handshake once', async (t) => {
+    const pki = makePki(t);
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerAddress: 3 }, timeouts: { firstByteMs: 20000 } });
+    const tls = clientTls(pki);
+    const stalled = await Promise.all([0, 1, 2].map(async () => {
+      const socket = netConnect(relay.port, '127.0.0.1');
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'connect');
+      return socket;
+    }));
+    await assert.rejects(
+      withTimeout(httpRequest(`${relay.url}/$relay/health`, { tls }), 5000, 'a request past the limit'),
+      (err: Error) => !/timed out/.test(err.message),
+      'a fourth connection from the address is closed at once, before its handshake',
+    );
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerAddress' }), 1);
+    // Another address (127.0.0.2) completes its handshake and is served meanwhile.
+    const otherTcp = netConnect({ host: '127.0.0.1', port: relay.port, localAddress: '127.0.0.2' });
+    otherTcp.on('error', () => {});
+    t.after(() => otherTcp.destroy());
+    const other = connect({ socket: otherTcp, ca: pki.ca, servername: 'localhost' });
+    other.on('error', () => {});
+    t.after(() => other.destroy());
+    await withTimeout(once(other, 'secureConnect'), 5000, 'the other address handshake');
+    other.write('GET /$relay/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n');
+    const answer = await withTimeout(
+      new Promise<string>((resolve) => {
+        let text = '';
+        other.on('data', (c: Buffer) => (text += c.toString('latin1')));
+        other.on('close', () => resolve(text));
+      }),
+      5000,
+      'the other address answered',
+    );
+    assert.match(answer, /^HTTP\/1\.1 200 /);
+    for (const socket of stalled) socket.destroy();
+    await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
+    // A finished handshake counts once (its TCP socket's place passed to the TLS one): two open leave room for a third.
+    for (let i = 0; i < 2; i++) {
+      const socket = connect({ host: '127.0.0.1', port: relay.port, ca: pki.ca, servername: 'localhost' });
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'secureConnect');
+    }
+    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
+  });
+
   it('does not hold a drain for a connection that finished its handshake and sent nothing (a browser\'s preconnect)', async (t) => {
     const pki = makePki(t);
     const relay = await startTestRelay(t, { listen: tlsListen(pki), timeouts: { shutdownMs: 20000 } });
