@@ -5,7 +5,7 @@
 // tail: stream-resume.ts decides where to go on from); and pages of a range,
 // for a session's replay and the history API. The streams themselves, and
 // whether JetStream is ready, are jetstream.ts's.
-import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type Subscription } from 'nats';
+import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerConfig, type ConsumerInfo, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type Subscription } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { errorCode, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
@@ -28,6 +28,11 @@ const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
 const CONSUMER_INACTIVE_MS = 60_000;
 /** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
 const FOLLOW_MEMORY = 64;
+/**
+ * How many times a consumer is made again when the server placed it on another server than the stream's leader
+ * (a server picks one of the stream's at random: with three, 1 in 3 is the leader; 20 tries miss it 0.03 % of times).
+ */
+const PLACEMENT_TRIES = 20;
 /** JetStream's advisory that a stream elected a leader; the stream's name is the last token. */
 export const LEADER_ELECTED = '$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED';
 
@@ -183,10 +188,10 @@ export class StreamReader {
     this.followers.add(follower);
     void (async () => {
       for (let attempt = 0; !stopped && !this.c.closed(); attempt++) {
-        const name = `edge_${nuid.next()}`;
         this.watchLeaders();
         resetAsked = undefined;
         let msgs: ConsumerMessages;
+        let ci: ConsumerInfo | undefined;
         try {
           const { jsm, js } = this.c.clients();
           const info = await jsm.streams.info(stream);
@@ -216,8 +221,7 @@ export class StreamReader {
           const byTime = position.startFromMs;
           // By time: from the millisecond of the latest message handed on (it, and others of that millisecond
           // handed on, are known by their ids; a later one of that millisecond is new).
-          const ci = await jsm.consumers.add(stream, {
-            name,
+          ci = await this.addOnLeader(jsm, stream, info.cluster?.leader, 'edge', {
             ...(byTime !== undefined
               ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: new Date(byTime).toISOString() }
               : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from }),
@@ -230,10 +234,11 @@ export class StreamReader {
         } catch (err) {
           if (attempt % 20 === 0) this.c.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
           this.c.restoreIfNoStream(err, 'a follower found no stream');
-          this.c.manager()?.consumers.delete(stream, name).catch(() => undefined);
+          if (ci) this.c.manager()?.consumers.delete(stream, ci.name).catch(() => undefined);
           await sleep(RETRY_MS);
           continue;
         }
+        const name = ci.name;
         current = msgs;
         this.consuming.add(msgs);
         if (stopped) msgs.stop();
@@ -294,6 +299,37 @@ export class StreamReader {
   }
 
   /**
+   * A consumer of `stream` on the server that leads it (`leader`, as the stream's info named it just before), named
+   * `prefix`_ and a random tail. A consumer of one copy reads that server's copy of the stream, and the server
+   * places a consumer on any server holding one. The copies should be alike, but nats-server 2.9.10's were seen
+   * apart: after its leader was frozen and another elected, the old leader's copy lacked 9 acknowledged messages
+   * for good and numbered the rest lower, and a follower whose new consumer was placed there never had those
+   * messages (a chaos soak; the other edges' followers, on the leader, had them). The leader's copy is the one
+   * every write was acknowledged by: a consumer placed elsewhere is deleted and made again, up to PLACEMENT_TRIES
+   * times. Without a leader named (one server, or none elected now) the first one is taken.
+   */
+  private async addOnLeader(jsm: JetStreamManager, stream: string, leader: string | undefined, prefix: string, config: Partial<ConsumerConfig>): Promise<ConsumerInfo> {
+    for (let tries = 1; ; tries++) {
+      const name = `${prefix}_${nuid.next()}`;
+      let ci: ConsumerInfo;
+      try {
+        ci = await jsm.consumers.add(stream, { ...config, name });
+      } catch (err) {
+        // It may have been made all the same (an answer lost): it goes when nobody pulls from it, or now.
+        jsm.consumers.delete(stream, name).catch(() => undefined);
+        throw err;
+      }
+      const on = ci.cluster?.leader;
+      if (leader === undefined || on === undefined || on === leader) return ci;
+      if (tries >= PLACEMENT_TRIES) {
+        this.c.log.warn({ event: 'jetstream.consumer_off_leader', stream, leader, on, tries, hint: 'reading a copy of the stream on another server than its leader: with nats-server before 2.10.14 that copy may lack or renumber messages' });
+        return ci;
+      }
+      jsm.consumers.delete(stream, name).catch(() => undefined);
+    }
+  }
+
+  /**
    * A follower that starts after `seq` remembers that message (its store time) as if it had handed it on:
    * one that hands nothing on before the stream loses its tail (a quiet hub) still finds where it was.
    * Says whether the stream holds it (`gone`: aged out, deleted, or a stream made again), or `unknown` (no answer).
@@ -320,8 +356,9 @@ export class StreamReader {
     const maxBytes = options.maxBytes ?? Infinity;
     let bytes = 0;
     const deadline = performance.now() + options.timeoutMs;
-    const ci = await jsm.consumers.add(stream, {
-      name: `read_${nuid.next()}`,
+    // On the stream's leader, as a follower's consumer is: a replay then joins its follower in one numbering.
+    const leader = (await jsm.streams.info(stream)).cluster?.leader;
+    const ci = await this.addOnLeader(jsm, stream, leader, 'read', {
       deliver_policy: DeliverPolicy.StartSequence,
       opt_start_seq: Math.max(1, options.fromSeq),
       ack_policy: AckPolicy.None,
