@@ -141,6 +141,7 @@ export interface RelayConfig {
     connectionsPerNode: number;
     httpConnectionsPerNode: number;
     httpConnectionsPerAddress: number;
+    connectionsPerAddress: number;
     connectionsPerHub: number;
     connectRatePerAddress: number;
     connectBurstPerAddress: number;

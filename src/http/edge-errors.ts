@@ -17,7 +17,8 @@ export const EDGE_ERRORS = {
   ExpectationFailed: { status: 417, message: 'The only expectation this relay meets is 100-continue' },
   WebSocketVersionUnsupported: { status: 426, message: 'Only WebSocket version 13 is supported' },
   TooManyConnectionAttempts: { status: 429, message: 'Too many new connections from this address; retry later' },
-  AddressConnectionLimitReached: { status: 429, message: 'This address holds as many HTTP connections to this relay node as limits.httpConnectionsPerAddress allows; close one or retry later' },
+  AddressHttpConnectionLimitReached: { status: 429, message: 'This address holds as many HTTP connections to this relay node as limits.httpConnectionsPerAddress allows; close one or retry later' },
+  AddressConnectionLimitReached: { status: 429, message: 'This address holds as many WebSocket connections to this relay node as limits.connectionsPerAddress allows; close one or retry later' },
   ConfigInvalid: { status: 422, message: 'The configuration on disk does not load; nothing was changed' },
   HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },
@@ -30,7 +31,7 @@ export const EDGE_ERRORS = {
 export type EdgeErrorCode = keyof typeof EDGE_ERRORS;
 
 /** Why admission refused a new WebSocket connection. */
-export type AdmissionRefusal = 'ConnectionLimitReached' | 'TooManyConnectionAttempts';
+export type AdmissionRefusal = 'ConnectionLimitReached' | 'AddressConnectionLimitReached' | 'TooManyConnectionAttempts';
 
 export const { failUpgrade: failEdgeUpgrade, failRequest: failEdgeRequest } = errorAnswers<EdgeErrorCode>(EDGE_ERRORS);
 

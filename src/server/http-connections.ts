@@ -15,7 +15,7 @@
 // with listen.proxyProtocol every peer is one) are not counted by address.
 import type { Socket } from 'node:net';
 import { SweepClock } from '../websocket/sweep-clock.ts';
-import { rateKey } from './connection-rate.ts';
+import { ConnectionsByAddress } from './connections-by-address.ts';
 
 export interface HttpConnectionEvents {
   /** A new connection past the limit: answer and close it. */
@@ -43,8 +43,8 @@ export class HttpConnections {
   private readonly silentSince = new Map<Socket, number>();
   private readonly timer: NodeJS.Timeout;
   private readonly sweepClock: SweepClock;
-  /** Connections counted by client address (plain ones and handshakes): how many each address holds. */
-  private readonly perAddress = new Map<string, number>();
+  /** Connections counted by client address (plain ones and handshakes). */
+  private readonly byAddress = new ConnectionsByAddress();
   /** The address each connection counted by address counts under (its TCP socket's while its handshake runs). */
   private readonly addressOf = new Map<Socket, string>();
 
@@ -132,11 +132,6 @@ export class HttpConnections {
     this.uncount(socket);
   }
 
-  /** How many connections `address`'s client holds now (by its rate key: an IPv6 one by its /64). */
-  heldBy(address: string): number {
-    return this.perAddress.get(rateKey(address)) ?? 0;
-  }
-
   /**
    * Counts `socket` against its client address, unless it is not counted by address (the limit off, a balancer's
    * connection); false when that address holds perAddressLimit already (the connection was refused).
@@ -144,14 +139,12 @@ export class HttpConnections {
   private countByAddress(socket: Socket): boolean {
     const address = socket.remoteAddress;
     if (this.perAddressLimit <= 0 || !address || this.isProxy(address)) return true;
-    const key = rateKey(address);
-    const held = this.perAddress.get(key) ?? 0;
-    if (held >= this.perAddressLimit) {
-      this.events.refusedAddress(socket, held);
+    const taken = this.byAddress.take(address, this.perAddressLimit);
+    if ('refused' in taken) {
+      this.events.refusedAddress(socket, taken.refused);
       return false;
     }
-    this.perAddress.set(key, held + 1);
-    this.addressOf.set(socket, key);
+    this.addressOf.set(socket, taken.key);
     return true;
   }
 
@@ -159,9 +152,7 @@ export class HttpConnections {
     const key = this.addressOf.get(socket);
     if (key === undefined) return;
     this.addressOf.delete(socket);
-    const held = (this.perAddress.get(key) ?? 1) - 1;
-    if (held > 0) this.perAddress.set(key, held);
-    else this.perAddress.delete(key);
+    this.byAddress.release(key);
   }
 
   private closeSilent(now = performance.now()): void {

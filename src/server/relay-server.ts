@@ -27,6 +27,7 @@ import { RelayMetrics } from '../telemetry/metrics.ts';
 import { droppedLogLines, setLogLevel, type Logger } from '../telemetry/logger.ts';
 import { serveReload, type ReloadOutcome } from '../ops/reload-endpoint.ts';
 import { failEdgeRequest, failEdgeUpgrade, type AdmissionRefusal } from '../http/edge-errors.ts';
+import { ConnectionsByAddress } from './connections-by-address.ts';
 import { ConnectionRateLimiter } from './connection-rate.ts';
 import { HttpConnections } from './http-connections.ts';
 import { ListenerPresence } from './listener-presence.ts';
@@ -185,7 +186,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       metrics.limitRefused('httpConnectionsPerAddress', true);
       log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerAddress', address: socket.remoteAddress, open });
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
-      else answerAndClose(socket, 'AddressConnectionLimitReached');
+      else answerAndClose(socket, 'AddressHttpConnectionLimitReached');
     },
     silent: (socket) => {
       metrics.limitRefused('firstByteMs', true);
@@ -362,22 +363,32 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   }
 
   // WebSocket connections held by this node (limits.connectionsPerNode), and
-  // new ones per client address (limits.connectRatePerAddress). A listener's
-  // rendezvous leg completes a connection already admitted: it is counted,
-  // never refused.
+  // per client address, held (limits.connectionsPerAddress) and new ones
+  // (limits.connectRatePerAddress). A listener's rendezvous leg completes a
+  // connection already admitted: it is counted by the node, never refused.
   const upgraded = new Set<Duplex>();
+  const upgradedByAddress = new ConnectionsByAddress();
   const connectRate = new ConnectionRateLimiter(config.limits.connectRatePerAddress, config.limits.connectBurstPerAddress);
   const admit = (req: IncomingMessage, socket: Duplex, rendezvousLeg: boolean): AdmissionRefusal | undefined => {
     if (!rendezvousLeg) {
       const address = clientAddress(req);
+      const perAddress = config.limits.connectionsPerAddress;
       let refused: AdmissionRefusal | undefined;
       let limit = '';
+      let open = upgraded.size;
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
-      else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
+      else if (perAddress > 0 && address && upgradedByAddress.heldBy(address) >= perAddress) {
+        [refused, limit, open] = ['AddressConnectionLimitReached', 'connectionsPerAddress', upgradedByAddress.heldBy(address)];
+      } else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
       if (refused) {
         metrics.limitRefused(limit, true);
-        log.warn({ event: 'limit.reached', limit, address, open: upgraded.size });
+        log.warn({ event: 'limit.reached', limit, address, open });
         return refused;
+      }
+      // Counted while it is open (also after a reload turned the limit off or lowered it).
+      if (address) {
+        const taken = upgradedByAddress.take(address, Infinity);
+        if ('key' in taken) socket.once('close', () => upgradedByAddress.release(taken.key));
       }
     }
     upgraded.add(socket);

@@ -11,6 +11,7 @@ import { signJwt } from '../../src/auth/jwt.ts';
 import { startRelayProcess, startTestRelay, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { HttpConnections } from '../../src/server/http-connections.ts';
+import { startHycoWsListener } from '../helpers/hyco.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 /** Opens a WebSocket; resolves with the handshake's HTTP status (101 when it opened). */
@@ -140,6 +141,53 @@ describe('limits', () => {
     // One token back after a second at 1/s.
     await new Promise((r) => setTimeout(r, 1100));
     assert.equal((await handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1')).status, 101);
+  });
+
+  it('WebSocket connections held per address: past connectionsPerAddress 429 AddressConnectionLimitReached; another address, a place given back, and a listener\'s rendezvous legs get in', async (t) => {
+    // Before: one address could hold every place of connectionsPerNode (at connectRatePerAddress, in minutes).
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectionsPerAddress: 2 }, hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] }));
+    const open = (from?: string) =>
+      withTimeout(
+        new Promise<{ status: number; ws: WebSocket; body: string }>((resolve, reject) => {
+          const ws = new WebSocket(accessUrl(relay.url, {}), 'json.webpubsub.azure.v1', from ? { localAddress: from } : {});
+          cleanupFor(t).after(() => ws.terminate());
+          ws.once('open', () => resolve({ status: 101, ws, body: '' }));
+          ws.once('unexpected-response', (_req, res) => {
+            let body = '';
+            res.on('data', (d: Buffer) => (body += d));
+            res.on('end', () => resolve({ status: res.statusCode!, ws, body }));
+          });
+          ws.once('error', reject);
+        }),
+        5000,
+        'the handshake',
+      );
+    const first = await open();
+    await open();
+    const refused = await open();
+    assert.equal(refused.status, 429);
+    assert.match(refused.body, /"code":"AddressConnectionLimitReached"/);
+    assert.equal(await refusals(relay.url, 'connectionsPerAddress'), 1);
+    assert.equal((await open('127.0.0.2')).status, 101, 'another address');
+    first.ws.terminate();
+    await until(() => first.ws.readyState === WebSocket.CLOSED, 5000, 'the first closed');
+    let again = 0;
+    for (const stop = Date.now() + 5000; Date.now() < stop && again !== 101; ) {
+      again = (await open()).status;
+      if (again !== 101) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(again, 101, 'a place given back is taken again');
+  });
+
+  it('WebSocket connections held per address: a listener and its sender from one address at the limit still meet (the rendezvous leg is not counted)', async (t) => {
+    const relay = await startTestRelay(t, { limits: { connectionsPerAddress: 2 }, hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] });
+    await startHycoWsListener(t, relay.url, (ws) => ws.on('message', (m: Buffer) => ws.send(m)), 'open');
+    const sender = new WebSocket(wsUrl(relay.url, '/$hc/open?sb-hc-action=connect'));
+    cleanupFor(t).after(() => sender.terminate());
+    await withTimeout(new Promise((resolve, reject) => { sender.once('open', resolve); sender.once('error', reject); }), 5000, 'the sender connected');
+    const echoed = withTimeout(new Promise<string>((r) => sender.once('message', (m) => r(String(m)))), 5000, 'the echo');
+    sender.send('through');
+    assert.equal(await echoed, 'through');
   });
 
   it('frame size: an oversized pub/sub frame closes with 1009 and is counted', async (t) => {

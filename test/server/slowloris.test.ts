@@ -90,7 +90,7 @@ describe('slow and silent connections', () => {
     };
     const held = await Promise.all(Array.from({ length: 3 }, () => tcp(t, relay.port)));
     const refused = await readToClose(await tcp(t, relay.port), CLOSED_WITHIN_MS, 'the refused connection closed');
-    assert.match(refused.toString('latin1'), /^HTTP\/1\.1 429 [\s\S]*"code":"AddressConnectionLimitReached"/);
+    assert.match(refused.toString('latin1'), /^HTTP\/1\.1 429 [\s\S]*"code":"AddressHttpConnectionLimitReached"/);
     assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerAddress' }), 1);
     // Another client address (127.0.0.2, also this host's loopback) is served meanwhile.
     assert.match(await served(await tcp(t, relay.port, '127.0.0.2')), /^HTTP\/1\.1 200 /);
