@@ -41,7 +41,7 @@ async function startRelay(dir: string, name: string, tls?: { cert: string; key: 
       log: { level: 'warn' },
       sas: [{ keyName: 'root', key: KEY, rights: ['Manage'] }],
       hybridConnections: [{ name: 'bench', requiresClientAuthorization: true }],
-      limits: { connectRatePerAddress: 0 },
+      limits: { connectRatePerAddress: 0, connectionsPerAddress: 0, httpConnectionsPerAddress: 0 },
     }),
   );
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });

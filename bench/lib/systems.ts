@@ -64,8 +64,8 @@ export function relayConfigFile(options: RelayOptions = {}): string {
     pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] },
     // The NATS rows measure the core NATS path unless a scenario asks for durable hubs (JetStream).
     bus: options.natsUrl ? { kind: 'nats', servers: [options.natsUrl], jetstream: { enabled: options.jetstream ?? false, ...(options.storage ? { storage: options.storage } : {}) } } : { kind: 'memory' },
-    // The load generator opens thousands of connections from one address.
-    limits: { connectRatePerAddress: 0, ...options.limits },
+    // The load generator opens thousands of connections from one address: no per-address rate or count.
+    limits: { connectRatePerAddress: 0, connectionsPerAddress: 0, httpConnectionsPerAddress: 0, ...options.limits },
     // A row's relay is torn down, not drained: what its clients left (reliable sessions waiting
     // for a taker on another edge) is cut after 0.5 s, not after the 3 s the stop allows.
     timeouts: { shutdownMs: 500 },
