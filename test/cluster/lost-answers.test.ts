@@ -18,7 +18,8 @@ import { until } from '../helpers/wait.ts';
 /** Long enough that a sender answered at its timeout is told apart from one answered once the loss is known. */
 const timeouts = { acceptMs: 20000, httpResponseMs: 20000, keepAliveIntervalMs: 500, idleMs: 10000 };
 
-const edge = (t: Pick<TestContext, 'after'>, name: string, natsUrl: string) => edgeInProcess(t, name, natsUrl, { timeouts });
+// Over 1,000 requests wait at once from this one address: more than limits.httpConnectionsPerAddress allows by default.
+const edge = (t: Pick<TestContext, 'after'>, name: string, natsUrl: string) => edgeInProcess(t, name, natsUrl, { timeouts, limits: { httpConnectionsPerAddress: 0 } });
 const listen = (t: Pick<TestContext, 'after'>, relay: RunningRelay, entity: string) => listenOn(t, relay.url, entity);
 
 describe('answers between edges that NATS loses', () => {

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { tempDirFor } from '../helpers/cleanup.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -21,8 +22,9 @@ function alive(pid: number): boolean {
 test('a file ended for overrunning --test-timeout takes a relay its test started and stopped with it (SIGKILL at its exit)', async (t) => {
   const runner = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-timeout=25000', '--test-reporter=tap', 'test/suite/fixtures/overruns-its-file.ts'], {
     cwd: ROOT,
-    // Not as a file of this run (a runner told it is one reports in its own binary form).
-    env: { ...process.env, NODE_TEST_CONTEXT: undefined },
+    // Not as a file of this run (a runner told it is one reports in its own binary form). Its temporary folders
+    // (the relay's config) in one of this test's: the file is ended before its own after hooks remove them.
+    env: { ...process.env, NODE_TEST_CONTEXT: undefined, TMPDIR: tempDirFor(t, 'edge-relay-overrun-') },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let pid = 0;
