@@ -68,6 +68,29 @@ function assertExactlyAcknowledged(received: number[], acked: number[], story: (
   assert.deepEqual(lost, [], `acknowledged events lost\n${story()}`);
 }
 
+/**
+ * Two edges on three NATS nodes, a subscriber of group `feed` on A and a publisher on B sending to it every 10 ms
+ * (steadyPublisher), and `settle()`: stops it, waits up to `ms` for the last acknowledged event at the subscriber,
+ * and asserts every acknowledged one arrived once, in order.
+ */
+async function feedAcrossEdges(t: Parameters<typeof startCluster>[0]) {
+  const { nats, edges } = await startCluster(t, 2);
+  const [a, b] = edges;
+  const sub = await startClient(t, accessUrl(a.url));
+  await sub.client.joinGroup('feed');
+  const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
+  const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 10);
+  const settle = async (ms: number) => {
+    await steady.stop();
+    const story = () => `acked ${steady.acked.length}, refused ${steady.refused.length}\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
+    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), ms, 'the last acknowledged event').catch((err) => {
+      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
+    });
+    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+  };
+  return { nats, a, b, steady, settle };
+}
+
 describe('JetStream faults', { concurrency: true }, () => {
   it('two NATS nodes of three down: the edge says it cannot store (degraded, still ready for what it can serve), and storing again once they are back', async (t) => {
     const nats = await startNatsCluster(t);
@@ -150,23 +173,13 @@ describe('JetStream faults', { concurrency: true }, () => {
   });
 
   it('one NATS node of three is killed under steady publishing: nothing acknowledged is lost or doubled', async (t) => {
-    const { nats, edges } = await startCluster(t, 2);
-    const [a, b] = edges;
-    const sub = await startClient(t, accessUrl(a.url));
-    await sub.client.joinGroup('feed');
-    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
-    const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 10);
+    const { nats, steady, settle } = await feedAcrossEdges(t);
     await until(() => steady.acked.length >= 50, 20000, 'publishing before the fault');
     // The node edge A is connected to, and with it any stream leader or consumer it held.
     await nats[0].kill();
     const killedAt = steady.sent;
     await until(() => steady.sent > killedAt + 100 && steady.acked.length > 150, 60000, 'publishing to go on after the kill');
-    await steady.stop();
-    const story = () => `acked ${steady.acked.length}, refused ${steady.refused.length}\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
-    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), 60000, 'the last acknowledged event').catch((err) => {
-      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
-    });
-    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+    await settle(60000);
     t.diagnostic(`published ${steady.sent}, acknowledged ${steady.acked.length}, refused ${steady.refused.length} (while the stream elected a leader)`);
     // An edge that starts now counts two NATS servers (one URL, one other advertised), so 1 replica for what it creates;
     // it must not take the existing stream and bucket down to that (before: RELAY_chat went from 3 replicas to 1).
@@ -182,12 +195,7 @@ describe('JetStream faults', { concurrency: true }, () => {
   });
 
   it("the stream's leader steps down twice under steady publishing: each edge's follower goes on with a new consumer, nothing acknowledged is lost or doubled", async (t) => {
-    const { nats, edges } = await startCluster(t, 2);
-    const [a, b] = edges;
-    const sub = await startClient(t, accessUrl(a.url));
-    await sub.client.joinGroup('feed');
-    const publisher = await startClient(t, accessUrl(b.url, { roles: ALL_ROLES }));
-    const steady = steadyPublisher((n) => publisher.client.sendToGroup('feed', n, 'json'), 10);
+    const { nats, a, steady, settle } = await feedAcrossEdges(t);
     // The test's own connection, allowed what the edges are not: stepping a stream's leader down.
     const nc = await connect({ servers: nats.map((n) => n.url) });
     t.after(() => nc.close());
@@ -207,12 +215,7 @@ describe('JetStream faults', { concurrency: true }, () => {
     }
     const before = steady.acked.length;
     await until(() => steady.acked.length >= before + 60, 20000, 'publishing after the step-downs');
-    await steady.stop();
-    const story = () => `acked ${steady.acked.length}, refused ${steady.refused.length}\n${edgeEvents([a, b], /jetstream|bus\.(dis)?connected/)}`;
-    await until(() => numbers(sub.groupData).includes(steady.acked[steady.acked.length - 1]), 30000, 'the last acknowledged event').catch((err) => {
-      throw new Error(`${err.message}: got ${numbers(sub.groupData).length}\n${story()}`);
-    });
-    assertExactlyAcknowledged(numbers(sub.groupData), steady.acked, story);
+    await settle(30000);
     assert.match(edgeEvents([a], /leader_changed/), /"stream":"RELAY_chat"/);
   });
 

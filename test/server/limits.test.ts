@@ -15,8 +15,8 @@ import { startHycoWsListener } from '../helpers/hyco.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 /** Opens a WebSocket; resolves with the handshake's HTTP status (101 when it opened). */
-function handshake(t: Parameters<typeof cleanupFor>[0], url: string, protocol?: string): Promise<{ status: number; ws: WebSocket; body: string }> {
-  const ws = new WebSocket(url, protocol);
+function handshake(t: Parameters<typeof cleanupFor>[0], url: string, protocol?: string, options: WebSocket.ClientOptions = {}): Promise<{ status: number; ws: WebSocket; body: string }> {
+  const ws = new WebSocket(url, protocol, options);
   cleanupFor(t).after(() => ws.terminate());
   return withTimeout(
     new Promise((resolve, reject) => {
@@ -146,22 +146,7 @@ describe('limits', () => {
   it('WebSocket connections held per address: past connectionsPerAddress 429 AddressConnectionLimitReached; another address, a place given back, and a listener\'s rendezvous legs get in', async (t) => {
     // Before: one address could hold every place of connectionsPerNode (at connectRatePerAddress, in minutes).
     const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectionsPerAddress: 2 }, hybridConnections: [{ name: 'open', requiresClientAuthorization: false }] }));
-    const open = (from?: string) =>
-      withTimeout(
-        new Promise<{ status: number; ws: WebSocket; body: string }>((resolve, reject) => {
-          const ws = new WebSocket(accessUrl(relay.url, {}), 'json.webpubsub.azure.v1', from ? { localAddress: from } : {});
-          cleanupFor(t).after(() => ws.terminate());
-          ws.once('open', () => resolve({ status: 101, ws, body: '' }));
-          ws.once('unexpected-response', (_req, res) => {
-            let body = '';
-            res.on('data', (d: Buffer) => (body += d));
-            res.on('end', () => resolve({ status: res.statusCode!, ws, body }));
-          });
-          ws.once('error', reject);
-        }),
-        5000,
-        'the handshake',
-      );
+    const open = (from?: string) => handshake(t, accessUrl(relay.url, {}), 'json.webpubsub.azure.v1', from ? { localAddress: from } : {});
     const first = await open();
     await open();
     const refused = await open();

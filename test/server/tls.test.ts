@@ -29,6 +29,29 @@ function tlsListen(pki: TestPki, files: CertFiles = pki.server): Record<string, 
 }
 
 /** The SHA-256 fingerprint of the certificate a new TLS connection to `port` is served. */
+/** `n` TCP connections to `port` that never begin their TLS handshake, destroyed with the test. */
+function stalledConnections(t: Parameters<typeof startTestRelay>[0], port: number, n: number): Promise<ReturnType<typeof netConnect>[]> {
+  return Promise.all(
+    Array.from({ length: n }, async () => {
+      const socket = netConnect(port, '127.0.0.1');
+      socket.on('error', () => {});
+      t.after(() => socket.destroy());
+      await once(socket, 'connect');
+      return socket;
+    }),
+  );
+}
+
+/** `n` TLS connections to `port` that finished their handshake and send nothing, destroyed with the test. */
+async function idleTlsConnections(t: Parameters<typeof startTestRelay>[0], port: number, pki: TestPki, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const socket = connect({ host: '127.0.0.1', port, ca: pki.ca, servername: 'localhost' });
+    socket.on('error', () => {});
+    t.after(() => socket.destroy());
+    await once(socket, 'secureConnect');
+  }
+}
+
 function servedFingerprint(port: number, pki: TestPki): Promise<string> {
   return withTimeout(
     new Promise<string>((resolve, reject) => {
@@ -151,13 +174,7 @@ describe('TLS on the one port', () => {
     const pki = makePki(t);
     const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerNode: 3 }, timeouts: { firstByteMs: 20000 } });
     const tls = clientTls(pki);
-    const stalled = await Promise.all([0, 1, 2].map(async () => {
-      const socket = netConnect(relay.port, '127.0.0.1');
-      socket.on('error', () => {});
-      t.after(() => socket.destroy());
-      await once(socket, 'connect');
-      return socket;
-    }));
+    const stalled = await stalledConnections(t, relay.port, 3);
     await assert.rejects(
       withTimeout(httpRequest(`${relay.url}/$relay/health`, { tls }), 5000, 'a request past the limit'),
       (err: Error) => !/timed out/.test(err.message),
@@ -168,12 +185,7 @@ describe('TLS on the one port', () => {
     // Their places are free once they close.
     await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
     // A finished handshake counts once: two open TLS connections leave room for a third.
-    for (let i = 0; i < 2; i++) {
-      const socket = connect({ host: '127.0.0.1', port: relay.port, ca: pki.ca, servername: 'localhost' });
-      socket.on('error', () => {});
-      t.after(() => socket.destroy());
-      await once(socket, 'secureConnect');
-    }
+    await idleTlsConnections(t, relay.port, pki, 2);
     assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
   });
 
@@ -181,13 +193,7 @@ describe('TLS on the one port', () => {
     const pki = makePki(t);
     const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerAddress: 3 }, timeouts: { firstByteMs: 20000 } });
     const tls = clientTls(pki);
-    const stalled = await Promise.all([0, 1, 2].map(async () => {
-      const socket = netConnect(relay.port, '127.0.0.1');
-      socket.on('error', () => {});
-      t.after(() => socket.destroy());
-      await once(socket, 'connect');
-      return socket;
-    }));
+    const stalled = await stalledConnections(t, relay.port, 3);
     await assert.rejects(
       withTimeout(httpRequest(`${relay.url}/$relay/health`, { tls }), 5000, 'a request past the limit'),
       (err: Error) => !/timed out/.test(err.message),
@@ -216,12 +222,7 @@ describe('TLS on the one port', () => {
     for (const socket of stalled) socket.destroy();
     await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
     // A finished handshake counts once (its TCP socket's place passed to the TLS one): two open leave room for a third.
-    for (let i = 0; i < 2; i++) {
-      const socket = connect({ host: '127.0.0.1', port: relay.port, ca: pki.ca, servername: 'localhost' });
-      socket.on('error', () => {});
-      t.after(() => socket.destroy());
-      await once(socket, 'secureConnect');
-    }
+    await idleTlsConnections(t, relay.port, pki, 2);
     assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
   });
 
