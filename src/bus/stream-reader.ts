@@ -231,7 +231,7 @@ export class StreamReader {
             mem_storage: true,
             num_replicas: 1,
             inactive_threshold: nanos(CONSUMER_INACTIVE_MS),
-          });
+          }, () => stopped);
           msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
         } catch (err) {
           if (attempt % 20 === 0) this.c.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
@@ -308,9 +308,17 @@ export class StreamReader {
    * for good and numbered the rest lower, and a follower whose new consumer was placed there never had those
    * messages (a chaos soak; the other edges' followers, on the leader, had them). The leader's copy is the one
    * every write was acknowledged by: a consumer placed elsewhere is deleted and made again, up to PLACEMENT_TRIES
-   * times. Without a leader named (one server, or none elected now) the first one is taken.
+   * times, or until `enough()` says to stop looking (the read's deadline passed, the follower stopped): then the
+   * last one made is taken. Without a leader named (one server, or none elected now) the first one is taken.
    */
-  private async addOnLeader(jsm: JetStreamManager, stream: string, leader: string | undefined, prefix: string, config: Partial<ConsumerConfig>): Promise<ConsumerInfo> {
+  private async addOnLeader(
+    jsm: JetStreamManager,
+    stream: string,
+    leader: string | undefined,
+    prefix: string,
+    config: Partial<ConsumerConfig>,
+    enough: () => boolean,
+  ): Promise<ConsumerInfo> {
     for (let tries = 1; ; tries++) {
       const name = `${prefix}_${nuid.next()}`;
       let ci: ConsumerInfo;
@@ -322,7 +330,7 @@ export class StreamReader {
         throw err;
       }
       const on = ci.cluster?.leader;
-      if (leader === undefined || on === undefined || on === leader) return ci;
+      if (leader === undefined || on === undefined || on === leader || this.c.closed() || enough()) return ci;
       if (tries >= PLACEMENT_TRIES) {
         this.c.log.warn({ event: 'jetstream.consumer_off_leader', stream, leader, on, tries, hint: 'reading a copy of the stream on another server than its leader: with nats-server before 2.10.14 that copy may lack or renumber messages' });
         return ci;
@@ -368,7 +376,7 @@ export class StreamReader {
       num_replicas: 1,
       inactive_threshold: nanos(10_000),
       ...(options.subject ? { filter_subject: options.subject } : {}),
-    });
+    }, () => performance.now() >= deadline);
     try {
       let pending = ci.num_pending;
       // Deliveries of this consumer so far: a pull that ended here before the server's answer did lost what came
