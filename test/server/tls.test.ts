@@ -169,10 +169,15 @@ describe('TLS on the one port', () => {
     assert.equal(logs.lines().filter((l) => l.event === 'tls.handshake_failed').length, 2);
   });
 
-  it('counts connections still in their handshake against httpConnectionsPerNode', async (t) => {
-    // Before, only finished handshakes counted: any number of connections could sit in theirs at once.
+  /**
+   * A TLS relay whose `limit` is 3, taken by three connections that never begin their handshake: a fourth is closed
+   * at once, not left to its handshake, and counted under `limit`. `release()` closes the three: a request is served
+   * again, and two finished handshakes held leave room for a third (each counts once, its TCP socket's place passed
+   * to the TLS one).
+   */
+  async function takenBeforeHandshakes(t: Parameters<typeof startTestRelay>[0], limit: 'httpConnectionsPerNode' | 'httpConnectionsPerAddress') {
     const pki = makePki(t);
-    const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerNode: 3 }, timeouts: { firstByteMs: 20000 } });
+    const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { [limit]: 3 }, timeouts: { firstByteMs: 20000 } });
     const tls = clientTls(pki);
     const stalled = await stalledConnections(t, relay.port, 3);
     await assert.rejects(
@@ -180,26 +185,24 @@ describe('TLS on the one port', () => {
       (err: Error) => !/timed out/.test(err.message),
       'a fourth connection is closed at once, not left to its handshake',
     );
-    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerNode' }), 1);
-    for (const socket of stalled) socket.destroy();
-    // Their places are free once they close.
-    await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
-    // A finished handshake counts once: two open TLS connections leave room for a third.
-    await idleTlsConnections(t, relay.port, pki, 2);
-    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit }), 1);
+    const release = async () => {
+      for (const socket of stalled) socket.destroy();
+      await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
+      await idleTlsConnections(t, relay.port, pki, 2);
+      assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
+    };
+    return { pki, relay, release };
+  }
+
+  it('counts connections still in their handshake against httpConnectionsPerNode', async (t) => {
+    // Before, only finished handshakes counted: any number of connections could sit in theirs at once.
+    const { release } = await takenBeforeHandshakes(t, 'httpConnectionsPerNode');
+    await release();
   });
 
   it('counts connections by client address from their TCP accept, handshake included, and a finished handshake once', async (t) => {
-    const pki = makePki(t);
-    const relay = await startTestRelay(t, { listen: tlsListen(pki), limits: { httpConnectionsPerAddress: 3 }, timeouts: { firstByteMs: 20000 } });
-    const tls = clientTls(pki);
-    const stalled = await stalledConnections(t, relay.port, 3);
-    await assert.rejects(
-      withTimeout(httpRequest(`${relay.url}/$relay/health`, { tls }), 5000, 'a request past the limit'),
-      (err: Error) => !/timed out/.test(err.message),
-      'a fourth connection from the address is closed at once, before its handshake',
-    );
-    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'httpConnectionsPerAddress' }), 1);
+    const { pki, relay, release } = await takenBeforeHandshakes(t, 'httpConnectionsPerAddress');
     // Another address (127.0.0.2) completes its handshake and is served meanwhile.
     const otherTcp = netConnect({ host: '127.0.0.1', port: relay.port, localAddress: '127.0.0.2' });
     otherTcp.on('error', () => {});
@@ -219,11 +222,7 @@ describe('TLS on the one port', () => {
       'the other address answered',
     );
     assert.match(answer, /^HTTP\/1\.1 200 /);
-    for (const socket of stalled) socket.destroy();
-    await untilAnswered(async () => (await httpRequest(`${relay.url}/$relay/health`, { tls }).catch(() => undefined))?.status === 200, 5000, 'a request once they closed');
-    // A finished handshake counts once (its TCP socket's place passed to the TLS one): two open leave room for a third.
-    await idleTlsConnections(t, relay.port, pki, 2);
-    assert.equal((await httpRequest(`${relay.url}/$relay/health`, { tls })).status, 200);
+    await release();
   });
 
   it('does not hold a drain for a connection that finished its handshake and sent nothing (a browser\'s preconnect)', async (t) => {
