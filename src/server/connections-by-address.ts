@@ -14,11 +14,15 @@ export class ConnectionsByAddress {
    * the address holds (refused).
    */
   take(address: string, limit: number): { key: string } | { refused: number } {
+    const held = this.heldBy(address);
+    return held >= limit ? { refused: held } : { key: this.add(address) };
+  }
+
+  /** One more connection of `address`, whatever it holds: the key to release it with. */
+  add(address: string): string {
     const key = rateKey(address);
-    const held = this.held.get(key) ?? 0;
-    if (held >= limit) return { refused: held };
-    this.held.set(key, held + 1);
-    return { key };
+    this.held.set(key, (this.held.get(key) ?? 0) + 1);
+    return key;
   }
 
   /** A connection counted under `key` closed. */

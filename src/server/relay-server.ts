@@ -373,22 +373,22 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     if (!rendezvousLeg) {
       const address = clientAddress(req);
       const perAddress = config.limits.connectionsPerAddress;
+      const heldByAddress = address ? upgradedByAddress.heldBy(address) : 0;
       let refused: AdmissionRefusal | undefined;
       let limit = '';
       let open = upgraded.size;
       if (upgraded.size >= config.limits.connectionsPerNode) [refused, limit] = ['ConnectionLimitReached', 'connectionsPerNode'];
-      else if (perAddress > 0 && address && upgradedByAddress.heldBy(address) >= perAddress) {
-        [refused, limit, open] = ['AddressConnectionLimitReached', 'connectionsPerAddress', upgradedByAddress.heldBy(address)];
-      } else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
+      else if (perAddress > 0 && heldByAddress >= perAddress) [refused, limit, open] = ['AddressConnectionLimitReached', 'connectionsPerAddress', heldByAddress];
+      else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
       if (refused) {
         metrics.limitRefused(limit, true);
         log.warn({ event: 'limit.reached', limit, address, open });
         return refused;
       }
-      // Counted while it is open (also after a reload turned the limit off or lowered it).
+      // Counted while it is open, whatever the limit (a reload may turn it on or lower it).
       if (address) {
-        const taken = upgradedByAddress.take(address, Infinity);
-        if ('key' in taken) socket.once('close', () => upgradedByAddress.release(taken.key));
+        const key = upgradedByAddress.add(address);
+        socket.once('close', () => upgradedByAddress.release(key));
       }
     }
     upgraded.add(socket);
