@@ -5,7 +5,7 @@
 // tail: stream-resume.ts decides where to go on from); and pages of a range,
 // for a session's replay and the history API. The streams themselves, and
 // whether JetStream is ready, are jetstream.ts's.
-import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerConfig, type ConsumerInfo, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type Subscription } from 'nats';
+import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerConfig, type ConsumerInfo, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type StreamInfo, type Subscription } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { errorCode, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
@@ -35,6 +35,13 @@ const FOLLOW_MEMORY = 64;
  * 50 million, 20 tries, the first choice, missed it once in that soak).
  */
 const PLACEMENT_TRIES = 50;
+/**
+ * How often a follower asks which server leads its stream, and goes on with a new consumer if another than when its
+ * consumer was made does and the consumer is not on it: the election advisories (watchLeaders) are sent at most
+ * once, and an edge misses those sent while its connection to NATS moves, or all of them when its NATS user may not
+ * subscribe to them (a soak heard 12 of 15 elections). One stream info request per follower this often.
+ */
+const LEADER_CHECK_MS = 5000;
 /** JetStream's advisory that a stream elected a leader; the stream's name is the last token. */
 export const LEADER_ELECTED = '$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED';
 
@@ -93,8 +100,13 @@ export class StreamReader {
 
   constructor(private readonly c: StreamReaderContext) {}
 
-  /** After a reconnect a consumer may have lived on the server that went away, and nats.js then waits on it silently: each follower starts again after the last message it handed on. */
+  /**
+   * After a reconnect a consumer may have lived on the server that went away, and nats.js then waits on it silently:
+   * each follower starts again after the last message it handed on. A leader watch the server refused (nats.js closes
+   * a subscription refused by its permissions) is asked for again as they do: the permissions may have changed.
+   */
   reconnected(): void {
+    if (this.leaderWatch?.isClosed()) this.leaderWatch = undefined;
     for (const msgs of this.consuming) msgs.stop();
   }
 
@@ -194,9 +206,10 @@ export class StreamReader {
         resetAsked = undefined;
         let msgs: ConsumerMessages;
         let ci: ConsumerInfo | undefined;
+        let info: StreamInfo;
         try {
           const { jsm, js } = this.c.clients();
-          const info = await jsm.streams.info(stream);
+          info = await jsm.streams.info(stream);
           const { handedOn } = position;
           // A follower that remembers nothing (it handed none on) remembers the message before where it is.
           const start = handedOn.empty && position.next > 1 ? await this.rememberStart(stream, position.next - 1, handedOn) : undefined;
@@ -252,7 +265,9 @@ export class StreamReader {
         // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
         // that means nobody serves it (heartbeats are not always reported).
         let lastSign = performance.now();
+        const leaderCheck = this.leaderCheck(stream, info.cluster?.leader, ci.cluster?.leader, (leader) => follower.newConsumer('leader_changed', { leader, seen: 'leader_check' }));
         const watchdog = setInterval(() => {
+          leaderCheck.tick();
           if (performance.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
           this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next: position.next });
           msgs.stop();
@@ -291,6 +306,7 @@ export class StreamReader {
           this.c.log.warn({ event: 'jetstream.follow_error', stream, err: (err as Error).message });
         }
         clearInterval(watchdog);
+        leaderCheck.stop();
         this.consuming.delete(msgs);
         if (current === msgs) current = undefined;
         this.c.manager()?.consumers.delete(stream, name).catch(() => undefined);
@@ -298,6 +314,42 @@ export class StreamReader {
       }
     })();
     return follower;
+  }
+
+  /**
+   * Asks, every LEADER_CHECK_MS of ticks, which server leads `stream`, and calls `changed` once when another than
+   * `leaderWhenMade` (the leader named just before the consumer was made) does and the consumer is not `on` it. One
+   * question at a time; one unanswered is let be (a consumer whose server went silent is the watchdog's). After
+   * stop() (the consumer's reading ended), an answer still out calls nothing.
+   */
+  private leaderCheck(stream: string, leaderWhenMade: string | undefined, on: string | undefined, changed: (leader: string) => void): { tick(): void; stop(): void } {
+    let lastAsked = performance.now();
+    let asking = false;
+    let done = false;
+    return {
+      tick: () => {
+        if (done || asking || performance.now() - lastAsked < LEADER_CHECK_MS) return;
+        const jsm = this.c.manager();
+        if (!jsm || this.c.closed()) return;
+        asking = true;
+        lastAsked = performance.now();
+        jsm.streams
+          .info(stream)
+          .then((now) => {
+            const leader = now.cluster?.leader;
+            if (done || leader === undefined || leader === leaderWhenMade || leader === on) return;
+            done = true;
+            changed(leader);
+          })
+          .catch(() => undefined)
+          .finally(() => {
+            asking = false;
+          });
+      },
+      stop: () => {
+        done = true;
+      },
+    };
   }
 
   /**

@@ -205,11 +205,14 @@ export async function startNatsServer(
   return node;
 }
 
-/** `size` nodes routed to each other with JetStream; resolves once every node sees the others and JetStream answers. */
-export async function startNatsCluster(t: Pick<TestContext, 'after'>, size = 3): Promise<NatsNode[]> {
+/**
+ * `size` nodes routed to each other with JetStream; resolves once every node sees the others and JetStream answers.
+ * With `config`, each node reads that text as its config file (an authorization block, say).
+ */
+export async function startNatsCluster(t: Pick<TestContext, 'after'>, size = 3, options: { config?: string } = {}): Promise<NatsNode[]> {
   const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
   const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
-  const nodes = await Promise.all(routePorts.map((routePort, i) => startNatsServer(t, `n${i + 1}`, { routePort, routes })));
+  const nodes = await Promise.all(routePorts.map((routePort, i) => startNatsServer(t, `n${i + 1}`, { routePort, routes }, options)));
   await waitForMesh(nodes);
   await waitForJetStream(nodes);
   return nodes;
