@@ -3,7 +3,9 @@
 //   webpubsub.joinLeaveGroup            any group
 //   webpubsub.joinLeaveGroup.<group>    exactly <group> (which may contain dots)
 //   webpubsub.joinLeaveGroups.<pattern> groups matching a pattern: `*` within
-//                                       one dot-segment, `**` across segments, `?` one char
+//                                       one dot-segment, `**` across segments, `?` one char,
+//                                       `\` before `*`, `?` or `\` the character itself;
+//                                       at most five `*` (more: the role grants nothing)
 // and the same three forms for sendToGroup. Without a role a client may only
 // send events. Grants made over REST add to the token's roles.
 
@@ -14,6 +16,8 @@ export type { Permission, PermissionSnapshot };
 const PREFIX = 'webpubsub.';
 /** The longest group name the protocol takes (pubsub-client-message.schema.json; the bus's schema takes the same). */
 const MAX_GROUP_NAME = 1024;
+/** The most `*` a pattern may have, those of `**` included, as Azure allows (concept-wildcard-group-roles). */
+export const MAX_PATTERN_STARS = 5;
 
 /** What one step of a group pattern matches. */
 const LITERAL = 0;
@@ -31,21 +35,28 @@ const ANY = 3;
  * pattern length steps, whatever the name, where the RegExp this replaces
  * backtracked through every way of splitting a name among the stars (n^4 for
  * `*-*-*-*`: seconds for a 360-character name, minutes for 1024).
- * Characters are code points; every character but the three wildcards is literal.
+ * Characters are code points; every character but the three wildcards is literal, and `\` before `*`, `?` or `\`
+ * makes that character literal, as in Azure's pattern syntax (`literal\*star` matches `literal*star` only). Before,
+ * the `\` was a character of its own: `project\*123` granted `project\x123` and not `project*123`.
  */
 export class GroupPattern {
   private readonly kinds: number[] = [];
   private readonly chars: string[] = [];
+  /** How many `*` the pattern has (not escaped ones): Azure allows MAX_PATTERN_STARS. */
+  readonly stars: number = 0;
 
   constructor(readonly source: string) {
     const cs = [...source];
     for (let i = 0; i < cs.length; i++) {
-      if (cs[i] === '*') {
+      if (cs[i] === '\\' && (cs[i + 1] === '*' || cs[i + 1] === '?' || cs[i + 1] === '\\')) {
+        this.push(LITERAL, cs[++i]);
+      } else if (cs[i] === '*') {
         let run = 1;
         while (cs[i + 1] === '*') {
           run++;
           i++;
         }
+        this.stars += run;
         this.push(run > 1 ? ANY : STAR, '*');
       } else {
         this.push(cs[i] === '?' ? ONE : LITERAL, cs[i]);
@@ -211,7 +222,8 @@ export class ConnectionPermissions {
         if (group.length >= 1 && group.length <= MAX_GROUP_NAME) set.exact.add(group);
       } else if (rest.startsWith(`${permission}s.`)) {
         const pattern = rest.slice(permission.length + 2);
-        if (pattern.length <= MAX_GROUP_NAME) set.addPattern(pattern);
+        // Past Azure's five `*` the role grants nothing, as Microsoft's emulator ignores it (before: it granted).
+        if (pattern.length <= MAX_GROUP_NAME && new GroupPattern(pattern).stars <= MAX_PATTERN_STARS) set.addPattern(pattern);
       }
     }
   }

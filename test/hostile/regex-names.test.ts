@@ -1,6 +1,6 @@
 // Hostile group names against role patterns at a relay process (issue 18,
 // defect 4): a client whose token grants `joinLeaveGroups.*-*-*-*` and
-// `sendToGroups.**-**-**-**x` sends joins and sends for 1024-character names
+// `sendToGroups.**-**-*x` (Azure allows five `*`) sends joins and sends for 1024-character names
 // built to make a backtracking matcher try every split. Each is answered
 // Forbidden in milliseconds, /$relay/health answers at once throughout, and
 // others are served. (With the RegExp, one 360-character name took 3.4 s and
@@ -19,7 +19,7 @@ const NAMES = ['-'.repeat(1023) + '.', '-.'.repeat(512), 'a-'.repeat(511) + '..'
 describe('regex-heavy group names against a relay process', () => {
   it('answers every role check in milliseconds and keeps the node responsive', async (t) => {
     const relay = await startHostileRelay(t);
-    const hostile = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ['webpubsub.joinLeaveGroups.*-*-*-*', 'webpubsub.sendToGroups.**-**-**-**x'] }), undefined, t);
+    const hostile = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ['webpubsub.joinLeaveGroups.*-*-*-*', 'webpubsub.sendToGroups.**-**-*x'] }), undefined, t);
     let slowestHealth = 0;
     let probing = true;
     const probe = (async () => {
@@ -51,6 +51,7 @@ describe('regex-heavy group names against a relay process', () => {
     assert.ok(slowestHealth < ANSWER_MS, `a health check took ${slowestHealth} ms`);
     // The patterns still grant what they name.
     assert.equal((await hostile.request({ type: 'joinGroup', group: 'a-b-c-d' })).success, true);
+    assert.equal((await hostile.request({ type: 'sendToGroup', group: 'a.b-c-dx', data: 'x' })).success, true);
     await assertStillServing(t, relay);
   });
 });

@@ -1,6 +1,7 @@
 // Group patterns in roles (docs/protocols/web-pubsub.md, "Access tokens"):
 // `*` any run within one dot-segment, `**` any run across segments, `?` one
-// character other than `.`, everything else literal. Matching reads the name
+// character other than `.`, `\` before `*`, `?` or `\` that character, everything
+// else literal; at most five `*` in a role's pattern. Matching reads the name
 // once without backtracking, so a hostile group name against any pattern
 // answers in milliseconds (issue 18, defect 4: the RegExp it replaced took
 // 1.9 s for a 360-character name and grew as n^4).
@@ -43,6 +44,17 @@ describe('group patterns', () => {
     ['logs.**.err', 'logs.a.b.err', true],
     ['logs.**.err', 'logs.err', false],
     ['logs.**err', 'logs.err', true],
+    // Azure's escapes: `\` before `*`, `?` or `\` is that character (concept-wildcard-group-roles: `literal\*star`).
+    ['literal\\*star', 'literal*star', true],
+    ['literal\\*star', 'literalXstar', false],
+    ['literal\\*star', 'literal\\Xstar', false],
+    ['project\\*123', 'project*123', true],
+    ['room\\?', 'room?', true],
+    ['room\\?', 'roomx', false],
+    ['a\\\\b', 'a\\b', true],
+    ['a\\\\*', 'a\\xyz', true],
+    ['a\\b', 'a\\b', true],
+    ['a\\', 'a\\', true],
   ] as const) {
     it(`'${pattern}' ${expected ? 'matches' : 'does not match'} '${name}'`, () => {
       assert.equal(new GroupPattern(pattern).matches(name), expected);
@@ -65,6 +77,17 @@ describe('group patterns', () => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       assert.ok(ms < WORST_CASE_MS, `'${pattern.slice(0, 20)}…' against a ${name.length}-character name took ${ms.toFixed(1)} ms`);
     }
+  });
+
+  it('takes at most five `*` in a pattern role, as Azure: one with more grants nothing (before: it granted)', () => {
+    const five = new ConnectionPermissions(['webpubsub.sendToGroups.*.*.*.*.*', 'webpubsub.joinLeaveGroups.a.**.**.*']);
+    assert.equal(five.allows('sendToGroup', 'a.b.c.d.e'), true);
+    assert.equal(five.allows('joinLeaveGroup', 'a.b.c.d'), true);
+    const six = new ConnectionPermissions(['webpubsub.sendToGroups.*.*.*.*.*.*', 'webpubsub.joinLeaveGroups.***.***']);
+    assert.equal(six.allows('sendToGroup', 'a.b.c.d.e.f'), false);
+    assert.equal(six.allows('joinLeaveGroup', 'a.b'), false);
+    // Escaped ones are characters, not wildcards.
+    assert.equal(new ConnectionPermissions(['webpubsub.sendToGroups.\\*\\*\\*\\*\\*\\*.*']).allows('sendToGroup', '******.x'), true);
   });
 
   it('answers a role check with a hostile name in milliseconds', () => {
