@@ -35,7 +35,7 @@ export interface PendingRendezvous {
   entityRemoved(): void;
 }
 
-/** HTTP requests remembered as abandoned at most (oldest forgotten first): a sender hanging up in a loop grows nothing past it. */
+/** HTTP requests remembered as abandoned at most (the oldest of the entity remembered most forgotten first): a sender hanging up in a loop grows nothing past it. */
 const MAX_ABANDONED = 10_000;
 
 export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {
@@ -47,6 +47,12 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
    * until a time: the listener may still dial its address to answer (hyco-https does for an answer over 64 KiB).
    */
   private readonly abandoned = new Map<string, { entityKey: string; until: number }>();
+  /**
+   * The same ids by entity, oldest first: when MAX_ABANDONED are remembered, the entity remembered most loses its
+   * oldest. Before, the oldest of all went: a sender hanging up in a loop on one hybrid connection evicted every
+   * other's, whose hyco-https listener then had its late answer refused 404, which ended its process (found by review).
+   */
+  private readonly abandonedBy = new Map<string, Set<string>>();
 
   get size(): number {
     return this.entries.size;
@@ -89,17 +95,35 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
   abandon(entry: T, keepMs: number): void {
     const now = Date.now();
     for (const [id, a] of this.abandoned) {
-      if (a.until > now && this.abandoned.size < MAX_ABANDONED) break;
-      this.abandoned.delete(id);
+      if (a.until > now) break;
+      this.forget(id, a.entityKey);
     }
+    if (this.abandoned.size >= MAX_ABANDONED) {
+      let most: [string, Set<string>] | undefined;
+      for (const held of this.abandonedBy) if (!most || held[1].size > most[1].size) most = held;
+      const [entityKey, ids] = most!;
+      this.forget(ids.values().next().value!, entityKey);
+    }
+    this.abandoned.delete(entry.id);
     this.abandoned.set(entry.id, { entityKey: entry.entity.key, until: now + keepMs });
+    const ids = this.abandonedBy.get(entry.entity.key) ?? new Set<string>();
+    ids.add(entry.id);
+    this.abandonedBy.set(entry.entity.key, ids);
   }
 
   /** Whether `id` names a request of `entityKey` abandoned lately; forgotten once asked (one leg per address). */
   takeAbandoned(id: string, entityKey: string): boolean {
     const a = this.abandoned.get(id);
     if (!a) return false;
-    this.abandoned.delete(id);
+    this.forget(id, a.entityKey);
     return a.entityKey === entityKey && a.until > Date.now();
+  }
+
+  private forget(id: string, entityKey: string): void {
+    this.abandoned.delete(id);
+    const ids = this.abandonedBy.get(entityKey);
+    if (!ids) return;
+    ids.delete(id);
+    if (ids.size === 0) this.abandonedBy.delete(entityKey);
   }
 }

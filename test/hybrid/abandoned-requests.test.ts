@@ -38,6 +38,18 @@ describe('abandoned HTTP requests in the rendezvous table', () => {
     assert.equal(table.takeAbandoned('10000', 'web'), true);
   });
 
+  it("are not forgotten for another entity's: a flood of one hybrid connection's abandoned requests evicts its own oldest (found by review, test fails without: a sender on one entity evicted every other's, whose hyco-https listener's late answer was then refused 404 and ended its process)", () => {
+    const table = new RendezvousTable<{ id: string; entity: HybridEntity }>();
+    table.abandon({ id: 'quiet-1', entity: entity('quiet') }, 600_000);
+    for (let i = 0; i < 20_000; i++) table.abandon({ id: `noisy-${i}`, entity: entity('noisy') }, 600_000);
+    table.abandon({ id: 'quiet-2', entity: entity('quiet') }, 600_000);
+    assert.equal(table.abandonedCount, 10_000, 'still 10,000 at most');
+    assert.equal(table.takeAbandoned('quiet-1', 'quiet'), true, "the quiet entity's first");
+    assert.equal(table.takeAbandoned('quiet-2', 'quiet'), true, "the quiet entity's second");
+    assert.equal(table.takeAbandoned('noisy-0', 'noisy'), false, "the noisy entity's oldest went");
+    assert.equal(table.takeAbandoned('noisy-19999', 'noisy'), true, "the noisy entity's newest stayed");
+  });
+
   it('are only requests a listener was told of: a 404 NoListener is not remembered (found by review: each was, 10,000 at most)', async (t) => {
     const relay = await startTestRelay(t, { hybridConnections: [{ name: 'web', requiresClientAuthorization: false }] });
     const table = (relay.hybrid as unknown as { ctx: { rendezvous: RendezvousTable } }).ctx.rendezvous;
