@@ -62,7 +62,9 @@ export function responseHeadersForSender(
   headers: ListenerResponse['responseHeaders'],
   via?: string,
 ): Record<string, string | string[]> | undefined {
-  const out: Record<string, string | string[]> = {};
+  // Gathered as entries: a listener's header named `__proto__` is then a header like any other, where an
+  // assignment took it for the object's prototype and the header was lost.
+  const kept: [string, string | string[]][] = [];
   const lengths: string[] = [];
   const vias: string[] = [];
   const connection = Object.entries(headers ?? {}).filter(([name]) => name.toLowerCase() === 'connection').flatMap(([, v]) => (Array.isArray(v) ? v : [v]).map(String));
@@ -76,8 +78,9 @@ export function responseHeadersForSender(
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
     if (lower === 'content-length') lengths.push(...values);
     else if (via !== undefined && lower === 'via') vias.push(...values);
-    else out[name] = Array.isArray(value) ? values : values[0];
+    else kept.push([name, Array.isArray(value) ? values : values[0]]);
   }
+  const out: Record<string, string | string[]> = Object.fromEntries(kept);
   if (lengths.length > 0) {
     const length = contentLengthOf(lengths);
     if (length === undefined) return undefined;

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import type { IncomingMessage } from 'node:http';
 import { describe, it } from 'node:test';
 import { forwardedRequestHeaders, responseHeadersForSender } from '../../src/hybrid/relayed-headers.ts';
+import { confinedToEntity } from '../../src/hybrid/shared-origin.ts';
 
 describe('proxy credentials', () => {
   it("concern the next hop only: a sender's Proxy-Authorization does not reach the listener, a listener's Proxy-Authenticate not the sender", () => {
@@ -28,5 +29,16 @@ describe('headers named in Connection', () => {
   it("stay with the listener's hop: the sender does not see them, and a named Content-Length still frames the body", () => {
     const out = responseHeadersForSender({ Connection: 'close, X-Private, Content-Length', 'X-Private': 'secret', 'X-Public': 'p', 'Content-Length': '2' });
     assert.deepEqual(out, { 'X-Public': 'p', 'content-length': '2' });
+  });
+});
+
+describe("a listener's header named __proto__", () => {
+  it('is a header like any other on its way to the sender, not the prototype of the headers object (it was, and was lost)', () => {
+    // As the control channel's JSON gives it: an own property.
+    const sent = JSON.parse('{"__proto__": ["a", "b"], "X-Public": "p"}') as Record<string, string | string[]>;
+    const out = responseHeadersForSender(sent)!;
+    assert.deepEqual(Object.entries(out), [['__proto__', ['a', 'b']], ['X-Public', 'p']]);
+    const confined = confinedToEntity(out, { url: '/e/', headers: {} });
+    assert.deepEqual(Object.entries(confined), [['__proto__', ['a', 'b']], ['X-Public', 'p']]);
   });
 });
