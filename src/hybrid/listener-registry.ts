@@ -17,6 +17,8 @@ export class ListenerRegistry {
     if (!slot) return 0;
     const i = slot.channels.indexOf(channel);
     if (i >= 0) slot.channels.splice(i, 1);
+    // The listeners after it moved up one: the one that was next still is (before, it was skipped once).
+    if (i >= 0 && i < slot.next) slot.next--;
     if (slot.channels.length === 0) this.byEntity.delete(channel.entity.key);
     return slot.channels.length;
   }
