@@ -13,6 +13,7 @@ import { connectedFrame, disconnectedFrame } from './downstream.ts';
 import { PUBSUB_ERRORS, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
+import { takeNextEvents } from './client-protocol.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
 
 export type ClientSocket = MessageSocket<PubSubConnection>;
@@ -185,6 +186,10 @@ export class SessionRecovery {
       replay: session.unacknowledged,
     });
     client.start();
+    // Events and invocations held back while the old socket had limits.outboundBufferBytes of answers queued start
+    // now: that socket's drain, which started them, will not come, nor one from this socket unless it fills. Before,
+    // they waited for good, and every later event of the session behind them (its acks never came).
+    if (connection.eventsWaiting?.length) takeNextEvents(connection);
   }
 
   /**

@@ -546,6 +546,33 @@ describe("a client's user events", () => {
       assert.equal(served, count);
     });
 
+    it('waiting behind answers the client never read, go on once its reliable session is recovered on a new socket (before: nothing started them, and every later event of the session waited for good; found by review)', async (t) => {
+      const answer = 'a'.repeat(256 * 1024);
+      const { urlTemplate } = await serveEventHandler(t, (req, res) => {
+        req.resume();
+        req.on('end', () => res.writeHead(200, { 'content-type': 'text/plain' }).end(req.url?.includes('/small') ? 'ok' : answer));
+      });
+      const relay = await startTestRelay(t, {
+        limits: { outboundBufferBytes: 65536 },
+        pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate, userEventPattern: '*', systemEvents: [] }] }] },
+      });
+      const url = accessUrl(relay.url, { hub: 'chat', key: KEY });
+      const client = await RawPubSubClient.connect(url, RELIABLE, t);
+      const { connectionId, reconnectionToken } = await client.waitFor((m) => m.event === 'connected');
+      // It stops reading and invokes: the answers fill its queue, the invocations behind them wait.
+      ((client.ws as unknown as { _socket: Socket })._socket).pause();
+      for (let i = 0; i < 40; i++) client.send({ type: 'invoke', invocationId: `i${i}`, target: 'event', event: 'ask' });
+      const connection = relay.pubsub.hub('chat')!.local.connections.get(connectionId)!;
+      await until(() => connection.eventsInFlight === 0 && (connection.eventsWaiting?.length ?? 0) > 0 && connection.answersBacklogged, 10000, 'the rest held back');
+      // Its network drops; it recovers its session on a new socket, which reads everything.
+      client.ws.terminate();
+      await until(() => connection.socket === undefined, 5000, 'the old socket gone');
+      const again = await RawPubSubClient.connect(`${url}${recoveryQuery(connectionId, reconnectionToken)}`, RELIABLE, t);
+      await again.waitFor((m) => m.event === 'connected');
+      const ack = await again.request({ type: 'event', event: 'small', dataType: 'text', data: 'x' }, 10000);
+      assert.equal(ack.success, true);
+    });
+
     it('a malformed invocation is answered BadRequest by its id (the SDK has no timeout of its own), and the connection goes on', async (t) => {
       const { client } = await relayWithHeldAnswers(t);
       const bad: Record<string, unknown>[] = [
