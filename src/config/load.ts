@@ -230,6 +230,12 @@ function checkCrossFieldRules(config: RelayConfig): void {
   if (tls && tls.requireClientCert !== 'none' && !tls.requestCert) {
     throw new ConfigError('config: /listen/tls/requireClientCert: needs listen.tls.requestCert (and caFile)');
   }
+  // Tokens are matched by host name alone (ports and schemes are ignored, as clients rewrite them): an entry with a
+  // port, a scheme or a path matched no token, and every listener, sender and Manage token was refused (a reload
+  // closed every listener, and POST /$relay/reload itself then refused the token that could undo it; found by review).
+  for (const [i, entry] of config.namespaceHosts.entries()) {
+    if (!isHostName(entry)) throw new ConfigError(`config: /namespaceHosts/${i}: "${entry}" is not a host name (no scheme, port or path: relay.example.com, 10.0.0.1, ::1)`);
+  }
   for (const [i, entry] of config.listen.trustProxy.entries()) {
     if (!isAddressOrCidr(entry)) throw new ConfigError(`config: /listen/trustProxy/${i}: "${entry}" is not an IP address or CIDR (10.0.0.0/8, fd00::/8)`);
   }
@@ -259,6 +265,14 @@ function parsesAsUrl(text: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** `relay.example.com`, `10.0.0.1`, `::1` or `[::1]`: what a token's resource names as its host, without a port. */
+export function isHostName(text: string): boolean {
+  const bracketed = /^\[(.*)\]$/.exec(text);
+  if (bracketed) return isIP(bracketed[1]) === 6;
+  if (isIP(text) !== 0) return true;
+  return text.length <= 253 && /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(text);
 }
 
 /** `10.1.2.3`, `10.0.0.0/8`, `::1`, `fd00::/8`. */

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { tempDirFor } from '../helpers/cleanup.ts';
 import { ConfigError, buildConfig, loadConfig, overridesFromEnv } from '../../src/config/load.ts';
+import { startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';
 
 describe('configuration', () => {
   it('accepts the shipped development config and fills defaults', () => {
@@ -102,6 +103,32 @@ describe('configuration', () => {
       const config = buildConfig({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', eventHandlers: [{ urlTemplate }] }] } });
       assert.equal(config.pubsub.hubs[0].eventHandlers![0].urlTemplate, urlTemplate);
     }
+  });
+
+  it('refuses a namespaceHosts entry that is no host name: with a port, a scheme or a path it matched no token, Manage ones too (found by review)', async (t) => {
+    for (const entry of ['relay.example.com:443', 'https://relay.example.com', 'relay.example.com/', '127.0.0.1:9400', '[10.0.0.1]', 'relay example']) {
+      assert.throws(
+        () => buildConfig({ namespaceHosts: ['relay.example.com', entry] }),
+        (err: Error) => err instanceof ConfigError && err.message.startsWith(`config: /namespaceHosts/1: "${entry}" is not a host name`),
+        entry,
+      );
+    }
+    // Host names and addresses as tokens name them are taken.
+    const hosts = ['relay.example.com', 'localhost', '127.0.0.1', '::1', '[::1]', 'relay_1.internal'];
+    assert.deepEqual(buildConfig({ namespaceHosts: hosts }).namespaceHosts, hosts);
+    // What such an entry did: a reload that took it closed every listener and refused every token, that of the
+    // reload endpoint too, so the operator could not undo it through the API.
+    const file = join(tempDirFor(t, 'edge-relay-hosts-'), 'relay.json');
+    writeFileSync(file, JSON.stringify(testConfig()));
+    const relay = await startTestRelay(t, {}, { loadConfig: () => loadConfig(file, {}, {}) });
+    writeFileSync(file, JSON.stringify(testConfig({ namespaceHosts: [`127.0.0.1:${relay.port}`] })));
+    const reload = () => fetch(`${relay.url}/$relay/reload`, { method: 'POST', headers: { authorization: tokenFor(`${relay.url}/`) } });
+    const refused = await reload();
+    assert.equal(refused.status, 422, await refused.text());
+    writeFileSync(file, JSON.stringify(testConfig({ namespaceHosts: ['127.0.0.1'] })));
+    const taken = await reload();
+    assert.equal(taken.status, 200, await taken.text());
+    assert.equal((await reload()).status, 200);
   });
 
   it('lets environment override the file and flags override both', () => {
