@@ -209,7 +209,11 @@ function checkCrossFieldRules(config: RelayConfig): void {
     if (hub.upstream && hub.eventHandlers) {
       throw new ConfigError(`config: /pubsub/hubs/${i}/upstream: give eventHandlers or the older upstream, not both`);
     }
+    // A user:password@ in a handler's URL: fetch refuses such a URL, so every event failed (each connect 500), and its
+    // refusal, quoting the URL whole (the password, an Azure Function's ?code= key), was logged with each (found by review).
+    if (hub.upstream && hasUserInfo(hub.upstream.url)) throw new ConfigError(`config: /pubsub/hubs/${i}/upstream/url: ${USER_INFO_REFUSED}`);
     for (const [j, handler] of (hub.eventHandlers ?? []).entries()) {
+      if (hasUserInfo(handler.urlTemplate)) throw new ConfigError(`config: /pubsub/hubs/${i}/eventHandlers/${j}/urlTemplate: ${USER_INFO_REFUSED}`);
       if (handler.auth?.type === 'bearer' && !handler.auth.token) {
         throw new ConfigError(`config: /pubsub/hubs/${i}/eventHandlers/${j}/auth: type bearer needs a token`);
       }
@@ -256,6 +260,13 @@ function checkCrossFieldRules(config: RelayConfig): void {
   if (config.timeouts.idleMs <= config.timeouts.keepAliveIntervalMs) {
     throw new ConfigError('config: /timeouts/idleMs: must be greater than timeouts.keepAliveIntervalMs');
   }
+}
+
+const USER_INFO_REFUSED = 'credentials in the URL (user:password@) are not sent: give auth { "type": "bearer", "token" } instead';
+
+/** A URL whose authority holds a user name or password (`https://user:pass@host/`). */
+function hasUserInfo(url: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*@/.test(url);
 }
 
 function parsesAsUrl(text: string): boolean {

@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { tempDirFor } from '../helpers/cleanup.ts';
 import { ConfigError, buildConfig, loadConfig, overridesFromEnv } from '../../src/config/load.ts';
-import { startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';
+import { captureLogger, startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';
+import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 
 describe('configuration', () => {
   it('accepts the shipped development config and fills defaults', () => {
@@ -129,6 +132,36 @@ describe('configuration', () => {
     const taken = await reload();
     assert.equal(taken.status, 200, await taken.text());
     assert.equal((await reload()).status, 200);
+  });
+
+  it('refuses an event handler URL with a user:password@, and quotes none of it (found by review)', async (t) => {
+    const hub = (handler: Record<string, unknown>) => ({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', ...handler }] } });
+    const cases: [unknown, string][] = [
+      [hub({ eventHandlers: [{ urlTemplate: 'https://svc:hunter2-secret@handler.example.com/api/{event}?code=FUNCKEY' }] }), '/pubsub/hubs/0/eventHandlers/0/urlTemplate'],
+      [hub({ eventHandlers: [{ urlTemplate: 'http://127.0.0.1/a' }, { urlTemplate: 'hc://hunter2-secret@handlers/{event}' }] }), '/pubsub/hubs/0/eventHandlers/1/urlTemplate'],
+      [hub({ upstream: { url: 'http://svc:hunter2-secret@127.0.0.1:8080/events' } }), '/pubsub/hubs/0/upstream/url'],
+    ];
+    for (const [raw, where] of cases) {
+      assert.throws(
+        () => buildConfig(raw),
+        (err: Error) => err instanceof ConfigError && err.message.startsWith(`config: ${where}: credentials in the URL`) && !/hunter2|FUNCKEY/.test(err.message),
+        where,
+      );
+    }
+    // An @ in the path or the query is what it is.
+    assert.equal(buildConfig(hub({ eventHandlers: [{ urlTemplate: 'https://handler.example.com/users/@{event}?by=a@b' }] })).pubsub.hubs[0].eventHandlers![0].urlTemplate, 'https://handler.example.com/users/@{event}?by=a@b');
+    // What such a handler did once taken: every connect failed 500, and the log quoted the URL whole, password and ?code= key.
+    const handler = createServer((_req, res) => res.writeHead(200, { 'webhook-allowed-origin': '*' }).end());
+    await new Promise<void>((resolve) => handler.listen(0, '127.0.0.1', resolve));
+    t.after(() => handler.close());
+    const { port } = handler.address() as AddressInfo;
+    const urlTemplate = `http://svc:hunter2-secret@127.0.0.1:${port}/api/{event}?code=FUNCKEY`;
+    const captured = captureLogger('info');
+    const started = await startTestRelay(t, hub({ eventHandlers: [{ urlTemplate, systemEvents: ['connect'] }] }), { log: captured.log }).catch((err: Error) => err);
+    // (Before: it started, a client's connect was refused 500, and both warnings quoted the credentials.)
+    if (!(started instanceof Error)) await RawPubSubClient.connect(accessUrl(started.url, { key: 'long-enough-key-123' })).catch(() => undefined);
+    assert.deepEqual(captured.lines().filter((line) => /hunter2|FUNCKEY/.test(JSON.stringify(line))), []);
+    assert.ok(started instanceof ConfigError, 'the relay started');
   });
 
   it('lets environment override the file and flags override both', () => {
