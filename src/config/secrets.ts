@@ -169,7 +169,13 @@ export function resolveFiles(config: RelayConfig, baseDir: string): void {
   }
   if (config.metrics.bearerTokenFile) {
     config.metrics.bearerTokenFile = resolvePath(config.metrics.bearerTokenFile, baseDir);
-    config.metrics.bearerToken = readSecretFile(config.metrics.bearerTokenFile, '/metrics/bearerTokenFile', baseDir);
+    // White space around it goes, as Prometheus trims its credentials_file (a trailing space kept here was a 401 for
+    // every scrape); inside, no Authorization header can carry it (`Bearer <token>` is one word): refused.
+    const token = readSecretFile(config.metrics.bearerTokenFile, '/metrics/bearerTokenFile', baseDir).trim();
+    if (token === '' || /\s/.test(token)) {
+      throw new ConfigError(`config: /metrics/bearerTokenFile: ${config.metrics.bearerTokenFile} ${token === '' ? 'holds only white space' : 'holds a token with white space inside, which no Authorization header carries'}`);
+    }
+    config.metrics.bearerToken = token;
   }
 }
 

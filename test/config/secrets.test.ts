@@ -73,6 +73,18 @@ describe('secrets out of the config file', () => {
     for (const [raw, pattern] of cases) rejectsWith(() => loadConfig(write(dir, 'c.json', raw), {}, {}), pattern);
   });
 
+  it("reads the metrics bearer token as Prometheus reads its credentials_file, white space around it trimmed, and refuses one no header carries (found by review)", (t) => {
+    const dir = folder(t);
+    const token = 'metrics-token-0123456789-0123456789';
+    write(dir, 'spaced.token', `  ${token} \t\n`);
+    // Before: kept with its trailing space and tab, so the token Prometheus sent (trimmed) never matched: 401.
+    assert.equal(loadConfig(write(dir, 'c.json', { metrics: { bearerTokenFile: 'spaced.token' } }), {}, {}).metrics.bearerToken, token);
+    write(dir, 'split.token', 'metrics token\n');
+    rejectsWith(() => loadConfig(write(dir, 'c.json', { metrics: { bearerTokenFile: 'split.token' } }), {}, {}), /\/metrics\/bearerTokenFile: \S*split\.token holds a token with white space inside/);
+    write(dir, 'blank.token', ' \t\n');
+    rejectsWith(() => loadConfig(write(dir, 'c.json', { metrics: { bearerTokenFile: 'blank.token' } }), {}, {}), /\/metrics\/bearerTokenFile: \S*blank\.token holds only white space/);
+  });
+
   it('says where a refused key came from: its file or its variable, never its value (before: only the key it fills)', (t) => {
     const dir = folder(t);
     write(dir, 'short.key', 'tiny5\n');
