@@ -154,6 +154,13 @@ export class ConnectionPermissions {
     return permissions;
   }
 
+  /** Takes `snapshot`'s grants of `permission` in place of its own. */
+  replace(permission: Permission, snapshot: PermissionSnapshot): void {
+    const set = new PermissionSet();
+    set.restore(snapshot);
+    this.sets[permission] = set;
+  }
+
   snapshot(): Record<Permission, PermissionSnapshot> {
     return { joinLeaveGroup: this.sets.joinLeaveGroup.snapshot(), sendToGroup: this.sets.sendToGroup.snapshot() };
   }

@@ -7,7 +7,8 @@
 //           the taker joins the same groups and subscribes (events now reach
 //           both nodes; the taker keeps its own aside);
 //   commit  the holder forgets the connection (and its subscriptions) and says
-//           which sequence id was last;
+//           which sequence id was last, and the groups and permissions as they
+//           are then (the taker applies what changed since begin);
 //   page    the taker fetches the unacknowledged events, sequence ids kept, in
 //           pages that fit the bus;
 //   abort   (before commit) the holder keeps the session as it was.
@@ -144,6 +145,10 @@ export class SessionHandover {
         connection.handover = undefined;
         const lastSeq = session.lastSequenceId;
         const id = connection.id;
+        // The groups and permissions as they are now (before release leaves the groups): a change this edge applied
+        // since `begin` (a REST call through it, or one that reached it before the taker's subscription did) is the
+        // taker's to keep.
+        const state = { groups: [...connection.groups], permissions: connection.permissions.snapshot() };
         // An earlier hand-over of this id from here is over: its pages answer no more.
         this.forgetGiven(id);
         // Releasing the connection leaves its subject; the pages are asked for
@@ -163,7 +168,14 @@ export class SessionHandover {
         // While this edge replays after an outage, events it has yet to deliver may be older than the hand-over:
         // the taker looks for them from the outage on (before, from the hand-over only, and they were lost).
         const missingSince = this.deps.missingSince?.();
-        return answer({ op: 'ps.session', ok: true, lastSeq, seen: this.deps.seen?.() ?? {}, ...(missingSince !== undefined ? { missingSince } : {}) });
+        return answer({
+          op: 'ps.session',
+          ok: true,
+          lastSeq,
+          seen: this.deps.seen?.() ?? {},
+          ...state,
+          ...(missingSince !== undefined ? { missingSince } : {}),
+        });
       }
       case 'abort':
         if (connection.handover?.givingTo !== h.origin) return answer({ op: 'ps.session', ok: true });
@@ -267,6 +279,9 @@ export class SessionHandover {
       const lastSeq = commit?.lastSeq;
       if (!commit?.ok || lastSeq === undefined) throw new Error('commit refused');
       committed = true;
+      // What the holder changed after `begin` (found by review: a REST join through it in the meantime was answered
+      // 200 and lost with the move). A holder of an older version says nothing of it.
+      if (this.changedSinceBegin(connection, s, commit)) await this.hub.bus.flush();
       const entries: SessionEntry[] = [];
       for (let after = s.firstSeq - 1; after < lastSeq; ) {
         const page = decodeEdgeMessage(await ask('page', after), 'ps.entries');
@@ -330,6 +345,31 @@ export class SessionHandover {
       connection.session?.clear();
       return undefined;
     }
+  }
+
+  /**
+   * Applies to the connection taken what its holder changed between `begin` and `commit`: groups joined or left
+   * there, and a permission whose grants differ. True when it joined a group (its subject then wants a flush).
+   */
+  private changedSinceBegin(connection: PubSubConnection, begun: PsSession, committed: PsSession): boolean {
+    let joined = false;
+    if (committed.groups) {
+      const before = new Set(begun.groups);
+      const now = new Set(committed.groups);
+      for (const group of now) {
+        if (before.has(group) || connection.groups.has(group)) continue;
+        this.hub.local.join(connection, group);
+        joined = true;
+      }
+      for (const group of before) if (!now.has(group) && connection.groups.has(group)) this.hub.local.leave(connection, group);
+    }
+    if (committed.permissions && begun.permissions) {
+      for (const permission of ['joinLeaveGroup', 'sendToGroup'] as const) {
+        const then = committed.permissions[permission];
+        if (JSON.stringify(then) !== JSON.stringify(begun.permissions[permission])) connection.permissions.replace(permission, then);
+      }
+    }
+    return joined;
   }
 
   /** Of the events in `published`, those addressed to `connection` that it does not have. */
