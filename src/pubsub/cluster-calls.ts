@@ -25,7 +25,7 @@ export interface CallingHub {
   readonly name: string;
   readonly key: string;
   /** The hub's connections on this edge. */
-  readonly local: { readonly connections: { has(connectionId: string): boolean } };
+  readonly local: { readonly connections: { get(connectionId: string): { readonly handover?: { readonly taking?: unknown } } | undefined } };
   subjectOf(target: Target): string;
   /** The other edges on the hub's roster (node ids). */
   otherEdges(): string[];
@@ -74,11 +74,30 @@ export class ClusterCalls {
     return answers;
   }
 
+  /**
+   * True when the target is a connection this edge is taking from another (session-handover.ts): that edge holds it
+   * too until it lets go (commit), and an operation on it is sent there as well (found by review: a close here before
+   * the commit ended this copy only, the take was given up, and the session lived on there for its client to recover).
+   * Asked before the operation is applied here (a close takes the connection out).
+   */
+  takingHere(target: Target): boolean {
+    return target.kind === 'connection' && this.hub.local.connections.get(target.name)?.handover?.taking !== undefined;
+  }
+
   /** `data` is `request` encoded for the bus. */
   private async askOtherEdges(target: Target, localCount: number, request: EdgeMessage & { at?: number }, data: Uint8Array): Promise<PsDone[]> {
     const bus = this.deps.bus;
     if (target.kind === 'connection') {
-      if (localCount > 0 || this.hub.local.connections.has(target.name)) return [];
+      const here = this.hub.local.connections.get(target.name);
+      if (this.takingHere(target)) {
+        try {
+          await bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs);
+        } catch {
+          // no other edge holds it (any more), or it did not answer: this edge's own copy was acted on
+        }
+        return [];
+      }
+      if (localCount > 0 || here) return [];
       try {
         return doneOf([await bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs)]);
       } catch (err) {

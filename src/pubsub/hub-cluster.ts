@@ -316,8 +316,10 @@ export class ClusterHub {
 
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
     const at = await this.cluster.membershipPosition(target);
+    const taking = this.cluster.takingHere(target);
     const local = this.localOps.applyClose(target, excluded, reason);
-    await this.cluster.call(target, local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
+    // Closed here while this edge takes it from another: that one is told too.
+    await this.cluster.call(target, taking ? 0 : local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {

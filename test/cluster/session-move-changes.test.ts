@@ -45,4 +45,32 @@ describe('a REST change for a connection whose session is moving between edges (
     await viaA.group('during').sendToAll('after the move', { contentType: 'text/plain' });
     await client.waitFor((m) => m.type === 'message' && m.data === 'after the move', 5000, 'the group send after the move');
   });
+
+  it('a close through the edge taking it, before the holder let go, ends the session on the holder too (before: it lived on there, and the client recovered it)', async (t) => {
+    const nats = await startNatsServer(t);
+    const proxy = await CuttableProxy.start(nats.port, t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], CORE_NATS));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [`nats://127.0.0.1:${proxy.port}`], CORE_NATS));
+    await Promise.all([waitReady(a), waitReady(b)]);
+    const first = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
+    const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const recovery = recoveryQuery(connectionId, reconnectionToken);
+    const heldOnA = () => a.pubsub.hubs.get(HUB)!.local.connections.get(connectionId);
+    const takenOnB = () => b.pubsub.hubs.get(HUB)!.local.connections.get(connectionId);
+
+    proxy.hold(300);
+    first.ws.terminate();
+    const moving = RawPubSubClient.connect(accessUrl(b.url) + recovery, RELIABLE, t).catch((err: Error) => err);
+    // B has the session's identity from A and waits for its subscriptions to reach NATS before it asks A to let go.
+    await until(() => takenOnB()?.handover?.taking !== undefined, 5000, 'B taking the session');
+    await serviceClient(b).closeConnection(connectionId, { reason: 'closed during the move' });
+    await moving;
+    proxy.hold(0);
+    await until(() => heldOnA() === undefined || heldOnA()!.ended, 5000, 'the session ended on A too');
+    const again = await RawPubSubClient.connect(accessUrl(a.url) + recovery, RELIABLE, t).catch((err: Error) => err);
+    if (again instanceof RawPubSubClient) {
+      const system = await again.waitFor((m) => m.type === 'system', 5000, 'the answer to a recovery on A').catch(() => ({ event: 'closed' }));
+      assert.notEqual(system.event, 'connected', 'the closed connection was recovered on A');
+    }
+  });
 });
