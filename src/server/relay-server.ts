@@ -317,7 +317,10 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     server.emit('request', req, res);
   });
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => whenItsTurn(req, res, handleRequest));
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    if (framingFaulty(req)) res.shouldKeepAlive = false;
+    whenItsTurn(req, res, handleRequest);
+  });
   // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
   // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
   // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
@@ -717,6 +720,16 @@ function requestWithBody(upgradeReq: IncomingMessage, socket: Socket, head: Buff
 /** Whether a request's Upgrade header offers WebSocket. */
 function offersWebSocket(req: IncomingMessage): boolean {
   return /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
+}
+
+/**
+ * Whether a request's framing cannot be trusted: an HTTP/1.0 message with Transfer-Encoding (RFC 9112 6.1), which
+ * HTTP/1.0 does not have, so a proxy in front may frame it otherwise. The server processes it and closes the
+ * connection after it; before, node:http decoded it as chunked and kept the connection for the bytes after it, which
+ * such a proxy took for part of its body (or the other way round).
+ */
+function framingFaulty(req: IncomingMessage): boolean {
+  return req.httpVersionMajor === 1 && req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined;
 }
 
 /** Whether a request announces a body (chunked, or a Content-Length other than 0). */
