@@ -6,8 +6,12 @@
 // once the answer before it has left (whenItsTurn, connection-close.ts, for
 // every request on the port), and an answer whose connection takes none of it
 // for timeouts.senderStallMs cuts the connection, as a relayed response's does.
+// Cut with a reset: closed with a FIN, the socket lived on in the kernel, FIN
+// queued behind what the client never read (megabytes on a pipelined
+// connection), for as long as TCP tries.
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import { dropUnanswered } from '../websocket/close-handshake.ts';
 
 /**
  * Once an answer is written: while the connection's queue holds part of it, the queue must shrink within every
@@ -22,11 +26,31 @@ export function cutWhenUnread(res: ServerResponse, socket: Socket, ms: number, s
     if (now > 0 && now >= queued) {
       clearInterval(timer);
       stalled();
-      socket.destroy();
+      dropUnanswered(socket);
       return;
     }
     queued = now;
   }, ms);
   timer.unref();
   res.once('close', () => clearInterval(timer));
+}
+
+/** Answers bounded by the domain giving them (its own cutWhenUnread, a relayed response's watch), with its own log line. */
+const boundByTheirDomain = new WeakSet<ServerResponse>();
+
+/** `res` is bounded by the domain answering it: boundEveryAnswer leaves it alone. */
+export function boundsItsOwnAnswer(res: ServerResponse): void {
+  boundByTheirDomain.add(res);
+}
+
+/**
+ * Bounds `res` once it is written, as cutWhenUnread does (`ms` read then), unless the domain answering it bounds it
+ * itself (boundsItsOwnAnswer). For every request on the port: a client that pipelined requests for more than the
+ * kernel queues for it and read nothing stalled the last answer in the relay's queue, where the next ones wait their
+ * turn, and an ops answer, an error or a refusal held the connection for good (its heads all read, it was never idle).
+ */
+export function boundEveryAnswer(res: ServerResponse, socket: Socket, ms: () => number, stalled: () => void): void {
+  res.once('prefinish', () => {
+    if (!boundByTheirDomain.has(res)) cutWhenUnread(res, socket, ms(), stalled);
+  });
 }

@@ -16,6 +16,7 @@ import { oweContinue, sendContinue } from '../http/expect-continue.ts';
 import { clientAddress, connectionPeer } from '../http/client-address.ts';
 import { upgradeWhenItsTurn, whenItsTurn } from '../http/connection-close.ts';
 import { hostBeforePort, hostLinesValid } from '../http/host-header.ts';
+import { boundEveryAnswer } from '../http/unread-answers.ts';
 import { HybridService } from '../hybrid/hybrid-service.ts';
 import { PubSubService } from '../pubsub/pubsub-service.ts';
 import { sessionBucketTtlMs } from '../pubsub/session-checkpoints.ts';
@@ -319,18 +320,25 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (framingFaulty(req)) res.shouldKeepAlive = false;
+    boundUnreadAnswer(req, res);
     whenItsTurn(req, res, handleRequest);
   });
   // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
   // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
   // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
-  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) =>
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    boundUnreadAnswer(req, res);
     whenItsTurn(req, res, (turnReq, turnRes) => {
       if (closing) turnRes.shouldKeepAlive = false;
       if (carriesBody(turnReq)) boundUnreadBody(turnReq, turnRes, config.timeouts.headersMs);
       failEdgeRequest(turnRes, 'ExpectationFailed');
-    }),
-  );
+    });
+  });
+  /** Every answer on the port may go unread for timeouts.senderStallMs at most once written (unread-answers.ts). */
+  function boundUnreadAnswer(req: IncomingMessage, res: ServerResponse): void {
+    const ms = () => config.timeouts.senderStallMs;
+    boundEveryAnswer(res, req.socket, ms, () => log.info({ event: 'http.reader_stalled', ms: ms(), address: clientAddress(req) }));
+  }
   function handleRequest(req: IncomingMessage, res: ServerResponse): void {
     // While draining, a connection is not kept for another request.
     if (closing) res.shouldKeepAlive = false;

@@ -154,7 +154,7 @@ export class CloseHandshake {
  * client recovering a session in a loop without reading left megabytes so per recovery (found by review). A TLS
  * socket, whose handle cannot be reset, is destroyed.
  */
-function dropUnanswered(socket: Duplex): void {
+export function dropUnanswered(socket: Duplex): void {
   const reset = (socket as Duplex & { resetAndDestroy?: () => unknown }).resetAndDestroy;
   if (reset) {
     try {
