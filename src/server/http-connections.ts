@@ -24,6 +24,8 @@ export interface HttpConnectionEvents {
   refusedAddress(socket: Socket, open: number): void;
   /** A connection that sent no byte within firstByteMs: answer and close it. */
   silent(socket: Socket): void;
+  /** A kept-alive connection whose next request head did not come within betweenRequestsMs of its last answer: answer and close it. */
+  idle(socket: Socket): void;
 }
 
 export class HttpConnections {
@@ -48,11 +50,23 @@ export class HttpConnections {
   /** The address each connection counted by address counts under (its TCP socket's while its handshake runs). */
   private readonly addressOf = new Map<Socket, string>();
 
+  /** Requests of each connection whose head came and whose answer is not out yet. */
+  private readonly unanswered = new Map<Socket, number>();
+  /**
+   * Kept-alive connections with no request under way, and since when (performance.now()): the next head must come
+   * within betweenRequestsMs. Node's own headers timeout starts only with a request, and CRLFs before a request line
+   * begin none while each puts off its keep-alive timeout: two bytes every few seconds held a connection for good.
+   */
+  private readonly idleSince = new Map<Socket, number>();
+
   /**
    * limits.httpConnectionsPerAddress; a reload may change it (connections already open stay). 0: not counted
    * (connections open while it was 0 stay uncounted).
    */
   perAddressLimit = 0;
+
+  /** timeouts.headersMs: how long a kept-alive connection may wait for its next request head; 0: not bounded here. */
+  betweenRequestsMs = 0;
 
   constructor(
     /** limits.httpConnectionsPerNode; a reload may change it (connections already open stay). */
@@ -126,9 +140,26 @@ export class HttpConnections {
     this.forget(socket);
   }
 
+  /** A request head of `socket` came (a request, or an upgrade: which the connection is not kept after). */
+  requestArrived(socket: Socket): void {
+    if (!this.plain.has(socket)) return;
+    this.unanswered.set(socket, (this.unanswered.get(socket) ?? 0) + 1);
+    this.idleSince.delete(socket);
+  }
+
+  /** A request's answer of `socket` is out: with none left under way, the connection waits for its next head. */
+  answered(socket: Socket, now = performance.now()): void {
+    const left = (this.unanswered.get(socket) ?? 0) - 1;
+    if (left > 0) return void this.unanswered.set(socket, left);
+    this.unanswered.delete(socket);
+    if (this.plain.has(socket) && socket.writable) this.idleSince.set(socket, now);
+  }
+
   private forget(socket: Socket): void {
     this.plain.delete(socket);
     this.silentSince.delete(socket);
+    this.unanswered.delete(socket);
+    this.idleSince.delete(socket);
     this.uncount(socket);
   }
 
@@ -167,6 +198,12 @@ export class HttpConnections {
         this.silentSince.delete(socket);
         this.events.silent(socket);
       }
+    }
+    if (this.betweenRequestsMs <= 0) return;
+    for (const [socket, since] of this.idleSince) {
+      if (now - since < this.betweenRequestsMs) continue;
+      this.idleSince.delete(socket);
+      this.events.idle(socket);
     }
   }
 

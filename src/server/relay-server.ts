@@ -194,8 +194,14 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
+    idle: (socket) => {
+      metrics.limitRefused('headersMs', true);
+      log.warn({ event: 'limit.reached', limit: 'headersMs', address: connectionPeer(socket).address, between: 'requests' });
+      answerAndClose(socket, 'RequestTimeout');
+    },
   }, preambleBytes, (address) => proxyTrust.trusts(address));
   httpConnections.perAddressLimit = config.limits.httpConnectionsPerAddress;
+  httpConnections.betweenRequestsMs = headersMs;
   // With TLS, the client-CA changes so far: the TLS settings each TCP connection is accepted under. Node gives a
   // connection the TLS settings (CAs, session ticket keys) of its accept, so only a handshake of a connection
   // accepted since the last change was checked against the CAs of now (hybrid-service.ts noteHandshake, set
@@ -320,13 +326,21 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (framingFaulty(req)) res.shouldKeepAlive = false;
+    countRequest(req, res);
     boundUnreadAnswer(req, res);
     whenItsTurn(req, res, handleRequest);
   });
+  /** The request's head came: the connection's next one has timeouts.headersMs from its answer (http-connections.ts). */
+  function countRequest(req: IncomingMessage, res: ServerResponse): void {
+    const socket = req.socket;
+    httpConnections.requestArrived(socket);
+    res.once('finish', () => httpConnections.answered(socket));
+  }
   // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
   // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
   // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    countRequest(req, res);
     boundUnreadAnswer(req, res);
     whenItsTurn(req, res, (turnReq, turnRes) => {
       if (closing) turnRes.shouldKeepAlive = false;
@@ -483,7 +497,11 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     server.emit('request', req, res);
   };
   // An upgrade pipelined behind an answer still being given waits for it (connection-close.ts).
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => upgradeWhenItsTurn(req, socket, head, (early) => onUpgrade(req, socket, early)));
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // Never idle again: the connection becomes a WebSocket, or closes after the answer.
+    httpConnections.requestArrived(socket as Socket);
+    upgradeWhenItsTurn(req, socket, head, (early) => onUpgrade(req, socket, early));
+  });
 
   // A worker of `serve --workers` also listens on a private Unix socket, in a
   // folder only this user may use, for TLS legs the other workers relay to it;

@@ -212,7 +212,7 @@ describe('limits', () => {
     // A connection that sends nothing is still closed after firstByteMs.
     const server = createServer();
     const silent: Socket[] = [];
-    const connections = new HttpConnections(100, 100, { refused: () => {}, refusedAddress: () => {}, silent: (socket) => silent.push(socket) });
+    const connections = new HttpConnections(100, 100, { refused: () => {}, refusedAddress: () => {}, silent: (socket) => silent.push(socket), idle: () => {} });
     cleanupFor(t).after(() => {
       connections.close();
       server.close();

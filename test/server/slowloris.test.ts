@@ -48,6 +48,35 @@ describe('slow and silent connections', () => {
     assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'headersMs' }), 1);
   });
 
+  it('answers 408 and closes a kept-alive connection that sends only empty lines after its answer, past headersMs', async (t) => {
+    // Node skips CRLFs before a request line without beginning a request, so its headers timeout never started,
+    // while each one put off its keep-alive timeout: two bytes every few seconds held the connection for good.
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    socket.write('GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+    const trickle = setInterval(() => socket.writable && socket.write('\r\n'), 100);
+    t.after(() => clearInterval(trickle));
+    const started = Date.now();
+    const answers = (await readToClose(socket, CLOSED_WITHIN_MS, 'the connection closed')).toString('latin1');
+    assert.match(answers, /^HTTP\/1\.1 200 [^]*HTTP\/1\.1 408 [^]*"code":"RequestTimeout"/);
+    assert.ok(Date.now() - started >= HEADERS_MS - 50, 'not before its bound');
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'headersMs' }), 1);
+  });
+
+  it('keeps a connection between requests that come within headersMs of each other, each answered', async (t) => {
+    const relay = await slowRelay(t);
+    const socket = await tcp(t, relay.port);
+    let text = '';
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => (text += chunk));
+    for (let i = 0; i < 4; i++) {
+      socket.write('GET /$relay/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+      await new Promise((resolve) => setTimeout(resolve, HEADERS_MS / 2));
+    }
+    assert.equal((text.match(/HTTP\/1\.1 200 /g) ?? []).length, 4);
+    assert.equal(socket.destroyed, false);
+  });
+
   it('answers 408 and closes a connection that never sends a byte within firstByteMs', async (t) => {
     const relay = await slowRelay(t);
     const socket = await tcp(t, relay.port);
