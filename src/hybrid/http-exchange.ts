@@ -14,6 +14,7 @@ import type { Duplex } from 'node:stream';
 import { clientEndpoint } from '../http/client-address.ts';
 import { closeAfterAnswer } from '../http/connection-close.ts';
 import { boundsItsOwnAnswer } from '../http/unread-answers.ts';
+import { dropUnanswered } from '../websocket/close-handshake.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { validateHttpResponseMessage } from '../validation/schemas.ts';
@@ -190,7 +191,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
       // before it is out, whenItsTurn in connection-close.ts.)
       this.log.info({ event: 'http.sender_stalled', ms });
       if (!this.finished) this.failure = 'SenderStalled';
-      this.req.socket.destroy();
+      // With a reset: closed with a FIN, the kernel kept the socket, and what it queued for the sender, for as long
+      // as TCP tries (as every answer's cut, unread-answers.ts).
+      dropUnanswered(this.req.socket);
     }, ms);
     this.senderStall.unref();
   }

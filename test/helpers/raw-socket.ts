@@ -4,6 +4,7 @@
 // off the wire as sent (so a forged or out-of-step response shows). Every
 // wait is bounded; every socket is destroyed in the test's clean-up.
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
@@ -230,4 +231,15 @@ export async function readFrames(socket: Socket, done: (frames: ServerFrame[]) =
     what,
   );
   return frames;
+}
+
+/** The TCP states (as /proc/net/tcp numbers them: 04 FIN-WAIT-1, ...) of the kernel's sockets from `localPort` to `remotePort` on IPv4. */
+export function kernelStates(localPort: number, remotePort: number): string[] {
+  const hex = (port: number) => port.toString(16).toUpperCase().padStart(4, '0');
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().split(/\s+/))
+    .filter((f) => f.length > 3 && f[1].endsWith(`:${hex(localPort)}`) && f[2].endsWith(`:${hex(remotePort)}`))
+    .map((f) => f[3]);
 }

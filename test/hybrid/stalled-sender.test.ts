@@ -2,6 +2,7 @@
 // connection takes nothing for timeouts.senderStallMs, the relay cuts it, so
 // it holds neither the connection nor the listener's rendezvous (as nginx's
 // send_timeout does).
+import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -9,6 +10,7 @@ import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { startTestRelay, tokenFor } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
+import { kernelStates } from '../helpers/raw-socket.ts';
 import { gc } from '../helpers/gc.ts';
 
 /**
@@ -42,7 +44,10 @@ describe('a sender that never reads its response', () => {
     const { relay, sender } = await senderOfEndlessStream(t, 1000);
     // Bounds far past senderStallMs: before, the exchange stayed open for as long as the sender did.
     await until(() => relay.hybrid.openConnections().http_request === 0, 10000, 'the stalled exchange to be cut');
-    // Its connection is closed too: reading now finds the end after what was queued.
+    // Cut with a reset: the relay's end of the connection is gone from the kernel at once. Closed with a FIN, it
+    // stayed in FIN-WAIT-1 behind what was queued for the sender, for as long as TCP tries (minutes).
+    assert.deepEqual(kernelStates(relay.port, sender.localPort!), [], 'no socket of the relay left for it in the kernel');
+    // Its connection is closed too: reading now finds the end.
     let closed = false;
     sender.on('close', () => (closed = true));
     sender.resume();

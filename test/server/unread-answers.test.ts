@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
-import { tcp } from '../helpers/raw-socket.ts';
+import { kernelStates, tcp } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const STALL_MS = 300;
@@ -28,6 +28,9 @@ describe('an answer its client does not read', () => {
     // A few hundred answers of 32 KiB: more than the kernel queues on loopback for a reader that reads nothing.
     socket.write(`GET ${ASSET} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`.repeat(400));
     await until(() => logs.events().includes('http.reader_stalled'), 10 * STALL_MS + 5000, 'the stall logged');
+    // Cut with a reset: nothing of the relay's is left for it in the kernel (with a FIN, a socket in FIN-WAIT-1 behind
+    // megabytes, for as long as TCP tries).
+    await until(() => kernelStates(relay.port, socket.localPort!).length === 0, 3000, "the relay's socket gone from the kernel");
     // The client reads at last: the connection is gone, and with it what was queued for it (a paused socket does not
     // see its connection end until it reads).
     let answers = 0;
