@@ -426,6 +426,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       socket.on('error', () => socket.destroy());
       return failEdgeUpgrade(socket, 'BadRequest', 'more than one Host header, or one that is not a host');
     }
+    // RFC 9112 3.2: an HTTP/1.1 request without Host is 400. node:http refuses a plain one (requireHostHeader) but
+    // hands an upgrade on without (found by review: it was served).
+    if (req.httpVersion === '1.1' && req.headers.host === undefined) {
+      socket.on('error', () => socket.destroy());
+      return failEdgeUpgrade(socket, 'BadRequest', 'no Host header');
+    }
     proxyTrust.apply(req);
     const r = route(req.url);
     if ((r.kind === 'hybrid-ws' || r.kind === 'pubsub-client') && asksOtherVersion(req)) {

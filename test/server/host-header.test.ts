@@ -1,7 +1,8 @@
 // A request's Host lines (RFC 9112 3.2): more than one, or one that is not a
 // host, is answered 400, on plain requests and on upgrades alike. Before, Node
 // kept the first of several (a proxy before the relay may have routed on
-// another) and `Host: a/b?c#d` was taken as it was. A reg-name keeps what RFC
+// another) and `Host: a/b?c#d` was taken as it was. An HTTP/1.1 upgrade
+// without one is 400 too, as node:http answers a plain request without one. A reg-name keeps what RFC
 // 3986 allows (`my_service`, as container names have).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -26,5 +27,10 @@ describe('the Host header', () => {
     }
     // HTTP/1.0 without one: served.
     assert.match(await answerTo('GET /$relay/health HTTP/1.0\r\n'), /^HTTP\/1\.1 200 /);
+    // HTTP/1.1 without one: 400 (node:http's own for a plain request; the relay's for an upgrade, which node:http
+    // handed on without one and was served).
+    assert.match(await answerTo('GET /$relay/health HTTP/1.1\r\n'), /^HTTP\/1\.1 400 /);
+    const hostless = 'GET /$hc/echo?sb-hc-action=listen HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
+    assert.match(await answerTo(hostless), /^HTTP\/1\.1 400 /, 'an upgrade without Host');
   });
 });
