@@ -9,7 +9,7 @@
 // Kept apart from jetstream.ts so that the retry policy reads on its own.
 import type { JetStreamManager } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
-import { tooLargeForBus } from './bus.ts';
+import { BusError, tooLargeForBus } from './bus.ts';
 import { StoreError } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
 import { PublishOrder } from './publish-order.ts';
@@ -29,6 +29,11 @@ const RETRY_MS = 250;
  * chaos soak saw every subscriber get such an event twice.
  */
 const UNSURE_RETRY_MS = 60_000;
+/**
+ * What JetStream counts a stored message at beyond its subject, headers and data (a file store's record: length,
+ * sequence, time, header length, checksum; 34 bytes, a memory store's 16), with room to spare.
+ */
+const STORE_RECORD_BYTES = 64;
 /** While publishes fail unanswered, how often the streams are asked whether they answer again. */
 const STORE_PROBE_MS = 1000;
 /**
@@ -121,13 +126,22 @@ export class DurablePublisher {
    * repeat within its duplicate window) until publishTimeoutMs, or
    * UNSURE_RETRY_MS after a try that went out unanswered; throws
    * StoreError with the reason when it could not be stored, BusError('TooLarge') at once for a message over the
-   * server's max_payload. `duplicate`: an earlier publish of `msgId` had stored it (never this call's own tries).
+   * server's max_payload or its stream's maxBytes. `duplicate`: an earlier publish of `msgId` had stored it (never this call's own tries).
    */
   async publish(subject: string, data: Uint8Array, msgId: string): Promise<{ seq: number; duplicate: boolean }> {
     // Never stored, however often tried: refused at once (also while JetStream is not ready), not as a store that
     // failed (503 "try again"). The publisher says so too, for a server met later with a smaller max_payload.
     const bytes = storedBytes(data, msgId);
     if (bytes > this.c.bus.maxPayload) throw tooLargeForBus(bytes, this.c.bus.maxPayload);
+    const spec = this.specOf(subject);
+    // A message larger than its stream's maxBytes (a hub's history.maxBytes) is dropped by JetStream as it is stored
+    // (the oldest go first, and it is the oldest left): acknowledged, read by no edge, and every edge then finds a gap
+    // and ends the hub's connections (StreamGap). Refused at once, as one over max_payload (found by review: a REST
+    // send was 202 and reached nobody).
+    const held = bytes + Buffer.byteLength(subject) + STORE_RECORD_BYTES;
+    if (spec && spec.maxBytes > 0 && held > spec.maxBytes) {
+      throw new BusError('TooLarge', `the message takes ${held} bytes in stream ${spec.name}, more than it keeps in all (its hub's history.maxBytes, ${spec.maxBytes}): JetStream would drop it as soon as stored`);
+    }
     let deadline = performance.now() + this.c.options.publishTimeoutMs;
     let last = 'JetStream is not ready';
     /** A try went out and nothing said whether it was stored: it may have been (and is then delivered, maybe after later events). */
@@ -140,7 +154,7 @@ export class DurablePublisher {
      */
     let failedAtStore = false;
     const begunAt = performance.now();
-    const stream = this.streamOf(subject);
+    const stream = spec?.name ?? subject;
     // While a publish of this stream is in trouble, its publishes try one at a time in the order they began (publish-order.ts).
     const turn = this.order.begin(stream);
     try {
@@ -225,9 +239,9 @@ export class DurablePublisher {
     return new Map(this.c.streams().map((s) => [s.name, storing && !this.failingStreams.has(s.name)]));
   }
 
-  /** The stream a subject is stored in (its name), or the subject itself when no stream takes it. */
-  private streamOf(subject: string): string {
-    return this.c.streams().find((s) => s.subjects.some((p) => subjectMatches(p, subject)))?.name ?? subject;
+  /** The stream a subject is stored in, if one takes it. */
+  private specOf(subject: string): StreamSpec | undefined {
+    return this.c.streams().find((s) => s.subjects.some((p) => subjectMatches(p, subject)));
   }
 
   private storeFailed(stream: string, reason: string): void {

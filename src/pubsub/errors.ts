@@ -45,7 +45,7 @@ export const PUBSUB_ERRORS = {
   RequestTimeout: { status: 408, message: 'The request body stopped arriving (nothing for timeouts.headersMs)' },
   PayloadTooLarge: { status: 413, message: 'The message is larger than limits.pubsubMessageBytes' },
   // Within limits.pubsubMessageBytes, but not what the NATS servers carry with the envelope: nothing was sent anywhere.
-  BusPayloadTooLarge: { status: 413, message: "The message is larger than the cluster bus carries (its NATS servers' max_payload, envelope included): nothing was sent; raise max_payload or lower limits.pubsubMessageBytes" },
+  BusPayloadTooLarge: { status: 413, message: "The message is larger than the cluster bus carries (its NATS servers' max_payload, or a durable hub's history.maxBytes, envelope included): nothing was sent; raise that limit or lower limits.pubsubMessageBytes" },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
   TooManyHistoryReads: { status: 429, message: 'This edge is reading as many history pages at once as it takes; try again in a moment' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
