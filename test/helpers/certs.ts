@@ -38,6 +38,12 @@ export interface TestPki {
    * `intermediate`, signed by an intermediate CA the test CA signed, its certFile holding both (the chain sent).
    */
   issueClient(name: string, options?: { untrusted?: boolean; intermediate?: boolean }): CertFiles;
+  /**
+   * What a holder of `client` (from the test CA) can send without any CA's key: its certificate, then a "CA" named
+   * and key-identified as the test CA, made under a CA of its own named and key-identified as `ca`, then `ca`'s real
+   * certificate (public). Nothing of it past the first is signed by the one after it: only names and key ids link it.
+   */
+  forgeChainTo(client: CertFiles, ca: string): CertFiles;
 }
 
 const OPENSSL = process.env.OPENSSL ?? 'openssl';
@@ -46,20 +52,28 @@ function openssl(args: string[], cwd: string): void {
   execFileSync(OPENSSL, args, { cwd, stdio: ['ignore', 'ignore', 'pipe'], timeout: 20000 });
 }
 
-function newCa(dir: string, name: string): void {
+/** A CA (`name`.pem, .key) with CN `edge-relay {subject}`, and with `keyId` its subject key identifier (hex) is that. */
+function newCa(dir: string, name: string, subject = name, keyId?: string): void {
   openssl(
     [
       'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
-      '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=edge-relay ${name}`,
+      '-keyout', `${name}.key`, '-out', `${name}.pem`, '-days', '2', '-subj', `/CN=edge-relay ${subject}`,
       '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+      ...(keyId ? ['-addext', `subjectKeyIdentifier=${keyId}`] : []),
     ],
     dir,
   );
 }
 
-function issue(dir: string, ca: string, name: string, extensions: string): CertFiles {
+/** A certificate's subject key identifier, hex. */
+function keyIdOf(dir: string, name: string): string {
+  const text = execFileSync(OPENSSL, ['x509', '-in', `${name}.pem`, '-noout', '-ext', 'subjectKeyIdentifier'], { cwd: dir, timeout: 20000 }).toString();
+  return text.split('\n')[1].trim().replace(/:/g, '');
+}
+
+function issue(dir: string, ca: string, name: string, extensions: string, subject = `/CN=${name}`): CertFiles {
   writeFileSync(join(dir, `${name}.ext`), extensions);
-  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], dir);
+  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject], dir);
   openssl(
     ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.pem`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.pem`, '-days', '1', '-extfile', `${name}.ext`],
     dir,
@@ -139,6 +153,13 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
       const chainFile = join(dir, `${name}-chain.pem`);
       writeFileSync(chainFile, Buffer.concat([readFileSync(leaf.certFile), readFileSync(join(dir, 'intermediate-ca.pem'))]));
       return { certFile: chainFile, keyFile: leaf.keyFile };
+    },
+    forgeChainTo: (client, ca) => {
+      newCa(dir, `forged-${ca}`, ca, keyIdOf(dir, ca));
+      const bridge = issue(dir, `forged-${ca}`, 'forged-bridge', `basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign\nsubjectKeyIdentifier=${keyIdOf(dir, 'ca')}\nauthorityKeyIdentifier=keyid:always\n`, '/CN=edge-relay ca');
+      const chainFile = join(dir, 'forged-chain.pem');
+      writeFileSync(chainFile, Buffer.concat([readFileSync(client.certFile), readFileSync(bridge.certFile), readFileSync(join(dir, `${ca}.pem`))]));
+      return { certFile: chainFile, keyFile: client.keyFile };
     },
   };
 }

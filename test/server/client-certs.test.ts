@@ -133,6 +133,32 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     assert.match(closed.reason, /ClientCertificateRevoked/);
   });
 
+  // Found by review: node links the chain a peer sent by names and key ids alone, and a CA's certificate is public.
+  it('closes a listener whose certificate only a removed CA signs, however it padded the chain it sent (before: a forged link to a listed CA kept it)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    // The listener's certificate, then a made-up "test CA" under a made-up "other CA", then the real other CA.
+    const padded = pki.forgeChainTo(allowed, 'other-ca');
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const caFile = join(dir, 'clients.pem');
+    // Both CAs, as during a rotation: the handshake trusts the test CA, which signed the listener's certificate.
+    writeFileSync(caFile, Buffer.concat([pki.ca, otherCa]));
+    const listen = mtlsListen(pki, 'listeners');
+    const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+    const listenUrl = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, padded));
+    t.after(() => listener.close());
+    // The rotation ends: only the other CA, which signed nothing of the listener's.
+    writeFileSync(`${caFile}.next`, otherCa);
+    renameSync(`${caFile}.next`, caFile);
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
+  });
+
   // Found by review: OpenSSL reads these labels as CAs (the handshake trusted them), the recheck after a change did not.
   for (const label of ['TRUSTED CERTIFICATE', 'X509 CERTIFICATE']) {
     it(`keeps a listener whose CA, written as "${label}", is still in the changed listen.tls.caFile (before: every listener closed as revoked)`, async (t) => {
