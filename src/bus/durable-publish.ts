@@ -207,7 +207,8 @@ export class DurablePublisher {
           return { seq: outcome.seq, duplicate: outcome.duplicate && !unsure };
         }
         if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.c.bus.maxPayload);
-        if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, false);
+        // Refused now, after a try of this call that went out unanswered: that one may still have been stored (said so).
+        if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, unsure);
         last = outcome.reason;
         failedAtStore = true;
         this.order.troubled(turn);
