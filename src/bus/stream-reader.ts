@@ -12,7 +12,7 @@ import type { NatsBus } from './nats.ts';
 import { REPLICATED_STREAMS_SINCE } from './nats-server-version.ts';
 import { MSG_ID_HEADER } from './stream-publisher.ts';
 import { pullOnce } from './stream-pull.ts';
-import { FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
+import { FOLLOW_MEMORY, FollowPosition, type RecentlyHandedOn } from './stream-resume.ts';
 
 /** Pause before a follower's next consumer, after one could not be made or ended. */
 const RETRY_MS = 250;
@@ -26,8 +26,6 @@ const EMPTY_PULL_PAUSE_MS = 50;
 const SUBJECT_AND_HEADER_ROOM = 64 * 1024;
 /** The server drops a consumer nobody pulls from for this long. */
 const CONSUMER_INACTIVE_MS = 60_000;
-/** How many of the messages a follower handed on last it remembers (sequence, id, store time) and reads again with each new consumer (stream-resume.ts). */
-const FOLLOW_MEMORY = 64;
 /**
  * How many times a consumer is made again when the server placed it on another server than the stream's leader
  * (a server picks one of the stream's, at random but not evenly: in a soak on 2.9.10 with three, 30 % of page reads'
@@ -227,12 +225,7 @@ export class StreamReader {
           if (created === undefined || start !== 'unknown') created = info.created;
           // The last messages handed on are read again, each compared with what was handed on under its
           // sequence (stream-resume.ts): the same one is skipped, another one means the stream was rewritten.
-          // And the stream's last FOLLOW_MEMORY messages whatever it says: a stream that lost more than is
-          // remembered holds its new messages below what is remembered, stored after it (a state behind gives
-          // old ones, which are skipped).
-          const first = Math.max(1, info.state.first_seq);
-          const { next } = position;
-          const from = Math.min(next, handedOn.oldestFrom(first) ?? next, Math.max(first, info.state.last_seq + 1 - FOLLOW_MEMORY));
+          const from = position.rereadFrom(Math.max(1, info.state.first_seq), info.state.last_seq);
           const byTime = position.startFromMs;
           // By time: from the millisecond of the latest message handed on (it, and others of that millisecond
           // handed on, are known by their ids; a later one of that millisecond is new).

@@ -7,7 +7,7 @@
 // acknowledged events on single NATS failures.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FollowPosition, RecentlyHandedOn, readAgain, type FollowNotes, type HandedOnMessage } from '../../src/bus/stream-resume.ts';
+import { FOLLOW_MEMORY, FollowPosition, RecentlyHandedOn, readAgain, type FollowNotes, type HandedOnMessage } from '../../src/bus/stream-resume.ts';
 
 const msg = (seq: number, id?: string, ms = 1000 + seq): HandedOnMessage => ({ seq, id, ms });
 
@@ -87,7 +87,6 @@ describe('a follower reading its last messages again', () => {
 
 /** A stream's copy on one server, as its consumers deliver it. */
 type Copy = HandedOnMessage[];
-const MEMORY = 64;
 
 /** `count` messages from sequence 1, 10 ms apart, ids m1, m2... */
 function copyOf(count: number): Copy {
@@ -116,7 +115,7 @@ class Follower {
       renumbered: (n) => this.notes.push(`renumbered ${n.id} ${n.handedOnAs}->${n.readAs}`),
       rewritten: (n) => this.notes.push(`rewritten ${n.verdict}`),
     };
-    this.position = new FollowPosition(next, MEMORY, notes);
+    this.position = new FollowPosition(next, FOLLOW_MEMORY, notes);
   }
 
   /** A consumer made on `copy` as follow() makes it, delivering up to `upTo` messages (all by default). */
@@ -125,7 +124,7 @@ class Follower {
       const { position } = this;
       const first = copy[0]?.seq ?? 1;
       const last = copy.at(-1)?.seq ?? 0;
-      const from = Math.min(position.next, position.handedOn.oldestFrom(first) ?? position.next, Math.max(first, last + 1 - MEMORY));
+      const from = position.rereadFrom(first, last);
       const byTime = position.startFromMs;
       const delivered = byTime !== undefined ? copy.filter((m) => m.ms >= byTime) : copy.filter((m) => m.seq >= from);
       position.newConsumer();
@@ -187,6 +186,21 @@ describe("a follower whose next consumer is on a server numbering the stream oth
     }
   });
 
+  it('hands every message on once moving between copies 79 messages apart, both ways and back (a soak on 2.9.10)', () => {
+    // One copy lacked 79 acknowledged messages for good (its server was frozen as they were stored) and led the
+    // stream later. Before: remembering 64 messages, a follower moving from it to a full copy read the 79 it had
+    // handed on under sequences 79 higher and handed them all on again (each pushed out the next one's id).
+    const full = copyOf(3000);
+    const short = [...full.slice(0, 100), ...full.slice(179).map((m) => ({ ...m, seq: m.seq - 79 }))];
+    const stored = (copy: Copy, upTo: number) => copy.filter((m) => Number(m.id!.slice(1)) <= upTo);
+    const f = new Follower(1);
+    f.consume(stored(full, 1500));
+    f.consume(stored(short, 1600));
+    f.consume(stored(full, 2500));
+    f.consume(stored(short, 3000));
+    assert.deepEqual(f.handedOn, ids(1, 3000), 'each once, in order');
+  });
+
   it('still finds a rewrite: messages lost and others stored later under their sequences', () => {
     const a = copyOf(200);
     const f = new Follower(1);
@@ -196,12 +210,20 @@ describe("a follower whose next consumer is on a server numbering the stream oth
     f.consume(rewritten);
     assert.deepEqual(f.handedOn, [...ids(1, 200), ...Array.from({ length: 20 }, (_, i) => `n${191 + i}`)]);
     assert.deepEqual(f.notes, ['rewritten rewritten']);
-    // And one that lost more than is remembered: found by store time, every new message once.
+    // One that lost more than is read again, less than is remembered: the rewrite is found where it begins.
     const g = new Follower(1);
     g.consume(a);
     const lostMore = [...a.slice(0, 100), ...Array.from({ length: 30 }, (_, i) => msg(101 + i, `p${101 + i}`, 60_000 + i))];
     g.consume(lostMore);
     assert.deepEqual(g.handedOn, [...ids(1, 200), ...Array.from({ length: 30 }, (_, i) => `p${101 + i}`)]);
-    assert.deepEqual(g.notes, ['rewritten rewrittenBefore']);
+    assert.deepEqual(g.notes, ['rewritten rewritten']);
+    // And one that lost more than is remembered: found by store time, every new message once.
+    const big = copyOf(FOLLOW_MEMORY + 200);
+    const h = new Follower(1);
+    h.consume(big);
+    const lostMost = [...big.slice(0, 100), ...Array.from({ length: 30 }, (_, i) => msg(101 + i, `p${101 + i}`, 10_000_000 + i))];
+    h.consume(lostMost);
+    assert.deepEqual(h.handedOn, [...ids(1, FOLLOW_MEMORY + 200), ...Array.from({ length: 30 }, (_, i) => `p${101 + i}`)]);
+    assert.deepEqual(h.notes, ['rewritten rewrittenBefore']);
   });
 });
