@@ -157,6 +157,14 @@ export class SessionTakes {
       const checkpoint = await this.lastWriteOf(connectionId, holder, claimSeq, deadline);
       this.stopIfRemoved();
       if (!opensWith(checkpoint, protocol, token)) return undefined;
+      // Written by an edge that claimed the session after this one and took it while this edge's follower was behind
+      // that claim: that edge holds it. Before, the take went on from that checkpoint, ahead of this edge's position,
+      // and adopted at once: the session was held on both edges, and this edge numbered again, after its ids, events
+      // it counted already.
+      if ((checkpoint.claim ?? 0) > claimSeq) {
+        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: 'another edge claimed it since' });
+        return undefined;
+      }
       connection = new PubSubConnection(
         connectionId,
         this.hub.name,
@@ -231,7 +239,8 @@ export class SessionTakes {
     const waitFor = holder.origin !== this.options.nodeId && this.hub.edgeOnRoster(holder.origin, holder.boot);
     for (;;) {
       const checkpoint = await this.checkpoints.read(connectionId);
-      if (!checkpoint || checkpoint.ended || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq) return checkpoint;
+      // (Or one written by a later claim: take() refuses it.)
+      if (!checkpoint || checkpoint.ended || !waitFor || (checkpoint.releasedBy ?? 0) >= claimSeq || (checkpoint.claim ?? 0) > claimSeq) return checkpoint;
       // The holder's claim never became a session there (its take failed: an edge that takes a
       // session writes before its client hears `connected`), and the edge before it let go for that claim.
       if (checkpoint.owner !== holder.origin && checkpoint.releasedBy !== undefined && checkpoint.releasedBy >= holder.seq) return checkpoint;
@@ -318,6 +327,9 @@ export class SessionTakes {
     for (let at = from; ; ) {
       const to = this.stream.position;
       if (at >= to) {
+        // A later claim read meanwhile (also one before where this replay began) owns the session.
+        const newer = this.claimsSeen.get(connection.id);
+        if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
         this.hub.local.adopt(connection);
         return 'caught up';
       }
