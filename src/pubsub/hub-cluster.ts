@@ -82,6 +82,8 @@ export interface DurableEvents {
   /** Writes the session's checkpoint now (what the stream does not carry changed): true once stored. */
   storeSession(connection: PubSubConnection): Promise<boolean>;
   sessionEnded(connection: PubSubConnection): void;
+  /** Ends the session of a connection no edge holds (a REST close; its edge was killed): no edge takes it again. */
+  endUnheldSession(connectionId: string): Promise<void>;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
   /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say). */
@@ -319,7 +321,12 @@ export class ClusterHub {
     const taking = this.cluster.takingHere(target);
     const local = this.localOps.applyClose(target, excluded, reason);
     // Closed here while this edge takes it from another: that one is told too.
-    await this.cluster.call(target, taking ? 0 : local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
+    const answers = await this.cluster.call(target, taking ? 0 : local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
+    // No edge holds the connection: on a durable hub its session may live on as its checkpoint alone (its edge was
+    // killed), for any edge to take; it is ended there.
+    if (this.durable && target.kind === 'connection' && local === 0 && !taking && !excluded?.has(target.name) && !answers.some((a) => a.count > 0)) {
+      await this.durable.endUnheldSession(target.name);
+    }
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {

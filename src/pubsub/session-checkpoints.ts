@@ -160,9 +160,9 @@ export class SessionCheckpoints {
     };
     this.endings.set(connection.id, ending);
     // After the session's writes in flight: the revision the last of them stored is the one to write over.
-    void this.inTurn(connection, () => {
+    void this.inTurn(connection, async () => {
       ending.revision = this.revisions.get(connection);
-      return this.storeEnding(connection.id, ending);
+      await this.storeEnding(connection.id, ending);
     });
   }
 
@@ -261,7 +261,7 @@ export class SessionCheckpoints {
    * copy then expires or is closed here). A failure is tried again at the
    * next tick (endings).
    */
-  private async storeEnding(connectionId: string, ending: Ending): Promise<void> {
+  private async storeEnding(connectionId: string, ending: Ending): Promise<boolean> {
     try {
       try {
         await this.options.js.put(ending.key, ending.value, ending.revision);
@@ -273,14 +273,16 @@ export class SessionCheckpoints {
         if (takenSince(stored, ending.claim)) {
           this.options.log.info({ event: 'pubsub.checkpoint_kept', hub: this.hub.name, connectionId, owner: stored.owner });
           this.endings.delete(connectionId);
-          return;
+          return true;
         }
         ending.revision = found?.revision;
         await this.options.js.put(ending.key, ending.value, ending.revision);
       }
       this.endings.delete(connectionId);
+      return true;
     } catch (err) {
       this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId, err: (err as Error).message });
+      return false;
     } finally {
       ending.writing = false;
     }
@@ -289,17 +291,18 @@ export class SessionCheckpoints {
   /**
    * Stores that a session this edge claimed, and did not take because a reload removed the hub, ended: over the
    * checkpoint there (the holder's last write, or this edge's own), unless a later claim took the session since.
+   * Also a session no edge held, closed through REST (SessionTakes.endUnheld). False when the store did not answer.
    */
-  async endClaimed(connectionId: string, claimSeq: number): Promise<void> {
+  async endClaimed(connectionId: string, claimSeq: number): Promise<boolean> {
     let found: CheckpointEntry | undefined;
     try {
       found = await this.readEntry(connectionId);
     } catch (err) {
       this.options.log.warn({ event: 'pubsub.checkpoint_end_failed', hub: this.hub.name, connectionId, err: (err as Error).message });
-      return;
+      return false;
     }
     const stored = found?.checkpoint;
-    if (!stored || stored.ended || (stored.claim ?? 0) > claimSeq) return;
+    if (!stored || stored.ended || (stored.claim ?? 0) > claimSeq) return true;
     const record: PsCheckpoint = { ...stored, owner: this.options.nodeId, ownerBoot: this.options.bootId, claim: claimSeq, at: Date.now(), ended: true };
     delete record.releasedBy;
     delete record.ackIds;
@@ -311,7 +314,7 @@ export class SessionCheckpoints {
       giveUpAt: Date.now() + sessionBucketTtlMs(this.options.sessionRetainMs),
       writing: true,
     };
-    await this.storeEnding(connectionId, ending);
+    return this.storeEnding(connectionId, ending);
   }
 
   /** The checkpoint stored for a connection id, if a valid one; SessionUnavailable when the store does not answer. */

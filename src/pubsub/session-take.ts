@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
+import { StoreError } from '../bus/jetstream-errors.ts';
 import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -216,6 +217,27 @@ export class SessionTakes {
       throw err;
     } finally {
       this.claimsSeen.delete(connectionId);
+    }
+  }
+
+  /**
+   * Ends a session that no edge holds, for a REST close of its connection (its edge was killed: only its checkpoint
+   * is left, for any edge to take): a claim makes this edge its holder (a take under way elsewhere stops at it, an
+   * edge that took it meanwhile lets it go), then its checkpoint is written `ended`. Throws StoreError when
+   * JetStream could not do either: the close is to be tried again. Before, the close was answered 204, acted on
+   * nowhere, and the client recovered the session on another edge, groups and all.
+   */
+  async endUnheld(connectionId: string): Promise<void> {
+    if (!CONNECTION_ID.test(connectionId)) return;
+    try {
+      if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
+      const found = await this.checkpoints.read(connectionId);
+      if (!found || found.ended) return;
+      const { seq } = await this.claim(connectionId, Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs, {});
+      if (!(await this.checkpoints.endClaimed(connectionId, seq))) throw new SessionUnavailable('the session store did not store its end');
+    } catch (err) {
+      if (!(err instanceof SessionUnavailable)) throw err;
+      throw new StoreError(`not stored: the session of the connection is kept, and could be recovered (${err.message})`);
     }
   }
 

@@ -361,6 +361,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.ended(connection);
   }
 
+  endUnheldSession(connectionId: string): Promise<void> {
+    return this.sessions.endUnheld(connectionId);
+  }
+
   releaseAll(): Promise<void> {
     return this.sessions.releaseAll();
   }

@@ -266,6 +266,11 @@ export class StreamSessions {
     return this.takes.take(connectionId, token, protocol);
   }
 
+  /** Ends a session that no edge holds (SessionTakes.endUnheld): a REST close of its connection. */
+  endUnheld(connectionId: string): Promise<void> {
+    return this.takes.endUnheld(connectionId);
+  }
+
   close(removed = false): void {
     clearInterval(this.timer);
     this.takes.close(removed);
