@@ -69,6 +69,14 @@ export interface Bus {
    */
   readonly backlogged: boolean;
   /**
+   * While connected to a server that checks it is alive (NATS pings): when (Date.now()) the latest ping its server
+   * answered was sent, so the server took everything sent before then; undefined on the memory bus. What was sent
+   * after it may be lost with a server that stopped answering (frozen, cut off) before the bus judged it stale.
+   */
+  readonly lastAnsweredAt?: number;
+  /** Pings its server has not answered for a whole ping interval or more (0 on the memory bus): it may be stalled. */
+  readonly unansweredPings?: number;
+  /**
    * False when no other edge can be on this bus (the memory bus lives in one
    * process): cluster-wide fan-out and queries then have nobody to reach.
    */

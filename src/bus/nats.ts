@@ -10,6 +10,7 @@ import {
   connect,
   createInbox,
   credsAuthenticator,
+  DebugEvents,
   ErrorCode,
   Events,
   nkeyAuthenticator,
@@ -83,6 +84,11 @@ export class NatsBus implements Bus {
   readonly reachesOtherNodes = true;
   private nc: NatsConnection | undefined;
   private isConnected = false;
+  /** When the latest ping its server answered was sent (Date.now()), and when the last one was sent (notePing). */
+  private answeredAt: number | undefined;
+  private lastPingAt: number | undefined;
+  /** Pings unanswered at the last ping tick. */
+  private pendingPings = 0;
   /** More was waiting unsent than unsentLimit, and half of it has not gone yet. */
   private overLimit = false;
   /** While overLimit: looks at what waits unsent until it clears. */
@@ -224,6 +230,7 @@ export class NatsBus implements Bus {
       if (status.type === Events.Disconnect) this.setConnected(false, String(status.data));
       else if (status.type === Events.Reconnect) this.setConnected(true, String(status.data));
       else if (status.type === Events.Error) this.log.warn({ event: 'bus.error', err: String(status.data) });
+      else if (status.type === DebugEvents.PingTimer) this.notePing(Number(status.data) - 1);
     }
     // The status stream ends when the connection closes: by close(), or by nats.js giving up, which it should not.
     if (this.closing) return;
@@ -232,9 +239,32 @@ export class NatsBus implements Bus {
     this.log.error({ event: 'bus.closed', err: err?.message, hint: 'the NATS client closed its connection and will not reconnect: restart this edge' });
   }
 
+  /**
+   * nats.js is about to send a ping, with `pending` of its earlier ones unanswered: with none, the one sent at the
+   * last tick was answered, and the server took everything sent before it (lastAnsweredAt).
+   */
+  private notePing(pending: number): void {
+    const now = Date.now();
+    if (pending === 0 && this.lastPingAt !== undefined) this.answeredAt = this.lastPingAt;
+    this.pendingPings = Number.isFinite(pending) ? Math.max(0, pending) : 0;
+    this.lastPingAt = now;
+  }
+
+  /** Of the connection now, or of the one lost last (read as the bus says it is lost). */
+  get lastAnsweredAt(): number | undefined {
+    return this.answeredAt;
+  }
+
+  get unansweredPings(): number {
+    return this.isConnected ? this.pendingPings : 0;
+  }
+
   private setConnected(connected: boolean, server: string): void {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
+    // A new connection: its server took nothing yet, and has missed no ping.
+    if (connected) this.answeredAt = this.lastPingAt = Date.now();
+    this.pendingPings = 0;
     // What waited unsent went with the connection: a new one starts with nothing.
     this.overLimit = false;
     clearInterval(this.backlogWatch);

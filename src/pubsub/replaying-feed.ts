@@ -123,8 +123,10 @@ export class ReplayingFeed implements EventFeed {
    * after the last event delivered from it. Not while a replay runs.
    */
   forgetQuietOrigins(): void {
-    // While away or replaying, nothing is delivered: every origin would look quiet.
-    if (this.held || this.disconnectedAt !== undefined) return;
+    // While away or replaying, nothing is delivered: every origin would look quiet. So too while the bus's server
+    // leaves a ping unanswered (frozen, cut off, not judged stale yet: found by a chaos soak, where an edge forgot
+    // the origins it heard nothing from while its server was frozen, and then asked for what it missed by time alone).
+    if (this.held || this.disconnectedAt !== undefined || (this.bus.unansweredPings ?? 0) > 0) return;
     for (const [origin, counter] of this.delivered) {
       if (this.deliveredAtSweep.get(origin) === counter) this.delivered.delete(origin);
     }
@@ -260,7 +262,10 @@ export class ReplayingFeed implements EventFeed {
 
   private onConnectionChange(connected: boolean): void {
     if (!connected) {
-      this.disconnectedAt ??= Date.now();
+      // From when its server last answered a ping: one that stopped answering (frozen, cut off) before the bus judged
+      // it stale took nothing after (found by a chaos soak: from when it was judged stale, less a second, the events
+      // published in a freeze's first seconds were never sent again, their publishers told they were sent).
+      this.disconnectedAt ??= Math.min(Date.now(), this.bus.lastAnsweredAt ?? Infinity);
       if (this.replaying) {
         // Answers to the pass running now may be lost: another pass, once the bus is back. It asks each origin for
         // what precedes the first event held after that (what is held now came before this outage).

@@ -175,6 +175,51 @@ describe('faults', { concurrency: 2 }, () => {
     assert.equal((await readiness(a)).status, 200);
   });
 
+  for (const frozenSide of ['subscriber', 'publisher'] as const) {
+    it(`the NATS node of the ${frozenSide}'s edge is frozen under steady traffic: every event arrives once the edge notices and fails over`, async (t) => {
+      // Lost: nothing. A frozen server (SIGSTOP) holds the edge's connection without closing it: the edge notices
+      // only after two unanswered pings (bus.pingIntervalMs) and moves to another server. Then a publisher's edge
+      // sends again what it published since its server last answered a ping, and a subscriber's edge asks the others
+      // for what it missed. Before, the publisher's edge sent again from when it noticed, less a second: what it
+      // published in the freeze's first seconds, acknowledged 202, reached nobody.
+      const { nats, edges } = await startCluster(t, 2, CORE_NATS);
+      const [a, b] = edges;
+      // A's server is frozen; the side named is on A.
+      const [subEdge, pubEdge] = frozenSide === 'subscriber' ? [a, b] : [b, a];
+      const sub = await startClient(t, accessUrl(subEdge.url));
+      await sub.client.joinGroup('feed');
+      const publisher = serviceClient(pubEdge);
+      for (let i = 0; i < 200 && sub.groupData.length === 0; i++) {
+        await publisher.group('feed').sendToAll('probe');
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      sub.groupData.length = 0;
+      let n = 0;
+      let stopped = false;
+      const steady = (async () => {
+        while (!stopped) {
+          await publisher.group('feed').sendToAll(++n).catch(() => n--);
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+      await until(() => numbers(sub.groupData).length >= 20, 5000, 'steady traffic before the freeze');
+      await nats[0].freeze();
+      const frozenAt = n;
+      await until(() => numbers(sub.groupData).some((x) => x > frozenAt + 20), 20000, 'traffic resumed after A failed over');
+      const resumedAt = n;
+      await until(() => n >= resumedAt + 50, 10000, 'steady traffic after the fail-over');
+      stopped = true;
+      await steady;
+      await until(() => numbers(sub.groupData).includes(n), 10000, 'the last event');
+      nats[0].thaw();
+      const seen = numbers(sub.groupData);
+      t.diagnostic(`events published while A's server was frozen and before A failed over: ${resumedAt - frozenAt}`);
+      assertOnceInOrder(seen);
+      const missing = Array.from({ length: n }, (_, i) => i + 1).filter((x) => !seen.includes(x));
+      assert.deepEqual(missing, [], 'every event arrived');
+    });
+  }
+
   it('an edge paused during a REST membership change through another: the call waits for it, so the next question sees the change', async (t) => {
     // Lost: nothing. An edge that answers late (a long GC pause, an overloaded
     // host; here SIGSTOP for 400 ms) still counts: the edge taking the call waits
