@@ -5,7 +5,7 @@
 // taker, reaches NATS through a proxy that holds what it sends 300 ms, so the
 // move takes long enough to make the change in the middle of it.
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import { CORE_NATS, edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { CuttableProxy, HUB, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
@@ -13,15 +13,21 @@ import { startTestRelay } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 
+/** Edges A and B on one NATS server (B through a proxy that can hold what it sends), and a reliable client on A. */
+async function reliableClientOnA(t: TestContext) {
+  const nats = await startNatsServer(t);
+  const proxy = await CuttableProxy.start(nats.port, t);
+  const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], CORE_NATS));
+  const b = await startTestRelay(t, edgeOverrides('edge-b', [`nats://127.0.0.1:${proxy.port}`], CORE_NATS));
+  await Promise.all([waitReady(a), waitReady(b)]);
+  const first = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
+  const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+  return { proxy, a, b, first, connectionId: connectionId as string, reconnectionToken: reconnectionToken as string };
+}
+
 describe('a REST change for a connection whose session is moving between edges (core NATS)', () => {
   it('made through the holder after it sent the session, is kept by the edge taking it (before: lost, though answered 200)', async (t) => {
-    const nats = await startNatsServer(t);
-    const proxy = await CuttableProxy.start(nats.port, t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], CORE_NATS));
-    const b = await startTestRelay(t, edgeOverrides('edge-b', [`nats://127.0.0.1:${proxy.port}`], CORE_NATS));
-    await Promise.all([waitReady(a), waitReady(b)]);
-    const first = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
-    const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const { proxy, a, b, first, connectionId, reconnectionToken } = await reliableClientOnA(t);
     assert.equal((await first.request({ type: 'joinGroup', group: 'before' })).success, true);
     const heldOnA = () => a.pubsub.hubs.get(HUB)!.local.connections.get(connectionId);
 
@@ -47,13 +53,7 @@ describe('a REST change for a connection whose session is moving between edges (
   });
 
   it('a close through the edge taking it, before the holder let go, ends the session on the holder too (before: it lived on there, and the client recovered it)', async (t) => {
-    const nats = await startNatsServer(t);
-    const proxy = await CuttableProxy.start(nats.port, t);
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], CORE_NATS));
-    const b = await startTestRelay(t, edgeOverrides('edge-b', [`nats://127.0.0.1:${proxy.port}`], CORE_NATS));
-    await Promise.all([waitReady(a), waitReady(b)]);
-    const first = await RawPubSubClient.connect(accessUrl(a.url), RELIABLE, t);
-    const { connectionId, reconnectionToken } = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const { proxy, a, b, first, connectionId, reconnectionToken } = await reliableClientOnA(t);
     const recovery = recoveryQuery(connectionId, reconnectionToken);
     const heldOnA = () => a.pubsub.hubs.get(HUB)!.local.connections.get(connectionId);
     const takenOnB = () => b.pubsub.hubs.get(HUB)!.local.connections.get(connectionId);
