@@ -124,6 +124,10 @@ export async function bridge(argv: string[]): Promise<number> {
     process.stdout.write(BRIDGE_HELP);
     return 0;
   }
+  // stdout carries the `forwarding` / `listening on` lines: a reader that took the one it wanted and went (EPIPE; a
+  // -R's line comes whenever the relay first lets it listen) is no failure of the bridge's. Before, the write's
+  // 'error' ended it as crashed, exit 1, every forwarded connection cut, as serve did (found by review).
+  process.stdout.on('error', () => {});
   if (!values.relay) return fail('--relay URL is required');
   if (!/^(http|ws)s?:\/\//i.test(values.relay)) return fail(`--relay ${values.relay}: expected an http(s):// or ws(s):// URL`);
   // Checked here, not on the first connection (before: -L died with a SyntaxError on it, -R with a stack trace).
