@@ -92,7 +92,17 @@ export async function sub(argv: string[]): Promise<number> {
   if (typeof access === 'string') return fail(access);
   const tls = readClientTls(values);
   if (typeof tls === 'string') return fail(tls);
-  return watch(values.url, access, values.group, values.user, values.format, count, after, tls);
+  // Its output is all it is for: once its reader is gone (`sub ... | head -3`), it stops, 0, as after --count.
+  // Before, the failed write was an 'error' nothing listened to: it ended as crashed, with a stack trace.
+  const readerGone = new AbortController();
+  process.stdout.on('error', () => readerGone.abort());
+  return watch(values.url, access, values.group, values.user, values.format, count, after, tls, {
+    timeouts: HUB_CLIENT_TIMEOUTS,
+    print: (line) => {
+      if (!readerGone.signal.aborted) process.stdout.write(line);
+    },
+    signal: readerGone.signal,
+  });
 }
 
 /** A refusal for a limit of the moment (429: too many new connections from this address, the hub full; 408): waited out. */

@@ -53,6 +53,20 @@ describe('edge-relay pub and sub', () => {
     assert.deepEqual(watcher.out().trim().split('\n'), ['hello, room', 'second', '{"n":1}', '[true]']);
   });
 
+  it('sub stops, 0, once the reader of its output is gone (sub | head): before, it ended as crashed with a stack trace', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
+    const common = ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'];
+    const watcher = startSub(t, common);
+    await until(() => /watching group room in hub chat/.test(watcher.err()), 10000, 'sub watching');
+    assert.equal((await runPub(t, [...common, 'first'])).status, 0);
+    await until(() => watcher.out().includes('first'), 10000, 'the first line');
+    // As `head -1` does once it has its line.
+    watcher.child.stdout!.destroy();
+    for (let i = 0; i < 3 && watcher.child.exitCode === null; i++) await runPub(t, [...common, `more ${i}`]);
+    assert.equal(await withTimeout(watcher.exited, 10000, 'sub to stop'), 0, watcher.err());
+    assert.doesNotMatch(watcher.err(), /EPIPE|Error/);
+  });
+
   it('sub --from-start and --after print the history, then live messages: no gap and nothing twice at the seam', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [{ ...HUB, history: { maxMessages: 10000 } }] } });
     const hub = relay.pubsub.hub('chat')!;
