@@ -35,22 +35,12 @@ export function cutWhenUnread(res: ServerResponse, socket: Socket, ms: number, s
   res.once('close', () => clearInterval(timer));
 }
 
-/** Answers bounded by the domain giving them (its own cutWhenUnread, a relayed response's watch), with its own log line. */
-const boundByTheirDomain = new WeakSet<ServerResponse>();
-
-/** `res` is bounded by the domain answering it: boundEveryAnswer leaves it alone. */
-export function boundsItsOwnAnswer(res: ServerResponse): void {
-  boundByTheirDomain.add(res);
-}
-
 /**
- * Bounds `res` once it is written, as cutWhenUnread does (`ms` read then), unless the domain answering it bounds it
- * itself (boundsItsOwnAnswer). For every request on the port: a client that pipelined requests for more than the
- * kernel queues for it and read nothing stalled the last answer in the relay's queue, where the next ones wait their
- * turn, and an ops answer, an error or a refusal held the connection for good (its heads all read, it was never idle).
+ * Bounds `res` once it is written, as cutWhenUnread does (`ms` read then): for answers whose domain does not bound
+ * them itself. A client that pipelined requests for more than the kernel queues for it and read nothing stalled the
+ * last answer in the relay's queue, where the next ones wait their turn, and an ops answer, an error or a refusal
+ * held the connection for good (its heads all read, it was never idle).
  */
 export function boundEveryAnswer(res: ServerResponse, socket: Socket, ms: () => number, stalled: () => void): void {
-  res.once('prefinish', () => {
-    if (!boundByTheirDomain.has(res)) cutWhenUnread(res, socket, ms(), stalled);
-  });
+  res.once('prefinish', () => cutWhenUnread(res, socket, ms(), stalled));
 }

@@ -13,7 +13,6 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { clientEndpoint } from '../http/client-address.ts';
 import { closeAfterAnswer } from '../http/connection-close.ts';
-import { boundsItsOwnAnswer } from '../http/unread-answers.ts';
 import { dropUnanswered } from '../websocket/close-handshake.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
@@ -169,8 +168,6 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     });
     watchSenderSocket(req.socket, this);
     res.on('drain', () => this.unblockRendezvous('sender'));
-    // Bounded here (watchSender), while the body streams and once it is written.
-    boundsItsOwnAnswer(res);
   }
 
   /**

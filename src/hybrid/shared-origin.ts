@@ -22,22 +22,22 @@
 //   it holds in memory).
 // Browsers apply Cross-Origin-Opener-Policy and Clear-Site-Data on https:// and on localhost only.
 import type { IncomingMessage } from 'node:http';
+import { setHeader } from './relayed-headers.ts';
 
 /** The listener's response headers, as a browser on the relay's origin may safely be given them. */
 export function confinedToEntity(headers: Record<string, string | string[]>, req: Pick<IncomingMessage, 'url' | 'headers'>): Record<string, string | string[]> {
-  // Entries: a header named `__proto__` stays a header (an assignment would take it for the object's prototype).
-  const kept: [string, string | string[]][] = [];
+  const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     const lower = name.toLowerCase();
     if (lower === 'service-worker-allowed' || lower === 'clear-site-data') continue;
     if (lower === 'cross-origin-opener-policy') {
       const values = (Array.isArray(value) ? value : [value]).map((v) => (policyOf(v) === 'same-origin' ? 'same-origin-allow-popups' : v));
-      kept.push([name, Array.isArray(value) ? values : values[0]]);
+      out[name] = Array.isArray(value) ? values : values[0];
       continue;
     }
-    kept.push([name, value]);
+    // A header named `__proto__` stays a header (setHeader).
+    setHeader(out, name, value);
   }
-  const out: Record<string, string | string[]> = Object.fromEntries(kept);
   if (req.headers['service-worker'] === 'script') out['service-worker-allowed'] = entityScope(req.url ?? '/');
   return out;
 }

@@ -28,7 +28,7 @@ import type { ClusterHub, GroupAction } from './hub-cluster.ts';
 import type { Target } from './hub.ts';
 import type { Permission } from './permissions.ts';
 import { isHostAuthority } from '../http/host-header.ts';
-import { boundsItsOwnAnswer, cutWhenUnread } from '../http/unread-answers.ts';
+import { cutWhenUnread } from '../http/unread-answers.ts';
 import type { CallLimit } from './call-limit.ts';
 
 /** A status (and body), an error code, or an error code with a message of its own. */
@@ -93,8 +93,6 @@ export function handleRestRequest(
   const verdict = verifyAccessToken(token, service.accessKeys(hub), [path], service.hostsFor(req), { exactCase: true, query });
   if (!verdict.ok) return refuse(req, res, verdict.code);
   const call: RestCall = { service, hub, method: req.method ?? 'GET', segments, params, req };
-  // Bounded below, with the hub's log line.
-  boundsItsOwnAnswer(res);
   if (hub.trace.on) traceRest(call, res);
   // A cluster-wide operation whose other nodes the bus cannot reach has
   // acted on this node's connections only: 503 says so.

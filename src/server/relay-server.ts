@@ -326,21 +326,18 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (framingFaulty(req)) res.shouldKeepAlive = false;
-    countRequest(req, res);
-    boundUnreadAnswer(req, res);
+    countRequest(req);
     whenItsTurn(req, res, handleRequest);
   });
   /** The request's head came: the connection's next one has timeouts.headersMs from its answer (http-connections.ts). */
-  function countRequest(req: IncomingMessage, res: ServerResponse): void {
-    const socket = req.socket;
-    httpConnections.requestArrived(socket);
-    res.once('finish', () => httpConnections.answered(socket));
+  function countRequest(req: IncomingMessage): void {
+    httpConnections.requestArrived(req.socket);
   }
   // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
   // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
   // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    countRequest(req, res);
+    countRequest(req);
     boundUnreadAnswer(req, res);
     whenItsTurn(req, res, (turnReq, turnRes) => {
       if (closing) turnRes.shouldKeepAlive = false;
@@ -348,7 +345,11 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       failEdgeRequest(turnRes, 'ExpectationFailed');
     });
   });
-  /** Every answer on the port may go unread for timeouts.senderStallMs at most once written (unread-answers.ts). */
+  /**
+   * An answer may go unread for timeouts.senderStallMs at most once written (unread-answers.ts). For every answer but
+   * a relayed response and a pub/sub REST answer, which bound their own (hybrid's watchSender, rest-api's
+   * cutWhenUnread): not asked for on the relayed path, where a listener per request cost about 2 % of its instructions.
+   */
   function boundUnreadAnswer(req: IncomingMessage, res: ServerResponse): void {
     const ms = () => config.timeouts.senderStallMs;
     boundEveryAnswer(res, req.socket, ms, () => log.info({ event: 'http.reader_stalled', ms: ms(), address: clientAddress(req) }));
@@ -363,6 +364,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     proxyTrust.apply(req);
     if (carriesBody(req)) boundUnreadBody(req, res, config.timeouts.headersMs);
     const r = route(req.url);
+    if (r.kind !== 'hybrid-http' && r.kind !== 'pubsub-rest') boundUnreadAnswer(req, res);
     // A relayed request's sender is checked first (hybrid-service.ts); the rest read their bodies as before.
     if (r.kind !== 'hybrid-http') sendContinue(res);
     switch (r.kind) {
