@@ -28,7 +28,7 @@ export interface NatsNode {
   running(): boolean;
   /** SIGKILL: the node vanishes without a goodbye. */
   kill(): Promise<void>;
-  /** Starts it again on the same ports (with `jetstream: false`, without JetStream: a server restarted without -js). */
+  /** Starts it again on the same client and route ports, a new monitoring port (with `jetstream: false`, without JetStream: a server restarted without -js). */
   restart(options?: { jetstream?: boolean }): Promise<void>;
   /** Other nodes this node has a route to (from /routez). */
   routes(): Promise<number>;
@@ -188,7 +188,13 @@ export async function startNatsServer(
       await waitExit(child);
     },
     restart: async (options = {}) => {
-      ({ child } = await spawnNats(name, ports, cluster?.routes ?? [], dir, configFile, options.jetstream ?? true));
+      // The same client and route ports (clients and the other nodes know them); a monitoring port of nats-server's
+      // choosing, as another process may have taken the old one since (a suite's lanes run beside each other: seen
+      // in CI, "can't listen to the monitor port: address already in use").
+      const restarted = await spawnNats(name, { ...ports, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile, options.jetstream ?? true);
+      child = restarted.child;
+      ports = { ...ports, monitorPort: restarted.ports.monitorPort };
+      node.monitorPort = ports.monitorPort;
     },
     routes: async () => {
       const res = await fetch(`http://127.0.0.1:${ports.monitorPort}/routez`, { signal: AbortSignal.timeout(2000) });
