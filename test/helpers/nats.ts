@@ -156,7 +156,9 @@ export async function startNatsServer(
   const dir = mkdtempSync(join(tmpdir(), 'edge-relay-nats-'));
   const configFile = options.config === undefined ? undefined : join(dir, 'nats-server.conf');
   if (configFile) writeFileSync(configFile, options.config!);
-  let { child, ports } = await spawnNats(name, { port: -1, routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile);
+  // The client port from below the ephemeral range too: restart() binds it again, after a kill, and one of the
+  // ephemeral range may be given to another process meanwhile (as the monitoring port once was).
+  let { child, ports } = await spawnNats(name, { port: await freePort(), routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile);
   cleanupFor(t).after(async () => {
     child.kill('SIGKILL');
     await waitExit(child).catch(() => undefined);
