@@ -33,6 +33,11 @@ export interface CallingHub {
   readonly durable: { catchUp(): Promise<number> } | undefined;
 }
 
+/** Whether this edge is taking the connection from another (its session-handover take under way). */
+function isTaking(connection: { readonly handover?: { readonly taking?: unknown } } | undefined): boolean {
+  return connection?.handover?.taking !== undefined;
+}
+
 export class ClusterCalls {
   constructor(
     private readonly hub: CallingHub,
@@ -81,7 +86,7 @@ export class ClusterCalls {
    * Asked before the operation is applied here (a close takes the connection out).
    */
   takingHere(target: Target): boolean {
-    return target.kind === 'connection' && this.hub.local.connections.get(target.name)?.handover?.taking !== undefined;
+    return target.kind === 'connection' && isTaking(this.hub.local.connections.get(target.name));
   }
 
   /** `data` is `request` encoded for the bus. */
@@ -89,7 +94,7 @@ export class ClusterCalls {
     const bus = this.deps.bus;
     if (target.kind === 'connection') {
       const here = this.hub.local.connections.get(target.name);
-      if (this.takingHere(target)) {
+      if (isTaking(here)) {
         try {
           await bus.request(this.hub.subjectOf(target), data, this.deps.requestTimeoutMs);
         } catch {

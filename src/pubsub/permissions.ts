@@ -119,8 +119,8 @@ class PermissionSet {
     return this.any || this.exact.has(group) || this.patterns.some((p) => p.matches(group));
   }
 
-  addPattern(source: string): void {
-    this.patterns.push(new GroupPattern(source));
+  addPattern(pattern: string | GroupPattern): void {
+    this.patterns.push(typeof pattern === 'string' ? new GroupPattern(pattern) : pattern);
   }
 
   snapshot(): PermissionSnapshot {
@@ -228,9 +228,10 @@ export class ConnectionPermissions {
         const group = rest.slice(permission.length + 1);
         if (group.length >= 1 && group.length <= MAX_GROUP_NAME) set.exact.add(group);
       } else if (rest.startsWith(`${permission}s.`)) {
-        const pattern = rest.slice(permission.length + 2);
+        const source = rest.slice(permission.length + 2);
+        const pattern = source.length <= MAX_GROUP_NAME ? new GroupPattern(source) : undefined;
         // Past Azure's five `*` the role grants nothing, as Microsoft's emulator ignores it (before: it granted).
-        if (pattern.length <= MAX_GROUP_NAME && new GroupPattern(pattern).stars <= MAX_PATTERN_STARS) set.addPattern(pattern);
+        if (pattern && pattern.stars <= MAX_PATTERN_STARS) set.addPattern(pattern);
       }
     }
   }

@@ -326,18 +326,15 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   // One request of a connection at a time, none after the answer that closes it (connection-close.ts).
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     if (framingFaulty(req)) res.shouldKeepAlive = false;
-    countRequest(req);
+    // Its next request head has timeouts.headersMs from its answer (http-connections.ts).
+    httpConnections.requestArrived(req.socket);
     whenItsTurn(req, res, handleRequest);
   });
-  /** The request's head came: the connection's next one has timeouts.headersMs from its answer (http-connections.ts). */
-  function countRequest(req: IncomingMessage): void {
-    httpConnections.requestArrived(req.socket);
-  }
   // An Expect other than 100-continue (RFC 9110 10.1.1) is refused as the relay refuses any request: in its turn, with
   // the relay's error, and what is left of its body bounded (node:http's own 417 kept the connection, and a body
   // trickled after it held its place in httpConnectionsPerNode for good; found by the sender-side review).
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    countRequest(req);
+    httpConnections.requestArrived(req.socket);
     boundUnreadAnswer(req, res);
     whenItsTurn(req, res, (turnReq, turnRes) => {
       if (closing) turnRes.shouldKeepAlive = false;

@@ -4,12 +4,9 @@
 // comes whenever the relay first lets it listen) was an 'error' nothing listened to, and the bridge ended as
 // crashed, exit 1, every forwarded connection cut, as `serve` did before (test/cli/closed-output.test.ts).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import { tracked } from '../helpers/child-processes.ts';
-import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
-import { cleanupFor } from '../helpers/cleanup.ts';
+import { runCliWithOutputClosed } from '../helpers/cli-process.ts';
 import { freePort } from '../helpers/nats.ts';
 import { ROOT_KEY, ROOT_KEY_NAME, startTestRelay } from '../helpers/relay.ts';
 import { startTcpEcho } from '../helpers/tcp-echo.ts';
@@ -17,18 +14,7 @@ import { withTimeout } from '../helpers/wait.ts';
 
 /** `edge-relay bridge ARGS` with its stdout (and `alsoStderr`, its stderr) closed by its reader at once. */
 function bridgeWithOutputClosed(t: TestContext, args: string[], alsoStderr: boolean) {
-  const child = tracked(spawn(EDGE_RELAY_BIN, ['bridge', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  cleanupFor(t).after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGKILL');
-    await withTimeout(exited, 5000, 'the bridge killed');
-  });
-  child.stdout.destroy();
-  let err = '';
-  if (alsoStderr) child.stderr.destroy();
-  else child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  return { child, exited, stderr: () => err };
+  return runCliWithOutputClosed(t, ['bridge', ...args], alsoStderr);
 }
 
 describe('bridge with its output closed', () => {

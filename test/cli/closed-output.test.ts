@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { tracked } from '../helpers/child-processes.ts';
-import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
+import { runCliWithOutputClosed } from '../helpers/cli-process.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { freePort } from '../helpers/nats.ts';
@@ -28,18 +28,7 @@ function serveWithOutputClosed(t: TestContext, port: number, alsoStderr: boolean
     sas: [{ keyName: 'RootManageSharedAccessKey', key: 'dev-only-key-0123456789', rights: ['Manage'] }],
     timeouts: { shutdownMs: 2000 },
   }));
-  const child = tracked(spawn(EDGE_RELAY_BIN, ['serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] }));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  cleanupFor(t).after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGKILL');
-    await withTimeout(exited, 5000, 'the relay killed');
-  });
-  child.stdout.destroy();
-  let err = '';
-  if (alsoStderr) child.stderr.destroy();
-  else child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
-  return { child, exited, stderr: () => err };
+  return runCliWithOutputClosed(t, ['serve', '--config', config], alsoStderr);
 }
 
 describe('serve with its output closed', () => {

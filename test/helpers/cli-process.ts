@@ -38,3 +38,22 @@ export function runCli(t: Pick<TestContext, 'after'>, args: string[], env?: Node
   child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
   return { lines, stderr: () => err, exited: exitedWithOutput(child), pid: child.pid, signal: (signal) => void child.kill(signal) };
 }
+
+/**
+ * `edge-relay ARGS` with its stdout (and `alsoStderr`, its stderr) closed by its reader at once, as a script that
+ * read the line it wanted does, or `... | head -1`: the tail of its stderr kept otherwise; SIGKILL in the clean-up.
+ */
+export function runCliWithOutputClosed(t: Pick<TestContext, 'after'>, args: string[], alsoStderr: boolean) {
+  const child = tracked(spawn(EDGE_RELAY_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  cleanupFor(t).after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await withTimeout(exited, 5000, `edge-relay ${args[0]} killed`);
+  });
+  child.stdout.destroy();
+  let err = '';
+  if (alsoStderr) child.stderr.destroy();
+  else child.stderr.on('data', (d: Buffer) => (err = (err + d).slice(-65536)));
+  return { child, exited, stderr: () => err };
+}
