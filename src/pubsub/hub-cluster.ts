@@ -484,6 +484,12 @@ export class ClusterHub {
     return true;
   }
 
+  /** Writes what a reliable session holds and its socket has not had (PubSubConnection.flush); counts what expired. */
+  flushSession(connection: PubSubConnection): void {
+    const expired = connection.flush();
+    if (expired > 0) this.deps.metrics.pubsubExpired.inc({ where: 'held' }, expired);
+  }
+
   /** Counts an event handed to `recipients` local connections, published at `at`. */
   delivered(recipients: number, at: number | undefined, source: 'local' | 'bus'): void {
     const metrics = this.deps.metrics;

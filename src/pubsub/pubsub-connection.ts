@@ -4,7 +4,8 @@
 // a plain connection that has limits.outboundBufferBytes queued when another
 // message comes is a slow consumer and is closed; a reliable one stops being
 // written and catches up from its session buffer on drain, and is closed when
-// that buffer is full.
+// that buffer is full (on a durable hub it falls behind instead, and reads on
+// from the hub's stream: session-catch-up.ts).
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
 import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
@@ -299,8 +300,20 @@ export class PubSubConnection {
       socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
       return undefined;
     }
+    // Behind the live flow (a durable hub's session whose buffer was full): it reads this event from the stream later.
+    if (session.behindAt !== undefined) return undefined;
     const sequenceId = session.push(message);
-    if (sequenceId === undefined) return 'SessionBufferFull';
+    if (sequenceId === undefined) {
+      // On a durable hub the stream keeps what does not fit: the session falls behind, and reads on from the stream
+      // as its client acknowledges (session-catch-up.ts). Before, it was closed (1008 SessionBufferFull), and its
+      // client started a new session without the rest: an edge catching up after a stalled read handed on more
+      // than the buffer at once and ended every reliable session there (a chaos soak).
+      if (message.position > 0 && session.checkpoint) {
+        session.behindAt = message.position - 1;
+        return undefined;
+      }
+      return 'SessionBufferFull';
+    }
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && (expired || !socket.isFull(this.limits.outboundBufferBytes))) {
       if (!expired) {

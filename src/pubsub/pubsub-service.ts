@@ -448,17 +448,19 @@ export class PubSubService implements RestContext {
   }
 
   /** Attached client connections, and reliable sessions held for a dropped socket: of one hub, or of all. */
-  openCounts(only?: ClusterHub): { attached: number; retained: number } {
+  openCounts(only?: ClusterHub): { attached: number; retained: number; behind: number } {
     let attached = 0;
     let retained = 0;
+    let behind = 0;
     for (const hub of only ? [only] : this.hubs.values()) {
       for (const c of hub.local.connections.values()) {
         if (c.ended) continue;
         if (c.socket) attached++;
         else if (c.session) retained++;
+        if (c.session?.behindAt !== undefined) behind++;
       }
     }
-    return { attached, retained };
+    return { attached, retained, behind };
   }
 
   // --- shutdown -------------------------------------------------------------------

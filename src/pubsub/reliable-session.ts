@@ -94,6 +94,12 @@ export class ReliableSession {
   detachedAt: number | undefined;
   /** On a JetStream hub: group changes read from the stream since the last checkpoint, oldest first. */
   private membershipLog: { position: number; group: string; joined: boolean }[] = [];
+  /**
+   * On a JetStream hub: set while the session is behind the live flow (its buffer was full when an event for it
+   * came): every event for it up to this stream position is numbered and held; those after it are not, and are
+   * read from the stream as acknowledgements make room (session-catch-up.ts). Undefined while it takes live events.
+   */
+  behindAt: number | undefined;
   /** On a JetStream hub: the checkpoint last computed (what the session bucket should hold). */
   checkpoint: SessionCheckpoint | undefined;
   /** The acknowledged sequence id the last checkpoint stands for; the checkpoint is stale when acknowledgements passed it. */
@@ -162,7 +168,12 @@ export class ReliableSession {
   nextCheckpoint(currentGroups: ReadonlySet<string>, readUpTo: number): SessionCheckpoint | undefined {
     let next: SessionCheckpoint;
     if (this.unacknowledged === 0) {
-      next = { sequenceId: this.lastSequenceId, position: readUpTo, groups: [...currentGroups] };
+      // Behind the live flow, everything numbered acknowledged: the events after behindAt are not this session's yet.
+      const behindAt = this.behindAt;
+      next =
+        behindAt === undefined
+          ? { sequenceId: this.lastSequenceId, position: readUpTo, groups: [...currentGroups] }
+          : { sequenceId: this.lastSequenceId, position: behindAt, groups: this.groupsAt(currentGroups, behindAt) };
     } else {
       if (this.acknowledgedUpTo === this.checkpoint?.sequenceId) return undefined;
       const position = this.acknowledgedPosition;
@@ -176,8 +187,11 @@ export class ReliableSession {
     return next;
   }
 
-  /** The groups a connection was in at `position`: the current ones with later changes undone. */
-  private groupsAt(current: ReadonlySet<string>, position: number): string[] {
+  /**
+   * The groups a connection was in at `position`: the current ones with later changes undone. Known for any
+   * position since the last checkpoint's (the changes after it are kept).
+   */
+  groupsAt(current: ReadonlySet<string>, position: number): string[] {
     const groups = new Set(current);
     for (let i = this.membershipLog.length - 1; i >= 0; i--) {
       const change = this.membershipLog[i];
@@ -188,8 +202,24 @@ export class ReliableSession {
     return [...groups];
   }
 
+  /** The group changes read after `position` (since the last checkpoint's at most), oldest first. */
+  membershipChangesAfter(position: number): readonly { position: number; group: string; joined: boolean }[] {
+    const log = this.membershipLog;
+    let i = log.length;
+    while (i > 0 && log[i - 1].position > position) i--;
+    return log.slice(i);
+  }
+
   get unacknowledged(): number {
     return this.held.length;
+  }
+
+  /**
+   * Acknowledgements left room for a session behind the live flow to read on from the stream: half its buffer
+   * (in messages and in bytes) is free, so that it reads pages, not one event per acknowledgement.
+   */
+  get roomToCatchUp(): boolean {
+    return this.held.length <= this.limits.maxMessages / 2 && this.bytes <= this.limits.maxBytes / 2;
   }
 
   /**

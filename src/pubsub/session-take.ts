@@ -15,7 +15,7 @@ import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
-import { filterFromBus, selects } from './connection-filter.ts';
+import { filterFromBus, selects, type FilterSubject } from './connection-filter.ts';
 import { sharedMessageOf } from './downstream.ts';
 import { SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
@@ -72,8 +72,8 @@ export interface ClaimRead {
   before: Holder | undefined;
 }
 
-/** True when an event for `target` (minus `excluded`) reaches `connection`. */
-function addresses(target: Target, connection: PubSubConnection, excluded?: string[]): boolean {
+/** True when an event for `target` (minus `excluded`) reaches `connection` (with its groups at the event). */
+export function addresses(target: Target, connection: FilterSubject, excluded?: string[]): boolean {
   if (excluded?.includes(connection.id)) return false;
   switch (target.kind) {
     case 'all':
@@ -194,6 +194,8 @@ export class SessionTakes {
         from: checkpoint.owner,
         checkpoint: checkpoint.sequenceId,
         replay: connection.session!.unacknowledged,
+        // Set when more was for it than its buffer holds: it reads on from there as its client acknowledges.
+        behindAt: connection.session!.behindAt,
       });
       // Written before the client hears `connected`: an edge taking the session from this one
       // next knows by this write that this edge held it (lastWriteOf), and waits for its last.
@@ -400,12 +402,16 @@ export class SessionTakes {
     if (filter === null) return undefined;
     switch (event.op) {
       case 'ps.send': {
+        // Its buffer filled during this replay: the session is behind, and reads its later events from the stream
+        // as its client acknowledges (session-catch-up.ts); the replay goes on for group changes and claims.
+        // Before, the take was refused and the session lost (its client started afresh without the rest).
+        if (session.behindAt !== undefined) return undefined;
         if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
         const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
         const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
         // One past its time to live is numbered all the same (the edge that held the session did, and the
         // client's ids must go on matching theirs), and never sent (PubSubConnection.flush).
-        if (message && session.push(message) === undefined) return 'the session buffer is full';
+        if (message && session.push(message) === undefined) session.behindAt = m.seq - 1;
         return undefined;
       }
       case 'ps.member': {

@@ -29,6 +29,7 @@ import type { PsClaim } from '../bus/messages.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
+import { SessionCatchUps } from './session-catch-up.ts';
 import { SessionCheckpoints, type SessionCheckpointsOptions } from './session-checkpoints.ts';
 import { SessionTakes, type Holder, type SessionStream, type SessionTakeOptions } from './session-take.ts';
 
@@ -61,6 +62,7 @@ export class StreamSessions {
   private lastRefreshAt = Date.now();
   private readonly checkpoints: SessionCheckpoints;
   private readonly takes: SessionTakes;
+  private readonly catchUps: SessionCatchUps;
 
   constructor(
     private readonly hub: ClusterHub,
@@ -72,6 +74,7 @@ export class StreamSessions {
       this.urgent.add(connection);
     });
     this.takes = new SessionTakes(hub, stream, this.checkpoints, options);
+    this.catchUps = new SessionCatchUps(hub, stream, options);
     this.timer = setInterval(() => this.tick(), Math.max(50, Math.floor(options.checkpointIntervalMs / 4)));
     this.timer.unref();
   }
@@ -110,6 +113,8 @@ export class StreamSessions {
     }
     if (identity) this.urgent.add(connection);
     this.dirty.add(connection);
+    // An acknowledgement may leave room for a session behind the live flow to read on (session-catch-up.ts).
+    if (connection.session.behindAt !== undefined) this.catchUps.resume(connection);
   }
 
   /**
@@ -274,5 +279,6 @@ export class StreamSessions {
   close(removed = false): void {
     clearInterval(this.timer);
     this.takes.close(removed);
+    this.catchUps.close();
   }
 }

@@ -308,6 +308,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
     listenersPerEntity: () => hybrid.listeners.counts(),
     sessionsRetained: () => pubsub.openCounts().retained,
+    sessionsBehind: () => pubsub.openCounts().behind,
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
     jetstreamStoring: () => jetstream?.storingByStream() ?? new Map(),

@@ -18,6 +18,8 @@ export interface MetricsSources {
   connections(): Record<string, number>;
   listenersPerEntity(): Map<string, number>;
   sessionsRetained(): number;
+  /** Reliable sessions of durable hubs behind the live flow, reading on from the stream (session-catch-up.ts). */
+  sessionsBehind?(): number;
   bus(): { kind: string; connected: boolean };
   /** Bus round trip in seconds; undefined when it cannot be measured now. */
   busRoundTrip(): Promise<number | undefined>;
@@ -107,6 +109,14 @@ export class RelayMetrics {
       registers,
       collect() {
         this.set(self.sources?.sessionsRetained() ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'edge_relay_pubsub_sessions_behind',
+      help: "Reliable sessions of durable hubs behind the live flow (their buffer was full): they read on from the hub's stream as their clients acknowledge",
+      registers,
+      collect() {
+        this.set(self.sources?.sessionsBehind?.() ?? 0);
       },
     });
     new Gauge({

@@ -126,4 +126,32 @@ describe('ReliableSession', () => {
     resumed.acknowledge(102);
     assert.deepEqual(resumed.nextCheckpoint(new Set(['g']), 5010), { sequenceId: 102, position: 5010, groups: ['g'] });
   });
+
+  it('behind the live flow with everything acknowledged, checkpoints where it is behind, with its groups there', () => {
+    // A durable hub's session whose buffer filled at stream position 5003 (session-catch-up.ts): the events after
+    // 5002 are not numbered yet. Before, its checkpoint jumped to the edge's position (5010), with the groups of
+    // then, and an edge taking the session over started there: the events between were never sent.
+    const s = new ReliableSession({ maxMessages: 2, maxBytes: 1 << 20 });
+    s.resumeFrom({ sequenceId: 100, position: 5000, groups: ['g'] });
+    assert.equal(s.push({ body: body(101), mid: 'x', position: 5001 }), 101);
+    assert.equal(s.push({ body: body(102), mid: 'y', position: 5002 }), 102);
+    assert.equal(s.push({ body: body(103), mid: 'z', position: 5003 }), undefined);
+    s.behindAt = 5002;
+    // Group changes the live flow read meanwhile: left g at 5005, joined h at 5007.
+    assert.equal(s.noteMembership(5005, 'g', false), true);
+    assert.equal(s.noteMembership(5007, 'h', true), true);
+    assert.equal(s.roomToCatchUp, false);
+    s.acknowledge(101);
+    assert.equal(s.roomToCatchUp, true);
+    assert.deepEqual(s.nextCheckpoint(new Set(['h']), 5010), { sequenceId: 101, position: 5001, groups: ['g'], mid: 'x' });
+    s.acknowledge(102);
+    assert.deepEqual(s.nextCheckpoint(new Set(['h']), 5010), { sequenceId: 102, position: 5002, groups: ['g'] });
+    // The changes after where it is behind stay, for the catch-up and later checkpoints.
+    assert.deepEqual(s.membershipChangesAfter(5002), [
+      { position: 5005, group: 'g', joined: false },
+      { position: 5007, group: 'h', joined: true },
+    ]);
+    assert.deepEqual(s.membershipChangesAfter(5005), [{ position: 5007, group: 'h', joined: true }]);
+    assert.deepEqual(s.groupsAt(new Set(['h']), 5006), []);
+  });
 });

@@ -1,0 +1,173 @@
+// Reliable sessions of a durable hub that fell behind the live flow
+// (docs/durability.md, "Reliable sessions"). A session whose buffer is full
+// when an event for it comes is not closed: it stops taking live events
+// (PubSubConnection.deliver notes where, `behindAt`), and as its client's
+// acknowledgements free half its buffer it reads the hub's stream on from
+// there: each event that was for the connection at its place in the stream
+// (its groups then, from the group changes the session keeps since its
+// checkpoint) is numbered as the live flow would have numbered it, until the
+// buffer is full again or it reaches this edge's follower, where, in the same
+// turn, it takes live events again. Its checkpoint meanwhile stands at what it
+// numbered (ReliableSession.nextCheckpoint), so an edge taking the session
+// over reads on from there too. Only when the stream no longer holds the
+// events it has still to read (the hub's limits dropped them) does it end,
+// 1008 StreamGap, as every connection of an edge that missed them does.
+import { decodeEdgeMessage } from '../bus/messages.ts';
+import type { StoredMessage } from '../bus/stream-reader.ts';
+import type { Logger } from '../telemetry/logger.ts';
+import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { filterFromBus } from './connection-filter.ts';
+import { sharedMessageOf } from './downstream.ts';
+import type { PubSubErrorCode } from './errors.ts';
+import type { ClusterHub } from './hub-cluster.ts';
+import type { PubSubConnection } from './pubsub-connection.ts';
+import { addresses, type SessionStream } from './session-take.ts';
+
+/** What catching up needs besides the hub and its stream (part of StreamSessionsOptions). */
+export interface SessionCatchUpOptions {
+  log: Logger;
+  requestTimeoutMs: number;
+  /** The hub keeps history: group messages carry their sequence. */
+  history: boolean;
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
+}
+
+/** After a read of the stream failed (JetStream away), a session behind tries again this much later. */
+const RETRY_MS = 1000;
+
+/** The sessions of one durable hub reading on from its stream, one read at a time each. */
+export class SessionCatchUps {
+  private readonly reading = new Set<PubSubConnection>();
+  private readonly retries = new Set<NodeJS.Timeout>();
+  private closed = false;
+
+  constructor(
+    private readonly hub: ClusterHub,
+    private readonly stream: SessionStream,
+    private readonly options: SessionCatchUpOptions,
+  ) {}
+
+  /** Reads on for a session behind the live flow once its acknowledgements left room; nothing otherwise. */
+  resume(connection: PubSubConnection): void {
+    const session = connection.session;
+    if (this.closed || !session || session.behindAt === undefined || !session.roomToCatchUp || !this.holds(connection)) return;
+    if (this.reading.has(connection)) return;
+    this.reading.add(connection);
+    void this.readOn(connection).then(
+      (retry) => {
+        this.reading.delete(connection);
+        if (retry) this.retryLater(connection);
+      },
+      (err: unknown) => {
+        this.reading.delete(connection);
+        this.options.log.error({ event: 'pubsub.session_catch_up_failed', hub: this.hub.name, connectionId: connection.id, err: String(err) });
+      },
+    );
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const timer of this.retries) clearTimeout(timer);
+    this.retries.clear();
+  }
+
+  /** The connection is still this edge's (not ended, not let go to another edge). */
+  private holds(connection: PubSubConnection): boolean {
+    return !connection.ended && this.hub.local.connections.get(connection.id) === connection;
+  }
+
+  private retryLater(connection: PubSubConnection): void {
+    if (this.closed) return;
+    const timer = setTimeout(() => {
+      this.retries.delete(timer);
+      this.resume(connection);
+    }, RETRY_MS);
+    timer.unref();
+    this.retries.add(timer);
+  }
+
+  /**
+   * Reads pages of the stream from where the session is behind, numbering its events, until its buffer is full
+   * again (its acknowledgements resume it) or it reaches this edge's follower (it takes live events again). True
+   * when the stream could not be read now: to try again later.
+   */
+  private async readOn(connection: PubSubConnection): Promise<boolean> {
+    const session = connection.session!;
+    for (;;) {
+      const at = session.behindAt;
+      if (at === undefined || !this.holds(connection)) return false;
+      const to = this.stream.position;
+      if (at >= to) {
+        // Caught up, in the same turn as the check: the follower's next event reaches the session live.
+        session.behindAt = undefined;
+        this.options.log.info({ event: 'pubsub.session_caught_up', hub: this.hub.name, connectionId: connection.id, at, lastSequenceId: session.lastSequenceId });
+        return false;
+      }
+      let messages: StoredMessage[];
+      try {
+        messages = await this.stream.readRange(at, to, this.options.requestTimeoutMs);
+      } catch (err) {
+        this.options.log.warn({ event: 'pubsub.session_catch_up_delayed', hub: this.hub.name, connectionId: connection.id, at, err: (err as Error).message });
+        return true;
+      }
+      if (!this.holds(connection) || session.behindAt !== at) return false;
+      if (messages.length === 0 || messages[0].seq > at + 1) {
+        const gone = await this.lostAfter(at);
+        if (gone === undefined) return true;
+        if (gone) {
+          this.options.log.warn({ event: 'pubsub.session_catch_up_gap', hub: this.hub.name, connectionId: connection.id, at });
+          if (this.holds(connection)) this.options.endConnection(connection, 'StreamGap');
+          return false;
+        }
+        // A read of a stream with a hole in it (messages deleted one by one) goes on after the hole.
+        if (messages.length === 0) return true;
+      }
+      const full = this.take(connection, at, messages);
+      this.hub.flushSession(connection);
+      if (full) return false;
+    }
+  }
+
+  /** Whether the stream no longer holds the events after `at` (it starts after them); undefined when it cannot say. */
+  private async lostAfter(at: number): Promise<boolean | undefined> {
+    try {
+      return (await this.stream.firstSequence()) > at + 1;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Numbers the events of `messages` (the stream after `at`, in order) that were for the connection where the
+   * stream has them, up to the first that does not fit its buffer; true when one did not. `behindAt` follows.
+   */
+  private take(connection: PubSubConnection, at: number, messages: StoredMessage[]): boolean {
+    const session = connection.session!;
+    // The connection as it was at each message: its groups at `at`, then the changes after it as the stream passes them.
+    const groups = new Set(session.groupsAt(connection.groups, at));
+    const then = { id: connection.id, userId: connection.userId, groups };
+    const changes = session.membershipChangesAfter(at);
+    let next = 0;
+    for (const m of messages) {
+      for (; next < changes.length && changes[next].position <= m.seq; next++) {
+        const change = changes[next];
+        if (change.joined) groups.add(change.group);
+        else groups.delete(change.group);
+      }
+      const decoded = decodeEdgeMessage(m.data, 'ps.send');
+      const event = decoded?.message;
+      const filter = event && filterFromBus(event.filter);
+      // Skipped as the follower skipped it on every edge: another hub's, unreadable, a filter that does not parse.
+      if (event && filter !== null && asciiLowerCase(event.hub) === this.hub.key && addresses(event.target, then, event.excluded) && (!filter || filter.matches(then))) {
+        const message = sharedMessageOf(event, decoded!.body, m.seq, this.options.history && event.target.kind === 'group' ? m.seq : undefined);
+        // One past its time to live is numbered all the same, as the live flow does, and never sent.
+        if (message && session.push(message) === undefined) {
+          session.behindAt = m.seq - 1;
+          return true;
+        }
+      }
+      session.behindAt = m.seq;
+    }
+    return false;
+  }
+}
