@@ -17,6 +17,11 @@ Example:
 `;
 
 export async function main(argv: string[]): Promise<number> {
+  // A stderr whose reader is gone (`edge-relay pub ... 2>&1 | head -1`, a closed terminal) drops the commands' own
+  // lines, as the log drops its (telemetry/logger.ts). Before, the first of them ended the process as crashed
+  // (exit 1, an unhandled EPIPE): pub with a skipped line sent nothing after it, a bridge whose token was about to
+  // expire stopped forwarding.
+  process.stderr.on('error', () => {});
   try {
     return await run(argv);
   } catch (err) {

@@ -67,6 +67,27 @@ describe('edge-relay pub and sub', () => {
     assert.doesNotMatch(watcher.err(), /EPIPE|Error/);
   });
 
+  it('pub goes on once the reader of its stderr is gone: before, its first line (a skipped message) ended it as crashed, and nothing after was sent', async (t) => {
+    const relay = await startTestRelay(t, { pubsub: { hubs: [HUB] } });
+    const common = ['--url', relay.url, '--hub', 'chat', '--key', HUB.accessKey, '--group', 'room'];
+    const watcher = startSub(t, [...common, '--count', '3']);
+    await until(() => /watching group room in hub chat/.test(watcher.err()), 10000, 'sub watching');
+    const child = spawn(EDGE_RELAY_BIN, ['pub', ...common, '--data-type', 'json'], { cwd: ROOT, stdio: ['pipe', 'ignore', 'pipe'] });
+    cleanupFor(t).after(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    });
+    child.stderr!.destroy();
+    // Written to a pub that ended meanwhile, stdin fails: the assertions below say so.
+    child.stdin!.on('error', () => {});
+    child.stdin!.write('{"n":1}\nnot json\n');
+    await until(() => watcher.out().includes('{"n":1}'), 10000, 'the first message');
+    child.stdin!.end('{"n":2}\n{"n":3}\n');
+    // 1: one message was skipped (said on the stderr nobody reads).
+    assert.equal(await withTimeout(exitedWithOutput(child), 20000, 'pub to exit'), 1);
+    assert.equal(await withTimeout(watcher.exited, 10000, 'sub to exit after 3 messages'), 0, watcher.err());
+    assert.deepEqual(watcher.out().trim().split('\n'), ['{"n":1}', '{"n":2}', '{"n":3}']);
+  });
+
   it('sub --from-start and --after print the history, then live messages: no gap and nothing twice at the seam', async (t) => {
     const relay = await startTestRelay(t, { pubsub: { hubs: [{ ...HUB, history: { maxMessages: 10000 } }] } });
     const hub = relay.pubsub.hub('chat')!;
