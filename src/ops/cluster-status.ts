@@ -165,10 +165,12 @@ export class ClusterStatus {
         entities.set(key, total);
       }
       for (const h of node.hubs) {
-        const total = hubs.get(h.name) ?? { name: h.name, connections: 0, sessionsRetained: 0 };
+        // Hubs are one by their lower-case name, as entities are (edges may spell a hub differently in their config).
+        const key = asciiLowerCase(h.name);
+        const total = hubs.get(key) ?? { name: h.name, connections: 0, sessionsRetained: 0 };
         total.connections += h.connections;
         total.sessionsRetained += h.sessionsRetained;
-        hubs.set(h.name, total);
+        hubs.set(key, total);
       }
     }
     sendJson(

@@ -5,7 +5,7 @@ import { startEdge } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startHycoWsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
+import { HUB_KEY, RawPubSubClient, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { startTestRelay, tokenFor } from '../helpers/relay.ts';
 
 async function status(relayUrl: string, token?: string): Promise<{ status: number; body: any }> {
@@ -34,7 +34,8 @@ describe('/$relay/status', () => {
   it('lists every edge through the bus, and says when it cannot, naming the edges it could not ask', async (t) => {
     const nats = await startNatsServer(t);
     const a = await startEdge(t, 'edge-a', [nats.url]);
-    const b = await startEdge(t, 'edge-b', [nats.url]);
+    // The same hub spelt otherwise in edge B's config: one hub (they are found by their lower-case name).
+    const b = await startEdge(t, 'edge-b', [nats.url], { pubsub: { hubs: [{ name: 'Chat', accessKey: HUB_KEY }] } });
     await startHycoWsListener(t, a.url, () => {});
     const client = await RawPubSubClient.connect(accessUrl(b.url, { roles: ['webpubsub.joinLeaveGroup'] }), undefined, t);
     assert.equal((await client.request({ type: 'joinGroup', group: 'room' })).success, true);
@@ -45,8 +46,9 @@ describe('/$relay/status', () => {
     assert.equal(r.body.complete, true);
     assert.deepEqual(r.body.nodes.map((n: any) => n.nodeId), ['edge-a', 'edge-b']);
     assert.deepEqual(r.body.cluster.entities, [{ name: 'echo', listeners: 1, nodes: ['edge-a'] }]);
-    assert.equal(r.body.cluster.hubs.find((h: any) => h.name === 'chat').connections, 1);
-    assert.equal(r.body.nodes[1].hubs.find((h: any) => h.name === 'chat').groups, 1);
+    // Before, the cluster's totals listed `chat` (0 connections) and `Chat` (1) as two hubs.
+    assert.deepEqual(r.body.cluster.hubs.filter((h: any) => h.name.toLowerCase() === 'chat').map((h: any) => h.connections), [1]);
+    assert.equal(r.body.nodes[1].hubs.find((h: any) => h.name === 'Chat').groups, 1);
 
     await nats.kill();
     let seen: any;
