@@ -153,6 +153,23 @@ describe('a durable session receiving more than its buffer before acknowledging'
     assert.deepEqual(inOrder(byId), numbered('n', 1, 25));
   });
 
+  it('a session behind whose held events all expire unsent reads on when its client comes back (before: stuck behind for good)', async (t) => {
+    const session = await reliableOn(a, t);
+    assert.equal((await session.client.request({ type: 'joinGroup', group: 'ttl', ackId: 1 })).success, true);
+    session.client.ws.terminate();
+    const service = serviceClient(b);
+    // More than its buffer, each to live 1 s: the session falls behind with a full buffer its client never gets.
+    for (const text of numbered('ttl', 1, 15)) await service.group('ttl').sendToAll(text, { contentType: 'text/plain', messageTtlSeconds: 1 });
+    await new Promise((r) => setTimeout(r, 1500));
+    await publish(service, 'ttl', ['late']);
+    // Its client comes back after they expired: nothing of them is sent, so it has nothing to acknowledge.
+    const back = await recoverOn(a, session, t);
+    const late = await back.waitFor((m) => m.type === 'message', 5000, "the event after the expired ones").catch((err: Error) => err);
+    assert.ok(!(late instanceof Error), `${late instanceof Error ? late.message : ''}; sessions behind on edge-a: ${await sessionsBehind(a)}`);
+    assert.equal(late.data, 'late');
+    assert.deepEqual(back.dataMessages().map((m) => m.data), ['late']);
+  });
+
   it('ends 1008 StreamGap when the stream no longer holds what it has still to read', async (t) => {
     const { client } = await reliableOn(a, t, OTHER_HUB, OTHER_HUB_KEY);
     assert.equal((await client.request({ type: 'joinGroup', group: 'g', ackId: 1 })).success, true);
