@@ -56,7 +56,9 @@ export class SessionCatchUps {
     void this.readOn(connection).then(
       (retry) => {
         this.reading.delete(connection);
+        // Room made while it read (held events let go for their time to live) was asked for in vain: looked at again.
         if (retry) this.retryLater(connection);
+        else this.resume(connection);
       },
       (err: unknown) => {
         this.reading.delete(connection);

@@ -176,8 +176,7 @@ export class SessionRecovery {
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });
     connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
-    const expired = connection.flush();
-    if (expired > 0) this.metrics.pubsubExpired.inc({ where: 'held' }, expired);
+    hub.flushSession(connection);
     this.log.info({
       event: 'pubsub.recovered',
       hub: hub.name,
