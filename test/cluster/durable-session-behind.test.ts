@@ -9,13 +9,14 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
+import { connect } from 'nats';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
-import { until, withTimeout } from '../helpers/wait.ts';
+import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
 const BUFFER = 10;
 
@@ -205,5 +206,46 @@ describe("Microsoft's client on a durable hub receiving bursts larger than its s
     assert.deepEqual(connectionIds.length, 1, 'one connection throughout');
     const data: string[] = groupData.map((m) => m.data);
     for (let p = 0; p < 4; p++) assert.deepEqual(data.filter((d) => d.startsWith(`p${p}-`)), numbered(`p${p}`, 1, 100));
+  });
+});
+
+describe("a durable session behind the live flow when its hub's stream is made again", () => {
+  it('ends 1008 StreamGap: what it had still to read went with the old stream (before: it read on in the new one, or went live, its ids without a hole)', async (t) => {
+    const nats = await startNatsServer(t);
+    const edge = await startEdge(t, 'edge-reset', [nats.url], { limits: { sessionBufferMessages: BUFFER }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } });
+    const roles = ['webpubsub.joinLeaveGroup'];
+    const client = await RawPubSubClient.connect(accessUrl(edge.url, { userId: 'reader', roles }), RELIABLE, t);
+    await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    assert.equal((await client.request({ type: 'joinGroup', group: 'g', ackId: 1 })).success, true);
+    // A plain member of the group shows what the edge delivers live.
+    const watcher = await RawPubSubClient.connect(accessUrl(edge.url, { userId: 'watcher', roles }), PLAIN, t);
+    assert.equal((await watcher.request({ type: 'joinGroup', group: 'g', ackId: 1 })).success, true);
+    const service = serviceClient(edge);
+    await publish(service, 'g', numbered('old', 1, 25));
+    await client.waitFor(() => client.dataMessages().length >= BUFFER, 5000, 'a full buffer');
+    // The stream goes (an operator's delete; a memory-storage server restarted): the edge makes it again and reads it from its start.
+    const nc = await connect({ servers: nats.url });
+    t.after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    const names: string[] = [];
+    for await (const name of jsm.streams.names()) names.push(name);
+    const stream = names.find((name) => name.endsWith(`_${HUB.toLowerCase()}`));
+    assert.ok(stream, `the hub's stream among ${names}`);
+    await jsm.streams.delete(stream);
+    let probes = 0;
+    await untilAnswered(
+      async () => {
+        await service.group('g').sendToAll(`probe-${++probes}`, { contentType: 'text/plain' }).catch(() => undefined);
+        return watcher.dataMessages().some((m) => String(m.data).startsWith('probe-'));
+      },
+      15000,
+      'the stream made again and read',
+    );
+    // The new stream passes where the session is behind.
+    await publish(service, 'g', numbered('new', 1, 20));
+    await watcher.waitFor((m) => m.type === 'message' && m.data === 'new-20', 5000, 'the new events live');
+    client.send({ type: 'sequenceAck', sequenceId: BUFFER });
+    const closed = await withTimeout(client.closed, 5000, 'the session to end').catch(() => undefined);
+    assert.deepEqual(closed, { code: 1008, reason: 'StreamGap' }, `it went on with ${JSON.stringify(client.dataMessages().slice(BUFFER).map((m) => [m.sequenceId, m.data]))}`);
   });
 });
