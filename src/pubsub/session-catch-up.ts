@@ -67,6 +67,22 @@ export class SessionCatchUps {
     );
   }
 
+  /**
+   * The follower reads the stream again from `seq`: it was made again (its numbering starts over) or rewritten (it
+   * lost events it had stored). Every session behind the live flow ends, 1008 StreamGap: the events it had still to
+   * read, which the live flow gave the others, are gone, and the positions it would read on from name others. Before,
+   * it read on in the new stream from its old position (or, the new one shorter, went live at once), its ids
+   * without a hole for what it never had.
+   */
+  streamWentBack(seq: number): void {
+    for (const connection of [...this.hub.local.connections.values()]) {
+      const behindAt = connection.session?.behindAt;
+      if (behindAt === undefined || connection.ended) continue;
+      this.options.log.warn({ event: 'pubsub.session_catch_up_gap', hub: this.hub.name, connectionId: connection.id, at: behindAt, streamFrom: seq });
+      this.options.endConnection(connection, 'StreamGap');
+    }
+  }
+
   close(): void {
     this.closed = true;
     for (const timer of this.retries) clearTimeout(timer);

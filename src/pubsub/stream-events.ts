@@ -168,6 +168,9 @@ export class StreamEvents implements DurableEvents, HubHistory {
 
   /** One message of the hub's stream, in order: delivered, applied or handed to the sessions. */
   private apply(m: StoredMessage): void {
+    // Read again from an earlier sequence: the stream was made again, or rewritten (stream-reader.ts). What sessions
+    // behind the live flow had still to read is not where they would read it.
+    if (m.seq <= this.applied) this.sessions.streamWentBack(m.seq);
     this.applied = m.seq;
     this.applyEvent(m);
     if (this.waiters.length > 0) this.wakeWaiters();

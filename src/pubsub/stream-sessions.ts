@@ -134,6 +134,11 @@ export class StreamSessions {
     return (await this.checkpoints.write(connection, session.nextCheckpoint(connection.groups, this.stream.position) ?? session.checkpoint)) === 'stored';
   }
 
+  /** The follower reads the stream again from `seq` (made again, or rewritten): sessions behind the live flow end (SessionCatchUps.streamWentBack). */
+  streamWentBack(seq: number): void {
+    this.catchUps.streamWentBack(seq);
+  }
+
   membershipChanged(connection: PubSubConnection, position: number, group: string, joined: boolean): void {
     const session = connection.session;
     if (!session?.checkpoint) return;
