@@ -303,9 +303,9 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   onDrain(socket: ClientSocket): void {
     const connection = socket.owner;
     if (connection.socket !== socket) return;
-    this.countExpired(connection.flush());
-    // A session behind the live flow whose held events the flush let go for their time to live reads on (flushSession).
+    // A durable hub's session behind the live flow reads on when held events are let go for their time to live (flushSession).
     if (connection.session?.behindAt !== undefined) this.deps.hub(connection.hub)?.flushSession(connection);
+    else this.countExpired(connection.flush());
     // Events and invocations wait while the client has its answers queued (client-protocol.ts). Only when some do wait:
     // a drain comes on every busy subscriber's socket, and takeNextEvents also reads the client again.
     if (connection.eventsWaiting?.length) takeNextEvents(connection);

@@ -487,12 +487,12 @@ export class ClusterHub {
   /** Writes what a reliable session holds and its socket has not had (PubSubConnection.flush); counts what expired. */
   flushSession(connection: PubSubConnection): void {
     const expired = connection.flush();
-    if (expired > 0) this.deps.metrics.pubsubExpired.inc({ where: 'held' }, expired);
+    if (expired === 0) return;
+    this.deps.metrics.pubsubExpired.inc({ where: 'held' }, expired);
     // Held events whose time to live passed unsent were let go as if acknowledged: no acknowledgement comes for them,
     // so a session behind the live flow reads on now (session-catch-up.ts). Before, one whose held events all expired
     // unsent (its client away, or not reading) had nothing to acknowledge, and stayed behind for good.
-    const session = connection.session;
-    if (session?.behindAt !== undefined && session.roomToCatchUp) this.durable?.sessionChanged(connection);
+    if (connection.session?.behindAt !== undefined) this.durable?.sessionChanged(connection);
   }
 
   /** Counts an event handed to `recipients` local connections, published at `at`. */

@@ -37,7 +37,8 @@ const RETRY_MS = 1000;
 
 /** The sessions of one durable hub reading on from its stream, one read at a time each. */
 export class SessionCatchUps {
-  private readonly reading = new Set<PubSubConnection>();
+  /** Sessions reading now; `askedAgain`: room was made meanwhile (an acknowledgement), looked at once the read ends. */
+  private readonly reading = new Map<PubSubConnection, { askedAgain: boolean }>();
   private readonly retries = new Set<NodeJS.Timeout>();
   private closed = false;
 
@@ -51,18 +52,26 @@ export class SessionCatchUps {
   resume(connection: PubSubConnection): void {
     const session = connection.session;
     if (this.closed || !session || session.behindAt === undefined || !session.roomToCatchUp || !this.holds(connection)) return;
-    if (this.reading.has(connection)) return;
-    this.reading.add(connection);
+    const underWay = this.reading.get(connection);
+    if (underWay) {
+      underWay.askedAgain = true;
+      return;
+    }
+    const read = { askedAgain: false };
+    this.reading.set(connection, read);
     void this.readOn(connection).then(
       (retry) => {
         this.reading.delete(connection);
-        // Room made while it read (held events let go for their time to live) was asked for in vain: looked at again.
         if (retry) this.retryLater(connection);
-        else this.resume(connection);
+        // Room made while it read would otherwise wait for the next acknowledgement, which may never come (held
+        // events let go for their time to live leave nothing to acknowledge). Only then: a read that ended with room
+        // left (a message too large for what is free of sessionBufferBytes) is not read again at once, and again.
+        else if (read.askedAgain) this.resume(connection);
       },
       (err: unknown) => {
         this.reading.delete(connection);
         this.options.log.error({ event: 'pubsub.session_catch_up_failed', hub: this.hub.name, connectionId: connection.id, err: String(err) });
+        this.retryLater(connection);
       },
     );
   }
