@@ -33,6 +33,8 @@ export class SharedMessage {
   private readonly dataJson: string;
   /** Where the edge's message log holds it for reliable sessions (message-log.ts). */
   logIndex: number | undefined = undefined;
+  /** A durable hub's session fell behind the live flow at it (its buffer full): the hub keeps its recent messages. */
+  leftBehind = false;
   /** Its sequenced copies' shared parts, once a reliable recipient got it (sequencedParts). */
   sequenced: SequencedParts | undefined = undefined;
   /** Past this time (ms since epoch) it goes to nobody who does not have it yet: a REST send's messageTtlSeconds. */

@@ -310,6 +310,7 @@ export class PubSubConnection {
       // than the buffer at once and ended every reliable session there (a chaos soak).
       if (message.position > 0 && session.checkpoint) {
         session.behindAt = message.position - 1;
+        message.leftBehind = true;
         return undefined;
       }
       return 'SessionBufferFull';

@@ -45,6 +45,8 @@ export interface SessionStream {
   readonly started: boolean;
   readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
   firstSequence(): Promise<number>;
+  /** Keeps the messages applied from now on in memory, for sessions behind the live flow (recent-stream.ts). */
+  keepRecent(): void;
 }
 
 /** Connection ids the relay issues (and a reconnecting client must give back). */
@@ -355,6 +357,8 @@ export class SessionTakes {
         const newer = this.claimsSeen.get(connection.id);
         if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
         this.hub.local.adopt(connection);
+        // Behind the live flow from here: what the follower applies next is kept for its catch-up.
+        if (connection.session!.behindAt !== undefined) this.stream.keepRecent();
         return 'caught up';
       }
       if (Date.now() > deadline) throw new SessionUnavailable('the replay did not catch up in time');

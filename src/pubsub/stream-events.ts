@@ -18,6 +18,7 @@ import { isDataOfType, sharedMessageOf, type DataMessage } from './downstream.ts
 import { HISTORY_PAGE_BYTES, type HistoryEntry, type HistoryPage, type HubHistory } from './history.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
+import { RecentStream } from './recent-stream.ts';
 import { StreamSessions, type StreamSessionsOptions } from './stream-sessions.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { TimedWaits } from '../collections/timed-waits.ts';
@@ -54,6 +55,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
   /** Writes waiting for the follower to start (whenFollowing()). */
   private readonly startWaiters = new TimedWaits();
   private readonly sessions: StreamSessions;
+  /** The latest messages applied, kept while a session is behind the live flow (recent-stream.ts). */
+  private readonly recent = new RecentStream();
+  /** True while a message is being applied (applied is its sequence). */
+  private applying = false;
 
   /** `relay.ev.{hub}.g.`: what group events' subjects start with, the group's token after it. */
   private readonly groupSubjectPrefix: string;
@@ -170,9 +175,18 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private apply(m: StoredMessage): void {
     // Read again from an earlier sequence: the stream was made again, or rewritten (stream-reader.ts). What sessions
     // behind the live flow had still to read is not where they would read it.
-    if (m.seq <= this.applied) this.sessions.streamWentBack(m.seq);
+    if (m.seq <= this.applied) {
+      this.recent.stop();
+      this.sessions.streamWentBack(m.seq);
+    }
     this.applied = m.seq;
-    this.applyEvent(m);
+    this.applying = true;
+    try {
+      this.applyEvent(m);
+    } finally {
+      this.applying = false;
+    }
+    this.recent.add(m);
     if (this.waiters.length > 0) this.wakeWaiters();
   }
 
@@ -196,6 +210,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
         this.hub.expired(message);
         const recipients = this.hub.local.deliver(event.target, message, event.excluded && new Set(event.excluded), filter);
         this.hub.delivered(recipients, event.at, event.origin === this.options.nodeId ? 'local' : 'bus');
+        if (message.leftBehind) this.keepRecent();
         return;
       }
       case 'ps.member':
@@ -284,6 +299,25 @@ export class StreamEvents implements DurableEvents, HubHistory {
       maxBytes: REPLAY_PAGE_BYTES,
       timeoutMs,
     });
+  }
+
+  /** Keeps the messages applied from now on (this one included, while one is applied), for sessions behind the live flow. */
+  keepRecent(): void {
+    this.recent.start(this.applying ? this.applied - 1 : this.applied);
+  }
+
+  get keepingRecent(): boolean {
+    return this.recent.keeping;
+  }
+
+  /** No session is behind the live flow any more: nothing is kept. */
+  forgetRecent(): void {
+    this.recent.stop();
+  }
+
+  /** Every message applied after `position`, when they are kept (RecentStream.after). */
+  recentAfter(position: number): StoredMessage[] | undefined {
+    return this.recent.after(position);
   }
 
   /** The oldest sequence the stream still holds. */

@@ -29,11 +29,12 @@ import type { PsClaim } from '../bus/messages.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
-import { SessionCatchUps } from './session-catch-up.ts';
+import { SessionCatchUps, type CatchUpStream } from './session-catch-up.ts';
 import { SessionCheckpoints, type SessionCheckpointsOptions } from './session-checkpoints.ts';
-import { SessionTakes, type Holder, type SessionStream, type SessionTakeOptions } from './session-take.ts';
+import { SessionTakes, type Holder, type SessionTakeOptions } from './session-take.ts';
 
-export type { SessionStream } from './session-take.ts';
+/** What the sessions need of the hub's event path (stream-events.ts). */
+export type SessionStream = CatchUpStream;
 
 /** What the sessions need: their takes' options (SessionTakeOptions), their checkpoints' (SessionCheckpointsOptions), and these. */
 export interface StreamSessionsOptions extends SessionTakeOptions, SessionCheckpointsOptions {
@@ -267,6 +268,7 @@ export class StreamSessions {
     // Ends the store refused, again: after the live sessions' writes, with the places they left (before: first, and
     // 64 of them failing each tick kept every live checkpoint from being written).
     this.checkpoints.retryEndings(now);
+    this.catchUps.forgetRecentUnlessBehind();
   }
 
   // --- taking a session over ----------------------------------------------------------------

@@ -14,7 +14,7 @@ import { Cleanup } from '../helpers/cleanup.ts';
 import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
+import { CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
 
@@ -81,8 +81,8 @@ describe('a durable session receiving more than its buffer before acknowledging'
       pubsub: {
         hubs: [
           { name: HUB, accessKey: HUB_KEY },
-          // Its stream keeps its last 12 messages only.
-          { name: OTHER_HUB, accessKey: OTHER_HUB_KEY, history: { maxMessages: 12 } },
+          // Its stream keeps its last 14 messages only.
+          { name: OTHER_HUB, accessKey: OTHER_HUB_KEY, history: { maxMessages: 14 } },
         ],
       },
     };
@@ -97,9 +97,9 @@ describe('a durable session receiving more than its buffer before acknowledging'
     return { client, id: connected.connectionId as string, token: connected.reconnectionToken as string };
   }
 
-  async function recoverOn(edge: Edge, session: { client: RawPubSubClient; id: string; token: string }, t: TestContext) {
+  async function recoverOn(edge: Edge, session: { client: RawPubSubClient; id: string; token: string }, t: TestContext, hub = HUB) {
     session.client.ws.terminate();
-    const moved = await RawPubSubClient.connect(`${edge.url.replace('http', 'ws')}/client/hubs/${HUB}?${recoveryQuery(session.id, session.token).slice(1)}`, RELIABLE, t);
+    const moved = await RawPubSubClient.connect(`${edge.url.replace('http', 'ws')}/client/hubs/${hub}?${recoveryQuery(session.id, session.token).slice(1)}`, RELIABLE, t);
     const system = await moved.waitFor((m) => m.type === 'system', 10000);
     assert.equal(system.event, 'connected', JSON.stringify(system));
     return moved;
@@ -171,17 +171,30 @@ describe('a durable session receiving more than its buffer before acknowledging'
     assert.deepEqual(back.dataMessages().map((m) => m.data), ['late']);
   });
 
-  it('ends 1008 StreamGap when the stream no longer holds what it has still to read', async (t) => {
-    const { client } = await reliableOn(a, t, OTHER_HUB, OTHER_HUB_KEY);
-    assert.equal((await client.request({ type: 'joinGroup', group: 'g', ackId: 1 })).success, true);
+  it('ends 1008 StreamGap when neither the stream nor the edge holds what it has still to read', async (t) => {
+    // Taken over behind (on edge B, which kept none of the hub's messages from before), then the stream (its last
+    // 14 messages) drops what it had still to read.
+    const session = await reliableOn(a, t, OTHER_HUB, OTHER_HUB_KEY);
+    assert.equal((await session.client.request({ type: 'joinGroup', group: 'g', ackId: 1 })).success, true);
+    session.client.ws.terminate();
     const service = new WebPubSubServiceClient(`Endpoint=${a.url};AccessKey=${OTHER_HUB_KEY};Version=1.0;`, OTHER_HUB, { allowInsecureConnection: true });
-    await publish(service, 'g', numbered('g', 1, 30));
+    await publish(service, 'g', numbered('g', 1, BUFFER + 1));
+    const client = await recoverOn(b, session, t, OTHER_HUB);
     await client.waitFor(() => client.dataMessages().length >= BUFFER, 5000, 'a full buffer');
+    await publish(service, 'g', numbered('g', BUFFER + 2, 30));
     client.send({ type: 'sequenceAck', sequenceId: BUFFER });
     const closed = await withTimeout(client.closed, 10000, 'the session to end');
     assert.equal(closed.code, 1008);
     assert.equal(closed.reason, 'StreamGap');
     assert.deepEqual(client.dataMessages().map((m) => m.data), numbered('g', 1, BUFFER));
+  });
+
+  it('within what its edge keeps of the stream, reads on there though the stream dropped it', async (t) => {
+    const { client } = await reliableOn(a, t, OTHER_HUB, OTHER_HUB_KEY);
+    assert.equal((await client.request({ type: 'joinGroup', group: 'kept', ackId: 1 })).success, true);
+    const service = new WebPubSubServiceClient(`Endpoint=${a.url};AccessKey=${OTHER_HUB_KEY};Version=1.0;`, OTHER_HUB, { allowInsecureConnection: true });
+    await publish(service, 'kept', numbered('k', 1, 30));
+    assert.deepEqual(inOrder(await readAcking(client, 30)), numbered('k', 1, 30));
   });
 });
 
@@ -247,5 +260,55 @@ describe("a durable session behind the live flow when its hub's stream is made a
     client.send({ type: 'sequenceAck', sequenceId: BUFFER });
     const closed = await withTimeout(client.closed, 5000, 'the session to end').catch(() => undefined);
     assert.deepEqual(closed, { code: 1008, reason: 'StreamGap' }, `it went on with ${JSON.stringify(client.dataMessages().slice(BUFFER).map((m) => [m.sequenceId, m.data]))}`);
+  });
+});
+
+describe('a durable session behind the live flow while events keep coming', () => {
+  it('catches up and takes live events again (before: each read of the stream took long enough for more to come, and it stayed behind until they stopped)', async (t) => {
+    const nats = await startNatsServer(t);
+    // Edge A's requests reach NATS 150 ms late (a slow link one way): a read of the stream takes a second or so.
+    const link = await CuttableProxy.start(nats.port, t);
+    const config = { limits: { sessionBufferMessages: BUFFER }, metrics: { requireManage: false }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
+    const [a, b] = await Promise.all([startEdge(t, 'edge-slow', [`nats://127.0.0.1:${link.port}`], config), startEdge(t, 'edge-b', [nats.url], config)]);
+    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'reader', roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
+    await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    assert.equal((await client.request({ type: 'joinGroup', group: 'steady', ackId: 1 })).success, true);
+    const service = serviceClient(b);
+    await publish(service, 'steady', numbered('s', 1, 25));
+    await client.waitFor(() => client.dataMessages().length >= BUFFER, 5000, 'a full buffer');
+    assert.equal(await sessionsBehind(a), 1);
+    link.hold(150);
+    // Events keep coming (about 100 a second) while the client acknowledges each as it arrives.
+    let sent = 25;
+    let publishing = true;
+    const publisher = (async () => {
+      while (publishing) {
+        await publish(service, 'steady', [`s-${++sent}`]);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    })();
+    t.after(() => {
+      publishing = false;
+      return publisher.catch(() => undefined);
+    });
+    let acked = 0;
+    const ack = () => {
+      const highest = Math.max(0, ...client.dataMessages().map((m) => m.sequenceId));
+      if (highest > acked) client.send({ type: 'sequenceAck', sequenceId: (acked = highest) });
+    };
+    client.ws.on('message', ack);
+    ack();
+    let behind = 1;
+    for (const deadline = Date.now() + 8000; behind !== 0 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 100));
+      behind = await sessionsBehind(a);
+    }
+    const sentMeanwhile = sent - 25;
+    publishing = false;
+    await publisher;
+    link.hold(0);
+    assert.equal(behind, 0, `still behind after 8 s while ${sentMeanwhile} more events came`);
+    assert.deepEqual(inOrder(await readAcking(client, sent)), numbered('s', 1, sent));
   });
 });

@@ -235,3 +235,6 @@ export class CuttableProxy {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
+
+/** The recent-message part of a durable hub's SessionStream (src/pubsub/session-catch-up.ts), for a test's stream that keeps none. */
+export const KEEPS_NOTHING_RECENT = { keepRecent: () => {}, keepingRecent: false, forgetRecent: () => {}, recentAfter: () => undefined };

@@ -15,7 +15,7 @@ import type { StoredMessage } from '../../src/bus/stream-reader.ts';
 import { sharedMessageOf } from '../../src/pubsub/downstream.ts';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
 import { PubSubConnection, RELIABLE_PROTOCOL } from '../../src/pubsub/pubsub-connection.ts';
-import { testConnectionLimits } from '../helpers/pubsub.ts';
+import { KEEPS_NOTHING_RECENT, testConnectionLimits } from '../helpers/pubsub.ts';
 import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
 
 const limits = testConnectionLimits();
@@ -50,6 +50,7 @@ describe('a session taken over where the stream is numbered otherwise', () => {
       started: true,
       readRange: async (from, to) => stored.filter((m) => m.seq > from && m.seq <= to),
       firstSequence: async () => 1,
+      ...KEEPS_NOTHING_RECENT,
     };
     let adopted: PubSubConnection | undefined;
     let sessions!: StreamSessions;

@@ -14,7 +14,7 @@ import type { PsCheckpoint, PsClaim } from '../../src/bus/messages.ts';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
 import { RELIABLE_PROTOCOL, type PubSubConnection } from '../../src/pubsub/pubsub-connection.ts';
 import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
-import { testConnectionLimits } from '../helpers/pubsub.ts';
+import { KEEPS_NOTHING_RECENT, testConnectionLimits } from '../helpers/pubsub.ts';
 
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
 const TOKEN = 'reconnection-token';
@@ -28,7 +28,7 @@ describe('a take whose checkpoint a later claim wrote', () => {
       sequenceId: 7, position: 110, groups: ['room'],
     };
     // Edge b has read up to its own claim, not edge c's.
-    const stream: SessionStream = { position: 107, started: true, readRange: async () => [], firstSequence: async () => 1 };
+    const stream: SessionStream = { position: 107, started: true, readRange: async () => [], firstSequence: async () => 1, ...KEEPS_NOTHING_RECENT };
     let adopted: PubSubConnection | undefined;
     let sessions!: StreamSessions;
     const hub = {

@@ -9,7 +9,7 @@ import { SessionUnavailable } from '../../src/pubsub/errors.ts';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
 import { RELIABLE_PROTOCOL } from '../../src/pubsub/pubsub-connection.ts';
 import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
-import { testConnectionLimits } from '../helpers/pubsub.ts';
+import { KEEPS_NOTHING_RECENT, testConnectionLimits } from '../helpers/pubsub.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
 const silent = { info() {}, warn() {}, error() {}, debug() {} };
@@ -29,7 +29,7 @@ describe('takes waiting for their claims', () => {
     const onWarning = (w: Error) => warnings.push(w);
     process.on('warning', onWarning);
     t.after(() => process.off('warning', onWarning));
-    const stream: SessionStream = { position: 0, started: true, readRange: async () => [], firstSequence: async () => 1 };
+    const stream: SessionStream = { position: 0, started: true, readRange: async () => [], firstSequence: async () => 1, ...KEEPS_NOTHING_RECENT };
     const hub = { name: 'chat', key: 'chat', local: { adopt() {}, remove() {}, connections: new Map() }, edgeOnRoster: () => false };
     let claims = 0;
     // Every claim is stored, and never read back (the follower does not run here).
