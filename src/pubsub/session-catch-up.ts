@@ -160,7 +160,8 @@ export class SessionCatchUps {
       }
       // Within what the hub keeps of its latest messages: the rest at once, and live again in this turn when it fits.
       const recent = this.stream.recentAfter(at);
-      if (recent) {
+      // (Empty only if a message applied was not kept, which no path does: the stream is read then, not this again.)
+      if (recent && recent.length > 0) {
         const full = this.take(connection, at, recent);
         this.hub.flushSession(connection);
         if (full) return false;
