@@ -9,11 +9,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { WebPubSubServiceClient } from '@azure/web-pubsub';
-import { connect } from 'nats';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { httpRequest } from '../helpers/http.ts';
-import { startNatsServer } from '../helpers/nats.ts';
+import { deleteHubStream, startNatsServer } from '../helpers/nats.ts';
 import { CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { serviceClient, startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until, untilAnswered, withTimeout } from '../helpers/wait.ts';
@@ -237,14 +236,7 @@ describe("a durable session behind the live flow when its hub's stream is made a
     await publish(service, 'g', numbered('old', 1, 25));
     await client.waitFor(() => client.dataMessages().length >= BUFFER, 5000, 'a full buffer');
     // The stream goes (an operator's delete; a memory-storage server restarted): the edge makes it again and reads it from its start.
-    const nc = await connect({ servers: nats.url });
-    t.after(() => nc.close());
-    const jsm = await nc.jetstreamManager();
-    const names: string[] = [];
-    for await (const name of jsm.streams.names()) names.push(name);
-    const stream = names.find((name) => name.endsWith(`_${HUB.toLowerCase()}`));
-    assert.ok(stream, `the hub's stream among ${names}`);
-    await jsm.streams.delete(stream);
+    await deleteHubStream(t, nats.url, HUB);
     let probes = 0;
     await untilAnswered(
       async () => {

@@ -13,7 +13,7 @@ import type { StreamEvents } from '../../src/pubsub/stream-events.ts';
 import type { StreamSessions } from '../../src/pubsub/stream-sessions.ts';
 import type { RunningRelay } from '../../src/server/relay-server.ts';
 import { delayStreamBounds, edgeEvents, edgeOverrides, readiness, startCluster, startEdge, waitReady } from '../helpers/cluster.ts';
-import { startNatsServer } from '../helpers/nats.ts';
+import { deleteHubStream, startNatsServer } from '../helpers/nats.ts';
 import { ALL_ROLES, CuttableProxy, HUB, HUB_KEY, OTHER_HUB, OTHER_HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } from '../helpers/pubsub.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
@@ -239,14 +239,7 @@ describe('durable hubs on JetStream', { concurrency: 2 }, () => {
     assert.equal(fromB.body.historyId, fromA.body.historyId);
     assert.deepEqual(fromA.body.messages.map((m: any) => m.data), [1, 2, 3]);
     // The stream goes (an operator's delete; a memory-storage server restarted); the edges make it again.
-    const nc = await connect({ servers: nats.url });
-    t.after(() => nc.close());
-    const jsm = await nc.jetstreamManager();
-    const names: string[] = [];
-    for await (const name of jsm.streams.names()) names.push(name);
-    const stream = names.find((name) => name.endsWith(`_${HUB.toLowerCase()}`));
-    assert.ok(stream, `the hub's stream among ${names}`);
-    await jsm.streams.delete(stream);
+    await deleteHubStream(t, nats.url, HUB);
     await untilAnswered(async () => {
       await publisher.group('room').sendToAll(4).catch(() => undefined);
       return (await history(a, 'room')).body.messages?.some((m: any) => m.data === 4) ?? false;

@@ -15,6 +15,7 @@ import { cleanupFor } from './cleanup.ts';
 import { allThreadsStopped } from './process-state.ts';
 import { until, withTimeout } from './wait.ts';
 import { tracked } from './child-processes.ts';
+import { connect } from 'nats';
 
 export interface NatsNode {
   name: string;
@@ -255,3 +256,18 @@ export async function waitForMesh(nodes: NatsNode[], ms = 15000): Promise<void> 
   }
 }
 
+
+/**
+ * Deletes the stream of durable hub `hub` on the server at `natsUrl`, as an operator's delete does (or a
+ * memory-storage server that restarted loses it); the edges make it again when they notice.
+ */
+export async function deleteHubStream(t: Pick<TestContext, 'after'>, natsUrl: string, hub: string): Promise<void> {
+  const nc = await connect({ servers: natsUrl });
+  cleanupFor(t).after(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  const names: string[] = [];
+  for await (const name of jsm.streams.names()) names.push(name);
+  const stream = names.find((name) => name.endsWith(`_${hub.toLowerCase()}`));
+  if (!stream) throw new Error(`no stream of hub ${hub} among ${names.join(', ')}`);
+  await jsm.streams.delete(stream);
+}
