@@ -300,7 +300,7 @@ export class PubSubConnection {
       socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
       return undefined;
     }
-    // Behind the live flow (a durable hub's session whose buffer was full): it reads this event from the stream later.
+    // Behind the live flow (a durable hub's session whose buffer was full): it reads this event later (session-catch-up.ts).
     if (session.behindAt !== undefined) return undefined;
     const sequenceId = session.push(message);
     if (sequenceId === undefined) {

@@ -3,15 +3,19 @@
 // when an event for it comes is not closed: it stops taking live events
 // (PubSubConnection.deliver notes where, `behindAt`), and as its client's
 // acknowledgements free half its buffer it reads the hub's stream on from
-// there: each event that was for the connection at its place in the stream
+// there (from the latest messages the edge keeps while a session is behind,
+// recent-stream.ts, when it is within them; else through JetStream, a few
+// sessions of a hub at a time): each event that was for the connection at its
+// place in the stream
 // (its groups then, from the group changes the session keeps since its
 // checkpoint) is numbered as the live flow would have numbered it, until the
 // buffer is full again or it reaches this edge's follower, where, in the same
 // turn, it takes live events again. Its checkpoint meanwhile stands at what it
 // numbered (ReliableSession.nextCheckpoint), so an edge taking the session
-// over reads on from there too. Only when the stream no longer holds the
-// events it has still to read (the hub's limits dropped them) does it end,
-// 1008 StreamGap, as every connection of an edge that missed them does.
+// over reads on from there too. Only when neither holds the events it has
+// still to read (the hub's limits dropped them), or the stream was made again,
+// does it end, 1008 StreamGap, as every connection of an edge that missed them
+// does.
 import { decodeEdgeMessage } from '../bus/messages.ts';
 import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Logger } from '../telemetry/logger.ts';
