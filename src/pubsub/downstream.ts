@@ -146,6 +146,14 @@ export function sharedMessageOf(h: PsSend, body: Buffer, position = 0, sequence?
   return new SharedMessage({ ...h.message, dataJson }, h.mid, position, sequence);
 }
 
+/**
+ * A send read from a durable hub's stream at `seq`, as every edge delivers it (the live flow, a session's replay or
+ * catch-up): group messages of a hub keeping history carry `seq` as their sequence.
+ */
+export function streamMessageOf(h: PsSend, body: Buffer, seq: number, history: boolean): SharedMessage | undefined {
+  return sharedMessageOf(h, body, seq, history && h.target.kind === 'group' ? seq : undefined);
+}
+
 const SEQUENCE_ID_MEMBER = Buffer.from(',"sequenceId":', 'latin1');
 const SEQUENCE_ID_FIRST = Buffer.from('{"sequenceId":', 'latin1');
 const CLOSE_BRACE = Buffer.from('}', 'latin1');

@@ -21,11 +21,10 @@ import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { filterFromBus } from './connection-filter.ts';
-import { sharedMessageOf } from './downstream.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
-import { addresses, type SessionStream } from './session-take.ts';
+import { storedSendFor, type SessionStream } from './session-take.ts';
 
 /** What catching up needs of the hub's event path (stream-events.ts): its reads, and the recent messages it keeps. */
 export interface CatchUpStream extends SessionStream {
@@ -107,9 +106,14 @@ export class SessionCatchUps {
     for (const connection of [...this.hub.local.connections.values()]) {
       const behindAt = connection.session?.behindAt;
       if (behindAt === undefined || connection.ended) continue;
-      this.options.log.warn({ event: 'pubsub.session_catch_up_gap', hub: this.hub.name, connectionId: connection.id, at: behindAt, streamFrom: seq });
-      this.options.endConnection(connection, 'StreamGap');
+      this.endAtGap(connection, behindAt, seq);
     }
+  }
+
+  /** A session behind whose next events are gone ends, 1008 StreamGap; `streamFrom`: where the stream starts over. */
+  private endAtGap(connection: PubSubConnection, at: number, streamFrom?: number): void {
+    this.options.log.warn({ event: 'pubsub.session_catch_up_gap', hub: this.hub.name, connectionId: connection.id, at, streamFrom });
+    if (this.holds(connection)) this.options.endConnection(connection, 'StreamGap');
   }
 
   /**
@@ -187,8 +191,7 @@ export class SessionCatchUps {
         const gone = await this.lostAfter(at);
         if (gone === undefined) return true;
         if (gone) {
-          this.options.log.warn({ event: 'pubsub.session_catch_up_gap', hub: this.hub.name, connectionId: connection.id, at });
-          if (this.holds(connection)) this.options.endConnection(connection, 'StreamGap');
+          this.endAtGap(connection, at);
           return false;
         }
         // A read of a stream with a hole in it (messages deleted one by one) goes on after the hole.
@@ -246,10 +249,10 @@ export class SessionCatchUps {
       const event = decoded?.message;
       const filter = event && filterFromBus(event.filter);
       // Skipped as the follower skipped it on every edge: another hub's, unreadable, a filter that does not parse.
-      if (event && filter !== null && asciiLowerCase(event.hub) === this.hub.key && addresses(event.target, then, event.excluded) && (!filter || filter.matches(then))) {
-        const message = sharedMessageOf(event, decoded!.body, m.seq, this.options.history && event.target.kind === 'group' ? m.seq : undefined);
+      const message = event && filter !== null && asciiLowerCase(event.hub) === this.hub.key ? storedSendFor(event, decoded!.body, m.seq, filter, then, this.options.history) : undefined;
+      if (message) {
         // One past its time to live is numbered all the same, as the live flow does, and never sent.
-        if (message && session.push(message) === undefined) {
+        if (session.push(message) === undefined) {
           session.behindAt = m.seq - 1;
           return true;
         }

@@ -8,15 +8,15 @@
 // from the stream reach the takes under way through stream-sessions.ts.
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type Target } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type PsSend, type Target } from '../bus/messages.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { StoreError } from '../bus/jetstream-errors.ts';
 import type { StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
-import { filterFromBus, selects, type FilterSubject } from './connection-filter.ts';
-import { sharedMessageOf } from './downstream.ts';
+import { filterFromBus, selects, type ConnectionFilter, type FilterSubject } from './connection-filter.ts';
+import { streamMessageOf, type SharedMessage } from './downstream.ts';
 import { SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
@@ -74,8 +74,18 @@ export interface ClaimRead {
   before: Holder | undefined;
 }
 
-/** True when an event for `target` (minus `excluded`) reaches `connection` (with its groups at the event). */
-export function addresses(target: Target, connection: FilterSubject, excluded?: string[]): boolean {
+/**
+ * The message a send stored at `seq` in the hub's stream is for `connection` (as it was there: its groups then),
+ * as the live flow delivers it; undefined when the send is not for it, or its data is not its type. For a session
+ * rebuilt here (a take's replay) and one reading on behind the live flow (session-catch-up.ts).
+ */
+export function storedSendFor(event: PsSend, body: Buffer, seq: number, filter: ConnectionFilter | undefined, connection: FilterSubject, history: boolean): SharedMessage | undefined {
+  if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
+  return streamMessageOf(event, body, seq, history);
+}
+
+/** True when an event for `target` (minus `excluded`) reaches `connection`. */
+function addresses(target: Target, connection: FilterSubject, excluded?: string[]): boolean {
   if (excluded?.includes(connection.id)) return false;
   switch (target.kind) {
     case 'all':
@@ -410,9 +420,7 @@ export class SessionTakes {
         // as its client acknowledges (session-catch-up.ts); the replay goes on for group changes and claims.
         // Before, the take was refused and the session lost (its client started afresh without the rest).
         if (session.behindAt !== undefined) return undefined;
-        if (!addresses(event.target, connection, event.excluded) || (filter && !filter.matches(connection))) return undefined;
-        const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
-        const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        const message = storedSendFor(event, decoded!.body, m.seq, filter, connection, this.options.history);
         // One past its time to live is numbered all the same (the edge that held the session did, and the
         // client's ids must go on matching theirs), and never sent (PubSubConnection.flush).
         if (message && session.push(message) === undefined) session.behindAt = m.seq - 1;

@@ -14,7 +14,7 @@ import type { Follower, StoredMessage } from '../bus/stream-reader.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
-import { isDataOfType, sharedMessageOf, type DataMessage } from './downstream.ts';
+import { isDataOfType, streamMessageOf, type DataMessage } from './downstream.ts';
 import { HISTORY_PAGE_BYTES, type HistoryEntry, type HistoryPage, type HubHistory } from './history.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -202,8 +202,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     }
     switch (event.op) {
       case 'ps.send': {
-        const sequence = this.options.history && event.target.kind === 'group' ? m.seq : undefined;
-        const message = sharedMessageOf(event, decoded!.body, m.seq, sequence);
+        const message = streamMessageOf(event, decoded!.body, m.seq, this.options.history);
         if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
         // One past its time to live is still handed to the hub: a reliable session numbers it, as every edge
         // reading the stream does (a session rebuilt elsewhere must number it alike), and sends it to nobody.
