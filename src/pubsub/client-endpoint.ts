@@ -274,7 +274,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       }
       connection.awaitingConnected = false;
       attach();
-      this.countExpired(connection.flush());
+      hub.flushSession(connection);
       // Released before its first frames are read: one that holds the socket again (a simple client's message
       // waiting at the event handler) keeps it held.
       client.release();
@@ -295,17 +295,12 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     else handleClientFrame(this.deps.protocol, connection, isBinary, data);
   }
 
-  /** Held messages a flush skipped because their time to live had passed. */
-  private countExpired(skipped: number): void {
-    if (skipped > 0) this.deps.metrics.pubsubExpired.inc({ where: 'held' }, skipped);
-  }
-
   onDrain(socket: ClientSocket): void {
     const connection = socket.owner;
     if (connection.socket !== socket) return;
-    // A durable hub's session behind the live flow reads on when held events are let go for their time to live (flushSession).
-    if (connection.session?.behindAt !== undefined) this.deps.hub(connection.hub)?.flushSession(connection);
-    else this.countExpired(connection.flush());
+    // Its hub looked up only for held events let go for their time to live (rare): a drain comes on every busy socket.
+    const expired = connection.flush();
+    if (expired > 0) this.deps.hub(connection.hub)?.heldExpired(connection, expired);
     // Events and invocations wait while the client has its answers queued (client-protocol.ts). Only when some do wait:
     // a drain comes on every busy subscriber's socket, and takeNextEvents also reads the client again.
     if (connection.eventsWaiting?.length) takeNextEvents(connection);

@@ -487,8 +487,12 @@ export class ClusterHub {
   /** Writes what a reliable session holds and its socket has not had (PubSubConnection.flush); counts what expired. */
   flushSession(connection: PubSubConnection): void {
     const expired = connection.flush();
-    if (expired === 0) return;
-    this.deps.metrics.pubsubExpired.inc({ where: 'held' }, expired);
+    if (expired > 0) this.heldExpired(connection, expired);
+  }
+
+  /** `count` held messages of a reliable session were not sent for their time to live (a flush let them go). */
+  heldExpired(connection: PubSubConnection, count: number): void {
+    this.deps.metrics.pubsubExpired.inc({ where: 'held' }, count);
     // Held events whose time to live passed unsent were let go as if acknowledged: no acknowledgement comes for them,
     // so a session behind the live flow reads on now (session-catch-up.ts). Before, one whose held events all expired
     // unsent (its client away, or not reading) had nothing to acknowledge, and stayed behind for good.
