@@ -29,6 +29,7 @@ import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, isWebPubSubProtocol } from './pubsub-connection.ts';
 import { LiveSocketOptions } from './live-limits.ts';
+import { simpleClientModeOf } from './simple-client-mode.ts';
 import type { ClientSocket, SessionRecovery } from './session-recovery.ts';
 
 export interface ClientUpgrade {
@@ -101,6 +102,10 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (!protocol && upgrade.protocols.length > 0 && upgrade.protocols.every((p) => /^protobuf\.(reliable\.)?webpubsub\.azure\.v1$/.test(p))) {
       return failUpgrade(duplex, 'BadRequest', `Subprotocol ${upgrade.protocols.join(', ')} is not supported: use json.reliable.webpubsub.azure.v1 or json.webpubsub.azure.v1`);
     }
+    // A simple client's mode is fixed by its query: a mode it cannot have is refused before anything else is asked.
+    const mode = protocol ? undefined : simpleClientModeOf(params);
+    if (mode && !mode.ok) return failUpgrade(duplex, 'BadRequest', mode.detail);
+    const sendToGroup = mode?.ok && mode.mode.kind === 'sendToGroup' ? mode.mode.group : undefined;
     const socket = duplex as Socket;
     const recoverId = params.get('awps_connection_id');
     if (recoverId !== null && protocol) {
@@ -131,7 +136,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     }
     const id = randomBytes(16).toString('base64url');
     if (!this.deps.events.hasSystemEvent(hub.config, 'connect')) {
-      return this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, { ok: true, groups: [], roles: [] });
+      return this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, sendToGroup, verdict.claims, { ok: true, groups: [], roles: [] });
     }
     // The connect event decides; the upgrade waits for it (bounded by the handler's timeoutMs).
     const identity = clientIdentityOf(verdict.claims);
@@ -179,7 +184,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
           notAdmitted('the hub holds limits.connectionsPerHub connections');
           return failUpgrade(duplex, 'HubConnectionLimitReached');
         }
-        this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, verdict.claims, outcome, source.states, true);
+        this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, sendToGroup, verdict.claims, outcome, source.states, true);
       },
       (err: Error) => {
         duplex.off('end', onEnd);
@@ -207,6 +212,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     hub: ClusterHub,
     id: string,
     protocol: string | undefined,
+    sendToGroup: string | undefined,
     claims: JwtClaims,
     decided: Extract<ConnectOutcome, { ok: true }>,
     states?: string,
@@ -225,6 +231,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
       config.limits,
     );
     connection.states = states;
+    connection.sendToGroup = connection.simple ? sendToGroup : undefined;
     connection.connectEventSaidYes = connectEventSaidYes;
     writeSwitchingProtocols(socket, key, chosen);
     const client = this.open(socket, connection, head);
@@ -236,7 +243,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     };
     /** Once it is in the hub: said, and its frames read (those that came with the upgrade first). */
     const start = () => {
-      log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol });
+      const mode = connection.sendToGroup === undefined ? undefined : 'sendToGroup';
+      log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol, mode });
       if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
       this.deps.events.systemEvent(hub.config, connection, 'connected', {});
       client.start();

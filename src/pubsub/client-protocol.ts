@@ -28,7 +28,7 @@ import { asciiLowerCase } from '../validation/ascii-case.ts';
 /** What the protocol needs from the service around it. */
 export interface ClientProtocolContext {
   hub(connection: PubSubConnection): ClusterHub | undefined;
-  endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
   /**
    * A JSON client's `event` to the hub's event handler; `payload` is the
    * body as the client sent it: the data's JSON text (json), the string
@@ -44,6 +44,8 @@ export interface ClientProtocolContext {
   countAck(result: string): void;
   /** A simple client's message event was not accepted (logged; the connection is then ended). */
   eventFailed(connection: PubSubConnection, reason: string): void;
+  /** A sendToGroup-mode client's frame was not published (logged; the connection is then ended). */
+  groupSendFailed(connection: PubSubConnection, group: string, code: PubSubErrorCode, reason: string): void;
 }
 
 interface Upstream {
@@ -247,13 +249,7 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
   if (ackId !== undefined) connection.rememberAckId(ackId, true);
   // Bounded per connection: past limits.requestsInFlightPerConnection the next ones wait until one is done.
   connection.requestsInFlight++;
-  const finished = () => {
-    connection.requestsInFlight--;
-    if (connection.ended) return;
-    const waiting = connection.requestsWaiting;
-    while (waiting && waiting.length > 0 && !connection.requestsFull) waiting.shift()!();
-    connection.readAgainUnlessBusy();
-  };
+  const finished = () => requestDone(connection);
   done.then(
     (result) => {
       finished();
@@ -273,6 +269,15 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
       ackWithRetries(ctx, connection, ackId, retries, tooLarge ? 'BadRequest' : 'InternalServerError', err.message);
     },
   );
+}
+
+/** A request in flight is done: those waiting start as far as limits.requestsInFlightPerConnection allows, and the client is read again. */
+function requestDone(connection: PubSubConnection): void {
+  connection.requestsInFlight--;
+  if (connection.ended) return;
+  const waiting = connection.requestsWaiting;
+  while (waiting && waiting.length > 0 && !connection.requestsFull && !connection.ended) waiting.shift()!();
+  if (!connection.ended) connection.readAgainUnlessBusy();
 }
 
 /**
@@ -400,6 +405,7 @@ export function takeNextEvents(connection: PubSubConnection): void {
  * A hub with no handler for `message` drops the frames and keeps the client.
  */
 export function handleSimpleFrame(ctx: ClientProtocolContext, connection: PubSubConnection, isBinary: boolean, data: Buffer): void {
+  if (connection.sendToGroup !== undefined) return publishSimpleFrame(ctx, connection, connection.sendToGroup, isBinary, data);
   const pending = (connection.pendingFrames ??= []);
   pending.push({ isBinary, data });
   if (pending.length > 1) return;
@@ -426,4 +432,47 @@ async function sendSimpleFrames(ctx: ClientProtocolContext, connection: PubSubCo
   }
   pending.length = 0;
   if (!connection.ended) connection.readAgainUnlessBusy();
+}
+
+/**
+ * A frame from a simple client in sendToGroup mode (webpubsub_mode=sendToGroup&group=g, simple-client-mode.ts):
+ * published to its group as a JSON client's sendToGroup without an ackId is, a text frame as text data and a binary
+ * frame as binary data, from the client's user, echoed to the client when it is a member. Frames go in the order
+ * sent, limits.requestsInFlightPerConnection at once, the others waiting their turn as requests do (and the client
+ * unread while they weigh limits.pubsubMessageBytes). The mode has no acks: a frame the connection may not send
+ * (it needs webpubsub.sendToGroup or webpubsub.sendToGroup.<group>, asked per frame, as a grant or a revocation
+ * through REST changes it), or one the bus or the event log did not take, ends the connection with a close code
+ * that says which. No frame after a forbidden one is published; after a failed one, the frames already on their
+ * way with it (up to limits.requestsInFlightPerConnection: a durable hub's store answers each a moment later) may
+ * still be, the others not. Before, the mode was not read: every frame went to the hub's
+ * `message` event handler, or nowhere.
+ */
+function publishSimpleFrame(ctx: ClientProtocolContext, connection: PubSubConnection, group: string, isBinary: boolean, data: Buffer): void {
+  const publish = () => publishToGroup(ctx, connection, group, isBinary, data);
+  if (connection.requestsBacklogged) return connection.wait((connection.requestsWaiting ??= []), data.length, publish);
+  publish();
+}
+
+function publishToGroup(ctx: ClientProtocolContext, connection: PubSubConnection, group: string, isBinary: boolean, data: Buffer): void {
+  const hub = ctx.hub(connection);
+  if (!hub || connection.ended) return;
+  if (!connection.permissions.allows('sendToGroup', group)) {
+    traced(hub, 'pubsub.publish', connection, group, 'Forbidden');
+    ctx.groupSendFailed(connection, group, 'GroupSendForbidden', 'the connection lacks webpubsub.sendToGroup for the group');
+    return ctx.endConnection(connection, 'GroupSendForbidden');
+  }
+  const dataType: DataType = isBinary ? 'binary' : 'text';
+  const dataJson = JSON.stringify(isBinary ? data.toString('base64') : data.toString('utf8'));
+  const sent = hub.send({ kind: 'group', name: group }, { from: 'group', group, fromUserId: connection.userId, dataType, dataJson });
+  connection.requestsInFlight++;
+  const finished = () => requestDone(connection);
+  traced(hub, 'pubsub.publish', connection, group, sent, () => data.length).then(finished, (err: Error) => {
+    // Ended first, so the frames waiting behind this one are not published after it (those already sent may be).
+    const code = err instanceof BusError && err.code === 'TooLarge' ? 'GroupSendTooLarge' : 'GroupSendFailed';
+    if (!connection.ended) {
+      ctx.groupSendFailed(connection, group, code, err.message);
+      ctx.endConnection(connection, code);
+    }
+    finished();
+  });
 }

@@ -91,6 +91,8 @@ export class PubSubConnection {
   pendingFrames: { isBinary: boolean; data: Buffer }[] | undefined;
   /** A simple client's frame found no handler for `message` and was logged dropped: its later ones are not. */
   unroutedLogged = false;
+  /** A simple client in sendToGroup mode (simple-client-mode.ts): the group each of its frames is published to. */
+  sendToGroup: string | undefined = undefined;
   /** `event` messages sent to the event handler and not answered yet (client-protocol.ts bounds them). */
   eventsInFlight = 0;
   /** `event` messages read while that many were in flight, oldest first: sent as answers come. */

@@ -176,6 +176,7 @@ export class PubSubService implements RestContext {
       sendEvent: (connection, hub, event, dataType, payload) => this.events.dataEvent(hub.config, connection, event, dataType, payload),
       sendMessageEvent: (connection, hub, contentType, body) => this.events.userEvent(hub.config, connection, 'message', contentType, body),
       eventFailed: (connection, reason) => log.warn({ event: 'pubsub.message_event_failed', hub: connection.hub, connectionId: connection.id, reason }),
+      groupSendFailed: (connection, group, code, reason) => log.warn({ event: 'pubsub.group_send_failed', hub: connection.hub, connectionId: connection.id, group, code, reason }),
       // Read when used: limits change on reload.
       get groupsPerConnection() {
         return config.limits.groupsPerConnection;
