@@ -304,11 +304,20 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     void js.start(streams, bucket);
   };
   if (jetstream) startJetStream(jetstream);
+  // Three gauges read the pub/sub counts in one scrape: the connections are scanned once for them all.
+  let scraped: ReturnType<PubSubService['openCounts']> | undefined;
+  const openCounts = () => {
+    if (!scraped) {
+      scraped = pubsub.openCounts();
+      queueMicrotask(() => (scraped = undefined));
+    }
+    return scraped;
+  };
   metrics.watch({
-    connections: () => ({ ...hybrid.openConnections(), pubsub: pubsub.openCounts().attached }),
+    connections: () => ({ ...hybrid.openConnections(), pubsub: openCounts().attached }),
     listenersPerEntity: () => hybrid.listeners.counts(),
-    sessionsRetained: () => pubsub.openCounts().retained,
-    sessionsBehind: () => pubsub.openCounts().behind,
+    sessionsRetained: () => openCounts().retained,
+    sessionsBehind: () => openCounts().behind,
     bus: () => bus,
     busRoundTrip: () => bus.roundTrip(),
     jetstreamStoring: () => jetstream?.storingByStream() ?? new Map(),

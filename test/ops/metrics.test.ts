@@ -11,6 +11,7 @@ import { startEdge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { withTimeout } from '../helpers/wait.ts';
 import { LISTENER_SERIES_MAX } from '../../src/telemetry/metrics.ts';
+import { PubSubService } from '../../src/pubsub/pubsub-service.ts';
 
 /** The value of one sample (metric name with its labels as printed), or 0 when absent. */
 function sample(text: string, series: string): number {
@@ -124,6 +125,26 @@ describe('/$relay/metrics', () => {
     assert.equal(s('edge_relay_pubsub_acks_total{result="Forbidden"}'), 1);
     assert.equal(s('edge_relay_connections{kind="pubsub"}'), 2);
     assert.equal(sample(text, `edge_relay_pubsub_publish_to_deliver_seconds_count{node="${node}"}`), 1);
+  });
+
+  it("scans the pub/sub connections once for a scrape's three gauges of them, and again for the next scrape", async (t) => {
+    let scans = 0;
+    const counts = PubSubService.prototype.openCounts;
+    PubSubService.prototype.openCounts = function (this: PubSubService, only?: Parameters<typeof counts>[0]) {
+      scans++;
+      return counts.call(this, only);
+    };
+    t.after(() => (PubSubService.prototype.openCounts = counts));
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false } }));
+    const first = await scrape(relay.url);
+    // Before: one scan per gauge (connections, sessions retained, sessions behind).
+    assert.equal(scans, 1);
+    assert.match(first, /edge_relay_pubsub_sessions_behind\{[^}]*\} 0/);
+    await RawPubSubClient.connect(accessUrl(relay.url), undefined, t);
+    const second = await scrape(relay.url);
+    assert.equal(scans, 2);
+    const node = /node="([^"]+)"/.exec(second)![1];
+    assert.equal(sample(second, `edge_relay_connections{kind="pubsub",node="${node}"}`), 1);
   });
 
   it('reports the round trip to the NATS bus, and none while it is gone', async (t) => {
