@@ -274,10 +274,19 @@ function ackWhenDone(ctx: ClientProtocolContext, connection: PubSubConnection, a
 /** A request in flight is done: those waiting start as far as limits.requestsInFlightPerConnection allows, and the client is read again. */
 function requestDone(connection: PubSubConnection): void {
   connection.requestsInFlight--;
-  if (connection.ended) return;
+  if (!requestsGoOn(connection)) return;
   const waiting = connection.requestsWaiting;
-  while (waiting && waiting.length > 0 && !connection.requestsFull && !connection.ended) waiting.shift()!();
+  while (waiting && waiting.length > 0 && !connection.requestsFull && requestsGoOn(connection)) waiting.shift()!();
   if (!connection.ended) connection.readAgainUnlessBusy();
+}
+
+/**
+ * Whether the connection's requests still waiting are started: while it is open; a sendToGroup-mode client's
+ * frames also once its client left (a device that sends its readings and closes: before, those still waiting
+ * behind a durable hub's store when its close was read were dropped), not once the relay ended it.
+ */
+function requestsGoOn(connection: PubSubConnection): boolean {
+  return !connection.ended || (connection.sendToGroup !== undefined && !connection.endedByRelay);
 }
 
 /**
@@ -455,7 +464,7 @@ function publishSimpleFrame(ctx: ClientProtocolContext, connection: PubSubConnec
 
 function publishToGroup(ctx: ClientProtocolContext, connection: PubSubConnection, group: string, isBinary: boolean, data: Buffer): void {
   const hub = ctx.hub(connection);
-  if (!hub || connection.ended) return;
+  if (!hub || !requestsGoOn(connection)) return;
   if (!connection.permissions.allows('sendToGroup', group)) {
     traced(hub, 'pubsub.publish', connection, group, 'Forbidden');
     ctx.groupSendFailed(connection, group, 'GroupSendForbidden', 'the connection lacks webpubsub.sendToGroup for the group');
@@ -467,9 +476,10 @@ function publishToGroup(ctx: ClientProtocolContext, connection: PubSubConnection
   connection.requestsInFlight++;
   const finished = () => requestDone(connection);
   traced(hub, 'pubsub.publish', connection, group, sent, () => data.length).then(finished, (err: Error) => {
-    // Ended first, so the frames waiting behind this one are not published after it (those already sent may be).
+    // Ended first, so the frames waiting behind this one are not published after it (those already sent may be);
+    // also when its client had left already (endConnection then only stops them).
     const code = err instanceof BusError && err.code === 'TooLarge' ? 'GroupSendTooLarge' : 'GroupSendFailed';
-    if (!connection.ended) {
+    if (!connection.endedByRelay) {
       ctx.groupSendFailed(connection, group, code, err.message);
       ctx.endConnection(connection, code);
     }

@@ -43,6 +43,8 @@ export class ConnectionLifecycle {
 
   /** Ends a connection for good: closes its socket with the code's close code and drops its session. */
   end(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void {
+    // Also once its client left: a sendToGroup-mode client's frames still waiting are not published after this.
+    connection.endedByRelay = true;
     if (connection.ended) return;
     if (code === 'SlowConsumer' || code === 'SessionBufferFull') {
       this.metrics.slowConsumerCloses.inc({ code });

@@ -63,6 +63,13 @@ export class PubSubConnection {
   /** Retries of an ackId in progress, answered with its outcome once it has one (holdRetry). */
   private readonly retriesHeld = new Map<number, number>();
   ended = false;
+  /**
+   * The relay ended it (ConnectionLifecycle.end: a frame not published, a REST close, a slow consumer, the drain), or
+   * wanted to once its client had left; not set when it ended by its client's leaving. A sendToGroup-mode client's
+   * frames read and still waiting their turn are published after it left (it has no acks: they were sent), not after
+   * the relay ended it.
+   */
+  endedByRelay = false;
   /** Aborted when the connection ends here (markEnded): a user event or invocation under way at a handler is cut. */
   private endedHere: AbortController | undefined;
   /**

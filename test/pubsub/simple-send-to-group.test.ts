@@ -12,6 +12,7 @@ import { HUB, PLAIN, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
+import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import type { ClientAccessOptions } from '../../src/pubsub/client-access-url.ts';
 
@@ -159,5 +160,28 @@ describe('a simple client in sendToGroup mode', () => {
     sender.ws.send('while frozen');
     assert.deepEqual(await withTimeout(sender.closed, 10000, 'the close'), { code: 1011, reason: 'GroupSendFailed' });
     nats.thaw();
+  });
+
+  it('publishes the frames a client sent before it closed (a device that sends its readings and leaves): its close does not drop those still waiting their turn', async (t) => {
+    const nats = await startNatsServer(t, 'n1');
+    const relay = await startTestRelay(t, {
+      bus: { kind: 'nats', servers: [nats.url], requestTimeoutMs: 1000, gatherStallMs: 50, jetstream: { storage: 'memory' } },
+      pubsub: { hubs: [{ name: HUB, accessKey: KEY, durable: true }] },
+      // Few at once: most frames wait their turn behind the store's answers when the close is read.
+      limits: { requestsInFlightPerConnection: 2 },
+    });
+    await until(() => relay.pubsub.followsStreams(), 20000, 'the durable hub to read its stream');
+    const json = await RawPubSubClient.connect(accessUrl(relay.url, { hub: HUB, key: KEY, groups: ['g'] }), PLAIN, t);
+    await json.waitFor((m) => m.event === 'connected');
+    const url = new URL(accessUrl(relay.url, { hub: HUB, key: KEY, roles: ['webpubsub.sendToGroup'] }) + SENDS_TO_G);
+    const device = await rawUpgrade(t, Number(url.port), url.pathname + url.search);
+    assert.equal(device.status, 101);
+    // 100 frames and a normal close in one write: all of them read before the close.
+    const frames = Array.from({ length: 100 }, (_, i) => maskedFrame(0x1, `r${i}`));
+    device.socket.write(Buffer.concat([...frames, maskedFrame(0x8, Buffer.from([0x03, 0xe8]))]));
+    device.socket.resume();
+    // Before: those still waiting behind the store when the close came were dropped (a few of 32 by default, most here).
+    await until(() => json.dataMessages().length === 100, 10000, 'every frame sent before the close');
+    assert.deepEqual(json.dataMessages().map((m) => m.data), Array.from({ length: 100 }, (_, i) => `r${i}`));
   });
 });
