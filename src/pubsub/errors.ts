@@ -68,7 +68,7 @@ export const PUBSUB_ERRORS = {
   // A simple client in sendToGroup mode (webpubsub_mode=sendToGroup) has no acks: what it sent that was not published ends it.
   GroupSendForbidden: { status: 403, closeCode: 1008, message: 'The connection may not send to its group (webpubsub_mode=sendToGroup needs the role webpubsub.sendToGroup or webpubsub.sendToGroup.<group>); this frame and those after it were not sent' },
   GroupSendTooLarge: { status: 413, closeCode: 1009, message: "The frame is larger than the cluster bus carries (its NATS servers' max_payload, or a durable hub's history.maxBytes, envelope included): it was not sent, nor were the frames that came after it but those already on their way with it" },
-  GroupSendFailed: { status: 503, closeCode: 1011, message: 'The frame could not be published to the group (the cluster bus or the event log did not take it); it was not sent, nor were the frames that came after it but those already on their way with it: reconnect and send again' },
+  GroupSendFailed: { status: 503, closeCode: 1011, message: 'The frame could not be published to the group (the cluster bus or the event log did not take it, or did not say it had: then it may still be, later); nor were the frames that came after it but those already on their way with it: reconnect' },
   ShuttingDown: { status: 503, closeCode: 1012, message: 'The relay is restarting: reconnect, another node will serve you' },
   BusUnavailable: { status: 503, message: 'The cluster bus is unreachable: this node acted on its own connections only' },
   StoreUnavailable: { status: 503, message: 'The event log (JetStream) did not store, confirm or read this; try again' },
