@@ -245,7 +245,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const start = () => {
       const mode = connection.sendToGroup === undefined ? undefined : 'sendToGroup';
       log.info({ event: 'pubsub.connected', hub: hub.name, connectionId: connection.id, protocol: connection.simple ? 'simple' : protocol, mode });
-      if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail: connection.simple ? 'simple' : protocol });
+      const detail = connection.simple ? (mode ? `simple, ${mode} ${connection.sendToGroup}` : 'simple') : protocol;
+      if (this.deps.metrics.trace.on) this.deps.metrics.trace.emit('pubsub.connected', { hub: hub.name, connectionId: connection.id, userId: connection.userId, detail });
       this.deps.events.systemEvent(hub.config, connection, 'connected', {});
       client.start();
     };
