@@ -269,12 +269,16 @@ const PING_EVERY_MS = 1000;
  */
 export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyValues, watchdogMs = 0): { ready: Promise<string>; signal(signal: NodeJS.Signals): void; stop(signal: NodeJS.Signals, graceMs: number): Promise<boolean> } {
   const workers = new Map<number, Worker>();
-  /**
-   * Workers that said they are ready: only these are sent SIGHUP. One still
-   * starting reads the config as it is anyway, and before its handler is in
-   * place a SIGHUP would end it.
-   */
+  /** Workers that said they are ready (a stop's exit code counts their exits). */
   const readyWorkers = new Set<Worker>();
+  /**
+   * Workers that listen: only these are sent SIGHUP. One still starting reads the config as it is anyway, and
+   * before its handler is in place a SIGHUP would end it. One that listens and is not ready yet (waiting for NATS
+   * or JetStream, up to bus.requestTimeoutMs and readyTimeoutMs) serves already and has its handler: it reloads
+   * once ready (config.reload_deferred). Before, only ready workers were sent it, and such a worker never
+   * reloaded (a SAS rule removed stayed valid on it until the next SIGHUP).
+   */
+  const listeningWorkers = new Set<Worker>();
   const sockets: Record<number, string> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
@@ -342,7 +346,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         const w = watched.get(worker);
         if (w) w.unansweredSince = undefined;
       } else if (message?.kind === 'edge-relay.reload-others') {
-        for (const other of readyWorkers) if (other !== worker) other.process.kill('SIGHUP');
+        for (const other of listeningWorkers) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
         tell(worker);
       } else if (message?.kind === 'edge-relay.listening') {
@@ -350,6 +354,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         if (workers.get(index) !== worker) return;
         // Every worker relays to it from now on, as it takes its share of new connections from now on.
         sockets[index] = message.privateSocket;
+        listeningWorkers.add(worker);
         watched.set(worker, { index, unansweredSince: undefined });
         tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
@@ -376,6 +381,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     });
     worker.on('exit', (code, signal) => {
       watched.delete(worker);
+      listeningWorkers.delete(worker);
       const wasReady = readyWorkers.delete(worker);
       // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
       // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)
@@ -408,7 +414,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
   return {
     ready,
     signal(signal) {
-      for (const worker of readyWorkers) worker.process.kill(signal);
+      for (const worker of listeningWorkers) worker.process.kill(signal);
     },
     async stop(signal, graceMs) {
       stopping = true;

@@ -15,7 +15,7 @@ import { edgeOverrides } from '../helpers/cluster.ts';
 import { exitedWithOutput } from '../helpers/exit.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { rawUpgrade } from '../helpers/raw-socket.ts';
-import { configFile, startServeProcess, tokenFor, wsUrl } from '../helpers/relay.ts';
+import { configFile, startServeProcess, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { echoListener, echoOnce, killWorkerUntilForkedAgain, workerPids } from '../helpers/workers.ts';
 
@@ -168,6 +168,28 @@ describe('serve --workers, workers dying and started again', { concurrency: 2 },
     assert.doesNotMatch(relay.stderr(), /worker \d is back/, `the window was over before the senders were done\n${said()}`);
     assert.ok(attempts.includes('echoed'), `${attempts.join('\n')}\n${said()}`);
     assert.doesNotMatch(relay.stderr(), /"event":"rendezvous\.unknown"/, said());
+  });
+
+  it('a SIGHUP to the primary reaches a worker started again that listens while it waits for NATS: it reloads once ready (before: only ready workers were sent it, and that one never reloaded)', async (t) => {
+    const nats = await startNatsServer(t);
+    // NATS away when the worker is started again: it listens at once, and says it is ready only after bus.requestTimeoutMs.
+    const overrides = edgeOverrides('hup', [nats.url], { bus: { requestTimeoutMs: 6000 }, timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, shutdownMs: 500 } });
+    const file = configFile(t, overrides);
+    const relay = await startServeProcess(t, ['--config', file, '--port', '0', '--workers', '2']);
+    const primary = relay.child.pid!;
+    await nats.kill();
+    await killWorkerUntilForkedAgain(primary);
+    const listening = () => relay.stderr().match(/"event":"relay\.listening"/g)?.length ?? 0;
+    await until(() => listening() === 3, 15000, 'the new worker to listen');
+    writeFileSync(file, JSON.stringify(testConfig({ ...overrides, limits: { pendingPerEntity: 77 } })));
+    process.kill(primary, 'SIGHUP');
+    const reloaded = (node: string) => new RegExp(`"node":"${node}"[^\n]*"event":"config\\.reloaded"`).test(relay.stderr());
+    await until(() => reloaded('hup-w1') || reloaded('hup-w2'), 10000, 'the worker that was ready to reload');
+    assert.doesNotMatch(relay.stderr(), /worker \d is back/, 'the SIGHUP came while the new worker waited for NATS');
+    // Before: the new worker was not sent the SIGHUP, and never reloaded.
+    await until(() => /"event":"config\.reload_deferred"/.test(relay.stderr()), 5000, 'the new worker to owe the reload');
+    await until(() => /worker \d is back/.test(relay.stderr()), 20000, 'the new worker to be ready');
+    await until(() => reloaded('hup-w1') && reloaded('hup-w2'), 10000, `both workers to reload\n${relay.stderr().slice(-2000)}`);
   });
 
   it('answers a leg naming no worker that is up, keeps its private sockets in a folder of its own, and says when a worker was cut', async (t) => {
