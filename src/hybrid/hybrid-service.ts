@@ -266,7 +266,9 @@ export class HybridService {
       void this.cluster.listenersChanged(target, this.routableListeners(target));
       log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
-      this.announce('listener.online', target, this.listeners.count(target.key));
+      const where = this.presenceOf(target);
+      if (where) this.announcedTo.set(channel, where);
+      this.announce('listener.online', target, this.listeners.count(target.key), where);
     });
     // `ws` answered the upgrade itself without opening (a malformed handshake: 400), or dropped a
     // socket the client had closed meanwhile: what was held for this listener goes unless others hold it.
@@ -316,7 +318,9 @@ export class HybridService {
       this.letGoIfUnused(channel.entity);
       channel.log.info({ event: 'listener.disconnected', listener: channel.id, code, listeners: left, ...channel.complaints.leftOutField });
       if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.disconnected', { entity: channel.entity.name, connectionId: channel.id, code: String(code), detail: `${left} on this edge` });
-      this.announce('listener.offline', channel.entity, left);
+      // Where the config says now; else where its coming was said (a reload removed its entity, or the entity's
+      // presence): before, no notice, and the group counted it online for good.
+      this.announce('listener.offline', channel.entity, left, this.presenceOf(channel.entity) ?? this.announcedTo.get(channel));
       if (channel.overLimit) {
         // ws closed it for a message over maxPayload (1009) or in more parts than it allows (1008; control-channel.ts).
         this.ctx.metrics.limitRefused('controlMessageBytes');
@@ -326,8 +330,15 @@ export class HybridService {
     },
   };
 
-  private announce(type: ListenerPresenceNotice['type'], entity: HybridEntity, listeners: number): void {
-    const where = this.config.hybridConnections.find((hc) => asciiLowerCase(hc.name) === entity.key)?.presence;
+  /** Where the live config has an entity's listener presence published, if anywhere. */
+  private presenceOf(entity: HybridEntity): { hub: string; group: string } | undefined {
+    return this.config.hybridConnections.find((hc) => asciiLowerCase(hc.name) === entity.key)?.presence;
+  }
+
+  /** Where each listener's coming was announced. */
+  private readonly announcedTo = new WeakMap<ControlChannel, { hub: string; group: string }>();
+
+  private announce(type: ListenerPresenceNotice['type'], entity: HybridEntity, listeners: number, where: { hub: string; group: string } | undefined): void {
     if (!where || !this.presence) return;
     this.presence({ type, entity: entity.name, listeners, edge: this.config.nodeId, hub: where.hub, group: where.group });
   }

@@ -3,11 +3,12 @@
 // message to the hub group, so cloud apps subscribe instead of polling
 // /$relay/status.
 import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { buildConfig } from '../../src/config/load.ts';
+import { buildConfig, loadConfig } from '../../src/config/load.ts';
 import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { HUB, PLAIN, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay } from '../helpers/pubsub.ts';
-import { testConfig } from '../helpers/relay.ts';
+import { configFile, startTestRelay, testConfig } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
 describe('listener presence', () => {
@@ -34,6 +35,31 @@ describe('listener presence', () => {
         ['listener.online', 'echo', 2, 'test-node'],
         ['listener.offline', 'echo', 1, 'test-node'],
         ['listener.offline', 'echo', 0, 'test-node'],
+      ],
+    );
+  });
+
+  it('publishes listener.offline for a listener a reload closes by removing its entity (before: nothing, and the group counted it online for good)', async (t) => {
+    const withEcho = pubsubOverrides({
+      nodeId: 'test-node',
+      hybridConnections: [{ name: 'echo', requiresClientAuthorization: true, presence: { hub: HUB, group: 'listeners' } }],
+    });
+    const file = configFile(t, withEcho);
+    const relay = await startTestRelay(t, withEcho, { loadConfig: () => loadConfig(file, {}, {}) });
+    const watcher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
+    await watcher.request({ type: 'joinGroup', group: 'listeners' });
+    await startHycoHttpsListener(t, relay.url, (_req, res) => res.end());
+    await until(() => watcher.dataMessages().length === 1, 5000, 'online');
+    writeFileSync(file, JSON.stringify(testConfig(pubsubOverrides({ nodeId: 'test-node', hybridConnections: [] }))));
+    const outcome = relay.reload('api');
+    assert.ok(outcome.ok, JSON.stringify(outcome));
+    assert.deepEqual((outcome.changes as { entitiesRemoved: string[] }).entitiesRemoved, ['echo']);
+    await until(() => watcher.dataMessages().length === 2, 5000, 'offline once the reload closed the listener');
+    assert.deepEqual(
+      watcher.dataMessages().map((m) => [m.data.type, m.data.entity, m.data.listeners]),
+      [
+        ['listener.online', 'echo', 1],
+        ['listener.offline', 'echo', 0],
       ],
     );
   });
