@@ -14,7 +14,12 @@ import { decodeEnvelope, encodeEnvelope } from './envelope.ts';
 /** Who a pub/sub message or operation is for. */
 export type Target = { kind: 'all' } | { kind: 'group' | 'user' | 'connection'; name: string };
 
-export type DataType = 'json' | 'text' | 'binary';
+/**
+ * How a message's data is typed (Azure Web PubSub's dataType): json travels as its JSON text, text as a JSON
+ * string, binary and protobuf (the bytes of a google.protobuf.Any, as @azure/web-pubsub-client sends it with
+ * dataType 'protobuf') as base64 in a JSON string.
+ */
+export type DataType = 'json' | 'text' | 'binary' | 'protobuf';
 
 /** A pub/sub data message without its data (which travels as the body, already JSON). */
 export interface DataMessageHead {

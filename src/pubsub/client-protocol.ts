@@ -191,7 +191,7 @@ function eventPayload(frame: string, m: Upstream): string {
   return dataType === 'json' ? dataTextOf(frame, m) : (m.data as string);
 }
 
-const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary'];
+const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary', 'protobuf'];
 
 /** A data type named in any ASCII case, as the schema and every receiver take it (lower case); anything else as it was, for the schema to refuse. */
 function canonicalDataType(given: string): DataType {
@@ -202,7 +202,7 @@ function canonicalDataType(given: string): DataType {
 /** A message's payload size in bytes, as its receivers get it: UTF-8 text, decoded binary, or the JSON text. */
 function payloadBytes(dataType: string, data: unknown, dataJson: string): number {
   if (dataType === 'text' && typeof data === 'string') return Buffer.byteLength(data, 'utf8');
-  if (dataType === 'binary' && typeof data === 'string') return Buffer.byteLength(data, 'base64');
+  if ((dataType === 'binary' || dataType === 'protobuf') && typeof data === 'string') return Buffer.byteLength(data, 'base64');
   return Buffer.byteLength(dataJson, 'utf8');
 }
 

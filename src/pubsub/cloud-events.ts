@@ -87,6 +87,8 @@ const CONTENT_TYPES: Record<DataType, string> = {
   json: 'application/json',
   text: 'text/plain; charset=utf-8',
   binary: 'application/octet-stream',
+  // As Azure sends an event whose data is protobuf ("the Content-Type for the CloudEvents HTTP request is application/x-protobuf").
+  protobuf: 'application/x-protobuf',
 };
 
 /** Largest ce-connectionState kept for a connection. */
@@ -113,10 +115,10 @@ export function signature(accessKeys: string[], connectionId: string): string {
 
 /**
  * The body of a user event from its payload as the client sent it: the
- * data's JSON text (json, as written), UTF-8 text, or base64 decoded.
+ * data's JSON text (json, as written), UTF-8 text, or base64 decoded (binary, protobuf).
  */
 export function userEventBody(dataType: DataType, payload: string): Buffer {
-  if (dataType === 'binary') return Buffer.from(payload, 'base64');
+  if (dataType === 'binary' || dataType === 'protobuf') return Buffer.from(payload, 'base64');
   return Buffer.from(payload, 'utf8');
 }
 

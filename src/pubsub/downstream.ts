@@ -66,8 +66,8 @@ export class SharedMessage {
 
   /**
    * The frame for simple WebSocket clients: the data alone, without the JSON
-   * envelope, as sent: JSON as its text, text as text, binary as a binary
-   * frame. Built on first use.
+   * envelope, as sent: JSON as its text, text as text, binary and protobuf
+   * as a binary frame. Built on first use.
    */
   rawFrame(): Buffer {
     if (!this.raw) {
@@ -119,7 +119,7 @@ export function isDataOfType(dataType: DataType, dataJson: string): boolean {
   }
 }
 
-const DATA_TYPES: readonly unknown[] = ['json', 'text', 'binary'];
+const DATA_TYPES: readonly unknown[] = ['json', 'text', 'binary', 'protobuf'];
 
 /**
  * True when `body` is what a SharedMessage holds: `{` + body is a data
