@@ -19,11 +19,10 @@ import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
-import { handleClientFrame, handleSimpleFrame, takeNextEvents, type ClientProtocolContext } from './client-protocol.ts';
+import { handleClientFrame, handleProtobufFrame, handleSimpleFrame, takeNextEvents, type ClientProtocolContext } from './client-protocol.ts';
 import { clientCertificatesOf } from './client-certificates.ts';
 import type { ConnectBody, ConnectOutcome, EventDispatcher } from './cloud-events.ts';
 import type { ConnectionLifecycle } from './connection-lifecycle.ts';
-import { connectedFrame } from './downstream.ts';
 import { failUpgrade } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
@@ -96,12 +95,8 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (!upgrade) return failUpgrade(duplex, 'BadRequest', 'Not a WebSocket version 13 upgrade');
     const hub = this.deps.hub(hubName);
     if (!hub) return failUpgrade(duplex, 'HubNotFound');
-    // No Web PubSub subprotocol offered: a simple WebSocket client.
+    // No Web PubSub subprotocol offered (JSON or protobuf): a simple WebSocket client.
     const protocol = upgrade.protocols.find(isWebPubSubProtocol);
-    // Only Azure's protobuf subprotocols offered: taken as a simple client, its SDK would fail on the missing subprotocol, saying nothing useful.
-    if (!protocol && upgrade.protocols.length > 0 && upgrade.protocols.every((p) => /^protobuf\.(reliable\.)?webpubsub\.azure\.v1$/.test(p))) {
-      return failUpgrade(duplex, 'BadRequest', `Subprotocol ${upgrade.protocols.join(', ')} is not supported: use json.reliable.webpubsub.azure.v1 or json.webpubsub.azure.v1`);
-    }
     // A simple client's mode is fixed by its query: a mode it cannot have is refused before anything else is asked.
     const mode = protocol ? undefined : simpleClientModeOf(params);
     if (mode && !mode.ok) return failUpgrade(duplex, 'BadRequest', mode.detail);
@@ -239,7 +234,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     /** `connected` goes first, before any message (a reliable session's held ones follow it). */
     const attach = () => {
       connection.attach(client);
-      if (!connection.simple) connection.sendControl(connectedFrame(connection.id, connection.userId, connection.session?.reconnectionToken));
+      if (!connection.simple) connection.sendControl(connection.frames.connected(connection.id, connection.userId, connection.session?.reconnectionToken));
     };
     /** Once it is in the hub: said, and its frames read (those that came with the upgrade first). */
     const start = () => {
@@ -301,6 +296,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const connection = socket.owner;
     if (connection.socket !== socket || connection.ended) return;
     if (connection.simple) handleSimpleFrame(this.deps.protocol, connection, isBinary, data);
+    else if (connection.wire === 'protobuf') handleProtobufFrame(this.deps.protocol, connection, data);
     else handleClientFrame(this.deps.protocol, connection, isBinary, data);
   }
 

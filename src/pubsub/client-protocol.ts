@@ -19,7 +19,8 @@ import { BusError } from '../bus/bus.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validateInvocationId, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, GroupLimitReached, type AckErrorName, type PubSubErrorCode } from './errors.ts';
-import { PONG_FRAME, ackFrame, invokeAnsweredFrame, invokeFailedFrame, type DataType } from './downstream.ts';
+import { PONG_FRAME, invokeAnsweredFrame, invokeFailedFrame, type DataType } from './downstream.ts';
+import { WireError, readUpstream, type UpstreamReading } from './protobuf-protocol.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import type { UserEventResult } from './cloud-events.ts';
@@ -63,7 +64,7 @@ interface Upstream {
 function ack(ctx: ClientProtocolContext, connection: PubSubConnection, ackId: number | undefined, error?: AckErrorName, detail?: string): void {
   if (ackId === undefined) return;
   ctx.countAck(error ?? 'success');
-  connection.sendControl(ackFrame(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
+  connection.sendControl(connection.frames.ack(ackId, error ? { name: error, message: detail ?? ACK_ERRORS[error] } : undefined));
 }
 
 /**
@@ -82,8 +83,35 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
   // Azure takes a message in a binary frame as UTF-8 ("UTF8 encoded binaries for binary message frames"): a client
   // library that sends bytes (ws.send(Buffer)) is served; before, it was closed 1003. Bytes that are not UTF-8: 1007.
   if (isBinary && !isUtf8(data)) return ctx.endConnection(connection, 'BinaryFrame');
+  handleClientMessage(ctx, connection, data.toString('utf8'));
+}
+
+/**
+ * A frame from a client on a protobuf subprotocol (protobuf-protocol.ts): read into the JSON message it means,
+ * which goes the JSON way from there. Bytes that are not an UpstreamMessage end the connection (InvalidMessage),
+ * as a JSON frame that is not JSON does; a message of no kind the protocol knows is ignored; a json_data that is
+ * not JSON is refused BadRequest under its ackId.
+ */
+export function handleProtobufFrame(ctx: ClientProtocolContext, connection: PubSubConnection, data: Buffer): void {
+  let reading: UpstreamReading;
+  try {
+    reading = readUpstream(data);
+  } catch (err) {
+    if (err instanceof WireError) return ctx.endConnection(connection, 'InvalidMessage', `The frame is not a protobuf UpstreamMessage: ${err.message}`);
+    throw err;
+  }
+  if (reading.kind === 'none') return;
+  if (reading.kind === 'refused') {
+    if (reading.ackId === undefined) return;
+    ctx.countAck('BadRequest');
+    return connection.sendControl(connection.frames.ack(reading.ackId, { name: 'BadRequest', message: reading.detail }));
+  }
+  handleClientMessage(ctx, connection, reading.text);
+}
+
+/** A client's message as JSON text: checked against the schemas, and acted on. */
+function handleClientMessage(ctx: ClientProtocolContext, connection: PubSubConnection, text: string): void {
   let message: unknown;
-  const text = data.toString('utf8');
   try {
     // Bounded nesting: parsed values are walked (ajv), and receivers parse the data again (bounded-json.ts).
     message = parseJson(text);
@@ -105,7 +133,7 @@ export function handleClientFrame(ctx: ClientProtocolContext, connection: PubSub
     if (written.length > MAX_ECHOED_ACK_ID) return ctx.endConnection(connection, 'InvalidMessage');
     ctx.countAck('BadRequest');
     const detail = 'ackId must be an integer from 0 to 2^53 - 1';
-    return connection.sendControl(ackFrame(written, { name: 'BadRequest', message: detail }));
+    return connection.sendControl(connection.frames.ack(written, { name: 'BadRequest', message: detail }));
   }
   // Azure's .NET client writes dataType as its enum's names ("Json", "Text", "Binary") and Azure takes them: before,
   // every send and event of that SDK was refused BadRequest (and a fire-and-forget one lost without a word).

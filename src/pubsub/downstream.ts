@@ -9,7 +9,7 @@ import { ownBytes, owned } from '../collections/own-bytes.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { encodeTextFrame } from '../websocket/message-socket.ts';
-import type { LoggedMessage, SequencedParts } from './message-log.ts';
+import type { LoggedMessage, ProtobufParts, SequencedParts } from './message-log.ts';
 
 export type { DataType };
 
@@ -37,6 +37,8 @@ export class SharedMessage {
   leftBehind = false;
   /** Its sequenced copies' shared parts, once a reliable recipient got it (sequencedParts). */
   sequenced: SequencedParts | undefined = undefined;
+  /** Its DataMessage for protobuf clients, once one got it (protobuf-protocol.ts). */
+  protobuf: ProtobufParts | undefined = undefined;
   /** Past this time (ms since epoch) it goes to nobody who does not have it yet: a REST send's messageTtlSeconds. */
   readonly expiresAt: number | undefined;
 

@@ -21,6 +21,13 @@ export interface SequencedParts {
   readonly tail: Buffer;
 }
 
+/** What every protobuf recipient's copy of a message shares (protobuf-protocol.ts): the DataMessage's fields but the sequence id. */
+export interface ProtobufParts {
+  fields: Buffer;
+  /** The whole frame of a DownstreamMessage without a sequence id (plain clients), built on first use. */
+  plain?: Buffer;
+}
+
 /** A message as sessions buffer it. `logIndex` is where the log last put it (so a message delivered to many sessions is added once). */
 export interface LoggedMessage {
   readonly body: Buffer;
@@ -31,6 +38,8 @@ export interface LoggedMessage {
   logIndex?: number;
   /** What its sequenced copies share, once a reliable recipient got it (downstream.ts, sequencedParts). */
   sequenced?: SequencedParts;
+  /** Its DataMessage for protobuf clients, once one got it (protobuf-protocol.ts). */
+  protobuf?: ProtobufParts;
   /** Past this time (ms since epoch) it is not sent again: a REST send's messageTtlSeconds. */
   readonly expiresAt?: number;
   /** Called when the log first holds it: what it keeps is copied out of memory it shares (collections/own-bytes.ts). */

@@ -8,8 +8,17 @@
 // from the hub's stream: session-catch-up.ts).
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
-import { disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
-import { hasExpired } from './message-log.ts';
+import { ackFrame, connectedFrame, disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
+import {
+  PROTOBUF_PROTOCOL,
+  PROTOBUF_RELIABLE_PROTOCOL,
+  protobufAckFrame,
+  protobufConnectedFrame,
+  protobufDataFrame,
+  protobufDisconnectedFrame,
+  protobufNumberedFrame,
+} from './protobuf-protocol.ts';
+import { hasExpired, type LoggedMessage } from './message-log.ts';
 import { ReliableSession } from './reliable-session.ts';
 import { LiveSessionLimits } from './live-limits.ts';
 import type { MessageSocket } from '../websocket/message-socket.ts';
@@ -19,11 +28,35 @@ const RETRIES_HELD_PER_ACK_ID = 16;
 
 export const PLAIN_PROTOCOL = 'json.webpubsub.azure.v1';
 export const RELIABLE_PROTOCOL = 'json.reliable.webpubsub.azure.v1';
-export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL] as const;
+export const SUPPORTED_PROTOCOLS = [RELIABLE_PROTOCOL, PLAIN_PROTOCOL, PROTOBUF_RELIABLE_PROTOCOL, PROTOBUF_PROTOCOL] as const;
 
-/** True for a Web PubSub JSON subprotocol; anything else (none included) makes a simple WebSocket client. */
+/** True for a Web PubSub subprotocol (JSON or protobuf); anything else (none included) makes a simple WebSocket client. */
 export function isWebPubSubProtocol(protocol: string): boolean {
   return (SUPPORTED_PROTOCOLS as readonly string[]).includes(protocol);
+}
+
+/** How a client's frames are written: a simple client's raw data, or a subprotocol's JSON or protobuf messages. */
+export type ClientWire = 'simple' | 'json' | 'protobuf';
+
+export function wireOf(protocol: string): ClientWire {
+  if (protocol === PROTOBUF_PROTOCOL || protocol === PROTOBUF_RELIABLE_PROTOCOL) return 'protobuf';
+  return isWebPubSubProtocol(protocol) ? 'json' : 'simple';
+}
+
+/** The control messages of a subprotocol's clients: acks, and the system messages connected and disconnected. */
+export interface ControlFrames {
+  /** `ackId` a number, or the digits of one the client wrote past 2^53 - 1. */
+  ack(ackId: number | string, error?: { name: string; message: string }): Buffer;
+  connected(connectionId: string, userId: string | null, reconnectionToken?: string): Buffer;
+  disconnected(message: string): Buffer;
+}
+
+const JSON_FRAMES: ControlFrames = { ack: ackFrame, connected: connectedFrame, disconnected: disconnectedFrame };
+const PROTOBUF_FRAMES: ControlFrames = { ack: protobufAckFrame, connected: protobufConnectedFrame, disconnected: protobufDisconnectedFrame };
+
+/** The control frames of clients of `wire` (a simple client gets none). */
+export function controlFramesOf(wire: ClientWire): ControlFrames {
+  return wire === 'protobuf' ? PROTOBUF_FRAMES : JSON_FRAMES;
 }
 
 /** An event for a session being taken from another node, kept until the hand-over completes. */
@@ -90,6 +123,10 @@ export class PubSubConnection {
   handover: { taking?: TakenEvent[]; givingTimer?: NodeJS.Timeout; givingTo?: string } | undefined;
   /** A simple WebSocket client (no Web PubSub subprotocol): raw frames both ways, each frame a `message` event. */
   readonly simple: boolean;
+  /** How its frames are written (wireOf its protocol). */
+  readonly wire: ClientWire;
+  /** Its acks and system messages, in its subprotocol's encoding. */
+  readonly frames: ControlFrames;
   /** ce-connectionState as an event handler last set it (cloud-events.ts). */
   states: string | undefined;
   /** connected/disconnected events still to deliver to the event handler, in order. */
@@ -125,8 +162,10 @@ export class PubSubConnection {
     private readonly limits: ConnectionLimits,
     reconnectionToken?: string,
   ) {
-    this.simple = !isWebPubSubProtocol(protocol);
-    if (protocol === RELIABLE_PROTOCOL) {
+    this.wire = wireOf(protocol);
+    this.simple = this.wire === 'simple';
+    this.frames = controlFramesOf(this.wire);
+    if (protocol === RELIABLE_PROTOCOL || protocol === PROTOBUF_RELIABLE_PROTOCOL) {
       this.session = new ReliableSession(new LiveSessionLimits(limits), reconnectionToken);
     }
   }
@@ -306,7 +345,7 @@ export class PubSubConnection {
       // one message of the largest size a client may send close every plain
       // member of its group. A queue holds at most the cap plus one message.
       if (socket.bufferedBytes >= this.limits.outboundBufferBytes) return 'SlowConsumer';
-      socket.writeFrame(this.simple ? message.rawFrame() : message.plainFrame());
+      socket.writeFrame(this.wire === 'json' ? message.plainFrame() : this.simple ? message.rawFrame() : protobufDataFrame(message));
       return undefined;
     }
     // Behind the live flow (a durable hub's session whose buffer was full): it reads this event later (session-catch-up.ts).
@@ -326,10 +365,8 @@ export class PubSubConnection {
     }
     const socket = this.socket;
     if (socket && session.writtenUpTo === sequenceId - 1 && (expired || !socket.isFull(this.limits.outboundBufferBytes))) {
-      if (!expired) {
-        const { head, tail } = sequencedParts(message);
-        socket.writeNumberedText(head, sequenceId, tail);
-      } else session.noteExpiredUnsent(sequenceId);
+      if (!expired) this.writeNumbered(socket, message, sequenceId);
+      else session.noteExpiredUnsent(sequenceId);
       session.writtenUpTo = sequenceId;
     }
     return undefined;
@@ -354,13 +391,18 @@ export class PubSubConnection {
       const message = session.messageAt(id);
       if (!message) break;
       // A client takes ids with gaps (it acknowledges the highest it has): the skipped one is acknowledged with the next.
-      if (!hasExpired(message, now)) {
-        const { head, tail } = sequencedParts(message);
-        socket.writeNumberedText(head, id, tail);
-      } else session.noteExpiredUnsent(id);
+      if (!hasExpired(message, now)) this.writeNumbered(socket, message, id);
+      else session.noteExpiredUnsent(id);
       session.writtenUpTo = id;
     }
     return session.takeExpiredUnsent();
+  }
+
+  /** Writes a reliable session's message with its sequence id, as its subprotocol has it. */
+  private writeNumbered(socket: MessageSocket, message: LoggedMessage, sequenceId: number): void {
+    if (this.wire === 'protobuf') return socket.writeFrame(protobufNumberedFrame(message, sequenceId));
+    const { head, tail } = sequencedParts(message);
+    socket.writeNumberedText(head, sequenceId, tail);
   }
 
   /**
@@ -389,7 +431,7 @@ export class PubSubConnection {
       if (this.awaitingConnected) this.closeWanted ??= { code, reason };
       return;
     }
-    closeClientSocket(socket, this.simple, code, reason);
+    closeClientSocket(socket, this.wire, code, reason);
   }
 }
 
@@ -398,8 +440,8 @@ export class PubSubConnection {
  * only), then the code's close code with the code as reason, the close handshake bounded by timeouts.closeHandshakeMs
  * (message-socket.ts). Also for a socket its connection no longer has (a session recovered on another one).
  */
-export function closeClientSocket(socket: MessageSocket, simple: boolean, code: PubSubErrorCode, reason?: string): void {
+export function closeClientSocket(socket: MessageSocket, wire: ClientWire, code: PubSubErrorCode, reason?: string): void {
   const spec = PUBSUB_ERRORS[code];
-  if (!simple) socket.writeFrame(disconnectedFrame(reason ?? spec.message));
+  if (wire !== 'simple') socket.writeFrame(controlFramesOf(wire).disconnected(reason ?? spec.message));
   socket.close('closeCode' in spec ? spec.closeCode : 1000, code);
 }

@@ -118,7 +118,7 @@ export class SessionHandover {
         connection.detach(Date.now());
         // A socket still open (its client reconnected to the taking edge without closing it) is told and closed, not
         // dropped, as on a recovery on this edge (session-recovery.ts).
-        if (socket) closeClientSocket(socket, connection.simple, 'SessionMoved');
+        if (socket) closeClientSocket(socket, connection.wire, 'SessionMoved');
         connection.handover = {
           givingTimer: setTimeout(() => {
             connection.handover = undefined;

@@ -9,10 +9,9 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
-import { connectedFrame, disconnectedFrame } from './downstream.ts';
 import { PUBSUB_ERRORS, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
-import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
+import { closeClientSocket, controlFramesOf, wireOf, type PubSubConnection } from './pubsub-connection.ts';
 import { takeNextEvents } from './client-protocol.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
 
@@ -76,7 +75,7 @@ export class SessionRecovery {
     }
     if (this.shuttingDown()) {
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
-      return this.refuse(r.socket, 'ShuttingDown');
+      return this.refuse(r, 'ShuttingDown');
     }
     // (A drain leaves the bus too: its clients are told to go elsewhere, above.)
     if (hub.removed) return this.hubRemoved(r);
@@ -98,10 +97,10 @@ export class SessionRecovery {
     const deferred = (reason: string) => {
       if (this.deferredTooLong(key)) {
         this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason, ms: this.giveUpAfterMs() });
-        return this.refuse(r.socket, 'SessionNotFound');
+        return this.refuse(r, 'SessionNotFound');
       }
       this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason });
-      return this.refuse(r.socket, 'SessionUnavailable');
+      return this.refuse(r, 'SessionUnavailable');
     };
     // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
     // the client give up a session that lived on).
@@ -140,7 +139,7 @@ export class SessionRecovery {
     const session = connection?.session;
     if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
       this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
-      return this.refuse(r.socket, 'SessionNotFound');
+      return this.refuse(r, 'SessionNotFound');
     }
     // Shutdown began while the session was being taken: it is let go again
     // (a durable hub writes its checkpoint; on core NATS this edge still hands
@@ -150,7 +149,7 @@ export class SessionRecovery {
       this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
       if (!connection.socket) connection.detach(Date.now());
       void hub.durable?.releaseAll();
-      return this.refuse(r.socket, 'ShuttingDown');
+      return this.refuse(r, 'ShuttingDown');
     }
     // The client went away while the session was being taken: its socket's
     // 'close' has passed, and a socket wrapped now would never report one, so
@@ -172,10 +171,10 @@ export class SessionRecovery {
     // told the session moved and closed, the handshake bounded; its close changes nothing (the connection is on the
     // new one). Before, it was dropped without a close frame: 1006, which a client still on it takes for a drop, and
     // recovers from, taking the session back.
-    if (previous) closeClientSocket(previous, connection.simple, 'SessionMoved');
+    if (previous) closeClientSocket(previous, connection.wire, 'SessionMoved');
     this.metrics.sessionsRecovered.inc({ from: heldHere ? 'this_node' : 'other_node' });
     if (this.metrics.trace.on) this.metrics.trace.emit('pubsub.recovered', { hub: hub.name, connectionId, userId: connection.userId, detail: heldHere ? 'held here' : 'from another edge' });
-    connection.sendControl(connectedFrame(connection.id, connection.userId, session.reconnectionToken));
+    connection.sendControl(connection.frames.connected(connection.id, connection.userId, session.reconnectionToken));
     hub.flushSession(connection);
     this.log.info({
       event: 'pubsub.recovered',
@@ -223,14 +222,15 @@ export class SessionRecovery {
   private hubRemoved(r: RecoveryRequest): void {
     const why = 'the hub was removed from the configuration';
     this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, reason: why });
-    this.refuse(r.socket, 'ClosedByServer', why);
+    this.refuse(r, 'ClosedByServer', why);
   }
 
   /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
-  private refuse(socket: Socket, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable' | 'ClosedByServer', message: string = PUBSUB_ERRORS[code].message): void {
+  private refuse(r: RecoveryRequest, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable' | 'ClosedByServer', message: string = PUBSUB_ERRORS[code].message): void {
     this.metrics.recoveriesRefused.inc({ reason: code });
-    const refused = new MessageSocket(socket, null, IGNORE_EVENTS, this.socketOptions);
-    refused.writeFrame(disconnectedFrame(message));
+    const refused = new MessageSocket(r.socket, null, IGNORE_EVENTS, this.socketOptions);
+    // In the subprotocol the client asked for (a protobuf client cannot read a JSON message).
+    refused.writeFrame(controlFramesOf(wireOf(r.protocol)).disconnected(message));
     refused.close(PUBSUB_ERRORS[code].closeCode, code);
   }
 }

@@ -219,7 +219,7 @@ export class StreamSessions {
     // A socket still open (its client reconnected elsewhere without closing it) is told and closed, not dropped
     // (session-recovery.ts does the same for a session recovered on the edge holding it); at shutdown it is
     // closing already (1012), and its handshake goes on, bounded.
-    if (socket) closeClientSocket(socket, connection.simple, claimSeq === undefined ? 'ShuttingDown' : 'SessionMoved');
+    if (socket) closeClientSocket(socket, connection.wire, claimSeq === undefined ? 'ShuttingDown' : 'SessionMoved');
     if (checkpoint) {
       const releasedBy = claimSeq ?? RELEASED_AT_SHUTDOWN;
       const ackIds = connection.answeredAckIds().slice(-MAX_ACK_IDS_HANDED_OVER);
