@@ -84,6 +84,8 @@ export interface DurableEvents {
   sessionEnded(connection: PubSubConnection): void;
   /** Ends the session of a connection no edge holds (a REST close; its edge was killed): no edge takes it again. */
   endUnheldSession(connectionId: string): Promise<void>;
+  /** Whether the connection's reliable session is kept as its checkpoint alone (its edge went away): no edge holds it. */
+  sessionKeptUnheld(connectionId: string): Promise<boolean>;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
   /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say). */
@@ -380,7 +382,9 @@ export class ClusterHub {
    * Grants, revokes or checks a permission on the connection, wherever it is:
    * `absent` when the connection (or, for HEAD, the grant) is not there;
    * `full` when a grant or revoke for one more group would pass
-   * limits.groupsPerConnection groups named for that permission.
+   * limits.groupsPerConnection groups named for that permission; `unheld`
+   * when a grant or revoke finds the connection's session on a durable hub
+   * held by no edge (nothing changed: to be tried again).
    */
   async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
@@ -389,7 +393,12 @@ export class ClusterHub {
     const answers = await this.cluster.call(target, 0, { op: 'ps.permission', ...this.from, connectionId, method, permission, group });
     if (answers.some((a) => a.full)) return 'full';
     if (answers.some((a) => a.unstored)) return 'unstored';
-    return answers.some((a) => a.count > 0) ? 'applied' : 'absent';
+    if (answers.some((a) => a.count > 0)) return 'applied';
+    // No edge holds it, but a durable hub may keep its reliable session for any edge to take (its edge was killed or
+    // drained, its client not back yet): a grant or revoke would change nothing there, and the take would bring the
+    // old permissions back. Before, a revoke was answered 204 and the recovered session kept the permission.
+    if (method !== 'HEAD' && answers.length === 0 && this.durable && (await this.durable.sessionKeptUnheld(connectionId))) return 'unheld';
+    return 'absent';
   }
 
   /** The other edges heard on this hub lately (node ids). */

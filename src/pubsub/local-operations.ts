@@ -57,9 +57,10 @@ export type AskedOperation = PsClose | PsGroups | PsExists | PsList | PsPermissi
 
 /**
  * What a REST permission call came to on the connection: done (or, for HEAD, held), no such connection, one group
- * too many, or (a durable hub) changed but not stored in the session's checkpoint: the caller should try again.
+ * too many, or (a durable hub) changed but not stored in the session's checkpoint, or not changed because no edge
+ * holds its session (kept as its checkpoint alone, for its client to recover): the caller should try again.
  */
-export type PermissionOutcome = 'applied' | 'absent' | 'full' | 'unstored';
+export type PermissionOutcome = 'applied' | 'absent' | 'full' | 'unstored' | 'unheld';
 
 /** Connection ids in code-unit order, the order pages of a group's members follow. */
 export function byConnectionId(a: GroupMember, b: GroupMember): number {

@@ -497,6 +497,12 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   // with no error): it holds nothing to revoke. A grant or a check of one that does not exist is 404.
   if (outcome === 'absent') return method === 'DELETE' ? NO_CONTENT : 'NotFound';
   if (outcome === 'unstored') return { code: 'StoreUnavailable', detail: `${PUBSUB_ERRORS.StoreUnavailable.message} (the session's checkpoint with the change)` };
+  if (outcome === 'unheld') {
+    return {
+      code: 'SessionUnavailable',
+      detail: "the connection's reliable session is held by no edge right now (its edge went away, its client has not recovered it yet): nothing was changed; try again",
+    };
+  }
   if (outcome === 'full') {
     return { code: 'BadRequest', detail: `the connection names as many groups for ${name} as limits.groupsPerConnection allows: grant or revoke it for every group instead` };
   }

@@ -255,6 +255,23 @@ export class SessionTakes {
     }
   }
 
+  /**
+   * True when the connection's reliable session is kept only as its checkpoint (its edge went away, and its client
+   * has not recovered it yet): no edge holds it, and any edge may take it. A REST permission change cannot be made
+   * to it (what it would change travels in the checkpoint, which the edge that takes the session reads). Throws
+   * StoreError when the store does not answer.
+   */
+  async keptUnheld(connectionId: string): Promise<boolean> {
+    if (!CONNECTION_ID.test(connectionId) || this.checkpoints.ending(connectionId)) return false;
+    try {
+      const found = await this.checkpoints.read(connectionId);
+      return found !== undefined && !found.ended;
+    } catch (err) {
+      if (!(err instanceof SessionUnavailable)) throw err;
+      throw new StoreError(`not read: whether the connection's session is kept could not be told (${err.message})`);
+    }
+  }
+
   /** Throws SessionUnavailable once a reload removed the hub: a take under way goes no further (session-recovery.ts says why). */
   private stopIfRemoved(): void {
     if (this.removedByReload) throw new SessionUnavailable('the hub was removed from the configuration');

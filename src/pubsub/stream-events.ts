@@ -397,6 +397,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
     this.sessions.ended(connection);
   }
 
+  sessionKeptUnheld(connectionId: string): Promise<boolean> {
+    return this.sessions.keptUnheld(connectionId);
+  }
+
   endUnheldSession(connectionId: string): Promise<void> {
     return this.sessions.endUnheld(connectionId);
   }

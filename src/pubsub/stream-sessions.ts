@@ -278,6 +278,11 @@ export class StreamSessions {
     return this.takes.take(connectionId, token, protocol);
   }
 
+  /** Whether the connection's session is kept, held by no edge (SessionTakes.keptUnheld). */
+  keptUnheld(connectionId: string): Promise<boolean> {
+    return this.takes.keptUnheld(connectionId);
+  }
+
   /** Ends a session that no edge holds (SessionTakes.endUnheld): a REST close of its connection. */
   endUnheld(connectionId: string): Promise<void> {
     return this.takes.endUnheld(connectionId);
