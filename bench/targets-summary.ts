@@ -14,8 +14,10 @@ for (const r of ratios) {
   const lower = r.better === 'lower';
   const what = r.figure && r.figure !== 'figure' ? r.figure : 'throughput';
   const key = `${r.ours} vs ${r.peer}, ${what} ${lower ? '≤' : '≥'} ${r.target}`;
-  const met = lower ? r.ratio <= r.target : r.ratio >= r.target;
-  const entry = `${r.scenario}: ${r.ratio.toFixed(2)} (${met ? 'met' : '**not met**'})`;
+  const entry =
+    r.ratio === null
+      ? `${r.scenario}: not measured (${r.notMeasured ?? 'no figure'})`
+      : `${r.scenario}: ${r.ratio.toFixed(2)} (${(lower ? r.ratio <= r.target : r.ratio >= r.target) ? 'met' : '**not met**'})`;
   lines.set(key, [...(lines.get(key) ?? []), entry]);
 }
 for (const [key, entries] of lines) console.log(`- ${key}: ${entries.join(', ')}`);

@@ -12,7 +12,7 @@ import { Histogram } from '../lib/histogram.ts';
 import { LeanWs } from '../lib/lean-ws.ts';
 import { natsClients, relayClients, type FanoutClients } from '../lib/fanout-clients.ts';
 import { startAll } from '../lib/processes.ts';
-import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { quotient, type Ratio, type ScenarioResult } from '../lib/report.ts';
 import { median, medianBy } from '../lib/rounds.ts';
 import { HUB, HUB_KEY, clientPath, startNatsServer, startRelay } from '../lib/systems.ts';
 import { storeLatencies } from '../peers/jetstream-store.ts';
@@ -204,7 +204,7 @@ export async function durableScenario(mode: Mode): Promise<Outcome> {
     }
   }
   const js = results.find((r) => r.system === OURS_JETSTREAM)!;
-  ratios.push({ scenario, ours: OURS_JETSTREAM, peer: NATS, ratio: js.value / nats.deliveriesPerSec });
+  ratios.push({ scenario, ours: OURS_JETSTREAM, peer: NATS, ...quotient(js, { system: NATS, value: nats.deliveriesPerSec }) });
 
   // The file store's own cost: nats-server alone, file against memory storage, at the event rate of the
   // JetStream hub's half load (its median round), in as many paired rounds. No target: a floor under the one above.

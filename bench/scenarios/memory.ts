@@ -6,9 +6,13 @@ import { natsClients, openPubSubClient } from '../lib/fanout-clients.ts';
 import { LeanWs } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { rssBytes } from '../lib/processes.ts';
-import type { ScenarioResult } from '../lib/report.ts';
+import { quotient, type Ratio, type ScenarioResult } from '../lib/report.ts';
 import { startNatsServer, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
+
+const OURS_MEMORY = 'edge-relay, memory bus, reliable, 1 group';
+const OURS_NATS = 'edge-relay, NATS bus, reliable, 1 group';
+const PEER = 'nats-server websocket, 1 subscription';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -20,6 +24,21 @@ async function inBatches(count: number, open: (i: number) => Promise<LeanWs>): P
   return out;
 }
 
+/** What one more connection costs: a positive number of bytes, or why there is no figure. */
+export type Growth = { bytesPerConnection: number; rssBefore: number; rssAfter: number } | { notMeasured: string; rssBefore: number; rssAfter: number };
+
+/**
+ * The resident set's growth per connection from `before` to `after` bytes
+ * with `count` connections. Not positive (the process did not grow, or shrank:
+ * the warm heap took them, or memory was handed back meanwhile) is no figure,
+ * never a per-connection size of zero or below, nor a ratio divided by one.
+ */
+export function perConnection(before: number, after: number, count: number): Growth {
+  const bytes = (after - before) / count;
+  if (count > 0 && Number.isFinite(bytes) && bytes > 0) return { bytesPerConnection: bytes, rssBefore: before, rssAfter: after };
+  return { notMeasured: `the resident set did not grow with ${count} connections (${before} -> ${after} bytes)`, rssBefore: before, rssAfter: after };
+}
+
 /**
  * RSS growth of `pid` per connection that `open` makes, measured from after a
  * first set of the same connections (at most 2,000) that stays open: what
@@ -27,10 +46,11 @@ async function inBatches(count: number, open: (i: number) => Promise<LeanWs>): P
  * was closed again, and the measured connections could take the memory it
  * left behind: the figure came out near zero, or below, for small counts.)
  * `settle` scales the pauses that let the resident set settle (quick mode
- * only checks that each row runs). Throws when the resident set did not grow:
- * no figure rather than a wrong one.
+ * only checks that each row runs). When the resident set did not grow, the
+ * row says so (perConnection): no figure rather than a wrong one, and the
+ * other rows of the run are still measured and written.
  */
-async function growthPer(pid: number, count: number, open: (i: number) => Promise<LeanWs>, settle: number): Promise<number> {
+export async function growthPer(pid: number, count: number, open: (i: number) => Promise<LeanWs>, settle: number): Promise<Growth> {
   const warm = await inBatches(Math.min(2000, count), (i) => open(count + i));
   await sleep(1000 * settle);
   const before = rssBytes(pid);
@@ -38,8 +58,7 @@ async function growthPer(pid: number, count: number, open: (i: number) => Promis
   await sleep(1500 * settle);
   const after = rssBytes(pid);
   for (const ws of [...warm, ...sockets]) ws.destroy();
-  if (after <= before) throw new Error(`memory: the resident set of ${pid} did not grow with ${count} connections (${before} -> ${after} bytes)`);
-  return (after - before) / count;
+  return perConnection(before, after, count);
 }
 
 function reliableSubscriber(port: number): Promise<LeanWs> {
@@ -54,12 +73,12 @@ export async function memoryScenario(mode: Mode): Promise<Outcome> {
   const listeners = 1000;
   const settle = mode === 'quick' ? 0.2 : 1;
   const results: ScenarioResult[] = [];
-  const row = (scenario: string, system: string, ours: boolean, bytes: number, count: number) =>
-    results.push({ scenario, system, ours, value: bytes / 1024, unit: 'KiB each', figures: { bytesPerConnection: bytes, connections: count } });
+  const row = (scenario: string, system: string, ours: boolean, growth: Growth, count: number) =>
+    results.push(memoryRow(scenario, system, ours, growth, count));
 
   const pubsubScenario = `idle pub/sub connections x${connections}`;
   // Each figure on a fresh relay, so memory freed from one cannot hide another's growth.
-  const onFreshRelay = async (natsUrl: string | undefined, measure: (port: number, pid: number) => Promise<number>) => {
+  const onFreshRelay = async (natsUrl: string | undefined, measure: (port: number, pid: number) => Promise<Growth>) => {
     const relay = await startRelay({ natsUrl });
     try {
       return await measure(relay.port, relay.pid);
@@ -67,11 +86,11 @@ export async function memoryScenario(mode: Mode): Promise<Outcome> {
       await relay.stop();
     }
   };
-  row(pubsubScenario, 'edge-relay, memory bus, reliable, 1 group', true, await onFreshRelay(undefined, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
+  row(pubsubScenario, OURS_MEMORY, true, await onFreshRelay(undefined, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
   const busNats = await startNatsServer();
   try {
     const url = `nats://127.0.0.1:${busNats.port}`;
-    row(pubsubScenario, 'edge-relay, NATS bus, reliable, 1 group', true, await onFreshRelay(url, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
+    row(pubsubScenario, OURS_NATS, true, await onFreshRelay(url, (port, pid) => growthPer(pid, connections, () => reliableSubscriber(port), settle)), connections);
   } finally {
     await busNats.stop();
   }
@@ -85,16 +104,22 @@ export async function memoryScenario(mode: Mode): Promise<Outcome> {
   const nats = await startNatsServer();
   try {
     const clients = natsClients(nats.wsPort);
-    row(pubsubScenario, 'nats-server websocket, 1 subscription', false, await growthPer(nats.pid, connections, () => clients.subscribe(() => {}), settle), connections);
+    row(pubsubScenario, PEER, false, await growthPer(nats.pid, connections, () => clients.subscribe(() => {}), settle), connections);
   } finally {
     await nats.stop();
   }
-  return {
-    results,
-    ratios: [
-      // Below 1 means we use more memory per connection than the peer.
-      { scenario: pubsubScenario, ours: results[0].system, peer: results[3].system, ratio: results[3].value / results[0].value },
-      { scenario: pubsubScenario, ours: results[1].system, peer: results[3].system, ratio: results[3].value / results[1].value },
-    ],
-  };
+  return { results, ratios: memoryRatios(pubsubScenario, results) };
+}
+
+/** A row in KiB per connection, or, when the growth was not positive, a row that says it was not measured and why. */
+export function memoryRow(scenario: string, system: string, ours: boolean, growth: Growth, count: number): ScenarioResult {
+  const figures = { connections: count, rssBefore: growth.rssBefore, rssAfter: growth.rssAfter };
+  if ('notMeasured' in growth) return { scenario, system, ours, value: null, notMeasured: growth.notMeasured, unit: 'KiB each', figures };
+  return { scenario, system, ours, value: growth.bytesPerConnection / 1024, unit: 'KiB each', figures: { bytesPerConnection: growth.bytesPerConnection, ...figures } };
+}
+
+/** nats-server's KiB per connection over each of ours (below 1: we use more than the peer), by name; not measured when either row was not. */
+export function memoryRatios(scenario: string, results: ScenarioResult[]): Ratio[] {
+  const find = (system: string) => results.find((r) => r.scenario === scenario && r.system === system) ?? { system, value: undefined, notMeasured: 'no row' };
+  return [OURS_MEMORY, OURS_NATS].map((ours) => ({ scenario, ours, peer: PEER, ...quotient(find(PEER), find(ours)) }));
 }

@@ -9,7 +9,7 @@ import { Histogram } from '../lib/histogram.ts';
 import { LeanWs, OP_BINARY, maskedFrame } from '../lib/lean-ws.ts';
 import { openLeanListener } from '../lib/lean-listener.ts';
 import { CpuMeter } from '../lib/processes.ts';
-import type { ScenarioResult } from '../lib/report.ts';
+import { quotient, type ScenarioResult } from '../lib/report.ts';
 import { ENTITY, startRelay } from '../lib/systems.ts';
 import type { Mode, Outcome } from './index.ts';
 
@@ -133,5 +133,5 @@ export async function rendezvousScenario(mode: Mode): Promise<Outcome> {
       serverKernelCpu: r.serverKernelCpu,
     },
   }));
-  return { results, ratios: [{ scenario, ours: results[0].system, peer: results[1].system, ratio: results[0].value / results[1].value }] };
+  return { results, ratios: [{ scenario, ours: results[0].system, peer: results[1].system, ...quotient(results[0], results[1]) }] };
 }

@@ -1,7 +1,8 @@
 // Runs `npm run bench --quick` for some scenarios and checks what every
 // quick run must hold: exit 0, a table on stdout, and for each scenario a
-// finite figure for edge-relay and for a peer, every ratio finite and every
-// target with a verdict. The bench's quick tests are split in two files
+// finite figure for edge-relay and for a peer, every other row and ratio
+// finite or saying why it was not measured (a reason, printed in the table),
+// and every measured target with a verdict. The bench's quick tests are split in two files
 // (relay and pub/sub scenarios) so each stays well inside the suite's
 // per-file timeout on a loaded 2-core machine.
 import assert from 'node:assert/strict';
@@ -26,8 +27,8 @@ type TestContext = Parameters<typeof cleanupFor>[0];
 export interface QuickReport {
   mode: string;
   machine: { cpus: number; node: string };
-  results: { group: string; scenario: string; system: string; ours: boolean; value: number; figures: Record<string, number> }[];
-  ratios: { scenario: string; ours: string; peer: string; figure?: string; ratio: number; target?: number; met?: boolean }[];
+  results: { group: string; scenario: string; system: string; ours: boolean; value: number | null; notMeasured?: string; figures: Record<string, number> }[];
+  ratios: { scenario: string; ours: string; peer: string; figure?: string; ratio: number | null; notMeasured?: string; target?: number; met?: boolean }[];
 }
 
 export function runBench(t: TestContext, args: string[], ms: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -55,24 +56,36 @@ export async function runQuick(t: TestContext, scenarios: string[], ms: number):
   assert.equal(report.machine.node, process.version);
   for (const name of scenarios) {
     const rows = report.results.filter((r) => r.group === name);
-    assert.ok(rows.some((r) => r.ours), `${name}: no figure for edge-relay`);
-    assert.ok(rows.some((r) => !r.ours), `${name}: no figure for a peer`);
-    for (const r of rows) assert.ok(Number.isFinite(r.value), `${name}: ${JSON.stringify(r)}`);
+    assert.ok(rows.some((r) => r.ours && Number.isFinite(r.value)), `${name}: no figure for edge-relay`);
+    assert.ok(rows.some((r) => !r.ours && Number.isFinite(r.value)), `${name}: no figure for a peer`);
+    for (const r of rows) assertMeasuredOrSaysWhy(r.value, r.notMeasured, `${name}: ${JSON.stringify(r)}`);
   }
   assert.ok(report.ratios.length > 0);
   for (const r of report.ratios) {
-    assert.ok(Number.isFinite(r.ratio), JSON.stringify(r));
-    if (r.target !== undefined) assert.equal(typeof r.met, 'boolean', JSON.stringify(r));
+    assertMeasuredOrSaysWhy(r.ratio, r.notMeasured, JSON.stringify(r));
+    if (r.target !== undefined && r.ratio !== null) assert.equal(typeof r.met, 'boolean', JSON.stringify(r));
   }
-  // The table went to stdout.
+  // The table went to stdout, with every row not measured in it.
   assert.match(run.stdout, /\| scenario .*\| system .*\|/);
+  for (const r of [...report.results, ...report.ratios]) {
+    if (r.notMeasured !== undefined) assert.ok(run.stdout.includes(`not measured: ${r.notMeasured}`), `not in the table: ${JSON.stringify(r)}`);
+  }
   return report;
+}
+
+/** A figure is a finite number, or null with a reason why it was not measured (never a number with a reason, nor null without one). */
+export function assertMeasuredOrSaysWhy(value: number | null, notMeasured: string | undefined, what: string): void {
+  if (value === null) assert.ok(typeof notMeasured === 'string' && notMeasured.length > 0, `no figure and no reason: ${what}`);
+  else {
+    assert.ok(Number.isFinite(value), what);
+    assert.equal(notMeasured, undefined, `a figure and a reason it was not measured: ${what}`);
+  }
 }
 
 /** Asserts a positive figure for a system (by name pattern) in a scenario (by pattern), ours or a peer. */
 export function assertFigure(report: QuickReport, scenario: RegExp, system: RegExp, ours: boolean): void {
   assert.ok(
-    report.results.some((r) => scenario.test(r.scenario) && system.test(r.system) && r.ours === ours && Number.isFinite(r.value) && r.value > 0),
+    report.results.some((r) => scenario.test(r.scenario) && system.test(r.system) && r.ours === ours && r.value !== null && Number.isFinite(r.value) && r.value > 0),
     `no figure for ${system} in ${scenario}`,
   );
 }
