@@ -18,5 +18,14 @@ describe('npm run bench (durable hubs)', () => {
     assertFigure(report, /^JetStream store alone/, /alone \(nats\.js\), memory storage$/, false);
     assert.ok(report.ratios.some((r) => r.scenario.startsWith('JetStream store alone') && r.figure?.startsWith('p99') && Number.isFinite(r.ratio)));
     assert.ok(report.ratios.some((r) => r.figure?.startsWith('p99') && r.target === 2));
+    // Every comparison of the full run, in quick mode too: each JetStream path against the core path by rate and
+    // by p99 at 50% and at 10% load (the 10% one was left out of quick runs, with no word of it).
+    for (const ours of [/JetStream hub$/, /JetStream hub, memory storage$/]) {
+      for (const figure of [/^deliveries\/s/, /^p99 ms at 50% load, difference/, /^p99 ms at 10% load, difference/]) {
+        const found = report.ratios.filter((r) => r.scenario.startsWith('durable fan-out ') && ours.test(r.ours) && /core NATS$/.test(r.peer) && figure.test(r.figure ?? ''));
+        assert.equal(found.length, 1, `${ours} against the core path, ${figure}: ${JSON.stringify(found)}`);
+        assert.ok(Number.isFinite(found[0].ratio), `${ours}, ${figure} measured in quick mode: ${JSON.stringify(found[0])}`);
+      }
+    }
   });
 });
