@@ -47,6 +47,22 @@ export function withVerdict(r: Ratio): Ratio {
   return { ...r, met: r.better === 'lower' ? r.ratio <= r.target : r.ratio >= r.target };
 }
 
+/**
+ * A scenario's rows and ratios as the run writes them: a headline figure or a
+ * ratio that came out as no number (NaN from an empty histogram, Infinity
+ * from a division by zero) is made not measured, with what it came out as.
+ * Left as it was, the JSON would hold it as a bare null (JSON has no NaN nor
+ * Infinity) and the table as '-', 'NaN' or 'Infinity', with no reason: a row
+ * gone quiet, or a ratio that reads as a figure.
+ */
+export function accounted<R extends { value: number | null; notMeasured?: string }>(results: R[], ratios: Ratio[]): { results: R[]; ratios: Ratio[] } {
+  const why = (n: number, what: string) => `${what} came out as ${n} (a figure in it was zero, missing or not a number)`;
+  return {
+    results: results.map((r) => (r.value !== null && !Number.isFinite(r.value) ? { ...r, value: null, notMeasured: r.notMeasured ?? why(r.value, 'the figure') } : r)),
+    ratios: ratios.map((r) => (r.ratio !== null && !Number.isFinite(r.ratio) ? { ...r, ratio: null, notMeasured: r.notMeasured ?? why(r.ratio, 'the ratio') } : r)),
+  };
+}
+
 /** What a ratio divides: a row (its headline figure) or a figure of one, named for the reason. */
 export interface Operand {
   system: string;
@@ -64,7 +80,7 @@ export function quotient(numerator: Operand, denominator: Operand): Pick<Ratio, 
   for (const o of [numerator, denominator]) {
     if (o.notMeasured !== undefined) return { ratio: null, notMeasured: `${o.system} not measured (${o.notMeasured})` };
     if (o.value === null || o.value === undefined || !Number.isFinite(o.value) || o.value <= 0) {
-      return { ratio: null, notMeasured: `${o.system}: figure ${o.value ?? 'missing'}, not a positive number` };
+      return { ratio: null, notMeasured: `${o.system}: figure ${o.value === undefined ? 'missing' : o.value}, not a positive number` };
     }
   }
   return { ratio: numerator.value! / denominator.value! };

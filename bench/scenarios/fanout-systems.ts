@@ -16,7 +16,7 @@
 // of before, which the rows keep).
 import { mqttClients, natsClients, relayClients, reliableRelayClients, type FanoutClients } from '../lib/fanout-clients.ts';
 import { runCommand, startAll } from '../lib/processes.ts';
-import type { Ratio, ScenarioResult } from '../lib/report.ts';
+import { quotient, type Ratio, type ScenarioResult } from '../lib/report.ts';
 import { startMosquitto, startNatsServer, startRelay } from '../lib/systems.ts';
 import { runFanout, type FanoutFigures, type FanoutPlan } from './fanout.ts';
 import type { Mode, Outcome } from './index.ts';
@@ -170,8 +170,11 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
       // The row's figures are the row's own object: the second pass below adds to it.
       results.push({ scenario, system, ours: OURS.includes(system) || WORKER_ROWS.includes(system), value: f.deliveriesPerSec, unit: 'deliveries/s', figures: f });
     }
+    // A figure from a row's generator process came through JSON: an empty histogram's NaN arrives as null, which
+    // divided would read as a ratio of 0 (a p99 target met); quotient makes such a ratio not measured, saying why.
+    const figure = (system: string, key: string) => ({ system, value: byName.get(system)![key] as number | null | undefined });
     const throughput = (ours: string, peer: string, target?: number) =>
-      ratios.push({ scenario, ours, peer, ratio: byName.get(ours)!.deliveriesPerSec / byName.get(peer)!.deliveriesPerSec, target });
+      ratios.push({ scenario, ours, peer, ...quotient(figure(ours, 'deliveriesPerSec'), figure(peer, 'deliveriesPerSec')), target });
     /** Our p99 (`key`: the figure measured at `load`) against nats-server's at its half load. */
     const p99 = (ours: string, load: string, key = 'p99Ms') =>
       ratios.push({
@@ -180,7 +183,7 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
         peer: NATS,
         figure: `p99 ms at ${load}`,
         better: 'lower',
-        ratio: byName.get(ours)![key] / byName.get(NATS)!.p99Ms,
+        ...quotient(figure(ours, key), figure(NATS, 'p99Ms')),
         target: large ? 0.5 : undefined,
       });
     throughput(OURS_NATS, NATS, large ? 1 : undefined);
