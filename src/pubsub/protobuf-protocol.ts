@@ -59,33 +59,32 @@ export function readUpstream(frame: Buffer): UpstreamReading {
   }
   if (kind === undefined || body === undefined) return { kind: 'none' };
   const type = MESSAGE_TYPES[kind];
-  // Members as the JSON message has them; `data` is written in as JSON text.
-  const members: string[] = [`"type":"${type}"`];
-  let ackId: string | undefined;
-  let dataJson: string | undefined;
-  let jsonInvalid: string | undefined;
+  // Each field's last value (proto3: a field repeated is its last), so what is built stays the size of one message
+  // however many times a field comes.
+  let name: string | undefined;
+  let ackId: bigint | undefined;
+  let noEcho: boolean | undefined;
+  let sequenceId: bigint | undefined;
+  let data: Buffer | undefined;
   const ackField = kind === 5 ? 3 : 2;
-  const dataField = kind === 5 ? 2 : 3;
+  const dataField = kind === 5 ? 2 : kind === 1 ? 3 : 0;
   for (const f of readFields(body)) {
     if (kind === 8) {
-      if (f.field === 1) members.push(`"sequenceId":${varintOf(f)}`);
-      continue;
-    }
-    if (f.field === 1) members.push(`${kind === 5 ? '"event"' : '"group"'}:${JSON.stringify(stringOf(f))}`);
-    else if (f.field === ackField) ackId = String(varintOf(f));
-    else if (f.field === dataField && kind !== 6 && kind !== 7) {
-      const data = readData(bytesOf(f));
-      if (data === undefined) continue;
-      if ('invalid' in data) jsonInvalid = data.invalid;
-      else {
-        members.push(`"dataType":"${data.dataType}"`);
-        dataJson = data.json;
-      }
-    } else if (f.field === 4 && kind === 1) members.push(`"noEcho":${varintOf(f) !== 0n}`);
+      if (f.field === 1) sequenceId = varintOf(f);
+    } else if (f.field === 1) name = stringOf(f);
+    else if (f.field === ackField) ackId = varintOf(f);
+    else if (f.field === dataField) data = bytesOf(f);
+    else if (f.field === 4 && kind === 1) noEcho = varintOf(f) !== 0n;
   }
+  // Members as the JSON message has them; `data` is written in as JSON text.
+  const members: string[] = [`"type":"${type}"`];
+  if (name !== undefined) members.push(`${kind === 5 ? '"event"' : '"group"'}:${JSON.stringify(name)}`);
+  if (sequenceId !== undefined) members.push(`"sequenceId":${sequenceId}`);
+  if (noEcho !== undefined) members.push(`"noEcho":${noEcho}`);
   if (ackId !== undefined) members.push(`"ackId":${ackId}`);
-  if (jsonInvalid !== undefined) return { kind: 'refused', ackId, detail: jsonInvalid };
-  if (dataJson !== undefined) members.push(`"data":${dataJson}`);
+  const read = data === undefined ? undefined : readData(data);
+  if (read && 'invalid' in read) return { kind: 'refused', ackId: ackId === undefined ? undefined : String(ackId), detail: read.invalid };
+  if (read) members.push(`"dataType":"${read.dataType}"`, `"data":${read.json}`);
   return { kind: 'message', text: `{${members.join(',')}}` };
 }
 

@@ -99,6 +99,16 @@ class ProtobufClient {
   }
 }
 
+/** A varint's bytes, written here by hand. */
+function varint(n: number): Buffer {
+  const out: number[] = [];
+  do {
+    out.push((n & 0x7f) | (n >= 0x80 ? 0x80 : 0));
+    n = Math.floor(n / 128);
+  } while (n > 0);
+  return Buffer.from(out);
+}
+
 const reading = (value: number) => Any.create({ type_url: 'type.googleapis.com/azure.webpubsub.Reading', value: Reading.encode(Reading.create({ value })).finish() });
 
 describe('the protobuf subprotocols', () => {
@@ -257,6 +267,10 @@ describe('the protobuf subprotocols', () => {
     later.send({ join_group_message: { group: 'g', ack_id: '18446744073709551615' } });
     const big = await later.ack('18446744073709551615');
     assert.deepEqual([big.ack_message.success ?? false, big.ack_message.error.name], [false, 'BadRequest']);
+    // A field repeated is its last value, however often it comes (20,000 group fields, the last one 'g').
+    const groups = Buffer.concat([...Array.from({ length: 20000 }, () => Buffer.from([0x0a, 0x01, 0x78])), Buffer.from([0x0a, 0x01, 0x67, 0x10, 0x05])]);
+    later.ws.send(Buffer.concat([Buffer.from([0x32]), varint(groups.length), groups]));
+    assert.equal((await later.ack(5)).ack_message.success, true);
     assert.equal(later.ws.readyState, WebSocket.OPEN);
 
     for (const bad of [
