@@ -99,7 +99,7 @@ function readData(buf: Buffer): { dataType: string; json: string } | { invalid: 
     case 2:
       return { dataType: 'binary', json: JSON.stringify(bytesOf(last).toString('base64')) };
     case 3:
-      return { dataType: 'protobuf', json: JSON.stringify(bytesOf(last).toString('base64')) };
+      return { dataType: 'protobuf', json: JSON.stringify(anyOf(bytesOf(last)).toString('base64')) };
     default: {
       const text = stringOf(last);
       try {
@@ -110,6 +110,19 @@ function readData(buf: Buffer): { dataType: string; json: string } | { invalid: 
       return { dataType: 'json', json: text };
     }
   }
+}
+
+/**
+ * A google.protobuf.Any's bytes, read as the message they are (type_url 1, a string; value 2, bytes): recipients
+ * on the protobuf subprotocols parse it within their DownstreamMessage, where bytes that are not one fail the whole
+ * message (and Azure, parsing the UpstreamMessage whole, declines it).
+ */
+function anyOf(bytes: Buffer): Buffer {
+  for (const f of readFields(bytes)) {
+    if (f.field === 1) stringOf(f);
+    else if (f.field === 2) bytesOf(f);
+  }
+  return bytes;
 }
 
 /** An ack; `ackId` as the JSON path has it: a number, or the digits of one past 2^53 - 1. */

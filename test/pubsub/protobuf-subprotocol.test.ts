@@ -273,12 +273,23 @@ describe('the protobuf subprotocols', () => {
     assert.equal((await later.ack(5)).ack_message.success, true);
     assert.equal(later.ws.readyState, WebSocket.OPEN);
 
+    // Before, protobuf_data was taken as bytes, unread: sent on to every protobuf member of the group, whose parser
+    // (protobufjs here, Google.Protobuf in Microsoft's client) failed on the whole DownstreamMessage.
+    const member = new WebSocket(accessUrl(relay.url, { groups: ['g'] }), [PROTOBUF]);
+    t.after(() => member.terminate());
+    const memberFrames: Buffer[] = [];
+    member.on('message', (data: Buffer) => memberFrames.push(data));
+    await withTimeout(new Promise((resolve, reject) => member.once('open', resolve).once('error', reject)), 5000, 'the member to open');
     for (const bad of [
       Buffer.from([0x0a, 0x05, 0x0a]), // a length past the end
       Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]), // a varint of 11 bytes
       Buffer.from([0x0b]), // a group (wire type 3)
       Buffer.from([0x0a, 0x03, 0x0a, 0x01, 0xff]), // a group name that is not UTF-8
       Buffer.from('{"type":"joinGroup","group":"g"}'), // JSON on the protobuf subprotocol
+      // protobuf_data that is not a google.protobuf.Any: a type_url past its end, a type_url not UTF-8, a value that is a varint
+      field(1, Buffer.concat([field(1, Buffer.from('g')), Buffer.from([0x10, 0x01]), field(3, field(3, Buffer.from([0x0a, 0x05, 0x61])))])),
+      field(1, Buffer.concat([field(1, Buffer.from('g')), field(3, field(3, field(1, Buffer.from([0xc3]))))])),
+      field(5, Buffer.concat([field(1, Buffer.from('e')), field(2, field(3, Buffer.from([0x10, 0x01])))])),
     ]) {
       const client = await ProtobufClient.connect(t, url);
       await client.connected();
@@ -287,5 +298,8 @@ describe('the protobuf subprotocols', () => {
       const said = client.messages.find((m) => m.system_message?.disconnected_message);
       assert.match(said.system_message.disconnected_message.reason, /not a protobuf UpstreamMessage/);
     }
+    // Its connected message only: nothing of the bad frames reached it.
+    assert.equal(memberFrames.length, 1);
+    assert.ok((Downstream.toObject(Downstream.decode(memberFrames[0]), { oneofs: true }) as any).system_message.connected_message);
   });
 });
