@@ -19,7 +19,7 @@ import { BusError } from '../bus/bus.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validateInvocationId, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, GroupLimitReached, type AckErrorName, type PubSubErrorCode } from './errors.ts';
-import { PONG_FRAME, invokeAnsweredFrame, invokeFailedFrame, type DataType } from './downstream.ts';
+import { invokeAnsweredFrame, invokeFailedFrame, type DataType } from './downstream.ts';
 import { WireError, readUpstream, type UpstreamReading } from './protobuf-protocol.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -154,7 +154,7 @@ function handleClientMessage(ctx: ClientProtocolContext, connection: PubSubConne
   if (!hub) return;
   switch (m.type) {
     case 'ping':
-      return connection.sendControl(PONG_FRAME);
+      return connection.sendControl(connection.frames.pong);
     case 'sequenceAck':
       connection.session?.acknowledge(m.sequenceId as number);
       // A durable hub writes the session's checkpoint as acknowledgements arrive.

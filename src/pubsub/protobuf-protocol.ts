@@ -6,12 +6,12 @@
 //
 //   UpstreamMessage: send_to_group_message 1 {group 1, ack_id 2, data 3, no_echo 4},
 //     event_message 5 {event 1, data 2, ack_id 3}, join_group_message 6 {group 1, ack_id 2},
-//     leave_group_message 7 {group 1, ack_id 2}, sequence_ack_message 8 {sequence_id 1}
+//     leave_group_message 7 {group 1, ack_id 2}, sequence_ack_message 8 {sequence_id 1}, ping_message 9 {}
 //   MessageData (oneof): text_data 1, binary_data 2, protobuf_data 3 (a google.protobuf.Any), json_data 4
 //   DownstreamMessage: ack_message 1 {ack_id 1, success 2, error 3 {name 1, message 2}},
 //     data_message 2 {from 1, group 2, data 3, sequence_id 4},
 //     system_message 3 {connected_message 1 {connection_id 1, user_id 2, reconnection_token 3},
-//     disconnected_message 2 {reason 2}}
+//     disconnected_message 2 {reason 2}}, pong_message 4 {}
 //
 // A client's message is read into the JSON subprotocol's message it means and
 // goes the JSON way from there (client-protocol.ts): the same schemas check
@@ -40,7 +40,7 @@ export type UpstreamReading =
   /** A request whose json_data is not JSON: refused BadRequest under its ackId (if it has one). */
   | { kind: 'refused'; ackId: string | undefined; detail: string };
 
-const MESSAGE_TYPES: Record<number, string> = { 1: 'sendToGroup', 5: 'event', 6: 'joinGroup', 7: 'leaveGroup', 8: 'sequenceAck' };
+const MESSAGE_TYPES: Record<number, string> = { 1: 'sendToGroup', 5: 'event', 6: 'joinGroup', 7: 'leaveGroup', 8: 'sequenceAck', 9: 'ping' };
 
 /**
  * Reads a client's UpstreamMessage. Throws WireError for bytes that are not
@@ -69,8 +69,8 @@ export function readUpstream(frame: Buffer): UpstreamReading {
   const ackField = kind === 5 ? 3 : 2;
   const dataField = kind === 5 ? 2 : kind === 1 ? 3 : 0;
   for (const f of readFields(body)) {
-    if (kind === 8) {
-      if (f.field === 1) sequenceId = varintOf(f);
+    if (kind === 8 || kind === 9) {
+      if (kind === 8 && f.field === 1) sequenceId = varintOf(f);
     } else if (f.field === 1) name = stringOf(f);
     else if (f.field === ackField) ackId = varintOf(f);
     else if (f.field === dataField) data = bytesOf(f);
@@ -144,6 +144,9 @@ export function protobufConnectedFrame(connectionId: string, userId: string | nu
 export function protobufDisconnectedFrame(reason: string): Buffer {
   return binaryFrame(messageField(3, messageField(2, lengthField(2, reason))));
 }
+
+/** The answer to a ping_message: a DownstreamMessage of an empty pong_message. */
+export const PROTOBUF_PONG_FRAME = binaryFrame(messageField(4));
 
 function binaryFrame(payload: Buffer): Buffer {
   return encodeFrame(true, OP_BINARY, payload);

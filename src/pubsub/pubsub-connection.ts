@@ -8,7 +8,7 @@
 // from the hub's stream: session-catch-up.ts).
 import type { ConnectionPermissions } from './permissions.ts';
 import { PUBSUB_ERRORS, type PubSubErrorCode } from './errors.ts';
-import { ackFrame, connectedFrame, disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
+import { PONG_FRAME, ackFrame, connectedFrame, disconnectedFrame, sequencedParts, type SharedMessage } from './downstream.ts';
 import {
   PROTOBUF_PROTOCOL,
   PROTOBUF_RELIABLE_PROTOCOL,
@@ -17,6 +17,7 @@ import {
   protobufDataFrame,
   protobufDisconnectedFrame,
   protobufNumberedFrame,
+  PROTOBUF_PONG_FRAME,
 } from './protobuf-protocol.ts';
 import { hasExpired, type LoggedMessage } from './message-log.ts';
 import { ReliableSession } from './reliable-session.ts';
@@ -43,16 +44,17 @@ export function wireOf(protocol: string): ClientWire {
   return isWebPubSubProtocol(protocol) ? 'json' : 'simple';
 }
 
-/** The control messages of a subprotocol's clients: acks, and the system messages connected and disconnected. */
+/** The control messages of a subprotocol's clients: acks, the system messages connected and disconnected, and the answer to a ping. */
 export interface ControlFrames {
   /** `ackId` a number, or the digits of one the client wrote past 2^53 - 1. */
   ack(ackId: number | string, error?: { name: string; message: string }): Buffer;
   connected(connectionId: string, userId: string | null, reconnectionToken?: string): Buffer;
   disconnected(message: string): Buffer;
+  readonly pong: Buffer;
 }
 
-const JSON_FRAMES: ControlFrames = { ack: ackFrame, connected: connectedFrame, disconnected: disconnectedFrame };
-const PROTOBUF_FRAMES: ControlFrames = { ack: protobufAckFrame, connected: protobufConnectedFrame, disconnected: protobufDisconnectedFrame };
+const JSON_FRAMES: ControlFrames = { ack: ackFrame, connected: connectedFrame, disconnected: disconnectedFrame, pong: PONG_FRAME };
+const PROTOBUF_FRAMES: ControlFrames = { ack: protobufAckFrame, connected: protobufConnectedFrame, disconnected: protobufDisconnectedFrame, pong: PROTOBUF_PONG_FRAME };
 
 /** The control frames of clients of `wire` (a simple client gets none). */
 export function controlFramesOf(wire: ClientWire): ControlFrames {

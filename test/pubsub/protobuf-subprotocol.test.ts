@@ -23,7 +23,9 @@ message UpstreamMessage {
     JoinGroupMessage join_group_message = 6;
     LeaveGroupMessage leave_group_message = 7;
     SequenceAckMessage sequence_ack_message = 8;
+    PingMessage ping_message = 9;
   }
+  message PingMessage {}
   message SendToGroupMessage { string group = 1; optional uint64 ack_id = 2; MessageData data = 3; optional bool no_echo = 4; }
   message EventMessage { string event = 1; MessageData data = 2; optional uint64 ack_id = 3; }
   message JoinGroupMessage { string group = 1; optional uint64 ack_id = 2; }
@@ -31,7 +33,8 @@ message UpstreamMessage {
   message SequenceAckMessage { uint64 sequence_id = 1; }
 }
 message DownstreamMessage {
-  oneof message { AckMessage ack_message = 1; DataMessage data_message = 2; SystemMessage system_message = 3; }
+  oneof message { AckMessage ack_message = 1; DataMessage data_message = 2; SystemMessage system_message = 3; PongMessage pong_message = 4; }
+  message PongMessage {}
   message AckMessage {
     uint64 ack_id = 1; bool success = 2; optional ErrorMessage error = 3;
     message ErrorMessage { string name = 1; string message = 2; }
@@ -107,6 +110,11 @@ function varint(n: number): Buffer {
     n = Math.floor(n / 128);
   } while (n > 0);
   return Buffer.from(out);
+}
+
+/** A length-delimited field (wire type 2) numbered `n`, written here by hand. */
+function field(n: number, value: Buffer): Buffer {
+  return Buffer.concat([varint((n << 3) | 2), varint(value.length), value]);
 }
 
 const reading = (value: number) => Any.create({ type_url: 'type.googleapis.com/azure.webpubsub.Reading', value: Reading.encode(Reading.create({ value })).finish() });
@@ -259,11 +267,16 @@ describe('the protobuf subprotocols', () => {
   it('ends a client whose frame is not an UpstreamMessage (1008 InvalidMessage, said in a DisconnectedMessage), ignores one of no kind it knows, and answers an ackId past 2^53 as written', async (t) => {
     const relay = await startPubSubRelay(t);
     const url = accessUrl(relay.url, { roles: ROLES });
-    // Only a field of a later version (number 9), or nothing at all: ignored, the client stays.
+    // Only a field of a later version (number 10), or nothing at all: ignored, the client stays.
     const later = await ProtobufClient.connect(t, url);
     await later.connected();
-    later.ws.send(Buffer.from([0x4a, 0x00]));
+    later.ws.send(Buffer.from([0x52, 0x00]));
     later.ws.send(Buffer.alloc(0));
+    // A ping_message (Azure's number 9) is answered with a pong_message; before, it was taken for a later version's
+    // message and ignored, and a client waiting for the pong to know the service alive had none.
+    later.send({ ping_message: {} });
+    await later.waitFor((m) => m.pong_message !== undefined, 'the pong');
+    assert.equal(later.messages.filter((m) => m.pong_message).length, 1, 'one pong, for the ping alone');
     later.send({ join_group_message: { group: 'g', ack_id: '18446744073709551615' } });
     const big = await later.ack('18446744073709551615');
     assert.deepEqual([big.ack_message.success ?? false, big.ack_message.error.name], [false, 'BadRequest']);
