@@ -154,7 +154,9 @@ describe('edge-relay pub and sub', () => {
     // `--after=VALUE`: parseArgs takes a value starting with a dash only so.
     const runs = cases.map(([option, value]) => startSub(t, [...common, `${option}=${value}`]));
     for (const [i, [option, value, said]] of cases.entries()) {
-      const status = await withTimeout(runs[i].exited, 10000, `sub ${option} "${value}" to exit`);
+      // Thirteen processes start at once: on a loaded machine (the suite's other files, 2 cores) the first to be
+      // waited for took past 10 s to start and exit once. The bound catches one that connects and retries for good.
+      const status = await withTimeout(runs[i].exited, 30000, `sub ${option} "${value}" to exit`);
       assert.equal(status, 2, `${option} "${value}": ${runs[i].err()}`);
       assert.match(runs[i].err(), said, `${option} "${value}"`);
       assert.equal(runs[i].out(), '');
