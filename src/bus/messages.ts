@@ -256,7 +256,11 @@ export interface PsSend {
   message: DataMessageHead;
 }
 
-/** REST close: end the target's connections. Answered with ps.done. */
+/**
+ * REST close: end the target's connections. Answered with ps.done. A durable hub also stores one of a user's, a
+ * group's or the hub's connections in its stream (without `at`): every edge ends the connections it names as it
+ * reads it, and a take of a session whose replay passes it ends the session (session-take.ts).
+ */
 export interface PsClose {
   op: 'ps.close';
   origin: string;
@@ -264,7 +268,7 @@ export interface PsClose {
   target: Target;
   excluded?: string[];
   reason?: string;
-  /** Durable hub, group target: answer once the stream is applied up to this sequence. */
+  /** Durable hub, group target (a close of a user's, group's or the hub's: the close's own sequence): answer once the stream is applied up to this sequence. */
   at?: number;
 }
 

@@ -105,6 +105,17 @@ export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB
 export class SessionUnavailable extends Error {}
 
 /**
+ * A durable hub's session that a REST close of its user's, group's or hub's connections reached while no edge held
+ * it (stored in the hub's stream after its checkpoint): the take ends it instead of resuming it, and the recovering
+ * client is told the close's reason (close 1008 ClosedByServer), as a client the close found connected was.
+ */
+export class SessionClosedByServer extends Error {
+  constructor(readonly reason: string | undefined) {
+    super(reason ?? 'closed by the server');
+  }
+}
+
+/**
  * A join on a durable hub that the stream applied past limits.groupsPerConnection (joins and leaves
  * stored before it counted first): acked `Forbidden`, as the same join on a hub in memory is.
  */

@@ -84,6 +84,11 @@ export interface DurableEvents {
   sessionEnded(connection: PubSubConnection): void;
   /** Ends the session of a connection no edge holds (a REST close; its edge was killed): no edge takes it again. */
   endUnheldSession(connectionId: string): Promise<void>;
+  /**
+   * Stores a REST close of a user's, group's or the hub's connections in the stream (each edge ends its connections
+   * there as it reads it; a take of a session replaying past it ends the session): resolves with its sequence.
+   */
+  storeClose(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<number>;
   /** Whether the connection's reliable session is kept as its checkpoint alone (its edge went away): no edge holds it. */
   sessionKeptUnheld(connectionId: string): Promise<boolean>;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
@@ -318,8 +323,29 @@ export class ClusterHub {
 
   // --- operations on the whole cluster (REST) -----------------------------------
 
+  /**
+   * Ends the target's connections on every edge (REST). On a durable hub, a close of a user's, a group's or the hub's
+   * connections is stored in the hub's stream first: every edge ends its own connections the target names as it
+   * reads it (in stream order, as a membership change is applied), and the edges are asked at its position; a
+   * session no edge holds (its edge killed or drained, its client not back yet) is ended by the edge that takes it
+   * from its checkpoint, whose replay of the stream passes the close (session-take.ts). Before, such a close reached
+   * the edges holding connections only, and the client recovered its session, groups and all (found by review).
+   * When JetStream does not store the close, the connections held are closed all the same and the call fails
+   * StoreError (503): a session no edge holds may still be recovered, and the caller tries again.
+   */
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
-    const at = await this.cluster.membershipPosition(target);
+    let unstored: unknown;
+    let at: number | undefined;
+    if (this.durable && target.kind !== 'connection') {
+      try {
+        at = await this.durable.storeClose(target, excluded, reason);
+        // Applied here by the follower: the connections this edge holds that the close names are ended.
+        await this.durable.reached(at, this.deps.requestTimeoutMs);
+      } catch (err) {
+        unstored = err;
+      }
+    }
+    at ??= await this.cluster.membershipPosition(target);
     const taking = this.cluster.takingHere(target);
     const local = this.localOps.applyClose(target, excluded, reason);
     // Closed here while this edge takes it from another: that one is told too.
@@ -329,6 +355,12 @@ export class ClusterHub {
     if (this.durable && target.kind === 'connection' && local === 0 && !taking && !excluded?.has(target.name) && !answers.some((a) => a.count > 0)) {
       await this.durable.endUnheldSession(target.name);
     }
+    if (unstored !== undefined) throw unstored;
+  }
+
+  /** A close read from a durable hub's stream (storeClose): this edge's connections it names end here. */
+  applyStoredClose(target: Target, excluded: readonly string[] | undefined, reason: string | undefined): number {
+    return this.localOps.applyClose(target, excluded && new Set(excluded), reason);
   }
 
   async changeGroups(target: Target, action: GroupAction, groups: string[], filter?: ConnectionFilter): Promise<void> {

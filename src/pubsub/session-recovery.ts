@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
-import { PUBSUB_ERRORS, SessionUnavailable } from './errors.ts';
+import { PUBSUB_ERRORS, SessionClosedByServer, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, controlFramesOf, wireOf, type PubSubConnection } from './pubsub-connection.ts';
 import { takeNextEvents } from './client-protocol.ts';
@@ -118,6 +118,12 @@ export class SessionRecovery {
       try {
         connection = await take;
       } catch (err) {
+        // A REST close of its user's, group's or the hub's connections reached the session while no edge held it: the
+        // client is told as a client the close found connected was (1008 ClosedByServer, the close's reason).
+        if (err instanceof SessionClosedByServer) {
+          this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name, connectionId, reason: 'closed by the server' });
+          return this.refuse(r, 'ClosedByServer', err.reason);
+        }
         if (!(err instanceof SessionUnavailable)) throw err;
         // The take stopped because a reload removed the hub (a durable take ends a session it claimed): the client is
         // told as the hub's clients were, not asked to try again (before: 1013, after waiting for a claim the stopped

@@ -8,7 +8,7 @@
 // from the stream reach the takes under way through stream-sessions.ts.
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
-import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type PsSend, type Target } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsCheckpoint, type PsClaim, type PsClose, type PsSend, type Target } from '../bus/messages.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { StoreError } from '../bus/jetstream-errors.ts';
 import type { StoredMessage } from '../bus/stream-reader.ts';
@@ -17,7 +17,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { filterFromBus, selects, type ConnectionFilter, type FilterSubject } from './connection-filter.ts';
 import { streamMessageOf, type SharedMessage } from './downstream.ts';
-import { SessionUnavailable } from './errors.ts';
+import { SessionClosedByServer, SessionUnavailable } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
@@ -47,6 +47,12 @@ export interface SessionStream {
   firstSequence(): Promise<number>;
   /** Keeps the messages applied from now on in memory, for sessions behind the live flow (recent-stream.ts). */
   keepRecent(): void;
+}
+
+/** A REST close stored in the hub's stream that a take's replay found naming the session: the take ends it. */
+interface ClosedAt {
+  close: PsClose;
+  seq: number;
 }
 
 /** Connection ids the relay issues (and a reconnecting client must give back). */
@@ -194,6 +200,15 @@ export class SessionTakes {
       this.checkpoints.heldBy(connection, claimSeq);
       const from = checkpoint.mid === undefined ? checkpoint.position : await this.positionOf(checkpoint.mid, checkpoint.position, deadline);
       const replayed = await this.replay(connection, from, claimSeq, deadline);
+      if (typeof replayed === 'object') {
+        // A REST close of its user's, group's or the hub's connections came after its checkpoint, while no edge held
+        // it: it ends here, as it would have where it was held (its checkpoint written ended under this edge's claim;
+        // should that write fail, a later take replays the same close). Before, it was resumed, groups and all.
+        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: 'closed by a REST call after its checkpoint', closeSeq: replayed.seq });
+        connection.session!.clear();
+        await this.checkpoints.endClaimed(connectionId, claimSeq);
+        throw new SessionClosedByServer(replayed.close.reason);
+      }
       if (replayed !== 'caught up') {
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });
         connection.session!.clear();
@@ -372,7 +387,7 @@ export class SessionTakes {
    * edge's follower is; then, in the same turn, puts the connection into the
    * hub, so the follower's next event reaches it too.
    */
-  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string> {
+  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string | ClosedAt> {
     if (from < this.stream.position) {
       const first = await this.firstSequence();
       if (first > from + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the checkpoint is at ${from})`;
@@ -422,13 +437,13 @@ export class SessionTakes {
     }
   }
 
-  /** One stream message for the connection being rebuilt; a reason to stop, or undefined. */
-  private replayOne(connection: PubSubConnection, m: StoredMessage, claimSeq: number): string | undefined {
-    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
+  /** One stream message for the connection being rebuilt; a reason to stop (or the close that ends it), or undefined. */
+  private replayOne(connection: PubSubConnection, m: StoredMessage, claimSeq: number): string | ClosedAt | undefined {
+    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim', 'ps.close');
     const event = decoded?.message;
     if (!event || asciiLowerCase(event.hub) !== this.hub.key) return undefined;
     const session = connection.session!;
-    const filter = event.op === 'ps.claim' ? undefined : filterFromBus(event.filter);
+    const filter = event.op === 'ps.send' || event.op === 'ps.member' ? filterFromBus(event.filter) : undefined;
     // Skipped here as the follower skipped it on every edge.
     if (filter === null) return undefined;
     switch (event.op) {
@@ -463,6 +478,10 @@ export class SessionTakes {
       case 'ps.claim':
         if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return 'another edge claimed it since';
         return undefined;
+      case 'ps.close':
+        // A REST close (StreamEvents.storeClose) of its user's, a group it was in there, or the hub's connections,
+        // and it not excluded: every edge ended the connections it names as it read it; this one ends too.
+        return addresses(event.target, connection, event.excluded) ? { close: event, seq: m.seq } : undefined;
     }
   }
 }

@@ -7,7 +7,7 @@
 // can compute again (stream-sessions.ts). Session claims travel the same way.
 import { createHash, randomUUID } from 'node:crypto';
 import { BusError } from '../bus/bus.ts';
-import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
+import { decodeEdgeMessage, encodeEdgeMessage, type GroupAction, type PsClose, type PsMember, type PsSend, type Target } from '../bus/messages.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { StoreError } from '../bus/jetstream-errors.ts';
 import type { Follower, StoredMessage } from '../bus/stream-reader.ts';
@@ -160,6 +160,17 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   /**
+   * Stores a REST close of a user's, a group's or the hub's connections, on the control subject (read by every edge
+   * whatever groups it has members of): every edge ends its connections it names as it reads it (applyEvent), and a
+   * take of a session whose replay passes it ends the session (session-take.ts). Resolves with its sequence.
+   */
+  async storeClose(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<number> {
+    await this.whenFollowing();
+    const close: PsClose = { op: 'ps.close', ...this.hub.from, target, ...(excluded && { excluded: [...excluded] }), ...(reason !== undefined && { reason }) };
+    return (await this.options.js.publish(this.options.subjects.hubControl(this.hub.key), encodeEdgeMessage(close), randomUUID())).seq;
+  }
+
+  /**
    * Whether a connection's join stored at `seq` took effect where the stream applied it: every edge skips a join
    * past limits.groupsPerConnection there (the limit holds in the stream's order, whoever asked). True as well
    * when this edge has not applied `seq` within bus.requestTimeoutMs (stored, it takes effect in that order).
@@ -193,9 +204,9 @@ export class StreamEvents implements DurableEvents, HubHistory {
   private applyEvent(m: StoredMessage): void {
     // A group event for a group with no member here changes nothing here: not even decoded.
     if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) return;
-    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim');
+    const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim', 'ps.close');
     const event = decoded?.message;
-    const filter = event && event.op !== 'ps.claim' ? filterFromBus(event.filter) : undefined;
+    const filter = event && (event.op === 'ps.send' || event.op === 'ps.member') ? filterFromBus(event.filter) : undefined;
     if (!event || asciiLowerCase(event.hub) !== this.hub.key || filter === null) {
       this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
       return;
@@ -224,6 +235,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
         return;
       case 'ps.claim':
         return this.sessions.claimed(event, m.seq);
+      case 'ps.close':
+        // A REST close (storeClose): the connections here it names end, in stream order.
+        this.hub.applyStoredClose(event.target, event.excluded, event.reason);
+        return;
     }
   }
 

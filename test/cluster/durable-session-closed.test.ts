@@ -7,9 +7,14 @@
 // closed a banned user's connection while that user's edge was down let them
 // back in). A REST grant or revoke there is 503 SessionUnavailable until the
 // client recovers the session (before: a revoke was 204, and the recovered
-// session kept the permission).
+// session kept the permission). A REST close of a user's connections, a
+// group's or the hub's reaches such a session too (found by review: the close
+// was answered 204 and its client recovered the session on another edge, its
+// groups and all): the close is stored in the hub's stream, and the edge that
+// takes the session from its checkpoint ends it there (1008 ClosedByServer,
+// the close's reason) instead of resuming it.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
@@ -75,5 +80,97 @@ describe('a REST permission change of a durable session whose edge was killed', 
     assert.equal((await recovering.waitFor((m) => m.type === 'system', 15000)).event, 'connected');
     await revoking;
     assert.equal((await recovering.request({ type: 'joinGroup', group: 'private', ackId: 1 })).error?.name, 'Forbidden', 'the revoked permission came back with the session');
+  });
+});
+
+describe("a REST close of a user's, a group's or the hub's connections, durable sessions among them whose edge was killed", () => {
+  const cleanup = new Cleanup();
+  const hubs = { timeouts: { sessionRetainMs: 10000 }, bus: { requestTimeoutMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
+  let natsUrl: string;
+  let b: Edge;
+  before(async () => {
+    natsUrl = (await startNatsServer(cleanup)).url;
+    b = await startEdge(cleanup, 'edge-b', [natsUrl], hubs);
+  });
+  after(() => cleanup.run());
+
+  /** Reliable clients on a new edge, each in its groups; then the edge is killed and their sockets dropped. */
+  async function sessionsOnKilledEdge(t: TestContext, name: string, clients: { userId: string; groups: string[] }[]) {
+    const a = await startEdge(t, name, [natsUrl], hubs);
+    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    const sessions: { id: string; token: string; client: RawPubSubClient }[] = [];
+    for (const { userId, groups } of clients) {
+      const client = await RawPubSubClient.connect(accessUrl(a.url, { userId, roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
+      const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+      for (const [i, group] of groups.entries()) assert.equal((await client.request({ type: 'joinGroup', group, ackId: i + 1 })).success, true);
+      sessions.push({ id: connected.connectionId as string, token: connected.reconnectionToken as string, client });
+    }
+    await a.kill();
+    for (const s of sessions) s.client.ws.terminate();
+    return sessions;
+  }
+
+  /** The first system message a recovery of `session` on edge b gets, and how its socket closed when refused. */
+  async function recover(t: TestContext, session: { id: string; token: string }) {
+    const url = `${b.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(session.id)}&awps_reconnection_token=${encodeURIComponent(session.token)}`;
+    const recovering = await RawPubSubClient.connect(url, RELIABLE, t);
+    const system = await recovering.waitFor((m) => m.type === 'system', 15000);
+    return { system, recovering };
+  }
+
+  async function assertClosed(t: TestContext, session: { id: string; token: string }, reason: string, what: string) {
+    const { system, recovering } = await recover(t, session);
+    assert.equal(system.event, 'disconnected', `${what}: the closed session was recovered`);
+    assert.equal(system.message, reason, `${what}: told the close's reason`);
+    assert.deepEqual(await recovering.closed, { code: 1008, reason: 'ClosedByServer' }, what);
+  }
+
+  async function assertRecovered(t: TestContext, session: { id: string; token: string }, what: string) {
+    const { system, recovering } = await recover(t, session);
+    assert.equal(system.event, 'connected', `${what}: not recovered`);
+    recovering.ws.close(1000);
+  }
+
+  it("closeUserConnections ends the user's sessions (before: recovered, in their groups); another user's is recovered", async (t) => {
+    const [banned, other] = await sessionsOnKilledEdge(t, 'edge-a1', [
+      { userId: 'banned', groups: ['private'] },
+      { userId: 'other', groups: ['private'] },
+    ]);
+    await serviceClient(b).closeUserConnections('banned', { reason: 'banned user' });
+    // A connection the user opens once the close is answered is after it in the stream: it stays (its join, stored
+    // after the close, is applied where every edge has ended what the close named).
+    const fresh = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'banned', roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
+    await fresh.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    assert.equal((await fresh.request({ type: 'joinGroup', group: 'private', ackId: 1 })).success, true, 'a connection opened after the close');
+    await assertClosed(t, banned, 'banned user', 'the user closed');
+    await assertRecovered(t, other, 'another user');
+    assert.equal(fresh.ws.readyState, fresh.ws.OPEN, 'the connection opened after the close was closed');
+  });
+
+  it("a group's closeAllConnections ends its members' sessions, by the groups they were in as the close was stored", async (t) => {
+    const [member, left, outsider] = await sessionsOnKilledEdge(t, 'edge-a2', [
+      { userId: 'm', groups: ['room'] },
+      { userId: 'l', groups: ['room'] },
+      { userId: 'o', groups: ['elsewhere'] },
+    ]);
+    // Out of the group before the close (a REST change stored after its checkpoint): not closed.
+    await serviceClient(b).group('room').removeConnection(left.id);
+    await serviceClient(b).group('room').closeAllConnections({ reason: 'room closed' });
+    // Into the group after the close: not closed either.
+    await serviceClient(b).group('room').addUser('o');
+    await assertClosed(t, member, 'room closed', 'the member');
+    await assertRecovered(t, left, 'a connection that left the group before the close');
+    await assertRecovered(t, outsider, 'a connection that joined the group after the close');
+  });
+
+  it("the hub's closeAllConnections ends every session but those excluded", async (t) => {
+    const [closed, kept] = await sessionsOnKilledEdge(t, 'edge-a3', [
+      { userId: 'x', groups: [] },
+      { userId: 'y', groups: [] },
+    ]);
+    // The SDK passes `excluded` on as the REST call's query (its options type names only `reason`).
+    await serviceClient(b).closeAllConnections({ reason: 'maintenance', excluded: [kept.id] } as { reason: string });
+    await assertClosed(t, closed, 'maintenance', 'a connection of the hub');
+    await assertRecovered(t, kept, 'the excluded connection');
   });
 });
