@@ -125,6 +125,17 @@ function anyOf(bytes: Buffer): Buffer {
   return bytes;
 }
 
+/** Whether `bytes` are a google.protobuf.Any (anyOf reads them without throwing). */
+function isAny(bytes: Buffer): boolean {
+  try {
+    anyOf(bytes);
+    return true;
+  } catch (err) {
+    if (err instanceof WireError) return false;
+    throw err;
+  }
+}
+
 /** An ack; `ackId` as the JSON path has it: a number, or the digits of one past 2^53 - 1. */
 export function protobufAckFrame(ackId: number | string, error?: { name: string; message: string }): Buffer {
   const id = typeof ackId === 'number' ? ackId : /^\d+$/.test(ackId) && BigInt(ackId) < 1n << 64n ? BigInt(ackId) : 0n;
@@ -159,11 +170,15 @@ function protobufParts(message: LoggedMessage): ProtobufParts {
   if (message.protobuf) return message.protobuf;
   const text = `{${message.body.toString('utf8')}`;
   const m = parseJson(text) as { from: string; group?: string; dataType: string; data: unknown };
-  const field = DATA_FIELDS[m.dataType] ?? 4;
+  let field = DATA_FIELDS[m.dataType] ?? 4;
   let data: string | Buffer;
   if (m.dataType === 'binary' || m.dataType === 'protobuf') data = Buffer.from(String(m.data), 'base64');
   else if (m.dataType === 'text') data = String(m.data);
   else data = rawMemberText(text, 'data') ?? JSON.stringify(m.data);
+  // Protobuf data from a JSON client (@azure/web-pubsub-client sends any bytes it is given) or a REST call is not
+  // read on its way in: bytes that are not a google.protobuf.Any go as binary_data, since a protobuf client's parser
+  // reads protobuf_data as an Any within the DownstreamMessage and would fail on the whole message.
+  if (field === 3 && !isAny(data as Buffer)) field = 2;
   const parts = [lengthField(1, m.from)];
   if (m.group !== undefined) parts.push(lengthField(2, m.group));
   parts.push(messageField(3, lengthField(field, data)));

@@ -210,6 +210,24 @@ describe('the protobuf subprotocols', () => {
     assert.equal(client.ws.readyState, WebSocket.OPEN);
   });
 
+  it('protobuf data from a JSON client reaches a protobuf client as protobuf_data when it is an Any, as binary_data when it is not', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const client = await ProtobufClient.connect(t, accessUrl(relay.url, { roles: ROLES, groups: ['g'] }));
+    await client.connected();
+    const json = await RawPubSubClient.connect(accessUrl(relay.url, { roles: ROLES }), PLAIN, t);
+    await json.waitFor((m) => m.event === 'connected');
+    const any = Buffer.from(Any.encode(reading(3)).finish());
+    const notAny = Buffer.from([0x0a, 0x05, 0x61]);
+    for (const bytes of [any, notAny]) {
+      assert.equal((await json.request({ type: 'sendToGroup', group: 'g', dataType: 'protobuf', data: bytes.toString('base64') })).success, true);
+    }
+    // Decoded whole by protobufjs: before, the second made the DownstreamMessage unreadable (a length past its end).
+    await until(() => client.data().length === 2, 5000, 'both messages');
+    const [first, second] = client.data();
+    assert.equal((Reading.decode(first.data.protobuf_data.value) as any).value, 3);
+    assert.deepEqual(second.data.binary_data, notAny);
+  });
+
   it('protobuf.reliable.webpubsub.azure.v1: sequence ids, acknowledgements, and recovery of what was not acknowledged', async (t) => {
     const relay = await startPubSubRelay(t);
     const url = accessUrl(relay.url, { roles: ROLES, groups: ['g'] });
