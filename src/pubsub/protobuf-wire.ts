@@ -88,6 +88,17 @@ export function varintOf(f: WireField): bigint {
 
 /** Bytes of a varint holding `value` (0 to 2^64 - 1). */
 export function varint(value: number | bigint): Buffer {
+  if (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) {
+    // Numbers (sequence ids, lengths) without BigInt: a reliable recipient's frame writes two per delivery.
+    const out: number[] = [];
+    let n = value;
+    while (n >= 0x80) {
+      out.push((n % 0x80) | 0x80);
+      n = Math.floor(n / 0x80);
+    }
+    out.push(n);
+    return Buffer.from(out);
+  }
   let v = BigInt(value);
   const out: number[] = [];
   do {
