@@ -21,14 +21,20 @@ import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 
+/** Two edges on one nats-server, each seeing the other, whose sessions are kept 5 s. */
+async function twoEdges(cleanup: Cleanup): Promise<[Edge, Edge]> {
+  const nats = await startNatsServer(cleanup);
+  const hubs = { timeouts: { sessionRetainMs: 5000 }, bus: { requestTimeoutMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
+  const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
+  await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+  return [a, b];
+}
+
 describe('a REST close of a durable session whose edge was killed', () => {
   const cleanup = new Cleanup();
   let a: Edge, b: Edge;
   before(async () => {
-    const nats = await startNatsServer(cleanup);
-    const hubs = { timeouts: { sessionRetainMs: 5000 }, bus: { requestTimeoutMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
-    [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
-    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    [a, b] = await twoEdges(cleanup);
   });
   after(() => cleanup.run());
 
@@ -53,10 +59,7 @@ describe('a REST permission change of a durable session whose edge was killed', 
   const cleanup = new Cleanup();
   let a: Edge, b: Edge;
   before(async () => {
-    const nats = await startNatsServer(cleanup);
-    const hubs = { timeouts: { sessionRetainMs: 5000 }, bus: { requestTimeoutMs: 1000 }, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
-    [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(cleanup, name, [nats.url], hubs)));
-    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    [a, b] = await twoEdges(cleanup);
   });
   after(() => cleanup.run());
 
