@@ -21,7 +21,7 @@
 // from the JSON it sends others: a data message from the message's JSON body
 // (its data's JSON text as written), once per message for all protobuf
 // recipients, with the sequence id a reliable one needs added per recipient.
-import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
+import { MAX_JSON_DEPTH, parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { OP_BINARY, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
 import { ownBytes } from '../collections/own-bytes.ts';
 import type { LoggedMessage, ProtobufParts } from './message-log.ts';
@@ -103,7 +103,8 @@ function readData(buf: Buffer): { dataType: string; json: string } | { invalid: 
     default: {
       const text = stringOf(last);
       try {
-        parseJson(text);
+        // One level less than a message may nest: the data is a member of the message it is read into.
+        parseJson(text, MAX_JSON_DEPTH - 1);
       } catch (err) {
         return { invalid: `json_data is not JSON: ${(err as Error).message}` };
       }

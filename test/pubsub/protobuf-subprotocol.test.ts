@@ -333,4 +333,20 @@ describe('the protobuf subprotocols', () => {
     assert.equal(memberFrames.length, 1);
     assert.ok((Downstream.toObject(Downstream.decode(memberFrames[0]), { oneofs: true }) as any).system_message.connected_message);
   });
+  it('refuses json_data nested as deep as the JSON parser takes (128) BadRequest, as one deeper, and takes one a level less', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const client = await ProtobufClient.connect(t, accessUrl(relay.url, { roles: ROLES }));
+    await client.connected();
+    const nested = (depth: number) => '['.repeat(depth) + ']'.repeat(depth);
+    // In a message, data 128 deep is 129 deep: before, it passed the check of json_data, the message it was read into
+    // did not parse, and the client was closed 1008 InvalidMessage (one 129 deep was refused BadRequest). Found by
+    // test/fuzz/protobuf-messages.test.ts.
+    client.send({ send_to_group_message: { group: 'g', ack_id: 1, data: { json_data: nested(128) } } });
+    assert.equal((await client.ack(1)).ack_message.error?.name, 'BadRequest');
+    client.send({ send_to_group_message: { group: 'g', ack_id: 2, data: { json_data: nested(129) } } });
+    assert.equal((await client.ack(2)).ack_message.error?.name, 'BadRequest');
+    client.send({ send_to_group_message: { group: 'g', ack_id: 3, data: { json_data: nested(127) } } });
+    assert.equal((await client.ack(3)).ack_message.success, true);
+    assert.equal(client.ws.readyState, WebSocket.OPEN);
+  });
 });
