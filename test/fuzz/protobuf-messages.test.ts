@@ -2,8 +2,8 @@
 // (src/pubsub/protobuf-wire.ts, src/pubsub/protobuf-protocol.ts), checked
 // against protobufjs (an implementation of the format that is not ours):
 // readFields and readUpstream throw nothing but WireError on any bytes
-// (random, mutated messages, random field soup), in time and output linear in
-// the input; an UpstreamMessage protobufjs encoded is read into the JSON
+// (random, mutated messages, random field soup), with output linear in the
+// input (time is not asserted: tests assert no performance); an UpstreamMessage protobufjs encoded is read into the JSON
 // message it means, every field as encoded; and every DownstreamMessage the
 // relay builds (acks, connected, disconnected, data of every type) decodes
 // with protobufjs to what was put in.
@@ -58,37 +58,6 @@ describe('protobuf messages (fuzzed)', () => {
         assert.doesNotThrow(() => parseJson(reading.text), `not JSON the relay parses: ${reading.text.slice(0, 200)} from ${frame.toString('hex').slice(0, 200)}`);
       }),
       fuzzOptions(3000),
-    );
-  });
-
-  it('reads in time linear in the input: many repeats of a message, its fields or its data take at most a few times as long per byte as a few', () => {
-    // Small frames of a shape and the same shape 32 times over: per byte, the long one may take a few times as long
-    // (caches, the collector), not 32 (the work quadratic).
-    const timePerByte = (frame: Buffer) => {
-      let best = Infinity;
-      for (let i = 0; i < 3; i++) {
-        const start = process.hrtime.bigint();
-        for (let j = 0; j < 4; j++) read(frame);
-        best = Math.min(best, Number(process.hrtime.bigint() - start));
-      }
-      return best / 4 / frame.length;
-    };
-    fc.assert(
-      fc.property(fc.oneof(upstream.map((m) => encodeUpstream(forProtobufjs(m))), mutated, fieldSoup), fc.constantFrom('message', 'send body', 'event data', 'text'), (unit, shape) => {
-        if (unit.length === 0) return;
-        const frameOf = (n: number) => {
-          const many = Buffer.concat(Array.from({ length: n }, () => unit));
-          if (shape === 'message') return many;
-          if (shape === 'send body') return lengthField(1, many);
-          if (shape === 'event data') return lengthField(5, Buffer.concat([lengthField(1, 'e'), lengthField(2, many)]));
-          return lengthField(1, Buffer.concat([lengthField(1, 'g'), lengthField(3, lengthField(1, many))]));
-        };
-        const repeats = Math.ceil(4096 / unit.length);
-        const few = timePerByte(frameOf(repeats));
-        const many = timePerByte(frameOf(repeats * 32));
-        assert.ok(many < few * 8 + 50, `${many.toFixed(1)} ns/byte at ${repeats * 32} repeats, ${few.toFixed(1)} at ${repeats}: ${unit.toString('hex')} as ${shape}`);
-      }),
-      fuzzOptions(30),
     );
   });
 
