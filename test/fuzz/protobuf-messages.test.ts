@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { WireError, readFields, lengthField } from '../../src/pubsub/protobuf-wire.ts';
+import { WireError, readFields } from '../../src/pubsub/protobuf-wire.ts';
 import { protobufAckFrame, protobufConnectedFrame, protobufDataFrame, protobufDisconnectedFrame, protobufNumberedFrame, readUpstream } from '../../src/pubsub/protobuf-protocol.ts';
 import { SharedMessage, type DataType } from '../../src/pubsub/downstream.ts';
 import { parseJson } from '../../src/validation/bounded-json.ts';
