@@ -97,6 +97,8 @@ export interface DurableEvents {
   catchUp(): Promise<number>;
   /** Resolves once this edge has applied the stream up to `at` (true), or after `timeoutMs` (false). */
   reached(at: number, timeoutMs: number): Promise<boolean>;
+  /** Whether this edge's follower applied the close of `target` stored at `seq` (storeClose). */
+  appliedClose(seq: number, target: Target): boolean;
   /** True once this edge reads the stream (it can answer a question at a position). */
   readonly started: boolean;
   /** Sessions whose last checkpoint is not written yet. */
@@ -336,18 +338,20 @@ export class ClusterHub {
   async close(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<void> {
     let unstored: unknown;
     let at: number | undefined;
+    /** The follower applied the stored close here: not applied again (it would end connections after it in the stream). */
+    let applied = false;
     if (this.durable && target.kind !== 'connection') {
       try {
         at = await this.durable.storeClose(target, excluded, reason);
         // Applied here by the follower: the connections this edge holds that the close names are ended.
-        await this.durable.reached(at, this.deps.requestTimeoutMs);
+        applied = (await this.durable.reached(at, this.deps.requestTimeoutMs)) && this.durable.appliedClose(at, target);
       } catch (err) {
         unstored = err;
       }
     }
     at ??= await this.cluster.membershipPosition(target);
     const taking = this.cluster.takingHere(target);
-    const local = this.localOps.applyClose(target, excluded, reason);
+    const local = applied ? 0 : this.localOps.applyClose(target, excluded, reason);
     // Closed here while this edge takes it from another: that one is told too.
     const answers = await this.cluster.call(target, taking ? 0 : local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
     // No edge holds the connection: on a durable hub its session may live on as its checkpoint alone (its edge was

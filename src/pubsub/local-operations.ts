@@ -48,6 +48,7 @@ export interface OperatingHub {
     | {
         storeSession(connection: PubSubConnection): Promise<boolean>;
         reached(at: number, timeoutMs: number): Promise<boolean>;
+        appliedClose(seq: number, target: Target): boolean;
       }
     | undefined;
 }
@@ -84,7 +85,11 @@ export class LocalOperations {
       respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge: this.deps.nodeId, ...(members && { members }) }));
     switch (m.op) {
       case 'ps.close':
-        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason)));
+        // A close stored in a durable hub's stream (asked at its own sequence) that this edge's follower applied is
+        // not applied again: by now it would end connections after it in the stream too (found by review).
+        return this.atPosition(own ? undefined : m.at, () =>
+          done(own || (m.at !== undefined && this.hub.durable?.appliedClose(m.at, m.target)) ? 0 : this.applyClose(m.target, m.excluded && new Set(m.excluded), m.reason)),
+        );
       case 'ps.groups': {
         const filter = filterFromBus(m.filter);
         if (filter === null) return void this.deps.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, op: m.op, reason: 'filter' });

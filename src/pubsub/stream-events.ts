@@ -31,6 +31,13 @@ const REPLAY_PAGE_BYTES = 8 * 1024 * 1024;
 /** Joins refused for the group limit remembered until their requester asks (joinTookEffect). */
 const REFUSED_JOINS_KEPT = 1024;
 
+/** Stored closes remembered for the ask that follows each (appliedClose); asks come within bus.requestTimeoutMs. */
+const CLOSES_KEPT = 1024;
+
+function closeKey(target: Target): string {
+  return `${target.kind}\n${target.kind === 'all' ? '' : target.name}`;
+}
+
 function refusedJoinKey(seq: number, connectionId: string, group: string): string {
   return `${seq} ${connectionId} ${group}`;
 }
@@ -238,8 +245,27 @@ export class StreamEvents implements DurableEvents, HubHistory {
       case 'ps.close':
         // A REST close (storeClose): the connections here it names end, in stream order.
         this.hub.applyStoredClose(event.target, event.excluded, event.reason);
+        this.noteAppliedClose(m.seq, event.target);
         return;
     }
+  }
+
+  /** Stored closes applied here (seq -> its target), the latest CLOSES_KEPT: appliedClose. */
+  private readonly appliedCloses = new Map<number, string>();
+
+  private noteAppliedClose(seq: number, target: Target): void {
+    this.appliedCloses.set(seq, closeKey(target));
+    if (this.appliedCloses.size > CLOSES_KEPT) this.appliedCloses.delete(this.appliedCloses.keys().next().value!);
+  }
+
+  /**
+   * Whether this edge applied, as its follower read it, the close of `target` stored at `seq` (storeClose): the
+   * edges are asked at that position, and what it names here has ended then. Applied again when asked, it also ended
+   * connections that came after it in the stream (a member that joined the group, or a connection opened here, after
+   * this edge read the close and before the ask came; found by review).
+   */
+  appliedClose(seq: number, target: Target): boolean {
+    return this.appliedCloses.get(seq) === closeKey(target);
   }
 
   /** Joins skipped here for the group limit, for joinTookEffect: the latest REFUSED_JOINS_KEPT (they are rare). */

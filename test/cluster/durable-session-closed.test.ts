@@ -16,9 +16,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
-import { startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
+import type { StreamEvents } from '../../src/pubsub/stream-events.ts';
+import { edgeOverrides, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 
 /** Two edges on one nats-server, each seeing the other, whose sessions are kept 5 s. */
@@ -175,5 +178,41 @@ describe("a REST close of a user's, a group's or the hub's connections, durable 
     await serviceClient(b).closeAllConnections({ reason: 'maintenance', excluded: [kept.id] } as { reason: string });
     await assertClosed(t, closed, 'maintenance', 'a connection of the hub');
     await assertRecovered(t, kept, 'the excluded connection');
+  });
+});
+
+describe("a group's close on a durable hub, the edge it came through slow to ask the others", () => {
+  it('leaves a member that joined the group after the close in the stream (before: the direct ask, after the stored close was applied, ended it too)', async (t) => {
+    const nats = await startNatsServer(t);
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url]));
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url]));
+    await until(() => a.jetstream?.state === 'ready' && b.jetstream?.state === 'ready', 20000, 'both edges with JetStream');
+    await until(() => a.pubsub.hub(HUB)!.otherEdges().length > 0 && b.pubsub.hub(HUB)!.otherEdges().length > 0, 10000, 'each edge on the other one roster');
+    const member = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'm' }), PLAIN, t);
+    await member.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    assert.equal((await member.request({ type: 'joinGroup', group: 'room' })).success, true);
+    const later = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'l' }), PLAIN, t);
+    await later.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    // A asks the other edges only once it applied the close itself: that is held back here until B has applied the
+    // stored close and a join stored after it.
+    const durableA = a.pubsub.hub(HUB)!.durable as StreamEvents;
+    const reached = durableA.reached.bind(durableA);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    durableA.reached = async (at, ms) => {
+      const done = await reached(at, ms);
+      await held;
+      return done;
+    };
+    t.after(() => release());
+    const closing = serviceClient(a).group('room').closeAllConnections({ reason: 'room closed' });
+    assert.equal((await withTimeout(member.closed, 5000, 'the member closed by the stored close')).code, 1008);
+    // Stored after the close, applied on B before its ack.
+    assert.equal((await later.request({ type: 'joinGroup', group: 'room' })).success, true);
+    release();
+    await closing;
+    // B answered A's ask before the call returned; a round trip on the socket comes after what B did then.
+    assert.equal((await later.request({ type: 'joinGroup', group: 'other' })).success, true, 'the member that joined after the close was closed');
+    assert.equal(later.ws.readyState, later.ws.OPEN);
   });
 });
