@@ -17,7 +17,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 import { filterFromBus, selects, type ConnectionFilter, type FilterSubject } from './connection-filter.ts';
 import { streamMessageOf, type SharedMessage } from './downstream.ts';
-import { SessionClosedByServer, SessionUnavailable } from './errors.ts';
+import { SessionClosedByServer, SessionUnavailable, type PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, type ConnectionLimits } from './pubsub-connection.ts';
@@ -36,6 +36,8 @@ export interface SessionTakeOptions {
   publishTimeoutMs: number;
   /** The hub keeps history: group messages carry their sequence. */
   history: boolean;
+  /** Ends a connection for good (ConnectionLifecycle.end): its session's end stored, its `disconnected` event sent. */
+  endConnection(connection: PubSubConnection, code: PubSubErrorCode, reason?: string): void;
 }
 
 /** What the sessions and their takes need of the hub's event path (stream-events.ts). */
@@ -207,6 +209,12 @@ export class SessionTakes {
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: 'closed by a REST call after its checkpoint', closeSeq: replayed.seq });
         connection.session!.clear();
         await this.checkpoints.endClaimed(connectionId, claimSeq);
+        // Then ended as a connection the close found held (ConnectionLifecycle.end), its end stored above (no
+        // checkpoint left to write again): the event handler is told `disconnected` with the close's reason, as the
+        // edge where a session ends tells it. Before, it was not: told `connected` by the edge that was killed, it
+        // never heard the connection end (found by review).
+        connection.session!.checkpoint = undefined;
+        this.options.endConnection(connection, 'ClosedByServer', replayed.close.reason);
         throw new SessionClosedByServer(replayed.close.reason);
       }
       if (replayed !== 'caught up') {

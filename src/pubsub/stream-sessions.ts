@@ -26,7 +26,6 @@
 // and letting a session go when another edge claims it. The bucket's reads and
 // writes are session-checkpoints.ts; taking a session over, session-take.ts.
 import type { PsClaim } from '../bus/messages.ts';
-import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
 import { SessionCatchUps, type CatchUpStream } from './session-catch-up.ts';
@@ -41,7 +40,6 @@ export interface StreamSessionsOptions extends SessionTakeOptions, SessionCheckp
   checkpointIntervalMs: number;
   /** Takes a connection out of its hub without ending its session (it lives on elsewhere). */
   release(connection: PubSubConnection): void;
-  endConnection(connection: PubSubConnection, code: PubSubErrorCode): void;
 }
 
 /** The most ackIds an owner letting go hands to the next edge (the latest ones: retries are of recent requests; ~17 KB). */

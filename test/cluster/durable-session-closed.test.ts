@@ -18,6 +18,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
 import type { StreamEvents } from '../../src/pubsub/stream-events.ts';
 import { edgeOverrides, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
+import { eventHandlerApp, serveApp } from '../helpers/event-handler-app.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, PLAIN, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
@@ -214,5 +215,34 @@ describe("a group's close on a durable hub, the edge it came through slow to ask
     // B answered A's ask before the call returned; a round trip on the socket comes after what B did then.
     assert.equal((await later.request({ type: 'joinGroup', group: 'other' })).success, true, 'the member that joined after the close was closed');
     assert.equal(later.ws.readyState, later.ws.OPEN);
+  });
+});
+
+describe("a REST close reaching a durable session no edge held, the hub's event handler listening", () => {
+  it('tells the handler `disconnected` when the take ends the session (before: `connected` was its last word on the connection)', async (t) => {
+    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
+    const served = await serveApp(t, app);
+    const nats = await startNatsServer(t);
+    const hubs = {
+      timeouts: { sessionRetainMs: 10000 },
+      bus: { requestTimeoutMs: 1000 },
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, systemEvents: ['connected', 'disconnected'] }] }] },
+    };
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], hubs)));
+    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'x' }), RELIABLE, t);
+    const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const id = connected.connectionId as string;
+    await until(() => record.connected.some((req) => req.context.connectionId === id), 5000, 'the connected event');
+    await a.kill();
+    client.ws.terminate();
+    await serviceClient(b).closeAllConnections({ reason: 'maintenance' });
+    const url = `${b.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(id)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken as string)}`;
+    const recovering = await RawPubSubClient.connect(url, RELIABLE, t);
+    assert.equal((await recovering.waitFor((m) => m.type === 'system', 15000)).event, 'disconnected', 'the closed session was recovered');
+    assert.deepEqual(await recovering.closed, { code: 1008, reason: 'ClosedByServer' });
+    await until(() => record.disconnected.some((req) => req.context.connectionId === id), 5000, 'the disconnected event of the closed session');
+    assert.equal(record.disconnected.filter((req) => req.context.connectionId === id).length, 1);
+    assert.equal(record.disconnected.find((req) => req.context.connectionId === id)!.reason, 'maintenance');
   });
 });
