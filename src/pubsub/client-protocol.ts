@@ -4,10 +4,12 @@
 // with a string `type` (or is binary and not UTF-8) ends the connection; a known type with
 // bad fields, or an unknown type, is answered with a failed ack when it
 // carries an ackId. Every ackId gets exactly one ack; a repeated ackId that
-// was processed is answered `Duplicate` and not processed again. A simple
-// WebSocket client (no Web PubSub subprotocol) speaks no protocol: each frame
-// it sends is a `message` user event, one at a time, and a non-empty answer
-// goes back to it (handleSimpleFrame).
+// was processed is answered `Duplicate` and not processed again. A protobuf
+// client's frame is read into the JSON message it means first
+// (handleProtobufFrame). A simple WebSocket client (no Web PubSub subprotocol)
+// speaks no protocol: each frame it sends is a `message` user event, one at a
+// time, and a non-empty answer goes back to it (handleSimpleFrame), or, in
+// sendToGroup mode, a message to its group (publishSimpleFrame).
 //
 // A frame's `data` travels as its sender wrote it (Azure publishes json data
 // "as what it is"): the parse only validates, and what is sent on, to other

@@ -1,5 +1,5 @@
 // One pub/sub client connection: who it is (user, permissions, groups), the
-// socket it is currently attached to, and, for the reliable subprotocol, the
+// socket it is currently attached to, and, for the reliable subprotocols, the
 // session that outlives a dropped socket. Delivery enforces the outbound cap:
 // a plain connection that has limits.outboundBufferBytes queued when another
 // message comes is a slow consumer and is closed; a reliable one stops being

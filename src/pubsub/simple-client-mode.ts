@@ -1,5 +1,5 @@
-// A simple WebSocket client's mode (docs/protocols/web-pubsub.md, "Simple
-// clients"), read from its upgrade's query once and fixed for the
+// A simple WebSocket client's mode (docs/event-handlers.md, "sendToGroup
+// mode"), read from its upgrade's query once and fixed for the
 // connection's life, as Azure has it: `webpubsub_mode=sendEvent` (also no
 // mode at all: each frame is a `message` event) or
 // `webpubsub_mode=sendToGroup&group=g` (each frame is published to group g).
