@@ -258,8 +258,9 @@ export interface PsSend {
 
 /**
  * REST close: end the target's connections. Answered with ps.done. A durable hub also stores one of a user's, a
- * group's or the hub's connections in its stream (without `at`): every edge ends the connections it names as it
- * reads it, and a take of a session whose replay passes it ends the session (session-take.ts).
+ * group's or the hub's connections in its stream (without `at`), and one of a connection that no edge answered
+ * holding while its session is kept: every edge ends the connections it names as it reads it, and a take of a
+ * session whose replay passes it ends the session (session-take.ts).
  */
 export interface PsClose {
   op: 'ps.close';

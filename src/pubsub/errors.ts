@@ -105,7 +105,7 @@ export const { failUpgrade, failRequest } = errorAnswers<PubSubErrorCode>(PUBSUB
 export class SessionUnavailable extends Error {}
 
 /**
- * A durable hub's session that a REST close of its user's, group's or hub's connections reached while no edge held
+ * A durable hub's session that a REST close of it, or of its user's, group's or hub's connections, reached while no edge held
  * it (stored in the hub's stream after its checkpoint): the take ends it instead of resuming it, and the recovering
  * client is told the close's reason (close 1008 ClosedByServer), as a client the close found connected was.
  */

@@ -82,11 +82,10 @@ export interface DurableEvents {
   /** Writes the session's checkpoint now (what the stream does not carry changed): true once stored. */
   storeSession(connection: PubSubConnection): Promise<boolean>;
   sessionEnded(connection: PubSubConnection): void;
-  /** Ends the session of a connection no edge holds (a REST close; its edge was killed): no edge takes it again. */
-  endUnheldSession(connectionId: string): Promise<void>;
   /**
-   * Stores a REST close of a user's, group's or the hub's connections in the stream (each edge ends its connections
-   * there as it reads it; a take of a session replaying past it ends the session): resolves with its sequence.
+   * Stores a REST close of a user's, group's or the hub's connections, or of one connection no edge holds, in the
+   * stream (each edge ends its connections there as it reads it; a take of a session replaying past it ends the
+   * session): resolves with its sequence.
    */
   storeClose(target: Target, excluded: ReadonlySet<string> | undefined, reason: string | undefined): Promise<number>;
   /** Whether the connection's reliable session is kept as its checkpoint alone (its edge went away): no edge holds it. */
@@ -327,7 +326,8 @@ export class ClusterHub {
 
   /**
    * Ends the target's connections on every edge (REST). On a durable hub, a close of a user's, a group's or the hub's
-   * connections is stored in the hub's stream first: every edge ends its own connections the target names as it
+   * connections is stored in the hub's stream first (a close of one connection, once no edge answered holding it and
+   * its session is kept as its checkpoint alone): every edge ends its own connections the target names as it
    * reads it (in stream order, as a membership change is applied), and the edges are asked at its position; a
    * session no edge holds (its edge killed or drained, its client not back yet) is ended by the edge that takes it
    * from its checkpoint, whose replay of the stream passes the close (session-take.ts). Before, such a close reached
@@ -355,9 +355,16 @@ export class ClusterHub {
     // Closed here while this edge takes it from another: that one is told too.
     const answers = await this.cluster.call(target, taking ? 0 : local, { op: 'ps.close', ...this.from, target, excluded: excluded && [...excluded], reason, at });
     // No edge holds the connection: on a durable hub its session may live on as its checkpoint alone (its edge was
-    // killed), for any edge to take; it is ended there.
+    // killed or drained, its client not back yet), for any edge to take. The close is stored in the stream then, as a
+    // user's, a group's or the hub's is: an edge that holds the session by the time it reads the close ends it there,
+    // and a take whose replay passes it ends it as it ends the others (the client told the close's reason, 1008
+    // ClosedByServer; the event handler `disconnected`). Before (found by review), its checkpoint alone was written
+    // ended: the client was refused 1008 SessionNotFound with a generic message, and the handler never heard the end.
     if (this.durable && target.kind === 'connection' && local === 0 && !taking && !excluded?.has(target.name) && !answers.some((a) => a.count > 0)) {
-      await this.durable.endUnheldSession(target.name);
+      if (await this.durable.sessionKeptUnheld(target.name)) {
+        const stored = await this.durable.storeClose(target, undefined, reason);
+        await this.durable.reached(stored, this.deps.requestTimeoutMs);
+      }
     }
     if (unstored !== undefined) throw unstored;
   }

@@ -291,7 +291,8 @@ export class SessionCheckpoints {
   /**
    * Stores that a session this edge claimed, and did not take because a reload removed the hub, ended: over the
    * checkpoint there (the holder's last write, or this edge's own), unless a later claim took the session since.
-   * Also a session no edge held, closed through REST (SessionTakes.endUnheld). False when the store did not answer.
+   * Also a session a take found ended by a REST close stored after its checkpoint (SessionTakes.take). False when the
+   * store did not answer.
    */
   async endClaimed(connectionId: string, claimSeq: number): Promise<boolean> {
     let found: CheckpointEntry | undefined;

@@ -118,7 +118,7 @@ export class SessionRecovery {
       try {
         connection = await take;
       } catch (err) {
-        // A REST close of its user's, group's or the hub's connections reached the session while no edge held it: the
+        // A REST close of it, or of its user's, group's or the hub's connections, reached the session while no edge held it: the
         // client is told as a client the close found connected was (1008 ClosedByServer, the close's reason).
         if (err instanceof SessionClosedByServer) {
           this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name, connectionId, reason: 'closed by the server' });

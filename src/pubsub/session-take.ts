@@ -203,7 +203,7 @@ export class SessionTakes {
       const from = checkpoint.mid === undefined ? checkpoint.position : await this.positionOf(checkpoint.mid, checkpoint.position, deadline);
       const replayed = await this.replay(connection, from, claimSeq, deadline);
       if (typeof replayed === 'object') {
-        // A REST close of its user's, group's or the hub's connections came after its checkpoint, while no edge held
+        // A REST close of it, or of its user's, group's or the hub's connections, came after its checkpoint, while no edge held
         // it: it ends here, as it would have where it was held (its checkpoint written ended under this edge's claim;
         // should that write fail, a later take replays the same close). Before, it was resumed, groups and all.
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: 'closed by a REST call after its checkpoint', closeSeq: replayed.seq });
@@ -254,27 +254,6 @@ export class SessionTakes {
       throw err;
     } finally {
       this.claimsSeen.delete(connectionId);
-    }
-  }
-
-  /**
-   * Ends a session that no edge holds, for a REST close of its connection (its edge was killed: only its checkpoint
-   * is left, for any edge to take): a claim makes this edge its holder (a take under way elsewhere stops at it, an
-   * edge that took it meanwhile lets it go), then its checkpoint is written `ended`. Throws StoreError when
-   * JetStream could not do either: the close is to be tried again. Before, the close was answered 204, acted on
-   * nowhere, and the client recovered the session on another edge, groups and all.
-   */
-  async endUnheld(connectionId: string): Promise<void> {
-    if (!CONNECTION_ID.test(connectionId)) return;
-    try {
-      if (!this.stream.started) throw new SessionUnavailable('this edge is not following the hub stream yet');
-      const found = await this.checkpoints.read(connectionId);
-      if (!found || found.ended) return;
-      const { seq } = await this.claim(connectionId, Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs, {});
-      if (!(await this.checkpoints.endClaimed(connectionId, seq))) throw new SessionUnavailable('the session store did not store its end');
-    } catch (err) {
-      if (!(err instanceof SessionUnavailable)) throw err;
-      throw new StoreError(`not stored: the session of the connection is kept, and could be recovered (${err.message})`);
     }
   }
 
@@ -487,7 +466,7 @@ export class SessionTakes {
         if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return 'another edge claimed it since';
         return undefined;
       case 'ps.close':
-        // A REST close (StreamEvents.storeClose) of its user's, a group it was in there, or the hub's connections,
+        // A REST close (StreamEvents.storeClose) of it (no edge held it then), its user's, a group it was in there, or the hub's connections,
         // and it not excluded: every edge ended the connections it names as it read it; this one ends too.
         return addresses(event.target, connection, event.excluded) ? { close: event, seq: m.seq } : undefined;
     }

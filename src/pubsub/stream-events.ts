@@ -167,7 +167,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   /**
-   * Stores a REST close of a user's, a group's or the hub's connections, on the control subject (read by every edge
+   * Stores a REST close of a user's, a group's or the hub's connections (or of one connection whose session no edge
+   * holds), on the control subject (read by every edge
    * whatever groups it has members of): every edge ends its connections it names as it reads it (applyEvent), and a
    * take of a session whose replay passes it ends the session (session-take.ts). Resolves with its sequence.
    */
@@ -440,10 +441,6 @@ export class StreamEvents implements DurableEvents, HubHistory {
 
   sessionKeptUnheld(connectionId: string): Promise<boolean> {
     return this.sessions.keptUnheld(connectionId);
-  }
-
-  endUnheldSession(connectionId: string): Promise<void> {
-    return this.sessions.endUnheld(connectionId);
   }
 
   releaseAll(): Promise<void> {

@@ -281,11 +281,6 @@ export class StreamSessions {
     return this.takes.keptUnheld(connectionId);
   }
 
-  /** Ends a session that no edge holds (SessionTakes.endUnheld): a REST close of its connection. */
-  endUnheld(connectionId: string): Promise<void> {
-    return this.takes.endUnheld(connectionId);
-  }
-
   close(removed = false): void {
     clearInterval(this.timer);
     this.takes.close(removed);

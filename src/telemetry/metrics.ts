@@ -216,7 +216,7 @@ export class RelayMetrics {
     });
     this.recoveriesRefused = new Counter({
       name: 'edge_relay_pubsub_recoveries_refused_total',
-      help: 'Reconnects with a connection id that were refused, by reason: SessionNotFound (gone, or a wrong token), ShuttingDown (try another edge), SessionUnavailable (try again) or ClosedByServer (a reload removed the hub meanwhile, or a REST close of the connections of its user, of a group it was in or of the hub reached the session while no edge held it)',
+      help: 'Reconnects with a connection id that were refused, by reason: SessionNotFound (gone, or a wrong token), ShuttingDown (try another edge), SessionUnavailable (try again) or ClosedByServer (a reload removed the hub meanwhile, or a REST close of it, or of the connections of its user, of a group it was in or of the hub, reached the session while no edge held it)',
       labelNames: ['reason'],
       registers,
     });

@@ -12,7 +12,10 @@
 // was answered 204 and its client recovered the session on another edge, its
 // groups and all): the close is stored in the hub's stream, and the edge that
 // takes the session from its checkpoint ends it there (1008 ClosedByServer,
-// the close's reason) instead of resuming it.
+// the close's reason; the event handler told `disconnected`) instead of
+// resuming it. A close of the one connection no edge holds is stored so too
+// (before, found by review: its checkpoint was written ended, the client was
+// refused 1008 SessionNotFound with a generic message, the handler never told).
 import assert from 'node:assert/strict';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { Cleanup } from '../helpers/cleanup.ts';
@@ -42,7 +45,7 @@ describe('a REST close of a durable session whose edge was killed', () => {
   });
   after(() => cleanup.run());
 
-  it('ends the session: its recovery on another edge is refused 1008 SessionNotFound (before: connected, in its groups)', async (t) => {
+  it("ends the session: its recovery on another edge is told the close's reason, 1008 ClosedByServer (before: connected, in its groups; then 1008 SessionNotFound, a generic message)", async (t) => {
     const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'banned', roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
     const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
     const id = connected.connectionId as string;
@@ -55,7 +58,8 @@ describe('a REST close of a durable session whose edge was killed', () => {
     const recovering = await RawPubSubClient.connect(url, RELIABLE, t);
     const system = await recovering.waitFor((m) => m.type === 'system', 15000);
     assert.equal(system.event, 'disconnected', 'the closed session was recovered');
-    assert.equal((await recovering.closed).code, 1008);
+    assert.equal(system.message, 'banned', "told the close's reason");
+    assert.deepEqual(await recovering.closed, { code: 1008, reason: 'ClosedByServer' });
   });
 });
 
@@ -244,5 +248,46 @@ describe("a REST close reaching a durable session no edge held, the hub's event 
     await until(() => record.disconnected.some((req) => req.context.connectionId === id), 5000, 'the disconnected event of the closed session');
     assert.equal(record.disconnected.filter((req) => req.context.connectionId === id).length, 1);
     assert.equal(record.disconnected.find((req) => req.context.connectionId === id)!.reason, 'maintenance');
+  });
+
+  it("tells the handler `disconnected` once for a close of the one connection, held or not (before: a session no edge held ended in its checkpoint alone, and the handler was never told)", async (t) => {
+    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
+    const served = await serveApp(t, app);
+    const nats = await startNatsServer(t);
+    const hubs = {
+      timeouts: { sessionRetainMs: 10000 },
+      bus: { requestTimeoutMs: 1000 },
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, systemEvents: ['connected', 'disconnected'] }] }] },
+    };
+    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], hubs)));
+    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    // One held on the edge that lives: closed as before, told once.
+    const held = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'h' }), RELIABLE, t);
+    const heldId = (await held.waitFor((m) => m.type === 'system' && m.event === 'connected')).connectionId as string;
+    const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'x' }), RELIABLE, t);
+    const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const id = connected.connectionId as string;
+    await until(() => record.connected.some((req) => req.context.connectionId === id), 5000, 'the connected event');
+    await a.kill();
+    client.ws.terminate();
+    await serviceClient(b).closeConnection(heldId, { reason: 'held' });
+    assert.deepEqual(await withTimeout(held.closed, 5000, 'the held connection closed'), { code: 1008, reason: 'ClosedByServer' });
+    await serviceClient(b).closeConnection(id, { reason: 'banned' });
+    const url = `${b.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(id)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken as string)}`;
+    const recovering = await RawPubSubClient.connect(url, RELIABLE, t);
+    const system = await recovering.waitFor((m) => m.type === 'system', 15000);
+    assert.equal(system.event, 'disconnected', 'the closed session was recovered');
+    assert.equal(system.message, 'banned', "told the close's reason");
+    assert.deepEqual(await recovering.closed, { code: 1008, reason: 'ClosedByServer' });
+    await until(() => record.disconnected.some((req) => req.context.connectionId === id), 5000, 'the disconnected event of the closed session');
+    await until(() => record.disconnected.some((req) => req.context.connectionId === heldId), 5000, 'the disconnected event of the held connection');
+    // A second recovery finds the session ended, and nothing is told twice.
+    const again = await RawPubSubClient.connect(url, RELIABLE, t);
+    assert.equal((await again.waitFor((m) => m.type === 'system', 15000)).event, 'disconnected');
+    await again.closed;
+    assert.equal(record.disconnected.filter((req) => req.context.connectionId === id).length, 1);
+    assert.equal(record.disconnected.find((req) => req.context.connectionId === id)!.reason, 'banned');
+    assert.equal(record.disconnected.filter((req) => req.context.connectionId === heldId).length, 1);
+    assert.equal(record.disconnected.find((req) => req.context.connectionId === heldId)!.reason, 'held');
   });
 });
