@@ -426,8 +426,8 @@ export class ClusterHub {
    * `absent` when the connection (or, for HEAD, the grant) is not there;
    * `full` when a grant or revoke for one more group would pass
    * limits.groupsPerConnection groups named for that permission; `unheld`
-   * when a grant or revoke finds the connection's session on a durable hub
-   * held by no edge (nothing changed: to be tried again).
+   * when a grant, revoke or check finds the connection's session on a durable
+   * hub held by no edge (nothing changed or told: to be tried again).
    */
   async permission(connectionId: string, method: 'PUT' | 'DELETE' | 'HEAD', permission: Permission, group?: string): Promise<PermissionOutcome> {
     const target: Target = { kind: 'connection', name: connectionId };
@@ -439,8 +439,11 @@ export class ClusterHub {
     if (answers.some((a) => a.count > 0)) return 'applied';
     // No edge holds it, but a durable hub may keep its reliable session for any edge to take (its edge was killed or
     // drained, its client not back yet): a grant or revoke would change nothing there, and the take would bring the
-    // old permissions back. Before, a revoke was answered 204 and the recovered session kept the permission.
-    if (method !== 'HEAD' && answers.length === 0 && this.durable && (await this.durable.sessionKeptUnheld(connectionId))) return 'unheld';
+    // old permissions back. Before, a revoke was answered 204 and the recovered session kept the permission. A check
+    // cannot be answered either: the checkpoint holds the permissions, but not whether a close stored in the stream
+    // after it (this connection's, its user's, a group's, the hub's) ended the session, which only a take's replay
+    // finds; before (found by review), it was 404, false, for a session holding the permission.
+    if (answers.length === 0 && this.durable && (await this.durable.sessionKeptUnheld(connectionId))) return 'unheld';
     return 'absent';
   }
 

@@ -500,7 +500,7 @@ async function permission(call: RestCall, name: string, connectionId: string): P
   if (outcome === 'unheld') {
     return {
       code: 'SessionUnavailable',
-      detail: "the connection's reliable session is held by no edge right now (its edge went away, its client has not recovered it yet): nothing was changed; try again",
+      detail: `the connection's reliable session is held by no edge right now (its edge went away, its client has not recovered it yet): ${method === 'HEAD' ? 'whether it holds the permission cannot be told' : 'nothing was changed'}; try again`,
     };
   }
   if (outcome === 'full') {

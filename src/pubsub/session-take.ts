@@ -260,7 +260,8 @@ export class SessionTakes {
   /**
    * True when the connection's reliable session is kept only as its checkpoint (its edge went away, and its client
    * has not recovered it yet): no edge holds it, and any edge may take it. A REST permission change cannot be made
-   * to it (what it would change travels in the checkpoint, which the edge that takes the session reads). Throws
+   * to it (what it would change travels in the checkpoint, which the edge that takes the session reads), nor a check
+   * answered (a close stored after the checkpoint may have ended it, which only a take's replay finds). Throws
    * StoreError when the store does not answer.
    */
   async keptUnheld(connectionId: string): Promise<boolean> {

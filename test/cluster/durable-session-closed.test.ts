@@ -5,9 +5,10 @@
 // review): the close was answered 204, no edge acted on it, and the client's
 // recovery on another edge got `connected`, its groups and all (an app that
 // closed a banned user's connection while that user's edge was down let them
-// back in). A REST grant or revoke there is 503 SessionUnavailable until the
-// client recovers the session (before: a revoke was 204, and the recovered
-// session kept the permission). A REST close of a user's connections, a
+// back in). A REST grant, revoke or check there is 503 SessionUnavailable
+// until the client recovers the session (before: a revoke was 204, and the
+// recovered session kept the permission; a check was 404, false, for a
+// session holding the permission). A REST close of a user's connections, a
 // group's or the hub's reaches such a session too (found by review: the close
 // was answered 204 and its client recovered the session on another edge, its
 // groups and all): the close is stored in the hub's stream, and the edge that
@@ -71,7 +72,7 @@ describe('a REST permission change of a durable session whose edge was killed', 
   });
   after(() => cleanup.run());
 
-  it('is answered 503 SessionUnavailable until its client recovers the session, then made (before: a revoke was 204, and the recovered session kept the permission)', async (t) => {
+  it('is answered 503 SessionUnavailable until its client recovers the session, then made (before: a revoke was 204, and the recovered session kept the permission; a check 404, false)', async (t) => {
     const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'mallory', roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
     const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
     const id = connected.connectionId as string;
@@ -82,14 +83,19 @@ describe('a REST permission change of a durable session whose edge was killed', 
     const once = serviceClient(b, { maxRetries: 0 });
     await assert.rejects(once.revokePermission(id, 'joinLeaveGroup'), unavailable, 'a revoke no edge could make');
     await assert.rejects(once.grantPermission(id, 'sendToGroup', { targetName: 'x' }), unavailable, 'a grant no edge could make (before: 404)');
-    // Its check says what the session held as its edge left: asked again once it is recovered.
-    assert.equal(await once.hasPermission(id, 'joinLeaveGroup'), false);
+    // Its check is 503 too: no edge can tell now whether the session still is, and holds the permission (before: 404,
+    // hasPermission false, for a session holding it). Asked again once it is recovered (below).
+    // A HEAD answer has no body: the SDK's error carries the code in its response's x-ms-error-code header only.
+    const uncheckable = (err: { statusCode?: number; response?: { headers: { get(name: string): string | undefined } } }) =>
+      err.statusCode === 503 && err.response?.headers.get('x-ms-error-code') === 'SessionUnavailable';
+    await assert.rejects(once.hasPermission(id, 'joinLeaveGroup'), uncheckable, 'a check no edge could answer (before: false)');
     // The SDK tries a 503 again (three times by default): the revoke lands once the client is back.
     const revoking = serviceClient(b).revokePermission(id, 'joinLeaveGroup');
     const url = `${b.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(id)}&awps_reconnection_token=${encodeURIComponent(token)}`;
     const recovering = await RawPubSubClient.connect(url, RELIABLE, t);
     assert.equal((await recovering.waitFor((m) => m.type === 'system', 15000)).event, 'connected');
     await revoking;
+    assert.equal(await once.hasPermission(id, 'joinLeaveGroup'), false, 'the check of the recovered session');
     assert.equal((await recovering.request({ type: 'joinGroup', group: 'private', ackId: 1 })).error?.name, 'Forbidden', 'the revoked permission came back with the session');
   });
 });
