@@ -6,58 +6,13 @@
 // Before, a client offering only these subprotocols was refused 400.
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import protobuf from 'protobufjs';
+import { Any, Downstream, Reading, Upstream } from '../helpers/protobuf-schema.ts';
 import WebSocket from 'ws';
 import { HUB, HUB_KEY, PLAIN, RawPubSubClient, accessUrl, recoveryQuery, startPubSubRelay } from '../helpers/pubsub.ts';
 import { serveEventHandler } from '../helpers/event-handler-app.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
-const PROTO = `
-syntax = "proto3";
-package azure.webpubsub;
-message UpstreamMessage {
-  oneof message {
-    SendToGroupMessage send_to_group_message = 1;
-    EventMessage event_message = 5;
-    JoinGroupMessage join_group_message = 6;
-    LeaveGroupMessage leave_group_message = 7;
-    SequenceAckMessage sequence_ack_message = 8;
-    PingMessage ping_message = 9;
-  }
-  message PingMessage {}
-  message SendToGroupMessage { string group = 1; optional uint64 ack_id = 2; MessageData data = 3; optional bool no_echo = 4; }
-  message EventMessage { string event = 1; MessageData data = 2; optional uint64 ack_id = 3; }
-  message JoinGroupMessage { string group = 1; optional uint64 ack_id = 2; }
-  message LeaveGroupMessage { string group = 1; optional uint64 ack_id = 2; }
-  message SequenceAckMessage { uint64 sequence_id = 1; }
-}
-message DownstreamMessage {
-  oneof message { AckMessage ack_message = 1; DataMessage data_message = 2; SystemMessage system_message = 3; PongMessage pong_message = 4; }
-  message PongMessage {}
-  message AckMessage {
-    uint64 ack_id = 1; bool success = 2; optional ErrorMessage error = 3;
-    message ErrorMessage { string name = 1; string message = 2; }
-  }
-  message DataMessage { string from = 1; optional string group = 2; MessageData data = 3; optional uint64 sequence_id = 4; }
-  message SystemMessage {
-    oneof message { ConnectedMessage connected_message = 1; DisconnectedMessage disconnected_message = 2; }
-    message ConnectedMessage { string connection_id = 1; string user_id = 2; string reconnection_token = 3; }
-    message DisconnectedMessage { string reason = 2; }
-  }
-}
-message MessageData {
-  oneof data { string text_data = 1; bytes binary_data = 2; google.protobuf.Any protobuf_data = 3; string json_data = 4; }
-}
-message Reading { int32 value = 1; }
-`;
-// google.protobuf.Any as the well-known type defines it.
-const root = protobuf.parse('syntax = "proto3"; package google.protobuf; message Any { string type_url = 1; bytes value = 2; }', { keepCase: true }).root;
-protobuf.parse(PROTO, root, { keepCase: true });
-const Upstream = root.lookupType('azure.webpubsub.UpstreamMessage');
-const Downstream = root.lookupType('azure.webpubsub.DownstreamMessage');
-const Any = root.lookupType('google.protobuf.Any');
-const Reading = root.lookupType('azure.webpubsub.Reading');
 
 const PROTOBUF = 'protobuf.webpubsub.azure.v1';
 const PROTOBUF_RELIABLE = 'protobuf.reliable.webpubsub.azure.v1';
