@@ -194,7 +194,8 @@ describe('a durable session moved right after a change the stream does not carry
         sender.send({ type: 'sendToGroup', group: 'paged', dataType: 'text', data: `p${i}` });
       }
     }
-    const last = await sender.request({ type: 'sendToGroup', group: 'paged', dataType: 'text', data: 'last', ackId: 1 });
+    // Acked after the 2,750 stored before it (32 at a time): a loaded clean-clone CI run took past the default 5 s.
+    const last = await sender.request({ type: 'sendToGroup', group: 'paged', dataType: 'text', data: 'last', ackId: 1 }, 20000);
     assert.equal(last.success, true, JSON.stringify(last));
     expected.push('last');
     await until(() => session.client.dataMessages().length === expected.length, 20000, 'the events on A');
