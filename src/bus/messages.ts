@@ -21,6 +21,9 @@ export type Target = { kind: 'all' } | { kind: 'group' | 'user' | 'connection'; 
  */
 export type DataType = 'json' | 'text' | 'binary' | 'protobuf';
 
+/** Every DataType, for checks of a value not typed yet. */
+export const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary', 'protobuf'];
+
 /** A pub/sub data message without its data (which travels as the body, already JSON). */
 export interface DataMessageHead {
   from: 'group' | 'server';

@@ -18,6 +18,7 @@
 // into 12345678901234567000, 1.10 into 1.1 and 1e400 into null.
 import { isUtf8 } from 'node:buffer';
 import { BusError } from '../bus/bus.ts';
+import { DATA_TYPES } from '../bus/messages.ts';
 import { parseJson, rawMemberText } from '../validation/bounded-json.ts';
 import { describeErrors, pubsubMessageValidators, validateInvocationId, validatePubSubEnvelope } from '../validation/schemas.ts';
 import { ACK_ERRORS, GroupLimitReached, type AckErrorName, type PubSubErrorCode } from './errors.ts';
@@ -220,8 +221,6 @@ function eventPayload(frame: string, m: Upstream): string {
   const dataType = m.dataType ?? 'json';
   return dataType === 'json' ? dataTextOf(frame, m) : (m.data as string);
 }
-
-const DATA_TYPES: readonly DataType[] = ['json', 'text', 'binary', 'protobuf'];
 
 /** A data type named in any ASCII case, as the schema and every receiver take it (lower case); anything else as it was, for the schema to refuse. */
 function canonicalDataType(given: string): DataType {

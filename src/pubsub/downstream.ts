@@ -4,7 +4,7 @@
 // `{` + body in one shared frame, a reliable client gets `{` + body with a
 // `"sequenceId":N` member last (sequencedParts), so the only per-recipient
 // work is the sequence number the protocol forces.
-import type { DataMessageHead, DataType, PsSend } from '../bus/messages.ts';
+import { DATA_TYPES, type DataMessageHead, type DataType, type PsSend } from '../bus/messages.ts';
 import { ownBytes, owned } from '../collections/own-bytes.ts';
 import { parseJson } from '../validation/bounded-json.ts';
 import { OP_BINARY, OP_TEXT, encodeFrame, encodeFrameHeader } from '../websocket/frames.ts';
@@ -121,8 +121,6 @@ export function isDataOfType(dataType: DataType, dataJson: string): boolean {
   }
 }
 
-const DATA_TYPES: readonly unknown[] = ['json', 'text', 'binary', 'protobuf'];
-
 /**
  * True when `body` is what a SharedMessage holds: `{` + body is a data
  * message for a client (from a group or the server, a dataType and data,
@@ -138,7 +136,7 @@ export function isMessageBody(body: Buffer): boolean {
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
   const m = value as Record<string, unknown>;
-  return m.type === 'message' && (m.from === 'group' || m.from === 'server') && DATA_TYPES.includes(m.dataType) && 'data' in m && !('sequenceId' in m);
+  return m.type === 'message' && (m.from === 'group' || m.from === 'server') && (DATA_TYPES as readonly unknown[]).includes(m.dataType) && 'data' in m && !('sequenceId' in m);
 }
 
 /** The event a ps.send carries, framed once; undefined when its data is not what its dataType says. */
