@@ -228,8 +228,8 @@ describe("a group's close on a durable hub, the edge it came through slow to ask
   });
 });
 
-describe("a REST close reaching a durable session no edge held, the hub's event handler listening", () => {
-  it('tells the handler `disconnected` when the take ends the session (before: `connected` was its last word on the connection)', async (t) => {
+/** Two edges on one nats-server, each seeing the other, whose sessions are kept 10 s, and the hub's event handler told `connected` and `disconnected`. */
+async function twoEdgesWatched(t: TestContext): Promise<{ a: Edge; b: Edge; record: ReturnType<typeof eventHandlerApp>['record'] }> {
     const { app, record } = eventHandlerApp(HUB, HUB_KEY);
     const served = await serveApp(t, app);
     const nats = await startNatsServer(t);
@@ -240,6 +240,12 @@ describe("a REST close reaching a durable session no edge held, the hub's event 
     };
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], hubs)));
     await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    return { a, b, record };
+}
+
+describe("a REST close reaching a durable session no edge held, the hub's event handler listening", () => {
+  it('tells the handler `disconnected` when the take ends the session (before: `connected` was its last word on the connection)', async (t) => {
+    const { a, b, record } = await twoEdgesWatched(t);
     const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'x' }), RELIABLE, t);
     const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
     const id = connected.connectionId as string;
@@ -257,16 +263,7 @@ describe("a REST close reaching a durable session no edge held, the hub's event 
   });
 
   it("tells the handler `disconnected` once for a close of the one connection, held or not (before: a session no edge held ended in its checkpoint alone, and the handler was never told)", async (t) => {
-    const { app, record } = eventHandlerApp(HUB, HUB_KEY);
-    const served = await serveApp(t, app);
-    const nats = await startNatsServer(t);
-    const hubs = {
-      timeouts: { sessionRetainMs: 10000 },
-      bus: { requestTimeoutMs: 1000 },
-      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: `${served.url}/api/webpubsub/hubs/{hub}/{event}`, systemEvents: ['connected', 'disconnected'] }] }] },
-    };
-    const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], hubs)));
-    await Promise.all([waitOnRoster(a, b), waitOnRoster(b, a)]);
+    const { a, b, record } = await twoEdgesWatched(t);
     // One held on the edge that lives: closed as before, told once.
     const held = await RawPubSubClient.connect(accessUrl(b.url, { userId: 'h' }), RELIABLE, t);
     const heldId = (await held.waitFor((m) => m.type === 'system' && m.event === 'connected')).connectionId as string;
