@@ -28,6 +28,11 @@ export interface SasCheck {
   /** Host names a token's resource may name for this request. */
   hosts: string[];
   nowSeconds?: number;
+  /**
+   * Judge all but the expiry: an open listener's token, whose expiry the keep-alive judges (with its renewal grace),
+   * is held to changed rules whether or not it has expired (a reload's check).
+   */
+  ignoreExpiry?: boolean;
 }
 
 export class SasAuthorizer {
@@ -64,7 +69,7 @@ export class SasAuthorizer {
     return [...rotated];
   }
 
-  check({ token, entity, subPath = [], right, hosts, nowSeconds: given }: SasCheck): SasDecision {
+  check({ token, entity, subPath = [], right, hosts, nowSeconds: given, ignoreExpiry = false }: SasCheck): SasDecision {
     const nowMs = given === undefined ? Date.now() : given * 1000;
     const nowSeconds = Math.floor(nowMs / 1000);
     if (!token) return { ok: false, code: 'TokenMissing' };
@@ -77,7 +82,7 @@ export class SasAuthorizer {
     // rotated rule was closed RightMissing at the reload).
     const rules = named.filter((r) => signatureMatches(parsed, r.key) || this.retired.keys(ruleOf(r), nowMs).some((key) => signatureMatches(parsed, key)));
     if (rules.length === 0) return { ok: false, code: 'SignatureInvalid' };
-    if (parsed.expiresAt <= nowSeconds) return { ok: false, code: 'TokenExpired' };
+    if (parsed.expiresAt <= nowSeconds && !ignoreExpiry) return { ok: false, code: 'TokenExpired' };
     if (!resourceCovers(parsed.resource, [entity, ...subPath], hosts)) return { ok: false, code: 'TokenScopeInvalid' };
     const granted = rules.some(
       (r) =>

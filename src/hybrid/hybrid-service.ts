@@ -605,9 +605,11 @@ export class HybridService {
     let closed = 0;
     for (const channel of [...this.listeners.all()]) {
       if (!channel.isOpen) continue;
-      const d = this.authorizer.check({ token: channel.token, entity: channel.entity.name, right: 'Listen', hosts: this.channelHosts(channel) });
-      // An expired token is the keep-alive's to close (TokenExpired), as it always was.
-      if (d.ok || d.code === 'TokenExpired') continue;
+      // An expired token is the keep-alive's to close (TokenExpired), as it always was; but one in its renewal grace is
+      // held to the new rules too (before, it was judged expired first and left alone: a listener whose rule lost Listen
+      // was given senders until the grace ended, up to timeouts.tokenGraceMs).
+      const d = this.authorizer.check({ token: channel.token, entity: channel.entity.name, right: 'Listen', hosts: this.channelHosts(channel), ignoreExpiry: true });
+      if (d.ok) continue;
       channel.closeWith('AccessRevoked', `AccessRevoked: ${d.code}`);
       closed++;
     }

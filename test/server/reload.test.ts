@@ -417,6 +417,31 @@ describe('reload without a restart', () => {
     await closed;
   });
 
+  it('closes a listener in its renewal grace (token just expired) whose rule a reload took Listen from', async (t) => {
+    const config = (rights: string[]) =>
+      testConfig({
+        sas: [
+          { keyName: ROOT_KEY_NAME, key: ROOT_KEY, rights: ['Manage'] },
+          { keyName: 'factory', key: FACTORY_KEY, rights, entity: 'echo' },
+        ],
+        timeouts: { tokenGraceMs: 60_000 },
+      });
+    const { file, write } = configFile(t, config(['Listen', 'Send']));
+    const relay = await startTestRelay(t, config(['Listen', 'Send']), { loadConfig: () => loadConfig(file, {}, {}) });
+    const url = wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen');
+    // A token that expires a second from now: the listener then stays, in timeouts.tokenGraceMs, until it renews.
+    const listener = await RawListener.connect(url, tokenFor(url, { keyName: 'factory', key: FACTORY_KEY, ttl: 1 }));
+    t.after(() => listener.close());
+    await new Promise((resolve) => setTimeout(resolve, 2100));
+    assert.equal(listener.ws.readyState, listener.ws.OPEN, 'the listener is in its renewal grace');
+    write(config(['Send']));
+    const reloaded = await httpRequest(`${relay.url}/$relay/reload`, { method: 'POST', headers: { authorization: tokenFor(relay.url) } });
+    assert.equal(reloaded.status, 200, String(reloaded.body));
+    // Before: its token was judged expired first (TokenExpired, left to the keep-alive), and it was given senders
+    // for the rest of the grace (60 s here, up to 10 min) with a rule that no longer has Listen.
+    assert.deepEqual(await withTimeout(listener.closed, 5000, 'the listener closed'), { code: 1008, reason: 'AccessRevoked: RightMissing' });
+  });
+
   it('closes a listener whose token names a host a reload dropped from namespaceHosts', async (t) => {
     const config = (namespaceHosts: string[]) => testConfig({ namespaceHosts });
     const { file, write } = configFile(t, config(['relay.example', 'other.example']));
