@@ -76,8 +76,8 @@ function claimsOf(claims: JwtClaims): Record<string, string[]> {
   return out;
 }
 
-/** Request headers that are credentials or belong to the WebSocket handshake are not passed on. */
-const UNFORWARDED_HEADERS = new Set(['authorization', 'cookie', 'sec-websocket-key', 'sec-websocket-extensions', 'connection', 'upgrade']);
+/** Request headers that are credentials (a proxy's too) or belong to the WebSocket handshake are not passed on. */
+const UNFORWARDED_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'sec-websocket-key', 'sec-websocket-extensions', 'connection', 'upgrade']);
 
 export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   private readonly socketOptions: MessageSocketOptions;

@@ -92,6 +92,19 @@ describe('the connect event', () => {
     assert.deepEqual(without.body.clientCertificates, []);
   });
 
+  it("carries the upgrade's headers but its credentials and its handshake's own: no authorization, proxy-authorization or cookie (found by the security review: proxy-authorization was passed on)", async (t) => {
+    const handler = await connectHandler(t);
+    const relay = await startTestRelay(t, { pubsub: { hubs: [hub(KEY, handler.url)] } });
+    const headers = { authorization: 'Basic dXNlcjpwYXNz', 'proxy-authorization': 'Basic cHJveHk6c2VjcmV0', cookie: 'session=s3cr3t', 'user-agent': 'device-agent/1.0', 'x-device': 'd-7' };
+    await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY, userId: 'dev' }), undefined, t, { headers });
+    await until(() => handler.connects.length === 1, 5000, 'the connect event');
+    const passed = handler.connects[0].body.headers as Record<string, string[]>;
+    assert.deepEqual(passed['user-agent'], ['device-agent/1.0']);
+    assert.deepEqual(passed['x-device'], ['d-7']);
+    for (const name of ['authorization', 'proxy-authorization', 'cookie', 'sec-websocket-key', 'connection', 'upgrade']) assert.equal(passed[name], undefined, name);
+    assert.equal(JSON.stringify(handler.connects[0].body).includes('cHJveHk6c2VjcmV0'), false, 'no credential anywhere in the event');
+  });
+
   it('is signed with every key the hub accepts: the new key and, during its grace, the one it replaced', async (t) => {
     const handler = await connectHandler(t);
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-connect-'));
