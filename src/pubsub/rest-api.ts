@@ -414,8 +414,23 @@ function excludedOf(params: URLSearchParams): Set<string> | undefined {
 
 // --- connections and groups ----------------------------------------------------
 
+/** The longest close reason passed on, in UTF-16 code units (a bus message carries no more: schemas/bus-message.schema.json). */
+const MAX_CLOSE_REASON = 120;
+
+/**
+ * The `reason` a close tells its connections, cut to MAX_CLOSE_REASON, never between the two halves of a character
+ * (before: a cut through an emoji ended the client's `disconnected` message, and the event handler's `reason`, with
+ * a lone surrogate).
+ */
+function closeReason(reason: string | null): string | undefined {
+  if (!reason) return undefined;
+  const cut = reason.slice(0, MAX_CLOSE_REASON);
+  const last = cut.charCodeAt(cut.length - 1);
+  return cut.length < reason.length && last >= 0xd800 && last <= 0xdbff ? cut.slice(0, -1) : cut;
+}
+
 async function closeConnections(call: RestCall, target: Target): Promise<Answer> {
-  const reason = call.params.get('reason')?.slice(0, 120) || undefined;
+  const reason = closeReason(call.params.get('reason'));
   if (!(await act(call, () => call.hub.close(target, excludedOf(call.params), reason)))) return 'HubNotFound';
   return NO_CONTENT;
 }

@@ -143,6 +143,20 @@ describe('pub/sub REST API', () => {
     assert.deepEqual([await svc.groupExists('g'), await svc.groupExists('h')], [false, false]);
   });
 
+  it('cuts a long close reason at 120 characters without splitting one in two (before: half an emoji, a lone surrogate, ended it)', async (t) => {
+    const relay = await startPubSubRelay(t);
+    const svc = sdk(relay.url);
+    const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
+    const aliceId = (await alice.waitFor((m) => m.event === 'connected')).connectionId;
+    // 'a' then emoji, two UTF-16 code units each: the 120th unit is the first half of one.
+    const reason = `a${'😀'.repeat(100)}`;
+    await svc.closeConnection(aliceId, { reason });
+    assert.equal((await alice.closed).code, 1008);
+    const told = (await alice.waitFor((m) => m.event === 'disconnected')).message as string;
+    assert.doesNotMatch(told, /[\uD800-\uDBFF]$/, 'ends with the first half of a character');
+    assert.equal(told, reason.slice(0, 119));
+  });
+
   it('holds REST membership calls to limits.groupsPerConnection, as a client\'s own joins are', async (t) => {
     const relay = await startPubSubRelay(t, { limits: { groupsPerConnection: 2 } });
     const alice = await RawPubSubClient.connect(accessUrl(relay.url, { userId: 'alice' }), PLAIN, t);
