@@ -9,7 +9,7 @@
 // connection: each node runs at most once per connection, the body of
 // groups/any once per group, and any cannot nest, so a hostile filter costs
 // at most its length times the connection's groups, and the string work the
-// parser bounds (MAX_BUILT_STRING, MAX_ANY_WORK in filter-parser.ts). Values follow OData: a
+// parser bounds (MAX_BUILT_STRING, MAX_FILTER_WORK, MAX_ANY_WORK in filter-parser.ts). Values follow OData: a
 // connection without a user has `userId` null; string and integer functions
 // of null are null; `eq`/`ne` compare null like any value; `gt`/`lt` with a
 // null are false, `ge`/`le` true only for two nulls; the boolean functions

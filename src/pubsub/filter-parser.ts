@@ -181,7 +181,13 @@ class Parser {
   parseFilter(): Expr {
     const node = this.or();
     if (this.peek.type !== 'end') throw new FilterSyntaxError(this.peek.at, "expected 'and', 'or' or the end of the filter");
-    return condition(node, 'the filter');
+    const root = condition(node, 'the filter');
+    // What runs once per connection (the body of groups/any, run per group, has its own bound: work counts it as 0).
+    const cost = work(root);
+    if (cost > MAX_FILTER_WORK) {
+      throw new FilterSyntaxError(0, `the filter could read ${cost} characters of strings per connection; at most ${MAX_FILTER_WORK} (fewer string functions of userId and connectionId)`);
+    }
+    return root;
   }
 
   private nested<T>(at: number, parse: () => T): T {
@@ -441,6 +447,19 @@ function longest(e: Expr): number {
  * `contains` of it 3,072 more (a mapping can triple a character).
  */
 export const MAX_ANY_WORK = 16384;
+
+/**
+ * The most UTF-16 code units of strings a filter, outside its groups/any, may
+ * read per connection. It runs once for every connection a call reaches, and
+ * a user id may be 1,024 characters a case mapping triples (U+0390): without
+ * a bound, 104 `toupper(userId) eq toupper(userId)` joined by `and` (4,051
+ * characters) held the event loop 3.4 s over 1,000 such connections, 42 s
+ * over 10,000 (found by review); at this bound, about a tenth of a second.
+ * Twice MAX_ANY_WORK, which a connection pays per group: a dozen `contains`
+ * of userId fit, and `startswith` and equalities with literals cost only
+ * their literals.
+ */
+export const MAX_FILTER_WORK = 32768;
 
 /**
  * The most evaluation steps (nodes, a function of the group named again counted once) the body of groups/any may
