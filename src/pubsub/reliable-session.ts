@@ -45,6 +45,12 @@ const messageLog = new MessageLog();
 
 const NO_INDICES = new Float64Array(0);
 
+/**
+ * The longest reconnection token any edge may hold: what the bus carries in a hand-over (schemas/bus-message.schema.json).
+ * An edge issues 32 characters (24 random bytes); a recovery naming a longer one cannot be of any session.
+ */
+export const MAX_RECONNECTION_TOKEN = 256;
+
 /** The log indices of a session's unacknowledged messages, oldest first, at [head, tail). */
 class HeldIndices {
   /** Allocated at the first message (an idle session costs no buffer). */

@@ -14,6 +14,7 @@ import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, controlFramesOf, wireOf, type PubSubConnection } from './pubsub-connection.ts';
 import { takeNextEvents } from './client-protocol.ts';
 import { BUSY_RETRY_MS } from './session-handover.ts';
+import { MAX_RECONNECTION_TOKEN } from './reliable-session.ts';
 
 export type ClientSocket = MessageSocket<PubSubConnection>;
 
@@ -68,6 +69,9 @@ export class SessionRecovery {
   /** Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered already. */
   async recover(r: RecoveryRequest): Promise<void> {
     const { hub, connectionId, token, protocol } = r;
+    // No edge issued it: refused here, not asked of the edge holding the session (which drops a hand-over request
+    // carrying it as invalid, so the client was deferred 1013 after bus.requestTimeoutMs, and again when it retried).
+    if (token.length > MAX_RECONNECTION_TOKEN) return this.refuse(r, 'SessionNotFound');
     // A session still moving (an earlier reconnect is being handed over) is waited for, briefly.
     const deadline = Date.now() + this.moveWaitMs;
     while (hub.local.connections.get(connectionId)?.handover && Date.now() < deadline) {

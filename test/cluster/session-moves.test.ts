@@ -112,6 +112,23 @@ describe('a reliable session moved between edges on core NATS', () => {
     assert.equal((await second.request({ type: 'joinGroup', group: 'ok', ackId: 50 })).success, true);
   });
 
+  it('a recovery with a reconnection token longer than any edge issues is refused at once (1008 SessionNotFound), the session kept (found by review: the holder dropped the over-long hand-over request as invalid, and the client was deferred 1013 after bus.requestTimeoutMs, again and again)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logA = captureLogger('info');
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }), { log: logA.log });
+    const b = await startTestRelay(t, edgeOverrides('edge-b', [nats.url], { ...CORE_NATS, timeouts: { shutdownMs: 500 } }));
+    await Promise.all([a, b].map((e) => waitReady(e)));
+    const held = await reliableMember(t, a.url, 'kept');
+    held.client.ws.terminate();
+    const forged = await RawPubSubClient.connect(accessUrl(b.url) + recoveryQuery(held.connectionId, 'x'.repeat(300)), RELIABLE, t);
+    assert.equal((await forged.waitFor((m) => m.type === 'system', 10000, 'the answer to the forged recovery')).event, 'disconnected');
+    assert.deepEqual(await withTimeout(forged.closed, 5000, 'the refusal'), { code: 1008, reason: 'SessionNotFound' });
+    assert.deepEqual(logA.events().filter((e) => e === 'bus.invalid_message'), [], 'the holder was not sent what it cannot read');
+    const recovered = await RawPubSubClient.connect(accessUrl(b.url) + held.recovery, RELIABLE, t);
+    const system = await recovered.waitFor((m) => m.type === 'system', 10000, 'the session on edge-b');
+    assert.deepEqual([system.event, system.connectionId], ['connected', held.connectionId]);
+  });
+
   it('a recovery while the edge holding the session is stalled is deferred (1013), not refused (before: 1008, the session lost): once that edge answers, it is recovered', async (t) => {
     const nats = await startNatsServer(t);
     const [a, b] = await Promise.all(['edge-a', 'edge-b'].map((name) => startEdge(t, name, [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs: 1000 } })));
