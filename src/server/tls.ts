@@ -17,7 +17,7 @@
 // earliest expiry in the file is a metric of its own (`certificate="chain"`).
 // Intermediates OpenSSL adds from listen.tls.caFile (a certFile holding the
 // server's certificate alone) are not checked.
-import { X509Certificate, createHash } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import type { ServerOptions } from 'node:http';
 import { createServer, type Server } from 'node:https';
@@ -149,6 +149,12 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
   } catch (err) {
     const what = /key/i.test((err as Error).message) ? 'listen.tls.keyFile' : tls.caFile ? 'listen.tls.caFile' : 'listen.tls.certFile';
     throw new ConfigError(`${what}: ${(err as Error).message}`);
+  }
+  // OpenSSL takes a key of another type than the certificate's (an EC key beside an RSA certificate: a renewal that
+  // changes the key type, its key written before its certificate) without a word, and then fails every handshake:
+  // the key is checked against the certificate itself (found by the TLS review).
+  if (!x509.checkPrivateKey(createPrivateKey(key))) {
+    throw new ConfigError(`listen.tls.keyFile: the key in ${tls.keyFile} is not the certificate's in ${tls.certFile}`);
   }
   // createSecureContext takes a CA file with no certificate in it (garbage, a key) without a word, and every client
   // certificate was then refused, every handshake with requireClientCert "all" (found by review).

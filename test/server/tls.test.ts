@@ -5,7 +5,7 @@
 // dropping open connections, and a bad new one is refused while the old one
 // stays. Certificates are made at run time by test/helpers/certs.ts.
 import assert from 'node:assert/strict';
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, generateKeyPairSync } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -324,6 +324,26 @@ describe('TLS on the one port', () => {
     const early = pki.issueServerValidFrom('early', new Date(Date.now() + 3_600_000));
     // Before: served, and every client refused the handshake ("certificate is not yet valid").
     await assert.rejects(startTestRelay(t, { listen: tlsListen(pki, early) }), /listen\.tls\.certFile: the certificate in \S+ is not valid before \w+ +\d+ [\d:]+ \d{4} GMT/);
+  });
+
+  it('refuses a key of another type than the certificate\'s, at start and when renamed in (before: OpenSSL took it without a word and every handshake failed)', async (t) => {
+    const pki = makePki(t);
+    // An RSA key beside the EC certificate: a renewal that changes the key type, its key written before its certificate.
+    const rsaKey = join(pki.dir, 'rsa.key');
+    writeFileSync(rsaKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    await assert.rejects(startTestRelay(t, { listen: tlsListen(pki, { certFile: pki.server.certFile, keyFile: rsaKey }) }), /listen\.tls\.keyFile: the key in \S+rsa\.key is not the certificate's/);
+
+    const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
+    installAt(live, pki.server);
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
+    copyFileSync(rsaKey, `${live.keyFile}.tmp`);
+    renameSync(`${live.keyFile}.tmp`, live.keyFile);
+    relay.reload('signal');
+    await until(() => lines().some((l) => l.event === 'tls.certificate_refused' || l.event === 'tls.certificate_loaded'), 10000, 'the key of another type to be read');
+    assert.match(String(lines().find((l) => l.event === 'tls.certificate_refused')?.err), /listen\.tls\.keyFile/);
+    // The pair served before still is, and handshakes complete.
+    assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(pki.server));
   });
 
   it('refuses to start with a listen.tls.caFile holding no certificate (before: taken without a word, and every client certificate refused)', async (t) => {
