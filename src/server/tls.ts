@@ -17,7 +17,7 @@
 // earliest expiry in the file is a metric of its own (`certificate="chain"`).
 // Intermediates OpenSSL adds from listen.tls.caFile (a certFile holding the
 // server's certificate alone) are not checked.
-import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
+import { X509Certificate, createHash, createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync, watch, type FSWatcher } from 'node:fs';
 import type { ServerOptions } from 'node:http';
 import { createServer, type Server } from 'node:https';
@@ -122,6 +122,26 @@ function certificatesIn(tls: ListenTlsConfig, cert: Buffer): [X509Certificate, .
   }
 }
 
+/** PEM labels of an encrypted private key (PKCS#8, and the traditional form's header). */
+const ENCRYPTED_KEY = /-----BEGIN ENCRYPTED PRIVATE KEY-----|^Proc-Type: 4,ENCRYPTED/m;
+
+/**
+ * The key of keyFile. Read on its own first: createSecureContext's error for a file with no usable key (empty, the
+ * certificate named twice, a key truncated mid-write) is OpenSSL's "DECODER routines::unsupported" or "bad decrypt",
+ * with no word of a key, and was put on listen.tls.certFile (found by the TLS review).
+ */
+function privateKeyIn(tls: ListenTlsConfig, key: Buffer): KeyObject {
+  // listen.tls has no passphrase to give: said as such rather than as OpenSSL's "bad decrypt".
+  if (ENCRYPTED_KEY.test(key.toString('latin1'))) {
+    throw new ConfigError(`listen.tls.keyFile: the key in ${tls.keyFile} is encrypted, and no passphrase can be given: store it decrypted (openssl pkey -in KEY -out KEY.plain), readable by this user only`);
+  }
+  try {
+    return createPrivateKey(key);
+  } catch (err) {
+    throw new ConfigError(`listen.tls.keyFile: ${tls.keyFile} holds no PEM private key: ${(err as Error).message}`);
+  }
+}
+
 const subjectOf = (x509: X509Certificate) => x509.subject.replace(/\n/g, ', ');
 
 /** The chain's certificates a client would refuse at `now`. */
@@ -142,6 +162,7 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
   const [x509, ...chain] = certificatesIn(tls, cert);
   const notAfter = Math.floor(Date.parse(x509.validTo) / 1000);
   if (notAfter * 1000 <= now) throw new ConfigError(`listen.tls.certFile: the certificate in ${tls.certFile} expired on ${x509.validTo}`);
+  const privateKey = privateKeyIn(tls, key);
   const context: SecureContextOptions = { cert, key, minVersion: tls.minVersion, ...(ca ? { ca } : {}) };
   try {
     // Throws on a key that does not match the certificate.
@@ -153,7 +174,7 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
   // OpenSSL takes a key of another type than the certificate's (an EC key beside an RSA certificate: a renewal that
   // changes the key type, its key written before its certificate) without a word, and then fails every handshake:
   // the key is checked against the certificate itself (found by the TLS review).
-  if (!x509.checkPrivateKey(createPrivateKey(key))) {
+  if (!x509.checkPrivateKey(privateKey)) {
     throw new ConfigError(`listen.tls.keyFile: the key in ${tls.keyFile} is not the certificate's in ${tls.certFile}`);
   }
   // createSecureContext takes a CA file with no certificate in it (garbage, a key) without a word, and every client

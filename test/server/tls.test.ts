@@ -346,6 +346,21 @@ describe('TLS on the one port', () => {
     assert.equal(await servedFingerprint(relay.port, pki), fingerprintOf(pki.server));
   });
 
+  it('names listen.tls.keyFile when the key file holds no key it can use: empty, the certificate, an encrypted key (before: listen.tls.certFile, with OpenSSL\'s "DECODER routines::unsupported")', async (t) => {
+    const pki = makePki(t);
+    const encrypted = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem', cipher: 'aes-256-cbc', passphrase: 'secret' });
+    const cases: [string, string | Buffer, RegExp][] = [
+      ['empty.key', '', /listen\.tls\.keyFile: \S+empty\.key holds no PEM private key/],
+      ['cert-as.key', readFileSync(pki.server.certFile), /listen\.tls\.keyFile: \S+cert-as\.key holds no PEM private key/],
+      ['encrypted.key', encrypted, /listen\.tls\.keyFile: the key in \S+encrypted\.key is encrypted/],
+    ];
+    for (const [name, content, problem] of cases) {
+      const keyFile = join(pki.dir, name);
+      writeFileSync(keyFile, content);
+      await assert.rejects(startTestRelay(t, { listen: tlsListen(pki, { certFile: pki.server.certFile, keyFile }) }), problem);
+    }
+  });
+
   it('refuses to start with a listen.tls.caFile holding no certificate (before: taken without a word, and every client certificate refused)', async (t) => {
     const pki = makePki(t);
     for (const content of ['garbage\n', readFileSync(pki.server.keyFile, 'latin1')]) {
