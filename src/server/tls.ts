@@ -4,8 +4,9 @@
 // changes: the folder is watched, not the file, since tools replace
 // certificates by renaming a new file over the old one (certbot, Kubernetes'
 // symlink swap of a mounted secret) and a watch on the old inode would never
-// fire again. Events are debounced, and a set whose bytes did not change is
-// not applied again. A new set is applied with server.setSecureContext, which
+// fire again (nor would a watch on a folder replaced whole: one that is
+// another folder at the same path is watched anew). Events are debounced,
+// and a set whose bytes did not change is not applied again. A new set is applied with server.setSecureContext, which
 // open connections do not notice; a bad one (unreadable, not PEM, expired, a
 // key that does not match) is refused with a log line and the old one stays.
 // One not valid yet (a renewal issued by a CA whose clock runs ahead, or
@@ -18,7 +19,7 @@
 // Intermediates OpenSSL adds from listen.tls.caFile (a certFile holding the
 // server's certificate alone) are not checked.
 import { X509Certificate, createHash, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync, watch, type FSWatcher } from 'node:fs';
+import { readFileSync, statSync, watch, type FSWatcher } from 'node:fs';
 import type { ServerOptions } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { dirname } from 'node:path';
@@ -35,6 +36,8 @@ import type { Logger } from '../telemetry/logger.ts';
 const CHANGE_DEBOUNCE_MS = 500;
 /** A certificate not valid yet is read again this long after its start (the whole second it names has passed). */
 const VALID_FROM_MARGIN_MS = 1000;
+/** How often a watched folder that was removed is looked for again (it is watched again once it is back). */
+const FOLDER_LOOK_AGAIN_MS = 1000;
 /** The longest wait for a certificate to become valid before its files are read again (node's timers stop at ~24.8 days). */
 const VALID_FROM_WAIT_CAP_MS = 86_400_000;
 
@@ -142,6 +145,16 @@ function privateKeyIn(tls: ListenTlsConfig, key: Buffer): KeyObject {
   }
 }
 
+/** A folder's device and inode, or undefined when it is not there. */
+function identityOf(folder: string): string | undefined {
+  try {
+    const stat = statSync(folder);
+    return `${stat.dev}:${stat.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
 const subjectOf = (x509: X509Certificate) => x509.subject.replace(/\n/g, ', ');
 
 /** The chain's certificates a client would refuse at `now`. */
@@ -204,6 +217,14 @@ export type CertificateReason = 'start' | 'signal' | 'file' | 'config' | 'now-va
 /** Keeps the server's certificates current: on demand (SIGHUP, reload) and when their files change. */
 export class CertificateKeeper {
   private watchers: FSWatcher[] = [];
+  /**
+   * Each watched folder's identity (device and inode) when its watch began. A watch follows the folder, not its
+   * path: one renamed in over it, or removed and made again, is watched anew (found by the TLS review: before, the
+   * old folder's last event took the first renewal and every later one went unseen, without a word).
+   */
+  private watched = new Map<string, string | undefined>();
+  /** Looks again for a watched folder that was removed. */
+  private folderTimer: NodeJS.Timeout | undefined;
   private debounce: NodeJS.Timeout | undefined;
   /** Reads the files again when a certificate refused as not valid yet becomes valid. */
   private validFromTimer: NodeJS.Timeout | undefined;
@@ -294,8 +315,10 @@ export class CertificateKeeper {
   private watchFolders(): void {
     for (const w of this.watchers) w.close();
     this.watchers = [];
+    this.watched.clear();
     const folders = new Set([this.tls.certFile, this.tls.keyFile, ...(this.tls.caFile ? [this.tls.caFile] : [])].map((f) => dirname(f)));
     for (const folder of folders) {
+      this.watched.set(folder, identityOf(folder));
       try {
         const watcher = watch(folder, { persistent: false }, () => this.changed());
         watcher.on('error', (err) => this.log.warn({ event: 'tls.watch_failed', folder, err: err.message }));
@@ -312,15 +335,36 @@ export class CertificateKeeper {
     if (this.debounce) clearTimeout(this.debounce);
     this.debounce = setTimeout(() => {
       this.debounce = undefined;
-      if (!this.closed) this.reload('file');
+      if (this.closed) return;
+      this.followReplacedFolders();
+      this.reload('file');
     }, CHANGE_DEBOUNCE_MS);
     this.debounce.unref();
+  }
+
+  /** Watches again when a watched folder is another one now; looks again for one that is gone until it is back. */
+  private followReplacedFolders(): void {
+    const now = [...this.watched].map(([folder, was]) => ({ was, is: identityOf(folder) }));
+    if (now.some(({ was, is }) => is !== undefined && is !== was)) this.watchFolders();
+    if (now.some(({ is }) => is === undefined) && !this.folderTimer) this.lookForRemovedFolders();
+  }
+
+  /** A watched folder was removed (its files are refused meanwhile, once): once made again, it is watched and its files read. */
+  private lookForRemovedFolders(): void {
+    this.folderTimer = setTimeout(() => {
+      this.folderTimer = undefined;
+      if (this.closed) return;
+      if ([...this.watched.keys()].some((folder) => identityOf(folder) === undefined)) this.lookForRemovedFolders();
+      else this.changed();
+    }, FOLDER_LOOK_AGAIN_MS);
+    this.folderTimer.unref();
   }
 
   close(): void {
     this.closed = true;
     if (this.debounce) clearTimeout(this.debounce);
     if (this.validFromTimer) clearTimeout(this.validFromTimer);
+    if (this.folderTimer) clearTimeout(this.folderTimer);
     for (const w of this.watchers) w.close();
     this.watchers = [];
   }

@@ -515,6 +515,52 @@ describe('TLS on the one port', () => {
     sender.terminate();
   });
 
+  it('follows a certificate folder replaced whole, renamed in or removed and made again: later renewals in it are taken too (before: its watch stayed on the old folder and saw none)', async (t) => {
+    const pki = makePki(t);
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-folder-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const folder = join(dir, 'tls');
+    const live = { certFile: join(folder, 'cert.pem'), keyFile: join(folder, 'key.pem') };
+    mkdirSync(folder);
+    installAt(live, pki.server);
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
+    const loaded = () => lines().filter((l) => l.event === 'tls.certificate_loaded').length;
+    const served = async (files: CertFiles, what: string) => {
+      const deadline = Date.now() + 10000;
+      while ((await servedFingerprint(relay.port, pki)) !== fingerprintOf(files)) {
+        assert.ok(Date.now() < deadline, `${what} was not served within 10 s`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const renewed = [pki.issueServer('folder-1'), pki.issueServer('folder-2'), pki.issueServer('folder-3'), pki.issueServer('folder-4')];
+
+    // A new folder renamed over the old one (the old kept aside): the old folder's watch sees its move.
+    mkdirSync(`${folder}.new`);
+    installAt({ certFile: join(`${folder}.new`, 'cert.pem'), keyFile: join(`${folder}.new`, 'key.pem') }, renewed[0]);
+    renameSync(folder, `${folder}.old`);
+    renameSync(`${folder}.new`, folder);
+    await served(renewed[0], 'the certificate of the folder renamed in');
+    // A renewal in the folder renamed in.
+    installAt({ certFile: `${live.certFile}.tmp`, keyFile: `${live.keyFile}.tmp` }, renewed[1]);
+    renameSync(`${live.keyFile}.tmp`, live.keyFile);
+    renameSync(`${live.certFile}.tmp`, live.certFile);
+    await served(renewed[1], 'a renewal in the folder renamed in');
+
+    // The folder removed, and made again a while later.
+    rmSync(folder, { recursive: true });
+    await until(() => lines().some((l) => l.event === 'tls.certificate_refused'), 10000, 'the removed files to be refused');
+    await new Promise((r) => setTimeout(r, 2500));
+    mkdirSync(folder);
+    installAt(live, renewed[2]);
+    await served(renewed[2], 'the certificate of the folder made again');
+    installAt(live, renewed[3]);
+    await served(renewed[3], 'a renewal in the folder made again');
+    assert.equal(loaded(), 4);
+    // Refused once while the folder was away, not once per look for it.
+    assert.equal(lines().filter((l) => l.event === 'tls.certificate_refused').length, 1);
+  });
+
   it('takes a certificate renamed over the old file (as certbot and Kubernetes do), and keeps the old one when the new one is bad', async (t) => {
     const pki = makePki(t);
     const live = { certFile: join(pki.dir, 'live.pem'), keyFile: join(pki.dir, 'live.key') };
