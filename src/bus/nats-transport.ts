@@ -23,15 +23,25 @@
 // connected for as long as the freeze lasted (16 MiB queued: still connected
 // after 15 s, pings every second). Here, disconnect() destroys the socket at
 // once: what is queued on a connection judged dead is lost either way.
+//
+// Failed reconnects. The client swallows why an attempt to connect again
+// failed (a server back with a certificate the edge does not trust, a TLS
+// handshake refused, a timeout): the edge logged bus.disconnected, then
+// nothing for as long as it lasted. Here each failed attempt is told to the
+// function the connection's options carry under DIAL_FAILED (nats.ts logs it).
 import type { NatsConnection } from 'nats';
 import type { NatsConnectionImpl } from 'nats/lib/nats-base-client/nats.js';
+import { ProtocolHandler } from 'nats/lib/nats-base-client/protocol.js';
 import { NodeTransport } from 'nats/lib/src/node_transport.js';
+
+/** The connection option (a function of the server and the error) that hears each failed attempt to connect. */
+export const DIAL_FAILED = 'edgeRelayDialFailed';
 
 /** Attempts the client gave up on before they connected. */
 const abandoned = new WeakSet<NodeTransport>();
 let applied = false;
 
-/** Applies both fixes (once). */
+/** Applies the fixes (once). */
 export function fixNodeTransport(): void {
   if (applied) return;
   applied = true;
@@ -68,6 +78,17 @@ export function fixNodeTransport(): void {
   // close() is disconnect() without that wait; the client then reconnects as after any loss of its connection.
   proto.disconnect = function (this: NodeTransport): void {
     close.call(this).catch(() => undefined);
+  };
+  // An attempt (TCP, TLS, the server's answer, within the connect timeout) that failed: told, then thrown as before.
+  const protocolDial = ProtocolHandler.prototype.dial;
+  ProtocolHandler.prototype.dial = async function (this: ProtocolHandler, srv: Parameters<typeof protocolDial>[0]): Promise<void> {
+    try {
+      await protocolDial.call(this, srv);
+    } catch (err) {
+      const told = (this.options as unknown as Record<string, unknown>)[DIAL_FAILED];
+      if (typeof told === 'function') told(srv.toString(), err);
+      throw err;
+    }
   };
 }
 

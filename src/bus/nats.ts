@@ -21,7 +21,7 @@ import {
 } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus, type Bus, type BusHandler, type BusSubscription, type GatherOptions } from './bus.ts';
-import { fixNodeTransport, unsentBytes } from './nats-transport.ts';
+import { DIAL_FAILED, fixNodeTransport, unsentBytes } from './nats-transport.ts';
 
 fixNodeTransport();
 
@@ -84,6 +84,8 @@ export class NatsBus implements Bus {
   readonly reachesOtherNodes = true;
   private nc: NatsConnection | undefined;
   private isConnected = false;
+  /** Why each server refused the attempts to connect again since the connection was lost (said once each). */
+  private readonly reconnectReasons = new Map<string, string>();
   /** When the latest ping its server answered was sent (Date.now()), and when the last one was sent (notePing). */
   private answeredAt: number | undefined;
   private lastPingAt: number | undefined;
@@ -202,7 +204,8 @@ export class NatsBus implements Bus {
           maxPingOut: 2,
           // nats.js otherwise captures a stack for every request it makes (consumer pulls, key-value reads).
           noAsyncTraces: true,
-        });
+          [DIAL_FAILED]: (server: string, err: unknown) => this.reconnectFailed(server, err),
+        } as Parameters<typeof connect>[0]);
         break;
       } catch (err) {
         if (attempt === 0) this.log.warn({ event: 'bus.unreachable', err: (err as Error).message });
@@ -259,9 +262,24 @@ export class NatsBus implements Bus {
     return this.isConnected ? this.pendingPings : 0;
   }
 
+  /**
+   * An attempt to connect again failed: said once per server and reason, since the client keeps trying every
+   * reconnectTimeWaitMs (before, nothing was said: a server back with a certificate this edge does not trust left
+   * bus.disconnected as the last word for as long as it lasted). The first connection's attempts are bus.unreachable.
+   */
+  private reconnectFailed(server: string, err: unknown): void {
+    if (!this.nc || this.closing) return;
+    const reason = reasonOf(err);
+    if (this.reconnectReasons.get(server) === reason) return;
+    this.reconnectReasons.set(server, reason);
+    this.log.warn({ event: 'bus.reconnect_failed', server, err: reason });
+  }
+
   private setConnected(connected: boolean, server: string): void {
     if (this.isConnected === connected) return;
     this.isConnected = connected;
+    // Each server's next failure is news again.
+    this.reconnectReasons.clear();
     // A new connection: its server took nothing yet, and has missed no ping.
     if (connected) this.answeredAt = this.lastPingAt = Date.now();
     this.pendingPings = 0;
@@ -424,6 +442,13 @@ async function within<T>(work: Promise<T>, ms: number): Promise<T | undefined> {
   const answer = await Promise.race([work.catch(() => undefined), new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)))]);
   clearTimeout(timer);
   return answer;
+}
+
+/** A connection error as said in the log: nats.js wraps TLS and refused connections, and the cause is in the chained error. */
+function reasonOf(err: unknown): string {
+  const message = (err as Error | undefined)?.message ?? String(err);
+  const chained = (err as { chainedError?: Error } | undefined)?.chainedError?.message;
+  return chained && !message.includes(chained) ? `${message}: ${chained}` : message;
 }
 
 function toBusError(err: unknown): BusError {

@@ -100,4 +100,30 @@ describe('NATS over TLS with credentials', () => {
       assert.equal(relay.bus.connected, false);
     }
   });
+
+  it('says why it cannot connect again, per server, when a server it lost comes back with a certificate it does not trust (before: bus.disconnected, then nothing)', async (t) => {
+    const pki = makePki(t);
+    const other = makePki(t);
+    const serverBlock = (files: { certFile: string; keyFile: string }) => `tls {\n  cert_file: "${files.certFile}"\n  key_file: "${files.keyFile}"\n  timeout: 5\n}\n`;
+    const nats = await startNatsServer(t, 'n1', undefined, { config: serverBlock(pki.server) });
+    const { log, lines } = captureLogger();
+    const relay = await startTestRelay(
+      t,
+      { bus: { kind: 'nats', servers: [`tls://127.0.0.1:${nats.port}`], connectTimeoutMs: 3000, reconnectTimeWaitMs: 300, tls: { caFile: pki.caFile } } },
+      { log },
+    );
+    await until(() => relay.bus.connected, 20000, 'NATS over TLS');
+    // The server is replaced by one whose certificate another CA signed (a renewal from the wrong issuer).
+    await nats.kill();
+    nats.reconfigure(serverBlock(other.server));
+    await nats.restart();
+    const failed = () => lines().filter((l) => l.event === 'bus.reconnect_failed');
+    await until(() => failed().length > 0, 15000, `bus.reconnect_failed logged: ${JSON.stringify(lines().filter((l) => String(l.event).startsWith('bus.')))}`);
+    assert.match(String(failed()[0].err), /certificate/i);
+    assert.equal(failed()[0].server, `127.0.0.1:${nats.port}`);
+    // Once per reason, not once per attempt (one every 300 ms here).
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(failed().length, 1);
+    assert.equal(relay.bus.connected, false);
+  });
 });
