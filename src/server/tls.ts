@@ -6,8 +6,9 @@
 // symlink swap of a mounted secret) and a watch on the old inode would never
 // fire again (nor would a watch on a folder replaced whole: one that is
 // another folder at the same path is watched anew). Events are debounced,
-// and a set whose bytes did not change is not applied again. A new set is applied with server.setSecureContext, which
-// open connections do not notice; a bad one (unreadable, not PEM, expired, a
+// and a set whose bytes did not change is not applied again. A new set is
+// applied with server.setSecureContext, which open connections do not
+// notice; a bad one (unreadable, not PEM, expired, a key of another type, a
 // key that does not match) is refused with a log line and the old one stays.
 // One not valid yet (a renewal issued by a CA whose clock runs ahead, or
 // staged early) is refused the same way, since clients would refuse it, and
