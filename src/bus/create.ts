@@ -1,4 +1,6 @@
 // Builds the bus the config names.
+import { accessSync, constants } from 'node:fs';
+import { ConfigError } from '../config/errors.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -13,6 +15,7 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
   if (bus.kind === 'memory') {
     return new MemoryBus({ onHandlerError: (err, subject) => busLog.error({ event: 'bus.handler_failed', subject, err: String(err) }) });
   }
+  readableBusFiles(bus);
   return new NatsBus(
     {
       servers: bus.servers ?? [],
@@ -32,6 +35,29 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
     },
     busLog,
   );
+}
+
+/**
+ * The files the NATS client reads at every connect (so a rotated one is taken), checked once at start: one that
+ * cannot be read is the config's error (exit 78, its key named), not a bus that never connects (found by the TLS
+ * review: before, the edge started and logged bus.unreachable, or nothing past bus.disconnected, for as long as it ran).
+ */
+function readableBusFiles(bus: RelayConfig['bus']): void {
+  const files: [string, string | undefined][] = [
+    ['bus.tls.caFile', bus.tls?.caFile],
+    ['bus.tls.certFile', bus.tls?.certFile],
+    ['bus.tls.keyFile', bus.tls?.keyFile],
+    ['bus.credsFile', bus.credsFile],
+    ['bus.nkeyFile', bus.nkeyFile],
+  ];
+  for (const [key, file] of files) {
+    if (file === undefined) continue;
+    try {
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      throw new ConfigError(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
 }
 
 /** The hubs of `config` kept in JetStream (none on the memory bus or with bus.jetstream.enabled false). */

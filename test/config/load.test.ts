@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { tempDirFor } from '../helpers/cleanup.ts';
+import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { ConfigError, buildConfig, loadConfig, overridesFromEnv } from '../../src/config/load.ts';
 import { captureLogger, startTestRelay, testConfig, tokenFor } from '../helpers/relay.ts';
 import { RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
@@ -208,5 +209,24 @@ describe('configuration', () => {
     const port = serve('--port', 'abc');
     assert.equal(port.status, 78);
     assert.match(port.stderr, /from --port or EDGE_RELAY_PORT/);
+  });
+
+  it("stops `serve` with 78 naming the bus's file it cannot read (TLS files, credentials, NKey seed), before it listens (found by the TLS review: before, it started and logged the bus unreachable for ever)", (t) => {
+    const dir = tempDirFor(t, 'edge-relay-config-');
+    const missing = join(dir, 'missing.pem');
+    const bus = { kind: 'nats', servers: ['nats://127.0.0.1:1'] };
+    for (const [key, busConfig] of [
+      ['bus.tls.caFile', { ...bus, tls: { caFile: missing } }],
+      ['bus.tls.certFile', { ...bus, tls: { certFile: missing, keyFile: missing } }],
+      ['bus.credsFile', { ...bus, credsFile: missing }],
+      ['bus.nkeyFile', { ...bus, nkeyFile: missing }],
+    ] as const) {
+      const file = join(dir, 'relay.json');
+      writeFileSync(file, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, bus: busConfig }));
+      const r = spawnSync(EDGE_RELAY_BIN, ['serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
+      assert.equal(r.status, 78, `${key}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`${key.replace(/\./g, '\\.')}: cannot read .*missing\\.pem`), key);
+      assert.doesNotMatch(r.stdout + r.stderr, /relay\.listening/, key);
+    }
   });
 });
