@@ -39,6 +39,7 @@ import { handOff, onHandOff, privateSocketPath, relayedByWorker } from './worker
 import { createTlsServer } from './tls.ts';
 import { ProxyProtocolFront } from './proxy-protocol.ts';
 import { ProxyTrust } from './trust-proxy.ts';
+import { KeyedLogAllowance } from '../telemetry/log-allowance.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
 
 /** How often shutdown checks whether draining is done. */
@@ -148,6 +149,12 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     maxHeaderSize: MAX_HEADER_BYTES,
   };
   const tls = config.listen.tls;
+  // Refusals anyone can cause before a token is read (a connection past a limit, a silent one, a bad PROXY header):
+  // ten lines a minute per limit (or reason), the rest counted in the next (`suppressed`); each is in the metrics.
+  // Before, one warn line per refused connection: a client connecting in a loop wrote as many as it could open.
+  const refusalLines = new KeyedLogAllowance();
+  const refusalLogged = (limit: string, fields: Record<string, unknown>) =>
+    refusalLines.write(limit, (extra) => log.warn({ event: 'limit.reached', limit, ...fields, ...extra }));
   const secure = tls && createTlsServer(tls, httpOptions, firstByteMs, log, (set) => {
     metrics.certificateExpiry.set({ certificate: 'server' }, set.notAfter);
     metrics.certificateExpiry.set({ certificate: 'chain' }, set.chainNotAfter);
@@ -162,7 +169,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
         headerMs: Math.min(headersMs, firstByteMs),
         refused: (socket, reason, detail) => {
           metrics.proxyProtocolRefusals.inc({ reason });
-          log.warn({ event: 'proxy_protocol.refused', reason, detail, address: socket.remoteAddress });
+          refusalLines.write(`proxy:${reason}`, (extra) => log.warn({ event: 'proxy_protocol.refused', reason, detail, address: socket.remoteAddress, ...extra }));
         },
       })
     : undefined;
@@ -178,25 +185,25 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
   const httpConnections = new HttpConnections(config.limits.httpConnectionsPerNode, firstByteMs, {
     refused: (socket, open) => {
       metrics.limitRefused('httpConnectionsPerNode', true);
-      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerNode', address: connectionPeer(socket).address, open });
+      refusalLogged('httpConnectionsPerNode', { address: connectionPeer(socket).address, open });
       // Before its TLS handshake no answer can be written: the connection is closed.
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
       else answerAndClose(socket, 'HttpConnectionLimitReached');
     },
     refusedAddress: (socket, open) => {
       metrics.limitRefused('httpConnectionsPerAddress', true);
-      log.warn({ event: 'limit.reached', limit: 'httpConnectionsPerAddress', address: socket.remoteAddress, open });
+      refusalLogged('httpConnectionsPerAddress', { address: socket.remoteAddress, open });
       if (tls && !(socket instanceof TLSSocket)) socket.destroy();
       else answerAndClose(socket, 'AddressHttpConnectionLimitReached');
     },
     silent: (socket) => {
       metrics.limitRefused('firstByteMs', true);
-      log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket).address });
+      refusalLogged('firstByteMs', { address: connectionPeer(socket).address });
       answerAndClose(socket, 'RequestTimeout');
     },
     idle: (socket) => {
       metrics.limitRefused('headersMs', true);
-      log.warn({ event: 'limit.reached', limit: 'headersMs', address: connectionPeer(socket).address, between: 'requests' });
+      refusalLogged('headersMs', { address: connectionPeer(socket).address, between: 'requests' });
       answerAndClose(socket, 'RequestTimeout');
     },
   }, preambleBytes, (address) => proxyTrust.trusts(address));
@@ -416,7 +423,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       else if (!connectRate.take(address)) [refused, limit] = ['TooManyConnectionAttempts', 'connectRatePerAddress'];
       if (refused) {
         metrics.limitRefused(limit, true);
-        log.warn({ event: 'limit.reached', limit, address, open });
+        refusalLogged(limit, { address, open });
         return refused;
       }
       // Counted while it is open, whatever the limit (a reload may turn it on or lower it).
@@ -555,7 +562,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     if (tls && (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' || !(socket as TLSSocket & { _secureEstablished?: boolean })._secureEstablished)) {
       if (err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
         metrics.limitRefused('firstByteMs', true);
-        log.warn({ event: 'limit.reached', limit: 'firstByteMs', address: connectionPeer(socket as Socket).address, tls: 'handshake' });
+        refusalLogged('firstByteMs', { address: connectionPeer(socket as Socket).address, tls: 'handshake' });
       } else {
         log.debug({ event: 'tls.handshake_failed', code: err.code, address: connectionPeer(socket as Socket).address });
       }
@@ -565,7 +572,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
     const code = clientErrorCode(err.code);
     if (code === 'RequestTimeout') {
       metrics.limitRefused('headersMs', true);
-      log.warn({ event: 'limit.reached', limit: 'headersMs', address: connectionPeer(socket as Socket).address });
+      refusalLogged('headersMs', { address: connectionPeer(socket as Socket).address });
     }
     const inFlight = (socket as { _httpMessage?: { headersSent: boolean } })._httpMessage;
     if (socket.writable && !inFlight?.headersSent) answerAndClose(socket, code);

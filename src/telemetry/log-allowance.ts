@@ -50,3 +50,19 @@ export class LogAllowance {
 function suppressedField(leftOut: number): { suppressed?: number } {
   return leftOut > 0 ? { suppressed: leftOut } : {};
 }
+
+/**
+ * One LogAllowance per key (a limit's name, a refusal's reason: few, fixed in the code, so the map stays small), for
+ * complaints anyone can cause before a token is read: a connection past limits.httpConnectionsPerAddress or the
+ * connect rate, a bad PROXY header. Before, each wrote its line: a client connecting in a loop, sending nothing,
+ * wrote a warn line per connection, as many as it could open.
+ */
+export class KeyedLogAllowance {
+  private readonly byKey = new Map<string, LogAllowance>();
+
+  write(key: string, write: (extra: { suppressed?: number }) => void): void {
+    let allowance = this.byKey.get(key);
+    if (!allowance) this.byKey.set(key, (allowance = new LogAllowance()));
+    allowance.write(write);
+  }
+}
