@@ -16,6 +16,7 @@ import type { JwtClaims } from '../auth/jwt.ts';
 import type { RelayConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
+import { KeyedLogAllowance } from '../telemetry/log-allowance.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
 import { CLOSE_TOO_BIG } from '../websocket/frames.ts';
 import { MessageSocket, type MessageSocketEvents, type MessageSocketOptions } from '../websocket/message-socket.ts';
@@ -80,6 +81,8 @@ function claimsOf(claims: JwtClaims): Record<string, string[]> {
 const UNFORWARDED_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'sec-websocket-key', 'sec-websocket-extensions', 'connection', 'upgrade']);
 
 export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
+  /** limit.reached lines of upgrades refused for a full hub before their token is read, per hub (hubs are the config's). */
+  private readonly fullHubLines = new KeyedLogAllowance();
   private readonly socketOptions: MessageSocketOptions;
 
   constructor(private readonly deps: ClientEndpointDeps) {
@@ -194,7 +197,10 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     const { config, log, metrics } = this.deps;
     if (hub.local.connections.size < config.limits.connectionsPerHub) return false;
     metrics.limitRefused('connectionsPerHub', beforeAuthorization);
-    log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size });
+    const line = (extra: { suppressed?: number }) => log.warn({ event: 'limit.reached', limit: 'connectionsPerHub', hub: hub.name, open: hub.local.connections.size, ...extra });
+    // Anyone can ask before a token is read: ten lines a minute per hub (before, one line per upgrade to a full hub).
+    if (beforeAuthorization) this.fullHubLines.write(hub.name, line);
+    else line({});
     return true;
   }
 

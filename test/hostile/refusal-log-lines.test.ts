@@ -7,8 +7,11 @@
 // client connecting in a loop (a TCP connect, nothing sent) wrote as many lines
 // as it could open connections, to disk and to whatever ships the logs.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { connect } from 'node:net';
 import { describe, it } from 'node:test';
+import WebSocket from 'ws';
+import { HUB, PLAIN, accessUrl, pubsubOverrides } from '../helpers/pubsub.ts';
 import { captureLogger, metricValue, startTestRelay } from '../helpers/relay.ts';
 import { rawUpgrade, tcp } from '../helpers/raw-socket.ts';
 import { withTimeout } from '../helpers/wait.ts';
@@ -55,5 +58,25 @@ describe('limit.reached lines of refusals before a token is read', () => {
     assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'connectRatePerAddress' }), ATTEMPTS);
     const rate = lines().filter((l) => l.event === 'limit.reached' && l.limit === 'connectRatePerAddress');
     assert.ok(rate.length >= 1 && rate.length <= LINES_PER_MINUTE, `${rate.length} lines for ${ATTEMPTS} refused upgrades`);
+  });
+});
+
+describe('limit.reached lines of upgrades to a full hub, before a token is read', () => {
+  it(`are at most ${LINES_PER_MINUTE} a minute per hub, each refusal still counted (before: one line per upgrade)`, async (t) => {
+    const { log, lines } = captureLogger('warn');
+    const relay = await startTestRelay(t, pubsubOverrides({ metrics: { requireManage: false }, limits: { connectionsPerHub: 1, connectRatePerAddress: 0 } }), { log });
+    const member = new WebSocket(accessUrl(relay.url), PLAIN);
+    t.after(() => member.terminate());
+    await withTimeout(once(member, 'open'), 5000, 'the one client the hub takes');
+    for (let i = 0; i < ATTEMPTS; i++) {
+      // No token at all: refused for the full hub before one is looked for.
+      const { socket, status } = await rawUpgrade(t, relay.port, `/client/hubs/${HUB}`, { 'Sec-WebSocket-Protocol': PLAIN });
+      socket.destroy();
+      assert.equal(status, 429);
+    }
+    assert.equal(await metricValue(relay, 'edge_relay_limit_refusals_total', { limit: 'connectionsPerHub' }), ATTEMPTS);
+    const full = lines().filter((l) => l.event === 'limit.reached' && l.limit === 'connectionsPerHub');
+    assert.ok(full.length >= 1 && full.length <= LINES_PER_MINUTE, `${full.length} lines for ${ATTEMPTS} refused upgrades`);
+    assert.equal(full[0].hub, HUB);
   });
 });
