@@ -192,9 +192,11 @@ async function poll() {
   try {
     const res = await fetchStats();
     if (!res) return;
-    await accept(res);
+    // Hidden before the snapshot is drawn, which shows it again while only this edge is listed (the bus away).
+    // Before, hidden after: that banner never showed, and the page looked like a whole cluster of one edge.
     poller.failingSince = undefined;
     $('banner').hidden = true;
+    await accept(res);
   } catch (err) {
     poller.failingSince ??= Date.now();
     banner(`The relay does not answer (${err.message}) since ${clock(poller.failingSince)}; the figures below are from before.`);
