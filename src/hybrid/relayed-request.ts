@@ -26,6 +26,13 @@ export interface RelayedRequestInit {
   body?: Buffer;
   timeoutMs: number;
   maxResponseBytes: number;
+  /**
+   * Ends the request when it aborts, as its timeout would (the pub/sub connection whose user event it is ended, the
+   * drain's deadline came). Before, the caller stopped waiting but the exchange ran on to timeoutMs, a place of
+   * limits.pendingPerEntity held meanwhile: clients that sent an event to a slow hc:// handler and left filled the
+   * entity, and every other event of its hubs failed TooManyPending.
+   */
+  signal?: AbortSignal;
 }
 
 export interface RelayedAnswer {
@@ -148,10 +155,12 @@ export function relayRequest(
   return new Promise((resolve, reject) => {
     let settled = false;
     const timer = setTimeout(() => settle(new RelayedRequestError('timeout', 'Timeout')), init.timeoutMs);
+    const onAbort = () => settle(new RelayedRequestError('timeout', 'Timeout'));
     const settle = (outcome: RelayedAnswer | RelayedRequestError) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      init.signal?.removeEventListener('abort', onAbort);
       // The exchange finishes when its response closes (a timeout here ends it).
       collected.destroy();
       if (outcome instanceof RelayedRequestError) reject(outcome);
@@ -174,5 +183,7 @@ export function relayRequest(
       socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });
     new RelayedExchange(ctx, req as IncomingMessage, collected, entity, routes, requestTarget, log).start();
+    if (init.signal?.aborted) onAbort();
+    else if (!settled) init.signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

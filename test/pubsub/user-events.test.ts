@@ -14,6 +14,7 @@ import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } fro
 import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -153,6 +154,47 @@ describe("a client's user events", () => {
     await reliable.closed;
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(open.size, 1, 'the event of a session kept for its client was cut');
+  });
+
+  it("an event under way at a slow hc:// handler is cut when its client leaves, and holds no place of limits.pendingPerEntity (before: its relayed request stayed for the handler's timeoutMs, so clients that sent one and left filled the entity and every other event failed)", async (t) => {
+    const relay = await startTestRelay(t, {
+      limits: { connectBurstPerAddress: 10000, connectRatePerAddress: 0, pendingPerEntity: 2 },
+      hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: 'hc://handlers/{event}', userEventPattern: '*', systemEvents: [], timeoutMs: 60000 }] }] },
+    });
+    let held = 0;
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        if (req.method === 'OPTIONS') {
+          res.writeHead(200, { 'webhook-allowed-origin': '*' });
+          return res.end();
+        }
+        let body = '';
+        req.on('data', (chunk) => (body += chunk));
+        req.on('end', () => {
+          // A slow handler: it answers nothing to `slow`.
+          if (body === 'slow') held++;
+          else {
+            res.writeHead(200, { 'content-type': 'text/plain' });
+            res.end(`re ${body}`);
+          }
+        });
+      },
+      'handlers',
+    );
+    for (let i = 0; i < 3; i++) {
+      const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+      client.send({ type: 'event', event: 'e', dataType: 'text', data: 'slow' });
+      await until(() => held === i + 1, 5000, `the event of client ${i} at the handler`);
+      client.ws.terminate();
+      await client.closed;
+    }
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    const ack = await client.request({ type: 'event', event: 'e', dataType: 'text', data: 'fast' });
+    assert.equal(ack.success, true, JSON.stringify(ack));
+    await client.waitFor((m) => m.type === 'message' && m.data === 're fast', 5000, 'the reply');
   });
 
   it('a simple client whose message the handler does not accept is closed (1011 MessageEventFailed), and its later frames are not sent', async (t) => {
