@@ -60,7 +60,7 @@ export interface EventSource {
   /**
    * Aborts when the connection ends (not when a reliable session only lost its socket): its user events under way
    * at a handler are cut, as their answers have nowhere to go. Before, each stayed open for the handler's whole
-   * timeoutMs (up to 600 s), one per client that sent an event and left (found by review).
+   * timeoutMs (up to 300 s), one per client that sent an event and left (found by review).
    */
   readonly gone?: AbortSignal;
 }

@@ -165,6 +165,18 @@ describe('configuration', () => {
     assert.ok(started instanceof ConfigError, 'the relay started');
   });
 
+  it("refuses an event handler timeoutMs past 300 s, where Node's fetch gives up on an http handler whatever it says (found by the event handler review)", () => {
+    const hub = (handler: Record<string, unknown>) => ({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', ...handler }] } });
+    // (Before: 600000 was taken, and a handler answering after 300 s failed then, 'unreachable: fetch failed', a connect 500.)
+    for (const [raw, where] of [
+      [hub({ eventHandlers: [{ urlTemplate: 'http://127.0.0.1/{event}', timeoutMs: 300001 }] }), '/pubsub/hubs/0/eventHandlers/0/timeoutMs'],
+      [hub({ upstream: { url: 'http://127.0.0.1/events', timeoutMs: 600000 } }), '/pubsub/hubs/0/upstream/timeoutMs'],
+    ] as const) {
+      assert.throws(() => buildConfig(raw), (err: Error) => err instanceof ConfigError && err.message.includes(where), where);
+    }
+    assert.equal(buildConfig(hub({ eventHandlers: [{ urlTemplate: 'http://127.0.0.1/{event}', timeoutMs: 300000 }] })).pubsub.hubs[0].eventHandlers![0].timeoutMs, 300000);
+  });
+
   it('lets environment override the file and flags override both', () => {
     const env = overridesFromEnv({ EDGE_RELAY_PORT: '1234', EDGE_RELAY_HOST: '0.0.0.0' });
     const config = buildConfig({ listen: { port: 1 } }, env, { 'listen.port': '5678' });
