@@ -155,10 +155,16 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
     /** The sender's headers that were its credential (sender-credential.ts). */
     private readonly credential: CredentialHeaders,
     private readonly log: Logger,
+    /**
+     * How long the answer may take once the request is sent: timeouts.httpResponseMs, or the relay's own request's
+     * bound (an hc:// event handler's timeoutMs; before, such a handler slower than httpResponseMs failed 504 within
+     * a timeoutMs that allowed it).
+     */
+    answerWithinMs = ctx.config.timeouts.httpResponseMs,
   ) {
     this.id = ctx.newRendezvousId();
     this.route = routes.routeTo(entity);
-    this.timer = setTimeout(() => this.waitedTooLong(), ctx.config.timeouts.httpResponseMs);
+    this.timer = setTimeout(() => this.waitedTooLong(), answerWithinMs);
     res.on('close', () => {
       // Its connection closed: nothing is left to watch (before, the stall timer held this exchange, its sockets and
       // route, for the rest of senderStallMs after a sender that had read slowly hung up).

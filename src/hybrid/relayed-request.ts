@@ -130,8 +130,10 @@ class RelayedExchange extends HttpExchange {
     routes: ListenerRoutes,
     requestTarget: string,
     log: Logger,
+    /** The request's own bound: the answer may take that long, whatever timeouts.httpResponseMs (a sender's) says. */
+    timeoutMs: number,
   ) {
-    super(ctx, req, collected as unknown as ServerResponse, entity, routes, requestTarget, SERVICE_BUS_HEADER_ONLY, log);
+    super(ctx, req, collected as unknown as ServerResponse, entity, routes, requestTarget, SERVICE_BUS_HEADER_ONLY, log, timeoutMs);
   }
 
   override fail(code: HybridErrorCode): void {
@@ -182,7 +184,7 @@ export function relayRequest(
       // Never closes: the request ends with its exchange.
       socket: Object.assign(new EventEmitter(), { remoteAddress: '127.0.0.1', remotePort: 0 }),
     });
-    new RelayedExchange(ctx, req as IncomingMessage, collected, entity, routes, requestTarget, log).start();
+    new RelayedExchange(ctx, req as IncomingMessage, collected, entity, routes, requestTarget, log, init.timeoutMs).start();
     if (init.signal?.aborted) onAbort();
     else if (!settled) init.signal?.addEventListener('abort', onAbort, { once: true });
   });

@@ -197,6 +197,34 @@ describe("a client's user events", () => {
     await client.waitFor((m) => m.type === 'message' && m.data === 're fast', 5000, 'the reply');
   });
 
+  it("an hc:// handler has its own timeoutMs to answer, not timeouts.httpResponseMs, a sender's bound", async (t) => {
+    const relay = await startTestRelay(t, {
+      timeouts: { httpResponseMs: 300 },
+      hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
+      pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: 'hc://handlers/{event}', userEventPattern: '*', systemEvents: [], timeoutMs: 20000 }] }] },
+    });
+    await startHycoHttpsListener(
+      t,
+      relay.url,
+      (req, res) => {
+        if (req.method === 'OPTIONS') {
+          res.writeHead(200, { 'webhook-allowed-origin': '*' });
+          return res.end();
+        }
+        req.resume();
+        // Slower than httpResponseMs, well within timeoutMs.
+        setTimeout(() => {
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          res.end('late');
+        }, 1500);
+      },
+      'handlers',
+    );
+    const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
+    const ack = await client.request({ type: 'event', event: 'e', dataType: 'text', data: 'x' }, 15000);
+    assert.equal(ack.success, true, JSON.stringify(ack));
+  });
+
   it('a simple client whose message the handler does not accept is closed (1011 MessageEventFailed), and its later frames are not sent', async (t) => {
     const seen: string[] = [];
     // Fails the message `bad`, takes the others.
