@@ -54,6 +54,15 @@ export class StreamSetup {
       max_msgs: spec.maxMessages,
       max_bytes: spec.maxBytes,
       discard: DiscardPolicy.Old,
+      // Said though they are JetStream's defaults: an update keeps what it is not given (nats.js merges the
+      // stream's own config), and a stream made by hand or another tool with a per-subject limit dropped a
+      // group's acknowledged events as the next came, one without acks answered no publish, one with a size
+      // limit refused events as stores that failed (found by the JetStream drift review).
+      max_msgs_per_subject: -1,
+      max_msg_size: -1,
+      no_ack: false,
+      allow_rollup_hdrs: false,
+      discard_new_per_subject: false,
       duplicate_window: nanos(duplicateWindowMs),
       num_replicas: this.replicas,
       allow_direct: true,

@@ -1,0 +1,66 @@
+// A hub's stream or the session bucket found on NATS as the relay would not
+// make it (made by hand, by an older version, changed by an operator): what
+// an edge takes over, and what it must not leave as it is, since an event it
+// acknowledges must stay stored (docs/durability.md, "The stream of a hub").
+import assert from 'node:assert/strict';
+import { describe, it, type TestContext } from 'node:test';
+import { connect, StorageType, type StreamConfig } from 'nats';
+import { signJwt } from '../../src/auth/jwt.ts';
+import { edgeOverrides, waitReady } from '../helpers/cluster.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+import { HUB, HUB_KEY } from '../helpers/pubsub.ts';
+import { startTestRelay } from '../helpers/relay.ts';
+import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
+
+const HUBS = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 10000 } }] } };
+
+/** A JetStream manager on `url`, closed with the test. */
+async function manager(t: TestContext, url: string) {
+  const nc = await connect({ servers: url });
+  cleanupFor(t).after(() => nc.close());
+  return nc.jetstreamManager();
+}
+
+/** GET groups/{group}/messages on `edge`: the data of the messages kept. */
+async function historyData(edge: { url: string }, group: string): Promise<unknown[]> {
+  const path = `/api/hubs/${HUB}/groups/${group}/messages`;
+  const res = await fetch(`${edge.url}${path}?limit=100`, {
+    headers: { authorization: `Bearer ${signJwt({ aud: `${edge.url}${path}` }, HUB_KEY, 600)}` },
+    signal: AbortSignal.timeout(10000),
+  });
+  assert.equal(res.status, 200);
+  return ((await res.json()) as { messages: { data: unknown }[] }).messages.map((m) => m.data);
+}
+
+describe("a hub's stream found with other settings", () => {
+  it('one made with a per-subject limit, without acks, with a message size limit or rollups is given the relay\'s: every acknowledged event stays (before: kept, and a group kept its last event only)', async (t) => {
+    const nats = await startNatsServer(t);
+    const jsm = await manager(t, nats.url);
+    // Made by hand (or by some other tool) before the relay: its subjects, with limits the relay never sets.
+    const byHand: Partial<StreamConfig> = {
+      name: `RELAY_${HUB}`,
+      subjects: [`relay.ev.${HUB}.>`],
+      storage: StorageType.File,
+      max_msgs_per_subject: 1,
+      max_msg_size: 4096,
+      allow_rollup_hdrs: true,
+      no_ack: true,
+    };
+    await jsm.streams.add(byHand);
+    // A publish the stream never answers is given up soon (no ack: every one would be).
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1000, unsureRetryMs: 0 } } }));
+    await waitReady(a);
+    const config = (await jsm.streams.info(`RELAY_${HUB}`)).config;
+    assert.deepEqual(
+      { max_msgs_per_subject: config.max_msgs_per_subject, max_msg_size: config.max_msg_size, allow_rollup_hdrs: config.allow_rollup_hdrs ?? false, no_ack: config.no_ack ?? false },
+      { max_msgs_per_subject: -1, max_msg_size: -1, allow_rollup_hdrs: false, no_ack: false },
+    );
+    const publisher = serviceClient(a);
+    for (const n of [1, 2, 3]) await publisher.group('room').sendToAll(n);
+    assert.deepEqual(await historyData(a, 'room'), [1, 2, 3]);
+    // Larger than the stream's message size limit was: stored, not refused as a store that failed.
+    await publisher.group('room').sendToAll('x'.repeat(8000), { contentType: 'text/plain' });
+    assert.equal((await historyData(a, 'room')).length, 4);
+  });
+});
