@@ -121,11 +121,14 @@ export class StreamSetup {
     const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
     const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
     // An existing bucket keeps its options: make its TTL ours, and its replicas ours if it has fewer (never fewer than it has).
+    // No size limits: a bucket made by hand (`nats kv add --max-value-size`, `--max-bucket-size`; discard new) refused
+    // the checkpoints past them, and the sessions they were for could not be taken over (found by the JetStream drift review).
     const stream = `KV_${bucket.name}`;
     const info = await jsm.streams.info(stream);
     const replicas = Math.max(info.config.num_replicas, this.replicas);
-    if (info.config.max_age !== nanos(bucket.ttlMs) || info.config.num_replicas !== replicas) {
-      await jsm.streams.update(stream, { max_age: nanos(bucket.ttlMs), num_replicas: replicas });
+    const limits = { max_age: nanos(bucket.ttlMs), num_replicas: replicas, max_bytes: -1, max_msgs: -1, max_msg_size: -1 };
+    if ((Object.keys(limits) as (keyof typeof limits)[]).some((key) => info.config[key] !== limits[key])) {
+      await jsm.streams.update(stream, limits);
     }
     return kv;
   }

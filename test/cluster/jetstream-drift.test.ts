@@ -9,9 +9,10 @@ import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeOverrides, waitReady } from '../helpers/cluster.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startTestRelay } from '../helpers/relay.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
+import { untilAnswered } from '../helpers/wait.ts';
 
 const HUBS = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 10000 } }] } };
 
@@ -62,5 +63,28 @@ describe("a hub's stream found with other settings", () => {
     // Larger than the stream's message size limit was: stored, not refused as a store that failed.
     await publisher.group('room').sendToAll('x'.repeat(8000), { contentType: 'text/plain' });
     assert.equal((await historyData(a, 'room')).length, 4);
+  });
+});
+
+describe('the session bucket found with other settings', () => {
+  it('one made by hand with a size limit on the bucket or on a value is given none: checkpoints are stored (before: kept, and a session with a few groups had none)', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    // As `nats kv add RELAY_sessions --max-value-size 256 --max-bucket-size 65536` makes it (discard new: a full bucket refuses).
+    await nc.jetstream().views.kv('RELAY_sessions', { maxValueSize: 256, max_bytes: 65536 });
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
+    await waitReady(a);
+    const config = (await (await nc.jetstreamManager()).streams.info('KV_RELAY_sessions')).config;
+    assert.deepEqual({ max_msg_size: config.max_msg_size, max_bytes: config.max_bytes }, { max_msg_size: -1, max_bytes: -1 });
+    // A reliable session in a few groups: its checkpoint is larger than 256 bytes.
+    const client = await RawPubSubClient.connect(accessUrl(a.url, { userId: 'u', roles: ['webpubsub.joinLeaveGroup'] }), RELIABLE, t);
+    const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    for (const [ackId, group] of ['first-group-of-this-session', 'second-group-of-this-session', 'third-group-of-this-session'].entries()) {
+      client.send({ type: 'joinGroup', group, ackId: ackId + 1 });
+      await client.waitFor((m) => m.type === 'ack' && m.ackId === ackId + 1);
+    }
+    const key = `${HUB}.${connected.connectionId as string}`;
+    await untilAnswered(async () => Buffer.from((await a.jetstream!.entry(key))?.value ?? []).toString().includes('third-group-of-this-session'), 5000, 'the checkpoint with its groups');
   });
 });
