@@ -28,6 +28,8 @@ export const STREAM_CONFIG_DIFFERS = 10058;
 export const STREAM_NOT_FOUND = 10059;
 export const NO_MESSAGE_FOUND = 10037;
 export const NOT_CLUSTERED = 10074;
+/** "maximum consumers limit reached": the stream's max_consumers, or the account's. */
+export const MAXIMUM_CONSUMERS = 10026;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 export const WRONG_LAST_SEQUENCE = 10071;
 

@@ -413,6 +413,11 @@ export class JetStreamAccess {
     return this.publishing.storeFailures;
   }
 
+  /** The streams this edge's followers cannot read, JetStream refusing them a consumer by a limit, and why (stream-reader.ts). */
+  get unreadStreams(): string[] {
+    return this.reader.unreadStreams();
+  }
+
   /** Each stream the relay needs, and whether JetStream stores in it now (durable-publish.ts). */
   storingByStream(): Map<string, boolean> {
     return this.publishing.storingByStream();

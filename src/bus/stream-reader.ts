@@ -7,7 +7,7 @@
 // whether JetStream is ready, are jetstream.ts's.
 import { AckPolicy, DeliverPolicy, nanos, nuid, type ConsumerConfig, type ConsumerInfo, type ConsumerMessages, type JetStreamClient, type JetStreamManager, type StreamInfo, type Subscription } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
-import { errorCode, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
+import { errorCode, MAXIMUM_CONSUMERS, NO_MESSAGE_FOUND, StoreError } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
 import { REPLICATED_STREAMS_SINCE } from './nats-server-version.ts';
 import { MSG_ID_HEADER } from './stream-publisher.ts';
@@ -84,6 +84,8 @@ export interface StreamReaderContext {
 
 interface FollowerEntry {
   readonly stream: string;
+  /** Why JetStream refuses it a consumer while that is not something a moment cures (unreadStreams). */
+  refused?: string;
   stop(): void;
   /** Ends the consumer read now: the follower goes on with a new one (compared with what it handed on last). */
   newConsumer(reason: string, detail?: object): void;
@@ -145,6 +147,15 @@ export class StreamReader {
   }
 
   /**
+   * The streams a follower cannot read because JetStream refuses it a consumer by a limit (the account's or the
+   * stream's max_consumers) and why, `RELAY_chat: ...`; empty when none. Such an edge delivers nothing of that hub
+   * to its clients: readiness says so (before, it stayed ready, and only follow_retry said why).
+   */
+  unreadStreams(): string[] {
+    return [...this.followers].flatMap((f) => (f.refused === undefined ? [] : [`${f.stream}: ${f.refused}`]));
+  }
+
+  /**
    * Hands every message of `stream` from `fromSeq` on to `onMessage`, in
    * order, each once, until stop(). A consumer that stops answering (its NATS
    * node died, the server restarted) is replaced by one that starts after
@@ -177,8 +188,9 @@ export class StreamReader {
     });
     /** When the stream followed was made: another time means it was made again, and sequences start over. */
     let created: string | undefined;
-    const follower = {
+    const follower: FollowerEntry & Follower = {
       stream,
+      refused: undefined,
       get position() {
         return position.next - 1;
       },
@@ -240,6 +252,7 @@ export class StreamReader {
           }, () => stopped);
           msgs = await js.consumers.getPullConsumerFor(ci).consume({ max_messages: CONSUME_BATCH, expires: CONSUME_EXPIRES_MS });
         } catch (err) {
+          if (errorCode(err).apiCode === MAXIMUM_CONSUMERS) follower.refused = (err as Error).message;
           if (attempt % 20 === 0) this.c.log.warn({ event: 'jetstream.follow_retry', stream, err: (err as Error).message });
           this.c.restoreIfNoStream(err, 'a follower found no stream');
           if (ci) this.c.manager()?.consumers.delete(stream, ci.name).catch(() => undefined);
@@ -247,6 +260,7 @@ export class StreamReader {
           continue;
         }
         const name = ci.name;
+        follower.refused = undefined;
         current = msgs;
         this.consuming.add(msgs);
         if (stopped) msgs.stop();

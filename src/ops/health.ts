@@ -15,7 +15,7 @@ export interface Readiness {
   shuttingDown(): boolean;
   bus(): { kind: string; connected: boolean; backlogged?: boolean };
   /** With durable hubs: JetStream's state and, when not ready, why; `storeFailures`, the streams it stores nothing in now. */
-  jetstream?(): { state: string; problem?: string; storeFailures: string[] };
+  jetstream?(): { state: string; problem?: string; storeFailures: string[]; unreadStreams?: string[] };
   /** With durable hubs: whether those it started with read their streams yet. */
   followsStreams?(): boolean;
   /** Other things the edge cannot do while it serves the rest (another edge under its node id). */
@@ -45,6 +45,8 @@ export function handleOps(name: string, req: IncomingMessage, res: ServerRespons
   const storeFailures = jetstream?.state === 'ready' && bus.connected ? jetstream.storeFailures : [];
   if (jetstream && jetstream.state !== 'ready' && bus.connected) reasons.push(jetstream.problem ?? 'JetStream is not ready');
   else if (jetstream && bus.connected && readiness.followsStreams?.() === false) reasons.push('the durable hubs do not read their streams yet');
+  // Refused a consumer by a limit (max_consumers), this edge delivers nothing of that hub, where others may.
+  else if (jetstream && bus.connected) for (const unread of jetstream.unreadStreams ?? []) reasons.push(`this edge reads nothing of stream ${unread}`);
   for (const failure of storeFailures) degraded.push(`JetStream stores nothing in stream ${failure}`);
   degraded.push(...(readiness.degraded?.() ?? []));
   const ready = reasons.length === 0;

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import { connect, StorageType, type StreamConfig } from 'nats';
 import { signJwt } from '../../src/auth/jwt.ts';
-import { edgeOverrides, waitReady } from '../helpers/cluster.ts';
+import { edgeOverrides, readiness, waitReady } from '../helpers/cluster.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
@@ -86,5 +86,24 @@ describe('the session bucket found with other settings', () => {
     }
     const key = `${HUB}.${connected.connectionId as string}`;
     await untilAnswered(async () => Buffer.from((await a.jetstream!.entry(key))?.value ?? []).toString().includes('third-group-of-this-session'), 5000, 'the checkpoint with its groups');
+  });
+});
+
+describe("the account's JetStream limits reached", () => {
+  it("an edge that cannot make the consumer reading a hub's stream (the account's max_consumers) is not ready, and says why (before: ready, its clients of the hub got nothing)", async (t) => {
+    // The account may hold one consumer: the first edge's follower takes it.
+    const nats = await startNatsServer(t, 'n1', undefined, { config: 'accounts { A: { jetstream: { max_consumers: 1 }, users: [{ user: a, password: a }] } }\njetstream {}\n' });
+    const edge = (name: string) => startTestRelay(t, edgeOverrides(name, [nats.url], { ...HUBS, bus: { user: 'a', pass: 'a' } }));
+    const a = await edge('edge-a');
+    await waitReady(a);
+    const b = await edge('edge-b');
+    await untilAnswered(async () => JSON.stringify((await readiness(b)).body.reasons).includes('RELAY_chat'), 10000, "edge B to say it cannot read the hub's stream");
+    const refused = await readiness(b);
+    assert.equal(refused.status, 503);
+    assert.match(JSON.stringify(refused.body.reasons), /this edge reads nothing of stream RELAY_chat: maximum consumers limit reached/);
+    assert.equal((await readiness(a)).status, 200);
+    // A consumer freed (edge A stops), edge B reads the stream and is ready again.
+    await a.close();
+    await waitReady(b, 200, 10000);
   });
 });
