@@ -113,7 +113,12 @@ export class StreamSetup {
         this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
         update.num_replicas = existing;
       }
-      await jsm.streams.update(spec.name, update);
+      await jsm.streams.update(spec.name, update).catch((err: Error) => {
+        // What JetStream will not change (retention, max_consumers, a sealed or deny-delete stream made so by hand)
+        // names no stream: readiness and jetstream.waiting said only "can not change retention policy" (found by the
+        // JetStream drift review). Its codes are kept for the callers that tell errors apart.
+        throw Object.assign(new Error(`stream ${spec.name}: ${err.message}`), { code: (err as { code?: unknown }).code, api_error: (err as { api_error?: unknown }).api_error });
+      });
     }
   }
 

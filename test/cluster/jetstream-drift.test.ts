@@ -4,7 +4,7 @@
 // acknowledges must stay stored (docs/durability.md, "The stream of a hub").
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { connect, StorageType, type StreamConfig } from 'nats';
+import { connect, RetentionPolicy, StorageType, type StreamConfig } from 'nats';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeOverrides, readiness, waitReady } from '../helpers/cluster.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -63,6 +63,19 @@ describe("a hub's stream found with other settings", () => {
     // Larger than the stream's message size limit was: stored, not refused as a store that failed.
     await publisher.group('room').sendToAll('x'.repeat(8000), { contentType: 'text/plain' });
     assert.equal((await historyData(a, 'room')).length, 4);
+  });
+
+  it("one whose settings JetStream will not change (its retention) is left as it is, and readiness names it (before: only JetStream's words, no stream)", async (t) => {
+    const nats = await startNatsServer(t);
+    const jsm = await manager(t, nats.url);
+    // Interest retention keeps a message only until the consumers there are have read it: no history, no session replay.
+    await jsm.streams.add({ name: `RELAY_${HUB}`, subjects: [`relay.ev.${HUB}.>`], storage: StorageType.File, retention: RetentionPolicy.Interest });
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], HUBS));
+    await untilAnswered(async () => (await readiness(a)).body.jetstream?.state === 'waiting' && (await readiness(a)).body.reasons.some((r: string) => /retention/.test(r)), 10000, 'edge A to say why it is not ready');
+    const refused = await readiness(a);
+    assert.equal(refused.status, 503);
+    assert.match(JSON.stringify(refused.body.reasons), /stream RELAY_chat: .*can not change retention policy/);
+    assert.equal((await jsm.streams.info(`RELAY_${HUB}`)).config.retention, RetentionPolicy.Interest);
   });
 });
 
