@@ -16,7 +16,7 @@ import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right, SenderKind } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
 import { sendContinue } from '../http/expect-continue.ts';
-import { keepQueryParams } from '../http/query-params.ts';
+import { keepQueryParams, paramInAnyCase } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectRefused, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
@@ -181,7 +181,7 @@ export class HybridService {
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entityName: string, params: URLSearchParams, below: HybridPathBelow = NOTHING_BELOW): void {
     socket.on('error', () => socket.destroy());
     if (!isValidEntityName(entityName)) return failUpgrade(socket, 'InvalidEntityName');
-    const action = params.get('sb-hc-action');
+    const action = paramInAnyCase(params, 'sb-hc-action');
     // While draining, listeners still dial the rendezvous legs of work in flight (a sender
     // waiting for its accept, a response over 64 KB): the rendezvous table knows them.
     if (this.shuttingDown && action !== 'accept' && action !== 'request') return failUpgrade(socket, 'ShuttingDown');
@@ -382,7 +382,7 @@ export class HybridService {
     name: string,
     params: URLSearchParams,
   ): void {
-    const id = params.get('sb-hc-id') ?? '';
+    const id = paramInAnyCase(params, 'sb-hc-id') ?? '';
     const pending = this.ctx.rendezvous.get(id);
     if (!pending && this.workers) {
       // The load balancer in front of the workers sent the leg to this one: it belongs to another.
@@ -677,7 +677,7 @@ export class HybridService {
 const NOTHING_BELOW: HybridPathBelow = { subPath: [], rawPath: '', rawQuery: '' };
 
 function trackingIdOf(params: URLSearchParams): string | undefined {
-  const id = params.get('sb-hc-id');
+  const id = paramInAnyCase(params, 'sb-hc-id');
   return id && TRACKING_ID.test(id) ? id : undefined;
 }
 

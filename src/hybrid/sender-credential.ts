@@ -7,6 +7,7 @@
 // connection wants sender tokens: otherwise it is the sender's business with
 // the listener, and passes through.
 import type { IncomingMessage } from 'node:http';
+import { paramInAnyCase } from '../http/query-params.ts';
 import type { HybridEntity } from './entity-catalog.ts';
 
 /** Header names, lower case, a listener never sees. */
@@ -22,7 +23,7 @@ function firstOf(value: string | string[] | undefined): string | undefined {
 
 /** The SAS token a request presents, wherever it is. */
 export function sasTokenOf(req: IncomingMessage, params: URLSearchParams): string | undefined {
-  return firstOf(req.headers['servicebusauthorization']) ?? params.get('sb-hc-token') ?? req.headers.authorization;
+  return firstOf(req.headers['servicebusauthorization']) ?? paramInAnyCase(params, 'sb-hc-token') ?? req.headers.authorization;
 }
 
 /**
@@ -41,6 +42,6 @@ export function senderHeaders(req: IncomingMessage, credential: CredentialHeader
 /** The headers that were a sender's credential for `entity`. */
 export function senderCredentialIn(req: IncomingMessage, params: URLSearchParams, entity: HybridEntity): CredentialHeaders {
   const authorizationIsToken =
-    entity.requiresClientAuthorization && req.headers['servicebusauthorization'] === undefined && !params.has('sb-hc-token');
+    entity.requiresClientAuthorization && req.headers['servicebusauthorization'] === undefined && paramInAnyCase(params, 'sb-hc-token') === null;
   return authorizationIsToken ? WITH_AUTHORIZATION : SERVICE_BUS_HEADER_ONLY;
 }

@@ -20,6 +20,7 @@ import { failUpgrade } from './errors.ts';
 import { LocalRoute, NONE_TOOK_OVER, type ListenerRoutes } from './listener-route.ts';
 import type { PendingRendezvous } from './rendezvous-table.ts';
 import type { CredentialHeaders } from './sender-credential.ts';
+import { paramInAnyCase } from '../http/query-params.ts';
 
 export interface PendingConnect extends PendingRendezvous {
   action: 'accept';
@@ -196,8 +197,8 @@ function completeConnect(
     return failUpgrade(listenerSocket, 'SenderGone');
   }
 
-  const rejectCode = params.get('sb-hc-statusCode') ?? params.get('statusCode');
-  const given = params.get('sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
+  const rejectCode = paramInAnyCase(params, 'sb-hc-statusCode') ?? params.get('statusCode');
+  const given = paramInAnyCase(params, 'sb-hc-statusDescription') ?? params.get('statusDescription') ?? undefined;
   // A description without a code is a reject too (Azure requires both): before, the connection was spliced.
   if (rejectCode !== null || given !== undefined) {
     // Three digits, as .NET writes an int: `0x194`, `4.04e2` or ` 404 ` are not a status (Number() read them as 404).

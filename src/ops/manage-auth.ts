@@ -10,6 +10,7 @@ import type { RelayConfig } from '../config/types.ts';
 import { tokenHostsFor } from '../auth/token-hosts.ts';
 import { refuseOtherMethods } from '../http/edge-errors.ts';
 import { sendError } from '../http/respond.ts';
+import { paramInAnyCase } from '../http/query-params.ts';
 
 export interface Refusal {
   status: 401 | 403;
@@ -28,7 +29,7 @@ export class ManageAuth {
   check(req: IncomingMessage): Refusal | undefined {
     const query = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
     // Any of the three places; a SAS token wins over what else is there (an empty header, a proxy's Basic credentials).
-    const given = [req.headers.authorization, req.headers['servicebusauthorization'], query.get('sb-hc-token') ?? undefined]
+    const given = [req.headers.authorization, req.headers['servicebusauthorization'], paramInAnyCase(query, 'sb-hc-token') ?? undefined]
       .map((v) => (Array.isArray(v) ? v[0] : v))
       .filter((v): v is string => typeof v === 'string' && v !== '');
     const token = given.find((v) => /^SharedAccessSignature\s/i.test(v)) ?? given[0];

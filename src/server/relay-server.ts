@@ -41,6 +41,7 @@ import { ProxyProtocolFront } from './proxy-protocol.ts';
 import { ProxyTrust } from './trust-proxy.ts';
 import { KeyedLogAllowance } from '../telemetry/log-allowance.ts';
 import { asksOtherVersion } from '../websocket/handshake.ts';
+import { paramInAnyCase } from '../http/query-params.ts';
 
 /** How often shutdown checks whether draining is done. */
 const SHUTDOWN_POLL_MS = 25;
@@ -458,7 +459,7 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       // A WebSocket from now on, counted as one (connectionsPerNode). Any other upgrade stays a plain
       // HTTP connection and in that count: an h2c request served below was counted against neither.
       httpConnections.upgraded(socket as Socket);
-      const action = r.kind === 'hybrid-ws' ? r.params.get('sb-hc-action') : null;
+      const action = r.kind === 'hybrid-ws' ? paramInAnyCase(r.params, 'sb-hc-action') : null;
       const refused = admit(req, socket, action === 'accept' || action === 'request');
       if (refused) {
         socket.on('error', () => socket.destroy());
