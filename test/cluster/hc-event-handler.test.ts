@@ -8,8 +8,9 @@ import { describe, it } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { CORE_NATS, startEdge } from '../helpers/cluster.ts';
 import { eventHandlerApp, listenWithMiddleware } from '../helpers/event-handler-app.ts';
+import { startHycoHttpsListener } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
-import { HUB, HUB_KEY, accessUrl } from '../helpers/pubsub.ts';
+import { HUB, HUB_KEY, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startClient } from '../helpers/web-pubsub-sdk.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -39,5 +40,38 @@ describe('an hc:// event handler on another edge', () => {
     await until(() => c.serverData.length === 1, 10000, 'the reply from the listener on the other edge');
     assert.deepEqual(c.serverData[0].data, { echo: { q: 3 } });
     await until(() => record.connected.length === 1, 10000, 'connected through the other edge');
+  });
+
+  it("has the handler's timeoutMs to answer, not timeouts.httpResponseMs, when its listener is on another edge, whose own watch of the request is renewed while the asking edge waits", async (t) => {
+    const nats = await startNatsServer(t);
+    const extra = {
+      ...CORE_NATS,
+      // The edges' own timeouts (edgeOverrides') with a small httpResponseMs: the listener's edge watches the routed
+      // request for that and a grace (4 s), which the requesting edge's hc.alive renews while it waits.
+      timeouts: { keepAliveIntervalMs: 500, idleMs: 10000, httpResponseMs: 300 },
+      hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
+      pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, eventHandlers: [{ urlTemplate: 'hc://handlers/{event}', userEventPattern: '*', systemEvents: [], timeoutMs: 20000 }] }] },
+    };
+    const [a, b] = await Promise.all([startEdge(t, 'edge-a', [nats.url], extra), startEdge(t, 'edge-b', [nats.url], extra)]);
+    // On edge B only; the client on edge A. Slower than httpResponseMs and the listener's edge's grace, within timeoutMs.
+    await startHycoHttpsListener(
+      t,
+      b.url,
+      (req, res) => {
+        if (req.method === 'OPTIONS') {
+          res.writeHead(200, { 'webhook-allowed-origin': '*' });
+          return res.end();
+        }
+        req.resume();
+        setTimeout(() => {
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          res.end('late');
+        }, 5000);
+      },
+      'handlers',
+    );
+    const client = await RawPubSubClient.connect(accessUrl(a.url), undefined, t);
+    const ack = await client.request({ type: 'event', event: 'e', dataType: 'text', data: 'x' }, 15000);
+    assert.equal(ack.success, true, JSON.stringify(ack));
   });
 });
