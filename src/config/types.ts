@@ -143,6 +143,7 @@ export interface RelayConfig {
     httpConnectionsPerAddress: number;
     connectionsPerAddress: number;
     connectionsPerHub: number;
+    connectsPendingPerHub: number;
     connectRatePerAddress: number;
     connectBurstPerAddress: number;
   };

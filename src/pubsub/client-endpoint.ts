@@ -83,6 +83,10 @@ const UNFORWARDED_HEADERS = new Set(['authorization', 'proxy-authorization', 'co
 export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
   /** limit.reached lines of upgrades refused for a full hub before their token is read, per hub (hubs are the config's). */
   private readonly fullHubLines = new KeyedLogAllowance();
+  /** Upgrades waiting for their connect event, per hub name (limits.connectsPendingPerHub); a hub with none has no entry. */
+  private readonly pendingConnects = new Map<string, number>();
+  /** limit.reached lines of upgrades refused past limits.connectsPendingPerHub, per hub: anyone with a hub's tokens can cause them in a loop. */
+  private readonly pendingConnectLines = new KeyedLogAllowance();
   private readonly socketOptions: MessageSocketOptions;
 
   constructor(private readonly deps: ClientEndpointDeps) {
@@ -136,7 +140,11 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (!this.deps.events.hasSystemEvent(hub.config, 'connect')) {
       return this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, sendToGroup, verdict.claims, { ok: true, groups: [], roles: [] });
     }
-    // The connect event decides; the upgrade waits for it (bounded by the handler's timeoutMs).
+    // The connect event decides; the upgrade waits for it (bounded by the handler's timeoutMs), holding a WebSocket
+    // place of the node meanwhile: at most limits.connectsPendingPerHub of a hub wait. Before, a hub whose handler hung
+    // let anyone with its tokens take every place (limits.connectionsPerNode) for up to that timeoutMs: other hubs'
+    // clients and hybrid connections' listeners and senders were refused 503 ConnectionLimitReached.
+    if (!this.takePendingConnect(hub.name)) return failUpgrade(duplex, 'TooManyPendingConnects');
     const identity = clientIdentityOf(verdict.claims);
     const body: ConnectBody = {
       claims: claimsOf(verdict.claims),
@@ -152,6 +160,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     duplex.once('end', onEnd);
     this.deps.events.connect(hub.config, source, body).then(
       (outcome) => {
+        this.releasePendingConnect(hub.name);
         duplex.off('end', onEnd);
         // Said yes, and then not admitted: the handler hears `disconnected`, as Azure sends it after every 2xx
         // `connect` (before, nothing: what it set up for the connection stayed).
@@ -185,6 +194,7 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
         this.admit(upgrade.key, upgrade.protocols, socket, head, hub, id, protocol, sendToGroup, verdict.claims, outcome, source.states, true);
       },
       (err: Error) => {
+        this.releasePendingConnect(hub.name);
         duplex.off('end', onEnd);
         log.warn({ event: 'pubsub.event_handler_failed', hub: hub.name, connectionId: id, eventName: 'connect', reason: err.message });
         if (!duplex.destroyed) failUpgrade(duplex, 'EventHandlerFailed');
@@ -202,6 +212,29 @@ export class ClientEndpoint implements MessageSocketEvents<PubSubConnection> {
     if (beforeAuthorization) this.fullHubLines.write(hub.name, line);
     else line({});
     return true;
+  }
+
+  /**
+   * Takes a place among the hub's upgrades waiting for their connect event; false (counted, logged) when it has
+   * limits.connectsPendingPerHub already. The place is held until the event is answered or fails, even when its client
+   * left before: the request at the handler runs on (a client connecting and leaving in a loop would pile them up).
+   */
+  private takePendingConnect(hub: string): boolean {
+    const { config, log, metrics } = this.deps;
+    const pending = this.pendingConnects.get(hub) ?? 0;
+    if (pending < config.limits.connectsPendingPerHub) {
+      this.pendingConnects.set(hub, pending + 1);
+      return true;
+    }
+    metrics.limitRefused('connectsPendingPerHub');
+    this.pendingConnectLines.write(hub, (extra) => log.warn({ event: 'limit.reached', limit: 'connectsPendingPerHub', hub, pending, ...extra }));
+    return false;
+  }
+
+  private releasePendingConnect(hub: string): void {
+    const pending = (this.pendingConnects.get(hub) ?? 1) - 1;
+    if (pending > 0) this.pendingConnects.set(hub, pending);
+    else this.pendingConnects.delete(hub);
   }
 
   /** Opens an admitted connection: the token's identity, with what the connect event decided added. */

@@ -47,6 +47,8 @@ export const PUBSUB_ERRORS = {
   // Within limits.pubsubMessageBytes, but not what the NATS servers carry with the envelope: nothing was sent anywhere.
   BusPayloadTooLarge: { status: 413, message: "The message is larger than the cluster bus carries (its NATS servers' max_payload, or a durable hub's history.maxBytes, envelope included): nothing was sent; raise that limit or lower limits.pubsubMessageBytes" },
   HubConnectionLimitReached: { status: 429, message: 'This hub holds as many connections on this node as limits.connectionsPerHub allows' },
+  // A hub's connect event handler is slow or silent: its waiting upgrades may not take the node's WebSocket places.
+  TooManyPendingConnects: { status: 503, message: "This hub has as many upgrades waiting for its connect event handler on this node as limits.connectsPendingPerHub allows; try again" },
   TooManyHistoryReads: { status: 429, message: 'This edge is reading as many history pages at once as it takes; try again in a moment' },
   UnsupportedMediaType: { status: 415, message: 'Use application/json, text/plain or application/octet-stream' },
   FilterInvalid: { status: 400, message: 'The filter is not one this relay understands (OData filter syntax of Azure Web PubSub: userId, connectionId, groups; eq, ne, gt, ge, lt, le, in, not, and, or; string and length functions; groups/any)' },
