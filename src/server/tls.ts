@@ -146,11 +146,15 @@ function privateKeyIn(tls: ListenTlsConfig, key: Buffer): KeyObject {
   }
 }
 
-/** A folder's device and inode, or undefined when it is not there. */
+/**
+ * A folder's device, inode and birth time, or undefined when it is not there. The birth time tells a folder made
+ * again from the one removed: ext4 gives the freed inode number out again at once (rm -r, mkdir), and with device
+ * and inode alone a folder made again was taken for the one watched, its renewals unseen.
+ */
 function identityOf(folder: string): string | undefined {
   try {
     const stat = statSync(folder);
-    return `${stat.dev}:${stat.ino}`;
+    return `${stat.dev}:${stat.ino}:${stat.birthtimeMs}`;
   } catch {
     return undefined;
   }
@@ -345,7 +349,9 @@ export class CertificateKeeper {
 
   /** Watches again when a watched folder is another one now; looks again for one that is gone until it is back. */
   private followReplacedFolders(): void {
-    const now = [...this.watched].map(([folder, was]) => ({ was, is: identityOf(folder) }));
+    const now = [...this.watched].map(([folder, was]) => ({ folder, was, is: identityOf(folder) }));
+    // One found gone is watched anew once it is back, whatever its identity (a filesystem without birth times).
+    for (const { folder, is } of now) if (is === undefined) this.watched.set(folder, undefined);
     if (now.some(({ was, is }) => is !== undefined && is !== was)) this.watchFolders();
     if (now.some(({ is }) => is === undefined) && !this.folderTimer) this.lookForRemovedFolders();
   }
