@@ -118,12 +118,15 @@ describe('NATS over TLS with credentials', () => {
     nats.reconfigure(serverBlock(other.server));
     await nats.restart();
     const failed = () => lines().filter((l) => l.event === 'bus.reconnect_failed');
-    await until(() => failed().length > 0, 15000, `bus.reconnect_failed logged: ${JSON.stringify(lines().filter((l) => String(l.event).startsWith('bus.')))}`);
-    assert.match(String(failed()[0].err), /certificate/i);
-    assert.equal(failed()[0].server, `127.0.0.1:${nats.port}`);
+    // An attempt made while the server was down (its restart slower than the first attempt, as under load) says
+    // "connection refused" first: the certificate's line is looked for, not taken to be the first.
+    const untrusted = () => failed().filter((l) => /certificate/i.test(String(l.err)));
+    await until(() => untrusted().length > 0, 15000, `bus.reconnect_failed logged: ${JSON.stringify(lines().filter((l) => String(l.event).startsWith('bus.')))}`);
+    assert.equal(untrusted()[0].server, `127.0.0.1:${nats.port}`);
     // Once per reason, not once per attempt (one every 300 ms here).
     await new Promise((r) => setTimeout(r, 1500));
-    assert.equal(failed().length, 1);
+    assert.equal(untrusted().length, 1);
+    assert.ok(failed().length <= 2, JSON.stringify(failed()));
     assert.equal(relay.bus.connected, false);
   });
 });
