@@ -1,5 +1,5 @@
 // Builds the bus the config names.
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, statSync } from 'node:fs';
 import { ConfigError } from '../config/errors.ts';
 import type { RelayConfig } from '../config/types.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
@@ -15,7 +15,6 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
   if (bus.kind === 'memory') {
     return new MemoryBus({ onHandlerError: (err, subject) => busLog.error({ event: 'bus.handler_failed', subject, err: String(err) }) });
   }
-  readableBusFiles(bus);
   return new NatsBus(
     {
       servers: bus.servers ?? [],
@@ -38,11 +37,14 @@ export function createBus(config: RelayConfig, log: Logger): Bus {
 }
 
 /**
- * The files the NATS client reads at every connect (so a rotated one is taken), checked once at start: one that
- * cannot be read is the config's error (exit 78, its key named), not a bus that never connects (found by the TLS
- * review: before, the edge started and logged bus.unreachable, or nothing past bus.disconnected, for as long as it ran).
+ * The files the NATS client reads at every connect (so a rotated one is taken), checked once at start, before the
+ * relay binds its port: one that cannot be read (or is a folder) is the config's error (exit 78, its key named), not
+ * a bus that never connects (found by the TLS review: before, the edge started and logged bus.unreachable, or nothing
+ * past bus.disconnected, for as long as it ran).
  */
-function readableBusFiles(bus: RelayConfig['bus']): void {
+export function checkBusFiles(config: RelayConfig): void {
+  const bus = config.bus;
+  if (bus.kind === 'memory') return;
   const files: [string, string | undefined][] = [
     ['bus.tls.caFile', bus.tls?.caFile],
     ['bus.tls.certFile', bus.tls?.certFile],
@@ -54,6 +56,7 @@ function readableBusFiles(bus: RelayConfig['bus']): void {
     if (file === undefined) continue;
     try {
       accessSync(file, constants.R_OK);
+      if (statSync(file).isDirectory()) throw Object.assign(new Error('a folder'), { code: 'EISDIR' });
     } catch (err) {
       throw new ConfigError(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }

@@ -8,7 +8,7 @@ import { Socket, type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Bus } from '../bus/bus.ts';
-import { createBus, createJetStream, durableHubs, durableHubsWithoutJetStream } from '../bus/create.ts';
+import { checkBusFiles, createBus, createJetStream, durableHubs, durableHubsWithoutJetStream } from '../bus/create.ts';
 import type { JetStreamAccess } from '../bus/jetstream.ts';
 import { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig } from '../config/types.ts';
@@ -138,6 +138,8 @@ export interface StartOptions {
 }
 
 export async function startRelay(config: RelayConfig, log: Logger, options: StartOptions = {}): Promise<RunningRelay> {
+  // Before anything is bound: a relay in a process that goes on (not `serve`) would keep its port after the throw.
+  checkBusFiles(config);
   const metrics = new RelayMetrics(config.nodeId);
   // No bound on a whole request (requestTimeout 0): relayed bodies stream for
   // as long as they take. Its head is bounded by timeouts.headersMs (Node

@@ -223,7 +223,7 @@ describe('configuration', () => {
     assert.match(port.stderr, /from --port or EDGE_RELAY_PORT/);
   });
 
-  it("stops `serve` with 78 naming the bus's file it cannot read (TLS files, credentials, NKey seed), before it listens (found by the TLS review: before, it started and logged the bus unreachable for ever)", (t) => {
+  it("stops `serve` with 78 naming the bus's file it cannot read (TLS files, credentials, NKey seed), before it listens (found by the TLS review: before, it started and logged the bus unreachable for ever)", async (t) => {
     const dir = tempDirFor(t, 'edge-relay-config-');
     const missing = join(dir, 'missing.pem');
     const bus = { kind: 'nats', servers: ['nats://127.0.0.1:1'] };
@@ -232,13 +232,16 @@ describe('configuration', () => {
       ['bus.tls.certFile', { ...bus, tls: { certFile: missing, keyFile: missing } }],
       ['bus.credsFile', { ...bus, credsFile: missing }],
       ['bus.nkeyFile', { ...bus, nkeyFile: missing }],
+      ['bus.tls.caFile', { ...bus, tls: { caFile: dir } }],
     ] as const) {
       const file = join(dir, 'relay.json');
       writeFileSync(file, JSON.stringify({ listen: { host: '127.0.0.1', port: 0 }, bus: busConfig }));
       const r = spawnSync(EDGE_RELAY_BIN, ['serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
       assert.equal(r.status, 78, `${key}: ${r.stderr}`);
-      assert.match(r.stderr, new RegExp(`${key.replace(/\./g, '\\.')}: cannot read .*missing\\.pem`), key);
+      assert.match(r.stderr, new RegExp(`${key.replace(/\./g, '\\.')}: cannot read ${dir}.*: (ENOENT|EISDIR)`), key);
       assert.doesNotMatch(r.stdout + r.stderr, /relay\.listening/, key);
     }
+    // A relay started in a process that goes on refuses before it binds anything.
+    await assert.rejects(startTestRelay(t, { bus: { ...bus, credsFile: missing } }), /bus\.credsFile: cannot read .*ENOENT/);
   });
 });
