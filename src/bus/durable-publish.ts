@@ -10,7 +10,7 @@
 import type { JetStreamManager } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus } from './bus.ts';
-import { StoreError } from './jetstream-errors.ts';
+import { StoreError, STREAM_SEALED } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
 import { PublishOrder } from './publish-order.ts';
 import type { StreamSpec } from './stream-setup.ts';
@@ -88,6 +88,8 @@ export interface DurablePublishContext {
   closed(): boolean;
   /** Looks for streams that are gone and makes them again (at most once a second). */
   restoreStreams(reason: string): void;
+  /** A publish to `stream` was refused because it is sealed: JetStream is not ready until it is made again. */
+  sealed(stream: string): void;
 }
 
 export class DurablePublisher {
@@ -207,6 +209,8 @@ export class DurablePublisher {
           return { seq: outcome.seq, duplicate: outcome.duplicate && !unsure };
         }
         if (outcome.kind === 'tooLarge') throw tooLargeForBus(outcome.bytes, this.c.bus.maxPayload);
+        // Sealed by hand: no try will ever be stored, and the edge is not ready until the stream is made again.
+        if (outcome.kind === 'refused' && outcome.code === STREAM_SEALED && spec) this.c.sealed(spec.name);
         // Refused now, after a try of this call that went out unanswered: that one may still have been stored (said so).
         if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, unsure);
         last = outcome.reason;

@@ -1,6 +1,6 @@
 // What JetStream's failures are to the relay: the errors its callers are given
 // (a store that failed, a conditional write that lost, a stream name taken by
-// another deployment), and the API error codes jetstream.ts,
+// another deployment, a stream sealed), and the API error codes jetstream.ts,
 // stream-setup.ts and stream-reader.ts tell apart.
 import type { NatsError } from 'nats';
 
@@ -23,6 +23,16 @@ export class StreamTaken extends Error {
   }
 }
 
+/**
+ * A hub's stream found sealed (`sealed: true`, set by hand): it takes no new message, and JetStream lets no one
+ * unseal it. Left as it is, the durable hubs not served, until it is deleted (an edge then makes it again).
+ */
+export class StreamSealed extends Error {
+  constructor(readonly stream: string) {
+    super(`stream ${stream} is sealed: it stores no new event, and JetStream lets no one unseal it; delete it (an edge makes it again, empty)`);
+  }
+}
+
 export const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 export const STREAM_CONFIG_DIFFERS = 10058;
 export const STREAM_NOT_FOUND = 10059;
@@ -30,6 +40,8 @@ export const NO_MESSAGE_FOUND = 10037;
 export const NOT_CLUSTERED = 10074;
 /** "maximum consumers limit reached": the stream's max_consumers, or the account's. */
 export const MAXIMUM_CONSUMERS = 10026;
+/** "invalid operation on sealed stream": a publish to a stream sealed by hand. */
+export const STREAM_SEALED = 10109;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 export const WRONG_LAST_SEQUENCE = 10071;
 

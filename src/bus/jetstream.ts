@@ -30,6 +30,7 @@ import {
   StoreConflict,
   StoreError,
   STREAM_NOT_FOUND,
+  StreamSealed,
   StreamTaken,
   WRONG_LAST_SEQUENCE,
 } from './jetstream-errors.ts';
@@ -134,6 +135,7 @@ export class JetStreamAccess {
       streams: () => this.streams,
       closed: () => this.closed,
       restoreStreams: (reason) => this.restoreStreams(reason),
+      sealed: (stream) => this.streamSealed(stream),
     });
     bus.onConnectionChange((connected) => {
       if (!connected) return;
@@ -287,11 +289,26 @@ export class JetStreamAccess {
           return;
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
-        if (err instanceof StreamTaken) this.setup.sayTaken(err, attempt);
+        if (err instanceof StreamTaken || err instanceof StreamSealed) this.setup.sayUnusable(err, attempt);
         else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }
+  }
+
+  /**
+   * A publish refused by a stream sealed since JetStream was made sure of (by hand; none can unseal it): as an edge
+   * that starts with it, this one serves none of its durable hubs and says why (readiness, jetstream.stream_sealed)
+   * until the stream is deleted and made again (establish). Not a stream `degraded` names, as one without its leader
+   * is: that passes, while this stream stores nothing until an operator acts, as one of another retention policy.
+   * Before, the edge stayed ready, storing true, and every publish to that hub failed 503 (found by the JetStream
+   * drift review).
+   */
+  private streamSealed(stream: string): void {
+    if (this.closed || this.state !== 'ready') return;
+    this.state = 'waiting';
+    this.problem = `JetStream is not ready: ${new StreamSealed(stream).message}`;
+    void this.establish();
   }
 
   /**
@@ -314,7 +331,7 @@ export class JetStreamAccess {
         this.log.info({ event: 'jetstream.stream_added', stream: spec.name });
         return;
       } catch (err) {
-        if (err instanceof StreamTaken) this.setup.sayTaken(err, attempt);
+        if (err instanceof StreamTaken || err instanceof StreamSealed) this.setup.sayUnusable(err, attempt);
         else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.stream_add_failed', stream: spec.name, err: (err as Error).message });
         await sleep(RETRY_MS);
       }

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type KV } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
-import { errorCode, NOT_CLUSTERED, STREAM_CONFIG_DIFFERS, StreamTaken } from './jetstream-errors.ts';
+import { errorCode, NOT_CLUSTERED, STREAM_CONFIG_DIFFERS, StreamSealed, StreamTaken } from './jetstream-errors.ts';
 
 export interface StreamSpec {
   name: string;
@@ -71,9 +71,11 @@ export class StreamSetup {
     };
   }
 
-  /** A stream found taken, at the `attempt`th try to make it sure: not something waiting cures, so an error, once a minute. */
-  sayTaken(err: StreamTaken, attempt: number): void {
-    if (attempt % 240 === 0) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
+  /** A stream found taken or sealed, at the `attempt`th try to make it sure: not something waiting cures, so an error, once a minute. */
+  sayUnusable(err: StreamTaken | StreamSealed, attempt: number): void {
+    if (attempt % 240 !== 0) return;
+    if (err instanceof StreamTaken) this.log.error({ event: 'jetstream.stream_taken', stream: err.stream, subjects: err.subjects, hint: err.message });
+    else this.log.error({ event: 'jetstream.stream_sealed', stream: err.stream, hint: err.message });
   }
 
   async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
@@ -102,6 +104,10 @@ export class StreamSetup {
       // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
       const theirs = [...(found.config.subjects ?? [])].sort();
       if (theirs.join(' ') !== [...spec.subjects].sort().join(' ')) throw new StreamTaken(spec.name, theirs);
+      // Sealed by hand: JetStream refuses every publish to it for good, and takes an update that keeps the seal
+      // (nats.js merges the stream's config) without a word. Before, the edge was ready, storing true, and each
+      // publish to the hub failed 503 (found by the JetStream drift review).
+      if (found.config.sealed) throw new StreamSealed(spec.name);
       // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
       // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
       // not advertised) must not take copies away from events already acknowledged.

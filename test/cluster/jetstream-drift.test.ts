@@ -4,15 +4,15 @@
 // acknowledges must stay stored (docs/durability.md, "The stream of a hub").
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import { connect, RetentionPolicy, StorageType, type StreamConfig } from 'nats';
+import { connect, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from 'nats';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeOverrides, readiness, waitReady } from '../helpers/cluster.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { startTestRelay } from '../helpers/relay.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
-import { untilAnswered } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 
 const HUBS = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxMessages: 10000 } }] } };
 
@@ -76,6 +76,71 @@ describe("a hub's stream found with other settings", () => {
     assert.equal(refused.status, 503);
     assert.match(JSON.stringify(refused.body.reasons), /stream RELAY_chat: .*can not change retention policy/);
     assert.equal((await jsm.streams.info(`RELAY_${HUB}`)).config.retention, RetentionPolicy.Interest);
+  });
+});
+
+/** POST groups/{group}/:send on `edge`: the status and the error code, if any. */
+async function sendToGroup(edge: { url: string }, group: string, data: unknown): Promise<{ status: number; code?: string }> {
+  const path = `/api/hubs/${HUB}/groups/${group}/:send`;
+  const res = await fetch(`${edge.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${signJwt({ aud: `${edge.url}${path}` }, HUB_KEY, 600)}` },
+    body: JSON.stringify(data),
+    signal: AbortSignal.timeout(10000),
+  });
+  const text = await res.text();
+  return { status: res.status, code: text ? (JSON.parse(text) as { code?: string }).code : undefined };
+}
+
+/** Seals the hub's stream, as `nats stream seal` does: no new message, no delete, no change, ever. */
+async function seal(jsm: JetStreamManager): Promise<void> {
+  await jsm.streams.update(`RELAY_${HUB}`, { sealed: true } as Partial<StreamConfig>);
+  assert.equal((await jsm.streams.info(`RELAY_${HUB}`)).config.sealed, true);
+}
+
+/** The edge, not ready, names the sealed stream; says so in its log; refuses publishes as stores that failed. */
+async function saysSealed(edge: { url: string }, logged: () => string[]): Promise<void> {
+  await untilAnswered(async () => JSON.stringify((await readiness(edge)).body.reasons).includes('sealed'), 10000, 'the edge to say the stream is sealed');
+  const refused = await readiness(edge);
+  assert.equal(refused.status, 503);
+  assert.equal(refused.body.jetstream.storing, false);
+  assert.match(JSON.stringify(refused.body.reasons), /stream RELAY_chat is sealed/);
+  await until(() => logged().includes('jetstream.stream_sealed'), 5000, 'jetstream.stream_sealed logged');
+  assert.deepEqual(await sendToGroup(edge, 'room', 'refused'), { status: 503, code: 'StoreUnavailable' });
+}
+
+describe("a hub's stream sealed by hand", () => {
+  // A refused publish waits no longer than this.
+  const OPTIONS = { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1000 } } };
+
+  it('one sealed before the edge starts: the edge is not ready, naming it, until it is deleted (before: ready, storing true, every publish 503)', async (t) => {
+    const nats = await startNatsServer(t);
+    const jsm = await manager(t, nats.url);
+    await jsm.streams.add({ name: `RELAY_${HUB}`, subjects: [`relay.ev.${HUB}.>`], storage: StorageType.File });
+    await seal(jsm);
+    const log = captureLogger();
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], OPTIONS), { log: log.log });
+    await saysSealed(a, log.events);
+    // Deleted, it is made again by the edge, which serves the hub again.
+    await jsm.streams.delete(`RELAY_${HUB}`);
+    await waitReady(a);
+    assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
+  });
+
+  it('one sealed while the edge runs: the first publish it refuses makes the edge not ready, naming it (before: ready, storing true, every publish 503)', async (t) => {
+    const nats = await startNatsServer(t);
+    const jsm = await manager(t, nats.url);
+    const log = captureLogger();
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], OPTIONS), { log: log.log });
+    await waitReady(a);
+    assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
+    await seal(jsm);
+    // Refused by the stream itself: 503, as a store that failed.
+    assert.deepEqual(await sendToGroup(a, 'room', 2), { status: 503, code: 'StoreUnavailable' });
+    await saysSealed(a, log.events);
+    await jsm.streams.delete(`RELAY_${HUB}`);
+    await waitReady(a);
+    assert.equal((await sendToGroup(a, 'room', 3)).status, 202);
   });
 });
 
