@@ -25,6 +25,9 @@ import { DIAL_FAILED, fixNodeTransport, unsentBytes } from './nats-transport.ts'
 
 fixNodeTransport();
 
+/** Reasons a failed reconnect to one server is logged for, at most, until connected again (bus.reconnect_failed). */
+const MAX_RECONNECT_REASONS = 8;
+
 /**
  * How long close() waits for the server to take what this node sent (its
  * drain's flush) before it closes the connection anyway: a frozen server
@@ -85,7 +88,7 @@ export class NatsBus implements Bus {
   private nc: NatsConnection | undefined;
   private isConnected = false;
   /** Why each server refused the attempts to connect again since the connection was lost (said once each). */
-  private readonly reconnectReasons = new Map<string, string>();
+  private readonly reconnectReasons = new Map<string, Set<string>>();
   /** When the latest ping its server answered was sent (Date.now()), and when the last one was sent (notePing). */
   private answeredAt: number | undefined;
   private lastPingAt: number | undefined;
@@ -270,8 +273,12 @@ export class NatsBus implements Bus {
   private reconnectFailed(server: string, err: unknown): void {
     if (!this.nc || this.closing) return;
     const reason = reasonOf(err);
-    if (this.reconnectReasons.get(server) === reason) return;
-    this.reconnectReasons.set(server, reason);
+    // Each reason once per server, however they alternate (refused, a timeout, refused...: the last one alone was
+    // remembered, and each change was said again), and at most MAX_RECONNECT_REASONS of them.
+    const said = this.reconnectReasons.get(server) ?? new Set<string>();
+    if (said.has(reason) || said.size >= MAX_RECONNECT_REASONS) return;
+    said.add(reason);
+    this.reconnectReasons.set(server, said);
     this.log.warn({ event: 'bus.reconnect_failed', server, err: reason });
   }
 

@@ -40,6 +40,21 @@ describe('NATS bus', () => {
     assert.deepEqual(changes, [true, false, true]);
   });
 
+  it("says each reason a reconnect failed for once per server, however the reasons alternate, and at most 8 (found by the review of the day's changes: the last reason alone was remembered)", async (t) => {
+    const server = await startNatsServer(t);
+    const { log, lines } = captureLogger('info');
+    const bus = new NatsBus({ ...options, servers: [server.url] }, log);
+    cleanupFor(t).after(() => bus.close());
+    await until(() => bus.connected, 5000, 'connected');
+    // What the client's wrapped dial tells the bus on each failed attempt (nats-transport.ts, DIAL_FAILED).
+    const failed = (reason: string) => (bus as unknown as { reconnectFailed(server: string, err: Error): void }).reconnectFailed('nats://a:4222', new Error(reason));
+    for (const reason of ['refused', 'timeout', 'refused', 'timeout', 'refused']) failed(reason);
+    const said = () => lines().filter((l) => l.event === 'bus.reconnect_failed').map((l) => l.err);
+    assert.deepEqual(said(), ['refused', 'timeout']);
+    for (let i = 0; i < 20; i++) failed(`reason ${i}`);
+    assert.equal(said().length, 8);
+  });
+
   it('drops (and counts) what is published in the last part of its drain at shutdown, instead of throwing', async (t) => {
     const server = await startNatsServer(t);
     const bus = new NatsBus({ ...options, servers: [server.url] }, createLogger('silent', 't'));
