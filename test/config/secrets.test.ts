@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../../src/config/load.ts';
 import { isLoopbackHost, weakKeys, weakKeysRefusal } from '../../src/config/secrets.ts';
+import { EDGE_RELAY_BIN } from '../helpers/cli-process.ts';
 import { startServeProcess } from '../helpers/relay.ts';
 import { until } from '../helpers/wait.ts';
 
@@ -172,7 +173,7 @@ describe('serve refuses weak keys off loopback', () => {
   it('stops `serve` with exit code 78 and says why; config/dev.json (npm start) still starts', async (t) => {
     const dir = folder(t);
     const file = write(dir, 'c.json', { listen: { host: '0.0.0.0', port: 0 }, sas: [{ keyName: 'root', key: 'short-key-0123456789', rights: ['Manage'] }] });
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
+    const r = spawnSync(EDGE_RELAY_BIN, ['serve', '--config', file], { encoding: 'utf8', timeout: 20000 });
     assert.equal(r.status, 78);
     assert.match(r.stderr, /refusing to serve on 0\.0\.0\.0 with weak keys: \/sas\/0\/key \(root\) is 20 bytes, fewer than 32/);
     const dev = await startServeProcess(t, ['--config', 'config/dev.json', '--port', '0']);
