@@ -75,6 +75,30 @@ function installAt(target: CertFiles, files: CertFiles): void {
   copyFileSync(files.keyFile, target.keyFile);
 }
 
+/**
+ * A relay serving the certificate in a folder of its own (`folder`, files `live`), for the tests that replace the
+ * folder whole; `served(files)` waits (10 s at most) until a new TLS handshake gets the certificate of `files`.
+ */
+async function relayServingFolder(t: Parameters<typeof startTestRelay>[0]) {
+  const pki = makePki(t);
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-folder-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const folder = join(dir, 'tls');
+  const live = { certFile: join(folder, 'cert.pem'), keyFile: join(folder, 'key.pem') };
+  mkdirSync(folder);
+  installAt(live, pki.server);
+  const { log, lines } = captureLogger();
+  const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
+  const served = async (files: CertFiles, what: string) => {
+    const deadline = Date.now() + 10000;
+    while ((await servedFingerprint(relay.port, pki)) !== fingerprintOf(files)) {
+      assert.ok(Date.now() < deadline, `${what} was not served within 10 s`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  return { pki, folder, live, lines, served };
+}
+
 describe('TLS on the one port', () => {
   it('serves https:// and wss:// for hybrid connections (both modes), pub/sub, REST and ops', async (t) => {
     const pki = makePki(t);
@@ -516,23 +540,8 @@ describe('TLS on the one port', () => {
   });
 
   it('follows a certificate folder replaced whole, renamed in or removed and made again: later renewals in it are taken too (before: its watch stayed on the old folder and saw none)', async (t) => {
-    const pki = makePki(t);
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-folder-'));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const folder = join(dir, 'tls');
-    const live = { certFile: join(folder, 'cert.pem'), keyFile: join(folder, 'key.pem') };
-    mkdirSync(folder);
-    installAt(live, pki.server);
-    const { log, lines } = captureLogger();
-    const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
+    const { pki, folder, live, lines, served } = await relayServingFolder(t);
     const loaded = () => lines().filter((l) => l.event === 'tls.certificate_loaded').length;
-    const served = async (files: CertFiles, what: string) => {
-      const deadline = Date.now() + 10000;
-      while ((await servedFingerprint(relay.port, pki)) !== fingerprintOf(files)) {
-        assert.ok(Date.now() < deadline, `${what} was not served within 10 s`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
     const renewed = [pki.issueServer('folder-1'), pki.issueServer('folder-2'), pki.issueServer('folder-3'), pki.issueServer('folder-4')];
 
     // A new folder renamed over the old one (the old kept aside): the old folder's watch sees its move.
@@ -562,22 +571,7 @@ describe('TLS on the one port', () => {
   });
 
   it('follows a certificate folder removed and made again under the same inode number (ext4 gives a freed one out again): later renewals in it are taken (found by the review of the day\'s changes: before, its device and inode alone said it was the same folder)', async (t) => {
-    const pki = makePki(t);
-    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-tls-inode-'));
-    t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const folder = join(dir, 'tls');
-    const live = { certFile: join(folder, 'cert.pem'), keyFile: join(folder, 'key.pem') };
-    mkdirSync(folder);
-    installAt(live, pki.server);
-    const { log, lines } = captureLogger();
-    const relay = await startTestRelay(t, { listen: tlsListen(pki, live) }, { log });
-    const served = async (files: CertFiles, what: string) => {
-      const deadline = Date.now() + 10000;
-      while ((await servedFingerprint(relay.port, pki)) !== fingerprintOf(files)) {
-        assert.ok(Date.now() < deadline, `${what} was not served within 10 s`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
+    const { pki, folder, live, lines, served } = await relayServingFolder(t);
     const renewed = [pki.issueServer('inode-1'), pki.issueServer('inode-2'), pki.issueServer('inode-3')];
     const inodeOf = (path: string) => statSync(path).ino;
 
