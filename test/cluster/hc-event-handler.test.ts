@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
 import { CORE_NATS, startEdge } from '../helpers/cluster.ts';
 import { eventHandlerApp, listenWithMiddleware } from '../helpers/event-handler-app.ts';
-import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { answerAfter, startHycoEventHandler } from '../helpers/hyco.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -54,22 +54,7 @@ describe('an hc:// event handler on another edge', () => {
     };
     const [a, b] = await Promise.all([startEdge(t, 'edge-a', [nats.url], extra), startEdge(t, 'edge-b', [nats.url], extra)]);
     // On edge B only; the client on edge A. Slower than httpResponseMs and the listener's edge's grace, within timeoutMs.
-    await startHycoHttpsListener(
-      t,
-      b.url,
-      (req, res) => {
-        if (req.method === 'OPTIONS') {
-          res.writeHead(200, { 'webhook-allowed-origin': '*' });
-          return res.end();
-        }
-        req.resume();
-        setTimeout(() => {
-          res.writeHead(200, { 'content-type': 'text/plain' });
-          res.end('late');
-        }, 5000);
-      },
-      'handlers',
-    );
+    await startHycoEventHandler(t, b.url, 'handlers', answerAfter(5000));
     const client = await RawPubSubClient.connect(accessUrl(a.url), undefined, t);
     const ack = await client.request({ type: 'event', event: 'e', dataType: 'text', data: 'x' }, 15000);
     assert.equal(ack.success, true, JSON.stringify(ack));

@@ -69,6 +69,36 @@ export async function startHycoHttpsListener(
   return server;
 }
 
+/** An hc:// event handler: a hyco-https listener of `entity` that allows every origin (abuse protection's OPTIONS) and hands each event to `onEvent`. */
+export function startHycoEventHandler(
+  t: Pick<TestContext, 'after'>,
+  relayUrl: string,
+  entity: string,
+  onEvent: (req: IncomingMessage, res: ServerResponse) => void,
+): Promise<HycoHttpsServer> {
+  return startHycoHttpsListener(
+    t,
+    relayUrl,
+    (req, res) => {
+      if (req.method !== 'OPTIONS') return onEvent(req, res);
+      res.writeHead(200, { 'webhook-allowed-origin': '*' });
+      res.end();
+    },
+    entity,
+  );
+}
+
+/** An event handler's answer to every event: 200 `late` (text), `ms` after the event came. */
+export function answerAfter(ms: number): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    req.resume();
+    setTimeout(() => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('late');
+    }, ms);
+  };
+}
+
 /** hyco-ws and hyco-https renew a token function's token on this interval. */
 const TOKEN_RENEWAL_MS = 60 * 60 * 1000;
 

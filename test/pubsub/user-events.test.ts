@@ -14,7 +14,7 @@ import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl, recoveryQuery } fro
 import { maskedFrame, rawUpgrade } from '../helpers/raw-socket.ts';
 import { serviceClient } from '../helpers/web-pubsub-sdk.ts';
 import { serveEventHandler, serveHoldingEventHandler } from '../helpers/event-handler-app.ts';
-import { startHycoHttpsListener } from '../helpers/hyco.ts';
+import { answerAfter, startHycoEventHandler } from '../helpers/hyco.ts';
 import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 
@@ -163,27 +163,18 @@ describe("a client's user events", () => {
       pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: 'hc://handlers/{event}', userEventPattern: '*', systemEvents: [], timeoutMs: 60000 }] }] },
     });
     let held = 0;
-    await startHycoHttpsListener(
-      t,
-      relay.url,
-      (req, res) => {
-        if (req.method === 'OPTIONS') {
-          res.writeHead(200, { 'webhook-allowed-origin': '*' });
-          return res.end();
+    await startHycoEventHandler(t, relay.url, 'handlers', (req, res) => {
+      let body = '';
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        // A slow handler: it answers nothing to `slow`.
+        if (body === 'slow') held++;
+        else {
+          res.writeHead(200, { 'content-type': 'text/plain' });
+          res.end(`re ${body}`);
         }
-        let body = '';
-        req.on('data', (chunk) => (body += chunk));
-        req.on('end', () => {
-          // A slow handler: it answers nothing to `slow`.
-          if (body === 'slow') held++;
-          else {
-            res.writeHead(200, { 'content-type': 'text/plain' });
-            res.end(`re ${body}`);
-          }
-        });
-      },
-      'handlers',
-    );
+      });
+    });
     for (let i = 0; i < 3; i++) {
       const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
       client.send({ type: 'event', event: 'e', dataType: 'text', data: 'slow' });
@@ -203,23 +194,8 @@ describe("a client's user events", () => {
       hybridConnections: [{ name: 'handlers', requiresClientAuthorization: true }],
       pubsub: { hubs: [{ name: 'chat', accessKey: KEY, eventHandlers: [{ urlTemplate: 'hc://handlers/{event}', userEventPattern: '*', systemEvents: [], timeoutMs: 20000 }] }] },
     });
-    await startHycoHttpsListener(
-      t,
-      relay.url,
-      (req, res) => {
-        if (req.method === 'OPTIONS') {
-          res.writeHead(200, { 'webhook-allowed-origin': '*' });
-          return res.end();
-        }
-        req.resume();
-        // Slower than httpResponseMs, well within timeoutMs.
-        setTimeout(() => {
-          res.writeHead(200, { 'content-type': 'text/plain' });
-          res.end('late');
-        }, 1500);
-      },
-      'handlers',
-    );
+    // Slower than httpResponseMs, well within timeoutMs.
+    await startHycoEventHandler(t, relay.url, 'handlers', answerAfter(1500));
     const client = await RawPubSubClient.connect(accessUrl(relay.url, { hub: 'chat', key: KEY }), undefined, t);
     const ack = await client.request({ type: 'event', event: 'e', dataType: 'text', data: 'x' }, 15000);
     assert.equal(ack.success, true, JSON.stringify(ack));
