@@ -57,6 +57,24 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** What a server says when the port freePort gave was taken before it could bind it (nats-server, mosquitto, nginx, haproxy, socat, iperf3). */
+const PORT_TAKEN = /address already in use|Address in use|EADDRINUSE/i;
+
+/**
+ * Runs `start`, which asks freePort for its ports, again (3 tries in all) when what it started could not bind one:
+ * another process took the port between the asking and the binding (found by a clean-clone CI run: nats-server's
+ * WebSocket port was taken by a test of the other lane, and the bench's memory scenario failed).
+ */
+export async function onFreePorts<T>(start: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start();
+    } catch (err) {
+      if (attempt >= 3 || !PORT_TAKEN.test((err as Error).message)) throw err;
+    }
+  }
+}
+
 export interface Started {
   child: ChildProcess;
   pid: number;

@@ -7,7 +7,7 @@
 import { userInfo } from 'node:os';
 import { createSasToken, resourceForUrl } from '../../src/auth/sas-token.ts';
 import { clientAccessUrl } from '../../src/pubsub/client-access-url.ts';
-import { freePort, ROOT, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
+import { freePort, onFreePorts, ROOT, startProcess, tempDir, writeTemp, type Started } from './processes.ts';
 
 export const HUB = 'bench';
 export const HUB_KEY = 'bench-hub-key-0123456789abcdef';
@@ -91,7 +91,11 @@ export interface NatsServer extends Started {
 }
 
 /** nats-server with its WebSocket listener; with `jetstream`, JetStream on (its store in a temp dir). */
-export async function startNatsServer(options: { jetstream?: boolean } = {}): Promise<NatsServer> {
+export function startNatsServer(options: { jetstream?: boolean } = {}): Promise<NatsServer> {
+  return onFreePorts(() => startNatsServerOnce(options));
+}
+
+async function startNatsServerOnce(options: { jetstream?: boolean } = {}): Promise<NatsServer> {
   const dir = tempDir();
   const wsPort = await freePort();
   const jetstream = options.jetstream ? `jetstream {\n  store_dir: "${dir}/js"\n}\n` : '';
@@ -104,7 +108,11 @@ export interface Mosquitto extends Started {
   wsPort: number;
 }
 
-export async function startMosquitto(): Promise<Mosquitto> {
+export function startMosquitto(): Promise<Mosquitto> {
+  return onFreePorts(() => startMosquittoOnce());
+}
+
+async function startMosquittoOnce(): Promise<Mosquitto> {
   const dir = tempDir();
   const wsPort = await freePort();
   const tcpPort = await freePort();
@@ -128,7 +136,11 @@ export interface Socat extends Started {
  * connection and out, or with `fork` a child per connection (iperf3 opens a
  * control and a data connection).
  */
-export async function startSocat(targetPort: number, options: { fork?: boolean } = {}): Promise<Socat> {
+export function startSocat(targetPort: number, options: { fork?: boolean } = {}): Promise<Socat> {
+  return onFreePorts(() => startSocatOnce(targetPort, options));
+}
+
+async function startSocatOnce(targetPort: number, options: { fork?: boolean } = {}): Promise<Socat> {
   const port = await freePort();
   const listen = `TCP-LISTEN:${port},bind=127.0.0.1,reuseaddr${options.fork ? ',fork' : ''}`;
   const started = await startProcess('socat', ['-d', '-d', listen, `TCP:127.0.0.1:${targetPort}`], /listening on/);
@@ -145,7 +157,11 @@ export interface Proxy extends Started {
  * per core). Runs in the foreground (`daemon off`) as the current user, with
  * its pid file, error log and temp paths in a temp dir; no access log.
  */
-export async function startNginx(upstreamPort: number, workers: number | 'auto'): Promise<Proxy> {
+export function startNginx(upstreamPort: number, workers: number | 'auto'): Promise<Proxy> {
+  return onFreePorts(() => startNginxOnce(upstreamPort, workers));
+}
+
+async function startNginxOnce(upstreamPort: number, workers: number | 'auto'): Promise<Proxy> {
   const dir = tempDir();
   const port = await freePort();
   // As root the master would hand its workers to `nobody`; keep them ours.
@@ -190,7 +206,11 @@ http {
  * count: one per core), in the foreground (-db). It is ready when its
  * monitor port answers, so probing it opens no connection to the target.
  */
-export async function startHaproxy(targetPort: number): Promise<Proxy> {
+export function startHaproxy(targetPort: number): Promise<Proxy> {
+  return onFreePorts(() => startHaproxyOnce(targetPort));
+}
+
+async function startHaproxyOnce(targetPort: number): Promise<Proxy> {
   const dir = tempDir();
   const port = await freePort();
   const monitorPort = await freePort();
@@ -219,7 +239,11 @@ export interface Iperf3Server extends Started {
 }
 
 /** An iperf3 server on 127.0.0.1 (one test at a time, as iperf3 serves them). */
-export async function startIperf3Server(): Promise<Iperf3Server> {
+export function startIperf3Server(): Promise<Iperf3Server> {
+  return onFreePorts(() => startIperf3ServerOnce());
+}
+
+async function startIperf3ServerOnce(): Promise<Iperf3Server> {
   const port = await freePort();
   const started = await startProcess('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(port), '--forceflush'], /Server listening on/);
   return { ...started, port };
