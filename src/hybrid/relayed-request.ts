@@ -156,8 +156,9 @@ export function relayRequest(
 ): Promise<RelayedAnswer> {
   return new Promise((resolve, reject) => {
     let settled = false;
-    const timer = setTimeout(() => settle(new RelayedRequestError('timeout', 'Timeout')), init.timeoutMs);
+    // Its time is up, or its caller stopped waiting (init.signal): the same end.
     const onAbort = () => settle(new RelayedRequestError('timeout', 'Timeout'));
+    const timer = setTimeout(onAbort, init.timeoutMs);
     const settle = (outcome: RelayedAnswer | RelayedRequestError) => {
       if (settled) return;
       settled = true;

@@ -223,7 +223,7 @@ export type CertificateReason = 'start' | 'signal' | 'file' | 'config' | 'now-va
 export class CertificateKeeper {
   private watchers: FSWatcher[] = [];
   /**
-   * Each watched folder's identity (device and inode) when its watch began. A watch follows the folder, not its
+   * Each watched folder's identity (identityOf) when its watch began. A watch follows the folder, not its
    * path: one renamed in over it, or removed and made again, is watched anew (found by the TLS review: before, the
    * old folder's last event took the first renewal and every later one went unseen, without a word).
    */
