@@ -9,9 +9,20 @@
 // compiling the schemas), and held 33 MiB more. (The test suite starts close
 // to 300 such processes.)
 //
+// The dependencies it loads (ajv, nats, pino, prom-client, ws and theirs) are
+// in it too, but for the few that find files of their own at run time
+// (NATIVE_OR_WORKER below). Each is then evaluated when a command first needs
+// it, not at the bundle's first line, and node does not resolve, read and
+// scan (cjs-module-lexer) some 270 CommonJS files one by one: with them left
+// in node_modules, `edge-relay --help` took 0.41 s of CPU, `token`, `pub`
+// and `sub` as much again as their own work (every package was imported
+// at the top, whatever the command), `serve` 0.80 s; with them in, 0.13 s
+// and 0.70 s (2026-12-07, `/usr/bin/time`).
+//
 // A bundle is named by the digest of what it is made from (every
-// src/**/*.ts, tsconfig.json, package.json, this file and esbuild's
-// version): the launcher computes the digest of the sources on disk and runs
+// src/**/*.ts, tsconfig.json, package.json, the installed packages' lock
+// files, this file and esbuild's version): the launcher computes the digest
+// of the sources on disk and runs
 // the bundle of that name, or makes it first (about a third of a second),
 // or, when it cannot be made (a read-only install without it, a source
 // esbuild refuses), runs the TypeScript through tsx as before, which says
@@ -33,6 +44,22 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BUILD = join(ROOT, 'build');
 /** Bundles of other sources, and what a process killed while writing left, are removed this long after they were made. */
 const STALE_MS = 10 * 60 * 1000;
+/**
+ * Which versions of the dependencies are installed, as npm writes them: the project's lock and the one npm keeps
+ * of what it put in node_modules. The bundle holds the dependencies' code, so a new version makes a new bundle.
+ */
+const LOCK_FILES = ['package-lock.json', 'node_modules/.package-lock.json'];
+/**
+ * Packages left in node_modules, loaded by node when first required: they find files beside their own at run
+ * time (`__dirname`), which a bundle has not: ws's optional native helpers (bufferutil, utf-8-validate, through
+ * node-gyp-build) and the worker pino's transports run in (thread-stream).
+ */
+const NATIVE_OR_WORKER = ['bufferutil', 'utf-8-validate', 'node-gyp-build', 'thread-stream'];
+/**
+ * The bundle's first line: CommonJS code in it, and the packages left out, `require` node's modules and those
+ * packages through this (esbuild's ESM output has no `require` of its own).
+ */
+const REQUIRE_BANNER = "import { createRequire as __edgeRelayCreateRequire } from 'node:module'; const require = __edgeRelayCreateRequire(import.meta.url);";
 
 /** The TypeScript files under `dir`, their paths relative to ROOT, sorted (not dot files nor links: an editor's lock files). */
 function sources(dir) {
@@ -54,16 +81,25 @@ function esbuildPath() {
 /**
  * What the bundle is made from, read now: `digest` of every source's path and
  * bytes (30-35 ms in a process just started, for src/'s 1.6 MB in 150
- * files), of the files that say how (tsconfig.json, package.json, this one)
- * and of esbuild's version; and the bytes' own digest by path, to check a
- * build against.
+ * files), of the files that say how (tsconfig.json, package.json, this one),
+ * of the lock files that say which dependencies are installed, and of
+ * esbuild's version; and the bytes' own digest by path, to check a build
+ * against.
  */
 export function sourceState() {
   // Each file hashed once; the digest is of their paths and hashes.
   const hash = createHash('sha256');
   const files = new Map();
-  for (const path of [...sources('src'), 'tsconfig.json', 'package.json', 'bin/bundle.mjs']) {
-    const fileHash = createHash('sha256').update(readFileSync(join(ROOT, path))).digest('hex');
+  for (const path of [...sources('src'), 'tsconfig.json', 'package.json', ...LOCK_FILES, 'bin/bundle.mjs']) {
+    let bytes;
+    try {
+      bytes = readFileSync(join(ROOT, path));
+    } catch (err) {
+      // A lock file may be missing (an install with no lock, another package manager's): its absence is what is hashed.
+      if (!LOCK_FILES.includes(path) || err.code !== 'ENOENT') throw err;
+      bytes = Buffer.from('none');
+    }
+    const fileHash = createHash('sha256').update(bytes).digest('hex');
     files.set(path, fileHash);
     hash.update(`${path}\0${fileHash}\0`);
   }
@@ -107,8 +143,9 @@ export function build(state = sourceState()) {
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    // Dependencies stay in node_modules, loaded as node loads them.
-    packages: 'external',
+    // Dependencies in the bundle (see the top of this file), but those that need files of their own.
+    external: NATIVE_OR_WORKER,
+    banner: { js: REQUIRE_BANNER },
     // As tsx compiles: functions and classes keep their names (errors and logs name them).
     keepNames: true,
     // Linked: with EDGE_RELAY_NODE_FLAGS=--enable-source-maps, stack traces name the TypeScript's lines. Its
@@ -120,11 +157,13 @@ export function build(state = sourceState()) {
   const map = result.outputFiles.find((f) => f.path.endsWith('.map'));
   const code = result.outputFiles.find((f) => f.path === final);
   if (!map || !code) throw new Error('esbuild made no bundle');
-  // Every file compiled is one the digest read, with the same bytes (esbuild names them from the bundle's folder as
+  // Every source of ours compiled is one the digest read, with the same bytes (esbuild names them from the bundle's folder as
   // given, build/ even when that is a link, and through the project's real path when it was reached by one).
   const { sources: compiled, sourcesContent } = JSON.parse(map.text);
   const roots = [ROOT, realpathSync(ROOT)];
   compiled.forEach((source, i) => {
+    // The dependencies' files: which they are is in the digest through the lock files.
+    if (/(^|\/)node_modules\//.test(source)) return;
     const path = roots.map((root) => relative(root, resolve(BUILD, source))).find((p) => state.files.has(p));
     if (path === undefined) throw new Error(`esbuild compiled ${source}, which the digest does not cover`);
     if (createHash('sha256').update(sourcesContent[i]).digest('hex') !== state.files.get(path)) {

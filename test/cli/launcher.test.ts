@@ -126,6 +126,34 @@ describe('the launcher', () => {
     assert.ok(noFolder.stdout.startsWith('Usage: edited again'), noFolder.stdout);
     assert.equal(noFolder.stderr, '');
   });
+
+  it('bundles the dependencies but those finding files of their own, and makes a new bundle when the installed ones change (their lock files)', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-launcher-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    for (const part of ['bin', 'src', 'schemas', 'package.json', 'package-lock.json', 'tsconfig.json']) cpSync(join(ROOT, part), join(dir, part), { recursive: true });
+    symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+    const bundle = (await import(pathToFileURL(join(dir, 'bin', 'bundle.mjs')).href)) as typeof import('../../bin/bundle.mjs');
+
+    const path = bundle.build();
+    const { sources } = JSON.parse(readFileSync(`${path}.map`, 'utf8')) as { sources: string[] };
+    const packages = new Set(sources.map((s) => /node_modules\/((@[^/]+\/)?[^/]+)\//.exec(s)?.[1]).filter(Boolean));
+    for (const name of ['ajv', 'nats', 'pino', 'prom-client', 'ws']) assert.ok(packages.has(name), `${name} in the bundle: ${[...packages]}`);
+    // ws's native helper finds its addon beside its own files (node-gyp-build, __dirname): required from node_modules.
+    assert.ok(!packages.has('bufferutil') && !packages.has('thread-stream'), `left in node_modules: ${[...packages]}`);
+    assert.match(readFileSync(path, 'utf8'), /require\("bufferutil"\)/);
+
+    // Before: the digest covered package.json alone; a new version of a dependency ran the bundle of the old one.
+    const original = bundle.sourceState();
+    const lock = readFileSync(join(dir, 'package-lock.json'), 'utf8');
+    writeFileSync(join(dir, 'package-lock.json'), lock.replace(/"lockfileVersion": \d+/, '"lockfileVersion": 99'));
+    const relocked = bundle.sourceState();
+    assert.notEqual(relocked.digest, original.digest);
+    rmSync(join(dir, 'package-lock.json'));
+    const unlocked = bundle.sourceState();
+    assert.ok(![original.digest, relocked.digest].includes(unlocked.digest), 'no lock file is a state of its own');
+    writeFileSync(join(dir, 'package-lock.json'), lock);
+    assert.equal(bundle.sourceState().digest, original.digest);
+  });
 });
 
 /** The parent process id of /proc entry `pid` (undefined when it has gone). */
