@@ -87,9 +87,9 @@ function ratiosFor(scenario: string, rounds: Map<string, Load>[]): Ratio[] {
  * Every system runs for the whole scenario; each row loads one at a time.
  */
 export async function httpScenario(mode: Mode): Promise<Outcome> {
-  const seconds = mode === 'quick' ? 0.5 : 3;
+  const seconds = mode === 'quick' ? 0.25 : 3;
   // Each row is warmed up first, not counted, by the generator that measures it (wrk's least is 1 s).
-  const warmMs = mode === 'quick' ? 200 : 1000;
+  const warmMs = mode === 'quick' ? 100 : 1000;
   const wrkWarmSeconds = mode === 'quick' ? 0 : 1;
   // Rounds of every system, one after the other, so each ratio is paired in
   // time: single 5 s runs moved wrk's ratio by 0.2 and its p99 by 5x between
