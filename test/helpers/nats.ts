@@ -85,6 +85,14 @@ function ephemeralPorts(): { low: number; high: number } {
   return { low: 32768, high: 60999 };
 }
 
+/** Ports freePort() gave in this process: a second caller drawing one of them before its first bound it got it too. */
+const portsGiven = new Set<number>();
+
+/** Whether a nats-server ended at its start because one of its ports was taken meanwhile (by another process of the suite). */
+function portTaken(err: unknown): boolean {
+  return err instanceof Error && /address already in use/.test(err.message);
+}
+
 /**
  * A port free right now on 127.0.0.1 for a node to bind later (a cluster's
  * route ports must be known before its nodes start). Taken from below the
@@ -98,8 +106,14 @@ export async function freePort(): Promise<number> {
   const { low } = ephemeralPorts();
   if (low - FIRST >= 1000) {
     for (let attempt = 0; attempt < 50; attempt++) {
-      const port = await tryListen(FIRST + Math.floor(Math.random() * (low - FIRST)));
-      if (port !== undefined) return port;
+      const candidate = FIRST + Math.floor(Math.random() * (low - FIRST));
+      // Not one given before in this process: it may not be bound yet (a cluster's ports are drawn side by side).
+      if (portsGiven.has(candidate)) continue;
+      const port = await tryListen(candidate);
+      if (port !== undefined) {
+        portsGiven.add(port);
+        return port;
+      }
     }
   }
   const port = await tryListen(0);
@@ -159,7 +173,20 @@ export async function startNatsServer(
   if (configFile) writeFileSync(configFile, options.config!);
   // The client port from below the ephemeral range too: restart() binds it again, after a kill, and one of the
   // ephemeral range may be given to another process meanwhile (as the monitoring port once was).
-  let { child, ports } = await spawnNats(name, { port: await freePort(), routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile);
+  // A client port another process took between freePort() and the bind: tried again on another (a cluster's route
+  // port cannot change here: startNatsCluster starts the cluster again).
+  const first = async (tries = 3): Promise<{ child: ChildProcess; ports: Ports }> => {
+    try {
+      return await spawnNats(name, { port: await freePort(), routePort: cluster?.routePort ?? 0, monitorPort: -1 }, cluster?.routes ?? [], dir, configFile);
+    } catch (err) {
+      if (tries <= 1 || !portTaken(err) || (cluster && /router port/.test((err as Error).message))) throw err;
+      return first(tries - 1);
+    }
+  };
+  let { child, ports } = await first().catch((err) => {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  });
   cleanupFor(t).after(async () => {
     child.kill('SIGKILL');
     await waitExit(child).catch(() => undefined);
@@ -219,9 +246,21 @@ export async function startNatsServer(
  * With `config`, each node reads that text as its config file (an authorization block, say).
  */
 export async function startNatsCluster(t: Pick<TestContext, 'after'>, size = 3, options: { config?: string } = {}): Promise<NatsNode[]> {
-  const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
-  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
-  const nodes = await Promise.all(routePorts.map((routePort, i) => startNatsServer(t, `n${i + 1}`, { routePort, routes }, options)));
+  let nodes: NatsNode[] | undefined;
+  // A route port another process took before its node bound it (seen in a full suite: "Error listening on router
+  // port ... address already in use"): the nodes that started are stopped, and the cluster is started again on new ports.
+  for (let attempt = 1; !nodes; attempt++) {
+    const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
+    const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`);
+    const started = await Promise.allSettled(routePorts.map((routePort, i) => startNatsServer(t, `n${i + 1}`, { routePort, routes }, options)));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) {
+      nodes = started.map((r) => (r as PromiseFulfilledResult<NatsNode>).value);
+      break;
+    }
+    for (const r of started) if (r.status === 'fulfilled') await r.value.kill();
+    if (attempt >= 3 || !portTaken(failed.reason)) throw failed.reason;
+  }
   await waitForMesh(nodes);
   await waitForJetStream(nodes);
   return nodes;

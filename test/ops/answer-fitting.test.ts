@@ -64,10 +64,20 @@ describe('an edge\'s stats answer on the bus', () => {
       const client = await RawPubSubClient.connect(accessUrl(b.url, { hub: hub.name, key: hub.accessKey }), undefined, t);
       await Promise.all(Array.from({ length: 10 }, (_, g) => client.request({ type: 'joinGroup', group: `${g}${HOSTILE_NAME}` })));
     }
-    const stats = await httpRequest(`${a.url}/$relay/stats`, { headers: { authorization: tokenFor(a.url) }, timeoutMs: 10_000 });
-    assert.equal(stats.status, 200);
-    const listed = (JSON.parse(String(stats.body)) as { nodes: (EdgeStats & { trimmed?: boolean })[] }).nodes.find((n) => n.nodeId === 'edge-b');
-    assert.ok(listed, `edge-b is not listed: ${String(stats.body).slice(0, 300)}`);
+    // A first question waits for no edge it has not heard from (bus.gatherStallMs, 50 ms, after its own answer):
+    // edge-b, fitting its answer on a loaded machine, may come later (seen in a full suite), and is waited for once
+    // it answered (src/ops/other-edges.ts). Asked again until it is listed.
+    let listed: (EdgeStats & { trimmed?: boolean }) | undefined;
+    let body = '';
+    const deadline = Date.now() + 15_000;
+    while (!listed && Date.now() < deadline) {
+      const stats = await httpRequest(`${a.url}/$relay/stats`, { headers: { authorization: tokenFor(a.url) }, timeoutMs: 10_000 });
+      assert.equal(stats.status, 200);
+      body = String(stats.body);
+      listed = (JSON.parse(body) as { nodes: (EdgeStats & { trimmed?: boolean })[] }).nodes.find((n) => n.nodeId === 'edge-b');
+      if (!listed) await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(listed, `edge-b is not listed: ${body.slice(0, 300)}`);
     assert.equal(listed.trimmed, true);
     assert.equal(listed.hubs.length, 4);
     await new Promise((r) => setTimeout(r, 500));
