@@ -44,6 +44,17 @@ export interface TestPki {
    * certificate (public). Nothing of it past the first is signed by the one after it: only names and key ids link it.
    */
   forgeChainTo(client: CertFiles, ca: string): CertFiles;
+  /**
+   * A certificate `name` (`name`.pem) with `subject`, for the key of `keyOf` (a name made here before, such as 'ca':
+   * `keyOf`.key; a new key `name`.key without), signed by the CA `issuer` made here ('ca', 'other-ca' once
+   * issueClient made it, or an earlier `name`; itself without), with `extensions` (lines of an openssl extension
+   * file; none makes a version 1 certificate), valid from `validFrom` until `until` (whole seconds; from now for a
+   * day without). A CA's key certified by another CA (a cross-certificate), a leaf that names itself as a CA, an
+   * expired CA.
+   */
+  issueCertificate(name: string, options: { subject: string; issuer?: string; keyOf?: string; extensions?: string; validFrom?: Date; until?: Date }): CertFiles;
+  /** One PEM file `name` holding `files` in that order (a chain a client sends). */
+  bundle(name: string, files: string[]): string;
 }
 
 const OPENSSL = process.env.OPENSSL ?? 'openssl';
@@ -86,25 +97,46 @@ function opensslTime(at: Date): string {
   return at.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
+/** What sign() makes: a certificate `name`.pem, for a new key (`name`.key) or the key of an earlier name. */
+interface SignOptions {
+  subject: string;
+  /** The CA that signs it (`issuer`.pem, .key); the certificate signs itself without. */
+  issuer?: string;
+  /** Whose key (`keyOf`.key) it is for; a new key without. */
+  keyOf?: string;
+  /** Lines of an openssl extension file; without, a version 1 certificate (no extensions at all). */
+  extensions?: string;
+  validFrom: Date;
+  until: Date;
+}
+
 /**
- * Like issue(), with the validity given (`openssl x509 -req` of OpenSSL 3.0 starts every certificate now):
- * `openssl ca` with a throwaway database.
+ * A certificate with everything given (`openssl x509 -req` of OpenSSL 3.0 starts every certificate now, and takes no
+ * existing key for a self-signed one): `openssl ca` with a throwaway database.
  */
-function issueValidFrom(dir: string, ca: string, name: string, extensions: string, validFrom: Date, until = new Date(validFrom.getTime() + 86_400_000)): CertFiles {
-  writeFileSync(join(dir, `${name}.ext`), extensions);
+function sign(dir: string, name: string, options: SignOptions): CertFiles {
+  const keyFile = `${options.keyOf ?? name}.key`;
+  if (options.extensions !== undefined) writeFileSync(join(dir, `${name}.ext`), options.extensions);
   writeFileSync(join(dir, `${name}.index`), '');
   writeFileSync(
     join(dir, `${name}.cnf`),
     `[ca]\ndefault_ca = test\n[test]\ndatabase = ${name}.index\nnew_certs_dir = .\nserial = ${name}.serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n`,
   );
   writeFileSync(join(dir, `${name}.serial`), '01\n');
-  openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`], dir);
+  if (options.keyOf) openssl(['req', '-new', '-key', keyFile, '-out', `${name}.csr`, '-subj', options.subject], dir);
+  else openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-out', `${name}.csr`, '-subj', options.subject], dir);
   openssl(
-    ['ca', '-batch', '-notext', '-config', `${name}.cnf`, '-cert', `${ca}.pem`, '-keyfile', `${ca}.key`, '-in', `${name}.csr`, '-out', `${name}.pem`,
-      '-startdate', opensslTime(validFrom), '-enddate', opensslTime(until), '-extfile', `${name}.ext`],
+    ['ca', '-batch', '-notext', '-config', `${name}.cnf`, ...(options.issuer ? ['-cert', `${options.issuer}.pem`, '-keyfile', `${options.issuer}.key`] : ['-selfsign', '-keyfile', keyFile]),
+      '-in', `${name}.csr`, '-out', `${name}.pem`, '-startdate', opensslTime(options.validFrom), '-enddate', opensslTime(options.until),
+      ...(options.extensions !== undefined ? ['-extfile', `${name}.ext`] : [])],
     dir,
   );
-  return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`) };
+  return { certFile: join(dir, `${name}.pem`), keyFile: join(dir, keyFile) };
+}
+
+/** Like issue(), with the validity given. */
+function issueValidFrom(dir: string, ca: string, name: string, extensions: string, validFrom: Date, until = new Date(validFrom.getTime() + 86_400_000)): CertFiles {
+  return sign(dir, name, { subject: `/CN=${name}`, issuer: ca, extensions, validFrom, until });
 }
 
 function serverExtensions(hosts: string[]): string {
@@ -160,6 +192,12 @@ export function makePki(t: Pick<TestContext, 'after'>): TestPki {
       const chainFile = join(dir, 'forged-chain.pem');
       writeFileSync(chainFile, Buffer.concat([readFileSync(client.certFile), readFileSync(bridge.certFile), readFileSync(join(dir, `${ca}.pem`))]));
       return { certFile: chainFile, keyFile: client.keyFile };
+    },
+    issueCertificate: (name, { validFrom = new Date(), until = new Date(validFrom.getTime() + 86_400_000), ...options }) => sign(dir, name, { ...options, validFrom, until }),
+    bundle: (name, files) => {
+      const file = join(dir, name);
+      writeFileSync(file, Buffer.concat(files.map((f) => readFileSync(f))));
+      return file;
     },
   };
 }

@@ -12,7 +12,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { clientTls, makePki, type TestPki } from '../helpers/certs.ts';
+import { clientTls, makePki, type CertFiles, type TestPki } from '../helpers/certs.ts';
 import { httpRequest } from '../helpers/http.ts';
 import { RawListener, openWebSocket, upgradeRefusal } from '../helpers/raw-listener.ts';
 import { startTestRelay, testConfig, tokenFor, wsUrl } from '../helpers/relay.ts';
@@ -68,6 +68,37 @@ function listenRequest(listenUrl: string): string {
     `Connection: Upgrade\r\nSec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n\r\n`
   );
 }
+
+/** A relay whose listeners need a client certificate from `cas`, listen.tls.caFile, which `replaceCas` replaces (renamed over it, as its folder is watched). */
+async function relayWithClientCas(t: TestContext, pki: TestPki, cas: Buffer): Promise<{ listenUrl: string; replaceCas: (pem: Buffer) => void }> {
+  const dir = mkdtempSync(join(tmpdir(), 'edge-relay-client-ca-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const caFile = join(dir, 'clients.pem');
+  writeFileSync(caFile, cas);
+  const listen = mtlsListen(pki, 'listeners');
+  const relay = await startTestRelay(t, { listen: { ...listen, tls: { ...(listen.tls as object), caFile } } });
+  const replaceCas = (pem: Buffer) => {
+    writeFileSync(`${caFile}.next`, pem);
+    renameSync(`${caFile}.next`, caFile);
+  };
+  return { listenUrl: wsUrl(relay.url, '/$hc/echo?sb-hc-action=listen'), replaceCas };
+}
+
+/** How an upgrade to `listenUrl` with `cert` (a new TLS connection) is answered. */
+function listenWith(pki: TestPki, listenUrl: string, cert: CertFiles): Promise<{ status: number; code?: string }> {
+  return upgradeRefusal(listenUrl, { ...clientTls(pki, cert), headers: { ServiceBusAuthorization: tokenFor(listenUrl) } });
+}
+
+/** What the listener's channel became within `ms`: closed (its code and reason), or still 'open'. */
+function closedWithin(listener: RawListener, ms: number): Promise<{ code: number; reason: string } | 'open'> {
+  return Promise.race([listener.closed, new Promise<'open'>((r) => setTimeout(() => r('open'), ms))]);
+}
+
+// Extensions as test/helpers/certs.ts gives its CAs (with their key's identifier, which links what a CA issued to a
+// certificate made for the CA's key) and its clients.
+const CA_EXTENSIONS = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n';
+const CLIENT_EXTENSIONS = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n';
+const DAY_MS = 86_400_000;
 
 describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
   it('lets in a listener with a certificate from listen.tls.caFile, and refuses one from another CA or none (403 ClientCertificateRequired)', async (t) => {
@@ -158,6 +189,139 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     assert.equal(closed.code, 1008);
     assert.match(closed.reason, /ClientCertificateRevoked/);
   });
+
+  // Found by review: the recheck took as an issuer what OpenSSL does not, a certificate that is not a CA. A listed CA
+  // issued a plain leaf for the removed CA's name and key; the peer sent it after its own certificate, and node links
+  // the chain by names and key ids. At the handshake OpenSSL looks in its store first, where the removed CA still was.
+  it('closes a listener whose certificate only a removed CA signs, though it sent a leaf (CA:FALSE) a listed CA issued for that CA\'s name and key (before: that leaf linked it to the listed CA)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    const lookalike = pki.issueCertificate('ca-lookalike', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: 'basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n' });
+    const sent = { certFile: pki.bundle('lookalike-chain.pem', [allowed.certFile, lookalike.certFile]), keyFile: allowed.keyFile };
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
+    t.after(() => listener.close());
+    replaceCas(otherCa);
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
+    // As a new handshake judges the same chain ("invalid CA certificate").
+    assert.deepEqual(await listenWith(pki, listenUrl, sent), { status: 403, code: 'ClientCertificateRequired' });
+  });
+
+  // Found by review: the recheck read no dates. The same path through a CA's certificate (a cross-certificate of the
+  // removed CA by a listed one, a path OpenSSL takes: the next test) that has expired.
+  it('closes a listener whose certificate only a removed CA signs, though it sent an expired cross-certificate of that CA by a listed one (before: the expired link kept it)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    const expired = { validFrom: new Date(Date.now() - 2 * DAY_MS), until: new Date(Date.now() - DAY_MS) };
+    const crossed = pki.issueCertificate('ca-crossed', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: CA_EXTENSIONS, ...expired });
+    const sent = { certFile: pki.bundle('crossed-chain.pem', [allowed.certFile, crossed.certFile]), keyFile: allowed.keyFile };
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
+    // The handshake takes it: OpenSSL looks in its store first, and the test CA there signed the listener's certificate.
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
+    t.after(() => listener.close());
+    replaceCas(otherCa);
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
+    // As a new handshake judges the same chain ("certificate has expired").
+    assert.deepEqual(await listenWith(pki, listenUrl, sent), { status: 403, code: 'ClientCertificateRequired' });
+  });
+
+  it('keeps a listener whose certificate a removed CA signs when it sent a valid cross-certificate of that CA by a listed one, a path the handshake takes too', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    const crossed = pki.issueCertificate('ca-crossed', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: CA_EXTENSIONS });
+    const sent = { certFile: pki.bundle('crossed-chain.pem', [allowed.certFile, crossed.certFile]), keyFile: allowed.keyFile };
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
+    t.after(() => listener.close());
+    replaceCas(otherCa);
+    // Applied once the listener's certificate alone, without the cross-certificate, is refused.
+    await untilAnswered(async () => (await listenWith(pki, listenUrl, allowed)).status === 403, 10000, 'the new CA applied');
+    const outcome = await closedWithin(listener, 500);
+    assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
+    assert.equal((await listenWith(pki, listenUrl, sent)).status, 101);
+  });
+
+  // Found by review: the recheck read no dates, OpenSSL checks those of the CA it trusts too.
+  it('closes a listener whose CA is listed in the changed listen.tls.caFile only as an expired certificate (before: the expired CA kept it)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+    // The test CA's name and key, self-signed, its validity over.
+    const expired = { validFrom: new Date(Date.now() - 2 * DAY_MS), until: new Date(Date.now() - DAY_MS) };
+    const expiredCa = pki.issueCertificate('ca-expired', { subject: '/CN=edge-relay ca', keyOf: 'ca', extensions: CA_EXTENSIONS, ...expired });
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, pki.ca);
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+    t.after(() => listener.close());
+    replaceCas(Buffer.concat([otherCa, readFileSync(expiredCa.certFile)]));
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
+    // As a new handshake judges the same certificate ("certificate has expired").
+    assert.deepEqual(await listenWith(pki, listenUrl, allowed), { status: 403, code: 'ClientCertificateRequired' });
+  });
+
+  // OpenSSL trusts a listed certificate as the whole path only when it is self-signed: one that is not needs its issuer.
+  it('closes a listener whose own certificate, which its removed CA issued, is listed in the changed listen.tls.caFile (before: listed, it was kept; the handshake refuses it)', async (t) => {
+    const pki = makePki(t);
+    const allowed = pki.issueClient('factory-listener');
+    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, pki.ca);
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+    t.after(() => listener.close());
+    replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), readFileSync(allowed.certFile)]));
+    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /ClientCertificateRevoked/);
+    assert.deepEqual(await listenWith(pki, listenUrl, allowed), { status: 403, code: 'ClientCertificateRequired' });
+  });
+
+  it('keeps a listener whose own self-signed certificate (CA:FALSE, a pinned one) is still in the changed listen.tls.caFile', async (t) => {
+    const pki = makePki(t);
+    const newcomer = pki.issueClient('newcomer', { untrusted: true }); // makes other-ca.pem
+    const pinned = pki.issueCertificate('pinned-listener', { subject: '/CN=pinned-listener', extensions: `${CLIENT_EXTENSIONS}subjectKeyIdentifier=hash\n` });
+    const pinnedPem = readFileSync(pinned.certFile);
+    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, pinnedPem);
+    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, pinned));
+    t.after(() => listener.close());
+    replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), pinnedPem]));
+    await untilAnswered(async () => (await listenWith(pki, listenUrl, newcomer)).status === 101, 10000, 'the new CA applied');
+    const outcome = await closedWithin(listener, 500);
+    assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
+    assert.equal((await listenWith(pki, listenUrl, pinned)).status, 101);
+  });
+
+  // OpenSSL takes as the CA that ends a path more than node's X509Certificate#ca (basicConstraints CA:TRUE) calls one.
+  for (const [kind, extensions] of [
+    ['a version 1 root (no extensions)', undefined],
+    ['a root with keyUsage keyCertSign and no basicConstraints', 'keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n'],
+  ] as const) {
+    it(`keeps a listener whose CA, ${kind}, is still in the changed listen.tls.caFile`, async (t) => {
+      const pki = makePki(t);
+      const newcomer = pki.issueClient('newcomer', { untrusted: true }); // makes other-ca.pem
+      const root = pki.issueCertificate('old-root', { subject: '/CN=edge-relay old-root', ...(extensions ? { extensions } : {}) });
+      const allowed = pki.issueCertificate('factory-listener', { subject: '/CN=factory-listener', issuer: 'old-root', extensions: CLIENT_EXTENSIONS });
+      const rootPem = readFileSync(root.certFile);
+      const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, rootPem);
+      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
+      t.after(() => listener.close());
+      replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), rootPem]));
+      await untilAnswered(async () => (await listenWith(pki, listenUrl, newcomer)).status === 101, 10000, 'the new CA applied');
+      const outcome = await closedWithin(listener, 500);
+      assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
+      assert.equal((await listenWith(pki, listenUrl, allowed)).status, 101);
+    });
+  }
 
   // Found by review: OpenSSL reads these labels as CAs (the handshake trusted them), the recheck after a change did not.
   for (const label of ['TRUSTED CERTIFICATE', 'X509 CERTIFICATE']) {
