@@ -57,6 +57,12 @@ export interface GatherOptions {
    * stallMs more are given to answers nobody expected.
    */
   awaiting?: (answers: readonly Uint8Array[]) => boolean;
+  /**
+   * Shown each answer that comes after the gather ended and within maxWaitMs of the request: the subscription is kept
+   * until then (not longer), so a caller learns of an answerer too slow for this gather (and waits for it the next
+   * time: ops/other-edges.ts) without this gather waiting longer. Without it, what comes after the end is dropped.
+   */
+  late?: (answer: Uint8Array) => void;
 }
 
 export interface Bus {

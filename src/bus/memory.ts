@@ -149,19 +149,37 @@ export class MemoryBus implements Bus {
       const inbox = `_INBOX.${randomUUID()}`;
       let expected = Infinity;
       let stall: NodeJS.Timeout | undefined;
-      const done = () => {
+      /** Answers in all, those after the end (shown to options.late) too. */
+      let count = 0;
+      let ended = false;
+      const close = () => {
         clearTimeout(timer);
         clearTimeout(stall);
         sub.unsubscribe();
-        resolve(answers);
       };
-      const timer = setTimeout(done, options.maxWaitMs);
+      const done = () => {
+        clearTimeout(stall);
+        if (!ended) resolve(answers);
+        ended = true;
+        // Answers still to come are listened for until maxWaitMs (the timer) when the caller reads them late.
+        if (!options.late || count >= expected) close();
+      };
+      const timer = setTimeout(() => {
+        done();
+        close();
+      }, options.maxWaitMs);
       const sub = this.subscribe(inbox, (m) => {
+        count++;
+        if (ended) {
+          options.late?.(m.data);
+          if (count >= expected) close();
+          return;
+        }
         answers.push(m.data);
         // Every answer is shown to `awaiting`, the last one too (its callers read answers there).
         const awaited = options.awaiting?.(answers) ?? false;
         // In one process we know how many answers can come.
-        if (answers.length >= expected) return done();
+        if (count >= expected) return done();
         clearTimeout(stall);
         if (!awaited) stall = setTimeout(done, options.stallMs);
       });

@@ -381,18 +381,32 @@ export class NatsBus implements Bus {
     return new Promise((resolve) => {
       const answers: Uint8Array[] = [];
       let stall: NodeJS.Timeout | undefined;
-      const done = () => {
+      let ended = false;
+      const close = () => {
         clearTimeout(timer);
         clearTimeout(stall);
         if (!nc.isClosed()) sub.unsubscribe();
-        resolve(answers);
       };
-      const timer = setTimeout(done, options.maxWaitMs);
+      const done = () => {
+        clearTimeout(stall);
+        if (!ended) resolve(answers);
+        ended = true;
+        // Answers still to come are listened for until maxWaitMs (the timer) when the caller reads them late.
+        if (!options.late) close();
+      };
+      const timer = setTimeout(() => {
+        done();
+        close();
+      }, options.maxWaitMs);
       const inbox = createInbox();
       const sub = nc.subscribe(inbox, {
         callback: (err, msg) => {
           // Nobody subscribed: the server answers 503 at once.
-          if (err || msg.headers?.code === 503) return done();
+          if (err || msg.headers?.code === 503) {
+            done();
+            return close();
+          }
+          if (ended) return options.late?.(msg.data);
           answers.push(msg.data);
           clearTimeout(stall);
           if (!options.awaiting?.(answers)) stall = setTimeout(done, options.stallMs);

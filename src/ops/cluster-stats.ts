@@ -173,9 +173,7 @@ export class ClusterStats {
     const nodes = [here];
     let problem: string | undefined;
     if (bus.reachesOtherNodes) {
-      const expected = this.seen.expected();
-      const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId, expected);
-      if (!asked.problem) this.seen.asked(asked.answers, expected);
+      const asked = await askOtherEdges<EdgeStats>(this.s, subjects.stats(), { op: 'ops.stats', origin: config.nodeId, top }, 'ops.edge', here.nodeId, this.seen);
       nodes.push(...asked.answers);
       problem = asked.problem;
     }

@@ -109,10 +109,8 @@ export class ClusterStatus {
   private async askOthers(entityKey?: string): Promise<{ answers: NodeStatus[]; missing: string[]; problem?: string }> {
     const { config, subjects } = this.s;
     const question = { op: 'ops.status' as const, origin: config.nodeId, ...(entityKey !== undefined ? { entity: entityKey } : {}) };
-    const expected = this.seen.expected();
-    const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, expected);
+    const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, this.seen);
     if (asked.problem) return asked;
-    this.seen.asked(asked.answers, expected);
     return { ...asked, missing: this.seen.missing(new Set(asked.answers.map((a) => a.nodeId))).map((edge) => edge.nodeId) };
   }
 

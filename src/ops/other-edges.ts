@@ -43,35 +43,42 @@ type EdgeAnswerOp = { [Op in EdgeOp]: EdgeMessageOf<Op> extends { nodeId: string
 
 /**
  * `T` is what `answerOp` carries besides its op (NodeStatus for ops.node, EdgeStats for ops.edge). The question waits
- * for every edge in `expected` (those that answered lately), up to bus.requestTimeoutMs, then bus.gatherStallMs after
+ * for every edge `seen` expects (those that answered lately), up to bus.requestTimeoutMs, then bus.gatherStallMs after
  * the last answer. The asking edge answers itself at once (its answer is dropped here), so with no other edge the
  * wait is the stall alone: before, a lone edge on NATS (no one else to answer, and its own subscription keeping NATS
  * from saying "no responders") waited the whole requestTimeoutMs on every /$relay/status, /stats and runtime
- * information request.
+ * information request. What the question came to is told to `seen`; so is each answer that comes after it ended,
+ * within requestTimeoutMs of it (read late, not listed): the next question waits for that edge. Before, such an answer
+ * was dropped unread, and an edge always later than the stall (busy, or with many hubs and entities to count) was
+ * never waited for: missing from every other edge's /$relay/stats, status and dashboard for good.
  */
-export async function askOtherEdges<T extends { nodeId: string }>(
+export async function askOtherEdges<T extends { nodeId: string; shuttingDown?: boolean }>(
   deps: { bus: Bus; config: RelayConfig; log: Logger },
   subject: string,
   question: EdgeMessage,
   answerOp: EdgeAnswerOp,
   selfId: string,
-  expected: ReadonlySet<string> = new Set(),
+  seen?: EdgesSeen<T, unknown>,
 ): Promise<OtherEdgesAnswer<T>> {
   const { bus, config, log } = deps;
+  const expected = seen?.expected() ?? new Set<string>();
+  const decode = (data: Uint8Array): T | undefined => {
+    const answer = decodeEdgeMessage(data, answerOp)?.message as ({ op: string } & T) | undefined;
+    if (!answer) {
+      log.warn({ event: 'bus.invalid_message', op: answerOp });
+      return undefined;
+    }
+    const { op: _op, ...rest } = answer;
+    return rest as unknown as T;
+  };
   const decoded: (T | undefined)[] = [];
   const heard = new Set<string>();
   /** Decodes the answers not decoded yet. */
   const take = (raw: readonly Uint8Array[]) => {
     for (let i = decoded.length; i < raw.length; i++) {
-      const answer = decodeEdgeMessage(raw[i], answerOp)?.message as ({ op: string } & T) | undefined;
-      if (!answer) {
-        log.warn({ event: 'bus.invalid_message', op: answerOp });
-        decoded.push(undefined);
-        continue;
-      }
-      const { op: _op, ...rest } = answer;
-      decoded.push(rest as unknown as T);
-      heard.add(answer.nodeId);
+      const answer = decode(raw[i]);
+      decoded.push(answer);
+      if (answer) heard.add(answer.nodeId);
     }
   };
   const awaiting = (raw: readonly Uint8Array[]) => {
@@ -79,9 +86,20 @@ export async function askOtherEdges<T extends { nodeId: string }>(
     for (const nodeId of expected) if (nodeId !== selfId && !heard.has(nodeId)) return true;
     return false;
   };
+  const late = seen?.listenLate(config.bus.requestTimeoutMs)
+    ? (data: Uint8Array) => {
+        const answer = decode(data);
+        if (answer && answer.nodeId !== selfId) seen.answeredLate(answer);
+      }
+    : undefined;
   let raw: Uint8Array[];
   try {
-    raw = await bus.gather(subject, encodeEdgeMessage(question), { maxWaitMs: config.bus.requestTimeoutMs, stallMs: config.bus.gatherStallMs, awaiting });
+    raw = await bus.gather(subject, encodeEdgeMessage(question), {
+      maxWaitMs: config.bus.requestTimeoutMs,
+      stallMs: config.bus.gatherStallMs,
+      awaiting,
+      ...(late ? { late } : {}),
+    });
   } catch (err) {
     return { answers: [], missing: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
   }
@@ -94,6 +112,7 @@ export async function askOtherEdges<T extends { nodeId: string }>(
     answers.push(answer);
   }
   answers.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
+  seen?.asked(answers, expected);
   const missing = [...expected].filter((nodeId) => !answered.has(nodeId)).sort();
   return { answers, missing };
 }
@@ -101,17 +120,21 @@ export async function askOtherEdges<T extends { nodeId: string }>(
 /** How long an edge that stopped answering is still waited for, and named missing. */
 export const FORGET_SILENT_MS = 10 * 60_000;
 const MAX_REMEMBERED = 1000;
+/** Questions of one asker at most that listen for late answers at once (each up to bus.requestTimeoutMs); past it, a question listens no longer than it waits. */
+export const MAX_LISTENING_LATE = 8;
 
 /**
  * The edges that answered lately (within FORGET_SILENT_MS), when, and what the asker keeps of each (`Info`: a
  * stats answer's publicUrl); bounded. A question waits for those that answered the last time they were asked:
  * one that did not (gone, frozen) or said it was shutting down is not waited for again until it answers (before,
  * every question for 10 minutes after an edge left waited bus.requestTimeoutMs for it), and is named missing
- * meanwhile.
+ * meanwhile. An answer that came after its question ended counts as one in time (answeredLate).
  */
 export class EdgesSeen<A extends { nodeId: string; shuttingDown?: boolean } = { nodeId: string; shuttingDown?: boolean }, Info = undefined> {
   private readonly seen = new Map<string, { at: number; info: Info }>();
   private readonly notWaitedFor = new Set<string>();
+  /** When each question still listening for late answers stops (at most MAX_LISTENING_LATE). */
+  private readonly listeningUntil: number[] = [];
 
   constructor(private readonly infoOf: (answer: A) => Info = () => undefined as Info) {}
 
@@ -132,6 +155,19 @@ export class EdgesSeen<A extends { nodeId: string; shuttingDown?: boolean } = { 
       else this.notWaitedFor.delete(answer.nodeId);
     }
     while (this.seen.size > MAX_REMEMBERED) this.drop(this.seen.keys().next().value!);
+  }
+
+  /** An answer that came after its question ended (within bus.requestTimeoutMs): remembered as if in time. */
+  answeredLate(answer: A, now = Date.now()): void {
+    this.asked([answer], new Set(), now);
+  }
+
+  /** Whether a question may listen for late answers for `ms` more: true, and counted, while fewer than MAX_LISTENING_LATE do. */
+  listenLate(ms: number, now = Date.now()): boolean {
+    for (let i = this.listeningUntil.length - 1; i >= 0; i--) if (this.listeningUntil[i] <= now) this.listeningUntil.splice(i, 1);
+    if (this.listeningUntil.length >= MAX_LISTENING_LATE) return false;
+    this.listeningUntil.push(now + ms);
+    return true;
   }
 
   /** Edges that answered within FORGET_SILENT_MS and are not among `answered`, by node id, with when they last did. */

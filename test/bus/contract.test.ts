@@ -135,6 +135,26 @@ for (const [kind, pair] of [['memory', memoryPair], ['nats', natsPair]] as const
       assert.ok(took >= 550 && took < 4000, `held past the stall, bounded by maxWaitMs (${took} ms)`);
     });
 
+    test('gather shows answers after its end to `late`, up to maxWaitMs after the request and not after', async (t) => {
+      const [a, b] = await pair(t);
+      const reply = (name: string, ms: number) => a.subscribe('slow', (m) => void setTimeout(() => a.publish(m.reply!, Buffer.from(name)), ms));
+      reply('quick', 0);
+      reply('late', 600);
+      reply('too late', 2500);
+      await a.flush();
+      const late: string[] = [];
+      const started = Date.now();
+      const answers = await b.gather('slow', Buffer.from('?'), { maxWaitMs: 1500, stallMs: 50, late: (d) => late.push(Buffer.from(d).toString()) });
+      assert.deepEqual(answers.map((d) => Buffer.from(d).toString()), ['quick'], 'ended by the stall, not slowed down');
+      assert.deepEqual(late, []);
+      await until(() => late.length > 0, 5000, 'the late answer');
+      assert.deepEqual(late, ['late']);
+      assert.deepEqual(answers.map((d) => Buffer.from(d).toString()), ['quick'], 'what the gather resolved with is left alone');
+      // The one after maxWaitMs is not read: the subscription was removed by then.
+      await new Promise((r) => setTimeout(r, Math.max(0, started + 3000 - Date.now())));
+      assert.deepEqual(late, ['late']);
+    });
+
     test('after unsubscribe nothing more arrives', async (t) => {
       const [a, b] = await pair(t);
       const got: BusMessage[] = [];
