@@ -8,7 +8,8 @@
 // saturated rate (a faster system is measured at a higher rate, and the
 // generator, which reads every subscriber's socket, has more to read), and,
 // for groups of 1,000 and more, at half of nats-server's rate for each of ours
-// (the same offered load), in a second pass once every row ran. Each row runs
+// (the same offered load), in a second pass once every row ran (quick mode
+// measures nats-server first and that figure in each of ours' one run). Each row runs
 // in a load generator process of its own (fanout-row.ts): with one generator
 // for every row, what ran before in it counted (run first, nats-server and the
 // extra latency runs moved the rows after them: the reliable NATS-bus row at
@@ -160,12 +161,15 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
     // Targets hold for large groups; small ones report the absolute p99 (and the ratios for reference).
     const large = subscribers >= 1000;
     const plan = planFor(mode, subscribers);
-    // Quick mode runs every system on its one small group.
-    const systems = mode === 'full' && subscribers <= 100 ? SMALL_GROUP_SYSTEMS : ALL_SYSTEMS;
+    // Quick mode runs every system on its one small group, nats-server first, so that each of ours is measured at
+    // nats-server's half load in its own run: no second pass (four generators and relays fewer; its figures only
+    // show that each path runs, and the order of the rows moves none that counts).
+    const systems = mode === 'quick' ? [NATS, ...ALL_SYSTEMS.filter((s) => s !== NATS)] : subscribers <= 100 ? SMALL_GROUP_SYSTEMS : ALL_SYSTEMS;
     const byName = new Map<string, FanoutFigures>();
+    const atPeerHalf = (): FanoutPlan['latencyRates'] => [{ name: PEER_HALF_LOAD, eventsPerSec: byName.get(NATS)!.eventsPerSec / 2 }];
     for (const system of systems) {
       process.stderr.write(`  ${scenario}: ${system}\n`);
-      const f = await measureInFreshGenerator(system, plan);
+      const f = await measureInFreshGenerator(system, mode === 'quick' && OURS.includes(system) ? { ...plan, latencyRates: atPeerHalf() } : plan);
       byName.set(system, f);
       // The row's figures are the row's own object: the second pass below adds to it.
       results.push({ scenario, system, ours: OURS.includes(system) || WORKER_ROWS.includes(system), value: f.deliveriesPerSec, unit: 'deliveries/s', figures: f });
@@ -196,12 +200,12 @@ export async function fanoutScenario(mode: Mode): Promise<Outcome> {
     }
     for (const ours of OURS) p99(ours, '50% load');
     if (byName.has(TWO_WORKERS)) throughput(TWO_WORKERS, ONE_WORKER, large ? 1 : undefined);
-    // The second pass (see the top of this file): each of ours again, briefly saturated, then at nats-server's half load.
+    // The second pass (see the top of this file): each of ours again, briefly saturated, then at nats-server's half
+    // load (quick mode measured it in the first).
     if (!large && mode === 'full') continue;
-    const atPeerHalf: FanoutPlan['latencyRates'] = [{ name: PEER_HALF_LOAD, eventsPerSec: byName.get(NATS)!.eventsPerSec / 2 }];
-    for (const ours of OURS) {
+    for (const ours of mode === 'full' ? OURS : []) {
       process.stderr.write(`  ${scenario}: ${ours}, p99 at nats-server's half load\n`);
-      const again = await measureInFreshGenerator(ours, { ...plan, seconds: Math.min(plan.seconds, 1), latencyShares: [0.5], latencyRates: atPeerHalf });
+      const again = await measureInFreshGenerator(ours, { ...plan, seconds: Math.min(plan.seconds, 1), latencyShares: [0.5], latencyRates: atPeerHalf() });
       byName.get(ours)![AT_PEER_HALF] = again[AT_PEER_HALF];
     }
     for (const ours of OURS) p99(ours, "nats-server's 50% load", AT_PEER_HALF);

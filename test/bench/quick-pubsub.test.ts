@@ -1,7 +1,8 @@
 // The bench's pub/sub scenarios in quick mode (see quick.test.ts): fan-out
 // with plain and reliable subscribers on both buses against nats-server and
 // Mosquitto, one serve command with 1 and 2 workers, p99 as a ratio to
-// nats-server's, deliveries per socket write, and idle memory.
+// nats-server's (at each system's half load and at nats-server's), deliveries
+// per socket write, and idle memory.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { PUBSUB_SCENARIOS, assertFigure, runQuick } from './quick-run.ts';
@@ -27,5 +28,9 @@ describe('npm run bench, pub/sub', () => {
     }
     // Latency is a ratio to nats-server's p99, lower is better.
     assert.ok(report.ratios.some((r) => /^fan-out /.test(r.scenario) && r.peer === 'nats-server websocket' && r.figure?.startsWith('p99')));
+    // And at nats-server's half load, measured in each of ours' one run in quick mode (nats-server's row first).
+    const atPeerHalf = report.ratios.filter((r) => /^fan-out /.test(r.scenario) && r.figure === "p99 ms at nats-server's 50% load");
+    assert.equal(atPeerHalf.length, 4, JSON.stringify(atPeerHalf));
+    for (const r of atPeerHalf) assert.ok(Number.isFinite(r.ratio), `${r.ours}: ${r.notMeasured}`);
   });
 });
