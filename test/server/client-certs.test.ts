@@ -96,6 +96,22 @@ function closedWithin(listener: RawListener, ms: number): Promise<{ code: number
 
 // Extensions as test/helpers/certs.ts gives its CAs (with their key's identifier, which links what a CA issued to a
 // certificate made for the CA's key) and its clients.
+/** The listener was closed 1008 ClientCertificateRevoked, and a new handshake with `sent` is refused as it would be (403). */
+async function assertRevoked(listener: RawListener, pki: TestPki, listenUrl: string, sent: CertFiles): Promise<void> {
+  const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
+  assert.equal(closed.code, 1008);
+  assert.match(closed.reason, /ClientCertificateRevoked/);
+  assert.deepEqual(await listenWith(pki, listenUrl, sent), { status: 403, code: 'ClientCertificateRequired' });
+}
+
+/** Once `applied` says the changed CAs are in force: the listener is still open, and a new handshake with `sent` is let in (101). */
+async function assertKept(listener: RawListener, pki: TestPki, listenUrl: string, sent: CertFiles, applied: () => Promise<boolean>): Promise<void> {
+  await untilAnswered(applied, 10000, 'the new CA applied');
+  const outcome = await closedWithin(listener, 500);
+  assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
+  assert.equal((await listenWith(pki, listenUrl, sent)).status, 101);
+}
+
 const CA_EXTENSIONS = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n';
 const CLIENT_EXTENSIONS = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n';
 const DAY_MS = 86_400_000;
@@ -204,11 +220,8 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
     t.after(() => listener.close());
     replaceCas(otherCa);
-    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
-    assert.equal(closed.code, 1008);
-    assert.match(closed.reason, /ClientCertificateRevoked/);
     // As a new handshake judges the same chain ("invalid CA certificate").
-    assert.deepEqual(await listenWith(pki, listenUrl, sent), { status: 403, code: 'ClientCertificateRequired' });
+    await assertRevoked(listener, pki, listenUrl, sent);
   });
 
   // Found by review: the recheck read no dates. The same path through a CA's certificate (a cross-certificate of the
@@ -226,11 +239,8 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
     t.after(() => listener.close());
     replaceCas(otherCa);
-    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
-    assert.equal(closed.code, 1008);
-    assert.match(closed.reason, /ClientCertificateRevoked/);
     // As a new handshake judges the same chain ("certificate has expired").
-    assert.deepEqual(await listenWith(pki, listenUrl, sent), { status: 403, code: 'ClientCertificateRequired' });
+    await assertRevoked(listener, pki, listenUrl, sent);
   });
 
   it('keeps a listener whose certificate a removed CA signs when it sent a valid cross-certificate of that CA by a listed one, a path the handshake takes too', async (t) => {
@@ -245,10 +255,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     t.after(() => listener.close());
     replaceCas(otherCa);
     // Applied once the listener's certificate alone, without the cross-certificate, is refused.
-    await untilAnswered(async () => (await listenWith(pki, listenUrl, allowed)).status === 403, 10000, 'the new CA applied');
-    const outcome = await closedWithin(listener, 500);
-    assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
-    assert.equal((await listenWith(pki, listenUrl, sent)).status, 101);
+    await assertKept(listener, pki, listenUrl, sent, async () => (await listenWith(pki, listenUrl, allowed)).status === 403);
   });
 
   // Found by review: the recheck read no dates, OpenSSL checks those of the CA it trusts too.
@@ -264,11 +271,8 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
     t.after(() => listener.close());
     replaceCas(Buffer.concat([otherCa, readFileSync(expiredCa.certFile)]));
-    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
-    assert.equal(closed.code, 1008);
-    assert.match(closed.reason, /ClientCertificateRevoked/);
     // As a new handshake judges the same certificate ("certificate has expired").
-    assert.deepEqual(await listenWith(pki, listenUrl, allowed), { status: 403, code: 'ClientCertificateRequired' });
+    await assertRevoked(listener, pki, listenUrl, allowed);
   });
 
   // OpenSSL trusts a listed certificate as the whole path only when it is self-signed: one that is not needs its issuer.
@@ -280,10 +284,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
     t.after(() => listener.close());
     replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), readFileSync(allowed.certFile)]));
-    const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
-    assert.equal(closed.code, 1008);
-    assert.match(closed.reason, /ClientCertificateRevoked/);
-    assert.deepEqual(await listenWith(pki, listenUrl, allowed), { status: 403, code: 'ClientCertificateRequired' });
+    await assertRevoked(listener, pki, listenUrl, allowed);
   });
 
   it('keeps a listener whose own self-signed certificate (CA:FALSE, a pinned one) is still in the changed listen.tls.caFile', async (t) => {
@@ -295,10 +296,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, pinned));
     t.after(() => listener.close());
     replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), pinnedPem]));
-    await untilAnswered(async () => (await listenWith(pki, listenUrl, newcomer)).status === 101, 10000, 'the new CA applied');
-    const outcome = await closedWithin(listener, 500);
-    assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
-    assert.equal((await listenWith(pki, listenUrl, pinned)).status, 101);
+    await assertKept(listener, pki, listenUrl, pinned, async () => (await listenWith(pki, listenUrl, newcomer)).status === 101);
   });
 
   // OpenSSL takes as the CA that ends a path more than node's X509Certificate#ca (basicConstraints CA:TRUE) calls one.
@@ -316,10 +314,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
       const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
       t.after(() => listener.close());
       replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), rootPem]));
-      await untilAnswered(async () => (await listenWith(pki, listenUrl, newcomer)).status === 101, 10000, 'the new CA applied');
-      const outcome = await closedWithin(listener, 500);
-      assert.equal(outcome, 'open', `the listener was closed: ${JSON.stringify(outcome)}`);
-      assert.equal((await listenWith(pki, listenUrl, allowed)).status, 101);
+      await assertKept(listener, pki, listenUrl, allowed, async () => (await listenWith(pki, listenUrl, newcomer)).status === 101);
     });
   }
 
