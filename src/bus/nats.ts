@@ -392,6 +392,8 @@ export class NatsBus implements Bus {
         if (!ended) resolve(answers);
         ended = true;
         // Answers still to come are listened for until maxWaitMs (the timer) when the caller reads them late.
+        // Listening late keeps nothing alive: a process with nothing else to do (a stopped edge) ends meanwhile.
+        if (options.late) timer.unref();
         if (!options.late) close();
       };
       const timer = setTimeout(() => {
