@@ -45,3 +45,21 @@ describe('an edge that answers after the gather ended', () => {
     });
   }
 });
+
+// A question that keeps listening for late answers does so for up to bus.requestTimeoutMs after it was asked; that
+// wait must not keep a stopped edge's process alive (before: it was held until the CLI's 2 s exit grace ended it).
+describe('an edge stopped while a question listens for late answers', () => {
+  it('exits without waiting for the question to stop listening', { timeout: 60_000 }, async (t) => {
+    const nats = await startNatsServer(t, 'n1');
+    const a = await startEdge(t, 'edge-a', [nats.url], { ...CORE_NATS, bus: { ...CORE_NATS.bus, requestTimeoutMs: 30_000 } });
+    const res = await httpRequest(`${a.url}/$relay/stats`, { headers: { authorization: tokenFor(a.url) }, timeoutMs: 10_000 });
+    assert.equal(res.status, 200, String(res.body));
+    const exited = new Promise((r) => a.child.once('exit', r));
+    const stopping = Date.now();
+    a.child.kill('SIGTERM');
+    await exited;
+    const ms = Date.now() - stopping;
+    // Held, it took the grace (2,052 ms); a stop with nothing held takes a few hundred, more on a loaded machine.
+    assert.ok(ms < 1800, `the edge took ${ms} ms to exit`);
+  });
+});
