@@ -86,10 +86,11 @@ export async function askOtherEdges<T extends { nodeId: string; shuttingDown?: b
     for (const nodeId of expected) if (nodeId !== selfId && !heard.has(nodeId)) return true;
     return false;
   };
+  const askedAt = Date.now();
   const late = seen?.listenLate(config.bus.requestTimeoutMs)
     ? (data: Uint8Array) => {
         const answer = decode(data);
-        if (answer && answer.nodeId !== selfId) seen.answeredLate(answer);
+        if (answer && answer.nodeId !== selfId) seen.answeredLate(answer, askedAt);
       }
     : undefined;
   let raw: Uint8Array[];
@@ -112,7 +113,7 @@ export async function askOtherEdges<T extends { nodeId: string; shuttingDown?: b
     answers.push(answer);
   }
   answers.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
-  seen?.asked(answers, expected);
+  seen?.asked(answers, expected, Date.now(), askedAt);
   const missing = [...expected].filter((nodeId) => !answered.has(nodeId)).sort();
   return { answers, missing };
 }
@@ -131,7 +132,8 @@ export const MAX_LISTENING_LATE = 8;
  * meanwhile. An answer that came after its question ended counts as one in time (answeredLate).
  */
 export class EdgesSeen<A extends { nodeId: string; shuttingDown?: boolean } = { nodeId: string; shuttingDown?: boolean }, Info = undefined> {
-  private readonly seen = new Map<string, { at: number; info: Info }>();
+  /** Per edge: when it last answered, what is kept of it, and when the question it answered then was asked. */
+  private readonly seen = new Map<string, { at: number; info: Info; askedAt: number }>();
   private readonly notWaitedFor = new Set<string>();
   /** When each question still listening for late answers stops (at most MAX_LISTENING_LATE). */
   private readonly listeningUntil: number[] = [];
@@ -144,22 +146,28 @@ export class EdgesSeen<A extends { nodeId: string; shuttingDown?: boolean } = { 
     return new Set([...this.seen.keys()].filter((nodeId) => !this.notWaitedFor.has(nodeId)));
   }
 
-  /** What one question came to: who answered (and whether each said it is shutting down), and whom it waited for. */
-  asked(answers: A[], expected: ReadonlySet<string>, now = Date.now()): void {
+  /** What one question (asked at `askedAt`) came to: who answered (and whether each said it is shutting down), and whom it waited for. */
+  asked(answers: A[], expected: ReadonlySet<string>, now = Date.now(), askedAt = now): void {
     const answered = new Set(answers.map((a) => a.nodeId));
     for (const nodeId of expected) if (!answered.has(nodeId)) this.notWaitedFor.add(nodeId);
     for (const answer of answers) {
       this.seen.delete(answer.nodeId);
-      this.seen.set(answer.nodeId, { at: now, info: this.infoOf(answer) });
+      this.seen.set(answer.nodeId, { at: now, info: this.infoOf(answer), askedAt });
       if (answer.shuttingDown) this.notWaitedFor.add(answer.nodeId);
       else this.notWaitedFor.delete(answer.nodeId);
     }
     while (this.seen.size > MAX_REMEMBERED) this.drop(this.seen.keys().next().value!);
   }
 
-  /** An answer that came after its question ended (within bus.requestTimeoutMs): remembered as if in time. */
-  answeredLate(answer: A, now = Date.now()): void {
-    this.asked([answer], new Set(), now);
+  /**
+   * An answer that came after its question (asked at `askedAt`) ended, within bus.requestTimeoutMs: remembered as if
+   * in time, unless the edge answered a later question already (found by review: an older late answer saying it was
+   * running undid a newer one saying it was shutting down, and the next question waited requestTimeoutMs for it).
+   */
+  answeredLate(answer: A, askedAt: number, now = Date.now()): void {
+    const known = this.seen.get(answer.nodeId);
+    if (known && known.askedAt > askedAt) return;
+    this.asked([answer], new Set(), now, askedAt);
   }
 
   /** Whether a question may listen for late answers for `ms` more: true, and counted, while fewer than MAX_LISTENING_LATE do. */

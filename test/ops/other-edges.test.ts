@@ -73,6 +73,19 @@ describe('asking the other edges', () => {
     assert.ok(second.ms >= 250, `waited for edge-b (${second.ms} ms)`);
   });
 
+  it("takes no late answer older than the edge's last (before: a late 'running' undid a later 'shutting down', and the next question waited for the leaving edge)", () => {
+    const seen = new EdgesSeen<{ nodeId: string; shuttingDown?: boolean }>();
+    seen.asked([{ nodeId: 'edge-b', shuttingDown: false }], new Set(), 1000, 900);
+    // A second question, asked at 2000, hears in time that edge-b is shutting down; the first one's late answer comes after.
+    seen.asked([{ nodeId: 'edge-b', shuttingDown: true }], new Set(['edge-b']), 2100, 2000);
+    assert.equal(seen.expected(2200).has('edge-b'), false);
+    seen.answeredLate({ nodeId: 'edge-b', shuttingDown: false }, 1500, 2300);
+    assert.equal(seen.expected(2400).has('edge-b'), false, 'the older answer is not taken');
+    // A late answer to a later question still counts.
+    seen.answeredLate({ nodeId: 'edge-b', shuttingDown: false }, 2500, 2700);
+    assert.equal(seen.expected(2800).has('edge-b'), true);
+  });
+
   it('has at most MAX_LISTENING_LATE questions listening for late answers at once', () => {
     const seen = new EdgesSeen();
     for (let i = 0; i < MAX_LISTENING_LATE; i++) assert.equal(seen.listenLate(2000, 1000), true);
