@@ -110,7 +110,7 @@ export class ClusterStatus {
     const { config, subjects } = this.s;
     const question = { op: 'ops.status' as const, origin: config.nodeId, ...(entityKey !== undefined ? { entity: entityKey } : {}) };
     const asked = await askOtherEdges<NodeStatus>(this.s, subjects.status(), question, 'ops.node', config.nodeId, this.seen);
-    if (asked.problem) return asked;
+    if (asked.problem) return { ...asked, missing: [] };
     return { ...asked, missing: this.seen.missing(new Set(asked.answers.map((a) => a.nodeId))).map((edge) => edge.nodeId) };
   }
 

@@ -33,8 +33,6 @@ export function answerEdge(deps: { bus: Bus; log: Logger }, message: BusMessage,
 
 export interface OtherEdgesAnswer<T> {
   answers: T[];
-  /** Edges in `expected` that did not answer within bus.requestTimeoutMs. */
-  missing: string[];
   problem?: string;
 }
 
@@ -102,7 +100,7 @@ export async function askOtherEdges<T extends { nodeId: string; shuttingDown?: b
       ...(late ? { late } : {}),
     });
   } catch (err) {
-    return { answers: [], missing: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
+    return { answers: [], problem: err instanceof BusError ? `the ${bus.kind} bus is unreachable: other nodes are not listed` : String(err) };
   }
   take(raw);
   const answers: T[] = [];
@@ -114,8 +112,7 @@ export async function askOtherEdges<T extends { nodeId: string; shuttingDown?: b
   }
   answers.sort((a, b) => a.nodeId.localeCompare(b.nodeId));
   seen?.asked(answers, expected, Date.now(), askedAt);
-  const missing = [...expected].filter((nodeId) => !answered.has(nodeId)).sort();
-  return { answers, missing };
+  return { answers };
 }
 
 /** How long an edge that stopped answering is still waited for, and named missing. */
