@@ -347,6 +347,8 @@ export interface PsDone {
   unstored?: boolean;
   /** ps.list: cut to fit the bus's max_payload; the edge has members after the last one named. */
   cut?: boolean;
+  /** ps.exists, ps.list asked at a stream position: the edge had not applied the stream that far in time (its answer may miss changes). */
+  behind?: boolean;
 }
 
 /** Taking edge -> holding edge: one stage of moving a reliable session (session-handover.ts). */

@@ -294,8 +294,10 @@ export class StreamReader {
         try {
           for await (const m of msgs) {
             lastSign = performance.now();
-            // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next`.
+            // A consumer the server rebuilt starts its delivery sequence again: start afresh from `next` (said, as
+            // every other new consumer is: a follower silently making one stands still for a while).
             if (m.info.deliverySequence !== delivered + 1) {
+              this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'delivery_restarted', next: position.next, delivered, got: m.info.deliverySequence });
               msgs.stop();
               break;
             }

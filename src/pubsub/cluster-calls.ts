@@ -6,6 +6,7 @@
 // asked at a stream position. Apart from the hub because asking is its own
 // job: whom to wait for, how long, and when a lost bus voids the answers.
 import { BusError, type Bus } from '../bus/bus.ts';
+import { StoreError } from '../bus/jetstream-errors.ts';
 import { decodeEdgeMessage, encodeEdgeMessage, type EdgeMessage, type PsDone, type Target } from '../bus/messages.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -30,7 +31,13 @@ export interface CallingHub {
   /** The other edges on the hub's roster (node ids). */
   otherEdges(): string[];
   /** Set on a durable hub (stream-events.ts): a question about a group is asked at a stream position. */
-  readonly durable: { catchUp(): Promise<number> } | undefined;
+  readonly durable: { catchUp(): Promise<StreamPosition> } | undefined;
+}
+
+/** Where a question about a group is asked in a durable hub's stream; `reached`: this edge applied that far in time. */
+export interface StreamPosition {
+  at: number;
+  reached: boolean;
 }
 
 /** Whether this edge is taking the connection from another (its session-handover take under way). */
@@ -53,7 +60,7 @@ export class ClusterCalls {
    * the question, through any edge, is in its answer. Undefined otherwise
    * (there a change is applied everywhere before it is acknowledged).
    */
-  async membershipPosition(target: Target): Promise<number | undefined> {
+  async membershipPosition(target: Target): Promise<StreamPosition | undefined> {
     if (!this.hub.durable || target.kind !== 'group' || !this.deps.bus.reachesOtherNodes) return undefined;
     return this.hub.durable.catchUp();
   }
@@ -77,6 +84,25 @@ export class ClusterCalls {
       throw new BusError('Unavailable', 'the NATS bus was lost during the call: it acted on this edge and those that answered before');
     }
     return answers;
+  }
+
+  /**
+   * Refuses (StoreError: 503 StoreUnavailable, which the SDK tries again) an
+   * answer about a group's members that could miss a change acknowledged
+   * before the question: this edge (`position`) or an answering edge (`behind`)
+   * had not applied the stream up to it in time (a follower stalled, a burst
+   * still being read). Before, each answered with what it held: a member
+   * added a moment before was missing, one removed still counted.
+   */
+  refuseIfBehind(position: StreamPosition | undefined, answers: readonly PsDone[] = []): void {
+    if (!position) return;
+    const behind = answers.filter((a) => a.behind).map((a) => a.edge ?? 'an edge');
+    if (!position.reached) behind.unshift('this edge');
+    if (behind.length === 0) return;
+    throw new StoreError(
+      `not answered: ${behind.join(', ')} had not read the hub's stream up to the question (sequence ${position.at}) within bus.requestTimeoutMs, ` +
+        'and a change acknowledged before it could be missing from the answer',
+    );
   }
 
   /**

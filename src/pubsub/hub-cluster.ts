@@ -92,8 +92,8 @@ export interface DurableEvents {
   sessionKeptUnheld(connectionId: string): Promise<boolean>;
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
-  /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say). */
-  catchUp(): Promise<number>;
+  /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say); `reached`: applied that far in time. */
+  catchUp(): Promise<{ at: number; reached: boolean }>;
   /** Resolves once this edge has applied the stream up to `at` (true), or after `timeoutMs` (false). */
   reached(at: number, timeoutMs: number): Promise<boolean>;
   /** Whether this edge's follower applied the close of `target` stored at `seq` (storeClose). */
@@ -349,7 +349,7 @@ export class ClusterHub {
         unstored = err;
       }
     }
-    at ??= await this.cluster.membershipPosition(target);
+    at ??= (await this.cluster.membershipPosition(target))?.at;
     const taking = this.cluster.takingHere(target);
     const local = applied ? 0 : this.localOps.applyClose(target, excluded, reason);
     // Closed here while this edge takes it from another: that one is told too.
@@ -389,11 +389,15 @@ export class ClusterHub {
   }
 
   async exists(target: Target): Promise<boolean> {
-    const at = await this.cluster.membershipPosition(target);
+    const position = await this.cluster.membershipPosition(target);
+    this.cluster.refuseIfBehind(position);
     const local = this.localOps.countTargets(target);
     if (local > 0) return true;
-    const answers = await this.cluster.call(target, local, { op: 'ps.exists', ...this.from, target, at });
-    return answers.some((a) => a.count > 0);
+    const answers = await this.cluster.call(target, local, { op: 'ps.exists', ...this.from, target, at: position?.at });
+    // A member on an edge that has read up to the question exists; one a stalled edge still holds may have left.
+    if (answers.some((a) => a.count > 0 && !a.behind)) return true;
+    this.cluster.refuseIfBehind(position, answers);
+    return false;
   }
 
   /**
@@ -402,9 +406,11 @@ export class ClusterHub {
    */
   async listGroup(group: string, top: number, after?: string): Promise<{ members: GroupMember[]; cut: boolean }> {
     const target: Target = { kind: 'group', name: group };
-    const at = await this.cluster.membershipPosition(target);
+    const position = await this.cluster.membershipPosition(target);
+    this.cluster.refuseIfBehind(position);
     const members = this.localOps.members(group, top, after);
-    const answers = await this.cluster.call(target, 0, { op: 'ps.list', ...this.from, group, top, after, at });
+    const answers = await this.cluster.call(target, 0, { op: 'ps.list', ...this.from, group, top, after, at: position?.at });
+    this.cluster.refuseIfBehind(position, answers);
     /** The lowest last member of an answer cut to fit the bus: members past it on that edge were not named. */
     let bound: string | undefined;
     for (const answer of answers) {

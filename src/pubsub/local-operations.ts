@@ -81,8 +81,8 @@ export class LocalOperations {
    */
   answer(message: BusMessage, m: AskedOperation, own: boolean): void {
     // An answer names its edge: the asker counts them off its roster.
-    const done = (count: number, members?: GroupMember[]) =>
-      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge: this.deps.nodeId, ...(members && { members }) }));
+    const done = (count: number, members?: GroupMember[], behind?: boolean) =>
+      respond(this.deps.bus, message, encodeEdgeMessage({ op: 'ps.done', count, edge: this.deps.nodeId, ...(members && { members }), ...(behind && { behind }) }));
     switch (m.op) {
       case 'ps.close':
         // A close stored in a durable hub's stream (asked at its own sequence) that this edge's follower applied is
@@ -96,9 +96,9 @@ export class LocalOperations {
         return done(own ? 0 : this.applyGroups(m.target, m.action, m.groups, filter ?? m.terms));
       }
       case 'ps.exists':
-        return this.atPosition(own ? undefined : m.at, () => done(own ? 0 : this.countTargets(m.target)));
+        return this.atPosition(own ? undefined : m.at, (reached) => done(own ? 0 : this.countTargets(m.target), undefined, !reached));
       case 'ps.list':
-        return this.atPosition(own ? undefined : m.at, () => (own ? done(0, []) : this.answerList(message, m.group, m.top, m.after)));
+        return this.atPosition(own ? undefined : m.at, (reached) => (own ? done(0, []) : this.answerList(message, m.group, m.top, m.after, !reached)));
       case 'ps.permission':
         return void (own ? Promise.resolve<PermissionOutcome>('absent') : this.applyPermission(m.connectionId, m.method, m.permission, m.group)).then((outcome) => {
           if (outcome === 'full' || outcome === 'unstored') {
@@ -112,11 +112,12 @@ export class LocalOperations {
   /**
    * Answers a question asked at a stream position once this edge has applied
    * that far, or after three quarters of requestTimeoutMs (then with what it
-   * has: the asker, counting from before this edge heard the question, must
-   * still be listening).
+   * has, `reached` false: a question about members is answered `behind`, and
+   * the asker refuses it rather than answer from it; the asker, counting from
+   * before this edge heard the question, must still be listening).
    */
-  private atPosition(at: number | undefined, answer: () => void): void {
-    if (at === undefined || !this.hub.durable) return answer();
+  private atPosition(at: number | undefined, answer: (reached: boolean) => void): void {
+    if (at === undefined || !this.hub.durable) return answer(true);
     void this.hub.durable.reached(at, Math.floor((this.deps.requestTimeoutMs * 3) / 4)).then(answer);
   }
 
@@ -201,10 +202,11 @@ export class LocalOperations {
   }
 
   /** Answers a ps.list: as many of the members asked for as fit the bus's max_payload (`cut` when not all did). */
-  private answerList(message: BusMessage, group: string, top: number, after?: string): void {
+  /** `behind`: this edge had not applied the stream up to the question in time (atPosition). */
+  private answerList(message: BusMessage, group: string, top: number, after?: string, behind = false): void {
     let members = this.members(group, top, after);
     let cut = false;
-    const encode = () => encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, members, ...(cut && { cut }) });
+    const encode = () => encodeEdgeMessage({ op: 'ps.done', count: 0, edge: this.deps.nodeId, members, ...(cut && { cut }), ...(behind && { behind }) });
     let data = encode();
     // Before: an answer over max_payload was not sent at all, and the asker listed the group without this edge.
     while (data.length > this.deps.bus.maxPayload && members.length > 1) {

@@ -310,20 +310,21 @@ export class StreamEvents implements DurableEvents, HubHistory {
   }
 
   /**
-   * The stream's last sequence now, once this edge has applied it: a question
-   * asked at it sees every change stored before it, on any edge. When the
+   * The stream's last sequence now (`at`), once this edge has applied it: a
+   * question asked at it sees every change stored before it, on any edge.
+   * `reached` is false when this edge had not applied that far within
+   * bus.requestTimeoutMs (what it holds may miss the latest changes). When the
    * stream cannot say (JetStream away), this edge's own position.
    */
-  async catchUp(): Promise<number> {
+  async catchUp(): Promise<{ at: number; reached: boolean }> {
     let last: number;
     try {
       last = (await this.options.js.bounds(this.options.stream)).last;
     } catch (err) {
       this.options.log.warn({ event: 'pubsub.stream_position_unknown', hub: this.hub.name, err: (err as Error).message });
-      return this.applied;
+      return { at: this.applied, reached: true };
     }
-    await this.reached(last, this.options.requestTimeoutMs);
-    return last;
+    return { at: last, reached: await this.reached(last, this.options.requestTimeoutMs) };
   }
 
   /**

@@ -3,6 +3,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { WebPubSubJsonProtocol } from '@azure/web-pubsub-client';
+import { connect } from 'nats';
+import { decodeEdgeMessage, encodeEdgeMessage, type PsDone } from '../../src/bus/messages.ts';
 import { encodeSubjectToken } from '../../src/bus/subjects.ts';
 import { Cleanup } from '../helpers/cleanup.ts';
 import { edgeEvents, startCluster, waitOnRoster, whilePaused, type Edge } from '../helpers/cluster.ts';
@@ -201,6 +203,67 @@ describe('publish/subscribe across nodes', () => {
       for await (const m of await serviceClient(a).group('paused').listConnections()) ids.push(m.connectionId);
     });
     assert.deepEqual(ids, onB.connectionIds.slice(0, 1), 'the paused edge\'s member is listed');
+  });
+
+  it('a question about a group an edge could not answer up to its stream position is refused 503, not answered without the latest changes (durable hub)', async (t) => {
+    // A bus participant of the test's own, on the hub's roster as edge "edge-lagging": it asks the real edges, and answers them.
+    const nc = await connect({ servers: nats.map((n) => n.url) });
+    const all = `relay.ps.${encodeSubjectToken(HUB)}.all`;
+    const from = { origin: 'edge-lagging', hub: HUB };
+    let answerBehind = true;
+    nc.subscribe(all, {
+      callback: (_err, m) => {
+        const asked = decodeEdgeMessage(m.data, 'ps.list', 'ps.exists')?.message;
+        if (asked && asked.origin !== from.origin && m.reply) m.respond(encodeEdgeMessage({ op: 'ps.done', count: 0, edge: 'edge-lagging', ...(asked.op === 'ps.list' && { members: [] }), ...(answerBehind && { behind: true }) }));
+      },
+    });
+    const here = (state: 'hello' | 'here' | 'leaving') => nc.publish(all, encodeEdgeMessage({ op: 'ps.here', ...from, boot: 'lagging-1', state }));
+    here('hello');
+    const announcing = setInterval(() => here('here'), 500);
+    t.after(async () => {
+      clearInterval(announcing);
+      here('leaving');
+      await nc.close();
+    });
+    await until(() => edgeEvents([a], /pubsub\.roster_joined/).includes('"edge":"edge-lagging"'), 5000, 'A to have edge-lagging on its roster');
+    const member = await startClient(t, accessUrl(a.url, { userId: 'lee' }));
+    await untilAnswered(() => serviceClient(c).connectionExists(member.connectionIds[0]), 10000, 'the connection on A known through C');
+    await serviceClient(c).group('lagging').addUser('lee');
+
+    // Real edges asked at a position none has reached: each answers "behind", after three quarters of bus.requestTimeoutMs.
+    const ask = async (at: number) => {
+      const answers: PsDone[] = [];
+      const inbox = nc.subscribe(`_INBOX.lagging.${at}`, { callback: (_err, m) => answers.push(decodeEdgeMessage(m.data, 'ps.done')!.message) });
+      nc.publish(all, encodeEdgeMessage({ op: 'ps.list', ...from, group: 'lagging', top: 10, at }), { reply: `_INBOX.lagging.${at}` });
+      await until(() => answers.length === 3, 5000, `three edges answering at ${at}`);
+      inbox.unsubscribe();
+      return answers.sort((x, y) => (x.edge! < y.edge! ? -1 : 1));
+    };
+    const started = Date.now();
+    const unreached = await ask(1e12);
+    assert.ok(Date.now() - started >= 1000, 'answered once the wait for the position ended');
+    assert.deepEqual(unreached.map((x) => [x.edge, x.behind]), [['edge-a', true], ['edge-b', true], ['edge-c', true]]);
+    assert.deepEqual(unreached[0].members?.map((m) => m.userId), ['lee'], 'with what it holds');
+    const reached = await ask(1);
+    assert.deepEqual(reached.map((x) => [x.edge, x.behind]), [['edge-a', undefined], ['edge-b', undefined], ['edge-c', undefined]]);
+
+    // An edge answering "behind": the question is refused with why, on the asker's side; answered once it is not.
+    const viaA = serviceClient(a, { maxRetries: 0 });
+    const refusedBehind = (err: { statusCode?: number; message?: string }) => {
+      assert.equal(err.statusCode, 503);
+      assert.match(String(err.message), /edge-lagging had not read the hub's stream up to the question/);
+      return true;
+    };
+    await assert.rejects(async () => {
+      for await (const _ of await viaA.group('lagging').listConnections()) void _;
+    }, refusedBehind);
+    await assert.rejects(viaA.groupExists('nobody-here'), (err: { statusCode?: number }) => err.statusCode === 503);
+    assert.equal(await viaA.groupExists('lagging'), true, "A's own member, read up to the position, is enough");
+    answerBehind = false;
+    const ids: string[] = [];
+    for await (const m of await viaA.group('lagging').listConnections()) ids.push(m.connectionId);
+    assert.deepEqual(ids, member.connectionIds.slice(0, 1));
+    assert.equal(await viaA.groupExists('nobody-here'), false);
   });
 
   it('a reliable client whose reconnect lands on another node recovers its session there: nothing lost or doubled', async (t) => {
