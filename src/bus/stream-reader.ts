@@ -18,6 +18,15 @@ import { FOLLOW_MEMORY, FollowPosition, type RecentlyHandedOn } from './stream-r
 const RETRY_MS = 250;
 /** A consumer whose heartbeats stop this long is recreated (nats.js: heartbeat = expires / 2). */
 const CONSUME_EXPIRES_MS = 5000;
+/**
+ * How long a follower's consumer may be silent, when it should not be, before the server is asked whether it still
+ * holds a pull request of the follower's: nats-server before 2.9.16 ends a pull request that expires while it has a
+ * message to deliver without the 408 that says so (nats-io/nats-server#3942), and nats.js, still counting that
+ * request's messages as coming, asks for no more: the follower stood still until two heartbeats were missed (5 to
+ * 7.5 s). It should not be silent when the last message said more are pending, or when no pull was asked for
+ * longer than one lives (CONSUME_EXPIRES_MS): every pull ends with messages or a 408 that nats.js answers with the next.
+ */
+const PULL_LOST_MS = 500;
 /** Messages a consumer asks for at once. */
 const CONSUME_BATCH = 1000;
 /** A page read's pause after a pull that ended at once with nothing, before it asks again. */
@@ -272,17 +281,43 @@ export class StreamReader {
         // A consumer renews its pull every CONSUME_EXPIRES_MS; silence for twice
         // that means nobody serves it (heartbeats are not always reported).
         let lastSign = performance.now();
+        /** When nats.js last asked for messages, and what the last message said the consumer holds after it (PULL_LOST_MS). */
+        let lastPull = performance.now();
+        let lastPending = 0;
+        let lastProbe = 0;
+        let probing = false;
+        const probePull = () => {
+          const now = performance.now();
+          if (probing || now - lastSign < PULL_LOST_MS || now - lastProbe < PULL_LOST_MS) return;
+          if (lastPending === 0 && now - lastPull < CONSUME_EXPIRES_MS + PULL_LOST_MS) return;
+          const jsm = this.c.manager();
+          if (!jsm) return;
+          probing = true;
+          lastProbe = now;
+          jsm.consumers
+            .info(stream, name)
+            .then((info) => {
+              if (info.num_waiting > 0 || current !== msgs) return;
+              follower.newConsumer('pull_lost', { pending: info.num_pending, silentMs: Math.round(performance.now() - lastSign), hint: 'the NATS server ended a pull request without telling (nats-server before 2.9.16 does when one expires as messages come): reading on with a new consumer' });
+            })
+            .catch(() => undefined)
+            .finally(() => {
+              probing = false;
+            });
+        };
         const leaderCheck = this.leaderCheck(stream, info.cluster?.leader, ci.cluster?.leader, (leader) => follower.newConsumer('leader_changed', { leader, seen: 'leader_check' }));
         const watchdog = setInterval(() => {
           leaderCheck.tick();
+          probePull();
           if (performance.now() - lastSign < 2 * CONSUME_EXPIRES_MS) return;
           this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: 'silent', next: position.next });
           msgs.stop();
-        }, 1000);
+        }, 250);
         watchdog.unref();
         void (async () => {
           for await (const status of await msgs.status()) {
             lastSign = performance.now();
+            if (status.type === 'next') lastPull = lastSign;
             if (['heartbeats_missed', 'consumer_deleted', 'consumer_not_found', 'stream_not_found'].includes(status.type)) {
               this.c.log.warn({ event: 'jetstream.follow_reset', stream, reason: status.type, next: position.next });
               msgs.stop();
@@ -302,6 +337,7 @@ export class StreamReader {
               break;
             }
             delivered = m.info.deliverySequence;
+            lastPending = m.info.pending;
             const step = position.take({ seq: m.seq, id: m.headers?.get(MSG_ID_HEADER) || undefined, ms: Math.floor(m.info.timestampNanos / 1e6) });
             if (step.kind === 'skip') continue;
             if (step.kind === 'byTime') {
