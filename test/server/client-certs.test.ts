@@ -94,8 +94,6 @@ function closedWithin(listener: RawListener, ms: number): Promise<{ code: number
   return Promise.race([listener.closed, new Promise<'open'>((r) => setTimeout(() => r('open'), ms))]);
 }
 
-// Extensions as test/helpers/certs.ts gives its CAs (with their key's identifier, which links what a CA issued to a
-// certificate made for the CA's key) and its clients.
 /** The listener was closed 1008 ClientCertificateRevoked, and a new handshake with `sent` is refused as it would be (403). */
 async function assertRevoked(listener: RawListener, pki: TestPki, listenUrl: string, sent: CertFiles): Promise<void> {
   const closed = await withTimeout(listener.closed, 10000, 'the listener to be closed');
@@ -112,9 +110,36 @@ async function assertKept(listener: RawListener, pki: TestPki, listenUrl: string
   assert.equal((await listenWith(pki, listenUrl, sent)).status, 101);
 }
 
+// Extensions as test/helpers/certs.ts gives its CAs (with their key's identifier, which links what a CA issued to a
+// certificate made for the CA's key) and its clients.
 const CA_EXTENSIONS = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n';
 const CLIENT_EXTENSIONS = 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n';
 const DAY_MS = 86_400_000;
+
+/**
+ * A listener whose certificate the test CA signed, connected during a rotation (the test CA and the other CA
+ * listed) with a chain of its certificate and `link`: a certificate for the test CA's name and key that the other
+ * CA issued (`extensions` and dates as given). The handshake takes it: OpenSSL looks in its store first, and the
+ * test CA there signed the listener's certificate. Then the rotation ends, the other CA alone listed: whether the
+ * listener stays is what the recheck makes of the link.
+ */
+async function listenerLinkedToOtherCa(
+  t: TestContext,
+  link: { name: string; extensions: string; validFrom?: Date; until?: Date },
+): Promise<{ listener: RawListener; pki: TestPki; listenUrl: string; allowed: CertFiles; sent: CertFiles }> {
+  const pki = makePki(t);
+  const allowed = pki.issueClient('factory-listener');
+  pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
+  const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
+  const { name, ...options } = link;
+  const linked = pki.issueCertificate(name, { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', ...options });
+  const sent = { certFile: pki.bundle(`${name}-chain.pem`, [allowed.certFile, linked.certFile]), keyFile: allowed.keyFile };
+  const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
+  t.after(() => listener.close());
+  replaceCas(otherCa);
+  return { listener, pki, listenUrl, allowed, sent };
+}
 
 describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
   it('lets in a listener with a certificate from listen.tls.caFile, and refuses one from another CA or none (403 ClientCertificateRequired)', async (t) => {
@@ -210,16 +235,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
   // issued a plain leaf for the removed CA's name and key; the peer sent it after its own certificate, and node links
   // the chain by names and key ids. At the handshake OpenSSL looks in its store first, where the removed CA still was.
   it('closes a listener whose certificate only a removed CA signs, though it sent a leaf (CA:FALSE) a listed CA issued for that CA\'s name and key (before: that leaf linked it to the listed CA)', async (t) => {
-    const pki = makePki(t);
-    const allowed = pki.issueClient('factory-listener');
-    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
-    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
-    const lookalike = pki.issueCertificate('ca-lookalike', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: 'basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n' });
-    const sent = { certFile: pki.bundle('lookalike-chain.pem', [allowed.certFile, lookalike.certFile]), keyFile: allowed.keyFile };
-    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
-    t.after(() => listener.close());
-    replaceCas(otherCa);
+    const { listener, pki, listenUrl, sent } = await listenerLinkedToOtherCa(t, { name: 'ca-lookalike', extensions: 'basicConstraints=CA:FALSE\nsubjectKeyIdentifier=hash\n' });
     // As a new handshake judges the same chain ("invalid CA certificate").
     await assertRevoked(listener, pki, listenUrl, sent);
   });
@@ -227,33 +243,14 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
   // Found by review: the recheck read no dates. The same path through a CA's certificate (a cross-certificate of the
   // removed CA by a listed one, a path OpenSSL takes: the next test) that has expired.
   it('closes a listener whose certificate only a removed CA signs, though it sent an expired cross-certificate of that CA by a listed one (before: the expired link kept it)', async (t) => {
-    const pki = makePki(t);
-    const allowed = pki.issueClient('factory-listener');
-    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
-    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
     const expired = { validFrom: new Date(Date.now() - 2 * DAY_MS), until: new Date(Date.now() - DAY_MS) };
-    const crossed = pki.issueCertificate('ca-crossed', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: CA_EXTENSIONS, ...expired });
-    const sent = { certFile: pki.bundle('crossed-chain.pem', [allowed.certFile, crossed.certFile]), keyFile: allowed.keyFile };
-    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
-    // The handshake takes it: OpenSSL looks in its store first, and the test CA there signed the listener's certificate.
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
-    t.after(() => listener.close());
-    replaceCas(otherCa);
+    const { listener, pki, listenUrl, sent } = await listenerLinkedToOtherCa(t, { name: 'ca-crossed', extensions: CA_EXTENSIONS, ...expired });
     // As a new handshake judges the same chain ("certificate has expired").
     await assertRevoked(listener, pki, listenUrl, sent);
   });
 
   it('keeps a listener whose certificate a removed CA signs when it sent a valid cross-certificate of that CA by a listed one, a path the handshake takes too', async (t) => {
-    const pki = makePki(t);
-    const allowed = pki.issueClient('factory-listener');
-    pki.issueClient('other', { untrusted: true }); // makes other-ca.pem
-    const otherCa = readFileSync(join(pki.dir, 'other-ca.pem'));
-    const crossed = pki.issueCertificate('ca-crossed', { subject: '/CN=edge-relay ca', keyOf: 'ca', issuer: 'other-ca', extensions: CA_EXTENSIONS });
-    const sent = { certFile: pki.bundle('crossed-chain.pem', [allowed.certFile, crossed.certFile]), keyFile: allowed.keyFile };
-    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, Buffer.concat([pki.ca, otherCa]));
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, sent));
-    t.after(() => listener.close());
-    replaceCas(otherCa);
+    const { listener, pki, listenUrl, allowed, sent } = await listenerLinkedToOtherCa(t, { name: 'ca-crossed', extensions: CA_EXTENSIONS });
     // Applied once the listener's certificate alone, without the cross-certificate, is refused.
     await assertKept(listener, pki, listenUrl, sent, async () => (await listenWith(pki, listenUrl, allowed)).status === 403);
   });
