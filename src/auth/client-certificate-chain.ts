@@ -84,18 +84,13 @@ function issues(ca: X509Certificate, cert: X509Certificate, now: number): boolea
   return fields.keyUsage || (fields.version === 1 && ca.subject === ca.issuer);
 }
 
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-// How node prints a certificate's time (OpenSSL's ASN1_TIME_print): 'Dec  7 10:00:00 2026 GMT', a fraction of a
-// second after the seconds when the certificate has one.
-const CERTIFICATE_TIME = /^([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d{2}):(\d{2}):(\d{2})(\.\d+)? (\d{4}) GMT$/;
-
-/** A certificate's time as node prints it, in unix ms; NaN for what is not one (read as an ISO date, not guessed at). */
-function timeOf(text: string): number {
-  const m = CERTIFICATE_TIME.exec(text);
-  const month = m ? MONTHS.indexOf(m[1]) + 1 : 0;
-  if (!m || month === 0) return NaN;
-  const fraction = (m[6] ?? '.000').slice(0, 4).padEnd(4, '0');
-  return Date.parse(`${m[7]}-${String(month).padStart(2, '0')}-${m[2].padStart(2, '0')}T${m[3]}:${m[4]}:${m[5]}${fraction}Z`);
+/**
+ * A certificate's validity in unix ms: node prints its times as OpenSSL does ('Dec  7 10:00:00 2026 GMT', a fraction
+ * of a second after the seconds when it has one), which Date.parse reads; NaN for what does not parse. The listening
+ * certificate's checks (server/tls.ts) read them here too.
+ */
+export function validityOf(cert: X509Certificate): { from: number; to: number } {
+  return { from: Date.parse(cert.validFrom), to: Date.parse(cert.validTo) };
 }
 
 /**
@@ -104,8 +99,7 @@ function timeOf(text: string): number {
  * too), so the recheck does too: it is what the listener's next accept leg would meet.
  */
 function validAt(cert: X509Certificate, now: number): boolean {
-  const from = timeOf(cert.validFrom);
-  const to = timeOf(cert.validTo);
+  const { from, to } = validityOf(cert);
   return from <= now && now < to;
 }
 

@@ -25,7 +25,7 @@ import type { ServerOptions } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { dirname } from 'node:path';
 import { createSecureContext, type SecureContextOptions, type TLSSocket } from 'node:tls';
-import { certificatesOf } from '../auth/client-certificate-chain.ts';
+import { certificatesOf, validityOf } from '../auth/client-certificate-chain.ts';
 import { ConfigError } from '../config/errors.ts';
 import type { ListenTlsConfig } from '../config/types.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -166,8 +166,7 @@ const subjectOf = (x509: X509Certificate) => x509.subject.replace(/\n/g, ', ');
 function chainProblemsOf(chain: X509Certificate[], now: number): ChainProblem[] {
   const problems: ChainProblem[] = [];
   for (const x509 of chain) {
-    const notAfter = Date.parse(x509.validTo);
-    const validFrom = Date.parse(x509.validFrom);
+    const { from: validFrom, to: notAfter } = validityOf(x509);
     if (notAfter <= now) problems.push({ subject: subjectOf(x509), problem: 'expired', at: new Date(notAfter).toISOString() });
     else if (validFrom > now) problems.push({ subject: subjectOf(x509), problem: 'not valid yet', at: new Date(validFrom).toISOString() });
   }
@@ -178,7 +177,7 @@ function chainProblemsOf(chain: X509Certificate[], now: number): ChainProblem[] 
 function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): CertificateSet {
   const { cert, key, ca } = files;
   const [x509, ...chain] = certificatesIn(tls, cert);
-  const notAfter = Math.floor(Date.parse(x509.validTo) / 1000);
+  const notAfter = Math.floor(validityOf(x509).to / 1000);
   if (notAfter * 1000 <= now) throw new ConfigError(`listen.tls.certFile: the certificate in ${tls.certFile} expired on ${x509.validTo}`);
   const privateKey = privateKeyIn(tls, key);
   const context: SecureContextOptions = { cert, key, minVersion: tls.minVersion, ...(ca ? { ca } : {}) };
@@ -199,14 +198,14 @@ function certificateSetOf(tls: ListenTlsConfig, files: PemFiles, now: number): C
   // certificate was then refused, every handshake with requireClientCert "all" (found by review).
   if (ca && certificatesOf(ca).length === 0) throw new ConfigError(`listen.tls.caFile: no PEM certificate in ${tls.caFile}`);
   // Last: a set refused for this alone is good otherwise, and is read again when it becomes valid.
-  const validFrom = Date.parse(x509.validFrom);
+  const { from: validFrom } = validityOf(x509);
   if (validFrom > now) {
     throw new CertificateNotYetValid(`listen.tls.certFile: the certificate in ${tls.certFile} is not valid before ${x509.validFrom} (clients would refuse it; is a clock wrong?)`, validFrom);
   }
   const digest = digestOf(files);
   // Not one expired already when read (a cross-signature sent on purpose would hold the metric in the past for
   // good): that one is warned of, and one that runs out while served shows.
-  const expiries = chain.map((c) => Math.floor(Date.parse(c.validTo) / 1000));
+  const expiries = chain.map((c) => Math.floor(validityOf(c).to / 1000));
   const chainNotAfter = Math.min(notAfter, ...expiries.filter((at) => at * 1000 > now));
   const chainProblems = chainProblemsOf(chain, now);
   return { context, notAfter, chainNotAfter, chainProblems, subject: subjectOf(x509), fingerprint: x509.fingerprint256, digest, ...(ca ? { ca } : {}) };
