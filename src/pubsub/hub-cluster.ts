@@ -33,7 +33,7 @@ import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
 import type { DeliverEvent, EventFeed } from './event-feed.ts';
 import type { HubHistory, MemoryHistory } from './history.ts';
 import { GroupLimitReached, type PubSubErrorCode } from './errors.ts';
-import { ClusterCalls, type ClusterCallsDeps } from './cluster-calls.ts';
+import { ClusterCalls, type ClusterCallsDeps, type StreamPosition } from './cluster-calls.ts';
 import { LocalOperations, byConnectionId, type LocalOperationsDeps, type PermissionOutcome } from './local-operations.ts';
 import { Hub, type EndConnection } from './hub.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
@@ -93,7 +93,7 @@ export interface DurableEvents {
   /** At shutdown: writes every session's checkpoint and lets it go (any edge can take it from there). */
   releaseAll(): Promise<void>;
   /** The stream's last sequence, once this edge has applied it (this edge's own position when the stream cannot say); `reached`: applied that far in time. */
-  catchUp(): Promise<{ at: number; reached: boolean }>;
+  catchUp(): Promise<StreamPosition>;
   /** Resolves once this edge has applied the stream up to `at` (true), or after `timeoutMs` (false). */
   reached(at: number, timeoutMs: number): Promise<boolean>;
   /** Whether this edge's follower applied the close of `target` stored at `seq` (storeClose). */

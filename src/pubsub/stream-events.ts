@@ -16,6 +16,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import { filterFromBus, type ConnectionFilter } from './connection-filter.ts';
 import { isDataOfType, streamMessageOf, type DataMessage } from './downstream.ts';
 import { HISTORY_PAGE_BYTES, type HistoryEntry, type HistoryPage, type HubHistory } from './history.ts';
+import type { StreamPosition } from './cluster-calls.ts';
 import type { ClusterHub, DurableEvents, SendResult } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
 import { RecentStream } from './recent-stream.ts';
@@ -316,7 +317,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
    * bus.requestTimeoutMs (what it holds may miss the latest changes). When the
    * stream cannot say (JetStream away), this edge's own position.
    */
-  async catchUp(): Promise<{ at: number; reached: boolean }> {
+  async catchUp(): Promise<StreamPosition> {
     let last: number;
     try {
       last = (await this.options.js.bounds(this.options.stream)).last;
