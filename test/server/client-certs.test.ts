@@ -110,6 +110,18 @@ async function assertKept(listener: RawListener, pki: TestPki, listenUrl: string
   assert.equal((await listenWith(pki, listenUrl, sent)).status, 101);
 }
 
+/**
+ * A listener connected with `cert` while `listed` alone is in listen.tls.caFile; then the other CA is listed before
+ * it (`newcomer`, which it signed, let in tells the change applied): the listener is kept (assertKept).
+ */
+async function assertKeptWithOtherCaAdded(t: TestContext, pki: TestPki, listed: Buffer, cert: CertFiles, newcomer: CertFiles): Promise<void> {
+  const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, listed);
+  const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, cert));
+  t.after(() => listener.close());
+  replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), listed]));
+  await assertKept(listener, pki, listenUrl, cert, async () => (await listenWith(pki, listenUrl, newcomer)).status === 101);
+}
+
 // Extensions as test/helpers/certs.ts gives its CAs (with their key's identifier, which links what a CA issued to a
 // certificate made for the CA's key) and its clients.
 const CA_EXTENSIONS = 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n';
@@ -288,12 +300,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
     const pki = makePki(t);
     const newcomer = pki.issueClient('newcomer', { untrusted: true }); // makes other-ca.pem
     const pinned = pki.issueCertificate('pinned-listener', { subject: '/CN=pinned-listener', extensions: `${CLIENT_EXTENSIONS}subjectKeyIdentifier=hash\n` });
-    const pinnedPem = readFileSync(pinned.certFile);
-    const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, pinnedPem);
-    const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, pinned));
-    t.after(() => listener.close());
-    replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), pinnedPem]));
-    await assertKept(listener, pki, listenUrl, pinned, async () => (await listenWith(pki, listenUrl, newcomer)).status === 101);
+    await assertKeptWithOtherCaAdded(t, pki, readFileSync(pinned.certFile), pinned, newcomer);
   });
 
   // OpenSSL takes as the CA that ends a path more than node's X509Certificate#ca (basicConstraints CA:TRUE) calls one.
@@ -306,12 +313,7 @@ describe('client certificates for listeners (mutual TLS on top of SAS)', () => {
       const newcomer = pki.issueClient('newcomer', { untrusted: true }); // makes other-ca.pem
       const root = pki.issueCertificate('old-root', { subject: '/CN=edge-relay old-root', ...(extensions ? { extensions } : {}) });
       const allowed = pki.issueCertificate('factory-listener', { subject: '/CN=factory-listener', issuer: 'old-root', extensions: CLIENT_EXTENSIONS });
-      const rootPem = readFileSync(root.certFile);
-      const { listenUrl, replaceCas } = await relayWithClientCas(t, pki, rootPem);
-      const listener = await RawListener.connect(listenUrl, tokenFor(listenUrl), clientTls(pki, allowed));
-      t.after(() => listener.close());
-      replaceCas(Buffer.concat([readFileSync(join(pki.dir, 'other-ca.pem')), rootPem]));
-      await assertKept(listener, pki, listenUrl, allowed, async () => (await listenWith(pki, listenUrl, newcomer)).status === 101);
+      await assertKeptWithOtherCaAdded(t, pki, readFileSync(root.certFile), allowed, newcomer);
     });
   }
 
