@@ -5,11 +5,16 @@
 // (two edges on one nats-server run with the others: until 2026-12-07 they
 // ran in the clusters' lane, which then took 597 s beside the others' 552 s,
 // the suite 599 s; with those four files moved: 545 s and 556 s, 557 s). The other
-// run takes every other file three at a time: light files (at most one
-// nats-server, openssl keys, a short command), whose time is mostly start-up
-// (tsx's loader and the relay's modules, about 1.1 s) and waits on timers and
-// sockets, and files with one or two relay processes or edges, the CLI or a client
-// script. Until 2026-12-05 the light files ran first, alone, and the others
+// run takes every other file: light files (at most one nats-server, openssl
+// keys, a short command), whose time is mostly start-up (tsx's loader and the
+// relay's modules) and waits on timers and sockets, and files with one or two
+// relay processes or edges, the CLI or a client script. Those files share
+// processes, six to one (./suite/shared-processes.ts: a file that measures
+// its own process's memory keeps one of its own), three processes at a time:
+// one file a process, that run took 552-678 s and its files 640 s of CPU
+// with the suite 1,000-1,175 s; six to one, 443 s, the suite 830 s of CPU and
+// 505 s (2026-12-07, the same machine, 1,339 tests passing either way). Until
+// 2026-12-05 the light files ran first, alone, and the others
 // then in a lane of their own beside the clusters': the cores sat idle a
 // quarter of the time (605 s for 906 s of CPU on 2 cores) and the suite came
 // within seconds of its 10 minutes; side by side it took 499-522 s for the
@@ -18,20 +23,24 @@
 // browser come last in the clusters' lane, after a run of the rest of it:
 // the other run has most likely ended by then.
 //
-// `npm test -- FILE...` runs just those files, one at a time. Either way the
+// `npm test -- FILE...` runs just those files, one at a time, each in a
+// process of its own. Either way the
 // output ends with each failed test again (./suite/failure-summary.ts): CI
-// keeps only the tail of what a run printed.
+// keeps only the tail of what a run printed. The report of the shared
+// processes' run begins with the files each of them ran.
 //
 // The relays and commands the tests start run as users run them, through
 // bin/edge-relay: from the CLI's bundle (made here first when a source
 // changed), which took the suite from 1,162 s of CPU (650 s wall) through
 // tsx to 838 s (487 s).
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bundleToRun } from '../bin/bundle.mjs';
 import { failureSummary } from './suite/failure-summary.ts';
+import { dealIntoGroups, FILES_PER_PROCESS, needsOwnProcess, writeSharedEntries } from './suite/shared-processes.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TEST_TIMEOUT_MS = 120000;
@@ -43,7 +52,7 @@ const STARTS_EDGE = /\bstartEdge\(/g;
 const EDGES_FOR_CLUSTERS = 3;
 /** `serve --workers N` with N of two or more: a primary and its workers, each an edge. */
 const STARTS_WORKERS = /'--workers',\s*'([2-9]|\d\d+)'/;
-/** Files outside the clusters' lane run this many at a time (see the top of this file). */
+/** Files outside the clusters' lane run in this many processes at a time (see the top of this file). */
 const OTHERS_CONCURRENCY = 3;
 
 /** Whether a file starts three or more edges, a NATS cluster, the bench or the browser. */
@@ -67,11 +76,12 @@ const reports: Buffer[] = [];
 /**
  * Runs `files` with node's test runner. Its output goes to ours as it comes,
  * or, with `held`, in one piece when it ends (so two lanes' reports do not mix).
+ * `what` says what the files are on the report's first line, `notes` on lines of their own after it.
  */
-function runTests(files: string[], concurrency: number, held = false): Promise<number> {
+function runTests(files: string[], concurrency: number, held = false, what = `${files.length} files`, notes: string[] = []): Promise<number> {
   if (files.length === 0) return Promise.resolve(0);
   const args = ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${TEST_TIMEOUT_MS}`, '--test-reporter=tap', ...files];
-  const out: Buffer[] = [Buffer.from(`# node ${args.slice(0, 5).join(' ')} (${files.length} files)\n`)];
+  const out: Buffer[] = [Buffer.from([`# node ${args.slice(0, 5).join(' ')} (${what})`, ...notes.map((note) => `# ${note}`), ''].join('\n'))];
   if (!held) process.stdout.write(out[0]);
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const take = (d: Buffer) => {
@@ -108,7 +118,19 @@ if (chosen.length > 0) {
     const calm = await runTests(clusters.filter((file) => !busy.includes(file)), 1);
     return (await runTests(busy, 1)) || calm;
   };
-  const [first, second] = await Promise.all([clusterLane(), runTests(others, OTHERS_CONCURRENCY, true)]);
+  const othersLane = async () => {
+    const alone = others.filter((file) => needsOwnProcess(source(file)));
+    const dir = mkdtempSync(join(tmpdir(), 'edge-relay-suite-'));
+    try {
+      const shared = writeSharedEntries(dealIntoGroups(others.filter((file) => !alone.includes(file)), FILES_PER_PROCESS), dir, ROOT);
+      const what = `${others.length} files: ${others.length - alone.length} in ${shared.length} shared processes, ${alone.length} alone`;
+      const notes = shared.map((entry) => `${relative(dir, entry.path)}: ${entry.files.join(' ')}`);
+      return await runTests([...shared.map((entry) => entry.path), ...alone], OTHERS_CONCURRENCY, true, what, notes);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const [first, second] = await Promise.all([clusterLane(), othersLane()]);
   process.exitCode = first || second;
 }
 process.stdout.write(failureSummary(Buffer.concat(reports).toString('utf8')));

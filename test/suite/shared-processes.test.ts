@@ -1,0 +1,84 @@
+// npm test runs light test files several to a process (shared-processes.ts):
+// how the files are dealt into groups, and a real run of node's test runner
+// over an entry written for three files (their tests in one process, one
+// after the other, a failure reported at its own file's line, a file that
+// fails to load a failed test of its name, the files after it run).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { exitedWithOutput } from '../helpers/exit.ts';
+import { failedTests } from './failure-summary.ts';
+import { dealIntoGroups, needsOwnProcess, writeSharedEntries } from './shared-processes.ts';
+
+describe('test files sharing a process', () => {
+  test('files are dealt in turn into as few groups as hold them, each file once, in order within its group', () => {
+    const files = Array.from({ length: 13 }, (_, i) => `test/f${String(i).padStart(2, '0')}.test.ts`);
+    const groups = dealIntoGroups(files, 6);
+    assert.deepEqual(
+      groups.map((group) => group.length),
+      [5, 4, 4],
+    );
+    assert.deepEqual(groups[0], ['test/f00.test.ts', 'test/f03.test.ts', 'test/f06.test.ts', 'test/f09.test.ts', 'test/f12.test.ts']);
+    assert.deepEqual(groups.flat().sort(), files);
+    assert.deepEqual(dealIntoGroups(files.slice(0, 3), 1), [[files[0]], [files[1]], [files[2]]]);
+    assert.deepEqual(dealIntoGroups(files.slice(0, 6), 6), [files.slice(0, 6)]);
+    assert.deepEqual(dealIntoGroups([], 6), []);
+    for (const bad of [0, -1, 2.5, Number.NaN]) assert.throws(() => dealIntoGroups(files, bad), RangeError);
+  });
+
+  test('a file that measures its own process runs alone', () => {
+    assert.equal(needsOwnProcess('const before = process.memoryUsage().arrayBuffers;'), true);
+    assert.equal(needsOwnProcess("import { memoryUsage } from 'node:process';\nconst heap = memoryUsage().heapUsed;"), true);
+    assert.equal(needsOwnProcess("import { test } from 'node:test';\ntest('x', () => {});"), false);
+  });
+
+  test("node's runner runs a shared entry's files in one process, one after the other, and reports a failure at its own file", async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'shared-processes-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = (name: string, body: string) => writeFileSync(join(dir, name), `import { test } from 'node:test';\nimport assert from 'node:assert/strict';\n${body}\n`);
+    // Each test says which process ran it and when it started and ended.
+    const says = (name: string, ms: number) =>
+      `test(${JSON.stringify(name)}, async () => { const start = Date.now(); await new Promise((r) => setTimeout(r, ${ms})); console.log(JSON.stringify({ name: ${JSON.stringify(name)}, pid: process.pid, start, end: Date.now() })); });`;
+    file('first.test.ts', `${says('first a', 300)}\ntest('first fails', () => { assert.equal(1 + 1, 3); });`);
+    writeFileSync(join(dir, 'broken.test.ts'), "throw new Error('broken while it loads');\n");
+    file('second.test.ts', `${says('second a', 100)}\n${says('second b', 100)}`);
+    const [entry] = writeSharedEntries([['first.test.ts', 'broken.test.ts', 'second.test.ts']], join(dir, 'entries'), dir);
+    assert.deepEqual(entry.files, ['first.test.ts', 'broken.test.ts', 'second.test.ts']);
+
+    // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
+    const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', entry.path], { cwd: process.cwd(), env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
+    let code: number | null;
+    try {
+      code = await exitedWithOutput(child);
+    } finally {
+      clearTimeout(timer);
+    }
+    const report = Buffer.concat(out).toString('utf8');
+    assert.equal(code, 1, report);
+
+    const ran = [...report.matchAll(/\{"name":.*?\}/g)].map((m) => JSON.parse(m[0]) as { name: string; pid: number; start: number; end: number });
+    assert.deepEqual(
+      ran.map((r) => r.name),
+      ['first a', 'second a', 'second b'],
+      report,
+    );
+    assert.equal(new Set(ran.map((r) => r.pid)).size, 1, 'one process ran both files');
+    for (let i = 1; i < ran.length; i++) assert.ok(ran[i].start >= ran[i - 1].end, `${ran[i].name} started after ${ran[i - 1].name} ended`);
+
+    const failures = failedTests(report);
+    assert.equal(failures.length, 2, report);
+    assert.match(failures[0], /not ok \d+ - first fails/);
+    assert.match(failures[0], /first\.test\.ts:\d+:\d+/);
+    assert.match(failures[1], /not ok \d+ - broken\.test\.ts loads/);
+    assert.match(failures[1], /broken while it loads/);
+    assert.match(report, /# pass 3\b/);
+    assert.match(report, /# fail 2\b/);
+  });
+});

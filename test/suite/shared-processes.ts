@@ -1,0 +1,86 @@
+// Test files that share one process, for `npm test` (test/run-suite.ts).
+//
+// node's test runner starts a process per file, and in each the file's first
+// tests pay for node, tsx's loader thread, the dependencies and the relay's
+// modules, through tsx: about 1.9 s of CPU before a file with one relay in
+// it does anything, 224 times a run. Files outside the clusters' lane are
+// dealt into groups instead, and each group is one entry file importing its
+// files in order: node's runner runs that entry as it runs a test file, in
+// a process of its own, and the tests of its files one after the other, as
+// it runs the tests of one file (each file's own clean-ups, `t.after`, run
+// when its tests end; a file's top-level `after` when the group's do). On
+// 2026-12-07, with the others' lane's files by how much CPU each took alone:
+// the 76 lightest (under 2.5 s each) took 92 s of CPU one file a process and
+// 28 s six to a process; the next 87 (2.5 to 5 s) 285 s and 113 s, with the
+// same 858 tests passing.
+//
+// `npm test -- FILE` still runs each file named in a process of its own.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+/** How many files share one process at most. */
+export const FILES_PER_PROCESS = 10;
+
+/**
+ * Files that measure the process they run in (its heap, its buffers outside the heap) keep one of their own:
+ * what another file left behind, or frees while they measure, would be counted.
+ */
+const MEASURES_ITS_PROCESS = /\bmemoryUsage\b/;
+
+/** Whether a test file, by its source, must run in a process of its own. */
+export function needsOwnProcess(source: string): boolean {
+  return MEASURES_ITS_PROCESS.test(source);
+}
+
+/**
+ * `files` dealt in turn into as few groups of at most `perGroup` as hold them: files next to each other by name
+ * (one folder, often alike in what they start and how long they take) go to different groups, and the groups
+ * come out alike in length.
+ */
+export function dealIntoGroups(files: readonly string[], perGroup: number): string[][] {
+  if (!Number.isInteger(perGroup) || perGroup < 1) throw new RangeError(`files per group must be a whole number from 1, not ${perGroup}`);
+  const groups: string[][] = Array.from({ length: Math.ceil(files.length / perGroup) }, () => []);
+  files.forEach((file, i) => groups[i % groups.length].push(file));
+  return groups;
+}
+
+/**
+ * One group's entry file: a test file to node's runner, importing the group's files (relative to `root`) in order.
+ * A file that fails to load is a failed test named after it, and the group's other files still run (with static
+ * imports, none would).
+ */
+export function sharedEntrySource(group: readonly string[], root: string): string {
+  const files = group.map((file) => ({ name: file, url: pathToFileURL(join(root, file)).href }));
+  return [
+    `// Test files sharing one process (test/suite/shared-processes.ts): ${group.join(', ')}`,
+    "import { test } from 'node:test';",
+    `for (const { name, url } of ${JSON.stringify(files)}) {`,
+    '  try {',
+    '    await import(url);',
+    '  } catch (error) {',
+    '    test(`${name} loads`, () => {',
+    '      throw error;',
+    '    });',
+    '  }',
+    '}',
+    '',
+  ].join('\n');
+}
+
+/** A group's entry file as written: its path, and the files it runs. */
+export interface SharedEntry {
+  path: string;
+  files: string[];
+}
+
+/** Writes each group's entry file into `dir` (`shared-01.test.mjs` and on), in the groups' order. */
+export function writeSharedEntries(groups: readonly string[][], dir: string, root: string): SharedEntry[] {
+  mkdirSync(dir, { recursive: true });
+  const width = String(groups.length).length;
+  return groups.map((files, i) => {
+    const path = join(dir, `shared-${String(i + 1).padStart(width, '0')}.test.mjs`);
+    writeFileSync(path, sharedEntrySource(files, root));
+    return { path, files: [...files] };
+  });
+}
