@@ -9,11 +9,13 @@
 // keys, a short command), whose time is mostly start-up (tsx's loader and the
 // relay's modules) and waits on timers and sockets, and files with one or two
 // relay processes or edges, the CLI or a client script. Those files share
-// processes, six to one (./suite/shared-processes.ts: a file that measures
+// processes, ten to one (./suite/shared-processes.ts: a file that measures
 // its own process's memory keeps one of its own), three processes at a time:
-// one file a process, that run took 552-678 s and its files 640 s of CPU
-// with the suite 1,000-1,175 s; six to one, 443 s, the suite 830 s of CPU and
-// 505 s (2026-12-07, the same machine, 1,339 tests passing either way). Until
+// one file a process, that run took 552-678 s and its files 640 s of CPU,
+// the suite 1,000-1,175 s of CPU and 545-678 s; six to one, that run 443 s,
+// the suite 830 s of CPU and 505 s; ten to one, 402 s, 800 s and 498 s
+// (2026-12-07, the same machine, all 1,339 tests passing each time). The
+// clusters' lane is then the longer. Until
 // 2026-12-05 the light files ran first, alone, and the others
 // then in a lane of their own beside the clusters': the cores sat idle a
 // quarter of the time (605 s for 906 s of CPU on 2 cores) and the suite came
