@@ -75,14 +75,24 @@ function testFiles(dir: string): string[] {
 /** Everything the runs printed, for the failures repeated at the end. */
 const reports: Buffer[] = [];
 
-/**
- * Runs `files` with node's test runner. Its output goes to ours as it comes,
- * or, with `held`, in one piece when it ends (so two lanes' reports do not mix).
- * `what` says what the files are on the report's first line, `notes` on lines of their own after it.
- */
-function runTests(files: string[], concurrency: number, held = false, what = `${files.length} files`, notes: string[] = []): Promise<number> {
+/** How a run of node's test runner is made and reported. */
+interface RunOptions {
+  /** How many files (processes) at a time. */
+  concurrency: number;
+  /** The runner's `--test-timeout`: each file's, and each test's where nothing closer sets one. */
+  timeoutMs?: number;
+  /** Its output in one piece when it ends, not as it comes (so two lanes' reports do not mix). */
+  held?: boolean;
+  /** What the files are, on the report's first line. */
+  what?: string;
+  /** Lines of their own after that one. */
+  notes?: string[];
+}
+
+/** Runs `files` with node's test runner, its output passed on to ours. */
+function runTests(files: string[], { concurrency, timeoutMs = TEST_TIMEOUT_MS, held = false, what = `${files.length} files`, notes = [] }: RunOptions): Promise<number> {
   if (files.length === 0) return Promise.resolve(0);
-  const args = ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${TEST_TIMEOUT_MS}`, '--test-reporter=tap', ...files];
+  const args = ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, `--test-timeout=${timeoutMs}`, '--test-reporter=tap', ...files];
   const out: Buffer[] = [Buffer.from([`# node ${args.slice(0, 5).join(' ')} (${what})`, ...notes.map((note) => `# ${note}`), ''].join('\n'))];
   if (!held) process.stdout.write(out[0]);
   const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -108,7 +118,7 @@ bundleToRun();
 
 const chosen = process.argv.slice(2);
 if (chosen.length > 0) {
-  process.exitCode = await runTests(chosen, 1);
+  process.exitCode = await runTests(chosen, { concurrency: 1 });
 } else {
   const files = testFiles(join(ROOT, 'test')).sort();
   const source = (file: string) => readFileSync(join(ROOT, file), 'utf8');
@@ -117,17 +127,30 @@ if (chosen.length > 0) {
   // node's test runner orders the files it is given by name: the busy ones go in a run of their own.
   const busy = clusters.filter((file) => KEEPS_CORES_BUSY.test(source(file)));
   const clusterLane = async () => {
-    const calm = await runTests(clusters.filter((file) => !busy.includes(file)), 1);
-    return (await runTests(busy, 1)) || calm;
+    const calm = await runTests(
+      clusters.filter((file) => !busy.includes(file)),
+      { concurrency: 1 },
+    );
+    return (await runTests(busy, { concurrency: 1 })) || calm;
   };
   const othersLane = async () => {
+    // Every file through an entry, those that keep a process of their own too: each file is then bounded by its
+    // suite's TEST_TIMEOUT_MS, and the runner's timeout bounds a whole group.
     const alone = others.filter((file) => needsOwnProcess(source(file)));
+    const groups = [...dealIntoGroups(others.filter((file) => !alone.includes(file)), FILES_PER_PROCESS), ...alone.map((file) => [file])];
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-suite-'));
     try {
-      const shared = writeSharedEntries(dealIntoGroups(others.filter((file) => !alone.includes(file)), FILES_PER_PROCESS), dir, ROOT);
-      const what = `${others.length} files: ${others.length - alone.length} in ${shared.length} shared processes, ${alone.length} alone`;
-      const notes = shared.map((entry) => `${relative(dir, entry.path)}: ${entry.files.join(' ')}`);
-      return await runTests([...shared.map((entry) => entry.path), ...alone], OTHERS_CONCURRENCY, true, what, notes);
+      const entries = writeSharedEntries(groups, dir, ROOT, TEST_TIMEOUT_MS);
+      return await runTests(
+        entries.map((entry) => entry.path),
+        {
+          concurrency: OTHERS_CONCURRENCY,
+          timeoutMs: TEST_TIMEOUT_MS * (FILES_PER_PROCESS + 1),
+          held: true,
+          what: `${others.length} files in ${entries.length} processes, ${alone.length} of them alone`,
+          notes: entries.map((entry) => `${relative(dir, entry.path)}: ${entry.files.join(' ')}`),
+        },
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,8 +1,9 @@
 // npm test runs light test files several to a process (shared-processes.ts):
 // how the files are dealt into groups, and a real run of node's test runner
-// over an entry written for three files (their tests in one process, one
-// after the other, a failure reported at its own file's line, a file that
-// fails to load a failed test of its name, the files after it run).
+// over an entry written for four files (their tests in one process, one
+// after the other, each file a suite of its name with its own timeout, a
+// failure reported at its own file's line, a file that fails to load a
+// failed suite, the file after those run).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -35,7 +36,7 @@ describe('test files sharing a process', () => {
     assert.equal(needsOwnProcess("import { test } from 'node:test';\ntest('x', () => {});"), false);
   });
 
-  test("node's runner runs a shared entry's files in one process, one after the other, and reports a failure at its own file", async (t) => {
+  test("node's runner runs a shared entry's files in one process, one after the other, each bounded and reported as a file of its own", async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'shared-processes-'));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const file = (name: string, body: string) => writeFileSync(join(dir, name), `import { test } from 'node:test';\nimport assert from 'node:assert/strict';\n${body}\n`);
@@ -43,14 +44,22 @@ describe('test files sharing a process', () => {
     const says = (name: string, ms: number) =>
       `test(${JSON.stringify(name)}, async () => { const start = Date.now(); await new Promise((r) => setTimeout(r, ${ms})); console.log(JSON.stringify({ name: ${JSON.stringify(name)}, pid: process.pid, start, end: Date.now() })); });`;
     file('first.test.ts', `${says('first a', 300)}\ntest('first fails', () => { assert.equal(1 + 1, 3); });`);
+    // Over its own file's time (the entry's 1.5 s a file), not one of the others'.
+    file('slow.test.ts', `${says('slow a', 1000)}\ntest('slow outlasts the time of its file', () => new Promise((r) => setTimeout(r, 4000)));`);
     writeFileSync(join(dir, 'broken.test.ts'), "throw new Error('broken while it loads');\n");
-    file('second.test.ts', `${says('second a', 100)}\n${says('second b', 100)}`);
-    const [entry] = writeSharedEntries([['first.test.ts', 'broken.test.ts', 'second.test.ts']], join(dir, 'entries'), dir);
-    assert.deepEqual(entry.files, ['first.test.ts', 'broken.test.ts', 'second.test.ts']);
+    file('second.test.ts', `${says('second a', 600)}\n${says('second b', 600)}`);
+    const names = ['first.test.ts', 'slow.test.ts', 'broken.test.ts', 'second.test.ts'];
+    const [entry] = writeSharedEntries([names], join(dir, 'entries'), dir, 1500);
+    assert.deepEqual(entry.files, names);
 
     // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
+    // The runner's own timeout is the group's: its files take longer than the 1.5 s each has, between them.
     const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=tap', entry.path], { cwd: process.cwd(), env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-timeout=20000', '--test-reporter=tap', entry.path], {
+      cwd: process.cwd(),
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const out: Buffer[] = [];
     child.stdout.on('data', (d: Buffer) => out.push(d));
     const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
@@ -66,19 +75,23 @@ describe('test files sharing a process', () => {
     const ran = [...report.matchAll(/\{"name":.*?\}/g)].map((m) => JSON.parse(m[0]) as { name: string; pid: number; start: number; end: number });
     assert.deepEqual(
       ran.map((r) => r.name),
-      ['first a', 'second a', 'second b'],
+      ['first a', 'slow a', 'second a', 'second b'],
       report,
     );
-    assert.equal(new Set(ran.map((r) => r.pid)).size, 1, 'one process ran both files');
+    assert.equal(new Set(ran.map((r) => r.pid)).size, 1, 'one process ran every file');
     for (let i = 1; i < ran.length; i++) assert.ok(ran[i].start >= ran[i - 1].end, `${ran[i].name} started after ${ran[i - 1].name} ended`);
 
+    // Each file is a suite of its name; a failure is reported at its own file's line.
+    for (const name of names) assert.match(report, new RegExp(`^(not )?ok \\d+ - ${name.replace('.', '\\.')}$`, 'm'), report);
     const failures = failedTests(report);
-    assert.equal(failures.length, 2, report);
+    assert.equal(failures.length, 4, report);
     assert.match(failures[0], /not ok \d+ - first fails/);
     assert.match(failures[0], /first\.test\.ts:\d+:\d+/);
-    assert.match(failures[1], /not ok \d+ - broken\.test\.ts loads/);
-    assert.match(failures[1], /broken while it loads/);
-    assert.match(report, /# pass 3\b/);
-    assert.match(report, /# fail 2\b/);
+    assert.match(failures[1], /not ok \d+ - slow outlasts the time of its file/);
+    assert.match(failures[2], /not ok \d+ - slow\.test\.ts/);
+    assert.match(failures[2], /timed out after 1500ms/);
+    assert.match(failures[3], /not ok \d+ - broken\.test\.ts/);
+    assert.match(failures[3], /broken while it loads/);
+    assert.match(report, /^ok \d+ - second\.test\.ts$/m, 'the file after a timed-out one and a broken one runs and passes');
   });
 });

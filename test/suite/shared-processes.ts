@@ -7,8 +7,8 @@
 // dealt into groups instead, and each group is one entry file importing its
 // files in order: node's runner runs that entry as it runs a test file, in
 // a process of its own, and the tests of its files one after the other, as
-// it runs the tests of one file (each file's own clean-ups, `t.after`, run
-// when its tests end; a file's top-level `after` when the group's do). On
+// it runs the tests of one file, each file's tests in a suite of its own
+// named after it (its report, its timeout, its hooks; sharedEntrySource). On
 // 2026-12-07, with the others' lane's files by how much CPU each took alone:
 // the 76 lightest (under 2.5 s each) took 92 s of CPU one file a process, 45 s
 // six to a process and 35 s thirteen to one; the next 87 (2.5 to 5 s) 285 s
@@ -49,23 +49,22 @@ export function dealIntoGroups(files: readonly string[], perGroup: number): stri
 }
 
 /**
- * One group's entry file: a test file to node's runner, importing the group's files (relative to `root`) in order.
- * A file that fails to load is a failed test named after it, and the group's other files still run (with static
- * imports, none would).
+ * One group's entry file: a test file to node's runner, importing the group's files (relative to `root`) one after
+ * the other, each inside a suite named after it with `perFileTimeoutMs`. That suite stands for the file as node's
+ * runner has it for a file of its own: its tests take its timeout as theirs, and it bounds the file's tests as a
+ * whole (the runner's `--test-timeout` is each file's timeout too, so a group of ten would otherwise have the ten
+ * files' time between them); a file's top-level `before` and `after` hooks are its suite's; a file that fails to
+ * load is that suite failing with its error, and the group's other files still run.
  */
-export function sharedEntrySource(group: readonly string[], root: string): string {
+export function sharedEntrySource(group: readonly string[], root: string, perFileTimeoutMs: number): string {
   const files = group.map((file) => ({ name: file, url: pathToFileURL(join(root, file)).href }));
   return [
     `// Test files sharing one process (test/suite/shared-processes.ts): ${group.join(', ')}`,
-    "import { test } from 'node:test';",
+    "import { describe } from 'node:test';",
     `for (const { name, url } of ${JSON.stringify(files)}) {`,
-    '  try {',
+    `  describe(name, { timeout: ${perFileTimeoutMs} }, async () => {`,
     '    await import(url);',
-    '  } catch (error) {',
-    '    test(`${name} loads`, () => {',
-    '      throw error;',
-    '    });',
-    '  }',
+    '  });',
     '}',
     '',
   ].join('\n');
@@ -78,12 +77,12 @@ export interface SharedEntry {
 }
 
 /** Writes each group's entry file into `dir` (`shared-01.test.mjs` and on), in the groups' order. */
-export function writeSharedEntries(groups: readonly string[][], dir: string, root: string): SharedEntry[] {
+export function writeSharedEntries(groups: readonly string[][], dir: string, root: string, perFileTimeoutMs: number): SharedEntry[] {
   mkdirSync(dir, { recursive: true });
   const width = String(groups.length).length;
   return groups.map((files, i) => {
     const path = join(dir, `shared-${String(i + 1).padStart(width, '0')}.test.mjs`);
-    writeFileSync(path, sharedEntrySource(files, root));
+    writeFileSync(path, sharedEntrySource(files, root, perFileTimeoutMs));
     return { path, files: [...files] };
   });
 }
