@@ -15,8 +15,9 @@
 // the suite 1,000-1,175 s of CPU and 545-678 s; six to one, that run 443 s,
 // the suite 830 s of CPU and 505 s; ten to one, 402 s, 800 s and 498 s
 // (2026-12-07, the same machine, all 1,339 tests passing each time). The
-// clusters' lane is then the longer. Until
-// 2026-12-05 the light files ran first, alone, and the others
+// clusters' lane is then the longer. Each file runs in a suite of its name
+// with the timeout it had as a file of its own; the runner's bounds a group.
+// Until 2026-12-05 the light files ran first, alone, and the others
 // then in a lane of their own beside the clusters': the cores sat idle a
 // quarter of the time (605 s for 906 s of CPU on 2 cores) and the suite came
 // within seconds of its 10 minutes; side by side it took 499-522 s for the
@@ -127,10 +128,7 @@ if (chosen.length > 0) {
   // node's test runner orders the files it is given by name: the busy ones go in a run of their own.
   const busy = clusters.filter((file) => KEEPS_CORES_BUSY.test(source(file)));
   const clusterLane = async () => {
-    const calm = await runTests(
-      clusters.filter((file) => !busy.includes(file)),
-      { concurrency: 1 },
-    );
+    const calm = await runTests(clusters.filter((file) => !busy.includes(file)), { concurrency: 1 });
     return (await runTests(busy, { concurrency: 1 })) || calm;
   };
   const othersLane = async () => {
