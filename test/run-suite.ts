@@ -16,7 +16,9 @@
 // the suite 830 s of CPU and 505 s; ten to one, 402 s, 800 s and 498 s
 // (2026-12-07, the same machine, all 1,339 tests passing each time). The
 // clusters' lane is then the longer. Each file runs in a suite of its name
-// with the timeout it had as a file of its own; the runner's bounds a group.
+// with the timeout it had as a file of its own; the runner's bounds a group,
+// and a process still alive 30 s after its files' tests ended fails, naming
+// what kept it alive (a file of its own would have hit its 120 s).
 // Until 2026-12-05 the light files ran first, alone, and the others
 // then in a lane of their own beside the clusters': the cores sat idle a
 // quarter of the time (605 s for 906 s of CPU on 2 cores) and the suite came
@@ -55,6 +57,11 @@ const STARTS_EDGE = /\bstartEdge\(/g;
 const EDGES_FOR_CLUSTERS = 3;
 /** `serve --workers N` with N of two or more: a primary and its workers, each an edge. */
 const STARTS_WORKERS = /'--workers',\s*'([2-9]|\d\d+)'/;
+/**
+ * How long a shared process may stay alive after its files' tests ended (./suite/shared-processes.ts): long enough
+ * for child processes and sockets to close, far shorter than the group's timeout.
+ */
+const LINGER_MS = 30000;
 /** Files outside the clusters' lane run in this many processes at a time (see the top of this file). */
 const OTHERS_CONCURRENCY = 3;
 
@@ -138,7 +145,7 @@ if (chosen.length > 0) {
     const groups = [...dealIntoGroups(others.filter((file) => !alone.includes(file)), FILES_PER_PROCESS), ...alone.map((file) => [file])];
     const dir = mkdtempSync(join(tmpdir(), 'edge-relay-suite-'));
     try {
-      const entries = writeSharedEntries(groups, dir, ROOT, TEST_TIMEOUT_MS);
+      const entries = writeSharedEntries(groups, dir, ROOT, { perFileTimeoutMs: TEST_TIMEOUT_MS, lingerMs: LINGER_MS });
       return await runTests(
         entries.map((entry) => entry.path),
         {

@@ -9,17 +9,27 @@ import { withTimeout } from './wait.ts';
 
 export class RawListener {
   private readonly queue: unknown[] = [];
-  private waiters: ((m: unknown) => void)[] = [];
+  private waiters: { resolve: (m: unknown) => void; reject: (error: Error) => void }[] = [];
+  /** Set once the control channel has closed: no message can come after those queued. */
+  private ended = false;
   closed: Promise<{ code: number; reason: string }>;
 
   private constructor(readonly ws: WebSocket) {
     ws.on('message', (data, isBinary) => {
       const message = isBinary ? data : JSON.parse(String(data));
       const waiter = this.waiters.shift();
-      if (waiter) waiter(message);
+      if (waiter) waiter.resolve(message);
       else this.queue.push(message);
     });
-    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason) })));
+    this.closed = new Promise((resolve) =>
+      ws.on('close', (code, reason) => {
+        this.ended = true;
+        // A wait for a message that cannot come ends now, not when its time runs out (its timer would keep the
+        // test's process alive that long after the test).
+        for (const waiter of this.waiters.splice(0)) waiter.reject(new Error(`control channel closed (${code}) before a control message came`));
+        resolve({ code, reason: String(reason) });
+      }),
+    );
   }
 
   static async connect(url: string, token: string | undefined, options: WebSocket.ClientOptions = {}): Promise<RawListener> {
@@ -36,10 +46,12 @@ export class RawListener {
     return new RawListener(ws);
   }
 
+  /** The next control message, waited for up to `ms`; refused at once when the control channel has closed and none is queued. */
   next<T = any>(ms = 5000): Promise<T> {
     const queued = this.queue.shift();
     if (queued !== undefined) return Promise.resolve(queued as T);
-    return withTimeout(new Promise<T>((resolve) => this.waiters.push(resolve as (m: unknown) => void)), ms, 'control message');
+    if (this.ended) return Promise.reject(new Error('control channel closed before a control message came'));
+    return withTimeout(new Promise<T>((resolve, reject) => this.waiters.push({ resolve: resolve as (m: unknown) => void, reject })), ms, 'control message');
   }
 
   close(): void {

@@ -3,7 +3,8 @@
 // over an entry written for four files (their tests in one process, one
 // after the other, each file a suite of its name with its own timeout, a
 // failure reported at its own file's line, a file that fails to load a
-// failed suite, the file after those run).
+// failed suite, the file after those run, a process kept alive by a file's
+// timer after its tests ended failed, naming what kept it).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -48,14 +49,19 @@ describe('test files sharing a process', () => {
     file('slow.test.ts', `${says('slow a', 1000)}\ntest('slow outlasts the time of its file', () => new Promise((r) => setTimeout(r, 4000)));`);
     writeFileSync(join(dir, 'broken.test.ts'), "throw new Error('broken while it loads');\n");
     file('second.test.ts', `${says('second a', 600)}\n${says('second b', 600)}`);
+    // In a group of its own: passes, and leaves a timer running for good, so its process ends, failed, 1 s after its tests.
+    file('lingers.test.ts', "test('lingers leaves a timer', () => { setInterval(() => {}, 200); });");
     const names = ['first.test.ts', 'slow.test.ts', 'broken.test.ts', 'second.test.ts'];
-    const [entry] = writeSharedEntries([names], join(dir, 'entries'), dir, 1500);
-    assert.deepEqual(entry.files, names);
+    const entries = writeSharedEntries([names, ['lingers.test.ts']], join(dir, 'entries'), dir, { perFileTimeoutMs: 1500, lingerMs: 1000 });
+    assert.deepEqual(
+      entries.map((entry) => entry.files),
+      [names, ['lingers.test.ts']],
+    );
 
     // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
     // The runner's own timeout is the group's: its files take longer than the 1.5 s each has, between them.
     const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-timeout=20000', '--test-reporter=tap', entry.path], {
+    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=20000', '--test-reporter=tap', ...entries.map((entry) => entry.path)], {
       cwd: process.cwd(),
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -84,7 +90,7 @@ describe('test files sharing a process', () => {
     // Each file is a suite of its name; a failure is reported at its own file's line.
     for (const name of names) assert.match(report, new RegExp(`^(not )?ok \\d+ - ${name.replace('.', '\\.')}$`, 'm'), report);
     const failures = failedTests(report);
-    assert.equal(failures.length, 4, report);
+    assert.equal(failures.length, 5, report);
     assert.match(failures[0], /not ok \d+ - first fails/);
     assert.match(failures[0], /first\.test\.ts:\d+:\d+/);
     assert.match(failures[1], /not ok \d+ - slow outlasts the time of its file/);
@@ -92,6 +98,11 @@ describe('test files sharing a process', () => {
     assert.match(failures[2], /timed out after 1500ms/);
     assert.match(failures[3], /not ok \d+ - broken\.test\.ts/);
     assert.match(failures[3], /broken while it loads/);
+    // The second process, whose tests passed, failed for ending with 1, what it said before it ended in its failure.
+    assert.match(failures[4], /not ok \d+ - .*entries\/shared-2\.test\.mjs/);
+    assert.match(failures[4], /exitCode: 1/);
+    assert.match(failures[4], /still running 1000 ms after the tests of lingers\.test\.ts ended, kept alive by: .*Timeout/);
     assert.match(report, /^ok \d+ - second\.test\.ts$/m, 'the file after a timed-out one and a broken one runs and passes');
+    assert.match(report, /^ok \d+ - lingers\.test\.ts$/m);
   });
 });

@@ -48,6 +48,18 @@ export function dealIntoGroups(files: readonly string[], perGroup: number): stri
   return groups;
 }
 
+/** How an entry bounds its files. */
+export interface EntryLimits {
+  /** Each file's time, as its suite's timeout (and so each of its tests'). */
+  perFileTimeoutMs: number;
+  /**
+   * How long the process may stay alive once its files' tests have all ended: something one of them left open (a
+   * socket, a timer, a child process) keeps it from ending, and would otherwise hold the run until the group's
+   * timeout. The process then ends failed, naming what kept it alive.
+   */
+  lingerMs: number;
+}
+
 /**
  * One group's entry file: a test file to node's runner, importing the group's files (relative to `root`) one after
  * the other, each inside a suite named after it with `perFileTimeoutMs`. That suite stands for the file as node's
@@ -56,16 +68,24 @@ export function dealIntoGroups(files: readonly string[], perGroup: number): stri
  * files' time between them); a file's top-level `before` and `after` hooks are its suite's; a file that fails to
  * load is that suite failing with its error, and the group's other files still run.
  */
-export function sharedEntrySource(group: readonly string[], root: string, perFileTimeoutMs: number): string {
+export function sharedEntrySource(group: readonly string[], root: string, { perFileTimeoutMs, lingerMs }: EntryLimits): string {
   const files = group.map((file) => ({ name: file, url: pathToFileURL(join(root, file)).href }));
   return [
     `// Test files sharing one process (test/suite/shared-processes.ts): ${group.join(', ')}`,
-    "import { describe } from 'node:test';",
+    "import { after, describe } from 'node:test';",
     `for (const { name, url } of ${JSON.stringify(files)}) {`,
     `  describe(name, { timeout: ${perFileTimeoutMs} }, async () => {`,
     '    await import(url);',
     '  });',
     '}',
+    "// Every file's tests have ended: a process still alive this much later has something left open.",
+    'after(() => {',
+    '  setTimeout(() => {',
+    `    const said = ${JSON.stringify(`still running ${lingerMs} ms after the tests of ${group.join(', ')} ended, kept alive by: `)};`,
+    "    process.stderr.write(said + process.getActiveResourcesInfo().join(', ') + '\\n');",
+    '    process.exit(1);',
+    `  }, ${lingerMs}).unref();`,
+    '});',
     '',
   ].join('\n');
 }
@@ -77,12 +97,12 @@ export interface SharedEntry {
 }
 
 /** Writes each group's entry file into `dir` (`shared-01.test.mjs` and on), in the groups' order. */
-export function writeSharedEntries(groups: readonly string[][], dir: string, root: string, perFileTimeoutMs: number): SharedEntry[] {
+export function writeSharedEntries(groups: readonly string[][], dir: string, root: string, limits: EntryLimits): SharedEntry[] {
   mkdirSync(dir, { recursive: true });
   const width = String(groups.length).length;
   return groups.map((files, i) => {
     const path = join(dir, `shared-${String(i + 1).padStart(width, '0')}.test.mjs`);
-    writeFileSync(path, sharedEntrySource(files, root, perFileTimeoutMs));
+    writeFileSync(path, sharedEntrySource(files, root, limits));
     return { path, files: [...files] };
   });
 }
