@@ -2,30 +2,18 @@
 // node's test runner over files written here (one with a failing test in a
 // suite, one that throws while it loads, one that passes).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { exitedWithOutput } from '../helpers/exit.ts';
+import { testRunnerReport } from '../helpers/test-runner-report.ts';
 import { failedTests, failureSummary } from './failure-summary.ts';
 
 async function tapReport(files: Record<string, string>): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'failure-summary-'));
   try {
     for (const [name, source] of Object.entries(files)) writeFileSync(join(dir, name), source);
-    // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
-    const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
-    const child = spawn(process.execPath, ['--test', '--test-reporter=tap', ...Object.keys(files)], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
-    try {
-      await exitedWithOutput(child);
-    } finally {
-      clearTimeout(timer);
-    }
-    return Buffer.concat(out).toString('utf8');
+    return (await testRunnerReport(['--test', '--test-reporter=tap', ...Object.keys(files)], dir)).report;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -6,12 +6,11 @@
 // failed suite, the file after those run, a process kept alive by a file's
 // timer after its tests ended failed, naming what kept it).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { exitedWithOutput } from '../helpers/exit.ts';
+import { testRunnerReport } from '../helpers/test-runner-report.ts';
 import { failedTests } from './failure-summary.ts';
 import { dealIntoGroups, needsOwnProcess, writeSharedEntries } from './shared-processes.ts';
 
@@ -58,24 +57,11 @@ describe('test files sharing a process', () => {
       [names, ['lingers.test.ts']],
     );
 
-    // Without the variable node's test runner sets for the files it runs, which would make this one report to it, not print.
     // The runner's own timeout is the group's: its files take longer than the 1.5 s each has, between them.
-    const { NODE_TEST_CONTEXT: _ignored, ...env } = process.env;
-    const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=20000', '--test-reporter=tap', ...entries.map((entry) => entry.path)], {
-      cwd: process.cwd(),
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const out: Buffer[] = [];
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
-    let code: number | null;
-    try {
-      code = await exitedWithOutput(child);
-    } finally {
-      clearTimeout(timer);
-    }
-    const report = Buffer.concat(out).toString('utf8');
+    const { code, report } = await testRunnerReport(
+      ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-timeout=20000', '--test-reporter=tap', ...entries.map((entry) => entry.path)],
+      process.cwd(),
+    );
     assert.equal(code, 1, report);
 
     const ran = [...report.matchAll(/\{"name":.*?\}/g)].map((m) => JSON.parse(m[0]) as { name: string; pid: number; start: number; end: number });
