@@ -58,6 +58,20 @@ export function clientEndpoint(req: IncomingMessage): ClientEndpoint {
   return forwarded.get(req) ?? connectionPeer(req.socket);
 }
 
+/** An IPv4 address mapped into IPv6, as Node reports an IPv4 peer of a socket listening on `::` (dual stack). */
+const IPV4_MAPPED = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
+
+/**
+ * The sender as a listener is told it (`remoteEndpoint` of an accept or request): an IPv4 client as `a.b.c.d`
+ * whether the relay listens on `0.0.0.0` or on `::` (before, `::ffff:a.b.c.d` on `::`, so a listener's allow
+ * list or log of IPv4 addresses, or .NET's RemoteEndPoint.AddressFamily, depended on how the relay was bound).
+ */
+export function remoteEndpointOf(req: IncomingMessage): ClientEndpoint {
+  const endpoint = clientEndpoint(req);
+  const v4 = IPV4_MAPPED.exec(endpoint.address);
+  return v4 ? { address: v4[1], port: endpoint.port } : endpoint;
+}
+
 export function clientAddress(req: IncomingMessage): string {
   return clientEndpoint(req).address;
 }

@@ -11,7 +11,7 @@ import type { EventEmitter } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { clientEndpoint } from '../http/client-address.ts';
+import { remoteEndpointOf } from '../http/client-address.ts';
 import { closeAfterAnswer } from '../http/connection-close.ts';
 import { dropUnanswered } from '../websocket/close-handshake.ts';
 import type { Logger } from '../telemetry/logger.ts';
@@ -251,7 +251,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         requestTarget: this.requestTarget,
         method: this.req.method,
         requestHeaders: forwardedRequestHeaders(this.req, this.credential, this.ctx.via),
-        remoteEndpoint: clientEndpoint(this.req),
+        remoteEndpoint: remoteEndpointOf(this.req),
         body,
       },
     };

@@ -9,7 +9,7 @@
 import type { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { clientEndpoint } from '../http/client-address.ts';
+import { remoteEndpointOf } from '../http/client-address.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { FrameSplice } from '../websocket/frame-splice.ts';
 import { parseUpgradeRequest, writeSwitchingProtocols, writeUpgradeError } from '../websocket/handshake.ts';
@@ -147,7 +147,7 @@ export function startConnect(
     ...(trackingId !== undefined ? { trackingId } : {}),
     // All of the sender's handshake headers but its credential (and extension offers no server could accept).
     connectHeaders: connectHeadersOf(req, credential),
-    remoteEndpoint: clientEndpoint(req),
+    remoteEndpoint: remoteEndpointOf(req),
   };
   let rerouted = false;
   const deliver = (): void =>
