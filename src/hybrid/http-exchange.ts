@@ -13,6 +13,7 @@ import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { remoteEndpointOf } from '../http/client-address.ts';
 import { closeAfterAnswer } from '../http/connection-close.ts';
+import { sendContinue } from '../http/expect-continue.ts';
 import { dropUnanswered } from '../websocket/close-handshake.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
@@ -211,6 +212,9 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   start(): void {
     this.ctx.open.httpRequests++;
     if (pendingLimitReached(this.ctx, this.entity)) return this.fail('TooManyPending');
+    // Refused before its body is asked for (before: 100 Continue, then 404 NoListener on a relay alone).
+    if (this.route.absent) return this.fail(this.route.absent);
+    sendContinue(this.res);
     this.ctx.rendezvous.add(this);
     this.route.track(this.id, this);
     const lengthHeader = this.req.headers['content-length'];

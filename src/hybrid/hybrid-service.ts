@@ -15,7 +15,6 @@ import type { Bus } from '../bus/bus.ts';
 import type { Subjects } from '../bus/subjects.ts';
 import type { RelayConfig, Right, SenderKind } from '../config/types.ts';
 import { tokenHostsFor, tokenHostsForHost } from '../auth/token-hosts.ts';
-import { sendContinue } from '../http/expect-continue.ts';
 import { keepQueryParams, paramInAnyCase } from '../http/query-params.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
@@ -26,7 +25,7 @@ import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
 import { HybridClusterLink, hybridLinkId } from './cluster-link.ts';
 import { HttpExchange, closeLateLeg } from './http-exchange.ts';
-import { LocalRoute, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
+import { AbsentRoute, LocalRoute, type ListenerRoute, type ListenerRoutes } from './listener-route.ts';
 import { startKeepAlive } from './keepalive.ts';
 import { ListenerRegistry } from './listener-registry.ts';
 import { RelayedRequestError, relayRequest, type RelayedAnswer, type RelayedRequestInit } from './relayed-request.ts';
@@ -371,7 +370,10 @@ export class HybridService {
   /** A listener on this node when one is open (round robin), else whichever node the bus finds. */
   private routeTo(entity: HybridEntity): ListenerRoute {
     const channel = this.listeners.pick(entity.key);
-    return channel ? new LocalRoute(channel) : this.cluster.remoteRoute(entity);
+    if (channel) return new LocalRoute(channel);
+    // Alone on the in-process bus, no other edge can hold one: the answer is known without asking the bus.
+    if (this.config.bus.kind === 'memory') return new AbsentRoute(entity.dynamic ? 'EntityNotFound' : 'NoListener');
+    return this.cluster.remoteRoute(entity);
   }
 
   private rendezvousArrived(
@@ -413,7 +415,6 @@ export class HybridService {
     if (!entity) return this.refuseHttp(req, res, target, log, 'EntityNotFound');
     const refused = this.authorizeSender(req, target.params, entity, target.subPath) ?? kindRefused(entity, 'http');
     if (refused) return this.refuseHttp(req, res, target, log, refused);
-    sendContinue(res);
     new HttpExchange(this.ctx, req, res, entity, this.routes, target.requestTarget, senderCredentialIn(req, target.params, entity), log).start();
   }
 

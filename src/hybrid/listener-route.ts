@@ -44,6 +44,29 @@ export interface ListenerRoute {
   readonly via: string;
   /** The largest notice, body included, the route carries in one message (over the bus: its max_payload). */
   readonly maxMessageBytes: number;
+  /** Set when no listener can take it, known without asking anyone (AbsentRoute): the code to fail with. */
+  readonly absent?: HybridErrorCode;
+}
+
+/**
+ * No listener for the entity anywhere, known on this edge: on the in-process bus no other edge holds listeners, so
+ * an entity with none open here has none (`absent`: NoListener, or EntityNotFound for one made on first use, as the
+ * bus would have answered). A relayed request is refused before its body is asked for (Expect: 100-continue).
+ */
+export class AbsentRoute implements ListenerRoute {
+  readonly isOpen = false;
+  readonly via = 'none';
+  readonly maxMessageBytes = Infinity;
+
+  constructor(readonly absent: HybridErrorCode) {}
+
+  deliver(): Promise<HybridErrorCode | undefined> {
+    return Promise.resolve(this.absent);
+  }
+
+  track(): void {}
+
+  untrack(): void {}
 }
 
 export class LocalRoute implements ListenerRoute {

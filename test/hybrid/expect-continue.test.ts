@@ -2,7 +2,8 @@
 // relay tells the sender to send its body only once it will take it. A sender
 // without a valid token, or naming no entity, is refused at once and never
 // sends the body; an authorized one gets 100 Continue, sends, and the
-// listener (Microsoft's hyco-https) answers as usual.
+// listener (Microsoft's hyco-https) answers as usual. On a relay alone, a
+// request to an entity with no listener is refused at once too.
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
@@ -60,5 +61,15 @@ describe('Expect: 100-continue on relayed requests', () => {
     const lines = await allowed.lines(2);
     assert.match(lines[1], /^HTTP\/1\.1 200 /);
     assert.deepEqual(bodies, ['hello']);
+  });
+
+  it('refuses a request to an entity with no listener without asking for the body, on a relay alone (in-process bus)', async (t) => {
+    const relay = await startTestRelay(t);
+    const url = `${relay.url}/echo/upload`;
+    // Before, 100 Continue and then 404 NoListener: the sender uploaded its body to be refused (found by audit).
+    const none = expectContinue(t, relay.port, '/echo/upload', { ServiceBusAuthorization: tokenFor(url) }, 5);
+    const [first] = await none.lines(1);
+    assert.match(first, /^HTTP\/1\.1 404 /);
+    assert.match(none.text(), /NoListener/);
   });
 });
