@@ -29,6 +29,8 @@ export interface FanoutClients {
   publisher(): Promise<Publisher>;
   /** Stops whatever the clients run besides their sockets (the acknowledgement timer). */
   close?(): void;
+  /** Reliable clients: each acknowledges the highest id it has now, as at a tick of the SDK's timer (bench/fanout-instructions.ts, after close()). */
+  acknowledgeAll?(): void;
 }
 
 export function eventPayload(seq: number): string {
@@ -183,6 +185,9 @@ export function reliableRelayClients(subscriberPort: number, publisherPort: numb
     },
     publisher: () => relayPublisher(publisherPort),
     close: () => clearInterval(timer),
+    acknowledgeAll() {
+      for (const s of states) if (s.updated && !s.ws?.closed) ack(s);
+    },
   };
 }
 

@@ -1,0 +1,201 @@
+// Instructions the relay's main thread executes per fan-out delivery, counted
+// by valgrind's callgrind, for plain and for reliable subscribers (acking as
+// @azure/web-pubsub-client does) in one group on the memory bus. CPU time
+// cannot judge a change to the delivery path on this shared machine (paired
+// rounds of the reliable row at 10,000 read 322k to 507k deliveries/s for one
+// commit); an instruction count moves little between runs. The relay runs
+// under callgrind with counting off; events go out in batches, each batch
+// waited for at every subscriber (no subscriber falls behind, the relay's
+// queues stay short, as under a load it keeps up with): first a warm-up (V8
+// compiles the hot path), then the counted events. The garbage collector's
+// part is shown apart, and so are the acknowledgements the reliable clients
+// sent while counting (each client its highest id every --ack-every events,
+// 200 unless given).
+//
+//   node --import tsx bench/fanout-instructions.ts [--subscribers N] [--events N] [--warmup N] [--batch N] [--ack-every N] [--kinds plain,reliable] [--keep DIR] [--out FILE]
+//
+// `--keep DIR` writes there, for each kind, its callgrind dump
+// (`callgrind.KIND.out`, for `callgrind_annotate`), node's perf map of its
+// JIT-compiled code (`perf.KIND.map`; the relay runs with `--perf-basic-prof`
+// then) and `top.KIND.txt`: the 40 functions that ran the most instructions
+// themselves, JavaScript named from that map.
+//
+// Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { eventPayload, relayClients, reliableRelayClients, type FanoutClients } from './lib/fanout-clients.ts';
+import type { LeanWs } from './lib/lean-ws.ts';
+import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
+import { relayConfigFile } from './lib/systems.ts';
+
+const { values } = parseArgs({
+  options: {
+    subscribers: { type: 'string', default: '1000' },
+    events: { type: 'string', default: '400' },
+    warmup: { type: 'string', default: '1000' },
+    batch: { type: 'string', default: '20' },
+    'ack-every': { type: 'string', default: '200' },
+    kinds: { type: 'string', default: 'plain,reliable' },
+    keep: { type: 'string' },
+    out: { type: 'string' },
+  },
+});
+const subscribers = Number(values.subscribers);
+const events = Number(values.events);
+const warmup = Number(values.warmup);
+const batch = Number(values.batch);
+const ackEvery = Number(values['ack-every']);
+const kinds = values.kinds.split(',');
+for (const [name, n] of Object.entries({ subscribers, events, warmup, batch, 'ack-every': ackEvery })) {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a whole number of at least 1`);
+}
+for (const kind of kinds) if (kind !== 'plain' && kind !== 'reliable') throw new Error(`--kinds: unknown kind ${kind} (plain, reliable)`);
+if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
+  process.stderr.write('fanout-instructions: needs valgrind (apt-get install valgrind)\n');
+  process.exit(2);
+}
+
+/** Reliable rows keep as many unacknowledged messages per session as the fan-out scenario's relays do. */
+const RELIABLE_LIMITS = { sessionBufferMessages: 200000, sessionBufferBytes: 64 * 1024 * 1024 };
+const BATCH_WAIT_MS = 120_000;
+
+interface Counted {
+  kind: string;
+  deliveries: number;
+  instructionsPerDelivery: number;
+  gcPerDelivery: number;
+  withoutGcPerDelivery: number;
+  acksCounted: number;
+}
+
+async function countKind(kind: string): Promise<Counted> {
+  const dir = tempDir();
+  const outBase = join(dir, 'callgrind.out');
+  const config = relayConfigFile(kind === 'reliable' ? { limits: RELIABLE_LIMITS } : {});
+  const relay = await startProcess(
+    'valgrind',
+    ['--tool=callgrind', '--separate-threads=yes', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, process.execPath, ...(values.keep ? ['--perf-basic-prof', `--logfile=${join(dir, 'v8.log')}`] : []), `${ROOT}bin/edge-relay.js`, 'serve', '--config', config],
+    /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+    { timeoutMs: 180_000, env: { ...process.env, GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216' } },
+  );
+  const port = Number(relay.match[1]);
+  const clients: FanoutClients = kind === 'reliable' ? reliableRelayClients(port, port) : relayClients(port, port);
+  // Reliable clients acknowledge every --ack-every events, each its highest id, not on the SDK's one-second timer:
+  // under valgrind's slowness the timer acknowledged every ~25 deliveries (at full speed about every 1,700), and
+  // how many it sent moved the count by 5 % between runs.
+  clients.close?.();
+  const sockets: LeanWs[] = [];
+  let received = 0;
+  let acks = 0;
+  let waiter: { target: number; resolve(): void } | undefined;
+  const onEvent = () => {
+    received++;
+    if (waiter && received >= waiter.target) {
+      waiter.resolve();
+      waiter = undefined;
+    }
+  };
+  let closedWhy: string | undefined;
+  try {
+    for (let i = 0; i < subscribers; i += 50) {
+      sockets.push(...(await Promise.all(Array.from({ length: Math.min(50, subscribers - i) }, () => clients.subscribe(onEvent, (why) => (closedWhy ??= why))))));
+    }
+    for (const ws of sockets) {
+      const send = ws.send.bind(ws);
+      ws.send = (...args: Parameters<LeanWs['send']>) => {
+        acks++;
+        return send(...args);
+      };
+    }
+    const publisher = await clients.publisher();
+    let seq = 0;
+    /** Publishes `count` events in batches, each waited for at every subscriber. */
+    const publish = async (count: number) => {
+      for (let sent = 0; sent < count; sent += batch) {
+        const n = Math.min(batch, count - sent);
+        const target = received + n * subscribers;
+        const arrived = new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`${kind}: ${target - received} deliveries missing after ${BATCH_WAIT_MS} ms${closedWhy ? `; a subscriber was closed: ${closedWhy}` : ''}`)), BATCH_WAIT_MS);
+          waiter = { target, resolve: () => (clearTimeout(timer), resolve()) };
+        });
+        publisher.publish(Array.from({ length: n }, () => eventPayload(seq++)));
+        await arrived;
+        if (Math.floor(seq / ackEvery) !== Math.floor((seq - n) / ackEvery)) clients.acknowledgeAll?.();
+      }
+    };
+    process.stderr.write(`${kind}: warm-up, ${warmup} events to ${subscribers} subscribers under valgrind...\n`);
+    await publish(warmup);
+    const before = received;
+    execFileSync('callgrind_control', ['-i', 'on', String(relay.pid)], { stdio: 'ignore' });
+    acks = 0;
+    await publish(events);
+    execFileSync('callgrind_control', ['-i', 'off', String(relay.pid)], { stdio: 'ignore' });
+    const acksCounted = acks;
+    execFileSync('callgrind_control', ['-d', String(relay.pid)], { stdio: 'ignore' });
+    const deliveries = received - before;
+    publisher.close();
+    /** The dump of the main thread (thread 1): `callgrind.out.1-01`. */
+    const mainThread = readdirSync(dir).find((f) => /^callgrind\.out\.\d+-01$/.test(f));
+    if (!mainThread) throw new Error(`no callgrind dump of the main thread in ${dir}`);
+    const inclusive = execFileSync('callgrind_annotate', ['--inclusive=yes', join(dir, mainThread)], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    const count = (pattern: RegExp) => Number(inclusive.split('\n').find((line) => pattern.test(line))?.trim().split(/\s+/)[0].replace(/,/g, '') ?? 0);
+    const total = count(/PROGRAM TOTALS/);
+    const gc = count(/Heap::CollectGarbage\(/);
+    const per = (n: number) => Math.round(n / deliveries);
+    if (values.keep) keepProfile(values.keep, kind, join(dir, mainThread), relay.pid);
+    return { kind, deliveries, instructionsPerDelivery: per(total), gcPerDelivery: per(gc), withoutGcPerDelivery: per(total - gc), acksCounted };
+  } finally {
+    clients.close?.();
+    for (const ws of sockets) ws.close();
+    await relay.stop();
+  }
+}
+
+/** JIT code ranges from node's `--perf-basic-prof` map (moved to `keepAs`): start, end, name. */
+function perfMap(pid: number, keepAs: string): { start: number; end: number; name: string }[] {
+  const file = `/tmp/perf-${pid}.map`;
+  if (!existsSync(file)) return [];
+  copyFileSync(file, keepAs);
+  const ranges = readFileSync(file, 'utf8').split('\n').flatMap((line) => {
+    const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line);
+    return m ? [{ start: parseInt(m[1], 16), end: parseInt(m[1], 16) + parseInt(m[2], 16), name: m[3] }] : [];
+  });
+  rmSync(file, { force: true });
+  return ranges;
+}
+
+/** Copies the dump to `dir` and writes the top 40 functions by their own instructions, JIT addresses named. */
+function keepProfile(dir: string, kind: string, dump: string, pid: number): void {
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(dump, join(dir, `callgrind.${kind}.out`));
+  const ranges = perfMap(pid, join(dir, `perf.${kind}.map`));
+  const nameOf = (address: number) => {
+    // The last range holding the address: V8 may reuse code space, and a later entry is the code there now.
+    for (let i = ranges.length - 1; i >= 0; i--) if (address >= ranges[i].start && address < ranges[i].end) return ranges[i].name;
+    return undefined;
+  };
+  const self = execFileSync('callgrind_annotate', [dump], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const top = self
+    .split('\n')
+    .filter((line) => /^\s*[\d,]+ \(/.test(line) && !line.includes('PROGRAM TOTALS'))
+    .slice(0, 40)
+    .map((line) => line.replace(/\?\?\?:0x([0-9a-f]+) \[\?\?\?\]/, (all, hex: string) => nameOf(parseInt(hex, 16)) ?? all));
+  writeFileSync(join(dir, `top.${kind}.txt`), `${top.join('\n')}\n`);
+}
+
+const rows: Counted[] = [];
+for (const kind of kinds) rows.push(await countKind(kind));
+process.stdout.write(
+  [
+    `| subscribers | kind | deliveries counted | instructions per delivery (main thread) | of it garbage collection | without it | acknowledgements counted |`,
+    '|---|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${subscribers} | ${r.kind} | ${r.deliveries} | ${r.instructionsPerDelivery.toLocaleString('en')} | ${r.gcPerDelivery.toLocaleString('en')} | ${r.withoutGcPerDelivery.toLocaleString('en')} | ${r.acksCounted} |`),
+    '',
+  ].join('\n'),
+);
+const out = values.out ?? join(ROOT, 'bench/results/fanout-instructions.json');
+mkdirSync(join(out, '..'), { recursive: true });
+writeFileSync(out, `${JSON.stringify({ at: new Date().toISOString(), node: process.version, subscribers, events, warmup, batch, ackEvery, rows }, null, 2)}\n`);
+process.stderr.write(`wrote ${out}\n`);
