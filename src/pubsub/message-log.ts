@@ -112,6 +112,20 @@ export class MessageLog {
     return this.chunkNumbered(number)?.messages[slotOf(index, number)];
   }
 
+  /** One session lets go of the message at `index`, and gets it (undefined when not held): one chunk lookup. */
+  take(index: number): LoggedMessage | undefined {
+    const number = chunkNumber(index);
+    const chunk = this.chunkNumbered(number);
+    if (!chunk) return undefined;
+    const slot = slotOf(index, number);
+    const message = chunk.messages[slot];
+    if (chunk.holders[slot] === 0) return message;
+    if (--chunk.holders[slot] > 0) return message;
+    chunk.messages[slot] = undefined;
+    if (--chunk.held === 0 && chunk !== this.current) this.drop(number);
+    return message;
+  }
+
   /** One session lets go of the message at `index`. */
   release(index: number): void {
     const number = chunkNumber(index);

@@ -293,16 +293,28 @@ export class ReliableSession {
   /** Drops every message with a sequence id up to `sequenceId` (cumulative). */
   acknowledge(sequenceId: number): void {
     const held = this.held;
-    while (held.head < held.tail && this.firstHeldSequenceId <= sequenceId) {
-      const index = held.indices[held.head];
-      const message = messageLog.at(index)!;
-      this.bytes -= message.body.length;
-      this.acknowledgedUpTo = this.firstHeldSequenceId;
-      this.acknowledgedPosition = message.position;
-      this.acknowledgedMid = message.mid;
-      messageLog.release(index);
-      held.head++;
-      this.firstHeldSequenceId++;
+    const head = held.head;
+    // Ids are dense: the run to let go of is found by arithmetic, and the session's fields are written once for it
+    // (per message they were a third of the reliable path's instructions for acknowledgements, callgrind).
+    const end = Math.min(held.tail, head + (sequenceId - this.firstHeldSequenceId + 1));
+    if (end > head) {
+      const indices = held.indices;
+      let bytes = this.bytes;
+      let last: LoggedMessage | undefined;
+      for (let i = head; i < end; i++) {
+        const message = messageLog.take(indices[i]);
+        if (message === undefined) continue;
+        bytes -= message.body.length;
+        last = message;
+      }
+      this.bytes = bytes;
+      this.firstHeldSequenceId += end - head;
+      held.head = end;
+      this.acknowledgedUpTo = this.firstHeldSequenceId - 1;
+      if (last !== undefined) {
+        this.acknowledgedPosition = last.position;
+        this.acknowledgedMid = last.mid;
+      }
     }
     if (held.head === held.tail) held.head = held.tail = 0;
     // Ids acknowledged without being written (a client may acknowledge ahead) are owed to no socket.

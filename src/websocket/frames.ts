@@ -31,7 +31,9 @@ export function writeFrameHeader(out: Buffer, at: number, fin: boolean, opcode: 
   }
   if (length < 65536) {
     out[at + 1] = 126;
-    out.writeUInt16BE(length, at + 2);
+    // Two byte stores, not writeUInt16BE: its checks cost ~75 instructions per reliable delivery (callgrind).
+    out[at + 2] = length >>> 8;
+    out[at + 3] = length & 0xff;
     return 4;
   }
   out[at + 1] = 127;

@@ -99,25 +99,29 @@ function numberedLength(n: number, head: Buffer, tail: Buffer): number {
   return head.length + decimalLength(n) + tail.length;
 }
 
-/** Copies `source` into `out` at `at`; a short one byte by byte (Buffer#copy costs ~30 ns whatever the size). */
+const TYPED_ARRAY_SET = Uint8Array.prototype.set;
+
+/**
+ * Copies `source` into `out` at `at` (which has room for it); a short one byte by byte. A long one with
+ * TypedArray#set: Buffer#copy checks its arguments and makes a view of the source first (~30 ns whatever the size;
+ * ~360 instructions per reliable delivery against ~170, callgrind).
+ */
 function copyInto(source: Buffer, out: Buffer, at: number): number {
   const length = source.length;
-  if (length > 8) return source.copy(out, at);
+  if (length > 8) {
+    // Called through the function itself: `out.set` was looked up the slow way (V8's LoadIC) at every call.
+    TYPED_ARRAY_SET.call(out, source, at);
+    return length;
+  }
   for (let i = 0; i < length; i++) out[at + i] = source[i];
   return length;
 }
 
-/** The queued frames in one buffer: numbered frames get their header and number written in place. */
-function joinOutbox(items: Outbox): Buffer {
-  let size = 0;
-  for (let i = 0; i < items.length; i++) {
-    const item = items[i];
-    if (typeof item === 'number') {
-      const payload = numberedLength(item, items[i + 1] as Buffer, items[i + 2] as Buffer);
-      size += frameHeaderLength(payload) + payload;
-      i += 2;
-    } else size += item.length;
-  }
+/**
+ * The queued frames in one buffer of `size` bytes (what queuing them counted, MessageSocket.outboxBytes: not counted
+ * again here): numbered frames get their header and number written in place.
+ */
+function joinOutbox(items: Outbox, size: number): Buffer {
   const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (let i = 0; i < items.length; i++) {
@@ -136,7 +140,8 @@ function joinOutbox(items: Outbox): Buffer {
     writeDecimal(out, at, digits, item);
     at += copyInto(tail, out, at);
   }
-  return out;
+  // Never what allocUnsafe left in the buffer past the frames, should the count ever be larger than they are.
+  return at === size ? out : out.subarray(0, at);
 }
 
 /**
@@ -150,6 +155,7 @@ function flushDirty(): void {
   let lastFrames: Outbox | undefined;
   let lastJoined: Buffer | undefined;
   for (const socket of sockets) {
+    const size = socket.outboxSize;
     const frames = socket.takeOutbox();
     if (!frames) continue;
     if (frames.length === 1) {
@@ -158,7 +164,7 @@ function flushDirty(): void {
     }
     if (!lastFrames || !sameFrames(lastFrames, frames)) {
       lastFrames = frames;
-      lastJoined = joinOutbox(frames);
+      lastJoined = joinOutbox(frames, size);
     }
     socket.writeQueued(lastJoined!);
   }
@@ -301,6 +307,11 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
     this.outboxBytes += bytes;
   }
 
+  /** Bytes of the queued frames as they will be written (headers and numbers included). */
+  get outboxSize(): number {
+    return this.outboxBytes;
+  }
+
   /** Takes the queued frames (for flushDirty, which writes them with writeQueued). */
   takeOutbox(): Outbox | undefined {
     const frames = this.outbox;
@@ -332,8 +343,9 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
 
   /** Hands the queued frames to the socket now, in one write. */
   flushOutbox(): void {
+    const size = this.outboxBytes;
     const frames = this.takeOutbox();
-    if (frames) this.writeQueued(frames.length === 1 ? (frames[0] as Buffer) : joinOutbox(frames));
+    if (frames) this.writeQueued(frames.length === 1 ? (frames[0] as Buffer) : joinOutbox(frames, size));
   }
 
   sendText(text: string): void {
