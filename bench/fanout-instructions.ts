@@ -22,9 +22,10 @@
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { mainThreadCount } from './lib/callgrind.ts';
 import { eventPayload, relayClients, reliableRelayClients, type FanoutClients } from './lib/fanout-clients.ts';
 import type { LeanWs } from './lib/lean-ws.ts';
 import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
@@ -136,15 +137,9 @@ async function countKind(kind: string): Promise<Counted> {
     execFileSync('callgrind_control', ['-d', String(relay.pid)], { stdio: 'ignore' });
     const deliveries = received - before;
     publisher.close();
-    /** The dump of the main thread (thread 1): `callgrind.out.1-01`. */
-    const mainThread = readdirSync(dir).find((f) => /^callgrind\.out\.\d+-01$/.test(f));
-    if (!mainThread) throw new Error(`no callgrind dump of the main thread in ${dir}`);
-    const inclusive = execFileSync('callgrind_annotate', ['--inclusive=yes', join(dir, mainThread)], { encoding: 'utf8', maxBuffer: 64 << 20 });
-    const count = (pattern: RegExp) => Number(inclusive.split('\n').find((line) => pattern.test(line))?.trim().split(/\s+/)[0].replace(/,/g, '') ?? 0);
-    const total = count(/PROGRAM TOTALS/);
-    const gc = count(/Heap::CollectGarbage\(/);
+    const { dump, total, gc } = mainThreadCount(dir);
     const per = (n: number) => Math.round(n / deliveries);
-    if (values.keep) keepProfile(values.keep, kind, join(dir, mainThread), relay.pid);
+    if (values.keep) keepProfile(values.keep, kind, dump, relay.pid);
     return { kind, deliveries, instructionsPerDelivery: per(total), gcPerDelivery: per(gc), withoutGcPerDelivery: per(total - gc), acksCounted };
   } finally {
     clients.close?.();

@@ -13,9 +13,10 @@
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { mainThreadCount } from './lib/callgrind.ts';
 import { LeanHttpConnection } from './lib/lean-http.ts';
 import { openLeanListener } from './lib/lean-listener.ts';
 import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
@@ -69,13 +70,7 @@ try {
   await relay.stop();
 }
 
-/** The dump of the main thread (thread 1): `callgrind.out.1-01`. */
-const mainThread = readdirSync(dir).find((f) => /^callgrind\.out\.\d+-01$/.test(f));
-if (!mainThread) throw new Error(`no callgrind dump of the main thread in ${dir}`);
-const inclusive = execFileSync('callgrind_annotate', ['--inclusive=yes', join(dir, mainThread)], { encoding: 'utf8', maxBuffer: 64 << 20 });
-const count = (pattern: RegExp) => Number(inclusive.split('\n').find((line) => pattern.test(line))?.trim().split(/\s+/)[0].replace(/,/g, '') ?? 0);
-const total = count(/PROGRAM TOTALS/);
-const gc = count(/Heap::CollectGarbage\(/);
+const { total, gc } = mainThreadCount(dir);
 const perRequest = (n: number) => Math.round(n / requests);
 const result = { requests, warmup, connections, instructionsPerRequest: perRequest(total), gcPerRequest: perRequest(gc), withoutGcPerRequest: perRequest(total - gc) };
 process.stdout.write(
