@@ -22,6 +22,7 @@ export const EDGE_ERRORS = {
   ConfigInvalid: { status: 422, message: 'The configuration on disk does not load; nothing was changed' },
   HeaderFieldsTooLarge: { status: 431, message: 'The request head is larger than the relay accepts' },
   Internal: { status: 500, message: 'Internal error' },
+  MethodNotImplemented: { status: 501, message: 'The relay does not implement this request method' },
   ConnectionLimitReached: { status: 503, message: 'This relay node holds as many connections as limits.connectionsPerNode allows' },
   TooManyTraceViewers: { status: 503, message: 'This relay node serves as many live trace viewers as it allows (10); close one or use another node' },
   HttpConnectionLimitReached: { status: 503, message: 'This relay node holds as many HTTP connections as limits.httpConnectionsPerNode allows' },

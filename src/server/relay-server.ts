@@ -51,11 +51,16 @@ const MAX_HEADER_BYTES = 16384;
 /** Room for the bus envelope of a listener's answer crossing to another edge, beside its head and body. */
 const ANSWER_ENVELOPE_BYTES = 1024;
 
-/** The edge's answer to a request Node could not parse, by Node's error code. */
-function clientErrorCode(code: string | undefined): 'RequestTimeout' | 'HeaderFieldsTooLarge' | 'BadRequest' {
-  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return 'RequestTimeout';
-  if (code === 'HPE_HEADER_OVERFLOW') return 'HeaderFieldsTooLarge';
-  return 'BadRequest';
+/**
+ * The edge's answer to a request Node could not parse, by Node's error code: a method llhttp does not know is 501
+ * (RFC 9110 15.6.2; before, 400 "Malformed request target"), any other parse error 400 with llhttp's reason.
+ */
+function clientErrorAnswer(err: NodeJS.ErrnoException): { code: 'RequestTimeout' | 'HeaderFieldsTooLarge' | 'MethodNotImplemented' | 'BadRequest'; detail?: string } {
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') return { code: 'RequestTimeout' };
+  if (err.code === 'HPE_HEADER_OVERFLOW') return { code: 'HeaderFieldsTooLarge' };
+  if (err.code === 'HPE_INVALID_METHOD') return { code: 'MethodNotImplemented' };
+  const reason = (err as { reason?: unknown }).reason;
+  return { code: 'BadRequest', detail: `Malformed request${typeof reason === 'string' && reason !== '' ? `: ${reason}` : ''}` };
 }
 
 /**
@@ -85,10 +90,10 @@ function boundUnreadBody(req: IncomingMessage, res: ServerResponse, ms: number):
 }
 
 /** Answers on a connection that will not be read any further, and drops it once the answer is out. */
-function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>[1]): void {
+function answerAndClose(socket: Duplex, code: Parameters<typeof failEdgeUpgrade>[1], detail?: string): void {
   socket.on('error', () => socket.destroy());
   // Written, then destroyed (writeUpgradeError).
-  failEdgeUpgrade(socket, code);
+  failEdgeUpgrade(socket, code, detail);
 }
 
 export interface RunningRelay {
@@ -572,14 +577,20 @@ export async function startRelay(config: RelayConfig, log: Logger, options: Star
       socket.destroy();
       return;
     }
-    const code = clientErrorCode(err.code);
+    const { code, detail } = clientErrorAnswer(err);
     if (code === 'RequestTimeout') {
       metrics.limitRefused('headersMs', true);
       refusalLogged('headersMs', { address: connectionPeer(socket as Socket).address });
     }
     const inFlight = (socket as { _httpMessage?: { headersSent: boolean } })._httpMessage;
-    if (socket.writable && !inFlight?.headersSent) answerAndClose(socket, code);
+    if (socket.writable && !inFlight?.headersSent) answerAndClose(socket, code, detail);
     else socket.destroy();
+  });
+
+  // CONNECT (a proxy's tunnel): nothing here is a proxy, and node:http, with no handler, dropped the connection
+  // without an answer. Answered 501 and closed (the connection's bytes after the head are the tunnel's, not HTTP).
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+    answerAndClose(socket, 'MethodNotImplemented', 'CONNECT: the relay is not a proxy');
   });
 
   // POST /$relay/reload: this edge reloads, and (a worker of serve --workers) asks the others to.
