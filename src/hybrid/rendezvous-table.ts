@@ -37,6 +37,8 @@ export interface PendingRendezvous {
 
 /** HTTP requests remembered as abandoned at most (the oldest of the entity remembered most forgotten first): a sender hanging up in a loop grows nothing past it. */
 const MAX_ABANDONED = 10_000;
+/** How long after the oldest abandoned request's end the sweep runs (those ending meanwhile go with it). */
+const SWEEP_SLACK_MS = 1000;
 
 export class RendezvousTable<T extends { readonly id: string; readonly entity: HybridEntity } = PendingRendezvous> {
   /** One entry per request in flight: a TransientMap, not a Map (transient-map.ts says why). */
@@ -91,13 +93,33 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
     return true;
   }
 
-  /** Remembers an HTTP request that ended before its listener answered, for `keepMs`. */
-  abandon(entry: T, keepMs: number): void {
-    const now = Date.now();
+  /** Forgets the abandoned requests whose time is up (oldest first; stops at the first that is not). */
+  private forgetExpired(now: number): void {
     for (const [id, a] of this.abandoned) {
       if (a.until > now) break;
       this.forget(id, a.entityKey);
     }
+  }
+
+  /** A timer for the oldest abandoned request's end (unref'd): an edge gone quiet forgets them too, not only the next abandon(). */
+  private sweepTimer: NodeJS.Timeout | undefined;
+
+  private scheduleSweep(): void {
+    if (this.sweepTimer !== undefined) return;
+    const oldest = this.abandoned.values().next().value;
+    if (oldest === undefined) return;
+    this.sweepTimer = setTimeout(() => {
+      this.sweepTimer = undefined;
+      this.forgetExpired(Date.now());
+      this.scheduleSweep();
+    }, Math.max(0, oldest.until - Date.now()) + SWEEP_SLACK_MS);
+    this.sweepTimer.unref();
+  }
+
+  /** Remembers an HTTP request that ended before its listener answered, for `keepMs`. */
+  abandon(entry: T, keepMs: number): void {
+    const now = Date.now();
+    this.forgetExpired(now);
     if (this.abandoned.size >= MAX_ABANDONED) {
       let most: [string, Set<string>] | undefined;
       for (const held of this.abandonedBy) if (!most || held[1].size > most[1].size) most = held;
@@ -109,6 +131,7 @@ export class RendezvousTable<T extends { readonly id: string; readonly entity: H
     const ids = this.abandonedBy.get(entry.entity.key) ?? new Set<string>();
     ids.add(entry.id);
     this.abandonedBy.set(entry.entity.key, ids);
+    this.scheduleSweep();
   }
 
   /** Whether `id` names a request of `entityKey` abandoned lately; forgotten once asked (one leg per address). */

@@ -30,6 +30,19 @@ describe('abandoned HTTP requests in the rendezvous table', () => {
     assert.equal(table.takeAbandoned('c', 'web'), false, 'past its time');
   });
 
+  it('are forgotten when their time is up on an edge gone quiet, not only at the next abandoned request (found by a memory soak: up to 10,000, ~2 MB, were kept for good)', (t) => {
+    mock.timers.enable({ apis: ['Date', 'setTimeout'], now: 1_000_000 });
+    t.after(() => mock.timers.reset());
+    const table = new RendezvousTable<{ id: string; entity: HybridEntity }>();
+    for (let i = 0; i < 100; i++) table.abandon({ id: `r${i}`, entity: entity('web') }, 60_000);
+    mock.timers.tick(30_000);
+    table.abandon({ id: 'late', entity: entity('web') }, 60_000);
+    mock.timers.tick(31_100);
+    assert.equal(table.abandonedCount, 1, 'the first hundred forgotten with no abandon() after them');
+    mock.timers.tick(30_000);
+    assert.equal(table.abandonedCount, 0);
+  });
+
   it('keeps the last 10,000 at most', () => {
     const table = new RendezvousTable<{ id: string; entity: HybridEntity }>();
     for (let i = 0; i <= 10_000; i++) table.abandon({ id: String(i), entity: entity('web') }, 600_000);
