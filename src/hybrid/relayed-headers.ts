@@ -44,10 +44,13 @@ const REQUEST_HOP_BY_HOP: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((
 /**
  * The request's headers as a listener sees them: no credential, no
  * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
+ * `via` is this relay's entry (`1.1 host`); its protocol is the one the request
+ * came in: `1.0 host` for an HTTP/1.0 sender (before, always 1.1).
  */
 export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
   const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection, REQUEST_HOP_BY_HOP));
-  out.via = out.via ? `${out.via}, ${via}` : via;
+  const entry = req.httpVersion === '1.0' && via.startsWith('1.1 ') ? `1.0 ${via.slice(4)}` : via;
+  out.via = out.via ? `${out.via}, ${entry}` : entry;
   return out;
 }
 

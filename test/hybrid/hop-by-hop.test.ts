@@ -17,6 +17,15 @@ describe('proxy credentials', () => {
   });
 });
 
+describe("the relay's Via entry on a request", () => {
+  it("names the protocol the sender used: 1.0 for an HTTP/1.0 request, after the sender's own entries (found by an audit of relayed HTTP: always 1.1)", () => {
+    const old = { httpVersion: '1.0', headers: { host: 'relay', via: '1.0 corporate-proxy' } } as unknown as IncomingMessage;
+    assert.equal(forwardedRequestHeaders(old, [], '1.1 relay').via, '1.0 corporate-proxy, 1.0 relay');
+    const current = { httpVersion: '1.1', headers: { host: 'relay' } } as unknown as IncomingMessage;
+    assert.equal(forwardedRequestHeaders(current, [], '1.1 relay').via, '1.1 relay');
+  });
+});
+
 describe('headers named in Connection', () => {
   it("stay with the sender's hop: the listener does not see them", () => {
     const req = { headers: { host: 'relay', connection: 'keep-alive, X-Hop', 'x-hop': 'private', 'x-kept': 'kept' } } as unknown as IncomingMessage;
