@@ -61,6 +61,11 @@ export function clientEndpoint(req: IncomingMessage): ClientEndpoint {
 /** An IPv4 address mapped into IPv6, as Node reports an IPv4 peer of a socket listening on `::` (dual stack). */
 const IPV4_MAPPED = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
 
+/** `address` with an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`) written as IPv4 (`a.b.c.d`); any other as it is. */
+export function unmappedIpv4(address: string): string {
+  return IPV4_MAPPED.exec(address)?.[1] ?? address;
+}
+
 /**
  * The sender as a listener is told it (`remoteEndpoint` of an accept or request): an IPv4 client as `a.b.c.d`
  * whether the relay listens on `0.0.0.0` or on `::` (before, `::ffff:a.b.c.d` on `::`, so a listener's allow
@@ -68,8 +73,8 @@ const IPV4_MAPPED = /^::ffff:(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})$/i;
  */
 export function remoteEndpointOf(req: IncomingMessage): ClientEndpoint {
   const endpoint = clientEndpoint(req);
-  const v4 = IPV4_MAPPED.exec(endpoint.address);
-  return v4 ? { address: v4[1], port: endpoint.port } : endpoint;
+  const address = unmappedIpv4(endpoint.address);
+  return address === endpoint.address ? endpoint : { address, port: endpoint.port };
 }
 
 export function clientAddress(req: IncomingMessage): string {

@@ -10,16 +10,11 @@
 // as Azure's clients sign http:// resources for wss:// connections.
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP } from 'node:net';
-import { connectionPeer, mayCarryForwardedHeaders, setForwardedClient } from '../http/client-address.ts';
+import { connectionPeer, mayCarryForwardedHeaders, setForwardedClient, unmappedIpv4 } from '../http/client-address.ts';
 import { isHostAuthority } from '../http/host-header.ts';
 
 /** Addresses read from one X-Forwarded-For (a longer chain is cut from the left: the right end is what trusted proxies wrote). */
 const MAX_HOPS = 32;
-
-/** An IPv4 address as Node reports it on a dual-stack socket (::ffff:10.0.0.1) compared as IPv4. */
-function plain(address: string): string {
-  return /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(address) ? address.slice(7) : address;
-}
 
 /**
  * A forwarded address without the port some balancers add (Azure Application Gateway writes
@@ -29,7 +24,7 @@ function addressOf(hop: string): string {
   const v4 = /^(\d+\.\d+\.\d+\.\d+):\d{1,5}$/.exec(hop);
   if (v4) return v4[1];
   const v6 = /^\[([0-9a-f:.]+)\](?::\d{1,5})?$/i.exec(hop);
-  return plain(v6 ? v6[1] : hop);
+  return unmappedIpv4(v6 ? v6[1] : hop);
 }
 
 /** The right-most value of a list header: what the trusted proxy in front wrote (a client can write the ones to its left). */
@@ -64,7 +59,7 @@ export class ProxyTrust {
 
   trusts(address: string | undefined): boolean {
     if (!this.proxies || !address) return false;
-    const a = plain(address);
+    const a = unmappedIpv4(address);
     const family = isIP(a);
     return family !== 0 && this.proxies.check(a, family === 6 ? 'ipv6' : 'ipv4');
   }
