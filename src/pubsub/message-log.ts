@@ -128,15 +128,9 @@ export class MessageLog {
 
   /** One session lets go of the message at `index`. */
   release(index: number): void {
-    const number = chunkNumber(index);
-    const chunk = this.chunkNumbered(number);
-    if (!chunk) return;
-    const slot = slotOf(index, number);
-    if (chunk.holders[slot] === 0) return;
-    if (--chunk.holders[slot] > 0) return;
-    chunk.messages[slot] = undefined;
-    if (--chunk.held === 0 && chunk !== this.current) this.drop(number);
+    this.take(index);
   }
+
 
   private chunkNumbered(number: number): Chunk | undefined {
     if (number === this.currentNumber) return this.current;
