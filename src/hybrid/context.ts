@@ -57,8 +57,8 @@ export interface HybridContext {
   traffic: EntityTraffic;
   /** A new rendezvous id (naming this worker process: rendezvous-table.ts). */
   newRendezvousId(): string;
-  /** What this relay adds to `Via` on relayed HTTP requests and listeners' responses: `1.1 {publicUrl's host name}`. */
-  via: string;
+  /** The name this relay gives itself in `Via` on relayed HTTP requests and listeners' responses: publicUrl's host name. */
+  viaName: string;
 }
 
 /** True (and counted) when an entity has as many connects and requests waiting as limits.pendingPerEntity allows. */

@@ -254,7 +254,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
         id: this.id,
         requestTarget: this.requestTarget,
         method: this.req.method,
-        requestHeaders: forwardedRequestHeaders(this.req, this.credential, this.ctx.via),
+        requestHeaders: forwardedRequestHeaders(this.req, this.credential, this.ctx.viaName),
         remoteEndpoint: remoteEndpointOf(this.req),
         body,
       },
@@ -581,7 +581,7 @@ export class HttpExchange implements ChannelExchange, FrameHandler, PendingRende
   /** Checks the listener's response head and keeps it for writeHead. */
   private acceptHead(response: ListenerResponse): boolean {
     const status = response.statusCode;
-    const headers = responseHeadersForSender(response.responseHeaders, this.ctx.via);
+    const headers = responseHeadersForSender(response.responseHeaders, this.ctx.viaName);
     if (status < 200 || status > 599 || !headers) {
       this.fail('BadListenerResponse');
       return false;

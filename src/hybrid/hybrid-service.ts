@@ -149,7 +149,7 @@ export class HybridService {
       open: { splices: new Map(), httpRequests: 0 },
       traffic: this.traffic,
       newRendezvousId: () => newRendezvousId(worker),
-      via: `1.1 ${new URL(rendezvousBase).hostname}`,
+      viaName: new URL(rendezvousBase).hostname,
     };
     this.wss = new WebSocketServer({
       noServer: true,

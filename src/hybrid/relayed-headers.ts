@@ -43,13 +43,12 @@ const REQUEST_HOP_BY_HOP: ReadonlySet<string> = new Set([...HOP_BY_HOP].filter((
 
 /**
  * The request's headers as a listener sees them: no credential, no
- * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself.
- * `via` is this relay's entry (`1.1 host`); its protocol is the one the request
- * came in: `1.0 host` for an HTTP/1.0 sender (before, always 1.1).
+ * hop-by-hop, and this relay added to `Via` (RFC 9110 7.6.3), as Azure adds itself:
+ * `{the protocol version the request came in} {viaName}` (before, always 1.1).
  */
-export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, via: string): Record<string, string> {
+export function forwardedRequestHeaders(req: IncomingMessage, credential: CredentialHeaders, viaName: string): Record<string, string> {
   const out = senderHeaders(req, credential, withConnectionOptions(req.headers.connection, REQUEST_HOP_BY_HOP));
-  const entry = req.httpVersion === '1.0' && via.startsWith('1.1 ') ? `1.0 ${via.slice(4)}` : via;
+  const entry = `${req.httpVersion} ${viaName}`;
   out.via = out.via ? `${out.via}, ${entry}` : entry;
   return out;
 }
@@ -58,12 +57,12 @@ export function forwardedRequestHeaders(req: IncomingMessage, credential: Creden
  * A listener's response headers made safe for the sender, or undefined when
  * unusable. The relay frames the body itself (response-body.ts): at most one
  * Content-Length passes, whatever its spelling, and only as one number.
- * With `via`, this relay is added to the `Via` header: Azure's sign that the
+ * With `viaName`, this relay is added to the `Via` header (`1.1 {viaName}`): Azure's sign that the
  * answer came from the listener, not from the relay.
  */
 export function responseHeadersForSender(
   headers: ListenerResponse['responseHeaders'],
-  via?: string,
+  viaName?: string,
 ): Record<string, string | string[]> | undefined {
   const out: Record<string, string | string[]> = {};
   const lengths: string[] = [];
@@ -78,7 +77,7 @@ export function responseHeadersForSender(
     const values = Array.isArray(value) ? value.map(String) : [String(value)];
     if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
     if (lower === 'content-length') lengths.push(...values);
-    else if (via !== undefined && lower === 'via') vias.push(...values);
+    else if (viaName !== undefined && lower === 'via') vias.push(...values);
     else setHeader(out, name, Array.isArray(value) ? values : values[0]);
   }
   if (lengths.length > 0) {
@@ -86,7 +85,7 @@ export function responseHeadersForSender(
     if (length === undefined) return undefined;
     out['content-length'] = String(length);
   }
-  if (via !== undefined) out.via = [...vias, via].join(', ');
+  if (viaName !== undefined) out.via = [...vias, `1.1 ${viaName}`].join(', ');
   return out;
 }
 

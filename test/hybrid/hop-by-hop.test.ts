@@ -9,8 +9,8 @@ import { confinedToEntity } from '../../src/hybrid/shared-origin.ts';
 
 describe('proxy credentials', () => {
   it("concern the next hop only: a sender's Proxy-Authorization does not reach the listener, a listener's Proxy-Authenticate not the sender", () => {
-    const req = { headers: { host: 'relay', 'proxy-authorization': 'Basic cHJveHk6cHc=', 'x-kept': 'kept' } } as unknown as IncomingMessage;
-    const out = forwardedRequestHeaders(req, [], '1.1 relay');
+    const req = { httpVersion: '1.1', headers: { host: 'relay', 'proxy-authorization': 'Basic cHJveHk6cHc=', 'x-kept': 'kept' } } as unknown as IncomingMessage;
+    const out = forwardedRequestHeaders(req, [], 'relay');
     assert.equal(out['proxy-authorization'], undefined);
     assert.equal(out['x-kept'], 'kept');
     assert.deepEqual(responseHeadersForSender({ 'Proxy-Authenticate': 'Basic realm="corp"', 'X-Public': 'p' }), { 'X-Public': 'p' });
@@ -20,16 +20,16 @@ describe('proxy credentials', () => {
 describe("the relay's Via entry on a request", () => {
   it("names the protocol the sender used: 1.0 for an HTTP/1.0 request, after the sender's own entries (found by an audit of relayed HTTP: always 1.1)", () => {
     const old = { httpVersion: '1.0', headers: { host: 'relay', via: '1.0 corporate-proxy' } } as unknown as IncomingMessage;
-    assert.equal(forwardedRequestHeaders(old, [], '1.1 relay').via, '1.0 corporate-proxy, 1.0 relay');
+    assert.equal(forwardedRequestHeaders(old, [], 'relay').via, '1.0 corporate-proxy, 1.0 relay');
     const current = { httpVersion: '1.1', headers: { host: 'relay' } } as unknown as IncomingMessage;
-    assert.equal(forwardedRequestHeaders(current, [], '1.1 relay').via, '1.1 relay');
+    assert.equal(forwardedRequestHeaders(current, [], 'relay').via, '1.1 relay');
   });
 });
 
 describe('headers named in Connection', () => {
   it("stay with the sender's hop: the listener does not see them", () => {
-    const req = { headers: { host: 'relay', connection: 'keep-alive, X-Hop', 'x-hop': 'private', 'x-kept': 'kept' } } as unknown as IncomingMessage;
-    const out = forwardedRequestHeaders(req, [], '1.1 relay');
+    const req = { httpVersion: '1.1', headers: { host: 'relay', connection: 'keep-alive, X-Hop', 'x-hop': 'private', 'x-kept': 'kept' } } as unknown as IncomingMessage;
+    const out = forwardedRequestHeaders(req, [], 'relay');
     assert.equal(out['x-hop'], undefined);
     assert.equal(out.connection, undefined);
     assert.deepEqual([out['x-kept'], out.host], ['kept', 'relay']);
