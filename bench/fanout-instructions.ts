@@ -25,10 +25,10 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { mainThreadCount } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, mainThreadCount, startRelayUnderCallgrind } from './lib/callgrind.ts';
 import { eventPayload, relayClients, reliableRelayClients, type FanoutClients } from './lib/fanout-clients.ts';
 import type { LeanWs } from './lib/lean-ws.ts';
-import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
+import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
 import { relayConfigFile } from './lib/systems.ts';
 
 const { values } = parseArgs({
@@ -73,15 +73,9 @@ interface Counted {
 
 async function countKind(kind: string): Promise<Counted> {
   const dir = tempDir();
-  const outBase = join(dir, 'callgrind.out');
   const config = relayConfigFile(kind === 'reliable' ? { limits: RELIABLE_LIMITS } : {});
-  const relay = await startProcess(
-    'valgrind',
-    ['--tool=callgrind', '--separate-threads=yes', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, process.execPath, ...(values.keep ? ['--perf-basic-prof', `--logfile=${join(dir, 'v8.log')}`] : []), `${ROOT}bin/edge-relay.js`, 'serve', '--config', config],
-    /listening on http:\/\/127\.0\.0\.1:(\d+)/,
-    { timeoutMs: 180_000, env: { ...process.env, GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216' } },
-  );
-  const port = Number(relay.match[1]);
+  const relay = await startRelayUnderCallgrind(dir, config, values.keep ? ['--perf-basic-prof', `--logfile=${join(dir, 'v8.log')}`] : []);
+  const port = relay.port;
   const clients: FanoutClients = kind === 'reliable' ? reliableRelayClients(port, port) : relayClients(port, port);
   // Reliable clients acknowledge every --ack-every events, each its highest id, not on the SDK's one-second timer:
   // under valgrind's slowness the timer acknowledged every ~25 deliveries (at full speed about every 1,700), and
@@ -129,12 +123,12 @@ async function countKind(kind: string): Promise<Counted> {
     process.stderr.write(`${kind}: warm-up, ${warmup} events to ${subscribers} subscribers under valgrind...\n`);
     await publish(warmup);
     const before = received;
-    execFileSync('callgrind_control', ['-i', 'on', String(relay.pid)], { stdio: 'ignore' });
+    countInstructions(relay.pid, true);
     acks = 0;
     await publish(events);
-    execFileSync('callgrind_control', ['-i', 'off', String(relay.pid)], { stdio: 'ignore' });
+    countInstructions(relay.pid, false);
     const acksCounted = acks;
-    execFileSync('callgrind_control', ['-d', String(relay.pid)], { stdio: 'ignore' });
+    dumpCounts(relay.pid);
     const deliveries = received - before;
     publisher.close();
     const { dump, total, gc } = mainThreadCount(dir);

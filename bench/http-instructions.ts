@@ -12,14 +12,13 @@
 //   node --import tsx bench/http-instructions.ts [--requests N] [--warmup N] [--out FILE]
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { mainThreadCount } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, mainThreadCount, startRelayUnderCallgrind } from './lib/callgrind.ts';
 import { LeanHttpConnection } from './lib/lean-http.ts';
 import { openLeanListener } from './lib/lean-listener.ts';
-import { ROOT, hasCommand, startProcess, tempDir } from './lib/processes.ts';
+import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
 import { ENTITY, relayConfigFile } from './lib/systems.ts';
 
 const { values } = parseArgs({
@@ -39,16 +38,10 @@ if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
 }
 
 const dir = tempDir();
-const outBase = join(dir, 'callgrind.out');
-const relay = await startProcess(
-  'valgrind',
-  ['--tool=callgrind', '--separate-threads=yes', '--instr-atstart=no', `--callgrind-out-file=${outBase}`, process.execPath, `${ROOT}bin/edge-relay.js`, 'serve', '--config', relayConfigFile()],
-  /listening on http:\/\/127\.0\.0\.1:(\d+)/,
-  { timeoutMs: 180_000, env: { ...process.env, GLIBC_TUNABLES: 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216' } },
-);
+const relay = await startRelayUnderCallgrind(dir, relayConfigFile());
 let listener: Awaited<ReturnType<typeof openLeanListener>> | undefined;
 try {
-  const port = Number(relay.match[1]);
+  const port = relay.port;
   listener = await openLeanListener({ port, httpBody: Buffer.from('ok') });
   const clients = await Promise.all(Array.from({ length: connections }, () => LeanHttpConnection.open(port, `/${ENTITY}/hello`)));
   /** `count` requests over every connection, each with one in flight. */
@@ -60,10 +53,10 @@ try {
   };
   process.stderr.write(`warm-up: ${warmup} requests under valgrind...\n`);
   await send(warmup);
-  execFileSync('callgrind_control', ['-i', 'on', String(relay.pid)], { stdio: 'ignore' });
+  countInstructions(relay.pid, true);
   await send(requests);
-  execFileSync('callgrind_control', ['-i', 'off', String(relay.pid)], { stdio: 'ignore' });
-  execFileSync('callgrind_control', ['-d', String(relay.pid)], { stdio: 'ignore' });
+  countInstructions(relay.pid, false);
+  dumpCounts(relay.pid);
   for (const c of clients) c.close();
 } finally {
   listener?.close();
