@@ -21,11 +21,10 @@
 // themselves, JavaScript named from that map.
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { countInstructions, dumpCounts, mainThreadCount, startRelayUnderCallgrind } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, startRelayUnderCallgrind } from './lib/callgrind.ts';
 import { eventPayload, relayClients, reliableRelayClients, type FanoutClients } from './lib/fanout-clients.ts';
 import type { LeanWs } from './lib/lean-ws.ts';
 import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
@@ -74,7 +73,7 @@ interface Counted {
 async function countKind(kind: string): Promise<Counted> {
   const dir = tempDir();
   const config = relayConfigFile(kind === 'reliable' ? { limits: RELIABLE_LIMITS } : {});
-  const relay = await startRelayUnderCallgrind(dir, config, values.keep ? ['--perf-basic-prof', `--logfile=${join(dir, 'v8.log')}`] : []);
+  const relay = await startRelayUnderCallgrind(dir, config, values.keep ? profilingFlags(dir) : []);
   const port = relay.port;
   const clients: FanoutClients = kind === 'reliable' ? reliableRelayClients(port, port) : relayClients(port, port);
   // Reliable clients acknowledge every --ack-every events, each its highest id, not on the SDK's one-second timer:
@@ -140,38 +139,6 @@ async function countKind(kind: string): Promise<Counted> {
     for (const ws of sockets) ws.close();
     await relay.stop();
   }
-}
-
-/** JIT code ranges from node's `--perf-basic-prof` map (moved to `keepAs`): start, end, name. */
-function perfMap(pid: number, keepAs: string): { start: number; end: number; name: string }[] {
-  const file = `/tmp/perf-${pid}.map`;
-  if (!existsSync(file)) return [];
-  copyFileSync(file, keepAs);
-  const ranges = readFileSync(file, 'utf8').split('\n').flatMap((line) => {
-    const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line);
-    return m ? [{ start: parseInt(m[1], 16), end: parseInt(m[1], 16) + parseInt(m[2], 16), name: m[3] }] : [];
-  });
-  rmSync(file, { force: true });
-  return ranges;
-}
-
-/** Copies the dump to `dir` and writes the top 40 functions by their own instructions, JIT addresses named. */
-function keepProfile(dir: string, kind: string, dump: string, pid: number): void {
-  mkdirSync(dir, { recursive: true });
-  copyFileSync(dump, join(dir, `callgrind.${kind}.out`));
-  const ranges = perfMap(pid, join(dir, `perf.${kind}.map`));
-  const nameOf = (address: number) => {
-    // The last range holding the address: V8 may reuse code space, and a later entry is the code there now.
-    for (let i = ranges.length - 1; i >= 0; i--) if (address >= ranges[i].start && address < ranges[i].end) return ranges[i].name;
-    return undefined;
-  };
-  const self = execFileSync('callgrind_annotate', [dump], { encoding: 'utf8', maxBuffer: 64 << 20 });
-  const top = self
-    .split('\n')
-    .filter((line) => /^\s*[\d,]+ \(/.test(line) && !line.includes('PROGRAM TOTALS'))
-    .slice(0, 40)
-    .map((line) => line.replace(/\?\?\?:0x([0-9a-f]+) \[\?\?\?\]/, (all, hex: string) => nameOf(parseInt(hex, 16)) ?? all));
-  writeFileSync(join(dir, `top.${kind}.txt`), `${top.join('\n')}\n`);
 }
 
 const rows: Counted[] = [];

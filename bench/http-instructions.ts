@@ -9,13 +9,18 @@
 // shown apart: where its runs fall in the window moves the total more than
 // anything else.
 //
-//   node --import tsx bench/http-instructions.ts [--requests N] [--warmup N] [--out FILE]
+//   node --import tsx bench/http-instructions.ts [--requests N] [--warmup N] [--connections N] [--keep DIR] [--out FILE]
+//
+// `--keep DIR` writes there the callgrind dump (`callgrind.http.out`), node's
+// perf map of the relay's JIT-compiled code (`perf.http.map`; the relay runs
+// with `--perf-basic-prof` then) and `top.http.txt`: the 40 functions that ran
+// the most instructions themselves, JavaScript named from that map.
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { countInstructions, dumpCounts, mainThreadCount, startRelayUnderCallgrind } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, startRelayUnderCallgrind } from './lib/callgrind.ts';
 import { LeanHttpConnection } from './lib/lean-http.ts';
 import { openLeanListener } from './lib/lean-listener.ts';
 import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
@@ -26,6 +31,7 @@ const { values } = parseArgs({
     requests: { type: 'string', default: '10000' },
     warmup: { type: 'string', default: '40000' },
     connections: { type: 'string', default: '16' },
+    keep: { type: 'string' },
     out: { type: 'string' },
   },
 });
@@ -38,7 +44,7 @@ if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
 }
 
 const dir = tempDir();
-const relay = await startRelayUnderCallgrind(dir, relayConfigFile());
+const relay = await startRelayUnderCallgrind(dir, relayConfigFile(), values.keep ? profilingFlags(dir) : []);
 let listener: Awaited<ReturnType<typeof openLeanListener>> | undefined;
 try {
   const port = relay.port;
@@ -63,7 +69,8 @@ try {
   await relay.stop();
 }
 
-const { total, gc } = mainThreadCount(dir);
+const { dump, total, gc } = mainThreadCount(dir);
+if (values.keep) keepProfile(values.keep, 'http', dump, relay.pid);
 const perRequest = (n: number) => Math.round(n / requests);
 const result = { requests, warmup, connections, instructionsPerRequest: perRequest(total), gcPerRequest: perRequest(gc), withoutGcPerRequest: perRequest(total - gc) };
 process.stdout.write(

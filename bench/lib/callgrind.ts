@@ -3,7 +3,7 @@
 // counting switched on and off around the measured work, and the main
 // thread's dump read for its instruction totals.
 import { execFileSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, startProcess, type Started } from './processes.ts';
 
@@ -52,4 +52,41 @@ export function mainThreadCount(dir: string): MainThreadCount {
   const inclusive = execFileSync('callgrind_annotate', ['--inclusive=yes', dump], { encoding: 'utf8', maxBuffer: 64 << 20 });
   const count = (pattern: RegExp) => Number(inclusive.split('\n').find((line) => pattern.test(line))?.trim().split(/\s+/)[0].replace(/,/g, '') ?? 0);
   return { dump, total: count(/PROGRAM TOTALS/), gc: count(/Heap::CollectGarbage\(/) };
+}
+
+/** Node flags for a relay whose profile is kept: a perf map of its JIT code (`/tmp/perf-PID.map`), V8's log in `dir`. */
+export function profilingFlags(dir: string): string[] {
+  return ['--perf-basic-prof', `--logfile=${join(dir, 'v8.log')}`];
+}
+
+/** JIT code ranges from node's `--perf-basic-prof` map (moved to `keepAs`): start, end, name. */
+function perfMap(pid: number, keepAs: string): { start: number; end: number; name: string }[] {
+  const file = `/tmp/perf-${pid}.map`;
+  if (!existsSync(file)) return [];
+  copyFileSync(file, keepAs);
+  const ranges = readFileSync(file, 'utf8').split('\n').flatMap((line) => {
+    const m = /^([0-9a-f]+) ([0-9a-f]+) (.*)$/.exec(line);
+    return m ? [{ start: parseInt(m[1], 16), end: parseInt(m[1], 16) + parseInt(m[2], 16), name: m[3] }] : [];
+  });
+  rmSync(file, { force: true });
+  return ranges;
+}
+
+/** Copies the dump to `dir` and writes the top 40 functions by their own instructions, JIT addresses named. */
+export function keepProfile(dir: string, kind: string, dump: string, pid: number): void {
+  mkdirSync(dir, { recursive: true });
+  copyFileSync(dump, join(dir, `callgrind.${kind}.out`));
+  const ranges = perfMap(pid, join(dir, `perf.${kind}.map`));
+  const nameOf = (address: number) => {
+    // The last range holding the address: V8 may reuse code space, and a later entry is the code there now.
+    for (let i = ranges.length - 1; i >= 0; i--) if (address >= ranges[i].start && address < ranges[i].end) return ranges[i].name;
+    return undefined;
+  };
+  const self = execFileSync('callgrind_annotate', [dump], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const top = self
+    .split('\n')
+    .filter((line) => /^\s*[\d,]+ \(/.test(line) && !line.includes('PROGRAM TOTALS'))
+    .slice(0, 40)
+    .map((line) => line.replace(/\?\?\?:0x([0-9a-f]+) \[\?\?\?\]/, (all, hex: string) => nameOf(parseInt(hex, 16)) ?? all));
+  writeFileSync(join(dir, `top.${kind}.txt`), `${top.join('\n')}\n`);
 }
