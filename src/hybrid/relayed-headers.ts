@@ -65,27 +65,58 @@ export function responseHeadersForSender(
   viaName?: string,
 ): Record<string, string | string[]> | undefined {
   const out: Record<string, string | string[]> = {};
-  const lengths: string[] = [];
-  const vias: string[] = [];
-  const connection = Object.entries(headers ?? {}).filter(([name]) => name.toLowerCase() === 'connection').flatMap(([, v]) => (Array.isArray(v) ? v : [v]).map(String));
-  const hopByHop = withConnectionOptions(connection.length > 0 ? connection : undefined);
-  for (const [name, value] of Object.entries(headers ?? {})) {
+  if (!headers) {
+    if (viaName !== undefined) out.via = `1.1 ${viaName}`;
+    return out;
+  }
+  // One list of names read twice (a Connection header may come after what it names), no array or closure per header:
+  // this runs for every relayed answer (bench/http-instructions.ts).
+  const names = Object.keys(headers);
+  const hopByHop = withConnectionOptions(connectionValues(headers, names));
+  let lengths: string[] | undefined;
+  let vias: string[] | undefined;
+  for (const name of names) {
     if (!HEADER_NAME.test(name)) return undefined;
     const lower = name.toLowerCase();
     if (hopByHop.has(lower)) continue;
+    const value = headers[name];
     // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
-    const values = Array.isArray(value) ? value.map(String) : [String(value)];
-    if (values.some((v) => /[\r\n\0]/.test(v))) return undefined;
-    if (lower === 'content-length') lengths.push(...values);
-    else if (viaName !== undefined && lower === 'via') vias.push(...values);
-    else setHeader(out, name, Array.isArray(value) ? values : values[0]);
+    let text: string | string[];
+    if (Array.isArray(value)) {
+      text = value.map(String);
+      for (const v of text) if (UNSAFE_VALUE.test(v)) return undefined;
+    } else {
+      text = String(value);
+      if (UNSAFE_VALUE.test(text)) return undefined;
+    }
+    if (lower === 'content-length') (lengths ??= []).push(...asList(text));
+    else if (viaName !== undefined && lower === 'via') (vias ??= []).push(...asList(text));
+    else setHeader(out, name, text);
   }
-  if (lengths.length > 0) {
+  if (lengths) {
     const length = contentLengthOf(lengths);
     if (length === undefined) return undefined;
     out['content-length'] = String(length);
   }
-  if (viaName !== undefined) out.via = [...vias, `1.1 ${viaName}`].join(', ');
+  if (viaName !== undefined) out.via = vias ? `${vias.join(', ')}, 1.1 ${viaName}` : `1.1 ${viaName}`;
+  return out;
+}
+
+/** A character no header value may carry: it would end the line, or the head, on the sender's side. */
+const UNSAFE_VALUE = /[\r\n\0]/;
+
+function asList(text: string | string[]): string[] {
+  return Array.isArray(text) ? text : [text];
+}
+
+/** The values of the listener's `Connection` header, in any spelling, as text; undefined without one. */
+function connectionValues(headers: NonNullable<ListenerResponse['responseHeaders']>, names: string[]): string[] | undefined {
+  let out: string[] | undefined;
+  for (const name of names) {
+    if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
+    const value = headers[name];
+    (out ??= []).push(...(Array.isArray(value) ? value.map(String) : [String(value)]));
+  }
   return out;
 }
 

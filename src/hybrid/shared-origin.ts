@@ -24,8 +24,12 @@
 import type { IncomingMessage } from 'node:http';
 import { setHeader } from './relayed-headers.ts';
 
-/** The listener's response headers, as a browser on the relay's origin may safely be given them. */
+/**
+ * The listener's response headers, as a browser on the relay's origin may safely be given them: `headers` itself
+ * when nothing in it or in the request concerns the origin (most answers: no copy), else a copy made safe.
+ */
 export function confinedToEntity(headers: Record<string, string | string[]>, req: Pick<IncomingMessage, 'url' | 'headers'>): Record<string, string | string[]> {
+  if (req.headers['service-worker'] !== 'script' && !Object.keys(headers).some(concernsTheOrigin)) return headers;
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     const lower = name.toLowerCase();
@@ -40,6 +44,14 @@ export function confinedToEntity(headers: Record<string, string | string[]>, req
   }
   if (req.headers['service-worker'] === 'script') out['service-worker-allowed'] = entityScope(req.url ?? '/');
   return out;
+}
+
+/** Whether a header of this name is dropped or rewritten by confinedToEntity (the lengths first: no lower-casing of most names). */
+function concernsTheOrigin(name: string): boolean {
+  const n = name.length;
+  if (n !== 15 && n !== 22 && n !== 26) return false;
+  const lower = name.toLowerCase();
+  return lower === 'clear-site-data' || lower === 'service-worker-allowed' || lower === 'cross-origin-opener-policy';
 }
 
 /** A Cross-Origin-Opener-Policy value's policy, without its parameters (`same-origin; report-to="x"`). */
