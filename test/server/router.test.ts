@@ -16,6 +16,11 @@ describe('routing by path', () => {
     const r = route('/echo/a/b?x=1&sb-hc-token=t&SB-HC-ID=2&y=%20');
     assert.deepEqual(r.kind === 'hybrid-http' && [r.entity, r.subPath, r.requestTarget], ['echo', ['a', 'b'], '/echo/a/b?x=1&y=%20']);
     assert.equal(stripProtocolParams('sb-hc-action=x'), '');
+    // Empty segments (doubled and trailing slashes) as the path has them: the target as sent, none in subPath.
+    const slashes = route('/echo//a///b/');
+    assert.deepEqual(slashes.kind === 'hybrid-http' && [slashes.entity, slashes.subPath, slashes.requestTarget], ['echo', ['a', 'b'], '/echo//a///b/']);
+    const api = route('/api/hubs/chat//groups/g/');
+    assert.deepEqual(api.kind === 'pubsub-rest' && api.segments, ['', 'groups', 'g', '']);
   });
   it('passes a relayed request\'s path whose escapes are not UTF-8 as sent; names must be text', () => {
     // `caf%E9.txt`: Latin-1, a valid URI.
