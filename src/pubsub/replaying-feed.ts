@@ -113,7 +113,12 @@ export class ReplayingFeed implements EventFeed {
     // the edge accepted before goes to the other edges at its first connection, as after any outage
     // (before: never). An edge that connects at once replays the moment as well, finding nothing.
     if (!bus.connected) this.disconnectedAt = Date.now();
-    this.sweepTimer = setInterval(() => this.forgetQuietOrigins(), Math.max(1000, options.windowMs + CLOCK_MARGIN_MS));
+    // Events that left the window are let go here too, not only at the next publish: an edge that stopped
+    // publishing held its last window's events (up to bus.replayBufferBytes) for as long as it stayed quiet.
+    this.sweepTimer = setInterval(() => {
+      this.forgetQuietOrigins();
+      this.dropExpired(performance.now());
+    }, Math.max(1000, options.windowMs + CLOCK_MARGIN_MS));
     this.sweepTimer.unref();
   }
 
@@ -190,7 +195,12 @@ export class ReplayingFeed implements EventFeed {
     // window's memory passed maxBytes many times over (own-bytes.ts).
     this.entries.push({ counter, at: Date.now(), mono, subject, data: owned(data) });
     this.bytes += data.length;
-    const oldest = mono - this.options.windowMs;
+    this.dropExpired(mono);
+  }
+
+  /** Lets go of the oldest events while they are out of the window at `now` (monotonic) or past the byte cap. */
+  private dropExpired(now: number): void {
+    const oldest = now - this.options.windowMs;
     while (this.head < this.entries.length && (this.entries[this.head].mono < oldest || this.bytes > this.options.maxBytes)) {
       this.bytes -= this.entries[this.head].data.length;
       // Let go of its bytes now: the slot goes at the next compaction (before, up to 1,024 expired messages of any size stayed).

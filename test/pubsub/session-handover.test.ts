@@ -10,7 +10,7 @@ import { ReplayingFeed, parseMid } from '../../src/pubsub/replaying-feed.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { insertInOriginOrder } from '../../src/pubsub/session-handover.ts';
 import { captureLogger } from '../helpers/relay.ts';
-import { until } from '../helpers/wait.ts';
+import { until, untilAnswered } from '../helpers/wait.ts';
 import { arrayBuffersAfterGc, gc } from '../helpers/gc.ts';
 
 describe('session hand-over: missed events', () => {
@@ -49,6 +49,28 @@ describe('the replay log of a core NATS hub', () => {
     publish(10);
     const kept = (await arrayBuffersAfterGc()) - before;
     assert.ok(kept < 1_000_000, `${(kept / 1e6).toFixed(1)} MB kept for 6 MB of expired events`);
+  });
+
+  it('lets go of them with nothing published after: a quiet edge holds no window of old events', async (t) => {
+    // Before: the log was trimmed only when the edge published again, so an edge that went quiet kept its last
+    // window's events (up to bus.replayBufferBytes) for as long as it stayed so.
+    const bus = new MemoryBus();
+    t.after(() => bus.close());
+    const options = { nodeId: 'n1', subject: 'relay.replay', windowMs: 400, maxBytes: 16 << 20, requestTimeoutMs: 1000, gatherStallMs: 50 };
+    const feed = new ReplayingFeed(bus, options, createLogger('silent', 'test'));
+    t.after(() => feed.close());
+    gc();
+    const before = process.memoryUsage().arrayBuffers;
+    for (let i = 0; i < 60; i++) {
+      const event: PsSend = { op: 'ps.send', origin: 'n1', mid: feed.nextMid(), hub: 'chat', target: { kind: 'all' }, message: { from: 'server', dataType: 'text' } };
+      feed.publish('relay.ps.chat.all', event.mid, encodeEdgeMessage(event, Buffer.alloc(100_000, 0x61)));
+    }
+    assert.ok((await arrayBuffersAfterGc()) - before > 5_000_000, 'the events are held while in the window');
+    // The sweep runs every window and clock margin (1,400 ms here).
+    let kept = Infinity;
+    await untilAnswered(async () => (kept = (await arrayBuffersAfterGc()) - before) < 1_000_000, 5000, 'the expired events let go').catch((err: Error) => {
+      throw new Error(`${err.message}: ${(kept / 1e6).toFixed(1)} MB kept`);
+    });
   });
 
   it('holds about the bytes of the small events in its window, not the 8 KiB pool slabs they were cut from', async (t) => {
