@@ -62,25 +62,16 @@ let dirty: MessageSocket<unknown>[] = [];
  */
 type Outbox = (Buffer | number)[];
 
-function sameFrames(a: Outbox, b: Outbox): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i] || typeof a[i] === 'number') return false;
-  return true;
-}
-
-/** Digits of a non-negative integer in decimal. */
+/**
+ * Digits of a non-negative integer in decimal: compared with powers of ten rather than divided by ten digit by
+ * digit, as it is worked out for every reliable delivery (queued, compared, joined).
+ */
 function decimalLength(n: number): number {
-  if (n < 0x80000000) {
-    // Integer arithmetic while the number fits 31 bits (every sequence id in practice).
-    let digits = 1;
-    for (let v = n | 0; v >= 10; v = (v / 10) | 0) digits++;
-    return digits;
-  }
-  let digits = 1;
-  while (n >= 10) {
-    n = Math.floor(n / 10);
-    digits++;
-  }
+  if (n < 10000) return n < 10 ? 1 : n < 100 ? 2 : n < 1000 ? 3 : 4;
+  if (n < 100000000) return n < 100000 ? 5 : n < 1000000 ? 6 : n < 10000000 ? 7 : 8;
+  let digits = 9;
+  // Powers of ten are exact doubles up to 1e22, past any safe integer.
+  for (let power = 1e9; n >= power; power *= 10) digits++;
   return digits;
 }
 
@@ -119,11 +110,13 @@ function copyInto(source: Buffer, out: Buffer, at: number): number {
 
 /**
  * The queued frames in one buffer of `size` bytes (what queuing them counted, MessageSocket.outboxBytes: not counted
- * again here): numbered frames get their header and number written in place.
+ * again here): numbered frames get their header and number written in place, and where each number's digits end
+ * goes into `digitEnds`, in order (for renumbered()).
  */
-function joinOutbox(items: Outbox, size: number): Buffer {
+function joinOutbox(items: Outbox, size: number, digitEnds: number[]): Buffer {
   const out = Buffer.allocUnsafe(size);
   let at = 0;
+  let numbered = 0;
   for (let i = 0; i < items.length; i++) {
     const item = items[i];
     if (typeof item !== 'number') {
@@ -138,16 +131,65 @@ function joinOutbox(items: Outbox, size: number): Buffer {
     at += copyInto(head, out, at);
     at += digits;
     writeDecimal(out, at, digits, item);
+    digitEnds[numbered++] = at;
     at += copyInto(tail, out, at);
   }
   // Never what allocUnsafe left in the buffer past the frames, should the count ever be larger than they are.
   return at === size ? out : out.subarray(0, at);
 }
 
+/** How a socket's queue compares with another's (sameShape). */
+const DIFFERENT = 0;
+/** The same frames, by identity, none numbered: the other's joined buffer is this one's too. */
+const SAME = 1;
+/** The same but for their numbers, each of as many digits as the other's: joined, the bytes differ only in digits. */
+const RENUMBERED = 2;
+
+/** Compares queue `items` with queue `model`, frame by frame. */
+function sameShape(model: Outbox, items: Outbox): typeof DIFFERENT | typeof SAME | typeof RENUMBERED {
+  if (model.length !== items.length) return DIFFERENT;
+  let numbered = false;
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    const other = model[i];
+    if (typeof item !== 'number') {
+      if (item !== other) return DIFFERENT;
+      continue;
+    }
+    if (typeof other !== 'number' || decimalLength(item) !== decimalLength(other)) return DIFFERENT;
+    numbered = true;
+  }
+  return numbered ? RENUMBERED : SAME;
+}
+
+/**
+ * The queue `items` joined, given `joined`, a queue of its shape joined (RENUMBERED), and where that one's digits
+ * end (joinOutbox's digitEnds): a copy of it with this queue's numbers written over its own, instead of every frame
+ * copied again (each a call of TypedArray#set: ~210 instructions per reliable delivery, callgrind).
+ */
+function renumbered(joined: Buffer, digitEnds: readonly number[], items: Outbox): Buffer {
+  const out = Buffer.allocUnsafe(joined.length);
+  TYPED_ARRAY_SET.call(out, joined, 0);
+  let numbered = 0;
+  for (let i = 0; i < items.length; i++) {
+    const item = items[i];
+    if (typeof item !== 'number') continue;
+    writeDecimal(out, digitEnds[numbered++], decimalLength(item), item);
+    // Past its head and tail.
+    i += 2;
+  }
+  return out;
+}
+
+/** Where the digits of flushDirty's last joined queue end (joinOutbox); kept between turns, it holds numbers only. */
+const lastDigitEnds: number[] = [];
+
 /**
  * Writes every dirty socket's queue. Members of a group get the same shared
- * frames in the same order, so a queue equal to the one before it (frame by
- * frame, by identity) reuses its joined buffer instead of copying again.
+ * frames in the same order, so a queue like the one joined last (sameShape)
+ * reuses its joined buffer, as it is when the frames are the same, as a copy
+ * with its own numbers written over it when only the numbers (reliable
+ * sessions' sequence ids) differ.
  */
 function flushDirty(): void {
   const sockets = dirty;
@@ -162,11 +204,12 @@ function flushDirty(): void {
       socket.writeQueued(frames[0] as Buffer);
       continue;
     }
-    if (!lastFrames || !sameFrames(lastFrames, frames)) {
+    const likeness = lastFrames ? sameShape(lastFrames, frames) : DIFFERENT;
+    if (likeness === DIFFERENT) {
       lastFrames = frames;
-      lastJoined = joinOutbox(frames, size);
+      lastJoined = joinOutbox(frames, size, lastDigitEnds);
     }
-    socket.writeQueued(lastJoined!);
+    socket.writeQueued(likeness === RENUMBERED ? renumbered(lastJoined!, lastDigitEnds, frames) : lastJoined!);
   }
 }
 
@@ -345,7 +388,7 @@ export class MessageSocket<Owner = unknown> implements FrameHandler {
   flushOutbox(): void {
     const size = this.outboxBytes;
     const frames = this.takeOutbox();
-    if (frames) this.writeQueued(frames.length === 1 ? (frames[0] as Buffer) : joinOutbox(frames, size));
+    if (frames) this.writeQueued(frames.length === 1 ? (frames[0] as Buffer) : joinOutbox(frames, size, []));
   }
 
   sendText(text: string): void {

@@ -39,6 +39,51 @@ describe('message socket queue', () => {
     assert.deepEqual(Buffer.concat(received), want);
   });
 
+  it('gives each socket of a turn its own numbers when their queues differ only in them, and shares frames that are the same', async (t) => {
+    const options = { maxMessageBytes: 1024, closeHandshakeMs: 1000, outboundHighWaterMark: 1 << 20 };
+    const head = Buffer.from(`{"type":"message","data":"${'x'.repeat(150)}","sequenceId":`);
+    const tail = Buffer.from('}');
+    const longTail = Buffer.from(',"type":"message","data":"a tail longer than eight bytes"}');
+    const shared = encodeTextFrame('shared');
+    // Queues of one turn, in the order written: each compared with the one joined last. Alike but for numbers of as
+    // many digits (the 2nd and 3rd like the 1st), numbers of other lengths (4th), other frames (5th), the same
+    // plain frames (6th and 7th), and the same numbers (8th like the 4th).
+    const queues: (number | Buffer)[][] = [
+      [shared, 5, 1234, 99999],
+      [shared, 7, 9999, 10000],
+      [shared, 5, 1234, 99999],
+      [shared, 12, 1234, 99999],
+      [shared, 13, 2 ** 31, Number.MAX_SAFE_INTEGER],
+      [shared, encodeTextFrame('plain')],
+      [shared, encodeTextFrame('plain')],
+      [shared, 12, 1234, 99999],
+    ];
+    const pairs = await Promise.all(queues.map(() => tcpPair(t)));
+    const received = pairs.map(({ client }) => {
+      const chunks: Buffer[] = [];
+      client.on('data', (d: Buffer) => chunks.push(d));
+      return chunks;
+    });
+    const sockets = pairs.map(({ accepted }) => new MessageSocket(accepted, null, { onMessage() {}, onClosed() {}, onDrain() {} }, options));
+    const expected = queues.map((queue, q) =>
+      Buffer.concat(
+        queue.map((item, i) => {
+          if (typeof item !== 'number') {
+            sockets[q].writeFrame(item);
+            return item;
+          }
+          const itemTail = i === queue.length - 1 ? longTail : tail;
+          sockets[q].writeNumberedText(head, item, itemTail);
+          return encodeFrame(true, OP_TEXT, Buffer.concat([head, Buffer.from(String(item)), itemTail]));
+        }),
+      ),
+    );
+    for (const [q, want] of expected.entries()) {
+      await until(() => Buffer.concat(received[q]).length >= want.length, 5000, `queue ${q + 1}`);
+      assert.deepEqual(Buffer.concat(received[q]), want, `queue ${q + 1}`);
+    }
+  });
+
   it('holds frames to the message cap as it is now: one a reload raised takes frames past the cap at open', async (t) => {
     const { client: peer, accepted: relaySide } = await tcpPair(t);
     const messages: Buffer[] = [];
