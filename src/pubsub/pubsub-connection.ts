@@ -403,7 +403,9 @@ export class PubSubConnection {
   /** Writes a reliable session's message with its sequence id, as its subprotocol has it. */
   private writeNumbered(socket: MessageSocket, message: LoggedMessage, sequenceId: number): void {
     if (this.wire === 'protobuf') return socket.writeFrame(protobufNumberedFrame(message, sequenceId));
-    const { head, tail } = sequencedParts(message);
+    // Built by the message's first reliable recipient: the call is left to it, so the JIT does not inline
+    // sequencedParts into every delivery.
+    const { head, tail } = message.sequenced ?? sequencedParts(message);
     socket.writeNumberedText(head, sequenceId, tail);
   }
 
