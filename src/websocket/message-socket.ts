@@ -147,17 +147,21 @@ const RENUMBERED = 2;
 
 /** Compares queue `items` with queue `model`, frame by frame. */
 function sameShape(model: Outbox, items: Outbox): typeof DIFFERENT | typeof SAME | typeof RENUMBERED {
-  if (model.length !== items.length) return DIFFERENT;
+  const count = items.length;
+  if (model.length !== count) return DIFFERENT;
   let numbered = false;
-  for (let i = 0; i < items.length; i++) {
+  for (let i = 0; i < count; i++) {
     const item = items[i];
     const other = model[i];
     if (typeof item !== 'number') {
       if (item !== other) return DIFFERENT;
       continue;
     }
-    if (typeof other !== 'number' || decimalLength(item) !== decimalLength(other)) return DIFFERENT;
+    // A numbered frame: its number, then its head and tail, compared here as the buffers they are.
+    if (typeof other !== 'number' || items[i + 1] !== model[i + 1] || items[i + 2] !== model[i + 2]) return DIFFERENT;
+    if (decimalLength(item) !== decimalLength(other)) return DIFFERENT;
     numbered = true;
+    i += 2;
   }
   return numbered ? RENUMBERED : SAME;
 }
