@@ -3,18 +3,17 @@
 // `response` messages up it, a `response` with a body being followed by that
 // body as one binary message. Every text message is checked against
 // schemas/hc-listener-message.schema.json; anything else closes the channel
-// with 1008, an oversized one with 1009 (ws enforces maxPayload), except a
+// with 1008, an oversized one with 1009 (control-socket.ts), except a
 // `response` that names its request: only that request fails (502
 // BadListenerResponse), as one bad answer over a rendezvous socket does. Notices
 // sent during one turn of the event loop leave in one write: the channel's
 // socket is corked from the first until the turn ends. The relay frames them
-// itself, each written whole to the socket as it is sent (`ws` made a second
-// buffer and write per frame); `ws` still reads the channel and writes its
-// pings, pongs and close to the same socket, so nothing may be held back: a
-// frame held past one of those would be split by it or follow a close frame.
+// itself, each written whole to the socket as it is sent; control-socket.ts
+// reads the channel and writes its pings, pongs and close to the same socket,
+// so nothing may be held back: a frame held past one of those would be split
+// by it or follow a close frame.
 import { randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import type { WebSocket } from 'ws';
 import type { HttpResponseHead } from '../bus/messages.ts';
 import type { Logger } from '../telemetry/logger.ts';
 import { parseJson } from '../validation/bounded-json.ts';
@@ -25,6 +24,7 @@ import { HYBRID_ERRORS, type HybridErrorCode } from './errors.ts';
 import { OP_BINARY, encodeFrameHeader, encodeTextFrame } from '../websocket/frames.ts';
 import { TurnCork } from '../websocket/turn-cork.ts';
 import { TransientMap } from '../collections/transient-map.ts';
+import { ControlSocket, type ControlMessageLimits } from './control-socket.ts';
 
 /** A listener's answer to an HTTP request: the same shape crosses the bus (bus/messages.ts). */
 export type ListenerResponse = HttpResponseHead;
@@ -75,17 +75,23 @@ export class ControlChannel {
   readonly complaints = new LogAllowance();
   /** Lines its token renewals may write, apart: a listener's mistakes do not hide them, nor they its mistakes. */
   private readonly renewals = new LogAllowance();
-  /** ws closed the channel for a message over limits.controlMessageBytes, or in more parts than it allows. */
+  /** The channel was refused for a message over limits.controlMessageBytes, or in more parts than it allows. */
   overLimit = false;
   private bodyConsumer: ((body: Buffer) => void) | undefined;
   private closed = false;
+  /** Reads the channel's frames and writes its pings, pongs and close. */
+  private readonly wire: ControlSocket;
   /** Corks the channel's socket while notices of one turn gather. */
   private readonly socketCork: TurnCork;
 
   constructor(
-    private readonly ws: WebSocket,
-    /** The socket under `ws`, corked while notices of one turn gather (TLS: its client certificate is checked again when the CAs change). */
+    /** The channel's socket, its upgrade answered (TLS: its client certificate is checked again when the CAs change). */
     readonly socket: Duplex,
+    /** What was read past the upgrade request. */
+    head: Buffer,
+    /** Its messages' limits, from limits.controlMessageBytes when it opened. */
+    messageLimits: ControlMessageLimits,
+    closeHandshakeMs: number,
     readonly entity: HybridEntity,
     /** The token the channel holds (checked again when the rules change on reload). */
     public token: string,
@@ -99,29 +105,32 @@ export class ControlChannel {
     private readonly bufferLimitBytes: number,
   ) {
     this.socketCork = new TurnCork(socket);
-    ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(data, isBinary));
-    ws.on('pong', () => (this.lastSeen = Date.now()));
-    ws.on('ping', () => (this.lastSeen = Date.now()));
-    // A frame or message ws refuses (over maxPayload, past the parts allowed, not UTF-8, a broken frame): ws sends the
-    // listener its code but reports its own close as 1006 (it does not wait for an answer), so the refusal is
-    // remembered here, and the channel counts as closed with the code the listener got. Before, only 1009 was: a
-    // channel closed 1008 past the parts of a message limits.controlMessageBytes allows was logged as 1006, and not
-    // counted or logged as that limit reached; 1007 and 1002 were logged as 1006 too.
+    // A frame or message refused (over limits.controlMessageBytes, past the parts allowed, not UTF-8, a broken frame):
+    // the listener is sent its code, and the channel counts as closed with that code, not the 1006 of a socket closed
+    // without the listener's answer (with `ws`, which reported 1006, the refusal was taken from its 'error' event).
     let refusedWith: number | undefined;
-    ws.on('error', (err) => {
-      const code = (err as { code?: unknown }).code;
-      refusedWith ??= typeof code === 'string' ? WS_REFUSALS[code] : undefined;
-      if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH' || code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') this.overLimit = true;
-      this.log.debug({ event: 'listener.error', err: err.message });
-    });
-    ws.on('close', (code: number) => {
-      this.closed = true;
-      this.hooks.closed(this, refusedWith ?? code);
+    this.wire = new ControlSocket(socket, head, messageLimits, closeHandshakeMs, {
+      message: (data, isBinary) => this.onMessage(data, isBinary),
+      heard: () => (this.lastSeen = Date.now()),
+      refused: (code, reason, overLimit) => {
+        refusedWith ??= code;
+        if (overLimit) this.overLimit = true;
+        this.log.debug({ event: 'listener.error', err: reason });
+      },
+      closed: (code) => {
+        this.closed = true;
+        this.hooks.closed(this, refusedWith ?? code);
+      },
     });
   }
 
   get isOpen(): boolean {
-    return !this.closed && this.ws.readyState === this.ws.OPEN;
+    return !this.closed && this.wire.isOpen;
+  }
+
+  /** Bytes written to the listener that the kernel has not taken (what limits.listenerBufferBytes bounds). */
+  get queuedBytes(): number {
+    return this.wire.bufferedBytes;
   }
 
   /**
@@ -132,11 +141,11 @@ export class ControlChannel {
    */
   send(message: object, body?: Buffer): boolean {
     if (!this.isOpen) return false;
-    const queued = this.ws.bufferedAmount;
+    const queued = this.wire.bufferedBytes;
     if (queued >= this.bufferLimitBytes) {
       this.log.warn({ event: 'limit.reached', limit: 'listenerBufferBytes', listener: this.id, queued });
       this.hooks.notReading(this);
-      this.ws.terminate();
+      this.wire.terminate();
       return false;
     }
     this.socketCork.hold();
@@ -149,7 +158,7 @@ export class ControlChannel {
   }
 
   ping(): void {
-    if (this.isOpen) this.ws.ping();
+    if (this.isOpen) this.wire.ping();
   }
 
   closeWith(code: HybridErrorCode, reason?: string): void {
@@ -160,12 +169,12 @@ export class ControlChannel {
   close(code: number, reason: string, why?: HybridErrorCode): void {
     if (!this.isOpen) return;
     this.log.info({ event: 'listener.closing', code, reason });
-    this.ws.close(code, reason.slice(0, 120));
+    this.wire.close(code, reason.slice(0, 120));
     this.hooks.closing(this, why);
   }
 
   terminate(): void {
-    this.ws.terminate();
+    this.wire.terminate();
   }
 
   private onMessage(data: Buffer, isBinary: boolean): void {
@@ -214,22 +223,6 @@ export class ControlChannel {
 }
 
 function discardBody(): void {}
-
-/** The close code ws sends for each error code of a frame or message it refuses (ws 8, lib/receiver.js). */
-const WS_REFUSALS: Record<string, number> = {
-  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: 1009,
-  WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH: 1009,
-  WS_ERR_TOO_MANY_BUFFERED_PARTS: 1008,
-  WS_ERR_INVALID_UTF8: 1007,
-  WS_ERR_EXPECTED_FIN: 1002,
-  WS_ERR_EXPECTED_MASK: 1002,
-  WS_ERR_INVALID_CLOSE_CODE: 1002,
-  WS_ERR_INVALID_CONTROL_PAYLOAD_LENGTH: 1002,
-  WS_ERR_INVALID_OPCODE: 1002,
-  WS_ERR_UNEXPECTED_MASK: 1002,
-  WS_ERR_UNEXPECTED_RSV_1: 1002,
-  WS_ERR_UNEXPECTED_RSV_2_3: 1002,
-};
 
 /**
  * The request an invalid listener message answers, when it is a `response`

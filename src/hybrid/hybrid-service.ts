@@ -7,7 +7,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TLSSocket } from 'node:tls';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer } from 'ws';
 import { SasAuthorizer } from '../auth/sas-authorizer.ts';
 import { certificatesOf, chainLeadsTo } from '../auth/client-certificate-chain.ts';
 import type { X509Certificate } from 'node:crypto';
@@ -20,6 +19,7 @@ import type { Logger } from '../telemetry/logger.ts';
 import type { RelayMetrics } from '../telemetry/metrics.ts';
 import { connectRefused, countHttpStatus, partsAllowed, pathOf, type HybridContext, type HybridPathBelow } from './context.ts';
 import { ControlChannel, type ControlChannelHooks } from './control-channel.ts';
+import type { ControlMessageLimits } from './control-socket.ts';
 import { EntityCatalog, createdEntity, entityToTrace, isValidEntityName, type HybridEntity } from './entity-catalog.ts';
 import { EntityTraffic } from './entity-traffic.ts';
 import { HYBRID_ERRORS, failRequest, failUpgrade, type HybridErrorCode } from './errors.ts';
@@ -34,6 +34,7 @@ import { isRuntimeInformationRequest, runtimeInformationEntry, sendManagementErr
 import { sasTokenOf, senderCredentialIn } from './sender-credential.ts';
 import { startConnect } from './websocket-rendezvous.ts';
 import { CLOSE_GOING_AWAY } from '../websocket/frames.ts';
+import { parseUpgradeRequest, writeSwitchingProtocols } from '../websocket/handshake.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
 
 const TRACKING_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -79,13 +80,14 @@ export interface ListenerPresenceNotice {
 const CHANNEL_BODY_BYTES = 65536;
 
 /**
- * ws's bounds on the parts of a control message: the socket reads of a frame not yet whole (partsAllowed), and its
- * frames: one per byte of a body hyco-https may send on the channel and two more (its first and its closing frame),
- * at most (ws keeps each frame, ~100 bytes a frame: up to ~7 MiB for a channel's message of 1-byte writes; before,
- * one per 64 bytes, a response written in more than 1,024 pieces closed the channel 1008 and was answered 502).
+ * The limits of a control channel's messages: their bytes, and their parts: the socket reads of a frame not yet whole
+ * (partsAllowed), and its frames: one per byte of a body hyco-https may send on the channel and two more (its first
+ * and its closing frame), at most (each frame is kept, ~100 bytes a frame: up to ~7 MiB for a channel's message of
+ * 1-byte writes; before, one per 64 bytes, a response written in more than 1,024 pieces closed the channel 1008 and
+ * was answered 502).
  */
-function controlMessageParts(bytes: number): { maxFragments: number; maxBufferedChunks: number } {
-  return { maxFragments: Math.max(partsAllowed(bytes), Math.min(bytes, CHANNEL_BODY_BYTES) + 2), maxBufferedChunks: Math.max(64, partsAllowed(bytes)) };
+function controlMessageLimits(bytes: number): ControlMessageLimits {
+  return { bytes, frames: Math.max(partsAllowed(bytes), Math.min(bytes, CHANNEL_BODY_BYTES) + 2), frameReads: Math.max(64, partsAllowed(bytes)) };
 }
 
 /** The refusal of a sender of `kind` to an entity whose listeners do not take that kind (hybridConnections[].accepts). */
@@ -109,7 +111,6 @@ export class HybridService {
   private readonly ctx: HybridContext;
   /** Shared with the operator endpoints (ops/manage-auth.ts). */
   readonly authorizer: SasAuthorizer;
-  private readonly wss: WebSocketServer;
   private readonly stopKeepAlive: () => void;
   private readonly cluster: HybridClusterLink;
   private shuttingDown = false;
@@ -151,17 +152,6 @@ export class HybridService {
       newRendezvousId: () => newRendezvousId(worker),
       viaName: new URL(rendezvousBase).hostname,
     };
-    this.wss = new WebSocketServer({
-      noServer: true,
-      clientTracking: false,
-      perMessageDeflate: false,
-      maxPayload: config.limits.controlMessageBytes,
-      // A message's parts, and the socket reads of a frame not yet whole, are bounded (controlMessageParts; ws's
-      // defaults, 16,384 and 262,144, did not bound a message's frames by its bytes).
-      ...controlMessageParts(config.limits.controlMessageBytes),
-      // A control channel closed by the relay waits this long for the listener's answer (ws's default: 30 s).
-      closeTimeout: config.timeouts.closeHandshakeMs,
-    } as ConstructorParameters<typeof WebSocketServer>[0]);
     this.stopKeepAlive = startKeepAlive(this.listeners, config.timeouts);
     this.publicHost = new URL(rendezvousBase).hostname;
     this.cluster = new HybridClusterLink(bus, subjects, hybridLinkId(config.nodeId), this.ctx, log, config.bus.requestTimeoutMs);
@@ -256,22 +246,26 @@ export class HybridService {
 
   /** Completes a listener's upgrade: its control channel is open. `expiresAt`: its token's. */
   private online(req: IncomingMessage, socket: Duplex, head: Buffer, target: HybridEntity, params: URLSearchParams, expiresAt: number, log: Logger): void {
-    let opened = false;
-    this.wss.handleUpgrade(req, socket, head, (ws) => {
-      opened = true;
-      const channel = new ControlChannel(ws, socket, target, this.tokenOf(req, params) ?? '', expiresAt, req.headers.host, log, this.channelHooks, this.config.limits.listenerBufferBytes);
-      this.listeners.add(channel);
-      // Subscribed already, unless a failed upgrade of the same entity let go meanwhile.
-      void this.cluster.listenersChanged(target, this.routableListeners(target));
-      log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
-      if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
-      const where = this.presenceOf(target);
-      if (where) this.announcedTo.set(channel, where);
-      this.announce('listener.online', target, this.listeners.count(target.key), where);
-    });
-    // `ws` answered the upgrade itself without opening (a malformed handshake: 400), or dropped a
-    // socket the client had closed meanwhile: what was held for this listener goes unless others hold it.
-    if (!opened) this.letGoIfUnused(target);
+    const upgrade = parseUpgradeRequest(req);
+    // A malformed handshake (400), or a socket the client had half closed meanwhile: what was held for this listener
+    // goes unless others hold it.
+    if (!upgrade || !socket.readable || !socket.writable) {
+      if (upgrade) socket.destroy();
+      else failUpgrade(socket, 'BadRequest', 'Invalid WebSocket handshake');
+      return this.letGoIfUnused(target);
+    }
+    // The first subprotocol offered, if any, is the one taken (as `ws` did).
+    writeSwitchingProtocols(socket, upgrade.key, upgrade.protocols[0]);
+    const { limits, timeouts } = this.config;
+    const channel = new ControlChannel(socket, head, controlMessageLimits(limits.controlMessageBytes), timeouts.closeHandshakeMs, target, this.tokenOf(req, params) ?? '', expiresAt, req.headers.host, log, this.channelHooks, limits.listenerBufferBytes);
+    this.listeners.add(channel);
+    // Subscribed already, unless a failed upgrade of the same entity let go meanwhile.
+    void this.cluster.listenersChanged(target, this.routableListeners(target));
+    log.info({ event: 'listener.connected', listener: channel.id, listeners: this.listeners.count(target.key) });
+    if (this.ctx.metrics.trace.on) this.ctx.metrics.trace.emit('listener.connected', { entity: target.name, connectionId: channel.id, detail: `${this.listeners.count(target.key)} on this edge` });
+    const where = this.presenceOf(target);
+    if (where) this.announcedTo.set(channel, where);
+    this.announce('listener.online', target, this.listeners.count(target.key), where);
   }
 
   /** Unsubscribes from an entity when no listener is open or arriving, and forgets it (if auto-created) when none is left at all. */
@@ -321,7 +315,7 @@ export class HybridService {
       // presence): before, no notice, and the group counted it online for good.
       this.announce('listener.offline', channel.entity, left, this.presenceOf(channel.entity) ?? this.announcedTo.get(channel));
       if (channel.overLimit) {
-        // ws closed it for a message over maxPayload (1009) or in more parts than it allows (1008; control-channel.ts).
+        // Refused for a message over limits.controlMessageBytes (1009) or in more parts than it allows (1008; control-socket.ts).
         this.ctx.metrics.limitRefused('controlMessageBytes');
         channel.log.warn({ event: 'limit.reached', limit: 'controlMessageBytes', listener: channel.id, code });
       }
@@ -559,7 +553,6 @@ export class HybridService {
   reconfigure(config: RelayConfig, now = Date.now()): { entitiesRemoved: string[]; keysRotated: string[]; listenersClosed: number } {
     const removed = this.catalog.reconfigure(config.hybridConnections, config.autoCreate);
     const keysRotated = this.authorizer.update(config.sas, config.rotationGraceSeconds * 1000, now);
-    Object.assign(this.wss.options, { maxPayload: config.limits.controlMessageBytes, ...controlMessageParts(config.limits.controlMessageBytes) });
     let listenersClosed = 0;
     const gone = new Set(removed.map((e) => e.key));
     for (const channel of [...this.listeners.all()]) {

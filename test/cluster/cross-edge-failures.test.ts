@@ -70,7 +70,7 @@ describe('connects and requests across edges while the listener side fails', () 
       const open = answerEverything(await listen(t, c, entity), t);
       // A's listener is filled past listenerBufferBytes by requests of A's own senders (bodies it never reads).
       const channel = channelsOf(a)[0];
-      const queued = () => (channel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+      const queued = () => channel.queuedBytes;
       // What A wrote down the channel so far, taken by the kernel or queued.
       const written = () => (channel.socket as Socket).bytesWritten;
       const body = Buffer.alloc(512 * 1024, 0x78);

@@ -74,7 +74,7 @@ async function relayWithStuckListener(t: { after(fn: () => void): void }) {
   t.after(() => stuck.close());
   stuck.ws.pause();
   const stuckChannel = [...relay.hybrid.listeners.all()][0];
-  const queued = () => (stuckChannel as unknown as { ws: WebSocket }).ws.bufferedAmount;
+  const queued = () => stuckChannel.queuedBytes;
   // What the relay wrote down the channel so far, taken by the kernel or queued.
   const written = () => (stuckChannel.socket as Socket).bytesWritten;
   const body = Buffer.alloc(512 * 1024, 0x78);
