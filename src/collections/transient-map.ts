@@ -189,9 +189,14 @@ function emptyHashes(capacity: number): number[] {
  * bits). Half the steps of FNV-1a's one unit at a time: ~320 instructions for
  * a 36-character id against ~590. Kept to 30 bits: V8 holds it as a small
  * integer, no heap number per slot. It starts from a seed drawn when the
- * process starts: the keys are the relay's own random ids, but a stream's
- * message ids end in a client's ackId (`{connection id}:{ackId}`), and keys
- * made to fall on one probe run would cost every lookup its length.
+ * process starts, so which ASCII keys share a probe run is not known outside
+ * the process: the keys are the relay's own random ids, but a stream's
+ * message ids end in a client's ackId (`{connection id}:{ackId}`, the ackId
+ * checked to be a whole number), and keys made to fall on one probe run
+ * would cost every lookup its length. It is no keyed hash: keys with code
+ * units of 0x4000 or more can be made to collide under any seed (a flip of
+ * 0x8000 in one unit of a pair undone by 0x4000 in the next), so keys from
+ * outside must stay ASCII, or this needs a stronger mix per step.
  */
 function hashOf(key: string): number {
   const n = key.length;

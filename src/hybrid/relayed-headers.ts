@@ -93,12 +93,13 @@ export function responseHeadersForSender(
     else if (viaName !== undefined && lower === 'via') (vias ??= []).push(...asList(text));
     else setHeader(out, name, text);
   }
-  if (lengths) {
+  // An empty list (`"Content-Length": []`, `"Via": []`, which the schema allows) is no header, as before the one pass.
+  if (lengths && lengths.length > 0) {
     const length = contentLengthOf(lengths);
     if (length === undefined) return undefined;
     out['content-length'] = String(length);
   }
-  if (viaName !== undefined) out.via = vias ? `${vias.join(', ')}, 1.1 ${viaName}` : `1.1 ${viaName}`;
+  if (viaName !== undefined) out.via = vias && vias.length > 0 ? `${vias.join(', ')}, 1.1 ${viaName}` : `1.1 ${viaName}`;
   return out;
 }
 

@@ -50,8 +50,11 @@ const HEX_DIGITS = new Uint8Array(Buffer.from('0123456789abcdef', 'latin1'));
 /** Random bytes for the next ids (each byte used once), refilled from the CSPRNG when used up. */
 const randomPool = Buffer.alloc(ID_RANDOM_BYTES * 256);
 let randomUsed = randomPool.length;
-/** The id being written: its dashes stay. */
-const idText = Buffer.from('00000000-0000-0000-0000-000000000000', 'latin1');
+/**
+ * The id being written: its dashes stay. A buffer of its own (Buffer.alloc), not a piece of Node's shared pool
+ * slab (Buffer.from), where the last id issued, an unguessable token, would sit beside unrelated buffers.
+ */
+const idText = Buffer.alloc(ID_LENGTH, '00000000-0000-0000-0000-000000000000', 'latin1');
 
 /** The worker a rendezvous id names, or undefined for an id that is not one of ours. */
 export function workerOfRendezvousId(id: string): number | undefined {

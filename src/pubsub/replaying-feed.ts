@@ -497,7 +497,7 @@ export class ReplayingFeed implements EventFeed {
     const bodies: Uint8Array[] = [];
     let bytes = 0;
     let truncated = false;
-    // The window holds for a quiet edge too (its log is trimmed only when it publishes): a receiver
+    // The window holds here to the millisecond (the log is trimmed at a publish and on the sweep timer): a receiver
     // that forgot this origin (forgetQuietOrigins) must not be sent what it delivered before.
     const oldest = performance.now() - this.options.windowMs;
     for (let i = this.head; i < this.entries.length; i++) {
