@@ -104,8 +104,11 @@ export class FrameParser {
     }
     let length = b1 & 0x7f;
     let pos = 2;
+    const h = this.header;
     if (length === 126) {
-      length = this.header.readUInt16BE(2);
+      // Byte by byte, here and for the mask: Buffer#readUInt16BE's and Buffer#copy's argument checks cost more than
+      // the bytes (the start of every frame, two a relayed HTTP request on its listener's control channel).
+      length = (h[2] << 8) | h[3];
       pos = 4;
     } else if (length === 127) {
       const high = this.header.readUInt32BE(2);
@@ -116,10 +119,14 @@ export class FrameParser {
       pos = 10;
     }
     if (this.isMasked) {
-      this.header.copy(this.mask, 0, pos, pos + 4);
+      const mask = this.mask;
+      mask[0] = h[pos];
+      mask[1] = h[pos + 1];
+      mask[2] = h[pos + 2];
+      mask[3] = h[pos + 3];
       this.maskOffset = 0;
       // A zero key (our bridge, over TLS or loopback) leaves the payload as it is.
-      this.zeroMask = this.header.readUInt32BE(pos) === 0;
+      this.zeroMask = (mask[0] | mask[1] | mask[2] | mask[3]) === 0;
     }
     this.remaining = length;
     const op = this.opcode;
