@@ -80,15 +80,10 @@ export function responseHeadersForSender(
     const lower = name.toLowerCase();
     if (hopByHop.has(lower)) continue;
     const value = headers[name];
-    // Numbers and booleans are written as text, as node:http's setHeader does (hyco-https passes them on as set).
-    let text: string | string[];
-    if (Array.isArray(value)) {
-      text = value.map(String);
+    const text = headerText(value);
+    if (Array.isArray(text)) {
       for (const v of text) if (UNSAFE_VALUE.test(v)) return undefined;
-    } else {
-      text = String(value);
-      if (UNSAFE_VALUE.test(text)) return undefined;
-    }
+    } else if (UNSAFE_VALUE.test(text)) return undefined;
     if (lower === 'content-length') (lengths ??= []).push(...asList(text));
     else if (viaName !== undefined && lower === 'via') (vias ??= []).push(...asList(text));
     else setHeader(out, name, text);
@@ -106,6 +101,11 @@ export function responseHeadersForSender(
 /** A character no header value may carry: it would end the line, or the head, on the sender's side. */
 const UNSAFE_VALUE = /[\r\n\0]/;
 
+/** A header's value as text: numbers and booleans written as node:http's setHeader does (hyco-https passes them on as set). */
+function headerText(value: string | number | boolean | (string | number | boolean)[]): string | string[] {
+  return Array.isArray(value) ? value.map(String) : String(value);
+}
+
 function asList(text: string | string[]): string[] {
   return Array.isArray(text) ? text : [text];
 }
@@ -115,8 +115,7 @@ function connectionValues(headers: NonNullable<ListenerResponse['responseHeaders
   let out: string[] | undefined;
   for (const name of names) {
     if (name.length !== 10 || name.toLowerCase() !== 'connection') continue;
-    const value = headers[name];
-    (out ??= []).push(...(Array.isArray(value) ? value.map(String) : [String(value)]));
+    (out ??= []).push(...asList(headerText(headers[name])));
   }
   return out;
 }

@@ -33,8 +33,8 @@ export function confinedToEntity(headers: Record<string, string | string[]>, req
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     const lower = name.toLowerCase();
-    if (lower === 'service-worker-allowed' || lower === 'clear-site-data') continue;
-    if (lower === 'cross-origin-opener-policy') {
+    if (DROPPED.has(lower)) continue;
+    if (lower === OPENER_POLICY) {
       const values = (Array.isArray(value) ? value : [value]).map((v) => (policyOf(v) === 'same-origin' ? 'same-origin-allow-popups' : v));
       out[name] = Array.isArray(value) ? values : values[0];
       continue;
@@ -46,12 +46,18 @@ export function confinedToEntity(headers: Record<string, string | string[]>, req
   return out;
 }
 
-/** Whether a header of this name is dropped or rewritten by confinedToEntity (the lengths first: no lower-casing of most names). */
+/** Headers of a listener's answer that never reach the browser (above). */
+const DROPPED = new Set(['service-worker-allowed', 'clear-site-data']);
+/** The header whose `same-origin` is passed on as `same-origin-allow-popups` (above). */
+const OPENER_POLICY = 'cross-origin-opener-policy';
+/** The lengths of the names confinedToEntity acts on: most names are passed over on their length, not lower-cased. */
+const ACTED_ON_LENGTHS = new Set([...DROPPED, OPENER_POLICY].map((name) => name.length));
+
+/** Whether a header of this name is dropped or rewritten by confinedToEntity. */
 function concernsTheOrigin(name: string): boolean {
-  const n = name.length;
-  if (n !== 15 && n !== 22 && n !== 26) return false;
+  if (!ACTED_ON_LENGTHS.has(name.length)) return false;
   const lower = name.toLowerCase();
-  return lower === 'clear-site-data' || lower === 'service-worker-allowed' || lower === 'cross-origin-opener-policy';
+  return DROPPED.has(lower) || lower === OPENER_POLICY;
 }
 
 /** A Cross-Origin-Opener-Policy value's policy, without its parameters (`same-origin; report-to="x"`). */

@@ -131,7 +131,6 @@ export class MessageLog {
     this.take(index);
   }
 
-
   private chunkNumbered(number: number): Chunk | undefined {
     if (number === this.currentNumber) return this.current;
     if (number !== this.recentNumber) {

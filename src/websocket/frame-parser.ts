@@ -111,11 +111,11 @@ export class FrameParser {
       length = (h[2] << 8) | h[3];
       pos = 4;
     } else if (length === 127) {
-      const high = this.header.readUInt32BE(2);
+      const high = h.readUInt32BE(2);
       // RFC 6455 5.2: the most significant bit MUST be 0, and a control frame's length fits in 7 bits.
       if (high & 0x80000000) return this.fail(CLOSE_PROTOCOL_ERROR, 'length with its top bit set');
       if (high > 0x1fffff) return this.fail((b0 & 0x08) !== 0 ? CLOSE_PROTOCOL_ERROR : CLOSE_TOO_BIG, 'frame too large');
-      length = high * 0x100000000 + this.header.readUInt32BE(6);
+      length = high * 0x100000000 + h.readUInt32BE(6);
       pos = 10;
     }
     if (this.isMasked) {
