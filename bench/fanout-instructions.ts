@@ -21,13 +21,11 @@
 // themselves, JavaScript named from that map.
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, startRelayUnderCallgrind } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, requireCallgrind, startRelayUnderCallgrind, writeCounts } from './lib/callgrind.ts';
 import { eventPayload, relayClients, reliableRelayClients, type FanoutClients } from './lib/fanout-clients.ts';
 import type { LeanWs } from './lib/lean-ws.ts';
-import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
+import { tempDir } from './lib/processes.ts';
 import { relayConfigFile } from './lib/systems.ts';
 
 const { values } = parseArgs({
@@ -52,10 +50,7 @@ for (const [name, n] of Object.entries({ subscribers, events, warmup, batch, 'ac
   if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} must be a whole number of at least 1`);
 }
 for (const kind of kinds) if (kind !== 'plain' && kind !== 'reliable') throw new Error(`--kinds: unknown kind ${kind} (plain, reliable)`);
-if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
-  process.stderr.write('fanout-instructions: needs valgrind (apt-get install valgrind)\n');
-  process.exit(2);
-}
+requireCallgrind('fanout-instructions');
 
 /** Reliable rows keep as many unacknowledged messages per session as the fan-out scenario's relays do. */
 const RELIABLE_LIMITS = { sessionBufferMessages: 200000, sessionBufferBytes: 64 * 1024 * 1024 };
@@ -151,7 +146,4 @@ process.stdout.write(
     '',
   ].join('\n'),
 );
-const out = values.out ?? join(ROOT, 'bench/results/fanout-instructions.json');
-mkdirSync(join(out, '..'), { recursive: true });
-writeFileSync(out, `${JSON.stringify({ at: new Date().toISOString(), node: process.version, subscribers, events, warmup, batch, ackEvery, rows }, null, 2)}\n`);
-process.stderr.write(`wrote ${out}\n`);
+writeCounts('fanout-instructions', values.out, { subscribers, events, warmup, batch, ackEvery, rows });

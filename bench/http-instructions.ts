@@ -17,13 +17,11 @@
 // the most instructions themselves, JavaScript named from that map.
 //
 // Needs valgrind (Debian: apt-get install valgrind); takes a few minutes.
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, startRelayUnderCallgrind } from './lib/callgrind.ts';
+import { countInstructions, dumpCounts, keepProfile, mainThreadCount, profilingFlags, requireCallgrind, startRelayUnderCallgrind, writeCounts } from './lib/callgrind.ts';
 import { LeanHttpConnection } from './lib/lean-http.ts';
 import { openLeanListener } from './lib/lean-listener.ts';
-import { ROOT, hasCommand, tempDir } from './lib/processes.ts';
+import { tempDir } from './lib/processes.ts';
 import { ENTITY, relayConfigFile } from './lib/systems.ts';
 
 const { values } = parseArgs({
@@ -38,10 +36,7 @@ const { values } = parseArgs({
 const requests = Number(values.requests);
 const warmup = Number(values.warmup);
 const connections = Number(values.connections);
-if (!hasCommand('valgrind') || !hasCommand('callgrind_annotate')) {
-  process.stderr.write('http-instructions: needs valgrind (apt-get install valgrind)\n');
-  process.exit(2);
-}
+requireCallgrind('http-instructions');
 
 const dir = tempDir();
 const relay = await startRelayUnderCallgrind(dir, relayConfigFile(), values.keep ? profilingFlags(dir) : []);
@@ -81,7 +76,4 @@ process.stdout.write(
     '',
   ].join('\n'),
 );
-const out = values.out ?? join(ROOT, 'bench/results/http-instructions.json');
-mkdirSync(join(out, '..'), { recursive: true });
-writeFileSync(out, `${JSON.stringify({ at: new Date().toISOString(), node: process.version, ...result }, null, 2)}\n`);
-process.stderr.write(`wrote ${out}\n`);
+writeCounts('http-instructions', values.out, result);

@@ -5,10 +5,25 @@
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, startProcess, type Started } from './processes.ts';
+import { ROOT, hasCommand, startProcess, type Started } from './processes.ts';
 
 /** The launcher's allocator setting (bin/edge-relay), given here since valgrind runs node itself. */
 const GLIBC_TUNABLES = 'glibc.malloc.trim_threshold=67108864:glibc.malloc.top_pad=16777216';
+
+/** Ends the process (exit 2) saying what to install when valgrind's callgrind is not there; `bench` names the caller. */
+export function requireCallgrind(bench: string): void {
+  if (hasCommand('valgrind') && hasCommand('callgrind_annotate')) return;
+  process.stderr.write(`${bench}: needs valgrind (apt-get install valgrind)\n`);
+  process.exit(2);
+}
+
+/** Writes an instruction bench's figures to `out` (default bench/results/{bench}.json), with the time and node's version. */
+export function writeCounts(bench: string, out: string | undefined, figures: object): void {
+  const file = out ?? join(ROOT, `bench/results/${bench}.json`);
+  mkdirSync(join(file, '..'), { recursive: true });
+  writeFileSync(file, `${JSON.stringify({ at: new Date().toISOString(), node: process.version, ...figures }, null, 2)}\n`);
+  process.stderr.write(`wrote ${file}\n`);
+}
 
 export interface CallgrindRelay extends Started {
   port: number;
