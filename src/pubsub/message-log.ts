@@ -10,9 +10,9 @@
 // many sessions hold each message: the message is let go when the count drops
 // to zero. Indices grow without bound (a float64 holds them exactly for 2^53
 // messages); the log is cut into chunks that are dropped when nothing in them
-// is held. A chunk is 256 slots (~3 KiB): a session that never acknowledges
+// is held. A chunk is 256 slots (~4 KiB): a session that never acknowledges
 // and is sent one message among many others' keeps a chunk per message it
-// holds, so at its cap of 1,000 held messages ~3 MiB (with 4,096 slots, 48 KiB
+// holds, so at its cap of 1,000 held messages ~4 MiB (with 4,096 slots, 48 KiB
 // each: ~47 MiB against a sessionBufferBytes of 16 MiB).
 
 /** What every reliable copy of a message shares: its payload is head + the recipient's sequence id + tail (downstream.ts, sequencedParts). */
@@ -67,6 +67,8 @@ class Chunk {
   readonly messages: (LoggedMessage | undefined)[] = new Array<LoggedMessage | undefined>(CHUNK_SLOTS).fill(undefined);
   /** Sessions holding each slot's message. */
   readonly holders = new Uint32Array(CHUNK_SLOTS);
+  /** Each slot's message's body length: a session letting go of a run of messages counts its bytes without reading each message (releaseRun). */
+  readonly lengths = new Uint32Array(CHUNK_SLOTS);
   /** Slots with at least one holder. */
   held = 0;
 }
@@ -131,6 +133,57 @@ export class MessageLog {
     this.take(index);
   }
 
+  /** The last message releaseRun let go of (undefined when it held none of them). */
+  lastReleased: LoggedMessage | undefined;
+
+  /**
+   * One session lets go of the messages at `indices[from]` to `indices[to - 1]` (an acknowledgement): returns their
+   * bodies' bytes, of those it held, and leaves the last of them in lastReleased. A session's indices rise, most of a
+   * run in one chunk: the chunk is looked up when the run enters it, and no message is read but the last (take() per
+   * index read each message's body for its length: ~100 instructions per message acknowledged, callgrind).
+   */
+  releaseRun(indices: Float64Array, from: number, to: number): number {
+    this.lastReleased = undefined;
+    let bytes = 0;
+    let lastChunk: Chunk | undefined;
+    let lastSlot = 0;
+    let number = -1;
+    /** The first index of chunk `number` (an index's slot is found by a subtraction while the run stays in it). */
+    let base = -CHUNK_SLOTS;
+    let chunk: Chunk | undefined;
+    for (let i = from; i < to; i++) {
+      const index = indices[i];
+      let slot = index - base;
+      if (slot < 0 || slot >= CHUNK_SLOTS) {
+        number = chunkNumber(index);
+        base = number * CHUNK_SLOTS;
+        slot = index - base;
+        chunk = this.chunkNumbered(number);
+      }
+      if (chunk === undefined) continue;
+      const holders = chunk.holders[slot];
+      // Not held (its slot already let go of): nothing to count.
+      if (holders === 0) continue;
+      bytes += chunk.lengths[slot];
+      if (holders > 1) {
+        chunk.holders[slot] = holders - 1;
+        lastChunk = chunk;
+        lastSlot = slot;
+        continue;
+      }
+      chunk.holders[slot] = 0;
+      lastChunk = undefined;
+      this.lastReleased = chunk.messages[slot];
+      chunk.messages[slot] = undefined;
+      if (--chunk.held === 0 && chunk !== this.current) {
+        this.drop(number);
+        chunk = undefined;
+      }
+    }
+    if (lastChunk !== undefined) this.lastReleased = lastChunk.messages[lastSlot];
+    return bytes;
+  }
+
   private chunkNumbered(number: number): Chunk | undefined {
     if (number === this.currentNumber) return this.current;
     if (number !== this.recentNumber) {
@@ -160,7 +213,9 @@ export class MessageLog {
       this.chunks.set(number, this.current);
     }
     message.keepOwnBytes?.();
-    this.current!.messages[slotOf(index, number)] = message;
+    const slot = slotOf(index, number);
+    this.current!.messages[slot] = message;
+    this.current!.lengths[slot] = message.body.length;
     return index;
   }
 }

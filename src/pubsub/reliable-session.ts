@@ -304,16 +304,9 @@ export class ReliableSession {
     // (per message they were a third of the reliable path's instructions for acknowledgements, callgrind).
     const end = Math.min(held.tail, head + (sequenceId - this.firstHeldSequenceId + 1));
     if (end > head) {
-      const indices = held.indices;
-      let bytes = this.bytes;
-      let last: LoggedMessage | undefined;
-      for (let i = head; i < end; i++) {
-        const message = messageLog.take(indices[i]);
-        if (message === undefined) continue;
-        bytes -= message.body.length;
-        last = message;
-      }
-      this.bytes = bytes;
+      this.bytes -= messageLog.releaseRun(held.indices, head, end);
+      const last = messageLog.lastReleased;
+      messageLog.lastReleased = undefined;
       this.firstHeldSequenceId += end - head;
       held.head = end;
       this.acknowledgedUpTo = this.firstHeldSequenceId - 1;

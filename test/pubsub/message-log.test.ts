@@ -72,6 +72,35 @@ describe('MessageLog', () => {
     assert.equal(log.chunkCount, 1);
   });
 
+  it('lets go of a run of indices at once, as a release of each would: the bytes of those held, the last of them, chunks dropped', () => {
+    const log = new MessageLog();
+    const messages = Array.from({ length: 700 }, (_, n) => ({ body: Buffer.alloc(n % 7), mid: `mid${n}`, position: n }) as LoggedMessage);
+    // Two sessions hold every message (of 0 to 6 bytes, over three chunks).
+    const first = new Float64Array(messages.map((m) => log.hold(m)));
+    const second = new Float64Array(messages.map((m) => log.hold(m)));
+    // Let go of the first run by one session: every message is still held by the other.
+    const bodyBytes = (from: number, to: number) => messages.slice(from, to).reduce((n, m) => n + m.body.length, 0);
+    assert.equal(log.releaseRun(first, 0, 300), bodyBytes(0, 300));
+    assert.equal(log.lastReleased, messages[299]);
+    assert.equal(log.at(first[299]), messages[299], 'still held by the other session');
+    // The other lets go of the same run: the messages go, and their chunk with them.
+    const chunksBefore = log.chunkCount;
+    assert.equal(log.releaseRun(second, 0, 300), bodyBytes(0, 300));
+    assert.equal(log.lastReleased, messages[299]);
+    assert.equal(log.at(first[0]), undefined);
+    assert.ok(log.chunkCount < chunksBefore, 'the first chunk, now holding nothing, is dropped');
+    // A run over indices already let go counts nothing and names no message.
+    assert.equal(log.releaseRun(second, 0, 300), 0);
+    assert.equal(log.lastReleased, undefined);
+    // A run whose last index was let go before counts up to the last one held.
+    assert.equal(log.releaseRun(first, 300, 700), bodyBytes(300, 700));
+    assert.equal(log.releaseRun(second, 300, 699), bodyBytes(300, 699));
+    assert.equal(log.lastReleased, messages[698]);
+    assert.equal(log.releaseRun(second, 695, 700), bodyBytes(699, 700));
+    assert.equal(log.lastReleased, messages[699]);
+    assert.equal(log.chunkCount, 1, 'only the chunk being filled');
+  });
+
   it('gives sessions the same message by index: each reads its own sequence ids and the shared body', () => {
     const limits = { maxMessages: 100, maxBytes: 1 << 20 };
     const [a, b] = [new ReliableSession(limits), new ReliableSession(limits)];
