@@ -33,6 +33,19 @@ export class StreamSealed extends Error {
   }
 }
 
+/**
+ * A file-stored stream this edge had found, found gone: it is made again only once it has stayed gone for a while
+ * (StreamSetup.ensureStream), since its delete may still be under way. `settleMs`: how long yet.
+ */
+export class StreamDeleting extends Error {
+  constructor(
+    readonly stream: string,
+    readonly settleMs: number,
+  ) {
+    super(`stream ${stream} was deleted a moment ago: it is made again once JetStream has surely removed the old one's files`);
+  }
+}
+
 export const JS_NOT_ENABLED_FOR_ACCOUNT = 10039;
 export const STREAM_CONFIG_DIFFERS = 10058;
 export const STREAM_NOT_FOUND = 10059;

@@ -30,6 +30,7 @@ import {
   StoreConflict,
   StoreError,
   STREAM_NOT_FOUND,
+  StreamDeleting,
   StreamSealed,
   StreamTaken,
   WRONG_LAST_SEQUENCE,
@@ -290,7 +291,8 @@ export class JetStreamAccess {
         }
         this.problem = `JetStream is not ready: ${(err as Error).message}`;
         if (err instanceof StreamTaken || err instanceof StreamSealed) this.setup.sayUnusable(err, attempt);
-        else if (attempt % 20 === 0) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
+        // A stream deleted a moment ago (the operator's answer to one sealed or taken) is made again once it settles: no warning.
+        else if (attempt % 20 === 0 && !(err instanceof StreamDeleting)) this.log.warn({ event: 'jetstream.waiting', err: (err as Error).message });
         await sleep(RETRY_MS);
       }
     }
@@ -395,7 +397,16 @@ export class JetStreamAccess {
       };
       for (const spec of [...this.streams]) {
         if (!(await gone(spec.name))) continue;
-        await this.setup.ensureStream(jsm, spec);
+        // A stream deleted a moment ago is made again once its delete has surely ended (StreamSetup.ensureStream).
+        for (;;) {
+          try {
+            await this.setup.ensureStream(jsm, spec);
+            break;
+          } catch (err) {
+            if (!(err instanceof StreamDeleting) || this.closed) throw err;
+            await sleep(err.settleMs);
+          }
+        }
         this.log.warn({ event: 'jetstream.stream_recreated', stream: spec.name, reason, hint: 'the stream was gone with what it held' });
       }
       if (this.bucket && (await gone(`KV_${this.bucket.name}`))) {

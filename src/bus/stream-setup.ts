@@ -6,9 +6,9 @@
 // whether JetStream is ready, are jetstream.ts's: what a stream's
 // configuration is reads here apart from that state machine.
 import { randomBytes } from 'node:crypto';
-import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type KV } from 'nats';
+import { DiscardPolicy, RetentionPolicy, StorageType, nanos, type JetStreamClient, type JetStreamManager, type KV, type StreamInfo } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
-import { errorCode, NOT_CLUSTERED, STREAM_CONFIG_DIFFERS, StreamSealed, StreamTaken } from './jetstream-errors.ts';
+import { errorCode, NOT_CLUSTERED, STREAM_CONFIG_DIFFERS, STREAM_NOT_FOUND, StreamDeleting, StreamSealed, StreamTaken } from './jetstream-errors.ts';
 
 export interface StreamSpec {
   name: string;
@@ -34,9 +34,24 @@ export interface StreamSetupOptions {
   storage: 'file' | 'memory';
 }
 
+/**
+ * How long a file-stored stream this edge had found must stay gone before the edge makes it again. nats-server 2.9
+ * takes a stream out of its account first, then removes its consumers, then its directory: a stream of the same
+ * name made in between (seen: an edge retrying every 250 ms as an operator deleted a sealed stream, the delete slowed
+ * by a loaded machine or by many consumers) gets that directory, and the delete's end removes its files. The new
+ * stream then refused every publish ("error opening msg block file ...: no such file or directory", 503), or took
+ * them into files already removed, lost at the server's restart, while the edge said it was ready. The delete gives
+ * its own last step a second of retries; this is well past it.
+ */
+const DELETE_SETTLE_MS = 2500;
+
 export class StreamSetup {
   /** The copies a stream and the bucket are made with: counted when JetStream answers (jetstream.ts), 1 once the server says it is not clustered. */
   replicas = 1;
+  /** Streams this edge found on JetStream or made: one of them gone now was deleted (or lost) since. */
+  private readonly found = new Set<string>();
+  /** When each of those was first found gone (performance.now()), until it is made again. */
+  private readonly goneSince = new Map<string, number>();
 
   constructor(
     private readonly options: StreamSetupOptions,
@@ -78,56 +93,86 @@ export class StreamSetup {
     else this.log.error({ event: 'jetstream.stream_sealed', stream: err.stream, hint: err.message });
   }
 
+  /**
+   * Creates the stream, or gives it the relay's settings. A file-stored stream this edge had found is never made
+   * by an add that might fall inside its delete: asked for first, it is taken over when there, and made again only
+   * once it has stayed gone for DELETE_SETTLE_MS (StreamDeleting until then: its caller tries again). StreamTaken,
+   * StreamSealed when it is not the relay's to use.
+   */
   async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
-    const config = this.streamConfig(spec);
     try {
-      await jsm.streams.add(config);
-    } catch (err) {
-      const { apiCode } = errorCode(err);
-      if (apiCode === NOT_CLUSTERED && this.replicas > 1) {
-        // A configured number of copies the server cannot keep is said, not dropped without a word (found by review).
-        if (this.options.replicas !== undefined) {
-          this.log.error({
-            event: 'jetstream.replicas_lowered',
-            configured: this.options.replicas,
-            replicas: 1,
-            hint: 'the NATS server is not clustered: streams and the session bucket keep one copy, and an event survives no loss of that server; run a NATS cluster, or set bus.jetstream.replicas to 1',
-          });
+      if (this.options.storage === 'file' && this.found.has(spec.name)) {
+        const found = await infoUnlessGone(jsm, spec.name);
+        if (found) {
+          this.goneSince.delete(spec.name);
+          // An update, not an add: if the stream is deleted meanwhile, it fails (not found) and makes nothing.
+          return await this.takeOver(jsm, spec, found);
         }
-        this.replicas = 1;
-        return this.ensureStream(jsm, spec);
+        const since = this.goneSince.get(spec.name) ?? performance.now();
+        this.goneSince.set(spec.name, since);
+        const settleMs = since + DELETE_SETTLE_MS - performance.now();
+        if (settleMs > 0) throw new StreamDeleting(spec.name, settleMs);
       }
-      if (apiCode !== STREAM_CONFIG_DIFFERS) throw err;
-      const found = await jsm.streams.info(spec.name);
-      // Holding other subjects: another deployment's stream with this name (same streamPrefix, or names that
-      // run together: `x` + hub `y_z` and `x_y` + hub `z`), or this one's under an earlier bus.subjectPrefix.
-      // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
-      const theirs = [...(found.config.subjects ?? [])].sort();
-      if (theirs.join(' ') !== [...spec.subjects].sort().join(' ')) throw new StreamTaken(spec.name, theirs);
-      // Sealed by hand: JetStream refuses every publish to it for good, and takes an update that keeps the seal
-      // (nats.js merges the stream's config) without a word. Before, the edge was ready, storing true, and each
-      // publish to the hub failed 503 (found by the JetStream drift review).
-      if (found.config.sealed) throw new StreamSealed(spec.name);
-      // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
-      // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
-      // not advertised) must not take copies away from events already acknowledged.
-      const { storage: _storage, ...update } = config;
-      // The stream's id stays what its making gave it (a stream of an older edge, without one, gets one now).
-      if (found.config.description?.startsWith(STREAM_ID_PREFIX)) update.description = found.config.description;
-      const existing = found.config.num_replicas;
-      if (existing > update.num_replicas) {
-        this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
-        update.num_replicas = existing;
+      await this.addOrTakeOver(jsm, spec);
+      this.found.add(spec.name);
+      this.goneSince.delete(spec.name);
+    } catch (err) {
+      if (errorCode(err).apiCode !== NOT_CLUSTERED || this.replicas === 1) throw err;
+      // A configured number of copies the server cannot keep is said, not dropped without a word (found by review).
+      if (this.options.replicas !== undefined) {
+        this.log.error({
+          event: 'jetstream.replicas_lowered',
+          configured: this.options.replicas,
+          replicas: 1,
+          hint: 'the NATS server is not clustered: streams and the session bucket keep one copy, and an event survives no loss of that server; run a NATS cluster, or set bus.jetstream.replicas to 1',
+        });
       }
-      await jsm.streams.update(spec.name, update).catch((err: Error) => {
-        // What JetStream will not change (retention, max_consumers, a sealed or deny-delete stream made so by hand)
-        // names no stream: readiness and jetstream.waiting said only "can not change retention policy" (found by the
-        // JetStream drift review). Its codes are kept for the callers that tell errors apart.
-        throw Object.assign(new Error(`stream ${spec.name}: ${err.message}`), { code: (err as { code?: unknown }).code, api_error: (err as { api_error?: unknown }).api_error });
-      });
+      this.replicas = 1;
+      return this.ensureStream(jsm, spec);
     }
   }
 
+  /** Makes the stream, or takes over the one of that name there is. */
+  private async addOrTakeOver(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
+    try {
+      await jsm.streams.add(this.streamConfig(spec));
+    } catch (err) {
+      if (errorCode(err).apiCode !== STREAM_CONFIG_DIFFERS) throw err;
+      await this.takeOver(jsm, spec, await jsm.streams.info(spec.name));
+    }
+  }
+
+  /** Gives a stream found there (`found`) the relay's settings, unless it is another's or sealed. */
+  private async takeOver(jsm: JetStreamManager, spec: StreamSpec, found: StreamInfo): Promise<void> {
+    // Found, even one the relay may not use (sealed, taken): a delete of it is waited for before it is made again.
+    this.found.add(spec.name);
+    // Holding other subjects: another deployment's stream with this name (same streamPrefix, or names that
+    // run together: `x` + hub `y_z` and `x_y` + hub `z`), or this one's under an earlier bus.subjectPrefix.
+    // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
+    const theirs = [...(found.config.subjects ?? [])].sort();
+    if (theirs.join(' ') !== [...spec.subjects].sort().join(' ')) throw new StreamTaken(spec.name, theirs);
+    // Sealed by hand: JetStream refuses every publish to it for good, and takes an update that keeps the seal
+    // (nats.js merges the stream's config) without a word. Before, the edge was ready, storing true, and each
+    // publish to the hub failed 503 (found by the JetStream drift review).
+    if (found.config.sealed) throw new StreamSealed(spec.name);
+    // Created by an edge (or a version) with other limits: take ours. Storage cannot change, and
+    // replicas never go down: an edge that counted fewer servers (one of them down at its start, or
+    // not advertised) must not take copies away from events already acknowledged.
+    const { storage: _storage, ...update } = this.streamConfig(spec);
+    // The stream's id stays what its making gave it (a stream of an older edge, without one, gets one now).
+    if (found.config.description?.startsWith(STREAM_ID_PREFIX)) update.description = found.config.description;
+    const existing = found.config.num_replicas;
+    if (existing > update.num_replicas) {
+      this.log.warn({ event: 'jetstream.replicas_kept', stream: spec.name, replicas: existing, counted: update.num_replicas });
+      update.num_replicas = existing;
+    }
+    await jsm.streams.update(spec.name, update).catch((err: Error) => {
+      // What JetStream will not change (retention, max_consumers, a sealed or deny-delete stream made so by hand)
+      // names no stream: readiness and jetstream.waiting said only "can not change retention policy" (found by the
+      // JetStream drift review). Its codes are kept for the callers that tell errors apart.
+      throw Object.assign(new Error(`stream ${spec.name}: ${err.message}`), { code: (err as { code?: unknown }).code, api_error: (err as { api_error?: unknown }).api_error });
+    });
+  }
   async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
     const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
     const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
@@ -142,6 +187,16 @@ export class StreamSetup {
       await jsm.streams.update(stream, limits);
     }
     return kv;
+  }
+}
+
+/** The stream's info, or undefined when JetStream says there is no such stream. */
+async function infoUnlessGone(jsm: JetStreamManager, name: string): Promise<StreamInfo | undefined> {
+  try {
+    return await jsm.streams.info(name);
+  } catch (err) {
+    if (errorCode(err).apiCode === STREAM_NOT_FOUND) return undefined;
+    throw err;
   }
 }
 

@@ -3,8 +3,10 @@
 // an edge takes over, and what it must not leave as it is, since an event it
 // acknowledges must stay stored (docs/durability.md, "The stream of a hub").
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { connect, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from 'nats';
+import { AckPolicy, connect, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from 'nats';
 import { signJwt } from '../../src/auth/jwt.ts';
 import { edgeOverrides, readiness, waitReady } from '../helpers/cluster.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
@@ -125,6 +127,27 @@ describe("a hub's stream sealed by hand", () => {
     await jsm.streams.delete(`RELAY_${HUB}`);
     await waitReady(a);
     assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
+  });
+
+  it('one deleted while its delete is slow: the edge makes it again once the delete is done, its files kept (before: made during the delete, whose end removed its files; the edge was ready and its publishes failed 503 or were lost)', async (t) => {
+    const nats = await startNatsServer(t);
+    const jsm = await manager(t, nats.url);
+    await jsm.streams.add({ name: `RELAY_${HUB}`, subjects: [`relay.ev.${HUB}.>`], storage: StorageType.File });
+    // nats-server 2.9 takes a stream out of the account before it removes its consumers and then its directory: a
+    // stream of that name made in between (the edge tries every 250 ms) is left with no files. With a thousand
+    // consumers to remove, the delete takes a few hundred milliseconds, and the edge's next try falls inside it.
+    for (let i = 0; i < 1000; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, (_, j) => jsm.consumers.add(`RELAY_${HUB}`, { durable_name: `c${i + j}`, ack_policy: AckPolicy.Explicit })));
+    }
+    await seal(jsm);
+    const log = captureLogger();
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], OPTIONS), { log: log.log });
+    await saysSealed(a, log.events);
+    await jsm.streams.delete(`RELAY_${HUB}`);
+    await waitReady(a);
+    assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
+    // Without its directory, a stream stores nothing (or into files already removed, lost at its server's restart).
+    assert.ok(existsSync(join(nats.storeDir, 'jetstream', '$G', 'streams', `RELAY_${HUB}`, 'meta.inf')), 'the stream made again has its files');
   });
 
   it('one sealed while the edge runs: the first publish it refuses makes the edge not ready, naming it (before: ready, storing true, every publish 503)', async (t) => {
