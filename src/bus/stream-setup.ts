@@ -173,6 +173,7 @@ export class StreamSetup {
       throw Object.assign(new Error(`stream ${spec.name}: ${err.message}`), { code: (err as { code?: unknown }).code, api_error: (err as { api_error?: unknown }).api_error });
     });
   }
+
   async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
     const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
     const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
