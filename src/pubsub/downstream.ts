@@ -109,6 +109,22 @@ export class SharedMessage {
     if (this.frame) this.frame = owned(this.frame);
     if (this.raw) this.raw = owned(this.raw);
   }
+
+  /**
+   * The fan-out is over: the frames only live recipients without sequence ids take (a plain JSON client's, a simple
+   * client's, a plain protobuf client's) are let go. A message a reliable session holds lives until acknowledged,
+   * and nothing writes those frames again (a session re-sends from the body and its subprotocol's numbered parts).
+   * Before, a message held by a session that never acknowledged kept them all: in a group with a plain JSON, a plain
+   * protobuf and a simple member, 5 times its body where the session counted it once against
+   * limits.sessionBufferBytes (37.5 MiB held for an 8 MiB bound, test/pubsub/session-buffer-memory.test.ts).
+   */
+  dropLiveFrames(): void {
+    this.frame = undefined;
+    this.raw = undefined;
+    // A plain protobuf client's frame is built from the DataMessage's fields: kept only when a reliable one numbers them.
+    if (this.protobuf?.numbered) this.protobuf.plain = undefined;
+    else this.protobuf = undefined;
+  }
 }
 
 /** True when `dataJson` is JSON text, and a JSON string for text and binary data (data from the bus is checked). */

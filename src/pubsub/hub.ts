@@ -124,6 +124,8 @@ export class Hub {
       if (failure) (failed ??= []).push([connection, failure]);
       else count++;
     }
+    // Held by a reliable session, it may live long after this: what only this loop needed goes (downstream.ts).
+    if (message.logIndex !== undefined) message.dropLiveFrames();
     // Ended after the loop: ending a connection changes the sets being iterated.
     if (failed) for (const [connection, code] of failed) this.endConnection(connection, code);
     return count;

@@ -26,6 +26,8 @@ export interface ProtobufParts {
   fields: Buffer;
   /** The whole frame of a DownstreamMessage without a sequence id (plain clients), built on first use. */
   plain?: Buffer;
+  /** A reliable client was written a numbered frame of these fields: a session holding the message re-sends from them. */
+  numbered?: boolean;
 }
 
 /** A message as sessions buffer it. `logIndex` is where the log last put it (so a message delivered to many sessions is added once). */

@@ -201,7 +201,9 @@ export function protobufDataFrame(message: LoggedMessage): Buffer {
 
 /** The frame of a data message for a reliable protobuf client: the shared fields and its sequence id (field 4). */
 export function protobufNumberedFrame(message: LoggedMessage, sequenceId: number): Buffer {
-  const fields = protobufParts(message).fields;
+  const parts = protobufParts(message);
+  parts.numbered = true;
+  const fields = parts.fields;
   const sequence = Buffer.concat([Buffer.from([0x20]), varint(sequenceId)]);
   const innerLength = fields.length + sequence.length;
   const prefix = Buffer.concat([Buffer.from([0x12]), varint(innerLength)]);
