@@ -17,6 +17,15 @@
 // echoed with its code and reason; the code the channel closed with is the one
 // in the listener's close frame, 1006 when none came (a refusal is reported
 // apart, as `ws` did by its 'error' event).
+//
+// Unlike `ws`, the channel is reported closed as soon as the relay is done with
+// it, not when its TCP connection has gone too: at the listener's close frame
+// (RFC 6455 5.5.1: an endpoint that has sent and received a close frame
+// considers the connection closed; nothing more may come on it) or at a
+// refusal (nothing after it is read). The socket's end goes on under
+// close-handshake.ts's bound. Before, a listener that kept its side of the TCP
+// connection open after its close stayed on its entity, and the requests and
+// connects it held waited, until timeouts.closeHandshakeMs had passed.
 import { isUtf8 } from 'node:buffer';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -47,7 +56,10 @@ export interface ControlSocketEvents {
   heard(): void;
   /** The relay refused what the listener sent and told it `code`; `overLimit` when for a message over its limits. */
   refused(code: number, reason: string, overLimit: boolean): void;
-  /** The socket is gone: `code` is the listener's close code, 1005 for a close frame without one, 1006 when none came. */
+  /**
+   * The channel is over, once: at the listener's close frame (`code` its code, 1005 for one without), at a refusal or
+   * when the socket is gone without a close frame (1006). The socket may still be ending (close-handshake.ts bounds it).
+   */
   closed(code: number): void;
 }
 
@@ -58,8 +70,8 @@ export class ControlSocket implements FrameHandler {
   private open = true;
   /** Until a refusal or the listener's close frame: nothing after either is read. */
   private reading = true;
-  /** The listener's close frame came with this code. */
-  private peerCode: number | undefined;
+  /** closed() was reported. */
+  private finished = false;
   /** The first piece of the message being read, and the others when there are more (most messages are one piece). */
   private firstPiece: Buffer | undefined;
   private laterPieces: Buffer[] | undefined;
@@ -95,11 +107,7 @@ export class ControlSocket implements FrameHandler {
       socket.end();
     });
     socket.on('error', () => socket.destroy());
-    socket.on('close', () => {
-      this.open = false;
-      this.dropPieces();
-      this.events.closed(this.peerCode ?? CLOSE_ABNORMAL);
-    });
+    socket.on('close', () => this.finish(CLOSE_ABNORMAL));
   }
 
   get isOpen(): boolean {
@@ -202,8 +210,8 @@ export class ControlSocket implements FrameHandler {
     this.reading = false;
     this.open = false;
     const said = decodeClosePayload(payload);
-    this.peerCode = said.code;
     this.closing.receive(payload, said);
+    this.finish(said.code);
   }
 
   onFrameError(code: number, reason: string): void {
@@ -218,5 +226,15 @@ export class ControlSocket implements FrameHandler {
     this.closing.send(code);
     this.closing.end();
     this.events.refused(code, reason, overLimit);
+    this.finish(CLOSE_ABNORMAL);
+  }
+
+  /** Reports the channel closed with `code`, the first time only. */
+  private finish(code: number): void {
+    this.open = false;
+    this.dropPieces();
+    if (this.finished) return;
+    this.finished = true;
+    this.events.closed(code);
   }
 }

@@ -89,6 +89,19 @@ describe('control socket', () => {
     assert.equal(c.seen.closed, 4000);
   });
 
+  it('counts the channel closed at the listener\'s close frame, or at a refusal, not when its socket ends (RFC 6455 5.5.1)', async () => {
+    const closing = channel();
+    await closing.read(maskedFrame(0x8, closePayload(4000, 'bye')));
+    assert.equal(closing.seen.closed, 4000, 'before the socket has ended');
+    assert.equal(closing.socket.destroyed, false);
+
+    const refused = channel();
+    await refused.read(Buffer.from([0x81, 0x00]));
+    assert.deepEqual(refused.seen.refused, [{ code: 1002, overLimit: false }]);
+    assert.equal(refused.seen.closed, 1006, 'before the socket has ended');
+    assert.equal(refused.socket.destroyed, false);
+  });
+
   it('delivers what the listener sends while the relay\'s close waits, reports the listener\'s answer, or 1006 without one', async () => {
     const answered = channel();
     answered.wire.close(1001, 'going');

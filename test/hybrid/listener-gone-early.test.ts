@@ -176,11 +176,11 @@ describe('a relayed request whose listener left before acting on it', () => {
     assert.match(s.text(), /"code":"ListenerGone"/);
   });
 
-  it('goes on to another listener when the one it was routed to is closing as the request is sent (control channel path)', async (t) => {
+  it('goes on to another listener when the one it was routed to closes its channel before the request is sent (control channel path)', async (t) => {
     const relay = await startTestRelay(t, { timeouts: { httpResponseMs: 10000 } });
     const seen: string[] = [];
-    // A listener that begins its closing handshake and then reads nothing: its channel stays CLOSING
-    // on the relay (the relay's end of the connection waits for this side's), not yet gone.
+    // A listener that sends its close frame and then reads nothing and never ends its side: its channel is over
+    // (listener-close-frame.test.ts) though the relay's end of the connection waits for this side's.
     const path = '/$hc/echo?sb-hc-action=listen';
     const closing = await rawUpgrade(t, relay.port, path, { ServiceBusAuthorization: tokenFor(wsUrl(relay.url, path)) });
     assert.equal(closing.status, 101, closing.head);
@@ -203,7 +203,10 @@ describe('a relayed request whose listener left before acting on it', () => {
       assert.match(s.text(), /\r\nx-listener: open\r\n/i);
     }
     assert.deepEqual(seen, ['open:request', 'open:request']);
-    assert.equal(relay.hybrid.openConnections().listener, 2, 'the closing listener was still on the relay');
+    // Before, the closing listener stayed on the relay until its connection closed (timeouts.closeHandshakeMs), and
+    // each request went on only when its body came and could not be sent to it.
+    assert.equal(relay.hybrid.openConnections().listener, 1, 'the closing listener left the relay at its close frame');
+    assert.equal(closing.socket.destroyed, false, 'though its connection was still open');
   });
 
   it('a connect whose listener could not be told (dropped, its buffer full) goes on to another listener of the edge', async (t) => {
