@@ -29,7 +29,7 @@ export const FILES_PER_PROCESS = 10;
  * Files that measure the process they run in (its heap, its buffers outside the heap) keep one of their own:
  * what another file left behind, or frees while they measure, would be counted.
  */
-const MEASURES_ITS_PROCESS = /\bmemoryUsage\b/;
+const MEASURES_ITS_PROCESS = /\b(memoryUsage|arrayBuffersAfterGc)\b/;
 
 /** Whether a test file, by its source, must run in a process of its own. */
 export function needsOwnProcess(source: string): boolean {
