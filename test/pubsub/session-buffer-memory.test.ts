@@ -26,7 +26,7 @@ async function member(t: TestContext, url: string, protocol: string | undefined)
   let last: Buffer | undefined;
   ws.on('message', (data: Buffer) => (last = data.length < 1024 ? data : undefined));
   const closed = new Promise<{ code: number; reason: string; last: Buffer | undefined }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason), last })));
-  await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 5000, `${protocol ?? 'simple'} member to open`);
+  await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 10_000, `${protocol ?? 'simple'} member to open`);
   return { ws, closed };
 }
 
@@ -51,7 +51,7 @@ async function heldBy(t: TestContext, reliable: string): Promise<{ held: number;
   const body = `"type":"message","from":"group","group":"g","fromUserId":null,"dataType":"text","data":"${data}"}`.length;
   // Past the bound the session ends, as on the JSON subprotocol.
   for (let i = MEASURED; i < 2 * LIMIT / body && silent.ws.readyState === WebSocket.OPEN; i++) await send();
-  const closed = await withTimeout(silent.closed, 2000, 'the silent session to end');
+  const closed = await withTimeout(silent.closed, 10_000, 'the silent session to end');
   return { held, counted: (MEASURED - 1) * body, closed };
 }
 
