@@ -30,7 +30,10 @@ export class SharedMessage {
   private frame: Buffer | undefined;
   private raw: Buffer | undefined;
   private readonly dataType: DataType;
-  private readonly dataJson: string;
+  /** The `data` value as JSON text, for a simple client's frame; let go with the live frames (dropLiveFrames). */
+  private dataJson: string | undefined;
+  /** Where that text starts in `body` (it ends before the closing brace): a simple client's frame is made from there once it is let go. */
+  private readonly dataStart: number;
   /** Where the edge's message log holds it for reliable sessions (message-log.ts). */
   logIndex: number | undefined = undefined;
   /** A durable hub's session fell behind the live flow at it (its buffer full): the hub keeps its recent messages. */
@@ -59,8 +62,10 @@ export class SharedMessage {
     if (message.group !== undefined) text += `,"group":${JSON.stringify(message.group)}`;
     if (sequence !== undefined) text += `,"sequence":${sequence}`;
     if (message.fromUserId !== undefined) text += `,"fromUserId":${JSON.stringify(message.fromUserId)}`;
-    text += `,"dataType":"${message.dataType}","data":${message.dataJson}}`;
-    this.body = Buffer.from(text, 'utf8');
+    text += `,"dataType":"${message.dataType}","data":`;
+    // (The members before the data are a few dozen bytes: counting them costs little, unlike counting the data.)
+    this.dataStart = Buffer.byteLength(text, 'utf8');
+    this.body = Buffer.from(`${text}${message.dataJson}}`, 'utf8');
     this.dataType = message.dataType;
     this.dataJson = message.dataJson;
     this.expiresAt = message.expiresAt;
@@ -74,9 +79,9 @@ export class SharedMessage {
   rawFrame(): Buffer {
     if (!this.raw) {
       let raw: Buffer;
-      if (this.dataType === 'json') raw = encodeFrame(true, OP_TEXT, Buffer.from(this.dataJson, 'utf8'));
+      if (this.dataType === 'json') raw = encodeFrame(true, OP_TEXT, this.dataJson === undefined ? this.body.subarray(this.dataStart, this.body.length - 1) : Buffer.from(this.dataJson, 'utf8'));
       else {
-        const value = String(JSON.parse(this.dataJson));
+        const value = String(JSON.parse(this.dataJson ?? this.body.toString('utf8', this.dataStart, this.body.length - 1)));
         raw = this.dataType === 'text' ? encodeFrame(true, OP_TEXT, Buffer.from(value, 'utf8')) : encodeFrame(true, OP_BINARY, Buffer.from(value, 'base64'));
       }
       this.raw = this.kept ? owned(raw) : raw;
@@ -116,11 +121,14 @@ export class SharedMessage {
    * and nothing writes those frames again (a session re-sends from the body and its subprotocol's numbered parts).
    * Before, a message held by a session that never acknowledged kept them all: in a group with a plain JSON, a plain
    * protobuf and a simple member, 5 times its body where the session counted it once against
-   * limits.sessionBufferBytes (37.5 MiB held for an 8 MiB bound, test/pubsub/session-buffer-memory.test.ts).
+   * limits.sessionBufferBytes (37.5 MiB held for an 8 MiB bound, test/pubsub/session-buffer-memory.test.ts). Its
+   * data's JSON text goes too (a string on the heap, as large as the data: a simple client's frame was made from it),
+   * which kept it at 3 times its body, not 2, the heap counted (a simple client's frame is made from the body now).
    */
   dropLiveFrames(): void {
     this.frame = undefined;
     this.raw = undefined;
+    this.dataJson = undefined;
     // A plain protobuf client's frame is built from the DataMessage's fields: kept only when a reliable one numbers them.
     if (this.protobuf?.numbered) this.protobuf.plain = undefined;
     else this.protobuf = undefined;
