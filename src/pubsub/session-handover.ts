@@ -30,6 +30,7 @@ import { ConnectionPermissions } from './permissions.ts';
 import { PubSubConnection, closeClientSocket, type ConnectionLimits, type TakenEvent } from './pubsub-connection.ts';
 import type { ReliableSession, SessionEntry } from './reliable-session.ts';
 import { asciiLowerCase } from '../validation/ascii-case.ts';
+import { owned } from '../collections/own-bytes.ts';
 
 /** What a hand-over needs of the hub it moves sessions in (hub-cluster.ts). */
 export interface HandoverHub {
@@ -325,7 +326,9 @@ export class SessionHandover {
       for (const event of taking) {
         if (had.has(event.mid)) continue;
         had.add(event.mid);
-        if (session.push({ body: event.body, mid: event.mid, position: 0, expiresAt: event.expiresAt }) === undefined) throw new Error('session buffer full');
+        // Its own bytes, as restore() keeps the holder's: a small event's body is cut from an 8 KiB pool slab, which it
+        // would keep alive for as long as the session holds it (a SharedMessage copies its own as the log takes it).
+        if (session.push({ body: owned(event.body), mid: event.mid, position: 0, expiresAt: event.expiresAt }) === undefined) throw new Error('session buffer full');
       }
       this.deps.log.info({
         event: 'pubsub.session_taken',
