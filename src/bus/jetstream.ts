@@ -395,23 +395,26 @@ export class JetStreamAccess {
           throw err;
         }
       };
-      for (const spec of [...this.streams]) {
-        if (!(await gone(spec.name))) continue;
-        // A stream deleted a moment ago is made again once its delete has surely ended (StreamSetup.ensureStream).
+      // A stream (or the bucket) deleted a moment ago is made again once its delete has surely ended (StreamSetup.foundOrSettled).
+      const onceSettled = async <T>(make: () => Promise<T>): Promise<T> => {
         for (;;) {
           try {
-            await this.setup.ensureStream(jsm, spec);
-            break;
+            return await make();
           } catch (err) {
             if (!(err instanceof StreamDeleting) || this.closed) throw err;
             await sleep(err.settleMs);
           }
         }
+      };
+      for (const spec of [...this.streams]) {
+        if (!(await gone(spec.name))) continue;
+        await onceSettled(() => this.setup.ensureStream(jsm, spec));
         this.log.warn({ event: 'jetstream.stream_recreated', stream: spec.name, reason, hint: 'the stream was gone with what it held' });
       }
-      if (this.bucket && (await gone(`KV_${this.bucket.name}`))) {
-        this.kv = await this.setup.ensureBucket(jsm, js, this.bucket);
-        this.log.warn({ event: 'jetstream.stream_recreated', stream: `KV_${this.bucket.name}`, reason, hint: 'the session bucket was gone with what it held' });
+      const bucket = this.bucket;
+      if (bucket && (await gone(`KV_${bucket.name}`))) {
+        this.kv = await onceSettled(() => this.setup.ensureBucket(jsm, js, bucket));
+        this.log.warn({ event: 'jetstream.stream_recreated', stream: `KV_${bucket.name}`, reason, hint: 'the session bucket was gone with what it held' });
       }
     })()
       .catch((err) => this.log.warn({ event: 'jetstream.restore_failed', reason, err: (err as Error).message }))

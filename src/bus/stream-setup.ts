@@ -95,27 +95,17 @@ export class StreamSetup {
 
   /**
    * Creates the stream, or gives it the relay's settings. A file-stored stream this edge had found is never made
-   * by an add that might fall inside its delete: asked for first, it is taken over when there, and made again only
-   * once it has stayed gone for DELETE_SETTLE_MS (StreamDeleting until then: its caller tries again). StreamTaken,
+   * by an add that might fall inside its delete (foundOrSettled): taken over when there, made again only once it
+   * has stayed gone for DELETE_SETTLE_MS (StreamDeleting until then: its caller tries again). StreamTaken,
    * StreamSealed when it is not the relay's to use.
    */
   async ensureStream(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
     try {
-      if (this.options.storage === 'file' && this.found.has(spec.name)) {
-        const found = await infoUnlessGone(jsm, spec.name);
-        if (found) {
-          this.goneSince.delete(spec.name);
-          // An update, not an add: if the stream is deleted meanwhile, it fails (not found) and makes nothing.
-          return await this.takeOver(jsm, spec, found);
-        }
-        const since = this.goneSince.get(spec.name) ?? performance.now();
-        this.goneSince.set(spec.name, since);
-        const settleMs = since + DELETE_SETTLE_MS - performance.now();
-        if (settleMs > 0) throw new StreamDeleting(spec.name, settleMs);
-      }
+      const found = await this.foundOrSettled(jsm, spec.name);
+      // An update, not an add: if the stream is deleted meanwhile, it fails (not found) and makes nothing.
+      if (found) return await this.takeOver(jsm, spec, found);
       await this.addOrTakeOver(jsm, spec);
-      this.found.add(spec.name);
-      this.goneSince.delete(spec.name);
+      this.made(spec.name);
     } catch (err) {
       if (errorCode(err).apiCode !== NOT_CLUSTERED || this.replicas === 1) throw err;
       // A configured number of copies the server cannot keep is said, not dropped without a word (found by review).
@@ -132,6 +122,32 @@ export class StreamSetup {
     }
   }
 
+  /**
+   * Whether the stream `name` (a hub's, or the bucket's) may be made by an add. A file-stored one this edge had found
+   * is asked for first: its info when it is there (to be taken over, never added: an add right after an info that
+   * found it could fall inside a delete begun since); gone, undefined once it has stayed gone DELETE_SETTLE_MS, and
+   * StreamDeleting until then. Any other (memory-stored: no directory; never found: first start): undefined at once.
+   */
+  private async foundOrSettled(jsm: JetStreamManager, name: string): Promise<StreamInfo | undefined> {
+    if (this.options.storage !== 'file' || !this.found.has(name)) return undefined;
+    const found = await infoUnlessGone(jsm, name);
+    if (found) {
+      this.goneSince.delete(name);
+      return found;
+    }
+    const since = this.goneSince.get(name) ?? performance.now();
+    this.goneSince.set(name, since);
+    const settleMs = since + DELETE_SETTLE_MS - performance.now();
+    if (settleMs > 0) throw new StreamDeleting(name, settleMs);
+    return undefined;
+  }
+
+  /** The stream `name` was found or made: one gone later was deleted (or lost) since. */
+  private made(name: string): void {
+    this.found.add(name);
+    this.goneSince.delete(name);
+  }
+
   /** Makes the stream, or takes over the one of that name there is. */
   private async addOrTakeOver(jsm: JetStreamManager, spec: StreamSpec): Promise<void> {
     try {
@@ -145,7 +161,7 @@ export class StreamSetup {
   /** Gives a stream found there (`found`) the relay's settings, unless it is another's or sealed. */
   private async takeOver(jsm: JetStreamManager, spec: StreamSpec, found: StreamInfo): Promise<void> {
     // Found, even one the relay may not use (sealed, taken): a delete of it is waited for before it is made again.
-    this.found.add(spec.name);
+    this.made(spec.name);
     // Holding other subjects: another deployment's stream with this name (same streamPrefix, or names that
     // run together: `x` + hub `y_z` and `x_y` + hub `z`), or this one's under an earlier bus.subjectPrefix.
     // Before, its subjects were made ours: the other deployment's edges then read our events as theirs.
@@ -174,14 +190,25 @@ export class StreamSetup {
     });
   }
 
+  /**
+   * Opens the session bucket, made if it is not there, with the relay's limits. Its stream meets the same race as a
+   * hub's (foundOrSettled): js.views.kv asks for the stream and adds it when that answer is "not found", which, on an
+   * operator's delete of a file-stored bucket, fell inside the delete, and the bucket made again had no files (its
+   * checkpoints acknowledged, then lost). Found there, the bucket is bound to (views.kv with bindOnly: no add).
+   */
   async ensureBucket(jsm: JetStreamManager, js: JetStreamClient, bucket: BucketSpec): Promise<KV> {
+    const stream = `KV_${bucket.name}`;
+    const found = await this.foundOrSettled(jsm, stream);
     const storage = this.options.storage === 'memory' ? StorageType.Memory : StorageType.File;
-    const kv = await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
+    const kv = found
+      ? await js.views.kv(bucket.name, { bindOnly: true, allow_direct: found.config.allow_direct })
+      : await js.views.kv(bucket.name, { replicas: this.replicas, history: 1, ttl: bucket.ttlMs, storage });
     // An existing bucket keeps its options: make its TTL ours, and its replicas ours if it has fewer (never fewer than it has).
     // No size limits: a bucket made by hand (`nats kv add --max-value-size`, `--max-bucket-size`; discard new) refused
     // the checkpoints past them, and the sessions they were for could not be taken over (found by the JetStream drift review).
-    const stream = `KV_${bucket.name}`;
-    const info = await jsm.streams.info(stream);
+    // An update, as for a hub's stream: if the bucket is deleted meanwhile, it fails and makes nothing.
+    const info = found ?? (await jsm.streams.info(stream));
+    this.made(stream);
     const replicas = Math.max(info.config.num_replicas, this.replicas);
     const limits = { max_age: nanos(bucket.ttlMs), num_replicas: replicas, max_bytes: -1, max_msgs: -1, max_msg_size: -1 };
     if ((Object.keys(limits) as (keyof typeof limits)[]).some((key) => info.config[key] !== limits[key])) {

@@ -4,7 +4,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { cpSync, renameSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, renameSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { AckPolicy, connect } from 'nats';
 import { JetStreamAccess, type JetStreamOptions } from '../../src/bus/jetstream.ts';
 import { StoreConflict, StoreError } from '../../src/bus/jetstream-errors.ts';
 import type { StoredMessage } from '../../src/bus/stream-reader.ts';
@@ -138,6 +140,38 @@ describe('JetStream access', () => {
     const third = await a.put('hub.c1', Buffer.from('{"x":3}'), second);
     assert.ok(third > second);
     assert.equal(Buffer.from((await a.entry('hub.c1'))!.value).toString(), '{"x":3}');
+  });
+
+  it('makes a file-stored session bucket deleted while its delete is slow again once the delete is done, its files kept (before: made during the delete, whose end removed its files)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    const js = access(t, busOn(t, nats.url), { storage: 'file' }, logs.log);
+    await js.start([STREAM], BUCKET);
+    await js.put('hub.c1', Buffer.from('1'));
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    // nats-server 2.9 takes a stream out of the account before it removes its consumers and then its directory: a
+    // bucket made again in between is left with no files. With 300 consumers to remove, the delete takes about 100 ms,
+    // and the edge, writing a checkpoint all the while, finds the bucket gone inside it (before: 6 of 6 runs).
+    for (let i = 0; i < 300; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, (_, j) => jsm.consumers.add(`KV_${BUCKET.name}`, { durable_name: `c${i + j}`, ack_policy: AckPolicy.Explicit })));
+    }
+    let deleted = false;
+    const deleting = jsm.streams.delete(`KV_${BUCKET.name}`).finally(() => (deleted = true));
+    // Checkpoints written every 20 ms until one is stored after the delete returned, in the bucket made again.
+    let stored = false;
+    for (const deadline = Date.now() + 10000; !stored && Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+      const after = deleted;
+      stored = (await js.put('hub.c1', Buffer.from('2')).then(() => true, () => false)) && after;
+    }
+    await withTimeout(deleting, 1000, 'the delete');
+    assert.ok(stored, 'a checkpoint stored in the bucket made again');
+    await until(() => logs.events().includes('jetstream.stream_recreated'), 5000, 'the bucket made again');
+    // Without its directory, a bucket stores nothing (or into files already removed, lost at its server's restart).
+    assert.ok(existsSync(join(nats.storeDir, 'jetstream', '$G', 'streams', `KV_${BUCKET.name}`, 'meta.inf')), 'the bucket made again has its files');
+    await js.put('hub.c1', Buffer.from('3'));
+    assert.equal(Buffer.from((await js.entry('hub.c1'))!.value).toString(), '3');
   });
 
   it('says so, as an error, when the server cannot keep the configured copies (not clustered), and keeps one', async (t) => {
