@@ -51,13 +51,16 @@ function notStored(reason: string, unsure: boolean): StoreError {
 }
 
 /**
- * Whether a stream's cluster state says it stores: a lone server (no cluster), or a leader named and, with
- * replicas, a majority of the group heard from within REPLICA_SILENT_NS (the leader counts itself). A member left
- * alone answers (once its group has been without a leader for a while) with no leader named; a leader that has
- * lost its peers answers with itself named for up to 10 s, while every write it takes waits for a quorum.
+ * Whether a stream's cluster state says it stores: a leader named and, with replicas, a majority of the group heard
+ * from within REPLICA_SILENT_NS (the leader counts itself). A member left alone answers (once its group has been
+ * without a leader for a while) with no leader named; a leader that has lost its peers answers with itself named for
+ * up to 10 s, while every write it takes waits for a quorum. A lone server (no cluster state) says nothing of it: it
+ * answers a stream's info from memory while every write to the stream fails (its files removed under it: "no such
+ * file or directory", 503) or hangs (its disk), so only a write it acknowledges says its stream stores again.
+ * Before, a lone server's answer cleared a failing stream within a second, and readiness said it stored.
  */
 export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
-  if (!cluster) return true;
+  if (!cluster) return false;
   if (!cluster.leader) return false;
   const replicas = cluster.replicas ?? [];
   const heard = replicas.filter((r) => r.current && !r.offline && r.active < REPLICA_SILENT_NS).length;
@@ -95,9 +98,9 @@ export interface DurablePublishContext {
 export class DurablePublisher {
   /**
    * Streams JetStream stores nothing in now, with why: a publish gave up unanswered (a stream without its leader:
-   * its node died, or the cluster lost its quorum). Each is cleared by the next write stored to it, or once it
-   * answers again (asked each STORE_PROBE_MS meanwhile); a write stored to another stream clears nothing (before,
-   * one flag for all: a hub storing again hid one that did not).
+   * its node died, or the cluster lost its quorum). Each is cleared by the next write stored to it, or, in a NATS
+   * cluster, once it answers again with a leader and its quorum (asked each STORE_PROBE_MS meanwhile: storesNow);
+   * a write stored to another stream clears nothing (before, one flag for all: a hub storing again hid one that did not).
    */
   private readonly failingStreams = new Map<string, string>();
   private storeProbe: NodeJS.Timeout | undefined;
@@ -265,7 +268,7 @@ export class DurablePublisher {
     this.storeProbe = undefined;
   }
 
-  /** Asks each failing stream whether it has its leader again: publishes to it can be stored again. */
+  /** Asks each failing stream whether it has its leader again: publishes to it can be stored again (storesNow: never said by a lone server). */
   private async probeStore(): Promise<void> {
     if (this.probingStore || this.c.state() !== 'ready' || !this.c.manager() || !this.c.bus.connected) return;
     this.probingStore = true;

@@ -174,6 +174,59 @@ describe('JetStream access', () => {
     assert.equal(Buffer.from((await js.entry('hub.c1'))!.value).toString(), '3');
   });
 
+  it('on a lone NATS server, says a stream whose writes fail stores again only once a write to it is stored (before: within a second, on the server\'s answer to an info)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    // Blocks of about a quarter of maxBytes: a second 20 kB message needs a new block file.
+    const stream = { ...STREAM, maxBytes: 100_000 };
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000 }, logs.log);
+    await js.start([stream], BUCKET);
+    const data = Buffer.alloc(20_000, 1);
+    await js.publish('t.ev.hub.g', data, 'id-1');
+    // The stream's files removed under it (as the end of a delete does to a stream of its name made meanwhile): the
+    // server refuses every write that needs a file ("no such file or directory") and answers the stream's info.
+    rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', stream.name), { recursive: true });
+    await assert.rejects(js.publish('t.ev.hub.g', data, 'id-2'), StoreError);
+    assert.match(js.storeFailures.join(), /^T_hub: /);
+    await until(() => logs.events().includes('jetstream.store_failing'), 5000, 'jetstream.store_failing');
+    // Two probes later (one a second), still failing, as every write is.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(logs.events().includes('jetstream.store_recovered'), false, 'not said to store again');
+    assert.equal(js.storingByStream().get(stream.name), false);
+    await assert.rejects(js.publish('t.ev.hub.g', data, 'id-3'), StoreError);
+    // An operator's purge gives it its files again: the next write is stored, and clears it.
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    await (await nc.jetstreamManager()).streams.purge(stream.name);
+    await js.publish('t.ev.hub.g', data, 'id-4');
+    assert.deepEqual(js.storeFailures, []);
+    assert.equal(js.storingByStream().get(stream.name), true);
+    assert.ok(logs.events().includes('jetstream.store_recovered'));
+  });
+
+  it('on a lone NATS server, says a stream that answers no write stores again only once a write to it is stored, though the server answers its info (before: within a second)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000, unsureRetryMs: 0 }, logs.log);
+    await js.start([STREAM], BUCKET);
+    await js.publish('t.ev.hub.g', Buffer.from('1'), 'id-1');
+    // Changed by hand to answer no write (no_ack): its writes go unanswered, its info is answered.
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    await jsm.streams.update(STREAM.name, { no_ack: true });
+    await assert.rejects(js.publish('t.ev.hub.g', Buffer.from('2'), 'id-2'), StoreError);
+    assert.match(js.storeFailures.join(), /^T_hub: JetStream did not answer in time/);
+    // Two probes later (one a second): still said to store nothing, as nothing it takes is answered.
+    await new Promise((r) => setTimeout(r, 2500));
+    assert.equal(logs.events().includes('jetstream.store_recovered'), false, 'not said to store again');
+    assert.equal(js.storingByStream().get(STREAM.name), false);
+    await jsm.streams.update(STREAM.name, { no_ack: false });
+    await js.publish('t.ev.hub.g', Buffer.from('3'), 'id-3');
+    assert.deepEqual(js.storeFailures, []);
+    assert.ok(logs.events().includes('jetstream.store_recovered'));
+  });
+
   it('says so, as an error, when the server cannot keep the configured copies (not clustered), and keeps one', async (t) => {
     const nats = await startNatsServer(t);
     const logs = captureLogger('info');
