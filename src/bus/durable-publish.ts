@@ -101,8 +101,10 @@ export class DurablePublisher {
    * its node died, or the cluster lost its quorum). Each is cleared by the next write stored to it, or, in a NATS
    * cluster, once it answers again with a leader and its quorum (asked each STORE_PROBE_MS meanwhile: storesNow);
    * a write stored to another stream clears nothing (before, one flag for all: a hub storing again hid one that did not).
+   * `wroteNothing`: JetStream answered that it failed to write the stream (STREAM_STORE_FAILED): a leader and its
+   * quorum say nothing of that, so only a stored write clears it.
    */
-  private readonly failingStreams = new Map<string, string>();
+  private readonly failingStreams = new Map<string, { reason: string; wroteNothing: boolean }>();
   private storeProbe: NodeJS.Timeout | undefined;
   private probingStore = false;
   /** The order publishes to each stream try in while one of them is in trouble. */
@@ -158,6 +160,8 @@ export class DurablePublisher {
      * failing in readiness though every try that went out was stored.
      */
     let failedAtStore = false;
+    /** Its last try was answered that the server failed to write the stream (a storeFailed outcome). */
+    let wroteNothing = false;
     const begunAt = performance.now();
     const stream = spec?.name ?? subject;
     // While a publish of this stream is in trouble, its publishes try one at a time in the order they began (publish-order.ts).
@@ -180,7 +184,7 @@ export class DurablePublisher {
           }
         }
         if (left <= 0) {
-          if (failedAtStore && this.c.state() === 'ready' && this.c.bus.connected) this.storeFailed(stream, last);
+          if (failedAtStore && this.c.state() === 'ready' && this.c.bus.connected) this.storeFailed(stream, last, wroteNothing);
           throw notStored(last, unsure);
         }
         if (this.c.state() !== 'ready' || !this.c.bus.connected) {
@@ -218,13 +222,21 @@ export class DurablePublisher {
         if (outcome.kind === 'refused') throw notStored(`${outcome.code ? `JetStream error ${outcome.code}: ` : ''}${outcome.reason}`, unsure);
         last = outcome.reason;
         failedAtStore = true;
+        wroteNothing = outcome.kind === 'storeFailed';
+        // The stream's files gone under it: no try is stored until an operator purges or deletes it. Refused now, and
+        // said now (readiness, jetstream.store_failing), not after publishTimeoutMs of tries each refused the same way
+        // (before: read as "no leader (electing)" and tried again until the deadline).
+        if (outcome.kind === 'storeFailed' && outcome.lasting) {
+          this.storeFailed(stream, last, true);
+          throw notStored(last, unsure);
+        }
         this.order.troubled(turn);
-        if (outcome.unsure && !unsure) {
+        if (outcome.kind === 'retry' && outcome.unsure && !unsure) {
           unsure = true;
           // Tried again with the same id until it is known to be stored (or UNSURE_RETRY_MS): see UNSURE_RETRY_MS.
           deadline = Math.max(deadline, performance.now() + (this.c.options.unsureRetryMs ?? UNSURE_RETRY_MS));
         }
-        if (outcome.noStream) this.c.restoreStreams('no stream answered a publish');
+        if (outcome.kind === 'retry' && outcome.noStream) this.c.restoreStreams('no stream answered a publish');
         await sleep(Math.min(RETRY_MS, Math.max(0, deadline - performance.now())));
       }
     } finally {
@@ -237,7 +249,7 @@ export class DurablePublisher {
    * one per line of readiness's `degraded`; empty while every stream stores.
    */
   get storeFailures(): string[] {
-    return [...this.failingStreams].map(([stream, why]) => `${stream}: ${why}`);
+    return [...this.failingStreams].map(([stream, { reason }]) => `${stream}: ${reason}`);
   }
 
   /** Each stream the relay needs, and whether JetStream stores in it now (ready, and no publish to it gave up unanswered since one was stored). */
@@ -252,9 +264,9 @@ export class DurablePublisher {
     return this.c.streams().find((s) => s.subjects.some((p) => subjectMatches(p, subject)));
   }
 
-  private storeFailed(stream: string, reason: string): void {
+  private storeFailed(stream: string, reason: string, wroteNothing: boolean): void {
     if (!this.failingStreams.has(stream)) this.c.log.error({ event: 'jetstream.store_failing', stream, reason });
-    this.failingStreams.set(stream, reason);
+    this.failingStreams.set(stream, { reason, wroteNothing });
     if (this.storeProbe || this.c.closed()) return;
     this.storeProbe = setInterval(() => void this.probeStore(), STORE_PROBE_MS);
     this.storeProbe.unref();
@@ -273,12 +285,14 @@ export class DurablePublisher {
     if (this.probingStore || this.c.state() !== 'ready' || !this.c.manager() || !this.c.bus.connected) return;
     this.probingStore = true;
     try {
-      for (const stream of [...this.failingStreams.keys()]) {
+      for (const [stream, { wroteNothing }] of [...this.failingStreams]) {
         // A subject no stream takes (a stream removed on reload meanwhile): nothing to wait for.
         if (!this.c.streams().some((s) => s.name === stream)) {
           this.storeWorks(stream);
           continue;
         }
+        // Its server failed to write it: cleared by a write stored, whatever its leader and quorum.
+        if (wroteNothing) continue;
         try {
           const info = await this.c.manager()!.streams.info(stream);
           if (storesNow(info.cluster)) this.storeWorks(stream);

@@ -55,6 +55,11 @@ export const NOT_CLUSTERED = 10074;
 export const MAXIMUM_CONSUMERS = 10026;
 /** "invalid operation on sealed stream": a publish to a stream sealed by hand. */
 export const STREAM_SEALED = 10109;
+/**
+ * "stream store failed" (503): the server failed to write the stream, its description the store's own error ("error
+ * opening msg block file ...: no such file or directory", "no space left on device", "store is closed").
+ */
+export const STREAM_STORE_FAILED = 10077;
 /** "wrong last sequence": a delete expecting a key's revision found another. */
 export const WRONG_LAST_SEQUENCE = 10071;
 

@@ -8,6 +8,7 @@
 // stays with the caller (durable-publish.ts).
 import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { TransientMap } from '../collections/transient-map.ts';
+import { STREAM_STORE_FAILED } from './jetstream-errors.ts';
 
 /** What JetStream said of one publish. */
 export type PublishOutcome =
@@ -17,6 +18,11 @@ export type PublishOutcome =
    * nothing answered at all; `unsure` when it went out and nothing said whether it was stored (it may have been).
    */
   | { kind: 'retry'; reason: string; noStream?: boolean; unsure?: boolean }
+  /**
+   * The server failed to write the stream (STREAM_STORE_FAILED): `reason` says so, with the store's own error;
+   * `lasting` when that error says the stream's files are gone, which no wait cures (storeFailure).
+   */
+  | { kind: 'storeFailed'; reason: string; lasting: boolean }
   /** Refused for good (a stream limit, a wrong subject...): `code` is JetStream's err_code when it gave one. */
   | { kind: 'refused'; reason: string; code?: number }
   /** More than the server's max_payload with its headers: never stored, however often tried. */
@@ -97,6 +103,8 @@ export class StorePublisher {
     }
     if (ack.error) {
       const reason = ack.error.description ?? `error ${ack.error.code}`;
+      const failed = storeFailure(ack.error.err_code, reason);
+      if (failed) return this.settle(token, failed);
       // 503: JetStream is there but cannot store now (no leader, electing).
       if (ack.error.code === NO_RESPONDERS) return this.settle(token, { kind: 'retry', reason: `JetStream has no leader for the stream (electing): ${reason}` });
       return this.settle(token, { kind: 'refused', reason, code: ack.error.err_code });
@@ -149,6 +157,21 @@ export class StorePublisher {
   private retryAll(reason: string): void {
     for (const token of inPublishOrder(this.waiting.entries().map(([token]) => token))) this.settle(token, { kind: 'retry', reason, unsure: true });
   }
+}
+
+/**
+ * A PubAck error that says the server failed to write the stream: JetStream's STREAM_STORE_FAILED, or the store's
+ * "msg block file" errors without that code. Before, as any 503, "JetStream has no leader for the stream (electing)".
+ * `lasting` when the store says a file of the stream is not there ("no such file or directory"): its directory was
+ * removed under it (the end of a delete, on nats-server 2.9, removes the files of a stream of its name made meanwhile),
+ * and nats-server makes none again while the stream lives: every write that needs a file fails until an operator
+ * purges or deletes the stream (seen: still after 3 s, and after an update). Other store failures may pass (a store
+ * closed as its stream stops, a full disk that makes a clustered server give up JetStream and its leaderships) and are
+ * tried again.
+ */
+function storeFailure(errCode: number | undefined, reason: string): PublishOutcome | undefined {
+  if (errCode !== STREAM_STORE_FAILED && !/msg block file/i.test(reason)) return undefined;
+  return { kind: 'storeFailed', reason: `the NATS server failed to write the stream: ${reason}`, lasting: /no such file or directory/i.test(reason) };
 }
 
 /**

@@ -84,6 +84,29 @@ describe('StorePublisher', () => {
     assert.ok(waited >= 290 && waited < 3000, `waited ${waited} ms`);
   });
 
+  it('says storeFailed, in the store\'s own words, when the server answers that it failed to write the stream; lasting when a file of it is not there', async (t) => {
+    const nats = await startNatsServer(t);
+    const nc = await connected(t, nats.url);
+    // Answers on `js.>` as nats-server 2.9.10 does when a stream's store fails a write (NewJSStreamStoreFailedError)
+    // or JetStream is unavailable: the failures a stream cannot be made to give on demand.
+    const errors: Record<string, object> = {
+      missing: { code: 503, err_code: 10077, description: 'error opening msg block file ["/data/jetstream/$G/streams/S/msgs/1.blk"]: open /data/jetstream/$G/streams/S/msgs/1.blk: no such file or directory' },
+      closed: { code: 503, err_code: 10077, description: 'store is closed' },
+      unavailable: { code: 503, err_code: 10008, description: 'JetStream system temporarily unavailable' },
+    };
+    const responder = nc.subscribe('js.>', { callback: (_err, msg) => msg.respond(JSON.stringify({ error: errors[msg.subject.slice(3)], stream: 'S', seq: 0 })) });
+    cleanupFor(t).after(() => responder.unsubscribe());
+    await nc.flush();
+    const publisher = new StorePublisher(nc);
+    t.after(() => publisher.close());
+    const missing = await publisher.publish('js.missing', Buffer.from('x'), 'a', 2000);
+    assert.deepEqual(missing, { kind: 'storeFailed', reason: `the NATS server failed to write the stream: ${(errors.missing as { description: string }).description}`, lasting: true });
+    // Before: both "JetStream has no leader for the stream (electing)".
+    assert.deepEqual(await publisher.publish('js.closed', Buffer.from('x'), 'b', 2000), { kind: 'storeFailed', reason: 'the NATS server failed to write the stream: store is closed', lasting: false });
+    const unavailable = await publisher.publish('js.unavailable', Buffer.from('x'), 'c', 2000);
+    assert.equal(unavailable.kind, 'retry');
+  });
+
   it('ends open waits with a retry when closed', async (t) => {
     const nats = await startNatsServer(t);
     const nc = await connected(t, nats.url);

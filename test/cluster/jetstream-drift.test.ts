@@ -3,7 +3,7 @@
 // an edge takes over, and what it must not leave as it is, since an event it
 // acknowledges must stay stored (docs/durability.md, "The stream of a hub").
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { AckPolicy, connect, RetentionPolicy, StorageType, type JetStreamManager, type StreamConfig } from 'nats';
@@ -83,6 +83,12 @@ describe("a hub's stream found with other settings", () => {
 
 /** POST groups/{group}/:send on `edge`: the status and the error code, if any. */
 async function sendToGroup(edge: { url: string }, group: string, data: unknown): Promise<{ status: number; code?: string }> {
+  const { status, text } = await sendToGroupAnswer(edge, group, data);
+  return { status, code: text ? (JSON.parse(text) as { code?: string }).code : undefined };
+}
+
+/** POST groups/{group}/:send on `edge`: the status and the body. */
+async function sendToGroupAnswer(edge: { url: string }, group: string, data: unknown): Promise<{ status: number; text: string }> {
   const path = `/api/hubs/${HUB}/groups/${group}/:send`;
   const res = await fetch(`${edge.url}${path}`, {
     method: 'POST',
@@ -90,8 +96,7 @@ async function sendToGroup(edge: { url: string }, group: string, data: unknown):
     body: JSON.stringify(data),
     signal: AbortSignal.timeout(10000),
   });
-  const text = await res.text();
-  return { status: res.status, code: text ? (JSON.parse(text) as { code?: string }).code : undefined };
+  return { status: res.status, text: await res.text() };
 }
 
 /** Seals the hub's stream, as `nats stream seal` does: no new message, no delete, no change, ever. */
@@ -164,6 +169,36 @@ describe("a hub's stream sealed by hand", () => {
     await jsm.streams.delete(`RELAY_${HUB}`);
     await waitReady(a);
     assert.equal((await sendToGroup(a, 'room', 3)).status, 202);
+  });
+});
+
+describe("a hub's stream whose files are gone under it", () => {
+  it('a write its server fails to make (no such file or directory) is refused at once as a store that failed, in its own words, and readiness names the stream (before: "no leader (electing)", tried for publishTimeoutMs)', async (t) => {
+    const nats = await startNatsServer(t);
+    const log = captureLogger();
+    // A hub keeping 100 kB: its stream's blocks take about 25 kB, so a second 20 kB event needs a new block file.
+    const hubs = { pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY, history: { maxBytes: 100_000 } }] } };
+    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], { ...hubs, bus: { jetstream: { publishTimeoutMs: 5000 } } }), { log: log.log });
+    await waitReady(a);
+    const event = 'x'.repeat(20_000);
+    assert.equal((await sendToGroup(a, 'room', event)).status, 202);
+    // As the end of a slow delete leaves a stream of its name made meanwhile (nats-server 2.9): no files.
+    rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', `RELAY_${HUB}`), { recursive: true });
+    const sentAt = performance.now();
+    const refused = await sendToGroupAnswer(a, 'room', event);
+    const tookMs = performance.now() - sentAt;
+    assert.equal(refused.status, 503);
+    const body = JSON.parse(refused.text) as { code: string; message: string };
+    assert.equal(body.code, 'StoreUnavailable');
+    assert.match(body.message, /the NATS server failed to write the stream: .*no such file or directory/);
+    assert.doesNotMatch(body.message, /leader/);
+    // No wait cures it: refused on the first answer, not after 5 s of tries.
+    assert.ok(tookMs < 2500, `refused after ${Math.round(tookMs)} ms`);
+    const said = await readiness(a);
+    assert.equal(said.status, 200, 'the edge serves the rest');
+    assert.equal(said.body.jetstream.storing, false);
+    assert.match(said.body.degraded.join(), /JetStream stores nothing in stream RELAY_chat: the NATS server failed to write the stream: .*no such file or directory/);
+    assert.equal(log.events().filter((e) => e === 'jetstream.store_failing').length, 1);
   });
 });
 
