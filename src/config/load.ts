@@ -249,10 +249,10 @@ function checkCrossFieldRules(config: RelayConfig): void {
   // The schema's patterns take the shape of a URL; a port over 65535 or not a number, or a host a URL cannot have,
   // passed them and failed later: publicUrl with exit 1 and "Invalid URL", a NATS server by retrying forever.
   if (config.publicUrl !== undefined && !parsesAsUrl(config.publicUrl)) {
-    throw new ConfigError(`config: /publicUrl: "${config.publicUrl}" is not a URL (its host or port cannot be read)`);
+    throw new ConfigError(`config: /publicUrl: "${quotedUrl(config.publicUrl)}" is not a URL (its host or port cannot be read)`);
   }
   for (const [i, server] of (config.bus.servers ?? []).entries()) {
-    if (!parsesAsUrl(server)) throw new ConfigError(`config: /bus/servers/${i}: "${server}" is not a URL (its host or port cannot be read)`);
+    if (!parsesAsUrl(server)) throw new ConfigError(`config: /bus/servers/${i}: "${quotedUrl(server)}" is not a URL (its host or port cannot be read)`);
   }
   const busAuth = (['user', 'token', 'credsFile', 'nkeyFile'] as const).filter((k) => config.bus[k] !== undefined);
   if (busAuth.length > 1) throw new ConfigError(`config: /bus: give one way to authenticate to NATS, not ${busAuth.join(' and ')}`);
@@ -267,6 +267,17 @@ const USER_INFO_REFUSED = 'credentials in the URL (user:password@) are not sent:
 /** A URL whose authority holds a user name or password (`https://user:pass@host/`). */
 function hasUserInfo(url: string): boolean {
   return /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*@/.test(url);
+}
+
+/**
+ * A URL that did not parse, as an error message quotes it: everything before its last `@` after the scheme left out,
+ * where a `user:password@` would be. Such a URL fails to parse precisely when its password holds a `#` or a `?`
+ * (`nats://edge:pa#ss@nats-1:4222`), or its port is mistyped; before, the message, which goes to stderr, the log
+ * (`config.reload_refused`) and the answer of POST /$relay/reload, quoted the password whole (found by the secrets
+ * review). The last `@`, not the first: a password may hold one too.
+ */
+function quotedUrl(url: string): string {
+  return url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?[^]*@/, '$1…@');
 }
 
 function parsesAsUrl(text: string): boolean {

@@ -165,6 +165,40 @@ describe('configuration', () => {
     assert.ok(started instanceof ConfigError, 'the relay started');
   });
 
+  it('quotes a NATS server URL or publicUrl that does not parse without what is before its @, a password (found by the secrets review)', async (t) => {
+    // A password with # or ? ends a NATS URL's authority early, a mistyped port fails alone: such a URL matches the
+    // schema's pattern and fails to parse, and the message quoted it whole, password and all.
+    const cases: [Record<string, unknown>, string, RegExp][] = [
+      [{ bus: { kind: 'nats', servers: ['nats://edge:hunter2#secret@nats-1:4222'] } }, '/bus/servers/0', /"nats:\/\/…@nats-1:4222" is not a URL/],
+      [{ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222', 'tls://edge:hunter2@secret@nats-2:99999'] } }, '/bus/servers/1', /"tls:\/\/…@nats-2:99999" is not a URL/],
+      [{ publicUrl: 'https://edge:hunter2-secret@relay.example.com:70000' }, '/publicUrl', /"https:\/\/…@relay.example.com:70000" is not a URL/],
+    ];
+    for (const [raw, where, quoted] of cases) {
+      assert.throws(
+        () => buildConfig(raw),
+        (err: Error) => err instanceof ConfigError && err.message.startsWith(`config: ${where}: `) && quoted.test(err.message) && !/hunter2|secret/.test(err.message),
+        where,
+      );
+    }
+    // One without credentials is quoted as it was written.
+    assert.throws(() => buildConfig({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:notaport'] } }), /"nats:\/\/127.0.0.1:notaport" is not a URL/);
+    // From --nats (EDGE_RELAY_NATS), and on a reload: the log line and POST /$relay/reload's answer carry the same text.
+    const file = join(tempDirFor(t, 'edge-relay-quoted-url-'), 'relay.json');
+    writeFileSync(file, JSON.stringify(testConfig()));
+    assert.throws(() => loadConfig(file, {}, { 'bus.servers': 'nats://edge:hunter2#secret@nats-1:4222' }), (err: Error) => /\/bus\/servers\/0: "nats:\/\/…@nats-1:4222"/.test(err.message) && !/hunter2|secret/.test(err.message));
+    const captured = captureLogger('info');
+    const relay = await startTestRelay(t, {}, { log: captured.log, loadConfig: () => loadConfig(file, {}, {}) });
+    writeFileSync(file, JSON.stringify(testConfig({ bus: { kind: 'nats', servers: ['nats://edge:hunter2#secret@nats-1:4222'] } })));
+    const reload = `${relay.url}/$relay/reload`;
+    const answer = await fetch(reload, { method: 'POST', headers: { authorization: tokenFor(`${relay.url}/`) } });
+    const body = await answer.text();
+    assert.equal(answer.status, 422);
+    assert.match(body, /\/bus\/servers\/0: \\?"nats:\/\/…@nats-1:4222\\?" is not a URL/);
+    assert.ok(captured.events().includes('config.reload_refused'));
+    assert.deepEqual(captured.lines().filter((line) => /hunter2|secret/.test(JSON.stringify(line))), []);
+    assert.doesNotMatch(body, /hunter2|secret/);
+  });
+
   it("refuses an event handler timeoutMs past 300 s, where Node's fetch gives up on an http handler whatever it says (found by the event handler review)", () => {
     const hub = (handler: Record<string, unknown>) => ({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', ...handler }] } });
     // (Before: 600000 was taken, and a handler answering after 300 s failed then, 'unreachable: fetch failed', a connect 500.)
