@@ -120,28 +120,15 @@ describe("a hub's stream sealed by hand", () => {
   // A refused publish waits no longer than this.
   const OPTIONS = { ...HUBS, bus: { jetstream: { publishTimeoutMs: 1000 } } };
 
-  it('one sealed before the edge starts: the edge is not ready, naming it, until it is deleted (before: ready, storing true, every publish 503)', async (t) => {
+  /**
+   * A stream sealed (with `consumers` durable consumers) before an edge starts, which says so; then deleted by hand:
+   * the edge makes it again and serves the hub again. The NATS server, for a look at its files.
+   */
+  async function sealedThenDeleted(t: TestContext, consumers: number) {
     const nats = await startNatsServer(t);
     const jsm = await manager(t, nats.url);
     await jsm.streams.add({ name: `RELAY_${HUB}`, subjects: [`relay.ev.${HUB}.>`], storage: StorageType.File });
-    await seal(jsm);
-    const log = captureLogger();
-    const a = await startTestRelay(t, edgeOverrides('edge-a', [nats.url], OPTIONS), { log: log.log });
-    await saysSealed(a, log.events);
-    // Deleted, it is made again by the edge, which serves the hub again.
-    await jsm.streams.delete(`RELAY_${HUB}`);
-    await waitReady(a);
-    assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
-  });
-
-  it('one deleted while its delete is slow: the edge makes it again once the delete is done, its files kept (before: made during the delete, whose end removed its files; the edge was ready and its publishes failed 503 or were lost)', async (t) => {
-    const nats = await startNatsServer(t);
-    const jsm = await manager(t, nats.url);
-    await jsm.streams.add({ name: `RELAY_${HUB}`, subjects: [`relay.ev.${HUB}.>`], storage: StorageType.File });
-    // nats-server 2.9 takes a stream out of the account before it removes its consumers and then its directory: a
-    // stream of that name made in between (the edge tries every 250 ms) is left with no files. With a thousand
-    // consumers to remove, the delete takes a few hundred milliseconds, and the edge's next try falls inside it.
-    for (let i = 0; i < 1000; i += 50) {
+    for (let i = 0; i < consumers; i += 50) {
       await Promise.all(Array.from({ length: 50 }, (_, j) => jsm.consumers.add(`RELAY_${HUB}`, { durable_name: `c${i + j}`, ack_policy: AckPolicy.Explicit })));
     }
     await seal(jsm);
@@ -151,6 +138,18 @@ describe("a hub's stream sealed by hand", () => {
     await jsm.streams.delete(`RELAY_${HUB}`);
     await waitReady(a);
     assert.equal((await sendToGroup(a, 'room', 1)).status, 202);
+    return nats;
+  }
+
+  it('one sealed before the edge starts: the edge is not ready, naming it, until it is deleted (before: ready, storing true, every publish 503)', async (t) => {
+    await sealedThenDeleted(t, 0);
+  });
+
+  it('one deleted while its delete is slow: the edge makes it again once the delete is done, its files kept (before: made during the delete, whose end removed its files; the edge was ready and its publishes failed 503 or were lost)', async (t) => {
+    // nats-server 2.9 takes a stream out of the account before it removes its consumers and then its directory: a
+    // stream of that name made in between (the edge tries every 250 ms) is left with no files. With a thousand
+    // consumers to remove, the delete takes a few hundred milliseconds, and the edge's next try falls inside it.
+    const nats = await sealedThenDeleted(t, 1000);
     // Without its directory, a stream stores nothing (or into files already removed, lost at its server's restart).
     assert.ok(existsSync(join(nats.storeDir, 'jetstream', '$G', 'streams', `RELAY_${HUB}`, 'meta.inf')), 'the stream made again has its files');
   });
