@@ -253,6 +253,9 @@ function checkCrossFieldRules(config: RelayConfig): void {
   }
   for (const [i, server] of (config.bus.servers ?? []).entries()) {
     if (!parsesAsUrl(server)) throw new ConfigError(`config: /bus/servers/${i}: "${quotedUrl(server)}" is not a URL (its host or port cannot be read)`);
+    // nats.js connects to such a URL without them: every connect was refused ("Authorization Violation") and the edge
+    // retried for ever, where the NATS CLI and the Go client take them from the URL.
+    if (hasUserInfo(server)) throw new ConfigError(`config: /bus/servers/${i}: ${NATS_USER_INFO_REFUSED}`);
   }
   const busAuth = (['user', 'token', 'credsFile', 'nkeyFile'] as const).filter((k) => config.bus[k] !== undefined);
   if (busAuth.length > 1) throw new ConfigError(`config: /bus: give one way to authenticate to NATS, not ${busAuth.join(' and ')}`);
@@ -262,6 +265,7 @@ function checkCrossFieldRules(config: RelayConfig): void {
   }
 }
 
+const NATS_USER_INFO_REFUSED = 'credentials in the URL (user:password@ or token@) are not sent by the NATS client: give bus.user and bus.pass, bus.token, bus.credsFile or bus.nkeyFile instead';
 const USER_INFO_REFUSED = 'credentials in the URL (user:password@) are not sent: give auth { "type": "bearer", "token" } instead';
 
 /** A URL whose authority holds a user name or password (`https://user:pass@host/`). */

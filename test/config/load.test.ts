@@ -199,6 +199,17 @@ describe('configuration', () => {
     assert.doesNotMatch(body, /hunter2|secret/);
   });
 
+  it('refuses a NATS server URL with credentials, which the NATS client does not send (before: every connect refused, retried for ever), and quotes none of it', () => {
+    for (const server of ['nats://edge:hunter2-secret@nats-1:4222', 'tls://hunter2-secret@nats-2:4222']) {
+      assert.throws(
+        () => buildConfig({ bus: { kind: 'nats', servers: ['nats://127.0.0.1:4222', server] } }),
+        (err: Error) => err instanceof ConfigError && err.message.startsWith('config: /bus/servers/1: credentials in the URL') && /bus\.user and bus\.pass/.test(err.message) && !/hunter2|secret/.test(err.message),
+        server,
+      );
+    }
+    assert.deepEqual(buildConfig({ bus: { kind: 'nats', servers: ['nats://nats-1:4222'], user: 'edge', pass: 'hunter2-secret' } }).bus.servers, ['nats://nats-1:4222']);
+  });
+
   it("refuses an event handler timeoutMs past 300 s, where Node's fetch gives up on an http handler whatever it says (found by the event handler review)", () => {
     const hub = (handler: Record<string, unknown>) => ({ pubsub: { hubs: [{ name: 'chat', accessKey: 'long-enough-key-123', ...handler }] } });
     // (Before: 600000 was taken, and a handler answering after 300 s failed then, 'unreachable: fetch failed', a connect 500.)
