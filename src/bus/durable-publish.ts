@@ -10,10 +10,10 @@
 import type { JetStreamManager } from 'nats';
 import type { Logger } from '../telemetry/logger.ts';
 import { BusError, tooLargeForBus } from './bus.ts';
-import { StoreError, STREAM_SEALED } from './jetstream-errors.ts';
+import { errorCode, StoreError, STREAM_NOT_FOUND, STREAM_SEALED, WRONG_LAST_SEQUENCE } from './jetstream-errors.ts';
 import type { NatsBus } from './nats.ts';
 import { PublishOrder } from './publish-order.ts';
-import type { StreamSpec } from './stream-setup.ts';
+import { streamIdOf, type StreamSpec } from './stream-setup.ts';
 import { storedBytes, type StorePublisher } from './stream-publisher.ts';
 import { subjectMatches } from './subject-match.ts';
 
@@ -42,6 +42,11 @@ const STORE_PROBE_MS = 1000;
  * peers were killed goes on naming itself leader, with them current, that long.
  */
 const REPLICA_SILENT_NS = 3_000_000_000;
+/**
+ * The last token of the subject a lone server's stream is probed on (StorePublisher.probe): in the stream's subjects
+ * (`<prefix>.ev.<hub>._probe`), and none an edge publishes or reads an event on (`.all`, `.ctl`, `.g.`, `.u.`, `.c.`).
+ */
+const PROBE_TOKEN = '_probe';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -50,13 +55,21 @@ function notStored(reason: string, unsure: boolean): StoreError {
   return new StoreError(unsure ? `not confirmed: ${reason} (it may still have been stored, and is then delivered)` : `not stored: ${reason}`);
 }
 
+/** A subject `pattern` (a stream's) takes: its wildcards made PROBE_TOKEN. */
+export function probeSubject(pattern: string): string {
+  return pattern
+    .split('.')
+    .map((token) => (token === '*' || token === '>' ? PROBE_TOKEN : token))
+    .join('.');
+}
+
 /**
  * Whether a stream's cluster state says it stores: a leader named and, with replicas, a majority of the group heard
  * from within REPLICA_SILENT_NS (the leader counts itself). A member left alone answers (once its group has been
  * without a leader for a while) with no leader named; a leader that has lost its peers answers with itself named for
  * up to 10 s, while every write it takes waits for a quorum. A lone server (no cluster state) says nothing of it: it
  * answers a stream's info from memory while every write to the stream fails (its files removed under it: "no such
- * file or directory", 503) or hangs (its disk), so only a write it acknowledges says its stream stores again.
+ * file or directory", 503) or goes unanswered, so its stream is asked with a write instead (probeWrites).
  * Before, a lone server's answer cleared a failing stream within a second, and readiness said it stored.
  */
 export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
@@ -101,10 +114,12 @@ export class DurablePublisher {
    * its node died, or the cluster lost its quorum). Each is cleared by the next write stored to it, or, in a NATS
    * cluster, once it answers again with a leader and its quorum (asked each STORE_PROBE_MS meanwhile: storesNow);
    * a write stored to another stream clears nothing (before, one flag for all: a hub storing again hid one that did not).
-   * `wroteNothing`: JetStream answered that it failed to write the stream (STREAM_STORE_FAILED): a leader and its
-   * quorum say nothing of that, so only a stored write clears it.
+   * On a lone server (no leader nor quorum to read), once it answers a write again that it refuses by design, storing
+   * nothing (probeWrites). `wroteNothing`: JetStream answered that it failed to write the stream (STREAM_STORE_FAILED):
+   * a leader, its quorum or an answered write say nothing of that, so only a stored write clears it, or the stream
+   * made again (`madeAs`: the making it failed on, streamIdOf, noted at the first probe; '' when the probe found it gone).
    */
-  private readonly failingStreams = new Map<string, { reason: string; wroteNothing: boolean }>();
+  private readonly failingStreams = new Map<string, { reason: string; wroteNothing: boolean; madeAs?: string }>();
   private storeProbe: NodeJS.Timeout | undefined;
   private probingStore = false;
   /** The order publishes to each stream try in while one of them is in trouble. */
@@ -280,28 +295,54 @@ export class DurablePublisher {
     this.storeProbe = undefined;
   }
 
-  /** Asks each failing stream whether it has its leader again: publishes to it can be stored again (storesNow: never said by a lone server). */
+  /**
+   * Asks each failing stream whether publishes to it can be stored again: in a cluster, whether it has its leader and
+   * quorum again (storesNow); on a lone server, whether it answers a write again (probeWrites). Before, a lone server's
+   * mark was never cleared but by a write stored: on a hub nobody published to after a passing trouble (its stream
+   * deleted and made again, a while unanswered), readiness said "stores nothing" for as long as it stayed quiet.
+   */
   private async probeStore(): Promise<void> {
     if (this.probingStore || this.c.state() !== 'ready' || !this.c.manager() || !this.c.bus.connected) return;
     this.probingStore = true;
     try {
-      for (const [stream, { wroteNothing }] of [...this.failingStreams]) {
+      for (const [stream, mark] of [...this.failingStreams]) {
+        const spec = this.c.streams().find((s) => s.name === stream);
         // A subject no stream takes (a stream removed on reload meanwhile): nothing to wait for.
-        if (!this.c.streams().some((s) => s.name === stream)) {
+        if (!spec) {
           this.storeWorks(stream);
           continue;
         }
-        // Its server failed to write it: cleared by a write stored, whatever its leader and quorum.
-        if (wroteNothing) continue;
         try {
           const info = await this.c.manager()!.streams.info(stream);
-          if (storesNow(info.cluster)) this.storeWorks(stream);
-        } catch {
-          // Still without an answer: asked again at the next probe.
+          if (mark.wroteNothing) {
+            // Its server failed to write this making of it: cleared by a write stored, whatever its leader, quorum
+            // or answers. A making found since (an operator deleted it, an edge made it again) is a new store.
+            const madeAs = streamIdOf(info.config.description, info.created);
+            mark.madeAs ??= madeAs;
+            if (mark.madeAs === madeAs) continue;
+          }
+          if (info.cluster ? storesNow(info.cluster) : await this.probeWrites(spec)) this.storeWorks(stream);
+        } catch (err) {
+          // Gone: the making whose store failed is no more, and the one made next is another.
+          if (mark.wroteNothing && errorCode(err).apiCode === STREAM_NOT_FOUND) mark.madeAs ??= '';
+          // Else still without an answer: asked again at the next probe.
         }
       }
     } finally {
       this.probingStore = false;
     }
+  }
+
+  /**
+   * Whether a lone server's stream answers a write now: its info says nothing of it (answered from memory while every
+   * write to the stream fails or goes unanswered), so it is given one it refuses without storing (StorePublisher.probe,
+   * on a subject no edge reads); refused as that, the stream takes and answers writes. A stream whose writes go
+   * unanswered (no_ack set by hand; a server too busy) answers this one no more than those.
+   */
+  private async probeWrites(spec: StreamSpec): Promise<boolean> {
+    const publisher = this.c.publisher();
+    if (!publisher || spec.subjects.length === 0) return false;
+    const outcome = await publisher.probe(probeSubject(spec.subjects[0]), this.c.options.requestTimeoutMs);
+    return outcome.kind === 'refused' && outcome.code === WRONG_LAST_SEQUENCE;
   }
 }

@@ -6,7 +6,7 @@
 // message is a publish with a reply token, a map entry and, for the waits
 // still open, one sweep timer. The retry policy (what is retried, until when)
 // stays with the caller (durable-publish.ts).
-import { createInbox, headers, type Msg, type NatsConnection, type Subscription } from 'nats';
+import { createInbox, headers, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { TransientMap } from '../collections/transient-map.ts';
 import { STREAM_STORE_FAILED } from './jetstream-errors.ts';
 
@@ -35,6 +35,8 @@ interface Waiting {
 
 /** The header JetStream de-duplicates by, and a follower knows a message by (stream-resume.ts). */
 export const MSG_ID_HEADER = 'Nats-Msg-Id';
+/** A write with this header is stored only when its stream's last sequence is the one it names (StorePublisher.probe). */
+const EXPECTED_LAST_SEQ_HEADER = 'Nats-Expected-Last-Sequence';
 /** The encoded headers of a publish, but for its message id. */
 const HEADER_BYTES = 'NATS/1.0\r\n'.length + `${MSG_ID_HEADER}: \r\n`.length + '\r\n'.length;
 
@@ -71,12 +73,28 @@ export class StorePublisher {
 
   /** Resolves with what JetStream said, or with a retry once `timeoutMs` passed without an answer. Never rejects. */
   publish(subject: string, data: Uint8Array, msgId: string, timeoutMs: number): Promise<PublishOutcome> {
-    const token = (++this.nextToken).toString(36);
     const h = headers();
     h.set(MSG_ID_HEADER, msgId);
     const bytes = storedBytes(data, msgId);
     const maxPayload = this.nc.info?.max_payload;
     if (maxPayload !== undefined && bytes > maxPayload) return Promise.resolve({ kind: 'tooLarge', bytes });
+    return this.send(subject, data, h, timeoutMs);
+  }
+
+  /**
+   * A write its stream answers and never stores: an empty message expecting a last sequence no stream reaches, which
+   * JetStream refuses (WRONG_LAST_SEQUENCE) under the same lock and on the same path as a write it would store,
+   * before its store is touched. Answered so, the stream takes and answers writes now; no follower reads it (nothing
+   * is stored), and `subject` should be one no edge subscribes to (durable-publish.ts's PROBE_TOKEN). Never rejects.
+   */
+  probe(subject: string, timeoutMs: number): Promise<PublishOutcome> {
+    const h = headers();
+    h.set(EXPECTED_LAST_SEQ_HEADER, String(Number.MAX_SAFE_INTEGER));
+    return this.send(subject, new Uint8Array(0), h, timeoutMs);
+  }
+
+  private send(subject: string, data: Uint8Array, h: MsgHdrs, timeoutMs: number): Promise<PublishOutcome> {
+    const token = (++this.nextToken).toString(36);
     return new Promise((resolve) => {
       this.waiting.set(token, { resolve, deadline: performance.now() + timeoutMs });
       this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref();

@@ -227,6 +227,56 @@ describe('JetStream access', () => {
     assert.ok(logs.events().includes('jetstream.store_recovered'));
   });
 
+  it('on a lone NATS server, says a stream whose publish went unanswered stores again once it answers a write, without writing one (before: not until a write to it was stored, on a quiet hub never)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000, unsureRetryMs: 0 }, logs.log);
+    await js.start([STREAM], BUCKET);
+    await js.publish('t.ev.hub.g', Buffer.from('1'), 'id-1');
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    const jsm = await nc.jetstreamManager();
+    // A passing trouble: its writes go unanswered for a while (here no_ack, set and unset by hand).
+    await jsm.streams.update(STREAM.name, { no_ack: true });
+    await assert.rejects(js.publish('t.ev.hub.g', Buffer.from('2'), 'id-2'), StoreError);
+    assert.match(js.storeFailures.join(), /^T_hub: JetStream did not answer in time/);
+    await jsm.streams.update(STREAM.name, { no_ack: false });
+    // (no_ack stores what it does not answer: the unanswered event is there.)
+    const last = (await jsm.streams.info(STREAM.name)).state.last_seq;
+    // Nobody publishes to the hub: the probe's write, refused by JetStream by design, says it answers writes again.
+    await until(() => js.storeFailures.length === 0, 3000, 'the stream said to store again without a write');
+    assert.equal(js.storingByStream().get(STREAM.name), true);
+    assert.ok(logs.events().includes('jetstream.store_recovered'));
+    // Nothing stored by the probe: the next event is stored right after the last.
+    assert.equal((await jsm.streams.info(STREAM.name)).state.last_seq, last);
+    assert.equal((await js.publish('t.ev.hub.g', Buffer.from('3'), 'id-3')).seq, last + 1);
+  });
+
+  it('says a stream whose server failed to write it stores again once the stream was made again, without a write to it (before: not until a write to it was stored, on a quiet hub never)', async (t) => {
+    const nats = await startNatsServer(t);
+    const logs = captureLogger('info');
+    const stream = { ...STREAM, maxBytes: 100_000 };
+    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000 }, logs.log);
+    await js.start([stream], BUCKET);
+    const data = Buffer.alloc(20_000, 1);
+    await js.publish('t.ev.hub.g', data, 'id-1');
+    rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', stream.name), { recursive: true });
+    await assert.rejects(js.publish('t.ev.hub.g', data, 'id-2'), /no such file or directory/);
+    // Two probes: the making that failed is not said to store again.
+    await new Promise((r) => setTimeout(r, 2200));
+    assert.match(js.storeFailures.join(), /^T_hub: the NATS server failed to write the stream/);
+    // The operator deletes it; a follower (here bounds()) finds it gone, and the edge makes it again once it has
+    // stayed gone 2.5 s. Nobody publishes to the hub meanwhile.
+    const nc = await connect({ servers: nats.url });
+    cleanupFor(t).after(() => nc.close());
+    await (await nc.jetstreamManager()).streams.delete(stream.name);
+    await assert.rejects(js.bounds(stream.name));
+    await until(() => logs.events().includes('jetstream.stream_recreated'), 5000, 'the stream made again');
+    await until(() => js.storeFailures.length === 0, 3000, 'the stream made again said to store');
+    assert.equal(js.storingByStream().get(stream.name), true);
+    assert.equal((await js.publish('t.ev.hub.g', data, 'id-3')).seq, 1);
+  });
+
   it('says so, as an error, when the server cannot keep the configured copies (not clustered), and keeps one', async (t) => {
     const nats = await startNatsServer(t);
     const logs = captureLogger('info');

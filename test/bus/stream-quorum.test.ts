@@ -2,7 +2,7 @@
 // cluster state before it says a failing stream stores again.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { storesNow } from '../../src/bus/durable-publish.ts';
+import { probeSubject, storesNow } from '../../src/bus/durable-publish.ts';
 
 const S = 1_000_000_000;
 const peer = (active: number, current = true, offline = false) => ({ current, offline, active });
@@ -23,5 +23,10 @@ describe('a stream stores again', () => {
     assert.equal(storesNow({ leader: 'n1', replicas: [peer(0.5 * S, false), peer(0.5 * S, true, true)] }), false);
     assert.equal(storesNow({ leader: 'n1', replicas: [peer(0.5 * S), peer(4 * S), peer(4 * S), peer(0.5 * S)] }), true, 'three of five');
     assert.equal(storesNow({ leader: 'n1', replicas: [peer(0.5 * S), peer(4 * S), peer(4 * S), peer(4 * S)] }), false, 'two of five');
+  });
+
+  it('on a lone server, is asked with a write on a subject of its stream that no edge publishes or reads an event on', () => {
+    assert.equal(probeSubject('relay.ev.chat.>'), 'relay.ev.chat._probe');
+    assert.equal(probeSubject('a.*.b'), 'a._probe.b');
   });
 });
