@@ -78,7 +78,7 @@ export class SessionRecovery {
       await new Promise((resolve) => setTimeout(resolve, BUSY_RETRY_MS));
     }
     if (this.shuttingDown()) {
-      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
+      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, connectionId, reason: 'shutting down' });
       return this.refuse(r, 'ShuttingDown');
     }
     // (A drain leaves the bus too: its clients are told to go elsewhere, above.)
@@ -103,7 +103,7 @@ export class SessionRecovery {
         this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason, ms: this.giveUpAfterMs() });
         return this.refuse(r, 'SessionNotFound');
       }
-      this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, reason });
+      this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, connectionId, reason });
       return this.refuse(r, 'SessionUnavailable');
     };
     // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
@@ -148,7 +148,20 @@ export class SessionRecovery {
     }
     const session = connection?.session;
     if (!connection || !session || connection.ended || connection.handover || connection.protocol !== protocol || !session.tokenMatches(token)) {
-      this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name });
+      // Which check refused it, and for which connection: a soak saw five sessions refused after an edge's shutdown
+      // with nothing in the log to tell why (before, the line named the hub alone).
+      const reason = !connection
+        ? 'no session to take: none held, ended, or its checkpoint missing or not for this token and subprotocol'
+        : !session
+          ? 'not a reliable session'
+          : connection.ended
+            ? 'the session ended'
+            : connection.handover
+              ? 'the session is still moving'
+              : connection.protocol !== protocol
+                ? 'another subprotocol'
+                : 'another reconnection token';
+      this.log.info({ event: 'pubsub.recovery_refused', hub: hub.name, connectionId, reason });
       return this.refuse(r, 'SessionNotFound');
     }
     // Shutdown began while the session was being taken: it is let go again
@@ -156,7 +169,7 @@ export class SessionRecovery {
     // it over while it drains) and the client reconnects elsewhere. Attached,
     // it would be ended with the edge, and a durable hub's checkpoint with it.
     if (!heldHere && this.shuttingDown()) {
-      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, reason: 'shutting down' });
+      this.log.info({ event: 'pubsub.recovery_deferred', hub: hub.name, connectionId, reason: 'shutting down' });
       if (!connection.socket) connection.detach(Date.now());
       void hub.durable?.releaseAll();
       return this.refuse(r, 'ShuttingDown');
@@ -231,7 +244,7 @@ export class SessionRecovery {
   /** The hub is gone from this edge's configuration: the client is told, as clients of the hub were (1008 ClosedByServer). */
   private hubRemoved(r: RecoveryRequest): void {
     const why = 'the hub was removed from the configuration';
-    this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, reason: why });
+    this.log.info({ event: 'pubsub.recovery_refused', hub: r.hub.name, connectionId: r.connectionId, reason: why });
     this.refuse(r, 'ClosedByServer', why);
   }
 

@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import WebSocket from 'ws';
-import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
+import { RELIABLE, PLAIN, RawPubSubClient, accessUrl, pubsubOverrides, startPubSubRelay, recoveryQuery } from '../helpers/pubsub.ts';
+import { captureLogger, startTestRelay } from '../helpers/relay.ts';
 import { parseServerFrames, rawUpgrade, readFrames, readUntilCloseOr } from '../helpers/raw-socket.ts';
 import { until, withTimeout } from '../helpers/wait.ts';
 import { startClient } from '../helpers/web-pubsub-sdk.ts';
@@ -32,6 +33,23 @@ describe('recovery of a session whose old socket is still open', () => {
     await again.waitFor((m) => m.type === 'message' && m.data === 4, 5000, 'a later message');
     assert.deepEqual(again.dataMessages().map((m) => [m.sequenceId, m.data]), [[1, 1], [2, 2], [3, 3], [4, 4]]);
     assert.equal(again.ws.readyState, WebSocket.OPEN);
+  });
+
+  it('says in its log which check refused a recovery, and for which connection (before: the hub alone; a soak could not tell why five sessions were refused)', async (t) => {
+    const log = captureLogger('info');
+    const relay = await startTestRelay(t, pubsubOverrides({}), { log: log.log });
+    const client = await RawPubSubClient.connect(accessUrl(relay.url), RELIABLE, t);
+    const connected = await client.waitFor((m) => m.type === 'system' && m.event === 'connected');
+    const refusals = () => log.lines().filter((line) => (line as { event?: string }).event === 'pubsub.recovery_refused') as { connectionId?: string; reason?: string }[];
+    for (const [connectionId, token, reason] of [
+      [connected.connectionId, `${connected.reconnectionToken}x`, 'another reconnection token'],
+      ['no-such-connection', connected.reconnectionToken, 'no session to take'],
+    ] as const) {
+      const refused = await RawPubSubClient.connect(accessUrl(relay.url) + recoveryQuery(connectionId, token), RELIABLE, t);
+      assert.deepEqual(await withTimeout(refused.closed, 5000, 'the refusal'), { code: 1008, reason: 'SessionNotFound' });
+      await until(() => refusals().some((line) => line.connectionId === connectionId), 5000, 'pubsub.recovery_refused logged');
+      assert.match(refusals().find((line) => line.connectionId === connectionId)!.reason ?? '', new RegExp(`^${reason}`));
+    }
   });
 
   it('drops an old socket that does not answer the close within timeouts.closeHandshakeMs', async (t) => {
