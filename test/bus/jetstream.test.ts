@@ -61,6 +61,44 @@ function publishBig(js: JetStreamAccess, prefix: string, after?: () => void): Pr
   return outcomes;
 }
 
+/**
+ * A lone NATS server whose stream (blocks of about a quarter of its 100 kB: a second 20 kB event needs a new block
+ * file), written once, has its files removed under it, as the end of a delete does to a stream of its name made
+ * meanwhile: the server refuses every write that needs a file ("no such file or directory") and answers the
+ * stream's info. A publish to it was refused.
+ */
+async function filesGoneOnLoneServer(t: Parameters<typeof cleanupFor>[0]) {
+  const nats = await startNatsServer(t);
+  const logs = captureLogger('info');
+  const stream = { ...STREAM, maxBytes: 100_000 };
+  const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000 }, logs.log);
+  await js.start([stream], BUCKET);
+  const data = Buffer.alloc(20_000, 1);
+  await js.publish('t.ev.hub.g', data, 'id-1');
+  rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', stream.name), { recursive: true });
+  await assert.rejects(js.publish('t.ev.hub.g', data, 'id-2'), (err: Error) => err instanceof StoreError && /no such file or directory/.test(err.message));
+  return { nats, js, logs, stream, data };
+}
+
+/**
+ * A lone NATS server whose stream, written once, is changed by hand to answer no write (no_ack: its writes go
+ * unanswered, its info is answered), and a publish to it that gave up unanswered: the stream is marked as storing nothing.
+ */
+async function unansweredOnLoneServer(t: Parameters<typeof cleanupFor>[0]) {
+  const nats = await startNatsServer(t);
+  const logs = captureLogger('info');
+  const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000, unsureRetryMs: 0 }, logs.log);
+  await js.start([STREAM], BUCKET);
+  await js.publish('t.ev.hub.g', Buffer.from('1'), 'id-1');
+  const nc = await connect({ servers: nats.url });
+  cleanupFor(t).after(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  await jsm.streams.update(STREAM.name, { no_ack: true });
+  await assert.rejects(js.publish('t.ev.hub.g', Buffer.from('2'), 'id-2'), StoreError);
+  assert.match(js.storeFailures.join(), /^T_hub: JetStream did not answer in time/);
+  return { js, jsm, logs };
+}
+
 describe('JetStream access', () => {
   it('creates streams idempotently from several edges, stores, de-duplicates by id and follows in order', async (t) => {
     const nats = await startNatsServer(t);
@@ -175,18 +213,7 @@ describe('JetStream access', () => {
   });
 
   it('on a lone NATS server, says a stream whose writes fail stores again only once a write to it is stored (before: within a second, on the server\'s answer to an info)', async (t) => {
-    const nats = await startNatsServer(t);
-    const logs = captureLogger('info');
-    // Blocks of about a quarter of maxBytes: a second 20 kB message needs a new block file.
-    const stream = { ...STREAM, maxBytes: 100_000 };
-    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000 }, logs.log);
-    await js.start([stream], BUCKET);
-    const data = Buffer.alloc(20_000, 1);
-    await js.publish('t.ev.hub.g', data, 'id-1');
-    // The stream's files removed under it (as the end of a delete does to a stream of its name made meanwhile): the
-    // server refuses every write that needs a file ("no such file or directory") and answers the stream's info.
-    rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', stream.name), { recursive: true });
-    await assert.rejects(js.publish('t.ev.hub.g', data, 'id-2'), StoreError);
+    const { nats, js, logs, stream, data } = await filesGoneOnLoneServer(t);
     assert.match(js.storeFailures.join(), /^T_hub: /);
     await until(() => logs.events().includes('jetstream.store_failing'), 5000, 'jetstream.store_failing');
     // Two probes later (one a second), still failing, as every write is.
@@ -205,18 +232,7 @@ describe('JetStream access', () => {
   });
 
   it('on a lone NATS server, says a stream that answers no write stores again only once a write to it is stored, though the server answers its info (before: within a second)', async (t) => {
-    const nats = await startNatsServer(t);
-    const logs = captureLogger('info');
-    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000, unsureRetryMs: 0 }, logs.log);
-    await js.start([STREAM], BUCKET);
-    await js.publish('t.ev.hub.g', Buffer.from('1'), 'id-1');
-    // Changed by hand to answer no write (no_ack): its writes go unanswered, its info is answered.
-    const nc = await connect({ servers: nats.url });
-    cleanupFor(t).after(() => nc.close());
-    const jsm = await nc.jetstreamManager();
-    await jsm.streams.update(STREAM.name, { no_ack: true });
-    await assert.rejects(js.publish('t.ev.hub.g', Buffer.from('2'), 'id-2'), StoreError);
-    assert.match(js.storeFailures.join(), /^T_hub: JetStream did not answer in time/);
+    const { js, jsm, logs } = await unansweredOnLoneServer(t);
     // Two probes later (one a second): still said to store nothing, as nothing it takes is answered.
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(logs.events().includes('jetstream.store_recovered'), false, 'not said to store again');
@@ -228,18 +244,8 @@ describe('JetStream access', () => {
   });
 
   it('on a lone NATS server, says a stream whose publish went unanswered stores again once it answers a write, without writing one (before: not until a write to it was stored, on a quiet hub never)', async (t) => {
-    const nats = await startNatsServer(t);
-    const logs = captureLogger('info');
-    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000, unsureRetryMs: 0 }, logs.log);
-    await js.start([STREAM], BUCKET);
-    await js.publish('t.ev.hub.g', Buffer.from('1'), 'id-1');
-    const nc = await connect({ servers: nats.url });
-    cleanupFor(t).after(() => nc.close());
-    const jsm = await nc.jetstreamManager();
     // A passing trouble: its writes go unanswered for a while (here no_ack, set and unset by hand).
-    await jsm.streams.update(STREAM.name, { no_ack: true });
-    await assert.rejects(js.publish('t.ev.hub.g', Buffer.from('2'), 'id-2'), StoreError);
-    assert.match(js.storeFailures.join(), /^T_hub: JetStream did not answer in time/);
+    const { js, jsm, logs } = await unansweredOnLoneServer(t);
     await jsm.streams.update(STREAM.name, { no_ack: false });
     // (no_ack stores what it does not answer: the unanswered event is there.)
     const last = (await jsm.streams.info(STREAM.name)).state.last_seq;
@@ -253,15 +259,7 @@ describe('JetStream access', () => {
   });
 
   it('says a stream whose server failed to write it stores again once the stream was made again, without a write to it (before: not until a write to it was stored, on a quiet hub never)', async (t) => {
-    const nats = await startNatsServer(t);
-    const logs = captureLogger('info');
-    const stream = { ...STREAM, maxBytes: 100_000 };
-    const js = access(t, busOn(t, nats.url), { storage: 'file', publishTimeoutMs: 1000 }, logs.log);
-    await js.start([stream], BUCKET);
-    const data = Buffer.alloc(20_000, 1);
-    await js.publish('t.ev.hub.g', data, 'id-1');
-    rmSync(join(nats.storeDir, 'jetstream', '$G', 'streams', stream.name), { recursive: true });
-    await assert.rejects(js.publish('t.ev.hub.g', data, 'id-2'), /no such file or directory/);
+    const { nats, js, logs, stream, data } = await filesGoneOnLoneServer(t);
     // Two probes: the making that failed is not said to store again.
     await new Promise((r) => setTimeout(r, 2200));
     assert.match(js.storeFailures.join(), /^T_hub: the NATS server failed to write the stream/);
