@@ -12,7 +12,7 @@ import WebSocket from 'ws';
 import { PLAIN, RELIABLE, RawPubSubClient, accessUrl, startPubSubRelay } from '../helpers/pubsub.ts';
 import { arrayBuffersAfterGc } from '../helpers/gc.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 import { decodeDownstream } from '../helpers/protobuf-schema.ts';
 
 const PROTOBUF = 'protobuf.webpubsub.azure.v1';
@@ -22,14 +22,23 @@ const LIMIT = 4 << 20;
 const MEASURED = 48;
 
 /** A member of group g that reads everything (so the relay writes it every message) and keeps none of it. */
-async function member(t: TestContext, url: string, protocol: string | undefined): Promise<{ ws: WebSocket; closed: Promise<{ code: number; reason: string; last: Buffer | undefined }> }> {
+async function member(
+  t: TestContext,
+  url: string,
+  protocol: string | undefined,
+): Promise<{ ws: WebSocket; closed: Promise<{ code: number; reason: string; last: Buffer | undefined }>; dataRead: () => number }> {
   const ws = new WebSocket(url, protocol ? [protocol] : []);
   cleanupFor(t).after(() => ws.terminate());
   let last: Buffer | undefined;
-  ws.on('message', (data: Buffer) => (last = data.length < 1024 ? data : undefined));
+  /** Data messages read (each carries 64 KiB of data; control messages are small). */
+  let dataRead = 0;
+  ws.on('message', (data: Buffer) => {
+    if (data.length >= 65536) dataRead++;
+    last = data.length < 1024 ? data : undefined;
+  });
   const closed = new Promise<{ code: number; reason: string; last: Buffer | undefined }>((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: String(reason), last })));
   await withTimeout(new Promise((resolve, reject) => ws.once('open', resolve).once('error', reject)), 10_000, `${protocol ?? 'simple'} member to open`);
-  return { ws, closed };
+  return { ws, closed, dataRead: () => dataRead };
 }
 
 /** Buffers and the JS heap after full collections: a held message's strings are on the heap. */
@@ -42,7 +51,8 @@ async function heldBy(t: TestContext, reliable: string): Promise<{ held: number;
   const relay = await startPubSubRelay(t, { limits: { sessionBufferBytes: LIMIT, sessionBufferMessages: 10_000 } });
   const url = accessUrl(relay.url, { groups: ['g'] });
   const silent = await member(t, url, reliable);
-  for (const protocol of [PLAIN, PROTOBUF, undefined]) await member(t, url, protocol);
+  const members = [silent];
+  for (const protocol of [PLAIN, PROTOBUF, undefined]) members.push(await member(t, url, protocol));
   const publisher = await RawPubSubClient.connect(accessUrl(relay.url), PLAIN, t);
   await publisher.waitFor((m) => m.event === 'connected');
   const data = 'a'.repeat(65536);
@@ -53,8 +63,8 @@ async function heldBy(t: TestContext, reliable: string): Promise<{ held: number;
   await send();
   const before = await retainedAfterGc();
   for (let i = 1; i < MEASURED; i++) await send();
-  // Written to every member and read (acks come after the fan-out; a moment for the last reads).
-  await new Promise((r) => setTimeout(r, 50));
+  // Written to every member and read (acks come after the fan-out, not after the reads).
+  await until(() => members.every((m) => m.dataRead() >= MEASURED), 10_000, 'every member to read the messages');
   const held = (await retainedAfterGc()) - before;
   const body = `"type":"message","from":"group","group":"g","fromUserId":null,"dataType":"text","data":"${data}"}`.length;
   // Past the bound the session ends, as on the JSON subprotocol.
