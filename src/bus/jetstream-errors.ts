@@ -35,7 +35,7 @@ export class StreamSealed extends Error {
 
 /**
  * A file-stored stream this edge had found, found gone: it is made again only once it has stayed gone for a while
- * (StreamSetup.ensureStream), since its delete may still be under way. `settleMs`: how long yet.
+ * (StreamSetup.foundOrSettled), since its delete may still be under way. `settleMs`: how long yet.
  */
 export class StreamDeleting extends Error {
   constructor(

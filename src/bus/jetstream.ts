@@ -36,7 +36,7 @@ import {
   WRONG_LAST_SEQUENCE,
 } from './jetstream-errors.ts';
 import { StreamReader, type Follower, type ReadOptions, type StoredMessage } from './stream-reader.ts';
-import { StreamSetup, streamIdOf, type BucketSpec, type StreamSpec } from './stream-setup.ts';
+import { StreamSetup, infoUnlessGone, streamIdOf, type BucketSpec, type StreamSpec } from './stream-setup.ts';
 
 export type { BucketSpec, StreamSpec } from './stream-setup.ts';
 
@@ -386,15 +386,7 @@ export class JetStreamAccess {
     this.lastRestoreAt = performance.now();
     void (async () => {
       const { jsm, js } = this.ready;
-      const gone = async (name: string) => {
-        try {
-          await jsm.streams.info(name);
-          return false;
-        } catch (err) {
-          if (errorCode(err).apiCode === STREAM_NOT_FOUND) return true;
-          throw err;
-        }
-      };
+      const gone = async (name: string) => (await infoUnlessGone(jsm, name)) === undefined;
       // A stream (or the bucket) deleted a moment ago is made again once its delete has surely ended (StreamSetup.foundOrSettled).
       const onceSettled = async <T>(make: () => Promise<T>): Promise<T> => {
         for (;;) {

@@ -219,7 +219,7 @@ export class StreamSetup {
 }
 
 /** The stream's info, or undefined when JetStream says there is no such stream. */
-async function infoUnlessGone(jsm: JetStreamManager, name: string): Promise<StreamInfo | undefined> {
+export async function infoUnlessGone(jsm: JetStreamManager, name: string): Promise<StreamInfo | undefined> {
   try {
     return await jsm.streams.info(name);
   } catch (err) {
