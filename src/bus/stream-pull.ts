@@ -40,8 +40,8 @@ const END_GRACE_MS = 1000;
 
 /**
  * The messages one pull request brings, in order; ends early once the consumer says nothing is pending.
- * A server that ends it with an error status, or that does not end it, ends it with what came: what it sends
- * after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
+ * A server that ends it with an error status, or that does not end it (nothing came for END_GRACE_MS past its
+ * expiry), ends it with what came: what it sends after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
  * checks `delivered` follows on (stream-reader.ts `read`).
  */
 export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PullResult> {
@@ -64,10 +64,19 @@ export function pullOnce(nc: NatsConnection, stream: string, consumer: string, r
         const position = deliveryPosition(msg.reply);
         if (!position) return finish();
         messages.push({ seq: position.seq, delivered: position.delivered, subject: msg.subject, data: msg.data, pending: position.pending });
+        lastMessageAt = performance.now();
         if (messages.length >= request.batch || position.pending === 0) finish();
       },
     });
-    const timer = setTimeout(() => finish(), request.expiresMs + END_GRACE_MS);
+    // Past the expiry and its grace the request is over, unless messages still come: a loaded edge reads a large
+    // batch long after the server sent it, and ending it then would drop the rest (read again by the caller).
+    let lastMessageAt = 0;
+    const endIfQuiet = (): void => {
+      const quietFor = performance.now() - lastMessageAt;
+      if (quietFor >= END_GRACE_MS) return finish();
+      timer = setTimeout(endIfQuiet, END_GRACE_MS - quietFor);
+    };
+    let timer = setTimeout(endIfQuiet, request.expiresMs + END_GRACE_MS);
     sub.closed.then(() => finish(), () => finish());
     // Whole nanoseconds: the server reads `expires` as an integer (Go's time.Duration) and refuses a request with a
     // fraction in it (400, "cannot unmarshal number"); a deadline left in milliseconds from performance.now() made

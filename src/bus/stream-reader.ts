@@ -465,20 +465,26 @@ export class StreamReader {
     const deadline = performance.now() + options.timeoutMs;
     // On the stream's leader, as a follower's consumer is: a replay then joins its follower in one numbering.
     const leader = (await jsm.streams.info(stream)).cluster?.leader;
-    const ci = await this.addOnLeader(jsm, stream, leader, 'read', {
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: Math.max(1, options.fromSeq),
-      ack_policy: AckPolicy.None,
-      mem_storage: true,
-      num_replicas: 1,
-      inactive_threshold: nanos(10_000),
-      ...(options.subject ? { filter_subject: options.subject } : {}),
-    }, () => performance.now() >= deadline);
+    const consumerFrom = (seq: number) =>
+      this.addOnLeader(jsm, stream, leader, 'read', {
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: seq,
+        ack_policy: AckPolicy.None,
+        mem_storage: true,
+        num_replicas: 1,
+        inactive_threshold: nanos(10_000),
+        ...(options.subject ? { filter_subject: options.subject } : {}),
+      }, () => performance.now() >= deadline);
+    // The next stream sequence the page needs: where a consumer begins again when deliveries were lost.
+    let nextSeq = Math.max(1, options.fromSeq);
+    let ci = await consumerFrom(nextSeq);
     try {
       let pending = ci.num_pending;
-      // Deliveries of this consumer so far: a pull that ended here before the server's answer did lost what came
-      // after, delivered all the same; the next pull's first delivery then jumps, and the page is refused, not
-      // handed on with a hole (a replay would skip those events; a history page would leave them out).
+      // Deliveries of this consumer read so far. A pull that ended here before the server's answer did (its wait
+      // over on a loaded edge while the server still sent) lost what came after, delivered all the same (no acks):
+      // the next pull's first delivery jumps, or the consumer counts more delivered than read. The page then goes
+      // on from `nextSeq` with a new consumer. Before, a jump refused the page (503 under load: eight readers of
+      // 8 MiB pages each, CI), and deliveries lost at the end of a page went unseen: the page came back short.
       let delivered = 0;
       while (pending > 0 && out.length < options.limit && bytes < maxBytes) {
         const left = deadline - performance.now();
@@ -498,24 +504,40 @@ export class StreamReader {
         // again at once, thousands of times a second, until the deadline).
         if (pulled.refused !== undefined) throw new StoreError(`the stream refused a read (${pulled.refused})`);
         const msgs = pulled.messages;
+        let lost = false;
         for (const m of msgs) {
-          if (m.delivered !== ++delivered) throw new StoreError('the stream answered too slowly: part of a page was lost on the way');
+          if (m.delivered !== delivered + 1) {
+            lost = true;
+            break;
+          }
+          delivered = m.delivered;
           pending = m.pending;
           if (options.toSeq !== undefined && m.seq > options.toSeq) {
             pending = 0;
             break;
           }
           out.push({ seq: m.seq, subject: m.subject, data: m.data });
+          nextSeq = m.seq + 1;
           bytes += m.data.length;
           if (out.length >= options.limit || pending === 0 || bytes >= maxBytes) break;
         }
-        // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since),
-        // else ask again until the deadline. A short answer here would read as "the stream holds no more".
-        if (msgs.length === 0) {
+        // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since) and
+        // nothing delivered that was not read, else ask again until the deadline. A short answer here would read as
+        // "the stream holds no more".
+        if (!lost && msgs.length === 0) {
           // Ended at once with nothing (the next message past the bytes asked for: stored under a larger max_payload):
           // a pause before asking again, rather than a loop as fast as the server answers.
           if (performance.now() - pulledAt < EMPTY_PULL_PAUSE_MS) await new Promise((r) => setTimeout(r, EMPTY_PULL_PAUSE_MS));
-          pending = (await jsm.consumers.info(stream, ci.name)).num_pending;
+          const info = await jsm.consumers.info(stream, ci.name);
+          pending = info.num_pending;
+          lost = info.delivered.consumer_seq > delivered;
+        }
+        if (lost) {
+          this.c.log.debug({ event: 'jetstream.read_resumed', stream, from: nextSeq, read: out.length });
+          jsm.consumers.delete(stream, ci.name).catch(() => undefined);
+          ci = await consumerFrom(nextSeq);
+          delivered = 0;
+          pending = ci.num_pending;
         }
       }
     } finally {

@@ -33,11 +33,11 @@ it('reads at most MAX_HISTORY_READS history pages at once: past it 429 TooManyHi
   // arrive, however fast the machine), and every other is refused at once. Before, all of them were taken.
   await nats.freeze();
   t.after(() => nats.thaw());
-  const answered: { status: number; code?: string; messages?: number }[] = [];
+  const answered: { status: number; code?: string; messages?: number; detail?: string }[] = [];
   const answers = Array.from({ length: readers }, async () => {
     const res = await fetch(`${read.url}?limit=1000`, { headers: { authorization: read.authorization }, signal: AbortSignal.timeout(30000) });
-    const body = (await res.json()) as { code?: string; messages?: unknown[] };
-    const answer = { status: res.status, code: body.code, messages: body.messages?.length };
+    const body = (await res.json()) as { code?: string; message?: string; messages?: unknown[] };
+    const answer = { status: res.status, code: body.code, messages: body.messages?.length, ...(body.message ? { detail: body.message } : {}) };
     answered.push(answer);
     return answer;
   });

@@ -1,0 +1,95 @@
+// A page read (src/bus/stream-reader.ts `read`) whose pull request this side gave up on while the server still
+// sent: a loaded edge (eight readers of 8 MiB pages in a busy CI run) read the deliveries after its wait for them
+// was over, and they were lost to the page. Here a TCP proxy between the edge's bus and nats-server holds what the
+// server sends, from the first pull request on, past the pull's wait. Before, a page whose every message was in
+// the lost pull came back empty (the consumer counted nothing pending), and one with more pending was refused at
+// the next pull's first delivery ("part of a page was lost on the way": 503 StoreUnavailable to a history reader).
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createConnection, createServer, type Socket } from 'node:net';
+import { JetStreamAccess } from '../../src/bus/jetstream.ts';
+import { NatsBus } from '../../src/bus/nats.ts';
+import { createLogger } from '../../src/telemetry/logger.ts';
+import { cleanupFor } from '../helpers/cleanup.ts';
+import { startNatsServer } from '../helpers/nats.ts';
+
+const log = createLogger('silent', 'test');
+const STREAM = { name: 'T_hub', subjects: ['t.ev.hub.>'], maxAgeMs: 60_000, maxMessages: -1, maxBytes: -1 };
+const BUCKET = { name: 'T_sessions', ttlMs: 60_000 };
+/** A read of 10 s asks the server to hold each pull 5 s and waits 1 s more: the proxy holds the answers 7 s. */
+const READ_TIMEOUT_MS = 10_000;
+const HOLD_MS = 7_000;
+
+/**
+ * A proxy on 127.0.0.1 to `port` that, once the client has sent a JetStream pull request, holds everything the
+ * server sends for `holdMs`, then passes it on in order. Says when it began holding.
+ */
+async function startHoldingProxy(t: Parameters<typeof cleanupFor>[0], port: number, holdMs: number): Promise<{ port: number; heldSince: () => number | undefined }> {
+  const sockets = new Set<Socket>();
+  let heldSince: number | undefined;
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: '127.0.0.1', port });
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    const held: Buffer[] = [];
+    let holding = false;
+    client.on('data', (chunk: Buffer) => {
+      if (heldSince === undefined && chunk.includes('CONSUMER.MSG.NEXT')) {
+        heldSince = performance.now();
+        holding = true;
+        setTimeout(() => {
+          holding = false;
+          for (const c of held.splice(0)) client.write(c);
+        }, holdMs);
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => (holding ? held.push(chunk) : client.write(chunk)));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  cleanupFor(t).after(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { port: (server.address() as { port: number }).port, heldSince: () => heldSince };
+}
+
+describe('a page read whose pull this side gave up on', () => {
+  it('reads the page whole from where it was, whether deliveries were lost at its end or before more pending', async (t) => {
+    const nats = await startNatsServer(t);
+    const proxy = await startHoldingProxy(t, nats.port, HOLD_MS);
+    // Pings 20 s apart: a connection whose pongs are held 7 s is not taken for dead.
+    const bus = new NatsBus({ servers: [`nats://127.0.0.1:${proxy.port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
+    cleanupFor(t).after(() => bus.close());
+    const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 5000 }, log);
+    cleanupFor(t).after(() => js.close());
+    await js.start([STREAM], BUCKET);
+    const few: number[] = [];
+    const many: number[] = [];
+    for (let i = 0; i < 1210; i++) {
+      const toFew = i % 121 === 0;
+      const { seq } = await js.publish(toFew ? 't.ev.hub.few' : 't.ev.hub.many', Buffer.from(String(i)), `id-${i}`);
+      (toFew ? few : many).push(seq);
+    }
+    assert.deepEqual([few.length, many.length], [10, 1200]);
+    const started = performance.now();
+    // The ten in one pull, all delivered and lost: nothing pending after. The 1,200 in pulls of at most 1,000:
+    // the first lost, 200 pending after.
+    const [fewPage, manyPage] = await Promise.all([
+      js.read(STREAM.name, { fromSeq: 1, subject: 't.ev.hub.few', limit: 100, timeoutMs: READ_TIMEOUT_MS }),
+      js.read(STREAM.name, { fromSeq: 1, subject: 't.ev.hub.many', limit: 2000, timeoutMs: READ_TIMEOUT_MS }),
+    ]);
+    const heldSince = proxy.heldSince();
+    assert.ok(heldSince !== undefined && heldSince >= started, 'the proxy held the answers to the pull requests');
+    assert.ok(performance.now() - heldSince >= HOLD_MS - 100, 'the pages were read after the hold');
+    assert.deepEqual(fewPage.map((m) => m.seq), few);
+    assert.deepEqual(manyPage.map((m) => m.seq), many);
+    assert.deepEqual(manyPage.slice(0, 3).map((m) => Buffer.from(m.data).toString()), ['1', '2', '3']);
+  });
+});
