@@ -67,13 +67,12 @@ export function probeSubject(pattern: string): string {
  * Whether a stream's cluster state says it stores: a leader named and, with replicas, a majority of the group heard
  * from within REPLICA_SILENT_NS (the leader counts itself). A member left alone answers (once its group has been
  * without a leader for a while) with no leader named; a leader that has lost its peers answers with itself named for
- * up to 10 s, while every write it takes waits for a quorum. A lone server (no cluster state) says nothing of it: it
- * answers a stream's info from memory while every write to the stream fails (its files removed under it: "no such
- * file or directory", 503) or goes unanswered, so its stream is asked with a write instead (probeWrites).
- * Before, a lone server's answer cleared a failing stream within a second, and readiness said it stored.
+ * up to 10 s, while every write it takes waits for a quorum. A lone server has no cluster state to read: it answers a
+ * stream's info from memory while every write to the stream fails (its files removed under it: "no such file or
+ * directory", 503) or goes unanswered, so its stream is asked with a write instead (probeWrites; before, a lone
+ * server's answer cleared a failing stream within a second, and readiness said it stored).
  */
-export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] } | undefined): boolean {
-  if (!cluster) return false;
+export function storesNow(cluster: { leader?: string; replicas?: { current: boolean; offline?: boolean; active: number }[] }): boolean {
   if (!cluster.leader) return false;
   const replicas = cluster.replicas ?? [];
   const heard = replicas.filter((r) => r.current && !r.offline && r.active < REPLICA_SILENT_NS).length;
