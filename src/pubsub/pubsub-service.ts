@@ -187,7 +187,10 @@ export class PubSubService implements RestContext {
     const socketOptions = new LiveSocketOptions(config.limits, config.timeouts.closeHandshakeMs);
     const shuttingDown = () => this.lifecycle.shuttingDown;
     // Read when used (timeouts need a restart today, src/server/reload.ts; this stays right if that changes).
-    const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, shuttingDown, () => Math.min(RECOVERY_WINDOW_MS, config.timeouts.sessionRetainMs));
+    // A recovery's answer within the move wait (bus.requestTimeoutMs), a durable take's own deadline (its claim stored,
+    // publishTimeoutMs, and read back, requestTimeoutMs) and a read of its checkpoint (requestTimeoutMs): 11 s by default.
+    const answerBound = 3 * b.requestTimeoutMs + b.jetstream.publishTimeoutMs;
+    const recovery = new SessionRecovery(log, metrics, socketOptions, b.requestTimeoutMs, answerBound, shuttingDown, () => Math.min(RECOVERY_WINDOW_MS, config.timeouts.sessionRetainMs));
     this.endpoint = new ClientEndpoint({
       config,
       log,

@@ -47,6 +47,8 @@ const MAX_DEFERRED = 10_000;
 export class SessionRecovery {
   /** Sessions this edge is taking from elsewhere now, by hub and connection id. */
   private readonly taking = new Map<string, Promise<unknown>>();
+  /** Recoveries answered with a refusal (by their sockets): a later answer is not written. */
+  private readonly answered = new WeakSet<Socket>();
   /** When this edge first and last deferred a recovery of a session (by hub and connection id), while it goes on deferring. */
   private readonly deferredSince = new Map<string, { since: number; last: number }>();
 
@@ -56,6 +58,11 @@ export class SessionRecovery {
     private readonly socketOptions: MessageSocketOptions,
     /** How long to wait for a session still moving between edges. */
     private readonly moveWaitMs: number,
+    /**
+     * How long a recovery goes unanswered at most (`connected`, or a close): past it, the client is told to try again
+     * (1013) and the take goes on alone (answerBound in pubsub-service.ts).
+     */
+    private readonly answerWithinMs: number,
     private readonly shuttingDown: () => boolean,
     /** How long recoveries of one session are deferred (1013) before it is given up (1008): min(RECOVERY_WINDOW_MS, timeouts.sessionRetainMs). */
     private readonly giveUpAfterMs: () => number,
@@ -66,8 +73,24 @@ export class SessionRecovery {
     return hub.removed && !this.shuttingDown();
   }
 
-  /** Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered already. */
+  /**
+   * Re-attaches a retained reliable session, held here or taken from the edge that holds it; the upgrade is answered
+   * already. The client hears within answerWithinMs: its socket, open, is not read until then, and
+   * @azure/web-pubsub-client, whose socket opened, waits for a message for its keep-alive timeout (120 s) before it
+   * tries again. Before, a take whose claim went out unanswered (a NATS node frozen: tried again with the same id
+   * for bus.jetstream.unsureRetryMs, 60 s) left the client so; a chaos soak saw five sessions silent for ~125 s.
+   */
   async recover(r: RecoveryRequest): Promise<void> {
+    const key = `${r.hub.key}\n${r.connectionId}`;
+    const timer = setTimeout(() => this.defer(r, key, `no answer within ${this.answerWithinMs} ms`), this.answerWithinMs);
+    try {
+      await this.recoverNow(r, key);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async recoverNow(r: RecoveryRequest, key: string): Promise<void> {
     const { hub, connectionId, token, protocol } = r;
     // No edge issued it: refused here, not asked of the edge holding the session (which drops a hand-over request
     // carrying it as invalid, so the client was deferred 1013 after bus.requestTimeoutMs, and again when it retried).
@@ -87,7 +110,6 @@ export class SessionRecovery {
     // client that reconnected twice quickly): wait for it, then recover from
     // what it left. Both taking it made two copies, both attached, one
     // orphaned in the groups.
-    const key = `${hub.key}\n${connectionId}`;
     const earlier = this.taking.get(key);
     if (earlier) await earlier;
     // Removed while the earlier recovery ran: the client hears so (before: the session, ended by the reload, was
@@ -95,17 +117,7 @@ export class SessionRecovery {
     if (this.removedByReload(hub)) return this.hubRemoved(r);
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
-    // JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008
-    // makes the client try again, for as long as the client itself would try (before, it tried for as long as
-    // the outage lasted).
-    const deferred = (reason: string) => {
-      if (this.deferredTooLong(key)) {
-        this.log.warn({ event: 'pubsub.recovery_given_up', hub: hub.name, connectionId, reason, ms: this.giveUpAfterMs() });
-        return this.refuse(r, 'SessionNotFound');
-      }
-      this.log.warn({ event: 'pubsub.recovery_deferred', hub: hub.name, connectionId, reason });
-      return this.refuse(r, 'SessionUnavailable');
-    };
+    const deferred = (reason: string) => this.defer(r, key, reason);
     // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
     // the client give up a session that lived on).
     if (connection?.handover && connection.session?.tokenMatches(token)) return deferred('the session is still moving between edges');
@@ -174,13 +186,13 @@ export class SessionRecovery {
       void hub.durable?.releaseAll();
       return this.refuse(r, 'ShuttingDown');
     }
-    // The client went away while the session was being taken: its socket's
-    // 'close' has passed, and a socket wrapped now would never report one, so
-    // the session would stay attached to it and never expire. A session
-    // taken from elsewhere starts its retention instead; one held here keeps its socket.
-    if (r.socket.destroyed) {
+    // The client went away while the session was being taken, or was told to try again (answerWithinMs): its
+    // socket's 'close' has passed or is coming, and a socket wrapped now would never report one, so the session
+    // would stay attached to it and never expire. A session taken from elsewhere starts its retention instead (the
+    // client's next try finds it here); one held here keeps its socket.
+    if (r.socket.destroyed || this.answered.has(r.socket)) {
       if (!connection.socket) connection.detach(Date.now());
-      this.log.info({ event: 'pubsub.recovery_abandoned', hub: hub.name, connectionId, reason: 'client gone' });
+      this.log.info({ event: 'pubsub.recovery_abandoned', hub: hub.name, connectionId, reason: r.socket.destroyed ? 'client gone' : 'told to try again before the take ended' });
       return;
     }
     const previous = connection.socket;
@@ -211,6 +223,21 @@ export class SessionRecovery {
     // now: that socket's drain, which started them, will not come, nor one from this socket unless it fills. Before,
     // they waited for good, and every later event of the session behind them (its acks never came).
     if (connection.eventsWaiting?.length) takeNextEvents(connection);
+  }
+
+  /**
+   * JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008 makes
+   * the client try again, for as long as the client itself would try (before, it tried for as long as the outage
+   * lasted).
+   */
+  private defer(r: RecoveryRequest, key: string, reason: string): void {
+    if (this.answered.has(r.socket)) return;
+    if (this.deferredTooLong(key)) {
+      this.log.warn({ event: 'pubsub.recovery_given_up', hub: r.hub.name, connectionId: r.connectionId, reason, ms: this.giveUpAfterMs() });
+      return this.refuse(r, 'SessionNotFound');
+    }
+    this.log.warn({ event: 'pubsub.recovery_deferred', hub: r.hub.name, connectionId: r.connectionId, reason });
+    this.refuse(r, 'SessionUnavailable');
   }
 
   /**
@@ -248,8 +275,10 @@ export class SessionRecovery {
     this.refuse(r, 'ClosedByServer', why);
   }
 
-  /** Completes a recovery's upgrade only to say why not and close with the code's close code. */
+  /** Completes a recovery's upgrade only to say why not and close with the code's close code (once: the first answer stands). */
   private refuse(r: RecoveryRequest, code: 'SessionNotFound' | 'ShuttingDown' | 'SessionUnavailable' | 'ClosedByServer', message: string = PUBSUB_ERRORS[code].message): void {
+    if (this.answered.has(r.socket)) return;
+    this.answered.add(r.socket);
     this.metrics.recoveriesRefused.inc({ reason: code });
     const refused = new MessageSocket(r.socket, null, IGNORE_EVENTS, this.socketOptions);
     // In the subprotocol the client asked for (a protobuf client cannot read a JSON message).
