@@ -33,6 +33,12 @@ export interface PullResult {
    * come of asking again the same way.
    */
   refused?: string;
+  /**
+   * True when this side ended the request, not the server: nothing came for END_GRACE_MS past its expiry, the
+   * subscription closed, or a delivery could not be read. What the server sent for it after that is lost (deliveries
+   * all the same), so the consumer may have delivered more than `messages` holds.
+   */
+  gaveUp?: true;
 }
 
 /** Past the request's expiry, how long to wait for the server's own end of it (a frozen server sends none). */
@@ -41,20 +47,21 @@ const END_GRACE_MS = 1000;
 /**
  * The messages one pull request brings, in order; ends early once the consumer says nothing is pending.
  * A server that ends it with an error status, or that does not end it (nothing came for END_GRACE_MS past its
- * expiry), ends it with what came: what it sends after that is delivered all the same (the consumer does not ask for acks), so a caller that pulls again
- * checks `delivered` follows on (stream-reader.ts `read`).
+ * expiry: `gaveUp`), ends it with what came: what it sends after that is delivered all the same (the consumer does
+ * not ask for acks), so a caller checks `delivered` follows on, and after `gaveUp` asks the consumer how many it
+ * delivered (stream-reader.ts `read`).
  */
 export function pullOnce(nc: NatsConnection, stream: string, consumer: string, request: PullRequest, apiPrefix = '$JS.API'): Promise<PullResult> {
   return new Promise((resolve) => {
     const messages: PulledMessage[] = [];
     const inbox = createInbox();
     let done = false;
-    const finish = (refused?: string): void => {
+    const finish = (refused?: string, gaveUp = false): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       sub.unsubscribe();
-      resolve(refused === undefined ? { messages } : { messages, refused });
+      resolve({ messages, ...(refused !== undefined ? { refused } : {}), ...(gaveUp ? { gaveUp: true as const } : {}) });
     };
     const sub = nc.subscribe(inbox, {
       callback: (err, msg) => {
@@ -62,7 +69,7 @@ export function pullOnce(nc: NatsConnection, stream: string, consumer: string, r
         if (err) return finish(err.message);
         if (isStatus(msg)) return finish(batchEnd(msg) ? undefined : `${msg.headers!.code} ${msg.headers!.description}`);
         const position = deliveryPosition(msg.reply);
-        if (!position) return finish();
+        if (!position) return finish(undefined, true);
         messages.push({ seq: position.seq, delivered: position.delivered, subject: msg.subject, data: msg.data, pending: position.pending });
         lastMessageAt = performance.now();
         if (messages.length >= request.batch || position.pending === 0) finish();
@@ -73,11 +80,11 @@ export function pullOnce(nc: NatsConnection, stream: string, consumer: string, r
     let lastMessageAt = 0;
     const endIfQuiet = (): void => {
       const quietFor = performance.now() - lastMessageAt;
-      if (quietFor >= END_GRACE_MS) return finish();
+      if (quietFor >= END_GRACE_MS) return finish(undefined, true);
       timer = setTimeout(endIfQuiet, END_GRACE_MS - quietFor);
     };
     let timer = setTimeout(endIfQuiet, request.expiresMs + END_GRACE_MS);
-    sub.closed.then(() => finish(), () => finish());
+    sub.closed.then(() => finish(undefined, true), () => finish(undefined, true));
     // Whole nanoseconds: the server reads `expires` as an integer (Go's time.Duration) and refuses a request with a
     // fraction in it (400, "cannot unmarshal number"); a deadline left in milliseconds from performance.now() made
     // one of most, and a page read then asked again and again until its last second (found by review).

@@ -521,13 +521,16 @@ export class StreamReader {
           bytes += m.data.length;
           if (out.length >= options.limit || pending === 0 || bytes >= maxBytes) break;
         }
-        // Nothing came in time: the end only if the server now counts nothing pending (messages aged out since) and
-        // nothing delivered that was not read, else ask again until the deadline. A short answer here would read as
-        // "the stream holds no more".
-        if (!lost && msgs.length === 0) {
+        // Nothing came in time, or this side gave the pull up (what came after is lost): the end only if the server
+        // now counts nothing pending (messages aged out since) and nothing delivered that was not read, else ask
+        // again until the deadline. A short answer here would read as "the stream holds no more". Asked at once
+        // after a pull given up with some of its deliveries: before, the next pull waited out its expiry for those
+        // the consumer had already sent, and a read with less than that left was refused (found by review).
+        const pageDone = pending === 0 || out.length >= options.limit || bytes >= maxBytes;
+        if (!lost && !pageDone && (msgs.length === 0 || pulled.gaveUp)) {
           // Ended at once with nothing (the next message past the bytes asked for: stored under a larger max_payload):
           // a pause before asking again, rather than a loop as fast as the server answers.
-          if (performance.now() - pulledAt < EMPTY_PULL_PAUSE_MS) await new Promise((r) => setTimeout(r, EMPTY_PULL_PAUSE_MS));
+          if (msgs.length === 0 && performance.now() - pulledAt < EMPTY_PULL_PAUSE_MS) await new Promise((r) => setTimeout(r, EMPTY_PULL_PAUSE_MS));
           const info = await jsm.consumers.info(stream, ci.name);
           pending = info.num_pending;
           lost = info.delivered.consumer_seq > delivered;

@@ -4,13 +4,15 @@
 // server sends, from the first pull request on, past the pull's wait. Before, a page whose every message was in
 // the lost pull came back empty (the consumer counted nothing pending), and one with more pending was refused at
 // the next pull's first delivery ("part of a page was lost on the way": 503 StoreUnavailable to a history reader).
+// A pull given up with its first deliveries and not its last is asked about at once: before, the next pull waited
+// out its expiry for what the consumer had already sent, and the read ran out of time.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { createConnection, createServer, type Socket } from 'node:net';
 import { JetStreamAccess } from '../../src/bus/jetstream.ts';
 import { NatsBus } from '../../src/bus/nats.ts';
 import { createLogger } from '../../src/telemetry/logger.ts';
 import { cleanupFor } from '../helpers/cleanup.ts';
+import { startHoldingProxy } from '../helpers/holding-proxy.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 
 const log = createLogger('silent', 'test');
@@ -19,46 +21,11 @@ const BUCKET = { name: 'T_sessions', ttlMs: 60_000 };
 /** A read of 10 s asks the server to hold each pull 5 s and waits 1 s more: the proxy holds the answers 7 s. */
 const READ_TIMEOUT_MS = 10_000;
 const HOLD_MS = 7_000;
-
 /**
- * A proxy on 127.0.0.1 to `port` that, once the client has sent a JetStream pull request, holds everything the
- * server sends for `holdMs`, then passes it on in order. Says when it began holding.
+ * JetStream requests wait longer than the hold: one read's pull begins it while another read's consumer is being
+ * made, and that answer is held too (at 5 s, a read failed now and then with a request TIMEOUT before its first pull).
  */
-async function startHoldingProxy(t: Parameters<typeof cleanupFor>[0], port: number, holdMs: number): Promise<{ port: number; heldSince: () => number | undefined }> {
-  const sockets = new Set<Socket>();
-  let heldSince: number | undefined;
-  const server = createServer((client) => {
-    const upstream = createConnection({ host: '127.0.0.1', port });
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    const held: Buffer[] = [];
-    let holding = false;
-    client.on('data', (chunk: Buffer) => {
-      if (heldSince === undefined && chunk.includes('CONSUMER.MSG.NEXT')) {
-        heldSince = performance.now();
-        holding = true;
-        setTimeout(() => {
-          holding = false;
-          for (const c of held.splice(0)) client.write(c);
-        }, holdMs);
-      }
-      upstream.write(chunk);
-    });
-    upstream.on('data', (chunk: Buffer) => (holding ? held.push(chunk) : client.write(chunk)));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanupFor(t).after(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise<void>((r) => server.close(() => r()));
-  });
-  return { port: (server.address() as { port: number }).port, heldSince: () => heldSince };
-}
+const JS_OPTIONS = { storage: 'memory' as const, publishTimeoutMs: 3000, requestTimeoutMs: 10_000 };
 
 describe('a page read whose pull this side gave up on', () => {
   it('reads the page whole from where it was, whether deliveries were lost at its end or before more pending', async (t) => {
@@ -67,7 +34,7 @@ describe('a page read whose pull this side gave up on', () => {
     // Pings 20 s apart: a connection whose pongs are held 7 s is not taken for dead.
     const bus = new NatsBus({ servers: [`nats://127.0.0.1:${proxy.port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
     cleanupFor(t).after(() => bus.close());
-    const js = new JetStreamAccess(bus, { storage: 'memory', publishTimeoutMs: 3000, requestTimeoutMs: 5000 }, log);
+    const js = new JetStreamAccess(bus, JS_OPTIONS, log);
     cleanupFor(t).after(() => js.close());
     await js.start([STREAM], BUCKET);
     const few: number[] = [];
@@ -91,5 +58,27 @@ describe('a page read whose pull this side gave up on', () => {
     assert.deepEqual(fewPage.map((m) => m.seq), few);
     assert.deepEqual(manyPage.map((m) => m.seq), many);
     assert.deepEqual(manyPage.slice(0, 3).map((m) => Buffer.from(m.data).toString()), ['1', '2', '3']);
+  });
+
+  it('reads the page whole when a pull ended with its first deliveries and lost the last ones', async (t) => {
+    const nats = await startNatsServer(t);
+    // The first 4 deliveries of the first pull come at once, the other 6 after the hold (past the pull's wait).
+    const proxy = await startHoldingProxy(t, nats.port, HOLD_MS, 4);
+    const bus = new NatsBus({ servers: [`nats://127.0.0.1:${proxy.port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
+    cleanupFor(t).after(() => bus.close());
+    const js = new JetStreamAccess(bus, JS_OPTIONS, log);
+    cleanupFor(t).after(() => js.close());
+    await js.start([STREAM], BUCKET);
+    const seqs: number[] = [];
+    for (let i = 0; i < 10; i++) seqs.push((await js.publish('t.ev.hub.few', Buffer.from(String(i)), `id-${i}`)).seq);
+    const started = performance.now();
+    // The pull gives up 6 s in with 4 messages, the consumer counting nothing pending. Before, the next pull then
+    // waited out its expiry (until the read's deadline) for messages the consumer had already sent, and the read
+    // failed ('the stream did not answer in time') though the loss was known when the first pull gave up.
+    const page = await js.read(STREAM.name, { fromSeq: 1, limit: 100, timeoutMs: READ_TIMEOUT_MS });
+    assert.ok(proxy.heldSince() !== undefined, 'the proxy held the answers to the pull request');
+    assert.deepEqual(page.map((m) => m.seq), seqs);
+    assert.deepEqual(page.map((m) => Buffer.from(m.data).toString()), ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+    assert.ok(performance.now() - started < READ_TIMEOUT_MS, `read in ${Math.round(performance.now() - started)} ms`);
   });
 });
