@@ -24,7 +24,7 @@ import { filterFromBus } from './connection-filter.ts';
 import type { PubSubErrorCode } from './errors.ts';
 import type { ClusterHub } from './hub-cluster.ts';
 import type { PubSubConnection } from './pubsub-connection.ts';
-import { storedSendFor, type SessionStream } from './session-take.ts';
+import { storedSendFor, untilHole, type SessionStream } from './session-take.ts';
 
 /** What catching up needs of the hub's event path (stream-events.ts): its reads, and the recent messages it keeps. */
 export interface CatchUpStream extends SessionStream {
@@ -197,7 +197,9 @@ export class SessionCatchUps {
         // A read of a stream with a hole in it (messages deleted one by one) goes on after the hole.
         if (messages.length === 0) return true;
       }
-      const full = this.take(connection, at, messages);
+      // Up to a hole further in (the stream dropped events while the page was read): the next read starts there,
+      // and asks as above. Before, the events after it were numbered in the place of those dropped (found by review).
+      const full = this.take(connection, at, untilHole(messages));
       this.hub.flushSession(connection);
       if (full) return false;
     }

@@ -92,6 +92,18 @@ export function storedSendFor(event: PsSend, body: Buffer, seq: number, filter: 
   return streamMessageOf(event, body, seq, history);
 }
 
+/**
+ * A page of the hub's stream (readRange) up to its first hole: sequences missing between two of its messages. The
+ * stream's limits can drop events while a page is read (a slow read: a pull given up and read again from where it
+ * was, stream-reader.ts `read`), and the page then goes on after them. Whoever reads on reads from the hole next, and
+ * asks, as for a page that starts after where it read from, whether the stream starts after the hole (the events
+ * are gone: the session cannot go on) or holds messages deleted one by one (gone on past).
+ */
+export function untilHole(messages: StoredMessage[]): StoredMessage[] {
+  for (let i = 1; i < messages.length; i++) if (messages[i].seq !== messages[i - 1].seq + 1) return messages.slice(0, i);
+  return messages;
+}
+
 /** True when an event for `target` (minus `excluded`) reaches `connection`. */
 function addresses(target: Target, connection: FilterSubject, excluded?: string[]): boolean {
   if (excluded?.includes(connection.id)) return false;
@@ -406,7 +418,15 @@ export class SessionTakes {
         if (first > at + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the replay is at ${at})`;
         throw new SessionUnavailable(`a read of the hub stream after ${at} found nothing though it starts at ${first}`);
       }
-      for (const m of messages) {
+      // A page that starts after where the replay is: the stream dropped events since the last page (a slow replay
+      // of a stream at its limits), or messages were deleted one by one. Only a stream that starts after them has
+      // lost them, as at the start. Before, the replay went on after them and numbered what came next in their place
+      // (found by review). A hole further in is read from next (untilHole).
+      if (messages[0].seq > at + 1) {
+        const first = await this.firstSequence();
+        if (first > at + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the replay is at ${at})`;
+      }
+      for (const m of untilHole(messages)) {
         const outcome = this.replayOne(connection, m, claimSeq);
         if (outcome) return outcome;
         at = m.seq;
