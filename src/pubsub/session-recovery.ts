@@ -109,9 +109,10 @@ export class SessionRecovery {
     // Another recovery of the same connection is taking it here already (a
     // client that reconnected twice quickly): wait for it, then recover from
     // what it left. Both taking it made two copies, both attached, one
-    // orphaned in the groups.
-    const earlier = this.taking.get(key);
-    if (earlier) await earlier;
+    // orphaned in the groups. And wait for one begun while this one waited: several recoveries waiting for
+    // one take woke together, and each began a take of its own (found by review: the SDK's tries after each 1013
+    // at answerWithinMs pile up as such waiters behind a take that waits on the store).
+    for (let earlier = this.taking.get(key); earlier; earlier = this.taking.get(key)) await earlier;
     // Removed while the earlier recovery ran: the client hears so (before: the session, ended by the reload, was
     // SessionNotFound here, or the take went on in a hub that had left the bus).
     if (this.removedByReload(hub)) return this.hubRemoved(r);
@@ -121,6 +122,13 @@ export class SessionRecovery {
     // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
     // the client give up a session that lived on).
     if (connection?.handover && connection.session?.tokenMatches(token)) return deferred('the session is still moving between edges');
+    // Told to try again (answerWithinMs) or gone while it waited: no take is begun for a client that is not here. Before
+    // (found by review), one was: its claim, later than that of the client's next try on another edge, took the session
+    // from there (that edge's take refused 1008, the session lost, or its client closed 1001 SessionMoved).
+    if (!heldHere && (r.socket.destroyed || this.answered.has(r.socket))) {
+      this.log.info({ event: 'pubsub.recovery_abandoned', hub: hub.name, connectionId, reason: r.socket.destroyed ? 'client gone before the take began' : 'told to try again before the take began' });
+      return;
+    }
     if (!heldHere) {
       const take = hub.takeSession(connectionId, token, protocol);
       const settled = take.then(

@@ -7,10 +7,10 @@
 // saw five sessions silent for ~125 s after an edge's shutdown); now it is told to try again (1013), and its next
 // try, once the stream answers, finds the session this edge took meanwhile.
 import assert from 'node:assert/strict';
-import { it } from 'node:test';
+import { it, type TestContext } from 'node:test';
 import { connect } from 'nats';
 import { cleanupFor } from '../helpers/cleanup.ts';
-import { edgeEvents, startEdge, waitOnRoster } from '../helpers/cluster.ts';
+import { edgeEvents, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
 import { withTimeout } from '../helpers/wait.ts';
@@ -54,4 +54,85 @@ it('answers a recovery whose take waits on an unanswered claim within its bound 
   const back = await recovered.waitFor((m) => m.type === 'system', 10000, 'the next try to be answered');
   assert.equal(back.event, 'connected', JSON.stringify(back));
   assert.equal(back.connectionId, connected.connectionId);
+});
+
+/** Edges on one NATS server (`names`), a reliable client of edge-a's session, edge-a killed, and the hub stream set to acknowledge nothing. */
+async function sessionLeftUnacknowledged(t: TestContext, names: string[], bus: Record<string, unknown>, timeouts: Record<string, unknown> = {}) {
+  const nats = await startNatsServer(t);
+  const config = { bus, timeouts, pubsub: { hubs: [{ name: HUB, accessKey: HUB_KEY }] } };
+  const edges = await Promise.all(names.map((name) => startEdge(t, name, [nats.url], config)));
+  await Promise.all(edges.slice(1).map((e) => waitOnRoster(e, edges[0])));
+  const first = await RawPubSubClient.connect(accessUrl(edges[0].url, { userId: 'u1' }), RELIABLE, t);
+  const connected = await first.waitFor((m) => m.type === 'system' && m.event === 'connected');
+  const recoveryUrl = (edge: Edge) =>
+    `${edge.url.replace('http', 'ws')}/client/hubs/${HUB}?awps_connection_id=${encodeURIComponent(connected.connectionId)}&awps_reconnection_token=${encodeURIComponent(connected.reconnectionToken)}`;
+  await edges[0].kill();
+  const nc = await connect({ servers: nats.url });
+  cleanupFor(t).after(() => nc.close());
+  const jsm = await nc.jetstreamManager();
+  const streams = await jsm.streams.list().next();
+  const hubStream = streams.map((s) => s.config.name).find((name) => !name.startsWith('KV_'))!;
+  await jsm.streams.update(hubStream, { no_ack: true });
+  return { edges, connected, recoveryUrl, acknowledge: () => jsm.streams.update(hubStream, { no_ack: false }) };
+}
+
+/** A recovery through `url`: its close code once refused, or 0 and the open client when it got `connected`. */
+async function tryRecovery(url: string, t: TestContext, ms: number): Promise<{ code: number; client: RawPubSubClient }> {
+  const client = await RawPubSubClient.connect(url, RELIABLE, t);
+  const system = await client.waitFor((m) => m.type === 'system', ms, 'the recovery to be answered');
+  if (system.event === 'connected') return { code: 0, client };
+  return { code: (await withTimeout(client.closed, 5000, 'the refused recovery to close')).code, client };
+}
+
+it('begins no take for a recovery told to try again while it waited for an earlier one: the session stays on the edge the client went to next', async (t) => {
+  // Found by review: a recovery waiting for an earlier take of its session on the same edge (`await earlier`) went on,
+  // once that take failed, to take the session itself, though its client had been told to try again (1013) meanwhile
+  // and had gone elsewhere; the SDK's tries after 1013 pile up as such waiters, and all of them began a take at once.
+  const { edges, connected, recoveryUrl, acknowledge } = await sessionLeftUnacknowledged(t, ['edge-a', 'edge-b', 'edge-c'], {
+    requestTimeoutMs: REQUEST_TIMEOUT_MS,
+    jetstream: { publishTimeoutMs: PUBLISH_TIMEOUT_MS },
+  });
+  const [, b, c] = edges;
+  // The first try's take waits on its unanswered claim; the second waits for that take; both are told to try again.
+  for (const nth of ['first', 'second']) {
+    const { code } = await tryRecovery(recoveryUrl(b), t, ANSWER_WITHIN_MS + 5000);
+    assert.equal(code, 1013, `the ${nth} try on edge-b`);
+  }
+  // The stream answers again; the client's next try goes to edge-c and gets the session. Edge-b's take ends (its
+  // claim, stored long before, is past its deadline): before, the second try, told to try again, then took the
+  // session from edge-c, whose client was closed (1001 SessionMoved) or refused (1008) mid-take.
+  await acknowledge();
+  const { code, client } = await tryRecovery(recoveryUrl(c), t, 10000);
+  assert.equal(code, 0, `the try on edge-c recovered the session: ${edgeEvents([b, c], /pubsub\.(session_take|recovery_|session_released)/)}`);
+  const stays = await Promise.race([client.closed, new Promise<undefined>((r) => setTimeout(r, 2 * ANSWER_WITHIN_MS))]);
+  assert.equal(stays, undefined, `the client on edge-c was closed: ${JSON.stringify({ stays, messages: client.messages.slice(-2), b: edgeEvents([b], /pubsub\.(session_taken|recovery_abandoned)/) })}`);
+  assert.doesNotMatch(edgeEvents([b], /pubsub\.session_taken/), new RegExp(connected.connectionId));
+  assert.equal(edgeEvents([c], /pubsub\.session_released/), '');
+});
+
+it('two recoveries waiting for one take that fails take the session once, and the later socket gets it (before: both began a take)', async (t) => {
+  // Found by review: recoveries waiting for an earlier take of their session on the same edge all woke when it ended,
+  // and each began a take of its own (the wait was not looked at again); the first's claim, read back by the second
+  // take (a take waits for its claim by connection id), left the first waiting until it was told to try again (1013).
+  const { edges, recoveryUrl, acknowledge } = await sessionLeftUnacknowledged(t, ['edge-a', 'edge-b'], {
+    requestTimeoutMs: REQUEST_TIMEOUT_MS,
+    // The first take's claim is given up ~1.5 s in (its first try unanswered after 500 ms, then 1 s more).
+    jetstream: { publishTimeoutMs: PUBLISH_TIMEOUT_MS, unsureRetryMs: 1000 },
+  });
+  const b = edges[1];
+  const tries: RawPubSubClient[] = [];
+  for (const wait of [0, 300, 300]) {
+    await new Promise((r) => setTimeout(r, wait));
+    tries.push(await RawPubSubClient.connect(recoveryUrl(b), RELIABLE, t));
+  }
+  const [, second, third] = tries;
+  const firstAnswer = await tries[0].waitFor((m) => m.type === 'system', ANSWER_WITHIN_MS + 5000, 'the first try to be answered');
+  assert.equal(firstAnswer.event, 'disconnected', 'the first take ended with its claim unanswered');
+  await acknowledge();
+  const got = await third.waitFor((m) => m.type === 'system', ANSWER_WITHIN_MS + 5000, 'the third try to be answered');
+  assert.equal(got.event, 'connected', JSON.stringify(third.messages));
+  const moved = await withTimeout(second.closed, 5000, 'the second try to be closed');
+  const said = second.messages.filter((m) => m.type === 'system').map((m) => m.event);
+  assert.deepEqual([said, moved.code, moved.reason], [['connected', 'disconnected'], 1001, 'SessionMoved'], edgeEvents([b], /pubsub\.(session_taken|recovery_)/));
+  assert.equal(edgeEvents([b], /pubsub\.session_taken/).split('\n').length, 1);
 });
