@@ -82,15 +82,16 @@ export class SessionRecovery {
    */
   async recover(r: RecoveryRequest): Promise<void> {
     const key = `${r.hub.key}\n${r.connectionId}`;
-    const timer = setTimeout(() => this.defer(r, key, `no answer within ${this.answerWithinMs} ms`), this.answerWithinMs);
+    const began = Date.now();
+    const timer = setTimeout(() => this.defer(r, key, began, `no answer within ${this.answerWithinMs} ms`), this.answerWithinMs);
     try {
-      await this.recoverNow(r, key);
+      await this.recoverNow(r, key, began);
     } finally {
       clearTimeout(timer);
     }
   }
 
-  private async recoverNow(r: RecoveryRequest, key: string): Promise<void> {
+  private async recoverNow(r: RecoveryRequest, key: string, began: number): Promise<void> {
     const { hub, connectionId, token, protocol } = r;
     // No edge issued it: refused here, not asked of the edge holding the session (which drops a hand-over request
     // carrying it as invalid, so the client was deferred 1013 after bus.requestTimeoutMs, and again when it retried).
@@ -118,7 +119,7 @@ export class SessionRecovery {
     if (this.removedByReload(hub)) return this.hubRemoved(r);
     let connection = hub.local.connections.get(connectionId);
     const heldHere = connection !== undefined;
-    const deferred = (reason: string) => this.defer(r, key, reason);
+    const deferred = (reason: string) => this.defer(r, key, began, reason);
     // Held here, still moving to or from another edge after the wait above: tried again, not refused (1008 made
     // the client give up a session that lived on).
     if (connection?.handover && connection.session?.tokenMatches(token)) return deferred('the session is still moving between edges');
@@ -236,11 +237,11 @@ export class SessionRecovery {
   /**
    * JetStream or the holding edge cannot answer now, or the session is still moving: a close other than 1008 makes
    * the client try again, for as long as the client itself would try (before, it tried for as long as the outage
-   * lasted).
+   * lasted). `began`: when this try began (Date.now()).
    */
-  private defer(r: RecoveryRequest, key: string, reason: string): void {
+  private defer(r: RecoveryRequest, key: string, began: number, reason: string): void {
     if (this.answered.has(r.socket)) return;
-    if (this.deferredTooLong(key)) {
+    if (this.deferredTooLong(key, began)) {
       this.log.warn({ event: 'pubsub.recovery_given_up', hub: r.hub.name, connectionId: r.connectionId, reason, ms: this.giveUpAfterMs() });
       return this.refuse(r, 'SessionNotFound');
     }
@@ -249,23 +250,31 @@ export class SessionRecovery {
   }
 
   /**
-   * Notes one more deferral of `key`'s recovery; true once its deferrals have
+   * Notes one more deferral of `key`'s recovery, by a try that began at `began`; true once its deferrals have
    * lasted giveUpAfterMs (the entry then goes: a later attempt starts afresh).
    */
-  private deferredTooLong(key: string): boolean {
+  private deferredTooLong(key: string, began: number): boolean {
     const now = Date.now();
     const window = this.giveUpAfterMs();
-    // Entries go in order of their first deferral: those far past the window are of clients that gave up.
+    const newOutageAfter = Math.max(window / 3, NEW_OUTAGE_AFTER_MS);
+    // Entries go in order of their first deferral: those far past the window are of clients that gave up. Not before
+    // a next deferral could count (a try begun up to newOutageAfter after the last one, answered up to answerWithinMs
+    // later): before (found by review), with timeouts.sessionRetainMs under half of answerWithinMs, each deferral at
+    // that bound found the entry gone, and they never added up to the give-up.
+    const keepFor = Math.max(2 * window, window + newOutageAfter + this.answerWithinMs);
     for (const [old, { since }] of this.deferredSince) {
-      if (now - since <= 2 * window && this.deferredSince.size <= MAX_DEFERRED) break;
+      if (now - since <= keepFor && this.deferredSince.size <= MAX_DEFERRED) break;
       this.deferredSince.delete(old);
     }
     const deferred = this.deferredSince.get(key);
     // A client tries again within a few seconds while it is deferred (the SDK each second, each try waiting up to
     // bus.requestTimeoutMs): a deferral long after the last one is another outage (the session was recovered
     // elsewhere meanwhile), and starts a window of its own. Before, an outage that began within 30-60 s of an
-    // earlier deferral here was refused 1008 at once, the session alive.
-    if (deferred === undefined || now - deferred.last > Math.max(window / 3, NEW_OUTAGE_AFTER_MS)) {
+    // earlier deferral here was refused 1008 at once, the session alive. Long after: the try began long after, not
+    // its answer came (a try is answered up to answerWithinMs after it began, 11 s by default: measured from the
+    // answers, found by review, each try the SDK made at once after a 1013 at that bound was another outage, and
+    // such deferrals never added up to the give-up).
+    if (deferred === undefined || began - deferred.last > newOutageAfter) {
       this.deferredSince.delete(key);
       this.deferredSince.set(key, { since: now, last: now });
       return false;

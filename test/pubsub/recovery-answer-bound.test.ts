@@ -136,3 +136,20 @@ it('two recoveries waiting for one take that fails take the session once, and th
   assert.deepEqual([said, moved.code, moved.reason], [['connected', 'disconnected'], 1001, 'SessionMoved'], edgeEvents([b], /pubsub\.(session_taken|recovery_)/));
   assert.equal(edgeEvents([b], /pubsub\.session_taken/).split('\n').length, 1);
 });
+
+it('a try told to try again at the bound counts toward the give-up though the bound is longer than a new outage is apart (before: 1013 for as long as the take waited)', async (t) => {
+  // Found by review: a deferral more than 10 s (NEW_OUTAGE_AFTER_MS) after the last began a new window, and by default
+  // the bound is 11 s (3 x 2000 + 5000): the SDK's tries, each begun at once after the last was answered at the bound,
+  // never added up to the give-up (1008 after min(30 s, timeouts.sessionRetainMs)); with a window under half the
+  // bound, the entry was also dropped (past twice the window) before the next. Here the bound is 10.5 s, the window 3 s.
+  const requestTimeoutMs = 500;
+  const publishTimeoutMs = 9000;
+  const bound = 3 * requestTimeoutMs + publishTimeoutMs;
+  const { edges, recoveryUrl } = await sessionLeftUnacknowledged(t, ['edge-a', 'edge-b'], { requestTimeoutMs, jetstream: { publishTimeoutMs } }, { sessionRetainMs: 3000 });
+  const first = await tryRecovery(recoveryUrl(edges[1]), t, bound + 5000);
+  assert.equal(first.code, 1013);
+  // At once, as the SDK tries again: this try waits for the first's take, and is answered at the bound too.
+  const second = await tryRecovery(recoveryUrl(edges[1]), t, bound + 5000);
+  assert.equal(second.code, 1008, edgeEvents([edges[1]], /pubsub\.recovery_(deferred|given_up)/));
+  assert.match(edgeEvents([edges[1]], /pubsub\.recovery_given_up/), /no answer within/);
+});
