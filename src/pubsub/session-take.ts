@@ -64,6 +64,13 @@ const MISSING_CHECKPOINT_RETRIES = 4;
 const MISSING_CHECKPOINT_WAIT_MS = 250;
 /** How often a take looks for the last write of a live owner letting go. */
 const LAST_WRITE_POLL_MS = 20;
+/**
+ * Why a take stops when another edge claimed the session after this one: the session lives there (or is being taken
+ * there), so the client is told to try again (1013), and its next try finds it. Before, 1008 SessionNotFound: a
+ * client whose current try met the later claim of a take left over from an earlier try elsewhere (one still waiting
+ * on the store when its client was told to try again) gave the session up (found by review).
+ */
+const CLAIMED_SINCE = 'another edge claimed it since';
 /** How far either side of a checkpoint's position a take looks for its event, numbered otherwise on this edge's server (a soak saw 7 apart). */
 const RENUMBERING_READ = 64;
 
@@ -195,8 +202,8 @@ export class SessionTakes {
       // and adopted at once: the session was held on both edges, and this edge numbered again, after its ids, events
       // it counted already.
       if ((checkpoint.claim ?? 0) > claimSeq) {
-        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: 'another edge claimed it since' });
-        return undefined;
+        this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: CLAIMED_SINCE });
+        throw new SessionUnavailable(CLAIMED_SINCE);
       }
       connection = new PubSubConnection(
         connectionId,
@@ -232,6 +239,7 @@ export class SessionTakes {
       if (replayed !== 'caught up') {
         this.options.log.info({ event: 'pubsub.session_take_refused', hub: this.hub.name, connectionId, reason: replayed });
         connection.session!.clear();
+        if (replayed === CLAIMED_SINCE) throw new SessionUnavailable(CLAIMED_SINCE);
         return undefined;
       }
       this.options.log.info({
@@ -397,7 +405,7 @@ export class SessionTakes {
       if (at >= to) {
         // A later claim read meanwhile (also one before where this replay began) owns the session.
         const newer = this.claimsSeen.get(connection.id);
-        if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
+        if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return CLAIMED_SINCE;
         this.hub.local.adopt(connection);
         // Behind the live flow from here: what the follower applies next is kept for its catch-up.
         if (connection.session!.behindAt !== undefined) this.stream.keepRecent();
@@ -432,7 +440,7 @@ export class SessionTakes {
         at = m.seq;
       }
       const newer = this.claimsSeen.get(connection.id);
-      if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return 'another edge claimed it since';
+      if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return CLAIMED_SINCE;
     }
   }
 
@@ -484,7 +492,7 @@ export class SessionTakes {
         return undefined;
       }
       case 'ps.claim':
-        if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return 'another edge claimed it since';
+        if (event.connectionId === connection.id && event.origin !== this.options.nodeId && m.seq > claimSeq) return CLAIMED_SINCE;
         return undefined;
       case 'ps.close':
         // A REST close (StreamEvents.storeClose) of it (no edge held it then), its user's, a group it was in there, or the hub's connections,

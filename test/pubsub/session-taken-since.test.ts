@@ -10,7 +10,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import type { PsCheckpoint, PsClaim } from '../../src/bus/messages.ts';
+import { encodeEdgeMessage, type PsCheckpoint, type PsClaim } from '../../src/bus/messages.ts';
+import { SessionUnavailable } from '../../src/pubsub/errors.ts';
 import { ConnectionPermissions } from '../../src/pubsub/permissions.ts';
 import { RELIABLE_PROTOCOL, type PubSubConnection } from '../../src/pubsub/pubsub-connection.ts';
 import { StreamSessions, type SessionStream } from '../../src/pubsub/stream-sessions.ts';
@@ -20,7 +21,7 @@ const silent = { info() {}, warn() {}, error() {}, debug() {} };
 const TOKEN = 'reconnection-token';
 
 describe('a take whose checkpoint a later claim wrote', () => {
-  it('is refused, and leaves that checkpoint as it is (before: taken from it, the session held on two edges)', async () => {
+  it('is refused as one to try again, and leaves that checkpoint as it is (before: taken from it, the session held on two edges)', async () => {
     const newer: PsCheckpoint = {
       op: 'ps.checkpoint', hub: 'chat', connectionId: 'conn1', userId: 'u', protocol: RELIABLE_PROTOCOL,
       tokenHash: createHash('sha256').update(TOKEN).digest('base64url'),
@@ -55,11 +56,50 @@ describe('a take whose checkpoint a later claim wrote', () => {
       release() {}, endConnection() {},
     });
     try {
-      const taken = await sessions.take('conn1', TOKEN, RELIABLE_PROTOCOL);
-      assert.equal(taken, undefined, 'taken from a checkpoint of a later claim');
-      assert.equal(adopted, undefined);
+      // Refused as a take to try again (1013: the session lives on edge c, where the client's next try finds it), not
+      // as a session gone (1008: the SDK would give it up).
+      await assert.rejects(sessions.take('conn1', TOKEN, RELIABLE_PROTOCOL), (err: Error) => err instanceof SessionUnavailable && err.message === 'another edge claimed it since');
+      assert.equal(adopted, undefined, 'taken from a checkpoint of a later claim');
       // Before: written over, unconditionally, as edge b's by claim 107.
       assert.deepEqual(puts.map((p) => [p.owner, p.claim]), []);
+    } finally {
+      sessions.close();
+    }
+  });
+  it('whose replay meets a later claim of another edge is refused as one to try again (before: 1008, the session given up)', async () => {
+    // Edge a held it and is gone; edge b claims at 107 and replays from the checkpoint (106); edge c claimed at 108.
+    const older: PsCheckpoint = {
+      op: 'ps.checkpoint', hub: 'chat', connectionId: 'conn1', userId: 'u', protocol: RELIABLE_PROTOCOL,
+      tokenHash: createHash('sha256').update(TOKEN).digest('base64url'),
+      permissions: new ConnectionPermissions([]).snapshot(), owner: 'edge-a', ownerBoot: 'boot-a', claim: 100, at: Date.now(),
+      sequenceId: 3, position: 106, groups: ['room'],
+    };
+    const claimOf = (origin: string): PsClaim => ({ op: 'ps.claim', origin, boot: `boot-${origin}`, hub: 'chat', connectionId: 'conn1' });
+    const stored = [107, 108].map((seq, i) => ({ seq, subject: 'relay.ev.chat.ctl', data: encodeEdgeMessage(claimOf(i === 0 ? 'edge-b' : 'edge-c')) }));
+    const stream: SessionStream = { position: 108, started: true, readRange: async (from, to) => stored.filter((m) => m.seq > from && m.seq <= to), firstSequence: async () => 1, ...KEEPS_NOTHING_RECENT };
+    let adopted: PubSubConnection | undefined;
+    let sessions!: StreamSessions;
+    const hub = {
+      name: 'chat', key: 'chat',
+      local: { adopt: (c: PubSubConnection) => (adopted = c), remove() {}, connections: new Map() },
+      edgeOnRoster: () => false,
+    };
+    const js = {
+      entry: async () => ({ revision: 5, value: Buffer.from(JSON.stringify(older)) }),
+      put: async () => 6,
+      publish: async () => {
+        setImmediate(() => sessions.claimed(claimOf('edge-b'), 107));
+        return { seq: 107 };
+      },
+    };
+    sessions = new StreamSessions(hub as never, stream, {
+      js: js as never, subjects: { hubControl: () => 'relay.ev.chat.ctl' } as never, nodeId: 'edge-b', bootId: 'boot-edge-b', log: silent as never,
+      limits: testConnectionLimits(), requestTimeoutMs: 200, publishTimeoutMs: 1000, checkpointIntervalMs: 1000, sessionRetainMs: 60_000, history: false,
+      release() {}, endConnection() {},
+    });
+    try {
+      await assert.rejects(sessions.take('conn1', TOKEN, RELIABLE_PROTOCOL), (err: Error) => err instanceof SessionUnavailable && err.message === 'another edge claimed it since');
+      assert.equal(adopted, undefined);
     } finally {
       sessions.close();
     }
