@@ -240,7 +240,11 @@ export class SessionRecovery {
    * lasted). `began`: when this try began (Date.now()).
    */
   private defer(r: RecoveryRequest, key: string, began: number, reason: string): void {
-    if (this.answered.has(r.socket)) return;
+    // Answered at answerWithinMs already: why its take ended is still said (found by review: it was not).
+    if (this.answered.has(r.socket)) {
+      this.log.info({ event: 'pubsub.recovery_abandoned', hub: r.hub.name, connectionId: r.connectionId, reason: `the take ended after its client was told to try again: ${reason}` });
+      return;
+    }
     if (this.deferredTooLong(key, began)) {
       this.log.warn({ event: 'pubsub.recovery_given_up', hub: r.hub.name, connectionId: r.connectionId, reason, ms: this.giveUpAfterMs() });
       return this.refuse(r, 'SessionNotFound');

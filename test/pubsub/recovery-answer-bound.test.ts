@@ -13,7 +13,7 @@ import { cleanupFor } from '../helpers/cleanup.ts';
 import { edgeEvents, startEdge, waitOnRoster, type Edge } from '../helpers/cluster.ts';
 import { startNatsServer } from '../helpers/nats.ts';
 import { HUB, HUB_KEY, RELIABLE, RawPubSubClient, accessUrl } from '../helpers/pubsub.ts';
-import { withTimeout } from '../helpers/wait.ts';
+import { until, withTimeout } from '../helpers/wait.ts';
 
 const REQUEST_TIMEOUT_MS = 500;
 const PUBLISH_TIMEOUT_MS = 1000;
@@ -54,6 +54,8 @@ it('answers a recovery whose take waits on an unanswered claim within its bound 
   const back = await recovered.waitFor((m) => m.type === 'system', 10000, 'the next try to be answered');
   assert.equal(back.event, 'connected', JSON.stringify(back));
   assert.equal(back.connectionId, connected.connectionId);
+  // The first take, answered for by the bound, says how it ended: failed after all, or a session kept for the next try.
+  await until(() => /pubsub\.recovery_abandoned.*(the take ended after its client was told to try again|told to try again before the take ended)/.test(edgeEvents([b], /pubsub\.recovery_abandoned/)), 10000, 'the first take to say how it ended');
 });
 
 /** Edges on one NATS server (`names`), a reliable client of edge-a's session, edge-a killed, and the hub stream set to acknowledge nothing. */
