@@ -30,8 +30,6 @@ import { storedSendFor, untilHole, type SessionStream } from './session-take.ts'
 export interface CatchUpStream extends SessionStream {
   readonly keepingRecent: boolean;
   forgetRecent(): void;
-  /** Every message applied after `position`, when they are kept; undefined when not all of them are. */
-  recentAfter(position: number): StoredMessage[] | undefined;
 }
 
 /** What catching up needs besides the hub and its stream (part of StreamSessionsOptions). */

@@ -47,8 +47,10 @@ export interface SessionStream {
   readonly started: boolean;
   readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
   firstSequence(): Promise<number>;
-  /** Keeps the messages applied from now on in memory, for sessions behind the live flow (recent-stream.ts). */
+  /** Keeps the messages applied from now on in memory, for sessions behind the live flow and takes' replays (recent-stream.ts). */
   keepRecent(): void;
+  /** Every message applied after `position`, when they are kept; undefined when not all of them are. */
+  recentAfter(position: number): StoredMessage[] | undefined;
 }
 
 /** A REST close stored in the hub's stream that a take's replay found naming the session: the take ends it. */
@@ -73,6 +75,11 @@ const LAST_WRITE_POLL_MS = 20;
 const CLAIMED_SINCE = 'another edge claimed it since';
 /** How far either side of a checkpoint's position a take looks for its event, numbered otherwise on this edge's server (a soak saw 7 apart). */
 const RENUMBERING_READ = 64;
+/**
+ * The longest a take whose replay goes on reading goes on, from its start (each page read gives it the take's bound
+ * again): its client has had its 101 and waits for `connected` (`edge-relay sub` waits 30 s, then reconnects).
+ */
+const REPLAY_MOST_MS = 20_000;
 
 /** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
 export interface Holder {
@@ -132,6 +139,8 @@ export class SessionTakes {
   private readonly ownClaims = new Map<string, (claim: ClaimRead) => void>();
   /** The newest claim read per connection id while a take is in progress here. */
   private readonly claimsSeen = new Map<string, { origin: string; seq: number }>();
+  /** Replays under way: while any is, the hub keeps the messages its follower applies (recent-stream.ts). */
+  private replays = 0;
   /** Set when a reload removed the hub (close): a take under way stops, and ends a session it claimed. */
   private removedByReload = false;
   /** Aborted at close: a take waiting for its claim to be read back stops waiting (the follower has stopped). */
@@ -146,6 +155,11 @@ export class SessionTakes {
     // One listener per take waiting for its claim (claim), each removed as it ends: Node's default of 10 warned of a
     // leak (MaxListenersExceededWarning) when an edge's clients recovered here at once, which is not one.
     setMaxListeners(0, this.closing.signal);
+  }
+
+  /** Whether a take is replaying the stream now (the follower's latest messages are kept for it). */
+  get replaying(): boolean {
+    return this.replays > 0;
   }
 
   /** This edge's claim read back from the stream: the take waiting for it goes on. */
@@ -184,7 +198,8 @@ export class SessionTakes {
     if (!opensWith(found, protocol, token)) return undefined;
     // Removed by a reload meanwhile: no claim (the edge holding the session keeps it).
     this.stopIfRemoved();
-    const deadline = Date.now() + this.options.publishTimeoutMs + this.options.requestTimeoutMs;
+    const startedAt = Date.now();
+    const deadline = startedAt + this.budgetMs;
     this.claimsSeen.set(connectionId, { origin: this.options.nodeId, seq: 0 });
     const claimed: { seq?: number } = {};
     let connection: PubSubConnection | undefined;
@@ -220,7 +235,7 @@ export class SessionTakes {
       connection.session!.resumeFrom({ sequenceId: checkpoint.sequenceId, position: checkpoint.position, groups: checkpoint.groups });
       this.checkpoints.heldBy(connection, claimSeq);
       const from = checkpoint.mid === undefined ? checkpoint.position : await this.positionOf(checkpoint.mid, checkpoint.position, deadline);
-      const replayed = await this.replay(connection, from, claimSeq, deadline);
+      const replayed = await this.replay(connection, from, claimSeq, deadline, startedAt + REPLAY_MOST_MS);
       if (typeof replayed === 'object') {
         // A REST close of it, or of its user's, group's or the hub's connections, came after its checkpoint, while no edge held
         // it: it ends here, as it would have where it was held (its checkpoint written ended under this edge's claim;
@@ -389,18 +404,52 @@ export class SessionTakes {
     return position;
   }
 
+  /** A take's bound: publishTimeoutMs (its claim stored) + requestTimeoutMs (the holder's last write). */
+  private get budgetMs(): number {
+    return this.options.publishTimeoutMs + this.options.requestTimeoutMs;
+  }
+
   /**
    * Applies the stream after `from` to the connection alone (its membership
    * changes, and its events numbered in order) until it reaches where this
    * edge's follower is; then, in the same turn, puts the connection into the
-   * hub, so the follower's next event reaches it too.
+   * hub, so the follower's next event reaches it too. What the follower
+   * applies meanwhile is kept in memory (recent-stream.ts): once the replay
+   * has read the stream up to where the follower was as it began, it ends
+   * with those, in one turn. Each page read gives it the take's bound again
+   * from then, up to `latest`.
    */
-  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number): Promise<'caught up' | string | ClosedAt> {
+  private async replay(connection: PubSubConnection, from: number, claimSeq: number, deadline: number, latest: number): Promise<'caught up' | string | ClosedAt> {
     if (from < this.stream.position) {
       const first = await this.firstSequence();
       if (first > from + 1) return `the stream no longer holds the events after the checkpoint (it starts at ${first}, the checkpoint is at ${from})`;
     }
+    // Before, a replay read the stream until a page ended where the follower was when it came back, which under a
+    // steady flow it seldom did (the follower had gone on during the read), and was cut off at the take's deadline
+    // however near it was: its pages thrown away, the client's next try had more to read, what was published
+    // meanwhile. A chaos soak (150-200 events a second, 24 SDK clients behind haproxy) saw the sessions of an edge
+    // shut down (SIGTERM) or killed deferred 1013 for 20-76 s, try after try cut off at 7 s. Past 120 s the released
+    // checkpoint expires from the bucket and the next try is refused (as an earlier soak's five sessions were).
+    this.stream.keepRecent();
+    this.replays++;
+    try {
+      return await this.replayFrom(connection, from, claimSeq, deadline, latest);
+    } finally {
+      this.replays--;
+    }
+  }
+
+  private async replayFrom(connection: PubSubConnection, from: number, claimSeq: number, deadline: number, latest: number): Promise<'caught up' | string | ClosedAt> {
     for (let at = from; ; ) {
+      // Within what the follower applied since the replay began (and kept): the rest at once, in this turn.
+      const recent = at < this.stream.position ? this.stream.recentAfter(at) : undefined;
+      if (recent) {
+        for (const m of recent) {
+          const outcome = this.replayOne(connection, m, claimSeq);
+          if (outcome) return outcome;
+          at = m.seq;
+        }
+      }
       const to = this.stream.position;
       if (at >= to) {
         // A later claim read meanwhile (also one before where this replay began) owns the session.
@@ -439,6 +488,8 @@ export class SessionTakes {
         if (outcome) return outcome;
         at = m.seq;
       }
+      // Read on: the take's bound again from here (a page read and applied), within `latest`.
+      deadline = Math.max(deadline, Math.min(Date.now() + this.budgetMs, latest));
       const newer = this.claimsSeen.get(connection.id);
       if (newer && newer.origin !== this.options.nodeId && newer.seq > claimSeq) return CLAIMED_SINCE;
     }

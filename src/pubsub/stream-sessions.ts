@@ -266,7 +266,8 @@ export class StreamSessions {
     // Ends the store refused, again: after the live sessions' writes, with the places they left (before: first, and
     // 64 of them failing each tick kept every live checkpoint from being written).
     this.checkpoints.retryEndings(now);
-    this.catchUps.forgetRecentUnlessBehind();
+    // (Kept for a take's replay too: it ends with them, session-take.ts.)
+    if (!this.takes.replaying) this.catchUps.forgetRecentUnlessBehind();
   }
 
   // --- taking a session over ----------------------------------------------------------------
