@@ -27,16 +27,22 @@ const HOLD_MS = 7_000;
  */
 const JS_OPTIONS = { storage: 'memory' as const, publishTimeoutMs: 3000, requestTimeoutMs: 10_000 };
 
+/** JetStream access through the proxy on `port`, its streams made; closed with the test. */
+async function accessThrough(t: Parameters<typeof cleanupFor>[0], port: number): Promise<JetStreamAccess> {
+  // Pings 20 s apart: a connection whose pongs are held 7 s is not taken for dead.
+  const bus = new NatsBus({ servers: [`nats://127.0.0.1:${port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
+  cleanupFor(t).after(() => bus.close());
+  const js = new JetStreamAccess(bus, JS_OPTIONS, log);
+  cleanupFor(t).after(() => js.close());
+  await js.start([STREAM], BUCKET);
+  return js;
+}
+
 describe('a page read whose pull this side gave up on', () => {
   it('reads the page whole from where it was, whether deliveries were lost at its end or before more pending', async (t) => {
     const nats = await startNatsServer(t);
     const proxy = await startHoldingProxy(t, nats.port, HOLD_MS);
-    // Pings 20 s apart: a connection whose pongs are held 7 s is not taken for dead.
-    const bus = new NatsBus({ servers: [`nats://127.0.0.1:${proxy.port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
-    cleanupFor(t).after(() => bus.close());
-    const js = new JetStreamAccess(bus, JS_OPTIONS, log);
-    cleanupFor(t).after(() => js.close());
-    await js.start([STREAM], BUCKET);
+    const js = await accessThrough(t, proxy.port);
     const few: number[] = [];
     const many: number[] = [];
     for (let i = 0; i < 1210; i++) {
@@ -64,11 +70,7 @@ describe('a page read whose pull this side gave up on', () => {
     const nats = await startNatsServer(t);
     // The first 4 deliveries of the first pull come at once, the other 6 after the hold (past the pull's wait).
     const proxy = await startHoldingProxy(t, nats.port, HOLD_MS, 4);
-    const bus = new NatsBus({ servers: [`nats://127.0.0.1:${proxy.port}`], randomizeServers: false, name: 'test', reconnectTimeWaitMs: 100, pingIntervalMs: 20_000, flushTimeoutMs: 2000 }, log);
-    cleanupFor(t).after(() => bus.close());
-    const js = new JetStreamAccess(bus, JS_OPTIONS, log);
-    cleanupFor(t).after(() => js.close());
-    await js.start([STREAM], BUCKET);
+    const js = await accessThrough(t, proxy.port);
     const seqs: number[] = [];
     for (let i = 0; i < 10; i++) seqs.push((await js.publish('t.ev.hub.few', Buffer.from(String(i)), `id-${i}`)).seq);
     const started = performance.now();
