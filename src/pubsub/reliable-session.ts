@@ -174,17 +174,22 @@ export class ReliableSession {
    * The checkpoint for what the client has acknowledged now: at the stream
    * position of the last acknowledged event with the groups of that moment,
    * or, when nothing is unacknowledged, at `readUpTo` (the last stream
-   * position this edge read) with the current groups. Undefined when nothing
-   * changed since the last one.
+   * position this edge read) with the current groups; or at `lastSend` (the
+   * last send event this edge read, near enough to `readUpTo` for a take to
+   * find it by its id) with the groups then, so that an edge whose server
+   * numbers the stream otherwise goes on from where this one was. Undefined
+   * when nothing changed since the last one.
    */
-  nextCheckpoint(currentGroups: ReadonlySet<string>, readUpTo: number): SessionCheckpoint | undefined {
+  nextCheckpoint(currentGroups: ReadonlySet<string>, readUpTo: number, lastSend?: { seq: number; mid: string }): SessionCheckpoint | undefined {
     let next: SessionCheckpoint;
     if (this.unacknowledged === 0) {
       // Behind the live flow, everything numbered acknowledged: the events after behindAt are not this session's yet.
       const behindAt = this.behindAt;
       next =
         behindAt === undefined
-          ? { sequenceId: this.lastSequenceId, position: readUpTo, groups: [...currentGroups] }
+          ? lastSend !== undefined && lastSend.seq <= readUpTo
+            ? { sequenceId: this.lastSequenceId, position: lastSend.seq, groups: this.groupsAt(currentGroups, lastSend.seq), mid: lastSend.mid }
+            : { sequenceId: this.lastSequenceId, position: readUpTo, groups: [...currentGroups] }
           : { sequenceId: this.lastSequenceId, position: behindAt, groups: this.groupsAt(currentGroups, behindAt) };
     } else {
       if (this.acknowledgedUpTo === this.checkpoint?.sequenceId) return undefined;

@@ -47,6 +47,8 @@ export interface SessionStream {
   readonly started: boolean;
   readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
   firstSequence(): Promise<number>;
+  /** The last send event this edge applied (its sequence and id), when it decoded one since it began reading. */
+  readonly lastSend?: { seq: number; mid: string };
   /** Keeps the messages applied from now on in memory, for sessions behind the live flow and takes' replays (recent-stream.ts). */
   keepRecent(): void;
   /** Every message applied after `position`, when they are kept; undefined when not all of them are. */
@@ -80,6 +82,18 @@ const RENUMBERING_READ = 64;
  * again): its client has had its 101 and waits for `connected` (`edge-relay sub` waits 30 s, then reconnects).
  */
 const REPLAY_MOST_MS = 20_000;
+
+/**
+ * Where a checkpoint with nothing unacknowledged is anchored (ReliableSession.nextCheckpoint): the last send event
+ * this edge read, by its id, when it is within a take's search of the stream's end here (RENUMBERING_READ); else
+ * none (the checkpoint is at the position alone). Before, such a checkpoint was at the last position read, without
+ * an id: an edge whose server numbers the stream otherwise (nats-server before 2.10.14) took the session up from
+ * another place, and its client lost or had again the events between (a chaos soak on 2.9.10: 8 lost, 16 twice).
+ */
+export function checkpointAnchor(stream: SessionStream): { seq: number; mid: string } | undefined {
+  const last = stream.lastSend;
+  return last !== undefined && stream.position - last.seq <= RENUMBERING_READ ? last : undefined;
+}
 
 /** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
 export interface Holder {
@@ -269,7 +283,7 @@ export class SessionTakes {
       });
       // Written before the client hears `connected`: an edge taking the session from this one
       // next knows by this write that this edge held it (lastWriteOf), and waits for its last.
-      const taken = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+      const taken = connection.session!.nextCheckpoint(connection.groups, this.stream.position, checkpointAnchor(this.stream)) ?? connection.session!.checkpoint;
       this.stopIfRemoved();
       if (taken) await this.checkpoints.write(connection, taken);
       this.stopIfRemoved();

@@ -84,6 +84,24 @@ export class StreamEvents implements DurableEvents, HubHistory {
     return this.applied;
   }
 
+  /**
+   * The last send event applied, skipped or not (a checkpoint is anchored by its id: session-take.ts,
+   * checkpointAnchor): every event a session here was given is at or before it. One skipped (a group with no member
+   * here) is kept as read and its id decoded when asked.
+   */
+  get lastSend(): { seq: number; mid: string } | undefined {
+    const skipped = this.lastSkippedSend;
+    if (skipped !== undefined) {
+      this.lastSkippedSend = undefined;
+      const mid = decodeEdgeMessage(skipped.data, 'ps.send')?.message.mid;
+      this.lastSendApplied = mid === undefined ? undefined : { seq: skipped.seq, mid };
+    }
+    return this.lastSendApplied;
+  }
+
+  private lastSendApplied: { seq: number; mid: string } | undefined;
+  private lastSkippedSend: StoredMessage | undefined;
+
   private closed = false;
 
   get started(): boolean {
@@ -196,6 +214,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     // Read again from an earlier sequence: the stream was made again, or rewritten (stream-reader.ts). What sessions
     // behind the live flow had still to read is not where they would read it.
     if (m.seq <= this.applied) {
+      this.lastSendApplied = this.lastSkippedSend = undefined;
       this.recent.stop();
       this.sessions.streamWentBack(m.seq);
     }
@@ -212,7 +231,10 @@ export class StreamEvents implements DurableEvents, HubHistory {
 
   private applyEvent(m: StoredMessage): void {
     // A group event for a group with no member here changes nothing here: not even decoded.
-    if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) return;
+    if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) {
+      this.lastSkippedSend = m;
+      return;
+    }
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim', 'ps.close');
     const event = decoded?.message;
     const filter = event && (event.op === 'ps.send' || event.op === 'ps.member') ? filterFromBus(event.filter) : undefined;
@@ -224,6 +246,8 @@ export class StreamEvents implements DurableEvents, HubHistory {
       case 'ps.send': {
         const message = streamMessageOf(event, decoded!.body, m.seq, this.options.history);
         if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
+        this.lastSendApplied = { seq: m.seq, mid: event.mid };
+        this.lastSkippedSend = undefined;
         // One past its time to live is still handed to the hub: a reliable session numbers it, as every edge
         // reading the stream does (a session rebuilt elsewhere must number it alike), and sends it to nobody.
         this.hub.expired(message);

@@ -30,7 +30,7 @@ import type { ClusterHub } from './hub-cluster.ts';
 import { closeClientSocket, type PubSubConnection } from './pubsub-connection.ts';
 import { SessionCatchUps, type CatchUpStream } from './session-catch-up.ts';
 import { SessionCheckpoints, type SessionCheckpointsOptions } from './session-checkpoints.ts';
-import { SessionTakes, type Holder, type SessionTakeOptions } from './session-take.ts';
+import { SessionTakes, checkpointAnchor, type Holder, type SessionTakeOptions } from './session-take.ts';
 
 /** What the sessions need of the hub's event path (stream-events.ts). */
 export type SessionStream = CatchUpStream;
@@ -130,7 +130,7 @@ export class StreamSessions {
     this.dirty.delete(connection);
     this.urgent.delete(connection);
     // A checkpoint kept as another edge's (it took the session meanwhile) does not hold the change: not stored.
-    return (await this.checkpoints.write(connection, session.nextCheckpoint(connection.groups, this.stream.position) ?? session.checkpoint)) === 'stored';
+    return (await this.checkpoints.write(connection, session.nextCheckpoint(connection.groups, this.stream.position, checkpointAnchor(this.stream)) ?? session.checkpoint)) === 'stored';
   }
 
   /** The follower reads the stream again from `seq` (made again, or rewritten): sessions behind the live flow end (SessionCatchUps.streamWentBack). */
@@ -210,7 +210,7 @@ export class StreamSessions {
    */
   private async letGo(connection: PubSubConnection, claimSeq?: number): Promise<void> {
     const socket = connection.socket;
-    const checkpoint = connection.session!.nextCheckpoint(connection.groups, this.stream.position) ?? connection.session!.checkpoint;
+    const checkpoint = connection.session!.nextCheckpoint(connection.groups, this.stream.position, checkpointAnchor(this.stream)) ?? connection.session!.checkpoint;
     this.options.release(connection);
     this.dirty.delete(connection);
     this.urgent.delete(connection);
@@ -260,7 +260,7 @@ export class StreamSessions {
       this.urgent.delete(connection);
       const session = connection.session;
       if (!session || connection.ended) continue;
-      const checkpoint = session.nextCheckpoint(connection.groups, this.stream.position) ?? (urgent ? session.checkpoint : undefined);
+      const checkpoint = session.nextCheckpoint(connection.groups, this.stream.position, checkpointAnchor(this.stream)) ?? (urgent ? session.checkpoint : undefined);
       if (checkpoint) void this.checkpoints.write(connection, checkpoint);
     }
     // Ends the store refused, again: after the live sessions' writes, with the places they left (before: first, and
