@@ -47,8 +47,8 @@ export interface SessionStream {
   readonly started: boolean;
   readRange(fromExclusive: number, toInclusive: number, timeoutMs: number): Promise<StoredMessage[]>;
   firstSequence(): Promise<number>;
-  /** The last send event this edge applied (its sequence and id), when it decoded one since it began reading. */
-  readonly lastSend?: { seq: number; mid: string };
+  /** The last send event this edge applied (its sequence, id, and when: Date.now()), when it read one since it began reading. */
+  readonly lastSend?: { seq: number; mid: string; appliedAt: number };
   /** Keeps the messages applied from now on in memory, for sessions behind the live flow and takes' replays (recent-stream.ts). */
   keepRecent(): void;
   /** Every message applied after `position`, when they are kept; undefined when not all of them are. */
@@ -90,10 +90,19 @@ const REPLAY_MOST_MS = 20_000;
  * an id: an edge whose server numbers the stream otherwise (nats-server before 2.10.14) took the session up from
  * another place, and its client lost or had again the events between (a chaos soak on 2.9.10: 8 lost, 16 twice).
  */
-export function checkpointAnchor(stream: SessionStream): { seq: number; mid: string } | undefined {
+export function checkpointAnchor(stream: SessionStream, now = Date.now()): { seq: number; mid: string } | undefined {
   const last = stream.lastSend;
-  return last !== undefined && stream.position - last.seq <= RENUMBERING_READ ? last : undefined;
+  if (last === undefined || stream.position - last.seq > RENUMBERING_READ || now - last.appliedAt > ANCHOR_FRESH_MS) return undefined;
+  return { seq: last.seq, mid: last.mid };
 }
+
+/**
+ * The oldest send a checkpoint is anchored at: a hub's stream keeps events at least max(120 s, 2 x
+ * timeouts.sessionRetainMs), and a session is taken within timeouts.sessionRetainMs of its last write, so its anchor
+ * is still there. Anchored at one aged out (a quiet hub, a member change after it), the take would find the stream
+ * starting after the checkpoint and refuse the session (1008).
+ */
+const ANCHOR_FRESH_MS = 50_000;
 
 /** The edge holding a session by its latest claim (and its process, when it says), and that claim's stream sequence. */
 export interface Holder {

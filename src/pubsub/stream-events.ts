@@ -89,18 +89,19 @@ export class StreamEvents implements DurableEvents, HubHistory {
    * checkpointAnchor): every event a session here was given is at or before it. One skipped (a group with no member
    * here) is kept as read and its id decoded when asked.
    */
-  get lastSend(): { seq: number; mid: string } | undefined {
+  get lastSend(): { seq: number; mid: string; appliedAt: number } | undefined {
     const skipped = this.lastSkippedSend;
     if (skipped !== undefined) {
       this.lastSkippedSend = undefined;
       const mid = decodeEdgeMessage(skipped.data, 'ps.send')?.message.mid;
-      this.lastSendApplied = mid === undefined ? undefined : { seq: skipped.seq, mid };
+      this.lastSendApplied = mid === undefined ? undefined : { seq: skipped.seq, mid, appliedAt: this.lastSkippedAt };
     }
     return this.lastSendApplied;
   }
 
-  private lastSendApplied: { seq: number; mid: string } | undefined;
+  private lastSendApplied: { seq: number; mid: string; appliedAt: number } | undefined;
   private lastSkippedSend: StoredMessage | undefined;
+  private lastSkippedAt = 0;
 
   private closed = false;
 
@@ -233,6 +234,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
     // A group event for a group with no member here changes nothing here: not even decoded.
     if (m.subject.startsWith(this.groupSubjectPrefix) && !this.hub.localGroupTokens.has(m.subject.slice(this.groupSubjectPrefix.length))) {
       this.lastSkippedSend = m;
+      this.lastSkippedAt = Date.now();
       return;
     }
     const decoded = decodeEdgeMessage(m.data, 'ps.send', 'ps.member', 'ps.claim', 'ps.close');
@@ -246,7 +248,7 @@ export class StreamEvents implements DurableEvents, HubHistory {
       case 'ps.send': {
         const message = streamMessageOf(event, decoded!.body, m.seq, this.options.history);
         if (!message) return void this.options.log.warn({ event: 'bus.invalid_message', hub: this.hub.name, seq: m.seq });
-        this.lastSendApplied = { seq: m.seq, mid: event.mid };
+        this.lastSendApplied = { seq: m.seq, mid: event.mid, appliedAt: Date.now() };
         this.lastSkippedSend = undefined;
         // One past its time to live is still handed to the hub: a reliable session numbers it, as every edge
         // reading the stream does (a session rebuilt elsewhere must number it alike), and sends it to nobody.

@@ -1,7 +1,7 @@
 // Where a durable hub's checkpoint with nothing unacknowledged is anchored (session-take.ts, checkpointAnchor): the
 // last send event the edge's follower applied, by its id, also one it skipped undecoded (a group with no member on
-// this edge). Anchored at an earlier send, a take's replay from there would number again the events after it that
-// the session had been given.
+// this edge), applied within 50 s. Anchored at an earlier send, a take's replay from there would number again the
+// events after it that the session had been given; at an older one, it could find it aged out and refuse the session.
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { checkpointAnchor, type SessionStream } from '../../src/pubsub/session-take.ts';
@@ -38,4 +38,6 @@ it('is the last send event applied, a skipped one included, by its id', async (t
   assert.equal((await member.request({ type: 'leaveGroup', group: 'here' })).success, true);
   await until(() => stream.position > anchor!.seq, 5000, 'the leave applied');
   assert.deepEqual(checkpointAnchor(stream), anchor);
+  // One applied more than 50 s ago anchors nothing (it may age out of the stream before a take reads it).
+  assert.equal(checkpointAnchor(stream, Date.now() + 51_000), undefined);
 });
