@@ -77,37 +77,40 @@ async function takenFrom(written: { sequenceId: number; position: number; groups
   }
 }
 
+const TOKEN = 'reconnection-token';
+
+/** Edge c's conn1 (TOKEN, in group room), having read e1..e5 as 101..105, its client having acknowledged up to `acked`. */
+function readFiveAcknowledging(acked: number): PubSubConnection {
+  const old = new PubSubConnection('conn1', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, TOKEN);
+  old.groups.add('room');
+  for (let n = 1; n <= 5; n++) old.session!.push(sharedMessageOf(send(n), body(n), 100 + n)!);
+  old.session!.acknowledge(acked);
+  return old;
+}
+
 describe('a session taken over where the stream is numbered otherwise', () => {
   it('goes on after the event its client acknowledged, found by its id, not by the number its old edge read it under', async () => {
-    const token = 'reconnection-token';
     // Edge c read e1..e5 as 101..105; its client acknowledged e3 (id 3).
-    const old = new PubSubConnection('conn1', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, token);
-    old.groups.add('room');
-    for (let n = 1; n <= 5; n++) old.session!.push(sharedMessageOf(send(n), body(n), 100 + n)!);
-    old.session!.acknowledge(3);
+    const old = readFiveAcknowledging(3);
     const written = old.session!.nextCheckpoint(old.groups, 105)!;
     assert.equal(written.position, 103);
     // The taking edge's server holds every one of them one place later: e1..e5 at 102..106, e0 (the client had it) at 101.
     // Before: [[4, 'edge-x:3'], [5, 'edge-x:4'], [6, 'edge-x:5']]: the client's e3 again, as a new id.
-    assert.deepEqual(await takenFrom(written, token, 5, 3), [[4, 'edge-x:4'], [5, 'edge-x:5']]);
+    assert.deepEqual(await takenFrom(written, TOKEN, 5, 3), [[4, 'edge-x:4'], [5, 'edge-x:5']]);
   });
 
   it('with everything acknowledged, goes on after the last event its old edge read, found by its id', async () => {
-    const token = 'reconnection-token';
     // Edge c read e1..e5 as 101..105, then a membership change at 106; its client acknowledged all five.
-    const old = new PubSubConnection('conn1', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, token);
-    old.groups.add('room');
-    for (let n = 1; n <= 5; n++) old.session!.push(sharedMessageOf(send(n), body(n), 100 + n)!);
-    old.session!.acknowledge(5);
+    const old = readFiveAcknowledging(5);
     const written = old.session!.nextCheckpoint(old.groups, 106, { seq: 105, mid: 'edge-x:5' })!;
     assert.deepEqual(written, { sequenceId: 5, position: 105, groups: ['room'], mid: 'edge-x:5' });
     // Without a send near enough to the end, the position read alone, as before.
-    const far = new PubSubConnection('conn2', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, token);
+    const far = new PubSubConnection('conn2', 'chat', 'u', new ConnectionPermissions([]), RELIABLE_PROTOCOL, limits, TOKEN);
     assert.deepEqual(far.session!.nextCheckpoint(new Set(), 106), { sequenceId: 0, position: 106, groups: [] });
     // The taking edge's server holds e0..e7 at 101..108 (e6 and e7 came after edge c went): e5 is found at 106.
     // Before, the checkpoint had no id, and its number alone was taken as this server's: e5 came again, as id 6
     // (a chaos soak on nats-server 2.9.10: events lost or had twice after the stream was numbered otherwise).
-    assert.deepEqual(await takenFrom(written, token, 7, 5), [[6, 'edge-x:6'], [7, 'edge-x:7']]);
-    assert.deepEqual(await takenFrom({ sequenceId: 5, position: 105, groups: ['room'] }, token, 7, 5), [[6, 'edge-x:5'], [7, 'edge-x:6'], [8, 'edge-x:7']], 'without the id: e5 again, as a new id');
+    assert.deepEqual(await takenFrom(written, TOKEN, 7, 5), [[6, 'edge-x:6'], [7, 'edge-x:7']]);
+    assert.deepEqual(await takenFrom({ sequenceId: 5, position: 105, groups: ['room'] }, TOKEN, 7, 5), [[6, 'edge-x:5'], [7, 'edge-x:6'], [8, 'edge-x:7']], 'without the id: e5 again, as a new id');
   });
 });
