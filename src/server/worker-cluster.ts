@@ -279,6 +279,14 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
    * reloaded (a SAS rule removed stayed valid on it until the next SIGHUP).
    */
   const listeningWorkers = new Set<Worker>();
+  /**
+   * Reloads asked for (SIGHUP to the primary, a worker's reload for the others), and how many had been when each
+   * worker was started: one asked for after a worker read its config and before the primary heard that it listens
+   * is sent to it when it does. Before, it was lost for that worker (its config stayed as it had read it; seen as a
+   * CI failure of test/cluster/worker-restarts.test.ts on a loaded machine).
+   */
+  let reloads = 0;
+  const reloadsAtFork = new Map<Worker, number>();
   const sockets: Record<number, string> = {};
   const restarts = new Map<number, { timer?: NodeJS.Timeout; delayMs: number }>();
   const secret = randomBytes(24).toString('base64url');
@@ -337,6 +345,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     const worker = cluster.fork({ [WORKER_ENV]: String(index), [SECRET_ENV]: secret, [SOCKETS_ENV]: socketDir, [NODE_ID_ENV]: nodeId, [PINNED_ENV]: pinnedText });
     const startedAt = performance.now();
     workers.set(index, worker);
+    reloadsAtFork.set(worker, reloads);
     // A message to a worker that has just died fails (EPIPE) before its exit is seen: an 'error' without a
     // listener would end this process and every worker with it. Its exit is handled below.
     worker.on('error', (err) => process.stderr.write(`edge-relay: worker ${index}: ${err.message}\n`));
@@ -346,6 +355,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         const w = watched.get(worker);
         if (w) w.unansweredSince = undefined;
       } else if (message?.kind === 'edge-relay.reload-others') {
+        reloads++;
         for (const other of listeningWorkers) if (other !== worker) other.process.kill('SIGHUP');
       } else if (message?.kind === 'edge-relay.peers-wanted') {
         tell(worker);
@@ -355,6 +365,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
         // Every worker relays to it from now on, as it takes its share of new connections from now on.
         sockets[index] = message.privateSocket;
         listeningWorkers.add(worker);
+        if (reloads > (reloadsAtFork.get(worker) ?? reloads)) worker.process.kill('SIGHUP');
         watched.set(worker, { index, unansweredSince: undefined });
         tellPeers();
       } else if (message?.kind === 'edge-relay.ready') {
@@ -382,6 +393,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
     worker.on('exit', (code, signal) => {
       watched.delete(worker);
       listeningWorkers.delete(worker);
+      reloadsAtFork.delete(worker);
       const wasReady = readyWorkers.delete(worker);
       // Killed past its drain, or a stop that failed: the command says so (70), not a quiet 0. (One still starting,
       // started again after a crash, ends by the stop signal itself before it has a handler: that is no failure.)
@@ -414,6 +426,7 @@ export function startWorkers(count: number, nodeId: string, pinned: RestartOnlyV
   return {
     ready,
     signal(signal) {
+      if (signal === 'SIGHUP') reloads++;
       for (const worker of listeningWorkers) worker.process.kill(signal);
     },
     async stop(signal, graceMs) {
